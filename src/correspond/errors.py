@@ -1,0 +1,132 @@
+"""The one error tree of Correspond.
+
+Foreign exceptions (OSError, ssl.SSLError, asyncio.TimeoutError, SQLAlchemy errors, ...) are
+translated into these exactly once, at the IO edge that saw them (``raise ... from exc``). Code
+above the adapters only ever catches these.
+
+::
+
+    CorrespondError
+    ├── ConfigError                  settings or input that cannot work (permanent)
+    ├── NotFound                     a named account, folder or message does not exist
+    ├── StoreError                   the database or blob store failed
+    └── ImapError
+        ├── ImapProtocolError        the server sent bytes that are not IMAP (permanent for that reply)
+        ├── ImapCommandError         a tagged NO or BAD (carries status, code and the server's text)
+        ├── AuthenticationFailed     credentials refused (permanent until the user acts)
+        ├── CapabilityError          the server lacks something we need (IMAP4rev1, STARTTLS, ...)
+        └── ImapConnectionError      transient: retry with backoff
+            ├── HostNotFound         the name does not resolve
+            ├── ConnectionRefused    nothing listens on that port
+            ├── ImapTimeout          no answer in time
+            ├── TlsError             TLS handshake failed
+            │   └── CertificateNotTrusted
+            └── ConnectionLost       closed by the peer, or BYE
+
+``transient`` tells the engine whether retrying can help.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationFailed",
+    "CapabilityError",
+    "CertificateNotTrusted",
+    "ConfigError",
+    "ConnectionLost",
+    "ConnectionRefused",
+    "CorrespondError",
+    "HostNotFound",
+    "ImapCommandError",
+    "ImapConnectionError",
+    "ImapError",
+    "ImapProtocolError",
+    "ImapTimeout",
+    "NotFound",
+    "StoreError",
+    "TlsError",
+]
+
+
+class CorrespondError(Exception):
+    """Root of every error Correspond raises on purpose."""
+
+    transient: bool = False
+
+
+class ConfigError(CorrespondError):
+    """Settings or user input that cannot work as given."""
+
+
+class NotFound(CorrespondError):
+    """A named account, folder or message does not exist."""
+
+
+class StoreError(CorrespondError):
+    """The database or the blob store failed."""
+
+    transient = True
+
+
+class ImapError(CorrespondError):
+    """Anything that went wrong talking IMAP."""
+
+
+class ImapProtocolError(ImapError):
+    """The server sent bytes that do not parse as an IMAP response."""
+
+
+class ImapCommandError(ImapError):
+    """The server answered a command with a tagged NO or BAD."""
+
+    def __init__(self, command: str, status: str, text: str, code: str | None = None) -> None:
+        self.command = command
+        self.status = status
+        self.text = text
+        self.code = code
+        shown = f"[{code}] {text}" if code else text
+        super().__init__(f"{command} failed: {status} {shown}".rstrip())
+
+
+class AuthenticationFailed(ImapError):
+    """The server refused the credentials; ``server_text`` holds its exact words."""
+
+    def __init__(self, message: str, server_text: str = "") -> None:
+        self.server_text = server_text
+        super().__init__(message)
+
+
+class CapabilityError(ImapError):
+    """The server lacks a capability we need (IMAP4rev1, STARTTLS, AUTH=PLAIN, ...)."""
+
+
+class ImapConnectionError(ImapError):
+    """The connection could not be made or was lost; retrying later may help."""
+
+    transient = True
+
+
+class HostNotFound(ImapConnectionError):
+    """The host name does not resolve."""
+
+
+class ConnectionRefused(ImapConnectionError):
+    """The host answered but nothing listens on the port."""
+
+
+class ImapTimeout(ImapConnectionError):
+    """No answer within the configured timeout."""
+
+
+class TlsError(ImapConnectionError):
+    """The TLS handshake failed."""
+
+
+class CertificateNotTrusted(TlsError):
+    """The server's certificate does not chain to a trusted root (or to the pinned certificate)."""
+
+    transient = False
+
+
+class ConnectionLost(ImapConnectionError):
+    """The peer closed the connection, or said BYE."""
