@@ -1,0 +1,178 @@
+"""Accounts, engine side: add, list, test, refresh folders, choose folders.
+
+The CLI and the API call this; it calls the IMAP client, the pure folder rules and the store.
+IMAP work is async; store work is short and synchronous (run in a worker thread from async code
+so the event loop never waits on the database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from correspond.errors import AuthenticationFailed
+from correspond.rules.folders import assign_roles
+from correspond.rules.presets import AccountDraft
+from correspond.settings import Settings
+from correspond.store import Account, AccountSummary, Folder, FolderSyncResult, Store
+from correspond.store.tables import utcnow
+
+if TYPE_CHECKING:
+    from correspond.imap.client import ImapEndpoint
+    from correspond.sync.connection_test import ConnectionReport
+
+__all__ = [
+    "STATE_MESSAGES",
+    "AccountService",
+    "describe_state",
+    "report_to_dict",
+]
+
+# What each state means to a person reading `account list` or the API.
+STATE_MESSAGES: dict[str, str] = {
+    "connecting": "Connecting: waiting for the first successful connection.",
+    "backfilling": "Backfilling: importing mail from the sync window.",
+    "live": "Live: up to date and watching for new mail.",
+    "paused": "Paused: sync is stopped until you resume it.",
+    "auth_failed": "Sign-in failed: the server refused the credentials; update the password.",
+    "error": "Error: sync stopped on a problem that needs attention.",
+    "disconnected": "Disconnected: the server cannot be reached; retrying with backoff.",
+}
+
+
+# Connection-test problems that mean "cannot reach the server" rather than "misconfigured".
+_UNREACHABLE_PROBLEMS = frozenset({"dns", "refused", "timeout", "unreachable", "connection_lost"})
+
+
+def describe_state(state: str, detail: str = "") -> str:
+    """A one-line human explanation of an account state, with its detail when there is one."""
+    base = STATE_MESSAGES.get(state, state)
+    return f"{base} {detail}".strip() if detail else base
+
+
+def report_to_dict(report: ConnectionReport) -> dict[str, Any]:
+    """A connection report as JSON-ready data (capabilities sorted, folders by display name)."""
+    folders: Any = getattr(report, "folders", None)
+    if isinstance(folders, int) or folders is None:
+        shown: Any = folders
+    else:
+        shown = [getattr(f, "name", str(f)) for f in folders]
+    problem = report.problem
+    return {
+        "ok": bool(report.ok),
+        "problem": None if problem is None else str(getattr(problem, "value", problem)),
+        "message": str(report.message),
+        "capabilities": sorted(str(c) for c in (report.capabilities or ())),
+        "folders": shown,
+    }
+
+
+class AccountService:
+    """Account operations over one store, with one immutable settings object."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+
+    # -- plain store operations -------------------------------------------------------------
+
+    def add_account(self, draft: AccountDraft, password: str) -> Account:
+        """Store a new account with its (encrypted) password. Nothing is contacted yet."""
+        return self.store.add_account(draft, password)
+
+    def list_accounts(self) -> list[AccountSummary]:
+        """Every account with state and counts (messages: 0 until a messages table exists)."""
+        return self.store.list_accounts()
+
+    def get_account(self, name: str) -> AccountSummary:
+        return self.store.account_summary(name)
+
+    def remove_account(self, name: str) -> None:
+        """Delete the account and everything synced for it."""
+        self.store.remove_account(name)
+
+    def list_folders(self, name: str, *, include_removed: bool = False) -> list[Folder]:
+        return self.store.list_folders(name, include_removed=include_removed)
+
+    def select_folders(
+        self, name: str, *, all_folders: bool = False, refs: Sequence[str | int] = ()
+    ) -> list[Folder]:
+        """Sync all folders (now and future ones), or exactly ``refs`` (ids or display names)."""
+        return self.store.select_folders(name, all_folders=all_folders, refs=refs)
+
+    # -- IMAP ------------------------------------------------------------------------------
+
+    def endpoint_for(self, account: Account) -> ImapEndpoint:
+        """The IMAP endpoint an account connects to."""
+        from correspond.imap.client import ImapEndpoint
+
+        return ImapEndpoint(
+            account.imap_host,
+            account.imap_port,
+            account.imap_security,  # type: ignore[arg-type]
+            allow_plaintext=account.allow_plaintext,
+            trusted_cert_pem=account.trusted_cert_pem,
+        )
+
+    async def test_account(self, name: str) -> ConnectionReport:
+        """Run the connection test (DNS, TCP, TLS, auth, capabilities) with the stored password.
+
+        A failure is recorded on the account (``auth_failed``, ``disconnected`` when the server
+        cannot be reached, else ``error``; the report's message as detail); a success clears
+        such a failure back to ``connecting``. Live or backfilling accounts keep their state.
+        """
+        from correspond.sync.connection_test import check_connection
+
+        account = await asyncio.to_thread(self.store.get_account, name)
+        password = await asyncio.to_thread(self.store.account_secret, name)
+        report = await check_connection(
+            self.endpoint_for(account),
+            account.username,
+            password,
+            timeout=self.settings.imap_connect_timeout,
+        )
+        if report.ok:
+            if account.state in ("auth_failed", "error", "disconnected", "connecting"):
+                await asyncio.to_thread(
+                    self.store.set_account_state,
+                    name,
+                    "connecting",
+                    "Connection test passed.",
+                    connected_at=account.connected_at or utcnow(),
+                )
+        else:
+            problem = str(getattr(report.problem, "value", report.problem) or "").lower()
+            if "auth" in problem:
+                state = "auth_failed"
+            elif problem in _UNREACHABLE_PROBLEMS:
+                state = "disconnected"
+            else:
+                state = "error"
+            await asyncio.to_thread(self.store.set_account_state, name, state, report.message)
+        return report
+
+    async def refresh_folders(self, name: str) -> FolderSyncResult:
+        """Connect, LIST, assign roles (RFC 6154 then names) and upsert by raw name.
+
+        Folders no longer listed are marked removed (never confused with a same-named newcomer).
+        A refused sign-in is recorded on the account (``auth_failed``); every IMAP error is
+        re-raised for the caller to show.
+        """
+        from correspond.imap.client import ImapClient
+
+        account = await asyncio.to_thread(self.store.get_account, name)
+        password = await asyncio.to_thread(self.store.account_secret, name)
+        try:
+            async with await ImapClient.connect(
+                self.endpoint_for(account),
+                connect_timeout=self.settings.imap_connect_timeout,
+                command_timeout=self.settings.imap_command_timeout,
+            ) as client:
+                await client.login(account.username, password)
+                entries = await client.list_folders()
+        except AuthenticationFailed as exc:
+            await asyncio.to_thread(self.store.set_account_state, name, "auth_failed", str(exc))
+            raise
+        specs = assign_roles(entries)
+        return await asyncio.to_thread(self.store.sync_folders, name, specs)

@@ -1,0 +1,77 @@
+"""The FastAPI application factory and the one place errors become HTTP statuses."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from correspond import __version__
+from correspond.accounts import AccountService
+from correspond.api.routes import accounts, folders, health
+from correspond.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    CorrespondError,
+    ImapError,
+    ImapTimeout,
+    NotFound,
+    StoreError,
+)
+from correspond.settings import Settings
+from correspond.store import Store, open_store
+
+__all__ = ["create_app", "status_for"]
+
+
+def status_for(exc: CorrespondError) -> int:
+    """The HTTP status for one of our errors."""
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, ConfigError):
+        return 400
+    if isinstance(exc, ImapTimeout):
+        return 504
+    if isinstance(exc, AuthenticationFailed | ImapError):
+        return 502  # the mail server, not this API, said no
+    if isinstance(exc, StoreError):
+        return 503
+    return 500
+
+
+async def _correspond_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CorrespondError)
+    return JSONResponse(
+        status_code=status_for(exc),
+        content={"detail": str(exc), "error": type(exc).__name__, "transient": exc.transient},
+    )
+
+
+def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
+    """The API over ``store`` (default: open ``settings``' store, running migrations now)."""
+    owns_store = store is None
+    the_store = store if store is not None else open_store(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if owns_store:
+                the_store.close()
+
+    app = FastAPI(
+        title="Correspond",
+        version=__version__,
+        description="Two-way email sync for CRMs. Secrets are write-only.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.accounts = AccountService(the_store, settings)
+    app.add_exception_handler(CorrespondError, _correspond_error)
+    app.include_router(health.router)
+    app.include_router(accounts.router)
+    app.include_router(folders.router)
+    return app

@@ -1,0 +1,203 @@
+"""API schemas, separate from the tables. Secrets are write-only: accepted, never returned."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from correspond.accounts import describe_state
+from correspond.store import AccountSummary, Folder, FolderSyncResult
+
+__all__ = [
+    "AccountCreate",
+    "AccountPublic",
+    "ConnectionReportPublic",
+    "EndpointPublic",
+    "FolderPublic",
+    "FolderRefreshPublic",
+    "FolderSelection",
+    "Health",
+    "account_public",
+    "as_json",
+    "folder_public",
+    "refresh_public",
+    "remote_name",
+]
+
+SecurityName = Literal["tls", "starttls", "plain"]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    database: str
+
+
+class AccountCreate(BaseModel):
+    """A new account. ``password`` is stored encrypted and never returned."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")
+    preset: str = "other"
+    email: str = Field(min_length=3, max_length=320)
+    username: str | None = None
+    password: SecretStr = Field(min_length=1)
+    imap_host: str | None = None
+    imap_port: int | None = Field(default=None, ge=1, le=65535)
+    imap_security: SecurityName | None = None
+    smtp_host: str | None = None
+    smtp_port: int | None = Field(default=None, ge=1, le=65535)
+    smtp_security: SecurityName | None = None
+    allow_plaintext: bool = False
+    trusted_cert_pem: str | None = None
+    window_days: int | None = Field(default=None, ge=1, le=36500)
+    toggles: dict[str, bool] = Field(default_factory=dict)
+
+
+class EndpointPublic(BaseModel):
+    host: str | None
+    port: int
+    security: SecurityName
+
+
+class AccountPublic(BaseModel):
+    id: int
+    name: str
+    preset: str
+    email: str
+    username: str
+    imap: EndpointPublic
+    smtp: EndpointPublic
+    auth_kind: str
+    has_password: bool
+    allow_plaintext: bool
+    has_trusted_cert: bool
+    state: str
+    state_detail: str
+    state_message: str
+    folders_mode: str
+    window_days: int
+    toggles: dict[str, bool]
+    connected_at: datetime | None
+    last_sync_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    folder_count: int
+    selected_folder_count: int
+    message_count: int
+
+
+class FolderPublic(BaseModel):
+    """``name`` is for display; ``remote_name`` shows the raw bytes (non-ASCII escaped) so two
+    folders whose names decode alike stay distinguishable; ``id`` is what to select by."""
+
+    id: int
+    name: str
+    remote_name: str
+    delimiter: str | None
+    flags: list[str]
+    role: str | None
+    selectable: bool
+    selected: bool
+    removed: bool
+    uidvalidity: int | None
+    uidnext: int | None
+    highestmodseq: int | None
+    exists_count: int | None
+    backfill_done: bool
+    last_seen_at: datetime | None
+
+
+class FolderRefreshPublic(BaseModel):
+    added: int
+    updated: int
+    removed: int
+    folders: list[FolderPublic]
+
+
+class FolderSelection(BaseModel):
+    """Either ``all: true`` (every folder, including ones created later) or ``folders``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    all: bool = False
+    folders: list[int | str] = Field(default_factory=list)
+
+
+class ConnectionReportPublic(BaseModel):
+    ok: bool
+    problem: str | None
+    message: str
+    capabilities: list[str]
+    folders: list[str] | int | None
+
+
+def account_public(summary: AccountSummary) -> AccountPublic:
+    a = summary.account
+    return AccountPublic(
+        id=a.id,
+        name=a.name,
+        preset=a.preset,
+        email=a.email,
+        username=a.username,
+        imap=EndpointPublic(host=a.imap_host, port=a.imap_port, security=a.imap_security),  # type: ignore[arg-type]
+        smtp=EndpointPublic(host=a.smtp_host, port=a.smtp_port, security=a.smtp_security),  # type: ignore[arg-type]
+        auth_kind=a.auth_kind,
+        has_password=a.has_secret,
+        allow_plaintext=a.allow_plaintext,
+        has_trusted_cert=a.trusted_cert_pem is not None,
+        state=a.state,
+        state_detail=a.state_detail,
+        state_message=describe_state(a.state, a.state_detail),
+        folders_mode=a.folders_mode,
+        window_days=a.window_days,
+        toggles=a.toggles,
+        connected_at=a.connected_at,
+        last_sync_at=a.last_sync_at,
+        created_at=a.created_at,
+        updated_at=a.updated_at,
+        folder_count=summary.folder_count,
+        selected_folder_count=summary.selected_folder_count,
+        message_count=summary.message_count,
+    )
+
+
+def remote_name(raw: bytes) -> str:
+    """Raw mailbox name bytes as text: ASCII as is, anything else as ``\\xNN``."""
+    return raw.decode("ascii", "backslashreplace")
+
+
+def folder_public(f: Folder) -> FolderPublic:
+    return FolderPublic(
+        id=f.id,
+        name=f.name,
+        remote_name=remote_name(f.name_raw),
+        delimiter=f.delimiter,
+        flags=list(f.flags),
+        role=f.role,
+        selectable=f.selectable,
+        selected=f.selected,
+        removed=f.removed,
+        uidvalidity=f.uidvalidity,
+        uidnext=f.uidnext,
+        highestmodseq=f.highestmodseq,
+        exists_count=f.exists_count,
+        backfill_done=f.backfill_done,
+        last_seen_at=f.last_seen_at,
+    )
+
+
+def refresh_public(result: FolderSyncResult) -> FolderRefreshPublic:
+    return FolderRefreshPublic(
+        added=result.added,
+        updated=result.updated,
+        removed=result.removed,
+        folders=[folder_public(f) for f in result.folders],
+    )
+
+
+def as_json(model: BaseModel) -> dict[str, Any]:
+    """A schema as JSON-ready data (datetimes as ISO strings): what the CLI prints."""
+    return model.model_dump(mode="json")

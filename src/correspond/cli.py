@@ -1,0 +1,426 @@
+"""The ``correspond`` command line.
+
+Settings are built once, from ``--data-dir`` / the environment, and passed to every command.
+Every command that shows data takes ``--json``. Secrets are read from a hidden prompt or from
+standard input (``--password-stdin``), never from argv, and never printed.
+
+Exit codes: 0 success, 1 a failed connection test or unexpected error, 2 bad input (ConfigError
+or usage), 3 not found, 4 the mail server failed or refused, 5 the database failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from correspond import __version__
+from correspond.accounts import AccountService, describe_state, report_to_dict
+from correspond.api.schemas import account_public, as_json, folder_public
+from correspond.errors import (
+    ConfigError,
+    CorrespondError,
+    ImapError,
+    NotFound,
+    StoreError,
+)
+from correspond.rules.presets import PRESETS, SECURITIES, draft_from_preset, missing_fields
+from correspond.settings import Settings
+from correspond.store import Folder, Store, open_store
+
+__all__ = ["CliContext", "main"]
+
+_FLAG_FOR_FIELD = {"name": "NAME", "email": "--email", "imap_host": "--imap-host"}
+
+
+class CliError(click.ClickException):
+    """A message for the user and an exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]  # click reads it per instance
+
+
+def _exit_code_for(exc: CorrespondError) -> int:
+    if isinstance(exc, ConfigError):
+        return 2
+    if isinstance(exc, NotFound):
+        return 3
+    if isinstance(exc, ImapError):
+        return 4
+    if isinstance(exc, StoreError):
+        return 5
+    return 1
+
+
+class _Group(click.Group):
+    """Turns our errors into clean one-line messages with meaningful exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CorrespondError as exc:
+            raise CliError(str(exc), _exit_code_for(exc)) from exc
+
+
+class CliContext:
+    """What every command shares: the settings, and the store opened on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = open_store(self.settings)  # runs migrations
+        return self._store
+
+    @property
+    def service(self) -> AccountService:
+        return AccountService(self.store, self.settings)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+def _console(stderr: bool = False) -> Console:
+    # Rich reads the terminal width; when output is captured or piped, use a width that keeps
+    # tables readable instead of folding every column.
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, width=160)
+    return console
+
+
+def _stdin_is_tty() -> bool:
+    """Whether a person can answer prompts (separate so tests can say so)."""
+    return sys.stdin.isatty()
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False))
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+@contextmanager
+def _status(message: str, enabled: bool) -> Iterator[None]:
+    """A spinner on stderr while something slow runs (silent for --json or when piped)."""
+    console = _console(stderr=True)
+    if enabled and console.is_terminal:
+        with console.status(message):
+            yield
+    else:
+        yield
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    raise CliError(message, code)
+
+
+# ------------------------------------------------------------------------------------------
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="CORRESPOND_DATA_DIR",
+    help="Folder of the store, blobs and key (default ./var; env CORRESPOND_DATA_DIR).",
+)
+@click.version_option(__version__, prog_name="correspond")
+@click.pass_context
+def main(ctx: click.Context, data_dir: Path | None) -> None:
+    """Correspond: two-way email sync for CRMs."""
+    try:
+        settings = Settings() if data_dir is None else Settings(data_dir=data_dir)
+    except ValidationError as exc:
+        raise CliError(f"invalid settings: {exc}", 2) from exc
+    cli = CliContext(settings)
+    ctx.obj = cli
+    ctx.call_on_close(cli.close)
+
+
+pass_cli = click.make_pass_decorator(CliContext)
+
+
+@main.group(cls=_Group)
+def account() -> None:
+    """Add, test, list and remove mail accounts; choose their folders."""
+
+
+@account.command("add")
+@click.argument("name")
+@click.option(
+    "--preset",
+    type=click.Choice(sorted(PRESETS)),
+    default="other",
+    show_default=True,
+    help="Provider preset that fills servers and ports.",
+)
+@click.option("--email", help="The account's e-mail address.")
+@click.option("--username", help="IMAP/SMTP user name (default: the e-mail address).")
+@click.option("--imap-host")
+@click.option("--imap-port", type=click.IntRange(1, 65535))
+@click.option("--imap-security", type=click.Choice(SECURITIES))
+@click.option("--smtp-host")
+@click.option("--smtp-port", type=click.IntRange(1, 65535))
+@click.option("--smtp-security", type=click.Choice(SECURITIES))
+@click.option(
+    "--password-stdin", is_flag=True, help="Read the password from the first line of stdin."
+)
+@click.option("--allow-plaintext", is_flag=True, help="Permit unencrypted connections.")
+@click.option(
+    "--trust-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM certificate to trust for this server (self-signed servers).",
+)
+@click.option("--window-days", type=click.IntRange(1, 36500), help="How far back to sync.")
+@click.option("--json", "as_json_output", is_flag=True, help="Print the account as JSON.")
+@pass_cli
+def account_add(
+    cli: CliContext,
+    name: str,
+    preset: str,
+    email: str | None,
+    username: str | None,
+    imap_host: str | None,
+    imap_port: int | None,
+    imap_security: str | None,
+    smtp_host: str | None,
+    smtp_port: int | None,
+    smtp_security: str | None,
+    password_stdin: bool,
+    allow_plaintext: bool,
+    trust_cert: Path | None,
+    window_days: int | None,
+    as_json_output: bool,
+) -> None:
+    """Add an account NAME (a short handle you choose, e.g. "work").
+
+    The password comes from a hidden prompt, or with --password-stdin from standard input;
+    it is stored encrypted and never shown.
+    """
+    interactive = _stdin_is_tty() and not password_stdin
+    missing = missing_fields(preset, name=name, email=email, imap_host=imap_host)
+    if missing and interactive:
+        if "email" in missing:
+            email = click.prompt("E-mail address")
+        if "imap_host" in missing:
+            imap_host = click.prompt("IMAP server host")
+        missing = missing_fields(preset, name=name, email=email, imap_host=imap_host)
+    problems = [_FLAG_FOR_FIELD.get(m, m) for m in missing]
+    password: str | None = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            problems.append("a password on standard input (it was empty)")
+    elif interactive:
+        password = click.prompt("Password", hide_input=True)
+    else:
+        problems.append("--password-stdin (with the password written to standard input)")
+    if problems:
+        how = "" if interactive else " (no terminal to ask on)"
+        _fail(f"missing{how}: " + ", ".join(problems), 2)
+    assert password is not None
+    draft = draft_from_preset(
+        preset,
+        name=name,
+        email=email,
+        username=username,
+        imap_host=imap_host,
+        imap_port=imap_port,
+        imap_security=imap_security,
+        smtp_host=smtp_host,
+        smtp_port=smtp_port,
+        smtp_security=smtp_security,
+        allow_plaintext=allow_plaintext,
+        trusted_cert_pem=trust_cert.read_text(encoding="ascii") if trust_cert else None,
+        window_days=window_days,
+    )
+    service = cli.service
+    service.add_account(draft, password)
+    summary = service.get_account(draft.name)
+    if as_json_output:
+        _print_json(as_json(account_public(summary)))
+        return
+    a = summary.account
+    click.echo(
+        f"Added account {a.name} <{a.email}>: IMAP {a.imap_host}:{a.imap_port} ({a.imap_security})"
+    )
+    click.echo(f"Next: correspond account test {a.name}")
+
+
+@account.command("test")
+@click.argument("name")
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def account_test(cli: CliContext, name: str, as_json_output: bool) -> None:
+    """Connect to NAME's server and sign in; exit 1 when that fails."""
+    service = cli.service
+    with _status(f"Testing {name}: DNS, TCP, TLS, sign-in...", not as_json_output):
+        report = _run(service.test_account(name))
+    data = report_to_dict(report)
+    if as_json_output:
+        _print_json(data)
+    elif data["ok"]:
+        click.echo(f"OK: {data['message']}")
+    else:
+        click.echo(f"FAILED ({data['problem']}): {data['message']}", err=True)
+    if not data["ok"]:
+        sys.exit(1)
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else "never"
+
+
+@account.command("list")
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def account_list(cli: CliContext, as_json_output: bool) -> None:
+    """Show every account with its state, folder counts and last sync."""
+    summaries = cli.service.list_accounts()
+    if as_json_output:
+        _print_json([as_json(account_public(s)) for s in summaries])
+        return
+    console = _console()
+    if not summaries:
+        console.print("No accounts yet. Add one with: correspond account add NAME --email ...")
+        return
+    table = Table(title="Accounts")
+    for column in ("Name", "E-mail", "State", "Folders", "Selected", "Messages", "Last sync"):
+        table.add_column(column, overflow="fold")
+    for s in summaries:
+        a = s.account
+        table.add_row(
+            a.name,
+            a.email,
+            describe_state(a.state, a.state_detail),
+            str(s.folder_count),
+            str(s.selected_folder_count),
+            str(s.message_count),
+            _when(a.last_sync_at),
+        )
+    console.print(table)
+
+
+def _folder_table(folders: list[Folder], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("ID", "Folder", "Role", "Selected", "Remote name", "Flags"):
+        table.add_column(column, overflow="fold")
+    for f in folders:
+        public = folder_public(f)
+        selected = "yes" if f.selected else ("no" if f.selectable else "-")
+        name = f"{f.name} (removed)" if f.removed else f.name
+        table.add_row(
+            str(f.id),
+            name,
+            f.role or "",
+            selected,
+            public.remote_name,
+            " ".join(f.flags),
+        )
+    return table
+
+
+@account.command("folders")
+@click.argument("name")
+@click.option("--refresh", is_flag=True, help="List the folders on the server first.")
+@click.option(
+    "--select",
+    "select",
+    multiple=True,
+    metavar="NAME_OR_ID",
+    help="Sync exactly these folders (repeat; by display name or id).",
+)
+@click.option("--all", "select_all", is_flag=True, help="Sync all folders, including new ones.")
+@click.option("--include-removed", is_flag=True, help="Also show folders gone from the server.")
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def account_folders(
+    cli: CliContext,
+    name: str,
+    refresh: bool,
+    select: tuple[str, ...],
+    select_all: bool,
+    include_removed: bool,
+    as_json_output: bool,
+) -> None:
+    """Show NAME's folders (role, selected, name); optionally refresh and choose them."""
+    if select and select_all:
+        _fail("use either --select or --all, not both", 2)
+    service = cli.service
+    if refresh:
+        with _status(f"Listing folders of {name}...", not as_json_output):
+            result = _run(service.refresh_folders(name))
+        if not as_json_output:
+            click.echo(
+                f"Refreshed: {result.added} new, {result.updated} changed, "
+                f"{result.removed} removed."
+            )
+    if select or select_all:
+        service.select_folders(name, all_folders=select_all, refs=list(select))
+    folders = service.list_folders(name, include_removed=include_removed)
+    if as_json_output:
+        _print_json([as_json(folder_public(f)) for f in folders])
+        return
+    if not folders:
+        click.echo(f"No folders known for {name}; run: correspond account folders {name} --refresh")
+        return
+    mode = service.get_account(name).account.folders_mode
+    title = (
+        f"Folders of {name} ({'all folders sync' if mode == 'all' else 'selected folders sync'})"
+    )
+    _console().print(_folder_table(folders, title))
+
+
+@account.command("remove")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_cli
+def account_remove(cli: CliContext, name: str, yes: bool) -> None:
+    """Delete account NAME and everything synced for it (the mailbox itself is untouched)."""
+    service = cli.service
+    service.get_account(name)  # NotFound before asking
+    if not yes:
+        if not _stdin_is_tty():
+            _fail("pass --yes to remove an account without a terminal to confirm on", 2)
+        click.confirm(f"Remove account {name} and all its synced data?", abort=True)
+    service.remove_account(name)
+    click.echo(f"Removed account {name}.")
+
+
+@main.command("serve")
+@click.option("--host", help="Address to listen on (default from settings).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (default from settings).")
+@pass_cli
+def serve(cli: CliContext, host: str | None, port: int | None) -> None:
+    """Run the API (and later the web UI and sync engine) in one process."""
+    import uvicorn
+
+    from correspond.api import create_app
+
+    settings = cli.settings.clone(**{k: v for k, v in (("host", host), ("port", port)) if v})
+    store = cli.store  # migrations run here, before the first request
+    app = create_app(settings, store=store)
+    click.echo(f"Serving on http://{settings.host}:{settings.port} (API docs at /docs)")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m correspond.cli`
+    main()

@@ -1,0 +1,173 @@
+"""Tokenizer for the non-literal parts of an IMAP response (RFC 3501 §4, §9; RFC 9051 §4).
+
+A framed response is a list of line segments and the literals between them (the framer in
+``protocol.py`` has already cut ``{n}`` / ``{n+}`` / ``~{n}`` markers off the segments). This
+module turns that into a small value tree:
+
+* ``str``   an atom or a quoted string (quoted strings unescaped). Segments are decoded as UTF-8
+  with ``surrogateescape``, so ``value.encode("utf-8", "surrogateescape")`` gives back the exact
+  bytes the server sent (mailbox names must be reused byte-exact).
+* ``bytes`` a literal (``{n}`` or literal8 ``~{n}``)
+* ``None``  the atom ``NIL`` (any case; a quoted ``"NIL"`` stays a string)
+* ``list``  a parenthesized list
+
+Atoms are taken leniently: anything up to a space or parenthesis, plus a bracketed section with
+spaces inside (``BODY[HEADER.FIELDS (FROM TO)]<0>``, RFC 3501 §7.4.2), so ``\\Seen``, ``1:*`` and
+``[Gmail]/Sent`` are single atoms. Nesting is limited (``MAX_DEPTH``) so hostile input cannot
+exhaust the stack of the recursive interpreters that walk the tree.
+"""
+
+from __future__ import annotations
+
+import re
+
+from correspond.errors import ImapProtocolError
+
+__all__ = ["MAX_DEPTH", "Value", "decode_segment", "text_of", "tokenize", "unquote"]
+
+Value = str | bytes | None | list["Value"]
+
+MAX_DEPTH = 100
+
+# One regex, one group: findall() returns a flat list of token strings and the loop below
+# dispatches on the first character (cheaper than a tuple per token). Alternatives, in order:
+# a quoted string (its closing quote must be followed by a delimiter); "(" or ")"; an atom (with
+# an optional bracketed section); else one stray character. A stray '"' means a quoted string
+# with unescaped quotes inside (Exchange/Domino send Content-Description ""Quoted" text" and
+# """"): that segment is then re-read by the slower, still linear, ``_lenient_tokens``.
+_TOKEN = re.compile(
+    r"""[ \t]*(
+      "[^"\\]*(?:\\.[^"\\]*)*" (?=[\s()]|$)
+    | [()]
+    | [^\s()"\[\]]+ (?:\[[^\]]*\][^\s()"\[\]]*)? | \[[^\]]*\][^\s()"\[\]]*
+    | \S
+    )""",
+    re.X | re.S,
+)
+_DELIMITERS = frozenset(" \t()")
+
+
+def _lenient_end(seg: str, start: int) -> int:
+    """Index of the quote closing the string opened at ``start``: the first quote followed by a
+    delimiter with an even number of unescaped quotes before it; -1 if there is none."""
+    inner_quotes = 0
+    j = start + 1
+    end = len(seg)
+    while True:
+        j = seg.find('"', j)
+        if j < 0:
+            return -1
+        backslashes = 0
+        k = j - 1
+        while k > start and seg[k] == "\\":
+            backslashes += 1
+            k -= 1
+        if backslashes % 2 == 0:
+            if inner_quotes % 2 == 0 and (j + 1 == end or seg[j + 1] in _DELIMITERS):
+                return j
+            inner_quotes += 1
+        j += 1
+
+
+def _lenient_tokens(seg: str, pos: int) -> list[str]:
+    """Tokens of one segment like ``_TOKEN.findall``, but with lenient quoted strings."""
+    out: list[str] = []
+    match = _TOKEN.match
+    while (m := match(seg, pos)) is not None:
+        tok = m.group(1)
+        if tok == '"':
+            start = m.end() - 1
+            end = _lenient_end(seg, start)
+            if end < 0:
+                raise ImapProtocolError("unterminated quoted string in response")
+            out.append(seg[start : end + 1])
+            pos = end + 1
+        else:
+            out.append(tok)
+            pos = m.end()
+    return out
+
+
+_ESCAPE = re.compile(r"\\(.)", re.S)
+
+
+def decode_segment(seg: bytes) -> str:
+    """Decode a line segment so that encoding back with surrogateescape is byte-exact."""
+    return seg.decode("utf-8", "surrogateescape")
+
+
+def unquote(q: str) -> str:
+    """Strip the quotes of a quoted string token and undo ``\\"`` and ``\\\\`` (RFC 3501 §9)."""
+    inner = q[1:-1]
+    if "\\" in inner:
+        return _ESCAPE.sub(r"\1", inner)
+    return inner
+
+
+def text_of(value: str | bytes) -> str:
+    """A display string from a token: surrogate-escaped bytes and literals decoded best effort."""
+    if isinstance(value, bytes):
+        raw = value
+    else:
+        if value.isascii():
+            return value
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            raw = value.encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # Raw 8-bit header text from a broken server: Latin-1 shows something for every byte.
+        return raw.decode("latin-1")
+
+
+def tokenize(segments: list[str], literals: list[bytes], start: int = 0) -> list[Value]:
+    """Tokenize ``segments[0][start:]``, literal 0, segment 1, ... into a list of values.
+
+    Raises ImapProtocolError on unbalanced parentheses, stray characters, or nesting deeper than
+    ``MAX_DEPTH``.
+    """
+    root: list[Value] = []
+    cur = root
+    append = cur.append  # rebound on every "(" and ")": one attribute lookup per list, not token
+    stack: list[list[Value]] = []
+    findall = _TOKEN.findall
+    nlit = len(literals)
+    for index, seg in enumerate(segments):
+        offset = start if index == 0 else 0
+        toks = findall(seg, offset)
+        if '"' in toks:
+            toks = _lenient_tokens(seg, offset)
+        for tok in toks:
+            first = tok[0]
+            if first == '"':
+                if len(tok) < 2:
+                    raise ImapProtocolError("unterminated quoted string in response")
+                inner = tok[1:-1]
+                append(_ESCAPE.sub(r"\1", inner) if "\\" in inner else inner)
+            elif first == "(":
+                if len(stack) >= MAX_DEPTH:
+                    raise ImapProtocolError(f"response nested deeper than {MAX_DEPTH} lists")
+                new: list[Value] = []
+                append(new)
+                stack.append(cur)
+                cur = new
+                append = cur.append
+            elif first == ")":
+                if not stack:
+                    raise ImapProtocolError("unbalanced ')' in response")
+                cur = stack.pop()
+                append = cur.append
+            elif tok == "NIL" or (len(tok) == 3 and tok.upper() == "NIL"):
+                append(None)
+            elif first == "]" or (first == "[" and "]" not in tok):
+                raise ImapProtocolError(f"unexpected character {first!r} in response")
+            else:
+                append(tok)
+        if index < nlit:
+            append(literals[index])
+    if stack:
+        raise ImapProtocolError("unbalanced '(' in response")
+    return root

@@ -1,0 +1,1130 @@
+"""A thin asyncio IMAP4rev1 client (RFC 3501) over the sans-IO parser.
+
+The client only pumps bytes: commands are encoded by ``protocol.encode_command``, replies are
+decoded by ``protocol.ResponseParser``; this module adds tags,
+TLS/STARTTLS, authentication, timeouts, IDLE and the routing of untagged responses.
+
+One command runs at a time: the client is not meant to be shared by concurrent tasks. Untagged
+responses that answer the running command are returned by it; everything else the server
+volunteers (``EXISTS``, ``EXPUNGE``, flag ``FETCH``, ``VANISHED``, ``[ALERT]``) is kept, in
+order, for :meth:`ImapClient.drain_unsolicited`.
+``* BYE`` outside LOGOUT raises :class:`~correspond.errors.ConnectionLost`.
+
+Timeouts: ``connect_timeout`` bounds TCP + TLS + greeting; ``command_timeout`` bounds every
+silence while a reply is awaited (a long FETCH that keeps streaming never times out).
+
+Extensions used when advertised: SASL-IR (RFC 4959), LITERAL+ (RFC 7888), ENABLE (RFC 5161),
+CONDSTORE/QRESYNC (RFC 7162), ESEARCH (RFC 4731), UIDPLUS (RFC 4315), MOVE (RFC 6851),
+IDLE (RFC 2177), SPECIAL-USE (RFC 6154) with LIST-EXTENDED (RFC 5258), ID (RFC 2971),
+UTF8=ACCEPT (RFC 6855).
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import datetime as dt
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Literal, Self
+
+from correspond.errors import (
+    AuthenticationFailed,
+    CapabilityError,
+    ConfigError,
+    ConnectionLost,
+    ImapCommandError,
+    ImapError,
+    ImapProtocolError,
+    ImapTimeout,
+)
+from correspond.imap.connect import (
+    ByteChannel,
+    ImapEndpoint,
+    Security,
+    open_channel,
+    start_tls,
+)
+from correspond.imap.mutf7 import encode_mutf7
+from correspond.imap.protocol import (
+    Arg,
+    Raw,
+    ResponseParser,
+    encode_command,
+    format_sequence_set,
+    parse_sequence_set,
+)
+from correspond.imap.protocol import Literal as LiteralArg
+from correspond.imap.types import (
+    AppendUid,
+    CapabilityResponse,
+    ContinuationRequest,
+    CopyUid,
+    EnabledResponse,
+    ESearchResponse,
+    ExistsResponse,
+    FetchResponse,
+    FlagsResponse,
+    GenericUntagged,
+    ListResponse,
+    RecentResponse,
+    Response,
+    ResponseCode,
+    SearchResponse,
+    StatusDataResponse,
+    StatusResponse,
+    TaggedResponse,
+    VanishedResponse,
+)
+
+__all__ = [
+    "FetchStream",
+    "IdleSession",
+    "ImapClient",
+    "ImapEndpoint",
+    "QresyncParams",
+    "Security",
+    "SelectedMailbox",
+    "StoreResult",
+]
+
+SaslResponder = Callable[[bytes], bytes]
+StoreAction = Literal["+FLAGS", "-FLAGS", "FLAGS", "+FLAGS.SILENT", "-FLAGS.SILENT", "FLAGS.SILENT"]
+_SESSION_INTACT = (ImapCommandError, AuthenticationFailed, CapabilityError)
+UidSet = str | Iterable[int]
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_ID_PAIR = re.compile(rb'"((?:[^"\\]|\\.)*)"\s+(?:"((?:[^"\\]|\\.)*)"|NIL)', re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class QresyncParams:
+    """``SELECT mailbox (QRESYNC (uidvalidity modseq [known-uids]))`` (RFC 7162 §3.2.5)."""
+
+    uidvalidity: int
+    modseq: int
+    known_uids: tuple[int, ...] | None = None
+
+
+@dataclass
+class SelectedMailbox:
+    """What SELECT/EXAMINE reported (RFC 3501 §6.3.1; RFC 7162 §3.1.2, §3.2.5).
+
+    ``vanished`` and ``changed`` hold the ``VANISHED (EARLIER)`` UIDs and the ``FETCH`` responses
+    a QRESYNC select returned. ``highestmodseq`` is None when the server sent ``NOMODSEQ`` or
+    nothing.
+    """
+
+    name_raw: bytes
+    exists: int = 0
+    recent: int = 0
+    uidvalidity: int | None = None
+    uidnext: int | None = None
+    highestmodseq: int | None = None
+    unseen: int | None = None
+    flags: tuple[str, ...] = ()
+    permanentflags: tuple[str, ...] = ()
+    read_only: bool = False
+    nomodseq: bool = False
+    vanished: tuple[int, ...] = ()
+    changed: list[FetchResponse] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """The answer to UID STORE: FETCH responses (unless ``.SILENT``), ``[MODIFIED set]`` UIDs."""
+
+    fetches: tuple[FetchResponse, ...]
+    modified: tuple[int, ...] = ()
+
+
+def _uid_set(uids: UidSet) -> str:
+    if isinstance(uids, str):
+        return uids
+    values = sorted(set(uids))
+    if not values:
+        raise ValueError("empty UID set")
+    return format_sequence_set(values)
+
+
+def _imap_date_time(when: dt.datetime) -> str:
+    """``date-time`` of RFC 3501 §9: ``"dd-Mon-yyyy hh:mm:ss +zzzz"`` (naive = UTC)."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    offset = when.utcoffset() or dt.timedelta(0)
+    minutes = int(offset.total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    minutes = abs(minutes)
+    return (
+        f"{when.day:02d}-{_MONTHS[when.month - 1]}-{when.year:04d} "
+        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d} "
+        f"{sign}{minutes // 60:02d}{minutes % 60:02d}"
+    )
+
+
+def _flag_list(flags: Iterable[str]) -> Raw:
+    flags = tuple(flags)
+    for flag in flags:
+        if not flag or any(c in flag for c in ' ()"{\r\n'):
+            raise ValueError(f"not a flag: {flag!r}")
+    return Raw(("(" + " ".join(flags) + ")").encode("ascii"))
+
+
+def _code_name(code: ResponseCode | None) -> str | None:
+    return code.name if code is not None else None
+
+
+class ImapClient:
+    """An IMAP session. Make one with :meth:`connect`; use ``async with`` to log out on exit."""
+
+    def __init__(
+        self,
+        endpoint: ImapEndpoint,
+        channel: ByteChannel,
+        *,
+        connect_timeout: float,
+        command_timeout: float,
+    ) -> None:
+        self.endpoint = endpoint
+        self._channel = channel
+        self._parser = ResponseParser()
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.capabilities: frozenset[str] = frozenset()
+        self.enabled: frozenset[str] = frozenset()
+        self.tls_active = endpoint.security == "tls"
+        self.authenticated = False
+        self.selected: SelectedMailbox | None = None
+        self.greeting: StatusResponse | None = None
+        self._unsolicited: list[Response] = []
+        self._tag_counter = 0
+        self._logging_out = False
+        self._closed = False
+        self._open_stream: FetchStream | None = None
+        self._idle: IdleSession | None = None
+        self._username: str | None = None
+
+    def __repr__(self) -> str:
+        who = f" user={self._username!r}" if self._username else ""
+        return f"<ImapClient {self.endpoint}{who}>"
+
+    # -- connecting ------------------------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        endpoint: ImapEndpoint,
+        *,
+        connect_timeout: float = 20.0,
+        command_timeout: float = 120.0,
+    ) -> ImapClient:
+        """Connect, read the greeting, do STARTTLS when asked, and learn the capabilities.
+
+        Raises HostNotFound, ConnectionRefused, ImapTimeout, TlsError/CertificateNotTrusted,
+        ConnectionLost (a ``BYE`` greeting), CapabilityError (no IMAP4rev1, or no STARTTLS when
+        ``security="starttls"``), ConfigError (``security="plain"`` without ``allow_plaintext``).
+        """
+        if endpoint.security == "plain" and not endpoint.allow_plaintext:
+            raise ConfigError(
+                f"{endpoint.host}:{endpoint.port}: plaintext IMAP is refused; use tls or "
+                "starttls, or allow plaintext explicitly"
+            )
+        channel = await open_channel(endpoint, timeout=connect_timeout)
+        client = cls(
+            endpoint, channel, connect_timeout=connect_timeout, command_timeout=command_timeout
+        )
+        try:
+            await client._handshake()
+        except BaseException:
+            client._abort()
+            await channel.wait_closed(1.0)
+            raise
+        return client
+
+    async def _handshake(self) -> None:
+        greeting = await self._next_response(self.connect_timeout)
+        if not isinstance(greeting, StatusResponse):
+            raise ImapProtocolError(f"{self.endpoint}: expected a greeting, got {greeting!r}")
+        self.greeting = greeting
+        if greeting.status == "BYE":
+            self._abort()
+            raise ConnectionLost(f"{self.endpoint} refused the session: {greeting.text}")
+        if greeting.status == "PREAUTH":
+            self.authenticated = True
+        if not self._take_capability_code(greeting.code):
+            await self.capability(timeout=self.connect_timeout)
+        self._require_imap4rev1()
+        if self.endpoint.security == "starttls":
+            await self.starttls()
+
+    def _require_imap4rev1(self) -> None:
+        if not self.capabilities & {"IMAP4REV1", "IMAP4REV2"}:
+            raise CapabilityError("server lacks IMAP4rev1")
+
+    async def starttls(self) -> None:
+        """STARTTLS (RFC 3501 §6.2.1), then CAPABILITY again (the old list is void, §6.2.1)."""
+        if self.tls_active:
+            return
+        if "STARTTLS" not in self.capabilities:
+            raise CapabilityError("server does not offer STARTTLS")
+        await self._simple("STARTTLS", timeout=self.connect_timeout)
+        if self._parser_has_pending():
+            # Bytes after the OK and before the handshake would be a plaintext injection
+            # (CVE-2011-0411 class); refuse them.
+            raise ImapProtocolError("server sent data after STARTTLS before the TLS handshake")
+        await start_tls(self._channel, self.endpoint, timeout=self.connect_timeout)
+        # Whatever plaintext the parser might still hold is dropped with it.
+        self._parser = ResponseParser()
+        self.tls_active = True
+        self.capabilities = frozenset()
+        await self.capability(timeout=self.connect_timeout)
+        self._require_imap4rev1()
+
+    def _parser_has_pending(self) -> bool:
+        return self._channel.buffered()
+
+    # -- the response pump -----------------------------------------------------------------------
+
+    def _next_tag(self) -> str:
+        self._tag_counter += 1
+        return f"C{self._tag_counter}"
+
+    async def _next_response(self, timeout: float | None = -1.0) -> Response:
+        """The next parsed response, reading more bytes as needed.
+
+        ``timeout`` bounds each wait for bytes: negative means ``command_timeout``, None forever.
+        """
+        parser = self._parser
+        while True:
+            response = parser.next_response()
+            if response is not None:
+                if type(response) is StatusResponse:
+                    self._on_status(response)
+                return response
+            if self._closed:
+                raise ConnectionLost(f"{self.endpoint}: the connection is closed")
+            data = await self._channel.read(
+                self.command_timeout if timeout is not None and timeout < 0 else timeout
+            )
+            parser.feed(data)
+
+    def _on_status(self, response: StatusResponse) -> None:
+        if response.status == "BYE" and not self._logging_out and self.greeting is not None:
+            self._abort()
+            raise ConnectionLost(f"{self.endpoint} closed the session: BYE {response.text}".strip())
+        if response.code is not None and response.code.name == "ALERT":
+            # RFC 3501 §7.1: ALERT text must be shown to the user; never swallow it.
+            self._unsolicited.append(response)
+
+    def _take_capability_code(self, code: ResponseCode | None) -> bool:
+        if code is not None and code.name == "CAPABILITY" and code.value:
+            self.capabilities = frozenset(str(c).upper() for c in code.value)
+            return True
+        return False
+
+    def _keep(self, response: Response) -> None:
+        """Route a response the running command did not ask for."""
+        if type(response) is CapabilityResponse:
+            self.capabilities = response.capabilities
+        elif type(response) is StatusResponse:
+            if response.code is not None and response.code.name == "ALERT":
+                return  # already queued by _on_status
+            self._unsolicited.append(response)
+        else:
+            self._unsolicited.append(response)
+
+    async def _prepare(self) -> None:
+        if self._closed:
+            raise ConnectionLost(f"{self.endpoint}: the connection is closed")
+        if self._idle is not None:
+            raise RuntimeError("the client is in IDLE; leave the idle() block first")
+        if self._open_stream is not None:
+            await self._open_stream.aclose()
+
+    async def _send(self, tag: str, name: str, args: Sequence[Arg], *, timeout: float) -> None:
+        """Write the command; wait for ``+`` before each further literal chunk (RFC 3501 §7.5)."""
+        encoded = encode_command(
+            tag,
+            name,
+            *args,
+            literal_plus="LITERAL+" in self.capabilities,
+            utf8="UTF8=ACCEPT" in self.enabled,
+        )
+        chunks = encoded.chunks
+        self._channel.write(chunks[0])
+        for chunk in chunks[1:]:
+            while True:
+                response = await self._next_response(timeout)
+                if isinstance(response, ContinuationRequest):
+                    break
+                if isinstance(response, TaggedResponse):
+                    # The server refused before taking the literal.
+                    self._check_tagged(name, tag, response)
+                    raise ImapProtocolError(f"{name}: completed before its literal was sent")
+                self._keep(response)
+            self._channel.write(chunk)
+
+    def _check_tagged(self, name: str, tag: str, response: TaggedResponse) -> TaggedResponse:
+        if response.tag != tag:
+            raise ImapProtocolError(f"{name}: unexpected tag {response.tag!r} (waiting for {tag})")
+        if response.status != "OK":
+            raise ImapCommandError(name, response.status, response.text, _code_name(response.code))
+        self._take_capability_code(response.code)
+        return response
+
+    async def _simple(
+        self,
+        name: str,
+        *args: Arg,
+        accept: tuple[type, ...] = (),
+        timeout: float | None = None,
+    ) -> tuple[TaggedResponse, list[Response]]:
+        """Run one command to completion.
+
+        Untagged responses of the types in ``accept`` are returned, the rest go to the
+        unsolicited queue. Tagged NO/BAD raise ImapCommandError.
+        """
+        await self._prepare()
+        wait = self.command_timeout if timeout is None else timeout
+        tag = self._next_tag()
+        await self._send(tag, name, args, timeout=wait)
+        answers: list[Response] = []
+        while True:
+            response = await self._next_response(wait)
+            kind = type(response)
+            if kind is TaggedResponse:
+                assert isinstance(response, TaggedResponse)
+                return self._check_tagged(name, tag, response), answers
+            if kind in accept:
+                answers.append(response)
+            elif kind is ContinuationRequest:
+                raise ImapProtocolError(f"{name}: unexpected continuation request")
+            else:
+                self._keep(response)
+
+    # -- unsolicited -----------------------------------------------------------------------------
+
+    def drain_unsolicited(self) -> list[Response]:
+        """Everything the server volunteered since the last drain, in arrival order."""
+        out, self._unsolicited = self._unsolicited, []
+        return out
+
+    # -- any state -------------------------------------------------------------------------------
+
+    async def capability(self, *, timeout: float | None = None) -> frozenset[str]:
+        """CAPABILITY (RFC 3501 §6.1.1); upper-cased names."""
+        _, answers = await self._simple("CAPABILITY", accept=(CapabilityResponse,), timeout=timeout)
+        for response in answers:
+            assert isinstance(response, CapabilityResponse)
+            self.capabilities = frozenset(c.upper() for c in response.capabilities)
+        return self.capabilities
+
+    async def noop(self) -> None:
+        """NOOP (RFC 3501 §6.1.2): lets pending updates arrive; drain them afterwards."""
+        await self._simple("NOOP")
+
+    async def id(self, **fields: str) -> dict[str, str | None] | None:
+        """ID (RFC 2971): send our fields (default name=correspond), return the server's."""
+        if "ID" not in self.capabilities:
+            return None
+        ours = fields or {"name": "correspond"}
+        params: list[Arg] = []
+        for key, value in ours.items():
+            params.extend((key, value))
+        _, answers = await self._simple("ID", params, accept=(GenericUntagged,))
+        for response in answers:
+            assert isinstance(response, GenericUntagged)
+            if response.name.upper() == "ID":
+                return {
+                    k.decode("utf-8", "replace"): (
+                        v.decode("utf-8", "replace") if v is not None else None
+                    )
+                    for k, v in _ID_PAIR.findall(response.raw)
+                }
+            self._keep(response)
+        return None
+
+    async def logout(self) -> None:
+        """LOGOUT (RFC 3501 §6.1.3) and close; never raises for a connection already gone."""
+        if self._closed:
+            return
+        self._logging_out = True
+        try:
+            if self._idle is not None:
+                await self._idle.done()
+            await self._simple("LOGOUT", timeout=min(self.command_timeout, 10.0))
+        except (ImapError, RuntimeError):
+            pass
+        finally:
+            self._close()
+            await self._channel.wait_closed(2.0)
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._channel.close()
+
+    def _abort(self) -> None:
+        self._closed = True
+        self._channel.abort()
+
+    async def aclose(self) -> None:
+        """Drop the connection without LOGOUT (after errors) and wait until it is closed."""
+        self._abort()
+        await self._channel.wait_closed(1.0)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # After a refused command the session is still sound: say goodbye properly.
+        if exc is None or isinstance(exc, _SESSION_INTACT):
+            await self.logout()
+        else:
+            self._abort()
+            await self._channel.wait_closed(1.0)
+
+    # -- authentication --------------------------------------------------------------------------
+
+    def _check_may_send_credentials(self) -> None:
+        if not self.tls_active and not self.endpoint.allow_plaintext:
+            raise ConfigError(
+                f"{self.endpoint}: refusing to send credentials without TLS "
+                "(allow plaintext explicitly to override)"
+            )
+
+    async def login(self, username: str, password: str) -> None:
+        """Authenticate: AUTHENTICATE PLAIN (RFC 4616) when offered, else LOGIN (§6.2.3).
+
+        Honours LOGINDISABLED (RFC 3501 §6.2.3). Refreshes capabilities afterwards (from the
+        tagged OK's CAPABILITY code when present, else by asking). A refusal raises
+        AuthenticationFailed carrying the server's words in ``server_text``.
+        """
+        self._check_may_send_credentials()
+        if "AUTH=PLAIN" in self.capabilities:
+            initial = b"\0" + username.encode("utf-8") + b"\0" + password.encode("utf-8")
+            await self.authenticate("PLAIN", initial, username=username)
+            return
+        if "LOGINDISABLED" in self.capabilities:
+            raise CapabilityError("server disables LOGIN and offers no AUTH=PLAIN")
+        try:
+            tagged, _ = await self._simple("LOGIN", username, password, accept=())
+        except ImapCommandError as exc:
+            self._raise_auth_failed(exc)
+        await self._after_login(tagged, username)
+
+    @staticmethod
+    def _raise_auth_failed(exc: ImapCommandError) -> None:
+        if exc.status == "NO" or exc.code in ("AUTHENTICATIONFAILED", "AUTHORIZATIONFAILED"):
+            raise AuthenticationFailed(
+                f"authentication failed: {exc.text}", server_text=exc.text
+            ) from None
+        raise exc
+
+    async def _after_login(self, tagged: TaggedResponse, username: str) -> None:
+        self.authenticated = True
+        self._username = username
+        # The list usually grows after login (RFC 3501 §6.2.3); ask if the OK did not carry it.
+        if not self._take_capability_code(tagged.code):
+            await self.capability()
+
+    async def authenticate(
+        self,
+        mechanism: str,
+        initial_response: bytes | SaslResponder,
+        *,
+        username: str | None = None,
+    ) -> None:
+        """AUTHENTICATE (RFC 3501 §6.2.2) with any SASL mechanism (PLAIN, XOAUTH2, ...).
+
+        ``initial_response`` is either the client's first message (sent with SASL-IR, RFC 4959,
+        when offered, else after the first ``+``; later challenges get an empty answer, which
+        is what XOAUTH2 expects after an error) or a callable mapping each decoded challenge to
+        the answer.
+        """
+        self._check_may_send_credentials()
+        await self._prepare()
+        mech = mechanism.upper()
+        if f"AUTH={mech}" not in self.capabilities:
+            raise CapabilityError(f"server does not offer AUTH={mech}")
+        responder = initial_response if callable(initial_response) else None
+        first = initial_response if isinstance(initial_response, bytes) else None
+        tag = self._next_tag()
+        args: list[Arg] = [Raw(mech.encode("ascii"))]
+        if first is not None and "SASL-IR" in self.capabilities:
+            # RFC 4959: an empty initial response is sent as "=".
+            args.append(Raw(base64.b64encode(first) if first else b"="))
+            first = None
+        await self._send(tag, "AUTHENTICATE", args, timeout=self.command_timeout)
+        while True:
+            response = await self._next_response()
+            if isinstance(response, ContinuationRequest):
+                if responder is not None:
+                    try:
+                        challenge = base64.b64decode(response.text.strip() or b"")
+                    except ValueError:
+                        challenge = response.text.encode("utf-8", "replace")
+                    answer = responder(challenge)
+                elif first is not None:
+                    answer, first = first, None
+                else:
+                    answer = b""
+                self._channel.write(base64.b64encode(answer) + b"\r\n")
+                continue
+            if isinstance(response, TaggedResponse):
+                try:
+                    tagged = self._check_tagged("AUTHENTICATE", tag, response)
+                except ImapCommandError as exc:
+                    self._raise_auth_failed(exc)
+                    raise  # unreachable: _raise_auth_failed always raises
+                await self._after_login(tagged, username or "")
+                return
+            self._keep(response)
+
+    # -- authenticated state ---------------------------------------------------------------------
+
+    def _mailbox(self, mailbox: str | bytes) -> bytes:
+        """Wire form of a mailbox name: raw bytes pass through byte-exact (from LIST)."""
+        if isinstance(mailbox, bytes):
+            return mailbox
+        if "UTF8=ACCEPT" in self.enabled:
+            return mailbox.encode("utf-8")
+        return encode_mutf7(mailbox)
+
+    async def enable(self, *capabilities: str) -> frozenset[str]:
+        """ENABLE (RFC 5161) those of ``capabilities`` the server offers; returns what is on.
+
+        With no arguments: CONDSTORE, QRESYNC and UTF8=ACCEPT where offered.
+        """
+        if "ENABLE" not in self.capabilities:
+            return self.enabled
+        wanted = capabilities or ("CONDSTORE", "QRESYNC", "UTF8=ACCEPT")
+        offered = [c.upper() for c in wanted if c.upper() in self.capabilities]
+        offered = [c for c in offered if c not in self.enabled]
+        if not offered:
+            return self.enabled
+        _, answers = await self._simple(
+            "ENABLE", *[Raw(c.encode("ascii")) for c in offered], accept=(EnabledResponse,)
+        )
+        now = set(self.enabled)
+        for response in answers:
+            assert isinstance(response, EnabledResponse)
+            now.update(c.upper() for c in response.capabilities)
+        if "QRESYNC" in now:
+            now.add("CONDSTORE")  # RFC 7162 §3.2.3: enabling QRESYNC implies CONDSTORE
+        self.enabled = frozenset(now)
+        return self.enabled
+
+    async def list(
+        self, pattern: str | bytes = "*", *, reference: str = "", special_use: bool = True
+    ) -> list[ListResponse]:
+        """LIST (RFC 3501 §6.3.8); with SPECIAL-USE roles (RFC 6154 §2) where offered.
+
+        Uses ``LIST "" "*" RETURN (SPECIAL-USE)`` when both SPECIAL-USE and LIST-EXTENDED
+        (RFC 5258) are advertised, else plain LIST (servers with SPECIAL-USE still put the role
+        flags in plain LIST answers). Duplicate names are merged, keeping every flag seen.
+        """
+        args: list[Arg] = [self._mailbox(reference), self._mailbox(pattern)]
+        if special_use and {"SPECIAL-USE", "LIST-EXTENDED"} <= self.capabilities:
+            args.append(Raw(b"RETURN (SPECIAL-USE)"))
+        _, answers = await self._simple("LIST", *args, accept=(ListResponse,))
+        merged: dict[bytes, ListResponse] = {}
+        for response in answers:
+            assert isinstance(response, ListResponse)
+            seen = merged.get(response.name_raw)
+            if seen is None:
+                merged[response.name_raw] = response
+            else:
+                flags = seen.flags + tuple(
+                    f for f in response.flags if f.lower() not in {g.lower() for g in seen.flags}
+                )
+                merged[response.name_raw] = ListResponse(
+                    flags, seen.delimiter, seen.name_raw, seen.name, seen.kind
+                )
+        return list(merged.values())
+
+    async def list_folders(self) -> builtins.list[ListResponse]:
+        """Every folder, with special-use roles where the server tells them."""
+        return await self.list("*")
+
+    async def status(
+        self, mailbox: str | bytes, items: Sequence[str] | None = None
+    ) -> StatusDataResponse:
+        """STATUS (RFC 3501 §6.3.10); default items include HIGHESTMODSEQ under CONDSTORE."""
+        if items is None:
+            items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN"]
+            if "CONDSTORE" in self.capabilities:
+                items.append("HIGHESTMODSEQ")
+        item_list = Raw(("(" + " ".join(i.upper() for i in items) + ")").encode("ascii"))
+        _, answers = await self._simple(
+            "STATUS", self._mailbox(mailbox), item_list, accept=(StatusDataResponse,)
+        )
+        for response in answers:
+            assert isinstance(response, StatusDataResponse)
+            return response
+        raise ImapProtocolError("STATUS completed without a STATUS response")
+
+    async def select(
+        self,
+        mailbox: str | bytes,
+        *,
+        readonly: bool = False,
+        condstore: bool = False,
+        qresync: QresyncParams | None = None,
+    ) -> SelectedMailbox:
+        """SELECT or EXAMINE (RFC 3501 §6.3.1/§6.3.2), optionally with CONDSTORE or QRESYNC.
+
+        ``qresync`` enables QRESYNC first when needed (RFC 7162 §3.2.3); the server's
+        ``VANISHED (EARLIER)`` and ``FETCH`` replies land in ``vanished`` / ``changed``.
+        """
+        if qresync is not None:
+            if "QRESYNC" not in self.capabilities:
+                raise CapabilityError("server does not offer QRESYNC")
+            if "QRESYNC" not in self.enabled:
+                await self.enable("QRESYNC")
+        elif condstore and "CONDSTORE" not in self.capabilities:
+            raise CapabilityError("server does not offer CONDSTORE")
+        name_raw = self._mailbox(mailbox)
+        args: list[Arg] = [name_raw]
+        if qresync is not None:
+            inner = f"{qresync.uidvalidity} {qresync.modseq}"
+            if qresync.known_uids:
+                inner += " " + _uid_set(qresync.known_uids)
+            args.append(Raw(f"(QRESYNC ({inner}))".encode("ascii")))
+        elif condstore:
+            args.append(Raw(b"(CONDSTORE)"))
+        self.selected = None
+        tagged, answers = await self._simple(
+            "EXAMINE" if readonly else "SELECT",
+            *args,
+            accept=(
+                ExistsResponse,
+                RecentResponse,
+                FlagsResponse,
+                StatusResponse,
+                VanishedResponse,
+                FetchResponse,
+            ),
+        )
+        box = SelectedMailbox(name_raw=name_raw, read_only=readonly)
+        vanished: list[int] = []
+        for response in answers:
+            if isinstance(response, ExistsResponse):
+                box.exists = response.count
+            elif isinstance(response, RecentResponse):
+                box.recent = response.count
+            elif isinstance(response, FlagsResponse):
+                box.flags = response.flags
+            elif isinstance(response, VanishedResponse):
+                vanished.extend(response.uids)
+            elif isinstance(response, FetchResponse):
+                box.changed.append(response)
+            elif isinstance(response, StatusResponse) and not self._select_code(box, response.code):
+                self._keep(response)
+        self._select_code(box, tagged.code)
+        box.vanished = tuple(sorted(set(vanished)))
+        self.selected = box
+        return box
+
+    @staticmethod
+    def _select_code(box: SelectedMailbox, code: ResponseCode | None) -> bool:
+        if code is None:
+            return False
+        name = code.name
+        if name == "UIDVALIDITY":
+            box.uidvalidity = int(code.value)
+        elif name == "UIDNEXT":
+            box.uidnext = int(code.value)
+        elif name == "HIGHESTMODSEQ":
+            box.highestmodseq = int(code.value)
+        elif name == "NOMODSEQ":
+            box.nomodseq = True
+        elif name == "UNSEEN":
+            box.unseen = int(code.value)
+        elif name == "PERMANENTFLAGS":
+            box.permanentflags = tuple(code.value or ())
+        elif name == "READ-ONLY":
+            box.read_only = True
+        elif name == "READ-WRITE":
+            box.read_only = False
+        elif name == "CLOSED":
+            pass  # RFC 7162 §3.2.11: the previous mailbox was closed
+        else:
+            return False
+        return True
+
+    async def examine(
+        self,
+        mailbox: str | bytes,
+        *,
+        condstore: bool = False,
+        qresync: QresyncParams | None = None,
+    ) -> SelectedMailbox:
+        """EXAMINE: SELECT read-only (RFC 3501 §6.3.2)."""
+        return await self.select(mailbox, readonly=True, condstore=condstore, qresync=qresync)
+
+    async def append(
+        self,
+        mailbox: str | bytes,
+        message: bytes,
+        *,
+        flags: Iterable[str] = (),
+        date: dt.datetime | None = None,
+    ) -> AppendUid | None:
+        """APPEND (RFC 3501 §6.3.11), as a LITERAL+ (RFC 7888) when offered.
+
+        Returns the ``[APPENDUID]`` of UIDPLUS (RFC 4315 §3) when the server sends one.
+        """
+        args: list[Arg] = [self._mailbox(mailbox)]
+        flags = tuple(flags)
+        if flags:
+            args.append(_flag_list(flags))
+        if date is not None:
+            args.append(_imap_date_time(date))
+        args.append(LiteralArg(message))
+        tagged, _ = await self._simple("APPEND", *args)
+        if tagged.code is not None and tagged.code.name == "APPENDUID":
+            value = tagged.code.value
+            if isinstance(value, AppendUid):
+                return value
+        return None
+
+    # -- selected state --------------------------------------------------------------------------
+
+    def _require_selected(self, what: str) -> SelectedMailbox:
+        if self.selected is None:
+            raise RuntimeError(f"{what} needs a selected mailbox")
+        return self.selected
+
+    async def uid_search(
+        self, criteria: str | Sequence[Arg] = "ALL", *, charset: str | None = None
+    ) -> builtins.list[int]:
+        """UID SEARCH (RFC 3501 §6.4.4); ``ESEARCH RETURN (ALL)`` (RFC 4731) when offered.
+
+        A str ``criteria`` is sent as written (the caller quotes its strings); a sequence is
+        encoded argument by argument. Returns UIDs ascending.
+        """
+        self._require_selected("UID SEARCH")
+        args: list[Arg] = []
+        esearch = "ESEARCH" in self.capabilities
+        if esearch:
+            args.append(Raw(b"RETURN (ALL)"))
+        if charset:
+            args.extend((Raw(b"CHARSET"), Raw(charset.encode("ascii"))))
+        if isinstance(criteria, str):
+            args.append(Raw(criteria.encode("utf-8")))
+        else:
+            args.extend(criteria)
+        _, answers = await self._simple(
+            "UID SEARCH", *args, accept=(ESearchResponse, SearchResponse)
+        )
+        uids: set[int] = set()
+        for response in answers:
+            if isinstance(response, ESearchResponse):
+                uids.update(response.all)
+            elif isinstance(response, SearchResponse):
+                uids.update(response.numbers)
+        return sorted(uids)
+
+    def uid_fetch(
+        self,
+        uids: UidSet,
+        items: str | Sequence[str],
+        *,
+        changedsince: int | None = None,
+        vanished: bool = False,
+    ) -> FetchStream:
+        """UID FETCH (RFC 3501 §6.4.8) as an async iterator of FetchResponse, as they arrive.
+
+        ``changedsince`` adds the CONDSTORE modifier (RFC 7162 §3.1.4); ``vanished`` the QRESYNC
+        one (§3.2.6), whose ``VANISHED (EARLIER)`` UIDs collect in ``stream.vanished``.
+        ``items``: a str is sent as written (e.g. ``"(UID FLAGS BODY.PEEK[])"``), a sequence is
+        joined into a parenthesised list.
+        """
+        self._require_selected("UID FETCH")
+        item_arg = items if isinstance(items, str) else "(" + " ".join(items) + ")"
+        args: list[Arg] = [Raw(_uid_set(uids).encode("ascii")), Raw(item_arg.encode("ascii"))]
+        if changedsince is not None or vanished:
+            if vanished and "QRESYNC" not in self.enabled:
+                raise CapabilityError("VANISHED needs QRESYNC enabled")
+            if changedsince is None:
+                raise ValueError("VANISHED needs CHANGEDSINCE (RFC 7162 §3.2.6)")
+            mod = f"(CHANGEDSINCE {changedsince}{' VANISHED' if vanished else ''})"
+            args.append(Raw(mod.encode("ascii")))
+        return FetchStream(self, args)
+
+    async def uid_fetch_list(
+        self,
+        uids: UidSet,
+        items: str | Sequence[str],
+        *,
+        changedsince: int | None = None,
+    ) -> builtins.list[FetchResponse]:
+        """:meth:`uid_fetch`, collected into a list."""
+        return [r async for r in self.uid_fetch(uids, items, changedsince=changedsince)]
+
+    async def uid_store(
+        self,
+        uids: UidSet,
+        action: StoreAction,
+        flags: Iterable[str],
+        *,
+        unchangedsince: int | None = None,
+    ) -> StoreResult:
+        """UID STORE (RFC 3501 §6.4.6), optionally ``UNCHANGEDSINCE`` (RFC 7162 §3.1.3)."""
+        self._require_selected("UID STORE")
+        args: list[Arg] = [Raw(_uid_set(uids).encode("ascii"))]
+        if unchangedsince is not None:
+            args.append(Raw(f"(UNCHANGEDSINCE {unchangedsince})".encode("ascii")))
+        args.extend((Raw(action.upper().encode("ascii")), _flag_list(flags)))
+        tagged, answers = await self._simple("UID STORE", *args, accept=(FetchResponse,))
+        modified: tuple[int, ...] = ()
+        if tagged.code is not None and tagged.code.name == "MODIFIED":
+            modified = tuple(parse_sequence_set(str(tagged.code.value)))
+        return StoreResult(tuple(a for a in answers if isinstance(a, FetchResponse)), modified)
+
+    @staticmethod
+    def _copyuid(*codes: ResponseCode | None) -> CopyUid | None:
+        for code in codes:
+            if code is not None and code.name == "COPYUID" and isinstance(code.value, CopyUid):
+                return code.value
+        return None
+
+    async def uid_copy(self, uids: UidSet, mailbox: str | bytes) -> CopyUid | None:
+        """UID COPY (RFC 3501 §6.4.7); the ``[COPYUID]`` of UIDPLUS (RFC 4315) when sent."""
+        self._require_selected("UID COPY")
+        tagged, _ = await self._simple(
+            "UID COPY", Raw(_uid_set(uids).encode("ascii")), self._mailbox(mailbox)
+        )
+        return self._copyuid(tagged.code)
+
+    async def uid_move(
+        self, uids: UidSet, mailbox: str | bytes, *, expunge_without_uidplus: bool = False
+    ) -> CopyUid | None:
+        """Move messages: UID MOVE (RFC 6851) when offered, else COPY + \\Deleted + UID EXPUNGE.
+
+        Without MOVE the fallback needs UIDPLUS's UID EXPUNGE (RFC 4315 §2.1) to remove only
+        these messages. Without UIDPLUS too, the originals stay flagged ``\\Deleted`` unless
+        ``expunge_without_uidplus`` is set, in which case a plain EXPUNGE runs: caveat, that
+        also removes any *other* message already flagged ``\\Deleted`` in this mailbox.
+        The EXPUNGE/VANISHED responses go to the unsolicited queue (sequence numbers shift).
+        """
+        self._require_selected("UID MOVE")
+        uid_text = _uid_set(uids)
+        if "MOVE" in self.capabilities:
+            tagged, answers = await self._simple(
+                "UID MOVE",
+                Raw(uid_text.encode("ascii")),
+                self._mailbox(mailbox),
+                accept=(StatusResponse,),
+            )
+            # RFC 6851 §4.3: COPYUID comes in an untagged OK before the expunges.
+            codes = [tagged.code]
+            for response in answers:
+                assert isinstance(response, StatusResponse)
+                if response.code is not None and response.code.name == "COPYUID":
+                    codes.insert(0, response.code)
+                else:
+                    self._keep(response)
+            return self._copyuid(*codes)
+        copied = await self.uid_copy(uid_text, mailbox)
+        await self.uid_store(uid_text, "+FLAGS.SILENT", ["\\Deleted"])
+        if "UIDPLUS" in self.capabilities:
+            await self.uid_expunge(uid_text)
+        elif expunge_without_uidplus:
+            await self._simple("EXPUNGE")
+        return copied
+
+    async def uid_expunge(self, uids: UidSet) -> None:
+        """UID EXPUNGE (RFC 4315 §2.1): remove only these ``\\Deleted`` messages."""
+        self._require_selected("UID EXPUNGE")
+        if "UIDPLUS" not in self.capabilities:
+            raise CapabilityError("server does not offer UIDPLUS (UID EXPUNGE)")
+        await self._simple("UID EXPUNGE", Raw(_uid_set(uids).encode("ascii")))
+
+    async def expunge(self) -> None:
+        """EXPUNGE (RFC 3501 §6.4.3): removes every ``\\Deleted`` message of the mailbox."""
+        self._require_selected("EXPUNGE")
+        await self._simple("EXPUNGE")
+
+    async def unselect(self) -> None:
+        """UNSELECT (RFC 3691) when offered, else CLOSE (which also expunges, RFC 3501 §6.4.2)."""
+        await self._simple("UNSELECT" if "UNSELECT" in self.capabilities else "CLOSE")
+        self.selected = None
+
+    def idle(self) -> IdleSession:
+        """IDLE (RFC 2177) as ``async with client.idle() as session: ...``.
+
+        Inside, ``session.next(timeout)`` / ``async for response in session`` yield untagged
+        responses as they come; leaving the block sends DONE and waits for the tagged OK.
+        Servers may drop an IDLE after 30 minutes of inactivity (RFC 2177 §3): re-issue
+        before 29 minutes.
+        """
+        if "IDLE" not in self.capabilities:
+            raise CapabilityError("server does not offer IDLE")
+        return IdleSession(self)
+
+
+class FetchStream:
+    """The FETCH responses of one UID FETCH, as they arrive (see :meth:`ImapClient.uid_fetch`).
+
+    Iterate it with ``async for``. If iteration stops early, the rest of the reply is read and
+    dropped before the client's next command (or at ``aclose``).
+    """
+
+    def __init__(self, client: ImapClient, args: list[Arg]) -> None:
+        self._client = client
+        self._args = args
+        self._tag: str | None = None
+        self._finished = False
+        self.vanished: list[int] = []
+        self.tagged: TaggedResponse | None = None
+
+    def __aiter__(self) -> AsyncIterator[FetchResponse]:
+        return self
+
+    async def _start(self) -> None:
+        client = self._client
+        await client._prepare()
+        self._tag = client._next_tag()
+        client._open_stream = self
+        await client._send(self._tag, "UID FETCH", self._args, timeout=client.command_timeout)
+
+    async def __anext__(self) -> FetchResponse:
+        if self._finished:
+            raise StopAsyncIteration
+        client = self._client
+        if self._tag is None:
+            await self._start()
+        try:
+            while True:
+                response = await client._next_response()
+                kind = type(response)
+                if kind is FetchResponse:
+                    return response  # type: ignore[return-value]
+                if kind is TaggedResponse:
+                    self._finish()
+                    assert isinstance(response, TaggedResponse)
+                    self.tagged = client._check_tagged("UID FETCH", self._tag or "", response)
+                    raise StopAsyncIteration
+                if kind is VanishedResponse and response.earlier:  # type: ignore[union-attr]
+                    self.vanished.extend(response.uids)  # type: ignore[union-attr]
+                else:
+                    client._keep(response)
+        except StopAsyncIteration:
+            raise
+        except BaseException:
+            self._finish()
+            raise
+
+    def _finish(self) -> None:
+        self._finished = True
+        if self._client._open_stream is self:
+            self._client._open_stream = None
+
+    async def aclose(self) -> None:
+        """Read and drop the rest of the reply (so the connection can take the next command)."""
+        if self._finished or self._tag is None:
+            self._finish()
+            return
+        async for _ in self:
+            pass
+
+    async def __aenter__(self) -> FetchStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class IdleSession:
+    """One IDLE command (RFC 2177): yields untagged responses until DONE."""
+
+    def __init__(self, client: ImapClient) -> None:
+        self._client = client
+        self._tag: str | None = None
+        self._pending: list[Response] = []
+        self._done = False
+
+    async def __aenter__(self) -> IdleSession:
+        client = self._client
+        await client._prepare()
+        self._tag = client._next_tag()
+        client._channel.write(f"{self._tag} IDLE\r\n".encode("ascii"))
+        client._idle = self
+        try:
+            while True:
+                response = await client._next_response()
+                if isinstance(response, ContinuationRequest):
+                    return self
+                if isinstance(response, TaggedResponse):
+                    client._idle = None
+                    self._done = True
+                    client._check_tagged("IDLE", self._tag, response)
+                    raise ImapProtocolError("IDLE completed without a continuation")
+                self._pending.append(response)
+        except BaseException:
+            client._idle = None
+            raise
+
+    async def next(self, timeout: float | None = None) -> Response | None:
+        """The next untagged response, or None when ``timeout`` s pass without one."""
+        if self._pending:
+            return self._pending.pop(0)
+        if self._done:
+            return None
+        client = self._client
+        try:
+            response = await client._next_response(timeout)
+        except ImapTimeout:
+            if timeout is None:
+                raise
+            return None
+        if isinstance(response, TaggedResponse):
+            # The server ended IDLE on its own; only a NO/BAD is an error.
+            self._done = True
+            client._idle = None
+            client._check_tagged("IDLE", self._tag or "", response)
+            return None
+        return response
+
+    def __aiter__(self) -> AsyncIterator[Response]:
+        return self
+
+    async def __anext__(self) -> Response:
+        response = await self.next(None)
+        if response is None:
+            raise StopAsyncIteration
+        return response
+
+    async def done(self) -> None:
+        """Send DONE and read up to the tagged OK; late responses go to the unsolicited queue."""
+        if self._done:
+            return
+        self._done = True
+        client = self._client
+        client._unsolicited.extend(self._pending)
+        self._pending.clear()
+        try:
+            client._channel.write(b"DONE\r\n")
+            while True:
+                response = await client._next_response()
+                if isinstance(response, TaggedResponse):
+                    client._check_tagged("IDLE", self._tag or "", response)
+                    return
+                client._keep(response)
+        finally:
+            client._idle = None
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._client._closed:
+            self._client._idle = None
+            return
+        await self.done()

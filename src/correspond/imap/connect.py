@@ -1,0 +1,324 @@
+"""The IO edge of the IMAP client: endpoints, TLS contexts, the byte pipe, error mapping.
+
+Everything foreign (``OSError``, ``ssl.SSLError``, ``TimeoutError``) is translated into the
+error tree of :mod:`correspond.errors` here and only here (:func:`map_io_errors`).
+
+The byte pipe (:class:`ByteChannel`) is a minimal ``asyncio.Protocol``: ``data_received`` keeps
+the chunks as they come, :meth:`ByteChannel.read` hands every buffered byte over in one piece, so
+a large FETCH moves through with few copies and no per-chunk formatting. Reading pauses the
+transport when too much is buffered (back-pressure for slow consumers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from correspond.errors import (
+    CertificateNotTrusted,
+    ConfigError,
+    ConnectionLost,
+    ConnectionRefused,
+    HostNotFound,
+    ImapConnectionError,
+    ImapTimeout,
+    TlsError,
+)
+
+__all__ = [
+    "ByteChannel",
+    "ImapEndpoint",
+    "Security",
+    "check_pinned_certificate",
+    "make_ssl_context",
+    "map_io_errors",
+    "open_channel",
+    "start_tls",
+]
+
+Security = Literal["tls", "starttls", "plain"]
+
+# Pause the socket once this much undigested data is buffered (flow control for slow consumers).
+_HIGH_WATER = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ImapEndpoint:
+    """Where and how to reach an IMAP server.
+
+    ``security``: ``"tls"`` is implicit TLS (RFC 8314 §3.2, port 993), ``"starttls"`` upgrades a
+    plain connection (RFC 3501 §6.2.1, port 143), ``"plain"`` never encrypts and needs
+    ``allow_plaintext=True``. Credentials are never sent without TLS unless ``allow_plaintext``.
+
+    ``trusted_cert_pem``: an explicit opt-in to trust one self-signed certificate (PEM). The
+    server must then present exactly that certificate; the host name is not checked because the
+    user vouched for this certificate itself. Without it the system trust store applies, with
+    host name checking.
+    """
+
+    host: str
+    port: int
+    security: Security
+    allow_plaintext: bool = False
+    trusted_cert_pem: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.security not in ("tls", "starttls", "plain"):
+            raise ConfigError(f"unknown IMAP security {self.security!r}: use tls or starttls")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port {self.port} is out of range")
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port} ({self.security})"
+
+
+def _pinned_ders(pem: str) -> list[bytes]:
+    blocks: list[bytes] = []
+    marker = "-----END CERTIFICATE-----"
+    for part in pem.split(marker):
+        if "-----BEGIN CERTIFICATE-----" in part:
+            blocks.append(ssl.PEM_cert_to_DER_cert(part.strip() + "\n" + marker + "\n"))
+    if not blocks:
+        raise ConfigError("the trusted certificate is not a PEM certificate")
+    return blocks
+
+
+def make_ssl_context(endpoint: ImapEndpoint) -> ssl.SSLContext:
+    """The client TLS context: system trust store with host name checking, or the pinned cert.
+
+    TLS 1.2 is the floor (RFC 8996 deprecates older versions; RFC 8314 §4.1 requires TLS).
+    """
+    if endpoint.trusted_cert_pem:
+        try:
+            ctx = ssl.create_default_context(cadata=endpoint.trusted_cert_pem)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"the trusted certificate cannot be loaded: {exc}") from exc
+        # The exact certificate is compared after the handshake (check_pinned_certificate).
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    else:
+        ctx = ssl.create_default_context()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def check_pinned_certificate(endpoint: ImapEndpoint, transport: asyncio.BaseTransport) -> None:
+    """With ``trusted_cert_pem``, require that the server presented exactly that certificate."""
+    if not endpoint.trusted_cert_pem:
+        return
+    sslobj = transport.get_extra_info("ssl_object")
+    peer = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+    if peer is None or peer not in _pinned_ders(endpoint.trusted_cert_pem):
+        raise CertificateNotTrusted(
+            f"{endpoint.host}:{endpoint.port} presented a certificate other than the trusted one"
+        )
+
+
+@contextlib.contextmanager
+def map_io_errors(host: str, port: int) -> Iterator[None]:
+    """Translate foreign network/TLS errors into the Correspond error tree, once."""
+    where = f"{host}:{port}"
+    try:
+        yield
+    except socket.gaierror as exc:
+        raise HostNotFound(f"{host} does not resolve ({exc.strerror})") from exc
+    except ConnectionRefusedError as exc:
+        raise ConnectionRefused(f"connection refused by {where}") from exc
+    except TimeoutError as exc:
+        raise ImapTimeout(f"no answer from {where} in time") from exc
+    except ssl.SSLCertVerificationError as exc:
+        raise CertificateNotTrusted(
+            f"the certificate of {where} is not trusted: {exc.verify_message}"
+        ) from exc
+    except ssl.SSLError as exc:
+        raise TlsError(f"TLS with {where} failed: {exc.reason or exc}") from exc
+    except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, EOFError) as exc:
+        raise ConnectionLost(f"{where} closed the connection ({exc})") from exc
+    except OSError as exc:
+        raise ImapConnectionError(f"cannot reach {where}: {exc.strerror or exc}") from exc
+
+
+class ByteChannel(asyncio.Protocol):
+    """A bytes-in pipe over an asyncio transport (plain or TLS)."""
+
+    def __init__(self, where: str) -> None:
+        self._where = where
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self._close_exc: BaseException | None = None
+        self._paused = False
+        self._lost_future: asyncio.Future[None] = self._loop.create_future()
+
+    # -- asyncio.Protocol callbacks --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > _HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def eof_received(self) -> bool:
+        self._mark_closed(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._mark_closed(exc)
+        if not self._lost_future.done():
+            self._lost_future.set_result(None)
+
+    def _mark_closed(self, exc: BaseException | None) -> None:
+        self._closed = True
+        if exc is not None and self._close_exc is None:
+            self._close_exc = exc
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- API -------------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def set_transport(self, transport: asyncio.Transport) -> None:
+        """After STARTTLS the TLS transport replaces the plain one."""
+        self.transport = transport
+
+    def buffered(self) -> bool:
+        return self._size > 0
+
+    async def read(self, timeout: float | None) -> bytes:
+        """Every byte received so far (waiting up to ``timeout`` s for at least one).
+
+        Raises ImapTimeout when nothing arrives in time, ConnectionLost at EOF.
+        """
+        if not self._chunks:
+            if self._closed:
+                raise self._lost()
+            self._waiter = self._loop.create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._waiter
+            except TimeoutError as exc:
+                raise ImapTimeout(f"no answer from {self._where} in {timeout:g} s") from exc
+            finally:
+                self._waiter = None
+            if not self._chunks:
+                raise self._lost()
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._chunks = []
+        self._size = 0
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
+
+    def _lost(self) -> ConnectionLost:
+        exc = self._close_exc
+        detail = f" ({exc})" if exc is not None else ""
+        lost = ConnectionLost(f"{self._where} closed the connection{detail}")
+        lost.__cause__ = exc
+        return lost
+
+    def write(self, data: bytes) -> None:
+        if self.transport is None or self._closed or self.transport.is_closing():
+            raise self._lost()
+        self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def wait_closed(self, timeout: float) -> None:
+        """Wait until the transport has really let go of the socket (TLS close_notify done).
+
+        Aborts when that takes longer than ``timeout``.
+        """
+        if self.transport is None:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._lost_future)
+        except TimeoutError:
+            self.transport.abort()
+            # abort() schedules connection_lost on the next loop iteration.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1):
+                    await asyncio.shield(self._lost_future)
+
+
+async def open_channel(endpoint: ImapEndpoint, *, timeout: float) -> ByteChannel:
+    """Open TCP (and implicit TLS for ``security="tls"``) to the endpoint within ``timeout``."""
+    loop = asyncio.get_running_loop()
+    where = f"{endpoint.host}:{endpoint.port}"
+    ctx = make_ssl_context(endpoint) if endpoint.security == "tls" else None
+    with map_io_errors(endpoint.host, endpoint.port):
+        async with asyncio.timeout(timeout):
+            transport, channel = await loop.create_connection(
+                lambda: ByteChannel(where),
+                endpoint.host,
+                endpoint.port,
+                ssl=ctx,
+                server_hostname=endpoint.host if ctx is not None else None,
+                # asyncio's own handshake timeout fires a less precise error; ours comes first.
+                ssl_handshake_timeout=timeout + 5 if ctx is not None else None,
+            )
+    try:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Commands are small and latency-bound (IDLE's DONE, tagged round trips).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ctx is not None:
+            check_pinned_certificate(endpoint, transport)
+    except BaseException:
+        transport.abort()
+        await channel.wait_closed(1.0)
+        raise
+    return channel
+
+
+async def start_tls(channel: ByteChannel, endpoint: ImapEndpoint, *, timeout: float) -> None:
+    """Upgrade the channel's transport to TLS in place (RFC 3501 §6.2.1 STARTTLS)."""
+    loop = asyncio.get_running_loop()
+    ctx = make_ssl_context(endpoint)
+    transport = channel.transport
+    assert transport is not None
+    with map_io_errors(endpoint.host, endpoint.port):
+        async with asyncio.timeout(timeout):
+            tls_transport = await loop.start_tls(
+                transport,
+                channel,
+                ctx,
+                server_hostname=endpoint.host,
+                ssl_handshake_timeout=timeout + 5,
+            )
+    if tls_transport is None:
+        raise ConnectionLost(f"{endpoint} closed the connection during STARTTLS")
+    channel.set_transport(tls_transport)
+    try:
+        check_pinned_certificate(endpoint, tls_transport)
+    except BaseException:
+        tls_transport.abort()
+        raise

@@ -1,0 +1,106 @@
+"""Modified UTF-7 for IMAP mailbox names (RFC 3501 §5.1.3).
+
+Printable US-ASCII (0x20-0x7E) stands for itself, except ``&`` which is written ``&-``. Any other
+run of characters is written as ``&`` + base64 (RFC 2045, with ``,`` instead of ``/`` and no
+``=`` padding) of its UTF-16BE form + ``-``.
+
+``encode_mutf7`` is used only to turn a name the *user typed* into wire form; names that came from
+the server (``ListResponse.name_raw``) are sent back byte-exact and never re-encoded.
+``decode_mutf7`` is for display: it never raises, and passes through what it cannot decode
+(broken servers send raw 8-bit or UTF-8 names, odd base64, unterminated shifts; RFC 6855 servers
+send UTF-8 once ``UTF8=ACCEPT`` is enabled).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+__all__ = ["decode_mutf7", "encode_mutf7"]
+
+# A shifted run: "&" + modified-base64 + "-". "&-" (empty run) is the escaped ampersand.
+_SHIFTED = re.compile(r"&([A-Za-z0-9+,]*)-")
+_DIRECT = re.compile(r"[\x20-\x25\x27-\x7e]+")
+
+
+def _b64_run(chars: str) -> str:
+    """Encode a run of non-direct characters as ``&...-`` (RFC 3501 §5.1.3)."""
+    # surrogatepass: a lone surrogate in a Python str still round-trips instead of raising.
+    data = chars.encode("utf-16-be", "surrogatepass")
+    text = base64.b64encode(data).decode("ascii").rstrip("=").replace("/", ",")
+    return "&" + text + "-"
+
+
+def encode_mutf7(name: str) -> bytes:
+    """Encode a mailbox name to modified UTF-7 (RFC 3501 §5.1.3).
+
+    >>> encode_mutf7("~peter/mail/台北/日本語")
+    b'~peter/mail/&U,BTFw-/&ZeVnLIqe-'
+    """
+    out: list[str] = []
+    pos = 0
+    length = len(name)
+    while pos < length:
+        m = _DIRECT.match(name, pos)
+        if m is not None:
+            out.append(m.group())
+            pos = m.end()
+            continue
+        if name[pos] == "&":
+            out.append("&-")
+            pos += 1
+            continue
+        # Collect the whole run of characters that need base64 so it is one shift sequence.
+        end = pos
+        while end < length and not ("\x20" <= name[end] <= "\x7e"):
+            end += 1
+        out.append(_b64_run(name[pos:end]))
+        pos = end
+    return "".join(out).encode("ascii")
+
+
+def _decode_run(b64: str) -> str | None:
+    """Decode the base64 inside one ``&...-`` run, or None when it is not valid mUTF-7."""
+    if not b64:
+        return "&"
+    text = b64.replace(",", "/")
+    text += "=" * (-len(text) % 4)
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(data) % 2:
+        return None
+    try:
+        # strict: a lone surrogate is not a character; such a run is shown as sent, so the
+        # result is always valid Unicode that a database or a web page can hold.
+        return data.decode("utf-16-be")
+    except UnicodeDecodeError:
+        return None
+
+
+def _shifted(m: re.Match[str]) -> str:
+    decoded = _decode_run(m.group(1))
+    return m.group() if decoded is None else decoded
+
+
+def decode_mutf7(raw: bytes) -> str:
+    """Decode a mailbox name from modified UTF-7 for display (RFC 3501 §5.1.3); never raises.
+
+    Invalid shift sequences are kept as they were sent. Bytes that are not ASCII are taken as
+    UTF-8 (RFC 6855 names, or broken servers), else as Latin-1, so something is always shown.
+    """
+    if isinstance(raw, str):  # tolerate callers that already hold a str
+        text = raw
+    else:
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = raw.decode("latin-1")
+    if "&" not in text:
+        return text
+    return _SHIFTED.sub(_shifted, text)

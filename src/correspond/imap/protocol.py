@@ -1,0 +1,869 @@
+"""Sans-IO IMAP4rev1/IMAP4rev2 protocol: response parser and command encoder.
+
+Pure: no asyncio, no sockets, no logging. Bytes go in (``ResponseParser.feed``), responses come out
+(``ResponseParser.next_response``, ``None`` meaning "need more bytes"), in the manner of h11.
+
+Framing (RFC 3501 §2.2, §4.3; RFC 9051 §4.3): a response is a line ending in CRLF, except that a
+line ending in a literal marker ``{n}`` (also ``{n+}``, RFC 7888, and literal8 ``~{n}``, RFC 3516)
+is followed by exactly n bytes of literal data and then the rest of the response. The parser keeps
+one ``bytearray``; it searches for the line end from where it stopped last time and takes each
+literal as a single slice once all of it has arrived. Large literals are collected as a list of the
+fed chunks and joined once, so a 20 MB body fed in 64 KB pieces is copied a constant number of
+times. Only the small non-literal parts are tokenized (``_lexer``) and interpreted (``_fetch``).
+
+Errors: input that is not IMAP raises ``ImapProtocolError`` and only that. The offending response
+is dropped (the rest of it is skipped as it arrives) and parsing continues with the next one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from correspond.errors import ImapProtocolError
+from correspond.imap._fetch import parse_fetch_items, to_int
+from correspond.imap._lexer import Value, decode_segment, text_of, tokenize
+from correspond.imap.mutf7 import decode_mutf7
+from correspond.imap.types import (
+    AppendUid,
+    CapabilityResponse,
+    ContinuationRequest,
+    CopyUid,
+    EnabledResponse,
+    ESearchResponse,
+    ExistsResponse,
+    ExpungeResponse,
+    FlagsResponse,
+    GenericUntagged,
+    ListResponse,
+    RecentResponse,
+    Response,
+    ResponseCode,
+    SearchResponse,
+    StatusDataResponse,
+    StatusResponse,
+    TaggedResponse,
+    VanishedResponse,
+)
+
+__all__ = [
+    "Arg",
+    "Atom",
+    "EncodedCommand",
+    "Literal",
+    "Raw",
+    "ResponseParser",
+    "encode_command",
+    "format_sequence_set",
+    "parse_command",
+    "parse_response",
+    "parse_sequence_set",
+]
+
+# ---------------------------------------------------------------------------------------------
+# Response parser
+# ---------------------------------------------------------------------------------------------
+
+# A literal marker at the very end of a line: {n}, {n+} (RFC 7888), ~{n} (RFC 3516 literal8).
+_LITERAL_END: Final = re.compile(rb"~?\{(\d{1,20})\+?\}$")
+# Above this many missing bytes a literal is collected as a list of fed chunks instead of
+# growing the buffer, so it is copied once at the end (no repeated bytearray reallocation).
+_CHUNKED_LITERAL: Final = 256 * 1024
+_STATUS_WORDS: Final = frozenset({b"OK", b"NO", b"BAD", b"BYE", b"PREAUTH"})
+_INT_CODES: Final = frozenset({"UIDVALIDITY", "UIDNEXT", "UNSEEN", "HIGHESTMODSEQ", "APPENDLIMIT"})
+_LIST_CODES: Final = frozenset({"PERMANENTFLAGS", "BADCHARSET"})
+_BARE_CODES: Final = frozenset(
+    {
+        "ALERT",
+        "TRYCREATE",
+        "READ-WRITE",
+        "READ-ONLY",
+        "NOMODSEQ",
+        "CLOSED",
+        "PARSE",
+        "UIDNOTSTICKY",
+        "UNAVAILABLE",
+        "AUTHENTICATIONFAILED",
+        "AUTHORIZATIONFAILED",
+        "EXPIRED",
+        "PRIVACYREQUIRED",
+        "CONTACTADMIN",
+        "NOPERM",
+        "INUSE",
+        "EXPUNGEISSUED",
+        "CORRUPTION",
+        "SERVERBUG",
+        "CLIENTBUG",
+        "CANNOT",
+        "LIMIT",
+        "OVERQUOTA",
+        "ALREADYEXISTS",
+        "NONEXISTENT",
+        "COMPRESSIONACTIVE",
+        "HASCHILDREN",
+        "NOTSAVED",
+        "UNKNOWN-CTE",
+    }
+)
+
+
+class ResponseParser:
+    """Incremental IMAP response parser (RFC 3501 §7, RFC 9051 §7): feed bytes, take responses.
+
+    ``max_line`` bounds one line (not counting literals, RFC 2683 §3.2.1.5 recommends servers
+    keep lines short); ``max_literal`` bounds one literal. Exceeding either raises
+    ImapProtocolError, and the rest of that response is skipped without being buffered.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_discard",
+        "_lit_chunks",
+        "_lit_need",
+        "_lits",
+        "_markers",
+        "_max_line",
+        "_max_literal",
+        "_pos",
+        "_scan",
+        "_segs",
+    )
+
+    def __init__(self, *, max_line: int = 1_000_000, max_literal: int = 2**31) -> None:
+        self._max_line = max_line
+        self._max_literal = max_literal
+        self._buf = bytearray()
+        self._pos = 0  # first byte not yet consumed
+        self._scan = 0  # where the search for the next LF resumes (never rescan)
+        self._segs: list[bytes] = []  # line segments of the response being read (markers cut)
+        self._markers: list[bytes] = []  # the literal markers cut off, to rebuild raw bytes
+        self._lits: list[bytes] = []  # literals read so far for this response
+        self._lit_need = -1  # bytes still missing for the current literal; -1: reading a line
+        self._lit_chunks: list[bytes] | None = None  # large literal collected outside the buffer
+        self._discard = False  # skipping the rest of a response that was refused
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes received from the server (any split: one byte or megabytes)."""
+        if not data:
+            return
+        chunks = self._lit_chunks
+        if chunks is not None:
+            need = self._lit_need
+            take = data if len(data) <= need else data[:need]
+            if not self._discard:
+                chunks.append(bytes(take))
+            need -= len(take)
+            self._lit_need = need
+            if need:
+                return
+            if not self._discard:
+                self._lits.append(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            self._lit_chunks = None
+            self._lit_need = -1
+            data = data[len(take) :]
+            if not data:
+                return
+        buf = self._buf
+        pos = self._pos
+        if pos:
+            # Drop consumed bytes once per feed; what remains is at most one partial response.
+            if pos >= len(buf):
+                buf.clear()
+            else:
+                del buf[:pos]
+            self._scan -= pos
+            self._pos = 0
+        buf += data
+
+    def pending_literal(self) -> int:
+        """Bytes still awaited for the literal being read (0 when not inside a literal)."""
+        need = self._lit_need
+        if need < 0:
+            return 0
+        if self._lit_chunks is not None:
+            return need
+        return max(0, need - (len(self._buf) - self._pos))
+
+    def _start_discard(self) -> None:
+        self._discard = True
+        self._segs = []
+        self._markers = []
+        self._lits = []
+
+    def next_response(self) -> Response | None:
+        """The next complete response, or None when more bytes are needed."""
+        buf = self._buf
+        while True:
+            need = self._lit_need
+            if need >= 0:
+                if self._lit_chunks is not None:
+                    return None  # feed() is collecting a large literal
+                pos = self._pos
+                avail = len(buf) - pos
+                if avail >= need:
+                    if not self._discard:
+                        # One copy straight out of the buffer (a bytearray slice would be two).
+                        with memoryview(buf) as view:
+                            self._lits.append(view[pos : pos + need].tobytes())
+                    self._pos = self._scan = pos + need
+                    self._lit_need = -1
+                    continue
+                if self._discard or need - avail > _CHUNKED_LITERAL:
+                    self._lit_chunks = [] if self._discard else [bytes(buf[pos:])]
+                    self._lit_need = need - avail
+                    self._pos = self._scan = len(buf)
+                return None
+
+            pos = self._pos
+            end = buf.find(b"\n", self._scan)
+            if end < 0:
+                self._scan = len(buf)
+                if len(buf) - pos > self._max_line:
+                    if self._discard:
+                        # Keep a short tail: the line's end may still carry a literal marker.
+                        self._pos = max(pos, len(buf) - 32)
+                        return None
+                    self._start_discard()
+                    raise ImapProtocolError(f"response line longer than {self._max_line} bytes")
+                return None
+            nxt = end + 1
+            if end > pos and buf[end - 1] == 13:  # CRLF; a bare LF is tolerated
+                end -= 1
+            line = bytes(buf[pos:end])
+            self._pos = self._scan = nxt
+
+            too_long = len(line) > self._max_line
+            if self._discard or too_long:
+                was_discarding = self._discard
+                m = _LITERAL_END.search(line) if line.endswith(b"}") else None
+                if m is not None:
+                    self._start_discard()
+                    self._lit_need = int(m.group(1))
+                elif was_discarding or too_long:
+                    self._discard = False
+                    self._segs, self._markers, self._lits = [], [], []
+                if too_long and not was_discarding:
+                    raise ImapProtocolError(f"response line longer than {self._max_line} bytes")
+                continue
+
+            segs = self._segs
+            if line.endswith(b"}") and (segs or _may_have_literals(line)):
+                m = _LITERAL_END.search(line)
+                if m is not None:
+                    size = int(m.group(1))
+                    if size > self._max_literal:
+                        self._start_discard()
+                        self._lit_need = size
+                        raise ImapProtocolError(
+                            f"literal of {size} bytes exceeds the limit of {self._max_literal}"
+                        )
+                    segs.append(line[: m.start()])
+                    self._markers.append(m.group())
+                    self._lit_need = size
+                    continue
+            segs.append(line)
+            lits = self._lits
+            markers = self._markers
+            self._segs, self._markers, self._lits = [], [], []
+            return _build(segs, markers, lits)
+
+    def __repr__(self) -> str:
+        return (
+            f"<ResponseParser buffered={len(self._buf) - self._pos} "
+            f"pending_literal={self.pending_literal()}>"
+        )
+
+
+def _may_have_literals(line: bytes) -> bool:
+    """Only untagged data responses carry literals; ``resp-text`` (tagged, OK/NO/BAD/BYE,
+    continuation) is plain text even if it happens to end in ``{5}`` (RFC 3501 §9)."""
+    if not line.startswith(b"* "):
+        return False
+    word = line[2:12].split(b" ", 1)[0].upper()
+    return word not in _STATUS_WORDS
+
+
+def parse_response(data: bytes) -> Response:
+    """Parse exactly one complete response (including its final CRLF); for tests and tools."""
+    parser = ResponseParser()
+    parser.feed(data)
+    response = parser.next_response()
+    if response is None:
+        raise ImapProtocolError("incomplete response")
+    return response
+
+
+def _raw(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> bytes:
+    out = [segs[0]]
+    for marker, lit, seg in zip(markers, lits, segs[1:], strict=False):
+        out += (marker, b"\r\n", lit, seg)
+    return b"".join(out)
+
+
+def _build(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> Response:
+    """Interpret one framed response; foreign exceptions from a bug become protocol errors."""
+    try:
+        return _interpret(segs, markers, lits)
+    except ImapProtocolError:
+        raise
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, RecursionError) as exc:
+        raise ImapProtocolError(f"cannot parse response: {exc}"[:300]) from exc
+
+
+def _interpret(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> Response:
+    line = segs[0]
+    first = line[:1]
+    if first == b"*":
+        return _untagged(segs, markers, lits)
+    if first == b"+":
+        # RFC 3501 §7.5: "+" SP (resp-text / base64); some servers omit the space.
+        return ContinuationRequest(
+            text=text_of(decode_segment(line[2:] if line[1:2] == b" " else line[1:]))
+        )
+    if first == b"[":
+        # Exchange answers MOVE with a bare "[COPYUID ...]" line; keep the code it carries.
+        code, text = _resp_text(line)
+        return StatusResponse(status="OK", code=code, text=text)
+    return _tagged(line)
+
+
+def _tagged(line: bytes) -> TaggedResponse:
+    """``tag SP ("OK" / "NO" / "BAD") SP resp-text`` (RFC 3501 §7.1)."""
+    tag, _, rest = line.partition(b" ")
+    status, _, text = rest.partition(b" ")
+    status = status.upper()
+    if not tag or not tag.isascii() or status not in (b"OK", b"NO", b"BAD"):
+        raise ImapProtocolError(f"not an IMAP response: {line[:80]!r}")
+    code, shown = _resp_text(text)
+    return TaggedResponse(
+        tag=tag.decode("ascii"),
+        status="OK" if status == b"OK" else "NO" if status == b"NO" else "BAD",
+        code=code,
+        text=shown,
+    )
+
+
+def _resp_text(data: bytes) -> tuple[ResponseCode | None, str]:
+    """``resp-text = ["[" resp-text-code "]" SP] text`` (RFC 3501 §7.1, §9)."""
+    text = text_of(decode_segment(data)).lstrip(" ")
+    if not text.startswith("["):
+        return None, text
+    close = text.find("]")
+    if close < 0:
+        return None, text
+    return _response_code(text[1:close]), text[close + 1 :].lstrip(" ")
+
+
+def _response_code(inner: str) -> ResponseCode:
+    name, _, rest = inner.strip().partition(" ")
+    name = name.upper()
+    rest = rest.strip()
+    value: object = rest or None
+    if name in _INT_CODES:
+        value = int(rest) if rest.isdigit() and rest.isascii() and len(rest) <= 20 else None
+    elif name in _LIST_CODES:
+        tokens = _tokens_of(rest)
+        flat = tokens[0] if len(tokens) == 1 and isinstance(tokens[0], list) else tokens
+        value = tuple(text_of(t) for t in flat if isinstance(t, str | bytes))
+    elif name == "CAPABILITY":
+        value = tuple(w.upper() for w in rest.split())
+    elif name == "COPYUID":
+        words = rest.split()
+        try:
+            if len(words) != 3:
+                raise ImapProtocolError("COPYUID needs three fields")
+            value = CopyUid(
+                to_int(words[0], "COPYUID"),
+                parse_sequence_set(words[1]),
+                parse_sequence_set(words[2]),
+            )
+        except ImapProtocolError:
+            value = rest  # a broken code must not hide the command's result
+    elif name == "APPENDUID":
+        words = rest.split()
+        try:
+            if len(words) != 2:
+                raise ImapProtocolError("APPENDUID needs two fields")
+            value = AppendUid(to_int(words[0], "APPENDUID"), parse_sequence_set(words[1]))
+        except ImapProtocolError:
+            value = rest
+    elif name in _BARE_CODES:
+        value = rest or None
+    return ResponseCode(name=name, value=value)
+
+
+def _tokens_of(text: str) -> list[Value]:
+    try:
+        return tokenize([text], [])
+    except ImapProtocolError:
+        return [w for w in text.strip("()").split()]
+
+
+def _untagged(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> Response:
+    line = segs[0]
+    rest = line[2:] if line[1:2] == b" " else line[1:]
+    word, _, after = rest.partition(b" ")
+    if word.isdigit():
+        number = int(word)
+        keyword, _, _tail = after.partition(b" ")
+        kw = keyword.upper()
+        if kw == b"FETCH":
+            start = len(line) - len(after) + len(keyword) + 1
+            values = _tokens(segs, lits, start)
+            if len(values) != 1:
+                raise ImapProtocolError("FETCH: expected one parenthesized list")
+            return parse_fetch_items(number, values[0])
+        if kw == b"EXISTS":
+            return ExistsResponse(number)
+        if kw == b"EXPUNGE":
+            return ExpungeResponse(number)
+        if kw == b"RECENT":
+            return RecentResponse(number)
+        return GenericUntagged(name=kw.decode("ascii", "replace"), raw=_raw(segs, markers, lits))
+    name = word.upper()
+    if name in _STATUS_WORDS:
+        code, text = _resp_text(after)
+        status = name.decode("ascii")
+        return StatusResponse(status=status, code=code, text=text)  # type: ignore[arg-type]
+    start = len(line) - len(after)
+    if name == b"CAPABILITY":
+        return CapabilityResponse(frozenset(_upper_words(segs, lits, start)))
+    if name == b"ENABLED":
+        return EnabledResponse(frozenset(_upper_words(segs, lits, start)))
+    if name in (b"LIST", b"LSUB", b"XLIST"):
+        return _list(_tokens(segs, lits, start), "LSUB" if name == b"LSUB" else "LIST")
+    if name == b"STATUS":
+        return _status(_tokens(segs, lits, start))
+    if name in (b"SEARCH", b"SORT"):
+        return _search(_tokens(segs, lits, start))
+    if name == b"ESEARCH":
+        return _esearch(_tokens(segs, lits, start))
+    if name == b"FLAGS":
+        values = _tokens(segs, lits, start)
+        flags = values[0] if values and isinstance(values[0], list) else values
+        return FlagsResponse(tuple(text_of(f) for f in flags if isinstance(f, str | bytes)))
+    if name == b"VANISHED":
+        return _vanished(_tokens(segs, lits, start))
+    return GenericUntagged(name=name.decode("ascii", "replace"), raw=_raw(segs, markers, lits))
+
+
+def _tokens(segs: list[bytes], lits: list[bytes], start: int) -> list[Value]:
+    return tokenize([decode_segment(s) for s in segs], lits, start)
+
+
+def _upper_words(segs: list[bytes], lits: list[bytes], start: int) -> list[str]:
+    return [text_of(v).upper() for v in _tokens(segs, lits, start) if isinstance(v, str | bytes)]
+
+
+def _as_raw(value: Value, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if value is None:
+        return b"NIL"  # an unquoted mailbox named NIL (astring allows it)
+    raise ImapProtocolError(f"{what}: expected a mailbox name, got a list")
+
+
+def _list(values: list[Value], kind: str) -> ListResponse:
+    """``mailbox-list = "(" [mbx-list-flags] ")" SP (DQUOTE QUOTED-CHAR DQUOTE / nil) SP
+    mailbox [SP mbox-list-extended]`` (RFC 3501 §7.2.2, RFC 5258 §9; extended data ignored)."""
+    if len(values) < 3:
+        raise ImapProtocolError(f"{kind}: expected flags, delimiter and name")
+    flags_v, delim_v, name_v = values[0], values[1], values[2]
+    if isinstance(flags_v, list):
+        flags = tuple(text_of(f) for f in flags_v if isinstance(f, str | bytes))
+    elif flags_v is None:
+        flags = ()
+    else:
+        raise ImapProtocolError(f"{kind}: expected a flag list")
+    if isinstance(delim_v, list):
+        raise ImapProtocolError(f"{kind}: bad delimiter")
+    delimiter = None if delim_v is None else text_of(delim_v)
+    name_raw = _as_raw(name_v, kind)
+    return ListResponse(
+        flags=flags,
+        delimiter=delimiter,
+        name_raw=name_raw,
+        name=decode_mutf7(name_raw),
+        kind="LSUB" if kind == "LSUB" else "LIST",
+    )
+
+
+def _pairs_to_ints(values: Sequence[Value]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for i in range(0, len(values) - 1, 2):
+        key, val = values[i], values[i + 1]
+        if not isinstance(key, str | bytes) or val is None or isinstance(val, list):
+            continue  # e.g. Gmail "APPENDLIMIT NIL"
+        try:
+            out[text_of(key).upper()] = to_int(val, "STATUS")
+        except ImapProtocolError:
+            continue
+    return out
+
+
+def _status(values: list[Value]) -> StatusDataResponse:
+    """``"STATUS" SP mailbox SP "(" [status-att-list] ")"`` (RFC 3501 §7.2.4)."""
+    if len(values) < 2 or not isinstance(values[-1], list):
+        raise ImapProtocolError("STATUS: expected a mailbox and a list")
+    name_raw = _as_raw(values[0], "STATUS")
+    if len(values) > 2:
+        # An unquoted name with spaces from a broken server: rejoin the words.
+        name_raw = b" ".join(_as_raw(v, "STATUS") for v in values[:-1])
+    return StatusDataResponse(
+        name_raw=name_raw, name=decode_mutf7(name_raw), values=_pairs_to_ints(values[-1])
+    )
+
+
+def _search(values: list[Value]) -> SearchResponse:
+    """``"SEARCH" *(SP nz-number) [SP "(" "MODSEQ" SP mod-sequence-value ")"]``
+
+    (RFC 3501 §7.2.5, RFC 7162 §3.1.5)."""
+    modseq = None
+    if values and isinstance(values[-1], list):
+        tail = values.pop()
+        assert isinstance(tail, list)
+        if len(tail) >= 2 and isinstance(tail[0], str) and tail[0].upper() == "MODSEQ":
+            modseq = to_int(tail[1], "SEARCH MODSEQ")
+    return SearchResponse(tuple(to_int(v, "SEARCH") for v in values), modseq)
+
+
+def _esearch(values: list[Value]) -> ESearchResponse:
+    """``"ESEARCH" [search-correlator] [SP "UID"] *(SP search-return-data)`` (RFC 4731 §3.1)."""
+    tag = None
+    i = 0
+    if values and isinstance(values[0], list):
+        corr = values[0]
+        if len(corr) >= 2 and isinstance(corr[0], str) and corr[0].upper() == "TAG":
+            tag = text_of(corr[1]) if isinstance(corr[1], str | bytes) else None
+        i = 1
+    uid = False
+    if i < len(values) and isinstance(values[i], str) and str(values[i]).upper() == "UID":
+        uid = True
+        i += 1
+    fields: dict[str, Value] = {}
+    while i + 1 < len(values):
+        key = values[i]
+        if isinstance(key, str):
+            fields[key.upper()] = values[i + 1]
+        i += 2
+    all_value = fields.get("ALL")
+
+    def num(key: str) -> int | None:
+        v = fields.get(key)
+        return None if v is None else to_int(v, f"ESEARCH {key}")
+
+    return ESearchResponse(
+        tag=tag,
+        uid=uid,
+        min=num("MIN"),
+        max=num("MAX"),
+        count=num("COUNT"),
+        all=parse_sequence_set(text_of(all_value)) if isinstance(all_value, str | bytes) else (),
+        modseq=num("MODSEQ"),
+    )
+
+
+def _vanished(values: list[Value]) -> VanishedResponse:
+    """``"VANISHED" [SP "(EARLIER)"] SP known-uids`` (RFC 7162 §3.2.10)."""
+    earlier = False
+    if values and isinstance(values[0], list):
+        earlier = any(isinstance(v, str) and v.upper() == "EARLIER" for v in values[0])
+        values = values[1:]
+    if len(values) != 1 or not isinstance(values[0], str):
+        raise ImapProtocolError("VANISHED: expected one UID set")
+    return VanishedResponse(earlier=earlier, uids=parse_sequence_set(values[0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequence sets (RFC 3501 §9 sequence-set)
+# ---------------------------------------------------------------------------------------------
+
+_SEQ_SET: Final = re.compile(r"(\d+|\*)(?::(\d+|\*))?")
+
+
+def format_sequence_set(uids: Iterable[int]) -> str:
+    """A compact sequence set, e.g. ``[1, 2, 3, 4, 5, 8, 10, 11, 12]`` -> ``"1:5,8,10:12"``.
+
+    Numbers are sorted and de-duplicated. An empty set has no IMAP form: ValueError.
+    """
+    numbers = sorted(set(uids))
+    if not numbers:
+        raise ValueError("an empty sequence set cannot be sent")
+    if numbers[0] < 1:
+        raise ValueError("sequence numbers and UIDs start at 1")
+    parts: list[str] = []
+    start = prev = numbers[0]
+    for n in numbers[1:]:
+        if n == prev + 1:
+            prev = n
+            continue
+        parts.append(str(start) if start == prev else f"{start}:{prev}")
+        start = prev = n
+    parts.append(str(start) if start == prev else f"{start}:{prev}")
+    return ",".join(parts)
+
+
+def parse_sequence_set(
+    text: str | bytes, *, star: int | None = None, limit: int = 10_000_000
+) -> tuple[int, ...]:
+    """Expand a sequence set (RFC 3501 §9) in the order written; ``a:b`` ascends either way.
+
+    ``*`` stands for ``star`` (the largest number in use); without it, ``*`` is an error.
+    Order is kept because COPYUID pairs source and destination UIDs by position (RFC 4315 §3).
+    More than ``limit`` numbers raise ImapProtocolError rather than exhaust memory.
+    """
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "replace")
+    out: list[int] = []
+    total = 0
+    for piece in text.strip().split(","):
+        m = _SEQ_SET.fullmatch(piece)
+        if m is None:
+            raise ImapProtocolError(f"not a sequence set: {text[:80]!r}")
+        lo_s, hi_s = m.groups()
+        lo = _seq_number(lo_s, star, text)
+        hi = lo if hi_s is None else _seq_number(hi_s, star, text)
+        if lo > hi:
+            lo, hi = hi, lo
+        total += hi - lo + 1
+        if total > limit:
+            raise ImapProtocolError(f"sequence set expands to more than {limit} numbers")
+        if lo == hi:
+            out.append(lo)
+        else:
+            out.extend(range(lo, hi + 1))
+    return tuple(out)
+
+
+def _seq_number(s: str, star: int | None, text: str) -> int:
+    if s == "*":
+        if star is None:
+            raise ImapProtocolError(f"'*' in sequence set {text[:80]!r} with no known maximum")
+        return star
+    if len(s) > 20:
+        raise ImapProtocolError("sequence number too large")
+    return int(s)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command encoder (RFC 3501 §6, §9; RFC 7888 LITERAL+; RFC 6855 UTF8=ACCEPT)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Atom:
+    """Sent verbatim (flags such as ``\\Seen``, fetch items such as ``BODY.PEEK[]``)."""
+
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Literal:
+    """Always sent as a literal (message bodies for APPEND, passwords with odd bytes)."""
+
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """Sent verbatim as given, e.g. ``b"1:*"`` or ``b"(FLAGS UID)"``."""
+
+    value: bytes
+
+
+Arg = str | bytes | int | Atom | Literal | Raw | Sequence["Arg"]
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedCommand:
+    """A command ready to send.
+
+    Send ``chunks[0]``; before each further chunk wait for a ``+`` continuation request
+    (synchronising literal, RFC 3501 §7.5). With ``literal_plus`` there is exactly one chunk.
+    """
+
+    tag: str
+    chunks: tuple[bytes, ...]
+
+
+# ASTRING-CHAR minus a few that are legal but confuse some servers ("[" and "]"), RFC 3501 §9.
+_SAFE_ATOM: Final = re.compile(rb"[!#$&'+,\-./0-9:;<=>?@A-Z^_`a-z|~]+")
+_VERBATIM_BAD: Final = re.compile(rb"[\r\n\x00]")
+
+
+def _check_verbatim(data: bytes, what: str) -> bytes:
+    if _VERBATIM_BAD.search(data):
+        raise ValueError(f"{what} must not contain CR, LF or NUL: {data[:40]!r}")
+    return data
+
+
+def encode_command(
+    tag: str, name: str, *args: Arg, literal_plus: bool = False, utf8: bool = False
+) -> EncodedCommand:
+    """Encode ``tag SP name *(SP arg) CRLF`` (RFC 3501 §6, §9).
+
+    ``str``/``bytes`` are astrings: an atom when every byte is safe, else a quoted string, else
+    a literal (CR, LF, NUL, non-ASCII unless ``utf8`` per RFC 6855 §3, or long). ``int`` is a
+    number, ``Atom``/``Raw`` go verbatim, ``Literal`` is always a literal, lists and tuples are
+    parenthesized. ``literal_plus`` uses non-synchronising ``{n+}`` literals (RFC 7888).
+    Mailbox names must be the raw bytes the server sent (``ListResponse.name_raw``).
+    """
+    tag_b = tag.encode("ascii")
+    if not tag_b or not _SAFE_ATOM.fullmatch(tag_b) or b"+" in tag_b:
+        raise ValueError(f"invalid tag {tag!r}")
+    chunks: list[bytes] = []
+    cur = bytearray(tag_b)
+    cur += b" "
+    cur += _check_verbatim(name.encode("ascii"), "command name")
+    for arg in args:
+        cur += b" "
+        _encode_arg(arg, cur, chunks, literal_plus, utf8, 0)
+    cur += b"\r\n"
+    chunks.append(bytes(cur))
+    return EncodedCommand(tag=tag, chunks=tuple(chunks))
+
+
+def _encode_literal(data: bytes, cur: bytearray, chunks: list[bytes], literal_plus: bool) -> None:
+    if literal_plus:
+        cur += b"{%d+}\r\n" % len(data)
+        cur += data
+    else:
+        cur += b"{%d}\r\n" % len(data)
+        chunks.append(bytes(cur))
+        cur.clear()
+        cur += data
+
+
+def _encode_arg(
+    arg: Arg, cur: bytearray, chunks: list[bytes], literal_plus: bool, utf8: bool, depth: int
+) -> None:
+    if isinstance(arg, bool):
+        raise TypeError("bool is not an IMAP argument")
+    if isinstance(arg, int):
+        if arg < 0:
+            raise ValueError("IMAP numbers are unsigned")
+        cur += str(arg).encode("ascii")
+    elif isinstance(arg, Atom):
+        cur += _check_verbatim(arg.value.encode("utf-8"), "Atom")
+    elif isinstance(arg, Raw):
+        cur += _check_verbatim(arg.value, "Raw")
+    elif isinstance(arg, Literal):
+        _encode_literal(arg.value, cur, chunks, literal_plus)
+    elif isinstance(arg, str | bytes):
+        data = arg.encode("utf-8") if isinstance(arg, str) else arg
+        if _SAFE_ATOM.fullmatch(data) and data.upper() != b"NIL":
+            cur += data
+        elif len(data) <= 1024 and not _VERBATIM_BAD.search(data) and (utf8 or data.isascii()):
+            cur += b'"'
+            cur += data.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+            cur += b'"'
+        else:
+            _encode_literal(data, cur, chunks, literal_plus)
+    elif isinstance(arg, Sequence):
+        if depth > 50:
+            raise ValueError("arguments nested too deeply")
+        cur += b"("
+        for i, item in enumerate(arg):
+            if i:
+                cur += b" "
+            _encode_arg(item, cur, chunks, literal_plus, utf8, depth + 1)
+        cur += b")"
+    else:
+        raise TypeError(f"cannot encode {type(arg).__name__} as an IMAP argument")
+
+
+# ---------------------------------------------------------------------------------------------
+# Server-side command parser (for tests and fake servers)
+# ---------------------------------------------------------------------------------------------
+
+_CMD_ATOM: Final = re.compile(
+    rb"[^\x00-\x20()\"{\[\]\x7f]*(?:\[[^\]\r\n]*\][^\x00-\x20()\"{\[\]\x7f]*)?"
+)
+_CMD_LITERAL: Final = re.compile(rb"~?\{(\d{1,20})\+?\}\r\n")
+_CMD_QUOTED: Final = re.compile(rb'"((?:[^"\\\r\n]|\\["\\])*)"')
+
+
+def parse_command(data: bytes) -> tuple[str, str, list[object]]:
+    """Parse one complete client command, literals inline (RFC 3501 §9 ``command``).
+
+    Returns ``(tag, name, args)``: name upper-cased (``UID`` joined with its command, e.g.
+    ``"UID FETCH"``); each arg is an ``Atom`` (atoms and numbers), ``bytes`` (quoted strings
+    and literals) or a ``list`` (parenthesized). Raises ImapProtocolError on bad input.
+    """
+    if not data.endswith(b"\r\n"):
+        raise ImapProtocolError("command must end with CRLF")
+    end = len(data) - 2
+    m = _CMD_ATOM.match(data, 0)
+    if m is None or not m.group() or data[m.end() : m.end() + 1] != b" ":
+        raise ImapProtocolError("command must start with a tag")
+    tag = m.group().decode("ascii", "replace")
+    pos = m.end() + 1
+    m = _CMD_ATOM.match(data, pos)
+    if m is None or not m.group():
+        raise ImapProtocolError("missing command name")
+    name = m.group().decode("ascii", "replace").upper()
+    pos = m.end()
+    args: list[object] = []
+    stack: list[list[object]] = []
+    cur = args
+    need_space = True  # values are separated by one space, except right after "("
+    while pos < end:
+        ch = data[pos : pos + 1]
+        if ch == b")":
+            if not stack:
+                raise ImapProtocolError("unbalanced ')' in command")
+            cur = stack.pop()
+            pos += 1
+            need_space = True
+            continue
+        if need_space:
+            if ch != b" ":
+                raise ImapProtocolError(f"expected a space at offset {pos}")
+            pos += 1
+            ch = data[pos : pos + 1]
+        if ch == b"(":
+            new: list[object] = []
+            cur.append(new)
+            stack.append(cur)
+            cur = new
+            pos += 1
+            need_space = False
+            continue
+        pos = _parse_cmd_value(data, pos, end, cur)
+        need_space = True
+    if stack:
+        raise ImapProtocolError("unbalanced '(' in command")
+    if name == "UID" and args and isinstance(args[0], Atom):
+        name = "UID " + args[0].value.upper()
+        del args[0]
+    return tag, name, args
+
+
+def _parse_cmd_value(data: bytes, pos: int, end: int, cur: list[object]) -> int:
+    ch = data[pos : pos + 1]
+    if ch == b'"':
+        m = _CMD_QUOTED.match(data, pos)
+        if m is None:
+            raise ImapProtocolError(f"bad quoted string at offset {pos}")
+        inner = m.group(1)
+        cur.append(re.sub(rb"\\(.)", rb"\1", inner) if b"\\" in inner else inner)
+        return m.end()
+    if ch in (b"{", b"~"):
+        m = _CMD_LITERAL.match(data, pos)
+        if m is None:
+            raise ImapProtocolError(f"bad literal at offset {pos}")
+        size = int(m.group(1))
+        start = m.end()
+        if start + size > end:
+            raise ImapProtocolError("literal runs past the end of the command")
+        cur.append(data[start : start + size])
+        return start + size
+    m = _CMD_ATOM.match(data, pos)
+    if m is None or not m.group():
+        raise ImapProtocolError(f"unexpected byte {ch!r} at offset {pos}")
+    cur.append(Atom(m.group().decode("utf-8", "surrogateescape")))
+    return m.end()

@@ -1,0 +1,69 @@
+"""One key per mailbox message, stable across folders, servers, restarts and UIDVALIDITY resets.
+
+Order of preference (DESIGN.md, data model ``messages.dedupe key``):
+
+1. ``gm:<X-GM-MSGID>`` — Gmail's own message id (the same message in every label);
+2. ``mid:<local>@<domain>`` — the RFC 5322 §3.6.4 Message-ID, brackets and whitespace removed,
+   local part case-sensitive, domain lower-cased (RFC 5321 §2.4: domains are case-insensitive);
+   ids longer than :data:`MAX_KEY_ID` are hashed (``midh:<sha256>``) to keep the key indexable;
+3. ``h:<sha256>`` — a hash of headers that no server rewrites (Date, From, To, Cc, Subject) and
+   of the first 4 KiB of the body text, for mail without a Message-ID.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC
+
+from correspond.mail.parse import ParsedAddress, ParsedMessage
+
+__all__ = ["BODY_PREFIX_CHARS", "MAX_KEY_ID", "dedupe_key", "normalize_message_id"]
+
+#: Characters of body text that go into the fallback hash.
+BODY_PREFIX_CHARS = 4096
+#: Longest Message-ID kept verbatim in a key.
+MAX_KEY_ID = 400
+
+
+def normalize_message_id(message_id: str) -> str:
+    """Message-ID without ``<>`` and whitespace; the domain (after the last ``@``) lower-cased."""
+    mid = "".join(message_id.split()).strip("<>")
+    local, at, domain = mid.rpartition("@")
+    return f"{local}@{domain.lower()}" if at else mid
+
+
+def dedupe_key(parsed: ParsedMessage, *, gm_msgid: int | None = None) -> str:
+    """The dedupe key of a parsed message; see the module docstring for the three forms."""
+    if gm_msgid is not None:
+        return f"gm:{gm_msgid}"
+    if parsed.message_id:
+        mid = normalize_message_id(parsed.message_id)
+        if mid:
+            if len(mid) > MAX_KEY_ID:
+                return "midh:" + hashlib.sha256(mid.encode("utf-8", "surrogatepass")).hexdigest()
+            return f"mid:{mid}"
+    return "h:" + _stable_hash(parsed)
+
+
+def _stable_hash(parsed: ParsedMessage) -> str:
+    if parsed.date is not None:
+        date = parsed.date.astimezone(UTC).isoformat()
+    else:
+        raw = next((v for n, v in parsed.headers if n.lower() == "date"), "")
+        date = " ".join(raw.split())
+
+    def emails(addrs: tuple[ParsedAddress, ...]) -> str:
+        return ",".join(a.email.lower() for a in addrs)
+
+    # Whitespace collapsed: servers and clients differ in line ends and trailing blanks.
+    body = " ".join((parsed.text or "")[: BODY_PREFIX_CHARS * 2].split())[:BODY_PREFIX_CHARS]
+    fields = (
+        date,
+        emails(parsed.from_),
+        emails(parsed.to),
+        emails(parsed.cc),
+        " ".join(parsed.subject.split()),
+        body,
+    )
+    data = "\x00".join(fields).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()

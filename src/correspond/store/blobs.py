@@ -1,0 +1,230 @@
+"""Content-addressed blob store for raw messages and attachment bodies.
+
+A blob's key is the SHA-256 of its *uncompressed* bytes (hex, 64 characters); the file lives at
+``<root>/<k[0:2]>/<k[2:4]>/<k>``. Two levels of fan-out keep directories small (65,536 leaves).
+Names that come from mail (attachment file names, subjects) never reach the file system: the
+only path component derived from input is the hex digest, and keys are validated before use.
+
+Writes are atomic and durable: bytes go to a temporary file in the target directory, which is
+fsynced and renamed over the final name (``os.replace`` is atomic on POSIX), then the directory is
+fsynced so the rename survives a crash. Writing the same content twice is a no-op, so a sync
+batch retried after a crash can store its blobs again safely.
+
+Stored files start with a 4-byte header naming the encoding (``CBr1`` raw, ``CBs1`` zstd,
+``CBz1`` zlib), so the format can change without a migration. zstd (the ``zstandard`` package)
+is used when installed: level 3 compresses mail about as well as zlib level 6 at ~20x the speed
+(measured: 70 MB of mail in 0.1 s against 2.3 s); zlib is the fallback.
+
+:meth:`BlobStore.put_many` stores a whole sync batch with two file-system syncs instead of two
+fsyncs per blob (fsync measured at ~6 ms each here: it dominated backfill time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import re
+import tempfile
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from correspond.errors import NotFound, StoreError
+from correspond.settings import Settings
+
+__all__ = ["BlobStore", "blob_key"]
+
+_RAW = b"CBr1"
+_ZLIB = b"CBz1"
+_ZSTD = b"CBs1"
+
+_zstd: Any
+try:  # optional accelerator; zlib (stdlib) otherwise
+    import zstandard as _zstd
+except ImportError:  # pragma: no cover - depends on the installation
+    _zstd = None
+_DECOMPRESS_ERRORS: tuple[type[Exception], ...] = (zlib.error,) + (
+    (_zstd.ZstdError,) if _zstd is not None else ()
+)
+
+
+def _libc_syncfs() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    return fn
+
+
+_SYNCFS = _libc_syncfs()
+_KEY_RE = re.compile(r"[0-9a-f]{64}")
+# Below this size compression saves little and costs a zlib header; store as is.
+_MIN_COMPRESS = 512
+
+
+def blob_key(data: bytes) -> str:
+    """The content address of ``data``: lower-case hex SHA-256."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class BlobStore:
+    """Blobs under one root directory (``settings.blob_dir``)."""
+
+    def __init__(self, root: Path, *, compression_level: int = 3) -> None:
+        self.root = Path(root)
+        self.compression_level = compression_level
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BlobStore:
+        return cls(settings.blob_dir)
+
+    def path_for(self, key: str) -> Path:
+        """The file of ``key``; raises ValueError for anything but a 64-digit hex digest."""
+        if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+            raise ValueError(f"not a blob key: {key!r}")
+        return self.root / key[0:2] / key[2:4] / key
+
+    def exists(self, key: str) -> bool:
+        return self.path_for(key).is_file()
+
+    def _encode(self, data: bytes, compress: bool) -> bytes:
+        if not compress or len(data) < _MIN_COMPRESS:
+            return _RAW + data
+        if _zstd is not None:
+            header, body = _ZSTD, _zstd.ZstdCompressor(level=self.compression_level).compress(data)
+        else:
+            header, body = _ZLIB, zlib.compress(data, 6)
+        # Incompressible content (already-compressed attachments) is kept raw.
+        return header + body if len(body) < len(data) else _RAW + data
+
+    def _write_temp(self, path: Path, payload: bytes, *, fsync: bool) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(payload)
+                fh.flush()
+                if fsync:
+                    os.fsync(fh.fileno())
+        except BaseException:
+            # Never leave a half-written temp file behind, whatever interrupted us.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+            raise
+        return tmp_name
+
+    def put(self, data: bytes, *, compress: bool = True) -> str:
+        """Store ``data`` durably and return its key; storing existing content again does
+        nothing."""
+        key = blob_key(data)
+        path = self.path_for(key)
+        if path.is_file():
+            return key
+        try:
+            tmp_name = self._write_temp(path, self._encode(data, compress), fsync=True)
+            try:
+                os.replace(tmp_name, path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp_name)
+                raise
+            self._fsync_dir(path.parent)
+        except OSError as exc:
+            raise StoreError(f"could not write blob {key}: {exc}") from exc
+        return key
+
+    def put_many(self, items: Sequence[bytes], *, compress: bool = True) -> list[str]:
+        """Store several blobs durably (same guarantees as :meth:`put`), syncing once per phase.
+
+        All temporary files are written, the file system is synced once (``syncfs(2)``), they
+        are renamed into place, and it is synced again so the renames are durable before the
+        caller commits rows that reference them. Without ``syncfs`` each file is fsynced.
+        """
+        keys = [blob_key(d) for d in items]
+        pending: list[tuple[str, Path]] = []
+        planned: set[str] = set()
+        try:
+            for key, data in zip(keys, items, strict=True):
+                path = self.path_for(key)
+                if key in planned or path.is_file():
+                    continue
+                planned.add(key)
+                tmp = self._write_temp(path, self._encode(data, compress), fsync=_SYNCFS is None)
+                pending.append((tmp, path))
+            if not pending:
+                return keys
+            self._sync_all()
+            for tmp, path in pending:
+                os.replace(tmp, path)
+            if _SYNCFS is None:
+                for directory in {p.parent for _t, p in pending}:
+                    self._fsync_dir(directory)
+            else:
+                self._sync_all()
+        except OSError as exc:
+            for tmp, _path in pending:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            raise StoreError(f"could not write blobs: {exc}") from exc
+        return keys
+
+    def _sync_all(self) -> None:
+        if _SYNCFS is None:
+            return
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            if _SYNCFS(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+        finally:
+            os.close(fd)
+
+    def get(self, key: str) -> bytes:
+        """The bytes stored under ``key``; NotFound if absent, StoreError if damaged."""
+        path = self.path_for(key)
+        try:
+            payload = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise NotFound(f"blob {key} does not exist") from exc
+        except OSError as exc:
+            raise StoreError(f"could not read blob {key}: {exc}") from exc
+        header, body = payload[:4], payload[4:]
+        try:
+            if header == _RAW:
+                data = body
+            elif header == _ZLIB:
+                data = zlib.decompress(body)
+            elif header == _ZSTD:
+                if _zstd is None:
+                    raise StoreError(f"blob {key} is zstd-compressed; install zstandard")
+                data = _zstd.ZstdDecompressor().decompress(body)
+            else:
+                raise StoreError(f"blob {key} has an unknown header {header!r}")
+        except _DECOMPRESS_ERRORS as exc:
+            raise StoreError(f"blob {key} is damaged: {exc}") from exc
+        # Content addressing lets us detect silent corruption for free.
+        if blob_key(data) != key:
+            raise StoreError(f"blob {key} is damaged: content does not match its key")
+        return data
+
+    def delete(self, key: str) -> bool:
+        """Remove a blob; False if it was not there. Callers make sure nothing references it."""
+        try:
+            self.path_for(key).unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StoreError(f"could not delete blob {key}: {exc}") from exc
+        return True
+
+    @staticmethod
+    def _fsync_dir(directory: Path) -> None:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

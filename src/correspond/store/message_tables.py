@@ -1,0 +1,196 @@
+"""Tables for synced mail: threads, messages, their folder locations, references and attachments.
+
+Same :class:`~correspond.store.tables.Base` as accounts and folders (migration ``0002``).
+
+- One row in ``messages`` per mailbox message per account, whatever the number of folders it sits
+  in: ``UNIQUE(account_id, dedupe_key)`` is what makes invariant 2 ("nothing duplicated") hold
+  even when two writers race.
+- ``message_locations`` says where it lives: ``UNIQUE(folder_id, uid)`` (a UID names one message
+  in a folder, RFC 3501 §2.3.1.1). UID and MODSEQ are 64-bit (RFC 7162 §3.1.6).
+- ``message_refs`` indexes every Message-ID a message points at (In-Reply-To and References), so
+  a parent that arrives *after* its replies (backfill walks newest first) finds them.
+- ``attachments`` never store a file name as a path: the body is a content-addressed blob
+  (``blob_key``) or, above the size limit, only metadata (``blob_key`` NULL, ``section`` kept so
+  it can be fetched later).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from correspond.store.tables import Base, utcnow
+
+__all__ = [
+    "MESSAGE_DIRECTIONS",
+    "MESSAGE_STATES",
+    "AttachmentRow",
+    "MessageLocationRow",
+    "MessageRefRow",
+    "MessageRow",
+    "ThreadRow",
+]
+
+MESSAGE_STATES = ("active", "archived", "deleted")
+MESSAGE_DIRECTIONS = ("inbound", "outbound")
+
+# 64-bit ids on PostgreSQL; SQLite only auto-increments a column declared exactly INTEGER.
+_Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class ThreadRow(Base):
+    """A conversation. ``gm_thrid`` is Gmail's X-GM-THRID when the server has one."""
+
+    __tablename__ = "threads"
+    __table_args__ = (Index("ix_threads_account_last", "account_id", "last_message_at"),)
+
+    id: Mapped[int] = mapped_column(_Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    subject: Mapped[str] = mapped_column(Text, default="")
+    gm_thrid: Mapped[int | None] = mapped_column(BigInteger)
+    message_count: Mapped[int] = mapped_column(Integer, default=0)
+    first_message_at: Mapped[datetime | None] = mapped_column()
+    last_message_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"ThreadRow(id={self.id!r}, subject={self.subject!r})"
+
+
+class MessageRow(Base):
+    """One mail message, however many folders hold it."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("account_id", "dedupe_key"),
+        CheckConstraint(_in("state", MESSAGE_STATES), name="state"),
+        CheckConstraint(_in("direction", MESSAGE_DIRECTIONS), name="direction"),
+        Index("ix_messages_account_message_id", "account_id", "message_id_header"),
+        Index("ix_messages_account_subject", "account_id", "normalized_subject"),
+        Index("ix_messages_account_date", "account_id", "date"),
+        Index("ix_messages_thread", "thread_id"),
+    )
+
+    id: Mapped[int] = mapped_column(_Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    thread_id: Mapped[int | None] = mapped_column(ForeignKey("threads.id", ondelete="SET NULL"))
+    dedupe_key: Mapped[str] = mapped_column(Text)
+    message_id_header: Mapped[str | None] = mapped_column(Text)
+    in_reply_to: Mapped[str | None] = mapped_column(Text)
+    references: Mapped[list[str]] = mapped_column(JSON, default=list)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    normalized_subject: Mapped[str] = mapped_column(Text, default="")
+    from_name: Mapped[str | None] = mapped_column(Text)
+    from_email: Mapped[str | None] = mapped_column(String(320))
+    # Address lists as JSON [{"name": ..., "email": ...}]: read whole, never queried inside.
+    sender: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    reply_to: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    to_addrs: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    cc_addrs: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    bcc_addrs: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    participants: Mapped[list[str]] = mapped_column(JSON, default=list)
+    date: Mapped[datetime | None] = mapped_column()
+    internaldate: Mapped[datetime | None] = mapped_column()
+    snippet: Mapped[str] = mapped_column(Text, default="")
+    text_body: Mapped[str | None] = mapped_column(Text)
+    # Stored as received; sanitized when rendered (DESIGN.md invariant 6).
+    html_body: Mapped[str | None] = mapped_column(Text)
+    flags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    state: Mapped[str] = mapped_column(String(10), default="active")
+    direction: Mapped[str] = mapped_column(String(10), default="inbound")
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    raw_blob_key: Mapped[str | None] = mapped_column(String(64))
+    # True when the message was above max_message_bytes: headers and text only, no raw blob.
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    gm_msgid: Mapped[int | None] = mapped_column(BigInteger)
+    gm_thrid: Mapped[int | None] = mapped_column(BigInteger)
+    defects: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    locations: Mapped[list[MessageLocationRow]] = relationship(
+        back_populates="message", cascade="all, delete-orphan", passive_deletes=True
+    )
+    attachments: Mapped[list[AttachmentRow]] = relationship(
+        back_populates="message",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="AttachmentRow.id",
+    )
+
+    def __repr__(self) -> str:
+        return f"MessageRow(id={self.id!r}, subject={self.subject!r})"
+
+
+class MessageLocationRow(Base):
+    """Message ``message_id`` is UID ``uid`` in folder ``folder_id`` (under that folder's
+    current UIDVALIDITY). ``flags`` are this copy's flags, the base of the flag diff."""
+
+    __tablename__ = "message_locations"
+    __table_args__ = (
+        UniqueConstraint("folder_id", "uid"),
+        Index("ix_message_locations_message", "message_id"),
+    )
+
+    id: Mapped[int] = mapped_column(_Id, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    folder_id: Mapped[int] = mapped_column(ForeignKey("folders.id", ondelete="CASCADE"))
+    uid: Mapped[int] = mapped_column(BigInteger)
+    modseq: Mapped[int | None] = mapped_column(BigInteger)
+    flags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    message: Mapped[MessageRow] = relationship(back_populates="locations")
+
+
+class MessageRefRow(Base):
+    """Message ``message_id`` refers to the Message-ID ``ref`` (In-Reply-To or References)."""
+
+    __tablename__ = "message_refs"
+    __table_args__ = (
+        UniqueConstraint("message_id", "ref"),
+        Index("ix_message_refs_account_ref", "account_id", "ref"),
+    )
+
+    id: Mapped[int] = mapped_column(_Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    ref: Mapped[str] = mapped_column(Text)
+
+
+class AttachmentRow(Base):
+    """An attachment (or inline part) of a message; ``blob_key`` NULL means "still remote"."""
+
+    __tablename__ = "attachments"
+    __table_args__ = (Index("ix_attachments_message", "message_id"),)
+
+    id: Mapped[int] = mapped_column(_Id, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    # Display only; sanitised on download, never a path.
+    filename: Mapped[str | None] = mapped_column(Text)
+    content_type: Mapped[str] = mapped_column(String(255), default="application/octet-stream")
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    content_id: Mapped[str | None] = mapped_column(Text)
+    inline: Mapped[bool] = mapped_column(Boolean, default=False)
+    blob_key: Mapped[str | None] = mapped_column(String(64))
+    section: Mapped[str | None] = mapped_column(String(64))
+
+    message: Mapped[MessageRow] = relationship(back_populates="attachments")

@@ -1,0 +1,796 @@
+"""All SQL about synced messages: ingest, locations, flags, UIDVALIDITY resets, counts, reads.
+
+The engine hands in plain data (:class:`MessageData`, :class:`IncomingMessage`,
+:class:`FolderCheckpointUpdate`); every write here is one short transaction, and every sync write
+commits the folder's checkpoint *in the same transaction* as the rows it covers, so a crash
+between batches resumes exactly at the cursor (DESIGN.md invariant 3).
+
+Deduplication (invariant 2): a message whose ``dedupe_key`` the account already has only gains a
+location; ``UNIQUE(account_id, dedupe_key)`` backs this up against any bug or race.
+
+Threading decisions are not made here: :meth:`MessageStore.ingest_batch` looks up the candidates
+(messages this one refers to, messages that refer to it, same normalised subject) and asks a
+pure ``chooser`` (the sync layer adapts :func:`correspond.mail.threading.choose_thread`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from correspond.errors import NotFound, StoreError
+from correspond.rules.sync_plan import FolderCheckpoint
+from correspond.store.message_tables import (
+    AttachmentRow,
+    MessageLocationRow,
+    MessageRefRow,
+    MessageRow,
+    ThreadRow,
+)
+from correspond.store.tables import FolderRow, utcnow
+
+__all__ = [
+    "AddressData",
+    "AttachmentData",
+    "FolderCheckpointUpdate",
+    "IncomingMessage",
+    "IngestResult",
+    "MessageData",
+    "MessageDetail",
+    "MessageStore",
+    "MessageSummary",
+    "ThreadCandidate",
+    "ThreadChoice",
+    "ThreadChooser",
+]
+
+# How many same-subject messages threading looks at (newest first): enough to find the
+# conversation, bounded so a common subject ("Invoice") cannot make ingest quadratic.
+_SAME_SUBJECT_LIMIT = 50
+# Same-subject candidates are looked for this far around the message's date.
+_SAME_SUBJECT_WINDOW = timedelta(days=31)
+# Stay well below SQLite's host-parameter limit in IN (...) lists.
+_IN_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class AddressData:
+    name: str | None
+    email: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentData:
+    """An attachment to store. ``blob_key`` None: metadata only (body left on the server)."""
+
+    filename: str | None
+    content_type: str
+    size: int
+    content_id: str | None = None
+    inline: bool = False
+    blob_key: str | None = None
+    section: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageData:
+    """Everything stored for a new message (built by the sync layer from the parsed mail)."""
+
+    dedupe_key: str
+    message_id: str | None = None
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    subject: str = ""
+    normalized_subject: str = ""
+    from_: AddressData | None = None
+    sender: tuple[AddressData, ...] = ()
+    reply_to: tuple[AddressData, ...] = ()
+    to: tuple[AddressData, ...] = ()
+    cc: tuple[AddressData, ...] = ()
+    bcc: tuple[AddressData, ...] = ()
+    date: datetime | None = None
+    internaldate: datetime | None = None
+    snippet: str = ""
+    text: str | None = None
+    html: str | None = None
+    size: int | None = None
+    raw_blob_key: str | None = None
+    truncated: bool = False
+    gm_msgid: int | None = None
+    gm_thrid: int | None = None
+    defects: tuple[str, ...] = ()
+    direction: str = "inbound"
+    attachments: tuple[AttachmentData, ...] = ()
+    #: The original subject carried a reply/forward prefix (a threading hint).
+    is_reply: bool = False
+
+    @property
+    def parent_ids(self) -> tuple[str, ...]:
+        """Message-IDs this message points at: References then In-Reply-To, no repeats, never
+        its own id."""
+        out: list[str] = []
+        for ref in (*self.references, *([self.in_reply_to] if self.in_reply_to else [])):
+            if ref and ref != self.message_id and ref not in out:
+                out.append(ref)
+        return tuple(out)
+
+    @property
+    def participants(self) -> tuple[str, ...]:
+        """Lower-cased addresses from From, To, Cc and Bcc, sorted (threading and timeline).
+
+        Not Sender or Reply-To: mailing lists set those to the list, which would make every
+        list message "share" a participant."""
+        addrs = [self.from_] if self.from_ else []
+        addrs += [*self.to, *self.cc, *self.bcc]
+        return tuple(sorted({a.email.lower() for a in addrs if "@" in a.email}))
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """One fetched UID: where it is and, for a message not stored yet, its data."""
+
+    uid: int
+    flags: frozenset[str]
+    data: MessageData
+    modseq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FolderCheckpointUpdate:
+    """Folder columns to set in the same transaction (None: leave as is)."""
+
+    uidvalidity: int | None = None
+    uidnext: int | None = None
+    highestmodseq: int | None = None
+    exists_count: int | None = None
+    backfill_done: bool | None = None
+    backfill_low_uid: int | None = None
+    backfill_total: int | None = None
+    backfill_done_increment: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadCandidate:
+    """A stored message as threading sees it."""
+
+    id: int
+    thread_id: int | None
+    message_id: str | None
+    parent_ids: tuple[str, ...]
+    normalized_subject: str
+    participants: tuple[str, ...]
+    date: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadChoice:
+    """The chooser's answer: join ``thread_id`` (None: start one) and fold ``merge_thread_ids``
+    into it."""
+
+    thread_id: int | None
+    merge_thread_ids: tuple[int, ...] = ()
+
+
+ThreadChooser = Callable[
+    [MessageData, Sequence[ThreadCandidate], Sequence[ThreadCandidate]], ThreadChoice
+]
+
+
+@dataclass(slots=True)
+class IngestResult:
+    """What one batch did: new message ids, UIDs linked to existing messages, UIDs already there."""
+
+    created: list[int] = field(default_factory=list)
+    linked: list[int] = field(default_factory=list)
+    already_present: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSummary:
+    id: int
+    thread_id: int | None
+    subject: str
+    from_email: str | None
+    from_name: str | None
+    date: datetime | None
+    snippet: str
+    flags: tuple[str, ...]
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDetail:
+    summary: MessageSummary
+    message_id: str | None
+    dedupe_key: str
+    to: tuple[AddressData, ...]
+    cc: tuple[AddressData, ...]
+    text: str | None
+    html: str | None
+    raw_blob_key: str | None
+    truncated: bool
+    defects: tuple[str, ...]
+    locations: tuple[tuple[int, int], ...]
+    attachments: tuple[AttachmentData, ...]
+
+
+def _addr_json(addrs: Iterable[AddressData]) -> list[dict[str, Any]]:
+    return [{"name": a.name, "email": a.email} for a in addrs]
+
+
+def _addr_tuple(items: Iterable[Mapping[str, Any]]) -> tuple[AddressData, ...]:
+    return tuple(AddressData(i.get("name"), i.get("email") or "") for i in items)
+
+
+def _chunks(values: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _summary(row: MessageRow) -> MessageSummary:
+    return MessageSummary(
+        id=row.id,
+        thread_id=row.thread_id,
+        subject=row.subject,
+        from_email=row.from_email,
+        from_name=row.from_name,
+        date=row.date,
+        snippet=row.snippet,
+        flags=tuple(sorted(row.flags or ())),
+        state=row.state,
+    )
+
+
+class MessageStore:
+    """Message SQL over one SQLAlchemy engine (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # -- folder checkpoint ---------------------------------------------------------------------
+
+    def folder_checkpoint(self, folder_id: int) -> FolderCheckpoint:
+        """The folder's sync state as the pure planner wants it."""
+        try:
+            with self._session() as s:
+                row = s.get(FolderRow, folder_id)
+                if row is None:
+                    raise NotFound(f"folder {folder_id} does not exist")
+                return FolderCheckpoint(
+                    uidvalidity=row.uidvalidity,
+                    uidnext=row.uidnext,
+                    highestmodseq=row.highestmodseq,
+                    backfill_done=row.backfill_done,
+                    backfill_low_uid=row.backfill_low_uid,
+                )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not read folder {folder_id}: {exc}") from exc
+
+    def reset_folder(
+        self,
+        folder_id: int,
+        *,
+        uidvalidity: int,
+        uidnext: int | None,
+        highestmodseq: int | None,
+        exists_count: int | None,
+    ) -> int:
+        """Start (or restart) a folder under a new UIDVALIDITY (RFC 3501 §2.3.1.1).
+
+        Every stored location of the folder is void: they are deleted and the backfill cursor is
+        cleared, in one transaction. The messages stay; the next backfill re-links them by dedupe
+        key, so a UIDVALIDITY change never duplicates a message. ``uidnext`` becomes the covered
+        bound: backfill takes the UIDs below it, live sync those from it on. Returns the number of
+        locations dropped.
+        """
+        try:
+            with self._session() as s, s.begin():
+                row = s.get(FolderRow, folder_id, with_for_update=True)
+                if row is None:
+                    raise NotFound(f"folder {folder_id} does not exist")
+                dropped = _rowcount(
+                    s.execute(
+                        delete(MessageLocationRow).where(MessageLocationRow.folder_id == folder_id)
+                    )
+                )
+                row.uidvalidity = uidvalidity
+                row.uidnext = uidnext
+                row.highestmodseq = highestmodseq
+                row.exists_count = exists_count
+                row.backfill_done = False
+                row.backfill_low_uid = None
+                row.backfill_total = None
+                row.backfill_done_count = 0
+                return int(dropped or 0)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not reset folder {folder_id}: {exc}") from exc
+
+    def update_checkpoint(self, folder_id: int, update_: FolderCheckpointUpdate) -> None:
+        """Set checkpoint columns on their own (no data goes with them)."""
+        try:
+            with self._session() as s, s.begin():
+                self._apply_checkpoint(s, folder_id, update_)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not update folder {folder_id}: {exc}") from exc
+
+    @staticmethod
+    def _apply_checkpoint(s: Session, folder_id: int, upd: FolderCheckpointUpdate) -> None:
+        row = s.get(FolderRow, folder_id, with_for_update=True)
+        if row is None:
+            raise NotFound(f"folder {folder_id} does not exist")
+        for name in (
+            "uidvalidity",
+            "uidnext",
+            "highestmodseq",
+            "exists_count",
+            "backfill_done",
+            "backfill_low_uid",
+            "backfill_total",
+        ):
+            value = getattr(upd, name)
+            if value is not None:
+                setattr(row, name, value)
+        if upd.backfill_done_increment:
+            row.backfill_done_count = (row.backfill_done_count or 0) + upd.backfill_done_increment
+        row.last_seen_at = utcnow()
+
+    # -- reads the engine needs ----------------------------------------------------------------
+
+    def location_flags(self, folder_id: int) -> dict[int, frozenset[str]]:
+        """UID -> flags of every stored location in the folder (the base of every diff)."""
+        try:
+            with self._session() as s:
+                rows = s.execute(
+                    select(MessageLocationRow.uid, MessageLocationRow.flags).where(
+                        MessageLocationRow.folder_id == folder_id
+                    )
+                ).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not read locations of folder {folder_id}: {exc}") from exc
+        return {int(uid): frozenset(flags or ()) for uid, flags in rows}
+
+    def known_dedupe_keys(self, account_id: int, keys: Collection[str]) -> set[str]:
+        """Which of ``keys`` the account already has (lets the engine skip fetching bodies)."""
+        wanted = sorted(set(keys))
+        found: set[str] = set()
+        try:
+            with self._session() as s:
+                for part in _chunks(wanted):
+                    found.update(
+                        s.scalars(
+                            select(MessageRow.dedupe_key).where(
+                                MessageRow.account_id == account_id,
+                                MessageRow.dedupe_key.in_(part),
+                            )
+                        )
+                    )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not look up messages: {exc}") from exc
+        return found
+
+    # -- ingest --------------------------------------------------------------------------------
+
+    def ingest_batch(
+        self,
+        account_id: int,
+        folder_id: int,
+        items: Sequence[IncomingMessage],
+        checkpoint: FolderCheckpointUpdate,
+        *,
+        chooser: ThreadChooser,
+    ) -> IngestResult:
+        """Store a fetched batch and move the folder's cursor, all in ONE transaction.
+
+        For each item: a location already at ``(folder, uid)`` is left alone (a re-run after a
+        crash); a known dedupe key gains a location; otherwise the message is inserted with its
+        references and attachments and put in a thread. Either the whole batch and its
+        checkpoint are stored, or nothing is.
+        """
+        result = IngestResult()
+        try:
+            with self._session() as s, s.begin():
+                present = self._present_uids(s, folder_id, [i.uid for i in items])
+                for item in items:
+                    if item.uid in present:
+                        result.already_present.append(item.uid)
+                        continue
+                    existing = s.scalar(
+                        select(MessageRow).where(
+                            MessageRow.account_id == account_id,
+                            MessageRow.dedupe_key == item.data.dedupe_key,
+                        )
+                    )
+                    if existing is not None:
+                        message = existing
+                        result.linked.append(item.uid)
+                    else:
+                        message = self._insert_message(s, account_id, item, chooser)
+                        result.created.append(message.id)
+                    s.add(
+                        MessageLocationRow(
+                            message_id=message.id,
+                            folder_id=folder_id,
+                            uid=item.uid,
+                            modseq=item.modseq,
+                            flags=sorted(item.flags),
+                        )
+                    )
+                    if existing is not None:
+                        existing.flags = sorted(item.flags)
+                    present.add(item.uid)
+                self._apply_checkpoint(s, folder_id, checkpoint)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not store a batch for folder {folder_id}: {exc}") from exc
+        return result
+
+    @staticmethod
+    def _present_uids(s: Session, folder_id: int, uids: Sequence[int]) -> set[int]:
+        present: set[int] = set()
+        for part in _chunks(sorted(set(uids))):
+            present.update(
+                s.scalars(
+                    select(MessageLocationRow.uid).where(
+                        MessageLocationRow.folder_id == folder_id,
+                        MessageLocationRow.uid.in_(part),
+                    )
+                )
+            )
+        return present
+
+    def _insert_message(
+        self, s: Session, account_id: int, item: IncomingMessage, chooser: ThreadChooser
+    ) -> MessageRow:
+        data = item.data
+        thread = self._thread_for(s, account_id, data, chooser)
+        row = MessageRow(
+            account_id=account_id,
+            thread_id=thread.id,
+            dedupe_key=data.dedupe_key,
+            message_id_header=data.message_id,
+            in_reply_to=data.in_reply_to,
+            references=list(data.references),
+            subject=data.subject,
+            normalized_subject=data.normalized_subject,
+            from_name=data.from_.name if data.from_ else None,
+            from_email=data.from_.email.lower() if data.from_ and data.from_.email else None,
+            sender=_addr_json(data.sender),
+            reply_to=_addr_json(data.reply_to),
+            to_addrs=_addr_json(data.to),
+            cc_addrs=_addr_json(data.cc),
+            bcc_addrs=_addr_json(data.bcc),
+            participants=list(data.participants),
+            date=data.date,
+            internaldate=data.internaldate,
+            snippet=data.snippet,
+            text_body=data.text,
+            html_body=data.html,
+            flags=sorted(item.flags),
+            direction=data.direction,
+            size=data.size,
+            raw_blob_key=data.raw_blob_key,
+            truncated=data.truncated,
+            gm_msgid=data.gm_msgid,
+            gm_thrid=data.gm_thrid,
+            defects=list(data.defects),
+        )
+        row.attachments = [
+            AttachmentRow(
+                filename=a.filename,
+                content_type=a.content_type,
+                size=a.size,
+                content_id=a.content_id,
+                inline=a.inline,
+                blob_key=a.blob_key,
+                section=a.section,
+            )
+            for a in data.attachments
+        ]
+        s.add(row)
+        s.flush()
+        for ref in data.parent_ids:
+            s.add(MessageRefRow(account_id=account_id, message_id=row.id, ref=ref))
+        # Keep the thread's summary columns current.
+        thread.message_count = (thread.message_count or 0) + 1
+        when = data.date or data.internaldate
+        if when is not None:
+            if thread.last_message_at is None or when > thread.last_message_at:
+                thread.last_message_at = when
+            if thread.first_message_at is None or when < thread.first_message_at:
+                thread.first_message_at = when
+        return row
+
+    def _thread_for(
+        self, s: Session, account_id: int, data: MessageData, chooser: ThreadChooser
+    ) -> ThreadRow:
+        # Gmail says which thread a message is in: that beats any heuristic.
+        if data.gm_thrid is not None:
+            by_gm = s.scalar(
+                select(ThreadRow).where(
+                    ThreadRow.account_id == account_id, ThreadRow.gm_thrid == data.gm_thrid
+                )
+            )
+            if by_gm is not None:
+                return by_gm
+        related = self._related(s, account_id, data)
+        same_subject: list[ThreadCandidate] = []
+        if data.normalized_subject:
+            query = select(MessageRow).where(
+                MessageRow.account_id == account_id,
+                MessageRow.normalized_subject == data.normalized_subject,
+            )
+            when = data.date or data.internaldate
+            if when is not None:
+                query = query.where(
+                    MessageRow.date.between(
+                        when - _SAME_SUBJECT_WINDOW, when + _SAME_SUBJECT_WINDOW
+                    )
+                )
+            rows = s.scalars(
+                query.order_by(MessageRow.date.desc().nulls_last(), MessageRow.id.desc()).limit(
+                    _SAME_SUBJECT_LIMIT
+                )
+            ).all()
+            same_subject = [_candidate(r) for r in rows]
+        choice = chooser(data, related, same_subject)
+        thread: ThreadRow | None = None
+        if choice.thread_id is not None:
+            thread = s.get(ThreadRow, choice.thread_id)
+        if thread is None:
+            thread = ThreadRow(
+                account_id=account_id,
+                subject=data.subject,
+                gm_thrid=data.gm_thrid,
+                message_count=0,
+            )
+            s.add(thread)
+            s.flush()
+        merge = [t for t in choice.merge_thread_ids if t != thread.id]
+        if merge:
+            self._merge_threads(s, account_id, thread, merge)
+        return thread
+
+    @staticmethod
+    def _related(s: Session, account_id: int, data: MessageData) -> list[ThreadCandidate]:
+        """Messages this one refers to, messages that refer to it, and messages that share a
+        referenced id with it (siblings whose parent was never seen)."""
+        conditions = []
+        if data.parent_ids:
+            parents = list(data.parent_ids)
+            conditions.append(MessageRow.message_id_header.in_(parents))
+            conditions.append(
+                MessageRow.id.in_(
+                    select(MessageRefRow.message_id).where(
+                        MessageRefRow.account_id == account_id, MessageRefRow.ref.in_(parents)
+                    )
+                )
+            )
+        if data.message_id:
+            conditions.append(
+                MessageRow.id.in_(
+                    select(MessageRefRow.message_id).where(
+                        MessageRefRow.account_id == account_id,
+                        MessageRefRow.ref == data.message_id,
+                    )
+                )
+            )
+        if not conditions:
+            return []
+        rows = s.scalars(
+            select(MessageRow)
+            .where(MessageRow.account_id == account_id, or_(*conditions))
+            .order_by(MessageRow.id)
+        ).all()
+        return [_candidate(r) for r in rows]
+
+    @staticmethod
+    def _merge_threads(
+        s: Session, account_id: int, into: ThreadRow, merge_ids: Sequence[int]
+    ) -> None:
+        """Move every message of ``merge_ids`` into ``into`` and drop the emptied threads."""
+        others = s.scalars(
+            select(ThreadRow).where(ThreadRow.account_id == account_id, ThreadRow.id.in_(merge_ids))
+        ).all()
+        if not others:
+            return
+        ids = [t.id for t in others]
+        s.execute(update(MessageRow).where(MessageRow.thread_id.in_(ids)).values(thread_id=into.id))
+        for t in others:
+            into.message_count = (into.message_count or 0) + (t.message_count or 0)
+            if t.last_message_at and (
+                into.last_message_at is None or t.last_message_at > into.last_message_at
+            ):
+                into.last_message_at = t.last_message_at
+            if t.first_message_at and (
+                into.first_message_at is None or t.first_message_at < into.first_message_at
+            ):
+                into.first_message_at = t.first_message_at
+            if into.gm_thrid is None and t.gm_thrid is not None:
+                into.gm_thrid = t.gm_thrid
+        s.flush()
+        s.execute(delete(ThreadRow).where(ThreadRow.id.in_(ids)))
+
+    # -- live changes ----------------------------------------------------------------------------
+
+    def apply_remote_changes(
+        self,
+        folder_id: int,
+        *,
+        flag_updates: Mapping[int, frozenset[str]] = {},
+        removed_uids: Collection[int] = (),
+        modseqs: Mapping[int, int] = {},
+        checkpoint: FolderCheckpointUpdate | None = None,
+    ) -> tuple[int, int]:
+        """Apply flag changes and expunges to stored locations, with the checkpoint, atomically.
+
+        A removed location is deleted; the message itself stays (whether the CRM copy is archived
+        or deleted is the toggle rules' decision, not the mirror's). Returns (updated, removed).
+        """
+        updated = 0
+        try:
+            with self._session() as s, s.begin():
+                for uid, flags in flag_updates.items():
+                    loc = s.scalar(
+                        select(MessageLocationRow).where(
+                            MessageLocationRow.folder_id == folder_id,
+                            MessageLocationRow.uid == uid,
+                        )
+                    )
+                    if loc is None:
+                        continue
+                    loc.flags = sorted(flags)
+                    if uid in modseqs:
+                        loc.modseq = modseqs[uid]
+                    msg = s.get(MessageRow, loc.message_id)
+                    if msg is not None:
+                        msg.flags = sorted(flags)
+                    updated += 1
+                removed = 0
+                for part in _chunks(sorted(set(removed_uids))):
+                    removed += _rowcount(
+                        s.execute(
+                            delete(MessageLocationRow).where(
+                                MessageLocationRow.folder_id == folder_id,
+                                MessageLocationRow.uid.in_(part),
+                            )
+                        )
+                    )
+                if checkpoint is not None:
+                    self._apply_checkpoint(s, folder_id, checkpoint)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not apply changes to folder {folder_id}: {exc}") from exc
+        return updated, removed
+
+    # -- counts and reads for surfaces -----------------------------------------------------------
+
+    def count_messages(self, account_id: int) -> int:
+        with self._session() as s:
+            return int(
+                s.scalar(
+                    select(func.count())
+                    .select_from(MessageRow)
+                    .where(MessageRow.account_id == account_id)
+                )
+                or 0
+            )
+
+    def count_locations(self, folder_id: int) -> int:
+        with self._session() as s:
+            return int(
+                s.scalar(
+                    select(func.count())
+                    .select_from(MessageLocationRow)
+                    .where(MessageLocationRow.folder_id == folder_id)
+                )
+                or 0
+            )
+
+    def count_threads(self, account_id: int) -> int:
+        with self._session() as s:
+            return int(
+                s.scalar(
+                    select(func.count())
+                    .select_from(ThreadRow)
+                    .where(ThreadRow.account_id == account_id)
+                )
+                or 0
+            )
+
+    def list_messages(
+        self,
+        account_id: int,
+        *,
+        folder_id: int | None = None,
+        thread_id: int | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[MessageSummary]:
+        """Messages newest first, optionally only those in one folder or one thread."""
+        query = select(MessageRow).where(MessageRow.account_id == account_id)
+        if folder_id is not None:
+            query = query.where(
+                MessageRow.id.in_(
+                    select(MessageLocationRow.message_id).where(
+                        MessageLocationRow.folder_id == folder_id
+                    )
+                )
+            )
+        if thread_id is not None:
+            query = query.where(MessageRow.thread_id == thread_id)
+        query = (
+            query.order_by(MessageRow.date.desc().nulls_last(), MessageRow.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        with self._session() as s:
+            return [_summary(r) for r in s.scalars(query)]
+
+    def get_message(self, message_id: int) -> MessageDetail:
+        """One message with its locations and attachments; NotFound if absent."""
+        with self._session() as s:
+            row = s.get(MessageRow, message_id)
+            if row is None:
+                raise NotFound(f"message {message_id} does not exist")
+            return MessageDetail(
+                summary=_summary(row),
+                message_id=row.message_id_header,
+                dedupe_key=row.dedupe_key,
+                to=_addr_tuple(row.to_addrs or ()),
+                cc=_addr_tuple(row.cc_addrs or ()),
+                text=row.text_body,
+                html=row.html_body,
+                raw_blob_key=row.raw_blob_key,
+                truncated=row.truncated,
+                defects=tuple(row.defects or ()),
+                locations=tuple(sorted((loc.folder_id, loc.uid) for loc in row.locations)),
+                attachments=tuple(
+                    AttachmentData(
+                        filename=a.filename,
+                        content_type=a.content_type,
+                        size=a.size,
+                        content_id=a.content_id,
+                        inline=a.inline,
+                        blob_key=a.blob_key,
+                        section=a.section,
+                    )
+                    for a in row.attachments
+                ),
+            )
+
+    def folder_contents(self, folder_id: int) -> dict[int, str]:
+        """UID -> dedupe key of every location in the folder (tests and consistency checks)."""
+        with self._session() as s:
+            rows = s.execute(
+                select(MessageLocationRow.uid, MessageRow.dedupe_key)
+                .join(MessageRow, MessageRow.id == MessageLocationRow.message_id)
+                .where(MessageLocationRow.folder_id == folder_id)
+            ).all()
+        return {int(uid): key for uid, key in rows}
+
+
+def _rowcount(result: Any) -> int:
+    """Rows a DELETE/UPDATE touched (a CursorResult's rowcount; typing does not know that)."""
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _candidate(row: MessageRow) -> ThreadCandidate:
+    parents: list[str] = list(row.references or ())
+    if row.in_reply_to and row.in_reply_to not in parents:
+        parents.append(row.in_reply_to)
+    return ThreadCandidate(
+        id=row.id,
+        thread_id=row.thread_id,
+        message_id=row.message_id_header,
+        parent_ids=tuple(parents),
+        normalized_subject=row.normalized_subject,
+        participants=tuple(row.participants or ()),
+        date=row.date,
+    )

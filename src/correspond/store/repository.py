@@ -1,0 +1,367 @@
+"""The store: every query on accounts and folders, each in a short explicit transaction.
+
+SQLAlchemy errors are translated here, once (:class:`~correspond.errors.StoreError`, or
+:class:`~correspond.errors.ConfigError` for a duplicate name). Callers get records from
+:mod:`correspond.store.records`, never rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from correspond.errors import ConfigError, NotFound, StoreError
+from correspond.rules.folders import FolderSpec
+from correspond.rules.presets import AccountDraft
+from correspond.store.engine import register_table_modules
+from correspond.store.records import (
+    TOGGLES,
+    Account,
+    AccountSummary,
+    Folder,
+    FolderSyncResult,
+    account_from_row,
+    folder_from_row,
+)
+from correspond.store.secrets import SecretBox
+from correspond.store.tables import ACCOUNT_STATES, AccountRow, Base, FolderRow, utcnow
+
+__all__ = ["Store"]
+
+
+class Store:
+    """Accounts and folders in SQLite or PostgreSQL. Thread-safe: one session per call."""
+
+    def __init__(
+        self, engine: Engine, secrets: SecretBox, *, default_window_days: int = 60
+    ) -> None:
+        self._engine = engine
+        self._secrets = secrets
+        self._default_window_days = default_window_days
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        register_table_modules()
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._engine.dialect.name
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self._engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Store({self._engine.url.render_as_string(hide_password=True)!r})"
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One unit of work: commits on success, rolls back on any error."""
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except (NotFound, ConfigError):
+            raise
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database error: {exc.__class__.__name__}: {exc}") from exc
+
+    def ping(self) -> None:
+        """Raise :class:`StoreError` unless the database answers."""
+        with self.transaction() as s:
+            s.execute(text("SELECT 1"))
+
+    # -- accounts --------------------------------------------------------------------------
+
+    @staticmethod
+    def _account_row(s: Session, name: str) -> AccountRow:
+        row = s.scalars(select(AccountRow).where(AccountRow.name == name)).one_or_none()
+        if row is None:
+            raise NotFound(f"no account named {name!r}")
+        return row
+
+    def add_account(self, draft: AccountDraft, secret: str | None) -> Account:
+        """Create an account from ``draft``; ``secret`` is encrypted before it is stored."""
+        unknown = set(draft.toggles) - set(TOGGLES)
+        if unknown:
+            raise ConfigError(f"unknown toggles: {', '.join(sorted(unknown))}")
+        row = AccountRow(
+            name=draft.name,
+            preset=draft.preset,
+            email=draft.email,
+            username=draft.username,
+            imap_host=draft.imap_host,
+            imap_port=draft.imap_port,
+            imap_security=draft.imap_security,
+            smtp_host=draft.smtp_host,
+            smtp_port=draft.smtp_port,
+            smtp_security=draft.smtp_security,
+            auth_kind=draft.auth_kind,
+            secret_encrypted=self._secrets.encrypt(secret) if secret is not None else None,
+            allow_plaintext=draft.allow_plaintext,
+            trusted_cert_pem=draft.trusted_cert_pem,
+            state="connecting",
+            state_detail="Added; waiting for the first connection.",
+            folders_mode="all",
+            window_days=draft.window_days or self._default_window_days,
+            **draft.toggles,
+        )
+        try:
+            with self.transaction() as s:
+                if s.scalar(select(AccountRow.id).where(AccountRow.name == draft.name)):
+                    raise ConfigError(f"an account named {draft.name!r} already exists")
+                s.add(row)
+                s.flush()
+                return account_from_row(row)
+        except StoreError as exc:
+            # A concurrent insert of the same name loses the race on the unique constraint.
+            if isinstance(exc.__cause__, IntegrityError):
+                raise ConfigError(f"an account named {draft.name!r} already exists") from exc
+            raise
+
+    def get_account(self, name: str) -> Account:
+        """The account called ``name``; :class:`NotFound` otherwise."""
+        with self.transaction() as s:
+            return account_from_row(self._account_row(s, name))
+
+    def get_account_by_id(self, account_id: int) -> Account:
+        with self.transaction() as s:
+            row = s.get(AccountRow, account_id)
+            if row is None:
+                raise NotFound(f"no account with id {account_id}")
+            return account_from_row(row)
+
+    def account_secret(self, name: str) -> str:
+        """The decrypted secret of ``name`` (only for handing to a server)."""
+        with self.transaction() as s:
+            token = self._account_row(s, name).secret_encrypted
+        if token is None:
+            raise ConfigError(f"account {name!r} has no stored password")
+        return self._secrets.decrypt(bytes(token))
+
+    def set_account_secret(self, name: str, secret: str) -> None:
+        """Replace the stored secret of ``name``."""
+        with self.transaction() as s:
+            self._account_row(s, name).secret_encrypted = self._secrets.encrypt(secret)
+
+    def remove_account(self, name: str) -> None:
+        """Delete ``name`` and (by cascade) everything that belongs to it."""
+        with self.transaction() as s:
+            s.delete(self._account_row(s, name))
+
+    def set_account_state(
+        self,
+        name: str,
+        state: str,
+        detail: str = "",
+        *,
+        connected_at: datetime | None = None,
+        last_sync_at: datetime | None = None,
+    ) -> Account:
+        """Record a new state with its human-readable detail."""
+        if state not in ACCOUNT_STATES:
+            raise ConfigError(f"unknown account state {state!r}")
+        with self.transaction() as s:
+            row = self._account_row(s, name)
+            row.state = state
+            row.state_detail = detail
+            if connected_at is not None:
+                row.connected_at = connected_at
+            if last_sync_at is not None:
+                row.last_sync_at = last_sync_at
+            s.flush()
+            return account_from_row(row)
+
+    def _message_counts(self, s: Session) -> dict[int, int]:
+        """Messages per account. Seam: counts appear once a ``messages`` table is registered
+        on :class:`Base` (by ``store/message_tables.py``) with an ``account_id`` column."""
+        table = Base.metadata.tables.get("messages")
+        if table is None or "account_id" not in table.c:
+            return {}
+        q = select(table.c.account_id, func.count()).group_by(table.c.account_id)
+        if "state" in table.c:
+            q = q.where(table.c.state != "deleted")
+        rows = s.execute(q).all()
+        return {int(a): int(n) for a, n in rows}
+
+    def list_accounts(self) -> list[AccountSummary]:
+        """Every account with its folder, selected-folder and message counts, by name."""
+        with self.transaction() as s:
+            live = FolderRow.removed.is_(False)
+            folder_counts: dict[int, int] = {
+                int(a): int(n)
+                for a, n in s.execute(
+                    select(FolderRow.account_id, func.count())
+                    .where(live)
+                    .group_by(FolderRow.account_id)
+                ).all()
+            }
+            selected_counts: dict[int, int] = {
+                int(a): int(n)
+                for a, n in s.execute(
+                    select(FolderRow.account_id, func.count())
+                    .where(live, FolderRow.selected.is_(True), FolderRow.selectable.is_(True))
+                    .group_by(FolderRow.account_id)
+                ).all()
+            }
+            message_counts = self._message_counts(s)
+            rows = s.scalars(select(AccountRow).order_by(AccountRow.name)).all()
+            return [
+                AccountSummary(
+                    account=account_from_row(r),
+                    folder_count=folder_counts.get(r.id, 0),
+                    selected_folder_count=selected_counts.get(r.id, 0),
+                    message_count=message_counts.get(r.id, 0),
+                )
+                for r in rows
+            ]
+
+    def account_summary(self, name: str) -> AccountSummary:
+        """:meth:`list_accounts` for one account."""
+        for summary in self.list_accounts():
+            if summary.account.name == name:
+                return summary
+        raise NotFound(f"no account named {name!r}")
+
+    # -- folders ---------------------------------------------------------------------------
+
+    def sync_folders(
+        self, account_name: str, specs: Sequence[FolderSpec], *, seen_at: datetime | None = None
+    ) -> FolderSyncResult:
+        """Upsert the listed folders by raw name; mark the unlisted ones removed.
+
+        A folder is the same folder only if its raw name is byte-identical: a new folder with
+        the same display name as a vanished one is a new row, never a revival of the old one's
+        checkpoint. New selectable folders are selected when the account syncs all folders.
+        """
+        seen_at = seen_at or utcnow()
+        added = updated = removed = 0
+        with self.transaction() as s:
+            account = self._account_row(s, account_name)
+            rows = {
+                bytes(r.remote_name_raw): r
+                for r in s.scalars(select(FolderRow).where(FolderRow.account_id == account.id))
+            }
+            listed: set[bytes] = set()
+            for spec in specs:
+                if spec.name_raw in listed:
+                    continue
+                listed.add(spec.name_raw)
+                row = rows.get(spec.name_raw)
+                if row is None:
+                    row = FolderRow(
+                        account_id=account.id,
+                        remote_name_raw=spec.name_raw,
+                        selected=spec.selectable and account.folders_mode == "all",
+                        backfill_done=False,
+                        backfill_done_count=0,
+                    )
+                    s.add(row)
+                    added += 1
+                elif row.removed or row.flags != list(spec.flags) or row.role != spec.role:
+                    updated += 1
+                if row.removed and account.folders_mode == "all":
+                    row.selected = spec.selectable
+                row.name = spec.name
+                row.delimiter = spec.delimiter
+                row.flags = list(spec.flags)
+                row.role = spec.role
+                row.selectable = spec.selectable
+                row.removed = False
+                row.last_seen_at = seen_at
+                if not spec.selectable:
+                    row.selected = False
+            for raw, row in rows.items():
+                if raw not in listed and not row.removed:
+                    row.removed = True
+                    row.role = None
+                    removed += 1
+            s.flush()
+            folders = self._folders(s, account.id, include_removed=False)
+        return FolderSyncResult(added=added, updated=updated, removed=removed, folders=folders)
+
+    @staticmethod
+    def _folders(s: Session, account_id: int, *, include_removed: bool) -> list[Folder]:
+        q = select(FolderRow).where(FolderRow.account_id == account_id)
+        if not include_removed:
+            q = q.where(FolderRow.removed.is_(False))
+        rows = s.scalars(q).all()
+        # INBOX first, then the other roles, then by display name; id breaks ties.
+        order = {"inbox": 0, "sent": 1, "drafts": 2, "archive": 3, "all": 4, "junk": 5, "trash": 6}
+        return sorted(
+            (folder_from_row(r) for r in rows),
+            key=lambda f: (order.get(f.role or "", 9), f.name.casefold(), f.id),
+        )
+
+    def list_folders(self, account_name: str, *, include_removed: bool = False) -> list[Folder]:
+        """The account's folders, INBOX and role folders first."""
+        with self.transaction() as s:
+            account = self._account_row(s, account_name)
+            return self._folders(s, account.id, include_removed=include_removed)
+
+    def select_folders(
+        self,
+        account_name: str,
+        *,
+        all_folders: bool = False,
+        refs: Sequence[str | int] = (),
+    ) -> list[Folder]:
+        """Choose which folders sync: all selectable ones (and future ones), or exactly ``refs``.
+
+        A ref is a folder id (int), or a display name; a string of digits that names no folder
+        is taken as an id. A display name shared by two folders is refused as ambiguous (use the
+        id). Folders that cannot be selected (``\\Noselect``) are refused.
+        """
+        if all_folders and refs:
+            raise ConfigError("choose either all folders or a list of folders, not both")
+        if not all_folders and not refs:
+            raise ConfigError("no folders given: name at least one folder, or choose all")
+        with self.transaction() as s:
+            account = self._account_row(s, account_name)
+            rows = list(
+                s.scalars(
+                    select(FolderRow).where(
+                        FolderRow.account_id == account.id, FolderRow.removed.is_(False)
+                    )
+                )
+            )
+            if all_folders:
+                account.folders_mode = "all"
+                for row in rows:
+                    row.selected = row.selectable
+            else:
+                chosen = {self._resolve(rows, ref).id for ref in refs}
+                for row in rows:
+                    if row.id in chosen and not row.selectable:
+                        raise ConfigError(
+                            f"folder {row.name!r} (id {row.id}) cannot be selected (\\Noselect)"
+                        )
+                account.folders_mode = "selected"
+                for row in rows:
+                    row.selected = row.id in chosen
+            s.flush()
+            return self._folders(s, account.id, include_removed=False)
+
+    @staticmethod
+    def _resolve(rows: list[FolderRow], ref: str | int) -> FolderRow:
+        if isinstance(ref, int):
+            by_id = [r for r in rows if r.id == ref]
+            if not by_id:
+                raise NotFound(f"no folder with id {ref}")
+            return by_id[0]
+        by_name = [r for r in rows if r.name == ref]
+        if len(by_name) == 1:
+            return by_name[0]
+        if len(by_name) > 1:
+            ids = ", ".join(str(r.id) for r in sorted(by_name, key=lambda r: r.id))
+            raise ConfigError(f"several folders are named {ref!r}; choose by id: {ids}")
+        if ref.isdigit():
+            return Store._resolve(rows, int(ref))
+        raise NotFound(f"no folder named {ref!r}")

@@ -1,0 +1,51 @@
+"""Account secrets encrypted at rest (Fernet: AES-128-CBC + HMAC-SHA256, from ``cryptography``).
+
+The key comes from :func:`correspond.settings.load_secret_key`. Plaintext secrets exist only in
+memory, on their way to a server; they are never logged, never in a ``repr``, never returned by
+the API or the CLI.
+"""
+
+from __future__ import annotations
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from correspond.errors import ConfigError
+from correspond.settings import Settings, load_secret_key
+
+__all__ = ["SecretBox"]
+
+
+class SecretBox:
+    """Encrypts and decrypts account secrets with one key."""
+
+    __slots__ = ("_fernet",)
+
+    def __init__(self, key: bytes) -> None:
+        try:
+            self._fernet = Fernet(key)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(
+                "the secret key is not a valid Fernet key (32 url-safe base64-encoded bytes)"
+            ) from exc
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SecretBox:
+        """The box for ``settings.secret_key`` or ``<data_dir>/secret.key``."""
+        return cls(load_secret_key(settings))
+
+    def encrypt(self, secret: str) -> bytes:
+        """An authenticated token for ``secret``; a fresh IV each time."""
+        return self._fernet.encrypt(secret.encode("utf-8"))
+
+    def decrypt(self, token: bytes) -> str:
+        """The secret back; :class:`ConfigError` when the key changed or the token is corrupt."""
+        try:
+            return self._fernet.decrypt(token).decode("utf-8")
+        except InvalidToken as exc:
+            raise ConfigError(
+                "cannot decrypt a stored secret: the secret key changed or the data is corrupt; "
+                "restore the old key or enter the password again"
+            ) from exc
+
+    def __repr__(self) -> str:
+        return "SecretBox(<key hidden>)"

@@ -1,0 +1,195 @@
+"""Table definitions (SQLAlchemy 2 typed declarative). Row classes end in ``Row``.
+
+Later tables (messages, locations, ...) extend the same :class:`Base` from their own modules, and
+each schema change ships as an Alembic migration in ``store/migrations/versions``.
+UIDs, UIDVALIDITY, UIDNEXT and MODSEQ are 64-bit columns: RFC 3501 §2.3.1.1 makes UIDs 32-bit
+unsigned (too big for a signed 32-bit column) and RFC 7162 §3.1.6 allows mod-sequences up to
+2^63-1.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "ACCOUNT_STATES",
+    "FOLDERS_MODES",
+    "FOLDER_ROLES",
+    "AccountRow",
+    "Base",
+    "FolderRow",
+    "UtcDateTime",
+    "utcnow",
+]
+
+ACCOUNT_STATES = (
+    "connecting",
+    "backfilling",
+    "live",
+    "paused",
+    "auth_failed",
+    "error",
+    "disconnected",
+)
+FOLDERS_MODES = ("all", "selected")
+FOLDER_ROLES = ("inbox", "sent", "drafts", "trash", "archive", "junk", "all")
+
+# Stable constraint names so migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware UTC (every timestamp in the store is UTC)."""
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as UTC and always read back timezone-aware.
+
+    SQLite keeps no zone, so naive values read from it are UTC by construction.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        # SQLite compares timestamps as text: store them without an offset suffix.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base shared by every table of the store."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: dict[Any, Any] = {datetime: UtcDateTime()}
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class AccountRow(Base):
+    """A mailbox Correspond syncs. ``secret_encrypted`` holds a Fernet token, never plaintext."""
+
+    __tablename__ = "accounts"
+    __table_args__ = (
+        CheckConstraint(_in("state", ACCOUNT_STATES), name="state"),
+        CheckConstraint(_in("folders_mode", FOLDERS_MODES), name="folders_mode"),
+        CheckConstraint("auth_kind IN ('password', 'oauth2')", name="auth_kind"),
+        CheckConstraint("imap_security IN ('tls', 'starttls', 'plain')", name="imap_security"),
+        CheckConstraint("smtp_security IN ('tls', 'starttls', 'plain')", name="smtp_security"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    preset: Mapped[str] = mapped_column(String(40))
+    email: Mapped[str] = mapped_column(String(320))
+    imap_host: Mapped[str] = mapped_column(String(255))
+    imap_port: Mapped[int] = mapped_column(Integer)
+    imap_security: Mapped[str] = mapped_column(String(10))
+    smtp_host: Mapped[str | None] = mapped_column(String(255))
+    smtp_port: Mapped[int] = mapped_column(Integer)
+    smtp_security: Mapped[str] = mapped_column(String(10))
+    username: Mapped[str] = mapped_column(String(320))
+    auth_kind: Mapped[str] = mapped_column(String(10), default="password")
+    secret_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+    allow_plaintext: Mapped[bool] = mapped_column(Boolean, default=False)
+    trusted_cert_pem: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(20), default="connecting")
+    state_detail: Mapped[str] = mapped_column(Text, default="")
+    folders_mode: Mapped[str] = mapped_column(String(10), default="all")
+    window_days: Mapped[int] = mapped_column(Integer, default=60)
+    delete_in_crm_on_remote_delete: Mapped[bool] = mapped_column(Boolean, default=False)
+    delete_remote_on_crm_delete: Mapped[bool] = mapped_column(Boolean, default=False)
+    archive_in_crm_on_remote_archive: Mapped[bool] = mapped_column(Boolean, default=True)
+    archive_remote_on_crm_archive: Mapped[bool] = mapped_column(Boolean, default=True)
+    connected_at: Mapped[datetime | None] = mapped_column()
+    last_sync_at: Mapped[datetime | None] = mapped_column()
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    folders: Mapped[list[FolderRow]] = relationship(
+        back_populates="account", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    def __repr__(self) -> str:
+        # Never show the secret, even encrypted.
+        return f"AccountRow(id={self.id!r}, name={self.name!r}, state={self.state!r})"
+
+
+class FolderRow(Base):
+    """A remote folder of an account, identified by its raw (byte-exact) name."""
+
+    __tablename__ = "folders"
+    __table_args__ = (
+        UniqueConstraint("account_id", "remote_name_raw"),
+        CheckConstraint(f"role IS NULL OR {_in('role', FOLDER_ROLES)}", name="role"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    remote_name_raw: Mapped[bytes] = mapped_column(LargeBinary)
+    name: Mapped[str] = mapped_column(Text)
+    delimiter: Mapped[str | None] = mapped_column(String(8))
+    flags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    role: Mapped[str | None] = mapped_column(String(10))
+    selectable: Mapped[bool] = mapped_column(Boolean, default=True)
+    selected: Mapped[bool] = mapped_column(Boolean, default=False)
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
+    uidnext: Mapped[int | None] = mapped_column(BigInteger)
+    highestmodseq: Mapped[int | None] = mapped_column(BigInteger)
+    exists_count: Mapped[int | None] = mapped_column(BigInteger)
+    backfill_done: Mapped[bool] = mapped_column(Boolean, default=False)
+    backfill_low_uid: Mapped[int | None] = mapped_column(BigInteger)
+    backfill_total: Mapped[int | None] = mapped_column(BigInteger)
+    backfill_done_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    removed: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_seen_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    account: Mapped[AccountRow] = relationship(back_populates="folders")
+
+    def __repr__(self) -> str:
+        return f"FolderRow(id={self.id!r}, account_id={self.account_id!r}, name={self.name!r})"

@@ -1,0 +1,763 @@
+"""Sync one folder: read its checkpoint, ask :mod:`correspond.rules.sync_plan`, do the IMAP, commit.
+
+The executor half of the mirror. Every step follows DESIGN.md: "read state → ask a pure function
+what to do → do it → commit the result with its checkpoint". Nothing here decides *what* to
+fetch; it only fetches, parses, stores.
+
+Backfill of one batch (RFC 3501 §6.4.4 SEARCH, §6.4.5 FETCH, §6.4.8 UID):
+
+1. ``UID FETCH <batch> (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER] [MODSEQ]
+   [X-GM-MSGID X-GM-THRID])``: cheap metadata plus the header block, enough to compute the dedupe
+   key. A message the account already has (same key, another folder or an earlier UIDVALIDITY)
+   only gains a location: its body is never downloaded twice.
+2. New messages up to ``settings.max_message_bytes``: ``BODY.PEEK[]``, parsed (in a process pool
+   when one is given, so parsing overlaps with IO), stored as a content-addressed raw blob.
+   Larger ones: ``BODYSTRUCTURE`` and the text parts only; attachments become metadata
+   (``blob_key`` NULL, ``section`` kept) to be fetched on demand.
+3. One transaction stores the batch and moves the cursor (:meth:`MessageStore.ingest_batch`).
+
+Blobs are written before that transaction: a crash in between leaves an unreferenced blob (its
+content address makes the retry write the same file again), never a row without its blob.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from correspond.errors import ImapProtocolError
+from correspond.imap.client import ImapClient
+from correspond.imap.types import BodyPart, BodyStructure, FetchResponse, Multipart
+from correspond.mail.parse import ParsedAddress, ParsedMessage, parse_message
+from correspond.mail.snippet import html_to_text, make_snippet
+from correspond.mail.threading import thread_input
+from correspond.rules.sync_plan import (
+    FolderChanges,
+    FolderCheckpoint,
+    SelectState,
+    changes_from_condstore,
+    changes_from_fallback,
+    imap_date,
+    normalize_flags,
+    plan_backfill_batch,
+    plan_folder_sync,
+    window_start,
+)
+from correspond.settings import Settings
+from correspond.store.blobs import BlobStore
+from correspond.store.messages import (
+    AddressData,
+    AttachmentData,
+    FolderCheckpointUpdate,
+    IncomingMessage,
+    MessageData,
+    MessageStore,
+    ThreadChooser,
+)
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "FolderRef",
+    "FolderSyncReport",
+    "FolderSyncer",
+    "KeyFunction",
+    "MessageBuilder",
+    "attachment_metadata",
+    "text_parts",
+]
+
+DEFAULT_BATCH_SIZE = 200
+
+
+KeyFunction = Callable[[ParsedMessage, int | None], str]
+"""``(parsed headers or message, X-GM-MSGID) -> dedupe key``."""
+
+
+@dataclass(frozen=True, slots=True)
+class FolderRef:
+    """The folder being synced and the account facts the messages need."""
+
+    id: int
+    account_id: int
+    name_raw: bytes
+    role: str | None
+    account_addresses: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True)
+class FolderSyncReport:
+    """What one call did (for logs, progress and tests)."""
+
+    folder_id: int
+    kind: str = "none"
+    batches: int = 0
+    created: int = 0
+    linked: int = 0
+    skipped: int = 0
+    flag_updates: int = 0
+    removed: int = 0
+    bytes_fetched: int = 0
+    seconds_fetch: float = 0.0
+    seconds_parse: float = 0.0
+    seconds_store: float = 0.0
+    seconds_blobs: float = 0.0
+    done: bool = False
+    uids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageBuilder:
+    """Turns a parsed message into :class:`MessageData` (pure; given the pieces it needs)."""
+
+    def build(
+        self,
+        parsed: ParsedMessage,
+        *,
+        dedupe_key: str,
+        fetch: FetchResponse,
+        folder: FolderRef,
+        raw_blob_key: str | None,
+        attachments: tuple[AttachmentData, ...],
+        truncated: bool,
+    ) -> MessageData:
+        from_ = _addr(parsed.from_[0]) if parsed.from_ else None
+        threading = thread_input(parsed)
+        outbound = folder.role == "sent" or (
+            from_ is not None and from_.email.lower() in folder.account_addresses
+        )
+        return MessageData(
+            dedupe_key=dedupe_key,
+            message_id=parsed.message_id,
+            in_reply_to=parsed.in_reply_to,
+            references=tuple(parsed.references),
+            subject=parsed.subject,
+            normalized_subject=threading.normalized_subject,
+            is_reply=threading.is_reply,
+            from_=from_,
+            sender=tuple(_addr(a) for a in parsed.sender),
+            reply_to=tuple(_addr(a) for a in parsed.reply_to),
+            to=tuple(_addr(a) for a in parsed.to),
+            cc=tuple(_addr(a) for a in parsed.cc),
+            bcc=tuple(_addr(a) for a in parsed.bcc),
+            date=parsed.date,
+            internaldate=fetch.internaldate,
+            snippet=parsed.snippet,
+            text=parsed.text,
+            html=parsed.html,
+            size=fetch.size,
+            raw_blob_key=raw_blob_key,
+            truncated=truncated,
+            gm_msgid=fetch.gm_msgid,
+            gm_thrid=fetch.gm_thrid,
+            defects=tuple(parsed.defects),
+            direction="outbound" if outbound else "inbound",
+            attachments=attachments,
+        )
+
+
+def _addr(a: ParsedAddress) -> AddressData:
+    return AddressData(a.name or None, a.email)
+
+
+# --- BODYSTRUCTURE helpers (large messages) --------------------------------------------------
+
+
+def _walk(body: BodyStructure) -> list[BodyPart]:
+    if isinstance(body, Multipart):
+        out: list[BodyPart] = []
+        for part in body.parts:
+            out.extend(_walk(part))
+        return out
+    return [body]
+
+
+def _is_attachment(part: BodyPart) -> bool:
+    return (part.disposition or "").lower() == "attachment" or bool(
+        part.disposition_params.get("filename") or part.params.get("name")
+    )
+
+
+def text_parts(body: BodyStructure) -> list[BodyPart]:
+    """The first text/plain and first text/html part that are not attachments (RFC 3501
+    §7.4.2 BODYSTRUCTURE). Attached messages (message/rfc822) are not descended into."""
+    chosen: dict[str, BodyPart] = {}
+    for part in _walk(body):
+        if part.type == "text" and part.subtype in ("plain", "html") and not _is_attachment(part):
+            chosen.setdefault(part.subtype, part)
+    return [chosen[k] for k in ("plain", "html") if k in chosen]
+
+
+def attachment_metadata(
+    body: BodyStructure, *, skip: Sequence[BodyPart] = ()
+) -> list[AttachmentData]:
+    """Attachment rows from BODYSTRUCTURE alone: nothing downloaded (``blob_key`` None)."""
+    skipped = {p.section for p in skip}
+    out: list[AttachmentData] = []
+    for part in _walk(body):
+        if part.section in skipped:
+            continue
+        filename = part.disposition_params.get("filename") or part.params.get("name")
+        out.append(
+            AttachmentData(
+                filename=filename,
+                content_type=f"{part.type}/{part.subtype}",
+                size=part.size,
+                content_id=(part.id or "").strip("<>") or None,
+                inline=(part.disposition or "").lower() == "inline",
+                blob_key=None,
+                section=part.section,
+            )
+        )
+    return out
+
+
+def _synthetic_part(part: BodyPart, content: bytes) -> bytes:
+    """A one-part message carrying ``part``'s body, so the normal parser decodes its charset
+    and transfer encoding (RFC 2045 §6) exactly as it would inside the whole message."""
+    params = "".join(f'; {k}="{v}"' for k, v in part.params.items() if k == "charset")
+    head = f"Content-Type: {part.type}/{part.subtype}{params}\r\n"
+    if part.encoding:
+        head += f"Content-Transfer-Encoding: {part.encoding}\r\n"
+    return head.encode("ascii", "replace") + b"\r\n" + content
+
+
+# --- parsing (top-level so a process pool can pickle it) --------------------------------------
+
+
+def parse_raw(raw: bytes) -> ParsedMessage:
+    """Parse a whole message, keeping attachment bodies (they become blobs)."""
+    return parse_message(raw)
+
+
+def parse_headers(raw_header: bytes) -> ParsedMessage:
+    """Parse a header block only (``BODY.PEEK[HEADER]``): enough for the dedupe key."""
+    return parse_message(raw_header, keep_attachment_content=False)
+
+
+class FolderSyncer:
+    """Syncs one folder of one account over an already logged-in IMAP session."""
+
+    def __init__(
+        self,
+        client: ImapClient,
+        messages: MessageStore,
+        blobs: BlobStore,
+        settings: Settings,
+        folder: FolderRef,
+        *,
+        chooser: ThreadChooser,
+        dedupe: KeyFunction,
+        builder: MessageBuilder,
+        capabilities: frozenset[str] = frozenset(),
+        parse_executor: Executor | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        today: date | None = None,
+    ) -> None:
+        self.client = client
+        self.messages = messages
+        self.blobs = blobs
+        self.settings = settings
+        self.folder = folder
+        self.chooser = chooser
+        self.dedupe = dedupe
+        self.builder = builder
+        self.caps = frozenset(c.upper() for c in capabilities)
+        self.parse_executor = parse_executor
+        self.batch_size = batch_size
+        self.today = today or date.today()
+
+    @property
+    def condstore(self) -> bool:
+        return "CONDSTORE" in self.caps or "QRESYNC" in self.caps
+
+    @property
+    def qresync(self) -> bool:
+        return "QRESYNC" in self.caps
+
+    @property
+    def gmail(self) -> bool:
+        return "X-GM-EXT-1" in self.caps
+
+    # -- entry point -----------------------------------------------------------------------------
+
+    async def run(self, *, max_batches: int | None = None) -> FolderSyncReport:
+        """SELECT the folder and do what the plan says: reset, backfill, or incremental sync."""
+        report = FolderSyncReport(folder_id=self.folder.id)
+        checkpoint = await asyncio.to_thread(self.messages.folder_checkpoint, self.folder.id)
+        selected = await self.client.select(
+            self.folder.name_raw, readonly=True, condstore=self.condstore
+        )
+        if selected.uidvalidity is None:
+            # RFC 3501 §6.3.1 makes UIDVALIDITY mandatory; without it no UID can be trusted.
+            raise ImapProtocolError(
+                f"SELECT {self.folder.name_raw!r} returned no UIDVALIDITY; cannot sync it"
+            )
+        state = SelectState(
+            uidvalidity=selected.uidvalidity,
+            uidnext=selected.uidnext,
+            exists=int(selected.exists or 0),
+            highestmodseq=selected.highestmodseq if self.condstore else None,
+        )
+        plan = plan_folder_sync(checkpoint, state, condstore=self.condstore, qresync=self.qresync)
+        report.kind = plan.kind
+        if plan.kind == "reset":
+            uidnext = state.uidnext or await self._uidnext_fallback()
+            await asyncio.to_thread(
+                self.messages.reset_folder,
+                self.folder.id,
+                uidvalidity=state.uidvalidity,
+                uidnext=uidnext,
+                highestmodseq=state.highestmodseq,
+                exists_count=state.exists,
+            )
+            checkpoint = await asyncio.to_thread(self.messages.folder_checkpoint, self.folder.id)
+        if plan.kind in ("reset", "backfill"):
+            await self._backfill(checkpoint, report, max_batches=max_batches)
+        elif plan.kind in ("condstore", "fallback"):
+            await self._incremental(checkpoint, state, plan.kind, plan.use_vanished, report)
+        else:
+            report.done = True
+        return report
+
+    async def _uidnext_fallback(self) -> int:
+        # Some servers omit UIDNEXT from SELECT (it is only "should" in RFC 3501 §6.3.1).
+        uids = _uids(await self.client.uid_search("ALL"))
+        return max(uids, default=0) + 1
+
+    # -- backfill ------------------------------------------------------------------------------
+
+    async def _backfill(
+        self, checkpoint: FolderCheckpoint, report: FolderSyncReport, *, max_batches: int | None
+    ) -> None:
+        since = imap_date(window_start(self.today, self.settings.window_days))
+        candidates = _uids(await self.client.uid_search(f"SINCE {since}"))
+        known = await asyncio.to_thread(self.messages.location_flags, self.folder.id)
+        covered = checkpoint.uidnext
+        low = checkpoint.backfill_low_uid
+        first = plan_backfill_batch(
+            candidates, low_uid=low, covered_below=covered, known_uids=known, batch_size=1
+        )
+        total_left = len(first.uids) + first.remaining_after
+        if low is None:
+            await asyncio.to_thread(
+                self.messages.update_checkpoint,
+                self.folder.id,
+                FolderCheckpointUpdate(backfill_total=total_left),
+            )
+        # Two-stage pipeline: while batch N is parsed, written and committed (CPU, disk and the
+        # database, off the event loop), batch N+1 is already being fetched (the IMAP connection).
+        # Batch N+1 is committed only after batch N, so the cursor only covers stored batches.
+        committing: asyncio.Task[None] | None = None
+        planned = 0
+        try:
+            while max_batches is None or planned < max_batches:
+                batch = plan_backfill_batch(
+                    candidates,
+                    low_uid=low,
+                    covered_below=covered,
+                    known_uids=known,
+                    batch_size=self.batch_size,
+                )
+                if not batch.uids:
+                    if committing is not None:
+                        await committing
+                        committing = None
+                    await asyncio.to_thread(
+                        self.messages.update_checkpoint,
+                        self.folder.id,
+                        FolderCheckpointUpdate(backfill_done=True),
+                    )
+                    report.done = True
+                    return
+                fetched = await self._fetch_batch(batch.uids, report)
+                upd = FolderCheckpointUpdate(
+                    backfill_low_uid=batch.next_low_uid,
+                    backfill_done=batch.done or None,
+                    backfill_done_increment=len(batch.uids),
+                )
+                if committing is not None:
+                    # At most one batch in flight: memory stays bounded and a failed commit
+                    # stops the fetching at once.
+                    await committing
+                committing = asyncio.create_task(self._prepare_and_commit(fetched, upd, report))
+                planned += 1
+                low = batch.next_low_uid
+                if batch.done:
+                    await committing
+                    committing = None
+                    report.done = True
+                    return
+            if committing is not None:
+                await committing
+                committing = None
+        finally:
+            if committing is not None and not committing.done():
+                # We are failing on the fetch side: let the batch in flight finish or fail on
+                # its own (its commit is atomic), but never leave it running unobserved.
+                with contextlib.suppress(Exception):
+                    await committing
+
+    async def _prepare_and_commit(
+        self,
+        fetched: _FetchedBatch,
+        upd: FolderCheckpointUpdate,
+        report: FolderSyncReport,
+    ) -> None:
+        items = await self._prepare(fetched, report)
+        started = time.perf_counter()
+        result = await asyncio.to_thread(
+            self.messages.ingest_batch,
+            self.folder.account_id,
+            self.folder.id,
+            items,
+            upd,
+            chooser=self.chooser,
+        )
+        report.seconds_store += time.perf_counter() - started
+        report.batches += 1
+        report.created += len(result.created)
+        report.linked += len(result.linked)
+        report.skipped += len(result.already_present)
+        report.uids.extend(i.uid for i in items)
+
+    # -- fetching ------------------------------------------------------------------------------
+
+    def _meta_items(self) -> str:
+        items = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "BODY.PEEK[HEADER]"]
+        if self.condstore:
+            items.append("MODSEQ")
+        if self.gmail:
+            items += ["X-GM-MSGID", "X-GM-THRID"]
+        return "(" + " ".join(items) + ")"
+
+    async def _fetch(
+        self, uids: Sequence[int], items: str, report: FolderSyncReport
+    ) -> dict[int, FetchResponse]:
+        started = time.perf_counter()
+        out: dict[int, FetchResponse] = {}
+        async for resp in self.client.uid_fetch(list(uids), items):
+            if resp.uid is None:
+                continue  # an unsolicited FETCH (a flag change) without UID: not ours
+            for body in resp.sections.values():
+                if body:
+                    report.bytes_fetched += len(body)
+            prev = out.get(resp.uid)
+            if prev is None:
+                out[resp.uid] = resp
+            else:
+                # Servers may split one message's items over several FETCH responses.
+                prev.sections.update(resp.sections)
+                for name in ("flags", "internaldate", "size", "bodystructure", "modseq"):
+                    if getattr(resp, name) is not None:
+                        setattr(prev, name, getattr(resp, name))
+        report.seconds_fetch += time.perf_counter() - started
+        return out
+
+    async def _parse_many(
+        self, func: Callable[[bytes], ParsedMessage], raws: list[bytes], report: FolderSyncReport
+    ) -> list[ParsedMessage]:
+        started = time.perf_counter()
+        if self.parse_executor is None or len(raws) < 2:
+            parsed = [func(r) for r in raws]
+        else:
+            loop = asyncio.get_running_loop()
+            # Chunks, not one task per message: pickling round trips dominate small messages.
+            chunk = max(1, len(raws) // 8)
+            futures = [
+                loop.run_in_executor(self.parse_executor, _parse_chunk, func, raws[i : i + chunk])
+                for i in range(0, len(raws), chunk)
+            ]
+            parsed = [p for part in await asyncio.gather(*futures) for p in part]
+        report.seconds_parse += time.perf_counter() - started
+        return parsed
+
+    async def _fetch_items(
+        self, uids: Sequence[int], report: FolderSyncReport
+    ) -> list[IncomingMessage]:
+        """Fetch and prepare one batch (no pipelining: live sync's small batches)."""
+        return await self._prepare(await self._fetch_batch(uids, report), report)
+
+    async def _fetch_batch(self, uids: Sequence[int], report: FolderSyncReport) -> _FetchedBatch:
+        """The IMAP half of a batch: metadata and headers, then bodies of unknown messages."""
+        meta = await self._fetch(uids, self._meta_items(), report)
+        present = [u for u in uids if u in meta]  # expunged since the SEARCH: simply gone
+        headers = await self._parse_many(
+            parse_headers, [meta[u].sections.get("HEADER") or b"" for u in present], report
+        )
+        keys = {u: self.dedupe(h, meta[u].gm_msgid) for u, h in zip(present, headers, strict=True)}
+        known = await asyncio.to_thread(
+            self.messages.known_dedupe_keys, self.folder.account_id, set(keys.values())
+        )
+        limit = self.settings.max_message_bytes
+        small = [u for u in present if keys[u] not in known and (meta[u].size or 0) <= limit]
+        large = [u for u in present if keys[u] not in known and (meta[u].size or 0) > limit]
+        raws: dict[int, bytes] = {}
+        if small:
+            bodies = await self._fetch(small, "(UID BODY.PEEK[])", report)
+            raws = {u: bodies[u].sections.get("") or b"" for u in small if u in bodies}
+        large_data: dict[int, MessageData] = {}
+        for uid in large:
+            large_data[uid] = await self._large_message(
+                uid, keys[uid], meta[uid], headers[present.index(uid)], report
+            )
+        return _FetchedBatch(present=present, meta=meta, keys=keys, raws=raws, ready=large_data)
+
+    async def _prepare(
+        self, fetched: _FetchedBatch, report: FolderSyncReport
+    ) -> list[IncomingMessage]:
+        """The CPU and disk half: parse bodies (process pool if given), write blobs, build rows."""
+        data = dict(fetched.ready)
+        small = list(fetched.raws)
+        if small:
+            raws = [fetched.raws[u] for u in small]
+            parsed = await self._parse_many(parse_raw, raws, report)
+            started = time.perf_counter()
+            built = await asyncio.to_thread(self._store_full_many, small, raws, parsed, fetched)
+            data.update(built)
+            report.seconds_blobs += time.perf_counter() - started
+        items: list[IncomingMessage] = []
+        for uid in fetched.present:
+            m = fetched.meta[uid]
+            msg_data = data.get(uid) or MessageData(dedupe_key=fetched.keys[uid])
+            items.append(
+                IncomingMessage(
+                    uid=uid,
+                    flags=normalize_flags(m.flags or ()),
+                    data=msg_data,
+                    modseq=m.modseq,
+                )
+            )
+        return items
+
+    def _store_full_many(
+        self,
+        uids: Sequence[int],
+        raws: Sequence[bytes],
+        parsed: Sequence[ParsedMessage],
+        fetched: _FetchedBatch,
+    ) -> dict[int, MessageData]:
+        """Write raw messages and attachment bodies as blobs (one sync for the whole batch)."""
+        contents: list[bytes] = list(raws)
+        for msg in parsed:
+            contents.extend(a.content for a in msg.attachments if a.content is not None)
+        keys = iter(self.blobs.put_many(contents))
+        raw_keys = [next(keys) for _ in raws]
+        out: dict[int, MessageData] = {}
+        for uid, raw_key, msg in zip(uids, raw_keys, parsed, strict=True):
+            attachments = tuple(
+                AttachmentData(
+                    filename=a.filename,
+                    content_type=a.content_type,
+                    size=a.size,
+                    content_id=a.content_id,
+                    inline=a.inline,
+                    blob_key=next(keys) if a.content is not None else None,
+                    section=a.section or None,
+                )
+                for a in msg.attachments
+            )
+            out[uid] = self.builder.build(
+                msg,
+                dedupe_key=fetched.keys[uid],
+                fetch=fetched.meta[uid],
+                folder=self.folder,
+                raw_blob_key=raw_key,
+                attachments=attachments,
+                truncated=False,
+            )
+        return out
+
+    async def _large_message(
+        self,
+        uid: int,
+        key: str,
+        meta: FetchResponse,
+        header: ParsedMessage,
+        report: FolderSyncReport,
+    ) -> MessageData:
+        """Above max_message_bytes: headers, BODYSTRUCTURE and the text parts only."""
+        structure = await self._fetch([uid], "(UID BODYSTRUCTURE)", report)
+        body = structure.get(uid)
+        bs = body.bodystructure if body is not None else None
+        text: str | None = None
+        html: str | None = None
+        attachments: tuple[AttachmentData, ...] = ()
+        if bs is not None:
+            parts = text_parts(bs)
+            # A text part itself above the limit is not fetched either (a 2 GB "text" part).
+            wanted = [p for p in parts if p.size <= self.settings.max_message_bytes]
+            if wanted:
+                items = "(UID " + " ".join(f"BODY.PEEK[{p.section}]" for p in wanted) + ")"
+                got = (await self._fetch([uid], items, report)).get(uid)
+                for p in wanted:
+                    content = got.sections.get(p.section) if got is not None else None
+                    if content is None:
+                        continue
+                    decoded = parse_message(_synthetic_part(p, content))
+                    if p.subtype == "plain" and text is None:
+                        text = decoded.text
+                    elif p.subtype == "html" and html is None:
+                        html = decoded.html
+            attachments = tuple(attachment_metadata(bs, skip=wanted))
+        merged = ParsedMessage(
+            message_id=header.message_id,
+            in_reply_to=header.in_reply_to,
+            references=header.references,
+            subject=header.subject,
+            date=header.date,
+            from_=header.from_,
+            sender=header.sender,
+            reply_to=header.reply_to,
+            to=header.to,
+            cc=header.cc,
+            bcc=header.bcc,
+            text=text,
+            html=html,
+            snippet=_snippet(text, html),
+            attachments=(),
+            defects=(*header.defects, "message above the size limit: body not downloaded"),
+            headers=header.headers,
+        )
+        return self.builder.build(
+            merged,
+            dedupe_key=key,
+            fetch=meta,
+            folder=self.folder,
+            raw_blob_key=None,
+            attachments=attachments,
+            truncated=True,
+        )
+
+    # -- incremental (live) ----------------------------------------------------------------------
+
+    async def _incremental(
+        self,
+        checkpoint: FolderCheckpoint,
+        state: SelectState,
+        kind: str,
+        use_vanished: bool,
+        report: FolderSyncReport,
+    ) -> None:
+        stored = await asyncio.to_thread(self.messages.location_flags, self.folder.id)
+        covered = checkpoint.uidnext or 1
+        modseqs: dict[int, int] = {}
+        if kind == "condstore":
+            changed: dict[int, tuple[str, ...]] = {}
+            stream = self.client.uid_fetch(
+                "1:*", "(UID FLAGS)", changedsince=checkpoint.highestmodseq, vanished=use_vanished
+            )
+            async for resp in stream:
+                if resp.uid is None:
+                    continue
+                changed[resp.uid] = resp.flags or ()
+                if resp.modseq is not None:
+                    modseqs[resp.uid] = resp.modseq
+            # Without QRESYNC, CONDSTORE reports no expunges: diff the UID set (RFC 7162 §3.1).
+            vanished = list(getattr(stream, "vanished", ()) or ()) if use_vanished else []
+            remote_uids = None if use_vanished else _uids(await self.client.uid_search("ALL"))
+            changes = changes_from_condstore(
+                changed,
+                stored_flags=stored,
+                covered_below=covered,
+                vanished=vanished,
+                remote_uids=remote_uids,
+                new_highestmodseq=state.highestmodseq,
+                new_uidnext=state.uidnext,
+            )
+        else:
+            remote: dict[int, tuple[str, ...]] = {}
+            async for resp in self.client.uid_fetch("1:*", "(UID FLAGS)"):
+                if resp.uid is not None:
+                    remote[resp.uid] = resp.flags or ()
+            changes = changes_from_fallback(
+                remote, stored_flags=stored, covered_below=covered, new_uidnext=state.uidnext
+            )
+        await self._apply(changes, state, modseqs, report)
+
+    async def _apply(
+        self,
+        changes: FolderChanges,
+        state: SelectState,
+        modseqs: dict[int, int],
+        report: FolderSyncReport,
+    ) -> None:
+        # New mail first, in batches, each with the covered bound moved past it; the flag and
+        # expunge part commits last together with HIGHESTMODSEQ so a crash replays it whole.
+        new = sorted(changes.new_uids)
+        for start in range(0, len(new), self.batch_size):
+            chunk = new[start : start + self.batch_size]
+            items = await self._fetch_items(chunk, report)
+            result = await asyncio.to_thread(
+                self.messages.ingest_batch,
+                self.folder.account_id,
+                self.folder.id,
+                items,
+                FolderCheckpointUpdate(uidnext=chunk[-1] + 1),
+                chooser=self.chooser,
+            )
+            report.batches += 1
+            report.created += len(result.created)
+            report.linked += len(result.linked)
+            report.skipped += len(result.already_present)
+            report.uids.extend(chunk)
+        # The covered bound only moves forward: to SELECT's UIDNEXT, or past the newest fetched.
+        candidates = [state.uidnext or 0, (new[-1] + 1) if new else 0, changes.uidnext or 0]
+        uidnext = max(candidates) or None
+        updated, removed = await asyncio.to_thread(
+            lambda: self.messages.apply_remote_changes(
+                self.folder.id,
+                flag_updates=changes.flag_updates,
+                removed_uids=changes.removed_uids,
+                modseqs=modseqs,
+                checkpoint=FolderCheckpointUpdate(
+                    uidnext=uidnext,
+                    highestmodseq=state.highestmodseq,
+                    exists_count=state.exists,
+                ),
+            )
+        )
+        report.flag_updates += updated
+        report.removed += removed
+        report.done = True
+
+
+@dataclass(slots=True)
+class _FetchedBatch:
+    """What the IMAP half of a batch produced, for the CPU/disk half."""
+
+    present: list[int]
+    meta: dict[int, FetchResponse]
+    keys: dict[int, str]
+    raws: dict[int, bytes]
+    ready: dict[int, MessageData]
+
+
+def _parse_chunk(func: Callable[[bytes], ParsedMessage], raws: list[bytes]) -> list[ParsedMessage]:
+    return [func(r) for r in raws]
+
+
+def _snippet(text: str | None, html: str | None) -> str:
+    if text:
+        return make_snippet(text)
+    if html:
+        return make_snippet(html_to_text(html))
+    return ""
+
+
+def _uids(result: Any) -> list[int]:
+    """UIDs from whatever ``uid_search`` returned: ints, a SEARCH or an ESEARCH response."""
+    if result is None:
+        return []
+    numbers = getattr(result, "numbers", None)
+    if numbers is not None:
+        return [int(n) for n in numbers]
+    all_ = getattr(result, "all", None)
+    if all_ is not None:
+        return [int(n) for n in all_]
+    return [int(n) for n in result]

@@ -1,0 +1,517 @@
+"""A private Dovecot IMAP/LMTP server for tests and benchmarks.
+
+Never touches the system Dovecot service: :class:`DovecotServer` writes its own configuration,
+certificate, users file, runtime and state directories and Maildirs under one temporary folder and
+runs ``dovecot -F -c <conf>`` in the foreground, listening on loopback only:
+
+- ``port``: IMAP with STARTTLS (RFC 3501 §6.2.1 / RFC 2595),
+- ``tls_port``: IMAP over implicit TLS (RFC 8314 §3.2),
+- ``lmtp_port``: LMTP (RFC 2033) to deliver mail the way an MTA would.
+
+``variant="full"`` advertises Dovecot's usual capabilities (CONDSTORE and QRESYNC of RFC 7162,
+MOVE of RFC 6851, IDLE of RFC 2177, SPECIAL-USE of RFC 6154, ...). ``variant="basic"`` sets
+``imap_capability`` explicitly without CONDSTORE, QRESYNC and MOVE, so fallback code paths can be
+exercised against a real server.
+
+Users are added at runtime (:meth:`DovecotServer.add_user`): Dovecot's passwd-file driver
+re-reads the file when its size or mtime changes, so no restart or reload is needed.
+
+This module is imported by benchmarks too, so it must not import pytest.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import datetime as dt
+import imaplib
+import ipaddress
+import os
+import secrets
+import shutil
+import signal
+import smtplib
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from correspond.testing.net import free_ports, wait_for_port
+
+__all__ = [
+    "BASIC_CAPABILITIES",
+    "DovecotServer",
+    "DovecotStartError",
+    "ImapUser",
+    "dovecot_binary",
+]
+
+# Dovecot 2.3's own post-login list minus CONDSTORE, QRESYNC and MOVE (what "basic" advertises).
+BASIC_CAPABILITIES = (
+    "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT SORT=DISPLAY THREAD=REFERENCES "
+    "THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND URL-PARTIAL CATENATE UNSELECT CHILDREN "
+    "NAMESPACE UIDPLUS LIST-EXTENDED I18NLEVEL=1 ESEARCH ESORT SEARCHRES WITHIN "
+    "CONTEXT=SEARCH LIST-STATUS BINARY SNIPPET=FUZZY SPECIAL-USE LITERAL+"
+)
+
+_SPECIAL_USE = ("Drafts", "Sent", "Trash", "Archive", "Junk")
+_PR_SET_PDEATHSIG = 1
+_POOL_SIZE = 100
+
+
+class DovecotStartError(RuntimeError):
+    """Dovecot did not start; the message carries its log."""
+
+
+@dataclass(frozen=True)
+class ImapUser:
+    """A mailbox user on the private server. ``password`` is hidden from ``repr``."""
+
+    username: str
+    password: str
+    address: str
+
+    def __repr__(self) -> str:
+        return f"ImapUser(username={self.username!r}, address={self.address!r})"
+
+
+def dovecot_binary() -> str | None:
+    """Path of the ``dovecot`` binary, or None when it is not installed."""
+    return shutil.which("dovecot") or next(
+        (p for p in ("/usr/sbin/dovecot", "/usr/local/sbin/dovecot") if os.access(p, os.X_OK)),
+        None,
+    )
+
+
+def _make_certificate(directory: Path) -> tuple[Path, Path, str]:
+    """A self-signed certificate for ``localhost`` / ``127.0.0.1`` (EC P-256: fast to make)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+    cert_path = directory / "cert.pem"
+    key_path = directory / "key.pem"
+    cert_path.write_text(cert_pem)
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path, cert_pem
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM dovecot when the test process dies.
+
+    atexit does not run when the test runner is SIGKILLed; this covers that case.
+    """
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class DovecotServer:
+    """One private Dovecot instance on loopback; start once, add users per test.
+
+    >>> server = DovecotServer().start()        # doctest: +SKIP
+    >>> user = server.add_user()                # doctest: +SKIP
+    >>> server.deliver(user, b"Subject: hi\\r\\n\\r\\nbody\\r\\n")  # doctest: +SKIP
+    >>> server.stop()                           # doctest: +SKIP
+    """
+
+    host = "127.0.0.1"
+
+    def __init__(
+        self,
+        variant: Literal["full", "basic"] = "full",
+        *,
+        allow_plaintext_auth: bool = False,
+        base_dir: str | os.PathLike[str] | None = None,
+        start_timeout: float = 20.0,
+    ) -> None:
+        if variant not in ("full", "basic"):
+            raise ValueError(f"unknown variant {variant!r}")
+        self.variant = variant
+        self.allow_plaintext_auth = allow_plaintext_auth
+        self._requested_dir = Path(base_dir) if base_dir is not None else None
+        self.start_timeout = start_timeout
+        self.root: Path | None = None
+        self.port = 0
+        self.tls_port = 0
+        self.lmtp_port = 0
+        self.cert_pem = ""
+        self.cert_path = Path()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._pool: list[ImapUser] = []
+        self._pending: list[ImapUser] = []
+        self._atexit_registered = False
+        # Mail files belong to one numeric uid/gid; as root Dovecot drops to it (no passwd entry
+        # needed), otherwise it must be our own uid.
+        self._mail_uid = 2000 if os.geteuid() == 0 else os.geteuid()
+        self._mail_gid = 2000 if os.geteuid() == 0 else os.getegid()
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    def _path(self, *parts: str) -> Path:
+        if self.root is None:
+            raise RuntimeError("DovecotServer is not started")
+        return self.root.joinpath(*parts)
+
+    @property
+    def config_path(self) -> Path:
+        return self._path("etc", "dovecot.conf")
+
+    @property
+    def users_path(self) -> Path:
+        return self._path("etc", "users")
+
+    @property
+    def log_path(self) -> Path:
+        return self._path("log", "dovecot.log")
+
+    def maildir(self, user: ImapUser | str) -> Path:
+        """The Maildir of ``user`` (for tests that inspect files or load corpora directly)."""
+        name = user.username if isinstance(user, ImapUser) else user
+        return self._path("mail", name, "Maildir")
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> DovecotServer:
+        """Write the configuration, start Dovecot and wait until all three ports accept.
+
+        Raises DovecotStartError with Dovecot's log when it does not come up in time.
+        """
+        if self.running:
+            return self
+        binary = dovecot_binary()
+        if binary is None:
+            raise DovecotStartError("the dovecot binary is not installed (dovecot-imapd)")
+        if self._requested_dir is not None:
+            self.root = self._requested_dir
+            self.root.mkdir(parents=True, exist_ok=True)
+        else:
+            self.root = Path(tempfile.mkdtemp(prefix="correspond-dovecot-"))
+        # The mail uid must traverse the root to reach its Maildir.
+        self.root.chmod(0o755)
+        for sub in ("etc", "run", "state", "log", "ssl", "mail"):
+            (self.root / sub).mkdir(exist_ok=True)
+        mail = self.root / "mail"
+        mail.chmod(0o755)
+        if os.geteuid() == 0:
+            os.chown(mail, self._mail_uid, self._mail_gid)
+        self.cert_path, key_path, self.cert_pem = _make_certificate(self.root / "ssl")
+        self.users_path.touch()
+        # Users written before start are known from Dovecot's first read: no reload wait.
+        self._pool.clear()
+        self._pending.clear()
+        self._write_users(_new_user() for _ in range(_POOL_SIZE))
+        self._pool.extend(self._pending)
+        self._pending.clear()
+        if not self._atexit_registered:
+            atexit.register(self.stop)
+            self._atexit_registered = True
+
+        last_error = ""
+        # A free port can be taken by someone else before Dovecot binds it: retry a few times.
+        for _attempt in range(3):
+            self.port, self.tls_port, self.lmtp_port = free_ports(3, self.host)
+            self.config_path.write_text(self._config(key_path))
+            with contextlib.suppress(FileNotFoundError):
+                self.log_path.unlink()
+            self._proc = subprocess.Popen(
+                [binary, "-F", "-c", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,  # the child has no threads before exec
+            )
+            if self._wait_ready():
+                return self
+            last_error = self._failure_text()
+            self._terminate()
+        self._cleanup_dir()
+        raise DovecotStartError(f"dovecot did not start:\n{last_error}")
+
+    def _wait_ready(self) -> bool:
+        deadline = time.monotonic() + self.start_timeout
+        for port in (self.port, self.tls_port, self.lmtp_port):
+            while True:
+                if self._proc is None or self._proc.poll() is not None:
+                    return False
+                if wait_for_port(self.host, port, 0.2):
+                    break
+                if time.monotonic() >= deadline:
+                    return False
+        return True
+
+    def _failure_text(self) -> str:
+        parts: list[str] = []
+        if self._proc is not None and self._proc.poll() is not None and self._proc.stdout:
+            parts.append(self._proc.stdout.read().decode("utf-8", "replace"))
+        with contextlib.suppress(OSError):
+            parts.append(self.log_path.read_text("utf-8", "replace"))
+        return "\n".join(p for p in parts if p.strip()) or "(no output from dovecot)"
+
+    def _terminate(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        if proc.stdout:
+            proc.stdout.close()
+
+    def _cleanup_dir(self) -> None:
+        if self.root is not None and self._requested_dir is None:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def stop(self) -> None:
+        """Stop Dovecot (SIGTERM, then SIGKILL) and remove the temporary folder. Idempotent."""
+        self._terminate()
+        self._cleanup_dir()
+        if self._atexit_registered:
+            atexit.unregister(self.stop)
+            self._atexit_registered = False
+
+    def __enter__(self) -> DovecotServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def _config(self, key_path: Path) -> str:
+        root = self.root
+        assert root is not None
+        internal_user = "dovecot" if os.geteuid() == 0 else _current_user()
+        login_user = "dovenull" if os.geteuid() == 0 else _current_user()
+        capability = f"imap_capability = {BASIC_CAPABILITIES}" if self.variant == "basic" else ""
+        mailboxes = "\n".join(
+            f"  mailbox {name} {{\n    special_use = \\{name}\n    auto = subscribe\n  }}"
+            for name in _SPECIAL_USE
+        )
+        return f"""# generated by correspond.testing.dovecot; does not read the system config
+instance_name = correspond-{root.name}
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/log/dovecot.log
+info_log_path = {root}/log/dovecot.log
+protocols = imap lmtp
+listen = {self.host}
+default_internal_user = {internal_user}
+default_login_user = {login_user}
+first_valid_uid = {min(self._mail_uid, 500)}
+last_valid_uid = 0
+first_valid_gid = 1
+
+ssl = yes
+ssl_cert = <{self.cert_path}
+ssl_key = <{key_path}
+disable_plaintext_auth = {"no" if self.allow_plaintext_auth else "yes"}
+auth_mechanisms = plain login
+auth_cache_size = 0
+auth_failure_delay = 0
+# Trusted clients get no anvil auth penalty (2-15 s per failed login per IP, auth-penalty.c);
+# every test connects from 127.0.0.1, so one wrong-password test would slow all the others.
+login_trusted_networks = 127.0.0.0/8
+
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/etc/users
+}}
+userdb {{
+  driver = static
+  args = uid={self._mail_uid} gid={self._mail_gid} home={root}/mail/%u
+}}
+mail_location = maildir:~/Maildir
+mail_fsync = optimized
+postmaster_address = postmaster@example.test
+lmtp_save_to_detail_mailbox = no
+
+namespace inbox {{
+  inbox = yes
+  separator = /
+{mailboxes}
+}}
+
+service imap-login {{
+  inet_listener imap {{
+    address = {self.host}
+    port = {self.port}
+  }}
+  inet_listener imaps {{
+    address = {self.host}
+    port = {self.tls_port}
+    ssl = yes
+  }}
+  service_count = 0
+  process_min_avail = 1
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = {self.host}
+    port = {self.lmtp_port}
+  }}
+}}
+service imap {{
+  vsz_limit = 1G
+}}
+protocol imap {{
+  {capability}
+  mail_max_userip_connections = 1000
+}}
+"""
+
+    # -- users and mail ------------------------------------------------------------------------
+
+    def add_user(self, name: str | None = None, password: str | None = None) -> ImapUser:
+        """A fresh user (never used before) on the running server, no restart needed.
+
+        Dovecot's passwd-file driver re-reads the file when its size or mtime changes, but checks
+        at most once per second of its clock (``last_sync_time == ioloop_time`` in
+        ``db-passwd-file.c``): a user appended right after a lookup stays unknown until the next
+        second. So generated users come from a pool written ahead of use, and a user appended
+        now (explicit name, or an empty pool) is returned only once the next second has begun.
+        """
+        with self._lock:
+            if name is None and password is None:
+                if not self._pool:
+                    self._write_users(_new_user() for _ in range(_POOL_SIZE))
+                    self._pool.extend(self._pending)
+                    self._pending.clear()
+                    _wait_next_second()
+                return self._pool.pop()
+            user = _new_user(name, password)
+            self._write_users([user])
+            self._pending.clear()
+            _wait_next_second()
+            return user
+
+    def _write_users(self, users: Iterable[ImapUser]) -> None:
+        lines = []
+        for user in users:
+            for value in (user.username, user.password):
+                if not value or any(c in value for c in ":\r\n"):
+                    raise ValueError("user names and passwords must be non-empty, no ':' or EOL")
+            lines.append(f"{user.username}:{{PLAIN}}{user.password}::::::\n")
+            self._pending.append(user)
+        with self.users_path.open("a", encoding="utf-8") as fh:
+            fh.write("".join(lines))
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that trusts exactly this server's certificate (hostname checked)."""
+        ctx = ssl.create_default_context(cadata=self.cert_pem)
+        return ctx
+
+    def deliver(self, user: ImapUser, raw: bytes, *, sender: str = "sender@example.test") -> None:
+        """Deliver ``raw`` into ``user``'s INBOX over LMTP (RFC 2033), as an MTA would."""
+        with smtplib.LMTP(self.host, self.lmtp_port, timeout=30) as lmtp:
+            refused = lmtp.sendmail(sender, [user.username], raw)
+        if refused:
+            raise RuntimeError(f"LMTP refused the delivery: {refused!r}")
+
+    def imaplib_client(self, user: ImapUser) -> imaplib.IMAP4:
+        """A logged-in stdlib client (STARTTLS, this server's certificate trusted)."""
+        conn = imaplib.IMAP4(self.host, self.port, timeout=30)
+        conn.starttls(ssl_context=self.ssl_context())
+        conn.login(user.username, user.password)
+        return conn
+
+    def append(
+        self,
+        user: ImapUser,
+        mailbox: str,
+        raw: bytes,
+        flags: Iterable[str] = (),
+        date: dt.datetime | None = None,
+    ) -> None:
+        """APPEND ``raw`` to ``mailbox`` (RFC 3501 §6.3.11) with stdlib imaplib, for test setup."""
+        conn = self.imaplib_client(user)
+        try:
+            flag_text = "(" + " ".join(flags) + ")" if flags else None
+            when = imaplib.Time2Internaldate(date) if date is not None else None
+            typ, data = conn.append(_quote(mailbox), flag_text, when, raw)
+            if typ != "OK":
+                raise RuntimeError(f"APPEND failed: {typ} {data!r}")
+        finally:
+            with contextlib.suppress(Exception):
+                conn.logout()
+
+    def create_mailbox(self, user: ImapUser, mailbox: str) -> None:
+        """CREATE ``mailbox`` for ``user`` (RFC 3501 §6.3.3)."""
+        conn = self.imaplib_client(user)
+        try:
+            typ, data = conn.create(_quote(mailbox))
+            if typ != "OK":
+                raise RuntimeError(f"CREATE failed: {typ} {data!r}")
+        finally:
+            with contextlib.suppress(Exception):
+                conn.logout()
+
+
+def _new_user(name: str | None = None, password: str | None = None) -> ImapUser:
+    username = name or f"u{secrets.token_hex(5)}"
+    return ImapUser(
+        username=username,
+        password=password or secrets.token_urlsafe(12),
+        address=f"{username}@example.test",
+    )
+
+
+def _wait_next_second() -> None:
+    """Sleep until the wall clock enters its next whole second (Dovecot's reload granularity)."""
+    now = time.time()
+    time.sleep(int(now) + 1 - now + 0.02)
+
+
+def _quote(mailbox: str) -> str:
+    escaped = mailbox.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _current_user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.geteuid()).pw_name

@@ -1,0 +1,392 @@
+"""The ``correspond`` command line, through click's runner and one real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from cryptography.fernet import Fernet
+from sqlalchemy import text
+
+from correspond import cli as cli_module
+from correspond.cli import main
+from correspond.rules.folders import FolderSpec
+from correspond.settings import Settings
+from correspond.store import open_store
+
+PASSWORD = "s3cret-Pa55word"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    # Each test names its store with --data-dir; make sure nothing leaks in from outside.
+    for var in ("CORRESPOND_DATA_DIR", "CORRESPOND_DATABASE_URL", "CORRESPOND_SECRET_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: False)
+    return CliRunner()
+
+
+def run(runner: CliRunner, data_dir: Path, *args: str, input: str | None = None) -> Result:
+    return runner.invoke(main, ["--data-dir", str(data_dir), *args], input=input)
+
+
+def add_work(runner: CliRunner, data_dir: Path, *extra: str) -> Result:
+    result = run(
+        runner,
+        data_dir,
+        "account",
+        "add",
+        "work",
+        "--email",
+        "me@example.test",
+        "--imap-host",
+        "imap.example.test",
+        "--password-stdin",
+        *extra,
+        input=PASSWORD + "\n",
+    )
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def seed_folders(data_dir: Path, account: str, specs: list[FolderSpec]) -> None:
+    store = open_store(Settings(data_dir=data_dir))
+    try:
+        store.sync_folders(account, specs)
+    finally:
+        store.close()
+
+
+def spec(name: str, role: str | None = None, raw: bytes | None = None, **kw: Any) -> FolderSpec:
+    return FolderSpec(
+        name_raw=raw or name.encode(),
+        name=name,
+        delimiter="/",
+        flags=kw.get("flags", ()),
+        role=role,  # type: ignore[arg-type]
+        selectable=kw.get("selectable", True),
+    )
+
+
+def test_add_then_list_json(runner: CliRunner, data_dir: Path) -> None:
+    added = add_work(runner, data_dir)
+    assert "Added account work <me@example.test>" in added.output
+    assert "imap.example.test:143 (starttls)" in added.output
+    assert PASSWORD not in added.output
+
+    listed = run(runner, data_dir, "account", "list", "--json")
+    assert listed.exit_code == 0, listed.output
+    data = json.loads(listed.output)
+    assert [a["name"] for a in data] == ["work"]
+    a = data[0]
+    assert a["email"] == "me@example.test"
+    assert a["imap"] == {"host": "imap.example.test", "port": 143, "security": "starttls"}
+    assert a["state"] == "connecting" and a["state_message"].startswith("Connecting")
+    assert a["has_password"] is True
+    assert (a["folder_count"], a["selected_folder_count"], a["message_count"]) == (0, 0, 0)
+    assert PASSWORD not in listed.output
+    assert "secret" not in listed.output.lower()
+
+
+def test_secret_is_not_stored_in_clear(runner: CliRunner, data_dir: Path) -> None:
+    add_work(runner, data_dir)
+    store = open_store(Settings(data_dir=data_dir))
+    try:
+        with store.engine.connect() as conn:
+            raw = bytes(conn.execute(text("SELECT secret_encrypted FROM accounts")).scalar_one())
+        assert PASSWORD.encode() not in raw
+        assert store.account_secret("work") == PASSWORD
+    finally:
+        store.close()
+    # The whole database file does not contain it either.
+    for f in data_dir.glob("correspond.db*"):
+        assert PASSWORD.encode() not in f.read_bytes()
+
+
+def test_list_table(runner: CliRunner, data_dir: Path) -> None:
+    empty = run(runner, data_dir, "account", "list")
+    assert empty.exit_code == 0 and "No accounts yet" in empty.output
+    add_work(runner, data_dir)
+    seed_folders(data_dir, "work", [spec("INBOX", "inbox"), spec("Sent", "sent")])
+    table = run(runner, data_dir, "account", "list")
+    assert table.exit_code == 0, table.output
+    assert "work" in table.output and "me@example.test" in table.output
+    assert "Connecting" in table.output and "never" in table.output
+    assert PASSWORD not in table.output
+
+
+def test_missing_fields_without_a_terminal(runner: CliRunner, data_dir: Path) -> None:
+    result = run(runner, data_dir, "account", "add", "work")
+    assert result.exit_code == 2
+    assert "no terminal to ask on" in result.output
+    assert "--email" in result.output and "--imap-host" in result.output
+    assert "--password-stdin" in result.output
+    # Nothing was stored.
+    assert json.loads(run(runner, data_dir, "account", "list", "--json").output) == []
+
+
+def test_password_is_never_an_argument(runner: CliRunner, data_dir: Path) -> None:
+    result = run(
+        runner, data_dir, "account", "add", "w", "--email", "a@b.c", "--password", PASSWORD
+    )
+    assert result.exit_code == 2
+    assert "No such option" in result.output
+
+
+def test_empty_stdin_password_is_refused(runner: CliRunner, data_dir: Path) -> None:
+    result = run(
+        runner,
+        data_dir,
+        "account",
+        "add",
+        "g",
+        "--preset",
+        "google",
+        "--email",
+        "me@gmail.com",
+        "--password-stdin",
+        input="\n",
+    )
+    assert result.exit_code == 2
+    assert "password on standard input" in result.output
+
+
+def test_prompts_when_a_terminal_is_attached(
+    runner: CliRunner, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: True)
+    result = run(
+        runner,
+        data_dir,
+        "account",
+        "add",
+        "home",
+        "--imap-security",
+        "tls",
+        input=f"me@home.test\nimap.home.test\n{PASSWORD}\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert "E-mail address" in result.output and "IMAP server host" in result.output
+    assert PASSWORD not in result.output  # the password prompt hides input
+    data = json.loads(run(runner, data_dir, "account", "list", "--json").output)
+    assert data[0]["imap"] == {"host": "imap.home.test", "port": 993, "security": "tls"}
+
+
+def test_preset_and_options(runner: CliRunner, data_dir: Path, tmp_path: Path) -> None:
+    cert = tmp_path / "server.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    result = run(
+        runner,
+        data_dir,
+        "account",
+        "add",
+        "o365",
+        "--preset",
+        "office365",
+        "--email",
+        "me@contoso.test",
+        "--username",
+        "alias@contoso.test",
+        "--trust-cert",
+        str(cert),
+        "--window-days",
+        "30",
+        "--password-stdin",
+        "--json",
+        input=PASSWORD + "\n",
+    )
+    assert result.exit_code == 0, result.output
+    a = json.loads(result.output)
+    assert a["imap"] == {"host": "outlook.office365.com", "port": 993, "security": "tls"}
+    assert a["smtp"] == {"host": "smtp.office365.com", "port": 587, "security": "starttls"}
+    assert (a["username"], a["window_days"], a["has_trusted_cert"]) == (
+        "alias@contoso.test",
+        30,
+        True,
+    )
+
+
+def test_plaintext_needs_the_flag(runner: CliRunner, data_dir: Path) -> None:
+    args = ["account", "add", "p", "--email", "a@b.c", "--imap-host", "h", "--imap-security"]
+    refused = run(runner, data_dir, *args, "plain", "--password-stdin", input="pw\n")
+    assert refused.exit_code == 2 and "--allow-plaintext" in refused.output
+    ok = run(
+        runner, data_dir, *args, "plain", "--allow-plaintext", "--password-stdin", input="pw\n"
+    )
+    assert ok.exit_code == 0, ok.output
+
+
+def test_duplicate_and_unknown(runner: CliRunner, data_dir: Path) -> None:
+    add_work(runner, data_dir)
+    again = run(
+        runner,
+        data_dir,
+        "account",
+        "add",
+        "work",
+        "--email",
+        "x@y.z",
+        "--imap-host",
+        "h",
+        "--password-stdin",
+        input="pw\n",
+    )
+    assert again.exit_code == 2 and "already exists" in again.output
+    missing = run(runner, data_dir, "account", "folders", "nope")
+    assert missing.exit_code == 3 and "no account named 'nope'" in missing.output
+
+
+def test_folders_show_select_and_all(runner: CliRunner, data_dir: Path) -> None:
+    add_work(runner, data_dir)
+    none_yet = run(runner, data_dir, "account", "folders", "work")
+    assert none_yet.exit_code == 0 and "--refresh" in none_yet.output
+    seed_folders(
+        data_dir,
+        "work",
+        [
+            spec("INBOX", "inbox"),
+            spec("Sent Items", "sent", flags=("\\Sent",)),
+            spec("Clients/Sent"),
+            spec("Entwürfe", "drafts", raw=b"Entw&APw-rfe"),
+            spec("Entwürfe", raw="Entwürfe".encode()),
+            spec("[Gmail]", selectable=False, flags=("\\Noselect",)),
+        ],
+    )
+    table = run(runner, data_dir, "account", "folders", "work")
+    assert table.exit_code == 0, table.output
+    for needle in ("INBOX", "Sent Items", "Clients/Sent", "Entw&APw-rfe", "Entw\\xc3\\xbcrfe"):
+        assert needle in table.output
+    assert "all folders sync" in table.output
+
+    folders = json.loads(run(runner, data_dir, "account", "folders", "work", "--json").output)
+    by_raw = {f["remote_name"]: f for f in folders}
+    assert by_raw["Entw&APw-rfe"]["role"] == "drafts"
+    assert by_raw["Entw\\xc3\\xbcrfe"]["role"] is None
+    assert by_raw["Entw&APw-rfe"]["id"] != by_raw["Entw\\xc3\\xbcrfe"]["id"]
+    assert by_raw["[Gmail]"]["selectable"] is False and by_raw["[Gmail]"]["selected"] is False
+
+    ambiguous = run(runner, data_dir, "account", "folders", "work", "--select", "Entwürfe")
+    assert ambiguous.exit_code == 2 and "choose by id" in ambiguous.output
+
+    twin = str(by_raw["Entw\\xc3\\xbcrfe"]["id"])
+    picked = run(
+        runner,
+        data_dir,
+        "account",
+        "folders",
+        "work",
+        "--select",
+        "INBOX",
+        "--select",
+        twin,
+        "--json",
+    )
+    assert picked.exit_code == 0, picked.output
+    selected = {f["remote_name"] for f in json.loads(picked.output) if f["selected"]}
+    assert selected == {"INBOX", "Entw\\xc3\\xbcrfe"}
+    listed = json.loads(run(runner, data_dir, "account", "list", "--json").output)[0]
+    assert (listed["folders_mode"], listed["selected_folder_count"]) == ("selected", 2)
+
+    everything = run(runner, data_dir, "account", "folders", "work", "--all", "--json")
+    selected = {f["remote_name"] for f in json.loads(everything.output) if f["selected"]}
+    assert len(selected) == 5 and "[Gmail]" not in selected
+
+    both = run(runner, data_dir, "account", "folders", "work", "--all", "--select", "INBOX")
+    assert both.exit_code == 2
+
+
+def test_remove(runner: CliRunner, data_dir: Path) -> None:
+    add_work(runner, data_dir)
+    refused = run(runner, data_dir, "account", "remove", "work")
+    assert refused.exit_code == 2 and "--yes" in refused.output
+    removed = run(runner, data_dir, "account", "remove", "work", "--yes")
+    assert removed.exit_code == 0 and "Removed account work" in removed.output
+    assert json.loads(run(runner, data_dir, "account", "list", "--json").output) == []
+    gone = run(runner, data_dir, "account", "remove", "work", "--yes")
+    assert gone.exit_code == 3
+
+
+def test_data_dir_from_environment(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    add_work(runner, one)
+    monkeypatch.setenv("CORRESPOND_DATA_DIR", str(one))
+    from_env = runner.invoke(main, ["account", "list", "--json"])
+    assert [a["name"] for a in json.loads(from_env.output)] == ["work"]
+    monkeypatch.setenv("CORRESPOND_DATA_DIR", str(two))
+    other = runner.invoke(main, ["account", "list", "--json"])
+    assert json.loads(other.output) == []
+    assert (two / "correspond.db").exists()
+
+
+def test_account_test_reports_unreachable_server(runner: CliRunner, data_dir: Path) -> None:
+    import socket
+
+    # A port with nothing listening on it: bind, learn the number, close.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = run(
+        runner,
+        data_dir,
+        "account",
+        "add",
+        "dead",
+        "--email",
+        "a@b.c",
+        "--imap-host",
+        "127.0.0.1",
+        "--imap-port",
+        str(port),
+        "--password-stdin",
+        input="pw\n",
+    )
+    assert result.exit_code == 0, result.output
+    tested = run(runner, data_dir, "account", "test", "dead", "--json")
+    assert tested.exit_code == 1
+    report = json.loads(tested.output)
+    assert report["ok"] is False and report["problem"] == "refused"
+    listed = json.loads(run(runner, data_dir, "account", "list", "--json").output)[0]
+    assert listed["state"] == "disconnected"
+    assert listed["state_detail"] == report["message"]
+
+
+def test_real_subprocess_account_list_json(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    key = Fernet.generate_key().decode()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRESPOND_")}
+    env["CORRESPOND_SECRET_KEY"] = key
+    store = open_store(Settings(data_dir=data_dir, secret_key=key))
+    try:
+        from correspond.rules.presets import draft_from_preset
+
+        store.add_account(draft_from_preset("google", name="g", email="g@gmail.com"), PASSWORD)
+    finally:
+        store.close()
+    exe = shutil.which("correspond", path=str(Path(sys.executable).parent))
+    argv = [exe] if exe else [sys.executable, "-m", "correspond.cli"]
+    proc = subprocess.run(
+        [*argv, "--data-dir", str(data_dir), "account", "list", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert [(a["name"], a["imap"]["host"]) for a in data] == [("g", "imap.gmail.com")]
+    assert PASSWORD not in proc.stdout + proc.stderr

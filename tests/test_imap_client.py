@@ -1,0 +1,538 @@
+"""The asyncio IMAP client against the private Dovecot (and tiny fakes where Dovecot can't)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from correspond.errors import (
+    AuthenticationFailed,
+    CapabilityError,
+    CertificateNotTrusted,
+    ConfigError,
+    ConnectionLost,
+    ImapCommandError,
+    ImapTimeout,
+)
+from correspond.imap.client import ImapClient, ImapEndpoint, QresyncParams
+from correspond.imap.types import (
+    ExistsResponse,
+    FetchResponse,
+    Multipart,
+    StatusResponse,
+    VanishedResponse,
+)
+from correspond.testing.dovecot import DovecotServer, ImapUser, _make_certificate
+from correspond.testing.net import FakeImapServer
+
+pytestmark = pytest.mark.dovecot
+
+MULTIPART = (
+    b"From: Ann Example <ann@example.test>\r\n"
+    b"To: bob@example.test, carol@example.test\r\n"
+    b"Subject: =?utf-8?q?caf=C3=A9?= report\r\n"
+    b"Message-ID: <m1@example.test>\r\n"
+    b"Date: Mon, 02 Nov 2026 10:00:00 +0000\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="b1"\r\n'
+    b"\r\n"
+    b"--b1\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"\r\n"
+    b"Hello\r\n"
+    b"--b1\r\n"
+    b"Content-Type: application/octet-stream; name=blob.bin\r\n"
+    b"Content-Transfer-Encoding: base64\r\n"
+    b"Content-Disposition: attachment; filename=blob.bin\r\n"
+    b"\r\n"
+    b"AAECAwQFBgcICQ==\r\n"
+    b"--b1--\r\n"
+)
+
+
+def message(subject: str, body: bytes = b"body\r\n") -> bytes:
+    return f"From: x@example.test\r\nSubject: {subject}\r\n\r\n".encode() + body
+
+
+def starttls(server: DovecotServer) -> ImapEndpoint:
+    return ImapEndpoint(server.host, server.port, "starttls", trusted_cert_pem=server.cert_pem)
+
+
+def implicit_tls(server: DovecotServer) -> ImapEndpoint:
+    return ImapEndpoint(server.host, server.tls_port, "tls", trusted_cert_pem=server.cert_pem)
+
+
+async def logged_in(server: DovecotServer, user: ImapUser) -> ImapClient:
+    client = await ImapClient.connect(starttls(server), connect_timeout=10, command_timeout=20)
+    await client.login(user.username, user.password)
+    return client
+
+
+@pytest.fixture
+async def client(dovecot: DovecotServer, imap_user: ImapUser) -> AsyncIterator[ImapClient]:
+    c = await logged_in(dovecot, imap_user)
+    yield c
+    await c.logout()
+
+
+def record_writes(client: ImapClient) -> list[bytes]:
+    """Capture what the client writes (to see which command it chose)."""
+    sent: list[bytes] = []
+    channel = client._channel
+    original: Callable[[bytes], None] = channel.write
+
+    def write(data: bytes) -> None:
+        sent.append(data)
+        original(data)
+
+    channel.write = write  # type: ignore[method-assign]
+    return sent
+
+
+# -- connecting and TLS -------------------------------------------------------------------------
+
+
+async def test_starttls_then_login(dovecot: DovecotServer, imap_user: ImapUser) -> None:
+    async with await ImapClient.connect(starttls(dovecot)) as c:
+        assert c.tls_active
+        # The pre-TLS list is replaced by the one asked for over TLS (no STARTTLS any more).
+        assert "STARTTLS" not in c.capabilities
+        assert "IMAP4REV1" in c.capabilities
+        await c.login(imap_user.username, imap_user.password)
+        assert c.authenticated
+        # After login the full list (from the OK's CAPABILITY code) is known.
+        assert {"CONDSTORE", "QRESYNC", "MOVE", "IDLE"} <= c.capabilities
+
+
+async def test_implicit_tls_login(dovecot: DovecotServer, imap_user: ImapUser) -> None:
+    async with await ImapClient.connect(implicit_tls(dovecot)) as c:
+        assert c.tls_active
+        await c.login(imap_user.username, imap_user.password)
+        assert "UIDPLUS" in c.capabilities
+
+
+@pytest.mark.parametrize("security", ["tls", "starttls"])
+async def test_self_signed_certificate_is_refused_without_opt_in(
+    dovecot: DovecotServer, security: str
+) -> None:
+    port = dovecot.tls_port if security == "tls" else dovecot.port
+    endpoint = ImapEndpoint(dovecot.host, port, security)  # type: ignore[arg-type]
+    with pytest.raises(CertificateNotTrusted):
+        await ImapClient.connect(endpoint, connect_timeout=10)
+
+
+async def test_pinned_certificate_must_be_the_servers(
+    dovecot: DovecotServer, tmp_path: object
+) -> None:
+    import pathlib
+
+    folder = pathlib.Path(str(tmp_path))
+    _, _, other_pem = _make_certificate(folder)
+    endpoint = ImapEndpoint(dovecot.host, dovecot.tls_port, "tls", trusted_cert_pem=other_pem)
+    with pytest.raises(CertificateNotTrusted):
+        await ImapClient.connect(endpoint, connect_timeout=10)
+
+
+async def test_plaintext_refused_unless_allowed(
+    dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    with pytest.raises(ConfigError, match="plaintext"):
+        await ImapClient.connect(ImapEndpoint(dovecot.host, dovecot.port, "plain"))
+    endpoint = ImapEndpoint(dovecot.host, dovecot.port, "plain", allow_plaintext=True)
+    async with await ImapClient.connect(endpoint) as c:
+        assert not c.tls_active
+        await c.login(imap_user.username, imap_user.password)
+        assert c.authenticated
+
+
+async def test_credentials_never_sent_before_tls(dovecot: DovecotServer) -> None:
+    # Same plain connection, but the endpoint does not allow plaintext credentials.
+    endpoint = ImapEndpoint(dovecot.host, dovecot.port, "plain", allow_plaintext=True)
+    c = await ImapClient.connect(endpoint)
+    object.__setattr__(c, "endpoint", ImapEndpoint(dovecot.host, dovecot.port, "starttls"))
+    sent = record_writes(c)
+    with pytest.raises(ConfigError, match="without TLS"):
+        await c.login("someone", "pw-never-sent")
+    assert not any(b"pw-never-sent" in chunk for chunk in sent)
+    await c.logout()
+
+
+# -- authentication ------------------------------------------------------------------------------
+
+
+async def test_login_uses_authenticate_plain_with_sasl_ir(
+    dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    c = await ImapClient.connect(starttls(dovecot))
+    sent = record_writes(c)
+    await c.login(imap_user.username, imap_user.password)
+    assert sent[0].split(b" ")[1:3] == [b"AUTHENTICATE", b"PLAIN"]
+    assert len(sent[0].split(b" ")) == 4  # initial response on the command line (SASL-IR)
+    await c.logout()
+
+
+async def test_login_command_when_auth_plain_absent(
+    dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    c = await ImapClient.connect(starttls(dovecot))
+    c.capabilities = c.capabilities - {"AUTH=PLAIN"}
+    sent = record_writes(c)
+    await c.login(imap_user.username, imap_user.password)
+    assert sent[0].split(b" ")[1] == b"LOGIN"
+    assert "UIDPLUS" in c.capabilities
+    await c.logout()
+
+
+async def test_logindisabled_is_respected(dovecot: DovecotServer) -> None:
+    c = await ImapClient.connect(starttls(dovecot))
+    c.capabilities = (c.capabilities - {"AUTH=PLAIN"}) | {"LOGINDISABLED"}
+    sent = record_writes(c)
+    with pytest.raises(CapabilityError):
+        await c.login("nobody", "secret")
+    assert sent == []
+    await c.logout()
+
+
+async def test_authenticate_with_challenge_callback(
+    dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    c = await ImapClient.connect(starttls(dovecot))
+    c.capabilities = c.capabilities - {"SASL-IR"}  # force the "+" round trip
+    challenges: list[bytes] = []
+
+    def respond(challenge: bytes) -> bytes:
+        challenges.append(challenge)
+        return f"\0{imap_user.username}\0{imap_user.password}".encode()
+
+    await c.authenticate("PLAIN", respond, username=imap_user.username)
+    assert challenges == [b""]
+    assert c.authenticated
+    await c.logout()
+
+
+async def test_wrong_password_surfaces_server_text(
+    dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    c = await ImapClient.connect(starttls(dovecot))
+    with pytest.raises(AuthenticationFailed) as info:
+        await c.login(imap_user.username, "wrong-password")
+    assert info.value.server_text == "Authentication failed."
+    assert "wrong-password" not in str(info.value) + repr(c)
+    assert not c.authenticated
+    await c.logout()
+
+
+# -- mailboxes -----------------------------------------------------------------------------------
+
+
+async def test_list_reports_special_use_roles(client: ImapClient) -> None:
+    sent = record_writes(client)
+    folders = await client.list_folders()
+    assert b"RETURN (SPECIAL-USE)" in sent[0]
+    roles = {f.name: {x.lower() for x in f.flags} for f in folders}
+    assert set(roles) == {"INBOX", "Sent", "Drafts", "Trash", "Archive", "Junk"}
+    assert "\\sent" in roles["Sent"]
+    assert "\\junk" in roles["Junk"]
+    assert all(f.delimiter == "/" for f in folders)
+
+
+async def test_list_on_basic_variant(dovecot_basic: DovecotServer) -> None:
+    user = dovecot_basic.add_user()
+    async with await logged_in(dovecot_basic, user) as c:
+        folders = await c.list_folders()
+    assert {"\\Archive"} <= {flag for f in folders for flag in f.flags}
+
+
+async def test_status_and_select_examine(
+    client: ImapClient, dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    dovecot.deliver(imap_user, message("one"))
+    status = await client.status("INBOX")
+    assert status.values["MESSAGES"] == 1
+    assert "HIGHESTMODSEQ" in status.values
+    box = await client.select("INBOX", condstore=True)
+    assert box.exists == 1
+    assert box.uidvalidity == status.values["UIDVALIDITY"]
+    assert box.uidnext == 2
+    assert box.highestmodseq is not None and box.highestmodseq >= 1
+    assert not box.read_only
+    assert "\\Seen" in box.permanentflags
+    ro = await client.examine("INBOX")
+    assert ro.read_only and ro.exists == 1
+
+
+async def test_qresync_select_reports_vanished_and_changed(
+    client: ImapClient, dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    for i in range(3):
+        dovecot.deliver(imap_user, message(f"m{i}"))
+    await client.enable()
+    assert "QRESYNC" in client.enabled
+    box = await client.select("INBOX")
+    assert box.highestmodseq is not None
+    checkpoint = box.highestmodseq
+    # Another session changes the mailbox: flags on UID 2, UID 3 expunged.
+    other = await logged_in(dovecot, imap_user)
+    await other.select("INBOX")
+    await other.uid_store([2], "+FLAGS", ["\\Flagged"])
+    await other.uid_store([3], "+FLAGS.SILENT", ["\\Deleted"])
+    await other.uid_expunge([3])
+    await other.logout()
+    await client.unselect()
+    box = await client.select(
+        "INBOX", qresync=QresyncParams(box.uidvalidity or 0, checkpoint, (1, 2, 3))
+    )
+    assert box.vanished == (3,)
+    assert [(f.uid, "\\Flagged" in (f.flags or ())) for f in box.changed] == [(2, True)]
+    assert box.highestmodseq is not None and box.highestmodseq > checkpoint
+
+
+# -- messages ------------------------------------------------------------------------------------
+
+
+async def test_append_search_fetch_byte_exact(client: ImapClient) -> None:
+    big = b"".join(b"line %06d of a large attachment-ish body\r\n" % i for i in range(60000))
+    when = dt.datetime(2026, 11, 2, 10, 0, tzinfo=dt.UTC)
+    first = await client.append("INBOX", MULTIPART, flags=["\\Seen"], date=when)
+    second = await client.append("INBOX", message("big", big))
+    assert first is not None and second is not None
+    assert second.uids[0] == first.uids[0] + 1
+    box = await client.select("INBOX")
+    assert box.uidvalidity == first.uidvalidity
+    assert await client.uid_search("ALL") == [first.uids[0], second.uids[0]]
+    assert await client.uid_search("SEEN") == [first.uids[0]]
+    items = "(UID FLAGS INTERNALDATE RFC822.SIZE MODSEQ ENVELOPE BODYSTRUCTURE BODY.PEEK[])"
+    got = await client.uid_fetch_list("1:*", items)
+    assert [f.uid for f in got] == [1, 2]
+    one, two = got
+    assert one.sections[""] == MULTIPART
+    assert two.sections[""] == message("big", big)
+    assert one.size == len(MULTIPART)
+    assert one.internaldate == when
+    assert one.flags is not None and "\\Seen" in one.flags
+    assert one.modseq is not None and one.modseq > 0
+    env = one.envelope
+    assert env is not None
+    assert env.message_id == "<m1@example.test>"
+    assert env.subject == "=?utf-8?q?caf=C3=A9?= report"
+    assert [a.mailbox for a in env.to] == ["bob", "carol"]
+    structure = one.bodystructure
+    assert isinstance(structure, Multipart)
+    assert structure.subtype == "mixed"
+    assert [p.section for p in structure.parts] == ["1", "2"]
+    part = structure.parts[1]
+    assert part.disposition == "attachment"  # type: ignore[union-attr]
+
+
+async def test_fetch_streams_and_can_be_abandoned(
+    client: ImapClient, dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    for i in range(5):
+        dovecot.deliver(imap_user, message(f"s{i}"))
+    await client.select("INBOX")
+    seen: list[int] = []
+    async for response in client.uid_fetch([1, 2, 3, 4, 5], ["UID", "BODY.PEEK[]"]):
+        seen.append(response.uid or 0)
+        if len(seen) == 2:
+            break
+    assert seen == [1, 2]
+    # The rest of that reply is drained before the next command runs.
+    assert await client.uid_search("ALL") == [1, 2, 3, 4, 5]
+
+
+async def test_store_flags(client: ImapClient, dovecot: DovecotServer, imap_user: ImapUser) -> None:
+    dovecot.deliver(imap_user, message("flags"))
+    box = await client.select("INBOX", condstore=True)
+    result = await client.uid_store([1], "+FLAGS", ["\\Flagged", "\\Seen"])
+    assert len(result.fetches) == 1
+    assert {"\\Flagged", "\\Seen"} <= set(result.fetches[0].flags or ())
+    silent = await client.uid_store([1], "-FLAGS.SILENT", ["\\Flagged"])
+    # .SILENT: no flags come back (under CONDSTORE a FETCH with only MODSEQ may, RFC 7162 §3.1.3).
+    assert all(f.flags is None for f in silent.fetches)
+    [fetched] = await client.uid_fetch_list([1], "(FLAGS)")
+    assert "\\Flagged" not in (fetched.flags or ())
+    # UNCHANGEDSINCE with a stale modseq: the server refuses and names the UID.
+    stale = await client.uid_store([1], "+FLAGS", ["\\Answered"], unchangedsince=box.highestmodseq)
+    assert stale.modified == (1,)
+
+
+async def test_copy_returns_copyuid(
+    client: ImapClient, dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    dovecot.deliver(imap_user, message("copy me"))
+    await client.select("INBOX")
+    copied = await client.uid_copy([1], "Archive")
+    assert copied is not None
+    assert copied.source_uids == (1,) and copied.dest_uids == (1,)
+    assert (await client.status("Archive")).values["MESSAGES"] == 1
+    assert await client.uid_search("ALL") == [1]
+
+
+async def test_move_uses_move(
+    client: ImapClient, dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    for i in range(2):
+        dovecot.deliver(imap_user, message(f"mv{i}"))
+    await client.select("INBOX")
+    sent = record_writes(client)
+    moved = await client.uid_move([1, 2], "Trash")
+    assert b"UID MOVE 1:2" in sent[0]
+    assert moved is not None and moved.dest_uids == (1, 2)
+    assert await client.uid_search("ALL") == []
+    assert (await client.status("Trash")).values["MESSAGES"] == 2
+    removed = [r for r in client.drain_unsolicited() if type(r).__name__ in ("ExpungeResponse",)]
+    assert len(removed) == 2
+
+
+async def test_move_fallback_on_basic_server(dovecot_basic: DovecotServer) -> None:
+    user = dovecot_basic.add_user()
+    for i in range(3):
+        dovecot_basic.deliver(user, message(f"fb{i}"))
+    async with await logged_in(dovecot_basic, user) as c:
+        assert "MOVE" not in c.capabilities
+        await c.select("INBOX")
+        await c.uid_store([3], "+FLAGS.SILENT", ["\\Deleted"])  # must survive the move
+        sent = record_writes(c)
+        moved = await c.uid_move([1, 2], "Archive")
+        commands = [chunk.split(b" ")[1:3] for chunk in sent]
+        assert [b"UID", b"COPY"] in commands and [b"UID", b"EXPUNGE"] in commands
+        assert moved is not None and moved.source_uids == (1, 2)
+        assert await c.uid_search("ALL") == [3]
+        assert (await c.status("Archive")).values["MESSAGES"] == 2
+
+
+async def test_uid_expunge_removes_only_named(
+    client: ImapClient, dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    for i in range(3):
+        dovecot.deliver(imap_user, message(f"x{i}"))
+    await client.select("INBOX")
+    await client.uid_store([1, 2], "+FLAGS.SILENT", ["\\Deleted"])
+    await client.uid_expunge([2])
+    assert await client.uid_search("ALL") == [1, 3]
+
+
+async def test_command_error_carries_status(client: ImapClient) -> None:
+    with pytest.raises(ImapCommandError) as info:
+        await client.select("No/Such/Folder")
+    assert info.value.status == "NO"
+    assert info.value.command == "SELECT"
+    assert (await client.status("INBOX")).values["MESSAGES"] == 0  # still usable
+
+
+# -- updates -------------------------------------------------------------------------------------
+
+
+async def test_idle_sees_lmtp_delivery_and_done_ends_it(
+    client: ImapClient, dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    await client.select("INBOX")
+    loop = asyncio.get_running_loop()
+    async with client.idle() as idle:
+        started = loop.time()
+        await asyncio.to_thread(dovecot.deliver, imap_user, message("while idle"))
+        seen = None
+        while seen is None and loop.time() - started < 15:
+            response = await idle.next(timeout=15)
+            if isinstance(response, ExistsResponse):
+                seen = response
+    assert seen is not None and seen.count == 1
+    # DONE was sent and acknowledged: normal commands work again.
+    await client.noop()
+    assert await client.uid_search("ALL") == [1]
+
+
+async def test_unsolicited_updates_are_kept(
+    client: ImapClient, dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    dovecot.deliver(imap_user, message("first"))
+    await client.select("INBOX")
+    client.drain_unsolicited()
+    other = await logged_in(dovecot, imap_user)
+    await other.select("INBOX")
+    await other.uid_store([1], "+FLAGS.SILENT", ["\\Flagged"])
+    await other.logout()
+    dovecot.deliver(imap_user, message("second"))
+    await client.noop()
+    updates = client.drain_unsolicited()
+    assert any(isinstance(u, ExistsResponse) and u.count == 2 for u in updates)
+    assert any(isinstance(u, FetchResponse) and "\\Flagged" in (u.flags or ()) for u in updates)
+    assert client.drain_unsolicited() == []
+
+
+async def test_expunge_from_elsewhere_arrives_as_vanished_under_qresync(
+    client: ImapClient, dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    dovecot.deliver(imap_user, message("a"))
+    dovecot.deliver(imap_user, message("b"))
+    await client.enable("QRESYNC")
+    await client.select("INBOX")
+    other = await logged_in(dovecot, imap_user)
+    await other.select("INBOX")
+    await other.uid_store([1], "+FLAGS.SILENT", ["\\Deleted"])
+    await other.uid_expunge([1])
+    await other.logout()
+    await client.noop()
+    updates = client.drain_unsolicited()
+    assert any(isinstance(u, VanishedResponse) and u.uids == (1,) for u in updates)
+
+
+async def test_logout_closes(client: ImapClient) -> None:
+    await client.logout()
+    await client.logout()  # idempotent
+    with pytest.raises(ConnectionLost):
+        await client.noop()
+
+
+async def test_id(client: ImapClient) -> None:
+    server_id = await client.id()
+    assert server_id is not None and server_id.get("name") == "Dovecot"
+
+
+# -- fakes: what a well-behaved server will not do -----------------------------------------------
+# Dovecot cannot be made to stall, say BYE mid-session or send ALERT on demand, hence tiny fakes.
+
+GREETING = b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR IDLE] fake ready\r\n"
+
+
+async def test_command_timeout_on_a_stalled_server() -> None:
+    async with FakeImapServer(GREETING) as fake:
+        endpoint = ImapEndpoint(fake.host, fake.port, "plain", allow_plaintext=True)
+        c = await ImapClient.connect(endpoint, connect_timeout=2, command_timeout=0.3)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(ImapTimeout):
+            await c.noop()
+        assert loop.time() - started < 2
+        await c.aclose()
+
+
+async def test_connect_timeout_when_no_greeting() -> None:
+    async with FakeImapServer(None) as fake:
+        endpoint = ImapEndpoint(fake.host, fake.port, "plain", allow_plaintext=True)
+        with pytest.raises(ImapTimeout):
+            await ImapClient.connect(endpoint, connect_timeout=0.3)
+
+
+async def test_bye_raises_connection_lost_and_alert_is_kept() -> None:
+    def reply(line: bytes) -> bytes | None:
+        tag = line.split(b" ")[0]
+        if b" NOOP" in line:
+            return b"* OK [ALERT] Mailbox is almost full\r\n" + tag + b" OK noop done\r\n"
+        if b" CHECK" in line:
+            return b"* BYE server shutting down\r\n"
+        return None
+
+    async with FakeImapServer(GREETING, reply=reply) as fake:
+        endpoint = ImapEndpoint(fake.host, fake.port, "plain", allow_plaintext=True)
+        c = await ImapClient.connect(endpoint, connect_timeout=2, command_timeout=2)
+        await c.noop()
+        [alert] = c.drain_unsolicited()
+        assert isinstance(alert, StatusResponse) and alert.text == "Mailbox is almost full"
+        with pytest.raises(ConnectionLost, match="shutting down"):
+            await c._simple("CHECK")
+        with pytest.raises(ConnectionLost):
+            await c.noop()

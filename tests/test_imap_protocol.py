@@ -1,0 +1,750 @@
+"""The sans-IO IMAP response parser and command encoder: bytes in, values out, one case a line."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from correspond.errors import ImapProtocolError
+from correspond.imap.protocol import (
+    Atom,
+    Literal,
+    Raw,
+    ResponseParser,
+    encode_command,
+    format_sequence_set,
+    parse_command,
+    parse_response,
+    parse_sequence_set,
+)
+from correspond.imap.types import (
+    Address,
+    AppendUid,
+    BodyPart,
+    CapabilityResponse,
+    ContinuationRequest,
+    CopyUid,
+    EnabledResponse,
+    Envelope,
+    ESearchResponse,
+    ExistsResponse,
+    ExpungeResponse,
+    FetchResponse,
+    FlagsResponse,
+    GenericUntagged,
+    ListResponse,
+    Multipart,
+    RecentResponse,
+    ResponseCode,
+    SearchResponse,
+    StatusDataResponse,
+    StatusResponse,
+    TaggedResponse,
+    VanishedResponse,
+)
+
+UTC = timezone.utc
+
+
+def code(name: str, value: Any = None) -> ResponseCode:
+    return ResponseCode(name, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole responses: bytes -> the exact value
+# ---------------------------------------------------------------------------------------------
+
+WHOLE: list[tuple[bytes, object]] = [
+    # tagged (RFC 3501 §7.1)
+    (b"A1 OK LOGIN completed\r\n", TaggedResponse("A1", "OK", None, "LOGIN completed")),
+    (b"A2 NO [TRYCREATE] no such mailbox\r\n", TaggedResponse("A2", "NO", code("TRYCREATE"), "no such mailbox")),
+    (b"A3 BAD command unknown\r\n", TaggedResponse("A3", "BAD", None, "command unknown")),
+    (b"a4 ok done\r\n", TaggedResponse("a4", "OK", None, "done")),  # lowercase from a broken server
+    (b"A5 OK\r\n", TaggedResponse("A5", "OK", None, "")),
+    (b"A6 OK [READ-WRITE] SELECT completed\r\n", TaggedResponse("A6", "OK", code("READ-WRITE"), "SELECT completed")),
+    (b"A7 OK [READ-ONLY] EXAMINE completed\r\n", TaggedResponse("A7", "OK", code("READ-ONLY"), "EXAMINE completed")),
+    (b"A8 OK [COPYUID 38505 304,319:320 3956:3958] Done\r\n", TaggedResponse("A8", "OK", code("COPYUID", CopyUid(38505, (304, 319, 320), (3956, 3957, 3958))), "Done")),
+    (b"A9 OK [APPENDUID 38505 3955] APPEND completed\r\n", TaggedResponse("A9", "OK", code("APPENDUID", AppendUid(38505, (3955,))), "APPEND completed")),
+    (b"A10 OK [COPYUID 1 bogus 2] moved\r\n", TaggedResponse("A10", "OK", code("COPYUID", "1 bogus 2"), "moved")),
+    (b"A11 OK [CLOSED] previous mailbox closed\r\n", TaggedResponse("A11", "OK", code("CLOSED"), "previous mailbox closed")),
+    (b"A12 NO [ALERT] Quota exceeded\r\n", TaggedResponse("A12", "NO", code("ALERT"), "Quota exceeded")),
+    (b"A13 OK [CAPABILITY IMAP4rev1 idle] Logged in\r\n", TaggedResponse("A13", "OK", code("CAPABILITY", ("IMAP4REV1", "IDLE")), "Logged in")),
+    (b"A14 NO [EXPUNGEISSUED] Some messages were expunged\r\n", TaggedResponse("A14", "NO", code("EXPUNGEISSUED"), "Some messages were expunged")),
+    (b"A15 NO [BADCHARSET (UTF-8 US-ASCII)] bad charset\r\n", TaggedResponse("A15", "NO", code("BADCHARSET", ("UTF-8", "US-ASCII")), "bad charset")),
+    (b"A16 OK [UNKNOWN-THING some text] ok\r\n", TaggedResponse("A16", "OK", code("UNKNOWN-THING", "some text"), "ok")),
+    (b"A17 OK [MODIFIED 7,9] Conditional STORE failed\r\n", TaggedResponse("A17", "OK", code("MODIFIED", "7,9"), "Conditional STORE failed")),
+    (b"A18 OK no code {5}\r\n", TaggedResponse("A18", "OK", None, "no code {5}")),  # resp-text never has literals
+    # continuation (RFC 3501 §7.5)
+    (b"+ Ready for literal data\r\n", ContinuationRequest("Ready for literal data")),
+    (b"+\r\n", ContinuationRequest("")),
+    (b"+ idling\r\n", ContinuationRequest("idling")),
+    (b"+ dXNlcg==\r\n", ContinuationRequest("dXNlcg==")),
+    (b"+ {5}\r\n", ContinuationRequest("{5}")),
+    # untagged status (RFC 3501 §7.1)
+    (b"* OK IMAP4rev1 Service Ready\r\n", StatusResponse("OK", None, "IMAP4rev1 Service Ready")),
+    (b"* OK [UIDVALIDITY 3857529045] UIDs valid\r\n", StatusResponse("OK", code("UIDVALIDITY", 3857529045), "UIDs valid")),
+    (b"* OK [UIDVALIDITY 1713632002544] too big but kept\r\n", StatusResponse("OK", code("UIDVALIDITY", 1713632002544), "too big but kept")),
+    (b"* OK [UIDNEXT 4392] Predicted next UID\r\n", StatusResponse("OK", code("UIDNEXT", 4392), "Predicted next UID")),
+    (b"* OK [UNSEEN 12] Message 12 is first unseen\r\n", StatusResponse("OK", code("UNSEEN", 12), "Message 12 is first unseen")),
+    (b"* OK [HIGHESTMODSEQ 9223372036854775807] Highest\r\n", StatusResponse("OK", code("HIGHESTMODSEQ", 2**63 - 1), "Highest")),
+    (b"* OK [NOMODSEQ] Sorry, this mailbox format doesn't support modsequences\r\n", StatusResponse("OK", code("NOMODSEQ"), "Sorry, this mailbox format doesn't support modsequences")),
+    (b"* OK [PERMANENTFLAGS (\\Deleted \\Seen \\*)] Limited\r\n", StatusResponse("OK", code("PERMANENTFLAGS", ("\\Deleted", "\\Seen", "\\*")), "Limited")),
+    (b"* OK [PERMANENTFLAGS ()] No permanent flags permitted\r\n", StatusResponse("OK", code("PERMANENTFLAGS", ()), "No permanent flags permitted")),
+    (b"* OK [APPENDLIMIT 35651584] max\r\n", StatusResponse("OK", code("APPENDLIMIT", 35651584), "max")),
+    (b"* OK [APPENDLIMIT] no value\r\n", StatusResponse("OK", code("APPENDLIMIT"), "no value")),
+    (b"* OK [WEBALERT https://accounts.google.com/signin/continue?sarp=1] Web login required.\r\n", StatusResponse("OK", code("WEBALERT", "https://accounts.google.com/signin/continue?sarp=1"), "Web login required.")),
+    (b"* OK [ALERT] System shutdown in 10 minutes\r\n", StatusResponse("OK", code("ALERT"), "System shutdown in 10 minutes")),
+    (b"* NO Disk is 98% full, please delete unnecessary data\r\n", StatusResponse("NO", None, "Disk is 98% full, please delete unnecessary data")),
+    (b"* BAD garbage\r\n", StatusResponse("BAD", None, "garbage")),
+    (b"* BYE Autologout; idle for too long\r\n", StatusResponse("BYE", None, "Autologout; idle for too long")),
+    (b"* PREAUTH IMAP4rev1 server logged in as Smith\r\n", StatusResponse("PREAUTH", None, "IMAP4rev1 server logged in as Smith")),
+    (b"* ok [uidnext 5] lower\r\n", StatusResponse("OK", code("UIDNEXT", 5), "lower")),
+    (b"[COPYUID 55 31 6]\r\n", StatusResponse("OK", code("COPYUID", CopyUid(55, (31,), (6,))), "")),  # Exchange MOVE
+    # capabilities (RFC 3501 §7.2.1, RFC 5161)
+    (b"* CAPABILITY IMAP4rev1 STARTTLS AUTH=GSSAPI LOGINDISABLED\r\n", CapabilityResponse(frozenset({"IMAP4REV1", "STARTTLS", "AUTH=GSSAPI", "LOGINDISABLED"}))),
+    (b"* capability imap4rev1 idle uidplus\r\n", CapabilityResponse(frozenset({"IMAP4REV1", "IDLE", "UIDPLUS"}))),
+    (b"* ENABLED CONDSTORE QRESYNC\r\n", EnabledResponse(frozenset({"CONDSTORE", "QRESYNC"}))),
+    (b"* ENABLED\r\n", EnabledResponse(frozenset())),
+    # mailbox size and updates (RFC 3501 §7.3, §7.4.1)
+    (b"* 23 EXISTS\r\n", ExistsResponse(23)),
+    (b"* 0 EXISTS\r\n", ExistsResponse(0)),
+    (b"* 5 RECENT\r\n", RecentResponse(5)),
+    (b"* 3 EXPUNGE\r\n", ExpungeResponse(3)),
+    (b"* 4294967295 exists\r\n", ExistsResponse(4294967295)),
+    (b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $MDNSent NonJunk)\r\n", FlagsResponse(("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "$MDNSent", "NonJunk"))),
+    (b"* FLAGS ()\r\n", FlagsResponse(())),
+    # LIST / LSUB (RFC 3501 §7.2.2, RFC 6154, RFC 5258)
+    (b'* LIST (\\Noselect) "/" ~/Mail/foo\r\n', ListResponse(("\\Noselect",), "/", b"~/Mail/foo", "~/Mail/foo")),
+    (b'* LIST (\\HasNoChildren) "." "INBOX.Sent Items"\r\n', ListResponse(("\\HasNoChildren",), ".", b"INBOX.Sent Items", "INBOX.Sent Items")),
+    (b'* LIST (\\HasNoChildren) NIL "Folder1"\r\n', ListResponse(("\\HasNoChildren",), None, b"Folder1", "Folder1")),
+    (b'* LIST (\\HasNoChildren) "" "Folder1"\r\n', ListResponse(("\\HasNoChildren",), "", b"Folder1", "Folder1")),
+    (b'* LIST () "/" INBOX\r\n', ListResponse((), "/", b"INBOX", "INBOX")),
+    (b'* LIST (\\HasNoChildren \\Sent) "/" "[Gmail]/Sent Mail"\r\n', ListResponse(("\\HasNoChildren", "\\Sent"), "/", b"[Gmail]/Sent Mail", "[Gmail]/Sent Mail")),
+    (b'* LIST (\\HasChildren \\Noselect) "/" [Gmail]\r\n', ListResponse(("\\HasChildren", "\\Noselect"), "/", b"[Gmail]", "[Gmail]")),
+    (b'* LIST (\\HasNoChildren) "/" "&BB4EQgQ,BEAEMAQyBDsENQQ9BD0ESwQ1-"\r\n', ListResponse(("\\HasNoChildren",), "/", b"&BB4EQgQ,BEAEMAQyBDsENQQ9BD0ESwQ1-", "Отправленные")),
+    (b'* LIST () "/" {11}\r\nFoo "Bar"/\\\r\n', ListResponse((), "/", b'Foo "Bar"/\\', 'Foo "Bar"/\\')),
+    (b'* LIST () "/" "a\\"b\\\\c"\r\n', ListResponse((), "/", b'a"b\\c', 'a"b\\c')),
+    (b'* LIST () "\\\\" "a\\\\b"\r\n', ListResponse((), "\\", b"a\\b", "a\\b")),
+    (b'* LIST (\\Subscribed) "/" "Foo" ("CHILDINFO" ("SUBSCRIBED"))\r\n', ListResponse(("\\Subscribed",), "/", b"Foo", "Foo")),
+    (b'* LIST () "/" "Foo" ("OLDNAME" ("Bar"))\r\n', ListResponse((), "/", b"Foo", "Foo")),
+    (b'* LSUB () "." #news.comp.mail.misc\r\n', ListResponse((), ".", b"#news.comp.mail.misc", "#news.comp.mail.misc", "LSUB")),
+    (b'* LIST () "/" "Entw\xc3\xbcrfe"\r\n', ListResponse((), "/", "Entwürfe".encode(), "Entwürfe")),  # UTF8=ACCEPT
+    (b'* LIST () "/" "Entw\xfcrfe"\r\n', ListResponse((), "/", b"Entw\xfcrfe", "Entwürfe")),  # broken 8-bit
+    (b'* LIST () "/" inbox\r\n', ListResponse((), "/", b"inbox", "inbox")),
+    # STATUS (RFC 3501 §7.2.4)
+    (b"* STATUS blurdybloop (MESSAGES 231 UIDNEXT 44292)\r\n", StatusDataResponse(b"blurdybloop", "blurdybloop", {"MESSAGES": 231, "UIDNEXT": 44292})),
+    (b'* STATUS "INBOX" (MESSAGES 1 RECENT 0 UIDNEXT 2 UIDVALIDITY 3 UNSEEN 0 HIGHESTMODSEQ 9)\r\n', StatusDataResponse(b"INBOX", "INBOX", {"MESSAGES": 1, "RECENT": 0, "UIDNEXT": 2, "UIDVALIDITY": 3, "UNSEEN": 0, "HIGHESTMODSEQ": 9})),
+    (b"* STATUS {8}\r\nFoo\r\nBar (MESSAGES 2)\r\n", StatusDataResponse(b"Foo\r\nBar", "Foo\r\nBar", {"MESSAGES": 2})),
+    (b'* STATUS "INBOX" (APPENDLIMIT NIL MESSAGES 3)\r\n', StatusDataResponse(b"INBOX", "INBOX", {"MESSAGES": 3})),
+    (b'* STATUS "&ZeVnLIqe-" (unseen 4)\r\n', StatusDataResponse(b"&ZeVnLIqe-", "日本語", {"UNSEEN": 4})),
+    # SEARCH / ESEARCH (RFC 3501 §7.2.5, RFC 7162 §3.1.5, RFC 4731)
+    (b"* SEARCH 2 3 6\r\n", SearchResponse((2, 3, 6))),
+    (b"* SEARCH\r\n", SearchResponse(())),
+    (b"* SEARCH 2 5 6 7 11 12 18 19 20 23 (MODSEQ 917162500)\r\n", SearchResponse((2, 5, 6, 7, 11, 12, 18, 19, 20, 23), 917162500)),
+    (b"* search 4294967295\r\n", SearchResponse((4294967295,))),
+    (b'* ESEARCH (TAG "A282") MIN 2 COUNT 3\r\n', ESearchResponse("A282", False, min=2, count=3)),
+    (b'* ESEARCH (TAG "A283") ALL 2,10:11\r\n', ESearchResponse("A283", False, all=(2, 10, 11))),
+    (b'* ESEARCH (TAG "A284") UID MIN 4 MAX 9 COUNT 5 ALL 4:6,8:9 MODSEQ 124\r\n', ESearchResponse("A284", True, 4, 9, 5, (4, 5, 6, 8, 9), 124)),
+    (b'* ESEARCH (TAG "A285") UID\r\n', ESearchResponse("A285", True)),
+    (b"* ESEARCH UID COUNT 0\r\n", ESearchResponse(None, True, count=0)),
+    (b'* ESEARCH (TAG "A6") UID PARTIAL (1:10 101,102) COUNT 2\r\n', ESearchResponse("A6", True, count=2)),
+    # VANISHED (RFC 7162 §3.2.10)
+    (b"* VANISHED (EARLIER) 300:303,405,411\r\n", VanishedResponse(True, (300, 301, 302, 303, 405, 411))),
+    (b"* VANISHED 405,407,410\r\n", VanishedResponse(False, (405, 407, 410))),
+    (b"* vanished (earlier) 1\r\n", VanishedResponse(True, (1,))),
+    # anything else
+    (b'* NAMESPACE (("" "/")) NIL NIL\r\n', GenericUntagged("NAMESPACE", b'* NAMESPACE (("" "/")) NIL NIL')),
+    (b'* ID ("name" "Dovecot")\r\n', GenericUntagged("ID", b'* ID ("name" "Dovecot")')),
+    (b'* QUOTA "" (STORAGE 10 512)\r\n', GenericUntagged("QUOTA", b'* QUOTA "" (STORAGE 10 512)')),
+    (b'* METADATA "INBOX" (/private/comment {3}\r\nabc)\r\n', GenericUntagged("METADATA", b'* METADATA "INBOX" (/private/comment {3}\r\nabc)')),
+    (b"* 3 XWEIRD foo\r\n", GenericUntagged("XWEIRD", b"* 3 XWEIRD foo")),
+]
+
+
+@pytest.mark.parametrize(("data", "expected"), WHOLE, ids=[c[0][:40].decode("latin-1") for c in WHOLE])
+def test_whole_response(data: bytes, expected: object) -> None:
+    assert parse_response(data) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# FETCH items (RFC 3501 §7.4.2): bytes -> (attribute, value)
+# ---------------------------------------------------------------------------------------------
+
+AWARE = datetime(1996, 7, 17, 2, 44, 25, tzinfo=timezone(timedelta(hours=-7)))
+ENV_RFC = Envelope(
+    date="Wed, 17 Jul 1996 02:23:25 -0700 (PDT)",
+    subject="IMAP4rev1 WG mtg summary and minutes",
+    from_=(Address("Terry Gray", None, "gray", "cac.washington.edu"),),
+    sender=(Address("Terry Gray", None, "gray", "cac.washington.edu"),),
+    reply_to=(Address("Terry Gray", None, "gray", "cac.washington.edu"),),
+    to=(Address(None, None, "imap", "cac.washington.edu"),),
+    cc=(
+        Address(None, None, "minutes", "CNRI.Reston.VA.US"),
+        Address("John Klensin", None, "KLENSIN", "MIT.EDU"),
+    ),
+    bcc=(),
+    in_reply_to=None,
+    message_id="<B27397-0100000@cac.washington.edu>",
+)
+ENV_RFC_WIRE = (
+    b'("Wed, 17 Jul 1996 02:23:25 -0700 (PDT)" "IMAP4rev1 WG mtg summary and minutes" '
+    b'(("Terry Gray" NIL "gray" "cac.washington.edu")) (("Terry Gray" NIL "gray" '
+    b'"cac.washington.edu")) (("Terry Gray" NIL "gray" "cac.washington.edu")) ((NIL NIL "imap" '
+    b'"cac.washington.edu")) ((NIL NIL "minutes" "CNRI.Reston.VA.US")("John Klensin" NIL '
+    b'"KLENSIN" "MIT.EDU")) NIL NIL "<B27397-0100000@cac.washington.edu>")'
+)
+ENV_NIL = Envelope(None, None, (), (), (), (), (), (), None, None)
+TEXT_PLAIN = BodyPart("text", "plain", {"charset": "US-ASCII"}, None, None, "7BIT", 3028, "1", lines=92)
+
+FETCH_ITEMS: list[tuple[bytes, str, object]] = [
+    (b"* 1 FETCH (UID 4827313)\r\n", "uid", 4827313),
+    (b"* 1 FETCH (uid 4294967295)\r\n", "uid", 4294967295),
+    (b"* 1 FETCH (FLAGS (\\Seen \\Answered $Forwarded))\r\n", "flags", ("\\Seen", "\\Answered", "$Forwarded")),
+    (b"* 1 FETCH (FLAGS ())\r\n", "flags", ()),
+    (b'* 1 FETCH (INTERNALDATE "17-Jul-1996 02:44:25 -0700")\r\n', "internaldate", AWARE),
+    (b'* 1 FETCH (INTERNALDATE " 1-Jan-2020 00:00:00 +0000")\r\n', "internaldate", datetime(2020, 1, 1, tzinfo=UTC)),
+    (b'* 1 FETCH (INTERNALDATE "1-jan-2020 23:59:59 +0530")\r\n', "internaldate", datetime(2020, 1, 1, 23, 59, 59, tzinfo=timezone(timedelta(hours=5, minutes=30)))),
+    (b'* 1 FETCH (INTERNALDATE "31-Feb-2020 00:00:00 +0000")\r\n', "extra", {"INTERNALDATE": "31-Feb-2020 00:00:00 +0000"}),
+    (b"* 1 FETCH (RFC822.SIZE 44827)\r\n", "size", 44827),
+    (b"* 1 FETCH (RFC822.SIZE 3000000000)\r\n", "size", 3000000000),
+    (b"* 1 FETCH (MODSEQ (624140003))\r\n", "modseq", 624140003),
+    (b"* 1 FETCH (MODSEQ (9223372036854775807))\r\n", "modseq", 2**63 - 1),
+    (b"* 1 FETCH (MODSEQ (0))\r\n", "modseq", 0),
+    (b"* 1 FETCH (X-GM-MSGID 1278455344230334865)\r\n", "gm_msgid", 1278455344230334865),
+    (b"* 1 FETCH (X-GM-THRID 1266894439832287888)\r\n", "gm_thrid", 1266894439832287888),
+    (b'* 1 FETCH (X-GM-LABELS (\\Inbox \\Sent Important "Muy Importante"))\r\n', "gm_labels", ("\\Inbox", "\\Sent", "Important", "Muy Importante")),
+    (b'* 1 FETCH (X-GM-LABELS ("\\\\Important" {4}\r\nfoo\n "[Gmail]/Sent"))\r\n', "gm_labels", ("\\Important", "foo\n", "[Gmail]/Sent")),
+    (b"* 1 FETCH (X-GM-LABELS ())\r\n", "gm_labels", ()),
+    (b"* 1 FETCH (ENVELOPE " + ENV_RFC_WIRE + b")\r\n", "envelope", ENV_RFC),
+    (b"* 1 FETCH (ENVELOPE (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL))\r\n", "envelope", ENV_NIL),
+    (b'* 1 FETCH (ENVELOPE ("d" {7}\r\nSub\r\nj! NIL NIL NIL NIL NIL NIL NIL "<m@x>"))\r\n', "envelope", Envelope("d", "Sub\r\nj!", (), (), (), (), (), (), None, "<m@x>")),
+    (b'* 1 FETCH (ENVELOPE ("d" "=?utf-8?q?caf=C3=A9?=" ((NIL NIL "undisclosed-recipients" NIL)(NIL NIL NIL NIL)) NIL NIL NIL NIL NIL NIL NIL))\r\n', "envelope", Envelope("d", "=?utf-8?q?caf=C3=A9?=", (Address(None, None, "undisclosed-recipients", None), Address(None, None, None, None)), (), (), (), (), (), None, None)),
+    (b'* 1 FETCH (ENVELOPE ("d" "caf\xc3\xa9" NIL NIL NIL NIL NIL NIL NIL NIL))\r\n', "envelope", Envelope("d", "café", (), (), (), (), (), (), None, None)),
+    (b'* 1 FETCH (ENVELOPE ("d" "caf\xe9" NIL NIL NIL NIL NIL NIL NIL NIL))\r\n', "envelope", Envelope("d", "café", (), (), (), (), (), (), None, None)),
+    (b'* 1 FETCH (ENVELOPE ("d" "short"))\r\n', "envelope", Envelope("d", "short", (), (), (), (), (), (), None, None)),
+    (b"* 2 FETCH (UID 14935 (ENVELOPE (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)))\r\n", "envelope", ENV_NIL),  # Domino
+    (b"* 1 FETCH (BODY[] {5}\r\nHello)\r\n", "sections", {"": b"Hello"}),
+    (b"* 1 FETCH (BODY[] {0}\r\n)\r\n", "sections", {"": b""}),
+    (b"* 1 FETCH (BODY[] NIL)\r\n", "sections", {"": None}),
+    (b'* 1 FETCH (BODY[] "quoted")\r\n', "sections", {"": b"quoted"}),
+    (b"* 1 FETCH (BODY[HEADER] {6}\r\nA: b\r\n)\r\n", "sections", {"HEADER": b"A: b\r\n"}),
+    (b"* 1 FETCH (BODY[header.fields (From To)] {3}\r\nx\r\n)\r\n", "sections", {"HEADER.FIELDS (FROM TO)": b"x\r\n"}),
+    (b"* 1 FETCH (BODY[1.2.MIME] {2}\r\nab)\r\n", "sections", {"1.2.MIME": b"ab"}),
+    (b"* 1 FETCH (BODY[TEXT]<0> {3}\r\nabc)\r\n", "partial_origins", {"TEXT": 0}),
+    (b"* 1 FETCH (BODY[]<1024> {3}\r\nabc)\r\n", "sections", {"": b"abc"}),
+    (b"* 1 FETCH (BINARY[1] ~{4}\r\n\x00\x01\x02\x03)\r\n", "sections", {"1": b"\x00\x01\x02\x03"}),
+    (b"* 1 FETCH (BINARY.SIZE[1] 4)\r\n", "extra", {"BINARY.SIZE[1]": 4}),
+    (b"* 1 FETCH (RFC822 {3}\r\nabc)\r\n", "sections", {"": b"abc"}),
+    (b"* 1 FETCH (RFC822.HEADER {3}\r\nabc)\r\n", "sections", {"HEADER": b"abc"}),
+    (b"* 1 FETCH (RFC822.TEXT {3}\r\nabc)\r\n", "sections", {"TEXT": b"abc"}),
+    (b"* 1 FETCH (UID 3016 BODY[2.MIME] {3}\r\nabc BODY[2] )\r\n", "sections", {"2.MIME": b"abc", "2": None}),  # Yandex
+    (b"* 1 FETCH (BODY[1] {3}\r\n{5} BODY[2] {2}\r\n}\r)\r\n", "sections", {"1": b"{5}", "2": b"}\r"}),
+    (b"* 1 FETCH (BODY[] {6}\r\n)\r\n* 2)\r\n", "sections", {"": b")\r\n* 2"}),
+    (b'* 1 FETCH (ANNOTATION (/comment (value.priv "x")))\r\n', "extra", {"ANNOTATION": ("/comment", ("value.priv", "x"))}),
+    (b"* 1 FETCH (PREVIEW {5}\r\nhello)\r\n", "extra", {"PREVIEW": b"hello"}),
+    (b"* 1 FETCH (EMAILID (M6d99ac3275bb4e) THREADID NIL)\r\n", "extra", {"EMAILID": ("M6d99ac3275bb4e",), "THREADID": None}),
+    (b"* 1 FETCH (BODY (\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 3028 92))\r\n", "bodystructure", TEXT_PLAIN),
+]
+
+
+@pytest.mark.parametrize(("data", "attr", "expected"), FETCH_ITEMS, ids=[c[0][:50].decode("latin-1") for c in FETCH_ITEMS])
+def test_fetch_item(data: bytes, attr: str, expected: object) -> None:
+    resp = parse_response(data)
+    assert isinstance(resp, FetchResponse)
+    assert getattr(resp, attr) == expected
+
+
+def test_fetch_whole_rfc_example() -> None:
+    """RFC 3501 §8 sample FETCH, every attribute checked."""
+    data = (
+        b'* 12 FETCH (FLAGS (\\Seen) INTERNALDATE "17-Jul-1996 02:44:25 -0700" RFC822.SIZE 4286 '
+        b"ENVELOPE " + ENV_RFC_WIRE + b' BODY ("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL '
+        b'"7BIT" 3028 92))\r\n'
+    )
+    assert parse_response(data) == FetchResponse(
+        seq=12,
+        flags=("\\Seen",),
+        internaldate=AWARE,
+        size=4286,
+        envelope=ENV_RFC,
+        bodystructure=TEXT_PLAIN,
+    )
+
+
+def test_fetch_lowercase_and_out_of_order_items() -> None:
+    resp = parse_response(b"* 4 fetch (flags (\\seen) uid 9 x-gm-msgid 5 modseq (7))\r\n")
+    assert resp == FetchResponse(seq=4, uid=9, flags=("\\seen",), gm_msgid=5, modseq=7)
+
+
+# ---------------------------------------------------------------------------------------------
+# BODYSTRUCTURE (RFC 3501 §7.4.2, §6.4.5 section numbers)
+# ---------------------------------------------------------------------------------------------
+
+
+def bodystructure(wire: bytes) -> Any:
+    resp = parse_response(b"* 1 FETCH (BODYSTRUCTURE " + wire + b")\r\n")
+    assert isinstance(resp, FetchResponse)
+    return resp.bodystructure
+
+
+ALT = Multipart(
+    parts=(
+        BodyPart("text", "plain", {"charset": "utf-8"}, None, None, "7BIT", 5235, "1", lines=112),
+        BodyPart("text", "html", {"charset": "utf-8"}, None, None, "7BIT", 60479, "2", lines=873),
+    ),
+    subtype="alternative",
+    section="",
+)
+
+BODYSTRUCTURES: list[tuple[bytes, object]] = [
+    # Gmail, no extension data on the multipart
+    (
+        b'(("TEXT" "PLAIN" ("CHARSET" "utf-8") NIL NIL "7BIT" 5235 112 NIL NIL NIL)'
+        b'("TEXT" "HTML" ("CHARSET" "utf-8") NIL NIL "7BIT" 60479 873 NIL NIL NIL) "ALTERNATIVE")',
+        ALT,
+    ),
+    # single part, full extension data
+    (
+        b'("text" "plain" ("charset" "us-ascii" "format" "flowed") "<id@x>" "desc" "quoted-printable"'
+        b' 10 1 "md5sum" ("inline" ("filename" "a.txt")) ("en" "de") "http://x/loc")',
+        BodyPart("text", "plain", {"charset": "us-ascii", "format": "flowed"}, "<id@x>", "desc",
+                 "quoted-printable", 10, "1", lines=1, md5="md5sum", disposition="inline",
+                 disposition_params={"filename": "a.txt"}, language=("en", "de"), location="http://x/loc"),
+    ),
+    # basic part: no lines; language as a single string; NIL params; 0 size
+    (
+        b'("APPLICATION" "PDF" NIL NIL NIL "BASE64" 0 NIL ("ATTACHMENT" NIL) "EN")',
+        BodyPart("application", "pdf", {}, None, None, "BASE64", 0, "1", disposition="attachment", language=("EN",)),
+    ),
+    # ("boundary" NIL): invalid params from imap.mail.ru -> empty value
+    (
+        b'(("TEXT" "PLAIN" NIL NIL NIL "7BIT" 1 1) "MIXED" ("boundary" NIL))',
+        Multipart((BodyPart("text", "plain", {}, None, None, "7BIT", 1, "1", lines=1),), "mixed", "", params={"boundary": ""}),
+    ),
+    # NIL multipart subtype -> mixed
+    (
+        b'(("TEXT" "PLAIN" NIL NIL NIL "7BIT" 1 1) NIL)',
+        Multipart((BodyPart("text", "plain", {}, None, None, "7BIT", 1, "1", lines=1),), "mixed", ""),
+    ),
+    # NIL where strings are expected (type, subtype, encoding)
+    (
+        b"(NIL NIL NIL NIL NIL NIL 5)",
+        BodyPart("application", "octet-stream", {}, None, None, None, 5, "1"),
+    ),
+    # unescaped quotes inside a quoted string (Exchange/Domino)
+    (
+        b'("TEXT" "PLAIN" NIL NIL ""Quoted" description" "7BIT" 2 1)',
+        BodyPart("text", "plain", {}, None, '"Quoted" description', "7BIT", 2, "1", lines=1),
+    ),
+    # literal where a string is expected
+    (
+        b'("TEXT" "PLAIN" ("NAME" {5}\r\nb\xc3\xa4r ) NIL NIL "8BIT" 2 1)',
+        BodyPart("text", "plain", {"name": "bär "}, None, None, "8BIT", 2, "1", lines=1),
+    ),
+]
+
+
+@pytest.mark.parametrize(("wire", "expected"), BODYSTRUCTURES)
+def test_bodystructure(wire: bytes, expected: object) -> None:
+    assert bodystructure(wire) == expected
+
+
+def test_bodystructure_nested_message_rfc822_sections() -> None:
+    """RFC 3501 §6.4.5 numbering: a message/rfc822 part's multipart body shares its number."""
+    wire = (
+        b'(("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 10 1 NIL NIL NIL)'
+        b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 500 (NIL "inner subject" NIL NIL NIL NIL NIL NIL NIL "<i@x>")'
+        b'(("TEXT" "PLAIN" NIL NIL NIL "QUOTED-PRINTABLE" 20 2)("IMAGE" "GIF" ("NAME" "a.gif") "<c@x>" NIL "BASE64" 300)'
+        b' "MIXED") 30 NIL NIL NIL)'
+        b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 50 (NIL "single" NIL NIL NIL NIL NIL NIL NIL NIL)'
+        b'("TEXT" "HTML" NIL NIL NIL "7BIT" 5 1) 3)'
+        b' "MIXED" ("BOUNDARY" "xyz") ("inline" NIL) NIL)'
+    )
+    body = bodystructure(wire)
+    assert isinstance(body, Multipart)
+    assert body.section == "" and body.subtype == "mixed" and body.params == {"boundary": "xyz"}
+    assert body.disposition == "inline"
+    text, msg, msg2 = body.parts
+    assert isinstance(text, BodyPart) and text.section == "1"
+    assert isinstance(msg, BodyPart) and msg.section == "2" and msg.lines == 30
+    assert msg.envelope is not None and msg.envelope.subject == "inner subject"
+    inner = msg.body
+    assert isinstance(inner, Multipart) and inner.section == "2"
+    assert [p.section for p in inner.parts] == ["2.1", "2.2"]
+    assert isinstance(inner.parts[1], BodyPart) and inner.parts[1].id == "<c@x>"
+    assert isinstance(msg2, BodyPart) and msg2.section == "3"
+    assert isinstance(msg2.body, BodyPart) and msg2.body.section == "3.1" and msg2.body.subtype == "html"
+
+
+def test_bodystructure_nested_multipart_sections() -> None:
+    wire = (
+        b'(("TEXT" "PLAIN" NIL NIL NIL "7BIT" 1 1)(("TEXT" "PLAIN" NIL NIL NIL "7BIT" 1 1)'
+        b'("TEXT" "HTML" NIL NIL NIL "7BIT" 1 1) "ALTERNATIVE") "MIXED")'
+    )
+    body = bodystructure(wire)
+    assert isinstance(body, Multipart)
+    alt = body.parts[1]
+    assert isinstance(alt, Multipart) and alt.section == "2" and alt.subtype == "alternative"
+    assert [p.section for p in alt.parts] == ["2.1", "2.2"]
+
+
+def test_bodystructure_message_rfc822_without_envelope_is_a_basic_part() -> None:
+    body = bodystructure(b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 50)')
+    assert body == BodyPart("message", "rfc822", {}, None, None, "7BIT", 50, "1")
+
+
+def test_deep_nesting_raises_protocol_error_not_recursion_error() -> None:
+    depth = 5000
+    wire = b"* 1 FETCH (BODYSTRUCTURE " + b"(" * depth + b'"TEXT" "PLAIN" NIL NIL NIL "7BIT" 1 1' + b")" * depth + b")\r\n"
+    with pytest.raises(ImapProtocolError):
+        parse_response(wire)
+
+
+def test_deep_message_rfc822_nesting_is_bounded() -> None:
+    inner = b'("TEXT" "PLAIN" NIL NIL NIL "7BIT" 1 1)'
+    for _ in range(45):  # two lists per level: 90 deep, within the tokenizer's limit
+        inner = b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 1 (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL) ' + inner + b" 1)"
+    body = bodystructure(inner)
+    levels = 0
+    while isinstance(body, BodyPart) and body.body is not None:
+        body = body.body
+        levels += 1
+    assert levels == 45
+    assert isinstance(body, BodyPart) and body.section == ".".join(["1"] * 46)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors and resync
+# ---------------------------------------------------------------------------------------------
+
+NOT_IMAP = [
+    b"HELLO WORLD\r\n",
+    b"A1 MAYBE ok\r\n",
+    b"\r\n",
+    b"* 1 FETCH (UID 1\r\n",
+    b"* 1 FETCH UID 1)\r\n",
+    b"* 1 FETCH (UID abc)\r\n",
+    b"* 1 FETCH (UID 99999999999999999999999)\r\n",
+    b'* 1 FETCH (FLAGS "unterminated)\r\n',
+    b"* LIST (\\Noselect)\r\n",
+    b"* VANISHED\r\n",
+    b"* VANISHED 1:*\r\n",
+    b"* SEARCH 1 two 3\r\n",
+    b"* STATUS (MESSAGES 1)\r\n",
+    b"* 1 FETCH (ENVELOPE NIL)\r\n",
+    b"* 1 FETCH (BODYSTRUCTURE NIL)\r\n",
+    b"* 1 FETCH (BODYSTRUCTURE ())\r\n",
+    b"* 1 FETCH (BODY[] (1 2))\r\n",
+    b"* 1 FETCH (]\r\n",
+]
+
+
+@pytest.mark.parametrize("data", NOT_IMAP)
+def test_not_imap_raises_protocol_error(data: bytes) -> None:
+    with pytest.raises(ImapProtocolError):
+        parse_response(data)
+
+
+@pytest.mark.parametrize("data", NOT_IMAP)
+def test_resync_after_error(data: bytes) -> None:
+    parser = ResponseParser()
+    parser.feed(data + b"* 3 EXISTS\r\nA1 OK done\r\n")
+    with pytest.raises(ImapProtocolError):
+        parser.next_response()
+    assert parser.next_response() == ExistsResponse(3)
+    assert parser.next_response() == TaggedResponse("A1", "OK", None, "done")
+    assert parser.next_response() is None
+
+
+def test_incomplete_response_for_parse_response() -> None:
+    with pytest.raises(ImapProtocolError):
+        parse_response(b"* 1 FETCH (BODY[] {10}\r\nabc")
+
+
+def test_max_line_raises_then_skips_rest_of_line() -> None:
+    parser = ResponseParser(max_line=100)
+    parser.feed(b"* OK " + b"x" * 150)
+    with pytest.raises(ImapProtocolError):
+        parser.next_response()
+    parser.feed(b"y" * 5000)
+    assert parser.next_response() is None
+    assert len(parser._buf) - parser._pos < 200  # the overlong line is not kept
+    parser.feed(b"zzz\r\n* 2 EXISTS\r\n")
+    assert parser.next_response() == ExistsResponse(2)
+
+
+def test_max_line_in_one_chunk() -> None:
+    parser = ResponseParser(max_line=100)
+    parser.feed(b"* OK " + b"x" * 150 + b"\r\n* 2 EXISTS\r\n")
+    with pytest.raises(ImapProtocolError):
+        parser.next_response()
+    assert parser.next_response() == ExistsResponse(2)
+
+
+def test_max_literal_skips_the_literal_without_buffering_it() -> None:
+    parser = ResponseParser(max_literal=1000)
+    parser.feed(b"* 1 FETCH (UID 1 BODY[] {5000}\r\n")
+    with pytest.raises(ImapProtocolError):
+        parser.next_response()
+    for _ in range(5):
+        parser.feed(b"a" * 1000)
+        assert parser.next_response() is None
+        assert len(parser._buf) - parser._pos <= 1000
+    parser.feed(b" FLAGS (\\Seen))\r\n* 2 EXISTS\r\n")
+    assert parser.next_response() == ExistsResponse(2)
+
+
+def test_pending_literal() -> None:
+    parser = ResponseParser()
+    parser.feed(b"* 1 FETCH (BODY[] {10}\r\nabc")
+    assert parser.next_response() is None
+    assert parser.pending_literal() == 7
+    parser.feed(b"defghij)\r\n")
+    assert parser.pending_literal() == 0
+    resp = parser.next_response()
+    assert isinstance(resp, FetchResponse) and resp.sections == {"": b"abcdefghij"}
+    assert parser.pending_literal() == 0
+
+
+def test_large_literal_in_64k_chunks_is_exact_and_counted() -> None:
+    size = 20 * 1024 * 1024 + 7
+    body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    stream = b"* 9 FETCH (UID 77 BODY[] {%d}\r\n" % size + body + b" FLAGS (\\Seen))\r\nA1 OK done\r\n"
+    parser = ResponseParser()
+    out: list[object] = []
+    for i in range(0, len(stream), 65536):
+        parser.feed(stream[i : i + 65536])
+        if i + 65536 < len(stream) - 100:
+            assert parser.pending_literal() > 0 or i == 0
+        while (resp := parser.next_response()) is not None:
+            out.append(resp)
+    assert len(out) == 2
+    fetch = out[0]
+    assert isinstance(fetch, FetchResponse)
+    assert fetch.uid == 77 and fetch.flags == ("\\Seen",)
+    assert fetch.sections[""] == body
+    assert out[1] == TaggedResponse("A1", "OK", None, "done")
+
+
+def test_bare_lf_line_endings_are_tolerated() -> None:
+    parser = ResponseParser()
+    parser.feed(b"* 2 EXISTS\n* 1 FETCH (BODY[] {3}\nab\n)\nA1 OK x\n")
+    assert parser.next_response() == ExistsResponse(2)
+    resp = parser.next_response()
+    assert isinstance(resp, FetchResponse) and resp.sections == {"": b"ab\n"}
+    assert parser.next_response() == TaggedResponse("A1", "OK", None, "x")
+
+
+# ---------------------------------------------------------------------------------------------
+# Any split of the byte stream gives the same responses
+# ---------------------------------------------------------------------------------------------
+
+SESSION = b"".join(
+    [
+        b"* OK [CAPABILITY IMAP4rev1 LITERAL+ IDLE] ready\r\n",
+        b"A1 OK [CAPABILITY IMAP4rev1 IDLE CONDSTORE] Logged in\r\n",
+        b'* LIST (\\HasNoChildren \\Sent) "/" {9}\r\nSent "Me"\r\n',
+        b"* 3 EXISTS\r\n* OK [UIDVALIDITY 42] x\r\n",
+        b"* 1 FETCH (UID 5 FLAGS (\\Seen) ENVELOPE " + ENV_RFC_WIRE + b" BODY[] {12}\r\nab\r\n{3}\r\ncd)\r\n)\r\n",
+        b"* 2 FETCH (UID 6 BINARY[1] ~{3}\r\n\x00\r\n X-GM-LABELS (\\Inbox {2}\r\nhi))\r\n",
+        b"* VANISHED (EARLIER) 1:3\r\n",
+        b"+ idling\r\n",
+        b"A2 OK done\r\n",
+    ]
+)
+
+
+def _collect(parser: ResponseParser, pieces: list[bytes]) -> list[object]:
+    out: list[object] = []
+    for piece in pieces:
+        parser.feed(piece)
+        while (resp := parser.next_response()) is not None:
+            out.append(resp)
+    return out
+
+
+def test_session_parses_in_one_piece() -> None:
+    out = _collect(ResponseParser(), [SESSION])
+    assert len(out) == 11
+    list_resp = out[2]
+    assert list_resp == ListResponse(("\\HasNoChildren", "\\Sent"), "/", b'Sent "Me"', 'Sent "Me"')
+    fetch = out[5]
+    assert isinstance(fetch, FetchResponse) and fetch.sections == {"": b"ab\r\n{3}\r\ncd)\r\n"}
+    assert fetch.envelope == ENV_RFC
+    fetch2 = out[6]
+    assert isinstance(fetch2, FetchResponse) and fetch2.sections == {"1": b"\x00\r\n"}
+    assert fetch2.gm_labels == ("\\Inbox", "hi")
+
+
+def test_one_byte_at_a_time_is_identical() -> None:
+    whole = _collect(ResponseParser(), [SESSION])
+    bytewise = _collect(ResponseParser(), [SESSION[i : i + 1] for i in range(len(SESSION))])
+    assert bytewise == whole
+
+
+@pytest.mark.parametrize("split", range(1, 200))
+def test_split_at_every_boundary(split: int) -> None:
+    """Every two-piece split of the start of the session (covers each line and literal edge)."""
+    whole = _collect(ResponseParser(), [SESSION])
+    assert _collect(ResponseParser(), [SESSION[:split], SESSION[split:]]) == whole
+
+
+def test_split_at_every_boundary_whole_session() -> None:
+    whole = _collect(ResponseParser(), [SESSION])
+    for split in range(len(SESSION) + 1):
+        assert _collect(ResponseParser(), [SESSION[:split], SESSION[split:]]) == whole, split
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_chunk_sizes(seed: int) -> None:
+    rng = random.Random(seed)
+    pieces = []
+    i = 0
+    while i < len(SESSION):
+        n = rng.choice([1, 2, 3, 7, 16, 64, 500])
+        pieces.append(SESSION[i : i + n])
+        i += n
+    assert _collect(ResponseParser(), pieces) == _collect(ResponseParser(), [SESSION])
+
+
+@pytest.mark.parametrize(("data", "expected"), WHOLE[::7], ids=[c[0][:30].decode("latin-1") for c in WHOLE[::7]])
+def test_table_cases_bytewise(data: bytes, expected: object) -> None:
+    assert _collect(ResponseParser(), [data[i : i + 1] for i in range(len(data))]) == [expected]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequence sets (RFC 3501 §9)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uids", "text"),
+    [
+        ([1, 2, 3, 4, 5, 8, 10, 11, 12], "1:5,8,10:12"),
+        ([5], "5"),
+        ([3, 1, 2, 2], "1:3"),
+        ([10, 1], "1,10"),
+        ([4294967295, 4294967294], "4294967294:4294967295"),
+    ],
+)
+def test_format_sequence_set(uids: list[int], text: str) -> None:
+    assert format_sequence_set(uids) == text
+    assert parse_sequence_set(text) == tuple(sorted(set(uids)))
+
+
+@pytest.mark.parametrize("uids", [[], [0], [-1, 2]])
+def test_format_sequence_set_rejects(uids: list[int]) -> None:
+    with pytest.raises(ValueError):
+        format_sequence_set(uids)
+
+
+@pytest.mark.parametrize(
+    ("text", "star", "expected"),
+    [
+        ("1:3,7", None, (1, 2, 3, 7)),
+        (b"5:3", None, (3, 4, 5)),
+        ("304,319:320", None, (304, 319, 320)),
+        ("3,1", None, (3, 1)),  # order kept: COPYUID pairs by position
+        ("1:*", 4, (1, 2, 3, 4)),
+        ("*", 9, (9,)),
+        ("*:8", 6, (6, 7, 8)),
+    ],
+)
+def test_parse_sequence_set(text: str | bytes, star: int | None, expected: tuple[int, ...]) -> None:
+    assert parse_sequence_set(text, star=star) == expected
+
+
+@pytest.mark.parametrize("text", ["", "1,", "a", "1:2:3", "1:*", "-1", "1 2"])
+def test_parse_sequence_set_rejects(text: str) -> None:
+    with pytest.raises(ImapProtocolError):
+        parse_sequence_set(text)
+
+
+def test_parse_sequence_set_refuses_huge_expansion() -> None:
+    with pytest.raises(ImapProtocolError):
+        parse_sequence_set("1:4294967295")
+    assert len(parse_sequence_set("1:100", limit=100)) == 100
+
+
+# ---------------------------------------------------------------------------------------------
+# Command encoder (RFC 3501 §9, RFC 7888)
+# ---------------------------------------------------------------------------------------------
+
+ENCODE: list[tuple[tuple[Any, ...], dict[str, bool], tuple[bytes, ...]]] = [
+    (("A1", "NOOP"), {}, (b"A1 NOOP\r\n",)),
+    (("A2", "LOGIN", "joe", "s3cret"), {}, (b"A2 LOGIN joe s3cret\r\n",)),
+    (("A3", "LOGIN", "joe@example.com", 'pa ss"\\'), {}, (b'A3 LOGIN joe@example.com "pa ss\\"\\\\"\r\n',)),
+    (("A4", "SELECT", b"&ZeVnLIqe-"), {}, (b"A4 SELECT &ZeVnLIqe-\r\n",)),
+    (("A5", "SELECT", b"Sent Items"), {}, (b'A5 SELECT "Sent Items"\r\n',)),
+    (("A6", "SELECT", b""), {}, (b'A6 SELECT ""\r\n',)),
+    (("A7", "SELECT", "NIL"), {}, (b'A7 SELECT "NIL"\r\n',)),
+    (("A8", "SELECT", b"[Gmail]/Sent"), {}, (b'A8 SELECT "[Gmail]/Sent"\r\n',)),
+    (("A9", "SELECT", "Entwürfe"), {}, (b"A9 SELECT {9}\r\n", b"Entw\xc3\xbcrfe\r\n")),
+    (("A9", "SELECT", "Entwürfe"), {"utf8": True}, (b'A9 SELECT "Entw\xc3\xbcrfe"\r\n',)),
+    (("A10", "LOGIN", "joe", b"line\r\nbreak"), {}, (b"A10 LOGIN joe {11}\r\n", b"line\r\nbreak\r\n")),
+    (("A10", "LOGIN", "joe", b"line\r\nbreak"), {"literal_plus": True}, (b"A10 LOGIN joe {11+}\r\nline\r\nbreak\r\n",)),
+    (("A11", "APPEND", b"INBOX", [Atom("\\Seen")], Literal(b"Subject: x\r\n\r\nhi\r\n")), {}, (b"A11 APPEND INBOX (\\Seen) {19}\r\n", b"Subject: x\r\n\r\nhi\r\n\r\n")),
+    (("A12", "UID FETCH", Raw(b"1:*"), Raw(b"(UID BODY.PEEK[])")), {}, (b"A12 UID FETCH 1:* (UID BODY.PEEK[])\r\n",)),
+    (("A13", "UID STORE", Raw(b"5"), Atom("+FLAGS.SILENT"), (Atom("\\Deleted"), Atom("$Junk"))), {}, (b"A13 UID STORE 5 +FLAGS.SILENT (\\Deleted $Junk)\r\n",)),
+    (("A14", "UID SEARCH", Atom("SINCE"), Atom("1-Feb-2024"), Atom("UID"), Raw(b"100:*")), {}, (b"A14 UID SEARCH SINCE 1-Feb-2024 UID 100:*\r\n",)),
+    (("A15", "FETCH", 1, [Atom("UID"), [Atom("nested"), 42]]), {}, (b"A15 FETCH 1 (UID (nested 42))\r\n",)),
+    (("A16", "X", Literal(b"a"), Literal(b"b")), {}, (b"A16 X {1}\r\n", b"a {1}\r\n", b"b\r\n")),
+    (("A17", "X", "a" * 2000), {}, (b"A17 X " + b"a" * 2000 + b"\r\n",)),
+    (("A18", "X", "a b" * 600), {}, (b"A18 X {1800}\r\n", b"a b" * 600 + b"\r\n")),
+    (("A19", "X", b"nul\x00byte"), {}, (b"A19 X {8}\r\n", b"nul\x00byte\r\n")),
+]
+
+
+@pytest.mark.parametrize(("args", "opts", "chunks"), ENCODE)
+def test_encode_command(args: tuple[Any, ...], opts: dict[str, bool], chunks: tuple[bytes, ...]) -> None:
+    cmd = encode_command(*args, **opts)
+    assert cmd.tag == args[0]
+    assert cmd.chunks == chunks
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("A 1", "NOOP"),
+        ("", "NOOP"),
+        ("A+", "NOOP"),
+        ("A1", "NOOP", Atom("bad\r\natom")),
+        ("A1", "NOOP", Raw(b"x\ny")),
+        ("A1", "NOOP", -1),
+        ("A1", "NOOP\r\n"),
+    ],
+)
+def test_encode_command_rejects(args: tuple[Any, ...]) -> None:
+    with pytest.raises(ValueError):
+        encode_command(*args)
+
+
+@pytest.mark.parametrize("bad", [True, 1.5, None, {"a": 1}])
+def test_encode_command_rejects_types(bad: object) -> None:
+    with pytest.raises(TypeError):
+        encode_command("A1", "X", bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"A1 NOOP\r\n", ("A1", "NOOP", [])),
+        (b"a2 uid fetch 1:* (UID BODY.PEEK[HEADER.FIELDS (FROM TO)]<0.100>)\r\n", ("a2", "UID FETCH", [Atom("1:*"), [Atom("UID"), Atom("BODY.PEEK[HEADER.FIELDS (FROM TO)]<0.100>")]])),
+        (b'A3 LOGIN "a\\"b" {3}\r\nx\r\n\r\n', ("A3", "LOGIN", [b'a"b', b"x\r\n"])),
+        (b"A4 X ~{2}\r\n\x00\x01 {1+}\r\nz ()\r\n", ("A4", "X", [b"\x00\x01", b"z", []])),
+    ],
+)
+def test_parse_command(data: bytes, expected: tuple[str, str, list[object]]) -> None:
+    assert parse_command(data) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"A1 NOOP", b"NOOP\r\n", b"A1 X (a\r\n", b"A1 X a)\r\n", b"A1 X {5}\r\nab\r\n", b'A1 X "a\r\n', b"A1 X a  b\r\n"],
+)
+def test_parse_command_rejects(data: bytes) -> None:
+    with pytest.raises(ImapProtocolError):
+        parse_command(data)

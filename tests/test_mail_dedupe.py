@@ -1,0 +1,103 @@
+"""correspond.mail.dedupe: one key per mailbox message, stable across folders and servers."""
+
+from __future__ import annotations
+
+import re
+
+from correspond.mail.dedupe import MAX_KEY_ID, dedupe_key, normalize_message_id
+from correspond.mail.parse import parse_message
+
+BASE = (
+    "From: Ann <ann@example.com>\nTo: Bob <bob@example.com>\nCc: carol@example.com\n"
+    "Subject: Budget 2026\nDate: Sun, 1 Mar 2026 09:00:00 +0000\n"
+)
+
+
+def msg(
+    extra: str = "", body: str = "Hello Bob,\nthe numbers.\n", base: str = BASE, crlf: bool = True
+) -> bytes:
+    eol = "\r\n" if crlf else "\n"
+    head = (base + extra).strip("\n").replace("\n", eol)
+    return (head + eol + eol + body.replace("\n", eol)).encode()
+
+
+def test_gmail_id_wins() -> None:
+    p = parse_message(msg("Message-ID: <a@x>\n"))
+    assert dedupe_key(p, gm_msgid=1278455344230334865) == "gm:1278455344230334865"
+
+
+def test_message_id_key_normalises_the_domain_only() -> None:
+    a = dedupe_key(parse_message(msg("Message-ID: <AbC.123@Mail.Example.COM>\n")))
+    b = dedupe_key(parse_message(msg("Message-ID:   <AbC.123@mail.example.com>  \n")))
+    c = dedupe_key(parse_message(msg("Message-ID: <abc.123@mail.example.com>\n")))
+    assert a == b == "mid:AbC.123@mail.example.com"
+    assert c != a  # the local part is case-sensitive (RFC 5322 §3.6.4 compares it as sent)
+
+
+def test_message_id_key_ignores_everything_else() -> None:
+    a = dedupe_key(parse_message(msg("Message-ID: <same@x>\n")))
+    b = dedupe_key(parse_message(msg("Message-ID: <same@x>\nX-Folder: Sent\n", body="other body")))
+    assert a == b == "mid:same@x"
+
+
+def test_normalize_message_id() -> None:
+    assert normalize_message_id("<Local.Part@EXAMPLE.org>") == "Local.Part@example.org"
+    assert normalize_message_id(" no-at-sign ") == "no-at-sign"
+    assert normalize_message_id("a@b@C.D") == "a@b@c.d"
+
+
+def test_very_long_message_id_is_hashed() -> None:
+    long_id = "x" * (MAX_KEY_ID + 10) + "@example.com"
+    key = dedupe_key(parse_message(msg(f"Message-ID: <{long_id}>\n")))
+    assert re.fullmatch(r"midh:[0-9a-f]{64}", key)
+    same_upper_domain = long_id[: -len("example.com")] + "EXAMPLE.com"
+    assert key == dedupe_key(parse_message(msg(f"Message-ID: <{same_upper_domain}>\n")))
+    assert key != dedupe_key(parse_message(msg(f"Message-ID: <y{long_id}>\n")))
+
+
+def test_header_hash_without_message_id() -> None:
+    key = dedupe_key(parse_message(msg()))
+    assert re.fullmatch(r"h:[0-9a-f]{64}", key)
+
+
+def test_header_hash_is_stable_across_servers() -> None:
+    """Same message as two servers store it: line ends, extra trace headers, header order."""
+    a = parse_message(msg())
+    reordered = (
+        "Received: from mx.example by imap.example\nX-Spam-Score: 0.1\n"
+        "Subject: Budget 2026\nDate: Sun, 01 Mar 2026 10:00:00 +0100\n"
+        'Cc: carol@example.com\nTo: "Bob" <BOB@example.com>\n'
+        "From: =?utf-8?Q?Ann?= <ann@example.com>\n"
+    )
+    b = parse_message(msg(base=reordered, body="Hello Bob,  \nthe numbers.", crlf=False))
+    assert dedupe_key(a) == dedupe_key(b)
+
+
+def test_header_hash_changes_with_content() -> None:
+    base = dedupe_key(parse_message(msg()))
+    assert dedupe_key(parse_message(msg(body="Different body\n"))) != base
+    assert dedupe_key(parse_message(msg(base=BASE.replace("Budget 2026", "Budget 2027")))) != base
+    assert dedupe_key(parse_message(msg(base=BASE.replace("09:00:00", "09:00:01")))) != base
+    assert dedupe_key(parse_message(msg(base=BASE.replace("carol@", "dave@")))) != base
+
+
+def test_header_hash_uses_only_the_first_4k_of_body() -> None:
+    head = "x" * 5000
+    a = dedupe_key(parse_message(msg(body=head + " tail one")))
+    b = dedupe_key(parse_message(msg(body=head + " tail two")))
+    assert a == b
+
+
+def test_unparseable_date_still_contributes() -> None:
+    a = dedupe_key(
+        parse_message(msg(base=BASE.replace("Sun, 1 Mar 2026 09:00:00 +0000", "garbage one")))
+    )
+    b = dedupe_key(
+        parse_message(msg(base=BASE.replace("Sun, 1 Mar 2026 09:00:00 +0000", "garbage two")))
+    )
+    assert a != b
+
+
+def test_garbage_message_still_has_a_key() -> None:
+    for raw in (b"", b"\x00\xff", b"no headers at all"):
+        assert dedupe_key(parse_message(raw)).startswith("h:")

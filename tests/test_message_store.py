@@ -1,0 +1,523 @@
+"""The message store (SQLite and PostgreSQL) and the blob store, without an IMAP server."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from correspond.errors import NotFound, StoreError
+from correspond.store.blobs import BlobStore, blob_key
+from correspond.store.engine import create_store_engine, migrate
+from correspond.store.message_tables import MessageRow, ThreadRow
+from correspond.store.messages import (
+    AddressData,
+    AttachmentData,
+    FolderCheckpointUpdate,
+    IncomingMessage,
+    MessageData,
+    MessageStore,
+    ThreadCandidate,
+    ThreadChoice,
+)
+from correspond.store.tables import AccountRow, FolderRow
+
+PG_ADMIN_URL = os.environ.get(
+    "CORRESPOND_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+
+def _pg_database() -> Iterator[str]:
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"correspond_h5_{secrets.token_hex(4)}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # no server here: PostgreSQL tests cannot run
+        admin.dispose()
+        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated store (every migration, 0002 included) on each backend."""
+    if request.param == "sqlite":
+        eng = create_store_engine(f"sqlite:///{tmp_path / 'store.db'}")
+        migrate(eng)
+        yield eng
+        eng.dispose()
+    else:
+        gen = _pg_database()
+        url = next(gen)
+        eng = create_store_engine(url)
+        migrate(eng)
+        try:
+            yield eng
+        finally:
+            eng.dispose()
+            next(gen, None)
+
+
+def make_account(engine: Engine, name: str = "acct") -> int:
+    with Session(engine) as s, s.begin():
+        acct = AccountRow(
+            name=name,
+            preset="generic",
+            email=f"{name}@example.test",
+            imap_host="127.0.0.1",
+            imap_port=143,
+            imap_security="starttls",
+            smtp_host=None,
+            smtp_port=587,
+            smtp_security="starttls",
+            username=name,
+        )
+        s.add(acct)
+        s.flush()
+        return acct.id
+
+
+def make_folder(engine: Engine, account_id: int, name: bytes, role: str | None = None) -> int:
+    with Session(engine) as s, s.begin():
+        folder = FolderRow(
+            account_id=account_id,
+            remote_name_raw=name,
+            name=name.decode(),
+            role=role,
+            selected=True,
+        )
+        s.add(folder)
+        s.flush()
+        return folder.id
+
+
+def first_related_chooser(
+    data: MessageData, related: Sequence[ThreadCandidate], same: Sequence[ThreadCandidate]
+) -> ThreadChoice:
+    """A plain chooser for these tests: join the related messages' threads (merging them)."""
+    threads = sorted({c.thread_id for c in related if c.thread_id is not None})
+    if not threads:
+        return ThreadChoice(None)
+    return ThreadChoice(threads[0], tuple(threads[1:]))
+
+
+def msg(key: str, **kw: object) -> MessageData:
+    base: dict[str, object] = {
+        "dedupe_key": key,
+        "message_id": f"<{key}@example.test>",
+        "subject": f"subject {key}",
+        "normalized_subject": f"subject {key}",
+        "from_": AddressData("Ann", "Ann@Example.test"),
+        "to": (AddressData(None, "bob@example.test"),),
+        "date": datetime(2026, 11, 1, 12, 0, tzinfo=UTC),
+        "snippet": "hello",
+        "text": "hello there",
+    }
+    base.update(kw)
+    return MessageData(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(engine: Engine) -> MessageStore:
+    return MessageStore(engine)
+
+
+# --- ingest ------------------------------------------------------------------------------------
+
+
+def test_ingest_stores_messages_locations_and_checkpoint(store: MessageStore) -> None:
+    acct = make_account(store.engine)
+    inbox = make_folder(store.engine, acct, b"INBOX", "inbox")
+    store.reset_folder(inbox, uidvalidity=99, uidnext=10, highestmodseq=5, exists_count=2)
+    items = [
+        IncomingMessage(
+            uid=9,
+            flags=frozenset({"\\Seen"}),
+            modseq=4,
+            data=msg(
+                "a",
+                attachments=(
+                    AttachmentData("../../etc/passwd", "text/plain", 12, blob_key="0" * 64),
+                    AttachmentData("big.iso", "application/octet-stream", 10**9, section="2"),
+                ),
+                defects=("missing boundary",),
+            ),
+        ),
+        IncomingMessage(uid=7, flags=frozenset(), data=msg("b")),
+    ]
+    result = store.ingest_batch(
+        acct,
+        inbox,
+        items,
+        FolderCheckpointUpdate(backfill_low_uid=7, backfill_done_increment=2, backfill_total=2),
+        chooser=first_related_chooser,
+    )
+    assert len(result.created) == 2
+    assert result.linked == result.already_present == []
+    cp = store.folder_checkpoint(inbox)
+    assert (cp.uidvalidity, cp.uidnext, cp.backfill_low_uid, cp.backfill_done) == (99, 10, 7, False)
+    assert store.location_flags(inbox) == {9: frozenset({"\\Seen"}), 7: frozenset()}
+    detail = store.get_message(result.created[0])
+    assert detail.summary.from_email == "ann@example.test"
+    assert detail.summary.flags == ("\\Seen",)
+    assert detail.locations == ((inbox, 9),)
+    assert detail.defects == ("missing boundary",)
+    assert [a.filename for a in detail.attachments] == ["../../etc/passwd", "big.iso"]
+    assert detail.attachments[1].blob_key is None
+    assert detail.attachments[1].section == "2"
+    assert store.count_messages(acct) == 2
+    with Session(store.engine) as s:
+        folder = s.get(FolderRow, inbox)
+        assert folder is not None
+        assert folder.backfill_done_count == 2
+
+
+def test_same_message_in_two_folders_is_one_message(store: MessageStore) -> None:
+    acct = make_account(store.engine)
+    inbox = make_folder(store.engine, acct, b"INBOX", "inbox")
+    archive = make_folder(store.engine, acct, b"Archive", "archive")
+    upd = FolderCheckpointUpdate()
+    r1 = store.ingest_batch(
+        acct, inbox, [IncomingMessage(3, frozenset(), msg("x"))], upd, chooser=first_related_chooser
+    )
+    r2 = store.ingest_batch(
+        acct,
+        archive,
+        [IncomingMessage(40, frozenset({"\\Seen"}), msg("x"))],
+        upd,
+        chooser=first_related_chooser,
+    )
+    assert len(r1.created) == 1
+    assert r2.created == []
+    assert r2.linked == [40]
+    assert store.count_messages(acct) == 1
+    assert store.get_message(r1.created[0]).locations == ((inbox, 3), (archive, 40))
+
+
+def test_reingesting_a_batch_creates_nothing(store: MessageStore) -> None:
+    acct = make_account(store.engine)
+    inbox = make_folder(store.engine, acct, b"INBOX")
+    batch = [IncomingMessage(u, frozenset(), msg(f"m{u}")) for u in (1, 2, 3)]
+    store.ingest_batch(acct, inbox, batch, FolderCheckpointUpdate(), chooser=first_related_chooser)
+    again = store.ingest_batch(
+        acct, inbox, batch, FolderCheckpointUpdate(), chooser=first_related_chooser
+    )
+    assert again.created == again.linked == []
+    assert sorted(again.already_present) == [1, 2, 3]
+    assert store.count_messages(acct) == 3
+    assert store.count_locations(inbox) == 3
+
+
+def test_duplicate_within_one_batch(store: MessageStore) -> None:
+    """The same message twice in one folder (two UIDs): one message, two locations."""
+    acct = make_account(store.engine)
+    inbox = make_folder(store.engine, acct, b"INBOX")
+    res = store.ingest_batch(
+        acct,
+        inbox,
+        [IncomingMessage(1, frozenset(), msg("d")), IncomingMessage(2, frozenset(), msg("d"))],
+        FolderCheckpointUpdate(),
+        chooser=first_related_chooser,
+    )
+    assert len(res.created) == 1
+    assert res.linked == [2]
+    assert store.folder_contents(inbox) == {1: "d", 2: "d"}
+
+
+def test_failure_mid_batch_stores_nothing_and_keeps_cursor(store: MessageStore) -> None:
+    acct = make_account(store.engine)
+    inbox = make_folder(store.engine, acct, b"INBOX")
+    store.update_checkpoint(inbox, FolderCheckpointUpdate(uidvalidity=5, backfill_low_uid=100))
+    calls = 0
+
+    def exploding(data: MessageData, r: object, s: object) -> ThreadChoice:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("crash in the middle of the batch")
+        return ThreadChoice(None)
+
+    batch = [IncomingMessage(u, frozenset(), msg(f"m{u}")) for u in (99, 98, 97, 96)]
+    with pytest.raises(RuntimeError):
+        store.ingest_batch(
+            acct, inbox, batch, FolderCheckpointUpdate(backfill_low_uid=96), chooser=exploding
+        )
+    assert store.count_messages(acct) == 0
+    assert store.count_locations(inbox) == 0
+    assert store.count_threads(acct) == 0
+    assert store.folder_checkpoint(inbox).backfill_low_uid == 100
+
+
+def test_unique_dedupe_key_is_enforced_by_the_database(store: MessageStore) -> None:
+    acct = make_account(store.engine)
+    with pytest.raises(IntegrityError), Session(store.engine) as s, s.begin():
+        s.add(MessageRow(account_id=acct, dedupe_key="k"))
+        s.add(MessageRow(account_id=acct, dedupe_key="k"))
+
+
+def test_database_errors_become_store_errors(store: MessageStore) -> None:
+    acct = make_account(store.engine)
+    with pytest.raises(StoreError):
+        # folder 12345 does not exist: the foreign key refuses the location
+        store.ingest_batch(
+            acct,
+            12345,
+            [IncomingMessage(1, frozenset(), msg("z"))],
+            FolderCheckpointUpdate(),
+            chooser=first_related_chooser,
+        )
+    with pytest.raises(NotFound):
+        store.folder_checkpoint(12345)
+
+
+# --- threading queries -------------------------------------------------------------------------
+
+
+def test_reply_before_parent_joins_one_thread(store: MessageStore) -> None:
+    """Backfill goes newest first: the reply is stored before its parent and must meet it."""
+    acct = make_account(store.engine)
+    inbox = make_folder(store.engine, acct, b"INBOX")
+    seen: list[tuple[str, list[str | None], list[str | None]]] = []
+
+    def recording(
+        data: MessageData, related: Sequence[ThreadCandidate], same: Sequence[ThreadCandidate]
+    ) -> ThreadChoice:
+        seen.append(
+            (data.dedupe_key, [c.message_id for c in related], [c.message_id for c in same])
+        )
+        return first_related_chooser(data, related, same)
+
+    reply = msg(
+        "reply",
+        in_reply_to="<root@example.test>",
+        references=("<root@example.test>",),
+        normalized_subject="plan",
+    )
+    root = msg("root", normalized_subject="plan")
+    store.ingest_batch(
+        acct,
+        inbox,
+        [IncomingMessage(2, frozenset(), reply)],
+        FolderCheckpointUpdate(),
+        chooser=recording,
+    )
+    store.ingest_batch(
+        acct,
+        inbox,
+        [IncomingMessage(1, frozenset(), root)],
+        FolderCheckpointUpdate(),
+        chooser=recording,
+    )
+    assert seen[0] == ("reply", [], [])
+    # the parent finds its reply through message_refs, and the same subject
+    assert seen[1] == ("root", ["<reply@example.test>"], ["<reply@example.test>"])
+    summaries = store.list_messages(acct)
+    assert len({m.thread_id for m in summaries}) == 1
+    assert store.count_threads(acct) == 1
+    with Session(store.engine) as s:
+        thread = s.get(ThreadRow, summaries[0].thread_id)
+        assert thread is not None
+        assert thread.message_count == 2
+
+
+def test_merge_threads_when_a_message_bridges_two(store: MessageStore) -> None:
+    acct = make_account(store.engine)
+    inbox = make_folder(store.engine, acct, b"INBOX")
+    upd = FolderCheckpointUpdate()
+    store.ingest_batch(
+        acct,
+        inbox,
+        [IncomingMessage(1, frozenset(), msg("p1"))],
+        upd,
+        chooser=first_related_chooser,
+    )
+    store.ingest_batch(
+        acct,
+        inbox,
+        [IncomingMessage(2, frozenset(), msg("p2"))],
+        upd,
+        chooser=first_related_chooser,
+    )
+    assert store.count_threads(acct) == 2
+    bridge = msg("b", references=("<p1@example.test>", "<p2@example.test>"))
+    store.ingest_batch(
+        acct, inbox, [IncomingMessage(3, frozenset(), bridge)], upd, chooser=first_related_chooser
+    )
+    assert store.count_threads(acct) == 1
+    assert len({m.thread_id for m in store.list_messages(acct)}) == 1
+
+
+def test_gmail_thread_id_wins(store: MessageStore) -> None:
+    acct = make_account(store.engine)
+    inbox = make_folder(store.engine, acct, b"INBOX")
+    upd = FolderCheckpointUpdate()
+
+    def never(*_a: object) -> ThreadChoice:
+        return ThreadChoice(None)
+
+    store.ingest_batch(
+        acct, inbox, [IncomingMessage(1, frozenset(), msg("g1", gm_thrid=77))], upd, chooser=never
+    )
+    store.ingest_batch(
+        acct, inbox, [IncomingMessage(2, frozenset(), msg("g2", gm_thrid=77))], upd, chooser=never
+    )
+    assert store.count_threads(acct) == 1
+
+
+# --- UIDVALIDITY and live changes ---------------------------------------------------------------
+
+
+def test_uidvalidity_reset_relinks_without_duplicates(store: MessageStore) -> None:
+    acct = make_account(store.engine)
+    inbox = make_folder(store.engine, acct, b"INBOX")
+    store.reset_folder(inbox, uidvalidity=1, uidnext=3, highestmodseq=None, exists_count=2)
+    batch = [IncomingMessage(u, frozenset(), msg(f"m{u}")) for u in (1, 2)]
+    store.ingest_batch(
+        acct,
+        inbox,
+        batch,
+        FolderCheckpointUpdate(backfill_done=True),
+        chooser=first_related_chooser,
+    )
+    dropped = store.reset_folder(
+        inbox, uidvalidity=2, uidnext=11, highestmodseq=None, exists_count=2
+    )
+    assert dropped == 2
+    cp = store.folder_checkpoint(inbox)
+    assert (cp.uidvalidity, cp.backfill_done, cp.backfill_low_uid) == (2, False, None)
+    assert store.count_locations(inbox) == 0
+    assert store.count_messages(acct) == 2
+    # the same messages under new UIDs
+    renumbered = [IncomingMessage(u + 8, frozenset(), msg(f"m{u}")) for u in (1, 2)]
+    res = store.ingest_batch(
+        acct, inbox, renumbered, FolderCheckpointUpdate(), chooser=first_related_chooser
+    )
+    assert res.created == []
+    assert sorted(res.linked) == [9, 10]
+    assert store.folder_contents(inbox) == {9: "m1", 10: "m2"}
+    assert store.count_messages(acct) == 2
+
+
+def test_apply_remote_changes(store: MessageStore) -> None:
+    acct = make_account(store.engine)
+    inbox = make_folder(store.engine, acct, b"INBOX")
+    batch = [IncomingMessage(u, frozenset(), msg(f"m{u}"), modseq=1) for u in (1, 2, 3)]
+    store.ingest_batch(acct, inbox, batch, FolderCheckpointUpdate(), chooser=first_related_chooser)
+    updated, removed = store.apply_remote_changes(
+        inbox,
+        flag_updates={1: frozenset({"\\Seen", "\\Flagged"}), 42: frozenset({"\\Seen"})},
+        removed_uids=[3, 77],
+        modseqs={1: 9},
+        checkpoint=FolderCheckpointUpdate(highestmodseq=9),
+    )
+    assert (updated, removed) == (1, 1)
+    assert store.location_flags(inbox) == {1: frozenset({"\\Seen", "\\Flagged"}), 2: frozenset()}
+    assert store.folder_checkpoint(inbox).highestmodseq == 9
+    # the message whose location vanished is kept (toggle rules decide its fate)
+    assert store.count_messages(acct) == 3
+
+
+def test_list_messages_by_folder_and_order(store: MessageStore) -> None:
+    acct = make_account(store.engine)
+    inbox = make_folder(store.engine, acct, b"INBOX")
+    sent = make_folder(store.engine, acct, b"Sent")
+    base = datetime(2026, 10, 1, tzinfo=UTC)
+    store.ingest_batch(
+        acct,
+        inbox,
+        [
+            IncomingMessage(u, frozenset(), msg(f"i{u}", date=base + timedelta(days=u)))
+            for u in (1, 2, 3)
+        ],
+        FolderCheckpointUpdate(),
+        chooser=first_related_chooser,
+    )
+    store.ingest_batch(
+        acct,
+        sent,
+        [IncomingMessage(1, frozenset(), msg("s1", date=base))],
+        FolderCheckpointUpdate(),
+        chooser=first_related_chooser,
+    )
+    assert [m.subject for m in store.list_messages(acct, folder_id=inbox)] == [
+        "subject i3",
+        "subject i2",
+        "subject i1",
+    ]
+    assert [m.subject for m in store.list_messages(acct, limit=2, offset=2)] == [
+        "subject i1",
+        "subject s1",
+    ]
+    assert store.known_dedupe_keys(acct, ["i1", "nope", "s1"]) == {"i1", "s1"}
+    with pytest.raises(NotFound):
+        store.get_message(10**9)
+
+
+# --- blobs -------------------------------------------------------------------------------------
+
+
+def test_blob_round_trip_compressed_and_fanned_out(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    data = b"Subject: hi\r\n\r\n" + b"hello world\r\n" * 1000
+    key = blobs.put(data)
+    assert key == blob_key(data)
+    path = blobs.path_for(key)
+    assert path.parent.parent.parent == tmp_path / "blobs"
+    assert path.parent.name == key[2:4] and path.parent.parent.name == key[0:2]
+    assert path.stat().st_size < len(data) // 10  # compressed on disk
+    assert blobs.get(key) == data
+    assert blobs.put(data) == key  # idempotent
+    assert [p.name for p in path.parent.iterdir()] == [key]  # no temp files left behind
+
+
+def test_blob_small_and_incompressible_kept_raw(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    random_bytes = os.urandom(4096)
+    for data in (b"", b"tiny", random_bytes):
+        key = blobs.put(data)
+        assert blobs.get(key) == data
+    assert blobs.path_for(blob_key(random_bytes)).stat().st_size == len(random_bytes) + 4
+
+
+@pytest.mark.parametrize(
+    "bad", ["../../etc/passwd", "A" * 64, "0" * 63, "0" * 65, "invoice.pdf", "", "0" * 62 + "/x"]
+)
+def test_blob_keys_are_validated(tmp_path: Path, bad: str) -> None:
+    blobs = BlobStore(tmp_path)
+    with pytest.raises(ValueError):
+        blobs.path_for(bad)
+    with pytest.raises(ValueError):
+        blobs.get(bad)
+
+
+def test_blob_corruption_and_absence_are_reported(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    key = blobs.put(b"x" * 2000)
+    with pytest.raises(NotFound):
+        blobs.get(blob_key(b"other"))
+    path = blobs.path_for(key)
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(StoreError):
+        blobs.get(key)
+    path.write_bytes(b"CBr1" + b"y" * 2000)
+    with pytest.raises(StoreError, match="does not match"):
+        blobs.get(key)
+    assert blobs.delete(key) is True
+    assert blobs.delete(key) is False
+    assert not blobs.exists(key)

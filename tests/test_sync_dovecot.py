@@ -1,0 +1,470 @@
+"""The mirror against a real (private) Dovecot: backfill, dedupe, resume, re-run, live changes.
+
+Each test gets a fresh mailbox user and a fresh store (SQLite, and PostgreSQL for the invariant
+tests). What the store holds is always compared with what the server says it has, read through
+the stdlib ``imaplib`` (an independent client).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import imaplib
+import os
+import re
+import secrets
+from collections.abc import Iterator, Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import Engine, create_engine, text
+
+from correspond.rules.presets import AccountDraft
+from correspond.settings import Settings
+from correspond.store.blobs import BlobStore
+from correspond.store.engine import create_store_engine, migrate
+from correspond.store.messages import MessageData, MessageStore, ThreadCandidate, ThreadChoice
+from correspond.store.records import Account, Folder
+from correspond.store.repository import Store
+from correspond.store.secrets import SecretBox
+from correspond.sync.engine import AccountSyncer, AccountSyncReport, default_thread_chooser
+from correspond.testing.dovecot import DovecotServer, ImapUser
+
+pytestmark = pytest.mark.dovecot
+
+PG_ADMIN_URL = os.environ.get(
+    "CORRESPOND_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+NOW = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+TODAY = NOW.date()
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _database(kind: str, tmp_path: Path) -> Iterator[Engine]:
+    if kind == "sqlite":
+        eng = create_store_engine(f"sqlite:///{tmp_path / 'store.db'}")
+        try:
+            migrate(eng)
+            yield eng
+        finally:
+            eng.dispose()
+        return
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"correspond_h5_{secrets.token_hex(4)}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
+    eng = create_store_engine(PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name)
+    try:
+        migrate(eng)
+        yield eng
+    finally:
+        eng.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+class Env:
+    """A store, blob store and account wired to one Dovecot user."""
+
+    def __init__(
+        self, engine: Engine, server: DovecotServer, user: ImapUser, tmp_path: Path
+    ) -> None:
+        self.server = server
+        self.user = user
+        self.settings = Settings(data_dir=tmp_path / "data", secret_key=None)
+        self.store = Store(engine, SecretBox(Fernet.generate_key()))
+        self.messages = MessageStore(engine)
+        self.blobs = BlobStore(tmp_path / "data" / "blobs")
+        self.account: Account = self.store.add_account(
+            AccountDraft(
+                name=user.username,
+                preset="generic",
+                email=user.address,
+                username=user.username,
+                imap_host=server.host,
+                imap_port=server.port,
+                imap_security="starttls",
+                smtp_host=None,
+                smtp_port=587,
+                smtp_security="starttls",
+                trusted_cert_pem=server.cert_pem,
+                window_days=60,
+            ),
+            user.password,
+        )
+
+    def syncer(self, **kw: object) -> AccountSyncer:
+        kw.setdefault("today", TODAY)
+        return AccountSyncer(self.store, self.messages, self.blobs, self.settings, **kw)  # type: ignore[arg-type]
+
+    async def sync(self, syncer: AccountSyncer | None = None, **kw: object) -> AccountSyncReport:
+        syncer = syncer or self.syncer()
+        client = await syncer.connect(self.account)
+        try:
+            return await syncer.sync_once(client, self.account, **kw)  # type: ignore[arg-type]
+        finally:
+            with contextlib.suppress(Exception):
+                await client.logout()
+
+    def folder(self, role_or_name: str) -> Folder:
+        for f in self.store.list_folders(self.account.name):
+            if f.role == role_or_name or f.name == role_or_name:
+                return f
+        raise AssertionError(f"no folder {role_or_name!r}")
+
+    def stored(self, mailbox: str) -> dict[int, str]:
+        return self.messages.folder_contents(self.folder(mailbox).id)
+
+    def remote(self, mailbox: str, since: date | None = None) -> dict[int, str]:
+        """UID -> dedupe key ("mid:...") of the server's mailbox, read with imaplib."""
+        conn = self.server.imaplib_client(self.user)
+        try:
+            conn.select(f'"{mailbox}"', readonly=True)
+            crit = f"SINCE {since.strftime('%d-%b-%Y')}" if since else "ALL"
+            typ, data = conn.uid("SEARCH", crit)
+            assert typ == "OK"
+            uids = [int(u) for u in data[0].split()]
+            out: dict[int, str] = {}
+            if not uids:
+                return out
+            typ, data = conn.uid(
+                "FETCH", ",".join(map(str, uids)), "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
+            )
+            for item in data:
+                if isinstance(item, tuple):
+                    uid = int(re.search(rb"UID (\d+)", item[0]).group(1))  # type: ignore[union-attr]
+                    mid = item[1].decode().split(":", 1)[1].strip().strip("<>")
+                    out[uid] = f"mid:{mid}"
+            return out
+        finally:
+            with contextlib.suppress(Exception):
+                conn.logout()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def env(
+    request: pytest.FixtureRequest, dovecot: DovecotServer, imap_user: ImapUser, tmp_path: Path
+) -> Iterator[Env]:
+    with _database(request.param, tmp_path) as engine:
+        yield Env(engine, dovecot, imap_user, tmp_path)
+
+
+@pytest.fixture
+def sqlite_env(dovecot: DovecotServer, imap_user: ImapUser, tmp_path: Path) -> Iterator[Env]:
+    with _database("sqlite", tmp_path) as engine:
+        yield Env(engine, dovecot, imap_user, tmp_path)
+
+
+def raw_message(
+    n: int | str,
+    *,
+    when: datetime = NOW,
+    subject: str | None = None,
+    extra_headers: str = "",
+    body: str = "",
+    sender: str = "Alice <alice@example.test>",
+    to: str = "bob@example.test",
+) -> bytes:
+    head = (
+        f"Message-ID: <m{n}@example.test>\r\n"
+        f"Date: {email.utils.format_datetime(when)}\r\n"
+        f"From: {sender}\r\n"
+        f"To: {to}\r\n"
+        f"Subject: {subject or f'message {n}'}\r\n"
+        f"{extra_headers}"
+        "MIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        "\r\n"
+    )
+    return head.encode() + (body or f"Body of message {n}.\r\n").encode()
+
+
+def append_many(env: Env, mailbox: str, items: Sequence[tuple[int | str, datetime]]) -> None:
+    """APPEND many messages over one imaplib connection (faster than one per message)."""
+    conn = env.server.imaplib_client(env.user)
+    try:
+        for n, when in items:
+            typ, data = conn.append(
+                f'"{mailbox}"', None, imaplib.Time2Internaldate(when), raw_message(n, when=when)
+            )
+            assert typ == "OK", data
+    finally:
+        conn.logout()
+
+
+# --- backfill --------------------------------------------------------------------------------
+
+
+async def test_window_inbox_and_sent_first(env: Env) -> None:
+    append_many(
+        env,
+        "INBOX",
+        [
+            ("old61", NOW - timedelta(days=61)),
+            ("in59", NOW - timedelta(days=59)),
+            ("new", NOW - timedelta(hours=1)),
+        ],
+    )
+    append_many(env, "Sent", [("sent10", NOW - timedelta(days=10))])
+    append_many(env, "Archive", [("arch3", NOW - timedelta(days=3))])
+    report = await env.sync()
+
+    inbox, sent = env.folder("inbox"), env.folder("sent")
+    folder_ids = [f.folder_id for f in report.folders]
+    assert folder_ids[:2] == [inbox.id, sent.id]  # INBOX, then Sent, then the rest
+    since = TODAY - timedelta(days=60)
+    assert sorted(env.stored("INBOX").values()) == [
+        "mid:min59@example.test",
+        "mid:mnew@example.test",
+    ]
+    assert env.stored("INBOX") == env.remote("INBOX", since=since)
+    assert "mid:mold61@example.test" not in env.stored("INBOX").values()
+    assert env.stored("Sent") == env.remote("Sent")
+    assert env.stored("Archive") == env.remote("Archive")
+    assert env.messages.count_messages(env.account.id) == 4
+    # sent mail is outbound, inbox mail inbound; bodies and raw blobs are there
+    by_subject = {m.subject: m for m in env.messages.list_messages(env.account.id)}
+    sent_detail = env.messages.get_message(by_subject["message sent10"].id)
+    assert (sent_detail.text or "").strip() == "Body of message sent10."
+    assert sent_detail.raw_blob_key is not None
+    assert env.blobs.get(sent_detail.raw_blob_key).startswith(b"Message-ID: <msent10@")
+    cp = env.messages.folder_checkpoint(inbox.id)
+    assert cp.backfill_done
+    assert cp.uidvalidity is not None
+
+
+async def test_message_in_two_folders_is_one_message(env: Env) -> None:
+    raw = raw_message("shared")
+    env.server.append(env.user, "INBOX", raw, date=NOW)
+    env.server.append(env.user, "Archive", raw, date=NOW)
+    report = await env.sync()
+    assert env.messages.count_messages(env.account.id) == 1
+    assert report.created == 1
+    assert report.linked == 1
+    (summary,) = env.messages.list_messages(env.account.id)
+    detail = env.messages.get_message(summary.id)
+    assert {fid for fid, _uid in detail.locations} == {
+        env.folder("inbox").id,
+        env.folder("Archive").id,
+    }
+
+
+async def test_resume_after_failure_mid_batch(env: Env) -> None:
+    """A crash inside a batch's transaction loses only that batch; resuming converges exactly."""
+    append_many(env, "INBOX", [(i, NOW - timedelta(days=i % 50)) for i in range(23)])
+    calls = 0
+
+    def crashing(
+        data: MessageData, related: Sequence[ThreadCandidate], same: Sequence[ThreadCandidate]
+    ) -> ThreadChoice:
+        nonlocal calls
+        calls += 1
+        if calls == 13:  # in the middle of the third batch of five
+            raise RuntimeError("simulated crash mid-batch")
+        return default_thread_chooser(data, related, same)
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        await env.sync(env.syncer(batch_size=5, chooser=crashing))
+    inbox = env.folder("inbox")
+    partial = env.stored("INBOX")
+    assert len(partial) == 10  # two whole batches, nothing of the third
+    assert sorted(partial) == sorted(env.remote("INBOX"))[-10:]  # newest (highest UIDs) first
+    cp = env.messages.folder_checkpoint(inbox.id)
+    assert cp.backfill_low_uid == min(partial)
+    assert not cp.backfill_done
+
+    report = await env.sync(env.syncer(batch_size=5))
+    assert env.stored("INBOX") == env.remote("INBOX")
+    assert env.messages.count_messages(env.account.id) == 23
+    inbox_report = next(f for f in report.folders if f.folder_id == inbox.id)
+    assert inbox_report.created == 13  # only what was missing was fetched
+    assert env.messages.folder_checkpoint(inbox.id).backfill_done
+
+
+async def test_resume_after_stopping_between_batches(env: Env) -> None:
+    append_many(env, "INBOX", [(i, NOW - timedelta(days=1)) for i in range(12)])
+    first = await env.sync(env.syncer(batch_size=4), max_batches=1)
+    inbox = env.folder("inbox")
+    assert len(env.stored("INBOX")) == 4
+    assert next(f for f in first.folders if f.folder_id == inbox.id).done is False
+    await env.sync(env.syncer(batch_size=4))
+    assert env.stored("INBOX") == env.remote("INBOX")
+
+
+async def test_rerun_creates_no_duplicates(env: Env) -> None:
+    append_many(env, "INBOX", [(i, NOW - timedelta(days=2)) for i in range(6)])
+    append_many(env, "Sent", [(f"s{i}", NOW - timedelta(days=2)) for i in range(3)])
+    await env.sync()
+    count = env.messages.count_messages(env.account.id)
+    threads = env.messages.count_threads(env.account.id)
+    again = await env.sync()
+    assert env.messages.count_messages(env.account.id) == count == 9
+    assert env.messages.count_threads(env.account.id) == threads
+    assert again.created == 0
+    assert all(f.kind in ("none", "condstore", "fallback") for f in again.folders)
+    assert env.stored("INBOX") == env.remote("INBOX")
+    assert env.stored("Sent") == env.remote("Sent")
+
+
+async def test_uidvalidity_change_relinks_without_duplicates(sqlite_env: Env) -> None:
+    env = sqlite_env
+    env.server.create_mailbox(env.user, "Projects")
+    append_many(env, "Projects", [(f"p{i}", NOW - timedelta(days=1)) for i in range(4)])
+    await env.sync()
+    before = env.messages.folder_checkpoint(env.folder("Projects").id).uidvalidity
+    assert env.messages.count_messages(env.account.id) == 4
+    # Delete and re-create the mailbox under the same name: a new UIDVALIDITY, same messages.
+    conn = env.server.imaplib_client(env.user)
+    try:
+        assert conn.delete('"Projects"')[0] == "OK"
+    finally:
+        conn.logout()
+    env.server.create_mailbox(env.user, "Projects")
+    append_many(env, "Projects", [(f"p{i}", NOW - timedelta(days=1)) for i in (3, 2, 1, 0)])
+    report = await env.sync()
+    projects = env.folder("Projects")
+    assert env.messages.folder_checkpoint(projects.id).uidvalidity != before
+    assert next(f for f in report.folders if f.folder_id == projects.id).kind == "reset"
+    assert env.messages.count_messages(env.account.id) == 4
+    assert env.stored("Projects") == env.remote("Projects")
+
+
+async def test_threads_reply_and_parent(sqlite_env: Env) -> None:
+    env = sqlite_env
+    conn = env.server.imaplib_client(env.user)
+    try:
+        for raw, when in (
+            (raw_message("root", subject="Budget 2027", when=NOW - timedelta(days=3)), 3),
+            (
+                raw_message(
+                    "reply",
+                    subject="Re: Budget 2027",
+                    sender="bob@example.test",
+                    to="alice@example.test",
+                    extra_headers="In-Reply-To: <mroot@example.test>\r\n"
+                    "References: <mroot@example.test>\r\n",
+                    when=NOW - timedelta(days=2),
+                ),
+                2,
+            ),
+            (raw_message("other", subject="Lunch", when=NOW - timedelta(days=1)), 1),
+        ):
+            conn.append("INBOX", None, imaplib.Time2Internaldate(NOW - timedelta(days=when)), raw)
+    finally:
+        conn.logout()
+    await env.sync()  # newest first: the reply is stored before its parent
+    threads = {m.subject: m.thread_id for m in env.messages.list_messages(env.account.id)}
+    assert threads["Budget 2027"] == threads["Re: Budget 2027"]
+    assert threads["Lunch"] != threads["Budget 2027"]
+    assert env.messages.count_threads(env.account.id) == 2
+
+
+async def test_large_message_keeps_text_and_attachment_metadata_only(sqlite_env: Env) -> None:
+    env = sqlite_env
+    env.settings = env.settings.clone(max_message_bytes=4000)
+    boundary = "b0undary"
+    payload = ("QUJD" * 19 + "\r\n") * 200  # ~16 KB of base64
+    raw = (
+        "Message-ID: <big@example.test>\r\n"
+        f"Date: {email.utils.format_datetime(NOW)}\r\n"
+        "From: alice@example.test\r\nTo: bob@example.test\r\nSubject: big one\r\n"
+        "MIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n'
+        f"--{boundary}\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\nCaf=E9 au lait\r\n"
+        f'--{boundary}\r\nContent-Type: application/pdf; name="report.pdf"\r\n'
+        'Content-Disposition: attachment; filename="report.pdf"\r\n'
+        f"Content-Transfer-Encoding: base64\r\n\r\n{payload}"
+        f"--{boundary}--\r\n"
+    ).encode()
+    env.server.append(env.user, "INBOX", raw, date=NOW)
+    env.server.append(env.user, "INBOX", raw_message("small"), date=NOW)
+    report = await env.sync()
+    by_subject = {m.subject: m for m in env.messages.list_messages(env.account.id)}
+    big = env.messages.get_message(by_subject["big one"].id)
+    assert big.truncated
+    assert big.raw_blob_key is None
+    assert (big.text or "").strip() == "Café au lait"
+    assert [(a.filename, a.content_type, a.blob_key, a.section) for a in big.attachments] == [
+        ("report.pdf", "application/pdf", None, "2")
+    ]
+    small = env.messages.get_message(by_subject["message small"].id)
+    assert not small.truncated and small.raw_blob_key is not None
+    # the big body was never downloaded
+    inbox_report = report.folders[0]
+    assert inbox_report.bytes_fetched < len(raw)
+
+
+# --- live changes ------------------------------------------------------------------------------
+
+
+def _mutate(env: Env) -> None:
+    """Flag one message, expunge another, and deliver a new one."""
+    conn = env.server.imaplib_client(env.user)
+    try:
+        conn.select("INBOX")
+        typ, data = conn.uid("SEARCH", "ALL")
+        assert typ == "OK"
+        uids = data[0].split()
+        assert conn.uid("STORE", uids[0], "+FLAGS", "(\\Seen \\Flagged)")[0] == "OK"
+        assert conn.uid("STORE", uids[1], "+FLAGS", "(\\Deleted)")[0] == "OK"
+        assert conn.expunge()[0] == "OK"
+    finally:
+        conn.logout()
+    env.server.deliver(env.user, raw_message("live-new"))
+
+
+@pytest.mark.parametrize("variant", ["full", "basic"])
+async def test_live_changes(
+    variant: str,
+    dovecot: DovecotServer,
+    dovecot_basic: DovecotServer,
+    tmp_path: Path,
+) -> None:
+    server = dovecot if variant == "full" else dovecot_basic
+    user = server.add_user()
+    with _database("sqlite", tmp_path) as engine:
+        env = Env(engine, server, user, tmp_path)
+        append_many(env, "INBOX", [(f"l{i}", NOW - timedelta(days=1)) for i in range(3)])
+        await env.sync()
+        assert env.stored("INBOX") == env.remote("INBOX")
+        first_uid = min(env.stored("INBOX"))
+        _mutate(env)
+        report = await env.sync()
+        inbox_report = report.folders[0]
+        assert inbox_report.kind == ("condstore" if variant == "full" else "fallback")
+        assert env.stored("INBOX") == env.remote("INBOX")
+        flags = env.messages.location_flags(env.folder("inbox").id)
+        assert flags[first_uid] == frozenset({"\\Seen", "\\Flagged"})
+        assert inbox_report.created == 1
+        assert inbox_report.removed == 1
+        assert inbox_report.flag_updates == 1
+        # nothing further: a third pass changes nothing
+        third = await env.sync()
+        assert third.folders[0].created == third.folders[0].removed == 0
+        assert third.folders[0].flag_updates == 0
+        if variant == "full":
+            assert third.folders[0].kind == "none"
+
+
+async def test_parse_in_a_process_pool(sqlite_env: Env) -> None:
+    """The same result with parsing in worker processes (the 2-core overlap path)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    env = sqlite_env
+    append_many(env, "INBOX", [(i, NOW - timedelta(days=1)) for i in range(30)])
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        await env.sync(env.syncer(parse_executor=pool, batch_size=10))
+    assert env.stored("INBOX") == env.remote("INBOX")
+    assert {m.snippet for m in env.messages.list_messages(env.account.id, limit=100)} == {
+        f"Body of message {i}." for i in range(30)
+    }
