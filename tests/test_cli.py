@@ -123,7 +123,7 @@ def test_list_table(runner: CliRunner, data_dir: Path) -> None:
     table = run(runner, data_dir, "account", "list")
     assert table.exit_code == 0, table.output
     assert "work" in table.output and "me@example.test" in table.output
-    assert "Connecting" in table.output and "never" in table.output
+    assert "connecting" in table.output and "never" in table.output
     assert PASSWORD not in table.output
 
 
@@ -390,3 +390,54 @@ def test_real_subprocess_account_list_json(tmp_path: Path) -> None:
     data = json.loads(proc.stdout)
     assert [(a["name"], a["imap"]["host"]) for a in data] == [("g", "imap.gmail.com")]
     assert PASSWORD not in proc.stdout + proc.stderr
+
+
+def test_every_state_has_a_message() -> None:
+    from correspond.accounts import STATE_MESSAGES, describe_state
+    from correspond.store.tables import ACCOUNT_STATES
+
+    assert set(STATE_MESSAGES) == set(ACCOUNT_STATES)
+    assert describe_state("auth_failed", "LOGIN refused").endswith("LOGIN refused")
+    assert describe_state("live") == STATE_MESSAGES["live"]
+
+
+def test_serve_runs_migrations_and_answers_health(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRESPOND_")}
+    data_dir = tmp_path / "served"
+    exe = shutil.which("correspond", path=str(Path(sys.executable).parent))
+    argv = [exe] if exe else [sys.executable, "-m", "correspond.cli"]
+    proc = subprocess.Popen(
+        [*argv, "--data-dir", str(data_dir), "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        answer = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert answer is not None, "server did not answer"
+        assert answer.json() == {"status": "ok", "database": "sqlite"}
+        assert (data_dir / "correspond.db").exists()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

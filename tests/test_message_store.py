@@ -54,6 +54,20 @@ def _pg_database() -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture(scope="module")
+def pg_engine() -> Iterator[Engine]:
+    """One migrated PostgreSQL database for the module; tests stay apart by account."""
+    gen = _pg_database()
+    url = next(gen)
+    eng = create_store_engine(url)
+    try:
+        migrate(eng)
+        yield eng
+    finally:
+        eng.dispose()
+        next(gen, None)
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """A migrated store (every migration, 0002 included) on each backend."""
@@ -63,18 +77,11 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
         yield eng
         eng.dispose()
     else:
-        gen = _pg_database()
-        url = next(gen)
-        eng = create_store_engine(url)
-        migrate(eng)
-        try:
-            yield eng
-        finally:
-            eng.dispose()
-            next(gen, None)
+        yield request.getfixturevalue("pg_engine")
 
 
-def make_account(engine: Engine, name: str = "acct") -> int:
+def make_account(engine: Engine) -> int:
+    name = f"acct-{secrets.token_hex(4)}"
     with Session(engine) as s, s.begin():
         acct = AccountRow(
             name=name,

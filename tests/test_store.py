@@ -322,7 +322,14 @@ def test_list_accounts_counts(store: Store) -> None:
 def test_ping_and_dialect(store: Store) -> None:
     store.ping()
     assert store.dialect in ("sqlite", "postgresql")
-    assert "password" not in repr(store).lower() or "***" in repr(store)
+    from correspond.store.engine import create_store_engine
+
+    with_password = Store(
+        create_store_engine("postgresql://user:hunter2@127.0.0.1:1/db"),
+        SecretBox(Fernet.generate_key()),
+    )
+    assert "hunter2" not in repr(with_password) and "***" in repr(with_password)
+    with_password.close()
 
 
 def test_sqlite_runs_in_wal_with_foreign_keys(store_settings: Settings) -> None:

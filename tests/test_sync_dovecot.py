@@ -44,15 +44,18 @@ TODAY = NOW.date()
 
 
 @contextlib.contextmanager
-def _database(kind: str, tmp_path: Path) -> Iterator[Engine]:
-    if kind == "sqlite":
-        eng = create_store_engine(f"sqlite:///{tmp_path / 'store.db'}")
-        try:
-            migrate(eng)
-            yield eng
-        finally:
-            eng.dispose()
-        return
+def _sqlite(tmp_path: Path) -> Iterator[Engine]:
+    eng = create_store_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        migrate(eng)
+        yield eng
+    finally:
+        eng.dispose()
+
+
+@pytest.fixture(scope="module")
+def pg_engine() -> Iterator[Engine]:
+    """One migrated PostgreSQL database for the module; tests stay apart by account."""
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     name = f"correspond_h5_{secrets.token_hex(4)}"
     try:
@@ -154,13 +157,16 @@ class Env:
 def env(
     request: pytest.FixtureRequest, dovecot: DovecotServer, imap_user: ImapUser, tmp_path: Path
 ) -> Iterator[Env]:
-    with _database(request.param, tmp_path) as engine:
+    if request.param == "postgresql":
+        yield Env(request.getfixturevalue("pg_engine"), dovecot, imap_user, tmp_path)
+        return
+    with _sqlite(tmp_path) as engine:
         yield Env(engine, dovecot, imap_user, tmp_path)
 
 
 @pytest.fixture
 def sqlite_env(dovecot: DovecotServer, imap_user: ImapUser, tmp_path: Path) -> Iterator[Env]:
-    with _database("sqlite", tmp_path) as engine:
+    with _sqlite(tmp_path) as engine:
         yield Env(engine, dovecot, imap_user, tmp_path)
 
 
@@ -432,7 +438,7 @@ async def test_live_changes(
 ) -> None:
     server = dovecot if variant == "full" else dovecot_basic
     user = server.add_user()
-    with _database("sqlite", tmp_path) as engine:
+    with _sqlite(tmp_path) as engine:
         env = Env(engine, server, user, tmp_path)
         append_many(env, "INBOX", [(f"l{i}", NOW - timedelta(days=1)) for i in range(3)])
         await env.sync()

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from correspond.errors import AuthenticationFailed
+from correspond.imap.client import ImapClient, ImapEndpoint
 from correspond.rules.folders import assign_roles
 from correspond.rules.presets import AccountDraft
 from correspond.settings import Settings
 from correspond.store import Account, AccountSummary, Folder, FolderSyncResult, Store
 from correspond.store.tables import utcnow
-
-if TYPE_CHECKING:
-    from correspond.imap.client import ImapEndpoint
-    from correspond.sync.connection_test import ConnectionReport
+from correspond.sync.connection_test import ConnectionReport, check_connection
 
 __all__ = [
     "STATE_MESSAGES",
@@ -105,8 +103,6 @@ class AccountService:
 
     def endpoint_for(self, account: Account) -> ImapEndpoint:
         """The IMAP endpoint an account connects to."""
-        from correspond.imap.client import ImapEndpoint
-
         return ImapEndpoint(
             account.imap_host,
             account.imap_port,
@@ -122,8 +118,6 @@ class AccountService:
         cannot be reached, else ``error``; the report's message as detail); a success clears
         such a failure back to ``connecting``. Live or backfilling accounts keep their state.
         """
-        from correspond.sync.connection_test import check_connection
-
         account = await asyncio.to_thread(self.store.get_account, name)
         password = await asyncio.to_thread(self.store.account_secret, name)
         report = await check_connection(
@@ -159,8 +153,6 @@ class AccountService:
         A refused sign-in is recorded on the account (``auth_failed``); every IMAP error is
         re-raised for the caller to show.
         """
-        from correspond.imap.client import ImapClient
-
         account = await asyncio.to_thread(self.store.get_account, name)
         password = await asyncio.to_thread(self.store.account_secret, name)
         try:

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from correspond import __version__
-from correspond.accounts import AccountService, describe_state, report_to_dict
+from correspond.accounts import STATE_MESSAGES, AccountService, report_to_dict
 from correspond.api.schemas import account_public, as_json, folder_public
 from correspond.errors import (
     ConfigError,
@@ -285,6 +285,17 @@ def account_test(cli: CliContext, name: str, as_json_output: bool) -> None:
         sys.exit(1)
 
 
+_STATE_STYLE = {
+    "live": "green",
+    "backfilling": "cyan",
+    "connecting": "cyan",
+    "paused": "yellow",
+    "disconnected": "yellow",
+    "auth_failed": "red",
+    "error": "red",
+}
+
+
 def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else "never"
 
@@ -303,14 +314,18 @@ def account_list(cli: CliContext, as_json_output: bool) -> None:
         console.print("No accounts yet. Add one with: correspond account add NAME --email ...")
         return
     table = Table(title="Accounts")
-    for column in ("Name", "E-mail", "State", "Folders", "Selected", "Messages", "Last sync"):
+    for column in ("Name", "E-mail", "State", "Detail"):
         table.add_column(column, overflow="fold")
+    for column in ("Folders", "Selected", "Messages"):
+        table.add_column(column, justify="right")
+    table.add_column("Last sync")
     for s in summaries:
         a = s.account
         table.add_row(
             a.name,
             a.email,
-            describe_state(a.state, a.state_detail),
+            f"[{_STATE_STYLE.get(a.state, 'white')}]{a.state}[/]",
+            a.state_detail or STATE_MESSAGES.get(a.state, ""),
             str(s.folder_count),
             str(s.selected_folder_count),
             str(s.message_count),

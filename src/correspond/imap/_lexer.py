@@ -32,14 +32,15 @@ MAX_DEPTH = 100
 # One regex, one group: findall() returns a flat list of token strings and the loop below
 # dispatches on the first character (cheaper than a tuple per token). Alternatives, in order:
 # a quoted string (its closing quote must be followed by a delimiter); "(" or ")"; an atom (with
-# an optional bracketed section); else one stray character. A stray '"' means a quoted string
+# an optional bracketed section, which never holds "[", so a line of "[[[[" stays linear); else
+# one stray character. A stray '"' means a quoted string
 # with unescaped quotes inside (Exchange/Domino send Content-Description ""Quoted" text" and
 # """"): that segment is then re-read by the slower, still linear, ``_lenient_tokens``.
 _TOKEN = re.compile(
     r"""[ \t]*(
       "[^"\\]*(?:\\.[^"\\]*)*" (?=[\s()]|$)
     | [()]
-    | [^\s()"\[\]]+ (?:\[[^\]]*\][^\s()"\[\]]*)? | \[[^\]]*\][^\s()"\[\]]*
+    | [^\s()"\[\]]+ (?:\[[^\[\]]*\][^\s()"\[\]]*)? | \[[^\[\]]*\][^\s()"\[\]]*
     | \S
     )""",
     re.X | re.S,

@@ -169,9 +169,11 @@ def _codec(label: str) -> tuple[str | None, bool]:
     key = label.strip().strip("\"'").lower()
     if key in _ALIASES:
         return _ALIASES[key], True
+    if len(key) > 40 or not key.isascii() or not key.isprintable():
+        return None, False
     try:
         info = codecs.lookup(key)
-    except LookupError:
+    except (LookupError, ValueError, UnicodeError):
         return None, False
     if not getattr(info, "_is_text_encoding", True):
         return None, False  # rot13, zlib and friends are codecs but not charsets
@@ -188,8 +190,20 @@ _SINGLE_BYTE = frozenset(
 _REAL_UTF8 = re.compile("[^\x00-\x7f\ufffd]")
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _decode_bytes(data: bytes, label: str | None, defects: list[str], what: str) -> str:
     """Decode with the declared charset; mislabelled text falls back to UTF-8, then cp1252."""
+    text = _decode_bytes_raw(data, label, defects, what)
+    if label and _LONE_SURROGATE.search(text):
+        # UTF-7/16/32 can carry lone surrogates, which no UTF-8 store accepts.
+        defects.append(f"{what}: lone surrogates replaced")
+        text = _LONE_SURROGATE.sub("\ufffd", text)
+    return text
+
+
+def _decode_bytes_raw(data: bytes, label: str | None, defects: list[str], what: str) -> str:
     codec, known = _codec(label) if label else (None, True)
     if not known:
         defects.append(f"{what}: unknown charset {(label or '')[:40]!r}")
@@ -554,7 +568,7 @@ def _join_2231(sections: dict[int, tuple[str, bool]]) -> str:
         if encoded:
             if k == 0 and val.count("'") >= 2:
                 charset, _lang, val = val.split("'", 2)
-            chunks.append(urllib.parse.unquote_to_bytes(val))
+            chunks.append(urllib.parse.unquote_to_bytes(val.encode("utf-8", "surrogateescape")))
         else:
             chunks.append(val.encode("utf-8", "surrogateescape"))
     return _decode_bytes(b"".join(chunks), charset or "utf-8", [], "parameter")
@@ -579,7 +593,7 @@ def sanitize_filename(name: str | None) -> str | None:
     """
     if not name:
         return None
-    name = _UNSAFE_NAME_CHARS.sub("", name)
+    name = _SURROGATES.sub("\ufffd", _UNSAFE_NAME_CHARS.sub("", name))
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     name = " ".join(name.split()).lstrip(". ").rstrip(". ")
     if not name:
@@ -768,7 +782,10 @@ class _Walk:
                 break
             fields, body, bad8 = _parse_headers(raw, s, e, self.defects, False)
             if bad8:
-                fields = [(n, _fix_8bit(v, None, self.defects)) for n, v in fields]
+                fields = [
+                    (_fix_8bit(n, None, self.defects), _fix_8bit(v, None, self.defects))
+                    for n, v in fields
+                ]
             self.entity(fields, body, e, depth + 1, default, f"{prefix}{k}")
         return True
 
@@ -837,6 +854,8 @@ class _Walk:
             fields, _, _ = _parse_headers(self.raw, bstart, bend, [], False)
         for n, v in fields:
             if n.lower() == "subject":
+                if _SURROGATES.search(v):
+                    v = _fix_8bit(v, None, [])
                 subject = decode_header_value(v).strip()
                 return f"{subject[:150]}.eml" if subject else None
         return None
@@ -912,7 +931,11 @@ def _parse(raw: bytes, keep: bool) -> ParsedMessage:
         guess = ctp.get("charset")
         defects.append("8-bit header bytes that are not UTF-8")
         fields = [
-            (n, _fix_8bit(v, guess, defects) if _SURROGATES.search(v) else v) for n, v in fields
+            (
+                _fix_8bit(n, guess, defects) if _SURROGATES.search(n) else n,
+                _fix_8bit(v, guess, defects) if _SURROGATES.search(v) else v,
+            )
+            for n, v in fields
         ]
         first = {}
         for name, value in fields:
@@ -949,7 +972,7 @@ def _parse(raw: bytes, keep: bool) -> ParsedMessage:
         html=walk.html,
         snippet=make_snippet(text),
         attachments=tuple(walk.atts),
-        defects=tuple(dict.fromkeys(defects)),
+        defects=tuple(dict.fromkeys(_LONE_SURROGATE.sub("\ufffd", d) for d in defects)),
         headers=headers,
     )
 

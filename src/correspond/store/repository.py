@@ -108,7 +108,7 @@ class Store:
             allow_plaintext=draft.allow_plaintext,
             trusted_cert_pem=draft.trusted_cert_pem,
             state="connecting",
-            state_detail="Added; waiting for the first connection.",
+            state_detail="Added; not connected yet. Run a connection test.",
             folders_mode="all",
             window_days=draft.window_days or self._default_window_days,
             **draft.toggles,

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import date
@@ -30,6 +30,12 @@ from typing import Any
 from correspond.errors import AuthenticationFailed, CorrespondError
 from correspond.imap.client import ImapClient
 from correspond.imap.connect import ImapEndpoint
+from correspond.imap.types import (
+    ExistsResponse,
+    ExpungeResponse,
+    FetchResponse,
+    VanishedResponse,
+)
 from correspond.mail.dedupe import dedupe_key
 from correspond.mail.parse import ParsedMessage
 from correspond.mail.threading import KnownMessage, ThreadInput, choose_thread
@@ -40,6 +46,7 @@ from correspond.store.blobs import BlobStore
 from correspond.store.messages import MessageData, MessageStore, ThreadCandidate, ThreadChoice
 from correspond.store.records import Account, Folder
 from correspond.store.repository import Store
+from correspond.store.tables import utcnow
 from correspond.sync.folder_sync import (
     DEFAULT_BATCH_SIZE,
     FolderRef,
@@ -55,6 +62,10 @@ __all__ = [
     "default_thread_chooser",
     "endpoint_for",
 ]
+
+
+# Re-issue IDLE before servers drop it (RFC 2177 §3: at least every 29 minutes).
+_IDLE_RENEW_SECONDS = 25 * 60
 
 
 def default_dedupe(parsed: ParsedMessage, gm_msgid: int | None) -> str:
@@ -221,14 +232,47 @@ class AccountSyncer:
         report.seconds = time.perf_counter() - started
         return report
 
+    async def wait_for_inbox_change(
+        self, client: ImapClient, inbox: Folder, *, stop: asyncio.Event, timeout: float
+    ) -> bool:
+        """EXAMINE INBOX and IDLE (RFC 2177) until the server reports a change, ``stop`` is set,
+        or ``timeout`` seconds pass. True when something changed.
+
+        EXISTS, EXPUNGE, FETCH (flags) and VANISHED all mean "sync INBOX now". IDLE is re-issued
+        well inside the 29 minutes RFC 2177 §3 allows.
+        """
+        await client.select(inbox.name_raw, readonly=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not stop.is_set() and loop.time() < deadline:
+            round_end = min(deadline, loop.time() + _IDLE_RENEW_SECONDS)
+            async with client.idle() as session:
+                while not stop.is_set():
+                    left = round_end - loop.time()
+                    if left <= 0:
+                        break
+                    # Short slices so that ``stop`` is noticed within a second.
+                    response = await session.next(timeout=min(left, 1.0))
+                    if isinstance(
+                        response,
+                        ExistsResponse | ExpungeResponse | FetchResponse | VanishedResponse,
+                    ):
+                        return True
+        return False
+
     async def run_account(
         self,
         account_name: str,
         *,
         stop: asyncio.Event,
         poll_seconds: float = 60.0,
+        on_synced: Callable[[AccountSyncReport], None] | None = None,
     ) -> None:
         """Keep one account in sync until ``stop`` is set.
+
+        First a full pass (backfill), then live: IDLE on INBOX between passes (an INBOX-only
+        pass on each change), and a full pass of every selected folder each ``poll_seconds``
+        (the other folders are polled, DESIGN.md "Live"). Servers without IDLE are polled.
 
         Transient failures (connection lost, timeouts, database busy) are retried with jittered
         exponential backoff capped at five minutes; a refused login or another permanent error
@@ -241,18 +285,25 @@ class AccountSyncer:
                 client = await self.connect(account)
                 try:
                     await asyncio.to_thread(
-                        self.store.set_account_state, account_name, "backfilling", "Syncing"
+                        self.store.set_account_state,
+                        account_name,
+                        "backfilling",
+                        "Syncing",
+                        connected_at=utcnow(),
                     )
-                    await self.sync_once(client, account)
+                    folders = await self.refresh_folders(client, account)
+                    report = await self.sync_once(client, account, folders=folders)
                     attempt = 0
                     await asyncio.to_thread(
-                        self.store.set_account_state, account_name, "live", "Up to date"
+                        self.store.set_account_state,
+                        account_name,
+                        "live",
+                        "Up to date",
+                        last_sync_at=utcnow(),
                     )
-                    while not stop.is_set():
-                        try:
-                            await asyncio.wait_for(stop.wait(), timeout=poll_seconds)
-                        except TimeoutError:
-                            await self.sync_once(client, account)
+                    if on_synced is not None:
+                        on_synced(report)
+                    await self._live(client, account, folders, stop, poll_seconds, on_synced)
                 finally:
                     with contextlib.suppress(CorrespondError):
                         await client.logout()
@@ -277,3 +328,35 @@ class AccountSyncer:
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    async def _live(
+        self,
+        client: ImapClient,
+        account: Account,
+        folders: list[Folder],
+        stop: asyncio.Event,
+        poll_seconds: float,
+        on_synced: Callable[[AccountSyncReport], None] | None,
+    ) -> None:
+        inbox = next((f for f in folders if f.role == "inbox" and f.selected), None)
+        loop = asyncio.get_running_loop()
+        next_full = loop.time() + poll_seconds
+        while not stop.is_set():
+            left = max(0.0, next_full - loop.time())
+            changed = False
+            if inbox is not None and "IDLE" in client.capabilities:
+                changed = await self.wait_for_inbox_change(client, inbox, stop=stop, timeout=left)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=left)
+            if stop.is_set():
+                return
+            if changed and inbox is not None and loop.time() < next_full:
+                report = await self.sync_once(client, account, folders=[inbox])
+            else:
+                folders = await self.refresh_folders(client, account)
+                inbox = next((f for f in folders if f.role == "inbox" and f.selected), None)
+                report = await self.sync_once(client, account, folders=folders)
+                next_full = loop.time() + poll_seconds
+            if on_synced is not None:
+                on_synced(report)

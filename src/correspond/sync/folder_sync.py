@@ -463,8 +463,10 @@ class FolderSyncer:
         self, func: Callable[[bytes], ParsedMessage], raws: list[bytes], report: FolderSyncReport
     ) -> list[ParsedMessage]:
         started = time.perf_counter()
-        if self.parse_executor is None or len(raws) < 2:
-            parsed = [func(r) for r in raws]
+        if self.parse_executor is None:
+            # A worker thread, not the event loop: the loop keeps reading the next batch off
+            # the socket meanwhile (zstd, file writes and SSL release the GIL).
+            parsed = await asyncio.to_thread(_parse_chunk, func, raws)
         else:
             loop = asyncio.get_running_loop()
             # Chunks, not one task per message: pickling round trips dominate small messages.
