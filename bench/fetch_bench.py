@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Full-body fetch rate: Correspond's asyncio IMAP client against stdlib imaplib, same run.
 
-    python bench/fetch_bench.py --host 127.0.0.1 --port 11143 --user bench --password benchpass
-    python bench/fetch_bench.py --tls --port 11993 --user bench --password benchpass
-    python bench/fetch_bench.py                     # private Dovecot + generated mailbox
+    bench/fetch_bench.py --host 127.0.0.1 --port 11143 --user bench --password benchpass
+    bench/fetch_bench.py --host 127.0.0.1 --tls --port 11993 --user bench --password benchpass
+    bench/fetch_bench.py [--tls] [--count 2000]     # private Dovecot + generated mailbox
 
 Both clients log in, EXAMINE the mailbox, UID SEARCH ALL, then UID FETCH every message in batches
 (``UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[]``), counting and dropping the bodies. The two run

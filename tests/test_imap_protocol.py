@@ -548,7 +548,7 @@ SESSION = b"".join(
         b"A1 OK [CAPABILITY IMAP4rev1 IDLE CONDSTORE] Logged in\r\n",
         b'* LIST (\\HasNoChildren \\Sent) "/" {9}\r\nSent "Me"\r\n',
         b"* 3 EXISTS\r\n* OK [UIDVALIDITY 42] x\r\n",
-        b"* 1 FETCH (UID 5 FLAGS (\\Seen) ENVELOPE " + ENV_RFC_WIRE + b" BODY[] {12}\r\nab\r\n{3}\r\ncd)\r\n)\r\n",
+        b"* 1 FETCH (UID 5 FLAGS (\\Seen) ENVELOPE " + ENV_RFC_WIRE + b" BODY[] {14}\r\nab\r\n{3}\r\ncd)\r\n)\r\n",
         b"* 2 FETCH (UID 6 BINARY[1] ~{3}\r\n\x00\r\n X-GM-LABELS (\\Inbox {2}\r\nhi))\r\n",
         b"* VANISHED (EARLIER) 1:3\r\n",
         b"+ idling\r\n",
@@ -568,7 +568,7 @@ def _collect(parser: ResponseParser, pieces: list[bytes]) -> list[object]:
 
 def test_session_parses_in_one_piece() -> None:
     out = _collect(ResponseParser(), [SESSION])
-    assert len(out) == 11
+    assert len(out) == 10
     list_resp = out[2]
     assert list_resp == ListResponse(("\\HasNoChildren", "\\Sent"), "/", b'Sent "Me"', 'Sent "Me"')
     fetch = out[5]
@@ -686,7 +686,7 @@ ENCODE: list[tuple[tuple[Any, ...], dict[str, bool], tuple[bytes, ...]]] = [
     (("A9", "SELECT", "Entwürfe"), {"utf8": True}, (b'A9 SELECT "Entw\xc3\xbcrfe"\r\n',)),
     (("A10", "LOGIN", "joe", b"line\r\nbreak"), {}, (b"A10 LOGIN joe {11}\r\n", b"line\r\nbreak\r\n")),
     (("A10", "LOGIN", "joe", b"line\r\nbreak"), {"literal_plus": True}, (b"A10 LOGIN joe {11+}\r\nline\r\nbreak\r\n",)),
-    (("A11", "APPEND", b"INBOX", [Atom("\\Seen")], Literal(b"Subject: x\r\n\r\nhi\r\n")), {}, (b"A11 APPEND INBOX (\\Seen) {19}\r\n", b"Subject: x\r\n\r\nhi\r\n\r\n")),
+    (("A11", "APPEND", b"INBOX", [Atom("\\Seen")], Literal(b"Subject: x\r\n\r\nhi\r\n")), {}, (b"A11 APPEND INBOX (\\Seen) {18}\r\n", b"Subject: x\r\n\r\nhi\r\n\r\n")),
     (("A12", "UID FETCH", Raw(b"1:*"), Raw(b"(UID BODY.PEEK[])")), {}, (b"A12 UID FETCH 1:* (UID BODY.PEEK[])\r\n",)),
     (("A13", "UID STORE", Raw(b"5"), Atom("+FLAGS.SILENT"), (Atom("\\Deleted"), Atom("$Junk"))), {}, (b"A13 UID STORE 5 +FLAGS.SILENT (\\Deleted $Junk)\r\n",)),
     (("A14", "UID SEARCH", Atom("SINCE"), Atom("1-Feb-2024"), Atom("UID"), Raw(b"100:*")), {}, (b"A14 UID SEARCH SINCE 1-Feb-2024 UID 100:*\r\n",)),

@@ -641,7 +641,46 @@ def test_snippet_of_only_quotes_uses_the_quotes() -> None:
 def test_odd_input_never_raises(data: bytes) -> None:
     m = parse_message(data)
     assert isinstance(m, ParsedMessage)
-    assert all("parser failure" not in d for d in m.defects)
+    assert_storable(m)
+
+
+def assert_storable(m: ParsedMessage) -> None:
+    """Every string the parser returns can be stored as UTF-8 and holds no header line break."""
+    strings = [m.subject, m.text or "", m.html or "", m.snippet, m.message_id or "",
+               m.in_reply_to or "", *m.references, *m.defects]  # fmt: skip
+    for name, value in m.headers:
+        strings += [name, value]
+        assert "\n" not in value and "\r" not in value
+    for group in (m.from_, m.sender, m.reply_to, m.to, m.cc, m.bcc):
+        strings += [x for a in group for x in (a.name, a.email)]
+    strings += [x or "" for a in m.attachments for x in (a.filename, a.content_id)]
+    for text in strings:
+        text.encode("utf-8")  # raises on lone surrogates
+    assert "\n" not in m.subject
+    assert all("parser failure" not in d for d in m.defects), m.defects
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # 8-bit bytes inside header *names* (found by fuzzing the corpus).
+        b"Subj\xc0ct: x\r\nMessag\xcd-ID: <a@b>\r\n\r\nbody",
+        # A charset label that is not ASCII.
+        b'Content-Type: text/plain; charset="\xa4\xa4"\r\n\r\nbody',
+        # RFC 2231 value with raw 8-bit bytes.
+        b"Content-Type: text/plain; name*=utf-8''\xe9t\xe9.txt\r\n\r\nbody",
+        # UTF-7 that decodes to a lone surrogate.
+        b"Content-Type: text/plain; charset=utf-7\r\n\r\n+2D3cAA-",
+        b"Subject: =?utf-7?Q?+2D0-?=\r\n\r\n",
+        # Unindented continuation with 8-bit garbage in the name.
+        b"Conte\x94t-Type: multipart/mixed;\r\nboundary=x\r\n\r\n--x\r\n\r\nhi\r\n--x--",
+        # 8-bit part headers and an attached message with an 8-bit subject.
+        b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: message/rfc822"
+        b"\r\nX-\xff: \xff\r\n\r\nSubject: \xe9t\xe9\r\n\r\nhi\r\n--x--\r\n",
+    ],
+)
+def test_fuzz_regressions_are_storable(data: bytes) -> None:
+    assert_storable(parse_message(data))
 
 
 def test_empty_message_is_a_defect() -> None:
@@ -661,7 +700,7 @@ def test_missing_separator_between_header_and_body() -> None:
 def test_arbitrary_bytes_never_raise(data: bytes) -> None:
     m = parse_message(data)
     assert isinstance(m, ParsedMessage)
-    assert all("parser failure" not in d for d in m.defects)
+    assert_storable(m)
 
 
 _FRAGMENTS = st.sampled_from(
@@ -689,8 +728,27 @@ _FRAGMENTS = st.sampled_from(
 @given(st.lists(_FRAGMENTS, max_size=60))
 @settings(max_examples=300, deadline=None)
 def test_structured_garbage_never_raises(chunks: list[bytes]) -> None:
-    m = parse_message(b"".join(chunks))
-    assert all("parser failure" not in d for d in m.defects)
+    assert_storable(parse_message(b"".join(chunks)))
+
+
+_SEED = raw(ALT.split("\n\n", 1)[0], ALT.split("\n\n", 1)[1])
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(_SEED)), st.binary(max_size=8), st.integers(0, 8)),
+        min_size=1,
+        max_size=12,
+    )
+)
+@settings(max_examples=400, deadline=None)
+def test_mutated_message_never_raises(edits: list[tuple[int, bytes, int]]) -> None:
+    """Splice random bytes into a well-formed multipart message (insert and delete)."""
+    data = bytearray(_SEED)
+    for pos, insert, delete in edits:
+        pos = min(pos, len(data))
+        data[pos : pos + delete] = insert
+    assert_storable(parse_message(bytes(data)))
 
 
 def _timed(data: bytes) -> tuple[ParsedMessage, float]:

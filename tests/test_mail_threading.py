@@ -314,3 +314,16 @@ def test_duplicate_message_id_joins_the_same_thread() -> None:
     known = [KnownMessage(5, "a@x", (), "budget 2026", frozenset(), T0)]
     msg = ThreadInput("a@x", (), "budget 2026", frozenset(), T0)
     assert choose_thread(msg, known, []) == ThreadDecision(5)
+
+
+def test_naive_store_dates_are_read_as_utc() -> None:
+    # SQLite returns naive datetimes; they must still compare with aware ones.
+    known = [
+        KnownMessage(
+            1, "a@x", (), "budget 2026", frozenset({"ann@example.com"}), T0.replace(tzinfo=None)
+        )
+    ]
+    msg = ThreadInput(
+        "b@x", (), "budget 2026", frozenset({"ann@example.com"}), T0 + timedelta(hours=1), True
+    )
+    assert choose_thread(msg, [], known) == ThreadDecision(1)

@@ -528,3 +528,55 @@ def test_blob_corruption_and_absence_are_reported(tmp_path: Path) -> None:
     assert blobs.delete(key) is True
     assert blobs.delete(key) is False
     assert not blobs.exists(key)
+
+
+# --- migration 0002 ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_migration_0002_matches_tables_and_downgrades(backend: str, tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import inspect
+
+    from correspond.store.engine import MIGRATIONS_DIR, current_revision
+    from correspond.store.tables import Base
+
+    gen = _pg_database() if backend == "postgresql" else None
+    url = next(gen) if gen is not None else f"sqlite:///{tmp_path / 'm.db'}"
+    eng = create_store_engine(url)
+    try:
+        migrate(eng)
+        with eng.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            diff = [d for d in compare_metadata(ctx, Base.metadata) if _ours(d)]
+        assert diff == []
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with eng.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0001")
+        names = set(inspect(eng).get_table_names())
+        assert not names & {"messages", "message_locations", "threads", "attachments"}
+        assert current_revision(eng) == "0001"
+        migrate(eng)
+        assert {"messages", "message_locations", "message_refs", "threads", "attachments"} <= set(
+            inspect(eng).get_table_names()
+        )
+    finally:
+        eng.dispose()
+        if gen is not None:
+            next(gen, None)
+
+
+def _ours(diff: object) -> bool:
+    """Only differences touching the tables of migration 0002."""
+    text_ = repr(diff)
+    return any(
+        name in text_
+        for name in ("'messages'", "message_locations", "message_refs", "'threads'", "attachments")
+    )

@@ -7,20 +7,27 @@ the stdlib ``imaplib`` (an independent client).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email.utils
 import imaplib
 import os
+import random
 import re
 import secrets
-from collections.abc import Iterator, Sequence
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session
 
+from correspond.mail.dedupe import dedupe_key
+from correspond.mail.parse import parse_message
 from correspond.rules.presets import AccountDraft
 from correspond.settings import Settings
 from correspond.store.blobs import BlobStore
@@ -29,6 +36,7 @@ from correspond.store.messages import MessageData, MessageStore, ThreadCandidate
 from correspond.store.records import Account, Folder
 from correspond.store.repository import Store
 from correspond.store.secrets import SecretBox
+from correspond.store.tables import AccountRow
 from correspond.sync.engine import AccountSyncer, AccountSyncReport, default_thread_chooser
 from correspond.testing.dovecot import DovecotServer, ImapUser
 
@@ -250,18 +258,25 @@ async def test_window_inbox_and_sent_first(env: Env) -> None:
 
 async def test_message_in_two_folders_is_one_message(env: Env) -> None:
     raw = raw_message("shared")
-    env.server.append(env.user, "INBOX", raw, date=NOW)
-    env.server.append(env.user, "Archive", raw, date=NOW)
+    # and one without a Message-ID: keyed by the hash of its stable headers and body
+    no_id = b"\r\n".join(
+        line for line in raw_message("anon").split(b"\r\n") if not line.startswith(b"Message-ID")
+    )
+    for mailbox in ("INBOX", "Archive"):
+        env.server.append(env.user, mailbox, raw, date=NOW)
+        env.server.append(env.user, mailbox, no_id, date=NOW)
     report = await env.sync()
-    assert env.messages.count_messages(env.account.id) == 1
-    assert report.created == 1
-    assert report.linked == 1
-    (summary,) = env.messages.list_messages(env.account.id)
-    detail = env.messages.get_message(summary.id)
-    assert {fid for fid, _uid in detail.locations} == {
-        env.folder("inbox").id,
-        env.folder("Archive").id,
-    }
+    assert env.messages.count_messages(env.account.id) == 2
+    assert report.created == 2
+    assert report.linked == 2
+    folders = {env.folder("inbox").id, env.folder("Archive").id}
+    keys = set()
+    for summary in env.messages.list_messages(env.account.id):
+        detail = env.messages.get_message(summary.id)
+        assert {fid for fid, _uid in detail.locations} == folders
+        keys.add(detail.dedupe_key)
+    # the same key any other caller computes from the whole message
+    assert keys == {"mid:mshared@example.test", dedupe_key(parse_message(no_id))}
 
 
 async def test_resume_after_failure_mid_batch(env: Env) -> None:
@@ -474,3 +489,81 @@ async def test_parse_in_a_process_pool(sqlite_env: Env) -> None:
     assert {m.snippet for m in env.messages.list_messages(env.account.id, limit=100)} == {
         f"Body of message {i}." for i in range(30)
     }
+
+
+# --- the account loop: IDLE, states, failures ---------------------------------------------------
+
+
+async def _wait_until(predicate: Callable[[], bool], timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+async def test_run_account_goes_live_and_idle_brings_new_mail(sqlite_env: Env) -> None:
+    env = sqlite_env
+    append_many(env, "INBOX", [("before", NOW - timedelta(days=1))])
+    stop = asyncio.Event()
+    reports: list[AccountSyncReport] = []
+    task = asyncio.create_task(
+        env.syncer().run_account(
+            env.account.name, stop=stop, poll_seconds=600, on_synced=reports.append
+        )
+    )
+    try:
+        await _wait_until(lambda: len(reports) >= 1, 30)
+        assert env.store.get_account(env.account.name).state == "live"
+        assert set(env.stored("INBOX").values()) == {"mid:mbefore@example.test"}
+        await asyncio.sleep(0.3)  # let the loop enter IDLE
+        started = time.perf_counter()
+        await asyncio.to_thread(env.server.deliver, env.user, raw_message("pushed"))
+        await _wait_until(lambda: "mid:mpushed@example.test" in env.stored("INBOX").values(), 15)
+        latency = time.perf_counter() - started
+        # An INBOX-only pass, triggered by IDLE long before the 600 s poll.
+        assert [f.folder_id for f in reports[-1].folders] == [env.folder("inbox").id]
+        assert latency < 10
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+    assert env.stored("INBOX") == env.remote("INBOX")
+
+
+async def test_run_account_wrong_password_is_auth_failed(sqlite_env: Env) -> None:
+    env = sqlite_env
+    env.store.set_account_secret(env.account.name, "not-the-password")
+    await asyncio.wait_for(env.syncer().run_account(env.account.name, stop=asyncio.Event()), 30)
+    account = env.store.get_account(env.account.name)
+    assert account.state == "auth_failed"
+    assert account.state_detail
+
+
+async def test_run_account_unreachable_server_backs_off(
+    dovecot: DovecotServer, tmp_path: Path
+) -> None:
+    user = dovecot.add_user()
+    with _sqlite(tmp_path) as engine:
+        env = Env(engine, dovecot, user, tmp_path)
+        # Point the account at a port where nothing listens.
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            dead_port = sock.getsockname()[1]
+        with Session(engine) as s, s.begin():
+            row = s.get(AccountRow, env.account.id)
+            assert row is not None
+            row.imap_port = dead_port
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            env.syncer(rng=random.Random(7)).run_account(env.account.name, stop=stop)
+        )
+        try:
+            await _wait_until(
+                lambda: env.store.get_account(env.account.name).state == "disconnected", 15
+            )
+            assert "retrying in" in env.store.get_account(env.account.name).state_detail
+            assert not task.done()  # still trying: a refused connection is transient
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 15)

@@ -30,17 +30,21 @@ Value = str | bytes | None | list["Value"]
 MAX_DEPTH = 100
 
 # One regex, one group: findall() returns a flat list of token strings and the loop below
-# dispatches on the first character (cheaper than a tuple per token). Alternatives, in order:
-# a quoted string (its closing quote must be followed by a delimiter); "(" or ")"; an atom (with
-# an optional bracketed section, which never holds "[", so a line of "[[[[" stays linear); else
-# one stray character. A stray '"' means a quoted string
-# with unescaped quotes inside (Exchange/Domino send Content-Description ""Quoted" text" and
-# """"): that segment is then re-read by the slower, still linear, ``_lenient_tokens``.
+# dispatches on the first character (cheaper than a tuple per token). Inside the group: a quoted
+# string whose closing quote is followed by a delimiter; "(" or ")"; an atom with an optional
+# bracketed section (which never holds "[", so "[[[[" stays linear). Outside the group, so that
+# findall() yields "" for it: anything else, i.e. a quoted string with unescaped quotes inside
+# (Exchange/Domino send Content-Description ""Quoted" text" and """"), an unterminated one, or a
+# stray character. That alternative consumes the whole would-be string, so no byte is scanned
+# twice (a line of '"\\' repeated must not be quadratic); the segment is then re-read by the
+# slower, still linear, ``_lenient_tokens``.
 _TOKEN = re.compile(
-    r"""[ \t]*(
+    r"""[ \t]*(?:(
       "[^"\\]*(?:\\.[^"\\]*)*" (?=[\s()]|$)
     | [()]
     | [^\s()"\[\]]+ (?:\[[^\[\]]*\][^\s()"\[\]]*)? | \[[^\[\]]*\][^\s()"\[\]]*
+    )
+    | "[^"\\]*(?:\\.[^"\\]*)*"?
     | \S
     )""",
     re.X | re.S,
@@ -76,16 +80,18 @@ def _lenient_tokens(seg: str, pos: int) -> list[str]:
     match = _TOKEN.match
     while (m := match(seg, pos)) is not None:
         tok = m.group(1)
-        if tok == '"':
-            start = m.end() - 1
-            end = _lenient_end(seg, start)
-            if end < 0:
-                raise ImapProtocolError("unterminated quoted string in response")
-            out.append(seg[start : end + 1])
-            pos = end + 1
-        else:
+        if tok is not None:
             out.append(tok)
             pos = m.end()
+            continue
+        start = m.start() + len(m.group()) - len(m.group().lstrip(" \t"))
+        if seg[start] != '"':
+            raise ImapProtocolError(f"unexpected character {seg[start]!r} in response")
+        end = _lenient_end(seg, start)
+        if end < 0:
+            raise ImapProtocolError("unterminated quoted string in response")
+        out.append(seg[start : end + 1])
+        pos = end + 1
     return out
 
 
@@ -139,13 +145,11 @@ def tokenize(segments: list[str], literals: list[bytes], start: int = 0) -> list
     for index, seg in enumerate(segments):
         offset = start if index == 0 else 0
         toks = findall(seg, offset)
-        if '"' in toks:
+        if "" in toks:
             toks = _lenient_tokens(seg, offset)
         for tok in toks:
             first = tok[0]
             if first == '"':
-                if len(tok) < 2:
-                    raise ImapProtocolError("unterminated quoted string in response")
                 inner = tok[1:-1]
                 append(_ESCAPE.sub(r"\1", inner) if "\\" in inner else inner)
             elif first == "(":
@@ -163,8 +167,6 @@ def tokenize(segments: list[str], literals: list[bytes], start: int = 0) -> list
                 append = cur.append
             elif tok == "NIL" or (len(tok) == 3 and tok.upper() == "NIL"):
                 append(None)
-            elif first == "]" or (first == "[" and "]" not in tok):
-                raise ImapProtocolError(f"unexpected character {first!r} in response")
             else:
                 append(tok)
         if index < nlit:

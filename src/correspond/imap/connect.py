@@ -143,6 +143,11 @@ def map_io_errors(host: str, port: int) -> Iterator[None]:
         raise ImapConnectionError(f"cannot reach {where}: {exc.strerror or exc}") from exc
 
 
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class ByteChannel(asyncio.Protocol):
     """A bytes-in pipe over an asyncio transport (plain or TLS)."""
 
@@ -212,16 +217,21 @@ class ByteChannel(asyncio.Protocol):
         if not self._chunks:
             if self._closed:
                 raise self._lost()
-            self._waiter = self._loop.create_future()
+            # A bare TimerHandle per wait: cheaper than asyncio.timeout() on this hot path.
+            waiter = self._waiter = self._loop.create_future()
+            timer = (
+                self._loop.call_later(timeout, _expire, waiter) if timeout is not None else None
+            )
             try:
-                async with asyncio.timeout(timeout):
-                    await self._waiter
-            except TimeoutError as exc:
-                raise ImapTimeout(f"no answer from {self._where} in {timeout:g} s") from exc
+                await waiter
             finally:
                 self._waiter = None
+                if timer is not None:
+                    timer.cancel()
             if not self._chunks:
-                raise self._lost()
+                if self._closed:
+                    raise self._lost()
+                raise ImapTimeout(f"no answer from {self._where} in {timeout:g} s")
         chunks = self._chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._chunks = []

@@ -852,7 +852,7 @@ def _parse_cmd_value(data: bytes, pos: int, end: int, cur: list[object]) -> int:
         inner = m.group(1)
         cur.append(re.sub(rb"\\(.)", rb"\1", inner) if b"\\" in inner else inner)
         return m.end()
-    if ch in (b"{", b"~"):
+    if ch == b"{" or (ch == b"~" and data[pos + 1 : pos + 2] == b"{"):
         m = _CMD_LITERAL.match(data, pos)
         if m is None:
             raise ImapProtocolError(f"bad literal at offset {pos}")

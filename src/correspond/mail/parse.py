@@ -191,12 +191,16 @@ _REAL_UTF8 = re.compile("[^\x00-\x7f\ufffd]")
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_WIDE_UNICODE = frozenset(
+    ["utf-7", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"]
+)
 
 
 def _decode_bytes(data: bytes, label: str | None, defects: list[str], what: str) -> str:
     """Decode with the declared charset; mislabelled text falls back to UTF-8, then cp1252."""
     text = _decode_bytes_raw(data, label, defects, what)
-    if label and _LONE_SURROGATE.search(text):
+    codec = _codec(label)[0] if label else None
+    if codec is not None and codec in _WIDE_UNICODE and _LONE_SURROGATE.search(text):
         # UTF-7/16/32 can carry lone surrogates, which no UTF-8 store accepts.
         defects.append(f"{what}: lone surrogates replaced")
         text = _LONE_SURROGATE.sub("\ufffd", text)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from correspond.mail.parse import ParsedMessage
 
@@ -262,13 +262,16 @@ def thread_input(parsed: ParsedMessage) -> ThreadInput:
     )
 
 
-def _within(a: datetime | None, b: datetime | None) -> bool:
+def _aware(d: datetime) -> datetime:
+    # Stores such as SQLite hand datetimes back naive; they were written as UTC.
+    return d if d.tzinfo is not None else d.replace(tzinfo=UTC)
+
+
+def _gap(a: datetime | None, b: datetime | None) -> timedelta | None:
+    """Time between two dates, or None when either is unknown."""
     if a is None or b is None:
-        return False
-    try:
-        return abs(a - b) <= SUBJECT_WINDOW
-    except TypeError:  # naive vs aware: cannot compare, so no evidence
-        return False
+        return None
+    return abs(_aware(a) - _aware(b))
 
 
 def choose_thread(
@@ -308,9 +311,10 @@ def choose_thread(
         # The brief's guard: (reply prefix OR shared participant) AND shared participant.
         if not ((msg.is_reply or shares) and shares):
             continue
-        if msg.date is None or k.date is None or not _within(msg.date, k.date):
+        gap = _gap(msg.date, k.date)
+        if gap is None or gap > SUBJECT_WINDOW:
             continue
-        candidate = (abs(msg.date - k.date), k.thread_id)
+        candidate = (gap, k.thread_id)
         if best is None or candidate < best:
             best = candidate
     return ThreadDecision(thread_id=best[1] if best is not None else None)

@@ -564,9 +564,15 @@ class FolderSyncer:
                 )
                 for a in msg.attachments
             )
+            key = fetched.keys[uid]
+            if key.startswith("h:"):
+                # No Message-ID: the fallback hash covers the body text too, which the header
+                # pass could not see. Key on the whole message, as every other caller of
+                # dedupe_key does; ingest still links it to a copy stored from another folder.
+                key = self.dedupe(msg, fetched.meta[uid].gm_msgid)
             out[uid] = self.builder.build(
                 msg,
-                dedupe_key=fetched.keys[uid],
+                dedupe_key=key,
                 fetch=fetched.meta[uid],
                 folder=self.folder,
                 raw_blob_key=raw_key,

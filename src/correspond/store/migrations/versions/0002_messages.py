@@ -6,6 +6,8 @@ Revises: 0001
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -18,7 +20,7 @@ depends_on = None
 _Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-def _ts(name: str, nullable: bool = True) -> sa.Column[object]:
+def _ts(name: str, nullable: bool = True) -> sa.Column[datetime]:
     return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable)
 
 
