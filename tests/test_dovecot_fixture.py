@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import imaplib
+import os
 import socket
 import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -105,12 +107,16 @@ def test_stop_kills_dovecot_and_removes_its_folder() -> None:
     server = DovecotServer().start()
     root = server.root
     assert root is not None and root.exists()
-    port = server.port
+    assert server._proc is not None
+    master = server._proc.pid
     server.stop()
     assert not server.running
     assert not root.exists()
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(master, 0)
+    # No Dovecot process of that instance is left (children named after its config).
+    leftover = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True)
+    assert leftover.stdout == ""
     server.stop()  # idempotent
 
 

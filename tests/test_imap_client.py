@@ -327,6 +327,35 @@ async def test_append_search_fetch_byte_exact(client: ImapClient) -> None:
     assert part.disposition == "attachment"  # type: ignore[union-attr]
 
 
+async def test_append_with_synchronising_literal_and_plain_search(client: ImapClient) -> None:
+    # Without LITERAL+ the body waits for the server's "+" (RFC 3501 §7.5); without ESEARCH
+    # the answer is a plain SEARCH response.
+    client.capabilities = client.capabilities - {"LITERAL+", "ESEARCH"}
+    sent = record_writes(client)
+    raw = message("sync literal", b"x" * 5000 + b"\r\n")
+    appended = await client.append("INBOX", raw)
+    assert appended is not None
+    assert sent[0].endswith(b"{%d}\r\n" % len(raw))
+    assert sent[1] == raw + b"\r\n"
+    await client.select("INBOX")
+    sent.clear()
+    assert await client.uid_search("ALL") == [appended.uids[0]]
+    assert b"RETURN" not in sent[0]
+    [got] = await client.uid_fetch_list(appended.uids, "(BODY.PEEK[])")
+    assert got.sections[""] == raw
+
+
+async def test_non_ascii_mailbox_names_round_trip(client: ImapClient) -> None:
+    await client.create("Café/Überweisungen")
+    folders = {f.name: f for f in await client.list_folders()}
+    folder = folders["Café/Überweisungen"]
+    assert folder.name_raw == b"Caf&AOk-/&ANw-berweisungen"
+    appended = await client.append(folder.name_raw, message("accents"))
+    assert appended is not None
+    box = await client.select(folder.name_raw)
+    assert box.exists == 1 and box.uidvalidity == appended.uidvalidity
+
+
 async def test_fetch_streams_and_can_be_abandoned(
     client: ImapClient, dovecot: DovecotServer, imap_user: ImapUser
 ) -> None:
@@ -507,6 +536,27 @@ async def test_command_timeout_on_a_stalled_server() -> None:
         with pytest.raises(ImapTimeout):
             await c.noop()
         assert loop.time() - started < 2
+        await c.aclose()
+
+
+async def test_late_completion_of_a_timed_out_command_is_skipped() -> None:
+    noops: list[bytes] = []
+
+    def reply(line: bytes) -> bytes | None:
+        tag = line.split(b" ")[0]
+        if b" NOOP" in line:
+            noops.append(tag)
+            if len(noops) == 2:  # the first NOOP's answer arrives only now, then the second's
+                return noops[0] + b" OK late\r\n* 3 EXISTS\r\n" + tag + b" OK noop\r\n"
+        return None
+
+    async with FakeImapServer(GREETING, reply=reply) as fake:
+        endpoint = ImapEndpoint(fake.host, fake.port, "plain", allow_plaintext=True)
+        c = await ImapClient.connect(endpoint, connect_timeout=2, command_timeout=0.3)
+        with pytest.raises(ImapTimeout):
+            await c.noop()
+        await c.noop()  # not confused by the stale "OK late"
+        assert c.drain_unsolicited() == [ExistsResponse(3)]
         await c.aclose()
 
 

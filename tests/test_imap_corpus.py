@@ -128,9 +128,13 @@ def _responses(rel: str) -> list[Response]:
 @needs_corpus
 def test_literal_mailbox_names() -> None:
     lst = _responses("common/list-literal-subfolders.txt")
-    assert lst[1] == ListResponse(("\\HasNoChildren",), "/", b"Literal Folder Name", "Literal Folder Name")
+    assert lst[1] == ListResponse(
+        ("\\HasNoChildren",), "/", b"Literal Folder Name", "Literal Folder Name"
+    )
     status = _responses("common/status-literal-folder.txt")
-    assert status[0] == StatusDataResponse(b"Literal Folder Name", "Literal Folder Name", {"MESSAGES": 60})
+    assert status[0] == StatusDataResponse(
+        b"Literal Folder Name", "Literal Folder Name", {"MESSAGES": 60}
+    )
 
 
 @needs_corpus
@@ -146,14 +150,18 @@ def test_nil_and_empty_delimiters() -> None:
 @needs_corpus
 def test_lowercase_server() -> None:
     caps = _responses("lowercase/capability.txt")
-    assert caps[0] == CapabilityResponse(frozenset({"IMAP4REV1", "STARTTLS", "LOGIN", "SPECIAL-USE"}))
+    assert caps[0] == CapabilityResponse(
+        frozenset({"IMAP4REV1", "STARTTLS", "LOGIN", "SPECIAL-USE"})
+    )
     lst = _responses("lowercase/list.txt")
     assert [r.name for r in lst if isinstance(r, ListResponse)] == ["INBOX", "Trash"]
 
 
 @needs_corpus
 def test_domino_extra_parentheses() -> None:
-    fetches = [r for r in _responses("domino/fetch-extra-parens.txt") if isinstance(r, FetchResponse)]
+    fetches = [
+        r for r in _responses("domino/fetch-extra-parens.txt") if isinstance(r, FetchResponse)
+    ]
     assert fetches
     first = fetches[0]
     assert first.seq == 2 and first.uid == 14935
@@ -197,7 +205,11 @@ def test_exchange_bare_copyuid_then_expunge() -> None:
 def test_vanished_and_modseq() -> None:
     resp = _responses("dovecot/fetch-partial-vanished.txt")
     assert resp[0] == VanishedResponse(True, (5,))
-    assert [(r.uid, r.modseq) for r in resp if isinstance(r, FetchResponse)] == [(6, 4), (7, 4), (8, 4)]
+    assert [(r.uid, r.modseq) for r in resp if isinstance(r, FetchResponse)] == [
+        (6, 4),
+        (7, 4),
+        (8, 4),
+    ]
 
 
 @needs_corpus
@@ -209,3 +221,17 @@ def test_gmail_webalert() -> None:
     assert str(first.code.value).startswith("https://accounts.google.com/")
     last = resp[-1]
     assert isinstance(last, TaggedResponse) and last.code is not None and last.code.name == "ALERT"
+
+
+@needs_corpus
+def test_zoho_negative_modseq_is_not_a_modseq() -> None:
+    fetches = [
+        r
+        for r in _responses("zoho/fetch-negative-modseq-values.txt")
+        if isinstance(r, FetchResponse)
+    ]
+    negative = [f for f in fetches if f.extra.get("MODSEQ") == ("-1",)]
+    assert negative, "the transcript has MODSEQ (-1) items"
+    assert all(f.modseq is None and f.uid is not None for f in negative)
+    others = [f.modseq for f in fetches if "MODSEQ" not in f.extra]
+    assert others and all(isinstance(m, int) and m >= 0 for m in others)

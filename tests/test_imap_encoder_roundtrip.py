@@ -22,13 +22,31 @@ RAW_SAMPLES = [
 
 TAGS = st.from_regex(r"[A-Za-z0-9.]{1,10}", fullmatch=True)
 NAMES = st.sampled_from(
-    ["NOOP", "LOGIN", "SELECT", "EXAMINE", "APPEND", "FETCH", "STORE", "SEARCH", "X-CUSTOM",
-     "UID FETCH", "UID STORE", "UID SEARCH", "UID MOVE", "ID", "ENABLE", "STATUS"]
+    [
+        "NOOP",
+        "LOGIN",
+        "SELECT",
+        "EXAMINE",
+        "APPEND",
+        "FETCH",
+        "STORE",
+        "SEARCH",
+        "X-CUSTOM",
+        "UID FETCH",
+        "UID STORE",
+        "UID SEARCH",
+        "UID MOVE",
+        "ID",
+        "ENABLE",
+        "STATUS",
+    ]
 )
 # Atoms as clients send them: flags, keywords, fetch items with bracketed sections.
 ATOMS = st.one_of(
     st.from_regex(r"\\?[A-Za-z0-9$._:*+-]{1,12}", fullmatch=True),
-    st.from_regex(r"BODY(\.PEEK)?\[[A-Z0-9. ()]{0,20}\](<[0-9]{1,4}(\.[0-9]{1,4})?>)?", fullmatch=True),
+    st.from_regex(
+        r"BODY(\.PEEK)?\[[A-Z0-9. ()]{0,20}\](<[0-9]{1,4}(\.[0-9]{1,4})?>)?", fullmatch=True
+    ),
 )
 LEAVES = st.one_of(
     st.text(max_size=40),

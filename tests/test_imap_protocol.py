@@ -7,6 +7,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from correspond.errors import ImapProtocolError
 from correspond.imap.protocol import (
@@ -46,7 +48,7 @@ from correspond.imap.types import (
     VanishedResponse,
 )
 
-UTC = timezone.utc
+UTC = timezone.utc  # noqa: UP017  (kept beside the other timezone() offsets)
 
 
 def code(name: str, value: Any = None) -> ResponseCode:
@@ -60,23 +62,69 @@ def code(name: str, value: Any = None) -> ResponseCode:
 WHOLE: list[tuple[bytes, object]] = [
     # tagged (RFC 3501 §7.1)
     (b"A1 OK LOGIN completed\r\n", TaggedResponse("A1", "OK", None, "LOGIN completed")),
-    (b"A2 NO [TRYCREATE] no such mailbox\r\n", TaggedResponse("A2", "NO", code("TRYCREATE"), "no such mailbox")),
+    (
+        b"A2 NO [TRYCREATE] no such mailbox\r\n",
+        TaggedResponse("A2", "NO", code("TRYCREATE"), "no such mailbox"),
+    ),
     (b"A3 BAD command unknown\r\n", TaggedResponse("A3", "BAD", None, "command unknown")),
     (b"a4 ok done\r\n", TaggedResponse("a4", "OK", None, "done")),  # lowercase from a broken server
     (b"A5 OK\r\n", TaggedResponse("A5", "OK", None, "")),
-    (b"A6 OK [READ-WRITE] SELECT completed\r\n", TaggedResponse("A6", "OK", code("READ-WRITE"), "SELECT completed")),
-    (b"A7 OK [READ-ONLY] EXAMINE completed\r\n", TaggedResponse("A7", "OK", code("READ-ONLY"), "EXAMINE completed")),
-    (b"A8 OK [COPYUID 38505 304,319:320 3956:3958] Done\r\n", TaggedResponse("A8", "OK", code("COPYUID", CopyUid(38505, (304, 319, 320), (3956, 3957, 3958))), "Done")),
-    (b"A9 OK [APPENDUID 38505 3955] APPEND completed\r\n", TaggedResponse("A9", "OK", code("APPENDUID", AppendUid(38505, (3955,))), "APPEND completed")),
-    (b"A10 OK [COPYUID 1 bogus 2] moved\r\n", TaggedResponse("A10", "OK", code("COPYUID", "1 bogus 2"), "moved")),
-    (b"A11 OK [CLOSED] previous mailbox closed\r\n", TaggedResponse("A11", "OK", code("CLOSED"), "previous mailbox closed")),
-    (b"A12 NO [ALERT] Quota exceeded\r\n", TaggedResponse("A12", "NO", code("ALERT"), "Quota exceeded")),
-    (b"A13 OK [CAPABILITY IMAP4rev1 idle] Logged in\r\n", TaggedResponse("A13", "OK", code("CAPABILITY", ("IMAP4REV1", "IDLE")), "Logged in")),
-    (b"A14 NO [EXPUNGEISSUED] Some messages were expunged\r\n", TaggedResponse("A14", "NO", code("EXPUNGEISSUED"), "Some messages were expunged")),
-    (b"A15 NO [BADCHARSET (UTF-8 US-ASCII)] bad charset\r\n", TaggedResponse("A15", "NO", code("BADCHARSET", ("UTF-8", "US-ASCII")), "bad charset")),
-    (b"A16 OK [UNKNOWN-THING some text] ok\r\n", TaggedResponse("A16", "OK", code("UNKNOWN-THING", "some text"), "ok")),
-    (b"A17 OK [MODIFIED 7,9] Conditional STORE failed\r\n", TaggedResponse("A17", "OK", code("MODIFIED", "7,9"), "Conditional STORE failed")),
-    (b"A18 OK no code {5}\r\n", TaggedResponse("A18", "OK", None, "no code {5}")),  # resp-text never has literals
+    (
+        b"A6 OK [READ-WRITE] SELECT completed\r\n",
+        TaggedResponse("A6", "OK", code("READ-WRITE"), "SELECT completed"),
+    ),
+    (
+        b"A7 OK [READ-ONLY] EXAMINE completed\r\n",
+        TaggedResponse("A7", "OK", code("READ-ONLY"), "EXAMINE completed"),
+    ),
+    (
+        b"A8 OK [COPYUID 38505 304,319:320 3956:3958] Done\r\n",
+        TaggedResponse(
+            "A8", "OK", code("COPYUID", CopyUid(38505, (304, 319, 320), (3956, 3957, 3958))), "Done"
+        ),
+    ),
+    (
+        b"A9 OK [APPENDUID 38505 3955] APPEND completed\r\n",
+        TaggedResponse(
+            "A9", "OK", code("APPENDUID", AppendUid(38505, (3955,))), "APPEND completed"
+        ),
+    ),
+    (
+        b"A10 OK [COPYUID 1 bogus 2] moved\r\n",
+        TaggedResponse("A10", "OK", code("COPYUID", "1 bogus 2"), "moved"),
+    ),
+    (
+        b"A11 OK [CLOSED] previous mailbox closed\r\n",
+        TaggedResponse("A11", "OK", code("CLOSED"), "previous mailbox closed"),
+    ),
+    (
+        b"A12 NO [ALERT] Quota exceeded\r\n",
+        TaggedResponse("A12", "NO", code("ALERT"), "Quota exceeded"),
+    ),
+    (
+        b"A13 OK [CAPABILITY IMAP4rev1 idle] Logged in\r\n",
+        TaggedResponse("A13", "OK", code("CAPABILITY", ("IMAP4REV1", "IDLE")), "Logged in"),
+    ),
+    (
+        b"A14 NO [EXPUNGEISSUED] Some messages were expunged\r\n",
+        TaggedResponse("A14", "NO", code("EXPUNGEISSUED"), "Some messages were expunged"),
+    ),
+    (
+        b"A15 NO [BADCHARSET (UTF-8 US-ASCII)] bad charset\r\n",
+        TaggedResponse("A15", "NO", code("BADCHARSET", ("UTF-8", "US-ASCII")), "bad charset"),
+    ),
+    (
+        b"A16 OK [UNKNOWN-THING some text] ok\r\n",
+        TaggedResponse("A16", "OK", code("UNKNOWN-THING", "some text"), "ok"),
+    ),
+    (
+        b"A17 OK [MODIFIED 7,9] Conditional STORE failed\r\n",
+        TaggedResponse("A17", "OK", code("MODIFIED", "7,9"), "Conditional STORE failed"),
+    ),
+    (
+        b"A18 OK no code {5}\r\n",
+        TaggedResponse("A18", "OK", None, "no code {5}"),
+    ),  # resp-text never has literals
     # continuation (RFC 3501 §7.5)
     (b"+ Ready for literal data\r\n", ContinuationRequest("Ready for literal data")),
     (b"+\r\n", ContinuationRequest("")),
@@ -85,27 +133,85 @@ WHOLE: list[tuple[bytes, object]] = [
     (b"+ {5}\r\n", ContinuationRequest("{5}")),
     # untagged status (RFC 3501 §7.1)
     (b"* OK IMAP4rev1 Service Ready\r\n", StatusResponse("OK", None, "IMAP4rev1 Service Ready")),
-    (b"* OK [UIDVALIDITY 3857529045] UIDs valid\r\n", StatusResponse("OK", code("UIDVALIDITY", 3857529045), "UIDs valid")),
-    (b"* OK [UIDVALIDITY 1713632002544] too big but kept\r\n", StatusResponse("OK", code("UIDVALIDITY", 1713632002544), "too big but kept")),
-    (b"* OK [UIDNEXT 4392] Predicted next UID\r\n", StatusResponse("OK", code("UIDNEXT", 4392), "Predicted next UID")),
-    (b"* OK [UNSEEN 12] Message 12 is first unseen\r\n", StatusResponse("OK", code("UNSEEN", 12), "Message 12 is first unseen")),
-    (b"* OK [HIGHESTMODSEQ 9223372036854775807] Highest\r\n", StatusResponse("OK", code("HIGHESTMODSEQ", 2**63 - 1), "Highest")),
-    (b"* OK [NOMODSEQ] Sorry, this mailbox format doesn't support modsequences\r\n", StatusResponse("OK", code("NOMODSEQ"), "Sorry, this mailbox format doesn't support modsequences")),
-    (b"* OK [PERMANENTFLAGS (\\Deleted \\Seen \\*)] Limited\r\n", StatusResponse("OK", code("PERMANENTFLAGS", ("\\Deleted", "\\Seen", "\\*")), "Limited")),
-    (b"* OK [PERMANENTFLAGS ()] No permanent flags permitted\r\n", StatusResponse("OK", code("PERMANENTFLAGS", ()), "No permanent flags permitted")),
-    (b"* OK [APPENDLIMIT 35651584] max\r\n", StatusResponse("OK", code("APPENDLIMIT", 35651584), "max")),
+    (
+        b"* OK [UIDVALIDITY 3857529045] UIDs valid\r\n",
+        StatusResponse("OK", code("UIDVALIDITY", 3857529045), "UIDs valid"),
+    ),
+    (
+        b"* OK [UIDVALIDITY 1713632002544] too big but kept\r\n",
+        StatusResponse("OK", code("UIDVALIDITY", 1713632002544), "too big but kept"),
+    ),
+    (
+        b"* OK [UIDNEXT 4392] Predicted next UID\r\n",
+        StatusResponse("OK", code("UIDNEXT", 4392), "Predicted next UID"),
+    ),
+    (
+        b"* OK [UNSEEN 12] Message 12 is first unseen\r\n",
+        StatusResponse("OK", code("UNSEEN", 12), "Message 12 is first unseen"),
+    ),
+    (
+        b"* OK [HIGHESTMODSEQ 9223372036854775807] Highest\r\n",
+        StatusResponse("OK", code("HIGHESTMODSEQ", 2**63 - 1), "Highest"),
+    ),
+    (
+        b"* OK [NOMODSEQ] Sorry, this mailbox format doesn't support modsequences\r\n",
+        StatusResponse(
+            "OK", code("NOMODSEQ"), "Sorry, this mailbox format doesn't support modsequences"
+        ),
+    ),
+    (
+        b"* OK [PERMANENTFLAGS (\\Deleted \\Seen \\*)] Limited\r\n",
+        StatusResponse("OK", code("PERMANENTFLAGS", ("\\Deleted", "\\Seen", "\\*")), "Limited"),
+    ),
+    (
+        b"* OK [PERMANENTFLAGS ()] No permanent flags permitted\r\n",
+        StatusResponse("OK", code("PERMANENTFLAGS", ()), "No permanent flags permitted"),
+    ),
+    (
+        b"* OK [APPENDLIMIT 35651584] max\r\n",
+        StatusResponse("OK", code("APPENDLIMIT", 35651584), "max"),
+    ),
     (b"* OK [APPENDLIMIT] no value\r\n", StatusResponse("OK", code("APPENDLIMIT"), "no value")),
-    (b"* OK [WEBALERT https://accounts.google.com/signin/continue?sarp=1] Web login required.\r\n", StatusResponse("OK", code("WEBALERT", "https://accounts.google.com/signin/continue?sarp=1"), "Web login required.")),
-    (b"* OK [ALERT] System shutdown in 10 minutes\r\n", StatusResponse("OK", code("ALERT"), "System shutdown in 10 minutes")),
-    (b"* NO Disk is 98% full, please delete unnecessary data\r\n", StatusResponse("NO", None, "Disk is 98% full, please delete unnecessary data")),
+    (
+        b"* OK [WEBALERT https://accounts.google.com/signin/continue?sarp=1] "
+        b"Web login required.\r\n",
+        StatusResponse(
+            "OK",
+            code("WEBALERT", "https://accounts.google.com/signin/continue?sarp=1"),
+            "Web login required.",
+        ),
+    ),
+    (
+        b"* OK [ALERT] System shutdown in 10 minutes\r\n",
+        StatusResponse("OK", code("ALERT"), "System shutdown in 10 minutes"),
+    ),
+    (
+        b"* NO Disk is 98% full, please delete unnecessary data\r\n",
+        StatusResponse("NO", None, "Disk is 98% full, please delete unnecessary data"),
+    ),
     (b"* BAD garbage\r\n", StatusResponse("BAD", None, "garbage")),
-    (b"* BYE Autologout; idle for too long\r\n", StatusResponse("BYE", None, "Autologout; idle for too long")),
-    (b"* PREAUTH IMAP4rev1 server logged in as Smith\r\n", StatusResponse("PREAUTH", None, "IMAP4rev1 server logged in as Smith")),
+    (
+        b"* BYE Autologout; idle for too long\r\n",
+        StatusResponse("BYE", None, "Autologout; idle for too long"),
+    ),
+    (
+        b"* PREAUTH IMAP4rev1 server logged in as Smith\r\n",
+        StatusResponse("PREAUTH", None, "IMAP4rev1 server logged in as Smith"),
+    ),
     (b"* ok [uidnext 5] lower\r\n", StatusResponse("OK", code("UIDNEXT", 5), "lower")),
-    (b"[COPYUID 55 31 6]\r\n", StatusResponse("OK", code("COPYUID", CopyUid(55, (31,), (6,))), "")),  # Exchange MOVE
+    (
+        b"[COPYUID 55 31 6]\r\n",
+        StatusResponse("OK", code("COPYUID", CopyUid(55, (31,), (6,))), ""),
+    ),  # Exchange MOVE
     # capabilities (RFC 3501 §7.2.1, RFC 5161)
-    (b"* CAPABILITY IMAP4rev1 STARTTLS AUTH=GSSAPI LOGINDISABLED\r\n", CapabilityResponse(frozenset({"IMAP4REV1", "STARTTLS", "AUTH=GSSAPI", "LOGINDISABLED"}))),
-    (b"* capability imap4rev1 idle uidplus\r\n", CapabilityResponse(frozenset({"IMAP4REV1", "IDLE", "UIDPLUS"}))),
+    (
+        b"* CAPABILITY IMAP4rev1 STARTTLS AUTH=GSSAPI LOGINDISABLED\r\n",
+        CapabilityResponse(frozenset({"IMAP4REV1", "STARTTLS", "AUTH=GSSAPI", "LOGINDISABLED"})),
+    ),
+    (
+        b"* capability imap4rev1 idle uidplus\r\n",
+        CapabilityResponse(frozenset({"IMAP4REV1", "IDLE", "UIDPLUS"})),
+    ),
     (b"* ENABLED CONDSTORE QRESYNC\r\n", EnabledResponse(frozenset({"CONDSTORE", "QRESYNC"}))),
     (b"* ENABLED\r\n", EnabledResponse(frozenset())),
     # mailbox size and updates (RFC 3501 §7.3, §7.4.1)
@@ -114,57 +220,147 @@ WHOLE: list[tuple[bytes, object]] = [
     (b"* 5 RECENT\r\n", RecentResponse(5)),
     (b"* 3 EXPUNGE\r\n", ExpungeResponse(3)),
     (b"* 4294967295 exists\r\n", ExistsResponse(4294967295)),
-    (b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $MDNSent NonJunk)\r\n", FlagsResponse(("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "$MDNSent", "NonJunk"))),
+    (
+        b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $MDNSent NonJunk)\r\n",
+        FlagsResponse(
+            ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "$MDNSent", "NonJunk")
+        ),
+    ),
     (b"* FLAGS ()\r\n", FlagsResponse(())),
     # LIST / LSUB (RFC 3501 §7.2.2, RFC 6154, RFC 5258)
-    (b'* LIST (\\Noselect) "/" ~/Mail/foo\r\n', ListResponse(("\\Noselect",), "/", b"~/Mail/foo", "~/Mail/foo")),
-    (b'* LIST (\\HasNoChildren) "." "INBOX.Sent Items"\r\n', ListResponse(("\\HasNoChildren",), ".", b"INBOX.Sent Items", "INBOX.Sent Items")),
-    (b'* LIST (\\HasNoChildren) NIL "Folder1"\r\n', ListResponse(("\\HasNoChildren",), None, b"Folder1", "Folder1")),
-    (b'* LIST (\\HasNoChildren) "" "Folder1"\r\n', ListResponse(("\\HasNoChildren",), "", b"Folder1", "Folder1")),
+    (
+        b'* LIST (\\Noselect) "/" ~/Mail/foo\r\n',
+        ListResponse(("\\Noselect",), "/", b"~/Mail/foo", "~/Mail/foo"),
+    ),
+    (
+        b'* LIST (\\HasNoChildren) "." "INBOX.Sent Items"\r\n',
+        ListResponse(("\\HasNoChildren",), ".", b"INBOX.Sent Items", "INBOX.Sent Items"),
+    ),
+    (
+        b'* LIST (\\HasNoChildren) NIL "Folder1"\r\n',
+        ListResponse(("\\HasNoChildren",), None, b"Folder1", "Folder1"),
+    ),
+    (
+        b'* LIST (\\HasNoChildren) "" "Folder1"\r\n',
+        ListResponse(("\\HasNoChildren",), "", b"Folder1", "Folder1"),
+    ),
     (b'* LIST () "/" INBOX\r\n', ListResponse((), "/", b"INBOX", "INBOX")),
-    (b'* LIST (\\HasNoChildren \\Sent) "/" "[Gmail]/Sent Mail"\r\n', ListResponse(("\\HasNoChildren", "\\Sent"), "/", b"[Gmail]/Sent Mail", "[Gmail]/Sent Mail")),
-    (b'* LIST (\\HasChildren \\Noselect) "/" [Gmail]\r\n', ListResponse(("\\HasChildren", "\\Noselect"), "/", b"[Gmail]", "[Gmail]")),
-    (b'* LIST (\\HasNoChildren) "/" "&BB4EQgQ,BEAEMAQyBDsENQQ9BD0ESwQ1-"\r\n', ListResponse(("\\HasNoChildren",), "/", b"&BB4EQgQ,BEAEMAQyBDsENQQ9BD0ESwQ1-", "Отправленные")),
-    (b'* LIST () "/" {11}\r\nFoo "Bar"/\\\r\n', ListResponse((), "/", b'Foo "Bar"/\\', 'Foo "Bar"/\\')),
+    (
+        b'* LIST (\\HasNoChildren \\Sent) "/" "[Gmail]/Sent Mail"\r\n',
+        ListResponse(("\\HasNoChildren", "\\Sent"), "/", b"[Gmail]/Sent Mail", "[Gmail]/Sent Mail"),
+    ),
+    (
+        b'* LIST (\\HasChildren \\Noselect) "/" [Gmail]\r\n',
+        ListResponse(("\\HasChildren", "\\Noselect"), "/", b"[Gmail]", "[Gmail]"),
+    ),
+    (
+        b'* LIST (\\HasNoChildren) "/" "&BB4EQgQ,BEAEMAQyBDsENQQ9BD0ESwQ1-"\r\n',
+        ListResponse(
+            ("\\HasNoChildren",), "/", b"&BB4EQgQ,BEAEMAQyBDsENQQ9BD0ESwQ1-", "Отправленные"
+        ),
+    ),
+    (
+        b'* LIST () "/" {11}\r\nFoo "Bar"/\\\r\n',
+        ListResponse((), "/", b'Foo "Bar"/\\', 'Foo "Bar"/\\'),
+    ),
     (b'* LIST () "/" "a\\"b\\\\c"\r\n', ListResponse((), "/", b'a"b\\c', 'a"b\\c')),
     (b'* LIST () "\\\\" "a\\\\b"\r\n', ListResponse((), "\\", b"a\\b", "a\\b")),
-    (b'* LIST (\\Subscribed) "/" "Foo" ("CHILDINFO" ("SUBSCRIBED"))\r\n', ListResponse(("\\Subscribed",), "/", b"Foo", "Foo")),
+    (
+        b'* LIST (\\Subscribed) "/" "Foo" ("CHILDINFO" ("SUBSCRIBED"))\r\n',
+        ListResponse(("\\Subscribed",), "/", b"Foo", "Foo"),
+    ),
     (b'* LIST () "/" "Foo" ("OLDNAME" ("Bar"))\r\n', ListResponse((), "/", b"Foo", "Foo")),
-    (b'* LSUB () "." #news.comp.mail.misc\r\n', ListResponse((), ".", b"#news.comp.mail.misc", "#news.comp.mail.misc", "LSUB")),
-    (b'* LIST () "/" "Entw\xc3\xbcrfe"\r\n', ListResponse((), "/", "Entwürfe".encode(), "Entwürfe")),  # UTF8=ACCEPT
-    (b'* LIST () "/" "Entw\xfcrfe"\r\n', ListResponse((), "/", b"Entw\xfcrfe", "Entwürfe")),  # broken 8-bit
+    (
+        b'* LSUB () "." #news.comp.mail.misc\r\n',
+        ListResponse((), ".", b"#news.comp.mail.misc", "#news.comp.mail.misc", "LSUB"),
+    ),
+    (
+        b'* LIST () "/" "Entw\xc3\xbcrfe"\r\n',
+        ListResponse((), "/", "Entwürfe".encode(), "Entwürfe"),
+    ),  # UTF8=ACCEPT
+    (
+        b'* LIST () "/" "Entw\xfcrfe"\r\n',
+        ListResponse((), "/", b"Entw\xfcrfe", "Entwürfe"),
+    ),  # broken 8-bit
     (b'* LIST () "/" inbox\r\n', ListResponse((), "/", b"inbox", "inbox")),
     # STATUS (RFC 3501 §7.2.4)
-    (b"* STATUS blurdybloop (MESSAGES 231 UIDNEXT 44292)\r\n", StatusDataResponse(b"blurdybloop", "blurdybloop", {"MESSAGES": 231, "UIDNEXT": 44292})),
-    (b'* STATUS "INBOX" (MESSAGES 1 RECENT 0 UIDNEXT 2 UIDVALIDITY 3 UNSEEN 0 HIGHESTMODSEQ 9)\r\n', StatusDataResponse(b"INBOX", "INBOX", {"MESSAGES": 1, "RECENT": 0, "UIDNEXT": 2, "UIDVALIDITY": 3, "UNSEEN": 0, "HIGHESTMODSEQ": 9})),
-    (b"* STATUS {8}\r\nFoo\r\nBar (MESSAGES 2)\r\n", StatusDataResponse(b"Foo\r\nBar", "Foo\r\nBar", {"MESSAGES": 2})),
-    (b'* STATUS "INBOX" (APPENDLIMIT NIL MESSAGES 3)\r\n', StatusDataResponse(b"INBOX", "INBOX", {"MESSAGES": 3})),
-    (b'* STATUS "&ZeVnLIqe-" (unseen 4)\r\n', StatusDataResponse(b"&ZeVnLIqe-", "日本語", {"UNSEEN": 4})),
+    (
+        b"* STATUS blurdybloop (MESSAGES 231 UIDNEXT 44292)\r\n",
+        StatusDataResponse(b"blurdybloop", "blurdybloop", {"MESSAGES": 231, "UIDNEXT": 44292}),
+    ),
+    (
+        b'* STATUS "INBOX" (MESSAGES 1 RECENT 0 UIDNEXT 2 UIDVALIDITY 3 UNSEEN 0 '
+        b"HIGHESTMODSEQ 9)\r\n",
+        StatusDataResponse(
+            b"INBOX",
+            "INBOX",
+            {
+                "MESSAGES": 1,
+                "RECENT": 0,
+                "UIDNEXT": 2,
+                "UIDVALIDITY": 3,
+                "UNSEEN": 0,
+                "HIGHESTMODSEQ": 9,
+            },
+        ),
+    ),
+    (
+        b"* STATUS {8}\r\nFoo\r\nBar (MESSAGES 2)\r\n",
+        StatusDataResponse(b"Foo\r\nBar", "Foo\r\nBar", {"MESSAGES": 2}),
+    ),
+    (
+        b'* STATUS "INBOX" (APPENDLIMIT NIL MESSAGES 3)\r\n',
+        StatusDataResponse(b"INBOX", "INBOX", {"MESSAGES": 3}),
+    ),
+    (
+        b'* STATUS "&ZeVnLIqe-" (unseen 4)\r\n',
+        StatusDataResponse(b"&ZeVnLIqe-", "日本語", {"UNSEEN": 4}),
+    ),
     # SEARCH / ESEARCH (RFC 3501 §7.2.5, RFC 7162 §3.1.5, RFC 4731)
     (b"* SEARCH 2 3 6\r\n", SearchResponse((2, 3, 6))),
     (b"* SEARCH\r\n", SearchResponse(())),
-    (b"* SEARCH 2 5 6 7 11 12 18 19 20 23 (MODSEQ 917162500)\r\n", SearchResponse((2, 5, 6, 7, 11, 12, 18, 19, 20, 23), 917162500)),
+    (
+        b"* SEARCH 2 5 6 7 11 12 18 19 20 23 (MODSEQ 917162500)\r\n",
+        SearchResponse((2, 5, 6, 7, 11, 12, 18, 19, 20, 23), 917162500),
+    ),
     (b"* search 4294967295\r\n", SearchResponse((4294967295,))),
     (b'* ESEARCH (TAG "A282") MIN 2 COUNT 3\r\n', ESearchResponse("A282", False, min=2, count=3)),
     (b'* ESEARCH (TAG "A283") ALL 2,10:11\r\n', ESearchResponse("A283", False, all=(2, 10, 11))),
-    (b'* ESEARCH (TAG "A284") UID MIN 4 MAX 9 COUNT 5 ALL 4:6,8:9 MODSEQ 124\r\n', ESearchResponse("A284", True, 4, 9, 5, (4, 5, 6, 8, 9), 124)),
+    (
+        b'* ESEARCH (TAG "A284") UID MIN 4 MAX 9 COUNT 5 ALL 4:6,8:9 MODSEQ 124\r\n',
+        ESearchResponse("A284", True, 4, 9, 5, (4, 5, 6, 8, 9), 124),
+    ),
     (b'* ESEARCH (TAG "A285") UID\r\n', ESearchResponse("A285", True)),
     (b"* ESEARCH UID COUNT 0\r\n", ESearchResponse(None, True, count=0)),
-    (b'* ESEARCH (TAG "A6") UID PARTIAL (1:10 101,102) COUNT 2\r\n', ESearchResponse("A6", True, count=2)),
+    (
+        b'* ESEARCH (TAG "A6") UID PARTIAL (1:10 101,102) COUNT 2\r\n',
+        ESearchResponse("A6", True, count=2),
+    ),
     # VANISHED (RFC 7162 §3.2.10)
-    (b"* VANISHED (EARLIER) 300:303,405,411\r\n", VanishedResponse(True, (300, 301, 302, 303, 405, 411))),
+    (
+        b"* VANISHED (EARLIER) 300:303,405,411\r\n",
+        VanishedResponse(True, (300, 301, 302, 303, 405, 411)),
+    ),
     (b"* VANISHED 405,407,410\r\n", VanishedResponse(False, (405, 407, 410))),
     (b"* vanished (earlier) 1\r\n", VanishedResponse(True, (1,))),
     # anything else
-    (b'* NAMESPACE (("" "/")) NIL NIL\r\n', GenericUntagged("NAMESPACE", b'* NAMESPACE (("" "/")) NIL NIL')),
+    (
+        b'* NAMESPACE (("" "/")) NIL NIL\r\n',
+        GenericUntagged("NAMESPACE", b'* NAMESPACE (("" "/")) NIL NIL'),
+    ),
     (b'* ID ("name" "Dovecot")\r\n', GenericUntagged("ID", b'* ID ("name" "Dovecot")')),
     (b'* QUOTA "" (STORAGE 10 512)\r\n', GenericUntagged("QUOTA", b'* QUOTA "" (STORAGE 10 512)')),
-    (b'* METADATA "INBOX" (/private/comment {3}\r\nabc)\r\n', GenericUntagged("METADATA", b'* METADATA "INBOX" (/private/comment {3}\r\nabc)')),
+    (
+        b'* METADATA "INBOX" (/private/comment {3}\r\nabc)\r\n',
+        GenericUntagged("METADATA", b'* METADATA "INBOX" (/private/comment {3}\r\nabc)'),
+    ),
     (b"* 3 XWEIRD foo\r\n", GenericUntagged("XWEIRD", b"* 3 XWEIRD foo")),
 ]
 
 
-@pytest.mark.parametrize(("data", "expected"), WHOLE, ids=[c[0][:40].decode("latin-1") for c in WHOLE])
+@pytest.mark.parametrize(
+    ("data", "expected"), WHOLE, ids=[c[0][:40].decode("latin-1") for c in WHOLE]
+)
 def test_whole_response(data: bytes, expected: object) -> None:
     assert parse_response(data) == expected
 
@@ -197,41 +393,109 @@ ENV_RFC_WIRE = (
     b'"KLENSIN" "MIT.EDU")) NIL NIL "<B27397-0100000@cac.washington.edu>")'
 )
 ENV_NIL = Envelope(None, None, (), (), (), (), (), (), None, None)
-TEXT_PLAIN = BodyPart("text", "plain", {"charset": "US-ASCII"}, None, None, "7BIT", 3028, "1", lines=92)
+TEXT_PLAIN = BodyPart(
+    "text", "plain", {"charset": "US-ASCII"}, None, None, "7BIT", 3028, "1", lines=92
+)
 
 FETCH_ITEMS: list[tuple[bytes, str, object]] = [
     (b"* 1 FETCH (UID 4827313)\r\n", "uid", 4827313),
     (b"* 1 FETCH (uid 4294967295)\r\n", "uid", 4294967295),
-    (b"* 1 FETCH (FLAGS (\\Seen \\Answered $Forwarded))\r\n", "flags", ("\\Seen", "\\Answered", "$Forwarded")),
+    (
+        b"* 1 FETCH (FLAGS (\\Seen \\Answered $Forwarded))\r\n",
+        "flags",
+        ("\\Seen", "\\Answered", "$Forwarded"),
+    ),
     (b"* 1 FETCH (FLAGS ())\r\n", "flags", ()),
     (b'* 1 FETCH (INTERNALDATE "17-Jul-1996 02:44:25 -0700")\r\n', "internaldate", AWARE),
-    (b'* 1 FETCH (INTERNALDATE " 1-Jan-2020 00:00:00 +0000")\r\n', "internaldate", datetime(2020, 1, 1, tzinfo=UTC)),
-    (b'* 1 FETCH (INTERNALDATE "1-jan-2020 23:59:59 +0530")\r\n', "internaldate", datetime(2020, 1, 1, 23, 59, 59, tzinfo=timezone(timedelta(hours=5, minutes=30)))),
-    (b'* 1 FETCH (INTERNALDATE "31-Feb-2020 00:00:00 +0000")\r\n', "extra", {"INTERNALDATE": "31-Feb-2020 00:00:00 +0000"}),
+    (
+        b'* 1 FETCH (INTERNALDATE " 1-Jan-2020 00:00:00 +0000")\r\n',
+        "internaldate",
+        datetime(2020, 1, 1, tzinfo=UTC),
+    ),
+    (
+        b'* 1 FETCH (INTERNALDATE "1-jan-2020 23:59:59 +0530")\r\n',
+        "internaldate",
+        datetime(2020, 1, 1, 23, 59, 59, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+    ),
+    (
+        b'* 1 FETCH (INTERNALDATE "31-Feb-2020 00:00:00 +0000")\r\n',
+        "extra",
+        {"INTERNALDATE": "31-Feb-2020 00:00:00 +0000"},
+    ),
     (b"* 1 FETCH (RFC822.SIZE 44827)\r\n", "size", 44827),
     (b"* 1 FETCH (RFC822.SIZE 3000000000)\r\n", "size", 3000000000),
     (b"* 1 FETCH (MODSEQ (624140003))\r\n", "modseq", 624140003),
     (b"* 1 FETCH (MODSEQ (9223372036854775807))\r\n", "modseq", 2**63 - 1),
     (b"* 1 FETCH (MODSEQ (0))\r\n", "modseq", 0),
+    (b"* 1 FETCH (MODSEQ (-1))\r\n", "extra", {"MODSEQ": ("-1",)}),
+    (b"* 1 FETCH (MODSEQ (9223372036854775808))\r\n", "modseq", None),
     (b"* 1 FETCH (X-GM-MSGID 1278455344230334865)\r\n", "gm_msgid", 1278455344230334865),
     (b"* 1 FETCH (X-GM-THRID 1266894439832287888)\r\n", "gm_thrid", 1266894439832287888),
-    (b'* 1 FETCH (X-GM-LABELS (\\Inbox \\Sent Important "Muy Importante"))\r\n', "gm_labels", ("\\Inbox", "\\Sent", "Important", "Muy Importante")),
-    (b'* 1 FETCH (X-GM-LABELS ("\\\\Important" {4}\r\nfoo\n "[Gmail]/Sent"))\r\n', "gm_labels", ("\\Important", "foo\n", "[Gmail]/Sent")),
+    (
+        b'* 1 FETCH (X-GM-LABELS (\\Inbox \\Sent Important "Muy Importante"))\r\n',
+        "gm_labels",
+        ("\\Inbox", "\\Sent", "Important", "Muy Importante"),
+    ),
+    (
+        b'* 1 FETCH (X-GM-LABELS ("\\\\Important" {4}\r\nfoo\n "[Gmail]/Sent"))\r\n',
+        "gm_labels",
+        ("\\Important", "foo\n", "[Gmail]/Sent"),
+    ),
     (b"* 1 FETCH (X-GM-LABELS ())\r\n", "gm_labels", ()),
     (b"* 1 FETCH (ENVELOPE " + ENV_RFC_WIRE + b")\r\n", "envelope", ENV_RFC),
     (b"* 1 FETCH (ENVELOPE (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL))\r\n", "envelope", ENV_NIL),
-    (b'* 1 FETCH (ENVELOPE ("d" {7}\r\nSub\r\nj! NIL NIL NIL NIL NIL NIL NIL "<m@x>"))\r\n', "envelope", Envelope("d", "Sub\r\nj!", (), (), (), (), (), (), None, "<m@x>")),
-    (b'* 1 FETCH (ENVELOPE ("d" "=?utf-8?q?caf=C3=A9?=" ((NIL NIL "undisclosed-recipients" NIL)(NIL NIL NIL NIL)) NIL NIL NIL NIL NIL NIL NIL))\r\n', "envelope", Envelope("d", "=?utf-8?q?caf=C3=A9?=", (Address(None, None, "undisclosed-recipients", None), Address(None, None, None, None)), (), (), (), (), (), None, None)),
-    (b'* 1 FETCH (ENVELOPE ("d" "caf\xc3\xa9" NIL NIL NIL NIL NIL NIL NIL NIL))\r\n', "envelope", Envelope("d", "café", (), (), (), (), (), (), None, None)),
-    (b'* 1 FETCH (ENVELOPE ("d" "caf\xe9" NIL NIL NIL NIL NIL NIL NIL NIL))\r\n', "envelope", Envelope("d", "café", (), (), (), (), (), (), None, None)),
-    (b'* 1 FETCH (ENVELOPE ("d" "short"))\r\n', "envelope", Envelope("d", "short", (), (), (), (), (), (), None, None)),
-    (b"* 2 FETCH (UID 14935 (ENVELOPE (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)))\r\n", "envelope", ENV_NIL),  # Domino
+    (
+        b'* 1 FETCH (ENVELOPE ("d" {7}\r\nSub\r\nj! NIL NIL NIL NIL NIL NIL NIL "<m@x>"))\r\n',
+        "envelope",
+        Envelope("d", "Sub\r\nj!", (), (), (), (), (), (), None, "<m@x>"),
+    ),
+    (
+        b'* 1 FETCH (ENVELOPE ("d" "=?utf-8?q?caf=C3=A9?=" ((NIL NIL "undisclosed-recipients" NIL)'
+        b"(NIL NIL NIL NIL)) NIL NIL NIL NIL NIL NIL NIL))\r\n",
+        "envelope",
+        Envelope(
+            "d",
+            "=?utf-8?q?caf=C3=A9?=",
+            (Address(None, None, "undisclosed-recipients", None), Address(None, None, None, None)),
+            (),
+            (),
+            (),
+            (),
+            (),
+            None,
+            None,
+        ),
+    ),
+    (
+        b'* 1 FETCH (ENVELOPE ("d" "caf\xc3\xa9" NIL NIL NIL NIL NIL NIL NIL NIL))\r\n',
+        "envelope",
+        Envelope("d", "café", (), (), (), (), (), (), None, None),
+    ),
+    (
+        b'* 1 FETCH (ENVELOPE ("d" "caf\xe9" NIL NIL NIL NIL NIL NIL NIL NIL))\r\n',
+        "envelope",
+        Envelope("d", "café", (), (), (), (), (), (), None, None),
+    ),
+    (
+        b'* 1 FETCH (ENVELOPE ("d" "short"))\r\n',
+        "envelope",
+        Envelope("d", "short", (), (), (), (), (), (), None, None),
+    ),
+    (
+        b"* 2 FETCH (UID 14935 (ENVELOPE (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)))\r\n",
+        "envelope",
+        ENV_NIL,
+    ),  # Domino
     (b"* 1 FETCH (BODY[] {5}\r\nHello)\r\n", "sections", {"": b"Hello"}),
     (b"* 1 FETCH (BODY[] {0}\r\n)\r\n", "sections", {"": b""}),
     (b"* 1 FETCH (BODY[] NIL)\r\n", "sections", {"": None}),
     (b'* 1 FETCH (BODY[] "quoted")\r\n', "sections", {"": b"quoted"}),
     (b"* 1 FETCH (BODY[HEADER] {6}\r\nA: b\r\n)\r\n", "sections", {"HEADER": b"A: b\r\n"}),
-    (b"* 1 FETCH (BODY[header.fields (From To)] {3}\r\nx\r\n)\r\n", "sections", {"HEADER.FIELDS (FROM TO)": b"x\r\n"}),
+    (
+        b"* 1 FETCH (BODY[header.fields (From To)] {3}\r\nx\r\n)\r\n",
+        "sections",
+        {"HEADER.FIELDS (FROM TO)": b"x\r\n"},
+    ),
     (b"* 1 FETCH (BODY[1.2.MIME] {2}\r\nab)\r\n", "sections", {"1.2.MIME": b"ab"}),
     (b"* 1 FETCH (BODY[TEXT]<0> {3}\r\nabc)\r\n", "partial_origins", {"TEXT": 0}),
     (b"* 1 FETCH (BODY[]<1024> {3}\r\nabc)\r\n", "sections", {"": b"abc"}),
@@ -240,17 +504,41 @@ FETCH_ITEMS: list[tuple[bytes, str, object]] = [
     (b"* 1 FETCH (RFC822 {3}\r\nabc)\r\n", "sections", {"": b"abc"}),
     (b"* 1 FETCH (RFC822.HEADER {3}\r\nabc)\r\n", "sections", {"HEADER": b"abc"}),
     (b"* 1 FETCH (RFC822.TEXT {3}\r\nabc)\r\n", "sections", {"TEXT": b"abc"}),
-    (b"* 1 FETCH (UID 3016 BODY[2.MIME] {3}\r\nabc BODY[2] )\r\n", "sections", {"2.MIME": b"abc", "2": None}),  # Yandex
-    (b"* 1 FETCH (BODY[1] {3}\r\n{5} BODY[2] {2}\r\n}\r)\r\n", "sections", {"1": b"{5}", "2": b"}\r"}),
+    (
+        b"* 1 FETCH (UID 3016 BODY[2.MIME] {3}\r\nabc BODY[2] )\r\n",
+        "sections",
+        {"2.MIME": b"abc", "2": None},
+    ),  # Yandex
+    (
+        b"* 1 FETCH (BODY[1] {3}\r\n{5} BODY[2] {2}\r\n}\r)\r\n",
+        "sections",
+        {"1": b"{5}", "2": b"}\r"},
+    ),
     (b"* 1 FETCH (BODY[] {6}\r\n)\r\n* 2)\r\n", "sections", {"": b")\r\n* 2"}),
-    (b'* 1 FETCH (ANNOTATION (/comment (value.priv "x")))\r\n', "extra", {"ANNOTATION": ("/comment", ("value.priv", "x"))}),
+    (
+        b'* 1 FETCH (ANNOTATION (/comment (value.priv "x")))\r\n',
+        "extra",
+        {"ANNOTATION": ("/comment", ("value.priv", "x"))},
+    ),
     (b"* 1 FETCH (PREVIEW {5}\r\nhello)\r\n", "extra", {"PREVIEW": b"hello"}),
-    (b"* 1 FETCH (EMAILID (M6d99ac3275bb4e) THREADID NIL)\r\n", "extra", {"EMAILID": ("M6d99ac3275bb4e",), "THREADID": None}),
-    (b"* 1 FETCH (BODY (\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 3028 92))\r\n", "bodystructure", TEXT_PLAIN),
+    (
+        b"* 1 FETCH (EMAILID (M6d99ac3275bb4e) THREADID NIL)\r\n",
+        "extra",
+        {"EMAILID": ("M6d99ac3275bb4e",), "THREADID": None},
+    ),
+    (
+        b'* 1 FETCH (BODY ("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 3028 92))\r\n',
+        "bodystructure",
+        TEXT_PLAIN,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("data", "attr", "expected"), FETCH_ITEMS, ids=[c[0][:50].decode("latin-1") for c in FETCH_ITEMS])
+@pytest.mark.parametrize(
+    ("data", "attr", "expected"),
+    FETCH_ITEMS,
+    ids=[c[0][:50].decode("latin-1") for c in FETCH_ITEMS],
+)
 def test_fetch_item(data: bytes, attr: str, expected: object) -> None:
     resp = parse_response(data)
     assert isinstance(resp, FetchResponse)
@@ -308,26 +596,58 @@ BODYSTRUCTURES: list[tuple[bytes, object]] = [
     ),
     # single part, full extension data
     (
-        b'("text" "plain" ("charset" "us-ascii" "format" "flowed") "<id@x>" "desc" "quoted-printable"'
+        b'("text" "plain" ("charset" "us-ascii" "format" "flowed") "<id@x>" "desc" '
+        b'"quoted-printable"'
         b' 10 1 "md5sum" ("inline" ("filename" "a.txt")) ("en" "de") "http://x/loc")',
-        BodyPart("text", "plain", {"charset": "us-ascii", "format": "flowed"}, "<id@x>", "desc",
-                 "quoted-printable", 10, "1", lines=1, md5="md5sum", disposition="inline",
-                 disposition_params={"filename": "a.txt"}, language=("en", "de"), location="http://x/loc"),
+        BodyPart(
+            "text",
+            "plain",
+            {"charset": "us-ascii", "format": "flowed"},
+            "<id@x>",
+            "desc",
+            "quoted-printable",
+            10,
+            "1",
+            lines=1,
+            md5="md5sum",
+            disposition="inline",
+            disposition_params={"filename": "a.txt"},
+            language=("en", "de"),
+            location="http://x/loc",
+        ),
     ),
     # basic part: no lines; language as a single string; NIL params; 0 size
     (
         b'("APPLICATION" "PDF" NIL NIL NIL "BASE64" 0 NIL ("ATTACHMENT" NIL) "EN")',
-        BodyPart("application", "pdf", {}, None, None, "BASE64", 0, "1", disposition="attachment", language=("EN",)),
+        BodyPart(
+            "application",
+            "pdf",
+            {},
+            None,
+            None,
+            "BASE64",
+            0,
+            "1",
+            disposition="attachment",
+            language=("EN",),
+        ),
     ),
     # ("boundary" NIL): invalid params from imap.mail.ru -> empty value
     (
         b'(("TEXT" "PLAIN" NIL NIL NIL "7BIT" 1 1) "MIXED" ("boundary" NIL))',
-        Multipart((BodyPart("text", "plain", {}, None, None, "7BIT", 1, "1", lines=1),), "mixed", "", params={"boundary": ""}),
+        Multipart(
+            (BodyPart("text", "plain", {}, None, None, "7BIT", 1, "1", lines=1),),
+            "mixed",
+            "",
+            params={"boundary": ""},
+        ),
     ),
     # NIL multipart subtype -> mixed
     (
         b'(("TEXT" "PLAIN" NIL NIL NIL "7BIT" 1 1) NIL)',
-        Multipart((BodyPart("text", "plain", {}, None, None, "7BIT", 1, "1", lines=1),), "mixed", ""),
+        Multipart(
+            (BodyPart("text", "plain", {}, None, None, "7BIT", 1, "1", lines=1),), "mixed", ""
+        ),
     ),
     # NIL where strings are expected (type, subtype, encoding)
     (
@@ -356,8 +676,10 @@ def test_bodystructure_nested_message_rfc822_sections() -> None:
     """RFC 3501 §6.4.5 numbering: a message/rfc822 part's multipart body shares its number."""
     wire = (
         b'(("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 10 1 NIL NIL NIL)'
-        b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 500 (NIL "inner subject" NIL NIL NIL NIL NIL NIL NIL "<i@x>")'
-        b'(("TEXT" "PLAIN" NIL NIL NIL "QUOTED-PRINTABLE" 20 2)("IMAGE" "GIF" ("NAME" "a.gif") "<c@x>" NIL "BASE64" 300)'
+        b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 500 '
+        b'(NIL "inner subject" NIL NIL NIL NIL NIL NIL NIL "<i@x>")'
+        b'(("TEXT" "PLAIN" NIL NIL NIL "QUOTED-PRINTABLE" 20 2)'
+        b'("IMAGE" "GIF" ("NAME" "a.gif") "<c@x>" NIL "BASE64" 300)'
         b' "MIXED") 30 NIL NIL NIL)'
         b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 50 (NIL "single" NIL NIL NIL NIL NIL NIL NIL NIL)'
         b'("TEXT" "HTML" NIL NIL NIL "7BIT" 5 1) 3)'
@@ -376,7 +698,11 @@ def test_bodystructure_nested_message_rfc822_sections() -> None:
     assert [p.section for p in inner.parts] == ["2.1", "2.2"]
     assert isinstance(inner.parts[1], BodyPart) and inner.parts[1].id == "<c@x>"
     assert isinstance(msg2, BodyPart) and msg2.section == "3"
-    assert isinstance(msg2.body, BodyPart) and msg2.body.section == "3.1" and msg2.body.subtype == "html"
+    assert (
+        isinstance(msg2.body, BodyPart)
+        and msg2.body.section == "3.1"
+        and msg2.body.subtype == "html"
+    )
 
 
 def test_bodystructure_nested_multipart_sections() -> None:
@@ -398,7 +724,13 @@ def test_bodystructure_message_rfc822_without_envelope_is_a_basic_part() -> None
 
 def test_deep_nesting_raises_protocol_error_not_recursion_error() -> None:
     depth = 5000
-    wire = b"* 1 FETCH (BODYSTRUCTURE " + b"(" * depth + b'"TEXT" "PLAIN" NIL NIL NIL "7BIT" 1 1' + b")" * depth + b")\r\n"
+    wire = (
+        b"* 1 FETCH (BODYSTRUCTURE "
+        + b"(" * depth
+        + b'"TEXT" "PLAIN" NIL NIL NIL "7BIT" 1 1'
+        + b")" * depth
+        + b")\r\n"
+    )
     with pytest.raises(ImapProtocolError):
         parse_response(wire)
 
@@ -406,7 +738,11 @@ def test_deep_nesting_raises_protocol_error_not_recursion_error() -> None:
 def test_deep_message_rfc822_nesting_is_bounded() -> None:
     inner = b'("TEXT" "PLAIN" NIL NIL NIL "7BIT" 1 1)'
     for _ in range(45):  # two lists per level: 90 deep, within the tokenizer's limit
-        inner = b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 1 (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL) ' + inner + b" 1)"
+        inner = (
+            b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 1 (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL) '
+            + inner
+            + b" 1)"
+        )
     body = bodystructure(inner)
     levels = 0
     while isinstance(body, BodyPart) and body.body is not None:
@@ -422,12 +758,16 @@ def test_deep_message_rfc822_nesting_is_bounded() -> None:
 
 NOT_IMAP = [
     b"HELLO WORLD\r\n",
+    b"* \r\n",
+    b"*\r\n",
     b"A1 MAYBE ok\r\n",
     b"\r\n",
     b"* 1 FETCH (UID 1\r\n",
     b"* 1 FETCH UID 1)\r\n",
     b"* 1 FETCH (UID abc)\r\n",
     b"* 1 FETCH (UID 99999999999999999999999)\r\n",
+    b"* 1 FETCH (UID -5)\r\n",
+    b"* 1 FETCH (RFC822.SIZE 9223372036854775808)\r\n",
     b'* 1 FETCH (FLAGS "unterminated)\r\n',
     b"* LIST (\\Noselect)\r\n",
     b"* VANISHED\r\n",
@@ -457,6 +797,40 @@ def test_resync_after_error(data: bytes) -> None:
     assert parser.next_response() == ExistsResponse(3)
     assert parser.next_response() == TaggedResponse("A1", "OK", None, "done")
     assert parser.next_response() is None
+
+
+@pytest.mark.parametrize(
+    ("fast", "general"),
+    [
+        # The fast path for "(UID u BODY[sec] {n}" must equal what the general path builds.
+        (b"* 1 FETCH (UID 5 BODY[] {3}\r\nabc)\r\n", b"* 1 fetch (uid 5 body[] {3}\r\nabc)\r\n"),
+        (b"* 2 FETCH (BODY[] {3}\r\nabc UID 7)\r\n", b"* 2 fetch (body[] {3}\r\nabc uid 7)\r\n"),
+        (b"* 3 FETCH (BODY[1.2] {1}\r\nx)\r\n", b"* 3 fetch (body[1.2] {1}\r\nx)\r\n"),
+        (b"* 4 FETCH (UID 9 BODY[TEXT] {0}\r\n)\r\n", b"* 4 fetch (uid 9 body[text] {0}\r\n)\r\n"),
+        (
+            b"* 5 FETCH (UID 9 BODY[] {1}\r\nx UID 9)\r\n",
+            b"* 5 fetch (uid 9 body[] {1}\r\nx uid 9)\r\n",
+        ),
+    ],
+)
+def test_fast_fetch_path_matches_general_path(fast: bytes, general: bytes) -> None:
+    a, b = parse_response(fast), parse_response(general)
+    assert isinstance(a, FetchResponse) and a == b
+    assert a.sections and a.seq > 0
+
+
+def test_buffered_counts_unreturned_bytes() -> None:
+    parser = ResponseParser()
+    assert parser.buffered() == 0
+    parser.feed(b"A1 OK Begin TLS now\r\n* 1 EXI")
+    assert parser.next_response() == TaggedResponse("A1", "OK", None, "Begin TLS now")
+    assert parser.buffered() == 7  # injected plaintext after STARTTLS's OK is visible
+    parser.feed(b"STS\r\n")
+    assert parser.next_response() == ExistsResponse(1)
+    assert parser.buffered() == 0
+    parser.feed(b"* 1 FETCH (BODY[] {400000}\r\n" + b"x" * 300000)
+    assert parser.next_response() is None
+    assert parser.buffered() > 300000
 
 
 def test_incomplete_response_for_parse_response() -> None:
@@ -512,7 +886,9 @@ def test_pending_literal() -> None:
 def test_large_literal_in_64k_chunks_is_exact_and_counted() -> None:
     size = 20 * 1024 * 1024 + 7
     body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
-    stream = b"* 9 FETCH (UID 77 BODY[] {%d}\r\n" % size + body + b" FLAGS (\\Seen))\r\nA1 OK done\r\n"
+    stream = (
+        b"* 9 FETCH (UID 77 BODY[] {%d}\r\n" % size + body + b" FLAGS (\\Seen))\r\nA1 OK done\r\n"
+    )
     parser = ResponseParser()
     out: list[object] = []
     for i in range(0, len(stream), 65536):
@@ -548,7 +924,9 @@ SESSION = b"".join(
         b"A1 OK [CAPABILITY IMAP4rev1 IDLE CONDSTORE] Logged in\r\n",
         b'* LIST (\\HasNoChildren \\Sent) "/" {9}\r\nSent "Me"\r\n',
         b"* 3 EXISTS\r\n* OK [UIDVALIDITY 42] x\r\n",
-        b"* 1 FETCH (UID 5 FLAGS (\\Seen) ENVELOPE " + ENV_RFC_WIRE + b" BODY[] {14}\r\nab\r\n{3}\r\ncd)\r\n)\r\n",
+        b"* 1 FETCH (UID 5 FLAGS (\\Seen) ENVELOPE "
+        + ENV_RFC_WIRE
+        + b" BODY[] {14}\r\nab\r\n{3}\r\ncd)\r\n)\r\n",
         b"* 2 FETCH (UID 6 BINARY[1] ~{3}\r\n\x00\r\n X-GM-LABELS (\\Inbox {2}\r\nhi))\r\n",
         b"* VANISHED (EARLIER) 1:3\r\n",
         b"+ idling\r\n",
@@ -610,9 +988,15 @@ def test_random_chunk_sizes(seed: int) -> None:
     assert _collect(ResponseParser(), pieces) == _collect(ResponseParser(), [SESSION])
 
 
-@pytest.mark.parametrize(("data", "expected"), WHOLE[::7], ids=[c[0][:30].decode("latin-1") for c in WHOLE[::7]])
-def test_table_cases_bytewise(data: bytes, expected: object) -> None:
-    assert _collect(ResponseParser(), [data[i : i + 1] for i in range(len(data))]) == [expected]
+def test_every_table_case_fed_one_byte_at_a_time() -> None:
+    for data, expected in WHOLE:
+        assert _collect(ResponseParser(), [data[i : i + 1] for i in range(len(data))]) == [
+            expected
+        ], data
+    for data, attr, expected in FETCH_ITEMS:
+        (resp,) = _collect(ResponseParser(), [data[i : i + 1] for i in range(len(data))])
+        assert resp == parse_response(data), data
+        assert getattr(resp, attr) == expected, data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -676,7 +1060,11 @@ def test_parse_sequence_set_refuses_huge_expansion() -> None:
 ENCODE: list[tuple[tuple[Any, ...], dict[str, bool], tuple[bytes, ...]]] = [
     (("A1", "NOOP"), {}, (b"A1 NOOP\r\n",)),
     (("A2", "LOGIN", "joe", "s3cret"), {}, (b"A2 LOGIN joe s3cret\r\n",)),
-    (("A3", "LOGIN", "joe@example.com", 'pa ss"\\'), {}, (b'A3 LOGIN joe@example.com "pa ss\\"\\\\"\r\n',)),
+    (
+        ("A3", "LOGIN", "joe@example.com", 'pa ss"\\'),
+        {},
+        (b'A3 LOGIN joe@example.com "pa ss\\"\\\\"\r\n',),
+    ),
     (("A4", "SELECT", b"&ZeVnLIqe-"), {}, (b"A4 SELECT &ZeVnLIqe-\r\n",)),
     (("A5", "SELECT", b"Sent Items"), {}, (b'A5 SELECT "Sent Items"\r\n',)),
     (("A6", "SELECT", b""), {}, (b'A6 SELECT ""\r\n',)),
@@ -684,13 +1072,41 @@ ENCODE: list[tuple[tuple[Any, ...], dict[str, bool], tuple[bytes, ...]]] = [
     (("A8", "SELECT", b"[Gmail]/Sent"), {}, (b'A8 SELECT "[Gmail]/Sent"\r\n',)),
     (("A9", "SELECT", "Entwürfe"), {}, (b"A9 SELECT {9}\r\n", b"Entw\xc3\xbcrfe\r\n")),
     (("A9", "SELECT", "Entwürfe"), {"utf8": True}, (b'A9 SELECT "Entw\xc3\xbcrfe"\r\n',)),
-    (("A10", "LOGIN", "joe", b"line\r\nbreak"), {}, (b"A10 LOGIN joe {11}\r\n", b"line\r\nbreak\r\n")),
-    (("A10", "LOGIN", "joe", b"line\r\nbreak"), {"literal_plus": True}, (b"A10 LOGIN joe {11+}\r\nline\r\nbreak\r\n",)),
-    (("A11", "APPEND", b"INBOX", [Atom("\\Seen")], Literal(b"Subject: x\r\n\r\nhi\r\n")), {}, (b"A11 APPEND INBOX (\\Seen) {18}\r\n", b"Subject: x\r\n\r\nhi\r\n\r\n")),
-    (("A12", "UID FETCH", Raw(b"1:*"), Raw(b"(UID BODY.PEEK[])")), {}, (b"A12 UID FETCH 1:* (UID BODY.PEEK[])\r\n",)),
-    (("A13", "UID STORE", Raw(b"5"), Atom("+FLAGS.SILENT"), (Atom("\\Deleted"), Atom("$Junk"))), {}, (b"A13 UID STORE 5 +FLAGS.SILENT (\\Deleted $Junk)\r\n",)),
-    (("A14", "UID SEARCH", Atom("SINCE"), Atom("1-Feb-2024"), Atom("UID"), Raw(b"100:*")), {}, (b"A14 UID SEARCH SINCE 1-Feb-2024 UID 100:*\r\n",)),
-    (("A15", "FETCH", 1, [Atom("UID"), [Atom("nested"), 42]]), {}, (b"A15 FETCH 1 (UID (nested 42))\r\n",)),
+    (
+        ("A10", "LOGIN", "joe", b"line\r\nbreak"),
+        {},
+        (b"A10 LOGIN joe {11}\r\n", b"line\r\nbreak\r\n"),
+    ),
+    (
+        ("A10", "LOGIN", "joe", b"line\r\nbreak"),
+        {"literal_plus": True},
+        (b"A10 LOGIN joe {11+}\r\nline\r\nbreak\r\n",),
+    ),
+    (
+        ("A11", "APPEND", b"INBOX", [Atom("\\Seen")], Literal(b"Subject: x\r\n\r\nhi\r\n")),
+        {},
+        (b"A11 APPEND INBOX (\\Seen) {18}\r\n", b"Subject: x\r\n\r\nhi\r\n\r\n"),
+    ),
+    (
+        ("A12", "UID FETCH", Raw(b"1:*"), Raw(b"(UID BODY.PEEK[])")),
+        {},
+        (b"A12 UID FETCH 1:* (UID BODY.PEEK[])\r\n",),
+    ),
+    (
+        ("A13", "UID STORE", Raw(b"5"), Atom("+FLAGS.SILENT"), (Atom("\\Deleted"), Atom("$Junk"))),
+        {},
+        (b"A13 UID STORE 5 +FLAGS.SILENT (\\Deleted $Junk)\r\n",),
+    ),
+    (
+        ("A14", "UID SEARCH", Atom("SINCE"), Atom("1-Feb-2024"), Atom("UID"), Raw(b"100:*")),
+        {},
+        (b"A14 UID SEARCH SINCE 1-Feb-2024 UID 100:*\r\n",),
+    ),
+    (
+        ("A15", "FETCH", 1, [Atom("UID"), [Atom("nested"), 42]]),
+        {},
+        (b"A15 FETCH 1 (UID (nested 42))\r\n",),
+    ),
     (("A16", "X", Literal(b"a"), Literal(b"b")), {}, (b"A16 X {1}\r\n", b"a {1}\r\n", b"b\r\n")),
     (("A17", "X", "a" * 2000), {}, (b"A17 X " + b"a" * 2000 + b"\r\n",)),
     (("A18", "X", "a b" * 600), {}, (b"A18 X {1800}\r\n", b"a b" * 600 + b"\r\n")),
@@ -699,7 +1115,9 @@ ENCODE: list[tuple[tuple[Any, ...], dict[str, bool], tuple[bytes, ...]]] = [
 
 
 @pytest.mark.parametrize(("args", "opts", "chunks"), ENCODE)
-def test_encode_command(args: tuple[Any, ...], opts: dict[str, bool], chunks: tuple[bytes, ...]) -> None:
+def test_encode_command(
+    args: tuple[Any, ...], opts: dict[str, bool], chunks: tuple[bytes, ...]
+) -> None:
     cmd = encode_command(*args, **opts)
     assert cmd.tag == args[0]
     assert cmd.chunks == chunks
@@ -732,7 +1150,14 @@ def test_encode_command_rejects_types(bad: object) -> None:
     ("data", "expected"),
     [
         (b"A1 NOOP\r\n", ("A1", "NOOP", [])),
-        (b"a2 uid fetch 1:* (UID BODY.PEEK[HEADER.FIELDS (FROM TO)]<0.100>)\r\n", ("a2", "UID FETCH", [Atom("1:*"), [Atom("UID"), Atom("BODY.PEEK[HEADER.FIELDS (FROM TO)]<0.100>")]])),
+        (
+            b"a2 uid fetch 1:* (UID BODY.PEEK[HEADER.FIELDS (FROM TO)]<0.100>)\r\n",
+            (
+                "a2",
+                "UID FETCH",
+                [Atom("1:*"), [Atom("UID"), Atom("BODY.PEEK[HEADER.FIELDS (FROM TO)]<0.100>")]],
+            ),
+        ),
         (b'A3 LOGIN "a\\"b" {3}\r\nx\r\n\r\n', ("A3", "LOGIN", [b'a"b', b"x\r\n"])),
         (b"A4 X ~{2}\r\n\x00\x01 {1+}\r\nz ()\r\n", ("A4", "X", [b"\x00\x01", b"z", []])),
     ],
@@ -743,8 +1168,92 @@ def test_parse_command(data: bytes, expected: tuple[str, str, list[object]]) -> 
 
 @pytest.mark.parametrize(
     "data",
-    [b"A1 NOOP", b"NOOP\r\n", b"A1 X (a\r\n", b"A1 X a)\r\n", b"A1 X {5}\r\nab\r\n", b'A1 X "a\r\n', b"A1 X a  b\r\n"],
+    [
+        b"A1 NOOP",
+        b"NOOP\r\n",
+        b"A1 X (a\r\n",
+        b"A1 X a)\r\n",
+        b"A1 X {5}\r\nab\r\n",
+        b'A1 X "a\r\n',
+        b"A1 X a  b\r\n",
+    ],
 )
 def test_parse_command_rejects(data: bytes) -> None:
     with pytest.raises(ImapProtocolError):
         parse_command(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fuzz: whatever arrives, the parser returns responses or raises ImapProtocolError, nothing else
+# ---------------------------------------------------------------------------------------------
+
+
+def _drain_all(parser: ResponseParser, data: bytes) -> int:
+    parser.feed(data)
+    count = 0
+    for _ in range(10_000):
+        try:
+            resp = parser.next_response()
+        except ImapProtocolError:
+            continue
+        if resp is None:
+            return count
+        count += 1
+    raise AssertionError("parser did not settle")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzz_random_bytes(data: bytes) -> None:
+    parser = ResponseParser(max_line=200, max_literal=100)
+    _drain_all(parser, data + b"\r\n")
+    # Whatever came before, the parser is usable afterwards (resync at the next line).
+    if parser.pending_literal() == 0 and not parser._discard:
+        assert _drain_all(parser, b"\r\n* 7 EXISTS\r\n") >= 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_fuzz_mutated_session(data: st.DataObject) -> None:
+    wire = bytearray(SESSION)
+    for _ in range(data.draw(st.integers(1, 8))):
+        i = data.draw(st.integers(0, len(wire) - 1))
+        wire[i] = data.draw(st.sampled_from(b'()"{}[]\\ \r\n*+~0123456789NILabc\x00\xff'))
+    _drain_all(ResponseParser(), bytes(wire))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(
+                [
+                    b"(",
+                    b")",
+                    b"NIL",
+                    b'"x"',
+                    b'"a\\"b"',
+                    b"{3}\r\nabc",
+                    b"~{1}\r\n\x00",
+                    b"BODY[]",
+                    b"BODY[1.2]<5>",
+                    b"UID",
+                    b"FLAGS",
+                    b"ENVELOPE",
+                    b"BODYSTRUCTURE",
+                    b"123",
+                    b"\\Seen",
+                    b"X-GM-LABELS",
+                    b"MODSEQ",
+                    b"INTERNALDATE",
+                    b'"1-Jan-2020 00:00:00 +0000"',
+                    b"RFC822.SIZE",
+                    b"BINARY[1]",
+                ]
+            ),
+        ),
+        max_size=30,
+    )
+)
+def test_fuzz_fetch_token_soup(tokens: list[bytes]) -> None:
+    _drain_all(ResponseParser(), b"* 1 FETCH (" + b" ".join(tokens) + b")\r\n")

@@ -359,6 +359,24 @@ async def test_uidvalidity_change_relinks_without_duplicates(sqlite_env: Env) ->
     assert env.stored("Projects") == env.remote("Projects")
 
 
+async def test_renamed_folder_relinks_and_old_locations_go(sqlite_env: Env) -> None:
+    env = sqlite_env
+    env.server.create_mailbox(env.user, "Clients")
+    append_many(env, "Clients", [(f"c{i}", NOW - timedelta(days=1)) for i in range(3)])
+    await env.sync()
+    old = env.folder("Clients")
+    assert len(env.stored("Clients")) == 3
+    conn = env.server.imaplib_client(env.user)
+    try:
+        assert conn.rename('"Clients"', '"Customers"')[0] == "OK"
+    finally:
+        conn.logout()
+    await env.sync()
+    assert env.messages.count_locations(old.id) == 0  # the old name's UIDs are void
+    assert env.stored("Customers") == env.remote("Customers")
+    assert env.messages.count_messages(env.account.id) == 3  # re-linked, not duplicated
+
+
 async def test_threads_reply_and_parent(sqlite_env: Env) -> None:
     env = sqlite_env
     conn = env.server.imaplib_client(env.user)

@@ -49,8 +49,9 @@ _MAX_INT = 2**63  # RFC 7162 mod-sequence-value is at most 2^63-1; numbers beyon
 
 def to_int(value: Value, what: str) -> int:
     """An IMAP number (RFC 3501 §9 ``number``/``nz-number``, RFC 7162 63-bit mod-sequences)."""
-    if value.__class__ is str and len(value) < 19 and value.isdigit() and value.isascii():  # type: ignore[arg-type]
-        return int(value)  # type: ignore[arg-type]  # fast path: < 10^18 always fits
+    # Fast path: an exact str of fewer than 19 ASCII digits is always below 2^63.
+    if value.__class__ is str and len(value) < 19 and value.isdigit() and value.isascii():
+        return int(value)
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     if isinstance(value, str):
@@ -59,9 +60,6 @@ def to_int(value: Value, what: str) -> int:
             number = int(text)
             if number < _MAX_INT:
                 return number
-        elif text[:1] == "-" and text[1:].isdigit() and text[1:].isascii() and len(text) <= 21:
-            # Zoho sends MODSEQ (-1); keep the server's word and let policy decide.
-            return int(text)
     raise ImapProtocolError(f"{what}: expected a number, got {value!r}"[:200])
 
 
@@ -69,8 +67,8 @@ def _nstring(value: Value) -> str | None:
     """An nstring (RFC 3501 §9) for display; numbers-as-atoms from broken servers accepted."""
     if value is None:
         return None
-    if value.__class__ is str and value.isascii():  # type: ignore[union-attr]
-        return value  # type: ignore[return-value]
+    if value.__class__ is str and value.isascii():
+        return value
     if isinstance(value, list):
         raise ImapProtocolError("expected a string, got a list")
     return text_of(value)
@@ -348,6 +346,17 @@ def parse_fetch_items(seq: int, items: Value) -> FetchResponse:
         name = key.upper()
         value: Value = work[i + 1] if i + 1 < n else None
         i += 2
+        if name[:5] == "BODY[":  # the bulk of a sync: BODY[] / BODY[HEADER] / BODY[1.2]
+            close = name.find("]")
+            if close > 0 and (close + 1 == len(name) or name[close + 1] == "<"):
+                spec = name[5:close]
+                resp.sections[spec] = _bytes_of(value)
+                if close + 1 < len(name):
+                    origin = name[close + 2 : -1]
+                    if not (name[-1] == ">" and origin.isdigit() and origin.isascii()):
+                        raise ImapProtocolError(f"FETCH: bad origin in {key!r}"[:200])
+                    resp.partial_origins[spec] = int(origin)
+                continue
         if name == "UID":
             resp.uid = to_int(value, "UID")
         elif name == "FLAGS":
@@ -365,7 +374,12 @@ def parse_fetch_items(seq: int, items: Value) -> FetchResponse:
             resp.bodystructure = parse_bodystructure(value)
         elif name == "MODSEQ":
             inner = value[0] if isinstance(value, list) and value else value
-            resp.modseq = to_int(inner, "MODSEQ")
+            try:
+                resp.modseq = to_int(inner, "MODSEQ")
+            except ImapProtocolError:
+                # Zoho sends MODSEQ (-1): not a mod-sequence (RFC 7162 §7). Keep the server's
+                # word in extra and leave modseq unset rather than lose the other items.
+                resp.extra["MODSEQ"] = _plain(value)
         elif name == "X-GM-MSGID":
             resp.gm_msgid = to_int(value, "X-GM-MSGID")
         elif name == "X-GM-THRID":

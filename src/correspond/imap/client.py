@@ -205,6 +205,9 @@ class ImapClient:
         self._open_stream: FetchStream | None = None
         self._idle: IdleSession | None = None
         self._username: str | None = None
+        # Tags of commands abandoned mid-reply (timeout, parse error, cancellation): their
+        # tagged completion may still arrive and is then skipped.
+        self._stale_tags: set[str] = set()
 
     def __repr__(self) -> str:
         who = f" user={self._username!r}" if self._username else ""
@@ -274,7 +277,7 @@ class ImapClient:
             # Bytes after the OK and before the handshake would be a plaintext injection
             # (CVE-2011-0411 class); refuse them.
             raise ImapProtocolError("server sent data after STARTTLS before the TLS handshake")
-        await start_tls(self._channel, self.endpoint, timeout=self.connect_timeout)
+        self._channel = await start_tls(self._channel, self.endpoint, timeout=self.connect_timeout)
         # Whatever plaintext the parser might still hold is dropped with it.
         self._parser = ResponseParser()
         self.tls_active = True
@@ -389,20 +392,29 @@ class ImapClient:
         await self._prepare()
         wait = self.command_timeout if timeout is None else timeout
         tag = self._next_tag()
-        await self._send(tag, name, args, timeout=wait)
         answers: list[Response] = []
-        while True:
-            response = await self._next_response(wait)
-            kind = type(response)
-            if kind is TaggedResponse:
-                assert isinstance(response, TaggedResponse)
-                return self._check_tagged(name, tag, response), answers
-            if kind in accept:
-                answers.append(response)
-            elif kind is ContinuationRequest:
-                raise ImapProtocolError(f"{name}: unexpected continuation request")
-            else:
-                self._keep(response)
+        try:
+            await self._send(tag, name, args, timeout=wait)
+            while True:
+                response = await self._next_response(wait)
+                kind = type(response)
+                if kind is TaggedResponse:
+                    assert isinstance(response, TaggedResponse)
+                    if response.tag in self._stale_tags:
+                        self._stale_tags.discard(response.tag)
+                        continue
+                    return self._check_tagged(name, tag, response), answers
+                if kind in accept:
+                    answers.append(response)
+                elif kind is ContinuationRequest:
+                    raise ImapProtocolError(f"{name}: unexpected continuation request")
+                else:
+                    self._keep(response)
+        except ImapCommandError:
+            raise
+        except BaseException:
+            self._stale_tags.add(tag)
+            raise
 
     # -- unsolicited -----------------------------------------------------------------------------
 
@@ -649,6 +661,10 @@ class ImapClient:
                     flags, seen.delimiter, seen.name_raw, seen.name, seen.kind
                 )
         return list(merged.values())
+
+    async def create(self, mailbox: str | bytes) -> None:
+        """CREATE (RFC 3501 §6.3.3); a str name is encoded as modified UTF-7 (§5.1.3)."""
+        await self._simple("CREATE", self._mailbox(mailbox))
 
     async def list_folders(self) -> builtins.list[ListResponse]:
         """Every folder, with special-use roles where the server tells them."""
@@ -1010,17 +1026,22 @@ class FetchStream:
                 if kind is FetchResponse:
                     return response  # type: ignore[return-value]
                 if kind is TaggedResponse:
-                    self._finish()
                     assert isinstance(response, TaggedResponse)
+                    if response.tag in client._stale_tags:
+                        client._stale_tags.discard(response.tag)
+                        continue
+                    self._finish()
                     self.tagged = client._check_tagged("UID FETCH", self._tag or "", response)
                     raise StopAsyncIteration
                 if kind is VanishedResponse and response.earlier:  # type: ignore[union-attr]
                     self.vanished.extend(response.uids)  # type: ignore[union-attr]
                 else:
                     client._keep(response)
-        except StopAsyncIteration:
+        except (StopAsyncIteration, ImapCommandError):
             raise
         except BaseException:
+            if not self._finished and self._tag is not None:
+                client._stale_tags.add(self._tag)
             self._finish()
             raise
 

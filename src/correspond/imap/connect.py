@@ -3,10 +3,10 @@
 Everything foreign (``OSError``, ``ssl.SSLError``, ``TimeoutError``) is translated into the
 error tree of :mod:`correspond.errors` here and only here (:func:`map_io_errors`).
 
-The byte pipe (:class:`ByteChannel`) is a minimal ``asyncio.Protocol``: ``data_received`` keeps
-the chunks as they come, :meth:`ByteChannel.read` hands every buffered byte over in one piece, so
-a large FETCH moves through with few copies and no per-chunk formatting. Reading pauses the
-transport when too much is buffered (back-pressure for slow consumers).
+The byte pipe (:class:`ByteChannel`) is a minimal ``asyncio.BufferedProtocol``: the transport
+receives straight into one buffer, :meth:`ByteChannel.read` hands every buffered byte over in one
+piece, so a large FETCH moves through with few copies and no per-chunk formatting. Reading
+pauses the transport when too much is buffered (back-pressure for slow consumers).
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ Security = Literal["tls", "starttls", "plain"]
 
 # Pause the socket once this much undigested data is buffered (flow control for slow consumers).
 _HIGH_WATER = 8 * 1024 * 1024
+# Free space offered to the transport for each read; the buffer grows when it runs short.
+_READ_SPACE = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -149,14 +151,14 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 
 
 class ByteChannel(asyncio.Protocol):
-    """A bytes-in pipe over an asyncio transport (plain or TLS)."""
+    """A bytes-in pipe over a plain asyncio transport (TLS: :class:`TlsByteChannel`)."""
 
     def __init__(self, where: str) -> None:
         self._where = where
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self._chunks: list[bytes] = []
-        self._size = 0
+        self._size = 0  # bytes received and not yet read
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._close_exc: BaseException | None = None
@@ -170,14 +172,24 @@ class ByteChannel(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        # The plain transport hands over fresh bytes objects: keep them, no copy.
         self._chunks.append(data)
-        self._size += len(data)
+        self._received(len(data))
+
+    def _received(self, nbytes: int) -> None:
+        self._size += nbytes
         if self._size > _HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _take(self) -> bytes:
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._chunks = []
+        return data
 
     def eof_received(self) -> bool:
         self._mark_closed(None)
@@ -214,27 +226,23 @@ class ByteChannel(asyncio.Protocol):
 
         Raises ImapTimeout when nothing arrives in time, ConnectionLost at EOF.
         """
-        if not self._chunks:
+        if not self._size:
             if self._closed:
                 raise self._lost()
             # A bare TimerHandle per wait: cheaper than asyncio.timeout() on this hot path.
             waiter = self._waiter = self._loop.create_future()
-            timer = (
-                self._loop.call_later(timeout, _expire, waiter) if timeout is not None else None
-            )
+            timer = self._loop.call_later(timeout, _expire, waiter) if timeout is not None else None
             try:
                 await waiter
             finally:
                 self._waiter = None
                 if timer is not None:
                     timer.cancel()
-            if not self._chunks:
+            if not self._size:
                 if self._closed:
                     raise self._lost()
                 raise ImapTimeout(f"no answer from {self._where} in {timeout:g} s")
-        chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self._chunks = []
+        data = self._take()
         self._size = 0
         if self._paused and self.transport is not None:
             self._paused = False
@@ -279,6 +287,34 @@ class ByteChannel(asyncio.Protocol):
                     await asyncio.shield(self._lost_future)
 
 
+class TlsByteChannel(ByteChannel, asyncio.BufferedProtocol):
+    """The pipe for TLS transports: asyncio decrypts straight into one reusable buffer.
+
+    asyncio's copying TLS path (``data_received``) allocates a 256 KiB bytes object for every
+    TLS record it reads; as a BufferedProtocol each record lands in ``_buf`` instead, and
+    :meth:`read` makes one copy of everything received.
+    """
+
+    def __init__(self, where: str) -> None:
+        super().__init__(where)
+        self._buf = bytearray(_READ_SPACE)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if len(self._buf) - self._size < _READ_SPACE // 4:
+            self._buf.extend(bytes(_READ_SPACE))
+        return memoryview(self._buf)[self._size :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._received(nbytes)
+
+    def _take(self) -> bytes:
+        with memoryview(self._buf) as view:
+            data = bytes(view[: self._size])
+        if len(self._buf) > 4 * _READ_SPACE:
+            self._buf = bytearray(_READ_SPACE)  # do not keep a burst's buffer for ever
+        return data
+
+
 async def open_channel(endpoint: ImapEndpoint, *, timeout: float) -> ByteChannel:
     """Open TCP (and implicit TLS for ``security="tls"``) to the endpoint within ``timeout``."""
     loop = asyncio.get_running_loop()
@@ -287,7 +323,7 @@ async def open_channel(endpoint: ImapEndpoint, *, timeout: float) -> ByteChannel
     with map_io_errors(endpoint.host, endpoint.port):
         async with asyncio.timeout(timeout):
             transport, channel = await loop.create_connection(
-                lambda: ByteChannel(where),
+                lambda: TlsByteChannel(where) if ctx is not None else ByteChannel(where),
                 endpoint.host,
                 endpoint.port,
                 ssl=ctx,
@@ -309,26 +345,34 @@ async def open_channel(endpoint: ImapEndpoint, *, timeout: float) -> ByteChannel
     return channel
 
 
-async def start_tls(channel: ByteChannel, endpoint: ImapEndpoint, *, timeout: float) -> None:
-    """Upgrade the channel's transport to TLS in place (RFC 3501 §6.2.1 STARTTLS)."""
+async def start_tls(channel: ByteChannel, endpoint: ImapEndpoint, *, timeout: float) -> ByteChannel:
+    """Upgrade the connection to TLS (RFC 3501 §6.2.1 STARTTLS); returns the new TLS channel.
+
+    The old channel must be empty (the caller checked): nothing read in plaintext carries over.
+    On failure the connection is closed before the error is raised.
+    """
     loop = asyncio.get_running_loop()
     ctx = make_ssl_context(endpoint)
     transport = channel.transport
     assert transport is not None
-    with map_io_errors(endpoint.host, endpoint.port):
-        async with asyncio.timeout(timeout):
-            tls_transport = await loop.start_tls(
-                transport,
-                channel,
-                ctx,
-                server_hostname=endpoint.host,
-                ssl_handshake_timeout=timeout + 5,
-            )
-    if tls_transport is None:
-        raise ConnectionLost(f"{endpoint} closed the connection during STARTTLS")
-    channel.set_transport(tls_transport)
+    tls_channel = TlsByteChannel(channel._where)
     try:
+        with map_io_errors(endpoint.host, endpoint.port):
+            async with asyncio.timeout(timeout):
+                tls_transport = await loop.start_tls(
+                    transport,
+                    tls_channel,
+                    ctx,
+                    server_hostname=endpoint.host,
+                    ssl_handshake_timeout=timeout + 5,
+                )
+        if tls_transport is None:
+            raise ConnectionLost(f"{endpoint} closed the connection during STARTTLS")
+        tls_channel.set_transport(tls_transport)
         check_pinned_certificate(endpoint, tls_transport)
     except BaseException:
-        tls_transport.abort()
+        transport.abort()
+        await asyncio.sleep(0)  # abort() closes the socket on the next loop iteration
+        channel.connection_lost(None)
         raise
+    return tls_channel

@@ -35,6 +35,7 @@ from correspond.imap.types import (
     ESearchResponse,
     ExistsResponse,
     ExpungeResponse,
+    FetchResponse,
     FlagsResponse,
     GenericUntagged,
     ListResponse,
@@ -68,6 +69,13 @@ __all__ = [
 
 # A literal marker at the very end of a line: {n}, {n+} (RFC 7888), ~{n} (RFC 3516 literal8).
 _LITERAL_END: Final = re.compile(rb"~?\{(\d{1,20})\+?\}$")
+# The dominant shape of a sync, ``UID FETCH n:m (UID BODY.PEEK[...])``, answered as
+# "* n FETCH (UID u BODY[sec] {size}" literal ")" (or with UID after the body). It is built
+# directly instead of through the general tokenizer; anything else takes the general path.
+_FAST_FETCH_HEAD: Final = re.compile(
+    rb"\* ([0-9]{1,18}) FETCH \((?:UID ([0-9]{1,18}) )?BODY\[([A-Z0-9.]*)\] $"
+)
+_FAST_FETCH_TAIL: Final = re.compile(rb"(?: UID ([0-9]{1,18}))?\)")
 # Above this many missing bytes a literal is collected as a list of fed chunks instead of
 # growing the buffer, so it is copied once at the end (no repeated bytearray reallocation).
 _CHUNKED_LITERAL: Final = 256 * 1024
@@ -186,6 +194,18 @@ class ResponseParser:
             return need
         return max(0, need - (len(self._buf) - self._pos))
 
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as responses (0 between complete responses).
+
+        The client checks this after a tagged STARTTLS OK: anything already buffered was sent
+        before the TLS handshake and must not be trusted (CVE-2011-0411 class)."""
+        pending = len(self._buf) - self._pos
+        if self._lit_chunks is not None:
+            pending += sum(len(c) for c in self._lit_chunks)
+        if self._segs:
+            pending += sum(len(s) for s in self._segs) + sum(len(x) for x in self._lits)
+        return pending
+
     def _start_discard(self) -> None:
         self._discard = True
         self._segs = []
@@ -203,7 +223,11 @@ class ResponseParser:
                 pos = self._pos
                 avail = len(buf) - pos
                 if avail >= need:
-                    if not self._discard:
+                    if self._discard:
+                        pass
+                    elif need < 65536:
+                        self._lits.append(bytes(buf[pos : pos + need]))
+                    else:
                         # One copy straight out of the buffer (a bytearray slice would be two).
                         with memoryview(buf) as view:
                             self._lits.append(view[pos : pos + need].tobytes())
@@ -237,7 +261,7 @@ class ResponseParser:
             too_long = len(line) > self._max_line
             if self._discard or too_long:
                 was_discarding = self._discard
-                m = _LITERAL_END.search(line) if line.endswith(b"}") else None
+                m = _literal_marker(line) if line.endswith(b"}") else None
                 if m is not None:
                     self._start_discard()
                     self._lit_need = int(m.group(1))
@@ -250,7 +274,7 @@ class ResponseParser:
 
             segs = self._segs
             if line.endswith(b"}") and (segs or _may_have_literals(line)):
-                m = _LITERAL_END.search(line)
+                m = _literal_marker(line)
                 if m is not None:
                     size = int(m.group(1))
                     if size > self._max_literal:
@@ -276,11 +300,18 @@ class ResponseParser:
         )
 
 
+def _literal_marker(line: bytes) -> re.Match[bytes] | None:
+    # Only the last 25 bytes can hold a marker ("~{" + 20 digits + "+}"): never scan a long line.
+    return _LITERAL_END.search(line, max(0, len(line) - 25))
+
+
 def _may_have_literals(line: bytes) -> bool:
     """Only untagged data responses carry literals; ``resp-text`` (tagged, OK/NO/BAD/BYE,
     continuation) is plain text even if it happens to end in ``{5}`` (RFC 3501 §9)."""
-    if not line.startswith(b"* "):
+    if line[:2] != b"* ":
         return False
+    if line[2:3].isdigit():  # "* n FETCH ...": the common case
+        return True
     word = line[2:12].split(b" ", 1)[0].upper()
     return word not in _STATUS_WORDS
 
@@ -405,11 +436,23 @@ def _untagged(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> Res
     line = segs[0]
     rest = line[2:] if line[1:2] == b" " else line[1:]
     word, _, after = rest.partition(b" ")
+    if not word:
+        raise ImapProtocolError(f"untagged response without a name: {line[:80]!r}")
     if word.isdigit():
         number = int(word)
         keyword, _, _tail = after.partition(b" ")
         kw = keyword.upper()
         if kw == b"FETCH":
+            if len(segs) == 2:
+                head = _FAST_FETCH_HEAD.fullmatch(line)
+                tail = _FAST_FETCH_TAIL.fullmatch(segs[1]) if head is not None else None
+                if head is not None and tail is not None:
+                    uid_b = head.group(2) or tail.group(1)
+                    if not (head.group(2) and tail.group(1)):  # UID twice: general path
+                        uid = int(uid_b) if uid_b is not None else None
+                        return FetchResponse(
+                            seq=number, uid=uid, sections={head.group(3).decode(): lits[0]}
+                        )
             start = len(line) - len(after) + len(keyword) + 1
             values = _tokens(segs, lits, start)
             if len(values) != 1:

@@ -314,6 +314,36 @@ class MessageStore:
         except SQLAlchemyError as exc:
             raise StoreError(f"could not reset folder {folder_id}: {exc}") from exc
 
+    def forget_folder(self, folder_id: int) -> int:
+        """The folder is gone from the server: drop its locations and its sync state.
+
+        Messages stay (other folders may hold them; what a vanished copy means for the CRM's
+        copy is the toggle rules' call). Returns the number of locations dropped.
+        """
+        try:
+            with self._session() as s, s.begin():
+                dropped = _rowcount(
+                    s.execute(
+                        delete(MessageLocationRow).where(MessageLocationRow.folder_id == folder_id)
+                    )
+                )
+                s.execute(
+                    update(FolderRow)
+                    .where(FolderRow.id == folder_id)
+                    .values(
+                        uidvalidity=None,
+                        uidnext=None,
+                        highestmodseq=None,
+                        backfill_done=False,
+                        backfill_low_uid=None,
+                        backfill_total=None,
+                        backfill_done_count=0,
+                    )
+                )
+                return dropped
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not forget folder {folder_id}: {exc}") from exc
+
     def update_checkpoint(self, folder_id: int, update_: FolderCheckpointUpdate) -> None:
         """Set checkpoint columns on their own (no data goes with them)."""
         try:

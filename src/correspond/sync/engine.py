@@ -180,6 +180,16 @@ class AccountSyncer:
         listed = await client.list_folders()
         specs = assign_roles(listed)
         result = await asyncio.to_thread(self.store.sync_folders, account.name, specs)
+        if result.removed:
+            # A folder deleted (or renamed) on the server: its UIDs mean nothing any more. If it
+            # was renamed, the new name is a new folder whose backfill re-links the same
+            # messages by dedupe key, so nothing is duplicated.
+            every = await asyncio.to_thread(
+                self.store.list_folders, account.name, include_removed=True
+            )
+            for folder in every:
+                if folder.removed and folder.uidvalidity is not None:
+                    await asyncio.to_thread(self.messages.forget_folder, folder.id)
         return result.folders
 
     def _capabilities(self, client: ImapClient) -> frozenset[str]:

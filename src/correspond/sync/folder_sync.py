@@ -508,7 +508,9 @@ class FolderSyncer:
             large_data[uid] = await self._large_message(
                 uid, keys[uid], meta[uid], headers[present.index(uid)], report
             )
-        return _FetchedBatch(present=present, meta=meta, keys=keys, raws=raws, ready=large_data)
+        return _FetchedBatch(
+            present=present, meta=meta, keys=keys, known=known, raws=raws, ready=large_data
+        )
 
     async def _prepare(
         self, fetched: _FetchedBatch, report: FolderSyncReport
@@ -526,7 +528,12 @@ class FolderSyncer:
         items: list[IncomingMessage] = []
         for uid in fetched.present:
             m = fetched.meta[uid]
-            msg_data = data.get(uid) or MessageData(dedupe_key=fetched.keys[uid])
+            msg_data = data.get(uid)
+            if msg_data is None:
+                if fetched.keys[uid] not in fetched.known:
+                    continue  # expunged between the two FETCHes: nothing to store
+                # Already stored from another folder: only the location is new.
+                msg_data = MessageData(dedupe_key=fetched.keys[uid])
             items.append(
                 IncomingMessage(
                     uid=uid,
@@ -742,6 +749,7 @@ class _FetchedBatch:
     present: list[int]
     meta: dict[int, FetchResponse]
     keys: dict[int, str]
+    known: set[str]
     raws: dict[int, bytes]
     ready: dict[int, MessageData]
 
