@@ -705,6 +705,25 @@ def test_bodystructure_nested_message_rfc822_sections() -> None:
     )
 
 
+def test_bodystructure_gmail_pseudo_part_and_nil_subtype_inside_message() -> None:
+    """MailKit #1393-style input: a part that is only ("RELATED" NIL ("ATTACHMENT" NIL) NIL),
+    and a message/rfc822 whose multipart body has a NIL subtype; neither may fail the FETCH."""
+    wire = (
+        b'(("TEXT" "HTML" ("CHARSET" "utf-8") NIL NIL "7BIT" 10 1)'
+        b'("RELATED" NIL ("ATTACHMENT" NIL) NIL)'
+        b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 9 (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)'
+        b'(("TEXT" "PLAIN" NIL NIL NIL "7BIT" 1 1) NIL) 2)'
+        b' "MIXED")'
+    )
+    body = bodystructure(wire)
+    assert isinstance(body, Multipart) and [p.section for p in body.parts] == ["1", "2", "3"]
+    html, pseudo, msg = body.parts
+    assert isinstance(html, BodyPart) and html.subtype == "html"
+    assert isinstance(pseudo, BodyPart) and pseudo.type == "related" and pseudo.size == 0
+    assert isinstance(msg, BodyPart) and isinstance(msg.body, Multipart)
+    assert msg.body.subtype == "mixed" and msg.body.parts[0].section == "3.1"
+
+
 def test_bodystructure_nested_multipart_sections() -> None:
     wire = (
         b'(("TEXT" "PLAIN" NIL NIL NIL "7BIT" 1 1)(("TEXT" "PLAIN" NIL NIL NIL "7BIT" 1 1)'
@@ -869,6 +888,14 @@ def test_max_literal_skips_the_literal_without_buffering_it() -> None:
         assert len(parser._buf) - parser._pos <= 1000
     parser.feed(b" FLAGS (\\Seen))\r\n* 2 EXISTS\r\n")
     assert parser.next_response() == ExistsResponse(2)
+
+
+def test_endless_literals_in_one_response_are_refused() -> None:
+    parser = ResponseParser()
+    parser.feed(b"* 1 FETCH (X-A {1}\r\n" + b"a X-A {1}\r\n" * 10_050 + b"a)\r\n* 4 EXISTS\r\n")
+    with pytest.raises(ImapProtocolError):
+        parser.next_response()
+    assert parser.next_response() == ExistsResponse(4)
 
 
 def test_pending_literal() -> None:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from correspond.errors import NotFound, StoreError
 from correspond.store.blobs import BlobStore, blob_key
-from correspond.store.engine import create_store_engine, migrate
+from correspond.store.engine import create_store_engine, migrate, normalize_url
 from correspond.store.message_tables import MessageRow, ThreadRow
 from correspond.store.messages import (
     AddressData,
@@ -29,8 +29,9 @@ from correspond.store.messages import (
 )
 from correspond.store.tables import AccountRow, FolderRow
 
-PG_ADMIN_URL = os.environ.get(
-    "CORRESPOND_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+# The same variable as correspond.testing.postgres; the machine's PostgreSQL by default.
+PG_ADMIN_URL = normalize_url(
+    os.environ.get("CORRESPOND_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 )
 
 

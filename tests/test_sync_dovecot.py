@@ -16,6 +16,8 @@ import random
 import re
 import secrets
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -31,7 +33,7 @@ from correspond.mail.parse import parse_message
 from correspond.rules.presets import AccountDraft
 from correspond.settings import Settings
 from correspond.store.blobs import BlobStore
-from correspond.store.engine import create_store_engine, migrate
+from correspond.store.engine import create_store_engine, migrate, normalize_url
 from correspond.store.messages import MessageData, MessageStore, ThreadCandidate, ThreadChoice
 from correspond.store.records import Account, Folder
 from correspond.store.repository import Store
@@ -42,8 +44,9 @@ from correspond.testing.dovecot import DovecotServer, ImapUser
 
 pytestmark = pytest.mark.dovecot
 
-PG_ADMIN_URL = os.environ.get(
-    "CORRESPOND_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+# The same variable as correspond.testing.postgres; the machine's PostgreSQL by default.
+PG_ADMIN_URL = normalize_url(
+    os.environ.get("CORRESPOND_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 )
 NOW = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
 TODAY = NOW.date()
@@ -87,12 +90,18 @@ class Env:
     """A store, blob store and account wired to one Dovecot user."""
 
     def __init__(
-        self, engine: Engine, server: DovecotServer, user: ImapUser, tmp_path: Path
+        self,
+        engine: Engine,
+        server: DovecotServer,
+        user: ImapUser,
+        tmp_path: Path,
+        *,
+        key: bytes | None = None,
     ) -> None:
         self.server = server
         self.user = user
         self.settings = Settings(data_dir=tmp_path / "data", secret_key=None)
-        self.store = Store(engine, SecretBox(Fernet.generate_key()))
+        self.store = Store(engine, SecretBox(key or Fernet.generate_key()))
         self.messages = MessageStore(engine)
         self.blobs = BlobStore(tmp_path / "data" / "blobs")
         self.account: Account = self.store.add_account(
@@ -311,6 +320,75 @@ async def test_resume_after_failure_mid_batch(env: Env) -> None:
     assert env.messages.folder_checkpoint(inbox.id).backfill_done
 
 
+_CHILD = """
+import asyncio, sys
+from datetime import date
+from pathlib import Path
+from correspond.settings import Settings
+from correspond.store.blobs import BlobStore
+from correspond.store.engine import create_store_engine
+from correspond.store.messages import MessageStore
+from correspond.store.repository import Store
+from correspond.store.secrets import SecretBox
+from correspond.sync.engine import AccountSyncer
+
+url, key, name, data_dir, today = sys.argv[1:6]
+engine = create_store_engine(url)
+store = Store(engine, SecretBox(key.encode()))
+syncer = AccountSyncer(
+    store, MessageStore(engine), BlobStore(Path(data_dir) / "blobs"),
+    Settings(data_dir=Path(data_dir)), batch_size=3, today=date.fromisoformat(today),
+)
+
+async def main():
+    account = store.get_account(name)
+    client = await syncer.connect(account)
+    await syncer.sync_once(client, account)
+
+asyncio.run(main())
+"""
+
+
+async def test_killed_process_mid_backfill_converges(
+    dovecot: DovecotServer, imap_user: ImapUser, tmp_path: Path
+) -> None:
+    """SIGKILL a backfilling process at a random point; a restart converges to the mailbox."""
+    key = Fernet.generate_key()
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    with _sqlite(tmp_path) as engine:
+        env = Env(engine, dovecot, imap_user, tmp_path, key=key)
+        append_many(env, "INBOX", [(i, NOW - timedelta(days=i % 40)) for i in range(60)])
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _CHILD,
+                url,
+                key.decode(),
+                env.account.name,
+                str(tmp_path / "data"),
+                TODAY.isoformat(),
+            ]
+        )
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            # Kill it once it has committed something but is far from done.
+            while env.messages.count_messages(env.account.id) < 7:
+                assert child.poll() is None, "the child finished or died before the kill"
+                assert loop.time() < deadline
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(random.uniform(0, 0.05))
+            child.kill()
+        finally:
+            child.wait(timeout=30)
+        partial = env.messages.count_messages(env.account.id)
+        assert 0 < partial < 60
+        await env.sync(env.syncer(batch_size=3))
+        assert env.stored("INBOX") == env.remote("INBOX")
+        assert env.messages.count_messages(env.account.id) == 60
+
+
 async def test_resume_after_stopping_between_batches(env: Env) -> None:
     append_many(env, "INBOX", [(i, NOW - timedelta(days=1)) for i in range(12)])
     first = await env.sync(env.syncer(batch_size=4), max_batches=1)
@@ -462,9 +540,19 @@ def _mutate(env: Env) -> None:
     env.server.deliver(env.user, raw_message("live-new"))
 
 
-@pytest.mark.parametrize("variant", ["full", "basic"])
+@pytest.mark.parametrize(
+    ("variant", "extensions", "kind"),
+    [
+        ("full", ("CONDSTORE", "QRESYNC"), "condstore"),  # CHANGEDSINCE + VANISHED
+        ("full", ("CONDSTORE",), "condstore"),  # CHANGEDSINCE + UID set diff for expunges
+        ("full", (), "fallback"),  # a CONDSTORE server used without it
+        ("basic", ("CONDSTORE", "QRESYNC"), "fallback"),  # a server without CONDSTORE
+    ],
+)
 async def test_live_changes(
     variant: str,
+    extensions: tuple[str, ...],
+    kind: str,
     dovecot: DovecotServer,
     dovecot_basic: DovecotServer,
     tmp_path: Path,
@@ -474,13 +562,13 @@ async def test_live_changes(
     with _sqlite(tmp_path) as engine:
         env = Env(engine, server, user, tmp_path)
         append_many(env, "INBOX", [(f"l{i}", NOW - timedelta(days=1)) for i in range(3)])
-        await env.sync()
+        await env.sync(env.syncer(extensions=extensions))
         assert env.stored("INBOX") == env.remote("INBOX")
         first_uid = min(env.stored("INBOX"))
         _mutate(env)
-        report = await env.sync()
+        report = await env.sync(env.syncer(extensions=extensions))
         inbox_report = report.folders[0]
-        assert inbox_report.kind == ("condstore" if variant == "full" else "fallback")
+        assert inbox_report.kind == kind
         assert env.stored("INBOX") == env.remote("INBOX")
         flags = env.messages.location_flags(env.folder("inbox").id)
         assert flags[first_uid] == frozenset({"\\Seen", "\\Flagged"})
@@ -488,10 +576,10 @@ async def test_live_changes(
         assert inbox_report.removed == 1
         assert inbox_report.flag_updates == 1
         # nothing further: a third pass changes nothing
-        third = await env.sync()
+        third = await env.sync(env.syncer(extensions=extensions))
         assert third.folders[0].created == third.folders[0].removed == 0
         assert third.folders[0].flag_updates == 0
-        if variant == "full":
+        if kind == "condstore":
             assert third.folders[0].kind == "none"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,10 +22,17 @@ from typing import Any, NoReturn
 import click
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from correspond import __version__
 from correspond.accounts import STATE_MESSAGES, AccountService, report_to_dict
+from correspond.api.message_schemas import (
+    folder_with_counts_public,
+    message_page_public,
+    message_public,
+    thread_public,
+)
 from correspond.api.schemas import account_public, as_json, folder_public
 from correspond.errors import (
     ConfigError,
@@ -33,9 +41,11 @@ from correspond.errors import (
     NotFound,
     StoreError,
 )
+from correspond.mailbox import FolderWithCounts, MailboxReader
 from correspond.rules.presets import PRESETS, SECURITIES, draft_from_preset, missing_fields
 from correspond.settings import Settings
-from correspond.store import Folder, Store, open_store
+from correspond.store import Store, open_store
+from correspond.store.message_queries import MAX_PAGE, AddressView, MessageView
 
 __all__ = ["CliContext", "main"]
 
@@ -88,6 +98,10 @@ class CliContext:
     @property
     def service(self) -> AccountService:
         return AccountService(self.store, self.settings)
+
+    @property
+    def reader(self) -> MailboxReader:
+        return MailboxReader(self.store, self.settings)
 
     def close(self) -> None:
         if self._store is not None:
@@ -334,21 +348,27 @@ def account_list(cli: CliContext, as_json_output: bool) -> None:
     console.print(table)
 
 
-def _folder_table(folders: list[Folder], title: str) -> Table:
+def _folder_table(folders: list[FolderWithCounts], title: str) -> Table:
     table = Table(title=title)
     for column in ("ID", "Folder", "Role", "Selected", "Remote name", "Flags"):
         table.add_column(column, overflow="fold")
-    for f in folders:
+    for column in ("Messages", "Unread", "Server"):
+        table.add_column(column, justify="right")
+    for item in folders:
+        f = item.folder
         public = folder_public(f)
         selected = "yes" if f.selected else ("no" if f.selectable else "-")
         name = f"{f.name} (removed)" if f.removed else f.name
         table.add_row(
-            str(f.id),
-            name,
+            escape(str(f.id)),
+            escape(name),
             f.role or "",
             selected,
-            public.remote_name,
-            " ".join(f.flags),
+            escape(public.remote_name),
+            escape(" ".join(f.flags)),
+            str(item.counts.messages),
+            str(item.counts.unread),
+            "?" if item.server_count is None else str(item.server_count),
         )
     return table
 
@@ -376,7 +396,8 @@ def account_folders(
     include_removed: bool,
     as_json_output: bool,
 ) -> None:
-    """Show NAME's folders (role, selected, name); optionally refresh and choose them."""
+    """Show NAME's folders (role, selected, name, messages stored, unread, the server's count);
+    optionally refresh and choose them."""
     if select and select_all:
         _fail("use either --select or --all, not both", 2)
     service = cli.service
@@ -390,9 +411,9 @@ def account_folders(
             )
     if select or select_all:
         service.select_folders(name, all_folders=select_all, refs=list(select))
-    folders = service.list_folders(name, include_removed=include_removed)
+    folders = cli.reader.folders_with_counts(name, include_removed=include_removed)
     if as_json_output:
-        _print_json([as_json(folder_public(f)) for f in folders])
+        _print_json([as_json(folder_with_counts_public(f)) for f in folders])
         return
     if not folders:
         click.echo(f"No folders known for {name}; run: correspond account folders {name} --refresh")
@@ -418,6 +439,256 @@ def account_remove(cli: CliContext, name: str, yes: bool) -> None:
         click.confirm(f"Remove account {name} and all its synced data?", abort=True)
     service.remove_account(name)
     click.echo(f"Removed account {name}.")
+
+
+# -- reading synced mail ---------------------------------------------------------------------
+
+# Terminal control sequences in mail text could rewrite the screen or the title bar: keep
+# newlines and tabs, drop every other C0/C1 control and DEL.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _plain(text: str | None) -> str:
+    """Mail-derived text made safe to print on a terminal."""
+    return _CONTROL.sub("", text or "")
+
+
+def _address(a: AddressView | None) -> str:
+    if a is None:
+        return ""
+    return _plain(f"{a.name} <{a.email}>" if a.name else a.email)
+
+
+def _addresses(items: tuple[AddressView, ...]) -> str:
+    return ", ".join(_address(a) for a in items)
+
+
+def _date(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else ""
+
+
+def _api_attachment_url(message_id: int, attachment_id: int) -> str:
+    return f"/messages/{message_id}/attachments/{attachment_id}"
+
+
+def _message_json(reader: MailboxReader, m: MessageView, remote_images: bool) -> dict[str, Any]:
+    html = reader.render_html(m, remote_images=remote_images)
+    public = message_public(
+        m, html, remote_images=remote_images, attachment_url=_api_attachment_url
+    )
+    return as_json(public)
+
+
+def _write_output(path: Path, data: bytes, force: bool) -> None:
+    """Write ``data`` to exactly ``path`` (never a name taken from the mail); refuse to replace
+    an existing file unless ``force``."""
+    try:
+        with path.open("wb" if force else "xb") as fh:
+            fh.write(data)
+    except FileExistsError:
+        _fail(f"{path} exists; pass --force to replace it", 2)
+    except OSError as exc:
+        _fail(f"could not write {path}: {exc.strerror or exc}", 1)
+
+
+def _echo_message(
+    reader: MailboxReader, m: MessageView, *, html: bool, remote_images: bool
+) -> None:
+    lines = [
+        f"Message {m.id}" + (f" (thread {m.thread_id})" if m.thread_id is not None else ""),
+        f"From:     {_address(m.from_)}",
+        f"To:       {_addresses(m.to)}",
+    ]
+    for label, items in (("Cc", m.cc), ("Bcc", m.bcc), ("Reply-To", m.reply_to)):
+        if items:
+            lines.append(f"{label + ':':<10}{_addresses(items)}")
+    lines += [
+        f"Date:     {_date(m.date or m.internaldate)}",
+        f"Subject:  {_plain(m.subject)}",
+        "Folders:  "
+        + ", ".join(f"{_plain(loc.folder_name)} (UID {loc.uid})" for loc in m.locations),
+        f"Flags:    {' '.join(m.flags)}",
+    ]
+    if m.attachments:
+        lines.append("Attachments:")
+        for a in m.attachments:
+            where = "" if a.downloaded else ", not downloaded"
+            cid = f", cid:{_plain(a.content_id)}" if a.content_id else ""
+            lines.append(
+                f"  [{a.id}] {_plain(a.filename) or '(no name)'} "
+                f"({_plain(a.content_type)}, {a.size} bytes{cid}{where})"
+            )
+    if m.defects:
+        lines.append("Defects:  " + "; ".join(_plain(d) for d in m.defects))
+    click.echo("\n".join(lines))
+    click.echo("")
+    if html:
+        rendered = reader.render_html(m, remote_images=remote_images)
+        if rendered is None:
+            click.echo("(no HTML part)")
+        else:
+            if rendered.remote_images_blocked:
+                click.echo(
+                    f"({rendered.remote_images_blocked} remote images blocked; "
+                    "--remote-images to allow)",
+                    err=True,
+                )
+            click.echo(_plain(rendered.html))
+    elif m.text is not None:
+        click.echo(_plain(m.text).rstrip("\n"))
+    elif m.html is not None:
+        click.echo("(HTML only: use --html)")
+    else:
+        click.echo("(no text)")
+
+
+@main.group(cls=_Group)
+def messages() -> None:
+    """List and read synced messages; save originals and attachments."""
+
+
+@messages.command("list")
+@click.argument("account_name", metavar="ACCOUNT")
+@click.option("--folder", metavar="NAME_OR_ID", help="Only messages in this folder.")
+@click.option("--thread", "thread_id", type=int, help="Only messages of this thread.")
+@click.option("-q", "--query", help="Only messages whose subject, sender or snippet has this text.")
+@click.option("--limit", type=click.IntRange(1, MAX_PAGE), default=50, show_default=True)
+@click.option("--before", metavar="CURSOR", help="The cursor a previous page printed.")
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def messages_list(
+    cli: CliContext,
+    account_name: str,
+    folder: str | None,
+    thread_id: int | None,
+    query: str | None,
+    limit: int,
+    before: str | None,
+    as_json_output: bool,
+) -> None:
+    """Show ACCOUNT's messages, newest first."""
+    page = cli.reader.list_messages(
+        account_name, folder=folder, thread_id=thread_id, q=query, limit=limit, before=before
+    )
+    if as_json_output:
+        _print_json(as_json(message_page_public(page)))
+        return
+    if not page.items:
+        click.echo("No messages.")
+        return
+    table = Table(title=f"Messages of {escape(account_name)}")
+    table.add_column("ID", justify="right")
+    for column in ("Date", "From", "Subject"):
+        table.add_column(column, overflow="fold")
+    table.add_column("Thread", justify="right")
+    table.add_column("", no_wrap=True)
+    for m in page.items:
+        marks = ("" if "\\Seen" in m.flags else "*") + ("@" if m.has_attachments else "")
+        table.add_row(
+            str(m.id),
+            _date(m.date or m.sort_at),
+            escape(_address(m.from_)),
+            escape(_plain(m.subject)),
+            "" if m.thread_id is None else str(m.thread_id),
+            marks,
+        )
+    _console().print(table)
+    if page.next_cursor:
+        click.echo(f"More: --before {page.next_cursor}")
+
+
+@messages.command("show")
+@click.argument("message_id", metavar="ID", type=int)
+@click.option("--html", "show_html", is_flag=True, help="Print the sanitised HTML body.")
+@click.option("--remote-images", is_flag=True, help="Keep remote images in the HTML.")
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def messages_show(
+    cli: CliContext, message_id: int, show_html: bool, remote_images: bool, as_json_output: bool
+) -> None:
+    """Show message ID: headers, folders, attachments and its text (or sanitised HTML)."""
+    reader = cli.reader
+    m = reader.get_message(message_id)
+    if as_json_output:
+        _print_json(_message_json(reader, m, remote_images))
+        return
+    _echo_message(reader, m, html=show_html, remote_images=remote_images)
+
+
+@messages.command("raw")
+@click.argument("message_id", metavar="ID", type=int)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE."
+)
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+@pass_cli
+def messages_raw(cli: CliContext, message_id: int, output: Path | None, force: bool) -> None:
+    """Write message ID exactly as fetched (RFC 5322) to standard output, or to FILE."""
+    raw = cli.reader.raw(message_id)
+    if output is None:
+        stream = click.get_binary_stream("stdout")
+        stream.write(raw)
+        stream.flush()
+        return
+    _write_output(output, raw, force)
+    click.echo(f"Wrote {len(raw)} bytes to {output}", err=True)
+
+
+@messages.command("attachment")
+@click.argument("message_id", metavar="ID", type=int)
+@click.argument("attachment_id", metavar="ATTACHMENT_ID", type=int)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The file to write (the attachment's own name is never used as a path).",
+)
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+@pass_cli
+def messages_attachment(
+    cli: CliContext, message_id: int, attachment_id: int, output: Path, force: bool
+) -> None:
+    """Save attachment ATTACHMENT_ID of message ID to the file given with -o."""
+    view, data = cli.reader.attachment(message_id, attachment_id)
+    _write_output(output, data, force)
+    shown = _plain(view.filename) or f"attachment {attachment_id}"
+    click.echo(
+        f"Wrote {shown} ({len(data)} bytes, {_plain(view.content_type)}) to {output}", err=True
+    )
+
+
+@main.group(cls=_Group)
+def threads() -> None:
+    """Read conversations."""
+
+
+@threads.command("show")
+@click.argument("thread_id", metavar="ID", type=int)
+@click.option("--newest-first", is_flag=True, help="Newest message first.")
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def threads_show(cli: CliContext, thread_id: int, newest_first: bool, as_json_output: bool) -> None:
+    """Show thread ID's messages, oldest first."""
+    reader = cli.reader
+    thread = reader.get_thread(thread_id, newest_first=newest_first)
+    order = "newest_first" if newest_first else "oldest_first"
+    if as_json_output:
+        public = [
+            message_public(
+                m,
+                reader.render_html(m),
+                remote_images=False,
+                attachment_url=_api_attachment_url,
+            )
+            for m in thread.messages
+        ]
+        _print_json(as_json(thread_public(thread, public, order=order)))
+        return
+    click.echo(f"Thread {thread.id}: {_plain(thread.subject)} ({thread.message_count} messages)")
+    for m in thread.messages:
+        click.echo("\n" + "-" * 72)
+        _echo_message(reader, m, html=False, remote_images=False)
 
 
 @main.command("serve")

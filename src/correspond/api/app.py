@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from correspond import __version__
 from correspond.accounts import AccountService
-from correspond.api.routes import accounts, folders, health
+from correspond.api.routes import accounts, folders, health, messages
 from correspond.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -20,6 +20,7 @@ from correspond.errors import (
     NotFound,
     StoreError,
 )
+from correspond.mailbox import MailboxReader
 from correspond.settings import Settings
 from correspond.store import Store, open_store
 
@@ -70,8 +71,12 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.accounts = AccountService(the_store, settings)
+    app.state.reader = MailboxReader(the_store, settings)
     app.add_exception_handler(CorrespondError, _correspond_error)
     app.include_router(health.router)
     app.include_router(accounts.router)
     app.include_router(folders.router)
+    app.include_router(messages.account_router)
+    app.include_router(messages.router)
+    app.include_router(messages.thread_router)
     return app

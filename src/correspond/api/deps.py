@@ -7,9 +7,17 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from correspond.accounts import AccountService
+from correspond.mailbox import MailboxReader
 from correspond.settings import Settings
 
-__all__ = ["ServiceDep", "SettingsDep", "get_service", "get_settings"]
+__all__ = [
+    "ReaderDep",
+    "ServiceDep",
+    "SettingsDep",
+    "get_reader",
+    "get_service",
+    "get_settings",
+]
 
 
 def get_service(request: Request) -> AccountService:
@@ -22,5 +30,11 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
+def get_reader(request: Request) -> MailboxReader:
+    reader: MailboxReader = request.app.state.reader
+    return reader
+
+
 ServiceDep = Annotated[AccountService, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+ReaderDep = Annotated[MailboxReader, Depends(get_reader)]

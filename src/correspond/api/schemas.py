@@ -199,5 +199,6 @@ def refresh_public(result: FolderSyncResult) -> FolderRefreshPublic:
 
 
 def as_json(model: BaseModel) -> dict[str, Any]:
-    """A schema as JSON-ready data (datetimes as ISO strings): what the CLI prints."""
-    return model.model_dump(mode="json")
+    """A schema as JSON-ready data (datetimes as ISO strings, fields under their public
+    aliases, as the API shows them): what the CLI prints."""
+    return model.model_dump(mode="json", by_alias=True)

@@ -40,10 +40,14 @@ _MONTHS = {
 }
 # RFC 3501 §9 date-time: "dd-Mon-yyyy hh:mm:ss +zzzz"; day may be space-padded or one digit.
 _DATE_TIME = re.compile(
-    r"\s*(\d{1,2})-([A-Za-z]{3})-(\d{4})\s+(\d{1,2}):(\d{2}):(\d{2})(?:\s+([+-])(\d{2})(\d{2}))?\s*$"
+    r"\s*(\d{1,2})-([A-Za-z]{3})-(\d{4})\s+(\d{1,2}):(\d{2}):(\d{2})(?:\s+([+-])(\d{2})(\d{2}))?\s*$",
+    re.ASCII,
 )
 # Section as echoed in a FETCH response: BODY[...]<origin>, BINARY[...]<origin>, BINARY.SIZE[...]
-_SECTION = re.compile(r"(BODY|BINARY|BINARY\.SIZE)(?:\.PEEK)?\[([^\]]*)\](?:<(\d+)>)?$", re.I)
+_SECTION = re.compile(
+    r"(BODY|BINARY|BINARY\.SIZE)(?:\.PEEK)?\[([^\]]*)\](?:<(\d+)>)?$", re.I | re.ASCII
+)
+_ZONES: dict[str, timezone] = {}  # "+0200" -> timezone; few distinct zones, one object each
 _MAX_INT = 2**63  # RFC 7162 mod-sequence-value is at most 2^63-1; numbers beyond are not IMAP
 
 
@@ -91,13 +95,12 @@ def parse_internaldate(value: Value) -> datetime:
     month = _MONTHS.get(mon.upper())
     if month is None:
         raise ImapProtocolError(f"INTERNALDATE: unknown month {mon!r}")
-    offset = timedelta(0)
-    if sign is not None:
-        offset = timedelta(hours=int(zh), minutes=int(zm))
-        if sign == "-":
-            offset = -offset
+    zone = "+0000" if sign is None else sign + zh + zm
     try:
-        tz = timezone(offset)
+        tz = _ZONES.get(zone)
+        if tz is None:
+            offset = timedelta(hours=int(zh), minutes=int(zm)) if sign is not None else timedelta()
+            tz = _ZONES[zone] = timezone(-offset if sign == "-" else offset)
         return datetime(int(year), month, int(day), int(hh), int(mm), int(ss), tzinfo=tz)
     except ValueError as exc:  # day 31 of February, zone >= 24h, ...
         raise ImapProtocolError(f"INTERNALDATE: invalid date {value!r}"[:200]) from exc
@@ -327,7 +330,15 @@ def _plain(value: Value) -> Any:
 
 
 def parse_fetch_items(seq: int, items: Value) -> FetchResponse:
-    """``msg-att`` (RFC 3501 §7.4.2) into a FetchResponse; unknown items go to ``extra``."""
+    """``msg-att`` (RFC 3501 §7.4.2) into a FetchResponse; unknown items go to ``extra``.
+
+    Mapping notes: ``RFC822``/``RFC822.HEADER``/``RFC822.TEXT`` are stored under the sections
+    "", "HEADER", "TEXT" (their BODY[] equivalents); ``BINARY[s]`` (RFC 3516) under "s" like
+    ``BODY[s]``; ``BINARY.SIZE[s]`` in ``extra``. A section with no value (Yandex) is None.
+    An INTERNALDATE that is not a date, or a MODSEQ that is not a mod-sequence (Zoho's -1), goes
+    to ``extra`` as sent instead of failing the response. X-GM-LABELS are kept as sent
+    (modified UTF-7, quoted/atom/literal alike); decode them with ``decode_mutf7`` for display.
+    """
     if not isinstance(items, list):
         raise ImapProtocolError("FETCH: expected a parenthesized list")
     resp = FetchResponse(seq=seq)

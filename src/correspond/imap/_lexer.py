@@ -47,7 +47,7 @@ _TOKEN = re.compile(
     | "[^"\\]*(?:\\.[^"\\]*)*"?
     | \S
     )""",
-    re.X | re.S,
+    re.X | re.S | re.ASCII,  # only ASCII whitespace separates tokens (U+00A0 is data)
 )
 _DELIMITERS = frozenset(" \t()")
 

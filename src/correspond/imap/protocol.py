@@ -79,6 +79,9 @@ _FAST_FETCH_TAIL: Final = re.compile(rb"(?: UID ([0-9]{1,18}))?\)")
 # Above this many missing bytes a literal is collected as a list of fed chunks instead of
 # growing the buffer, so it is copied once at the end (no repeated bytearray reallocation).
 _CHUNKED_LITERAL: Final = 256 * 1024
+# A FETCH of one message carries a handful of literals; a server sending endless tiny ones in a
+# single response must not grow the parser's lists without bound.
+_MAX_LITERALS: Final = 10_000
 _STATUS_WORDS: Final = frozenset({b"OK", b"NO", b"BAD", b"BYE", b"PREAUTH"})
 _INT_CODES: Final = frozenset({"UIDVALIDITY", "UIDNEXT", "UNSEEN", "HIGHESTMODSEQ", "APPENDLIMIT"})
 _LIST_CODES: Final = frozenset({"PERMANENTFLAGS", "BADCHARSET"})
@@ -176,7 +179,8 @@ class ResponseParser:
         buf = self._buf
         pos = self._pos
         if pos:
-            # Drop consumed bytes once per feed; what remains is at most one partial response.
+            # Drop consumed bytes once per feed. CPython deletes a bytearray prefix by moving its
+            # start pointer (no memmove of the rest), so this stays cheap with a big backlog.
             if pos >= len(buf):
                 buf.clear()
             else:
@@ -283,6 +287,10 @@ class ResponseParser:
                         raise ImapProtocolError(
                             f"literal of {size} bytes exceeds the limit of {self._max_literal}"
                         )
+                    if len(segs) >= _MAX_LITERALS:
+                        self._start_discard()
+                        self._lit_need = size
+                        raise ImapProtocolError(f"more than {_MAX_LITERALS} literals in a response")
                     segs.append(line[: m.start()])
                     self._markers.append(m.group())
                     self._lit_need = size
@@ -564,7 +572,8 @@ def _status(values: list[Value]) -> StatusDataResponse:
 def _search(values: list[Value]) -> SearchResponse:
     """``"SEARCH" *(SP nz-number) [SP "(" "MODSEQ" SP mod-sequence-value ")"]``
 
-    (RFC 3501 §7.2.5, RFC 7162 §3.1.5)."""
+    (RFC 3501 §7.2.5, RFC 7162 §3.1.5). ``* SORT`` (RFC 5256) has the same shape and is
+    returned as a SearchResponse too (its order is kept)."""
     modseq = None
     if values and isinstance(values[-1], list):
         tail = values.pop()
@@ -625,7 +634,7 @@ def _vanished(values: list[Value]) -> VanishedResponse:
 # Sequence sets (RFC 3501 §9 sequence-set)
 # ---------------------------------------------------------------------------------------------
 
-_SEQ_SET: Final = re.compile(r"(\d+|\*)(?::(\d+|\*))?")
+_SEQ_SET: Final = re.compile(r"([0-9]+|\*)(?::([0-9]+|\*))?")
 
 
 def format_sequence_set(uids: Iterable[int]) -> str:

@@ -95,7 +95,8 @@ class MessageRow(Base):
     dedupe_key: Mapped[str] = mapped_column(Text)
     message_id_header: Mapped[str | None] = mapped_column(Text)
     in_reply_to: Mapped[str | None] = mapped_column(Text)
-    references: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Not "references": a reserved word in SQL.
+    reference_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     subject: Mapped[str] = mapped_column(Text, default="")
     normalized_subject: Mapped[str] = mapped_column(Text, default="")
     from_name: Mapped[str | None] = mapped_column(Text)

@@ -472,22 +472,38 @@ class MessageStore:
         updated = 0
         try:
             with self._session() as s, s.begin():
-                for uid, flags in flag_updates.items():
-                    loc = s.scalar(
-                        select(MessageLocationRow).where(
+                # Set-based: "mark all as read" on 10,000 messages is a few statements.
+                for part in _chunks(sorted(flag_updates)):
+                    rows = s.execute(
+                        select(
+                            MessageLocationRow.id,
+                            MessageLocationRow.uid,
+                            MessageLocationRow.message_id,
+                        ).where(
                             MessageLocationRow.folder_id == folder_id,
-                            MessageLocationRow.uid == uid,
+                            MessageLocationRow.uid.in_(part),
                         )
-                    )
-                    if loc is None:
+                    ).all()
+                    if not rows:
                         continue
-                    loc.flags = sorted(flags)
-                    if uid in modseqs:
-                        loc.modseq = modseqs[uid]
-                    msg = s.get(MessageRow, loc.message_id)
-                    if msg is not None:
-                        msg.flags = sorted(flags)
-                    updated += 1
+                    with_modseq = [
+                        {"id": r.id, "flags": sorted(flag_updates[r.uid]), "modseq": modseqs[r.uid]}
+                        for r in rows
+                        if r.uid in modseqs
+                    ]
+                    without = [
+                        {"id": r.id, "flags": sorted(flag_updates[r.uid])}
+                        for r in rows
+                        if r.uid not in modseqs
+                    ]
+                    for params in (with_modseq, without):
+                        if params:
+                            s.execute(update(MessageLocationRow), params)
+                    s.execute(
+                        update(MessageRow),
+                        [{"id": r.message_id, "flags": sorted(flag_updates[r.uid])} for r in rows],
+                    )
+                    updated += len(rows)
                 removed = 0
                 for part in _chunks(sorted(set(removed_uids))):
                     removed += _rowcount(
@@ -615,7 +631,7 @@ _CANDIDATE_COLUMNS = (
     MessageRow.id,
     MessageRow.thread_id,
     MessageRow.message_id_header,
-    MessageRow.references,
+    MessageRow.reference_ids,
     MessageRow.in_reply_to,
     MessageRow.normalized_subject,
     MessageRow.participants,
@@ -624,7 +640,7 @@ _CANDIDATE_COLUMNS = (
 
 
 def _candidate_from(row: Any) -> ThreadCandidate:
-    parents: list[str] = list(row.references or ())
+    parents: list[str] = list(row.reference_ids or ())
     if row.in_reply_to and row.in_reply_to not in parents:
         parents.append(row.in_reply_to)
     return ThreadCandidate(
@@ -962,7 +978,7 @@ def _message_values(
         "dedupe_key": data.dedupe_key,
         "message_id_header": data.message_id,
         "in_reply_to": data.in_reply_to,
-        "references": list(data.references),
+        "reference_ids": list(data.references),
         "subject": data.subject,
         "normalized_subject": data.normalized_subject,
         "from_name": data.from_.name if data.from_ else None,

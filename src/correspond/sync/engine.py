@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
 
 from correspond.errors import AuthenticationFailed, CorrespondError
 from correspond.imap.client import ImapClient
@@ -43,7 +42,13 @@ from correspond.rules.folders import assign_roles
 from correspond.rules.sync_plan import backfill_order, backoff_delay
 from correspond.settings import Settings
 from correspond.store.blobs import BlobStore
-from correspond.store.messages import MessageData, MessageStore, ThreadCandidate, ThreadChoice
+from correspond.store.messages import (
+    MessageData,
+    MessageStore,
+    ThreadCandidate,
+    ThreadChoice,
+    ThreadChooser,
+)
 from correspond.store.records import Account, Folder
 from correspond.store.repository import Store
 from correspond.store.tables import utcnow
@@ -133,7 +138,11 @@ class AccountSyncReport:
 
 
 class AccountSyncer:
-    """Syncs one account with one IMAP connection (commands only; IDLE is a second one)."""
+    """Syncs one account over one IMAP connection: commands, and IDLE on INBOX between passes.
+
+    (A second connection dedicated to IDLE, as DESIGN.md allows, would let INBOX changes
+    interrupt a long backfill of another folder; with one connection they wait for the pass.)
+    """
 
     def __init__(
         self,
@@ -145,8 +154,9 @@ class AccountSyncer:
         parse_executor: Executor | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         today: date | None = None,
-        chooser: Any = None,
+        chooser: ThreadChooser | None = None,
         rng: random.Random | None = None,
+        extensions: Sequence[str] = ("CONDSTORE", "QRESYNC"),
     ) -> None:
         self.store = store
         self.messages = messages
@@ -158,6 +168,9 @@ class AccountSyncer:
         self.chooser = chooser or default_thread_chooser
         self.builder = MessageBuilder()
         self.rng = rng or random.Random()
+        # Which RFC 7162 extensions to ENABLE where offered (drop QRESYNC for a server whose
+        # implementation misbehaves; CONDSTORE alone still avoids re-reading every flag).
+        self.extensions = tuple(extensions)
 
     async def connect(self, account: Account) -> ImapClient:
         """Connect, log in with the stored secret, and ENABLE CONDSTORE/QRESYNC if offered."""
@@ -169,7 +182,8 @@ class AccountSyncer:
         try:
             secret = await asyncio.to_thread(self.store.account_secret, account.name)
             await client.login(account.username, secret)
-            await client.enable("CONDSTORE", "QRESYNC")
+            if self.extensions:
+                await client.enable(*self.extensions)
         except BaseException:
             client._abort()
             raise
@@ -194,9 +208,11 @@ class AccountSyncer:
 
     def _capabilities(self, client: ImapClient) -> frozenset[str]:
         caps = set(client.capabilities)
-        # CONDSTORE is only used once ENABLEd or by SELECT (CONDSTORE); QRESYNC only once enabled.
+        # QRESYNC is used only once ENABLEd (RFC 7162 §3.2.3); CONDSTORE only if wanted.
         if "QRESYNC" not in client.enabled:
             caps.discard("QRESYNC")
+        if "CONDSTORE" not in self.extensions and "QRESYNC" not in client.enabled:
+            caps.discard("CONDSTORE")
         return frozenset(caps)
 
     async def sync_once(

@@ -1,4 +1,4 @@
-"""``/accounts/{name}/folders``: list, refresh from the server, choose what syncs."""
+"""``/accounts/{name}/folders``: list (with counts), refresh from the server, choose what syncs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import asyncio
 
 from fastapi import APIRouter
 
-from correspond.api.deps import ServiceDep
+from correspond.api.deps import ReaderDep, ServiceDep
+from correspond.api.message_schemas import FolderWithCountsPublic, folder_with_counts_public
 from correspond.api.schemas import (
     FolderPublic,
     FolderRefreshPublic,
@@ -20,11 +21,16 @@ __all__ = ["router"]
 router = APIRouter(prefix="/accounts/{name}/folders", tags=["folders"])
 
 
-@router.get("", response_model=list[FolderPublic])
+@router.get("", response_model=list[FolderWithCountsPublic])
 def list_folders(
-    name: str, service: ServiceDep, include_removed: bool = False
-) -> list[FolderPublic]:
-    return [folder_public(f) for f in service.list_folders(name, include_removed=include_removed)]
+    name: str, reader: ReaderDep, include_removed: bool = False
+) -> list[FolderWithCountsPublic]:
+    """The folders, INBOX and role folders first, each with ``counts``: messages and locations
+    stored, unread, and the server's own count at the last sync."""
+    return [
+        folder_with_counts_public(f)
+        for f in reader.folders_with_counts(name, include_removed=include_removed)
+    ]
 
 
 @router.post("/refresh", response_model=FolderRefreshPublic)

@@ -53,7 +53,7 @@ def upgrade() -> None:
         sa.Column("dedupe_key", sa.Text(), nullable=False),
         sa.Column("message_id_header", sa.Text(), nullable=True),
         sa.Column("in_reply_to", sa.Text(), nullable=True),
-        sa.Column("references", sa.JSON(), nullable=False),
+        sa.Column("reference_ids", sa.JSON(), nullable=False),
         sa.Column("subject", sa.Text(), nullable=False),
         sa.Column("normalized_subject", sa.Text(), nullable=False),
         sa.Column("from_name", sa.Text(), nullable=True),

@@ -1,0 +1,129 @@
+"""Reading synced mail: ``/accounts/{name}/messages``, ``/messages/{id}`` (with ``/raw`` and
+``/attachments/{attachment_id}``) and ``/threads/{id}``.
+
+HTML bodies are sanitised on every read (remote images only with ``?remote_images=1``); raw
+messages and attachments are always downloads (``Content-Disposition: attachment``, ``nosniff``,
+a deny-all CSP), so nothing from a mail is ever rendered as a page of this origin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+
+from correspond.api.deps import ReaderDep
+from correspond.api.downloads import (
+    DOWNLOAD_HEADERS,
+    content_disposition,
+    download_content_type,
+    safe_filename,
+)
+from correspond.api.message_schemas import (
+    MessagePagePublic,
+    MessagePublic,
+    ThreadPublic,
+    message_page_public,
+    message_public,
+    thread_public,
+)
+from correspond.mailbox import MailboxReader
+from correspond.store.message_queries import MAX_PAGE, MessageView
+
+__all__ = ["account_router", "router", "thread_router"]
+
+account_router = APIRouter(prefix="/accounts/{name}", tags=["messages"])
+router = APIRouter(prefix="/messages", tags=["messages"])
+thread_router = APIRouter(prefix="/threads", tags=["threads"])
+
+RemoteImages = Annotated[
+    bool, Query(description="Let the HTML load remote images (default: placeholders).")
+]
+
+
+def _attachment_url(request: Request) -> Callable[[int, int], str]:
+    # Root-relative, honouring a mount prefix: the sanitiser accepts only URLs it issued.
+    root = request.scope.get("root_path", "").rstrip("/")
+
+    def url(message_id: int, attachment_id: int) -> str:
+        return f"{root}/messages/{message_id}/attachments/{attachment_id}"
+
+    return url
+
+
+def _public(
+    reader: MailboxReader, message: MessageView, request: Request, remote_images: bool
+) -> MessagePublic:
+    url = _attachment_url(request)
+    html = reader.render_html(message, remote_images=remote_images, attachment_url=url)
+    return message_public(message, html, remote_images=remote_images, attachment_url=url)
+
+
+@account_router.get("/messages", response_model=MessagePagePublic)
+def list_messages(
+    name: str,
+    reader: ReaderDep,
+    folder: Annotated[str | None, Query(description="Folder id or display name.")] = None,
+    thread: Annotated[int | None, Query(description="Only this thread.")] = None,
+    q: Annotated[str | None, Query(max_length=200, description="Text to look for.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    before: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+) -> MessagePagePublic:
+    """The account's messages, newest first, one page at a time (keyset cursor)."""
+    page = reader.list_messages(
+        name, folder=folder, thread_id=thread, q=q, limit=limit, before=before
+    )
+    return message_page_public(page)
+
+
+@router.get("/{message_id}", response_model=MessagePublic)
+def get_message(
+    message_id: int, reader: ReaderDep, request: Request, remote_images: RemoteImages = False
+) -> MessagePublic:
+    """One message: headers, addresses, flags, folders, text, sanitised HTML, attachments."""
+    return _public(reader, reader.get_message(message_id), request, remote_images)
+
+
+@router.get(
+    "/{message_id}/raw",
+    response_class=Response,
+    responses={200: {"content": {"message/rfc822": {}}}},
+)
+def get_raw(message_id: int, reader: ReaderDep) -> Response:
+    """The message exactly as fetched from the server, as a download."""
+    raw = reader.raw(message_id)
+    headers = {
+        **DOWNLOAD_HEADERS,
+        "Content-Disposition": content_disposition(f"message-{message_id}.eml"),
+    }
+    return Response(content=raw, media_type="message/rfc822", headers=headers)
+
+
+@router.get(
+    "/{message_id}/attachments/{attachment_id}",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def get_attachment(message_id: int, attachment_id: int, reader: ReaderDep) -> Response:
+    """An attachment's bytes, always as a download (never rendered inline)."""
+    view, data = reader.attachment(message_id, attachment_id)
+    filename = safe_filename(view.filename, f"attachment-{attachment_id}")
+    headers = {**DOWNLOAD_HEADERS, "Content-Disposition": content_disposition(filename)}
+    return Response(
+        content=data, media_type=download_content_type(view.content_type), headers=headers
+    )
+
+
+@thread_router.get("/{thread_id}", response_model=ThreadPublic)
+def get_thread(
+    thread_id: int,
+    reader: ReaderDep,
+    request: Request,
+    order: Literal["oldest_first", "newest_first"] = "oldest_first",
+    remote_images: RemoteImages = False,
+) -> ThreadPublic:
+    """A conversation's messages, oldest first by default."""
+    thread = reader.get_thread(thread_id, newest_first=order == "newest_first")
+    messages = [_public(reader, m, request, remote_images) for m in thread.messages]
+    return thread_public(thread, messages, order=order)

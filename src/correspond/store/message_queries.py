@@ -1,0 +1,469 @@
+"""Read-side SQL over synced mail for the surfaces (API, CLI): pages, details, threads, counts.
+
+Everything here only reads, in one short session per call, and hands back frozen records, never
+rows. Paging is by keyset (``before`` cursor), not OFFSET, so a page stays correct while sync
+inserts newer mail and deep pages cost the same as the first.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Engine, and_, func, or_, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from correspond.errors import ConfigError, NotFound, StoreError
+from correspond.store.message_tables import (
+    AttachmentRow,
+    MessageLocationRow,
+    MessageRow,
+    ThreadRow,
+)
+from correspond.store.tables import FolderRow
+
+__all__ = [
+    "AddressView",
+    "AttachmentView",
+    "FolderCounts",
+    "LocationView",
+    "MessageListItem",
+    "MessagePage",
+    "MessageQueries",
+    "MessageView",
+    "ThreadView",
+    "decode_cursor",
+    "encode_cursor",
+]
+
+MAX_PAGE = 500
+MAX_THREAD_MESSAGES = 500
+
+
+@dataclass(frozen=True, slots=True)
+class AddressView:
+    name: str | None
+    email: str
+
+
+@dataclass(frozen=True, slots=True)
+class FolderCounts:
+    """What the store holds for one folder: distinct messages and (folder, uid) locations."""
+
+    folder_id: int
+    messages: int
+    locations: int
+    unread: int
+
+
+@dataclass(frozen=True, slots=True)
+class LocationView:
+    folder_id: int
+    folder_name: str
+    role: str | None
+    uid: int
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentView:
+    id: int
+    message_id: int
+    filename: str | None
+    content_type: str
+    size: int
+    content_id: str | None
+    inline: bool
+    blob_key: str | None
+
+    @property
+    def downloaded(self) -> bool:
+        """False when the body was left on the server (above the size limit)."""
+        return self.blob_key is not None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageListItem:
+    id: int
+    account_id: int
+    thread_id: int | None
+    subject: str
+    from_: AddressView | None
+    to: tuple[AddressView, ...]
+    date: datetime | None
+    snippet: str
+    flags: tuple[str, ...]
+    state: str
+    direction: str
+    has_attachments: bool
+    sort_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MessagePage:
+    items: list[MessageListItem]
+    #: Pass as ``before`` for the next (older) page; None on the last page.
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageView:
+    """One message as a reader sees it. ``html`` is as received: sanitise before display."""
+
+    id: int
+    account_id: int
+    thread_id: int | None
+    message_id: str | None
+    in_reply_to: str | None
+    references: tuple[str, ...]
+    subject: str
+    from_: AddressView | None
+    sender: tuple[AddressView, ...]
+    reply_to: tuple[AddressView, ...]
+    to: tuple[AddressView, ...]
+    cc: tuple[AddressView, ...]
+    bcc: tuple[AddressView, ...]
+    date: datetime | None
+    internaldate: datetime | None
+    snippet: str
+    text: str | None
+    html: str | None
+    flags: tuple[str, ...]
+    state: str
+    direction: str
+    size: int | None
+    raw_blob_key: str | None
+    truncated: bool
+    defects: tuple[str, ...]
+    locations: tuple[LocationView, ...]
+    attachments: tuple[AttachmentView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadView:
+    id: int
+    account_id: int
+    subject: str
+    message_count: int
+    first_message_at: datetime | None
+    last_message_at: datetime | None
+    messages: tuple[MessageView, ...]
+
+
+# --- cursors ------------------------------------------------------------------------------------
+
+
+def encode_cursor(sort_at: datetime, message_id: int) -> str:
+    """An opaque page cursor: the last item's sort time and id (URL-safe, no padding)."""
+    text = f"{sort_at.astimezone(UTC).isoformat()}|{message_id}"
+    return base64.urlsafe_b64encode(text.encode("ascii")).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    """The inverse of :func:`encode_cursor`; ConfigError for anything else."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        text = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
+        when_text, _, id_text = text.partition("|")
+        when = datetime.fromisoformat(when_text)
+        if when.tzinfo is None:
+            raise ValueError("naive")
+        return when.astimezone(UTC), int(id_text)
+    except (ValueError, UnicodeError, binascii.Error) as exc:
+        raise ConfigError(f"not a valid page cursor: {cursor!r}") from exc
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _addresses(items: Iterable[Mapping[str, Any]] | None) -> tuple[AddressView, ...]:
+    return tuple(AddressView(i.get("name") or None, i.get("email") or "") for i in items or ())
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _like_pattern(q: str) -> str:
+    escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _sort_key() -> ColumnElement[datetime]:
+    # Every message has created_at; date and internaldate may be missing on broken mail.
+    return func.coalesce(MessageRow.date, MessageRow.internaldate, MessageRow.created_at)
+
+
+def _attachment(row: AttachmentRow) -> AttachmentView:
+    return AttachmentView(
+        id=row.id,
+        message_id=row.message_id,
+        filename=row.filename,
+        content_type=row.content_type,
+        size=int(row.size or 0),
+        content_id=row.content_id,
+        inline=bool(row.inline),
+        blob_key=row.blob_key,
+    )
+
+
+class MessageQueries:
+    """Read-only queries over the mirror, on one SQLAlchemy engine (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # -- folders -------------------------------------------------------------------------------
+
+    def folder_counts(self, account_id: int) -> dict[int, FolderCounts]:
+        """Messages, locations and unread locations per folder of the account (folders with
+        nothing stored are absent)."""
+        try:
+            with self._session() as s:
+                rows = s.execute(
+                    select(
+                        MessageLocationRow.folder_id,
+                        func.count(func.distinct(MessageLocationRow.message_id)),
+                        func.count(),
+                    )
+                    .join(FolderRow, FolderRow.id == MessageLocationRow.folder_id)
+                    .where(FolderRow.account_id == account_id)
+                    .group_by(MessageLocationRow.folder_id)
+                ).all()
+                # Flags are JSON lists: reading them beats dialect-specific JSON operators.
+                unread: dict[int, int] = {}
+                for folder_id, flags in s.execute(
+                    select(MessageLocationRow.folder_id, MessageLocationRow.flags)
+                    .join(FolderRow, FolderRow.id == MessageLocationRow.folder_id)
+                    .where(FolderRow.account_id == account_id)
+                ):
+                    if "\\Seen" not in (flags or ()):
+                        unread[int(folder_id)] = unread.get(int(folder_id), 0) + 1
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not count messages of account {account_id}: {exc}") from exc
+        return {
+            int(fid): FolderCounts(int(fid), int(msgs), int(locs), unread.get(int(fid), 0))
+            for fid, msgs, locs in rows
+        }
+
+    # -- lists ---------------------------------------------------------------------------------
+
+    def list_messages(
+        self,
+        account_id: int,
+        *,
+        folder_id: int | None = None,
+        thread_id: int | None = None,
+        q: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+        include_deleted: bool = False,
+    ) -> MessagePage:
+        """A page of the account's messages, newest first (by Date, else INTERNALDATE).
+
+        ``q`` matches (case-insensitively, as a substring) subject, sender, snippet and
+        recipients' text. ``before`` is the ``next_cursor`` of the previous page.
+        """
+        if not 1 <= limit <= MAX_PAGE:
+            raise ConfigError(f"limit must be between 1 and {MAX_PAGE}")
+        key = _sort_key()
+        query = select(MessageRow, key.label("sort_at")).where(MessageRow.account_id == account_id)
+        if not include_deleted:
+            query = query.where(MessageRow.state != "deleted")
+        if folder_id is not None:
+            query = query.where(
+                MessageRow.id.in_(
+                    select(MessageLocationRow.message_id).where(
+                        MessageLocationRow.folder_id == folder_id
+                    )
+                )
+            )
+        if thread_id is not None:
+            query = query.where(MessageRow.thread_id == thread_id)
+        if q:
+            pattern = _like_pattern(q.strip())
+            query = query.where(
+                or_(
+                    *(
+                        func.lower(col).like(pattern, escape="\\")
+                        for col in (
+                            MessageRow.subject,
+                            MessageRow.from_email,
+                            MessageRow.from_name,
+                            MessageRow.snippet,
+                        )
+                    )
+                )
+            )
+        if before is not None:
+            when, last_id = decode_cursor(before)
+            query = query.where(or_(key < when, and_(key == when, MessageRow.id < last_id)))
+        query = query.order_by(key.desc(), MessageRow.id.desc()).limit(limit + 1)
+        try:
+            with self._session() as s:
+                rows = s.execute(query).all()
+                ids = [r[0].id for r in rows[:limit]]
+                with_attachments = set(
+                    s.scalars(
+                        select(AttachmentRow.message_id)
+                        .where(AttachmentRow.message_id.in_(ids), AttachmentRow.inline.is_(False))
+                        .distinct()
+                    )
+                    if ids
+                    else ()
+                )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not list messages: {exc}") from exc
+        items = []
+        for row, sort_at in rows[:limit]:
+            items.append(
+                MessageListItem(
+                    id=row.id,
+                    account_id=row.account_id,
+                    thread_id=row.thread_id,
+                    subject=row.subject,
+                    from_=AddressView(row.from_name, row.from_email) if row.from_email else None,
+                    to=_addresses(row.to_addrs),
+                    date=row.date,
+                    snippet=row.snippet,
+                    flags=tuple(sorted(row.flags or ())),
+                    state=row.state,
+                    direction=row.direction,
+                    has_attachments=row.id in with_attachments,
+                    sort_at=_aware(_parse_dt(sort_at)) or row.created_at,
+                )
+            )
+        more = len(rows) > limit
+        cursor = encode_cursor(items[-1].sort_at, items[-1].id) if more and items else None
+        return MessagePage(items=items, next_cursor=cursor)
+
+    # -- one message -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _views(s: Session, rows: Sequence[MessageRow]) -> list[MessageView]:
+        ids = [r.id for r in rows]
+        if not ids:
+            return []
+        locations: dict[int, list[LocationView]] = {}
+        for loc, name, role in s.execute(
+            select(MessageLocationRow, FolderRow.name, FolderRow.role)
+            .join(FolderRow, FolderRow.id == MessageLocationRow.folder_id)
+            .where(MessageLocationRow.message_id.in_(ids))
+            .order_by(MessageLocationRow.folder_id, MessageLocationRow.uid)
+        ):
+            locations.setdefault(loc.message_id, []).append(
+                LocationView(loc.folder_id, name, role, int(loc.uid), tuple(loc.flags or ()))
+            )
+        attachments: dict[int, list[AttachmentView]] = {}
+        for att in s.scalars(
+            select(AttachmentRow)
+            .where(AttachmentRow.message_id.in_(ids))
+            .order_by(AttachmentRow.id)
+        ):
+            attachments.setdefault(att.message_id, []).append(_attachment(att))
+        return [
+            MessageView(
+                id=r.id,
+                account_id=r.account_id,
+                thread_id=r.thread_id,
+                message_id=r.message_id_header,
+                in_reply_to=r.in_reply_to,
+                references=tuple(r.references or ()),
+                subject=r.subject,
+                from_=AddressView(r.from_name, r.from_email) if r.from_email else None,
+                sender=_addresses(r.sender),
+                reply_to=_addresses(r.reply_to),
+                to=_addresses(r.to_addrs),
+                cc=_addresses(r.cc_addrs),
+                bcc=_addresses(r.bcc_addrs),
+                date=r.date,
+                internaldate=r.internaldate,
+                snippet=r.snippet,
+                text=r.text_body,
+                html=r.html_body,
+                flags=tuple(sorted(r.flags or ())),
+                state=r.state,
+                direction=r.direction,
+                size=r.size,
+                raw_blob_key=r.raw_blob_key,
+                truncated=bool(r.truncated),
+                defects=tuple(r.defects or ()),
+                locations=tuple(locations.get(r.id, ())),
+                attachments=tuple(attachments.get(r.id, ())),
+            )
+            for r in rows
+        ]
+
+    def get_message(self, message_id: int) -> MessageView:
+        """One message with its folder locations and attachments; NotFound if absent."""
+        try:
+            with self._session() as s:
+                row = s.get(MessageRow, message_id)
+                if row is None:
+                    raise NotFound(f"message {message_id} does not exist")
+                return self._views(s, [row])[0]
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not read message {message_id}: {exc}") from exc
+
+    def get_attachment(self, message_id: int, attachment_id: int) -> AttachmentView:
+        """Attachment ``attachment_id`` *of message* ``message_id``; NotFound otherwise (an id
+        from another message is not found, so URLs cannot be mixed and matched)."""
+        try:
+            with self._session() as s:
+                row = s.get(AttachmentRow, attachment_id)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not read attachment {attachment_id}: {exc}") from exc
+        if row is None or row.message_id != message_id:
+            raise NotFound(f"message {message_id} has no attachment {attachment_id}")
+        return _attachment(row)
+
+    # -- threads -------------------------------------------------------------------------------
+
+    def get_thread(self, thread_id: int, *, newest_first: bool = False) -> ThreadView:
+        """A thread with its messages, oldest first unless ``newest_first`` (at most
+        :data:`MAX_THREAD_MESSAGES`, the newest ones when there are more)."""
+        key = _sort_key()
+        try:
+            with self._session() as s:
+                thread = s.get(ThreadRow, thread_id)
+                if thread is None:
+                    raise NotFound(f"thread {thread_id} does not exist")
+                rows = list(
+                    s.scalars(
+                        select(MessageRow)
+                        .where(MessageRow.thread_id == thread_id)
+                        .order_by(key.desc(), MessageRow.id.desc())
+                        .limit(MAX_THREAD_MESSAGES)
+                    )
+                )
+                if not newest_first:
+                    rows.reverse()
+                views = self._views(s, rows)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not read thread {thread_id}: {exc}") from exc
+        return ThreadView(
+            id=thread.id,
+            account_id=thread.account_id,
+            subject=thread.subject,
+            message_count=int(thread.message_count or len(views)),
+            first_message_at=thread.first_message_at,
+            last_message_at=thread.last_message_at,
+            messages=tuple(views),
+        )
+
+
+def _parse_dt(value: Any) -> datetime | None:
+    """coalesce() bypasses the column type on SQLite: naive text may come back."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))

@@ -1,0 +1,249 @@
+"""Reading the mirror through the JSON API, on SQLite and PostgreSQL.
+
+The data is real: mail is put on the private Dovecot and backfilled by the sync engine
+(:func:`correspond.testing.mirror.seed_mirror`); what the API returns is checked against the
+server (read with the stdlib ``imaplib``) and against the bytes that were sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+from fastapi.testclient import TestClient
+
+from correspond.api import create_app
+from correspond.settings import Settings
+from correspond.store import Store
+from correspond.testing.dovecot import DovecotServer, ImapUser
+from correspond.testing.mirror import (
+    FILLERS,
+    HOSTILE_SUBJECT,
+    PDF_BYTES,
+    PNG_BYTES,
+    SeededMirror,
+    seed_mirror,
+)
+
+pytest_plugins = ["conftest_store"]
+pytestmark = pytest.mark.dovecot
+
+TOTAL = 3 + FILLERS  # kickoff, reply, the HTML report, and the fillers
+
+
+@pytest.fixture
+def mirror(
+    store: Store, store_settings: Settings, dovecot: DovecotServer, imap_user: ImapUser
+) -> SeededMirror:
+    return seed_mirror(store, store_settings, dovecot, imap_user)
+
+
+@pytest.fixture
+def client(store: Store, store_settings: Settings, mirror: SeededMirror) -> Iterator[TestClient]:
+    with TestClient(create_app(store_settings, store=store)) as c:
+        yield c
+
+
+def by_mid(client: TestClient, mirror: SeededMirror, mid: str) -> dict[str, Any]:
+    """The full message whose Message-ID is ``mid`` (found through the list endpoint)."""
+    page = client.get(f"/accounts/{mirror.account}/messages", params={"limit": 100}).json()
+    for item in page["messages"]:
+        full = client.get(f"/messages/{item['id']}").json()
+        if full["message_id"] == mid:
+            return full
+    raise AssertionError(f"{mid} not listed")
+
+
+def server_raw(server: DovecotServer, user: ImapUser, mid: str) -> bytes:
+    """The message's bytes as the server has them (an independent client)."""
+    conn = server.imaplib_client(user)
+    try:
+        conn.select("INBOX", readonly=True)
+        typ, data = conn.uid("SEARCH", "HEADER", "Message-ID", mid)
+        assert typ == "OK" and data[0], data
+        uid = data[0].split()[0].decode()
+        typ, data = conn.uid("FETCH", uid, "(BODY.PEEK[])")
+        assert typ == "OK"
+        return next(part[1] for part in data if isinstance(part, tuple))
+    finally:
+        with contextlib.suppress(Exception):
+            conn.logout()
+
+
+def test_folders_carry_counts(
+    client: TestClient, mirror: SeededMirror, dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    folders = client.get(f"/accounts/{mirror.account}/folders").json()
+    by_role = {f["role"]: f for f in folders if f["role"]}
+    inbox, sent = by_role["inbox"], by_role["sent"]
+    assert inbox["counts"] == {
+        "messages": TOTAL,
+        "locations": TOTAL,
+        "unread": TOTAL,  # delivered mail is unseen
+        "server": TOTAL,
+    }
+    assert sent["counts"] == {"messages": 1, "locations": 1, "unread": 0, "server": 1}
+    # Folders with nothing stored still say so, rather than leaving counts out.
+    others = [f for f in folders if f["role"] not in ("inbox", "sent")]
+    assert others and all(f["counts"]["messages"] == 0 for f in others)
+    # The server agrees with what the store says (read with an independent client).
+    conn = dovecot.imaplib_client(imap_user)
+    try:
+        typ, data = conn.select("INBOX", readonly=True)
+        assert typ == "OK" and int(data[0]) == inbox["counts"]["locations"]
+    finally:
+        conn.logout()
+    assert client.get("/accounts/nope/folders").status_code == 404
+
+
+def test_list_pages_filters_and_search(client: TestClient, mirror: SeededMirror) -> None:
+    url = f"/accounts/{mirror.account}/messages"
+    seen: list[dict[str, Any]] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 4}
+        if cursor:
+            params["before"] = cursor
+        r = client.get(url, params=params)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        seen.extend(body["messages"])
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == -(-TOTAL // 4)
+    assert len(seen) == TOTAL and len({m["id"] for m in seen}) == TOTAL
+    dates = [m["date"] for m in seen]
+    assert dates == sorted(dates, reverse=True), "newest first across pages"
+    assert seen[0]["subject"] == HOSTILE_SUBJECT and seen[0]["has_attachments"] is True
+    assert seen[0]["from"] == {"name": "Bob <script>", "email": "bob@example.test"}
+
+    sent = client.get(url, params={"folder": "Sent"}).json()["messages"]
+    assert [m["subject"] for m in sent] == ["Re: Project kickoff"]
+    assert sent[0]["direction"] == "outbound"
+    folders = client.get(f"/accounts/{mirror.account}/folders").json()
+    sent_id = next(f["id"] for f in folders if f["role"] == "sent")
+    by_id = client.get(url, params={"folder": str(sent_id)}).json()["messages"]
+    assert [m["id"] for m in by_id] == [m["id"] for m in sent]
+
+    thread_id = sent[0]["thread_id"]
+    thread = client.get(url, params={"thread": thread_id}).json()["messages"]
+    assert [m["subject"] for m in thread] == ["Re: Project kickoff", "Project kickoff"]
+
+    found = client.get(url, params={"q": "KICKOFF"}).json()["messages"]
+    assert {m["subject"] for m in found} == {"Project kickoff", "Re: Project kickoff"}
+    assert client.get(url, params={"q": "alice@example"}).json()["messages"]
+    # LIKE wildcards in the query are literal text, not patterns.
+    assert client.get(url, params={"q": "%"}).json()["messages"] == []
+    assert client.get(url, params={"q": "Filler_"}).json()["messages"] == []
+
+    assert client.get(url, params={"before": "not-a-cursor"}).status_code == 400
+    assert client.get(url, params={"limit": 0}).status_code == 422
+    assert client.get(url, params={"folder": "Nope"}).status_code == 404
+    assert client.get("/accounts/nope/messages").status_code == 404
+
+
+def test_message_html_is_sanitised(client: TestClient, mirror: SeededMirror) -> None:
+    msg = by_mid(client, mirror, mirror.html_mid)
+    assert msg["subject"] == HOSTILE_SUBJECT  # data, never markup: JSON escapes it
+    assert msg["cc"] == [{"name": "Carol", "email": "carol@example.test"}]
+    assert msg["reply_to"] == [{"name": None, "email": "replies@example.test"}]
+    assert msg["text"].strip() == "Quarterly numbers (text)."
+    html = msg["html"]["html"]
+    lowered = html.lower()
+    for bad in ("<script", "onload", "onclick", "javascript:", "tracker.example", "<base", "fixed"):
+        assert bad not in lowered, bad
+    assert "<b>numbers</b>" in html
+    assert 'href="https://example.com/report"' in html
+    assert msg["html"]["remote_images_blocked"] == 1
+    assert msg["html"]["remote_images_allowed"] is False
+
+    # The cid: image points at this message's own inline part, and that URL serves the PNG.
+    logo = next(a for a in msg["attachments"] if a["content_id"] == "logo@example.test")
+    assert f'src="{logo["url"]}"' in html
+    png = client.get(logo["url"])
+    assert png.status_code == 200 and png.content == PNG_BYTES
+
+    loaded = client.get(f"/messages/{msg['id']}", params={"remote_images": 1}).json()["html"]
+    assert 'src="https://tracker.example/open.gif"' in loaded["html"]
+    assert loaded["remote_images_blocked"] == 0 and loaded["remote_images_allowed"] is True
+    assert "<script" not in loaded["html"].lower()
+
+    assert client.get("/messages/999999").status_code == 404
+
+
+def test_raw_is_the_servers_bytes_as_a_download(
+    client: TestClient, mirror: SeededMirror, dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    msg = by_mid(client, mirror, mirror.html_mid)
+    r = client.get(f"/messages/{msg['id']}/raw")
+    assert r.status_code == 200
+    assert r.content == server_raw(dovecot, imap_user, mirror.html_mid)
+    assert r.headers["content-type"] == "message/rfc822"
+    assert r.headers["content-disposition"] == f'attachment; filename="message-{msg["id"]}.eml"'
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in r.headers["content-security-policy"]
+    assert client.get("/messages/999999/raw").status_code == 404
+
+
+def test_attachments_are_downloads_only(client: TestClient, mirror: SeededMirror) -> None:
+    msg = by_mid(client, mirror, mirror.html_mid)
+    atts = {a["filename"]: a for a in msg["attachments"] if a["filename"]}
+    pdf = next(a for name, a in atts.items() if name.endswith(".pdf"))
+    r = client.get(pdf["url"])
+    assert r.status_code == 200 and r.content == PDF_BYTES
+    assert r.headers["content-type"] == "application/pdf"
+    disposition = r.headers["content-disposition"]
+    assert disposition.startswith("attachment; filename=")
+    assert "/" not in disposition.split("filename*=")[0] and ".." not in disposition
+    encoded = re.search(r"filename\*=UTF-8''(\S+)", disposition)
+    assert encoded is not None
+    name = unquote(encoded.group(1))
+    assert name.endswith(".pdf") and "\u202e" not in name and "/" not in name
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+    # Active types are never served as themselves: no HTML or SVG in this origin.
+    for filename in ("page.html", "pic.svg"):
+        r = client.get(atts[filename]["url"])
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "application/octet-stream"
+        assert r.headers["content-disposition"] == f'attachment; filename="{filename}"'
+        assert b"alert" in r.content  # the bytes are intact; only how they are served changes
+
+    # An attachment id is only valid under its own message.
+    other = by_mid(client, mirror, mirror.kickoff_mid)
+    assert client.get(f"/messages/{other['id']}/attachments/{pdf['id']}").status_code == 404
+    assert client.get(f"/messages/{msg['id']}/attachments/999999").status_code == 404
+
+
+def test_thread_in_order(client: TestClient, mirror: SeededMirror) -> None:
+    reply = by_mid(client, mirror, mirror.reply_mid)
+    # One message filed in INBOX and Sent is one message with two locations.
+    assert sorted(loc["role"] for loc in reply["locations"]) == ["inbox", "sent"]
+    assert all(loc["uid"] >= 1 for loc in reply["locations"])
+    tid = reply["thread_id"]
+    oldest = client.get(f"/threads/{tid}").json()
+    assert oldest["order"] == "oldest_first" and oldest["message_count"] == 2
+    assert [m["message_id"] for m in oldest["messages"]] == [mirror.kickoff_mid, mirror.reply_mid]
+    assert oldest["messages"][0]["text"].startswith("Hello,")
+    newest = client.get(f"/threads/{tid}", params={"order": "newest_first"}).json()
+    assert [m["id"] for m in newest["messages"]] == [m["id"] for m in oldest["messages"]][::-1]
+    assert client.get(f"/threads/{tid}", params={"order": "sideways"}).status_code == 422
+    assert client.get("/threads/999999").status_code == 404
+
+
+def test_openapi_lists_read_endpoints(client: TestClient) -> None:
+    paths = set(client.get("/openapi.json").json()["paths"])
+    assert {
+        "/accounts/{name}/messages",
+        "/messages/{message_id}",
+        "/messages/{message_id}/raw",
+        "/messages/{message_id}/attachments/{attachment_id}",
+        "/threads/{thread_id}",
+    } <= paths
