@@ -454,9 +454,16 @@ def _plain(text: str | None) -> str:
 
 
 def _address(a: AddressView | None) -> str:
+    """``Name <email>``, the name quoted when it holds RFC 5322 specials (§3.2.3), so a name
+    such as ``x <y@z>`` cannot pass for an address."""
     if a is None:
         return ""
-    return _plain(f"{a.name} <{a.email}>" if a.name else a.email)
+    if not a.name:
+        return _plain(a.email)
+    name = a.name
+    if re.search(r'[()<>\[\]:;@\\,."]', name):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return _plain(f"{name} <{a.email}>")
 
 
 def _addresses(items: tuple[AddressView, ...]) -> str:
@@ -626,9 +633,9 @@ def messages_raw(cli: CliContext, message_id: int, output: Path | None, force: b
     """Write message ID exactly as fetched (RFC 5322) to standard output, or to FILE."""
     raw = cli.reader.raw(message_id)
     if output is None:
-        stream = click.get_binary_stream("stdout")
-        stream.write(raw)
-        stream.flush()
+        sys.stdout.flush()
+        sys.stdout.buffer.write(raw)
+        sys.stdout.buffer.flush()
         return
     _write_output(output, raw, force)
     click.echo(f"Wrote {len(raw)} bytes to {output}", err=True)

@@ -378,7 +378,7 @@ class MessageQueries:
                 thread_id=r.thread_id,
                 message_id=r.message_id_header,
                 in_reply_to=r.in_reply_to,
-                references=tuple(r.references or ()),
+                references=tuple(r.reference_ids or ()),
                 subject=r.subject,
                 from_=AddressView(r.from_name, r.from_email) if r.from_email else None,
                 sender=_addresses(r.sender),

@@ -357,11 +357,15 @@ class FolderSyncer:
                 self.folder.id,
                 FolderCheckpointUpdate(backfill_total=total_left),
             )
-        # Two-stage pipeline: while batch N is parsed, written and committed (CPU, disk and the
-        # database, off the event loop), batch N+1 is already being fetched (the IMAP connection).
-        # Batch N+1 is committed only after batch N, so the cursor only covers stored batches.
-        committing: asyncio.Task[None] | None = None
+        # Three-stage pipeline. The event loop fetches batch N+2 while a worker thread parses
+        # batch N+1 (pure Python, holds the GIL) and another writes the blobs of batch N and
+        # commits it (zstd, file IO and the database release the GIL, so this overlaps for
+        # real on two cores). Commits stay strictly in batch order: the cursor never covers a
+        # batch that is not stored.
+        in_flight: list[asyncio.Task[None]] = []
+        previous: asyncio.Task[None] | None = None
         planned = 0
+        finished = False
         try:
             while max_batches is None or planned < max_batches:
                 batch = plan_backfill_batch(
@@ -372,51 +376,60 @@ class FolderSyncer:
                     batch_size=self.batch_size,
                 )
                 if not batch.uids:
-                    if committing is not None:
-                        await committing
-                        committing = None
-                    await asyncio.to_thread(
-                        self.messages.update_checkpoint,
-                        self.folder.id,
-                        FolderCheckpointUpdate(backfill_done=True),
-                    )
-                    report.done = True
-                    return
+                    finished = True
+                    break
                 fetched = await self._fetch_batch(batch.uids, report)
                 upd = FolderCheckpointUpdate(
                     backfill_low_uid=batch.next_low_uid,
                     backfill_done=batch.done or None,
                     backfill_done_increment=len(batch.uids),
                 )
-                if committing is not None:
-                    # At most one batch in flight: memory stays bounded and a failed commit
-                    # stops the fetching at once.
-                    await committing
-                committing = asyncio.create_task(self._prepare_and_commit(fetched, upd, report))
+                parsing = asyncio.create_task(self._parse_stage(fetched, report))
+                previous = asyncio.create_task(
+                    self._write_and_commit(parsing, previous, fetched, upd, report)
+                )
+                in_flight.append(previous)
                 planned += 1
                 low = batch.next_low_uid
+                # Bounded: at most two batches behind the fetch (memory), and a failed commit
+                # stops the fetching at once.
+                while len(in_flight) > 2 or (in_flight and in_flight[0].done()):
+                    await in_flight.pop(0)
                 if batch.done:
-                    await committing
-                    committing = None
-                    report.done = True
-                    return
-            if committing is not None:
-                await committing
-                committing = None
+                    finished = True
+                    break
+            while in_flight:
+                await in_flight.pop(0)
+            if finished:
+                await asyncio.to_thread(
+                    self.messages.update_checkpoint,
+                    self.folder.id,
+                    FolderCheckpointUpdate(backfill_done=True),
+                )
+                report.done = True
         finally:
-            if committing is not None and not committing.done():
-                # We are failing on the fetch side: let the batch in flight finish or fail on
-                # its own (its commit is atomic), but never leave it running unobserved.
-                with contextlib.suppress(Exception):
-                    await committing
+            # Failing (or cancelled) on the fetch side: let batches in flight finish or fail on
+            # their own (each commit is atomic), but never leave them running unobserved.
+            for task in in_flight:
+                with contextlib.suppress(BaseException):
+                    await task
 
-    async def _prepare_and_commit(
+    async def _parse_stage(
+        self, fetched: _FetchedBatch, report: FolderSyncReport
+    ) -> list[ParsedMessage]:
+        return await self._parse_many(parse_raw, list(fetched.raws.values()), report)
+
+    async def _write_and_commit(
         self,
+        parsing: asyncio.Task[list[ParsedMessage]],
+        previous: asyncio.Task[None] | None,
         fetched: _FetchedBatch,
         upd: FolderCheckpointUpdate,
         report: FolderSyncReport,
     ) -> None:
-        items = await self._prepare(fetched, report)
+        items = await self._build_items(fetched, await parsing, report)
+        if previous is not None:
+            await previous  # in order; a failed predecessor fails this batch too
         started = time.perf_counter()
         result = await asyncio.to_thread(
             self.messages.ingest_batch,
@@ -522,13 +535,18 @@ class FolderSyncer:
     async def _prepare(
         self, fetched: _FetchedBatch, report: FolderSyncReport
     ) -> list[IncomingMessage]:
-        """The CPU and disk half: parse bodies (process pool if given), write blobs, build rows."""
+        """The CPU and disk half of a batch: parse bodies, write blobs, build rows."""
+        parsed = await self._parse_stage(fetched, report)
+        return await self._build_items(fetched, parsed, report)
+
+    async def _build_items(
+        self, fetched: _FetchedBatch, parsed: list[ParsedMessage], report: FolderSyncReport
+    ) -> list[IncomingMessage]:
         data = dict(fetched.ready)
         small = list(fetched.raws)
         if small:
-            raws = [fetched.raws[u] for u in small]
-            parsed = await self._parse_many(parse_raw, raws, report)
             started = time.perf_counter()
+            raws = [fetched.raws[u] for u in small]
             built = await asyncio.to_thread(self._store_full_many, small, raws, parsed, fetched)
             data.update(built)
             report.seconds_blobs += time.perf_counter() - started
