@@ -14,6 +14,9 @@ import pytest
 
 from correspond.testing.dovecot import DovecotServer, ImapUser, dovecot_binary
 
+# Store fixtures (SQLite and PostgreSQL) live in their own plugin module.
+pytest_plugins = ["conftest_store"]
+
 # ---------------------------------------------------------------------------------------------
 # Shared corpus (../shared beside the checkout, or CORRESPOND_SHARED_DIR)
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -17,8 +18,20 @@ import pytest
 from fastapi.testclient import TestClient
 
 from correspond.api import create_app
+from correspond.api.downloads import content_disposition, download_content_type, safe_filename
+from correspond.errors import ConfigError
+from correspond.rules.folders import FolderSpec
+from correspond.rules.presets import draft_from_preset
 from correspond.settings import Settings
 from correspond.store import Store
+from correspond.store.message_queries import MessageQueries, decode_cursor, encode_cursor
+from correspond.store.messages import (
+    FolderCheckpointUpdate,
+    IncomingMessage,
+    MessageData,
+    MessageStore,
+)
+from correspond.sync.engine import default_thread_chooser
 from correspond.testing.dovecot import DovecotServer, ImapUser
 from correspond.testing.mirror import (
     FILLERS,
@@ -247,3 +260,133 @@ def test_openapi_lists_read_endpoints(client: TestClient) -> None:
         "/messages/{message_id}/attachments/{attachment_id}",
         "/threads/{thread_id}",
     } <= paths
+
+
+# --- keyset paging on the store, without a server ------------------------------------------------
+
+
+def test_paging_breaks_date_ties_by_id_and_keeps_undated_mail(store: Store) -> None:
+    """Equal dates page by id; undated mail sorts by arrival; no item is skipped or repeated."""
+    draft = draft_from_preset("other", name="ties", email="me@example.test", imap_host="h")
+    account = store.add_account(draft, "pw")
+    store.sync_folders(
+        "ties",
+        [FolderSpec(b"INBOX", "INBOX", "/", (), "inbox", selectable=True)],
+    )
+    folder = store.list_folders("ties")[0]
+    same = datetime(2026, 1, 1, 9, 30, tzinfo=UTC)
+    items = [
+        IncomingMessage(
+            uid=n + 1,
+            flags=frozenset(),
+            data=MessageData(
+                dedupe_key=f"mid:t{n}@example.test",
+                message_id=f"t{n}@example.test",
+                subject=f"tie {n}",
+                normalized_subject=f"tie {n}",
+                date=same if n < 5 else None,
+            ),
+        )
+        for n in range(8)
+    ]
+    MessageStore(store.engine).ingest_batch(
+        account.id, folder.id, items, FolderCheckpointUpdate(), chooser=default_thread_chooser
+    )
+    queries = MessageQueries(store.engine)
+    everything = queries.list_messages(account.id, limit=100).items
+    assert len(everything) == 8
+    # Undated messages arrived now, after 2026-01-01: they come first; ties go by id, newest
+    # (highest id) first.
+    assert [m.date for m in everything[:3]] == [None, None, None]
+    dated = [m.id for m in everything[3:]]
+    assert dated == sorted(dated, reverse=True)
+    for size in (1, 2, 3):
+        paged: list[int] = []
+        cursor = None
+        while True:
+            page = queries.list_messages(account.id, limit=size, before=cursor)
+            paged.extend(m.id for m in page.items)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert paged == [m.id for m in everything], size
+    assert queries.list_messages(account.id, folder_id=folder.id, limit=5).next_cursor
+    assert queries.folder_counts(account.id)[folder.id].locations == 8
+    with pytest.raises(ConfigError):
+        queries.list_messages(account.id, limit=0)
+
+
+@pytest.mark.parametrize(
+    "cursor", ["", "x", encode_cursor(datetime(2026, 1, 1, tzinfo=UTC), 5)[:-3], "bm9waXBl"]
+)
+def test_bad_cursors_are_input_errors(cursor: str) -> None:
+    with pytest.raises(ConfigError):
+        decode_cursor(cursor)
+
+
+def test_cursor_round_trip() -> None:
+    when = datetime(2026, 3, 4, 5, 6, 7, 890, tzinfo=UTC)
+    assert decode_cursor(encode_cursor(when, 42)) == (when, 42)
+
+
+# --- download headers (pure) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("../../etc/passwd", "passwd"),
+        ("..\\..\\boot.ini", "boot.ini"),
+        ("invoice\u202efdp.exe", "invoicefdp.exe"),
+        ("   ", "fallback"),
+        (None, "fallback"),
+        (".bashrc", "bashrc"),
+        ("CON.txt", "_CON.txt"),
+        ('x"y<z>|?.txt', "x_y_z___.txt"),
+        ("tab\there\x00.txt", "tabhere.txt"),
+        ("a" * 300 + ".pdf", "a" * 146 + ".pdf"),
+    ],
+)
+def test_safe_filename(name: str | None, expected: str) -> None:
+    assert safe_filename(name, "fallback") == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("report.pdf", 'attachment; filename="report.pdf"'),
+        (
+            "r\u00e9sum\u00e9.pdf",
+            "attachment; filename=\"resume.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf",
+        ),
+        ('a"b;c.txt', "attachment; filename=\"a_b_c.txt\"; filename*=UTF-8''a%22b%3Bc.txt"),
+        (
+            "\u65e5\u672c.txt",
+            "attachment; filename=\".txt\"; filename*=UTF-8''%E6%97%A5%E6%9C%AC.txt",
+        ),
+    ],
+)
+def test_content_disposition_rfc6266(name: str, expected: str) -> None:
+    assert content_disposition(name) == expected
+
+
+@pytest.mark.parametrize(
+    ("stored", "served"),
+    [
+        ("application/pdf", "application/pdf"),
+        ("image/png", "image/png"),
+        ("text/plain; charset=utf-8", "text/plain"),
+        ("TEXT/HTML; charset=utf-8", "application/octet-stream"),
+        ("image/svg+xml", "application/octet-stream"),
+        ("application/xhtml+xml", "application/octet-stream"),
+        ("application/rss+xml", "application/octet-stream"),
+        ("text/xml", "application/octet-stream"),
+        ("application/javascript", "application/octet-stream"),
+        ("multipart/related", "application/octet-stream"),
+        ("garbage", "application/octet-stream"),
+        ("text/plain\r\nX-Evil: 1", "application/octet-stream"),
+        (None, "application/octet-stream"),
+    ],
+)
+def test_download_content_type(stored: str | None, served: str) -> None:
+    assert download_content_type(stored) == served

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, func, or_, select
+from sqlalchemy import ColumnElement, Engine, Text, and_, case, cast, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -228,6 +228,10 @@ class MessageQueries:
     def folder_counts(self, account_id: int) -> dict[int, FolderCounts]:
         """Messages, locations and unread locations per folder of the account (folders with
         nothing stored are absent)."""
+        # Flags are a JSON list; its text holds the JSON string "\\Seen" exactly when the
+        # location is seen (RFC 3501 §2.3.2: a backslash only starts system flags). A text match
+        # works alike on SQLite and PostgreSQL, without dialect-specific JSON operators.
+        seen = cast(MessageLocationRow.flags, Text).contains('\\\\Seen"', autoescape=True)
         try:
             with self._session() as s:
                 rows = s.execute(
@@ -235,25 +239,17 @@ class MessageQueries:
                         MessageLocationRow.folder_id,
                         func.count(func.distinct(MessageLocationRow.message_id)),
                         func.count(),
+                        func.sum(case((seen, 0), else_=1)),
                     )
                     .join(FolderRow, FolderRow.id == MessageLocationRow.folder_id)
                     .where(FolderRow.account_id == account_id)
                     .group_by(MessageLocationRow.folder_id)
                 ).all()
-                # Flags are JSON lists: reading them beats dialect-specific JSON operators.
-                unread: dict[int, int] = {}
-                for folder_id, flags in s.execute(
-                    select(MessageLocationRow.folder_id, MessageLocationRow.flags)
-                    .join(FolderRow, FolderRow.id == MessageLocationRow.folder_id)
-                    .where(FolderRow.account_id == account_id)
-                ):
-                    if "\\Seen" not in (flags or ()):
-                        unread[int(folder_id)] = unread.get(int(folder_id), 0) + 1
         except SQLAlchemyError as exc:
             raise StoreError(f"could not count messages of account {account_id}: {exc}") from exc
         return {
-            int(fid): FolderCounts(int(fid), int(msgs), int(locs), unread.get(int(fid), 0))
-            for fid, msgs, locs in rows
+            int(fid): FolderCounts(int(fid), int(msgs), int(locs), int(unread or 0))
+            for fid, msgs, locs, unread in rows
         }
 
     # -- lists ---------------------------------------------------------------------------------
