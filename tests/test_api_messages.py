@@ -278,7 +278,8 @@ def test_paging_breaks_date_ties_by_id_and_keeps_undated_mail(store: Store) -> N
     items = [
         IncomingMessage(
             uid=n + 1,
-            flags=frozenset(),
+            # Even ones are seen; "$NotSeen" must not count as \Seen.
+            flags=frozenset({"\\Seen", "\\Flagged"} if n % 2 == 0 else {"$NotSeen"}),
             data=MessageData(
                 dedupe_key=f"mid:t{n}@example.test",
                 message_id=f"t{n}@example.test",
@@ -311,7 +312,8 @@ def test_paging_breaks_date_ties_by_id_and_keeps_undated_mail(store: Store) -> N
                 break
         assert paged == [m.id for m in everything], size
     assert queries.list_messages(account.id, folder_id=folder.id, limit=5).next_cursor
-    assert queries.folder_counts(account.id)[folder.id].locations == 8
+    counts = queries.folder_counts(account.id)[folder.id]
+    assert (counts.messages, counts.locations, counts.unread) == (8, 8, 4)
     with pytest.raises(ConfigError):
         queries.list_messages(account.id, limit=0)
 

@@ -35,9 +35,9 @@ IO_MODULES = {"asyncio", "socket", "ssl", "sqlalchemy", "subprocess", "httpx", "
 def layer_of(module: str) -> int | None:
     best: tuple[int, int] | None = None
     for prefix, layer in LAYERS.items():
-        if module == prefix or module.startswith(prefix + "."):
-            if best is None or len(prefix) > best[0]:
-                best = (len(prefix), layer)
+        matches = module == prefix or module.startswith(prefix + ".")
+        if matches and (best is None or len(prefix) > best[0]):
+            best = (len(prefix), layer)
     return None if best is None else best[1]
 
 
@@ -52,7 +52,9 @@ def module_name(path: Path) -> str:
 def imported_modules(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     names: list[str] = []
-    package = module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else module_name(path)
+    package = (
+        module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else module_name(path)
+    )
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.extend(alias.name for alias in node.names)
@@ -84,4 +86,6 @@ def test_imports_flow_downward(path: Path) -> None:
         target_layer = layer_of(target)
         if target_layer is None:
             continue
-        assert target_layer <= my_layer, f"{me} (layer {my_layer}) imports {target} ({target_layer})"
+        assert target_layer <= my_layer, (
+            f"{me} (layer {my_layer}) imports {target} ({target_layer})"
+        )

@@ -11,7 +11,7 @@ above the adapters only ever catches these.
     ├── NotFound                     a named account, folder or message does not exist
     ├── StoreError                   the database or blob store failed
     └── ImapError
-        ├── ImapProtocolError        the server sent bytes that are not IMAP (permanent for that reply)
+        ├── ImapProtocolError        the server sent bytes that are not IMAP
         ├── ImapCommandError         a tagged NO or BAD (carries status, code and the server's text)
         ├── AuthenticationFailed     credentials refused (permanent until the user acts)
         ├── CapabilityError          the server lacks something we need (IMAP4rev1, STARTTLS, ...)

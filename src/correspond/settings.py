@@ -22,13 +22,15 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CORRESPOND_", frozen=True, extra="ignore")
 
-    data_dir: Path = Field(default=Path("var"), description="Where the SQLite store, blobs and key live")
+    data_dir: Path = Field(
+        default=Path("var"), description="Where the SQLite store, blobs and key live"
+    )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default SQLite at <data_dir>/correspond.db"
     )
     secret_key: str | None = Field(
         default=None,
-        description="Key that encrypts account secrets; default generated into <data_dir>/secret.key",
+        description="Key for account secrets; default generated into <data_dir>/secret.key",
     )
     host: str = "127.0.0.1"
     port: int = 8025
