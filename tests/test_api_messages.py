@@ -26,6 +26,7 @@ from correspond.settings import Settings
 from correspond.store import Store
 from correspond.store.message_queries import MessageQueries, decode_cursor, encode_cursor
 from correspond.store.messages import (
+    AttachmentData,
     FolderCheckpointUpdate,
     IncomingMessage,
     MessageData,
@@ -41,9 +42,6 @@ from correspond.testing.mirror import (
     SeededMirror,
     seed_mirror,
 )
-
-pytest_plugins = ["conftest_store"]
-pytestmark = pytest.mark.dovecot
 
 TOTAL = 3 + FILLERS  # kickoff, reply, the HTML report, and the fillers
 
@@ -87,6 +85,7 @@ def server_raw(server: DovecotServer, user: ImapUser, mid: str) -> bytes:
             conn.logout()
 
 
+@pytest.mark.dovecot
 def test_folders_carry_counts(
     client: TestClient, mirror: SeededMirror, dovecot: DovecotServer, imap_user: ImapUser
 ) -> None:
@@ -113,6 +112,7 @@ def test_folders_carry_counts(
     assert client.get("/accounts/nope/folders").status_code == 404
 
 
+@pytest.mark.dovecot
 def test_list_pages_filters_and_search(client: TestClient, mirror: SeededMirror) -> None:
     url = f"/accounts/{mirror.account}/messages"
     seen: list[dict[str, Any]] = []
@@ -162,6 +162,7 @@ def test_list_pages_filters_and_search(client: TestClient, mirror: SeededMirror)
     assert client.get("/accounts/nope/messages").status_code == 404
 
 
+@pytest.mark.dovecot
 def test_message_html_is_sanitised(client: TestClient, mirror: SeededMirror) -> None:
     msg = by_mid(client, mirror, mirror.html_mid)
     assert msg["subject"] == HOSTILE_SUBJECT  # data, never markup: JSON escapes it
@@ -191,6 +192,7 @@ def test_message_html_is_sanitised(client: TestClient, mirror: SeededMirror) -> 
     assert client.get("/messages/999999").status_code == 404
 
 
+@pytest.mark.dovecot
 def test_raw_is_the_servers_bytes_as_a_download(
     client: TestClient, mirror: SeededMirror, dovecot: DovecotServer, imap_user: ImapUser
 ) -> None:
@@ -205,6 +207,7 @@ def test_raw_is_the_servers_bytes_as_a_download(
     assert client.get("/messages/999999/raw").status_code == 404
 
 
+@pytest.mark.dovecot
 def test_attachments_are_downloads_only(client: TestClient, mirror: SeededMirror) -> None:
     msg = by_mid(client, mirror, mirror.html_mid)
     atts = {a["filename"]: a for a in msg["attachments"] if a["filename"]}
@@ -235,6 +238,7 @@ def test_attachments_are_downloads_only(client: TestClient, mirror: SeededMirror
     assert client.get(f"/messages/{msg['id']}/attachments/999999").status_code == 404
 
 
+@pytest.mark.dovecot
 def test_thread_in_order(client: TestClient, mirror: SeededMirror) -> None:
     reply = by_mid(client, mirror, mirror.reply_mid)
     # One message filed in INBOX and Sent is one message with two locations.
@@ -251,6 +255,7 @@ def test_thread_in_order(client: TestClient, mirror: SeededMirror) -> None:
     assert client.get("/threads/999999").status_code == 404
 
 
+@pytest.mark.dovecot
 def test_openapi_lists_read_endpoints(client: TestClient) -> None:
     paths = set(client.get("/openapi.json").json()["paths"])
     assert {
@@ -316,6 +321,45 @@ def test_paging_breaks_date_ties_by_id_and_keeps_undated_mail(store: Store) -> N
     assert (counts.messages, counts.locations, counts.unread) == (8, 8, 4)
     with pytest.raises(ConfigError):
         queries.list_messages(account.id, limit=0)
+
+
+def test_message_kept_without_original_or_attachment_body(
+    store: Store, store_settings: Settings
+) -> None:
+    """Above the size limit only headers and text are kept: the API says so instead of failing."""
+    draft = draft_from_preset("other", name="big", email="me@example.test", imap_host="h")
+    account = store.add_account(draft, "pw")
+    store.sync_folders("big", [FolderSpec(b"INBOX", "INBOX", "/", (), "inbox", selectable=True)])
+    folder = store.list_folders("big")[0]
+    data = MessageData(
+        dedupe_key="mid:big@example.test",
+        message_id="big@example.test",
+        subject="Large",
+        text="Only the text was kept.",
+        truncated=True,
+        attachments=(
+            AttachmentData(
+                filename="video.mp4", content_type="video/mp4", size=90_000_000, section="2"
+            ),
+        ),
+    )
+    MessageStore(store.engine).ingest_batch(
+        account.id,
+        folder.id,
+        [IncomingMessage(uid=1, flags=frozenset(), data=data)],
+        FolderCheckpointUpdate(),
+        chooser=default_thread_chooser,
+    )
+    with TestClient(create_app(store_settings, store=store)) as client:
+        listed = client.get("/accounts/big/messages").json()["messages"]
+        msg = client.get(f"/messages/{listed[0]['id']}").json()
+        assert (msg["truncated"], msg["has_raw"], msg["html"]) == (True, False, None)
+        (att,) = msg["attachments"]
+        assert (att["downloaded"], att["url"], att["size"]) == (False, None, 90_000_000)
+        raw = client.get(f"/messages/{msg['id']}/raw")
+        assert raw.status_code == 404 and "size limit" in raw.json()["detail"]
+        body = client.get(f"/messages/{msg['id']}/attachments/{att['id']}")
+        assert body.status_code == 404 and "not downloaded" in body.json()["detail"]
 
 
 @pytest.mark.parametrize(

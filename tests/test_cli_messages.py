@@ -27,9 +27,6 @@ from correspond.testing.mirror import (
     seed_mirror,
 )
 
-pytest_plugins = ["conftest_store"]
-pytestmark = pytest.mark.dovecot
-
 TOTAL = 3 + FILLERS
 
 
@@ -84,6 +81,7 @@ def ids_by_mid(cli: Cli, account: str) -> dict[str, int]:
     return out
 
 
+@pytest.mark.dovecot
 def test_account_folders_show_counts(cli: Cli, mirror: SeededMirror) -> None:
     folders = cli.json("account", "folders", mirror.account)
     inbox = next(f for f in folders if f["role"] == "inbox")
@@ -102,6 +100,7 @@ def test_account_folders_show_counts(cli: Cli, mirror: SeededMirror) -> None:
     assert re.search(r"\b1\b\s+\S*\s*\b0\b\s+\S*\s*\b1\b", sent_row), sent_row
 
 
+@pytest.mark.dovecot
 def test_messages_list_pages_and_filters(cli: Cli, mirror: SeededMirror) -> None:
     seen: list[dict[str, Any]] = []
     args = ["messages", "list", mirror.account, "--limit", "4"]
@@ -134,6 +133,7 @@ def test_messages_list_pages_and_filters(cli: Cli, mirror: SeededMirror) -> None
     assert cli("messages", "list", mirror.account, "--folder", "Nope").exit_code == 3
 
 
+@pytest.mark.dovecot
 def test_messages_show_text_html_and_json(cli: Cli, mirror: SeededMirror, api: TestClient) -> None:
     ids = ids_by_mid(cli, mirror.account)
     reply = cli("messages", "show", str(ids[mirror.reply_mid]))
@@ -163,6 +163,7 @@ def test_messages_show_text_html_and_json(cli: Cli, mirror: SeededMirror, api: T
     assert cli("messages", "show", "999999").exit_code == 3
 
 
+@pytest.mark.dovecot
 def test_raw_and_attachment_go_only_where_told(
     cli: Cli, mirror: SeededMirror, api: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -199,6 +200,7 @@ def test_raw_and_attachment_go_only_where_told(
     assert wrong.exit_code == 3 and not (out_dir / "x").exists()
 
 
+@pytest.mark.dovecot
 def test_threads_show(cli: Cli, mirror: SeededMirror) -> None:
     ids = ids_by_mid(cli, mirror.account)
     thread_id = cli.json("messages", "show", str(ids[mirror.reply_mid]))["thread_id"]

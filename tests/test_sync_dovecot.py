@@ -455,6 +455,30 @@ async def test_renamed_folder_relinks_and_old_locations_go(sqlite_env: Env) -> N
     assert env.messages.count_messages(env.account.id) == 3  # re-linked, not duplicated
 
 
+async def test_a_folder_that_refuses_select_does_not_stop_the_others(sqlite_env: Env) -> None:
+    env = sqlite_env
+    env.server.create_mailbox(env.user, "Doomed")
+    append_many(env, "INBOX", [("keep", NOW - timedelta(days=1))])
+    syncer = env.syncer()
+    client = await syncer.connect(env.account)
+    try:
+        folders = await syncer.refresh_folders(client, env.account)
+        conn = env.server.imaplib_client(env.user)
+        try:
+            assert conn.delete('"Doomed"')[0] == "OK"
+        finally:
+            conn.logout()
+        # The folder list is now stale: SELECT "Doomed" gets a tagged NO.
+        report = await syncer.sync_once(client, env.account, folders=folders)
+    finally:
+        await client.logout()
+    doomed = env.folder("Doomed")
+    failed = [f for f in report.folders if f.kind == "error"]
+    assert [f.folder_id for f in failed] == [doomed.id]
+    assert failed[0].error and "NO" in failed[0].error
+    assert env.stored("INBOX") == env.remote("INBOX")
+
+
 async def test_threads_reply_and_parent(sqlite_env: Env) -> None:
     env = sqlite_env
     conn = env.server.imaplib_client(env.user)
@@ -628,8 +652,10 @@ async def test_run_account_goes_live_and_idle_brings_new_mail(sqlite_env: Env) -
         await asyncio.to_thread(env.server.deliver, env.user, raw_message("pushed"))
         await _wait_until(lambda: "mid:mpushed@example.test" in env.stored("INBOX").values(), 15)
         latency = time.perf_counter() - started
-        # An INBOX-only pass, triggered by IDLE long before the 600 s poll.
-        assert [f.folder_id for f in reports[-1].folders] == [env.folder("inbox").id]
+        # An INBOX-only pass, triggered by IDLE long before the 600 s poll (its report comes
+        # right after its commit).
+        await _wait_until(lambda: len(reports) >= 2, 5)
+        assert [f.folder_id for f in reports[1].folders] == [env.folder("inbox").id]
         assert latency < 10
     finally:
         stop.set()

@@ -26,7 +26,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import date
 
-from correspond.errors import AuthenticationFailed, CorrespondError
+from correspond.errors import AuthenticationFailed, CorrespondError, ImapCommandError
 from correspond.imap.client import ImapClient
 from correspond.imap.connect import ImapEndpoint
 from correspond.imap.types import (
@@ -254,7 +254,14 @@ class AccountSyncer:
                 batch_size=self.batch_size,
                 today=self.today,
             )
-            report.folders.append(await syncer.run(max_batches=max_batches))
+            try:
+                report.folders.append(await syncer.run(max_batches=max_batches))
+            except ImapCommandError as exc:
+                # One folder refused (deleted since LIST, no permission, ...): the session is
+                # intact, so record it and go on with the others; the next LIST settles it.
+                report.folders.append(
+                    FolderSyncReport(folder_id=folder.id, kind="error", error=str(exc))
+                )
         report.seconds = time.perf_counter() - started
         return report
 

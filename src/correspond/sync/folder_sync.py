@@ -76,6 +76,8 @@ __all__ = [
     "KeyFunction",
     "MessageBuilder",
     "attachment_metadata",
+    "parse_headers",
+    "parse_raw",
     "text_parts",
 ]
 
@@ -115,6 +117,7 @@ class FolderSyncReport:
     seconds_store: float = 0.0
     seconds_blobs: float = 0.0
     done: bool = False
+    error: str | None = None
     uids: list[int] = field(default_factory=list)
 
 
