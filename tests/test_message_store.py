@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator, Sequence
@@ -9,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from correspond.errors import NotFound, StoreError
 from correspond.store.blobs import BlobStore, blob_key
-from correspond.store.engine import create_store_engine, migrate, normalize_url
+from correspond.store.engine import create_store_engine, migrate
 from correspond.store.message_tables import MessageRow, ThreadRow
 from correspond.store.messages import (
     AddressData,
@@ -28,45 +29,25 @@ from correspond.store.messages import (
     ThreadChoice,
 )
 from correspond.store.tables import AccountRow, FolderRow
-
-# The same variable as correspond.testing.postgres; the machine's PostgreSQL by default.
-PG_ADMIN_URL = normalize_url(
-    os.environ.get("CORRESPOND_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-)
-
+from correspond.testing.postgres import PostgresServer, temporary_database
 
 # --- fixtures -----------------------------------------------------------------------------------
 
 
-def _pg_database() -> Iterator[str]:
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"correspond_h5_{secrets.token_hex(4)}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # no server here: PostgreSQL tests cannot run
-        admin.dispose()
-        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.fixture(scope="module")
-def pg_engine() -> Iterator[Engine]:
-    """One migrated PostgreSQL database for the module; tests stay apart by account."""
-    gen = _pg_database()
-    url = next(gen)
-    eng = create_store_engine(url)
-    try:
-        migrate(eng)
-        yield eng
-    finally:
-        eng.dispose()
-        next(gen, None)
+def pg_engine(pg_server: PostgresServer) -> Iterator[Engine]:
+    """One migrated PostgreSQL database for the module; tests stay apart by account.
+
+    The server comes from the shared ``pg_server`` fixture: CORRESPOND_TEST_POSTGRES_URL or a
+    private cluster, failing (never skipping) when neither can be had.
+    """
+    with temporary_database(pg_server, prefix="correspond_msgs") as url:
+        eng = create_store_engine(url)
+        try:
+            migrate(eng)
+            yield eng
+        finally:
+            eng.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -537,7 +518,19 @@ def test_blob_corruption_and_absence_are_reported(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 )
-def test_migration_0002_matches_tables_and_downgrades(backend: str, tmp_path: Path) -> None:
+def test_migration_0002_matches_tables_and_downgrades(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    database = (
+        temporary_database(request.getfixturevalue("pg_server"), prefix="correspond_mig")
+        if backend == "postgresql"
+        else contextlib.nullcontext(f"sqlite:///{tmp_path / 'm.db'}")
+    )
+    with database as url:
+        _check_migration_0002(url)
+
+
+def _check_migration_0002(url: str) -> None:
     from alembic import command
     from alembic.autogenerate import compare_metadata
     from alembic.config import Config
@@ -547,8 +540,6 @@ def test_migration_0002_matches_tables_and_downgrades(backend: str, tmp_path: Pa
     from correspond.store.engine import MIGRATIONS_DIR, current_revision
     from correspond.store.tables import Base
 
-    gen = _pg_database() if backend == "postgresql" else None
-    url = next(gen) if gen is not None else f"sqlite:///{tmp_path / 'm.db'}"
     eng = create_store_engine(url)
     try:
         migrate(eng)
@@ -570,8 +561,6 @@ def test_migration_0002_matches_tables_and_downgrades(backend: str, tmp_path: Pa
         )
     finally:
         eng.dispose()
-        if gen is not None:
-            next(gen, None)
 
 
 def _ours(diff: object) -> bool:

@@ -11,10 +11,8 @@ import asyncio
 import contextlib
 import email.utils
 import imaplib
-import os
 import random
 import re
-import secrets
 import socket
 import subprocess
 import sys
@@ -25,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from correspond.mail.dedupe import dedupe_key
@@ -33,7 +31,7 @@ from correspond.mail.parse import parse_message
 from correspond.rules.presets import AccountDraft
 from correspond.settings import Settings
 from correspond.store.blobs import BlobStore
-from correspond.store.engine import create_store_engine, migrate, normalize_url
+from correspond.store.engine import create_store_engine, migrate
 from correspond.store.messages import MessageData, MessageStore, ThreadCandidate, ThreadChoice
 from correspond.store.records import Account, Folder
 from correspond.store.repository import Store
@@ -41,13 +39,10 @@ from correspond.store.secrets import SecretBox
 from correspond.store.tables import AccountRow
 from correspond.sync.engine import AccountSyncer, AccountSyncReport, default_thread_chooser
 from correspond.testing.dovecot import DovecotServer, ImapUser
+from correspond.testing.postgres import PostgresServer, temporary_database
 
 pytestmark = pytest.mark.dovecot
 
-# The same variable as correspond.testing.postgres; the machine's PostgreSQL by default.
-PG_ADMIN_URL = normalize_url(
-    os.environ.get("CORRESPOND_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-)
 NOW = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
 TODAY = NOW.date()
 
@@ -65,25 +60,15 @@ def _sqlite(tmp_path: Path) -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="module")
-def pg_engine() -> Iterator[Engine]:
+def pg_engine(pg_server: PostgresServer) -> Iterator[Engine]:
     """One migrated PostgreSQL database for the module; tests stay apart by account."""
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"correspond_h5_{secrets.token_hex(4)}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
-    eng = create_store_engine(PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name)
-    try:
-        migrate(eng)
-        yield eng
-    finally:
-        eng.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with temporary_database(pg_server, prefix="correspond_sync") as url:
+        eng = create_store_engine(url)
+        try:
+            migrate(eng)
+            yield eng
+        finally:
+            eng.dispose()
 
 
 class Env:
