@@ -20,10 +20,12 @@ from correspond.rules.sync_plan import (
     changes_from_condstore,
     changes_from_fallback,
     diff_folder_list,
+    idle_folders,
     imap_date,
     normalize_flags,
     plan_backfill_batch,
     plan_folder_sync,
+    selection_change,
     window_start,
 )
 
@@ -367,3 +369,79 @@ def test_folder_diff_created_and_deleted() -> None:
     assert [k.id for k in diff.deleted] == [3]
     assert [r.name_raw for r in diff.created] == [b"&AOk-t&AOk-"]
     assert diff.renamed == ()
+
+
+# --- backoff with a floor (refused logins) --------------------------------------------------
+
+
+@given(st.integers(1, 40), st.floats(0.01, 5.0), st.floats(0.0, 1.0), st.integers(0, 2**32))
+def test_backoff_floor_bounds_every_wait(
+    attempt: int, base: float, floor: float, seed: int
+) -> None:
+    ceiling = min(BACKOFF_CAP_SECONDS, base * 2 ** (attempt - 1))
+    delay = backoff_delay(attempt, rng=random.Random(seed), base=base, floor=floor)
+    assert floor * ceiling <= delay <= ceiling
+
+
+def test_backoff_with_floor_bounds_attempts_in_a_span() -> None:
+    # With floor=0.5 the first n waits sum to at least base * (2**n - 1) / 2: in 60 s with a
+    # 1 s base at most 7 attempts fit, whatever the random draws.
+    for seed in range(200):
+        rng, elapsed, attempts = random.Random(seed), 0.0, 1
+        while True:
+            elapsed += backoff_delay(attempts, rng=rng, base=1.0, floor=0.5)
+            if elapsed > 60:
+                break
+            attempts += 1
+        assert attempts <= 7
+
+
+@pytest.mark.parametrize("floor", [-0.1, 1.5])
+def test_backoff_rejects_a_floor_outside_zero_one(floor: float) -> None:
+    with pytest.raises(ValueError):
+        backoff_delay(1, rng=random.Random(0), floor=floor)
+
+
+# --- live: IDLE folders and selection changes -------------------------------------------------
+
+
+def test_idle_folders_are_inbox_and_sent_when_synced() -> None:
+    folders = [(1, "inbox", True), (2, "sent", True), (3, "drafts", True), (4, None, True)]
+    assert idle_folders(folders, server_idles=True) == {1, 2}
+
+
+def test_idle_folders_skip_unsynced_folders() -> None:
+    # Sent deselected by the user: it is neither watched nor polled.
+    assert idle_folders([(1, "inbox", True), (2, "sent", False)], server_idles=True) == {1}
+
+
+def test_no_idle_server_polls_everything() -> None:
+    assert idle_folders([(1, "inbox", True), (2, "sent", True)], server_idles=False) == set()
+
+
+def test_idle_folders_one_per_role_lowest_id_wins() -> None:
+    folders = [(9, "sent", True), (5, "SENT", True), (1, "Inbox", True)]
+    assert idle_folders(folders, server_idles=True) == {1, 5}
+
+
+def test_idle_folders_custom_roles() -> None:
+    folders = [(1, "inbox", True), (2, "sent", True), (3, "all", True)]
+    assert idle_folders(folders, server_idles=True, roles=("all",)) == {3}
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "added", "removed"),
+    [
+        ({1, 2}, {1, 2}, set(), set()),
+        ({1}, {1, 3}, {3}, set()),
+        ({1, 2}, {1}, set(), {2}),
+        ({1, 2}, {3}, {3}, {1, 2}),
+        (set(), {1}, {1}, set()),
+    ],
+)
+def test_selection_change(
+    before: set[int], after: set[int], added: set[int], removed: set[int]
+) -> None:
+    change = selection_change(before, after)
+    assert (set(change.added), set(change.removed)) == (added, removed)
+    assert change.empty == (not added and not removed)

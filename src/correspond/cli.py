@@ -11,10 +11,13 @@ or usage), 3 not found, 4 the mail server failed or refused, 5 the database fail
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import signal
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -23,7 +26,18 @@ import click
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from correspond import __version__
 from correspond.accounts import STATE_MESSAGES, AccountService, report_to_dict
@@ -33,6 +47,7 @@ from correspond.api.message_schemas import (
     message_public,
     thread_public,
 )
+from correspond.api.progress_schemas import ProgressPublic, progress_public
 from correspond.api.schemas import account_public, as_json, folder_public
 from correspond.errors import (
     ConfigError,
@@ -45,7 +60,10 @@ from correspond.mailbox import FolderWithCounts, MailboxReader
 from correspond.rules.presets import PRESETS, SECURITIES, draft_from_preset, missing_fields
 from correspond.settings import Settings
 from correspond.store import Store, open_store
+from correspond.store.leases import RUNNABLE_STATES, AccountLeases
 from correspond.store.message_queries import MAX_PAGE, AddressView, MessageView
+from correspond.store.progress import AccountProgress, ProgressReader
+from correspond.sync.runner import SyncRunner, make_parse_executor, sync_account_once
 
 __all__ = ["CliContext", "main"]
 
@@ -102,6 +120,14 @@ class CliContext:
     @property
     def reader(self) -> MailboxReader:
         return MailboxReader(self.store, self.settings)
+
+    @property
+    def progress(self) -> ProgressReader:
+        return ProgressReader(self.store.engine)
+
+    @property
+    def leases(self) -> AccountLeases:
+        return AccountLeases(self.store.engine)
 
     def close(self) -> None:
         if self._store is not None:
@@ -270,7 +296,8 @@ def account_add(
     service.add_account(draft, password)
     summary = service.get_account(draft.name)
     if as_json_output:
-        _print_json(as_json(account_public(summary)))
+        progress = _progress_json(cli.progress.account(draft.name))
+        _print_json(as_json(account_public(summary, progress=progress)))
         return
     a = summary.account
     click.echo(
@@ -320,8 +347,14 @@ def _when(value: Any) -> str:
 def account_list(cli: CliContext, as_json_output: bool) -> None:
     """Show every account with its state, folder counts and last sync."""
     summaries = cli.service.list_accounts()
+    progress = {p.name: p for p in cli.progress.all()}
     if as_json_output:
-        _print_json([as_json(account_public(s)) for s in summaries])
+        _print_json(
+            [
+                as_json(account_public(s, progress=_progress_json(progress.get(s.account.name))))
+                for s in summaries
+            ]
+        )
         return
     console = _console()
     if not summaries:
@@ -330,22 +363,75 @@ def account_list(cli: CliContext, as_json_output: bool) -> None:
     table = Table(title="Accounts")
     for column in ("Name", "E-mail", "State", "Detail"):
         table.add_column(column, overflow="fold")
-    for column in ("Folders", "Selected", "Messages"):
+    for column in ("Folders", "Selected", "Messages", "Backfill", "Rate", "ETA"):
         table.add_column(column, justify="right")
     table.add_column("Last sync")
     for s in summaries:
         a = s.account
+        p = progress.get(a.name)
         table.add_row(
-            a.name,
-            a.email,
+            escape(a.name),
+            escape(a.email),
             f"[{_STATE_STYLE.get(a.state, 'white')}]{a.state}[/]",
-            a.state_detail or STATE_MESSAGES.get(a.state, ""),
+            escape(a.state_detail or STATE_MESSAGES.get(a.state, "")),
             str(s.folder_count),
             str(s.selected_folder_count),
             str(s.message_count),
+            _backfill_cell(p),
+            _rate(p.rate if p else None),
+            _eta(p.eta_seconds if p else None),
             _when(a.last_sync_at),
         )
     console.print(table)
+
+
+def _progress_json(p: AccountProgress | None) -> ProgressPublic | None:
+    return None if p is None else progress_public(p)
+
+
+def _backfill_cell(p: AccountProgress | None) -> str:
+    """``done/total (pct)``; a ``+`` after the total while some folder is still uncounted."""
+    if p is None or not p.folders:
+        return "-"
+    more = "" if p.total_known else "+"
+    pct = f" ({100 * p.done / p.total:.0f}%)" if p.total and p.total_known else ""
+    return f"{p.done}/{p.total}{more}{pct}"
+
+
+def _rate(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.1f}/s"
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+@account.command("pause")
+@click.argument("name")
+@pass_cli
+def account_pause(cli: CliContext, name: str) -> None:
+    """Stop syncing NAME until it is resumed (the worker running it lets go within seconds)."""
+    a = cli.leases.pause(name)
+    click.echo(f"Paused {a.name}. Resume with: correspond account resume {a.name}")
+
+
+@account.command("resume")
+@click.argument("name")
+@pass_cli
+def account_resume(cli: CliContext, name: str) -> None:
+    """Sync NAME again after a pause (or after fixing what stopped it): a running worker picks
+    it up within seconds."""
+    before = cli.store.get_account(name).state
+    a = cli.leases.resume(name)
+    if before != a.state:
+        click.echo(f"Resumed {a.name}: a running worker picks it up (or: correspond sync {a.name})")
+    else:
+        click.echo(f"{a.name} is not paused or stopped (state {a.state}); nothing to resume.")
 
 
 def _folder_table(folders: list[FolderWithCounts], title: str) -> Table:
@@ -698,20 +784,335 @@ def threads_show(cli: CliContext, thread_id: int, newest_first: bool, as_json_ou
         _echo_message(reader, m, html=False, remote_images=False)
 
 
+# -- running the sync --------------------------------------------------------------------------
+
+_PROGRESS_SECONDS = 0.5
+_STOP_CODES = {"paused": 0, "auth_failed": 4, "error": 1}
+
+
+def _default_parse_processes() -> int:
+    # One core stays for the event loop and the database; parsing gets the rest (at most 4).
+    import os
+
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+_PARSE_OPTION = click.option(
+    "--parse-processes",
+    type=click.IntRange(0, 64),
+    default=_default_parse_processes,
+    show_default="CPUs - 1, at most 4",
+    help="Processes that parse MIME, shared by every account (0: a thread of this process).",
+)
+
+
+class _RateColumn(ProgressColumn):
+    """Messages per second, from rich's own samples of the done count."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        if speed is None:
+            return Text("    - msg/s", style="progress.data.speed")
+        return Text(f"{speed:5.1f} msg/s", style="progress.data.speed")
+
+
+class _SyncDisplay:
+    """What a running sync shows, read from the store every half second (no engine hook): a bar
+    per selected folder and one for the total (done/total, rate, ETA), and one line per state
+    change (connecting, backfilling, live, sign-in failed with the server's words, ...)."""
+
+    def __init__(
+        self,
+        reader: ProgressReader,
+        console: Console,
+        *,
+        names: list[str] | None,
+        bars: bool,
+    ) -> None:
+        self.reader = reader
+        self.console = console
+        self.names = names
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _RateColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not bars,
+            auto_refresh=console.is_terminal,
+        )
+        self._tasks: dict[tuple[str, int | None], TaskID] = {}
+        self._states: dict[str, tuple[str, str]] = {}
+        self.last: dict[str, AccountProgress] = {}
+
+    def __enter__(self) -> _SyncDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def say(self, message: str) -> None:
+        self.progress.console.print(message, highlight=False)
+
+    async def poll(self) -> dict[str, AccountProgress]:
+        """Read the store once and update the bars and state lines."""
+        if self.names is None:
+            items = await asyncio.to_thread(self.reader.all)
+        else:
+            items = [await asyncio.to_thread(self.reader.account, n) for n in self.names]
+        for p in items:
+            self._state_line(p)
+            self._bars(p)
+            self.last[p.name] = p
+        return self.last
+
+    def listener(self) -> Callable[[str, str, str], None]:
+        """A state listener for the runner: every state it records is shown at once, even
+        one that lasts less than a polling interval. Safe to call from any thread."""
+        loop = asyncio.get_running_loop()
+
+        def on_state(name: str, state: str, detail: str) -> None:
+            loop.call_soon_threadsafe(self.state_line, name, state, detail)
+
+        return on_state
+
+    def _state_line(self, p: AccountProgress) -> None:
+        self.state_line(p.name, p.state, p.state_detail)
+
+    def state_line(self, name: str, state: str, detail: str) -> None:
+        """One line for a state change (repeats of the current state are not shown)."""
+        key = (state, detail)
+        if self._states.get(name) == key:
+            return
+        self._states[name] = key
+        style = _STATE_STYLE.get(state, "white")
+        words = {"auth_failed": "sign-in failed"}.get(state, state)
+        shown = detail or STATE_MESSAGES.get(state, "")
+        stamp = time.strftime("%H:%M:%S")
+        self.say(f"{stamp} {escape(name)}: [{style}]{words}[/] {escape(_plain(shown))}")
+
+    def _bars(self, p: AccountProgress) -> None:
+        if self.progress.disable or not p.folders:
+            return
+        total_key = (p.name, None)
+        if total_key not in self._tasks:
+            label = f"{p.name}: all folders" if self.names is None or len(self.names) > 1 else "All"
+            self._tasks[total_key] = self.progress.add_task(escape(label), total=None)
+        self.progress.update(
+            self._tasks[total_key],
+            completed=p.done,
+            total=p.total if p.total_known else None,
+        )
+        for f in p.folders:
+            key = (p.name, f.folder_id)
+            if key not in self._tasks:
+                self._tasks[key] = self.progress.add_task(
+                    "  " + escape(_plain(f.name)), total=f.total
+                )
+            total = f.total if f.total is not None else (f.done if f.complete else None)
+            self.progress.update(self._tasks[key], completed=f.done, total=total)
+
+
+@contextmanager
+def _signals(handler: Callable[[], None]) -> Iterator[None]:
+    """SIGINT/SIGTERM call ``handler`` (a clean stop) instead of raising KeyboardInterrupt."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, handler)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def _prepare_account(cli: CliContext, name: str) -> None:
+    """Refuse a paused account; retry one stopped on an error (the user asks for a sync)."""
+    account = cli.store.get_account(name)
+    if account.state == "paused":
+        _fail(f"account {name} is paused; resume it first: correspond account resume {name}", 2)
+    if account.state in ("auth_failed", "error"):
+        cli.leases.resume(name, "Retrying on request.")
+
+
+def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+
+
+async def _sync_once(cli: CliContext, name: str, processes: int, display: _SyncDisplay) -> int:
+    executor = make_parse_executor(processes)
+    try:
+        with display:
+            job = asyncio.create_task(
+                sync_account_once(
+                    cli.store,
+                    cli.settings,
+                    name,
+                    parse_executor=executor,
+                    on_state=display.listener(),
+                )
+            )
+            with _signals(lambda: _cancel(job)):
+                while not job.done():
+                    await display.poll()
+                    await asyncio.wait({job}, timeout=_PROGRESS_SECONDS)
+            await display.poll()
+            try:
+                result = job.result()
+            except asyncio.CancelledError:
+                display.say(f"Interrupted; {escape(name)}'s lease is released.")
+                return 130
+    finally:
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+    a = result.account
+    if result.ok and result.report is not None:
+        r = result.report
+        errors = [f for f in r.folders if f.error]
+        for f in errors:
+            display.say(f"[yellow]folder {f.folder_id} skipped[/]: {escape(_plain(f.error))}")
+        display.say(
+            f"Synced {escape(name)}: {r.created} new messages, {r.linked} more locations "
+            f"in {r.seconds:.1f} s."
+        )
+        return 0
+    display.say(f"[red]{escape(_plain(STATE_MESSAGES.get(a.state, a.state)))}[/]")
+    click.echo(f"{name}: {a.state}: {a.state_detail}", err=True)
+    return _STOP_CODES.get(a.state, 4 if a.state == "disconnected" else 1)
+
+
+async def _sync_live(cli: CliContext, name: str, processes: int, display: _SyncDisplay) -> int:
+    runner = SyncRunner(
+        cli.store,
+        cli.settings,
+        names=[name],
+        parse_processes=processes,
+        on_state=display.listener(),
+    )
+    stop = asyncio.Event()
+    code = 0
+    waiting_said = False
+    with _signals(stop.set):
+        main_task = asyncio.create_task(runner.run(stop))
+        try:
+            with display:
+                display.say(f"Syncing {escape(name)} (owner {runner.owner}); Ctrl-C to stop.")
+                while not stop.is_set() and not main_task.done():
+                    p = (await display.poll())[name]
+                    if p.state not in RUNNABLE_STATES and name not in runner.running:
+                        code = _STOP_CODES.get(p.state, 1)
+                        break
+                    if name not in runner.running and not waiting_said:
+                        holder = await asyncio.to_thread(cli.leases.holder, name)
+                        if holder is not None and holder[0] != runner.owner:
+                            display.say(f"Waiting: {escape(name)} is being synced by {holder[0]}.")
+                            waiting_said = True
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=_PROGRESS_SECONDS)
+                stop.set()
+                await main_task
+                await display.poll()
+        finally:
+            stop.set()
+            if not main_task.done():
+                await main_task
+    click.echo(f"Stopped syncing {name}; its lease is released.")
+    return code
+
+
+@main.command("sync")
+@click.argument("account_name", metavar="ACCOUNT")
+@click.option("--once", is_flag=True, help="Backfill and catch up, then exit.")
+@_PARSE_OPTION
+@click.option("--no-progress", is_flag=True, help="State lines only, no progress bars.")
+@pass_cli
+def sync(
+    cli: CliContext, account_name: str, once: bool, parse_processes: int, no_progress: bool
+) -> None:
+    """Sync ACCOUNT: backfill the window, then stay live (IDLE) until Ctrl-C; with --once, exit
+    when caught up (0 on success; otherwise the account's state and the reason, and exit 4 when
+    the server refused or could not be reached, 1 for other errors)."""
+    _prepare_account(cli, account_name)
+    display = _SyncDisplay(cli.progress, _console(), names=[account_name], bars=not no_progress)
+    if once:
+        code = _run(_sync_once(cli, account_name, parse_processes, display))
+    else:
+        code = _run(_sync_live(cli, account_name, parse_processes, display))
+    if code:
+        sys.exit(code)
+
+
+@main.command("worker")
+@_PARSE_OPTION
+@click.option("--max-accounts", type=click.IntRange(1), help="Hold at most this many accounts.")
+@click.option("--poll-seconds", type=click.FloatRange(0.1), default=5.0, show_default=True)
+@click.option("--lease-seconds", type=click.FloatRange(1.0), default=60.0, show_default=True)
+@pass_cli
+def worker(
+    cli: CliContext,
+    parse_processes: int,
+    max_accounts: int | None,
+    poll_seconds: float,
+    lease_seconds: float,
+) -> None:
+    """Sync every active account (no API), sharing them with other workers through leases;
+    Ctrl-C stops cleanly and releases the leases."""
+    display = _SyncDisplay(cli.progress, _console(), names=None, bars=False)
+
+    async def work() -> str:
+        runner = SyncRunner(
+            cli.store,
+            cli.settings,
+            parse_processes=parse_processes,
+            max_accounts=max_accounts,
+            poll_seconds=poll_seconds,
+            lease_seconds=lease_seconds,
+            on_state=display.listener(),
+        )
+        stop = asyncio.Event()
+        with _signals(stop.set):
+            main_task = asyncio.create_task(runner.run(stop))
+            display.say(f"Worker {runner.owner} running; Ctrl-C to stop.")
+            try:
+                while not stop.is_set() and not main_task.done():
+                    await display.poll()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=max(_PROGRESS_SECONDS, 1.0))
+            finally:
+                stop.set()
+                await main_task
+                await display.poll()
+        return runner.owner
+
+    owner = _run(work())
+    click.echo(f"Worker {owner} stopped; its leases are released.")
+
+
 @main.command("serve")
 @click.option("--host", help="Address to listen on (default from settings).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port (default from settings).")
+@click.option("--no-sync", is_flag=True, help="Serve the API only (run `correspond worker`s).")
+@_PARSE_OPTION
 @pass_cli
-def serve(cli: CliContext, host: str | None, port: int | None) -> None:
-    """Run the API (and later the web UI and sync engine) in one process."""
+def serve(
+    cli: CliContext, host: str | None, port: int | None, no_sync: bool, parse_processes: int
+) -> None:
+    """Run the API and the sync engine (every active account) in one process and event loop."""
     import uvicorn
 
     from correspond.api import create_app
 
     settings = cli.settings.clone(**{k: v for k, v in (("host", host), ("port", port)) if v})
     store = cli.store  # migrations run here, before the first request
-    app = create_app(settings, store=store)
-    click.echo(f"Serving on http://{settings.host}:{settings.port} (API docs at /docs)")
+    runner = None if no_sync else SyncRunner(store, settings, parse_processes=parse_processes)
+    app = create_app(settings, store=store, runner=runner)
+    what = "API only" if runner is None else f"API and sync (owner {runner.owner})"
+    click.echo(f"Serving on http://{settings.host}:{settings.port}: {what}; API docs at /docs")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
 
 

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from correspond import __version__
 from correspond.accounts import AccountService
-from correspond.api.routes import accounts, folders, health, messages
+from correspond.api.routes import accounts, folders, health, messages, sync
 from correspond.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -23,6 +23,9 @@ from correspond.errors import (
 from correspond.mailbox import MailboxReader
 from correspond.settings import Settings
 from correspond.store import Store, open_store
+from correspond.store.leases import AccountLeases
+from correspond.store.progress import ProgressReader
+from correspond.sync.runner import SyncRunner
 
 __all__ = ["create_app", "status_for"]
 
@@ -50,18 +53,31 @@ async def _correspond_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
-    """The API over ``store`` (default: open ``settings``' store, running migrations now)."""
+def create_app(
+    settings: Settings, *, store: Store | None = None, runner: SyncRunner | None = None
+) -> FastAPI:
+    """The API over ``store`` (default: open ``settings``' store, running migrations now).
+
+    With a ``runner`` (``correspond serve``), the sync engine runs beside the API in the same
+    event loop: started when the app starts, shut down (tasks stopped, leases released) before
+    the store closes.
+    """
     owns_store = store is None
     the_store = store if store is not None else open_store(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if runner is not None:
+            runner.start()
         try:
             yield
         finally:
-            if owns_store:
-                the_store.close()
+            try:
+                if runner is not None:
+                    await runner.shutdown()
+            finally:
+                if owns_store:
+                    the_store.close()
 
     app = FastAPI(
         title="Correspond",
@@ -72,9 +88,13 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.accounts = AccountService(the_store, settings)
     app.state.reader = MailboxReader(the_store, settings)
+    app.state.progress = ProgressReader(the_store.engine)
+    app.state.leases = AccountLeases(the_store.engine)
+    app.state.runner = runner
     app.add_exception_handler(CorrespondError, _correspond_error)
     app.include_router(health.router)
     app.include_router(accounts.router)
+    app.include_router(sync.router)
     app.include_router(folders.router)
     app.include_router(messages.account_router)
     app.include_router(messages.router)

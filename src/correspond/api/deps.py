@@ -9,11 +9,17 @@ from fastapi import Depends, Request
 from correspond.accounts import AccountService
 from correspond.mailbox import MailboxReader
 from correspond.settings import Settings
+from correspond.store.leases import AccountLeases
+from correspond.store.progress import ProgressReader
 
 __all__ = [
+    "LeasesDep",
+    "ProgressDep",
     "ReaderDep",
     "ServiceDep",
     "SettingsDep",
+    "get_leases",
+    "get_progress",
     "get_reader",
     "get_service",
     "get_settings",
@@ -35,6 +41,18 @@ def get_reader(request: Request) -> MailboxReader:
     return reader
 
 
+def get_progress(request: Request) -> ProgressReader:
+    progress: ProgressReader = request.app.state.progress
+    return progress
+
+
+def get_leases(request: Request) -> AccountLeases:
+    leases: AccountLeases = request.app.state.leases
+    return leases
+
+
 ServiceDep = Annotated[AccountService, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ReaderDep = Annotated[MailboxReader, Depends(get_reader)]
+ProgressDep = Annotated[ProgressReader, Depends(get_progress)]
+LeasesDep = Annotated[AccountLeases, Depends(get_leases)]

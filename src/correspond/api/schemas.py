@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from correspond.accounts import describe_state
+from correspond.api.progress_schemas import ProgressPublic
 from correspond.store import AccountSummary, Folder, FolderSyncResult
 
 __all__ = [
@@ -87,6 +88,8 @@ class AccountPublic(BaseModel):
     folder_count: int
     selected_folder_count: int
     message_count: int
+    #: Backfill progress per folder and in total (null where the caller did not read it).
+    progress: ProgressPublic | None = None
 
 
 class FolderPublic(BaseModel):
@@ -134,7 +137,9 @@ class ConnectionReportPublic(BaseModel):
     folders: list[str] | int | None
 
 
-def account_public(summary: AccountSummary) -> AccountPublic:
+def account_public(
+    summary: AccountSummary, *, progress: ProgressPublic | None = None
+) -> AccountPublic:
     a = summary.account
     return AccountPublic(
         id=a.id,
@@ -161,6 +166,7 @@ def account_public(summary: AccountSummary) -> AccountPublic:
         folder_count=summary.folder_count,
         selected_folder_count=summary.selected_folder_count,
         message_count=summary.message_count,
+        progress=progress,
     )
 
 

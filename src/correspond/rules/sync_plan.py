@@ -31,15 +31,18 @@ __all__ = [
     "RemoteFolder",
     "RenamedFolder",
     "SelectState",
+    "SelectionChange",
     "backfill_order",
     "backoff_delay",
     "changes_from_condstore",
     "changes_from_fallback",
     "diff_folder_list",
+    "idle_folders",
     "imap_date",
     "normalize_flags",
     "plan_backfill_batch",
     "plan_folder_sync",
+    "selection_change",
     "window_start",
 ]
 
@@ -384,17 +387,73 @@ def backoff_delay(
     rng: random.Random,
     base: float = 1.0,
     cap: float = BACKOFF_CAP_SECONDS,
+    floor: float = 0.0,
 ) -> float:
     """Seconds to wait before retry number ``attempt`` (1-based): "full jitter".
 
-    Uniform in ``[0, min(cap, base * 2**(attempt-1))]`` so that many accounts failing together
-    (a provider outage) do not retry in lock-step; never above ``cap`` (five minutes).
+    Uniform in ``[floor * c, c]`` with ``c = min(cap, base * 2**(attempt-1))`` so that many
+    accounts failing together (a provider outage) do not retry in lock-step; never above ``cap``
+    (five minutes). ``floor`` (0 = full jitter) guarantees a minimum share of the ceiling: with
+    ``floor=0.5`` the first ``n`` waits add up to at least ``base * (2**n - 1) / 2``, so the
+    number of attempts in any span of time is bounded (used for refused logins, where a burst of
+    retries would look like password guessing to the provider).
     """
     if attempt < 1:
         raise ValueError("attempt is 1-based")
+    if not 0.0 <= floor <= 1.0:
+        raise ValueError("floor is a fraction of the ceiling, between 0 and 1")
     # Cap the exponent before computing 2**n so a huge attempt count cannot overflow a float.
     ceiling = min(cap, base * (2.0 ** min(attempt - 1, 64)))
-    return rng.uniform(0.0, ceiling)
+    return rng.uniform(floor * ceiling, ceiling)
+
+
+# --- live: which folders IDLE, what a selection change means ----------------------------------
+
+# Folders that get a connection of their own in IDLE (DESIGN.md "Live": INBOX and Sent).
+_IDLE_ROLES = ("inbox", "sent")
+
+
+def idle_folders(
+    folders: Iterable[tuple[int, str | None, bool]],
+    *,
+    server_idles: bool,
+    roles: Collection[str] = _IDLE_ROLES,
+) -> frozenset[int]:
+    """The folder ids that get a dedicated IDLE connection (RFC 2177); the rest are polled.
+
+    Each item is ``(folder_id, role, syncable)`` where syncable means selected, selectable and
+    not removed. A server without IDLE gets none: every folder, INBOX and Sent included, is
+    polled. One folder per role at most (roles are unique per account, but a stale list could
+    briefly hold two): the lowest id wins, so the choice is stable.
+    """
+    if not server_idles:
+        return frozenset()
+    wanted = {r.lower() for r in roles}
+    chosen: dict[str, int] = {}
+    for fid, role, syncable in folders:
+        key = (role or "").lower()
+        if syncable and key in wanted and (key not in chosen or fid < chosen[key]):
+            chosen[key] = fid
+    return frozenset(chosen.values())
+
+
+@dataclass(frozen=True, slots=True)
+class SelectionChange:
+    """How the set of synced folders moved: ``added`` need a backfill, ``removed`` lose their
+    locations (the folder is no longer mirrored, so its UIDs are not kept up to date)."""
+
+    added: frozenset[int] = frozenset()
+    removed: frozenset[int] = frozenset()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed)
+
+
+def selection_change(before: Collection[int], after: Collection[int]) -> SelectionChange:
+    """Compare the synced folder ids before and after (a user's selection, a LIST refresh)."""
+    old, new = frozenset(before), frozenset(after)
+    return SelectionChange(added=new - old, removed=old - new)
 
 
 # --- folder list ------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import Engine, Table, and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,13 +37,22 @@ __all__ = [
     "LeasedAccount",
 ]
 
-#: States a worker keeps an account running in. ``disconnected`` is included: it means "the
-#: server could not be reached, retrying", so a worker that dies during its backoff must leave
-#: it for another one to pick up. ``paused`` (the user's choice) and ``auth_failed`` / ``error``
-#: (the user must act, then resume) are not run.
-RUNNABLE_STATES: tuple[str, ...] = ("connecting", "backfilling", "live", "disconnected")
+#: States a worker keeps an account running in. ``disconnected`` and ``auth_failed`` are
+#: included: the engine retries both with backoff (a refused login no faster than its backoff
+#: allows), so a worker that dies during a backoff must leave the account for another one to
+#: pick up. ``paused`` (the user's choice) and ``error`` (a permanent problem: the user must act,
+#: then resume) are not run.
+RUNNABLE_STATES: tuple[str, ...] = (
+    "connecting",
+    "backfilling",
+    "live",
+    "disconnected",
+    "auth_failed",
+)
 
-#: States ``resume`` moves back to ``connecting``.
+_ACCOUNTS: Table = AccountRow.__table__  # type: ignore[assignment]
+
+#: States ``resume`` moves back to ``connecting`` (a failed sign-in too: the user has acted).
 RESUMABLE_STATES: tuple[str, ...] = ("paused", "auth_failed", "error")
 
 
@@ -97,7 +106,7 @@ class AccountLeases:
         """
         now = now or utcnow()
         expires = now + timedelta(seconds=ttl_seconds)
-        t = AccountRow.__table__
+        t = _ACCOUNTS
         free = or_(
             t.c.lease_owner.is_(None),
             t.c.lease_owner == owner,
@@ -148,7 +157,7 @@ class AccountLeases:
 
     def release(self, owner: str, names: Collection[str] | None = None) -> int:
         """Give up ``owner``'s leases (all of them, or those of ``names``); returns how many."""
-        t = AccountRow.__table__
+        t = _ACCOUNTS
         q = update(t).where(t.c.lease_owner == owner)
         if names is not None:
             if not names:
@@ -202,7 +211,7 @@ class AccountLeases:
             values["connected_at"] = connected_at
         if last_sync_at is not None:
             values["last_sync_at"] = last_sync_at
-        t = AccountRow.__table__
+        t = _ACCOUNTS
         with self._tx() as s:
             result = s.execute(
                 update(t)

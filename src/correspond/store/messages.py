@@ -15,8 +15,9 @@ pure ``chooser`` (the sync layer adapts :func:`correspond.mail.threading.choose_
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,6 +49,7 @@ __all__ = [
     "ThreadCandidate",
     "ThreadChoice",
     "ThreadChooser",
+    "storable",
 ]
 
 # How many same-subject messages threading looks at (newest first): enough to find the
@@ -57,6 +59,8 @@ _SAME_SUBJECT_LIMIT = 50
 _SAME_SUBJECT_WINDOW = timedelta(days=31)
 # Stay well below SQLite's host-parameter limit in IN (...) lists.
 _IN_CHUNK = 500
+# Lone surrogates cannot be encoded as UTF-8, so no database takes them (see storable()).
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +237,55 @@ def _chunks(values: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[A
         yield values[start : start + size]
 
 
+def storable(value: Any) -> Any:
+    """``value`` with every string made storable on every backend: NUL and lone surrogates
+    become U+FFFD. Strings inside tuples, lists, dicts and dataclasses are fixed too; the very
+    same object comes back when nothing needed fixing (the common case costs one regex scan).
+
+    Mail carries NUL bytes (a NUL in a decoded text part, a header with an encoded NUL):
+    PostgreSQL refuses them in text and JSON, which failed the whole batch, and a retry failed
+    the same way, so a folder never got past one such message. Both backends store the same
+    replacement so a key computed on one matches the other.
+    """
+    if isinstance(value, str):
+        return _storable_text(value)
+    if isinstance(value, tuple | list):
+        items = [storable(v) for v in value]
+        if all(a is b for a, b in zip(items, value, strict=True)):
+            return value
+        return type(value)(items)
+    if isinstance(value, dict):
+        fixed = {storable(k): storable(v) for k, v in value.items()}
+        same = all(a is b and fixed[a] is v for (a, v), b in zip(value.items(), fixed, strict=True))
+        return value if same else fixed
+    if is_dataclass(value) and not isinstance(value, type):
+        changes = {}
+        for f in fields(value):
+            old = getattr(value, f.name)
+            new = storable(old)
+            if new is not old:
+                changes[f.name] = new
+        return replace(value, **changes) if changes else value
+    return value
+
+
+def _storable_text(value: str) -> str:
+    # Fast paths first (this runs on every text of every message): ``in`` is a memchr, and
+    # ASCII text cannot hold a surrogate; only non-ASCII text pays for a UTF-8 encode.
+    fixed = value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if not fixed.isascii():
+        try:
+            fixed.encode("utf-8")
+        except UnicodeEncodeError:
+            fixed = _SURROGATES.sub("\ufffd", fixed)
+    return fixed
+
+
+def _storable_item(item: IncomingMessage) -> IncomingMessage:
+    data = storable(item.data)
+    return item if data is item.data else replace(item, data=data)
+
+
 def _summary(row: MessageRow) -> MessageSummary:
     return MessageSummary(
         id=row.id,
@@ -390,7 +443,11 @@ class MessageStore:
 
     def known_dedupe_keys(self, account_id: int, keys: Collection[str]) -> set[str]:
         """Which of ``keys`` the account already has (lets the engine skip fetching bodies)."""
-        wanted = sorted(set(keys))
+        # Keys are stored in :func:`storable` form; answer in the caller's form.
+        asked: dict[str, list[str]] = {}
+        for k in set(keys):
+            asked.setdefault(storable(k), []).append(k)
+        wanted = sorted(asked)
         found: set[str] = set()
         try:
             with self._session() as s:
@@ -405,7 +462,7 @@ class MessageStore:
                     )
         except SQLAlchemyError as exc:
             raise StoreError(f"could not look up messages: {exc}") from exc
-        return found
+        return {k for stored in found for k in asked[stored]}
 
     # -- ingest --------------------------------------------------------------------------------
 
@@ -826,6 +883,7 @@ class _BatchIngest:
 
     def run(self, items: Sequence[IncomingMessage]) -> None:
         s = self.s
+        items = [_storable_item(i) for i in items]
         present = MessageStore._present_uids(s, self.folder_id, [i.uid for i in items])
         todo: list[IncomingMessage] = []
         for item in items:
@@ -913,12 +971,15 @@ class _BatchIngest:
         created_keys = {i.data.dedupe_key for i in new_items}
         locations = []
         flag_updates: dict[int, list[str]] = {}
+        sent_copies: dict[int, MessageData] = {}
         for item in todo:
             mid = existing[item.data.dedupe_key]
             if first_of_key.get(item.data.dedupe_key) is not item:
                 self.result.linked.append(item.uid)
                 if item.data.dedupe_key not in created_keys:
                     flag_updates[mid] = sorted(item.flags)
+                    if item.data.direction == "outbound":
+                        sent_copies[mid] = item.data
             locations.append(
                 {
                     "message_id": mid,
@@ -930,9 +991,49 @@ class _BatchIngest:
                 }
             )
         s.execute(insert(MessageLocationRow), locations)
+        enriched = self._sent_copy_changes(sent_copies)
+        # Executemany by primary key, grouped by the columns set: no statement per message.
+        params: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for mid, flags in flag_updates.items():
-            s.execute(update(MessageRow).where(MessageRow.id == mid).values(flags=flags))
+            row = {"id": mid, "flags": flags, **enriched.get(mid, {})}
+            params.setdefault(tuple(sorted(row)), []).append(row)
+        for group in params.values():
+            s.execute(update(MessageRow), group)
         self._refresh_threads()
+
+    def _sent_copy_changes(self, copies: Mapping[int, MessageData]) -> dict[int, dict[str, Any]]:
+        """What a copy found in Sent adds to a message stored from another folder.
+
+        The copy the user's client filed in Sent is the only one that carries Bcc (RFC 5322
+        §3.6.3: it is removed from what recipients get), and it proves the message is the
+        user's own. When the received copy (user in To/Cc, or a list) was stored first, the row
+        gains the Bcc recipients (and so the participants the timeline links) and becomes
+        outbound. Only messages that change are returned.
+        """
+        out: dict[int, dict[str, Any]] = {}
+        for part in _chunks(sorted(copies)):
+            for mid, bcc, participants, direction in self.s.execute(
+                select(
+                    MessageRow.id,
+                    MessageRow.bcc_addrs,
+                    MessageRow.participants,
+                    MessageRow.direction,
+                ).where(MessageRow.id.in_(part))
+            ):
+                data = copies[int(mid)]
+                have = {str(a.get("email") or "").lower() for a in bcc or ()}
+                extra = [a for a in data.bcc if a.email and a.email.lower() not in have]
+                if not extra and direction == "outbound":
+                    continue
+                merged = set(participants or ()) | {
+                    a.email.lower() for a in extra if "@" in a.email
+                }
+                out[int(mid)] = {
+                    "bcc_addrs": list(bcc or ()) + _addr_json(extra),
+                    "participants": sorted(merged),
+                    "direction": "outbound",
+                }
+        return out
 
     def _refresh_threads(self) -> None:
         """Recompute count and first/last dates of every thread this batch touched (exact,

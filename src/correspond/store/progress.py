@@ -9,8 +9,10 @@ not started yet has no total (``None``).
 The rate is measured from what was committed recently, so any process (a ``correspond web``
 beside a ``correspond worker``) sees the same figure: message locations created in the last
 ``rate_window_seconds``, counted from the later of the window's start and the account's
-``connected_at`` (the start of the current pass). The ETA is the known remaining work over
-that rate.
+``connected_at`` (the start of the current pass). A folder whose backfill is complete has no
+rate; the account's rate counts every selected folder (a folder finished a moment ago was part
+of the work) until the whole backfill is complete. The ETA is the known remaining work over
+that rate; with nothing committed in the window the rate is 0 and there is no ETA.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, case, func, literal, select
 from sqlalchemy.orm import Session
 
 from correspond.errors import NotFound
 from correspond.store.engine import register_table_modules
 from correspond.store.message_tables import MessageLocationRow
-from correspond.store.tables import AccountRow, FolderRow, utcnow
+from correspond.store.tables import AccountRow, FolderRow, UtcDateTime, utcnow
 
 __all__ = [
     "DEFAULT_RATE_WINDOW_SECONDS",
@@ -133,7 +135,7 @@ class ProgressReader:
             a.id: max(window_start, a.connected_at) if a.connected_at else window_start
             for a in accounts
         }
-        recent = self._recent_locations(s, folders, min(since.values()), since)
+        recent = self._recent_locations(s, folders, window_start, now)
         by_account: dict[int, list[FolderRow]] = {}
         for f in folders:
             by_account.setdefault(f.account_id, []).append(f)
@@ -148,30 +150,32 @@ class ProgressReader:
             result.append(self._account(a, items, recent, rows, elapsed, now))
         return result
 
+    @staticmethod
     def _recent_locations(
-        self,
-        s: Session,
-        folders: list[FolderRow],
-        earliest: datetime,
-        since: dict[int, datetime],
+        s: Session, folders: list[FolderRow], window_start: datetime, now: datetime
     ) -> dict[int, int]:
-        """Locations created per folder since its account's ``since`` (only for folders whose
-        backfill is still running: a finished folder has no rate)."""
-        running = [f for f in folders if not f.backfill_done]
-        if not running:
+        """Locations created per folder since the later of ``window_start`` and its account's
+        ``connected_at``, counted in SQL (one grouped query for every account)."""
+        if not folders:
             return {}
-        account_of = {f.id: f.account_id for f in running}
+        start = literal(window_start, UtcDateTime())
+        since = case(
+            (AccountRow.connected_at > start, AccountRow.connected_at),
+            else_=start,
+        )
         rows = s.execute(
-            select(MessageLocationRow.folder_id, MessageLocationRow.created_at).where(
-                MessageLocationRow.folder_id.in_(list(account_of)),
-                MessageLocationRow.created_at >= earliest,
+            select(MessageLocationRow.folder_id, func.count())
+            .join(FolderRow, FolderRow.id == MessageLocationRow.folder_id)
+            .join(AccountRow, AccountRow.id == FolderRow.account_id)
+            .where(
+                MessageLocationRow.folder_id.in_([f.id for f in folders]),
+                MessageLocationRow.created_at >= start,
+                MessageLocationRow.created_at >= since,
+                MessageLocationRow.created_at <= literal(now, UtcDateTime()),
             )
+            .group_by(MessageLocationRow.folder_id)
         ).all()
-        counts: dict[int, int] = {}
-        for folder_id, created in rows:
-            if created is not None and created >= since[account_of[folder_id]]:
-                counts[folder_id] = counts.get(folder_id, 0) + 1
-        return counts
+        return {int(folder_id): int(n) for folder_id, n in rows}
 
     @staticmethod
     def _folder(f: FolderRow, recent: int, elapsed: float) -> FolderProgress:

@@ -8,8 +8,12 @@ The account-level executor above :class:`~correspond.sync.folder_sync.FolderSync
    rows (:meth:`correspond.store.repository.Store.sync_folders`);
 3. each selected folder in :func:`~correspond.rules.sync_plan.backfill_order` (INBOX, Sent,
    then the rest): :meth:`FolderSyncer.run` (backfill, UIDVALIDITY reset, or incremental);
-4. account state ``backfilling`` → ``live``; transient failures retried with jittered backoff
-   (:func:`~correspond.rules.sync_plan.backoff_delay`), permanent ones recorded on the account.
+4. live (:mod:`correspond.sync.live`): one IDLE connection each for INBOX and Sent, the other
+   folders polled, the folder list and the user's selection re-read while live;
+5. account states ``connecting`` → ``backfilling`` → ``live`` (``last_sync_at`` after each
+   pass); transient failures → ``disconnected`` and a reconnect after a jittered backoff
+   (:func:`~correspond.rules.sync_plan.backoff_delay`), a refused login → ``auth_failed`` with
+   the server's words and a bounded retry, other permanent errors → ``error``.
 
 Threading and dedupe are pure functions from :mod:`correspond.mail`; this module only adapts
 their plain-data interfaces to the store's.
@@ -21,10 +25,11 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
 from correspond.errors import AuthenticationFailed, CorrespondError, ImapCommandError
 from correspond.imap.client import ImapClient
@@ -39,7 +44,15 @@ from correspond.mail.dedupe import dedupe_key
 from correspond.mail.parse import ParsedMessage
 from correspond.mail.threading import KnownMessage, ThreadInput, choose_thread
 from correspond.rules.folders import assign_roles
-from correspond.rules.sync_plan import backfill_order, backoff_delay
+from correspond.rules.sync_plan import (
+    BACKOFF_CAP_SECONDS,
+    FolderListDiff,
+    KnownFolder,
+    RemoteFolder,
+    backfill_order,
+    backoff_delay,
+    diff_folder_list,
+)
 from correspond.settings import Settings
 from correspond.store.blobs import BlobStore
 from correspond.store.messages import (
@@ -51,7 +64,6 @@ from correspond.store.messages import (
 )
 from correspond.store.records import Account, Folder
 from correspond.store.repository import Store
-from correspond.store.tables import utcnow
 from correspond.sync.folder_sync import (
     DEFAULT_BATCH_SIZE,
     FolderRef,
@@ -61,16 +73,26 @@ from correspond.sync.folder_sync import (
 )
 
 __all__ = [
+    "DEFAULT_FOLDER_REFRESH_SECONDS",
+    "DEFAULT_POLL_SECONDS",
+    "IDLE_RENEW_SECONDS",
     "AccountSyncReport",
     "AccountSyncer",
+    "SyncerStats",
     "default_dedupe",
     "default_thread_chooser",
     "endpoint_for",
 ]
 
 
-# Re-issue IDLE before servers drop it (RFC 2177 §3: at least every 29 minutes).
-_IDLE_RENEW_SECONDS = 25 * 60
+IDLE_RENEW_SECONDS = 25 * 60
+"""Re-issue IDLE before servers drop it (RFC 2177 §3: at least every 29 minutes)."""
+
+DEFAULT_POLL_SECONDS = 60.0
+"""How often folders without an IDLE connection are polled while live."""
+
+DEFAULT_FOLDER_REFRESH_SECONDS = 300.0
+"""How often the folder list is re-read while live (created, renamed, deleted folders)."""
 
 
 def default_dedupe(parsed: ParsedMessage, gm_msgid: int | None) -> str:
@@ -137,11 +159,33 @@ class AccountSyncReport:
         return sum(f.linked for f in self.folders)
 
 
-class AccountSyncer:
-    """Syncs one account over one IMAP connection: commands, and IDLE on INBOX between passes.
+@dataclass(slots=True)
+class SyncerStats:
+    """Counters for logs and tests: connections opened, logins tried, IDLE commands issued per
+    folder id, retries after a failed session, and folder list changes seen by LIST."""
 
-    (A second connection dedicated to IDLE, as DESIGN.md allows, would let INBOX changes
-    interrupt a long backfill of another folder; with one connection they wait for the pass.)
+    connects: int = 0
+    logins: int = 0
+    retries: int = 0
+    idle_commands: dict[int, int] = field(default_factory=dict)
+    folders_created: int = 0
+    folders_renamed: int = 0
+    folders_deleted: int = 0
+
+
+class AccountSyncer:
+    """Syncs one account: a command connection for backfill and polls, plus one IDLE connection
+    each for INBOX and Sent while live (:mod:`correspond.sync.live`).
+
+    Folder syncs are serialised per folder (one :class:`asyncio.Lock` each), so the command
+    connection and an IDLE connection never work on the same folder at once.
+
+    Intervals (seconds): ``poll_interval`` for the folders without IDLE (default
+    ``settings.poll_interval_seconds``, else 60), ``folder_refresh_interval`` for LIST (default
+    ``settings.folder_refresh_seconds``, else 300), ``selection_check_interval`` for reading the
+    user's folder selection from the store, ``idle_renew_seconds`` for re-issuing IDLE (RFC 2177
+    §3: under 29 minutes), ``backoff_base`` for the first retry ceiling and ``backoff_cap``
+    for the largest (five minutes).
     """
 
     def __init__(
@@ -157,6 +201,12 @@ class AccountSyncer:
         chooser: ThreadChooser | None = None,
         rng: random.Random | None = None,
         extensions: Sequence[str] = ("CONDSTORE", "QRESYNC"),
+        poll_interval: float | None = None,
+        folder_refresh_interval: float | None = None,
+        selection_check_interval: float = 10.0,
+        idle_renew_seconds: float = IDLE_RENEW_SECONDS,
+        backoff_base: float = 1.0,
+        backoff_cap: float = BACKOFF_CAP_SECONDS,
     ) -> None:
         self.store = store
         self.messages = messages
@@ -171,9 +221,35 @@ class AccountSyncer:
         # Which RFC 7162 extensions to ENABLE where offered (drop QRESYNC for a server whose
         # implementation misbehaves; CONDSTORE alone still avoids re-reading every flag).
         self.extensions = tuple(extensions)
+        # Settings may not carry these fields yet (older configs): fall back to the defaults.
+        self.poll_interval = float(
+            poll_interval
+            if poll_interval is not None
+            else getattr(settings, "poll_interval_seconds", DEFAULT_POLL_SECONDS)
+        )
+        self.folder_refresh_interval = float(
+            folder_refresh_interval
+            if folder_refresh_interval is not None
+            else getattr(settings, "folder_refresh_seconds", DEFAULT_FOLDER_REFRESH_SECONDS)
+        )
+        self.selection_check_interval = selection_check_interval
+        if not 0 < idle_renew_seconds < 29 * 60:
+            raise ValueError("IDLE must be re-issued within 29 minutes (RFC 2177 §3)")
+        self.idle_renew_seconds = idle_renew_seconds
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.stats = SyncerStats()
+        self._locks: dict[int, asyncio.Lock] = {}
+        # Renamed folders whose old row keeps its locations until the new name is synced
+        # (new raw name -> old folder id): the messages never lose every location in between.
+        self._renamed_from: dict[bytes, int] = {}
+        self.last_folder_diff: FolderListDiff = FolderListDiff()
+
+    # -- connection and folder list -------------------------------------------------------------
 
     async def connect(self, account: Account) -> ImapClient:
         """Connect, log in with the stored secret, and ENABLE CONDSTORE/QRESYNC if offered."""
+        self.stats.connects += 1
         client = await ImapClient.connect(
             endpoint_for(account),
             connect_timeout=self.settings.imap_connect_timeout,
@@ -181,6 +257,7 @@ class AccountSyncer:
         )
         try:
             secret = await asyncio.to_thread(self.store.account_secret, account.name)
+            self.stats.logins += 1
             await client.login(account.username, secret)
             if self.extensions:
                 await client.enable(*self.extensions)
@@ -190,21 +267,84 @@ class AccountSyncer:
         return client
 
     async def refresh_folders(self, client: ImapClient, account: Account) -> list[Folder]:
-        """LIST the folders, assign roles, and upsert them; returns the live folder rows."""
+        """LIST the folders, assign roles, and upsert them; returns the live folder rows.
+
+        The fresh list is compared with the stored one (:func:`diff_folder_list`): a folder that
+        vanished under one name and appeared under another with the same UIDVALIDITY (asked
+        with STATUS only when both kinds exist) is a rename. Its selection is carried to the new
+        name, and its old locations are kept until the new name is synced (the backfill re-links
+        the messages by dedupe key without downloading them again), so a renamed folder's
+        messages are neither lost nor duplicated. A folder deleted on the server loses its
+        locations at once; its messages stay.
+        """
         listed = await client.list_folders()
         specs = assign_roles(listed)
+        before = await asyncio.to_thread(self.store.list_folders, account.name)
+        known = [KnownFolder(f.id, f.name_raw, None, f.uidvalidity) for f in before if f.selectable]
+        remote = [RemoteFolder(s.name_raw) for s in specs if s.selectable]
+        diff = diff_folder_list(known, remote)
+        if diff.deleted and diff.created:
+            # Only now is STATUS worth its round trips: a rename is possible.
+            remote = [
+                RemoteFolder(r.name_raw, uidvalidity=await self._uidvalidity(client, r.name_raw))
+                if r in diff.created
+                else r
+                for r in remote
+            ]
+            diff = diff_folder_list(known, remote)
+        self.last_folder_diff = diff
+        if before:  # the very first LIST creates every folder; that is not news
+            self.stats.folders_created += len(diff.created)
+            self.stats.folders_renamed += len(diff.renamed)
+            self.stats.folders_deleted += len(diff.deleted)
         result = await asyncio.to_thread(self.store.sync_folders, account.name, specs)
+        folders = result.folders
+        by_id = {f.id: f for f in before}
+        carry = [r for r in diff.renamed if by_id[r.id].selected]
+        if carry:
+            fresh = await asyncio.to_thread(self.store.get_account, account.name)
+            if fresh.folders_mode != "selected":
+                carry = []  # in "all" mode the store selected the new name already
+        if carry:
+            # The new name is a new row, unselected in "selected" mode: keep the user's choice.
+            keep = {f.id for f in folders if f.selected}
+            new_ids = {f.id for f in folders if f.name_raw in {r.new.name_raw for r in carry}}
+            folders = await asyncio.to_thread(
+                lambda: self.store.select_folders(account.name, refs=sorted(keep | new_ids))
+            )
+        for r in diff.renamed:
+            self._renamed_from[r.new.name_raw] = r.id
+        renamed_old = set(self._renamed_from.values())
         if result.removed:
-            # A folder deleted (or renamed) on the server: its UIDs mean nothing any more. If it
-            # was renamed, the new name is a new folder whose backfill re-links the same
-            # messages by dedupe key, so nothing is duplicated.
+            # Deleted on the server: its UIDs mean nothing any more. Renamed ones wait for
+            # their new name's sync (see :meth:`_finish_rename`).
             every = await asyncio.to_thread(
                 self.store.list_folders, account.name, include_removed=True
             )
             for folder in every:
-                if folder.removed and folder.uidvalidity is not None:
+                gone = folder.removed and folder.uidvalidity is not None
+                if gone and folder.id not in renamed_old:
                     await asyncio.to_thread(self.messages.forget_folder, folder.id)
-        return result.folders
+        # A rename to a folder that will not be synced: nothing re-links, let the old one go.
+        syncing = {f.name_raw for f in folders if f.selected and f.selectable}
+        for new_raw, old_id in list(self._renamed_from.items()):
+            if new_raw not in syncing:
+                del self._renamed_from[new_raw]
+                await asyncio.to_thread(self.messages.forget_folder, old_id)
+        return folders
+
+    async def _uidvalidity(self, client: ImapClient, name_raw: bytes) -> int | None:
+        try:
+            status = await client.status(name_raw, ["UIDVALIDITY"])
+        except ImapCommandError:
+            return None  # gone again, or not selectable: not a rename candidate
+        return status.values.get("UIDVALIDITY")
+
+    async def _finish_rename(self, folder: Folder, report: FolderSyncReport) -> None:
+        old_id = self._renamed_from.get(folder.name_raw)
+        if old_id is not None and report.done and report.error is None:
+            del self._renamed_from[folder.name_raw]
+            await asyncio.to_thread(self.messages.forget_folder, old_id)
 
     def _capabilities(self, client: ImapClient) -> frozenset[str]:
         caps = set(client.capabilities)
@@ -215,6 +355,53 @@ class AccountSyncer:
             caps.discard("CONDSTORE")
         return frozenset(caps)
 
+    # -- syncing folders ------------------------------------------------------------------------
+
+    def folder_lock(self, folder_id: int) -> asyncio.Lock:
+        """The lock every sync of ``folder_id`` holds (one connection per folder at a time)."""
+        lock = self._locks.get(folder_id)
+        if lock is None:
+            lock = self._locks[folder_id] = asyncio.Lock()
+        return lock
+
+    async def sync_folder(
+        self,
+        client: ImapClient,
+        account: Account,
+        folder: Folder,
+        *,
+        max_batches: int | None = None,
+    ) -> FolderSyncReport:
+        """Bring one folder up to date over ``client`` (backfill, reset or incremental).
+
+        Raises :class:`ImapCommandError` when the server refuses the folder (the session is
+        intact); the caller decides whether that stops anything.
+        """
+        syncer = FolderSyncer(
+            client,
+            self.messages,
+            self.blobs,
+            self.settings.clone(window_days=account.window_days),
+            FolderRef(
+                id=folder.id,
+                account_id=account.id,
+                name_raw=folder.name_raw,
+                role=folder.role,
+                account_addresses=frozenset({account.email.lower()}),
+            ),
+            chooser=self.chooser,
+            dedupe=default_dedupe,
+            builder=self.builder,
+            capabilities=self._capabilities(client),
+            parse_executor=self.parse_executor,
+            batch_size=self.batch_size,
+            today=self.today,
+        )
+        async with self.folder_lock(folder.id):
+            report = await syncer.run(max_batches=max_batches)
+        await self._finish_rename(folder, report)
+        return report
+
     async def sync_once(
         self,
         client: ImapClient,
@@ -222,63 +409,65 @@ class AccountSyncer:
         *,
         folders: Sequence[Folder] | None = None,
         max_batches: int | None = None,
+        after_folder: Callable[[Folder, FolderSyncReport], Awaitable[None] | None] | None = None,
     ) -> AccountSyncReport:
-        """One pass over the selected folders, INBOX and Sent first."""
+        """One pass over the selected folders, INBOX and Sent first.
+
+        ``after_folder`` is called after each folder (the live session starts a folder's IDLE
+        connection as soon as its backfill is done, before the other folders are backfilled).
+        """
         started = time.perf_counter()
         report = AccountSyncReport(account_id=account.id)
         if folders is None:
             folders = await self.refresh_folders(client, account)
         chosen = {f.id: f for f in folders if f.selected and f.selectable and not f.removed}
         order = backfill_order((f.id, f.role, f.name) for f in chosen.values())
-        caps = self._capabilities(client)
-        settings = self.settings.clone(window_days=account.window_days)
         for folder_id in order:
             folder = chosen[folder_id]
-            syncer = FolderSyncer(
-                client,
-                self.messages,
-                self.blobs,
-                settings,
-                FolderRef(
-                    id=folder.id,
-                    account_id=account.id,
-                    name_raw=folder.name_raw,
-                    role=folder.role,
-                    account_addresses=frozenset({account.email.lower()}),
-                ),
-                chooser=self.chooser,
-                dedupe=default_dedupe,
-                builder=self.builder,
-                capabilities=caps,
-                parse_executor=self.parse_executor,
-                batch_size=self.batch_size,
-                today=self.today,
-            )
             try:
-                report.folders.append(await syncer.run(max_batches=max_batches))
+                folder_report = await self.sync_folder(
+                    client, account, folder, max_batches=max_batches
+                )
             except ImapCommandError as exc:
                 # One folder refused (deleted since LIST, no permission, ...): the session is
                 # intact, so record it and go on with the others; the next LIST settles it.
-                report.folders.append(
-                    FolderSyncReport(folder_id=folder.id, kind="error", error=str(exc))
-                )
+                folder_report = FolderSyncReport(folder_id=folder.id, kind="error", error=str(exc))
+            report.folders.append(folder_report)
+            if after_folder is not None:
+                pending = after_folder(folder, folder_report)
+                if pending is not None:
+                    await pending
         report.seconds = time.perf_counter() - started
         return report
 
-    async def wait_for_inbox_change(
-        self, client: ImapClient, inbox: Folder, *, stop: asyncio.Event, timeout: float
-    ) -> bool:
-        """EXAMINE INBOX and IDLE (RFC 2177) until the server reports a change, ``stop`` is set,
-        or ``timeout`` seconds pass. True when something changed.
+    # -- IDLE -----------------------------------------------------------------------------------
 
-        EXISTS, EXPUNGE, FETCH (flags) and VANISHED all mean "sync INBOX now". IDLE is re-issued
-        well inside the 29 minutes RFC 2177 §3 allows.
+    async def wait_for_change(
+        self,
+        client: ImapClient,
+        folder: Folder,
+        *,
+        stop: asyncio.Event,
+        timeout: float | None = None,
+    ) -> bool:
+        """IDLE (RFC 2177) on ``folder`` until the server reports a change, ``stop`` is set, or
+        ``timeout`` seconds pass (None: no limit). True when something changed.
+
+        EXISTS, EXPUNGE, FETCH (flags) and VANISHED all mean "sync this folder now". IDLE is
+        ended with DONE and re-issued every ``idle_renew_seconds``, inside the 29 minutes after
+        which RFC 2177 §3 lets a server drop an idle client. The folder is EXAMINEd first unless
+        the session already has it selected (a sync just did).
         """
-        await client.select(inbox.name_raw, readonly=True)
+        current = client.selected
+        if current is None or current.name_raw != folder.name_raw:
+            await client.select(folder.name_raw, readonly=True)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not stop.is_set() and loop.time() < deadline:
-            round_end = min(deadline, loop.time() + _IDLE_RENEW_SECONDS)
+        deadline = None if timeout is None else loop.time() + timeout
+        while not stop.is_set() and (deadline is None or loop.time() < deadline):
+            round_end = loop.time() + self.idle_renew_seconds
+            if deadline is not None:
+                round_end = min(round_end, deadline)
+            self.stats.idle_commands[folder.id] = self.stats.idle_commands.get(folder.id, 0) + 1
             async with client.idle() as session:
                 while not stop.is_set():
                     left = round_end - loop.time()
@@ -293,103 +482,91 @@ class AccountSyncer:
                         return True
         return False
 
+    async def wait_for_inbox_change(
+        self, client: ImapClient, inbox: Folder, *, stop: asyncio.Event, timeout: float
+    ) -> bool:
+        """:meth:`wait_for_change` on INBOX (kept for callers of the one-connection engine)."""
+        return await self.wait_for_change(client, inbox, stop=stop, timeout=timeout)
+
+    # -- the account loop -----------------------------------------------------------------------
+
     async def run_account(
         self,
         account_name: str,
         *,
         stop: asyncio.Event,
-        poll_seconds: float = 60.0,
+        poll_seconds: float | None = None,
         on_synced: Callable[[AccountSyncReport], None] | None = None,
     ) -> None:
-        """Keep one account in sync until ``stop`` is set.
+        """Keep one account in sync until ``stop`` is set (DESIGN.md "Live").
 
-        First a full pass (backfill), then live: IDLE on INBOX between passes (an INBOX-only
-        pass on each change), and a full pass of every selected folder each ``poll_seconds``
-        (the other folders are polled, DESIGN.md "Live"). Servers without IDLE are polled.
+        A session (:class:`~correspond.sync.live.LiveSession`): connect (state ``connecting``),
+        backfill (``backfilling``), then ``live`` with IDLE connections for INBOX and Sent and a
+        poll of the other folders every ``poll_seconds`` (default :attr:`poll_interval`), the
+        folder list re-read every :attr:`folder_refresh_interval`. ``last_sync_at`` is set after
+        every successful pass.
 
-        Transient failures (connection lost, timeouts, database busy) are retried with jittered
-        exponential backoff capped at five minutes; a refused login or another permanent error
-        is recorded on the account and ends the loop (the user must act).
+        When a session ends on an error: connection lost, BYE, timeout or a busy database →
+        ``disconnected`` and a reconnect after a jittered exponential backoff (cap 5 minutes);
+        a refused login → ``auth_failed`` with the server's own words, retried no faster than
+        the backoff (each wait at least half its ceiling, so never a storm); any other
+        permanent error → ``error`` with its reason, and the loop ends (the user must act). The
+        backoff restarts from its base once a session has completed a pass.
         """
+        from correspond.sync.live import LiveSession  # the session builds on this class
+
+        poll = self.poll_interval if poll_seconds is None else float(poll_seconds)
         attempt = 0
+        first = True
         while not stop.is_set():
             account = await asyncio.to_thread(self.store.get_account, account_name)
-            try:
-                client = await self.connect(account)
-                try:
-                    await asyncio.to_thread(
-                        self.store.set_account_state,
-                        account_name,
-                        "backfilling",
-                        "Syncing",
-                        connected_at=utcnow(),
-                    )
-                    folders = await self.refresh_folders(client, account)
-                    report = await self.sync_once(client, account, folders=folders)
-                    attempt = 0
-                    await asyncio.to_thread(
-                        self.store.set_account_state,
-                        account_name,
-                        "live",
-                        "Up to date",
-                        last_sync_at=utcnow(),
-                    )
-                    if on_synced is not None:
-                        on_synced(report)
-                    await self._live(client, account, folders, stop, poll_seconds, on_synced)
-                finally:
-                    with contextlib.suppress(CorrespondError):
-                        await client.logout()
-            except AuthenticationFailed as exc:
-                await asyncio.to_thread(
-                    self.store.set_account_state, account_name, "auth_failed", str(exc)
+            if first:
+                first = False
+                await self._set_state(
+                    account_name,
+                    "connecting",
+                    f"Connecting to {account.imap_host}:{account.imap_port}",
                 )
+            session = LiveSession(self, account, stop=stop, poll_seconds=poll, on_synced=on_synced)
+            try:
+                await session.run()
                 return
+            except AuthenticationFailed as exc:
+                attempt = 1 if session.caught_up else attempt + 1
+                delay = backoff_delay(
+                    attempt,
+                    rng=self.rng,
+                    base=self.backoff_base,
+                    cap=self.backoff_cap,
+                    floor=0.5,
+                )
+                words = exc.server_text or str(exc)
+                await self._set_state(
+                    account_name,
+                    "auth_failed",
+                    f"The server refused the login: {words} "
+                    f"(trying again in {_seconds(delay)}; check the password)",
+                )
             except CorrespondError as exc:
                 if not exc.transient:
-                    await asyncio.to_thread(
-                        self.store.set_account_state, account_name, "error", str(exc)
-                    )
+                    await self._set_state(account_name, "error", str(exc))
                     return
-                attempt += 1
-                delay = backoff_delay(attempt, rng=self.rng)
-                await asyncio.to_thread(
-                    self.store.set_account_state,
-                    account_name,
-                    "disconnected",
-                    f"{exc}; retrying in {delay:.0f} s",
+                attempt = 1 if session.caught_up else attempt + 1
+                delay = backoff_delay(
+                    attempt, rng=self.rng, base=self.backoff_base, cap=self.backoff_cap
                 )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                await self._set_state(
+                    account_name, "disconnected", f"{exc}; retrying in {_seconds(delay)}"
+                )
+            self.stats.retries += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
 
-    async def _live(
-        self,
-        client: ImapClient,
-        account: Account,
-        folders: list[Folder],
-        stop: asyncio.Event,
-        poll_seconds: float,
-        on_synced: Callable[[AccountSyncReport], None] | None,
-    ) -> None:
-        inbox = next((f for f in folders if f.role == "inbox" and f.selected), None)
-        loop = asyncio.get_running_loop()
-        next_full = loop.time() + poll_seconds
-        while not stop.is_set():
-            left = max(0.0, next_full - loop.time())
-            changed = False
-            if inbox is not None and "IDLE" in client.capabilities:
-                changed = await self.wait_for_inbox_change(client, inbox, stop=stop, timeout=left)
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=left)
-            if stop.is_set():
-                return
-            if changed and inbox is not None and loop.time() < next_full:
-                report = await self.sync_once(client, account, folders=[inbox])
-            else:
-                folders = await self.refresh_folders(client, account)
-                inbox = next((f for f in folders if f.role == "inbox" and f.selected), None)
-                report = await self.sync_once(client, account, folders=folders)
-                next_full = loop.time() + poll_seconds
-            if on_synced is not None:
-                on_synced(report)
+    async def _set_state(self, account_name: str, state: str, detail: str, **kw: Any) -> None:
+        await asyncio.to_thread(
+            lambda: self.store.set_account_state(account_name, state, detail, **kw)
+        )
+
+
+def _seconds(delay: float) -> str:
+    return f"{delay:.1f} s" if delay < 10 else f"{delay:.0f} s"

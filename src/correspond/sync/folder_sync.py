@@ -532,7 +532,13 @@ class FolderSyncer:
                 uid, keys[uid], meta[uid], headers[present.index(uid)], report
             )
         return _FetchedBatch(
-            present=present, meta=meta, keys=keys, known=known, raws=raws, ready=large_data
+            present=present,
+            meta=meta,
+            keys=keys,
+            known=known,
+            raws=raws,
+            ready=large_data,
+            headers=dict(zip(present, headers, strict=True)),
         )
 
     async def _prepare(
@@ -561,7 +567,7 @@ class FolderSyncer:
                 if fetched.keys[uid] not in fetched.known:
                     continue  # expunged between the two FETCHes: nothing to store
                 # Already stored from another folder: only the location is new.
-                msg_data = MessageData(dedupe_key=fetched.keys[uid])
+                msg_data = self._link_data(fetched, uid)
             items.append(
                 IncomingMessage(
                     uid=uid,
@@ -571,6 +577,18 @@ class FolderSyncer:
                 )
             )
         return items
+
+    def _link_data(self, fetched: _FetchedBatch, uid: int) -> MessageData:
+        """The data for a message already stored: its key, and from a Sent folder what only
+        the sender's copy has (Bcc; that it is outbound), taken from the header block already
+        fetched. The store adds those to the row when the received copy came first."""
+        key = fetched.keys[uid]
+        header = fetched.headers.get(uid)
+        if self.folder.role != "sent" or header is None:
+            return MessageData(dedupe_key=key)
+        return MessageData(
+            dedupe_key=key, bcc=tuple(_addr(a) for a in header.bcc), direction="outbound"
+        )
 
     def _store_full_many(
         self,
@@ -800,6 +818,7 @@ class _FetchedBatch:
     known: set[str]
     raws: dict[int, bytes]
     ready: dict[int, MessageData]
+    headers: dict[int, ParsedMessage] = field(default_factory=dict)
 
 
 def _parse_chunk(func: Callable[[bytes], ParsedMessage], raws: list[bytes]) -> list[ParsedMessage]:

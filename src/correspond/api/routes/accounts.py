@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from correspond.accounts import report_to_dict
-from correspond.api.deps import ServiceDep
+from correspond.api.deps import ProgressDep, ServiceDep
+from correspond.api.progress_schemas import progress_public
 from correspond.api.schemas import (
     AccountCreate,
     AccountPublic,
@@ -20,12 +21,14 @@ router = APIRouter(prefix="/accounts", tags=["accounts"])
 
 
 @router.get("", response_model=list[AccountPublic])
-def list_accounts(service: ServiceDep) -> list[AccountPublic]:
-    return [account_public(s) for s in service.list_accounts()]
+def list_accounts(service: ServiceDep, progress: ProgressDep) -> list[AccountPublic]:
+    summaries = service.list_accounts()
+    by_name = {p.name: progress_public(p) for p in progress.all()}
+    return [account_public(s, progress=by_name.get(s.account.name)) for s in summaries]
 
 
 @router.post("", response_model=AccountPublic, status_code=status.HTTP_201_CREATED)
-def add_account(body: AccountCreate, service: ServiceDep) -> AccountPublic:
+def add_account(body: AccountCreate, service: ServiceDep, progress: ProgressDep) -> AccountPublic:
     draft = draft_from_preset(
         body.preset,
         name=body.name,
@@ -43,12 +46,15 @@ def add_account(body: AccountCreate, service: ServiceDep) -> AccountPublic:
         toggles=body.toggles,
     )
     service.add_account(draft, body.password.get_secret_value())
-    return account_public(service.get_account(draft.name))
+    summary = service.get_account(draft.name)
+    return account_public(summary, progress=progress_public(progress.account(draft.name)))
 
 
 @router.get("/{name}", response_model=AccountPublic)
-def get_account(name: str, service: ServiceDep) -> AccountPublic:
-    return account_public(service.get_account(name))
+def get_account(name: str, service: ServiceDep, progress: ProgressDep) -> AccountPublic:
+    """The account with its state, last sync and backfill progress."""
+    summary = service.get_account(name)
+    return account_public(summary, progress=progress_public(progress.account(name)))
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)

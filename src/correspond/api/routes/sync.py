@@ -1,0 +1,46 @@
+"""``/accounts/{name}/progress``, ``/pause``, ``/resume``: watching and steering the sync."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+
+from correspond.api.deps import LeasesDep, ProgressDep, ServiceDep
+from correspond.api.progress_schemas import ProgressPublic, progress_public
+from correspond.api.schemas import AccountPublic, account_public
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/accounts", tags=["sync"])
+
+
+@router.get("/{name}/progress", response_model=ProgressPublic)
+async def get_progress(name: str, progress: ProgressDep) -> ProgressPublic:
+    """State, state detail, last successful sync, and the backfill's done/total, rate and ETA,
+    per selected folder and in total."""
+    return progress_public(await asyncio.to_thread(progress.account, name))
+
+
+@router.post("/{name}/pause", response_model=AccountPublic)
+async def pause_account(
+    name: str, leases: LeasesDep, service: ServiceDep, progress: ProgressDep
+) -> AccountPublic:
+    """Stop syncing the account (state ``paused``); its worker lets go within a lease round."""
+    await asyncio.to_thread(leases.pause, name)
+    return await _public(name, service, progress)
+
+
+@router.post("/{name}/resume", response_model=AccountPublic)
+async def resume_account(
+    name: str, leases: LeasesDep, service: ServiceDep, progress: ProgressDep
+) -> AccountPublic:
+    """Sync a paused (or failed) account again: state ``connecting`` until a worker takes it."""
+    await asyncio.to_thread(leases.resume, name)
+    return await _public(name, service, progress)
+
+
+async def _public(name: str, service: ServiceDep, progress: ProgressDep) -> AccountPublic:
+    summary = await asyncio.to_thread(service.get_account, name)
+    p = await asyncio.to_thread(progress.account, name)
+    return account_public(summary, progress=progress_public(p))

@@ -1,0 +1,260 @@
+"""One connected session of an account: backfill, then live (DESIGN.md "Live").
+
+Connections (DESIGN.md "Scale-out": a few per account, far below provider caps):
+
+- the *command connection* runs the first pass (backfill, INBOX and Sent first), then polls the
+  folders without IDLE every ``poll_seconds``, re-reads the folder list every
+  ``folder_refresh_interval`` (created, renamed, deleted folders) and the user's folder
+  selection every ``selection_check_interval`` (added folders are backfilled, removed ones lose
+  their locations);
+- one *IDLE connection* per watched folder (INBOX and Sent, :func:`idle_folders`), opened as
+  soon as the first pass has finished that folder. It syncs its folder itself when the server
+  reports a change (RFC 2177), so new INBOX mail is never held up behind a long backfill or
+  poll of another folder, and re-issues IDLE every ``idle_renew_seconds``. A server without
+  IDLE gets no such connection: every folder is polled.
+
+Any connection failing ends the whole session (the others are closed) and
+:meth:`AccountSyncer.run_account` reconnects with backoff: a half-working session would let
+folders fall silently behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from correspond.errors import CorrespondError, ImapCommandError
+from correspond.imap.client import ImapClient
+from correspond.rules.sync_plan import idle_folders, selection_change
+from correspond.store.records import Account, Folder
+from correspond.store.tables import utcnow
+from correspond.sync.folder_sync import FolderSyncReport
+
+if TYPE_CHECKING:
+    from correspond.sync.engine import AccountSyncer, AccountSyncReport
+
+__all__ = ["LiveSession"]
+
+
+def _syncable(folder: Folder) -> bool:
+    return folder.selected and folder.selectable and not folder.removed
+
+
+def _changed(report: FolderSyncReport) -> bool:
+    return bool(report.created or report.linked or report.removed or report.flag_updates)
+
+
+class LiveSession:
+    """Runs one session of one account until ``stop`` is set or a connection fails.
+
+    :meth:`run` returns when ``stop`` is set and raises the error that ended the session
+    otherwise. ``caught_up`` tells the caller whether the first pass completed (the retry
+    backoff then starts again from its base).
+    """
+
+    def __init__(
+        self,
+        syncer: AccountSyncer,
+        account: Account,
+        *,
+        stop: asyncio.Event,
+        poll_seconds: float,
+        on_synced: Callable[[AccountSyncReport], None] | None = None,
+    ) -> None:
+        self.syncer = syncer
+        self.account = account
+        self.stop = stop
+        self.poll_seconds = poll_seconds
+        self.on_synced = on_synced
+        self.caught_up = False
+        self._idle = False
+        self._watchers: dict[int, tuple[bytes, asyncio.Task[None]]] = {}
+        self._broken = asyncio.Event()
+        self._error: BaseException | None = None
+
+    # -- the session ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        client = await self.syncer.connect(self.account)
+        clean = False
+        main = asyncio.create_task(self._command_side(client), name=f"sync {self.account.name}")
+        broken = asyncio.create_task(self._broken.wait())
+        try:
+            done, _ = await asyncio.wait({main, broken}, return_when=asyncio.FIRST_COMPLETED)
+            if main in done:
+                main.result()
+            else:
+                main.cancel()
+                with contextlib.suppress(BaseException):
+                    await main
+                assert self._error is not None
+                raise self._error
+            clean = True
+        finally:
+            for task in (main, broken):
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await main
+            await self._stop_watchers(set(self._watchers))
+            if clean:
+                with contextlib.suppress(CorrespondError):
+                    await client.logout()
+            else:
+                await client.aclose()
+
+    async def _command_side(self, client: ImapClient) -> None:
+        syncer, account = self.syncer, self.account
+        self._idle = "IDLE" in client.capabilities
+        folders = await syncer.refresh_folders(client, account)
+        pending = [f.name for f in folders if _syncable(f) and not f.backfill_done]
+        if pending:
+            shown = ", ".join(pending[:5]) + (", ..." if len(pending) > 5 else "")
+            await syncer._set_state(
+                account.name,
+                "backfilling",
+                f"Backfilling {len(pending)} folder(s): {shown}",
+                connected_at=utcnow(),
+            )
+        else:
+            await syncer._set_state(
+                account.name, "connecting", "Connected; catching up", connected_at=utcnow()
+            )
+        watched = self._watched(folders)
+
+        def start_watcher(folder: Folder, _report: FolderSyncReport) -> None:
+            # As soon as the first pass is done with INBOX (or Sent), it gets its IDLE
+            # connection: new mail there no longer waits for the other folders' backfill.
+            if folder.id in watched:
+                self._start_watcher(folder)
+
+        report = await syncer.sync_once(
+            client, account, folders=folders, after_folder=start_watcher
+        )
+        self.caught_up = True
+        await self._synced(report)
+        await self._live(client, folders)
+
+    async def _live(self, client: ImapClient, folders: list[Folder]) -> None:
+        syncer, account = self.syncer, self.account
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        next_poll = now + self.poll_seconds
+        next_refresh = now + syncer.folder_refresh_interval
+        next_selection = now + syncer.selection_check_interval
+        synced_ids = {f.id for f in folders if _syncable(f)}
+        while not self.stop.is_set():
+            wake = min(next_poll, next_refresh, next_selection)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=max(0.0, wake - loop.time()))
+            if self.stop.is_set():
+                return
+            now = loop.time()
+            due: set[int] = set()
+            if now >= next_refresh:
+                folders = await syncer.refresh_folders(client, account)
+                next_refresh = now + syncer.folder_refresh_interval
+                next_selection = now  # the list may have changed what is synced
+            if now >= next_selection:
+                folders = await asyncio.to_thread(syncer.store.list_folders, account.name)
+                current = {f.id for f in folders if _syncable(f)}
+                change = selection_change(synced_ids, current)
+                if change.removed:
+                    await self._stop_watchers(change.removed)
+                    for folder_id in sorted(change.removed):
+                        # No longer mirrored: its UIDs would go stale. The messages stay.
+                        await asyncio.to_thread(syncer.messages.forget_folder, folder_id)
+                due |= change.added
+                synced_ids = current
+                next_selection = now + syncer.selection_check_interval
+            await self._reconcile_watchers(folders)
+            if now >= next_poll:
+                due |= synced_ids - self._running_watchers()
+                next_poll = now + self.poll_seconds
+            if due:
+                report = await syncer.sync_once(
+                    client, account, folders=[f for f in folders if f.id in due]
+                )
+                await self._synced(report)
+
+    async def _synced(self, report: AccountSyncReport) -> None:
+        await self.syncer._set_state(self.account.name, "live", "Up to date", last_sync_at=utcnow())
+        if self.on_synced is not None:
+            self.on_synced(report)
+
+    # -- IDLE connections -----------------------------------------------------------------------
+
+    def _watched(self, folders: list[Folder]) -> frozenset[int]:
+        return idle_folders(
+            ((f.id, f.role, _syncable(f)) for f in folders), server_idles=self._idle
+        )
+
+    def _running_watchers(self) -> set[int]:
+        return {fid for fid, (_, task) in self._watchers.items() if not task.done()}
+
+    def _start_watcher(self, folder: Folder) -> None:
+        current = self._watchers.get(folder.id)
+        if current is not None and not current[1].done():
+            return
+        task = asyncio.create_task(self._watch(folder), name=f"idle {folder.name}")
+        self._watchers[folder.id] = (folder.name_raw, task)
+
+    async def _reconcile_watchers(self, folders: list[Folder]) -> None:
+        """Start IDLE for watched folders without it, stop it for the others; a folder whose
+        raw name changed restarts under the new name."""
+        watched = self._watched(folders)
+        names = {f.id: f.name_raw for f in folders}
+        stale = {
+            fid
+            for fid, (name_raw, _) in self._watchers.items()
+            if fid not in watched or names.get(fid) != name_raw
+        }
+        await self._stop_watchers(stale)
+        for folder in folders:
+            if folder.id in watched:
+                self._start_watcher(folder)
+
+    async def _stop_watchers(self, folder_ids: set[int] | frozenset[int]) -> None:
+        tasks = [self._watchers.pop(fid)[1] for fid in list(folder_ids) if fid in self._watchers]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def _watch(self, folder: Folder) -> None:
+        """Sync ``folder`` on its own connection, then IDLE until it changes; repeat."""
+        syncer, account = self.syncer, self.account
+        from correspond.sync.engine import AccountSyncReport
+
+        try:
+            client = await syncer.connect(account)
+        except CorrespondError as exc:
+            self._fail(exc)
+            return
+        try:
+            notified = False
+            while not self.stop.is_set():
+                report = await syncer.sync_folder(client, account, folder)
+                # Before the first pass is over the account is not live yet: say nothing.
+                if self.caught_up and (notified or _changed(report)):
+                    await self._synced(AccountSyncReport(account.id, folders=[report]))
+                notified = await syncer.wait_for_change(client, folder, stop=self.stop)
+        except ImapCommandError:
+            # The folder refuses SELECT (deleted since LIST...) or the server refuses IDLE:
+            # stop watching; the command connection polls it and the next LIST settles it.
+            return
+        except Exception as exc:  # a bug must end the session, not hide in a dead task
+            self._fail(exc)
+        finally:
+            if client._closed:
+                await client.aclose()
+            else:
+                with contextlib.suppress(CorrespondError):
+                    await client.logout()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        self._broken.set()

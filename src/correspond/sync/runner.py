@@ -1,0 +1,521 @@
+"""Run the sync engine for every active account: leases, one asyncio task per account.
+
+:class:`SyncRunner` is what ``correspond serve`` (beside the API, in the same event loop) and
+``correspond worker`` run. Every ``poll_seconds`` it does one *lease round*
+(:meth:`SyncRunner.poll_once`):
+
+1. claim or renew the leases of every runnable account that is free, expired or already its own
+   (:meth:`~correspond.store.leases.AccountLeases.claim`; ``FOR UPDATE SKIP LOCKED`` on
+   PostgreSQL), so accounts added or resumed while it runs are picked up within a round;
+2. start :meth:`~correspond.sync.engine.AccountSyncer.run_account` as a task for each held
+   account that has none;
+3. stop the tasks of accounts it no longer holds (paused, removed, failed for good, or a lease
+   lost to another worker), then give those leases up.
+
+On shutdown every task is asked to stop (IDLE notices within a second), cancelled after a grace
+period if it is in the middle of a backfill (each batch commits atomically with its cursor, so a
+cancel loses nothing), the accounts are left in ``connecting`` ("waiting for a worker") and the
+leases are released so another worker takes over at once instead of after the lease expiry.
+
+The engine writes account states through :class:`LeaseGuardedStore`, which writes only while
+this worker holds the lease and the account is runnable: a user's ``pause`` is never overwritten
+by a pass that ends a moment later, and a worker that lost its lease cannot overwrite the new
+holder's state.
+
+:func:`sync_account_once` is the one-off ``correspond sync ACCOUNT --once``: claim, backfill and
+catch up, record the state, release.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import secrets
+import socket
+from collections.abc import Callable, Collection
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from correspond.errors import AuthenticationFailed, ConfigError, CorrespondError, NotFound
+from correspond.settings import Settings
+from correspond.store.blobs import BlobStore
+from correspond.store.leases import RESUMABLE_STATES, AccountLeases
+from correspond.store.messages import MessageStore
+from correspond.store.records import Account
+from correspond.store.repository import Store
+from correspond.store.tables import utcnow
+from correspond.sync.engine import AccountSyncer, AccountSyncReport
+from correspond.sync.folder_sync import DEFAULT_BATCH_SIZE
+
+__all__ = [
+    "LeaseGuardedStore",
+    "OnceResult",
+    "StateListener",
+    "SyncRunner",
+    "SyncerFactory",
+    "default_owner",
+    "make_parse_executor",
+    "sync_account_once",
+]
+
+log = logging.getLogger(__name__)
+
+#: Builds the engine for one account: ``(store, messages, blobs, settings, parse_executor,
+#: batch_size) -> AccountSyncer``. Tests pass one that instruments the real engine.
+SyncerFactory = Callable[
+    [Store, MessageStore, BlobStore, Settings, Executor | None, int], AccountSyncer
+]
+
+#: Told of every state this worker records: ``(account name, state, detail)``. Called from a
+#: worker thread (the store's calls run in threads): hand it over to the loop thread-safely.
+StateListener = Callable[[str, str, str], None]
+
+STOPPED_DETAIL = "Sync stopped ({owner} shut down); it resumes when a sync worker runs."
+ONCE_DETAIL = "Up to date as of this one-off sync (not watching for new mail)."
+
+
+def default_owner() -> str:
+    """A lease owner name unique to this process: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def _default_factory(
+    store: Store,
+    messages: MessageStore,
+    blobs: BlobStore,
+    settings: Settings,
+    parse_executor: Executor | None,
+    batch_size: int,
+) -> AccountSyncer:
+    return AccountSyncer(
+        store, messages, blobs, settings, parse_executor=parse_executor, batch_size=batch_size
+    )
+
+
+def make_parse_executor(processes: int) -> ProcessPoolExecutor | None:
+    """A process pool for MIME parsing shared by every account (None for ``processes <= 0``).
+
+    ``spawn``, not ``fork``: the parent runs an event loop and database threads, and forking a
+    multi-threaded process can copy a held lock into the child.
+    """
+    if processes <= 0:
+        return None
+    return ProcessPoolExecutor(
+        max_workers=processes, mp_context=multiprocessing.get_context("spawn")
+    )
+
+
+class LeaseGuardedStore(Store):
+    """The store handed to the engine: the same database, but account states are written only
+    while ``owner`` holds the account's lease and the account is runnable
+    (:meth:`AccountLeases.set_state_if_held`)."""
+
+    def __init__(
+        self,
+        base: Store,
+        leases: AccountLeases,
+        owner: str,
+        *,
+        on_state: StateListener | None = None,
+    ) -> None:
+        # Share the base store's engine, session factory and secrets (no second pool).
+        self.__dict__.update(base.__dict__)
+        self._leases = leases
+        self._owner = owner
+        self._on_state = on_state
+
+    def set_account_state(
+        self,
+        name: str,
+        state: str,
+        detail: str = "",
+        *,
+        connected_at: datetime | None = None,
+        last_sync_at: datetime | None = None,
+    ) -> Account:
+        written = self._leases.set_state_if_held(
+            name,
+            self._owner,
+            state,
+            detail,
+            connected_at=connected_at,
+            last_sync_at=last_sync_at,
+        )
+        if not written:
+            log.info("state %s for %s not written: lease lost or account paused", state, name)
+        elif self._on_state is not None:
+            self._on_state(name, state, detail)
+        return self.get_account(name)
+
+
+@dataclass(slots=True)
+class _Running:
+    name: str
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+    expires_at: datetime
+    stopping: bool = False
+
+
+@dataclass(slots=True)
+class _Retry:
+    failures: int = 0
+    not_before: float = 0.0
+
+
+@dataclass(slots=True)
+class _Stats:
+    rounds: int = 0
+    started: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+
+
+class SyncRunner:
+    """Keeps every runnable account (or only ``names``) in sync, one task per account."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        *,
+        owner: str | None = None,
+        names: Collection[str] | None = None,
+        lease_seconds: float = 60.0,
+        poll_seconds: float = 5.0,
+        live_poll_seconds: float = 60.0,
+        max_accounts: int | None = None,
+        parse_processes: int = 0,
+        parse_executor: Executor | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        stop_grace_seconds: float = 3.0,
+        syncer_factory: SyncerFactory | None = None,
+        on_state: StateListener | None = None,
+    ) -> None:
+        if lease_seconds <= 2 * poll_seconds:
+            # A lease must outlive a couple of missed rounds, or it lapses while running.
+            raise ConfigError("the lease must last more than two lease rounds")
+        self.store = store
+        self.settings = settings
+        self.owner = owner or default_owner()
+        self.names = None if names is None else frozenset(names)
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.live_poll_seconds = live_poll_seconds
+        self.max_accounts = max_accounts
+        self.batch_size = batch_size
+        self.stop_grace_seconds = stop_grace_seconds
+        self.leases = AccountLeases(store.engine)
+        self.guarded = LeaseGuardedStore(store, self.leases, self.owner, on_state=on_state)
+        self.messages = MessageStore(store.engine)
+        self.blobs = BlobStore.from_settings(settings)
+        self._factory = syncer_factory or _default_factory
+        self._own_executor = parse_executor is None and parse_processes > 0
+        self._parse_processes = parse_processes
+        self._executor: Executor | None = parse_executor
+        self._running: dict[str, _Running] = {}
+        self._retry: dict[str, _Retry] = {}
+        self._stop = asyncio.Event()
+        self._main: asyncio.Task[None] | None = None
+        self.stats = _Stats()
+
+    # -- what is running -------------------------------------------------------------------
+
+    @property
+    def running(self) -> frozenset[str]:
+        """Names of the accounts with a live sync task."""
+        return frozenset(n for n, r in self._running.items() if not r.task.done())
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None]:
+        """Run in the background of the current event loop (FastAPI lifespan)."""
+        if self._main is None:
+            self._main = asyncio.create_task(self.run(), name=f"sync-runner {self.owner}")
+        return self._main
+
+    async def shutdown(self) -> None:
+        """Stop every account task, leave the accounts waiting for a worker, release leases."""
+        self._stop.set()
+        if self._main is not None:
+            await self._main
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Lease rounds every ``poll_seconds`` until ``stop`` (or :meth:`shutdown`)."""
+        if self._own_executor and self._executor is None:
+            self._executor = make_parse_executor(self._parse_processes)
+        try:
+            while not self._stop.is_set() and not (stop is not None and stop.is_set()):
+                try:
+                    await self.poll_once()
+                except CorrespondError as exc:
+                    # The database is away: keep the tasks whose lease is still safely ours.
+                    log.warning("lease round failed: %s", exc)
+                    await self._stop_expiring()
+                waiters = [asyncio.create_task(self._stop.wait())]
+                if stop is not None:
+                    waiters.append(asyncio.create_task(stop.wait()))
+                _done, pending = await asyncio.wait(
+                    waiters, timeout=self.poll_seconds, return_when=asyncio.FIRST_COMPLETED
+                )
+                for w in waiters:
+                    w.cancel()
+                for w in pending:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await w
+        finally:
+            await self._stop_all(reason="shutdown")
+            if self._own_executor and self._executor is not None:
+                executor, self._executor = self._executor, None
+                await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+
+    # -- one lease round -------------------------------------------------------------------
+
+    async def poll_once(self) -> None:
+        """Claim/renew leases, start tasks for held accounts, stop the others."""
+        held = await asyncio.to_thread(
+            self.leases.claim,
+            self.owner,
+            self.lease_seconds,
+            names=self.names,
+            limit=self.max_accounts,
+        )
+        self.stats.rounds += 1
+        held_by_name = {h.name: h for h in held}
+        # Tasks of accounts no longer ours (paused, removed, lost): stop, then release.
+        gone = [n for n in self._running if n not in held_by_name]
+        if gone:
+            await asyncio.gather(*(self._stop_one(n, reason="gone") for n in gone))
+        loop = asyncio.get_running_loop()
+        for h in held:
+            current = self._running.get(h.name)
+            if current is not None and not current.task.done():
+                current.expires_at = h.expires_at
+                continue
+            if current is not None:
+                self._reap(current)
+            retry = self._retry.get(h.name)
+            if retry is not None and loop.time() < retry.not_before:
+                continue
+            self._launch(h.name, h.expires_at)
+
+    def _launch(self, name: str, expires_at: datetime) -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(self._account_task(name, stop), name=f"sync {name}")
+        self._running[name] = _Running(name=name, stop=stop, task=task, expires_at=expires_at)
+        self.stats.started.append(name)
+        log.info("%s: syncing %s", self.owner, name)
+
+    def _reap(self, r: _Running) -> None:
+        """A task that ended on its own: schedule its restart with a growing delay."""
+        self._running.pop(r.name, None)
+        retry = self._retry.setdefault(r.name, _Retry())
+        retry.failures += 1
+        delay = min(300.0, self.poll_seconds * 2 ** min(retry.failures - 1, 8))
+        retry.not_before = asyncio.get_running_loop().time() + delay
+
+    async def _account_task(self, name: str, stop: asyncio.Event) -> None:
+        try:
+            syncer = self._factory(
+                self.guarded,
+                self.messages,
+                self.blobs,
+                self.settings,
+                self._executor,
+                self.batch_size,
+            )
+
+            def synced(_report: AccountSyncReport) -> None:
+                self._retry.pop(name, None)
+
+            await syncer.run_account(
+                name, stop=stop, poll_seconds=self.live_poll_seconds, on_synced=synced
+            )
+        except asyncio.CancelledError:
+            raise
+        except NotFound:
+            return  # removed while running
+        except CorrespondError as exc:
+            # Raised outside the engine's retry loop (the database between passes): the next
+            # round restarts the account after a delay.
+            log.warning("%s: %s", name, exc)
+        except Exception as exc:  # a bug must not spin: record it and stop this account
+            log.exception("sync of %s failed", name)
+            with contextlib.suppress(CorrespondError):
+                await asyncio.to_thread(
+                    self.guarded.set_account_state,
+                    name,
+                    "error",
+                    f"Internal error: {exc.__class__.__name__}: {exc}",
+                )
+
+    async def _stop_one(self, name: str, *, reason: str) -> None:
+        r = self._running.get(name)
+        if r is None:
+            return
+        r.stopping = True
+        r.stop.set()
+        done, _pending = await asyncio.wait({r.task}, timeout=self.stop_grace_seconds)
+        if not done:
+            # Mid-backfill: each batch commits with its cursor, so cancelling loses nothing.
+            r.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await r.task
+        self._running.pop(name, None)
+        self.stats.stopped.append(name)
+        try:
+            if reason == "shutdown":
+                await asyncio.to_thread(
+                    self.leases.set_state_if_held,
+                    name,
+                    self.owner,
+                    "connecting",
+                    STOPPED_DETAIL.format(owner=self.owner),
+                )
+            # Only now, with the task over, may another worker take the account.
+            await asyncio.to_thread(self.leases.release, self.owner, [name])
+        except CorrespondError as exc:
+            log.warning("could not release %s: %s (its lease will expire)", name, exc)
+        log.info("%s: stopped %s (%s)", self.owner, name, reason)
+
+    async def _stop_all(self, *, reason: str) -> None:
+        names = list(self._running)
+        if names:
+            await asyncio.gather(*(self._stop_one(n, reason=reason) for n in names))
+        with contextlib.suppress(CorrespondError):
+            await asyncio.to_thread(self.leases.release, self.owner, None)
+
+    async def _stop_expiring(self) -> None:
+        """Without a renewal, stop tasks before their lease can lapse under them."""
+        now = utcnow()
+        soon = [
+            n
+            for n, r in self._running.items()
+            if (r.expires_at - now).total_seconds() < 2 * self.poll_seconds
+        ]
+        if soon:
+            await asyncio.gather(*(self._stop_one(n, reason="lease") for n in soon))
+
+
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OnceResult:
+    """How a one-off sync ended: ``ok`` and the account as it was left."""
+
+    ok: bool
+    account: Account
+    report: AccountSyncReport | None
+
+
+async def sync_account_once(
+    store: Store,
+    settings: Settings,
+    name: str,
+    *,
+    owner: str | None = None,
+    lease_seconds: float = 60.0,
+    parse_executor: Executor | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    syncer_factory: SyncerFactory | None = None,
+    on_state: StateListener | None = None,
+) -> OnceResult:
+    """Backfill and catch up ``name`` once (``correspond sync ACCOUNT --once``).
+
+    Refuses a paused account and one whose lease another worker holds (:class:`ConfigError`).
+    An account stopped on an error (``auth_failed``, ``error``) is retried: the user asked. The
+    lease is held (and renewed) for the whole pass and released at the end, whatever happens.
+    """
+    owner = owner or default_owner()
+    leases = AccountLeases(store.engine)
+    account = await asyncio.to_thread(store.get_account, name)
+    if account.state == "paused":
+        raise ConfigError(f"account {name!r} is paused; resume it first: correspond account resume")
+    if account.state in RESUMABLE_STATES:
+        await asyncio.to_thread(leases.resume, name, "Retrying on request.")
+    held = await asyncio.to_thread(leases.claim, owner, lease_seconds, names=[name])
+    if not held:
+        holder = await asyncio.to_thread(leases.holder, name)
+        who = f"worker {holder[0]} (lease until {holder[1]:%H:%M:%S} UTC)" if holder else "?"
+        raise ConfigError(f"account {name!r} is being synced by {who}; stop it or wait")
+    guarded = LeaseGuardedStore(store, leases, owner, on_state=on_state)
+    factory = syncer_factory or _default_factory
+    syncer = factory(
+        guarded,
+        MessageStore(store.engine),
+        BlobStore.from_settings(settings),
+        settings,
+        parse_executor,
+        batch_size,
+    )
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(lease_seconds / 3)
+            with contextlib.suppress(CorrespondError):
+                await asyncio.to_thread(leases.claim, owner, lease_seconds, names=[name])
+
+    renewer = asyncio.create_task(renew())
+    report: AccountSyncReport | None = None
+    ok = False
+    finished = False
+    try:
+        await asyncio.to_thread(
+            guarded.set_account_state,
+            name,
+            "connecting",
+            f"Connecting to {account.imap_host}:{account.imap_port}",
+        )
+        try:
+            client = await syncer.connect(account)
+            try:
+                await asyncio.to_thread(
+                    guarded.set_account_state,
+                    name,
+                    "backfilling",
+                    "Syncing",
+                    connected_at=utcnow(),
+                )
+                report = await syncer.sync_once(client, account)
+                await asyncio.to_thread(
+                    guarded.set_account_state, name, "live", ONCE_DETAIL, last_sync_at=utcnow()
+                )
+                ok = True
+            finally:
+                with contextlib.suppress(CorrespondError):
+                    await client.logout()
+        except AuthenticationFailed as exc:
+            words = getattr(exc, "server_text", None) or str(exc)
+            await asyncio.to_thread(
+                guarded.set_account_state,
+                name,
+                "auth_failed",
+                f"The server refused the login: {words} (check the password)",
+            )
+        except CorrespondError as exc:
+            # Transient problems are left for a worker to retry; permanent ones need the user.
+            state = "disconnected" if exc.transient else "error"
+            with contextlib.suppress(CorrespondError):
+                await asyncio.to_thread(guarded.set_account_state, name, state, str(exc))
+        finished = True
+    finally:
+        renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewer
+        with contextlib.suppress(CorrespondError):
+            if not finished:
+                # Interrupted (Ctrl-C): no pass is running any more, so say who may continue.
+                await asyncio.to_thread(
+                    leases.set_state_if_held,
+                    name,
+                    owner,
+                    "connecting",
+                    STOPPED_DETAIL.format(owner="this sync"),
+                )
+            await asyncio.to_thread(leases.release, owner, [name])
+    final = await asyncio.to_thread(store.get_account, name)
+    return OnceResult(ok=ok, account=final, report=report)

@@ -1,0 +1,355 @@
+"""``correspond sync``, ``worker``, ``serve`` and ``account pause/resume/list`` against the private
+Dovecot: through click's runner on SQLite and PostgreSQL, and as real subprocesses of the
+installed console script (Ctrl-C and SIGTERM included)."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+
+from correspond import cli as cli_module
+from correspond.cli import main
+from correspond.rules.presets import AccountDraft
+from correspond.settings import Settings
+from correspond.store import Store, open_store
+from correspond.store.messages import MessageStore
+from correspond.testing.dovecot import DovecotServer, ImapUser
+from correspond.testing.net import free_port
+
+pytestmark = [pytest.mark.dovecot, pytest.mark.timeout(120)]
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+COUNT = 4
+
+
+def raw_message(n: int | str) -> bytes:
+    return (
+        f"Message-ID: <c{n}@example.test>\r\nDate: {email.utils.format_datetime(NOW)}\r\n"
+        "From: Alice <alice@example.test>\r\nTo: bob@example.test\r\n"
+        f"Subject: cli {n}\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\nBody.\r\n"
+    ).encode()
+
+
+def add_account(
+    store: Store, server: DovecotServer, user: ImapUser, password: str | None = None
+) -> str:
+    store.add_account(
+        AccountDraft(
+            name=user.username,
+            preset="generic",
+            email=user.address,
+            username=user.username,
+            imap_host=server.host,
+            imap_port=server.port,
+            imap_security="starttls",
+            smtp_host=None,
+            smtp_port=587,
+            smtp_security="starttls",
+            trusted_cert_pem=server.cert_pem,
+            window_days=60,
+        ),
+        password if password is not None else user.password,
+    )
+    return user.username
+
+
+def count(store: Store, name: str) -> int:
+    return MessageStore(store.engine).count_messages(store.get_account(name).id)
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def mailbox(dovecot: DovecotServer, imap_user: ImapUser) -> ImapUser:
+    for n in range(COUNT):
+        dovecot.deliver(imap_user, raw_message(n))
+    return imap_user
+
+
+class Cli:
+    """``correspond`` through click's runner on the test store (same database and key)."""
+
+    def __init__(self, settings: Settings, url: str) -> None:
+        self.settings = settings
+        self.env = {
+            "CORRESPOND_DATABASE_URL": url,
+            "CORRESPOND_SECRET_KEY": settings.secret_key or "",
+            "CORRESPOND_DATA_DIR": None,
+        }
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str) -> Result:
+        return self.runner.invoke(
+            main, ["--data-dir", str(self.settings.data_dir), *args], env=self.env
+        )
+
+
+@pytest.fixture
+def cli(store_settings: Settings, store_url: str, monkeypatch: pytest.MonkeyPatch) -> Cli:
+    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: False)
+    return Cli(store_settings, store_url)
+
+
+def console_script() -> list[str]:
+    exe = shutil.which("correspond", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "correspond.cli"]
+
+
+def subprocess_env(settings: Settings, url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRESPOND_")}
+    env["CORRESPOND_SECRET_KEY"] = settings.secret_key or ""
+    env["CORRESPOND_DATABASE_URL"] = url
+    env["CORRESPOND_DATA_DIR"] = str(settings.data_dir)
+    return env
+
+
+class Local:
+    """An SQLite store of its own for the subprocess runs (one backend is enough there: the
+    same code runs on both backends through click's runner above)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.url = f"sqlite:///{settings.data_dir / 'correspond.db'}"
+        self.store = open_store(settings.clone(database_url=self.url))
+        self.env = subprocess_env(settings, self.url)
+
+
+@pytest.fixture
+def local(store_settings: Settings) -> Iterator[Local]:
+    opened = Local(store_settings)
+    try:
+        yield opened
+    finally:
+        opened.store.close()
+
+
+# -- click's runner, both backends ---------------------------------------------------------
+
+
+def test_sync_once_backfills_and_exits_zero(
+    cli: Cli, store: Store, dovecot: DovecotServer, mailbox: ImapUser
+) -> None:
+    name = add_account(store, dovecot, mailbox)
+    result = cli("sync", name, "--once", "--parse-processes", "0")
+    assert result.exit_code == 0, result.output
+    assert f"Synced {name}: {COUNT} new messages" in result.output
+    # One line per state change, in order.
+    lines = result.output
+    assert lines.index("connecting") < lines.index("backfilling") < lines.index("live")
+    assert count(store, name) == COUNT
+    account = store.get_account(name)
+    assert account.state == "live" and account.last_sync_at is not None
+    assert account.lease_owner is None  # given back
+
+    listed = cli("account", "list", "--json")
+    assert listed.exit_code == 0, listed.output
+    (item,) = json.loads(listed.stdout)
+    progress = item["progress"]
+    assert (progress["done"], progress["total"], progress["complete"]) == (COUNT, COUNT, True)
+    assert progress["state"] == "live" and progress["last_sync_at"] is not None
+    inbox = next(f for f in progress["folders"] if f["role"] == "inbox")
+    assert (inbox["done"], inbox["total"]) == (COUNT, COUNT)
+
+    table = cli("account", "list")
+    assert table.exit_code == 0
+    assert f"{COUNT}/{COUNT} (100%)" in table.output
+
+
+def test_sync_once_reports_refused_sign_in(
+    cli: Cli, store: Store, dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    name = add_account(store, dovecot, imap_user, password="not-the-password")
+    result = cli("sync", name, "--once", "--parse-processes", "0")
+    assert result.exit_code == 4, result.output
+    assert "sign-in failed" in result.output
+    assert "Authentication failed" in result.output  # the server's words
+    account = store.get_account(name)
+    assert account.state == "auth_failed" and account.lease_owner is None
+
+
+def test_pause_resume_from_the_command_line(
+    cli: Cli, store: Store, dovecot: DovecotServer, mailbox: ImapUser
+) -> None:
+    name = add_account(store, dovecot, mailbox)
+    paused = cli("account", "pause", name)
+    assert paused.exit_code == 0, paused.output
+    assert store.get_account(name).state == "paused"
+    refused = cli("sync", name, "--once")
+    assert refused.exit_code == 2
+    assert "paused" in refused.output
+    assert count(store, name) == 0
+    listed = json.loads(cli("account", "list", "--json").stdout)
+    assert listed[0]["state"] == "paused" and listed[0]["progress"]["state"] == "paused"
+
+    resumed = cli("account", "resume", name)
+    assert resumed.exit_code == 0 and "Resumed" in resumed.output
+    assert store.get_account(name).state == "connecting"
+    again = cli("account", "resume", name)
+    assert "nothing to resume" in again.output
+    assert cli("sync", name, "--once", "--parse-processes", "0").exit_code == 0
+    assert count(store, name) == COUNT
+    assert cli("account", "pause", "nobody").exit_code == 3
+
+
+# -- the real console script ----------------------------------------------------------------
+
+
+def test_subprocess_sync_once(local: Local, dovecot: DovecotServer, mailbox: ImapUser) -> None:
+    store = local.store
+    name = add_account(store, dovecot, mailbox)
+    proc = subprocess.run(
+        [*console_script(), "sync", name, "--once", "--parse-processes", "1"],
+        capture_output=True,
+        text=True,
+        env=local.env,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"Synced {name}: {COUNT} new messages" in proc.stdout
+    assert count(store, name) == COUNT
+    assert store.get_account(name).lease_owner is None
+
+
+def _interrupt(proc: subprocess.Popen[str], sig: signal.Signals) -> tuple[str, str]:
+    proc.send_signal(sig)
+    try:
+        return proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"did not stop on {sig.name}:\n{out}\n{err}") from None
+
+
+def test_subprocess_sync_live_until_ctrl_c(
+    local: Local, dovecot: DovecotServer, mailbox: ImapUser
+) -> None:
+    store = local.store
+    name = add_account(store, dovecot, mailbox)
+    proc = subprocess.Popen(
+        [*console_script(), "sync", name, "--parse-processes", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=local.env,
+    )
+    try:
+        wait_until(
+            lambda: store.get_account(name).state == "live" and count(store, name) == COUNT,
+            "live",
+        )
+        dovecot.deliver(mailbox, raw_message("late"))
+        wait_until(lambda: count(store, name) == COUNT + 1, "the delivered message")
+        assert store.get_account(name).lease_owner is not None
+    finally:
+        out, err = _interrupt(proc, signal.SIGINT)
+    assert proc.returncode == 0, out + err
+    assert "Stopped syncing" in out
+    account = store.get_account(name)
+    assert account.lease_owner is None
+    assert account.state == "connecting" and "shut down" in account.state_detail
+
+
+def _get(url: str) -> Any:
+    try:
+        r = httpx.get(url, timeout=2.0)
+    except httpx.HTTPError:
+        return None
+    return r.json() if r.status_code == 200 else None
+
+
+def test_subprocess_serve_runs_sync_beside_the_api(
+    local: Local, dovecot: DovecotServer, mailbox: ImapUser
+) -> None:
+    store = local.store
+    name = add_account(store, dovecot, mailbox)
+    port = free_port()
+    proc = subprocess.Popen(
+        [*console_script(), "serve", "--port", str(port), "--parse-processes", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=local.env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        seen: dict[str, Any] = {}
+
+        def caught_up() -> bool:
+            body = _get(f"{base}/accounts/{name}/progress")
+            if body is None:
+                return False
+            seen.update(body)
+            return bool(body["state"] == "live" and body["complete"])
+
+        wait_until(caught_up, "the account live through the API")
+        assert (seen["done"], seen["total"]) == (COUNT, COUNT)
+        paused = httpx.post(f"{base}/accounts/{name}/pause", timeout=5).json()
+        assert paused["state"] == "paused"
+        wait_until(lambda: store.get_account(name).lease_owner is None, "the lease released")
+    finally:
+        out, err = _interrupt(proc, signal.SIGINT)
+    assert proc.returncode == 0, out + err
+    assert count(store, name) == COUNT
+    assert store.get_account(name).state == "paused"  # the shutdown did not overwrite it
+
+
+def test_subprocess_serve_no_sync_and_worker(
+    local: Local, dovecot: DovecotServer, mailbox: ImapUser
+) -> None:
+    store = local.store
+    name = add_account(store, dovecot, mailbox)
+    env = local.env
+    port = free_port()
+    api = subprocess.Popen(
+        [*console_script(), "serve", "--port", str(port), "--no-sync"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    worker: subprocess.Popen[str] | None = None
+    try:
+        wait_until(lambda: _get(f"http://127.0.0.1:{port}/health") is not None, "the API")
+        time.sleep(1.0)
+        # The API alone syncs nothing.
+        assert store.get_account(name).lease_owner is None and count(store, name) == 0
+        worker = subprocess.Popen(
+            [*console_script(), "worker", "--poll-seconds", "0.5", "--parse-processes", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        wait_until(lambda: count(store, name) == COUNT, "the worker's backfill")
+        body = _get(f"http://127.0.0.1:{port}/accounts/{name}")
+        assert body is not None and body["progress"]["done"] == COUNT
+    finally:
+        if worker is not None:
+            w_out, w_err = _interrupt(worker, signal.SIGTERM)
+            assert worker.returncode == 0, w_out + w_err
+            assert "stopped; its leases are released" in w_out
+        out, err = _interrupt(api, signal.SIGINT)
+    assert api.returncode == 0, out + err
+    assert store.get_account(name).lease_owner is None

@@ -1,0 +1,258 @@
+"""Every file of the shared dev corpus through a real Dovecot and the mirror, byte for byte.
+
+Each file under ``../shared/corpus/dev`` (recursively, whatever it is: bounces, torture tests,
+spam, 8-bit, NUL bytes, bare CR, a 200 KB header) is APPENDed verbatim to one mailbox and the
+mailbox is synced. Nothing may stop the sync loop, every appended message must be stored at its
+UID, and the raw blob of each must be exactly the bytes the server serves for it, which in
+turn are the appended bytes up to the canonical form IMAP mandates (see :func:`canonical`).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from correspond.errors import ImapCommandError
+from correspond.imap.client import ImapClient
+from correspond.imap.connect import ImapEndpoint
+from correspond.mail.dedupe import dedupe_key
+from correspond.mail.parse import parse_message
+from correspond.store.message_tables import MessageLocationRow, MessageRow
+from correspond.store.messages import AddressData, AttachmentData, MessageData, storable
+from correspond.testing.dovecot import DovecotServer, ImapUser
+from mirror_helpers import (
+    BACKENDS,
+    NOW,
+    Env,
+    append_many,
+    audit_store,
+    make_env,
+    pg_engine,  # noqa: F401  (a fixture, used through make_env)
+    remote_raw,
+)
+
+pytestmark = pytest.mark.dovecot
+
+
+@pytest.fixture(params=BACKENDS)
+def env(
+    request: pytest.FixtureRequest, dovecot: DovecotServer, imap_user: ImapUser, tmp_path: Path
+) -> Iterator[Env]:
+    yield from make_env(request, dovecot, imap_user, tmp_path)
+
+
+@pytest.fixture
+def sqlite_env(
+    request: pytest.FixtureRequest, dovecot: DovecotServer, imap_user: ImapUser, tmp_path: Path
+) -> Iterator[Env]:
+    yield from make_env(request, dovecot, imap_user, tmp_path)
+
+
+def shared_dir() -> Path:
+    """``../shared`` beside the checkout, or ``CORRESPOND_SHARED_DIR`` (as tests/conftest.py)."""
+    given = os.environ.get("CORRESPOND_SHARED_DIR")
+    if given:
+        return Path(given)
+    return Path(__file__).resolve().parents[2] / "shared"
+
+
+def corpus_files() -> list[Path]:
+    root = shared_dir() / "corpus" / "dev"
+    if not root.is_dir():
+        pytest.skip(f"the shared dev corpus is absent ({root}); set CORRESPOND_SHARED_DIR")
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def canonical(raw: bytes) -> bytes:
+    """What a conforming IMAP server may serve for ``raw``.
+
+    RFC 3501 §4.3 / RFC 5322 §2.3: message text on the wire ends lines with CRLF, and NUL is
+    not allowed in it. Dovecot (maildir) stores lines with LF and serves CRLF, so a bare LF and
+    a CR run before LF (``CR CR LF``) both come back as one CRLF; it replaces NUL bytes with
+    0x80 (``message_header_hash``/``istream-nonuls``). A bare CR not before LF is kept.
+    """
+    return re.sub(rb"\r*\n", b"\r\n", raw.replace(b"\x00", b"\x80"))
+
+
+async def _append_all(env: Env, files: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """APPEND each file's exact bytes (not imaplib, which rewrites line ends) to INBOX."""
+    server = env.server
+    client = await ImapClient.connect(
+        ImapEndpoint(
+            host=server.host,
+            port=server.port,
+            security="starttls",
+            trusted_cert_pem=server.cert_pem,
+        )
+    )
+    accepted: list[Path] = []
+    rejected: list[tuple[Path, str]] = []
+    try:
+        await client.login(env.user.username, env.user.password)
+        for path in files:
+            try:
+                await client.append("INBOX", path.read_bytes())
+            except ImapCommandError as exc:  # a tagged NO/BAD for this message only
+                rejected.append((path, str(exc)))
+            else:
+                accepted.append(path)
+    finally:
+        await client.logout()
+    return accepted, rejected
+
+
+async def test_every_corpus_file_is_stored_byte_exact(env: Env) -> None:
+    files = corpus_files()
+    accepted, rejected = await _append_all(env, files)
+    # Dovecot takes any 8-bit literal (it fixes NULs itself), so nothing is expected to be
+    # refused; a handful would be tolerable (and is listed), more means the test setup broke.
+    assert len(rejected) <= max(3, len(files) // 100), rejected
+    print(f"corpus: {len(files)} files, {len(accepted)} appended, {len(rejected)} refused")
+    for path, why in rejected:
+        print(f"  refused {path.name}: {why}")
+
+    report = await env.sync()
+    assert [f.error for f in report.folders if f.error] == []
+
+    served = remote_raw(env, "INBOX")  # UIDs are given in APPEND order
+    assert len(served) == len(accepted)
+    uids = sorted(served)
+    normalised = 0
+    for uid, path in zip(uids, accepted, strict=True):
+        appended = path.read_bytes()
+        assert served[uid] == canonical(appended), path
+        normalised += served[uid] != appended
+    # Most of the corpus is LF-terminated (only ~230 files are CRLF): those are the changes.
+    print(f"corpus: {normalised} messages served in canonical form (CRLF, no NUL)")
+
+    with Session(env.messages.engine) as s:
+        stored = {
+            int(r.uid): r
+            for r in s.execute(
+                select(
+                    MessageLocationRow.uid,
+                    MessageRow.id,
+                    MessageRow.dedupe_key,
+                    MessageRow.raw_blob_key,
+                    MessageRow.truncated,
+                )
+                .join(MessageRow, MessageRow.id == MessageLocationRow.message_id)
+                .where(MessageLocationRow.folder_id == env.folder("inbox").id)
+            )
+        }
+    # Every appended message is stored, at its UID, under the key the pure function gives it.
+    assert sorted(stored) == uids
+    expected_keys = {uid: dedupe_key(parse_message(served[uid])) for uid in uids}
+    assert {uid: r.dedupe_key for uid, r in stored.items()} == expected_keys
+    assert env.messages.count_messages(env.account.id) == len(set(expected_keys.values()))
+
+    by_key: dict[str, set[bytes]] = {}
+    for uid in uids:
+        by_key.setdefault(expected_keys[uid], set()).add(served[uid])
+    exact = 0
+    merged: dict[str, int] = {}  # key kind ("mid", "h", ...) -> UIDs sharing it with other bytes
+    for uid in uids:
+        row = stored[uid]
+        assert not row.truncated and row.raw_blob_key is not None, uid
+        blob = env.blobs.get(row.raw_blob_key)
+        if len(by_key[row.dedupe_key]) == 1:
+            assert blob == served[uid], (uid, row.dedupe_key)
+            exact += 1
+        else:
+            # Different bytes under one key: one CRM message, whose raw is one of them.
+            assert blob in by_key[row.dedupe_key], (uid, row.dedupe_key)
+            kind = row.dedupe_key.split(":", 1)[0]
+            merged[kind] = merged.get(kind, 0) + 1
+    print(f"corpus: {exact} UIDs byte-exact; sharing a key with other bytes: {merged}")
+    # Test fixtures reuse Message-IDs (variants of one message: CRLF/LF twins, "broken" copies):
+    # RFC 5322 §3.6.4 makes those one message, so they are one CRM row. Fixture fragments with
+    # no Message-ID, Date, From or text collide on the fallback hash (see
+    # test_messages_without_message_id_that_differ_stay_apart); both are bounded here.
+    assert merged.get("mid", 0) <= len(uids) // 4
+    assert merged.get("h", 0) <= len(uids) // 10
+    assert set(merged) <= {"mid", "h"}
+    assert exact + sum(merged.values()) == len(uids)
+    assert audit_store(env).problems == {}
+
+
+# --- what the corpus found ------------------------------------------------------------------------
+
+
+def _nul_message() -> bytes:
+    text = base64.b64encode(b"before\x00after \xed\xa0\x80 end")  # NUL, and a UTF-8 surrogate
+    return (
+        b"Message-ID: <nul@example.test>\r\nDate: Mon, 2 Nov 2026 10:00:00 +0000\r\n"
+        b"From: Eve <eve@example.test>\r\nTo: bob@example.test\r\nSubject: nul inside\r\n"
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
+        b"--B\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + text + b"\r\n"
+        b"--B\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n"
+        b"\r\n" + base64.b64encode(b"<p>x\x00y</p>") + b"\r\n--B--\r\n"
+    )
+
+
+async def test_text_with_nul_bytes_is_stored_on_every_backend(env: Env) -> None:
+    """A decoded text part holding NUL (rspamd and sisimai bounces do) used to fail the whole
+    batch on PostgreSQL ("text fields cannot contain NUL"), and every retry failed alike."""
+    env.server.append(env.user, "INBOX", _nul_message())
+    env.server.append(env.user, "Archive", _nul_message())
+    append_many(env, "INBOX", [("after-nul", NOW)])
+    report = await env.sync()
+    assert [f.error for f in report.folders if f.error] == []
+    assert env.messages.count_messages(env.account.id) == 2
+    by_subject = {m.subject: m for m in env.messages.list_messages(env.account.id)}
+    detail = env.messages.get_message(by_subject["nul inside"].id)
+    assert "\x00" not in (detail.text or "") and "before\ufffdafter" in (detail.text or "")
+    assert "\x00" not in (detail.html or "")
+    assert len(detail.locations) == 2  # the Archive copy found it by key: no duplicate
+    again = await env.sync()
+    assert again.created == 0
+    assert audit_store(env).problems == {}
+
+
+def test_storable_replaces_only_what_no_backend_takes() -> None:
+    data = MessageData(
+        dedupe_key="mid:a\x00b@x",
+        subject="plain",
+        text="t\x00\ud800",
+        to=(AddressData("N\x00", "n@x"),),
+        attachments=(AttachmentData(filename="f\x00", content_type="text/plain", size=1),),
+    )
+    fixed = storable(data)
+    assert fixed.dedupe_key == "mid:a\ufffdb@x"
+    assert fixed.text == "t\ufffd\ufffd"
+    assert fixed.to == (AddressData("N\ufffd", "n@x"),)
+    assert fixed.attachments[0].filename == "f\ufffd"
+    assert fixed.subject is data.subject
+    clean = MessageData(dedupe_key="mid:ok@x", text="fine", to=(AddressData(None, "a@x"),))
+    assert storable(clean) is clean  # nothing copied when nothing needs fixing
+    assert storable({"k": ["a", "b\x00"]}) == {"k": ["a", "b\ufffd"]}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="mail/dedupe.py: the fallback hash (no Message-ID) covers Date/From/To/Cc/Subject "
+    "and body text only, so attachment-only messages without those headers collide and the "
+    "second is lost (found by the corpus: 11 rspamd/flanker fixtures share one h: key)",
+)
+async def test_messages_without_message_id_that_differ_stay_apart(sqlite_env: Env) -> None:
+    env = sqlite_env
+    for payload in (b"first attachment", b"second attachment"):
+        raw = (
+            b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
+            b"--B\r\nContent-Type: application/octet-stream\r\n"
+            b'Content-Disposition: attachment; filename="scan.bin"\r\n'
+            b"Content-Transfer-Encoding: base64\r\n\r\n"
+            + base64.b64encode(payload)
+            + b"\r\n--B--\r\n"
+        )
+        env.server.append(env.user, "INBOX", raw)
+    await env.sync()
+    assert env.messages.count_messages(env.account.id) == 2

@@ -1,0 +1,198 @@
+"""The mirror under faults: a connection cut mid-batch, and a process killed again and again.
+
+After each fault a plain re-run must converge: the store holds exactly the mailbox (UIDs and
+dedupe keys as the stdlib ``imaplib`` reads them), no message twice, and no orphan row
+(:func:`mirror_helpers.audit_store`). Both run on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import imaplib
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from correspond.errors import CorrespondError
+from correspond.testing.dovecot import DovecotServer, ImapUser
+from mirror_helpers import (
+    BACKENDS,
+    NOW,
+    TODAY,
+    CuttingProxy,
+    Env,
+    audit_store,
+    make_env,
+    pg_engine,  # noqa: F401  (a fixture, used through make_env)
+    point_account_at,
+)
+
+pytestmark = pytest.mark.dovecot
+
+KEY = Fernet.generate_key()
+
+
+@pytest.fixture(params=BACKENDS)
+def env(
+    request: pytest.FixtureRequest, dovecot: DovecotServer, imap_user: ImapUser, tmp_path: Path
+) -> Iterator[Env]:
+    yield from make_env(request, dovecot, imap_user, tmp_path, key=KEY)
+
+
+def fill_inbox(env: Env, count: int, *, body_bytes: int = 2000) -> None:
+    """``count`` distinct messages of about ``body_bytes`` each, over one imaplib connection."""
+    conn = env.server.imaplib_client(env.user)
+    try:
+        for n in range(count):
+            when = NOW - timedelta(days=n % 50, minutes=n)
+            line = f"Line {n} of a message long enough to span TLS records and literals.\r\n"
+            raw = (
+                f"Message-ID: <f{n}@example.test>\r\nDate: {email.utils.format_datetime(when)}\r\n"
+                f"From: Alice <alice@example.test>\r\nTo: {env.user.address}\r\n"
+                f"Subject: fault {n}\r\nMIME-Version: 1.0\r\n"
+                "Content-Type: text/plain; charset=utf-8\r\n\r\n" + line * (body_bytes // len(line))
+            ).encode()
+            typ, data = conn.append("INBOX", None, imaplib.Time2Internaldate(when), raw)
+            assert typ == "OK", data
+    finally:
+        conn.logout()
+
+
+def assert_converged(env: Env, count: int) -> None:
+    assert env.stored("INBOX") == env.remote("INBOX")
+    assert env.messages.count_messages(env.account.id) == count
+    assert env.messages.folder_checkpoint(env.folder("inbox").id).backfill_done
+    assert audit_store(env).problems == {}
+
+
+# --- connection cut ------------------------------------------------------------------------------
+
+MESSAGES = 40
+# Server→client bytes of a whole backfill of MESSAGES through the proxy are ~110 KB; the cuts
+# land in the STARTTLS handshake, inside the first batches, and deep in the backfill.
+CUTS = [600, 20_000, 55_000, 95_000]
+
+
+@pytest.mark.parametrize("cut_after", CUTS)
+async def test_connection_cut_mid_batch_then_resume(env: Env, cut_after: int) -> None:
+    fill_inbox(env, MESSAGES)
+    async with CuttingProxy(env.server.host, env.server.port, cut_after=cut_after) as proxy:
+        point_account_at(env.messages.engine, env.account.id, proxy.port)
+        env.account = env.store.get_account(env.account.name)
+        with pytest.raises(CorrespondError) as failure:
+            await asyncio.wait_for(env.sync(env.syncer(batch_size=5)), 60)
+        assert failure.value.transient, repr(failure.value)  # the account loop will retry
+        assert proxy.cuts == 1
+        # A cut in the handshake leaves no folder rows at all.
+        listed = {f.role for f in env.store.list_folders(env.account.name)}
+        partial = env.stored("INBOX") if "inbox" in listed else {}
+        print(f"cut after {cut_after} B: {len(partial)} of {MESSAGES} stored")
+        remote = env.remote("INBOX")
+        # What was committed is exact (whole batches, newest first), and only that.
+        assert all(remote[uid] == key for uid, key in partial.items())
+        assert len(partial) % 5 == 0 and len(partial) < MESSAGES
+        assert audit_store(env).problems == {}
+
+        proxy.cut_after = None
+        report = await asyncio.wait_for(env.sync(env.syncer(batch_size=5)), 60)
+        assert proxy.cuts == 1
+    assert report.created == MESSAGES - len(partial)  # resumed: nothing fetched twice
+    assert_converged(env, MESSAGES)
+
+
+async def test_proxy_traffic_matches_the_cut_points(env: Env) -> None:
+    """Keeps :data:`CUTS` honest: an uncut backfill through the proxy moves more bytes than the
+    deepest cut, so every cut above falls inside the backfill."""
+    fill_inbox(env, MESSAGES)
+    async with CuttingProxy(env.server.host, env.server.port, cut_after=None) as proxy:
+        point_account_at(env.messages.engine, env.account.id, proxy.port)
+        env.account = env.store.get_account(env.account.name)
+        await env.sync(env.syncer(batch_size=5))
+    print(f"server→client bytes per connection: {proxy.forwarded}")
+    assert len(proxy.forwarded) == 1
+    assert max(CUTS) < proxy.forwarded[0] < 2 * max(CUTS)
+    assert_converged(env, MESSAGES)
+
+
+# --- SIGKILL, several times --------------------------------------------------------------------
+
+_CHILD = """
+import asyncio, sys
+from datetime import date
+from pathlib import Path
+from correspond.settings import Settings
+from correspond.store.blobs import BlobStore
+from correspond.store.engine import create_store_engine
+from correspond.store.messages import MessageStore
+from correspond.store.repository import Store
+from correspond.store.secrets import SecretBox
+from correspond.sync.engine import AccountSyncer
+
+url, key, name, data_dir, today = sys.argv[1:6]
+engine = create_store_engine(url)
+store = Store(engine, SecretBox(key.encode()))
+syncer = AccountSyncer(
+    store, MessageStore(engine), BlobStore(Path(data_dir) / "blobs"),
+    Settings(data_dir=Path(data_dir)), batch_size=5, today=date.fromisoformat(today),
+)
+
+async def main():
+    account = store.get_account(name)
+    client = await syncer.connect(account)
+    await syncer.sync_once(client, account)
+
+asyncio.run(main())
+"""
+
+KILL_MESSAGES = 300
+KILLS = 4
+
+
+async def test_killed_again_and_again_then_converges(env: Env, tmp_path: Path) -> None:
+    """SIGKILL the backfilling process KILLS times at random points, then run it clean."""
+    seed = int(os.environ.get("CORRESPOND_KILL_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"kill seed: {seed} (CORRESPOND_KILL_SEED={seed} reproduces the delays)")
+    rng = random.Random(seed)
+    fill_inbox(env, KILL_MESSAGES, body_bytes=600)
+    url = env.messages.engine.url.render_as_string(hide_password=False)
+    args = [url, KEY.decode(), env.account.name, str(tmp_path / "data"), TODAY.isoformat()]
+    loop = asyncio.get_running_loop()
+    counts: list[int] = []
+    for kill in range(KILLS):
+        before = env.messages.count_messages(env.account.id)
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, *args])
+        try:
+            deadline = loop.time() + 30
+            # Each kill lands after this run has committed something (so the runs make
+            # progress), then a random moment later: in a fetch, a parse, a blob write, a
+            # commit, or between them.
+            while env.messages.count_messages(env.account.id) == before:
+                assert child.poll() is None, f"run {kill} ended before its kill"
+                assert loop.time() < deadline, f"run {kill} committed nothing in 30 s"
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(rng.uniform(0.0, 0.25))
+            assert child.poll() is None, f"run {kill} finished before its kill (seed {seed})"
+            child.kill()
+        finally:
+            if child.poll() is None:
+                child.kill()
+            assert child.wait(timeout=30) == -9
+        counts.append(env.messages.count_messages(env.account.id))
+        # Whatever was committed is exact and consistent, even right after a kill.
+        stored, remote = env.stored("INBOX"), env.remote("INBOX")
+        assert all(remote[uid] == key for uid, key in stored.items())
+        assert audit_store(env).problems == {}
+    print(f"messages stored after each kill: {counts}")
+    assert counts == sorted(counts) and 0 < counts[-1] < KILL_MESSAGES
+
+    report = await env.sync(env.syncer(batch_size=5))
+    assert report.created == KILL_MESSAGES - counts[-1]
+    assert_converged(env, KILL_MESSAGES)
