@@ -26,6 +26,7 @@ from correspond.cli import main
 from correspond.rules.presets import AccountDraft
 from correspond.settings import Settings
 from correspond.store import Store, open_store
+from correspond.store.leases import AccountLeases
 from correspond.store.messages import MessageStore
 from correspond.testing.dovecot import DovecotServer, ImapUser
 from correspond.testing.net import free_port
@@ -232,8 +233,13 @@ def test_subprocess_sync_once(local: Local, dovecot: DovecotServer, mailbox: Ima
     assert store.get_account(name).lease_owner is None
 
 
-def _interrupt(proc: subprocess.Popen[str], sig: signal.Signals) -> tuple[str, str]:
-    proc.send_signal(sig)
+def _interrupt(
+    proc: subprocess.Popen[str], sig: signal.Signals, *, group: bool = False
+) -> tuple[str, str]:
+    if group:
+        os.killpg(proc.pid, sig)  # what Ctrl-C in a terminal does: the parse workers get it too
+    else:
+        proc.send_signal(sig)
     try:
         return proc.communicate(timeout=30)
     except subprocess.TimeoutExpired:
@@ -248,11 +254,12 @@ def test_subprocess_sync_live_until_ctrl_c(
     store = local.store
     name = add_account(store, dovecot, mailbox)
     proc = subprocess.Popen(
-        [*console_script(), "sync", name, "--parse-processes", "0"],
+        [*console_script(), "sync", name, "--parse-processes", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=local.env,
+        start_new_session=True,
     )
     try:
         wait_until(
@@ -263,9 +270,10 @@ def test_subprocess_sync_live_until_ctrl_c(
         wait_until(lambda: count(store, name) == COUNT + 1, "the delivered message")
         assert store.get_account(name).lease_owner is not None
     finally:
-        out, err = _interrupt(proc, signal.SIGINT)
+        out, err = _interrupt(proc, signal.SIGINT, group=True)
     assert proc.returncode == 0, out + err
     assert "Stopped syncing" in out
+    assert "Traceback" not in err, err
     account = store.get_account(name)
     assert account.lease_owner is None
     assert account.state == "connecting" and "shut down" in account.state_detail
@@ -353,3 +361,29 @@ def test_subprocess_serve_no_sync_and_worker(
         out, err = _interrupt(api, signal.SIGINT)
     assert api.returncode == 0, out + err
     assert store.get_account(name).lease_owner is None
+
+
+def test_subprocess_sync_live_ends_when_paused_elsewhere(
+    local: Local, dovecot: DovecotServer, mailbox: ImapUser
+) -> None:
+    store = local.store
+    name = add_account(store, dovecot, mailbox)
+    proc = subprocess.Popen(
+        [*console_script(), "sync", name, "--parse-processes", "0", "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=local.env,
+    )
+    try:
+        wait_until(lambda: store.get_account(name).state == "live", "live")
+        AccountLeases(store.engine).pause(name)  # from the API or another terminal
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out + err
+    assert "paused" in out and "Stopped syncing" in out
+    account = store.get_account(name)
+    assert account.state == "paused" and account.lease_owner is None

@@ -256,3 +256,34 @@ async def test_messages_without_message_id_that_differ_stay_apart(sqlite_env: En
         env.server.append(env.user, "INBOX", raw)
     await env.sync()
     assert env.messages.count_messages(env.account.id) == 2
+
+
+async def test_every_corpus_file_through_the_large_message_path(env: Env) -> None:
+    """With a 1 KiB limit most of the corpus takes the path for big mail (BODYSTRUCTURE, text
+    parts fetched one by one, attachments as metadata): every odd structure in it must go
+    through that path too, without stopping the sync."""
+    env.settings = env.settings.clone(max_message_bytes=1024)
+    accepted, _rejected = await _append_all(env, corpus_files())
+    report = await env.sync()
+    assert [f.error for f in report.folders if f.error] == []
+    served = remote_raw(env, "INBOX")
+    assert len(served) == len(accepted)
+    keys = {uid: dedupe_key(parse_message(raw)) for uid, raw in served.items()}
+    stored = env.stored("INBOX")
+    assert sorted(stored) == sorted(served)
+    # Big mail without a Message-ID is keyed on its headers alone (the body is not fetched),
+    # so only Message-ID keys are compared exactly.
+    assert {u: k for u, k in stored.items() if k.startswith("mid")} == {
+        u: k for u, k in keys.items() if k.startswith("mid")
+    }
+    with Session(env.messages.engine) as s:
+        rows = s.execute(
+            select(MessageRow.size, MessageRow.truncated, MessageRow.raw_blob_key).where(
+                MessageRow.account_id == env.account.id
+            )
+        ).all()
+    big = [r for r in rows if r.truncated]
+    assert len(big) > len(rows) // 3
+    assert all(r.raw_blob_key is None and (r.size or 0) > 1024 for r in big)
+    assert all(r.raw_blob_key is not None for r in rows if not r.truncated)
+    assert audit_store(env).problems == {}

@@ -619,3 +619,28 @@ def _other_certificate() -> str:
     with tempfile.TemporaryDirectory() as d:
         _, _, pem = _make_certificate(Path(d))
     return pem
+
+
+async def test_a_refused_folder_shows_in_the_live_state_until_it_recovers(
+    sqlite_env: Env,
+) -> None:
+    env = sqlite_env
+    env.server.create_mailbox(env.user, "Locked")
+    append_many(env, "Locked", ["locked1"])
+    folder_dir = env.server.maildir(env.user) / ".Locked"
+    assert folder_dir.is_dir()
+    mode = folder_dir.stat().st_mode
+    folder_dir.chmod(0)  # the server can list it but not open it
+    try:
+        async with Running(env, env.syncer(), poll_seconds=0.3) as run:
+            await run.live()
+            detail = env.store.get_account(env.account.name).state_detail
+            assert detail.startswith("Up to date except 1 folder(s) - Locked: ")
+            assert "NO" in detail
+            folder_dir.chmod(mode)
+            await wait_until(
+                lambda: env.store.get_account(env.account.name).state_detail == "Up to date", 5
+            )
+            assert env.stored_keys("Locked") == {"mid:locked1@example.test"}
+    finally:
+        folder_dir.chmod(mode)

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, Table, and_, or_, select, update
+from sqlalchemy import Engine, Table, and_, case, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -122,7 +122,9 @@ class AccountLeases:
         candidates = (
             select(t.c.id)
             .where(and_(*conditions))
-            .order_by((t.c.lease_owner == owner).desc(), t.c.id)
+            # (a CASE, not ``lease_owner = owner DESC``: that is NULL for free accounts, and
+            # PostgreSQL sorts NULLs first in descending order)
+            .order_by(case((t.c.lease_owner == owner, 0), else_=1), t.c.id)
         )
         if limit is not None:
             candidates = candidates.limit(limit)

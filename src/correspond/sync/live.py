@@ -73,6 +73,8 @@ class LiveSession:
         self._watchers: dict[int, tuple[bytes, asyncio.Task[None]]] = {}
         self._broken = asyncio.Event()
         self._error: BaseException | None = None
+        self._folder_errors: dict[int, str] = {}
+        self._names: dict[int, str] = {}
 
     # -- the session ----------------------------------------------------------------------------
 
@@ -122,6 +124,7 @@ class LiveSession:
                 account.name, "connecting", "Connected; catching up", connected_at=utcnow()
             )
         watched = self._watched(folders)
+        self._names = {f.id: f.name for f in folders}
 
         def start_watcher(folder: Folder, _report: FolderSyncReport) -> None:
             # As soon as the first pass is done with INBOX (or Sent), it gets its IDLE
@@ -160,6 +163,9 @@ class LiveSession:
                 folders = await asyncio.to_thread(syncer.store.list_folders, account.name)
                 current = {f.id for f in folders if _syncable(f)}
                 change = selection_change(synced_ids, current)
+                self._names = {f.id: f.name for f in folders}
+                for folder_id in set(self._folder_errors) - current:
+                    del self._folder_errors[folder_id]  # no longer synced: no longer failing
                 if change.removed:
                     await self._stop_watchers(change.removed)
                     for folder_id in sorted(change.removed):
@@ -179,7 +185,20 @@ class LiveSession:
                 await self._synced(report)
 
     async def _synced(self, report: AccountSyncReport) -> None:
-        await self.syncer._set_state(self.account.name, "live", "Up to date", last_sync_at=utcnow())
+        # A folder the server refused is part of the state: "live" must not hide it.
+        for folder_report in report.folders:
+            if folder_report.error is not None:
+                self._folder_errors[folder_report.folder_id] = folder_report.error
+            else:
+                self._folder_errors.pop(folder_report.folder_id, None)
+        detail = "Up to date"
+        if self._folder_errors:
+            shown = "; ".join(
+                f"{self._names.get(fid, f'folder {fid}')}: {err}"
+                for fid, err in sorted(self._folder_errors.items())
+            )
+            detail = f"Up to date except {len(self._folder_errors)} folder(s) - {shown}"
+        await self.syncer._set_state(self.account.name, "live", detail, last_sync_at=utcnow())
         if self.on_synced is not None:
             self.on_synced(report)
 

@@ -34,9 +34,10 @@ import logging
 import multiprocessing
 import os
 import secrets
+import signal
 import socket
 from collections.abc import Callable, Collection
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -96,16 +97,24 @@ def _default_factory(
     )
 
 
+def _ignore_interrupts() -> None:
+    # Ctrl-C reaches the whole process group: the parent stops cleanly and shuts the pool
+    # down, so a worker killed by the same SIGINT would only break the parses in flight.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_parse_executor(processes: int) -> ProcessPoolExecutor | None:
     """A process pool for MIME parsing shared by every account (None for ``processes <= 0``).
 
     ``spawn``, not ``fork``: the parent runs an event loop and database threads, and forking a
-    multi-threaded process can copy a held lock into the child.
+    multi-threaded process can copy a held lock into the child. The workers ignore SIGINT.
     """
     if processes <= 0:
         return None
     return ProcessPoolExecutor(
-        max_workers=processes, mp_context=multiprocessing.get_context("spawn")
+        max_workers=processes,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_ignore_interrupts,
     )
 
 
@@ -318,13 +327,14 @@ class SyncRunner:
         retry.not_before = asyncio.get_running_loop().time() + delay
 
     async def _account_task(self, name: str, stop: asyncio.Event) -> None:
+        executor = self._executor
         try:
             syncer = self._factory(
                 self.guarded,
                 self.messages,
                 self.blobs,
                 self.settings,
-                self._executor,
+                executor,
                 self.batch_size,
             )
 
@@ -342,7 +352,15 @@ class SyncRunner:
             # Raised outside the engine's retry loop (the database between passes): the next
             # round restarts the account after a delay.
             log.warning("%s: %s", name, exc)
-        except Exception as exc:  # a bug must not spin: record it and stop this account
+        except BrokenExecutor as exc:
+            # A parse worker died (killed, out of memory): a new pool for every account, and
+            # this one restarts after a delay. Not the account's fault.
+            log.warning("%s: parse pool broken (%s); replacing it", name, exc)
+            self._replace_executor(executor)
+        except Exception as exc:
+            if stop.is_set():
+                return  # stopping anyway: whatever broke on the way out is not the account's
+            # A bug must not spin: record it on the account and stop syncing it.
             log.exception("sync of %s failed", name)
             with contextlib.suppress(CorrespondError):
                 await asyncio.to_thread(
@@ -351,6 +369,14 @@ class SyncRunner:
                     "error",
                     f"Internal error: {exc.__class__.__name__}: {exc}",
                 )
+
+    def _replace_executor(self, broken_one: Executor | None) -> None:
+        # Several accounts see the same broken pool: only the first replaces it.
+        if not self._own_executor or self._executor is not broken_one:
+            return
+        broken, self._executor = self._executor, make_parse_executor(self._parse_processes)
+        if broken is not None:
+            broken.shutdown(wait=False, cancel_futures=True)
 
     async def _stop_one(self, name: str, *, reason: str) -> None:
         r = self._running.get(name)
