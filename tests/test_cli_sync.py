@@ -176,6 +176,10 @@ def test_sync_once_backfills_and_exits_zero(
     table = cli("account", "list")
     assert table.exit_code == 0
     assert f"{COUNT}/{COUNT} (100%)" in table.output
+    assert "INBOX" not in table.output  # complete: no folder rows unless asked
+    per_folder = cli("account", "list", "--folders")
+    inbox_row = next(line for line in per_folder.output.splitlines() if "INBOX" in line)
+    assert f"{COUNT}/{COUNT}" in inbox_row and "done" in inbox_row
 
 
 def test_sync_once_reports_refused_sign_in(

@@ -204,12 +204,11 @@ async def test_killed_again_and_again_then_converges(env: Env, tmp_path: Path) -
 
     report = await env.sync(env.syncer(batch_size=5))
     assert report.created == KILL_MESSAGES - counts[-1]
-    # A kill between writing a blob's temporary file and renaming it leaves the file behind:
-    # all such files are in the one temporary directory, and the sweep clears them.
+    # A kill between writing a blob's temporary file and renaming it leaves the file behind;
+    # the sweep finds and removes every one, and no stored blob.
     blob_root = tmp_path / "data" / "blobs"
     leftovers = list(blob_root.rglob(".tmp-*"))
     print(f"temporary blob files left by the kills: {len(leftovers)}")
-    assert all(p.parent == blob_root / ".tmp" for p in leftovers)
     assert BlobStore(blob_root).sweep_temporary(older_than=0) == len(leftovers)
     assert list(blob_root.rglob(".tmp-*")) == []
     assert_converged(env, KILL_MESSAGES)
@@ -254,16 +253,17 @@ async def test_connection_cut_during_a_live_pass_then_resume(env: Env, cut_after
 def test_sweep_removes_only_stale_temporary_files(tmp_path: Path) -> None:
     blobs = BlobStore(tmp_path)
     key = blobs.put(b"kept" * 300)
-    temp = tmp_path / ".tmp"
-    stale, fresh = temp / ".tmp-stale", temp / ".tmp-fresh"
+    leaf = blobs.path_for(key).parent
+    stale, fresh = leaf / ".tmp-stale", leaf / ".tmp-fresh"
     stale.write_bytes(b"half a blob")
     fresh.write_bytes(b"being written by another process")
+    outside = tmp_path / ".tmp-not-in-a-fan-out-directory"
+    outside.write_bytes(b"not ours to judge")
     old = time.time() - 2 * STALE_TEMP_SECONDS
-    os.utime(stale, (old, old))
+    for path in (stale, outside):
+        os.utime(path, (old, old))
     assert blobs.sweep_temporary() == 1
-    assert not stale.exists() and fresh.exists()
-    # a new store object sweeps on its first write, with the same age limit
-    os.utime(fresh, (old, old))
-    BlobStore(tmp_path).put_many([b"another"])
-    assert not fresh.exists()
+    assert not stale.exists() and fresh.exists() and outside.exists()
+    assert blobs.get(key) == b"kept" * 300
+    assert blobs.sweep_temporary(older_than=0) == 1  # the fresh one too, when told
     assert blobs.get(key) == b"kept" * 300

@@ -342,10 +342,17 @@ def _when(value: Any) -> str:
 
 
 @account.command("list")
+@click.option(
+    "--folders",
+    "all_folders",
+    is_flag=True,
+    help="A progress row per selected folder for every account (default: while backfilling).",
+)
 @click.option("--json", "as_json_output", is_flag=True)
 @pass_cli
-def account_list(cli: CliContext, as_json_output: bool) -> None:
-    """Show every account with its state, folder counts and last sync."""
+def account_list(cli: CliContext, all_folders: bool, as_json_output: bool) -> None:
+    """Show every account with its state, counts, backfill progress (done/total, rate, ETA)
+    and last successful sync."""
     summaries = cli.service.list_accounts()
     progress = {p.name: p for p in cli.progress.all()}
     if as_json_output:
@@ -382,6 +389,23 @@ def account_list(cli: CliContext, as_json_output: bool) -> None:
             _eta(p.eta_seconds if p else None),
             _when(a.last_sync_at),
         )
+        if p is not None and (all_folders or not p.complete):
+            for f in p.folders:
+                done = "done" if f.complete else ""
+                total = "?" if f.total is None else str(f.total)
+                table.add_row(
+                    "  " + escape(_plain(f.name)),
+                    "",
+                    done,
+                    "",
+                    "",
+                    "",
+                    "",
+                    f"{f.done}/{total}",
+                    _rate(f.rate),
+                    _eta(f.eta_seconds),
+                    "",
+                )
     console.print(table)
 
 

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     imap_connect_timeout: float = 20.0
     imap_command_timeout: float = 120.0
     max_message_bytes: int = 25 * 1024 * 1024
+    poll_interval_seconds: float = Field(
+        default=60.0, description="How often live sync polls folders that are not IDLEd"
+    )
+    folder_refresh_seconds: float = Field(
+        default=300.0, description="How often live sync re-reads the server's folder list"
+    )
 
     def clone(self, **changes: Any) -> Settings:
         """A copy with some fields changed (settings themselves never change)."""

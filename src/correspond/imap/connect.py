@@ -35,6 +35,7 @@ __all__ = [
     "ImapEndpoint",
     "Security",
     "check_pinned_certificate",
+    "enable_keepalive",
     "make_ssl_context",
     "map_io_errors",
     "open_channel",
@@ -42,6 +43,26 @@ __all__ = [
 ]
 
 Security = Literal["tls", "starttls", "plain"]
+
+# A connection parked in IDLE for up to 29 minutes sends nothing; keepalive probes notice a peer
+# that vanished (NAT timeout, unplugged server) within about two minutes instead.
+KEEPALIVE_IDLE_SECONDS = 60
+KEEPALIVE_INTERVAL_SECONDS = 20
+KEEPALIVE_PROBES = 3
+
+
+def enable_keepalive(sock: socket.socket) -> None:
+    """Turn on TCP keepalive with short timers where the platform allows setting them."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_SECONDS),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_SECONDS),
+        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
 
 # Pause the socket once this much undigested data is buffered (flow control for slow consumers).
 _HIGH_WATER = 8 * 1024 * 1024
@@ -336,6 +357,7 @@ async def open_channel(endpoint: ImapEndpoint, *, timeout: float) -> ByteChannel
         if sock is not None:
             # Commands are small and latency-bound (IDLE's DONE, tagged round trips).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            enable_keepalive(sock)
         if ctx is not None:
             check_pinned_certificate(endpoint, transport)
     except BaseException:

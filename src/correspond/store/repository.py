@@ -7,7 +7,7 @@ SQLAlchemy errors are translated here, once (:class:`~correspond.errors.StoreErr
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -233,14 +233,23 @@ class Store:
     # -- folders ---------------------------------------------------------------------------
 
     def sync_folders(
-        self, account_name: str, specs: Sequence[FolderSpec], *, seen_at: datetime | None = None
+        self,
+        account_name: str,
+        specs: Sequence[FolderSpec],
+        *,
+        seen_at: datetime | None = None,
+        renamed_from: Mapping[bytes, bytes] | None = None,
     ) -> FolderSyncResult:
         """Upsert the listed folders by raw name; mark the unlisted ones removed.
 
         A folder is the same folder only if its raw name is byte-identical: a new folder with
         the same display name as a vanished one is a new row, never a revival of the old one's
         checkpoint. New selectable folders are selected when the account syncs all folders.
+        ``renamed_from`` maps a new raw name to the raw name it was renamed from on the server:
+        the new row takes the old one's selection in the same transaction, so a user's choice
+        follows the rename without a moment where the folder is unselected.
         """
+        renamed_from = renamed_from or {}
         seen_at = seen_at or utcnow()
         added = updated = removed = 0
         with self.transaction() as s:
@@ -256,10 +265,15 @@ class Store:
                 listed.add(spec.name_raw)
                 row = rows.get(spec.name_raw)
                 if row is None:
+                    previous = rows.get(renamed_from.get(spec.name_raw, b""))
                     row = FolderRow(
                         account_id=account.id,
                         remote_name_raw=spec.name_raw,
-                        selected=spec.selectable and account.folders_mode == "all",
+                        selected=spec.selectable
+                        and (
+                            account.folders_mode == "all"
+                            or (previous is not None and previous.selected)
+                        ),
                         backfill_done=False,
                         backfill_done_count=0,
                     )

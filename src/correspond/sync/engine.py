@@ -223,14 +223,12 @@ class AccountSyncer:
         self.extensions = tuple(extensions)
         # Settings may not carry these fields yet (older configs): fall back to the defaults.
         self.poll_interval = float(
-            poll_interval
-            if poll_interval is not None
-            else getattr(settings, "poll_interval_seconds", DEFAULT_POLL_SECONDS)
+            poll_interval if poll_interval is not None else settings.poll_interval_seconds
         )
         self.folder_refresh_interval = float(
             folder_refresh_interval
             if folder_refresh_interval is not None
-            else getattr(settings, "folder_refresh_seconds", DEFAULT_FOLDER_REFRESH_SECONDS)
+            else settings.folder_refresh_seconds
         )
         self.selection_check_interval = selection_check_interval
         if not 0 < idle_renew_seconds < 29 * 60:
@@ -297,21 +295,13 @@ class AccountSyncer:
             self.stats.folders_created += len(diff.created)
             self.stats.folders_renamed += len(diff.renamed)
             self.stats.folders_deleted += len(diff.deleted)
-        result = await asyncio.to_thread(self.store.sync_folders, account.name, specs)
-        folders = result.folders
         by_id = {f.id: f for f in before}
-        carry = [r for r in diff.renamed if by_id[r.id].selected]
-        if carry:
-            fresh = await asyncio.to_thread(self.store.get_account, account.name)
-            if fresh.folders_mode != "selected":
-                carry = []  # in "all" mode the store selected the new name already
-        if carry:
-            # The new name is a new row, unselected in "selected" mode: keep the user's choice.
-            keep = {f.id for f in folders if f.selected}
-            new_ids = {f.id for f in folders if f.name_raw in {r.new.name_raw for r in carry}}
-            folders = await asyncio.to_thread(
-                lambda: self.store.select_folders(account.name, refs=sorted(keep | new_ids))
-            )
+        # The new name is a new row; it takes the old one's selection in the same transaction.
+        renamed_from = {r.new.name_raw: by_id[r.id].name_raw for r in diff.renamed}
+        result = await asyncio.to_thread(
+            lambda: self.store.sync_folders(account.name, specs, renamed_from=renamed_from)
+        )
+        folders = result.folders
         for r in diff.renamed:
             self._renamed_from[r.new.name_raw] = r.id
         renamed_old = set(self._renamed_from.values())
@@ -511,7 +501,7 @@ class AccountSyncer:
         a refused login → ``auth_failed`` with the server's own words, retried no faster than
         the backoff (each wait at least half its ceiling, so never a storm); any other
         permanent error → ``error`` with its reason, and the loop ends (the user must act). The
-        backoff restarts from its base once a session has completed a pass.
+        backoff restarts from its base once a session has stayed live for a minute.
         """
         from correspond.sync.live import LiveSession  # the session builds on this class
 
@@ -532,7 +522,7 @@ class AccountSyncer:
                 await session.run()
                 return
             except AuthenticationFailed as exc:
-                attempt = 1 if session.caught_up else attempt + 1
+                attempt = 1 if session.stable else attempt + 1
                 delay = backoff_delay(
                     attempt,
                     rng=self.rng,
@@ -551,7 +541,7 @@ class AccountSyncer:
                 if not exc.transient:
                     await self._set_state(account_name, "error", str(exc))
                     return
-                attempt = 1 if session.caught_up else attempt + 1
+                attempt = 1 if session.stable else attempt + 1
                 delay = backoff_delay(
                     attempt, rng=self.rng, base=self.backoff_base, cap=self.backoff_cap
                 )

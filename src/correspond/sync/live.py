@@ -35,7 +35,12 @@ from correspond.sync.folder_sync import FolderSyncReport
 if TYPE_CHECKING:
     from correspond.sync.engine import AccountSyncer, AccountSyncReport
 
-__all__ = ["LiveSession"]
+__all__ = ["STABLE_SECONDS", "LiveSession"]
+
+STABLE_SECONDS = 60.0
+"""A session that stayed live this long counts as healthy: a failure after it retries from the
+backoff's base. (A server that drops every session right after the first pass would otherwise
+be reconnected to every second, for ever.)"""
 
 
 def _syncable(folder: Folder) -> bool:
@@ -50,8 +55,9 @@ class LiveSession:
     """Runs one session of one account until ``stop`` is set or a connection fails.
 
     :meth:`run` returns when ``stop`` is set and raises the error that ended the session
-    otherwise. ``caught_up`` tells the caller whether the first pass completed (the retry
-    backoff then starts again from its base).
+    otherwise. ``caught_up`` tells whether the first pass completed, and :attr:`stable` whether
+    the session then stayed up for :data:`STABLE_SECONDS` (only then does the caller's retry
+    backoff start again from its base).
     """
 
     def __init__(
@@ -69,12 +75,19 @@ class LiveSession:
         self.poll_seconds = poll_seconds
         self.on_synced = on_synced
         self.caught_up = False
+        self._live_since: float | None = None
         self._idle = False
         self._watchers: dict[int, tuple[bytes, asyncio.Task[None]]] = {}
         self._broken = asyncio.Event()
         self._error: BaseException | None = None
         self._folder_errors: dict[int, str] = {}
         self._names: dict[int, str] = {}
+
+    @property
+    def stable(self) -> bool:
+        if self._live_since is None:
+            return False
+        return asyncio.get_running_loop().time() - self._live_since >= STABLE_SECONDS
 
     # -- the session ----------------------------------------------------------------------------
 
@@ -136,6 +149,7 @@ class LiveSession:
             client, account, folders=folders, after_folder=start_watcher
         )
         self.caught_up = True
+        self._live_since = asyncio.get_running_loop().time()
         await self._synced(report)
         await self._live(client, folders)
 

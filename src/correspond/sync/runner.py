@@ -167,7 +167,6 @@ class _Running:
     stop: asyncio.Event
     task: asyncio.Task[None]
     expires_at: datetime
-    stopping: bool = False
 
 
 @dataclass(slots=True)
@@ -178,13 +177,25 @@ class _Retry:
 
 @dataclass(slots=True)
 class _Stats:
+    """What a runner did, for logs and tests: lease rounds, task starts and stops by name."""
+
     rounds: int = 0
     started: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
 
 
 class SyncRunner:
-    """Keeps every runnable account (or only ``names``) in sync, one task per account."""
+    """Keeps every runnable account (or only ``names``) in sync, one task per account.
+
+    ``owner`` names this worker in the leases (default: host, pid, random); ``lease_seconds``
+    is how long a claim lasts without renewal and ``poll_seconds`` how often leases are renewed
+    and new, resumed, paused or removed accounts noticed; ``max_accounts`` caps what one worker
+    holds; ``live_poll_seconds`` overrides the engine's poll of folders without IDLE (default:
+    ``settings.poll_interval_seconds``); ``parse_processes`` > 0 gives every account one shared
+    MIME-parsing process pool (or pass a ``parse_executor``); ``stop_grace_seconds`` is how
+    long a stopping task may finish its step before it is cancelled; ``on_state`` hears every
+    state this worker records.
+    """
 
     def __init__(
         self,
@@ -195,7 +206,7 @@ class SyncRunner:
         names: Collection[str] | None = None,
         lease_seconds: float = 60.0,
         poll_seconds: float = 5.0,
-        live_poll_seconds: float = 60.0,
+        live_poll_seconds: float | None = None,
         max_accounts: int | None = None,
         parse_processes: int = 0,
         parse_executor: Executor | None = None,
@@ -382,7 +393,6 @@ class SyncRunner:
         r = self._running.get(name)
         if r is None:
             return
-        r.stopping = True
         r.stop.set()
         done, _pending = await asyncio.wait({r.task}, timeout=self.stop_grace_seconds)
         if not done:
