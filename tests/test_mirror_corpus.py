@@ -236,12 +236,6 @@ def test_storable_replaces_only_what_no_backend_takes() -> None:
     assert storable({"k": ["a", "b\x00"]}) == {"k": ["a", "b\ufffd"]}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mail/dedupe.py: the fallback hash (no Message-ID) covers Date/From/To/Cc/Subject "
-    "and body text only, so attachment-only messages without those headers collide and the "
-    "second is lost (found by the corpus: 11 rspamd/flanker fixtures share one h: key)",
-)
 async def test_messages_without_message_id_that_differ_stay_apart(sqlite_env: Env) -> None:
     env = sqlite_env
     for payload in (b"first attachment", b"second attachment"):

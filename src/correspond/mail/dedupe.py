@@ -6,8 +6,10 @@ Order of preference (DESIGN.md, data model ``messages.dedupe key``):
 2. ``mid:<local>@<domain>`` — the RFC 5322 §3.6.4 Message-ID, brackets and whitespace removed,
    local part case-sensitive, domain lower-cased (RFC 5321 §2.4: domains are case-insensitive);
    ids longer than :data:`MAX_KEY_ID` are hashed (``midh:<sha256>``) to keep the key indexable;
-3. ``h:<sha256>`` — a hash of headers that no server rewrites (Date, From, To, Cc, Subject) and
-   of the first 4 KiB of the body text, for mail without a Message-ID.
+3. ``h:<sha256>`` — a hash of headers that no server rewrites (Date, From, To, Cc, Subject,
+   In-Reply-To, References), of the first 4 KiB of the body text, and of every attachment's type,
+   name, size and content, for mail without a Message-ID. Attachments are in it because
+   attachment-only messages (scanners, bounces) often share every header and have no text.
 """
 
 from __future__ import annotations
@@ -65,5 +67,14 @@ def _stable_hash(parsed: ParsedMessage) -> str:
         " ".join(parsed.subject.split()),
         body,
     )
-    data = "\x00".join(fields).encode("utf-8", "surrogatepass")
-    return hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256("\x00".join(fields).encode("utf-8", "surrogatepass"))
+    digest.update(b"\x00")
+    digest.update(" ".join(parsed.references).encode("utf-8", "surrogatepass"))
+    digest.update(b"\x00")
+    digest.update((parsed.in_reply_to or "").encode("utf-8", "surrogatepass"))
+    for att in parsed.attachments:
+        meta = f"\x00{att.content_type}\x00{att.filename or ''}\x00{att.size}\x00"
+        digest.update(meta.encode("utf-8", "surrogatepass"))
+        if att.content is not None:
+            digest.update(hashlib.sha256(att.content).digest())
+    return digest.hexdigest()
