@@ -20,6 +20,7 @@ from correspond.cli import main
 from correspond.rules.folders import FolderSpec
 from correspond.settings import Settings
 from correspond.store import open_store
+from correspond.testing.dovecot import DovecotServer
 
 PASSWORD = "s3cret-Pa55word"
 
@@ -442,3 +443,34 @@ def test_serve_runs_migrations_and_answers_health(tmp_path: Path) -> None:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_account_update_trusts_a_certificate_and_changes_the_password(
+    tmp_path: Path, dovecot: DovecotServer, runner: CliRunner
+) -> None:
+    """The untrusted-certificate message names a command; that command makes the test pass."""
+    user = dovecot.add_user()
+    base = ["--data-dir", str(tmp_path / "d")]
+    add = [
+        *base, "account", "add", "lab", "--email", f"{user.username}@example.test",
+        "--username", user.username, "--imap-host", dovecot.host,
+        "--imap-port", str(dovecot.tls_port), "--imap-security", "tls", "--password-stdin",
+    ]  # fmt: skip
+    assert runner.invoke(main, add, input="wrong\n").exit_code == 0
+    failed = runner.invoke(main, [*base, "account", "test", "lab", "--json"])
+    assert failed.exit_code == 1
+    assert json.loads(failed.stdout)["problem"] == "tls_untrusted"
+    cert = tmp_path / "server.pem"
+    cert.write_text(dovecot.cert_pem, encoding="ascii")
+    result = runner.invoke(main, [*base, "account", "update", "lab", "--trust-cert", str(cert)])
+    assert result.exit_code == 0, result.output
+    refused = runner.invoke(main, [*base, "account", "test", "lab", "--json"])
+    assert json.loads(refused.stdout)["problem"] == "auth_failed"
+    update = [*base, "account", "update", "lab", "--password-stdin"]
+    assert runner.invoke(main, update, input=f"{user.password}\n").exit_code == 0
+    ok = runner.invoke(main, [*base, "account", "test", "lab", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["ok"] is True
+    nothing = runner.invoke(main, [*base, "account", "update", "lab"])
+    assert nothing.exit_code == 2
+    assert "nothing to change" in nothing.output

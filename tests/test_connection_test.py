@@ -61,7 +61,7 @@ async def test_untrusted_certificate_and_the_opt_in(
     report = await check_connection(plain, imap_user.username, imap_user.password, timeout=10)
     assert report.problem == "tls_untrusted"
     assert "self-signed" in report.message
-    assert "pass --trust-cert FILE to trust this certificate" in report.message
+    assert "correspond account update NAME --trust-cert FILE" in report.message
     trusted = ImapEndpoint(
         dovecot.host, dovecot.tls_port, "tls", trusted_cert_pem=dovecot.cert_path.read_text()
     )

@@ -306,6 +306,75 @@ def account_add(
     click.echo(f"Next: correspond account test {a.name}")
 
 
+@account.command("update")
+@click.argument("name")
+@click.option(
+    "--password-stdin", is_flag=True, help="Read a new password from the first line of stdin."
+)
+@click.option("--password", "password_prompt", is_flag=True, help="Ask for a new password.")
+@click.option(
+    "--trust-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM certificate to trust for this server (self-signed servers).",
+)
+@click.option("--no-trust-cert", is_flag=True, help="Forget the trusted certificate.")
+@click.option(
+    "--allow-plaintext/--no-allow-plaintext",
+    default=None,
+    help="Permit (or stop permitting) unencrypted connections.",
+)
+@click.option("--window-days", type=click.IntRange(1, 36500), help="How far back to sync.")
+@pass_cli
+def account_update(
+    cli: CliContext,
+    name: str,
+    password_stdin: bool,
+    password_prompt: bool,
+    trust_cert: Path | None,
+    no_trust_cert: bool,
+    allow_plaintext: bool | None,
+    window_days: int | None,
+) -> None:
+    """Change NAME's password, trusted certificate, plaintext permission or sync window.
+
+    An account stopped by a refused password or an untrusted certificate is resumed, so a
+    running worker tries again at once.
+    """
+    if trust_cert and no_trust_cert:
+        _fail("--trust-cert and --no-trust-cert contradict each other", 2)
+    password: str | None = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            _fail("a password on standard input (it was empty)", 2)
+    elif password_prompt:
+        if not _stdin_is_tty():
+            _fail("--password needs a terminal to ask on; use --password-stdin", 2)
+        password = click.prompt("New password", hide_input=True)
+    changes: dict[str, Any] = {}
+    if allow_plaintext is not None:
+        changes["allow_plaintext"] = allow_plaintext
+    if window_days is not None:
+        changes["window_days"] = window_days
+    if trust_cert is not None:
+        changes["trusted_cert_pem"] = trust_cert.read_text(encoding="ascii")
+    elif no_trust_cert:
+        changes["trusted_cert_pem"] = None
+    if password is None and not changes:
+        _fail(
+            "nothing to change: give --password-stdin, --password, --trust-cert, "
+            "--no-trust-cert, --allow-plaintext or --window-days",
+            2,
+        )
+    if password is not None:
+        cli.store.set_account_secret(name, password)
+    if changes:
+        cli.store.update_account(name, **changes)
+    if cli.store.get_account(name).state in ("auth_failed", "error"):
+        cli.leases.resume(name)
+    click.echo(f"Updated {name}. Check it with: correspond account test {name}")
+
+
 @account.command("test")
 @click.argument("name")
 @click.option("--json", "as_json_output", is_flag=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from types import EllipsisType
 
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -150,6 +151,31 @@ class Store:
         """Replace the stored secret of ``name``."""
         with self.transaction() as s:
             self._account_row(s, name).secret_encrypted = self._secrets.encrypt(secret)
+
+    def update_account(
+        self,
+        name: str,
+        *,
+        trusted_cert_pem: str | EllipsisType | None = ...,
+        allow_plaintext: bool | None = None,
+        window_days: int | None = None,
+    ) -> Account:
+        """Change connection settings of ``name``; arguments left out stay as they are.
+
+        ``trusted_cert_pem=None`` removes a pinned certificate (back to the system trust store).
+        """
+        with self.transaction() as s:
+            row = self._account_row(s, name)
+            if not isinstance(trusted_cert_pem, EllipsisType):
+                row.trusted_cert_pem = trusted_cert_pem
+            if allow_plaintext is not None:
+                row.allow_plaintext = allow_plaintext
+            if window_days is not None:
+                if window_days < 1:
+                    raise ConfigError("the sync window must be at least one day")
+                row.window_days = window_days
+            s.flush()
+            return account_from_row(row)
 
     def remove_account(self, name: str) -> None:
         """Delete ``name`` and (by cascade) everything that belongs to it."""

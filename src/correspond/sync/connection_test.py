@@ -68,7 +68,8 @@ def _explain(
     if isinstance(exc, CertificateNotTrusted):
         return "tls_untrusted", (
             f"The server's certificate is not trusted (self-signed?): {exc}. If you know this "
-            "server uses its own certificate, pass --trust-cert FILE to trust this certificate."
+            "server uses its own certificate, trust exactly that one with "
+            "`correspond account update NAME --trust-cert FILE`."
         )
     if isinstance(exc, TlsError):
         return "tls_failed", (
