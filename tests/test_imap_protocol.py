@@ -1284,3 +1284,48 @@ def test_fuzz_mutated_session(data: st.DataObject) -> None:
 )
 def test_fuzz_fetch_token_soup(tokens: list[bytes]) -> None:
     _drain_all(ResponseParser(), b"* 1 FETCH (" + b" ".join(tokens) + b")\r\n")
+
+
+@pytest.mark.parametrize(
+    ("line", "takes_fast_path"),
+    [
+        (
+            b'* 1 FETCH (UID 1 FLAGS (\\Seen) INTERNALDATE "01-Oct-2026 10:58:02 +0000" '
+            b"RFC822.SIZE 3 MODSEQ (2) BODY[] {3}\r\nabc)\r\n",
+            True,
+        ),
+        (b"* 2 FETCH (UID 1 FLAGS () RFC822.SIZE 3 BODY[HEADER] {3}\r\nabc)\r\n", True),
+        (b"* 3 FETCH (FLAGS (\\Seen $Junk \\Flagged) UID 1 BODY[] {3}\r\nabc)\r\n", True),
+        (b'* 4 FETCH (INTERNALDATE " 1-Jan-2020 00:00:00 -0130" BODY[] {1}\r\nx UID 3)\r\n', True),
+        # Anything unusual goes the general way and still parses the same.
+        (b"* 5 FETCH (UID 1 UID 2 BODY[] {3}\r\nabc)\r\n", False),
+        (
+            b'* 6 FETCH (UID 1 INTERNALDATE "99-Oct-2026 10:58:02 +0000" BODY[] {3}\r\nabc)\r\n',
+            False,
+        ),
+        (b'* 7 FETCH (UID 1 FLAGS ("odd") BODY[] {3}\r\nabc)\r\n', False),
+        (b"* 8 FETCH (UID 1 X-GM-MSGID 9 BODY[] {3}\r\nabc)\r\n", False),
+    ],
+)
+def test_fast_fetch_with_simple_items_matches_general_path(
+    line: bytes, takes_fast_path: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from correspond.imap import protocol
+
+    taken: list[bool] = []
+    real = protocol._fast_fetch
+
+    def spy(*args: Any) -> FetchResponse | None:
+        result = real(*args)
+        taken.append(result is not None)
+        return result
+
+    monkeypatch.setattr(protocol, "_fast_fetch", spy)
+    fast = parse_response(line)
+    monkeypatch.setattr(protocol, "_fast_fetch", lambda *args: None)
+    try:
+        general: object = parse_response(line)
+    except ImapProtocolError as exc:
+        general = exc
+    assert taken == [takes_fast_path]
+    assert fast == general

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from correspond.errors import ImapProtocolError
-from correspond.imap._fetch import parse_fetch_items, to_int
+from correspond.imap._fetch import parse_fetch_items, parse_internaldate, to_int
 from correspond.imap._lexer import Value, decode_segment, text_of, tokenize
 from correspond.imap.mutf7 import decode_mutf7
 from correspond.imap.types import (
@@ -72,8 +72,20 @@ _LITERAL_END: Final = re.compile(rb"~?\{(\d{1,20})\+?\}$")
 # The dominant shape of a sync, ``UID FETCH n:m (UID BODY.PEEK[...])``, answered as
 # "* n FETCH (UID u BODY[sec] {size}" literal ")" (or with UID after the body). It is built
 # directly instead of through the general tokenizer; anything else takes the general path.
+# Simple items may precede the body, as servers answer a sync's
+# ``(UID FLAGS INTERNALDATE RFC822.SIZE [MODSEQ] BODY.PEEK[...])``; each is read by one regex.
+_FAST_FLAG = rb"[!#-'*-Z^-z|~\\]+"
+_FAST_ITEM: Final = re.compile(
+    rb"(UID|RFC822\.SIZE) ([0-9]{1,18}) "
+    rb"|FLAGS \(((?:" + _FAST_FLAG + rb"(?: " + _FAST_FLAG + rb")*)?)\) "
+    rb'|INTERNALDATE "([ -!#-\[\]-~]{1,40})" '
+    rb"|MODSEQ \(([0-9]{1,19})\) "
+)
 _FAST_FETCH_HEAD: Final = re.compile(
-    rb"\* ([0-9]{1,18}) FETCH \((?:UID ([0-9]{1,18}) )?BODY\[([A-Z0-9.]*)\] $"
+    rb"\* ([0-9]{1,18}) FETCH \(((?:(?:UID|RFC822\.SIZE) [0-9]{1,18} "
+    rb"|FLAGS \((?:" + _FAST_FLAG + rb"(?: " + _FAST_FLAG + rb")*)?\) "
+    rb'|INTERNALDATE "[ -!#-\[\]-~]{1,40}" '
+    rb"|MODSEQ \([0-9]{1,19}\) )*)BODY\[([A-Z0-9.]*)\] $"
 )
 _FAST_FETCH_TAIL: Final = re.compile(rb"(?: UID ([0-9]{1,18}))?\)")
 # Above this many missing bytes a literal is collected as a list of fed chunks instead of
@@ -440,6 +452,43 @@ def _tokens_of(text: str) -> list[Value]:
         return [w for w in text.strip("()").split()]
 
 
+def _fast_fetch(number: int, line: bytes, tail_line: bytes, body: bytes) -> FetchResponse | None:
+    """The common one-literal FETCH shape built without the tokenizer, or None to take the
+    general path (anything unusual: an item twice, an odd date, another shape)."""
+    head = _FAST_FETCH_HEAD.fullmatch(line)
+    if head is None:
+        return None
+    tail = _FAST_FETCH_TAIL.fullmatch(tail_line)
+    if tail is None:
+        return None
+    resp = FetchResponse(seq=number, sections={head.group(3).decode(): body})
+    seen: set[bytes] = set()
+    for m in _FAST_ITEM.finditer(head.group(2)):
+        name, number_b, flags, date, modseq = m.groups()
+        key = name or (b"FLAGS" if flags is not None else b"INTERNALDATE" if date else b"MODSEQ")
+        if key in seen:
+            return None
+        seen.add(key)
+        if name == b"UID":
+            resp.uid = int(number_b)
+        elif name is not None:
+            resp.size = int(number_b)
+        elif flags is not None:
+            resp.flags = tuple(flags.decode("ascii").split())
+        elif date is not None:
+            try:
+                resp.internaldate = parse_internaldate(date)
+            except ImapProtocolError:
+                return None
+        else:
+            resp.modseq = int(modseq)
+    if tail.group(1) is not None:
+        if resp.uid is not None:
+            return None  # UID twice: the general path decides
+        resp.uid = int(tail.group(1))
+    return resp
+
+
 def _untagged(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> Response:
     line = segs[0]
     rest = line[2:] if line[1:2] == b" " else line[1:]
@@ -452,15 +501,9 @@ def _untagged(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> Res
         kw = keyword.upper()
         if kw == b"FETCH":
             if len(segs) == 2:
-                head = _FAST_FETCH_HEAD.fullmatch(line)
-                tail = _FAST_FETCH_TAIL.fullmatch(segs[1]) if head is not None else None
-                if head is not None and tail is not None:
-                    uid_b = head.group(2) or tail.group(1)
-                    if not (head.group(2) and tail.group(1)):  # UID twice: general path
-                        uid = int(uid_b) if uid_b is not None else None
-                        return FetchResponse(
-                            seq=number, uid=uid, sections={head.group(3).decode(): lits[0]}
-                        )
+                fast = _fast_fetch(number, line, segs[1], lits[0])
+                if fast is not None:
+                    return fast
             start = len(line) - len(after) + len(keyword) + 1
             values = _tokens(segs, lits, start)
             if len(values) != 1:
