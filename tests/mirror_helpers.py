@@ -33,6 +33,7 @@ from correspond.store.tables import AccountRow, FolderRow
 from correspond.testing.dovecot import DovecotServer, ImapUser
 from test_sync_dovecot import (
     NOW,
+    SYNC_CHILD,
     TODAY,
     Env,
     _sqlite,
@@ -44,6 +45,7 @@ from test_sync_dovecot import (
 __all__ = [
     "BACKENDS",
     "NOW",
+    "SYNC_CHILD",
     "TODAY",
     "CuttingProxy",
     "Env",

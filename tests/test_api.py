@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from correspond.api import create_app
-from correspond.rules.folders import FolderSpec
 from correspond.settings import Settings
 from correspond.store import Store
+from helpers import folder_spec
 
 PASSWORD = "api-Pa55word!"
 
@@ -32,17 +32,6 @@ def new_account(**overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
-
-
-def spec(name: str, role: str | None = None, raw: bytes | None = None, **kw: Any) -> FolderSpec:
-    return FolderSpec(
-        name_raw=raw or name.encode(),
-        name=name,
-        delimiter="/",
-        flags=kw.get("flags", ()),
-        role=role,  # type: ignore[arg-type]
-        selectable=kw.get("selectable", True),
-    )
 
 
 def test_health(client: TestClient, store: Store) -> None:
@@ -121,12 +110,12 @@ def test_folders_and_selection(client: TestClient, store: Store) -> None:
     store.sync_folders(
         "work",
         [
-            spec("INBOX", "inbox"),
-            spec("Sent", "sent"),
-            spec("Archive/2024"),
-            spec("Entwürfe", raw=b"Entw&APw-rfe"),
-            spec("Entwürfe", raw="Entwürfe".encode()),
-            spec("[Gmail]", selectable=False),
+            folder_spec("INBOX", "inbox"),
+            folder_spec("Sent", "sent"),
+            folder_spec("Archive/2024"),
+            folder_spec("Entwürfe", raw=b"Entw&APw-rfe"),
+            folder_spec("Entwürfe", raw="Entwürfe".encode()),
+            folder_spec("[Gmail]", selectable=False),
         ],
     )
     folders = client.get("/accounts/work/folders").json()

@@ -35,15 +35,15 @@ from correspond.store.messages import (
 from correspond.sync.engine import default_thread_chooser
 from correspond.testing.dovecot import DovecotServer, ImapUser
 from correspond.testing.mirror import (
-    FILLERS,
     HOSTILE_SUBJECT,
     PDF_BYTES,
     PNG_BYTES,
+    SEEDED_MESSAGES,
     SeededMirror,
     seed_mirror,
 )
 
-TOTAL = 3 + FILLERS  # kickoff, reply, the HTML report, and the fillers
+TOTAL = SEEDED_MESSAGES
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -21,6 +20,7 @@ from correspond.rules.folders import FolderSpec
 from correspond.settings import Settings
 from correspond.store import open_store
 from correspond.testing.dovecot import DovecotServer
+from helpers import folder_spec
 
 PASSWORD = "s3cret-Pa55word"
 
@@ -70,17 +70,6 @@ def seed_folders(data_dir: Path, account: str, specs: list[FolderSpec]) -> None:
         store.close()
 
 
-def spec(name: str, role: str | None = None, raw: bytes | None = None, **kw: Any) -> FolderSpec:
-    return FolderSpec(
-        name_raw=raw or name.encode(),
-        name=name,
-        delimiter="/",
-        flags=kw.get("flags", ()),
-        role=role,  # type: ignore[arg-type]
-        selectable=kw.get("selectable", True),
-    )
-
-
 def test_add_then_list_json(runner: CliRunner, data_dir: Path) -> None:
     added = add_work(runner, data_dir)
     assert "Added account work <me@example.test>" in added.output
@@ -120,7 +109,7 @@ def test_list_table(runner: CliRunner, data_dir: Path) -> None:
     empty = run(runner, data_dir, "account", "list")
     assert empty.exit_code == 0 and "No accounts yet" in empty.output
     add_work(runner, data_dir)
-    seed_folders(data_dir, "work", [spec("INBOX", "inbox"), spec("Sent", "sent")])
+    seed_folders(data_dir, "work", [folder_spec("INBOX", "inbox"), folder_spec("Sent", "sent")])
     table = run(runner, data_dir, "account", "list")
     assert table.exit_code == 0, table.output
     assert "work" in table.output and "me@example.test" in table.output
@@ -257,12 +246,12 @@ def test_folders_show_select_and_all(runner: CliRunner, data_dir: Path) -> None:
         data_dir,
         "work",
         [
-            spec("INBOX", "inbox"),
-            spec("Sent Items", "sent", flags=("\\Sent",)),
-            spec("Clients/Sent"),
-            spec("Entwürfe", "drafts", raw=b"Entw&APw-rfe"),
-            spec("Entwürfe", raw="Entwürfe".encode()),
-            spec("[Gmail]", selectable=False, flags=("\\Noselect",)),
+            folder_spec("INBOX", "inbox"),
+            folder_spec("Sent Items", "sent", flags=("\\Sent",)),
+            folder_spec("Clients/Sent"),
+            folder_spec("Entwürfe", "drafts", raw=b"Entw&APw-rfe"),
+            folder_spec("Entwürfe", raw="Entwürfe".encode()),
+            folder_spec("[Gmail]", selectable=False, flags=("\\Noselect",)),
         ],
     )
     table = run(runner, data_dir, "account", "folders", "work")

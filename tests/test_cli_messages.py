@@ -3,19 +3,16 @@ SQLite and PostgreSQL, over mail really synced from the private Dovecot."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 from fastapi.testclient import TestClient
 
 from correspond import cli as cli_module
 from correspond.api import create_app
-from correspond.cli import main
 from correspond.settings import Settings
 from correspond.store import Store
 from correspond.testing.dovecot import DovecotServer, ImapUser
@@ -23,11 +20,13 @@ from correspond.testing.mirror import (
     FILLERS,
     HOSTILE_SUBJECT,
     PDF_BYTES,
+    SEEDED_MESSAGES,
     SeededMirror,
     seed_mirror,
 )
+from helpers import StoreCli
 
-TOTAL = 3 + FILLERS
+TOTAL = SEEDED_MESSAGES
 
 
 @pytest.fixture
@@ -37,35 +36,12 @@ def mirror(
     return seed_mirror(store, store_settings, dovecot, imap_user)
 
 
-class Cli:
-    """Runs ``correspond`` on the seeded store (same data dir, database and key)."""
-
-    def __init__(self, settings: Settings, url: str) -> None:
-        self.settings = settings
-        self.env = {
-            "CORRESPOND_DATABASE_URL": url,
-            "CORRESPOND_SECRET_KEY": settings.secret_key or "",
-            "CORRESPOND_DATA_DIR": None,
-        }
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str) -> Result:
-        return self.runner.invoke(
-            main, ["--data-dir", str(self.settings.data_dir), *args], env=self.env
-        )
-
-    def json(self, *args: str) -> Any:
-        result = self(*args, "--json")
-        assert result.exit_code == 0, result.output
-        return json.loads(result.stdout)
-
-
 @pytest.fixture
 def cli(
     store_settings: Settings, store_url: str, mirror: SeededMirror, monkeypatch: pytest.MonkeyPatch
-) -> Cli:
+) -> StoreCli:
     monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: False)
-    return Cli(store_settings, store_url)
+    return StoreCli(store_settings, store_url)
 
 
 @pytest.fixture
@@ -74,7 +50,7 @@ def api(store: Store, store_settings: Settings, mirror: SeededMirror) -> Iterato
         yield c
 
 
-def ids_by_mid(cli: Cli, account: str) -> dict[str, int]:
+def ids_by_mid(cli: StoreCli, account: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for item in cli.json("messages", "list", account, "--limit", "100")["messages"]:
         out[cli.json("messages", "show", str(item["id"]))["message_id"]] = item["id"]
@@ -82,7 +58,7 @@ def ids_by_mid(cli: Cli, account: str) -> dict[str, int]:
 
 
 @pytest.mark.dovecot
-def test_account_folders_show_counts(cli: Cli, mirror: SeededMirror) -> None:
+def test_account_folders_show_counts(cli: StoreCli, mirror: SeededMirror) -> None:
     folders = cli.json("account", "folders", mirror.account)
     inbox = next(f for f in folders if f["role"] == "inbox")
     assert inbox["counts"] == {
@@ -101,7 +77,7 @@ def test_account_folders_show_counts(cli: Cli, mirror: SeededMirror) -> None:
 
 
 @pytest.mark.dovecot
-def test_messages_list_pages_and_filters(cli: Cli, mirror: SeededMirror) -> None:
+def test_messages_list_pages_and_filters(cli: StoreCli, mirror: SeededMirror) -> None:
     seen: list[dict[str, Any]] = []
     args = ["messages", "list", mirror.account, "--limit", "4"]
     page = cli.json(*args)
@@ -134,7 +110,9 @@ def test_messages_list_pages_and_filters(cli: Cli, mirror: SeededMirror) -> None
 
 
 @pytest.mark.dovecot
-def test_messages_show_text_html_and_json(cli: Cli, mirror: SeededMirror, api: TestClient) -> None:
+def test_messages_show_text_html_and_json(
+    cli: StoreCli, mirror: SeededMirror, api: TestClient
+) -> None:
     ids = ids_by_mid(cli, mirror.account)
     reply = cli("messages", "show", str(ids[mirror.reply_mid]))
     assert reply.exit_code == 0, reply.output
@@ -165,7 +143,11 @@ def test_messages_show_text_html_and_json(cli: Cli, mirror: SeededMirror, api: T
 
 @pytest.mark.dovecot
 def test_raw_and_attachment_go_only_where_told(
-    cli: Cli, mirror: SeededMirror, api: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli: StoreCli,
+    mirror: SeededMirror,
+    api: TestClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ids = ids_by_mid(cli, mirror.account)
     report_id = str(ids[mirror.html_mid])
@@ -201,7 +183,7 @@ def test_raw_and_attachment_go_only_where_told(
 
 
 @pytest.mark.dovecot
-def test_threads_show(cli: Cli, mirror: SeededMirror) -> None:
+def test_threads_show(cli: StoreCli, mirror: SeededMirror) -> None:
     ids = ids_by_mid(cli, mirror.account)
     thread_id = cli.json("messages", "show", str(ids[mirror.reply_mid]))["thread_id"]
     oldest = cli.json("threads", "show", str(thread_id))

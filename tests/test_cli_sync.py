@@ -4,7 +4,6 @@ installed console script (Ctrl-C and SIGTERM included)."""
 
 from __future__ import annotations
 
-import email.utils
 import json
 import os
 import shutil
@@ -19,17 +18,17 @@ from typing import Any
 
 import httpx
 import pytest
-from click.testing import CliRunner, Result
 
 from correspond import cli as cli_module
-from correspond.cli import main
-from correspond.rules.presets import AccountDraft
 from correspond.settings import Settings
 from correspond.store import Store, open_store
 from correspond.store.leases import AccountLeases
 from correspond.store.messages import MessageStore
 from correspond.testing.dovecot import DovecotServer, ImapUser
+from correspond.testing.mail import plain_message
 from correspond.testing.net import free_port
+from correspond.testing.store import add_dovecot_account
+from helpers import StoreCli
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.timeout(120)]
 
@@ -38,35 +37,13 @@ COUNT = 4
 
 
 def raw_message(n: int | str) -> bytes:
-    return (
-        f"Message-ID: <c{n}@example.test>\r\nDate: {email.utils.format_datetime(NOW)}\r\n"
-        "From: Alice <alice@example.test>\r\nTo: bob@example.test\r\n"
-        f"Subject: cli {n}\r\nMIME-Version: 1.0\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\n\r\nBody.\r\n"
-    ).encode()
+    return plain_message(f"c{n}@example.test", when=NOW, subject=f"cli {n}", body="Body.\r\n")
 
 
 def add_account(
     store: Store, server: DovecotServer, user: ImapUser, password: str | None = None
 ) -> str:
-    store.add_account(
-        AccountDraft(
-            name=user.username,
-            preset="generic",
-            email=user.address,
-            username=user.username,
-            imap_host=server.host,
-            imap_port=server.port,
-            imap_security="starttls",
-            smtp_host=None,
-            smtp_port=587,
-            smtp_security="starttls",
-            trusted_cert_pem=server.cert_pem,
-            window_days=60,
-        ),
-        password if password is not None else user.password,
-    )
-    return user.username
+    return add_dovecot_account(store, server, user, password).name
 
 
 def count(store: Store, name: str) -> int:
@@ -89,28 +66,10 @@ def mailbox(dovecot: DovecotServer, imap_user: ImapUser) -> ImapUser:
     return imap_user
 
 
-class Cli:
-    """``correspond`` through click's runner on the test store (same database and key)."""
-
-    def __init__(self, settings: Settings, url: str) -> None:
-        self.settings = settings
-        self.env = {
-            "CORRESPOND_DATABASE_URL": url,
-            "CORRESPOND_SECRET_KEY": settings.secret_key or "",
-            "CORRESPOND_DATA_DIR": None,
-        }
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str) -> Result:
-        return self.runner.invoke(
-            main, ["--data-dir", str(self.settings.data_dir), *args], env=self.env
-        )
-
-
 @pytest.fixture
-def cli(store_settings: Settings, store_url: str, monkeypatch: pytest.MonkeyPatch) -> Cli:
+def cli(store_settings: Settings, store_url: str, monkeypatch: pytest.MonkeyPatch) -> StoreCli:
     monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: False)
-    return Cli(store_settings, store_url)
+    return StoreCli(store_settings, store_url)
 
 
 def console_script() -> list[str]:
@@ -150,7 +109,7 @@ def local(store_settings: Settings) -> Iterator[Local]:
 
 
 def test_sync_once_backfills_and_exits_zero(
-    cli: Cli, store: Store, dovecot: DovecotServer, mailbox: ImapUser
+    cli: StoreCli, store: Store, dovecot: DovecotServer, mailbox: ImapUser
 ) -> None:
     name = add_account(store, dovecot, mailbox)
     result = cli("sync", name, "--once", "--parse-processes", "0")
@@ -183,7 +142,7 @@ def test_sync_once_backfills_and_exits_zero(
 
 
 def test_sync_once_reports_refused_sign_in(
-    cli: Cli, store: Store, dovecot: DovecotServer, imap_user: ImapUser
+    cli: StoreCli, store: Store, dovecot: DovecotServer, imap_user: ImapUser
 ) -> None:
     name = add_account(store, dovecot, imap_user, password="not-the-password")
     result = cli("sync", name, "--once", "--parse-processes", "0")
@@ -195,7 +154,7 @@ def test_sync_once_reports_refused_sign_in(
 
 
 def test_pause_resume_from_the_command_line(
-    cli: Cli, store: Store, dovecot: DovecotServer, mailbox: ImapUser
+    cli: StoreCli, store: Store, dovecot: DovecotServer, mailbox: ImapUser
 ) -> None:
     name = add_account(store, dovecot, mailbox)
     paused = cli("account", "pause", name)

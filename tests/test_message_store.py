@@ -30,6 +30,7 @@ from correspond.store.messages import (
 )
 from correspond.store.tables import AccountRow, FolderRow
 from correspond.testing.postgres import PostgresServer, temporary_database
+from correspond.testing.store import migrated_engine
 
 # --- fixtures -----------------------------------------------------------------------------------
 
@@ -41,23 +42,19 @@ def pg_engine(pg_server: PostgresServer) -> Iterator[Engine]:
     The server comes from the shared ``pg_server`` fixture: CORRESPOND_TEST_POSTGRES_URL or a
     private cluster, failing (never skipping) when neither can be had.
     """
-    with temporary_database(pg_server, prefix="correspond_msgs") as url:
-        eng = create_store_engine(url)
-        try:
-            migrate(eng)
-            yield eng
-        finally:
-            eng.dispose()
+    with (
+        temporary_database(pg_server, prefix="correspond_msgs") as url,
+        migrated_engine(url) as eng,
+    ):
+        yield eng
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """A migrated store (every migration, 0002 included) on each backend."""
     if request.param == "sqlite":
-        eng = create_store_engine(f"sqlite:///{tmp_path / 'store.db'}")
-        migrate(eng)
-        yield eng
-        eng.dispose()
+        with migrated_engine(f"sqlite:///{tmp_path / 'store.db'}") as eng:
+            yield eng
     else:
         yield request.getfixturevalue("pg_engine")
 

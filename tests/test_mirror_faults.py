@@ -28,6 +28,7 @@ from correspond.testing.dovecot import DovecotServer, ImapUser
 from mirror_helpers import (
     BACKENDS,
     NOW,
+    SYNC_CHILD,
     TODAY,
     CuttingProxy,
     Env,
@@ -132,34 +133,6 @@ async def test_proxy_traffic_matches_the_cut_points(env: Env) -> None:
 
 # --- SIGKILL, several times --------------------------------------------------------------------
 
-_CHILD = """
-import asyncio, sys
-from datetime import date
-from pathlib import Path
-from correspond.settings import Settings
-from correspond.store.blobs import BlobStore
-from correspond.store.engine import create_store_engine
-from correspond.store.messages import MessageStore
-from correspond.store.repository import Store
-from correspond.store.secrets import SecretBox
-from correspond.sync.engine import AccountSyncer
-
-url, key, name, data_dir, today = sys.argv[1:6]
-engine = create_store_engine(url)
-store = Store(engine, SecretBox(key.encode()))
-syncer = AccountSyncer(
-    store, MessageStore(engine), BlobStore(Path(data_dir) / "blobs"),
-    Settings(data_dir=Path(data_dir)), batch_size=5, today=date.fromisoformat(today),
-)
-
-async def main():
-    account = store.get_account(name)
-    client = await syncer.connect(account)
-    await syncer.sync_once(client, account)
-
-asyncio.run(main())
-"""
-
 KILL_MESSAGES = 300
 KILLS = 4
 
@@ -171,12 +144,12 @@ async def test_killed_again_and_again_then_converges(env: Env, tmp_path: Path) -
     rng = random.Random(seed)
     fill_inbox(env, KILL_MESSAGES, body_bytes=600)
     url = env.messages.engine.url.render_as_string(hide_password=False)
-    args = [url, KEY.decode(), env.account.name, str(tmp_path / "data"), TODAY.isoformat()]
+    args = [url, KEY.decode(), env.account.name, str(tmp_path / "data"), TODAY.isoformat(), "5"]
     loop = asyncio.get_running_loop()
     counts: list[int] = []
     for kill in range(KILLS):
         before = env.messages.count_messages(env.account.id)
-        child = subprocess.Popen([sys.executable, "-c", _CHILD, *args])
+        child = subprocess.Popen([sys.executable, "-c", SYNC_CHILD, *args])
         try:
             deadline = loop.time() + 30
             # A random point: after a random number of messages of this run are committed

@@ -5,15 +5,12 @@ after the backfill, with rate and ETA from what was committed; the same through 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import email.utils
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 
 from correspond.api import create_app
-from correspond.rules.presets import AccountDraft
 from correspond.settings import Settings
 from correspond.store import Store
 from correspond.store.blobs import BlobStore
@@ -23,6 +20,8 @@ from correspond.store.tables import utcnow
 from correspond.sync.engine import AccountSyncer
 from correspond.sync.runner import sync_account_once
 from correspond.testing.dovecot import DovecotServer, ImapUser
+from correspond.testing.mail import plain_message
+from correspond.testing.store import add_dovecot_account, sync_once
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.timeout(120)]
 
@@ -31,33 +30,11 @@ INBOX_COUNT = 5
 
 
 def raw_message(n: int | str) -> bytes:
-    return (
-        f"Message-ID: <p{n}@example.test>\r\nDate: {email.utils.format_datetime(NOW)}\r\n"
-        "From: Alice <alice@example.test>\r\nTo: bob@example.test\r\n"
-        f"Subject: progress {n}\r\nMIME-Version: 1.0\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\n\r\nBody.\r\n"
-    ).encode()
+    return plain_message(f"p{n}@example.test", when=NOW, subject=f"progress {n}", body="Body.\r\n")
 
 
 def add_account(store: Store, server: DovecotServer, user: ImapUser) -> str:
-    store.add_account(
-        AccountDraft(
-            name=user.username,
-            preset="generic",
-            email=user.address,
-            username=user.username,
-            imap_host=server.host,
-            imap_port=server.port,
-            imap_security="starttls",
-            smtp_host=None,
-            smtp_port=587,
-            smtp_security="starttls",
-            trusted_cert_pem=server.cert_pem,
-            window_days=60,
-        ),
-        user.password,
-    )
-    return user.username
+    return add_dovecot_account(store, server, user).name
 
 
 async def sync(
@@ -70,13 +47,7 @@ async def sync(
         settings,
         batch_size=2,
     )
-    account = store.get_account(name)
-    client = await syncer.connect(account)
-    try:
-        await syncer.sync_once(client, account, max_batches=max_batches)
-    finally:
-        with contextlib.suppress(Exception):
-            await client.logout()
+    await sync_once(syncer, store.get_account(name), max_batches=max_batches)
 
 
 def by_role(p: AccountProgress, role: str) -> tuple[int, int | None, bool]:

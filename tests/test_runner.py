@@ -8,7 +8,6 @@ Each test uses fresh mailbox users and a fresh store (SQLite and PostgreSQL thro
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +29,9 @@ from correspond.store.tables import AccountRow, utcnow
 from correspond.sync.engine import AccountSyncer
 from correspond.sync.runner import STOPPED_DETAIL, SyncRunner, sync_account_once
 from correspond.testing.dovecot import DovecotServer, ImapUser
+from correspond.testing.mail import plain_message
 from correspond.testing.postgres import PostgresServer, temporary_database
+from correspond.testing.store import add_dovecot_account
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.timeout(120)]
 
@@ -38,37 +39,15 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 def raw_message(n: int | str, *, when: datetime | None = None) -> bytes:
-    return (
-        f"Message-ID: <r{n}@example.test>\r\n"
-        f"Date: {email.utils.format_datetime(when or NOW)}\r\n"
-        "From: Alice <alice@example.test>\r\nTo: bob@example.test\r\n"
-        f"Subject: runner {n}\r\nMIME-Version: 1.0\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\n\r\n"
-        f"Body {n}.\r\n"
-    ).encode()
+    return plain_message(
+        f"r{n}@example.test", when=when or NOW, subject=f"runner {n}", body=f"Body {n}.\r\n"
+    )
 
 
 def add_account(
     store: Store, server: DovecotServer, user: ImapUser, *, password: str | None = None
 ) -> str:
-    store.add_account(
-        AccountDraft(
-            name=user.username,
-            preset="generic",
-            email=user.address,
-            username=user.username,
-            imap_host=server.host,
-            imap_port=server.port,
-            imap_security="starttls",
-            smtp_host=None,
-            smtp_port=587,
-            smtp_security="starttls",
-            trusted_cert_pem=server.cert_pem,
-            window_days=60,
-        ),
-        password if password is not None else user.password,
-    )
-    return user.username
+    return add_dovecot_account(store, server, user, password).name
 
 
 def message_count(store: Store, name: str) -> int:
@@ -282,21 +261,7 @@ def test_concurrent_claims_never_share_an_account(pg_url: str, tmp_path: Path) -
     store = open_store(settings)
     try:
         for n in range(12):
-            store.add_account(
-                AccountDraft(
-                    name=f"acct{n}",
-                    preset="generic",
-                    email=f"u{n}@example.test",
-                    username=f"u{n}",
-                    imap_host="imap.example.test",
-                    imap_port=143,
-                    imap_security="starttls",
-                    smtp_host=None,
-                    smtp_port=587,
-                    smtp_security="starttls",
-                ),
-                "pw",
-            )
+            _plain_account(store, f"acct{n}", user=f"u{n}")
         leases = AccountLeases(store.engine)
         barrier = threading.Barrier(8)
         results: dict[str, list[str]] = {}
@@ -428,13 +393,16 @@ async def test_two_runners_never_sync_one_account_at_once(
 # -- lease and state SQL, both backends (no server needed) ----------------------------------
 
 
-def _plain_account(store: Store, name: str) -> None:
+def _plain_account(store: Store, name: str, *, user: str | None = None) -> None:
+    """An account on a server that is never contacted; ``user`` (default: ``name``) is its
+    login and the local part of its address."""
+    user = user or name
     store.add_account(
         AccountDraft(
             name=name,
             preset="generic",
-            email=f"{name}@example.test",
-            username=name,
+            email=f"{user}@example.test",
+            username=user,
             imap_host="imap.example.test",
             imap_port=143,
             imap_security="starttls",

@@ -13,12 +13,12 @@ from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from correspond.errors import ConfigError, NotFound, StoreError
-from correspond.rules.folders import FolderSpec
 from correspond.rules.presets import draft_from_preset
 from correspond.settings import Settings
 from correspond.store import SecretBox, Store, open_store
 from correspond.store.engine import current_revision, head_revision, migrate, normalize_url
 from correspond.store.tables import AccountRow, Base, FolderRow
+from helpers import folder_spec
 
 PASSWORD = "correct horse battery staple ✓"
 
@@ -26,17 +26,6 @@ PASSWORD = "correct horse battery staple ✓"
 def add(store: Store, name: str = "work", password: str | None = PASSWORD) -> Any:
     draft = draft_from_preset("other", name=name, email=f"{name}@example.test", imap_host="imap.x")
     return store.add_account(draft, password)
-
-
-def spec(name: str, role: str | None = None, *, raw: bytes | None = None, **kw: Any) -> FolderSpec:
-    return FolderSpec(
-        name_raw=raw if raw is not None else name.encode(),
-        name=name,
-        delimiter=kw.get("delimiter", "/"),
-        flags=kw.get("flags", ()),
-        role=role,  # type: ignore[arg-type]
-        selectable=kw.get("selectable", True),
-    )
 
 
 MINE = {"accounts", "folders"}
@@ -168,8 +157,8 @@ def test_state_changes(store: Store) -> None:
 def test_cascade_delete_removes_folders(store: Store) -> None:
     add(store)
     add(store, "home")
-    store.sync_folders("work", [spec("INBOX", "inbox"), spec("Sent", "sent")])
-    store.sync_folders("home", [spec("INBOX", "inbox")])
+    store.sync_folders("work", [folder_spec("INBOX", "inbox"), folder_spec("Sent", "sent")])
+    store.sync_folders("home", [folder_spec("INBOX", "inbox")])
     store.remove_account("work")
     with store.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM folders")).scalar_one() == 1
@@ -180,7 +169,7 @@ def test_cascade_delete_removes_folders(store: Store) -> None:
 
 def test_database_cascade_without_the_orm(store: Store) -> None:
     add(store)
-    store.sync_folders("work", [spec("INBOX", "inbox")])
+    store.sync_folders("work", [folder_spec("INBOX", "inbox")])
     with store.engine.begin() as conn:
         conn.execute(text("DELETE FROM accounts"))
     with store.engine.connect() as conn:
@@ -192,9 +181,9 @@ def test_same_display_name_twice(store: Store) -> None:
     result = store.sync_folders(
         "work",
         [
-            spec("INBOX", "inbox"),
-            spec("Entwürfe", "drafts", raw=b"Entw&APw-rfe"),
-            spec("Entwürfe", None, raw="Entwürfe".encode()),
+            folder_spec("INBOX", "inbox"),
+            folder_spec("Entwürfe", "drafts", raw=b"Entw&APw-rfe"),
+            folder_spec("Entwürfe", None, raw="Entwürfe".encode()),
         ],
     )
     assert result.added == 3
@@ -209,7 +198,7 @@ def test_same_display_name_twice(store: Store) -> None:
 
 def test_raw_name_is_the_identity_and_unique(store: Store) -> None:
     add(store)
-    store.sync_folders("work", [spec("INBOX", "inbox")])
+    store.sync_folders("work", [folder_spec("INBOX", "inbox")])
     account_id = store.get_account("work").id
     with pytest.raises(StoreError) as info, store.transaction() as s:
         s.add(FolderRow(account_id=account_id, remote_name_raw=b"INBOX", name="x", flags=[]))
@@ -219,7 +208,12 @@ def test_raw_name_is_the_identity_and_unique(store: Store) -> None:
 def test_sync_folders_marks_removed_and_new_ones(store: Store) -> None:
     add(store)
     first = store.sync_folders(
-        "work", [spec("INBOX", "inbox"), spec("Old", None), spec("[Gmail]", selectable=False)]
+        "work",
+        [
+            folder_spec("INBOX", "inbox"),
+            folder_spec("Old", None),
+            folder_spec("[Gmail]", selectable=False),
+        ],
     )
     ids = {f.name: f.id for f in first.folders}
     assert {f.name: f.selected for f in first.folders} == {
@@ -227,13 +221,13 @@ def test_sync_folders_marks_removed_and_new_ones(store: Store) -> None:
         "Old": True,
         "[Gmail]": False,
     }
-    second = store.sync_folders("work", [spec("INBOX", "inbox"), spec("Old ", None)])
+    second = store.sync_folders("work", [folder_spec("INBOX", "inbox"), folder_spec("Old ", None)])
     assert (second.added, second.removed) == (1, 2)
     assert {f.name for f in second.folders} == {"INBOX", "Old "}
     everything = {f.name: f for f in store.list_folders("work", include_removed=True)}
     assert everything["Old"].removed is True and everything["Old"].id == ids["Old"]
     # The folder comes back: same raw name, same row.
-    third = store.sync_folders("work", [spec("INBOX", "inbox"), spec("Old", None)])
+    third = store.sync_folders("work", [folder_spec("INBOX", "inbox"), folder_spec("Old", None)])
     back = {f.name: f for f in third.folders}
     assert back["Old"].id == ids["Old"] and back["Old"].removed is False
     assert third.removed == 1  # "Old " went away
@@ -242,15 +236,21 @@ def test_sync_folders_marks_removed_and_new_ones(store: Store) -> None:
 def test_selection_modes(store: Store) -> None:
     add(store)
     store.sync_folders(
-        "work", [spec("INBOX", "inbox"), spec("Sent", "sent"), spec("Gmail", selectable=False)]
+        "work",
+        [
+            folder_spec("INBOX", "inbox"),
+            folder_spec("Sent", "sent"),
+            folder_spec("Gmail", selectable=False),
+        ],
     )
     picked = store.select_folders("work", refs=["INBOX"])
     assert {f.name: f.selected for f in picked} == {"INBOX": True, "Sent": False, "Gmail": False}
     assert store.get_account("work").folders_mode == "selected"
     # In "selected" mode, new folders are not selected.
-    gmail = spec("Gmail", selectable=False)
+    gmail = folder_spec("Gmail", selectable=False)
     new = store.sync_folders(
-        "work", [spec("INBOX", "inbox"), spec("Sent", "sent"), gmail, spec("New")]
+        "work",
+        [folder_spec("INBOX", "inbox"), folder_spec("Sent", "sent"), gmail, folder_spec("New")],
     )
     assert {f.name: f.selected for f in new.folders}["New"] is False
     everything = store.select_folders("work", all_folders=True)
@@ -262,7 +262,14 @@ def test_selection_modes(store: Store) -> None:
     }
     assert store.get_account("work").folders_mode == "all"
     later = store.sync_folders(
-        "work", [spec("INBOX", "inbox"), spec("Sent", "sent"), gmail, spec("New"), spec("Later")]
+        "work",
+        [
+            folder_spec("INBOX", "inbox"),
+            folder_spec("Sent", "sent"),
+            gmail,
+            folder_spec("New"),
+            folder_spec("Later"),
+        ],
     )
     assert {f.name: f.selected for f in later.folders}["Later"] is True
     with pytest.raises(ConfigError, match="cannot be selected"):
@@ -280,14 +287,20 @@ def test_selection_modes(store: Store) -> None:
 def test_folder_order_puts_roles_first(store: Store) -> None:
     add(store)
     store.sync_folders(
-        "work", [spec("Zebra"), spec("Trash", "trash"), spec("apple"), spec("INBOX", "inbox")]
+        "work",
+        [
+            folder_spec("Zebra"),
+            folder_spec("Trash", "trash"),
+            folder_spec("apple"),
+            folder_spec("INBOX", "inbox"),
+        ],
     )
     assert [f.name for f in store.list_folders("work")] == ["INBOX", "Trash", "apple", "Zebra"]
 
 
 def test_sixty_four_bit_counters(store: Store) -> None:
     add(store)
-    folder = store.sync_folders("work", [spec("INBOX", "inbox")]).folders[0]
+    folder = store.sync_folders("work", [folder_spec("INBOX", "inbox")]).folders[0]
     with store.transaction() as s:
         row = s.get(FolderRow, folder.id)
         assert row is not None
@@ -307,7 +320,9 @@ def test_sixty_four_bit_counters(store: Store) -> None:
 def test_list_accounts_counts(store: Store) -> None:
     add(store, "b")
     add(store, "a")
-    store.sync_folders("b", [spec("INBOX", "inbox"), spec("X"), spec("N", selectable=False)])
+    store.sync_folders(
+        "b", [folder_spec("INBOX", "inbox"), folder_spec("X"), folder_spec("N", selectable=False)]
+    )
     store.select_folders("b", refs=["INBOX"])
     summaries = {s.account.name: s for s in store.list_accounts()}
     assert list(summaries) == ["a", "b"]

@@ -28,10 +28,8 @@ from sqlalchemy.orm import Session
 
 from correspond.mail.dedupe import dedupe_key
 from correspond.mail.parse import parse_message
-from correspond.rules.presets import AccountDraft
 from correspond.settings import Settings
 from correspond.store.blobs import BlobStore
-from correspond.store.engine import create_store_engine, migrate
 from correspond.store.messages import MessageData, MessageStore, ThreadCandidate, ThreadChoice
 from correspond.store.records import Account, Folder
 from correspond.store.repository import Store
@@ -39,7 +37,9 @@ from correspond.store.secrets import SecretBox
 from correspond.store.tables import AccountRow
 from correspond.sync.engine import AccountSyncer, AccountSyncReport, default_thread_chooser
 from correspond.testing.dovecot import DovecotServer, ImapUser
+from correspond.testing.mail import plain_message
 from correspond.testing.postgres import PostgresServer, temporary_database
+from correspond.testing.store import add_dovecot_account, migrated_engine, sync_once
 
 pytestmark = pytest.mark.dovecot
 
@@ -49,26 +49,18 @@ TODAY = NOW.date()
 # --- fixtures -----------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _sqlite(tmp_path: Path) -> Iterator[Engine]:
-    eng = create_store_engine(f"sqlite:///{tmp_path / 'store.db'}")
-    try:
-        migrate(eng)
-        yield eng
-    finally:
-        eng.dispose()
+def _sqlite(tmp_path: Path) -> contextlib.AbstractContextManager[Engine]:
+    return migrated_engine(f"sqlite:///{tmp_path / 'store.db'}")
 
 
 @pytest.fixture(scope="module")
 def pg_engine(pg_server: PostgresServer) -> Iterator[Engine]:
     """One migrated PostgreSQL database for the module; tests stay apart by account."""
-    with temporary_database(pg_server, prefix="correspond_sync") as url:
-        eng = create_store_engine(url)
-        try:
-            migrate(eng)
-            yield eng
-        finally:
-            eng.dispose()
+    with (
+        temporary_database(pg_server, prefix="correspond_sync") as url,
+        migrated_engine(url) as eng,
+    ):
+        yield eng
 
 
 class Env:
@@ -89,36 +81,16 @@ class Env:
         self.store = Store(engine, SecretBox(key or Fernet.generate_key()))
         self.messages = MessageStore(engine)
         self.blobs = BlobStore(tmp_path / "data" / "blobs")
-        self.account: Account = self.store.add_account(
-            AccountDraft(
-                name=user.username,
-                preset="generic",
-                email=user.address,
-                username=user.username,
-                imap_host=server.host,
-                imap_port=server.port,
-                imap_security="starttls",
-                smtp_host=None,
-                smtp_port=587,
-                smtp_security="starttls",
-                trusted_cert_pem=server.cert_pem,
-                window_days=60,
-            ),
-            user.password,
-        )
+        self.account: Account = add_dovecot_account(self.store, server, user)
 
     def syncer(self, **kw: object) -> AccountSyncer:
         kw.setdefault("today", TODAY)
         return AccountSyncer(self.store, self.messages, self.blobs, self.settings, **kw)  # type: ignore[arg-type]
 
-    async def sync(self, syncer: AccountSyncer | None = None, **kw: object) -> AccountSyncReport:
-        syncer = syncer or self.syncer()
-        client = await syncer.connect(self.account)
-        try:
-            return await syncer.sync_once(client, self.account, **kw)  # type: ignore[arg-type]
-        finally:
-            with contextlib.suppress(Exception):
-                await client.logout()
+    async def sync(
+        self, syncer: AccountSyncer | None = None, *, max_batches: int | None = None
+    ) -> AccountSyncReport:
+        return await sync_once(syncer or self.syncer(), self.account, max_batches=max_batches)
 
     def folder(self, role_or_name: str) -> Folder:
         for f in self.store.list_folders(self.account.name):
@@ -182,18 +154,15 @@ def raw_message(
     sender: str = "Alice <alice@example.test>",
     to: str = "bob@example.test",
 ) -> bytes:
-    head = (
-        f"Message-ID: <m{n}@example.test>\r\n"
-        f"Date: {email.utils.format_datetime(when)}\r\n"
-        f"From: {sender}\r\n"
-        f"To: {to}\r\n"
-        f"Subject: {subject or f'message {n}'}\r\n"
-        f"{extra_headers}"
-        "MIME-Version: 1.0\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\n"
-        "\r\n"
+    return plain_message(
+        f"m{n}@example.test",
+        when=when,
+        subject=subject or f"message {n}",
+        body=body or f"Body of message {n}.\r\n",
+        sender=sender,
+        to=to,
+        extra_headers=extra_headers,
     )
-    return head.encode() + (body or f"Body of message {n}.\r\n").encode()
 
 
 def append_many(env: Env, mailbox: str, items: Sequence[tuple[int | str, datetime]]) -> None:
@@ -305,7 +274,9 @@ async def test_resume_after_failure_mid_batch(env: Env) -> None:
     assert env.messages.folder_checkpoint(inbox.id).backfill_done
 
 
-_CHILD = """
+#: A process that backfills one account once (for the SIGKILL tests). argv: database URL,
+#: secret-box key, account name, data dir, "today" (ISO date), batch size.
+SYNC_CHILD = """
 import asyncio, sys
 from datetime import date
 from pathlib import Path
@@ -317,12 +288,13 @@ from correspond.store.repository import Store
 from correspond.store.secrets import SecretBox
 from correspond.sync.engine import AccountSyncer
 
-url, key, name, data_dir, today = sys.argv[1:6]
+url, key, name, data_dir, today, batch_size = sys.argv[1:7]
 engine = create_store_engine(url)
 store = Store(engine, SecretBox(key.encode()))
 syncer = AccountSyncer(
     store, MessageStore(engine), BlobStore(Path(data_dir) / "blobs"),
-    Settings(data_dir=Path(data_dir)), batch_size=3, today=date.fromisoformat(today),
+    Settings(data_dir=Path(data_dir)), batch_size=int(batch_size),
+    today=date.fromisoformat(today),
 )
 
 async def main():
@@ -347,12 +319,13 @@ async def test_killed_process_mid_backfill_converges(
             [
                 sys.executable,
                 "-c",
-                _CHILD,
+                SYNC_CHILD,
                 url,
                 key.decode(),
                 env.account.name,
                 str(tmp_path / "data"),
                 TODAY.isoformat(),
+                "3",
             ]
         )
         try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import imaplib
 import random
 import subprocess
@@ -27,10 +26,8 @@ from cryptography.fernet import Fernet
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from correspond.rules.presets import AccountDraft
 from correspond.settings import Settings
 from correspond.store.blobs import BlobStore
-from correspond.store.engine import create_store_engine, migrate
 from correspond.store.messages import MessageData, MessageStore, ThreadCandidate, ThreadChoice
 from correspond.store.records import Account, Folder
 from correspond.store.repository import Store
@@ -44,7 +41,9 @@ from correspond.testing.dovecot import (
     _make_certificate,
     dovecot_binary,
 )
+from correspond.testing.mail import plain_message
 from correspond.testing.postgres import PostgresServer, temporary_database
+from correspond.testing.store import add_dovecot_account, migrated_engine
 
 pytestmark = pytest.mark.dovecot
 
@@ -78,23 +77,7 @@ class Env:
         self.store = RecordingStore(engine, Fernet.generate_key())
         self.messages = MessageStore(engine)
         self.blobs = BlobStore(tmp / "data" / "blobs")
-        self.account: Account = self.store.add_account(
-            AccountDraft(
-                name=user.username,
-                preset="generic",
-                email=user.address,
-                username=user.username,
-                imap_host=server.host,
-                imap_port=server.port,
-                imap_security="starttls",
-                smtp_host=None,
-                smtp_port=587,
-                smtp_security="starttls",
-                trusted_cert_pem=server.cert_pem,
-                window_days=60,
-            ),
-            user.password,
-        )
+        self.account: Account = add_dovecot_account(self.store, server, user)
 
     def syncer(self, **kw: Any) -> AccountSyncer:
         kw.setdefault("backoff_base", 0.2)
@@ -141,25 +124,17 @@ class Env:
                 conn.logout()
 
 
-@contextlib.contextmanager
-def _sqlite(tmp_path: Path) -> Iterator[Engine]:
-    eng = create_store_engine(f"sqlite:///{tmp_path / 'store.db'}")
-    try:
-        migrate(eng)
-        yield eng
-    finally:
-        eng.dispose()
+def _sqlite(tmp_path: Path) -> contextlib.AbstractContextManager[Engine]:
+    return migrated_engine(f"sqlite:///{tmp_path / 'store.db'}")
 
 
 @pytest.fixture(scope="module")
 def pg_engine(pg_server: PostgresServer) -> Iterator[Engine]:
-    with temporary_database(pg_server, prefix="correspond_live") as url:
-        eng = create_store_engine(url)
-        try:
-            migrate(eng)
-            yield eng
-        finally:
-            eng.dispose()
+    with (
+        temporary_database(pg_server, prefix="correspond_live") as url,
+        migrated_engine(url) as eng,
+    ):
+        yield eng
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -204,17 +179,9 @@ def dovecot_no_idle() -> Iterator[DovecotServer]:
 
 
 def raw_message(tag: str, *, when: datetime = NOW, subject: str | None = None) -> bytes:
-    return (
-        f"Message-ID: <{tag}@example.test>\r\n"
-        f"Date: {email.utils.format_datetime(when)}\r\n"
-        "From: Alice <alice@example.test>\r\n"
-        "To: bob@example.test\r\n"
-        f"Subject: {subject or tag}\r\n"
-        "MIME-Version: 1.0\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\n"
-        "\r\n"
-        f"Body of {tag}.\r\n"
-    ).encode()
+    return plain_message(
+        f"{tag}@example.test", when=when, subject=subject or tag, body=f"Body of {tag}.\r\n"
+    )
 
 
 def append_many(env: Env, mailbox: str, tags: Sequence[str], *, subject: str = "") -> None:

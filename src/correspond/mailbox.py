@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from correspond.errors import ConfigError, NotFound
+from correspond.errors import NotFound
 from correspond.mail.sanitize import SanitizedHtml, sanitize_html
+from correspond.rules.folder_refs import resolve_folder_ref
 from correspond.settings import Settings
 from correspond.store import Folder, Store
 from correspond.store.blobs import BlobStore
@@ -55,20 +56,7 @@ class FolderWithCounts:
 
 def resolve_folder(folders: list[Folder], ref: str | int) -> Folder:
     """A folder by id (int, or a string of digits naming no folder) or unique display name."""
-    if isinstance(ref, int):
-        for f in folders:
-            if f.id == ref:
-                return f
-        raise NotFound(f"no folder with id {ref}")
-    named = [f for f in folders if f.name == ref]
-    if len(named) == 1:
-        return named[0]
-    if len(named) > 1:
-        ids = ", ".join(str(f.id) for f in sorted(named, key=lambda f: f.id))
-        raise ConfigError(f"several folders are named {ref!r}; choose by id: {ids}")
-    if ref.isdigit():
-        return resolve_folder(folders, int(ref))
-    raise NotFound(f"no folder named {ref!r}")
+    return resolve_folder_ref(folders, ref)
 
 
 class MailboxReader:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
-from correspond.errors import ConfigError, StoreError
+from correspond.errors import ConfigError, NotFound, StoreError
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -31,6 +34,7 @@ __all__ = [
     "migrate",
     "normalize_url",
     "register_table_modules",
+    "unit_of_work",
 ]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -83,6 +87,22 @@ def create_store_engine(url: str) -> Engine:
 # Modules that add tables to ``Base`` (later issues); imported when present so that migrations'
 # autogenerate and the store's optional queries (e.g. message counts) see every table.
 TABLE_MODULES = ("correspond.store.tables", "correspond.store.message_tables")
+
+
+@contextmanager
+def unit_of_work(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of work from ``sessions``: commits on success, rolls back on any error.
+
+    The one place a SQLAlchemy error becomes a :class:`StoreError`; our own
+    :class:`NotFound` and :class:`ConfigError` raised inside pass through unchanged.
+    """
+    try:
+        with sessions.begin() as session:
+            yield session
+    except (NotFound, ConfigError):
+        raise
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database error: {exc.__class__.__name__}: {exc}") from exc
 
 
 def register_table_modules() -> None:

@@ -17,16 +17,16 @@ so both backends compare them alike.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, Table, and_, case, or_, select, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from correspond.errors import ConfigError, NotFound, StoreError
+from correspond.errors import ConfigError, NotFound
+from correspond.store.engine import unit_of_work
 from correspond.store.records import Account, account_from_row
 from correspond.store.tables import ACCOUNT_STATES, AccountRow, utcnow
 
@@ -72,15 +72,8 @@ class AccountLeases:
         self._engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
-    @contextmanager
-    def _tx(self) -> Iterator[Session]:
-        try:
-            with self._sessions.begin() as session:
-                yield session
-        except (NotFound, ConfigError):
-            raise
-        except SQLAlchemyError as exc:
-            raise StoreError(f"database error: {exc.__class__.__name__}: {exc}") from exc
+    def _tx(self) -> AbstractContextManager[Session]:
+        return unit_of_work(self._sessions)
 
     @property
     def _postgres(self) -> bool:

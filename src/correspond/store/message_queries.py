@@ -25,6 +25,7 @@ from correspond.store.message_tables import (
     MessageRow,
     ThreadRow,
 )
+from correspond.store.messages import where_in_folder_or_thread
 from correspond.store.tables import FolderRow
 
 __all__ = [
@@ -276,16 +277,7 @@ class MessageQueries:
         query = select(MessageRow, key.label("sort_at")).where(MessageRow.account_id == account_id)
         if not include_deleted:
             query = query.where(MessageRow.state != "deleted")
-        if folder_id is not None:
-            query = query.where(
-                MessageRow.id.in_(
-                    select(MessageLocationRow.message_id).where(
-                        MessageLocationRow.folder_id == folder_id
-                    )
-                )
-            )
-        if thread_id is not None:
-            query = query.where(MessageRow.thread_id == thread_id)
+        query = where_in_folder_or_thread(query, folder_id=folder_id, thread_id=thread_id)
         if q:
             pattern = _like_pattern(q.strip())
             query = query.where(

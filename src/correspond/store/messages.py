@@ -19,9 +19,9 @@ import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, Select, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -50,6 +50,7 @@ __all__ = [
     "ThreadChoice",
     "ThreadChooser",
     "storable",
+    "where_in_folder_or_thread",
 ]
 
 # How many same-subject messages threading looks at (newest first): enough to find the
@@ -286,6 +287,27 @@ def _storable_text(value: str) -> str:
 def _storable_item(item: IncomingMessage) -> IncomingMessage:
     data = storable(item.data)
     return item if data is item.data else replace(item, data=data)
+
+
+_SelectT = TypeVar("_SelectT", bound=Select[Any])
+
+
+def where_in_folder_or_thread(
+    query: _SelectT, *, folder_id: int | None = None, thread_id: int | None = None
+) -> _SelectT:
+    """``query`` over :class:`MessageRow` narrowed to the messages with a location in
+    ``folder_id`` (one message may live in several folders) and/or in thread ``thread_id``."""
+    if folder_id is not None:
+        query = query.where(
+            MessageRow.id.in_(
+                select(MessageLocationRow.message_id).where(
+                    MessageLocationRow.folder_id == folder_id
+                )
+            )
+        )
+    if thread_id is not None:
+        query = query.where(MessageRow.thread_id == thread_id)
+    return query
 
 
 def _summary(row: MessageRow) -> MessageSummary:
@@ -629,16 +651,7 @@ class MessageStore:
     ) -> list[MessageSummary]:
         """Messages newest first, optionally only those in one folder or one thread."""
         query = select(MessageRow).where(MessageRow.account_id == account_id)
-        if folder_id is not None:
-            query = query.where(
-                MessageRow.id.in_(
-                    select(MessageLocationRow.message_id).where(
-                        MessageLocationRow.folder_id == folder_id
-                    )
-                )
-            )
-        if thread_id is not None:
-            query = query.where(MessageRow.thread_id == thread_id)
+        query = where_in_folder_or_thread(query, folder_id=folder_id, thread_id=thread_id)
         query = (
             query.order_by(MessageRow.date.desc().nulls_last(), MessageRow.id.desc())
             .limit(limit)

@@ -1,25 +1,27 @@
 """The store: every query on accounts and folders, each in a short explicit transaction.
 
-SQLAlchemy errors are translated here, once (:class:`~correspond.errors.StoreError`, or
-:class:`~correspond.errors.ConfigError` for a duplicate name). Callers get records from
+SQLAlchemy errors are translated at this boundary, once (:class:`~correspond.errors.StoreError`
+through :func:`~correspond.store.engine.unit_of_work`, or :class:`~correspond.errors.ConfigError`
+for a duplicate name). Callers get records from
 :mod:`correspond.store.records`, never rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from types import EllipsisType
 
 from sqlalchemy import Engine, func, select, text
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from correspond.errors import ConfigError, NotFound, StoreError
+from correspond.rules.folder_refs import resolve_folder_ref
 from correspond.rules.folders import FolderSpec
 from correspond.rules.presets import AccountDraft
-from correspond.store.engine import register_table_modules
+from correspond.store.engine import register_table_modules, unit_of_work
 from correspond.store.records import (
     TOGGLES,
     Account,
@@ -63,16 +65,9 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({self._engine.url.render_as_string(hide_password=True)!r})"
 
-    @contextmanager
-    def transaction(self) -> Iterator[Session]:
+    def transaction(self) -> AbstractContextManager[Session]:
         """One unit of work: commits on success, rolls back on any error."""
-        try:
-            with self._sessions.begin() as session:
-                yield session
-        except (NotFound, ConfigError):
-            raise
-        except SQLAlchemyError as exc:
-            raise StoreError(f"database error: {exc.__class__.__name__}: {exc}") from exc
+        return unit_of_work(self._sessions)
 
     def ping(self) -> None:
         """Raise :class:`StoreError` unless the database answers."""
@@ -377,7 +372,7 @@ class Store:
                 for row in rows:
                     row.selected = row.selectable
             else:
-                chosen = {self._resolve(rows, ref).id for ref in refs}
+                chosen = {resolve_folder_ref(rows, ref).id for ref in refs}
                 for row in rows:
                     if row.id in chosen and not row.selectable:
                         raise ConfigError(
@@ -388,20 +383,3 @@ class Store:
                     row.selected = row.id in chosen
             s.flush()
             return self._folders(s, account.id, include_removed=False)
-
-    @staticmethod
-    def _resolve(rows: list[FolderRow], ref: str | int) -> FolderRow:
-        if isinstance(ref, int):
-            by_id = [r for r in rows if r.id == ref]
-            if not by_id:
-                raise NotFound(f"no folder with id {ref}")
-            return by_id[0]
-        by_name = [r for r in rows if r.name == ref]
-        if len(by_name) == 1:
-            return by_name[0]
-        if len(by_name) > 1:
-            ids = ", ".join(str(r.id) for r in sorted(by_name, key=lambda r: r.id))
-            raise ConfigError(f"several folders are named {ref!r}; choose by id: {ids}")
-        if ref.isdigit():
-            return Store._resolve(rows, int(ref))
-        raise NotFound(f"no folder named {ref!r}")

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import email.utils
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from correspond.rules.presets import AccountDraft
 from correspond.settings import Settings
 from correspond.store.blobs import BlobStore
 from correspond.store.messages import MessageStore
 from correspond.store.repository import Store
 from correspond.sync.engine import AccountSyncer, AccountSyncReport
 from correspond.testing.dovecot import DovecotServer, ImapUser
+from correspond.testing.mail import plain_message
+from correspond.testing.store import add_dovecot_account, sync_once
 
 __all__ = [
     "FILLERS",
@@ -32,11 +32,15 @@ __all__ = [
     "PDF_BYTES",
     "PDF_NAME",
     "PNG_BYTES",
+    "SEEDED_MESSAGES",
     "SeededMirror",
     "seed_mirror",
 ]
 
 FILLERS = 6
+#: How many messages :func:`seed_mirror` stores: the kickoff, its reply (in INBOX and Sent: one
+#: message), the HTML report, and the fillers.
+SEEDED_MESSAGES = 3 + FILLERS
 PNG_BYTES = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
 )
@@ -73,12 +77,15 @@ class SeededMirror:
 
 
 def _plain(mid: str, when: datetime, subject: str, frm: str, to: str, extra: str = "") -> bytes:
-    return (
-        f"Message-ID: <{mid}>\r\nDate: {email.utils.format_datetime(when)}\r\n"
-        f"From: {frm}\r\nTo: {to}\r\nSubject: {subject}\r\n{extra}"
-        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-        f"Hello,\r\nthis is {subject}.\r\n"
-    ).encode()
+    return plain_message(
+        mid,
+        when=when,
+        subject=subject,
+        body=f"Hello,\r\nthis is {subject}.\r\n",
+        sender=frm,
+        to=to,
+        extra_headers=extra,
+    )
 
 
 def _b64(data: bytes) -> str:
@@ -147,35 +154,9 @@ def seed_mirror(
         when = now - timedelta(days=10, hours=n)
         server.deliver(user, _plain(f"filler{n}@example.test", when, f"Filler {n}", alice, me))
 
-    store.add_account(
-        AccountDraft(
-            name=user.username,
-            preset="generic",
-            email=me,
-            username=user.username,
-            imap_host=server.host,
-            imap_port=server.port,
-            imap_security="starttls",
-            smtp_host=None,
-            smtp_port=587,
-            smtp_security="starttls",
-            trusted_cert_pem=server.cert_pem,
-            window_days=60,
-        ),
-        user.password,
-    )
-    account = store.get_account(user.username)
+    account = add_dovecot_account(store, server, user)
     syncer = AccountSyncer(
         store, MessageStore(store.engine), BlobStore.from_settings(settings), settings
     )
-
-    async def run() -> AccountSyncReport:
-        client = await syncer.connect(account)
-        try:
-            return await syncer.sync_once(client, account)
-        finally:
-            with contextlib.suppress(Exception):
-                await client.logout()
-
-    report = asyncio.run(run())
+    report = asyncio.run(sync_once(syncer, account))
     return SeededMirror(account=user.username, address=me, report=report)

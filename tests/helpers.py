@@ -1,0 +1,61 @@
+"""Helpers shared by several test modules (no fixtures here: each module keeps its own).
+
+- :class:`StoreCli`: ``correspond`` through click's runner on a test store (its data dir,
+  database URL and key), as ``test_cli_sync.py`` and ``test_cli_messages.py`` drive it.
+- :func:`folder_spec`: a :class:`~correspond.rules.folders.FolderSpec` with test defaults.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from click.testing import CliRunner, Result
+
+from correspond.cli import main
+from correspond.rules.folders import FolderSpec
+from correspond.settings import Settings
+
+__all__ = ["StoreCli", "folder_spec"]
+
+
+class StoreCli:
+    """Runs ``correspond`` on a test store (same data dir, database and key).
+
+    ``CORRESPOND_DATA_DIR`` is unset so the ``--data-dir`` given here is the one that counts.
+    """
+
+    def __init__(self, settings: Settings, url: str) -> None:
+        self.settings = settings
+        self.env = {
+            "CORRESPOND_DATABASE_URL": url,
+            "CORRESPOND_SECRET_KEY": settings.secret_key or "",
+            "CORRESPOND_DATA_DIR": None,
+        }
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str) -> Result:
+        return self.runner.invoke(
+            main, ["--data-dir", str(self.settings.data_dir), *args], env=self.env
+        )
+
+    def json(self, *args: str) -> Any:
+        """Run with ``--json``; the command must succeed. The parsed output."""
+        result = self(*args, "--json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+
+def folder_spec(
+    name: str, role: str | None = None, *, raw: bytes | None = None, **kw: Any
+) -> FolderSpec:
+    """A folder as LIST would report it: ``raw`` defaults to ``name`` encoded, ``delimiter``
+    to "/", ``flags`` to none, ``selectable`` to true."""
+    return FolderSpec(
+        name_raw=raw if raw is not None else name.encode(),
+        name=name,
+        delimiter=kw.get("delimiter", "/"),
+        flags=kw.get("flags", ()),
+        role=role,  # type: ignore[arg-type]
+        selectable=kw.get("selectable", True),
+    )

@@ -1,0 +1,48 @@
+"""resolve_folder_ref: the one rule the store and the mailbox reader share for naming a folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from correspond.errors import ConfigError, NotFound
+from correspond.rules.folder_refs import resolve_folder_ref
+
+
+@dataclass(frozen=True)
+class F:
+    id: int
+    name: str
+
+
+FOLDERS = [F(1, "INBOX"), F(2, "Sent"), F(7, "2024"), F(4, "Dup"), F(3, "Dup"), F(9, "12")]
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected_id"),
+    [
+        (1, 1),  # an int is an id
+        ("Sent", 2),  # a unique display name
+        ("2024", 7),  # digits that are a folder's name: the name wins
+        ("12", 9),  # likewise, even though 12 is no id
+        ("4", 4),  # digits naming no folder: an id
+    ],
+)
+def test_resolves(ref: str | int, expected_id: int) -> None:
+    assert resolve_folder_ref(FOLDERS, ref).id == expected_id
+
+
+@pytest.mark.parametrize(
+    ("ref", "error", "message"),
+    [
+        (5, NotFound, "no folder with id 5"),
+        ("5", NotFound, "no folder with id 5"),
+        ("Nope", NotFound, "no folder named 'Nope'"),
+        ("Dup", ConfigError, "several folders are named 'Dup'; choose by id: 3, 4"),
+    ],
+)
+def test_refuses(ref: str | int, error: type[Exception], message: str) -> None:
+    with pytest.raises(error) as info:
+        resolve_folder_ref(FOLDERS, ref)
+    assert str(info.value) == message
