@@ -11,12 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from correspond import cli as cli_module
@@ -242,12 +243,18 @@ def test_subprocess_sync_live_until_ctrl_c(
     assert account.state == "connecting" and "shut down" in account.state_detail
 
 
+def _http(url: str, *, method: str = "GET", timeout: float = 2.0) -> Any:
+    """The JSON body of a 200 answer; raises on any other answer or a connection failure."""
+    request = urllib.request.Request(url, method=method)
+    with urllib.request.urlopen(request, timeout=timeout) as answer:
+        return json.loads(answer.read())
+
+
 def _get(url: str) -> Any:
     try:
-        r = httpx.get(url, timeout=2.0)
-    except httpx.HTTPError:
+        return _http(url, timeout=10.0)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None
-    return r.json() if r.status_code == 200 else None
 
 
 def test_subprocess_serve_runs_sync_beside_the_api(
@@ -276,7 +283,7 @@ def test_subprocess_serve_runs_sync_beside_the_api(
 
         wait_until(caught_up, "the account live through the API")
         assert (seen["done"], seen["total"]) == (COUNT, COUNT)
-        paused = httpx.post(f"{base}/accounts/{name}/pause", timeout=5).json()
+        paused = _http(f"{base}/accounts/{name}/pause", method="POST", timeout=5)
         assert paused["state"] == "paused"
         wait_until(lambda: store.get_account(name).lease_owner is None, "the lease released")
     finally:
@@ -314,8 +321,14 @@ def test_subprocess_serve_no_sync_and_worker(
             env=env,
         )
         wait_until(lambda: count(store, name) == COUNT, "the worker's backfill")
-        body = _get(f"http://127.0.0.1:{port}/accounts/{name}")
-        assert body is not None and body["progress"]["done"] == COUNT
+        seen: dict[str, Any] = {}
+
+        def progress_done() -> bool:
+            body = _get(f"http://127.0.0.1:{port}/accounts/{name}")
+            seen["body"] = body
+            return body is not None and body["progress"]["done"] == COUNT
+
+        wait_until(progress_done, f"the API to show the backfill done (last: {seen})")
     finally:
         if worker is not None:
             w_out, w_err = _interrupt(worker, signal.SIGTERM)
