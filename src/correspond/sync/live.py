@@ -8,10 +8,13 @@ Connections (DESIGN.md "Scale-out": a few per account, far below provider caps):
   selection every ``selection_check_interval`` (added folders are backfilled, removed ones lose
   their locations);
 - one *IDLE connection* per watched folder (INBOX and Sent, :func:`idle_folders`), opened as
-  soon as the first pass has finished that folder. It syncs its folder itself when the server
-  reports a change (RFC 2177), so new INBOX mail is never held up behind a long backfill or
-  poll of another folder, and re-issues IDLE every ``idle_renew_seconds``. A server without
-  IDLE gets no such connection: every folder is polled.
+  soon as the first pass has finished that folder. It stays in IDLE (RFC 2177), re-issued only
+  every ``idle_renew_seconds``: Dovecot holds notifications back ~0.5 s after IDLE starts, so
+  leaving IDLE for each change would add that to every new message;
+- one *sync connection* per watched folder, which syncs the folder whenever its IDLE
+  connection reports a change (a burst during one sync is coalesced into one more sync), so
+  new INBOX mail is never held up behind a long backfill or poll of another folder. A server
+  without IDLE gets neither: every folder is polled.
 
 Any connection failing ends the whole session (the others are closed) and
 :meth:`AccountSyncer.run_account` reconnects with backoff: a half-working session would let
@@ -257,23 +260,49 @@ class LiveSession:
                 await task
 
     async def _watch(self, folder: Folder) -> None:
-        """Sync ``folder`` on its own connection, then IDLE until it changes; repeat."""
-        syncer, account = self.syncer, self.account
-        from correspond.sync.engine import AccountSyncReport
+        """Keep ``folder`` in IDLE on one connection and sync it on another.
 
+        The IDLE connection never leaves IDLE for a change (only to renew it): Dovecot holds
+        notifications back ~0.5 s after each IDLE starts, so re-entering IDLE after every
+        change would add that delay to every new message. A change sets ``changed``; the sync
+        connection (this folder's own, so a long poll or backfill of another folder on the
+        command connection never holds it up) syncs the folder, and a burst of changes during
+        one sync is coalesced into one more sync after it. Syncs still take the folder's lock.
+        """
+        syncer, account = self.syncer, self.account
+        changed = asyncio.Event()
+        changed.set()  # the first sync catches what happened before IDLE started
+        clients: list[ImapClient] = []
+        tasks: list[asyncio.Task[None]] = []
+        clean = False
         try:
-            client = await syncer.connect(account)
-        except CorrespondError as exc:
-            self._fail(exc)
-            return
-        try:
-            notified = False
-            while not self.stop.is_set():
-                report = await syncer.sync_folder(client, account, folder)
-                # Before the first pass is over the account is not live yet: say nothing.
-                if self.caught_up and (notified or _changed(report)):
-                    await self._synced(AccountSyncReport(account.id, folders=[report]))
-                notified = await syncer.wait_for_change(client, folder, stop=self.stop)
+            try:
+                for _ in range(2):
+                    clients.append(await syncer.connect(account))
+            except CorrespondError as exc:
+                self._fail(exc)
+                return
+            sync_client, idle_client = clients
+            tasks = [
+                asyncio.create_task(
+                    self._sync_on_change(sync_client, folder, changed),
+                    name=f"sync {folder.name}",
+                ),
+                asyncio.create_task(
+                    syncer.watch_changes(
+                        idle_client, folder, stop=self.stop, on_change=changed.set
+                    ),
+                    name=f"idle {folder.name}",
+                ),
+            ]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in tasks:
+                error = task.exception() if task in done else None
+                if error is not None:
+                    raise error
+            # Both ended because ``stop`` is set (the sync side finishes its current sync).
+            await asyncio.gather(*tasks)
+            clean = True
         except ImapCommandError:
             # The folder refuses SELECT (deleted since LIST...) or the server refuses IDLE:
             # stop watching; the command connection polls it and the next LIST settles it.
@@ -281,11 +310,47 @@ class LiveSession:
         except Exception as exc:  # a bug must end the session, not hide in a dead task
             self._fail(exc)
         finally:
-            if client._closed:
-                await client.aclose()
-            else:
-                with contextlib.suppress(CorrespondError):
-                    await client.logout()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+            for client in clients:
+                # After an error a connection may be mid-command: close it, do not LOGOUT.
+                if client._closed or not clean:
+                    await client.aclose()
+                else:
+                    with contextlib.suppress(CorrespondError):
+                        await client.logout()
+
+    async def _sync_on_change(
+        self, client: ImapClient, folder: Folder, changed: asyncio.Event
+    ) -> None:
+        """Sync ``folder`` over ``client`` each time ``changed`` is set, until ``stop``."""
+        from correspond.sync.engine import AccountSyncReport
+
+        syncer, account = self.syncer, self.account
+        stopping = asyncio.create_task(self.stop.wait())
+        try:
+            notified = False
+            while not self.stop.is_set():
+                if not changed.is_set():
+                    waiting = asyncio.create_task(changed.wait())
+                    try:
+                        await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waiting.cancel()
+                    if self.stop.is_set():
+                        return
+                # Cleared before the sync: a change reported during it means one more sync.
+                changed.clear()
+                report = await syncer.sync_folder(client, account, folder)
+                # Before the first pass is over the account is not live yet: say nothing.
+                if self.caught_up and (notified or _changed(report)):
+                    await self._synced(AccountSyncReport(account.id, folders=[report]))
+                notified = True
+        finally:
+            stopping.cancel()
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:

@@ -1,0 +1,88 @@
+"""The IDLE connection stays in IDLE while its folder is synced on another connection.
+
+Dovecot holds IDLE notifications back ~0.5 s after each IDLE starts, so an engine that ends IDLE
+for every change pays that delay on every message. These tests check that changes do not end
+IDLE (only the renewal does), that a burst of changes during a sync is coalesced, and that the
+per-folder lock still serialises syncs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from correspond.store.messages import MessageData, ThreadCandidate, ThreadChoice
+from correspond.sync.engine import default_thread_chooser
+from test_sync_live import (  # the same fixtures and helpers as the other live tests
+    Env,
+    Running,
+    raw_message,
+    sqlite_env,
+    wait_until,
+)
+
+__all__ = ["sqlite_env"]
+
+pytestmark = pytest.mark.dovecot
+
+
+async def test_changes_do_not_end_idle(sqlite_env: Env) -> None:
+    env = sqlite_env
+    syncer = env.syncer()
+    async with Running(env, syncer, poll_seconds=600) as run:
+        await run.live()
+        inbox = env.folder("inbox")
+        await wait_until(lambda: syncer.stats.idle_commands.get(inbox.id, 0) >= 1, 5)
+        idles = syncer.stats.idle_commands[inbox.id]
+        connects = syncer.stats.connects
+        for i in range(4):
+            await asyncio.to_thread(env.server.deliver, env.user, raw_message(f"kept{i}"))
+            await wait_until(lambda i=i: f"mid:kept{i}@example.test" in env.stored_keys("INBOX"), 5)
+        # Four changes synced, and still the one IDLE command on the same connections.
+        assert syncer.stats.idle_commands[inbox.id] == idles
+        assert syncer.stats.connects == connects
+
+
+async def test_a_burst_during_a_sync_is_coalesced(sqlite_env: Env) -> None:
+    env = sqlite_env
+    in_sync = 0
+    most_at_once = 0
+
+    def slow_chooser(
+        data: MessageData, related: Sequence[ThreadCandidate], same: Sequence[ThreadCandidate]
+    ) -> ThreadChoice:
+        # Slow enough that the burst's later messages arrive while a sync is under way.
+        nonlocal in_sync, most_at_once
+        in_sync += 1
+        most_at_once = max(most_at_once, in_sync)
+        try:
+            if (data.subject or "").startswith("burst"):
+                time.sleep(0.15)
+            return default_thread_chooser(data, related, same)
+        finally:
+            in_sync -= 1
+
+    syncer = env.syncer(chooser=slow_chooser)
+    async with Running(env, syncer, poll_seconds=600) as run:
+        await run.live()
+        inbox = env.folder("inbox")
+        await wait_until(lambda: syncer.stats.idle_commands.get(inbox.id, 0) >= 1, 5)
+        seen = len(run.reports)
+        tags = [f"burst{i}" for i in range(10)]
+        for tag in tags:
+            await asyncio.to_thread(env.server.deliver, env.user, raw_message(tag))
+            await asyncio.sleep(0.1)
+        wanted = {f"mid:{t}@example.test" for t in tags}
+        await wait_until(lambda: wanted <= env.stored_keys("INBOX"), 15, "burst stored")
+        await asyncio.sleep(1.0)  # any sync still owed has run by now
+        ours = [f for r in run.reports[seen:] for f in r.folders if f.folder_id == inbox.id]
+        syncs = len(ours)
+        created = sum(f.created for f in ours)
+        print(f"10 deliveries -> {syncs} INBOX syncs")
+        assert 1 <= syncs < len(tags)
+        assert created == len(tags)
+        assert most_at_once == 1  # the folder lock: never two syncs of INBOX at once
+    assert env.stored_keys("INBOX") == env.remote_keys("INBOX")
