@@ -267,6 +267,9 @@ class SyncRunner:
         """Lease rounds every ``poll_seconds`` until ``stop`` (or :meth:`shutdown`)."""
         if self._own_executor and self._executor is None:
             self._executor = make_parse_executor(self._parse_processes)
+        # A writer killed between writing a blob and renaming it leaves a temp file; sweep the
+        # stale ones once per start, off the event loop (it walks the fan-out directories).
+        sweep = asyncio.create_task(asyncio.to_thread(self.blobs.sweep_temporary))
         try:
             while not self._stop.is_set() and not (stop is not None and stop.is_set()):
                 try:
@@ -288,6 +291,8 @@ class SyncRunner:
                         await w
         finally:
             await self._stop_all(reason="shutdown")
+            with contextlib.suppress(OSError, CorrespondError):
+                await sweep
             if self._own_executor and self._executor is not None:
                 executor, self._executor = self._executor, None
                 await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
