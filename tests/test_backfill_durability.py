@@ -27,7 +27,7 @@ from correspond.store.messages import MessageStore
 from correspond.store.repository import Store
 from correspond.store.secrets import SecretBox
 from correspond.sync.engine import AccountSyncer
-from correspond.sync.folder_sync import FolderSyncer, _split_by_bytes
+from correspond.sync.folder_sync import _split_by_bytes
 from correspond.testing.dovecot import DovecotServer, ImapUser
 from correspond.testing.mail import plain_message
 from correspond.testing.store import add_dovecot_account, migrated_engine, sync_once
@@ -87,9 +87,6 @@ async def test_backfill_batches_are_capped_by_bytes_and_resume(
 ) -> None:
     _append(dovecot, imap_user, 10, 20_000)
     # Three ~20 KB bodies fit under 64 KB: a count batch of 10 becomes cuts of 3, 3, 3, 1.
-    defaults = dict(FolderSyncer.__init__.__kwdefaults__ or {})
-    defaults["max_batch_bytes"] = 64 * 1024
-    monkeypatch.setattr(FolderSyncer.__init__, "__kwdefaults__", defaults)
     settings = Settings(data_dir=tmp_path / "data", secret_key=None)
     store = Store(engine, SecretBox(Fernet.generate_key()))
     messages = MessageStore(engine)
@@ -97,7 +94,15 @@ async def test_backfill_batches_are_capped_by_bytes_and_resume(
     account = add_dovecot_account(store, dovecot, imap_user)
 
     def syncer() -> AccountSyncer:
-        return AccountSyncer(store, messages, blobs, settings, batch_size=10, today=NOW.date())
+        return AccountSyncer(
+            store,
+            messages,
+            blobs,
+            settings,
+            batch_size=10,
+            max_batch_bytes=64 * 1024,
+            today=NOW.date(),
+        )
 
     first = await sync_once(syncer(), account, max_batches=1)
     inbox = next(f for f in store.list_folders(account.name) if f.role == "inbox")

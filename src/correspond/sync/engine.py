@@ -67,6 +67,7 @@ from correspond.store.records import Account, Folder
 from correspond.store.repository import Store
 from correspond.sync.folder_sync import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_BATCH_BYTES,
     FolderRef,
     FolderSyncer,
     FolderSyncReport,
@@ -198,6 +199,7 @@ class AccountSyncer:
         *,
         parse_executor: Executor | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         today: date | None = None,
         chooser: ThreadChooser | None = None,
         rng: random.Random | None = None,
@@ -215,6 +217,7 @@ class AccountSyncer:
         self.settings = settings
         self.parse_executor = parse_executor
         self.batch_size = batch_size
+        self.max_batch_bytes = max_batch_bytes
         self.today = today
         self.chooser = chooser or default_thread_chooser
         self.builder = MessageBuilder()
@@ -386,6 +389,7 @@ class AccountSyncer:
             capabilities=self._capabilities(client),
             parse_executor=self.parse_executor,
             batch_size=self.batch_size,
+            max_batch_bytes=self.max_batch_bytes,
             today=self.today,
         )
         async with self.folder_lock(folder.id):
