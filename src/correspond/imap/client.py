@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import contextlib
 import datetime as dt
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -35,6 +36,7 @@ from correspond.errors import (
     CapabilityError,
     ConfigError,
     ConnectionLost,
+    CorrespondError,
     ImapCommandError,
     ImapError,
     ImapProtocolError,
@@ -88,6 +90,7 @@ __all__ = [
     "Security",
     "SelectedMailbox",
     "StoreResult",
+    "release_clients",
 ]
 
 SaslResponder = Callable[[bytes], bytes]
@@ -1063,6 +1066,24 @@ class FetchStream:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+async def release_clients(clients: Iterable[ImapClient], *, logout: bool) -> None:
+    """Say goodbye to every client (LOGOUT when ``logout``, else a plain close), and make
+    sure each socket is let go even when a cancel arrives half-way: the ones not yet closed
+    are aborted, so a cancelled shutdown never leaves a connection behind."""
+    pending = list(clients)
+    try:
+        for client in pending:
+            if logout and not client._closed:
+                with contextlib.suppress(CorrespondError):
+                    await client.logout()
+            else:
+                await client.aclose()
+    finally:
+        for client in pending:
+            if not client._channel.closed:
+                client._abort()
 
 
 class IdleSession:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from correspond.errors import CorrespondError, ImapCommandError
-from correspond.imap.client import ImapClient
+from correspond.imap.client import ImapClient, release_clients
 from correspond.rules.sync_plan import idle_folders, selection_change
 from correspond.store.records import Account, Folder
 from correspond.store.tables import utcnow
@@ -115,12 +115,10 @@ class LiveSession:
                 task.cancel()
             with contextlib.suppress(BaseException):
                 await main
-            await self._stop_watchers(set(self._watchers))
-            if clean:
-                with contextlib.suppress(CorrespondError):
-                    await client.logout()
-            else:
-                await client.aclose()
+            try:
+                await self._stop_watchers(set(self._watchers))
+            finally:
+                await release_clients([client], logout=clean)
 
     async def _command_side(self, client: ImapClient) -> None:
         syncer, account = self.syncer, self.account
@@ -315,13 +313,8 @@ class LiveSession:
             for task in tasks:
                 with contextlib.suppress(BaseException):
                     await task
-            for client in clients:
-                # After an error a connection may be mid-command: close it, do not LOGOUT.
-                if client._closed or not clean:
-                    await client.aclose()
-                else:
-                    with contextlib.suppress(CorrespondError):
-                        await client.logout()
+            # After an error a connection may be mid-command: close it, do not LOGOUT.
+            await release_clients(clients, logout=clean)
 
     async def _sync_on_change(
         self, client: ImapClient, folder: Folder, changed: asyncio.Event
