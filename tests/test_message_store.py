@@ -6,18 +6,19 @@ import contextlib
 import os
 import secrets
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from correspond.errors import NotFound, StoreError
 from correspond.store.blobs import BlobStore, blob_key
 from correspond.store.engine import create_store_engine, migrate
-from correspond.store.message_tables import MessageRow, ThreadRow
+from correspond.store.message_tables import MessageRow, MessageSubjectKeyRow, ThreadRow
 from correspond.store.messages import (
     AddressData,
     AttachmentData,
@@ -29,6 +30,7 @@ from correspond.store.messages import (
     ThreadChoice,
 )
 from correspond.store.tables import AccountRow, FolderRow
+from correspond.sync.engine import default_thread_chooser
 from correspond.testing.postgres import PostgresServer, temporary_database
 from correspond.testing.store import migrated_engine
 
@@ -550,7 +552,13 @@ def _check_migration_0002(url: str) -> None:
             cfg.attributes["connection"] = conn
             command.downgrade(cfg, "0001")
         names = set(inspect(eng).get_table_names())
-        assert not names & {"messages", "message_locations", "threads", "attachments"}
+        assert not names & {
+            "messages",
+            "message_locations",
+            "threads",
+            "attachments",
+            "message_subject_keys",
+        }
         assert current_revision(eng) == "0001"
         migrate(eng)
         assert {"messages", "message_locations", "message_refs", "threads", "attachments"} <= set(
@@ -561,11 +569,18 @@ def _check_migration_0002(url: str) -> None:
 
 
 def _ours(diff: object) -> bool:
-    """Only differences touching the tables of migration 0002."""
+    """Only differences touching the message tables (migrations 0002 and 0003)."""
     text_ = repr(diff)
     return any(
         name in text_
-        for name in ("'messages'", "message_locations", "message_refs", "'threads'", "attachments")
+        for name in (
+            "'messages'",
+            "message_locations",
+            "message_refs",
+            "message_subject_keys",
+            "'threads'",
+            "attachments",
+        )
     )
 
 
@@ -582,15 +597,19 @@ def _account_and_folder(engine: Engine) -> tuple[int, int]:
     return account_id, make_folder(engine, account_id, b"INBOX", "inbox")
 
 
-def _msg(key: str, date: datetime | None) -> MessageData:
+OWNER = "bob@example.test"
+
+
+def _msg(key: str, date: datetime | None, sender: str = "ann@example.test") -> MessageData:
     return MessageData(
         dedupe_key=key,
         message_id=f"<{key}@example.test>",
         subject=SUBJECT,
         normalized_subject=SUBJECT,
-        from_=AddressData("Ann", "ann@example.test"),
-        to=(AddressData(None, "bob@example.test"),),
+        from_=AddressData("Sender", sender),
+        to=(AddressData(None, OWNER),),
         date=date,
+        own_addresses=frozenset({OWNER}),
     )
 
 
@@ -600,24 +619,30 @@ def _new_threads(
     return ThreadChoice(None)
 
 
-def _expected(engine: Engine, account_id: int, when: datetime | None) -> list[int]:
-    """A full scan, filtered, ordered and capped the way the store documents it."""
+def _expected(engine: Engine, account_id: int, msg: MessageData) -> list[int]:
+    """A full scan, filtered, ordered and capped the way the store documents it: dated rows
+    with the same subject that share a participant other than the owner, within the window,
+    nearest first."""
     with Session(engine) as s:
         rows = s.execute(
-            select(MessageRow.id, MessageRow.date).where(
+            select(MessageRow.id, MessageRow.date, MessageRow.participants).where(
                 MessageRow.account_id == account_id, MessageRow.normalized_subject == SUBJECT
             )
         ).all()
+    when = msg.date
+    if when is None:
+        return []
+    mine = set(msg.counterparts)
     keep = [
-        (mid, date)
-        for mid, date in rows
-        if when is None or date is None or abs(date - when) <= WINDOW
+        (abs(date - when), mid)
+        for mid, date, people in rows
+        if date is not None and abs(date - when) <= WINDOW and mine & (set(people) - {OWNER})
     ]
-    keep.sort(key=lambda r: (r[1] is not None, r[1], r[0]), reverse=True)
-    return [mid for mid, _ in keep[:LIMIT]]
+    keep.sort()
+    return [mid for _gap, mid in keep[:LIMIT]]
 
 
-def test_same_subject_candidates_are_the_newest_within_each_messages_own_window(
+def test_same_subject_candidates_share_a_counterpart_and_are_the_nearest_in_the_window(
     engine: Engine,
 ) -> None:
     store = MessageStore(engine)
@@ -627,6 +652,11 @@ def test_same_subject_candidates_are_the_newest_within_each_messages_own_window(
     stored = [_msg(f"recent-{k}", recent + timedelta(hours=k)) for k in range(60)]
     stored += [_msg(f"old-{k}", old + timedelta(hours=k)) for k in range(10)]
     stored += [_msg(f"undated-{k}", None) for k in range(2)]
+    # Same subject, same days, but from a stranger: they share only the owner with Ann.
+    stored += [
+        _msg(f"stranger-{k}", recent + timedelta(hours=k), sender="carl@other.test")
+        for k in range(30)
+    ]
     items = [IncomingMessage(uid=n + 1, flags=frozenset(), data=d) for n, d in enumerate(stored)]
     store.ingest_batch(account_id, folder_id, items, FolderCheckpointUpdate(), chooser=_new_threads)
 
@@ -638,29 +668,120 @@ def test_same_subject_candidates_are_the_newest_within_each_messages_own_window(
         seen[data.dedupe_key] = [c.id for c in same]
         return ThreadChoice(None)
 
-    # One batch holding a message near the recent ones and one 49 days older: a cap over the
-    # batch's whole date range would hand the older one the recent rows, not its own.
-    late = recent + timedelta(days=3)  # after the newest stored one
-    early = datetime(2026, 10, 5, tzinfo=UTC)
+    # One batch holding a message near the recent ones and one 49 days older: each gets the
+    # rows nearest to its own date, not to the batch's.
+    late = _msg("late", recent + timedelta(days=3))  # after the newest stored one
+    early = _msg("early", datetime(2026, 10, 5, tzinfo=UTC))
+    nodate = _msg("nodate", None)
     # What a full scan of the stored rows gives, taken before the batch stores its own.
-    expected = {"late": _expected(engine, account_id, late)}
-    expected["early"] = _expected(engine, account_id, early)
-    expected["nodate"] = _expected(engine, account_id, None)
+    expected = {m.dedupe_key: _expected(engine, account_id, m) for m in (late, early, nodate)}
     batch = [
-        IncomingMessage(uid=100, flags=frozenset(), data=_msg("late", late)),
-        IncomingMessage(uid=101, flags=frozenset(), data=_msg("early", early)),
-        IncomingMessage(uid=102, flags=frozenset(), data=_msg("nodate", None)),
+        IncomingMessage(uid=1000 + n, flags=frozenset(), data=m)
+        for n, m in enumerate((late, early, nodate))
     ]
     store.ingest_batch(account_id, folder_id, batch, FolderCheckpointUpdate(), chooser=recording)
 
     assert seen["late"] == expected["late"]
     assert len(seen["late"]) == LIMIT
-    # The ten old rows, then the undated ones: the recent rows are out of its window.
-    assert len(expected["early"]) == 12
+    assert seen["late"][0] == max(seen["late"])  # the newest stored row is the nearest
+    # The ten old rows, nearest (newest) first: the recent rows are out of its window.
+    assert len(expected["early"]) == 10
     assert seen["early"] == expected["early"]
-    # An undated message has no window: the batch's two earlier messages (stand-in ids < 0,
-    # both dated) are candidates too and rank by date with the stored rows.
-    nodate = seen["nodate"]
-    assert len(nodate) == LIMIT
-    assert nodate[0] < 0  # "late" is the newest of all
-    assert [i for i in nodate if i > 0] == expected["nodate"][: LIMIT - 1]
+    # Without a Date a message cannot join by subject: no candidates to look at.
+    assert seen["nodate"] == []
+    with Session(engine) as s:
+        strangers = set(
+            s.scalars(select(MessageRow.id).where(MessageRow.dedupe_key.like("stranger-%")))
+        )
+    assert len(strangers) == 30
+    assert not strangers & {i for ids in seen.values() for i in ids}
+
+
+def _subject_key_rows(engine: Engine, account_id: int) -> set[tuple[int, str, datetime]]:
+    with Session(engine) as s:
+        return {
+            (int(m), k, d.replace(tzinfo=UTC) if d.tzinfo is None else d)
+            for m, k, d in s.execute(
+                select(
+                    MessageSubjectKeyRow.message_id,
+                    MessageSubjectKeyRow.key,
+                    MessageSubjectKeyRow.date,
+                ).where(MessageSubjectKeyRow.account_id == account_id)
+            )
+        }
+
+
+def test_the_subject_guard_ignores_the_owner_and_follows_a_counterpart(engine: Engine) -> None:
+    """The owner is in nearly every message of a mailbox: two customers writing "Quarterly
+    review" to the owner are two conversations; the same customer's reply joins its own."""
+    store = MessageStore(engine)
+    account_id, folder_id = _account_and_folder(engine)
+    base = datetime(2026, 11, 2, tzinfo=UTC)
+    ann = _msg("ann-1", base, sender="ann@customer-a.test")
+    carl = _msg("carl-1", base + timedelta(days=1), sender="carl@customer-b.test")
+    reply = replace(
+        _msg("ann-2", base + timedelta(days=3), sender="ann@customer-a.test"), is_reply=True
+    )
+    for uid, data in enumerate((ann, carl, reply), start=1):
+        store.ingest_batch(
+            account_id,
+            folder_id,
+            [IncomingMessage(uid=uid, flags=frozenset(), data=data)],
+            FolderCheckpointUpdate(),
+            chooser=default_thread_chooser,
+        )
+    with Session(engine) as s:
+        thread = dict(s.execute(select(MessageRow.dedupe_key, MessageRow.thread_id)).all())
+    assert thread["ann-1"] != thread["carl-1"]
+    assert thread["ann-2"] == thread["ann-1"]
+    # One key per counterpart (the owner gets none), each dated like its message.
+    assert len(_subject_key_rows(engine, account_id)) == 3
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_migration_0003_files_existing_messages_under_their_subject_keys(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from correspond.store.engine import MIGRATIONS_DIR
+
+    database = (
+        temporary_database(request.getfixturevalue("pg_server"), prefix="correspond_mig")
+        if backend == "postgresql"
+        else contextlib.nullcontext(f"sqlite:///{tmp_path / 'k.db'}")
+    )
+    with database as url:
+        eng = create_store_engine(url)
+        try:
+            migrate(eng)
+            account_id, folder_id = _account_and_folder(eng)
+            with Session(eng) as s:
+                s.execute(update(AccountRow).where(AccountRow.id == account_id).values(email=OWNER))
+                s.commit()
+            batch = [
+                _msg("a", datetime(2026, 11, 2, tzinfo=UTC), sender="ann@customer-a.test"),
+                _msg("b", datetime(2026, 11, 3, tzinfo=UTC), sender="carl@customer-b.test"),
+                _msg("c", None, sender="dana@customer-c.test"),  # no Date: no key
+            ]
+            MessageStore(eng).ingest_batch(
+                account_id,
+                folder_id,
+                [IncomingMessage(uid=n, flags=frozenset(), data=d) for n, d in enumerate(batch)],
+                FolderCheckpointUpdate(),
+                chooser=_new_threads,
+            )
+            written = _subject_key_rows(eng, account_id)
+            assert len(written) == 2
+            cfg = Config()
+            cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+            with eng.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.downgrade(cfg, "0002")
+            migrate(eng)
+            assert _subject_key_rows(eng, account_id) == written
+        finally:
+            eng.dispose()

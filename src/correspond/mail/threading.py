@@ -19,8 +19,9 @@ The caller queries the candidates (``related``, ``same_subject``) and applies th
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -34,6 +35,7 @@ __all__ = [
     "choose_thread",
     "is_trivial_subject",
     "normalize_subject",
+    "subject_keys",
     "thread_input",
 ]
 
@@ -259,6 +261,28 @@ def thread_input(parsed: ParsedMessage) -> ThreadInput:
         participants=people,
         date=parsed.date,
         is_reply=_had_prefix(parsed.subject),
+    )
+
+
+def subject_keys(normalized_subject: str, counterparts: Iterable[str]) -> list[str]:
+    """The keys under which a message can be found as a same-subject candidate: one per
+    (normalised subject, counterpart) pair, hashed to a fixed width.
+
+    ``counterparts`` are the participants other than the mailbox owner: in a salesperson's
+    mailbox the owner takes part in almost every message, so sharing the owner proves nothing.
+    Looking candidates up by these keys finds exactly the stored messages that pass the
+    subject guard's "shared participant" test, however common the subject. A trivial subject
+    (:func:`is_trivial_subject`) never joins by subject, so it gets no keys.
+    """
+    if not normalized_subject or is_trivial_subject(normalized_subject):
+        return []
+    return sorted(
+        {
+            hashlib.sha256(
+                f"{normalized_subject}\x00{addr}".encode("utf-8", "surrogatepass")
+            ).hexdigest()[:32]
+            for addr in counterparts
+        }
     )
 
 

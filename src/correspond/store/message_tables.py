@@ -42,6 +42,7 @@ __all__ = [
     "MessageLocationRow",
     "MessageRefRow",
     "MessageRow",
+    "MessageSubjectKeyRow",
     "ThreadRow",
 ]
 
@@ -175,6 +176,25 @@ class MessageRefRow(Base):
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
     message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
     ref: Mapped[str] = mapped_column(Text)
+
+
+class MessageSubjectKeyRow(Base):
+    """Message ``message_id`` (dated ``date``) can join a conversation by subject under ``key``:
+    one row per (normalised subject, counterpart) pair
+    (:func:`correspond.mail.threading.subject_keys`), so the subject fallback finds only the
+    messages that share a participant other than the owner, however common the subject."""
+
+    __tablename__ = "message_subject_keys"
+    __table_args__ = (
+        Index("ix_message_subject_keys_lookup", "account_id", "key", "date"),
+        Index("ix_message_subject_keys_message", "message_id"),
+    )
+
+    id: Mapped[int] = mapped_column(_Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(32))
+    date: Mapped[datetime] = mapped_column()
 
 
 class AttachmentRow(Base):

@@ -23,34 +23,29 @@ from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     Engine,
-    Integer,
     Select,
     Table,
-    Text,
-    and_,
-    case,
-    column,
     delete,
     func,
     insert,
-    or_,
     select,
     update,
-    values,
 )
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from correspond.errors import NotFound, StoreError
+from correspond.mail.threading import subject_keys
 from correspond.rules.sync_plan import FolderCheckpoint
 from correspond.store.message_tables import (
     AttachmentRow,
     MessageLocationRow,
     MessageRefRow,
     MessageRow,
+    MessageSubjectKeyRow,
     ThreadRow,
 )
-from correspond.store.tables import FolderRow, UtcDateTime, utcnow
+from correspond.store.tables import FolderRow, utcnow
 
 __all__ = [
     "AddressData",
@@ -69,7 +64,7 @@ __all__ = [
     "where_in_folder_or_thread",
 ]
 
-# How many same-subject messages threading looks at (newest first): enough to find the
+# How many same-subject messages threading looks at (nearest in time first): enough to find the
 # conversation, bounded so a common subject ("Invoice") cannot make ingest quadratic.
 _SAME_SUBJECT_LIMIT = 50
 # Same-subject candidates are looked for this far around the message's date.
@@ -130,6 +125,8 @@ class MessageData:
     attachments: tuple[AttachmentData, ...] = ()
     #: The original subject carried a reply/forward prefix (a threading hint).
     is_reply: bool = False
+    #: The mailbox owner's addresses: not counted as a shared participant by threading.
+    own_addresses: frozenset[str] = frozenset()
 
     @property
     def parent_ids(self) -> tuple[str, ...]:
@@ -150,6 +147,19 @@ class MessageData:
         addrs = [self.from_] if self.from_ else []
         addrs += [*self.to, *self.cc, *self.bcc]
         return tuple(sorted({a.email.lower() for a in addrs if "@" in a.email}))
+
+    @property
+    def counterparts(self) -> tuple[str, ...]:
+        """:attr:`participants` other than the mailbox owner (``own_addresses``): who the
+        message is with. Threading's subject fallback needs one of these in common."""
+        return tuple(p for p in self.participants if p not in self.own_addresses)
+
+    @property
+    def subject_keys(self) -> list[str]:
+        """Where the subject fallback looks for this message (none without a Date)."""
+        if self.date is None:
+            return []
+        return subject_keys(self.normalized_subject, self.counterparts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -721,6 +731,7 @@ class MessageStore:
 
 _MESSAGES = cast(Table, MessageRow.__table__)
 _MESSAGE_REFS = cast(Table, MessageRefRow.__table__)
+_SUBJECT_KEYS = cast(Table, MessageSubjectKeyRow.__table__)
 _ATTACHMENTS = cast(Table, AttachmentRow.__table__)
 _LOCATIONS = cast(Table, MessageLocationRow.__table__)
 
@@ -775,6 +786,8 @@ class _BatchIngest:
         self.alias: dict[int, int] = {}
         self.touched_threads: set[int] = set()
         self.gm_threads: dict[int, int] = {}
+        # Subject keys gained by stored messages (Bcc learnt from a Sent copy).
+        self.new_subject_keys: list[dict[str, Any]] = []
 
     def _resolve(self, thread_id: int | None) -> int | None:
         while thread_id is not None and thread_id in self.alias:
@@ -826,86 +839,37 @@ class _BatchIngest:
                 self.gm_threads.setdefault(int(gm_thrid), int(tid))
 
     def _same_subject_rows(self, new: Sequence[MessageData]) -> Iterable[Any]:
-        """Stored rows :meth:`_candidates` may pick as same-subject candidates, capped in SQL.
+        """Stored messages that may join a message of the batch by subject: those filed under
+        one of its subject keys (same normalised subject and a shared counterpart; see
+        :func:`correspond.mail.threading.subject_keys`) and dated within the window around the
+        batch's dates.
 
-        :meth:`_candidates` keeps, per message, the newest ``_SAME_SUBJECT_LIMIT`` rows (undated
-        ones last, then by id) within 31 days of it. Per subject, one query partition spans the
-        union of the batch's windows and ranks its rows in that order; a message's kept rows
-        then rank at most ``above + limit``, ``above`` being the rows dated after the lowest
-        window top (later rows only push a message's picks down by as many). Rows past that
-        rank cannot be picked by any message of the batch, so they are never read: loading
-        every same-subject row was most of a backfill's commit time (a common subject matched
-        thousands of rows per batch, each JSON-decoded). Backfill goes newest first, so a
-        batch's windows nearly coincide and ``above`` stays small. ``ROW_NUMBER()`` needs
-        SQLite >= 3.25 or any PostgreSQL.
+        The index on (account, key, date) makes this a handful of short range scans however
+        common the subject: reading every same-subject row and filtering in Python was most of
+        a backfill's commit time. Messages without a Date never join by subject, so they have
+        no keys and look none up.
         """
-        # Per subject: the union of its windows (None: some message has no date, no bound)
-        # and the lowest window top.
-        spans: dict[str, tuple[datetime, datetime] | None] = {}
-        top_min: dict[str, datetime] = {}
+        keys: set[str] = set()
+        dates: list[datetime] = []
         for d in new:
-            if not d.normalized_subject:
-                continue
-            when = d.date or d.internaldate
-            subject = d.normalized_subject
-            if when is None:
-                spans[subject] = None
-                continue
-            lo, hi = when - _SAME_SUBJECT_WINDOW, when + _SAME_SUBJECT_WINDOW
-            top_min[subject] = min(top_min.get(subject, hi), hi)
-            if subject in spans and spans[subject] is None:
-                continue
-            span = spans.get(subject)
-            spans[subject] = (min(span[0], lo), max(span[1], hi)) if span else (lo, hi)
-        # Real timestamps even where unused, so PostgreSQL can type the VALUES columns.
-        never = datetime(9999, 1, 1, tzinfo=UTC)
-        params = []
-        for subject, span in spans.items():
-            lo, hi = span if span is not None else (never, never)
-            params.append((subject, 0 if span is None else 1, lo, hi, top_min.get(subject, never)))
-        undated_last = case((MessageRow.date.is_(None), 1), else_=0)
-        for part in _chunks(params, _IN_CHUNK // 5):
-            rows = values(
-                column("subj", Text),
-                column("bounded", Integer),
-                column("lo", UtcDateTime()),
-                column("hi", UtcDateTime()),
-                column("top_min", UtcDateTime()),
-                name="wanted",
-            ).data(list(part))
-            # A CTE: SQLite takes WITH name(cols) AS (VALUES ...), not a VALUES derived table.
-            wanted = rows.cte("wanted")
-            ranked = (
-                select(
-                    *_CANDIDATE_COLUMNS,
-                    func.row_number()
-                    .over(
-                        partition_by=wanted.c.subj,
-                        order_by=(undated_last, MessageRow.date.desc(), MessageRow.id.desc()),
-                    )
-                    .label("rn"),
-                    func.sum(case((MessageRow.date > wanted.c.top_min, 1), else_=0))
-                    .over(partition_by=wanted.c.subj)
-                    .label("above"),
-                )
-                .join(
-                    wanted,
-                    and_(
-                        MessageRow.normalized_subject == wanted.c.subj,
-                        or_(
-                            wanted.c.bounded == 0,
-                            MessageRow.date.is_(None),
-                            MessageRow.date.between(wanted.c.lo, wanted.c.hi),
-                        ),
-                    ),
-                )
-                .where(MessageRow.account_id == self.account_id)
-                .subquery()
-            )
-            cols = [ranked.c[c.key] for c in _CANDIDATE_COLUMNS]
-            # No DISTINCT needed: one partition per subject, so each row comes once.
+            found = d.subject_keys
+            if found and d.date is not None:
+                keys.update(found)
+                dates.append(d.date)
+        if not keys:
+            return
+        lo, hi = min(dates) - _SAME_SUBJECT_WINDOW, max(dates) + _SAME_SUBJECT_WINDOW
+        for part in _chunks(sorted(keys)):
             yield from self.s.execute(
-                select(*cols).where(ranked.c.rn <= ranked.c.above + _SAME_SUBJECT_LIMIT)
+                select(*_CANDIDATE_COLUMNS).where(
+                    MessageRow.id.in_(
+                        select(_SUBJECT_KEYS.c.message_id).where(
+                            _SUBJECT_KEYS.c.account_id == self.account_id,
+                            _SUBJECT_KEYS.c.key.in_(part),
+                            _SUBJECT_KEYS.c.date.between(lo, hi),
+                        )
+                    )
+                )
             )
 
     def _candidates(self, data: MessageData) -> tuple[list[ThreadCandidate], list[ThreadCandidate]]:
@@ -916,12 +880,19 @@ class _BatchIngest:
         if data.message_id:
             related.update(self.by_ref.get(data.message_id, {}))
         same: list[ThreadCandidate] = []
-        if data.normalized_subject:
-            when = data.date or data.internaldate
+        counterparts = frozenset(data.counterparts)
+        when = data.date
+        if data.normalized_subject and counterparts and when is not None:
+            # Only dated messages sharing a counterpart can be chosen by subject; the nearest
+            # in time come first, so the cap never hides the conversation closest to ``when``.
             for c in self.by_subject.get(data.normalized_subject, {}).values():
-                if when is None or c.date is None or abs(c.date - when) <= _SAME_SUBJECT_WINDOW:
+                if (
+                    c.date is not None
+                    and abs(c.date - when) <= _SAME_SUBJECT_WINDOW
+                    and not counterparts.isdisjoint(c.participants)
+                ):
                     same.append(c)
-            same.sort(key=lambda c: (c.date is not None, c.date, c.id), reverse=True)
+            same.sort(key=lambda c: (abs(c.date - when), c.id))  # type: ignore[operator]
             same = same[:_SAME_SUBJECT_LIMIT]
 
         def fix(c: ThreadCandidate) -> ThreadCandidate:
@@ -1064,6 +1035,18 @@ class _BatchIngest:
             ]
             if refs:
                 s.execute(insert(_MESSAGE_REFS), refs)
+            subject_rows = [
+                {
+                    "account_id": self.account_id,
+                    "message_id": existing[i.data.dedupe_key],
+                    "key": key,
+                    "date": i.data.date,
+                }
+                for i in new_items
+                for key in i.data.subject_keys
+            ]
+            if subject_rows:
+                s.execute(insert(_SUBJECT_KEYS), subject_rows)
             atts = [
                 {
                     "message_id": existing[i.data.dedupe_key],
@@ -1104,6 +1087,8 @@ class _BatchIngest:
             )
         s.execute(insert(_LOCATIONS), locations)
         enriched = self._sent_copy_changes(sent_copies)
+        if self.new_subject_keys:
+            s.execute(insert(_SUBJECT_KEYS), self.new_subject_keys)
         # Executemany by primary key, grouped by the columns set: no statement per message.
         params: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for mid, flags in flag_updates.items():
@@ -1124,12 +1109,14 @@ class _BatchIngest:
         """
         out: dict[int, dict[str, Any]] = {}
         for part in _chunks(sorted(copies)):
-            for mid, bcc, participants, direction in self.s.execute(
+            for mid, bcc, participants, direction, subject, when in self.s.execute(
                 select(
                     MessageRow.id,
                     MessageRow.bcc_addrs,
                     MessageRow.participants,
                     MessageRow.direction,
+                    MessageRow.normalized_subject,
+                    MessageRow.date,
                 ).where(MessageRow.id.in_(part))
             ):
                 data = copies[int(mid)]
@@ -1137,9 +1124,20 @@ class _BatchIngest:
                 extra = [a for a in data.bcc if a.email and a.email.lower() not in have]
                 if not extra and direction == "outbound":
                     continue
-                merged = set(participants or ()) | {
-                    a.email.lower() for a in extra if "@" in a.email
-                }
+                added = {a.email.lower() for a in extra if "@" in a.email}
+                merged = set(participants or ()) | added
+                if when is not None:
+                    # The Bcc recipients are counterparts too: file the message under them.
+                    fresh = added - set(participants or ()) - data.own_addresses
+                    self.new_subject_keys.extend(
+                        {
+                            "account_id": self.account_id,
+                            "message_id": int(mid),
+                            "key": k,
+                            "date": when,
+                        }
+                        for k in subject_keys(subject or "", fresh)
+                    )
                 out[int(mid)] = {
                     "bcc_addrs": list(bcc or ()) + _addr_json(extra),
                     "participants": sorted(merged),

@@ -123,7 +123,8 @@ def default_thread_chooser(
         message_id=data.message_id,
         parent_ids=data.parent_ids,
         normalized_subject=data.normalized_subject,
-        participants=frozenset(data.participants),
+        # The owner takes part in nearly every message: only counterparts count as shared.
+        participants=frozenset(data.counterparts),
         date=data.date,
         is_reply=data.is_reply,
     )

@@ -178,6 +178,7 @@ class MessageBuilder:
             defects=tuple(parsed.defects),
             direction="outbound" if outbound else "inbound",
             attachments=attachments,
+            own_addresses=folder.account_addresses,
         )
 
 
@@ -630,7 +631,10 @@ class FolderSyncer:
         if self.folder.role != "sent" or header is None:
             return MessageData(dedupe_key=key)
         return MessageData(
-            dedupe_key=key, bcc=tuple(_addr(a) for a in header.bcc), direction="outbound"
+            dedupe_key=key,
+            bcc=tuple(_addr(a) for a in header.bcc),
+            direction="outbound",
+            own_addresses=self.folder.account_addresses,
         )
 
     def _store_full_many(
