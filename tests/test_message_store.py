@@ -351,6 +351,54 @@ def test_merge_threads_when_a_message_bridges_two(store: MessageStore) -> None:
     assert len({m.thread_id for m in store.list_messages(acct)}) == 1
 
 
+def test_threads_created_and_merged_inside_one_batch(store: MessageStore) -> None:
+    """New threads of a batch are inserted together at its end: merges among them, and with a
+    stored thread, still leave one thread with exact counts, the stored one surviving."""
+    acct = make_account(store.engine)
+    inbox = make_folder(store.engine, acct, b"INBOX")
+    upd = FolderCheckpointUpdate()
+    store.ingest_batch(
+        acct,
+        inbox,
+        [IncomingMessage(1, frozenset(), msg("s1"))],
+        upd,
+        chooser=first_related_chooser,
+    )
+    (stored,) = {m.thread_id for m in store.list_messages(acct)}
+    batch = [
+        msg("n1", gm_thrid=41),
+        msg("n2", gm_thrid=42),
+        msg("b1", references=("<n1@example.test>", "<n2@example.test>")),
+        msg("b2", references=("<s1@example.test>", "<b1@example.test>")),
+        msg("alone"),
+    ]
+    store.ingest_batch(
+        acct,
+        inbox,
+        [IncomingMessage(10 + n, frozenset(), d) for n, d in enumerate(batch)],
+        upd,
+        chooser=first_related_chooser,
+    )
+    with Session(store.engine) as s:
+        by_key = dict(
+            s.execute(
+                select(MessageRow.dedupe_key, MessageRow.thread_id).where(
+                    MessageRow.account_id == acct
+                )
+            ).all()
+        )
+    assert by_key["n1"] == by_key["n2"] == by_key["b1"] == by_key["b2"] == by_key["s1"] == stored
+    assert by_key["alone"] != stored
+    assert store.count_threads(acct) == 2
+    with Session(store.engine) as s:
+        joined = s.get(ThreadRow, stored)
+        assert joined is not None
+        assert joined.message_count == 5
+        assert joined.gm_thrid == 41  # carried over from the stand-in merged into it
+        other = s.get(ThreadRow, by_key["alone"])
+        assert other is not None and other.message_count == 1
+
+
 def test_gmail_thread_id_wins(store: MessageStore) -> None:
     acct = make_account(store.engine)
     inbox = make_folder(store.engine, acct, b"INBOX")

@@ -732,6 +732,9 @@ class MessageStore:
 _MESSAGES = cast(Table, MessageRow.__table__)
 _MESSAGE_REFS = cast(Table, MessageRefRow.__table__)
 _SUBJECT_KEYS = cast(Table, MessageSubjectKeyRow.__table__)
+_THREADS = cast(Table, ThreadRow.__table__)
+# Stand-in ids of threads created in a batch before they are inserted: above any real id.
+_PENDING_THREAD_BASE = 1 << 62
 _ATTACHMENTS = cast(Table, AttachmentRow.__table__)
 _LOCATIONS = cast(Table, MessageLocationRow.__table__)
 
@@ -786,6 +789,9 @@ class _BatchIngest:
         self.alias: dict[int, int] = {}
         self.touched_threads: set[int] = set()
         self.gm_threads: dict[int, int] = {}
+        # New threads of this batch, by stand-in id, inserted together at the end.
+        self.pending_threads: dict[int, dict[str, Any]] = {}
+        self.dropped_pending: set[int] = set()
         # Subject keys gained by stored messages (Bcc learnt from a Sent copy).
         self.new_subject_keys: list[dict[str, Any]] = []
 
@@ -907,44 +913,70 @@ class _BatchIngest:
         return [fix(c) for c in ordered], [fix(c) for c in same]
 
     def _new_thread(self, data: MessageData) -> int:
-        tid = self.s.execute(
-            insert(ThreadRow)
-            .values(
-                account_id=self.account_id,
-                subject=data.subject,
-                gm_thrid=data.gm_thrid,
-                message_count=0,
-                created_at=utcnow(),
-            )
-            .returning(ThreadRow.id)
-        ).scalar_one()
-        return int(tid)
+        """A thread for ``data``, inserted with the batch's others at the end of the batch
+        (one executemany, not one INSERT ... RETURNING per new conversation); until then it
+        has a stand-in id above every stored one, so "lowest id wins" still prefers stored
+        threads."""
+        tid = _PENDING_THREAD_BASE + len(self.pending_threads) + len(self.dropped_pending)
+        self.pending_threads[tid] = {
+            "account_id": self.account_id,
+            "subject": data.subject,
+            "gm_thrid": data.gm_thrid,
+            "message_count": 0,
+            "created_at": utcnow(),
+        }
+        return tid
 
-    def _merge(self, into: int, others: Sequence[int]) -> None:
-        others = [t for t in {self._resolve(o) for o in others} if t is not None and t != into]
+    def _merge(self, into: int, others: Sequence[int]) -> int:
+        """Fold ``others`` into one thread; returns the surviving thread (``into``, or the
+        lowest stored one when ``into`` is a stand-in and a stored thread is involved)."""
+        group = {t for t in {self._resolve(o) for o in (into, *others)} if t is not None}
+        stored = sorted(t for t in group if t < _PENDING_THREAD_BASE)
+        if stored and into >= _PENDING_THREAD_BASE:
+            into = stored[0]
+        others = [t for t in group if t != into]
         if not others:
-            return
-        self.s.execute(
-            update(MessageRow)
-            .where(MessageRow.account_id == self.account_id, MessageRow.thread_id.in_(others))
-            .values(thread_id=into)
-        )
-        gm = self.s.execute(
-            select(ThreadRow.gm_thrid).where(
-                ThreadRow.id.in_(others), ThreadRow.gm_thrid.is_not(None)
-            )
-        ).first()
-        self.s.execute(delete(ThreadRow).where(ThreadRow.id.in_(others)))
-        if gm is not None:
+            return into
+        stored_others = [t for t in others if t < _PENDING_THREAD_BASE]
+        pending_others = [t for t in others if t >= _PENDING_THREAD_BASE]
+        gm_thrid: int | None = None
+        if stored_others:
             self.s.execute(
-                update(ThreadRow)
-                .where(ThreadRow.id == into, ThreadRow.gm_thrid.is_(None))
-                .values(gm_thrid=gm[0])
+                update(MessageRow)
+                .where(
+                    MessageRow.account_id == self.account_id,
+                    MessageRow.thread_id.in_(stored_others),
+                )
+                .values(thread_id=into)
             )
+            gm = self.s.execute(
+                select(ThreadRow.gm_thrid).where(
+                    ThreadRow.id.in_(stored_others), ThreadRow.gm_thrid.is_not(None)
+                )
+            ).first()
+            gm_thrid = None if gm is None else int(gm[0])
+            self.s.execute(delete(ThreadRow).where(ThreadRow.id.in_(stored_others)))
+        for o in pending_others:
+            row = self.pending_threads.pop(o)
+            self.dropped_pending.add(o)
+            if gm_thrid is None and row["gm_thrid"] is not None:
+                gm_thrid = int(row["gm_thrid"])
+        if gm_thrid is not None:
+            if into >= _PENDING_THREAD_BASE:
+                row = self.pending_threads[into]
+                if row["gm_thrid"] is None:
+                    row["gm_thrid"] = gm_thrid
+            else:
+                self.s.execute(
+                    update(ThreadRow)
+                    .where(ThreadRow.id == into, ThreadRow.gm_thrid.is_(None))
+                    .values(gm_thrid=gm_thrid)
+                )
         for o in others:
             self.alias[o] = into
             self.touched_threads.discard(o)
         self.touched_threads.add(into)
+        return into
 
     def _thread_for(self, data: MessageData) -> int:
         if data.gm_thrid is not None and data.gm_thrid in self.gm_threads:
@@ -958,10 +990,21 @@ class _BatchIngest:
         if tid is None:
             tid = self._new_thread(data)
         if choice.merge_thread_ids:
-            self._merge(tid, choice.merge_thread_ids)
+            tid = self._merge(tid, choice.merge_thread_ids)
         if data.gm_thrid is not None:
             self.gm_threads.setdefault(data.gm_thrid, tid)
         return tid
+
+    def _insert_pending_threads(self) -> dict[int, int]:
+        """Insert the batch's new threads in one executemany; stand-in id -> real id."""
+        if not self.pending_threads:
+            return {}
+        standins = list(self.pending_threads)
+        ids = self.s.execute(
+            insert(_THREADS).returning(_THREADS.c.id, sort_by_parameter_order=True),
+            [self.pending_threads[t] for t in standins],
+        ).scalars()
+        return {t: int(i) for t, i in zip(standins, ids, strict=True)}
 
     def run(self, items: Sequence[IncomingMessage]) -> None:
         s = self.s
@@ -1009,12 +1052,18 @@ class _BatchIngest:
                     date=data.date,
                 )
             )
+        real_thread = self._insert_pending_threads()
+
+        def final_thread(tid: int) -> int | None:
+            resolved = self._resolve(tid)
+            return None if resolved is None else real_thread.get(resolved, resolved)
+
+        # Merged-away ids are dropped before mapping: SQLite may hand a just-deleted id out again.
+        touched = {real_thread.get(t, t) for t in self.touched_threads if t not in self.alias}
         now = utcnow()
         if new_items:
             rows = [
-                _message_values(
-                    self.account_id, i, self._resolve(thread_of[i.data.dedupe_key]), now
-                )
+                _message_values(self.account_id, i, final_thread(thread_of[i.data.dedupe_key]), now)
                 for i in new_items
             ]
             # Core inserts on the tables, not ORM bulk inserts: the same executemany without
@@ -1096,7 +1145,7 @@ class _BatchIngest:
             params.setdefault(tuple(sorted(row)), []).append(row)
         for group in params.values():
             s.execute(update(MessageRow), group)
-        self._refresh_threads()
+        self._refresh_threads(touched)
 
     def _sent_copy_changes(self, copies: Mapping[int, MessageData]) -> dict[int, dict[str, Any]]:
         """What a copy found in Sent adds to a message stored from another folder.
@@ -1145,10 +1194,10 @@ class _BatchIngest:
                 }
         return out
 
-    def _refresh_threads(self) -> None:
+    def _refresh_threads(self, touched: set[int]) -> None:
         """Recompute count and first/last dates of every thread this batch touched (exact,
         whatever merges happened)."""
-        tids = sorted(t for t in self.touched_threads if t not in self.alias)
+        tids = sorted(touched)
         when = func.coalesce(MessageRow.date, MessageRow.internaldate)
         for part in _chunks(tids):
             stats = self.s.execute(
