@@ -48,7 +48,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import date
 from email.utils import formatdate, make_msgid
@@ -65,6 +65,7 @@ from correspond.store.blobs import BlobStore
 from correspond.store.engine import create_store_engine
 from correspond.store.messages import MessageStore
 from correspond.sync.engine import AccountSyncer, AccountSyncReport
+from correspond.sync.runner import default_parse_processes, make_parse_executor
 
 __all__ = ["main", "run_backfill", "run_latency"]
 
@@ -200,7 +201,7 @@ def server_counts(a: argparse.Namespace, names_raw: Sequence[bytes], since: str)
 def run_backfill(a: argparse.Namespace) -> int:
     """One from-scratch backfill; returns the process exit status (1 on MISMATCH)."""
     b = fresh_store(a)
-    executor: Executor | None = ProcessPoolExecutor(a.workers) if a.workers > 0 else None
+    executor: Executor | None = make_parse_executor(a.workers)
     try:
         add_account(b, a)
         today = date.today()
@@ -684,7 +685,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--database-url", help="e.g. postgresql://postgres@127.0.0.1/fresh_db")
     ap.add_argument("--tmp-dir", help="where the temporary data directory goes")
     ap.add_argument("--keep", action="store_true", help="keep the data directory")
-    ap.add_argument("--workers", type=int, default=0, help="parse in a process pool of N")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=default_parse_processes(),
+        help="parse and write blobs in a process pool of N, as the product does "
+        "(default: the product's, one per CPU up to 4; 0: a thread)",
+    )
     ap.add_argument("--batch-size", type=int, default=200)
     ap.add_argument("--profile", help="write a cProfile of the backfill to this file")
     ap.add_argument("--out", help="append the JSON lines to this file")

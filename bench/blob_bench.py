@@ -124,7 +124,7 @@ def _message(rng: random.Random, n: int, attachment: bytes | None) -> bytes:
 
 
 def make_batch(rng: random.Random, messages: int) -> list[bytes]:
-    """Raw messages first, then the decoded attachments, as ``_store_full_many`` orders them."""
+    """Raw messages first, then the decoded attachments, as ``prepare_messages`` orders them."""
     raws: list[bytes] = []
     attachments: list[bytes] = []
     for n in range(messages):

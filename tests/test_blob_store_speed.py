@@ -67,7 +67,7 @@ def test_round_trip_with_duplicates_empty_and_incompressible(
     assert {p.name for p in files} == unique  # one file per content, no temporaries
     for key, data in zip(keys, items, strict=True):
         path = store.path_for(key)
-        assert path.relative_to(store.root).parts == (key[0:2], key[2:4], key)
+        assert path.relative_to(store.root).parts == (key[0:2], key)
         assert store.get(key) == data
         header = path.read_bytes()[:4]
         if len(data) >= 512 and data.startswith(b"Subject:"):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
-from correspond.mail.dedupe import MAX_KEY_ID, dedupe_key, normalize_message_id
+import pytest
+
+from correspond.mail.dedupe import MAX_KEY_ID, dedupe_key, header_dedupe_key, normalize_message_id
 from correspond.mail.parse import parse_message
 
 BASE = (
@@ -101,3 +105,49 @@ def test_unparseable_date_still_contributes() -> None:
 def test_garbage_message_still_has_a_key() -> None:
     for raw in (b"", b"\x00\xff", b"no headers at all"):
         assert dedupe_key(parse_message(raw)).startswith("h:")
+
+
+# --- the key from a header block alone (backfill's metadata pass) ------------------------------
+
+HEADER_CASES = [
+    b"Message-ID: <Abc.1@Example.COM>\r\nSubject: x\r\n\r\n",
+    b"Message-Id:\r\n <folded.id@Host.Example>\r\nFrom: a@b.test\r\n\r\n",
+    b"Message-ID: <first@x.test>\r\nMessage-ID: <second@x.test>\r\n\r\n",
+    b"Message-ID: no-brackets@x.test (comment)\r\n\r\n",
+    b"Message-ID: <>\r\nSubject: empty id\r\n\r\n",
+    b"Subject: no id at all\r\nFrom: a@b.test\r\n\r\n",
+    b"Subject: caf\xe9 in latin-1\r\nMessage-ID: <latin@x.test>\r\n\r\n",
+    b"Message-ID: <utf8-\xc3\xa9@x.test>\r\n\r\n",
+    b"Message-ID: <" + b"a" * 500 + b"@long.test>\r\n\r\n",
+    b"From nobody Mon Jan  1 00:00:00 2024\r\nMessage-ID: <mbox@x.test>\r\n\r\n",
+    b"",
+    b"\x00\xff garbage",
+]
+
+
+@pytest.mark.parametrize("block", HEADER_CASES)
+def test_header_key_agrees_with_the_parsed_key(block: bytes) -> None:
+    parsed = parse_message(block, keep_attachment_content=False)
+    quick = header_dedupe_key(block)
+    if quick is None:
+        # Only undecided when the full parse falls back to the hash or must re-decode bytes.
+        assert dedupe_key(parsed).startswith("h:") or not block.isascii()
+    else:
+        assert quick == dedupe_key(parsed)
+    assert header_dedupe_key(block, gm_msgid=7) == "gm:7"
+
+
+def test_header_key_agrees_on_the_real_world_corpus() -> None:
+    env = os.environ.get("CORRESPOND_SHARED_DIR")
+    corpus = (Path(env) if env else Path(__file__).resolve().parents[2] / "shared") / "corpus/dev"
+    files = sorted(p for p in corpus.rglob("*") if p.is_file() and p.name != "SOURCES.md")
+    if not files:
+        pytest.skip(f"shared corpus not found at {corpus}")
+    decided = 0
+    for path in files:
+        raw = path.read_bytes()
+        quick = header_dedupe_key(raw)
+        if quick is not None:
+            decided += 1
+            assert quick == dedupe_key(parse_message(raw)), path.name
+    assert decided > len(files) // 2

@@ -514,12 +514,24 @@ def test_blob_round_trip_compressed_and_fanned_out(tmp_path: Path) -> None:
     key = blobs.put(data)
     assert key == blob_key(data)
     path = blobs.path_for(key)
-    assert path.parent.parent.parent == tmp_path / "blobs"
-    assert path.parent.name == key[2:4] and path.parent.parent.name == key[0:2]
+    assert path.parent.name == key[0:2] and path.parent.parent == tmp_path / "blobs"
     assert path.stat().st_size < len(data) // 10  # compressed on disk
     assert blobs.get(key) == data
     assert blobs.put(data) == key  # idempotent
     assert [p.name for p in path.parent.iterdir()] == [key]  # no temp files left behind
+
+
+def test_blob_written_under_the_two_level_layout_is_still_found(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    data = b"Subject: old\r\n\r\n" + b"written by an earlier version\r\n" * 50
+    key = blobs.put(data)
+    legacy = blobs.root / key[0:2] / key[2:4] / key
+    legacy.parent.mkdir()
+    blobs.path_for(key).rename(legacy)
+    assert blobs.exists(key)
+    assert blobs.get(key) == data
+    assert blobs.delete(key)
+    assert not legacy.exists() and not blobs.exists(key)
 
 
 def test_blob_small_and_incompressible_kept_raw(tmp_path: Path) -> None:

@@ -63,7 +63,12 @@ from correspond.store import Store, open_store
 from correspond.store.leases import RUNNABLE_STATES, AccountLeases
 from correspond.store.message_queries import MAX_PAGE, AddressView, MessageView
 from correspond.store.progress import AccountProgress, ProgressReader
-from correspond.sync.runner import SyncRunner, make_parse_executor, sync_account_once
+from correspond.sync.runner import (
+    SyncRunner,
+    default_parse_processes,
+    make_parse_executor,
+    sync_account_once,
+)
 
 __all__ = ["CliContext", "main"]
 
@@ -884,17 +889,14 @@ _STOP_CODES = {"paused": 0, "auth_failed": 4, "error": 1}
 
 
 def _default_parse_processes() -> int:
-    # One core stays for the event loop and the database; parsing gets the rest (at most 4).
-    import os
-
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    return default_parse_processes()
 
 
 _PARSE_OPTION = click.option(
     "--parse-processes",
     type=click.IntRange(0, 64),
     default=_default_parse_processes,
-    show_default="CPUs - 1, at most 4",
+    show_default="one per CPU, at most 4; none on one CPU",
     help="Processes that parse MIME, shared by every account (0: a thread of this process).",
 )
 

@@ -17,9 +17,15 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC
 
-from correspond.mail.parse import ParsedAddress, ParsedMessage
+from correspond.mail.parse import ParsedAddress, ParsedMessage, header_message_id
 
-__all__ = ["BODY_PREFIX_CHARS", "MAX_KEY_ID", "dedupe_key", "normalize_message_id"]
+__all__ = [
+    "BODY_PREFIX_CHARS",
+    "MAX_KEY_ID",
+    "dedupe_key",
+    "header_dedupe_key",
+    "normalize_message_id",
+]
 
 #: Characters of body text that go into the fallback hash.
 BODY_PREFIX_CHARS = 4096
@@ -34,16 +40,36 @@ def normalize_message_id(message_id: str) -> str:
     return f"{local}@{domain.lower()}" if at else mid
 
 
+def _message_id_key(message_id: str) -> str | None:
+    mid = normalize_message_id(message_id)
+    if not mid:
+        return None
+    if len(mid) > MAX_KEY_ID:
+        return "midh:" + hashlib.sha256(mid.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"mid:{mid}"
+
+
+def header_dedupe_key(raw_header: bytes, *, gm_msgid: int | None = None) -> str | None:
+    """The key :func:`dedupe_key` gives the parsed ``raw_header``, when the header block alone
+    decides it (an X-GM-MSGID or a Message-ID); None when it takes a full parse: no usable
+    Message-ID (the fallback hash reads the body too) or header bytes only the full parse
+    decodes."""
+    if gm_msgid is not None:
+        return f"gm:{gm_msgid}"
+    message_id, exact = header_message_id(raw_header)
+    if not exact or not message_id:
+        return None
+    return _message_id_key(message_id)
+
+
 def dedupe_key(parsed: ParsedMessage, *, gm_msgid: int | None = None) -> str:
     """The dedupe key of a parsed message; see the module docstring for the three forms."""
     if gm_msgid is not None:
         return f"gm:{gm_msgid}"
     if parsed.message_id:
-        mid = normalize_message_id(parsed.message_id)
-        if mid:
-            if len(mid) > MAX_KEY_ID:
-                return "midh:" + hashlib.sha256(mid.encode("utf-8", "surrogatepass")).hexdigest()
-            return f"mid:{mid}"
+        key = _message_id_key(parsed.message_id)
+        if key:
+            return key
     return "h:" + _stable_hash(parsed)
 
 

@@ -1,7 +1,11 @@
 """Content-addressed blob store for raw messages and attachment bodies.
 
 A blob's key is the SHA-256 of its *uncompressed* bytes (hex, 64 characters); the file lives at
-``<root>/<k[0:2]>/<k[2:4]>/<k>``. Two levels of fan-out keep directories small (65,536 leaves).
+``<root>/<k[0:2]>/<k>``: one level of 256 fan-out directories, as git's object store. (Two levels,
+65,536 leaves, made nearly every blob of a young store create a directory as well as a file:
+inode creation is the main cost of a write here, so a backfill paid it twice; ext4's hashed
+directories hold hundreds of thousands of entries without slowing down.) Blobs written under the
+earlier two-level layout (``<root>/<k[0:2]>/<k[2:4]>/<k>``) are still found.
 Names that come from mail (attachment file names, subjects) never reach the file system: the
 only path component derived from input is the hex digest, and keys are validated before use.
 
@@ -183,14 +187,23 @@ class BlobStore:
         """The file of ``key``; raises ValueError for anything but a 64-digit hex digest."""
         if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
             raise ValueError(f"not a blob key: {key!r}")
-        return self.root / key[0:2] / key[2:4] / key
+        return self.root / key[0:2] / key
+
+    def _found(self, key: str) -> Path:
+        """The file holding ``key``: its own, or where the two-level layout put it."""
+        path = self.path_for(key)
+        if not path.is_file():
+            legacy = self.root / key[0:2] / key[2:4] / key
+            if legacy.is_file():
+                return legacy
+        return path
 
     def exists(self, key: str) -> bool:
-        return self.path_for(key).is_file()
+        return self._found(key).is_file()
 
     def _file(self, key: str) -> str:
         """The file of a key this module computed (no validation: see :meth:`path_for`)."""
-        return f"{self._root}/{key[0:2]}/{key[2:4]}/{key}"
+        return f"{self._root}/{key[0:2]}/{key}"
 
     def _compressor(self) -> Any:
         local = self._local
@@ -215,13 +228,13 @@ class BlobStore:
         """Delete temporary files older than ``older_than`` seconds, left by a writer killed
         between writing and renaming; returns how many went. Never touches a stored blob.
 
-        A walk of the fan-out directories (up to 65,536): run it at start-up or from
-        maintenance, in a thread, not on the sync path.
+        A walk of the fan-out directories (and the leaves of the two-level layout): run it at
+        start-up or from maintenance, in a thread, not on the sync path.
         """
         cutoff = time.time() - older_than
         removed = 0
         for top in _subdirs(self.root):
-            for leaf in _subdirs(top):
+            for leaf in [top, *_subdirs(top)]:
                 for entry in _entries(leaf):
                     if not entry.name.startswith(_TEMP_PREFIX):
                         continue
@@ -262,18 +275,16 @@ class BlobStore:
     def _prepare_dirs(self, key: str) -> tuple[str, tuple[str, ...]]:
         """Make sure the directory of ``key`` exists. Returns it and the directories (root,
         fan-out) whose parent must be synced for the entry to survive a crash."""
-        top = f"{self._root}/{key[0:2]}"
-        leaf = f"{top}/{key[2:4]}"
+        leaf = f"{self._root}/{key[0:2]}"
         if leaf in self._dirs:
             return leaf, ()
-        new = tuple(d for d in (self._root, top, leaf) if d not in self._dirs and self._make_dir(d))
+        new = tuple(d for d in (self._root, leaf) if d not in self._dirs and self._make_dir(d))
         return leaf, new
 
     def _forget_dirs(self, key: str) -> None:
         """Drop the directories of ``key`` from the cache (one was removed behind our back)."""
-        top = f"{self._root}/{key[0:2]}"
         with self._lock:
-            self._dirs.difference_update((self._root, top, f"{top}/{key[2:4]}"))
+            self._dirs.difference_update((self._root, f"{self._root}/{key[0:2]}"))
 
     def _settle_dirs(self, dirs: set[str]) -> None:
         """``dirs`` and their entries are durable now: no writer needs to sync their parents."""
@@ -466,7 +477,7 @@ class BlobStore:
 
     def get(self, key: str) -> bytes:
         """The bytes stored under ``key``; NotFound if absent, StoreError if damaged."""
-        path = self.path_for(key)
+        path = self._found(key)
         try:
             payload = path.read_bytes()
         except FileNotFoundError as exc:
@@ -495,7 +506,7 @@ class BlobStore:
     def delete(self, key: str) -> bool:
         """Remove a blob; False if it was not there. Callers make sure nothing references it."""
         try:
-            self.path_for(key).unlink()
+            self._found(key).unlink()
         except FileNotFoundError:
             return False
         except OSError as exc:

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Engine,
     Select,
     Table,
+    bindparam,
     delete,
     func,
     insert,
@@ -923,6 +924,8 @@ class _BatchIngest:
             "subject": data.subject,
             "gm_thrid": data.gm_thrid,
             "message_count": 0,
+            "first_message_at": None,
+            "last_message_at": None,
             "created_at": utcnow(),
         }
         return tid
@@ -1052,6 +1055,19 @@ class _BatchIngest:
                     date=data.date,
                 )
             )
+        # A new thread holds only this batch's messages: its count and dates are known here,
+        # so it is inserted complete and skips the re-count below.
+        for item in new_items:
+            pending = self.pending_threads.get(self._resolve(thread_of[item.data.dedupe_key]) or 0)
+            if pending is None:
+                continue
+            pending["message_count"] += 1
+            when = item.data.date or item.data.internaldate
+            if when is not None:
+                when = _aware(when)
+                first, last = pending["first_message_at"], pending["last_message_at"]
+                pending["first_message_at"] = when if first is None else min(first, when)
+                pending["last_message_at"] = when if last is None else max(last, when)
         real_thread = self._insert_pending_threads()
 
         def final_thread(tid: int) -> int | None:
@@ -1059,7 +1075,9 @@ class _BatchIngest:
             return None if resolved is None else real_thread.get(resolved, resolved)
 
         # Merged-away ids are dropped before mapping: SQLite may hand a just-deleted id out again.
-        touched = {real_thread.get(t, t) for t in self.touched_threads if t not in self.alias}
+        touched = {
+            t for t in self.touched_threads if t not in self.alias and t < _PENDING_THREAD_BASE
+        }
         now = utcnow()
         if new_items:
             rows = [
@@ -1206,15 +1224,22 @@ class _BatchIngest:
                 .group_by(MessageRow.thread_id)
             ).all()
             if stats:
-                # One executemany by primary key, not one UPDATE statement per thread.
+                # One Core executemany by primary key: no statement per thread, and none of the
+                # ORM bulk update's per-row bookkeeping.
                 self.s.execute(
-                    update(ThreadRow),
+                    update(_THREADS)
+                    .where(_THREADS.c.id == bindparam("b_id"))
+                    .values(
+                        message_count=bindparam("b_count"),
+                        first_message_at=bindparam("b_first"),
+                        last_message_at=bindparam("b_last"),
+                    ),
                     [
                         {
-                            "id": int(tid),
-                            "message_count": int(count),
-                            "first_message_at": _aware(first),
-                            "last_message_at": _aware(last),
+                            "b_id": int(tid),
+                            "b_count": int(count),
+                            "b_first": _aware(first),
+                            "b_last": _aware(last),
                         }
                         for tid, count, first, last in stats
                     ],

@@ -41,7 +41,7 @@ from correspond.imap.types import (
     FetchResponse,
     VanishedResponse,
 )
-from correspond.mail.dedupe import dedupe_key
+from correspond.mail.dedupe import dedupe_key, header_dedupe_key
 from correspond.mail.parse import ParsedMessage
 from correspond.mail.threading import KnownMessage, ThreadInput, choose_thread
 from correspond.rules.folders import assign_roles
@@ -100,6 +100,11 @@ DEFAULT_FOLDER_REFRESH_SECONDS = 300.0
 def default_dedupe(parsed: ParsedMessage, gm_msgid: int | None) -> str:
     """The account-wide identity of a message (X-GM-MSGID, else Message-ID, else a hash)."""
     return dedupe_key(parsed, gm_msgid=gm_msgid)
+
+
+def default_header_key(raw_header: bytes, gm_msgid: int | None) -> str | None:
+    """:func:`default_dedupe`'s key read from a raw header block, when it alone decides it."""
+    return header_dedupe_key(raw_header, gm_msgid=gm_msgid)
 
 
 def _known(c: ThreadCandidate) -> KnownMessage | None:
@@ -386,6 +391,7 @@ class AccountSyncer:
             ),
             chooser=self.chooser,
             dedupe=default_dedupe,
+            header_key=default_header_key,
             builder=self.builder,
             capabilities=self._capabilities(client),
             parse_executor=self.parse_executor,

@@ -59,6 +59,7 @@ __all__ = [
     "SyncRunner",
     "SyncerFactory",
     "default_owner",
+    "default_parse_processes",
     "make_parse_executor",
     "sync_account_once",
 ]
@@ -101,6 +102,17 @@ def _ignore_interrupts() -> None:
     # Ctrl-C reaches the whole process group: the parent stops cleanly and shuts the pool
     # down, so a worker killed by the same SIGINT would only break the parses in flight.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def default_parse_processes() -> int:
+    """How many parse processes to run by default: one per CPU (at most 4), none on one CPU.
+
+    Parse workers also write the blobs, so they share the cores with the event loop and the
+    database: on 2 cores two workers backfilled fastest (with one, the commit stage waited on
+    it); a single core gains nothing from a pool.
+    """
+    cpus = os.cpu_count() or 1
+    return 0 if cpus < 2 else min(4, cpus)
 
 
 def make_parse_executor(processes: int) -> ProcessPoolExecutor | None:
