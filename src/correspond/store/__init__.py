@@ -6,11 +6,14 @@
 
 from __future__ import annotations
 
-from correspond.settings import Settings
-from correspond.store.engine import create_store_engine, migrate
-from correspond.store.records import Account, AccountSummary, Folder, FolderSyncResult
-from correspond.store.repository import Store
-from correspond.store.secrets import SecretBox
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from correspond.settings import Settings
+    from correspond.store.records import Account, AccountSummary, Folder, FolderSyncResult
+    from correspond.store.repository import Store
+    from correspond.store.secrets import SecretBox
 
 __all__ = [
     "Account",
@@ -23,8 +26,34 @@ __all__ = [
 ]
 
 
+# Loaded on first use, not on import: the sync's parse workers import correspond.store.blobs
+# and correspond.store.message_data, and should not pay for SQLAlchemy, Alembic and the secret
+# box (~60 MB of memory per worker).
+_LAZY = {
+    "Account": "correspond.store.records",
+    "AccountSummary": "correspond.store.records",
+    "Folder": "correspond.store.records",
+    "FolderSyncResult": "correspond.store.records",
+    "SecretBox": "correspond.store.secrets",
+    "Store": "correspond.store.repository",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
 def open_store(settings: Settings, *, run_migrations: bool = True) -> Store:
     """Connect to ``settings``' database, migrate it to the newest schema, return the store."""
+    from correspond.store.engine import create_store_engine, migrate
+    from correspond.store.repository import Store
+    from correspond.store.secrets import SecretBox
+
     engine = create_store_engine(settings.resolved_database_url)
     try:
         if run_migrations:

@@ -68,10 +68,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from correspond.errors import NotFound, StoreError
-from correspond.settings import Settings
+
+if TYPE_CHECKING:
+    from correspond.settings import Settings
 
 __all__ = ["DEFAULT_WORKERS", "STALE_TEMP_SECONDS", "SYNCFS_MIN_FILES", "BlobStore", "blob_key"]
 

@@ -41,8 +41,7 @@ from correspond.imap.types import (
     FetchResponse,
     VanishedResponse,
 )
-from correspond.mail.dedupe import dedupe_key, header_dedupe_key
-from correspond.mail.parse import ParsedMessage
+from correspond.mail.dedupe import header_dedupe_key
 from correspond.mail.threading import KnownMessage, ThreadInput, choose_thread
 from correspond.rules.folders import assign_roles
 from correspond.rules.sync_plan import (
@@ -73,6 +72,7 @@ from correspond.sync.folder_sync import (
     FolderSyncReport,
     MessageBuilder,
 )
+from correspond.sync.prepare import default_dedupe
 
 __all__ = [
     "DEFAULT_FOLDER_REFRESH_SECONDS",
@@ -95,11 +95,6 @@ DEFAULT_POLL_SECONDS = 60.0
 
 DEFAULT_FOLDER_REFRESH_SECONDS = 300.0
 """How often the folder list is re-read while live (created, renamed, deleted folders)."""
-
-
-def default_dedupe(parsed: ParsedMessage, gm_msgid: int | None) -> str:
-    """The account-wide identity of a message (X-GM-MSGID, else Message-ID, else a hash)."""
-    return dedupe_key(parsed, gm_msgid=gm_msgid)
 
 
 def default_header_key(raw_header: bytes, gm_msgid: int | None) -> str | None:

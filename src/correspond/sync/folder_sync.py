@@ -37,18 +37,16 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 from correspond.errors import ImapProtocolError
 from correspond.imap.client import ImapClient
 from correspond.imap.protocol import format_sequence_set
 from correspond.imap.types import BodyPart, BodyStructure, FetchResponse, Multipart
-from correspond.mail.parse import ParsedAddress, ParsedMessage, parse_message
+from correspond.mail.parse import ParsedMessage, parse_message
 from correspond.mail.snippet import html_to_text, make_snippet
-from correspond.mail.threading import thread_input
 from correspond.rules.sync_plan import (
     FolderChanges,
     FolderCheckpoint,
@@ -62,15 +60,26 @@ from correspond.rules.sync_plan import (
     window_start,
 )
 from correspond.settings import Settings
-from correspond.store.blobs import SYNCFS_MIN_FILES, BlobStore
+from correspond.store.blobs import BlobStore
 from correspond.store.messages import (
-    AddressData,
     AttachmentData,
     FolderCheckpointUpdate,
     IncomingMessage,
     MessageData,
     MessageStore,
     ThreadChooser,
+)
+from correspond.sync.prepare import (
+    FolderRef,
+    KeyFunction,
+    MessageBuilder,
+    PreparedChunk,
+    PrepareJob,
+    address_data,
+    parse_headers,
+    parse_raw,
+    prepare_messages,
+    slim_meta,
 )
 
 __all__ = [
@@ -108,23 +117,9 @@ DEFAULT_MAX_BATCH_BYTES = 12 * 1024 * 1024
 DEFAULT_PIPELINE_DEPTH = 4
 
 
-KeyFunction = Callable[[ParsedMessage, int | None], str]
-"""``(parsed headers or message, X-GM-MSGID) -> dedupe key``."""
-
 HeaderKeyFunction = Callable[[bytes, int | None], str | None]
 """``(raw header block, X-GM-MSGID) -> dedupe key``, or None when it takes the parsed headers
 (then :data:`KeyFunction` decides); must agree with the KeyFunction wherever it answers."""
-
-
-@dataclass(frozen=True, slots=True)
-class FolderRef:
-    """The folder being synced and the account facts the messages need."""
-
-    id: int
-    account_id: int
-    name_raw: bytes
-    role: str | None
-    account_addresses: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -147,61 +142,6 @@ class FolderSyncReport:
     done: bool = False
     error: str | None = None
     uids: list[int] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class MessageBuilder:
-    """Turns a parsed message into :class:`MessageData` (pure; given the pieces it needs)."""
-
-    def build(
-        self,
-        parsed: ParsedMessage,
-        *,
-        dedupe_key: str,
-        fetch: FetchResponse,
-        folder: FolderRef,
-        raw_blob_key: str | None,
-        attachments: tuple[AttachmentData, ...],
-        truncated: bool,
-    ) -> MessageData:
-        from_ = _addr(parsed.from_[0]) if parsed.from_ else None
-        threading = thread_input(parsed)
-        outbound = folder.role == "sent" or (
-            from_ is not None and from_.email.lower() in folder.account_addresses
-        )
-        return MessageData(
-            dedupe_key=dedupe_key,
-            message_id=parsed.message_id,
-            in_reply_to=parsed.in_reply_to,
-            references=tuple(parsed.references),
-            subject=parsed.subject,
-            normalized_subject=threading.normalized_subject,
-            is_reply=threading.is_reply,
-            from_=from_,
-            sender=tuple(_addr(a) for a in parsed.sender),
-            reply_to=tuple(_addr(a) for a in parsed.reply_to),
-            to=tuple(_addr(a) for a in parsed.to),
-            cc=tuple(_addr(a) for a in parsed.cc),
-            bcc=tuple(_addr(a) for a in parsed.bcc),
-            date=parsed.date,
-            internaldate=fetch.internaldate,
-            snippet=parsed.snippet,
-            text=parsed.text,
-            html=parsed.html,
-            size=fetch.size,
-            raw_blob_key=raw_blob_key,
-            truncated=truncated,
-            gm_msgid=fetch.gm_msgid,
-            gm_thrid=fetch.gm_thrid,
-            defects=tuple(parsed.defects),
-            direction="outbound" if outbound else "inbound",
-            attachments=attachments,
-            own_addresses=folder.account_addresses,
-        )
-
-
-def _addr(a: ParsedAddress) -> AddressData:
-    return AddressData(a.name or None, a.email)
 
 
 # --- BODYSTRUCTURE helpers (large messages) --------------------------------------------------
@@ -264,19 +204,6 @@ def _synthetic_part(part: BodyPart, content: bytes) -> bytes:
     if part.encoding:
         head += f"Content-Transfer-Encoding: {part.encoding}\r\n"
     return head.encode("ascii", "replace") + b"\r\n" + content
-
-
-# --- parsing (top-level so a process pool can pickle it) --------------------------------------
-
-
-def parse_raw(raw: bytes) -> ParsedMessage:
-    """Parse a whole message, keeping attachment bodies (they become blobs)."""
-    return parse_message(raw)
-
-
-def parse_headers(raw_header: bytes) -> ParsedMessage:
-    """Parse a header block only (``BODY.PEEK[HEADER]``): enough for the dedupe key."""
-    return parse_message(raw_header, keep_attachment_content=False)
 
 
 class FolderSyncer:
@@ -482,7 +409,7 @@ class FolderSyncer:
                 uids=part,
                 raws=[fetched.raws[u] for u in part],
                 keys=[fetched.keys[u] for u in part],
-                metas=[_slim(fetched.meta[u]) for u in part],
+                metas=[slim_meta(fetched.meta[u]) for u in part],
                 bulk=bulk,
             )
             for part in self._prepare_chunks(uids)
@@ -681,7 +608,7 @@ class FolderSyncer:
         header = fetched.headers[uid]
         return MessageData(
             dedupe_key=key,
-            bcc=tuple(_addr(a) for a in header.bcc),
+            bcc=tuple(address_data(a) for a in header.bcc),
             direction="outbound",
             own_addresses=self.folder.account_addresses,
         )
@@ -924,101 +851,6 @@ class _FetchedBatch:
     raws: dict[int, bytes]
     ready: dict[int, MessageData]
     headers: _LazyHeaders = field(default_factory=lambda: _LazyHeaders({}))
-
-
-@dataclass(frozen=True, slots=True)
-class PrepareJob:
-    """Part of a batch for :func:`prepare_messages`: plain data, so it pickles to a process."""
-
-    blob_root: str
-    folder: FolderRef
-    builder: MessageBuilder
-    dedupe: KeyFunction
-    uids: list[int]
-    raws: list[bytes]
-    keys: list[str]
-    metas: list[FetchResponse]
-    #: Backfill: make the blobs durable with syncfs(2) even when they are few. A batch cut
-    #: short by large attachments would otherwise fsync each file (~ms each); syncfs's cost
-    #: to other writers' latency is what the live path avoids, not the backfill.
-    bulk: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedChunk:
-    """What :func:`prepare_messages` returns: the rows' data (no attachment bytes: those are
-    blobs now) and the seconds spent parsing and writing blobs."""
-
-    data: list[tuple[int, MessageData]]
-    seconds_parse: float
-    seconds_blobs: float
-
-
-_BLOB_STORES: dict[str, BlobStore] = {}
-
-
-def prepare_messages(job: PrepareJob, blobs: BlobStore | None = None) -> PreparedChunk:
-    """Parse whole messages, write each raw message and attachment body as a blob (one durable
-    sync for the lot), and build the rows' data.
-
-    Runs in a worker thread, or in a process of the parse pool: parsing and writing in the
-    same process means only the raw bytes travel there and only the text and metadata come
-    back, never the attachment bodies. A process keeps one :class:`BlobStore` per root, so
-    its cache of fan-out directories lasts across batches.
-    """
-    if blobs is None:
-        blobs = _BLOB_STORES.get(job.blob_root)
-        if blobs is None:
-            blobs = _BLOB_STORES.setdefault(job.blob_root, BlobStore(Path(job.blob_root)))
-    started = time.perf_counter()
-    parsed = [parse_raw(r) for r in job.raws]
-    parsed_at = time.perf_counter()
-    contents: list[bytes] = list(job.raws)
-    for msg in parsed:
-        contents.extend(a.content for a in msg.attachments if a.content is not None)
-    keys = iter(blobs.put_many(contents, syncfs_min_files=1 if job.bulk else SYNCFS_MIN_FILES))
-    raw_keys = [next(keys) for _ in job.raws]
-    out: list[tuple[int, MessageData]] = []
-    for uid, raw_key, msg, key, meta in zip(
-        job.uids, raw_keys, parsed, job.keys, job.metas, strict=True
-    ):
-        attachments = tuple(
-            AttachmentData(
-                filename=a.filename,
-                content_type=a.content_type,
-                size=a.size,
-                content_id=a.content_id,
-                inline=a.inline,
-                blob_key=next(keys) if a.content is not None else None,
-                section=a.section or None,
-            )
-            for a in msg.attachments
-        )
-        if key.startswith("h:"):
-            # No Message-ID: the fallback hash covers the body text too, which the header
-            # pass could not see. Key on the whole message, as every other caller of
-            # dedupe_key does; ingest still links it to a copy stored from another folder.
-            key = job.dedupe(msg, meta.gm_msgid)
-        out.append(
-            (
-                uid,
-                job.builder.build(
-                    msg,
-                    dedupe_key=key,
-                    fetch=meta,
-                    folder=job.folder,
-                    raw_blob_key=raw_key,
-                    attachments=attachments,
-                    truncated=False,
-                ),
-            )
-        )
-    return PreparedChunk(out, parsed_at - started, time.perf_counter() - parsed_at)
-
-
-def _slim(meta: FetchResponse) -> FetchResponse:
-    """The metadata the builder reads, without the header bytes (less to pickle)."""
-    return replace(meta, sections={})
 
 
 def _snippet(text: str | None, html: str | None) -> str:
