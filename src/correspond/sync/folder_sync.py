@@ -102,14 +102,15 @@ __all__ = [
 
 DEFAULT_BATCH_SIZE = 200
 #: Backfill batches are capped by the bytes of bodies they download as well as by count. Peak
-#: memory follows (bytes per batch) x (batches in the pipeline, three) x (raw, parsed, encoded
-#: copies: ~4-5x the raw bytes). Measured on the bench mailbox (23,000 messages, ~85 KB
-#: average, so 200 messages ~17 MB): uncapped 318-361 MB peak RSS; 16 MB 324; 12 MB 257 MB
-#: at the same msgs/s; 8 MB 243 MB but slower (each commit has a fixed cost). RFC822.SIZE comes
-#: with the metadata FETCH, before any body is fetched, so the cut is exact. A batch always keeps
-#: at least one message (one above the cap still makes progress; bodies above
-#: ``settings.max_message_bytes`` are never downloaded whole anyway).
-DEFAULT_MAX_BATCH_BYTES = 12 * 1024 * 1024
+#: memory follows (bytes per batch) x (batches in the pipeline) x (raw, pickled, parsed copies).
+#: Measured on the bench mailbox (23,000 messages, ~85 KB average, so 200 messages ~17 MB) with
+#: two parse processes and four batches in flight: 12 MB gave 205 MB peak RSS for the sync
+#: process plus ~64 MB per worker (333 MB in all); 8 MB gave 177 + ~56 (289 MB in all) at the
+#: same msgs/s (the commit's fixed cost per batch no longer shows; it did when the commit was
+#: slower). RFC822.SIZE comes with the metadata FETCH, before any body is fetched, so the cut
+#: is exact. A batch always keeps at least one message (one above the cap still makes
+#: progress; bodies above ``settings.max_message_bytes`` are never downloaded whole anyway).
+DEFAULT_MAX_BATCH_BYTES = 8 * 1024 * 1024
 #: Batches that may be parsed, written and committed behind the one being fetched. The commit
 #: stage is the backfill's longest (ordered, one transaction per batch); four kept it fed where
 #: two left it waiting on the parse workers (bench mailbox, 2 parse processes: 23.2 s against
@@ -446,6 +447,9 @@ class FolderSyncer:
         report: FolderSyncReport,
     ) -> None:
         items = self._build_items(fetched, await preparing)
+        # The raw bytes are blobs now: let them go while this batch waits for its turn to
+        # commit (up to ``pipeline_depth`` batches of them would otherwise stay in memory).
+        fetched.raws.clear()
         if previous is not None:
             await previous  # in order; a failed predecessor fails this batch too
         started = time.perf_counter()

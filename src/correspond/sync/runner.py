@@ -34,7 +34,6 @@ import logging
 import multiprocessing
 import os
 import secrets
-import signal
 import socket
 from collections.abc import Callable, Collection
 from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor
@@ -51,6 +50,7 @@ from correspond.store.repository import Store
 from correspond.store.tables import utcnow
 from correspond.sync.engine import AccountSyncer, AccountSyncReport
 from correspond.sync.folder_sync import DEFAULT_BATCH_SIZE
+from correspond.sync.prepare import ignore_interrupts
 
 __all__ = [
     "LeaseGuardedStore",
@@ -98,12 +98,6 @@ def _default_factory(
     )
 
 
-def _ignore_interrupts() -> None:
-    # Ctrl-C reaches the whole process group: the parent stops cleanly and shuts the pool
-    # down, so a worker killed by the same SIGINT would only break the parses in flight.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def default_parse_processes() -> int:
     """How many parse processes to run by default: one per CPU (at most 4), none on one CPU.
 
@@ -126,7 +120,7 @@ def make_parse_executor(processes: int) -> ProcessPoolExecutor | None:
     return ProcessPoolExecutor(
         max_workers=processes,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=_ignore_interrupts,
+        initializer=ignore_interrupts,
     )
 
 
