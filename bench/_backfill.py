@@ -425,11 +425,14 @@ def expunge_from(a: argparse.Namespace, uidnext: int) -> None:
 def measure_correspond(a: argparse.Namespace) -> dict[str, Any]:
     b = fresh_store(a)
     add_account(b, a)
+    # The product's parse pool (``--workers``), as ``correspond serve`` runs it.
+    executor = make_parse_executor(a.workers)
     syncer = AccountSyncer(
         b.store,
         MessageStore(b.store.engine),
         BlobStore.from_settings(b.settings),
         b.settings,
+        parse_executor=executor,
     )
     live = LiveEngine(syncer)
     # The poller's own engine and connection: the engine's pool is never touched from here.
@@ -472,6 +475,8 @@ def measure_correspond(a: argparse.Namespace) -> dict[str, Any]:
         with contextlib.suppress(Exception):
             lm.quit()
         live.shutdown()
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
         poll_engine.dispose()
         b.close()
     if not lat:

@@ -116,6 +116,8 @@ DEFAULT_MAX_BATCH_BYTES = 8 * 1024 * 1024
 #: two left it waiting on the parse workers (bench mailbox, 2 parse processes: 23.2 s against
 #: 21.1 s), for ~20 MB more peak memory.
 DEFAULT_PIPELINE_DEPTH = 4
+#: Live batches up to this many messages are prepared in a thread even with a process pool.
+_POOL_MIN_MESSAGES = 20
 
 
 HeaderKeyFunction = Callable[[bytes, int | None], str | None]
@@ -413,9 +415,9 @@ class FolderSyncer:
                 metas=[slim_meta(fetched.meta[u]) for u in part],
                 bulk=bulk,
             )
-            for part in self._prepare_chunks(uids)
+            for part in self._prepare_chunks(uids, bulk)
         ]
-        if self.parse_executor is None:
+        if not self._use_pool(len(uids), bulk):
             # A worker thread, not the event loop: the loop keeps reading the next batch off
             # the socket meanwhile (zstd, hashing, file writes and socket reads release the GIL).
             done = [await asyncio.to_thread(prepare_messages, jobs[0], self.blobs)]
@@ -431,9 +433,14 @@ class FolderSyncer:
             report.seconds_blobs += chunk.seconds_blobs
         return out
 
-    def _prepare_chunks(self, uids: list[int]) -> list[list[int]]:
+    def _use_pool(self, count: int, bulk: bool) -> bool:
+        """The process pool for backfill batches and large catch-ups; a thread for the few
+        messages live sync brings (no pickling round trip on the way to the timeline)."""
+        return self.parse_executor is not None and (bulk or count > _POOL_MIN_MESSAGES)
+
+    def _prepare_chunks(self, uids: list[int], bulk: bool) -> list[list[int]]:
         """One chunk in a thread; in a process pool, two (the pool's workers share them)."""
-        if self.parse_executor is None or len(uids) < 2:
+        if not self._use_pool(len(uids), bulk) or len(uids) < 2:
             return [uids]
         half = (len(uids) + 1) // 2
         return [uids[:half], uids[half:]]
