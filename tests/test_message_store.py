@@ -580,23 +580,38 @@ def test_blob_corruption_and_absence_are_reported(tmp_path: Path) -> None:
 def test_migration_0002_matches_tables_and_downgrades(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    database = (
-        temporary_database(request.getfixturevalue("pg_server"), prefix="correspond_mig")
-        if backend == "postgresql"
-        else contextlib.nullcontext(f"sqlite:///{tmp_path / 'm.db'}")
-    )
-    with database as url:
+    with _fresh_database(backend, request, tmp_path) as url:
         _check_migration_0002(url)
 
 
-def _check_migration_0002(url: str) -> None:
+def _fresh_database(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> contextlib.AbstractContextManager[str]:
+    """An empty database on ``backend`` for a migration test (dropped after, on PostgreSQL)."""
+    if backend == "postgresql":
+        return temporary_database(request.getfixturevalue("pg_server"), prefix="correspond_mig")
+    return contextlib.nullcontext(f"sqlite:///{tmp_path / 'migrations.db'}")
+
+
+def _downgrade(eng: Engine, revision: str) -> None:
     from alembic import command
-    from alembic.autogenerate import compare_metadata
     from alembic.config import Config
+
+    from correspond.store.engine import MIGRATIONS_DIR
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with eng.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
+def _check_migration_0002(url: str) -> None:
+    from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
     from sqlalchemy import inspect
 
-    from correspond.store.engine import MIGRATIONS_DIR, current_revision
+    from correspond.store.engine import current_revision
     from correspond.store.tables import Base
 
     eng = create_store_engine(url)
@@ -606,11 +621,7 @@ def _check_migration_0002(url: str) -> None:
             ctx = MigrationContext.configure(conn, opts={"compare_type": True})
             diff = [d for d in compare_metadata(ctx, Base.metadata) if _ours(d)]
         assert diff == []
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with eng.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0001")
+        _downgrade(eng, "0001")
         names = set(inspect(eng).get_table_names())
         assert not names & {
             "messages",
@@ -804,17 +815,7 @@ def test_the_subject_guard_ignores_the_owner_and_follows_a_counterpart(engine: E
 def test_migration_0003_files_existing_messages_under_their_subject_keys(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    from correspond.store.engine import MIGRATIONS_DIR
-
-    database = (
-        temporary_database(request.getfixturevalue("pg_server"), prefix="correspond_mig")
-        if backend == "postgresql"
-        else contextlib.nullcontext(f"sqlite:///{tmp_path / 'k.db'}")
-    )
-    with database as url:
+    with _fresh_database(backend, request, tmp_path) as url:
         eng = create_store_engine(url)
         try:
             migrate(eng)
@@ -836,11 +837,7 @@ def test_migration_0003_files_existing_messages_under_their_subject_keys(
             )
             written = _subject_key_rows(eng, account_id)
             assert len(written) == 2
-            cfg = Config()
-            cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-            with eng.begin() as conn:
-                cfg.attributes["connection"] = conn
-                command.downgrade(cfg, "0002")
+            _downgrade(eng, "0002")
             migrate(eng)
             assert _subject_key_rows(eng, account_id) == written
         finally:
