@@ -343,6 +343,61 @@ WHOLE: list[tuple[bytes, object]] = [
     ),
     (b"* VANISHED 405,407,410\r\n", VanishedResponse(False, (405, 407, 410))),
     (b"* vanished (earlier) 1\r\n", VanishedResponse(True, (1,))),
+    # uid-sets with ranges and lists (RFC 4315 §3), paired by position
+    (
+        b"A20 OK [COPYUID 7 1:3,5 10:13] Moved\r\n",
+        TaggedResponse(
+            "A20", "OK", code("COPYUID", CopyUid(7, (1, 2, 3, 5), (10, 11, 12, 13))), "Moved"
+        ),
+    ),
+    (
+        b"A21 OK [COPYUID 7 5,1:2 12,10:11] Done\r\n",
+        TaggedResponse("A21", "OK", code("COPYUID", CopyUid(7, (5, 1, 2), (12, 10, 11))), "Done"),
+    ),
+    # unequal sets cannot be paired: the code's text is kept, the command's result is not lost
+    (
+        b"A22 OK [COPYUID 7 1:3,5 10:12] Done\r\n",
+        TaggedResponse("A22", "OK", code("COPYUID", "7 1:3,5 10:12"), "Done"),
+    ),
+    (
+        b"A23 OK [APPENDUID 7 1:3,5] Done\r\n",
+        TaggedResponse("A23", "OK", code("APPENDUID", AppendUid(7, (1, 2, 3, 5))), "Done"),
+    ),
+    # numbers stop below 2^63 everywhere, response codes included
+    (
+        b"* OK [HIGHESTMODSEQ 9223372036854775808] too big\r\n",
+        StatusResponse("OK", code("HIGHESTMODSEQ"), "too big"),
+    ),
+    (
+        b"* OK [UIDVALIDITY 18446744073709551616] too big\r\n",
+        StatusResponse("OK", code("UIDVALIDITY"), "too big"),
+    ),
+    (b"* OK [UIDNEXT x] odd\r\n", StatusResponse("OK", code("UIDNEXT"), "odd")),
+    (b"* 9223372036854775807 EXISTS\r\n", ExistsResponse(2**63 - 1)),
+    (b"* OK [] empty code\r\n", StatusResponse("OK", None, "empty code")),
+    (b"A24 NO [TRYCREATE]\r\n", TaggedResponse("A24", "NO", code("TRYCREATE"), "")),
+    (
+        b"* BYE [UNAVAILABLE] Server shutting down\r\n",
+        StatusResponse("BYE", code("UNAVAILABLE"), "Server shutting down"),
+    ),
+    # an unquoted name with spaces from a broken server is rejoined, not cut at the space
+    (
+        b'* LIST (\\HasNoChildren) "/" Sent Items\r\n',
+        ListResponse(("\\HasNoChildren",), "/", b"Sent Items", "Sent Items"),
+    ),
+    (
+        b'* LIST () "/" Sent Items ("CHILDINFO" ("SUBSCRIBED"))\r\n',
+        ListResponse((), "/", b"Sent Items", "Sent Items"),
+    ),
+    (
+        b'* LIST (\\HasNoChildren) "/" {5}\r\nA&-B! ("CHILDINFO" ("SUBSCRIBED"))\r\n',
+        ListResponse(("\\HasNoChildren",), "/", b"A&-B!", "A&B!"),
+    ),
+    # ESEARCH ALL keeps the server's order: ESORT (RFC 5267 §3.2) returns its sort order there
+    (
+        b'* ESEARCH (TAG "A7") UID ALL 7,14,6,3:1\r\n',
+        ESearchResponse("A7", True, all=(7, 14, 6, 1, 2, 3)),
+    ),
     # anything else
     (
         b'* NAMESPACE (("" "/")) NIL NIL\r\n',
@@ -449,22 +504,12 @@ FETCH_ITEMS: list[tuple[bytes, str, object]] = [
         "envelope",
         Envelope("d", "Sub\r\nj!", (), (), (), (), (), (), None, "<m@x>"),
     ),
+    # RFC 3501 §7.4.2 group syntax: an empty group leaves no address, markers are not addresses
     (
         b'* 1 FETCH (ENVELOPE ("d" "=?utf-8?q?caf=C3=A9?=" ((NIL NIL "undisclosed-recipients" NIL)'
         b"(NIL NIL NIL NIL)) NIL NIL NIL NIL NIL NIL NIL))\r\n",
         "envelope",
-        Envelope(
-            "d",
-            "=?utf-8?q?caf=C3=A9?=",
-            (Address(None, None, "undisclosed-recipients", None), Address(None, None, None, None)),
-            (),
-            (),
-            (),
-            (),
-            (),
-            None,
-            None,
-        ),
+        Envelope("d", "=?utf-8?q?caf=C3=A9?=", (), (), (), (), (), (), None, None),
     ),
     (
         b'* 1 FETCH (ENVELOPE ("d" "caf\xc3\xa9" NIL NIL NIL NIL NIL NIL NIL NIL))\r\n',
@@ -531,6 +576,86 @@ FETCH_ITEMS: list[tuple[bytes, str, object]] = [
         "bodystructure",
         TEXT_PLAIN,
     ),
+    # Group members carry the group name; a host-less address with no end marker is an address.
+    (
+        b'* 1 FETCH (ENVELOPE (NIL NIL NIL NIL NIL ((NIL NIL "team" NIL)("A" NIL "a" "x.org")'
+        b'(NIL NIL "b" "y.org")(NIL NIL NIL NIL)("C" NIL "c" "z.org")) NIL NIL NIL NIL))\r\n',
+        "envelope",
+        Envelope(
+            None,
+            None,
+            (),
+            (),
+            (),
+            (
+                Address("A", None, "a", "x.org", group="team"),
+                Address(None, None, "b", "y.org", group="team"),
+                Address("C", None, "c", "z.org"),
+            ),
+            (),
+            (),
+            None,
+            None,
+        ),
+    ),
+    (
+        b'* 1 FETCH (ENVELOPE (NIL NIL (("Root" NIL "root" NIL)) NIL NIL NIL NIL NIL NIL NIL))\r\n',
+        "envelope",
+        Envelope(
+            None, None, (Address("Root", None, "root", None),), (), (), (), (), (), None, None
+        ),
+    ),
+    (
+        b'* 1 FETCH (ENVELOPE (NIL NIL ((NIL NIL "g1" NIL)(NIL NIL "a" "x")(NIL NIL NIL NIL)'
+        b'(NIL NIL "g2" NIL)(NIL NIL "b" "y")(NIL NIL NIL NIL)) NIL NIL NIL NIL NIL NIL NIL))\r\n',
+        "envelope",
+        Envelope(
+            None,
+            None,
+            (Address(None, None, "a", "x", group="g1"), Address(None, None, "b", "y", group="g2")),
+            (),
+            (),
+            (),
+            (),
+            (),
+            None,
+            None,
+        ),
+    ),
+    # NIL or () where a list is required: the item goes to extra, the rest of the FETCH stays
+    (b"* 1 FETCH (UID 3 ENVELOPE NIL)\r\n", "extra", {"ENVELOPE": None}),
+    (b"* 1 FETCH (UID 3 BODYSTRUCTURE NIL)\r\n", "extra", {"BODYSTRUCTURE": None}),
+    (b"* 1 FETCH (UID 3 BODYSTRUCTURE ())\r\n", "extra", {"BODYSTRUCTURE": ()}),
+    (b"* 1 FETCH (BODYSTRUCTURE NIL UID 3)\r\n", "uid", 3),
+    # Gmail ids are unsigned 64-bit; everything else stops below 2^63
+    (b"* 1 FETCH (X-GM-MSGID 18446744073709551615)\r\n", "gm_msgid", 2**64 - 1),
+    (b"* 1 FETCH (X-GM-THRID 9223372036854775808)\r\n", "gm_thrid", 2**63),
+    # labels as sent (for STORE) and decoded for display
+    (
+        b'* 1 FETCH (X-GM-LABELS (\\Inbox "&BB4EQgQ,BEAEMAQyBDsENQQ9BD0ESwQ1-" Tom&-Jerry '
+        b'"a \\"q\\"" &2D3eAA- {10}\r\n&ZeVnLIqe-))\r\n',
+        "gm_label_names",
+        ("\\Inbox", "Отправленные", "Tom&Jerry", 'a "q"', "😀", "日本語"),
+    ),
+    (
+        b'* 1 FETCH (X-GM-LABELS ("&BB4EQgQ,BEAEMAQyBDsENQQ9BD0ESwQ1-" Tom&-Jerry))\r\n',
+        "gm_labels",
+        ("&BB4EQgQ,BEAEMAQyBDsENQQ9BD0ESwQ1-", "Tom&-Jerry"),
+    ),
+    (b"* 1 FETCH (UID 1)\r\n", "gm_label_names", None),
+    # quoted header names in an echoed section give the same key as atoms
+    (
+        b'* 1 FETCH (BODY[HEADER.FIELDS ("From" "X-\\"Odd")] {3}\r\nx\r\n)\r\n',
+        "sections",
+        {'HEADER.FIELDS (FROM X-"ODD)': b"x\r\n"},
+    ),
+    (
+        b"* 1 FETCH (BODY[1.HEADER.FIELDS.NOT (X-A X-B)]<0> {1}\r\nx)\r\n",
+        "partial_origins",
+        {"1.HEADER.FIELDS.NOT (X-A X-B)": 0},
+    ),
+    (b"* 1 FETCH (BINARY[2]<10> ~{1}\r\nx)\r\n", "partial_origins", {"2": 10}),
+    (b"* 1 FETCH (BODY[]<9223372036854775807> {0}\r\n)\r\n", "partial_origins", {"": 2**63 - 1}),
 ]
 
 
@@ -736,6 +861,48 @@ def test_bodystructure_nested_multipart_sections() -> None:
     assert [p.section for p in alt.parts] == ["2.1", "2.2"]
 
 
+@pytest.mark.parametrize(
+    ("wire", "envelope", "inner", "lines", "disposition"),
+    [
+        # Exchange-style attached message: NIL envelope and NIL body, lines still given
+        (b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 50 NIL NIL 3)', None, None, 3, None),
+        (b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 50 () () 3)', ENV_NIL, None, 3, None),
+        (
+            b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 50 NIL ("TEXT" "PLAIN" NIL NIL NIL "7BIT" 1 1)'
+            b' 3 NIL ("ATTACHMENT" NIL))',
+            None,
+            BodyPart("text", "plain", {}, None, None, "7BIT", 1, "1.1", lines=1),
+            3,
+            "attachment",
+        ),
+        # a basic part with extension data is not mistaken for envelope/body/lines
+        (
+            b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 50 NIL ("ATTACHMENT" NIL) NIL NIL)',
+            None,
+            None,
+            None,
+            "attachment",
+        ),
+    ],
+)
+def test_bodystructure_message_rfc822_with_nil_or_empty_fields(
+    wire: bytes, envelope: object, inner: object, lines: int | None, disposition: str | None
+) -> None:
+    body = bodystructure(wire)
+    assert isinstance(body, BodyPart) and (body.type, body.subtype, body.size) == (
+        "message",
+        "rfc822",
+        50,
+    )
+    assert (body.envelope, body.body, body.lines, body.disposition) == (
+        envelope,
+        inner,
+        lines,
+        disposition,
+    )
+    assert body.language == ()
+
+
 def test_bodystructure_message_rfc822_without_envelope_is_a_basic_part() -> None:
     body = bodystructure(b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 50)')
     assert body == BodyPart("message", "rfc822", {}, None, None, "7BIT", 50, "1")
@@ -793,9 +960,11 @@ NOT_IMAP = [
     b"* VANISHED 1:*\r\n",
     b"* SEARCH 1 two 3\r\n",
     b"* STATUS (MESSAGES 1)\r\n",
-    b"* 1 FETCH (ENVELOPE NIL)\r\n",
-    b"* 1 FETCH (BODYSTRUCTURE NIL)\r\n",
-    b"* 1 FETCH (BODYSTRUCTURE ())\r\n",
+    b"* 1 FETCH (BODY[]<9223372036854775808> {0}\r\n)\r\n",
+    b"* 1 FETCH (BODY[]<> {0}\r\n)\r\n",
+    b"* 9223372036854775808 EXISTS\r\n",
+    b"* 99999999999999999999999 FETCH (UID 1)\r\n",
+    b"* " + b"9" * 5000 + b" EXPUNGE\r\n",
     b"* 1 FETCH (BODY[] (1 2))\r\n",
     b"* 1 FETCH (]\r\n",
 ]
@@ -1145,7 +1314,9 @@ ENCODE: list[tuple[tuple[Any, ...], dict[str, bool], tuple[bytes, ...]]] = [
 def test_encode_command(
     args: tuple[Any, ...], opts: dict[str, bool], chunks: tuple[bytes, ...]
 ) -> None:
-    cmd = encode_command(*args, **opts)
+    cmd = encode_command(
+        *args, literal_plus=opts.get("literal_plus", False), utf8=opts.get("utf8", False)
+    )
     assert cmd.tag == args[0]
     assert cmd.chunks == chunks
 
@@ -1284,6 +1455,47 @@ def test_fuzz_mutated_session(data: st.DataObject) -> None:
 )
 def test_fuzz_fetch_token_soup(tokens: list[bytes]) -> None:
     _drain_all(ResponseParser(), b"* 1 FETCH (" + b" ".join(tokens) + b")\r\n")
+
+
+_MUTATION_BYTES = b'()"{}[]<>\\ \r\n*+~0123456789NILabc\x00\xff&-:,.'
+
+
+def _mutants(rng: random.Random, data: bytes) -> list[bytes]:
+    """Truncations at a random point, and 1-4 random substitutions, deletions or insertions."""
+    out = [data[: rng.randrange(len(data))], data[: rng.randrange(len(data))] + b"\r\n"]
+    for _ in range(6):
+        wire = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            i = rng.randrange(len(wire))
+            op = rng.random()
+            if op < 0.5:
+                wire[i] = rng.choice(_MUTATION_BYTES)
+            elif op < 0.75:
+                del wire[i : i + rng.randint(1, 8)]
+            else:
+                wire[i:i] = bytes([rng.choice(_MUTATION_BYTES)]) * rng.randint(1, 3)
+            if not wire:
+                break
+        out.append(bytes(wire))
+    return out
+
+
+def test_mutated_and_truncated_table_cases_parse_or_raise_protocol_error() -> None:
+    """Every table response, cut short or damaged (about 1,400 inputs, seeded): each parses or
+    raises ImapProtocolError, and the parser resyncs for the response after it."""
+    rng = random.Random(2)
+    seeds = [c[0] for c in WHOLE] + [c[0] for c in FETCH_ITEMS]
+    seeds += [b"* 1 FETCH (UID 1 BODYSTRUCTURE " + w + b")\r\n" for w, _ in BODYSTRUCTURES]
+    checked = 0
+    for data in seeds:
+        for mutant in _mutants(rng, data):
+            parser = ResponseParser(max_line=10_000, max_literal=10_000)
+            _drain_all(parser, mutant)
+            if parser.pending_literal() == 0:
+                # Whatever the damage, a fresh line after it is read again.
+                _drain_all(parser, b"\r\n* 7 EXISTS\r\n")
+            checked += 1
+    assert checked >= 1000
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from correspond.errors import ImapProtocolError
 from correspond.imap.mutf7 import decode_mutf7, encode_mutf7
 
 RFC_CASES = [
@@ -34,6 +35,40 @@ def test_encode(name: str, wire: bytes) -> None:
 @pytest.mark.parametrize(("name", "wire"), RFC_CASES)
 def test_decode(name: str, wire: bytes) -> None:
     assert decode_mutf7(wire) == name
+
+
+@pytest.mark.parametrize(("name", "wire"), RFC_CASES)
+def test_strict_decode_re_encodes_byte_exact(name: str, wire: bytes) -> None:
+    assert decode_mutf7(wire, strict=True) == name
+    assert encode_mutf7(decode_mutf7(wire, strict=True)) == wire
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"&BB4EQgQ,BEAEMAQ",  # unterminated shift
+        b"&",
+        b"a&-&",
+        b"&A-",  # 6 bits: not a whole UTF-16 unit
+        b"&AAAA-",  # 24 bits: three bytes, not whole UTF-16 units
+        b"&!!-",  # not base64
+        b"&AG/-",  # "/" is "," in modified base64
+        b"&AGE=-",  # no padding
+        b"&2D0-",  # lone high surrogate
+        b"&3gA-",  # lone low surrogate
+        b"&AGE-",  # printable ASCII must stand for itself
+        b"&BBY-&BBY-",  # two shifts in a row: the encoder writes one (&BBYEFg-)
+        b"&BBZ-",  # non-zero padding bits
+        b"Entw\xc3\xbcrfe",  # 8-bit: not modified UTF-7 (UTF8=ACCEPT names are not mUTF-7)
+        b"Entw\xfcrfe",
+        b"tab\there",  # controls are shifted, never sent as is
+        b"a\x7fb",
+    ],
+)
+def test_strict_decode_rejects_malformed(raw: bytes) -> None:
+    with pytest.raises(ImapProtocolError):
+        decode_mutf7(raw, strict=True)
+    assert isinstance(decode_mutf7(raw), str)  # the display form still shows something
 
 
 @pytest.mark.parametrize(
@@ -74,3 +109,34 @@ def test_decode_never_raises(raw: bytes) -> None:
 @given(st.text(alphabet=st.sampled_from("&-AZaz09+,/é")))
 def test_decode_never_raises_on_shift_soup(text: str) -> None:
     assert isinstance(decode_mutf7(text.encode()), str)
+
+
+@given(st.text())
+def test_strict_round_trip_any_text(name: str) -> None:
+    wire = encode_mutf7(name)
+    try:
+        shown = decode_mutf7(wire, strict=True)
+    except ImapProtocolError:
+        # Only a str holding a lone surrogate (not a character) has no canonical form.
+        assert any("\ud800" <= c <= "\udfff" for c in name)
+        return
+    assert shown == name
+    assert encode_mutf7(shown) == wire
+
+
+@given(st.binary())
+def test_strict_decode_raises_only_protocol_errors(raw: bytes) -> None:
+    try:
+        name = decode_mutf7(raw, strict=True)
+    except ImapProtocolError:
+        return
+    assert encode_mutf7(name) == raw
+
+
+@given(st.text(alphabet=st.sampled_from("&-AZaz09+,/ \t~")))
+def test_strict_decode_on_shift_soup(text: str) -> None:
+    try:
+        name = decode_mutf7(text.encode(), strict=True)
+    except ImapProtocolError:
+        return
+    assert encode_mutf7(name) == text.encode()

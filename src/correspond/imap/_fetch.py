@@ -10,6 +10,7 @@ never another exception type.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -49,10 +50,14 @@ _SECTION = re.compile(
 )
 _ZONES: dict[str, timezone] = {}  # "+0200" -> timezone; few distinct zones, one object each
 _MAX_INT = 2**63  # RFC 7162 mod-sequence-value is at most 2^63-1; numbers beyond are not IMAP
+_MAX_GM_ID = 2**64  # Gmail documents X-GM-MSGID / X-GM-THRID as unsigned 64-bit
+# A quoted header-fld-name inside an echoed section, e.g. HEADER.FIELDS ("From" "To")
+_QUOTED_IN_SECTION = re.compile(r'"((?:[^"\\]|\\.)*)"', re.S)
 
 
-def to_int(value: Value, what: str) -> int:
-    """An IMAP number (RFC 3501 §9 ``number``/``nz-number``, RFC 7162 63-bit mod-sequences)."""
+def to_int(value: Value, what: str, limit: int = _MAX_INT) -> int:
+    """An IMAP number (RFC 3501 §9 ``number``/``nz-number``, RFC 7162 63-bit mod-sequences),
+    below ``limit`` (2^63 unless given; never less than 10^18)."""
     # Fast path: an exact str of fewer than 19 ASCII digits is always below 2^63.
     if value.__class__ is str and len(value) < 19 and value.isdigit() and value.isascii():
         return int(value)
@@ -62,7 +67,7 @@ def to_int(value: Value, what: str) -> int:
         text = value.strip()
         if text.isdigit() and text.isascii() and len(text) <= 20:
             number = int(text)
-            if number < _MAX_INT:
+            if number < limit:
                 return number
     raise ImapProtocolError(f"{what}: expected a number, got {value!r}"[:200])
 
@@ -110,6 +115,7 @@ def _addresses(value: Value) -> tuple[Address, ...]:
     if value is None or not isinstance(value, list):
         return ()
     out: list[Address] = []
+    hostless = False
     for item in value:
         if item.__class__ is not list:
             continue  # junk between addresses; skip rather than lose the envelope
@@ -117,14 +123,41 @@ def _addresses(value: Value) -> tuple[Address, ...]:
         if len(item) < 4:
             item = item + [None] * (4 - len(item))
         name, adl, mailbox, host = item[0], item[1], item[2], item[3]
-        out.append(
-            Address(
-                None if isinstance(name, list) else _nstring(name),
-                None if isinstance(adl, list) else _nstring(adl),
-                None if isinstance(mailbox, list) else _nstring(mailbox),
-                None if isinstance(host, list) else _nstring(host),
-            )
+        addr = Address(
+            None if isinstance(name, list) else _nstring(name),
+            None if isinstance(adl, list) else _nstring(adl),
+            None if isinstance(mailbox, list) else _nstring(mailbox),
+            None if isinstance(host, list) else _nstring(host),
         )
+        hostless = hostless or addr.host is None
+        out.append(addr)
+    # Only a host-less entry can be a group marker; most envelopes have none, so skip the pass.
+    return _groups(out) if hostless else tuple(out)
+
+
+def _groups(addrs: list[Address]) -> tuple[Address, ...]:
+    """Apply RFC 3501 §7.4.2 group syntax: ``(NIL NIL "name" NIL)`` opens a group and
+    ``(NIL NIL NIL NIL)`` closes it; markers are dropped and members carry the group name.
+
+    A start marker with no end marker after it is kept as an ordinary host-less address (servers
+    send a bare local part such as ``root`` that way), and a stray end marker is kept as sent.
+    """
+    last_end = -1
+    for i, a in enumerate(addrs):
+        if a.mailbox is None and a.host is None:
+            last_end = i
+    out: list[Address] = []
+    group: str | None = None
+    for i, a in enumerate(addrs):
+        if a.host is None:
+            if a.mailbox is None:
+                if group is not None:
+                    group = None
+                    continue
+            elif i < last_end:
+                group = a.mailbox
+                continue
+        out.append(a if group is None else replace(a, group=group))
     return tuple(out)
 
 
@@ -248,15 +281,13 @@ def _single(value: list[Value], section: str, depth: int) -> BodyPart:
     inner: BodyStructure | None = None
     lines: int | None = None
     i = 7
-    if (
-        mtype == "message"
-        and subtype in ("rfc822", "global")
-        and len(f) > 8
-        and isinstance(f[7], list)
-        and isinstance(f[8], list)
-    ):
-        envelope = parse_envelope(f[7])
-        inner = _message_body(f[8], section, depth + 1)
+    if mtype == "message" and subtype in ("rfc822", "global") and _is_msg_layout(f):
+        # body-type-msg: envelope, body, lines. Exchange and others send NIL or () for the
+        # envelope or body of an attached message; keep the part and leave those unset.
+        if isinstance(f[7], list):
+            envelope = parse_envelope(f[7])
+        if isinstance(f[8], list) and f[8]:
+            inner = _message_body(f[8], section, depth + 1)
         lines = _opt_int(f[9] if len(f) > 9 else None)
         i = 10
     elif mtype == "text":
@@ -284,6 +315,24 @@ def _single(value: list[Value], section: str, depth: int) -> BodyPart:
     )
 
 
+def _is_msg_layout(f: list[Value]) -> bool:
+    """Whether a message/rfc822 part carries envelope, body and lines (RFC 3501 §9
+    body-type-msg) rather than being sent as a basic part with extension data: two lists, or
+    NIL/lists followed by a number of lines (a basic part has md5, disposition, language there).
+    """
+    if len(f) < 9:
+        return False
+    env, body = f[7], f[8]
+    if isinstance(env, list) and isinstance(body, list):
+        return True
+    return (
+        len(f) > 9
+        and (env is None or isinstance(env, list))
+        and (body is None or isinstance(body, list))
+        and _opt_int(f[9]) is not None
+    )
+
+
 def _opt_int(value: Value) -> int | None:
     if value is None or isinstance(value, list):
         return None
@@ -302,6 +351,21 @@ def _opt_str(value: Value) -> str | None:
 def parse_bodystructure(value: Value) -> BodyStructure:
     """BODY / BODYSTRUCTURE (RFC 3501 §7.4.2), with section numbers per §6.4.5."""
     return _message_body(value, "", 0)
+
+
+def _section_key(spec: str) -> str:
+    """The ``sections`` key for an echoed section: quoted header names (RFC 3501 §9
+    ``header-fld-name`` is an astring) are unquoted, so ``HEADER.FIELDS ("FROM" "TO")`` and
+    ``HEADER.FIELDS (FROM TO)`` are one key."""
+    if '"' not in spec:
+        return spec
+    return _QUOTED_IN_SECTION.sub(lambda m: re.sub(r"\\(.)", r"\1", m.group(1)), spec)
+
+
+def _origin(text: str, key: str) -> int:
+    if not (text.isdigit() and text.isascii()):
+        raise ImapProtocolError(f"FETCH: bad origin in {key!r}"[:200])
+    return to_int(text, "FETCH origin")
 
 
 def _bytes_of(value: Value) -> bytes | None:
@@ -335,9 +399,10 @@ def parse_fetch_items(seq: int, items: Value) -> FetchResponse:
     Mapping notes: ``RFC822``/``RFC822.HEADER``/``RFC822.TEXT`` are stored under the sections
     "", "HEADER", "TEXT" (their BODY[] equivalents); ``BINARY[s]`` (RFC 3516) under "s" like
     ``BODY[s]``; ``BINARY.SIZE[s]`` in ``extra``. A section with no value (Yandex) is None.
-    An INTERNALDATE that is not a date, or a MODSEQ that is not a mod-sequence (Zoho's -1), goes
-    to ``extra`` as sent instead of failing the response. X-GM-LABELS are kept as sent
-    (modified UTF-7, quoted/atom/literal alike); decode them with ``decode_mutf7`` for display.
+    An INTERNALDATE that is not a date, a MODSEQ that is not a mod-sequence (Zoho's -1), or an
+    ENVELOPE / BODYSTRUCTURE that is NIL or an empty list goes to ``extra`` as sent instead of
+    failing the response. X-GM-LABELS are kept as sent (modified UTF-7, quoted/atom/literal
+    alike); ``FetchResponse.gm_label_names`` decodes them for display.
     """
     if not isinstance(items, list):
         raise ImapProtocolError("FETCH: expected a parenthesized list")
@@ -360,13 +425,12 @@ def parse_fetch_items(seq: int, items: Value) -> FetchResponse:
         if name[:5] == "BODY[":  # the bulk of a sync: BODY[] / BODY[HEADER] / BODY[1.2]
             close = name.find("]")
             if close > 0 and (close + 1 == len(name) or name[close + 1] == "<"):
-                spec = name[5:close]
+                spec = _section_key(name[5:close])
                 resp.sections[spec] = _bytes_of(value)
                 if close + 1 < len(name):
-                    origin = name[close + 2 : -1]
-                    if not (name[-1] == ">" and origin.isdigit() and origin.isascii()):
+                    if name[-1] != ">":
                         raise ImapProtocolError(f"FETCH: bad origin in {key!r}"[:200])
-                    resp.partial_origins[spec] = int(origin)
+                    resp.partial_origins[spec] = _origin(name[close + 2 : -1], key)
                 continue
         if name == "UID":
             resp.uid = to_int(value, "UID")
@@ -380,9 +444,15 @@ def parse_fetch_items(seq: int, items: Value) -> FetchResponse:
             except ImapProtocolError:
                 resp.extra["INTERNALDATE"] = _plain(value)  # keep the server's words
         elif name == "ENVELOPE":
-            resp.envelope = parse_envelope(value)
+            if isinstance(value, list):
+                resp.envelope = parse_envelope(value)
+            else:
+                resp.extra[name] = value  # NIL or a string: no envelope, keep the rest
         elif name in ("BODYSTRUCTURE", "BODY"):
-            resp.bodystructure = parse_bodystructure(value)
+            if isinstance(value, list) and value:
+                resp.bodystructure = parse_bodystructure(value)
+            else:
+                resp.extra[name] = _plain(value)
         elif name == "MODSEQ":
             inner = value[0] if isinstance(value, list) and value else value
             try:
@@ -392,9 +462,9 @@ def parse_fetch_items(seq: int, items: Value) -> FetchResponse:
                 # word in extra and leave modseq unset rather than lose the other items.
                 resp.extra["MODSEQ"] = _plain(value)
         elif name == "X-GM-MSGID":
-            resp.gm_msgid = to_int(value, "X-GM-MSGID")
+            resp.gm_msgid = to_int(value, "X-GM-MSGID", _MAX_GM_ID)
         elif name == "X-GM-THRID":
-            resp.gm_thrid = to_int(value, "X-GM-THRID")
+            resp.gm_thrid = to_int(value, "X-GM-THRID", _MAX_GM_ID)
         elif name == "X-GM-LABELS":
             resp.gm_labels = _labels(value)
         elif name == "RFC822":
@@ -410,8 +480,8 @@ def parse_fetch_items(seq: int, items: Value) -> FetchResponse:
             elif m.group(1) == "BINARY.SIZE":
                 resp.extra[name] = _opt_int(value)
             else:
-                spec = m.group(2)
+                spec = _section_key(m.group(2))
                 resp.sections[spec] = _bytes_of(value)
                 if m.group(3) is not None:
-                    resp.partial_origins[spec] = int(m.group(3))
+                    resp.partial_origins[spec] = _origin(m.group(3), key)
     return resp

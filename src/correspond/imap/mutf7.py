@@ -8,7 +8,9 @@ run of characters is written as ``&`` + base64 (RFC 2045, with ``,`` instead of 
 the server (``ListResponse.name_raw``) are sent back byte-exact and never re-encoded.
 ``decode_mutf7`` is for display: it never raises, and passes through what it cannot decode
 (broken servers send raw 8-bit or UTF-8 names, odd base64, unterminated shifts; RFC 6855 servers
-send UTF-8 once ``UTF8=ACCEPT`` is enabled).
+send UTF-8 once ``UTF8=ACCEPT`` is enabled). ``decode_mutf7(raw, strict=True)`` is the validating
+form: it raises ImapProtocolError unless ``raw`` is exactly what ``encode_mutf7`` writes for the
+result, so a strictly decoded name always re-encodes byte-exact.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ import base64
 import binascii
 import re
 
+from correspond.errors import ImapProtocolError
+
 __all__ = ["decode_mutf7", "encode_mutf7"]
 
 # A shifted run: "&" + modified-base64 + "-". "&-" (empty run) is the escaped ampersand.
 _SHIFTED = re.compile(r"&([A-Za-z0-9+,]*)-")
 _DIRECT = re.compile(r"[\x20-\x25\x27-\x7e]+")
+_B64_RUN = re.compile(r"[A-Za-z0-9+,]+")
 
 
 def _b64_run(chars: str) -> str:
@@ -85,12 +90,16 @@ def _shifted(m: re.Match[str]) -> str:
     return m.group() if decoded is None else decoded
 
 
-def decode_mutf7(raw: bytes) -> str:
-    """Decode a mailbox name from modified UTF-7 for display (RFC 3501 §5.1.3); never raises.
+def decode_mutf7(raw: bytes | str, *, strict: bool = False) -> str:
+    """Decode a mailbox name from modified UTF-7 (RFC 3501 §5.1.3).
 
-    Invalid shift sequences are kept as they were sent. Bytes that are not ASCII are taken as
-    UTF-8 (RFC 6855 names, or broken servers), else as Latin-1, so something is always shown.
+    By default (display) it never raises: invalid shift sequences are kept as they were sent, and
+    bytes that are not ASCII are taken as UTF-8 (RFC 6855 names, or broken servers), else as
+    Latin-1, so something is always shown. With ``strict`` anything that is not canonical modified
+    UTF-7 raises ImapProtocolError (see ``_check_strict``).
     """
+    if strict:
+        return _decode_strict(raw)
     if isinstance(raw, str):  # tolerate callers that already hold a str
         text = raw
     else:
@@ -104,3 +113,40 @@ def decode_mutf7(raw: bytes) -> str:
     if "&" not in text:
         return text
     return _SHIFTED.sub(_shifted, text)
+
+
+def _decode_strict(raw: bytes | str) -> str:
+    """Decode canonical modified UTF-7 or raise ImapProtocolError naming the fault."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogateescape")
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise ImapProtocolError(f"mailbox name is not 7-bit: {raw[:60]!r}") from None
+    out: list[str] = []
+    pos = 0
+    while True:
+        amp = text.find("&", pos)
+        direct = text[pos:] if amp < 0 else text[pos:amp]
+        if not direct.isprintable():  # only 0x20-0x7E stand for themselves
+            raise ImapProtocolError(f"control character in mailbox name {text[:60]!r}")
+        out.append(direct)
+        if amp < 0:
+            break
+        end = text.find("-", amp + 1)
+        if end < 0:
+            raise ImapProtocolError(f"unterminated '&' shift in mailbox name {text[:60]!r}")
+        run = text[amp + 1 : end]
+        if run and not _B64_RUN.fullmatch(run):
+            raise ImapProtocolError(f"bad modified base64 {run[:40]!r} in mailbox name")
+        decoded = _decode_run(run)
+        if decoded is None:
+            raise ImapProtocolError(f"'&{run[:40]}-' is not UTF-16 in mailbox name")
+        out.append(decoded)
+        pos = end + 1
+    name = "".join(out)
+    # Canonical means what encode_mutf7 writes: no shifted printable ASCII, no two shifts in a
+    # row, zero padding bits. Anything else would not re-encode to the bytes the server sent.
+    if encode_mutf7(name) != raw:
+        raise ImapProtocolError(f"mailbox name is not canonical modified UTF-7: {text[:60]!r}")
+    return name

@@ -94,6 +94,7 @@ _CHUNKED_LITERAL: Final = 256 * 1024
 # A FETCH of one message carries a handful of literals; a server sending endless tiny ones in a
 # single response must not grow the parser's lists without bound.
 _MAX_LITERALS: Final = 10_000
+_MAX_NUMBER: Final = 2**63  # RFC 7162 §7: the largest IMAP number is a 63-bit mod-sequence
 _STATUS_WORDS: Final = frozenset({b"OK", b"NO", b"BAD", b"BYE", b"PREAUTH"})
 _INT_CODES: Final = frozenset({"UIDVALIDITY", "UIDNEXT", "UNSEEN", "HIGHESTMODSEQ", "APPENDLIMIT"})
 _LIST_CODES: Final = frozenset({"PERMANENTFLAGS", "BADCHARSET"})
@@ -404,7 +405,10 @@ def _resp_text(data: bytes) -> tuple[ResponseCode | None, str]:
     close = text.find("]")
     if close < 0:
         return None, text
-    return _response_code(text[1:close]), text[close + 1 :].lstrip(" ")
+    shown = text[close + 1 :].lstrip(" ")
+    if not text[1:close].strip():
+        return None, shown  # "[]" names no code
+    return _response_code(text[1:close]), shown
 
 
 def _response_code(inner: str) -> ResponseCode:
@@ -413,7 +417,12 @@ def _response_code(inner: str) -> ResponseCode:
     rest = rest.strip()
     value: object = rest or None
     if name in _INT_CODES:
-        value = int(rest) if rest.isdigit() and rest.isascii() and len(rest) <= 20 else None
+        # Same range as every other number (RFC 7162: mod-sequences below 2^63); beyond it the
+        # server's word is not a number we can use, like a missing one.
+        try:
+            value = to_int(rest, name)
+        except ImapProtocolError:
+            value = None
     elif name in _LIST_CODES:
         tokens = _tokens_of(rest)
         flat = tokens[0] if len(tokens) == 1 and isinstance(tokens[0], list) else tokens
@@ -425,11 +434,11 @@ def _response_code(inner: str) -> ResponseCode:
         try:
             if len(words) != 3:
                 raise ImapProtocolError("COPYUID needs three fields")
-            value = CopyUid(
-                to_int(words[0], "COPYUID"),
-                parse_sequence_set(words[1]),
-                parse_sequence_set(words[2]),
-            )
+            source, dest = parse_sequence_set(words[1]), parse_sequence_set(words[2])
+            if len(source) != len(dest):
+                # RFC 4315 §3 pairs the sets by position; unequal sets cannot be paired.
+                raise ImapProtocolError("COPYUID sets differ in size")
+            value = CopyUid(to_int(words[0], "COPYUID"), source, dest)
         except ImapProtocolError:
             value = rest  # a broken code must not hide the command's result
     elif name == "APPENDUID":
@@ -496,7 +505,8 @@ def _untagged(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> Res
     if not word:
         raise ImapProtocolError(f"untagged response without a name: {line[:80]!r}")
     if word.isdigit():
-        number = int(word)
+        if len(word) > 19 or (number := int(word)) >= _MAX_NUMBER:
+            raise ImapProtocolError(f"number out of range in {line[:80]!r}")
         keyword, _, _tail = after.partition(b" ")
         kw = keyword.upper()
         if kw == b"FETCH":
@@ -577,6 +587,15 @@ def _list(values: list[Value], kind: str) -> ListResponse:
         raise ImapProtocolError(f"{kind}: bad delimiter")
     delimiter = None if delim_v is None else text_of(delim_v)
     name_raw = _as_raw(name_v, kind)
+    if len(values) > 3 and isinstance(name_v, str) and isinstance(values[3], str):
+        # An unquoted name with spaces from a broken server ("Sent Items"): rejoin the words up
+        # to the extended data list (RFC 5258), as STATUS does, rather than keep only "Sent".
+        words = [name_raw]
+        for v in values[3:]:
+            if not isinstance(v, str):
+                break
+            words.append(_as_raw(v, kind))
+        name_raw = b" ".join(words)
     return ListResponse(
         flags=flags,
         delimiter=delimiter,

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from correspond.imap.mutf7 import decode_mutf7
+
 __all__ = [
     "Address",
     "AppendUid",
@@ -170,7 +172,8 @@ class SearchResponse:
 class ESearchResponse:
     """``* ESEARCH (TAG "x") UID MIN n MAX n COUNT n ALL set`` (RFC 4731).
 
-    ``all`` is the ALL sequence set expanded in ascending order.
+    ``all`` is the ALL sequence set expanded in the order the server wrote it: ascending for
+    SEARCH, the sort order for ``UID SORT ... RETURN (ALL)`` (ESORT, RFC 5267 §3.2).
     """
 
     tag: str | None
@@ -192,12 +195,20 @@ class VanishedResponse:
 
 @dataclass(frozen=True, slots=True)
 class Address:
-    """One ENVELOPE address (RFC 3501 §7.4.2): ``(name adl mailbox host)``; raw header words."""
+    """One ENVELOPE address (RFC 3501 §7.4.2): ``(name adl mailbox host)``; raw header words.
+
+    RFC 5322 group syntax (``team: a@x, b@y;``) arrives as a start marker ``(NIL NIL "team" NIL)``,
+    the members, and an end marker ``(NIL NIL NIL NIL)``. The markers are not returned; each
+    member carries the group's name in ``group`` (None outside a group), so an empty group such as
+    ``undisclosed-recipients:;`` leaves no address at all. A host-less address with no end marker
+    after it is kept as an address (servers send a bare local part such as ``root`` that way).
+    """
 
     name: str | None
     adl: str | None
     mailbox: str | None
     host: str | None
+    group: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +295,16 @@ class FetchResponse:
     gm_thrid: int | None = None
     gm_labels: tuple[str, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gm_label_names(self) -> tuple[str, ...] | None:
+        """X-GM-LABELS decoded for display (modified UTF-7, RFC 3501 §5.1.3); ``gm_labels``
+        keeps the server's spelling for use in later commands."""
+        if self.gm_labels is None:
+            return None
+        return tuple(
+            decode_mutf7(label.encode("utf-8", "surrogateescape")) for label in self.gm_labels
+        )
 
 
 @dataclass(frozen=True, slots=True)
