@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from pathlib import Path
+
 import pytest
 
 from correspond.imap.client import ImapEndpoint
 from correspond.sync.connection_test import check_connection
-from correspond.testing.dovecot import DovecotServer, ImapUser
-from correspond.testing.net import FakeImapServer, free_port
+from correspond.testing.dovecot import DovecotServer, ImapUser, _make_certificate
+from correspond.testing.net import FakeImapServer, black_hole, connect_from, free_port
 
 
 async def test_success_lists_folders(dovecot: DovecotServer, imap_user: ImapUser) -> None:
@@ -46,12 +50,58 @@ async def test_refused() -> None:
     )
 
 
+async def test_timeout_on_a_black_hole() -> None:
+    with black_hole() as port:  # TCP connects never complete, as behind a dropping firewall
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        report = await check_connection(
+            ImapEndpoint("127.0.0.1", port, "tls"), "u", "p", timeout=0.3
+        )
+    assert report.problem == "timeout"
+    assert report.message == (
+        f"127.0.0.1:{port} did not answer within 0.3 s: check the server name and port, and "
+        "that no firewall blocks the connection."
+    )
+    assert loop.time() - started < 1.5
+
+
 async def test_timeout_when_the_server_never_speaks() -> None:
     async with FakeImapServer(None) as fake:  # accepts the connection, never sends a byte
         endpoint = ImapEndpoint(fake.host, fake.port, "starttls")
-        report = await check_connection(endpoint, "u", "p", timeout=0.5)
+        report = await check_connection(endpoint, "u", "p", timeout=0.3)
     assert report.problem == "timeout"
-    assert report.message.startswith(f"127.0.0.1:{fake.port} did not answer within 0.5 s")
+    assert report.message.startswith(
+        f"127.0.0.1:{fake.port} accepted the connection but sent no IMAP greeting within 0.3 s"
+    )
+
+
+async def test_starttls_chosen_on_the_implicit_tls_port(dovecot: DovecotServer) -> None:
+    endpoint = ImapEndpoint(dovecot.host, dovecot.tls_port, "starttls")
+    report = await check_connection(endpoint, "u", "p", timeout=0.5)
+    assert report.problem == "wrong_security"
+    assert report.message == (
+        f"127.0.0.1:{dovecot.tls_port} expects implicit TLS, not starttls: set the security to "
+        "tls (or use the STARTTLS port, usually 143)."
+    )
+
+
+async def test_name_lookup_without_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+
+    async def no_dns(*args: object, **kwargs: object) -> list[object]:
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(loop, "getaddrinfo", no_dns)
+    report = await check_connection(ImapEndpoint("imap.example.com", 993, "tls"), "u", "p")
+    assert report.problem == "dns"
+    assert report.message.startswith("imap.example.com could not be looked up")
+
+
+async def test_invalid_host_name() -> None:
+    host = "x" * 64 + ".example"
+    report = await check_connection(ImapEndpoint(host, 993, "tls"), "u", "p", timeout=5)
+    assert report.problem == "dns"
+    assert report.message == f"{host} is not a valid host name: check the server name."
 
 
 async def test_untrusted_certificate_and_the_opt_in(
@@ -69,12 +119,39 @@ async def test_untrusted_certificate_and_the_opt_in(
     assert report.ok, report.message
 
 
-async def test_tls_to_a_plain_port_fails_the_handshake(dovecot: DovecotServer) -> None:
+async def test_tls_chosen_on_the_plaintext_port(dovecot: DovecotServer) -> None:
     # Implicit TLS against the STARTTLS port: the server's plaintext greeting is not TLS.
     endpoint = ImapEndpoint(dovecot.host, dovecot.port, "tls", trusted_cert_pem=dovecot.cert_pem)
     report = await check_connection(endpoint, "u", "p", timeout=10)
+    assert report.problem == "wrong_security"
+    assert report.message == (
+        f"127.0.0.1:{dovecot.port} speaks plaintext IMAP, not implicit TLS: set the security "
+        "to starttls (or use the implicit TLS port, usually 993)."
+    )
+
+
+async def test_tls_failure_on_a_port_that_is_not_imap() -> None:
+    # A TLS handshake answered with non-TLS bytes that are not an IMAP greeting either.
+    async with FakeImapServer(b"220 smtp.example.test ESMTP\r\n") as fake:
+        report = await check_connection(ImapEndpoint(fake.host, fake.port, "tls"), "u", "p")
     assert report.problem == "tls_failed"
     assert "993 is usually implicit TLS, 143 STARTTLS" in report.message
+
+
+async def test_pinned_certificate_that_changed(dovecot: DovecotServer, tmp_path: Path) -> None:
+    _, _, other_pem = _make_certificate(tmp_path)
+    endpoint = ImapEndpoint(dovecot.host, dovecot.tls_port, "tls", trusted_cert_pem=other_pem)
+    report = await check_connection(endpoint, "u", "p", timeout=10)
+    assert report.problem == "tls_untrusted"
+    assert "other than the one you chose to trust" in report.message
+    assert "--trust-cert FILE" in report.message
+
+
+async def test_unusable_trusted_certificate_is_a_settings_problem(dovecot: DovecotServer) -> None:
+    endpoint = ImapEndpoint(dovecot.host, dovecot.tls_port, "tls", trusted_cert_pem="garbage")
+    report = await check_connection(endpoint, "u", "p", timeout=10)
+    assert report.problem == "config"
+    assert report.message.startswith("The account settings cannot be used: the trusted cert")
 
 
 async def test_starttls_not_offered() -> None:
@@ -97,7 +174,10 @@ async def test_wrong_password_quotes_the_server(
     )
     report = await check_connection(endpoint, imap_user.username, "not-the-password", timeout=10)
     assert report.problem == "auth_failed"
-    assert report.message == "Authentication failed: the server said: Authentication failed."
+    assert report.message == (
+        f'Authentication failed for {imap_user.username}: the server said "Authentication '
+        'failed.". Check the user name and password (some providers require an app password).'
+    )
     assert "not-the-password" not in report.message
     assert "AUTH=PLAIN" in report.capabilities
 
@@ -125,3 +205,31 @@ async def test_plaintext_is_refused_by_default(dovecot: DovecotServer) -> None:
     report = await check_connection(endpoint, "u", "p", timeout=5)
     assert report.problem == "plaintext_refused"
     assert "plaintext IMAP is refused" in report.message
+
+
+async def test_login_disabled_without_tls(dovecot: DovecotServer, imap_user: ImapUser) -> None:
+    # Plaintext explicitly allowed, but the server (seen from another address) demands TLS.
+    endpoint = ImapEndpoint(dovecot.host, dovecot.port, "plain", allow_plaintext=True)
+    with connect_from():
+        report = await check_connection(endpoint, imap_user.username, imap_user.password, timeout=5)
+    assert report.problem == "login_unavailable"
+    assert report.message == (
+        f"127.0.0.1:{dovecot.port} refuses to log in on this connection (LOGINDISABLED, usually "
+        "because it is not encrypted): set the security to starttls or tls."
+    )
+
+
+async def test_cancelled_test_leaves_no_connection(dovecot: DovecotServer) -> None:
+    # The fake answers the greeting and then stalls: the test is cancelled mid-login.
+    greeting = b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] hi\r\n"
+    async with FakeImapServer(greeting) as fake:
+        endpoint = ImapEndpoint(fake.host, fake.port, "plain", allow_plaintext=True)
+        task = asyncio.create_task(check_connection(endpoint, "u", "p", timeout=30))
+        while not fake.lines:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The client side is gone: the fake's reader sees EOF and its handler ends.
+        await asyncio.sleep(0.05)
+        assert all(w.is_closing() for w in fake._writers)

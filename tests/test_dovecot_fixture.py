@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import imaplib
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -45,6 +46,24 @@ def test_ports_accept_and_tls_uses_the_generated_certificate(dovecot: DovecotSer
         pytest.raises(ssl.SSLCertVerificationError),
     ):
         ssl.create_default_context().wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def test_everything_lives_in_its_own_folder_on_loopback(dovecot: DovecotServer) -> None:
+    root = dovecot.root
+    assert root is not None
+    conf = dovecot.config_path.read_text()
+    assert dovecot.config_path.is_relative_to(root)
+    for key in ("base_dir", "state_dir", "log_path"):
+        found = re.search(rf"^{key} = (.+)$", conf, re.MULTILINE)
+        assert found is not None and Path(found.group(1)).is_relative_to(root), key
+    # listen plus the imap, imaps and lmtp listeners: loopback only, on high ports.
+    assert re.findall(r"^\s*(?:listen|address) = (.+)$", conf, re.MULTILINE) == ["127.0.0.1"] * 4
+    assert min(dovecot.port, dovecot.tls_port, dovecot.lmtp_port) > 1024
+    user = dovecot.add_user()
+    dovecot.deliver(user, b"Subject: where\r\n\r\nhere\r\n")
+    maildir = dovecot.maildir(user)
+    assert maildir.is_relative_to(root)
+    assert len(list((maildir / "new").iterdir())) == 1
 
 
 def test_fresh_users_log_in_and_have_special_use_folders(dovecot: DovecotServer) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -14,10 +16,15 @@ from correspond.errors import (
     CertificateNotTrusted,
     ConfigError,
     ConnectionLost,
+    GreetingTimeout,
+    HostNotFound,
     ImapCommandError,
+    ImapProtocolError,
     ImapTimeout,
+    TlsError,
 )
 from correspond.imap.client import ImapClient, ImapEndpoint, QresyncParams
+from correspond.imap.connect import map_io_errors
 from correspond.imap.types import (
     ExistsResponse,
     FetchResponse,
@@ -26,7 +33,7 @@ from correspond.imap.types import (
     VanishedResponse,
 )
 from correspond.testing.dovecot import DovecotServer, ImapUser, _make_certificate
-from correspond.testing.net import FakeImapServer
+from correspond.testing.net import FakeImapServer, black_hole, connect_from
 
 pytestmark = pytest.mark.dovecot
 
@@ -120,8 +127,9 @@ async def test_self_signed_certificate_is_refused_without_opt_in(
 ) -> None:
     port = dovecot.tls_port if security == "tls" else dovecot.port
     endpoint = ImapEndpoint(dovecot.host, port, security)  # type: ignore[arg-type]
-    with pytest.raises(CertificateNotTrusted):
+    with pytest.raises(CertificateNotTrusted) as info:
         await ImapClient.connect(endpoint, connect_timeout=10)
+    assert info.value.reason == "untrusted"
 
 
 async def test_pinned_certificate_must_be_the_servers(
@@ -132,8 +140,9 @@ async def test_pinned_certificate_must_be_the_servers(
     folder = pathlib.Path(str(tmp_path))
     _, _, other_pem = _make_certificate(folder)
     endpoint = ImapEndpoint(dovecot.host, dovecot.tls_port, "tls", trusted_cert_pem=other_pem)
-    with pytest.raises(CertificateNotTrusted):
+    with pytest.raises(CertificateNotTrusted) as info:
         await ImapClient.connect(endpoint, connect_timeout=10)
+    assert info.value.reason == "pinned"
 
 
 async def test_plaintext_refused_unless_allowed(
@@ -563,7 +572,7 @@ async def test_late_completion_of_a_timed_out_command_is_skipped() -> None:
 async def test_connect_timeout_when_no_greeting() -> None:
     async with FakeImapServer(None) as fake:
         endpoint = ImapEndpoint(fake.host, fake.port, "plain", allow_plaintext=True)
-        with pytest.raises(ImapTimeout):
+        with pytest.raises(GreetingTimeout):
             await ImapClient.connect(endpoint, connect_timeout=0.3)
 
 
@@ -586,3 +595,321 @@ async def test_bye_raises_connection_lost_and_alert_is_kept() -> None:
             await c._simple("CHECK")
         with pytest.raises(ConnectionLost):
             await c.noop()
+
+
+# -- audit: TLS, STARTTLS and credentials --------------------------------------------------------
+
+
+async def test_logindisabled_from_a_real_dovecot(
+    dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    # From 127.0.0.2 Dovecot does not count the connection as local: before TLS it advertises
+    # LOGINDISABLED and no AUTH=PLAIN, as it would over a network (RFC 3501 §6.2.3).
+    with connect_from():
+        plain = ImapEndpoint(dovecot.host, dovecot.port, "plain", allow_plaintext=True)
+        c = await ImapClient.connect(plain, connect_timeout=5, command_timeout=5)
+        assert "LOGINDISABLED" in c.capabilities and "AUTH=PLAIN" not in c.capabilities
+        sent = record_writes(c)
+        with pytest.raises(CapabilityError) as info:
+            await c.login(imap_user.username, imap_user.password)
+        assert info.value.capability == "LOGIN"
+        assert sent == []  # nothing, let alone the password, went out
+        await c.logout()
+        # The same server over STARTTLS: the mechanisms appear and login works.
+        async with await ImapClient.connect(starttls(dovecot), connect_timeout=5) as secure:
+            assert "LOGINDISABLED" not in secure.capabilities
+            await secure.login(imap_user.username, imap_user.password)
+            assert secure.authenticated
+
+
+async def test_login_takes_capabilities_from_the_ok_code(
+    dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    c = await ImapClient.connect(starttls(dovecot))
+    before = c.capabilities
+    sent = record_writes(c)
+    await c.login(imap_user.username, imap_user.password)
+    # Dovecot puts the post-login list in the tagged OK: no CAPABILITY round trip is needed.
+    assert len(sent) == 1 and b"AUTHENTICATE" in sent[0]
+    assert "AUTH=PLAIN" in before and "AUTH=PLAIN" not in c.capabilities  # replaced, not merged
+    assert {"CONDSTORE", "QRESYNC", "MOVE"} <= c.capabilities
+    await c.logout()
+
+
+@pytest.mark.parametrize(
+    ("login_ok", "asks"),
+    [(b"OK [CAPABILITY IMAP4rev1 X-FROM-CODE] in", False), (b"OK logged in", True)],
+)
+async def test_capabilities_refreshed_after_login(login_ok: bytes, asks: bool) -> None:
+    def reply(line: bytes) -> bytes | None:
+        tag, _, rest = line.partition(b" ")
+        if rest.startswith(b"LOGIN"):
+            return tag + b" " + login_ok + b"\r\n"
+        return None
+
+    async with FakeImapServer(
+        b"* OK [CAPABILITY IMAP4rev1] hi\r\n", capabilities="IMAP4rev1 X-ASKED", reply=reply
+    ) as fake:
+        endpoint = ImapEndpoint(fake.host, fake.port, "plain", allow_plaintext=True)
+        async with await ImapClient.connect(endpoint, connect_timeout=2, command_timeout=2) as c:
+            await c.login("user", "pw")
+            commands = [line.split(b" ")[1] for line in fake.lines]
+            assert commands == ([b"LOGIN", b"CAPABILITY"] if asks else [b"LOGIN"])
+            assert c.capabilities == {"IMAP4REV1", "X-ASKED" if asks else "X-FROM-CODE"}
+
+
+async def test_starttls_not_offered_fails_before_anything_is_sent() -> None:
+    async with FakeImapServer(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] plain only\r\n") as fake:
+        endpoint = ImapEndpoint(fake.host, fake.port, "starttls", allow_plaintext=True)
+        with pytest.raises(CapabilityError, match="STARTTLS not offered") as info:
+            await ImapClient.connect(endpoint, connect_timeout=2)
+        assert info.value.capability == "STARTTLS"
+        assert fake.lines == []  # the greeting had the capabilities: no command at all
+
+
+async def test_cleartext_preauth_cannot_skip_starttls() -> None:
+    # A man in the middle answering PREAUTH would otherwise keep the session in cleartext.
+    async with FakeImapServer(b"* PREAUTH [CAPABILITY IMAP4rev1 STARTTLS] welcome\r\n") as fake:
+        endpoint = ImapEndpoint(fake.host, fake.port, "starttls")
+        with pytest.raises(CapabilityError, match="PREAUTH") as info:
+            await ImapClient.connect(endpoint, connect_timeout=2)
+        assert info.value.capability == "STARTTLS"
+        assert fake.lines == []
+
+
+async def test_data_injected_after_starttls_ok_is_refused() -> None:
+    def reply(line: bytes) -> bytes | None:
+        tag = line.split(b" ")[0]
+        if line.endswith(b"STARTTLS"):
+            # CVE-2011-0411: cleartext sent with the OK must not be read as if it came over TLS.
+            return tag + b" OK begin TLS\r\n* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n"
+        return None
+
+    greeting = b"* OK [CAPABILITY IMAP4rev1 STARTTLS] hi\r\n"
+    async with FakeImapServer(greeting, reply=reply) as fake:
+        endpoint = ImapEndpoint(fake.host, fake.port, "starttls")
+        with pytest.raises(ImapProtocolError, match="after STARTTLS"):
+            await ImapClient.connect(endpoint, connect_timeout=2)
+
+
+async def test_failure_after_starttls_closes_promptly(dovecot: DovecotServer) -> None:
+    class FailsAfterTls(ImapClient):
+        async def capability(self, *, timeout: float | None = None) -> frozenset[str]:
+            if self.tls_active:
+                raise ImapTimeout("simulated: no CAPABILITY answer over TLS")
+            return await super().capability(timeout=timeout)
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ImapTimeout, match="simulated"):
+        await FailsAfterTls.connect(starttls(dovecot), connect_timeout=5)
+    # The TLS channel is the one waited for, not the replaced plain one (which never closes).
+    assert loop.time() - started < 0.9
+
+
+async def test_wrong_port_for_the_security_fails_fast_and_clearly(dovecot: DovecotServer) -> None:
+    # STARTTLS chosen, but the port expects a TLS handshake: it stays silent.
+    tls_port = ImapEndpoint(dovecot.host, dovecot.tls_port, "starttls")
+    with pytest.raises(GreetingTimeout, match="no IMAP greeting"):
+        await ImapClient.connect(tls_port, connect_timeout=0.3)
+    # Implicit TLS chosen, but the port greets in plaintext: the handshake fails at once.
+    plain_port = ImapEndpoint(dovecot.host, dovecot.port, "tls", trusted_cert_pem=dovecot.cert_pem)
+    with pytest.raises(TlsError) as info:
+        await ImapClient.connect(plain_port, connect_timeout=5)
+    assert not isinstance(info.value, CertificateNotTrusted)
+
+
+# -- audit: timeouts and the IO edge -------------------------------------------------------------
+
+
+async def test_tcp_connect_timeout_on_a_black_hole() -> None:
+    with black_hole() as port:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(ImapTimeout) as info:
+            await ImapClient.connect(ImapEndpoint("127.0.0.1", port, "tls"), connect_timeout=0.3)
+        assert not isinstance(info.value, GreetingTimeout)
+        assert loop.time() - started < 1.5
+
+
+async def test_tls_handshake_timeout() -> None:
+    async with FakeImapServer(None) as fake:  # accepts, never answers the ClientHello
+        endpoint = ImapEndpoint(fake.host, fake.port, "tls")
+        with pytest.raises(ImapTimeout) as info:
+            await ImapClient.connect(endpoint, connect_timeout=0.3)
+        assert not isinstance(info.value, GreetingTimeout)
+
+
+async def test_invalid_host_name_is_host_not_found() -> None:
+    # The IDNA codec refuses a 64-character label with UnicodeError, before any lookup.
+    endpoint = ImapEndpoint("a" * 64 + ".example", 993, "tls")
+    with pytest.raises(HostNotFound, match="not a valid host name"):
+        await ImapClient.connect(endpoint, connect_timeout=2)
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"), [(62, "hostname"), (64, "hostname"), (10, "expired"), (18, "untrusted")]
+)
+def test_certificate_errors_keep_their_reason(code: int, reason: str) -> None:
+    error = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    error.verify_code = code
+    error.verify_message = "some reason"
+    with pytest.raises(CertificateNotTrusted) as info, map_io_errors("h", 993):
+        raise error
+    assert info.value.reason == reason
+    assert info.value.__cause__ is error
+
+
+@pytest.mark.parametrize(
+    ("foreign", "ours"),
+    [
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), HostNotFound),
+        (ConnectionRefusedError(111, "refused"), ConnectionLost.__mro__[1]),
+        (TimeoutError(), ImapTimeout),
+        (ssl.SSLError(1, "[SSL] bad"), TlsError),
+        (ConnectionResetError(104, "reset"), ConnectionLost),
+        (OSError(113, "No route to host"), ConnectionLost.__mro__[1]),
+    ],
+)
+def test_foreign_errors_are_mapped_once(foreign: BaseException, ours: type) -> None:
+    with pytest.raises(ours) as info, map_io_errors("h", 993):
+        raise foreign
+    assert info.value.__cause__ is foreign
+
+
+# -- audit: MOVE without MOVE and UIDPLUS --------------------------------------------------------
+
+
+async def test_move_fallback_without_uidplus(dovecot_basic: DovecotServer) -> None:
+    user = dovecot_basic.add_user()
+    for i in range(4):
+        dovecot_basic.deliver(user, message(f"nu{i}"))
+    async with await logged_in(dovecot_basic, user) as c:
+        c.capabilities = c.capabilities - {"UIDPLUS"}  # as on a server without RFC 4315
+        await c.select("INBOX")
+        sent = record_writes(c)
+        await c.uid_move([1], "Archive")
+        commands = [b" ".join(chunk.split(b" ")[1:3]).strip() for chunk in sent]
+        assert commands == [b"UID SEARCH", b"UID COPY", b"UID STORE", b"EXPUNGE"]
+        assert await c.uid_search("ALL") == [2, 3, 4]
+        # Another message already flagged \Deleted: a plain EXPUNGE would take it too, so the
+        # move is refused before anything changes...
+        await c.uid_store([4], "+FLAGS.SILENT", ["\\Deleted"])
+        sent.clear()
+        with pytest.raises(CapabilityError, match="UIDs 4") as info:
+            await c.uid_move([2], "Archive")
+        assert info.value.capability == "UIDPLUS"
+        assert not any(b"COPY" in chunk for chunk in sent)
+        assert await c.uid_search("ALL") == [2, 3, 4]
+        assert (await c.status("Archive")).values["MESSAGES"] == 1
+        # ... unless the caller accepts that.
+        await c.uid_move([2], "Archive", expunge_without_uidplus=True)
+        assert await c.uid_search("ALL") == [3]
+        assert (await c.status("Archive")).values["MESSAGES"] == 2
+
+
+async def test_uid_expunge_needs_uidplus(client: ImapClient) -> None:
+    await client.select("INBOX")
+    client.capabilities = client.capabilities - {"UIDPLUS"}
+    with pytest.raises(CapabilityError) as info:
+        await client.uid_expunge([1])
+    assert info.value.capability == "UIDPLUS"
+
+
+# -- audit: IDLE and SASL ------------------------------------------------------------------------
+
+
+async def test_idle_iteration_ends_at_renew_after(client: ImapClient) -> None:
+    await client.select("INBOX")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with client.idle(renew_after=0.3) as idle:
+        seen = [r async for r in idle]  # no mail comes: ends at the deadline, never hangs
+        assert idle.expired
+        assert await idle.next(timeout=5) is None  # past the deadline: no wait at all
+    assert seen == []
+    assert loop.time() - started < 2
+    await client.noop()
+
+
+async def test_idle_without_continuation_times_out_and_drops_the_connection() -> None:
+    async with FakeImapServer(GREETING) as fake:  # never answers IDLE
+        endpoint = ImapEndpoint(fake.host, fake.port, "plain", allow_plaintext=True)
+        c = await ImapClient.connect(endpoint, connect_timeout=2, command_timeout=0.3)
+        with pytest.raises(ImapTimeout):
+            async with c.idle():
+                pass
+        # The server may be idling now: a next command would be read as a broken DONE.
+        with pytest.raises(ConnectionLost):
+            await c.noop()
+
+
+async def test_failing_sasl_responder_cancels_the_exchange(
+    dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    c = await ImapClient.connect(starttls(dovecot))
+    c.capabilities = c.capabilities - {"SASL-IR"}  # so the responder is asked after "+"
+    sent = record_writes(c)
+
+    def broken(challenge: bytes) -> bytes:
+        raise RuntimeError("token provider unavailable")
+
+    with pytest.raises(RuntimeError, match="token provider"):
+        await c.authenticate("PLAIN", broken)
+    assert sent[-1] == b"*\r\n"  # RFC 3501 §6.2.2 cancellation
+    # The server's BAD for the cancelled exchange is skipped; the session goes on.
+    await c.login(imap_user.username, imap_user.password)
+    assert c.authenticated
+    await c.logout()
+
+
+async def test_xoauth2_seam_error_challenge_gets_an_empty_answer() -> None:
+    # RFC-less but universal (Google, Microsoft): on a bad token the server sends a JSON error
+    # as a challenge, the client answers empty, and the server ends with a tagged NO.
+    tags: list[bytes] = []
+
+    def reply(line: bytes) -> bytes | None:
+        if b"AUTHENTICATE XOAUTH2" in line:
+            tags.append(line.split(b" ")[0])
+            return b"+ eyJzdGF0dXMiOiI0MDAifQ==\r\n"
+        if line == b"" and tags:
+            return tags[0] + b" NO [AUTHENTICATIONFAILED] Invalid credentials\r\n"
+        return None
+
+    greeting = b"* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=XOAUTH2] hi\r\n"
+    async with FakeImapServer(greeting, reply=reply) as fake:
+        endpoint = ImapEndpoint(fake.host, fake.port, "plain", allow_plaintext=True)
+        c = await ImapClient.connect(endpoint, connect_timeout=2, command_timeout=2)
+        token = b"user=u@example.test\x01auth=Bearer expired\x01\x01"
+        with pytest.raises(AuthenticationFailed) as info:
+            await c.authenticate("XOAUTH2", token, username="u@example.test")
+        assert info.value.server_text == "Invalid credentials"
+        assert fake.lines[-1] == b""  # the empty answer to the error challenge
+        await c.aclose()
+
+
+async def test_enable_utf8_accept_sends_utf8_mailbox_names() -> None:
+    def reply(line: bytes) -> bytes | None:
+        tag, _, rest = line.partition(b" ")
+        if rest.startswith(b"ENABLE"):
+            return b"* ENABLED UTF8=ACCEPT\r\n" + tag + b" OK enabled\r\n"
+        if rest.startswith(b"CREATE"):
+            return tag + b" OK created\r\n"
+        return None
+
+    greeting = b"* OK [CAPABILITY IMAP4rev1 ENABLE UTF8=ACCEPT LITERAL+] hi\r\n"
+    async with FakeImapServer(greeting, reply=reply) as fake:
+        endpoint = ImapEndpoint(fake.host, fake.port, "plain", allow_plaintext=True)
+        c = await ImapClient.connect(endpoint, connect_timeout=2, command_timeout=2)
+        assert await c.enable() == {"UTF8=ACCEPT"}
+        assert fake.lines[-1].endswith(b"ENABLE UTF8=ACCEPT")  # only what is offered
+        await c.create("Café")
+        assert b"Caf\xc3\xa9" in fake.lines[-1]  # RFC 6855 §3: UTF-8, not modified UTF-7
+        await c.aclose()
+
+
+async def test_append_to_a_missing_mailbox_says_trycreate(client: ImapClient) -> None:
+    with pytest.raises(ImapCommandError) as info:
+        await client.append("Nowhere", message("lost"))
+    assert info.value.code == "TRYCREATE"
+    assert (await client.status("INBOX")).values["MESSAGES"] == 0  # the session goes on

@@ -19,6 +19,7 @@ above the adapters only ever catches these.
             ├── HostNotFound         the name does not resolve
             ├── ConnectionRefused    nothing listens on that port
             ├── ImapTimeout          no answer in time
+            │   └── GreetingTimeout  connected, but no IMAP greeting (a TLS-only port?)
             ├── TlsError             TLS handshake failed
             │   └── CertificateNotTrusted
             └── ConnectionLost       closed by the peer, or BYE
@@ -36,6 +37,7 @@ __all__ = [
     "ConnectionLost",
     "ConnectionRefused",
     "CorrespondError",
+    "GreetingTimeout",
     "HostNotFound",
     "ImapCommandError",
     "ImapConnectionError",
@@ -97,7 +99,15 @@ class AuthenticationFailed(ImapError):
 
 
 class CapabilityError(ImapError):
-    """The server lacks a capability we need (IMAP4rev1, STARTTLS, AUTH=PLAIN, ...)."""
+    """The server lacks a capability we need (IMAP4rev1, STARTTLS, AUTH=PLAIN, ...).
+
+    ``capability`` names what is missing (``"IMAP4rev1"``, ``"STARTTLS"``, ``"LOGIN"`` for
+    LOGINDISABLED, ...) so callers can tell cases apart without parsing the message.
+    """
+
+    def __init__(self, message: str, capability: str | None = None) -> None:
+        self.capability = capability
+        super().__init__(message)
 
 
 class ImapConnectionError(ImapError):
@@ -118,14 +128,32 @@ class ImapTimeout(ImapConnectionError):
     """No answer within the configured timeout."""
 
 
+class GreetingTimeout(ImapTimeout):
+    """The TCP connection was made but the server sent no greeting in time.
+
+    A port that expects implicit TLS (usually 993) stays silent like this when spoken to in
+    plaintext, so this is kept apart from a connect timeout.
+    """
+
+
 class TlsError(ImapConnectionError):
     """The TLS handshake failed."""
 
 
 class CertificateNotTrusted(TlsError):
-    """The server's certificate does not chain to a trusted root (or to the pinned certificate)."""
+    """The server's certificate does not chain to a trusted root (or to the pinned certificate).
+
+    ``reason`` says why, for a message that tells the person what to do: ``"untrusted"`` (no
+    trusted root: self-signed or a private CA), ``"expired"`` (or not yet valid),
+    ``"hostname"`` (issued for another name), ``"pinned"`` (not the certificate the user
+    chose to trust).
+    """
 
     transient = False
+
+    def __init__(self, message: str, reason: str = "untrusted") -> None:
+        self.reason = reason
+        super().__init__(message)
 
 
 class ConnectionLost(ImapConnectionError):

@@ -10,8 +10,12 @@ volunteers (``EXISTS``, ``EXPUNGE``, flag ``FETCH``, ``VANISHED``, ``[ALERT]``) 
 order, for :meth:`ImapClient.drain_unsolicited`.
 ``* BYE`` outside LOGOUT raises :class:`~correspond.errors.ConnectionLost`.
 
-Timeouts: ``connect_timeout`` bounds TCP + TLS + greeting; ``command_timeout`` bounds every
-silence while a reply is awaited (a long FETCH that keeps streaming never times out).
+Timeouts, every wait bounded: ``connect_timeout`` bounds each step of the handshake (TCP
+connect with the implicit-TLS handshake, greeting, CAPABILITY, STARTTLS and its handshake);
+``command_timeout`` bounds every silence while a reply is awaited (a long FETCH that keeps
+streaming never times out), and the ``+`` of IDLE; inside IDLE each wait is the caller's
+``timeout``, never past ``renew_after``. Foreign errors are mapped once, in
+:mod:`correspond.imap.connect`.
 
 Extensions used when advertised: SASL-IR (RFC 4959), LITERAL+ (RFC 7888), ENABLE (RFC 5161),
 CONDSTORE/QRESYNC (RFC 7162), ESEARCH (RFC 4731), UIDPLUS (RFC 4315), MOVE (RFC 6851),
@@ -21,6 +25,7 @@ UTF8=ACCEPT (RFC 6855).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import builtins
 import contextlib
@@ -37,6 +42,7 @@ from correspond.errors import (
     ConfigError,
     ConnectionLost,
     CorrespondError,
+    GreetingTimeout,
     ImapCommandError,
     ImapError,
     ImapProtocolError,
@@ -97,6 +103,9 @@ SaslResponder = Callable[[bytes], bytes]
 StoreAction = Literal["+FLAGS", "-FLAGS", "FLAGS", "+FLAGS.SILENT", "-FLAGS.SILENT", "FLAGS.SILENT"]
 _SESSION_INTACT = (ImapCommandError, AuthenticationFailed, CapabilityError)
 UidSet = str | Iterable[int]
+
+# RFC 2177 §3: servers may log an idle client off after 30 minutes; re-issue IDLE before.
+IDLE_RENEW_SECONDS = 29 * 60.0
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _ID_PAIR = re.compile(rb'"((?:[^"\\]|\\.)*)"\s+(?:"((?:[^"\\]|\\.)*)"|NIL)', re.IGNORECASE)
@@ -228,9 +237,14 @@ class ImapClient:
     ) -> ImapClient:
         """Connect, read the greeting, do STARTTLS when asked, and learn the capabilities.
 
-        Raises HostNotFound, ConnectionRefused, ImapTimeout, TlsError/CertificateNotTrusted,
-        ConnectionLost (a ``BYE`` greeting), CapabilityError (no IMAP4rev1, or no STARTTLS when
-        ``security="starttls"``), ConfigError (``security="plain"`` without ``allow_plaintext``).
+        ``connect_timeout`` bounds each wait of the handshake on its own: TCP connect (with the
+        TLS handshake for implicit TLS), the greeting, CAPABILITY, STARTTLS and its handshake.
+
+        Raises HostNotFound, ConnectionRefused, ImapTimeout (GreetingTimeout when the TCP
+        connection stands but no greeting comes: a TLS-only port spoken to in plaintext),
+        TlsError/CertificateNotTrusted, ConnectionLost (a ``BYE`` greeting), CapabilityError (no
+        IMAP4rev1; no STARTTLS, or a ``PREAUTH`` greeting, when ``security="starttls"``),
+        ConfigError (``security="plain"`` without ``allow_plaintext``).
         """
         if endpoint.security == "plain" and not endpoint.allow_plaintext:
             raise ConfigError(
@@ -245,12 +259,20 @@ class ImapClient:
             await client._handshake()
         except BaseException:
             client._abort()
-            await channel.wait_closed(1.0)
+            # After STARTTLS the live channel is the TLS one; the plain one never hears of
+            # the close, and waiting on it would only run into its timeout.
+            await client._channel.wait_closed(1.0)
             raise
         return client
 
     async def _handshake(self) -> None:
-        greeting = await self._next_response(self.connect_timeout)
+        try:
+            greeting = await self._next_response(self.connect_timeout)
+        except ImapTimeout as exc:
+            raise GreetingTimeout(
+                f"{self.endpoint.host}:{self.endpoint.port} accepted the connection but sent no "
+                f"IMAP greeting in {self.connect_timeout:g} s"
+            ) from exc
         if not isinstance(greeting, StatusResponse):
             raise ImapProtocolError(f"{self.endpoint}: expected a greeting, got {greeting!r}")
         self.greeting = greeting
@@ -258,6 +280,14 @@ class ImapClient:
             self._abort()
             raise ConnectionLost(f"{self.endpoint} refused the session: {greeting.text}")
         if greeting.status == "PREAUTH":
+            if self.endpoint.security == "starttls":
+                # RFC 3501 §6.2.1 allows STARTTLS only before authentication: a cleartext
+                # PREAUTH would skip TLS (the STARTTLS-stripping attack of CVE-2020-12398).
+                raise CapabilityError(
+                    f"{self.endpoint.host}:{self.endpoint.port} greeted with PREAUTH in "
+                    "cleartext, so STARTTLS is not possible",
+                    capability="STARTTLS",
+                )
             self.authenticated = True
         if not self._take_capability_code(greeting.code):
             await self.capability(timeout=self.connect_timeout)
@@ -267,14 +297,18 @@ class ImapClient:
 
     def _require_imap4rev1(self) -> None:
         if not self.capabilities & {"IMAP4REV1", "IMAP4REV2"}:
-            raise CapabilityError("server lacks IMAP4rev1")
+            raise CapabilityError("server lacks IMAP4rev1", capability="IMAP4rev1")
 
     async def starttls(self) -> None:
         """STARTTLS (RFC 3501 §6.2.1), then CAPABILITY again (the old list is void, §6.2.1)."""
         if self.tls_active:
             return
         if "STARTTLS" not in self.capabilities:
-            raise CapabilityError("server does not offer STARTTLS")
+            # Checked before anything else is sent: no credentials ever go out in cleartext.
+            raise CapabilityError(
+                f"STARTTLS not offered by {self.endpoint.host}:{self.endpoint.port}",
+                capability="STARTTLS",
+            )
         await self._simple("STARTTLS", timeout=self.connect_timeout)
         if self._parser_has_pending():
             # Bytes after the OK and before the handshake would be a plaintext injection
@@ -289,7 +323,9 @@ class ImapClient:
         self._require_imap4rev1()
 
     def _parser_has_pending(self) -> bool:
-        return self._channel.buffered()
+        # Bytes still in the socket buffer, or a whole response the parser already holds
+        # (sent in the same packet as the OK). A partial line in the parser is dropped with it.
+        return self._channel.buffered() or self._parser.next_response() is not None
 
     # -- the response pump -----------------------------------------------------------------------
 
@@ -308,6 +344,14 @@ class ImapClient:
             if response is not None:
                 if type(response) is StatusResponse:
                     self._on_status(response)
+                elif (
+                    self._stale_tags
+                    and isinstance(response, TaggedResponse)
+                    and response.tag in self._stale_tags
+                ):
+                    # The late completion of an abandoned command: not an answer to anything.
+                    self._stale_tags.discard(response.tag)
+                    continue
                 return response
             if self._closed:
                 raise ConnectionLost(f"{self.endpoint}: the connection is closed")
@@ -403,9 +447,6 @@ class ImapClient:
                 kind = type(response)
                 if kind is TaggedResponse:
                     assert isinstance(response, TaggedResponse)
-                    if response.tag in self._stale_tags:
-                        self._stale_tags.discard(response.tag)
-                        continue
                     return self._check_tagged(name, tag, response), answers
                 if kind in accept:
                     answers.append(response)
@@ -528,7 +569,11 @@ class ImapClient:
             await self.authenticate("PLAIN", initial, username=username)
             return
         if "LOGINDISABLED" in self.capabilities:
-            raise CapabilityError("server disables LOGIN and offers no AUTH=PLAIN")
+            # RFC 3501 §6.2.3: the server refuses LOGIN on this connection (usually: not TLS).
+            raise CapabilityError(
+                "server disables LOGIN (LOGINDISABLED) and offers no AUTH=PLAIN",
+                capability="LOGIN",
+            )
         try:
             tagged, _ = await self._simple("LOGIN", username, password, accept=())
         except ImapCommandError as exc:
@@ -568,7 +613,7 @@ class ImapClient:
         await self._prepare()
         mech = mechanism.upper()
         if f"AUTH={mech}" not in self.capabilities:
-            raise CapabilityError(f"server does not offer AUTH={mech}")
+            raise CapabilityError(f"server does not offer AUTH={mech}", capability=f"AUTH={mech}")
         responder = initial_response if callable(initial_response) else None
         first = initial_response if isinstance(initial_response, bytes) else None
         tag = self._next_tag()
@@ -578,30 +623,39 @@ class ImapClient:
             args.append(Raw(base64.b64encode(first) if first else b"="))
             first = None
         await self._send(tag, "AUTHENTICATE", args, timeout=self.command_timeout)
-        while True:
-            response = await self._next_response()
-            if isinstance(response, ContinuationRequest):
-                if responder is not None:
-                    try:
-                        challenge = base64.b64decode(response.text.strip() or b"")
-                    except ValueError:
-                        challenge = response.text.encode("utf-8", "replace")
-                    answer = responder(challenge)
-                elif first is not None:
-                    answer, first = first, None
-                else:
-                    answer = b""
-                self._channel.write(base64.b64encode(answer) + b"\r\n")
-                continue
-            if isinstance(response, TaggedResponse):
-                try:
+        try:
+            while True:
+                response = await self._next_response()
+                if isinstance(response, ContinuationRequest):
+                    if responder is not None:
+                        try:
+                            challenge = base64.b64decode(response.text.strip() or b"")
+                        except ValueError:
+                            challenge = response.text.encode("utf-8", "replace")
+                        try:
+                            answer = responder(challenge)
+                        except Exception:
+                            # RFC 3501 §6.2.2: "*" cancels; the server's tagged BAD that follows
+                            # is skipped as a stale tag, so the session stays usable.
+                            self._channel.write(b"*\r\n")
+                            raise
+                    elif first is not None:
+                        answer, first = first, None
+                    else:
+                        answer = b""
+                    self._channel.write(base64.b64encode(answer) + b"\r\n")
+                    continue
+                if isinstance(response, TaggedResponse):
                     tagged = self._check_tagged("AUTHENTICATE", tag, response)
-                except ImapCommandError as exc:
-                    self._raise_auth_failed(exc)
-                    raise  # unreachable: _raise_auth_failed always raises
-                await self._after_login(tagged, username or "")
-                return
-            self._keep(response)
+                    break
+                self._keep(response)
+        except ImapCommandError as exc:
+            self._raise_auth_failed(exc)
+            raise  # unreachable: _raise_auth_failed always raises
+        except BaseException:
+            self._stale_tags.add(tag)
+            raise
+        await self._after_login(tagged, username or "")
 
     # -- authenticated state ---------------------------------------------------------------------
 
@@ -705,11 +759,11 @@ class ImapClient:
         """
         if qresync is not None:
             if "QRESYNC" not in self.capabilities:
-                raise CapabilityError("server does not offer QRESYNC")
+                raise CapabilityError("server does not offer QRESYNC", capability="QRESYNC")
             if "QRESYNC" not in self.enabled:
                 await self.enable("QRESYNC")
         elif condstore and "CONDSTORE" not in self.capabilities:
-            raise CapabilityError("server does not offer CONDSTORE")
+            raise CapabilityError("server does not offer CONDSTORE", capability="CONDSTORE")
         name_raw = self._mailbox(mailbox)
         args: list[Arg] = [name_raw]
         if qresync is not None:
@@ -872,7 +926,7 @@ class ImapClient:
         args: list[Arg] = [Raw(_uid_set(uids).encode("ascii")), Raw(item_arg.encode("ascii"))]
         if changedsince is not None or vanished:
             if vanished and "QRESYNC" not in self.enabled:
-                raise CapabilityError("VANISHED needs QRESYNC enabled")
+                raise CapabilityError("VANISHED needs QRESYNC enabled", capability="QRESYNC")
             if changedsince is None:
                 raise ValueError("VANISHED needs CHANGEDSINCE (RFC 7162 §3.2.6)")
             mod = f"(CHANGEDSINCE {changedsince}{' VANISHED' if vanished else ''})"
@@ -930,9 +984,12 @@ class ImapClient:
         """Move messages: UID MOVE (RFC 6851) when offered, else COPY + \\Deleted + UID EXPUNGE.
 
         Without MOVE the fallback needs UIDPLUS's UID EXPUNGE (RFC 4315 §2.1) to remove only
-        these messages. Without UIDPLUS too, the originals stay flagged ``\\Deleted`` unless
-        ``expunge_without_uidplus`` is set, in which case a plain EXPUNGE runs: caveat, that
-        also removes any *other* message already flagged ``\\Deleted`` in this mailbox.
+        these messages. Without UIDPLUS too, only a plain EXPUNGE is left, which removes *every*
+        ``\\Deleted`` message of the mailbox. So it is checked first (``UID SEARCH DELETED NOT
+        UID set``) that no other message is flagged ``\\Deleted``; when one is, CapabilityError
+        is raised before anything changes, unless ``expunge_without_uidplus`` accepts expunging
+        them too. (Another session can still flag a message between that check and the
+        EXPUNGE: a window RFC 4315 exists to close.)
         The EXPUNGE/VANISHED responses go to the unsolicited queue (sequence numbers shift).
         """
         self._require_selected("UID MOVE")
@@ -953,11 +1010,21 @@ class ImapClient:
                 else:
                     self._keep(response)
             return self._copyuid(*codes)
+        uidplus = "UIDPLUS" in self.capabilities
+        if not uidplus and not expunge_without_uidplus:
+            others = await self.uid_search(f"DELETED NOT UID {uid_text}")
+            if others:
+                raise CapabilityError(
+                    "the server offers neither MOVE nor UIDPLUS, and other messages "
+                    f"(UIDs {format_sequence_set(others)}) are flagged \\Deleted: the EXPUNGE "
+                    "that completes a move would remove them too",
+                    capability="UIDPLUS",
+                )
         copied = await self.uid_copy(uid_text, mailbox)
         await self.uid_store(uid_text, "+FLAGS.SILENT", ["\\Deleted"])
-        if "UIDPLUS" in self.capabilities:
+        if uidplus:
             await self.uid_expunge(uid_text)
-        elif expunge_without_uidplus:
+        else:
             await self._simple("EXPUNGE")
         return copied
 
@@ -965,7 +1032,9 @@ class ImapClient:
         """UID EXPUNGE (RFC 4315 §2.1): remove only these ``\\Deleted`` messages."""
         self._require_selected("UID EXPUNGE")
         if "UIDPLUS" not in self.capabilities:
-            raise CapabilityError("server does not offer UIDPLUS (UID EXPUNGE)")
+            raise CapabilityError(
+                "server does not offer UIDPLUS (UID EXPUNGE)", capability="UIDPLUS"
+            )
         await self._simple("UID EXPUNGE", Raw(_uid_set(uids).encode("ascii")))
 
     async def expunge(self) -> None:
@@ -978,17 +1047,18 @@ class ImapClient:
         await self._simple("UNSELECT" if "UNSELECT" in self.capabilities else "CLOSE")
         self.selected = None
 
-    def idle(self) -> IdleSession:
+    def idle(self, *, renew_after: float = IDLE_RENEW_SECONDS) -> IdleSession:
         """IDLE (RFC 2177) as ``async with client.idle() as session: ...``.
 
         Inside, ``session.next(timeout)`` / ``async for response in session`` yield untagged
         responses as they come; leaving the block sends DONE and waits for the tagged OK.
-        Servers may drop an IDLE after 30 minutes of inactivity (RFC 2177 §3): re-issue
-        before 29 minutes.
+        Servers may drop an IDLE after 30 minutes of inactivity (RFC 2177 §3), so no wait
+        inside goes past ``renew_after`` (default 29 minutes): ``async for`` ends then, and
+        the caller issues IDLE again.
         """
         if "IDLE" not in self.capabilities:
-            raise CapabilityError("server does not offer IDLE")
-        return IdleSession(self)
+            raise CapabilityError("server does not offer IDLE", capability="IDLE")
+        return IdleSession(self, renew_after)
 
 
 class FetchStream:
@@ -1030,9 +1100,6 @@ class FetchStream:
                     return response  # type: ignore[return-value]
                 if kind is TaggedResponse:
                     assert isinstance(response, TaggedResponse)
-                    if response.tag in client._stale_tags:
-                        client._stale_tags.discard(response.tag)
-                        continue
                     self._finish()
                     self.tagged = client._check_tagged("UID FETCH", self._tag or "", response)
                     raise StopAsyncIteration
@@ -1087,13 +1154,21 @@ async def release_clients(clients: Iterable[ImapClient], *, logout: bool) -> Non
 
 
 class IdleSession:
-    """One IDLE command (RFC 2177): yields untagged responses until DONE."""
+    """One IDLE command (RFC 2177): yields untagged responses until DONE.
 
-    def __init__(self, client: ImapClient) -> None:
+    Every wait is bounded: entering waits ``command_timeout`` for the ``+``, each
+    :meth:`next` at most its ``timeout``, and nothing waits past ``renew_after`` seconds from
+    the start (``async for`` then ends), so the caller re-issues IDLE before the server's
+    30-minute cut-off (RFC 2177 §3).
+    """
+
+    def __init__(self, client: ImapClient, renew_after: float = IDLE_RENEW_SECONDS) -> None:
         self._client = client
         self._tag: str | None = None
         self._pending: list[Response] = []
         self._done = False
+        self._renew_after = renew_after
+        self._deadline = 0.0
 
     async def __aenter__(self) -> IdleSession:
         client = self._client
@@ -1105,6 +1180,7 @@ class IdleSession:
             while True:
                 response = await client._next_response()
                 if isinstance(response, ContinuationRequest):
+                    self._deadline = asyncio.get_running_loop().time() + self._renew_after
                     return self
                 if isinstance(response, TaggedResponse):
                     client._idle = None
@@ -1112,22 +1188,38 @@ class IdleSession:
                     client._check_tagged("IDLE", self._tag, response)
                     raise ImapProtocolError("IDLE completed without a continuation")
                 self._pending.append(response)
-        except BaseException:
+        except ImapCommandError:
             client._idle = None
             raise
+        except BaseException:
+            client._idle = None
+            # Whether the server is idling now is unknown, and a command sent to an idling
+            # server is taken as a broken DONE: the connection cannot be trusted any more.
+            client._abort()
+            raise
+
+    @property
+    def expired(self) -> bool:
+        """True once ``renew_after`` has passed: leave the block and IDLE again."""
+        return asyncio.get_running_loop().time() >= self._deadline
 
     async def next(self, timeout: float | None = None) -> Response | None:
-        """The next untagged response, or None when ``timeout`` s pass without one."""
+        """The next untagged response, or None when ``timeout`` s pass without one.
+
+        ``timeout=None`` waits until ``renew_after`` runs out; no call waits longer than that.
+        """
         if self._pending:
             return self._pending.pop(0)
         if self._done:
             return None
         client = self._client
+        left = self._deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return None
+        wait = left if timeout is None else min(timeout, left)
         try:
-            response = await client._next_response(timeout)
+            response = await client._next_response(wait)
         except ImapTimeout:
-            if timeout is None:
-                raise
             return None
         if isinstance(response, TaggedResponse):
             # The server ended IDLE on its own; only a NO/BAD is an error.
@@ -1162,6 +1254,13 @@ class IdleSession:
                     client._check_tagged("IDLE", self._tag or "", response)
                     return
                 client._keep(response)
+        except ImapCommandError:
+            raise
+        except BaseException:
+            # A late tagged OK of this IDLE is skipped by the next command.
+            if self._tag is not None:
+                client._stale_tags.add(self._tag)
+            raise
         finally:
             client._idle = None
 

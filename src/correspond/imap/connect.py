@@ -1,7 +1,8 @@
 """The IO edge of the IMAP client: endpoints, TLS contexts, the byte pipe, error mapping.
 
-Everything foreign (``OSError``, ``ssl.SSLError``, ``TimeoutError``) is translated into the
-error tree of :mod:`correspond.errors` here and only here (:func:`map_io_errors`).
+Everything foreign (``OSError``, ``ssl.SSLError``, ``TimeoutError``, ``socket.gaierror``, the
+IDNA codec's ``UnicodeError``) is translated into the error tree of :mod:`correspond.errors` here
+and only here (:func:`map_io_errors`; the probes of the connection test answer yes or no).
 
 The byte pipe (:class:`ByteChannel`) is a minimal ``asyncio.BufferedProtocol``: the transport
 receives straight into one buffer, :meth:`ByteChannel.read` hands every buffered byte over in one
@@ -39,6 +40,8 @@ __all__ = [
     "make_ssl_context",
     "map_io_errors",
     "open_channel",
+    "probe_plain_greeting",
+    "probe_tls",
     "start_tls",
 ]
 
@@ -138,28 +141,48 @@ def check_pinned_certificate(endpoint: ImapEndpoint, transport: asyncio.BaseTran
     peer = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
     if peer is None or peer not in _pinned_ders(endpoint.trusted_cert_pem):
         raise CertificateNotTrusted(
-            f"{endpoint.host}:{endpoint.port} presented a certificate other than the trusted one"
+            f"{endpoint.host}:{endpoint.port} presented a certificate other than the trusted one",
+            reason="pinned",
         )
 
 
+# OpenSSL X509_V_ERR_* codes that call for another remedy than "trust this certificate".
+_VERIFY_REASONS = {
+    9: "expired",  # CERT_NOT_YET_VALID
+    10: "expired",  # CERT_HAS_EXPIRED
+    62: "hostname",  # HOSTNAME_MISMATCH
+    64: "hostname",  # IP_ADDRESS_MISMATCH
+}
+
+
 @contextlib.contextmanager
-def map_io_errors(host: str, port: int) -> Iterator[None]:
-    """Translate foreign network/TLS errors into the Correspond error tree, once."""
+def map_io_errors(host: str, port: int, *, pinned: bool = False) -> Iterator[None]:
+    """Translate foreign network/TLS errors into the Correspond error tree, once.
+
+    ``pinned``: the user trusts one certificate, so any verification failure other than expiry
+    means "not that certificate" (reason ``"pinned"``).
+    """
     where = f"{host}:{port}"
     try:
         yield
     except socket.gaierror as exc:
         raise HostNotFound(f"{host} does not resolve ({exc.strerror})") from exc
+    except UnicodeError as exc:
+        # The IDNA codec refuses some names before any lookup (a label over 63 characters...).
+        raise HostNotFound(f"{host} is not a valid host name ({exc})") from exc
     except ConnectionRefusedError as exc:
         raise ConnectionRefused(f"connection refused by {where}") from exc
     except TimeoutError as exc:
         raise ImapTimeout(f"no answer from {where} in time") from exc
     except ssl.SSLCertVerificationError as exc:
+        reason = _VERIFY_REASONS.get(exc.verify_code, "untrusted")
+        if pinned and reason != "expired":
+            reason = "pinned"
         raise CertificateNotTrusted(
-            f"the certificate of {where} is not trusted: {exc.verify_message}"
+            f"the certificate of {where} is not trusted: {exc.verify_message}", reason=reason
         ) from exc
     except ssl.SSLError as exc:
-        raise TlsError(f"TLS with {where} failed: {exc.reason or exc}") from exc
+        raise TlsError(f"TLS with {where} failed: {getattr(exc, 'reason', None) or exc}") from exc
     except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, EOFError) as exc:
         raise ConnectionLost(f"{where} closed the connection ({exc})") from exc
     except OSError as exc:
@@ -341,7 +364,7 @@ async def open_channel(endpoint: ImapEndpoint, *, timeout: float) -> ByteChannel
     loop = asyncio.get_running_loop()
     where = f"{endpoint.host}:{endpoint.port}"
     ctx = make_ssl_context(endpoint) if endpoint.security == "tls" else None
-    with map_io_errors(endpoint.host, endpoint.port):
+    with map_io_errors(endpoint.host, endpoint.port, pinned=bool(endpoint.trusted_cert_pem)):
         async with asyncio.timeout(timeout):
             transport, channel = await loop.create_connection(
                 lambda: TlsByteChannel(where) if ctx is not None else ByteChannel(where),
@@ -379,7 +402,7 @@ async def start_tls(channel: ByteChannel, endpoint: ImapEndpoint, *, timeout: fl
     assert transport is not None
     tls_channel = TlsByteChannel(channel._where)
     try:
-        with map_io_errors(endpoint.host, endpoint.port):
+        with map_io_errors(endpoint.host, endpoint.port, pinned=bool(endpoint.trusted_cert_pem)):
             async with asyncio.timeout(timeout):
                 tls_transport = await loop.start_tls(
                     transport,
@@ -398,3 +421,39 @@ async def start_tls(channel: ByteChannel, endpoint: ImapEndpoint, *, timeout: fl
         channel.connection_lost(None)
         raise
     return tls_channel
+
+
+# -- probes for the connection test's diagnosis ---------------------------------------------------
+# Each answers one yes/no question about a port within ``timeout`` and never raises: a failure
+# of any kind is a "no". Nothing is sent but a TLS ClientHello; no credentials, ever.
+
+
+async def probe_tls(host: str, port: int, *, timeout: float) -> bool:
+    """Does ``host:port`` complete a TLS handshake (any certificate)? Then it is implicit TLS."""
+    ctx = ssl.create_default_context()
+    # Only "does this port speak TLS" is asked here; trust is decided by the real connection.
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(
+                host, port, ssl=ctx, server_hostname=host, ssl_handshake_timeout=timeout + 5
+            )
+    except (OSError, ssl.SSLError, TimeoutError, UnicodeError):
+        return False
+    writer.transport.abort()
+    return True
+
+
+async def probe_plain_greeting(host: str, port: int, *, timeout: float) -> bool:
+    """Does ``host:port`` greet in plaintext IMAP (``* OK``/``* PREAUTH``/``* BYE``)?"""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                line = await reader.readline()
+            finally:
+                writer.transport.abort()
+    except (OSError, TimeoutError, UnicodeError, ValueError):
+        return False
+    return line.upper().startswith((b"* OK", b"* PREAUTH", b"* BYE"))

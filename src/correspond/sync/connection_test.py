@@ -5,12 +5,14 @@ to check; nothing is raised for a failure of the server or of the settings. Secr
 in the report.
 
 Problem codes: ``dns``, ``refused``, ``timeout``, ``tls_untrusted``, ``tls_failed``,
-``starttls_missing``, ``not_imap4rev1``, ``plaintext_refused``, ``auth_failed``,
+``wrong_security`` (the port speaks implicit TLS where STARTTLS was chosen, or the reverse),
+``starttls_missing``, ``not_imap4rev1``, ``plaintext_refused``, ``config``, ``auth_failed``,
 ``login_unavailable``, ``connection_lost``, ``protocol``, ``command_failed``, ``unreachable``.
 """
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 
 from correspond.errors import (
@@ -20,6 +22,7 @@ from correspond.errors import (
     ConfigError,
     ConnectionLost,
     ConnectionRefused,
+    GreetingTimeout,
     HostNotFound,
     ImapCommandError,
     ImapConnectionError,
@@ -29,9 +32,14 @@ from correspond.errors import (
     TlsError,
 )
 from correspond.imap.client import ImapClient, ImapEndpoint
+from correspond.imap.connect import probe_plain_greeting, probe_tls
 from correspond.imap.types import ListResponse
 
 __all__ = ["ConnectionReport", "check_connection"]
+
+TRUST_HINT = "`correspond account update NAME --trust-cert FILE`"
+# A probe only confirms a suspicion; it need not wait as long as the test itself.
+_PROBE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -49,16 +57,88 @@ class ConnectionReport:
     folders: list[ListResponse] = field(default_factory=list)
 
 
-def _explain(
-    exc: ImapError | ConfigError, endpoint: ImapEndpoint, timeout: float
+def _dns_message(exc: HostNotFound, host: str) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeError):
+        return f"{host} is not a valid host name: check the server name."
+    if isinstance(cause, socket.gaierror) and cause.errno == socket.EAI_AGAIN:
+        # No answer from DNS at all: the name may be fine, the network is not.
+        return (
+            f"{host} could not be looked up (DNS did not answer): check the network "
+            "connection and try again."
+        )
+    return f"{host} does not resolve: check the server name."
+
+
+def _certificate_message(exc: CertificateNotTrusted, where: str) -> str:
+    if exc.reason == "pinned":
+        return (
+            f"{where} presented a certificate other than the one you chose to trust. If the "
+            f"server's certificate was replaced on purpose, trust the new one with {TRUST_HINT}; "
+            "otherwise something is intercepting the connection."
+        )
+    if exc.reason == "hostname":
+        return (
+            f"The certificate of {where} is issued for another name ({exc}): use the server "
+            "name the certificate is issued for."
+        )
+    if exc.reason == "expired":
+        return (
+            f"The certificate of {where} has expired or is not valid yet ({exc}): tell the "
+            "server's administrator."
+        )
+    return (
+        f"The server's certificate is not trusted (self-signed?): {exc}. If you know this "
+        f"server uses its own certificate, trust exactly that one with {TRUST_HINT}."
+    )
+
+
+def _capability_message(exc: CapabilityError, where: str) -> tuple[str, str]:
+    if exc.capability == "STARTTLS":
+        return "starttls_missing", (
+            f"{where} does not offer STARTTLS ({exc}): use implicit TLS (usually port 993) "
+            "instead; sending the password unencrypted is refused."
+        )
+    if exc.capability == "IMAP4rev1":
+        return "not_imap4rev1", (
+            f"{where} does not speak IMAP4rev1 (its capabilities lack it): check that this is "
+            "the IMAP port and not, say, POP3 or SMTP."
+        )
+    if exc.capability == "LOGIN":
+        return "login_unavailable", (
+            f"{where} refuses to log in on this connection (LOGINDISABLED, usually because it "
+            "is not encrypted): set the security to starttls or tls."
+        )
+    return "login_unavailable", f"{where} cannot be used: {exc}."
+
+
+async def _explain(
+    exc: ImapError | ConfigError, endpoint: ImapEndpoint, username: str, timeout: float
 ) -> tuple[str, str]:
-    """Map one error of the tree to (problem code, sentence for a person)."""
+    """Map one error of the tree to (problem code, sentence for a person).
+
+    Two failures look alike from the client's side but have one clear cause that a short probe
+    confirms: silence after connecting (a port for implicit TLS waits for a handshake) and a
+    failed TLS handshake (a plaintext port greets in clear text).
+    """
     where = f"{endpoint.host}:{endpoint.port}"
+    probe = min(timeout, _PROBE_TIMEOUT)
     if isinstance(exc, HostNotFound):
-        return "dns", f"{endpoint.host} does not resolve: check the server name."
+        return "dns", _dns_message(exc, endpoint.host)
     if isinstance(exc, ConnectionRefused):
         return "refused", (
             f"Connection refused by {where}: check the port and that IMAP is enabled on the server."
+        )
+    if isinstance(exc, GreetingTimeout):
+        if await probe_tls(endpoint.host, endpoint.port, timeout=probe):
+            return "wrong_security", (
+                f"{where} expects implicit TLS, not {endpoint.security}: set the security to "
+                "tls (or use the STARTTLS port, usually 143)."
+            )
+        return "timeout", (
+            f"{where} accepted the connection but sent no IMAP greeting within {timeout:g} s: "
+            "check the port (a port for implicit TLS, usually 993, stays silent until TLS "
+            "starts)."
         )
     if isinstance(exc, ImapTimeout):
         return "timeout", (
@@ -66,12 +146,15 @@ def _explain(
             "that no firewall blocks the connection."
         )
     if isinstance(exc, CertificateNotTrusted):
-        return "tls_untrusted", (
-            f"The server's certificate is not trusted (self-signed?): {exc}. If you know this "
-            "server uses its own certificate, trust exactly that one with "
-            "`correspond account update NAME --trust-cert FILE`."
-        )
+        return "tls_untrusted", _certificate_message(exc, where)
     if isinstance(exc, TlsError):
+        if endpoint.security == "tls" and await probe_plain_greeting(
+            endpoint.host, endpoint.port, timeout=probe
+        ):
+            return "wrong_security", (
+                f"{where} speaks plaintext IMAP, not implicit TLS: set the security to starttls "
+                "(or use the implicit TLS port, usually 993)."
+            )
         return "tls_failed", (
             f"The TLS handshake with {where} failed ({exc}): check that the port matches the "
             "security setting (993 is usually implicit TLS, 143 STARTTLS)."
@@ -81,22 +164,16 @@ def _explain(
     if isinstance(exc, ImapConnectionError):
         return "unreachable", f"Cannot reach {where}: {exc}."
     if isinstance(exc, AuthenticationFailed):
-        return "auth_failed", f"Authentication failed: the server said: {exc.server_text}"
+        return "auth_failed", (
+            f'Authentication failed for {username}: the server said "{exc.server_text}". Check '
+            "the user name and password (some providers require an app password)."
+        )
     if isinstance(exc, CapabilityError):
-        text = str(exc)
-        if "STARTTLS" in text:
-            return "starttls_missing", (
-                f"{where} does not offer STARTTLS: use implicit TLS (usually port 993) instead; "
-                "sending the password unencrypted is refused."
-            )
-        if "IMAP4rev1" in text:
-            return "not_imap4rev1", (
-                f"{where} does not speak IMAP4rev1 (its greeting lacks it): check that this is "
-                "the IMAP port and not, say, POP3 or SMTP."
-            )
-        return "login_unavailable", f"{where} cannot be used: {text}."
+        return _capability_message(exc, where)
     if isinstance(exc, ConfigError):
-        return "plaintext_refused", f"{exc}."
+        if endpoint.security == "plain" and not endpoint.allow_plaintext:
+            return "plaintext_refused", f"{exc}."
+        return "config", f"The account settings cannot be used: {exc}."
     if isinstance(exc, ImapProtocolError):
         return "protocol", (
             f"{where} answered with something that is not IMAP ({exc}): check the port."
@@ -111,19 +188,21 @@ async def check_connection(
 ) -> ConnectionReport:
     """Try the account's IMAP settings end to end and say what, if anything, is wrong.
 
-    Steps: resolve and connect (``timeout`` for the connection and for each reply), TLS or
-    STARTTLS (RFC 3501 §6.2.1, RFC 8314), check IMAP4rev1, authenticate, then LIST with
-    SPECIAL-USE (RFC 6154) and log out.
+    Steps: resolve and connect (``timeout`` for each wait: connection, TLS handshake, greeting,
+    each reply), TLS or STARTTLS (RFC 3501 §6.2.1, RFC 8314), check IMAP4rev1, authenticate,
+    then LIST with SPECIAL-USE (RFC 6154) and log out.
     """
     client: ImapClient | None = None
     try:
         client = await ImapClient.connect(
             endpoint, connect_timeout=timeout, command_timeout=timeout
         )
-        await client.login(username, password)
-        folders = await client.list_folders()
-        capabilities = client.capabilities
-        await client.logout()
+        # Leaving the block logs out when the session is sound, else drops the connection at
+        # once (no second wait on a server that just timed out), also on cancellation.
+        async with client:
+            await client.login(username, password)
+            folders = await client.list_folders()
+            capabilities = client.capabilities
         return ConnectionReport(
             ok=True,
             problem=None,
@@ -135,8 +214,6 @@ async def check_connection(
             folders=folders,
         )
     except (ImapError, ConfigError) as exc:
-        problem, message = _explain(exc, endpoint, timeout)
+        problem, message = await _explain(exc, endpoint, username, timeout)
         caps = client.capabilities if client is not None else frozenset()
-        if client is not None:
-            await client.logout()
         return ConnectionReport(ok=False, problem=problem, message=message, capabilities=caps)

@@ -37,7 +37,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -131,14 +131,24 @@ def _make_certificate(directory: Path) -> tuple[Path, Path, str]:
     return cert_path, key_path, cert_pem
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: ask Linux to SIGTERM dovecot when the test process dies.
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to SIGTERM dovecot when its parent goes away, or None.
 
-    atexit does not run when the test runner is SIGKILLed; this covers that case.
+    atexit does not run when the test runner is SIGKILLed; this covers that case. ``prctl`` is
+    looked up here, in the parent: the forked child of a multi-threaded process must not dlopen
+    (a lock another thread held at fork time would never be released). Linux sends the signal
+    when the *thread* that started the child ends, so start the server from a long-lived
+    thread (the main thread, as pytest fixtures do), not from ``asyncio.to_thread``.
     """
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return hook
 
 
 class DovecotServer:
@@ -259,7 +269,7 @@ class DovecotServer:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # the child has no threads before exec
+                preexec_fn=_die_with_parent_hook(),
                 # Its own process group, so stop() can take every Dovecot process down at once.
                 start_new_session=True,
             )

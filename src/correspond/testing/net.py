@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import select
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-__all__ = ["FakeImapServer", "free_port", "free_ports", "wait_for_port"]
+__all__ = [
+    "SECOND_LOOPBACK",
+    "FakeImapServer",
+    "black_hole",
+    "connect_from",
+    "free_port",
+    "free_ports",
+    "wait_for_port",
+]
+
+# Linux routes all of 127.0.0.0/8 to the loopback device, so this address needs no set-up.
+SECOND_LOOPBACK = "127.0.0.2"
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -46,6 +60,57 @@ def wait_for_port(host: str, port: int, timeout: float) -> bool:
             time.sleep(0.05)
 
 
+@contextlib.contextmanager
+def black_hole(host: str = "127.0.0.1") -> Iterator[int]:
+    """A loopback port where TCP connects never complete (a firewall that drops packets).
+
+    A listener with a full accept queue: Linux drops further SYNs instead of refusing them, so
+    a client's connect hangs until its own timeout. Yields the port.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind((host, 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        # Connect (never accept) until one connect stalls: from then on the queue is full.
+        for _ in range(16):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            fillers.append(filler)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect((host, port))
+            _, writable, _ = select.select([], [filler], [], 0.05)
+            if not writable:
+                break
+        else:
+            raise RuntimeError("could not fill the accept queue of a loopback listener")
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+@contextlib.contextmanager
+def connect_from(source: str = SECOND_LOOPBACK) -> Iterator[None]:
+    """Make the running event loop open its TCP connections from ``source``.
+
+    Dovecot treats a client whose address equals the server's own as secure and lets it log in
+    without TLS; from another loopback address it behaves as over a network (``LOGINDISABLED``
+    before STARTTLS). Call inside a coroutine; the loop is restored on exit.
+    """
+    loop = asyncio.get_running_loop()
+    original = loop.create_connection
+    loop.create_connection = functools.partial(  # type: ignore[method-assign]
+        original, local_addr=(source, 0)
+    )
+    try:
+        yield
+    finally:
+        del loop.create_connection  # the instance attribute hid the method; unhide it
+
+
 ReplyFn = Callable[[bytes], bytes | None]
 
 
@@ -53,9 +118,9 @@ class FakeImapServer:
     """A tiny scripted IMAP-ish server on loopback, for cases a real server cannot produce.
 
     ``greeting``: bytes sent on connect, or None to accept and never speak. ``reply`` maps one
-    received command line (CRLF stripped) to the bytes to answer, or None to stay silent
-    (a stalled server). The default answers ``CAPABILITY`` with ``capabilities`` and ``LOGOUT``
-    with BYE + OK, and stays silent on anything else. ``lines`` records what arrived.
+    received line (CRLF stripped) to the bytes to answer, or None to leave it to the default,
+    which answers ``CAPABILITY`` with ``capabilities`` and ``LOGOUT`` with BYE + OK, and stays
+    silent on anything else (a stalled server). ``lines`` records what arrived.
 
     >>> async with FakeImapServer(b"* OK hi\\r\\n") as fake:   # doctest: +SKIP
     ...     fake.port
@@ -72,7 +137,7 @@ class FakeImapServer:
     ) -> None:
         self.greeting = greeting
         self.capabilities = capabilities
-        self._reply = reply or self._default_reply
+        self._reply = reply
         self.lines: list[bytes] = []
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -96,7 +161,9 @@ class FakeImapServer:
             while line := await reader.readline():
                 line = line.rstrip(b"\r\n")
                 self.lines.append(line)
-                answer = self._reply(line)
+                answer = self._reply(line) if self._reply is not None else None
+                if answer is None:
+                    answer = self._default_reply(line)
                 if answer:
                     writer.write(answer)
                     await writer.drain()
