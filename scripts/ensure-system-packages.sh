@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite needs, only those missing.
-# The tests start their own private Dovecot and (when no server is named) PostgreSQL under a
-# temporary folder; the system services are never used or started.
+# Installs Debian packages, only those missing: the ones given as arguments, or (without
+# arguments) the ones the test suite needs. The tests start their own private Dovecot and (when
+# no server is named) PostgreSQL under a temporary folder; the system services are never used.
 set -euo pipefail
-wanted=(dovecot-imapd dovecot-lmtpd postgresql openssl ca-certificates)
+if [ $# -gt 0 ]; then
+  wanted=("$@")
+else
+  wanted=(dovecot-imapd dovecot-lmtpd postgresql openssl ca-certificates)
+fi
 missing=()
 for pkg in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null; then
+  echo "Please install these packages (no apt-get here): ${missing[*]}" >&2
+  exit 1
+fi
 echo "Installing Debian packages: ${missing[*]}"
 SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "Run as root, or install sudo, to install: ${missing[*]}" >&2; exit 1; }
+  SUDO="sudo"
+fi
 export DEBIAN_FRONTEND=noninteractive
 # policy-rc.d keeps the packages' system services from starting: the tests run their own.
 if [ ! -e /usr/sbin/policy-rc.d ]; then

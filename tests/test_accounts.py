@@ -224,3 +224,53 @@ def test_api_test_and_refresh(
         assert result["added"] == len(result["folders"]) > 0
         assert "inbox" in {f["role"] for f in result["folders"]}
         assert imap_user.password not in refreshed.text + client.get("/accounts").text
+
+
+def test_cli_folder_selection_on_a_real_server(
+    dovecot: Any, imap_user: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a newcomer does by hand: refresh, pick folders, try a parent-only folder."""
+    for var in ("CORRESPOND_DATA_DIR", "CORRESPOND_DATABASE_URL", "CORRESPOND_SECRET_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: False)
+    # "Projects" exists only as the parent of "Projects/Sent": Dovecot lists it \NonExistent.
+    # "Gesendet" is a user folder beside the real \Sent one: an ordinary folder of that name.
+    for mailbox in ("Projects/Sent", "Gesendet"):
+        dovecot.create_mailbox(imap_user, mailbox)
+    cert = tmp_path / "dovecot.pem"
+    cert.write_text(dovecot.cert_pem)
+    base = ["--data-dir", str(tmp_path / "data")]
+    runner = CliRunner()
+    add = [
+        *base, "account", "add", "dove", "--email", f"{imap_user.username}@example.test",
+        "--username", imap_user.username, "--imap-host", dovecot.host,
+        "--imap-port", str(dovecot.tls_port), "--imap-security", "tls",
+        "--trust-cert", str(cert), "--password-stdin",
+    ]  # fmt: skip
+    assert runner.invoke(main, add, input=imap_user.password + "\n").exit_code == 0
+
+    def folders(*extra: str) -> Any:
+        result = runner.invoke(main, [*base, "account", "folders", "dove", *extra, "--json"])
+        assert result.exit_code == 0, result.output
+        return {f["name"]: f for f in json.loads(result.output)}
+
+    listed = folders("--refresh")
+    assert listed["Sent"]["role"] == "sent"
+    assert listed["Gesendet"]["role"] is None and listed["Projects/Sent"]["role"] is None
+    assert listed["Projects"]["selectable"] is False and listed["Projects"]["selected"] is False
+
+    refused = runner.invoke(main, [*base, "account", "folders", "dove", "--select", "Projects"])
+    assert refused.exit_code == 2 and "\\NonExistent" in refused.output
+    assert folders() == listed  # nothing changed
+
+    picked = folders("--select", "INBOX", "--select", "Projects/Sent")
+    assert {n for n, f in picked.items() if f["selected"]} == {"INBOX", "Projects/Sent"}
+    listed_account = runner.invoke(main, [*base, "account", "list", "--json"])
+    account = json.loads(listed_account.output)[0]
+    assert (account["folders_mode"], account["selected_folder_count"]) == ("selected", 2)
+    assert account["folder_count"] == len(listed)
+    everything = folders("--all")
+    assert {n for n, f in everything.items() if f["selected"]} == {
+        n for n, f in listed.items() if f["selectable"]
+    }
+    assert imap_user.password not in listed_account.output

@@ -62,21 +62,25 @@ def test_create_get_list_delete(client: TestClient) -> None:
     assert client.get("/accounts").json() == []
 
 
+def messages_of(r: Any) -> dict[str, str]:
+    """A 422 body as ``{"field.path": message}``."""
+    assert r.status_code == 422, r.text
+    return {".".join(map(str, e["loc"][1:])) or "body": e["msg"] for e in r.json()["detail"]}
+
+
 def test_errors_are_clear(client: TestClient) -> None:
     assert client.post("/accounts", json=new_account()).status_code == 201
     dup = client.post("/accounts", json=new_account())
-    assert dup.status_code == 400
-    assert dup.json()["error"] == "ConfigError" and "already exists" in dup.json()["detail"]
-
-    missing = client.post("/accounts", json=new_account(name="x", imap_host=None))
-    assert missing.status_code == 400 and "imap_host" in missing.json()["detail"]
+    assert dup.status_code == 409
+    assert dup.json() == {
+        "detail": "an account named 'work' already exists",
+        "error": "Conflict",
+        "transient": False,
+    }
 
     unknown_field = client.post("/accounts", json=new_account(name="y", secret_key="z"))
-    assert unknown_field.status_code == 422
-    bad_name = client.post("/accounts", json=new_account(name="has space"))
-    assert bad_name.status_code == 422
-    plain = client.post("/accounts", json=new_account(name="p", imap_security="plain"))
-    assert plain.status_code == 400 and "plaintext" in plain.json()["detail"]
+    assert "secret_key" in messages_of(unknown_field)
+    assert "name" in messages_of(client.post("/accounts", json=new_account(name="has space")))
     not_found = client.get("/accounts/nope")
     assert not_found.status_code == 404
     assert not_found.json() == {
@@ -84,6 +88,57 @@ def test_errors_are_clear(client: TestClient) -> None:
         "error": "NotFound",
         "transient": False,
     }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "words"),
+    [
+        ({"imap_host": None}, "body", "missing: imap_host"),
+        ({"imap_security": "plain"}, "body", "allow_plaintext"),
+        ({"preset": "yahoo"}, "preset", "google"),
+        ({"imap_security": "ssl"}, "imap_security", "starttls"),
+        ({"imap_port": 70000}, "imap_port", "65535"),
+        ({"email": "not-an-address"}, "email", "not an e-mail address"),
+        ({"imap_host": "imap.example.test:993"}, "imap_host", "imap_port"),
+        ({"imap_host": "imaps://imap.example.test"}, "imap_host", "not a URL"),
+        ({"smtp_host": "smtp example"}, "smtp_host", "spaces"),
+        ({"trusted_cert_pem": "not a certificate"}, "trusted_cert_pem", "PEM"),
+        ({"window_days": 0}, "window_days", "greater than or equal to 1"),
+        ({"password": ""}, "password", "at least 1"),
+    ],
+)
+def test_bad_input_is_a_422_naming_the_field(
+    client: TestClient, overrides: dict[str, Any], field: str, words: str
+) -> None:
+    r = client.post("/accounts", json=new_account(**overrides))
+    messages = messages_of(r)
+    assert words in messages[field], messages
+    assert PASSWORD not in r.text
+    assert client.get("/accounts").json() == []  # nothing stored
+
+
+def test_validation_errors_never_echo_the_password(client: TestClient) -> None:
+    # A missing field or a cross-field rule makes pydantic quote the whole body as "input";
+    # the API must not send the password back.
+    body = new_account()
+    del body["email"]
+    for r in (
+        client.post("/accounts", json=body),
+        client.post("/accounts", json=new_account(imap_host=None)),
+        client.post("/accounts", json=new_account(imap_security="plain")),
+    ):
+        assert r.status_code == 422
+        assert PASSWORD not in r.text
+        assert all(set(e) == {"type", "loc", "msg"} for e in r.json()["detail"])
+
+
+def test_presets_through_the_api(client: TestClient) -> None:
+    google = client.post("/accounts", json=new_account(name="g", preset="google", imap_host=None))
+    assert google.status_code == 201, google.text
+    assert google.json()["imap"] == {"host": "imap.gmail.com", "port": 993, "security": "tls"}
+    other_tls = client.post("/accounts", json=new_account(name="o", imap_security="tls"))
+    assert other_tls.json()["smtp"]["port"] == 465
+    assert other_tls.json()["smtp"]["security"] == "tls"
 
 
 def test_password_is_write_only_in_openapi(client: TestClient) -> None:
@@ -131,14 +186,19 @@ def test_folders_and_selection(client: TestClient, store: Store) -> None:
     assert (account["folders_mode"], account["selected_folder_count"]) == ("selected", 2)
     assert account["folder_count"] == 6
 
-    ambiguous = client.put("/accounts/work/folders/selection", json={"folders": ["Entwürfe"]})
-    assert ambiguous.status_code == 400 and "choose by id" in ambiguous.json()["detail"]
-    noselect = client.put("/accounts/work/folders/selection", json={"folders": ["[Gmail]"]})
-    assert noselect.status_code == 400
-    unknown = client.put("/accounts/work/folders/selection", json={"folders": ["Nope"]})
-    assert unknown.status_code == 404
-    empty = client.put("/accounts/work/folders/selection", json={})
-    assert empty.status_code == 400
+    def select(body: dict[str, Any]) -> Any:
+        return client.put("/accounts/work/folders/selection", json=body)
+
+    before = client.get("/accounts/work/folders").json()
+    assert "choose by id" in messages_of(select({"folders": ["Entwürfe"]}))["folders"]
+    assert "\\Noselect" in messages_of(select({"folders": ["INBOX", "[Gmail]"]}))["folders"]
+    assert "no folder named 'Nope'" in messages_of(select({"folders": ["Nope"]}))["folders"]
+    assert "no folder with id 999" in messages_of(select({"folders": [999]}))["folders"]
+    assert "at least one folder" in messages_of(select({}))["body"]
+    assert "not both" in messages_of(select({"all": True, "folders": ["INBOX"]}))["body"]
+    assert client.get("/accounts/work/folders").json() == before  # a bad request changed nothing
+    missing_account = client.put("/accounts/nope/folders/selection", json={"folders": ["INBOX"]})
+    assert missing_account.status_code == 404
 
     everything = client.put("/accounts/work/folders/selection", json={"all": True})
     assert sum(f["selected"] for f in everything.json()) == 5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -165,13 +166,204 @@ def test_prompts_when_a_terminal_is_attached(
         "home",
         "--imap-security",
         "tls",
-        input=f"me@home.test\nimap.home.test\n{PASSWORD}\n",
+        # e-mail, IMAP host, SMTP host (Enter: the IMAP host), password
+        input=f"me@home.test\nimap.home.test\n\n{PASSWORD}\n",
     )
     assert result.exit_code == 0, result.output
     assert "E-mail address" in result.output and "IMAP server host" in result.output
+    assert "Provider" not in result.output  # --imap-security says it is an IMAP server
     assert PASSWORD not in result.output  # the password prompt hides input
     data = json.loads(run(runner, data_dir, "account", "list", "--json").output)
     assert data[0]["imap"] == {"host": "imap.home.test", "port": 993, "security": "tls"}
+    assert data[0]["smtp"] == {"host": "imap.home.test", "port": 465, "security": "tls"}
+
+
+def test_guided_add_asks_for_everything_and_again_on_a_bad_answer(
+    runner: CliRunner, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: True)
+    answers = [
+        "my work",  # refused: a space
+        "work",
+        "yahoo",  # refused: no such preset
+        "exchange office",  # an alias of exchange-online
+        "me@contoso.test",
+        PASSWORD,
+    ]
+    result = run(runner, data_dir, "account", "add", input="\n".join(answers) + "\n")
+    assert result.exit_code == 0, result.output
+    assert "account name 'my work' is not allowed" in result.output
+    assert "unknown preset 'yahoo'" in result.output
+    assert "exchange-online  Exchange Office (Exchange Online)" in result.output
+    a = json.loads(run(runner, data_dir, "account", "list", "--json").output)[0]
+    assert (a["name"], a["preset"], a["imap"]["host"]) == (
+        "work",
+        "exchange-online",
+        "outlook.office365.com",
+    )
+
+    # A self-hosted server: host and security are asked for, with the preset's default.
+    answers = ["lab", "exchange", "me@lab.test", "mail.lab.test:993", "mail.lab.test", "", "pw"]
+    result = run(runner, data_dir, "account", "add", input="\n".join(answers) + "\n")
+    assert result.exit_code == 0, result.output
+    assert "without a port" in result.output
+    a = json.loads(run(runner, data_dir, "account", "list", "--json").output)[0]
+    assert a["name"] == "lab"
+    assert a["imap"] == {"host": "mail.lab.test", "port": 993, "security": "tls"}
+    assert a["smtp"] == {"host": "mail.lab.test", "port": 587, "security": "starttls"}
+
+
+def test_password_stdin_on_a_terminal_asks_nothing(
+    runner: CliRunner, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: True)
+    result = run(runner, data_dir, "account", "add", "w", "--password-stdin", input="pw\n")
+    assert result.exit_code == 2
+    assert "standard input carries the password" in result.output
+    assert "--email" in result.output and "--imap-host" in result.output
+
+
+def test_every_field_as_a_flag(runner: CliRunner, data_dir: Path) -> None:
+    result = run(
+        runner, data_dir, "account", "add", "full",
+        "--preset", "Other IMAP", "--email", "me@full.test", "--username", "me",
+        "--imap-host", "imap.full.test", "--imap-port", "10993", "--imap-security", "TLS",
+        "--smtp-host", "smtp.full.test", "--smtp-port", "10465", "--smtp-security", "tls",
+        "--window-days", "7", "--password-stdin", "--json",
+        input=PASSWORD + "\n",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    a = json.loads(result.output)
+    assert (a["preset"], a["email"], a["username"], a["window_days"]) == (
+        "other",
+        "me@full.test",
+        "me",
+        7,
+    )
+    assert a["imap"] == {"host": "imap.full.test", "port": 10993, "security": "tls"}
+    assert a["smtp"] == {"host": "smtp.full.test", "port": 10465, "security": "tls"}
+    assert PASSWORD not in result.output
+    assert a["has_password"] is True and "password" not in a
+
+
+ADD = ["account", "add", "x", "--email", "a@b.test", "--imap-host", "imap.b.test"]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        ([*ADD, "--preset", "yahoo"], "unknown preset 'yahoo'"),
+        ([*ADD, "--imap-port", "99999"], "99999 is not in the range"),
+        ([*ADD, "--imap-port", "abc"], "'abc' is not a valid integer"),
+        ([*ADD, "--imap-security", "ssl"], "'ssl' is not one of"),
+        ([*ADD, "--smtp-security", "ssl"], "'ssl' is not one of"),
+        ([*ADD, "--imap-security", "plain"], "--allow-plaintext"),
+        (["account", "add", "has space", "--email", "a@b.test", "--imap-host", "h"], "not allowed"),
+        (["account", "add", "x", "--email", "nobody", "--imap-host", "h"], "not an e-mail"),
+        (["account", "add", "x", "--email", "a@b.test", "--imap-host", "h:993"], "--imap-port"),
+        (["account", "test", "nope"], "no account named 'nope'"),
+        (["account", "folders", "nope"], "no account named 'nope'"),
+        (["account", "update", "nope", "--window-days", "3"], "no account named 'nope'"),
+        (["account", "remove", "nope", "--yes"], "no account named 'nope'"),
+        (["account", "pause", "nope"], "no account named 'nope'"),
+        (["account", "folders", "work", "--select", "Nope"], "no folder named 'Nope'"),
+        (["account", "folders", "work", "--select", "Projects"], "\\NonExistent"),
+        (["account", "folders", "work", "--select", "[Gmail]"], "\\Noselect"),
+        (["account", "folders", "work", "--select", "INBOX", "--all"], "not both"),
+    ],
+)
+def test_bad_input_is_one_line_and_changes_nothing(
+    runner: CliRunner, data_dir: Path, args: list[str], words: str
+) -> None:
+    add_work(runner, data_dir)
+    seed_folders(
+        data_dir,
+        "work",
+        [
+            folder_spec("INBOX", "inbox"),
+            folder_spec("Projects", selectable=False, flags=("\\NonExistent",)),
+            folder_spec("[Gmail]", selectable=False, flags=("\\Noselect",)),
+        ],
+    )
+    before = run(runner, data_dir, "account", "list", "--json").output
+    folders_before = run(runner, data_dir, "account", "folders", "work", "--json").output
+    result = (
+        run(runner, data_dir, *args, "--password-stdin", input="pw\n")
+        if args[1] == "add"
+        else run(runner, data_dir, *args)
+    )
+    assert result.exit_code in (2, 3), result.output
+    assert isinstance(result.exception, SystemExit)  # a message, not a traceback
+    assert words in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output
+    assert run(runner, data_dir, "account", "list", "--json").output == before
+    assert run(runner, data_dir, "account", "folders", "work", "--json").output == folders_before
+
+
+def test_trusted_certificate_files_are_checked(
+    runner: CliRunner, data_dir: Path, tmp_path: Path
+) -> None:
+    binary = tmp_path / "server.der"
+    binary.write_bytes(b"\x30\x82\x01\xff\xfe binary")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a certificate\n")
+    for cert, words in ((binary, "is binary"), (text, "not a PEM certificate")):
+        added = run(
+            runner, data_dir, *ADD, "--trust-cert", str(cert), "--password-stdin", input="pw\n"
+        )
+        assert added.exit_code == 2 and words in added.output, added.output
+        assert isinstance(added.exception, SystemExit)
+    add_work(runner, data_dir)
+    updated = run(runner, data_dir, "account", "update", "work", "--trust-cert", str(binary))
+    assert updated.exit_code == 2 and "is binary" in updated.output
+
+
+def test_update_json(runner: CliRunner, data_dir: Path) -> None:
+    add_work(runner, data_dir)
+    result = run(runner, data_dir, "account", "update", "work", "--window-days", "9", "--json")
+    assert result.exit_code == 0, result.output
+    a = json.loads(result.output)
+    assert a["window_days"] == 9 and PASSWORD not in result.output
+
+
+def test_key_and_data_dir_are_private_and_kept(runner: CliRunner, data_dir: Path) -> None:
+    add_work(runner, data_dir)
+    key = data_dir / "secret.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    first = key.read_bytes()
+    assert run(runner, data_dir, "account", "list").exit_code == 0
+    assert key.read_bytes() == first  # generated once, never replaced
+    assert [p.name for p in data_dir.iterdir() if p.name.startswith(".secret")] == []
+
+
+def test_unusable_data_dir_and_settings_are_one_line_errors(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = runner.invoke(main, ["--data-dir", str(blocker / "sub"), "account", "list"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert "cannot create data directory" in result.output
+    monkeypatch.setenv("CORRESPOND_PORT", "eighty")
+    result = runner.invoke(main, ["--data-dir", str(tmp_path / "d"), "account", "list"])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0
+    assert "CORRESPOND_PORT" in result.output and "'eighty'" in result.output
+
+
+def test_a_broken_key_says_where_it_came_from(
+    runner: CliRunner, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_work(runner, data_dir)
+    (data_dir / "secret.key").write_text("garbage\n")
+    result = run(runner, data_dir, "account", "test", "work")
+    assert result.exit_code == 2 and str(data_dir / "secret.key") in result.output
+    monkeypatch.setenv("CORRESPOND_SECRET_KEY", "short")
+    result = run(runner, data_dir, "account", "list")
+    assert result.exit_code == 2 and "CORRESPOND_SECRET_KEY" in result.output
+    assert "short" not in result.output  # not even a bad key is echoed
 
 
 def test_preset_and_options(runner: CliRunner, data_dir: Path, tmp_path: Path) -> None:
@@ -449,6 +641,7 @@ def test_account_update_trusts_a_certificate_and_changes_the_password(
     failed = runner.invoke(main, [*base, "account", "test", "lab", "--json"])
     assert failed.exit_code == 1
     assert json.loads(failed.stdout)["problem"] == "tls_untrusted"
+    assert "correspond account update lab --trust-cert FILE" in json.loads(failed.stdout)["message"]
     cert = tmp_path / "server.pem"
     cert.write_text(dovecot.cert_pem, encoding="ascii")
     result = runner.invoke(main, [*base, "account", "update", "lab", "--trust-cert", str(cert)])
@@ -463,3 +656,15 @@ def test_account_update_trusts_a_certificate_and_changes_the_password(
     nothing = runner.invoke(main, [*base, "account", "update", "lab"])
     assert nothing.exit_code == 2
     assert "nothing to change" in nothing.output
+
+
+def test_serve_on_a_taken_port_says_so(runner: CliRunner, data_dir: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(runner, data_dir, "serve", "--no-sync", "--port", str(port))
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output and "--port" in result.output

@@ -380,3 +380,90 @@ def test_corpus_yandex_xlist() -> None:
     }
     assert specs["Drafts|template"].role is None
     assert specs["Outbox"].role is None
+
+
+# What localised Outlook / Exchange, Gmail, Thunderbird and Roundcube name the system folders
+# when the server sends no SPECIAL-USE (one mailbox per language, every role present).
+LOCALISED: dict[str, dict[str, str]] = {
+    "de": {"sent": "Gesendete Elemente", "drafts": "Entwürfe", "trash": "Gelöschte Elemente",
+           "junk": "Junk-E-Mail", "archive": "Archiv"},
+    "fr": {"sent": "Éléments envoyés", "drafts": "Brouillons", "trash": "Éléments supprimés",
+           "junk": "Courrier indésirable", "archive": "Archives"},
+    "fr-CA": {"sent": "Envoyés", "drafts": "Brouillons", "trash": "Corbeille",
+              "junk": "Pourriel", "archive": "Archives"},
+    "es": {"sent": "Elementos enviados", "drafts": "Borradores",
+           "trash": "Elementos eliminados", "junk": "Correo electrónico no deseado",
+           "archive": "Archivo"},
+    "it": {"sent": "Posta inviata", "drafts": "Bozze", "trash": "Posta eliminata",
+           "junk": "Posta indesiderata", "archive": "Archivio"},
+    "nl": {"sent": "Verzonden items", "drafts": "Concepten", "trash": "Verwijderde items",
+           "junk": "Ongewenste e-mail", "archive": "Archief"},
+    "pt-BR": {"sent": "Itens Enviados", "drafts": "Rascunhos", "trash": "Itens Excluídos",
+              "junk": "Lixo Eletrônico", "archive": "Arquivo"},
+    "pt-PT": {"sent": "Itens Enviados", "drafts": "Rascunhos", "trash": "Itens Eliminados",
+              "junk": "Correio Eletrónico de Lixo", "archive": "Arquivo"},
+    "pl": {"sent": "Elementy wysłane", "drafts": "Wersje robocze",
+           "trash": "Elementy usunięte", "junk": "Wiadomości-śmieci", "archive": "Archiwum"},
+    "ru": {"sent": "Отправленные", "drafts": "Черновики", "trash": "Удаленные",
+           "junk": "Нежелательная почта", "archive": "Архив"},
+    "sv": {"sent": "Skickat", "drafts": "Utkast", "trash": "Borttagna objekt",
+           "junk": "Skräppost", "archive": "Arkiv"},
+    "da": {"sent": "Sendt post", "drafts": "Kladder", "trash": "Slettet post",
+           "junk": "Uønsket e-mail", "archive": "Arkiv"},
+    "nb": {"sent": "Sendte elementer", "drafts": "Utkast", "trash": "Slettede elementer",
+           "junk": "Søppelpost", "archive": "Arkiv"},
+    "fi": {"sent": "Lähetetyt", "drafts": "Luonnokset", "trash": "Poistetut",
+           "junk": "Roskaposti", "archive": "Arkisto"},
+    "cs": {"sent": "Odeslaná pošta", "drafts": "Koncepty", "trash": "Odstraněná pošta",
+           "junk": "Nevyžádaná pošta", "archive": "Archiv"},
+    "hu": {"sent": "Elküldött elemek", "drafts": "Piszkozatok", "trash": "Törölt elemek",
+           "junk": "Levélszemét", "archive": "Archívum"},
+    "tr": {"sent": "Gönderilmiş Öğeler", "drafts": "Taslaklar", "trash": "Silinmiş Öğeler",
+           "junk": "Gereksiz E-posta", "archive": "Arşiv"},
+    "ja": {"sent": "送信済みアイテム", "drafts": "下書き", "trash": "削除済みアイテム",
+           "junk": "迷惑メール", "archive": "アーカイブ"},
+    "zh": {"sent": "已发送邮件", "drafts": "草稿箱", "trash": "已删除邮件",
+           "junk": "垃圾邮件", "archive": "归档"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("language", sorted(LOCALISED))
+def test_localised_names_get_their_roles(language: str) -> None:
+    folders = LOCALISED[language]
+    entries = [L("INBOX"), *(L(name) for name in folders.values()), L("Kunden")]
+    assert role_map(entries) == {"inbox": "INBOX", **folders}
+
+
+@pytest.mark.parametrize("language", ["de", "fr", "ru"])
+def test_localised_names_under_inbox_with_a_dot_delimiter(language: str) -> None:
+    # Courier / Cyrus style: everything is a child of INBOX, "." separates levels.
+    folders = LOCALISED[language]
+    entries = [L("INBOX", delim="."), *(L(f"INBOX.{n}", delim=".") for n in folders.values())]
+    entries.append(L(f"INBOX.Projekt.{folders['sent']}", delim="."))
+    expected = {role: f"INBOX.{name}" for role, name in folders.items()}
+    assert role_map(entries) == {"inbox": "INBOX", **expected}
+
+
+def test_decomposed_unicode_names_match() -> None:
+    # A name created on macOS arrives decomposed (NFD): "é" as "e" + U+0301.
+    import unicodedata
+
+    sent = unicodedata.normalize("NFD", "Éléments envoyés")
+    trash = unicodedata.normalize("NFD", "Gelöschte Elemente")
+    assert sent != "Éléments envoyés"
+    assert role_map([L("INBOX"), L(sent), L(trash)]) == {
+        "inbox": "INBOX",
+        "sent": sent,
+        "trash": trash,
+    }
+
+
+def test_special_use_beats_a_localised_name() -> None:
+    # The server names the role; a user's "Gesendet" beside it is an ordinary folder.
+    entries = [L("INBOX"), L("Gesendet"), L("Sent", "\\Sent"), L("Kunden/Gesendet")]
+    assert roles(entries) == {
+        "INBOX": "inbox",
+        "Gesendet": None,
+        "Sent": "sent",
+        "Kunden/Gesendet": None,
+    }

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import re
+from typing import get_args
+
 import pytest
 
 from correspond.errors import ConfigError
 from correspond.rules.presets import (
     PRESETS,
+    PresetKey,
+    check_account_name,
+    check_certificate_pem,
+    check_email,
+    check_host,
     default_imap_port,
     default_smtp_port,
     draft_from_preset,
     get_preset,
     missing_fields,
 )
+
+# A real (if tiny) DER certificate is not needed: the check is that the PEM block holds base64
+# of an ASN.1 SEQUENCE, which "MIIB..." is.
+PEM = "-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n"
 
 
 def test_google() -> None:
@@ -105,11 +117,11 @@ def test_whitespace_is_trimmed_and_overrides_kept() -> None:
         email=" a@b.example ",
         imap_host=" h.example ",
         window_days=30,
-        trusted_cert_pem="PEM",
+        trusted_cert_pem=PEM,
         toggles={"delete_remote_on_crm_delete": True},
     )
     assert (d.name, d.email, d.imap_host) == ("work", "a@b.example", "h.example")
-    assert d.window_days == 30 and d.trusted_cert_pem == "PEM"
+    assert d.window_days == 30 and d.trusted_cert_pem == PEM
     assert d.toggles == {"delete_remote_on_crm_delete": True}
     assert d.with_changes(name="other").name == "other"
 
@@ -122,3 +134,96 @@ def test_every_preset_has_sane_ports() -> None:
         assert p.imap_port in (993, 143) and p.smtp_port in (465, 587)
     assert default_imap_port("tls") == 993 and default_imap_port("starttls") == 143
     assert default_smtp_port("tls") == 465 and default_smtp_port("starttls") == 587
+
+
+def test_preset_keys_match_the_api_literal() -> None:
+    assert set(get_args(PresetKey)) == set(PRESETS)
+
+
+@pytest.mark.parametrize(
+    ("spelling", "key"),
+    [
+        ("Google", "google"),
+        ("gmail", "google"),
+        ("Office 365", "office365"),
+        ("microsoft365", "office365"),
+        ("Exchange Office", "exchange-online"),
+        ("exchange_online", "exchange-online"),
+        ("Exchange self-hosted", "exchange"),
+        ("Other IMAP", "other"),
+        ("imap", "other"),
+    ],
+)
+def test_presets_by_other_spellings(spelling: str, key: str) -> None:
+    assert get_preset(spelling).key == key
+
+
+def test_other_imap_security_picks_the_standard_pair() -> None:
+    """Other IMAP: 143/587 with STARTTLS, or 993/465 with TLS, from one choice."""
+    tls = draft_from_preset(
+        "other", name="o", email="a@b.example", imap_host="h", imap_security="tls"
+    )
+    assert (tls.imap_port, tls.smtp_port, tls.smtp_security) == (993, 465, "tls")
+    starttls = draft_from_preset(
+        "other", name="o", email="a@b.example", imap_host="h", imap_security="starttls"
+    )
+    assert (starttls.imap_port, starttls.smtp_port, starttls.smtp_security) == (
+        143,
+        587,
+        "starttls",
+    )
+    mixed = draft_from_preset(
+        "other",
+        name="o",
+        email="a@b.example",
+        imap_host="h",
+        imap_security="tls",
+        smtp_security="starttls",
+    )
+    assert (mixed.imap_port, mixed.smtp_port) == (993, 587)
+    # Google's SMTP side is fixed by the preset, whatever the IMAP security.
+    g = draft_from_preset("google", name="g", email="a@gmail.com", imap_security="tls")
+    assert (g.smtp_port, g.smtp_security) == (465, "tls")
+    plain = draft_from_preset(
+        "other",
+        name="o",
+        email="a@b.example",
+        imap_host="h",
+        imap_security="plain",
+        allow_plaintext=True,
+    )
+    assert (plain.imap_port, plain.smtp_port, plain.smtp_security) == (143, 587, "starttls")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"name": "has space"}, "account name 'has space' is not allowed"),
+        ({"name": "a/b"}, "is not allowed"),
+        ({"name": "x" * 101}, "is not allowed"),
+        ({"email": "nobody"}, "not an e-mail address"),
+        ({"email": "a b@c.d"}, "not an e-mail address"),
+        ({"imap_host": "mail.example.com:993"}, "without a port"),
+        ({"imap_host": "https://mail.example.com"}, "not a URL"),
+        ({"imap_host": "mail example.com"}, "spaces"),
+        ({"smtp_host": "smtp.example.com:587"}, "smtp_port"),
+        ({"trusted_cert_pem": "hello"}, "not a PEM certificate"),
+        ({"trusted_cert_pem": PEM.replace("MIIBAA==", "aGVsbG8=")}, "not a certificate"),
+    ],
+)
+def test_malformed_fields_are_refused_with_the_reason(kwargs: dict[str, str], words: str) -> None:
+    args: dict[str, str] = {"name": "o", "email": "a@b.example", "imap_host": "h", **kwargs}
+    name, email = args.pop("name"), args.pop("email")
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        draft_from_preset("other", name=name, email=email, **args)  # type: ignore[arg-type]
+
+
+def test_field_checks_accept_what_servers_use() -> None:
+    assert check_account_name(" work ") == "work"
+    assert check_account_name("me@example.com") == "me@example.com"
+    assert check_email("first.last+crm@sub.example.co.uk") == "first.last+crm@sub.example.co.uk"
+    assert check_email("root@localhost") == "root@localhost"
+    assert check_host("127.0.0.1", "imap_host") == "127.0.0.1"
+    assert check_host("[::1]", "imap_host") == "::1"
+    assert check_host("mail.bücher.example", "imap_host") == "mail.bücher.example"
+    assert check_certificate_pem(PEM) == PEM

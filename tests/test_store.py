@@ -383,3 +383,44 @@ def test_urls_are_normalised_and_unknown_refused() -> None:
 
     with pytest.raises(ConfigError, match="unsupported database"):
         create_store_engine("mysql://u@h/db")
+
+
+def test_processes_starting_together_agree_on_one_key(tmp_path: Any) -> None:
+    """Several first starts at once (serve and a worker, say) must not write two keys: each
+    would encrypt with its own and the other's secrets would be lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from correspond.settings import load_secret_key
+
+    settings = Settings(data_dir=tmp_path / "fresh")
+    with ThreadPoolExecutor(8) as pool:
+        keys = set(pool.map(lambda _: load_secret_key(settings), range(32)))
+    assert len(keys) == 1
+    assert (tmp_path / "fresh" / "secret.key").read_bytes().strip() == keys.pop()
+    assert [p.name for p in (tmp_path / "fresh").iterdir()] == ["secret.key"]
+
+
+def test_bad_keys_name_their_source(tmp_path: Any) -> None:
+    from correspond.settings import load_secret_key
+
+    with pytest.raises(ConfigError, match="CORRESPOND_SECRET_KEY") as from_env:
+        load_secret_key(Settings(data_dir=tmp_path, secret_key="not-a-key"))
+    assert "not-a-key" not in str(from_env.value)
+    (tmp_path / "secret.key").write_text("")  # e.g. a truncated copy
+    with pytest.raises(ConfigError, match=r"secret\.key"):
+        load_secret_key(Settings(data_dir=tmp_path))
+
+
+def test_settings_are_frozen_validated_and_keep_secrets_out_of_repr() -> None:
+    from pydantic import ValidationError
+
+    key = Fernet.generate_key().decode()
+    settings = Settings(secret_key=key, database_url="postgresql://u:hunter2@h/db")
+    with pytest.raises(ValidationError):
+        settings.port = 1  # type: ignore[misc]
+    assert key not in repr(settings) and "hunter2" not in repr(settings)
+    assert settings.clone(port=9000).port == 9000 and settings.port == 8025
+    with pytest.raises(ValidationError):
+        settings.clone(port=0)
+    with pytest.raises(ValidationError):
+        Settings(window_days=0)

@@ -11,8 +11,9 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from correspond.errors import AuthenticationFailed
+from correspond.errors import AuthenticationFailed, ConfigError, NotFound
 from correspond.imap.client import ImapClient, ImapEndpoint
+from correspond.rules.folder_refs import resolve_folder_ref
 from correspond.rules.folders import assign_roles
 from correspond.rules.presets import AccountDraft
 from correspond.settings import Settings
@@ -93,11 +94,51 @@ class AccountService:
     def list_folders(self, name: str, *, include_removed: bool = False) -> list[Folder]:
         return self.store.list_folders(name, include_removed=include_removed)
 
+    def account_exists(self, name: str) -> bool:
+        try:
+            self.store.get_account(name)
+        except NotFound:
+            return False
+        return True
+
     def select_folders(
         self, name: str, *, all_folders: bool = False, refs: Sequence[str | int] = ()
     ) -> list[Folder]:
-        """Sync all folders (now and future ones), or exactly ``refs`` (ids or display names)."""
+        """Sync all folders (now and future ones), or exactly ``refs`` (ids or display names).
+
+        Every ref is checked first, so a bad one changes nothing and the error says what to do:
+        :class:`NotFound` for an unknown folder, :class:`ConfigError` for an ambiguous name or
+        a folder the server marks ``\\Noselect`` / ``\\NonExistent``.
+        """
+        if refs and not all_folders:
+            folders = self.store.list_folders(name)
+            for ref in refs:
+                self._selectable(name, folders, ref)
         return self.store.select_folders(name, all_folders=all_folders, refs=refs)
+
+    @staticmethod
+    def _selectable(name: str, folders: Sequence[Folder], ref: str | int) -> Folder:
+        if not folders:
+            raise NotFound(
+                f"no folders known for account {name!r} yet: refresh the folder list from the "
+                "server first"
+            )
+        try:
+            folder = resolve_folder_ref(folders, ref)
+        except NotFound as exc:
+            raise NotFound(
+                f"{exc} in account {name!r} (names are case-sensitive; a folder created since "
+                "the last refresh needs a refresh of the folder list)"
+            ) from None
+        if not folder.selectable:
+            flags = {f.casefold() for f in folder.flags}
+            why = (
+                "the server lists it as \\NonExistent (only a parent of other folders)"
+                if "\\nonexistent" in flags
+                else "the server marks it \\Noselect (it holds folders, not messages)"
+            )
+            raise ConfigError(f"folder {folder.name!r} (id {folder.id}) cannot be selected: {why}")
+        return folder
 
     # -- IMAP ------------------------------------------------------------------------------
 
@@ -125,6 +166,7 @@ class AccountService:
             account.username,
             password,
             timeout=self.settings.imap_connect_timeout,
+            account_name=name,
         )
         if report.ok:
             if account.state in ("auth_failed", "error", "disconnected", "connecting"):

@@ -15,6 +15,7 @@ import contextlib
 import json
 import re
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -57,8 +58,19 @@ from correspond.errors import (
     StoreError,
 )
 from correspond.mailbox import FolderWithCounts, MailboxReader
-from correspond.rules.presets import PRESETS, SECURITIES, draft_from_preset, missing_fields
-from correspond.settings import Settings
+from correspond.rules.presets import (
+    PRESETS,
+    SECURITIES,
+    check_account_name,
+    check_certificate_pem,
+    check_email,
+    check_host,
+    draft_from_preset,
+    get_preset,
+    missing_fields,
+    preset_help,
+)
+from correspond.settings import Settings, ensure_data_dir
 from correspond.store import Store, open_store
 from correspond.store.leases import RUNNABLE_STATES, AccountLeases
 from correspond.store.message_queries import MAX_PAGE, AddressView, MessageView
@@ -95,6 +107,14 @@ def _exit_code_for(exc: CorrespondError) -> int:
     return 1
 
 
+def _one_line(message: str) -> str:
+    """A message on one line: drivers (psycopg, SQLAlchemy) write several, with a link to their
+    own error pages that says nothing to a user of this command."""
+    lines = [line.strip() for line in message.splitlines()]
+    kept = [line for line in lines if line and not line.startswith("(Background on this error")]
+    return " ".join(kept)
+
+
 class _Group(click.Group):
     """Turns our errors into clean one-line messages with meaningful exit codes."""
 
@@ -102,7 +122,25 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CorrespondError as exc:
-            raise CliError(str(exc), _exit_code_for(exc)) from exc
+            raise CliError(_one_line(str(exc)), _exit_code_for(exc)) from exc
+        except OSError as exc:
+            # A file or directory the user named (or ./var) could not be used: say which.
+            where = f": {exc.filename}" if exc.filename else ""
+            raise CliError(f"{exc.strerror or exc}{where}", 1) from exc
+
+
+def _settings_error(exc: ValidationError) -> str:
+    """Settings errors as one line naming the environment variable to fix."""
+    parts = []
+    for error in exc.errors():
+        field = ".".join(str(x) for x in error["loc"]) or "settings"
+        shown = (
+            "--data-dir (CORRESPOND_DATA_DIR)"
+            if field == "data_dir"
+            else f"CORRESPOND_{field.upper()}"
+        )
+        parts.append(f"{shown}: {error['msg']} (got {error.get('input')!r})")
+    return "invalid settings: " + "; ".join(parts)
 
 
 class CliContext:
@@ -115,6 +153,7 @@ class CliContext:
     @property
     def store(self) -> Store:
         if self._store is None:
+            ensure_data_dir(self.settings)  # 0700, or a clear error naming the directory
             self._store = open_store(self.settings)  # runs migrations
         return self._store
 
@@ -194,7 +233,7 @@ def main(ctx: click.Context, data_dir: Path | None) -> None:
     try:
         settings = Settings() if data_dir is None else Settings(data_dir=data_dir)
     except ValidationError as exc:
-        raise CliError(f"invalid settings: {exc}", 2) from exc
+        raise CliError(_settings_error(exc), 2) from exc
     cli = CliContext(settings)
     ctx.obj = cli
     ctx.call_on_close(cli.close)
@@ -208,23 +247,89 @@ def account() -> None:
     """Add, test, list and remove mail accounts; choose their folders."""
 
 
+class _PresetType(click.ParamType):
+    """A preset key, any case, or an alias such as ``gmail`` or ``exchange-office``."""
+
+    name = "preset"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return get_preset(str(value)).key
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "[" + "|".join(PRESETS) + "]"
+
+
+def _checked(check: Callable[[str], str]) -> Callable[[str], str]:
+    """A prompt's value check: a ConfigError makes click say why and ask again."""
+
+    def run(value: str) -> str:
+        try:
+            return check(value)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return run
+
+
+def _read_cert(path: Path) -> str:
+    """A PEM certificate file's text, checked, or a clear error (a DER or other binary file
+    must not end in a traceback)."""
+    try:
+        pem = path.read_text(encoding="ascii")
+    except UnicodeDecodeError:
+        _fail(
+            f"{path} is not a PEM certificate (it is binary; for a DER file convert it with: "
+            f"openssl x509 -inform der -in {path} -out server.pem)",
+            2,
+        )
+    return check_certificate_pem(pem)
+
+
+def _from_default(ctx: click.Context, param: str) -> bool:
+    return ctx.get_parameter_source(param) in (
+        click.core.ParameterSource.DEFAULT,
+        click.core.ParameterSource.DEFAULT_MAP,
+    )
+
+
 @account.command("add")
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option(
     "--preset",
-    type=click.Choice(sorted(PRESETS)),
+    type=_PresetType(),
     default="other",
     show_default=True,
-    help="Provider preset that fills servers and ports.",
+    help=f"Provider preset that fills servers, ports and security ({preset_help()}).",
 )
 @click.option("--email", help="The account's e-mail address.")
 @click.option("--username", help="IMAP/SMTP user name (default: the e-mail address).")
-@click.option("--imap-host")
-@click.option("--imap-port", type=click.IntRange(1, 65535))
-@click.option("--imap-security", type=click.Choice(SECURITIES))
-@click.option("--smtp-host")
-@click.option("--smtp-port", type=click.IntRange(1, 65535))
-@click.option("--smtp-security", type=click.Choice(SECURITIES))
+@click.option(
+    "--imap-host", help="IMAP server name (the google and Microsoft 365 presets fill it)."
+)
+@click.option(
+    "--imap-port",
+    type=click.IntRange(1, 65535),
+    help="IMAP port (default: the preset's, or 993 for tls and 143 for starttls).",
+)
+@click.option(
+    "--imap-security",
+    type=click.Choice(SECURITIES, case_sensitive=False),
+    help="tls (implicit TLS, 993) or starttls (143); plain needs --allow-plaintext.",
+)
+@click.option("--smtp-host", help="SMTP server name (stored for sending, a later feature).")
+@click.option(
+    "--smtp-port",
+    type=click.IntRange(1, 65535),
+    help="SMTP port (default: 465 for tls, 587 for starttls).",
+)
+@click.option(
+    "--smtp-security",
+    type=click.Choice(SECURITIES, case_sensitive=False),
+    help="tls or starttls (default: the preset's; for other, the IMAP one).",
+)
 @click.option(
     "--password-stdin", is_flag=True, help="Read the password from the first line of stdin."
 )
@@ -236,10 +341,10 @@ def account() -> None:
 )
 @click.option("--window-days", type=click.IntRange(1, 36500), help="How far back to sync.")
 @click.option("--json", "as_json_output", is_flag=True, help="Print the account as JSON.")
-@pass_cli
+@click.pass_context
 def account_add(
-    cli: CliContext,
-    name: str,
+    ctx: click.Context,
+    name: str | None,
     preset: str,
     email: str | None,
     username: str | None,
@@ -257,31 +362,71 @@ def account_add(
 ) -> None:
     """Add an account NAME (a short handle you choose, e.g. "work").
 
-    The password comes from a hidden prompt, or with --password-stdin from standard input;
-    it is stored encrypted and never shown.
+    Every field can be given as a flag (for scripts). On a terminal, whatever is missing is
+    asked for. The password comes from a hidden prompt, or with --password-stdin from standard
+    input; it is stored encrypted and never shown.
+
+    \b
+    Examples:
+      correspond account add work --preset google --email me@gmail.com
+      echo "$PW" | correspond account add lab --email me@lab.example \\
+          --imap-host mail.lab.example --imap-security tls --password-stdin
     """
+    cli = ctx.find_object(CliContext)
+    assert cli is not None  # made by main() for every command
     interactive = _stdin_is_tty() and not password_stdin
     missing = missing_fields(preset, name=name, email=email, imap_host=imap_host)
     if missing and interactive:
-        if "email" in missing:
-            email = click.prompt("E-mail address")
-        if "imap_host" in missing:
-            imap_host = click.prompt("IMAP server host")
+        # A guided set-up: ask for what the flags left out, each answer checked as it is given.
+        if "name" in missing:
+            name = click.prompt(
+                "Account name (a short handle, e.g. work)", value_proc=_checked(check_account_name)
+            )
+        server_given = imap_host or imap_port or imap_security
+        if _from_default(ctx, "preset") and not server_given:
+            click.echo("Providers:")
+            for key, known in PRESETS.items():
+                click.echo(f"  {key:<16} {known.label}")
+            preset = click.prompt(
+                "Provider",
+                type=_PresetType(),
+                default=preset,
+            )
+        if not email:
+            email = click.prompt("E-mail address", value_proc=_checked(check_email))
+        p = get_preset(preset)
+        if p.imap_host is None:
+            if not imap_host:
+                imap_host = click.prompt(
+                    "IMAP server host",
+                    value_proc=_checked(lambda v: check_host(v, "imap_host")),
+                )
+            if imap_security is None and imap_port is None:
+                imap_security = click.prompt(
+                    "IMAP security (tls: port 993, starttls: port 143)",
+                    type=click.Choice(["tls", "starttls"], case_sensitive=False),
+                    default=p.imap_security,
+                )
+            if p.smtp_host is None and not p.smtp_host_from_imap and not smtp_host:
+                smtp_host = click.prompt(
+                    "SMTP server host (for sending)",
+                    default=imap_host,
+                    value_proc=_checked(lambda v: check_host(v, "smtp_host")),
+                )
         missing = missing_fields(preset, name=name, email=email, imap_host=imap_host)
     problems = [_FLAG_FOR_FIELD.get(m, m) for m in missing]
-    password: str | None = None
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-        if not password:
-            problems.append("a password on standard input (it was empty)")
-    elif interactive:
-        password = click.prompt("Password", hide_input=True)
-    else:
+    if not password_stdin and not interactive:
         problems.append("--password-stdin (with the password written to standard input)")
     if problems:
-        how = "" if interactive else " (no terminal to ask on)"
+        if interactive:
+            how = ""
+        elif password_stdin and _stdin_is_tty():
+            how = " (standard input carries the password, so nothing is asked)"
+        else:
+            how = " (no terminal to ask on)"
         _fail(f"missing{how}: " + ", ".join(problems), 2)
-    assert password is not None
+    assert name is not None
+    # Everything is checked before the password is asked for, so nothing is typed in vain.
     draft = draft_from_preset(
         preset,
         name=name,
@@ -294,10 +439,18 @@ def account_add(
         smtp_port=smtp_port,
         smtp_security=smtp_security,
         allow_plaintext=allow_plaintext,
-        trusted_cert_pem=trust_cert.read_text(encoding="ascii") if trust_cert else None,
+        trusted_cert_pem=_read_cert(trust_cert) if trust_cert else None,
         window_days=window_days,
     )
     service = cli.service
+    if service.account_exists(draft.name):
+        _fail(f"an account named {draft.name!r} already exists", 2)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            _fail("missing: a password on standard input (it was empty)", 2)
+    else:
+        password = click.prompt("Password", hide_input=True)
     service.add_account(draft, password)
     summary = service.get_account(draft.name)
     if as_json_output:
@@ -308,6 +461,8 @@ def account_add(
     click.echo(
         f"Added account {a.name} <{a.email}>: IMAP {a.imap_host}:{a.imap_port} ({a.imap_security})"
     )
+    smtp = f"{a.smtp_host}:{a.smtp_port} ({a.smtp_security})" if a.smtp_host else "not set"
+    click.echo(f"SMTP {smtp}; user name {a.username}")
     click.echo(f"Next: correspond account test {a.name}")
 
 
@@ -329,6 +484,7 @@ def account_add(
     help="Permit (or stop permitting) unencrypted connections.",
 )
 @click.option("--window-days", type=click.IntRange(1, 36500), help="How far back to sync.")
+@click.option("--json", "as_json_output", is_flag=True, help="Print the account as JSON.")
 @pass_cli
 def account_update(
     cli: CliContext,
@@ -339,6 +495,7 @@ def account_update(
     no_trust_cert: bool,
     allow_plaintext: bool | None,
     window_days: int | None,
+    as_json_output: bool,
 ) -> None:
     """Change NAME's password, trusted certificate, plaintext permission or sync window.
 
@@ -347,6 +504,7 @@ def account_update(
     """
     if trust_cert and no_trust_cert:
         _fail("--trust-cert and --no-trust-cert contradict each other", 2)
+    cli.store.get_account(name)  # an unknown name fails before a password is asked for
     password: str | None = None
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -362,7 +520,7 @@ def account_update(
     if window_days is not None:
         changes["window_days"] = window_days
     if trust_cert is not None:
-        changes["trusted_cert_pem"] = trust_cert.read_text(encoding="ascii")
+        changes["trusted_cert_pem"] = _read_cert(trust_cert)
     elif no_trust_cert:
         changes["trusted_cert_pem"] = None
     if password is None and not changes:
@@ -377,6 +535,10 @@ def account_update(
         cli.store.update_account(name, **changes)
     if cli.store.get_account(name).state in ("auth_failed", "error"):
         cli.leases.resume(name)
+    if as_json_output:
+        progress = _progress_json(cli.progress.account(name))
+        _print_json(as_json(account_public(cli.service.get_account(name), progress=progress)))
+        return
     click.echo(f"Updated {name}. Check it with: correspond account test {name}")
 
 
@@ -1188,6 +1350,26 @@ def worker(
     click.echo(f"Worker {owner} stopped; its leases are released.")
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Fail with a hint, before anything starts, when the address is taken or unknown (uvicorn
+    would log it among its start-up lines and exit with its own code)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        _fail(f"cannot listen on {host}: {exc.strerror or exc}", 2)
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            _fail(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                "(another server running? choose another with --port)",
+                1,
+            )
+
+
 @main.command("serve")
 @click.option("--host", help="Address to listen on (default from settings).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port (default from settings).")
@@ -1203,6 +1385,7 @@ def serve(
     from correspond.api import create_app
 
     settings = cli.settings.clone(**{k: v for k, v in (("host", host), ("port", port)) if v})
+    _check_port_free(settings.host, settings.port)
     store = cli.store  # migrations run here, before the first request
     runner = None if no_sync else SyncRunner(store, settings, parse_processes=parse_processes)
     app = create_app(settings, store=store, runner=runner)

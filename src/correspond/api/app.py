@@ -6,11 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from correspond import __version__
 from correspond.accounts import AccountService
 from correspond.api.routes import accounts, folders, health, messages, sync
+from correspond.api.schemas import ErrorPublic
 from correspond.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -47,10 +49,26 @@ def status_for(exc: CorrespondError) -> int:
 
 async def _correspond_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, CorrespondError)
-    return JSONResponse(
-        status_code=status_for(exc),
-        content={"detail": str(exc), "error": type(exc).__name__, "transient": exc.transient},
-    )
+    body = ErrorPublic(detail=str(exc), error=type(exc).__name__, transient=exc.transient)
+    return JSONResponse(status_code=status_for(exc), content=body.model_dump())
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """422 with FastAPI's usual list of field errors, minus what could leak: pydantic echoes the
+    offending ``input``, and for a missing field or a cross-field rule that is the whole body,
+    password included. Each error keeps ``type``, ``loc`` and a plain ``msg``."""
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for error in exc.errors():
+        msg = str(error.get("msg", ""))
+        errors.append(
+            {
+                "type": error.get("type", "value_error"),
+                "loc": list(error.get("loc", ())),
+                "msg": msg.removeprefix("Value error, "),
+            }
+        )
+    return JSONResponse(status_code=422, content={"detail": errors})
 
 
 def create_app(
@@ -92,6 +110,7 @@ def create_app(
     app.state.leases = AccountLeases(the_store.engine)
     app.state.runner = runner
     app.add_exception_handler(CorrespondError, _correspond_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.include_router(health.router)
     app.include_router(accounts.router)
     app.include_router(sync.router)

@@ -5,10 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from correspond.accounts import describe_state
 from correspond.api.progress_schemas import ProgressPublic
+from correspond.errors import ConfigError
+from correspond.rules.presets import (
+    ACCOUNT_NAME_PATTERN,
+    AccountDraft,
+    PresetKey,
+    check_certificate_pem,
+    check_email,
+    check_host,
+    draft_from_preset,
+    preset_help,
+)
 from correspond.store import AccountSummary, Folder, FolderSyncResult
 
 __all__ = [
@@ -16,6 +27,7 @@ __all__ = [
     "AccountPublic",
     "ConnectionReportPublic",
     "EndpointPublic",
+    "ErrorPublic",
     "FolderPublic",
     "FolderRefreshPublic",
     "FolderSelection",
@@ -30,18 +42,31 @@ __all__ = [
 SecurityName = Literal["tls", "starttls", "plain"]
 
 
+class ErrorPublic(BaseModel):
+    """Every error but input validation (422, FastAPI's list of field errors) has this shape."""
+
+    detail: str
+    error: str
+    transient: bool
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     database: str
 
 
 class AccountCreate(BaseModel):
-    """A new account. ``password`` is stored encrypted and never returned."""
+    """A new account. ``password`` is stored encrypted and never returned.
+
+    Everything is checked here, so every mistake is a 422 naming the field: the preset fills
+    what is not given, and a preset without a fixed server (``exchange``, ``other``) needs
+    ``imap_host``.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")
-    preset: str = "other"
+    name: str = Field(min_length=1, max_length=100, pattern=ACCOUNT_NAME_PATTERN)
+    preset: PresetKey = Field(default="other", description=preset_help())
     email: str = Field(min_length=3, max_length=320)
     username: str | None = None
     password: SecretStr = Field(min_length=1)
@@ -55,6 +80,57 @@ class AccountCreate(BaseModel):
     trusted_cert_pem: str | None = None
     window_days: int | None = Field(default=None, ge=1, le=36500)
     toggles: dict[str, bool] = Field(default_factory=dict)
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        return _checked(check_email, value)
+
+    @field_validator("imap_host", "smtp_host")
+    @classmethod
+    def _host(cls, value: str | None, info: Any) -> str | None:
+        if value is None:
+            return None
+        return _checked(lambda v: check_host(v, info.field_name), value)
+
+    @field_validator("trusted_cert_pem")
+    @classmethod
+    def _cert(cls, value: str | None) -> str | None:
+        return None if value is None else _checked(check_certificate_pem, value)
+
+    @model_validator(mode="after")
+    def _complete(self) -> AccountCreate:
+        # Cross-field rules (a host the preset lacks, plaintext without permission) are the
+        # draft's own; running them here makes them 422s like every other input error.
+        _checked(lambda _: self.to_draft(), None)
+        return self
+
+    def to_draft(self) -> AccountDraft:
+        """The account to store, the preset filling what the body leaves out."""
+        return draft_from_preset(
+            self.preset,
+            name=self.name,
+            email=self.email,
+            username=self.username,
+            imap_host=self.imap_host,
+            imap_port=self.imap_port,
+            imap_security=self.imap_security,
+            smtp_host=self.smtp_host,
+            smtp_port=self.smtp_port,
+            smtp_security=self.smtp_security,
+            allow_plaintext=self.allow_plaintext,
+            trusted_cert_pem=self.trusted_cert_pem,
+            window_days=self.window_days,
+            toggles=self.toggles,
+        )
+
+
+def _checked(check: Any, value: Any) -> Any:
+    """Run a shared input check; its ConfigError becomes the ValueError pydantic reports."""
+    try:
+        return check(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class EndpointPublic(BaseModel):
@@ -127,6 +203,14 @@ class FolderSelection(BaseModel):
 
     all: bool = False
     folders: list[int | str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> FolderSelection:
+        if self.all and self.folders:
+            raise ValueError("choose either all: true or a list of folders, not both")
+        if not self.all and not self.folders:
+            raise ValueError("name at least one folder (by id or name), or send all: true")
+        return self
 
 
 class ConnectionReportPublic(BaseModel):

@@ -20,6 +20,7 @@ RFC 5258 §3.4) are not selectable and get no role.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -52,7 +53,9 @@ _SPECIAL_USE: dict[str, Role] = {
     "\\inbox": "inbox",
 }
 
-# Name heuristics, in order of preference within a role (compared case-insensitively).
+# Name heuristics, in order of preference within a role (compared after NFC normalisation and
+# case folding). English first, then the names localised clients and servers create: Outlook /
+# Exchange, Gmail, Thunderbird, Roundcube and Apple Mail, by language.
 _WELL_KNOWN: dict[Role, tuple[str, ...]] = {
     "sent": (
         "Sent",
@@ -60,28 +63,73 @@ _WELL_KNOWN: dict[Role, tuple[str, ...]] = {
         "Sent Messages",
         "Sent Mail",
         "Sent-Mail",
+        # de
         "Gesendet",
         "Gesendete Objekte",
         "Gesendete Elemente",
+        "Gesendete Nachrichten",
+        # fr
         "Envoyés",
         "Éléments envoyés",
         "Messages envoyés",
+        # es
         "Enviados",
         "Elementos enviados",
+        "Mensajes enviados",
+        # it
         "Posta inviata",
         "Inviati",
         "Elementi inviati",
+        "Messaggi inviati",
+        # nl
         "Verzonden",
         "Verzonden items",
+        "Verzonden berichten",
+        # pt
         "Itens Enviados",
-        "Skickat",
-        "Skickade objekt",
-        "Sendt",
+        "Enviadas",
+        "Mensagens enviadas",
+        # pl
         "Wysłane",
-        "Odeslané",
+        "Elementy wysłane",
+        # ru, uk
         "Отправленные",
+        "Отправленные элементы",
+        "Надіслані",
+        # sv, da, no
+        "Skickat",
+        "Skickade",
+        "Skickade objekt",
+        "Skickade meddelanden",
+        "Sendt",
+        "Sendte",
+        "Sendt post",
+        "Sendte elementer",
+        "Sendte meldinger",
+        # fi
+        "Lähetetyt",
+        "Lähetetyt kohteet",
+        "Lähetetyt viestit",
+        # cs, sk
+        "Odeslané",
+        "Odeslaná pošta",
+        "Odoslané",
+        # hu, ro, tr, el
+        "Elküldött elemek",
+        "Elküldött",
+        "Trimise",
+        "Elemente trimise",
+        "Gönderilmiş Öğeler",
+        "Gönderilenler",
+        "Απεσταλμένα",
+        # zh, ja, ko
         "已发送",
+        "已发送邮件",
+        "寄件備份",
         "送信済み",
+        "送信済みアイテム",
+        "送信済みメール",
+        "보낸 편지함",
     ),
     "drafts": (
         "Drafts",
@@ -92,13 +140,23 @@ _WELL_KNOWN: dict[Role, tuple[str, ...]] = {
         "Bozze",
         "Concepten",
         "Rascunhos",
+        "Kopie robocze",
+        "Wersje robocze",
+        "Черновики",
+        "Чернетки",
         "Utkast",
         "Kladder",
-        "Kopie robocze",
+        "Luonnokset",
         "Koncepty",
-        "Черновики",
+        "Rozpracované",
+        "Piszkozatok",
+        "Ciorne",
+        "Taslaklar",
+        "Πρόχειρα",
         "草稿",
+        "草稿箱",
         "下書き",
+        "임시 보관함",
     ),
     "trash": (
         "Trash",
@@ -119,17 +177,38 @@ _WELL_KNOWN: dict[Role, tuple[str, ...]] = {
         "Prullenbak",
         "Verwijderde items",
         "Lixeira",
+        "Lixo",
         "Itens Excluídos",
-        "Papperskorgen",
-        "Borttagna objekt",
-        "Papirkurv",
+        "Itens Eliminados",
         "Kosz",
-        "Koš",
+        "Elementy usunięte",
         "Корзина",
         "Удаленные",
         "Удалённые",
+        "Удаленные элементы",
+        "Кошик",
+        "Papperskorgen",
+        "Borttagna objekt",
+        "Papirkurv",
+        "Slettet post",
+        "Slettede elementer",
+        "Roskakori",
+        "Poistetut",
+        "Poistetut kohteet",
+        "Koš",
+        "Odstraněná pošta",
+        "Törölt elemek",
+        "Coș de gunoi",
+        "Elemente șterse",
+        "Çöp Kutusu",
+        "Silinmiş Öğeler",
+        "Κάδος απορριμμάτων",
+        "Διαγραμμένα",
         "已删除",
+        "已删除邮件",
         "ゴミ箱",
+        "削除済みアイテム",
+        "휴지통",
     ),
     "junk": (
         "Junk",
@@ -141,14 +220,30 @@ _WELL_KNOWN: dict[Role, tuple[str, ...]] = {
         "Junk-E-Mail",
         "Courrier indésirable",
         "Indésirables",
+        "Pourriel",
         "Correo no deseado",
+        "Correo electrónico no deseado",
         "Posta indesiderata",
         "Ongewenste e-mail",
         "Lixo Eletrônico",
-        "Skräppost",
+        "Lixo Eletrónico",
+        "Correio Eletrónico de Lixo",
+        "Wiadomości-śmieci",
         "Спам",
+        "Нежелательная почта",
+        "Skräppost",
+        "Uønsket e-mail",
+        "Uønsket post",
+        "Søppelpost",
+        "Roskaposti",
+        "Nevyžádaná pošta",
+        "Levélszemét",
+        "E-mail nedorit",
+        "Gereksiz E-posta",
+        "Ανεπιθύμητα",
         "垃圾邮件",
         "迷惑メール",
+        "스팸 편지함",
     ),
     "archive": (
         "Archive",
@@ -161,14 +256,29 @@ _WELL_KNOWN: dict[Role, tuple[str, ...]] = {
         "Arkiv",
         "Archiwum",
         "Архив",
+        "Архів",
+        "Arkisto",
+        "Archívum",
+        "Arhivă",
+        "Arşiv",
+        "Αρχείο",
         "归档",
+        "存档",
         "アーカイブ",
+        "보관함",
     ),
     "all": ("All Mail", "Alle Nachrichten", "Tous les messages", "Todos", "Tutti i messaggi"),
 }
 
+
+def _name_key(name: str) -> str:
+    """What names are compared by: NFC (a name typed on macOS arrives decomposed, NFD), trimmed,
+    case-folded."""
+    return unicodedata.normalize("NFC", name).strip().casefold()
+
+
 _NAME_INDEX: dict[str, tuple[Role, int]] = {
-    name.casefold(): (role, i)
+    _name_key(name): (role, i)
     for role, names in _WELL_KNOWN.items()
     for i, name in enumerate(names)
 }
@@ -290,7 +400,7 @@ def assign_roles(entries: Sequence[ListResponse]) -> list[FolderSpec]:
         depth = _depth_rank(f.name, f.delimiter)
         if depth is None:
             continue
-        match = _NAME_INDEX.get(leaf_name(f.name, f.delimiter).strip().casefold())
+        match = _NAME_INDEX.get(_name_key(leaf_name(f.name, f.delimiter)))
         if match is None:
             continue
         role, order = match

@@ -8,30 +8,49 @@ STARTTLS (RFC 3501 §6.2.1).
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
+import re
+import unicodedata
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from correspond.errors import ConfigError
 
 __all__ = [
+    "ACCOUNT_NAME_PATTERN",
     "AUTH_KINDS",
     "PRESETS",
+    "PRESET_ALIASES",
     "SECURITIES",
     "AccountDraft",
     "AuthKind",
     "Preset",
+    "PresetKey",
     "Security",
+    "check_account_name",
+    "check_certificate_pem",
+    "check_email",
+    "check_host",
     "default_imap_port",
     "default_smtp_port",
     "draft_from_preset",
     "get_preset",
     "missing_fields",
+    "preset_help",
 ]
 
 Security = Literal["tls", "starttls", "plain"]
 AuthKind = Literal["password", "oauth2"]
+PresetKey = Literal["google", "office365", "exchange-online", "exchange", "other"]
 SECURITIES: tuple[Security, ...] = ("tls", "starttls", "plain")
 AUTH_KINDS: tuple[AuthKind, ...] = ("password", "oauth2")
+
+#: An account name is a handle typed on command lines and in URLs: no spaces or slashes.
+ACCOUNT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$"
+_ACCOUNT_NAME = re.compile(ACCOUNT_NAME_PATTERN)
+_ACCOUNT_NAME_MAX = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +68,9 @@ class Preset:
     auth_kind: AuthKind = "password"
     # Exchange serves IMAP and SMTP from one host: the SMTP host defaults to the IMAP host.
     smtp_host_from_imap: bool = False
+    # "Other IMAP" comes in two standard pairs (143/587 STARTTLS, 993/465 TLS): choosing the
+    # IMAP security picks the SMTP one too, unless the SMTP security is given.
+    smtp_security_from_imap: bool = False
     note: str = ""
 
 
@@ -99,15 +121,33 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             key="other",
-            label="Other IMAP/SMTP server",
+            label="Other IMAP (143/587 STARTTLS, or 993/465 TLS)",
             imap_host=None,
             imap_port=143,
             imap_security="starttls",
             smtp_host=None,
             smtp_port=587,
             smtp_security="starttls",
+            smtp_security_from_imap=True,
         ),
     )
+}
+
+#: Other spellings people use for the presets (compared after lower-casing, with spaces and
+#: underscores as hyphens).
+PRESET_ALIASES: dict[str, str] = {
+    "gmail": "google",
+    "google-workspace": "google",
+    "office-365": "office365",
+    "microsoft365": "office365",
+    "microsoft-365": "office365",
+    "m365": "office365",
+    "exchange-office": "exchange-online",
+    "exchangeonline": "exchange-online",
+    "exchange-self-hosted": "exchange",
+    "exchange-server": "exchange",
+    "other-imap": "other",
+    "imap": "other",
 }
 
 _IMAP_PORTS: dict[Security, int] = {"tls": 993, "starttls": 143, "plain": 143}
@@ -150,12 +190,94 @@ class AccountDraft:
 
 
 def get_preset(key: str) -> Preset:
-    """The preset called ``key``; :class:`ConfigError` naming the known ones otherwise."""
-    try:
-        return PRESETS[key]
-    except KeyError:
+    """The preset called ``key`` (any case; aliases such as ``gmail`` or ``exchange-office``);
+    :class:`ConfigError` naming the known ones otherwise."""
+    wanted = re.sub(r"[\s_]+", "-", key.strip().lower())
+    found = PRESETS.get(wanted) or PRESETS.get(PRESET_ALIASES.get(wanted, ""))
+    if found is None:
         known = ", ".join(PRESETS)
-        raise ConfigError(f"unknown preset {key!r}; choose one of: {known}") from None
+        raise ConfigError(f"unknown preset {key!r}; choose one of: {known}")
+    return found
+
+
+def preset_help() -> str:
+    """One line per preset, ``key: label``, for help texts."""
+    return "; ".join(f"{p.key}: {p.label}" for p in PRESETS.values())
+
+
+def check_account_name(name: str) -> str:
+    """The trimmed account name, or :class:`ConfigError` saying what a name may hold."""
+    name = name.strip()
+    if not name:
+        raise ConfigError("the account name is empty")
+    if len(name) > _ACCOUNT_NAME_MAX or not _ACCOUNT_NAME.match(name):
+        raise ConfigError(
+            f"account name {name!r} is not allowed: use up to {_ACCOUNT_NAME_MAX} letters, "
+            "digits and . _ @ + - (starting with a letter or digit), e.g. work"
+        )
+    return name
+
+
+def check_email(email: str) -> str:
+    """The trimmed address if it looks like ``local@domain`` (RFC 5322 §3.4.1, loosely: the
+    server decides the rest), else :class:`ConfigError`."""
+    email = email.strip()
+    local, at, domain = email.rpartition("@")
+    if not at or not local or not domain or any(c.isspace() for c in email) or "@" in domain:
+        raise ConfigError(f"{email!r} is not an e-mail address (expected name@domain)")
+    return email
+
+
+def check_host(host: str, field_name: str) -> str:
+    """A trimmed server name or IP address, or :class:`ConfigError` with the likely mistake
+    (a URL, a ``host:port``, a space)."""
+    host = host.strip()
+    if not host:
+        raise ConfigError(f"{field_name} is empty")
+    if "://" in host or "/" in host:
+        raise ConfigError(f"{field_name} {host!r} should be a server name, not a URL")
+    if ":" in host:
+        with_brackets = host.removeprefix("[").removesuffix("]")
+        try:
+            ipaddress.IPv6Address(with_brackets)
+            return with_brackets
+        except ValueError:
+            port = field_name.replace("_host", "_port")
+            flag = "--" + port.replace("_", "-")
+            raise ConfigError(
+                f"{field_name} {host!r} should be a server name without a port "
+                f"(give the port separately: {port}, or {flag} on the command line)"
+            ) from None
+    if any(c.isspace() or unicodedata.category(c).startswith("C") for c in host):
+        raise ConfigError(f"{field_name} {host!r} holds spaces or control characters")
+    if len(host) > 253:
+        raise ConfigError(f"{field_name} is longer than a DNS name can be (253 characters)")
+    return host
+
+
+_PEM_BLOCK = re.compile(
+    r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.DOTALL | re.ASCII
+)
+
+
+def check_certificate_pem(pem: str) -> str:
+    """``pem`` if it holds PEM certificates (RFC 7468 §5) whose bodies are base64 DER, else
+    :class:`ConfigError`, so a wrong file is refused when the account is saved rather than at
+    its first connection. (Pure: TLS itself loads it at connect time.)"""
+    blocks = _PEM_BLOCK.findall(pem)
+    if not blocks:
+        raise ConfigError(
+            "the trusted certificate is not a PEM certificate "
+            "(expected a -----BEGIN CERTIFICATE----- block)"
+        )
+    for body in blocks:
+        try:
+            der = base64.b64decode("".join(body.split()), validate=True)
+        except (binascii.Error, ValueError):
+            der = b""
+        if not der.startswith(b"\x30"):  # a DER certificate is an ASN.1 SEQUENCE
+            raise ConfigError("the trusted certificate's PEM block is not a certificate")
+    return pem
 
 
 def _security(value: str | None, field_name: str) -> Security | None:
@@ -202,22 +324,38 @@ def draft_from_preset(
 ) -> AccountDraft:
     """Fill an account from ``preset`` and overrides.
 
-    A security given without a port picks that security's standard port. The username defaults
-    to the e-mail address. Raises :class:`ConfigError` listing every missing field at once, and
-    for plaintext without ``allow_plaintext`` (RFC 8314 §4: cleartext must be an explicit choice).
+    A security given without a port picks that security's standard port; for "other", the IMAP
+    security also picks the SMTP pair (TLS: 993/465, STARTTLS: 143/587) unless the SMTP security
+    is given. The username defaults to the e-mail address. Raises :class:`ConfigError` listing
+    every missing field at once, for a malformed name, address, host or certificate, and for
+    plaintext without ``allow_plaintext`` (RFC 8314 §4: cleartext must be an explicit choice).
     """
     p = get_preset(preset)
     missing = missing_fields(preset, name=name, email=email, imap_host=imap_host)
     if missing:
         raise ConfigError("missing: " + ", ".join(missing))
-    host = imap_host or p.imap_host
+    assert email is not None  # checked above; narrows for type checkers
+    name = check_account_name(name)
+    email = check_email(email)
+    host = check_host(imap_host, "imap_host") if imap_host else p.imap_host
+    if smtp_host is not None and smtp_host.strip():
+        smtp_host = check_host(smtp_host, "smtp_host")
+    if username is not None and not username.strip():
+        username = None
+    if trusted_cert_pem is not None:
+        trusted_cert_pem = check_certificate_pem(trusted_cert_pem)
 
     i_sec = _security(imap_security, "imap_security") or p.imap_security
-    s_sec = _security(smtp_security, "smtp_security") or p.smtp_security
+    s_sec = _security(smtp_security, "smtp_security")
+    if s_sec is None and imap_security is not None and p.smtp_security_from_imap:
+        # Plaintext IMAP still submits on 587 with STARTTLS: cleartext is chosen per side.
+        s_sec = i_sec if i_sec != "plain" else None
+    explicit_smtp_security = s_sec is not None
+    s_sec = s_sec or p.smtp_security
     if imap_port is None:
         imap_port = p.imap_port if imap_security is None else default_imap_port(i_sec)
     if smtp_port is None:
-        smtp_port = p.smtp_port if smtp_security is None else default_smtp_port(s_sec)
+        smtp_port = default_smtp_port(s_sec) if explicit_smtp_security else p.smtp_port
     s_host = smtp_host or p.smtp_host or (host if p.smtp_host_from_imap else None)
     for label, port in (("imap_port", imap_port), ("smtp_port", smtp_port)):
         if not 0 < port < 65536:
@@ -229,13 +367,13 @@ def draft_from_preset(
         )
     if window_days is not None and window_days < 1:
         raise ConfigError(f"window_days must be at least 1 (got {window_days})")
-    assert host is not None and email is not None  # checked above; narrows for type checkers
+    assert host is not None  # checked above; narrows for type checkers
     return AccountDraft(
-        name=name.strip(),
+        name=name,
         preset=p.key,
-        email=email.strip(),
+        email=email,
         username=(username or email).strip(),
-        imap_host=host.strip(),
+        imap_host=host,
         imap_port=imap_port,
         imap_security=i_sec,
         smtp_host=s_host.strip() if s_host else None,

@@ -352,7 +352,7 @@ class Store:
 
         A ref is a folder id (int), or a display name; a string of digits that names no folder
         is taken as an id. A display name shared by two folders is refused as ambiguous (use the
-        id). Folders that cannot be selected (``\\Noselect``) are refused.
+        id). Folders that cannot be selected (``\\Noselect``, ``\\NonExistent``) are refused.
         """
         if all_folders and refs:
             raise ConfigError("choose either all folders or a list of folders, not both")
@@ -376,7 +376,8 @@ class Store:
                 for row in rows:
                     if row.id in chosen and not row.selectable:
                         raise ConfigError(
-                            f"folder {row.name!r} (id {row.id}) cannot be selected (\\Noselect)"
+                            f"folder {row.name!r} (id {row.id}) cannot be selected "
+                            "(\\Noselect or \\NonExistent)"
                         )
                 account.folders_mode = "selected"
                 for row in rows:

@@ -37,7 +37,12 @@ from correspond.imap.types import ListResponse
 
 __all__ = ["ConnectionReport", "check_connection"]
 
-TRUST_HINT = "`correspond account update NAME --trust-cert FILE`"
+
+def trust_hint(account_name: str | None) -> str:
+    """The command that trusts a certificate, with the account's name when it is known."""
+    return f"`correspond account update {account_name or 'NAME'} --trust-cert FILE`"
+
+
 # A probe only confirms a suspicion; it need not wait as long as the test itself.
 _PROBE_TIMEOUT = 5.0
 
@@ -70,12 +75,12 @@ def _dns_message(exc: HostNotFound, host: str) -> str:
     return f"{host} does not resolve: check the server name."
 
 
-def _certificate_message(exc: CertificateNotTrusted, where: str) -> str:
+def _certificate_message(exc: CertificateNotTrusted, where: str, account_name: str | None) -> str:
     if exc.reason == "pinned":
         return (
             f"{where} presented a certificate other than the one you chose to trust. If the "
-            f"server's certificate was replaced on purpose, trust the new one with {TRUST_HINT}; "
-            "otherwise something is intercepting the connection."
+            "server's certificate was replaced on purpose, trust the new one with "
+            f"{trust_hint(account_name)}; otherwise something is intercepting the connection."
         )
     if exc.reason == "hostname":
         return (
@@ -89,7 +94,7 @@ def _certificate_message(exc: CertificateNotTrusted, where: str) -> str:
         )
     return (
         f"The server's certificate is not trusted (self-signed?): {exc}. If you know this "
-        f"server uses its own certificate, trust exactly that one with {TRUST_HINT}."
+        f"server uses its own certificate, trust exactly that one with {trust_hint(account_name)}."
     )
 
 
@@ -113,7 +118,11 @@ def _capability_message(exc: CapabilityError, where: str) -> tuple[str, str]:
 
 
 async def _explain(
-    exc: ImapError | ConfigError, endpoint: ImapEndpoint, username: str, timeout: float
+    exc: ImapError | ConfigError,
+    endpoint: ImapEndpoint,
+    username: str,
+    timeout: float,
+    account_name: str | None,
 ) -> tuple[str, str]:
     """Map one error of the tree to (problem code, sentence for a person).
 
@@ -146,7 +155,7 @@ async def _explain(
             "that no firewall blocks the connection."
         )
     if isinstance(exc, CertificateNotTrusted):
-        return "tls_untrusted", _certificate_message(exc, where)
+        return "tls_untrusted", _certificate_message(exc, where, account_name)
     if isinstance(exc, TlsError):
         if endpoint.security == "tls" and await probe_plain_greeting(
             endpoint.host, endpoint.port, timeout=probe
@@ -184,7 +193,12 @@ async def _explain(
 
 
 async def check_connection(
-    endpoint: ImapEndpoint, username: str, password: str, *, timeout: float = 20.0
+    endpoint: ImapEndpoint,
+    username: str,
+    password: str,
+    *,
+    timeout: float = 20.0,
+    account_name: str | None = None,
 ) -> ConnectionReport:
     """Try the account's IMAP settings end to end and say what, if anything, is wrong.
 
@@ -214,6 +228,6 @@ async def check_connection(
             folders=folders,
         )
     except (ImapError, ConfigError) as exc:
-        problem, message = await _explain(exc, endpoint, username, timeout)
+        problem, message = await _explain(exc, endpoint, username, timeout, account_name)
         caps = client.capabilities if client is not None else frozenset()
         return ConnectionReport(ok=False, problem=problem, message=message, capabilities=caps)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
+from fastapi.responses import JSONResponse
 
 from correspond.accounts import report_to_dict
 from correspond.api.deps import ProgressDep, ServiceDep
@@ -11,13 +12,17 @@ from correspond.api.schemas import (
     AccountCreate,
     AccountPublic,
     ConnectionReportPublic,
+    ErrorPublic,
     account_public,
 )
-from correspond.rules.presets import draft_from_preset
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/accounts", tags=["accounts"])
+
+_NO_SUCH_ACCOUNT: dict[int | str, dict[str, object]] = {
+    404: {"model": ErrorPublic, "description": "No account with that name"}
+}
 
 
 @router.get("", response_model=list[AccountPublic])
@@ -27,43 +32,45 @@ def list_accounts(service: ServiceDep, progress: ProgressDep) -> list[AccountPub
     return [account_public(s, progress=by_name.get(s.account.name)) for s in summaries]
 
 
-@router.post("", response_model=AccountPublic, status_code=status.HTTP_201_CREATED)
-def add_account(body: AccountCreate, service: ServiceDep, progress: ProgressDep) -> AccountPublic:
-    draft = draft_from_preset(
-        body.preset,
-        name=body.name,
-        email=body.email,
-        username=body.username,
-        imap_host=body.imap_host,
-        imap_port=body.imap_port,
-        imap_security=body.imap_security,
-        smtp_host=body.smtp_host,
-        smtp_port=body.smtp_port,
-        smtp_security=body.smtp_security,
-        allow_plaintext=body.allow_plaintext,
-        trusted_cert_pem=body.trusted_cert_pem,
-        window_days=body.window_days,
-        toggles=body.toggles,
-    )
+@router.post(
+    "",
+    response_model=AccountPublic,
+    status_code=status.HTTP_201_CREATED,
+    responses={409: {"model": ErrorPublic, "description": "An account with that name exists"}},
+)
+def add_account(
+    body: AccountCreate, service: ServiceDep, progress: ProgressDep
+) -> AccountPublic | JSONResponse:
+    """Add an account (nothing is contacted yet: run the test next)."""
+    draft = body.to_draft()  # validated with the body: cannot fail here
+    if service.account_exists(draft.name):
+        return JSONResponse(
+            status_code=status.HTTP_409_CONFLICT,
+            content=ErrorPublic(
+                detail=f"an account named {draft.name!r} already exists",
+                error="Conflict",
+                transient=False,
+            ).model_dump(),
+        )
     service.add_account(draft, body.password.get_secret_value())
     summary = service.get_account(draft.name)
     return account_public(summary, progress=progress_public(progress.account(draft.name)))
 
 
-@router.get("/{name}", response_model=AccountPublic)
+@router.get("/{name}", response_model=AccountPublic, responses=_NO_SUCH_ACCOUNT)
 def get_account(name: str, service: ServiceDep, progress: ProgressDep) -> AccountPublic:
     """The account with its state, last sync and backfill progress."""
     summary = service.get_account(name)
     return account_public(summary, progress=progress_public(progress.account(name)))
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=_NO_SUCH_ACCOUNT)
 def remove_account(name: str, service: ServiceDep) -> Response:
     service.remove_account(name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{name}/test", response_model=ConnectionReportPublic)
+@router.post("/{name}/test", response_model=ConnectionReportPublic, responses=_NO_SUCH_ACCOUNT)
 async def test_account(name: str, service: ServiceDep) -> ConnectionReportPublic:
     """Run the connection test; a failed test is a normal answer with ``ok: false``."""
     report = await service.test_account(name)

@@ -5,20 +5,27 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter
+from fastapi.exceptions import RequestValidationError
 
 from correspond.api.deps import ReaderDep, ServiceDep
 from correspond.api.message_schemas import FolderWithCountsPublic, folder_with_counts_public
 from correspond.api.schemas import (
+    ErrorPublic,
     FolderPublic,
     FolderRefreshPublic,
     FolderSelection,
     folder_public,
     refresh_public,
 )
+from correspond.errors import ConfigError, NotFound
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/accounts/{name}/folders", tags=["folders"])
+router = APIRouter(
+    prefix="/accounts/{name}/folders",
+    tags=["folders"],
+    responses={404: {"model": ErrorPublic, "description": "No account with that name"}},
+)
 
 
 @router.get("", response_model=list[FolderWithCountsPublic])
@@ -43,7 +50,17 @@ async def refresh_folders(name: str, service: ServiceDep) -> FolderRefreshPublic
 async def select_folders(
     name: str, selection: FolderSelection, service: ServiceDep
 ) -> list[FolderPublic]:
-    folders = await asyncio.to_thread(
-        service.select_folders, name, all_folders=selection.all, refs=selection.folders
-    )
+    """Sync ``all`` folders (and ones created later), or exactly ``folders`` (ids or names).
+
+    An unknown, ambiguous or unselectable folder is a 422 naming it; nothing changes then.
+    """
+    await asyncio.to_thread(service.get_account, name)  # an unknown account stays a 404
+    try:
+        folders = await asyncio.to_thread(
+            service.select_folders, name, all_folders=selection.all, refs=selection.folders
+        )
+    except (ConfigError, NotFound) as exc:
+        # The account exists: what is wrong is a folder named in the body.
+        error = {"type": "value_error", "loc": ("body", "folders"), "msg": str(exc)}
+        raise RequestValidationError([error]) from exc
     return [folder_public(f) for f in folders]
