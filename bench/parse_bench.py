@@ -8,6 +8,11 @@ Run: .venv/bin/python bench/parse_bench.py [--messages 10000] [--bodies 2000] [-
     socket would deliver them. For reference the same stream (b) is also read by the standard
     library's imaplib from an in-memory file (its own reader loop, no socket). Synthetic data
     only; nothing from ../shared is needed.
+
+With ``--capture`` (e.g. the bench lab: ``--capture 127.0.0.1:11143 --user bench --password
+benchpass``) stream (a) is instead the server's own reply to ``FETCH 1:N (UID FLAGS ENVELOPE
+BODYSTRUCTURE BODY.PEEK[HEADER])`` over INBOX, captured once over a plaintext socket, so the
+headers and structures are those of real-looking mail rather than ours.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import imaplib
 import io
 import random
 import re
+import socket
 import time
 from collections.abc import Callable
 
@@ -188,6 +194,41 @@ def run_imaplib(stream: bytes) -> tuple[int, float]:
     return count, time.perf_counter() - start
 
 
+def captured_metadata_stream(address: str, user: str, password: str, count: int) -> bytes:
+    """The server's reply to a metadata FETCH of INBOX's first ``count`` messages, raw bytes."""
+    host, _, port = address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        reader = sock.makefile("rb")
+
+        def until_tagged(tag: bytes) -> bytes:
+            out = bytearray()
+            while True:
+                line = reader.readline()
+                if not line:
+                    raise SystemExit("the server closed the connection")
+                out += line
+                # A literal's announced length is read whole, so its text never looks tagged.
+                if line.endswith(b"}\r\n") and b"{" in line:
+                    size = int(line[line.rindex(b"{") + 1 : -3].rstrip(b"+"))
+                    out += reader.read(size)
+                    continue
+                if line.startswith(tag + b" "):
+                    if not line.startswith(tag + b" OK"):
+                        raise SystemExit(f"server said: {line.decode(errors='replace').strip()}")
+                    return bytes(out)
+
+        reader.readline()  # greeting
+        sock.sendall(f'a LOGIN "{user}" "{password}"\r\n'.encode())
+        until_tagged(b"a")
+        sock.sendall(b"b EXAMINE INBOX\r\n")
+        until_tagged(b"b")
+        items = "(UID FLAGS ENVELOPE BODYSTRUCTURE BODY.PEEK[HEADER])"
+        sock.sendall(f"c FETCH 1:{count} {items}\r\n".encode())
+        stream = until_tagged(b"c")
+        sock.sendall(b"d LOGOUT\r\n")
+        return stream
+
+
 def _best(runs: int, fn: Callable[[], tuple[int, float]]) -> tuple[int, float]:
     results = [fn() for _ in range(runs)]
     return min(results, key=lambda r: r[1])
@@ -199,12 +240,20 @@ def main() -> None:
     ap.add_argument("--bodies", type=int, default=2_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--capture", metavar="HOST:PORT", help="take (a) from this IMAP server")
+    ap.add_argument("--user", default="bench")
+    ap.add_argument("--password", default="benchpass")
     args = ap.parse_args()
 
-    meta = metadata_stream(args.messages, args.seed)
+    if args.capture:
+        meta = captured_metadata_stream(args.capture, args.user, args.password, args.messages)
+        source = f"captured from {args.capture}"
+    else:
+        meta = metadata_stream(args.messages, args.seed)
+        source = "synthetic"
     n, secs = _best(args.runs, lambda: run_parser(meta))
     print(
-        f"(a) metadata FETCH: {n} responses, {len(meta) / 1e6:.1f} MB in {secs:.3f} s: "
+        f"(a) metadata FETCH ({source}): {n} responses, {len(meta) / 1e6:.1f} MB in {secs:.3f} s: "
         f"{n / secs:,.0f} responses/s, {len(meta) / 1e6 / secs:.1f} MB/s"
     )
 
