@@ -5,7 +5,8 @@
     bench/fetch_bench.py --host 127.0.0.1 --tls --port 11993 --user bench --password benchpass
     bench/fetch_bench.py [--tls] [--count 2000]     # private Dovecot + generated mailbox
 
-Both clients log in, EXAMINE the mailbox, UID SEARCH ALL, then UID FETCH every message in batches
+Both clients log in, then for each mailbox (INBOX and Sent by default, as ``peers.sh fetch``)
+EXAMINE it, UID SEARCH ALL, then UID FETCH every message in batches
 (``UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[]``), counting and dropping the bodies. The two run
 alternately ``--rounds`` times after one untimed warm-up pass; medians and the ratio
 (ours / imaplib) are printed, plus one JSON line. The machine is shared and noisy: compare
@@ -53,19 +54,21 @@ async def run_ours(args: argparse.Namespace, cert_pem: str | None) -> tuple[int,
         endpoint = ImapEndpoint(args.host, args.port, "tls", trusted_cert_pem=cert_pem)
     else:
         endpoint = ImapEndpoint(args.host, args.port, "plain", allow_plaintext=True)
+    count = size = 0
+    elapsed = 0.0
     async with await ImapClient.connect(endpoint) as client:
         await client.login(args.user, args.password)
-        await client.examine(args.mailbox)
-        uids = await client.uid_search("ALL")
-        count = size = 0
-        started = time.perf_counter()
-        for uid_set in batches(uids, args.batch):
-            async for response in client.uid_fetch(uid_set, ITEMS):
-                body = response.sections.get("")
-                if body is not None:
-                    count += 1
-                    size += len(body)
-        elapsed = time.perf_counter() - started
+        for mailbox in args.mailbox.split(","):
+            await client.examine(mailbox)
+            uids = await client.uid_search("ALL")
+            started = time.perf_counter()
+            for uid_set in batches(uids, args.batch):
+                async for response in client.uid_fetch(uid_set, ITEMS):
+                    body = response.sections.get("")
+                    if body is not None:
+                        count += 1
+                        size += len(body)
+            elapsed += time.perf_counter() - started
     return count, size, elapsed
 
 
@@ -78,20 +81,22 @@ def run_imaplib(args: argparse.Namespace, cert_pem: str | None) -> tuple[int, in
     else:
         conn = imaplib.IMAP4(args.host, args.port)
     conn.login(args.user, args.password)
-    conn.select(args.mailbox, readonly=True)
-    _, data = conn.uid("SEARCH", "ALL")
-    uids = [int(x) for x in data[0].split()]
     count = size = 0
-    started = time.perf_counter()
-    for uid_set in batches(uids, args.batch):
-        typ, data = conn.uid("FETCH", uid_set, ITEMS)
-        if typ != "OK":
-            raise RuntimeError(f"imaplib FETCH failed: {data!r}")
-        for item in data:
-            if isinstance(item, tuple):
-                count += 1
-                size += len(item[1])
-    elapsed = time.perf_counter() - started
+    elapsed = 0.0
+    for mailbox in args.mailbox.split(","):
+        conn.select(mailbox, readonly=True)
+        _, data = conn.uid("SEARCH", "ALL")
+        uids = [int(x) for x in data[0].split()]
+        started = time.perf_counter()
+        for uid_set in batches(uids, args.batch):
+            typ, data = conn.uid("FETCH", uid_set, ITEMS)
+            if typ != "OK":
+                raise RuntimeError(f"imaplib FETCH failed: {data!r}")
+            for item in data:
+                if isinstance(item, tuple):
+                    count += 1
+                    size += len(item[1])
+        elapsed += time.perf_counter() - started
     conn.logout()
     return count, size, elapsed
 
@@ -130,7 +135,9 @@ def main() -> None:
     parser.add_argument("--tls", action="store_true", help="implicit TLS (993-style port)")
     parser.add_argument("--user", default="bench")
     parser.add_argument("--password", default="benchpass")
-    parser.add_argument("--mailbox", default="INBOX")
+    parser.add_argument(
+        "--mailbox", default="INBOX,Sent", help="comma-separated, as peers.sh fetch: INBOX,Sent"
+    )
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cert", type=Path, help="PEM certificate of the server to trust")
