@@ -16,7 +16,17 @@ class F:
     name: str
 
 
-FOLDERS = [F(1, "INBOX"), F(2, "Sent"), F(7, "2024"), F(4, "Dup"), F(3, "Dup"), F(9, "12")]
+FOLDERS = [
+    F(1, "INBOX"),
+    F(2, "Sent"),
+    F(7, "2024"),
+    F(4, "Dup"),
+    F(3, "Dup"),
+    F(9, "12"),
+    F(11, "3"),
+    F(21, "Éléments envoyés"),  # composed (NFC), as servers send it
+    F(22, "Cafe\u0301"),  # decomposed, as a Mac client may have created it
+]
 
 
 @pytest.mark.parametrize(
@@ -27,6 +37,11 @@ FOLDERS = [F(1, "INBOX"), F(2, "Sent"), F(7, "2024"), F(4, "Dup"), F(3, "Dup"), 
         ("2024", 7),  # digits that are a folder's name: the name wins
         ("12", 9),  # likewise, even though 12 is no id
         ("4", 4),  # digits naming no folder: an id
+        ("id:3", 3),  # an explicit id, whatever the names
+        ("id:11", 11),
+        ("11", 11),  # digits that are only an id
+        ("E\u0301le\u0301ments envoye\u0301s", 21),  # typed decomposed, stored composed
+        ("Caf\u00e9", 22),  # typed composed, stored decomposed
     ],
 )
 def test_resolves(ref: str | int, expected_id: int) -> None:
@@ -39,7 +54,14 @@ def test_resolves(ref: str | int, expected_id: int) -> None:
         (5, NotFound, "no folder with id 5"),
         ("5", NotFound, "no folder with id 5"),
         ("Nope", NotFound, "no folder named 'Nope'"),
-        ("Dup", ConfigError, "several folders are named 'Dup'; choose by id: 3, 4"),
+        ("Dup", ConfigError, "several folders are named 'Dup'; choose by id: 3, 4 (e.g. 'id:3')"),
+        ("id:5", NotFound, "no folder with id 5"),
+        # "3" names folder 11 and is the id of a "Dup": refused, never guessed.
+        (
+            "3",
+            ConfigError,
+            "'3' is the name of folder id 11 and the id of folder 'Dup': say 'id:11' or 'id:3'",
+        ),
     ],
 )
 def test_refuses(ref: str | int, error: type[Exception], message: str) -> None:

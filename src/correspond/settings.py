@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from correspond.errors import ConfigError
 
-__all__ = ["Settings", "ensure_data_dir", "load_secret_key"]
+__all__ = ["Settings", "ensure_data_dir", "key_file_path", "load_secret_key"]
 
 _KEY_FILE = "secret.key"
 
@@ -102,6 +102,11 @@ def _check_key(key: bytes, source: str) -> bytes:
             "restore the right one, or the stored passwords cannot be decrypted"
         )
     return key
+
+
+def key_file_path(settings: Settings) -> Path | None:
+    """Where the secret key file is, or None when the key comes from the settings."""
+    return None if settings.secret_key else settings.data_dir / _KEY_FILE
 
 
 def load_secret_key(settings: Settings) -> bytes:

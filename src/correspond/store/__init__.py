@@ -50,7 +50,8 @@ def __getattr__(name: str) -> Any:
 
 def open_store(settings: Settings, *, run_migrations: bool = True) -> Store:
     """Connect to ``settings``' database, migrate it to the newest schema, return the store."""
-    from correspond.store.engine import create_store_engine, migrate
+    from correspond.settings import key_file_path
+    from correspond.store.engine import count_stored_secrets, create_store_engine, migrate
     from correspond.store.repository import Store
     from correspond.store.secrets import SecretBox
 
@@ -58,7 +59,21 @@ def open_store(settings: Settings, *, run_migrations: bool = True) -> Store:
     try:
         if run_migrations:
             migrate(engine)
-        secrets = SecretBox.from_settings(settings)
+        key_file = key_file_path(settings)
+        stored = count_stored_secrets(engine) if key_file and not key_file.exists() else 0
+        if key_file and stored:
+            # A new key would open none of them, and secrets entered again under it would leave
+            # the store needing two keys: keep working without secrets and say which file to
+            # bring back.
+            secrets = SecretBox.missing(
+                f"the secret key file {key_file} is missing, but the store holds {stored} "
+                "encrypted password(s) that only the key they were sealed with can open: "
+                "restore that file or set CORRESPOND_SECRET_KEY (with PostgreSQL, point "
+                "--data-dir or CORRESPOND_DATA_DIR at the folder that holds secret.key); "
+                "to start over, remove those accounts and add them again"
+            )
+        else:
+            secrets = SecretBox.from_settings(settings)
     except BaseException:
         engine.dispose()
         raise

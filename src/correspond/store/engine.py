@@ -20,7 +20,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from correspond.errors import ConfigError, NotFound, StoreError
@@ -28,6 +28,7 @@ from correspond.errors import ConfigError, NotFound, StoreError
 __all__ = [
     "MIGRATIONS_DIR",
     "SQLITE_BUSY_TIMEOUT_MS",
+    "count_stored_secrets",
     "create_store_engine",
     "current_revision",
     "head_revision",
@@ -144,5 +145,20 @@ def migrate(engine: Engine, revision: str = "head") -> None:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
+    except OperationalError as exc:
+        # Mostly the server is down, refuses us or the database does not exist: say where.
+        where = engine.url.render_as_string(hide_password=True)
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise StoreError(f"cannot use the database {where}: {reason}") from exc
     except SQLAlchemyError as exc:
         raise StoreError(f"database migration failed: {exc}") from exc
+
+
+def count_stored_secrets(engine: Engine) -> int:
+    """How many accounts hold an encrypted secret (which only their key can open)."""
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text("SELECT count(*) FROM accounts WHERE secret_encrypted IS NOT NULL")
+            ).scalar_one()
+        )

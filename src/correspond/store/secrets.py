@@ -18,9 +18,10 @@ __all__ = ["SecretBox"]
 class SecretBox:
     """Encrypts and decrypts account secrets with one key."""
 
-    __slots__ = ("_fernet",)
+    __slots__ = ("_fernet", "_missing")
 
     def __init__(self, key: bytes) -> None:
+        self._missing: str | None = None
         try:
             self._fernet = Fernet(key)
         except (ValueError, TypeError) as exc:
@@ -29,16 +30,32 @@ class SecretBox:
             ) from exc
 
     @classmethod
+    def missing(cls, why: str) -> SecretBox:
+        """A box without its key: encrypting and decrypting raise :class:`ConfigError` ``why``.
+
+        Everything that needs no secret (listing, removing accounts, reading the mirror) still
+        works; encrypting is refused too, so no new secret is sealed under a key that differs
+        from the one the stored secrets need.
+        """
+        box = cls(Fernet.generate_key())
+        box._missing = why
+        return box
+
+    @classmethod
     def from_settings(cls, settings: Settings) -> SecretBox:
         """The box for ``settings.secret_key`` or ``<data_dir>/secret.key``."""
         return cls(load_secret_key(settings))
 
     def encrypt(self, secret: str) -> bytes:
         """An authenticated token for ``secret``; a fresh IV each time."""
+        if self._missing is not None:
+            raise ConfigError(self._missing)
         return self._fernet.encrypt(secret.encode("utf-8"))
 
     def decrypt(self, token: bytes) -> str:
         """The secret back; :class:`ConfigError` when the key changed or the token is corrupt."""
+        if self._missing is not None:
+            raise ConfigError(self._missing)
         try:
             return self._fernet.decrypt(token).decode("utf-8")
         except InvalidToken as exc:
