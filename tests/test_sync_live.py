@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from correspond.settings import Settings
 from correspond.store.blobs import BlobStore
+from correspond.store.leases import AccountLeases
 from correspond.store.messages import MessageData, MessageStore, ThreadCandidate, ThreadChoice
 from correspond.store.records import Account, Folder
 from correspond.store.repository import Store
@@ -487,7 +488,7 @@ async def test_auth_failure_backs_off_then_recovers(sqlite_env: Env) -> None:
     env = sqlite_env
     env.store.set_account_secret(env.account.name, "not-the-password")
     base, cap, span = 0.1, 0.8, 3.0
-    syncer = env.syncer(backoff_base=base, backoff_cap=cap)
+    syncer = env.syncer(backoff_base=base, backoff_cap=cap, max_refused_logins=100)
     async with Running(env, syncer, poll_seconds=600) as run:
         await asyncio.sleep(span)
         account = env.store.get_account(env.account.name)
@@ -507,6 +508,32 @@ async def test_auth_failure_backs_off_then_recovers(sqlite_env: Env) -> None:
     await wait_until(lambda: _auth_failures_in_log(env.server, env.user) >= attempts, 5)
     assert attempts <= _auth_failures_in_log(env.server, env.user) <= failed
     assert env.store.get_account(env.account.name).state == "live"
+
+
+async def test_refused_logins_stop_until_the_user_acts(sqlite_env: Env) -> None:
+    """Providers lock a mailbox that keeps failing to sign in: after a few refusals in a row
+    the engine stops trying, says why, and tries again once the user updates or resumes."""
+    env = sqlite_env
+    name = env.account.name
+    env.store.set_account_secret(name, "not-the-password")
+    syncer = env.syncer(
+        backoff_base=0.05, backoff_cap=0.1, max_refused_logins=3, selection_check_interval=0.1
+    )
+    async with Running(env, syncer, poll_seconds=600) as run:
+        await wait_until(lambda: "Stopped trying" in env.store.get_account(name).state_detail, 10)
+        account = env.store.get_account(name)
+        assert account.state == "auth_failed"
+        assert "refused the login 3 times in a row" in account.state_detail
+        assert f"correspond account update {name} --password-stdin" in account.state_detail
+        assert syncer.stats.logins == 3
+        await asyncio.sleep(1.0)
+        assert syncer.stats.logins == 3  # no more attempts while nobody acted
+        # The user fixes the password; the CLI then resumes the account (its state leaves
+        # auth_failed), and the same task signs in without a restart.
+        env.store.set_account_secret(name, env.user.password)
+        AccountLeases(env.store.engine).resume(name)
+        await run.live(timeout=10)
+    assert syncer.stats.logins > 3  # signed in again (a live session opens several connections)
 
 
 def _auth_failures_in_log(server: DovecotServer, user: ImapUser) -> int:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from correspond.errors import AuthenticationFailed, CorrespondError, ImapCommandError
+from correspond.errors import AuthenticationFailed, CorrespondError, ImapCommandError, NotFound
 from correspond.imap.client import ImapClient
 from correspond.imap.connect import ImapEndpoint
 from correspond.imap.types import (
@@ -78,6 +78,7 @@ __all__ = [
     "DEFAULT_FOLDER_REFRESH_SECONDS",
     "DEFAULT_POLL_SECONDS",
     "IDLE_RENEW_SECONDS",
+    "MAX_REFUSED_LOGINS",
     "AccountSyncReport",
     "AccountSyncer",
     "SyncerStats",
@@ -85,6 +86,10 @@ __all__ = [
     "default_thread_chooser",
     "endpoint_for",
 ]
+
+#: Refused sign-ins in a row after which the engine stops trying until the user acts: a few
+#: retries ride out a provider's passing hiccup; more would get the mailbox locked.
+MAX_REFUSED_LOGINS = 5
 
 
 IDLE_RENEW_SECONDS = 25 * 60
@@ -211,6 +216,7 @@ class AccountSyncer:
         idle_renew_seconds: float = IDLE_RENEW_SECONDS,
         backoff_base: float = 1.0,
         backoff_cap: float = BACKOFF_CAP_SECONDS,
+        max_refused_logins: int = MAX_REFUSED_LOGINS,
     ) -> None:
         self.store = store
         self.messages = messages
@@ -241,6 +247,7 @@ class AccountSyncer:
         self.idle_renew_seconds = idle_renew_seconds
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.max_refused_logins = max_refused_logins
         self.stats = SyncerStats()
         self._locks: dict[int, asyncio.Lock] = {}
         # Renamed folders whose old row keeps its locations until the new name is synced
@@ -558,7 +565,10 @@ class AccountSyncer:
         When a session ends on an error: connection lost, BYE, timeout or a busy database →
         ``disconnected`` and a reconnect after a jittered exponential backoff (cap 5 minutes);
         a refused login → ``auth_failed`` with the server's own words, retried no faster than
-        the backoff (each wait at least half its ceiling, so never a storm); any other
+        the backoff (each wait at least half its ceiling, so never a storm) and at most
+        :attr:`max_refused_logins` times in a row: providers lock a mailbox that keeps failing
+        to sign in, so then it waits, holding the account, until the user updates the password
+        or resumes the account (its state leaves ``auth_failed``); any other
         permanent error → ``error`` with its reason, and the loop ends (the user must act). The
         backoff restarts from its base once a session has stayed live for a minute.
         """
@@ -566,6 +576,7 @@ class AccountSyncer:
 
         poll = self.poll_interval if poll_seconds is None else float(poll_seconds)
         attempt = 0
+        refused = 0
         first = True
         while not stop.is_set():
             account = await asyncio.to_thread(self.store.get_account, account_name)
@@ -582,6 +593,22 @@ class AccountSyncer:
                 return
             except AuthenticationFailed as exc:
                 attempt = 1 if session.stable else attempt + 1
+                refused = 1 if session.stable else refused + 1
+                words = exc.server_text or str(exc)
+                if refused >= self.max_refused_logins:
+                    await self._set_state(
+                        account_name,
+                        "auth_failed",
+                        f"The server refused the login {refused} times in a row: {words} "
+                        "Stopped trying so that the provider does not lock the mailbox: update "
+                        f"the password (correspond account update {account_name} "
+                        "--password-stdin) or resume the account to try again.",
+                    )
+                    self.stats.retries += 1
+                    if not await self._wait_for_user(account_name, stop):
+                        return
+                    attempt = refused = 0
+                    continue
                 delay = backoff_delay(
                     attempt,
                     rng=self.rng,
@@ -589,7 +616,6 @@ class AccountSyncer:
                     cap=self.backoff_cap,
                     floor=0.5,
                 )
-                words = exc.server_text or str(exc)
                 await self._set_state(
                     account_name,
                     "auth_failed",
@@ -610,6 +636,22 @@ class AccountSyncer:
             self.stats.retries += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    async def _wait_for_user(self, account_name: str, stop: asyncio.Event) -> bool:
+        """Wait until the account leaves ``auth_failed`` (the user updated the password or
+        resumed it): True; False when ``stop`` is set or the account is gone."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.selection_check_interval)
+            if stop.is_set():
+                return False
+            try:
+                account = await asyncio.to_thread(self.store.get_account, account_name)
+            except NotFound:
+                return False
+            if account.state != "auth_failed":
+                return True
+        return False
 
     async def _set_state(self, account_name: str, state: str, detail: str, **kw: Any) -> None:
         await asyncio.to_thread(
