@@ -20,7 +20,7 @@ from correspond.accounts import AccountService, describe_state
 from correspond.api import create_app
 from correspond.cli import main
 from correspond.errors import AuthenticationFailed
-from correspond.rules.presets import draft_from_preset
+from correspond.rules.presets import AccountChanges, draft_from_preset
 from correspond.settings import Settings
 from correspond.store import Store
 
@@ -274,3 +274,64 @@ def test_cli_folder_selection_on_a_real_server(
         n for n, f in listed.items() if f["selectable"]
     }
     assert imap_user.password not in listed_account.output
+
+
+def test_cli_update_of_security_and_port_fixes_a_failing_account(
+    dovecot: Any, imap_user: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the reviewer met: STARTTLS stored for a TLS-only port. The test fails; correcting
+    the security and port with ``account update`` (no remove and re-add) makes it pass."""
+    for var in ("CORRESPOND_DATA_DIR", "CORRESPOND_DATABASE_URL", "CORRESPOND_SECRET_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    # STARTTLS on a TLS port waits for a greeting that never comes: do not wait long.
+    monkeypatch.setenv("CORRESPOND_IMAP_CONNECT_TIMEOUT", "3")
+    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: False)
+    cert = tmp_path / "dovecot.pem"
+    cert.write_text(dovecot.cert_pem)
+    base = ["--data-dir", str(tmp_path / "data")]
+    runner = CliRunner()
+    add = [
+        *base, "account", "add", "dove", "--email", f"{imap_user.username}@example.test",
+        "--username", imap_user.username, "--imap-host", dovecot.host,
+        "--imap-port", str(dovecot.tls_port), "--imap-security", "starttls",
+        "--trust-cert", str(cert), "--password-stdin",
+    ]  # fmt: skip
+    assert runner.invoke(main, add, input=imap_user.password + "\n").exit_code == 0
+    failed = runner.invoke(main, [*base, "account", "test", "dove", "--json"])
+    assert failed.exit_code == 1, failed.output
+    assert json.loads(failed.stdout)["ok"] is False
+    listed = json.loads(runner.invoke(main, [*base, "account", "list", "--json"]).stdout)
+    assert listed[0]["state"] in ("error", "disconnected")
+
+    update = [
+        *base, "account", "update", "dove",
+        "--imap-security", "tls", "--imap-port", str(dovecot.tls_port), "--json",
+    ]  # fmt: skip
+    updated = runner.invoke(main, update)
+    assert updated.exit_code == 0, updated.output
+    account = json.loads(updated.stdout)
+    assert account["imap"]["security"] == "tls" and account["state"] == "connecting"
+    passed = runner.invoke(main, [*base, "account", "test", "dove", "--json"])
+    assert passed.exit_code == 0, passed.output
+    assert json.loads(passed.stdout)["ok"] is True
+    assert imap_user.password not in updated.output + passed.output
+
+
+async def test_service_update_keeps_folders_and_retries(
+    service: AccountService, dovecot: Any, imap_user: Any
+) -> None:
+    """An update through the service: a refused sign-in is retried once the password is
+    fixed, and folders synced before survive a change of server settings."""
+    add_imap_account(service, dovecot, imap_user, password="wrong-password")
+    assert (await service.test_account("dove")).problem == "auth_failed"
+    fixed = service.update_account("dove", AccountChanges(), password=imap_user.password)
+    assert fixed.state == "connecting"
+    refreshed = await service.refresh_folders("dove")
+    count = len(refreshed.folders)
+    assert count > 0
+    moved = service.update_account(
+        "dove", AccountChanges(imap_security="tls", imap_port=dovecot.tls_port)
+    )
+    assert (moved.imap_security, moved.imap_port) == ("tls", dovecot.tls_port)
+    assert len(service.list_folders("dove")) == count
+    assert (await service.test_account("dove")).ok

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -156,6 +157,8 @@ def test_password_is_write_only_in_openapi(client: TestClient) -> None:
         "/accounts/{name}/folders/refresh",
         "/accounts/{name}/folders/selection",
     } <= paths
+    assert "patch" in schema["paths"]["/accounts/{name}"]
+    assert "password" in components["AccountUpdate"]["properties"]
     assert client.get("/docs").status_code == 200
 
 
@@ -181,6 +184,9 @@ def test_folders_and_selection(client: TestClient, store: Store) -> None:
 
     r = client.put("/accounts/work/folders/selection", json={"folders": ["INBOX", twins[0]["id"]]})
     assert r.status_code == 200, r.text
+    # The answer has the same shape as GET (each folder with its counts), and the same content.
+    assert r.json() == client.get("/accounts/work/folders").json()
+    assert all(set(f["counts"]) >= {"messages", "unread"} for f in r.json())
     assert {f["id"] for f in r.json() if f["selected"]} == {folders[0]["id"], twins[0]["id"]}
     account = client.get("/accounts/work").json()
     assert (account["folders_mode"], account["selected_folder_count"]) == ("selected", 2)
@@ -202,6 +208,7 @@ def test_folders_and_selection(client: TestClient, store: Store) -> None:
 
     everything = client.put("/accounts/work/folders/selection", json={"all": True})
     assert sum(f["selected"] for f in everything.json()) == 5
+    assert everything.json() == client.get("/accounts/work/folders").json()
     assert client.get("/accounts/work").json()["folders_mode"] == "all"
     assert client.get("/accounts/nope/folders").status_code == 404
 
@@ -231,3 +238,128 @@ def test_refresh_against_unreachable_server_is_502(client: TestClient) -> None:
     r = client.post("/accounts/work/folders/refresh")
     assert r.status_code == 502
     assert r.json()["error"] == "ConnectionRefused" and r.json()["transient"] is True
+
+
+def test_patch_changes_only_what_is_sent(client: TestClient, store: Store) -> None:
+    created = client.post("/accounts", json=new_account()).json()
+    assert created["imap"] == {"host": "imap.example.test", "port": 143, "security": "starttls"}
+    # The SMTP host of "other" defaults to the IMAP host, as on the command line.
+    assert created["smtp"] == {"host": "imap.example.test", "port": 587, "security": "starttls"}
+
+    r = client.patch("/accounts/work", json={"imap_port": 993})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["imap"] == {"host": "imap.example.test", "port": 993, "security": "tls"}
+    assert body["smtp"] == created["smtp"]
+    unchanged = {"email", "username", "window_days", "toggles", "has_trusted_cert", "created_at"}
+    assert {k: body[k] for k in unchanged} == {k: created[k] for k in unchanged}
+    assert client.get("/accounts/work").json() == body
+
+    r = client.patch(
+        "/accounts/work",
+        json={
+            "email": "new@example.test",
+            "username": "me",
+            "password": "n3w-Pa55word",
+            "imap_host": "mail.example.test",
+            "imap_security": "starttls",
+            "imap_port": 10143,
+            "smtp_host": "smtp.example.test",
+            "smtp_port": 465,
+            "trusted_cert_pem": PEM,
+            "window_days": 7,
+            "toggles": {"delete_remote_on_crm_delete": True},
+        },
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["email"], body["username"], body["window_days"]) == ("new@example.test", "me", 7)
+    assert body["imap"] == {"host": "mail.example.test", "port": 10143, "security": "starttls"}
+    assert body["smtp"] == {"host": "smtp.example.test", "port": 465, "security": "tls"}
+    assert body["has_trusted_cert"] is True
+    assert body["toggles"] == {**created["toggles"], "delete_remote_on_crm_delete": True}
+    assert "password" not in body and "n3w-Pa55word" not in r.text
+    assert store.account_secret("work") == "n3w-Pa55word"
+
+    forgot = client.patch("/accounts/work", json={"trusted_cert_pem": None})
+    assert forgot.json()["has_trusted_cert"] is False
+    assert client.patch("/accounts/work", json={}).json() == forgot.json()
+
+
+PEM = "-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n"
+
+
+@pytest.mark.parametrize(
+    ("patch", "field", "words"),
+    [
+        ({"imap_security": "plain"}, "body", "allow_plaintext"),
+        ({"imap_host": "imap.example.test:993"}, "imap_host", "imap_port"),
+        ({"imap_host": None}, "imap_host", "cannot be null"),
+        ({"imap_port": 0}, "imap_port", "greater than or equal to 1"),
+        ({"imap_security": "ssl"}, "imap_security", "starttls"),
+        ({"email": "nobody"}, "email", "not an e-mail address"),
+        ({"username": "   "}, "username", "user name is empty"),
+        ({"trusted_cert_pem": "hello"}, "trusted_cert_pem", "PEM"),
+        ({"window_days": 0}, "window_days", "greater than or equal to 1"),
+        ({"toggles": {"nuke": True}}, "toggles", "unknown toggles: nuke"),
+        ({"name": "renamed"}, "name", "Extra inputs"),
+        ({"password": ""}, "password", "at least 1"),
+    ],
+)
+def test_patch_refuses_bad_input_and_changes_nothing(
+    client: TestClient, store: Store, patch: dict[str, Any], field: str, words: str
+) -> None:
+    assert client.post("/accounts", json=new_account()).status_code == 201
+    before = client.get("/accounts/work").json()
+    r = client.patch("/accounts/work", json={"password": "n3w-Pa55word", **patch})
+    messages = messages_of(r)
+    assert words in messages[field], messages
+    assert "n3w-Pa55word" not in r.text  # never echoed, even for a cross-field rule
+    assert all(set(e) == {"type", "loc", "msg"} for e in r.json()["detail"])
+    assert client.get("/accounts/work").json() == before
+    assert store.account_secret("work") == PASSWORD
+
+
+def test_patch_unknown_account_is_404(client: TestClient) -> None:
+    r = client.patch("/accounts/nope", json={"imap_port": 993})
+    assert r.status_code == 404
+    assert r.json() == {
+        "detail": "no account named 'nope'",
+        "error": "NotFound",
+        "transient": False,
+    }
+
+
+@pytest.mark.parametrize("state", ["auth_failed", "error", "disconnected"])
+def test_patch_of_connection_settings_retries_a_failed_account(
+    client: TestClient, store: Store, state: str
+) -> None:
+    assert client.post("/accounts", json=new_account()).status_code == 201
+    store.sync_folders("work", [folder_spec("INBOX", "inbox")])
+    store.set_account_state("work", state, "LOGIN refused")
+    window = client.patch("/accounts/work", json={"window_days": 30}).json()
+    assert window["state"] == state  # not a connection setting
+    fixed = client.patch("/accounts/work", json={"password": "n3w-Pa55word"}).json()
+    assert fixed["state"] == "connecting"
+    assert fixed["folder_count"] == 1  # synced data is kept
+    store.set_account_state("work", "paused", "Paused by the user.")
+    paused = client.patch("/accounts/work", json={"imap_security": "tls"}).json()
+    assert paused["state"] == "paused" and paused["imap"]["port"] == 993
+
+
+def test_docs_serve_their_assets_locally(client: TestClient) -> None:
+    from correspond.api.app import DOCS_ASSETS_URL, docs_assets_dir
+
+    pages = {path: client.get(path) for path in ("/docs", "/redoc")}
+    for path, page in pages.items():
+        assert page.status_code == 200, path
+    if docs_assets_dir() is None:
+        pytest.skip("fastapi-offline is not installed: /docs loads Swagger UI from its CDN")
+    for path, page in pages.items():
+        refs = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        assert refs, page.text
+        assert all(ref.startswith(DOCS_ASSETS_URL + "/") for ref in refs), (path, refs)
+        assert "http://" not in page.text and "https://" not in page.text, path
+        for ref in refs:
+            asset = client.get(ref)
+            assert asset.status_code == 200 and asset.content, ref

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -166,16 +167,41 @@ def test_prompts_when_a_terminal_is_attached(
         "home",
         "--imap-security",
         "tls",
-        # e-mail, IMAP host, SMTP host (Enter: the IMAP host), password
-        input=f"me@home.test\nimap.home.test\n\n{PASSWORD}\n",
+        # e-mail, IMAP host, SMTP host and user name (Enter: the defaults), password
+        input=f"me@home.test\nimap.home.test\n\n\n{PASSWORD}\n",
     )
     assert result.exit_code == 0, result.output
     assert "E-mail address" in result.output and "IMAP server host" in result.output
+    assert "User name for signing in [me@home.test]" in result.output
     assert "Provider" not in result.output  # --imap-security says it is an IMAP server
     assert PASSWORD not in result.output  # the password prompt hides input
     data = json.loads(run(runner, data_dir, "account", "list", "--json").output)
     assert data[0]["imap"] == {"host": "imap.home.test", "port": 993, "security": "tls"}
     assert data[0]["smtp"] == {"host": "imap.home.test", "port": 465, "security": "tls"}
+    assert data[0]["username"] == "me@home.test"
+
+
+def test_prompt_asks_for_a_short_user_name(
+    runner: CliRunner, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server whose sign-in names are not the address: the prompt asks, the address is
+    only the default; a user name given as a flag is not asked again."""
+    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: True)
+    flags = ["--email", "me@home.test", "--imap-host", "imap.home.test"]
+    result = run(runner, data_dir, "account", "add", "home", *flags, input=f" \nme\n{PASSWORD}\n")
+    assert result.exit_code == 0, result.output
+    assert "the user name is empty" in result.output  # asked again after a blank answer
+    assert "user name me" in result.output
+    given = run(
+        runner, data_dir, "account", "add", "two", *flags, "--username", "you", input="pw\n"
+    )
+    assert given.exit_code == 0, given.output
+    assert "User name" not in given.output
+    names = {
+        a["name"]: a["username"]
+        for a in json.loads(run(runner, data_dir, "account", "list", "--json").output)
+    }
+    assert names == {"home": "me", "two": "you"}
 
 
 def test_guided_add_asks_for_everything_and_again_on_a_bad_answer(
@@ -188,6 +214,7 @@ def test_guided_add_asks_for_everything_and_again_on_a_bad_answer(
         "yahoo",  # refused: no such preset
         "exchange office",  # an alias of exchange-online
         "me@contoso.test",
+        "",  # the user name: the address
         PASSWORD,
     ]
     result = run(runner, data_dir, "account", "add", input="\n".join(answers) + "\n")
@@ -203,7 +230,7 @@ def test_guided_add_asks_for_everything_and_again_on_a_bad_answer(
     )
 
     # A self-hosted server: host and security are asked for, with the preset's default.
-    answers = ["lab", "exchange", "me@lab.test", "mail.lab.test:993", "mail.lab.test", "", "pw"]
+    answers = ["lab", "exchange", "me@lab.test", "mail.lab.test:993", "mail.lab.test", "", "", "pw"]
     result = run(runner, data_dir, "account", "add", input="\n".join(answers) + "\n")
     assert result.exit_code == 0, result.output
     assert "without a port" in result.output
@@ -264,6 +291,14 @@ ADD = ["account", "add", "x", "--email", "a@b.test", "--imap-host", "imap.b.test
         (["account", "test", "nope"], "no account named 'nope'"),
         (["account", "folders", "nope"], "no account named 'nope'"),
         (["account", "update", "nope", "--window-days", "3"], "no account named 'nope'"),
+        (["account", "update", "work", "--imap-security", "plain"], "--allow-plaintext"),
+        (["account", "update", "work", "--imap-host", "h:993"], "--imap-port"),
+        (["account", "update", "work", "--smtp-host", "https://smtp.x"], "not a URL"),
+        (["account", "update", "work", "--email", "nobody"], "not an e-mail"),
+        (["account", "update", "work", "--username", " "], "the user name is empty"),
+        (["account", "update", "work", "--imap-port", "99999"], "99999 is not in the range"),
+        (["account", "update", "work", "--imap-security", "ssl"], "'ssl' is not one of"),
+        (["account", "update", "work", "--imap-port", "1"], "needs a terminal"),
         (["account", "remove", "nope", "--yes"], "no account named 'nope'"),
         (["account", "pause", "nope"], "no account named 'nope'"),
         (["account", "folders", "work", "--select", "Nope"], "no folder named 'Nope'"),
@@ -287,11 +322,12 @@ def test_bad_input_is_one_line_and_changes_nothing(
     )
     before = run(runner, data_dir, "account", "list", "--json").output
     folders_before = run(runner, data_dir, "account", "folders", "work", "--json").output
-    result = (
-        run(runner, data_dir, *args, "--password-stdin", input="pw\n")
-        if args[1] == "add"
-        else run(runner, data_dir, *args)
-    )
+    if args[1] == "add":
+        result = run(runner, data_dir, *args, "--password-stdin", input="pw\n")
+    elif args[:2] == ["account", "update"] and args[-1] == "1":
+        result = run(runner, data_dir, *args, "--password")  # a prompt, without a terminal
+    else:
+        result = run(runner, data_dir, *args)
     assert result.exit_code in (2, 3), result.output
     assert isinstance(result.exception, SystemExit)  # a message, not a traceback
     assert words in result.output, result.output
@@ -325,6 +361,204 @@ def test_update_json(runner: CliRunner, data_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     a = json.loads(result.output)
     assert a["window_days"] == 9 and PASSWORD not in result.output
+
+
+def account_json(runner: CliRunner, data_dir: Path, name: str = "work") -> dict[str, Any]:
+    listed = json.loads(run(runner, data_dir, "account", "list", "--json").output)
+    found: dict[str, Any] = next(a for a in listed if a["name"] == name)
+    return found
+
+
+def set_state(data_dir: Path, name: str, state: str) -> None:
+    store = open_store(Settings(data_dir=data_dir))
+    try:
+        store.set_account_state(name, state, "what the sync last saw")
+    finally:
+        store.close()
+
+
+def stored_password(data_dir: Path, name: str = "work") -> str:
+    store = open_store(Settings(data_dir=data_dir))
+    try:
+        return store.account_secret(name)
+    finally:
+        store.close()
+
+
+def test_update_changes_every_field_add_takes(
+    runner: CliRunner, data_dir: Path, tmp_path: Path
+) -> None:
+    add_work(runner, data_dir)
+    cert = tmp_path / "server.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    result = run(
+        runner, data_dir, "account", "update", "work",
+        "--email", "new@example.test", "--username", "me",
+        "--imap-host", "mail.example.test", "--imap-port", "10993", "--imap-security", "TLS",
+        "--smtp-host", "smtp.example.test", "--smtp-port", "10465", "--smtp-security", "tls",
+        "--allow-plaintext", "--trust-cert", str(cert), "--window-days", "7",
+        "--password-stdin", "--json",
+        input="n3w-Pa55word\n",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    a = json.loads(result.stdout)
+    assert (a["email"], a["username"], a["window_days"]) == ("new@example.test", "me", 7)
+    assert a["imap"] == {"host": "mail.example.test", "port": 10993, "security": "tls"}
+    assert a["smtp"] == {"host": "smtp.example.test", "port": 10465, "security": "tls"}
+    assert a["allow_plaintext"] is True and a["has_trusted_cert"] is True
+    assert "n3w-Pa55word" not in result.output and "password" not in a
+    assert stored_password(data_dir) == "n3w-Pa55word"
+    assert account_json(runner, data_dir) == a
+
+    forget = run(runner, data_dir, "account", "update", "work", "--no-trust-cert", "--json")
+    assert json.loads(forget.stdout)["has_trusted_cert"] is False
+    text = run(runner, data_dir, "account", "update", "work", "--no-allow-plaintext")
+    assert text.exit_code == 0, text.output
+    assert "Updated work: IMAP mail.example.test:10993 (tls)" in text.output
+    assert "correspond account test work" in text.output
+
+
+def test_update_follows_the_address_and_the_imap_host(runner: CliRunner, data_dir: Path) -> None:
+    add_work(runner, data_dir)  # user name: the address; SMTP host: the IMAP host
+    result = run(
+        runner, data_dir, "account", "update", "work",
+        "--email", "fixed@example.test", "--imap-host", "imap2.example.test", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    a = json.loads(result.stdout)
+    assert (a["email"], a["username"]) == ("fixed@example.test", "fixed@example.test")
+    assert a["smtp"]["host"] == "imap2.example.test"
+
+
+@pytest.mark.parametrize(
+    ("args", "imap"),
+    [
+        (["--imap-port", "993"], (993, "tls")),  # a well-known port brings its security
+        (["--imap-security", "tls"], (993, "tls")),  # ... and a security its standard port
+        (["--imap-security", "tls", "--imap-port", "10993"], (10993, "tls")),
+        (["--imap-port", "10143"], (10143, "starttls")),  # a custom port keeps the security
+    ],
+)
+def test_update_infers_security_from_well_known_ports(
+    runner: CliRunner, data_dir: Path, args: list[str], imap: tuple[int, str]
+) -> None:
+    add_work(runner, data_dir)  # 143, starttls
+    result = run(runner, data_dir, "account", "update", "work", *args, "--json")
+    assert result.exit_code == 0, result.output
+    a = json.loads(result.stdout)
+    assert (a["imap"]["port"], a["imap"]["security"]) == imap
+    assert "Warning" not in result.output
+
+
+def test_add_infers_security_from_well_known_ports(runner: CliRunner, data_dir: Path) -> None:
+    added = add_work(runner, data_dir, "--imap-port", "993", "--json")
+    a = json.loads(added.stdout)
+    assert a["imap"] == {"host": "imap.example.test", "port": 993, "security": "tls"}
+    # "Other IMAP" pairs the SMTP side with the IMAP one, and SMTP uses the IMAP host.
+    assert a["smtp"] == {"host": "imap.example.test", "port": 465, "security": "tls"}
+    assert "Warning" not in added.output
+    smtp_only = run(
+        runner, data_dir, *ADD, "--smtp-port", "587", "--imap-security", "tls",
+        "--password-stdin", "--json", input="pw\n",
+    )  # fmt: skip
+    assert smtp_only.exit_code == 0, smtp_only.output
+    b = json.loads(smtp_only.stdout)
+    assert (b["imap"]["port"], b["smtp"]["port"], b["smtp"]["security"]) == (993, 587, "starttls")
+
+
+def test_a_security_against_a_well_known_port_is_kept_with_a_warning(
+    runner: CliRunner, data_dir: Path
+) -> None:
+    added = add_work(runner, data_dir, "--imap-port", "993", "--imap-security", "starttls")
+    warnings = [line for line in added.output.splitlines() if line.startswith("Warning:")]
+    assert warnings == [
+        "Warning: IMAP port 993 normally speaks implicit TLS (tls), not starttls; stored as given."
+    ]
+    assert account_json(runner, data_dir)["imap"]["security"] == "starttls"
+    updated = run(
+        runner, data_dir, "account", "update", "work",
+        "--smtp-port", "465", "--smtp-security", "starttls", "--json",
+    )  # fmt: skip
+    assert updated.exit_code == 0, updated.output
+    assert json.loads(updated.stdout)["smtp"] == {
+        "host": "imap.example.test",
+        "port": 465,
+        "security": "starttls",
+    }
+    # Only the side that was changed is warned about, once.
+    assert [line for line in updated.output.splitlines() if line.startswith("Warning:")] == [
+        "Warning: SMTP port 465 normally speaks implicit TLS (tls), not starttls; stored as given."
+    ]
+    window = run(runner, data_dir, "account", "update", "work", "--window-days", "5")
+    assert "Warning" not in window.output
+
+
+def test_other_preset_smtp_host_is_the_imap_host_and_shown(
+    runner: CliRunner, data_dir: Path
+) -> None:
+    added = add_work(runner, data_dir)
+    assert "SMTP imap.example.test:587 (starttls)" in added.output
+    lab = run(
+        runner, data_dir, "account", "add", "lab", "--preset", "exchange",
+        "--email", "me@lab.test", "--imap-host", "mail.lab.test", "--password-stdin",
+        input="pw\n",
+    )  # fmt: skip
+    assert lab.exit_code == 0, lab.output
+    assert "SMTP mail.lab.test:587 (starttls)" in lab.output
+
+
+@pytest.mark.parametrize("state", ["auth_failed", "error", "disconnected"])
+def test_changing_how_it_connects_retries_a_failed_account(
+    runner: CliRunner, data_dir: Path, state: str
+) -> None:
+    add_work(runner, data_dir)
+    seed_folders(data_dir, "work", [folder_spec("INBOX", "inbox"), folder_spec("Sent", "sent")])
+    set_state(data_dir, "work", state)
+    window = run(runner, data_dir, "account", "update", "work", "--window-days", "9")
+    assert window.exit_code == 0, window.output
+    assert account_json(runner, data_dir)["state"] == state  # not a connection setting
+    fixed = run(runner, data_dir, "account", "update", "work", "--imap-port", "993", "--json")
+    assert fixed.exit_code == 0, fixed.output
+    a = json.loads(fixed.stdout)
+    assert a["state"] == "connecting" and "settings changed" in a["state_detail"]
+    assert a["folder_count"] == 2  # synced data is kept
+
+
+def test_a_new_password_retries_and_a_paused_account_stays_paused(
+    runner: CliRunner, data_dir: Path
+) -> None:
+    add_work(runner, data_dir)
+    set_state(data_dir, "work", "auth_failed")
+    result = run(runner, data_dir, "account", "update", "work", "--password-stdin", input="x\n")
+    assert result.exit_code == 0, result.output
+    assert account_json(runner, data_dir)["state"] == "connecting"
+    set_state(data_dir, "work", "paused")
+    result = run(runner, data_dir, "account", "update", "work", "--imap-host", "imap2.test")
+    assert result.exit_code == 0, result.output
+    assert account_json(runner, data_dir)["state"] == "paused"
+
+
+def test_a_refused_update_changes_nothing_not_even_the_password(
+    runner: CliRunner, data_dir: Path
+) -> None:
+    add_work(runner, data_dir, "--imap-security", "plain", "--allow-plaintext")
+    set_state(data_dir, "work", "auth_failed")
+    before = account_json(runner, data_dir)
+    for args in (
+        # Valid alone, refused together: plaintext stays, its permission goes.
+        ["--no-allow-plaintext", "--window-days", "3"],
+        ["--imap-port", "993", "--imap-host", "bad host"],
+        ["--password", "--password-stdin"],
+    ):
+        result = run(
+            runner, data_dir, "account", "update", "work", *args, "--password-stdin",
+            input="changed\n",
+        )  # fmt: skip
+        assert result.exit_code == 2, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1, result.output
+        assert account_json(runner, data_dir) == before
+        assert stored_password(data_dir) == PASSWORD
 
 
 def test_key_and_data_dir_are_private_and_kept(runner: CliRunner, data_dir: Path) -> None:

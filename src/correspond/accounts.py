@@ -1,4 +1,4 @@
-"""Accounts, engine side: add, list, test, refresh folders, choose folders.
+"""Accounts, engine side: add, update, list, test, refresh folders, choose folders.
 
 The CLI and the API call this; it calls the IMAP client, the pure folder rules and the store.
 IMAP work is async; store work is short and synchronous (run in a worker thread from async code
@@ -15,9 +15,10 @@ from correspond.errors import AuthenticationFailed, ConfigError, NotFound
 from correspond.imap.client import ImapClient, ImapEndpoint
 from correspond.rules.folder_refs import resolve_folder_ref
 from correspond.rules.folders import assign_roles
-from correspond.rules.presets import AccountDraft
+from correspond.rules.presets import AccountChanges, AccountDraft, apply_changes
 from correspond.settings import Settings
 from correspond.store import Account, AccountSummary, Folder, FolderSyncResult, Store
+from correspond.store.records import draft_of
 from correspond.store.tables import utcnow
 from correspond.sync.connection_test import ConnectionReport, check_connection
 
@@ -79,6 +80,19 @@ class AccountService:
     def add_account(self, draft: AccountDraft, password: str) -> Account:
         """Store a new account with its (encrypted) password. Nothing is contacted yet."""
         return self.store.add_account(draft, password)
+
+    def check_update(self, name: str, changes: AccountChanges) -> AccountDraft:
+        """What ``name`` would become with ``changes``, checked, without storing anything:
+        :class:`NotFound` or :class:`ConfigError` before anything is asked of the user (a
+        password) or written. :meth:`update_account` checks again in its transaction."""
+        return apply_changes(draft_of(self.store.get_account(name)), changes)
+
+    def update_account(
+        self, name: str, changes: AccountChanges, password: str | None = None
+    ) -> Account:
+        """Change ``name``'s settings and/or password atomically (all or nothing). Changing how
+        it connects moves a failed account back to ``connecting``; synced mail is kept."""
+        return self.store.update_account(name, changes, secret=password)
 
     def list_accounts(self) -> list[AccountSummary]:
         """Every account with state and counts (messages: 0 until a messages table exists)."""

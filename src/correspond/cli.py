@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import EllipsisType
 from typing import Any, NoReturn
 
 import click
@@ -61,17 +62,22 @@ from correspond.mailbox import FolderWithCounts, MailboxReader
 from correspond.rules.presets import (
     PRESETS,
     SECURITIES,
+    AccountChanges,
+    AccountDraft,
+    Side,
     check_account_name,
     check_certificate_pem,
     check_email,
     check_host,
+    check_username,
     draft_from_preset,
     get_preset,
     missing_fields,
+    port_security_conflict,
     preset_help,
 )
 from correspond.settings import Settings, ensure_data_dir
-from correspond.store import Store, open_store
+from correspond.store import Account, Store, open_store
 from correspond.store.leases import RUNNABLE_STATES, AccountLeases
 from correspond.store.message_queries import MAX_PAGE, AddressView, MessageView
 from correspond.store.progress import AccountProgress, ProgressReader
@@ -312,18 +318,23 @@ def _from_default(ctx: click.Context, param: str) -> bool:
 @click.option(
     "--imap-port",
     type=click.IntRange(1, 65535),
-    help="IMAP port (default: the preset's, or 993 for tls and 143 for starttls).",
+    help="IMAP port (default: the preset's, or 993 for tls and 143 for starttls; 993 alone "
+    "means tls).",
 )
 @click.option(
     "--imap-security",
     type=click.Choice(SECURITIES, case_sensitive=False),
     help="tls (implicit TLS, 993) or starttls (143); plain needs --allow-plaintext.",
 )
-@click.option("--smtp-host", help="SMTP server name (stored for sending, a later feature).")
+@click.option(
+    "--smtp-host",
+    help="SMTP server name, for sending (default: the preset's; for exchange and other, the "
+    "IMAP host).",
+)
 @click.option(
     "--smtp-port",
     type=click.IntRange(1, 65535),
-    help="SMTP port (default: 465 for tls, 587 for starttls).",
+    help="SMTP port (default: 465 for tls, 587 for starttls; 465 alone means tls).",
 )
 @click.option(
     "--smtp-security",
@@ -407,7 +418,7 @@ def account_add(
                     type=click.Choice(["tls", "starttls"], case_sensitive=False),
                     default=p.imap_security,
                 )
-            if p.smtp_host is None and not p.smtp_host_from_imap and not smtp_host:
+            if p.ask_smtp_host and not smtp_host:
                 smtp_host = click.prompt(
                     "SMTP server host (for sending)",
                     default=imap_host,
@@ -445,6 +456,16 @@ def account_add(
     service = cli.service
     if service.account_exists(draft.name):
         _fail(f"an account named {draft.name!r} already exists", 2)
+    if interactive and username is None:
+        # Asked, not assumed: servers with short sign-in names refuse the e-mail address.
+        draft = draft.with_changes(
+            username=click.prompt(
+                "User name for signing in",
+                default=draft.username,
+                value_proc=_checked(check_username),
+            )
+        )
+    _warn_port_conflicts(draft, ("imap", "smtp"))
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
         if not password:
@@ -466,8 +487,54 @@ def account_add(
     click.echo(f"Next: correspond account test {a.name}")
 
 
+def _warn_port_conflicts(draft: AccountDraft | Account, sides: tuple[Side, ...]) -> None:
+    """One warning line (stderr) per side whose security contradicts a well-known port; the
+    account is stored as asked (some servers do odd things)."""
+    for side in sides:
+        if side == "smtp" and not draft.smtp_host:
+            continue  # no SMTP server: its port and security are not used
+        port = draft.imap_port if side == "imap" else draft.smtp_port
+        security = draft.imap_security if side == "imap" else draft.smtp_security
+        conflict = port_security_conflict(side, port, security)
+        if conflict:
+            click.echo(f"Warning: {conflict}.", err=True)
+
+
+def _endpoints_line(a: Account | AccountDraft) -> str:
+    imap = f"IMAP {a.imap_host}:{a.imap_port} ({a.imap_security})"
+    smtp = f"{a.smtp_host}:{a.smtp_port} ({a.smtp_security})" if a.smtp_host else "not set"
+    return f"{imap}; SMTP {smtp}; user name {a.username}"
+
+
 @account.command("update")
 @click.argument("name")
+@click.option("--email", help="The account's e-mail address.")
+@click.option(
+    "--username",
+    help="IMAP/SMTP user name (follows --email when it was the old address).",
+)
+@click.option("--imap-host", help="IMAP server name.")
+@click.option(
+    "--imap-port",
+    type=click.IntRange(1, 65535),
+    help="IMAP port (993 alone means tls, 143 starttls).",
+)
+@click.option(
+    "--imap-security",
+    type=click.Choice(SECURITIES, case_sensitive=False),
+    help="tls or starttls (a standard port follows: 993 or 143); plain needs --allow-plaintext.",
+)
+@click.option("--smtp-host", help="SMTP server name.")
+@click.option(
+    "--smtp-port",
+    type=click.IntRange(1, 65535),
+    help="SMTP port (465 alone means tls, 587 and 25 starttls).",
+)
+@click.option(
+    "--smtp-security",
+    type=click.Choice(SECURITIES, case_sensitive=False),
+    help="tls or starttls (a standard port follows: 465 or 587).",
+)
 @click.option(
     "--password-stdin", is_flag=True, help="Read a new password from the first line of stdin."
 )
@@ -489,6 +556,14 @@ def account_add(
 def account_update(
     cli: CliContext,
     name: str,
+    email: str | None,
+    username: str | None,
+    imap_host: str | None,
+    imap_port: int | None,
+    imap_security: str | None,
+    smtp_host: str | None,
+    smtp_port: int | None,
+    smtp_security: str | None,
     password_stdin: bool,
     password_prompt: bool,
     trust_cert: Path | None,
@@ -497,49 +572,70 @@ def account_update(
     window_days: int | None,
     as_json_output: bool,
 ) -> None:
-    """Change NAME's password, trusted certificate, plaintext permission or sync window.
+    """Change any setting of NAME: address, user name, servers, ports, security, password,
+    trusted certificate, plaintext permission, sync window. Fields left out stay as they are.
 
-    An account stopped by a refused password or an untrusted certificate is resumed, so a
-    running worker tries again at once.
+    A well-known port given alone brings its security (993: tls), and a security given alone
+    moves a standard port with it (143 to 993 for tls). The whole account is checked before
+    anything is written: a refused change changes nothing. Changing how NAME connects resumes
+    it when a refused password, an error or an unreachable server stopped it; synced mail is
+    kept.
+
+    \b
+    Examples:
+      correspond account update work --imap-security tls --imap-port 993
+      correspond account update work --trust-cert server.pem
+      echo "$PW" | correspond account update work --password-stdin
     """
     if trust_cert and no_trust_cert:
         _fail("--trust-cert and --no-trust-cert contradict each other", 2)
-    cli.store.get_account(name)  # an unknown name fails before a password is asked for
+    if password_stdin and password_prompt:
+        _fail("--password and --password-stdin contradict each other", 2)
+    cert: str | EllipsisType | None = ...
+    if trust_cert is not None:
+        cert = _read_cert(trust_cert)
+    elif no_trust_cert:
+        cert = None
+    changes = AccountChanges(
+        email=email,
+        username=username,
+        imap_host=imap_host,
+        imap_port=imap_port,
+        imap_security=imap_security.lower() if imap_security else None,
+        smtp_host=smtp_host,
+        smtp_port=smtp_port,
+        smtp_security=smtp_security.lower() if smtp_security else None,
+        allow_plaintext=allow_plaintext,
+        trusted_cert_pem=cert,
+        window_days=window_days,
+    )
+    if changes.is_empty() and not (password_stdin or password_prompt):
+        _fail(
+            "nothing to change: give a setting to change (see --help), or a new password "
+            "with --password-stdin or --password",
+            2,
+        )
+    service = cli.service
+    # An unknown name or a bad value fails here, before a password is asked for.
+    service.check_update(name, changes)
     password: str | None = None
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
         if not password:
-            _fail("a password on standard input (it was empty)", 2)
+            _fail("missing: a password on standard input (it was empty)", 2)
     elif password_prompt:
         if not _stdin_is_tty():
             _fail("--password needs a terminal to ask on; use --password-stdin", 2)
         password = click.prompt("New password", hide_input=True)
-    changes: dict[str, Any] = {}
-    if allow_plaintext is not None:
-        changes["allow_plaintext"] = allow_plaintext
-    if window_days is not None:
-        changes["window_days"] = window_days
-    if trust_cert is not None:
-        changes["trusted_cert_pem"] = _read_cert(trust_cert)
-    elif no_trust_cert:
-        changes["trusted_cert_pem"] = None
-    if password is None and not changes:
-        _fail(
-            "nothing to change: give --password-stdin, --password, --trust-cert, "
-            "--no-trust-cert, --allow-plaintext or --window-days",
-            2,
-        )
-    if password is not None:
-        cli.store.set_account_secret(name, password)
-    if changes:
-        cli.store.update_account(name, **changes)
-    if cli.store.get_account(name).state in ("auth_failed", "error"):
-        cli.leases.resume(name)
+    updated = service.update_account(name, changes, password)
+    sides: tuple[Side, ...] = ("imap", "smtp")
+    _warn_port_conflicts(updated, tuple(side for side in sides if changes.touches(side)))
     if as_json_output:
         progress = _progress_json(cli.progress.account(name))
-        _print_json(as_json(account_public(cli.service.get_account(name), progress=progress)))
+        _print_json(as_json(account_public(service.get_account(name), progress=progress)))
         return
-    click.echo(f"Updated {name}. Check it with: correspond account test {name}")
+    click.echo(f"Updated {name}: {_endpoints_line(updated)}; state {updated.state}.")
+    click.echo(f"Check it with: correspond account test {name}")
 
 
 @account.command("test")

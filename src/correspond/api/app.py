@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from correspond import __version__
 from correspond.accounts import AccountService
@@ -29,7 +37,11 @@ from correspond.store.leases import AccountLeases
 from correspond.store.progress import ProgressReader
 from correspond.sync.runner import SyncRunner
 
-__all__ = ["create_app", "status_for"]
+__all__ = ["DOCS_ASSETS_URL", "create_app", "docs_assets_dir", "status_for"]
+
+#: Where the documentation pages' own copies of Swagger UI and ReDoc are served.
+DOCS_ASSETS_URL = "/docs-assets"
+_DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
 
 
 def status_for(exc: CorrespondError) -> int:
@@ -71,6 +83,62 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": errors})
 
 
+def docs_assets_dir() -> Path | None:
+    """The folder of Swagger UI and ReDoc files shipped by the ``fastapi-offline`` package, or
+    ``None`` when it is not installed (then ``/docs`` loads them from FastAPI's default CDN).
+
+    Served from here, ``/docs`` works on a machine without internet access. Found without
+    importing the package: only its files are used.
+    """
+    try:
+        spec = importlib.util.find_spec("fastapi_offline")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "static"
+    if not all((folder / name).is_file() for name in _DOCS_ASSETS):
+        return None  # a release with another layout: the CDN pages still work
+    return folder
+
+
+def _serve_docs_locally(app: FastAPI, assets: Path) -> None:
+    """``/docs`` and ``/redoc`` with their scripts, styles and icon served from ``assets``
+    (FastAPI's "Self-hosting JavaScript and CSS for docs")."""
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=assets), name="docs-assets")
+    openapi_url = app.openapi_url or "/openapi.json"
+    oauth2_redirect_url = app.swagger_ui_oauth2_redirect_url
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=oauth2_redirect_url,
+            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+        )
+
+    if oauth2_redirect_url:
+
+        @app.get(oauth2_redirect_url, include_in_schema=False)
+        async def swagger_ui_redirect() -> HTMLResponse:
+            return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        )
+
+
 def create_app(
     settings: Settings, *, store: Store | None = None, runner: SyncRunner | None = None
 ) -> FastAPI:
@@ -97,12 +165,18 @@ def create_app(
                 if owns_store:
                     the_store.close()
 
+    assets = docs_assets_dir()
     app = FastAPI(
         title="Correspond",
         version=__version__,
         description="Two-way email sync for CRMs. Secrets are write-only.",
         lifespan=lifespan,
+        # With local copies of the docs' assets, our own pages replace FastAPI's CDN ones.
+        docs_url=None if assets else "/docs",
+        redoc_url=None if assets else "/redoc",
     )
+    if assets is not None:
+        _serve_docs_locally(app, assets)
     app.state.settings = settings
     app.state.accounts = AccountService(the_store, settings)
     app.state.reader = MailboxReader(the_store, settings)

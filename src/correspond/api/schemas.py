@@ -12,19 +12,23 @@ from correspond.api.progress_schemas import ProgressPublic
 from correspond.errors import ConfigError
 from correspond.rules.presets import (
     ACCOUNT_NAME_PATTERN,
+    AccountChanges,
     AccountDraft,
     PresetKey,
     check_certificate_pem,
     check_email,
     check_host,
+    check_username,
     draft_from_preset,
     preset_help,
 )
 from correspond.store import AccountSummary, Folder, FolderSyncResult
+from correspond.store.records import TOGGLES
 
 __all__ = [
     "AccountCreate",
     "AccountPublic",
+    "AccountUpdate",
     "ConnectionReportPublic",
     "EndpointPublic",
     "ErrorPublic",
@@ -122,6 +126,106 @@ class AccountCreate(BaseModel):
             trusted_cert_pem=self.trusted_cert_pem,
             window_days=self.window_days,
             toggles=self.toggles,
+        )
+
+
+class AccountUpdate(BaseModel):
+    """A partial change of an account: only the fields sent change. ``password`` is stored
+    encrypted and never returned; ``trusted_cert_pem: null`` forgets a trusted certificate.
+
+    Each field is checked here (a 422 naming it); the changed account is checked as a whole
+    against the stored one (plaintext without permission, ...), also a 422. A well-known port
+    sent without a security brings its security (IMAP 993: tls); a security sent without a port
+    moves a standard port with it. Changing how the account connects (user name, servers,
+    ports, security, certificate, plaintext permission, password) puts an account stopped by a
+    failure (auth_failed, error, disconnected) back to ``connecting``; synced mail is kept.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: str | None = Field(default=None, min_length=3, max_length=320)
+    username: str | None = Field(default=None, min_length=1, max_length=320)
+    password: SecretStr | None = Field(default=None, min_length=1)
+    imap_host: str | None = None
+    imap_port: int | None = Field(default=None, ge=1, le=65535)
+    imap_security: SecurityName | None = None
+    smtp_host: str | None = None
+    smtp_port: int | None = Field(default=None, ge=1, le=65535)
+    smtp_security: SecurityName | None = None
+    allow_plaintext: bool | None = None
+    trusted_cert_pem: str | None = None
+    window_days: int | None = Field(default=None, ge=1, le=36500)
+    toggles: dict[str, bool] | None = Field(
+        default=None, description="Any of: " + ", ".join(TOGGLES)
+    )
+
+    @field_validator(
+        "email",
+        "username",
+        "password",
+        "imap_host",
+        "imap_port",
+        "imap_security",
+        "smtp_host",
+        "smtp_port",
+        "smtp_security",
+        "allow_plaintext",
+        "window_days",
+        "toggles",
+        mode="before",
+    )
+    @classmethod
+    def _not_null(cls, value: Any, info: Any) -> Any:
+        # Only the certificate can be removed; a null elsewhere is a mistake, not "keep".
+        if value is None:
+            raise ValueError(f"{info.field_name} cannot be null: leave it out to keep it")
+        return value
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        return _checked(check_email, value)
+
+    @field_validator("username")
+    @classmethod
+    def _username(cls, value: str) -> str:
+        return _checked(check_username, value)
+
+    @field_validator("imap_host", "smtp_host")
+    @classmethod
+    def _host(cls, value: str, info: Any) -> str:
+        return _checked(lambda v: check_host(v, info.field_name), value)
+
+    @field_validator("trusted_cert_pem")
+    @classmethod
+    def _cert(cls, value: str | None) -> str | None:
+        return None if value is None else _checked(check_certificate_pem, value)
+
+    @field_validator("toggles")
+    @classmethod
+    def _toggles(cls, value: dict[str, bool]) -> dict[str, bool]:
+        unknown = sorted(set(value) - set(TOGGLES))
+        if unknown:
+            raise ValueError(f"unknown toggles: {', '.join(unknown)} (known: {', '.join(TOGGLES)})")
+        return value
+
+    def to_changes(self) -> AccountChanges:
+        """The changes to apply (the password travels separately: it is no setting)."""
+        return AccountChanges(
+            email=self.email,
+            username=self.username,
+            imap_host=self.imap_host,
+            imap_port=self.imap_port,
+            imap_security=self.imap_security,
+            smtp_host=self.smtp_host,
+            smtp_port=self.smtp_port,
+            smtp_security=self.smtp_security,
+            allow_plaintext=self.allow_plaintext,
+            trusted_cert_pem=(
+                self.trusted_cert_pem if "trusted_cert_pem" in self.model_fields_set else ...
+            ),
+            window_days=self.window_days,
+            toggles=dict(self.toggles or {}),
         )
 
 

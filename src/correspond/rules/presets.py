@@ -4,6 +4,9 @@ Pure data plus :func:`draft_from_preset`, which fills an :class:`AccountDraft` f
 the user's overrides and reports what is still missing. Ports follow RFC 8314 §3.3 (implicit TLS:
 IMAP 993, submission 465) and RFC 6409 §3.1 (submission with STARTTLS on 587); 143 is IMAP with
 STARTTLS (RFC 3501 §6.2.1).
+
+:func:`apply_changes` does the same for an existing account: it applies a partial
+:class:`AccountChanges` and checks the result as a whole, with the same rules as a new account.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import binascii
 import ipaddress
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from types import EllipsisType
 from typing import Literal
 
 from correspond.errors import ConfigError
@@ -24,26 +29,33 @@ __all__ = [
     "PRESETS",
     "PRESET_ALIASES",
     "SECURITIES",
+    "AccountChanges",
     "AccountDraft",
     "AuthKind",
     "Preset",
     "PresetKey",
     "Security",
+    "Side",
+    "apply_changes",
     "check_account_name",
     "check_certificate_pem",
     "check_email",
     "check_host",
+    "check_username",
     "default_imap_port",
     "default_smtp_port",
     "draft_from_preset",
     "get_preset",
     "missing_fields",
+    "port_security_conflict",
     "preset_help",
+    "security_for_port",
 ]
 
 Security = Literal["tls", "starttls", "plain"]
 AuthKind = Literal["password", "oauth2"]
 PresetKey = Literal["google", "office365", "exchange-online", "exchange", "other"]
+Side = Literal["imap", "smtp"]
 SECURITIES: tuple[Security, ...] = ("tls", "starttls", "plain")
 AUTH_KINDS: tuple[AuthKind, ...] = ("password", "oauth2")
 
@@ -66,8 +78,12 @@ class Preset:
     smtp_port: int
     smtp_security: Security
     auth_kind: AuthKind = "password"
-    # Exchange serves IMAP and SMTP from one host: the SMTP host defaults to the IMAP host.
+    # Exchange serves IMAP and SMTP from one host, and so do most other IMAP servers: the SMTP
+    # host defaults to the IMAP host.
     smtp_host_from_imap: bool = False
+    # "Other" servers sometimes send from a separate host: the guided set-up asks for it
+    # (defaulting to the IMAP host); self-hosted Exchange is one host.
+    ask_smtp_host: bool = False
     # "Other IMAP" comes in two standard pairs (143/587 STARTTLS, 993/465 TLS): choosing the
     # IMAP security picks the SMTP one too, unless the SMTP security is given.
     smtp_security_from_imap: bool = False
@@ -128,6 +144,8 @@ PRESETS: dict[str, Preset] = {
             smtp_host=None,
             smtp_port=587,
             smtp_security="starttls",
+            smtp_host_from_imap=True,
+            ask_smtp_host=True,
             smtp_security_from_imap=True,
         ),
     )
@@ -152,6 +170,38 @@ PRESET_ALIASES: dict[str, str] = {
 
 _IMAP_PORTS: dict[Security, int] = {"tls": 993, "starttls": 143, "plain": 143}
 _SMTP_PORTS: dict[Security, int] = {"tls": 465, "starttls": 587, "plain": 25}
+
+
+# What a well-known port implies when no security is given: implicit TLS on 993 and 465
+# (RFC 8314 §3.3), STARTTLS on 143 (RFC 3501 §6.2.1), 587 (RFC 6409) and 25 (RFC 3207).
+_PORT_SECURITY: dict[Side, dict[int, Security]] = {
+    "imap": {993: "tls", 143: "starttls"},
+    "smtp": {465: "tls", 587: "starttls", 25: "starttls"},
+}
+_SECURITY_WORDS: dict[Security, str] = {
+    "tls": "implicit TLS",
+    "starttls": "STARTTLS",
+    "plain": "no encryption",
+}
+
+
+def security_for_port(side: Side, port: int) -> Security | None:
+    """The security a well-known ``port`` implies on ``side`` (``None`` for other ports)."""
+    return _PORT_SECURITY[side].get(port)
+
+
+def port_security_conflict(side: Side, port: int, security: str) -> str | None:
+    """A one-line warning when ``security`` contradicts a well-known ``port`` (STARTTLS on 993,
+    TLS on 143...), else ``None``. Such a pair is allowed (some servers do odd things), so this
+    is advice, not an error. Plaintext on a STARTTLS port is that port without the upgrade."""
+    expected = security_for_port(side, port)
+    if expected is None or expected == security or (security, expected) == ("plain", "starttls"):
+        return None
+    label = side.upper()
+    return (
+        f"{label} port {port} normally speaks {_SECURITY_WORDS[expected]} ({expected}), "
+        f"not {security}; stored as given"
+    )
 
 
 def default_imap_port(security: Security) -> int:
@@ -187,6 +237,65 @@ class AccountDraft:
     def with_changes(self, **changes: object) -> AccountDraft:
         """A copy with some fields changed."""
         return replace(self, **changes)  # type: ignore[arg-type]
+
+    def connection(self) -> tuple[object, ...]:
+        """What reaching and signing in to the servers depends on (secret aside)."""
+        return (
+            self.username,
+            self.imap_host,
+            self.imap_port,
+            self.imap_security,
+            self.smtp_host,
+            self.smtp_port,
+            self.smtp_security,
+            self.allow_plaintext,
+            self.trusted_cert_pem,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AccountChanges:
+    """A partial update of an account: ``None`` (``...`` for the certificate, where ``None``
+    means "forget it") leaves a field as it is. Checked by :func:`apply_changes`."""
+
+    email: str | None = None
+    username: str | None = None
+    imap_host: str | None = None
+    imap_port: int | None = None
+    imap_security: str | None = None
+    smtp_host: str | None = None
+    smtp_port: int | None = None
+    smtp_security: str | None = None
+    allow_plaintext: bool | None = None
+    trusted_cert_pem: str | EllipsisType | None = ...
+    window_days: int | None = None
+    toggles: Mapping[str, bool] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        """Whether nothing at all is to change."""
+        return self == AccountChanges()
+
+    def touches_connection(self) -> bool:
+        """Whether a field the connection depends on is given (the user acted on it)."""
+        return any(
+            value is not None
+            for value in (
+                self.username,
+                self.imap_host,
+                self.imap_port,
+                self.imap_security,
+                self.smtp_host,
+                self.smtp_port,
+                self.smtp_security,
+                self.allow_plaintext,
+            )
+        ) or not isinstance(self.trusted_cert_pem, EllipsisType)
+
+    def touches(self, side: Side) -> bool:
+        """Whether the port or security of ``side`` is given."""
+        if side == "imap":
+            return self.imap_port is not None or self.imap_security is not None
+        return self.smtp_port is not None or self.smtp_security is not None
 
 
 def get_preset(key: str) -> Preset:
@@ -226,6 +335,17 @@ def check_email(email: str) -> str:
     if not at or not local or not domain or any(c.isspace() for c in email) or "@" in domain:
         raise ConfigError(f"{email!r} is not an e-mail address (expected name@domain)")
     return email
+
+
+def check_username(username: str) -> str:
+    """The trimmed sign-in name, or :class:`ConfigError` when it is empty or holds control
+    characters (a line break would end the IMAP command that carries it)."""
+    username = username.strip()
+    if not username:
+        raise ConfigError("the user name is empty")
+    if any(unicodedata.category(c).startswith("C") for c in username):
+        raise ConfigError("the user name holds control characters")
+    return username
 
 
 def check_host(host: str, field_name: str) -> str:
@@ -324,9 +444,12 @@ def draft_from_preset(
 ) -> AccountDraft:
     """Fill an account from ``preset`` and overrides.
 
-    A security given without a port picks that security's standard port; for "other", the IMAP
-    security also picks the SMTP pair (TLS: 993/465, STARTTLS: 143/587) unless the SMTP security
-    is given. The username defaults to the e-mail address. Raises :class:`ConfigError` listing
+    A security given without a port picks that security's standard port, and a well-known port
+    given without a security picks the security it implies (IMAP 993: tls, 143: starttls; SMTP
+    465: tls, 587 and 25: starttls); for "other", the IMAP security also picks the SMTP pair
+    (TLS: 993/465, STARTTLS: 143/587) unless the SMTP side is given. The username defaults to
+    the e-mail address; for "exchange" and "other" the SMTP host defaults to the IMAP host.
+    Raises :class:`ConfigError` listing
     every missing field at once, for a malformed name, address, host or certificate, and for
     plaintext without ``allow_plaintext`` (RFC 8314 §4: cleartext must be an explicit choice).
     """
@@ -340,48 +463,161 @@ def draft_from_preset(
     host = check_host(imap_host, "imap_host") if imap_host else p.imap_host
     if smtp_host is not None and smtp_host.strip():
         smtp_host = check_host(smtp_host, "smtp_host")
-    if username is not None and not username.strip():
-        username = None
+    # An empty user name means "the default" (the e-mail address), as when it is left out.
+    username = check_username(username) if username and username.strip() else None
     if trusted_cert_pem is not None:
         trusted_cert_pem = check_certificate_pem(trusted_cert_pem)
 
-    i_sec = _security(imap_security, "imap_security") or p.imap_security
+    given_i_sec = _security(imap_security, "imap_security")
+    if given_i_sec is None and imap_port is not None:
+        # A well-known port says what it speaks: 993 alone means TLS, not the preset's STARTTLS.
+        given_i_sec = security_for_port("imap", imap_port)
+    i_sec = given_i_sec or p.imap_security
     s_sec = _security(smtp_security, "smtp_security")
-    if s_sec is None and imap_security is not None and p.smtp_security_from_imap:
+    if s_sec is None and smtp_port is not None:
+        s_sec = security_for_port("smtp", smtp_port)
+    if s_sec is None and given_i_sec is not None and p.smtp_security_from_imap:
         # Plaintext IMAP still submits on 587 with STARTTLS: cleartext is chosen per side.
         s_sec = i_sec if i_sec != "plain" else None
     explicit_smtp_security = s_sec is not None
     s_sec = s_sec or p.smtp_security
     if imap_port is None:
-        imap_port = p.imap_port if imap_security is None else default_imap_port(i_sec)
+        imap_port = p.imap_port if given_i_sec is None else default_imap_port(i_sec)
     if smtp_port is None:
         smtp_port = default_smtp_port(s_sec) if explicit_smtp_security else p.smtp_port
     s_host = smtp_host or p.smtp_host or (host if p.smtp_host_from_imap else None)
-    for label, port in (("imap_port", imap_port), ("smtp_port", smtp_port)):
+    assert host is not None  # checked above; narrows for type checkers
+    return _checked_whole(
+        AccountDraft(
+            name=name,
+            preset=p.key,
+            email=email,
+            username=username or email,
+            imap_host=host,
+            imap_port=imap_port,
+            imap_security=i_sec,
+            smtp_host=s_host.strip() if s_host else None,
+            smtp_port=smtp_port,
+            smtp_security=s_sec,
+            auth_kind=p.auth_kind,
+            allow_plaintext=allow_plaintext,
+            trusted_cert_pem=trusted_cert_pem,
+            window_days=window_days,
+            toggles=dict(toggles or {}),
+        )
+    )
+
+
+def _checked_whole(draft: AccountDraft) -> AccountDraft:
+    """``draft`` if its fields make sense together (ports in range, plaintext only with
+    permission, a positive window), else :class:`ConfigError`: the one check of a whole
+    account, new or updated."""
+    for label, port in (("imap_port", draft.imap_port), ("smtp_port", draft.smtp_port)):
         if not 0 < port < 65536:
             raise ConfigError(f"{label} must be between 1 and 65535 (got {port})")
-    if not allow_plaintext and "plain" in (i_sec, s_sec if s_host else None):
+    smtp_security = draft.smtp_security if draft.smtp_host else None
+    if not draft.allow_plaintext and "plain" in (draft.imap_security, smtp_security):
         raise ConfigError(
             "plaintext connections send the password unencrypted; "
             "pass allow_plaintext (--allow-plaintext) to permit them"
         )
-    if window_days is not None and window_days < 1:
-        raise ConfigError(f"window_days must be at least 1 (got {window_days})")
-    assert host is not None  # checked above; narrows for type checkers
-    return AccountDraft(
-        name=name,
-        preset=p.key,
-        email=email,
-        username=(username or email).strip(),
-        imap_host=host,
-        imap_port=imap_port,
-        imap_security=i_sec,
-        smtp_host=s_host.strip() if s_host else None,
-        smtp_port=smtp_port,
-        smtp_security=s_sec,
-        auth_kind=p.auth_kind,
-        allow_plaintext=allow_plaintext,
-        trusted_cert_pem=trusted_cert_pem,
-        window_days=window_days,
-        toggles=dict(toggles or {}),
+    if draft.window_days is not None and draft.window_days < 1:
+        raise ConfigError(f"window_days must be at least 1 (got {draft.window_days})")
+    return draft
+
+
+def _side_after(
+    side: Side,
+    current_port: int,
+    current_security: Security,
+    port: int | None,
+    security: str | None,
+) -> tuple[int, Security]:
+    """The port and security of one side after an update.
+
+    A port given alone brings the security it implies when it is well known (993: tls); a
+    security given alone moves a well-known port that contradicts it to its standard one (143
+    to 993 for tls) and keeps a custom port (the server's own choice).
+    """
+    given = _security(security, f"{side}_security")
+    if given is None and port is not None:
+        given = security_for_port(side, port)
+    new_security = given or current_security
+    if port is None:
+        port = current_port
+        if given is not None and port_security_conflict(side, port, new_security):
+            port = (
+                default_imap_port(new_security)
+                if side == "imap"
+                else default_smtp_port(new_security)
+            )
+    return port, new_security
+
+
+def apply_changes(current: AccountDraft, changes: AccountChanges) -> AccountDraft:
+    """``current`` with ``changes`` applied, each field checked as for a new account and the
+    result checked as a whole (plaintext without permission is refused, whichever of the two
+    changed). Raises :class:`ConfigError`; pure, so a refused change has changed nothing.
+
+    Two fields follow others unless given: the user name follows the e-mail address when it
+    was the old address (the default), and for presets whose SMTP server is the IMAP host the
+    SMTP host follows the IMAP host when it was the old one.
+    """
+    email = current.email if changes.email is None else check_email(changes.email)
+    username = current.username
+    if changes.username is not None:
+        username = check_username(changes.username)
+    elif changes.email is not None and current.username == current.email:
+        username = email
+    imap_host = current.imap_host
+    if changes.imap_host is not None:
+        imap_host = check_host(changes.imap_host, "imap_host")
+    smtp_host = current.smtp_host
+    if changes.smtp_host is not None:
+        smtp_host = check_host(changes.smtp_host, "smtp_host")
+    elif changes.imap_host is not None and current.smtp_host in (None, current.imap_host):
+        preset = PRESETS.get(current.preset)
+        if preset is not None and preset.smtp_host_from_imap:
+            smtp_host = imap_host
+    cert = current.trusted_cert_pem
+    if not isinstance(changes.trusted_cert_pem, EllipsisType):
+        cert = changes.trusted_cert_pem
+        if cert is not None:
+            cert = check_certificate_pem(cert)
+    for label, port in (("imap_port", changes.imap_port), ("smtp_port", changes.smtp_port)):
+        if port is not None and not 0 < port < 65536:
+            raise ConfigError(f"{label} must be between 1 and 65535 (got {port})")
+    imap_port, imap_security = _side_after(
+        "imap",
+        current.imap_port,
+        current.imap_security,
+        changes.imap_port,
+        changes.imap_security,
+    )
+    smtp_port, smtp_security = _side_after(
+        "smtp",
+        current.smtp_port,
+        current.smtp_security,
+        changes.smtp_port,
+        changes.smtp_security,
+    )
+    allow_plaintext = (
+        current.allow_plaintext if changes.allow_plaintext is None else changes.allow_plaintext
+    )
+    window_days = current.window_days if changes.window_days is None else changes.window_days
+    return _checked_whole(
+        current.with_changes(
+            email=email,
+            username=username,
+            imap_host=imap_host,
+            imap_port=imap_port,
+            imap_security=imap_security,
+            smtp_host=smtp_host,
+            smtp_port=smtp_port,
+            smtp_security=smtp_security,
+            allow_plaintext=allow_plaintext,
+            trusted_cert_pem=cert,
+            window_days=window_days,
+            toggles={**current.toggles, **changes.toggles},
+        )
     )

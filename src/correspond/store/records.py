@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
+from correspond.rules.presets import AccountDraft, AuthKind, Security
 from correspond.store.tables import AccountRow, FolderRow
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "Folder",
     "FolderSyncResult",
     "account_from_row",
+    "draft_of",
     "folder_from_row",
 ]
 
@@ -147,6 +150,27 @@ def account_from_row(row: AccountRow) -> Account:
         lease_expires_at=row.lease_expires_at,
         created_at=row.created_at,
         updated_at=row.updated_at,
+    )
+
+
+def draft_of(account: Account) -> AccountDraft:
+    """An account's settings as a draft, so an update runs the same checks as an add."""
+    return AccountDraft(
+        name=account.name,
+        preset=account.preset,
+        email=account.email,
+        username=account.username,
+        imap_host=account.imap_host,
+        imap_port=account.imap_port,
+        imap_security=cast(Security, account.imap_security),
+        smtp_host=account.smtp_host,
+        smtp_port=account.smtp_port,
+        smtp_security=cast(Security, account.smtp_security),
+        auth_kind=cast(AuthKind, account.auth_kind),
+        allow_plaintext=account.allow_plaintext,
+        trusted_cert_pem=account.trusted_cert_pem,
+        window_days=account.window_days,
+        toggles=account.toggles,
     )
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from types import EllipsisType
 
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import IntegrityError
@@ -20,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from correspond.errors import ConfigError, NotFound, StoreError
 from correspond.rules.folder_refs import resolve_folder_ref
 from correspond.rules.folders import FolderSpec
-from correspond.rules.presets import AccountDraft
+from correspond.rules.presets import AccountChanges, AccountDraft, apply_changes
 from correspond.store.engine import register_table_modules, unit_of_work
 from correspond.store.records import (
     TOGGLES,
@@ -29,12 +28,18 @@ from correspond.store.records import (
     Folder,
     FolderSyncResult,
     account_from_row,
+    draft_of,
     folder_from_row,
 )
 from correspond.store.secrets import SecretBox
 from correspond.store.tables import ACCOUNT_STATES, AccountRow, Base, FolderRow, utcnow
 
-__all__ = ["Store"]
+__all__ = ["RETRIED_ON_CHANGE", "Store"]
+
+#: States a change of connection settings (or of the password) puts back to ``connecting``:
+#: the user has acted on what stopped or slowed the account, so it is tried again at once.
+#: A paused account stays paused (the user's own choice).
+RETRIED_ON_CHANGE: tuple[str, ...] = ("auth_failed", "error", "disconnected")
 
 
 class Store:
@@ -148,27 +153,48 @@ class Store:
             self._account_row(s, name).secret_encrypted = self._secrets.encrypt(secret)
 
     def update_account(
-        self,
-        name: str,
-        *,
-        trusted_cert_pem: str | EllipsisType | None = ...,
-        allow_plaintext: bool | None = None,
-        window_days: int | None = None,
+        self, name: str, changes: AccountChanges, *, secret: str | None = None
     ) -> Account:
-        """Change connection settings of ``name``; arguments left out stay as they are.
+        """Apply ``changes`` (and a new ``secret``) to ``name`` in one transaction.
 
-        ``trusted_cert_pem=None`` removes a pinned certificate (back to the system trust store).
+        The result is checked as a whole by :func:`~correspond.rules.presets.apply_changes`
+        against the stored row, so a refused change (:class:`ConfigError`) changes nothing and
+        two concurrent updates cannot combine into an account neither would have allowed. When
+        connection settings or the secret are given, an account in a failed state
+        (:data:`RETRIED_ON_CHANGE`) goes back to ``connecting``. Synced folders and messages are
+        kept.
         """
+        unknown = set(changes.toggles) - set(TOGGLES)
+        if unknown:
+            raise ConfigError(f"unknown toggles: {', '.join(sorted(unknown))}")
         with self.transaction() as s:
             row = self._account_row(s, name)
-            if not isinstance(trusted_cert_pem, EllipsisType):
-                row.trusted_cert_pem = trusted_cert_pem
-            if allow_plaintext is not None:
-                row.allow_plaintext = allow_plaintext
-            if window_days is not None:
-                if window_days < 1:
-                    raise ConfigError("the sync window must be at least one day")
-                row.window_days = window_days
+            before = draft_of(account_from_row(row))
+            after = apply_changes(before, changes)
+            row.email = after.email
+            row.username = after.username
+            row.imap_host = after.imap_host
+            row.imap_port = after.imap_port
+            row.imap_security = after.imap_security
+            row.smtp_host = after.smtp_host
+            row.smtp_port = after.smtp_port
+            row.smtp_security = after.smtp_security
+            row.allow_plaintext = after.allow_plaintext
+            row.trusted_cert_pem = after.trusted_cert_pem
+            if after.window_days is not None:
+                row.window_days = after.window_days
+            for toggle, value in after.toggles.items():
+                setattr(row, toggle, value)
+            if secret is not None:
+                row.secret_encrypted = self._secrets.encrypt(secret)
+            retry = (
+                secret is not None
+                or changes.touches_connection()
+                or after.connection() != before.connection()
+            )
+            if retry and row.state in RETRIED_ON_CHANGE:
+                row.state = "connecting"
+                row.state_detail = "Connection settings changed; waiting for a sync worker."
             s.flush()
             return account_from_row(row)
 

@@ -1,8 +1,9 @@
-"""``/accounts``: add, list, show, remove and test mail accounts."""
+"""``/accounts``: add, list, show, change, remove and test mail accounts."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from correspond.accounts import report_to_dict
@@ -11,10 +12,12 @@ from correspond.api.progress_schemas import progress_public
 from correspond.api.schemas import (
     AccountCreate,
     AccountPublic,
+    AccountUpdate,
     ConnectionReportPublic,
     ErrorPublic,
     account_public,
 )
+from correspond.errors import ConfigError
 
 __all__ = ["router"]
 
@@ -60,6 +63,23 @@ def add_account(
 @router.get("/{name}", response_model=AccountPublic, responses=_NO_SUCH_ACCOUNT)
 def get_account(name: str, service: ServiceDep, progress: ProgressDep) -> AccountPublic:
     """The account with its state, last sync and backfill progress."""
+    summary = service.get_account(name)
+    return account_public(summary, progress=progress_public(progress.account(name)))
+
+
+@router.patch("/{name}", response_model=AccountPublic, responses=_NO_SUCH_ACCOUNT)
+def update_account(
+    name: str, body: AccountUpdate, service: ServiceDep, progress: ProgressDep
+) -> AccountPublic:
+    """Change some of the account's settings and/or its password: only the fields sent change,
+    all or nothing. A refused change (a 422) changes nothing."""
+    password = body.password.get_secret_value() if body.password is not None else None
+    try:
+        service.update_account(name, body.to_changes(), password)
+    except ConfigError as exc:
+        # The account exists: what is wrong is the body, checked with the stored settings.
+        error = {"type": "value_error", "loc": ("body",), "msg": str(exc)}
+        raise RequestValidationError([error]) from exc
     summary = service.get_account(name)
     return account_public(summary, progress=progress_public(progress.account(name)))
 

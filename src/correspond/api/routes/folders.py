@@ -11,10 +11,8 @@ from correspond.api.deps import ReaderDep, ServiceDep
 from correspond.api.message_schemas import FolderWithCountsPublic, folder_with_counts_public
 from correspond.api.schemas import (
     ErrorPublic,
-    FolderPublic,
     FolderRefreshPublic,
     FolderSelection,
-    folder_public,
     refresh_public,
 )
 from correspond.errors import ConfigError, NotFound
@@ -46,21 +44,24 @@ async def refresh_folders(name: str, service: ServiceDep) -> FolderRefreshPublic
     return refresh_public(await service.refresh_folders(name))
 
 
-@router.put("/selection", response_model=list[FolderPublic])
+@router.put("/selection", response_model=list[FolderWithCountsPublic])
 async def select_folders(
-    name: str, selection: FolderSelection, service: ServiceDep
-) -> list[FolderPublic]:
+    name: str, selection: FolderSelection, service: ServiceDep, reader: ReaderDep
+) -> list[FolderWithCountsPublic]:
     """Sync ``all`` folders (and ones created later), or exactly ``folders`` (ids or names).
+    Answers the folders as ``GET`` does (with ``counts``).
 
     An unknown, ambiguous or unselectable folder is a 422 naming it; nothing changes then.
     """
     await asyncio.to_thread(service.get_account, name)  # an unknown account stays a 404
     try:
-        folders = await asyncio.to_thread(
+        await asyncio.to_thread(
             service.select_folders, name, all_folders=selection.all, refs=selection.folders
         )
     except (ConfigError, NotFound) as exc:
         # The account exists: what is wrong is a folder named in the body.
         error = {"type": "value_error", "loc": ("body", "folders"), "msg": str(exc)}
         raise RequestValidationError([error]) from exc
-    return [folder_public(f) for f in folders]
+    # The same shape as GET, so a client can render either answer with one code path.
+    folders = await asyncio.to_thread(reader.folders_with_counts, name)
+    return [folder_with_counts_public(f) for f in folders]
