@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from correspond.errors import ConfigError, StoreError
 from correspond.rules.presets import draft_from_preset
@@ -79,3 +80,24 @@ def test_unreachable_database_says_where_in_one_line(tmp_path: Path) -> None:
     )
     assert "hunter2" not in message
     assert "\n" not in message
+
+
+def test_a_password_is_not_sealed_under_a_key_the_others_do_not_share(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    store = open_store(settings)
+    store.add_account(_draft("work"), "pw-one")  # type: ignore[arg-type]
+    store.add_account(_draft("home"), "pw-two")  # type: ignore[arg-type]
+    store.close()
+    other_key = Fernet.generate_key().decode()
+    store = open_store(settings.clone(secret_key=other_key))
+    with pytest.raises(ConfigError, match="does not open the passwords stored"):
+        store.set_account_secret("work", "pw-three")
+    with pytest.raises(ConfigError, match="does not open the passwords stored"):
+        store.add_account(_draft("third"), "pw")  # type: ignore[arg-type]
+    store.close()
+    store = open_store(settings)  # the right key: nothing was changed
+    assert store.account_secret("work") == "pw-one"
+    assert [s.account.name for s in store.list_accounts()] == ["home", "work"]
+    store.set_account_secret("work", "pw-three")
+    assert store.account_secret("work") == "pw-three"
+    store.close()

@@ -88,6 +88,23 @@ class Store:
             raise NotFound(f"no account named {name!r}")
         return row
 
+    def _seal(self, s: Session, secret: str, *, account_id: int | None) -> bytes:
+        """``secret`` encrypted, unless the key in use opens none of the other accounts' stored
+        secrets: sealing it would leave the store needing two keys (a key file replaced by
+        mistake, another CORRESPOND_SECRET_KEY), so that is refused with what to restore."""
+        others = s.scalars(
+            select(AccountRow.secret_encrypted)
+            .where(AccountRow.secret_encrypted.is_not(None), AccountRow.id != (account_id or -1))
+            .limit(5)
+        ).all()
+        if others and not any(self._secrets.opens(bytes(token)) for token in others):
+            raise ConfigError(
+                "the secret key in use does not open the passwords stored for the other "
+                "accounts; restore the key they were stored with (secret.key in the data "
+                "directory, or CORRESPOND_SECRET_KEY) before entering a password"
+            )
+        return self._secrets.encrypt(secret)
+
     def add_account(self, draft: AccountDraft, secret: str | None) -> Account:
         """Create an account from ``draft``; ``secret`` is encrypted before it is stored."""
         unknown = set(draft.toggles) - set(TOGGLES)
@@ -105,7 +122,6 @@ class Store:
             smtp_port=draft.smtp_port,
             smtp_security=draft.smtp_security,
             auth_kind=draft.auth_kind,
-            secret_encrypted=self._secrets.encrypt(secret) if secret is not None else None,
             allow_plaintext=draft.allow_plaintext,
             trusted_cert_pem=draft.trusted_cert_pem,
             state="connecting",
@@ -118,6 +134,8 @@ class Store:
             with self.transaction() as s:
                 if s.scalar(select(AccountRow.id).where(AccountRow.name == draft.name)):
                     raise ConfigError(f"an account named {draft.name!r} already exists")
+                if secret is not None:
+                    row.secret_encrypted = self._seal(s, secret, account_id=None)
                 s.add(row)
                 s.flush()
                 return account_from_row(row)
@@ -150,7 +168,8 @@ class Store:
     def set_account_secret(self, name: str, secret: str) -> None:
         """Replace the stored secret of ``name``."""
         with self.transaction() as s:
-            self._account_row(s, name).secret_encrypted = self._secrets.encrypt(secret)
+            row = self._account_row(s, name)
+            row.secret_encrypted = self._seal(s, secret, account_id=row.id)
 
     def update_account(
         self, name: str, changes: AccountChanges, *, secret: str | None = None
@@ -186,7 +205,7 @@ class Store:
             for toggle, value in after.toggles.items():
                 setattr(row, toggle, value)
             if secret is not None:
-                row.secret_encrypted = self._secrets.encrypt(secret)
+                row.secret_encrypted = self._seal(s, secret, account_id=row.id)
             retry = (
                 secret is not None
                 or changes.touches_connection()

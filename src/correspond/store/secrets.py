@@ -52,6 +52,16 @@ class SecretBox:
             raise ConfigError(self._missing)
         return self._fernet.encrypt(secret.encode("utf-8"))
 
+    def opens(self, token: bytes) -> bool:
+        """Whether this key decrypts ``token`` (a secret sealed with the same key)."""
+        if self._missing is not None:
+            return False
+        try:
+            self._fernet.decrypt(token)
+        except InvalidToken:
+            return False
+        return True
+
     def decrypt(self, token: bytes) -> str:
         """The secret back; :class:`ConfigError` when the key changed or the token is corrupt."""
         if self._missing is not None:
