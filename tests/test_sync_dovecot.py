@@ -48,6 +48,10 @@ TODAY = NOW.date()
 
 # --- fixtures -----------------------------------------------------------------------------------
 
+# One key for the module: its PostgreSQL tests share a database, and the store refuses to
+# seal a password under a key that opens none of the other accounts' secrets.
+KEY = Fernet.generate_key()
+
 
 def _sqlite(tmp_path: Path) -> contextlib.AbstractContextManager[Engine]:
     return migrated_engine(f"sqlite:///{tmp_path / 'store.db'}")
@@ -78,7 +82,7 @@ class Env:
         self.server = server
         self.user = user
         self.settings = Settings(data_dir=tmp_path / "data", secret_key=None)
-        self.store = Store(engine, SecretBox(key or Fernet.generate_key()))
+        self.store = Store(engine, SecretBox(key or KEY))
         self.messages = MessageStore(engine)
         self.blobs = BlobStore(tmp_path / "data" / "blobs")
         self.account: Account = add_dovecot_account(self.store, server, user)

@@ -55,6 +55,10 @@ FAST = 2.0
 
 # --- fixtures -----------------------------------------------------------------------------------
 
+# One key for the module: its PostgreSQL tests share a database, and the store refuses to
+# seal a password under a key that opens none of the other accounts' secrets.
+KEY = Fernet.generate_key()
+
 
 class RecordingStore(Store):
     """The real store, remembering every state the engine writes (in order)."""
@@ -75,7 +79,7 @@ class Env:
         self.server = server
         self.user = user
         self.settings = Settings(data_dir=tmp / "data", secret_key=None)
-        self.store = RecordingStore(engine, Fernet.generate_key())
+        self.store = RecordingStore(engine, KEY)
         self.messages = MessageStore(engine)
         self.blobs = BlobStore(tmp / "data" / "blobs")
         self.account: Account = add_dovecot_account(self.store, server, user)

@@ -97,7 +97,9 @@ class Store:
             .where(AccountRow.secret_encrypted.is_not(None), AccountRow.id != (account_id or -1))
             .limit(5)
         ).all()
-        if others and not any(self._secrets.opens(bytes(token)) for token in others):
+        if others and not any(
+            self._secrets.opens(bytes(token)) for token in others if token is not None
+        ):
             raise ConfigError(
                 "the secret key in use does not open the passwords stored for the other "
                 "accounts; restore the key they were stored with (secret.key in the data "
