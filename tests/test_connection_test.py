@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from correspond.imap.client import ImapEndpoint
+from correspond.imap.client import ImapClient, ImapEndpoint
 from correspond.sync.connection_test import check_connection
 from correspond.testing.dovecot import DovecotServer, ImapUser, _make_certificate
 from correspond.testing.net import FakeImapServer, black_hole, connect_from, free_port
@@ -110,7 +111,13 @@ async def test_untrusted_certificate_and_the_opt_in(
     plain = ImapEndpoint(dovecot.host, dovecot.tls_port, "tls")
     report = await check_connection(plain, imap_user.username, imap_user.password, timeout=10)
     assert report.problem == "tls_untrusted"
-    assert "self-signed" in report.message
+    # Said once, in OpenSSL's words ("self-signed certificate"; "self signed" before 3.0), not
+    # "not trusted (self-signed?): ... is not trusted: self-signed certificate".
+    assert report.message.startswith(
+        f"The certificate of 127.0.0.1:{dovecot.tls_port} is not trusted (self"
+    )
+    assert report.message.count("not trusted") == 1
+    assert report.message.count("self") == 1
     assert "correspond account update NAME --trust-cert FILE" in report.message
     trusted = ImapEndpoint(
         dovecot.host, dovecot.tls_port, "tls", trusted_cert_pem=dovecot.cert_path.read_text()
@@ -233,3 +240,86 @@ async def test_cancelled_test_leaves_no_connection(dovecot: DovecotServer) -> No
         # The client side is gone: the fake's reader sees EOF and its handler ends.
         await asyncio.sleep(0.05)
         assert all(w.is_closing() for w in fake._writers)
+
+
+def _plain_fake_reply(list_answer: bytes) -> Callable[[bytes], bytes | None]:
+    """LOGIN succeeds; LIST gets ``list_answer`` before its tagged OK."""
+
+    def reply(line: bytes) -> bytes | None:
+        tag, _, rest = line.partition(b" ")
+        command = rest.split(b" ", 1)[0].upper()
+        if command == b"LOGIN":
+            return tag + b" OK [CAPABILITY IMAP4rev1] logged in\r\n"
+        if command == b"LIST":
+            return list_answer + tag + b" OK done\r\n"
+        return None
+
+    return reply
+
+
+async def test_unparsable_reply_after_a_valid_greeting_is_a_bug_not_the_port() -> None:
+    # A fake: a reply Correspond cannot parse must come from somewhere, and Dovecot's now parse.
+    # The escape sequence stands for anything hostile: it must not reach the terminal.
+    garbage = b'* LIST () "/" "Odd\x1b[31m\r\n'
+    greeting = b"* OK [CAPABILITY IMAP4rev1] hi\r\n"
+    async with FakeImapServer(greeting, reply=_plain_fake_reply(garbage)) as fake:
+        endpoint = ImapEndpoint(fake.host, fake.port, "plain", allow_plaintext=True)
+        report = await check_connection(endpoint, "u", "p", timeout=5)
+    assert (report.ok, report.problem) == (False, "protocol")
+    assert report.message == (
+        f"127.0.0.1:{fake.port} is an IMAP server but sent a reply that Correspond could not "
+        'parse (\'* LIST () "/" "Odd?[31m\': unterminated quoted string in response). The '
+        "account settings look right: this is a bug in Correspond, worth reporting with this "
+        "message."
+    )
+    assert "check the port" not in report.message
+    assert "IMAP4REV1" in report.capabilities
+
+
+async def test_unparsable_capability_reply_during_connect_is_a_bug_not_the_port() -> None:
+    # The greeting is IMAP; the CAPABILITY answer that follows it (still inside connect) is not.
+    async with FakeImapServer(b"* OK hello\r\n", capabilities="IMAP4rev1 (") as fake:
+        endpoint = ImapEndpoint(fake.host, fake.port, "plain", allow_plaintext=True)
+        report = await check_connection(endpoint, "u", "p", timeout=5)
+    assert report.problem == "protocol"
+    assert "could not parse" in report.message and "bug in Correspond" in report.message
+    assert "check the port" not in report.message
+
+
+@pytest.mark.parametrize(
+    "greeting",
+    [
+        b"SSH-2.0-OpenSSH_9.6\r\n",  # not IMAP at all
+        b"+OK POP3 server ready\r\n",  # parses (as a continuation) but is no greeting
+    ],
+)
+async def test_greeting_that_is_not_imap_says_check_the_port(greeting: bytes) -> None:
+    async with FakeImapServer(greeting) as fake:
+        endpoint = ImapEndpoint(fake.host, fake.port, "plain", allow_plaintext=True)
+        report = await check_connection(endpoint, "u", "p", timeout=5)
+    assert report.problem == "protocol"
+    assert report.message.startswith(f"127.0.0.1:{fake.port} answered with something that is not")
+    assert report.message.endswith(": check the port.")
+
+
+async def test_folder_names_with_unbalanced_brackets(
+    dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    # Dovecot lists all of these unquoted, e.g. * LIST (\Noselect \HasChildren) "/" [red]Alert[
+    # for the parent of "[red]Alert[/red]": "[" is an ATOM-CHAR and "]" an ASTRING-CHAR.
+    endpoint = ImapEndpoint(
+        dovecot.host, dovecot.port, "starttls", trusted_cert_pem=dovecot.cert_pem
+    )
+    created = ["[red]Alert[/red]", "x]y", "a[b", "]start", "end["]
+    async with await ImapClient.connect(endpoint, connect_timeout=10, command_timeout=20) as client:
+        await client.login(imap_user.username, imap_user.password)
+        for name in created:
+            await client.create(name)
+        listed = {f.name: f for f in await client.list_folders()}
+        assert set(created) | {"[red]Alert["} <= set(listed)
+        for name in created:
+            status = await client.status(listed[name].name_raw)
+            assert (status.name, status.values["MESSAGES"]) == (name, 0)
+    report = await check_connection(endpoint, imap_user.username, imap_user.password, timeout=10)
+    assert report.ok, report.message
+    assert set(created) | {"[red]Alert["} <= {f.name for f in report.folders}

@@ -21,6 +21,7 @@ from correspond.imap.protocol import (
     parse_command,
     parse_response,
     parse_sequence_set,
+    response_excerpt,
 )
 from correspond.imap.types import (
     Address,
@@ -393,6 +394,65 @@ WHOLE: list[tuple[bytes, object]] = [
         b'* LIST (\\HasNoChildren) "/" {5}\r\nA&-B! ("CHILDINFO" ("SUBSCRIBED"))\r\n',
         ListResponse(("\\HasNoChildren",), "/", b"A&-B!", "A&B!"),
     ),
+    # Brackets in unquoted names: "[" is an ATOM-CHAR and "]" an ASTRING-CHAR (RFC 3501 §9),
+    # balanced or not. Dovecot lists the parent of "[red]Alert[/red]" as [red]Alert[ unquoted.
+    (b'* LIST () "/" [red]Alert[\r\n', ListResponse((), "/", b"[red]Alert[", "[red]Alert[")),
+    (
+        b'* LIST (\\HasChildren) "/" [red]Alert[/red]\r\n',
+        ListResponse(("\\HasChildren",), "/", b"[red]Alert[/red]", "[red]Alert[/red]"),
+    ),
+    (b'* LIST () "/" a[b\r\n', ListResponse((), "/", b"a[b", "a[b")),
+    (b'* LIST () "/" x]y\r\n', ListResponse((), "/", b"x]y", "x]y")),
+    (b'* LIST () "/" ab]\r\n', ListResponse((), "/", b"ab]", "ab]")),
+    (b'* LIST () "/" ]ab\r\n', ListResponse((), "/", b"]ab", "]ab")),
+    (b'* LIST () "/" ab[\r\n', ListResponse((), "/", b"ab[", "ab[")),
+    (b'* LIST () "/" [\r\n', ListResponse((), "/", b"[", "[")),
+    (b'* LIST () "/" ]\r\n', ListResponse((), "/", b"]", "]")),
+    (b'* LIST () "/" ][\r\n', ListResponse((), "/", b"][", "][")),
+    (b'* LIST () "/" [bold]Boss\r\n', ListResponse((), "/", b"[bold]Boss", "[bold]Boss")),
+    (b'* LIST () "/" foo[1]\r\n', ListResponse((), "/", b"foo[1]", "foo[1]")),
+    (b'* LIST () "/" a[1]b[2]\r\n', ListResponse((), "/", b"a[1]b[2]", "a[1]b[2]")),
+    (b'* LIST () "." INBOX.x]y[z\r\n', ListResponse((), ".", b"INBOX.x]y[z", "INBOX.x]y[z")),
+    # a "]" later on the line does not turn an open "[" into a section swallowing the rest
+    (
+        b'* LIST () "/" a[b ("OLDNAME" ("x]y"))\r\n',
+        ListResponse((), "/", b"a[b", "a[b"),
+    ),
+    (
+        b'* LIST (\\Subscribed) "/" [x ("CHILDINFO" ("SUBSCRIBED"))\r\n',
+        ListResponse(("\\Subscribed",), "/", b"[x", "[x"),
+    ),
+    (b'* LSUB () "/" x]y\r\n', ListResponse((), "/", b"x]y", "x]y", "LSUB")),
+    (
+        b'* LSUB () "/" [red]Alert[\r\n',
+        ListResponse((), "/", b"[red]Alert[", "[red]Alert[", "LSUB"),
+    ),
+    (b'* XLIST () "/" a[b\r\n', ListResponse((), "/", b"a[b", "a[b")),
+    (b"* STATUS a[b (MESSAGES 1)\r\n", StatusDataResponse(b"a[b", "a[b", {"MESSAGES": 1})),
+    (b"* STATUS x]y (MESSAGES 2)\r\n", StatusDataResponse(b"x]y", "x]y", {"MESSAGES": 2})),
+    (b"* STATUS ]x[ (UNSEEN 0)\r\n", StatusDataResponse(b"]x[", "]x[", {"UNSEEN": 0})),
+    (
+        b"* STATUS [red]Alert[ (MESSAGES 3 UIDNEXT 4)\r\n",
+        StatusDataResponse(b"[red]Alert[", "[red]Alert[", {"MESSAGES": 3, "UIDNEXT": 4}),
+    ),
+    (
+        b"* STATUS [red]Alert[/red] (UIDNEXT 5)\r\n",
+        StatusDataResponse(b"[red]Alert[/red]", "[red]Alert[/red]", {"UIDNEXT": 5}),
+    ),
+    # ... while a response code still opens resp-text, whatever brackets follow in the text
+    (
+        b"A30 OK [READ-WRITE] [red]Alert[ selected\r\n",
+        TaggedResponse("A30", "OK", code("READ-WRITE"), "[red]Alert[ selected"),
+    ),
+    (
+        b"* NO [TRYCREATE] x]y does not exist\r\n",
+        StatusResponse("NO", code("TRYCREATE"), "x]y does not exist"),
+    ),
+    (
+        b"* OK [PERMANENTFLAGS (\\Seen $a[b \\*)] Limited\r\n",
+        StatusResponse("OK", code("PERMANENTFLAGS", ("\\Seen", "$a[b", "\\*")), "Limited"),
+    ),
+    (b"* FLAGS (\\Seen $a[b)\r\n", FlagsResponse(("\\Seen", "$a[b"))),
     # ESEARCH ALL keeps the server's order: ESORT (RFC 5267 §3.2) returns its sort order there
     (
         b'* ESEARCH (TAG "A7") UID ALL 7,14,6,3:1\r\n',
@@ -643,6 +703,18 @@ FETCH_ITEMS: list[tuple[bytes, str, object]] = [
         ("&BB4EQgQ,BEAEMAQyBDsENQQ9BD0ESwQ1-", "Tom&-Jerry"),
     ),
     (b"* 1 FETCH (UID 1)\r\n", "gm_label_names", None),
+    # labels are astrings: lone brackets are part of them, and no "[" ... "]" spans two labels
+    (
+        b"* 1 FETCH (X-GM-LABELS (a[b x]y [red]Alert[ ]z \\Inbox))\r\n",
+        "gm_labels",
+        ("a[b", "x]y", "[red]Alert[", "]z", "\\Inbox"),
+    ),
+    (
+        b"* 1 FETCH (X-GM-LABELS (a[b) BODY[HEADER.FIELDS (FROM)] {1}\r\nx)\r\n",
+        "sections",
+        {"HEADER.FIELDS (FROM)": b"x"},
+    ),
+    (b"* 1 FETCH (FLAGS ($a[b \\Seen) UID 2)\r\n", "flags", ("$a[b", "\\Seen")),
     # quoted header names in an echoed section give the same key as atoms
     (
         b'* 1 FETCH (BODY[HEADER.FIELDS ("From" "X-\\"Odd")] {3}\r\nx\r\n)\r\n',
@@ -985,6 +1057,25 @@ def test_resync_after_error(data: bytes) -> None:
     assert parser.next_response() == ExistsResponse(3)
     assert parser.next_response() == TaggedResponse("A1", "OK", None, "done")
     assert parser.next_response() is None
+
+
+def test_refused_response_carries_a_sanitised_excerpt() -> None:
+    # What the server sent, for a person to see: control characters (an escape sequence could
+    # drive the terminal) are replaced, and the excerpt stays short.
+    with pytest.raises(ImapProtocolError) as info:
+        parse_response(b'* LIST () "/" "a\x1b[31mb\x00' + b"x" * 200 + b"\r\n")
+    excerpt = response_excerpt(info.value)
+    assert excerpt is not None
+    assert excerpt.startswith('* LIST () "/" "a?[31mb?xxx')
+    assert excerpt.endswith("…") and len(excerpt) == 81
+    assert "unterminated" in str(info.value)  # the message itself is unchanged
+    assert response_excerpt(ImapProtocolError("no note")) is None
+
+
+def test_excerpt_of_a_refused_response_keeps_utf8_text() -> None:
+    with pytest.raises(ImapProtocolError) as info:
+        parse_response("* STATUS Entwürfe (MESSAGES x\r\n".encode())
+    assert response_excerpt(info.value) == "* STATUS Entwürfe (MESSAGES x"
 
 
 @pytest.mark.parametrize(

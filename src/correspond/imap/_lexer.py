@@ -13,8 +13,12 @@ module turns that into a small value tree:
 
 Atoms are taken leniently: anything up to a space or parenthesis, plus a bracketed section with
 spaces inside (``BODY[HEADER.FIELDS (FROM TO)]<0>``, RFC 3501 §7.4.2), so ``\\Seen``, ``1:*`` and
-``[Gmail]/Sent`` are single atoms. Nesting is limited (``MAX_DEPTH``) so hostile input cannot
-exhaust the stack of the recursive interpreters that walk the tree.
+``[Gmail]/Sent`` are single atoms. A bracket that closes no section is an ordinary character:
+``[`` is an ATOM-CHAR and ``]`` an ASTRING-CHAR (RFC 3501 §9), so ``a[b``, ``x]y`` and
+``[red]Alert[`` are valid unquoted mailbox names. Where only astrings can occur (the mailbox of
+LIST/LSUB/STATUS, ``mailbox=True``) brackets never group: a section there would be a misreading.
+Nesting is limited (``MAX_DEPTH``) so hostile input cannot exhaust the stack of the recursive
+interpreters that walk the tree.
 """
 
 from __future__ import annotations
@@ -31,24 +35,37 @@ MAX_DEPTH = 100
 
 # One regex, one group: findall() returns a flat list of token strings and the loop below
 # dispatches on the first character (cheaper than a tuple per token). Inside the group: a quoted
-# string whose closing quote is followed by a delimiter; "(" or ")"; an atom with an optional
-# bracketed section (which never holds "[", so "[[[[" stays linear). Outside the group, so that
-# findall() yields "" for it: anything else, i.e. a quoted string with unescaped quotes inside
-# (Exchange/Domino send Content-Description ""Quoted" text" and """"), an unterminated one, or a
-# stray character. That alternative consumes the whole would-be string, so no byte is scanned
-# twice (a line of '"\\' repeated must not be quadratic); the segment is then re-read by the
-# slower, still linear, ``_lenient_tokens``.
-_TOKEN = re.compile(
-    r"""[ \t]*(?:(
+# string whose closing quote is followed by a delimiter; "(" or ")"; an atom, i.e. runs of plain
+# characters joined by sections or by lone brackets. A section holds whitespace only in the one
+# shape the grammar allows, "HEADER.FIELDS (FROM TO)" (section-spec SP header-list), so labels
+# "a[b x]y" stay two atoms; it never holds "[", so "[[[[" stays linear. Outside the group, so
+# that findall() yields "" for it: a quoted string with unescaped quotes inside (Exchange/Domino
+# send Content-Description ""Quoted" text" and """"), or an unterminated one. That alternative
+# consumes the whole would-be string, so no byte is scanned twice (a line of '"\\' repeated must
+# not be quadratic); the segment is then re-read by the slower, still linear, ``_lenient_tokens``.
+# "\S" is only a safety net: the atom alternative takes every other character.
+_PLAIN = r"""[^\s()"\[\]]"""
+_JOIN = r"""(?:\[[^\s()\[\]]*(?:[ \t]*\([^()\[\]]*\))?\]|[\[\]])"""  # section or lone bracket
+_TOKEN_TEMPLATE = r"""[ \t]*(?:(
       "[^"\\]*(?:\\.[^"\\]*)*" (?=[\s()]|$)
     | [()]
-    | [^\s()"\[\]]+ (?:\[[^\[\]]*\][^\s()"\[\]]*)? | \[[^\[\]]*\][^\s()"\[\]]*
+    | ATOM
     )
     | "[^"\\]*(?:\\.[^"\\]*)*"?
     | \S
-    )""",
+    )"""
+_TOKEN = re.compile(
+    _TOKEN_TEMPLATE.replace(
+        # Possessive (Python 3.11): an atom never needs to give characters back, and not
+        # offering to backtrack keeps this as fast as the bracket-free atom it replaced.
+        "ATOM",
+        f"{_PLAIN}++ (?:{_JOIN}{_PLAIN}*+)*+ | {_JOIN}{_PLAIN}*+ (?:{_JOIN}{_PLAIN}*+)*+",
+    ),
     re.X | re.S | re.ASCII,  # only ASCII whitespace separates tokens (U+00A0 is data)
 )
+# Mailbox mode: brackets are plain characters, an atom ends only at a space, a parenthesis or a
+# quote (ASTRING-CHAR, RFC 3501 §9). "* LIST () "/" a[b ("OLDNAME" ("x]y"))" keeps its name.
+_MAILBOX_TOKEN = re.compile(_TOKEN_TEMPLATE.replace("ATOM", r'[^\s()"]++'), re.X | re.S | re.ASCII)
 _DELIMITERS = frozenset(" \t()")
 
 
@@ -74,10 +91,10 @@ def _lenient_end(seg: str, start: int) -> int:
         j += 1
 
 
-def _lenient_tokens(seg: str, pos: int) -> list[str]:
-    """Tokens of one segment like ``_TOKEN.findall``, but with lenient quoted strings."""
+def _lenient_tokens(seg: str, pos: int, pattern: re.Pattern[str]) -> list[str]:
+    """Tokens of one segment like ``pattern.findall``, but with lenient quoted strings."""
     out: list[str] = []
-    match = _TOKEN.match
+    match = pattern.match
     while (m := match(seg, pos)) is not None:
         tok = m.group(1)
         if tok is not None:
@@ -130,23 +147,27 @@ def text_of(value: str | bytes) -> str:
         return raw.decode("latin-1")
 
 
-def tokenize(segments: list[str], literals: list[bytes], start: int = 0) -> list[Value]:
+def tokenize(
+    segments: list[str], literals: list[bytes], start: int = 0, *, mailbox: bool = False
+) -> list[Value]:
     """Tokenize ``segments[0][start:]``, literal 0, segment 1, ... into a list of values.
 
-    Raises ImapProtocolError on unbalanced parentheses, stray characters, or nesting deeper than
-    ``MAX_DEPTH``.
+    ``mailbox`` is for responses that hold astrings but no FETCH sections (LIST, LSUB, STATUS):
+    brackets there are never grouped. Raises ImapProtocolError on unbalanced parentheses, bad
+    quoted strings, or nesting deeper than ``MAX_DEPTH``.
     """
     root: list[Value] = []
     cur = root
     append = cur.append  # rebound on every "(" and ")": one attribute lookup per list, not token
     stack: list[list[Value]] = []
-    findall = _TOKEN.findall
+    pattern = _MAILBOX_TOKEN if mailbox else _TOKEN
+    findall = pattern.findall
     nlit = len(literals)
     for index, seg in enumerate(segments):
         offset = start if index == 0 else 0
         toks = findall(seg, offset)
         if "" in toks:
-            toks = _lenient_tokens(seg, offset)
+            toks = _lenient_tokens(seg, offset, pattern)
         for tok in toks:
             first = tok[0]
             if first == '"':

@@ -12,7 +12,8 @@ fed chunks and joined once, so a 20 MB body fed in 64 KB pieces is copied a cons
 times. Only the small non-literal parts are tokenized (``_lexer``) and interpreted (``_fetch``).
 
 Errors: input that is not IMAP raises ``ImapProtocolError`` and only that. The offending response
-is dropped (the rest of it is skipped as it arrives) and parsing continues with the next one.
+is dropped (the rest of it is skipped as it arrives) and parsing continues with the next one; the
+error carries the sanitised start of that response (``response_excerpt``) for a person to report.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ __all__ = [
     "parse_command",
     "parse_response",
     "parse_sequence_set",
+    "response_excerpt",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -354,14 +356,41 @@ def _raw(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> bytes:
     return b"".join(out)
 
 
+# The note that carries the start of a refused response (see ``response_excerpt``).
+_EXCERPT_NOTE: Final = "IMAP response: "
+_EXCERPT_CHARS: Final = 80
+
+
+def _excerpt(line: bytes) -> str:
+    """The start of a response line, safe to print: no control or format characters (a hostile
+    server must not drive the user's terminal), at most ``_EXCERPT_CHARS`` characters."""
+    text = line[: _EXCERPT_CHARS * 4].decode("utf-8", "replace")
+    clean = "".join(ch if ch.isprintable() else "?" for ch in text[:_EXCERPT_CHARS])
+    return clean + "…" if len(text) > _EXCERPT_CHARS else clean
+
+
+def response_excerpt(exc: BaseException) -> str | None:
+    """The sanitised start of the response that raised ``exc`` in the parser, or None.
+
+    The parser attaches it as an exception note (PEP 678) rather than to the message, so the
+    messages stay short and a person can still be shown what the server actually sent."""
+    for note in getattr(exc, "__notes__", ()):
+        if isinstance(note, str) and note.startswith(_EXCERPT_NOTE):
+            return note[len(_EXCERPT_NOTE) :]
+    return None
+
+
 def _build(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> Response:
     """Interpret one framed response; foreign exceptions from a bug become protocol errors."""
     try:
         return _interpret(segs, markers, lits)
-    except ImapProtocolError:
+    except ImapProtocolError as exc:
+        exc.add_note(_EXCERPT_NOTE + _excerpt(segs[0]))
         raise
     except (ValueError, TypeError, IndexError, KeyError, AttributeError, RecursionError) as exc:
-        raise ImapProtocolError(f"cannot parse response: {exc}"[:300]) from exc
+        error = ImapProtocolError(f"cannot parse response: {exc}"[:300])
+        error.add_note(_EXCERPT_NOTE + _excerpt(segs[0]))
+        raise error from exc
 
 
 def _interpret(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> Response:
@@ -537,9 +566,10 @@ def _untagged(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> Res
     if name == b"ENABLED":
         return EnabledResponse(frozenset(_upper_words(segs, lits, start)))
     if name in (b"LIST", b"LSUB", b"XLIST"):
-        return _list(_tokens(segs, lits, start), "LSUB" if name == b"LSUB" else "LIST")
+        kind = "LSUB" if name == b"LSUB" else "LIST"
+        return _list(_tokens(segs, lits, start, mailbox=True), kind)
     if name == b"STATUS":
-        return _status(_tokens(segs, lits, start))
+        return _status(_tokens(segs, lits, start, mailbox=True))
     if name in (b"SEARCH", b"SORT"):
         return _search(_tokens(segs, lits, start))
     if name == b"ESEARCH":
@@ -553,8 +583,11 @@ def _untagged(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> Res
     return GenericUntagged(name=name.decode("ascii", "replace"), raw=_raw(segs, markers, lits))
 
 
-def _tokens(segs: list[bytes], lits: list[bytes], start: int) -> list[Value]:
-    return tokenize([decode_segment(s) for s in segs], lits, start)
+def _tokens(
+    segs: list[bytes], lits: list[bytes], start: int, *, mailbox: bool = False
+) -> list[Value]:
+    # mailbox: LIST/LSUB/STATUS hold astrings, where "[" and "]" are plain name characters.
+    return tokenize([decode_segment(s) for s in segs], lits, start, mailbox=mailbox)
 
 
 def _upper_words(segs: list[bytes], lits: list[bytes], start: int) -> list[str]:

@@ -8,11 +8,14 @@ Problem codes: ``dns``, ``refused``, ``timeout``, ``tls_untrusted``, ``tls_faile
 ``wrong_security`` (the port speaks implicit TLS where STARTTLS was chosen, or the reverse),
 ``starttls_missing``, ``not_imap4rev1``, ``plaintext_refused``, ``config``, ``auth_failed``,
 ``login_unavailable``, ``connection_lost``, ``protocol``, ``command_failed``, ``unreachable``.
+``protocol`` says "check the port" only when the greeting was not IMAP; a reply that does not
+parse after a valid greeting is reported as a Correspond bug instead.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 from dataclasses import dataclass, field
 
 from correspond.errors import (
@@ -33,6 +36,7 @@ from correspond.errors import (
 )
 from correspond.imap.client import ImapClient, ImapEndpoint
 from correspond.imap.connect import probe_plain_greeting, probe_tls
+from correspond.imap.protocol import response_excerpt
 from correspond.imap.types import ListResponse
 
 __all__ = ["ConnectionReport", "check_connection"]
@@ -45,6 +49,26 @@ def trust_hint(account_name: str | None) -> str:
 
 # A probe only confirms a suspicion; it need not wait as long as the test itself.
 _PROBE_TIMEOUT = 5.0
+
+
+class _AfterGreeting(ImapProtocolError):
+    """A reply that did not parse during connect, after a valid IMAP greeting (``__cause__``)."""
+
+
+class _Client(ImapClient):
+    """ImapClient whose handshake tells a bad greeting (wrong port) from a bad later reply.
+
+    ``ImapClient.connect`` raises the same ImapProtocolError for both and returns no client on
+    failure, so the greeting it read is only visible here.
+    """
+
+    async def _handshake(self) -> None:
+        try:
+            await super()._handshake()
+        except ImapProtocolError as exc:
+            if self.greeting is None:
+                raise
+            raise _AfterGreeting(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -92,9 +116,13 @@ def _certificate_message(exc: CertificateNotTrusted, where: str, account_name: s
             f"The certificate of {where} has expired or is not valid yet ({exc}): tell the "
             "server's administrator."
         )
+    # OpenSSL's own words ("self-signed certificate", "unable to get local issuer certificate")
+    # name the cause; the exception's message would repeat "is not trusted" around them.
+    cause = exc.__cause__
+    detail = cause.verify_message if isinstance(cause, ssl.SSLCertVerificationError) else None
     return (
-        f"The server's certificate is not trusted (self-signed?): {exc}. If you know this "
-        f"server uses its own certificate, trust exactly that one with {trust_hint(account_name)}."
+        f"The certificate of {where} is not trusted ({detail or exc}). If you know this server "
+        f"uses its own certificate, trust exactly that one with {trust_hint(account_name)}."
     )
 
 
@@ -117,18 +145,33 @@ def _capability_message(exc: CapabilityError, where: str) -> tuple[str, str]:
     return "login_unavailable", f"{where} cannot be used: {exc}."
 
 
+def _parse_failure_message(exc: ImapProtocolError, where: str) -> str:
+    original = exc.__cause__ if isinstance(exc, _AfterGreeting) else exc
+    excerpt = response_excerpt(original) if original is not None else None
+    said = f"{excerpt!r}: {exc}" if excerpt else str(exc)
+    return (
+        f"{where} is an IMAP server but sent a reply that Correspond could not parse ({said}). "
+        "The account settings look right: this is a bug in Correspond, worth reporting with "
+        "this message."
+    )
+
+
 async def _explain(
     exc: ImapError | ConfigError,
     endpoint: ImapEndpoint,
     username: str,
     timeout: float,
     account_name: str | None,
+    greeted: bool,
 ) -> tuple[str, str]:
     """Map one error of the tree to (problem code, sentence for a person).
 
     Two failures look alike from the client's side but have one clear cause that a short probe
     confirms: silence after connecting (a port for implicit TLS waits for a handshake) and a
     failed TLS handshake (a plaintext port greets in clear text).
+
+    ``greeted``: the server's greeting was IMAP, so a reply that does not parse means a gap in
+    Correspond's parser, not the wrong port.
     """
     where = f"{endpoint.host}:{endpoint.port}"
     probe = min(timeout, _PROBE_TIMEOUT)
@@ -184,6 +227,8 @@ async def _explain(
             return "plaintext_refused", f"{exc}."
         return "config", f"The account settings cannot be used: {exc}."
     if isinstance(exc, ImapProtocolError):
+        if greeted:
+            return "protocol", _parse_failure_message(exc, where)
         return "protocol", (
             f"{where} answered with something that is not IMAP ({exc}): check the port."
         )
@@ -208,9 +253,7 @@ async def check_connection(
     """
     client: ImapClient | None = None
     try:
-        client = await ImapClient.connect(
-            endpoint, connect_timeout=timeout, command_timeout=timeout
-        )
+        client = await _Client.connect(endpoint, connect_timeout=timeout, command_timeout=timeout)
         # Leaving the block logs out when the session is sound, else drops the connection at
         # once (no second wait on a server that just timed out), also on cancellation.
         async with client:
@@ -228,6 +271,8 @@ async def check_connection(
             folders=folders,
         )
     except (ImapError, ConfigError) as exc:
-        problem, message = await _explain(exc, endpoint, username, timeout, account_name)
+        # A client exists only once connect() is through, i.e. after a valid greeting.
+        greeted = client is not None or isinstance(exc, _AfterGreeting)
+        problem, message = await _explain(exc, endpoint, username, timeout, account_name, greeted)
         caps = client.capabilities if client is not None else frozenset()
         return ConnectionReport(ok=False, problem=problem, message=message, capabilities=caps)
