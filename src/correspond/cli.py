@@ -823,7 +823,7 @@ def _folder_table(folders: list[FolderWithCounts], title: str) -> Table:
     "select",
     multiple=True,
     metavar="NAME_OR_ID",
-    help="Sync exactly these folders (repeat; by display name or id).",
+    help="Sync exactly these folders (repeat; by display name, or id as 7 or id:7).",
 )
 @click.option("--all", "select_all", is_flag=True, help="Sync all folders, including new ones.")
 @click.option("--include-removed", is_flag=True, help="Also show folders gone from the server.")
