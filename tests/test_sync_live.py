@@ -26,6 +26,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from correspond.rules.presets import AccountChanges
 from correspond.settings import Settings
 from correspond.store.blobs import BlobStore
 from correspond.store.leases import AccountLeases
@@ -43,6 +44,7 @@ from correspond.testing.dovecot import (
     dovecot_binary,
 )
 from correspond.testing.mail import plain_message
+from correspond.testing.net import free_port
 from correspond.testing.postgres import PostgresServer, temporary_database
 from correspond.testing.store import add_dovecot_account, migrated_engine
 
@@ -538,6 +540,33 @@ async def test_refused_logins_stop_until_the_user_acts(sqlite_env: Env) -> None:
         AccountLeases(env.store.engine).resume(name)
         await run.live(timeout=10)
     assert syncer.stats.logins > 3  # signed in again (a live session opens several connections)
+
+
+async def test_changed_connection_settings_reconnect_at_once(sqlite_env: Env) -> None:
+    """A live session notices that the user changed how the account connects and reconnects
+    with the new settings; a correction ends the backoff wait instead of sitting it out."""
+    env = sqlite_env
+    name = env.account.name
+    # A long backoff: only the user's correction may end the wait within the test.
+    syncer = env.syncer(backoff_base=60.0, backoff_cap=60.0, selection_check_interval=0.1)
+    async with Running(env, syncer, poll_seconds=600) as run:
+        await run.live()
+        connects = syncer.stats.connects
+        dead = free_port()
+        env.store.update_account(name, AccountChanges(imap_port=dead))
+        await wait_until(lambda: env.store.get_account(name).state == "disconnected", 10)
+        assert f":{dead}" in env.store.get_account(name).state_detail
+        env.store.update_account(name, AccountChanges(imap_port=env.server.port))
+        assert env.store.get_account(name).state == "connecting"  # the store's own reset
+        started = time.monotonic()
+        await wait_until(lambda: env.store.get_account(name).state == "live", 10)
+        assert time.monotonic() - started < 10  # not the 30-60 s of the backoff
+        assert syncer.stats.connects > connects + 1
+        # New mail still arrives, through the new session.
+        await asyncio.to_thread(env.server.deliver, env.user, raw_message("after-change"))
+        await wait_until(
+            lambda: "mid:after-change@example.test" in env.stored_keys("INBOX"), FAST * 3
+        )
 
 
 def _auth_failures_in_log(server: DovecotServer, user: ImapUser) -> int:

@@ -572,7 +572,8 @@ class AccountSyncer:
         permanent error → ``error`` with its reason, and the loop ends (the user must act). The
         backoff restarts from its base once a session has stayed live for a minute.
         """
-        from correspond.sync.live import LiveSession  # the session builds on this class
+        # The session builds on this class.
+        from correspond.sync.live import ConnectionSettingsChanged, LiveSession, imap_settings
 
         poll = self.poll_interval if poll_seconds is None else float(poll_seconds)
         attempt = 0
@@ -591,6 +592,10 @@ class AccountSyncer:
             try:
                 await session.run()
                 return
+            except ConnectionSettingsChanged as exc:
+                await self._set_state(account_name, "connecting", str(exc))
+                attempt = refused = 0
+                continue
             except AuthenticationFailed as exc:
                 attempt = 1 if session.stable else attempt + 1
                 refused = 1 if session.stable else refused + 1
@@ -634,8 +639,36 @@ class AccountSyncer:
                     account_name, "disconnected", f"{exc}; retrying in {_seconds(delay)}"
                 )
             self.stats.retries += 1
+            if await self._backoff_wait(account_name, stop, delay, imap_settings(account)):
+                attempt = refused = 0  # the user changed something: a fresh start
+
+    async def _backoff_wait(
+        self, account_name: str, stop: asyncio.Event, delay: float, settings: tuple[object, ...]
+    ) -> bool:
+        """Wait ``delay`` seconds before the next attempt, or less: until ``stop``, or until the
+        user acts (the connection settings change, or the account is put back to
+        ``connecting`` by an update or a resume). True when the user acted."""
+        from correspond.sync.live import imap_settings
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        while not stop.is_set():
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+                await asyncio.wait_for(
+                    stop.wait(), timeout=min(left, self.selection_check_interval)
+                )
+            if stop.is_set():
+                return False
+            try:
+                account = await asyncio.to_thread(self.store.get_account, account_name)
+            except NotFound:
+                return False
+            if account.state == "connecting" or imap_settings(account) != settings:
+                return True
+        return False
 
     async def _wait_for_user(self, account_name: str, stop: asyncio.Event) -> bool:
         """Wait until the account leaves ``auth_failed`` (the user updated the password or

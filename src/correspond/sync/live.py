@@ -18,7 +18,10 @@ Connections (DESIGN.md "Scale-out": a few per account, far below provider caps):
 
 Any connection failing ends the whole session (the others are closed) and
 :meth:`AccountSyncer.run_account` reconnects with backoff: a half-working session would let
-folders fall silently behind.
+folders fall silently behind. A change to how the account connects (host, port, security, user
+name, trusted certificate, plaintext permission), seen with the folder selection, ends the
+session too, with :class:`ConnectionSettingsChanged`: the caller reconnects at once with the new
+settings instead of keeping connections the user has just replaced.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from correspond.sync.folder_sync import FolderSyncReport
 if TYPE_CHECKING:
     from correspond.sync.engine import AccountSyncer, AccountSyncReport
 
-__all__ = ["STABLE_SECONDS", "LiveSession"]
+__all__ = ["STABLE_SECONDS", "ConnectionSettingsChanged", "LiveSession", "imap_settings"]
 
 STABLE_SECONDS = 60.0
 """A session that stayed live this long counts as healthy: a failure after it retries from the
@@ -52,6 +55,23 @@ def _syncable(folder: Folder) -> bool:
 
 def _changed(report: FolderSyncReport) -> bool:
     return bool(report.created or report.linked or report.removed or report.flag_updates)
+
+
+def imap_settings(account: Account) -> tuple[object, ...]:
+    """What an IMAP session of ``account`` depends on (the secret aside: a session that is
+    signed in has no use for a new password until it reconnects)."""
+    return (
+        account.username,
+        account.imap_host,
+        account.imap_port,
+        account.imap_security,
+        account.allow_plaintext,
+        account.trusted_cert_pem,
+    )
+
+
+class ConnectionSettingsChanged(Exception):
+    """The account's connection settings changed under a running session: reconnect now."""
 
 
 class LiveSession:
@@ -175,6 +195,12 @@ class LiveSession:
                 next_refresh = now + syncer.folder_refresh_interval
                 next_selection = now  # the list may have changed what is synced
             if now >= next_selection:
+                fresh = await asyncio.to_thread(syncer.store.get_account, account.name)
+                if imap_settings(fresh) != imap_settings(account):
+                    raise ConnectionSettingsChanged(
+                        f"Connection settings changed; reconnecting to "
+                        f"{fresh.imap_host}:{fresh.imap_port}"
+                    )
                 folders = await asyncio.to_thread(syncer.store.list_folders, account.name)
                 current = {f.id for f in folders if _syncable(f)}
                 change = selection_change(synced_ids, current)
