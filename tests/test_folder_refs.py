@@ -26,6 +26,7 @@ FOLDERS = [
     F(11, "3"),
     F(21, "Éléments envoyés"),  # composed (NFC), as servers send it
     F(22, "Cafe\u0301"),  # decomposed, as a Mac client may have created it
+    F(23, "id:40"),
 ]
 
 
@@ -42,6 +43,9 @@ FOLDERS = [
         ("11", 11),  # digits that are only an id
         ("E\u0301le\u0301ments envoye\u0301s", 21),  # typed decomposed, stored composed
         ("Caf\u00e9", 22),  # typed composed, stored decomposed
+        ("inbox", 1),  # INBOX is case-insensitive
+        ("Inbox", 1),
+        ("id:40", 23),  # no folder 40, but one is literally called "id:40"
     ],
 )
 def test_resolves(ref: str | int, expected_id: int) -> None:
@@ -54,6 +58,7 @@ def test_resolves(ref: str | int, expected_id: int) -> None:
         (5, NotFound, "no folder with id 5"),
         ("5", NotFound, "no folder with id 5"),
         ("Nope", NotFound, "no folder named 'Nope'"),
+        ("sent", NotFound, "no folder named 'sent'"),  # other names are case-sensitive
         ("Dup", ConfigError, "several folders are named 'Dup'; choose by id: 3, 4 (e.g. 'id:3')"),
         ("id:5", NotFound, "no folder with id 5"),
         # "3" names folder 11 and is the id of a "Dup": refused, never guessed.

@@ -388,3 +388,13 @@ def test_apply_changes_certificate_toggles_and_nothing() -> None:
         AccountChanges(toggles={"b": True}),
     )
     assert toggled.toggles == {"a": False, "b": True}
+
+
+def test_a_provider_preset_with_another_imap_host_is_flagged() -> None:
+    from correspond.rules.presets import preset_host_mismatch
+
+    warning = preset_host_mismatch("google", "other.example", "smtp.gmail.com")
+    assert warning is not None and "smtp.gmail.com" in warning and "--smtp-host" in warning
+    assert preset_host_mismatch("google", "imap.gmail.com", "smtp.gmail.com") is None
+    assert preset_host_mismatch("google", "other.example", "smtp.other.example") is None
+    assert preset_host_mismatch("other", "mail.example.com", "mail.example.com") is None

@@ -140,10 +140,14 @@ class AccountService:
         try:
             folder = resolve_folder_ref(folders, ref)
         except NotFound as exc:
-            raise NotFound(
-                f"{exc} in account {name!r} (names are case-sensitive; a folder created since "
-                "the last refresh needs a refresh of the folder list)"
-            ) from None
+            by_id = isinstance(ref, int) or ref.isdigit() or ref.startswith("id:")
+            hint = (
+                f"`correspond account folders {name}` shows the ids"
+                if by_id
+                else "names are case-sensitive; a folder created since the last refresh "
+                "needs a refresh of the folder list"
+            )
+            raise NotFound(f"{exc} in account {name!r} ({hint})") from None
         if not folder.selectable:
             flags = {f.casefold() for f in folder.flags}
             why = (

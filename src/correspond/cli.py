@@ -75,6 +75,7 @@ from correspond.rules.presets import (
     missing_fields,
     port_security_conflict,
     preset_help,
+    preset_host_mismatch,
 )
 from correspond.settings import Settings, ensure_data_dir
 from correspond.store import Account, Store, open_store
@@ -466,6 +467,9 @@ def account_add(
             )
         )
     _warn_port_conflicts(draft, ("imap", "smtp"))
+    mismatch = preset_host_mismatch(draft.preset, draft.imap_host, draft.smtp_host)
+    if mismatch:
+        click.echo(f"Warning: {mismatch}.", err=True)
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
         if not password:

@@ -33,10 +33,10 @@ def resolve_folder_ref(folders: Sequence[FolderT], ref: str | int) -> FolderT:
     """The folder ``ref`` names: an int, or ``id:N``, is an id; another string is a display
     name, or (when no folder has that name) a string of digits is an id.
 
-    Names compare exactly first, then in Unicode NFC: a name typed on macOS arrives decomposed
-    (NFD) while servers mostly send it composed. Digits that name one folder and are the id of
-    another are refused rather than guessed: folder names like "2024" are common and ids are
-    numbered across accounts.
+    Names compare exactly first, then in Unicode NFC (a name typed on macOS arrives decomposed,
+    NFD, while servers mostly send it composed), and INBOX in any case (RFC 3501 §5.1). Digits
+    that name one folder and are the id of another are refused rather than guessed: folder names
+    like "2024" are common and ids are numbered across accounts.
 
     Raises :class:`NotFound` when nothing matches, and :class:`ConfigError` when the reference
     could mean several folders (the message lists their ids, to choose by id).
@@ -44,11 +44,20 @@ def resolve_folder_ref(folders: Sequence[FolderT], ref: str | int) -> FolderT:
     if isinstance(ref, int):
         return _by_id(folders, ref)
     if ref.startswith("id:") and ref[3:].isdigit():
-        return _by_id(folders, int(ref[3:]))
+        try:
+            return _by_id(folders, int(ref[3:]))
+        except NotFound:
+            literal = [f for f in folders if f.name == ref]
+            if len(literal) == 1:
+                return literal[0]  # no such id, but a folder is called that
+            raise
     named = [f for f in folders if f.name == ref]
     if not named:
         wanted = unicodedata.normalize("NFC", ref)
         named = [f for f in folders if unicodedata.normalize("NFC", f.name) == wanted]
+    if not named and ref.upper() == "INBOX":
+        # INBOX is case-insensitive (RFC 3501 §5.1): "inbox" means the server's INBOX.
+        named = [f for f in folders if f.name.upper() == "INBOX"]
     if len(named) > 1:
         ids = ", ".join(str(f.id) for f in sorted(named, key=lambda f: f.id))
         first = min(f.id for f in named)

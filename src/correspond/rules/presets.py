@@ -49,6 +49,7 @@ __all__ = [
     "missing_fields",
     "port_security_conflict",
     "preset_help",
+    "preset_host_mismatch",
     "security_for_port",
 ]
 
@@ -201,6 +202,20 @@ def port_security_conflict(side: Side, port: int, security: str) -> str | None:
     return (
         f"{label} port {port} normally speaks {_SECURITY_WORDS[expected]} ({expected}), "
         f"not {security}; stored as given"
+    )
+
+
+def preset_host_mismatch(preset: str, imap_host: str, smtp_host: str | None) -> str | None:
+    """A one-line warning when a provider preset's IMAP host was replaced but its SMTP host was
+    kept (mail read from one provider, sent through another), else ``None``."""
+    p = PRESETS.get(preset)
+    if p is None or p.imap_host is None or imap_host.lower() == p.imap_host:
+        return None
+    if smtp_host is None or p.smtp_host is None or smtp_host.lower() != p.smtp_host:
+        return None
+    return (
+        f"IMAP host {imap_host} is not the {preset} preset's {p.imap_host}, but SMTP stays "
+        f"{p.smtp_host}; give --smtp-host too, or use --preset other for another provider"
     )
 
 
