@@ -105,6 +105,25 @@ def test_deliver_and_append(dovecot: DovecotServer) -> None:
         conn.logout()
 
 
+def test_non_ascii_mailbox_names_go_as_modified_utf7(dovecot: DovecotServer) -> None:
+    # Dovecot (no UTF8=ACCEPT here) names mailboxes in modified UTF-7 (RFC 3501 §5.1.3); the
+    # helpers take display names, as the tests write them.
+    user = dovecot.add_user()
+    for name in ("Entwürfe", "Café/Überweisungen", "R&D"):
+        dovecot.create_mailbox(user, name)
+    dovecot.append(user, "Entwürfe", b"Subject: draft\r\n\r\nhi\r\n")
+    conn = dovecot.imaplib_client(user)
+    try:
+        _, listing = conn.list()
+        names = {
+            line.rsplit(b" ", 1)[-1].strip(b'"') for line in listing if isinstance(line, bytes)
+        }
+        assert {b"Entw&APw-rfe", b"Caf&AOk-/&ANw-berweisungen", b"R&-D"} <= names
+        assert conn.select('"Entw&APw-rfe"')[1] == [b"1"]
+    finally:
+        conn.logout()
+
+
 def test_variants_advertise_the_right_capabilities(
     dovecot: DovecotServer, dovecot_basic: DovecotServer
 ) -> None:

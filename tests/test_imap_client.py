@@ -536,10 +536,13 @@ async def test_id(client: ImapClient) -> None:
 GREETING = b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR IDLE] fake ready\r\n"
 
 
+def fake_endpoint(fake: FakeImapServer) -> ImapEndpoint:
+    return ImapEndpoint(fake.host, fake.port, "plain", allow_plaintext=True)
+
+
 async def test_command_timeout_on_a_stalled_server() -> None:
     async with FakeImapServer(GREETING) as fake:
-        endpoint = ImapEndpoint(fake.host, fake.port, "plain", allow_plaintext=True)
-        c = await ImapClient.connect(endpoint, connect_timeout=2, command_timeout=0.3)
+        c = await ImapClient.connect(fake_endpoint(fake), connect_timeout=2, command_timeout=0.3)
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(ImapTimeout):
@@ -548,24 +551,239 @@ async def test_command_timeout_on_a_stalled_server() -> None:
         await c.aclose()
 
 
-async def test_late_completion_of_a_timed_out_command_is_skipped() -> None:
+def _answers(
+    fetch_1_2: bytes | list[bytes | float] | None = None,
+) -> Callable[[bytes], bytes | list[bytes | float] | None]:
+    """A fake mailbox: SELECT works, ``UID FETCH 1:2`` gets ``fetch_1_2`` (tag appended),
+    any other UID FETCH and NOOP complete at once."""
+
+    def reply(line: bytes) -> bytes | list[bytes | float] | None:
+        tag, _, rest = line.partition(b" ")
+        if rest.startswith(b"SELECT"):
+            return b"* 2 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n" + tag + b" OK [READ-WRITE] in\r\n"
+        if rest.startswith(b"UID FETCH 1:2") and fetch_1_2 is not None:
+            if isinstance(fetch_1_2, bytes):
+                return fetch_1_2 + tag + b" OK fetched\r\n"
+            return [*fetch_1_2, tag + b" OK fetched\r\n"]
+        if rest.startswith((b"UID FETCH", b"NOOP")):
+            return tag + b" OK done\r\n"
+        return None
+
+    return reply
+
+
+async def test_timeout_mid_reply_drops_the_connection() -> None:
+    # The reply stalls between two FETCH responses for longer than command_timeout. Where the
+    # rest of it will go is unknown: kept open, the connection handed UID 2's data to the next
+    # UID FETCH as its answer. Now the client is closed and every later call fails at once.
+    script: list[bytes | float] = [
+        b"* 1 FETCH (UID 1 BODY[] {5}\r\nfirst)\r\n",
+        1.0,
+        b"* 2 FETCH (UID 2 BODY[] {6}\r\nsecond)\r\n",
+    ]
+    async with FakeImapServer(GREETING, reply=_answers(script)) as fake:
+        c = await ImapClient.connect(fake_endpoint(fake), connect_timeout=2, command_timeout=0.3)
+        await c.select("INBOX")
+        seen: list[int | None] = []
+        with pytest.raises(ImapTimeout):
+            async for response in c.uid_fetch("1:2", ["UID", "BODY.PEEK[]"]):
+                seen.append(response.uid)
+        assert seen == [1]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(ConnectionLost, match="UID FETCH timed out"):
+            await c.uid_fetch_list("3", ["UID", "BODY.PEEK[]"])
+        with pytest.raises(ConnectionLost):
+            await c.noop()
+        assert loop.time() - started < 0.2  # promptly: nothing is sent, nothing awaited
+        await asyncio.sleep(1.0)  # UID 2 and the tagged OK are sent into a closed socket
+        assert c.drain_unsolicited() == []
+        assert [line.split(b" ", 2)[1] for line in fake.lines] == [b"SELECT", b"UID"]
+        await c.aclose()
+
+
+async def test_timeout_of_a_simple_command_drops_the_connection() -> None:
+    # The first NOOP's OK arrives late, with the second NOOP's answer: kept open, the session
+    # would have had to tell the two apart. It is closed instead.
     noops: list[bytes] = []
 
     def reply(line: bytes) -> bytes | None:
-        tag = line.split(b" ")[0]
         if b" NOOP" in line:
-            noops.append(tag)
-            if len(noops) == 2:  # the first NOOP's answer arrives only now, then the second's
-                return noops[0] + b" OK late\r\n* 3 EXISTS\r\n" + tag + b" OK noop\r\n"
+            noops.append(line.split(b" ")[0])
+            if len(noops) == 2:
+                return noops[0] + b" OK late\r\n" + noops[1] + b" OK noop\r\n"
         return None
 
     async with FakeImapServer(GREETING, reply=reply) as fake:
-        endpoint = ImapEndpoint(fake.host, fake.port, "plain", allow_plaintext=True)
-        c = await ImapClient.connect(endpoint, connect_timeout=2, command_timeout=0.3)
+        c = await ImapClient.connect(fake_endpoint(fake), connect_timeout=2, command_timeout=0.3)
         with pytest.raises(ImapTimeout):
             await c.noop()
-        await c.noop()  # not confused by the stale "OK late"
-        assert c.drain_unsolicited() == [ExistsResponse(3)]
+        with pytest.raises(ConnectionLost, match="NOOP timed out"):
+            await c.noop()
+        assert noops == [b"C1"]  # the second NOOP never left the client
+        await c.aclose()
+
+
+@pytest.mark.parametrize("where", ["simple", "fetch"])
+async def test_cancelled_command_drops_the_connection(where: str) -> None:
+    # asyncio.timeout cancels the task mid-command (command_timeout is far away): the same
+    # unknown state as a timeout of our own.
+    script: list[bytes | float] = [b"* 1 FETCH (UID 1 BODY[] {5}\r\nfirst)\r\n", 5.0]
+    async with FakeImapServer(GREETING, reply=_answers(script)) as fake:
+        c = await ImapClient.connect(fake_endpoint(fake), connect_timeout=2, command_timeout=10)
+        await c.select("INBOX")
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                if where == "fetch":
+                    await c.uid_fetch_list("1:2", ["UID", "BODY.PEEK[]"])
+                else:
+                    await c._simple("CHECK")  # the fake never answers CHECK
+        with pytest.raises(ConnectionLost, match="ended by CancelledError"):
+            await c.noop()
+        assert not any(b"NOOP" in line for line in fake.lines)
+        await c.aclose()
+
+
+async def test_abandoned_fetch_stream_is_drained_and_the_session_goes_on() -> None:
+    # Leaving a stream early is not an interrupted command: the rest is read and dropped.
+    script = b"* 1 FETCH (UID 1 BODY[] {5}\r\nfirst)\r\n* 2 FETCH (UID 2 BODY[] {6}\r\nsecond)\r\n"
+    async with FakeImapServer(GREETING, reply=_answers(script)) as fake:
+        c = await ImapClient.connect(fake_endpoint(fake), connect_timeout=2, command_timeout=2)
+        await c.select("INBOX")
+        async for response in c.uid_fetch("1:2", ["UID", "BODY.PEEK[]"]):
+            assert response.uid == 1
+            break
+        assert await c.uid_fetch_list("3", ["UID"]) == []
+        assert c.drain_unsolicited() == []
+        await c.aclose()
+
+
+# A server without LITERAL+: APPEND's message waits for "+" (a synchronising literal).
+NO_LITERAL_PLUS = b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] fake ready\r\n"
+
+
+@pytest.mark.parametrize("ending", ["timeout", "cancel", "garbage"])
+async def test_literal_without_continuation_drops_the_connection(ending: str) -> None:
+    # The server was told a literal of n bytes follows. Kept open, the next command's bytes
+    # would be taken as that literal (here: a NOOP appended into INBOX).
+    def reply(line: bytes) -> bytes | None:
+        if b" APPEND " in line and ending == "garbage":
+            return b"* 1 FETCH (]\r\n"  # neither "+" nor IMAP
+        return None
+
+    expected: type[BaseException] = {
+        "timeout": ImapTimeout,
+        "cancel": TimeoutError,
+        "garbage": ImapProtocolError,
+    }[ending]
+    async with FakeImapServer(NO_LITERAL_PLUS, reply=reply) as fake:
+        timeout = 10 if ending == "cancel" else 0.3
+        c = await ImapClient.connect(
+            fake_endpoint(fake), connect_timeout=2, command_timeout=timeout
+        )
+        with pytest.raises(expected):
+            async with asyncio.timeout(0.6):
+                await c.append("INBOX", b"Subject: x\r\n\r\nhello\r\n")
+        with pytest.raises(ConnectionLost, match="APPEND"):
+            await c.noop()
+        await asyncio.sleep(0.1)
+        assert len(fake.lines) == 1 and fake.lines[0].startswith(b"C1 APPEND INBOX {")
+        await c.aclose()
+
+
+async def test_literal_refused_instead_of_continued_keeps_the_session() -> None:
+    # RFC 3501 §7.5: a tagged NO in place of "+" ends the command; the literal is not sent.
+    def reply(line: bytes) -> bytes | None:
+        tag, _, rest = line.partition(b" ")
+        if rest.startswith(b"APPEND"):
+            return tag + b" NO [TRYCREATE] no such mailbox\r\n"
+        if rest.startswith(b"NOOP"):
+            return tag + b" OK noop\r\n"
+        return None
+
+    async with FakeImapServer(NO_LITERAL_PLUS, reply=reply) as fake:
+        c = await ImapClient.connect(fake_endpoint(fake), connect_timeout=2, command_timeout=2)
+        with pytest.raises(ImapCommandError) as info:
+            await c.append("Nowhere", b"Subject: x\r\n\r\nhello\r\n")
+        assert info.value.code == "TRYCREATE"
+        await c.noop()
+        assert [line.split(b" ")[1] for line in fake.lines] == [b"APPEND", b"NOOP"]
+        await c.aclose()
+
+
+async def test_idle_event_waits_are_not_command_timeouts() -> None:
+    # Waiting inside IDLE longer than command_timeout is normal; only entering and leaving
+    # IDLE are commands in flight.
+    idle_tags: list[bytes] = []
+
+    def reply(line: bytes) -> bytes | None:
+        tag, _, rest = line.partition(b" ")
+        if rest == b"IDLE":
+            idle_tags.append(tag)
+            return b"+ idling\r\n"
+        if line == b"DONE":
+            return idle_tags[-1] + b" OK idle done\r\n"
+        if rest == b"NOOP":
+            return tag + b" OK noop\r\n"
+        return None
+
+    async with FakeImapServer(GREETING, reply=reply) as fake:
+        c = await ImapClient.connect(fake_endpoint(fake), connect_timeout=2, command_timeout=0.2)
+        async with c.idle() as idle:
+            assert await idle.next(timeout=0.5) is None
+            assert await idle.next(timeout=0.3) is None
+        await c.noop()
+        await c.aclose()
+
+
+async def test_idle_done_without_completion_drops_the_connection() -> None:
+    def reply(line: bytes) -> bytes | None:
+        return b"+ idling\r\n" if line.endswith(b" IDLE") else None  # DONE: never answered
+
+    async with FakeImapServer(GREETING, reply=reply) as fake:
+        c = await ImapClient.connect(fake_endpoint(fake), connect_timeout=2, command_timeout=0.3)
+        with pytest.raises(ImapTimeout):
+            async with c.idle():
+                pass
+        with pytest.raises(ConnectionLost, match="IDLE timed out"):
+            await c.noop()
+        await c.aclose()
+
+
+async def test_id_response_is_parsed() -> None:
+    answers = [
+        b'* ID ("name" "X" "os" NIL "quoted" "a\\"b" "lit" {5}\r\nHello)\r\n',
+        b"* ID NIL\r\n",
+    ]
+
+    def reply(line: bytes) -> bytes | None:
+        tag, _, rest = line.partition(b" ")
+        if rest.startswith(b"ID"):
+            return answers.pop(0) + tag + b" OK id\r\n"
+        return None
+
+    greeting = b"* OK [CAPABILITY IMAP4rev1 ID] hi\r\n"
+    async with FakeImapServer(greeting, reply=reply) as fake:
+        c = await ImapClient.connect(fake_endpoint(fake), connect_timeout=2, command_timeout=2)
+        assert await c.id() == {"name": "X", "os": None, "quoted": 'a"b', "lit": "Hello"}
+        assert await c.id() == {}  # "* ID NIL"
+        assert c.drain_unsolicited() == []
+        await c.aclose()
+
+
+async def test_repeated_spaces_in_a_tagged_reply_are_tolerated() -> None:
+    def reply(line: bytes) -> bytes | None:
+        tag, _, rest = line.partition(b" ")
+        if rest == b"NOOP":
+            return b"*  OK  [ALERT]  disk  almost full\r\n" + tag + b"  OK  noop done\r\n"
+        return None
+
+    async with FakeImapServer(GREETING, reply=reply) as fake:
+        c = await ImapClient.connect(fake_endpoint(fake), connect_timeout=2, command_timeout=2)
+        await c.noop()
+        [alert] = c.drain_unsolicited()
+        assert isinstance(alert, StatusResponse) and alert.text == "disk  almost full"
+        await c.noop()  # the session goes on
         await c.aclose()
 
 

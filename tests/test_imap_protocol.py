@@ -38,6 +38,7 @@ from correspond.imap.types import (
     FetchResponse,
     FlagsResponse,
     GenericUntagged,
+    IdResponse,
     ListResponse,
     Multipart,
     RecentResponse,
@@ -463,14 +464,49 @@ WHOLE: list[tuple[bytes, object]] = [
         b'* NAMESPACE (("" "/")) NIL NIL\r\n',
         GenericUntagged("NAMESPACE", b'* NAMESPACE (("" "/")) NIL NIL'),
     ),
-    (b'* ID ("name" "Dovecot")\r\n', GenericUntagged("ID", b'* ID ("name" "Dovecot")')),
+    (b'* ID ("name" "Dovecot")\r\n', IdResponse({"name": "Dovecot"})),
     (b'* QUOTA "" (STORAGE 10 512)\r\n', GenericUntagged("QUOTA", b'* QUOTA "" (STORAGE 10 512)')),
     (
         b'* METADATA "INBOX" (/private/comment {3}\r\nabc)\r\n',
         GenericUntagged("METADATA", b'* METADATA "INBOX" (/private/comment {3}\r\nabc)'),
     ),
     (b"* 3 XWEIRD foo\r\n", GenericUntagged("XWEIRD", b"* 3 XWEIRD foo")),
+    # repeated spaces between tag or "*", status and text: sloppy, tolerated
+    (b"C3  OK  noop done\r\n", TaggedResponse("C3", "OK", None, "noop done")),
+    (b"C4   no   [TRYCREATE]  gone\r\n", TaggedResponse("C4", "NO", code("TRYCREATE"), "gone")),
+    (b"C5  BAD\r\n", TaggedResponse("C5", "BAD", None, "")),
+    (b"*  OK  [UIDNEXT 7]  ready\r\n", StatusResponse("OK", code("UIDNEXT", 7), "ready")),
+    (b"*   BYE  going away\r\n", StatusResponse("BYE", None, "going away")),
+    # resp-text is never a literal, even after repeated spaces (RFC 3501 §9)
+    (b"*  NO  quota {5}\r\n", StatusResponse("NO", None, "quota {5}")),
+    (b"*  3 EXISTS\r\n", ExistsResponse(3)),
 ]
+
+# ID (RFC 2971 §3.2): string names, nstring values; quoted strings unescaped, literals decoded.
+IDS: list[tuple[bytes, dict[str, str | None] | None]] = [
+    (
+        b'* ID ("name" "X" "os" NIL "quoted" "a\\"b" "lit" {5}\r\nHello)\r\n',
+        {"name": "X", "os": None, "quoted": 'a"b', "lit": "Hello"},
+    ),
+    (b"* ID NIL\r\n", None),
+    (b"* id nil\r\n", None),
+    (b"* ID ()\r\n", {}),
+    (b'* ID ("back" "c:\\\\dir")\r\n', {"back": "c:\\dir"}),
+    (b'* ID ("empty" "" "nil-word" "NIL")\r\n', {"empty": "", "nil-word": "NIL"}),
+    (b'* ID ({4}\r\nname "Dovecot")\r\n', {"name": "Dovecot"}),  # a literal name
+    (b'* ID ("name" "Caf\xc3\xa9")\r\n', {"name": "Café"}),  # UTF-8 as sent
+    (b'* ID ("v" {3}\r\n\xe9t\xe9)\r\n', {"v": "été"}),  # not UTF-8: Latin-1 best effort
+    # a broken server: odd pairs are skipped, never a failed command
+    (b'* ID ("name" "X" "lonely")\r\n', {"name": "X"}),
+    (b'* ID ("name" ("a" "b") "os" "Linux")\r\n', {"os": "Linux"}),
+    (b'* ID (NIL "x" "os" "Linux")\r\n', {"os": "Linux"}),
+    (b"* ID (name X)\r\n", {"name": "X"}),  # atoms instead of strings
+]
+
+
+@pytest.mark.parametrize(("data", "fields"), IDS, ids=[c[0][:40].decode("latin-1") for c in IDS])
+def test_id_response(data: bytes, fields: dict[str, str | None] | None) -> None:
+    assert parse_response(data) == IdResponse(fields)
 
 
 @pytest.mark.parametrize(
@@ -1039,6 +1075,9 @@ NOT_IMAP = [
     b"* " + b"9" * 5000 + b" EXPUNGE\r\n",
     b"* 1 FETCH (BODY[] (1 2))\r\n",
     b"* 1 FETCH (]\r\n",
+    b"* ID\r\n",
+    b'* ID "name"\r\n',
+    b'* ID ("name" "X") NIL\r\n',
 ]
 
 
@@ -1397,7 +1436,7 @@ ENCODE: list[tuple[tuple[Any, ...], dict[str, bool], tuple[bytes, ...]]] = [
     (("A16", "X", Literal(b"a"), Literal(b"b")), {}, (b"A16 X {1}\r\n", b"a {1}\r\n", b"b\r\n")),
     (("A17", "X", "a" * 2000), {}, (b"A17 X " + b"a" * 2000 + b"\r\n",)),
     (("A18", "X", "a b" * 600), {}, (b"A18 X {1800}\r\n", b"a b" * 600 + b"\r\n")),
-    (("A19", "X", b"nul\x00byte"), {}, (b"A19 X {8}\r\n", b"nul\x00byte\r\n")),
+    (("A19", "X", b"one\x01byte\xff"), {}, (b"A19 X {9}\r\n", b"one\x01byte\xff\r\n")),
 ]
 
 
@@ -1427,6 +1466,30 @@ def test_encode_command(
 def test_encode_command_rejects(args: tuple[Any, ...]) -> None:
     with pytest.raises(ValueError):
         encode_command(*args)
+
+
+@pytest.mark.parametrize("literal_plus", [False, True])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("A1", "SELECT", "nul\x00"),
+        ("A1", "LOGIN", "joe", b"pass\x00word"),
+        ("A1", "X", [b"ok", [b"deep\x00"]]),
+    ],
+)
+def test_encode_command_refuses_nul(args: tuple[Any, ...], literal_plus: bool) -> None:
+    # RFC 3501 §9: a literal is CHAR8 (%x01-ff); no string form can carry NUL.
+    with pytest.raises(ValueError, match="NUL") as info:
+        encode_command(*args, literal_plus=literal_plus)
+    assert b"word" not in str(info.value).encode()  # the data (a password?) is not echoed
+
+
+@pytest.mark.parametrize("literal_plus", [False, True])
+def test_a_message_literal_keeps_its_stray_nul(literal_plus: bool) -> None:
+    # Real mail carries stray NULs; servers store them, and refusing would lose the message.
+    message = b"Subject: x\r\n\r\nnul\x00here\r\n"
+    encoded = encode_command("A1", "APPEND", b"INBOX", Literal(message), literal_plus=literal_plus)
+    assert message in b"".join(encoded.chunks)
 
 
 @pytest.mark.parametrize("bad", [True, 1.5, None, {"a": 1}])

@@ -17,6 +17,15 @@ streaming never times out), and the ``+`` of IDLE; inside IDLE each wait is the 
 ``timeout``, never past ``renew_after``. Foreign errors are mapped once, in
 :mod:`correspond.imap.connect`.
 
+A command is *in flight* from its first byte sent until its tagged completion is read. Anything
+that ends the wait in between (a timeout, a cancelled task, bytes that are not IMAP, a literal
+whose ``+`` never came) leaves the connection in an unknown state: the rest of the reply would be
+taken for the next command's, and after an announced synchronising literal the next command would
+become literal data. So the connection is aborted then, and every later call raises
+:class:`~correspond.errors.ConnectionLost` at once. A tagged NO/BAD completes the command, and the
+session goes on. Inside IDLE, waiting for the next event is not a command: only entering and
+leaving IDLE are.
+
 Extensions used when advertised: SASL-IR (RFC 4959), LITERAL+ (RFC 7888), ENABLE (RFC 5161),
 CONDSTORE/QRESYNC (RFC 7162), ESEARCH (RFC 4731), UIDPLUS (RFC 4315), MOVE (RFC 6851),
 IDLE (RFC 2177), SPECIAL-USE (RFC 6154) with LIST-EXTENDED (RFC 5258), ID (RFC 2971),
@@ -30,7 +39,6 @@ import base64
 import builtins
 import contextlib
 import datetime as dt
-import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -58,6 +66,7 @@ from correspond.imap.connect import (
 from correspond.imap.mutf7 import encode_mutf7
 from correspond.imap.protocol import (
     Arg,
+    EncodedCommand,
     Raw,
     ResponseParser,
     encode_command,
@@ -75,7 +84,7 @@ from correspond.imap.types import (
     ExistsResponse,
     FetchResponse,
     FlagsResponse,
-    GenericUntagged,
+    IdResponse,
     ListResponse,
     RecentResponse,
     Response,
@@ -108,7 +117,6 @@ UidSet = str | Iterable[int]
 IDLE_RENEW_SECONDS = 29 * 60.0
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_ID_PAIR = re.compile(rb'"((?:[^"\\]|\\.)*)"\s+(?:"((?:[^"\\]|\\.)*)"|NIL)', re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -217,9 +225,8 @@ class ImapClient:
         self._open_stream: FetchStream | None = None
         self._idle: IdleSession | None = None
         self._username: str | None = None
-        # Tags of commands abandoned mid-reply (timeout, parse error, cancellation): their
-        # tagged completion may still arrive and is then skipped.
-        self._stale_tags: set[str] = set()
+        # Why the connection was dropped, for the error every later call raises.
+        self._closed_reason: str | None = None
 
     def __repr__(self) -> str:
         who = f" user={self._username!r}" if self._username else ""
@@ -344,17 +351,9 @@ class ImapClient:
             if response is not None:
                 if type(response) is StatusResponse:
                     self._on_status(response)
-                elif (
-                    self._stale_tags
-                    and isinstance(response, TaggedResponse)
-                    and response.tag in self._stale_tags
-                ):
-                    # The late completion of an abandoned command: not an answer to anything.
-                    self._stale_tags.discard(response.tag)
-                    continue
                 return response
             if self._closed:
-                raise ConnectionLost(f"{self.endpoint}: the connection is closed")
+                raise self._closed_error()
             data = await self._channel.read(
                 self.command_timeout if timeout is not None and timeout < 0 else timeout
             )
@@ -362,7 +361,7 @@ class ImapClient:
 
     def _on_status(self, response: StatusResponse) -> None:
         if response.status == "BYE" and not self._logging_out and self.greeting is not None:
-            self._abort()
+            self._abort(f"BYE {response.text}".strip())
             raise ConnectionLost(f"{self.endpoint} closed the session: BYE {response.text}".strip())
         if response.code is not None and response.code.name == "ALERT":
             # RFC 3501 §7.1: ALERT text must be shown to the user; never swallow it.
@@ -385,23 +384,35 @@ class ImapClient:
         else:
             self._unsolicited.append(response)
 
+    def _closed_error(self) -> ConnectionLost:
+        why = f" ({self._closed_reason})" if self._closed_reason else ""
+        return ConnectionLost(f"{self.endpoint}: the connection is closed{why}")
+
     async def _prepare(self) -> None:
         if self._closed:
-            raise ConnectionLost(f"{self.endpoint}: the connection is closed")
+            raise self._closed_error()
         if self._idle is not None:
             raise RuntimeError("the client is in IDLE; leave the idle() block first")
         if self._open_stream is not None:
             await self._open_stream.aclose()
 
-    async def _send(self, tag: str, name: str, args: Sequence[Arg], *, timeout: float) -> None:
-        """Write the command; wait for ``+`` before each further literal chunk (RFC 3501 §7.5)."""
-        encoded = encode_command(
+    def _encode(self, tag: str, name: str, args: Sequence[Arg]) -> EncodedCommand:
+        """Encode before anything is sent: a refused argument (ValueError) leaves the session
+        as it was."""
+        return encode_command(
             tag,
             name,
             *args,
             literal_plus="LITERAL+" in self.capabilities,
             utf8="UTF8=ACCEPT" in self.enabled,
         )
+
+    async def _send(self, encoded: EncodedCommand, name: str, *, timeout: float) -> None:
+        """Write the command; wait for ``+`` before each further literal chunk (RFC 3501 §7.5).
+
+        The command is in flight from the first write: the caller aborts the connection when
+        this raises anything but ImapCommandError (see :meth:`_abort_in_flight`).
+        """
         chunks = encoded.chunks
         self._channel.write(chunks[0])
         for chunk in chunks[1:]:
@@ -410,11 +421,23 @@ class ImapClient:
                 if isinstance(response, ContinuationRequest):
                     break
                 if isinstance(response, TaggedResponse):
-                    # The server refused before taking the literal.
-                    self._check_tagged(name, tag, response)
+                    # A tagged NO/BAD instead of "+" refuses the command; the literal is never
+                    # sent and the server waits for none (RFC 3501 §7.5).
+                    self._check_tagged(name, encoded.tag, response)
                     raise ImapProtocolError(f"{name}: completed before its literal was sent")
                 self._keep(response)
             self._channel.write(chunk)
+
+    def _abort_in_flight(self, name: str, exc: BaseException) -> None:
+        """Drop the connection: ``name`` was sent and its completion was not read.
+
+        Neither side knows where the other is: the rest of the reply would be read as the next
+        command's, and a server still waiting for an announced literal would take the next
+        command's bytes as literal data.
+        """
+        if not self._closed:
+            what = "timed out" if isinstance(exc, ImapTimeout) else f"ended by {type(exc).__name__}"
+            self._abort(f"{name} {what} before its completion")
 
     def _check_tagged(self, name: str, tag: str, response: TaggedResponse) -> TaggedResponse:
         if response.tag != tag:
@@ -439,9 +462,10 @@ class ImapClient:
         await self._prepare()
         wait = self.command_timeout if timeout is None else timeout
         tag = self._next_tag()
+        encoded = self._encode(tag, name, args)
         answers: list[Response] = []
         try:
-            await self._send(tag, name, args, timeout=wait)
+            await self._send(encoded, name, timeout=wait)
             while True:
                 response = await self._next_response(wait)
                 kind = type(response)
@@ -455,9 +479,9 @@ class ImapClient:
                 else:
                     self._keep(response)
         except ImapCommandError:
-            raise
-        except BaseException:
-            self._stale_tags.add(tag)
+            raise  # the tagged NO/BAD: the command is complete, the session intact
+        except BaseException as exc:
+            self._abort_in_flight(name, exc)
             raise
 
     # -- unsolicited -----------------------------------------------------------------------------
@@ -482,24 +506,20 @@ class ImapClient:
         await self._simple("NOOP")
 
     async def id(self, **fields: str) -> dict[str, str | None] | None:
-        """ID (RFC 2971): send our fields (default name=correspond), return the server's."""
+        """ID (RFC 2971): send our fields (default name=correspond), return the server's.
+
+        None when the server does not offer ID or sends no ID response; ``{}`` for ``ID NIL``.
+        """
         if "ID" not in self.capabilities:
             return None
         ours = fields or {"name": "correspond"}
         params: list[Arg] = []
         for key, value in ours.items():
             params.extend((key, value))
-        _, answers = await self._simple("ID", params, accept=(GenericUntagged,))
+        _, answers = await self._simple("ID", params, accept=(IdResponse,))
         for response in answers:
-            assert isinstance(response, GenericUntagged)
-            if response.name.upper() == "ID":
-                return {
-                    k.decode("utf-8", "replace"): (
-                        v.decode("utf-8", "replace") if v is not None else None
-                    )
-                    for k, v in _ID_PAIR.findall(response.raw)
-                }
-            self._keep(response)
+            assert isinstance(response, IdResponse)
+            return dict(response.fields) if response.fields is not None else {}
         return None
 
     async def logout(self) -> None:
@@ -522,7 +542,9 @@ class ImapClient:
             self._closed = True
             self._channel.close()
 
-    def _abort(self) -> None:
+    def _abort(self, reason: str | None = None) -> None:
+        if reason is not None and not self._closed:
+            self._closed_reason = reason
         self._closed = True
         self._channel.abort()
 
@@ -622,8 +644,10 @@ class ImapClient:
             # RFC 4959: an empty initial response is sent as "=".
             args.append(Raw(base64.b64encode(first) if first else b"="))
             first = None
-        await self._send(tag, "AUTHENTICATE", args, timeout=self.command_timeout)
+        encoded = self._encode(tag, "AUTHENTICATE", args)
+        refused_by_us: Exception | None = None
         try:
+            await self._send(encoded, "AUTHENTICATE", timeout=self.command_timeout)
             while True:
                 response = await self._next_response()
                 if isinstance(response, ContinuationRequest):
@@ -634,11 +658,14 @@ class ImapClient:
                             challenge = response.text.encode("utf-8", "replace")
                         try:
                             answer = responder(challenge)
-                        except Exception:
-                            # RFC 3501 §6.2.2: "*" cancels; the server's tagged BAD that follows
-                            # is skipped as a stale tag, so the session stays usable.
+                        except Exception as exc:
+                            # RFC 3501 §6.2.2: "*" cancels; the server ends the exchange with a
+                            # tagged BAD, read here so that the session stays usable. The
+                            # responder's error is raised once the command is complete.
                             self._channel.write(b"*\r\n")
-                            raise
+                            refused_by_us = exc
+                            await self._end_cancelled_authenticate(tag)
+                            break
                     elif first is not None:
                         answer, first = first, None
                     else:
@@ -652,10 +679,26 @@ class ImapClient:
         except ImapCommandError as exc:
             self._raise_auth_failed(exc)
             raise  # unreachable: _raise_auth_failed always raises
-        except BaseException:
-            self._stale_tags.add(tag)
+        except BaseException as exc:
+            self._abort_in_flight("AUTHENTICATE", exc)
             raise
+        if refused_by_us is not None:
+            raise refused_by_us
         await self._after_login(tagged, username or "")
+
+    async def _end_cancelled_authenticate(self, tag: str) -> None:
+        """Read up to the completion of an AUTHENTICATE the client cancelled with ``*``."""
+        while True:
+            response = await self._next_response()
+            if isinstance(response, TaggedResponse):
+                if response.tag != tag or response.status == "OK":
+                    # Not the refusal a cancel earns: whether we are logged in is unknown.
+                    self._abort("AUTHENTICATE did not end as cancelled")
+                return
+            if isinstance(response, ContinuationRequest):
+                self._abort("AUTHENTICATE went on after it was cancelled")
+                return
+            self._keep(response)
 
     # -- authenticated state ---------------------------------------------------------------------
 
@@ -1065,7 +1108,8 @@ class FetchStream:
     """The FETCH responses of one UID FETCH, as they arrive (see :meth:`ImapClient.uid_fetch`).
 
     Iterate it with ``async for``. If iteration stops early, the rest of the reply is read and
-    dropped before the client's next command (or at ``aclose``).
+    dropped before the client's next command (or at ``aclose``). A timeout, error or
+    cancellation while a response is awaited drops the connection (see the module docstring).
     """
 
     def __init__(self, client: ImapClient, args: list[Arg]) -> None:
@@ -1079,20 +1123,21 @@ class FetchStream:
     def __aiter__(self) -> AsyncIterator[FetchResponse]:
         return self
 
-    async def _start(self) -> None:
-        client = self._client
-        await client._prepare()
-        self._tag = client._next_tag()
-        client._open_stream = self
-        await client._send(self._tag, "UID FETCH", self._args, timeout=client.command_timeout)
-
     async def __anext__(self) -> FetchResponse:
         if self._finished:
             raise StopAsyncIteration
         client = self._client
         if self._tag is None:
-            await self._start()
+            await client._prepare()
+            tag = client._next_tag()
+            encoded = client._encode(tag, "UID FETCH", self._args)
+            self._tag = tag
+            client._open_stream = self
+        else:
+            encoded = None
         try:
+            if encoded is not None:
+                await client._send(encoded, "UID FETCH", timeout=client.command_timeout)
             while True:
                 response = await client._next_response()
                 kind = type(response)
@@ -1107,12 +1152,14 @@ class FetchStream:
                     self.vanished.extend(response.uids)  # type: ignore[union-attr]
                 else:
                     client._keep(response)
-        except (StopAsyncIteration, ImapCommandError):
+        except StopAsyncIteration:
             raise
-        except BaseException:
-            if not self._finished and self._tag is not None:
-                client._stale_tags.add(self._tag)
+        except ImapCommandError:
+            self._finish()  # the tagged NO/BAD (also one refusing a literal): complete
+            raise
+        except BaseException as exc:
             self._finish()
+            client._abort_in_flight("UID FETCH", exc)
             raise
 
     def _finish(self) -> None:
@@ -1191,11 +1238,11 @@ class IdleSession:
         except ImapCommandError:
             client._idle = None
             raise
-        except BaseException:
+        except BaseException as exc:
             client._idle = None
             # Whether the server is idling now is unknown, and a command sent to an idling
             # server is taken as a broken DONE: the connection cannot be trusted any more.
-            client._abort()
+            client._abort_in_flight("IDLE", exc)
             raise
 
     @property
@@ -1256,10 +1303,10 @@ class IdleSession:
                 client._keep(response)
         except ImapCommandError:
             raise
-        except BaseException:
-            # A late tagged OK of this IDLE is skipped by the next command.
-            if self._tag is not None:
-                client._stale_tags.add(self._tag)
+        except BaseException as exc:
+            # The server may still be idling, or its OK may arrive later: either would be
+            # taken as the answer to the next command.
+            client._abort_in_flight("IDLE", exc)
             raise
         finally:
             client._idle = None

@@ -39,6 +39,7 @@ from correspond.imap.types import (
     FetchResponse,
     FlagsResponse,
     GenericUntagged,
+    IdResponse,
     ListResponse,
     RecentResponse,
     Response,
@@ -335,8 +336,10 @@ def _may_have_literals(line: bytes) -> bool:
         return False
     if line[2:3].isdigit():  # "* n FETCH ...": the common case
         return True
-    word = line[2:12].split(b" ", 1)[0].upper()
-    return word not in _STATUS_WORDS
+    word = line[2:12].split(b" ", 1)[0]
+    if not word:  # "*  OK ...": repeated spaces, tolerated as in _untagged
+        word = line[2:].lstrip(b" ")[:10].split(b" ", 1)[0]
+    return word.upper() not in _STATUS_WORDS
 
 
 def parse_response(data: bytes) -> Response:
@@ -414,6 +417,10 @@ def _tagged(line: bytes) -> TaggedResponse:
     """``tag SP ("OK" / "NO" / "BAD") SP resp-text`` (RFC 3501 §7.1)."""
     tag, _, rest = line.partition(b" ")
     status, _, text = rest.partition(b" ")
+    if not status and rest:
+        # "C3  OK  done": repeated spaces from a sloppy server; the text's own leading spaces
+        # go in _resp_text. Only on this path, so well-formed lines pay nothing.
+        status, _, text = rest.lstrip(b" ").partition(b" ")
     status = status.upper()
     if not tag or not tag.isascii() or status not in (b"OK", b"NO", b"BAD"):
         raise ImapProtocolError(f"not an IMAP response: {line[:80]!r}")
@@ -532,7 +539,11 @@ def _untagged(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> Res
     rest = line[2:] if line[1:2] == b" " else line[1:]
     word, _, after = rest.partition(b" ")
     if not word:
-        raise ImapProtocolError(f"untagged response without a name: {line[:80]!r}")
+        # "*  OK  text": repeated spaces from a sloppy server (offsets below count from the
+        # end of the line, so they still hold).
+        word, _, after = rest.lstrip(b" ").partition(b" ")
+        if not word:
+            raise ImapProtocolError(f"untagged response without a name: {line[:80]!r}")
     if word.isdigit():
         if len(word) > 19 or (number := int(word)) >= _MAX_NUMBER:
             raise ImapProtocolError(f"number out of range in {line[:80]!r}")
@@ -580,6 +591,8 @@ def _untagged(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> Res
         return FlagsResponse(tuple(text_of(f) for f in flags if isinstance(f, str | bytes)))
     if name == b"VANISHED":
         return _vanished(_tokens(segs, lits, start))
+    if name == b"ID":
+        return _id(_tokens(segs, lits, start))
     return GenericUntagged(name=name.decode("ascii", "replace"), raw=_raw(segs, markers, lits))
 
 
@@ -712,6 +725,24 @@ def _esearch(values: list[Value]) -> ESearchResponse:
         all=parse_sequence_set(text_of(all_value)) if isinstance(all_value, str | bytes) else (),
         modseq=num("MODSEQ"),
     )
+
+
+def _id(values: list[Value]) -> IdResponse:
+    """``"ID" SP id-params-list``, ``id-params-list = "(" *(string SP nstring) ")" / nil``
+    (RFC 2971 §4). A pair whose name is not a string, or whose value is a list, is skipped (the
+    answer is informational; a broken server must not fail the command), as is a lone name."""
+    if len(values) != 1 or not (values[0] is None or isinstance(values[0], list)):
+        raise ImapProtocolError("ID: expected a parenthesized list or NIL")
+    params = values[0]
+    if params is None:
+        return IdResponse(None)
+    fields: dict[str, str | None] = {}
+    for i in range(0, len(params) - 1, 2):
+        key, value = params[i], params[i + 1]
+        if key is None or isinstance(key, list) or isinstance(value, list):
+            continue
+        fields[text_of(key)] = None if value is None else text_of(value)
+    return IdResponse(fields)
 
 
 def _vanished(values: list[Value]) -> VanishedResponse:
@@ -854,10 +885,16 @@ def encode_command(
     """Encode ``tag SP name *(SP arg) CRLF`` (RFC 3501 §6, §9).
 
     ``str``/``bytes`` are astrings: an atom when every byte is safe, else a quoted string, else
-    a literal (CR, LF, NUL, non-ASCII unless ``utf8`` per RFC 6855 §3, or long). ``int`` is a
+    a literal (CR, LF, non-ASCII unless ``utf8`` per RFC 6855 §3, or long). ``int`` is a
     number, ``Atom``/``Raw`` go verbatim, ``Literal`` is always a literal, lists and tuples are
     parenthesized. ``literal_plus`` uses non-synchronising ``{n+}`` literals (RFC 7888).
     Mailbox names must be the raw bytes the server sent (``ListResponse.name_raw``).
+
+    NUL fits in no IMAP string (a literal holds CHAR8 = %x01-ff, RFC 3501 §9; only the literal8
+    of BINARY, RFC 3516, which this encoder does not write, may carry it): a string argument
+    holding one raises ValueError, as CR or LF in an ``Atom`` or ``Raw`` do. An explicit
+    :class:`Literal` (a message for APPEND) is sent as it is: real mail does carry stray NULs,
+    servers store them (Dovecot does), and refusing would lose the message.
     """
     tag_b = tag.encode("ascii")
     if not tag_b or not _SAFE_ATOM.fullmatch(tag_b) or b"+" in tag_b:
@@ -874,7 +911,13 @@ def encode_command(
     return EncodedCommand(tag=tag, chunks=tuple(chunks))
 
 
-def _encode_literal(data: bytes, cur: bytearray, chunks: list[bytes], literal_plus: bool) -> None:
+def _encode_literal(
+    data: bytes, cur: bytearray, chunks: list[bytes], literal_plus: bool, *, message: bool = False
+) -> None:
+    if not message and b"\x00" in data:
+        # Not the data itself in the message: it may be a password.
+        where = f"byte {data.index(0)} of {len(data)}"
+        raise ValueError(f"IMAP strings cannot hold NUL (RFC 3501 §9 CHAR8): {where}")
     if literal_plus:
         cur += b"{%d+}\r\n" % len(data)
         cur += data
@@ -899,7 +942,7 @@ def _encode_arg(
     elif isinstance(arg, Raw):
         cur += _check_verbatim(arg.value, "Raw")
     elif isinstance(arg, Literal):
-        _encode_literal(arg.value, cur, chunks, literal_plus)
+        _encode_literal(arg.value, cur, chunks, literal_plus, message=True)
     elif isinstance(arg, str | bytes):
         data = arg.encode("utf-8") if isinstance(arg, str) else arg
         if _SAFE_ATOM.fullmatch(data) and data.upper() != b"NIL":

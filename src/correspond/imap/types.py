@@ -30,6 +30,7 @@ __all__ = [
     "FetchResponse",
     "FlagsResponse",
     "GenericUntagged",
+    "IdResponse",
     "ListResponse",
     "Multipart",
     "RecentResponse",
@@ -308,6 +309,17 @@ class FetchResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class IdResponse:
+    """``* ID ("name" "Dovecot" "os" NIL ...)`` or ``* ID NIL`` (RFC 2971 §3.2).
+
+    ``fields`` maps each field name, as the server spelled it, to its value (None for NIL);
+    quoted strings are unescaped and literals decoded. ``fields`` is None for ``* ID NIL``.
+    """
+
+    fields: dict[str, str | None] | None
+
+
+@dataclass(frozen=True, slots=True)
 class GenericUntagged:
     """Any other untagged response (NAMESPACE, QUOTA, ID, ...): its name and the raw line."""
 
@@ -331,5 +343,6 @@ Response = (
     | ESearchResponse
     | VanishedResponse
     | FetchResponse
+    | IdResponse
     | GenericUntagged
 )

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from correspond.imap.mutf7 import encode_mutf7
 from correspond.testing.net import free_ports, wait_for_port
 
 __all__ = [
@@ -493,7 +494,9 @@ protocol imap {{
         flags: Iterable[str] = (),
         date: dt.datetime | None = None,
     ) -> None:
-        """APPEND ``raw`` to ``mailbox`` (RFC 3501 §6.3.11) with stdlib imaplib, for test setup."""
+        """APPEND ``raw`` to ``mailbox`` (RFC 3501 §6.3.11) with stdlib imaplib, for test setup.
+
+        ``mailbox`` is the display name; it is sent as modified UTF-7 (RFC 3501 §5.1.3)."""
         conn = self.imaplib_client(user)
         try:
             flag_text = "(" + " ".join(flags) + ")" if flags else None
@@ -506,7 +509,7 @@ protocol imap {{
                 conn.logout()
 
     def create_mailbox(self, user: ImapUser, mailbox: str) -> None:
-        """CREATE ``mailbox`` for ``user`` (RFC 3501 §6.3.3)."""
+        """CREATE ``mailbox`` for ``user`` (RFC 3501 §6.3.3), sent as modified UTF-7 (§5.1.3)."""
         conn = self.imaplib_client(user)
         try:
             typ, data = conn.create(_quote(mailbox))
@@ -533,7 +536,9 @@ def _wait_next_second() -> None:
 
 
 def _quote(mailbox: str) -> str:
-    escaped = mailbox.replace("\\", "\\\\").replace('"', '\\"')
+    """A display name as a quoted mailbox: imaplib sends str as ASCII, and Dovecot (no
+    UTF8=ACCEPT here) reads names as modified UTF-7, so "Entwürfe" goes as "Entw&APw-rfe"."""
+    escaped = encode_mutf7(mailbox).decode("ascii").replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
 
 

@@ -8,7 +8,7 @@ import functools
 import select
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 __all__ = [
     "SECOND_LOOPBACK",
@@ -111,7 +111,9 @@ def connect_from(source: str = SECOND_LOOPBACK) -> Iterator[None]:
         del loop.create_connection  # the instance attribute hid the method; unhide it
 
 
-ReplyFn = Callable[[bytes], bytes | None]
+# An answer: bytes to send, or a sequence of bytes to send and float pauses (seconds) between.
+Answer = bytes | Sequence[bytes | float]
+ReplyFn = Callable[[bytes], Answer | None]
 
 
 class FakeImapServer:
@@ -120,7 +122,9 @@ class FakeImapServer:
     ``greeting``: bytes sent on connect, or None to accept and never speak. ``reply`` maps one
     received line (CRLF stripped) to the bytes to answer, or None to leave it to the default,
     which answers ``CAPABILITY`` with ``capabilities`` and ``LOGOUT`` with BYE + OK, and stays
-    silent on anything else (a stalled server). ``lines`` records what arrived.
+    silent on anything else (a stalled server). An answer may also be a sequence of bytes and
+    pauses in seconds (``[part, 2.5, rest]``: a server that stalls mid-reply); lines that
+    arrive meanwhile wait their turn. ``lines`` records what arrived.
 
     >>> async with FakeImapServer(b"* OK hi\\r\\n") as fake:   # doctest: +SKIP
     ...     fake.port
@@ -142,6 +146,7 @@ class FakeImapServer:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
+        self._handlers: set[asyncio.Task[None]] = set()
 
     def _default_reply(self, line: bytes) -> bytes | None:
         tag, _, rest = line.partition(b" ")
@@ -154,6 +159,10 @@ class FakeImapServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.append(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            # Cancelled on exit, so a handler in a scripted pause does not outlive the server.
+            self._handlers.add(task)
         try:
             if self.greeting is not None:
                 writer.write(self.greeting)
@@ -164,12 +173,17 @@ class FakeImapServer:
                 answer = self._reply(line) if self._reply is not None else None
                 if answer is None:
                     answer = self._default_reply(line)
-                if answer:
-                    writer.write(answer)
-                    await writer.drain()
+                for part in [answer] if isinstance(answer, bytes | None) else answer:
+                    if isinstance(part, float | int):
+                        await asyncio.sleep(part)
+                    elif part and not writer.is_closing():
+                        writer.write(part)
+                        await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            if task is not None:
+                self._handlers.discard(task)
             writer.close()
 
     async def __aenter__(self) -> FakeImapServer:
@@ -178,6 +192,8 @@ class FakeImapServer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        for handler in list(self._handlers):
+            handler.cancel()
         for writer in self._writers:
             writer.close()
         if self._server is not None:
