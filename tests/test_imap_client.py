@@ -1131,3 +1131,305 @@ async def test_append_to_a_missing_mailbox_says_trycreate(client: ImapClient) ->
         await client.append("Nowhere", message("lost"))
     assert info.value.code == "TRYCREATE"
     assert (await client.status("INBOX")).values["MESSAGES"] == 0  # the session goes on
+
+
+# -- one task at a time ---------------------------------------------------------------------------
+
+
+async def test_a_second_task_is_refused_while_a_command_is_in_flight(
+    client: ImapClient, dovecot: DovecotServer, imap_user: ImapUser
+) -> None:
+    # Two NOOPs at once: one ran, the other was refused before anything was sent (it used to
+    # read the first one's reply and fail on its tag, while the first hung until its timeout).
+    results = await asyncio.gather(client.noop(), client.noop(), return_exceptions=True)
+    assert results.count(None) == 1
+    [refused] = [r for r in results if r is not None]
+    assert isinstance(refused, RuntimeError) and "another task" in str(refused)
+    await client.noop()  # the session is intact
+
+    for i in range(3):
+        dovecot.deliver(imap_user, message(f"c{i}", b"x" * 2000 + b"\r\n"))
+    await client.select("INBOX")
+    first = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def reader(stop_after: int | None) -> list[bytes]:
+        bodies: list[bytes] = []
+        async for response in client.uid_fetch("1:3", ["UID", "BODY.PEEK[]"]):
+            bodies.append(response.sections.get("") or b"")
+            if len(bodies) == 1:
+                first.set()
+                await go_on.wait()
+            if stop_after is not None and len(bodies) == stop_after:
+                break
+        return bodies
+
+    # A fetch in task A, commands in task B: refused; A gets all of its data.
+    task = asyncio.create_task(reader(None))
+    await first.wait()
+    with pytest.raises(RuntimeError, match="UID FETCH"):
+        await client.noop()
+    with pytest.raises(RuntimeError):
+        await client.uid_fetch_list("1", ["UID"])
+    with pytest.raises(RuntimeError):
+        await client.logout()
+    go_on.set()
+    bodies = await task
+    assert len(bodies) == 3 and all(b"Subject: c" in b for b in bodies)
+
+    # A stream abandoned by a task that is still running is still its own.
+    first.clear()
+    go_on.clear()
+    hold = asyncio.Event()
+
+    async def abandon_and_stay() -> None:
+        await reader(1)
+        await hold.wait()
+        assert await client.uid_search("ALL") == [1, 2, 3]  # its own stream: drained first
+
+    task2 = asyncio.create_task(abandon_and_stay())
+    await first.wait()
+    go_on.set()
+    await asyncio.sleep(0.05)
+    with pytest.raises(RuntimeError, match="UID FETCH"):
+        await client.noop()
+    hold.set()
+    await task2
+
+    # A stream abandoned by a task that has ended is drained by the next command.
+    first.clear()
+    go_on.set()
+    assert len(await asyncio.create_task(reader(1))) == 1
+    assert await client.uid_search("ALL") == [1, 2, 3]
+
+
+async def test_another_task_is_refused_during_idle(client: ImapClient) -> None:
+    await client.select("INBOX")
+    entered = asyncio.Event()
+    leave = asyncio.Event()
+
+    async def idler() -> None:
+        async with client.idle() as session:
+            entered.set()
+            while not leave.is_set():
+                await session.next(timeout=0.05)
+
+    task = asyncio.create_task(idler())
+    await entered.wait()
+    with pytest.raises(RuntimeError, match="IDLE"):
+        await client.noop()
+    leave.set()
+    await task
+    await client.noop()
+
+
+async def test_closing_wakes_the_task_waiting_for_a_reply() -> None:
+    # Two tasks used to both wait for bytes, and the channel woke only the last one: the
+    # first waited for its own timeout even after the close.
+    async with FakeImapServer(GREETING) as fake:  # never answers NOOP
+        c = await ImapClient.connect(fake_endpoint(fake), connect_timeout=2, command_timeout=10)
+        first = asyncio.create_task(c.noop())
+        second = asyncio.create_task(c.noop())
+        await asyncio.sleep(0.1)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await c.aclose()
+        async with asyncio.timeout(1):
+            results = await asyncio.gather(first, second, return_exceptions=True)
+        assert loop.time() - started < 1
+        assert isinstance(results[0], ConnectionLost)
+        assert isinstance(results[1], RuntimeError)  # refused, never sent
+        assert [line.split(b" ")[1] for line in fake.lines] == [b"NOOP"]
+
+
+# -- IDLE: cancel, wrong tag, unexpected "+" ------------------------------------------------------
+
+
+def _idle_reply(
+    idle_answer: bytes | list[bytes | float] = b"+ idling\r\n",
+    done_answer: Callable[[bytes], bytes | None] | None = None,
+) -> Callable[[bytes], bytes | list[bytes | float] | None]:
+    idle_tags: list[bytes] = []
+
+    def reply(line: bytes) -> bytes | list[bytes | float] | None:
+        tag, _, rest = line.partition(b" ")
+        if rest == b"IDLE":
+            idle_tags.append(tag)
+            return idle_answer
+        if line == b"DONE" and done_answer is not None:
+            return done_answer(idle_tags[-1])
+        if rest == b"NOOP":
+            return tag + b" OK noop\r\n"
+        return None
+
+    return reply
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+async def test_cancel_during_an_idle_wait_drops_the_connection_at_once(how: str) -> None:
+    # DONE's OK never comes: the cancel used to wait command_timeout for it and turn into
+    # ImapTimeout. Now nothing is sent, the connection is dropped and the cancel goes on.
+    async with FakeImapServer(GREETING, reply=_idle_reply()) as fake:
+        c = await ImapClient.connect(fake_endpoint(fake), connect_timeout=2, command_timeout=10)
+        entered = asyncio.Event()
+
+        async def idler() -> None:
+            async with c.idle() as session:
+                entered.set()
+                await session.next()
+
+        loop = asyncio.get_running_loop()
+        if how == "cancel":
+            task = asyncio.create_task(idler())
+            await entered.wait()
+            started = loop.time()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        else:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await idler()
+            started = loop.time() - 0.2
+        assert loop.time() - started < 1
+        with pytest.raises(ConnectionLost, match="IDLE"):
+            await c.noop()
+        await asyncio.sleep(0.05)
+        assert not any(line in (b"DONE", b"C3 NOOP") for line in fake.lines)
+        await c.aclose()
+
+
+async def test_wrong_tag_during_an_idle_wait_drops_the_connection() -> None:
+    reply = _idle_reply([b"+ idling\r\n", 0.05, b"X9 OK not yours\r\n"])
+    async with FakeImapServer(GREETING, reply=reply) as fake:
+        c = await ImapClient.connect(fake_endpoint(fake), connect_timeout=2, command_timeout=2)
+        with pytest.raises(ImapProtocolError, match="unexpected tag"):
+            async with c.idle() as session:
+                await session.next(timeout=1)
+        # The server may still be idling: a next command would be its broken DONE.
+        with pytest.raises(ConnectionLost, match="IDLE"):
+            await c.noop()
+        await asyncio.sleep(0.05)
+        assert [line.split(b" ")[-1] for line in fake.lines] == [b"IDLE"]
+        await c.aclose()
+
+
+def _fetch_then_plus(line: bytes) -> bytes | None:
+    tag, _, rest = line.partition(b" ")
+    if rest.startswith(b"SELECT"):
+        return b"* 2 EXISTS\r\n" + tag + b" OK [READ-WRITE] in\r\n"
+    if rest.startswith(b"UID FETCH"):
+        return b"* 1 FETCH (UID 1)\r\n+ more?\r\n* 2 FETCH (UID 2)\r\n" + tag + b" OK done\r\n"
+    if rest == b"NOOP":
+        return b"+ more?\r\n" + tag + b" OK noop\r\n"
+    return None
+
+
+@pytest.mark.parametrize("where", ["simple", "fetch", "done", "idle-wait"])
+async def test_unexpected_continuation_drops_the_connection(where: str) -> None:
+    replies = {
+        "simple": _fetch_then_plus,
+        "fetch": _fetch_then_plus,
+        "done": _idle_reply(done_answer=lambda tag: b"+ again\r\n" + tag + b" OK done\r\n"),
+        "idle-wait": _idle_reply([b"+ idling\r\n", 0.05, b"+ again\r\n"]),
+    }
+    async with FakeImapServer(GREETING, reply=replies[where]) as fake:
+        c = await ImapClient.connect(fake_endpoint(fake), connect_timeout=2, command_timeout=2)
+        with pytest.raises(ImapProtocolError, match="continuation"):
+            if where == "simple":
+                await c.noop()
+            elif where == "fetch":
+                await c.select("INBOX")
+                await c.uid_fetch_list("1:2", ["UID"])
+            else:
+                async with c.idle() as session:
+                    await session.next(timeout=1)
+        with pytest.raises(ConnectionLost):
+            await c.noop()
+        assert c.drain_unsolicited() == []
+        if where == "idle-wait":
+            await asyncio.sleep(0.05)
+            assert b"DONE" not in fake.lines
+        await c.aclose()
+
+
+# -- LOGOUT with a half-read fetch; calls on a closed client --------------------------------------
+
+
+@pytest.mark.parametrize("how", ["logout", "async-with"])
+async def test_logout_with_a_half_read_fetch_closes_without_draining(how: str) -> None:
+    # The rest of the reply is 3 s away (longer than command_timeout): LOGOUT used to drain
+    # it first, waiting up to command_timeout and downloading the remainder.
+    script: list[bytes | float] = [
+        b"* 1 FETCH (UID 1 BODY[] {5}\r\nfirst)\r\n",
+        3.0,
+        b"* 2 FETCH (UID 2 BODY[] {6}\r\nsecond)\r\n",
+    ]
+    async with FakeImapServer(GREETING, reply=_answers(script)) as fake:
+        c = await ImapClient.connect(fake_endpoint(fake), connect_timeout=2, command_timeout=2)
+        await c.select("INBOX")
+        sent = record_writes(c)
+        loop = asyncio.get_running_loop()
+        if how == "logout":
+            stream = c.uid_fetch("1:2", ["UID", "BODY.PEEK[]"])
+            async for response in stream:
+                assert response.uid == 1
+                break
+            started = loop.time()
+            await c.logout()
+        else:
+            async with c:
+                stream = c.uid_fetch("1:2", ["UID", "BODY.PEEK[]"])
+                async for response in stream:
+                    assert response.uid == 1
+                    break
+                started = loop.time()
+        assert loop.time() - started < 0.5
+        assert not any(b"LOGOUT" in data for data in sent)
+        with pytest.raises(ConnectionLost):
+            await stream.__anext__()
+        with pytest.raises(ConnectionLost):
+            await c.noop()
+
+
+async def test_every_call_on_a_closed_client_says_connection_lost() -> None:
+    # SELECT times out (the fake never answers it): the connection is dropped with
+    # selected=None. Local checks (a selected mailbox, ENABLE/IDLE offered) must not answer
+    # first: every call says why the connection is gone.
+    async with FakeImapServer(GREETING) as fake:
+        c = await ImapClient.connect(fake_endpoint(fake), connect_timeout=2, command_timeout=0.2)
+        with pytest.raises(ImapTimeout):
+            await c.select("INBOX")
+        assert c.selected is None
+        calls: list[Callable[[], object]] = [
+            lambda: c.uid_search("ALL"),
+            lambda: c.uid_store("1", "+FLAGS", ["\\Seen"]),
+            lambda: c.uid_fetch("1", ["UID"]),
+            lambda: c.uid_fetch_list("1", ["UID"]),
+            lambda: c.uid_copy("1", "X"),
+            lambda: c.uid_move("1", "X"),
+            lambda: c.uid_expunge("1"),
+            lambda: c.expunge(),
+            lambda: c.unselect(),
+            lambda: c.enable("QRESYNC"),
+            lambda: c.idle(),
+            lambda: c.id(),
+            lambda: c.starttls(),
+            lambda: c.login("u", "p"),
+            lambda: c.authenticate("XOAUTH2", b"x"),
+            lambda: c.capability(),
+            lambda: c.noop(),
+            lambda: c.list(),
+            lambda: c.list_folders(),
+            lambda: c.create("X"),
+            lambda: c.status("INBOX"),
+            lambda: c.select("INBOX", qresync=QresyncParams(1, 1)),
+            lambda: c.examine("INBOX", condstore=True),
+            lambda: c.append("INBOX", b"x"),
+        ]
+        for call in calls:
+            with pytest.raises(ConnectionLost, match="SELECT timed out"):
+                result = call()
+                if asyncio.iscoroutine(result):
+                    await result
+        await c.aclose()

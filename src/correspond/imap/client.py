@@ -4,8 +4,11 @@ The client only pumps bytes: commands are encoded by ``protocol.encode_command``
 decoded by ``protocol.ResponseParser``; this module adds tags,
 TLS/STARTTLS, authentication, timeouts, IDLE and the routing of untagged responses.
 
-One command runs at a time: the client is not meant to be shared by concurrent tasks. Untagged
-responses that answer the running command are returned by it; everything else the server
+One command runs at a time, and one task runs it: while a task has a command in flight, an IDLE
+session open, or a UID FETCH stream not read to its end, a command from any other (still running)
+task raises RuntimeError at once, before anything is sent; the connection is left as it was. (The
+same task may start a command after abandoning its own stream: the rest is read and dropped first.)
+Untagged responses that answer the running command are returned by it; everything else the server
 volunteers (``EXISTS``, ``EXPUNGE``, flag ``FETCH``, ``VANISHED``, ``[ALERT]``) is kept, in
 order, for :meth:`ImapClient.drain_unsolicited`.
 ``* BYE`` outside LOGOUT raises :class:`~correspond.errors.ConnectionLost`.
@@ -24,7 +27,11 @@ taken for the next command's, and after an announced synchronising literal the n
 become literal data. So the connection is aborted then, and every later call raises
 :class:`~correspond.errors.ConnectionLost` at once. A tagged NO/BAD completes the command, and the
 session goes on. Inside IDLE, waiting for the next event is not a command: only entering and
-leaving IDLE are.
+leaving IDLE are. But an IDLE wait that ends in anything else than an event, a timeout or the
+server's own OK (a cancel, a wrong tag, bytes that are not IMAP) aborts the connection too; so
+does a ``+`` where none was asked for, in any state. A cancel is never turned into a wait for
+DONE's OK. LOGOUT with a UID FETCH not read to its end closes the connection without LOGOUT
+(the rest of the reply is not downloaded). Closing the connection wakes the task waiting on it.
 
 Extensions used when advertised: SASL-IR (RFC 4959), LITERAL+ (RFC 7888), ENABLE (RFC 5161),
 CONDSTORE/QRESYNC (RFC 7162), ESEARCH (RFC 4731), UIDPLUS (RFC 4315), MOVE (RFC 6851),
@@ -52,6 +59,7 @@ from correspond.errors import (
     CorrespondError,
     GreetingTimeout,
     ImapCommandError,
+    ImapConnectionError,
     ImapError,
     ImapProtocolError,
     ImapTimeout,
@@ -227,6 +235,11 @@ class ImapClient:
         self._username: str | None = None
         # Why the connection was dropped, for the error every later call raises.
         self._closed_reason: str | None = None
+        # The task whose command, IDLE session or unfinished UID FETCH holds the connection.
+        self._owner: asyncio.Task[object] | None = None
+        self._owner_what = ""
+        # True while a task waits for bytes: there is never a second waiting reader.
+        self._reading = False
 
     def __repr__(self) -> str:
         who = f" user={self._username!r}" if self._username else ""
@@ -308,6 +321,7 @@ class ImapClient:
 
     async def starttls(self) -> None:
         """STARTTLS (RFC 3501 §6.2.1), then CAPABILITY again (the old list is void, §6.2.1)."""
+        self._check_ready()
         if self.tls_active:
             return
         if "STARTTLS" not in self.capabilities:
@@ -354,9 +368,19 @@ class ImapClient:
                 return response
             if self._closed:
                 raise self._closed_error()
-            data = await self._channel.read(
-                self.command_timeout if timeout is not None and timeout < 0 else timeout
-            )
+            if self._reading:
+                raise RuntimeError(f"{self.endpoint}: another task is already reading a reply")
+            self._reading = True
+            try:
+                data = await self._channel.read(
+                    self.command_timeout if timeout is not None and timeout < 0 else timeout
+                )
+            except ImapConnectionError:
+                if self._closed:  # closed by us while waiting (close and abort wake the reader)
+                    raise self._closed_error() from None
+                raise
+            finally:
+                self._reading = False
             parser.feed(data)
 
     def _on_status(self, response: StatusResponse) -> None:
@@ -374,7 +398,12 @@ class ImapClient:
         return False
 
     def _keep(self, response: Response) -> None:
-        """Route a response the running command did not ask for."""
+        """Route a response the running command did not ask for.
+
+        A ``+`` nobody asked for is a protocol error: the caller (a command in flight) aborts.
+        """
+        if type(response) is ContinuationRequest:
+            raise ImapProtocolError(f"{self.endpoint}: unexpected continuation request")
         if type(response) is CapabilityResponse:
             self.capabilities = response.capabilities
         elif type(response) is StatusResponse:
@@ -388,9 +417,32 @@ class ImapClient:
         why = f" ({self._closed_reason})" if self._closed_reason else ""
         return ConnectionLost(f"{self.endpoint}: the connection is closed{why}")
 
-    async def _prepare(self) -> None:
+    def _check_ready(self) -> None:
+        """Raise ConnectionLost when closed, RuntimeError while another task holds the session.
+
+        Called first by every public command, before any local check and before anything is
+        sent.
+        """
         if self._closed:
             raise self._closed_error()
+        owner = self._owner
+        if owner is not None and owner is not asyncio.current_task() and not owner.done():
+            raise RuntimeError(
+                f"{self.endpoint}: another task is running {self._owner_what} on this "
+                "connection; an ImapClient runs one command at a time (use one per task)"
+            )
+
+    def _claim(self, what: str) -> None:
+        """Make the current task the holder of the session (after :meth:`_check_ready`)."""
+        self._check_ready()
+        self._owner = asyncio.current_task()
+        self._owner_what = what
+
+    def _release(self) -> None:
+        self._owner = None
+
+    async def _prepare(self) -> None:
+        self._check_ready()
         if self._idle is not None:
             raise RuntimeError("the client is in IDLE; leave the idle() block first")
         if self._open_stream is not None:
@@ -464,6 +516,7 @@ class ImapClient:
         tag = self._next_tag()
         encoded = self._encode(tag, name, args)
         answers: list[Response] = []
+        self._claim(name)
         try:
             await self._send(encoded, name, timeout=wait)
             while True:
@@ -483,6 +536,8 @@ class ImapClient:
         except BaseException as exc:
             self._abort_in_flight(name, exc)
             raise
+        finally:
+            self._release()
 
     # -- unsolicited -----------------------------------------------------------------------------
 
@@ -495,6 +550,7 @@ class ImapClient:
 
     async def capability(self, *, timeout: float | None = None) -> frozenset[str]:
         """CAPABILITY (RFC 3501 §6.1.1); upper-cased names."""
+        self._check_ready()
         _, answers = await self._simple("CAPABILITY", accept=(CapabilityResponse,), timeout=timeout)
         for response in answers:
             assert isinstance(response, CapabilityResponse)
@@ -503,6 +559,7 @@ class ImapClient:
 
     async def noop(self) -> None:
         """NOOP (RFC 3501 §6.1.2): lets pending updates arrive; drain them afterwards."""
+        self._check_ready()
         await self._simple("NOOP")
 
     async def id(self, **fields: str) -> dict[str, str | None] | None:
@@ -510,6 +567,7 @@ class ImapClient:
 
         None when the server does not offer ID or sends no ID response; ``{}`` for ``ID NIL``.
         """
+        self._check_ready()
         if "ID" not in self.capabilities:
             return None
         ours = fields or {"name": "correspond"}
@@ -523,11 +581,23 @@ class ImapClient:
         return None
 
     async def logout(self) -> None:
-        """LOGOUT (RFC 3501 §6.1.3) and close; never raises for a connection already gone."""
+        """LOGOUT (RFC 3501 §6.1.3) and close; never raises for a connection already gone.
+
+        With a UID FETCH not read to its end the connection is closed without LOGOUT: the rest
+        of the reply is not waited for. RuntimeError while another task holds the session.
+        """
         if self._closed:
             return
+        self._check_ready()
         self._logging_out = True
         try:
+            if self._open_stream is not None:
+                # Reading on would take up to command_timeout per silence, and download the
+                # rest; the stream, iterated on, raises ConnectionLost.
+                self._open_stream = None
+                self._release()
+                self._abort("logged out with a UID FETCH not read to its end")
+                return
             if self._idle is not None:
                 await self._idle.done()
             await self._simple("LOGOUT", timeout=min(self.command_timeout, 10.0))
@@ -546,7 +616,7 @@ class ImapClient:
         if reason is not None and not self._closed:
             self._closed_reason = reason
         self._closed = True
-        self._channel.abort()
+        self._channel.abort()  # wakes a task waiting for bytes: it raises ConnectionLost
 
     async def aclose(self) -> None:
         """Drop the connection without LOGOUT (after errors) and wait until it is closed."""
@@ -585,6 +655,7 @@ class ImapClient:
         tagged OK's CAPABILITY code when present, else by asking). A refusal raises
         AuthenticationFailed carrying the server's words in ``server_text``.
         """
+        self._check_ready()
         self._check_may_send_credentials()
         if "AUTH=PLAIN" in self.capabilities:
             initial = b"\0" + username.encode("utf-8") + b"\0" + password.encode("utf-8")
@@ -631,6 +702,7 @@ class ImapClient:
         is what XOAUTH2 expects after an error) or a callable mapping each decoded challenge to
         the answer.
         """
+        self._check_ready()
         self._check_may_send_credentials()
         await self._prepare()
         mech = mechanism.upper()
@@ -646,6 +718,7 @@ class ImapClient:
             first = None
         encoded = self._encode(tag, "AUTHENTICATE", args)
         refused_by_us: Exception | None = None
+        self._claim("AUTHENTICATE")
         try:
             await self._send(encoded, "AUTHENTICATE", timeout=self.command_timeout)
             while True:
@@ -682,6 +755,8 @@ class ImapClient:
         except BaseException as exc:
             self._abort_in_flight("AUTHENTICATE", exc)
             raise
+        finally:
+            self._release()
         if refused_by_us is not None:
             raise refused_by_us
         await self._after_login(tagged, username or "")
@@ -715,6 +790,7 @@ class ImapClient:
 
         With no arguments: CONDSTORE, QRESYNC and UTF8=ACCEPT where offered.
         """
+        self._check_ready()
         if "ENABLE" not in self.capabilities:
             return self.enabled
         wanted = capabilities or ("CONDSTORE", "QRESYNC", "UTF8=ACCEPT")
@@ -743,6 +819,7 @@ class ImapClient:
         (RFC 5258) are advertised, else plain LIST (servers with SPECIAL-USE still put the role
         flags in plain LIST answers). Duplicate names are merged, keeping every flag seen.
         """
+        self._check_ready()
         args: list[Arg] = [self._mailbox(reference), self._mailbox(pattern)]
         if special_use and {"SPECIAL-USE", "LIST-EXTENDED"} <= self.capabilities:
             args.append(Raw(b"RETURN (SPECIAL-USE)"))
@@ -764,6 +841,7 @@ class ImapClient:
 
     async def create(self, mailbox: str | bytes) -> None:
         """CREATE (RFC 3501 §6.3.3); a str name is encoded as modified UTF-7 (§5.1.3)."""
+        self._check_ready()
         await self._simple("CREATE", self._mailbox(mailbox))
 
     async def list_folders(self) -> builtins.list[ListResponse]:
@@ -774,6 +852,7 @@ class ImapClient:
         self, mailbox: str | bytes, items: Sequence[str] | None = None
     ) -> StatusDataResponse:
         """STATUS (RFC 3501 §6.3.10); default items include HIGHESTMODSEQ under CONDSTORE."""
+        self._check_ready()
         if items is None:
             items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN"]
             if "CONDSTORE" in self.capabilities:
@@ -800,6 +879,7 @@ class ImapClient:
         ``qresync`` enables QRESYNC first when needed (RFC 7162 §3.2.3); the server's
         ``VANISHED (EARLIER)`` and ``FETCH`` replies land in ``vanished`` / ``changed``.
         """
+        self._check_ready()
         if qresync is not None:
             if "QRESYNC" not in self.capabilities:
                 raise CapabilityError("server does not offer QRESYNC", capability="QRESYNC")
@@ -898,6 +978,7 @@ class ImapClient:
 
         Returns the ``[APPENDUID]`` of UIDPLUS (RFC 4315 §3) when the server sends one.
         """
+        self._check_ready()
         args: list[Arg] = [self._mailbox(mailbox)]
         flags = tuple(flags)
         if flags:
@@ -927,6 +1008,7 @@ class ImapClient:
         A str ``criteria`` is sent as written (the caller quotes its strings); a sequence is
         encoded argument by argument. Returns UIDs ascending.
         """
+        self._check_ready()
         self._require_selected("UID SEARCH")
         args: list[Arg] = []
         esearch = "ESEARCH" in self.capabilities
@@ -964,6 +1046,7 @@ class ImapClient:
         ``items``: a str is sent as written (e.g. ``"(UID FLAGS BODY.PEEK[])"``), a sequence is
         joined into a parenthesised list.
         """
+        self._check_ready()
         self._require_selected("UID FETCH")
         item_arg = items if isinstance(items, str) else "(" + " ".join(items) + ")"
         args: list[Arg] = [Raw(_uid_set(uids).encode("ascii")), Raw(item_arg.encode("ascii"))]
@@ -984,6 +1067,7 @@ class ImapClient:
         changedsince: int | None = None,
     ) -> builtins.list[FetchResponse]:
         """:meth:`uid_fetch`, collected into a list."""
+        self._check_ready()
         return [r async for r in self.uid_fetch(uids, items, changedsince=changedsince)]
 
     async def uid_store(
@@ -995,6 +1079,7 @@ class ImapClient:
         unchangedsince: int | None = None,
     ) -> StoreResult:
         """UID STORE (RFC 3501 §6.4.6), optionally ``UNCHANGEDSINCE`` (RFC 7162 §3.1.3)."""
+        self._check_ready()
         self._require_selected("UID STORE")
         args: list[Arg] = [Raw(_uid_set(uids).encode("ascii"))]
         if unchangedsince is not None:
@@ -1015,6 +1100,7 @@ class ImapClient:
 
     async def uid_copy(self, uids: UidSet, mailbox: str | bytes) -> CopyUid | None:
         """UID COPY (RFC 3501 §6.4.7); the ``[COPYUID]`` of UIDPLUS (RFC 4315) when sent."""
+        self._check_ready()
         self._require_selected("UID COPY")
         tagged, _ = await self._simple(
             "UID COPY", Raw(_uid_set(uids).encode("ascii")), self._mailbox(mailbox)
@@ -1035,6 +1121,7 @@ class ImapClient:
         EXPUNGE: a window RFC 4315 exists to close.)
         The EXPUNGE/VANISHED responses go to the unsolicited queue (sequence numbers shift).
         """
+        self._check_ready()
         self._require_selected("UID MOVE")
         uid_text = _uid_set(uids)
         if "MOVE" in self.capabilities:
@@ -1073,6 +1160,7 @@ class ImapClient:
 
     async def uid_expunge(self, uids: UidSet) -> None:
         """UID EXPUNGE (RFC 4315 §2.1): remove only these ``\\Deleted`` messages."""
+        self._check_ready()
         self._require_selected("UID EXPUNGE")
         if "UIDPLUS" not in self.capabilities:
             raise CapabilityError(
@@ -1082,11 +1170,13 @@ class ImapClient:
 
     async def expunge(self) -> None:
         """EXPUNGE (RFC 3501 §6.4.3): removes every ``\\Deleted`` message of the mailbox."""
+        self._check_ready()
         self._require_selected("EXPUNGE")
         await self._simple("EXPUNGE")
 
     async def unselect(self) -> None:
         """UNSELECT (RFC 3691) when offered, else CLOSE (which also expunges, RFC 3501 §6.4.2)."""
+        self._check_ready()
         await self._simple("UNSELECT" if "UNSELECT" in self.capabilities else "CLOSE")
         self.selected = None
 
@@ -1099,6 +1189,7 @@ class ImapClient:
         inside goes past ``renew_after`` (default 29 minutes): ``async for`` ends then, and
         the caller issues IDLE again.
         """
+        self._check_ready()
         if "IDLE" not in self.capabilities:
             raise CapabilityError("server does not offer IDLE", capability="IDLE")
         return IdleSession(self, renew_after)
@@ -1108,7 +1199,8 @@ class FetchStream:
     """The FETCH responses of one UID FETCH, as they arrive (see :meth:`ImapClient.uid_fetch`).
 
     Iterate it with ``async for``. If iteration stops early, the rest of the reply is read and
-    dropped before the client's next command (or at ``aclose``). A timeout, error or
+    dropped before the same task's next command (or at ``aclose``); ``logout`` closes the
+    connection instead. Until then, other tasks' commands are refused. A timeout, error or
     cancellation while a response is awaited drops the connection (see the module docstring).
     """
 
@@ -1131,10 +1223,16 @@ class FetchStream:
             await client._prepare()
             tag = client._next_tag()
             encoded = client._encode(tag, "UID FETCH", self._args)
+            client._claim("UID FETCH")
             self._tag = tag
             client._open_stream = self
         else:
             encoded = None
+            if client._closed:
+                self._finish()
+                raise client._closed_error()
+            if client._owner is not asyncio.current_task():
+                client._claim("UID FETCH")  # refused while another live task holds it
         try:
             if encoded is not None:
                 await client._send(encoded, "UID FETCH", timeout=client.command_timeout)
@@ -1164,8 +1262,10 @@ class FetchStream:
 
     def _finish(self) -> None:
         self._finished = True
-        if self._client._open_stream is self:
-            self._client._open_stream = None
+        client = self._client
+        if client._open_stream is self:
+            client._open_stream = None
+            client._release()
 
     async def aclose(self) -> None:
         """Read and drop the rest of the reply (so the connection can take the next command)."""
@@ -1221,29 +1321,41 @@ class IdleSession:
         client = self._client
         await client._prepare()
         self._tag = client._next_tag()
-        client._channel.write(f"{self._tag} IDLE\r\n".encode("ascii"))
+        client._claim("IDLE")
         client._idle = self
         try:
+            client._channel.write(f"{self._tag} IDLE\r\n".encode("ascii"))
             while True:
                 response = await client._next_response()
                 if isinstance(response, ContinuationRequest):
                     self._deadline = asyncio.get_running_loop().time() + self._renew_after
                     return self
                 if isinstance(response, TaggedResponse):
-                    client._idle = None
-                    self._done = True
+                    self._end()
                     client._check_tagged("IDLE", self._tag, response)
                     raise ImapProtocolError("IDLE completed without a continuation")
                 self._pending.append(response)
         except ImapCommandError:
-            client._idle = None
+            self._end()
             raise
         except BaseException as exc:
-            client._idle = None
+            self._end()
             # Whether the server is idling now is unknown, and a command sent to an idling
             # server is taken as a broken DONE: the connection cannot be trusted any more.
             client._abort_in_flight("IDLE", exc)
             raise
+
+    def _end(self) -> None:
+        """The IDLE command is over (or the connection is): the session is free again."""
+        self._done = True
+        client = self._client
+        if client._idle is self:
+            client._idle = None
+            client._release()
+
+    def _check_no_reader(self) -> None:
+        if self._client._reading:
+            raise RuntimeError(f"{self._client.endpoint}: another task is waiting in this IDLE")
 
     @property
     def expired(self) -> bool:
@@ -1260,20 +1372,39 @@ class IdleSession:
         if self._done:
             return None
         client = self._client
+        if client._closed:
+            self._end()
+            raise client._closed_error()
         left = self._deadline - asyncio.get_running_loop().time()
         if left <= 0:
             return None
+        self._check_no_reader()
         wait = left if timeout is None else min(timeout, left)
         try:
             response = await client._next_response(wait)
+            if type(response) is TaggedResponse:
+                assert isinstance(response, TaggedResponse)
+                # The server ended IDLE on its own; only a NO/BAD is an error (and a wrong
+                # tag, which aborts below: the server may still be idling).
+                tag = self._tag or ""
+                if response.tag != tag:
+                    client._check_tagged("IDLE", tag, response)
+                self._end()
+                client._check_tagged("IDLE", tag, response)
+                return None
+            if type(response) is ContinuationRequest:
+                raise ImapProtocolError(f"{client.endpoint}: unexpected continuation in IDLE")
         except ImapTimeout:
             return None
-        if isinstance(response, TaggedResponse):
-            # The server ended IDLE on its own; only a NO/BAD is an error.
-            self._done = True
-            client._idle = None
-            client._check_tagged("IDLE", self._tag or "", response)
-            return None
+        except ImapCommandError:
+            raise  # a tagged NO/BAD ended IDLE: the session is intact
+        except BaseException as exc:
+            # A cancel, bytes that are not IMAP, a wrong tag: where the stream stands is
+            # unknown, and the server may still be idling.
+            self._end()
+            if not client._closed:
+                client._abort(f"IDLE wait ended by {type(exc).__name__}")
+            raise
         return response
 
     def __aiter__(self) -> AsyncIterator[Response]:
@@ -1289,8 +1420,12 @@ class IdleSession:
         """Send DONE and read up to the tagged OK; late responses go to the unsolicited queue."""
         if self._done:
             return
-        self._done = True
         client = self._client
+        if client._closed:
+            self._end()
+            return
+        self._check_no_reader()
+        self._done = True
         client._unsolicited.extend(self._pending)
         self._pending.clear()
         try:
@@ -1300,7 +1435,7 @@ class IdleSession:
                 if isinstance(response, TaggedResponse):
                     client._check_tagged("IDLE", self._tag or "", response)
                     return
-                client._keep(response)
+                client._keep(response)  # a "+" here raises: aborted below
         except ImapCommandError:
             raise
         except BaseException as exc:
@@ -1309,10 +1444,23 @@ class IdleSession:
             client._abort_in_flight("IDLE", exc)
             raise
         finally:
-            client._idle = None
+            self._end()
 
-    async def __aexit__(self, *exc: object) -> None:
-        if self._client._closed:
-            self._client._idle = None
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        client = self._client
+        if client._closed:
+            self._end()
+            return
+        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+            # Cancelled inside the block: no DONE and no wait for its OK (which may never
+            # come): the cancel goes on at once, and the connection, its position in the
+            # stream unknown, is dropped.
+            self._end()
+            client._abort("IDLE cancelled")
             return
         await self.done()

@@ -306,12 +306,18 @@ class ByteChannel(asyncio.Protocol):
         self.transport.write(data)
 
     def close(self) -> None:
+        """Close the transport; a task waiting in :meth:`read` is woken at once (it raises
+        ConnectionLost) rather than when the transport reports the close, which for TLS waits
+        on the peer's close_notify."""
         if self.transport is not None:
             self.transport.close()
+        self._mark_closed(None)
 
     def abort(self) -> None:
+        """Drop the transport at once; a waiting reader is woken as by :meth:`close`."""
         if self.transport is not None:
             self.transport.abort()
+        self._mark_closed(None)
 
     async def wait_closed(self, timeout: float) -> None:
         """Wait until the transport has really let go of the socket (TLS close_notify done).
