@@ -323,3 +323,23 @@ async def test_folder_names_with_unbalanced_brackets(
     report = await check_connection(endpoint, imap_user.username, imap_user.password, timeout=10)
     assert report.ok, report.message
     assert set(created) | {"[red]Alert["} <= {f.name for f in report.folders}
+
+
+async def test_starttls_injection_is_named_as_such() -> None:
+    """Cleartext sent with the STARTTLS OK (CVE-2011-0411 class) is called what it is, not a
+    parse failure and not a wrong port."""
+
+    def reply(line: bytes) -> bytes | None:
+        if line.endswith(b"STARTTLS"):
+            return line.split(b" ")[0] + b" OK begin TLS\r\n* CAPABILITY IMAP4rev1\r\n"
+        return None
+
+    greeting = b"* OK [CAPABILITY IMAP4rev1 STARTTLS] hi\r\n"
+    async with FakeImapServer(greeting, reply=reply) as fake:
+        report = await check_connection(
+            ImapEndpoint(fake.host, fake.port, "starttls"), "u", "p", timeout=3
+        )
+    assert report.problem == "tls_failed"
+    assert "after STARTTLS" in report.message and "injected" in report.message
+    assert "check the port" not in report.message
+    assert not any(line.split(b" ")[1:2] == [b"LOGIN"] for line in fake.lines)

@@ -12,6 +12,7 @@ above the adapters only ever catches these.
     ├── StoreError                   the database or blob store failed
     └── ImapError
         ├── ImapProtocolError        the server sent bytes that are not IMAP
+        │   └── StartTlsInjection    cleartext arrived between STARTTLS's OK and the handshake
         ├── ImapCommandError         a tagged NO or BAD (carries status, code and the server's text)
         ├── AuthenticationFailed     credentials refused (permanent until the user acts)
         ├── CapabilityError          the server lacks something we need (IMAP4rev1, STARTTLS, ...)
@@ -45,6 +46,7 @@ __all__ = [
     "ImapProtocolError",
     "ImapTimeout",
     "NotFound",
+    "StartTlsInjection",
     "StoreError",
     "TlsError",
 ]
@@ -76,6 +78,11 @@ class ImapError(CorrespondError):
 
 class ImapProtocolError(ImapError):
     """The server sent bytes that do not parse as an IMAP response."""
+
+
+class StartTlsInjection(ImapProtocolError):
+    """Bytes arrived after the STARTTLS OK and before the handshake: something on the path
+    injected cleartext meant to pass as encrypted (CVE-2011-0411 class), or a proxy is broken."""
 
 
 class ImapCommandError(ImapError):

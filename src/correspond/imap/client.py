@@ -63,6 +63,7 @@ from correspond.errors import (
     ImapError,
     ImapProtocolError,
     ImapTimeout,
+    StartTlsInjection,
 )
 from correspond.imap.connect import (
     ByteChannel,
@@ -334,7 +335,7 @@ class ImapClient:
         if self._parser_has_pending():
             # Bytes after the OK and before the handshake would be a plaintext injection
             # (CVE-2011-0411 class); refuse them.
-            raise ImapProtocolError("server sent data after STARTTLS before the TLS handshake")
+            raise StartTlsInjection("server sent data after STARTTLS before the TLS handshake")
         self._channel = await start_tls(self._channel, self.endpoint, timeout=self.connect_timeout)
         # Whatever plaintext the parser might still hold is dropped with it.
         self._parser = ResponseParser()

@@ -32,6 +32,7 @@ from correspond.errors import (
     ImapError,
     ImapProtocolError,
     ImapTimeout,
+    StartTlsInjection,
     TlsError,
 )
 from correspond.imap.client import ImapClient, ImapEndpoint
@@ -226,6 +227,12 @@ async def _explain(
         if endpoint.security == "plain" and not endpoint.allow_plaintext:
             return "plaintext_refused", f"{exc}."
         return "config", f"The account settings cannot be used: {exc}."
+    if isinstance(exc, StartTlsInjection) or isinstance(exc.__cause__, StartTlsInjection):
+        return "tls_failed", (
+            f"Data arrived from {where} after STARTTLS and before encryption began: something "
+            "on the way injected text meant to pass as encrypted (an attack), or a proxy is "
+            "broken. Nothing was sent; use implicit TLS (usually port 993) or check the network."
+        )
     if isinstance(exc, ImapProtocolError):
         if greeted:
             return "protocol", _parse_failure_message(exc, where)
