@@ -80,7 +80,7 @@ def test_add_then_list_json(runner: CliRunner, data_dir: Path) -> None:
 
     listed = run(runner, data_dir, "account", "list", "--json")
     assert listed.exit_code == 0, listed.output
-    data = json.loads(listed.output)
+    data = json.loads(listed.stdout)
     assert [a["name"] for a in data] == ["work"]
     a = data[0]
     assert a["email"] == "me@example.test"
@@ -126,7 +126,7 @@ def test_missing_fields_without_a_terminal(runner: CliRunner, data_dir: Path) ->
     assert "--email" in result.output and "--imap-host" in result.output
     assert "--password-stdin" in result.output
     # Nothing was stored.
-    assert json.loads(run(runner, data_dir, "account", "list", "--json").output) == []
+    assert json.loads(run(runner, data_dir, "account", "list", "--json").stdout) == []
 
 
 def test_password_is_never_an_argument(runner: CliRunner, data_dir: Path) -> None:
@@ -175,7 +175,7 @@ def test_prompts_when_a_terminal_is_attached(
     assert "User name for signing in [me@home.test]" in result.output
     assert "Provider" not in result.output  # --imap-security says it is an IMAP server
     assert PASSWORD not in result.output  # the password prompt hides input
-    data = json.loads(run(runner, data_dir, "account", "list", "--json").output)
+    data = json.loads(run(runner, data_dir, "account", "list", "--json").stdout)
     assert data[0]["imap"] == {"host": "imap.home.test", "port": 993, "security": "tls"}
     assert data[0]["smtp"] == {"host": "imap.home.test", "port": 465, "security": "tls"}
     assert data[0]["username"] == "me@home.test"
@@ -199,7 +199,7 @@ def test_prompt_asks_for_a_short_user_name(
     assert "User name" not in given.output
     names = {
         a["name"]: a["username"]
-        for a in json.loads(run(runner, data_dir, "account", "list", "--json").output)
+        for a in json.loads(run(runner, data_dir, "account", "list", "--json").stdout)
     }
     assert names == {"home": "me", "two": "you"}
 
@@ -222,7 +222,7 @@ def test_guided_add_asks_for_everything_and_again_on_a_bad_answer(
     assert "account name 'my work' is not allowed" in result.output
     assert "unknown preset 'yahoo'" in result.output
     assert "exchange-online  Exchange Office (Exchange Online)" in result.output
-    a = json.loads(run(runner, data_dir, "account", "list", "--json").output)[0]
+    a = json.loads(run(runner, data_dir, "account", "list", "--json").stdout)[0]
     assert (a["name"], a["preset"], a["imap"]["host"]) == (
         "work",
         "exchange-online",
@@ -234,7 +234,7 @@ def test_guided_add_asks_for_everything_and_again_on_a_bad_answer(
     result = run(runner, data_dir, "account", "add", input="\n".join(answers) + "\n")
     assert result.exit_code == 0, result.output
     assert "without a port" in result.output
-    a = json.loads(run(runner, data_dir, "account", "list", "--json").output)[0]
+    a = json.loads(run(runner, data_dir, "account", "list", "--json").stdout)[0]
     assert a["name"] == "lab"
     assert a["imap"] == {"host": "mail.lab.test", "port": 993, "security": "tls"}
     assert a["smtp"] == {"host": "mail.lab.test", "port": 587, "security": "starttls"}
@@ -260,7 +260,7 @@ def test_every_field_as_a_flag(runner: CliRunner, data_dir: Path) -> None:
         input=PASSWORD + "\n",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    a = json.loads(result.output)
+    a = json.loads(result.stdout)
     assert (a["preset"], a["email"], a["username"], a["window_days"]) == (
         "other",
         "me@full.test",
@@ -359,12 +359,12 @@ def test_update_json(runner: CliRunner, data_dir: Path) -> None:
     add_work(runner, data_dir)
     result = run(runner, data_dir, "account", "update", "work", "--window-days", "9", "--json")
     assert result.exit_code == 0, result.output
-    a = json.loads(result.output)
+    a = json.loads(result.stdout)
     assert a["window_days"] == 9 and PASSWORD not in result.output
 
 
 def account_json(runner: CliRunner, data_dir: Path, name: str = "work") -> dict[str, Any]:
-    listed = json.loads(run(runner, data_dir, "account", "list", "--json").output)
+    listed = json.loads(run(runner, data_dir, "account", "list", "--json").stdout)
     found: dict[str, Any] = next(a for a in listed if a["name"] == name)
     return found
 
@@ -624,7 +624,7 @@ def test_preset_and_options(runner: CliRunner, data_dir: Path, tmp_path: Path) -
         input=PASSWORD + "\n",
     )
     assert result.exit_code == 0, result.output
-    a = json.loads(result.output)
+    a = json.loads(result.stdout)
     assert a["imap"] == {"host": "outlook.office365.com", "port": 993, "security": "tls"}
     assert a["smtp"] == {"host": "smtp.office365.com", "port": 587, "security": "starttls"}
     assert (a["username"], a["window_days"], a["has_trusted_cert"]) == (
@@ -686,7 +686,7 @@ def test_folders_show_select_and_all(runner: CliRunner, data_dir: Path) -> None:
         assert needle in table.output
     assert "all folders sync" in table.output
 
-    folders = json.loads(run(runner, data_dir, "account", "folders", "work", "--json").output)
+    folders = json.loads(run(runner, data_dir, "account", "folders", "work", "--json").stdout)
     by_raw = {f["remote_name"]: f for f in folders}
     assert by_raw["Entw&APw-rfe"]["role"] == "drafts"
     assert by_raw["Entw\\xc3\\xbcrfe"]["role"] is None
@@ -710,13 +710,13 @@ def test_folders_show_select_and_all(runner: CliRunner, data_dir: Path) -> None:
         "--json",
     )
     assert picked.exit_code == 0, picked.output
-    selected = {f["remote_name"] for f in json.loads(picked.output) if f["selected"]}
+    selected = {f["remote_name"] for f in json.loads(picked.stdout) if f["selected"]}
     assert selected == {"INBOX", "Entw\\xc3\\xbcrfe"}
-    listed = json.loads(run(runner, data_dir, "account", "list", "--json").output)[0]
+    listed = json.loads(run(runner, data_dir, "account", "list", "--json").stdout)[0]
     assert (listed["folders_mode"], listed["selected_folder_count"]) == ("selected", 2)
 
     everything = run(runner, data_dir, "account", "folders", "work", "--all", "--json")
-    selected = {f["remote_name"] for f in json.loads(everything.output) if f["selected"]}
+    selected = {f["remote_name"] for f in json.loads(everything.stdout) if f["selected"]}
     assert len(selected) == 5 and "[Gmail]" not in selected
 
     both = run(runner, data_dir, "account", "folders", "work", "--all", "--select", "INBOX")
@@ -729,7 +729,7 @@ def test_remove(runner: CliRunner, data_dir: Path) -> None:
     assert refused.exit_code == 2 and "--yes" in refused.output
     removed = run(runner, data_dir, "account", "remove", "work", "--yes")
     assert removed.exit_code == 0 and "Removed account work" in removed.output
-    assert json.loads(run(runner, data_dir, "account", "list", "--json").output) == []
+    assert json.loads(run(runner, data_dir, "account", "list", "--json").stdout) == []
     gone = run(runner, data_dir, "account", "remove", "work", "--yes")
     assert gone.exit_code == 3
 
@@ -741,10 +741,10 @@ def test_data_dir_from_environment(
     add_work(runner, one)
     monkeypatch.setenv("CORRESPOND_DATA_DIR", str(one))
     from_env = runner.invoke(main, ["account", "list", "--json"])
-    assert [a["name"] for a in json.loads(from_env.output)] == ["work"]
+    assert [a["name"] for a in json.loads(from_env.stdout)] == ["work"]
     monkeypatch.setenv("CORRESPOND_DATA_DIR", str(two))
     other = runner.invoke(main, ["account", "list", "--json"])
-    assert json.loads(other.output) == []
+    assert json.loads(other.stdout) == []
     assert (two / "correspond.db").exists()
 
 
@@ -773,9 +773,9 @@ def test_account_test_reports_unreachable_server(runner: CliRunner, data_dir: Pa
     assert result.exit_code == 0, result.output
     tested = run(runner, data_dir, "account", "test", "dead", "--json")
     assert tested.exit_code == 1
-    report = json.loads(tested.output)
+    report = json.loads(tested.stdout)
     assert report["ok"] is False and report["problem"] == "refused"
-    listed = json.loads(run(runner, data_dir, "account", "list", "--json").output)[0]
+    listed = json.loads(run(runner, data_dir, "account", "list", "--json").stdout)[0]
     assert listed["state"] == "disconnected"
     assert listed["state_detail"] == report["message"]
 

@@ -198,5 +198,7 @@ def test_threads_show(cli: StoreCli, mirror: SeededMirror) -> None:
     assert cli("threads", "show", "999999").exit_code == 3
 
 
-def test_terminal_controls_are_not_printed() -> None:
-    assert cli_module._plain("\x1b]0;owned\x07Hi\x9b2J\tthere\n") == "]0;ownedHi2J\tthere\n"
+def test_terminal_controls_are_printed_as_escapes() -> None:
+    hostile = "\x1b]0;owned\x07Hi\x9b2J\tthere\u202eevil\x7f\n"
+    assert cli_module._plain(hostile) == "\\x1b]0;owned\\x07Hi\\x9b2J\\tthere\\u202eevil\\x7f\\n"
+    assert cli_module.safe_lines(hostile) == "\\x1b]0;owned\\x07Hi\\x9b2J\tthere\\u202eevil\\x7f\n"

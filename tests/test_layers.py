@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "correspond.mailbox": 2,
     "correspond.api": 3,
     "correspond.cli": 3,
+    "correspond.cli_output": 3,
     "correspond.testing": 3,
 }
 # Pure modules must not do IO through these.

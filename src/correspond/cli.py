@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import signal
 import socket
@@ -51,6 +50,7 @@ from correspond.api.message_schemas import (
 )
 from correspond.api.progress_schemas import ProgressPublic, progress_public
 from correspond.api.schemas import account_public, as_json, folder_public
+from correspond.cli_output import QuietConsole, cell, dumps_json, safe, safe_lines, stdout_closed
 from correspond.errors import (
     ConfigError,
     CorrespondError,
@@ -77,9 +77,10 @@ from correspond.rules.presets import (
     preset_help,
     preset_host_mismatch,
 )
-from correspond.settings import Settings, ensure_data_dir
+from correspond.settings import Settings, ensure_data_dir, key_file_path
 from correspond.store import Account, Store, open_store
 from correspond.store.leases import RUNNABLE_STATES, AccountLeases
+from correspond.store.location import store_location
 from correspond.store.message_queries import MAX_PAGE, AddressView, MessageView
 from correspond.store.progress import AccountProgress, ProgressReader
 from correspond.sync.runner import (
@@ -122,18 +123,65 @@ def _one_line(message: str) -> str:
     return " ".join(kept)
 
 
+class _Command(click.Command):
+    """A command that also takes ``--data-dir`` after its name (``correspond account list
+    --data-dir X``), and ``--json`` given before it (``correspond --json account list``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not any("--data-dir" in p.opts for p in self.params):
+            self.params.append(_data_dir_option())
+
+    def invoke(self, ctx: click.Context) -> Any:
+        cli = ctx.find_object(CliContext)
+        if cli is not None and cli.json_output:
+            json_param = next((p for p in self.params if "--json" in p.opts), None)
+            if json_param is None or json_param.name is None:
+                raise click.UsageError(f"{ctx.command_path} has no --json output", ctx)
+            ctx.params[json_param.name] = True
+        return super().invoke(ctx)
+
+
 class _Group(click.Group):
     """Turns our errors into clean one-line messages with meaningful exit codes."""
+
+    command_class = _Command
+    group_class = type  # subgroups are _Groups too, whoever declares them
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except CorrespondError as exc:
-            raise CliError(_one_line(str(exc)), _exit_code_for(exc)) from exc
+            raise CliError(safe(_one_line(str(exc))), _exit_code_for(exc)) from exc
+        except BrokenPipeError:
+            raise  # the entry point's business (_MainGroup)
         except OSError as exc:
             # A file or directory the user named (or ./var) could not be used: say which.
             where = f": {exc.filename}" if exc.filename else ""
-            raise CliError(f"{exc.strerror or exc}{where}", 1) from exc
+            raise CliError(safe(f"{exc.strerror or exc}{where}"), 1) from exc
+
+
+class _MainGroup(_Group):
+    """The entry point: output to a closed pipe (``correspond ... | head -1``) ends the command
+    quietly with status 0, whether it happens while parsing (``--help``) or running."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except BrokenPipeError:
+            stdout_closed()
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            stdout_closed()
 
 
 def _settings_error(exc: ValidationError) -> str:
@@ -153,15 +201,38 @@ def _settings_error(exc: ValidationError) -> str:
 class CliContext:
     """What every command shares: the settings, and the store opened on first use."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, json_output: bool = False) -> None:
         self.settings = settings
+        self.json_output = json_output  # --json before the command
         self._store: Store | None = None
+
+    def use_data_dir(self, data_dir: Path) -> None:
+        """``--data-dir`` given after the command: it replaces the one given before it (or the
+        environment's); the store is not open yet."""
+        assert self._store is None, "the data directory changed after the store was opened"
+        try:
+            self.settings = self.settings.clone(data_dir=data_dir)
+        except ValidationError as exc:
+            raise CliError(_settings_error(exc), 2) from exc
 
     @property
     def store(self) -> Store:
         if self._store is None:
+            where = store_location(self.settings)
+            had_dir = self.settings.data_dir.is_dir()
+            existed = where.exists()
             ensure_data_dir(self.settings)  # 0700, or a clear error naming the directory
             self._store = open_store(self.settings)  # runs migrations
+            if existed is False:
+                click.echo(
+                    f"Created a new store: {where.url} (data directory {self.settings.data_dir})",
+                    err=True,
+                )
+            elif not had_dir:
+                click.echo(
+                    f"Created the data directory {self.settings.data_dir} (store: {where.url})",
+                    err=True,
+                )
         return self._store
 
     @property
@@ -189,9 +260,9 @@ class CliContext:
 def _console(stderr: bool = False) -> Console:
     # Rich reads the terminal width; when output is captured or piped, use a width that keeps
     # tables readable instead of folding every column.
-    console = Console(stderr=stderr)
+    console: Console = QuietConsole(stderr=stderr)
     if not console.is_terminal:
-        console = Console(stderr=stderr, width=160)
+        console = QuietConsole(stderr=stderr, width=160)
     return console
 
 
@@ -201,7 +272,7 @@ def _stdin_is_tty() -> bool:
 
 
 def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False))
+    click.echo(dumps_json(data))
 
 
 def _run(coro: Any) -> Any:
@@ -226,22 +297,67 @@ def _fail(message: str, code: int) -> NoReturn:
 # ------------------------------------------------------------------------------------------
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+_DATA_DIR_HELP = (
+    "Folder of the store, blobs and key (default ./var of the current directory, made absolute "
+    "once at start; env CORRESPOND_DATA_DIR). Accepted before or after the command."
+)
+
+
+def _use_data_dir(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    cli = ctx.find_object(CliContext)
+    if value is not None and cli is not None:
+        cli.use_data_dir(value)
+
+
+def _data_dir_option() -> click.Option:
+    """``--data-dir`` after a command's name (the group's, before it, also reads the env)."""
+    return click.Option(
+        ["--data-dir"],
+        type=click.Path(file_okay=False, path_type=Path),
+        expose_value=False,
+        callback=_use_data_dir,
+        help=_DATA_DIR_HELP,
+    )
+
+
+@click.group(
+    cls=_MainGroup,
+    invoke_without_command=True,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="CORRESPOND_DATA_DIR",
-    help="Folder of the store, blobs and key (default ./var; env CORRESPOND_DATA_DIR).",
+    help=_DATA_DIR_HELP,
 )
-@click.version_option(__version__, prog_name="correspond")
+@click.option(
+    "--json",
+    "as_json_output",
+    is_flag=True,
+    help="Print JSON (the same as --json after a command that has it).",
+)
+@click.option(
+    "--version", "show_version", is_flag=True, help="Show the version and data directory."
+)
 @click.pass_context
-def main(ctx: click.Context, data_dir: Path | None) -> None:
+def main(
+    ctx: click.Context, data_dir: Path | None, as_json_output: bool, show_version: bool
+) -> None:
     """Correspond: two-way email sync for CRMs."""
+    if show_version:
+        click.echo(f"correspond, version {__version__}")
     try:
         settings = Settings() if data_dir is None else Settings(data_dir=data_dir)
     except ValidationError as exc:
         raise CliError(_settings_error(exc), 2) from exc
-    cli = CliContext(settings)
+    if show_version:
+        click.echo(f"data directory: {settings.data_dir}")
+        ctx.exit(0)
+    if ctx.invoked_subcommand is None:
+        raise click.UsageError("Missing command.", ctx)
+    cli = CliContext(settings, json_output=as_json_output)
     ctx.obj = cli
     ctx.call_on_close(cli.close)
 
@@ -655,9 +771,9 @@ def account_test(cli: CliContext, name: str, as_json_output: bool) -> None:
     if as_json_output:
         _print_json(data)
     elif data["ok"]:
-        click.echo(f"OK: {data['message']}")
+        click.echo(f"OK: {safe(data['message'])}")
     else:
-        click.echo(f"FAILED ({data['problem']}): {data['message']}", err=True)
+        click.echo(f"FAILED ({data['problem']}): {safe(data['message'])}", err=True)
     if not data["ok"]:
         sys.exit(1)
 
@@ -713,10 +829,10 @@ def account_list(cli: CliContext, all_folders: bool, as_json_output: bool) -> No
         a = s.account
         p = progress.get(a.name)
         table.add_row(
-            escape(a.name),
-            escape(a.email),
-            f"[{_STATE_STYLE.get(a.state, 'white')}]{a.state}[/]",
-            escape(a.state_detail or STATE_MESSAGES.get(a.state, "")),
+            cell(a.name),
+            cell(a.email),
+            cell(a.state, _STATE_STYLE.get(a.state, "white")),
+            cell(a.state_detail or STATE_MESSAGES.get(a.state, "")),
             str(s.folder_count),
             str(s.selected_folder_count),
             str(s.message_count),
@@ -730,7 +846,7 @@ def account_list(cli: CliContext, all_folders: bool, as_json_output: bool) -> No
                 done = "done" if f.complete else ""
                 total = "?" if f.total is None else str(f.total)
                 table.add_row(
-                    "  " + escape(_plain(f.name)),
+                    cell("  " + f.name),
                     "",
                     done,
                     "",
@@ -771,23 +887,36 @@ def _eta(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def _print_account_json(cli: CliContext, name: str) -> None:
+    progress = _progress_json(cli.progress.account(name))
+    _print_json(as_json(account_public(cli.service.get_account(name), progress=progress)))
+
+
 @account.command("pause")
 @click.argument("name")
+@click.option("--json", "as_json_output", is_flag=True, help="Print the account as JSON.")
 @pass_cli
-def account_pause(cli: CliContext, name: str) -> None:
+def account_pause(cli: CliContext, name: str, as_json_output: bool) -> None:
     """Stop syncing NAME until it is resumed (the worker running it lets go within seconds)."""
     a = cli.leases.pause(name)
+    if as_json_output:
+        _print_account_json(cli, a.name)
+        return
     click.echo(f"Paused {a.name}. Resume with: correspond account resume {a.name}")
 
 
 @account.command("resume")
 @click.argument("name")
+@click.option("--json", "as_json_output", is_flag=True, help="Print the account as JSON.")
 @pass_cli
-def account_resume(cli: CliContext, name: str) -> None:
+def account_resume(cli: CliContext, name: str, as_json_output: bool) -> None:
     """Sync NAME again after a pause (or after fixing what stopped it): a running worker picks
     it up within seconds."""
     before = cli.store.get_account(name).state
     a = cli.leases.resume(name)
+    if as_json_output:
+        _print_account_json(cli, a.name)
+        return
     if before != a.state:
         click.echo(f"Resumed {a.name}: a running worker picks it up (or: correspond sync {a.name})")
     else:
@@ -795,7 +924,7 @@ def account_resume(cli: CliContext, name: str) -> None:
 
 
 def _folder_table(folders: list[FolderWithCounts], title: str) -> Table:
-    table = Table(title=title)
+    table = Table(title=Text(title))
     for column in ("ID", "Folder", "Role", "Selected", "Remote name", "Flags"):
         table.add_column(column, overflow="fold")
     for column in ("Messages", "Unread", "Server"):
@@ -806,12 +935,12 @@ def _folder_table(folders: list[FolderWithCounts], title: str) -> Table:
         selected = "yes" if f.selected else ("no" if f.selectable else "-")
         name = f"{f.name} (removed)" if f.removed else f.name
         table.add_row(
-            escape(str(f.id)),
-            escape(name),
-            f.role or "",
+            cell(f.id),
+            cell(name),
+            cell(f.role or ""),
             selected,
-            escape(public.remote_name),
-            escape(" ".join(f.flags)),
+            cell(public.remote_name),
+            cell(" ".join(f.flags)),
             str(item.counts.messages),
             str(item.counts.unread),
             "?" if item.server_count is None else str(item.server_count),
@@ -889,14 +1018,9 @@ def account_remove(cli: CliContext, name: str, yes: bool) -> None:
 
 # -- reading synced mail ---------------------------------------------------------------------
 
-# Terminal control sequences in mail text could rewrite the screen or the title bar: keep
-# newlines and tabs, drop every other C0/C1 control and DEL.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def _plain(text: str | None) -> str:
-    """Mail-derived text made safe to print on a terminal."""
-    return _CONTROL.sub("", text or "")
+# Terminal control sequences in server or mail text could rewrite the screen or the title
+# bar: every such character is printed as a visible escape (correspond.cli_output).
+_plain = safe  # one line: subjects, names, flags, folder names, details
 
 
 def _address(a: AddressView | None) -> str:
@@ -960,7 +1084,7 @@ def _echo_message(
         f"Subject:  {_plain(m.subject)}",
         "Folders:  "
         + ", ".join(f"{_plain(loc.folder_name)} (UID {loc.uid})" for loc in m.locations),
-        f"Flags:    {' '.join(m.flags)}",
+        f"Flags:    {_plain(' '.join(m.flags))}",
     ]
     if m.attachments:
         lines.append("Attachments:")
@@ -986,13 +1110,54 @@ def _echo_message(
                     "--remote-images to allow)",
                     err=True,
                 )
-            click.echo(_plain(rendered.html))
+            click.echo(safe_lines(rendered.html))
     elif m.text is not None:
-        click.echo(_plain(m.text).rstrip("\n"))
+        click.echo(safe_lines(m.text).rstrip("\n"))
     elif m.html is not None:
         click.echo("(HTML only: use --html)")
     else:
         click.echo("(no text)")
+
+
+@main.command("info")
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def info(cli: CliContext, as_json_output: bool) -> None:
+    """Show the version, the data directory, the database (without its password), the blob
+    folder, the secret key's file and the number of accounts. An SQLite store that does not
+    exist yet is not created."""
+    settings = cli.settings
+    where = store_location(settings)
+    exists = where.exists()
+    accounts = len(cli.store.list_accounts()) if exists is not False else 0
+    key_file = key_file_path(settings)
+    data = {
+        "version": __version__,
+        "data_dir": str(settings.data_dir),
+        "database": {"backend": where.backend, "url": where.url},
+        "store_exists": exists is not False,
+        "blob_dir": str(settings.blob_dir),
+        "key_file": None if key_file is None else str(key_file),
+        "key_source": "file" if key_file is not None else "CORRESPOND_SECRET_KEY",
+        "accounts": accounts,
+    }
+    if as_json_output:
+        _print_json(data)
+        return
+    key = f"{key_file}" if key_file is not None else "from CORRESPOND_SECRET_KEY"
+    if key_file is not None and not key_file.exists():
+        key += " (made on first use)"
+    count = str(accounts) if exists is not False else "0 (no store yet: made on first use)"
+    rows = [
+        ("version", __version__),
+        ("data directory", str(settings.data_dir)),
+        ("database", where.url),
+        ("blobs", str(settings.blob_dir)),
+        ("secret key", key),
+        ("accounts", count),
+    ]
+    for label, value in rows:
+        click.echo(f"{label + ':':<16}{safe(value)}")
 
 
 @main.group(cls=_Group)
@@ -1029,7 +1194,7 @@ def messages_list(
     if not page.items:
         click.echo("No messages.")
         return
-    table = Table(title=f"Messages of {escape(account_name)}")
+    table = Table(title=Text(f"Messages of {safe(account_name)}"))
     table.add_column("ID", justify="right")
     for column in ("Date", "From", "Subject"):
         table.add_column(column, overflow="fold")
@@ -1040,8 +1205,8 @@ def messages_list(
         table.add_row(
             str(m.id),
             _date(m.date or m.sort_at),
-            escape(_address(m.from_)),
-            escape(_plain(m.subject)),
+            cell(_address(m.from_)),
+            cell(m.subject),
             "" if m.thread_id is None else str(m.thread_id),
             marks,
         )
@@ -1339,7 +1504,7 @@ async def _sync_once(cli: CliContext, name: str, processes: int, display: _SyncD
         )
         return 0
     display.say(f"[red]{escape(_plain(STATE_MESSAGES.get(a.state, a.state)))}[/]")
-    click.echo(f"{name}: {a.state}: {a.state_detail}", err=True)
+    click.echo(f"{name}: {a.state}: {safe(a.state_detail)}", err=True)
     return _STOP_CODES.get(a.state, 4 if a.state == "disconnected" else 1)
 
 

@@ -14,7 +14,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from correspond.errors import ConfigError
@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        """Resolved once, when the settings are made: a relative ``var`` (the default) or
+        ``~/x`` becomes absolute here, so every part and every message names the same
+        folder, and a later change of working directory cannot move the store."""
+        return Path(os.path.abspath(value.expanduser()))
 
 
 def ensure_data_dir(settings: Settings) -> Path:
