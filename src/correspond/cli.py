@@ -84,6 +84,7 @@ from correspond.store.location import store_location
 from correspond.store.message_queries import MAX_PAGE, AddressView, MessageView
 from correspond.store.progress import AccountProgress, ProgressReader
 from correspond.sync.runner import (
+    OnceResult,
     SyncRunner,
     default_parse_processes,
     make_parse_executor,
@@ -1312,6 +1313,7 @@ def threads_show(cli: CliContext, thread_id: int, newest_first: bool, as_json_ou
 # -- running the sync --------------------------------------------------------------------------
 
 _PROGRESS_SECONDS = 0.5
+_FOLDERS_SKIPPED = 6  # the pass finished, but some folder was skipped for an error
 _STOP_CODES = {"paused": 0, "auth_failed": 4, "error": 1}
 
 
@@ -1339,9 +1341,11 @@ class _RateColumn(ProgressColumn):
 
 
 class _SyncDisplay:
-    """What a running sync shows, read from the store every half second (no engine hook): a bar
-    per selected folder and one for the total (done/total, rate, ETA), and one line per state
-    change (connecting, backfilling, live, sign-in failed with the server's words, ...)."""
+    """What a running sync shows, read from the store every half second (no engine hook): one
+    line per state change (connecting, backfilling, live, sign-in failed with the server's
+    words, ...) and the backfill's progress. On a terminal the progress is a bar per selected
+    folder and one for the total (done/total, rate, ETA); without one (a log, a pipe) it is a
+    plain line per folder that moved, every ``every`` seconds: folder, done/total, rate."""
 
     def __init__(
         self,
@@ -1350,10 +1354,17 @@ class _SyncDisplay:
         *,
         names: list[str] | None,
         bars: bool,
+        lines: bool = False,
+        every: float = 5.0,
     ) -> None:
         self.reader = reader
         self.console = console
         self.names = names
+        bars = bars and console.is_terminal
+        self.lines = lines and not bars
+        self.every = every
+        self._lines_at: float | None = None
+        self._printed: dict[tuple[str, int], tuple[int, int | None]] = {}
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -1378,17 +1389,44 @@ class _SyncDisplay:
     def say(self, message: str) -> None:
         self.progress.console.print(message, highlight=False)
 
-    async def poll(self) -> dict[str, AccountProgress]:
-        """Read the store once and update the bars and state lines."""
+    async def poll(self, *, final: bool = False) -> dict[str, AccountProgress]:
+        """Read the store once and update the bars, progress lines and state lines (``final``:
+        the progress lines are due now, whatever the interval)."""
         if self.names is None:
             items = await asyncio.to_thread(self.reader.all)
         else:
             items = [await asyncio.to_thread(self.reader.account, n) for n in self.names]
+        now = time.monotonic()
+        lines_due = self.lines and (
+            final or self._lines_at is None or now - self._lines_at >= self.every
+        )
+        if lines_due:
+            self._lines_at = now
         for p in items:
             self._state_line(p)
             self._bars(p)
+            if lines_due:
+                self._progress_lines(p)
             self.last[p.name] = p
         return self.last
+
+    def _progress_lines(self, p: AccountProgress) -> None:
+        """A line for each folder whose backfill moved since its last line (a folder seen
+        already complete, or not started, says nothing)."""
+        stamp = time.strftime("%H:%M:%S")
+        for f in p.folders:
+            key = (p.name, f.folder_id)
+            now = (f.done, f.total)
+            before = self._printed.get(key)
+            self._printed[key] = now
+            if before == now or (before is None and (f.complete or f.total is None)):
+                continue
+            total = "?" if f.total is None else str(f.total)
+            rate = "" if not f.rate else f", {f.rate:.1f} msg/s"
+            end = ", done" if f.complete else ""
+            self.say(
+                f"{stamp} {escape(p.name)}: {escape(safe(f.name))} {f.done}/{total}{rate}{end}"
+            )
 
     def listener(self) -> Callable[[str, str, str], None]:
         """A state listener for the runner: every state it records is shown at once, even
@@ -1466,7 +1504,45 @@ def _cancel(task: asyncio.Task[Any]) -> None:
     task.cancel()
 
 
-async def _sync_once(cli: CliContext, name: str, processes: int, display: _SyncDisplay) -> int:
+def _once_json(cli: CliContext, name: str, result: OnceResult | None, code: int) -> dict[str, Any]:
+    """What ``sync --once --json`` prints: per folder the new messages, new locations (copies
+    and labels of messages already stored) and the error that made it skip; totals."""
+    folders: list[dict[str, Any]] = []
+    if result is not None and result.report is not None:
+        names = {f.id: f.name for f in cli.store.list_folders(name, include_removed=True)}
+        for f in result.report.folders:
+            folders.append(
+                {
+                    "id": f.folder_id,
+                    "name": names.get(f.folder_id),
+                    "new_messages": f.created,
+                    "new_locations": f.linked,
+                    "error": f.error,
+                }
+            )
+    account = cli.store.get_account(name) if result is None else result.account
+    errors = [f for f in folders if f["error"]]
+    return {
+        "account": name,
+        "ok": code == 0,
+        "exit_code": code,
+        "state": account.state,
+        "state_detail": account.state_detail,
+        "seconds": None if result is None or result.report is None else result.report.seconds,
+        "folders": folders,
+        "totals": {
+            "folders": len(folders),
+            "new_messages": sum(f["new_messages"] for f in folders),
+            "new_locations": sum(f["new_locations"] for f in folders),
+            "errors": len(errors),
+        },
+    }
+
+
+async def _sync_once(
+    cli: CliContext, name: str, processes: int, display: _SyncDisplay
+) -> tuple[int, OnceResult | None]:
+    """Run one pass with its display; the exit code and how it ended (None: interrupted)."""
     executor = make_parse_executor(processes)
     try:
         with display:
@@ -1483,12 +1559,12 @@ async def _sync_once(cli: CliContext, name: str, processes: int, display: _SyncD
                 while not job.done():
                     await display.poll()
                     await asyncio.wait({job}, timeout=_PROGRESS_SECONDS)
-            await display.poll()
+            await display.poll(final=True)
             try:
                 result = job.result()
             except asyncio.CancelledError:
                 display.say(f"Interrupted; {escape(name)}'s lease is released.")
-                return 130
+                return 130, None
     finally:
         if executor is not None:
             await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
@@ -1496,16 +1572,24 @@ async def _sync_once(cli: CliContext, name: str, processes: int, display: _SyncD
     if result.ok and result.report is not None:
         r = result.report
         errors = [f for f in r.folders if f.error]
+        folder_names = {f.id: f.name for f in cli.store.list_folders(name, include_removed=True)}
         for f in errors:
-            display.say(f"[yellow]folder {f.folder_id} skipped[/]: {escape(_plain(f.error))}")
+            shown = folder_names.get(f.folder_id, f"folder {f.folder_id}")
+            display.say(f"[yellow]{escape(safe(shown))} skipped[/]: {escape(safe(f.error))}")
         display.say(
             f"Synced {escape(name)}: {r.created} new messages, {r.linked} more locations "
             f"in {r.seconds:.1f} s."
         )
-        return 0
+        if errors:
+            display.say(
+                f"[yellow]{len(errors)} of {len(r.folders)} folders were skipped for an "
+                "error[/] (listed above); they are tried again at the next sync."
+            )
+            return _FOLDERS_SKIPPED, result
+        return 0, result
     display.say(f"[red]{escape(_plain(STATE_MESSAGES.get(a.state, a.state)))}[/]")
     click.echo(f"{name}: {a.state}: {safe(a.state_detail)}", err=True)
-    return _STOP_CODES.get(a.state, 4 if a.state == "disconnected" else 1)
+    return _STOP_CODES.get(a.state, 4 if a.state == "disconnected" else 1), result
 
 
 async def _sync_live(cli: CliContext, name: str, processes: int, display: _SyncDisplay) -> int:
@@ -1543,28 +1627,69 @@ async def _sync_live(cli: CliContext, name: str, processes: int, display: _SyncD
             stop.set()
             if not main_task.done():
                 await main_task
-    click.echo(f"Stopped syncing {name}; its lease is released.")
+    click.echo(f"Stopped syncing {name}; its lease is released.", err=display.console.stderr)
     return code
+
+
+_PROGRESS_EVERY_OPTION = click.option(
+    "--progress-every",
+    type=click.FloatRange(0.1, 3600.0),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Without a terminal: a progress line per folder that moved, this often.",
+)
 
 
 @main.command("sync")
 @click.argument("account_name", metavar="ACCOUNT")
 @click.option("--once", is_flag=True, help="Backfill and catch up, then exit.")
 @_PARSE_OPTION
-@click.option("--no-progress", is_flag=True, help="State lines only, no progress bars.")
+@click.option("--no-progress", is_flag=True, help="State lines only, no progress bars or lines.")
+@_PROGRESS_EVERY_OPTION
+@click.option(
+    "--json",
+    "as_json_output",
+    is_flag=True,
+    help="Print the result as JSON (state and progress lines go to stderr).",
+)
 @pass_cli
 def sync(
-    cli: CliContext, account_name: str, once: bool, parse_processes: int, no_progress: bool
+    cli: CliContext,
+    account_name: str,
+    once: bool,
+    parse_processes: int,
+    no_progress: bool,
+    progress_every: float,
+    as_json_output: bool,
 ) -> None:
     """Sync ACCOUNT: backfill the window, then stay live (IDLE) until Ctrl-C; with --once, exit
-    when caught up (0 on success; otherwise the account's state and the reason, and exit 4 when
-    the server refused or could not be reached, 1 for other errors)."""
+    when caught up.
+
+    Progress: bars on a terminal; otherwise a line per folder every few seconds. With --once
+    the result says, per folder, the new messages and new locations (copies of messages
+    already stored) and any error that made it skip the folder. Exit 0 when every folder
+    synced; 6 when the pass finished but some folder was skipped for an error; otherwise the
+    account's state and the reason, and 4 when the server refused or could not be reached,
+    1 for other errors, 130 when interrupted.
+    """
     _prepare_account(cli, account_name)
-    display = _SyncDisplay(cli.progress, _console(), names=[account_name], bars=not no_progress)
+    display = _SyncDisplay(
+        cli.progress,
+        _console(stderr=as_json_output),
+        names=[account_name],
+        bars=not no_progress,
+        lines=not no_progress,
+        every=progress_every,
+    )
     if once:
-        code = _run(_sync_once(cli, account_name, parse_processes, display))
+        code, result = _run(_sync_once(cli, account_name, parse_processes, display))
+        if as_json_output:
+            _print_json(_once_json(cli, account_name, result, code))
     else:
         code = _run(_sync_live(cli, account_name, parse_processes, display))
+        if as_json_output:
+            _print_account_json(cli, account_name)
     if code:
         sys.exit(code)
 
@@ -1574,6 +1699,7 @@ def sync(
 @click.option("--max-accounts", type=click.IntRange(1), help="Hold at most this many accounts.")
 @click.option("--poll-seconds", type=click.FloatRange(0.1), default=5.0, show_default=True)
 @click.option("--lease-seconds", type=click.FloatRange(1.0), default=60.0, show_default=True)
+@_PROGRESS_EVERY_OPTION
 @pass_cli
 def worker(
     cli: CliContext,
@@ -1581,10 +1707,14 @@ def worker(
     max_accounts: int | None,
     poll_seconds: float,
     lease_seconds: float,
+    progress_every: float,
 ) -> None:
     """Sync every active account (no API), sharing them with other workers through leases;
-    Ctrl-C stops cleanly and releases the leases."""
-    display = _SyncDisplay(cli.progress, _console(), names=None, bars=False)
+    Ctrl-C stops cleanly and releases the leases. Backfill progress is a line per folder that
+    moved, every few seconds."""
+    display = _SyncDisplay(
+        cli.progress, _console(), names=None, bars=False, lines=True, every=progress_every
+    )
 
     async def work() -> str:
         runner = SyncRunner(
