@@ -1365,6 +1365,7 @@ class _SyncDisplay:
         self.every = every
         self._lines_at: float | None = None
         self._printed: dict[tuple[str, int], tuple[int, int | None]] = {}
+        self._seen_accounts: set[str] = set()
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -1411,15 +1412,19 @@ class _SyncDisplay:
         return self.last
 
     def _progress_lines(self, p: AccountProgress) -> None:
-        """A line for each folder whose backfill moved since its last line (a folder seen
-        already complete, or not started, says nothing)."""
+        """A line for each folder whose backfill moved since its last line. A folder already
+        complete when the display started, not started yet, or empty says nothing."""
         stamp = time.strftime("%H:%M:%S")
+        first_look = p.name not in self._seen_accounts
+        self._seen_accounts.add(p.name)
         for f in p.folders:
             key = (p.name, f.folder_id)
             now = (f.done, f.total)
             before = self._printed.get(key)
             self._printed[key] = now
-            if before == now or (before is None and (f.complete or f.total is None)):
+            if before == now or f.total is None or (f.complete and f.done == 0):
+                continue
+            if before is None and f.complete and first_look:
                 continue
             total = "?" if f.total is None else str(f.total)
             rate = "" if not f.rate else f", {f.rate:.1f} msg/s"

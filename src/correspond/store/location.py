@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from correspond.settings import Settings
@@ -40,7 +40,16 @@ def store_location(settings: Settings) -> StoreLocation:
         url = make_url(raw)
     except ArgumentError:
         return StoreLocation(backend="unknown", url="(not a database URL)", sqlite_path=None)
-    shown = url.set(password=None).render_as_string(hide_password=False)
+    # URL.set(password=None) would keep the password ("None" means "unchanged" there).
+    bare = URL.create(
+        url.drivername,
+        username=url.username,
+        host=url.host,
+        port=url.port,
+        database=url.database,
+        query=url.query,
+    )
+    shown = bare.render_as_string(hide_password=False)
     backend = url.get_backend_name()
     path: Path | None = None
     if backend == "sqlite" and url.database and url.database != ":memory:":
