@@ -5,7 +5,8 @@ Every command that shows data takes ``--json``. Secrets are read from a hidden p
 standard input (``--password-stdin``), never from argv, and never printed.
 
 Exit codes: 0 success, 1 a failed connection test or unexpected error, 2 bad input (ConfigError
-or usage), 3 not found, 4 the mail server failed or refused, 5 the database failed.
+or usage), 3 not found, 4 the mail server failed or refused, 5 the database failed, 6 a sync
+finished but skipped some folder for an error. Output to a closed pipe ends with 0.
 """
 
 from __future__ import annotations
@@ -1621,7 +1622,10 @@ async def _sync_live(cli: CliContext, name: str, processes: int, display: _SyncD
                     if name not in runner.running and not waiting_said:
                         holder = await asyncio.to_thread(cli.leases.holder, name)
                         if holder is not None and holder[0] != runner.owner:
-                            display.say(f"Waiting: {escape(name)} is being synced by {holder[0]}.")
+                            display.say(
+                                f"Waiting: {escape(name)} is being synced by "
+                                f"{escape(safe(holder[0]))}."
+                            )
                             waiting_said = True
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=_PROGRESS_SECONDS)
