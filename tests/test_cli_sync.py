@@ -314,7 +314,16 @@ def test_subprocess_serve_no_sync_and_worker(
         # The API alone syncs nothing.
         assert store.get_account(name).lease_owner is None and count(store, name) == 0
         worker = subprocess.Popen(
-            [*console_script(), "worker", "--poll-seconds", "0.5", "--parse-processes", "0"],
+            [
+                *console_script(),
+                "worker",
+                "--poll-seconds",
+                "0.5",
+                "--parse-processes",
+                "0",
+                "--progress-every",
+                "0.1",
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -332,6 +341,8 @@ def test_subprocess_serve_no_sync_and_worker(
             w_out, w_err = _interrupt(worker, signal.SIGTERM)
             assert worker.returncode == 0, w_out + w_err
             assert "stopped; its leases are released" in w_out
+            # Not a terminal: the backfill's progress is a plain line per folder.
+            assert f"{name}: INBOX {COUNT}/{COUNT}" in w_out, w_out
         out, err = _interrupt(api, signal.SIGINT)
     assert api.returncode == 0, out + err
     assert store.get_account(name).lease_owner is None
