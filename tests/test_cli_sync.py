@@ -152,6 +152,11 @@ def test_sync_once_reports_refused_sign_in(
     assert "Authentication failed" in result.output  # the server's words
     account = store.get_account(name)
     assert account.state == "auth_failed" and account.lease_owner is None
+    as_json = cli("sync", name, "--once", "--parse-processes", "0", "--json")
+    assert as_json.exit_code == 4, as_json.output
+    report = json.loads(as_json.stdout)  # the JSON alone on stdout, even when it failed
+    assert (report["ok"], report["exit_code"], report["state"]) == (False, 4, "auth_failed")
+    assert "Authentication failed" in report["state_detail"] and report["folders"] == []
 
 
 def test_pause_resume_from_the_command_line(
