@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from types import EllipsisType
 from typing import Any, NoReturn
@@ -1367,6 +1368,7 @@ class _SyncDisplay:
         self._lines_at: float | None = None
         self._printed: dict[tuple[str, int], tuple[int, int | None]] = {}
         self._seen_accounts: set[str] = set()
+        self._started_at = datetime.now(UTC)
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -1414,10 +1416,14 @@ class _SyncDisplay:
 
     def _progress_lines(self, p: AccountProgress) -> None:
         """A line for each folder whose backfill moved since its last line. A folder already
-        complete when the display started, not started yet, or empty says nothing."""
+        complete before this display started watching, not started yet, or empty says
+        nothing."""
         stamp = time.strftime("%H:%M:%S")
         first_look = p.name not in self._seen_accounts
         self._seen_accounts.add(p.name)
+        # A pass that began after the display started is news, even if the first look at it
+        # comes after it finished.
+        watched = p.connected_at is not None and p.connected_at >= self._started_at
         for f in p.folders:
             key = (p.name, f.folder_id)
             now = (f.done, f.total)
@@ -1425,7 +1431,7 @@ class _SyncDisplay:
             self._printed[key] = now
             if before == now or f.total is None or (f.complete and f.done == 0):
                 continue
-            if before is None and f.complete and first_look:
+            if before is None and f.complete and first_look and not watched:
                 continue
             total = "?" if f.total is None else str(f.total)
             rate = "" if not f.rate else f", {f.rate:.1f} msg/s"
