@@ -193,12 +193,7 @@ def console_script() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "correspond.cli"]
 
 
-@pytest.mark.parametrize(
-    "args",
-    [["account", "list"], ["account", "list", "--json"], ["messages", "list", "g0"], ["--help"]],
-    ids=["rich-table", "json", "messages-list", "help"],
-)
-def test_a_closed_pipe_ends_quietly_with_status_zero(tmp_path: Path, args: list[str]) -> None:
+def test_a_closed_pipe_ends_quietly_with_status_zero(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     key = Fernet.generate_key().decode()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRESPOND_")}
@@ -211,22 +206,29 @@ def test_a_closed_pipe_ends_quietly_with_status_zero(tmp_path: Path, args: list[
             )
     finally:
         store.close()
-    read_end, write_end = os.pipe()
-    os.close(read_end)  # the reader is gone before the command writes a byte (`| head -0`)
-    try:
-        proc = subprocess.run(
-            [*console_script(), "--data-dir", str(data_dir), *args],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            env=env,
-            timeout=60,
-            check=False,
-        )
-    finally:
-        os.close(write_end)
-    stderr = proc.stderr.decode()
-    assert proc.returncode == 0, stderr
-    assert stderr == ""
+    # One per way out: a rich table, click's echo (the issue's `messages list`), and click's
+    # own help while parsing. Run side by side: each pays the start-up once.
+    cases = {
+        "rich table": ["account", "list"],
+        "messages list": ["messages", "list", "g0"],
+        "help": ["--help"],
+    }
+    running = {}
+    for what, args in cases.items():
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader is gone before the command writes a byte (`| head -0`)
+        try:
+            running[what] = subprocess.Popen(
+                [*console_script(), "--data-dir", str(data_dir), *args],
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
+        finally:
+            os.close(write_end)
+    for what, proc in running.items():
+        _, stderr = proc.communicate(timeout=60)
+        assert (what, proc.returncode, stderr.decode()) == (what, 0, "")
 
 
 # -- server text on a terminal ---------------------------------------------------------------
