@@ -173,10 +173,28 @@ def test_database_url_is_shown_without_its_password(tmp_path: Path) -> None:
     where = store_location(settings)
     assert where.backend == "postgresql" and where.sqlite_path is None
     assert where.url == "postgresql+psycopg://crm@db.example:5433/correspond"
-    assert where.exists() is None  # only opening it can tell
+    assert "hunter2" not in repr(where)
 
 
-@pytest.mark.dovecot
+def test_a_new_store_is_announced_on_each_backend(
+    store_settings: Settings, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: False)
+    cli = StoreCli(store_settings, store_url)
+    looked = cli("info", "--json")
+    assert looked.exit_code == 0, looked.output
+    info = json.loads(looked.stdout)
+    assert (info["store_exists"], info["accounts"]) == (False, 0)
+    assert "Created" not in looked.stderr  # looking is not creating
+    where = store_location(store_settings.clone(database_url=store_url))
+    created = cli("account", "list")
+    assert created.exit_code == 0, created.output
+    assert f"Created a new store: {where.url} " in created.stderr
+    again = cli("account", "list")
+    assert again.exit_code == 0 and "Created" not in again.stderr
+    assert cli.json("info")["store_exists"] is True
+
+
 def test_info_on_each_backend(store: Store, store_settings: Settings, store_url: str) -> None:
     store.add_account(draft_from_preset("google", name="g", email="g@gmail.com"), PASSWORD)
     info = StoreCli(store_settings, store_url).json("info")
