@@ -62,6 +62,8 @@ __all__ = [
     "ThreadCandidate",
     "ThreadChoice",
     "ThreadChooser",
+    "bare_message",
+    "minimal_message",
     "storable",
     "where_in_folder_or_thread",
 ]
@@ -75,6 +77,116 @@ _SAME_SUBJECT_WINDOW = timedelta(days=31)
 _IN_CHUNK = 500
 # Lone surrogates cannot be encoded as UTF-8, so no database takes them (see storable()).
 _SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+class _Refused(Exception):
+    """The database refused a write (a constraint, a type, a size or an index limit): the
+    data is at fault, not the database. ``error`` is the :class:`StoreError` to raise when
+    no fallback is left."""
+
+    def __init__(self, error: StoreError, cause: SQLAlchemyError) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.__cause__ = cause
+
+
+# PostgreSQL SQLSTATE classes that say the server or the connection failed, not the data
+# (Appendix A of its manual): connection, resources, operator intervention, system and
+# internal errors, transaction rollback (serialisation, deadlock), lock not available.
+_PG_UNAVAILABLE = ("08", "53", "57", "58", "XX", "40", "55")
+# SQLite primary result codes of the same kind.
+_SQLITE_UNAVAILABLE = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_IOERR",
+    "SQLITE_FULL",
+    "SQLITE_NOMEM",
+    "SQLITE_CANTOPEN",
+    "SQLITE_READONLY",
+    "SQLITE_CORRUPT",
+    "SQLITE_NOTADB",
+    "SQLITE_PROTOCOL",
+    "SQLITE_INTERRUPT",
+)
+
+
+def _refused_by_database(exc: SQLAlchemyError) -> bool:
+    """Whether ``exc`` says the database refused the data written (so storing less of it
+    may pass), rather than that the database is unavailable (so retrying later may)."""
+    if getattr(exc, "connection_invalidated", False):
+        return False
+    orig = getattr(exc, "orig", None)
+    if orig is None:
+        return False
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        return not sqlstate.startswith(_PG_UNAVAILABLE)
+    name = getattr(orig, "sqlite_errorname", None)
+    if isinstance(name, str):
+        return not name.startswith(_SQLITE_UNAVAILABLE)
+    # Not from the server at all: a value the driver could not send (an integer beyond 64
+    # bits, NUL in text for psycopg).
+    return not isinstance(orig, OSError) and type(orig).__module__.split(".")[0] in (
+        "builtins",
+        "psycopg",
+        "sqlite3",
+    )
+
+
+#: Longest subject kept in a minimal row (a btree index entry must stay small).
+_MINIMAL_SUBJECT_CHARS = 255
+#: Longest address (RFC 5321 §4.5.3.1: 64 + 1 + 255) and Message-ID kept in a minimal row.
+_MINIMAL_ADDRESS_CHARS = 320
+_MINIMAL_ID_CHARS = 400
+_MINIMAL_DEFECTS = 20
+
+
+def minimal_message(data: MessageData, reason: str) -> MessageData:
+    """What is kept of a message whose row the database refused: the key, bounded header
+    facts (subject, sender, date, Message-ID), size and the raw message's blob, and the
+    reason as a defect; no text, addresses lists, references or attachments."""
+    sender = data.from_
+    if sender is not None and len(sender.email) > _MINIMAL_ADDRESS_CHARS:
+        sender = None
+    if sender is not None and sender.name and len(sender.name) > _MINIMAL_SUBJECT_CHARS:
+        sender = AddressData(sender.name[:_MINIMAL_SUBJECT_CHARS], sender.email)
+    mid = data.message_id
+    return MessageData(
+        dedupe_key=data.dedupe_key,
+        message_id=mid if mid is not None and len(mid) <= _MINIMAL_ID_CHARS else None,
+        subject=data.subject[:_MINIMAL_SUBJECT_CHARS],
+        normalized_subject=data.normalized_subject[:_MINIMAL_SUBJECT_CHARS],
+        from_=sender,
+        date=data.date,
+        internaldate=data.internaldate,
+        size=data.size,
+        raw_blob_key=data.raw_blob_key,
+        truncated=True,
+        gm_msgid=_int64(data.gm_msgid),
+        gm_thrid=_int64(data.gm_thrid),
+        defects=(*(d[:200] for d in data.defects[:_MINIMAL_DEFECTS]), reason),
+        direction=data.direction,
+        own_addresses=data.own_addresses,
+    )
+
+
+def bare_message(data: MessageData, reason: str) -> MessageData:
+    """Less still: the key, size and arrival time, and the reason."""
+    return MessageData(
+        dedupe_key=data.dedupe_key,
+        internaldate=data.internaldate,
+        size=data.size,
+        truncated=True,
+        defects=(reason,),
+        direction=data.direction,
+    )
+
+
+_REFUSED_REASON = "stored without its content: the database refused it ({})"
+
+
+def _int64(value: int | None) -> int | None:
+    return value if value is not None and -(2**63) <= value < 2**63 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,15 +566,66 @@ class MessageStore:
         rows are written with multi-row INSERTs. Measured ~10x faster than an ORM flush per
         message, which dominated backfill time.
         """
-        result = IngestResult()
         # Made storable before the transaction opens (SQLite holds its write lock meanwhile).
         items = [_storable_item(i) for i in items]
         try:
+            return self._ingest(account_id, folder_id, items, checkpoint, chooser)
+        except _Refused:
+            return self._ingest_one_by_one(account_id, folder_id, items, checkpoint, chooser)
+
+    def _ingest(
+        self,
+        account_id: int,
+        folder_id: int,
+        items: Sequence[IncomingMessage],
+        checkpoint: FolderCheckpointUpdate | None,
+        chooser: ThreadChooser,
+    ) -> IngestResult:
+        """One transaction; :class:`_Refused` when the database refused what was written
+        (not when it is unavailable: that is a :class:`StoreError` to retry later)."""
+        result = IngestResult()
+        try:
             with self._session() as s, s.begin():
                 _BatchIngest(s, account_id, folder_id, chooser, result).run(items)
-                self._apply_checkpoint(s, folder_id, checkpoint)
+                if checkpoint is not None:
+                    self._apply_checkpoint(s, folder_id, checkpoint)
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not store a batch for folder {folder_id}: {exc}") from exc
+            error = StoreError(f"could not store a batch for folder {folder_id}: {exc}")
+            if _refused_by_database(exc):
+                raise _Refused(error, exc) from exc
+            raise error from exc
+        return result
+
+    def _ingest_one_by_one(
+        self,
+        account_id: int,
+        folder_id: int,
+        items: Sequence[IncomingMessage],
+        checkpoint: FolderCheckpointUpdate,
+        chooser: ThreadChooser,
+    ) -> IngestResult:
+        """The database refused a batch: store its messages one by one, so that only the one
+        at fault is stored without its content (:func:`minimal_message`), then move the
+        cursor. Poison mail never stops a folder; a database that fails even the minimal row
+        of a message fails the batch as before."""
+        result = IngestResult()
+        fallbacks = (minimal_message, bare_message)
+        for item in items:
+            attempt = item
+            for level in range(len(fallbacks) + 1):
+                try:
+                    part = self._ingest(account_id, folder_id, [attempt], None, chooser)
+                except _Refused as refused:
+                    if level == len(fallbacks):
+                        raise refused.error from refused.__cause__
+                    reason = _REFUSED_REASON.format(type(refused.__cause__).__name__)
+                    attempt = replace(item, data=fallbacks[level](item.data, reason))
+                    continue
+                result.created += part.created
+                result.linked += part.linked
+                result.already_present += part.already_present
+                break
+        self.update_checkpoint(folder_id, checkpoint)
         return result
 
     @staticmethod

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from correspond.errors import ImapProtocolError
+from correspond.errors import ImapCommandError, ImapProtocolError
 from correspond.imap.client import ImapClient
 from correspond.imap.protocol import format_sequence_set
 from correspond.imap.types import BodyPart, BodyStructure, FetchResponse, Multipart
@@ -79,6 +79,7 @@ from correspond.sync.prepare import (
     parse_headers,
     parse_raw,
     prepare_messages,
+    prepare_one_by_one,
     slim_meta,
 )
 
@@ -157,6 +158,18 @@ def _walk(body: BodyStructure) -> list[BodyPart]:
             out.extend(_walk(part))
         return out
     return [body]
+
+
+def _cut_structure(body: BodyStructure) -> bool:
+    """Whether the client cut a structure nested too deeply (a multipart without parts)."""
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Multipart):
+            if not node.parts:
+                return True
+            stack.extend(node.parts)
+    return False
 
 
 def _is_attachment(part: BodyPart) -> bool:
@@ -420,11 +433,10 @@ class FolderSyncer:
         if not self._use_pool(len(uids), bulk):
             # A worker thread, not the event loop: the loop keeps reading the next batch off
             # the socket meanwhile (zstd, hashing, file writes and socket reads release the GIL).
-            done = [await asyncio.to_thread(prepare_messages, jobs[0], self.blobs)]
+            done = [await self._prepare_job(jobs[0], None)]
         else:
-            loop = asyncio.get_running_loop()
-            done = await asyncio.gather(
-                *(loop.run_in_executor(self.parse_executor, prepare_messages, j) for j in jobs)
+            done = list(
+                await asyncio.gather(*(self._prepare_job(j, self.parse_executor) for j in jobs))
             )
         out: dict[int, MessageData] = {}
         for chunk in done:
@@ -432,6 +444,18 @@ class FolderSyncer:
             report.seconds_parse += chunk.seconds_parse
             report.seconds_blobs += chunk.seconds_blobs
         return out
+
+    async def _prepare_job(self, job: PrepareJob, executor: Executor | None) -> PreparedChunk:
+        """One job in the pool (``executor``) or a thread. A job that fails as a whole (a
+        worker died on a message, the pool broke, a bug) is prepared again message by message
+        in a thread, so that only the message at fault is stored without its content."""
+        try:
+            if executor is None:
+                return await asyncio.to_thread(prepare_messages, job, self.blobs)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(executor, prepare_messages, job)
+        except Exception:
+            return await asyncio.to_thread(prepare_one_by_one, job, self.blobs)
 
     def _use_pool(self, count: int, bulk: bool) -> bool:
         """The process pool for backfill batches and large catch-ups; a thread for the few
@@ -632,20 +656,33 @@ class FolderSyncer:
         header: ParsedMessage,
         report: FolderSyncReport,
     ) -> MessageData:
-        """Above max_message_bytes: headers, BODYSTRUCTURE and the text parts only."""
-        structure = await self._fetch([uid], "(UID BODYSTRUCTURE)", report)
-        body = structure.get(uid)
-        bs = body.bodystructure if body is not None else None
+        """Above max_message_bytes: headers, BODYSTRUCTURE and the text parts only. A server
+        that refuses either FETCH for this message leaves it with its headers and a defect."""
+        defects = [*header.defects, "message above the size limit: body not downloaded"]
+        bs: BodyStructure | None = None
+        try:
+            structure = await self._fetch([uid], "(UID BODYSTRUCTURE)", report)
+        except ImapCommandError as exc:
+            defects.append(f"the server refused its structure: {str(exc)[:200]}")
+        else:
+            body = structure.get(uid)
+            bs = body.bodystructure if body is not None else None
         text: str | None = None
         html: str | None = None
         attachments: tuple[AttachmentData, ...] = ()
         if bs is not None:
+            if _cut_structure(bs):
+                defects.append("MIME structure nested too deeply: inner parts not listed")
             parts = text_parts(bs)
             # A text part itself above the limit is not fetched either (a 2 GB "text" part).
             wanted = [p for p in parts if p.size <= self.settings.max_message_bytes]
+            got: FetchResponse | None = None
             if wanted:
                 items = "(UID " + " ".join(f"BODY.PEEK[{p.section}]" for p in wanted) + ")"
-                got = (await self._fetch([uid], items, report)).get(uid)
+                try:
+                    got = (await self._fetch([uid], items, report)).get(uid)
+                except ImapCommandError as exc:
+                    defects.append(f"the server refused its text: {str(exc)[:200]}")
                 for p in wanted:
                     content = got.sections.get(p.section) if got is not None else None
                     if content is None:
@@ -672,7 +709,7 @@ class FolderSyncer:
             html=html,
             snippet=_snippet(text, html),
             attachments=(),
-            defects=(*header.defects, "message above the size limit: body not downloaded"),
+            defects=tuple(defects),
             headers=header.headers,
         )
         return self.builder.build(
