@@ -135,6 +135,21 @@ async def test_deep_and_big_message_among_innocent_ones(env: Env) -> None:
     assert audit_store(env).problems == {}
 
 
+async def test_deeper_than_the_server_describes(env: Env) -> None:
+    # 120 levels: Dovecot describes ~100 of them, deeper than any limit of ours. A small
+    # size limit sends it down the BODYSTRUCTURE path without a 26 MB message.
+    env.settings = env.settings.clone(max_message_bytes=100_000)
+    raws = [raw_message("a"), nested_bomb(120, 200_000), raw_message("b")]
+    append(env, "INBOX", raws)
+    report = await env.sync()
+    assert [f.error for f in report.folders if f.error] == []
+    keys = stored_by_key(env)
+    assert set(keys) == {"mid:ma@example.test", "mid:mb@example.test", "mid:bomb@example.test"}
+    bad = env.messages.get_message(keys["mid:bomb@example.test"])
+    assert bad.truncated
+    assert any("nested too deeply" in d for d in bad.defects), bad.defects
+
+
 async def test_deep_message_below_the_size_limit(env: Env) -> None:
     # Whole-message path: the parser walks 50 levels and keeps the rest as one part.
     raws = [raw_message("a"), nested_bomb(70, 200_000), raw_message("b")]
