@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from correspond.mail.dedupe import MAX_KEY_ID, dedupe_key, header_dedupe_key, normalize_message_id
+from correspond.mail.dedupe import (
+    MAX_KEY_ID,
+    KeyFacts,
+    dedupe_key,
+    distinct_key,
+    header_dedupe_key,
+    key_facts,
+    normalize_message_id,
+    reusable_key,
+    same_message,
+)
 from correspond.mail.parse import parse_message
 
 BASE = (
@@ -151,3 +162,66 @@ def test_header_key_agrees_on_the_real_world_corpus() -> None:
             decided += 1
             assert quick == dedupe_key(parse_message(raw)), path.name
     assert decided > len(files) // 2
+
+
+# --- a Message-ID reused by another message --------------------------------------------------
+
+D = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        # A copy: same sender, same Date (a list's copy keeps both; only a footer is added).
+        (KeyFacts("ann@example.com", D), KeyFacts("ann@example.com", D), True),
+        # Dates written by two hops in two zones, or a resend the same day: within a day.
+        (
+            KeyFacts("ann@example.com", D),
+            KeyFacts("ann@example.com", D + timedelta(hours=23)),
+            True,
+        ),
+        (KeyFacts("ann@example.com", D), KeyFacts("ann@example.com", D - timedelta(days=1)), True),
+        # A spoofer reusing a real id: another sender.
+        (KeyFacts("ann@example.com", D), KeyFacts("mallory@evil.test", D), False),
+        # A broken mailer reusing ids: same sender, another day.
+        (KeyFacts("ann@example.com", D), KeyFacts("ann@example.com", D + timedelta(days=3)), False),
+        (
+            KeyFacts("ann@example.com", D),
+            KeyFacts("ann@example.com", D - timedelta(hours=25)),
+            False,
+        ),
+        # What is missing cannot tell two messages apart.
+        (KeyFacts(None, D), KeyFacts("ann@example.com", D), True),
+        (KeyFacts("ann@example.com", None), KeyFacts("ann@example.com", D), True),
+        (KeyFacts(None, None), KeyFacts("mallory@evil.test", D + timedelta(days=9)), True),
+        # Naive and aware Dates compare as UTC.
+        (KeyFacts("a@x", D.replace(tzinfo=None)), KeyFacts("a@x", D + timedelta(hours=2)), True),
+    ],
+)
+def test_same_message(a: KeyFacts, b: KeyFacts, same: bool) -> None:
+    assert same_message(a, b) is same
+    assert same_message(b, a) is same
+
+
+def test_key_facts_read_the_sender_address_and_date() -> None:
+    p = parse_message(msg("Message-ID: <a@x>\n", base=BASE.replace("Ann <ann@", "Ann <ANN@")))
+    assert key_facts(p) == KeyFacts("ann@example.com", D)
+    bare = parse_message(b"Message-ID: <a@x>\r\n\r\nbody\r\n")
+    assert key_facts(bare) == KeyFacts(None, None)
+
+
+def test_distinct_key_is_one_per_sender_and_day() -> None:
+    key = "mid:a@x"
+    spoof = distinct_key(key, KeyFacts("mallory@evil.test", D))
+    assert re.fullmatch(r"mid:a@x#[0-9a-f]{16}", spoof)
+    # Every copy of the spoofed message finds the same key, whatever its hour.
+    assert spoof == distinct_key(key, KeyFacts("mallory@evil.test", D + timedelta(hours=5)))
+    assert spoof != distinct_key(key, KeyFacts("mallory@evil.test", D + timedelta(days=1)))
+    assert spoof != distinct_key(key, KeyFacts("eve@evil.test", D))
+    assert spoof != distinct_key("mid:b@x", KeyFacts("mallory@evil.test", D))
+    assert distinct_key(key, KeyFacts(None, None)) != key
+
+
+def test_reusable_keys_are_the_message_id_ones() -> None:
+    assert reusable_key("mid:a@x") and reusable_key("midh:" + "0" * 64)
+    assert not reusable_key("gm:1") and not reusable_key("h:" + "0" * 64)

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from correspond.errors import NotFound, StoreError
+from correspond.mail.dedupe import KeyFacts, distinct_key
 from correspond.store.blobs import BlobStore, blob_key
 from correspond.store.engine import create_store_engine, migrate
 from correspond.store.message_tables import MessageRow, MessageSubjectKeyRow, ThreadRow
@@ -250,6 +251,46 @@ def test_failure_mid_batch_stores_nothing_and_keeps_cursor(store: MessageStore) 
     assert store.count_locations(inbox) == 0
     assert store.count_threads(acct) == 0
     assert store.folder_checkpoint(inbox).backfill_low_uid == 100
+
+
+def test_a_reused_message_id_is_another_message(store: MessageStore) -> None:
+    acct = make_account(store.engine)
+    inbox = make_folder(store.engine, acct, b"INBOX")
+    day = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+    def ingest(*items: tuple[int, MessageData]) -> None:
+        store.ingest_batch(
+            acct,
+            inbox,
+            [IncomingMessage(u, frozenset(), d) for u, d in items],
+            FolderCheckpointUpdate(),
+            chooser=first_related_chooser,
+        )
+
+    real = msg("mid:x@example.test", text="the real one")
+    ingest((1, real))
+    spoof = msg("mid:x@example.test", from_=AddressData("Ann", "mallory@evil.test"), text="spoof")
+    late = msg("mid:x@example.test", date=day + timedelta(days=3), text="reused by a mailer")
+    copy = msg("mid:x@example.test", date=day + timedelta(hours=6), text="list copy + footer")
+    # One stored already; in one batch: a spoof, a later reuse, a copy, and the spoof again.
+    ingest((2, spoof), (3, late), (4, copy), (5, spoof))
+    contents = store.folder_contents(inbox)
+    assert contents[1] == contents[4] == "mid:x@example.test"
+    assert (
+        contents[2]
+        == contents[5]
+        == distinct_key("mid:x@example.test", KeyFacts("mallory@evil.test", day))
+    )
+    assert contents[3] == distinct_key(
+        "mid:x@example.test", KeyFacts("ann@example.test", day + timedelta(days=3))
+    )
+    assert store.count_messages(acct) == 3
+    texts = {store.get_message(m.id).text for m in store.list_messages(acct)}
+    assert texts == {"the real one", "spoof", "reused by a mailer"}
+    # The reuse found in a later batch links to its own message, not the first.
+    ingest((6, replace(spoof, text="spoof, copied")))
+    assert store.folder_contents(inbox)[6] == contents[2]
+    assert store.count_messages(acct) == 3
 
 
 def test_unique_dedupe_key_is_enforced_by_the_database(store: MessageStore) -> None:

@@ -36,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from correspond.errors import NotFound, StoreError
+from correspond.mail.dedupe import KeyFacts, distinct_key, reusable_key, same_message
 from correspond.mail.threading import subject_keys
 from correspond.rules.sync_plan import FolderCheckpoint
 from correspond.store.message_data import AddressData, AttachmentData, MessageData
@@ -183,6 +184,13 @@ def bare_message(data: MessageData, reason: str) -> MessageData:
 
 
 _REFUSED_REASON = "stored without its content: the database refused it ({})"
+
+
+def _facts(data: MessageData) -> KeyFacts:
+    """The sender and Date of a message to store, as :func:`same_message` compares them. A
+    location linked without its body carries neither (the metadata pass already decided)."""
+    sender = data.from_.email.lower() if data.from_ and data.from_.email else None
+    return KeyFacts(sender, data.date)
 
 
 def _int64(value: int | None) -> int | None:
@@ -540,6 +548,29 @@ class MessageStore:
         except SQLAlchemyError as exc:
             raise StoreError(f"could not look up messages: {exc}") from exc
         return {k for stored in found for k in asked[stored]}
+
+    def stored_key_facts(self, account_id: int, keys: Collection[str]) -> dict[str, KeyFacts]:
+        """Which of ``keys`` the account already has, each with the stored message's sender
+        and Date (so the sync can tell a reused Message-ID from a copy before it fetches)."""
+        asked: dict[str, list[str]] = {}
+        for k in set(keys):
+            asked.setdefault(storable(k), []).append(k)
+        wanted = sorted(asked)
+        found: dict[str, KeyFacts] = {}
+        try:
+            with self._session() as s:
+                for part in _chunks(wanted):
+                    for key, sender, when in s.execute(
+                        select(MessageRow.dedupe_key, MessageRow.from_email, MessageRow.date).where(
+                            MessageRow.account_id == account_id,
+                            MessageRow.dedupe_key.in_(part),
+                        )
+                    ):
+                        for k in asked[key]:
+                            found[k] = KeyFacts(sender, _aware(when))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not look up messages: {exc}") from exc
+        return found
 
     # -- ingest --------------------------------------------------------------------------------
 
@@ -1098,15 +1129,10 @@ class _BatchIngest:
                 todo.append(item)
         if not todo:
             return
-        keys = sorted({i.data.dedupe_key for i in todo})
         existing: dict[str, int] = {}
-        for part in _chunks(keys):
-            for mid, key in s.execute(
-                select(MessageRow.id, MessageRow.dedupe_key).where(
-                    MessageRow.account_id == self.account_id, MessageRow.dedupe_key.in_(part)
-                )
-            ):
-                existing[key] = int(mid)
+        facts: dict[str, KeyFacts] = {}
+        self._look_up(existing, facts, {i.data.dedupe_key for i in todo})
+        todo = self._distinct_reused_ids(todo, existing, facts)
         first_of_key: dict[str, IncomingMessage] = {}
         for item in todo:
             if item.data.dedupe_key not in existing:
@@ -1241,6 +1267,47 @@ class _BatchIngest:
         for group in params.values():
             s.execute(update(MessageRow), group)
         self._refresh_threads(touched)
+
+    def _look_up(
+        self, existing: dict[str, int], facts: dict[str, KeyFacts], keys: Collection[str]
+    ) -> None:
+        """Add the stored messages among ``keys`` to ``existing`` (key -> id) and their
+        sender and Date to ``facts``."""
+        for part in _chunks(sorted(set(keys) - set(existing))):
+            for mid, key, sender, when in self.s.execute(
+                select(
+                    MessageRow.id, MessageRow.dedupe_key, MessageRow.from_email, MessageRow.date
+                ).where(MessageRow.account_id == self.account_id, MessageRow.dedupe_key.in_(part))
+            ):
+                existing[key] = int(mid)
+                facts[key] = KeyFacts(sender, _aware(when))
+
+    def _distinct_reused_ids(
+        self,
+        todo: list[IncomingMessage],
+        existing: dict[str, int],
+        facts: dict[str, KeyFacts],
+    ) -> list[IncomingMessage]:
+        """Messages whose Message-ID key is taken by another message (a stored one, or one
+        earlier in the batch) that is not the same message (:func:`same_message`: another
+        sender, or a Date more than a day away) get their :func:`distinct_key`."""
+        out: list[IncomingMessage] = []
+        moved: set[str] = set()
+        for item in todo:
+            key = item.data.dedupe_key
+            if reusable_key(key):
+                mine = _facts(item.data)
+                theirs = facts.get(key)
+                if theirs is not None and not same_message(theirs, mine):
+                    key = distinct_key(key, mine)
+                    item = replace(item, data=replace(item.data, dedupe_key=key))
+                    moved.add(key)
+                if key not in facts and key not in moved:
+                    facts[key] = mine
+            out.append(item)
+        if moved:
+            self._look_up(existing, facts, moved)
+        return out
 
     def _sent_copy_changes(self, copies: Mapping[int, MessageData]) -> dict[int, dict[str, Any]]:
         """What a copy found in Sent adds to a message stored from another folder.

@@ -45,6 +45,13 @@ from correspond.errors import ImapCommandError, ImapProtocolError
 from correspond.imap.client import ImapClient
 from correspond.imap.protocol import format_sequence_set
 from correspond.imap.types import BodyPart, BodyStructure, FetchResponse, Multipart
+from correspond.mail.dedupe import (
+    KeyFacts,
+    distinct_key,
+    key_facts,
+    reusable_key,
+    same_message,
+)
 from correspond.mail.parse import ParsedMessage, parse_message
 from correspond.mail.snippet import html_to_text, make_snippet
 from correspond.rules.sync_plan import (
@@ -550,9 +557,7 @@ class FolderSyncer:
         started = time.perf_counter()
         keys = await asyncio.to_thread(self._header_keys, present, meta, headers)
         report.seconds_parse += time.perf_counter() - started
-        known = await asyncio.to_thread(
-            self.messages.known_dedupe_keys, self.folder.account_id, set(keys.values())
-        )
+        known = await self._linkable(present, keys, headers)
         return _BatchMeta(
             present=present,
             meta=meta,
@@ -561,6 +566,48 @@ class FolderSyncer:
             headers=headers,
             limit=self.settings.max_message_bytes,
         )
+
+    async def _linkable(
+        self, uids: Sequence[int], keys: dict[int, str], headers: _LazyHeaders
+    ) -> set[str]:
+        """The keys among ``keys`` whose messages the account has already, so that those UIDs
+        only gain a location and no body is fetched. Only where the header block gives the
+        very key the parser would give the whole message:
+
+        * never a fallback hash (``h:``): from the header block it leaves out the body and
+          the attachments, so it can equal the key of another message stored already
+          (no Message-ID, same headers: bounces, broken multiparts); those are fetched and
+          the whole message's key decides at ingest;
+        * a Message-ID key only when the stored message has the same sender and a Date
+          within a day (:func:`same_message`); otherwise the UID takes its
+          :func:`distinct_key`, itself linkable when that other message is stored.
+
+        ``keys`` is updated in place for the UIDs that reuse another message's Message-ID."""
+        account = self.folder.account_id
+        wanted = {k for k in keys.values() if not k.startswith("h:")}
+        stored = await asyncio.to_thread(self.messages.stored_key_facts, account, wanted)
+        known: set[str] = set()
+        moved: dict[int, KeyFacts] = {}
+        for u in uids:
+            key = keys[u]
+            theirs = stored.get(key)
+            if theirs is None:
+                continue
+            if reusable_key(key):
+                mine = key_facts(headers[u])
+                if not same_message(theirs, mine):
+                    keys[u] = distinct_key(key, mine)
+                    moved[u] = mine
+                    continue
+            known.add(key)
+        if moved:
+            alt = {keys[u] for u in moved}
+            found = await asyncio.to_thread(self.messages.stored_key_facts, account, alt)
+            for u, mine in moved.items():
+                theirs = found.get(keys[u])
+                if theirs is not None and same_message(theirs, mine):
+                    known.add(keys[u])
+        return known
 
     def _header_keys(
         self, uids: Sequence[int], meta: Mapping[int, FetchResponse], headers: _LazyHeaders
