@@ -19,6 +19,7 @@ from correspond.mail.dedupe import (
     normalize_message_id,
     reusable_key,
     same_message,
+    unfetched_body_key,
 )
 from correspond.mail.parse import parse_message
 
@@ -225,3 +226,12 @@ def test_distinct_key_is_one_per_sender_and_day() -> None:
 def test_reusable_keys_are_the_message_id_ones() -> None:
     assert reusable_key("mid:a@x") and reusable_key("midh:" + "0" * 64)
     assert not reusable_key("gm:1") and not reusable_key("h:" + "0" * 64)
+
+
+def test_unfetched_body_key_adds_the_size_to_a_header_hash_only() -> None:
+    h = "h:" + "0" * 64
+    assert unfetched_body_key(h, 5000) == unfetched_body_key(h, 5000)
+    assert unfetched_body_key(h, 5000) != unfetched_body_key(h, 5001)
+    assert re.fullmatch(r"h:[0-9a-f]{64}", unfetched_body_key(h, None))
+    assert unfetched_body_key("mid:a@x", 5000) == "mid:a@x"
+    assert unfetched_body_key("gm:7", 5000) == "gm:7"

@@ -145,3 +145,22 @@ async def test_without_message_id_a_header_hash_never_links_another_message(env:
     assert other[1] != other[2]
     assert texts_by_folder(env, "Other")[1] == "The second one's own words.\n"
     assert audit_store(env).problems == {}
+
+
+async def test_without_message_id_above_the_size_limit(env: Env) -> None:
+    # The same, for mail whose body is never downloaded (the BODYSTRUCTURE path): another
+    # size is another message; a copy (same bytes) in another folder is the same message.
+    env.server.create_mailbox(env.user, "Other")
+    env.settings = env.settings.clone(max_message_bytes=1024)
+    first = message("First report.\r\n" * 60, mid=None, subject="Scan")
+    second = message("Second, longer report.\r\n" * 40, mid=None, subject="Scan")
+    append(env, "INBOX", [first])
+    await env.sync()
+    append(env, "Other", [second, first])
+    report = await env.sync()
+    assert [f.error for f in report.folders if f.error] == []
+    assert env.messages.count_messages(env.account.id) == 2
+    other = env.stored("Other")
+    assert other[2] == env.stored("INBOX")[1] != other[1]
+    assert texts_by_folder(env, "Other")[1] == "Second, longer report.\n" * 40
+    assert audit_store(env).problems == {}

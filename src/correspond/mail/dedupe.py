@@ -41,6 +41,7 @@ __all__ = [
     "normalize_message_id",
     "reusable_key",
     "same_message",
+    "unfetched_body_key",
 ]
 
 #: Characters of body text that go into the fallback hash.
@@ -122,6 +123,17 @@ def header_dedupe_key(raw_header: bytes, *, gm_msgid: int | None = None) -> str 
     if not exact or not message_id:
         return None
     return _message_id_key(message_id)
+
+
+def unfetched_body_key(header_key: str, size: int | None) -> str:
+    """The key of a message whose body is not downloaded (above the size limit), from its
+    header-block key: a fallback hash (no Message-ID) gains the message's size, so another
+    message with the same headers (a bounce, a scanner's mail) is not taken for a copy of it,
+    while its copies in other folders (same bytes) still share one key."""
+    if not header_key.startswith("h:"):
+        return header_key
+    digest = hashlib.sha256(f"{header_key}\x00size:{size}".encode())
+    return "h:" + digest.hexdigest()
 
 
 def dedupe_key(parsed: ParsedMessage, *, gm_msgid: int | None = None) -> str:

@@ -51,6 +51,7 @@ from correspond.mail.dedupe import (
     key_facts,
     reusable_key,
     same_message,
+    unfetched_body_key,
 )
 from correspond.mail.parse import ParsedMessage, parse_message
 from correspond.mail.snippet import html_to_text, make_snippet
@@ -638,6 +639,8 @@ class FolderSyncer:
             raws = {u: bodies[u].sections.get("") or b"" for u in small if u in bodies}
         large_data: dict[int, MessageData] = {}
         for uid in large:
+            # No Message-ID: the header-only hash could be another stored message's key.
+            m.keys[uid] = unfetched_body_key(m.keys[uid], m.meta[uid].size)
             large_data[uid] = await self._large_message(
                 uid, m.keys[uid], m.meta[uid], m.headers[uid], report
             )
