@@ -293,6 +293,49 @@ def test_a_reused_message_id_is_another_message(store: MessageStore) -> None:
     assert store.count_messages(acct) == 3
 
 
+def test_a_value_the_database_refuses_costs_only_its_message(store: MessageStore) -> None:
+    # A Gmail id is unsigned 64-bit; BIGINT is signed. The driver (SQLite) or the server
+    # (PostgreSQL) refuses the row; the batch is stored, that message as a minimal row.
+    acct = make_account(store.engine)
+    inbox = make_folder(store.engine, acct, b"INBOX")
+    batch = [IncomingMessage(u, frozenset(), msg(f"ok{u}")) for u in (1, 2, 4)]
+    batch.insert(2, IncomingMessage(3, frozenset(), msg("big", gm_msgid=2**63 + 5)))
+    res = store.ingest_batch(
+        acct,
+        inbox,
+        batch,
+        FolderCheckpointUpdate(backfill_low_uid=1),
+        chooser=first_related_chooser,
+    )
+    assert len(res.created) == 4
+    assert store.folder_contents(inbox) == {1: "ok1", 2: "ok2", 3: "big", 4: "ok4"}
+    assert store.folder_checkpoint(inbox).backfill_low_uid == 1
+    by_key = {
+        store.get_message(m.id).dedupe_key: store.get_message(m.id)
+        for m in store.list_messages(acct)
+    }
+    assert by_key["ok2"].text == "hello there" and by_key["ok2"].defects == ()
+    bad = by_key["big"]
+    assert bad.text is None and bad.truncated and bad.summary.subject == "subject big"
+    (why,) = bad.defects
+    assert why.startswith("stored without its content: the database refused it (")
+
+
+def test_an_unavailable_database_is_not_a_refused_message(store: MessageStore) -> None:
+    # The folder is gone (a foreign key refuses every row, minimal and bare ones too): that
+    # is no message's fault, so the batch fails as before and nothing is stored.
+    acct = make_account(store.engine)
+    with pytest.raises(StoreError):
+        store.ingest_batch(
+            acct,
+            987654,
+            [IncomingMessage(1, frozenset(), msg("a")), IncomingMessage(2, frozenset(), msg("b"))],
+            FolderCheckpointUpdate(),
+            chooser=first_related_chooser,
+        )
+    assert store.count_messages(acct) == 0
+
+
 def test_unique_dedupe_key_is_enforced_by_the_database(store: MessageStore) -> None:
     acct = make_account(store.engine)
     with pytest.raises(IntegrityError), Session(store.engine) as s, s.begin():

@@ -85,7 +85,7 @@ class _Refused(Exception):
     data is at fault, not the database. ``error`` is the :class:`StoreError` to raise when
     no fallback is left."""
 
-    def __init__(self, error: StoreError, cause: SQLAlchemyError) -> None:
+    def __init__(self, error: StoreError, cause: Exception) -> None:
         super().__init__(str(error))
         self.error = error
         self.__cause__ = cause
@@ -625,6 +625,11 @@ class MessageStore:
             if _refused_by_database(exc):
                 raise _Refused(error, exc) from exc
             raise error from exc
+        except OverflowError as exc:
+            # sqlite3 raises this unwrapped for an integer beyond 64 bits (a Gmail id is
+            # unsigned): a value of the message, refused like any other.
+            error = StoreError(f"could not store a batch for folder {folder_id}: {exc}")
+            raise _Refused(error, exc) from exc
         return result
 
     def _ingest_one_by_one(
