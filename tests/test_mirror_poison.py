@@ -27,6 +27,7 @@ from correspond.imap.types import Multipart
 from correspond.store.message_data import AddressData, MessageData
 from correspond.store.messages import _refused_by_database, minimal_message
 from correspond.store.records import Account
+from correspond.sync.runner import make_parse_executor
 from correspond.testing.dovecot import DovecotServer, ImapUser
 from mirror_helpers import (
     BACKENDS,
@@ -37,6 +38,7 @@ from mirror_helpers import (
     pg_engine,  # noqa: F401  (a fixture, used through make_env)
     raw_message,
 )
+from test_prepare import FragileBuilder
 
 pytestmark = pytest.mark.dovecot
 
@@ -320,3 +322,32 @@ def test_minimal_message_is_bounded() -> None:
     assert len(small.subject) == 255
     assert small.defects[-1] == "the reason" and len(small.defects) == 21
     assert all(len(d) <= 200 for d in small.defects)
+
+
+async def test_a_message_that_crashes_the_parse_worker_costs_only_itself(env: Env) -> None:
+    # The builder fails on subject "Contract": in the parse pool the worker process dies
+    # (a hard crash), in the parent it raises. Both paths, whole and above the size limit.
+    env.settings = env.settings.clone(max_message_bytes=4000)
+    small = raw_message("small", subject="Contract")
+    large = raw_message("large", subject="Contract", body="Too big to fetch whole.\r\n" * 300)
+    raws = [raw_message("a"), small, raw_message("b"), large, raw_message("c")]
+    append(env, "INBOX", raws)
+    executor = make_parse_executor(1)
+    assert executor is not None
+    try:
+        syncer = env.syncer(parse_executor=executor)
+        syncer.builder = FragileBuilder()
+        report = await env.sync(syncer)
+    finally:
+        executor.shutdown(wait=True)
+    assert [f.error for f in report.folders if f.error] == []
+    keys = stored_by_key(env)
+    assert set(keys) == {f"mid:m{n}@example.test" for n in ("a", "b", "c", "small", "large")}
+    for name in ("small", "large"):
+        bad = env.messages.get_message(keys[f"mid:m{name}@example.test"])
+        assert bad.defects[-1] == "could not be read: ValueError: builder bug", bad.defects
+    good = env.messages.get_message(keys["mid:mb@example.test"])
+    assert good.text == "Body of message b.\n"
+    whole = env.messages.get_message(keys["mid:msmall@example.test"])
+    assert whole.raw_blob_key is not None  # the raw message is kept: readable on demand
+    assert audit_store(env).problems == {}

@@ -37,7 +37,7 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
@@ -89,6 +89,7 @@ from correspond.sync.prepare import (
     prepare_messages,
     prepare_one_by_one,
     slim_meta,
+    unreadable_message,
 )
 
 __all__ = [
@@ -762,15 +763,19 @@ class FolderSyncer:
             defects=tuple(defects),
             headers=header.headers,
         )
-        return self.builder.build(
-            merged,
-            dedupe_key=key,
-            fetch=meta,
-            folder=self.folder,
-            raw_blob_key=None,
-            attachments=attachments,
-            truncated=True,
-        )
+        try:
+            return self.builder.build(
+                merged,
+                dedupe_key=key,
+                fetch=meta,
+                folder=self.folder,
+                raw_blob_key=None,
+                attachments=attachments,
+                truncated=True,
+            )
+        except Exception as exc:  # one message never stops the batch (poison mail)
+            why = f"could not be read: {type(exc).__name__}: {str(exc)[:200]}"
+            return replace(unreadable_message(key, meta, None, why), truncated=True)
 
     # -- incremental (live) ----------------------------------------------------------------------
 
