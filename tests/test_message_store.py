@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from correspond.errors import NotFound, StoreError
-from correspond.mail.dedupe import KeyFacts, distinct_key
+from correspond.mail.dedupe import KeyFacts, distinct_key, unfetched_body_key
 from correspond.store.blobs import BlobStore, blob_key
 from correspond.store.engine import create_store_engine, migrate
 from correspond.store.message_tables import MessageRow, MessageSubjectKeyRow, ThreadRow
@@ -924,5 +924,46 @@ def test_migration_0003_files_existing_messages_under_their_subject_keys(
             _downgrade(eng, "0002")
             migrate(eng)
             assert _subject_key_rows(eng, account_id) == written
+        finally:
+            eng.dispose()
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_migration_0007_gives_unfetched_mail_without_message_id_its_sized_key(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    header_key = "h:" + "ab" * 32
+    with _fresh_database(backend, request, tmp_path) as url:
+        eng = create_store_engine(url)
+        try:
+            migrate(eng)
+            account_id, folder_id = _account_and_folder(eng)
+            big = MessageData(dedupe_key="big", size=30_000_000, truncated=True)
+            whole = MessageData(dedupe_key="whole", size=2_000, raw_blob_key="0" * 64)
+            named = MessageData(dedupe_key="mid:a@x", size=30_000_000, truncated=True)
+            MessageStore(eng).ingest_batch(
+                account_id,
+                folder_id,
+                [IncomingMessage(n, frozenset(), d) for n, d in enumerate([big, whole, named])],
+                FolderCheckpointUpdate(),
+                chooser=_new_threads,
+            )
+            # As stored before revision 0007: the header block's hash alone.
+            _downgrade(eng, "0003")
+            with Session(eng) as s, s.begin():
+                s.execute(
+                    update(MessageRow)
+                    .where(MessageRow.dedupe_key.in_(["big", "whole"]))
+                    .values(dedupe_key=f"{header_key}-" + MessageRow.dedupe_key)
+                )
+            migrate(eng)
+            keys = MessageStore(eng).folder_contents(folder_id)
+            assert keys == {
+                0: unfetched_body_key(f"{header_key}-big", 30_000_000),
+                1: f"{header_key}-whole",  # its body is stored: its key is the whole message's
+                2: "mid:a@x",
+            }
         finally:
             eng.dispose()
