@@ -15,6 +15,7 @@ from correspond.mail.dedupe import (
     dedupe_key,
     distinct_key,
     header_dedupe_key,
+    header_key_facts,
     key_facts,
     normalize_message_id,
     reusable_key,
@@ -235,3 +236,38 @@ def test_unfetched_body_key_adds_the_size_to_a_header_hash_only() -> None:
     assert re.fullmatch(r"h:[0-9a-f]{64}", unfetched_body_key(h, None))
     assert unfetched_body_key("mid:a@x", 5000) == "mid:a@x"
     assert unfetched_body_key("gm:7", 5000) == "gm:7"
+
+
+FACT_CASES = [
+    *HEADER_CASES,
+    b"From: Ann <ANN@Example.COM>, bob@x.test\r\nDate: Sun, 1 Mar 2026 09:00:00 +0100\r\n\r\n",
+    b"Date: not a date\r\nFrom: =?utf-8?q?Ann?= <ann@x.test>\r\n\r\n",
+    b"From: undisclosed-recipients:;\r\n\r\n",
+    b"From: first@x.test\r\nFrom: second@x.test\r\nDate: 1 Mar 2026 09:00 GMT\r\n\r\n",
+    b"From: caf\xe9 <cafe@x.test>\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("block", FACT_CASES)
+def test_header_facts_agree_with_the_parsed_facts(block: bytes) -> None:
+    quick = header_key_facts(block)
+    if quick is None:
+        assert not block.isascii()  # only bytes the full parse re-decodes are left to it
+    else:
+        assert quick == key_facts(parse_message(block, keep_attachment_content=False))
+
+
+def test_header_facts_agree_on_the_real_world_corpus() -> None:
+    env = os.environ.get("CORRESPOND_SHARED_DIR")
+    corpus = (Path(env) if env else Path(__file__).resolve().parents[2] / "shared") / "corpus/dev"
+    files = sorted(p for p in corpus.rglob("*") if p.is_file() and p.name != "SOURCES.md")
+    if not files:
+        pytest.skip(f"shared corpus not found at {corpus}")
+    decided = 0
+    for path in files:
+        raw = path.read_bytes()
+        quick = header_key_facts(raw)
+        if quick is not None:
+            decided += 1
+            assert quick == key_facts(parse_message(raw)), path.name
+    assert decided > len(files) // 2

@@ -27,7 +27,12 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from correspond.mail.parse import ParsedAddress, ParsedMessage, header_message_id
+from correspond.mail.parse import (
+    ParsedAddress,
+    ParsedMessage,
+    header_message_id,
+    header_sender_and_date,
+)
 
 __all__ = [
     "BODY_PREFIX_CHARS",
@@ -37,6 +42,7 @@ __all__ = [
     "dedupe_key",
     "distinct_key",
     "header_dedupe_key",
+    "header_key_facts",
     "key_facts",
     "normalize_message_id",
     "reusable_key",
@@ -65,6 +71,13 @@ def key_facts(parsed: ParsedMessage) -> KeyFacts:
     """The :class:`KeyFacts` of a parsed message (or header block)."""
     sender = parsed.from_[0].email.lower() if parsed.from_ and parsed.from_[0].email else None
     return KeyFacts(sender, parsed.date)
+
+
+def header_key_facts(raw_header: bytes) -> KeyFacts | None:
+    """:func:`key_facts` read from a raw header block without parsing it whole; None when
+    only the full parse can tell."""
+    found = header_sender_and_date(raw_header)
+    return None if found is None else KeyFacts(*found)
 
 
 def reusable_key(key: str) -> bool:

