@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from correspond.imap._fetch import parse_bodystructure
 from correspond.imap._lexer import Value
@@ -290,6 +290,9 @@ def test_refused_data_is_told_from_an_unavailable_database() -> None:
         def __init__(self, sqlstate: str) -> None:
             super().__init__(sqlstate)
             self.sqlstate = sqlstate
+
+    lost = OperationalError("INSERT ...", {}, PgError(""))
+    assert not _refused_by_database(lost)  # psycopg: connection lost, no SQLSTATE
 
     for state, refused in [
         ("22001", True),  # string data right truncation

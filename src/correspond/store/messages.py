@@ -32,7 +32,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from correspond.errors import NotFound, StoreError
@@ -125,6 +125,8 @@ def _refused_by_database(exc: SQLAlchemyError) -> bool:
     name = getattr(orig, "sqlite_errorname", None)
     if isinstance(name, str):
         return not name.startswith(_SQLITE_UNAVAILABLE)
+    if isinstance(exc, OperationalError | InterfaceError):
+        return False  # the driver lost the server (no SQLSTATE: nothing the server said)
     # Not from the server at all: a value the driver could not send (an integer beyond 64
     # bits, NUL in text for psycopg).
     return not isinstance(orig, OSError) and type(orig).__module__.split(".")[0] in (
