@@ -25,6 +25,7 @@ from correspond.sync.prepare import (
     PrepareJob,
     default_dedupe,
     prepare_messages,
+    unreadable_message,
 )
 from correspond.sync.runner import make_parse_executor
 from correspond.testing.mail import plain_message
@@ -146,3 +147,15 @@ async def test_a_parse_worker_that_dies_loses_only_its_message(tmp_path: Path) -
     assert sorted(data) == [10, 11, 12]
     assert data[10].subject == "Hello" and data[12].subject == "no id"
     assert data[11].defects == ("could not be read: ValueError: builder bug",)
+
+
+def test_an_unreadable_message_without_message_id_keeps_a_key_of_its_own(tmp_path: Path) -> None:
+    # The header-only hash could be another stored message's key: the raw bytes decide.
+    meta = FetchResponse(seq=1, uid=1, flags=(), internaldate=WHEN, size=100)
+    header_hash = "h:" + "0" * 64
+    a = unreadable_message(header_hash, meta, blob_key(b"one"), "why")
+    b = unreadable_message(header_hash, meta, blob_key(b"two"), "why")
+    assert a.dedupe_key != b.dedupe_key and header_hash not in (a.dedupe_key, b.dedupe_key)
+    assert a.dedupe_key == unreadable_message(header_hash, meta, blob_key(b"one"), "x").dedupe_key
+    assert unreadable_message("mid:a@x", meta, None, "why").dedupe_key == "mid:a@x"
+    assert unreadable_message(header_hash, meta, None, "why").dedupe_key != header_hash

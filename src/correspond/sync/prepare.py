@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from correspond.imap.types import FetchResponse
-from correspond.mail.dedupe import dedupe_key
+from correspond.mail.dedupe import dedupe_key, unfetched_body_key
 from correspond.mail.parse import ParsedAddress, ParsedMessage, parse_message
 from correspond.mail.threading import thread_input
 from correspond.store.blobs import SYNCFS_MIN_FILES, BlobStore
@@ -259,7 +259,11 @@ def unreadable_message(
     key: str, meta: FetchResponse, raw_blob_key: str | None, reason: str
 ) -> MessageData:
     """What is stored for a message that could not be parsed or built: its key, size and
-    arrival time, the raw message when it was kept, and why (a defect)."""
+    arrival time, the raw message when it was kept, and why (a defect). Without a Message-ID
+    the key is the raw message's own hash (its blob key), not the header-only hash, which
+    another stored message may share; without the raw bytes, the header hash and the size."""
+    if key.startswith("h:"):
+        key = "h:" + raw_blob_key if raw_blob_key else unfetched_body_key(key, meta.size)
     return MessageData(
         dedupe_key=key,
         internaldate=meta.internaldate,
