@@ -164,3 +164,42 @@ async def test_without_message_id_above_the_size_limit(env: Env) -> None:
     assert other[2] == env.stored("INBOX")[1] != other[1]
     assert texts_by_folder(env, "Other")[1] == "Second, longer report.\n" * 40
     assert audit_store(env).problems == {}
+
+
+async def test_uidvalidity_reset_relinks_each_message_of_a_reused_id(env: Env) -> None:
+    # The folder is re-created (new UIDVALIDITY) with the same three messages in another
+    # order: each location goes back to its own message, nothing is fetched or stored twice.
+    env.server.create_mailbox(env.user, "Projects")
+    raws = [
+        message("Real.\r\n"),
+        message("Spoof.\r\n", sender="mallory@evil.test"),
+        message("Later reuse.\r\n", when=NOW - timedelta(days=5)),
+    ]
+    append(env, "Projects", raws)
+    await env.sync()
+    before = {
+        text: key
+        for key, text in zip(
+            env.stored("Projects").values(), texts_by_folder(env, "Projects").values(), strict=True
+        )
+    }
+    assert len(before) == 3 and env.messages.count_messages(env.account.id) == 3
+    conn = env.server.imaplib_client(env.user)
+    try:
+        assert conn.delete('"Projects"')[0] == "OK"
+    finally:
+        conn.logout()
+    env.server.create_mailbox(env.user, "Projects")
+    append(env, "Projects", list(reversed(raws)))
+    report = await env.sync()
+    (projects,) = [f for f in report.folders if f.folder_id == env.folder("Projects").id]
+    assert projects.kind == "reset" and (projects.created, projects.linked) == (0, 3)
+    after = {
+        text: key
+        for key, text in zip(
+            env.stored("Projects").values(), texts_by_folder(env, "Projects").values(), strict=True
+        )
+    }
+    assert after == before
+    assert env.messages.count_messages(env.account.id) == 3
+    assert audit_store(env).problems == {}
