@@ -9,7 +9,9 @@ Backfill of one batch (RFC 3501 §6.4.4 SEARCH, §6.4.5 FETCH, §6.4.8 UID):
 1. ``UID FETCH <batch> (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER] [MODSEQ]
    [X-GM-MSGID X-GM-THRID])``: cheap metadata plus the header block, enough to compute the dedupe
    key. A message the account already has (same key, another folder or an earlier UIDVALIDITY)
-   only gains a location: its body is never downloaded twice.
+   only gains a location: its body is never downloaded twice. Only when the header block gives
+   the key the whole message has (see :meth:`FolderSyncer._linkable`: never a header-only
+   hash; a Message-ID only with the same sender and Date).
 2. New messages up to ``settings.max_message_bytes``: ``BODY.PEEK[]``, parsed, stored as a
    content-addressed raw blob (attachment bodies as blobs of their own). Larger ones:
    ``BODYSTRUCTURE`` and the text parts only; attachments become metadata (``blob_key`` NULL,
