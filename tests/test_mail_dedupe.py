@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from correspond.mail.dedupe import MAX_KEY_ID, dedupe_key, header_dedupe_key, normalize_message_id
+from correspond.mail.dedupe import (
+    MAX_KEY_ID,
+    KeyFacts,
+    dedupe_key,
+    distinct_key,
+    header_dedupe_key,
+    header_key_facts,
+    key_facts,
+    normalize_message_id,
+    reusable_key,
+    same_message,
+    unfetched_body_key,
+)
 from correspond.mail.parse import parse_message
 
 BASE = (
@@ -150,4 +163,111 @@ def test_header_key_agrees_on_the_real_world_corpus() -> None:
         if quick is not None:
             decided += 1
             assert quick == dedupe_key(parse_message(raw)), path.name
+    assert decided > len(files) // 2
+
+
+# --- a Message-ID reused by another message --------------------------------------------------
+
+D = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        # A copy: same sender, same Date (a list's copy keeps both; only a footer is added).
+        (KeyFacts("ann@example.com", D), KeyFacts("ann@example.com", D), True),
+        # Dates written by two hops in two zones, or a resend the same day: within a day.
+        (
+            KeyFacts("ann@example.com", D),
+            KeyFacts("ann@example.com", D + timedelta(hours=23)),
+            True,
+        ),
+        (KeyFacts("ann@example.com", D), KeyFacts("ann@example.com", D - timedelta(days=1)), True),
+        # A spoofer reusing a real id: another sender.
+        (KeyFacts("ann@example.com", D), KeyFacts("mallory@evil.test", D), False),
+        # A broken mailer reusing ids: same sender, another day.
+        (KeyFacts("ann@example.com", D), KeyFacts("ann@example.com", D + timedelta(days=3)), False),
+        (
+            KeyFacts("ann@example.com", D),
+            KeyFacts("ann@example.com", D - timedelta(hours=25)),
+            False,
+        ),
+        # What is missing cannot tell two messages apart.
+        (KeyFacts(None, D), KeyFacts("ann@example.com", D), True),
+        (KeyFacts("ann@example.com", None), KeyFacts("ann@example.com", D), True),
+        (KeyFacts(None, None), KeyFacts("mallory@evil.test", D + timedelta(days=9)), True),
+        # Naive and aware Dates compare as UTC.
+        (KeyFacts("a@x", D.replace(tzinfo=None)), KeyFacts("a@x", D + timedelta(hours=2)), True),
+    ],
+)
+def test_same_message(a: KeyFacts, b: KeyFacts, same: bool) -> None:
+    assert same_message(a, b) is same
+    assert same_message(b, a) is same
+
+
+def test_key_facts_read_the_sender_address_and_date() -> None:
+    p = parse_message(msg("Message-ID: <a@x>\n", base=BASE.replace("Ann <ann@", "Ann <ANN@")))
+    assert key_facts(p) == KeyFacts("ann@example.com", D)
+    bare = parse_message(b"Message-ID: <a@x>\r\n\r\nbody\r\n")
+    assert key_facts(bare) == KeyFacts(None, None)
+
+
+def test_distinct_key_is_one_per_sender_and_day() -> None:
+    key = "mid:a@x"
+    spoof = distinct_key(key, KeyFacts("mallory@evil.test", D))
+    assert re.fullmatch(r"mid:a@x#[0-9a-f]{16}", spoof)
+    # Every copy of the spoofed message finds the same key, whatever its hour.
+    assert spoof == distinct_key(key, KeyFacts("mallory@evil.test", D + timedelta(hours=5)))
+    assert spoof != distinct_key(key, KeyFacts("mallory@evil.test", D + timedelta(days=1)))
+    assert spoof != distinct_key(key, KeyFacts("eve@evil.test", D))
+    assert spoof != distinct_key("mid:b@x", KeyFacts("mallory@evil.test", D))
+    assert distinct_key(key, KeyFacts(None, None)) != key
+
+
+def test_reusable_keys_are_the_message_id_ones() -> None:
+    assert reusable_key("mid:a@x") and reusable_key("midh:" + "0" * 64)
+    assert not reusable_key("gm:1") and not reusable_key("h:" + "0" * 64)
+
+
+def test_unfetched_body_key_adds_the_size_to_a_header_hash_only() -> None:
+    h = "h:" + "0" * 64
+    assert unfetched_body_key(h, 5000) == unfetched_body_key(h, 5000)
+    assert unfetched_body_key(h, 5000) != unfetched_body_key(h, 5001)
+    assert re.fullmatch(r"h:[0-9a-f]{64}", unfetched_body_key(h, None))
+    assert unfetched_body_key("mid:a@x", 5000) == "mid:a@x"
+    assert unfetched_body_key("gm:7", 5000) == "gm:7"
+
+
+FACT_CASES = [
+    *HEADER_CASES,
+    b"From: Ann <ANN@Example.COM>, bob@x.test\r\nDate: Sun, 1 Mar 2026 09:00:00 +0100\r\n\r\n",
+    b"Date: not a date\r\nFrom: =?utf-8?q?Ann?= <ann@x.test>\r\n\r\n",
+    b"From: undisclosed-recipients:;\r\n\r\n",
+    b"From: first@x.test\r\nFrom: second@x.test\r\nDate: 1 Mar 2026 09:00 GMT\r\n\r\n",
+    b"From: caf\xe9 <cafe@x.test>\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("block", FACT_CASES)
+def test_header_facts_agree_with_the_parsed_facts(block: bytes) -> None:
+    quick = header_key_facts(block)
+    if quick is None:
+        assert not block.isascii()  # only bytes the full parse re-decodes are left to it
+    else:
+        assert quick == key_facts(parse_message(block, keep_attachment_content=False))
+
+
+def test_header_facts_agree_on_the_real_world_corpus() -> None:
+    env = os.environ.get("CORRESPOND_SHARED_DIR")
+    corpus = (Path(env) if env else Path(__file__).resolve().parents[2] / "shared") / "corpus/dev"
+    files = sorted(p for p in corpus.rglob("*") if p.is_file() and p.name != "SOURCES.md")
+    if not files:
+        pytest.skip(f"shared corpus not found at {corpus}")
+    decided = 0
+    for path in files:
+        raw = path.read_bytes()
+        quick = header_key_facts(raw)
+        if quick is not None:
+            decided += 1
+            assert quick == key_facts(parse_message(raw)), path.name
     assert decided > len(files) // 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import time
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -19,6 +20,7 @@ from correspond.mail.parse import (
     decode_header_value,
     parse_message,
     sanitize_filename,
+    uudecode,
 )
 
 
@@ -823,3 +825,100 @@ def test_boundary_on_every_line() -> None:
     m, dt = _timed(data)
     assert dt < 5
     assert all("parser failure" not in d for d in m.defects)
+
+
+# --- uuencoded parts (Content-Transfer-Encoding: x-uuencode, uuencode, x-uue) -----------------
+
+UU_PAYLOAD = bytes(range(256)) * 3 + b"tail"
+
+
+def uuencoded(payload: bytes, begin: bytes = b"begin 644 report.bin") -> bytes:
+    lines = [binascii.b2a_uu(payload[i : i + 45]) for i in range(0, len(payload), 45)]
+    return begin + b"\n" + b"".join(lines) + b"`\nend\n"
+
+
+def uu_message(encoding: str, body: bytes, *, name: str | None = "data.bin") -> bytes:
+    ctype = f'application/octet-stream; name="{name}"' if name else "application/octet-stream"
+    return (
+        b"From: a@example.test\r\nSubject: uu\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n"
+        + f"--b\r\nContent-Type: {ctype}\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n".encode()
+        + body.replace(b"\n", b"\r\n")
+        + b"\r\n--b--\r\n"
+    )
+
+
+@pytest.mark.parametrize("encoding", ["x-uuencode", "uuencode", "x-uue", "X-UUEncode"])
+def test_uuencoded_attachment_is_decoded(encoding: str) -> None:
+    m = parse_message(uu_message(encoding, uuencoded(UU_PAYLOAD)))
+    assert m.text == "See attached."
+    (att,) = m.attachments
+    assert att.content == UU_PAYLOAD and att.size == len(UU_PAYLOAD)
+    assert att.filename == "data.bin"  # the header's name wins over the begin line's
+    assert m.defects == ()
+    measured = parse_message(
+        uu_message(encoding, uuencoded(UU_PAYLOAD)), keep_attachment_content=False
+    )
+    assert measured.attachments[0].size == len(UU_PAYLOAD)
+    assert measured.attachments[0].content is None
+
+
+def test_uuencode_begin_line_names_the_file_and_its_mode() -> None:
+    body = b"Some text the encoder's user wrote first.\n" + uuencoded(
+        UU_PAYLOAD, b"begin 0600 Q3 report.pdf"
+    )
+    m = parse_message(uu_message("x-uuencode", body, name=None))
+    (att,) = m.attachments
+    assert att.filename == "Q3 report.pdf" and att.content == UU_PAYLOAD
+    defects: list[str] = []
+    decoded = uudecode(uuencoded(b"hi", b"begin 755 ../../etc/passwd"), defects)
+    assert (decoded.content, decoded.mode, defects) == (b"hi", 0o755, [])
+    assert decoded.filename == "../../etc/passwd"  # for display; stored names are sanitised
+    attached = parse_message(
+        uu_message("x-uuencode", uuencoded(b"hi", b"begin 755 ../../etc/passwd"), name=None)
+    )
+    assert attached.attachments[0].filename == sanitize_filename("../../etc/passwd")
+    assert "/" not in (attached.attachments[0].filename or "")
+
+
+def test_uuencode_base64_frame() -> None:
+    frame = b"begin-base64 644 f.bin\n" + base64.encodebytes(UU_PAYLOAD) + b"====\n"
+    defects: list[str] = []
+    decoded = uudecode(frame, defects)
+    assert (decoded.content, decoded.filename, decoded.mode, defects) == (
+        UU_PAYLOAD,
+        "f.bin",
+        0o644,
+        [],
+    )
+
+
+def test_malformed_uuencode_is_a_defect_not_an_error() -> None:
+    # No begin line: kept as sent.
+    m = parse_message(uu_message("x-uuencode", b"not uuencoded at all\n"))
+    assert m.attachments[0].content == b"not uuencoded at all\r\n"
+    assert any("without a begin line" in d for d in m.defects)
+    # No end line: what was read is kept.
+    cut = uuencoded(UU_PAYLOAD).replace(b"`\nend\n", b"")
+    m = parse_message(uu_message("x-uuencode", cut))
+    assert m.attachments[0].content == UU_PAYLOAD
+    assert any("without an end line" in d for d in m.defects)
+    # Garbage lines are skipped, each up to a few, then counted.
+    good = uuencoded(b"abc")
+    noisy = good.replace(b"`\nend", b"\x7f\x7f\x7f\x7f\x7f\n" * 40 + b"`\nend")
+    defects: list[str] = []
+    decoded = uudecode(noisy, defects)
+    assert decoded.content.startswith(b"abc")
+    assert len(defects) <= 6 and any("40 malformed" in d for d in defects), defects
+
+
+def test_uuencode_work_is_bounded() -> None:
+    # Megabytes of one long line or of empty lines: linear, and never more out than in.
+    for body in (
+        b"begin 644 x\n" + b"M" * 2_000_000 + b"\nend\n",
+        b"begin 644 x\n" + b"\n" * 2_000_000,
+    ):
+        defects: list[str] = []
+        decoded = uudecode(body, defects)
+        assert len(decoded.content) <= len(body)

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from correspond.errors import NotFound, StoreError
+from correspond.mail.dedupe import KeyFacts, distinct_key, unfetched_body_key
 from correspond.store.blobs import BlobStore, blob_key
 from correspond.store.engine import create_store_engine, migrate
 from correspond.store.message_tables import MessageRow, MessageSubjectKeyRow, ThreadRow
@@ -250,6 +251,89 @@ def test_failure_mid_batch_stores_nothing_and_keeps_cursor(store: MessageStore) 
     assert store.count_locations(inbox) == 0
     assert store.count_threads(acct) == 0
     assert store.folder_checkpoint(inbox).backfill_low_uid == 100
+
+
+def test_a_reused_message_id_is_another_message(store: MessageStore) -> None:
+    acct = make_account(store.engine)
+    inbox = make_folder(store.engine, acct, b"INBOX")
+    day = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+    def ingest(*items: tuple[int, MessageData]) -> None:
+        store.ingest_batch(
+            acct,
+            inbox,
+            [IncomingMessage(u, frozenset(), d) for u, d in items],
+            FolderCheckpointUpdate(),
+            chooser=first_related_chooser,
+        )
+
+    real = msg("mid:x@example.test", text="the real one")
+    ingest((1, real))
+    spoof = msg("mid:x@example.test", from_=AddressData("Ann", "mallory@evil.test"), text="spoof")
+    late = msg("mid:x@example.test", date=day + timedelta(days=3), text="reused by a mailer")
+    copy = msg("mid:x@example.test", date=day + timedelta(hours=6), text="list copy + footer")
+    # One stored already; in one batch: a spoof, a later reuse, a copy, and the spoof again.
+    ingest((2, spoof), (3, late), (4, copy), (5, spoof))
+    contents = store.folder_contents(inbox)
+    assert contents[1] == contents[4] == "mid:x@example.test"
+    assert (
+        contents[2]
+        == contents[5]
+        == distinct_key("mid:x@example.test", KeyFacts("mallory@evil.test", day))
+    )
+    assert contents[3] == distinct_key(
+        "mid:x@example.test", KeyFacts("ann@example.test", day + timedelta(days=3))
+    )
+    assert store.count_messages(acct) == 3
+    texts = {store.get_message(m.id).text for m in store.list_messages(acct)}
+    assert texts == {"the real one", "spoof", "reused by a mailer"}
+    # The reuse found in a later batch links to its own message, not the first.
+    ingest((6, replace(spoof, text="spoof, copied")))
+    assert store.folder_contents(inbox)[6] == contents[2]
+    assert store.count_messages(acct) == 3
+
+
+def test_a_value_the_database_refuses_costs_only_its_message(store: MessageStore) -> None:
+    # A Gmail id is unsigned 64-bit; BIGINT is signed. The driver (SQLite) or the server
+    # (PostgreSQL) refuses the row; the batch is stored, that message as a minimal row.
+    acct = make_account(store.engine)
+    inbox = make_folder(store.engine, acct, b"INBOX")
+    batch = [IncomingMessage(u, frozenset(), msg(f"ok{u}")) for u in (1, 2, 4)]
+    batch.insert(2, IncomingMessage(3, frozenset(), msg("big", gm_msgid=2**63 + 5)))
+    res = store.ingest_batch(
+        acct,
+        inbox,
+        batch,
+        FolderCheckpointUpdate(backfill_low_uid=1),
+        chooser=first_related_chooser,
+    )
+    assert len(res.created) == 4
+    assert store.folder_contents(inbox) == {1: "ok1", 2: "ok2", 3: "big", 4: "ok4"}
+    assert store.folder_checkpoint(inbox).backfill_low_uid == 1
+    by_key = {
+        store.get_message(m.id).dedupe_key: store.get_message(m.id)
+        for m in store.list_messages(acct)
+    }
+    assert by_key["ok2"].text == "hello there" and by_key["ok2"].defects == ()
+    bad = by_key["big"]
+    assert bad.text is None and bad.truncated and bad.summary.subject == "subject big"
+    (why,) = bad.defects
+    assert why.startswith("stored without its content: the database refused it (")
+
+
+def test_an_unavailable_database_is_not_a_refused_message(store: MessageStore) -> None:
+    # The folder is gone (a foreign key refuses every row, minimal and bare ones too): that
+    # is no message's fault, so the batch fails as before and nothing is stored.
+    acct = make_account(store.engine)
+    with pytest.raises(StoreError):
+        store.ingest_batch(
+            acct,
+            987654,
+            [IncomingMessage(1, frozenset(), msg("a")), IncomingMessage(2, frozenset(), msg("b"))],
+            FolderCheckpointUpdate(),
+            chooser=first_related_chooser,
+        )
+    assert store.count_messages(acct) == 0
 
 
 def test_unique_dedupe_key_is_enforced_by_the_database(store: MessageStore) -> None:
@@ -840,5 +924,46 @@ def test_migration_0003_files_existing_messages_under_their_subject_keys(
             _downgrade(eng, "0002")
             migrate(eng)
             assert _subject_key_rows(eng, account_id) == written
+        finally:
+            eng.dispose()
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_migration_0007_gives_unfetched_mail_without_message_id_its_sized_key(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    header_key = "h:" + "ab" * 32
+    with _fresh_database(backend, request, tmp_path) as url:
+        eng = create_store_engine(url)
+        try:
+            migrate(eng)
+            account_id, folder_id = _account_and_folder(eng)
+            big = MessageData(dedupe_key="big", size=30_000_000, truncated=True)
+            whole = MessageData(dedupe_key="whole", size=2_000, raw_blob_key="0" * 64)
+            named = MessageData(dedupe_key="mid:a@x", size=30_000_000, truncated=True)
+            MessageStore(eng).ingest_batch(
+                account_id,
+                folder_id,
+                [IncomingMessage(n, frozenset(), d) for n, d in enumerate([big, whole, named])],
+                FolderCheckpointUpdate(),
+                chooser=_new_threads,
+            )
+            # As stored before revision 0007: the header block's hash alone.
+            _downgrade(eng, "0003")
+            with Session(eng) as s, s.begin():
+                s.execute(
+                    update(MessageRow)
+                    .where(MessageRow.dedupe_key.in_(["big", "whole"]))
+                    .values(dedupe_key=f"{header_key}-" + MessageRow.dedupe_key)
+                )
+            migrate(eng)
+            keys = MessageStore(eng).folder_contents(folder_id)
+            assert keys == {
+                0: unfetched_body_key(f"{header_key}-big", 30_000_000),
+                1: f"{header_key}-whole",  # its body is stored: its key is the whole message's
+                2: "mid:a@x",
+            }
         finally:
             eng.dispose()

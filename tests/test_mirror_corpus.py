@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from correspond.errors import ImapCommandError
 from correspond.imap.client import ImapClient
 from correspond.imap.connect import ImapEndpoint
-from correspond.mail.dedupe import dedupe_key
+from correspond.mail.dedupe import dedupe_key, distinct_key, key_facts, reusable_key, same_message
 from correspond.mail.parse import parse_message
 from correspond.store.message_tables import MessageLocationRow, MessageRow
 from correspond.store.messages import AddressData, AttachmentData, MessageData, storable
@@ -147,11 +147,24 @@ async def test_every_corpus_file_is_stored_byte_exact(env: Env) -> None:
                 .where(MessageLocationRow.folder_id == env.folder("inbox").id)
             )
         }
-    # Every appended message is stored, at its UID, under the key the pure function gives it.
+    # Every appended message is stored, at its UID, under the key the pure function gives it,
+    # or, when another message took that Message-ID first, under its distinct key.
     assert sorted(stored) == uids
-    expected_keys = {uid: dedupe_key(parse_message(served[uid])) for uid in uids}
-    assert {uid: r.dedupe_key for uid, r in stored.items()} == expected_keys
+    parsed = {uid: parse_message(served[uid]) for uid in uids}
+    expected_keys = {uid: r.dedupe_key for uid, r in stored.items()}
+    for uid in uids:
+        pure = dedupe_key(parsed[uid])
+        allowed = (
+            {pure, distinct_key(pure, key_facts(parsed[uid]))} if reusable_key(pure) else {pure}
+        )
+        assert expected_keys[uid] in allowed, (uid, expected_keys[uid], pure)
     assert env.messages.count_messages(env.account.id) == len(set(expected_keys.values()))
+    # Messages under one key are one message by the rule: each has the sender and a Date
+    # within a day of the one stored (whose raw the row keeps).
+    for uid in uids:
+        kept = env.blobs.get(stored[uid].raw_blob_key or "")
+        if reusable_key(expected_keys[uid]):
+            assert same_message(key_facts(parse_message(kept)), key_facts(parsed[uid])), uid
 
     by_key: dict[str, set[bytes]] = {}
     for uid in uids:
@@ -172,7 +185,8 @@ async def test_every_corpus_file_is_stored_byte_exact(env: Env) -> None:
             merged[kind] = merged.get(kind, 0) + 1
     print(f"corpus: {exact} UIDs byte-exact; sharing a key with other bytes: {merged}")
     # Test fixtures reuse Message-IDs (variants of one message: CRLF/LF twins, "broken" copies):
-    # RFC 5322 §3.6.4 makes those one message, so they are one CRM row. Fixture fragments with
+    # with the same sender and Date those are one message, so they are one CRM row (fixtures
+    # that reuse an id for another sender or day are rows of their own). Fixture fragments with
     # no Message-ID, Date, From or text collide on the fallback hash (see
     # test_messages_without_message_id_that_differ_stay_apart); both are bounded here.
     assert merged.get("mid", 0) <= len(uids) // 4
@@ -266,10 +280,12 @@ async def test_every_corpus_file_through_the_large_message_path(env: Env) -> Non
     stored = env.stored("INBOX")
     assert sorted(stored) == sorted(served)
     # Big mail without a Message-ID is keyed on its headers alone (the body is not fetched),
-    # so only Message-ID keys are compared exactly.
-    assert {u: k for u, k in stored.items() if k.startswith("mid")} == {
-        u: k for u, k in keys.items() if k.startswith("mid")
-    }
+    # so only Message-ID keys are compared exactly (a reused id: the distinct key).
+    mids = {u: k for u, k in keys.items() if k.startswith("mid")}
+    assert {u for u, k in stored.items() if k.startswith("mid")} == set(mids)
+    for u, k in mids.items():
+        facts = key_facts(parse_message(served[u]))
+        assert stored[u] in (k, distinct_key(k, facts)), (u, stored[u], k)
     with Session(env.messages.engine) as s:
         rows = s.execute(
             select(MessageRow.size, MessageRow.truncated, MessageRow.raw_blob_key).where(

@@ -4,18 +4,28 @@
 from __future__ import annotations
 
 import base64
+import multiprocessing
+import os
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from correspond.imap.types import FetchResponse
 from correspond.mail.dedupe import header_dedupe_key
+from correspond.mail.parse import ParsedMessage
+from correspond.settings import Settings
 from correspond.store.blobs import BlobStore, blob_key
+from correspond.store.message_data import MessageData
+from correspond.sync.engine import default_thread_chooser
+from correspond.sync.folder_sync import FolderSyncer
 from correspond.sync.prepare import (
     FolderRef,
     MessageBuilder,
     PrepareJob,
     default_dedupe,
     prepare_messages,
+    unreadable_message,
 )
 from correspond.sync.runner import make_parse_executor
 from correspond.testing.mail import plain_message
@@ -89,3 +99,63 @@ def test_a_pool_process_prepares_what_a_thread_does(tmp_path: Path) -> None:
     blobs = BlobStore(tmp_path / "b")
     assert pdf.blob_key == blob_key(PDF) and blobs.get(pdf.blob_key) == PDF
     assert blobs.get(data[11].raw_blob_key or "") == job(tmp_path).raws[1]
+
+
+@dataclass(frozen=True, slots=True)
+class FragileBuilder(MessageBuilder):
+    """Fails on the message with subject "Contract": in a pool process the worker dies
+    (what a hard crash or the kernel's OOM killer does), in the parent it raises."""
+
+    def build(self, parsed: ParsedMessage, **kw: Any) -> MessageData:  # type: ignore[override]
+        if parsed.subject == "Contract":
+            if multiprocessing.parent_process() is not None:
+                os._exit(3)
+            raise ValueError("builder bug")
+        return MessageBuilder.build(self, parsed, **kw)
+
+
+def test_one_message_that_fails_the_builder_is_kept_to_itself(tmp_path: Path) -> None:
+    fragile = replace(job(tmp_path), builder=FragileBuilder())
+    data = dict(prepare_messages(fragile, BlobStore(tmp_path)).data)
+    assert data[10].text == "First.\r\n".replace("\r\n", "\n")
+    bad = data[11]
+    assert bad.dedupe_key == "mid:a1@example.test" and bad.size == len(fragile.raws[1])
+    assert bad.defects == ("could not be read: ValueError: builder bug",)
+    assert BlobStore(tmp_path).get(bad.raw_blob_key or "") == fragile.raws[1]
+    assert data[12].subject == "no id"
+
+
+async def test_a_parse_worker_that_dies_loses_only_its_message(tmp_path: Path) -> None:
+    fragile = replace(job(tmp_path), builder=FragileBuilder())
+    executor = make_parse_executor(1)
+    assert executor is not None
+    syncer = FolderSyncer(
+        None,  # type: ignore[arg-type]  # preparing needs no IMAP or database
+        None,  # type: ignore[arg-type]
+        BlobStore(tmp_path),
+        Settings(data_dir=tmp_path),
+        fragile.folder,
+        chooser=default_thread_chooser,
+        dedupe=default_dedupe,
+        builder=fragile.builder,
+    )
+    try:
+        chunk = await syncer._prepare_job(fragile, executor)
+    finally:
+        executor.shutdown(wait=True)
+    data = dict(chunk.data)
+    assert sorted(data) == [10, 11, 12]
+    assert data[10].subject == "Hello" and data[12].subject == "no id"
+    assert data[11].defects == ("could not be read: ValueError: builder bug",)
+
+
+def test_an_unreadable_message_without_message_id_keeps_a_key_of_its_own(tmp_path: Path) -> None:
+    # The header-only hash could be another stored message's key: the raw bytes decide.
+    meta = FetchResponse(seq=1, uid=1, flags=(), internaldate=WHEN, size=100)
+    header_hash = "h:" + "0" * 64
+    a = unreadable_message(header_hash, meta, blob_key(b"one"), "why")
+    b = unreadable_message(header_hash, meta, blob_key(b"two"), "why")
+    assert a.dedupe_key != b.dedupe_key and header_hash not in (a.dedupe_key, b.dedupe_key)
+    assert a.dedupe_key == unreadable_message(header_hash, meta, blob_key(b"one"), "x").dedupe_key
+    assert unreadable_message("mid:a@x", meta, None, "why").dedupe_key == "mid:a@x"
+    assert unreadable_message(header_hash, meta, None, "why").dedupe_key != header_hash

@@ -230,9 +230,17 @@ def _message_body(value: Value, section: str, depth: int) -> BodyStructure:
     return _body(value, _join(section, 1), depth)
 
 
+#: Deepest BODYSTRUCTURE nesting described; deeper parts are cut (see :func:`_body`).
+MAX_BODY_DEPTH = 60
+
+
 def _body(value: Value, section: str, depth: int) -> BodyStructure:
-    if depth > 60:
-        raise ImapProtocolError("BODYSTRUCTURE nested too deeply")
+    if depth > MAX_BODY_DEPTH:
+        # One hostile message must not fail the FETCH of a whole batch (and with it the
+        # connection): the part is kept as a multipart without parts, a structure no real
+        # message has (RFC 2046 §5.1.1 wants one part at least), which the engine reports as
+        # a defect; the part's bytes can still be fetched by its section.
+        return Multipart(parts=(), subtype="mixed", section=section)
     if not isinstance(value, list) or not value:
         raise ImapProtocolError("BODYSTRUCTURE: expected a non-empty list")
     if isinstance(value[0], list):

@@ -31,7 +31,11 @@ __all__ = ["MAX_DEPTH", "Value", "decode_segment", "text_of", "tokenize", "unquo
 
 Value = str | bytes | None | list["Value"]
 
-MAX_DEPTH = 100
+# Above the deepest BODYSTRUCTURE a server sends for one hostile message (Dovecot describes
+# up to 100 nested MIME parts, inside the FETCH response's own lists): a response this deep
+# fails the whole FETCH and with it the connection. ``_fetch`` cuts the structure at its own
+# limit; Python's recursion limit (1000) is far above either.
+MAX_DEPTH = 250
 
 # One regex, one group: findall() returns a flat list of token strings and the loop below
 # dispatches on the first character (cheaper than a tuple per token). Inside the group: a quoted

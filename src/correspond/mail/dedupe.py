@@ -10,27 +10,103 @@ Order of preference (DESIGN.md, data model ``messages.dedupe key``):
    In-Reply-To, References), of the first 4 KiB of the body text, and of every attachment's type,
    name, size and content, for mail without a Message-ID. Attachments are in it because
    attachment-only messages (scanners, bounces) often share every header and have no text.
+
+A Message-ID alone does not make two messages one: a spoofer, or a broken mailer, can reuse a
+real message's id. Two messages with one Message-ID are one only when their sender address
+matches too, and their Dates are within a day (:func:`same_message`; a missing value cannot
+tell them apart, so it matches). The first message stored with an id keeps the plain key; a
+later one that is *not* the same message gets :func:`distinct_key`, the plain key plus a hash
+of its sender and the UTC day of its Date, so every copy of it (in other folders, in a list's
+archive) again finds one key. Mailing-list copies keep the sender and the Date, so a footer
+added on the way never splits them.
 """
 
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
-from correspond.mail.parse import ParsedAddress, ParsedMessage, header_message_id
+from correspond.mail.parse import (
+    ParsedAddress,
+    ParsedMessage,
+    header_message_id,
+    header_sender_and_date,
+)
 
 __all__ = [
     "BODY_PREFIX_CHARS",
     "MAX_KEY_ID",
+    "SAME_MESSAGE_WITHIN",
+    "KeyFacts",
     "dedupe_key",
+    "distinct_key",
     "header_dedupe_key",
+    "header_key_facts",
+    "key_facts",
     "normalize_message_id",
+    "reusable_key",
+    "same_message",
+    "unfetched_body_key",
 ]
 
 #: Characters of body text that go into the fallback hash.
 BODY_PREFIX_CHARS = 4096
 #: Longest Message-ID kept verbatim in a key.
 MAX_KEY_ID = 400
+#: Two messages with one Message-ID and sender are one when their Dates are this close.
+SAME_MESSAGE_WITHIN = timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFacts:
+    """What must match, beside the Message-ID, for two messages to be one: the sender's
+    address (lower-cased; None when the message has none) and the Date (None: none)."""
+
+    sender: str | None
+    date: datetime | None
+
+
+def key_facts(parsed: ParsedMessage) -> KeyFacts:
+    """The :class:`KeyFacts` of a parsed message (or header block)."""
+    sender = parsed.from_[0].email.lower() if parsed.from_ and parsed.from_[0].email else None
+    return KeyFacts(sender, parsed.date)
+
+
+def header_key_facts(raw_header: bytes) -> KeyFacts | None:
+    """:func:`key_facts` read from a raw header block without parsing it whole; None when
+    only the full parse can tell."""
+    found = header_sender_and_date(raw_header)
+    return None if found is None else KeyFacts(*found)
+
+
+def reusable_key(key: str) -> bool:
+    """Whether ``key`` rests on a Message-ID (which another message may reuse)."""
+    return key.startswith(("mid:", "midh:"))
+
+
+def same_message(a: KeyFacts, b: KeyFacts) -> bool:
+    """Whether two messages with one Message-ID are one: same sender address, Dates within
+    :data:`SAME_MESSAGE_WITHIN`. A value missing on either side matches (it cannot tell)."""
+    if a.sender is not None and b.sender is not None and a.sender != b.sender:
+        return False
+    if a.date is not None and b.date is not None:
+        return abs(_utc(a.date) - _utc(b.date)) <= SAME_MESSAGE_WITHIN
+    return True
+
+
+def distinct_key(key: str, facts: KeyFacts) -> str:
+    """The key of a message that reuses the Message-ID of ``key``'s message but is another
+    message (:func:`same_message` is false): ``key`` plus ``#`` and a hash of its sender and
+    the UTC day of its Date, the same for every copy of that other message. (A crafted
+    Message-ID that looks like one is still checked like any key: facts decide.)"""
+    day = _utc(facts.date).strftime("%Y-%m-%d") if facts.date is not None else ""
+    tag = f"{facts.sender or ''}\x00{day}".encode("utf-8", "surrogatepass")
+    return f"{key}#{hashlib.sha256(tag).hexdigest()[:16]}"
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def normalize_message_id(message_id: str) -> str:
@@ -60,6 +136,17 @@ def header_dedupe_key(raw_header: bytes, *, gm_msgid: int | None = None) -> str 
     if not exact or not message_id:
         return None
     return _message_id_key(message_id)
+
+
+def unfetched_body_key(header_key: str, size: int | None) -> str:
+    """The key of a message whose body is not downloaded (above the size limit), from its
+    header-block key: a fallback hash (no Message-ID) gains the message's size, so another
+    message with the same headers (a bounce, a scanner's mail) is not taken for a copy of it,
+    while its copies in other folders (same bytes) still share one key."""
+    if not header_key.startswith("h:"):
+        return header_key
+    digest = hashlib.sha256(f"{header_key}\x00size:{size}".encode())
+    return "h:" + digest.hexdigest()
 
 
 def dedupe_key(parsed: ParsedMessage, *, gm_msgid: int | None = None) -> str:

@@ -41,13 +41,17 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "MAX_PARTS",
     "MAX_REFERENCES",
+    "UUENCODINGS",
     "ParsedAddress",
     "ParsedAttachment",
     "ParsedMessage",
+    "UUDecoded",
     "decode_header_value",
     "header_message_id",
+    "header_sender_and_date",
     "parse_message",
     "sanitize_filename",
+    "uudecode",
 ]
 
 #: Deepest multipart nesting walked (the Crispin torture test needs ~6; bombs need thousands).
@@ -281,6 +285,80 @@ def _b64(data: bytes, defects: list[str], what: str) -> bytes:
         return binascii.a2b_base64(clean)
     except binascii.Error:
         return b""
+
+
+#: Content-Transfer-Encoding values of uuencoded bodies (none is in RFC 2045, all are in use).
+UUENCODINGS = frozenset({"x-uuencode", "uuencode", "x-uue", "uue"})
+#: Malformed uuencode lines reported one by one; beyond that, one count.
+_UU_DEFECT_LINES = 5
+_UU_BEGIN = re.compile(rb"^begin(-base64)?[ \t]+([0-7]{1,4})(?:[ \t]+([^\r\n]*?))?[ \t]*\r?$")
+
+
+@dataclass(frozen=True, slots=True)
+class UUDecoded:
+    """A uuencoded body decoded: the bytes, and the ``begin`` line's file name and mode."""
+
+    content: bytes
+    filename: str | None
+    mode: int | None
+
+
+def uudecode(data: bytes, defects: list[str], what: str = "body") -> UUDecoded:
+    """Decode a uuencoded body (POSIX ``uuencode``: ``begin <mode> <name>``, lines whose first
+    character gives their length, a line of length 0, ``end``; ``begin-base64`` frames base64
+    instead). Never raises; work is linear in ``data`` and the output is smaller than it.
+
+    Text before ``begin`` is skipped; a body without a ``begin`` line is kept as sent, with a
+    defect; a malformed line is decoded as far as it goes (or skipped) with a defect; a missing
+    ``end`` is a defect, the lines read are kept.
+    """
+    if not data.strip():
+        return UUDecoded(b"", None, None)  # an empty part (the corpus has a cut one)
+    lines = data.split(b"\n")
+    start = next((n for n, ln in enumerate(lines) if ln.startswith(b"begin")), None)
+    match = _UU_BEGIN.match(lines[start]) if start is not None else None
+    if start is None or match is None:
+        defects.append(f"{what}: uuencoded without a begin line: kept as sent")
+        return UUDecoded(data, None, None)
+    base64_frame = match.group(1) is not None
+    mode = int(match.group(2), 8)
+    name_raw = match.group(3) or b""
+    filename = name_raw.decode("utf-8", "replace").strip() or None
+    out: list[bytes] = []
+    bad = 0
+    ended = False
+    for line in lines[start + 1 :]:
+        line = line.rstrip(b"\r")
+        if line.rstrip() in (b"end", b"===="):
+            ended = True
+            break
+        if base64_frame:
+            out.append(line)
+            continue
+        if not line:
+            continue
+        try:
+            out.append(binascii.a2b_uu(line))
+            continue
+        except binascii.Error:
+            pass
+        # Encoders that pad lines with extra characters: keep the length the first says
+        # (what the stdlib's uu module did).
+        length = (line[0] - 32) & 63
+        try:
+            out.append(binascii.a2b_uu(line[: (length * 4 + 5) // 3]))
+            continue
+        except binascii.Error:
+            bad += 1
+            if bad <= _UU_DEFECT_LINES:
+                defects.append(f"{what}: malformed uuencode line skipped")
+    if bad > _UU_DEFECT_LINES:
+        defects.append(f"{what}: {bad} malformed uuencode lines skipped in all")
+    if not ended:
+        defects.append(f"{what}: uuencoded without an end line")
+    if base64_frame:
+        return UUDecoded(_b64(b"".join(out), defects, what), filename, mode)
+    return UUDecoded(b"".join(out), filename, mode)
 
 
 def decode_header_value(value: str, defects: list[str] | None = None) -> str:
@@ -800,6 +878,8 @@ class _Walk:
             return _b64(data, self.defects, "body")
         if encoding == "quoted-printable":
             return binascii.a2b_qp(data)
+        if encoding in UUENCODINGS:
+            return uudecode(data, self.defects).content
         return data
 
     def attachment(
@@ -819,11 +899,18 @@ class _Walk:
         name = dparams.get("filename") or params.get("name")
         if name:
             name = decode_header_value(name, self.defects)
+        content: bytes | None = None
+        size = -1
+        if encoding in UUENCODINGS:
+            uu = uudecode(raw[bstart:bend], self.defects, "attachment")
+            content, size = uu.content, len(uu.content)
+            name = name or uu.filename  # the begin line names the file when the headers do not
         if not name and ctype in ("message/rfc822", "message/global"):
             name = self.inner_subject(bstart, bend, encoding)
         filename = sanitize_filename(name)
-        content: bytes | None = None
-        if self.keep or encoding not in ("base64", ""):
+        if size >= 0:
+            pass
+        elif self.keep or encoding not in ("base64", ""):
             content = self.decode(bstart, bend, encoding)
             size = len(content)
         elif encoding == "base64":
@@ -936,6 +1023,29 @@ def header_message_id(raw: bytes) -> tuple[str | None, bool]:
         if name.lower() == "message-id":
             return _msg_id(value), True
     return None, True
+
+
+def header_sender_and_date(raw: bytes) -> tuple[str | None, datetime | None] | None:
+    """The first From address (lower-cased) and the Date of a message or header block exactly
+    as :func:`parse_message` reads them, without parsing anything else; None when only the
+    full parse can tell (8-bit header bytes that are not UTF-8). What the sync compares when
+    a Message-ID it already has comes again (dev corpus, mean per message on a busy 2-core
+    machine: 130-270 us against 485-785 us for parsing the header block)."""
+    try:
+        fields, _body, bad8 = _parse_headers(raw, 0, len(raw), [], True)
+        if bad8:
+            return None
+        first: dict[str, str] = {}
+        for name, value in fields:
+            lname = name.lower()
+            if lname in ("from", "date"):
+                first.setdefault(lname, value)
+        senders = _addresses(first.get("from"), [])
+        date = _parse_date(first.get("date"), [])
+    except Exception:
+        return None
+    sender = senders[0].email.lower() if senders and senders[0].email else None
+    return sender, date
 
 
 def _parse(raw: bytes, keep: bool) -> ParsedMessage:

@@ -9,7 +9,9 @@ Backfill of one batch (RFC 3501 §6.4.4 SEARCH, §6.4.5 FETCH, §6.4.8 UID):
 1. ``UID FETCH <batch> (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER] [MODSEQ]
    [X-GM-MSGID X-GM-THRID])``: cheap metadata plus the header block, enough to compute the dedupe
    key. A message the account already has (same key, another folder or an earlier UIDVALIDITY)
-   only gains a location: its body is never downloaded twice.
+   only gains a location: its body is never downloaded twice. Only when the header block gives
+   the key the whole message has (see :meth:`FolderSyncer._linkable`: never a header-only
+   hash; a Message-ID only with the same sender and Date).
 2. New messages up to ``settings.max_message_bytes``: ``BODY.PEEK[]``, parsed, stored as a
    content-addressed raw blob (attachment bodies as blobs of their own). Larger ones:
    ``BODYSTRUCTURE`` and the text parts only; attachments become metadata (``blob_key`` NULL,
@@ -37,14 +39,23 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
-from correspond.errors import ImapProtocolError
+from correspond.errors import ImapCommandError, ImapProtocolError
 from correspond.imap.client import ImapClient
 from correspond.imap.protocol import format_sequence_set
 from correspond.imap.types import BodyPart, BodyStructure, FetchResponse, Multipart
+from correspond.mail.dedupe import (
+    KeyFacts,
+    distinct_key,
+    header_key_facts,
+    key_facts,
+    reusable_key,
+    same_message,
+    unfetched_body_key,
+)
 from correspond.mail.parse import ParsedMessage, parse_message
 from correspond.mail.snippet import html_to_text, make_snippet
 from correspond.rules.sync_plan import (
@@ -79,7 +90,9 @@ from correspond.sync.prepare import (
     parse_headers,
     parse_raw,
     prepare_messages,
+    prepare_one_by_one,
     slim_meta,
+    unreadable_message,
 )
 
 __all__ = [
@@ -157,6 +170,18 @@ def _walk(body: BodyStructure) -> list[BodyPart]:
             out.extend(_walk(part))
         return out
     return [body]
+
+
+def _cut_structure(body: BodyStructure) -> bool:
+    """Whether the client cut a structure nested too deeply (a multipart without parts)."""
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Multipart):
+            if not node.parts:
+                return True
+            stack.extend(node.parts)
+    return False
 
 
 def _is_attachment(part: BodyPart) -> bool:
@@ -420,11 +445,10 @@ class FolderSyncer:
         if not self._use_pool(len(uids), bulk):
             # A worker thread, not the event loop: the loop keeps reading the next batch off
             # the socket meanwhile (zstd, hashing, file writes and socket reads release the GIL).
-            done = [await asyncio.to_thread(prepare_messages, jobs[0], self.blobs)]
+            done = [await self._prepare_job(jobs[0], None)]
         else:
-            loop = asyncio.get_running_loop()
-            done = await asyncio.gather(
-                *(loop.run_in_executor(self.parse_executor, prepare_messages, j) for j in jobs)
+            done = list(
+                await asyncio.gather(*(self._prepare_job(j, self.parse_executor) for j in jobs))
             )
         out: dict[int, MessageData] = {}
         for chunk in done:
@@ -432,6 +456,18 @@ class FolderSyncer:
             report.seconds_parse += chunk.seconds_parse
             report.seconds_blobs += chunk.seconds_blobs
         return out
+
+    async def _prepare_job(self, job: PrepareJob, executor: Executor | None) -> PreparedChunk:
+        """One job in the pool (``executor``) or a thread. A job that fails as a whole (a
+        worker died on a message, the pool broke, a bug) is prepared again message by message
+        in a thread, so that only the message at fault is stored without its content."""
+        try:
+            if executor is None:
+                return await asyncio.to_thread(prepare_messages, job, self.blobs)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(executor, prepare_messages, job)
+        except Exception:
+            return await asyncio.to_thread(prepare_one_by_one, job, self.blobs)
 
     def _use_pool(self, count: int, bulk: bool) -> bool:
         """The process pool for backfill batches and large catch-ups; a thread for the few
@@ -526,9 +562,7 @@ class FolderSyncer:
         started = time.perf_counter()
         keys = await asyncio.to_thread(self._header_keys, present, meta, headers)
         report.seconds_parse += time.perf_counter() - started
-        known = await asyncio.to_thread(
-            self.messages.known_dedupe_keys, self.folder.account_id, set(keys.values())
-        )
+        known = await self._linkable(present, keys, headers)
         return _BatchMeta(
             present=present,
             meta=meta,
@@ -537,6 +571,48 @@ class FolderSyncer:
             headers=headers,
             limit=self.settings.max_message_bytes,
         )
+
+    async def _linkable(
+        self, uids: Sequence[int], keys: dict[int, str], headers: _LazyHeaders
+    ) -> set[str]:
+        """The keys among ``keys`` whose messages the account has already, so that those UIDs
+        only gain a location and no body is fetched. Only where the header block gives the
+        very key the parser would give the whole message:
+
+        * never a fallback hash (``h:``): from the header block it leaves out the body and
+          the attachments, so it can equal the key of another message stored already
+          (no Message-ID, same headers: bounces, broken multiparts); those are fetched and
+          the whole message's key decides at ingest;
+        * a Message-ID key only when the stored message has the same sender and a Date
+          within a day (:func:`same_message`); otherwise the UID takes its
+          :func:`distinct_key`, itself linkable when that other message is stored.
+
+        ``keys`` is updated in place for the UIDs that reuse another message's Message-ID."""
+        account = self.folder.account_id
+        wanted = {k for k in keys.values() if not k.startswith("h:")}
+        stored = await asyncio.to_thread(self.messages.stored_key_facts, account, wanted)
+        known: set[str] = set()
+        moved: dict[int, KeyFacts] = {}
+        for u in uids:
+            key = keys[u]
+            theirs = stored.get(key)
+            if theirs is None:
+                continue
+            if reusable_key(key):
+                mine = header_key_facts(headers.blocks[u]) or key_facts(headers[u])
+                if not same_message(theirs, mine):
+                    keys[u] = distinct_key(key, mine)
+                    moved[u] = mine
+                    continue
+            known.add(key)
+        if moved:
+            alt = {keys[u] for u in moved}
+            found = await asyncio.to_thread(self.messages.stored_key_facts, account, alt)
+            for u, mine in moved.items():
+                theirs = found.get(keys[u])
+                if theirs is not None and same_message(theirs, mine):
+                    known.add(keys[u])
+        return known
 
     def _header_keys(
         self, uids: Sequence[int], meta: Mapping[int, FetchResponse], headers: _LazyHeaders
@@ -567,6 +643,8 @@ class FolderSyncer:
             raws = {u: bodies[u].sections.get("") or b"" for u in small if u in bodies}
         large_data: dict[int, MessageData] = {}
         for uid in large:
+            # No Message-ID: the header-only hash could be another stored message's key.
+            m.keys[uid] = unfetched_body_key(m.keys[uid], m.meta[uid].size)
             large_data[uid] = await self._large_message(
                 uid, m.keys[uid], m.meta[uid], m.headers[uid], report
             )
@@ -632,20 +710,33 @@ class FolderSyncer:
         header: ParsedMessage,
         report: FolderSyncReport,
     ) -> MessageData:
-        """Above max_message_bytes: headers, BODYSTRUCTURE and the text parts only."""
-        structure = await self._fetch([uid], "(UID BODYSTRUCTURE)", report)
-        body = structure.get(uid)
-        bs = body.bodystructure if body is not None else None
+        """Above max_message_bytes: headers, BODYSTRUCTURE and the text parts only. A server
+        that refuses either FETCH for this message leaves it with its headers and a defect."""
+        defects = [*header.defects, "message above the size limit: body not downloaded"]
+        bs: BodyStructure | None = None
+        try:
+            structure = await self._fetch([uid], "(UID BODYSTRUCTURE)", report)
+        except ImapCommandError as exc:
+            defects.append(f"the server refused its structure: {str(exc)[:200]}")
+        else:
+            body = structure.get(uid)
+            bs = body.bodystructure if body is not None else None
         text: str | None = None
         html: str | None = None
         attachments: tuple[AttachmentData, ...] = ()
         if bs is not None:
+            if _cut_structure(bs):
+                defects.append("MIME structure nested too deeply: inner parts not listed")
             parts = text_parts(bs)
             # A text part itself above the limit is not fetched either (a 2 GB "text" part).
             wanted = [p for p in parts if p.size <= self.settings.max_message_bytes]
+            got: FetchResponse | None = None
             if wanted:
                 items = "(UID " + " ".join(f"BODY.PEEK[{p.section}]" for p in wanted) + ")"
-                got = (await self._fetch([uid], items, report)).get(uid)
+                try:
+                    got = (await self._fetch([uid], items, report)).get(uid)
+                except ImapCommandError as exc:
+                    defects.append(f"the server refused its text: {str(exc)[:200]}")
                 for p in wanted:
                     content = got.sections.get(p.section) if got is not None else None
                     if content is None:
@@ -672,18 +763,22 @@ class FolderSyncer:
             html=html,
             snippet=_snippet(text, html),
             attachments=(),
-            defects=(*header.defects, "message above the size limit: body not downloaded"),
+            defects=tuple(defects),
             headers=header.headers,
         )
-        return self.builder.build(
-            merged,
-            dedupe_key=key,
-            fetch=meta,
-            folder=self.folder,
-            raw_blob_key=None,
-            attachments=attachments,
-            truncated=True,
-        )
+        try:
+            return self.builder.build(
+                merged,
+                dedupe_key=key,
+                fetch=meta,
+                folder=self.folder,
+                raw_blob_key=None,
+                attachments=attachments,
+                truncated=True,
+            )
+        except Exception as exc:  # one message never stops the batch (poison mail)
+            why = f"could not be read: {type(exc).__name__}: {str(exc)[:200]}"
+            return replace(unreadable_message(key, meta, None, why), truncated=True)
 
     # -- incremental (live) ----------------------------------------------------------------------
 

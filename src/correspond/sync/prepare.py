@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from correspond.imap.types import FetchResponse
-from correspond.mail.dedupe import dedupe_key
+from correspond.mail.dedupe import dedupe_key, unfetched_body_key
 from correspond.mail.parse import ParsedAddress, ParsedMessage, parse_message
 from correspond.mail.threading import thread_input
 from correspond.store.blobs import SYNCFS_MIN_FILES, BlobStore
@@ -35,7 +35,9 @@ __all__ = [
     "parse_headers",
     "parse_raw",
     "prepare_messages",
+    "prepare_one_by_one",
     "slim_meta",
+    "unreadable_message",
 ]
 
 KeyFunction = Callable[[ParsedMessage, int | None], str]
@@ -178,7 +180,7 @@ def prepare_messages(job: PrepareJob, blobs: BlobStore | None = None) -> Prepare
         if blobs is None:
             blobs = _BLOB_STORES.setdefault(job.blob_root, BlobStore(Path(job.blob_root)))
     started = time.perf_counter()
-    parsed = [parse_raw(r) for r in job.raws]
+    parsed = [parse_raw(r) for r in job.raws]  # never raises: a defect instead
     parsed_at = time.perf_counter()
     contents: list[bytes] = list(job.raws)
     for msg in parsed:
@@ -201,26 +203,80 @@ def prepare_messages(job: PrepareJob, blobs: BlobStore | None = None) -> Prepare
             )
             for a in msg.attachments
         )
-        if key.startswith("h:"):
-            # No Message-ID: the fallback hash covers the body text too, which the header
-            # pass could not see. Key on the whole message, as every other caller of
-            # dedupe_key does; ingest still links it to a copy stored from another folder.
-            key = job.dedupe(msg, meta.gm_msgid)
-        out.append(
-            (
-                uid,
-                job.builder.build(
-                    msg,
-                    dedupe_key=key,
-                    fetch=meta,
-                    folder=job.folder,
-                    raw_blob_key=raw_key,
-                    attachments=attachments,
-                    truncated=False,
-                ),
+        try:
+            if key.startswith("h:"):
+                # No Message-ID: the fallback hash covers the body text too, which the header
+                # pass could not see. Key on the whole message, as every other caller of
+                # dedupe_key does; ingest still links it to a copy stored from another folder.
+                key = job.dedupe(msg, meta.gm_msgid)
+            data = job.builder.build(
+                msg,
+                dedupe_key=key,
+                fetch=meta,
+                folder=job.folder,
+                raw_blob_key=raw_key,
+                attachments=attachments,
+                truncated=False,
             )
-        )
+        except Exception as exc:  # one message never stops the batch (poison mail)
+            data = unreadable_message(key, meta, raw_key, f"could not be read: {_why(exc)}")
+        out.append((uid, data))
     return PreparedChunk(out, parsed_at - started, time.perf_counter() - parsed_at)
+
+
+def prepare_one_by_one(job: PrepareJob, blobs: BlobStore | None = None) -> PreparedChunk:
+    """:func:`prepare_messages` message by message, each failure kept to its message: the
+    fallback when a whole job failed (a parse worker died, or a bug). A message that fails
+    alone becomes :func:`unreadable_message` with its raw bytes kept as a blob. A blob store
+    that cannot write (``OSError``) fails the whole job: that is no message's fault."""
+    out: list[tuple[int, MessageData]] = []
+    seconds_parse = seconds_blobs = 0.0
+    for n, uid in enumerate(job.uids):
+        one = replace(
+            job,
+            uids=[uid],
+            raws=[job.raws[n]],
+            keys=[job.keys[n]],
+            metas=[job.metas[n]],
+        )
+        try:
+            chunk = prepare_messages(one, blobs)
+        except OSError:
+            raise  # the blob store (a full disk): no message's fault, so not stored as one
+        except Exception as exc:
+            store = blobs or BlobStore(Path(job.blob_root))
+            raw_key = store.put_many([job.raws[n]])[0]
+            why = f"could not be prepared: {_why(exc)}"
+            out.append((uid, unreadable_message(job.keys[n], job.metas[n], raw_key, why)))
+            continue
+        out.extend(chunk.data)
+        seconds_parse += chunk.seconds_parse
+        seconds_blobs += chunk.seconds_blobs
+    return PreparedChunk(out, seconds_parse, seconds_blobs)
+
+
+def unreadable_message(
+    key: str, meta: FetchResponse, raw_blob_key: str | None, reason: str
+) -> MessageData:
+    """What is stored for a message that could not be parsed or built: its key, size and
+    arrival time, the raw message when it was kept, and why (a defect). Without a Message-ID
+    the key is the raw message's own hash (its blob key), not the header-only hash, which
+    another stored message may share; without the raw bytes, the header hash and the size."""
+    if key.startswith("h:"):
+        key = "h:" + raw_blob_key if raw_blob_key else unfetched_body_key(key, meta.size)
+    return MessageData(
+        dedupe_key=key,
+        internaldate=meta.internaldate,
+        size=meta.size,
+        raw_blob_key=raw_blob_key,
+        gm_msgid=meta.gm_msgid,
+        gm_thrid=meta.gm_thrid,
+        defects=(reason,),
+    )
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 def slim_meta(meta: FetchResponse) -> FetchResponse:
