@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 from correspond.errors import NotFound, StoreError
 from correspond.mail.threading import subject_keys
 from correspond.rules.sync_plan import FolderCheckpoint
+from correspond.store.engine import database_failure
 from correspond.store.message_data import AddressData, AttachmentData, MessageData
 from correspond.store.message_tables import (
     AttachmentRow,
@@ -291,7 +292,7 @@ class MessageStore:
                     backfill_low_uid=row.backfill_low_uid,
                 )
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not read folder {folder_id}: {exc}") from exc
+            raise StoreError(f"could not read folder {folder_id}: {database_failure(exc)}") from exc
 
     def reset_folder(
         self,
@@ -330,7 +331,9 @@ class MessageStore:
                 row.backfill_done_count = 0
                 return int(dropped or 0)
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not reset folder {folder_id}: {exc}") from exc
+            raise StoreError(
+                f"could not reset folder {folder_id}: {database_failure(exc)}"
+            ) from exc
 
     def forget_folder(self, folder_id: int) -> int:
         """The folder is gone from the server: drop its locations and its sync state.
@@ -360,7 +363,9 @@ class MessageStore:
                 )
                 return dropped
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not forget folder {folder_id}: {exc}") from exc
+            raise StoreError(
+                f"could not forget folder {folder_id}: {database_failure(exc)}"
+            ) from exc
 
     def update_checkpoint(self, folder_id: int, update_: FolderCheckpointUpdate) -> None:
         """Set checkpoint columns on their own (no data goes with them)."""
@@ -368,7 +373,9 @@ class MessageStore:
             with self._session() as s, s.begin():
                 self._apply_checkpoint(s, folder_id, update_)
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not update folder {folder_id}: {exc}") from exc
+            raise StoreError(
+                f"could not update folder {folder_id}: {database_failure(exc)}"
+            ) from exc
 
     @staticmethod
     def _apply_checkpoint(s: Session, folder_id: int, upd: FolderCheckpointUpdate) -> None:
@@ -403,7 +410,9 @@ class MessageStore:
                     )
                 ).all()
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not read locations of folder {folder_id}: {exc}") from exc
+            raise StoreError(
+                f"could not read locations of folder {folder_id}: {database_failure(exc)}"
+            ) from exc
         return {int(uid): frozenset(flags or ()) for uid, flags in rows}
 
     def known_dedupe_keys(self, account_id: int, keys: Collection[str]) -> set[str]:
@@ -426,7 +435,7 @@ class MessageStore:
                         )
                     )
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not look up messages: {exc}") from exc
+            raise StoreError(f"could not look up messages: {database_failure(exc)}") from exc
         return {k for stored in found for k in asked[stored]}
 
     # -- ingest --------------------------------------------------------------------------------
@@ -462,7 +471,9 @@ class MessageStore:
                 _BatchIngest(s, account_id, folder_id, chooser, result).run(items)
                 self._apply_checkpoint(s, folder_id, checkpoint)
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not store a batch for folder {folder_id}: {exc}") from exc
+            raise StoreError(
+                f"could not store a batch for folder {folder_id}: {database_failure(exc)}"
+            ) from exc
         return result
 
     @staticmethod
@@ -543,7 +554,9 @@ class MessageStore:
                 if checkpoint is not None:
                     self._apply_checkpoint(s, folder_id, checkpoint)
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not apply changes to folder {folder_id}: {exc}") from exc
+            raise StoreError(
+                f"could not apply changes to folder {folder_id}: {database_failure(exc)}"
+            ) from exc
         return updated, removed
 
     # -- counts and reads for surfaces -----------------------------------------------------------

@@ -43,6 +43,7 @@ from datetime import datetime
 from correspond.errors import AuthenticationFailed, ConfigError, CorrespondError, NotFound
 from correspond.settings import Settings
 from correspond.store.blobs import BlobStore
+from correspond.store.engine import database_failure, is_database_error, log_database_failure
 from correspond.store.leases import RESUMABLE_STATES, AccountLeases
 from correspond.store.messages import MessageStore
 from correspond.store.records import Account
@@ -382,14 +383,17 @@ class SyncRunner:
         except Exception as exc:
             if stop.is_set():
                 return  # stopping anyway: whatever broke on the way out is not the account's
-            # A bug must not spin: record it on the account and stop syncing it.
-            log.exception("sync of %s failed", name)
+            # A bug must not spin: record it on the account and stop syncing it. A database
+            # error that escaped the store says only its kind (its text quotes SQL and values).
+            if is_database_error(exc):
+                log_database_failure(log, f"sync of {name} failed", exc)
+                why = database_failure(exc)
+            else:
+                log.exception("sync of %s failed", name)
+                why = f"{exc.__class__.__name__}: {exc}"
             with contextlib.suppress(CorrespondError):
                 await asyncio.to_thread(
-                    self.guarded.set_account_state,
-                    name,
-                    "error",
-                    f"Internal error: {exc.__class__.__name__}: {exc}",
+                    self.guarded.set_account_state, name, "error", f"Internal error: {why}"
                 )
 
     def _replace_executor(self, broken_one: Executor | None) -> None:
