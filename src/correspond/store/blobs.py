@@ -109,6 +109,8 @@ _TEMP_PREFIX = ".tmp-"
 # Temporary files are private, as mkstemp made them (stored mail is nobody else's business).
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 _TEMP_MODE = 0o600
+# Directories too: owner-only whatever the umask (mkdir applies the umask, which only removes).
+_DIR_MODE = 0o700
 _temp_serial = itertools.count()
 #: From this many new files up, :meth:`BlobStore.put_many` syncs the file system twice instead of
 #: fsyncing each file and directory: per-file fsync costs ~6 ms a file, so it wins for a live
@@ -138,6 +140,18 @@ def _subdirs(directory: str | Path) -> list[str]:
         for e in _entries(directory)
         if len(e.name) == 2 and _FANOUT_RE.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
     ]
+
+
+def _make_private(path: str, mode: int) -> int:
+    """chmod ``path`` to ``mode`` when group or others have access and it is ours: 1 if done."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+        if st.st_mode & 0o077 == 0 or st.st_uid != os.getuid():
+            return 0
+        os.chmod(path, mode, follow_symlinks=False)
+    except (NotImplementedError, OSError):
+        return 0
+    return 1
 
 
 def blob_key(data: bytes) -> str:
@@ -226,6 +240,18 @@ class BlobStore:
         # Incompressible content (already-compressed attachments) is kept raw.
         return (header, body) if len(body) < len(data) else (_RAW, data)
 
+    def make_private(self) -> int:
+        """Make the root and its fan-out directories owner-only (0700) where an older version
+        or a copy left them open to others; returns how many changed. Blob files are created
+        0600 (``correspond doctor`` reports any that are not)."""
+        changed = 0
+        for directory in [
+            self._root,
+            *(d for top in _subdirs(self.root) for d in (top, *_subdirs(top))),
+        ]:
+            changed += _make_private(directory, _DIR_MODE)
+        return changed
+
     def sweep_temporary(self, older_than: float = STALE_TEMP_SECONDS) -> int:
         """Delete temporary files older than ``older_than`` seconds, left by a writer killed
         between writing and renaming; returns how many went. Never touches a stored blob.
@@ -255,7 +281,7 @@ class BlobStore:
         with self._lock:
             self._fresh[path] = self._fresh.get(path, 0) + 1
         try:
-            os.mkdir(path)
+            os.mkdir(path, _DIR_MODE)
         except FileExistsError:
             with self._lock:
                 if self._fresh.get(path, 0) > 1:
@@ -268,9 +294,9 @@ class BlobStore:
             if path != self._root:
                 raise
             # The store's root, in a directory that does not exist yet.
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            os.makedirs(os.path.dirname(path) or ".", mode=_DIR_MODE, exist_ok=True)
             with contextlib.suppress(FileExistsError):
-                os.mkdir(path)
+                os.mkdir(path, _DIR_MODE)
         # Left counted on failure (the caller raises): later writers then sync the parent.
         return True
 

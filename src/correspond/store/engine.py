@@ -7,9 +7,11 @@ Migrations are Alembic's, applied programmatically on start: no alembic.ini at r
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +35,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from correspond.errors import ConfigError, NotFound, StoreError
+from correspond.settings import make_private
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -44,6 +47,7 @@ __all__ = [
     "head_revision",
     "is_database_error",
     "log_database_failure",
+    "make_sqlite_private",
     "migrate",
     "normalize_url",
     "register_table_modules",
@@ -90,6 +94,7 @@ def create_store_engine(url: str) -> Engine:
         if database and database != ":memory:" and not database.startswith("file:"):
             # Private: the data directory holds the key and the encrypted secrets.
             Path(database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_sqlite_private(Path(database))
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -98,6 +103,17 @@ def create_store_engine(url: str) -> Engine:
     raise ConfigError(
         f"unsupported database {parsed.get_backend_name()!r}: use SQLite or PostgreSQL"
     )
+
+
+def make_sqlite_private(database: Path) -> None:
+    """Create the SQLite file owner-only (0600) before SQLite does (it would follow the umask,
+    0644 by default), and make an existing one and its journals (``-wal``, ``-shm``,
+    ``-journal``) owner-only. SQLite creates the journals with the database file's mode, so
+    they stay private from then on."""
+    with contextlib.suppress(FileExistsError, FileNotFoundError):
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        make_private(f"{database}{suffix}", 0o600)
 
 
 # Modules that add tables to ``Base`` (later issues); imported when present so that migrations'
