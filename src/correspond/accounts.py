@@ -18,6 +18,8 @@ from correspond.rules.folders import assign_roles
 from correspond.rules.presets import AccountChanges, AccountDraft, apply_changes
 from correspond.settings import Settings
 from correspond.store import Account, AccountSummary, Folder, FolderSyncResult, Store
+from correspond.store.blob_gc import RemovedAccount, remove_account_with_blobs
+from correspond.store.blobs import BlobStore
 from correspond.store.records import draft_of
 from correspond.store.tables import utcnow
 from correspond.sync.connection_test import ConnectionReport, check_connection
@@ -101,9 +103,12 @@ class AccountService:
     def get_account(self, name: str) -> AccountSummary:
         return self.store.account_summary(name)
 
-    def remove_account(self, name: str) -> None:
-        """Delete the account and everything synced for it."""
-        self.store.remove_account(name)
+    def remove_account(self, name: str) -> RemovedAccount:
+        """Delete the account and everything synced for it: its rows, then the blobs (raw
+        messages, attachment bodies) no other account's messages use."""
+        return remove_account_with_blobs(
+            self.store.engine, BlobStore.from_settings(self.settings), name
+        )
 
     def list_folders(self, name: str, *, include_removed: bool = False) -> list[Folder]:
         return self.store.list_folders(name, include_removed=include_removed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
 import signal
@@ -79,6 +80,8 @@ from correspond.rules.presets import (
 )
 from correspond.settings import Settings, ensure_data_dir
 from correspond.store import Account, Store, open_store
+from correspond.store.blob_gc import check_blobs
+from correspond.store.blobs import BlobStore
 from correspond.store.leases import RUNNABLE_STATES, AccountLeases
 from correspond.store.message_queries import MAX_PAGE, AddressView, MessageView
 from correspond.store.progress import AccountProgress, ProgressReader
@@ -883,8 +886,81 @@ def account_remove(cli: CliContext, name: str, yes: bool) -> None:
         if not _stdin_is_tty():
             _fail("pass --yes to remove an account without a terminal to confirm on", 2)
         click.confirm(f"Remove account {name} and all its synced data?", abort=True)
-    service.remove_account(name)
-    click.echo(f"Removed account {name}.")
+    removed = service.remove_account(name)
+    kept = f"; {removed.blobs_kept} kept (still used)" if removed.blobs_kept else ""
+    click.echo(
+        f"Removed account {name} and its synced mail: {removed.blobs_deleted} stored files "
+        f"deleted ({_size(removed.bytes_freed)}){kept}."
+    )
+
+
+def _size(n: int) -> str:
+    """Bytes for a person: 0 B, 12.3 KB, 373.0 MB (powers of 1000, as file managers show)."""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"  # pragma: no cover
+
+
+@main.command("doctor")
+@click.option("--fix", is_flag=True, help="Remove what is found (orphans, stale temp files).")
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def doctor(cli: CliContext, fix: bool, as_json_output: bool) -> None:
+    """Check the blob store against the database: orphaned blobs (raw messages and attachments
+    no message references, e.g. left by a crash during `account remove`), temporary files
+    left by a killed sync, files others can read, referenced blobs that are missing. Reports
+    counts and bytes; --fix removes and repairs. Exits 1 when something needs fixing (without
+    --fix) or a referenced blob is missing."""
+    settings = cli.settings
+    with _status("Checking the blob store...", not as_json_output):
+        check = check_blobs(
+            cli.store.engine,
+            BlobStore.from_settings(settings),
+            fix=fix,
+            orphan_grace_seconds=settings.blob_orphan_grace_seconds,
+            temp_stale_seconds=settings.blob_temp_stale_seconds,
+        )
+    needs_fix = bool(check.orphaned or check.temp_files or check.set_aside or check.not_private)
+    if as_json_output:
+        data = dataclasses.asdict(check)
+        data["blob_dir"] = str(settings.blob_dir)
+        _print_json(data)
+    else:
+        grace = f"{settings.blob_orphan_grace_seconds:g} s"
+        lines = [
+            f"Blob store {settings.blob_dir}: {check.blobs} blobs, {_size(check.blob_bytes)}.",
+            f"Orphaned blobs (no message uses them): {check.orphaned}, "
+            f"{_size(check.orphaned_bytes)}.",
+            f"Temporary files left by crashes: {check.temp_files}, {_size(check.temp_bytes)}.",
+        ]
+        if check.recent_unreferenced or check.recent_temp_files:
+            lines.append(
+                f"Left alone as possibly in use by a running sync: {check.recent_unreferenced} "
+                f"unreferenced blobs younger than {grace}, {check.recent_temp_files} recent "
+                "temporary files."
+            )
+        if check.set_aside:
+            lines.append(f"Blobs set aside by an interrupted deletion: {check.set_aside}.")
+        if check.not_private:
+            lines.append(f"Files or directories others could read: {check.not_private}.")
+        if check.missing:
+            lines.append(
+                f"Referenced blobs missing from disk: {check.missing} (e.g. "
+                f"{', '.join(check.missing_keys[:3])}); those messages' raw source is lost."
+            )
+        if fix:
+            lines.append(f"Fixed: removed {check.removed} files, {_size(check.removed_bytes)}.")
+        elif needs_fix:
+            lines.append("Run `correspond doctor --fix` to remove them.")
+        else:
+            lines.append("Nothing to fix.")
+        for line in lines:
+            click.echo(line)
+    if check.missing or (needs_fix and not fix):
+        sys.exit(1)
 
 
 # -- reading synced mail ---------------------------------------------------------------------

@@ -57,6 +57,18 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="How often live sync re-reads the server's folder list"
     )
 
+    blob_orphan_grace_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="`doctor` leaves unreferenced blobs younger than this (a sync may be "
+        "about to commit the rows that reference them)",
+    )
+    blob_temp_stale_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="`doctor` removes temporary blob files older than this (left by a crash)",
+    )
+
     def clone(self, **changes: Any) -> Settings:
         """A validated copy with some fields changed (settings themselves never change; the
         environment is not read again)."""
