@@ -44,14 +44,14 @@ from correspond.errors import AuthenticationFailed, ConfigError, CorrespondError
 from correspond.settings import Settings
 from correspond.store.blobs import BlobStore
 from correspond.store.engine import database_failure, is_database_error, log_database_failure
-from correspond.store.leases import RESUMABLE_STATES, AccountLeases
+from correspond.store.leases import RESUMABLE_STATES, AccountLeases, process_identity
 from correspond.store.messages import MessageStore
 from correspond.store.records import Account
 from correspond.store.repository import Store
 from correspond.store.tables import utcnow
 from correspond.sync.engine import AccountSyncer, AccountSyncReport
 from correspond.sync.folder_sync import DEFAULT_BATCH_SIZE
-from correspond.sync.prepare import ignore_interrupts
+from correspond.sync.prepare import init_worker
 
 __all__ = [
     "LeaseGuardedStore",
@@ -82,8 +82,12 @@ ONCE_DETAIL = "Up to date as of this one-off sync (not watching for new mail)."
 
 
 def default_owner() -> str:
-    """A lease owner name unique to this process: host, pid and a random suffix."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    """A lease owner name unique to this process: host, pid and a random suffix, then (on
+    Linux) ``/boot.pidns.start`` so that a restart on this host can tell this process is gone
+    after a crash (:func:`~correspond.store.leases.holder_is_gone`)."""
+    name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    ident = process_identity()
+    return f"{name}/{ident}" if ident else name
 
 
 def _default_factory(
@@ -114,14 +118,16 @@ def make_parse_executor(processes: int) -> ProcessPoolExecutor | None:
     """A process pool for MIME parsing shared by every account (None for ``processes <= 0``).
 
     ``spawn``, not ``fork``: the parent runs an event loop and database threads, and forking a
-    multi-threaded process can copy a held lock into the child. The workers ignore SIGINT.
+    multi-threaded process can copy a held lock into the child. The workers ignore SIGINT and
+    exit when this process dies, even by SIGKILL (:func:`~correspond.sync.prepare.init_worker`).
     """
     if processes <= 0:
         return None
     return ProcessPoolExecutor(
         max_workers=processes,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=ignore_interrupts,
+        initializer=init_worker,
+        initargs=(os.getpid(),),
     )
 
 
