@@ -85,7 +85,7 @@ def test_add_then_list_json(runner: CliRunner, data_dir: Path) -> None:
     a = data[0]
     assert a["email"] == "me@example.test"
     assert a["imap"] == {"host": "imap.example.test", "port": 143, "security": "starttls"}
-    assert a["state"] == "connecting" and a["state_message"].startswith("Connecting")
+    assert a["state"] == "connecting" and a["state_message"].startswith("Waiting")
     assert a["has_password"] is True
     assert (a["folder_count"], a["selected_folder_count"], a["message_count"]) == (0, 0, 0)
     assert PASSWORD not in listed.output

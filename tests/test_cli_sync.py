@@ -118,10 +118,13 @@ def test_sync_once_backfills_and_exits_zero(
     assert f"Synced {name}: {COUNT} new messages" in result.output
     # One line per state change, in order.
     lines = result.output
-    assert lines.index("connecting") < lines.index("backfilling") < lines.index("live")
+    assert lines.index("connecting") < lines.index("backfilling") < lines.index("Synced at")
     assert count(store, name) == COUNT
     account = store.get_account(name)
-    assert account.state == "live" and account.last_sync_at is not None
+    # Not "live": nothing watches the mailbox once --once exits; the detail says so.
+    assert account.state == "connecting" and account.last_sync_at is not None
+    assert "not watching for new mail (no sync process running)" in account.state_detail
+    assert f"{account.last_sync_at:%Y-%m-%d %H:%M:%S}" in account.state_detail
     assert account.lease_owner is None  # given back
 
     listed = cli("account", "list", "--json")
@@ -129,9 +132,16 @@ def test_sync_once_backfills_and_exits_zero(
     (item,) = json.loads(listed.stdout)
     progress = item["progress"]
     assert (progress["done"], progress["total"], progress["complete"]) == (COUNT, COUNT, True)
-    assert progress["state"] == "live" and progress["last_sync_at"] is not None
+    assert progress["state"] == "connecting" and progress["last_sync_at"] is not None
     inbox = next(f for f in progress["folders"] if f["role"] == "inbox")
     assert (inbox["done"], inbox["total"]) == (COUNT, COUNT)
+
+    # Paused and resumed: the detail says when it last synced.
+    assert cli("account", "pause", name).exit_code == 0
+    assert cli("account", "resume", name).exit_code == 0
+    resumed = store.get_account(name)
+    assert resumed.state == "connecting"
+    assert f"Last synced: {account.last_sync_at:%Y-%m-%d %H:%M:%S} UTC" in resumed.state_detail
 
     table = cli("account", "list")
     assert table.exit_code == 0

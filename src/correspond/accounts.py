@@ -33,9 +33,9 @@ __all__ = [
 
 # What each state means to a person reading `account list` or the API.
 STATE_MESSAGES: dict[str, str] = {
-    "connecting": "Connecting: waiting for the first successful connection.",
+    "connecting": "Waiting: no sync is connected to the server now; a sync process connects it.",
     "backfilling": "Backfilling: importing mail from the sync window.",
-    "live": "Live: up to date and watching for new mail.",
+    "live": "Live: a sync process is watching for new mail.",
     "paused": "Paused: sync is stopped until you resume it.",
     "auth_failed": "Sign-in failed: the server refused the credentials; update the password.",
     "error": "Error: sync stopped on a problem that needs attention.",

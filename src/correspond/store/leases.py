@@ -318,12 +318,15 @@ class AccountLeases:
 
     def resume(self, name: str, detail: str = "Resumed; waiting for a sync worker.") -> Account:
         """Sync ``name`` again: a paused (or failed: the user has acted) account goes back to
-        ``connecting`` and the next worker round picks it up. A running account is unchanged."""
+        ``connecting`` and the next worker round picks it up; the detail says when it last
+        synced. A running account is unchanged."""
         with self._tx() as s:
             row = self._row(s, name)
             if row.state in RESUMABLE_STATES:
                 row.state = "connecting"
-                row.state_detail = detail
+                last = row.last_sync_at
+                when = f"{last:%Y-%m-%d %H:%M:%S} UTC" if last is not None else "never"
+                row.state_detail = f"{detail} Last synced: {when}."
                 s.flush()
             return account_from_row(row)
 

@@ -78,7 +78,10 @@ SyncerFactory = Callable[
 StateListener = Callable[[str, str, str], None]
 
 STOPPED_DETAIL = "Sync stopped ({owner} shut down); it resumes when a sync worker runs."
-ONCE_DETAIL = "Up to date as of this one-off sync (not watching for new mail)."
+ONCE_DETAIL = (
+    "Synced at {at}; not watching for new mail (no sync process running): "
+    "`correspond sync NAME`, a worker or `serve` keeps it live."
+)
 
 
 def default_owner() -> str:
@@ -538,8 +541,15 @@ async def sync_account_once(
                     connected_at=utcnow(),
                 )
                 report = await syncer.sync_once(client, account)
+                # Not "live": nothing watches the mailbox once this process exits. The account
+                # waits for a sync process, as after a worker's shutdown.
+                synced_at = utcnow()
                 await asyncio.to_thread(
-                    guarded.set_account_state, name, "live", ONCE_DETAIL, last_sync_at=utcnow()
+                    guarded.set_account_state,
+                    name,
+                    "connecting",
+                    ONCE_DETAIL.format(at=f"{synced_at:%Y-%m-%d %H:%M:%S} UTC"),
+                    last_sync_at=synced_at,
                 )
                 ok = True
             finally:
