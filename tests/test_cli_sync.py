@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -272,6 +273,8 @@ def test_subprocess_serve_runs_sync_beside_the_api(
 ) -> None:
     store = local.store
     name = add_account(store, dovecot, mailbox)
+    # A second account whose password the server refuses: its failure is logged too.
+    bad = add_account(store, dovecot, dovecot.add_user(), password="wrong-password")
     port = free_port()
     proc = subprocess.Popen(
         [*console_script(), "serve", "--port", str(port), "--parse-processes", "0"],
@@ -292,6 +295,7 @@ def test_subprocess_serve_runs_sync_beside_the_api(
             return bool(body["state"] == "live" and body["complete"])
 
         wait_until(caught_up, "the account live through the API")
+        wait_until(lambda: store.get_account(bad).state == "auth_failed", "the refused login")
         assert (seen["done"], seen["total"]) == (COUNT, COUNT)
         paused = _http(f"{base}/accounts/{name}/pause", method="POST", timeout=5)
         assert paused["state"] == "paused"
@@ -301,6 +305,10 @@ def test_subprocess_serve_runs_sync_beside_the_api(
     assert proc.returncode == 0, out + err
     assert count(store, name) == COUNT
     assert store.get_account(name).state == "paused"  # the shutdown did not overwrite it
+    # serve logs every state change and sync error, as a worker shows them.
+    assert re.search(rf"INFO correspond\.sync\.state: {name}: backfilling", err), err
+    assert re.search(rf"INFO correspond\.sync\.state: {name}: live", err), err
+    assert re.search(rf"WARNING correspond\.sync\.state: {bad}: auth_failed: .*(?i:auth)", err), err
 
 
 def test_subprocess_serve_no_sync_and_worker(

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import re
 import signal
 import socket
@@ -1496,6 +1497,7 @@ def worker(
     """Sync every active account (no API), sharing them with other workers through leases;
     Ctrl-C stops cleanly and releases the leases."""
     display = _SyncDisplay(cli.progress, _console(), names=None, bars=False)
+    _configure_logging()
 
     async def work() -> str:
         runner = SyncRunner(
@@ -1524,6 +1526,40 @@ def worker(
 
     owner = _run(work())
     click.echo(f"Worker {owner} stopped; its leases are released.")
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the record."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def _configure_logging() -> None:
+    """``worker`` and ``serve``: Correspond's log lines (account state changes, sync errors,
+    lease rounds) on standard error, INFO and up, with a timestamp. Once per process."""
+    logger = logging.getLogger("correspond")
+    if any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        return
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+_STATE_LOG = logging.getLogger("correspond.sync.state")
+
+
+def _log_state(name: str, state: str, detail: str) -> None:
+    """A runner's state listener for ``serve``: one log line per state it records (any
+    thread: logging is thread-safe). Server-supplied text is printed with controls removed."""
+    level = logging.WARNING if state in ("auth_failed", "error", "disconnected") else logging.INFO
+    _STATE_LOG.log(level, "%s: %s: %s", _plain(name), state, _plain(detail))
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -1563,7 +1599,12 @@ def serve(
     settings = cli.settings.clone(**{k: v for k, v in (("host", host), ("port", port)) if v})
     _check_port_free(settings.host, settings.port)
     store = cli.store  # migrations run here, before the first request
-    runner = None if no_sync else SyncRunner(store, settings, parse_processes=parse_processes)
+    _configure_logging()
+    runner = (
+        None
+        if no_sync
+        else SyncRunner(store, settings, parse_processes=parse_processes, on_state=_log_state)
+    )
     app = create_app(settings, store=store, runner=runner)
     what = "API only" if runner is None else f"API and sync (owner {runner.owner})"
     click.echo(f"Serving on http://{settings.host}:{settings.port}: {what}; API docs at /docs")
