@@ -684,7 +684,7 @@ def test_folders_show_select_and_all(runner: CliRunner, data_dir: Path) -> None:
     assert table.exit_code == 0, table.output
     for needle in ("INBOX", "Sent Items", "Clients/Sent", "Entw&APw-rfe", "Entw\\xc3\\xbcrfe"):
         assert needle in table.output
-    assert "all folders sync" in table.output
+    assert "new folders sync too" in table.output
 
     folders = json.loads(run(runner, data_dir, "account", "folders", "work", "--json").output)
     by_raw = {f["remote_name"]: f for f in folders}
@@ -707,6 +707,7 @@ def test_folders_show_select_and_all(runner: CliRunner, data_dir: Path) -> None:
         "INBOX",
         "--select",
         twin,
+        "--only",
         "--json",
     )
     assert picked.exit_code == 0, picked.output

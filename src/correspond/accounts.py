@@ -121,22 +121,46 @@ class AccountService:
         return True
 
     def select_folders(
-        self, name: str, *, all_folders: bool = False, refs: Sequence[str | int] = ()
+        self,
+        name: str,
+        *,
+        all_folders: bool = False,
+        refs: Sequence[str | int] = (),
+        add: bool = False,
+        remove: Sequence[str | int] = (),
     ) -> list[Folder]:
-        """Sync all folders (now and future ones), or exactly ``refs`` (ids or display names).
+        """Sync all folders (now and future ones), or exactly ``refs`` (ids or display names);
+        with ``add``, ``refs`` are added to the selection and ``remove`` taken out of it.
 
         Every ref is checked first, so a bad one changes nothing and the error says what to do:
         :class:`NotFound` for an unknown folder, :class:`ConfigError` for an ambiguous name or
         a folder the server marks ``\\Noselect`` / ``\\NonExistent``.
         """
-        if refs and not all_folders:
+        if (refs or remove) and not all_folders:
             folders = self.store.list_folders(name)
             for ref in refs:
                 self._selectable(name, folders, ref)
-        return self.store.select_folders(name, all_folders=all_folders, refs=refs)
+            for ref in remove:
+                self._known(name, folders, ref)
+        return self.store.select_folders(
+            name, all_folders=all_folders, refs=refs, add=add, remove=remove
+        )
 
     @staticmethod
     def _selectable(name: str, folders: Sequence[Folder], ref: str | int) -> Folder:
+        folder = AccountService._known(name, folders, ref)
+        if not folder.selectable:
+            flags = {f.casefold() for f in folder.flags}
+            why = (
+                "the server lists it as \\NonExistent (only a parent of other folders)"
+                if "\\nonexistent" in flags
+                else "the server marks it \\Noselect (it holds folders, not messages)"
+            )
+            raise ConfigError(f"folder {folder.name!r} (id {folder.id}) cannot be selected: {why}")
+        return folder
+
+    @staticmethod
+    def _known(name: str, folders: Sequence[Folder], ref: str | int) -> Folder:
         if not folders:
             raise NotFound(
                 f"no folders known for account {name!r} yet: refresh the folder list from the "
@@ -153,14 +177,6 @@ class AccountService:
                 "needs a refresh of the folder list"
             )
             raise NotFound(f"{exc} in account {name!r} ({hint})") from None
-        if not folder.selectable:
-            flags = {f.casefold() for f in folder.flags}
-            why = (
-                "the server lists it as \\NonExistent (only a parent of other folders)"
-                if "\\nonexistent" in flags
-                else "the server marks it \\Noselect (it holds folders, not messages)"
-            )
-            raise ConfigError(f"folder {folder.name!r} (id {folder.id}) cannot be selected: {why}")
         return folder
 
     # -- IMAP ------------------------------------------------------------------------------

@@ -831,9 +831,18 @@ def _folder_table(folders: list[FolderWithCounts], title: str) -> Table:
     "select",
     multiple=True,
     metavar="NAME_OR_ID",
-    help="Sync exactly these folders (repeat; by display name, or id as 7 or id:7).",
+    help="Also sync these folders (repeat; by display name, or id as 7 or id:7).",
 )
-@click.option("--all", "select_all", is_flag=True, help="Sync all folders, including new ones.")
+@click.option("--only", is_flag=True, help="With --select: sync exactly those folders, no others.")
+@click.option(
+    "--unselect",
+    multiple=True,
+    metavar="NAME_OR_ID",
+    help="Stop syncing these folders (repeat); mail already synced is kept.",
+)
+@click.option(
+    "--all", "select_all", is_flag=True, help="Sync every folder (Junk and Trash too) and new ones."
+)
 @click.option("--include-removed", is_flag=True, help="Also show folders gone from the server.")
 @click.option("--json", "as_json_output", is_flag=True)
 @pass_cli
@@ -842,14 +851,25 @@ def account_folders(
     name: str,
     refresh: bool,
     select: tuple[str, ...],
+    only: bool,
+    unselect: tuple[str, ...],
     select_all: bool,
     include_removed: bool,
     as_json_output: bool,
 ) -> None:
     """Show NAME's folders (role, selected, name, messages stored, unread, the server's count);
-    optionally refresh and choose them."""
-    if select and select_all:
-        _fail("use either --select or --all, not both", 2)
+    optionally refresh and choose them.
+
+    A new account syncs INBOX, Sent, Archive and the user's own folders, and new folders as
+    they appear, but not Junk, Trash or Drafts (their mail must not reach customer timelines):
+    `--select Junk` adds one. `--select` adds to the selection, `--only` makes it exactly the
+    folders named, `--unselect` takes folders out."""
+    if (select or unselect) and select_all:
+        _fail("use either --select/--unselect or --all, not both", 2)
+    if only and not select:
+        _fail("--only needs the folders to keep: --select NAME --only", 2)
+    if only and unselect:
+        _fail("--only already drops every folder not named; leave out --unselect", 2)
     service = cli.service
     if refresh:
         with _status(f"Listing folders of {name}...", not as_json_output):
@@ -859,18 +879,40 @@ def account_folders(
                 f"Refreshed: {result.added} new, {result.updated} changed, "
                 f"{result.removed} removed."
             )
-    if select or select_all:
-        service.select_folders(name, all_folders=select_all, refs=list(select))
+    changed = bool(select or unselect or select_all)
+    if changed:
+        service.select_folders(
+            name,
+            all_folders=select_all,
+            refs=list(select),
+            add=not only and not select_all,
+            remove=list(unselect),
+        )
     folders = cli.reader.folders_with_counts(name, include_removed=include_removed)
     if as_json_output:
         _print_json([as_json(folder_with_counts_public(f)) for f in folders])
         return
+    if changed:
+        chosen = [f.folder for f in folders if f.folder.selected and not f.folder.removed]
+        left = [
+            f.folder
+            for f in folders
+            if f.folder.selectable and not f.folder.selected and not f.folder.removed
+        ]
+        click.echo(
+            f"Now syncing {len(chosen)} folder(s): "
+            + (", ".join(_plain(f.name) for f in chosen) or "none")
+            + (f"; not synced: {', '.join(_plain(f.name) for f in left)}" if left else "")
+            + "."
+        )
     if not folders:
         click.echo(f"No folders known for {name}; run: correspond account folders {name} --refresh")
         return
     mode = service.get_account(name).account.folders_mode
-    title = (
-        f"Folders of {name} ({'all folders sync' if mode == 'all' else 'selected folders sync'})"
+    title = f"Folders of {name} " + (
+        "(new folders sync too; Junk, Trash and Drafts only when selected)"
+        if mode == "all"
+        else "(only the selected folders sync)"
     )
     _console().print(_folder_table(folders, title))
 
