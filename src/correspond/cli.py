@@ -626,6 +626,7 @@ def account_update(
     service = cli.service
     # An unknown name or a bad value fails here, before a password is asked for.
     service.check_update(name, changes)
+    before = cli.store.get_account(name)
     password: str | None = None
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -643,6 +644,19 @@ def account_update(
         _print_json(as_json(account_public(service.get_account(name), progress=progress)))
         return
     click.echo(f"Updated {name}: {_endpoints_line(updated)}; state {updated.state}.")
+    if window_days is not None and window_days != before.window_days:
+        if window_days > before.window_days:
+            click.echo(
+                f"Sync window: {before.window_days} -> {window_days} days. The next sync "
+                f"fetches the mail of the {window_days - before.window_days} days now covered "
+                f"(`correspond sync {name}`, or a running worker within seconds)."
+            )
+        else:
+            click.echo(
+                f"Sync window: {before.window_days} -> {window_days} days. Mail already synced "
+                "is kept, also what is now older than the window: the window only limits what "
+                "is fetched from now on."
+            )
     click.echo(f"Check it with: correspond account test {name}")
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -203,6 +203,21 @@ class Store:
             row.allow_plaintext = after.allow_plaintext
             row.trusted_cert_pem = after.trusted_cert_pem
             if after.window_days is not None:
+                if row.window_days is not None and after.window_days > row.window_days:
+                    # A wider window: backfill every folder again from the top, so the next
+                    # sync fetches the newly covered days (UIDs run in arrival order, not by
+                    # date: an old message may sit anywhere). Stored locations are skipped,
+                    # nothing is fetched twice. A narrower window keeps what is stored.
+                    s.execute(
+                        update(FolderRow)
+                        .where(FolderRow.account_id == row.id)
+                        .values(
+                            backfill_done=False,
+                            backfill_low_uid=None,
+                            backfill_total=None,
+                            backfill_done_count=0,
+                        )
+                    )
                 row.window_days = after.window_days
             for toggle, value in after.toggles.items():
                 setattr(row, toggle, value)
