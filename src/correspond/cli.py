@@ -46,6 +46,7 @@ from rich.text import Text
 from correspond import __version__
 from correspond.accounts import STATE_MESSAGES, AccountService, report_to_dict
 from correspond.api.message_schemas import (
+    GONE_WORDS,
     folder_with_counts_public,
     message_page_public,
     message_public,
@@ -1065,6 +1066,14 @@ def _message_json(reader: MailboxReader, m: MessageView, remote_images: bool) ->
     return as_json(public)
 
 
+def _gone_line(m: MessageView) -> str:
+    """What a message in no synced folder shows instead of its folders."""
+    if m.gone_from_mailbox_at is None:
+        return "none"
+    why = GONE_WORDS.get(m.gone_reason or "", "not yet known why")
+    return f"none: gone from the mailbox since {_date(m.gone_from_mailbox_at)} ({why})"
+
+
 def _write_output(path: Path, data: bytes, force: bool) -> None:
     """Write ``data`` to exactly ``path`` (never a name taken from the mail); refuse to replace
     an existing file unless ``force``."""
@@ -1092,7 +1101,10 @@ def _echo_message(
         f"Date:     {_date(m.date or m.internaldate)}",
         f"Subject:  {_plain(m.subject)}",
         "Folders:  "
-        + ", ".join(f"{_plain(loc.folder_name)} (UID {loc.uid})" for loc in m.locations),
+        + (
+            ", ".join(f"{_plain(loc.folder_name)} (UID {loc.uid})" for loc in m.locations)
+            or _gone_line(m)
+        ),
         f"Flags:    {' '.join(m.flags)}",
     ]
     if m.attachments:

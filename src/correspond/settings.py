@@ -57,6 +57,16 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="How often live sync re-reads the server's folder list"
     )
 
+    gone_check_max_messages: int = Field(
+        default=50,
+        ge=0,
+        le=10_000,
+        description="Messages gone from the synced folders looked for in the unsynced ones "
+        "(moved or expunged?) per sync pass",
+    )
+    gone_check_max_folders: int = Field(
+        default=20, ge=0, le=1000, description="Unsynced folders searched per sync pass"
+    )
     blob_orphan_grace_seconds: float = Field(
         default=600.0,
         ge=0,

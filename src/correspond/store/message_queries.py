@@ -144,6 +144,11 @@ class MessageView:
     defects: tuple[str, ...]
     locations: tuple[LocationView, ...]
     attachments: tuple[AttachmentView, ...]
+    #: When the last location went (None while the message is in a synced folder), and why:
+    #: ``expunged``, ``moved`` (to a folder that is not synced), ``unsynced`` (its folder
+    #: stopped syncing), ``unknown``; None while not yet looked into.
+    gone_from_mailbox_at: datetime | None = None
+    gone_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +396,8 @@ class MessageQueries:
                 defects=tuple(r.defects or ()),
                 locations=tuple(locations.get(r.id, ())),
                 attachments=tuple(attachments.get(r.id, ())),
+                gone_from_mailbox_at=r.gone_from_mailbox_at if not locations.get(r.id) else None,
+                gone_reason=r.gone_reason if not locations.get(r.id) else None,
             )
             for r in rows
         ]

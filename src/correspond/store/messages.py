@@ -343,11 +343,19 @@ class MessageStore:
         """
         try:
             with self._session() as s, s.begin():
+                losing = list(
+                    s.scalars(
+                        select(MessageLocationRow.message_id).where(
+                            MessageLocationRow.folder_id == folder_id
+                        )
+                    )
+                )
                 dropped = _rowcount(
                     s.execute(
                         delete(MessageLocationRow).where(MessageLocationRow.folder_id == folder_id)
                     )
                 )
+                _mark_gone(s, losing, "unsynced")
                 s.execute(
                     update(FolderRow)
                     .where(FolderRow.id == folder_id)
@@ -542,7 +550,16 @@ class MessageStore:
                     )
                     updated += len(rows)
                 removed = 0
+                losing: list[int] = []
                 for part in _chunks(sorted(set(removed_uids))):
+                    losing.extend(
+                        s.scalars(
+                            select(MessageLocationRow.message_id).where(
+                                MessageLocationRow.folder_id == folder_id,
+                                MessageLocationRow.uid.in_(part),
+                            )
+                        )
+                    )
                     removed += _rowcount(
                         s.execute(
                             delete(MessageLocationRow).where(
@@ -551,6 +568,8 @@ class MessageStore:
                             )
                         )
                     )
+                # Their last location gone: why is for the engine to find out (reason NULL).
+                _mark_gone(s, losing, None)
                 if checkpoint is not None:
                     self._apply_checkpoint(s, folder_id, checkpoint)
         except SQLAlchemyError as exc:
@@ -558,6 +577,47 @@ class MessageStore:
                 f"could not apply changes to folder {folder_id}: {database_failure(exc)}"
             ) from exc
         return updated, removed
+
+    # -- messages gone from the mailbox -----------------------------------------------------------
+
+    def gone_unexplained(self, account_id: int, limit: int) -> list[tuple[int, str | None]]:
+        """Up to ``limit`` messages of the account whose last location went and whose reason
+        is still to be found: (id, Message-ID header), oldest first."""
+        try:
+            with self._session() as s:
+                rows = s.execute(
+                    select(MessageRow.id, MessageRow.message_id_header)
+                    .where(
+                        MessageRow.account_id == account_id,
+                        MessageRow.gone_from_mailbox_at.is_not(None),
+                        MessageRow.gone_reason.is_(None),
+                    )
+                    .order_by(MessageRow.gone_from_mailbox_at, MessageRow.id)
+                    .limit(limit)
+                ).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not look up messages: {database_failure(exc)}") from exc
+        return [(int(i), None if h is None else str(h)) for i, h in rows]
+
+    def set_gone_reasons(self, reasons: Mapping[int, str]) -> None:
+        """Record why each message left the mailbox (only while it still has no location)."""
+        try:
+            with self._session() as s, s.begin():
+                by_reason: dict[str, list[int]] = {}
+                for mid, reason in reasons.items():
+                    by_reason.setdefault(reason, []).append(mid)
+                for reason, ids in by_reason.items():
+                    for part in _chunks(sorted(ids)):
+                        s.execute(
+                            update(MessageRow)
+                            .where(
+                                MessageRow.id.in_(part),
+                                MessageRow.gone_from_mailbox_at.is_not(None),
+                            )
+                            .values(gone_reason=reason)
+                        )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not look up messages: {database_failure(exc)}") from exc
 
     # -- counts and reads for surfaces -----------------------------------------------------------
 
@@ -1080,6 +1140,16 @@ class _BatchIngest:
                 }
             )
         s.execute(insert(_LOCATIONS), locations)
+        back = sorted(
+            {existing[i.data.dedupe_key] for i in todo} - {existing[k] for k in created_keys}
+        )
+        for part in _chunks(back):
+            # In a mailbox folder again (moved back, or its folder synced again).
+            s.execute(
+                update(MessageRow)
+                .where(MessageRow.id.in_(part), MessageRow.gone_from_mailbox_at.is_not(None))
+                .values(gone_from_mailbox_at=None, gone_reason=None)
+            )
         enriched = self._sent_copy_changes(sent_copies)
         if self.new_subject_keys:
             s.execute(insert(_SUBJECT_KEYS), self.new_subject_keys)
@@ -1222,6 +1292,26 @@ def _message_values(
         "created_at": now,
         "updated_at": now,
     }
+
+
+def _mark_gone(s: Session, message_ids: Collection[int], reason: str | None) -> None:
+    """Stamp the messages of ``message_ids`` that have no location left as gone from the
+    mailbox now, with ``reason`` (None: to be looked for in the unsynced folders)."""
+    ids = sorted(set(message_ids))
+    if not ids:
+        return
+    now = utcnow()
+    for part in _chunks(ids):
+        s.execute(
+            update(MessageRow)
+            .where(
+                MessageRow.id.in_(part),
+                ~select(MessageLocationRow.id)
+                .where(MessageLocationRow.message_id == MessageRow.id)
+                .exists(),
+            )
+            .values(gone_from_mailbox_at=now, gone_reason=reason)
+        )
 
 
 def _rowcount(result: Any) -> int:
