@@ -117,3 +117,33 @@ async def test_expunged_and_moved_are_told_apart(env: Env) -> None:
     await env.sync()
     back = reader.get_message(ids["about moved"])
     assert back.locations and back.gone_from_mailbox_at is None and back.gone_reason is None
+
+
+async def test_a_move_to_a_synced_folder_not_in_this_pass_stays_open(env: Env) -> None:
+    """A live pass syncs only the folder that changed: a message moved from INBOX to Archive
+    (synced, its turn later) is neither called expunged nor moved away; Archive's pass links
+    it."""
+    from correspond.testing.store import sync_once
+
+    conn = env.server.imaplib_client(env.user)
+    try:
+        conn.append("INBOX", None, None, raw_message("filed", subject="about filed"))
+    finally:
+        conn.logout()
+    await env.sync()
+    mid = by_subject(env)["about filed"]
+    conn = env.server.imaplib_client(env.user)
+    try:
+        conn.select("INBOX")
+        typ, _ = conn.uid("MOVE", uid_of(conn, "about filed"), "Archive")
+        assert typ == "OK"
+    finally:
+        conn.logout()
+    await sync_once(env.syncer(), env.account, folders=[env.folder("inbox")])
+    reader = MailboxReader(env.store, env.settings)
+    pending = reader.get_message(mid)
+    assert pending.locations == () and pending.gone_reason is None
+    await env.sync()
+    filed = reader.get_message(mid)
+    assert [loc.folder_name for loc in filed.locations] == ["Archive"]
+    assert filed.gone_from_mailbox_at is None

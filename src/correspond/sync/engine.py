@@ -27,7 +27,7 @@ import contextlib
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import date
@@ -448,12 +448,16 @@ class AccountSyncer:
                 if pending is not None:
                     await pending
         if any(f.removed for f in report.folders):
-            await self.explain_gone(client, account, folders)
+            await self.explain_gone(client, account, synced_now=set(chosen))
         report.seconds = time.perf_counter() - started
         return report
 
     async def explain_gone(
-        self, client: ImapClient, account: Account, folders: Sequence[Folder]
+        self,
+        client: ImapClient,
+        account: Account,
+        *,
+        synced_now: Collection[int] = (),
     ) -> dict[int, str]:
         """Why messages left the synced folders: each one whose last location went is looked
         for by Message-ID in the folders that are not synced (Junk, Trash, unselected ones);
@@ -466,8 +470,18 @@ class AccountSyncer:
         )
         if not pending:
             return {}
+        # The whole list: a live pass is given only the folders that changed.
+        folders = await asyncio.to_thread(self.store.list_folders, account.name)
         unsynced = [f for f in folders if f.selectable and not f.selected and not f.removed]
+        # Synced folders this pass did not cover (a live pass syncs the folder that changed):
+        # a message moved there is linked when that folder's turn comes, so it stays open.
+        later = [
+            f
+            for f in folders
+            if f.selectable and f.selected and not f.removed and f.id not in synced_now
+        ]
         unsynced = unsynced[: self.settings.gone_check_max_folders]
+        later = later[: max(0, self.settings.gone_check_max_folders - len(unsynced))]
         reasons: dict[int, str] = {}
         searchable: dict[int, str] = {}
         for mid, header in pending:
@@ -475,14 +489,15 @@ class AccountSyncer:
                 searchable[mid] = header
             else:
                 reasons[mid] = "unknown"
-        for folder in unsynced:
+        for folder in [*later, *unsynced]:
             if not searchable:
                 break
             try:
                 await client.examine(folder.name_raw)
                 for mid, header in list(searchable.items()):
                     if await client.uid_search([Atom("HEADER"), Atom("Message-ID"), header]):
-                        reasons[mid] = "moved"
+                        if not folder.selected:
+                            reasons[mid] = "moved"
                         del searchable[mid]
             except ImapCommandError:
                 continue  # that folder cannot be searched; the others still can
