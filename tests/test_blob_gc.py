@@ -19,9 +19,12 @@ from correspond.settings import Settings
 from correspond.store.blob_gc import check_blobs, referenced_keys
 from correspond.store.blobs import BlobStore
 from correspond.testing.dovecot import DovecotServer, ImapUser
-from correspond.testing.store import add_dovecot_account, sync_once
+from correspond.testing.postgres import temporary_database
+from correspond.testing.store import add_dovecot_account, migrated_engine, sync_once
 from helpers import StoreCli
 from test_sync_dovecot import KEY, NOW, Env, _sqlite
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
 def with_attachment(n: str, payload: bytes, *, shared_id: str | None = None) -> bytes:
@@ -61,8 +64,16 @@ def blob_files(root: Path) -> dict[str, int]:
     }
 
 
-@pytest.fixture
-def env(dovecot: DovecotServer, imap_user: ImapUser, tmp_path: Path) -> Iterator[Env]:
+@pytest.fixture(params=BACKENDS)
+def env(
+    request: pytest.FixtureRequest, dovecot: DovecotServer, imap_user: ImapUser, tmp_path: Path
+) -> Iterator[Env]:
+    if request.param == "postgresql":
+        # A database of its own: the doctor compares the blob directory with every row.
+        server = request.getfixturevalue("pg_server")
+        with temporary_database(server) as url, migrated_engine(url) as engine:
+            yield Env(engine, dovecot, imap_user, tmp_path)
+        return
     with _sqlite(tmp_path) as engine:
         yield Env(engine, dovecot, imap_user, tmp_path)
 
