@@ -111,6 +111,12 @@ def test_killed_sync_takes_its_workers_along_and_restarts_at_once(env: Env, tmp_
         # A restart does not wait for the dead process's lease (60 s) to expire.
         assert leases.holder(env.account.name) is not None  # still unexpired
         cli = StoreCli(Settings(data_dir=data_dir, secret_key=KEY.decode()), url)
+        # The stored state still says "live"; what is shown says nothing watches any more.
+        assert env.store.get_account(env.account.name).state == "live"
+        (shown,) = cli.json("account", "list")
+        assert shown["state"] == "connecting", shown
+        assert "stopped without handing it over" in shown["state_detail"]
+        assert "last synced: 20" in shown["state_detail"]
         started = time.monotonic()
         result = cli("sync", env.account.name, "--once", "--no-progress", "--parse-processes", "0")
         assert result.exit_code == 0, result.output

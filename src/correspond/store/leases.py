@@ -47,6 +47,7 @@ __all__ = [
     "AccountLeases",
     "LeasedAccount",
     "holder_is_gone",
+    "observed_state",
     "process_identity",
 ]
 
@@ -123,6 +124,42 @@ def holder_is_gone(owner: str) -> bool:
     if ":".join(parts[:-2]) != socket.gethostname() or (boot, pidns) != here or pid <= 0:
         return False
     return _start_ticks(pid) != start
+
+
+#: States that claim a sync process is connected right now.
+_ACTIVE_STATES = ("live", "backfilling")
+
+
+def observed_state(
+    state: str,
+    detail: str,
+    *,
+    lease_owner: str | None,
+    lease_expires_at: datetime | None,
+    last_sync_at: datetime | None,
+    now: datetime | None = None,
+) -> tuple[str, str]:
+    """The state to show: a ``live`` or ``backfilling`` account whose lease nobody holds any
+    more (expired, or its holder is a dead process of this host: a SIGKILLed ``sync``) is not
+    being watched, whatever its last written state says; it shows as waiting for a sync
+    process, with when it last synced."""
+    if state not in _ACTIVE_STATES:
+        return state, detail
+    now = now or utcnow()
+    held = (
+        lease_owner is not None
+        and lease_expires_at is not None
+        and lease_expires_at >= now
+        and not holder_is_gone(lease_owner)
+    )
+    if held:
+        return state, detail
+    when = f"{last_sync_at:%Y-%m-%d %H:%M:%S} UTC" if last_sync_at is not None else "never"
+    return (
+        "connecting",
+        f"Not watching for new mail: the sync process that held it stopped without handing "
+        f"it over (last synced: {when}); it resumes when a sync process runs.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
