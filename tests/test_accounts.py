@@ -113,7 +113,11 @@ async def test_refresh_assigns_roles_and_tracks_removals(
     assert roles["inbox"] == "INBOX"
     assert {"sent", "drafts", "trash"} <= set(roles)
     assert first.added == len(first.folders) and first.removed == 0
-    assert all(f.selected for f in first.folders if f.selectable)
+    assert all(
+        f.selected == (f.role not in ("junk", "trash", "drafts"))
+        for f in first.folders
+        if f.selectable
+    )
     sent_name = roles["sent"]
 
     # A user folder merely named like the Sent folder, one level down, keeps no role.
@@ -258,12 +262,29 @@ def test_cli_folder_selection_on_a_real_server(
     assert listed["Sent"]["role"] == "sent"
     assert listed["Gesendet"]["role"] is None and listed["Projects/Sent"]["role"] is None
     assert listed["Projects"]["selectable"] is False and listed["Projects"]["selected"] is False
+    # By default: INBOX, Sent, Archive and the user's own folders; not Junk, Trash, Drafts.
+    assert {n for n, f in listed.items() if f["selected"]} == {
+        "INBOX", "Sent", "Archive", "Gesendet", "Projects/Sent"
+    }  # fmt: skip
+    for name in ("Junk", "Trash", "Drafts"):
+        assert listed[name]["selectable"] and not listed[name]["selected"]
+    # One flag away, added to the selection; the output says what the selection is now.
+    added = runner.invoke(main, [*base, "account", "folders", "dove", "--select", "Junk"])
+    assert added.exit_code == 0, added.output
+    assert "Now syncing 6 folder(s): INBOX, Sent, Archive, " in added.output
+    assert "Junk" in added.output.split("; not synced")[0]
+    assert "not synced: " in added.output and "Trash" in added.output.split("not synced")[1]
+    removed = runner.invoke(main, [*base, "account", "folders", "dove", "--unselect", "Junk"])
+    assert removed.exit_code == 0, removed.output
+    assert {n for n, f in folders().items() if f["selected"]} == {
+        n for n, f in listed.items() if f["selected"]
+    }
 
     refused = runner.invoke(main, [*base, "account", "folders", "dove", "--select", "Projects"])
     assert refused.exit_code == 2 and "\\NonExistent" in refused.output
     assert folders() == listed  # nothing changed
 
-    picked = folders("--select", "INBOX", "--select", "Projects/Sent")
+    picked = folders("--select", "INBOX", "--select", "Projects/Sent", "--only")
     assert {n for n, f in picked.items() if f["selected"]} == {"INBOX", "Projects/Sent"}
     listed_account = runner.invoke(main, [*base, "account", "list", "--json"])
     account = json.loads(listed_account.output)[0]

@@ -85,7 +85,7 @@ def test_add_then_list_json(runner: CliRunner, data_dir: Path) -> None:
     a = data[0]
     assert a["email"] == "me@example.test"
     assert a["imap"] == {"host": "imap.example.test", "port": 143, "security": "starttls"}
-    assert a["state"] == "connecting" and a["state_message"].startswith("Connecting")
+    assert a["state"] == "connecting" and a["state_message"].startswith("Waiting")
     assert a["has_password"] is True
     assert (a["folder_count"], a["selected_folder_count"], a["message_count"]) == (0, 0, 0)
     assert PASSWORD not in listed.output
@@ -684,7 +684,7 @@ def test_folders_show_select_and_all(runner: CliRunner, data_dir: Path) -> None:
     assert table.exit_code == 0, table.output
     for needle in ("INBOX", "Sent Items", "Clients/Sent", "Entw&APw-rfe", "Entw\\xc3\\xbcrfe"):
         assert needle in table.output
-    assert "all folders sync" in table.output
+    assert "new folders sync too" in table.output
 
     folders = json.loads(run(runner, data_dir, "account", "folders", "work", "--json").stdout)
     by_raw = {f["remote_name"]: f for f in folders}
@@ -707,6 +707,7 @@ def test_folders_show_select_and_all(runner: CliRunner, data_dir: Path) -> None:
         "INBOX",
         "--select",
         twin,
+        "--only",
         "--json",
     )
     assert picked.exit_code == 0, picked.output

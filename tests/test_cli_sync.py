@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -118,10 +119,13 @@ def test_sync_once_backfills_and_exits_zero(
     assert f"Synced {name}: {COUNT} new messages" in result.output
     # One line per state change, in order.
     lines = result.output
-    assert lines.index("connecting") < lines.index("backfilling") < lines.index("live")
+    assert lines.index("connecting") < lines.index("backfilling") < lines.index("Synced at")
     assert count(store, name) == COUNT
     account = store.get_account(name)
-    assert account.state == "live" and account.last_sync_at is not None
+    # Not "live": nothing watches the mailbox once --once exits; the detail says so.
+    assert account.state == "connecting" and account.last_sync_at is not None
+    assert "not watching for new mail (no sync process running)" in account.state_detail
+    assert f"{account.last_sync_at:%Y-%m-%d %H:%M:%S}" in account.state_detail
     assert account.lease_owner is None  # given back
 
     listed = cli("account", "list", "--json")
@@ -129,9 +133,16 @@ def test_sync_once_backfills_and_exits_zero(
     (item,) = json.loads(listed.stdout)
     progress = item["progress"]
     assert (progress["done"], progress["total"], progress["complete"]) == (COUNT, COUNT, True)
-    assert progress["state"] == "live" and progress["last_sync_at"] is not None
+    assert progress["state"] == "connecting" and progress["last_sync_at"] is not None
     inbox = next(f for f in progress["folders"] if f["role"] == "inbox")
     assert (inbox["done"], inbox["total"]) == (COUNT, COUNT)
+
+    # Paused and resumed: the detail says when it last synced.
+    assert cli("account", "pause", name).exit_code == 0
+    assert cli("account", "resume", name).exit_code == 0
+    resumed = store.get_account(name)
+    assert resumed.state == "connecting"
+    assert f"Last synced: {account.last_sync_at:%Y-%m-%d %H:%M:%S} UTC" in resumed.state_detail
 
     table = cli("account", "list")
     assert table.exit_code == 0
@@ -267,6 +278,8 @@ def test_subprocess_serve_runs_sync_beside_the_api(
 ) -> None:
     store = local.store
     name = add_account(store, dovecot, mailbox)
+    # A second account whose password the server refuses: its failure is logged too.
+    bad = add_account(store, dovecot, dovecot.add_user(), password="wrong-password")
     port = free_port()
     proc = subprocess.Popen(
         [*console_script(), "serve", "--port", str(port), "--parse-processes", "0"],
@@ -287,6 +300,7 @@ def test_subprocess_serve_runs_sync_beside_the_api(
             return bool(body["state"] == "live" and body["complete"])
 
         wait_until(caught_up, "the account live through the API")
+        wait_until(lambda: store.get_account(bad).state == "auth_failed", "the refused login")
         assert (seen["done"], seen["total"]) == (COUNT, COUNT)
         paused = _http(f"{base}/accounts/{name}/pause", method="POST", timeout=5)
         assert paused["state"] == "paused"
@@ -296,6 +310,10 @@ def test_subprocess_serve_runs_sync_beside_the_api(
     assert proc.returncode == 0, out + err
     assert count(store, name) == COUNT
     assert store.get_account(name).state == "paused"  # the shutdown did not overwrite it
+    # serve logs every state change and sync error, as a worker shows them.
+    assert re.search(rf"INFO correspond\.sync\.state: {name}: backfilling", err), err
+    assert re.search(rf"INFO correspond\.sync\.state: {name}: live", err), err
+    assert re.search(rf"WARNING correspond\.sync\.state: {bad}: auth_failed: .*(?i:auth)", err), err
 
 
 def test_subprocess_serve_no_sync_and_worker(

@@ -14,6 +14,7 @@ from correspond.api import create_app
 from correspond.settings import Settings
 from correspond.store import Store
 from correspond.store.blobs import BlobStore
+from correspond.store.leases import AccountLeases
 from correspond.store.messages import MessageStore
 from correspond.store.progress import AccountProgress, ProgressReader
 from correspond.store.tables import utcnow
@@ -120,6 +121,8 @@ async def test_progress_pause_and_resume_through_the_api(
     name = add_account(store, dovecot, mailbox)
     await sync(store, store_settings, name)
     store.set_account_state(name, "live", "Up to date", last_sync_at=utcnow())
+    # "live" is shown only while a sync process holds the account (here: a worker named w1).
+    AccountLeases(store.engine).claim("w1", 300, names=[name])
     app = create_app(store_settings, store=store)
     with TestClient(app) as client:
         r = client.get(f"/accounts/{name}/progress")

@@ -241,7 +241,8 @@ async def test_sync_once_refuses_an_account_another_worker_holds(
     assert store.get_account(name).lease_owner == "other-worker"
     leases.release("other-worker")
     result = await sync_account_once(store, settings, name)
-    assert result.ok and result.account.state == "live"
+    assert result.ok and result.account.state == "connecting"
+    assert "not watching for new mail" in result.account.state_detail
     assert result.account.lease_owner is None
 
 

@@ -18,6 +18,8 @@ from correspond.rules.folders import assign_roles
 from correspond.rules.presets import AccountChanges, AccountDraft, apply_changes
 from correspond.settings import Settings
 from correspond.store import Account, AccountSummary, Folder, FolderSyncResult, Store
+from correspond.store.blob_gc import RemovedAccount, remove_account_with_blobs
+from correspond.store.blobs import BlobStore
 from correspond.store.records import draft_of
 from correspond.store.tables import utcnow
 from correspond.sync.connection_test import ConnectionReport, check_connection
@@ -31,9 +33,9 @@ __all__ = [
 
 # What each state means to a person reading `account list` or the API.
 STATE_MESSAGES: dict[str, str] = {
-    "connecting": "Connecting: waiting for the first successful connection.",
+    "connecting": "Waiting: no sync is connected to the server now; a sync process connects it.",
     "backfilling": "Backfilling: importing mail from the sync window.",
-    "live": "Live: up to date and watching for new mail.",
+    "live": "Live: a sync process is watching for new mail.",
     "paused": "Paused: sync is stopped until you resume it.",
     "auth_failed": "Sign-in failed: the server refused the credentials; update the password.",
     "error": "Error: sync stopped on a problem that needs attention.",
@@ -101,9 +103,12 @@ class AccountService:
     def get_account(self, name: str) -> AccountSummary:
         return self.store.account_summary(name)
 
-    def remove_account(self, name: str) -> None:
-        """Delete the account and everything synced for it."""
-        self.store.remove_account(name)
+    def remove_account(self, name: str) -> RemovedAccount:
+        """Delete the account and everything synced for it: its rows, then the blobs (raw
+        messages, attachment bodies) no other account's messages use."""
+        return remove_account_with_blobs(
+            self.store.engine, BlobStore.from_settings(self.settings), name
+        )
 
     def list_folders(self, name: str, *, include_removed: bool = False) -> list[Folder]:
         return self.store.list_folders(name, include_removed=include_removed)
@@ -116,22 +121,46 @@ class AccountService:
         return True
 
     def select_folders(
-        self, name: str, *, all_folders: bool = False, refs: Sequence[str | int] = ()
+        self,
+        name: str,
+        *,
+        all_folders: bool = False,
+        refs: Sequence[str | int] = (),
+        add: bool = False,
+        remove: Sequence[str | int] = (),
     ) -> list[Folder]:
-        """Sync all folders (now and future ones), or exactly ``refs`` (ids or display names).
+        """Sync all folders (now and future ones), or exactly ``refs`` (ids or display names);
+        with ``add``, ``refs`` are added to the selection and ``remove`` taken out of it.
 
         Every ref is checked first, so a bad one changes nothing and the error says what to do:
         :class:`NotFound` for an unknown folder, :class:`ConfigError` for an ambiguous name or
         a folder the server marks ``\\Noselect`` / ``\\NonExistent``.
         """
-        if refs and not all_folders:
+        if (refs or remove) and not all_folders:
             folders = self.store.list_folders(name)
             for ref in refs:
                 self._selectable(name, folders, ref)
-        return self.store.select_folders(name, all_folders=all_folders, refs=refs)
+            for ref in remove:
+                self._known(name, folders, ref)
+        return self.store.select_folders(
+            name, all_folders=all_folders, refs=refs, add=add, remove=remove
+        )
 
     @staticmethod
     def _selectable(name: str, folders: Sequence[Folder], ref: str | int) -> Folder:
+        folder = AccountService._known(name, folders, ref)
+        if not folder.selectable:
+            flags = {f.casefold() for f in folder.flags}
+            why = (
+                "the server lists it as \\NonExistent (only a parent of other folders)"
+                if "\\nonexistent" in flags
+                else "the server marks it \\Noselect (it holds folders, not messages)"
+            )
+            raise ConfigError(f"folder {folder.name!r} (id {folder.id}) cannot be selected: {why}")
+        return folder
+
+    @staticmethod
+    def _known(name: str, folders: Sequence[Folder], ref: str | int) -> Folder:
         if not folders:
             raise NotFound(
                 f"no folders known for account {name!r} yet: refresh the folder list from the "
@@ -148,14 +177,6 @@ class AccountService:
                 "needs a refresh of the folder list"
             )
             raise NotFound(f"{exc} in account {name!r} ({hint})") from None
-        if not folder.selectable:
-            flags = {f.casefold() for f in folder.flags}
-            why = (
-                "the server lists it as \\NonExistent (only a parent of other folders)"
-                if "\\nonexistent" in flags
-                else "the server marks it \\Noselect (it holds folders, not messages)"
-            )
-            raise ConfigError(f"folder {folder.name!r} (id {folder.id}) cannot be selected: {why}")
         return folder
 
     # -- IMAP ------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
 import re
 import signal
 import socket
@@ -45,6 +47,7 @@ from rich.text import Text
 from correspond import __version__
 from correspond.accounts import STATE_MESSAGES, AccountService, report_to_dict
 from correspond.api.message_schemas import (
+    GONE_WORDS,
     folder_with_counts_public,
     message_page_public,
     message_public,
@@ -81,6 +84,8 @@ from correspond.rules.presets import (
 )
 from correspond.settings import Settings, ensure_data_dir, key_file_path
 from correspond.store import Account, Store, open_store
+from correspond.store.blob_gc import check_blobs
+from correspond.store.blobs import BlobStore
 from correspond.store.leases import RUNNABLE_STATES, AccountLeases
 from correspond.store.location import store_location
 from correspond.store.message_queries import MAX_PAGE, AddressView, MessageView
@@ -741,6 +746,7 @@ def account_update(
     service = cli.service
     # An unknown name or a bad value fails here, before a password is asked for.
     service.check_update(name, changes)
+    before = cli.store.get_account(name)
     password: str | None = None
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -758,6 +764,19 @@ def account_update(
         _print_json(as_json(account_public(service.get_account(name), progress=progress)))
         return
     click.echo(f"Updated {name}: {_endpoints_line(updated)}; state {updated.state}.")
+    if window_days is not None and window_days != before.window_days:
+        if window_days > before.window_days:
+            click.echo(
+                f"Sync window: {before.window_days} -> {window_days} days. The next sync "
+                f"fetches the mail of the {window_days - before.window_days} days now covered "
+                f"(`correspond sync {name}`, or a running worker within seconds)."
+            )
+        else:
+            click.echo(
+                f"Sync window: {before.window_days} -> {window_days} days. Mail already synced "
+                "is kept, also what is now older than the window: the window only limits what "
+                "is fetched from now on."
+            )
     click.echo(f"Check it with: correspond account test {name}")
 
 
@@ -959,9 +978,18 @@ def _folder_table(folders: list[FolderWithCounts], title: str) -> Table:
     "select",
     multiple=True,
     metavar="NAME_OR_ID",
-    help="Sync exactly these folders (repeat; by display name, or id as 7 or id:7).",
+    help="Also sync these folders (repeat; by display name, or id as 7 or id:7).",
 )
-@click.option("--all", "select_all", is_flag=True, help="Sync all folders, including new ones.")
+@click.option("--only", is_flag=True, help="With --select: sync exactly those folders, no others.")
+@click.option(
+    "--unselect",
+    multiple=True,
+    metavar="NAME_OR_ID",
+    help="Stop syncing these folders (repeat); mail already synced is kept.",
+)
+@click.option(
+    "--all", "select_all", is_flag=True, help="Sync every folder (Junk and Trash too) and new ones."
+)
 @click.option("--include-removed", is_flag=True, help="Also show folders gone from the server.")
 @click.option("--json", "as_json_output", is_flag=True)
 @pass_cli
@@ -970,14 +998,25 @@ def account_folders(
     name: str,
     refresh: bool,
     select: tuple[str, ...],
+    only: bool,
+    unselect: tuple[str, ...],
     select_all: bool,
     include_removed: bool,
     as_json_output: bool,
 ) -> None:
     """Show NAME's folders (role, selected, name, messages stored, unread, the server's count);
-    optionally refresh and choose them."""
-    if select and select_all:
-        _fail("use either --select or --all, not both", 2)
+    optionally refresh and choose them.
+
+    A new account syncs INBOX, Sent, Archive and the user's own folders, and new folders as
+    they appear, but not Junk, Trash or Drafts (their mail must not reach customer timelines):
+    `--select Junk` adds one. `--select` adds to the selection, `--only` makes it exactly the
+    folders named, `--unselect` takes folders out."""
+    if (select or unselect) and select_all:
+        _fail("use either --select/--unselect or --all, not both", 2)
+    if only and not select:
+        _fail("--only needs the folders to keep: --select NAME --only", 2)
+    if only and unselect:
+        _fail("--only already drops every folder not named; leave out --unselect", 2)
     service = cli.service
     if refresh:
         with _status(f"Listing folders of {name}...", not as_json_output):
@@ -987,18 +1026,40 @@ def account_folders(
                 f"Refreshed: {result.added} new, {result.updated} changed, "
                 f"{result.removed} removed."
             )
-    if select or select_all:
-        service.select_folders(name, all_folders=select_all, refs=list(select))
+    changed = bool(select or unselect or select_all)
+    if changed:
+        service.select_folders(
+            name,
+            all_folders=select_all,
+            refs=list(select),
+            add=not only and not select_all,
+            remove=list(unselect),
+        )
     folders = cli.reader.folders_with_counts(name, include_removed=include_removed)
     if as_json_output:
         _print_json([as_json(folder_with_counts_public(f)) for f in folders])
         return
+    if changed:
+        chosen = [f.folder for f in folders if f.folder.selected and not f.folder.removed]
+        left = [
+            f.folder
+            for f in folders
+            if f.folder.selectable and not f.folder.selected and not f.folder.removed
+        ]
+        click.echo(
+            f"Now syncing {len(chosen)} folder(s): "
+            + (", ".join(_plain(f.name) for f in chosen) or "none")
+            + (f"; not synced: {', '.join(_plain(f.name) for f in left)}" if left else "")
+            + "."
+        )
     if not folders:
         click.echo(f"No folders known for {name}; run: correspond account folders {name} --refresh")
         return
     mode = service.get_account(name).account.folders_mode
-    title = (
-        f"Folders of {name} ({'all folders sync' if mode == 'all' else 'selected folders sync'})"
+    title = f"Folders of {name} " + (
+        "(new folders sync too; Junk, Trash and Drafts only when selected)"
+        if mode == "all"
+        else "(only the selected folders sync)"
     )
     _console().print(_folder_table(folders, title))
 
@@ -1015,8 +1076,81 @@ def account_remove(cli: CliContext, name: str, yes: bool) -> None:
         if not _stdin_is_tty():
             _fail("pass --yes to remove an account without a terminal to confirm on", 2)
         click.confirm(f"Remove account {name} and all its synced data?", abort=True)
-    service.remove_account(name)
-    click.echo(f"Removed account {name}.")
+    removed = service.remove_account(name)
+    kept = f"; {removed.blobs_kept} kept (still used)" if removed.blobs_kept else ""
+    click.echo(
+        f"Removed account {name} and its synced mail: {removed.blobs_deleted} stored files "
+        f"deleted ({_size(removed.bytes_freed)}){kept}."
+    )
+
+
+def _size(n: int) -> str:
+    """Bytes for a person: 0 B, 12.3 KB, 373.0 MB (powers of 1000, as file managers show)."""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"  # pragma: no cover
+
+
+@main.command("doctor")
+@click.option("--fix", is_flag=True, help="Remove what is found (orphans, stale temp files).")
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def doctor(cli: CliContext, fix: bool, as_json_output: bool) -> None:
+    """Check the blob store against the database: orphaned blobs (raw messages and attachments
+    no message references, e.g. left by a crash during `account remove`), temporary files
+    left by a killed sync, files others can read, referenced blobs that are missing. Reports
+    counts and bytes; --fix removes and repairs. Exits 1 when something needs fixing (without
+    --fix) or a referenced blob is missing."""
+    settings = cli.settings
+    with _status("Checking the blob store...", not as_json_output):
+        check = check_blobs(
+            cli.store.engine,
+            BlobStore.from_settings(settings),
+            fix=fix,
+            orphan_grace_seconds=settings.blob_orphan_grace_seconds,
+            temp_stale_seconds=settings.blob_temp_stale_seconds,
+        )
+    needs_fix = bool(check.orphaned or check.temp_files or check.set_aside or check.not_private)
+    if as_json_output:
+        data = dataclasses.asdict(check)
+        data["blob_dir"] = str(settings.blob_dir)
+        _print_json(data)
+    else:
+        grace = f"{settings.blob_orphan_grace_seconds:g} s"
+        lines = [
+            f"Blob store {settings.blob_dir}: {check.blobs} blobs, {_size(check.blob_bytes)}.",
+            f"Orphaned blobs (no message uses them): {check.orphaned}, "
+            f"{_size(check.orphaned_bytes)}.",
+            f"Temporary files left by crashes: {check.temp_files}, {_size(check.temp_bytes)}.",
+        ]
+        if check.recent_unreferenced or check.recent_temp_files:
+            lines.append(
+                f"Left alone as possibly in use by a running sync: {check.recent_unreferenced} "
+                f"unreferenced blobs younger than {grace}, {check.recent_temp_files} recent "
+                "temporary files."
+            )
+        if check.set_aside:
+            lines.append(f"Blobs set aside by an interrupted deletion: {check.set_aside}.")
+        if check.not_private:
+            lines.append(f"Files or directories others could read: {check.not_private}.")
+        if check.missing:
+            lines.append(
+                f"Referenced blobs missing from disk: {check.missing} (e.g. "
+                f"{', '.join(check.missing_keys[:3])}); those messages' raw source is lost."
+            )
+        if fix:
+            lines.append(f"Fixed: removed {check.removed} files, {_size(check.removed_bytes)}.")
+        elif needs_fix:
+            lines.append("Run `correspond doctor --fix` to remove them.")
+        else:
+            lines.append("Nothing to fix.")
+        for line in lines:
+            click.echo(line)
+    if check.missing or (needs_fix and not fix):
+        sys.exit(1)
 
 
 # -- reading synced mail ---------------------------------------------------------------------
@@ -1059,6 +1193,14 @@ def _message_json(reader: MailboxReader, m: MessageView, remote_images: bool) ->
     return as_json(public)
 
 
+def _gone_line(m: MessageView) -> str:
+    """What a message in no synced folder shows instead of its folders."""
+    if m.gone_from_mailbox_at is None:
+        return "none"
+    why = GONE_WORDS.get(m.gone_reason or "", "not yet known why")
+    return f"none: gone from the mailbox since {_date(m.gone_from_mailbox_at)} ({why})"
+
+
 def _write_output(path: Path, data: bytes, force: bool) -> None:
     """Write ``data`` to exactly ``path`` (never a name taken from the mail); refuse to replace
     an existing file unless ``force``."""
@@ -1086,7 +1228,10 @@ def _echo_message(
         f"Date:     {_date(m.date or m.internaldate)}",
         f"Subject:  {_plain(m.subject)}",
         "Folders:  "
-        + ", ".join(f"{_plain(loc.folder_name)} (UID {loc.uid})" for loc in m.locations),
+        + (
+            ", ".join(f"{_plain(loc.folder_name)} (UID {loc.uid})" for loc in m.locations)
+            or _gone_line(m)
+        ),
         f"Flags:    {_plain(' '.join(m.flags))}",
     ]
     if m.attachments:
@@ -1730,6 +1875,7 @@ def worker(
     display = _SyncDisplay(
         cli.progress, _console(), names=None, bars=False, lines=True, every=progress_every
     )
+    _configure_logging()
 
     async def work() -> str:
         runner = SyncRunner(
@@ -1758,6 +1904,40 @@ def worker(
 
     owner = _run(work())
     click.echo(f"Worker {owner} stopped; its leases are released.")
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the record."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def _configure_logging() -> None:
+    """``worker`` and ``serve``: Correspond's log lines (account state changes, sync errors,
+    lease rounds) on standard error, INFO and up, with a timestamp. Once per process."""
+    logger = logging.getLogger("correspond")
+    if any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        return
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+_STATE_LOG = logging.getLogger("correspond.sync.state")
+
+
+def _log_state(name: str, state: str, detail: str) -> None:
+    """A runner's state listener for ``serve``: one log line per state it records (any
+    thread: logging is thread-safe). Server-supplied text is printed with controls removed."""
+    level = logging.WARNING if state in ("auth_failed", "error", "disconnected") else logging.INFO
+    _STATE_LOG.log(level, "%s: %s: %s", _plain(name), state, _plain(detail))
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -1797,7 +1977,12 @@ def serve(
     settings = cli.settings.clone(**{k: v for k, v in (("host", host), ("port", port)) if v})
     _check_port_free(settings.host, settings.port)
     store = cli.store  # migrations run here, before the first request
-    runner = None if no_sync else SyncRunner(store, settings, parse_processes=parse_processes)
+    _configure_logging()
+    runner = (
+        None
+        if no_sync
+        else SyncRunner(store, settings, parse_processes=parse_processes, on_state=_log_state)
+    )
     app = create_app(settings, store=store, runner=runner)
     what = "API only" if runner is None else f"API and sync (owner {runner.owner})"
     click.echo(f"Serving on http://{settings.host}:{settings.port}: {what}; API docs at /docs")

@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from correspond.errors import ConfigError
 
-__all__ = ["Settings", "ensure_data_dir", "key_file_path", "load_secret_key"]
+__all__ = ["Settings", "ensure_data_dir", "key_file_path", "load_secret_key", "make_private"]
 
 _KEY_FILE = "secret.key"
 
@@ -55,6 +55,28 @@ class Settings(BaseSettings):
     )
     folder_refresh_seconds: float = Field(
         default=300.0, gt=0, description="How often live sync re-reads the server's folder list"
+    )
+
+    gone_check_max_messages: int = Field(
+        default=50,
+        ge=0,
+        le=10_000,
+        description="Messages gone from the synced folders looked for in the unsynced ones "
+        "(moved or expunged?) per sync pass",
+    )
+    gone_check_max_folders: int = Field(
+        default=20, ge=0, le=1000, description="Unsynced folders searched per sync pass"
+    )
+    blob_orphan_grace_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="`doctor` leaves unreferenced blobs younger than this (a sync may be "
+        "about to commit the rows that reference them)",
+    )
+    blob_temp_stale_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="`doctor` removes temporary blob files older than this (left by a crash)",
     )
 
     def clone(self, **changes: Any) -> Settings:
@@ -94,7 +116,28 @@ def ensure_data_dir(settings: Settings) -> Path:
         raise ConfigError(f"cannot create data directory {path}: {reason}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"data directory {path} is not writable")
+    # A directory that was there before (made by hand, or by an older version) is made private
+    # too, and so is the key file in it.
+    make_private(path, 0o700)
+    make_private(path / _KEY_FILE, 0o600)
     return path
+
+
+def make_private(path: Path | str, mode: int) -> bool:
+    """Give ``path`` ``mode`` (0700 for a directory, 0600 for a file) when group or others have
+    any access and it belongs to this user; True when it changed. A path that is absent, or
+    someone else's (a shared directory named on purpose), is left alone."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    if st.st_mode & 0o077 == 0 or st.st_uid != os.getuid():
+        return False
+    try:
+        os.chmod(path, mode, follow_symlinks=False)
+    except (NotImplementedError, OSError):
+        return False
+    return True
 
 
 def _check_key(key: bytes, source: str) -> bytes:

@@ -142,6 +142,25 @@ class MessagePublic(BaseModel):
     defects: list[str]
     locations: list[LocationPublic]
     attachments: list[AttachmentPublic]
+    gone_from_mailbox_at: datetime | None = Field(
+        default=None,
+        description="When the message left every synced folder (locations is then empty); "
+        "null while it is in one",
+    )
+    gone_reason: str | None = Field(
+        default=None,
+        description="Why: 'expunged' (deleted on the server), 'moved to an unsynced folder', "
+        "'folder no longer synced', 'unknown'; null while not yet known",
+    )
+
+
+#: A gone message's reason as the API and CLI say it.
+GONE_WORDS = {
+    "expunged": "expunged",
+    "moved": "moved to an unsynced folder",
+    "unsynced": "folder no longer synced",
+    "unknown": "unknown",
+}
 
 
 class ThreadPublic(BaseModel):
@@ -260,6 +279,8 @@ def message_public(
         defects=list(m.defects),
         locations=[_location(loc) for loc in m.locations],
         attachments=[_attachment(a, attachment_url) for a in m.attachments],
+        gone_from_mailbox_at=m.gone_from_mailbox_at,
+        gone_reason=GONE_WORDS.get(m.gone_reason or "", m.gone_reason),
     )
 
 

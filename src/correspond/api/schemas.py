@@ -23,6 +23,7 @@ from correspond.rules.presets import (
     preset_help,
 )
 from correspond.store import AccountSummary, Folder, FolderSyncResult
+from correspond.store.leases import observed_state
 from correspond.store.records import TOGGLES
 
 __all__ = [
@@ -329,6 +330,14 @@ def account_public(
     summary: AccountSummary, *, progress: ProgressPublic | None = None
 ) -> AccountPublic:
     a = summary.account
+    # A live account whose sync process died says so (store.leases.observed_state).
+    state, detail = observed_state(
+        a.state,
+        a.state_detail,
+        lease_owner=a.lease_owner,
+        lease_expires_at=a.lease_expires_at,
+        last_sync_at=a.last_sync_at,
+    )
     return AccountPublic(
         id=a.id,
         name=a.name,
@@ -341,9 +350,9 @@ def account_public(
         has_password=a.has_secret,
         allow_plaintext=a.allow_plaintext,
         has_trusted_cert=a.trusted_cert_pem is not None,
-        state=a.state,
-        state_detail=a.state_detail,
-        state_message=describe_state(a.state, a.state_detail),
+        state=state,
+        state_detail=detail,
+        state_message=describe_state(state, detail),
         folders_mode=a.folders_mode,
         window_days=a.window_days,
         toggles=a.toggles,

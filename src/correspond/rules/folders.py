@@ -28,12 +28,14 @@ from typing import Literal
 from correspond.imap.types import ListResponse
 
 __all__ = [
+    "NOT_SELECTED_BY_DEFAULT",
     "ROLES",
     "FolderSpec",
     "Role",
     "assign_roles",
     "is_selectable",
     "leaf_name",
+    "selected_by_default",
 ]
 
 Role = Literal["inbox", "sent", "drafts", "trash", "archive", "junk", "all"]
@@ -302,6 +304,18 @@ class FolderSpec:
     flags: tuple[str, ...]
     role: Role | None
     selectable: bool
+
+
+#: Roles a new account does not sync unless asked: mail in Junk and Trash must never reach a
+#: customer's timeline, and Drafts are not mail that was sent or received. They are listed as
+#: not selected, one ``--select`` away.
+NOT_SELECTED_BY_DEFAULT = frozenset({"junk", "trash", "drafts"})
+
+
+def selected_by_default(role: str | None) -> bool:
+    """Whether a selectable folder with ``role`` syncs without being asked for: INBOX, Sent,
+    Archive, All Mail and the user's own folders do; Junk, Trash and Drafts do not."""
+    return role not in NOT_SELECTED_BY_DEFAULT
 
 
 def is_selectable(flags: Sequence[str]) -> bool:

@@ -50,11 +50,17 @@ def __getattr__(name: str) -> Any:
 
 def open_store(settings: Settings, *, run_migrations: bool = True) -> Store:
     """Connect to ``settings``' database, migrate it to the newest schema, return the store."""
-    from correspond.settings import key_file_path
+    from correspond.settings import key_file_path, make_private
+    from correspond.store.blobs import BlobStore
     from correspond.store.engine import count_stored_secrets, create_store_engine, migrate
     from correspond.store.repository import Store
     from correspond.store.secrets import SecretBox
 
+    # Owner-only, even where an older version or a hand-made directory left them open: the
+    # data directory (the key, the SQLite file: engine creation sees to that) and the blobs.
+    if settings.data_dir.is_dir():
+        make_private(settings.data_dir, 0o700)
+        BlobStore.from_settings(settings).make_private()
     engine = create_store_engine(settings.resolved_database_url)
     try:
         if run_migrations:

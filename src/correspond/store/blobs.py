@@ -61,12 +61,14 @@ import itertools
 import os
 import random
 import re
+import stat
 import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +77,16 @@ from correspond.errors import NotFound, StoreError
 if TYPE_CHECKING:
     from correspond.settings import Settings
 
-__all__ = ["DEFAULT_WORKERS", "STALE_TEMP_SECONDS", "SYNCFS_MIN_FILES", "BlobStore", "blob_key"]
+__all__ = [
+    "DEFAULT_WORKERS",
+    "GC_PREFIX",
+    "RESERVE_SECONDS",
+    "STALE_TEMP_SECONDS",
+    "SYNCFS_MIN_FILES",
+    "BlobEntry",
+    "BlobStore",
+    "blob_key",
+]
 
 _RAW = b"CBr1"
 _ZLIB = b"CBz1"
@@ -109,6 +120,8 @@ _TEMP_PREFIX = ".tmp-"
 # Temporary files are private, as mkstemp made them (stored mail is nobody else's business).
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 _TEMP_MODE = 0o600
+# Directories too: owner-only whatever the umask (mkdir applies the umask, which only removes).
+_DIR_MODE = 0o700
 _temp_serial = itertools.count()
 #: From this many new files up, :meth:`BlobStore.put_many` syncs the file system twice instead of
 #: fsyncing each file and directory: per-file fsync costs ~6 ms a file, so it wins for a live
@@ -117,11 +130,34 @@ SYNCFS_MIN_FILES = 64
 #: A temporary file older than this is left over from a killed writer (no write takes this long;
 #: younger ones may belong to another process writing right now).
 STALE_TEMP_SECONDS = 3600.0
+#: A blob this writer found already stored (shared content: another message, another account)
+#: is reserved for this long by setting its mtime that far into the future: the garbage
+#: collector (:meth:`BlobStore.delete_unreferenced`) keeps a blob touched after it started,
+#: so content a writer is about to reference is never deleted between the writer's check and
+#: its commit. No batch takes this long from its blobs to its commit.
+RESERVE_SECONDS = 600.0
+#: Prefix of a blob being deleted: renamed aside first, so a writer looking for the blob
+#: writes it again instead of relying on it; a crash leaves it for ``correspond doctor``.
+GC_PREFIX = ".gc-"
 #: Threads that hash, compress and write the blobs of one :meth:`BlobStore.put_many` call, the
 #: calling thread included.
 DEFAULT_WORKERS = 2
 # Hash a batch in parallel only from this many bytes up (a thread hand-off costs ~0.1 ms).
 _PARALLEL_HASH_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class BlobEntry:
+    """A file found in the blob directories: a blob (``kind`` "blob", ``key`` its key), a
+    temporary file of a write ("temp") or a blob set aside for deletion ("gc", ``key`` the
+    blob's)."""
+
+    kind: str
+    path: str
+    key: str | None
+    size: int
+    mtime: float
+    mode: int
 
 
 def _entries(directory: str | Path) -> list[os.DirEntry[str]]:
@@ -138,6 +174,29 @@ def _subdirs(directory: str | Path) -> list[str]:
         for e in _entries(directory)
         if len(e.name) == 2 and _FANOUT_RE.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
     ]
+
+
+def _reserve(path: str, until: float) -> bool:
+    """Whether the blob file ``path`` exists; if so, mark it in use (mtime ``until``)."""
+    try:
+        os.utime(path, (until, until), follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return os.path.isfile(path)  # read-only store, someone else's file: just look
+    return True
+
+
+def _make_private(path: str, mode: int) -> int:
+    """chmod ``path`` to ``mode`` when group or others have access and it is ours: 1 if done."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+        if st.st_mode & 0o077 == 0 or st.st_uid != os.getuid():
+            return 0
+        os.chmod(path, mode, follow_symlinks=False)
+    except (NotImplementedError, OSError):
+        return 0
+    return 1
 
 
 def blob_key(data: bytes) -> str:
@@ -226,6 +285,18 @@ class BlobStore:
         # Incompressible content (already-compressed attachments) is kept raw.
         return (header, body) if len(body) < len(data) else (_RAW, data)
 
+    def make_private(self) -> int:
+        """Make the root and its fan-out directories owner-only (0700) where an older version
+        or a copy left them open to others; returns how many changed. Blob files are created
+        0600 (``correspond doctor`` reports any that are not)."""
+        changed = 0
+        for directory in [
+            self._root,
+            *(d for top in _subdirs(self.root) for d in (top, *_subdirs(top))),
+        ]:
+            changed += _make_private(directory, _DIR_MODE)
+        return changed
+
     def sweep_temporary(self, older_than: float = STALE_TEMP_SECONDS) -> int:
         """Delete temporary files older than ``older_than`` seconds, left by a writer killed
         between writing and renaming; returns how many went. Never touches a stored blob.
@@ -255,7 +326,7 @@ class BlobStore:
         with self._lock:
             self._fresh[path] = self._fresh.get(path, 0) + 1
         try:
-            os.mkdir(path)
+            os.mkdir(path, _DIR_MODE)
         except FileExistsError:
             with self._lock:
                 if self._fresh.get(path, 0) > 1:
@@ -268,9 +339,9 @@ class BlobStore:
             if path != self._root:
                 raise
             # The store's root, in a directory that does not exist yet.
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            os.makedirs(os.path.dirname(path) or ".", mode=_DIR_MODE, exist_ok=True)
             with contextlib.suppress(FileExistsError):
-                os.mkdir(path)
+                os.mkdir(path, _DIR_MODE)
         # Left counted on failure (the caller raises): later writers then sync the parent.
         return True
 
@@ -411,9 +482,11 @@ class BlobStore:
         keys: list[str] = [""] * n
         present = [False] * n
 
+        reserve = time.time() + RESERVE_SECONDS
+
         def hash_one(i: int) -> None:
             keys[i] = key = hashlib.sha256(items[i]).hexdigest()
-            present[i] = os.path.isfile(self._file(key))
+            present[i] = _reserve(self._file(key), reserve)
 
         big = sum(len(d) for d in items) >= _PARALLEL_HASH_BYTES
         self._run(hash_one, n, self.workers if big else 1)
@@ -504,6 +577,95 @@ class BlobStore:
         if blob_key(data) != key:
             raise StoreError(f"blob {key} is damaged: content does not match its key")
         return data
+
+    def walk(self) -> Iterator[BlobEntry]:
+        """Every file under the root: blobs, temporary files and set-aside ``.gc-`` files (of
+        both layouts). Anything else (a stray file, a symlink) is not reported."""
+        for top in _subdirs(self.root):
+            for leaf in [top, *_subdirs(top)]:
+                for entry in _entries(leaf):
+                    name = entry.name
+                    if _KEY_RE.fullmatch(name):
+                        kind, key = "blob", name
+                    elif name.startswith(_TEMP_PREFIX):
+                        kind, key = "temp", None
+                    elif name.startswith(GC_PREFIX) and _KEY_RE.fullmatch(name[4:68]):
+                        kind, key = "gc", name[4:68]
+                    else:
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if not stat.S_ISREG(st.st_mode):
+                        continue
+                    yield BlobEntry(kind, entry.path, key, st.st_size, st.st_mtime, st.st_mode)
+
+    def delete_unreferenced(
+        self,
+        keys: Collection[str],
+        still_referenced: Callable[[set[str]], set[str]],
+        *,
+        touched_after: float,
+    ) -> tuple[int, int]:
+        """Delete the blobs of ``keys`` (found unreferenced by the caller); returns how many
+        files went and their bytes on disk.
+
+        Safe against writers running meanwhile: each blob is first renamed aside (a writer
+        that looks for it from then on writes it again), then kept (renamed back) when its
+        mtime is after ``touched_after`` (a writer found it there and reserved it, see
+        :data:`RESERVE_SECONDS`) or when ``still_referenced`` (asked once, after the renames)
+        says a row now points at it. A crash in between leaves ``.gc-`` files, which
+        ``correspond doctor`` restores or deletes by the same rule.
+        """
+        aside: dict[str, tuple[str, str, int]] = {}
+        for key in keys:
+            path = os.fspath(self._found(key))
+            held = f"{os.path.dirname(path)}/{GC_PREFIX}{key}-{os.getpid()}"
+            try:
+                os.rename(path, held)
+                st = os.stat(held)
+            except FileNotFoundError:
+                continue
+            if st.st_mtime > touched_after:
+                self._put_back(held, path)
+                continue
+            aside[key] = (held, path, st.st_size)
+        if not aside:
+            return 0, 0
+        keep = still_referenced(set(aside))
+        removed = freed = 0
+        for key, (held, path, size) in aside.items():
+            if key in keep:
+                self._put_back(held, path)
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(held)
+                removed += 1
+                freed += size
+        return removed, freed
+
+    @staticmethod
+    def _put_back(held: str, path: str) -> None:
+        """Rename a set-aside blob back (over a copy a writer stored meanwhile: same bytes)."""
+        try:
+            os.replace(held, path)
+        except OSError as exc:
+            raise StoreError(f"could not restore blob {os.path.basename(path)}: {exc}") from exc
+
+    def restore_or_drop(self, entry: BlobEntry, referenced: bool) -> bool:
+        """A ``.gc-`` file left by a crash: back into place when ``referenced`` (or when a
+        writer stored the blob again meanwhile, it is simply dropped); else deleted. True
+        when it was deleted."""
+        if entry.key is None:
+            return False
+        path = os.path.join(os.path.dirname(entry.path), entry.key)
+        if referenced and not os.path.exists(path):
+            self._put_back(entry.path, path)
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
+        return True
 
     def delete(self, key: str) -> bool:
         """Remove a blob; False if it was not there. Callers make sure nothing references it."""

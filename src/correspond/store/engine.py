@@ -7,8 +7,11 @@ Migrations are Alembic's, applied programmatically on start: no alembic.ini at r
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,10 +23,19 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    OperationalError,
+    ProgrammingError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from correspond.errors import ConfigError, NotFound, StoreError
+from correspond.settings import make_private
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -31,12 +43,18 @@ __all__ = [
     "count_stored_secrets",
     "create_store_engine",
     "current_revision",
+    "database_failure",
     "head_revision",
+    "is_database_error",
+    "log_database_failure",
+    "make_sqlite_private",
     "migrate",
     "normalize_url",
     "register_table_modules",
     "unit_of_work",
 ]
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -76,6 +94,7 @@ def create_store_engine(url: str) -> Engine:
         if database and database != ":memory:" and not database.startswith("file:"):
             # Private: the data directory holds the key and the encrypted secrets.
             Path(database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_sqlite_private(Path(database))
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -86,9 +105,54 @@ def create_store_engine(url: str) -> Engine:
     )
 
 
+def make_sqlite_private(database: Path) -> None:
+    """Create the SQLite file owner-only (0600) before SQLite does (it would follow the umask,
+    0644 by default), and make an existing one and its journals (``-wal``, ``-shm``,
+    ``-journal``) owner-only. SQLite creates the journals with the database file's mode, so
+    they stay private from then on."""
+    with contextlib.suppress(FileExistsError, FileNotFoundError):
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        make_private(f"{database}{suffix}", 0o600)
+
+
 # Modules that add tables to ``Base`` (later issues); imported when present so that migrations'
 # autogenerate and the store's optional queries (e.g. message counts) see every table.
 TABLE_MODULES = ("correspond.store.tables", "correspond.store.message_tables")
+
+
+# What a database error says to a person, by kind. A driver's message quotes the statement and
+# its bound values (an account's addresses, a message's subject or body), so it never leaves
+# the store: StoreError, state_detail, logs and API bodies get one of these fixed sentences.
+_FAILURES: tuple[tuple[type[SQLAlchemyError], str], ...] = (
+    (IntegrityError, "the database refused a value (integrity)"),
+    (DataError, "the database refused a value (data)"),
+    (OperationalError, "the database could not carry out the operation (operational)"),
+    (ProgrammingError, "the database rejected a statement (programming)"),
+    (InternalError, "the database reported an internal error (internal)"),
+    (InterfaceError, "the database connection failed (interface)"),
+)
+
+
+def database_failure(exc: BaseException) -> str:
+    """A fixed sentence naming the kind of a database failure: never the driver's text, which
+    carries SQL and bound values (message content, addresses)."""
+    for kind, sentence in _FAILURES:
+        if isinstance(exc, kind):
+            return sentence
+    return f"the database failed ({exc.__class__.__name__})"
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """Whether ``exc`` came from the database layer (and its text must not be shown)."""
+    return isinstance(exc, SQLAlchemyError)
+
+
+def log_database_failure(logger: logging.Logger, what: str, exc: BaseException) -> None:
+    """Log a database failure by its type only (no statement, no values, no traceback text)."""
+    orig = getattr(exc, "orig", None)
+    detail = f" ({orig.__class__.__name__})" if orig is not None else ""
+    logger.warning("%s: %s%s", what, exc.__class__.__name__, detail)
 
 
 @contextmanager
@@ -104,7 +168,8 @@ def unit_of_work(sessions: sessionmaker[Session]) -> Iterator[Session]:
     except (NotFound, ConfigError):
         raise
     except SQLAlchemyError as exc:
-        raise StoreError(f"database error: {exc.__class__.__name__}: {exc}") from exc
+        log_database_failure(log, "database error", exc)
+        raise StoreError(database_failure(exc)) from exc
 
 
 def register_table_modules() -> None:
@@ -151,7 +216,8 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise StoreError(f"cannot use the database {where}: {reason}") from exc
     except SQLAlchemyError as exc:
-        raise StoreError(f"database migration failed: {exc}") from exc
+        log_database_failure(log, "database migration failed", exc)
+        raise StoreError(f"database migration failed: {database_failure(exc)}") from exc
 
 
 def count_stored_secrets(engine: Engine) -> int:

@@ -11,12 +11,23 @@ a time because every claim is a single ``UPDATE ... WHERE lease expired or mine`
   the ``WHERE`` after its commit and no longer matches);
 - on SQLite writes are serialised by the database lock, which gives the same guarantee.
 
+A lease names its holder: ``host:pid:random``, and on Linux ``/boot.pidns.start`` after it
+(the kernel's boot id, the pid namespace and the process's start time in clock ticks). A holder
+on this host, in this pid namespace, whose process is gone (or whose pid now belongs to another
+process: the start time differs) cannot renew, so :meth:`AccountLeases.claim` takes its
+accounts at once instead of waiting for the lease to expire: a ``correspond sync`` restarted
+after a SIGKILL does not wait a minute. A holder elsewhere (another host, another container's
+pid namespace, an owner without the suffix) is only ever taken over when its lease expires.
+
 Times are the caller's clock (UTC), written through :class:`~correspond.store.tables.UtcDateTime`
 so both backends compare them alike.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import socket
 from collections.abc import Collection
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -35,6 +46,9 @@ __all__ = [
     "RUNNABLE_STATES",
     "AccountLeases",
     "LeasedAccount",
+    "holder_is_gone",
+    "observed_state",
+    "process_identity",
 ]
 
 #: States a worker keeps an account running in. ``disconnected`` and ``auth_failed`` are
@@ -54,6 +68,98 @@ _ACCOUNTS: Table = AccountRow.__table__  # type: ignore[assignment]
 
 #: States ``resume`` moves back to ``connecting`` (a failed sign-in too: the user has acted).
 RESUMABLE_STATES: tuple[str, ...] = ("paused", "auth_failed", "error")
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks after boot, /proc/PID/stat field 22);
+    None when there is no such process (or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces or parentheses.
+    fields = data[data.rfind(b")") + 2 :].split()
+    return fields[19].decode() if len(fields) > 19 else None
+
+
+@functools.cache
+def _host_identity() -> tuple[str, str] | None:
+    """This machine's boot id (first 8 characters) and this process's pid namespace."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            boot = fh.read().strip().replace("-", "")[:8]
+        pidns = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return None
+    return boot, pidns
+
+
+def process_identity(pid: int | None = None) -> str:
+    """``boot.pidns.start`` for process ``pid`` (default: this one), the suffix a lease owner
+    carries so that a dead holder on this host can be recognised; "" where /proc is missing."""
+    host = _host_identity()
+    start = _start_ticks(os.getpid() if pid is None else pid)
+    if host is None or start is None:
+        return ""
+    return f"{host[0]}.{host[1]}.{start}"
+
+
+def holder_is_gone(owner: str) -> bool:
+    """Whether lease owner ``owner`` is a process of this host and pid namespace that no
+    longer runs (its pid is free, or reused by a process that started at another time).
+    False whenever that cannot be known for sure: the lease then expires as usual."""
+    name, _, ident = owner.partition("/")
+    parts = name.split(":")
+    here = _host_identity()
+    if not ident or len(parts) < 3 or here is None:
+        return False
+    try:
+        boot, pidns, start = ident.split(".")
+        pid = int(parts[-2])
+    except ValueError:
+        return False
+    if ":".join(parts[:-2]) != socket.gethostname() or (boot, pidns) != here or pid <= 0:
+        return False
+    return _start_ticks(pid) != start
+
+
+#: States that claim a sync process is connected right now.
+_ACTIVE_STATES = ("live", "backfilling")
+
+
+def observed_state(
+    state: str,
+    detail: str,
+    *,
+    lease_owner: str | None,
+    lease_expires_at: datetime | None,
+    last_sync_at: datetime | None,
+    now: datetime | None = None,
+) -> tuple[str, str]:
+    """The state to show: a ``live`` or ``backfilling`` account whose lease nobody holds any
+    more (expired, or its holder is a dead process of this host: a SIGKILLed ``sync``) is not
+    being watched, whatever its last written state says; it shows as waiting for a sync
+    process, with when it last synced."""
+    if state not in _ACTIVE_STATES:
+        return state, detail
+    now = now or utcnow()
+    held = (
+        lease_owner is not None
+        and lease_expires_at is not None
+        and lease_expires_at >= now
+        and not holder_is_gone(lease_owner)
+    )
+    if held:
+        return state, detail
+    when = f"{last_sync_at:%Y-%m-%d %H:%M:%S} UTC" if last_sync_at is not None else "never"
+    return (
+        "connecting",
+        f"Not watching for new mail: the sync process that held it stopped without handing "
+        f"it over (last synced: {when}); it resumes when a sync process runs.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,16 +206,18 @@ class AccountLeases:
         now = now or utcnow()
         expires = now + timedelta(seconds=ttl_seconds)
         t = _ACCOUNTS
+        if names is not None and not names:
+            return []
+        gone = self._gone_holders(owner, names, now)
         free = or_(
             t.c.lease_owner.is_(None),
             t.c.lease_owner == owner,
             t.c.lease_expires_at.is_(None),
             t.c.lease_expires_at < now,
+            *([t.c.lease_owner.in_(gone)] if gone else []),
         )
         conditions = [t.c.state.in_(RUNNABLE_STATES), free]
         if names is not None:
-            if not names:
-                return []
             conditions.append(t.c.name.in_(list(names)))
         # Mine first, so that a limit never drops an account this worker is running.
         candidates = (
@@ -149,6 +257,22 @@ class AccountLeases:
             for r in rows
             if r.lease_expires_at is not None and r.lease_expires_at >= now
         ]
+
+    def _gone_holders(self, owner: str, names: Collection[str] | None, now: datetime) -> list[str]:
+        """Holders of unexpired leases on runnable accounts (of ``names``) that are dead
+        processes of this host (:func:`holder_is_gone`)."""
+        t = _ACCOUNTS
+        q = select(t.c.lease_owner).where(
+            t.c.state.in_(RUNNABLE_STATES),
+            t.c.lease_owner.is_not(None),
+            t.c.lease_owner != owner,
+            t.c.lease_expires_at >= now,
+        )
+        if names is not None:
+            q = q.where(t.c.name.in_(list(names)))
+        with self._tx() as s:
+            owners = {str(o) for o in s.scalars(q.distinct())}
+        return sorted(o for o in owners if holder_is_gone(o))
 
     def release(self, owner: str, names: Collection[str] | None = None) -> int:
         """Give up ``owner``'s leases (all of them, or those of ``names``); returns how many."""
@@ -231,12 +355,15 @@ class AccountLeases:
 
     def resume(self, name: str, detail: str = "Resumed; waiting for a sync worker.") -> Account:
         """Sync ``name`` again: a paused (or failed: the user has acted) account goes back to
-        ``connecting`` and the next worker round picks it up. A running account is unchanged."""
+        ``connecting`` and the next worker round picks it up; the detail says when it last
+        synced. A running account is unchanged."""
         with self._tx() as s:
             row = self._row(s, name)
             if row.state in RESUMABLE_STATES:
                 row.state = "connecting"
-                row.state_detail = detail
+                last = row.last_sync_at
+                when = f"{last:%Y-%m-%d %H:%M:%S} UTC" if last is not None else "never"
+                row.state_detail = f"{detail} Last synced: {when}."
                 s.flush()
             return account_from_row(row)
 

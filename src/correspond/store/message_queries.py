@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from correspond.errors import ConfigError, NotFound, StoreError
+from correspond.store.engine import database_failure
 from correspond.store.message_tables import (
     AttachmentRow,
     MessageLocationRow,
@@ -143,6 +144,11 @@ class MessageView:
     defects: tuple[str, ...]
     locations: tuple[LocationView, ...]
     attachments: tuple[AttachmentView, ...]
+    #: When the last location went (None while the message is in a synced folder), and why:
+    #: ``expunged``, ``moved`` (to a folder that is not synced), ``unsynced`` (its folder
+    #: stopped syncing), ``unknown``; None while not yet looked into.
+    gone_from_mailbox_at: datetime | None = None
+    gone_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +253,9 @@ class MessageQueries:
                     .group_by(MessageLocationRow.folder_id)
                 ).all()
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not count messages of account {account_id}: {exc}") from exc
+            raise StoreError(
+                f"could not count messages of account {account_id}: {database_failure(exc)}"
+            ) from exc
         return {
             int(fid): FolderCounts(int(fid), int(msgs), int(locs), int(unread or 0))
             for fid, msgs, locs, unread in rows
@@ -311,7 +319,7 @@ class MessageQueries:
                     else ()
                 )
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not list messages: {exc}") from exc
+            raise StoreError(f"could not list messages: {database_failure(exc)}") from exc
         items = []
         for row, sort_at in rows[:limit]:
             items.append(
@@ -388,6 +396,8 @@ class MessageQueries:
                 defects=tuple(r.defects or ()),
                 locations=tuple(locations.get(r.id, ())),
                 attachments=tuple(attachments.get(r.id, ())),
+                gone_from_mailbox_at=r.gone_from_mailbox_at if not locations.get(r.id) else None,
+                gone_reason=r.gone_reason if not locations.get(r.id) else None,
             )
             for r in rows
         ]
@@ -401,7 +411,9 @@ class MessageQueries:
                     raise NotFound(f"message {message_id} does not exist")
                 return self._views(s, [row])[0]
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not read message {message_id}: {exc}") from exc
+            raise StoreError(
+                f"could not read message {message_id}: {database_failure(exc)}"
+            ) from exc
 
     def get_attachment(self, message_id: int, attachment_id: int) -> AttachmentView:
         """Attachment ``attachment_id`` *of message* ``message_id``; NotFound otherwise (an id
@@ -410,7 +422,9 @@ class MessageQueries:
             with self._session() as s:
                 row = s.get(AttachmentRow, attachment_id)
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not read attachment {attachment_id}: {exc}") from exc
+            raise StoreError(
+                f"could not read attachment {attachment_id}: {database_failure(exc)}"
+            ) from exc
         if row is None or row.message_id != message_id:
             raise NotFound(f"message {message_id} has no attachment {attachment_id}")
         return _attachment(row)
@@ -438,7 +452,7 @@ class MessageQueries:
                     rows.reverse()
                 views = self._views(s, rows)
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not read thread {thread_id}: {exc}") from exc
+            raise StoreError(f"could not read thread {thread_id}: {database_failure(exc)}") from exc
         return ThreadView(
             id=thread.id,
             account_id=thread.account_id,

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from correspond.store.tables import Base, utcnow
 
 __all__ = [
+    "GONE_REASONS",
     "MESSAGE_DIRECTIONS",
     "MESSAGE_STATES",
     "AttachmentRow",
@@ -47,6 +48,11 @@ __all__ = [
 ]
 
 MESSAGE_STATES = ("active", "archived", "deleted")
+#: Why a message has no location left: ``expunged`` (not in any folder of the mailbox, as far as
+#: the unsynced folders were searched), ``moved`` (found in a folder that is not synced),
+#: ``unsynced`` (its folder stopped being synced or vanished), ``unknown`` (no Message-ID to
+#: look for, or the search was not possible).
+GONE_REASONS = ("expunged", "moved", "unsynced", "unknown")
 MESSAGE_DIRECTIONS = ("inbound", "outbound")
 
 # 64-bit ids on PostgreSQL; SQLite only auto-increments a column declared exactly INTEGER.
@@ -125,6 +131,10 @@ class MessageRow(Base):
     gm_msgid: Mapped[int | None] = mapped_column(BigInteger)
     gm_thrid: Mapped[int | None] = mapped_column(BigInteger)
     defects: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Set when the last location went (migration 0005): ``gone_reason`` is one of
+    # GONE_REASONS, or NULL while the engine has not yet looked for it in the unsynced folders.
+    gone_from_mailbox_at: Mapped[datetime | None] = mapped_column()
+    gone_reason: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

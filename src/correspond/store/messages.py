@@ -39,6 +39,7 @@ from correspond.errors import NotFound, StoreError
 from correspond.mail.dedupe import KeyFacts, distinct_key, reusable_key, same_message
 from correspond.mail.threading import subject_keys
 from correspond.rules.sync_plan import FolderCheckpoint
+from correspond.store.engine import database_failure
 from correspond.store.message_data import AddressData, AttachmentData, MessageData
 from correspond.store.message_tables import (
     AttachmentRow,
@@ -413,7 +414,7 @@ class MessageStore:
                     backfill_low_uid=row.backfill_low_uid,
                 )
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not read folder {folder_id}: {exc}") from exc
+            raise StoreError(f"could not read folder {folder_id}: {database_failure(exc)}") from exc
 
     def reset_folder(
         self,
@@ -452,7 +453,9 @@ class MessageStore:
                 row.backfill_done_count = 0
                 return int(dropped or 0)
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not reset folder {folder_id}: {exc}") from exc
+            raise StoreError(
+                f"could not reset folder {folder_id}: {database_failure(exc)}"
+            ) from exc
 
     def forget_folder(self, folder_id: int) -> int:
         """The folder is gone from the server: drop its locations and its sync state.
@@ -462,11 +465,19 @@ class MessageStore:
         """
         try:
             with self._session() as s, s.begin():
+                losing = list(
+                    s.scalars(
+                        select(MessageLocationRow.message_id).where(
+                            MessageLocationRow.folder_id == folder_id
+                        )
+                    )
+                )
                 dropped = _rowcount(
                     s.execute(
                         delete(MessageLocationRow).where(MessageLocationRow.folder_id == folder_id)
                     )
                 )
+                _mark_gone(s, losing, "unsynced")
                 s.execute(
                     update(FolderRow)
                     .where(FolderRow.id == folder_id)
@@ -482,7 +493,9 @@ class MessageStore:
                 )
                 return dropped
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not forget folder {folder_id}: {exc}") from exc
+            raise StoreError(
+                f"could not forget folder {folder_id}: {database_failure(exc)}"
+            ) from exc
 
     def update_checkpoint(self, folder_id: int, update_: FolderCheckpointUpdate) -> None:
         """Set checkpoint columns on their own (no data goes with them)."""
@@ -490,7 +503,9 @@ class MessageStore:
             with self._session() as s, s.begin():
                 self._apply_checkpoint(s, folder_id, update_)
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not update folder {folder_id}: {exc}") from exc
+            raise StoreError(
+                f"could not update folder {folder_id}: {database_failure(exc)}"
+            ) from exc
 
     @staticmethod
     def _apply_checkpoint(s: Session, folder_id: int, upd: FolderCheckpointUpdate) -> None:
@@ -525,7 +540,9 @@ class MessageStore:
                     )
                 ).all()
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not read locations of folder {folder_id}: {exc}") from exc
+            raise StoreError(
+                f"could not read locations of folder {folder_id}: {database_failure(exc)}"
+            ) from exc
         return {int(uid): frozenset(flags or ()) for uid, flags in rows}
 
     def known_dedupe_keys(self, account_id: int, keys: Collection[str]) -> set[str]:
@@ -548,7 +565,7 @@ class MessageStore:
                         )
                     )
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not look up messages: {exc}") from exc
+            raise StoreError(f"could not look up messages: {database_failure(exc)}") from exc
         return {k for stored in found for k in asked[stored]}
 
     def stored_key_facts(self, account_id: int, keys: Collection[str]) -> dict[str, KeyFacts]:
@@ -571,7 +588,7 @@ class MessageStore:
                         for k in asked[key]:
                             found[k] = KeyFacts(sender, _aware(when))
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not look up messages: {exc}") from exc
+            raise StoreError(f"could not look up messages: {database_failure(exc)}") from exc
         return found
 
     # -- ingest --------------------------------------------------------------------------------
@@ -623,14 +640,18 @@ class MessageStore:
                 if checkpoint is not None:
                     self._apply_checkpoint(s, folder_id, checkpoint)
         except SQLAlchemyError as exc:
-            error = StoreError(f"could not store a batch for folder {folder_id}: {exc}")
+            error = StoreError(
+                f"could not store a batch for folder {folder_id}: {database_failure(exc)}"
+            )
             if _refused_by_database(exc):
                 raise _Refused(error, exc) from exc
             raise error from exc
         except OverflowError as exc:
             # sqlite3 raises this unwrapped for an integer beyond 64 bits (a Gmail id is
             # unsigned): a value of the message, refused like any other.
-            error = StoreError(f"could not store a batch for folder {folder_id}: {exc}")
+            error = StoreError(
+                f"could not store a batch for folder {folder_id}: {database_failure(exc)}"
+            )
             raise _Refused(error, exc) from exc
         return result
 
@@ -762,7 +783,16 @@ class MessageStore:
                     )
                     updated += len(rows)
                 removed = 0
+                losing: list[int] = []
                 for part in _chunks(sorted(set(removed_uids))):
+                    losing.extend(
+                        s.scalars(
+                            select(MessageLocationRow.message_id).where(
+                                MessageLocationRow.folder_id == folder_id,
+                                MessageLocationRow.uid.in_(part),
+                            )
+                        )
+                    )
                     removed += _rowcount(
                         s.execute(
                             delete(MessageLocationRow).where(
@@ -771,11 +801,56 @@ class MessageStore:
                             )
                         )
                     )
+                # Their last location gone: why is for the engine to find out (reason NULL).
+                _mark_gone(s, losing, None)
                 if checkpoint is not None:
                     self._apply_checkpoint(s, folder_id, checkpoint)
         except SQLAlchemyError as exc:
-            raise StoreError(f"could not apply changes to folder {folder_id}: {exc}") from exc
+            raise StoreError(
+                f"could not apply changes to folder {folder_id}: {database_failure(exc)}"
+            ) from exc
         return updated, removed
+
+    # -- messages gone from the mailbox -----------------------------------------------------------
+
+    def gone_unexplained(self, account_id: int, limit: int) -> list[tuple[int, str | None]]:
+        """Up to ``limit`` messages of the account whose last location went and whose reason
+        is still to be found: (id, Message-ID header), oldest first."""
+        try:
+            with self._session() as s:
+                rows = s.execute(
+                    select(MessageRow.id, MessageRow.message_id_header)
+                    .where(
+                        MessageRow.account_id == account_id,
+                        MessageRow.gone_from_mailbox_at.is_not(None),
+                        MessageRow.gone_reason.is_(None),
+                    )
+                    .order_by(MessageRow.gone_from_mailbox_at, MessageRow.id)
+                    .limit(limit)
+                ).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not look up messages: {database_failure(exc)}") from exc
+        return [(int(i), None if h is None else str(h)) for i, h in rows]
+
+    def set_gone_reasons(self, reasons: Mapping[int, str]) -> None:
+        """Record why each message left the mailbox (only while it still has no location)."""
+        try:
+            with self._session() as s, s.begin():
+                by_reason: dict[str, list[int]] = {}
+                for mid, reason in reasons.items():
+                    by_reason.setdefault(reason, []).append(mid)
+                for reason, ids in by_reason.items():
+                    for part in _chunks(sorted(ids)):
+                        s.execute(
+                            update(MessageRow)
+                            .where(
+                                MessageRow.id.in_(part),
+                                MessageRow.gone_from_mailbox_at.is_not(None),
+                            )
+                            .values(gone_reason=reason)
+                        )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not look up messages: {database_failure(exc)}") from exc
 
     # -- counts and reads for surfaces -----------------------------------------------------------
 
@@ -1293,6 +1368,16 @@ class _BatchIngest:
                 }
             )
         s.execute(insert(_LOCATIONS), locations)
+        back = sorted(
+            {existing[i.data.dedupe_key] for i in todo} - {existing[k] for k in created_keys}
+        )
+        for part in _chunks(back):
+            # In a mailbox folder again (moved back, or its folder synced again).
+            s.execute(
+                update(MessageRow)
+                .where(MessageRow.id.in_(part), MessageRow.gone_from_mailbox_at.is_not(None))
+                .values(gone_from_mailbox_at=None, gone_reason=None)
+            )
         enriched = self._sent_copy_changes(sent_copies)
         if self.new_subject_keys:
             s.execute(insert(_SUBJECT_KEYS), self.new_subject_keys)
@@ -1476,6 +1561,26 @@ def _message_values(
         "created_at": now,
         "updated_at": now,
     }
+
+
+def _mark_gone(s: Session, message_ids: Collection[int], reason: str | None) -> None:
+    """Stamp the messages of ``message_ids`` that have no location left as gone from the
+    mailbox now, with ``reason`` (None: to be looked for in the unsynced folders)."""
+    ids = sorted(set(message_ids))
+    if not ids:
+        return
+    now = utcnow()
+    for part in _chunks(ids):
+        s.execute(
+            update(MessageRow)
+            .where(
+                MessageRow.id.in_(part),
+                ~select(MessageLocationRow.id)
+                .where(MessageLocationRow.message_id == MessageRow.id)
+                .exists(),
+            )
+            .values(gone_from_mailbox_at=now, gone_reason=reason)
+        )
 
 
 def _rowcount(result: Any) -> int:

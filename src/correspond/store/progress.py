@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from correspond.errors import NotFound
 from correspond.store.engine import register_table_modules
+from correspond.store.leases import observed_state
 from correspond.store.message_tables import MessageLocationRow
 from correspond.store.tables import AccountRow, FolderRow, UtcDateTime, utcnow
 
@@ -213,11 +214,19 @@ class ProgressReader:
         rate = None if complete else sum(recent.get(f.id, 0) for f in rows) / elapsed
         remaining = sum(max(0, (f.total or 0) - f.done) for f in items if not f.complete)
         eta = remaining / rate if rate else None
+        state, detail = observed_state(
+            a.state,
+            a.state_detail,
+            lease_owner=a.lease_owner,
+            lease_expires_at=a.lease_expires_at,
+            last_sync_at=a.last_sync_at,
+            now=now,
+        )
         return AccountProgress(
             account_id=a.id,
             name=a.name,
-            state=a.state,
-            state_detail=a.state_detail,
+            state=state,
+            state_detail=detail,
             connected_at=a.connected_at,
             last_sync_at=a.last_sync_at,
             folders=items,

@@ -12,13 +12,13 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from correspond.errors import ConfigError, NotFound, StoreError
 from correspond.rules.folder_refs import resolve_folder_ref
-from correspond.rules.folders import FolderSpec
+from correspond.rules.folders import FolderSpec, selected_by_default
 from correspond.rules.presets import AccountChanges, AccountDraft, apply_changes
 from correspond.store.engine import register_table_modules, unit_of_work
 from correspond.store.records import (
@@ -203,6 +203,21 @@ class Store:
             row.allow_plaintext = after.allow_plaintext
             row.trusted_cert_pem = after.trusted_cert_pem
             if after.window_days is not None:
+                if row.window_days is not None and after.window_days > row.window_days:
+                    # A wider window: backfill every folder again from the top, so the next
+                    # sync fetches the newly covered days (UIDs run in arrival order, not by
+                    # date: an old message may sit anywhere). Stored locations are skipped,
+                    # nothing is fetched twice. A narrower window keeps what is stored.
+                    s.execute(
+                        update(FolderRow)
+                        .where(FolderRow.account_id == row.id)
+                        .values(
+                            backfill_done=False,
+                            backfill_low_uid=None,
+                            backfill_total=None,
+                            backfill_done_count=0,
+                        )
+                    )
                 row.window_days = after.window_days
             for toggle, value in after.toggles.items():
                 setattr(row, toggle, value)
@@ -312,7 +327,8 @@ class Store:
 
         A folder is the same folder only if its raw name is byte-identical: a new folder with
         the same display name as a vanished one is a new row, never a revival of the old one's
-        checkpoint. New selectable folders are selected when the account syncs all folders.
+        checkpoint. New selectable folders are selected when the account syncs all folders,
+        except Junk, Trash and Drafts (:func:`~correspond.rules.folders.selected_by_default`).
         ``renamed_from`` maps a new raw name to the raw name it was renamed from on the server:
         the new row takes the old one's selection in the same transaction, so a user's choice
         follows the rename without a moment where the folder is unselected.
@@ -339,7 +355,7 @@ class Store:
                         remote_name_raw=spec.name_raw,
                         selected=spec.selectable
                         and (
-                            account.folders_mode == "all"
+                            (account.folders_mode == "all" and selected_by_default(spec.role))
                             or (previous is not None and previous.selected)
                         ),
                         backfill_done=False,
@@ -350,7 +366,7 @@ class Store:
                 elif row.removed or row.flags != list(spec.flags) or row.role != spec.role:
                     updated += 1
                 if row.removed and account.folders_mode == "all":
-                    row.selected = spec.selectable
+                    row.selected = spec.selectable and selected_by_default(spec.role)
                 row.name = spec.name
                 row.delimiter = spec.delimiter
                 row.flags = list(spec.flags)
@@ -394,16 +410,20 @@ class Store:
         *,
         all_folders: bool = False,
         refs: Sequence[str | int] = (),
+        add: bool = False,
+        remove: Sequence[str | int] = (),
     ) -> list[Folder]:
-        """Choose which folders sync: all selectable ones (and future ones), or exactly ``refs``.
+        """Choose which folders sync: all selectable ones (and future ones), or exactly ``refs``;
+        with ``add``, ``refs`` join the selection and ``remove`` leave it (the mode, and so
+        whether new folders are selected, stays as it was).
 
         A ref is a folder id (int), or a display name; a string of digits that names no folder
         is taken as an id. A display name shared by two folders is refused as ambiguous (use the
         id). Folders that cannot be selected (``\\Noselect``, ``\\NonExistent``) are refused.
         """
-        if all_folders and refs:
+        if all_folders and (refs or remove):
             raise ConfigError("choose either all folders or a list of folders, not both")
-        if not all_folders and not refs:
+        if not all_folders and not refs and not (add and remove):
             raise ConfigError("no folders given: name at least one folder, or choose all")
         with self.transaction() as s:
             account = self._account_row(s, account_name)
@@ -418,6 +438,19 @@ class Store:
                 account.folders_mode = "all"
                 for row in rows:
                     row.selected = row.selectable
+            elif add:
+                chosen = {resolve_folder_ref(rows, ref).id for ref in refs}
+                dropped = {resolve_folder_ref(rows, ref).id for ref in remove}
+                for row in rows:
+                    if row.id in chosen and not row.selectable:
+                        raise ConfigError(
+                            f"folder {row.name!r} (id {row.id}) cannot be selected "
+                            "(\\Noselect or \\NonExistent)"
+                        )
+                    if row.id in chosen:
+                        row.selected = True
+                    elif row.id in dropped:
+                        row.selected = False
             else:
                 chosen = {resolve_folder_ref(rows, ref).id for ref in refs}
                 for row in rows:

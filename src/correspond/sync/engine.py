@@ -25,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import date
@@ -35,6 +36,7 @@ from typing import Any
 from correspond.errors import AuthenticationFailed, CorrespondError, ImapCommandError, NotFound
 from correspond.imap.client import ImapClient
 from correspond.imap.connect import ImapEndpoint
+from correspond.imap.protocol import Atom
 from correspond.imap.types import (
     ExistsResponse,
     ExpungeResponse,
@@ -86,6 +88,10 @@ __all__ = [
     "default_thread_chooser",
     "endpoint_for",
 ]
+
+# A Message-ID that can be searched for as a plain quoted string (no quotes, backslashes or
+# controls): anything else is reported as "unknown" rather than risk a wrong match.
+_SEARCHABLE_ID = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{3,250}")
 
 #: Refused sign-ins in a row after which the engine stops trying until the user acts: a few
 #: retries ride out a provider's passing hiccup; more would get the mailbox locked.
@@ -441,8 +447,63 @@ class AccountSyncer:
                 pending = after_folder(folder, folder_report)
                 if pending is not None:
                     await pending
+        if any(f.removed for f in report.folders):
+            await self.explain_gone(client, account, synced_now=set(chosen))
         report.seconds = time.perf_counter() - started
         return report
+
+    async def explain_gone(
+        self,
+        client: ImapClient,
+        account: Account,
+        *,
+        synced_now: Collection[int] = (),
+    ) -> dict[int, str]:
+        """Why messages left the synced folders: each one whose last location went is looked
+        for by Message-ID in the folders that are not synced (Junk, Trash, unselected ones);
+        found is ``moved``, not found ``expunged``, no usable Message-ID ``unknown``. Bounded:
+        ``settings.gone_check_max_messages`` messages and ``gone_check_max_folders`` folders a
+        pass (the rest waits for the next pass that removes something). Returns the reasons.
+        """
+        pending = await asyncio.to_thread(
+            self.messages.gone_unexplained, account.id, self.settings.gone_check_max_messages
+        )
+        if not pending:
+            return {}
+        # The whole list: a live pass is given only the folders that changed.
+        folders = await asyncio.to_thread(self.store.list_folders, account.name)
+        unsynced = [f for f in folders if f.selectable and not f.selected and not f.removed]
+        # Synced folders this pass did not cover (a live pass syncs the folder that changed):
+        # a message moved there is linked when that folder's turn comes, so it stays open.
+        later = [
+            f
+            for f in folders
+            if f.selectable and f.selected and not f.removed and f.id not in synced_now
+        ]
+        unsynced = unsynced[: self.settings.gone_check_max_folders]
+        later = later[: max(0, self.settings.gone_check_max_folders - len(unsynced))]
+        reasons: dict[int, str] = {}
+        searchable: dict[int, str] = {}
+        for mid, header in pending:
+            if header and _SEARCHABLE_ID.fullmatch(header):
+                searchable[mid] = header
+            else:
+                reasons[mid] = "unknown"
+        for folder in [*later, *unsynced]:
+            if not searchable:
+                break
+            try:
+                await client.examine(folder.name_raw)
+                for mid, header in list(searchable.items()):
+                    if await client.uid_search([Atom("HEADER"), Atom("Message-ID"), header]):
+                        if not folder.selected:
+                            reasons[mid] = "moved"
+                        del searchable[mid]
+            except ImapCommandError:
+                continue  # that folder cannot be searched; the others still can
+        reasons.update(dict.fromkeys(searchable, "expunged"))
+        await asyncio.to_thread(self.messages.set_gone_reasons, reasons)
+        return reasons
 
     # -- IDLE -----------------------------------------------------------------------------------
 

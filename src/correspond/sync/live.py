@@ -203,6 +203,10 @@ class LiveSession:
                     )
                 folders = await asyncio.to_thread(syncer.store.list_folders, account.name)
                 current = {f.id for f in folders if _syncable(f)}
+                if fresh.window_days != account.window_days:
+                    # A wider window reset the folders' backfill cursors: sync them all now.
+                    self.account = account = fresh
+                    due |= current
                 change = selection_change(synced_ids, current)
                 self._names = {f.id: f.name for f in folders}
                 for folder_id in set(self._folder_errors) - current:

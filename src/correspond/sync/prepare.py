@@ -10,7 +10,9 @@ workers peak at ~120 MB).
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -32,6 +34,7 @@ __all__ = [
     "address_data",
     "default_dedupe",
     "ignore_interrupts",
+    "init_worker",
     "parse_headers",
     "parse_raw",
     "prepare_messages",
@@ -49,6 +52,33 @@ def ignore_interrupts() -> None:
     stops cleanly and shuts the pool down, so a worker killed by the same SIGINT would only
     break the parses in flight. (Here, not in the runner, so a worker imports nothing more.)"""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+#: How often a parse worker checks that the process that started it still runs.
+PARENT_CHECK_SECONDS = 0.5
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_CHECK_SECONDS)
+    # Re-parented: the sync process is gone (SIGKILL, OOM), and nobody will collect results.
+    os._exit(0)
+
+
+def init_worker(parent_pid: int) -> None:
+    """A parse worker's initializer: ignore Ctrl-C (:func:`ignore_interrupts`) and exit soon
+    after the parent dies, however it died. A SIGKILLed parent cannot shut its pool down, and
+    its workers (60-100 MB each) would otherwise wait on the call queue for minutes; once they
+    are gone, the multiprocessing resource tracker sees its last writer close and exits too.
+    A thread that watches ``getppid()``, not ``PR_SET_PDEATHSIG``: that signal fires when
+    the parent *thread* that spawned the worker ends, which a pool spawning on demand from
+    whichever thread submits does not control."""
+    ignore_interrupts()
+    if os.getppid() != parent_pid:
+        os._exit(0)
+    threading.Thread(
+        target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True
+    ).start()
 
 
 def default_dedupe(parsed: ParsedMessage, gm_msgid: int | None) -> str:

@@ -43,14 +43,15 @@ from datetime import datetime
 from correspond.errors import AuthenticationFailed, ConfigError, CorrespondError, NotFound
 from correspond.settings import Settings
 from correspond.store.blobs import BlobStore
-from correspond.store.leases import RESUMABLE_STATES, AccountLeases
+from correspond.store.engine import database_failure, is_database_error, log_database_failure
+from correspond.store.leases import RESUMABLE_STATES, AccountLeases, process_identity
 from correspond.store.messages import MessageStore
 from correspond.store.records import Account
 from correspond.store.repository import Store
 from correspond.store.tables import utcnow
 from correspond.sync.engine import AccountSyncer, AccountSyncReport
 from correspond.sync.folder_sync import DEFAULT_BATCH_SIZE
-from correspond.sync.prepare import ignore_interrupts
+from correspond.sync.prepare import init_worker
 
 __all__ = [
     "LeaseGuardedStore",
@@ -77,12 +78,19 @@ SyncerFactory = Callable[
 StateListener = Callable[[str, str, str], None]
 
 STOPPED_DETAIL = "Sync stopped ({owner} shut down); it resumes when a sync worker runs."
-ONCE_DETAIL = "Up to date as of this one-off sync (not watching for new mail)."
+ONCE_DETAIL = (
+    "Synced at {at}; not watching for new mail (no sync process running): "
+    "`correspond sync NAME`, a worker or `serve` keeps it live."
+)
 
 
 def default_owner() -> str:
-    """A lease owner name unique to this process: host, pid and a random suffix."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    """A lease owner name unique to this process: host, pid and a random suffix, then (on
+    Linux) ``/boot.pidns.start`` so that a restart on this host can tell this process is gone
+    after a crash (:func:`~correspond.store.leases.holder_is_gone`)."""
+    name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    ident = process_identity()
+    return f"{name}/{ident}" if ident else name
 
 
 def _default_factory(
@@ -113,14 +121,16 @@ def make_parse_executor(processes: int) -> ProcessPoolExecutor | None:
     """A process pool for MIME parsing shared by every account (None for ``processes <= 0``).
 
     ``spawn``, not ``fork``: the parent runs an event loop and database threads, and forking a
-    multi-threaded process can copy a held lock into the child. The workers ignore SIGINT.
+    multi-threaded process can copy a held lock into the child. The workers ignore SIGINT and
+    exit when this process dies, even by SIGKILL (:func:`~correspond.sync.prepare.init_worker`).
     """
     if processes <= 0:
         return None
     return ProcessPoolExecutor(
         max_workers=processes,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=ignore_interrupts,
+        initializer=init_worker,
+        initargs=(os.getpid(),),
     )
 
 
@@ -382,14 +392,17 @@ class SyncRunner:
         except Exception as exc:
             if stop.is_set():
                 return  # stopping anyway: whatever broke on the way out is not the account's
-            # A bug must not spin: record it on the account and stop syncing it.
-            log.exception("sync of %s failed", name)
+            # A bug must not spin: record it on the account and stop syncing it. A database
+            # error that escaped the store says only its kind (its text quotes SQL and values).
+            if is_database_error(exc):
+                log_database_failure(log, f"sync of {name} failed", exc)
+                why = database_failure(exc)
+            else:
+                log.exception("sync of %s failed", name)
+                why = f"{exc.__class__.__name__}: {exc}"
             with contextlib.suppress(CorrespondError):
                 await asyncio.to_thread(
-                    self.guarded.set_account_state,
-                    name,
-                    "error",
-                    f"Internal error: {exc.__class__.__name__}: {exc}",
+                    self.guarded.set_account_state, name, "error", f"Internal error: {why}"
                 )
 
     def _replace_executor(self, broken_one: Executor | None) -> None:
@@ -528,8 +541,15 @@ async def sync_account_once(
                     connected_at=utcnow(),
                 )
                 report = await syncer.sync_once(client, account)
+                # Not "live": nothing watches the mailbox once this process exits. The account
+                # waits for a sync process, as after a worker's shutdown.
+                synced_at = utcnow()
                 await asyncio.to_thread(
-                    guarded.set_account_state, name, "live", ONCE_DETAIL, last_sync_at=utcnow()
+                    guarded.set_account_state,
+                    name,
+                    "connecting",
+                    ONCE_DETAIL.format(at=f"{synced_at:%Y-%m-%d %H:%M:%S} UTC"),
+                    last_sync_at=synced_at,
                 )
                 ok = True
             finally:
