@@ -27,6 +27,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("messages") as batch:
-        batch.drop_column("gone_reason")
-        batch.drop_column("gone_from_mailbox_at")
+    # A plain DROP COLUMN (SQLite 3.35+), not batch mode: batch mode recreates the table, and
+    # dropping the old messages table would cascade to its locations and attachments.
+    op.drop_column("messages", "gone_reason")
+    op.drop_column("messages", "gone_from_mailbox_at")
