@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from correspond.errors import AuthenticationFailed, ConfigError, NotFound
-from correspond.imap.client import ImapClient, ImapEndpoint
+from correspond.imap.client import ImapClient, ImapEndpoint, ImapLimits
 from correspond.rules.folder_refs import resolve_folder_ref
 from correspond.rules.folders import assign_roles
 from correspond.rules.presets import AccountChanges, AccountDraft, apply_changes
@@ -220,6 +220,7 @@ class AccountService:
                 self.endpoint_for(account),
                 connect_timeout=self.settings.imap_connect_timeout,
                 command_timeout=self.settings.imap_command_timeout,
+                limits=ImapLimits.from_settings(self.settings),
             ) as client:
                 await client.login(account.username, password)
                 entries = await client.list_folders()

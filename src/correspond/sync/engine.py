@@ -33,7 +33,7 @@ from datetime import date
 from typing import Any
 
 from correspond.errors import AuthenticationFailed, CorrespondError, ImapCommandError, NotFound
-from correspond.imap.client import ImapClient
+from correspond.imap.client import ImapClient, ImapLimits
 from correspond.imap.connect import ImapEndpoint
 from correspond.imap.types import (
     ExistsResponse,
@@ -264,6 +264,7 @@ class AccountSyncer:
             endpoint_for(account),
             connect_timeout=self.settings.imap_connect_timeout,
             command_timeout=self.settings.imap_command_timeout,
+            limits=ImapLimits.from_settings(self.settings),
         )
         try:
             secret = await asyncio.to_thread(self.store.account_secret, account.name)
