@@ -428,3 +428,72 @@ def test_limits_come_from_settings() -> None:
     # A message at the limit always fits in a command.
     small = ImapLimits.from_settings(settings.clone(imap_max_command_bytes=MB))
     assert small.max_command_bytes == 3 * MB
+
+
+# -- values that do not parse --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'* LIST () "/" "a\x00b"',
+        b'* LIST () "/" {3}\r\na\x00b',
+        b"* STATUS {3}\r\na\x00b (MESSAGES 1)",
+        b"* 1 FETCH (UID -5)",
+        b"* 1 FETCH (RFC822.SIZE -1)",
+        b"* 1 FETCH (UID 99999999999999999999)",
+        b"* 1 FETCH (X-GM-MSGID -1)",
+        b"* 1 FETCH (UID 1 BODY[]<-5> {1}\r\nx)",
+        b"* ESEARCH UID MIN -1",
+        b"* ESEARCH UID COUNT 99999999999999999999",
+        b"* ESEARCH UID ALL 1:-5",
+        b"* ESEARCH UID ALL 9223372036854775808",
+        b"* VANISHED 1:-5",
+        b"* SEARCH 1 -2",
+        b"* SEARCH 1 99999999999999999999",
+        b"* SEARCH 1 (MODSEQ -1)",
+        b"* 99999999999999999999 EXISTS",
+        b"* 99999999999999999999 FETCH (UID 1)",
+    ],
+)
+def test_values_that_do_not_parse_are_protocol_errors(line: bytes) -> None:
+    parser = ResponseParser()
+    parser.feed(line + b"\r\n* 1 EXISTS\r\n")
+    with pytest.raises(ImapProtocolError):
+        parser.next_response()
+    assert parser.next_response() is not None  # the parser goes on with the next response
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (b"[UIDVALIDITY -1]", None),
+        (b"[UIDVALIDITY 18446744073709551616]", None),
+        (b"[UIDNEXT -1]", {"uidnext": None}),
+        (b"[UIDNEXT x]", {"uidnext": None}),
+        (b"[HIGHESTMODSEQ -1]", {"highestmodseq": None, "nomodseq": True}),
+        (b"[UNSEEN -3]", {"unseen": None}),
+    ],
+)
+async def test_select_with_unusable_numbers(
+    code: bytes, expected: dict[str, object] | None
+) -> None:
+    # Before: int(None) raised TypeError out of select() for every one of these.
+    def reply(line: bytes) -> bytes | None:
+        tag, _, rest = line.partition(b" ")
+        if rest.startswith(b"SELECT"):
+            valid = b"" if b"UIDVALIDITY" in code else b"* OK [UIDVALIDITY 7] ok\r\n"
+            return b"* 1 EXISTS\r\n" + valid + b"* OK " + code + b" x\r\n" + tag + b" OK in\r\n"
+        return None
+
+    async with FakeImapServer(GREETING, reply=reply) as fake:
+        client = await connect(fake, ImapLimits())
+        if expected is None:
+            with pytest.raises(ImapProtocolError, match="UIDVALIDITY"):
+                await client.select("INBOX")
+        else:
+            box = await client.select("INBOX")
+            assert box.uidvalidity == 7
+            for name, value in expected.items():
+                assert getattr(box, name) == value
+        await client.aclose()

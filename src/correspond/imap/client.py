@@ -1209,16 +1209,27 @@ class ImapClient:
         if code is None:
             return False
         name = code.name
+        value = code.value
+        # The parser leaves the value None when it is not a number below 2^63 ([UIDVALIDITY -1]).
+        number = value if isinstance(value, int) and not isinstance(value, bool) else None
         if name == "UIDVALIDITY":
-            box.uidvalidity = int(code.value)
+            if number is None:
+                # Without a usable UIDVALIDITY no UID of the mailbox can be trusted.
+                raise ImapProtocolError(
+                    f"SELECT {box.name_raw!r}: the server sent a UIDVALIDITY that is not a "
+                    "number (RFC 3501 §2.3.1.1 nz-number)"
+                )
+            box.uidvalidity = number
         elif name == "UIDNEXT":
-            box.uidnext = int(code.value)
+            box.uidnext = number  # optional; the sync works out the next UID without it
         elif name == "HIGHESTMODSEQ":
-            box.highestmodseq = int(code.value)
+            if number is None:
+                box.nomodseq = True  # no usable mod-sequence: as if the server had none
+            box.highestmodseq = number
         elif name == "NOMODSEQ":
             box.nomodseq = True
         elif name == "UNSEEN":
-            box.unseen = int(code.value)
+            box.unseen = number
         elif name == "PERMANENTFLAGS":
             box.permanentflags = tuple(code.value or ())
         elif name == "READ-ONLY":

@@ -713,12 +713,18 @@ def _upper_words(segs: list[bytes], lits: list[bytes], start: int) -> list[str]:
 
 def _as_raw(value: Value, what: str) -> bytes:
     if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape")
-    if value is None:
+        raw = value
+    elif isinstance(value, str):
+        raw = value.encode("utf-8", "surrogateescape")
+    elif value is None:
         return b"NIL"  # an unquoted mailbox named NIL (astring allows it)
-    raise ImapProtocolError(f"{what}: expected a mailbox name, got a list")
+    else:
+        raise ImapProtocolError(f"{what}: expected a mailbox name, got a list")
+    if b"\x00" in raw:
+        # No IMAP string can carry NUL (RFC 3501 §9 CHAR8): such a name could never be sent
+        # back in a command, nor stored in a PostgreSQL text column.
+        raise ImapProtocolError(f"{what}: a mailbox name with a NUL byte")
+    return raw
 
 
 def _list(values: list[Value], kind: str) -> ListResponse:
@@ -940,9 +946,9 @@ def _seq_number(s: str, star: int | None, text: str) -> int:
         if star is None:
             raise ImapProtocolError(f"'*' in sequence set {text[:80]!r} with no known maximum")
         return star
-    if len(s) > 20:
+    if len(s) > 19 or (number := int(s)) >= _MAX_NUMBER:
         raise ImapProtocolError("sequence number too large")
-    return int(s)
+    return number
 
 
 # ---------------------------------------------------------------------------------------------
