@@ -344,6 +344,15 @@ class ImapClient:
         who = f" user={self._username!r}" if self._username else ""
         return f"<ImapClient {self.endpoint}{who}>"
 
+    def peer_certificate(self) -> bytes | None:
+        """The certificate (DER) the server presented, once TLS is active; else None."""
+        transport = self._channel.transport
+        sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+        if sslobj is None:
+            return None
+        der = sslobj.getpeercert(binary_form=True)
+        return der if isinstance(der, bytes) else None
+
     def _new_parser(self) -> ResponseParser:
         limits = self.limits
         return ResponseParser(
