@@ -18,10 +18,12 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from correspond.accounts import AccountService
 from correspond.store.message_tables import MessageRow
 from correspond.store.tables import AccountRow
 from correspond.sync.runner import sync_account_once
 from correspond.testing.dovecot import DovecotServer, ImapUser
+from correspond.testing.net import FakeImapServer
 from test_sync_dovecot import NOW, Env, _sqlite, raw_message
 
 pytestmark = pytest.mark.dovecot
@@ -179,3 +181,52 @@ async def test_values_that_do_not_parse_end_in_a_clear_account_state(
     assert not result.ok
     assert result.account.state == "error"
     assert words in result.account.state_detail
+
+
+def trickle_for_ever(tag: bytes) -> Iterator[bytes | float]:
+    """An answer that never ends: one byte every 50 ms."""
+    yield b"* OK "
+    while True:
+        yield b"z"
+        yield 0.05
+
+
+def trickling_login(line: bytes) -> Iterator[bytes | float] | None:
+    tag, _, rest = line.partition(b" ")
+    if rest.upper().startswith((b"LOGIN", b"AUTHENTICATE")):
+        return trickle_for_ever(tag)
+    return None
+
+
+async def test_sync_once_against_a_trickling_server_ends(env: Env) -> None:
+    # Before: each byte reset the silence timeout, and `sync --once` never ended.
+    settings = env.settings.clone(imap_command_timeout=0.5, imap_command_min_rate=1000.0)
+    greeting = b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] trickle\r\n"
+    async with FakeImapServer(greeting, reply=trickling_login) as fake:
+        through_proxy(env, fake.port)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        result = await asyncio.wait_for(
+            sync_account_once(env.store, settings, env.account.name), 30
+        )
+        assert loop.time() - started < 5
+    assert not result.ok
+    assert result.account.state == "disconnected"
+    assert "did not complete in time" in result.account.state_detail
+
+
+async def test_account_test_against_a_trickling_server_ends(env: Env) -> None:
+    # `account test` and POST /accounts/{name}/test run AccountService.test_account: its
+    # overall deadline comes from the settings.
+    settings = env.settings.clone(
+        imap_command_timeout=0.5, imap_command_min_rate=1.0, connection_test_timeout=1.5
+    )
+    greeting = b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] trickle\r\n"
+    async with FakeImapServer(greeting, reply=trickling_login) as fake:
+        through_proxy(env, fake.port)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        report = await AccountService(env.store, settings).test_account(env.account.name)
+        assert loop.time() - started < 4
+    assert (report.ok, report.problem) == (False, "timeout")
+    assert "did not finish within 1.5 s" in report.message
