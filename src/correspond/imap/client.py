@@ -15,10 +15,17 @@ order, for :meth:`ImapClient.drain_unsolicited`.
 
 Timeouts, every wait bounded: ``connect_timeout`` bounds each step of the handshake (TCP
 connect with the implicit-TLS handshake, greeting, CAPABILITY, STARTTLS and its handshake);
-``command_timeout`` bounds every silence while a reply is awaited (a long FETCH that keeps
-streaming never times out), and the ``+`` of IDLE; inside IDLE each wait is the caller's
-``timeout``, never past ``renew_after``. Foreign errors are mapped once, in
-:mod:`correspond.imap.connect`.
+``command_timeout`` bounds every silence while a reply is awaited, and the ``+`` of IDLE;
+inside IDLE each wait is the caller's ``timeout``, never past ``renew_after``. Each command
+(and the greeting) also has an overall deadline: its silence timeout plus one second per
+``ImapLimits.min_rate`` bytes received, counting only time spent waiting for the server, so a
+server that trickles a byte every few seconds is cut off while a big FETCH at a working rate is
+not. Memory is bounded per command whatever the server sends (:class:`ImapLimits`: FETCH bodies
+above ``max_message_bytes`` are dropped as they arrive, literal and response bytes, response
+counts and search results are capped; an overflow raises ImapLimitExceeded). Silence where a
+greeting is due is probed (a port for implicit TLS waits for a ClientHello), as is a failed
+implicit-TLS handshake (a plaintext port greets): both raise SecurityMismatch. Foreign errors
+are mapped once, in :mod:`correspond.imap.connect`.
 
 A command is *in flight* from its first byte sent until its tagged completion is read. Anything
 that ends the wait in between (a timeout, a cancelled task, bytes that are not IMAP, a literal
