@@ -610,7 +610,7 @@ class AccountSyncer:
                 return
             except ConnectionSettingsChanged as exc:
                 await self._set_state(account_name, "connecting", str(exc))
-                attempt = refused = 0
+                attempt = refused = tls_failed = 0
                 continue
             except AuthenticationFailed as exc:
                 attempt = 1 if session.stable else attempt + 1
@@ -628,7 +628,7 @@ class AccountSyncer:
                     self.stats.retries += 1
                     if not await self._wait_for_user(account_name, stop):
                         return
-                    attempt = refused = 0
+                    attempt = refused = tls_failed = 0
                     continue
                 delay = backoff_delay(
                     attempt,
@@ -676,7 +676,7 @@ class AccountSyncer:
                 )
             self.stats.retries += 1
             if await self._backoff_wait(account_name, stop, delay, imap_settings(account)):
-                attempt = refused = 0  # the user changed something: a fresh start
+                attempt = refused = tls_failed = 0  # the user changed something: a fresh start
 
     async def _backoff_wait(
         self, account_name: str, stop: asyncio.Event, delay: float, settings: tuple[object, ...]
