@@ -385,11 +385,13 @@ class ResponseParser:
                         raise ImapProtocolError(f"more than {_MAX_LITERALS} literals in a response")
                     seg = line[: m.start()]
                     kept = len(seg) + (0 if drop else size)
-                    over = self._over_budget(kept, f"a literal of {size} bytes")
-                    if over is not None:
+                    budget = self.max_response
+                    if budget is not None and self._resp_bytes + kept > budget:
+                        over = self._over_budget(kept, f"a literal of {size} bytes")
                         self._start_discard()
                         self._lit_need = size
-                        raise over
+                        if over is not None:
+                            raise over
                     self._resp_bytes += kept
                     segs.append(seg)
                     self._markers.append(m.group())
@@ -397,11 +399,12 @@ class ResponseParser:
                     if drop:
                         self._skip_lit = size
                     continue
-            if self.max_response is not None:
+            limit = self.max_response
+            if limit is not None and self._resp_bytes + len(line) > limit:
                 over = self._over_budget(len(line), "untagged responses")
+                self._segs, self._markers, self._lits = [], [], []
+                self._resp_bytes = 0
                 if over is not None:
-                    self._segs, self._markers, self._lits = [], [], []
-                    self._resp_bytes = 0
                     raise over
             segs.append(line)
             lits = self._lits
@@ -409,7 +412,7 @@ class ResponseParser:
             self._segs, self._markers, self._lits = [], [], []
             self.response_bytes += self._resp_bytes + len(line)
             if lits:
-                self.literal_bytes += sum(len(x) for x in lits)
+                self.literal_bytes += len(lits[0]) if len(lits) == 1 else sum(map(len, lits))
             self._resp_bytes = 0
             return _build(segs, markers, lits, self.max_sequence_set)
 
