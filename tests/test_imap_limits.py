@@ -138,6 +138,13 @@ def test_parser_drops_only_fetch_literals_and_keeps_the_rest_of_the_response() -
     fast = parser.next_response()
     assert isinstance(fast, FetchResponse)
     assert fast.uid == 10 and fast.dropped == {"": 21} and fast.sections == {}
+    # Header blocks are kept whatever their size (messages are keyed on them); the command's
+    # byte budget bounds them instead.
+    header = b"X-Long: " + b"h" * 40 + b"\r\n\r\n"
+    parser.feed(b"* 5 FETCH (UID 11 BODY[HEADER] {%d}\r\n%s)\r\n" % (len(header), header))
+    kept = parser.next_response()
+    assert isinstance(kept, FetchResponse)
+    assert kept.sections == {"HEADER": header} and kept.dropped == {}
     # Outside FETCH a literal over max_literal is an error, not a drop.
     parser.feed(b'* LIST () "/" {11}\r\n')
     with pytest.raises(ImapProtocolError, match="literal of 11 bytes"):

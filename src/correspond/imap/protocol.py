@@ -100,6 +100,12 @@ _CHUNKED_LITERAL: Final = 256 * 1024
 _MAX_LITERALS: Final = 10_000
 # An untagged FETCH response: its literals are message data (bodies, headers, parts).
 _FETCH_START: Final = re.compile(rb"\* +[0-9]+ +FETCH[ (]", re.I)
+# A header item just before a literal marker: header blocks are kept whatever their size (the
+# sync keys messages on them; the command's byte budget still bounds them).
+_HEADER_ITEM: Final = re.compile(
+    rb"(?:(?:HEADER|MIME)(?:\.FIELDS(?:\.NOT)? ?\([^()]*\))?\](?:<[0-9]+>)?|RFC822\.HEADER) ?$",
+    re.I,
+)
 _DEFAULT_SET_LIMIT: Final = 10_000_000
 _MAX_NUMBER: Final = 2**63  # RFC 7162 §7: the largest IMAP number is a 63-bit mod-sequence
 _STATUS_WORDS: Final = frozenset({b"OK", b"NO", b"BAD", b"BYE", b"PREAUTH"})
@@ -151,8 +157,10 @@ class ResponseParser:
 
     * ``max_message_literal``: a literal of an untagged FETCH above it is not kept: its bytes are
       skipped as they arrive and a :class:`DroppedLiteral` stands in its place (the FETCH
-      response then lists the section in ``dropped``). ``max_literal`` still bounds literals
-      elsewhere.
+      response then lists the section in ``dropped``). Header items (``BODY[HEADER]``,
+      ``HEADER.FIELDS``, ``MIME``, ``RFC822.HEADER``) are kept whatever their size: messages
+      are keyed on them; ``max_response`` bounds them. ``max_literal`` bounds literals outside
+      FETCH.
     * ``max_response``: the bytes (lines and kept literals) of one response; a literal is
       checked against it at its ``{n}`` marker, before any of it is buffered. Exceeding it
       raises :class:`~correspond.errors.ImapLimitExceeded`.
@@ -372,7 +380,11 @@ class ResponseParser:
                         self._in_fetch = _FETCH_START.match(line) is not None
                     cap = self.max_message_literal
                     message = cap is not None and self._in_fetch
-                    drop = message and size > cap  # type: ignore[operator]
+                    drop = (
+                        message
+                        and size > cap  # type: ignore[operator]
+                        and _HEADER_ITEM.search(line, max(0, m.start() - 2000), m.start()) is None
+                    )
                     if size > self._max_literal and not message:
                         self._start_discard()
                         self._lit_need = size
