@@ -101,7 +101,8 @@ class ImapLimitExceeded(ImapProtocolError):
     def __init__(self, message: str, *, setting: str, limit: int) -> None:
         self.setting = setting
         self.limit = limit
-        super().__init__(message)
+        self.detail = message
+        super().__init__(f"{message} (the limit is CORRESPOND_{setting.upper()})")
 
 
 class ImapCommandError(ImapError):

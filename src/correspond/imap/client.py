@@ -610,7 +610,8 @@ class ImapClient:
         limit = self.limits.max_command_bytes
         what = self._cmd.name if self._cmd is not None else "a response"
         return ImapLimitExceeded(
-            f"{self.endpoint}: {what} sent more than {limit} bytes to keep in memory ({exc})",
+            f"{self.endpoint}: {what} sent more than {limit} bytes to keep in memory "
+            f"({exc.detail})",
             setting=exc.setting,
             limit=limit,
         )

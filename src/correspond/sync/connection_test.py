@@ -265,7 +265,7 @@ def explain_error(
     if isinstance(exc, ImapLimitExceeded):
         return "limit", (
             f"{where} sent more than Correspond accepts for one command ({exc}). A normal server "
-            f"does not; if this one does, raise CORRESPOND_{exc.setting.upper()}."
+            "does not; if this one does, raise that setting."
         )
     if isinstance(exc, ImapProtocolError):
         if greeted:
