@@ -230,3 +230,23 @@ async def test_account_test_against_a_trickling_server_ends(env: Env) -> None:
         assert loop.time() - started < 4
     assert (report.ok, report.problem) == (False, "timeout")
     assert "did not finish within 1.5 s" in report.message
+
+
+async def test_a_search_flood_ends_in_a_clear_account_state(env: Env) -> None:
+    # "* ESEARCH ... ALL 1:10000000" once took 735 MB; now the sync stops with the setting
+    # named, and the process never expands the range.
+    append(env, raw_message("one", when=NOW))
+
+    def flood(line: bytes) -> bytes:
+        return re.sub(rb"^(\* ESEARCH .*?) ALL \S+", rb"\1 ALL 1:10000000", line)
+
+    settings = env.settings.clone(imap_max_search_results=5000)
+    async with RewritingProxy(env.server.port, flood) as proxy:
+        through_proxy(env, proxy.port)
+        result = await asyncio.wait_for(
+            sync_account_once(env.store, settings, env.account.name), 60
+        )
+    assert not result.ok
+    assert result.account.state == "error"
+    assert "more than 5000" in result.account.state_detail
+    assert "CORRESPOND_IMAP_MAX_SEARCH_RESULTS" in result.account.state_detail
