@@ -329,6 +329,26 @@ async def test_unsolicited_queue_keeps_only_the_newest() -> None:
         await client.aclose()
 
 
+async def test_volunteered_responses_are_bounded_by_bytes_not_counted_as_answers() -> None:
+    # Another client expunging a big mailbox floods any command with EXPUNGE: not an error
+    # (they are not the command's answers), and what is kept for drain_unsolicited stays
+    # within the byte budget across commands.
+    def answer(tag: bytes) -> bytes:
+        flood = b"".join(b"* %d EXPUNGE\r\n" % n for n in range(3000, 0, -1))
+        return flood + b"* XSTUFF " + b"s" * 400_000 + b"\r\n" + tag + b" OK done\r\n"
+
+    limits = ImapLimits(max_command_responses=1000, max_command_bytes=1 * MB)
+    async with FakeImapServer(GREETING, reply=server(b"CHECK", answer)) as fake:
+        client = await connect(fake, limits)
+        for _ in range(3):
+            await client._simple("CHECK")
+        assert client._unsolicited_bytes <= 1 * MB
+        kept = client.drain_unsolicited()
+        assert 0 < len(kept) < 3 * 3001
+        assert type(kept[-1]).__name__ == "GenericUntagged"  # the newest are the ones kept
+        await client.aclose()
+
+
 # -- overall deadlines ------------------------------------------------------------------------
 
 

@@ -160,13 +160,14 @@ class ImapLimits:
       answers are collected (everything but the FETCH responses of ``uid_fetch``, which are
       handed over one by one) the bytes of every response. Checked at each literal's ``{n}``
       marker, before it is read.
-    * ``max_command_responses``: untagged responses one command may collect.
+    * ``max_command_responses``: untagged responses one command may collect (what it returns;
+      the responses the server volunteers meanwhile go to the unsolicited queue).
     * ``max_search_results``: UIDs one SEARCH may return across its responses, and the numbers
       any sequence set (ESEARCH, VANISHED, COPYUID, MODIFIED) may expand to: counted before a
       range is expanded.
     * ``max_literal``: a literal outside FETCH (a folder name, an ID value).
-    * ``max_unsolicited``: responses kept for :meth:`ImapClient.drain_unsolicited`; older ones
-      are dropped first.
+    * ``max_unsolicited``: responses kept for :meth:`ImapClient.drain_unsolicited` (and at
+      most ``max_command_bytes`` of them); older ones are dropped first.
     * ``min_rate``: a command's overall deadline is ``command_timeout`` (its silence timeout)
       plus one second per ``min_rate`` bytes received, counting only time spent waiting for
       the server: one byte every few seconds cannot keep a command alive, a big FETCH can.
@@ -206,7 +207,6 @@ class _Command:
 
     __slots__ = (
         "base",
-        "count",
         "mark_lit",
         "mark_resp",
         "name",
@@ -223,7 +223,6 @@ class _Command:
         self.stream = stream  # FETCH responses are handed over, not collected
         self.received = 0
         self.waited = 0.0  # seconds spent waiting for the server (not for the caller)
-        self.count = 0
         self.results = 0  # UIDs of SEARCH, ESEARCH and VANISHED responses
         self.used = 0
         self.mark_resp = parser.response_bytes
@@ -332,7 +331,11 @@ class ImapClient:
         self.authenticated = False
         self.selected: SelectedMailbox | None = None
         self.greeting: StatusResponse | None = None
-        self._unsolicited: deque[Response] = deque(maxlen=self.limits.max_unsolicited)
+        # Responses the server volunteered, with their sizes: bounded by count and by bytes.
+        self._unsolicited: deque[tuple[Response, int]] = deque()
+        self._unsolicited_bytes = 0
+        self._last_size = 0  # bytes of the response last returned by _next_response
+        self._size_mark = 0
         self._tag_counter = 0
         self._logging_out = False
         self._closed = False
@@ -550,6 +553,8 @@ class ImapClient:
             except ImapLimitExceeded as exc:
                 raise self._limit_error(exc) from exc
             if response is not None:
+                self._last_size = parser.response_bytes - self._size_mark
+                self._size_mark = parser.response_bytes
                 if cmd is not None:
                     self._account(cmd, response)
                 if type(response) is StatusResponse:
@@ -634,7 +639,6 @@ class ImapClient:
             cmd.used += parser.literal_bytes - cmd.mark_lit
         else:
             cmd.used += parser.response_bytes - cmd.mark_resp
-            cmd.count += 1
             kind = type(response)
             if kind is ESearchResponse or kind is SearchResponse or kind is VanishedResponse:
                 cmd.results += len(
@@ -651,13 +655,6 @@ class ImapClient:
                         setting="imap_max_search_results",
                         limit=limits.max_search_results,
                     )
-            if cmd.count > limits.max_command_responses:
-                raise ImapLimitExceeded(
-                    f"{self.endpoint}: {cmd.name} returned more than "
-                    f"{limits.max_command_responses} untagged responses",
-                    setting="imap_max_command_responses",
-                    limit=limits.max_command_responses,
-                )
         cmd.mark_resp = parser.response_bytes
         cmd.mark_lit = parser.literal_bytes
         left = limits.max_command_bytes - cmd.used
@@ -669,13 +666,40 @@ class ImapClient:
             )
         parser.max_response = left
 
+    def _collect(self, answers: list[Response], response: Response) -> None:
+        """Add a response to what the running command returns, within
+        ``max_command_responses`` (what goes to the unsolicited queue is bounded there)."""
+        limit = self.limits.max_command_responses
+        if len(answers) >= limit:
+            what = self._cmd.name if self._cmd is not None else "a command"
+            raise ImapLimitExceeded(
+                f"{self.endpoint}: {what} returned more than {limit} untagged responses",
+                setting="imap_max_command_responses",
+                limit=limit,
+            )
+        answers.append(response)
+
+    def _queue(self, response: Response) -> None:
+        """Keep a volunteered response for :meth:`drain_unsolicited`: the newest
+        ``max_unsolicited``, and no more than ``max_command_bytes`` of them."""
+        queue = self._unsolicited
+        size = self._last_size
+        queue.append((response, size))
+        self._unsolicited_bytes += size
+        limits = self.limits
+        while len(queue) > limits.max_unsolicited or (
+            self._unsolicited_bytes > limits.max_command_bytes and len(queue) > 1
+        ):
+            _, dropped = queue.popleft()
+            self._unsolicited_bytes -= dropped
+
     def _on_status(self, response: StatusResponse) -> None:
         if response.status == "BYE" and not self._logging_out and self.greeting is not None:
             self._abort(f"BYE {response.text}".strip())
             raise ConnectionLost(f"{self.endpoint} closed the session: BYE {response.text}".strip())
         if response.code is not None and response.code.name == "ALERT":
             # RFC 3501 §7.1: ALERT text must be shown to the user; never swallow it.
-            self._unsolicited.append(response)
+            self._queue(response)
 
     def _take_capability_code(self, code: ResponseCode | None) -> bool:
         if code is not None and code.name == "CAPABILITY" and code.value:
@@ -695,9 +719,9 @@ class ImapClient:
         elif type(response) is StatusResponse:
             if response.code is not None and response.code.name == "ALERT":
                 return  # already queued by _on_status
-            self._unsolicited.append(response)
+            self._queue(response)
         else:
-            self._unsolicited.append(response)
+            self._queue(response)
 
     def _closed_error(self) -> ConnectionLost:
         why = f" ({self._closed_reason})" if self._closed_reason else ""
@@ -813,7 +837,7 @@ class ImapClient:
                     assert isinstance(response, TaggedResponse)
                     return self._check_tagged(name, tag, response), answers
                 if kind in accept:
-                    answers.append(response)
+                    self._collect(answers, response)
                 elif kind is ContinuationRequest:
                     raise ImapProtocolError(f"{name}: unexpected continuation request")
                 else:
@@ -832,8 +856,9 @@ class ImapClient:
     def drain_unsolicited(self) -> list[Response]:
         """Everything the server volunteered since the last drain, in arrival order (at most
         ``limits.max_unsolicited``: the oldest are dropped first)."""
-        out = list(self._unsolicited)
+        out = [response for response, _ in self._unsolicited]
         self._unsolicited.clear()
+        self._unsolicited_bytes = 0
         return out
 
     # -- any state -------------------------------------------------------------------------------
@@ -1646,7 +1671,7 @@ class IdleSession:
                     self._end()
                     client._check_tagged("IDLE", self._tag, response)
                     raise ImapProtocolError("IDLE completed without a continuation")
-                self._pending.append(response)
+                client._collect(self._pending, response)
         except ImapCommandError:
             self._end()
             raise
@@ -1740,7 +1765,8 @@ class IdleSession:
             return
         self._check_no_reader()
         self._done = True
-        client._unsolicited.extend(self._pending)
+        for response in self._pending:
+            client._queue(response)
         self._pending.clear()
         client._begin_command("IDLE")
         try:
