@@ -87,7 +87,7 @@ class Settings(BaseSettings):
         ),
     )
     imap_max_command_responses: int = Field(
-        default=500_000,
+        default=100_000,
         ge=1000,
         description="Untagged responses one IMAP command may buffer (LIST, SEARCH, SELECT, ...)",
     )

@@ -180,7 +180,7 @@ class ImapLimits:
 
     max_message_bytes: int = 25 * 1024 * 1024
     max_command_bytes: int = 64 * 1024 * 1024
-    max_command_responses: int = 500_000
+    max_command_responses: int = 100_000
     max_search_results: int = 1_000_000
     max_literal: int = 1024 * 1024
     max_unsolicited: int = 10_000
