@@ -8,11 +8,17 @@ so the event loop never waits on the database).
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
 from correspond.errors import AuthenticationFailed, ConfigError, NotFound
-from correspond.imap.client import ImapClient, ImapEndpoint
+from correspond.imap.client import ImapClient, ImapEndpoint, ImapLimits
+from correspond.imap.connect import (
+    certificate_fingerprint,
+    fetch_presented_certificate,
+    normalize_fingerprint,
+)
 from correspond.rules.folder_refs import resolve_folder_ref
 from correspond.rules.folders import assign_roles
 from correspond.rules.presets import AccountChanges, AccountDraft, apply_changes
@@ -67,6 +73,7 @@ def report_to_dict(report: ConnectionReport) -> dict[str, Any]:
         "message": str(report.message),
         "capabilities": sorted(str(c) for c in (report.capabilities or ())),
         "folders": shown,
+        "certificate_sha256": getattr(report, "certificate_sha256", None),
     }
 
 
@@ -206,6 +213,8 @@ class AccountService:
             password,
             timeout=self.settings.imap_connect_timeout,
             account_name=name,
+            deadline=self.settings.connection_test_timeout,
+            limits=ImapLimits.from_settings(self.settings),
         )
         if report.ok:
             if account.state in ("auth_failed", "error", "disconnected", "connecting"):
@@ -227,6 +236,37 @@ class AccountService:
             await asyncio.to_thread(self.store.set_account_state, name, state, report.message)
         return report
 
+    async def presented_certificate_pem(
+        self, host: str, port: int, security: str, fingerprint: str
+    ) -> str:
+        """The certificate ``host:port`` presents now, as PEM to store as the trusted one, if
+        its SHA-256 fingerprint is ``fingerprint`` (what ``account test`` showed); else
+        ConfigError saying what was presented. Nothing is trusted while fetching it, and no
+        credentials are sent."""
+        wanted = normalize_fingerprint(fingerprint)
+        where = f"{host}:{port}"
+        if security == "plain":
+            raise ConfigError(f"{where} uses no TLS (security plain): there is no certificate")
+        der = await fetch_presented_certificate(
+            host,
+            port,
+            security,  # type: ignore[arg-type]
+            timeout=self.settings.imap_connect_timeout,
+        )
+        if der is None:
+            raise ConfigError(
+                f"{where} presented no certificate ({security}): check the server name, port "
+                "and security (`correspond account test` says which)"
+            )
+        got = certificate_fingerprint(der)
+        if got != wanted:
+            raise ConfigError(
+                f"{where} presents a certificate with SHA-256 {got}, not {wanted}: nothing was "
+                "trusted. If the server's certificate changed, check the new fingerprint with "
+                "its administrator first."
+            )
+        return ssl.DER_cert_to_PEM_cert(der)
+
     async def refresh_folders(self, name: str) -> FolderSyncResult:
         """Connect, LIST, assign roles (RFC 6154 then names) and upsert by raw name.
 
@@ -241,6 +281,7 @@ class AccountService:
                 self.endpoint_for(account),
                 connect_timeout=self.settings.imap_connect_timeout,
                 command_timeout=self.settings.imap_command_timeout,
+                limits=ImapLimits.from_settings(self.settings),
             ) as client:
                 await client.login(account.username, password)
                 entries = await client.list_folders()

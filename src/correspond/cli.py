@@ -674,6 +674,15 @@ def _endpoints_line(a: Account | AccountDraft) -> str:
 )
 @click.option("--no-trust-cert", is_flag=True, help="Forget the trusted certificate.")
 @click.option(
+    "--trust-presented-cert",
+    "trust_presented",
+    metavar="SHA256",
+    help=(
+        "Trust the certificate the IMAP server presents now, if its SHA-256 fingerprint (shown "
+        "by `account test`) is this one; no openssl needed."
+    ),
+)
+@click.option(
     "--allow-plaintext/--no-allow-plaintext",
     default=None,
     help="Permit (or stop permitting) unencrypted connections.",
@@ -696,6 +705,7 @@ def account_update(
     password_prompt: bool,
     trust_cert: Path | None,
     no_trust_cert: bool,
+    trust_presented: str | None,
     allow_plaintext: bool | None,
     window_days: int | None,
     as_json_output: bool,
@@ -713,10 +723,11 @@ def account_update(
     Examples:
       correspond account update work --imap-security tls --imap-port 993
       correspond account update work --trust-cert server.pem
+      correspond account update work --trust-presented-cert AB:CD:...:EF
       echo "$PW" | correspond account update work --password-stdin
     """
-    if trust_cert and no_trust_cert:
-        _fail("--trust-cert and --no-trust-cert contradict each other", 2)
+    if sum(bool(x) for x in (trust_cert, no_trust_cert, trust_presented)) > 1:
+        _fail("--trust-cert, --trust-presented-cert and --no-trust-cert contradict each other", 2)
     if password_stdin and password_prompt:
         _fail("--password and --password-stdin contradict each other", 2)
     cert: str | EllipsisType | None = ...
@@ -737,7 +748,7 @@ def account_update(
         trusted_cert_pem=cert,
         window_days=window_days,
     )
-    if changes.is_empty() and not (password_stdin or password_prompt):
+    if changes.is_empty() and not (password_stdin or password_prompt or trust_presented):
         _fail(
             "nothing to change: give a setting to change (see --help), or a new password "
             "with --password-stdin or --password",
@@ -745,7 +756,16 @@ def account_update(
         )
     service = cli.service
     # An unknown name or a bad value fails here, before a password is asked for.
-    service.check_update(name, changes)
+    draft = service.check_update(name, changes)
+    if trust_presented:
+        # The certificate of the endpoint as it will be (a new host or port given with it).
+        pem = _run(
+            service.presented_certificate_pem(
+                draft.imap_host, draft.imap_port, draft.imap_security, trust_presented
+            )
+        )
+        changes = dataclasses.replace(changes, trusted_cert_pem=pem)
+        service.check_update(name, changes)
     before = cli.store.get_account(name)
     password: str | None = None
     if password_stdin:
@@ -796,6 +816,10 @@ def account_test(cli: CliContext, name: str, as_json_output: bool) -> None:
         click.echo(f"OK: {safe(data['message'])}")
     else:
         click.echo(f"FAILED ({data['problem']}): {safe(data['message'])}", err=True)
+    if not as_json_output and data.get("certificate_sha256"):
+        click.echo(
+            f"Server certificate SHA-256: {safe(data['certificate_sha256'])}", err=not data["ok"]
+        )
     if not data["ok"]:
         sys.exit(1)
 

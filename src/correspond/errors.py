@@ -12,7 +12,8 @@ above the adapters only ever catches these.
     ├── StoreError                   the database or blob store failed
     └── ImapError
         ├── ImapProtocolError        the server sent bytes that are not IMAP
-        │   └── StartTlsInjection    cleartext arrived between STARTTLS's OK and the handshake
+        │   ├── StartTlsInjection    cleartext arrived between STARTTLS's OK and the handshake
+        │   └── ImapLimitExceeded    a reply over a memory or count limit (names the setting)
         ├── ImapCommandError         a tagged NO or BAD (carries status, code and the server's text)
         ├── AuthenticationFailed     credentials refused (permanent until the user acts)
         ├── CapabilityError          the server lacks something we need (IMAP4rev1, STARTTLS, ...)
@@ -22,7 +23,9 @@ above the adapters only ever catches these.
             ├── ImapTimeout          no answer in time
             │   └── GreetingTimeout  connected, but no IMAP greeting (a TLS-only port?)
             ├── TlsError             TLS handshake failed
-            │   └── CertificateNotTrusted
+            │   ├── CertificateNotTrusted
+            │   └── SecurityMismatch the port speaks implicit TLS where STARTTLS/plain was
+            │                        chosen, or plaintext where TLS was (permanent)
             └── ConnectionLost       closed by the peer, or BYE
 
 ``transient`` tells the engine whether retrying can help.
@@ -43,9 +46,11 @@ __all__ = [
     "ImapCommandError",
     "ImapConnectionError",
     "ImapError",
+    "ImapLimitExceeded",
     "ImapProtocolError",
     "ImapTimeout",
     "NotFound",
+    "SecurityMismatch",
     "StartTlsInjection",
     "StoreError",
     "TlsError",
@@ -83,6 +88,21 @@ class ImapProtocolError(ImapError):
 class StartTlsInjection(ImapProtocolError):
     """Bytes arrived after the STARTTLS OK and before the handshake: something on the path
     injected cleartext meant to pass as encrypted (CVE-2011-0411 class), or a proxy is broken."""
+
+
+class ImapLimitExceeded(ImapProtocolError):
+    """The server sent more than a limit allows for one command (literal bytes, buffered
+    responses, UIDs of a search): the connection is dropped rather than the memory exhausted.
+
+    ``setting`` names the :class:`~correspond.settings.Settings` field that sets the limit
+    (``imap_max_command_bytes``, ...), ``limit`` its value.
+    """
+
+    def __init__(self, message: str, *, setting: str, limit: int) -> None:
+        self.setting = setting
+        self.limit = limit
+        self.detail = message
+        super().__init__(f"{message} (the limit is CORRESPOND_{setting.upper()})")
 
 
 class ImapCommandError(ImapError):
@@ -160,6 +180,21 @@ class CertificateNotTrusted(TlsError):
 
     def __init__(self, message: str, reason: str = "untrusted") -> None:
         self.reason = reason
+        super().__init__(message)
+
+
+class SecurityMismatch(TlsError):
+    """The port speaks another security than the account's setting, confirmed by a probe: it
+    waits for a TLS handshake where STARTTLS (or plaintext) was chosen, or greets in plaintext
+    where implicit TLS was. Retrying cannot help until the settings change.
+
+    ``expected`` is what the port speaks: ``"tls"`` (implicit TLS) or ``"plain"``.
+    """
+
+    transient = False
+
+    def __init__(self, message: str, *, expected: str) -> None:
+        self.expected = expected
         super().__init__(message)
 
 

@@ -49,7 +49,56 @@ class Settings(BaseSettings):
     window_days: int = Field(default=60, ge=1, le=36500)
     imap_connect_timeout: float = Field(default=20.0, gt=0)
     imap_command_timeout: float = Field(default=120.0, gt=0)
-    max_message_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    imap_command_min_rate: float = Field(
+        default=4096.0,
+        gt=0,
+        description=(
+            "Overall deadline of one IMAP command: imap_command_timeout plus one second per "
+            "this many bytes received (a server that trickles is cut off, a big FETCH is not)"
+        ),
+    )
+    imap_greeting_probe_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        le=600,
+        description=(
+            "Silence after connecting, before probing whether the port wants implicit TLS "
+            "(STARTTLS against port 993 is named at once, not after imap_connect_timeout)"
+        ),
+    )
+    connection_test_timeout: float = Field(
+        default=60.0, gt=0, description="Overall deadline of the account connection test"
+    )
+    max_message_bytes: int = Field(
+        default=25 * 1024 * 1024,
+        gt=0,
+        description=(
+            "Messages above this are stored with headers and text parts only; a FETCH body "
+            "literal above it (whatever RFC822.SIZE said) is read and dropped, not kept"
+        ),
+    )
+    imap_max_command_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description=(
+            "Bytes one IMAP command may hold in memory: its literals, and for commands whose "
+            "answers are collected, every untagged response (at least max_message_bytes + 1 MiB "
+            "is used)"
+        ),
+    )
+    imap_max_command_responses: int = Field(
+        default=100_000,
+        ge=1000,
+        description="Untagged responses one IMAP command may buffer (LIST, SEARCH, SELECT, ...)",
+    )
+    imap_max_search_results: int = Field(
+        default=1_000_000,
+        ge=1000,
+        description=(
+            "UIDs one SEARCH may return across its responses (counted before a range such as "
+            "1:10000000 is expanded); also bounds VANISHED and COPYUID sets"
+        ),
+    )
     poll_interval_seconds: float = Field(
         default=60.0, gt=0, description="How often live sync polls folders that are not IDLEd"
     )

@@ -324,6 +324,13 @@ class ConnectionReportPublic(BaseModel):
     message: str
     capabilities: list[str]
     folders: list[str] | int | None
+    certificate_sha256: str | None = Field(
+        default=None,
+        description=(
+            "SHA-256 fingerprint (AB:CD:...) of the certificate the server presented; pin it "
+            "with `correspond account update NAME --trust-presented-cert FINGERPRINT`"
+        ),
+    )
 
 
 def account_public(

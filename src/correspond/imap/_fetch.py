@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from correspond.errors import ImapProtocolError
-from correspond.imap._lexer import Value, text_of
+from correspond.imap._lexer import DroppedLiteral, Value, text_of
 from correspond.imap.types import (
     Address,
     BodyPart,
@@ -407,9 +407,11 @@ def parse_fetch_items(seq: int, items: Value) -> FetchResponse:
     Mapping notes: ``RFC822``/``RFC822.HEADER``/``RFC822.TEXT`` are stored under the sections
     "", "HEADER", "TEXT" (their BODY[] equivalents); ``BINARY[s]`` (RFC 3516) under "s" like
     ``BODY[s]``; ``BINARY.SIZE[s]`` in ``extra``. A section with no value (Yandex) is None.
-    An INTERNALDATE that is not a date, a MODSEQ that is not a mod-sequence (Zoho's -1), or an
-    ENVELOPE / BODYSTRUCTURE that is NIL or an empty list goes to ``extra`` as sent instead of
-    failing the response. X-GM-LABELS are kept as sent (modified UTF-7, quoted/atom/literal
+    A section literal the parser dropped as too big (``DroppedLiteral``) is listed in
+    ``dropped`` with its size instead of ``sections``. An INTERNALDATE that is not a date, a
+    MODSEQ that is not a mod-sequence (Zoho's -1), or an ENVELOPE / BODYSTRUCTURE that is NIL
+    or an empty list goes to ``extra`` as sent instead of failing the response. X-GM-LABELS
+    are kept as sent (modified UTF-7, quoted/atom/literal
     alike); ``FetchResponse.gm_label_names`` decodes them for display.
     """
     if not isinstance(items, list):
@@ -492,4 +494,10 @@ def parse_fetch_items(seq: int, items: Value) -> FetchResponse:
                 resp.sections[spec] = _bytes_of(value)
                 if m.group(3) is not None:
                     resp.partial_origins[spec] = _origin(m.group(3), key)
+    if resp.sections:
+        dropped = [k for k, v in resp.sections.items() if v.__class__ is DroppedLiteral]
+        for spec in dropped:
+            body = resp.sections.pop(spec)
+            assert isinstance(body, DroppedLiteral)
+            resp.dropped[spec] = body.size
     return resp

@@ -27,7 +27,15 @@ import re
 
 from correspond.errors import ImapProtocolError
 
-__all__ = ["MAX_DEPTH", "Value", "decode_segment", "text_of", "tokenize", "unquote"]
+__all__ = [
+    "MAX_DEPTH",
+    "DroppedLiteral",
+    "Value",
+    "decode_segment",
+    "text_of",
+    "tokenize",
+    "unquote",
+]
 
 Value = str | bytes | None | list["Value"]
 
@@ -36,6 +44,19 @@ Value = str | bytes | None | list["Value"]
 # fails the whole FETCH and with it the connection. ``_fetch`` cuts the structure at its own
 # limit; Python's recursion limit (1000) is far above either.
 MAX_DEPTH = 250
+
+
+class DroppedLiteral(bytes):
+    """Stands (empty) for a FETCH literal above ``max_message_literal``: its bytes were read
+    and discarded as they arrived; ``size`` is how many the server sent."""
+
+    size: int
+
+    def __new__(cls, size: int) -> DroppedLiteral:
+        self = super().__new__(cls)
+        self.size = size
+        return self
+
 
 # One regex, one group: findall() returns a flat list of token strings and the loop below
 # dispatches on the first character (cheaper than a tuple per token). Inside the group: a quoted

@@ -15,10 +15,17 @@ order, for :meth:`ImapClient.drain_unsolicited`.
 
 Timeouts, every wait bounded: ``connect_timeout`` bounds each step of the handshake (TCP
 connect with the implicit-TLS handshake, greeting, CAPABILITY, STARTTLS and its handshake);
-``command_timeout`` bounds every silence while a reply is awaited (a long FETCH that keeps
-streaming never times out), and the ``+`` of IDLE; inside IDLE each wait is the caller's
-``timeout``, never past ``renew_after``. Foreign errors are mapped once, in
-:mod:`correspond.imap.connect`.
+``command_timeout`` bounds every silence while a reply is awaited, and the ``+`` of IDLE;
+inside IDLE each wait is the caller's ``timeout``, never past ``renew_after``. Each command
+(and the greeting) also has an overall deadline: its silence timeout plus one second per
+``ImapLimits.min_rate`` bytes received, counting only time spent waiting for the server, so a
+server that trickles a byte every few seconds is cut off while a big FETCH at a working rate is
+not. Memory is bounded per command whatever the server sends (:class:`ImapLimits`: FETCH bodies
+above ``max_message_bytes`` are dropped as they arrive, literal and response bytes, response
+counts and search results are capped; an overflow raises ImapLimitExceeded). Silence where a
+greeting is due is probed (a port for implicit TLS waits for a ClientHello), as is a failed
+implicit-TLS handshake (a plaintext port greets): both raise SecurityMismatch. Foreign errors
+are mapped once, in :mod:`correspond.imap.connect`.
 
 A command is *in flight* from its first byte sent until its tagged completion is read. Anything
 that ends the wait in between (a timeout, a cancelled task, bytes that are not IMAP, a literal
@@ -46,14 +53,16 @@ import base64
 import builtins
 import contextlib
 import datetime as dt
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 
 from correspond.errors import (
     AuthenticationFailed,
     CapabilityError,
+    CertificateNotTrusted,
     ConfigError,
     ConnectionLost,
     CorrespondError,
@@ -61,15 +70,20 @@ from correspond.errors import (
     ImapCommandError,
     ImapConnectionError,
     ImapError,
+    ImapLimitExceeded,
     ImapProtocolError,
     ImapTimeout,
+    SecurityMismatch,
     StartTlsInjection,
+    TlsError,
 )
 from correspond.imap.connect import (
     ByteChannel,
     ImapEndpoint,
     Security,
     open_channel,
+    probe_plain_greeting,
+    probe_tls,
     start_tls,
 )
 from correspond.imap.mutf7 import encode_mutf7
@@ -105,11 +119,15 @@ from correspond.imap.types import (
     VanishedResponse,
 )
 
+if TYPE_CHECKING:
+    from correspond.settings import Settings
+
 __all__ = [
     "FetchStream",
     "IdleSession",
     "ImapClient",
     "ImapEndpoint",
+    "ImapLimits",
     "QresyncParams",
     "Security",
     "SelectedMailbox",
@@ -122,10 +140,93 @@ StoreAction = Literal["+FLAGS", "-FLAGS", "FLAGS", "+FLAGS.SILENT", "-FLAGS.SILE
 _SESSION_INTACT = (ImapCommandError, AuthenticationFailed, CapabilityError)
 UidSet = str | Iterable[int]
 
+# A probe only confirms a suspicion (a second connection, a ClientHello or a greeting read).
+_PROBE_SECONDS = 5.0
+
 # RFC 2177 §3: servers may log an idle client off after 30 minutes; re-issue IDLE before.
 IDLE_RENEW_SECONDS = 29 * 60.0
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+@dataclass(frozen=True)
+class ImapLimits:
+    """What one connection may hold or wait for, whatever the server sends.
+
+    * ``max_message_bytes``: a literal of a FETCH response above it (a body, whatever
+      RFC822.SIZE claimed) is read and dropped as it arrives; the response lists the section in
+      ``FetchResponse.dropped``.
+    * ``max_command_bytes``: the literal bytes one command may hold, and for a command whose
+      answers are collected (everything but the FETCH responses of ``uid_fetch``, which are
+      handed over one by one) the bytes of every response. Checked at each literal's ``{n}``
+      marker, before it is read.
+    * ``max_command_responses``: untagged responses one command may collect (what it returns;
+      the responses the server volunteers meanwhile go to the unsolicited queue).
+    * ``max_search_results``: UIDs one SEARCH may return across its responses, and the numbers
+      any sequence set (ESEARCH, VANISHED, COPYUID, MODIFIED) may expand to: counted before a
+      range is expanded.
+    * ``max_literal``: a literal outside FETCH (a folder name, an ID value).
+    * ``max_unsolicited``: responses kept for :meth:`ImapClient.drain_unsolicited` (and at
+      most ``max_command_bytes`` of them); older ones are dropped first.
+    * ``min_rate``: a command's overall deadline is ``command_timeout`` (its silence timeout)
+      plus one second per ``min_rate`` bytes received, counting only time spent waiting for
+      the server: one byte every few seconds cannot keep a command alive, a big FETCH can.
+    * ``greeting_probe_after``: silence after connecting, before probing (on a second
+      connection) whether the port waits for a TLS handshake instead of greeting.
+
+    Each overflow raises :class:`~correspond.errors.ImapLimitExceeded` (naming the setting)
+    or :class:`~correspond.errors.ImapTimeout`, and the connection is dropped.
+    """
+
+    max_message_bytes: int = 25 * 1024 * 1024
+    max_command_bytes: int = 64 * 1024 * 1024
+    max_command_responses: int = 100_000
+    max_search_results: int = 1_000_000
+    max_literal: int = 1024 * 1024
+    max_unsolicited: int = 10_000
+    min_rate: float = 4096.0
+    greeting_probe_after: float = 3.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImapLimits:
+        return cls(
+            max_message_bytes=settings.max_message_bytes,
+            # A message at the limit must fit, with its headers and the command's other lines.
+            max_command_bytes=max(
+                settings.imap_max_command_bytes, settings.max_message_bytes + 1024 * 1024
+            ),
+            max_command_responses=settings.imap_max_command_responses,
+            max_search_results=settings.imap_max_search_results,
+            min_rate=settings.imap_command_min_rate,
+            greeting_probe_after=settings.imap_greeting_probe_seconds,
+        )
+
+
+class _Command:
+    """Accounting for the command in flight: time spent waiting, bytes, responses."""
+
+    __slots__ = (
+        "base",
+        "mark_lit",
+        "mark_resp",
+        "name",
+        "received",
+        "results",
+        "stream",
+        "used",
+        "waited",
+    )
+
+    def __init__(self, name: str, base: float, stream: bool, parser: ResponseParser) -> None:
+        self.name = name
+        self.base = base  # seconds allowed before the per-byte allowance
+        self.stream = stream  # FETCH responses are handed over, not collected
+        self.received = 0
+        self.waited = 0.0  # seconds spent waiting for the server (not for the caller)
+        self.results = 0  # UIDs of SEARCH, ESEARCH and VANISHED responses
+        self.used = 0
+        self.mark_resp = parser.response_bytes
+        self.mark_lit = parser.literal_bytes
 
 
 @dataclass(frozen=True)
@@ -215,10 +316,13 @@ class ImapClient:
         *,
         connect_timeout: float,
         command_timeout: float,
+        limits: ImapLimits | None = None,
     ) -> None:
         self.endpoint = endpoint
         self._channel = channel
-        self._parser = ResponseParser()
+        self.limits = limits or ImapLimits()
+        self._parser = self._new_parser()
+        self._cmd: _Command | None = None
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.capabilities: frozenset[str] = frozenset()
@@ -227,7 +331,11 @@ class ImapClient:
         self.authenticated = False
         self.selected: SelectedMailbox | None = None
         self.greeting: StatusResponse | None = None
-        self._unsolicited: list[Response] = []
+        # Responses the server volunteered, with their sizes: bounded by count and by bytes.
+        self._unsolicited: deque[tuple[Response, int]] = deque()
+        self._unsolicited_bytes = 0
+        self._last_size = 0  # bytes of the response last returned by _next_response
+        self._size_mark = 0
         self._tag_counter = 0
         self._logging_out = False
         self._closed = False
@@ -246,6 +354,24 @@ class ImapClient:
         who = f" user={self._username!r}" if self._username else ""
         return f"<ImapClient {self.endpoint}{who}>"
 
+    def peer_certificate(self) -> bytes | None:
+        """The certificate (DER) the server presented, once TLS is active; else None."""
+        transport = self._channel.transport
+        sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+        if sslobj is None:
+            return None
+        der = sslobj.getpeercert(binary_form=True)
+        return der if isinstance(der, bytes) else None
+
+    def _new_parser(self) -> ResponseParser:
+        limits = self.limits
+        return ResponseParser(
+            max_literal=limits.max_literal,
+            max_message_literal=limits.max_message_bytes,
+            max_response=limits.max_command_bytes,
+            max_sequence_set=limits.max_search_results,
+        )
+
     # -- connecting ------------------------------------------------------------------------------
 
     @classmethod
@@ -255,6 +381,7 @@ class ImapClient:
         *,
         connect_timeout: float = 20.0,
         command_timeout: float = 120.0,
+        limits: ImapLimits | None = None,
     ) -> ImapClient:
         """Connect, read the greeting, do STARTTLS when asked, and learn the capabilities.
 
@@ -272,9 +399,28 @@ class ImapClient:
                 f"{endpoint.host}:{endpoint.port}: plaintext IMAP is refused; use tls or "
                 "starttls, or allow plaintext explicitly"
             )
-        channel = await open_channel(endpoint, timeout=connect_timeout)
+        try:
+            channel = await open_channel(endpoint, timeout=connect_timeout)
+        except TlsError as exc:
+            if isinstance(exc, CertificateNotTrusted) or endpoint.security != "tls":
+                raise
+            # A plaintext port answers a ClientHello with its greeting: the handshake fails at
+            # once. Named here, so that the engine stops retrying what only a settings change
+            # can fix.
+            probe = min(connect_timeout, _PROBE_SECONDS)
+            if await probe_plain_greeting(endpoint.host, endpoint.port, timeout=probe):
+                raise SecurityMismatch(
+                    f"{endpoint.host}:{endpoint.port} speaks plaintext IMAP, not implicit TLS: "
+                    "set the security to starttls (or use the implicit TLS port, usually 993).",
+                    expected="plain",
+                ) from exc
+            raise
         client = cls(
-            endpoint, channel, connect_timeout=connect_timeout, command_timeout=command_timeout
+            endpoint,
+            channel,
+            connect_timeout=connect_timeout,
+            command_timeout=command_timeout,
+            limits=limits,
         )
         try:
             await client._handshake()
@@ -286,9 +432,48 @@ class ImapClient:
             raise
         return client
 
+    async def _read_greeting(self) -> Response:
+        """The greeting, within ``connect_timeout`` (overall, not per silence). A port for
+        implicit TLS says nothing until it sees a ClientHello: after ``greeting_probe_after``
+        seconds of silence a second connection asks whether it completes a TLS handshake, and
+        if so :class:`SecurityMismatch` names the problem at once."""
+        total = self.connect_timeout
+        first = min(self.limits.greeting_probe_after, total)
+        self._begin_command("the greeting", total)
+        try:
+            try:
+                return await self._next_response(first)
+            except ImapTimeout:
+                if first >= total or self._closed:
+                    raise
+            if self.endpoint.security == "tls":
+                return await self._next_response(total - first)
+            host, port = self.endpoint.host, self.endpoint.port
+            probe = asyncio.ensure_future(
+                probe_tls(host, port, timeout=min(total - first, _PROBE_SECONDS))
+            )
+            read = asyncio.ensure_future(self._next_response(total - first))
+            try:
+                await asyncio.wait({probe, read}, return_when=asyncio.FIRST_COMPLETED)
+                if not read.done() and probe.result():
+                    raise SecurityMismatch(
+                        f"{host}:{port} expects implicit TLS, not {self.endpoint.security}: set "
+                        "the security to tls (or use the STARTTLS port, usually 143).",
+                        expected="tls",
+                    )
+                return await read
+            finally:
+                for task in (probe, read):
+                    if not task.done():
+                        task.cancel()
+                        with contextlib.suppress(BaseException):
+                            await task
+        finally:
+            self._end_command()
+
     async def _handshake(self) -> None:
         try:
-            greeting = await self._next_response(self.connect_timeout)
+            greeting = await self._read_greeting()
         except ImapTimeout as exc:
             raise GreetingTimeout(
                 f"{self.endpoint.host}:{self.endpoint.port} accepted the connection but sent no "
@@ -338,7 +523,7 @@ class ImapClient:
             raise StartTlsInjection("server sent data after STARTTLS before the TLS handshake")
         self._channel = await start_tls(self._channel, self.endpoint, timeout=self.connect_timeout)
         # Whatever plaintext the parser might still hold is dropped with it.
-        self._parser = ResponseParser()
+        self._parser = self._new_parser()
         self.tls_active = True
         self.capabilities = frozenset()
         await self.capability(timeout=self.connect_timeout)
@@ -361,9 +546,17 @@ class ImapClient:
         ``timeout`` bounds each wait for bytes: negative means ``command_timeout``, None forever.
         """
         parser = self._parser
+        cmd = self._cmd
         while True:
-            response = parser.next_response()
+            try:
+                response = parser.next_response()
+            except ImapLimitExceeded as exc:
+                raise self._limit_error(exc) from exc
             if response is not None:
+                self._last_size = parser.response_bytes - self._size_mark
+                self._size_mark = parser.response_bytes
+                if cmd is not None:
+                    self._account(cmd, response)
                 if type(response) is StatusResponse:
                     self._on_status(response)
                 return response
@@ -371,18 +564,134 @@ class ImapClient:
                 raise self._closed_error()
             if self._reading:
                 raise RuntimeError(f"{self.endpoint}: another task is already reading a reply")
+            wait = self.command_timeout if timeout is not None and timeout < 0 else timeout
+            if cmd is not None:
+                left = self._deadline_left(cmd)
+                if left <= 0:
+                    raise self._deadline_error(cmd)
+                wait = left if wait is None else min(wait, left)
             self._reading = True
+            loop = asyncio.get_running_loop()
+            started = loop.time()
             try:
-                data = await self._channel.read(
-                    self.command_timeout if timeout is not None and timeout < 0 else timeout
-                )
+                data = await self._channel.read(wait)
+            except ImapTimeout:
+                if self._closed:
+                    raise self._closed_error() from None
+                if cmd is not None:
+                    cmd.waited += loop.time() - started
+                    if self._deadline_left(cmd) <= 0:
+                        raise self._deadline_error(cmd) from None
+                raise
             except ImapConnectionError:
                 if self._closed:  # closed by us while waiting (close and abort wake the reader)
                     raise self._closed_error() from None
                 raise
             finally:
                 self._reading = False
+            if cmd is not None:
+                cmd.waited += loop.time() - started
+                cmd.received += len(data)
             parser.feed(data)
+
+    # -- per-command bounds ----------------------------------------------------------------------
+
+    def _begin_command(self, name: str, base: float | None = None, *, stream: bool = False) -> None:
+        """Start the accounting of a command in flight (time, bytes, responses)."""
+        self._cmd = _Command(
+            name, self.command_timeout if base is None else base, stream, self._parser
+        )
+        self._parser.max_response = self.limits.max_command_bytes
+
+    def _end_command(self) -> None:
+        self._cmd = None
+        self._parser.max_response = self.limits.max_command_bytes
+
+    def _limit_error(self, exc: ImapLimitExceeded) -> ImapLimitExceeded:
+        """The parser's error restated with the command and the whole limit (the parser only
+        knows the bytes left)."""
+        if exc.setting != "imap_max_command_bytes":
+            return exc
+        limit = self.limits.max_command_bytes
+        what = self._cmd.name if self._cmd is not None else "a response"
+        return ImapLimitExceeded(
+            f"{self.endpoint}: {what} sent more than {limit} bytes to keep in memory "
+            f"({exc.detail})",
+            setting=exc.setting,
+            limit=limit,
+        )
+
+    def _deadline_left(self, cmd: _Command) -> float:
+        return cmd.base + cmd.received / self.limits.min_rate - cmd.waited
+
+    def _deadline_error(self, cmd: _Command) -> ImapTimeout:
+        return ImapTimeout(
+            f"{self.endpoint}: {cmd.name} did not complete in time ({cmd.waited:.0f} s waiting "
+            f"for {cmd.received} bytes; the deadline is {cmd.base:g} s plus 1 s per "
+            f"{self.limits.min_rate:g} bytes)"
+        )
+
+    def _account(self, cmd: _Command, response: Response) -> None:
+        """Count a response against the command's limits; ImapLimitExceeded when over."""
+        parser = self._parser
+        limits = self.limits
+        if cmd.stream and type(response) is FetchResponse:
+            cmd.used += parser.literal_bytes - cmd.mark_lit
+        else:
+            cmd.used += parser.response_bytes - cmd.mark_resp
+            kind = type(response)
+            if kind is ESearchResponse or kind is SearchResponse or kind is VanishedResponse:
+                cmd.results += len(
+                    response.all  # type: ignore[union-attr]
+                    if kind is ESearchResponse
+                    else response.numbers  # type: ignore[union-attr]
+                    if kind is SearchResponse
+                    else response.uids  # type: ignore[union-attr]
+                )
+                if cmd.results > limits.max_search_results:
+                    raise ImapLimitExceeded(
+                        f"{self.endpoint}: {cmd.name} returned more than "
+                        f"{limits.max_search_results} UIDs",
+                        setting="imap_max_search_results",
+                        limit=limits.max_search_results,
+                    )
+        cmd.mark_resp = parser.response_bytes
+        cmd.mark_lit = parser.literal_bytes
+        left = limits.max_command_bytes - cmd.used
+        if left < 0:
+            raise ImapLimitExceeded(
+                f"{self.endpoint}: {cmd.name} sent more than {limits.max_command_bytes} bytes",
+                setting="imap_max_command_bytes",
+                limit=limits.max_command_bytes,
+            )
+        parser.max_response = left
+
+    def _collect(self, answers: list[Response], response: Response) -> None:
+        """Add a response to what the running command returns, within
+        ``max_command_responses`` (what goes to the unsolicited queue is bounded there)."""
+        limit = self.limits.max_command_responses
+        if len(answers) >= limit:
+            what = self._cmd.name if self._cmd is not None else "a command"
+            raise ImapLimitExceeded(
+                f"{self.endpoint}: {what} returned more than {limit} untagged responses",
+                setting="imap_max_command_responses",
+                limit=limit,
+            )
+        answers.append(response)
+
+    def _queue(self, response: Response) -> None:
+        """Keep a volunteered response for :meth:`drain_unsolicited`: the newest
+        ``max_unsolicited``, and no more than ``max_command_bytes`` of them."""
+        queue = self._unsolicited
+        size = self._last_size
+        queue.append((response, size))
+        self._unsolicited_bytes += size
+        limits = self.limits
+        while len(queue) > limits.max_unsolicited or (
+            self._unsolicited_bytes > limits.max_command_bytes and len(queue) > 1
+        ):
+            _, dropped = queue.popleft()
+            self._unsolicited_bytes -= dropped
 
     def _on_status(self, response: StatusResponse) -> None:
         if response.status == "BYE" and not self._logging_out and self.greeting is not None:
@@ -390,7 +699,7 @@ class ImapClient:
             raise ConnectionLost(f"{self.endpoint} closed the session: BYE {response.text}".strip())
         if response.code is not None and response.code.name == "ALERT":
             # RFC 3501 §7.1: ALERT text must be shown to the user; never swallow it.
-            self._unsolicited.append(response)
+            self._queue(response)
 
     def _take_capability_code(self, code: ResponseCode | None) -> bool:
         if code is not None and code.name == "CAPABILITY" and code.value:
@@ -410,9 +719,9 @@ class ImapClient:
         elif type(response) is StatusResponse:
             if response.code is not None and response.code.name == "ALERT":
                 return  # already queued by _on_status
-            self._unsolicited.append(response)
+            self._queue(response)
         else:
-            self._unsolicited.append(response)
+            self._queue(response)
 
     def _closed_error(self) -> ConnectionLost:
         why = f" ({self._closed_reason})" if self._closed_reason else ""
@@ -518,6 +827,7 @@ class ImapClient:
         encoded = self._encode(tag, name, args)
         answers: list[Response] = []
         self._claim(name)
+        self._begin_command(name, wait)
         try:
             await self._send(encoded, name, timeout=wait)
             while True:
@@ -527,7 +837,7 @@ class ImapClient:
                     assert isinstance(response, TaggedResponse)
                     return self._check_tagged(name, tag, response), answers
                 if kind in accept:
-                    answers.append(response)
+                    self._collect(answers, response)
                 elif kind is ContinuationRequest:
                     raise ImapProtocolError(f"{name}: unexpected continuation request")
                 else:
@@ -538,13 +848,17 @@ class ImapClient:
             self._abort_in_flight(name, exc)
             raise
         finally:
+            self._end_command()
             self._release()
 
     # -- unsolicited -----------------------------------------------------------------------------
 
     def drain_unsolicited(self) -> list[Response]:
-        """Everything the server volunteered since the last drain, in arrival order."""
-        out, self._unsolicited = self._unsolicited, []
+        """Everything the server volunteered since the last drain, in arrival order (at most
+        ``limits.max_unsolicited``: the oldest are dropped first)."""
+        out = [response for response, _ in self._unsolicited]
+        self._unsolicited.clear()
+        self._unsolicited_bytes = 0
         return out
 
     # -- any state -------------------------------------------------------------------------------
@@ -720,6 +1034,7 @@ class ImapClient:
         encoded = self._encode(tag, "AUTHENTICATE", args)
         refused_by_us: Exception | None = None
         self._claim("AUTHENTICATE")
+        self._begin_command("AUTHENTICATE")
         try:
             await self._send(encoded, "AUTHENTICATE", timeout=self.command_timeout)
             while True:
@@ -757,6 +1072,7 @@ class ImapClient:
             self._abort_in_flight("AUTHENTICATE", exc)
             raise
         finally:
+            self._end_command()
             self._release()
         if refused_by_us is not None:
             raise refused_by_us
@@ -935,16 +1251,27 @@ class ImapClient:
         if code is None:
             return False
         name = code.name
+        value = code.value
+        # The parser leaves the value None when it is not a number below 2^63 ([UIDVALIDITY -1]).
+        number = value if isinstance(value, int) and not isinstance(value, bool) else None
         if name == "UIDVALIDITY":
-            box.uidvalidity = int(code.value)
+            if number is None:
+                # Without a usable UIDVALIDITY no UID of the mailbox can be trusted.
+                raise ImapProtocolError(
+                    f"SELECT {box.name_raw!r}: the server sent a UIDVALIDITY that is not a "
+                    "number (RFC 3501 §2.3.1.1 nz-number)"
+                )
+            box.uidvalidity = number
         elif name == "UIDNEXT":
-            box.uidnext = int(code.value)
+            box.uidnext = number  # optional; the sync works out the next UID without it
         elif name == "HIGHESTMODSEQ":
-            box.highestmodseq = int(code.value)
+            if number is None:
+                box.nomodseq = True  # no usable mod-sequence: as if the server had none
+            box.highestmodseq = number
         elif name == "NOMODSEQ":
             box.nomodseq = True
         elif name == "UNSEEN":
-            box.unseen = int(code.value)
+            box.unseen = number
         elif name == "PERMANENTFLAGS":
             box.permanentflags = tuple(code.value or ())
         elif name == "READ-ONLY":
@@ -1089,7 +1416,9 @@ class ImapClient:
         tagged, answers = await self._simple("UID STORE", *args, accept=(FetchResponse,))
         modified: tuple[int, ...] = ()
         if tagged.code is not None and tagged.code.name == "MODIFIED":
-            modified = tuple(parse_sequence_set(str(tagged.code.value)))
+            modified = tuple(
+                parse_sequence_set(str(tagged.code.value), limit=self.limits.max_search_results)
+            )
         return StoreResult(tuple(a for a in answers if isinstance(a, FetchResponse)), modified)
 
     @staticmethod
@@ -1210,6 +1539,7 @@ class FetchStream:
         self._args = args
         self._tag: str | None = None
         self._finished = False
+        self._command: _Command | None = None
         self.vanished: list[int] = []
         self.tagged: TaggedResponse | None = None
 
@@ -1227,6 +1557,8 @@ class FetchStream:
             client._claim("UID FETCH")
             self._tag = tag
             client._open_stream = self
+            client._begin_command("UID FETCH", stream=True)
+            self._command = client._cmd
         else:
             encoded = None
             if client._closed:
@@ -1234,6 +1566,7 @@ class FetchStream:
                 raise client._closed_error()
             if client._owner is not asyncio.current_task():
                 client._claim("UID FETCH")  # refused while another live task holds it
+            client._cmd = self._command  # the caller may have run no command in between
         try:
             if encoded is not None:
                 await client._send(encoded, "UID FETCH", timeout=client.command_timeout)
@@ -1266,6 +1599,7 @@ class FetchStream:
         client = self._client
         if client._open_stream is self:
             client._open_stream = None
+            client._end_command()
             client._release()
 
     async def aclose(self) -> None:
@@ -1324,18 +1658,20 @@ class IdleSession:
         self._tag = client._next_tag()
         client._claim("IDLE")
         client._idle = self
+        client._begin_command("IDLE")
         try:
             client._channel.write(f"{self._tag} IDLE\r\n".encode("ascii"))
             while True:
                 response = await client._next_response()
                 if isinstance(response, ContinuationRequest):
                     self._deadline = asyncio.get_running_loop().time() + self._renew_after
+                    client._end_command()  # waiting inside IDLE is not a command
                     return self
                 if isinstance(response, TaggedResponse):
                     self._end()
                     client._check_tagged("IDLE", self._tag, response)
                     raise ImapProtocolError("IDLE completed without a continuation")
-                self._pending.append(response)
+                client._collect(self._pending, response)
         except ImapCommandError:
             self._end()
             raise
@@ -1345,6 +1681,8 @@ class IdleSession:
             # server is taken as a broken DONE: the connection cannot be trusted any more.
             client._abort_in_flight("IDLE", exc)
             raise
+        finally:
+            client._end_command()
 
     def _end(self) -> None:
         """The IDLE command is over (or the connection is): the session is free again."""
@@ -1427,8 +1765,10 @@ class IdleSession:
             return
         self._check_no_reader()
         self._done = True
-        client._unsolicited.extend(self._pending)
+        for response in self._pending:
+            client._queue(response)
         self._pending.clear()
+        client._begin_command("IDLE")
         try:
             client._channel.write(b"DONE\r\n")
             while True:
@@ -1445,6 +1785,7 @@ class IdleSession:
             client._abort_in_flight("IDLE", exc)
             raise
         finally:
+            client._end_command()
             self._end()
 
     async def __aexit__(

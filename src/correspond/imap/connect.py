@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import re
 import socket
 import ssl
 from collections.abc import Iterator
@@ -35,10 +37,13 @@ __all__ = [
     "ByteChannel",
     "ImapEndpoint",
     "Security",
+    "certificate_fingerprint",
     "check_pinned_certificate",
     "enable_keepalive",
+    "fetch_presented_certificate",
     "make_ssl_context",
     "map_io_errors",
+    "normalize_fingerprint",
     "open_channel",
     "probe_plain_greeting",
     "probe_tls",
@@ -463,3 +468,73 @@ async def probe_plain_greeting(host: str, port: int, *, timeout: float) -> bool:
     except (OSError, TimeoutError, UnicodeError, ValueError):
         return False
     return line.upper().startswith((b"* OK", b"* PREAUTH", b"* BYE"))
+
+
+async def fetch_presented_certificate(
+    host: str, port: int, security: Security, *, timeout: float
+) -> bytes | None:
+    """The certificate (DER) ``host:port`` presents, whatever its trust, or None.
+
+    Implicit TLS: a handshake that verifies nothing. STARTTLS: the greeting, then ``STARTTLS``
+    and the handshake. No credentials are sent; the connection is dropped at once after. For
+    showing a fingerprint and pinning exactly that certificate, never for trusting it silently.
+    """
+    if security == "plain":
+        return None
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            if security == "tls":
+                _, writer = await asyncio.open_connection(
+                    host, port, ssl=ctx, server_hostname=host, ssl_handshake_timeout=timeout + 5
+                )
+            else:
+                reader, writer = await asyncio.open_connection(host, port)
+                if not (await reader.readline()).upper().startswith(b"* OK"):
+                    return None
+                writer.write(b"P1 STARTTLS\r\n")
+                while True:
+                    line = await reader.readline()
+                    if not line:
+                        return None
+                    if line.startswith(b"P1 "):
+                        if line[3:5].upper() != b"OK":
+                            return None
+                        break
+                await writer.start_tls(ctx, server_hostname=host, ssl_handshake_timeout=timeout + 5)
+            sslobj = writer.get_extra_info("ssl_object")
+            return sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+    except (OSError, ssl.SSLError, TimeoutError, UnicodeError, ValueError, EOFError):
+        return None
+    finally:
+        if writer is not None:
+            writer.transport.abort()
+
+
+def certificate_fingerprint(der: bytes) -> str:
+    """SHA-256 of a DER certificate as OpenSSL prints it: ``AB:CD:...`` (32 pairs)."""
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+_FINGERPRINT_NOISE = re.compile(r"[\s:]")
+
+
+def normalize_fingerprint(text: str) -> str:
+    """A SHA-256 fingerprint as given by a person (``AB:CD...``, ``abcd...``, with an optional
+    ``sha256:``/``SHA256 Fingerprint=`` prefix) in :func:`certificate_fingerprint`'s form;
+    ConfigError when it is not 32 bytes of hex."""
+    value = text.strip()
+    for prefix in ("sha256 fingerprint=", "sha256:", "sha256="):
+        if value.lower().startswith(prefix):
+            value = value[len(prefix) :]
+    value = _FINGERPRINT_NOISE.sub("", value).upper()
+    if len(value) != 64 or any(c not in "0123456789ABCDEF" for c in value):
+        raise ConfigError(
+            "not a SHA-256 fingerprint: expected 64 hex digits, as `correspond account test` "
+            "shows them (AB:CD:...)"
+        )
+    return ":".join(value[i : i + 2] for i in range(0, 64, 2))

@@ -23,9 +23,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from correspond.errors import ImapProtocolError
+from correspond.errors import ImapLimitExceeded, ImapProtocolError
 from correspond.imap._fetch import parse_fetch_items, parse_internaldate, to_int
-from correspond.imap._lexer import Value, decode_segment, text_of, tokenize
+from correspond.imap._lexer import DroppedLiteral, Value, decode_segment, text_of, tokenize
 from correspond.imap.mutf7 import decode_mutf7
 from correspond.imap.types import (
     AppendUid,
@@ -54,6 +54,7 @@ from correspond.imap.types import (
 __all__ = [
     "Arg",
     "Atom",
+    "DroppedLiteral",
     "EncodedCommand",
     "Literal",
     "Raw",
@@ -97,6 +98,15 @@ _CHUNKED_LITERAL: Final = 256 * 1024
 # A FETCH of one message carries a handful of literals; a server sending endless tiny ones in a
 # single response must not grow the parser's lists without bound.
 _MAX_LITERALS: Final = 10_000
+# An untagged FETCH response: its literals are message data (bodies, headers, parts).
+_FETCH_START: Final = re.compile(rb"\* +[0-9]+ +FETCH[ (]", re.I)
+# A header item just before a literal marker: header blocks are kept whatever their size (the
+# sync keys messages on them; the command's byte budget still bounds them).
+_HEADER_ITEM: Final = re.compile(
+    rb"(?:(?:HEADER|MIME)(?:\.FIELDS(?:\.NOT)? ?\([^()]*\))?\](?:<[0-9]+>)?|RFC822\.HEADER) ?$",
+    re.I,
+)
+_DEFAULT_SET_LIMIT: Final = 10_000_000
 _MAX_NUMBER: Final = 2**63  # RFC 7162 §7: the largest IMAP number is a 63-bit mod-sequence
 _STATUS_WORDS: Final = frozenset({b"OK", b"NO", b"BAD", b"BYE", b"PREAUTH"})
 _INT_CODES: Final = frozenset({"UIDVALIDITY", "UIDNEXT", "UNSEEN", "HIGHESTMODSEQ", "APPENDLIMIT"})
@@ -142,11 +152,29 @@ class ResponseParser:
     ``max_line`` bounds one line (not counting literals, RFC 2683 §3.2.1.5 recommends servers
     keep lines short); ``max_literal`` bounds one literal. Exceeding either raises
     ImapProtocolError, and the rest of that response is skipped without being buffered.
+
+    Memory bounds against a hostile server (the client sets them per command):
+
+    * ``max_message_literal``: a literal of an untagged FETCH above it is not kept: its bytes are
+      skipped as they arrive and a :class:`DroppedLiteral` stands in its place (the FETCH
+      response then lists the section in ``dropped``). Header items (``BODY[HEADER]``,
+      ``HEADER.FIELDS``, ``MIME``, ``RFC822.HEADER``) are kept whatever their size: messages
+      are keyed on them; ``max_response`` bounds them. ``max_literal`` bounds literals outside
+      FETCH.
+    * ``max_response``: the bytes (lines and kept literals) of one response; a literal is
+      checked against it at its ``{n}`` marker, before any of it is buffered. Exceeding it
+      raises :class:`~correspond.errors.ImapLimitExceeded`.
+    * ``max_sequence_set``: numbers a sequence set (SEARCH, ESEARCH, VANISHED, COPYUID) may
+      expand to, counted before expanding.
+
+    ``response_bytes`` and ``literal_bytes`` count the bytes of every response built so far
+    (all of it, and its kept literals), so a caller can sum them per command.
     """
 
     __slots__ = (
         "_buf",
         "_discard",
+        "_in_fetch",
         "_lit_chunks",
         "_lit_need",
         "_lits",
@@ -154,13 +182,36 @@ class ResponseParser:
         "_max_line",
         "_max_literal",
         "_pos",
+        "_resp_bytes",
         "_scan",
         "_segs",
+        "_skip_lit",
+        "literal_bytes",
+        "max_message_literal",
+        "max_response",
+        "max_sequence_set",
+        "response_bytes",
     )
 
-    def __init__(self, *, max_line: int = 1_000_000, max_literal: int = 2**31) -> None:
+    def __init__(
+        self,
+        *,
+        max_line: int = 1_000_000,
+        max_literal: int = 2**31,
+        max_message_literal: int | None = None,
+        max_response: int | None = None,
+        max_sequence_set: int = _DEFAULT_SET_LIMIT,
+    ) -> None:
         self._max_line = max_line
         self._max_literal = max_literal
+        self.max_message_literal = max_message_literal
+        self.max_response = max_response
+        self.max_sequence_set = max_sequence_set
+        self.response_bytes = 0
+        self.literal_bytes = 0
+        self._resp_bytes = 0  # bytes of the response being read (lines and kept literals)
+        self._in_fetch = False  # the response being read is an untagged FETCH
+        self._skip_lit = 0  # size of the literal being dropped (over max_message_literal), or 0
         self._buf = bytearray()
         self._pos = 0  # first byte not yet consumed
         self._scan = 0  # where the search for the next LF resumes (never rescan)
@@ -179,13 +230,16 @@ class ResponseParser:
         if chunks is not None:
             need = self._lit_need
             take = data if len(data) <= need else data[:need]
-            if not self._discard:
+            skipping = self._discard or self._skip_lit
+            if not skipping:
                 chunks.append(bytes(take))
             need -= len(take)
             self._lit_need = need
             if need:
                 return
-            if not self._discard:
+            if self._skip_lit:
+                self._end_skipped_literal()
+            elif not self._discard:
                 self._lits.append(chunks[0] if len(chunks) == 1 else b"".join(chunks))
             self._lit_chunks = None
             self._lit_need = -1
@@ -228,9 +282,27 @@ class ResponseParser:
 
     def _start_discard(self) -> None:
         self._discard = True
+        self._skip_lit = 0
         self._segs = []
         self._markers = []
         self._lits = []
+        self._resp_bytes = 0
+
+    def _end_skipped_literal(self) -> None:
+        self._lits.append(DroppedLiteral(self._skip_lit))
+        self._skip_lit = 0
+
+    def _over_budget(self, size: int, what: str) -> ImapLimitExceeded | None:
+        """The error to raise when ``size`` more bytes would take the response being read
+        over ``max_response``; else None."""
+        limit = self.max_response
+        if limit is None or self._resp_bytes + size <= limit:
+            return None
+        return ImapLimitExceeded(
+            f"the server sent more than {limit} bytes for one command ({what})",
+            setting="imap_max_command_bytes",
+            limit=limit,
+        )
 
     def next_response(self) -> Response | None:
         """The next complete response, or None when more bytes are needed."""
@@ -245,6 +317,8 @@ class ResponseParser:
                 if avail >= need:
                     if self._discard:
                         pass
+                    elif self._skip_lit:
+                        self._end_skipped_literal()
                     elif need < 65536:
                         self._lits.append(bytes(buf[pos : pos + need]))
                     else:
@@ -254,8 +328,12 @@ class ResponseParser:
                     self._pos = self._scan = pos + need
                     self._lit_need = -1
                     continue
-                if self._discard or need - avail > _CHUNKED_LITERAL:
-                    self._lit_chunks = [] if self._discard else [bytes(buf[pos:])]
+                if self._discard or self._skip_lit:
+                    self._lit_chunks = []
+                    self._lit_need = need - avail
+                    self._pos = self._scan = len(buf)
+                elif need - avail > _CHUNKED_LITERAL:
+                    self._lit_chunks = [bytes(buf[pos:])]
                     self._lit_need = need - avail
                     self._pos = self._scan = len(buf)
                 return None
@@ -288,6 +366,7 @@ class ResponseParser:
                 elif was_discarding or too_long:
                     self._discard = False
                     self._segs, self._markers, self._lits = [], [], []
+                    self._resp_bytes = 0
                 if too_long and not was_discarding:
                     raise ImapProtocolError(f"response line longer than {self._max_line} bytes")
                 continue
@@ -297,7 +376,16 @@ class ResponseParser:
                 m = _literal_marker(line)
                 if m is not None:
                     size = int(m.group(1))
-                    if size > self._max_literal:
+                    if not segs:
+                        self._in_fetch = _FETCH_START.match(line) is not None
+                    cap = self.max_message_literal
+                    message = cap is not None and self._in_fetch
+                    drop = (
+                        message
+                        and size > cap  # type: ignore[operator]
+                        and _HEADER_ITEM.search(line, max(0, m.start() - 2000), m.start()) is None
+                    )
+                    if size > self._max_literal and not message:
                         self._start_discard()
                         self._lit_need = size
                         raise ImapProtocolError(
@@ -307,15 +395,38 @@ class ResponseParser:
                         self._start_discard()
                         self._lit_need = size
                         raise ImapProtocolError(f"more than {_MAX_LITERALS} literals in a response")
-                    segs.append(line[: m.start()])
+                    seg = line[: m.start()]
+                    kept = len(seg) + (0 if drop else size)
+                    budget = self.max_response
+                    if budget is not None and self._resp_bytes + kept > budget:
+                        over = self._over_budget(kept, f"a literal of {size} bytes")
+                        self._start_discard()
+                        self._lit_need = size
+                        if over is not None:
+                            raise over
+                    self._resp_bytes += kept
+                    segs.append(seg)
                     self._markers.append(m.group())
                     self._lit_need = size
+                    if drop:
+                        self._skip_lit = size
                     continue
+            limit = self.max_response
+            if limit is not None and self._resp_bytes + len(line) > limit:
+                over = self._over_budget(len(line), "untagged responses")
+                self._segs, self._markers, self._lits = [], [], []
+                self._resp_bytes = 0
+                if over is not None:
+                    raise over
             segs.append(line)
             lits = self._lits
             markers = self._markers
             self._segs, self._markers, self._lits = [], [], []
-            return _build(segs, markers, lits)
+            self.response_bytes += self._resp_bytes + len(line)
+            if lits:
+                self.literal_bytes += len(lits[0]) if len(lits) == 1 else sum(map(len, lits))
+            self._resp_bytes = 0
+            return _build(segs, markers, lits, self.max_sequence_set)
 
     def __repr__(self) -> str:
         return (
@@ -383,10 +494,12 @@ def response_excerpt(exc: BaseException) -> str | None:
     return None
 
 
-def _build(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> Response:
+def _build(
+    segs: list[bytes], markers: list[bytes], lits: list[bytes], limit: int = _DEFAULT_SET_LIMIT
+) -> Response:
     """Interpret one framed response; foreign exceptions from a bug become protocol errors."""
     try:
-        return _interpret(segs, markers, lits)
+        return _interpret(segs, markers, lits, limit)
     except ImapProtocolError as exc:
         exc.add_note(_EXCERPT_NOTE + _excerpt(segs[0]))
         raise
@@ -396,11 +509,11 @@ def _build(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> Respon
         raise error from exc
 
 
-def _interpret(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> Response:
+def _interpret(segs: list[bytes], markers: list[bytes], lits: list[bytes], limit: int) -> Response:
     line = segs[0]
     first = line[:1]
     if first == b"*":
-        return _untagged(segs, markers, lits)
+        return _untagged(segs, markers, lits, limit)
     if first == b"+":
         # RFC 3501 §7.5: "+" SP (resp-text / base64); some servers omit the space.
         return ContinuationRequest(
@@ -408,12 +521,12 @@ def _interpret(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> Re
         )
     if first == b"[":
         # Exchange answers MOVE with a bare "[COPYUID ...]" line; keep the code it carries.
-        code, text = _resp_text(line)
+        code, text = _resp_text(line, limit)
         return StatusResponse(status="OK", code=code, text=text)
-    return _tagged(line)
+    return _tagged(line, limit)
 
 
-def _tagged(line: bytes) -> TaggedResponse:
+def _tagged(line: bytes, limit: int = _DEFAULT_SET_LIMIT) -> TaggedResponse:
     """``tag SP ("OK" / "NO" / "BAD") SP resp-text`` (RFC 3501 §7.1)."""
     tag, _, rest = line.partition(b" ")
     status, _, text = rest.partition(b" ")
@@ -424,7 +537,7 @@ def _tagged(line: bytes) -> TaggedResponse:
     status = status.upper()
     if not tag or not tag.isascii() or status not in (b"OK", b"NO", b"BAD"):
         raise ImapProtocolError(f"not an IMAP response: {line[:80]!r}")
-    code, shown = _resp_text(text)
+    code, shown = _resp_text(text, limit)
     return TaggedResponse(
         tag=tag.decode("ascii"),
         status="OK" if status == b"OK" else "NO" if status == b"NO" else "BAD",
@@ -433,7 +546,7 @@ def _tagged(line: bytes) -> TaggedResponse:
     )
 
 
-def _resp_text(data: bytes) -> tuple[ResponseCode | None, str]:
+def _resp_text(data: bytes, limit: int = _DEFAULT_SET_LIMIT) -> tuple[ResponseCode | None, str]:
     """``resp-text = ["[" resp-text-code "]" SP] text`` (RFC 3501 §7.1, §9)."""
     text = text_of(decode_segment(data)).lstrip(" ")
     if not text.startswith("["):
@@ -444,10 +557,10 @@ def _resp_text(data: bytes) -> tuple[ResponseCode | None, str]:
     shown = text[close + 1 :].lstrip(" ")
     if not text[1:close].strip():
         return None, shown  # "[]" names no code
-    return _response_code(text[1:close]), shown
+    return _response_code(text[1:close], limit), shown
 
 
-def _response_code(inner: str) -> ResponseCode:
+def _response_code(inner: str, limit: int = _DEFAULT_SET_LIMIT) -> ResponseCode:
     name, _, rest = inner.strip().partition(" ")
     name = name.upper()
     rest = rest.strip()
@@ -470,7 +583,8 @@ def _response_code(inner: str) -> ResponseCode:
         try:
             if len(words) != 3:
                 raise ImapProtocolError("COPYUID needs three fields")
-            source, dest = parse_sequence_set(words[1]), parse_sequence_set(words[2])
+            source = parse_sequence_set(words[1], limit=limit)
+            dest = parse_sequence_set(words[2], limit=limit)
             if len(source) != len(dest):
                 # RFC 4315 §3 pairs the sets by position; unequal sets cannot be paired.
                 raise ImapProtocolError("COPYUID sets differ in size")
@@ -482,7 +596,8 @@ def _response_code(inner: str) -> ResponseCode:
         try:
             if len(words) != 2:
                 raise ImapProtocolError("APPENDUID needs two fields")
-            value = AppendUid(to_int(words[0], "APPENDUID"), parse_sequence_set(words[1]))
+            uids = parse_sequence_set(words[1], limit=limit)
+            value = AppendUid(to_int(words[0], "APPENDUID"), uids)
         except ImapProtocolError:
             value = rest
     elif name in _BARE_CODES:
@@ -506,7 +621,11 @@ def _fast_fetch(number: int, line: bytes, tail_line: bytes, body: bytes) -> Fetc
     tail = _FAST_FETCH_TAIL.fullmatch(tail_line)
     if tail is None:
         return None
-    resp = FetchResponse(seq=number, sections={head.group(3).decode(): body})
+    section = head.group(3).decode()
+    if isinstance(body, DroppedLiteral):
+        resp = FetchResponse(seq=number, dropped={section: body.size})
+    else:
+        resp = FetchResponse(seq=number, sections={section: body})
     seen: set[bytes] = set()
     for m in _FAST_ITEM.finditer(head.group(2)):
         name, number_b, flags, date, modseq = m.groups()
@@ -534,7 +653,7 @@ def _fast_fetch(number: int, line: bytes, tail_line: bytes, body: bytes) -> Fetc
     return resp
 
 
-def _untagged(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> Response:
+def _untagged(segs: list[bytes], markers: list[bytes], lits: list[bytes], limit: int) -> Response:
     line = segs[0]
     rest = line[2:] if line[1:2] == b" " else line[1:]
     word, _, after = rest.partition(b" ")
@@ -568,7 +687,7 @@ def _untagged(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> Res
         return GenericUntagged(name=kw.decode("ascii", "replace"), raw=_raw(segs, markers, lits))
     name = word.upper()
     if name in _STATUS_WORDS:
-        code, text = _resp_text(after)
+        code, text = _resp_text(after, limit)
         status = name.decode("ascii")
         return StatusResponse(status=status, code=code, text=text)  # type: ignore[arg-type]
     start = len(line) - len(after)
@@ -582,15 +701,15 @@ def _untagged(segs: list[bytes], markers: list[bytes], lits: list[bytes]) -> Res
     if name == b"STATUS":
         return _status(_tokens(segs, lits, start, mailbox=True))
     if name in (b"SEARCH", b"SORT"):
-        return _search(_tokens(segs, lits, start))
+        return _search(_tokens(segs, lits, start), limit)
     if name == b"ESEARCH":
-        return _esearch(_tokens(segs, lits, start))
+        return _esearch(_tokens(segs, lits, start), limit)
     if name == b"FLAGS":
         values = _tokens(segs, lits, start)
         flags = values[0] if values and isinstance(values[0], list) else values
         return FlagsResponse(tuple(text_of(f) for f in flags if isinstance(f, str | bytes)))
     if name == b"VANISHED":
-        return _vanished(_tokens(segs, lits, start))
+        return _vanished(_tokens(segs, lits, start), limit)
     if name == b"ID":
         return _id(_tokens(segs, lits, start))
     return GenericUntagged(name=name.decode("ascii", "replace"), raw=_raw(segs, markers, lits))
@@ -609,12 +728,18 @@ def _upper_words(segs: list[bytes], lits: list[bytes], start: int) -> list[str]:
 
 def _as_raw(value: Value, what: str) -> bytes:
     if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape")
-    if value is None:
+        raw = value
+    elif isinstance(value, str):
+        raw = value.encode("utf-8", "surrogateescape")
+    elif value is None:
         return b"NIL"  # an unquoted mailbox named NIL (astring allows it)
-    raise ImapProtocolError(f"{what}: expected a mailbox name, got a list")
+    else:
+        raise ImapProtocolError(f"{what}: expected a mailbox name, got a list")
+    if b"\x00" in raw:
+        # No IMAP string can carry NUL (RFC 3501 §9 CHAR8): such a name could never be sent
+        # back in a command, nor stored in a PostgreSQL text column.
+        raise ImapProtocolError(f"{what}: a mailbox name with a NUL byte")
+    return raw
 
 
 def _list(values: list[Value], kind: str) -> ListResponse:
@@ -677,7 +802,7 @@ def _status(values: list[Value]) -> StatusDataResponse:
     )
 
 
-def _search(values: list[Value]) -> SearchResponse:
+def _search(values: list[Value], limit: int = _DEFAULT_SET_LIMIT) -> SearchResponse:
     """``"SEARCH" *(SP nz-number) [SP "(" "MODSEQ" SP mod-sequence-value ")"]``
 
     (RFC 3501 §7.2.5, RFC 7162 §3.1.5). ``* SORT`` (RFC 5256) has the same shape and is
@@ -688,10 +813,12 @@ def _search(values: list[Value]) -> SearchResponse:
         assert isinstance(tail, list)
         if len(tail) >= 2 and isinstance(tail[0], str) and tail[0].upper() == "MODSEQ":
             modseq = to_int(tail[1], "SEARCH MODSEQ")
+    if len(values) > limit:
+        raise _set_too_large(limit)
     return SearchResponse(tuple(to_int(v, "SEARCH") for v in values), modseq)
 
 
-def _esearch(values: list[Value]) -> ESearchResponse:
+def _esearch(values: list[Value], limit: int = _DEFAULT_SET_LIMIT) -> ESearchResponse:
     """``"ESEARCH" [search-correlator] [SP "UID"] *(SP search-return-data)`` (RFC 4731 §3.1)."""
     tag = None
     i = 0
@@ -722,7 +849,11 @@ def _esearch(values: list[Value]) -> ESearchResponse:
         min=num("MIN"),
         max=num("MAX"),
         count=num("COUNT"),
-        all=parse_sequence_set(text_of(all_value)) if isinstance(all_value, str | bytes) else (),
+        all=(
+            parse_sequence_set(text_of(all_value), limit=limit)
+            if isinstance(all_value, str | bytes)
+            else ()
+        ),
         modseq=num("MODSEQ"),
     )
 
@@ -745,7 +876,7 @@ def _id(values: list[Value]) -> IdResponse:
     return IdResponse(fields)
 
 
-def _vanished(values: list[Value]) -> VanishedResponse:
+def _vanished(values: list[Value], limit: int = _DEFAULT_SET_LIMIT) -> VanishedResponse:
     """``"VANISHED" [SP "(EARLIER)"] SP known-uids`` (RFC 7162 §3.2.10)."""
     earlier = False
     if values and isinstance(values[0], list):
@@ -753,7 +884,7 @@ def _vanished(values: list[Value]) -> VanishedResponse:
         values = values[1:]
     if len(values) != 1 or not isinstance(values[0], str):
         raise ImapProtocolError("VANISHED: expected one UID set")
-    return VanishedResponse(earlier=earlier, uids=parse_sequence_set(values[0]))
+    return VanishedResponse(earlier=earlier, uids=parse_sequence_set(values[0], limit=limit))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -785,8 +916,16 @@ def format_sequence_set(uids: Iterable[int]) -> str:
     return ",".join(parts)
 
 
+def _set_too_large(limit: int) -> ImapLimitExceeded:
+    return ImapLimitExceeded(
+        f"the server sent a set of more than {limit} UIDs or numbers",
+        setting="imap_max_search_results",
+        limit=limit,
+    )
+
+
 def parse_sequence_set(
-    text: str | bytes, *, star: int | None = None, limit: int = 10_000_000
+    text: str | bytes, *, star: int | None = None, limit: int = _DEFAULT_SET_LIMIT
 ) -> tuple[int, ...]:
     """Expand a sequence set (RFC 3501 §9) in the order written; ``a:b`` ascends either way.
 
@@ -809,7 +948,7 @@ def parse_sequence_set(
             lo, hi = hi, lo
         total += hi - lo + 1
         if total > limit:
-            raise ImapProtocolError(f"sequence set expands to more than {limit} numbers")
+            raise _set_too_large(limit)
         if lo == hi:
             out.append(lo)
         else:
@@ -822,9 +961,9 @@ def _seq_number(s: str, star: int | None, text: str) -> int:
         if star is None:
             raise ImapProtocolError(f"'*' in sequence set {text[:80]!r} with no known maximum")
         return star
-    if len(s) > 20:
+    if len(s) > 19 or (number := int(s)) >= _MAX_NUMBER:
         raise ImapProtocolError("sequence number too large")
-    return int(s)
+    return number
 
 
 # ---------------------------------------------------------------------------------------------

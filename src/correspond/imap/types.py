@@ -279,7 +279,9 @@ class FetchResponse:
     ``sections`` maps the section as the server echoed it, upper-cased and without the
     ``BODY``/``BINARY`` prefix or origin, e.g. "" for ``BODY[]``, "HEADER", "1.2", "TEXT",
     "HEADER.FIELDS (FROM TO)", to its bytes (None for NIL). ``partial_origins`` maps the same key
-    to the ``<origin>`` when one was given.
+    to the ``<origin>`` when one was given. ``dropped`` maps a section whose literal was above
+    the client's ``max_message_bytes`` to the bytes the server sent: they were read and
+    discarded, never kept (the message is treated as too big to download whole).
     """
 
     seq: int
@@ -292,6 +294,7 @@ class FetchResponse:
     modseq: int | None = None
     sections: dict[str, bytes | None] = field(default_factory=dict)
     partial_origins: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
     gm_msgid: int | None = None
     gm_thrid: int | None = None
     gm_labels: tuple[str, ...] | None = None

@@ -9,11 +9,18 @@ Problem codes: ``dns``, ``refused``, ``timeout``, ``tls_untrusted``, ``tls_faile
 ``starttls_missing``, ``not_imap4rev1``, ``plaintext_refused``, ``config``, ``auth_failed``,
 ``login_unavailable``, ``connection_lost``, ``protocol``, ``command_failed``, ``unreachable``.
 ``protocol`` says "check the port" only when the greeting was not IMAP; a reply that does not
-parse after a valid greeting is reported as a Correspond bug instead.
+parse after a valid greeting is reported as a Correspond bug instead. ``limit`` is a server that
+sent more than a memory limit allows (naming the setting), ``timeout`` also a test that did not
+finish within its overall deadline (a server that trickles its answers).
+
+Where TLS is involved the report carries the SHA-256 fingerprint of the certificate the server
+presented (fetched without trusting it when the handshake refused it), so a person can pin a
+self-signed certificate with ``correspond account update NAME --trust-presented-cert SHA256``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -30,22 +37,37 @@ from correspond.errors import (
     ImapCommandError,
     ImapConnectionError,
     ImapError,
+    ImapLimitExceeded,
     ImapProtocolError,
     ImapTimeout,
+    SecurityMismatch,
     StartTlsInjection,
     TlsError,
 )
-from correspond.imap.client import ImapClient, ImapEndpoint
-from correspond.imap.connect import probe_plain_greeting, probe_tls
+from correspond.imap.client import ImapClient, ImapEndpoint, ImapLimits
+from correspond.imap.connect import (
+    certificate_fingerprint,
+    fetch_presented_certificate,
+    probe_plain_greeting,
+    probe_tls,
+)
 from correspond.imap.protocol import response_excerpt
 from correspond.imap.types import ListResponse
 
-__all__ = ["ConnectionReport", "check_connection"]
+__all__ = ["ConnectionReport", "check_connection", "explain_error"]
 
 
-def trust_hint(account_name: str | None) -> str:
-    """The command that trusts a certificate, with the account's name when it is known."""
-    return f"`correspond account update {account_name or 'NAME'} --trust-cert FILE`"
+def trust_hint(account_name: str | None, fingerprint: str | None = None) -> str:
+    """The command that trusts a certificate, with the account's name when it is known: the
+    presented certificate by its fingerprint when it is known, else a PEM file."""
+    name = account_name or "NAME"
+    by_file = f"`correspond account update {name} --trust-cert FILE`"
+    if fingerprint:
+        return (
+            f"`correspond account update {name} --trust-presented-cert {fingerprint}` (or "
+            f"{by_file} with the certificate in PEM)"
+        )
+    return by_file
 
 
 # A probe only confirms a suspicion; it need not wait as long as the test itself.
@@ -77,7 +99,9 @@ class ConnectionReport:
     """The outcome of :func:`check_connection`.
 
     ``capabilities`` are those after login on success (else whatever was learnt before the
-    failure); ``folders`` is the special-use-aware LIST on success.
+    failure); ``folders`` is the special-use-aware LIST on success. ``certificate_sha256`` is
+    the fingerprint (``AB:CD:...``) of the certificate the server presented, when TLS got that
+    far (or, for an untrusted certificate, as fetched again without trusting it).
     """
 
     ok: bool
@@ -85,6 +109,7 @@ class ConnectionReport:
     message: str
     capabilities: frozenset[str] = frozenset()
     folders: list[ListResponse] = field(default_factory=list)
+    certificate_sha256: str | None = None
 
 
 def _dns_message(exc: HostNotFound, host: str) -> str:
@@ -100,12 +125,16 @@ def _dns_message(exc: HostNotFound, host: str) -> str:
     return f"{host} does not resolve: check the server name."
 
 
-def _certificate_message(exc: CertificateNotTrusted, where: str, account_name: str | None) -> str:
+def _certificate_message(
+    exc: CertificateNotTrusted, where: str, account_name: str | None, fingerprint: str | None
+) -> str:
     if exc.reason == "pinned":
+        presented = f" (SHA-256 {fingerprint})" if fingerprint else ""
         return (
-            f"{where} presented a certificate other than the one you chose to trust. If the "
-            "server's certificate was replaced on purpose, trust the new one with "
-            f"{trust_hint(account_name)}; otherwise something is intercepting the connection."
+            f"{where} presented a certificate other than the one you chose to trust{presented}. "
+            "If the server's certificate was replaced on purpose, trust the new one with "
+            f"{trust_hint(account_name, fingerprint)}; otherwise something is intercepting the "
+            "connection."
         )
     if exc.reason == "hostname":
         return (
@@ -121,9 +150,12 @@ def _certificate_message(exc: CertificateNotTrusted, where: str, account_name: s
     # name the cause; the exception's message would repeat "is not trusted" around them.
     cause = exc.__cause__
     detail = cause.verify_message if isinstance(cause, ssl.SSLCertVerificationError) else None
+    presented = f" Its SHA-256 fingerprint is {fingerprint}." if fingerprint else ""
     return (
-        f"The certificate of {where} is not trusted ({detail or exc}). If you know this server "
-        f"uses its own certificate, trust exactly that one with {trust_hint(account_name)}."
+        f"The certificate of {where} is not trusted ({detail or exc}).{presented} If you know "
+        "this server uses its own certificate (compare the fingerprint with the one the "
+        f"server's administrator gives you), trust exactly that one with "
+        f"{trust_hint(account_name, fingerprint)}."
     )
 
 
@@ -157,61 +189,58 @@ def _parse_failure_message(exc: ImapProtocolError, where: str) -> str:
     )
 
 
-async def _explain(
+def _tls_failed_message(exc: TlsError, where: str) -> str:
+    return (
+        f"The TLS handshake with {where} failed ({exc}): check that the port matches the "
+        "security setting (993 is usually implicit TLS, 143 STARTTLS)."
+    )
+
+
+def explain_error(
     exc: ImapError | ConfigError,
     endpoint: ImapEndpoint,
-    username: str,
-    timeout: float,
-    account_name: str | None,
-    greeted: bool,
+    *,
+    username: str = "",
+    timeout: float = 20.0,
+    account_name: str | None = None,
+    greeted: bool = True,
+    fingerprint: str | None = None,
 ) -> tuple[str, str]:
-    """Map one error of the tree to (problem code, sentence for a person).
-
-    Two failures look alike from the client's side but have one clear cause that a short probe
-    confirms: silence after connecting (a port for implicit TLS waits for a handshake) and a
-    failed TLS handshake (a plaintext port greets in clear text).
+    """Map one error of the tree to (problem code, sentence for a person), without probing
+    (the engine uses it for the state detail of a sync that failed the same way).
 
     ``greeted``: the server's greeting was IMAP, so a reply that does not parse means a gap in
-    Correspond's parser, not the wrong port.
+    Correspond's parser, not the wrong port. ``fingerprint``: of the certificate presented.
     """
     where = f"{endpoint.host}:{endpoint.port}"
-    probe = min(timeout, _PROBE_TIMEOUT)
     if isinstance(exc, HostNotFound):
         return "dns", _dns_message(exc, endpoint.host)
     if isinstance(exc, ConnectionRefused):
         return "refused", (
             f"Connection refused by {where}: check the port and that IMAP is enabled on the server."
         )
+    if isinstance(exc, SecurityMismatch):
+        return "wrong_security", str(exc)
     if isinstance(exc, GreetingTimeout):
-        if await probe_tls(endpoint.host, endpoint.port, timeout=probe):
-            return "wrong_security", (
-                f"{where} expects implicit TLS, not {endpoint.security}: set the security to "
-                "tls (or use the STARTTLS port, usually 143)."
-            )
         return "timeout", (
             f"{where} accepted the connection but sent no IMAP greeting within {timeout:g} s: "
             "check the port (a port for implicit TLS, usually 993, stays silent until TLS "
             "starts)."
         )
     if isinstance(exc, ImapTimeout):
+        if "did not complete in time" in str(exc):  # the command's overall deadline
+            return "timeout", (
+                f"{where} answers too slowly ({exc}): the server may be overloaded, or sending "
+                "its replies a few bytes at a time; try again later."
+            )
         return "timeout", (
             f"{where} did not answer within {timeout:g} s: check the server name and port, and "
             "that no firewall blocks the connection."
         )
     if isinstance(exc, CertificateNotTrusted):
-        return "tls_untrusted", _certificate_message(exc, where, account_name)
+        return "tls_untrusted", _certificate_message(exc, where, account_name, fingerprint)
     if isinstance(exc, TlsError):
-        if endpoint.security == "tls" and await probe_plain_greeting(
-            endpoint.host, endpoint.port, timeout=probe
-        ):
-            return "wrong_security", (
-                f"{where} speaks plaintext IMAP, not implicit TLS: set the security to starttls "
-                "(or use the implicit TLS port, usually 993)."
-            )
-        return "tls_failed", (
-            f"The TLS handshake with {where} failed ({exc}): check that the port matches the "
-            "security setting (993 is usually implicit TLS, 143 STARTTLS)."
-        )
+        return "tls_failed", _tls_failed_message(exc, where)
     if isinstance(exc, ConnectionLost):
         return "connection_lost", f"{where} closed the connection: {exc}."
     if isinstance(exc, ImapConnectionError):
@@ -233,6 +262,11 @@ async def _explain(
             "on the way injected text meant to pass as encrypted (an attack), or a proxy is "
             "broken. Nothing was sent; use implicit TLS (usually port 993) or check the network."
         )
+    if isinstance(exc, ImapLimitExceeded):
+        return "limit", (
+            f"{where} sent more than Correspond accepts for one command ({exc}). A normal server "
+            "does not; if this one does, raise that setting."
+        )
     if isinstance(exc, ImapProtocolError):
         if greeted:
             return "protocol", _parse_failure_message(exc, where)
@@ -244,6 +278,49 @@ async def _explain(
     return "unreachable", f"{where}: {exc}."
 
 
+async def _explain(
+    exc: ImapError | ConfigError,
+    endpoint: ImapEndpoint,
+    username: str,
+    timeout: float,
+    account_name: str | None,
+    greeted: bool,
+    fingerprint: str | None,
+) -> tuple[str, str]:
+    """:func:`explain_error`, after a short probe where two failures look alike from the
+    client's side but have one clear cause: silence after connecting (a port for implicit TLS
+    waits for a handshake; the client probes too, once ``greeting_probe_after`` has passed)
+    and a failed TLS handshake (a plaintext port greets in clear text)."""
+    where = f"{endpoint.host}:{endpoint.port}"
+    probe = min(timeout, _PROBE_TIMEOUT)
+    if isinstance(exc, GreetingTimeout) and await probe_tls(
+        endpoint.host, endpoint.port, timeout=probe
+    ):
+        return "wrong_security", (
+            f"{where} expects implicit TLS, not {endpoint.security}: set the security to "
+            "tls (or use the STARTTLS port, usually 143)."
+        )
+    if (
+        isinstance(exc, TlsError)
+        and not isinstance(exc, CertificateNotTrusted | SecurityMismatch)
+        and endpoint.security == "tls"
+        and await probe_plain_greeting(endpoint.host, endpoint.port, timeout=probe)
+    ):
+        return "wrong_security", (
+            f"{where} speaks plaintext IMAP, not implicit TLS: set the security to starttls "
+            "(or use the implicit TLS port, usually 993)."
+        )
+    return explain_error(
+        exc,
+        endpoint,
+        username=username,
+        timeout=timeout,
+        account_name=account_name,
+        greeted=greeted,
+        fingerprint=fingerprint,
+    )
+
+
 async def check_connection(
     endpoint: ImapEndpoint,
     username: str,
@@ -251,16 +328,53 @@ async def check_connection(
     *,
     timeout: float = 20.0,
     account_name: str | None = None,
+    deadline: float = 60.0,
+    limits: ImapLimits | None = None,
 ) -> ConnectionReport:
     """Try the account's IMAP settings end to end and say what, if anything, is wrong.
 
     Steps: resolve and connect (``timeout`` for each wait: connection, TLS handshake, greeting,
     each reply), TLS or STARTTLS (RFC 3501 §6.2.1, RFC 8314), check IMAP4rev1, authenticate,
-    then LIST with SPECIAL-USE (RFC 6154) and log out.
+    then LIST with SPECIAL-USE (RFC 6154) and log out. The whole test, probes included, ends
+    within ``deadline`` seconds whatever the server does (problem ``timeout``).
     """
-    client: ImapClient | None = None
     try:
-        client = await _Client.connect(endpoint, connect_timeout=timeout, command_timeout=timeout)
+        async with asyncio.timeout(deadline) as scope:
+            return await _check(endpoint, username, password, timeout, account_name, limits)
+    except TimeoutError:
+        if not scope.expired():
+            raise
+    where = f"{endpoint.host}:{endpoint.port}"
+    return ConnectionReport(
+        ok=False,
+        problem="timeout",
+        message=(
+            f"The connection test with {where} did not finish within {deadline:g} s: the server "
+            "answers too slowly (overloaded, or sending its replies a few bytes at a time). Try "
+            "again later, and check the server name and port."
+        ),
+    )
+
+
+def _fingerprint(der: bytes | None) -> str | None:
+    return certificate_fingerprint(der) if der else None
+
+
+async def _check(
+    endpoint: ImapEndpoint,
+    username: str,
+    password: str,
+    timeout: float,
+    account_name: str | None,
+    limits: ImapLimits | None,
+) -> ConnectionReport:
+    client: ImapClient | None = None
+    fingerprint: str | None = None
+    try:
+        client = await _Client.connect(
+            endpoint, connect_timeout=timeout, command_timeout=timeout, limits=limits
+        )
+        fingerprint = _fingerprint(client.peer_certificate())
         # Leaving the block logs out when the session is sound, else drops the connection at
         # once (no second wait on a server that just timed out), also on cancellation.
         async with client:
@@ -276,10 +390,25 @@ async def check_connection(
             ),
             capabilities=capabilities,
             folders=folders,
+            certificate_sha256=fingerprint,
         )
     except (ImapError, ConfigError) as exc:
         # A client exists only once connect() is through, i.e. after a valid greeting.
         greeted = client is not None or isinstance(exc, _AfterGreeting)
-        problem, message = await _explain(exc, endpoint, username, timeout, account_name, greeted)
+        if isinstance(exc, CertificateNotTrusted):
+            # The handshake refused it: fetch it again, trusting nothing, to show what it is.
+            der = await fetch_presented_certificate(
+                endpoint.host, endpoint.port, endpoint.security, timeout=min(timeout, 10.0)
+            )
+            fingerprint = _fingerprint(der)
+        problem, message = await _explain(
+            exc, endpoint, username, timeout, account_name, greeted, fingerprint
+        )
         caps = client.capabilities if client is not None else frozenset()
-        return ConnectionReport(ok=False, problem=problem, message=message, capabilities=caps)
+        return ConnectionReport(
+            ok=False,
+            problem=problem,
+            message=message,
+            capabilities=caps,
+            certificate_sha256=fingerprint,
+        )

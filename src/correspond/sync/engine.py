@@ -33,8 +33,14 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from correspond.errors import AuthenticationFailed, CorrespondError, ImapCommandError, NotFound
-from correspond.imap.client import ImapClient
+from correspond.errors import (
+    AuthenticationFailed,
+    CorrespondError,
+    ImapCommandError,
+    NotFound,
+    TlsError,
+)
+from correspond.imap.client import ImapClient, ImapLimits
 from correspond.imap.connect import ImapEndpoint
 from correspond.imap.protocol import Atom
 from correspond.imap.types import (
@@ -66,6 +72,7 @@ from correspond.store.messages import (
 )
 from correspond.store.records import Account, Folder
 from correspond.store.repository import Store
+from correspond.sync.connection_test import explain_error
 from correspond.sync.folder_sync import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_BATCH_BYTES,
@@ -81,6 +88,7 @@ __all__ = [
     "DEFAULT_POLL_SECONDS",
     "IDLE_RENEW_SECONDS",
     "MAX_REFUSED_LOGINS",
+    "MAX_TLS_FAILURES",
     "AccountSyncReport",
     "AccountSyncer",
     "SyncerStats",
@@ -96,6 +104,10 @@ _SEARCHABLE_ID = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{3,250}")
 #: Refused sign-ins in a row after which the engine stops trying until the user acts: a few
 #: retries ride out a provider's passing hiccup; more would get the mailbox locked.
 MAX_REFUSED_LOGINS = 5
+# TLS handshakes that failed in a row (not an untrusted certificate, not a port that speaks
+# another security: those are permanent at once) before the account stops for the user: a
+# handshake that keeps failing is a setting to fix, not a network blip.
+MAX_TLS_FAILURES = 5
 
 
 IDLE_RENEW_SECONDS = 25 * 60
@@ -223,6 +235,7 @@ class AccountSyncer:
         backoff_base: float = 1.0,
         backoff_cap: float = BACKOFF_CAP_SECONDS,
         max_refused_logins: int = MAX_REFUSED_LOGINS,
+        max_tls_failures: int = MAX_TLS_FAILURES,
     ) -> None:
         self.store = store
         self.messages = messages
@@ -254,6 +267,7 @@ class AccountSyncer:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.max_refused_logins = max_refused_logins
+        self.max_tls_failures = max_tls_failures
         self.stats = SyncerStats()
         self._locks: dict[int, asyncio.Lock] = {}
         # Renamed folders whose old row keeps its locations until the new name is synced
@@ -270,6 +284,7 @@ class AccountSyncer:
             endpoint_for(account),
             connect_timeout=self.settings.imap_connect_timeout,
             command_timeout=self.settings.imap_command_timeout,
+            limits=ImapLimits.from_settings(self.settings),
         )
         try:
             secret = await asyncio.to_thread(self.store.account_secret, account.name)
@@ -639,6 +654,7 @@ class AccountSyncer:
         poll = self.poll_interval if poll_seconds is None else float(poll_seconds)
         attempt = 0
         refused = 0
+        tls_failed = 0
         first = True
         while not stop.is_set():
             account = await asyncio.to_thread(self.store.get_account, account_name)
@@ -655,7 +671,7 @@ class AccountSyncer:
                 return
             except ConnectionSettingsChanged as exc:
                 await self._set_state(account_name, "connecting", str(exc))
-                attempt = refused = 0
+                attempt = refused = tls_failed = 0
                 continue
             except AuthenticationFailed as exc:
                 attempt = 1 if session.stable else attempt + 1
@@ -673,7 +689,7 @@ class AccountSyncer:
                     self.stats.retries += 1
                     if not await self._wait_for_user(account_name, stop):
                         return
-                    attempt = refused = 0
+                    attempt = refused = tls_failed = 0
                     continue
                 delay = backoff_delay(
                     attempt,
@@ -689,19 +705,39 @@ class AccountSyncer:
                     f"(trying again in {_seconds(delay)}; check the password)",
                 )
             except CorrespondError as exc:
+                detail = str(exc)
+                if isinstance(exc, TlsError):
+                    # The connection test's sentence: what to check, not OpenSSL's words alone.
+                    detail = tls_failure_detail(exc, account)
+                    tls_failed = 1 if session.stable else tls_failed + 1
+                    if exc.transient and tls_failed >= self.max_tls_failures:
+                        await self._set_state(
+                            account_name,
+                            "error",
+                            f"{detail} Stopped after {tls_failed} failed TLS handshakes in a "
+                            f"row: fix the settings (correspond account update {account_name}) "
+                            "or resume the account to try again.",
+                        )
+                        return
+                else:
+                    tls_failed = 0
                 if not exc.transient:
-                    await self._set_state(account_name, "error", str(exc))
+                    await self._set_state(account_name, "error", detail)
                     return
                 attempt = 1 if session.stable else attempt + 1
                 delay = backoff_delay(
                     attempt, rng=self.rng, base=self.backoff_base, cap=self.backoff_cap
                 )
                 await self._set_state(
-                    account_name, "disconnected", f"{exc}; retrying in {_seconds(delay)}"
+                    account_name,
+                    "disconnected",
+                    f"{detail} Retrying in {_seconds(delay)}."
+                    if isinstance(exc, TlsError)
+                    else f"{exc}; retrying in {_seconds(delay)}",
                 )
             self.stats.retries += 1
             if await self._backoff_wait(account_name, stop, delay, imap_settings(account)):
-                attempt = refused = 0  # the user changed something: a fresh start
+                attempt = refused = tls_failed = 0  # the user changed something: a fresh start
 
     async def _backoff_wait(
         self, account_name: str, stop: asyncio.Event, delay: float, settings: tuple[object, ...]
@@ -751,6 +787,14 @@ class AccountSyncer:
         await asyncio.to_thread(
             lambda: self.store.set_account_state(account_name, state, detail, **kw)
         )
+
+
+def tls_failure_detail(exc: TlsError, account: Account) -> str:
+    """The state detail for a TLS failure: the connection test's sentence for it."""
+    _, sentence = explain_error(
+        exc, endpoint_for(account), username=account.username, account_name=account.name
+    )
+    return sentence
 
 
 def _seconds(delay: float) -> str:

@@ -538,6 +538,7 @@ class FolderSyncer:
             else:
                 # Servers may split one message's items over several FETCH responses.
                 prev.sections.update(resp.sections)
+                prev.dropped.update(resp.dropped)
                 for name in ("flags", "internaldate", "size", "bodystructure", "modseq"):
                     if getattr(resp, name) is not None:
                         setattr(prev, name, getattr(resp, name))
@@ -641,6 +642,12 @@ class FolderSyncer:
         if small:
             bodies = await self._fetch(small, "(UID BODY.PEEK[])", report)
             raws = {u: bodies[u].sections.get("") or b"" for u in small if u in bodies}
+            # A body above the limit whatever RFC822.SIZE claimed: the client read and dropped
+            # it, so it takes the path of a message too big to download whole.
+            for u in [u for u in small if u in bodies and "" in bodies[u].dropped]:
+                del raws[u]
+                m.meta[u].size = max(m.meta[u].size or 0, bodies[u].dropped[""])
+                large.append(u)
         large_data: dict[int, MessageData] = {}
         for uid in large:
             # No Message-ID: the header-only hash could be another stored message's key.

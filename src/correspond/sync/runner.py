@@ -40,7 +40,13 @@ from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from correspond.errors import AuthenticationFailed, ConfigError, CorrespondError, NotFound
+from correspond.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    CorrespondError,
+    NotFound,
+    TlsError,
+)
 from correspond.settings import Settings
 from correspond.store.blobs import BlobStore
 from correspond.store.engine import database_failure, is_database_error, log_database_failure
@@ -49,7 +55,7 @@ from correspond.store.messages import MessageStore
 from correspond.store.records import Account
 from correspond.store.repository import Store
 from correspond.store.tables import utcnow
-from correspond.sync.engine import AccountSyncer, AccountSyncReport
+from correspond.sync.engine import AccountSyncer, AccountSyncReport, tls_failure_detail
 from correspond.sync.folder_sync import DEFAULT_BATCH_SIZE
 from correspond.sync.prepare import init_worker
 
@@ -566,8 +572,9 @@ async def sync_account_once(
         except CorrespondError as exc:
             # Transient problems are left for a worker to retry; permanent ones need the user.
             state = "disconnected" if exc.transient else "error"
+            detail = tls_failure_detail(exc, account) if isinstance(exc, TlsError) else str(exc)
             with contextlib.suppress(CorrespondError):
-                await asyncio.to_thread(guarded.set_account_state, name, state, str(exc))
+                await asyncio.to_thread(guarded.set_account_state, name, state, detail)
         finished = True
     finally:
         renewer.cancel()

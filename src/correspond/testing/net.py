@@ -8,7 +8,7 @@ import functools
 import select
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 
 __all__ = [
     "SECOND_LOOPBACK",
@@ -111,8 +111,9 @@ def connect_from(source: str = SECOND_LOOPBACK) -> Iterator[None]:
         del loop.create_connection  # the instance attribute hid the method; unhide it
 
 
-# An answer: bytes to send, or a sequence of bytes to send and float pauses (seconds) between.
-Answer = bytes | Sequence[bytes | float]
+# An answer: bytes to send, or an iterable of bytes to send and float pauses (seconds) between;
+# a generator streams a hostile flood without holding it in memory.
+Answer = bytes | Iterable[bytes | float]
 ReplyFn = Callable[[bytes], Answer | None]
 
 
@@ -123,8 +124,9 @@ class FakeImapServer:
     received line (CRLF stripped) to the bytes to answer, or None to leave it to the default,
     which answers ``CAPABILITY`` with ``capabilities`` and ``LOGOUT`` with BYE + OK, and stays
     silent on anything else (a stalled server). An answer may also be a sequence of bytes and
-    pauses in seconds (``[part, 2.5, rest]``: a server that stalls mid-reply); lines that
-    arrive meanwhile wait their turn. ``lines`` records what arrived.
+    pauses in seconds (``[part, 2.5, rest]``: a server that stalls mid-reply), or a generator
+    of them (a flood made as it is sent); lines that arrive meanwhile wait their turn. The
+    answer stops when the client goes away. ``lines`` records what arrived.
 
     >>> async with FakeImapServer(b"* OK hi\\r\\n") as fake:   # doctest: +SKIP
     ...     fake.port
@@ -176,7 +178,9 @@ class FakeImapServer:
                 for part in [answer] if isinstance(answer, bytes | None) else answer:
                     if isinstance(part, float | int):
                         await asyncio.sleep(part)
-                    elif part and not writer.is_closing():
+                    elif writer.is_closing() or reader.at_eof():
+                        break
+                    elif part:
                         writer.write(part)
                         await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
