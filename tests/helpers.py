@@ -3,6 +3,9 @@
 - :class:`StoreCli`: ``correspond`` through click's runner on a test store (its data dir,
   database URL and key), as ``test_cli_sync.py`` and ``test_cli_messages.py`` drive it.
 - :func:`folder_spec`: a :class:`~correspond.rules.folders.FolderSpec` with test defaults.
+- :func:`authed_client`: a TestClient signed in as an admin (a user and an API token made in the
+  app's store), as every API test uses it: ``with authed_client(create_app(...)) as client``.
+- :func:`user_client`: a TestClient signed in as another (member or admin) user of the same app.
 """
 
 from __future__ import annotations
@@ -11,12 +14,38 @@ import json
 from typing import Any
 
 from click.testing import CliRunner, Result
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from correspond.cli import main
 from correspond.rules.folders import FolderSpec
 from correspond.settings import Settings
 
-__all__ = ["StoreCli", "folder_spec"]
+__all__ = ["API_BASE_URL", "StoreCli", "authed_client", "folder_spec", "user_client"]
+
+#: A host name the API answers to by default (TestClient's own "testserver" is refused).
+API_BASE_URL = "http://localhost"
+
+
+def user_client(app: FastAPI, email: str, *, admin: bool = False) -> TestClient:
+    """A TestClient for ``app`` that calls as user ``email`` (created, without a password,
+    when missing) with a fresh API token in its ``Authorization`` header."""
+    from correspond.errors import NotFound
+
+    auth = app.state.auth
+    try:
+        user = auth.users.get_user(email)
+    except NotFound:
+        user, _ = auth.create_user(email, None, admin=admin)
+    token = auth.create_token(user, "tests").token
+    return TestClient(app, base_url=API_BASE_URL, headers={"Authorization": f"Bearer {token}"})
+
+
+def authed_client(app: FastAPI) -> TestClient:
+    """A TestClient for ``app`` signed in as an admin (``admin@example.test``): sees and may
+    change every account. Use it as ``with authed_client(create_app(settings, store=store)) as
+    client:``."""
+    return user_client(app, "admin@example.test", admin=True)
 
 
 class StoreCli:

@@ -19,10 +19,12 @@ from correspond.rules.presets import AccountChanges, AccountDraft, apply_changes
 from correspond.settings import Settings
 from correspond.store import Account, AccountSummary, Folder, FolderSyncResult, Store
 from correspond.store.records import draft_of
+from correspond.store.repository import PASSWORD_DROPPED
 from correspond.store.tables import utcnow
 from correspond.sync.connection_test import ConnectionReport, check_connection
 
 __all__ = [
+    "PASSWORD_DROPPED",
     "STATE_MESSAGES",
     "AccountService",
     "describe_state",
@@ -77,9 +79,12 @@ class AccountService:
 
     # -- plain store operations -------------------------------------------------------------
 
-    def add_account(self, draft: AccountDraft, password: str) -> Account:
-        """Store a new account with its (encrypted) password. Nothing is contacted yet."""
-        return self.store.add_account(draft, password)
+    def add_account(
+        self, draft: AccountDraft, password: str, *, owner_id: int | None = None
+    ) -> Account:
+        """Store a new account with its (encrypted) password, owned by user ``owner_id``.
+        Nothing is contacted yet."""
+        return self.store.add_account(draft, password, owner_id=owner_id)
 
     def check_update(self, name: str, changes: AccountChanges) -> AccountDraft:
         """What ``name`` would become with ``changes``, checked, without storing anything:
@@ -91,12 +96,18 @@ class AccountService:
         self, name: str, changes: AccountChanges, password: str | None = None
     ) -> Account:
         """Change ``name``'s settings and/or password atomically (all or nothing). Changing how
-        it connects moves a failed account back to ``connecting``; synced mail is kept."""
+        it connects moves a failed account back to ``connecting``; synced mail is kept.
+
+        Changing how it connects (host, port, security, user name, plaintext permission,
+        trusted certificate; IMAP or SMTP) without a ``password`` drops the stored password:
+        a secret is never sent to an endpoint other than the one it was entered for. The
+        account then waits in ``error`` saying so (:data:`PASSWORD_DROPPED`) until it gets a
+        password; the connection test says so without contacting anything."""
         return self.store.update_account(name, changes, secret=password)
 
-    def list_accounts(self) -> list[AccountSummary]:
-        """Every account with state and counts (messages: 0 until a messages table exists)."""
-        return self.store.list_accounts()
+    def list_accounts(self, *, owner_id: int | None = None) -> list[AccountSummary]:
+        """Every account (only ``owner_id``'s when given) with state and counts."""
+        return self.store.list_accounts(owner_id=owner_id)
 
     def get_account(self, name: str) -> AccountSummary:
         return self.store.account_summary(name)
@@ -178,6 +189,18 @@ class AccountService:
         such a failure back to ``connecting``. Live or backfilling accounts keep their state.
         """
         account = await asyncio.to_thread(self.store.get_account, name)
+        if not account.has_secret:
+            # Nothing is contacted: there is no password to sign in with.
+            return ConnectionReport(
+                ok=False,
+                problem="no_password",
+                message=(
+                    f"Account {name!r} has no stored password (it is dropped when the "
+                    "connection settings change): enter it with `correspond account update "
+                    f"{name} --password` or PATCH /accounts/{name} with a password. Nothing "
+                    "was contacted."
+                ),
+            )
         password = await asyncio.to_thread(self.store.account_secret, name)
         report = await check_connection(
             self.endpoint_for(account),

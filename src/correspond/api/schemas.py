@@ -90,6 +90,11 @@ class AccountCreate(BaseModel):
     def _email(cls, value: str) -> str:
         return _checked(check_email, value)
 
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: SecretStr) -> SecretStr:
+        return _no_nul(value)
+
     @field_validator("imap_host", "smtp_host")
     @classmethod
     def _host(cls, value: str | None, info: Any) -> str | None:
@@ -191,6 +196,11 @@ class AccountUpdate(BaseModel):
     def _username(cls, value: str) -> str:
         return _checked(check_username, value)
 
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: SecretStr) -> SecretStr:
+        return _no_nul(value)
+
     @field_validator("imap_host", "smtp_host")
     @classmethod
     def _host(cls, value: str, info: Any) -> str:
@@ -227,6 +237,14 @@ class AccountUpdate(BaseModel):
             window_days=self.window_days,
             toggles=dict(self.toggles or {}),
         )
+
+
+def _no_nul(value: SecretStr) -> SecretStr:
+    """A password with a NUL cannot be sent to an IMAP server (nor stored in PostgreSQL's
+    text): a 422 naming the field, never a 500 later."""
+    if "\x00" in value.get_secret_value():
+        raise ValueError("the password contains a NUL character")
+    return value
 
 
 def _checked(check: Any, value: Any) -> Any:
