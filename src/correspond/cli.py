@@ -82,6 +82,7 @@ from correspond.store import Account, Store, open_store
 from correspond.store.leases import RUNNABLE_STATES, AccountLeases
 from correspond.store.message_queries import MAX_PAGE, AddressView, MessageView
 from correspond.store.progress import AccountProgress, ProgressReader
+from correspond.store.records import draft_of
 from correspond.sync.runner import (
     SyncRunner,
     default_parse_processes,
@@ -621,17 +622,31 @@ def account_update(
         )
     service = cli.service
     # An unknown name or a bad value fails here, before a password is asked for.
-    service.check_update(name, changes)
+    after = service.check_update(name, changes)
+    before = service.store.get_account(name)
+    moves = after.connection() != draft_of(before).connection() and before.has_secret
     password: str | None = None
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
         if not password:
             _fail("missing: a password on standard input (it was empty)", 2)
-    elif password_prompt:
+    elif password_prompt or (moves and _stdin_is_tty()):
         if not _stdin_is_tty():
             _fail("--password needs a terminal to ask on; use --password-stdin", 2)
-        password = click.prompt("New password", hide_input=True)
+        if not password_prompt:
+            click.echo(
+                "The connection settings change: the stored password is only sent to the "
+                "server it was entered for, so enter it again for the new settings.",
+                err=True,
+            )
+        password = click.prompt("Password", hide_input=True)
     updated = service.update_account(name, changes, password)
+    if moves and password is None:
+        click.echo(
+            f"The stored password was dropped (the connection settings changed); give it "
+            f"again with: correspond account update {name} --password-stdin",
+            err=True,
+        )
     sides: tuple[Side, ...] = ("imap", "smtp")
     _warn_port_conflicts(updated, tuple(side for side in sides if changes.touches(side)))
     if as_json_output:
