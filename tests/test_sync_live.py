@@ -553,10 +553,13 @@ async def test_changed_connection_settings_reconnect_at_once(sqlite_env: Env) ->
         await run.live()
         connects = syncer.stats.connects
         dead = free_port()
-        env.store.update_account(name, AccountChanges(imap_port=dead))
+        # (The password goes with each change: a change without one would drop it.)
+        env.store.update_account(name, AccountChanges(imap_port=dead), secret=env.user.password)
         await wait_until(lambda: env.store.get_account(name).state == "disconnected", 10)
         assert f":{dead}" in env.store.get_account(name).state_detail
-        env.store.update_account(name, AccountChanges(imap_port=env.server.port))
+        env.store.update_account(
+            name, AccountChanges(imap_port=env.server.port), secret=env.user.password
+        )
         assert env.store.get_account(name).state == "connecting"  # the store's own reset
         started = time.monotonic()
         await wait_until(lambda: env.store.get_account(name).state == "live", 10)
