@@ -59,8 +59,15 @@ def mirror(
 
 
 @pytest.fixture
-def app(store: Store, store_settings: Settings) -> FastAPI:
-    return create_app(store_settings, store=store)
+def settings(store_settings: Settings) -> Settings:
+    """The store's settings with cheap password hashes (argon2id still, at 1 pass over 1 MiB:
+    the tests hash and verify dozens of passwords)."""
+    return store_settings.clone(password_hash_time_cost=1, password_hash_memory_kib=1024)
+
+
+@pytest.fixture
+def app(store: Store, settings: Settings) -> FastAPI:
+    return create_app(settings, store=store)
 
 
 @pytest.fixture
@@ -209,6 +216,8 @@ def test_members_own_what_they_add_and_admins_see_all(app: FastAPI, admin: TestC
 
 def test_sign_in_sets_a_safe_cookie_and_sign_out_ends_it(app: FastAPI) -> None:
     app.state.auth.create_user("Person@Example.test", "correct horse", admin=False)
+    _, stored = app.state.auth.users.credentials("person@example.test")
+    assert stored.startswith("$argon2id$") and "correct horse" not in stored
     client = TestClient(app, base_url=API_BASE_URL)
     wrong = client.post("/session", json={"email": "person@example.test", "password": "nope"})
     assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
@@ -233,10 +242,8 @@ def test_sign_in_sets_a_safe_cookie_and_sign_out_ends_it(app: FastAPI) -> None:
     assert "Secure" in secure.headers["set-cookie"]
 
 
-def test_sign_in_is_throttled_per_user_and_per_address(
-    store: Store, store_settings: Settings
-) -> None:
-    settings = store_settings.clone(login_max_failures_per_user=3, login_max_failures_per_address=5)
+def test_sign_in_is_throttled_per_user_and_per_address(store: Store, settings: Settings) -> None:
+    settings = settings.clone(login_max_failures_per_user=3, login_max_failures_per_address=5)
     app = create_app(settings, store=store)
     app.state.auth.create_user("a@example.test", "right", admin=False)
     client = TestClient(app, base_url=API_BASE_URL)
@@ -266,7 +273,7 @@ def test_an_unknown_user_costs_a_password_hash_too(app: FastAPI) -> None:
             calls.append("verify")
             return super().verify(hash, password)
 
-    app.state.auth.hasher = Counting()
+    app.state.auth.hasher = Counting(time_cost=1, memory_cost=1024)
     client = TestClient(app, base_url=API_BASE_URL)
     unknown = client.post("/session", json={"email": "nobody@example.test", "password": "x"})
     wrong = client.post("/session", json={"email": "known@example.test", "password": "x"})

@@ -155,15 +155,24 @@ class AuthService:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.users = UserStore(store.engine)
         self.settings = settings
-        self.hasher = PasswordHasher()
-        # Verified against when the user does not exist, so that costs the same time.
-        self._dummy_hash = self.hasher.hash(secrets.token_urlsafe(16))
+        self.hasher = PasswordHasher(
+            time_cost=settings.password_hash_time_cost,
+            memory_cost=settings.password_hash_memory_kib,
+        )
+        self._dummy: str | None = None
         self.limiter = LoginLimiter(
             per_user=settings.login_max_failures_per_user,
             per_address=settings.login_max_failures_per_address,
             window_seconds=settings.login_window_seconds,
             max_entries=settings.login_limiter_max_entries,
         )
+
+    def _dummy_hash(self) -> str:
+        """Verified against when the user does not exist, so that costs the same time (made
+        with the same parameters on first use, not at start-up)."""
+        if self._dummy is None:
+            self._dummy = self.hasher.hash(secrets.token_urlsafe(16))
+        return self._dummy
 
     # -- users -----------------------------------------------------------------------------
 
@@ -203,7 +212,7 @@ class AuthService:
         user, hashed = found if found is not None else (None, None)
         ok = False
         try:
-            ok = self.hasher.verify(hashed or self._dummy_hash, password)
+            ok = self.hasher.verify(hashed or self._dummy_hash(), password)
         except (VerificationError, InvalidHashError):
             ok = False
         if not ok or user is None or hashed is None or user.disabled:

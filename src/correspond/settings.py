@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     session_ttl_seconds: int = Field(
         default=14 * 24 * 3600, gt=0, le=366 * 24 * 3600, description="How long a sign-in lasts"
     )
+    password_hash_time_cost: int = Field(
+        default=3, ge=1, le=100, description="argon2id passes over memory per password hash"
+    )
+    password_hash_memory_kib: int = Field(
+        default=64 * 1024, ge=64, le=4 * 1024 * 1024, description="argon2id memory per hash"
+    )
     login_max_failures_per_user: int = Field(default=10, ge=1, le=10_000)
     login_max_failures_per_address: int = Field(default=30, ge=1, le=100_000)
     login_window_seconds: float = Field(
