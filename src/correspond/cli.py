@@ -1730,11 +1730,6 @@ def serve(
     if settings.host not in settings.allowed_hosts:
         # The API answers to the name it listens on, besides the configured ones.
         settings = settings.clone(allowed_hosts=[*settings.allowed_hosts, settings.host])
-    _check_port_free(settings.host, settings.port)
-    store = cli.store  # migrations run here, before the first request
-    runner = None if no_sync else SyncRunner(store, settings, parse_processes=parse_processes)
-    app = create_app(settings, store=store, runner=runner)
-    what = "API only" if runner is None else f"API and sync (owner {runner.owner})"
     if not _is_loopback(settings.host):
         click.echo(
             f"Warning: listening on {settings.host}, not loopback: the API (every account's "
@@ -1744,6 +1739,11 @@ def serve(
             "clients use).",
             err=True,
         )
+    _check_port_free(settings.host, settings.port)
+    store = cli.store  # migrations run here, before the first request
+    runner = None if no_sync else SyncRunner(store, settings, parse_processes=parse_processes)
+    app = create_app(settings, store=store, runner=runner)
+    what = "API only" if runner is None else f"API and sync (owner {runner.owner})"
     click.echo(f"Serving on http://{settings.host}:{settings.port}: {what}; API docs at /docs")
     if cli.auth.users.count_users() == 0:
         click.echo(
