@@ -107,7 +107,12 @@ def _api_routes(app: FastAPI) -> tuple[set[tuple[str, str]], set[tuple[str, str]
 
 
 def _openapi_routes(client: TestClient) -> set[tuple[str, str]]:
+    """The documented operations; each one that needs credentials says so (bearer or cookie)."""
     spec = client.get("/openapi.json").json()
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            if (method.upper(), path) not in PUBLIC:
+                assert op.get("security") == [{"HTTPBearer": []}, {"APIKeyCookie": []}], path
     return {(m.upper(), path) for path, ops in spec["paths"].items() for m in ops}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from correspond.auth import SESSION_COOKIE, AuthService
 from correspond.store.users import User
@@ -48,7 +49,20 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def current_user(request: Request, auth: AuthDep) -> User:
+# Declared so the OpenAPI document (and /docs' "Authorize") shows both ways to sign in; the
+# header and cookie are read by current_user itself.
+_BEARER = HTTPBearer(auto_error=False, description="A personal API token (ct_...)")
+_COOKIE = APIKeyCookie(
+    name=SESSION_COOKIE, auto_error=False, description="The cookie POST /session sets"
+)
+
+
+def current_user(
+    request: Request,
+    auth: AuthDep,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None,
+    _cookie: Annotated[str | None, Depends(_COOKIE)] = None,
+) -> User:
     """The signed-in user (bearer token first, else the session cookie); 401 otherwise."""
     header = request.headers.get("authorization")
     if header is not None:
