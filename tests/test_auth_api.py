@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from starlette.routing import Mount, Route
 
 from correspond.api import create_app
+from correspond.auth import LoginLimiter, LoginThrottled
 from correspond.settings import Settings
 from correspond.store import Store
 from correspond.testing.dovecot import DovecotServer, ImapUser
@@ -209,7 +210,9 @@ def test_members_own_what_they_add_and_admins_see_all(app: FastAPI, admin: TestC
     other = user_client(app, "other@example.test")
     new = {"name": "mine", "email": "m@example.com", "imap_host": "mail.example.com"}
     assert member.post("/accounts", json={**new, "password": "pw"}).status_code == 201
-    assert [a["name"] for a in member.get("/accounts").json()] == ["mine"]
+    listed = member.get("/accounts").json()
+    assert [a["name"] for a in listed] == ["mine"]
+    assert listed[0]["owner_id"] == member.get("/session").json()["id"]
     assert other.get("/accounts").json() == []
     assert other.get("/accounts/mine").status_code == 404
     assert other.patch("/accounts/mine", json={"window_days": 3}).status_code == 404
@@ -506,3 +509,16 @@ def test_each_connection_field_drops_the_password(
     assert admin.post("/accounts", json=new).status_code == 201
     assert admin.patch("/accounts/w", json={"window_days": 9}).json()["has_password"] is True
     assert admin.patch("/accounts/w", json=change).json()["has_password"] is False
+
+
+def test_the_sign_in_limiter_stays_bounded() -> None:
+    """A flood of failed sign-ins under ever new names and addresses keeps at most
+    ``max_entries`` keys; the newest are the ones remembered."""
+    limiter = LoginLimiter(per_user=2, per_address=1000, window_seconds=60, max_entries=50)
+    for n in range(5000):
+        limiter.failed(f"user{n}@example.test", f"10.0.{n // 250}.{n % 250}")
+    assert len(limiter) <= 50
+    limiter.failed("user4999@example.test", "10.0.0.1")
+    with pytest.raises(LoginThrottled):
+        limiter.check("user4999@example.test", "192.0.2.1")
+    limiter.check("user0@example.test", "192.0.2.1")  # forgotten: not refused

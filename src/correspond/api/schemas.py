@@ -269,6 +269,9 @@ class AccountPublic(BaseModel):
     username: str
     imap: EndpointPublic
     smtp: EndpointPublic
+    owner_id: int | None = Field(
+        description="The user who owns the account (null: added before any user existed)"
+    )
     auth_kind: str
     has_password: bool
     allow_plaintext: bool
@@ -355,6 +358,7 @@ def account_public(
         username=a.username,
         imap=EndpointPublic(host=a.imap_host, port=a.imap_port, security=a.imap_security),  # type: ignore[arg-type]
         smtp=EndpointPublic(host=a.smtp_host, port=a.smtp_port, security=a.smtp_security),  # type: ignore[arg-type]
+        owner_id=a.owner_id,
         auth_kind=a.auth_kind,
         has_password=a.has_secret,
         allow_plaintext=a.allow_plaintext,
