@@ -20,11 +20,33 @@ from fastapi.testclient import TestClient
 from correspond.cli import main
 from correspond.rules.folders import FolderSpec
 from correspond.settings import Settings
+from correspond.store import Store
 
-__all__ = ["API_BASE_URL", "StoreCli", "authed_client", "folder_spec", "user_client"]
+__all__ = [
+    "API_BASE_URL",
+    "StoreCli",
+    "admin_token",
+    "authed_client",
+    "folder_spec",
+    "user_client",
+]
 
 #: A host name the API answers to by default (TestClient's own "testserver" is refused).
 API_BASE_URL = "http://localhost"
+
+
+def admin_token(store: Store) -> str:
+    """An API token of an admin (``admin@example.test``, made when missing) in ``store``, for
+    tests that call a running ``correspond serve`` over HTTP."""
+    from correspond.auth import AuthService
+    from correspond.errors import NotFound
+
+    auth = AuthService(store, Settings())
+    try:
+        user = auth.users.get_user("admin@example.test")
+    except NotFound:
+        user, _ = auth.create_user("admin@example.test", None, admin=True)
+    return auth.create_token(user, "tests").token
 
 
 def user_client(app: FastAPI, email: str, *, admin: bool = False) -> TestClient:
