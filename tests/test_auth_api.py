@@ -13,6 +13,7 @@ import re
 import socket
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from correspond.api import create_app
 from correspond.auth import LoginLimiter, LoginThrottled
 from correspond.settings import Settings
 from correspond.store import Store
+from correspond.store.message_queries import encode_cursor
 from correspond.testing.dovecot import DovecotServer, ImapUser
 from correspond.testing.mirror import SeededMirror, seed_mirror
 from helpers import API_BASE_URL, authed_client, user_client
@@ -411,6 +413,11 @@ def test_ids_past_two_to_the_63_are_422(admin: TestClient, mirror: SeededMirror)
         answer = admin.get(url)
         assert answer.status_code == 422, (url, answer.status_code)
     assert admin.delete(f"/tokens/{BIG_ID}").status_code == 422
+    # A page cursor carrying such an id is refused like any invalid cursor, never a 500.
+    messages = f"/accounts/{mirror.account}/messages"
+    garbage = admin.get(messages, params={"before": "garbage"}).status_code
+    big = encode_cursor(datetime.now(UTC), BIG_ID)
+    assert admin.get(messages, params={"before": big}).status_code == garbage != 500
     assert admin.get(f"/messages/{BIG_ID - 1}").status_code == 404  # the largest id is fine
 
 
