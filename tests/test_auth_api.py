@@ -25,9 +25,11 @@ from starlette.routing import Mount, Route
 
 from correspond.api import create_app
 from correspond.auth import LoginLimiter, LoginThrottled
+from correspond.rules.presets import AccountChanges, draft_from_preset
 from correspond.settings import Settings
 from correspond.store import Store
 from correspond.store.message_queries import encode_cursor
+from correspond.store.repository import SettingsChanged
 from correspond.testing.dovecot import DovecotServer, ImapUser
 from correspond.testing.mirror import SeededMirror, seed_mirror
 from helpers import API_BASE_URL, authed_client, user_client
@@ -529,3 +531,16 @@ def test_the_sign_in_limiter_stays_bounded() -> None:
     with pytest.raises(LoginThrottled):
         limiter.check("user4999@example.test", "192.0.2.1")
     limiter.check("user0@example.test", "192.0.2.1")  # forgotten: not refused
+
+
+def test_a_secret_is_not_handed_out_for_settings_read_before_a_change(store: Store) -> None:
+    """A task that read the account, then asks for its secret after the user moved the account
+    to another server (with the new server's password), does not get that password for the
+    old endpoint it is about to connect to."""
+    draft = draft_from_preset("other", name="w", email="m@example.com", imap_host="old.example.com")
+    store.add_account(draft, "old-password")
+    before = store.get_account("w")
+    store.update_account("w", AccountChanges(imap_host="new.example.com"), secret="new-password")
+    with pytest.raises(SettingsChanged):
+        store.account_secret("w", for_account=before)
+    assert store.account_secret("w", for_account=store.get_account("w")) == "new-password"

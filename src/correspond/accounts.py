@@ -201,7 +201,7 @@ class AccountService:
                     "was contacted."
                 ),
             )
-        password = await asyncio.to_thread(self.store.account_secret, name)
+        password = await asyncio.to_thread(self.store.account_secret, name, for_account=account)
         report = await check_connection(
             self.endpoint_for(account),
             account.username,
@@ -237,7 +237,7 @@ class AccountService:
         re-raised for the caller to show.
         """
         account = await asyncio.to_thread(self.store.get_account, name)
-        password = await asyncio.to_thread(self.store.account_secret, name)
+        password = await asyncio.to_thread(self.store.account_secret, name, for_account=account)
         try:
             async with await ImapClient.connect(
                 self.endpoint_for(account),

@@ -34,7 +34,12 @@ from correspond.store.records import (
 from correspond.store.secrets import SecretBox
 from correspond.store.tables import ACCOUNT_STATES, AccountRow, Base, FolderRow, utcnow
 
-__all__ = ["PASSWORD_DROPPED", "RETRIED_ON_CHANGE", "Store"]
+__all__ = ["PASSWORD_DROPPED", "RETRIED_ON_CHANGE", "SettingsChanged", "Store"]
+
+
+class SettingsChanged(ConfigError):
+    """The account's connection settings changed between reading them and using its secret."""
+
 
 #: The state detail of an account whose stored password was dropped by a change of how it
 #: connects (the account waits in ``error``, which no worker runs, until a password is given).
@@ -170,10 +175,22 @@ class Store:
                 raise NotFound(f"no account with id {account_id}")
             return account_from_row(row)
 
-    def account_secret(self, name: str) -> str:
-        """The decrypted secret of ``name`` (only for handing to a server)."""
+    def account_secret(self, name: str, *, for_account: Account | None = None) -> str:
+        """The decrypted secret of ``name`` (only for handing to a server).
+
+        With ``for_account`` (the settings the caller is about to connect with), the secret is
+        given only while the stored connection settings are still those: a task that read the
+        account before the user moved it elsewhere gets :class:`SettingsChanged`, never the
+        secret entered for the new endpoint."""
         with self.transaction() as s:
-            token = self._account_row(s, name).secret_encrypted
+            row = self._account_row(s, name)
+            if for_account is not None and (
+                draft_of(account_from_row(row)).connection() != draft_of(for_account).connection()
+            ):
+                raise SettingsChanged(
+                    f"the connection settings of account {name!r} changed meanwhile; try again"
+                )
+            token = row.secret_encrypted
         if token is None:
             raise ConfigError(f"account {name!r} has no stored password")
         return self._secrets.decrypt(bytes(token))

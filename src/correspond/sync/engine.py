@@ -63,7 +63,7 @@ from correspond.store.messages import (
     ThreadChooser,
 )
 from correspond.store.records import Account, Folder
-from correspond.store.repository import PASSWORD_DROPPED, Store
+from correspond.store.repository import PASSWORD_DROPPED, SettingsChanged, Store
 from correspond.sync.folder_sync import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_BATCH_BYTES,
@@ -260,8 +260,16 @@ class AccountSyncer:
     async def connect(self, account: Account) -> ImapClient:
         """Connect, log in with the stored secret, and ENABLE CONDSTORE/QRESYNC if offered."""
         self.stats.connects += 1
-        # The secret first: an account without one contacts nothing.
-        secret = await asyncio.to_thread(self.store.account_secret, account.name)
+        from correspond.sync.live import ConnectionSettingsChanged
+
+        # The secret first: an account without one contacts nothing; and only while the
+        # stored settings are still the ones this session connects with.
+        try:
+            secret = await asyncio.to_thread(
+                self.store.account_secret, account.name, for_account=account
+            )
+        except SettingsChanged as exc:
+            raise ConnectionSettingsChanged(str(exc)) from exc
         client = await ImapClient.connect(
             endpoint_for(account),
             connect_timeout=self.settings.imap_connect_timeout,
