@@ -291,3 +291,51 @@ def test_serve_warns_when_it_listens_beyond_loopback(runner: CliRunner, data_dir
     assert result.exit_code == 1  # the port is taken: it stops after the warning
     assert "Warning: listening on 0.0.0.0, not loopback" in result.stderr
     assert "CORRESPOND_ALLOWED_HOSTS" in result.stderr
+
+
+def test_migration_0004_down_and_up_again_keeps_sqlite_usable(tmp_path: Path) -> None:
+    """SQLite: a downgrade below 0004 loses no folder or message (nothing rebuilds
+    `accounts`), accounts stay writable, and the upgrade takes the owners back."""
+    from alembic import command
+
+    from correspond.store.engine import _alembic_config
+
+    engine = create_store_engine(f"sqlite:///{tmp_path / 's.db'}")
+    try:
+        migrate(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.text(_OLD_ACCOUNT.format(name="a")))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO folders (account_id, remote_name_raw, name, flags, selectable,"
+                    " selected, backfill_done, backfill_done_count, removed, created_at, "
+                    "updated_at) VALUES (1, x'494e424f58', 'INBOX', '[]', 1, 1, 0, 0, 0, "
+                    "'2026-01-01', '2026-01-01')"
+                )
+            )
+        UserStore(engine).create_user(
+            "a@example.test", display_name="", password_hash=None, role="admin"
+        )
+        cfg = _alembic_config()
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0003")
+        with engine.begin() as conn:
+            conn.execute(sa.text(_OLD_ACCOUNT.format(name="b")))
+            conn.execute(sa.text("UPDATE accounts SET state = 'paused'"))
+            assert conn.execute(sa.text("SELECT count(*) FROM folders")).scalar() == 1
+        migrate(engine)
+        assert UserStore(engine).account_owners() == {"a": "a@example.test", "b": None}
+    finally:
+        engine.dispose()
+
+
+_OLD_ACCOUNT = (
+    "INSERT INTO accounts (name, preset, email, imap_host, imap_port, imap_security, smtp_port, "
+    "smtp_security, username, auth_kind, allow_plaintext, state, state_detail, folders_mode, "
+    "window_days, delete_in_crm_on_remote_delete, delete_remote_on_crm_delete, "
+    "archive_in_crm_on_remote_archive, archive_remote_on_crm_archive, created_at, updated_at) "
+    "VALUES ('{name}', 'other', 'o@example.test', 'imap.example.test', 993, 'tls', 587, "
+    "'starttls', 'o', 'password', 0, 'live', '', 'all', 60, 0, 0, 1, 1, '2026-01-01', "
+    "'2026-01-01')"
+)
