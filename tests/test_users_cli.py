@@ -339,3 +339,25 @@ _OLD_ACCOUNT = (
     "'starttls', 'o', 'password', 0, 'live', '', 'all', 60, 0, 0, 1, 1, '2026-01-01', "
     "'2026-01-01')"
 )
+
+
+def test_account_update_on_a_terminal_asks_for_the_password_when_it_moves(
+    runner: CliRunner, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert add_account(runner, data_dir, "work").exit_code == 0
+    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: True)
+    moved = run(
+        runner, data_dir, "account", "update", "work", "--imap-host", "new.example.test",
+        "--json", input="for-the-new-server\n",
+    )  # fmt: skip
+    assert moved.exit_code == 0, moved.output
+    assert "enter it again for the new settings" in moved.stderr
+    assert json.loads(moved.stdout)["has_password"] is True
+    store = open_store(Settings(data_dir=data_dir))
+    try:
+        assert store.account_secret("work") == "for-the-new-server"
+    finally:
+        store.close()
+    # A change that does not move it asks nothing.
+    window = run(runner, data_dir, "account", "update", "work", "--window-days", "7")
+    assert window.exit_code == 0 and "Password" not in window.output

@@ -665,7 +665,8 @@ def account_update(
                 "server it was entered for, so enter it again for the new settings.",
                 err=True,
             )
-        password = click.prompt("Password", hide_input=True)
+        # On stderr: with --json, standard output carries only the JSON.
+        password = click.prompt("Password", hide_input=True, err=True)
     updated = service.update_account(name, changes, password)
     if moves and password is None:
         click.echo(
