@@ -3,6 +3,9 @@
 - :class:`StoreCli`: ``correspond`` through click's runner on a test store (its data dir,
   database URL and key), as ``test_cli_sync.py`` and ``test_cli_messages.py`` drive it.
 - :func:`folder_spec`: a :class:`~correspond.rules.folders.FolderSpec` with test defaults.
+- :func:`authed_client`: a TestClient signed in as an admin (a user and an API token made in the
+  app's store), as every API test uses it: ``with authed_client(create_app(...)) as client``.
+- :func:`user_client`: a TestClient signed in as another (member or admin) user of the same app.
 """
 
 from __future__ import annotations
@@ -11,12 +14,60 @@ import json
 from typing import Any
 
 from click.testing import CliRunner, Result
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from correspond.cli import main
 from correspond.rules.folders import FolderSpec
 from correspond.settings import Settings
+from correspond.store import Store
 
-__all__ = ["StoreCli", "folder_spec"]
+__all__ = [
+    "API_BASE_URL",
+    "StoreCli",
+    "admin_token",
+    "authed_client",
+    "folder_spec",
+    "user_client",
+]
+
+#: A host name the API answers to by default (TestClient's own "testserver" is refused).
+API_BASE_URL = "http://localhost"
+
+
+def admin_token(store: Store) -> str:
+    """An API token of an admin (``admin@example.test``, made when missing) in ``store``, for
+    tests that call a running ``correspond serve`` over HTTP."""
+    from correspond.auth import AuthService
+    from correspond.errors import NotFound
+
+    auth = AuthService(store, Settings())
+    try:
+        user = auth.users.get_user("admin@example.test")
+    except NotFound:
+        user, _ = auth.create_user("admin@example.test", None, admin=True)
+    return auth.create_token(user, "tests").token
+
+
+def user_client(app: FastAPI, email: str, *, admin: bool = False) -> TestClient:
+    """A TestClient for ``app`` that calls as user ``email`` (created, without a password,
+    when missing) with a fresh API token in its ``Authorization`` header."""
+    from correspond.errors import NotFound
+
+    auth = app.state.auth
+    try:
+        user = auth.users.get_user(email)
+    except NotFound:
+        user, _ = auth.create_user(email, None, admin=admin)
+    token = auth.create_token(user, "tests").token
+    return TestClient(app, base_url=API_BASE_URL, headers={"Authorization": f"Bearer {token}"})
+
+
+def authed_client(app: FastAPI) -> TestClient:
+    """A TestClient for ``app`` signed in as an admin (``admin@example.test``): sees and may
+    change every account. Use it as ``with authed_client(create_app(settings, store=store)) as
+    client:``."""
+    return user_client(app, "admin@example.test", admin=True)
 
 
 class StoreCli:

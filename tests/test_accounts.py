@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from fastapi.testclient import TestClient
 
 from correspond import cli as cli_module
 from correspond.accounts import AccountService, describe_state
@@ -23,6 +22,7 @@ from correspond.errors import AuthenticationFailed
 from correspond.rules.presets import AccountChanges, draft_from_preset
 from correspond.settings import Settings
 from correspond.store import Store
+from helpers import authed_client
 
 pytestmark = pytest.mark.dovecot
 
@@ -208,7 +208,7 @@ def test_cli_test_and_folders_refresh(
 def test_api_test_and_refresh(
     dovecot: Any, imap_user: Any, store: Store, store_settings: Settings
 ) -> None:
-    with TestClient(create_app(store_settings, store=store)) as client:
+    with authed_client(create_app(store_settings, store=store)) as client:
         body = {
             "name": "dove",
             "email": f"{imap_user.username}@example.test",
@@ -328,7 +328,14 @@ def test_cli_update_of_security_and_port_fixes_a_failing_account(
         *base, "account", "update", "dove",
         "--imap-security", "tls", "--imap-port", str(dovecot.tls_port), "--json",
     ]  # fmt: skip
-    updated = runner.invoke(main, update)
+    # Without a password, a change of how the account connects drops the stored one.
+    dropped = runner.invoke(main, update)
+    assert dropped.exit_code == 0, dropped.output
+    assert json.loads(dropped.stdout)["has_password"] is False
+    assert "--password-stdin" in dropped.stderr
+    untested = runner.invoke(main, [*base, "account", "test", "dove", "--json"])
+    assert json.loads(untested.stdout)["problem"] == "no_password"
+    updated = runner.invoke(main, [*update, "--password-stdin"], input=imap_user.password + "\n")
     assert updated.exit_code == 0, updated.output
     account = json.loads(updated.stdout)
     assert account["imap"]["security"] == "tls" and account["state"] == "connecting"
@@ -351,7 +358,9 @@ async def test_service_update_keeps_folders_and_retries(
     count = len(refreshed.folders)
     assert count > 0
     moved = service.update_account(
-        "dove", AccountChanges(imap_security="tls", imap_port=dovecot.tls_port)
+        "dove",
+        AccountChanges(imap_security="tls", imap_port=dovecot.tls_port),
+        password=imap_user.password,
     )
     assert (moved.imap_security, moved.imap_port) == ("tls", dovecot.tls_port)
     assert len(service.list_folders("dove")) == count

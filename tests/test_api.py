@@ -13,14 +13,14 @@ from fastapi.testclient import TestClient
 from correspond.api import create_app
 from correspond.settings import Settings
 from correspond.store import Store
-from helpers import folder_spec
+from helpers import authed_client, folder_spec
 
 PASSWORD = "api-Pa55word!"
 
 
 @pytest.fixture
 def client(store: Store, store_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(store_settings, store=store)) as c:
+    with authed_client(create_app(store_settings, store=store)) as c:
         yield c
 
 

@@ -42,6 +42,7 @@ from correspond.testing.mirror import (
     SeededMirror,
     seed_mirror,
 )
+from helpers import authed_client
 
 TOTAL = SEEDED_MESSAGES
 
@@ -55,7 +56,7 @@ def mirror(
 
 @pytest.fixture
 def client(store: Store, store_settings: Settings, mirror: SeededMirror) -> Iterator[TestClient]:
-    with TestClient(create_app(store_settings, store=store)) as c:
+    with authed_client(create_app(store_settings, store=store)) as c:
         yield c
 
 
@@ -350,7 +351,7 @@ def test_message_kept_without_original_or_attachment_body(
         FolderCheckpointUpdate(),
         chooser=default_thread_chooser,
     )
-    with TestClient(create_app(store_settings, store=store)) as client:
+    with authed_client(create_app(store_settings, store=store)) as client:
         listed = client.get("/accounts/big/messages").json()["messages"]
         msg = client.get(f"/messages/{listed[0]['id']}").json()
         assert (msg["truncated"], msg["has_raw"], msg["html"]) == (True, False, None)

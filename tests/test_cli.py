@@ -517,11 +517,55 @@ def test_changing_how_it_connects_retries_a_failed_account(
     window = run(runner, data_dir, "account", "update", "work", "--window-days", "9")
     assert window.exit_code == 0, window.output
     assert account_json(runner, data_dir)["state"] == state  # not a connection setting
-    fixed = run(runner, data_dir, "account", "update", "work", "--imap-port", "993", "--json")
+    fixed = run(
+        runner, data_dir, "account", "update", "work", "--imap-port", "993", "--json",
+        "--password-stdin", input="pw\n",
+    )  # fmt: skip
     assert fixed.exit_code == 0, fixed.output
     a = json.loads(fixed.stdout)
     assert a["state"] == "connecting" and "settings changed" in a["state_detail"]
     assert a["folder_count"] == 2  # synced data is kept
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ("--imap-host", "evil.example.net"),
+        ("--imap-port", "1143"),
+        ("--imap-security", "tls"),
+        ("--username", "someone-else"),
+        ("--allow-plaintext",),
+        ("--smtp-host", "smtp.evil.example.net"),
+        ("--smtp-port", "2525"),
+        ("--smtp-security", "tls"),
+    ],
+)
+def test_a_connection_change_without_a_password_drops_the_stored_one(
+    runner: CliRunner, data_dir: Path, change: tuple[str, ...]
+) -> None:
+    """A secret is only sent to the endpoint it was entered for: changing where or how the
+    account connects without giving the password again drops it, and the account waits in
+    ``error`` saying so (no worker runs it) until it gets one."""
+    add_work(runner, data_dir)
+    result = run(runner, data_dir, "account", "update", "work", *change, "--json")
+    assert result.exit_code == 0, result.output
+    a = json.loads(result.stdout)
+    assert a["has_password"] is False
+    assert a["state"] == "error" and "password" in a["state_detail"]
+    assert "dropped" in result.stderr
+    again = run(runner, data_dir, "account", "update", "work", "--password-stdin", input="pw\n")
+    assert again.exit_code == 0, again.output
+    a = account_json(runner, data_dir)
+    assert a["has_password"] is True and a["state"] == "connecting"
+
+
+def test_a_change_that_keeps_the_endpoint_keeps_the_password(
+    runner: CliRunner, data_dir: Path
+) -> None:
+    add_work(runner, data_dir)
+    result = run(runner, data_dir, "account", "update", "work", "--window-days", "5", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["has_password"] is True
 
 
 def test_a_new_password_retries_and_a_paused_account_stays_paused(
@@ -879,7 +923,8 @@ def test_account_update_trusts_a_certificate_and_changes_the_password(
     assert "correspond account update lab --trust-cert FILE" in json.loads(failed.stdout)["message"]
     cert = tmp_path / "server.pem"
     cert.write_text(dovecot.cert_pem, encoding="ascii")
-    result = runner.invoke(main, [*base, "account", "update", "lab", "--trust-cert", str(cert)])
+    trust = [*base, "account", "update", "lab", "--trust-cert", str(cert), "--password-stdin"]
+    result = runner.invoke(main, trust, input="still-wrong\n")
     assert result.exit_code == 0, result.output
     refused = runner.invoke(main, [*base, "account", "test", "lab", "--json"])
     assert json.loads(refused.stdout)["problem"] == "auth_failed"

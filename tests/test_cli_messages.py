@@ -24,7 +24,7 @@ from correspond.testing.mirror import (
     SeededMirror,
     seed_mirror,
 )
-from helpers import StoreCli
+from helpers import StoreCli, authed_client
 
 TOTAL = SEEDED_MESSAGES
 
@@ -46,7 +46,7 @@ def cli(
 
 @pytest.fixture
 def api(store: Store, store_settings: Settings, mirror: SeededMirror) -> Iterator[TestClient]:
-    with TestClient(create_app(store_settings, store=store)) as c:
+    with authed_client(create_app(store_settings, store=store)) as c:
         yield c
 
 

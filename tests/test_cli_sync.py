@@ -30,7 +30,7 @@ from correspond.testing.dovecot import DovecotServer, ImapUser
 from correspond.testing.mail import plain_message
 from correspond.testing.net import free_port
 from correspond.testing.store import add_dovecot_account
-from helpers import StoreCli
+from helpers import StoreCli, admin_token
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.timeout(120)]
 
@@ -259,16 +259,17 @@ def test_subprocess_sync_live_until_ctrl_c(
     assert account.state == "connecting" and "shut down" in account.state_detail
 
 
-def _http(url: str, *, method: str = "GET", timeout: float = 2.0) -> Any:
+def _http(url: str, token: str, *, method: str = "GET", timeout: float = 2.0) -> Any:
     """The JSON body of a 200 answer; raises on any other answer or a connection failure."""
     request = urllib.request.Request(url, method=method)
+    request.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(request, timeout=timeout) as answer:
         return json.loads(answer.read())
 
 
-def _get(url: str) -> Any:
+def _get(url: str, token: str = "") -> Any:
     try:
-        return _http(url, timeout=10.0)
+        return _http(url, token, timeout=10.0)
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None
 
@@ -280,6 +281,7 @@ def test_subprocess_serve_runs_sync_beside_the_api(
     name = add_account(store, dovecot, mailbox)
     # A second account whose password the server refuses: its failure is logged too.
     bad = add_account(store, dovecot, dovecot.add_user(), password="wrong-password")
+    token = admin_token(store)
     port = free_port()
     proc = subprocess.Popen(
         [*console_script(), "serve", "--port", str(port), "--parse-processes", "0"],
@@ -293,7 +295,7 @@ def test_subprocess_serve_runs_sync_beside_the_api(
         seen: dict[str, Any] = {}
 
         def caught_up() -> bool:
-            body = _get(f"{base}/accounts/{name}/progress")
+            body = _get(f"{base}/accounts/{name}/progress", token)
             if body is None:
                 return False
             seen.update(body)
@@ -302,7 +304,7 @@ def test_subprocess_serve_runs_sync_beside_the_api(
         wait_until(caught_up, "the account live through the API")
         wait_until(lambda: store.get_account(bad).state == "auth_failed", "the refused login")
         assert (seen["done"], seen["total"]) == (COUNT, COUNT)
-        paused = _http(f"{base}/accounts/{name}/pause", method="POST", timeout=5)
+        paused = _http(f"{base}/accounts/{name}/pause", token, method="POST", timeout=5)
         assert paused["state"] == "paused"
         wait_until(lambda: store.get_account(name).lease_owner is None, "the lease released")
     finally:
@@ -321,6 +323,7 @@ def test_subprocess_serve_no_sync_and_worker(
 ) -> None:
     store = local.store
     name = add_account(store, dovecot, mailbox)
+    token = admin_token(store)
     env = local.env
     port = free_port()
     api = subprocess.Popen(
@@ -355,7 +358,7 @@ def test_subprocess_serve_no_sync_and_worker(
         wait_until(lambda: count(store, name) == COUNT, "the worker's backfill")
 
         def progress_done() -> bool:
-            body = _get(f"http://127.0.0.1:{port}/accounts/{name}")
+            body = _get(f"http://127.0.0.1:{port}/accounts/{name}", token)
             return body is not None and body["progress"]["done"] == COUNT
 
         wait_until(progress_done, "the API to show the backfill done")

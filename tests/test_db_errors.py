@@ -23,6 +23,7 @@ from correspond.settings import Settings
 from correspond.store import Store
 from correspond.sync.runner import sync_account_once
 from correspond.testing.dovecot import DovecotServer, ImapUser
+from helpers import authed_client
 from test_sync_dovecot import NOW, Env, _sqlite, raw_message
 
 SECRET = "hunter2-SECRET-7f3a"
@@ -99,7 +100,7 @@ def test_store_error_is_a_fixed_sentence(store: Store, caplog: pytest.LogCapture
 
 @pytest.fixture
 def client(store: Store, store_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(store_settings, store=store)) as c:
+    with authed_client(create_app(store_settings, store=store)) as c:
         yield c
 
 

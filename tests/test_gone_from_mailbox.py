@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
-from fastapi.testclient import TestClient
 
 from correspond.api import create_app
 from correspond.mailbox import MailboxReader
 from correspond.settings import Settings
 from correspond.testing.dovecot import DovecotServer, ImapUser
-from helpers import StoreCli
+from helpers import StoreCli, authed_client
 from test_sync_dovecot import NOW, Env, _sqlite, raw_message
 
 KEY = Fernet.generate_key()
@@ -88,7 +87,7 @@ async def test_expunged_and_moved_are_told_apart(env: Env) -> None:
     assert stays.locations and stays.gone_from_mailbox_at is None and stays.gone_reason is None
 
     # The API says the same.
-    with TestClient(create_app(env.settings, store=env.store)) as client:
+    with authed_client(create_app(env.settings, store=env.store)) as client:
         body = client.get(f"/messages/{ids['about moved']}").json()
         assert body["locations"] == [] and body["gone_from_mailbox_at"] is not None
         assert body["gone_reason"] == "moved to an unsynced folder"

@@ -8,7 +8,6 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from fastapi.testclient import TestClient
 
 from correspond.api import create_app
 from correspond.settings import Settings
@@ -23,6 +22,7 @@ from correspond.sync.runner import sync_account_once
 from correspond.testing.dovecot import DovecotServer, ImapUser
 from correspond.testing.mail import plain_message
 from correspond.testing.store import add_dovecot_account, sync_once
+from helpers import authed_client
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.timeout(120)]
 
@@ -124,7 +124,7 @@ async def test_progress_pause_and_resume_through_the_api(
     # "live" is shown only while a sync process holds the account (here: a worker named w1).
     AccountLeases(store.engine).claim("w1", 300, names=[name])
     app = create_app(store_settings, store=store)
-    with TestClient(app) as client:
+    with authed_client(app) as client:
         r = client.get(f"/accounts/{name}/progress")
         assert r.status_code == 200, r.text
         body = r.json()

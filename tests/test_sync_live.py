@@ -553,10 +553,13 @@ async def test_changed_connection_settings_reconnect_at_once(sqlite_env: Env) ->
         await run.live()
         connects = syncer.stats.connects
         dead = free_port()
-        env.store.update_account(name, AccountChanges(imap_port=dead))
+        # (The password goes with each change: a change without one would drop it.)
+        env.store.update_account(name, AccountChanges(imap_port=dead), secret=env.user.password)
         await wait_until(lambda: env.store.get_account(name).state == "disconnected", 10)
         assert f":{dead}" in env.store.get_account(name).state_detail
-        env.store.update_account(name, AccountChanges(imap_port=env.server.port))
+        env.store.update_account(
+            name, AccountChanges(imap_port=env.server.port), secret=env.user.password
+        )
         assert env.store.get_account(name).state == "connecting"  # the store's own reset
         started = time.monotonic()
         await wait_until(lambda: env.store.get_account(name).state == "live", 10)
@@ -567,6 +570,26 @@ async def test_changed_connection_settings_reconnect_at_once(sqlite_env: Env) ->
         await wait_until(
             lambda: "mid:after-change@example.test" in env.stored_keys("INBOX"), FAST * 3
         )
+
+
+async def test_a_dropped_password_stops_a_live_account_without_sending_it(
+    sqlite_env: Env,
+) -> None:
+    """A change of where the account connects without a new password drops the stored one
+    (Store.update_account): the live session ends, and the account stays stopped in ``error``
+    saying a password is needed; nothing signs in anywhere with the old secret."""
+    env = sqlite_env
+    name = env.account.name
+    syncer = env.syncer(backoff_base=60.0, backoff_cap=60.0, selection_check_interval=0.1)
+    async with Running(env, syncer, poll_seconds=600) as run:
+        await run.live()
+        logins = syncer.stats.logins
+        env.store.update_account(name, AccountChanges(imap_port=free_port()))
+        await wait_until(lambda: run.task is not None and run.task.done(), 10, "stopped")
+        account = env.store.get_account(name)
+        assert account.state == "error" and not account.has_secret
+        assert "password" in account.state_detail
+        assert syncer.stats.logins == logins
 
 
 def _auth_failures_in_log(server: DovecotServer, user: ImapUser) -> int:

@@ -27,10 +27,12 @@ from correspond.store import Account, AccountSummary, Folder, FolderSyncResult, 
 from correspond.store.blob_gc import RemovedAccount, remove_account_with_blobs
 from correspond.store.blobs import BlobStore
 from correspond.store.records import draft_of
+from correspond.store.repository import PASSWORD_DROPPED
 from correspond.store.tables import utcnow
 from correspond.sync.connection_test import ConnectionReport, check_connection
 
 __all__ = [
+    "PASSWORD_DROPPED",
     "STATE_MESSAGES",
     "AccountService",
     "describe_state",
@@ -86,9 +88,12 @@ class AccountService:
 
     # -- plain store operations -------------------------------------------------------------
 
-    def add_account(self, draft: AccountDraft, password: str) -> Account:
-        """Store a new account with its (encrypted) password. Nothing is contacted yet."""
-        return self.store.add_account(draft, password)
+    def add_account(
+        self, draft: AccountDraft, password: str, *, owner_id: int | None = None
+    ) -> Account:
+        """Store a new account with its (encrypted) password, owned by user ``owner_id``.
+        Nothing is contacted yet."""
+        return self.store.add_account(draft, password, owner_id=owner_id)
 
     def check_update(self, name: str, changes: AccountChanges) -> AccountDraft:
         """What ``name`` would become with ``changes``, checked, without storing anything:
@@ -100,12 +105,18 @@ class AccountService:
         self, name: str, changes: AccountChanges, password: str | None = None
     ) -> Account:
         """Change ``name``'s settings and/or password atomically (all or nothing). Changing how
-        it connects moves a failed account back to ``connecting``; synced mail is kept."""
+        it connects moves a failed account back to ``connecting``; synced mail is kept.
+
+        Changing how it connects (host, port, security, user name, plaintext permission,
+        trusted certificate; IMAP or SMTP) without a ``password`` drops the stored password:
+        a secret is never sent to an endpoint other than the one it was entered for. The
+        account then waits in ``error`` saying so (:data:`PASSWORD_DROPPED`) until it gets a
+        password; the connection test says so without contacting anything."""
         return self.store.update_account(name, changes, secret=password)
 
-    def list_accounts(self) -> list[AccountSummary]:
-        """Every account with state and counts (messages: 0 until a messages table exists)."""
-        return self.store.list_accounts()
+    def list_accounts(self, *, owner_id: int | None = None) -> list[AccountSummary]:
+        """Every account (only ``owner_id``'s when given) with state and counts."""
+        return self.store.list_accounts(owner_id=owner_id)
 
     def get_account(self, name: str) -> AccountSummary:
         return self.store.account_summary(name)
@@ -206,7 +217,19 @@ class AccountService:
         such a failure back to ``connecting``. Live or backfilling accounts keep their state.
         """
         account = await asyncio.to_thread(self.store.get_account, name)
-        password = await asyncio.to_thread(self.store.account_secret, name)
+        if not account.has_secret:
+            # Nothing is contacted: there is no password to sign in with.
+            return ConnectionReport(
+                ok=False,
+                problem="no_password",
+                message=(
+                    f"Account {name!r} has no stored password (it is dropped when the "
+                    "connection settings change): enter it with `correspond account update "
+                    f"{name} --password` or PATCH /accounts/{name} with a password. Nothing "
+                    "was contacted."
+                ),
+            )
+        password = await asyncio.to_thread(self.store.account_secret, name, for_account=account)
         report = await check_connection(
             self.endpoint_for(account),
             account.username,
@@ -275,7 +298,7 @@ class AccountService:
         re-raised for the caller to show.
         """
         account = await asyncio.to_thread(self.store.get_account, name)
-        password = await asyncio.to_thread(self.store.account_secret, name)
+        password = await asyncio.to_thread(self.store.account_secret, name, for_account=account)
         try:
             async with await ImapClient.connect(
                 self.endpoint_for(account),

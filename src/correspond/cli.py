@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import re
 import signal
@@ -55,6 +56,7 @@ from correspond.api.message_schemas import (
 )
 from correspond.api.progress_schemas import ProgressPublic, progress_public
 from correspond.api.schemas import account_public, as_json, folder_public
+from correspond.auth import AuthService, check_password
 from correspond.cli_output import QuietConsole, cell, dumps_json, safe, safe_lines, stdout_closed
 from correspond.errors import (
     ConfigError,
@@ -90,6 +92,8 @@ from correspond.store.leases import RUNNABLE_STATES, AccountLeases
 from correspond.store.location import store_location
 from correspond.store.message_queries import MAX_PAGE, AddressView, MessageView
 from correspond.store.progress import AccountProgress, ProgressReader
+from correspond.store.records import draft_of
+from correspond.store.users import ApiToken, User
 from correspond.sync.runner import (
     OnceResult,
     SyncRunner,
@@ -213,6 +217,7 @@ class CliContext:
         self.settings = settings
         self.json_output = json_output  # --json before the command
         self._store: Store | None = None
+        self._auth: AuthService | None = None
 
     def use_data_dir(self, data_dir: Path) -> None:
         """``--data-dir`` given after the command: it replaces the one given before it (or the
@@ -258,6 +263,12 @@ class CliContext:
     @property
     def leases(self) -> AccountLeases:
         return AccountLeases(self.store.engine)
+
+    @property
+    def auth(self) -> AuthService:
+        if self._auth is None:
+            self._auth = AuthService(self.store, self.settings)
+        return self._auth
 
     def close(self) -> None:
         if self._store is not None:
@@ -476,6 +487,12 @@ def _from_default(ctx: click.Context, param: str) -> bool:
     help="PEM certificate to trust for this server (self-signed servers).",
 )
 @click.option("--window-days", type=click.IntRange(1, 36500), help="How far back to sync.")
+@click.option(
+    "--owner",
+    metavar="EMAIL",
+    help="The user who owns the account (default: the first admin; with no users yet, the "
+    "first admin created).",
+)
 @click.option("--json", "as_json_output", is_flag=True, help="Print the account as JSON.")
 @click.pass_context
 def account_add(
@@ -494,6 +511,7 @@ def account_add(
     allow_plaintext: bool,
     trust_cert: Path | None,
     window_days: int | None,
+    owner: str | None,
     as_json_output: bool,
 ) -> None:
     """Add an account NAME (a short handle you choose, e.g. "work").
@@ -510,6 +528,8 @@ def account_add(
     """
     cli = ctx.find_object(CliContext)
     assert cli is not None  # made by main() for every command
+    # The owner is checked first: a wrong address fails before anything is asked for.
+    owner_user = cli.auth.default_owner(owner)
     interactive = _stdin_is_tty() and not password_stdin
     missing = missing_fields(preset, name=name, email=email, imap_host=imap_host)
     if missing and interactive:
@@ -600,7 +620,7 @@ def account_add(
             _fail("missing: a password on standard input (it was empty)", 2)
     else:
         password = click.prompt("Password", hide_input=True)
-    service.add_account(draft, password)
+    service.add_account(draft, password, owner_id=owner_user.id if owner_user else None)
     summary = service.get_account(draft.name)
     if as_json_output:
         progress = _progress_json(cli.progress.account(draft.name))
@@ -612,6 +632,13 @@ def account_add(
     )
     smtp = f"{a.smtp_host}:{a.smtp_port} ({a.smtp_security})" if a.smtp_host else "not set"
     click.echo(f"SMTP {smtp}; user name {a.username}")
+    if owner_user is None:
+        click.echo(
+            "Owner: none yet (no users exist); the first admin you create takes it: "
+            "correspond users create EMAIL --admin"
+        )
+    else:
+        click.echo(f"Owner: {owner_user.email}")
     click.echo(f"Next: correspond account test {a.name}")
 
 
@@ -756,27 +783,41 @@ def account_update(
         )
     service = cli.service
     # An unknown name or a bad value fails here, before a password is asked for.
-    draft = service.check_update(name, changes)
+    after = service.check_update(name, changes)
     if trust_presented:
         # The certificate of the endpoint as it will be (a new host or port given with it).
         pem = _run(
             service.presented_certificate_pem(
-                draft.imap_host, draft.imap_port, draft.imap_security, trust_presented
+                after.imap_host, after.imap_port, after.imap_security, trust_presented
             )
         )
         changes = dataclasses.replace(changes, trusted_cert_pem=pem)
-        service.check_update(name, changes)
-    before = cli.store.get_account(name)
+        after = service.check_update(name, changes)
+    before = service.store.get_account(name)
+    moves = after.connection() != draft_of(before).connection() and before.has_secret
     password: str | None = None
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
         if not password:
             _fail("missing: a password on standard input (it was empty)", 2)
-    elif password_prompt:
+    elif password_prompt or (moves and _stdin_is_tty()):
         if not _stdin_is_tty():
             _fail("--password needs a terminal to ask on; use --password-stdin", 2)
-        password = click.prompt("New password", hide_input=True)
+        if not password_prompt:
+            click.echo(
+                "The connection settings change: the stored password is only sent to the "
+                "server it was entered for, so enter it again for the new settings.",
+                err=True,
+            )
+        # On stderr: with --json, standard output carries only the JSON.
+        password = click.prompt("Password", hide_input=True, err=True)
     updated = service.update_account(name, changes, password)
+    if moves and password is None:
+        click.echo(
+            f"The stored password was dropped (the connection settings changed); give it "
+            f"again with: correspond account update {name} --password-stdin",
+            err=True,
+        )
     sides: tuple[Side, ...] = ("imap", "smtp")
     _warn_port_conflicts(updated, tuple(side for side in sides if changes.touches(side)))
     if as_json_output:
@@ -1984,6 +2025,207 @@ def _check_port_free(host: str, port: int) -> None:
             )
 
 
+# -- users and tokens ---------------------------------------------------------------------------
+
+
+@main.group(cls=_Group)
+def users() -> None:
+    """People who use the API: create (the first with --admin), list, passwd, disable, enable."""
+
+
+def _new_password(password_stdin: bool, prompt: str = "Password") -> str:
+    """A new user password: the first line of stdin, or asked twice on a terminal; never argv."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            _fail("missing: a password on standard input (it was empty)", 2)
+    elif _stdin_is_tty():
+        password = click.prompt(prompt, hide_input=True, confirmation_prompt=True)
+    else:
+        _fail("no terminal to ask for the password on: give it with --password-stdin", 2)
+    return check_password(password)
+
+
+def _user_json(user: User) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "email": user.email,
+        "display_name": user.display_name,
+        "role": user.role,
+        "disabled": user.disabled,
+        "has_password": user.has_password,
+        "created_at": user.created_at.isoformat(),
+    }
+
+
+@users.command("create")
+@click.argument("email")
+@click.option("--admin", is_flag=True, help="An admin sees and manages every account.")
+@click.option("--name", "display_name", default="", help="Display name.")
+@click.option(
+    "--password-stdin", is_flag=True, help="Read the password from the first line of stdin."
+)
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def users_create(
+    cli: CliContext, email: str, admin: bool, display_name: str, password_stdin: bool,
+    as_json_output: bool,
+) -> None:  # fmt: skip
+    """Create the user EMAIL (asks for the password twice, or --password-stdin).
+
+    The first admin created becomes the owner of every account that has none (accounts
+    added before any user existed).
+    """
+    password = _new_password(password_stdin)
+    user, taken = cli.auth.create_user(email, password, admin=admin, display_name=display_name)
+    if as_json_output:
+        _print_json({**_user_json(user), "accounts_taken": taken})
+        return
+    click.echo(f"Created {user.role} {user.email}.")
+    if taken:
+        click.echo(f"{user.email} now owns the {taken} account(s) that had no owner.")
+    click.echo(
+        f"An API token: correspond tokens create --user {user.email} --name NAME; "
+        "or sign in with POST /session."
+    )
+
+
+@users.command("list")
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def users_list(cli: CliContext, as_json_output: bool) -> None:
+    """Every user: address, role, disabled."""
+    found = cli.auth.users.list_users()
+    if as_json_output:
+        _print_json([_user_json(u) for u in found])
+        return
+    if not found:
+        click.echo("No users yet. Create the first admin: correspond users create EMAIL --admin")
+        return
+    table = Table(box=None)
+    for column in ("ID", "E-mail", "Name", "Role", "Status"):
+        table.add_column(column)
+    for u in found:
+        table.add_row(
+            str(u.id), escape(u.email), escape(u.display_name), u.role,
+            "disabled" if u.disabled else "active",
+        )  # fmt: skip
+    _console().print(table)
+
+
+@users.command("passwd")
+@click.argument("email")
+@click.option(
+    "--password-stdin", is_flag=True, help="Read the password from the first line of stdin."
+)
+@pass_cli
+def users_passwd(cli: CliContext, email: str, password_stdin: bool) -> None:
+    """Set a new password for EMAIL (their sign-in sessions end; tokens stay)."""
+    cli.auth.users.get_user(email)  # an unknown user fails before the prompt
+    user = cli.auth.set_password(email, _new_password(password_stdin, "New password"))
+    click.echo(f"Password changed for {user.email}; their sessions were ended.")
+
+
+@users.command("disable")
+@click.argument("email")
+@pass_cli
+def users_disable(cli: CliContext, email: str) -> None:
+    """Refuse EMAIL's sign-ins, sessions and tokens (until enabled again)."""
+    user = cli.auth.users.set_disabled(email, True)
+    click.echo(f"Disabled {user.email}.")
+
+
+@users.command("enable")
+@click.argument("email")
+@pass_cli
+def users_enable(cli: CliContext, email: str) -> None:
+    """Let a disabled user sign in again (their tokens work again)."""
+    user = cli.auth.users.set_disabled(email, False)
+    click.echo(f"Enabled {user.email}.")
+
+
+@main.group(cls=_Group)
+def tokens() -> None:
+    """Personal API tokens (Authorization: Bearer ...): create, list, revoke."""
+
+
+def _token_json(t: ApiToken) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "user": t.user_email,
+        "name": t.name,
+        "prefix": t.prefix,
+        "created_at": t.created_at.isoformat(),
+        "last_used_at": t.last_used_at.isoformat() if t.last_used_at else None,
+        "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
+    }
+
+
+@tokens.command("create")
+@click.option("--user", "email", required=True, help="Whose token (their e-mail address).")
+@click.option("--name", required=True, help="What the token is for, e.g. 'crm-import'.")
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def tokens_create(cli: CliContext, email: str, name: str, as_json_output: bool) -> None:
+    """Create an API token for a user; it is printed once and never shown again."""
+    user = cli.auth.users.get_user(email)
+    if user.disabled:
+        _fail(f"user {user.email} is disabled; enable them first", 2)
+    created = cli.auth.create_token(user, name)
+    if as_json_output:
+        _print_json({**_token_json(created.info), "token": created.token})
+        return
+    click.echo(created.token)
+    click.echo(
+        f"Token {created.info.id} ({created.info.name}) for {user.email}: shown this once, "
+        "keep it safe. Use it as: Authorization: Bearer <token>",
+        err=True,
+    )
+
+
+@tokens.command("list")
+@click.option("--user", "email", help="Only this user's tokens.")
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def tokens_list(cli: CliContext, email: str | None, as_json_output: bool) -> None:
+    """API tokens (prefix, user, name, last use), never the tokens themselves."""
+    user_id = cli.auth.users.get_user(email).id if email else None
+    found = cli.auth.users.list_tokens(user_id)
+    if as_json_output:
+        _print_json([_token_json(t) for t in found])
+        return
+    table = Table(box=None)
+    for column in ("ID", "Prefix", "User", "Name", "Created", "Last used", "Status"):
+        table.add_column(column)
+    for t in found:
+        table.add_row(
+            str(t.id), t.prefix + "...", escape(t.user_email), escape(t.name),
+            _when(t.created_at), _when(t.last_used_at),
+            "revoked" if t.revoked_at else "active",
+        )  # fmt: skip
+    _console().print(table)
+
+
+@tokens.command("revoke")
+@click.argument("token_id", type=click.IntRange(1, 2**63 - 1))
+@pass_cli
+def tokens_revoke(cli: CliContext, token_id: int) -> None:
+    """Revoke token TOKEN_ID (see `tokens list`): it stops working at once."""
+    t = cli.auth.users.revoke_token(token_id)
+    click.echo(f"Revoked token {t.id} ({t.name}) of {t.user_email}.")
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) is only reachable from this machine."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 @main.command("serve")
 @click.option("--host", help="Address to listen on (default from settings).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port (default from settings).")
@@ -1999,6 +2241,18 @@ def serve(
     from correspond.api import create_app
 
     settings = cli.settings.clone(**{k: v for k, v in (("host", host), ("port", port)) if v})
+    if settings.host not in settings.allowed_hosts:
+        # The API answers to the name it listens on, besides the configured ones.
+        settings = settings.clone(allowed_hosts=[*settings.allowed_hosts, settings.host])
+    if not _is_loopback(settings.host):
+        click.echo(
+            f"Warning: listening on {settings.host}, not loopback: the API (every account's "
+            "mail and settings, to whoever holds a token or a session) is reachable from the "
+            "network, over plain HTTP unless a TLS proxy is in front. Host names answered: "
+            f"{', '.join(settings.allowed_hosts)} (set CORRESPOND_ALLOWED_HOSTS to the names "
+            "clients use).",
+            err=True,
+        )
     _check_port_free(settings.host, settings.port)
     store = cli.store  # migrations run here, before the first request
     _configure_logging()
@@ -2010,6 +2264,13 @@ def serve(
     app = create_app(settings, store=store, runner=runner)
     what = "API only" if runner is None else f"API and sync (owner {runner.owner})"
     click.echo(f"Serving on http://{settings.host}:{settings.port}: {what}; API docs at /docs")
+    if cli.auth.users.count_users() == 0:
+        click.echo(
+            "No users yet: every API call but /health answers 401. Create the first admin "
+            "and a token:\n  correspond users create you@example.com --admin\n"
+            "  correspond tokens create --user you@example.com --name cli\n"
+            "then call the API with: Authorization: Bearer <token>"
+        )
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
 
 

@@ -127,6 +127,36 @@ class Settings(BaseSettings):
         ge=0,
         description="`doctor` removes temporary blob files older than this (left by a crash)",
     )
+    # -- the API's perimeter and sign-in (docs/ARCHITECTURE.md, "Users and authentication") --
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "localhost", "::1"],
+        description="Host names the API answers to (Host header); serve --host adds its own",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins (scheme://host[:port]) allowed to make state-changing requests "
+        "besides the API's own; none by default (no CORS)",
+    )
+    max_request_bytes: int = Field(
+        default=30 * 1024 * 1024, gt=0, description="Largest request body the API reads"
+    )
+    session_ttl_seconds: int = Field(
+        default=14 * 24 * 3600, gt=0, le=366 * 24 * 3600, description="How long a sign-in lasts"
+    )
+    password_hash_time_cost: int = Field(
+        default=3, ge=1, le=100, description="argon2id passes over memory per password hash"
+    )
+    password_hash_memory_kib: int = Field(
+        default=64 * 1024, ge=64, le=4 * 1024 * 1024, description="argon2id memory per hash"
+    )
+    login_max_failures_per_user: int = Field(default=10, ge=1, le=10_000)
+    login_max_failures_per_address: int = Field(default=30, ge=1, le=100_000)
+    login_window_seconds: float = Field(
+        default=900.0, gt=0, le=86_400, description="Window the failed sign-ins are counted in"
+    )
+    login_limiter_max_entries: int = Field(
+        default=10_000, ge=1, le=10_000_000, description="Users and addresses remembered"
+    )
 
     def clone(self, **changes: Any) -> Settings:
         """A validated copy with some fields changed (settings themselves never change; the

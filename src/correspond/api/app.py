@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import (
     get_redoc_html,
@@ -19,8 +19,11 @@ from fastapi.staticfiles import StaticFiles
 
 from correspond import __version__
 from correspond.accounts import AccountService
-from correspond.api.routes import accounts, folders, health, messages, sync
+from correspond.api.guard import RequestGuard
+from correspond.api.routes import accounts, auth, folders, health, messages, sync
 from correspond.api.schemas import ErrorPublic
+from correspond.api.security import authorize
+from correspond.auth import AuthService
 from correspond.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -183,13 +186,28 @@ def create_app(
     app.state.progress = ProgressReader(the_store.engine)
     app.state.leases = AccountLeases(the_store.engine)
     app.state.runner = runner
+    app.state.auth = AuthService(the_store, settings)
     app.add_exception_handler(CorrespondError, _correspond_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(
+        RequestGuard,
+        allowed_hosts=settings.allowed_hosts,
+        allowed_origins=settings.allowed_origins,
+        max_body_bytes=settings.max_request_bytes,
+    )
+    # Public: /health, POST /session (signing in) and the documentation (no data in them).
     app.include_router(health.router)
-    app.include_router(accounts.router)
-    app.include_router(sync.router)
-    app.include_router(folders.router)
-    app.include_router(messages.account_router)
-    app.include_router(messages.router)
-    app.include_router(messages.thread_router)
+    app.include_router(auth.session_router)
+    # Everything else needs a signed-in user who may see what the path names.
+    signed_in = [Depends(authorize)]
+    app.include_router(auth.tokens_router)
+    for router in (
+        accounts.router,
+        sync.router,
+        folders.router,
+        messages.account_router,
+        messages.router,
+        messages.thread_router,
+    ):
+        app.include_router(router, dependencies=signed_in)
     return app

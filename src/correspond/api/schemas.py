@@ -91,6 +91,11 @@ class AccountCreate(BaseModel):
     def _email(cls, value: str) -> str:
         return _checked(check_email, value)
 
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: SecretStr) -> SecretStr:
+        return _no_nul(value)
+
     @field_validator("imap_host", "smtp_host")
     @classmethod
     def _host(cls, value: str | None, info: Any) -> str | None:
@@ -192,6 +197,11 @@ class AccountUpdate(BaseModel):
     def _username(cls, value: str) -> str:
         return _checked(check_username, value)
 
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: SecretStr) -> SecretStr:
+        return _no_nul(value)
+
     @field_validator("imap_host", "smtp_host")
     @classmethod
     def _host(cls, value: str, info: Any) -> str:
@@ -230,6 +240,14 @@ class AccountUpdate(BaseModel):
         )
 
 
+def _no_nul(value: SecretStr) -> SecretStr:
+    """A password with a NUL cannot be sent to an IMAP server (nor stored in PostgreSQL's
+    text): a 422 naming the field, never a 500 later."""
+    if "\x00" in value.get_secret_value():
+        raise ValueError("the password contains a NUL character")
+    return value
+
+
 def _checked(check: Any, value: Any) -> Any:
     """Run a shared input check; its ConfigError becomes the ValueError pydantic reports."""
     try:
@@ -252,6 +270,9 @@ class AccountPublic(BaseModel):
     username: str
     imap: EndpointPublic
     smtp: EndpointPublic
+    owner_id: int | None = Field(
+        description="The user who owns the account (null: added before any user existed)"
+    )
     auth_kind: str
     has_password: bool
     allow_plaintext: bool
@@ -353,6 +374,7 @@ def account_public(
         username=a.username,
         imap=EndpointPublic(host=a.imap_host, port=a.imap_port, security=a.imap_security),  # type: ignore[arg-type]
         smtp=EndpointPublic(host=a.smtp_host, port=a.smtp_port, security=a.smtp_security),  # type: ignore[arg-type]
+        owner_id=a.owner_id,
         auth_kind=a.auth_kind,
         has_password=a.has_secret,
         allow_plaintext=a.allow_plaintext,

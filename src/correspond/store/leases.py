@@ -360,6 +360,12 @@ class AccountLeases:
         with self._tx() as s:
             row = self._row(s, name)
             if row.state in RESUMABLE_STATES:
+                if row.auth_kind == "password" and row.secret_encrypted is None:
+                    raise ConfigError(
+                        f"account {name!r} has no stored password (dropped when its connection "
+                        f"settings changed): enter it with `correspond account update {name} "
+                        "--password` (or PATCH with a password) and it resumes"
+                    )
                 row.state = "connecting"
                 last = row.last_sync_at
                 when = f"{last:%Y-%m-%d %H:%M:%S} UTC" if last is not None else "never"

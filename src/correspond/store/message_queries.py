@@ -180,7 +180,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
         when = datetime.fromisoformat(when_text)
         if when.tzinfo is None:
             raise ValueError("naive")
-        return when.astimezone(UTC), int(id_text)
+        message_id = int(id_text)
+        if not 0 <= message_id < 2**63:
+            raise ValueError("an id past the store's 64-bit ids")  # a database error otherwise
+        return when.astimezone(UTC), message_id
     except (ValueError, UnicodeError, binascii.Error) as exc:
         raise ConfigError(f"not a valid page cursor: {cursor!r}") from exc
 

@@ -66,6 +66,7 @@ class Account:
     lease_expires_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    owner_id: int | None = None  # the user who owns it (None: no user existed when added)
 
     @property
     def toggles(self) -> dict[str, bool]:
@@ -150,6 +151,7 @@ def account_from_row(row: AccountRow) -> Account:
         lease_expires_at=row.lease_expires_at,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        owner_id=row.owner_id,
     )
 
 

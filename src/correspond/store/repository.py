@@ -34,7 +34,19 @@ from correspond.store.records import (
 from correspond.store.secrets import SecretBox
 from correspond.store.tables import ACCOUNT_STATES, AccountRow, Base, FolderRow, utcnow
 
-__all__ = ["RETRIED_ON_CHANGE", "Store"]
+__all__ = ["PASSWORD_DROPPED", "RETRIED_ON_CHANGE", "SettingsChanged", "Store"]
+
+
+class SettingsChanged(ConfigError):
+    """The account's connection settings changed between reading them and using its secret."""
+
+
+#: The state detail of an account whose stored password was dropped by a change of how it
+#: connects (the account waits in ``error``, which no worker runs, until a password is given).
+PASSWORD_DROPPED = (
+    "No password: the connection settings changed, so the stored password was dropped (it is "
+    "only ever sent to the server it was entered for). Enter the password again."
+)
 
 #: States a change of connection settings (or of the password) puts back to ``connecting``:
 #: the user has acted on what stopped or slowed the account, so it is tried again at once.
@@ -107,13 +119,17 @@ class Store:
             )
         return self._secrets.encrypt(secret)
 
-    def add_account(self, draft: AccountDraft, secret: str | None) -> Account:
-        """Create an account from ``draft``; ``secret`` is encrypted before it is stored."""
+    def add_account(
+        self, draft: AccountDraft, secret: str | None, *, owner_id: int | None = None
+    ) -> Account:
+        """Create an account from ``draft``, owned by user ``owner_id`` (None: no user exists
+        yet; the first admin created takes it); ``secret`` is encrypted before it is stored."""
         unknown = set(draft.toggles) - set(TOGGLES)
         if unknown:
             raise ConfigError(f"unknown toggles: {', '.join(sorted(unknown))}")
         row = AccountRow(
             name=draft.name,
+            owner_id=owner_id,
             preset=draft.preset,
             email=draft.email,
             username=draft.username,
@@ -159,10 +175,22 @@ class Store:
                 raise NotFound(f"no account with id {account_id}")
             return account_from_row(row)
 
-    def account_secret(self, name: str) -> str:
-        """The decrypted secret of ``name`` (only for handing to a server)."""
+    def account_secret(self, name: str, *, for_account: Account | None = None) -> str:
+        """The decrypted secret of ``name`` (only for handing to a server).
+
+        With ``for_account`` (the settings the caller is about to connect with), the secret is
+        given only while the stored connection settings are still those: a task that read the
+        account before the user moved it elsewhere gets :class:`SettingsChanged`, never the
+        secret entered for the new endpoint."""
         with self.transaction() as s:
-            token = self._account_row(s, name).secret_encrypted
+            row = self._account_row(s, name)
+            if for_account is not None and (
+                draft_of(account_from_row(row)).connection() != draft_of(for_account).connection()
+            ):
+                raise SettingsChanged(
+                    f"the connection settings of account {name!r} changed meanwhile; try again"
+                )
+            token = row.secret_encrypted
         if token is None:
             raise ConfigError(f"account {name!r} has no stored password")
         return self._secrets.decrypt(bytes(token))
@@ -223,6 +251,17 @@ class Store:
                 setattr(row, toggle, value)
             if secret is not None:
                 row.secret_encrypted = self._seal(s, secret, account_id=row.id)
+            elif after.connection() != before.connection() and row.secret_encrypted is not None:
+                # A secret is only ever sent to the endpoint it was entered for: a new host,
+                # port, security, user name, plaintext permission or certificate without a new
+                # password drops the stored one (else whoever may change the settings could
+                # send it to a server of their choosing).
+                row.secret_encrypted = None
+                if row.state != "paused":
+                    row.state = "error"
+                row.state_detail = PASSWORD_DROPPED
+                s.flush()
+                return account_from_row(row)
             retry = (
                 secret is not None
                 or changes.touches_connection()
@@ -274,8 +313,9 @@ class Store:
         rows = s.execute(q).all()
         return {int(a): int(n) for a, n in rows}
 
-    def list_accounts(self) -> list[AccountSummary]:
-        """Every account with its folder, selected-folder and message counts, by name."""
+    def list_accounts(self, *, owner_id: int | None = None) -> list[AccountSummary]:
+        """Every account (only user ``owner_id``'s when given) with its folder,
+        selected-folder and message counts, by name."""
         with self.transaction() as s:
             live = FolderRow.removed.is_(False)
             folder_counts: dict[int, int] = {
@@ -295,7 +335,10 @@ class Store:
                 ).all()
             }
             message_counts = self._message_counts(s)
-            rows = s.scalars(select(AccountRow).order_by(AccountRow.name)).all()
+            q = select(AccountRow).order_by(AccountRow.name)
+            if owner_id is not None:
+                q = q.where(AccountRow.owner_id == owner_id)
+            rows = s.scalars(q).all()
             return [
                 AccountSummary(
                     account=account_from_row(r),

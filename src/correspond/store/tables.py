@@ -34,9 +34,13 @@ __all__ = [
     "ACCOUNT_STATES",
     "FOLDERS_MODES",
     "FOLDER_ROLES",
+    "USER_ROLES",
     "AccountRow",
+    "ApiTokenRow",
     "Base",
     "FolderRow",
+    "UserRow",
+    "UserSessionRow",
     "UtcDateTime",
     "utcnow",
 ]
@@ -51,6 +55,7 @@ ACCOUNT_STATES = (
     "disconnected",
 )
 FOLDERS_MODES = ("all", "selected")
+USER_ROLES = ("admin", "member")
 FOLDER_ROLES = ("inbox", "sent", "drafts", "trash", "archive", "junk", "all")
 
 # Stable constraint names so migrations can refer to them on every backend.
@@ -119,6 +124,9 @@ class AccountRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
+    # The user who owns the account (None: added before any user existed; the first admin
+    # created takes it, see store.users).
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
     preset: Mapped[str] = mapped_column(String(40))
     email: Mapped[str] = mapped_column(String(320))
     imap_host: Mapped[str] = mapped_column(String(255))
@@ -193,3 +201,57 @@ class FolderRow(Base):
 
     def __repr__(self) -> str:
         return f"FolderRow(id={self.id!r}, account_id={self.account_id!r}, name={self.name!r})"
+
+
+class UserRow(Base):
+    """A person who signs in to the API. ``email_key`` (the address lower-cased) is unique, so
+    two users never differ only by case; ``password_hash`` is an argon2id hash (None: the user
+    signs in with API tokens only)."""
+
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint(_in("role", USER_ROLES), name="role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320))
+    email_key: Mapped[str] = mapped_column(String(320), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    password_hash: Mapped[str | None] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(10), default="member")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"UserRow(id={self.id!r}, email={self.email!r}, role={self.role!r})"
+
+
+class ApiTokenRow(Base):
+    """A personal API token: only the SHA-256 of the token is kept (it is shown once)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+    def __repr__(self) -> str:
+        return f"ApiTokenRow(id={self.id!r}, user_id={self.user_id!r}, name={self.name!r})"
+
+
+class UserSessionRow(Base):
+    """A signed-in browser session: only the SHA-256 of the cookie value is kept."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+
+    def __repr__(self) -> str:
+        return f"UserSessionRow(id={self.id!r}, user_id={self.user_id!r})"

@@ -71,7 +71,7 @@ from correspond.store.messages import (
     ThreadChooser,
 )
 from correspond.store.records import Account, Folder
-from correspond.store.repository import Store
+from correspond.store.repository import PASSWORD_DROPPED, SettingsChanged, Store
 from correspond.sync.connection_test import explain_error
 from correspond.sync.folder_sync import (
     DEFAULT_BATCH_SIZE,
@@ -280,6 +280,16 @@ class AccountSyncer:
     async def connect(self, account: Account) -> ImapClient:
         """Connect, log in with the stored secret, and ENABLE CONDSTORE/QRESYNC if offered."""
         self.stats.connects += 1
+        from correspond.sync.live import ConnectionSettingsChanged
+
+        # The secret first: an account without one contacts nothing; and only while the
+        # stored settings are still the ones this session connects with.
+        try:
+            secret = await asyncio.to_thread(
+                self.store.account_secret, account.name, for_account=account
+            )
+        except SettingsChanged as exc:
+            raise ConnectionSettingsChanged(str(exc)) from exc
         client = await ImapClient.connect(
             endpoint_for(account),
             connect_timeout=self.settings.imap_connect_timeout,
@@ -287,7 +297,6 @@ class AccountSyncer:
             limits=ImapLimits.from_settings(self.settings),
         )
         try:
-            secret = await asyncio.to_thread(self.store.account_secret, account.name)
             self.stats.logins += 1
             await client.login(account.username, secret)
             if self.extensions:
@@ -658,6 +667,12 @@ class AccountSyncer:
         first = True
         while not stop.is_set():
             account = await asyncio.to_thread(self.store.get_account, account_name)
+            if account.auth_kind == "password" and not account.has_secret:
+                # Dropped by a change of how the account connects (or never given): nothing
+                # to sign in with, and a secret is never sent to another endpoint. The user
+                # gives the password and the account is started again.
+                await self._set_state(account_name, "error", PASSWORD_DROPPED)
+                return
             if first:
                 first = False
                 await self._set_state(

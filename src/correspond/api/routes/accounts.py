@@ -17,6 +17,7 @@ from correspond.api.schemas import (
     ErrorPublic,
     account_public,
 )
+from correspond.api.security import AuthDep, CurrentUser
 from correspond.errors import ConfigError
 
 __all__ = ["router"]
@@ -29,8 +30,11 @@ _NO_SUCH_ACCOUNT: dict[int | str, dict[str, object]] = {
 
 
 @router.get("", response_model=list[AccountPublic])
-def list_accounts(service: ServiceDep, progress: ProgressDep) -> list[AccountPublic]:
-    summaries = service.list_accounts()
+def list_accounts(
+    service: ServiceDep, progress: ProgressDep, user: CurrentUser, auth: AuthDep
+) -> list[AccountPublic]:
+    """The accounts the caller may see: their own (an admin: all)."""
+    summaries = service.list_accounts(owner_id=auth.owner_filter(user))
     by_name = {p.name: progress_public(p) for p in progress.all()}
     return [account_public(s, progress=by_name.get(s.account.name)) for s in summaries]
 
@@ -42,9 +46,9 @@ def list_accounts(service: ServiceDep, progress: ProgressDep) -> list[AccountPub
     responses={409: {"model": ErrorPublic, "description": "An account with that name exists"}},
 )
 def add_account(
-    body: AccountCreate, service: ServiceDep, progress: ProgressDep
+    body: AccountCreate, service: ServiceDep, progress: ProgressDep, user: CurrentUser
 ) -> AccountPublic | JSONResponse:
-    """Add an account (nothing is contacted yet: run the test next)."""
+    """Add an account owned by the caller (nothing is contacted yet: run the test next)."""
     draft = body.to_draft()  # validated with the body: cannot fail here
     if service.account_exists(draft.name):
         return JSONResponse(
@@ -55,7 +59,7 @@ def add_account(
                 transient=False,
             ).model_dump(),
         )
-    service.add_account(draft, body.password.get_secret_value())
+    service.add_account(draft, body.password.get_secret_value(), owner_id=user.id)
     summary = service.get_account(draft.name)
     return account_public(summary, progress=progress_public(progress.account(draft.name)))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from correspond.api.deps import ReaderDep
 from correspond.api.downloads import (
@@ -28,6 +28,7 @@ from correspond.api.message_schemas import (
     message_public,
     thread_public,
 )
+from correspond.api.security import MAX_ID
 from correspond.mailbox import MailboxReader
 from correspond.store.message_queries import MAX_PAGE, MessageView
 
@@ -36,6 +37,11 @@ __all__ = ["account_router", "router", "thread_router"]
 account_router = APIRouter(prefix="/accounts/{name}", tags=["messages"])
 router = APIRouter(prefix="/messages", tags=["messages"])
 thread_router = APIRouter(prefix="/threads", tags=["threads"])
+
+# Ids are signed 64-bit in the store: a larger one is a 422, not a database error.
+MessageId = Annotated[int, Path(ge=1, le=MAX_ID)]
+AttachmentId = Annotated[int, Path(ge=1, le=MAX_ID)]
+ThreadId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 RemoteImages = Annotated[
     bool, Query(description="Let the HTML load remote images (default: placeholders).")
@@ -65,7 +71,7 @@ def list_messages(
     name: str,
     reader: ReaderDep,
     folder: Annotated[str | None, Query(description="Folder id or display name.")] = None,
-    thread: Annotated[int | None, Query(description="Only this thread.")] = None,
+    thread: Annotated[int | None, Query(ge=1, le=MAX_ID, description="Only this thread.")] = None,
     q: Annotated[str | None, Query(max_length=200, description="Text to look for.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     before: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
@@ -79,7 +85,7 @@ def list_messages(
 
 @router.get("/{message_id}", response_model=MessagePublic)
 def get_message(
-    message_id: int, reader: ReaderDep, request: Request, remote_images: RemoteImages = False
+    message_id: MessageId, reader: ReaderDep, request: Request, remote_images: RemoteImages = False
 ) -> MessagePublic:
     """One message: headers, addresses, flags, folders, text, sanitised HTML, attachments."""
     return _public(reader, reader.get_message(message_id), request, remote_images)
@@ -90,7 +96,7 @@ def get_message(
     response_class=Response,
     responses={200: {"content": {"message/rfc822": {}}}},
 )
-def get_raw(message_id: int, reader: ReaderDep) -> Response:
+def get_raw(message_id: MessageId, reader: ReaderDep) -> Response:
     """The message exactly as fetched from the server, as a download."""
     raw = reader.raw(message_id)
     headers = {
@@ -105,7 +111,9 @@ def get_raw(message_id: int, reader: ReaderDep) -> Response:
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-def get_attachment(message_id: int, attachment_id: int, reader: ReaderDep) -> Response:
+def get_attachment(
+    message_id: MessageId, attachment_id: AttachmentId, reader: ReaderDep
+) -> Response:
     """An attachment's bytes, always as a download (never rendered inline)."""
     view, data = reader.attachment(message_id, attachment_id)
     filename = safe_filename(view.filename, f"attachment-{attachment_id}")
@@ -117,7 +125,7 @@ def get_attachment(message_id: int, attachment_id: int, reader: ReaderDep) -> Re
 
 @thread_router.get("/{thread_id}", response_model=ThreadPublic)
 def get_thread(
-    thread_id: int,
+    thread_id: ThreadId,
     reader: ReaderDep,
     request: Request,
     order: Literal["oldest_first", "newest_first"] = "oldest_first",

@@ -1,0 +1,355 @@
+"""Users, API tokens, sign-in sessions, and who may see which account: all their SQL.
+
+Only hashes are stored: passwords as argon2id hashes (made by :mod:`correspond.auth`, never
+here), tokens and session cookies as the SHA-256 of their random value, so a copy of the
+database signs nobody in.
+
+Visibility lives here, as one query-level rule (:meth:`UserStore.owner_of_account`,
+:meth:`UserStore.owner_of_message`, :meth:`UserStore.owner_of_thread` and the ``owner_id``
+filter of :meth:`~correspond.store.repository.Store.list_accounts`); :mod:`correspond.auth`
+decides with it whether a user may see an account (its owner or an admin).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from correspond.errors import ConfigError, NotFound, StoreError
+from correspond.store.engine import register_table_modules, unit_of_work
+from correspond.store.message_tables import MessageRow, ThreadRow
+from correspond.store.tables import (
+    USER_ROLES,
+    AccountRow,
+    ApiTokenRow,
+    UserRow,
+    UserSessionRow,
+    utcnow,
+)
+
+__all__ = ["ApiToken", "User", "UserStore", "email_key"]
+
+#: ``last_used_at`` of a token is written at most this often (not on every request).
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+def email_key(email: str) -> str:
+    """The form two addresses are compared in: users differ by more than letter case."""
+    return email.strip().lower()
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A person who signs in. ``has_password``, never the hash."""
+
+    id: int
+    email: str
+    display_name: str
+    role: str
+    disabled: bool
+    has_password: bool
+    created_at: datetime
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """A personal API token as listed: its prefix, never the token or its hash."""
+
+    id: int
+    user_id: int
+    user_email: str
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+def _user(row: UserRow) -> User:
+    return User(
+        id=row.id,
+        email=row.email,
+        display_name=row.display_name,
+        role=row.role,
+        disabled=row.disabled,
+        has_password=row.password_hash is not None,
+        created_at=row.created_at,
+    )
+
+
+def _token(row: ApiTokenRow, email: str) -> ApiToken:
+    return ApiToken(
+        id=row.id,
+        user_id=row.user_id,
+        user_email=email,
+        name=row.name,
+        prefix=row.prefix,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+class UserStore:
+    """Users, tokens and sessions in the store's database. Thread-safe: one session per call."""
+
+    def __init__(self, engine: Engine) -> None:
+        register_table_modules()
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    # -- users -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _row(s: Session, email: str) -> UserRow:
+        row = s.scalars(select(UserRow).where(UserRow.email_key == email_key(email))).one_or_none()
+        if row is None:
+            raise NotFound(f"no user {email!r}")
+        return row
+
+    def create_user(
+        self, email: str, *, display_name: str, password_hash: str | None, role: str
+    ) -> tuple[User, int]:
+        """A new user, and how many ownerless accounts it took: the first admin created takes
+        every account that has no owner (accounts added, or migrated, before any user)."""
+        if role not in USER_ROLES:
+            raise ConfigError(f"unknown role {role!r}: use admin or member")
+        try:
+            with unit_of_work(self._sessions) as s:
+                if s.scalar(select(UserRow.id).where(UserRow.email_key == email_key(email))):
+                    raise ConfigError(f"a user {email!r} already exists")
+                first_admin = role == "admin" and not s.scalar(
+                    select(func.count()).select_from(UserRow).where(UserRow.role == "admin")
+                )
+                row = UserRow(
+                    email=email.strip(),
+                    email_key=email_key(email),
+                    display_name=display_name,
+                    password_hash=password_hash,
+                    role=role,
+                    disabled=False,
+                )
+                s.add(row)
+                s.flush()
+                taken = 0
+                if first_admin:
+                    ownerless = list(
+                        s.scalars(select(AccountRow.id).where(AccountRow.owner_id.is_(None)))
+                    )
+                    if ownerless:
+                        s.execute(
+                            update(AccountRow)
+                            .where(AccountRow.id.in_(ownerless))
+                            .values(owner_id=row.id)
+                        )
+                    taken = len(ownerless)
+                return _user(row), taken
+        except StoreError as exc:
+            if isinstance(exc.__cause__, IntegrityError):
+                raise ConfigError(f"a user {email!r} already exists") from exc
+            raise
+
+    def get_user(self, email: str) -> User:
+        with unit_of_work(self._sessions) as s:
+            return _user(self._row(s, email))
+
+    def get_user_by_id(self, user_id: int) -> User | None:
+        with unit_of_work(self._sessions) as s:
+            row = s.get(UserRow, user_id)
+            return None if row is None else _user(row)
+
+    def credentials(self, email: str) -> tuple[User, str | None] | None:
+        """The user signing in as ``email`` and their password hash; None for no such user."""
+        with unit_of_work(self._sessions) as s:
+            row = s.scalars(
+                select(UserRow).where(UserRow.email_key == email_key(email))
+            ).one_or_none()
+            return None if row is None else (_user(row), row.password_hash)
+
+    def list_users(self) -> list[User]:
+        with unit_of_work(self._sessions) as s:
+            return [_user(r) for r in s.scalars(select(UserRow).order_by(UserRow.id))]
+
+    def count_users(self) -> int:
+        with unit_of_work(self._sessions) as s:
+            return int(s.scalar(select(func.count()).select_from(UserRow)) or 0)
+
+    def first_admin(self) -> User | None:
+        """The oldest enabled admin, the default owner of new accounts."""
+        with unit_of_work(self._sessions) as s:
+            row = s.scalars(
+                select(UserRow)
+                .where(UserRow.role == "admin", UserRow.disabled.is_(False))
+                .order_by(UserRow.id)
+                .limit(1)
+            ).first()
+            return None if row is None else _user(row)
+
+    def set_password_hash(self, email: str, password_hash: str) -> User:
+        """Replace the password; every session of the user ends (tokens stay)."""
+        with unit_of_work(self._sessions) as s:
+            row = self._row(s, email)
+            row.password_hash = password_hash
+            s.execute(delete(UserSessionRow).where(UserSessionRow.user_id == row.id))
+            return _user(row)
+
+    def rehash(self, user_id: int, password_hash: str) -> None:
+        """Store a fresher hash of the same password (after a parameter change)."""
+        with unit_of_work(self._sessions) as s:
+            row = s.get(UserRow, user_id)
+            if row is not None:
+                row.password_hash = password_hash
+
+    def set_disabled(self, email: str, disabled: bool) -> User:
+        """Disable (or enable) a user; disabling ends their sessions at once. A disabled user's
+        tokens are refused while disabled. The last enabled admin cannot be disabled."""
+        with unit_of_work(self._sessions) as s:
+            row = self._row(s, email)
+            if disabled and row.role == "admin" and not row.disabled:
+                admins = s.scalar(
+                    select(func.count())
+                    .select_from(UserRow)
+                    .where(UserRow.role == "admin", UserRow.disabled.is_(False))
+                )
+                if (admins or 0) <= 1:
+                    raise ConfigError(
+                        f"{row.email} is the only enabled admin; create another admin first"
+                    )
+            row.disabled = disabled
+            if disabled:
+                s.execute(delete(UserSessionRow).where(UserSessionRow.user_id == row.id))
+            return _user(row)
+
+    # -- API tokens ------------------------------------------------------------------------
+
+    def add_token(self, user_id: int, name: str, token_hash: str, prefix: str) -> ApiToken:
+        with unit_of_work(self._sessions) as s:
+            user = s.get(UserRow, user_id)
+            if user is None:
+                raise NotFound(f"no user with id {user_id}")
+            row = ApiTokenRow(user_id=user_id, name=name, token_hash=token_hash, prefix=prefix)
+            s.add(row)
+            s.flush()
+            return _token(row, user.email)
+
+    def list_tokens(self, user_id: int | None = None) -> list[ApiToken]:
+        """Tokens of ``user_id`` (None: everyone's), revoked ones included, oldest first."""
+        with unit_of_work(self._sessions) as s:
+            q = select(ApiTokenRow, UserRow.email).join(UserRow, UserRow.id == ApiTokenRow.user_id)
+            if user_id is not None:
+                q = q.where(ApiTokenRow.user_id == user_id)
+            return [_token(r, e) for r, e in s.execute(q.order_by(ApiTokenRow.id)).all()]
+
+    def revoke_token(self, token_id: int, *, user_id: int | None = None) -> ApiToken:
+        """Revoke a token (of ``user_id`` only, when given): :class:`NotFound` otherwise, so a
+        member cannot learn which ids other users' tokens have."""
+        with unit_of_work(self._sessions) as s:
+            row = s.get(ApiTokenRow, token_id)
+            if row is None or (user_id is not None and row.user_id != user_id):
+                raise NotFound(f"no token with id {token_id}")
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+            email = s.scalar(select(UserRow.email).where(UserRow.id == row.user_id)) or ""
+            return _token(row, email)
+
+    def user_for_token(self, token_hash: str) -> User | None:
+        """The enabled user whose live token has this hash (its last use noted), else None."""
+        now = utcnow()
+        with unit_of_work(self._sessions) as s:
+            found = s.execute(
+                select(ApiTokenRow, UserRow)
+                .join(UserRow, UserRow.id == ApiTokenRow.user_id)
+                .where(ApiTokenRow.token_hash == token_hash, ApiTokenRow.revoked_at.is_(None))
+            ).one_or_none()
+            if found is None:
+                return None
+            token, user = found
+            if user.disabled:
+                return None
+            if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
+                token.last_used_at = now
+            return _user(user)
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def add_session(self, user_id: int, token_hash: str, expires_at: datetime) -> None:
+        with unit_of_work(self._sessions) as s:
+            # Expired sessions go when new ones come: the table never grows without bound.
+            s.execute(delete(UserSessionRow).where(UserSessionRow.expires_at <= utcnow()))
+            s.add(UserSessionRow(user_id=user_id, token_hash=token_hash, expires_at=expires_at))
+
+    def user_for_session(self, token_hash: str) -> User | None:
+        """The enabled user of an unexpired session with this hash, else None."""
+        with unit_of_work(self._sessions) as s:
+            found = s.execute(
+                select(UserRow)
+                .join(UserSessionRow, UserSessionRow.user_id == UserRow.id)
+                .where(
+                    UserSessionRow.token_hash == token_hash,
+                    UserSessionRow.expires_at > utcnow(),
+                    UserRow.disabled.is_(False),
+                )
+            ).scalar_one_or_none()
+            return None if found is None else _user(found)
+
+    def delete_session(self, token_hash: str) -> None:
+        with unit_of_work(self._sessions) as s:
+            s.execute(delete(UserSessionRow).where(UserSessionRow.token_hash == token_hash))
+
+    # -- visibility ------------------------------------------------------------------------
+
+    def owner_of_account(self, name: str) -> int | None:
+        """The owner's user id of account ``name`` (None: no owner); NotFound if none."""
+        with unit_of_work(self._sessions) as s:
+            found = s.execute(
+                select(AccountRow.owner_id).where(AccountRow.name == name)
+            ).one_or_none()
+            if found is None:
+                raise NotFound(f"no account named {name!r}")
+            return found[0]
+
+    def owner_of_message(self, message_id: int) -> int | None:
+        with unit_of_work(self._sessions) as s:
+            found = s.execute(
+                select(AccountRow.owner_id)
+                .join(MessageRow, MessageRow.account_id == AccountRow.id)
+                .where(MessageRow.id == message_id)
+            ).one_or_none()
+            if found is None:
+                raise NotFound(f"no message with id {message_id}")
+            return found[0]
+
+    def owner_of_thread(self, thread_id: int) -> int | None:
+        with unit_of_work(self._sessions) as s:
+            found = s.execute(
+                select(AccountRow.owner_id)
+                .join(ThreadRow, ThreadRow.account_id == AccountRow.id)
+                .where(ThreadRow.id == thread_id)
+            ).one_or_none()
+            if found is None:
+                raise NotFound(f"no thread with id {thread_id}")
+            return found[0]
+
+    def set_account_owner(self, account_name: str, user_id: int) -> None:
+        with unit_of_work(self._sessions) as s:
+            row = s.scalars(select(AccountRow).where(AccountRow.name == account_name)).first()
+            if row is None:
+                raise NotFound(f"no account named {account_name!r}")
+            row.owner_id = user_id
+
+    def account_owners(self) -> dict[str, str | None]:
+        """Each account's owner's e-mail address (None: no owner yet), by account name."""
+        with unit_of_work(self._sessions) as s:
+            rows = s.execute(
+                select(AccountRow.name, UserRow.email).outerjoin(
+                    UserRow, UserRow.id == AccountRow.owner_id
+                )
+            ).all()
+            return {name: email for name, email in rows}

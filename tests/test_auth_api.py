@@ -1,0 +1,546 @@
+"""Users and authentication on the API, on SQLite and PostgreSQL, over a real backfilled mirror.
+
+Every route of the app is walked (from ``app.routes`` and the OpenAPI document, so a new route
+cannot be missed) without credentials and as another member: 401 / 404 and no data. Then sign-in
+sessions, tokens, throttling, the Host/Origin/size perimeter, and the 422s for ids past 2^63 and
+passwords with NUL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from argon2 import PasswordHasher
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from starlette.routing import Mount, Route
+
+from correspond.api import create_app
+from correspond.auth import LoginLimiter, LoginThrottled
+from correspond.rules.presets import AccountChanges, draft_from_preset
+from correspond.settings import Settings
+from correspond.store import Store
+from correspond.store.message_queries import encode_cursor
+from correspond.store.repository import SettingsChanged
+from correspond.testing.dovecot import DovecotServer, ImapUser
+from correspond.testing.mirror import SeededMirror, seed_mirror
+from helpers import API_BASE_URL, authed_client, user_client
+
+# Reachable without signing in: the process is up; signing in itself; the documentation
+# (the API's shape, no data: docs/ARCHITECTURE.md, "Users and authentication").
+PUBLIC = {
+    ("GET", "/health"),
+    ("POST", "/session"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/docs/oauth2-redirect"),
+    ("GET", "/redoc"),
+}
+# Routes that name nothing owned: a member gets an answer about their own things.
+OWN_THINGS = {
+    ("GET", "/accounts"),
+    ("POST", "/accounts"),
+    ("GET", "/session"),
+    ("DELETE", "/session"),
+    ("GET", "/tokens"),
+    ("POST", "/tokens"),
+}
+BIG_ID = 2**63
+
+
+@pytest.fixture
+def mirror(
+    store: Store, store_settings: Settings, dovecot: DovecotServer, imap_user: ImapUser
+) -> SeededMirror:
+    return seed_mirror(store, store_settings, dovecot, imap_user)
+
+
+@pytest.fixture
+def settings(store_settings: Settings) -> Settings:
+    """The store's settings with cheap password hashes (argon2id still, at 1 pass over 1 MiB:
+    the tests hash and verify dozens of passwords)."""
+    return store_settings.clone(password_hash_time_cost=1, password_hash_memory_kib=1024)
+
+
+@pytest.fixture
+def app(store: Store, settings: Settings) -> FastAPI:
+    return create_app(settings, store=store)
+
+
+@pytest.fixture
+def admin(app: FastAPI) -> Iterator[TestClient]:
+    with authed_client(app) as client:
+        yield client
+
+
+def _api_routes(app: FastAPI) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """Every (method, path) the app routes, and those of them its OpenAPI document should list.
+
+    Routers included with ``include_router`` are walked too: as APIRoutes in older FastAPI, as
+    included-router nodes with their effective routes in newer ones. Static mounts (the docs'
+    assets) are left out: files, no data.
+    """
+    every: set[tuple[str, str]] = set()
+    documented: set[tuple[str, str]] = set()
+
+    def add(methods: set[str] | None, path: str, in_schema: bool) -> None:
+        for method in methods or ():
+            if method != "HEAD":
+                every.add((method, path))
+                if in_schema:
+                    documented.add((method, path))
+
+    for route in app.routes:
+        if isinstance(route, APIRoute):
+            add(route.methods, route.path, route.include_in_schema)
+        elif hasattr(route, "effective_route_contexts"):
+            for ctx in route.effective_route_contexts():
+                add(ctx.methods, ctx.path, ctx.include_in_schema)
+        elif isinstance(route, Route):
+            add(route.methods, route.path, route.include_in_schema)
+        else:
+            assert isinstance(route, Mount), route
+    return every, documented
+
+
+def _openapi_routes(client: TestClient) -> set[tuple[str, str]]:
+    """The documented operations; each one that needs credentials says so (bearer or cookie)."""
+    spec = client.get("/openapi.json").json()
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            if (method.upper(), path) not in PUBLIC:
+                assert op.get("security") == [{"HTTPBearer": []}, {"APIKeyCookie": []}], path
+    return {(m.upper(), path) for path, ops in spec["paths"].items() for m in ops}
+
+
+# Ids and a name that exist nowhere: what "not found" looks like.
+GHOSTS: dict[str, Any] = {
+    "name": "ghost-account",
+    "message_id": 987654321,
+    "attachment_id": 987654322,
+    "thread_id": 987654323,
+    "token_id": 987654324,
+}
+
+
+def _blank(text: str, ids: dict[str, Any]) -> str:
+    """``text`` with the ids and name the caller gave replaced by their parameter names."""
+    for key, value in sorted(ids.items(), key=lambda kv: -len(str(kv[1]))):
+        text = text.replace(repr(str(value)) if key == "name" else str(value), f"<{key}>")
+    return text
+
+
+def _concrete(path: str, ids: dict[str, Any]) -> str:
+    return re.sub(r"\{(\w+)\}", lambda m: str(ids[m.group(1)]), path)
+
+
+def _secrets_of(admin: TestClient, mirror: SeededMirror) -> tuple[dict[str, Any], list[str]]:
+    """Ids of real things the admin owns, and strings that only their data contains."""
+    page = admin.get(f"/accounts/{mirror.account}/messages", params={"limit": 100}).json()
+    with_attachment = next(
+        m for m in (admin.get(f"/messages/{i['id']}").json() for i in page["messages"]) if
+        m["attachments"]
+    )  # fmt: skip
+    token_id = admin.get("/tokens").json()[0]["id"]
+    ids = {
+        "name": mirror.account,
+        "message_id": with_attachment["id"],
+        "attachment_id": with_attachment["attachments"][0]["id"],
+        "thread_id": with_attachment["thread_id"],
+        "token_id": token_id,
+    }
+    subjects = [m["subject"] for m in page["messages"] if m["subject"]]
+    return ids, [mirror.account, mirror.address, *subjects[:5]]
+
+
+def test_every_route_needs_credentials_and_hides_others_accounts(
+    app: FastAPI, admin: TestClient, mirror: SeededMirror
+) -> None:
+    routes, documented = _api_routes(app)
+    # The OpenAPI document and the routing table agree: nothing is served off the record.
+    assert _openapi_routes(admin) == documented
+    assert routes - documented <= PUBLIC
+    ids, private = _secrets_of(admin, mirror)
+    anonymous = TestClient(app, base_url=API_BASE_URL)
+    member = user_client(app, "member@example.test")
+    checked = 0
+    for method, path in sorted(routes):
+        url = _concrete(path, ids)
+        body = {} if method in ("POST", "PUT", "PATCH") else None
+        answer = anonymous.request(method, url, json=body)
+        if (method, path) in PUBLIC:
+            assert answer.status_code != 401, (method, path)
+        else:
+            assert answer.status_code == 401, (method, path, answer.status_code)
+            assert answer.json().keys() == {"detail"}, (method, path)
+            assert answer.headers["www-authenticate"] == "Bearer"
+        assert not any(s in answer.text for s in private), (method, path)
+        if (method, path) not in PUBLIC | OWN_THINGS:
+            answer = member.request(method, url, json=body)
+            assert answer.status_code == 404, (method, path, answer.status_code)
+            # The same answer as for things that do not exist (the names the caller gave are
+            # echoed in both): nothing tells another user's account from no account.
+            ghost = admin.request(method, _concrete(path, GHOSTS), json=body)
+            assert ghost.status_code == 404, (method, path, ghost.status_code)
+            params = re.findall(r"\{(\w+)\}", path)
+            real = {k: ids[k] for k in params}
+            assert _blank(answer.text, real) == _blank(ghost.text, GHOSTS), (method, path)
+            assert not any(s in answer.text for s in private[1:]), (method, path)
+            checked += 1
+    assert checked >= 15
+    # A member's own view of the lists holds none of the admin's data.
+    assert member.get("/accounts").json() == []
+    assert all(t["user"] == "member@example.test" for t in member.get("/tokens").json())
+    assert member.get("/session").json()["email"] == "member@example.test"
+    # The same walk as the owner reaches every GET (the ids were real, not merely unknown).
+    for method, path in sorted(routes):
+        if method == "GET" and (method, path) not in PUBLIC:
+            answer = admin.get(_concrete(path, ids))
+            assert answer.status_code == 200, (path, answer.status_code)
+    # And the account is still there with its mail: nothing the walk sent changed it.
+    assert admin.get(f"/accounts/{mirror.account}").json()["message_count"] > 0
+
+
+def test_members_own_what_they_add_and_admins_see_all(app: FastAPI, admin: TestClient) -> None:
+    member = user_client(app, "member@example.test")
+    other = user_client(app, "other@example.test")
+    new = {"name": "mine", "email": "m@example.com", "imap_host": "mail.example.com"}
+    assert member.post("/accounts", json={**new, "password": "pw"}).status_code == 201
+    listed = member.get("/accounts").json()
+    assert [a["name"] for a in listed] == ["mine"]
+    assert listed[0]["owner_id"] == member.get("/session").json()["id"]
+    assert other.get("/accounts").json() == []
+    assert other.get("/accounts/mine").status_code == 404
+    assert other.patch("/accounts/mine", json={"window_days": 3}).status_code == 404
+    assert other.delete("/accounts/mine").status_code == 404
+    assert other.post("/accounts/mine/pause").status_code == 404
+    assert [a["name"] for a in admin.get("/accounts").json()] == ["mine"]
+    assert member.get("/accounts/mine").json()["window_days"] != 3  # nothing changed
+
+
+def test_sign_in_sets_a_safe_cookie_and_sign_out_ends_it(app: FastAPI) -> None:
+    app.state.auth.create_user("Person@Example.test", "correct horse", admin=False)
+    _, stored = app.state.auth.users.credentials("person@example.test")
+    assert stored.startswith("$argon2id$") and "correct horse" not in stored
+    client = TestClient(app, base_url=API_BASE_URL)
+    wrong = client.post("/session", json={"email": "person@example.test", "password": "nope"})
+    assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
+    ok = client.post("/session", json={"email": "PERSON@example.test", "password": "correct horse"})
+    assert ok.status_code == 200 and ok.json()["email"] == "Person@Example.test"
+    cookie = ok.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Secure" not in cookie
+    assert client.get("/session").json()["email"] == "Person@Example.test"
+    assert client.get("/accounts").status_code == 200
+    assert client.delete("/session").status_code == 204
+    client.cookies.clear()
+    assert client.get("/session").status_code == 401
+    # The ended session's cookie is refused even when sent again.
+    value = ok.cookies["correspond_session"]
+    client.cookies.set("correspond_session", value)
+    assert client.get("/accounts").status_code == 401
+    # Over HTTPS the cookie is Secure.
+    https = TestClient(app, base_url="https://localhost")
+    secure = https.post(
+        "/session", json={"email": "person@example.test", "password": "correct horse"}
+    )
+    assert "Secure" in secure.headers["set-cookie"]
+
+
+def test_sign_in_is_throttled_per_user_and_per_address(store: Store, settings: Settings) -> None:
+    settings = settings.clone(login_max_failures_per_user=3, login_max_failures_per_address=5)
+    app = create_app(settings, store=store)
+    app.state.auth.create_user("a@example.test", "right", admin=False)
+    client = TestClient(app, base_url=API_BASE_URL)
+
+    def login(email: str, password: str) -> Any:
+        return client.post("/session", json={"email": email, "password": password})
+
+    for _ in range(3):
+        assert login("a@example.test", "wrong").status_code == 401
+    refused = login("a@example.test", "right")  # even the right password, for a while
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
+    # Per address: two more failures for other names reach this client's limit of five.
+    assert login("b@example.test", "x").status_code == 401
+    assert login("c@example.test", "x").status_code == 401
+    assert login("d@example.test", "x").status_code == 429
+    assert len(app.state.auth.limiter) <= settings.login_limiter_max_entries
+
+
+def test_an_unknown_user_costs_a_password_hash_too(app: FastAPI) -> None:
+    """Constant-time behaviour: the answer for an unknown address verifies a (dummy) argon2
+    hash like the answer for a wrong password does, so timing does not tell them apart."""
+    app.state.auth.create_user("known@example.test", "right", admin=False)
+    calls: list[str] = []
+
+    class Counting(PasswordHasher):
+        def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+            calls.append("verify")
+            return super().verify(hash, password)
+
+    app.state.auth.hasher = Counting(time_cost=1, memory_cost=1024)
+    client = TestClient(app, base_url=API_BASE_URL)
+    unknown = client.post("/session", json={"email": "nobody@example.test", "password": "x"})
+    wrong = client.post("/session", json={"email": "known@example.test", "password": "x"})
+    assert unknown.status_code == wrong.status_code == 401
+    assert unknown.json() == wrong.json()
+    assert calls == ["verify", "verify"]
+
+
+def test_tokens_are_shown_once_listed_by_prefix_and_revocable(app: FastAPI) -> None:
+    admin = authed_client(app)
+    created = admin.post("/tokens", json={"name": "crm import"})
+    assert created.status_code == 201
+    token = created.json()["token"]
+    assert token.startswith("ct_") and len(token) > 40
+    listed = admin.get("/tokens").json()
+    assert token not in str(listed)
+    mine = next(t for t in listed if t["id"] == created.json()["id"])
+    assert token.startswith(mine["prefix"]) and mine["revoked_at"] is None
+    with_token = TestClient(
+        app, base_url=API_BASE_URL, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert with_token.get("/accounts").status_code == 200
+    used = next(t for t in admin.get("/tokens").json() if t["id"] == mine["id"])
+    assert used["last_used_at"] is not None
+    # Another user cannot revoke it (nor learn it exists).
+    member = user_client(app, "member@example.test")
+    assert member.delete(f"/tokens/{mine['id']}").status_code == 404
+    assert with_token.get("/accounts").status_code == 200
+    assert admin.delete(f"/tokens/{mine['id']}").status_code == 204
+    assert with_token.get("/accounts").status_code == 401
+    # The token store keeps hashes only.
+    with app.state.auth.users._sessions() as s:
+        from sqlalchemy import text
+
+        stored = " ".join(str(r) for r in s.execute(text("SELECT * FROM api_tokens")).all())
+    assert token not in stored
+
+
+def test_a_disabled_user_is_refused_everywhere(app: FastAPI) -> None:
+    authed_client(app)  # an admin exists, so the member can be disabled
+    member = user_client(app, "member@example.test")
+    assert member.get("/accounts").status_code == 200
+    app.state.auth.users.set_disabled("member@example.test", True)
+    assert member.get("/accounts").status_code == 401
+
+
+def test_wrong_credentials_are_401(app: FastAPI) -> None:
+    client = TestClient(app, base_url=API_BASE_URL)
+    for header in ("Bearer ct_not-a-token", "Basic YTpi", "Bearer ", "ct_abc"):
+        answer = client.get("/accounts", headers={"Authorization": header})
+        assert answer.status_code == 401, header
+    client.cookies.set("correspond_session", "forged")
+    assert client.get("/accounts").status_code == 401
+
+
+# --- the perimeter ------------------------------------------------------------------------------
+
+
+def test_only_configured_host_names_are_answered(app: FastAPI) -> None:
+    """DNS rebinding: a page on evil.example that resolves to 127.0.0.1 sends its own name."""
+    admin = authed_client(app)
+    for host in ("evil.example", "127.0.0.1.evil.example", "testserver"):
+        answer = admin.get("/accounts", headers={"Host": host})
+        assert answer.status_code == 400, host
+        assert "host" in answer.json()["detail"]
+    for host in ("localhost", "localhost:8025", "127.0.0.1:8025", "[::1]:8025", "LOCALHOST"):
+        assert admin.get("/accounts", headers={"Host": host}).status_code == 200, host
+
+
+def test_configured_names_extend_the_loopback_ones(store: Store, store_settings: Settings) -> None:
+    settings = store_settings.clone(allowed_hosts=["crm.example.com"])
+    client = TestClient(create_app(settings, store=store), base_url="http://crm.example.com")
+    assert client.get("/health").status_code == 200
+    assert client.get("/health", headers={"Host": "localhost"}).status_code == 400
+
+
+def test_cross_site_state_changes_are_refused(store: Store, store_settings: Settings) -> None:
+    settings = store_settings.clone(allowed_origins=["https://crm.example.com"])
+    admin = authed_client(create_app(settings, store=store))
+    new = {"name": "w", "email": "m@example.com", "imap_host": "mail.example.com", "password": "p"}
+    evil = admin.post("/accounts", json=new, headers={"Origin": "https://evil.example"})
+    assert evil.status_code == 403
+    assert admin.get("/accounts").json() == []  # nothing was created
+    null = admin.post("/tokens", json={"name": "x"}, headers={"Origin": "null"})
+    assert null.status_code == 403
+    own = admin.post("/accounts", json=new, headers={"Origin": API_BASE_URL})
+    assert own.status_code == 201
+    allowed = admin.post("/accounts/w/pause", headers={"Origin": "https://crm.example.com"})
+    assert allowed.status_code == 200
+    # Reads are not state changes; and no CORS header is ever sent.
+    read = admin.get("/accounts", headers={"Origin": "https://evil.example"})
+    assert read.status_code == 200
+    assert not any(h.startswith("access-control-") for h in read.headers)
+
+
+def test_request_bodies_over_the_limit_are_413(store: Store, store_settings: Settings) -> None:
+    settings = store_settings.clone(max_request_bytes=2000)
+    admin = authed_client(create_app(settings, store=store))
+    big = {"name": "x" * 3000}
+    assert admin.post("/tokens", json=big).status_code == 413  # by Content-Length
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"name": "'
+        for _ in range(10):
+            yield b"x" * 500
+        yield b'"}'
+
+    # Streamed without a Content-Length: the bytes are counted as they arrive.
+    streamed = admin.post("/tokens", content=chunks(), headers={"Content-Type": "application/json"})
+    assert streamed.status_code == 413
+    assert admin.get("/tokens").json()[0]["name"] == "tests"  # none was created
+    assert len(admin.get("/tokens").json()) == 1
+
+
+# --- section 4: 422s, never 500s ----------------------------------------------------------------
+
+
+def test_ids_past_two_to_the_63_are_422(admin: TestClient, mirror: SeededMirror) -> None:
+    for url in (
+        f"/messages/{BIG_ID}",
+        f"/messages/{BIG_ID}/raw",
+        f"/messages/1/attachments/{BIG_ID}",
+        f"/threads/{BIG_ID}",
+        f"/accounts/{mirror.account}/messages?thread={BIG_ID}",
+        f"/messages/{10**30}",
+    ):
+        answer = admin.get(url)
+        assert answer.status_code == 422, (url, answer.status_code)
+    assert admin.delete(f"/tokens/{BIG_ID}").status_code == 422
+    # A page cursor carrying such an id is refused like any invalid cursor, never a 500.
+    messages = f"/accounts/{mirror.account}/messages"
+    garbage = admin.get(messages, params={"before": "garbage"}).status_code
+    big = encode_cursor(datetime.now(UTC), BIG_ID)
+    assert admin.get(messages, params={"before": big}).status_code == garbage != 500
+    assert admin.get(f"/messages/{BIG_ID - 1}").status_code == 404  # the largest id is fine
+
+
+def test_a_password_with_nul_is_422(admin: TestClient) -> None:
+    new = {"name": "w", "email": "m@example.com", "imap_host": "mail.example.com"}
+    bad = admin.post("/accounts", json={**new, "password": "a\x00b"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "password"]
+    assert "a\x00b" not in bad.text
+    assert admin.post("/accounts", json={**new, "password": "ab"}).status_code == 201
+    assert admin.patch("/accounts/w", json={"password": "x\x00"}).status_code == 422
+    login = admin.post("/session", json={"email": "admin@example.test", "password": "x\x00"})
+    assert login.status_code == 422
+
+
+# --- a secret only goes where it was entered for ------------------------------------------------
+
+
+class Listener:
+    """A TCP listener on loopback that records whether anyone connected (and what they sent)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.received = b""
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            with conn:
+                conn.settimeout(1)
+                conn.sendall(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n")
+                with contextlib.suppress(OSError):
+                    self.received += conn.recv(65536)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+def test_patch_to_another_server_never_sends_the_stored_password(admin: TestClient) -> None:
+    """The attack from the issue: PATCH the host to a server of one's choosing with plaintext
+    allowed, then ask for a connection test. The stored password is dropped by the PATCH, and
+    the test says so without contacting anything."""
+    new = {
+        "name": "w", "email": "m@example.com", "imap_host": "mail.example.com",
+        "password": "the-real-secret",
+    }  # fmt: skip
+    assert admin.post("/accounts", json=new).status_code == 201
+    listener = Listener()
+    try:
+        patch = {
+            "imap_host": "127.0.0.1", "imap_port": listener.port, "imap_security": "plain",
+            "allow_plaintext": True,
+        }  # fmt: skip
+        changed = admin.patch("/accounts/w", json=patch).json()
+        assert changed["has_password"] is False
+        assert changed["state"] == "error" and "password" in changed["state_detail"]
+        report = admin.post("/accounts/w/test").json()
+        assert report["ok"] is False and report["problem"] == "no_password"
+        assert listener.connections == 0 and b"the-real-secret" not in listener.received
+        # With a password in the same request the change keeps it (the user entered it for
+        # this server).
+        again = admin.patch("/accounts/w", json={"imap_port": listener.port, "password": "new"})
+        assert again.json()["has_password"] is True
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"imap_host": "other.example.com"},
+        {"imap_port": 1143},
+        {"imap_security": "tls"},
+        {"username": "someone"},
+        {"allow_plaintext": True},
+        {"smtp_host": "smtp.other.example.com"},
+        {"smtp_port": 2525},
+        {"smtp_security": "tls"},
+    ],
+)
+def test_each_connection_field_drops_the_password(
+    admin: TestClient, change: dict[str, Any]
+) -> None:
+    new = {"name": "w", "email": "m@example.com", "imap_host": "mail.example.com", "password": "p"}
+    assert admin.post("/accounts", json=new).status_code == 201
+    assert admin.patch("/accounts/w", json={"window_days": 9}).json()["has_password"] is True
+    assert admin.patch("/accounts/w", json=change).json()["has_password"] is False
+
+
+def test_the_sign_in_limiter_stays_bounded() -> None:
+    """A flood of failed sign-ins under ever new names and addresses keeps at most
+    ``max_entries`` keys; the newest are the ones remembered."""
+    limiter = LoginLimiter(per_user=2, per_address=1000, window_seconds=60, max_entries=50)
+    for n in range(5000):
+        limiter.failed(f"user{n}@example.test", f"10.0.{n // 250}.{n % 250}")
+    assert len(limiter) <= 50
+    limiter.failed("user4999@example.test", "10.0.0.1")
+    with pytest.raises(LoginThrottled):
+        limiter.check("user4999@example.test", "192.0.2.1")
+    limiter.check("user0@example.test", "192.0.2.1")  # forgotten: not refused
+
+
+def test_a_secret_is_not_handed_out_for_settings_read_before_a_change(store: Store) -> None:
+    """A task that read the account, then asks for its secret after the user moved the account
+    to another server (with the new server's password), does not get that password for the
+    old endpoint it is about to connect to."""
+    draft = draft_from_preset("other", name="w", email="m@example.com", imap_host="old.example.com")
+    store.add_account(draft, "old-password")
+    before = store.get_account("w")
+    store.update_account("w", AccountChanges(imap_host="new.example.com"), secret="new-password")
+    with pytest.raises(SettingsChanged):
+        store.account_secret("w", for_account=before)
+    assert store.account_secret("w", for_account=store.get_account("w")) == "new-password"
