@@ -2,7 +2,8 @@
 
 Everything here only reads, in one short session per call, and hands back frozen records, never
 rows. Paging is by keyset (``before`` cursor), not OFFSET, so a page stays correct while sync
-inserts newer mail and deep pages cost the same as the first.
+inserts newer mail and deep pages cost the same as the first; every list is served by an index
+in its order (``sort_at``, migration 0006), so a page's cost does not grow with the mailbox.
 """
 
 from __future__ import annotations
@@ -14,9 +15,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Text, and_, case, cast, func, or_, select
+from sqlalchemy import (
+    Engine,
+    Select,
+    Text,
+    case,
+    cast,
+    exists,
+    func,
+    or_,
+    select,
+    tuple_,
+)
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from correspond.errors import ConfigError, NotFound, StoreError
 from correspond.store.message_tables import (
@@ -25,10 +37,10 @@ from correspond.store.message_tables import (
     MessageRow,
     ThreadRow,
 )
-from correspond.store.messages import where_in_folder_or_thread
 from correspond.store.tables import FolderRow
 
 __all__ = [
+    "SEARCH_SCAN_ROWS",
     "AddressView",
     "AttachmentView",
     "FolderCounts",
@@ -43,6 +55,8 @@ __all__ = [
 ]
 
 MAX_PAGE = 500
+#: Messages one page of a search may examine (``Settings.message_search_scan_rows``).
+SEARCH_SCAN_ROWS = 10_000
 MAX_THREAD_MESSAGES = 500
 
 
@@ -186,20 +200,9 @@ def _addresses(items: Iterable[Mapping[str, Any]] | None) -> tuple[AddressView, 
     return tuple(AddressView(i.get("name") or None, i.get("email") or "") for i in items or ())
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _like_pattern(q: str) -> str:
     escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
-
-
-def _sort_key() -> ColumnElement[datetime]:
-    # Every message has created_at; date and internaldate may be missing on broken mail.
-    return func.coalesce(MessageRow.date, MessageRow.internaldate, MessageRow.created_at)
 
 
 def _attachment(row: AttachmentRow) -> AttachmentView:
@@ -218,8 +221,11 @@ def _attachment(row: AttachmentRow) -> AttachmentView:
 class MessageQueries:
     """Read-only queries over the mirror, on one SQLAlchemy engine (SQLite or PostgreSQL)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, search_scan_rows: int = SEARCH_SCAN_ROWS) -> None:
+        if search_scan_rows < 1:
+            raise ConfigError("search_scan_rows must be at least 1")
         self.engine = engine
+        self.search_scan_rows = search_scan_rows
 
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -266,20 +272,57 @@ class MessageQueries:
         before: str | None = None,
         include_deleted: bool = False,
     ) -> MessagePage:
-        """A page of the account's messages, newest first (by Date, else INTERNALDATE).
+        """A page of the account's messages, newest first (by Date, else INTERNALDATE, else
+        when stored: ``sort_at``), ties by id.
 
-        ``q`` matches (case-insensitively, as a substring) subject, sender, snippet and
-        recipients' text. ``before`` is the ``next_cursor`` of the previous page.
+        ``q`` matches (case-insensitively, as a substring) subject, sender and snippet.
+        ``before`` is the ``next_cursor`` of the previous page.
+
+        Each page is one range scan of an index in the list order, starting at the cursor:
+        ``(thread_id, sort_at, id)`` for a thread, ``(folder_id, sort_at, message_id)`` on the
+        locations for a folder, ``(account_id, sort_at, id)`` otherwise. A filter no index
+        serves (``q``; a folder within a thread) examines at most ``search_scan_rows``
+        messages per page: the page then holds the matches among them, possibly fewer than
+        ``limit`` or none, and ``next_cursor`` continues after the last one examined.
         """
         if not 1 <= limit <= MAX_PAGE:
             raise ConfigError(f"limit must be between 1 and {MAX_PAGE}")
-        key = _sort_key()
-        query = select(MessageRow, key.label("sort_at")).where(MessageRow.account_id == account_id)
+        position = decode_cursor(before) if before is not None else None
+        order_at: InstrumentedAttribute[datetime]
+        order_id: InstrumentedAttribute[int]
+        if thread_id is not None:
+            order_at, order_id = MessageRow.sort_at, MessageRow.id
+            query = select(MessageRow).where(MessageRow.thread_id == thread_id)
+            scan = select(order_at, order_id).where(MessageRow.thread_id == thread_id)
+        elif folder_id is not None:
+            loc = MessageLocationRow
+            order_at, order_id = loc.sort_at, loc.message_id
+            query = (
+                select(MessageRow)
+                .join(loc, loc.message_id == MessageRow.id)
+                .where(loc.folder_id == folder_id)
+            )
+            scan = select(order_at, order_id).where(loc.folder_id == folder_id)
+        else:
+            order_at, order_id = MessageRow.sort_at, MessageRow.id
+            query = select(MessageRow)
+            scan = select(order_at, order_id).where(MessageRow.account_id == account_id)
+        query = query.where(MessageRow.account_id == account_id)
         if not include_deleted:
             query = query.where(MessageRow.state != "deleted")
-        query = where_in_folder_or_thread(query, folder_id=folder_id, thread_id=thread_id)
-        if q:
-            pattern = _like_pattern(q.strip())
+        bounded = False
+        if thread_id is not None and folder_id is not None:
+            bounded = True
+            query = query.where(
+                exists().where(
+                    MessageLocationRow.message_id == MessageRow.id,
+                    MessageLocationRow.folder_id == folder_id,
+                )
+            )
+        text = (q or "").strip()
+        if text:
+            bounded = True
+            pattern = _like_pattern(text)
             query = query.where(
                 or_(
                     *(
@@ -293,14 +336,23 @@ class MessageQueries:
                     )
                 )
             )
-        if before is not None:
-            when, last_id = decode_cursor(before)
-            query = query.where(or_(key < when, and_(key == when, MessageRow.id < last_id)))
-        query = query.order_by(key.desc(), MessageRow.id.desc()).limit(limit + 1)
+        newest_first = (order_at.desc(), order_id.desc())
         try:
             with self._session() as s:
-                rows = s.execute(query).all()
-                ids = [r[0].id for r in rows[:limit]]
+                floor: tuple[datetime, int] | None = None
+                if bounded:
+                    # The last message this page may examine: the search stops there.
+                    scanned = scan
+                    if position is not None:
+                        scanned = scanned.where(tuple_(order_at, order_id) < position)
+                    last = s.execute(
+                        scanned.order_by(*newest_first).offset(self.search_scan_rows - 1).limit(1)
+                    ).first()
+                    if last is not None:
+                        floor = (_aware_required(last[0]), int(last[1]))
+                        query = query.where(tuple_(order_at, order_id) >= floor)
+                rows = self._page_rows(s, query, order_at, order_id, position, limit)
+                ids = [r.id for r in rows[:limit]]
                 with_attachments = set(
                     s.scalars(
                         select(AttachmentRow.message_id)
@@ -312,28 +364,63 @@ class MessageQueries:
                 )
         except SQLAlchemyError as exc:
             raise StoreError(f"could not list messages: {exc}") from exc
-        items = []
-        for row, sort_at in rows[:limit]:
-            items.append(
-                MessageListItem(
-                    id=row.id,
-                    account_id=row.account_id,
-                    thread_id=row.thread_id,
-                    subject=row.subject,
-                    from_=AddressView(row.from_name, row.from_email) if row.from_email else None,
-                    to=_addresses(row.to_addrs),
-                    date=row.date,
-                    snippet=row.snippet,
-                    flags=tuple(sorted(row.flags or ())),
-                    state=row.state,
-                    direction=row.direction,
-                    has_attachments=row.id in with_attachments,
-                    sort_at=_aware(_parse_dt(sort_at)) or row.created_at,
-                )
+        items = [
+            MessageListItem(
+                id=row.id,
+                account_id=row.account_id,
+                thread_id=row.thread_id,
+                subject=row.subject,
+                from_=AddressView(row.from_name, row.from_email) if row.from_email else None,
+                to=_addresses(row.to_addrs),
+                date=row.date,
+                snippet=row.snippet,
+                flags=tuple(sorted(row.flags or ())),
+                state=row.state,
+                direction=row.direction,
+                has_attachments=row.id in with_attachments,
+                sort_at=_aware_required(row.sort_at),
             )
-        more = len(rows) > limit
-        cursor = encode_cursor(items[-1].sort_at, items[-1].id) if more and items else None
+            for row in rows[:limit]
+        ]
+        if len(rows) > limit:
+            cursor: str | None = encode_cursor(items[-1].sort_at, items[-1].id)
+        elif floor is not None:
+            # The search examined as much as one page may: the rest lies after ``floor``.
+            cursor = encode_cursor(*floor)
+        else:
+            cursor = None
         return MessagePage(items=items, next_cursor=cursor)
+
+    @staticmethod
+    def _page_rows(
+        s: Session,
+        query: Select[tuple[MessageRow]],
+        order_at: InstrumentedAttribute[datetime],
+        order_id: InstrumentedAttribute[int],
+        position: tuple[datetime, int] | None,
+        limit: int,
+    ) -> list[MessageRow]:
+        """Up to ``limit + 1`` distinct messages of ``query`` after ``position``, in list order.
+
+        A message filed twice in one folder (two UIDs) has two locations with the same
+        (sort_at, message_id): it is listed once, and another read fills the page when that
+        left it short.
+        """
+        rows: list[MessageRow] = []
+        seen: set[int] = set()
+        while True:
+            want = limit + 1 - len(rows)
+            page = query
+            if position is not None:
+                page = page.where(tuple_(order_at, order_id) < position)
+            got = list(s.scalars(page.order_by(order_at.desc(), order_id.desc()).limit(want)))
+            for row in got:
+                if row.id not in seen:
+                    seen.add(row.id)
+                    rows.append(row)
+            if len(got) < want or len(rows) > limit:
+                return rows
+            position = (_aware_required(got[-1].sort_at), got[-1].id)
 
     # -- one message -----------------------------------------------------------------------------
 
@@ -420,7 +507,6 @@ class MessageQueries:
     def get_thread(self, thread_id: int, *, newest_first: bool = False) -> ThreadView:
         """A thread with its messages, oldest first unless ``newest_first`` (at most
         :data:`MAX_THREAD_MESSAGES`, the newest ones when there are more)."""
-        key = _sort_key()
         try:
             with self._session() as s:
                 thread = s.get(ThreadRow, thread_id)
@@ -430,7 +516,7 @@ class MessageQueries:
                     s.scalars(
                         select(MessageRow)
                         .where(MessageRow.thread_id == thread_id)
-                        .order_by(key.desc(), MessageRow.id.desc())
+                        .order_by(MessageRow.sort_at.desc(), MessageRow.id.desc())
                         .limit(MAX_THREAD_MESSAGES)
                     )
                 )
@@ -450,8 +536,5 @@ class MessageQueries:
         )
 
 
-def _parse_dt(value: Any) -> datetime | None:
-    """coalesce() bypasses the column type on SQLite: naive text may come back."""
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value))
+def _aware_required(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

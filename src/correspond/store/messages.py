@@ -46,6 +46,7 @@ from correspond.store.message_tables import (
     MessageRow,
     MessageSubjectKeyRow,
     ThreadRow,
+    list_sort_at,
 )
 from correspond.store.tables import FolderRow, utcnow
 
@@ -937,13 +938,16 @@ class _BatchIngest:
             return
         keys = sorted({i.data.dedupe_key for i in todo})
         existing: dict[str, int] = {}
+        # Each location carries its message's list position (the folder list's index).
+        sort_of: dict[int, datetime] = {}
         for part in _chunks(keys):
-            for mid, key in s.execute(
-                select(MessageRow.id, MessageRow.dedupe_key).where(
+            for mid, key, sort_at in s.execute(
+                select(MessageRow.id, MessageRow.dedupe_key, MessageRow.sort_at).where(
                     MessageRow.account_id == self.account_id, MessageRow.dedupe_key.in_(part)
                 )
             ):
                 existing[key] = int(mid)
+                sort_of[int(mid)] = sort_at
         first_of_key: dict[str, IncomingMessage] = {}
         for item in todo:
             if item.data.dedupe_key not in existing:
@@ -1006,8 +1010,9 @@ class _BatchIngest:
                 ),
                 rows,
             ).all()
-            for mid, key in inserted:
+            for (mid, key), row in zip(inserted, rows, strict=True):
                 existing[key] = int(mid)
+                sort_of[int(mid)] = row["sort_at"]
                 self.result.created.append(int(mid))
             refs = [
                 {"account_id": self.account_id, "message_id": existing[i.data.dedupe_key], "ref": r}
@@ -1064,6 +1069,7 @@ class _BatchIngest:
                     "modseq": item.modseq,
                     "flags": sorted(item.flags),
                     "created_at": now,
+                    "sort_at": sort_of[mid],
                 }
             )
         s.execute(insert(_LOCATIONS), locations)
@@ -1208,6 +1214,7 @@ def _message_values(
         "defects": list(data.defects),
         "created_at": now,
         "updated_at": now,
+        "sort_at": list_sort_at(data.date, data.internaldate, now),
     }
 
 

@@ -1,0 +1,72 @@
+"""The list order as a column and an index: ``sort_at`` on messages and their locations.
+
+Listing an account's or a folder's messages sorted ``coalesce(date, internaldate, created_at)``
+for every message of the account, then took a page: 170 ms for ``limit=1`` at 23,000 messages,
+growing with the mailbox. ``sort_at`` stores that value (it never changes once a message is
+stored); ``messages (account_id, sort_at, id)`` and ``(thread_id, sort_at, id)`` serve the account
+and thread lists, and ``message_locations (folder_id, sort_at, message_id)``, with the value
+copied onto each location, the folder list. A page is then one index range scan from the
+cursor. ``(thread_id, sort_at, id)`` replaces the plain ``thread_id`` index (same prefix).
+
+Existing rows are filled here. The columns are added with a placeholder default (SQLite only
+adds a NOT NULL column that has one); every write sets the real value.
+
+Revision ID: 0006
+Revises: 0003
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+from correspond.store.tables import UtcDateTime
+
+revision = "0006"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+_PLACEHOLDER = "1970-01-01 00:00:00"
+
+
+def upgrade() -> None:
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    for table in ("messages", "message_locations"):
+        op.add_column(
+            table,
+            sa.Column(
+                "sort_at",
+                UtcDateTime(),
+                nullable=False,
+                server_default=sa.text(f"'{_PLACEHOLDER}'"),
+            ),
+        )
+    op.execute("UPDATE messages SET sort_at = coalesce(date, internaldate, created_at)")
+    op.execute(
+        "UPDATE message_locations SET sort_at = "
+        "(SELECT m.sort_at FROM messages m WHERE m.id = message_locations.message_id)"
+    )
+    if not sqlite:
+        # SQLite cannot drop a default without rebuilding the table; there it stays, unused.
+        for table in ("messages", "message_locations"):
+            op.alter_column(table, "sort_at", server_default=None)
+    op.create_index("ix_messages_account_sort", "messages", ["account_id", "sort_at", "id"])
+    op.create_index("ix_messages_thread_sort", "messages", ["thread_id", "sort_at", "id"])
+    op.drop_index("ix_messages_thread", table_name="messages")
+    op.create_index(
+        "ix_message_locations_folder_sort",
+        "message_locations",
+        ["folder_id", "sort_at", "message_id"],
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("ix_message_locations_folder_sort", table_name="message_locations")
+    op.create_index("ix_messages_thread", "messages", ["thread_id"])
+    op.drop_index("ix_messages_thread_sort", table_name="messages")
+    op.drop_index("ix_messages_account_sort", table_name="messages")
+    with op.batch_alter_table("message_locations") as batch:
+        batch.drop_column("sort_at")
+    with op.batch_alter_table("messages") as batch:
+        batch.drop_column("sort_at")
