@@ -84,7 +84,12 @@ def _plan(engine: Engine, statement: str, params: Any) -> tuple[set[str], set[st
     stack = [plan[0]["Plan"]]
     while stack:
         node = stack.pop()
-        kinds.add(node["Node Type"])
+        if node["Node Type"] == "Seq Scan" and node.get("Relation Name") == "attachments":
+            # The has-attachments EXISTS per listed row: on a table this small PostgreSQL
+            # rightly reads it whole (the bench's 1,000,000 messages show index lookups).
+            kinds.add("Seq Scan of attachments")
+        else:
+            kinds.add(node["Node Type"])
         if "Index Name" in node:
             used.add(node["Index Name"])
         stack.extend(node.get("Plans", ()))
@@ -97,7 +102,7 @@ def _assert_served_by(
     """Each list statement reads ``index``, never a whole table; and never sorts, unless it is a
     search, whose range the index bounds to ``search_scan_rows`` entries (PostgreSQL may then
     prefer a bitmap scan of the range and a sort of at most that many rows)."""
-    lists = [(st, p) for st, p in recorded if "attachments" not in st]
+    lists = recorded
     assert lists, "no list statement was recorded"
     for statement, params in lists:
         used, kinds, plan = _plan(engine, statement, params)

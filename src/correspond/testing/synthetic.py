@@ -17,6 +17,7 @@ from typing import Any, cast
 from sqlalchemy import Engine, Table, func, insert, select, text
 
 from correspond.store.message_tables import (
+    AttachmentRow,
     MessageLocationRow,
     MessageRow,
     ThreadRow,
@@ -29,6 +30,7 @@ __all__ = ["SyntheticFill", "fill_messages", "make_account_with_folders"]
 _MESSAGES = cast(Table, MessageRow.__table__)
 _LOCATIONS = cast(Table, MessageLocationRow.__table__)
 _THREADS = cast(Table, ThreadRow.__table__)
+_ATTACHMENTS = cast(Table, AttachmentRow.__table__)
 
 #: Messages per thread: consecutive messages (in time) share one.
 THREAD_SIZE = 5
@@ -96,8 +98,9 @@ def fill_messages(
     every ~minute back from there, committed every ``chunk`` messages.
 
     Each message is in INBOX (80%) or Sent (20%); every 50th also has a second location in
-    Archive; every 200th has no Date (INTERNALDATE only), every 1000th neither (sorted by when
-    it was stored). ``THREAD_SIZE`` consecutive messages share a thread.
+    Archive; every 10th has an attachment (metadata only); every 200th has no Date
+    (INTERNALDATE only), every 1000th neither (sorted by when it was stored).
+    ``THREAD_SIZE`` consecutive messages share a thread.
     """
     if chunk % THREAD_SIZE:
         raise ValueError(f"chunk must be a multiple of {THREAD_SIZE}")
@@ -128,6 +131,7 @@ def fill_messages(
         messages: list[dict[str, Any]] = []
         locs: list[dict[str, Any]] = []
         thread_rows: list[dict[str, Any]] = []
+        attachments: list[dict[str, Any]] = []
         now = datetime.now(UTC)
         for k in range(start, start + n):
             mid = first + k
@@ -146,6 +150,19 @@ def fill_messages(
                 )
             row = _message(rng, account_id, mid, k, newest, now, next_thread + k // THREAD_SIZE)
             messages.append(row)
+            if k % 10 == 3:
+                attachments.append(
+                    {
+                        "message_id": mid,
+                        "filename": f"document-{k}.pdf",
+                        "content_type": "application/pdf",
+                        "size": 48_000,
+                        "content_id": None,
+                        "inline": False,
+                        "blob_key": None,
+                        "section": "2",
+                    }
+                )
             folder = sent if k % 5 == 4 else inbox
             homes = [folder, archive] if k % 50 == 0 else [folder]
             for fid in homes:
@@ -168,6 +185,8 @@ def fill_messages(
                 conn.execute(insert(_THREADS), thread_rows)
             conn.execute(insert(_MESSAGES), messages)
             conn.execute(insert(_LOCATIONS), locs)
+            if attachments:
+                conn.execute(insert(_ATTACHMENTS), attachments)
         locations += len(locs)
         threads += len(thread_rows)
     _advance_sequences(engine)
@@ -242,7 +261,7 @@ def _advance_sequences(engine: Engine) -> None:
     if engine.dialect.name != "postgresql":
         return
     with engine.begin() as conn:
-        for table in ("messages", "message_locations", "threads"):
+        for table in ("messages", "message_locations", "threads", "attachments"):
             conn.execute(
                 text(
                     f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
