@@ -8,13 +8,14 @@ given ``seed``. Not for correctness tests of ingest: use the real engine there.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, func, insert, select, text
+from sqlalchemy import JSON, Connection, Engine, Table, func, insert, select, text
 
 from correspond.store.message_tables import (
     AttachmentRow,
@@ -181,12 +182,18 @@ def fill_messages(
                 next_uid[fid] += 1
                 next_location += 1
         with engine.begin() as conn:
-            if thread_rows:
-                conn.execute(insert(_THREADS), thread_rows)
-            conn.execute(insert(_MESSAGES), messages)
-            conn.execute(insert(_LOCATIONS), locs)
-            if attachments:
-                conn.execute(insert(_ATTACHMENTS), attachments)
+            for table, rows in (
+                (_THREADS, thread_rows),
+                (_MESSAGES, messages),
+                (_LOCATIONS, locs),
+                (_ATTACHMENTS, attachments),
+            ):
+                if not rows:
+                    continue
+                if engine.dialect.name == "postgresql":
+                    _copy(conn, table, rows)
+                else:
+                    conn.execute(insert(table), rows)
         locations += len(locs)
         threads += len(thread_rows)
     _advance_sequences(engine)
@@ -254,6 +261,20 @@ def _message(
 def _sentences(rng: random.Random, n: int) -> Iterator[str]:
     for _ in range(n):
         yield " ".join(rng.choice(_WORDS) for _ in range(rng.randrange(6, 14))).capitalize() + "."
+
+
+def _copy(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """PostgreSQL's COPY: ten times the rate of an executemany for a bulk fill."""
+    columns = list(rows[0])
+    json_columns = {c.name for c in table.columns if isinstance(c.type, JSON)}
+    dbapi: Any = conn.connection.dbapi_connection  # psycopg's, for its COPY support
+    with dbapi.cursor() as cur:
+        names = ", ".join(columns)
+        with cur.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(
+                    [json.dumps(row[c]) if c in json_columns else row[c] for c in columns]
+                )
 
 
 def _advance_sequences(engine: Engine) -> None:
