@@ -374,10 +374,33 @@ def test_migration_0006_fills_the_list_order_of_existing_mail(
                     if "messages" in repr(d) or "message_locations" in repr(d)
                 ]
             assert diff == []
+            assert _body_compression(engine) in ({"l"}, None)
             _upgrade(engine, "0003", down=True)
+            assert _body_compression(engine) in ({""}, None)
             columns = {c["name"] for c in inspect(engine).get_columns("messages")}
             assert "sort_at" not in columns and "date" in columns
             migrate(engine)
             assert "sort_at" in {c["name"] for c in inspect(engine).get_columns("messages")}
         finally:
             engine.dispose()
+
+
+def _body_compression(engine: Engine) -> set[str] | None:
+    """The body columns' compression on PostgreSQL built with lz4 ('l'; '' is the default);
+    None where that does not apply."""
+    if engine.dialect.name != "postgresql":
+        return None
+    with engine.connect() as conn:
+        values = conn.scalar(
+            text("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
+        )
+        if not values or "lz4" not in values:
+            return None
+        return set(
+            conn.scalars(
+                text(
+                    "SELECT attcompression FROM pg_attribute WHERE attrelid = 'messages'::regclass"
+                    " AND attname IN ('text_body', 'html_body')"
+                )
+            )
+        )
