@@ -16,11 +16,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
+    BindParameter,
     Connection,
     Engine,
     Row,
     Select,
     Text,
+    bindparam,
     case,
     cast,
     exists,
@@ -39,7 +42,7 @@ from correspond.store.message_tables import (
     MessageRow,
     ThreadRow,
 )
-from correspond.store.tables import FolderRow
+from correspond.store.tables import FolderRow, UtcDateTime
 
 __all__ = [
     "SEARCH_SCAN_ROWS",
@@ -249,6 +252,7 @@ class MessageQueries:
             raise ConfigError("search_scan_rows must be at least 1")
         self.engine = engine
         self.search_scan_rows = search_scan_rows
+        self._statements: dict[tuple[Any, ...], Select[Any]] = {}
 
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -311,71 +315,35 @@ class MessageQueries:
         if not 1 <= limit <= MAX_PAGE:
             raise ConfigError(f"limit must be between 1 and {MAX_PAGE}")
         position = decode_cursor(before) if before is not None else None
-        order_at: InstrumentedAttribute[datetime]
-        order_id: InstrumentedAttribute[int]
-        if thread_id is not None:
-            order_at, order_id = MessageRow.sort_at, MessageRow.id
-            query = select(*_LIST_COLUMNS).where(MessageRow.thread_id == thread_id)
-            scan = select(order_at, order_id).where(MessageRow.thread_id == thread_id)
-        elif folder_id is not None:
-            loc = MessageLocationRow
-            order_at, order_id = loc.sort_at, loc.message_id
-            query = (
-                select(*_LIST_COLUMNS)
-                .join(loc, loc.message_id == MessageRow.id)
-                .where(loc.folder_id == folder_id)
-            )
-            scan = select(order_at, order_id).where(loc.folder_id == folder_id)
-        else:
-            order_at, order_id = MessageRow.sort_at, MessageRow.id
-            query = select(*_LIST_COLUMNS)
-            scan = select(order_at, order_id).where(MessageRow.account_id == account_id)
-        query = query.where(MessageRow.account_id == account_id)
-        if not include_deleted:
-            query = query.where(MessageRow.state != "deleted")
-        bounded = False
-        if thread_id is not None and folder_id is not None:
-            bounded = True
-            query = query.where(
-                exists().where(
-                    MessageLocationRow.message_id == MessageRow.id,
-                    MessageLocationRow.folder_id == folder_id,
-                )
-            )
+        drive = "thread" if thread_id is not None else "folder" if folder_id is not None else ""
+        in_folder = thread_id is not None and folder_id is not None
         text = (q or "").strip()
-        if text:
-            bounded = True
-            pattern = _like_pattern(text)
-            query = query.where(
-                or_(
-                    *(
-                        func.lower(col).like(pattern, escape="\\")
-                        for col in (
-                            MessageRow.subject,
-                            MessageRow.from_email,
-                            MessageRow.from_name,
-                            MessageRow.snippet,
-                        )
-                    )
-                )
-            )
-        newest_first = (order_at.desc(), order_id.desc())
+        bounded = in_folder or bool(text)
+        params: dict[str, Any] = {
+            "account_id": account_id,
+            "folder_id": folder_id,
+            "thread_id": thread_id,
+            "pattern": _like_pattern(text) if text else None,
+        }
         try:
             # Core on a plain connection: the ORM's per-statement work was a third of a page.
             with self.engine.connect() as conn:
                 floor: tuple[datetime, int] | None = None
                 if bounded:
                     # The last message this page may examine: the search stops there.
-                    scanned = scan
-                    if position is not None:
-                        scanned = scanned.where(tuple_(order_at, order_id) < position)
                     last = conn.execute(
-                        scanned.order_by(*newest_first).offset(self.search_scan_rows - 1).limit(1)
+                        self._statement(("scan", drive, position is not None)),
+                        {
+                            **params,
+                            **_position("pos", position),
+                            "skip": self.search_scan_rows - 1,
+                        },
                     ).first()
                     if last is not None:
                         floor = (_aware_required(last[0]), int(last[1]))
-                        query = query.where(tuple_(order_at, order_id) >= floor)
-                rows = self._page_rows(conn, query, order_at, order_id, position, limit)
+                        params.update(_position("floor", floor))
+                shape = (drive, in_folder, bool(text), include_deleted, floor is not None)
+                rows = self._page_rows(conn, shape, params, position, limit)
         except SQLAlchemyError as exc:
             raise StoreError(f"could not list messages: {exc}") from exc
         items = [
@@ -405,16 +373,16 @@ class MessageQueries:
             cursor = None
         return MessagePage(items=items, next_cursor=cursor)
 
-    @staticmethod
     def _page_rows(
+        self,
         conn: Connection,
-        query: Select[Any],
-        order_at: InstrumentedAttribute[datetime],
-        order_id: InstrumentedAttribute[int],
+        shape: tuple[Any, ...],
+        params: dict[str, Any],
         position: tuple[datetime, int] | None,
         limit: int,
     ) -> list[Row[Any]]:
-        """Up to ``limit + 1`` distinct messages of ``query`` after ``position``, in list order.
+        """Up to ``limit + 1`` distinct messages of the list ``shape`` after ``position``, in
+        list order.
 
         A message filed twice in one folder (two UIDs) has two locations with the same
         (sort_at, message_id): it is listed once, and another read fills the page when that
@@ -424,10 +392,12 @@ class MessageQueries:
         seen: set[int] = set()
         while True:
             want = limit + 1 - len(rows)
-            page = query
-            if position is not None:
-                page = page.where(tuple_(order_at, order_id) < position)
-            got = list(conn.execute(page.order_by(order_at.desc(), order_id.desc()).limit(want)))
+            got = list(
+                conn.execute(
+                    self._statement(("page", *shape, position is not None)),
+                    {**params, **_position("pos", position), "lim": want},
+                )
+            )
             for row in got:
                 if row.id not in seen:
                     seen.add(row.id)
@@ -435,6 +405,14 @@ class MessageQueries:
             if len(got) < want or len(rows) > limit:
                 return rows
             position = (_aware_required(got[-1].sort_at), got[-1].id)
+
+    def _statement(self, shape: tuple[Any, ...]) -> Select[Any]:
+        """The list statement of ``shape``, built once: values go as parameters, so a page
+        does not pay for building and hashing a new statement tree."""
+        found = self._statements.get(shape)
+        if found is None:
+            found = self._statements[shape] = _build_statement(shape)
+        return found
 
     # -- one message -----------------------------------------------------------------------------
 
@@ -548,6 +526,80 @@ class MessageQueries:
             last_message_at=thread.last_message_at,
             messages=tuple(views),
         )
+
+
+def _position(prefix: str, where: tuple[datetime, int] | None) -> dict[str, Any]:
+    if where is None:
+        return {}
+    return {f"{prefix}_at": where[0], f"{prefix}_id": where[1]}
+
+
+def _build_statement(shape: tuple[Any, ...]) -> Select[Any]:
+    """A list statement (see :meth:`MessageQueries.list_messages`) with bound parameters:
+    ``("scan", drive, after)`` finds the last row a bounded page may examine (``skip`` rows
+    on); ``("page", drive, in_folder, q, include_deleted, floor, after)`` reads a page
+    (``lim`` rows). ``drive`` is "thread", "folder" or "" (the account)."""
+    order_at: InstrumentedAttribute[datetime]
+    order_id: InstrumentedAttribute[int]
+    kind, drive = shape[0], shape[1]
+    after = shape[-1]
+    loc = MessageLocationRow
+    if drive == "folder":
+        order_at, order_id = loc.sort_at, loc.message_id
+    else:
+        order_at, order_id = MessageRow.sort_at, MessageRow.id
+    key = tuple_(order_at, order_id)
+    if drive == "thread":
+        driving = MessageRow.thread_id == bindparam("thread_id")
+    elif drive == "folder":
+        driving = loc.folder_id == bindparam("folder_id")
+    else:
+        driving = MessageRow.account_id == bindparam("account_id")
+    newest_first = (order_at.desc(), order_id.desc())
+    if kind == "scan":
+        query = select(order_at, order_id).where(driving)
+        if after:
+            query = query.where(key < tuple_(_at("pos_at"), _id("pos_id")))
+        return query.order_by(*newest_first).offset(bindparam("skip")).limit(1)
+    _, _, in_folder, has_q, include_deleted, floor, _ = shape
+    query = select(*_LIST_COLUMNS)
+    if drive == "folder":
+        query = query.join(loc, loc.message_id == MessageRow.id)
+    query = query.where(driving, MessageRow.account_id == bindparam("account_id"))
+    if not include_deleted:
+        query = query.where(MessageRow.state != "deleted")
+    if in_folder:
+        query = query.where(
+            exists().where(loc.message_id == MessageRow.id, loc.folder_id == bindparam("folder_id"))
+        )
+    if has_q:
+        pattern = bindparam("pattern", type_=Text())
+        query = query.where(
+            or_(
+                *(
+                    func.lower(col).like(pattern, escape="\\")
+                    for col in (
+                        MessageRow.subject,
+                        MessageRow.from_email,
+                        MessageRow.from_name,
+                        MessageRow.snippet,
+                    )
+                )
+            )
+        )
+    if floor:
+        query = query.where(key >= tuple_(_at("floor_at"), _id("floor_id")))
+    if after:
+        query = query.where(key < tuple_(_at("pos_at"), _id("pos_id")))
+    return query.order_by(*newest_first).limit(bindparam("lim"))
+
+
+def _at(name: str) -> BindParameter[datetime]:
+    return bindparam(name, type_=UtcDateTime())
+
+
+def _id(name: str) -> BindParameter[int]:
+    return bindparam(name, type_=BigInteger())
 
 
 def _aware_required(value: datetime) -> datetime:
