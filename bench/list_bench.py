@@ -28,6 +28,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 from sqlalchemy import func, select, text
 
+from correspond.errors import NotFound
 from correspond.mailbox import MailboxReader
 from correspond.settings import Settings
 from correspond.store import open_store
@@ -84,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     record: dict[str, Any] = {"bench": "correspond-list", "backend": backend}
     record["load_before"] = [round(x, 2) for x in os.getloadavg()]
     try:
-        names = {a.name for a in store.list_accounts()}
-        if args.reuse and ACCOUNT in names:
+        if args.reuse and _exists(store):
             account = store.get_account(ACCOUNT)
             folders = {f.role: f.id for f in store.list_folders(ACCOUNT) if f.role}
         else:
@@ -165,6 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.out, "a") as fh:
             fh.write(line + "\n")
     return 0
+
+
+def _exists(store: Any) -> bool:
+    try:
+        store.get_account(ACCOUNT)
+    except NotFound:
+        return False
+    return True
 
 
 def _http(settings: Settings, store: Any, limit: int, repeat: int) -> dict[str, Any]:
