@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from sqlalchemy import Engine, event, inspect, select, text
 from sqlalchemy.orm import Session
 
+from correspond.settings import Settings
 from correspond.store import Store
 from correspond.store.engine import create_store_engine, migrate
 from correspond.store.message_queries import MessageQueries
@@ -408,3 +410,29 @@ def _body_compression(engine: Engine) -> set[str] | None:
                 )
             )
         )
+
+
+def test_cli_search_says_where_to_go_on_when_a_page_found_nothing(
+    store: Store, store_settings: Settings, store_url: str
+) -> None:
+    from helpers import StoreCli
+
+    _fill(store, 300)
+    cli = StoreCli(store_settings, store_url)
+    cli.env["CORRESPOND_MESSAGE_SEARCH_SCAN_ROWS"] = "100"
+    # Only the oldest message matches: the first 100 examined hold none of it.
+    result = cli("messages", "list", "synthetic", "-q", "#299")
+    assert result.exit_code == 0, result.output
+    assert "No messages." in result.output
+    cursor = re.search(r"Search older messages: --before (\S+)", result.output)
+    assert cursor is not None, result.output
+    subjects: list[str] = []
+    before = cursor[1]
+    pages = 1
+    while before is not None:
+        page = cli.json("messages", "list", "synthetic", "-q", "#299", "--before", before)
+        subjects += [m["subject"] for m in page["messages"]]
+        before = page["next_cursor"]
+        pages += 1
+    assert [s.rsplit("#", 1)[1] for s in subjects] == ["299"]
+    assert 3 <= pages <= 4
