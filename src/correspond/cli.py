@@ -1406,6 +1406,9 @@ def messages_list(
         return
     if not page.items:
         click.echo("No messages.")
+        if page.next_cursor:
+            # A search examines a bounded number of messages per page; older ones remain.
+            click.echo(f"Search older messages: --before {page.next_cursor}")
         return
     table = Table(title=Text(f"Messages of {safe(account_name)}"))
     table.add_column("ID", justify="right")

@@ -66,7 +66,9 @@ class MailboxReader:
         self.store = store
         self.settings = settings
         self.blobs = blobs if blobs is not None else BlobStore.from_settings(settings)
-        self.queries = MessageQueries(store.engine)
+        self.queries = MessageQueries(
+            store.engine, search_scan_rows=settings.message_search_scan_rows
+        )
 
     # -- folders -------------------------------------------------------------------------------
 

@@ -105,6 +105,13 @@ class Settings(BaseSettings):
     folder_refresh_seconds: float = Field(
         default=300.0, gt=0, description="How often live sync re-reads the server's folder list"
     )
+    message_search_scan_rows: int = Field(
+        default=10_000,
+        ge=100,
+        le=10_000_000,
+        description="Messages one page of a message search (q=...) examines at most; the page "
+        "holds the matches among them and a cursor to search on",
+    )
 
     gone_check_max_messages: int = Field(
         default=50,

@@ -2,7 +2,8 @@
 
 Everything here only reads, in one short session per call, and hands back frozen records, never
 rows. Paging is by keyset (``before`` cursor), not OFFSET, so a page stays correct while sync
-inserts newer mail and deep pages cost the same as the first.
+inserts newer mail and deep pages cost the same as the first; every list is served by an index
+in its order (``sort_at``, migration 0006), so a page's cost does not grow with the mailbox.
 """
 
 from __future__ import annotations
@@ -14,9 +15,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Text, and_, case, cast, func, or_, select
+from sqlalchemy import (
+    BigInteger,
+    BindParameter,
+    Connection,
+    Engine,
+    Row,
+    Select,
+    Text,
+    bindparam,
+    case,
+    cast,
+    exists,
+    func,
+    or_,
+    select,
+    tuple_,
+)
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from correspond.errors import ConfigError, NotFound, StoreError
 from correspond.store.engine import database_failure
@@ -26,10 +43,10 @@ from correspond.store.message_tables import (
     MessageRow,
     ThreadRow,
 )
-from correspond.store.messages import where_in_folder_or_thread
-from correspond.store.tables import FolderRow
+from correspond.store.tables import FolderRow, UtcDateTime
 
 __all__ = [
+    "SEARCH_SCAN_ROWS",
     "AddressView",
     "AttachmentView",
     "FolderCounts",
@@ -44,6 +61,8 @@ __all__ = [
 ]
 
 MAX_PAGE = 500
+#: Messages one page of a search may examine (``Settings.message_search_scan_rows``).
+SEARCH_SCAN_ROWS = 10_000
 MAX_THREAD_MESSAGES = 500
 
 
@@ -195,20 +214,9 @@ def _addresses(items: Iterable[Mapping[str, Any]] | None) -> tuple[AddressView, 
     return tuple(AddressView(i.get("name") or None, i.get("email") or "") for i in items or ())
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _like_pattern(q: str) -> str:
     escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
-
-
-def _sort_key() -> ColumnElement[datetime]:
-    # Every message has created_at; date and internaldate may be missing on broken mail.
-    return func.coalesce(MessageRow.date, MessageRow.internaldate, MessageRow.created_at)
 
 
 def _attachment(row: AttachmentRow) -> AttachmentView:
@@ -224,11 +232,42 @@ def _attachment(row: AttachmentRow) -> AttachmentView:
     )
 
 
+#: What a list item shows: never the bodies (they may be megabytes), never whole ORM rows.
+_LIST_COLUMNS = (
+    MessageRow.id,
+    MessageRow.account_id,
+    MessageRow.thread_id,
+    MessageRow.subject,
+    MessageRow.from_name,
+    MessageRow.from_email,
+    MessageRow.to_addrs,
+    MessageRow.date,
+    MessageRow.snippet,
+    MessageRow.flags,
+    MessageRow.state,
+    MessageRow.direction,
+    MessageRow.sort_at,
+    # A scalar subquery with LIMIT 1, not EXISTS: PostgreSQL may run an EXISTS as a hashed
+    # subplan, reading every attachment row to list 50 messages (95 ms at 1,000,000 messages);
+    # this form is one ix_attachments_message lookup per listed row on both backends.
+    select(AttachmentRow.id)
+    .where(AttachmentRow.message_id == MessageRow.id, AttachmentRow.inline.is_(False))
+    .limit(1)
+    .scalar_subquery()
+    .is_not(None)
+    .label("has_attachments"),
+)
+
+
 class MessageQueries:
     """Read-only queries over the mirror, on one SQLAlchemy engine (SQLite or PostgreSQL)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, search_scan_rows: int = SEARCH_SCAN_ROWS) -> None:
+        if search_scan_rows < 1:
+            raise ConfigError("search_scan_rows must be at least 1")
         self.engine = engine
+        self.search_scan_rows = search_scan_rows
+        self._statements: dict[tuple[Any, ...], Select[Any]] = {}
 
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -277,74 +316,120 @@ class MessageQueries:
         before: str | None = None,
         include_deleted: bool = False,
     ) -> MessagePage:
-        """A page of the account's messages, newest first (by Date, else INTERNALDATE).
+        """A page of the account's messages, newest first (by Date, else INTERNALDATE, else
+        when stored: ``sort_at``), ties by id.
 
-        ``q`` matches (case-insensitively, as a substring) subject, sender, snippet and
-        recipients' text. ``before`` is the ``next_cursor`` of the previous page.
+        ``q`` matches (case-insensitively, as a substring) subject, sender and snippet.
+        ``before`` is the ``next_cursor`` of the previous page.
+
+        Each page is one range scan of an index in the list order, starting at the cursor:
+        ``(thread_id, sort_at, id)`` for a thread, ``(folder_id, sort_at, message_id)`` on the
+        locations for a folder, ``(account_id, sort_at, id)`` otherwise. A filter no index
+        serves (``q``; a folder within a thread) examines at most ``search_scan_rows``
+        messages per page: the page then holds the matches among them, possibly fewer than
+        ``limit`` or none, and ``next_cursor`` continues after the last one examined.
         """
         if not 1 <= limit <= MAX_PAGE:
             raise ConfigError(f"limit must be between 1 and {MAX_PAGE}")
-        key = _sort_key()
-        query = select(MessageRow, key.label("sort_at")).where(MessageRow.account_id == account_id)
-        if not include_deleted:
-            query = query.where(MessageRow.state != "deleted")
-        query = where_in_folder_or_thread(query, folder_id=folder_id, thread_id=thread_id)
-        if q:
-            pattern = _like_pattern(q.strip())
-            query = query.where(
-                or_(
-                    *(
-                        func.lower(col).like(pattern, escape="\\")
-                        for col in (
-                            MessageRow.subject,
-                            MessageRow.from_email,
-                            MessageRow.from_name,
-                            MessageRow.snippet,
-                        )
-                    )
-                )
-            )
-        if before is not None:
-            when, last_id = decode_cursor(before)
-            query = query.where(or_(key < when, and_(key == when, MessageRow.id < last_id)))
-        query = query.order_by(key.desc(), MessageRow.id.desc()).limit(limit + 1)
+        position = decode_cursor(before) if before is not None else None
+        drive = "thread" if thread_id is not None else "folder" if folder_id is not None else ""
+        in_folder = thread_id is not None and folder_id is not None
+        text = (q or "").strip()
+        bounded = in_folder or bool(text)
+        params: dict[str, Any] = {
+            "account_id": account_id,
+            "folder_id": folder_id,
+            "thread_id": thread_id,
+            "pattern": _like_pattern(text) if text else None,
+        }
         try:
-            with self._session() as s:
-                rows = s.execute(query).all()
-                ids = [r[0].id for r in rows[:limit]]
-                with_attachments = set(
-                    s.scalars(
-                        select(AttachmentRow.message_id)
-                        .where(AttachmentRow.message_id.in_(ids), AttachmentRow.inline.is_(False))
-                        .distinct()
-                    )
-                    if ids
-                    else ()
-                )
+            # Core on a plain connection: the ORM's per-statement work was a third of a page.
+            with self.engine.connect() as conn:
+                floor: tuple[datetime, int] | None = None
+                if bounded:
+                    # The last message this page may examine: the search stops there.
+                    last = conn.execute(
+                        self._statement(("scan", drive, position is not None)),
+                        {
+                            **params,
+                            **_position("pos", position),
+                            "skip": self.search_scan_rows - 1,
+                        },
+                    ).first()
+                    if last is not None:
+                        floor = (_aware_required(last[0]), int(last[1]))
+                        params.update(_position("floor", floor))
+                shape = (drive, in_folder, bool(text), include_deleted, floor is not None)
+                rows = self._page_rows(conn, shape, params, position, limit)
         except SQLAlchemyError as exc:
             raise StoreError(f"could not list messages: {database_failure(exc)}") from exc
-        items = []
-        for row, sort_at in rows[:limit]:
-            items.append(
-                MessageListItem(
-                    id=row.id,
-                    account_id=row.account_id,
-                    thread_id=row.thread_id,
-                    subject=row.subject,
-                    from_=AddressView(row.from_name, row.from_email) if row.from_email else None,
-                    to=_addresses(row.to_addrs),
-                    date=row.date,
-                    snippet=row.snippet,
-                    flags=tuple(sorted(row.flags or ())),
-                    state=row.state,
-                    direction=row.direction,
-                    has_attachments=row.id in with_attachments,
-                    sort_at=_aware(_parse_dt(sort_at)) or row.created_at,
+        items = [
+            MessageListItem(
+                id=row.id,
+                account_id=row.account_id,
+                thread_id=row.thread_id,
+                subject=row.subject,
+                from_=AddressView(row.from_name, row.from_email) if row.from_email else None,
+                to=_addresses(row.to_addrs),
+                date=row.date,
+                snippet=row.snippet,
+                flags=tuple(sorted(row.flags or ())),
+                state=row.state,
+                direction=row.direction,
+                has_attachments=bool(row.has_attachments),
+                sort_at=_aware_required(row.sort_at),
+            )
+            for row in rows[:limit]
+        ]
+        if len(rows) > limit:
+            cursor: str | None = encode_cursor(items[-1].sort_at, items[-1].id)
+        elif floor is not None:
+            # The search examined as much as one page may: the rest lies after ``floor``.
+            cursor = encode_cursor(*floor)
+        else:
+            cursor = None
+        return MessagePage(items=items, next_cursor=cursor)
+
+    def _page_rows(
+        self,
+        conn: Connection,
+        shape: tuple[Any, ...],
+        params: dict[str, Any],
+        position: tuple[datetime, int] | None,
+        limit: int,
+    ) -> list[Row[Any]]:
+        """Up to ``limit + 1`` distinct messages of the list ``shape`` after ``position``, in
+        list order.
+
+        A message filed twice in one folder (two UIDs) has two locations with the same
+        (sort_at, message_id): it is listed once, and another read fills the page when that
+        left it short.
+        """
+        rows: list[Row[Any]] = []
+        seen: set[int] = set()
+        while True:
+            want = limit + 1 - len(rows)
+            got = list(
+                conn.execute(
+                    self._statement(("page", *shape, position is not None)),
+                    {**params, **_position("pos", position), "lim": want},
                 )
             )
-        more = len(rows) > limit
-        cursor = encode_cursor(items[-1].sort_at, items[-1].id) if more and items else None
-        return MessagePage(items=items, next_cursor=cursor)
+            for row in got:
+                if row.id not in seen:
+                    seen.add(row.id)
+                    rows.append(row)
+            if len(got) < want or len(rows) > limit:
+                return rows
+            position = (_aware_required(got[-1].sort_at), got[-1].id)
+
+    def _statement(self, shape: tuple[Any, ...]) -> Select[Any]:
+        """The list statement of ``shape``, built once: values go as parameters, so a page
+        does not pay for building and hashing a new statement tree."""
+        found = self._statements.get(shape)
+        if found is None:
+            found = self._statements[shape] = _build_statement(shape)
+        return found
 
     # -- one message -----------------------------------------------------------------------------
 
@@ -437,7 +522,6 @@ class MessageQueries:
     def get_thread(self, thread_id: int, *, newest_first: bool = False) -> ThreadView:
         """A thread with its messages, oldest first unless ``newest_first`` (at most
         :data:`MAX_THREAD_MESSAGES`, the newest ones when there are more)."""
-        key = _sort_key()
         try:
             with self._session() as s:
                 thread = s.get(ThreadRow, thread_id)
@@ -447,7 +531,7 @@ class MessageQueries:
                     s.scalars(
                         select(MessageRow)
                         .where(MessageRow.thread_id == thread_id)
-                        .order_by(key.desc(), MessageRow.id.desc())
+                        .order_by(MessageRow.sort_at.desc(), MessageRow.id.desc())
                         .limit(MAX_THREAD_MESSAGES)
                     )
                 )
@@ -467,8 +551,79 @@ class MessageQueries:
         )
 
 
-def _parse_dt(value: Any) -> datetime | None:
-    """coalesce() bypasses the column type on SQLite: naive text may come back."""
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value))
+def _position(prefix: str, where: tuple[datetime, int] | None) -> dict[str, Any]:
+    if where is None:
+        return {}
+    return {f"{prefix}_at": where[0], f"{prefix}_id": where[1]}
+
+
+def _build_statement(shape: tuple[Any, ...]) -> Select[Any]:
+    """A list statement (see :meth:`MessageQueries.list_messages`) with bound parameters:
+    ``("scan", drive, after)`` finds the last row a bounded page may examine (``skip`` rows
+    on); ``("page", drive, in_folder, q, include_deleted, floor, after)`` reads a page
+    (``lim`` rows). ``drive`` is "thread", "folder" or "" (the account)."""
+    order_at: InstrumentedAttribute[datetime]
+    order_id: InstrumentedAttribute[int]
+    kind, drive = shape[0], shape[1]
+    after = shape[-1]
+    loc = MessageLocationRow
+    if drive == "folder":
+        order_at, order_id = loc.sort_at, loc.message_id
+    else:
+        order_at, order_id = MessageRow.sort_at, MessageRow.id
+    key = tuple_(order_at, order_id)
+    if drive == "thread":
+        driving = MessageRow.thread_id == bindparam("thread_id")
+    elif drive == "folder":
+        driving = loc.folder_id == bindparam("folder_id")
+    else:
+        driving = MessageRow.account_id == bindparam("account_id")
+    newest_first = (order_at.desc(), order_id.desc())
+    if kind == "scan":
+        query = select(order_at, order_id).where(driving)
+        if after:
+            query = query.where(key < tuple_(_at("pos_at"), _id("pos_id")))
+        return query.order_by(*newest_first).offset(bindparam("skip")).limit(1)
+    _, _, in_folder, has_q, include_deleted, floor, _ = shape
+    query = select(*_LIST_COLUMNS)
+    if drive == "folder":
+        query = query.join(loc, loc.message_id == MessageRow.id)
+    query = query.where(driving, MessageRow.account_id == bindparam("account_id"))
+    if not include_deleted:
+        query = query.where(MessageRow.state != "deleted")
+    if in_folder:
+        query = query.where(
+            exists().where(loc.message_id == MessageRow.id, loc.folder_id == bindparam("folder_id"))
+        )
+    if has_q:
+        pattern = bindparam("pattern", type_=Text())
+        query = query.where(
+            or_(
+                *(
+                    func.lower(col).like(pattern, escape="\\")
+                    for col in (
+                        MessageRow.subject,
+                        MessageRow.from_email,
+                        MessageRow.from_name,
+                        MessageRow.snippet,
+                    )
+                )
+            )
+        )
+    if floor:
+        query = query.where(key >= tuple_(_at("floor_at"), _id("floor_id")))
+    if after:
+        query = query.where(key < tuple_(_at("pos_at"), _id("pos_id")))
+    return query.order_by(*newest_first).limit(bindparam("lim"))
+
+
+def _at(name: str) -> BindParameter[datetime]:
+    return bindparam(name, type_=UtcDateTime())
+
+
+def _id(name: str) -> BindParameter[int]:
+    return bindparam(name, type_=BigInteger())
+
+
+def _aware_required(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

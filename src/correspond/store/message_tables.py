@@ -45,6 +45,7 @@ __all__ = [
     "MessageRow",
     "MessageSubjectKeyRow",
     "ThreadRow",
+    "list_sort_at",
 ]
 
 MESSAGE_STATES = ("active", "archived", "deleted")
@@ -57,6 +58,19 @@ MESSAGE_DIRECTIONS = ("inbound", "outbound")
 
 # 64-bit ids on PostgreSQL; SQLite only auto-increments a column declared exactly INTEGER.
 _Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def list_sort_at(
+    date: datetime | None, internaldate: datetime | None, created_at: datetime
+) -> datetime:
+    """A message's place in lists (newest first): its Date, else INTERNALDATE, else the time
+    it was stored (broken mail may have neither). Stored as ``sort_at`` so lists are served by
+    an index instead of sorting every message of the account."""
+    if date is not None:
+        return date
+    if internaldate is not None:
+        return internaldate
+    return created_at
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -93,7 +107,10 @@ class MessageRow(Base):
         Index("ix_messages_account_message_id", "account_id", "message_id_header"),
         Index("ix_messages_account_subject", "account_id", "normalized_subject"),
         Index("ix_messages_account_date", "account_id", "date"),
-        Index("ix_messages_thread", "thread_id"),
+        # The list order (newest first, ties by id) within an account and within a thread:
+        # a page is one index range scan, however big the mailbox (migration 0006).
+        Index("ix_messages_account_sort", "account_id", "sort_at", "id"),
+        Index("ix_messages_thread_sort", "thread_id", "sort_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(_Id, primary_key=True)
@@ -136,6 +153,9 @@ class MessageRow(Base):
     gone_from_mailbox_at: Mapped[datetime | None] = mapped_column()
     gone_reason: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Where the message sits in lists: Date, else INTERNALDATE, else when it was stored
+    #: (:func:`list_sort_at`). Set once at insert; those three never change afterwards.
+    sort_at: Mapped[datetime] = mapped_column()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     locations: Mapped[list[MessageLocationRow]] = relationship(
@@ -160,6 +180,9 @@ class MessageLocationRow(Base):
     __table_args__ = (
         UniqueConstraint("folder_id", "uid"),
         Index("ix_message_locations_message", "message_id"),
+        # A folder's list order: the message's sort_at is copied here (one message may sit in
+        # many folders), so a folder's page is one index range scan (migration 0006).
+        Index("ix_message_locations_folder_sort", "folder_id", "sort_at", "message_id"),
     )
 
     id: Mapped[int] = mapped_column(_Id, primary_key=True)
@@ -169,6 +192,8 @@ class MessageLocationRow(Base):
     modseq: Mapped[int | None] = mapped_column(BigInteger)
     flags: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: The message's :attr:`MessageRow.sort_at`, copied (it never changes).
+    sort_at: Mapped[datetime] = mapped_column()
 
     message: Mapped[MessageRow] = relationship(back_populates="locations")
 

@@ -76,7 +76,12 @@ def list_messages(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     before: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
 ) -> MessagePagePublic:
-    """The account's messages, newest first, one page at a time (keyset cursor)."""
+    """The account's messages, newest first, one page at a time (keyset cursor).
+
+    A search (``q``, or ``folder`` with ``thread``) examines at most
+    ``message_search_scan_rows`` messages per page: a page may then hold fewer than ``limit``
+    messages, or none, and still carry a ``next_cursor`` to search on.
+    """
     page = reader.list_messages(
         name, folder=folder, thread_id=thread, q=q, limit=limit, before=before
     )

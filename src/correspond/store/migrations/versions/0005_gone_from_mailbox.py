@@ -5,7 +5,7 @@ the CRM with ``locations: []``; these columns tell the two cases apart until the
 gives them their toggles.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Downgrade leaves the keys as they are (a hash cannot be undone); code before thi
 then stores a later copy of such a message as a message of its own.
 
 Revision ID: 0007
-Revises: 0003
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
