@@ -113,7 +113,7 @@ async def test_a_reused_message_id_keeps_both_messages(env: Env) -> None:
     assert (lists.created, lists.linked) == (0, 2)
     assert env.messages.count_messages(env.account.id) == 3
     assert env.stored("Lists") == {1: keys[1], 2: keys[2]}
-    assert [text_of[k] for k in env.stored("Lists").values()] == [
+    assert [text_of[k] for _uid, k in sorted(env.stored("Lists").items())] == [
         "The real figures.\n",
         "Pay this invoice.\n",
     ]
