@@ -4,9 +4,10 @@ Connections (DESIGN.md "Scale-out": a few per account, far below provider caps):
 
 - the *command connection* runs the first pass (backfill, INBOX and Sent first), then polls the
   folders without IDLE every ``poll_seconds``, re-reads the folder list every
-  ``folder_refresh_interval`` (created, renamed, deleted folders) and the user's folder
-  selection every ``selection_check_interval`` (added folders are backfilled, removed ones lose
-  their locations);
+  ``folder_refresh_interval`` (created, renamed, deleted folders) and the account and its
+  folder selection when the runner reports that the account's row changed
+  (:meth:`~correspond.sync.engine.AccountSyncer.wait_for_account_change`; added folders are
+  backfilled, removed ones lose their locations);
 - one *IDLE connection* per watched folder (INBOX and Sent, :func:`idle_folders`), opened as
   soon as the first pass has finished that folder. It stays in IDLE (RFC 2177), re-issued only
   every ``idle_renew_seconds``: Dovecot holds notifications back ~0.5 s after IDLE starts, so
@@ -180,12 +181,13 @@ class LiveSession:
         now = loop.time()
         next_poll = now + self.poll_seconds
         next_refresh = now + syncer.folder_refresh_interval
-        next_selection = now + syncer.selection_check_interval
         synced_ids = {f.id for f in folders if _syncable(f)}
         while not self.stop.is_set():
-            wake = min(next_poll, next_refresh, next_selection)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), timeout=max(0.0, wake - loop.time()))
+            # The account's row and folder selection are re-read when the runner reports a
+            # change (one query per round for all accounts), not on a timer of their own.
+            check = await syncer.wait_for_account_change(
+                self.stop, min(next_poll, next_refresh) - loop.time()
+            )
             if self.stop.is_set():
                 return
             now = loop.time()
@@ -193,8 +195,8 @@ class LiveSession:
             if now >= next_refresh:
                 folders = await syncer.refresh_folders(client, account)
                 next_refresh = now + syncer.folder_refresh_interval
-                next_selection = now  # the list may have changed what is synced
-            if now >= next_selection:
+                check = True  # the list may have changed what is synced
+            if check:
                 fresh = await asyncio.to_thread(syncer.store.get_account, account.name)
                 if imap_settings(fresh) != imap_settings(account):
                     raise ConnectionSettingsChanged(
@@ -214,7 +216,6 @@ class LiveSession:
                         await asyncio.to_thread(syncer.messages.forget_folder, folder_id)
                 due |= change.added
                 synced_ids = current
-                next_selection = now + syncer.selection_check_interval
             await self._reconcile_watchers(folders)
             if now >= next_poll:
                 due |= synced_ids - self._running_watchers()
