@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event
 
+from correspond.imap.client import ImapClient
+from correspond.imap.connect import ImapEndpoint
 from correspond.settings import Settings
 from correspond.store import Store
 from correspond.sync.engine import AccountSyncer
@@ -167,3 +169,41 @@ async def test_edits_arrive_by_the_lease_round_not_by_per_account_polling(
         assert time.monotonic() - started < 60
     finally:
         await runner.shutdown()
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+async def test_an_idle_tls_connection_keeps_small_receive_buffers(
+    dovecot: DovecotServer, imap_user: ImapUser, security: str
+) -> None:
+    """Every TLS connection used to hold 512 KiB of zero-filled receive buffers (ours and
+    asyncio's, 256 KiB each) for its whole life: 2.5 MiB per account. Now a connection
+    grows its buffer while a large message streams in and gives it back afterwards."""
+    big = b"x" * 1_500_000
+    dovecot.deliver(imap_user, _message(big))
+    endpoint = ImapEndpoint(
+        dovecot.host,
+        dovecot.tls_port if security == "tls" else dovecot.port,
+        security,  # type: ignore[arg-type]
+        trusted_cert_pem=dovecot.cert_pem,
+    )
+    async with await ImapClient.connect(endpoint) as client:
+        await client.login(imap_user.username, imap_user.password)
+        await client.select(b"INBOX")
+        channel = client._channel
+        ssl_protocol = channel.transport._ssl_protocol  # type: ignore[union-attr]
+        assert len(ssl_protocol._ssl_buffer) <= 64 * 1024
+        assert len(channel._buf) <= 16 * 1024  # type: ignore[attr-defined]
+        fetched = await client.uid_fetch_list("1:*", "(UID BODY.PEEK[])")
+        assert len(fetched) == 1 and big in (fetched[0].sections[""] or b"")
+        await client.noop()
+        assert len(channel._buf) <= 16 * 1024  # type: ignore[attr-defined]
+        assert len(ssl_protocol._ssl_buffer) <= 64 * 1024
+
+
+def _message(body: bytes) -> bytes:
+    return (
+        b"From: a@example.test\r\nTo: b@example.test\r\nSubject: big\r\n"
+        b"Message-ID: <big@example.test>\r\nDate: Thu, 03 Dec 2026 05:00:00 +0000\r\n\r\n"
+        + body
+        + b"\r\n"
+    )
