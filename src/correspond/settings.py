@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     folder_refresh_seconds: float = Field(
         default=300.0, gt=0, description="How often live sync re-reads the server's folder list"
     )
+    spare_connection_idle_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="How long live sync keeps an extra connection for new mail after the last "
+        "change (opened when the command connection is busy)",
+    )
 
     def clone(self, **changes: Any) -> Settings:
         """A validated copy with some fields changed (settings themselves never change; the

@@ -12,10 +12,12 @@ Connections (DESIGN.md "Scale-out": a few per account, far below provider caps):
   soon as the first pass has finished that folder. It stays in IDLE (RFC 2177), re-issued only
   every ``idle_renew_seconds``: Dovecot holds notifications back ~0.5 s after IDLE starts, so
   leaving IDLE for each change would add that to every new message;
-- one *sync connection* per watched folder, which syncs the folder whenever its IDLE
-  connection reports a change (a burst during one sync is coalesced into one more sync), so
-  new INBOX mail is never held up behind a long backfill or poll of another folder. A server
-  without IDLE gets neither: every folder is polled.
+- a folder whose IDLE connection reports a change is synced (a burst during one sync is
+  coalesced into one more sync) on the command connection when the command side is not using
+  it, else on a *spare connection* of the watcher's own, opened then and closed after
+  ``spare_connection_idle_seconds`` without a change: new INBOX mail is never held up behind
+  a long backfill or poll of another folder, and a live account holds three connections
+  (command, two IDLE), not five. A server without IDLE gets neither: every folder is polled.
 
 Any connection failing ends the whole session (the others are closed) and
 :meth:`AccountSyncer.run_account` reconnects with backoff: a half-working session would let
@@ -106,6 +108,11 @@ class LiveSession:
         self._error: BaseException | None = None
         self._folder_errors: dict[int, str] = {}
         self._names: dict[int, str] = {}
+        # The command connection, and who is using it: the command side (first pass, polls,
+        # LIST) or a watcher syncing its folder on it while the command side has nothing to do.
+        self._command: ImapClient | None = None
+        self._command_lock = asyncio.Lock()
+        self._first_folders: list[Folder] = []
 
     @property
     def stable(self) -> bool:
@@ -142,8 +149,14 @@ class LiveSession:
                 await release_clients([client], logout=clean)
 
     async def _command_side(self, client: ImapClient) -> None:
-        syncer, account = self.syncer, self.account
         self._idle = "IDLE" in client.capabilities
+        self._command = client
+        async with self._command_lock:
+            await self._first_pass(client)
+        await self._live(client, self._first_folders)
+
+    async def _first_pass(self, client: ImapClient) -> None:
+        syncer, account = self.syncer, self.account
         folders = await syncer.refresh_folders(client, account)
         pending = [f.name for f in folders if _syncable(f) and not f.backfill_done]
         if pending:
@@ -172,8 +185,8 @@ class LiveSession:
         )
         self.caught_up = True
         self._live_since = asyncio.get_running_loop().time()
+        self._first_folders = folders
         await self._synced(report)
-        await self._live(client, folders)
 
     async def _live(self, client: ImapClient, folders: list[Folder]) -> None:
         syncer, account = self.syncer, self.account
@@ -193,7 +206,8 @@ class LiveSession:
             now = loop.time()
             due: set[int] = set()
             if now >= next_refresh:
-                folders = await syncer.refresh_folders(client, account)
+                async with self._command_lock:
+                    folders = await syncer.refresh_folders(client, account)
                 next_refresh = now + syncer.folder_refresh_interval
                 check = True  # the list may have changed what is synced
             if check:
@@ -221,9 +235,10 @@ class LiveSession:
                 due |= synced_ids - self._running_watchers()
                 next_poll = now + self.poll_seconds
             if due:
-                report = await syncer.sync_once(
-                    client, account, folders=[f for f in folders if f.id in due]
-                )
+                async with self._command_lock:
+                    report = await syncer.sync_once(
+                        client, account, folders=[f for f in folders if f.id in due]
+                    )
                 await self._synced(report)
 
     async def _synced(self, report: AccountSyncReport) -> None:
@@ -289,10 +304,10 @@ class LiveSession:
 
         The IDLE connection never leaves IDLE for a change (only to renew it): Dovecot holds
         notifications back ~0.5 s after each IDLE starts, so re-entering IDLE after every
-        change would add that delay to every new message. A change sets ``changed``; the sync
-        connection (this folder's own, so a long poll or backfill of another folder on the
-        command connection never holds it up) syncs the folder, and a burst of changes during
-        one sync is coalesced into one more sync after it. Syncs still take the folder's lock.
+        change would add that delay to every new message. A change sets ``changed`` and the
+        folder is synced on another connection (:meth:`_sync_on_change`); a burst of changes
+        during one sync is coalesced into one more sync after it. Syncs still take the
+        folder's lock.
         """
         syncer, account = self.syncer, self.account
         changed = asyncio.Event()
@@ -302,15 +317,14 @@ class LiveSession:
         clean = False
         try:
             try:
-                for _ in range(2):
-                    clients.append(await syncer.connect(account))
+                clients.append(await syncer.connect(account))
             except CorrespondError as exc:
                 self._fail(exc)
                 return
-            sync_client, idle_client = clients
+            (idle_client,) = clients
             tasks = [
                 asyncio.create_task(
-                    self._sync_on_change(sync_client, folder, changed),
+                    self._sync_on_change(folder, changed),
                     name=f"sync {folder.name}",
                 ),
                 asyncio.create_task(
@@ -343,34 +357,61 @@ class LiveSession:
             # After an error a connection may be mid-command: close it, do not LOGOUT.
             await release_clients(clients, logout=clean)
 
-    async def _sync_on_change(
-        self, client: ImapClient, folder: Folder, changed: asyncio.Event
-    ) -> None:
-        """Sync ``folder`` over ``client`` each time ``changed`` is set, until ``stop``."""
+    async def _sync_on_change(self, folder: Folder, changed: asyncio.Event) -> None:
+        """Sync ``folder`` each time ``changed`` is set, until ``stop``.
+
+        On the command connection when the command side is not using it (between its polls:
+        nearly always once live), so an account holds three connections, not five. When it is
+        busy (a backfill, a poll of other folders), new mail does not wait behind it: a
+        connection of the watcher's own is opened, kept while changes keep coming, and closed
+        after ``syncer.spare_connection_idle_seconds`` without one.
+        """
         from correspond.sync.engine import AccountSyncReport
 
         syncer, account = self.syncer, self.account
         stopping = asyncio.create_task(self.stop.wait())
+        spare: ImapClient | None = None
+        clean = False
         try:
             notified = False
             while not self.stop.is_set():
                 if not changed.is_set():
                     waiting = asyncio.create_task(changed.wait())
                     try:
-                        await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                        await asyncio.wait(
+                            {waiting, stopping},
+                            timeout=syncer.spare_connection_idle_seconds if spare else None,
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
                     finally:
                         waiting.cancel()
                     if self.stop.is_set():
-                        return
+                        break
+                    if not changed.is_set():  # quiet for a while: let the spare go
+                        unused, spare = spare, None
+                        if unused is not None:
+                            await release_clients([unused], logout=True)
+                        continue
                 # Cleared before the sync: a change reported during it means one more sync.
                 changed.clear()
-                report = await syncer.sync_folder(client, account, folder)
+                command = self._command
+                if command is not None and not self._command_lock.locked():
+                    async with self._command_lock:
+                        report = await syncer.sync_folder(command, account, folder)
+                else:
+                    if spare is None:
+                        spare = await syncer.connect(account)
+                    report = await syncer.sync_folder(spare, account, folder)
                 # Before the first pass is over the account is not live yet: say nothing.
                 if self.caught_up and (notified or _changed(report)):
                     await self._synced(AccountSyncReport(account.id, folders=[report]))
                 notified = True
+            clean = True
         finally:
             stopping.cancel()
+            if spare is not None:
+                # After an error the connection may be mid-command: close it, no LOGOUT.
+                await release_clients([spare], logout=clean)
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
