@@ -20,6 +20,7 @@ from correspond.sync.engine import default_thread_chooser
 from test_sync_live import (  # the same fixtures and helpers as the other live tests
     Env,
     Running,
+    append_many,
     raw_message,
     sqlite_env,
     wait_until,
@@ -122,3 +123,31 @@ async def test_a_live_account_holds_three_connections(sqlite_env: Env) -> None:
             )
         assert syncer.stats.connects == connects  # no connection opened for new mail
         assert _sessions(env) == 3
+
+
+async def test_a_poll_finding_nothing_new_syncs_nothing(sqlite_env: Env) -> None:
+    """Folders without IDLE are polled with STATUS: an unchanged one costs one round trip (no
+    SELECT, no queries, no state write); a new message or a flag change there is still seen at
+    the next poll (CONDSTORE: HIGHESTMODSEQ moves with flags)."""
+    env = sqlite_env
+    append_many(env, "Archive", ["arch0"])
+    syncer = env.syncer()
+    async with Running(env, syncer, poll_seconds=0.2) as run:
+        await run.live()
+        archive = env.folder("Archive")
+        await asyncio.sleep(1.0)  # the first polls record each folder's STATUS
+        seen = len(run.reports)
+        await asyncio.sleep(1.5)  # about seven polls
+        synced = [f for r in run.reports[seen:] for f in r.folders]
+        assert synced == []
+
+        append_many(env, "Archive", ["arch1"])
+        await wait_until(lambda: "mid:arch1@example.test" in env.stored_keys("Archive"), 5)
+        with env.server.imaplib_client(env.user) as conn:
+            conn.select("Archive")
+            conn.uid("STORE", "1", "+FLAGS.SILENT", "(\\Flagged)")
+        await wait_until(
+            lambda: "\\Flagged" in env.messages.location_flags(archive.id).get(1, frozenset()),
+            5,
+            "the flag change in a polled folder",
+        )

@@ -52,6 +52,13 @@ backoff's base. (A server that drops every session right after the first pass wo
 be reconnected to every second, for ever.)"""
 
 
+STATE_REFRESH_SECONDS = 600.0
+"""While polls find nothing new, ``last_sync_at`` is still written this often: the account
+shows it is being watched, without a write per account per poll."""
+
+_POLL_STATUS = ("UIDVALIDITY", "UIDNEXT", "MESSAGES", "HIGHESTMODSEQ")
+
+
 def _syncable(folder: Folder) -> bool:
     return folder.selected and folder.selectable and not folder.removed
 
@@ -113,6 +120,9 @@ class LiveSession:
         self._command: ImapClient | None = None
         self._command_lock = asyncio.Lock()
         self._first_folders: list[Folder] = []
+        # Each polled folder's STATUS at its last poll, and when the state was last written.
+        self._poll_status: dict[int, tuple[object, ...]] = {}
+        self._state_written_at = 0.0
 
     @property
     def stable(self) -> bool:
@@ -189,6 +199,8 @@ class LiveSession:
         await self._synced(report)
 
     async def _live(self, client: ImapClient, folders: list[Folder]) -> None:
+        from correspond.sync.engine import AccountSyncReport
+
         syncer, account = self.syncer, self.account
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -223,6 +235,8 @@ class LiveSession:
                 self._names = {f.id: f.name for f in folders}
                 for folder_id in set(self._folder_errors) - current:
                     del self._folder_errors[folder_id]  # no longer synced: no longer failing
+                for folder_id in change.removed:
+                    self._poll_status.pop(folder_id, None)
                 if change.removed:
                     await self._stop_watchers(change.removed)
                     for folder_id in sorted(change.removed):
@@ -231,15 +245,66 @@ class LiveSession:
                 due |= change.added
                 synced_ids = current
             await self._reconcile_watchers(folders)
+            polled: set[int] = set()
             if now >= next_poll:
-                due |= synced_ids - self._running_watchers()
+                polled = synced_ids - self._running_watchers() - due
                 next_poll = now + self.poll_seconds
-            if due:
+            if due or polled:
                 async with self._command_lock:
-                    report = await syncer.sync_once(
-                        client, account, folders=[f for f in folders if f.id in due]
-                    )
-                await self._synced(report)
+                    # A polled folder whose STATUS has not moved since the last poll is not
+                    # synced: one round trip instead of SELECT, queries and a state write.
+                    polled -= await self._unchanged(client, folders, polled)
+                    due |= polled
+                    report = None
+                    if due:
+                        report = await syncer.sync_once(
+                            client, account, folders=[f for f in folders if f.id in due]
+                        )
+                if report is not None:
+                    for folder_report in report.folders:
+                        if folder_report.error is not None:
+                            self._poll_status.pop(folder_report.folder_id, None)
+                    await self._synced(report)
+                elif loop.time() - self._state_written_at >= STATE_REFRESH_SECONDS:
+                    await self._synced(AccountSyncReport(account.id))
+
+    async def _unchanged(
+        self, client: ImapClient, folders: list[Folder], polled: set[int]
+    ) -> set[int]:
+        """The folders of ``polled`` whose STATUS (UIDVALIDITY, UIDNEXT, MESSAGES,
+        HIGHESTMODSEQ) is what it was at the previous poll, taken before that poll's sync.
+
+        Only with CONDSTORE (without it a flag change moves none of these), and never the
+        folder the connection has selected (RFC 3501 §6.3.10: STATUS there may lag): a
+        read-only one is left with UNSELECT (RFC 3691) first, where the server offers it.
+        """
+        if "CONDSTORE" not in client.capabilities or not polled:
+            return set()
+        current = client.selected
+        leave = (
+            current is not None
+            and current.read_only
+            and "UNSELECT" in client.capabilities
+            and any(f.id in polled and f.name_raw == current.name_raw for f in folders)
+        )
+        if leave:
+            await client.unselect()
+        selected = client.selected.name_raw if client.selected is not None else None
+        same: set[int] = set()
+        for folder in folders:
+            if folder.id not in polled or folder.name_raw == selected:
+                continue
+            try:
+                status = await client.status(folder.name_raw, _POLL_STATUS)
+            except ImapCommandError:
+                self._poll_status.pop(folder.id, None)
+                continue  # the sync reports it
+            values = tuple(status.values.get(item) for item in _POLL_STATUS)
+            if None not in values and self._poll_status.get(folder.id) == values:
+                same.add(folder.id)
+            else:
+                self._poll_status[folder.id] = values
+        return same
 
     async def _synced(self, report: AccountSyncReport) -> None:
         # A folder the server refused is part of the state: "live" must not hide it.
@@ -256,6 +321,7 @@ class LiveSession:
             )
             detail = f"Up to date except {len(self._folder_errors)} folder(s) - {shown}"
         await self.syncer._set_state(self.account.name, "live", detail, last_sync_at=utcnow())
+        self._state_written_at = asyncio.get_running_loop().time()
         if self.on_synced is not None:
             self.on_synced(report)
 
