@@ -9,7 +9,9 @@ u0001..uNNNN, password benchpass): a fresh data directory (SQLite there unless
 ``--database-url``), the real ``correspond worker`` in a child process, started first with no
 account (its base RSS), then N accounts added (STARTTLS against the lab certificate by default;
 ``--security plain`` as idle_many.py's bare client; ``tls`` with ``--port 11993``). It waits
-until every account is ``live`` and the worker's connection count has settled, then measures:
+until every account is ``live`` and the worker's connection count has settled, lets
+``--warmup`` (70) seconds pass (every account's first poll syncs its polled folders in full;
+later polls only ask STATUS), then measures:
 
 - ``idle_cpu_pct``: the worker's CPU (all its threads, user + system, from /proc) over
   ``--idle-seconds`` (60) while nothing is delivered, as % of one core;
@@ -116,6 +118,13 @@ def main() -> int:
     ap.add_argument("--database-url", help="a fresh database (no accounts); default SQLite")
     ap.add_argument("--parse-processes", type=int, default=0, help="the worker's parse pool")
     ap.add_argument("--idle-seconds", type=float, default=60.0)
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=70.0,
+        help="seconds between settling and the idle window: past every account's first poll "
+        "(poll_interval_seconds, 60), which syncs each polled folder once in full",
+    )
     ap.add_argument("--deliveries", type=int, default=200)
     ap.add_argument("--gap-ms", type=float, default=300.0)
     ap.add_argument("--live-timeout", type=float, default=900.0)
@@ -193,7 +202,7 @@ def main() -> int:
             time.sleep(0.5)
         result["worker_sockets"] = last
         result["sockets_per_account"] = round(last / a.accounts, 2)
-        time.sleep(2.0)
+        time.sleep(a.warmup)
 
         cpu0, w0 = proc_cpu_seconds(worker.pid), time.monotonic()
         kids0 = sum(proc_cpu_seconds(k) for k in children(worker.pid))
