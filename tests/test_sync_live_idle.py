@@ -9,6 +9,7 @@ per-folder lock still serialises syncs.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import Sequence
 
@@ -19,6 +20,7 @@ from correspond.sync.engine import default_thread_chooser
 from test_sync_live import (  # the same fixtures and helpers as the other live tests
     Env,
     Running,
+    append_many,
     raw_message,
     sqlite_env,
     wait_until,
@@ -86,3 +88,66 @@ async def test_a_burst_during_a_sync_is_coalesced(sqlite_env: Env) -> None:
         assert created == len(tags)
         assert most_at_once == 1  # the folder lock: never two syncs of INBOX at once
     assert env.stored_keys("INBOX") == env.remote_keys("INBOX")
+
+
+def _sessions(env: Env) -> int:
+    """How many IMAP sessions the server has for the test's user (``doveadm who``)."""
+    out = subprocess.run(
+        ["doveadm", "-c", str(env.server.config_path), "who", "-1", env.user.username],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout
+    return sum(1 for line in out.splitlines()[1:] if line.split()[:1] == [env.user.username])
+
+
+async def test_a_live_account_holds_three_connections(sqlite_env: Env) -> None:
+    """Command connection and two IDLE ones: new mail is synced on the command connection while
+    it has nothing else to do; the spare connection opened while it was busy (the first pass)
+    is closed once quiet."""
+    env = sqlite_env
+    syncer = env.syncer(spare_connection_idle_seconds=0.3)
+    async with Running(env, syncer, poll_seconds=600) as run:
+        await run.live()
+        watched = [env.folder("inbox"), env.folder("sent")]
+        await wait_until(
+            lambda: all(syncer.stats.idle_commands.get(f.id, 0) >= 1 for f in watched), 5
+        )
+        await wait_until(lambda: _sessions(env) == 3, 5, "three sessions")
+        connects = syncer.stats.connects
+        for i in range(3):
+            await asyncio.to_thread(env.server.deliver, env.user, raw_message(f"three{i}"))
+            await wait_until(
+                lambda i=i: f"mid:three{i}@example.test" in env.stored_keys("INBOX"), 5
+            )
+        assert syncer.stats.connects == connects  # no connection opened for new mail
+        assert _sessions(env) == 3
+
+
+async def test_a_poll_finding_nothing_new_syncs_nothing(sqlite_env: Env) -> None:
+    """Folders without IDLE are polled with STATUS: an unchanged one costs one round trip (no
+    SELECT, no queries, no state write); a new message or a flag change there is still seen at
+    the next poll (CONDSTORE: HIGHESTMODSEQ moves with flags)."""
+    env = sqlite_env
+    append_many(env, "Archive", ["arch0"])
+    syncer = env.syncer()
+    async with Running(env, syncer, poll_seconds=0.2) as run:
+        await run.live()
+        archive = env.folder("Archive")
+        await asyncio.sleep(1.0)  # the first polls record each folder's STATUS
+        seen = len(run.reports)
+        await asyncio.sleep(1.5)  # about seven polls
+        synced = [f for r in run.reports[seen:] for f in r.folders]
+        assert synced == []
+
+        append_many(env, "Archive", ["arch1"])
+        await wait_until(lambda: "mid:arch1@example.test" in env.stored_keys("Archive"), 5)
+        with env.server.imaplib_client(env.user) as conn:
+            conn.select("Archive")
+            conn.uid("STORE", "1", "+FLAGS.SILENT", "(\\Flagged)")
+        await wait_until(
+            lambda: "\\Flagged" in env.messages.location_flags(archive.id).get(1, frozenset()),
+            5,
+            "the flag change in a polled folder",
+        )

@@ -164,6 +164,13 @@ class Settings(BaseSettings):
     login_limiter_max_entries: int = Field(
         default=10_000, ge=1, le=10_000_000, description="Users and addresses remembered"
     )
+    spare_connection_idle_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="How long live sync keeps an extra connection for new mail after the last "
+        "change (opened when the command connection is busy)",
+    )
 
     def clone(self, **changes: Any) -> Settings:
         """A validated copy with some fields changed (settings themselves never change; the

@@ -1649,6 +1649,7 @@ class IdleSession:
         self._tag: str | None = None
         self._pending: list[Response] = []
         self._done = False
+        self._interrupted = False
         self._renew_after = renew_after
         self._deadline = 0.0
 
@@ -1755,6 +1756,24 @@ class IdleSession:
             raise StopAsyncIteration
         return response
 
+    def interrupt(self) -> None:
+        """Send DONE from outside the task waiting in :meth:`next`, which then returns None
+        when the server's tagged OK arrives (the IDLE command is over; leave the block).
+
+        This is how a watcher that waits without a timeout is stopped cleanly: no timer per
+        connection to look at a stop flag, and no cancel (which would drop the connection).
+        Nothing happens when IDLE is already over or the connection closed.
+        """
+        client = self._client
+        if self._done or self._interrupted or client._closed:
+            return
+        self._interrupted = True
+        try:
+            client._channel.write(b"DONE\r\n")
+        except CorrespondError as exc:
+            self._end()
+            client._abort(f"DONE not sent: {exc}")
+
     async def done(self) -> None:
         """Send DONE and read up to the tagged OK; late responses go to the unsolicited queue."""
         if self._done:
@@ -1770,7 +1789,8 @@ class IdleSession:
         self._pending.clear()
         client._begin_command("IDLE")
         try:
-            client._channel.write(b"DONE\r\n")
+            if not self._interrupted:  # else DONE is on its way already
+                client._channel.write(b"DONE\r\n")
             while True:
                 response = await client._next_response()
                 if isinstance(response, TaggedResponse):

@@ -76,6 +76,14 @@ def enable_keepalive(sock: socket.socket) -> None:
 _HIGH_WATER = 8 * 1024 * 1024
 # Free space offered to the transport for each read; the buffer grows when it runs short.
 _READ_SPACE = 256 * 1024
+# What a TLS channel holds while little arrives (an IDLE connection hears a line now and then):
+# it starts at this size, grows toward ``_READ_SPACE`` steps while data streams in, and falls
+# back once a read finds little. A 256 KiB buffer per connection from the start was 256 KiB of
+# resident memory for every idle connection (five per account).
+_IDLE_SPACE = 16 * 1024
+# asyncio's TLS protocol allocates a 256 KiB receive buffer per connection; this much per recv
+# keeps full-body fetches at their rate (a TLS record is at most 16 KiB).
+_SSL_RECV_SPACE = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -352,11 +360,12 @@ class TlsByteChannel(ByteChannel, asyncio.BufferedProtocol):
 
     def __init__(self, where: str) -> None:
         super().__init__(where)
-        self._buf = bytearray(_READ_SPACE)
+        self._buf = bytearray(_IDLE_SPACE)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if len(self._buf) - self._size < _READ_SPACE // 4:
-            self._buf.extend(bytes(_READ_SPACE))
+        if len(self._buf) - self._size < max(sizehint, _IDLE_SPACE // 2):
+            # Double while data streams in, in steps of at most _READ_SPACE.
+            self._buf.extend(bytes(min(max(len(self._buf), sizehint), _READ_SPACE)))
         return memoryview(self._buf)[self._size :]
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -365,9 +374,28 @@ class TlsByteChannel(ByteChannel, asyncio.BufferedProtocol):
     def _take(self) -> bytes:
         with memoryview(self._buf) as view:
             data = bytes(view[: self._size])
-        if len(self._buf) > 4 * _READ_SPACE:
-            self._buf = bytearray(_READ_SPACE)  # do not keep a burst's buffer for ever
+        if len(self._buf) > _IDLE_SPACE and self._size < _IDLE_SPACE:
+            self._buf = bytearray(_IDLE_SPACE)  # the burst is over: do not keep its buffer
         return data
+
+
+def _trim_tls_receive_buffer(transport: asyncio.BaseTransport) -> None:
+    """Give asyncio's TLS protocol of ``transport`` a smaller receive buffer than its 256 KiB.
+
+    ``SSLProtocol`` allocates (and zero-fills) ``max_size`` bytes per connection and reads at
+    most that much per ``recv``; there is no public knob, so the instance's own attribute is
+    set, and nothing happens on a Python whose protocol looks different.
+    """
+    protocol = getattr(transport, "_ssl_protocol", None)
+    buffer = getattr(protocol, "_ssl_buffer", None)
+    if not isinstance(buffer, bytearray) or len(buffer) <= _SSL_RECV_SPACE:
+        return
+    if not isinstance(getattr(protocol, "max_size", None), int):
+        return
+    smaller = bytearray(_SSL_RECV_SPACE)
+    protocol.max_size = _SSL_RECV_SPACE  # type: ignore[union-attr]
+    protocol._ssl_buffer = smaller  # type: ignore[union-attr]
+    protocol._ssl_buffer_view = memoryview(smaller)  # type: ignore[union-attr]
 
 
 async def open_channel(endpoint: ImapEndpoint, *, timeout: float) -> ByteChannel:
@@ -394,6 +422,7 @@ async def open_channel(endpoint: ImapEndpoint, *, timeout: float) -> ByteChannel
             enable_keepalive(sock)
         if ctx is not None:
             check_pinned_certificate(endpoint, transport)
+            _trim_tls_receive_buffer(transport)
     except BaseException:
         transport.abort()
         await channel.wait_closed(1.0)
@@ -426,6 +455,7 @@ async def start_tls(channel: ByteChannel, endpoint: ImapEndpoint, *, timeout: fl
             raise ConnectionLost(f"{endpoint} closed the connection during STARTTLS")
         tls_channel.set_transport(tls_transport)
         check_pinned_certificate(endpoint, tls_transport)
+        _trim_tls_receive_buffer(tls_transport)
     except BaseException:
         transport.abort()
         await asyncio.sleep(0)  # abort() closes the socket on the next loop iteration

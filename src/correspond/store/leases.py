@@ -164,11 +164,18 @@ def observed_state(
 
 @dataclass(frozen=True, slots=True)
 class LeasedAccount:
-    """An account a worker holds, and until when."""
+    """An account a worker holds, until when, and when its row was last edited.
+
+    ``updated_at`` moves with every change a person makes (settings, secret, folder selection,
+    resume, a connection test's verdict), not with the engine's own state writes or lease
+    renewals: the runner compares it between rounds to tell a running session that its
+    account changed, one query for all accounts instead of a timer per account.
+    """
 
     id: int
     name: str
     expires_at: datetime
+    updated_at: datetime | None = None
 
 
 class AccountLeases:
@@ -246,14 +253,19 @@ class AccountLeases:
                         updated_at=t.c.updated_at,
                     )
                 )
-            held = select(t.c.id, t.c.name, t.c.lease_expires_at).where(
+            held = select(t.c.id, t.c.name, t.c.lease_expires_at, t.c.updated_at).where(
                 t.c.lease_owner == owner, t.c.state.in_(RUNNABLE_STATES)
             )
             if names is not None:
                 held = held.where(t.c.name.in_(list(names)))
             rows = s.execute(held.order_by(t.c.name)).all()
         return [
-            LeasedAccount(id=int(r.id), name=str(r.name), expires_at=r.lease_expires_at)
+            LeasedAccount(
+                id=int(r.id),
+                name=str(r.name),
+                expires_at=r.lease_expires_at,
+                updated_at=r.updated_at,
+            )
             for r in rows
             if r.lease_expires_at is not None and r.lease_expires_at >= now
         ]
@@ -325,7 +337,14 @@ class AccountLeases:
         """
         if state not in ACCOUNT_STATES:
             raise ConfigError(f"unknown account state {state!r}")
-        values: dict[str, object] = {"state": state, "state_detail": detail}
+        # The engine's own state writes are not edits of the account: ``updated_at`` stays, so
+        # the runner's change check (:attr:`LeasedAccount.updated_at`) does not wake the
+        # session for what it wrote itself.
+        values: dict[str, object] = {
+            "state": state,
+            "state_detail": detail,
+            "updated_at": _ACCOUNTS.c.updated_at,
+        }
         if connected_at is not None:
             values["connected_at"] = connected_at
         if last_sync_at is not None:

@@ -505,5 +505,8 @@ class Store:
                 account.folders_mode = "selected"
                 for row in rows:
                     row.selected = row.id in chosen
+            # An edit of the account: a running sync notices it by this column (one query per
+            # round for all accounts of a worker, store.leases.LeasedAccount.updated_at).
+            account.updated_at = utcnow()
             s.flush()
             return self._folders(s, account.id, include_removed=False)

@@ -40,7 +40,7 @@ from correspond.errors import (
     NotFound,
     TlsError,
 )
-from correspond.imap.client import ImapClient, ImapLimits
+from correspond.imap.client import IdleSession, ImapClient, ImapLimits
 from correspond.imap.connect import ImapEndpoint
 from correspond.imap.protocol import Atom
 from correspond.imap.types import (
@@ -201,17 +201,20 @@ class SyncerStats:
 
 class AccountSyncer:
     """Syncs one account: a command connection for backfill and polls, plus an IDLE connection
-    and a sync connection each for INBOX and Sent while live (:mod:`correspond.sync.live`).
+    each for INBOX and Sent while live, whose changes are synced on the command connection or,
+    while it is busy, on a spare connection (:mod:`correspond.sync.live`).
 
-    Folder syncs are serialised per folder (one :class:`asyncio.Lock` each), so the command
-    connection and a folder's sync connection never work on the same folder at once.
+    Folder syncs are serialised per folder (one :class:`asyncio.Lock` each), so two connections
+    never work on the same folder at once.
 
     Intervals (seconds): ``poll_interval`` for the folders without IDLE (default
     ``settings.poll_interval_seconds``, else 60), ``folder_refresh_interval`` for LIST (default
     ``settings.folder_refresh_seconds``, else 300), ``selection_check_interval`` for reading the
-    user's folder selection from the store, ``idle_renew_seconds`` for re-issuing IDLE (RFC 2177
-    §3: under 29 minutes), ``backoff_base`` for the first retry ceiling and ``backoff_cap``
-    for the largest (five minutes).
+    user's folder selection from the store when no runner reports changes,
+    ``spare_connection_idle_seconds`` for closing a watcher's extra sync connection (default
+    ``settings.spare_connection_idle_seconds``), ``idle_renew_seconds`` for re-issuing IDLE
+    (RFC 2177 §3: under 29 minutes), ``backoff_base`` for the first retry ceiling and
+    ``backoff_cap`` for the largest (five minutes).
     """
 
     def __init__(
@@ -231,6 +234,7 @@ class AccountSyncer:
         poll_interval: float | None = None,
         folder_refresh_interval: float | None = None,
         selection_check_interval: float = 10.0,
+        spare_connection_idle_seconds: float | None = None,
         idle_renew_seconds: float = IDLE_RENEW_SECONDS,
         backoff_base: float = 1.0,
         backoff_cap: float = BACKOFF_CAP_SECONDS,
@@ -261,6 +265,11 @@ class AccountSyncer:
             else settings.folder_refresh_seconds
         )
         self.selection_check_interval = selection_check_interval
+        self.spare_connection_idle_seconds = float(
+            spare_connection_idle_seconds
+            if spare_connection_idle_seconds is not None
+            else settings.spare_connection_idle_seconds
+        )
         if not 0 < idle_renew_seconds < 29 * 60:
             raise ValueError("IDLE must be re-issued within 29 minutes (RFC 2177 §3)")
         self.idle_renew_seconds = idle_renew_seconds
@@ -269,6 +278,9 @@ class AccountSyncer:
         self.max_refused_logins = max_refused_logins
         self.max_tls_failures = max_tls_failures
         self.stats = SyncerStats()
+        # Set by the runner when the account's row changed (another process edited it, or
+        # its folder selection): see :meth:`run_account`. None: re-read on a timer instead.
+        self.account_changed: asyncio.Event | None = None
         self._locks: dict[int, asyncio.Lock] = {}
         # Renamed folders whose old row keeps its locations until the new name is synced
         # (new raw name -> old folder id): the messages never lose every location in between.
@@ -604,17 +616,30 @@ class AccountSyncer:
             round_end = loop.time() + self.idle_renew_seconds
             self.stats.idle_commands[folder.id] = self.stats.idle_commands.get(folder.id, 0) + 1
             async with client.idle() as session:
-                while not stop.is_set():
-                    left = round_end - loop.time()
-                    if left <= 0:
-                        break
-                    # Short slices so that ``stop`` is noticed within a second.
-                    response = await session.next(timeout=min(left, 1.0))
-                    if isinstance(
-                        response,
-                        ExistsResponse | ExpungeResponse | FetchResponse | VanishedResponse,
-                    ):
-                        on_change()
+                # No timer per connection to look at ``stop``: a stop sends DONE at once
+                # (IdleSession.interrupt), and the wait below ends with the server's OK.
+                stopper = asyncio.ensure_future(stop.wait())
+
+                def interrupt(_f: object, session: IdleSession = session) -> None:
+                    session.interrupt()
+
+                stopper.add_done_callback(interrupt)
+                try:
+                    while not stop.is_set():
+                        left = round_end - loop.time()
+                        if left <= 0:
+                            break
+                        response = await session.next(timeout=left)
+                        if response is None:
+                            break  # time to renew, or IDLE is over (stopped, or the server)
+                        if isinstance(
+                            response,
+                            ExistsResponse | ExpungeResponse | FetchResponse | VanishedResponse,
+                        ):
+                            on_change()
+                finally:
+                    stopper.remove_done_callback(interrupt)
+                    stopper.cancel()
             # Changes reported between DONE and the tagged OK land in the unsolicited queue.
             late = client.drain_unsolicited()
             if any(
@@ -631,6 +656,33 @@ class AccountSyncer:
 
     # -- the account loop -----------------------------------------------------------------------
 
+    async def wait_for_account_change(self, stop: asyncio.Event, timeout: float) -> bool:
+        """Wait until ``stop`` is set, the account may have changed, or ``timeout`` s pass.
+
+        True when the account's row should be read again: with :attr:`account_changed` (the
+        runner's one query per round for every account of the worker), when it was set;
+        without it (an engine run on its own), every :attr:`selection_check_interval`.
+        """
+        changed = self.account_changed
+        if changed is None:
+            timeout = min(timeout, self.selection_check_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, timeout))
+            return not stop.is_set() and timeout >= self.selection_check_interval
+        if not changed.is_set() and not stop.is_set():
+            waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(changed.wait())}
+            try:
+                await asyncio.wait(
+                    waiters, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+        if stop.is_set() or not changed.is_set():
+            return False
+        changed.clear()
+        return True
+
     async def run_account(
         self,
         account_name: str,
@@ -638,8 +690,14 @@ class AccountSyncer:
         stop: asyncio.Event,
         poll_seconds: float | None = None,
         on_synced: Callable[[AccountSyncReport], None] | None = None,
+        changed: asyncio.Event | None = None,
     ) -> None:
         """Keep one account in sync until ``stop`` is set (DESIGN.md "Live").
+
+        ``changed`` is set by whoever watches the store for edits of the account (the runner:
+        one query per round for all its accounts); the session then re-reads the account and
+        its folder selection. Without it they are re-read every
+        :attr:`selection_check_interval`.
 
         A session (:class:`~correspond.sync.live.LiveSession`): connect (state ``connecting``),
         backfill (``backfilling``), then ``live`` with IDLE connections for INBOX and Sent and a
@@ -661,6 +719,8 @@ class AccountSyncer:
         from correspond.sync.live import ConnectionSettingsChanged, LiveSession, imap_settings
 
         poll = self.poll_interval if poll_seconds is None else float(poll_seconds)
+        if changed is not None:
+            self.account_changed = changed
         attempt = 0
         refused = 0
         tls_failed = 0
@@ -768,12 +828,8 @@ class AccountSyncer:
             left = deadline - loop.time()
             if left <= 0:
                 return False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    stop.wait(), timeout=min(left, self.selection_check_interval)
-                )
-            if stop.is_set():
-                return False
+            if not await self.wait_for_account_change(stop, left):
+                continue
             try:
                 account = await asyncio.to_thread(self.store.get_account, account_name)
             except NotFound:
@@ -786,10 +842,8 @@ class AccountSyncer:
         """Wait until the account leaves ``auth_failed`` (the user updated the password or
         resumed it): True; False when ``stop`` is set or the account is gone."""
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.selection_check_interval)
-            if stop.is_set():
-                return False
+            if not await self.wait_for_account_change(stop, self.backoff_cap):
+                continue
             try:
                 account = await asyncio.to_thread(self.store.get_account, account_name)
             except NotFound:

@@ -4,17 +4,20 @@ Connections (DESIGN.md "Scale-out": a few per account, far below provider caps):
 
 - the *command connection* runs the first pass (backfill, INBOX and Sent first), then polls the
   folders without IDLE every ``poll_seconds``, re-reads the folder list every
-  ``folder_refresh_interval`` (created, renamed, deleted folders) and the user's folder
-  selection every ``selection_check_interval`` (added folders are backfilled, removed ones lose
-  their locations);
+  ``folder_refresh_interval`` (created, renamed, deleted folders) and the account and its
+  folder selection when the runner reports that the account's row changed
+  (:meth:`~correspond.sync.engine.AccountSyncer.wait_for_account_change`; added folders are
+  backfilled, removed ones lose their locations);
 - one *IDLE connection* per watched folder (INBOX and Sent, :func:`idle_folders`), opened as
   soon as the first pass has finished that folder. It stays in IDLE (RFC 2177), re-issued only
   every ``idle_renew_seconds``: Dovecot holds notifications back ~0.5 s after IDLE starts, so
   leaving IDLE for each change would add that to every new message;
-- one *sync connection* per watched folder, which syncs the folder whenever its IDLE
-  connection reports a change (a burst during one sync is coalesced into one more sync), so
-  new INBOX mail is never held up behind a long backfill or poll of another folder. A server
-  without IDLE gets neither: every folder is polled.
+- a folder whose IDLE connection reports a change is synced (a burst during one sync is
+  coalesced into one more sync) on the command connection when the command side is not using
+  it, else on a *spare connection* of the watcher's own, opened then and closed after
+  ``spare_connection_idle_seconds`` without a change: new INBOX mail is never held up behind
+  a long backfill or poll of another folder, and a live account holds three connections
+  (command, two IDLE), not five. A server without IDLE gets neither: every folder is polled.
 
 Any connection failing ends the whole session (the others are closed) and
 :meth:`AccountSyncer.run_account` reconnects with backoff: a half-working session would let
@@ -47,6 +50,13 @@ STABLE_SECONDS = 60.0
 """A session that stayed live this long counts as healthy: a failure after it retries from the
 backoff's base. (A server that drops every session right after the first pass would otherwise
 be reconnected to every second, for ever.)"""
+
+
+STATE_REFRESH_SECONDS = 600.0
+"""While polls find nothing new, ``last_sync_at`` is still written this often: the account
+shows it is being watched, without a write per account per poll."""
+
+_POLL_STATUS = ("UIDVALIDITY", "UIDNEXT", "MESSAGES", "HIGHESTMODSEQ")
 
 
 def _syncable(folder: Folder) -> bool:
@@ -105,6 +115,14 @@ class LiveSession:
         self._error: BaseException | None = None
         self._folder_errors: dict[int, str] = {}
         self._names: dict[int, str] = {}
+        # The command connection, and who is using it: the command side (first pass, polls,
+        # LIST) or a watcher syncing its folder on it while the command side has nothing to do.
+        self._command: ImapClient | None = None
+        self._command_lock = asyncio.Lock()
+        self._first_folders: list[Folder] = []
+        # Each polled folder's STATUS at its last poll, and when the state was last written.
+        self._poll_status: dict[int, tuple[object, ...]] = {}
+        self._state_written_at = 0.0
 
     @property
     def stable(self) -> bool:
@@ -141,8 +159,14 @@ class LiveSession:
                 await release_clients([client], logout=clean)
 
     async def _command_side(self, client: ImapClient) -> None:
-        syncer, account = self.syncer, self.account
         self._idle = "IDLE" in client.capabilities
+        self._command = client
+        async with self._command_lock:
+            await self._first_pass(client)
+        await self._live(client, self._first_folders)
+
+    async def _first_pass(self, client: ImapClient) -> None:
+        syncer, account = self.syncer, self.account
         folders = await syncer.refresh_folders(client, account)
         pending = [f.name for f in folders if _syncable(f) and not f.backfill_done]
         if pending:
@@ -171,30 +195,34 @@ class LiveSession:
         )
         self.caught_up = True
         self._live_since = asyncio.get_running_loop().time()
+        self._first_folders = folders
         await self._synced(report)
-        await self._live(client, folders)
 
     async def _live(self, client: ImapClient, folders: list[Folder]) -> None:
+        from correspond.sync.engine import AccountSyncReport
+
         syncer, account = self.syncer, self.account
         loop = asyncio.get_running_loop()
         now = loop.time()
         next_poll = now + self.poll_seconds
         next_refresh = now + syncer.folder_refresh_interval
-        next_selection = now + syncer.selection_check_interval
         synced_ids = {f.id for f in folders if _syncable(f)}
         while not self.stop.is_set():
-            wake = min(next_poll, next_refresh, next_selection)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), timeout=max(0.0, wake - loop.time()))
+            # The account's row and folder selection are re-read when the runner reports a
+            # change (one query per round for all accounts), not on a timer of their own.
+            check = await syncer.wait_for_account_change(
+                self.stop, min(next_poll, next_refresh) - loop.time()
+            )
             if self.stop.is_set():
                 return
             now = loop.time()
             due: set[int] = set()
             if now >= next_refresh:
-                folders = await syncer.refresh_folders(client, account)
+                async with self._command_lock:
+                    folders = await syncer.refresh_folders(client, account)
                 next_refresh = now + syncer.folder_refresh_interval
-                next_selection = now  # the list may have changed what is synced
-            if now >= next_selection:
+                check = True  # the list may have changed what is synced
+            if check:
                 fresh = await asyncio.to_thread(syncer.store.get_account, account.name)
                 if imap_settings(fresh) != imap_settings(account):
                     raise ConnectionSettingsChanged(
@@ -211,6 +239,8 @@ class LiveSession:
                 self._names = {f.id: f.name for f in folders}
                 for folder_id in set(self._folder_errors) - current:
                     del self._folder_errors[folder_id]  # no longer synced: no longer failing
+                for folder_id in change.removed:
+                    self._poll_status.pop(folder_id, None)
                 if change.removed:
                     await self._stop_watchers(change.removed)
                     for folder_id in sorted(change.removed):
@@ -218,16 +248,67 @@ class LiveSession:
                         await asyncio.to_thread(syncer.messages.forget_folder, folder_id)
                 due |= change.added
                 synced_ids = current
-                next_selection = now + syncer.selection_check_interval
             await self._reconcile_watchers(folders)
+            polled: set[int] = set()
             if now >= next_poll:
-                due |= synced_ids - self._running_watchers()
+                polled = synced_ids - self._running_watchers() - due
                 next_poll = now + self.poll_seconds
-            if due:
-                report = await syncer.sync_once(
-                    client, account, folders=[f for f in folders if f.id in due]
-                )
-                await self._synced(report)
+            if due or polled:
+                async with self._command_lock:
+                    # A polled folder whose STATUS has not moved since the last poll is not
+                    # synced: one round trip instead of SELECT, queries and a state write.
+                    polled -= await self._unchanged(client, folders, polled)
+                    due |= polled
+                    report = None
+                    if due:
+                        report = await syncer.sync_once(
+                            client, account, folders=[f for f in folders if f.id in due]
+                        )
+                if report is not None:
+                    for folder_report in report.folders:
+                        if folder_report.error is not None:
+                            self._poll_status.pop(folder_report.folder_id, None)
+                    await self._synced(report)
+                elif loop.time() - self._state_written_at >= STATE_REFRESH_SECONDS:
+                    await self._synced(AccountSyncReport(account.id))
+
+    async def _unchanged(
+        self, client: ImapClient, folders: list[Folder], polled: set[int]
+    ) -> set[int]:
+        """The folders of ``polled`` whose STATUS (UIDVALIDITY, UIDNEXT, MESSAGES,
+        HIGHESTMODSEQ) is what it was at the previous poll, taken before that poll's sync.
+
+        Only with CONDSTORE (without it a flag change moves none of these), and never the
+        folder the connection has selected (RFC 3501 §6.3.10: STATUS there may lag): a
+        read-only one is left with UNSELECT (RFC 3691) first, where the server offers it.
+        """
+        if "CONDSTORE" not in client.capabilities or not polled:
+            return set()
+        current = client.selected
+        leave = (
+            current is not None
+            and current.read_only
+            and "UNSELECT" in client.capabilities
+            and any(f.id in polled and f.name_raw == current.name_raw for f in folders)
+        )
+        if leave:
+            await client.unselect()
+        selected = client.selected.name_raw if client.selected is not None else None
+        same: set[int] = set()
+        for folder in folders:
+            if folder.id not in polled or folder.name_raw == selected:
+                continue
+            try:
+                status = await client.status(folder.name_raw, _POLL_STATUS)
+            except ImapCommandError:
+                self._poll_status.pop(folder.id, None)
+                continue  # the sync reports it
+            values = tuple(status.values.get(item) for item in _POLL_STATUS)
+            if None not in values and self._poll_status.get(folder.id) == values:
+                same.add(folder.id)
+            else:
+                self._poll_status[folder.id] = values
+        return same
 
     async def _synced(self, report: AccountSyncReport) -> None:
         # A folder the server refused is part of the state: "live" must not hide it.
@@ -244,6 +325,7 @@ class LiveSession:
             )
             detail = f"Up to date except {len(self._folder_errors)} folder(s) - {shown}"
         await self.syncer._set_state(self.account.name, "live", detail, last_sync_at=utcnow())
+        self._state_written_at = asyncio.get_running_loop().time()
         if self.on_synced is not None:
             self.on_synced(report)
 
@@ -292,10 +374,10 @@ class LiveSession:
 
         The IDLE connection never leaves IDLE for a change (only to renew it): Dovecot holds
         notifications back ~0.5 s after each IDLE starts, so re-entering IDLE after every
-        change would add that delay to every new message. A change sets ``changed``; the sync
-        connection (this folder's own, so a long poll or backfill of another folder on the
-        command connection never holds it up) syncs the folder, and a burst of changes during
-        one sync is coalesced into one more sync after it. Syncs still take the folder's lock.
+        change would add that delay to every new message. A change sets ``changed`` and the
+        folder is synced on another connection (:meth:`_sync_on_change`); a burst of changes
+        during one sync is coalesced into one more sync after it. Syncs still take the
+        folder's lock.
         """
         syncer, account = self.syncer, self.account
         changed = asyncio.Event()
@@ -305,15 +387,14 @@ class LiveSession:
         clean = False
         try:
             try:
-                for _ in range(2):
-                    clients.append(await syncer.connect(account))
+                clients.append(await syncer.connect(account))
             except CorrespondError as exc:
                 self._fail(exc)
                 return
-            sync_client, idle_client = clients
+            (idle_client,) = clients
             tasks = [
                 asyncio.create_task(
-                    self._sync_on_change(sync_client, folder, changed),
+                    self._sync_on_change(folder, changed),
                     name=f"sync {folder.name}",
                 ),
                 asyncio.create_task(
@@ -346,34 +427,61 @@ class LiveSession:
             # After an error a connection may be mid-command: close it, do not LOGOUT.
             await release_clients(clients, logout=clean)
 
-    async def _sync_on_change(
-        self, client: ImapClient, folder: Folder, changed: asyncio.Event
-    ) -> None:
-        """Sync ``folder`` over ``client`` each time ``changed`` is set, until ``stop``."""
+    async def _sync_on_change(self, folder: Folder, changed: asyncio.Event) -> None:
+        """Sync ``folder`` each time ``changed`` is set, until ``stop``.
+
+        On the command connection when the command side is not using it (between its polls:
+        nearly always once live), so an account holds three connections, not five. When it is
+        busy (a backfill, a poll of other folders), new mail does not wait behind it: a
+        connection of the watcher's own is opened, kept while changes keep coming, and closed
+        after ``syncer.spare_connection_idle_seconds`` without one.
+        """
         from correspond.sync.engine import AccountSyncReport
 
         syncer, account = self.syncer, self.account
         stopping = asyncio.create_task(self.stop.wait())
+        spare: ImapClient | None = None
+        clean = False
         try:
             notified = False
             while not self.stop.is_set():
                 if not changed.is_set():
                     waiting = asyncio.create_task(changed.wait())
                     try:
-                        await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                        await asyncio.wait(
+                            {waiting, stopping},
+                            timeout=syncer.spare_connection_idle_seconds if spare else None,
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
                     finally:
                         waiting.cancel()
                     if self.stop.is_set():
-                        return
+                        break
+                    if not changed.is_set():  # quiet for a while: let the spare go
+                        unused, spare = spare, None
+                        if unused is not None:
+                            await release_clients([unused], logout=True)
+                        continue
                 # Cleared before the sync: a change reported during it means one more sync.
                 changed.clear()
-                report = await syncer.sync_folder(client, account, folder)
+                command = self._command
+                if command is not None and not self._command_lock.locked():
+                    async with self._command_lock:
+                        report = await syncer.sync_folder(command, account, folder)
+                else:
+                    if spare is None:
+                        spare = await syncer.connect(account)
+                    report = await syncer.sync_folder(spare, account, folder)
                 # Before the first pass is over the account is not live yet: say nothing.
                 if self.caught_up and (notified or _changed(report)):
                     await self._synced(AccountSyncReport(account.id, folders=[report]))
                 notified = True
+            clean = True
         finally:
             stopping.cancel()
+            if spare is not None:
+                # After an error the connection may be mid-command: close it, no LOGOUT.
+                await release_clients([spare], logout=clean)
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:

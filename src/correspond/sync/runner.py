@@ -189,6 +189,9 @@ class _Running:
     stop: asyncio.Event
     task: asyncio.Task[None]
     expires_at: datetime
+    #: Set when the account's row changed since the task started (its ``updated_at``).
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    updated_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -341,18 +344,31 @@ class SyncRunner:
             current = self._running.get(h.name)
             if current is not None and not current.task.done():
                 current.expires_at = h.expires_at
+                if h.updated_at != current.updated_at:
+                    # Edited (by the CLI, the API, another process): that one session re-reads
+                    # its account and folders; the others never query on their own.
+                    current.updated_at = h.updated_at
+                    current.changed.set()
                 continue
             if current is not None:
                 self._reap(current)
             retry = self._retry.get(h.name)
             if retry is not None and loop.time() < retry.not_before:
                 continue
-            self._launch(h.name, h.expires_at)
+            self._launch(h.name, h.expires_at, h.updated_at)
 
-    def _launch(self, name: str, expires_at: datetime) -> None:
+    def _launch(self, name: str, expires_at: datetime, updated_at: datetime | None = None) -> None:
         stop = asyncio.Event()
-        task = asyncio.create_task(self._account_task(name, stop), name=f"sync {name}")
-        self._running[name] = _Running(name=name, stop=stop, task=task, expires_at=expires_at)
+        changed = asyncio.Event()
+        task = asyncio.create_task(self._account_task(name, stop, changed), name=f"sync {name}")
+        self._running[name] = _Running(
+            name=name,
+            stop=stop,
+            task=task,
+            expires_at=expires_at,
+            changed=changed,
+            updated_at=updated_at,
+        )
         self.stats.started.append(name)
         log.info("%s: syncing %s", self.owner, name)
 
@@ -364,7 +380,7 @@ class SyncRunner:
         delay = min(300.0, self.poll_seconds * 2 ** min(retry.failures - 1, 8))
         retry.not_before = asyncio.get_running_loop().time() + delay
 
-    async def _account_task(self, name: str, stop: asyncio.Event) -> None:
+    async def _account_task(self, name: str, stop: asyncio.Event, changed: asyncio.Event) -> None:
         executor = self._executor
         try:
             syncer = self._factory(
@@ -380,7 +396,11 @@ class SyncRunner:
                 self._retry.pop(name, None)
 
             await syncer.run_account(
-                name, stop=stop, poll_seconds=self.live_poll_seconds, on_synced=synced
+                name,
+                stop=stop,
+                poll_seconds=self.live_poll_seconds,
+                on_synced=synced,
+                changed=changed,
             )
         except asyncio.CancelledError:
             raise

@@ -1,0 +1,209 @@
+"""What a live account costs while nothing happens (issue 7, section 6).
+
+An edit of an account (by the CLI in another process, the API, ...) reaches its running session
+through the runner's lease round, one query for every account of the worker, instead of each
+session re-reading its account and folders on a timer of its own; IDLE connections wait without
+a timer of their own too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event
+
+from correspond.imap.client import ImapClient
+from correspond.imap.connect import ImapEndpoint
+from correspond.settings import Settings
+from correspond.store import Store
+from correspond.sync.engine import AccountSyncer
+from correspond.sync.runner import SyncRunner
+from correspond.testing.dovecot import DovecotServer, ImapUser
+from correspond.testing.store import add_dovecot_account
+
+pytestmark = [pytest.mark.dovecot, pytest.mark.timeout(180)]
+
+ACCOUNTS = 20
+
+
+@pytest.fixture
+def settings(store_settings: Settings, store_url: str) -> Settings:
+    return store_settings.clone(database_url=store_url)
+
+
+@pytest.fixture
+def statements(store: Store) -> Iterator[list[str]]:
+    """Every SQL statement the store's engine runs, in order."""
+    seen: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        seen.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+
+
+def _cli() -> list[str]:
+    exe = shutil.which("correspond", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "correspond.cli"]
+
+
+def _cli_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRESPOND_")}
+    env["CORRESPOND_SECRET_KEY"] = settings.secret_key or ""
+    env["CORRESPOND_DATABASE_URL"] = settings.resolved_database_url
+    env["CORRESPOND_DATA_DIR"] = str(settings.data_dir)
+    return env
+
+
+async def _eventually(check: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(check):  # type: ignore[arg-type]
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_edits_arrive_by_the_lease_round_not_by_per_account_polling(
+    store: Store,
+    settings: Settings,
+    statements: list[str],
+    dovecot: DovecotServer,
+) -> None:
+    users: list[ImapUser] = [dovecot.add_user() for _ in range(ACCOUNTS)]
+    names = [add_dovecot_account(store, dovecot, u).name for u in users]
+    states: list[tuple[str, str, str]] = []
+
+    def fast_timer_engine(*args: object) -> AccountSyncer:
+        # A session that still re-read its account on a timer would do it every 0.2 s here.
+        store_, messages, blobs, settings_, executor, batch = args
+        return AccountSyncer(
+            store_,  # type: ignore[arg-type]
+            messages,  # type: ignore[arg-type]
+            blobs,  # type: ignore[arg-type]
+            settings_,  # type: ignore[arg-type]
+            parse_executor=executor,  # type: ignore[arg-type]
+            batch_size=batch,  # type: ignore[arg-type]
+            selection_check_interval=0.2,
+        )
+
+    runner = SyncRunner(
+        store,
+        settings,
+        poll_seconds=0.5,
+        lease_seconds=5.0,
+        stop_grace_seconds=3.0,
+        syncer_factory=fast_timer_engine,
+        on_state=lambda name, state, detail: states.append((name, state, detail)),
+    )
+    runner.start()
+    try:
+        await _eventually(
+            lambda: all(a.state == "live" for a in (store.get_account(n) for n in names)),
+            90,
+            "every account live",
+        )
+        await asyncio.sleep(1.0)  # the last IDLE connections settle
+
+        # Idle: only the runner's lease rounds touch the database, whatever the account count.
+        rounds = runner.stats.rounds
+        statements.clear()
+        await asyncio.sleep(3.0)
+        idle, rounds = list(statements), runner.stats.rounds - rounds
+        assert rounds >= 3
+        per_account = [s for s in idle if "folders" in s or "accounts.name = " in s]
+        assert per_account == [], per_account[:3]
+        assert len(idle) <= 3 * (rounds + 1), idle
+
+        # Another process edits one account: its session (only) hears of it within a round
+        # or two and reconnects with the new settings.
+        target, user = names[7], users[7]
+        started = time.monotonic()
+        edited = await asyncio.to_thread(
+            subprocess.run,
+            [
+                *_cli(),
+                "account",
+                "update",
+                target,
+                "--imap-port",
+                str(dovecot.tls_port),
+                "--imap-security",
+                "tls",
+                "--password-stdin",
+            ],
+            input=user.password + "\n",
+            env=_cli_env(settings),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert edited.returncode == 0, edited.stderr
+        edited_at = time.monotonic()
+        await _eventually(
+            lambda: any(n == target and "Connection settings changed" in d for n, _s, d in states),
+            10,
+            "the session to see the change",
+        )
+        seen_after = time.monotonic() - edited_at
+        assert seen_after < 3.0, seen_after
+        await _eventually(
+            lambda: (a := store.get_account(target)).state == "live" and a.imap_security == "tls",
+            30,
+            "the edited account live again over implicit TLS",
+        )
+        others = {n for n, _s, d in states if "Connection settings changed" in d}
+        assert others == {target}
+        assert time.monotonic() - started < 60
+    finally:
+        await runner.shutdown()
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+async def test_an_idle_tls_connection_keeps_small_receive_buffers(
+    dovecot: DovecotServer, imap_user: ImapUser, security: str
+) -> None:
+    """Every TLS connection used to hold 512 KiB of zero-filled receive buffers (ours and
+    asyncio's, 256 KiB each) for its whole life: 2.5 MiB per account. Now a connection
+    grows its buffer while a large message streams in and gives it back afterwards."""
+    big = b"x" * 1_500_000
+    dovecot.deliver(imap_user, _message(big))
+    endpoint = ImapEndpoint(
+        dovecot.host,
+        dovecot.tls_port if security == "tls" else dovecot.port,
+        security,  # type: ignore[arg-type]
+        trusted_cert_pem=dovecot.cert_pem,
+    )
+    async with await ImapClient.connect(endpoint) as client:
+        await client.login(imap_user.username, imap_user.password)
+        await client.select(b"INBOX")
+        channel = client._channel
+        ssl_protocol = channel.transport._ssl_protocol  # type: ignore[union-attr]
+        assert len(ssl_protocol._ssl_buffer) <= 64 * 1024
+        assert len(channel._buf) <= 16 * 1024  # type: ignore[attr-defined]
+        fetched = await client.uid_fetch_list("1:*", "(UID BODY.PEEK[])")
+        assert len(fetched) == 1 and big in (fetched[0].sections[""] or b"")
+        await client.noop()
+        assert len(channel._buf) <= 16 * 1024  # type: ignore[attr-defined]
+        assert len(ssl_protocol._ssl_buffer) <= 64 * 1024
+
+
+def _message(body: bytes) -> bytes:
+    return (
+        b"From: a@example.test\r\nTo: b@example.test\r\nSubject: big\r\n"
+        b"Message-ID: <big@example.test>\r\nDate: Thu, 03 Dec 2026 05:00:00 +0000\r\n\r\n"
+        + body
+        + b"\r\n"
+    )
