@@ -125,7 +125,8 @@ async def test_edits_arrive_by_the_lease_round_not_by_per_account_polling(
         assert rounds >= 3
         per_account = [s for s in idle if "folders" in s or "accounts.name = " in s]
         assert per_account == [], per_account[:3]
-        assert len(idle) <= 3 * (rounds + 1), idle
+        # A round: the dead same-host holders, the claim, the renewal, what is held.
+        assert len(idle) <= 4 * (rounds + 1), idle
 
         # Another process edits one account: its session (only) hears of it within a round
         # or two and reconnects with the new settings.

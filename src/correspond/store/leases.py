@@ -211,11 +211,26 @@ class AccountLeases:
         several workers share the load.
         """
         now = now or utcnow()
-        expires = now + timedelta(seconds=ttl_seconds)
-        t = _ACCOUNTS
         if names is not None and not names:
             return []
-        gone = self._gone_holders(owner, names, now)
+        with self._tx() as s:
+            # One transaction a round: the dead same-host holders, the claim, what is held.
+            gone = self._gone_holders(s, owner, names, now)
+            return self._claim(
+                s, owner, now + timedelta(seconds=ttl_seconds), gone, names, limit, now
+            )
+
+    def _claim(
+        self,
+        s: Session,
+        owner: str,
+        expires: datetime,
+        gone: list[str],
+        names: Collection[str] | None,
+        limit: int | None,
+        now: datetime,
+    ) -> list[LeasedAccount]:
+        t = _ACCOUNTS
         free = or_(
             t.c.lease_owner.is_(None),
             t.c.lease_owner == owner,
@@ -238,27 +253,26 @@ class AccountLeases:
             candidates = candidates.limit(limit)
         if self._postgres:
             candidates = candidates.with_for_update(skip_locked=True)
-        with self._tx() as s:
-            ids = list(s.scalars(candidates))
-            if ids:
-                # The WHERE is repeated on the UPDATE itself: on SQLite this is the check that
-                # counts (under the write lock), on PostgreSQL a no-op on rows already locked.
-                s.execute(
-                    update(t)
-                    .where(t.c.id.in_(ids), and_(*conditions))
-                    .values(
-                        lease_owner=owner,
-                        lease_expires_at=expires,
-                        # A renewal is not an edit of the account.
-                        updated_at=t.c.updated_at,
-                    )
+        ids = list(s.scalars(candidates))
+        if ids:
+            # The WHERE is repeated on the UPDATE itself: on SQLite this is the check that
+            # counts (under the write lock), on PostgreSQL a no-op on rows already locked.
+            s.execute(
+                update(t)
+                .where(t.c.id.in_(ids), and_(*conditions))
+                .values(
+                    lease_owner=owner,
+                    lease_expires_at=expires,
+                    # A renewal is not an edit of the account.
+                    updated_at=t.c.updated_at,
                 )
-            held = select(t.c.id, t.c.name, t.c.lease_expires_at, t.c.updated_at).where(
-                t.c.lease_owner == owner, t.c.state.in_(RUNNABLE_STATES)
             )
-            if names is not None:
-                held = held.where(t.c.name.in_(list(names)))
-            rows = s.execute(held.order_by(t.c.name)).all()
+        held = select(t.c.id, t.c.name, t.c.lease_expires_at, t.c.updated_at).where(
+            t.c.lease_owner == owner, t.c.state.in_(RUNNABLE_STATES)
+        )
+        if names is not None:
+            held = held.where(t.c.name.in_(list(names)))
+        rows = s.execute(held.order_by(t.c.name)).all()
         return [
             LeasedAccount(
                 id=int(r.id),
@@ -270,7 +284,10 @@ class AccountLeases:
             if r.lease_expires_at is not None and r.lease_expires_at >= now
         ]
 
-    def _gone_holders(self, owner: str, names: Collection[str] | None, now: datetime) -> list[str]:
+    @staticmethod
+    def _gone_holders(
+        s: Session, owner: str, names: Collection[str] | None, now: datetime
+    ) -> list[str]:
         """Holders of unexpired leases on runnable accounts (of ``names``) that are dead
         processes of this host (:func:`holder_is_gone`)."""
         t = _ACCOUNTS
@@ -282,8 +299,7 @@ class AccountLeases:
         )
         if names is not None:
             q = q.where(t.c.name.in_(list(names)))
-        with self._tx() as s:
-            owners = {str(o) for o in s.scalars(q.distinct())}
+        owners = {str(o) for o in s.scalars(q.distinct())}
         return sorted(o for o in owners if holder_is_gone(o))
 
     def release(self, owner: str, names: Collection[str] | None = None) -> int:
