@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,11 +32,13 @@ from sqlalchemy import (
     or_,
     select,
     tuple_,
+    type_coerce,
 )
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from correspond.errors import ConfigError, NotFound, StoreError
+from correspond.rules.folder_refs import resolve_folder_ref
 from correspond.store.engine import database_failure
 from correspond.store.message_tables import (
     AttachmentRow,
@@ -43,7 +46,7 @@ from correspond.store.message_tables import (
     MessageRow,
     ThreadRow,
 )
-from correspond.store.tables import FolderRow, UtcDateTime
+from correspond.store.tables import AccountRow, FolderRow, UtcDateTime
 
 __all__ = [
     "SEARCH_SCAN_ROWS",
@@ -233,6 +236,10 @@ def _attachment(row: AttachmentRow) -> AttachmentView:
 
 
 #: What a list item shows: never the bodies (they may be megabytes), never whole ORM rows.
+#: In this order (a page unpacks rows by position). The address list, the flags and the two
+#: times are read as the driver hands them over (``type_coerce``: the same SQL, no per-value
+#: result processing) and decoded a page at a time by :func:`_list_items`: SQLite gives text
+#: (JSON, and timestamps as ``YYYY-MM-DD HH:MM:SS.ffffff``), psycopg gives decoded values.
 _LIST_COLUMNS = (
     MessageRow.id,
     MessageRow.account_id,
@@ -240,13 +247,13 @@ _LIST_COLUMNS = (
     MessageRow.subject,
     MessageRow.from_name,
     MessageRow.from_email,
-    MessageRow.to_addrs,
-    MessageRow.date,
+    type_coerce(MessageRow.to_addrs, Text).label("to_addrs"),
+    type_coerce(MessageRow.date, Text).label("date"),
     MessageRow.snippet,
-    MessageRow.flags,
+    type_coerce(MessageRow.flags, Text).label("flags"),
     MessageRow.state,
     MessageRow.direction,
-    MessageRow.sort_at,
+    type_coerce(MessageRow.sort_at, Text).label("sort_at"),
     # A scalar subquery with LIMIT 1, not EXISTS: PostgreSQL may run an EXISTS as a hashed
     # subplan, reading every attachment row to list 50 messages (95 ms at 1,000,000 messages);
     # this form is one ix_attachments_message lookup per listed row on both backends.
@@ -257,6 +264,8 @@ _LIST_COLUMNS = (
     .is_not(None)
     .label("has_attachments"),
 )
+#: Positions in :data:`_LIST_COLUMNS` that :meth:`MessageQueries._page_rows` reads.
+_ID, _SORT_AT = 0, 12
 
 
 class MessageQueries:
@@ -329,6 +338,54 @@ class MessageQueries:
         messages per page: the page then holds the matches among them, possibly fewer than
         ``limit`` or none, and ``next_cursor`` continues after the last one examined.
         """
+        try:
+            # Core on a plain connection: the ORM's per-statement work was a third of a page.
+            with self.engine.connect() as conn:
+                return self._list(
+                    conn, account_id, folder_id, thread_id, q, limit, before, include_deleted
+                )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not list messages: {database_failure(exc)}") from exc
+
+    def list_account_messages(
+        self,
+        account_name: str,
+        *,
+        folder: str | int | None = None,
+        thread_id: int | None = None,
+        q: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> MessagePage:
+        """:meth:`list_messages` of the account called ``account_name``, ``folder`` by id or
+        display name (:func:`~correspond.rules.folder_refs.resolve_folder_ref`, over all the
+        account's folders, removed ones too). The names are looked up on the page's own
+        connection, by id and name only: a session and a whole account record for each page
+        cost as much as the page itself. NotFound for an unknown account or folder."""
+        try:
+            with self.engine.connect() as conn:
+                account_id = conn.scalar(self._lookup("account"), {"account_name": account_name})
+                if account_id is None:
+                    raise NotFound(f"no account named {account_name!r}")
+                folder_id = None
+                if folder is not None:
+                    folders = conn.execute(self._lookup("folders"), {"account_id": account_id})
+                    folder_id = resolve_folder_ref(folders.all(), folder).id
+                return self._list(conn, account_id, folder_id, thread_id, q, limit, before, False)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not list messages: {database_failure(exc)}") from exc
+
+    def _list(
+        self,
+        conn: Connection,
+        account_id: int,
+        folder_id: int | None,
+        thread_id: int | None,
+        q: str | None,
+        limit: int,
+        before: str | None,
+        include_deleted: bool,
+    ) -> MessagePage:
         if not 1 <= limit <= MAX_PAGE:
             raise ConfigError(f"limit must be between 1 and {MAX_PAGE}")
         position = decode_cursor(before) if before is not None else None
@@ -342,45 +399,19 @@ class MessageQueries:
             "thread_id": thread_id,
             "pattern": _like_pattern(text) if text else None,
         }
-        try:
-            # Core on a plain connection: the ORM's per-statement work was a third of a page.
-            with self.engine.connect() as conn:
-                floor: tuple[datetime, int] | None = None
-                if bounded:
-                    # The last message this page may examine: the search stops there.
-                    last = conn.execute(
-                        self._statement(("scan", drive, position is not None)),
-                        {
-                            **params,
-                            **_position("pos", position),
-                            "skip": self.search_scan_rows - 1,
-                        },
-                    ).first()
-                    if last is not None:
-                        floor = (_aware_required(last[0]), int(last[1]))
-                        params.update(_position("floor", floor))
-                shape = (drive, in_folder, bool(text), include_deleted, floor is not None)
-                rows = self._page_rows(conn, shape, params, position, limit)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"could not list messages: {database_failure(exc)}") from exc
-        items = [
-            MessageListItem(
-                id=row.id,
-                account_id=row.account_id,
-                thread_id=row.thread_id,
-                subject=row.subject,
-                from_=AddressView(row.from_name, row.from_email) if row.from_email else None,
-                to=_addresses(row.to_addrs),
-                date=row.date,
-                snippet=row.snippet,
-                flags=tuple(sorted(row.flags or ())),
-                state=row.state,
-                direction=row.direction,
-                has_attachments=bool(row.has_attachments),
-                sort_at=_aware_required(row.sort_at),
-            )
-            for row in rows[:limit]
-        ]
+        floor: tuple[datetime, int] | None = None
+        if bounded:
+            # The last message this page may examine: the search stops there.
+            last = conn.execute(
+                self._statement(("scan", drive, position is not None)),
+                {**params, **_position("pos", position), "skip": self.search_scan_rows - 1},
+            ).first()
+            if last is not None:
+                floor = (_aware_required(last[0]), int(last[1]))
+                params.update(_position("floor", floor))
+        shape = (drive, in_folder, bool(text), include_deleted, floor is not None)
+        rows = self._page_rows(conn, shape, params, position, limit)
+        items = _list_items(rows[:limit])
         if len(rows) > limit:
             cursor: str | None = encode_cursor(items[-1].sort_at, items[-1].id)
         elif floor is not None:
@@ -397,7 +428,7 @@ class MessageQueries:
         params: dict[str, Any],
         position: tuple[datetime, int] | None,
         limit: int,
-    ) -> list[Row[Any]]:
+    ) -> Sequence[Row[Any]]:
         """Up to ``limit + 1`` distinct messages of the list ``shape`` after ``position``, in
         list order.
 
@@ -405,23 +436,41 @@ class MessageQueries:
         (sort_at, message_id): it is listed once, and another read fills the page when that
         left it short.
         """
+        want = limit + 1
+        got = conn.execute(
+            self._statement(("page", *shape, position is not None)),
+            {**params, **_position("pos", position), "lim": want},
+        ).all()
+        if len({row[_ID] for row in got}) == len(got):
+            return got  # the common case: one read, no message twice
         rows: list[Row[Any]] = []
         seen: set[int] = set()
         while True:
-            want = limit + 1 - len(rows)
-            got = list(
-                conn.execute(
-                    self._statement(("page", *shape, position is not None)),
-                    {**params, **_position("pos", position), "lim": want},
-                )
-            )
             for row in got:
-                if row.id not in seen:
-                    seen.add(row.id)
+                if row[_ID] not in seen:
+                    seen.add(row[_ID])
                     rows.append(row)
             if len(got) < want or len(rows) > limit:
                 return rows
-            position = (_aware_required(got[-1].sort_at), got[-1].id)
+            position = (_when(got[-1][_SORT_AT]), got[-1][_ID])
+            want = limit + 1 - len(rows)
+            got = conn.execute(
+                self._statement(("page", *shape, True)),
+                {**params, **_position("pos", position), "lim": want},
+            ).all()
+
+    def _lookup(self, what: str) -> Select[Any]:
+        """The statements :meth:`list_account_messages` resolves names with, built once."""
+        found = self._statements.get(("lookup", what))
+        if found is None:
+            if what == "account":
+                found = select(AccountRow.id).where(AccountRow.name == bindparam("account_name"))
+            else:
+                found = select(FolderRow.id, FolderRow.name).where(
+                    FolderRow.account_id == bindparam("account_id")
+                )
+            self._statements[("lookup", what)] = found
+        return found
 
     def _statement(self, shape: tuple[Any, ...]) -> Select[Any]:
         """The list statement of ``shape``, built once: values go as parameters, so a page
@@ -627,3 +676,64 @@ def _id(name: str) -> BindParameter[int]:
 
 def _aware_required(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _when(value: datetime | str) -> datetime:
+    """A timestamp column read without result processing: SQLite's text (UTC, no offset, as
+    :class:`~correspond.store.tables.UtcDateTime` writes it) or the driver's datetime."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _json_values(values: list[Any]) -> list[Any]:
+    """JSON columns read without result processing, decoded: the driver's values as they are
+    (psycopg decodes ``json``), SQLite's texts in one ``json.loads`` for all of them (one call
+    per page, not one per row and column)."""
+    texts = [i for i, v in enumerate(values) if isinstance(v, str)]
+    if texts:
+        decoded = json.loads("[" + ",".join(values[i] for i in texts) + "]")
+        for i, value in zip(texts, decoded, strict=True):
+            values[i] = value
+    return values
+
+
+def _list_items(rows: Sequence[Row[Any]]) -> list[MessageListItem]:
+    """The page's items from rows of :data:`_LIST_COLUMNS`."""
+    n = len(rows)
+    json_values = _json_values([row[6] for row in rows] + [row[9] for row in rows])
+    items = []
+    for i, (
+        mid,
+        aid,
+        tid,
+        subject,
+        from_name,
+        from_email,
+        _,
+        date,
+        snippet,
+        _,
+        state,
+        direction,
+        sort_at,
+        has_attachments,
+    ) in enumerate(rows):
+        items.append(
+            MessageListItem(
+                id=mid,
+                account_id=aid,
+                thread_id=tid,
+                subject=subject,
+                from_=AddressView(from_name, from_email) if from_email else None,
+                to=_addresses(json_values[i]),
+                date=None if date is None else _when(date),
+                snippet=snippet,
+                flags=tuple(sorted(json_values[n + i] or ())),
+                state=state,
+                direction=direction,
+                has_attachments=bool(has_attachments),
+                sort_at=_when(sort_at),
+            )
+        )
+    return items
