@@ -236,10 +236,11 @@ def _attachment(row: AttachmentRow) -> AttachmentView:
 
 
 #: What a list item shows: never the bodies (they may be megabytes), never whole ORM rows.
-#: In this order (a page unpacks rows by position). The address list, the flags and the two
-#: times are read as the driver hands them over (``type_coerce``: the same SQL, no per-value
-#: result processing) and decoded a page at a time by :func:`_list_items`: SQLite gives text
-#: (JSON, and timestamps as ``YYYY-MM-DD HH:MM:SS.ffffff``), psycopg gives decoded values.
+#: In this order (a page unpacks rows by position). The address list and the flags are read
+#: as JSON text (``CAST ... AS TEXT``: psycopg would otherwise call ``json.loads`` once per
+#: value) and the two times as the driver hands them over (``type_coerce``: no per-value result
+#: processing); :func:`_list_items` decodes them a page at a time: one ``json.loads`` for the
+#: page, SQLite's timestamp text (``YYYY-MM-DD HH:MM:SS.ffffff``) by ``fromisoformat``.
 _LIST_COLUMNS = (
     MessageRow.id,
     MessageRow.account_id,
@@ -247,10 +248,10 @@ _LIST_COLUMNS = (
     MessageRow.subject,
     MessageRow.from_name,
     MessageRow.from_email,
-    type_coerce(MessageRow.to_addrs, Text).label("to_addrs"),
+    cast(MessageRow.to_addrs, Text).label("to_addrs"),
     type_coerce(MessageRow.date, Text).label("date"),
     MessageRow.snippet,
-    type_coerce(MessageRow.flags, Text).label("flags"),
+    cast(MessageRow.flags, Text).label("flags"),
     MessageRow.state,
     MessageRow.direction,
     type_coerce(MessageRow.sort_at, Text).label("sort_at"),
@@ -687,9 +688,8 @@ def _when(value: datetime | str) -> datetime:
 
 
 def _json_values(values: list[Any]) -> list[Any]:
-    """JSON columns read without result processing, decoded: the driver's values as they are
-    (psycopg decodes ``json``), SQLite's texts in one ``json.loads`` for all of them (one call
-    per page, not one per row and column)."""
+    """JSON columns read as text, decoded in one ``json.loads`` for all of them (one call per
+    page, not one per row and column); anything else (NULL) as it is."""
     texts = [i for i, v in enumerate(values) if isinstance(v, str)]
     if texts:
         decoded = json.loads("[" + ",".join(values[i] for i in texts) + "]")
