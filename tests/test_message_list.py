@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import Engine, event, inspect, select, text
 from sqlalchemy.orm import Session
 
+from correspond.errors import NotFound
 from correspond.settings import Settings
 from correspond.store import Store
 from correspond.store.engine import create_store_engine, migrate
@@ -446,8 +447,10 @@ def test_a_page_by_account_name_is_one_connection_reading_ids_names_and_the_page
 ) -> None:
     """The reader used to look the account up in a session of its own before every page (and,
     for a folder, every folder as a whole record): a third of a first page's CPU. Now a page is
-    one pool checkout, the account's id and its folders' ids and names, then the page; and the
-    items, decoded a page at a time, are what the ORM reads from the same rows."""
+    one pool checkout and one statement (the account's id a subquery, still served by the list
+    index), or, for a folder, the account's id and its folders' ids and names, then the page;
+    an unknown account is still NotFound, an empty one an empty page; and the items, decoded a
+    page at a time, are what the ORM reads from the same rows."""
     from correspond.mailbox import MailboxReader
 
     account_id, _ = _fill(store, 120)
@@ -475,15 +478,17 @@ def test_a_page_by_account_name_is_one_connection_reading_ids_names_and_the_page
     event.listen(store.engine, "checkout", checkout)
     event.listen(store.engine, "before_cursor_execute", record)
     try:
-        page = reader.list_messages("synthetic", limit=50)
-        assert len(checkouts) == 1 and len(statements) == 2, statements
+        with _recorded(store.engine) as recorded:
+            page = reader.list_messages("synthetic", limit=50)
+        assert len(checkouts) == 1 and len(statements) == 1, statements
         inbox_page = reader.list_messages("synthetic", folder="inbox", limit=50)
-        assert len(checkouts) == 2 and len(statements) == 5, statements
+        assert len(checkouts) == 2 and len(statements) == 4, statements
     finally:
         event.remove(store.engine, "checkout", checkout)
         event.remove(store.engine, "before_cursor_execute", record)
-    lookups = [st for st in statements if "FROM accounts" in st or "FROM folders" in st]
-    assert len(lookups) == 3  # the account twice, the folders once
+    _assert_served_by(store.engine, recorded, "ix_messages_account_sort", bounded=False)
+    lookups = [st for st in statements if "FROM messages" not in st]
+    assert len(lookups) == 2  # the account's id, the folders
     for st in lookups:
         columns = st.split(" FROM ")[0]
         assert "secret" not in columns and "host" not in columns, st
@@ -510,3 +515,8 @@ def test_a_page_by_account_name_is_one_connection_reading_ids_names_and_the_page
     assert page.items[0].id == first_id
     assert page.items[0].flags == ("$Label", "\\Answered", "\\Seen")
     assert [a.name for a in page.items[0].to] == [None, "B"]
+    with pytest.raises(NotFound):
+        reader.list_messages("no-such-account", limit=50)
+    make_account_with_folders(store.engine, "empty")
+    assert reader.list_messages("empty", limit=50).items == []
+    assert reader.list_messages("empty", q="x", limit=50).items == []

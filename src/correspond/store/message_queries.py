@@ -362,16 +362,19 @@ class MessageQueries:
         display name (:func:`~correspond.rules.folder_refs.resolve_folder_ref`, over all the
         account's folders, removed ones too). The names are looked up on the page's own
         connection, by id and name only: a session and a whole account record for each page
-        cost as much as the page itself. NotFound for an unknown account or folder."""
+        cost as much as the page itself. Without a folder the account's id is a subquery of the
+        page statement (one round trip less), looked up apart only when the page is empty, to
+        tell an unknown account from an empty list. NotFound for an unknown account or
+        folder."""
         try:
             with self.engine.connect() as conn:
+                if folder is None:
+                    return self._list(conn, account_name, None, thread_id, q, limit, before, False)
                 account_id = conn.scalar(self._lookup("account"), {"account_name": account_name})
                 if account_id is None:
                     raise NotFound(f"no account named {account_name!r}")
-                folder_id = None
-                if folder is not None:
-                    folders = conn.execute(self._lookup("folders"), {"account_id": account_id})
-                    folder_id = resolve_folder_ref(folders.all(), folder).id
+                folders = conn.execute(self._lookup("folders"), {"account_id": account_id})
+                folder_id = resolve_folder_ref(folders.all(), folder).id
                 return self._list(conn, account_id, folder_id, thread_id, q, limit, before, False)
         except SQLAlchemyError as exc:
             raise StoreError(f"could not list messages: {database_failure(exc)}") from exc
@@ -379,7 +382,7 @@ class MessageQueries:
     def _list(
         self,
         conn: Connection,
-        account_id: int,
+        account: int | str,
         folder_id: int | None,
         thread_id: int | None,
         q: str | None,
@@ -394,8 +397,10 @@ class MessageQueries:
         in_folder = thread_id is not None and folder_id is not None
         text = (q or "").strip()
         bounded = in_folder or bool(text)
+        by_name = isinstance(account, str)
         params: dict[str, Any] = {
-            "account_id": account_id,
+            "account_id": None if by_name else account,
+            "account_name": account if by_name else None,
             "folder_id": folder_id,
             "thread_id": thread_id,
             "pattern": _like_pattern(text) if text else None,
@@ -404,14 +409,16 @@ class MessageQueries:
         if bounded:
             # The last message this page may examine: the search stops there.
             last = conn.execute(
-                self._statement(("scan", drive, position is not None)),
+                self._statement(("scan", drive, position is not None), by_name),
                 {**params, **_position("pos", position), "skip": self.search_scan_rows - 1},
             ).first()
             if last is not None:
                 floor = (_aware_required(last[0]), int(last[1]))
                 params.update(_position("floor", floor))
         shape = (drive, in_folder, bool(text), include_deleted, floor is not None)
-        rows = self._page_rows(conn, shape, params, position, limit)
+        rows = self._page_rows(conn, shape, params, position, limit, by_name)
+        if not rows and by_name and conn.scalar(self._lookup("account"), params) is None:
+            raise NotFound(f"no account named {account!r}")
         items = _list_items(rows[:limit])
         if len(rows) > limit:
             cursor: str | None = encode_cursor(items[-1].sort_at, items[-1].id)
@@ -429,6 +436,7 @@ class MessageQueries:
         params: dict[str, Any],
         position: tuple[datetime, int] | None,
         limit: int,
+        by_name: bool,
     ) -> Sequence[Row[Any]]:
         """Up to ``limit + 1`` distinct messages of the list ``shape`` after ``position``, in
         list order.
@@ -439,7 +447,7 @@ class MessageQueries:
         """
         want = limit + 1
         got = conn.execute(
-            self._statement(("page", *shape, position is not None)),
+            self._statement(("page", *shape, position is not None), by_name),
             {**params, **_position("pos", position), "lim": want},
         ).all()
         if len({row[_ID] for row in got}) == len(got):
@@ -456,7 +464,7 @@ class MessageQueries:
             position = (_when(got[-1][_SORT_AT]), got[-1][_ID])
             want = limit + 1 - len(rows)
             got = conn.execute(
-                self._statement(("page", *shape, True)),
+                self._statement(("page", *shape, True), by_name),
                 {**params, **_position("pos", position), "lim": want},
             ).all()
 
@@ -473,12 +481,14 @@ class MessageQueries:
             self._statements[("lookup", what)] = found
         return found
 
-    def _statement(self, shape: tuple[Any, ...]) -> Select[Any]:
+    def _statement(self, shape: tuple[Any, ...], by_name: bool = False) -> Select[Any]:
         """The list statement of ``shape``, built once: values go as parameters, so a page
-        does not pay for building and hashing a new statement tree."""
-        found = self._statements.get(shape)
+        does not pay for building and hashing a new statement tree. ``by_name``: the account
+        is ``account_name``, its id a subquery, instead of ``account_id``."""
+        key = (*shape, by_name)
+        found = self._statements.get(key)
         if found is None:
-            found = self._statements[shape] = _build_statement(shape)
+            found = self._statements[key] = _build_statement(shape, by_name)
         return found
 
     # -- one message -----------------------------------------------------------------------------
@@ -607,11 +617,18 @@ def _position(prefix: str, where: tuple[datetime, int] | None) -> dict[str, Any]
     return {f"{prefix}_at": where[0], f"{prefix}_id": where[1]}
 
 
-def _build_statement(shape: tuple[Any, ...]) -> Select[Any]:
+def _build_statement(shape: tuple[Any, ...], by_name: bool = False) -> Select[Any]:
     """A list statement (see :meth:`MessageQueries.list_messages`) with bound parameters:
     ``("scan", drive, after)`` finds the last row a bounded page may examine (``skip`` rows
     on); ``("page", drive, in_folder, q, include_deleted, floor, after)`` reads a page
-    (``lim`` rows). ``drive`` is "thread", "folder" or "" (the account)."""
+    (``lim`` rows). ``drive`` is "thread", "folder" or "" (the account). The account is
+    ``account_id``, or with ``by_name`` the id of the account called ``account_name`` (a
+    scalar subquery, evaluated once: both backends still range-scan the index with it)."""
+    account: Any = (
+        select(AccountRow.id).where(AccountRow.name == bindparam("account_name")).scalar_subquery()
+        if by_name
+        else bindparam("account_id")
+    )
     order_at: InstrumentedAttribute[datetime]
     order_id: InstrumentedAttribute[int]
     kind, drive = shape[0], shape[1]
@@ -627,7 +644,7 @@ def _build_statement(shape: tuple[Any, ...]) -> Select[Any]:
     elif drive == "folder":
         driving = loc.folder_id == bindparam("folder_id")
     else:
-        driving = MessageRow.account_id == bindparam("account_id")
+        driving = MessageRow.account_id == account
     newest_first = (order_at.desc(), order_id.desc())
     if kind == "scan":
         query = select(order_at, order_id).where(driving)
@@ -638,7 +655,9 @@ def _build_statement(shape: tuple[Any, ...]) -> Select[Any]:
     query = select(*_LIST_COLUMNS)
     if drive == "folder":
         query = query.join(loc, loc.message_id == MessageRow.id)
-    query = query.where(driving, MessageRow.account_id == bindparam("account_id"))
+    query = query.where(driving)
+    if drive or not by_name:
+        query = query.where(MessageRow.account_id == account)
     if not include_deleted:
         query = query.where(MessageRow.state != "deleted")
     if in_folder:
