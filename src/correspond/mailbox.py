@@ -96,13 +96,8 @@ class MailboxReader:
         before: str | None = None,
     ) -> MessagePage:
         """A page of the account's messages, newest first; ``folder`` by id or display name."""
-        account = self.store.get_account(account_name)
-        folder_id = None
-        if folder is not None:
-            folders = self.store.list_folders(account_name, include_removed=True)
-            folder_id = resolve_folder(folders, folder).id
-        return self.queries.list_messages(
-            account.id, folder_id=folder_id, thread_id=thread_id, q=q, limit=limit, before=before
+        return self.queries.list_account_messages(
+            account_name, folder=folder, thread_id=thread_id, q=q, limit=limit, before=before
         )
 
     def get_message(self, message_id: int) -> MessageView:

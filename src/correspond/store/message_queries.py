@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,11 +32,13 @@ from sqlalchemy import (
     or_,
     select,
     tuple_,
+    type_coerce,
 )
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from correspond.errors import ConfigError, NotFound, StoreError
+from correspond.rules.folder_refs import resolve_folder_ref
 from correspond.store.engine import database_failure
 from correspond.store.message_tables import (
     AttachmentRow,
@@ -43,7 +46,7 @@ from correspond.store.message_tables import (
     MessageRow,
     ThreadRow,
 )
-from correspond.store.tables import FolderRow, UtcDateTime
+from correspond.store.tables import AccountRow, FolderRow, UtcDateTime
 
 __all__ = [
     "SEARCH_SCAN_ROWS",
@@ -233,6 +236,11 @@ def _attachment(row: AttachmentRow) -> AttachmentView:
 
 
 #: What a list item shows: never the bodies (they may be megabytes), never whole ORM rows.
+#: In this order (a page unpacks rows by position). The address list and the flags are read
+#: as JSON text (``CAST ... AS TEXT``: psycopg would otherwise call ``json.loads`` once per
+#: value) and the two times as the driver hands them over (``type_coerce``: no per-value result
+#: processing); :func:`_list_items` decodes them a page at a time: one ``json.loads`` for the
+#: page, SQLite's timestamp text (``YYYY-MM-DD HH:MM:SS.ffffff``) by ``fromisoformat``.
 _LIST_COLUMNS = (
     MessageRow.id,
     MessageRow.account_id,
@@ -240,13 +248,13 @@ _LIST_COLUMNS = (
     MessageRow.subject,
     MessageRow.from_name,
     MessageRow.from_email,
-    MessageRow.to_addrs,
-    MessageRow.date,
+    cast(MessageRow.to_addrs, Text).label("to_addrs"),
+    type_coerce(MessageRow.date, Text).label("date"),
     MessageRow.snippet,
-    MessageRow.flags,
+    cast(MessageRow.flags, Text).label("flags"),
     MessageRow.state,
     MessageRow.direction,
-    MessageRow.sort_at,
+    type_coerce(MessageRow.sort_at, Text).label("sort_at"),
     # A scalar subquery with LIMIT 1, not EXISTS: PostgreSQL may run an EXISTS as a hashed
     # subplan, reading every attachment row to list 50 messages (95 ms at 1,000,000 messages);
     # this form is one ix_attachments_message lookup per listed row on both backends.
@@ -257,6 +265,8 @@ _LIST_COLUMNS = (
     .is_not(None)
     .label("has_attachments"),
 )
+#: Positions in :data:`_LIST_COLUMNS` that :meth:`MessageQueries._page_rows` reads.
+_ID, _SORT_AT = 0, 12
 
 
 class MessageQueries:
@@ -329,6 +339,57 @@ class MessageQueries:
         messages per page: the page then holds the matches among them, possibly fewer than
         ``limit`` or none, and ``next_cursor`` continues after the last one examined.
         """
+        try:
+            # Core on a plain connection: the ORM's per-statement work was a third of a page.
+            with self.engine.connect() as conn:
+                return self._list(
+                    conn, account_id, folder_id, thread_id, q, limit, before, include_deleted
+                )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not list messages: {database_failure(exc)}") from exc
+
+    def list_account_messages(
+        self,
+        account_name: str,
+        *,
+        folder: str | int | None = None,
+        thread_id: int | None = None,
+        q: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> MessagePage:
+        """:meth:`list_messages` of the account called ``account_name``, ``folder`` by id or
+        display name (:func:`~correspond.rules.folder_refs.resolve_folder_ref`, over all the
+        account's folders, removed ones too). The names are looked up on the page's own
+        connection, by id and name only: a session and a whole account record for each page
+        cost as much as the page itself. Without a folder the account's id is a subquery of the
+        page statement (one round trip less), looked up apart only when the page is empty, to
+        tell an unknown account from an empty list. NotFound for an unknown account or
+        folder."""
+        try:
+            with self.engine.connect() as conn:
+                if folder is None:
+                    return self._list(conn, account_name, None, thread_id, q, limit, before, False)
+                account_id = conn.scalar(self._lookup("account"), {"account_name": account_name})
+                if account_id is None:
+                    raise NotFound(f"no account named {account_name!r}")
+                folders = conn.execute(self._lookup("folders"), {"account_id": account_id})
+                folder_id = resolve_folder_ref(folders.all(), folder).id
+                return self._list(conn, account_id, folder_id, thread_id, q, limit, before, False)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not list messages: {database_failure(exc)}") from exc
+
+    def _list(
+        self,
+        conn: Connection,
+        account: int | str,
+        folder_id: int | None,
+        thread_id: int | None,
+        q: str | None,
+        limit: int,
+        before: str | None,
+        include_deleted: bool,
+    ) -> MessagePage:
         if not 1 <= limit <= MAX_PAGE:
             raise ConfigError(f"limit must be between 1 and {MAX_PAGE}")
         position = decode_cursor(before) if before is not None else None
@@ -336,51 +397,29 @@ class MessageQueries:
         in_folder = thread_id is not None and folder_id is not None
         text = (q or "").strip()
         bounded = in_folder or bool(text)
+        by_name = isinstance(account, str)
         params: dict[str, Any] = {
-            "account_id": account_id,
+            "account_id": None if by_name else account,
+            "account_name": account if by_name else None,
             "folder_id": folder_id,
             "thread_id": thread_id,
             "pattern": _like_pattern(text) if text else None,
         }
-        try:
-            # Core on a plain connection: the ORM's per-statement work was a third of a page.
-            with self.engine.connect() as conn:
-                floor: tuple[datetime, int] | None = None
-                if bounded:
-                    # The last message this page may examine: the search stops there.
-                    last = conn.execute(
-                        self._statement(("scan", drive, position is not None)),
-                        {
-                            **params,
-                            **_position("pos", position),
-                            "skip": self.search_scan_rows - 1,
-                        },
-                    ).first()
-                    if last is not None:
-                        floor = (_aware_required(last[0]), int(last[1]))
-                        params.update(_position("floor", floor))
-                shape = (drive, in_folder, bool(text), include_deleted, floor is not None)
-                rows = self._page_rows(conn, shape, params, position, limit)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"could not list messages: {database_failure(exc)}") from exc
-        items = [
-            MessageListItem(
-                id=row.id,
-                account_id=row.account_id,
-                thread_id=row.thread_id,
-                subject=row.subject,
-                from_=AddressView(row.from_name, row.from_email) if row.from_email else None,
-                to=_addresses(row.to_addrs),
-                date=row.date,
-                snippet=row.snippet,
-                flags=tuple(sorted(row.flags or ())),
-                state=row.state,
-                direction=row.direction,
-                has_attachments=bool(row.has_attachments),
-                sort_at=_aware_required(row.sort_at),
-            )
-            for row in rows[:limit]
-        ]
+        floor: tuple[datetime, int] | None = None
+        if bounded:
+            # The last message this page may examine: the search stops there.
+            last = conn.execute(
+                self._statement(("scan", drive, position is not None), by_name),
+                {**params, **_position("pos", position), "skip": self.search_scan_rows - 1},
+            ).first()
+            if last is not None:
+                floor = (_aware_required(last[0]), int(last[1]))
+                params.update(_position("floor", floor))
+        shape = (drive, in_folder, bool(text), include_deleted, floor is not None)
+        rows = self._page_rows(conn, shape, params, position, limit, by_name)
+        if not rows and by_name and conn.scalar(self._lookup("account"), params) is None:
+            raise NotFound(f"no account named {account!r}")
+        items = _list_items(rows[:limit])
         if len(rows) > limit:
             cursor: str | None = encode_cursor(items[-1].sort_at, items[-1].id)
         elif floor is not None:
@@ -397,7 +436,8 @@ class MessageQueries:
         params: dict[str, Any],
         position: tuple[datetime, int] | None,
         limit: int,
-    ) -> list[Row[Any]]:
+        by_name: bool,
+    ) -> Sequence[Row[Any]]:
         """Up to ``limit + 1`` distinct messages of the list ``shape`` after ``position``, in
         list order.
 
@@ -405,30 +445,50 @@ class MessageQueries:
         (sort_at, message_id): it is listed once, and another read fills the page when that
         left it short.
         """
+        want = limit + 1
+        got = conn.execute(
+            self._statement(("page", *shape, position is not None), by_name),
+            {**params, **_position("pos", position), "lim": want},
+        ).all()
+        if len({row[_ID] for row in got}) == len(got):
+            return got  # the common case: one read, no message twice
         rows: list[Row[Any]] = []
         seen: set[int] = set()
         while True:
-            want = limit + 1 - len(rows)
-            got = list(
-                conn.execute(
-                    self._statement(("page", *shape, position is not None)),
-                    {**params, **_position("pos", position), "lim": want},
-                )
-            )
             for row in got:
-                if row.id not in seen:
-                    seen.add(row.id)
+                if row[_ID] not in seen:
+                    seen.add(row[_ID])
                     rows.append(row)
             if len(got) < want or len(rows) > limit:
                 return rows
-            position = (_aware_required(got[-1].sort_at), got[-1].id)
+            position = (_when(got[-1][_SORT_AT]), got[-1][_ID])
+            want = limit + 1 - len(rows)
+            got = conn.execute(
+                self._statement(("page", *shape, True), by_name),
+                {**params, **_position("pos", position), "lim": want},
+            ).all()
 
-    def _statement(self, shape: tuple[Any, ...]) -> Select[Any]:
-        """The list statement of ``shape``, built once: values go as parameters, so a page
-        does not pay for building and hashing a new statement tree."""
-        found = self._statements.get(shape)
+    def _lookup(self, what: str) -> Select[Any]:
+        """The statements :meth:`list_account_messages` resolves names with, built once."""
+        found = self._statements.get(("lookup", what))
         if found is None:
-            found = self._statements[shape] = _build_statement(shape)
+            if what == "account":
+                found = select(AccountRow.id).where(AccountRow.name == bindparam("account_name"))
+            else:
+                found = select(FolderRow.id, FolderRow.name).where(
+                    FolderRow.account_id == bindparam("account_id")
+                )
+            self._statements[("lookup", what)] = found
+        return found
+
+    def _statement(self, shape: tuple[Any, ...], by_name: bool = False) -> Select[Any]:
+        """The list statement of ``shape``, built once: values go as parameters, so a page
+        does not pay for building and hashing a new statement tree. ``by_name``: the account
+        is ``account_name``, its id a subquery, instead of ``account_id``."""
+        key = (*shape, by_name)
+        found = self._statements.get(key)
+        if found is None:
+            found = self._statements[key] = _build_statement(shape, by_name)
         return found
 
     # -- one message -----------------------------------------------------------------------------
@@ -557,11 +617,18 @@ def _position(prefix: str, where: tuple[datetime, int] | None) -> dict[str, Any]
     return {f"{prefix}_at": where[0], f"{prefix}_id": where[1]}
 
 
-def _build_statement(shape: tuple[Any, ...]) -> Select[Any]:
+def _build_statement(shape: tuple[Any, ...], by_name: bool = False) -> Select[Any]:
     """A list statement (see :meth:`MessageQueries.list_messages`) with bound parameters:
     ``("scan", drive, after)`` finds the last row a bounded page may examine (``skip`` rows
     on); ``("page", drive, in_folder, q, include_deleted, floor, after)`` reads a page
-    (``lim`` rows). ``drive`` is "thread", "folder" or "" (the account)."""
+    (``lim`` rows). ``drive`` is "thread", "folder" or "" (the account). The account is
+    ``account_id``, or with ``by_name`` the id of the account called ``account_name`` (a
+    scalar subquery, evaluated once: both backends still range-scan the index with it)."""
+    account: Any = (
+        select(AccountRow.id).where(AccountRow.name == bindparam("account_name")).scalar_subquery()
+        if by_name
+        else bindparam("account_id")
+    )
     order_at: InstrumentedAttribute[datetime]
     order_id: InstrumentedAttribute[int]
     kind, drive = shape[0], shape[1]
@@ -577,7 +644,7 @@ def _build_statement(shape: tuple[Any, ...]) -> Select[Any]:
     elif drive == "folder":
         driving = loc.folder_id == bindparam("folder_id")
     else:
-        driving = MessageRow.account_id == bindparam("account_id")
+        driving = MessageRow.account_id == account
     newest_first = (order_at.desc(), order_id.desc())
     if kind == "scan":
         query = select(order_at, order_id).where(driving)
@@ -588,7 +655,9 @@ def _build_statement(shape: tuple[Any, ...]) -> Select[Any]:
     query = select(*_LIST_COLUMNS)
     if drive == "folder":
         query = query.join(loc, loc.message_id == MessageRow.id)
-    query = query.where(driving, MessageRow.account_id == bindparam("account_id"))
+    query = query.where(driving)
+    if drive or not by_name:
+        query = query.where(MessageRow.account_id == account)
     if not include_deleted:
         query = query.where(MessageRow.state != "deleted")
     if in_folder:
@@ -627,3 +696,63 @@ def _id(name: str) -> BindParameter[int]:
 
 def _aware_required(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _when(value: datetime | str) -> datetime:
+    """A timestamp column read without result processing: SQLite's text (UTC, no offset, as
+    :class:`~correspond.store.tables.UtcDateTime` writes it) or the driver's datetime."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _json_values(values: list[Any]) -> list[Any]:
+    """JSON columns read as text, decoded in one ``json.loads`` for all of them (one call per
+    page, not one per row and column); anything else (NULL) as it is."""
+    texts = [i for i, v in enumerate(values) if isinstance(v, str)]
+    if texts:
+        decoded = json.loads("[" + ",".join(values[i] for i in texts) + "]")
+        for i, value in zip(texts, decoded, strict=True):
+            values[i] = value
+    return values
+
+
+def _list_items(rows: Sequence[Row[Any]]) -> list[MessageListItem]:
+    """The page's items from rows of :data:`_LIST_COLUMNS`."""
+    n = len(rows)
+    json_values = _json_values([row[6] for row in rows] + [row[9] for row in rows])
+    items = []
+    for i, (
+        mid,
+        aid,
+        tid,
+        subject,
+        from_name,
+        from_email,
+        _,
+        date,
+        snippet,
+        _,
+        state,
+        direction,
+        sort_at,
+        has_attachments,
+    ) in enumerate(rows):
+        items.append(
+            MessageListItem(
+                id=mid,
+                account_id=aid,
+                thread_id=tid,
+                subject=subject,
+                from_=AddressView(from_name, from_email) if from_email else None,
+                to=_addresses(json_values[i]),
+                date=None if date is None else _when(date),
+                snippet=snippet,
+                flags=tuple(sorted(json_values[n + i] or ())),
+                state=state,
+                direction=direction,
+                has_attachments=bool(has_attachments),
+                sort_at=_when(sort_at),
+            )
+        )
+    return items
