@@ -109,3 +109,23 @@ def test_batch_inserts_are_one_short_statement_each_and_ids_follow_the_batch(
     # Later inserts by the database's own default do not collide with the drawn ids.
     more, _ = _ingest(store, account_id, inbox, _items(5000, 3))
     assert min(more.created) > max(big.created)
+
+
+def test_batch_lookups_read_the_same_whatever_the_batch_size(store: Store) -> None:
+    """On PostgreSQL the lookups take their values as one array (``= ANY``), so a statement's
+    text does not grow with the batch and psycopg parses and prepares it once; ``IN (...)``
+    rendered a placeholder per value, a new text for psycopg to parse in Python every batch.
+    The lookups still find what they look for: the same messages filed again only gain a
+    location, and filed again in the same folder are already present."""
+    account_id, folders = make_account_with_folders(store.engine, "lookups")
+    inbox, sent = folders["inbox"], folders["sent"]
+    _, small_sql = _ingest(store, account_id, inbox, _items(1, 20))
+    _, big_sql = _ingest(store, account_id, inbox, _items(1000, 300))
+    linked, linked_sql = _ingest(store, account_id, sent, _items(1000, 300))
+    again, _ = _ingest(store, account_id, inbox, _items(1000, 300))
+    if store.engine.dialect.name == "postgresql":
+        assert sorted(set(big_sql)) == sorted(set(small_sql))
+        assert {s for s in linked_sql if s.lstrip().upper().startswith("SELECT")} <= set(small_sql)
+        assert [s[:80] for s in big_sql if len(s) > PSYCOPG_CACHED_LENGTH] == []
+    assert linked.created == [] and sorted(linked.linked) == list(range(1000, 1300))
+    assert again.created == [] and sorted(again.already_present) == list(range(1000, 1300))
