@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from correspond.store import Store
 from correspond.store.message_tables import MessageLocationRow, MessageRow, ThreadRow
 from correspond.store.messages import (
+    AddressData,
     FolderCheckpointUpdate,
     IncomingMessage,
     MessageData,
@@ -129,3 +130,35 @@ def test_batch_lookups_read_the_same_whatever_the_batch_size(store: Store) -> No
         assert [s[:80] for s in big_sql if len(s) > PSYCOPG_CACHED_LENGTH] == []
     assert linked.created == [] and sorted(linked.linked) == list(range(1000, 1300))
     assert again.created == [] and sorted(again.already_present) == list(range(1000, 1300))
+
+
+def test_the_chooser_converts_each_stored_candidate_once() -> None:
+    """A batch hands the same stored candidates to the chooser for message after message (a
+    common subject: dozens each); each is converted for threading once, not once per message,
+    and the decisions are those of fresh conversions."""
+    from correspond.store.messages import ThreadCandidate
+    from correspond.sync.engine import _known
+
+    when = datetime(2026, 4, 1, tzinfo=UTC)
+    stored = [
+        ThreadCandidate(
+            n, 100 + n, f"s{n}@x.test", (), "contract renewal", ("ann@customer.test",), when
+        )
+        for n in range(40)
+    ]
+    _known.cache_clear()
+    choices = []
+    for n in range(30):
+        data = MessageData(
+            dedupe_key=f"mid:m{n}@x.test",
+            message_id=f"m{n}@x.test",
+            subject="Contract renewal",
+            normalized_subject="contract renewal",
+            to=(AddressData(None, "ann@customer.test"),),
+            date=when + timedelta(hours=n),
+        )
+        choices.append(default_thread_chooser(data, [], stored))
+    info = _known.cache_info()
+    assert info.misses == len(stored) and info.hits == 29 * len(stored)
+    # The nearest in time, then the oldest thread: all at the same time, so thread 100.
+    assert {c.thread_id for c in choices} == {100}
