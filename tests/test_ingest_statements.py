@@ -11,9 +11,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
+from correspond.errors import NotFound
 from correspond.store import Store
 from correspond.store.message_tables import MessageLocationRow, MessageRow, ThreadRow
 from correspond.store.messages import (
@@ -23,6 +25,7 @@ from correspond.store.messages import (
     MessageData,
     MessageStore,
 )
+from correspond.store.tables import FolderRow
 from correspond.sync.engine import default_thread_chooser
 from correspond.testing.synthetic import make_account_with_folders
 
@@ -162,3 +165,35 @@ def test_the_chooser_converts_each_stored_candidate_once() -> None:
     assert info.misses == len(stored) and info.hits == 29 * len(stored)
     # The nearest in time, then the oldest thread: all at the same time, so thread 100.
     assert {c.thread_id for c in choices} == {100}
+
+
+def test_the_checkpoint_is_one_update_in_the_batch(store: Store) -> None:
+    """The folder's checkpoint is written by one UPDATE (which locks the row), not read with
+    SELECT ... FOR UPDATE and written back: a round trip less in every batch."""
+    account_id, folders = make_account_with_folders(store.engine, "checkpoint")
+    inbox = folders["inbox"]
+    messages = MessageStore(store.engine)
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        for first in (1, 101):
+            messages.ingest_batch(
+                account_id,
+                inbox,
+                _items(first, 100),
+                FolderCheckpointUpdate(backfill_low_uid=first, backfill_done_increment=100),
+                chooser=default_thread_chooser,
+            )
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    on_folders = [s.split()[0].upper() for s in statements if "folders" in s.split("WHERE")[0]]
+    assert on_folders == ["UPDATE", "UPDATE"], on_folders
+    assert messages.folder_checkpoint(inbox).backfill_low_uid == 101
+    with Session(store.engine) as s:
+        assert s.scalar(select(FolderRow.backfill_done_count).where(FolderRow.id == inbox)) == 200
+    with pytest.raises(NotFound):
+        messages.update_checkpoint(987654, FolderCheckpointUpdate(backfill_done=True))

@@ -479,9 +479,9 @@ class MessageStore:
 
     @staticmethod
     def _apply_checkpoint(s: Session, folder_id: int, upd: FolderCheckpointUpdate) -> None:
-        row = s.get(FolderRow, folder_id, with_for_update=True)
-        if row is None:
-            raise NotFound(f"folder {folder_id} does not exist")
+        # One UPDATE (it locks the row as SELECT ... FOR UPDATE did), not a read then a write:
+        # a round trip less in every batch's transaction.
+        values: dict[str, Any] = {"last_seen_at": utcnow()}
         for name in (
             "uidvalidity",
             "uidnext",
@@ -493,10 +493,19 @@ class MessageStore:
         ):
             value = getattr(upd, name)
             if value is not None:
-                setattr(row, name, value)
+                values[name] = value
         if upd.backfill_done_increment:
-            row.backfill_done_count = (row.backfill_done_count or 0) + upd.backfill_done_increment
-        row.last_seen_at = utcnow()
+            values["backfill_done_count"] = (
+                func.coalesce(FolderRow.backfill_done_count, 0) + upd.backfill_done_increment
+            )
+        done = s.execute(
+            update(FolderRow)
+            .where(FolderRow.id == folder_id)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if _rowcount(done) == 0:
+            raise NotFound(f"folder {folder_id} does not exist")
 
     # -- reads the engine needs ----------------------------------------------------------------
 
