@@ -11,17 +11,21 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
+from correspond.errors import NotFound
 from correspond.store import Store
 from correspond.store.message_tables import MessageLocationRow, MessageRow, ThreadRow
 from correspond.store.messages import (
+    AddressData,
     FolderCheckpointUpdate,
     IncomingMessage,
     MessageData,
     MessageStore,
 )
+from correspond.store.tables import FolderRow
 from correspond.sync.engine import default_thread_chooser
 from correspond.testing.synthetic import make_account_with_folders
 
@@ -109,3 +113,87 @@ def test_batch_inserts_are_one_short_statement_each_and_ids_follow_the_batch(
     # Later inserts by the database's own default do not collide with the drawn ids.
     more, _ = _ingest(store, account_id, inbox, _items(5000, 3))
     assert min(more.created) > max(big.created)
+
+
+def test_batch_lookups_read_the_same_whatever_the_batch_size(store: Store) -> None:
+    """On PostgreSQL the lookups take their values as one array (``= ANY``), so a statement's
+    text does not grow with the batch and psycopg parses and prepares it once; ``IN (...)``
+    rendered a placeholder per value, a new text for psycopg to parse in Python every batch.
+    The lookups still find what they look for: the same messages filed again only gain a
+    location, and filed again in the same folder are already present."""
+    account_id, folders = make_account_with_folders(store.engine, "lookups")
+    inbox, sent = folders["inbox"], folders["sent"]
+    _, small_sql = _ingest(store, account_id, inbox, _items(1, 20))
+    _, big_sql = _ingest(store, account_id, inbox, _items(1000, 300))
+    linked, linked_sql = _ingest(store, account_id, sent, _items(1000, 300))
+    again, _ = _ingest(store, account_id, inbox, _items(1000, 300))
+    if store.engine.dialect.name == "postgresql":
+        assert sorted(set(big_sql)) == sorted(set(small_sql))
+        assert {s for s in linked_sql if s.lstrip().upper().startswith("SELECT")} <= set(small_sql)
+        assert [s[:80] for s in big_sql if len(s) > PSYCOPG_CACHED_LENGTH] == []
+    assert linked.created == [] and sorted(linked.linked) == list(range(1000, 1300))
+    assert again.created == [] and sorted(again.already_present) == list(range(1000, 1300))
+
+
+def test_the_chooser_converts_each_stored_candidate_once() -> None:
+    """A batch hands the same stored candidates to the chooser for message after message (a
+    common subject: dozens each); each is converted for threading once, not once per message,
+    and the decisions are those of fresh conversions."""
+    from correspond.store.messages import ThreadCandidate
+    from correspond.sync.engine import _known
+
+    when = datetime(2026, 4, 1, tzinfo=UTC)
+    stored = [
+        ThreadCandidate(
+            n, 100 + n, f"s{n}@x.test", (), "contract renewal", ("ann@customer.test",), when
+        )
+        for n in range(40)
+    ]
+    _known.cache_clear()
+    choices = []
+    for n in range(30):
+        data = MessageData(
+            dedupe_key=f"mid:m{n}@x.test",
+            message_id=f"m{n}@x.test",
+            subject="Contract renewal",
+            normalized_subject="contract renewal",
+            to=(AddressData(None, "ann@customer.test"),),
+            date=when + timedelta(hours=n),
+        )
+        choices.append(default_thread_chooser(data, [], stored))
+    info = _known.cache_info()
+    assert info.misses == len(stored) and info.hits == 29 * len(stored)
+    # The nearest in time, then the oldest thread: all at the same time, so thread 100.
+    assert {c.thread_id for c in choices} == {100}
+
+
+def test_the_checkpoint_is_one_update_in_the_batch(store: Store) -> None:
+    """The folder's checkpoint is written by one UPDATE (which locks the row), not read with
+    SELECT ... FOR UPDATE and written back: a round trip less in every batch."""
+    account_id, folders = make_account_with_folders(store.engine, "checkpoint")
+    inbox = folders["inbox"]
+    messages = MessageStore(store.engine)
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        for first in (1, 101):
+            messages.ingest_batch(
+                account_id,
+                inbox,
+                _items(first, 100),
+                FolderCheckpointUpdate(backfill_low_uid=first, backfill_done_increment=100),
+                chooser=default_thread_chooser,
+            )
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    on_folders = [s.split()[0].upper() for s in statements if "folders" in s.split("WHERE")[0]]
+    assert on_folders == ["UPDATE", "UPDATE"], on_folders
+    assert messages.folder_checkpoint(inbox).backfill_low_uid == 101
+    with Session(store.engine) as s:
+        assert s.scalar(select(FolderRow.backfill_done_count).where(FolderRow.id == inbox)) == 200
+    with pytest.raises(NotFound):
+        messages.update_checkpoint(987654, FolderCheckpointUpdate(backfill_done=True))

@@ -159,3 +159,33 @@ def test_an_unreadable_message_without_message_id_keeps_a_key_of_its_own(tmp_pat
     assert a.dedupe_key == unreadable_message(header_hash, meta, blob_key(b"one"), "x").dedupe_key
     assert unreadable_message("mid:a@x", meta, None, "why").dedupe_key == "mid:a@x"
     assert unreadable_message(header_hash, meta, None, "why").dedupe_key != header_hash
+
+
+def test_the_parse_worker_hands_over_messages_already_storable(tmp_path: Path) -> None:
+    """NUL and lone surrogates are replaced in the pool process that builds the record, so the
+    commit thread (which shares the GIL with fetching) does not walk every message again."""
+    raw = (
+        b"From: Ann <ann@customer.test>\r\nTo: bob@example.test\r\n"
+        b"Subject: NUL in the body\r\nDate: Mon, 2 Nov 2026 09:30:00 +0000\r\n"
+        b"Message-ID: <nul@example.test>\r\nContent-Transfer-Encoding: quoted-printable\r\n"
+        b"\r\nbefore=00after\r\n"
+    )
+    base = job(tmp_path)
+    nul_job = replace(
+        base,
+        uids=[20],
+        raws=[raw],
+        keys=[header_dedupe_key(raw) or "h:x"],
+        metas=[FetchResponse(seq=1, uid=20, flags=(), internaldate=WHEN, size=len(raw))],
+    )
+    executor = make_parse_executor(1)
+    assert executor is not None
+    try:
+        prepared = executor.submit(prepare_messages, nul_job).result(timeout=120)
+    finally:
+        executor.shutdown(wait=True)
+    ((uid, data),) = prepared.data
+    assert uid == 20 and data.storable_form
+    assert data.text is not None and "before\ufffdafter" in data.text
+    # A record built elsewhere is not marked, and the store still makes it storable.
+    assert not MessageData(dedupe_key="k", subject="a\x00b").storable_form

@@ -23,7 +23,12 @@ from correspond.mail.dedupe import dedupe_key, unfetched_body_key
 from correspond.mail.parse import ParsedAddress, ParsedMessage, parse_message
 from correspond.mail.threading import thread_input
 from correspond.store.blobs import SYNCFS_MIN_FILES, BlobStore
-from correspond.store.message_data import AddressData, AttachmentData, MessageData
+from correspond.store.message_data import (
+    AddressData,
+    AttachmentData,
+    MessageData,
+    storable_message,
+)
 
 __all__ = [
     "FolderRef",
@@ -117,34 +122,37 @@ class MessageBuilder:
         outbound = folder.role == "sent" or (
             from_ is not None and from_.email.lower() in folder.account_addresses
         )
-        return MessageData(
-            dedupe_key=dedupe_key,
-            message_id=parsed.message_id,
-            in_reply_to=parsed.in_reply_to,
-            references=tuple(parsed.references),
-            subject=parsed.subject,
-            normalized_subject=threading.normalized_subject,
-            is_reply=threading.is_reply,
-            from_=from_,
-            sender=tuple(address_data(a) for a in parsed.sender),
-            reply_to=tuple(address_data(a) for a in parsed.reply_to),
-            to=tuple(address_data(a) for a in parsed.to),
-            cc=tuple(address_data(a) for a in parsed.cc),
-            bcc=tuple(address_data(a) for a in parsed.bcc),
-            date=parsed.date,
-            internaldate=fetch.internaldate,
-            snippet=parsed.snippet,
-            text=parsed.text,
-            html=parsed.html,
-            size=fetch.size,
-            raw_blob_key=raw_blob_key,
-            truncated=truncated,
-            gm_msgid=fetch.gm_msgid,
-            gm_thrid=fetch.gm_thrid,
-            defects=tuple(parsed.defects),
-            direction="outbound" if outbound else "inbound",
-            attachments=attachments,
-            own_addresses=folder.account_addresses,
+        # Made storable here, in the parse worker: the commit thread then skips it.
+        return storable_message(
+            MessageData(
+                dedupe_key=dedupe_key,
+                message_id=parsed.message_id,
+                in_reply_to=parsed.in_reply_to,
+                references=tuple(parsed.references),
+                subject=parsed.subject,
+                normalized_subject=threading.normalized_subject,
+                is_reply=threading.is_reply,
+                from_=from_,
+                sender=tuple(address_data(a) for a in parsed.sender),
+                reply_to=tuple(address_data(a) for a in parsed.reply_to),
+                to=tuple(address_data(a) for a in parsed.to),
+                cc=tuple(address_data(a) for a in parsed.cc),
+                bcc=tuple(address_data(a) for a in parsed.bcc),
+                date=parsed.date,
+                internaldate=fetch.internaldate,
+                snippet=parsed.snippet,
+                text=parsed.text,
+                html=parsed.html,
+                size=fetch.size,
+                raw_blob_key=raw_blob_key,
+                truncated=truncated,
+                gm_msgid=fetch.gm_msgid,
+                gm_thrid=fetch.gm_thrid,
+                defects=tuple(parsed.defects),
+                direction="outbound" if outbound else "inbound",
+                attachments=attachments,
+                own_addresses=folder.account_addresses,
+            )
         )
 
 
