@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, text
-from sqlalchemy.orm import Session
 
 from correspond.store.engine import create_store_engine, migrate
 from correspond.store.messages import (
@@ -33,7 +32,7 @@ from correspond.store.messages import (
     ThreadCandidate,
     ThreadChoice,
 )
-from correspond.store.tables import AccountRow, FolderRow
+from correspond.testing.synthetic import make_account_with_folders
 
 MARKER = "REFUSE-THIS-ROW"
 
@@ -45,28 +44,8 @@ def _new_thread(
 
 
 def _account_and_folder(engine: Engine) -> tuple[int, int]:
-    name = f"bench-{secrets.token_hex(4)}"
-    with Session(engine) as s, s.begin():
-        account = AccountRow(
-            name=name,
-            preset="generic",
-            email=f"{name}@example.test",
-            imap_host="127.0.0.1",
-            imap_port=143,
-            imap_security="starttls",
-            smtp_host=None,
-            smtp_port=587,
-            smtp_security="starttls",
-            username=name,
-        )
-        s.add(account)
-        s.flush()
-        folder = FolderRow(
-            account_id=account.id, remote_name_raw=b"INBOX", name="INBOX", selected=True
-        )
-        s.add(folder)
-        s.flush()
-        return account.id, folder.id
+    account_id, folders = make_account_with_folders(engine, f"bench-{secrets.token_hex(4)}")
+    return account_id, folders["inbox"]
 
 
 def _refuse_marked_rows(engine: Engine) -> None:
