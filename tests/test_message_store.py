@@ -584,7 +584,7 @@ def test_list_messages_by_folder_and_order(store: MessageStore) -> None:
         "subject i1",
         "subject s1",
     ]
-    assert store.known_dedupe_keys(acct, ["i1", "nope", "s1"]) == {"i1", "s1"}
+    assert set(store.stored_key_facts(acct, ["i1", "nope", "s1"])) == {"i1", "s1"}
     with pytest.raises(NotFound):
         store.get_message(10**9)
 

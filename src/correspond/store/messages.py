@@ -524,32 +524,10 @@ class MessageStore:
             ) from exc
         return {int(uid): frozenset(flags or ()) for uid, flags in rows}
 
-    def known_dedupe_keys(self, account_id: int, keys: Collection[str]) -> set[str]:
-        """Which of ``keys`` the account already has (lets the engine skip fetching bodies)."""
-        # Keys are stored in :func:`storable` form; answer in the caller's form.
-        asked: dict[str, list[str]] = {}
-        for k in set(keys):
-            asked.setdefault(storable(k), []).append(k)
-        wanted = sorted(asked)
-        found: set[str] = set()
-        try:
-            with self._session() as s:
-                for part in _chunks(wanted):
-                    found.update(
-                        s.scalars(
-                            select(MessageRow.dedupe_key).where(
-                                MessageRow.account_id == account_id,
-                                _in(s, MessageRow.dedupe_key, part),
-                            )
-                        )
-                    )
-        except SQLAlchemyError as exc:
-            raise StoreError(f"could not look up messages: {database_failure(exc)}") from exc
-        return {k for stored in found for k in asked[stored]}
-
     def stored_key_facts(self, account_id: int, keys: Collection[str]) -> dict[str, KeyFacts]:
         """Which of ``keys`` the account already has, each with the stored message's sender
-        and Date (so the sync can tell a reused Message-ID from a copy before it fetches)."""
+        and Date (so the sync can tell a reused Message-ID from a copy before it fetches).
+        Keys are stored in :func:`storable` form; the answer is in the caller's form."""
         asked: dict[str, list[str]] = {}
         for k in set(keys):
             asked.setdefault(storable(k), []).append(k)
