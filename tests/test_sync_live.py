@@ -624,7 +624,11 @@ async def test_server_bye_reconnects_and_continues(sqlite_env: Env) -> None:
         assert kicked.returncode == 0, kicked.stderr
         # Every connection got BYE: the session ends, the account reconnects.
         await wait_until(lambda: syncer.stats.connects > connects + 1, 5, "reconnected")
-        assert any(state == "disconnected" and "BYE" in d for state, d in env.store.states)
+        # Dovecot writes BYE and closes: a connection that was writing at that moment sees
+        # the reset first, so the session may end on either; both are "disconnected".
+        lost = [d for state, d in env.store.states if state == "disconnected"]
+        assert lost, env.store.states
+        assert all("BYE" in d or "closed" in d for d in lost), lost
         await wait_until(
             lambda: env.store.get_account(env.account.name).state == "live", 5, "live again"
         )
