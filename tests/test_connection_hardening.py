@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from correspond import cli as cli_module
+from correspond.api import create_app
 from correspond.cli import main
 from correspond.errors import ConfigError, SecurityMismatch
 from correspond.imap.client import ImapClient, ImapEndpoint, ImapLimits
@@ -23,9 +24,12 @@ from correspond.imap.connect import (
     fetch_presented_certificate,
     normalize_fingerprint,
 )
+from correspond.settings import Settings
+from correspond.store import Store
 from correspond.sync.connection_test import check_connection
 from correspond.testing.dovecot import DovecotServer, ImapUser
 from correspond.testing.net import FakeImapServer
+from helpers import authed_client
 
 pytestmark = pytest.mark.dovecot
 
@@ -239,3 +243,59 @@ def test_trust_presented_cert_pins_the_certificate_without_openssl(
         [*base, "account", "update", "lab", "--trust-presented-cert", pasted, "--no-trust-cert"],
     )
     assert both.exit_code == 2 and "contradict" in both.output
+
+
+@pytest.mark.parametrize("security", ["tls", "starttls"])
+def test_api_trusts_the_presented_certificate_by_its_fingerprint(
+    dovecot: DovecotServer, store: Store, store_settings: Settings, security: str
+) -> None:
+    """``POST /accounts/{name}/trust-certificate``: the API's ``--trust-presented-cert``."""
+    user = dovecot.add_user()
+    port = dovecot.tls_port if security == "tls" else dovecot.port
+    fingerprint = dovecot_fingerprint(dovecot)
+    with authed_client(create_app(store_settings, store=store)) as client:
+        added = client.post(
+            "/accounts",
+            json={
+                "name": "lab",
+                "email": f"{user.username}@example.test",
+                "username": user.username,
+                "imap_host": dovecot.host,
+                "imap_port": port,
+                "imap_security": security,
+                "password": user.password,
+            },
+        )
+        assert added.status_code == 201, added.text
+        report = client.post("/accounts/lab/test").json()
+        assert (report["problem"], report["certificate_sha256"]) == ("tls_untrusted", fingerprint)
+
+        # Not a fingerprint at all: 422 before anything is contacted.
+        garbage = client.post("/accounts/lab/trust-certificate", json={"fingerprint": "AB:CD"})
+        assert garbage.status_code == 422
+        assert garbage.json()["detail"][0]["loc"] == ["body", "fingerprint"]
+        # Another certificate's fingerprint: 422 naming the one presented; nothing changes.
+        wrong = "00:" * 31 + "00"
+        refused = client.post("/accounts/lab/trust-certificate", json={"fingerprint": wrong})
+        assert refused.status_code == 422
+        assert f"presents a certificate with SHA-256 {fingerprint}" in refused.text
+        assert client.get("/accounts/lab").json()["has_trusted_cert"] is False
+        assert client.post("/accounts/lab/test").json()["problem"] == "tls_untrusted"
+
+        # The right one, pasted as a person may (lower case, no colons), without the
+        # password: pinned, and the new certificate dropped the stored password (a secret only
+        # goes where it was entered for), so the test contacts nothing.
+        pasted = fingerprint.replace(":", "").lower()
+        pinned = client.post("/accounts/lab/trust-certificate", json={"fingerprint": pasted})
+        assert pinned.status_code == 200, pinned.text
+        assert (pinned.json()["has_trusted_cert"], pinned.json()["has_password"]) == (True, False)
+        assert client.post("/accounts/lab/test").json()["problem"] == "no_password"
+
+        # The same certificate with the password: nothing moves, the password is kept.
+        both = client.post(
+            "/accounts/lab/trust-certificate",
+            json={"fingerprint": fingerprint, "password": user.password},
+        )
+        assert both.status_code == 200, both.text
+        assert both.json()["has_password"] is True
+        assert client.post("/accounts/lab/test").json()["ok"] is True

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from correspond.accounts import describe_state
 from correspond.api.progress_schemas import ProgressPublic
 from correspond.errors import ConfigError
+from correspond.imap.connect import normalize_fingerprint
 from correspond.rules.presets import (
     ACCOUNT_NAME_PATTERN,
     AccountChanges,
@@ -37,6 +38,7 @@ __all__ = [
     "FolderRefreshPublic",
     "FolderSelection",
     "Health",
+    "TrustCertificate",
     "account_public",
     "as_json",
     "folder_public",
@@ -133,6 +135,28 @@ class AccountCreate(BaseModel):
             window_days=self.window_days,
             toggles=self.toggles,
         )
+
+
+class TrustCertificate(BaseModel):
+    """Pin the certificate the account's IMAP server presents now, by the SHA-256 fingerprint
+    the connection test reported (``certificate_sha256``), as ``account update
+    --trust-presented-cert`` does. A new trusted certificate drops the stored password unless
+    ``password`` comes with it: a secret only goes where it was entered for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fingerprint: str = Field(min_length=1, max_length=200)
+    password: SecretStr | None = Field(default=None, min_length=1)
+
+    @field_validator("fingerprint")
+    @classmethod
+    def _fingerprint(cls, value: str) -> str:
+        return str(_checked(normalize_fingerprint, value))
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else _no_nul(value)
 
 
 class AccountUpdate(BaseModel):

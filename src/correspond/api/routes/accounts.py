@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -15,10 +17,12 @@ from correspond.api.schemas import (
     AccountUpdate,
     ConnectionReportPublic,
     ErrorPublic,
+    TrustCertificate,
     account_public,
 )
 from correspond.api.security import AuthDep, CurrentUser
 from correspond.errors import ConfigError
+from correspond.rules.presets import AccountChanges
 
 __all__ = ["router"]
 
@@ -99,3 +103,26 @@ async def test_account(name: str, service: ServiceDep) -> ConnectionReportPublic
     """Run the connection test; a failed test is a normal answer with ``ok: false``."""
     report = await service.test_account(name)
     return ConnectionReportPublic(**report_to_dict(report))
+
+
+@router.post("/{name}/trust-certificate", response_model=AccountPublic, responses=_NO_SUCH_ACCOUNT)
+async def trust_certificate(
+    name: str, body: TrustCertificate, service: ServiceDep, progress: ProgressDep
+) -> AccountPublic:
+    """Fetch the certificate the IMAP server presents now (trusting nothing, sending no
+    credentials) and store it as the account's trusted certificate if its SHA-256 fingerprint
+    is ``fingerprint``; another fingerprint is a 422 naming the one presented, and changes
+    nothing."""
+    account = await asyncio.to_thread(service.store.get_account, name)
+    try:
+        pem = await service.presented_certificate_pem(
+            account.imap_host, account.imap_port, account.imap_security, body.fingerprint
+        )
+    except ConfigError as exc:
+        error = {"type": "value_error", "loc": ("body", "fingerprint"), "msg": str(exc)}
+        raise RequestValidationError([error]) from exc
+    password = body.password.get_secret_value() if body.password is not None else None
+    changes = AccountChanges(trusted_cert_pem=pem)
+    await asyncio.to_thread(service.update_account, name, changes, password)
+    summary = await asyncio.to_thread(service.get_account, name)
+    return account_public(summary, progress=progress_public(progress.account(name)))
