@@ -52,7 +52,14 @@ OWN_THINGS = {
     ("DELETE", "/session"),
     ("GET", "/tokens"),
     ("POST", "/tokens"),
+    ("GET", "/teams"),
+    ("GET", "/me/preferences"),
+    ("PUT", "/me/preferences"),
 }
+# Routes for admins only that name nothing: a member gets 403 (there is nothing to hide).
+ADMIN_ONLY = {("POST", "/teams")}
+# What a metadata-only viewer never sees, at any depth of any answer.
+BODY_KEYS = {"snippet", "text", "html", "attachments", "has_attachments", "has_raw", "defects"}
 BIG_ID = 2**63
 
 
@@ -128,6 +135,8 @@ GHOSTS: dict[str, Any] = {
     "attachment_id": 987654322,
     "thread_id": 987654323,
     "token_id": 987654324,
+    "team_id": 987654325,
+    "user_id": 987654326,
 }
 
 
@@ -150,12 +159,16 @@ def _secrets_of(admin: TestClient, mirror: SeededMirror) -> tuple[dict[str, Any]
         m["attachments"]
     )  # fmt: skip
     token_id = admin.get("/tokens").json()[0]["id"]
+    team = admin.post("/teams", json={"name": "Walkers"})
+    assert team.status_code == 201, team.text
     ids = {
         "name": mirror.account,
         "message_id": with_attachment["id"],
         "attachment_id": with_attachment["attachments"][0]["id"],
         "thread_id": with_attachment["thread_id"],
         "token_id": token_id,
+        "team_id": team.json()["id"],
+        "user_id": admin.get("/session").json()["id"],
     }
     subjects = [m["subject"] for m in page["messages"] if m["subject"]]
     return ids, [mirror.account, mirror.address, *subjects[:5]]
@@ -183,7 +196,9 @@ def test_every_route_needs_credentials_and_hides_others_accounts(
             assert answer.json().keys() == {"detail"}, (method, path)
             assert answer.headers["www-authenticate"] == "Bearer"
         assert not any(s in answer.text for s in private), (method, path)
-        if (method, path) not in PUBLIC | OWN_THINGS:
+        if (method, path) in ADMIN_ONLY:
+            assert member.request(method, url, json=body).status_code == 403, (method, path)
+        elif (method, path) not in PUBLIC | OWN_THINGS:
             answer = member.request(method, url, json=body)
             assert answer.status_code == 404, (method, path, answer.status_code)
             # The same answer as for things that do not exist (the names the caller gave are
@@ -198,6 +213,7 @@ def test_every_route_needs_credentials_and_hides_others_accounts(
     assert checked >= 15
     # A member's own view of the lists holds none of the admin's data.
     assert member.get("/accounts").json() == []
+    assert member.get("/teams").json() == []
     assert all(t["user"] == "member@example.test" for t in member.get("/tokens").json())
     assert member.get("/session").json()["email"] == "member@example.test"
     # The same walk as the owner reaches every GET (the ids were real, not merely unknown).

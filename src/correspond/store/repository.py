@@ -33,6 +33,7 @@ from correspond.store.records import (
 )
 from correspond.store.secrets import SecretBox
 from correspond.store.tables import ACCOUNT_STATES, AccountRow, Base, FolderRow, utcnow
+from correspond.store.visibility import Access, Viewer, access_of, visible_accounts
 
 __all__ = ["PASSWORD_DROPPED", "RETRIED_ON_CHANGE", "SettingsChanged", "Store"]
 
@@ -313,9 +314,10 @@ class Store:
         rows = s.execute(q).all()
         return {int(a): int(n) for a, n in rows}
 
-    def list_accounts(self, *, owner_id: int | None = None) -> list[AccountSummary]:
-        """Every account (only user ``owner_id``'s when given) with its folder,
-        selected-folder and message counts, by name."""
+    def list_accounts(self, *, viewer: Viewer | None = None) -> list[AccountSummary]:
+        """Every account (only those ``viewer`` may see, through the one visibility rule,
+        each with its ``access``, when given) with its folder, selected-folder and message
+        counts, by name."""
         with self.transaction() as s:
             live = FolderRow.removed.is_(False)
             folder_counts: dict[int, int] = {
@@ -335,18 +337,29 @@ class Store:
                 ).all()
             }
             message_counts = self._message_counts(s)
-            q = select(AccountRow).order_by(AccountRow.name)
-            if owner_id is not None:
-                q = q.where(AccountRow.owner_id == owner_id)
-            rows = s.scalars(q).all()
+            if viewer is None:
+                rows: Sequence[tuple[AccountRow, Access | None]] = [
+                    (r, None) for r in s.scalars(select(AccountRow).order_by(AccountRow.name))
+                ]
+            else:
+                visible = visible_accounts(viewer)
+                rows = [
+                    (r, access_of(level, manage))
+                    for r, level, manage in s.execute(
+                        select(AccountRow, visible.c.access, visible.c.manage)
+                        .join(visible, visible.c.account_id == AccountRow.id)
+                        .order_by(AccountRow.name)
+                    ).all()
+                ]
             return [
                 AccountSummary(
                     account=account_from_row(r),
                     folder_count=folder_counts.get(r.id, 0),
                     selected_folder_count=selected_counts.get(r.id, 0),
                     message_count=message_counts.get(r.id, 0),
+                    access=access,
                 )
-                for r in rows
+                for r, access in rows
             ]
 
     def account_summary(self, name: str) -> AccountSummary:
