@@ -110,3 +110,26 @@ def test_team_names_are_unique_whatever_their_case(store: Store) -> None:
     with pytest.raises(NotFound):
         teams.add_member(teams.get("Sales").id, 424242)  # no such user
     assert [t.name for t in teams.list()] == ["Sales"]
+
+
+def test_migration_0008_down_and_up_again(store: Store) -> None:
+    """Down to 0007 and up again: accounts keep working (SQLite keeps the tables and
+    columns, since dropping them would rebuild `accounts`; team inboxes are cleared), and
+    teams can be made again afterwards."""
+    from alembic import command
+
+    from correspond.store.engine import _alembic_config, current_revision, head_revision, migrate
+
+    people, teams, users = _world(store)
+    cfg = _alembic_config()
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0007")
+    assert current_revision(store.engine) == "0007"
+    migrate(store.engine)
+    assert current_revision(store.engine) == head_revision()
+    assert [s.account.name for s in store.list_accounts()] == sorted(ACCOUNTS)
+    assert all(s.account.team_id is None for s in store.list_accounts())
+    sales = teams.create("Sales Again")
+    teams.add_member(sales.id, people["teammate"].id)
+    assert users.access_to_account(people["owner"], "private").manage
