@@ -33,7 +33,13 @@ from correspond.store.records import (
 )
 from correspond.store.secrets import SecretBox
 from correspond.store.tables import ACCOUNT_STATES, AccountRow, Base, FolderRow, utcnow
-from correspond.store.visibility import Access, Viewer, access_of, visible_accounts
+from correspond.store.visibility import (
+    Access,
+    Viewer,
+    access_of,
+    viewer_params,
+    visible_accounts,
+)
 
 __all__ = ["PASSWORD_DROPPED", "RETRIED_ON_CHANGE", "SettingsChanged", "Store"]
 
@@ -348,7 +354,8 @@ class Store:
                     for r, level, manage in s.execute(
                         select(AccountRow, visible.c.access, visible.c.manage)
                         .join(visible, visible.c.account_id == AccountRow.id)
-                        .order_by(AccountRow.name)
+                        .order_by(AccountRow.name),
+                        viewer_params(viewer),
                     ).all()
                 ]
             return [

@@ -12,11 +12,12 @@ Visibility is asked here through the one query-level rule of :mod:`correspond.st
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Select, delete, func, select, update
+from sqlalchemy import Engine, Select, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,7 +33,14 @@ from correspond.store.tables import (
     UserSessionRow,
     utcnow,
 )
-from correspond.store.visibility import Access, Viewer, access_of, visible_accounts
+from correspond.store.visibility import (
+    Access,
+    Viewer,
+    access_of,
+    terms_for,
+    viewer_kind,
+    viewer_params,
+)
 
 __all__ = ["ApiToken", "User", "UserStore", "email_key"]
 
@@ -101,6 +109,28 @@ def _token(row: ApiTokenRow, email: str) -> ApiToken:
         last_used_at=row.last_used_at,
         revoked_at=row.revoked_at,
     )
+
+
+@functools.cache
+def _access_statement(lookup: str, kind: str) -> Select[Any]:
+    """The account that ``lookup`` (account by name, message or thread by id: ``key``) names,
+    filtered by the visibility rule, as (level, manage). Built once per lookup and kind."""
+    if lookup == "account":
+        query = select(AccountRow.id).where(AccountRow.name == bindparam("key"))
+    elif lookup == "message":
+        query = (
+            select(AccountRow.id)
+            .join(MessageRow, MessageRow.account_id == AccountRow.id)
+            .where(MessageRow.id == bindparam("key"))
+        )
+    else:
+        query = (
+            select(AccountRow.id)
+            .join(ThreadRow, ThreadRow.account_id == AccountRow.id)
+            .where(ThreadRow.id == bindparam("key"))
+        )
+    terms = terms_for(kind)
+    return query.where(terms.visible).with_only_columns(terms.level, terms.manage)
 
 
 class UserStore:
@@ -310,14 +340,16 @@ class UserStore:
 
     # -- visibility: through the one rule (store.visibility) ------------------------------
 
-    def _access(self, what: str, query: Select[Any], viewer: Viewer) -> Access:
-        visible = visible_accounts(viewer)
+    def _access(self, what: str, lookup: str, key: object, viewer: Viewer) -> Access:
         with unit_of_work(self._sessions) as s:
-            found = s.execute(
-                query.join(visible, visible.c.account_id == AccountRow.id).with_only_columns(
-                    visible.c.access, visible.c.manage
+            found = (
+                s.connection()
+                .execute(
+                    _access_statement(lookup, viewer_kind(viewer)),
+                    {"key": key, **viewer_params(viewer)},
                 )
-            ).first()
+                .first()
+            )
             if found is None:
                 raise NotFound(what)
             return access_of(*found)
@@ -325,29 +357,13 @@ class UserStore:
     def access_to_account(self, viewer: Viewer, name: str) -> Access:
         """``viewer``'s access to account ``name``; NotFound when it does not exist or they
         may not see it (one answer for both)."""
-        return self._access(
-            f"no account named {name!r}",
-            select(AccountRow.id).where(AccountRow.name == name),
-            viewer,
-        )
+        return self._access(f"no account named {name!r}", "account", name, viewer)
 
     def access_to_message(self, viewer: Viewer, message_id: int) -> Access:
-        return self._access(
-            f"no message with id {message_id}",
-            select(AccountRow.id)
-            .join(MessageRow, MessageRow.account_id == AccountRow.id)
-            .where(MessageRow.id == message_id),
-            viewer,
-        )
+        return self._access(f"no message with id {message_id}", "message", message_id, viewer)
 
     def access_to_thread(self, viewer: Viewer, thread_id: int) -> Access:
-        return self._access(
-            f"no thread with id {thread_id}",
-            select(AccountRow.id)
-            .join(ThreadRow, ThreadRow.account_id == AccountRow.id)
-            .where(ThreadRow.id == thread_id),
-            viewer,
-        )
+        return self._access(f"no thread with id {thread_id}", "thread", thread_id, viewer)
 
     def set_thread_order(self, user_id: int, order: str) -> User:
         """Save the user's thread order (``oldest_first`` or ``newest_first``) at once."""
