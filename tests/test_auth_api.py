@@ -332,6 +332,13 @@ def test_another_team_sees_nothing_and_a_metadata_viewer_no_bodies(
     assert [(a["name"], a["access"]) for a in listed] == [
         (mirror.account, {"level": "metadata", "can_manage": False})
     ]
+    # Its counts are the account's own (counted for the accounts the viewer sees only).
+    whole = admin.get("/accounts").json()[0]
+    assert whole["name"] == mirror.account
+    assert [listed[0][k] for k in ("message_count", "folder_count", "selected_folder_count")] == [
+        whole[k] for k in ("message_count", "folder_count", "selected_folder_count")
+    ]
+    assert whole["message_count"] > 0
     assert [t["name"] for t in teammate.get("/teams").json()] == ["Sales"]
     # Shared in full: the teammate reads everything, and still changes nothing.
     assert owner.patch(f"/accounts/{mirror.account}", json={"sharing": "team"}).status_code == 200
