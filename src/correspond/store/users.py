@@ -6,8 +6,8 @@ database signs nobody in.
 
 Visibility is asked here through the one query-level rule of :mod:`correspond.store.visibility`
 (:meth:`UserStore.access_to_account`, :meth:`UserStore.access_to_message`,
-:meth:`UserStore.access_to_thread` join to it), as the ``viewer`` of
-:meth:`~correspond.store.repository.Store.list_accounts` does.
+:meth:`UserStore.access_to_thread` add its terms to their lookup), as the ``viewer`` of
+:meth:`~correspond.store.repository.Store.list_accounts` joins its subquery.
 """
 
 from __future__ import annotations
