@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.testclient import TestClient
 
 from correspond.api import create_app
+from correspond.api.security import authorize
 from correspond.settings import Settings
 from correspond.store import Store
 from correspond.testing.dovecot import DovecotServer, ImapUser
@@ -143,3 +144,36 @@ def test_thread_order_is_each_users_preference_saved_at_once(
     assert ann.put("/me/preferences", json={}).json() == {"thread_order": "newest_first"}
     # The preference is stored, not held by the client: a new token of the same user sees it.
     assert order(user_client(app, "ann@example.test")) == ("newest_first", oldest[::-1])
+
+
+def test_a_new_route_fails_closed(store: Store, store_settings: Settings) -> None:
+    """A route nobody marked with ``needs``: a GET naming an account needs full access, and
+    anything else needs its owner or an admin, so a metadata-only viewer (or a teammate) gets a
+    403 from it until it is marked."""
+    app = create_app(store_settings, store=store)
+    extra = APIRouter()
+
+    @extra.get("/accounts/{name}/new-thing")
+    def new_thing(name: str) -> dict[str, str]:
+        return {"body": "the mail's text"}
+
+    @extra.post("/accounts/{name}/new-action")
+    def new_action(name: str) -> dict[str, str]:
+        return {"done": name}
+
+    app.include_router(extra, dependencies=[Depends(authorize)])
+    admin = authed_client(app)
+    owner = user_client(app, "owner@example.test")
+    mate = user_client(app, "mate@example.test")
+    team = admin.post("/teams", json={"name": "T"}).json()["id"]
+    for who in (owner, mate):
+        admin.put(f"/teams/{team}/members/{_id(who)}")
+    created = owner.post("/accounts", json={**NEW, "name": "acc", "sharing": "metadata"})
+    assert created.status_code == 201 and created.json()["sharing"] == "metadata"
+    assert owner.get("/accounts/acc/new-thing").status_code == 200
+    assert mate.get("/accounts/acc/new-thing").status_code == 403
+    assert mate.post("/accounts/acc/new-action").status_code == 403
+    assert owner.patch("/accounts/acc", json={"sharing": "team"}).status_code == 200
+    assert mate.get("/accounts/acc/new-thing").status_code == 200
+    assert mate.post("/accounts/acc/new-action").status_code == 403
+    assert owner.post("/accounts/acc/new-action").json() == {"done": "acc"}
