@@ -52,7 +52,14 @@ OWN_THINGS = {
     ("DELETE", "/session"),
     ("GET", "/tokens"),
     ("POST", "/tokens"),
+    ("GET", "/teams"),
+    ("GET", "/me/preferences"),
+    ("PUT", "/me/preferences"),
 }
+# Routes for admins only that name nothing: a member gets 403 (there is nothing to hide).
+ADMIN_ONLY = {("POST", "/teams")}
+# What a metadata-only viewer never sees, at any depth of any answer.
+BODY_KEYS = {"snippet", "text", "html", "attachments", "has_attachments", "has_raw", "defects"}
 BIG_ID = 2**63
 
 
@@ -128,6 +135,8 @@ GHOSTS: dict[str, Any] = {
     "attachment_id": 987654322,
     "thread_id": 987654323,
     "token_id": 987654324,
+    "team_id": 987654325,
+    "user_id": 987654326,
 }
 
 
@@ -150,12 +159,16 @@ def _secrets_of(admin: TestClient, mirror: SeededMirror) -> tuple[dict[str, Any]
         m["attachments"]
     )  # fmt: skip
     token_id = admin.get("/tokens").json()[0]["id"]
+    team = admin.post("/teams", json={"name": "Walkers"})
+    assert team.status_code == 201, team.text
     ids = {
         "name": mirror.account,
         "message_id": with_attachment["id"],
         "attachment_id": with_attachment["attachments"][0]["id"],
         "thread_id": with_attachment["thread_id"],
         "token_id": token_id,
+        "team_id": team.json()["id"],
+        "user_id": admin.get("/session").json()["id"],
     }
     subjects = [m["subject"] for m in page["messages"] if m["subject"]]
     return ids, [mirror.account, mirror.address, *subjects[:5]]
@@ -183,7 +196,9 @@ def test_every_route_needs_credentials_and_hides_others_accounts(
             assert answer.json().keys() == {"detail"}, (method, path)
             assert answer.headers["www-authenticate"] == "Bearer"
         assert not any(s in answer.text for s in private), (method, path)
-        if (method, path) not in PUBLIC | OWN_THINGS:
+        if (method, path) in ADMIN_ONLY:
+            assert member.request(method, url, json=body).status_code == 403, (method, path)
+        elif (method, path) not in PUBLIC | OWN_THINGS:
             answer = member.request(method, url, json=body)
             assert answer.status_code == 404, (method, path, answer.status_code)
             # The same answer as for things that do not exist (the names the caller gave are
@@ -198,6 +213,7 @@ def test_every_route_needs_credentials_and_hides_others_accounts(
     assert checked >= 15
     # A member's own view of the lists holds none of the admin's data.
     assert member.get("/accounts").json() == []
+    assert member.get("/teams").json() == []
     assert all(t["user"] == "member@example.test" for t in member.get("/tokens").json())
     assert member.get("/session").json()["email"] == "member@example.test"
     # The same walk as the owner reaches every GET (the ids were real, not merely unknown).
@@ -206,6 +222,141 @@ def test_every_route_needs_credentials_and_hides_others_accounts(
             answer = admin.get(_concrete(path, ids))
             assert answer.status_code == 200, (path, answer.status_code)
     # And the account is still there with its mail: nothing the walk sent changed it.
+    assert admin.get(f"/accounts/{mirror.account}").json()["message_count"] > 0
+
+
+def _keys(value: Any) -> set[str]:
+    """Every key of every object in a JSON value, at any depth."""
+    if isinstance(value, dict):
+        return set(value).union(*(_keys(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_keys(v) for v in value))
+    return set()
+
+
+def _json(answer: Any) -> Any:
+    return answer.json() if answer.headers.get("content-type") == "application/json" else None
+
+
+def _bodies_of(admin: TestClient, mirror: SeededMirror) -> list[str]:
+    """Strings of the account's mail that only its bodies hold (snippets, text, attachment
+    names): none of them is in what a metadata-only viewer may see of the same messages."""
+    page = admin.get(f"/accounts/{mirror.account}/messages", params={"limit": 100}).json()
+    views = [admin.get(f"/messages/{m['id']}").json() for m in page["messages"]]
+    candidates = {m["snippet"][:24] for m in page["messages"]}
+    for view in views:
+        candidates.update(line.strip()[:24] for line in (view["text"] or "").splitlines())
+        candidates.update(a["filename"] for a in view["attachments"] if a["filename"])
+    metadata = str([{k: v for k, v in view.items() if k not in BODY_KEYS} for view in views])
+    bodies = sorted(c for c in candidates if len(c) >= 8 and c not in metadata)
+    assert len(bodies) >= 5, bodies
+    return bodies
+
+
+def admin_finds(admin: TestClient, account: str, text: str) -> bool:
+    found = admin.get(f"/accounts/{account}/messages", params={"q": text}).json()
+    return bool(found["messages"])
+
+
+# What a metadata-only viewer may read (without bodies); every other route naming the account
+# is a 403 for them.
+METADATA_READS = {
+    ("GET", "/accounts/{name}"),
+    ("GET", "/accounts/{name}/progress"),
+    ("GET", "/accounts/{name}/folders"),
+    ("GET", "/accounts/{name}/messages"),
+    ("GET", "/messages/{message_id}"),
+    ("GET", "/threads/{thread_id}"),
+}
+
+
+def test_another_team_sees_nothing_and_a_metadata_viewer_no_bodies(
+    app: FastAPI, admin: TestClient, mirror: SeededMirror
+) -> None:
+    """The account belongs to a member who shares it as metadata with their team. Walked as
+    a user of another team: 404 from every route, as for things that do not exist. Walked as a
+    teammate: the metadata routes answer without a body field or any text of a body, every
+    other route is a 403 (or a 404 for a team they are not in). Then shared in full, and then a
+    team inbox of the other team: those see every body and still change nothing."""
+    routes, _ = _api_routes(app)
+    ids, private = _secrets_of(admin, mirror)
+    bodies = _bodies_of(admin, mirror)
+    auth = app.state.auth
+    owner = user_client(app, "owner@example.test")
+    teammate = user_client(app, "teammate@example.test")
+    outsider = user_client(app, "outsider@example.test")
+    uid = {
+        e: auth.users.get_user(f"{e}@example.test").id for e in ("owner", "teammate", "outsider")
+    }
+    auth.users.set_account_owner(mirror.account, uid["owner"])
+    sales = admin.post("/teams", json={"name": "Sales"}).json()["id"]
+    support = admin.post("/teams", json={"name": "Support"}).json()["id"]
+    for team, who in ((sales, "owner"), (sales, "teammate"), (support, "outsider")):
+        assert admin.put(f"/teams/{team}/members/{uid[who]}").status_code == 200
+    changed = owner.patch(f"/accounts/{mirror.account}", json={"sharing": "metadata"})
+    assert changed.status_code == 200 and changed.json()["sharing"] == "metadata"
+    names = re.compile(r"\{(name|message_id|thread_id)\}")
+    walked = 0
+    for method, path in sorted(routes):
+        if (method, path) in PUBLIC | OWN_THINGS | ADMIN_ONLY:
+            continue
+        url = _concrete(path, ids)
+        body = {} if method in ("POST", "PUT", "PATCH") else None
+        answer = outsider.request(method, url, json=body)
+        assert answer.status_code == 404, (method, path, answer.status_code)
+        ghost = admin.request(method, _concrete(path, GHOSTS), json=body)
+        real = {k: ids[k] for k in re.findall(r"\{(\w+)\}", path)}
+        assert _blank(answer.text, real) == _blank(ghost.text, GHOSTS), (method, path)
+        assert not any(s in answer.text for s in private[1:] + bodies), (method, path)
+        seen = teammate.request(method, url, json=body)
+        if (method, path) in METADATA_READS:
+            assert seen.status_code == 200, (method, path, seen.status_code)
+        elif names.search(path):
+            assert seen.status_code == 403, (method, path, seen.status_code)
+        else:
+            assert seen.status_code == 404, (method, path, seen.status_code)  # not their team
+        assert not _keys(_json(seen)) & BODY_KEYS, (method, path)
+        assert not any(b in seen.text for b in bodies), (method, path)
+        walked += 1
+    assert walked >= 15
+    # A search cannot probe the bodies either: text only a snippet holds finds nothing for
+    # the teammate (the admin finds it).
+    snippets = [b for b in bodies if admin_finds(admin, mirror.account, b)]
+    assert snippets
+    for text in snippets:
+        found = teammate.get(f"/accounts/{mirror.account}/messages", params={"q": text})
+        assert found.status_code == 200 and found.json()["messages"] == [], text
+    # The lists: the outsider sees nothing of it; the teammate sees it, marked metadata.
+    assert outsider.get("/accounts").json() == []
+    listed = teammate.get("/accounts").json()
+    assert [(a["name"], a["access"]) for a in listed] == [
+        (mirror.account, {"level": "metadata", "can_manage": False})
+    ]
+    # Its counts are the account's own (counted for the accounts the viewer sees only).
+    whole = admin.get("/accounts").json()[0]
+    assert whole["name"] == mirror.account
+    assert [listed[0][k] for k in ("message_count", "folder_count", "selected_folder_count")] == [
+        whole[k] for k in ("message_count", "folder_count", "selected_folder_count")
+    ]
+    assert whole["message_count"] > 0
+    assert [t["name"] for t in teammate.get("/teams").json()] == ["Sales"]
+    # Shared in full: the teammate reads everything, and still changes nothing.
+    assert owner.patch(f"/accounts/{mirror.account}", json={"sharing": "team"}).status_code == 200
+    # A team inbox of the other team: its member reads everything, and changes nothing; the
+    # owner (not in that team) may not move it there, an admin may.
+    refused = owner.patch(f"/accounts/{mirror.account}", json={"team_id": support})
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "team_id"]
+    moved = admin.patch(f"/accounts/{mirror.account}", json={"team_id": support})
+    assert moved.status_code == 200 and moved.json()["team_id"] == support
+    for reader in (teammate, outsider):
+        for method, path in sorted(routes):
+            if names.search(path) and (method, path) not in PUBLIC:
+                body = {} if method in ("POST", "PUT", "PATCH") else None
+                answer = reader.request(method, _concrete(path, ids), json=body)
+                expected = 200 if method == "GET" else 403
+                assert answer.status_code == expected, (method, path, answer.status_code)
+    assert any(b in outsider.get(f"/messages/{ids['message_id']}").text for b in bodies)
+    assert owner.get(f"/accounts/{mirror.account}").json()["access"]["can_manage"] is True
     assert admin.get(f"/accounts/{mirror.account}").json()["message_count"] > 0
 
 

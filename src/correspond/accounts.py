@@ -29,6 +29,7 @@ from correspond.store.blobs import BlobStore
 from correspond.store.records import draft_of
 from correspond.store.repository import PASSWORD_DROPPED
 from correspond.store.tables import utcnow
+from correspond.store.visibility import Viewer
 from correspond.sync.connection_test import ConnectionReport, check_connection
 
 __all__ = [
@@ -114,9 +115,9 @@ class AccountService:
         password; the connection test says so without contacting anything."""
         return self.store.update_account(name, changes, secret=password)
 
-    def list_accounts(self, *, owner_id: int | None = None) -> list[AccountSummary]:
-        """Every account (only ``owner_id``'s when given) with state and counts."""
-        return self.store.list_accounts(owner_id=owner_id)
+    def list_accounts(self, *, viewer: Viewer | None = None) -> list[AccountSummary]:
+        """Every account (only those ``viewer`` may see, when given) with state and counts."""
+        return self.store.list_accounts(viewer=viewer)
 
     def get_account(self, name: str) -> AccountSummary:
         return self.store.account_summary(name)

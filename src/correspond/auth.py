@@ -1,5 +1,5 @@
 """Users and authentication, engine side: passwords, API tokens, sessions, login throttling,
-and the one visibility rule (an admin sees every account, a member only their own).
+and the questions asked of the one visibility rule (:mod:`correspond.store.visibility`).
 
 The CLI and the API call this; all SQL is in :mod:`correspond.store.users`.
 
@@ -29,7 +29,9 @@ from correspond.errors import ConfigError, NotFound
 from correspond.settings import Settings
 from correspond.store import Store
 from correspond.store.tables import utcnow
+from correspond.store.teams import TeamStore
 from correspond.store.users import ApiToken, User, UserStore, email_key
+from correspond.store.visibility import Access
 
 __all__ = [
     "SESSION_COOKIE",
@@ -154,6 +156,7 @@ class AuthService:
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.users = UserStore(store.engine)
+        self.teams = TeamStore(store.engine)
         self.settings = settings
         self.hasher = PasswordHasher(
             time_cost=settings.password_hash_time_cost,
@@ -256,30 +259,38 @@ class AuthService:
     def end_session(self, value: str) -> None:
         self.users.delete_session(hash_token(value))
 
-    # -- visibility: the one rule ----------------------------------------------------------
+    # -- visibility: the one rule (store.visibility), asked through the store -------------
 
-    @staticmethod
-    def owner_filter(user: User) -> int | None:
-        """The owner to filter account lists by: None (all) for an admin, else the user."""
-        return None if user.is_admin else user.id
+    def account_access(self, user: User, name: str) -> Access:
+        """``user``'s access to account ``name``: :class:`NotFound` (the same as for no such
+        account) unless they may see it."""
+        return self.users.access_to_account(user, name)
 
-    @staticmethod
-    def may_see(user: User, owner_id: int | None) -> bool:
-        """Whether ``user`` may see and change an account owned by ``owner_id``."""
-        return user.is_admin or (owner_id is not None and owner_id == user.id)
+    def message_access(self, user: User, message_id: int) -> Access:
+        return self.users.access_to_message(user, message_id)
 
-    def require_account(self, user: User, name: str) -> None:
-        """:class:`NotFound` (the same as for no such account) unless ``user`` may see it."""
-        if not self.may_see(user, self.users.owner_of_account(name)):
-            raise NotFound(f"no account named {name!r}")
+    def thread_access(self, user: User, thread_id: int) -> Access:
+        return self.users.access_to_thread(user, thread_id)
 
-    def require_message(self, user: User, message_id: int) -> None:
-        if not self.may_see(user, self.users.owner_of_message(message_id)):
-            raise NotFound(f"no message with id {message_id}")
+    def team_visible(self, user: User, team_id: int) -> None:
+        """:class:`NotFound` unless the team exists and ``user`` is an admin or in it."""
+        if user.disabled or not (
+            (user.is_admin and self._team_exists(team_id)) or self.teams.is_member(team_id, user.id)
+        ):
+            raise NotFound(f"no team {team_id}")
 
-    def require_thread(self, user: User, thread_id: int) -> None:
-        if not self.may_see(user, self.users.owner_of_thread(thread_id)):
-            raise NotFound(f"no thread with id {thread_id}")
+    def _team_exists(self, team_id: int) -> bool:
+        try:
+            self.teams.get(team_id)
+        except NotFound:
+            return False
+        return True
+
+    def check_team_choice(self, user: User, team_id: int) -> None:
+        """Whether ``user`` may make an account a team inbox of ``team_id``: an admin, or a
+        member of that team. :class:`NotFound` for a team they cannot see, so ids do not
+        leak."""
+        self.team_visible(user, team_id)
 
     def default_owner(self, owner_email: str | None) -> User | None:
         """The owner of a new account added from the CLI: the user ``owner_email``, else the

@@ -93,6 +93,8 @@ from correspond.store.location import store_location
 from correspond.store.message_queries import MAX_PAGE, AddressView, MessageView
 from correspond.store.progress import AccountProgress, ProgressReader
 from correspond.store.records import draft_of
+from correspond.store.tables import ACCOUNT_SHARING
+from correspond.store.teams import Team
 from correspond.store.users import ApiToken, User
 from correspond.sync.runner import (
     OnceResult,
@@ -715,6 +717,16 @@ def _endpoints_line(a: Account | AccountDraft) -> str:
     help="Permit (or stop permitting) unencrypted connections.",
 )
 @click.option("--window-days", type=click.IntRange(1, 36500), help="How far back to sync.")
+@click.option(
+    "--sharing",
+    type=click.Choice(ACCOUNT_SHARING, case_sensitive=False),
+    help=(
+        "Who else sees it: private (owner; admins see all), team (the owner's teams, in full) "
+        "or metadata (the owner's teams see participants, subject, date; no bodies)."
+    ),
+)
+@click.option("--team", "team_ref", metavar="TEAM", help="Make it a team inbox of TEAM.")
+@click.option("--no-team", is_flag=True, help="Make a team inbox a personal account again.")
 @click.option("--json", "as_json_output", is_flag=True, help="Print the account as JSON.")
 @pass_cli
 def account_update(
@@ -735,10 +747,14 @@ def account_update(
     trust_presented: str | None,
     allow_plaintext: bool | None,
     window_days: int | None,
+    sharing: str | None,
+    team_ref: str | None,
+    no_team: bool,
     as_json_output: bool,
 ) -> None:
     """Change any setting of NAME: address, user name, servers, ports, security, password,
-    trusted certificate, plaintext permission, sync window. Fields left out stay as they are.
+    trusted certificate, plaintext permission, sync window, sharing, team inbox. Fields left
+    out stay as they are.
 
     A well-known port given alone brings its security (993: tls), and a security given alone
     moves a standard port with it (143 to 993 for tls). The whole account is checked before
@@ -752,7 +768,11 @@ def account_update(
       correspond account update work --trust-cert server.pem
       correspond account update work --trust-presented-cert AB:CD:...:EF
       echo "$PW" | correspond account update work --password-stdin
+      correspond account update work --sharing metadata
+      correspond account update support --team Support
     """
+    if team_ref is not None and no_team:
+        _fail("--team and --no-team contradict each other", 2)
     if sum(bool(x) for x in (trust_cert, no_trust_cert, trust_presented)) > 1:
         _fail("--trust-cert, --trust-presented-cert and --no-trust-cert contradict each other", 2)
     if password_stdin and password_prompt:
@@ -775,13 +795,27 @@ def account_update(
         trusted_cert_pem=cert,
         window_days=window_days,
     )
-    if changes.is_empty() and not (password_stdin or password_prompt or trust_presented):
+    shares = sharing is not None or team_ref is not None or no_team
+    settings_change = not changes.is_empty() or password_stdin or password_prompt
+    if not (settings_change or trust_presented or shares):
         _fail(
             "nothing to change: give a setting to change (see --help), or a new password "
             "with --password-stdin or --password",
             2,
         )
     service = cli.service
+    # An unknown account or team fails before anything changes.
+    service.store.get_account(name)
+    team_id = cli.auth.teams.get(team_ref).id if team_ref is not None else None
+    if shares and not (settings_change or trust_presented):
+        cli.auth.teams.set_account_sharing(
+            name, sharing=sharing.lower() if sharing else None, team_id=team_id, clear_team=no_team
+        )
+        if as_json_output:
+            _print_account_json(cli, name)
+            return
+        _say_sharing(cli, name)
+        return
     # An unknown name or a bad value fails here, before a password is asked for.
     after = service.check_update(name, changes)
     if trust_presented:
@@ -812,6 +846,10 @@ def account_update(
         # On stderr: with --json, standard output carries only the JSON.
         password = click.prompt("Password", hide_input=True, err=True)
     updated = service.update_account(name, changes, password)
+    if shares:
+        cli.auth.teams.set_account_sharing(
+            name, sharing=sharing.lower() if sharing else None, team_id=team_id, clear_team=no_team
+        )
     if moves and password is None:
         click.echo(
             f"The stored password was dropped (the connection settings changed); give it "
@@ -825,6 +863,8 @@ def account_update(
         _print_json(as_json(account_public(service.get_account(name), progress=progress)))
         return
     click.echo(f"Updated {name}: {_endpoints_line(updated)}; state {updated.state}.")
+    if shares:
+        _say_sharing(cli, name)
     if window_days is not None and window_days != before.window_days:
         if window_days > before.window_days:
             click.echo(
@@ -972,6 +1012,12 @@ def _eta(seconds: float | None) -> str:
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _say_sharing(cli: CliContext, name: str) -> None:
+    account = cli.service.store.get_account(name)
+    team = f"team inbox of {cli.auth.teams.get(account.team_id).name}" if account.team_id else ""
+    click.echo(f"{name}: sharing {account.sharing}" + (f"; {safe(team)}" if team else "; personal"))
 
 
 def _print_account_json(cli: CliContext, name: str) -> None:
@@ -2221,6 +2267,99 @@ def tokens_revoke(cli: CliContext, token_id: int) -> None:
     """Revoke token TOKEN_ID (see `tokens list`): it stops working at once."""
     t = cli.auth.users.revoke_token(token_id)
     click.echo(f"Revoked token {t.id} ({t.name}) of {t.user_email}.")
+
+
+@main.group(cls=_Group)
+def teams() -> None:
+    """Teams of users (admins manage them here): create, list, add-member, remove-member,
+    delete. A team's members see its team inboxes, and what its people share with it."""
+
+
+def _team_json(team: Team) -> dict[str, Any]:
+    return {
+        "id": team.id,
+        "name": team.name,
+        "created_at": team.created_at.isoformat(),
+        "members": [
+            {"id": m.user_id, "email": m.email, "display_name": m.display_name}
+            for m in team.members
+        ],
+        "accounts": list(team.accounts),
+    }
+
+
+def _say_team(team: Team, as_json_output: bool, line: str) -> None:
+    if as_json_output:
+        _print_json(_team_json(team))
+    else:
+        click.echo(line)
+
+
+@teams.command("create")
+@click.argument("name")
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def teams_create(cli: CliContext, name: str, as_json_output: bool) -> None:
+    """Create the team NAME (unique whatever its letter case)."""
+    team = cli.auth.teams.create(name)
+    _say_team(team, as_json_output, f"Created team {safe(team.name)} (id {team.id}).")
+
+
+@teams.command("list")
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def teams_list(cli: CliContext, as_json_output: bool) -> None:
+    """Every team with its members and team inboxes."""
+    found = cli.auth.teams.list()
+    if as_json_output:
+        _print_json([_team_json(t) for t in found])
+        return
+    if not found:
+        click.echo("No teams yet. Create one: correspond teams create NAME")
+        return
+    table = Table(box=None)
+    for column in ("ID", "Name", "Members", "Team inboxes"):
+        table.add_column(column)
+    for t in found:
+        table.add_row(
+            str(t.id), cell(t.name), cell(", ".join(m.email for m in t.members) or "-"),
+            cell(", ".join(t.accounts) or "-"),
+        )  # fmt: skip
+    _console().print(table)
+
+
+@teams.command("add-member")
+@click.argument("team")
+@click.argument("email")
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def teams_add_member(cli: CliContext, team: str, email: str, as_json_output: bool) -> None:
+    """Put the user EMAIL in TEAM (a name or an id)."""
+    user = cli.auth.users.get_user(email)
+    found = cli.auth.teams.add_member(team, user.id)
+    _say_team(found, as_json_output, f"{user.email} is in team {safe(found.name)}.")
+
+
+@teams.command("remove-member")
+@click.argument("team")
+@click.argument("email")
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def teams_remove_member(cli: CliContext, team: str, email: str, as_json_output: bool) -> None:
+    """Take the user EMAIL out of TEAM: they stop seeing its inboxes and what it shares."""
+    user = cli.auth.users.get_user(email)
+    found = cli.auth.teams.remove_member(team, user.id)
+    _say_team(found, as_json_output, f"{user.email} left team {safe(found.name)}.")
+
+
+@teams.command("delete")
+@click.argument("team")
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def teams_delete(cli: CliContext, team: str, as_json_output: bool) -> None:
+    """Delete TEAM; its team inboxes become their owners' personal accounts again."""
+    gone = cli.auth.teams.delete(team)
+    _say_team(gone, as_json_output, f"Deleted team {safe(gone.name)}.")
 
 
 def _is_loopback(host: str) -> bool:

@@ -94,10 +94,18 @@ class MailboxReader:
         q: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        search_bodies: bool = True,
     ) -> MessagePage:
-        """A page of the account's messages, newest first; ``folder`` by id or display name."""
+        """A page of the account's messages, newest first; ``folder`` by id or display name.
+        ``search_bodies`` False: ``q`` looks at subject and sender only."""
         return self.queries.list_account_messages(
-            account_name, folder=folder, thread_id=thread_id, q=q, limit=limit, before=before
+            account_name,
+            folder=folder,
+            thread_id=thread_id,
+            q=q,
+            limit=limit,
+            before=before,
+            search_bodies=search_bodies,
         )
 
     def get_message(self, message_id: int) -> MessageView:

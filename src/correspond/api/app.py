@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from correspond import __version__
 from correspond.accounts import AccountService
 from correspond.api.guard import RequestGuard
-from correspond.api.routes import accounts, auth, folders, health, messages, sync
+from correspond.api.routes import accounts, auth, folders, health, messages, sync, teams
 from correspond.api.schemas import ErrorPublic
 from correspond.api.security import authorize
 from correspond.auth import AuthService
@@ -208,6 +208,8 @@ def create_app(
         messages.account_router,
         messages.router,
         messages.thread_router,
+        teams.router,
+        teams.me_router,
     ):
         app.include_router(router, dependencies=signed_in)
     return app

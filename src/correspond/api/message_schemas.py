@@ -25,6 +25,7 @@ from correspond.store.message_queries import (
 )
 
 __all__ = [
+    "BODY_FIELDS",
     "AddressPublic",
     "AttachmentPublic",
     "FolderCountsPublic",
@@ -95,6 +96,9 @@ class HtmlBodyPublic(BaseModel):
     unknown_cids: list[str]
 
 
+_OMITTED = "Left out (not empty) for a caller who sees the account's metadata only"
+
+
 class MessageListItemPublic(BaseModel):
     id: int
     thread_id: int | None
@@ -102,11 +106,11 @@ class MessageListItemPublic(BaseModel):
     from_: AddressPublic | None = Field(serialization_alias="from")
     to: list[AddressPublic]
     date: datetime | None
-    snippet: str
+    snippet: str = Field(default="", description=_OMITTED)
     flags: list[str]
     state: str
     direction: str
-    has_attachments: bool
+    has_attachments: bool = Field(default=False, description=_OMITTED)
 
 
 class MessagePagePublic(BaseModel):
@@ -130,18 +134,18 @@ class MessagePublic(BaseModel):
     bcc: list[AddressPublic]
     date: datetime | None
     internaldate: datetime | None
-    snippet: str
-    text: str | None
-    html: HtmlBodyPublic | None
+    snippet: str = Field(default="", description=_OMITTED)
+    text: str | None = Field(default=None, description=_OMITTED)
+    html: HtmlBodyPublic | None = Field(default=None, description=_OMITTED)
     flags: list[str]
     state: str
     direction: str
     size: int | None
-    has_raw: bool
-    truncated: bool
-    defects: list[str]
+    has_raw: bool = Field(default=False, description=_OMITTED)
+    truncated: bool = Field(default=False, description=_OMITTED)
+    defects: list[str] = Field(default_factory=list, description=_OMITTED)
     locations: list[LocationPublic]
-    attachments: list[AttachmentPublic]
+    attachments: list[AttachmentPublic] = Field(default_factory=list, description=_OMITTED)
     gone_from_mailbox_at: datetime | None = Field(
         default=None,
         description="When the message left every synced folder (locations is then empty); "
@@ -191,25 +195,39 @@ def folder_with_counts_public(item: FolderWithCounts) -> FolderWithCountsPublic:
     )
 
 
-def message_list_item_public(m: MessageListItem) -> MessageListItemPublic:
-    return MessageListItemPublic(
-        id=m.id,
-        thread_id=m.thread_id,
-        subject=m.subject,
-        from_=address_public(m.from_) if m.from_ else None,
-        to=[address_public(a) for a in m.to],
-        date=m.date,
-        snippet=m.snippet,
-        flags=list(m.flags),
-        state=m.state,
-        direction=m.direction,
-        has_attachments=m.has_attachments,
-    )
+#: Fields a metadata-only viewer never gets: what the body says or carries.
+BODY_FIELDS = frozenset(
+    {"snippet", "text", "html", "has_raw", "truncated", "defects", "attachments", "has_attachments"}
+)
 
 
-def message_page_public(page: MessagePage) -> MessagePagePublic:
+def _without_body(fields: dict[str, object], full: bool) -> dict[str, object]:
+    """``fields``, minus :data:`BODY_FIELDS` unless ``full``. Left unset, the routes (which
+    answer with ``response_model_exclude_unset``) omit them rather than show them empty."""
+    return fields if full else {k: v for k, v in fields.items() if k not in BODY_FIELDS}
+
+
+def message_list_item_public(m: MessageListItem, *, full: bool = True) -> MessageListItemPublic:
+    fields: dict[str, object] = {
+        "id": m.id,
+        "thread_id": m.thread_id,
+        "subject": m.subject,
+        "from_": address_public(m.from_) if m.from_ else None,
+        "to": [address_public(a) for a in m.to],
+        "date": m.date,
+        "snippet": m.snippet,
+        "flags": list(m.flags),
+        "state": m.state,
+        "direction": m.direction,
+        "has_attachments": m.has_attachments,
+    }
+    return MessageListItemPublic.model_validate(_without_body(fields, full))
+
+
+def message_page_public(page: MessagePage, *, full: bool = True) -> MessagePagePublic:
     return MessagePagePublic(
-        messages=[message_list_item_public(m) for m in page.items], next_cursor=page.next_cursor
+        messages=[message_list_item_public(m, full=full) for m in page.items],
+        next_cursor=page.next_cursor,
     )
 
 
@@ -242,46 +260,52 @@ def message_public(
     *,
     remote_images: bool,
     attachment_url: Callable[[int, int], str],
+    full: bool = True,
 ) -> MessagePublic:
-    """``html`` must be the output of the sanitiser for ``m`` (None: no HTML body)."""
-    return MessagePublic(
-        id=m.id,
-        account_id=m.account_id,
-        thread_id=m.thread_id,
-        message_id=m.message_id,
-        in_reply_to=m.in_reply_to,
-        references=list(m.references),
-        subject=m.subject,
-        from_=address_public(m.from_) if m.from_ else None,
-        sender=[address_public(a) for a in m.sender],
-        reply_to=[address_public(a) for a in m.reply_to],
-        to=[address_public(a) for a in m.to],
-        cc=[address_public(a) for a in m.cc],
-        bcc=[address_public(a) for a in m.bcc],
-        date=m.date,
-        internaldate=m.internaldate,
-        snippet=m.snippet,
-        text=m.text,
-        html=None
-        if html is None
-        else HtmlBodyPublic(
-            html=html.html,
-            remote_images_blocked=html.remote_images_blocked,
-            remote_images_allowed=remote_images,
-            unknown_cids=list(html.unknown_cids),
-        ),
-        flags=list(m.flags),
-        state=m.state,
-        direction=m.direction,
-        size=m.size,
-        has_raw=m.raw_blob_key is not None,
-        truncated=m.truncated,
-        defects=list(m.defects),
-        locations=[_location(loc) for loc in m.locations],
-        attachments=[_attachment(a, attachment_url) for a in m.attachments],
-        gone_from_mailbox_at=m.gone_from_mailbox_at,
-        gone_reason=GONE_WORDS.get(m.gone_reason or "", m.gone_reason),
-    )
+    """``html`` must be the output of the sanitiser for ``m`` (None: no HTML body). Not
+    ``full``: the body fields are left out (:data:`BODY_FIELDS`)."""
+    fields: dict[str, object] = {
+        "id": m.id,
+        "account_id": m.account_id,
+        "thread_id": m.thread_id,
+        "message_id": m.message_id,
+        "in_reply_to": m.in_reply_to,
+        "references": list(m.references),
+        "subject": m.subject,
+        "from_": address_public(m.from_) if m.from_ else None,
+        "sender": [address_public(a) for a in m.sender],
+        "reply_to": [address_public(a) for a in m.reply_to],
+        "to": [address_public(a) for a in m.to],
+        "cc": [address_public(a) for a in m.cc],
+        "bcc": [address_public(a) for a in m.bcc],
+        "date": m.date,
+        "internaldate": m.internaldate,
+        "flags": list(m.flags),
+        "state": m.state,
+        "direction": m.direction,
+        "size": m.size,
+        "locations": [_location(loc) for loc in m.locations],
+        "gone_from_mailbox_at": m.gone_from_mailbox_at,
+        "gone_reason": GONE_WORDS.get(m.gone_reason or "", m.gone_reason),
+    }
+    if full:
+        fields.update(
+            snippet=m.snippet,
+            text=m.text,
+            html=None
+            if html is None
+            else HtmlBodyPublic(
+                html=html.html,
+                remote_images_blocked=html.remote_images_blocked,
+                remote_images_allowed=remote_images,
+                unknown_cids=list(html.unknown_cids),
+            ),
+            has_raw=m.raw_blob_key is not None,
+            truncated=m.truncated,
+            defects=list(m.defects),
+            attachments=[_attachment(a, attachment_url) for a in m.attachments],
+        )
+    return MessagePublic.model_validate(fields)
 
 
 def thread_public(t: ThreadView, messages: list[MessagePublic], *, order: str) -> ThreadPublic:

@@ -26,8 +26,10 @@ from correspond.rules.presets import (
 from correspond.store import AccountSummary, Folder, FolderSyncResult
 from correspond.store.leases import observed_state
 from correspond.store.records import TOGGLES
+from correspond.store.visibility import Access
 
 __all__ = [
+    "AccessPublic",
     "AccountCreate",
     "AccountPublic",
     "AccountUpdate",
@@ -47,6 +49,16 @@ __all__ = [
 ]
 
 SecurityName = Literal["tls", "starttls", "plain"]
+SharingName = Literal["private", "team", "metadata"]
+_SHARING_HELP = (
+    "Who else sees the account: private (its owner; admins see every account), team (the "
+    "people in the owner's teams, in full) or metadata (they see participants, subject, date, "
+    "folders and flags; never bodies, snippets, attachments or raw mail)"
+)
+_TEAM_HELP = (
+    "Make it a team inbox: every member of this team sees it in full (an admin, or a member "
+    "of the team, may choose it); null: a personal account again"
+)
 
 
 class ErrorPublic(BaseModel):
@@ -87,6 +99,8 @@ class AccountCreate(BaseModel):
     trusted_cert_pem: str | None = None
     window_days: int | None = Field(default=None, ge=1, le=36500)
     toggles: dict[str, bool] = Field(default_factory=dict)
+    sharing: SharingName = Field(default="private", description=_SHARING_HELP)
+    team_id: int | None = Field(default=None, ge=1, le=2**63 - 1, description=_TEAM_HELP)
 
     @field_validator("email")
     @classmethod
@@ -188,6 +202,14 @@ class AccountUpdate(BaseModel):
     toggles: dict[str, bool] | None = Field(
         default=None, description="Any of: " + ", ".join(TOGGLES)
     )
+    sharing: SharingName | None = Field(default=None, description=_SHARING_HELP)
+    team_id: int | None = Field(default=None, ge=1, le=2**63 - 1, description=_TEAM_HELP)
+
+    @property
+    def changes_settings(self) -> bool:
+        """Whether anything but who sees the account changes (sharing and team_id are no
+        settings of the mailbox)."""
+        return bool(self.model_fields_set - {"sharing", "team_id"})
 
     @field_validator(
         "email",
@@ -286,6 +308,15 @@ class EndpointPublic(BaseModel):
     security: SecurityName
 
 
+class AccessPublic(BaseModel):
+    """The caller's access to an account: ``level`` full, or metadata (no bodies, snippets,
+    attachments or raw mail); ``can_manage``: may change, delete, pause, resume or test it
+    (its owner, or an admin)."""
+
+    level: Literal["full", "metadata"]
+    can_manage: bool
+
+
 class AccountPublic(BaseModel):
     id: int
     name: str
@@ -316,6 +347,11 @@ class AccountPublic(BaseModel):
     message_count: int
     #: Backfill progress per folder and in total (null where the caller did not read it).
     progress: ProgressPublic | None = None
+    sharing: SharingName = Field(description=_SHARING_HELP)
+    team_id: int | None = Field(description="The team of a team inbox (null: personal)")
+    access: AccessPublic | None = Field(
+        default=None, description="What the caller may do with it (null where not asked)"
+    )
 
 
 class FolderPublic(BaseModel):
@@ -379,9 +415,13 @@ class ConnectionReportPublic(BaseModel):
 
 
 def account_public(
-    summary: AccountSummary, *, progress: ProgressPublic | None = None
+    summary: AccountSummary,
+    *,
+    progress: ProgressPublic | None = None,
+    access: Access | None = None,
 ) -> AccountPublic:
     a = summary.account
+    access = access if access is not None else summary.access
     # A live account whose sync process died says so (store.leases.observed_state).
     state, detail = observed_state(
         a.state,
@@ -417,6 +457,11 @@ def account_public(
         selected_folder_count=summary.selected_folder_count,
         message_count=summary.message_count,
         progress=progress,
+        sharing=a.sharing,  # type: ignore[arg-type]
+        team_id=a.team_id,
+        access=None
+        if access is None
+        else AccessPublic(level=access.level, can_manage=access.manage),  # type: ignore[arg-type]
     )
 
 

@@ -4,37 +4,48 @@ Every route but ``/health``, ``POST /session`` and the documentation is mounted 
 :func:`authorize` (``create_app`` does it per router, so a new router gets it by being
 included): the caller must present a bearer token (``Authorization: Bearer ct_...``) or a
 session cookie, else 401 and no data. Then each path parameter that names something owned is
-checked against the one visibility rule (:meth:`correspond.auth.AuthService.may_see`): an
-account by ``name``, a message by ``message_id``, a thread by ``thread_id``. Another user's
-account is a 404, as if it did not exist, so names do not leak. A path parameter this module
+checked against the one visibility rule (:mod:`correspond.store.visibility`, asked through
+:class:`correspond.auth.AuthService`): an account by ``name``, a message by ``message_id``, a
+thread by ``thread_id``, a team by ``team_id`` (its members and admins). An account the caller
+may not see is a 404, as if it did not exist, so names do not leak; one they see but may not
+do this with (metadata only, or not theirs to change) is a 403. A path parameter this module
 does not know is refused (500): a new kind of id must be given its rule here first.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from correspond.auth import SESSION_COOKIE, AuthService
 from correspond.store.users import User
+from correspond.store.visibility import Access
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
     "MAX_ID",
     "AuthDep",
     "CurrentUser",
+    "Need",
+    "ViewAccess",
     "authorize",
     "current_user",
     "get_auth",
+    "needs",
+    "view_access",
 ]
 
 #: The largest id a path or query accepts (a signed 64-bit column); larger ids are a 422.
 MAX_ID = 2**63 - 1
 
 # Path parameters checked by the routes themselves: a token is looked up among the caller's
-# own, an attachment within its message (whose message_id is checked here).
-_CHECKED_BY_ROUTE = frozenset({"token_id", "attachment_id"})
+# own, an attachment within its message (whose message_id is checked here), a user of a
+# team's membership on admin-only routes.
+_CHECKED_BY_ROUTE = frozenset({"token_id", "attachment_id", "user_id"})
 
 
 def get_auth(request: Request) -> AuthService:
@@ -97,17 +108,81 @@ def _id(value: str) -> int | None:
     return number if number <= MAX_ID else None
 
 
+#: What a route needs of what its path names: ``metadata`` (it shows no bodies to a
+#: metadata-only viewer), ``full`` (it shows bodies, attachments or raw mail), ``manage`` (it
+#: changes the account: owner or admin) or ``admin`` (admins only, e.g. managing teams).
+Need = Literal["metadata", "full", "manage", "admin"]
+_NEED_ATTR = "correspond_needs"
+
+
+def needs(level: Need) -> Callable[[F], F]:
+    """Mark a route with what it needs; unmarked, a GET needs ``full`` and anything else
+    ``manage`` (fails closed: a new route that shows less must say so)."""
+
+    def mark(endpoint: F) -> F:
+        setattr(endpoint, _NEED_ATTR, level)
+        return endpoint
+
+    return mark
+
+
+def _needed(request: Request) -> Need:
+    route = request.scope.get("route")
+    level: Need | None = getattr(getattr(route, "endpoint", None), _NEED_ATTR, None)
+    if level is not None:
+        return level
+    return "full" if request.method in ("GET", "HEAD") else "manage"
+
+
+def _forbidden(detail: str) -> HTTPException:
+    return HTTPException(403, detail=detail)
+
+
+def _check(access: Access, needed: Need) -> None:
+    if needed == "manage" and not access.manage:
+        raise _forbidden("only the account's owner or an admin may do this")
+    if needed == "full" and not access.full:
+        raise _forbidden("this account is shared with you as metadata only: no bodies")
+
+
 def authorize(request: Request, user: CurrentUser, auth: AuthDep) -> User:
-    """Check every owned thing the path names against the visibility rule (404 if hidden)."""
+    """Check every owned thing the path names against the visibility rule (404 if hidden,
+    403 if seen but the route needs more than the caller's access), and what the route needs
+    of the caller (``admin``). The caller's access is left in ``request.state.access`` for
+    :func:`view_access`."""
+    needed = _needed(request)
+    access = Access(level="full", manage=True) if user.is_admin else None
     for param, value in request.path_params.items():
+        found: Access | None = None
         if param == "name":
-            auth.require_account(user, str(value))
+            found = auth.account_access(user, str(value))
         elif param == "message_id":
             if (message_id := _id(str(value))) is not None:
-                auth.require_message(user, message_id)
+                found = auth.message_access(user, message_id)
         elif param == "thread_id":
             if (thread_id := _id(str(value))) is not None:
-                auth.require_thread(user, thread_id)
+                found = auth.thread_access(user, thread_id)
+        elif param == "team_id":
+            if (team_id := _id(str(value))) is not None:
+                auth.team_visible(user, team_id)
         elif param not in _CHECKED_BY_ROUTE:
             raise RuntimeError(f"path parameter {param!r} has no visibility rule")
+        if found is not None:
+            _check(found, needed)
+            access = found
+    if needed == "admin" and not user.is_admin:
+        raise _forbidden("only an admin may do this")
+    request.state.access = access
     return user
+
+
+def view_access(request: Request, _user: Annotated[User, Depends(authorize)]) -> Access:
+    """The caller's access to what the path names (after :func:`authorize`): a route marked
+    ``metadata`` leaves out bodies, snippets and attachments unless it is ``full``."""
+    access: Access | None = getattr(request.state, "access", None)
+    if access is None:
+        raise RuntimeError("view_access on a route whose path names no account")
+    return access
+
+
+ViewAccess = Annotated[Access, Depends(view_access)]

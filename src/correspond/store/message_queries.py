@@ -357,6 +357,7 @@ class MessageQueries:
         q: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        search_bodies: bool = True,
     ) -> MessagePage:
         """:meth:`list_messages` of the account called ``account_name``, ``folder`` by id or
         display name (:func:`~correspond.rules.folder_refs.resolve_folder_ref`, over all the
@@ -365,17 +366,22 @@ class MessageQueries:
         cost as much as the page itself. Without a folder the account's id is a subquery of the
         page statement (one round trip less), looked up apart only when the page is empty, to
         tell an unknown account from an empty list. NotFound for an unknown account or
-        folder."""
+        folder. ``search_bodies`` False: ``q`` matches subject and sender only, never the
+        snippet (for a viewer who may see metadata only)."""
         try:
             with self.engine.connect() as conn:
                 if folder is None:
-                    return self._list(conn, account_name, None, thread_id, q, limit, before, False)
+                    return self._list(
+                        conn, account_name, None, thread_id, q, limit, before, False, search_bodies
+                    )
                 account_id = conn.scalar(self._lookup("account"), {"account_name": account_name})
                 if account_id is None:
                     raise NotFound(f"no account named {account_name!r}")
                 folders = conn.execute(self._lookup("folders"), {"account_id": account_id})
                 folder_id = resolve_folder_ref(folders.all(), folder).id
-                return self._list(conn, account_id, folder_id, thread_id, q, limit, before, False)
+                return self._list(
+                    conn, account_id, folder_id, thread_id, q, limit, before, False, search_bodies
+                )
         except SQLAlchemyError as exc:
             raise StoreError(f"could not list messages: {database_failure(exc)}") from exc
 
@@ -389,6 +395,7 @@ class MessageQueries:
         limit: int,
         before: str | None,
         include_deleted: bool,
+        search_bodies: bool = True,
     ) -> MessagePage:
         if not 1 <= limit <= MAX_PAGE:
             raise ConfigError(f"limit must be between 1 and {MAX_PAGE}")
@@ -415,7 +422,10 @@ class MessageQueries:
             if last is not None:
                 floor = (_aware_required(last[0]), int(last[1]))
                 params.update(_position("floor", floor))
-        shape = (drive, in_folder, bool(text), include_deleted, floor is not None)
+        # The search's shape: False (none), "all" (subject, sender, snippet) or "meta" (no
+        # snippet: nothing of the body).
+        search: str | bool = ("all" if search_bodies else "meta") if text else False
+        shape = (drive, in_folder, search, include_deleted, floor is not None)
         rows = self._page_rows(conn, shape, params, position, limit, by_name)
         if not rows and by_name and conn.scalar(self._lookup("account"), params) is None:
             raise NotFound(f"no account named {account!r}")
@@ -674,7 +684,7 @@ def _build_statement(shape: tuple[Any, ...], by_name: bool = False) -> Select[An
                         MessageRow.subject,
                         MessageRow.from_email,
                         MessageRow.from_name,
-                        MessageRow.snippet,
+                        *((MessageRow.snippet,) if has_q != "meta" else ()),
                     )
                 )
             )

@@ -12,6 +12,7 @@ from typing import cast
 
 from correspond.rules.presets import AccountDraft, AuthKind, Security
 from correspond.store.tables import AccountRow, FolderRow
+from correspond.store.visibility import Access
 
 __all__ = [
     "TOGGLES",
@@ -67,6 +68,8 @@ class Account:
     created_at: datetime
     updated_at: datetime
     owner_id: int | None = None  # the user who owns it (None: no user existed when added)
+    sharing: str = "private"  # private | team | metadata: see store.visibility
+    team_id: int | None = None  # a team inbox: the team whose members all see it
 
     @property
     def toggles(self) -> dict[str, bool]:
@@ -82,6 +85,8 @@ class AccountSummary:
     folder_count: int
     selected_folder_count: int
     message_count: int
+    # The viewer's access when listed for one (Store.list_accounts(viewer=...)), else None.
+    access: Access | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +157,8 @@ def account_from_row(row: AccountRow) -> Account:
         created_at=row.created_at,
         updated_at=row.updated_at,
         owner_id=row.owner_id,
+        sharing=row.sharing,
+        team_id=row.team_id,
     )
 
 

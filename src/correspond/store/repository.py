@@ -33,6 +33,14 @@ from correspond.store.records import (
 )
 from correspond.store.secrets import SecretBox
 from correspond.store.tables import ACCOUNT_STATES, AccountRow, Base, FolderRow, utcnow
+from correspond.store.visibility import (
+    Access,
+    Viewer,
+    access_of,
+    viewer_kind,
+    viewer_params,
+    visible_accounts,
+)
 
 __all__ = ["PASSWORD_DROPPED", "RETRIED_ON_CHANGE", "SettingsChanged", "Store"]
 
@@ -301,52 +309,69 @@ class Store:
             s.flush()
             return account_from_row(row)
 
-    def _message_counts(self, s: Session) -> dict[int, int]:
-        """Messages per account. Seam: counts appear once a ``messages`` table is registered
-        on :class:`Base` (by ``store/message_tables.py``) with an ``account_id`` column."""
+    def _message_counts(self, s: Session, ids: list[int] | None = None) -> dict[int, int]:
+        """Messages per account (of ``ids`` only, when given). Seam: counts appear once a
+        ``messages`` table is registered on :class:`Base` (by ``store/message_tables.py``)
+        with an ``account_id`` column."""
         table = Base.metadata.tables.get("messages")
         if table is None or "account_id" not in table.c:
             return {}
         q = select(table.c.account_id, func.count()).group_by(table.c.account_id)
         if "state" in table.c:
             q = q.where(table.c.state != "deleted")
+        if ids is not None:
+            q = q.where(table.c.account_id.in_(ids))
         rows = s.execute(q).all()
         return {int(a): int(n) for a, n in rows}
 
-    def list_accounts(self, *, owner_id: int | None = None) -> list[AccountSummary]:
-        """Every account (only user ``owner_id``'s when given) with its folder,
-        selected-folder and message counts, by name."""
+    def list_accounts(self, *, viewer: Viewer | None = None) -> list[AccountSummary]:
+        """Every account (only those ``viewer`` may see, through the one visibility rule,
+        each with its ``access``, when given) with its folder, selected-folder and message
+        counts, by name. A viewer's counts cover only the accounts they see."""
         with self.transaction() as s:
+            ids: list[int] | None = None
+            if viewer is None:
+                rows: Sequence[tuple[AccountRow, Access | None]] = [
+                    (r, None) for r in s.scalars(select(AccountRow).order_by(AccountRow.name))
+                ]
+            else:
+                visible = visible_accounts(viewer)
+                rows = [
+                    (r, access_of(level, manage))
+                    for r, level, manage in s.execute(
+                        select(AccountRow, visible.c.access, visible.c.manage)
+                        .join(visible, visible.c.account_id == AccountRow.id)
+                        .order_by(AccountRow.name),
+                        viewer_params(viewer),
+                    ).all()
+                ]
+                if not rows:
+                    return []
+                if viewer_kind(viewer) != "admin":  # an admin's counts are everyone's
+                    ids = [r.id for r, _ in rows]
             live = FolderRow.removed.is_(False)
-            folder_counts: dict[int, int] = {
+            per_account = select(FolderRow.account_id, func.count()).group_by(FolderRow.account_id)
+            if ids is not None:
+                per_account = per_account.where(FolderRow.account_id.in_(ids))
+            folder_counts = {int(a): int(n) for a, n in s.execute(per_account.where(live)).all()}
+            selected_counts = {
                 int(a): int(n)
                 for a, n in s.execute(
-                    select(FolderRow.account_id, func.count())
-                    .where(live)
-                    .group_by(FolderRow.account_id)
+                    per_account.where(
+                        live, FolderRow.selected.is_(True), FolderRow.selectable.is_(True)
+                    )
                 ).all()
             }
-            selected_counts: dict[int, int] = {
-                int(a): int(n)
-                for a, n in s.execute(
-                    select(FolderRow.account_id, func.count())
-                    .where(live, FolderRow.selected.is_(True), FolderRow.selectable.is_(True))
-                    .group_by(FolderRow.account_id)
-                ).all()
-            }
-            message_counts = self._message_counts(s)
-            q = select(AccountRow).order_by(AccountRow.name)
-            if owner_id is not None:
-                q = q.where(AccountRow.owner_id == owner_id)
-            rows = s.scalars(q).all()
+            message_counts = self._message_counts(s, ids)
             return [
                 AccountSummary(
                     account=account_from_row(r),
                     folder_count=folder_counts.get(r.id, 0),
                     selected_folder_count=selected_counts.get(r.id, 0),
                     message_count=message_counts.get(r.id, 0),
+                    access=access,
                 )
-                for r in rows
+                for r, access in rows
             ]
 
     def account_summary(self, name: str) -> AccountSummary:

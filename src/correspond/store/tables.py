@@ -31,14 +31,18 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "ACCOUNT_SHARING",
     "ACCOUNT_STATES",
     "FOLDERS_MODES",
     "FOLDER_ROLES",
+    "THREAD_ORDERS",
     "USER_ROLES",
     "AccountRow",
     "ApiTokenRow",
     "Base",
     "FolderRow",
+    "TeamMemberRow",
+    "TeamRow",
     "UserRow",
     "UserSessionRow",
     "UtcDateTime",
@@ -56,6 +60,10 @@ ACCOUNT_STATES = (
 )
 FOLDERS_MODES = ("all", "selected")
 USER_ROLES = ("admin", "member")
+#: Who else sees a personal account: nobody, the owner's teams in full, or only its metadata.
+ACCOUNT_SHARING = ("private", "team", "metadata")
+#: How a user reads a thread: newest message on top, or oldest on top (newest at the bottom).
+THREAD_ORDERS = ("oldest_first", "newest_first")
 FOLDER_ROLES = ("inbox", "sent", "drafts", "trash", "archive", "junk", "all")
 
 # Stable constraint names so migrations can refer to them on every backend.
@@ -120,6 +128,7 @@ class AccountRow(Base):
         CheckConstraint("auth_kind IN ('password', 'oauth2')", name="auth_kind"),
         CheckConstraint("imap_security IN ('tls', 'starttls', 'plain')", name="imap_security"),
         CheckConstraint("smtp_security IN ('tls', 'starttls', 'plain')", name="smtp_security"),
+        CheckConstraint(_in("sharing", ACCOUNT_SHARING), name="sharing"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -127,6 +136,10 @@ class AccountRow(Base):
     # The user who owns the account (None: added before any user existed; the first admin
     # created takes it, see store.users).
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    # Shared with the owner's teams (see store.visibility): private, team (full) or metadata.
+    sharing: Mapped[str] = mapped_column(String(10), default="private", server_default="private")
+    # A team inbox: every member of this team sees the account in full.
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"), index=True)
     preset: Mapped[str] = mapped_column(String(40))
     email: Mapped[str] = mapped_column(String(320))
     imap_host: Mapped[str] = mapped_column(String(255))
@@ -209,7 +222,10 @@ class UserRow(Base):
     signs in with API tokens only)."""
 
     __tablename__ = "users"
-    __table_args__ = (CheckConstraint(_in("role", USER_ROLES), name="role"),)
+    __table_args__ = (
+        CheckConstraint(_in("role", USER_ROLES), name="role"),
+        CheckConstraint(_in("thread_order", THREAD_ORDERS), name="thread_order"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     email: Mapped[str] = mapped_column(String(320))
@@ -218,6 +234,9 @@ class UserRow(Base):
     password_hash: Mapped[str | None] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(10), default="member")
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    thread_order: Mapped[str] = mapped_column(
+        String(20), default="oldest_first", server_default="oldest_first"
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     def __repr__(self) -> str:
@@ -255,3 +274,35 @@ class UserSessionRow(Base):
 
     def __repr__(self) -> str:
         return f"UserSessionRow(id={self.id!r}, user_id={self.user_id!r})"
+
+
+class TeamRow(Base):
+    """A group of users (a user may be in several). ``name_key`` (the name lower-cased) is
+    unique, so two teams never differ only by case."""
+
+    __tablename__ = "teams"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    name_key: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"TeamRow(id={self.id!r}, name={self.name!r})"
+
+
+class TeamMemberRow(Base):
+    """A user's membership of a team (the pair is the key; user_id is indexed for "my teams")."""
+
+    __tablename__ = "team_members"
+
+    team_id: Mapped[int] = mapped_column(
+        ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"TeamMemberRow(team_id={self.team_id!r}, user_id={self.user_id!r})"

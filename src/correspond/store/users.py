@@ -4,18 +4,20 @@ Only hashes are stored: passwords as argon2id hashes (made by :mod:`correspond.a
 here), tokens and session cookies as the SHA-256 of their random value, so a copy of the
 database signs nobody in.
 
-Visibility lives here, as one query-level rule (:meth:`UserStore.owner_of_account`,
-:meth:`UserStore.owner_of_message`, :meth:`UserStore.owner_of_thread` and the ``owner_id``
-filter of :meth:`~correspond.store.repository.Store.list_accounts`); :mod:`correspond.auth`
-decides with it whether a user may see an account (its owner or an admin).
+Visibility is asked here through the one query-level rule of :mod:`correspond.store.visibility`
+(:meth:`UserStore.access_to_account`, :meth:`UserStore.access_to_message`,
+:meth:`UserStore.access_to_thread` add its terms to their lookup), as the ``viewer`` of
+:meth:`~correspond.store.repository.Store.list_accounts` joins its subquery.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, Select, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,12 +25,21 @@ from correspond.errors import ConfigError, NotFound, StoreError
 from correspond.store.engine import register_table_modules, unit_of_work
 from correspond.store.message_tables import MessageRow, ThreadRow
 from correspond.store.tables import (
+    THREAD_ORDERS,
     USER_ROLES,
     AccountRow,
     ApiTokenRow,
     UserRow,
     UserSessionRow,
     utcnow,
+)
+from correspond.store.visibility import (
+    Access,
+    Viewer,
+    access_of,
+    terms_for,
+    viewer_kind,
+    viewer_params,
 )
 
 __all__ = ["ApiToken", "User", "UserStore", "email_key"]
@@ -53,6 +64,7 @@ class User:
     disabled: bool
     has_password: bool
     created_at: datetime
+    thread_order: str = "oldest_first"
 
     @property
     def is_admin(self) -> bool:
@@ -82,6 +94,7 @@ def _user(row: UserRow) -> User:
         disabled=row.disabled,
         has_password=row.password_hash is not None,
         created_at=row.created_at,
+        thread_order=row.thread_order,
     )
 
 
@@ -96,6 +109,28 @@ def _token(row: ApiTokenRow, email: str) -> ApiToken:
         last_used_at=row.last_used_at,
         revoked_at=row.revoked_at,
     )
+
+
+@functools.cache
+def _access_statement(lookup: str, kind: str) -> Select[Any]:
+    """The account that ``lookup`` (account by name, message or thread by id: ``key``) names,
+    filtered by the visibility rule, as (level, manage). Built once per lookup and kind."""
+    if lookup == "account":
+        query = select(AccountRow.id).where(AccountRow.name == bindparam("key"))
+    elif lookup == "message":
+        query = (
+            select(AccountRow.id)
+            .join(MessageRow, MessageRow.account_id == AccountRow.id)
+            .where(MessageRow.id == bindparam("key"))
+        )
+    else:
+        query = (
+            select(AccountRow.id)
+            .join(ThreadRow, ThreadRow.account_id == AccountRow.id)
+            .where(ThreadRow.id == bindparam("key"))
+        )
+    terms = terms_for(kind)
+    return query.where(terms.visible).with_only_columns(terms.level, terms.manage)
 
 
 class UserStore:
@@ -303,39 +338,43 @@ class UserStore:
         with unit_of_work(self._sessions) as s:
             s.execute(delete(UserSessionRow).where(UserSessionRow.token_hash == token_hash))
 
-    # -- visibility ------------------------------------------------------------------------
+    # -- visibility: through the one rule (store.visibility) ------------------------------
 
-    def owner_of_account(self, name: str) -> int | None:
-        """The owner's user id of account ``name`` (None: no owner); NotFound if none."""
+    def _access(self, what: str, lookup: str, key: object, viewer: Viewer) -> Access:
         with unit_of_work(self._sessions) as s:
-            found = s.execute(
-                select(AccountRow.owner_id).where(AccountRow.name == name)
-            ).one_or_none()
+            found = (
+                s.connection()
+                .execute(
+                    _access_statement(lookup, viewer_kind(viewer)),
+                    {"key": key, **viewer_params(viewer)},
+                )
+                .first()
+            )
             if found is None:
-                raise NotFound(f"no account named {name!r}")
-            return found[0]
+                raise NotFound(what)
+            return access_of(*found)
 
-    def owner_of_message(self, message_id: int) -> int | None:
-        with unit_of_work(self._sessions) as s:
-            found = s.execute(
-                select(AccountRow.owner_id)
-                .join(MessageRow, MessageRow.account_id == AccountRow.id)
-                .where(MessageRow.id == message_id)
-            ).one_or_none()
-            if found is None:
-                raise NotFound(f"no message with id {message_id}")
-            return found[0]
+    def access_to_account(self, viewer: Viewer, name: str) -> Access:
+        """``viewer``'s access to account ``name``; NotFound when it does not exist or they
+        may not see it (one answer for both)."""
+        return self._access(f"no account named {name!r}", "account", name, viewer)
 
-    def owner_of_thread(self, thread_id: int) -> int | None:
+    def access_to_message(self, viewer: Viewer, message_id: int) -> Access:
+        return self._access(f"no message with id {message_id}", "message", message_id, viewer)
+
+    def access_to_thread(self, viewer: Viewer, thread_id: int) -> Access:
+        return self._access(f"no thread with id {thread_id}", "thread", thread_id, viewer)
+
+    def set_thread_order(self, user_id: int, order: str) -> User:
+        """Save the user's thread order (``oldest_first`` or ``newest_first``) at once."""
+        if order not in THREAD_ORDERS:
+            raise ConfigError(f"thread order must be one of {', '.join(THREAD_ORDERS)}")
         with unit_of_work(self._sessions) as s:
-            found = s.execute(
-                select(AccountRow.owner_id)
-                .join(ThreadRow, ThreadRow.account_id == AccountRow.id)
-                .where(ThreadRow.id == thread_id)
-            ).one_or_none()
-            if found is None:
-                raise NotFound(f"no thread with id {thread_id}")
-            return found[0]
+            row = s.get(UserRow, user_id)
+            if row is None:
+                raise NotFound(f"no user with id {user_id}")
+            row.thread_order = order
+            return _user(row)
 
     def set_account_owner(self, account_name: str, user_id: int) -> None:
         with unit_of_work(self._sessions) as s:

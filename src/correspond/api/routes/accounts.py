@@ -20,9 +20,12 @@ from correspond.api.schemas import (
     TrustCertificate,
     account_public,
 )
-from correspond.api.security import AuthDep, CurrentUser
-from correspond.errors import ConfigError
+from correspond.api.security import AuthDep, CurrentUser, ViewAccess, needs
+from correspond.auth import AuthService
+from correspond.errors import ConfigError, NotFound
 from correspond.rules.presets import AccountChanges
+from correspond.store.users import User
+from correspond.store.visibility import Access
 
 __all__ = ["router"]
 
@@ -35,10 +38,12 @@ _NO_SUCH_ACCOUNT: dict[int | str, dict[str, object]] = {
 
 @router.get("", response_model=list[AccountPublic])
 def list_accounts(
-    service: ServiceDep, progress: ProgressDep, user: CurrentUser, auth: AuthDep
+    service: ServiceDep, progress: ProgressDep, user: CurrentUser
 ) -> list[AccountPublic]:
-    """The accounts the caller may see: their own (an admin: all)."""
-    summaries = service.list_accounts(owner_id=auth.owner_filter(user))
+    """The accounts the caller may see (an admin: all; a member: their own, their teams'
+    inboxes, and what people in their teams share with them), each with the caller's
+    ``access``."""
+    summaries = service.list_accounts(viewer=user)
     by_name = {p.name: progress_public(p) for p in progress.all()}
     return [account_public(s, progress=by_name.get(s.account.name)) for s in summaries]
 
@@ -50,10 +55,17 @@ def list_accounts(
     responses={409: {"model": ErrorPublic, "description": "An account with that name exists"}},
 )
 def add_account(
-    body: AccountCreate, service: ServiceDep, progress: ProgressDep, user: CurrentUser
+    body: AccountCreate,
+    service: ServiceDep,
+    progress: ProgressDep,
+    user: CurrentUser,
+    auth: AuthDep,
 ) -> AccountPublic | JSONResponse:
-    """Add an account owned by the caller (nothing is contacted yet: run the test next)."""
+    """Add an account owned by the caller (nothing is contacted yet: run the test next); a
+    team inbox of ``team_id`` when given (the caller must be an admin or in that team)."""
     draft = body.to_draft()  # validated with the body: cannot fail here
+    if body.team_id is not None:
+        _check_team(auth, user, body.team_id)
     if service.account_exists(draft.name):
         return JSONResponse(
             status_code=status.HTTP_409_CONFLICT,
@@ -64,32 +76,73 @@ def add_account(
             ).model_dump(),
         )
     service.add_account(draft, body.password.get_secret_value(), owner_id=user.id)
+    if body.sharing != "private" or body.team_id is not None:
+        auth.teams.set_account_sharing(draft.name, sharing=body.sharing, team_id=body.team_id)
     summary = service.get_account(draft.name)
-    return account_public(summary, progress=progress_public(progress.account(draft.name)))
+    return account_public(
+        summary,
+        progress=progress_public(progress.account(draft.name)),
+        access=Access(level="full", manage=True),
+    )
+
+
+def _check_team(auth: AuthService, user: User, team_id: int) -> None:
+    """A 422 naming ``team_id`` unless ``user`` may make an account a team inbox of it (the
+    same answer for a team that does not exist and one they are not in)."""
+    try:
+        auth.check_team_choice(user, team_id)
+    except NotFound as exc:
+        error = {
+            "type": "value_error",
+            "loc": ("body", "team_id"),
+            "msg": f"{exc}: a team inbox belongs to a team you are in (an admin: any team)",
+        }
+        raise RequestValidationError([error]) from exc
 
 
 @router.get("/{name}", response_model=AccountPublic, responses=_NO_SUCH_ACCOUNT)
-def get_account(name: str, service: ServiceDep, progress: ProgressDep) -> AccountPublic:
-    """The account with its state, last sync and backfill progress."""
+@needs("metadata")
+def get_account(
+    name: str, service: ServiceDep, progress: ProgressDep, access: ViewAccess
+) -> AccountPublic:
+    """The account with its state, last sync, backfill progress and the caller's access."""
     summary = service.get_account(name)
-    return account_public(summary, progress=progress_public(progress.account(name)))
+    return account_public(summary, progress=progress_public(progress.account(name)), access=access)
 
 
 @router.patch("/{name}", response_model=AccountPublic, responses=_NO_SUCH_ACCOUNT)
 def update_account(
-    name: str, body: AccountUpdate, service: ServiceDep, progress: ProgressDep
+    name: str,
+    body: AccountUpdate,
+    service: ServiceDep,
+    progress: ProgressDep,
+    user: CurrentUser,
+    auth: AuthDep,
+    access: ViewAccess,
 ) -> AccountPublic:
-    """Change some of the account's settings and/or its password: only the fields sent change,
-    all or nothing. A refused change (a 422) changes nothing."""
+    """Change some of the account's settings, its password, ``sharing`` or ``team_id`` (owner
+    or admin): only the fields sent change, all or nothing. A refused change (a 422) changes
+    nothing."""
+    team_given = "team_id" in body.model_fields_set
+    if team_given and body.team_id is not None:
+        _check_team(auth, user, body.team_id)
     password = body.password.get_secret_value() if body.password is not None else None
-    try:
-        service.update_account(name, body.to_changes(), password)
-    except ConfigError as exc:
-        # The account exists: what is wrong is the body, checked with the stored settings.
-        error = {"type": "value_error", "loc": ("body",), "msg": str(exc)}
-        raise RequestValidationError([error]) from exc
+    if body.changes_settings:
+        try:
+            service.update_account(name, body.to_changes(), password)
+        except ConfigError as exc:
+            # The account exists: what is wrong is the body, checked with the stored settings.
+            error = {"type": "value_error", "loc": ("body",), "msg": str(exc)}
+            raise RequestValidationError([error]) from exc
+    if body.sharing is not None or team_given:
+        auth.teams.set_account_sharing(
+            name,
+            sharing=body.sharing,
+            team_id=body.team_id,
+            clear_team=team_given and body.team_id is None,
+        )
     summary = service.get_account(name)
-    return account_public(summary, progress=progress_public(progress.account(name)))
+    return account_public(summary, progress=progress_public(progress.account(name)), access=access)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=_NO_SUCH_ACCOUNT)
@@ -107,7 +160,11 @@ async def test_account(name: str, service: ServiceDep) -> ConnectionReportPublic
 
 @router.post("/{name}/trust-certificate", response_model=AccountPublic, responses=_NO_SUCH_ACCOUNT)
 async def trust_certificate(
-    name: str, body: TrustCertificate, service: ServiceDep, progress: ProgressDep
+    name: str,
+    body: TrustCertificate,
+    service: ServiceDep,
+    progress: ProgressDep,
+    access: ViewAccess,
 ) -> AccountPublic:
     """Fetch the certificate the IMAP server presents now (trusting nothing, sending no
     credentials) and store it as the account's trusted certificate if its SHA-256 fingerprint
@@ -125,4 +182,4 @@ async def trust_certificate(
     changes = AccountChanges(trusted_cert_pem=pem)
     await asyncio.to_thread(service.update_account, name, changes, password)
     summary = await asyncio.to_thread(service.get_account, name)
-    return account_public(summary, progress=progress_public(progress.account(name)))
+    return account_public(summary, progress=progress_public(progress.account(name)), access=access)

@@ -15,6 +15,7 @@ from correspond.api.schemas import (
     FolderSelection,
     refresh_public,
 )
+from correspond.api.security import needs
 from correspond.errors import ConfigError, NotFound
 
 __all__ = ["router"]
@@ -27,6 +28,7 @@ router = APIRouter(
 
 
 @router.get("", response_model=list[FolderWithCountsPublic])
+@needs("metadata")
 def list_folders(
     name: str, reader: ReaderDep, include_removed: bool = False
 ) -> list[FolderWithCountsPublic]:

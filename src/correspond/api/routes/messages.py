@@ -28,9 +28,10 @@ from correspond.api.message_schemas import (
     message_public,
     thread_public,
 )
-from correspond.api.security import MAX_ID
+from correspond.api.security import MAX_ID, CurrentUser, ViewAccess, needs
 from correspond.mailbox import MailboxReader
 from correspond.store.message_queries import MAX_PAGE, MessageView
+from correspond.store.visibility import Access
 
 __all__ = ["account_router", "router", "thread_router"]
 
@@ -59,17 +60,32 @@ def _attachment_url(request: Request) -> Callable[[int, int], str]:
 
 
 def _public(
-    reader: MailboxReader, message: MessageView, request: Request, remote_images: bool
+    reader: MailboxReader,
+    message: MessageView,
+    request: Request,
+    remote_images: bool,
+    access: Access,
 ) -> MessagePublic:
     url = _attachment_url(request)
+    if not access.full:
+        # Metadata only: the body is never read, let alone rendered.
+        return message_public(
+            message, None, remote_images=remote_images, attachment_url=url, full=False
+        )
     html = reader.render_html(message, remote_images=remote_images, attachment_url=url)
     return message_public(message, html, remote_images=remote_images, attachment_url=url)
 
 
-@account_router.get("/messages", response_model=MessagePagePublic)
+# Routes a metadata-only viewer may call answer without the body fields (left out, not
+# empty): response_model_exclude_unset drops what the converters did not set.
+@account_router.get(
+    "/messages", response_model=MessagePagePublic, response_model_exclude_unset=True
+)
+@needs("metadata")
 def list_messages(
     name: str,
     reader: ReaderDep,
+    access: ViewAccess,
     folder: Annotated[str | None, Query(description="Folder id or display name.")] = None,
     thread: Annotated[int | None, Query(ge=1, le=MAX_ID, description="Only this thread.")] = None,
     q: Annotated[str | None, Query(max_length=200, description="Text to look for.")] = None,
@@ -81,19 +97,35 @@ def list_messages(
     A search (``q``, or ``folder`` with ``thread``) examines at most
     ``message_search_scan_rows`` messages per page: a page may then hold fewer than ``limit``
     messages, or none, and still carry a ``next_cursor`` to search on.
+
+    A caller who sees the account's metadata only gets no ``snippet`` or ``has_attachments``,
+    and ``q`` looks at subject and sender only.
     """
     page = reader.list_messages(
-        name, folder=folder, thread_id=thread, q=q, limit=limit, before=before
+        name,
+        folder=folder,
+        thread_id=thread,
+        q=q,
+        limit=limit,
+        before=before,
+        search_bodies=access.full,
     )
-    return message_page_public(page)
+    return message_page_public(page, full=access.full)
 
 
-@router.get("/{message_id}", response_model=MessagePublic)
+@router.get("/{message_id}", response_model=MessagePublic, response_model_exclude_unset=True)
+@needs("metadata")
 def get_message(
-    message_id: MessageId, reader: ReaderDep, request: Request, remote_images: RemoteImages = False
+    message_id: MessageId,
+    reader: ReaderDep,
+    request: Request,
+    access: ViewAccess,
+    remote_images: RemoteImages = False,
 ) -> MessagePublic:
-    """One message: headers, addresses, flags, folders, text, sanitised HTML, attachments."""
-    return _public(reader, reader.get_message(message_id), request, remote_images)
+    """One message: headers, addresses, flags, folders, text, sanitised HTML, attachments
+    (for a metadata-only viewer: no snippet, text, html, attachments, has_raw, truncated or
+    defects)."""
+    return _public(reader, reader.get_message(message_id), request, remote_images, access)
 
 
 @router.get(
@@ -128,15 +160,23 @@ def get_attachment(
     )
 
 
-@thread_router.get("/{thread_id}", response_model=ThreadPublic)
+@thread_router.get("/{thread_id}", response_model=ThreadPublic, response_model_exclude_unset=True)
+@needs("metadata")
 def get_thread(
     thread_id: ThreadId,
     reader: ReaderDep,
     request: Request,
-    order: Literal["oldest_first", "newest_first"] = "oldest_first",
+    access: ViewAccess,
+    user: CurrentUser,
+    order: Annotated[
+        Literal["oldest_first", "newest_first"] | None,
+        Query(description="Default: the caller's preference (GET /me/preferences)."),
+    ] = None,
     remote_images: RemoteImages = False,
 ) -> ThreadPublic:
-    """A conversation's messages, oldest first by default."""
-    thread = reader.get_thread(thread_id, newest_first=order == "newest_first")
-    messages = [_public(reader, m, request, remote_images) for m in thread.messages]
-    return thread_public(thread, messages, order=order)
+    """A conversation's messages in the caller's thread order (``PUT /me/preferences``), or
+    ``order`` when given; for a metadata-only viewer without the body fields."""
+    chosen = order or user.thread_order
+    thread = reader.get_thread(thread_id, newest_first=chosen == "newest_first")
+    messages = [_public(reader, m, request, remote_images, access) for m in thread.messages]
+    return thread_public(thread, messages, order=chosen)

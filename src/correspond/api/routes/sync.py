@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from correspond.api.deps import LeasesDep, ProgressDep, ServiceDep
 from correspond.api.progress_schemas import ProgressPublic, progress_public
 from correspond.api.schemas import AccountPublic, account_public
+from correspond.api.security import needs
 
 __all__ = ["router"]
 
@@ -16,6 +17,7 @@ router = APIRouter(prefix="/accounts", tags=["sync"])
 
 
 @router.get("/{name}/progress", response_model=ProgressPublic)
+@needs("metadata")
 async def get_progress(name: str, progress: ProgressDep) -> ProgressPublic:
     """State, state detail, last successful sync, and the backfill's done/total, rate and ETA,
     per selected folder and in total."""

@@ -1,0 +1,163 @@
+"""Who sees which account, and how much of it: the one visibility rule, as SQL.
+
+:func:`rule_terms` is the rule, written once, as SQL over the ``accounts`` row;
+:func:`visible_accounts` makes it a subquery of ``(account_id, access, manage)`` rows, one per
+account the user may see. Every read that names an account, a message or a thread goes
+through it (:class:`~correspond.store.users.UserStore`'s ``access_to_*`` add the terms to
+their lookup; the ``viewer`` of :meth:`~correspond.store.repository.Store.list_accounts` joins
+the subquery), so nothing outside it is ever found. The rule:
+
+- a disabled user sees nothing; an admin sees every account, in full, and manages it;
+- a member sees in full and manages the accounts they own;
+- a member sees in full every team inbox (``accounts.team_id``) of a team they are in;
+- a member sees the personal accounts of the people they share a team with: in full when the
+  owner shares them with ``team``, metadata only (participants, subject, date, folders and
+  flags; never bodies, snippets, attachments or raw) with ``metadata``, not at all when
+  ``private`` (the default). The most generous path wins.
+
+``manage`` (change, delete, pause, resume, test, refresh or choose folders) is the owner's or an
+admin's alone, team inboxes included: seeing a team's mail does not let every member stop
+its sync or move its credentials.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Subquery,
+    and_,
+    bindparam,
+    case,
+    false,
+    literal,
+    or_,
+    select,
+    true,
+)
+
+from correspond.store.tables import AccountRow, TeamMemberRow
+
+__all__ = [
+    "ACCESS_LEVELS",
+    "Access",
+    "RuleTerms",
+    "Viewer",
+    "access_of",
+    "rule_terms",
+    "terms_for",
+    "viewer_kind",
+    "viewer_params",
+    "visible_accounts",
+]
+
+#: The bound parameter that carries the viewer's user id.
+VIEWER_ID = "viewer_id"
+#: What a viewer may read of an account: everything, or only its metadata.
+ACCESS_LEVELS = ("full", "metadata")
+
+
+class Viewer(Protocol):
+    """Who is looking (a :class:`~correspond.store.users.User`)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def is_admin(self) -> bool: ...
+    @property
+    def disabled(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """A viewer's access to one account: ``level`` full or metadata; ``manage`` whether they
+    may change it (owner or admin)."""
+
+    level: str
+    manage: bool
+
+    @property
+    def full(self) -> bool:
+        return self.level == "full"
+
+
+def access_of(level: Any, manage: Any) -> Access:
+    """An :class:`Access` from a row of :func:`visible_accounts` (SQLite gives 0/1)."""
+    return Access(level=str(level), manage=bool(manage))
+
+
+@dataclass(frozen=True, slots=True)
+class RuleTerms:
+    """The rule as three SQL expressions over ``accounts`` (no join of its own): ``visible``
+    (a WHERE), ``level`` ('full' | 'metadata') and ``manage`` (bool)."""
+
+    visible: ColumnElement[bool]
+    level: ColumnElement[str]
+    manage: ColumnElement[bool]
+
+
+def viewer_kind(viewer: Viewer) -> str:
+    """Which form of the rule applies: ``disabled``, ``admin`` or ``member``."""
+    return "disabled" if viewer.disabled else "admin" if viewer.is_admin else "member"
+
+
+def viewer_params(viewer: Viewer) -> dict[str, int]:
+    """The bound parameters of a statement built with :func:`rule_terms`."""
+    return {VIEWER_ID: viewer.id}
+
+
+def rule_terms(viewer: Viewer) -> RuleTerms:
+    """The rule for ``viewer`` over the ``accounts`` row of the query it is added to (bind
+    :func:`viewer_params` when running it). Lookups of one account (by name, or through a
+    message or thread) add these to their own statement, so the database finds the row by its
+    index first and then evaluates the rule for it alone; :func:`visible_accounts` makes the
+    same terms a subquery to join lists to."""
+    return terms_for(viewer_kind(viewer))
+
+
+@functools.cache
+def terms_for(kind: str) -> RuleTerms:
+    # Built once per kind with the viewer as a bound parameter: the statements that use them
+    # are built once too (building these nested selects cost more than running them).
+    if kind == "disabled":
+        return RuleTerms(false(), literal("metadata"), false())
+    if kind == "admin":
+        return RuleTerms(true(), literal("full"), true())
+    viewer_id = bindparam(VIEWER_ID, type_=Integer())
+    my_teams = select(TeamMemberRow.team_id).where(TeamMemberRow.user_id == viewer_id)
+    teammates = select(TeamMemberRow.user_id).where(TeamMemberRow.team_id.in_(my_teams))
+    own = AccountRow.owner_id == viewer_id
+    team_inbox = AccountRow.team_id.in_(my_teams)
+    shared_in_full = and_(AccountRow.sharing == "team", AccountRow.owner_id.in_(teammates))
+    shared_metadata = and_(AccountRow.sharing == "metadata", AccountRow.owner_id.in_(teammates))
+    full = or_(own, team_inbox, shared_in_full)
+    return RuleTerms(
+        visible=or_(full, shared_metadata),
+        level=case((full, literal("full")), else_=literal("metadata")),
+        manage=case((own, true()), else_=false()),
+    )
+
+
+def visible_accounts(viewer: Viewer) -> Subquery:
+    """The accounts ``viewer`` may see: ``account_id``, ``access`` (full | metadata) and
+    ``manage`` (bool), one row per account (:func:`rule_terms` as a subquery; bind
+    :func:`viewer_params`)."""
+    return _subquery(viewer_kind(viewer))
+
+
+@functools.cache
+def _subquery(kind: str) -> Subquery:
+    terms = terms_for(kind)
+    return (
+        select(
+            AccountRow.id.label("account_id"),
+            terms.level.label("access"),
+            terms.manage.label("manage"),
+        )
+        .where(terms.visible)
+        .subquery("visible")
+    )
