@@ -12,13 +12,14 @@ does not know is refused (500): a new kind of id must be given its rule here fir
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from correspond.auth import SESSION_COOKIE, AuthService
-from correspond.store.users import User
+from correspond.errors import NotFound
+from correspond.store.users import Owner, PathRef, User
 
 __all__ = [
     "MAX_ID",
@@ -37,7 +38,8 @@ MAX_ID = 2**63 - 1
 _CHECKED_BY_ROUTE = frozenset({"token_id", "attachment_id"})
 
 
-def get_auth(request: Request) -> AuthService:
+async def get_auth(request: Request) -> AuthService:
+    # async: a plain attribute read, not worth a hop to the thread pool
     auth: AuthService = request.app.state.auth
     return auth
 
@@ -63,26 +65,35 @@ def current_user(
     _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None,
     _cookie: Annotated[str | None, Depends(_COOKIE)] = None,
 ) -> User:
-    """The signed-in user (bearer token first, else the session cookie); 401 otherwise."""
+    """The signed-in user (bearer token first, else the session cookie); 401 otherwise.
+
+    The same statement reads the owner of each thing the path names (``request.state.
+    path_owners``, by path parameter) for :func:`authorize` to apply the visibility rule to:
+    a request's sign-in and visibility checks are one round trip to the database."""
+    params = _owned_params(request)
+    refs = tuple(ref for _, ref in params)
     header = request.headers.get("authorization")
     if header is not None:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _unauthorized("use Authorization: Bearer <token>")
-        user = auth.user_for_token(token.strip())
-        if user is None:
+        caller = auth.caller_for_token(token.strip(), refs)
+        if caller is None:
             raise _unauthorized("invalid, revoked or disabled token")
-        return user
-    cookie = request.cookies.get(SESSION_COOKIE)
-    if cookie:
-        user = auth.user_for_session(cookie)
-        if user is not None:
-            return user
-        raise _unauthorized("the session has ended: sign in again")
-    raise _unauthorized(
-        "authentication required: a bearer token (correspond tokens create) or a session "
-        "(POST /session)"
-    )
+    else:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if not cookie:
+            raise _unauthorized(
+                "authentication required: a bearer token (correspond tokens create) or a "
+                "session (POST /session)"
+            )
+        caller = auth.caller_for_session(cookie, refs)
+        if caller is None:
+            raise _unauthorized("the session has ended: sign in again")
+    request.state.path_owners = {
+        param: owner for (param, _), owner in zip(params, caller.owners, strict=True)
+    }
+    return caller.user
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
@@ -97,17 +108,41 @@ def _id(value: str) -> int | None:
     return number if number <= MAX_ID else None
 
 
-def authorize(request: Request, user: CurrentUser, auth: AuthDep) -> User:
-    """Check every owned thing the path names against the visibility rule (404 if hidden)."""
+# What each checked path parameter names, and the sentence for one the caller may not see.
+_OWNED: dict[str, tuple[Literal["account", "message", "thread"], str]] = {
+    "name": ("account", "no account named {!r}"),
+    "message_id": ("message", "no message with id {}"),
+    "thread_id": ("thread", "no thread with id {}"),
+}
+
+
+def _owned_params(request: Request) -> list[tuple[str, PathRef]]:
+    """The path parameters that name something owned, as (parameter, what it names); ids the
+    route would refuse anyway (422) are left out."""
+    found: list[tuple[str, PathRef]] = []
     for param, value in request.path_params.items():
-        if param == "name":
-            auth.require_account(user, str(value))
-        elif param == "message_id":
-            if (message_id := _id(str(value))) is not None:
-                auth.require_message(user, message_id)
-        elif param == "thread_id":
-            if (thread_id := _id(str(value))) is not None:
-                auth.require_thread(user, thread_id)
+        kind = _OWNED.get(param)
+        if kind is None:
+            continue
+        if kind[0] == "account":
+            found.append((param, (kind[0], str(value))))
+        elif (number := _id(str(value))) is not None:
+            found.append((param, (kind[0], number)))
+    return found
+
+
+async def authorize(request: Request, user: CurrentUser) -> User:
+    """Check every owned thing the path names against the visibility rule (404 if hidden),
+    with the owners :func:`current_user` read (async: no database work left here)."""
+    owners: dict[str, Owner] = request.state.path_owners
+    for param, value in request.path_params.items():
+        rule = _OWNED.get(param)
+        if rule is not None:
+            if param not in owners:
+                continue  # an id the route refuses (422)
+            found, owner_id = owners[param]
+            if not found or not AuthService.may_see(user, owner_id):
+                raise NotFound(rule[1].format(value if param == "name" else int(value)))
         elif param not in _CHECKED_BY_ROUTE:
             raise RuntimeError(f"path parameter {param!r} has no visibility rule")
     return user

@@ -75,7 +75,7 @@ def list_messages(
     q: Annotated[str | None, Query(max_length=200, description="Text to look for.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     before: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
-) -> MessagePagePublic:
+) -> Response:
     """The account's messages, newest first, one page at a time (keyset cursor).
 
     A search (``q``, or ``folder`` with ``thread``) examines at most
@@ -85,7 +85,10 @@ def list_messages(
     page = reader.list_messages(
         name, folder=folder, thread_id=thread, q=q, limit=limit, before=before
     )
-    return message_page_public(page)
+    # Validated once, serialised by pydantic's own JSON writer: returned as a model, FastAPI
+    # would validate it again against the response model and dump it through json.dumps.
+    body = message_page_public(page).model_dump_json(by_alias=True)
+    return Response(content=body, media_type="application/json")
 
 
 @router.get("/{message_id}", response_model=MessagePublic)
