@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -143,3 +144,40 @@ def test_postgres_reads_use_no_pre_ping_and_survive_a_dropped_connection(
     assert len(seen) == 3 and seen[0][0] == seen[1][0], seen
     with store.engine.connect() as conn:
         assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != pooled
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+def test_a_postgres_list_request_is_two_round_trips(
+    app: FastAPI, store: Store, tmp_path: Path
+) -> None:
+    """Counted in libpq's own trace of what the client sends: one Sync per statement, and no
+    pre-ping (``;``), BEGIN, COMMIT or ROLLBACK. It was twelve: each of three statements
+    wrapped in a ping, BEGIN and COMMIT/ROLLBACK."""
+    admin = authed_client(app)
+    trace_path = tmp_path / "libpq.trace"
+    with trace_path.open("w") as trace:
+        store.engine.dispose()
+
+        def traced(dbapi: Any, _record: Any) -> None:
+            dbapi.pgconn.trace(trace.fileno())
+            dbapi.pgconn.set_trace_flags(1 | 2)  # no timestamps, stable output
+
+        event.listen(store.engine, "connect", traced)
+        try:
+            for _ in range(2):  # the pool filled, the token's first use noted
+                assert admin.get("/accounts/synthetic/messages").status_code == 200
+            trace.flush()
+            start = trace_path.stat().st_size
+            assert admin.get("/accounts/synthetic/messages").status_code == 200
+            trace.flush()
+        finally:
+            event.remove(store.engine, "connect", traced)
+            store.engine.dispose()  # no traced connection outlives the file
+    sent = [
+        line.split("\t")
+        for line in trace_path.read_text()[start:].splitlines()
+        if line.startswith("F\t")
+    ]
+    kinds = [fields[2].split(" ")[0] for fields in sent]
+    assert kinds.count("Sync") == 2 and "Query" not in kinds, sent
