@@ -6,9 +6,10 @@
 
 The fill writes rows straight into the store's tables (``correspond.testing.synthetic``: no
 IMAP, no parsing), then ANALYZE. Pages are timed through ``MailboxReader.list_messages``, the
-service behind ``GET /accounts/{name}/messages`` and ``correspond messages list``, and once
-through the HTTP app (FastAPI TestClient, signed in as an admin with an API token). See
-bench/README.md.
+service behind ``GET /accounts/{name}/messages`` and ``correspond messages list``, then the
+first page through the HTTP app, signed in as an admin with an API token: in process (FastAPI
+TestClient) and as a user sees it (a real uvicorn in another process, an HTTP client with
+keep-alive), with the app's own time per request beside the client's. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -75,14 +78,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", action="store_true", help="skip the fill if the account exists")
     ap.add_argument("--keep", action="store_true", help="keep the temp data dir")
     ap.add_argument("--out", help="append the JSON line to this file")
+    ap.add_argument(
+        "--http-repeat", type=int, default=1000, help="timed requests per HTTP case (1,000)"
+    )
+    ap.add_argument("--only-http", action="store_true", help="skip the store-level cases")
+    ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the uvicorn child
     args = ap.parse_args(argv)
 
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="correspond-list-bench-"))
     settings = Settings(
         data_dir=data_dir,
         database_url=args.database_url,
-        secret_key=Fernet.generate_key().decode("ascii"),
+        secret_key=os.environ.get("LIST_BENCH_KEY") or Fernet.generate_key().decode("ascii"),
     )
+    if args.serve:
+        return _serve(settings, args.serve)
     store = open_store(settings)
     backend = store.engine.dialect.name
     record: dict[str, Any] = {"bench": "correspond-list", "backend": backend}
@@ -152,11 +162,16 @@ def main(argv: list[str] | None = None) -> int:
             "search_none": lambda: reader.list_messages(ACCOUNT, q="zz-no-such-text", limit=lim),
         }
         for name, fn in cases.items():
+            if args.only_http:
+                break
             page = fn()
             record[name] = {**_time(fn, args.repeat), "items": len(page.items)}
             print(f"{name:20} {record[name]}", flush=True)
-        record["http_first_page"] = _http(settings, store, lim, args.repeat)
+        token = _token(settings, store)
+        record["http_first_page"] = _http(settings, store, token, lim, args.http_repeat)
         print(f"{'http_first_page':20} {record['http_first_page']}", flush=True)
+        record["uvicorn_first_page"] = _uvicorn(args, settings, token, lim, args.http_repeat)
+        print(f"{'uvicorn_first_page':20} {record['uvicorn_first_page']}", flush=True)
     finally:
         store.close()
         record["load_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -178,20 +193,26 @@ def _exists(store: Any) -> bool:
     return True
 
 
-def _http(settings: Settings, store: Any, limit: int, repeat: int) -> dict[str, Any]:
-    """The first page through the app, as an admin (``bench-admin@example.test``, made when
-    missing) with an API token, on a host name the app answers to."""
+def _token(settings: Settings, store: Any) -> str:
+    """An API token of the admin ``bench-admin@example.test`` (made when missing)."""
+    from correspond.auth import AuthService
+
+    auth = AuthService(store, settings)
+    try:
+        user = auth.users.get_user("bench-admin@example.test")
+    except NotFound:
+        user, _ = auth.create_user("bench-admin@example.test", None, admin=True)
+    return auth.create_token(user, "list-bench").token
+
+
+def _http(settings: Settings, store: Any, token: str, limit: int, repeat: int) -> dict[str, Any]:
+    """The first page through the app in this process (TestClient on a host name the app
+    answers to); CPU is the whole process's: the app's threads and the client's own work."""
     from fastapi.testclient import TestClient
 
     from correspond.api import create_app
 
     app = create_app(settings, store=store)
-    auth = app.state.auth
-    try:
-        user = auth.users.get_user("bench-admin@example.test")
-    except NotFound:
-        user, _ = auth.create_user("bench-admin@example.test", None, admin=True)
-    token = auth.create_token(user, "list-bench").token
     headers = {"Authorization": f"Bearer {token}"}
     with TestClient(app, base_url="http://localhost", headers=headers) as client:
         url = f"/accounts/{ACCOUNT}/messages"
@@ -205,6 +226,101 @@ def _http(settings: Settings, store: Any, limit: int, repeat: int) -> dict[str, 
             ),
             "items": len(first.json()["messages"]),
         }
+
+
+def _serve(settings: Settings, port: int) -> int:
+    """The uvicorn child: the app, each response carrying the app's own wall time for the
+    request (``x-app-ms``, from the first byte of the request to the last of the response,
+    uvicorn's parsing and socket work excluded)."""
+    import uvicorn
+
+    from correspond.api import create_app
+
+    app = create_app(settings)
+
+    async def timed(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        start: dict[str, Any] | None = None
+
+        async def send_timed(message: Any) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message  # held back until the body is ready: the header carries its time
+                return
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                assert start is not None
+                ms = f"{(time.perf_counter() - t0) * 1000:.3f}".encode()
+                await send({**start, "headers": [*start["headers"], (b"x-app-ms", ms)]})
+            await send(message)
+
+        await app(scope, receive, send_timed)
+
+    uvicorn.run(timed, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _uvicorn(
+    args: argparse.Namespace, settings: Settings, token: str, limit: int, repeat: int
+) -> dict[str, Any]:
+    """The first page as a user sees it: a real uvicorn in another process (one worker,
+    the app as ``correspond serve`` builds it), this process an HTTP/1.1 client with
+    keep-alive. Client wall time per request, and the app's own (``app_*``, from the
+    ``x-app-ms`` header); ``server_cpu_ms`` is the server process's CPU per request."""
+    import httpx2
+
+    port = _free_port()
+    cmd = [sys.executable, __file__, "--data-dir", str(settings.data_dir), "--serve", str(port)]
+    if args.database_url:
+        cmd += ["--database-url", args.database_url]
+    env = {**os.environ, "LIST_BENCH_KEY": settings.secret_key or ""}
+    child = subprocess.Popen(cmd, env=env)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {token}", "Host": "localhost"}
+        url = f"/accounts/{ACCOUNT}/messages"
+        with httpx2.Client(base_url=base, headers=headers, timeout=30) as client:
+            for _ in range(300):  # up in a few seconds (migrations are a no-op)
+                try:
+                    client.get("/health")
+                    break
+                except httpx2.TransportError:
+                    time.sleep(0.1)
+            first = client.get(url, params={"limit": limit})
+            first.raise_for_status()
+            app_ms: list[float] = []
+
+            def get() -> None:
+                reply = client.get(url, params={"limit": limit})
+                reply.raise_for_status()
+                app_ms.append(float(reply.headers["x-app-ms"]) / 1000)
+
+            cpu0 = _child_cpu(child.pid)
+            timed = _time(get, repeat)
+            server_cpu = (_child_cpu(child.pid) - cpu0) / (repeat + 1)
+        return {
+            **timed,
+            **{f"app_{k}": v for k, v in _ms(app_ms[1:]).items()},
+            "server_cpu_ms": round(server_cpu * 1000, 2),
+            "items": len(first.json()["messages"]),
+        }
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
+
+
+def _child_cpu(pid: int) -> float:
+    """Seconds of CPU (user + system) process ``pid`` has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from correspond.settings import Settings
 from correspond.store import Store
 from correspond.store.tables import utcnow
 from correspond.store.teams import TeamStore
-from correspond.store.users import ApiToken, User, UserStore, email_key
+from correspond.store.users import ApiToken, Caller, PathRef, User, UserStore, email_key
 from correspond.store.visibility import Access
 
 __all__ = [
@@ -238,9 +238,14 @@ class AuthService:
         return NewToken(token=token, info=info)
 
     def user_for_token(self, token: str) -> User | None:
+        caller = self.caller_for_token(token)
+        return None if caller is None else caller.user
+
+    def caller_for_token(self, token: str, refs: tuple[PathRef, ...] = ()) -> Caller | None:
+        """The token's user and the owners of ``refs`` (:meth:`UserStore.caller`), else None."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
-        return self.users.user_for_token(hash_token(token))
+        return self.users.caller("token", hash_token(token), refs)
 
     # -- sessions --------------------------------------------------------------------------
 
@@ -252,9 +257,15 @@ class AuthService:
         return value
 
     def user_for_session(self, value: str) -> User | None:
+        caller = self.caller_for_session(value)
+        return None if caller is None else caller.user
+
+    def caller_for_session(self, value: str, refs: tuple[PathRef, ...] = ()) -> Caller | None:
+        """The session's user and the owners of ``refs`` (:meth:`UserStore.caller`), else
+        None."""
         if not value or len(value) > 200:
             return None
-        return self.users.user_for_session(hash_token(value))
+        return self.users.caller("session", hash_token(value), refs)
 
     def end_session(self, value: str) -> None:
         self.users.delete_session(hash_token(value))

@@ -14,6 +14,7 @@ does not know is refused (500): a new kind of id must be given its rule here fir
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -21,7 +22,8 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from correspond.auth import SESSION_COOKIE, AuthService
-from correspond.store.users import User
+from correspond.errors import NotFound
+from correspond.store.users import Owner, PathRef, User
 from correspond.store.visibility import Access
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,7 +50,8 @@ MAX_ID = 2**63 - 1
 _CHECKED_BY_ROUTE = frozenset({"token_id", "attachment_id", "user_id"})
 
 
-def get_auth(request: Request) -> AuthService:
+async def get_auth(request: Request) -> AuthService:
+    # async: a plain attribute read, not worth a hop to the thread pool
     auth: AuthService = request.app.state.auth
     return auth
 
@@ -74,26 +77,35 @@ def current_user(
     _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None,
     _cookie: Annotated[str | None, Depends(_COOKIE)] = None,
 ) -> User:
-    """The signed-in user (bearer token first, else the session cookie); 401 otherwise."""
+    """The signed-in user (bearer token first, else the session cookie); 401 otherwise.
+
+    The same statement reads the owner of each thing the path names (``request.state.
+    path_owners``, by path parameter) for :func:`authorize` to apply the visibility rule to:
+    a request's sign-in and visibility checks are one round trip to the database."""
+    params = _owned_params(request)
+    refs = tuple(ref for _, ref in params)
     header = request.headers.get("authorization")
     if header is not None:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _unauthorized("use Authorization: Bearer <token>")
-        user = auth.user_for_token(token.strip())
-        if user is None:
+        caller = auth.caller_for_token(token.strip(), refs)
+        if caller is None:
             raise _unauthorized("invalid, revoked or disabled token")
-        return user
-    cookie = request.cookies.get(SESSION_COOKIE)
-    if cookie:
-        user = auth.user_for_session(cookie)
-        if user is not None:
-            return user
-        raise _unauthorized("the session has ended: sign in again")
-    raise _unauthorized(
-        "authentication required: a bearer token (correspond tokens create) or a session "
-        "(POST /session)"
-    )
+    else:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if not cookie:
+            raise _unauthorized(
+                "authentication required: a bearer token (correspond tokens create) or a "
+                "session (POST /session)"
+            )
+        caller = auth.caller_for_session(cookie, refs)
+        if caller is None:
+            raise _unauthorized("the session has ended: sign in again")
+    request.state.path_owners = {
+        param: owner for (param, _), owner in zip(params, caller.owners, strict=True)
+    }
+    return caller.user
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
@@ -145,26 +157,71 @@ def _check(access: Access, needed: Need) -> None:
         raise _forbidden("this account is shared with you as metadata only: no bodies")
 
 
-def authorize(request: Request, user: CurrentUser, auth: AuthDep) -> User:
+# What each checked path parameter names, and the sentence for one the caller may not see.
+_OWNED: dict[str, tuple[Literal["account", "message", "thread"], str]] = {
+    "name": ("account", "no account named {!r}"),
+    "message_id": ("message", "no message with id {}"),
+    "thread_id": ("thread", "no thread with id {}"),
+}
+_FULL = Access(level="full", manage=True)
+
+
+def _owned_params(request: Request) -> list[tuple[str, PathRef]]:
+    """The path parameters that name something owned, as (parameter, what it names); ids the
+    route would refuse anyway (422) are left out."""
+    found: list[tuple[str, PathRef]] = []
+    for param, value in request.path_params.items():
+        kind = _OWNED.get(param)
+        if kind is None:
+            continue
+        if kind[0] == "account":
+            found.append((param, (kind[0], str(value))))
+        elif (number := _id(str(value))) is not None:
+            found.append((param, (kind[0], number)))
+    return found
+
+
+def _shared_access(auth: AuthService, user: User, ref: PathRef) -> Access:
+    """The rule's answer for something the caller neither owns nor administers (a teammate's
+    shared account, a team inbox): NotFound unless they may see it."""
+    what, value = ref
+    if what == "account":
+        return auth.account_access(user, str(value))
+    if what == "message":
+        return auth.message_access(user, int(value))
+    return auth.thread_access(user, int(value))
+
+
+async def authorize(request: Request, user: CurrentUser, auth: AuthDep) -> User:
     """Check every owned thing the path names against the visibility rule (404 if hidden,
     403 if seen but the route needs more than the caller's access), and what the route needs
     of the caller (``admin``). The caller's access is left in ``request.state.access`` for
-    :func:`view_access`."""
+    :func:`view_access`.
+
+    :func:`current_user` read each owned thing's owner in its sign-in statement: an admin, or
+    the owner, has full access with no further query (the common case: one round trip for
+    sign-in and visibility); anyone else is asked of the rule (:mod:`correspond.store.
+    visibility`) in one more statement."""
     needed = _needed(request)
-    access = Access(level="full", manage=True) if user.is_admin else None
+    owners: dict[str, Owner] = request.state.path_owners
+    access = _FULL if user.is_admin else None
     for param, value in request.path_params.items():
         found: Access | None = None
-        if param == "name":
-            found = auth.account_access(user, str(value))
-        elif param == "message_id":
-            if (message_id := _id(str(value))) is not None:
-                found = auth.message_access(user, message_id)
-        elif param == "thread_id":
-            if (thread_id := _id(str(value))) is not None:
-                found = auth.thread_access(user, thread_id)
+        rule = _OWNED.get(param)
+        if rule is not None:
+            if param not in owners:
+                continue  # an id the route refuses (422)
+            exists, owner_id = owners[param]
+            if not exists:
+                raise NotFound(rule[1].format(value if param == "name" else int(value)))
+            if user.is_admin or (owner_id is not None and owner_id == user.id):
+                found = _FULL
+            else:
+                ref: PathRef = (rule[0], str(value) if param == "name" else int(value))
+                found = await asyncio.to_thread(_shared_access, auth, user, ref)
         elif param == "team_id":
             if (team_id := _id(str(value))) is not None:
-                auth.team_visible(user, team_id)
+                await asyncio.to_thread(auth.team_visible, user, team_id)
         elif param not in _CHECKED_BY_ROUTE:
             raise RuntimeError(f"path parameter {param!r} has no visibility rule")
         if found is not None:
@@ -176,7 +233,7 @@ def authorize(request: Request, user: CurrentUser, auth: AuthDep) -> User:
     return user
 
 
-def view_access(request: Request, _user: Annotated[User, Depends(authorize)]) -> Access:
+async def view_access(request: Request, _user: Annotated[User, Depends(authorize)]) -> Access:
     """The caller's access to what the path names (after :func:`authorize`): a route marked
     ``metadata`` leaves out bodies, snippets and attachments unless it is ``full``."""
     access: Access | None = getattr(request.state, "access", None)

@@ -12,19 +12,20 @@ import importlib
 import importlib.util
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     DataError,
+    DBAPIError,
     IntegrityError,
     InterfaceError,
     InternalError,
@@ -50,6 +51,8 @@ __all__ = [
     "make_sqlite_private",
     "migrate",
     "normalize_url",
+    "read_retrying",
+    "reading_engine",
     "register_table_modules",
     "unit_of_work",
 ]
@@ -58,6 +61,9 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+#: Seconds a pooled PostgreSQL connection is reused before it is replaced (a firewall or proxy
+#: may drop one idle for longer; the server never does by default).
+POOL_RECYCLE_SECONDS = 1800
 _MIGRATION_LOCK = 0x636F7272  # "corr": an arbitrary, fixed advisory-lock key
 
 
@@ -99,7 +105,11 @@ def create_store_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(url, pool_pre_ping=True)
+        # No pre-ping: it was a round trip on every checkout (a third of a list request's).
+        # A connection the server dropped fails its first statement instead; SQLAlchemy then
+        # discards every pooled connection older than the failure, reads retry once
+        # (read_retrying) and a write fails as a transient StoreError, retried by its caller.
+        return create_engine(url, pool_recycle=POOL_RECYCLE_SECONDS)
     raise ConfigError(
         f"unsupported database {parsed.get_backend_name()!r}: use SQLite or PostgreSQL"
     )
@@ -170,6 +180,34 @@ def unit_of_work(sessions: sessionmaker[Session]) -> Iterator[Session]:
     except SQLAlchemyError as exc:
         log_database_failure(log, "database error", exc)
         raise StoreError(database_failure(exc)) from exc
+
+
+_T = TypeVar("_T")
+
+
+def reading_engine(engine: Engine) -> Engine:
+    """``engine`` for one-statement reads: on PostgreSQL in autocommit, so a read is its
+    statement alone (no BEGIN before it, no ROLLBACK when the connection goes back to the
+    pool: two round trips of three). SQLite's driver opens no transaction for a SELECT, and
+    switching its mode costs a PRAGMA per checkout: there it is ``engine`` itself."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine
+
+
+def read_retrying(engine: Engine, read: Callable[[Connection], _T]) -> _T:
+    """``read(conn)`` on a pooled connection, once more on a fresh one if the first was dead
+    (the server restarted or dropped it: no pre-ping finds that out beforehand). Only for
+    reads: running one twice changes nothing."""
+    try:
+        with engine.connect() as conn:
+            return read(conn)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        log.info("a pooled database connection was dead; reading again on a new one")
+    with engine.connect() as conn:
+        return read(conn)
 
 
 def register_table_modules() -> None:

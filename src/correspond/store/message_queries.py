@@ -39,7 +39,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from correspond.errors import ConfigError, NotFound, StoreError
 from correspond.rules.folder_refs import resolve_folder_ref
-from correspond.store.engine import database_failure
+from correspond.store.engine import database_failure, read_retrying, reading_engine
 from correspond.store.message_tables import (
     AttachmentRow,
     MessageLocationRow,
@@ -276,6 +276,9 @@ class MessageQueries:
         if search_scan_rows < 1:
             raise ConfigError("search_scan_rows must be at least 1")
         self.engine = engine
+        # Pages are read in autocommit on PostgreSQL (one round trip, not BEGIN/page/ROLLBACK),
+        # and once more on a new connection if the pooled one was dead.
+        self._read = reading_engine(engine)
         self.search_scan_rows = search_scan_rows
         self._statements: dict[tuple[Any, ...], Select[Any]] = {}
 
@@ -341,10 +344,12 @@ class MessageQueries:
         """
         try:
             # Core on a plain connection: the ORM's per-statement work was a third of a page.
-            with self.engine.connect() as conn:
-                return self._list(
+            return read_retrying(
+                self._read,
+                lambda conn: self._list(
                     conn, account_id, folder_id, thread_id, q, limit, before, include_deleted
-                )
+                ),
+            )
         except SQLAlchemyError as exc:
             raise StoreError(f"could not list messages: {database_failure(exc)}") from exc
 
@@ -368,20 +373,23 @@ class MessageQueries:
         tell an unknown account from an empty list. NotFound for an unknown account or
         folder. ``search_bodies`` False: ``q`` matches subject and sender only, never the
         snippet (for a viewer who may see metadata only)."""
-        try:
-            with self.engine.connect() as conn:
-                if folder is None:
-                    return self._list(
-                        conn, account_name, None, thread_id, q, limit, before, False, search_bodies
-                    )
-                account_id = conn.scalar(self._lookup("account"), {"account_name": account_name})
-                if account_id is None:
-                    raise NotFound(f"no account named {account_name!r}")
-                folders = conn.execute(self._lookup("folders"), {"account_id": account_id})
-                folder_id = resolve_folder_ref(folders.all(), folder).id
+
+        def read(conn: Connection) -> MessagePage:
+            if folder is None:
                 return self._list(
-                    conn, account_id, folder_id, thread_id, q, limit, before, False, search_bodies
+                    conn, account_name, None, thread_id, q, limit, before, False, search_bodies
                 )
+            account_id = conn.scalar(self._lookup("account"), {"account_name": account_name})
+            if account_id is None:
+                raise NotFound(f"no account named {account_name!r}")
+            folders = conn.execute(self._lookup("folders"), {"account_id": account_id})
+            folder_id = resolve_folder_ref(folders.all(), folder).id
+            return self._list(
+                conn, account_id, folder_id, thread_id, q, limit, before, False, search_bodies
+            )
+
+        try:
+            return read_retrying(self._read, read)
         except SQLAlchemyError as exc:
             raise StoreError(f"could not list messages: {database_failure(exc)}") from exc
 

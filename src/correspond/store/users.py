@@ -13,16 +13,24 @@ Visibility is asked here through the one query-level rule of :mod:`correspond.st
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import Engine, Select, bindparam, delete, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import BindParameter, Engine, Select, bindparam, delete, func, null, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from correspond.errors import ConfigError, NotFound, StoreError
-from correspond.store.engine import register_table_modules, unit_of_work
+from correspond.store.engine import (
+    database_failure,
+    log_database_failure,
+    read_retrying,
+    reading_engine,
+    register_table_modules,
+    unit_of_work,
+)
 from correspond.store.message_tables import MessageRow, ThreadRow
 from correspond.store.tables import (
     THREAD_ORDERS,
@@ -31,6 +39,7 @@ from correspond.store.tables import (
     ApiTokenRow,
     UserRow,
     UserSessionRow,
+    UtcDateTime,
     utcnow,
 )
 from correspond.store.visibility import (
@@ -42,7 +51,9 @@ from correspond.store.visibility import (
     viewer_params,
 )
 
-__all__ = ["ApiToken", "User", "UserStore", "email_key"]
+__all__ = ["ApiToken", "Caller", "Owner", "PathRef", "User", "UserStore", "email_key"]
+
+log = logging.getLogger(__name__)
 
 #: ``last_used_at`` of a token is written at most this often (not on every request).
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -83,6 +94,23 @@ class ApiToken:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+
+
+#: What a request's path may name that has an owner: ("account", name), ("message", id),
+#: ("thread", id).
+PathRef = tuple[Literal["account", "message", "thread"], str | int]
+
+#: Found, and its owner's user id (None: no owner yet).
+Owner = tuple[bool, int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A signed-in user, and the owner of each thing the request's path names (in the order
+    asked), read in the same statement."""
+
+    user: User
+    owners: tuple[Owner, ...]
 
 
 def _user(row: UserRow) -> User:
@@ -139,6 +167,8 @@ class UserStore:
     def __init__(self, engine: Engine) -> None:
         register_table_modules()
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._read = reading_engine(engine)
+        self._statements: dict[tuple[str, tuple[str, ...]], Select[Any]] = {}
 
     # -- users -----------------------------------------------------------------------------
 
@@ -296,21 +326,61 @@ class UserStore:
 
     def user_for_token(self, token_hash: str) -> User | None:
         """The enabled user whose live token has this hash (its last use noted), else None."""
-        now = utcnow()
+        caller = self.caller("token", token_hash)
+        return None if caller is None else caller.user
+
+    def caller(
+        self, kind: Literal["token", "session"], token_hash: str, refs: tuple[PathRef, ...] = ()
+    ) -> Caller | None:
+        """The enabled user holding this live API token (``kind`` "token": its last use noted,
+        at most once a minute) or unexpired session, with the owner of each of ``refs``
+        (the visibility rule's input), in one statement: a request's sign-in check and
+        visibility facts cost one round trip, not one each. None: no such user."""
+        statement = self._caller_statement(kind, tuple(what for what, _ in refs))
+        params: dict[str, Any] = {"hash": token_hash, "now": utcnow()}
+        params.update({f"ref{i}": value for i, (_, value) in enumerate(refs)})
+        try:
+            row = read_retrying(self._read, lambda c: c.execute(statement, params).first())
+        except SQLAlchemyError as exc:
+            log_database_failure(log, "database error", exc)
+            raise StoreError(database_failure(exc)) from exc
+        if row is None or row.disabled:
+            return None
+        user = User(
+            id=row.id,
+            email=row.email,
+            display_name=row.display_name,
+            role=row.role,
+            disabled=row.disabled,
+            has_password=bool(row.has_password),
+            created_at=row.created_at,
+            thread_order=row.thread_order,
+        )
+        if kind == "token":
+            last = row.last_used_at
+            if last is None or params["now"] - last >= LAST_USED_RESOLUTION:
+                self._note_token_use(row.token_id, params["now"])
+        # Owners are read as owner_id + 1 (user ids start at 1): NULL is "not found", 1 is
+        # "found, no owner yet".
+        owners = tuple(
+            (False, None) if v is None else (True, None if v == 1 else int(v) - 1)
+            for v in row[_CALLER_COLUMNS:]
+        )
+        return Caller(user=user, owners=owners)
+
+    def _note_token_use(self, token_id: int, now: datetime) -> None:
         with unit_of_work(self._sessions) as s:
-            found = s.execute(
-                select(ApiTokenRow, UserRow)
-                .join(UserRow, UserRow.id == ApiTokenRow.user_id)
-                .where(ApiTokenRow.token_hash == token_hash, ApiTokenRow.revoked_at.is_(None))
-            ).one_or_none()
-            if found is None:
-                return None
-            token, user = found
-            if user.disabled:
-                return None
-            if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
-                token.last_used_at = now
-            return _user(user)
+            s.execute(
+                update(ApiTokenRow).where(ApiTokenRow.id == token_id).values(last_used_at=now)
+            )
+
+    def _caller_statement(self, kind: str, refs: tuple[str, ...]) -> Select[Any]:
+        """The statement :meth:`caller` runs, built once per kind and path shape."""
+        key = (kind, refs)
+        found = self._statements.get(key)
+        if found is None:
+            found = self._statements[key] = _caller_statement(kind, refs)
+        return found
 
     # -- sessions --------------------------------------------------------------------------
 
@@ -322,17 +392,8 @@ class UserStore:
 
     def user_for_session(self, token_hash: str) -> User | None:
         """The enabled user of an unexpired session with this hash, else None."""
-        with unit_of_work(self._sessions) as s:
-            found = s.execute(
-                select(UserRow)
-                .join(UserSessionRow, UserSessionRow.user_id == UserRow.id)
-                .where(
-                    UserSessionRow.token_hash == token_hash,
-                    UserSessionRow.expires_at > utcnow(),
-                    UserRow.disabled.is_(False),
-                )
-            ).scalar_one_or_none()
-            return None if found is None else _user(found)
+        caller = self.caller("session", token_hash)
+        return None if caller is None else caller.user
 
     def delete_session(self, token_hash: str) -> None:
         with unit_of_work(self._sessions) as s:
@@ -392,3 +453,64 @@ class UserStore:
                 )
             ).all()
             return {name: email for name, email in rows}
+
+
+#: Columns of :func:`_caller_statement` before the owners.
+_CALLER_COLUMNS = 10
+
+
+def _caller_statement(kind: str, refs: tuple[str, ...]) -> Select[Any]:
+    """See :meth:`UserStore.caller`. Each owner is a scalar subquery by primary key or a unique
+    name, ``owner_id + 1`` (0 for no owner) so that NULL means only "not found"."""
+    owned: list[Any] = []
+    for i, what in enumerate(refs):
+        value: BindParameter[Any] = bindparam(f"ref{i}")
+        if what == "account":
+            query = select(AccountRow.owner_id).where(AccountRow.name == value)
+        elif what == "message":
+            query = (
+                select(AccountRow.owner_id)
+                .join(MessageRow, MessageRow.account_id == AccountRow.id)
+                .where(MessageRow.id == value)
+            )
+        elif what == "thread":
+            query = (
+                select(AccountRow.owner_id)
+                .join(ThreadRow, ThreadRow.account_id == AccountRow.id)
+                .where(ThreadRow.id == value)
+            )
+        else:
+            raise ValueError(f"no owner rule for {what!r}")
+        column = query.with_only_columns(func.coalesce(AccountRow.owner_id, 0) + 1)
+        owned.append(column.scalar_subquery().label(f"owner{i}"))
+    user_columns = (
+        UserRow.id,
+        UserRow.email,
+        UserRow.display_name,
+        UserRow.role,
+        UserRow.disabled,
+        UserRow.password_hash.is_not(None).label("has_password"),
+        UserRow.created_at,
+        UserRow.thread_order,
+    )
+    if kind == "token":
+        return (
+            select(
+                *user_columns,
+                ApiTokenRow.id.label("token_id"),
+                ApiTokenRow.last_used_at,
+                *owned,
+            )
+            .join_from(ApiTokenRow, UserRow, UserRow.id == ApiTokenRow.user_id)
+            .where(ApiTokenRow.token_hash == bindparam("hash"), ApiTokenRow.revoked_at.is_(None))
+        )
+    if kind == "session":
+        return (
+            select(*user_columns, null().label("token_id"), null().label("last_used_at"), *owned)
+            .join_from(UserSessionRow, UserRow, UserRow.id == UserSessionRow.user_id)
+            .where(
+                UserSessionRow.token_hash == bindparam("hash"),
+                UserSessionRow.expires_at > bindparam("now", type_=UtcDateTime()),
+            )
+        )
+    raise ValueError(f"unknown credential kind {kind!r}")

@@ -91,7 +91,7 @@ def list_messages(
     q: Annotated[str | None, Query(max_length=200, description="Text to look for.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     before: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
-) -> MessagePagePublic:
+) -> Response:
     """The account's messages, newest first, one page at a time (keyset cursor).
 
     A search (``q``, or ``folder`` with ``thread``) examines at most
@@ -110,7 +110,13 @@ def list_messages(
         before=before,
         search_bodies=access.full,
     )
-    return message_page_public(page, full=access.full)
+    # Validated once, serialised by pydantic's own JSON writer: returned as a model, FastAPI
+    # would validate it again against the response model and dump it through json.dumps.
+    # exclude_unset: a metadata-only caller's items leave the body fields out, not empty.
+    body = message_page_public(page, full=access.full).model_dump_json(
+        by_alias=True, exclude_unset=True
+    )
+    return Response(content=body, media_type="application/json")
 
 
 @router.get("/{message_id}", response_model=MessagePublic, response_model_exclude_unset=True)
