@@ -5,9 +5,11 @@ Every route but ``/health``, ``POST /session`` and the documentation is mounted 
 included): the caller must present a bearer token (``Authorization: Bearer ct_...``) or a
 session cookie, else 401 and no data. Then each path parameter that names something owned is
 checked against the one visibility rule (:meth:`correspond.auth.AuthService.may_see`): an
-account by ``name``, a message by ``message_id``, a thread by ``thread_id``. Another user's
-account is a 404, as if it did not exist, so names do not leak. A path parameter this module
-does not know is refused (500): a new kind of id must be given its rule here first.
+account by ``name``, a message by ``message_id``, a thread by ``thread_id``; CRM records
+(``contact_id``, ``company_id``, ``deal_id``, ``activity_id``) are every signed-in user's.
+Another user's account is a 404, as if it did not exist, so names do not leak. A path
+parameter this module does not know is refused (500): a new kind of id must be given its rule
+here first.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ MAX_ID = 2**63 - 1
 # Path parameters checked by the routes themselves: a token is looked up among the caller's
 # own, an attachment within its message (whose message_id is checked here).
 _CHECKED_BY_ROUTE = frozenset({"token_id", "attachment_id"})
+# CRM records are the organisation's: every signed-in user may see them (the route answers 404
+# for one that does not exist). ``kind`` names a kind of record to import, nothing owned.
+_SHARED = frozenset({"contact_id", "company_id", "deal_id", "activity_id", "kind"})
 
 
 def get_auth(request: Request) -> AuthService:
@@ -108,6 +113,6 @@ def authorize(request: Request, user: CurrentUser, auth: AuthDep) -> User:
         elif param == "thread_id":
             if (thread_id := _id(str(value))) is not None:
                 auth.require_thread(user, thread_id)
-        elif param not in _CHECKED_BY_ROUTE:
+        elif param not in _CHECKED_BY_ROUTE and param not in _SHARED:
             raise RuntimeError(f"path parameter {param!r} has no visibility rule")
     return user
