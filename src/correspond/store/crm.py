@@ -763,13 +763,14 @@ class CrmStore:
             fields["company_id"] = company
         if "contact_emails" in fields:
             wanted = addresses(fields.pop("contact_emails"))
-            found = dict(
-                s.execute(
+            found: dict[str, int] = {
+                address: contact
+                for address, contact in s.execute(
                     select(ContactEmailRow.address, ContactEmailRow.contact_id).where(
                         ContactEmailRow.address.in_(wanted)
                     )
-                ).tuples()
-            )
+                )
+            }
             missing = [a for a in wanted if a not in found]
             if missing:
                 raise ConfigError(f"no contact with the address {missing[0]}")
