@@ -226,9 +226,8 @@ def test_a_failed_step_leaves_nothing_and_the_next_one_does_it_all(
     linker = LinkerStore(store.engine, LinkPolicy(), batch=50)
     real = LinkerStore._relink
 
-    def broken(self: LinkerStore, s: Any, messages: Any) -> None:
-        real(self, s, messages)
-        s.flush()  # the rows are written ... and then the process "dies"
+    def broken(self: LinkerStore, conn: Any, scope: Any) -> None:
+        real(self, conn, scope)  # the rows are written ... and then the step fails
         raise StoreError("killed")
 
     monkeypatch.setattr(LinkerStore, "_relink", broken)

@@ -147,14 +147,20 @@ class LinkContext:
 def links_for(addresses: Iterable[str], ctx: LinkContext) -> set[tuple[str, int]]:
     """The ``(target kind, target id)`` pairs a message with these (normalised) participant
     addresses belongs to."""
-    people = {a for a in addresses if not ctx.is_blocked(a)}
-    if not people:
-        return set()
-    external = {a for a in people if not ctx.is_internal(a)}
+    blocked, internal, org = ctx.blocklist, ctx.internal, ctx.organisation_domains
+    people: list[tuple[str, str]] = []
+    external = False
+    for address in addresses:
+        domain = address.rpartition("@")[2]
+        if address in blocked or domain in blocked:
+            continue
+        people.append((address, domain))
+        if not external and address not in internal and domain not in org:
+            external = True
     if not external and not ctx.link_internal:
         return set()
     out: set[tuple[str, int]] = set()
-    for address in sorted(people):
+    for address, domain in people:
         contact = ctx.contacts.get(address)
         if contact is not None:
             out.add(("contact", contact))
@@ -163,8 +169,8 @@ def links_for(addresses: Iterable[str], ctx: LinkContext) -> set[tuple[str, int]
                 out.add(("company", company))
             out.update(("deal", d) for d in ctx.open_deals.get(contact, ()))
         out.update(("activity", a) for a in ctx.activities.get(address, ()))
-    for address in external:
-        company = ctx.domain_companies.get(domain_of(address))
-        if company is not None:
-            out.add(("company", company))
+        if address not in internal and domain not in org:
+            company = ctx.domain_companies.get(domain)
+            if company is not None:
+                out.add(("company", company))
     return out
