@@ -66,6 +66,7 @@ from correspond.errors import (
     StoreError,
 )
 from correspond.mailbox import FolderWithCounts, MailboxReader
+from correspond.rules.crm_import import IMPORT_KINDS, parse_rows
 from correspond.rules.presets import (
     PRESETS,
     SECURITIES,
@@ -88,6 +89,7 @@ from correspond.settings import Settings, ensure_data_dir, key_file_path
 from correspond.store import Account, Store, open_store
 from correspond.store.blob_gc import check_blobs
 from correspond.store.blobs import BlobStore
+from correspond.store.crm import CrmStore
 from correspond.store.leases import RUNNABLE_STATES, AccountLeases
 from correspond.store.location import store_location
 from correspond.store.message_queries import MAX_PAGE, AddressView, MessageView
@@ -1215,6 +1217,51 @@ def doctor(cli: CliContext, fix: bool, as_json_output: bool) -> None:
         for line in lines:
             click.echo(line)
     if check.missing or (needs_fix and not fix):
+        sys.exit(1)
+
+
+# -- CRM records -------------------------------------------------------------------------------
+
+
+@main.command("import")
+@click.argument("kind", type=click.Choice(IMPORT_KINDS))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "json"]),
+    help="The file's format (default: from its extension).",
+)
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def import_records(
+    cli: CliContext, kind: str, file: Path, fmt: str | None, as_json_output: bool
+) -> None:
+    """Create or update contacts, companies or deals from a CSV or JSON FILE, idempotently:
+    a row is matched by external_id, else by address (contacts) or domain (companies). A bad
+    row is reported by number and the others go in (exit status 1 when a row failed)."""
+    fmt = fmt or ("json" if file.suffix.lower() == ".json" else "csv")
+    try:
+        rows = parse_rows(kind, file.read_bytes(), fmt)
+    except ValueError as exc:
+        raise CliError(f"{file}: {exc}", 2) from exc
+    except OSError as exc:
+        raise CliError(f"cannot read {file}: {exc.strerror}", 2) from exc
+    singular = {"contacts": "contact", "companies": "company", "deals": "deal"}[kind]
+    report = CrmStore(cli.store.engine).import_records(singular, rows)
+    if as_json_output:
+        _print_json(
+            {
+                "created": report.created,
+                "updated": report.updated,
+                "errors": [{"row": e.row, "error": e.error} for e in report.errors],
+            }
+        )
+    else:
+        click.echo(f"{kind}: {report.created} created, {report.updated} updated")
+        for error in report.errors:
+            click.echo(f"row {error.row}: {safe(error.error)}", err=True)
+    if report.errors:
         sys.exit(1)
 
 
