@@ -3,6 +3,7 @@ timelines (paged, visibility-filtered) and manual thread-deal links."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -190,3 +191,31 @@ def test_timelines_page_newest_first_and_hide_others_mail(app: FastAPI, admin: T
     assert admin.delete(f"/threads/{thread_id}/deals/{deal['id']}").status_code == 200
     assert admin.get(f"/deals/{deal['id']}/timeline").json()["messages"] == []
     assert admin.get("/contacts/987654/timeline").status_code == 404
+
+
+def test_serve_links_a_new_contacts_mail_at_once_not_at_the_next_poll(
+    store: Store, store_settings: Settings
+) -> None:
+    """With the sync runner in the process (``serve``), its linker indexes existing mail when
+    it starts and is woken by a record change: linked well before its (hour-long) poll."""
+    from correspond.sync.runner import SyncRunner
+
+    settings = store_settings.clone(linker_poll_seconds=3600)
+    account_id, folders = make_account_with_folders(store.engine, "acc")
+    fill_messages(store.engine, account_id, folders, 40)
+    runner = SyncRunner(store, settings, names=[])
+    app = create_app(settings, store=store, runner=runner)
+    links = LinkerStore(store.engine, LinkPolicy())
+    with authed_client(app) as admin:
+        deadline = time.monotonic() + 20
+        while links.watermark() < 40 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the first pass (at start) is over: what follows needs a wake-up
+        assert links.watermark() == 40
+        contact = admin.post("/contacts", json={"emails": [OWNER]}).json()
+        linked: list[object] = []
+        while time.monotonic() < deadline:
+            linked = admin.get(f"/contacts/{contact['id']}/timeline").json()["messages"]
+            if len(linked) == 40:
+                break
+            time.sleep(0.05)
+        assert len(linked) == 40
