@@ -22,6 +22,7 @@ lock on PostgreSQL; on SQLite the step writes first, which takes the database's 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -33,7 +34,9 @@ from sqlalchemy import (
     Select,
     String,
     Table,
+    any_,
     bindparam,
+    column,
     delete,
     func,
     insert,
@@ -41,6 +44,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -77,17 +81,34 @@ _CHUNK = 1000
 _PARTICIPANTS = cast(Table, MessageParticipantRow.__table__)
 _LINKS = cast(Table, TimelineLinkRow.__table__)
 _STATE = cast(Table, LinkerStateRow.__table__)
-_INSERT_LINK = insert(_LINKS).from_select(
-    ["message_id", "target_kind", "target_id", "source", "sort_at", "created_at"],
-    select(
-        MessageRow.id,
-        bindparam("kind", type_=String()),
-        bindparam("target", type_=BigInteger()),
-        bindparam("source", type_=String()),
-        MessageRow.sort_at,
-        bindparam("now", type_=UtcDateTime()),
-    ).where(MessageRow.id == bindparam("mid", type_=BigInteger())),
-)
+
+
+def _insert_links(conn: Connection, kind: str, target: int, source: str, ids: list[int]) -> None:
+    """Link messages ``ids`` to one target in one statement: the message's ``sort_at`` is
+    copied by the database (no timestamp through Python), and the ids go as ONE parameter
+    (``= ANY(array)`` on PostgreSQL, ``json_each`` on SQLite), so the statement's text is the
+    same whatever their number."""
+    if conn.dialect.name == "postgresql":
+        chosen: Any = MessageRow.id == any_(bindparam("ids", ids, type_=ARRAY(BigInteger())))
+    else:
+        chosen = MessageRow.id.in_(
+            select(column("value", BigInteger())).select_from(
+                func.json_each(bindparam("ids", json.dumps(ids), type_=String()))
+            )
+        )
+    conn.execute(
+        insert(_LINKS).from_select(
+            ["message_id", "target_kind", "target_id", "source", "sort_at", "created_at"],
+            select(
+                MessageRow.id,
+                bindparam("kind", kind, type_=String()),
+                bindparam("target", target, type_=BigInteger()),
+                bindparam("source", source, type_=String()),
+                MessageRow.sort_at,
+                bindparam("now", utcnow(), type_=UtcDateTime()),
+            ).where(chosen),
+        )
+    )
 
 
 def _chunks(values: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
@@ -276,7 +297,7 @@ class LinkerStore:
             select(ContactEmailRow.address, ContactRow.id, ContactRow.company_id)
             .join(ContactRow, ContactRow.id == ContactEmailRow.contact_id)
             .where(ContactEmailRow.address.in_(addresses))
-        ):
+        ).all():
             contacts[address] = cid
             if company is not None:
                 contact_company[cid] = company
@@ -284,7 +305,7 @@ class LinkerStore:
             select(ActivityParticipantRow.address, ActivityParticipantRow.activity_id).where(
                 ActivityParticipantRow.address.in_(addresses)
             )
-        ):
+        ).all():
             activities.setdefault(address, []).append(aid)
         domain_companies = {
             domain: company
@@ -292,7 +313,7 @@ class LinkerStore:
                 select(CompanyDomainRow.domain, CompanyDomainRow.company_id).where(
                     CompanyDomainRow.domain.in_(domains)
                 )
-            )
+            ).all()
         }
         for cid, did in conn.execute(
             select(DealContactRow.contact_id, DealContactRow.deal_id)
@@ -300,7 +321,7 @@ class LinkerStore:
             .join(ContactEmailRow, ContactEmailRow.contact_id == DealContactRow.contact_id)
             .where(ContactEmailRow.address.in_(addresses), DealRow.status == "open")
             .distinct()
-        ):
+        ).all():
             open_deals.setdefault(cid, []).append(did)
         internal = {
             a
@@ -332,7 +353,7 @@ class LinkerStore:
             mid: tid
             for mid, tid in conn.execute(
                 select(MessageRow.id, MessageRow.thread_id).where(MessageRow.id.in_(scope))
-            )
+            ).all()
         }
         if not messages:
             return
@@ -340,7 +361,7 @@ class LinkerStore:
         p = _PARTICIPANTS.c
         for mid, address in conn.execute(
             select(p.message_id, p.address).where(p.message_id.in_(scope))
-        ):
+        ).all():
             people.setdefault(mid, set()).add(address)
         ctx = self._context(conn, scope)
         manual: dict[int, dict[int, bool]] = {}
@@ -352,7 +373,7 @@ class LinkerStore:
                     select(MessageRow.thread_id).where(MessageRow.id.in_(scope))
                 )
             )
-        ):
+        ).all():
             manual.setdefault(tid, {})[did] = bool(linked)
         links = _LINKS.c
         existing: dict[tuple[int, str, int], tuple[int, str]] = {
@@ -361,12 +382,11 @@ class LinkerStore:
                 select(
                     links.id, links.message_id, links.target_kind, links.target_id, links.source
                 ).where(links.message_id.in_(scope))
-            )
+            ).all()
         }
         drop: list[int] = []
         promote: list[int] = []
-        add: list[dict[str, Any]] = []
-        now = utcnow()
+        add: dict[tuple[str, int, str], list[int]] = {}
         keep: dict[int, set[tuple[str, int]]] = {}
         no_hand: dict[int, bool] = {}
         # Many messages share their participants (a thread, a correspondent): ask the rules
@@ -390,9 +410,7 @@ class LinkerStore:
                 found = existing.get((mid, kind, target))
                 source = "manual" if (kind, target) in hand else "auto"
                 if found is None:
-                    add.append(
-                        {"mid": mid, "kind": kind, "target": target, "source": source, "now": now}
-                    )
+                    add.setdefault((kind, target, source), []).append(mid)
                 elif source == "manual" and found[1] != "manual":
                     promote.append(found[0])
         for (mid, kind, target), (lid, source) in existing.items():
@@ -402,7 +420,5 @@ class LinkerStore:
             conn.execute(delete(_LINKS).where(links.id.in_(part)))
         for part in _chunks(promote):
             conn.execute(update(_LINKS).where(links.id.in_(part)).values(source="manual"))
-        if add:
-            # The message's sort_at is copied by the database: no timestamp goes through
-            # Python and back (a third of the time of a large relink).
-            conn.execute(_INSERT_LINK, add)
+        for (kind, target, source), mids in add.items():
+            _insert_links(conn, kind, target, source, mids)
