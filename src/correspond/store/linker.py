@@ -268,6 +268,12 @@ class LinkerStore:
                 entry.done_through = high
             return count
 
+    def step(self) -> bool:
+        """One step (indexing first, then the queue); False when there was nothing to do."""
+        if self.index_batch():
+            return True
+        return self.relink_batch() >= 0
+
     def run_until_idle(self) -> tuple[int, int]:
         """Steps until nothing is left: (messages indexed, messages linked again)."""
         indexed = relinked = 0

@@ -36,6 +36,9 @@ class Linker:
             store.engine, link_policy(settings), batch=settings.linker_batch_size
         )
         self.poll_seconds = settings.linker_poll_seconds
+        # SQLite has one writer at a time: a pause between steps lets the ingest commits of
+        # this process (waiting on the lock) in, instead of the linker taking it back at once.
+        self.pause = 0.05 if store.dialect == "sqlite" else 0.0
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -53,12 +56,14 @@ class Linker:
         loop.call_soon_threadsafe(self._wake.set)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Until ``stop``: a pass, then wait for a wake-up or the poll interval."""
+        """Until ``stop``: steps until there is no work (one transaction each, in a thread),
+        then wait for a wake-up or the poll interval."""
         self._loop = asyncio.get_running_loop()
         while not stop.is_set():
             self._wake.clear()
             try:
-                await asyncio.to_thread(self.links.run_until_idle)
+                while not stop.is_set() and await asyncio.to_thread(self.links.step):
+                    await asyncio.sleep(self.pause)
             except CorrespondError as exc:
                 log.warning("linker pass failed: %s", exc)
             waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
