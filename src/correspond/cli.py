@@ -91,11 +91,13 @@ from correspond.store.blob_gc import check_blobs
 from correspond.store.blobs import BlobStore
 from correspond.store.crm import CrmStore
 from correspond.store.leases import RUNNABLE_STATES, AccountLeases
+from correspond.store.linker import LinkerStore
 from correspond.store.location import store_location
 from correspond.store.message_queries import MAX_PAGE, AddressView, MessageView
 from correspond.store.progress import AccountProgress, ProgressReader
 from correspond.store.records import draft_of
 from correspond.store.users import ApiToken, User
+from correspond.sync.linker import link_policy
 from correspond.sync.runner import (
     OnceResult,
     SyncRunner,
@@ -1263,6 +1265,20 @@ def import_records(
             click.echo(f"row {error.row}: {safe(error.error)}", err=True)
     if report.errors:
         sys.exit(1)
+
+
+@main.command("relink")
+@pass_cli
+def relink(cli: CliContext) -> None:
+    """Index and link every message to the CRM timelines again, now (manual links stay).
+    Run it after changing organisation_domains, link_blocklist or link_internal_mail: the
+    linker applies them to new mail only."""
+    links = LinkerStore(
+        cli.store.engine, link_policy(cli.settings), batch=cli.settings.linker_batch_size
+    )
+    links.reset()
+    indexed, relinked = links.run_until_idle()
+    click.echo(f"Linked {indexed} messages ({relinked} more from record changes).")
 
 
 # -- reading synced mail ---------------------------------------------------------------------

@@ -170,6 +170,14 @@ class LinkerStore:
             found = s.scalar(select(LinkerStateRow.indexed_through).where(LinkerStateRow.id == 1))
             return int(found or 0)
 
+    def reset(self) -> None:
+        """Index and link every message again from the first (after a change of the settings
+        the rules take, or of the installation's users): the watermark goes back to 0; each
+        step then rewrites its messages' participants and links as if they were new."""
+        with unit_of_work(self._sessions) as s:
+            self._lock(s)
+            s.execute(update(_STATE).where(_STATE.c.id == 1).values(indexed_through=0))
+
     def pending(self) -> bool:
         """Whether a step has work: unindexed messages or queued relinks."""
         with unit_of_work(self._sessions) as s:
