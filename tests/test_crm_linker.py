@@ -280,3 +280,38 @@ def test_sigkill_mid_run_leaves_a_state_the_next_run_completes(store: Store) -> 
     with store.engine.connect() as conn:
         participants = conn.scalar(select(func.count()).select_from(MessageParticipantRow))
     assert participants == 6000  # From and To of each, once
+
+
+def test_a_sent_copy_found_later_brings_its_bcc_recipients_to_the_timelines(
+    store: Store,
+) -> None:
+    """A message stored first from INBOX, indexed, then found in Sent with Bcc (ingest
+    rewrites the row): queued by the Sent folder's UIDs, indexed again, the Bcc recipient's
+    contact gets it. The same UIDs in a folder that is not Sent queue nothing."""
+    from sqlalchemy import update
+
+    from correspond.store.message_tables import MessageLocationRow, MessageRow
+
+    account_id, folders = make_account_with_folders(store.engine, "acc")
+    fill_messages(store.engine, account_id, folders, 10)
+    crm = CrmStore(store.engine)
+    hidden = crm.create_contact(emails=["hidden@client.test"])
+    linker = LinkerStore(store.engine, LinkPolicy())
+    linker.run_until_idle()
+    with store.engine.begin() as conn:
+        mid, uid = conn.execute(
+            select(MessageLocationRow.message_id, MessageLocationRow.uid)
+            .where(MessageLocationRow.folder_id == folders["sent"])
+            .limit(1)
+        ).one()
+        conn.execute(
+            update(MessageRow)
+            .where(MessageRow.id == mid)
+            .values(bcc_addrs=[{"name": None, "email": "Hidden@Client.test"}], direction="outbound")
+        )
+    assert linker.requeue_sent_copies(folders["inbox"], [uid]) == 0
+    assert linker.requeue_sent_copies(folders["sent"], [uid]) == 1
+    assert _timeline_ids(crm, "contact", hidden.id) == []
+    linker.run_until_idle()
+    assert _timeline_ids(crm, "contact", hidden.id) == [mid]
+    assert not linker.pending()

@@ -214,6 +214,8 @@ class RelinkQueueRow(Base):
     id: Mapped[int] = mapped_column(_Id, primary_key=True)
     address: Mapped[str | None] = mapped_column(String(320))
     domain: Mapped[str | None] = mapped_column(String(255))
+    #: Or one message whose addresses changed after it was indexed (a Sent copy brought Bcc).
+    message_id: Mapped[int | None] = mapped_column(BigInteger)
     #: Messages up to this id are linked again already (a crash resumes after it).
     done_through: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

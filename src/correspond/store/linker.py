@@ -70,8 +70,8 @@ from correspond.store.crm_tables import (
     TimelineLinkRow,
 )
 from correspond.store.engine import register_table_modules, unit_of_work
-from correspond.store.message_tables import MessageRow
-from correspond.store.tables import AccountRow, UserRow, UtcDateTime, utcnow
+from correspond.store.message_tables import MessageLocationRow, MessageRow
+from correspond.store.tables import AccountRow, FolderRow, UserRow, UtcDateTime, utcnow
 
 __all__ = ["LinkPolicy", "LinkerStore"]
 
@@ -81,6 +81,7 @@ _CHUNK = 1000
 _PARTICIPANTS = cast(Table, MessageParticipantRow.__table__)
 _LINKS = cast(Table, TimelineLinkRow.__table__)
 _STATE = cast(Table, LinkerStateRow.__table__)
+_QUEUE = cast(Table, RelinkQueueRow.__table__)
 
 
 def _insert_links(conn: Connection, kind: str, target: int, source: str, ids: list[int]) -> None:
@@ -170,6 +171,34 @@ class LinkerStore:
             found = s.scalar(select(LinkerStateRow.indexed_through).where(LinkerStateRow.id == 1))
             return int(found or 0)
 
+    def requeue_sent_copies(self, folder_id: int, uids: Sequence[int]) -> int:
+        """Queue the messages at ``uids`` of ``folder_id`` to be indexed again when the folder
+        is a Sent folder: a Sent copy of a message stored first from another folder brings
+        its Bcc recipients (and makes it outbound) after it was indexed. How many queued."""
+        if not uids:
+            return 0
+        loc = cast(Table, MessageLocationRow.__table__)
+        folders = cast(Table, FolderRow.__table__)
+        with unit_of_work(self._sessions) as s:
+            chosen = (
+                select(loc.c.message_id)
+                .join(folders, folders.c.id == loc.c.folder_id)
+                .where(
+                    loc.c.folder_id == folder_id,
+                    folders.c.role == "sent",
+                    loc.c.uid.in_(list(uids)),
+                )
+                .distinct()
+            )
+            ids = list(s.connection().scalars(chosen))
+            if ids:
+                now = utcnow()
+                s.connection().execute(
+                    insert(_QUEUE),
+                    [{"message_id": i, "done_through": 0, "created_at": now} for i in ids],
+                )
+            return len(ids)
+
     def reset(self) -> None:
         """Index and link every message again from the first (after a change of the settings
         the rules take, or of the installation's users): the watermark goes back to 0; each
@@ -221,15 +250,7 @@ class LinkerStore:
                     _PARTICIPANTS.c.message_id > mark, _PARTICIPANTS.c.message_id <= last
                 )
             )
-            index: list[dict[str, Any]] = []
-            for mid, from_email, to, cc, bcc, direction in rows:
-                pairs = participant_rows(from_email, to, cc, bcc, outbound=direction == "outbound")
-                index.extend(
-                    {"message_id": mid, "address": a, "role": r, "domain": domain_of(a)}
-                    for a, r in pairs
-                )
-            if index:
-                conn.execute(insert(_PARTICIPANTS), index)
+            self._write_participants(conn, rows)
             self._relink(
                 conn, select(MessageRow.id).where(MessageRow.id > mark, MessageRow.id <= last)
             )
@@ -245,6 +266,8 @@ class LinkerStore:
             if entry is None:
                 return -1
             conn = s.connection()
+            if entry.message_id is not None:
+                return self._reindex_queued(conn, mark)
             p = _PARTICIPANTS.c
             column = p.address if entry.address is not None else p.domain
             value = entry.address if entry.address is not None else entry.domain
@@ -275,6 +298,50 @@ class LinkerStore:
             else:
                 entry.done_through = high
             return count
+
+    def _reindex_queued(self, conn: Connection, mark: int) -> int:
+        """Index again (participants and links) the queued single messages at the head of the
+        queue, up to a batch, and drop their entries. Messages past the watermark are left to
+        the indexing step."""
+        q = _QUEUE.c
+        head = conn.execute(select(q.id, q.message_id).order_by(q.id).limit(self.batch)).all()
+        entries: list[int] = []
+        ids: set[int] = set()
+        for qid, mid in head:
+            if mid is None:
+                break  # an address or domain: the next step takes it, in queue order
+            entries.append(qid)
+            if mid <= mark:
+                ids.add(int(mid))
+        if ids:
+            chosen = sorted(ids)
+            rows = conn.execute(
+                select(
+                    MessageRow.id,
+                    MessageRow.from_email,
+                    MessageRow.to_addrs,
+                    MessageRow.cc_addrs,
+                    MessageRow.bcc_addrs,
+                    MessageRow.direction,
+                ).where(MessageRow.id.in_(chosen))
+            ).all()
+            conn.execute(delete(_PARTICIPANTS).where(_PARTICIPANTS.c.message_id.in_(chosen)))
+            self._write_participants(conn, rows)
+            self._relink(conn, select(MessageRow.id).where(MessageRow.id.in_(chosen)))
+        conn.execute(delete(_QUEUE).where(q.id.in_(entries)))
+        return len(ids)
+
+    @staticmethod
+    def _write_participants(conn: Connection, rows: Sequence[Any]) -> None:
+        index: list[dict[str, Any]] = []
+        for mid, from_email, to, cc, bcc, direction in rows:
+            pairs = participant_rows(from_email, to, cc, bcc, outbound=direction == "outbound")
+            index.extend(
+                {"message_id": mid, "address": a, "role": r, "domain": domain_of(a)}
+                for a, r in pairs
+            )
+        if index:
+            conn.execute(insert(_PARTICIPANTS), index)
 
     def step(self) -> bool:
         """One step (indexing first, then the queue); False when there was nothing to do."""

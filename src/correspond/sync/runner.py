@@ -35,7 +35,7 @@ import multiprocessing
 import os
 import secrets
 import socket
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -52,7 +52,13 @@ from correspond.settings import Settings
 from correspond.store.blobs import BlobStore
 from correspond.store.engine import database_failure, is_database_error, log_database_failure
 from correspond.store.leases import RESUMABLE_STATES, AccountLeases, process_identity
-from correspond.store.messages import IngestResult, MessageStore
+from correspond.store.messages import (
+    FolderCheckpointUpdate,
+    IncomingMessage,
+    IngestResult,
+    MessageStore,
+    ThreadChooser,
+)
 from correspond.store.records import Account
 from correspond.store.repository import Store
 from correspond.store.tables import utcnow
@@ -146,13 +152,24 @@ class _NotifyingMessageStore(MessageStore):
     """The message store, telling ``notify`` after each ingest commit (the linker's wake-up:
     the participant index is built off the ingest path, never inside its transaction)."""
 
-    def __init__(self, engine: Any, notify: Callable[[], None]) -> None:
+    def __init__(self, engine: Any, linker: Linker) -> None:
         super().__init__(engine)
-        self._notify = notify
+        self._linker = linker
 
-    def ingest_batch(self, *args: Any, **kwargs: Any) -> IngestResult:
-        result = super().ingest_batch(*args, **kwargs)
-        self._notify()
+    def ingest_batch(
+        self,
+        account_id: int,
+        folder_id: int,
+        items: Sequence[IncomingMessage],
+        checkpoint: FolderCheckpointUpdate,
+        *,
+        chooser: ThreadChooser,
+    ) -> IngestResult:
+        result = super().ingest_batch(account_id, folder_id, items, checkpoint, chooser=chooser)
+        if result.linked:
+            # A Sent copy of a message already indexed may have brought its Bcc recipients.
+            self._linker.links.requeue_sent_copies(folder_id, result.linked)
+        self._linker.wake()
         return result
 
 
@@ -273,7 +290,7 @@ class SyncRunner:
         self.guarded = LeaseGuardedStore(store, self.leases, self.owner, on_state=on_state)
         #: Links messages to CRM timelines in the background of this process.
         self.linker = Linker(store, settings)
-        self.messages: MessageStore = _NotifyingMessageStore(store.engine, self.linker.wake)
+        self.messages: MessageStore = _NotifyingMessageStore(store.engine, self.linker)
         self.blobs = BlobStore.from_settings(settings)
         self._factory = syncer_factory or _default_factory
         self._own_executor = parse_executor is None and parse_processes > 0

@@ -195,6 +195,7 @@ def upgrade() -> None:
         sa.Column("id", _Id, nullable=False),
         sa.Column("address", sa.String(320), nullable=True),
         sa.Column("domain", sa.String(255), nullable=True),
+        sa.Column("message_id", sa.BigInteger(), nullable=True),
         sa.Column("done_through", sa.BigInteger(), nullable=False),
         sa.Column("created_at", UtcDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_crm_relink_queue")),
