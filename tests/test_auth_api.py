@@ -28,6 +28,7 @@ from correspond.auth import LoginLimiter, LoginThrottled
 from correspond.rules.presets import AccountChanges, draft_from_preset
 from correspond.settings import Settings
 from correspond.store import Store
+from correspond.store.linker import LinkerStore, LinkPolicy
 from correspond.store.message_queries import encode_cursor
 from correspond.store.repository import SettingsChanged
 from correspond.testing.dovecot import DovecotServer, ImapUser
@@ -60,7 +61,14 @@ OWN_THINGS = {
 ADMIN_ONLY = {("POST", "/teams")}
 # What a metadata-only viewer never sees, at any depth of any answer.
 BODY_KEYS = {"snippet", "text", "html", "attachments", "has_attachments", "has_raw", "defects"}
+# CRM records are the organisation's (every signed-in user's): a member gets them too, but a
+# record's timeline holds only the messages the member may see (none of the admin's here).
+SHARED_PREFIXES = ("/contacts", "/companies", "/deals", "/activities", "/import")
 BIG_ID = 2**63
+
+
+def _shared(path: str) -> bool:
+    return path.startswith(SHARED_PREFIXES)
 
 
 @pytest.fixture
@@ -137,6 +145,7 @@ GHOSTS: dict[str, Any] = {
     "token_id": 987654324,
     "team_id": 987654325,
     "user_id": 987654326,
+    "deal_id": 987654327,
 }
 
 
@@ -161,6 +170,16 @@ def _secrets_of(admin: TestClient, mirror: SeededMirror) -> tuple[dict[str, Any]
     token_id = admin.get("/tokens").json()[0]["id"]
     team = admin.post("/teams", json={"name": "Walkers"})
     assert team.status_code == 201, team.text
+    # Records with mail on their timelines (linked by the linker, as a worker would).
+    company = admin.post("/companies", json={"name": "Example", "domains": ["example.test"]})
+    contact = admin.post("/contacts", json={"emails": ["alice@example.test"]}).json()
+    deal = admin.post("/deals", json={"name": "Kickoff", "contact_ids": [contact["id"]]}).json()
+    activity = admin.post(
+        "/activities",
+        json={"kind": "meeting", "title": "Kickoff", "participants": ["alice@example.test"]},
+    ).json()
+    LinkerStore(admin.app.state.crm.engine, LinkPolicy()).run_until_idle()  # type: ignore[attr-defined]
+    assert admin.get(f"/contacts/{contact['id']}/timeline").json()["messages"]
     ids = {
         "name": mirror.account,
         "message_id": with_attachment["id"],
@@ -169,6 +188,11 @@ def _secrets_of(admin: TestClient, mirror: SeededMirror) -> tuple[dict[str, Any]
         "token_id": token_id,
         "team_id": team.json()["id"],
         "user_id": admin.get("/session").json()["id"],
+        "contact_id": contact["id"],
+        "company_id": company.json()["id"],
+        "deal_id": deal["id"],
+        "activity_id": activity["id"],
+        "kind": "contacts",
     }
     subjects = [m["subject"] for m in page["messages"] if m["subject"]]
     return ids, [mirror.account, mirror.address, *subjects[:5]]
@@ -196,6 +220,13 @@ def test_every_route_needs_credentials_and_hides_others_accounts(
             assert answer.json().keys() == {"detail"}, (method, path)
             assert answer.headers["www-authenticate"] == "Bearer"
         assert not any(s in answer.text for s in private), (method, path)
+        if _shared(path):
+            if method == "GET":  # the records are the member's too; the mail on them is not
+                answer = member.get(url)
+                assert answer.status_code == 200, (method, path, answer.status_code)
+                assert not any(s in answer.text for s in private[1:]), (method, path)
+                checked += 1
+            continue
         if (method, path) in ADMIN_ONLY:
             assert member.request(method, url, json=body).status_code == 403, (method, path)
         elif (method, path) not in PUBLIC | OWN_THINGS:

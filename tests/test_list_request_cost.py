@@ -70,15 +70,19 @@ def test_a_list_request_is_two_statements_sign_in_with_visibility_then_the_page(
     if store.engine.dialect.name == "postgresql":
         # Autocommit: no BEGIN before each read and no ROLLBACK after it (round trips).
         assert all(autocommit for _, autocommit in seen), seen
-    # Another user's account: refused after the one statement, as if it did not exist.
+    # No such account: refused after the one statement.
+    with _statements(store.engine) as seen:
+        missing = admin.get("/accounts/no-such/messages")
+    assert missing.status_code == 404
+    assert len(seen) == 1 and "api_tokens" in seen[0][0], seen
+    # Another user's private account: not theirs, so the teams rule is asked (one more
+    # statement, never the page), and it answers as if the account did not exist.
     with _statements(store.engine) as seen:
         hidden = member.get("/accounts/synthetic/messages")
-        missing = admin.get("/accounts/no-such/messages")
-    assert hidden.status_code == missing.status_code == 404
-    assert hidden.json()["detail"] == "no account named 'synthetic'"
-    assert len(seen) == 2 and all("api_tokens" in s for s, _ in seen), seen
-    if store.engine.dialect.name == "postgresql":
-        assert all(autocommit for _, autocommit in seen)
+    assert hidden.status_code == 404
+    assert hidden.json() == missing.json() | {"detail": "no account named 'synthetic'"}
+    assert len(seen) == 2 and "api_tokens" in seen[0][0], seen
+    assert all("FROM messages" not in s for s, _ in seen), seen
 
 
 def test_last_used_at_is_written_once_a_minute_not_per_request(app: FastAPI, store: Store) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "CapabilityError",
     "CertificateNotTrusted",
     "ConfigError",
+    "Conflict",
     "ConnectionLost",
     "ConnectionRefused",
     "CorrespondError",
@@ -200,3 +201,8 @@ class SecurityMismatch(TlsError):
 
 class ConnectionLost(ImapConnectionError):
     """The peer closed the connection, or said BYE."""
+
+
+class Conflict(ConfigError):
+    """What was asked clashes with what is stored (a duplicate external id, an address that
+    belongs to another contact): 409 on the API."""

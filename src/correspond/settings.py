@@ -172,6 +172,29 @@ class Settings(BaseSettings):
         "change (opened when the command connection is busy)",
     )
 
+    # -- CRM timelines (docs/ARCHITECTURE.md, "CRM records and timelines") ------------------
+    organisation_domains: list[str] = Field(
+        default_factory=list,
+        description="The organisation's own mail domains: mail among them only is internal",
+    )
+    link_internal_mail: bool = Field(
+        default=False, description="Put internal-only mail on timelines too"
+    )
+    link_blocklist: list[str] = Field(
+        default_factory=list,
+        description="Addresses and domains never put on a timeline (nor counted as participants)",
+    )
+    linker_batch_size: int = Field(
+        default=2000, ge=1, le=100_000, description="Messages the linker handles per transaction"
+    )
+    linker_poll_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description="How often the linker looks for work another process left (it is woken "
+        "at once by ingest and record changes in its own process)",
+    )
+
     def clone(self, **changes: Any) -> Settings:
         """A validated copy with some fields changed (settings themselves never change; the
         environment is not read again)."""

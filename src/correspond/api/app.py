@@ -20,13 +20,14 @@ from fastapi.staticfiles import StaticFiles
 from correspond import __version__
 from correspond.accounts import AccountService
 from correspond.api.guard import RequestGuard
-from correspond.api.routes import accounts, auth, folders, health, messages, sync, teams
+from correspond.api.routes import accounts, auth, crm, folders, health, messages, sync, teams
 from correspond.api.schemas import ErrorPublic
 from correspond.api.security import authorize
 from correspond.auth import AuthService
 from correspond.errors import (
     AuthenticationFailed,
     ConfigError,
+    Conflict,
     CorrespondError,
     ImapError,
     ImapTimeout,
@@ -36,6 +37,7 @@ from correspond.errors import (
 from correspond.mailbox import MailboxReader
 from correspond.settings import Settings
 from correspond.store import Store, open_store
+from correspond.store.crm import CrmStore
 from correspond.store.leases import AccountLeases
 from correspond.store.progress import ProgressReader
 from correspond.sync.runner import SyncRunner
@@ -51,6 +53,8 @@ def status_for(exc: CorrespondError) -> int:
     """The HTTP status for one of our errors."""
     if isinstance(exc, NotFound):
         return 404
+    if isinstance(exc, Conflict):
+        return 409
     if isinstance(exc, ConfigError):
         return 400
     if isinstance(exc, ImapTimeout):
@@ -187,6 +191,7 @@ def create_app(
     app.state.leases = AccountLeases(the_store.engine)
     app.state.runner = runner
     app.state.auth = AuthService(the_store, settings)
+    app.state.crm = CrmStore(the_store.engine)
     app.add_exception_handler(CorrespondError, _correspond_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(
@@ -210,6 +215,9 @@ def create_app(
         messages.thread_router,
         teams.router,
         teams.me_router,
+        *crm.record_routers,
+        crm.import_router,
+        crm.thread_deal_router,
     ):
         app.include_router(router, dependencies=signed_in)
     return app

@@ -6,9 +6,10 @@ included): the caller must present a bearer token (``Authorization: Bearer ct_..
 session cookie, else 401 and no data. Then each path parameter that names something owned is
 checked against the one visibility rule (:mod:`correspond.store.visibility`, asked through
 :class:`correspond.auth.AuthService`): an account by ``name``, a message by ``message_id``, a
-thread by ``thread_id``, a team by ``team_id`` (its members and admins). An account the caller
-may not see is a 404, as if it did not exist, so names do not leak; one they see but may not
-do this with (metadata only, or not theirs to change) is a 403. A path parameter this module
+thread by ``thread_id``, a team by ``team_id`` (its members and admins); CRM records
+(``contact_id``, ``company_id``, ``deal_id``, ``activity_id``) are every signed-in user's.
+An account the caller may not see is a 404, as if it did not exist, so names do not leak; one
+they see but may not do this with (metadata only, or not theirs to change) is a 403. A path parameter this module
 does not know is refused (500): a new kind of id must be given its rule here first.
 """
 
@@ -48,6 +49,9 @@ MAX_ID = 2**63 - 1
 # own, an attachment within its message (whose message_id is checked here), a user of a
 # team's membership on admin-only routes.
 _CHECKED_BY_ROUTE = frozenset({"token_id", "attachment_id", "user_id"})
+# CRM records are the organisation's: every signed-in user may see them (the route answers 404
+# for one that does not exist). ``kind`` names a kind of record to import, nothing owned.
+_SHARED = frozenset({"contact_id", "company_id", "deal_id", "activity_id", "kind"})
 
 
 async def get_auth(request: Request) -> AuthService:
@@ -222,7 +226,7 @@ async def authorize(request: Request, user: CurrentUser, auth: AuthDep) -> User:
         elif param == "team_id":
             if (team_id := _id(str(value))) is not None:
                 await asyncio.to_thread(auth.team_visible, user, team_id)
-        elif param not in _CHECKED_BY_ROUTE:
+        elif param not in _CHECKED_BY_ROUTE and param not in _SHARED:
             raise RuntimeError(f"path parameter {param!r} has no visibility rule")
         if found is not None:
             _check(found, needed)

@@ -53,6 +53,7 @@ __all__ = [
     "viewer_kind",
     "viewer_params",
     "visible_accounts",
+    "visible_message_filter",
 ]
 
 #: The bound parameter that carries the viewer's user id.
@@ -161,3 +162,18 @@ def _subquery(kind: str) -> Subquery:
         .where(terms.visible)
         .subquery("visible")
     )
+
+
+def visible_message_filter(viewer: Viewer, account_id: Any) -> ColumnElement[bool]:
+    """A WHERE clause for cross-account message queries (timelines): the row's account
+    (``account_id``, a column) is one ``viewer`` sees **in full** (bind :func:`viewer_params`).
+    An account shared as metadata only stays off its viewers' timelines: a timeline entry
+    carries the snippet, which is body text."""
+    kind = viewer_kind(viewer)
+    if kind == "admin":
+        return true()
+    if kind == "disabled":
+        return false()
+    terms = terms_for(kind)
+    full = select(AccountRow.id).where(terms.visible, terms.level == literal("full"))
+    return account_id.in_(full)  # type: ignore[no-any-return]

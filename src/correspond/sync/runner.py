@@ -35,10 +35,11 @@ import multiprocessing
 import os
 import secrets
 import socket
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from correspond.errors import (
     AuthenticationFailed,
@@ -51,12 +52,19 @@ from correspond.settings import Settings
 from correspond.store.blobs import BlobStore
 from correspond.store.engine import database_failure, is_database_error, log_database_failure
 from correspond.store.leases import RESUMABLE_STATES, AccountLeases, process_identity
-from correspond.store.messages import MessageStore
+from correspond.store.messages import (
+    FolderCheckpointUpdate,
+    IncomingMessage,
+    IngestResult,
+    MessageStore,
+    ThreadChooser,
+)
 from correspond.store.records import Account
 from correspond.store.repository import Store
 from correspond.store.tables import utcnow
 from correspond.sync.engine import AccountSyncer, AccountSyncReport, tls_failure_detail
 from correspond.sync.folder_sync import DEFAULT_BATCH_SIZE
+from correspond.sync.linker import Linker
 from correspond.sync.prepare import init_worker
 
 __all__ = [
@@ -138,6 +146,31 @@ def make_parse_executor(processes: int) -> ProcessPoolExecutor | None:
         initializer=init_worker,
         initargs=(os.getpid(),),
     )
+
+
+class _NotifyingMessageStore(MessageStore):
+    """The message store, telling ``notify`` after each ingest commit (the linker's wake-up:
+    the participant index is built off the ingest path, never inside its transaction)."""
+
+    def __init__(self, engine: Any, linker: Linker) -> None:
+        super().__init__(engine)
+        self._linker = linker
+
+    def ingest_batch(
+        self,
+        account_id: int,
+        folder_id: int,
+        items: Sequence[IncomingMessage],
+        checkpoint: FolderCheckpointUpdate,
+        *,
+        chooser: ThreadChooser,
+    ) -> IngestResult:
+        result = super().ingest_batch(account_id, folder_id, items, checkpoint, chooser=chooser)
+        if result.linked:
+            # A Sent copy of a message already indexed may have brought its Bcc recipients.
+            self._linker.links.requeue_sent_copies(folder_id, result.linked)
+        self._linker.wake()
+        return result
 
 
 class LeaseGuardedStore(Store):
@@ -255,7 +288,9 @@ class SyncRunner:
         self.stop_grace_seconds = stop_grace_seconds
         self.leases = AccountLeases(store.engine)
         self.guarded = LeaseGuardedStore(store, self.leases, self.owner, on_state=on_state)
-        self.messages = MessageStore(store.engine)
+        #: Links messages to CRM timelines in the background of this process.
+        self.linker = Linker(store, settings)
+        self.messages: MessageStore = _NotifyingMessageStore(store.engine, self.linker)
         self.blobs = BlobStore.from_settings(settings)
         self._factory = syncer_factory or _default_factory
         self._own_executor = parse_executor is None and parse_processes > 0
@@ -295,6 +330,8 @@ class SyncRunner:
         # A writer killed between writing a blob and renaming it leaves a temp file; sweep the
         # stale ones once per start, off the event loop (it walks the fan-out directories).
         sweep = asyncio.create_task(asyncio.to_thread(self.blobs.sweep_temporary))
+        linker_stop = asyncio.Event()
+        linker = asyncio.create_task(self.linker.run(linker_stop), name="crm-linker")
         try:
             while not self._stop.is_set() and not (stop is not None and stop.is_set()):
                 try:
@@ -315,9 +352,12 @@ class SyncRunner:
                     with contextlib.suppress(asyncio.CancelledError):
                         await w
         finally:
+            linker_stop.set()
             await self._stop_all(reason="shutdown")
             with contextlib.suppress(OSError, CorrespondError):
                 await sweep
+            with contextlib.suppress(CorrespondError):
+                await linker
             if self._own_executor and self._executor is not None:
                 executor, self._executor = self._executor, None
                 await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)

@@ -1,0 +1,176 @@
+"""CRM linking rules, pure: which timelines a message belongs on.
+
+No IO here: the linker (:mod:`correspond.sync.linker`) reads what a batch of messages needs
+(participants, the contacts and companies behind their addresses and domains, open deals,
+activities) and asks :func:`links_for` per message; the tests are tables.
+
+- Addresses are compared normalised (:func:`normalize_address`: trimmed, lower-cased, the
+  domain as its IDNA A-label), whatever a message or an import wrote.
+- A message's participants are From, To and Cc, and Bcc only on sent mail
+  (:func:`participant_rows`): a received copy never names Bcc recipients honestly.
+- A message links to each contact with a participant address, those contacts' companies,
+  the companies whose domain is an *external* participant's, those contacts' open deals, and
+  the activities that list a participant.
+- Blocklisted addresses and domains are dropped first: they link nothing and count for
+  nothing. Mail whose remaining participants are all internal (a user of the installation, or
+  an address at one of the organisation's domains) links nowhere unless ``link_internal``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ACTIVITY_KINDS",
+    "DEAL_STATUSES",
+    "ROLES",
+    "TARGET_KINDS",
+    "LinkContext",
+    "domain_of",
+    "links_for",
+    "normalize_address",
+    "normalize_domain",
+    "participant_rows",
+]
+
+TARGET_KINDS = ("contact", "company", "deal", "activity")
+DEAL_STATUSES = ("open", "won", "lost")
+ACTIVITY_KINDS = ("meeting", "call", "task")
+ROLES = ("from", "to", "cc", "bcc")
+
+#: Longest address (RFC 5321 §4.5.3.1: 64 + 1 + 255) and domain kept; longer ones are not mail.
+MAX_ADDRESS = 320
+MAX_DOMAIN = 255
+
+
+def normalize_domain(domain: str) -> str | None:
+    """``domain`` lower-cased, as its IDNA A-label (``Bücher.example`` ->
+    ``xn--bcher-kva.example``); None when it cannot be a mail domain (empty, spaces, an empty
+    label, too long)."""
+    value = domain.strip().rstrip(".").lower()
+    if not value or any(c.isspace() for c in value) or "@" in value or ".." in value:
+        return None
+    if not value.isascii():
+        try:
+            value = value.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    if len(value) > MAX_DOMAIN or value.startswith("."):
+        return None
+    return value
+
+
+def normalize_address(address: str) -> str | None:
+    """``address`` trimmed and lower-cased with its domain normalised (:func:`normalize_domain`);
+    None when it is not an address (no ``@``, an empty side, spaces)."""
+    value = address.strip()
+    local, at, domain = value.rpartition("@")
+    if not at or not local or any(c.isspace() for c in local):
+        return None
+    norm = normalize_domain(domain)
+    if norm is None:
+        return None
+    result = f"{local.lower()}@{norm}"
+    return result if len(result) <= MAX_ADDRESS else None
+
+
+def domain_of(address: str) -> str:
+    """The domain of a normalised address."""
+    return address.rpartition("@")[2]
+
+
+def _emails(items: Iterable[Mapping[str, Any]] | None) -> Iterable[str]:
+    for item in items or ():
+        email = item.get("email") if isinstance(item, Mapping) else None
+        if isinstance(email, str):
+            yield email
+
+
+def participant_rows(
+    from_email: str | None,
+    to: Iterable[Mapping[str, Any]] | None,
+    cc: Iterable[Mapping[str, Any]] | None,
+    bcc: Iterable[Mapping[str, Any]] | None,
+    *,
+    outbound: bool,
+) -> list[tuple[str, str]]:
+    """A message's ``(address, role)`` pairs, normalised, without duplicates (an address may
+    hold two roles). Bcc only when ``outbound`` (the sender's own copy is the only honest one).
+    Anything that is not an address is left out."""
+    out: dict[tuple[str, str], None] = {}
+    groups: list[tuple[str, Iterable[str]]] = [
+        ("from", [from_email] if from_email else []),
+        ("to", _emails(to)),
+        ("cc", _emails(cc)),
+    ]
+    if outbound:
+        groups.append(("bcc", _emails(bcc)))
+    for role, emails in groups:
+        for email in emails:
+            address = normalize_address(email)
+            if address is not None:
+                out[(address, role)] = None
+    return list(out)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkContext:
+    """What :func:`links_for` needs to know about the addresses of the messages at hand.
+
+    ``contacts`` maps an address to its contact; ``contact_company`` a contact to its company
+    (absent: none); ``domain_companies`` a domain to its company; ``open_deals`` a contact to
+    its open deals; ``activities`` an address to the activities that list it. ``internal`` are
+    the installation's own addresses (users, mailboxes), ``organisation_domains`` its domains,
+    ``blocklist`` addresses and domains never linked; ``link_internal`` links internal-only
+    mail too.
+    """
+
+    contacts: Mapping[str, int] = field(default_factory=dict)
+    contact_company: Mapping[int, int] = field(default_factory=dict)
+    domain_companies: Mapping[str, int] = field(default_factory=dict)
+    open_deals: Mapping[int, Collection[int]] = field(default_factory=dict)
+    activities: Mapping[str, Collection[int]] = field(default_factory=dict)
+    internal: Collection[str] = frozenset()
+    organisation_domains: Collection[str] = frozenset()
+    blocklist: Collection[str] = frozenset()
+    link_internal: bool = False
+
+    def is_internal(self, address: str) -> bool:
+        return address in self.internal or domain_of(address) in self.organisation_domains
+
+    def is_blocked(self, address: str) -> bool:
+        return address in self.blocklist or domain_of(address) in self.blocklist
+
+
+def links_for(addresses: Iterable[str], ctx: LinkContext) -> set[tuple[str, int]]:
+    """The ``(target kind, target id)`` pairs a message with these (normalised) participant
+    addresses belongs to."""
+    blocked, internal, org = ctx.blocklist, ctx.internal, ctx.organisation_domains
+    people: list[tuple[str, str]] = []
+    external = False
+    for address in addresses:
+        domain = address.rpartition("@")[2]
+        if address in blocked or domain in blocked:
+            continue
+        people.append((address, domain))
+        if not external and address not in internal and domain not in org:
+            external = True
+    if not external and not ctx.link_internal:
+        return set()
+    out: set[tuple[str, int]] = set()
+    for address, domain in people:
+        contact = ctx.contacts.get(address)
+        if contact is not None:
+            out.add(("contact", contact))
+            company = ctx.contact_company.get(contact)
+            if company is not None:
+                out.add(("company", company))
+            out.update(("deal", d) for d in ctx.open_deals.get(contact, ()))
+        out.update(("activity", a) for a in ctx.activities.get(address, ()))
+        if address not in internal and domain not in org:
+            company = ctx.domain_companies.get(domain)
+            if company is not None:
+                out.add(("company", company))
+    return out

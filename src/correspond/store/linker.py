@@ -1,0 +1,505 @@
+"""The linker's SQL: the participant index and the automatic timeline links.
+
+Two kinds of step, each ONE transaction that either happens whole or not at all, so a process
+killed at any point leaves nothing half done that the next step does not redo:
+
+- :meth:`LinkerStore.index_batch`: the next ``batch`` messages after the watermark
+  (``crm_linker_state.indexed_through``) get their ``message_participants`` rows and their
+  links, and the watermark moves past them. Rows of those messages are deleted first, so a
+  step that runs twice writes the same rows.
+- :meth:`LinkerStore.relink_batch`: the oldest entry of ``crm_relink_queue`` (an address or
+  a domain a record change touched): the next ``batch`` indexed messages with that participant
+  are linked again, and the entry's ``done_through`` moves (the entry goes when done).
+
+Linking a set of messages (:meth:`_relink`) reads what the rules need for their addresses,
+asks :func:`correspond.rules.crm.links_for` per message, then deletes the automatic links no
+longer wanted and inserts the missing ones; manual links are never deleted by it, and a thread
+a person linked to (or unlinked from) a deal keeps that for all its messages.
+
+Writers are serialised (several processes may run a linker): a transaction-scoped advisory
+lock on PostgreSQL; on SQLite the step writes first, which takes the database's write lock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    Select,
+    String,
+    Table,
+    any_,
+    bindparam,
+    column,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from correspond.rules.crm import (
+    LinkContext,
+    domain_of,
+    links_for,
+    normalize_address,
+    normalize_domain,
+    participant_rows,
+)
+from correspond.store.crm_tables import (
+    ActivityParticipantRow,
+    CompanyDomainRow,
+    ContactEmailRow,
+    ContactRow,
+    DealContactRow,
+    DealRow,
+    LinkerStateRow,
+    MessageParticipantRow,
+    RelinkQueueRow,
+    ThreadDealLinkRow,
+    TimelineLinkRow,
+)
+from correspond.store.engine import register_table_modules, unit_of_work
+from correspond.store.message_tables import MessageLocationRow, MessageRow
+from correspond.store.tables import AccountRow, FolderRow, UserRow, UtcDateTime, utcnow
+
+__all__ = ["LinkPolicy", "LinkerStore"]
+
+T = TypeVar("T")
+_LOCK_KEY = 0x63726D6C  # "crml": the linker's advisory lock
+_CHUNK = 1000
+_PARTICIPANTS = cast(Table, MessageParticipantRow.__table__)
+_LINKS = cast(Table, TimelineLinkRow.__table__)
+_STATE = cast(Table, LinkerStateRow.__table__)
+_QUEUE = cast(Table, RelinkQueueRow.__table__)
+
+
+def _insert_links(conn: Connection, kind: str, target: int, source: str, ids: list[int]) -> None:
+    """Link messages ``ids`` to one target in one statement: the message's ``sort_at`` is
+    copied by the database (no timestamp through Python), and the ids go as ONE parameter
+    (``= ANY(array)`` on PostgreSQL, ``json_each`` on SQLite), so the statement's text is the
+    same whatever their number."""
+    if conn.dialect.name == "postgresql":
+        chosen: Any = MessageRow.id == any_(bindparam("ids", ids, type_=ARRAY(BigInteger())))
+    else:
+        chosen = MessageRow.id.in_(
+            select(column("value", BigInteger())).select_from(
+                func.json_each(bindparam("ids", json.dumps(ids), type_=String()))
+            )
+        )
+    conn.execute(
+        insert(_LINKS).from_select(
+            ["message_id", "target_kind", "target_id", "source", "sort_at", "created_at"],
+            select(
+                MessageRow.id,
+                bindparam("kind", kind, type_=String()),
+                bindparam("target", target, type_=BigInteger()),
+                bindparam("source", source, type_=String()),
+                MessageRow.sort_at,
+                bindparam("now", utcnow(), type_=UtcDateTime()),
+            ).where(chosen),
+        )
+    )
+
+
+def _chunks(values: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkPolicy:
+    """The settings the rules take (``Settings.organisation_domains``, ``link_blocklist``,
+    ``link_internal_mail``), normalised."""
+
+    organisation_domains: frozenset[str] = frozenset()
+    blocklist: frozenset[str] = frozenset()
+    link_internal: bool = False
+
+    @classmethod
+    def build(
+        cls, organisation_domains: Iterable[str], blocklist: Iterable[str], link_internal: bool
+    ) -> LinkPolicy:
+        blocked: set[str] = set()
+        for entry in blocklist:
+            norm = normalize_address(entry) if "@" in entry.strip("@") else None
+            norm = norm or normalize_domain(entry.lstrip("@"))
+            if norm:
+                blocked.add(norm)
+        doms = {d for d in (normalize_domain(x.lstrip("@")) for x in organisation_domains) if d}
+        return cls(frozenset(doms), frozenset(blocked), link_internal)
+
+
+class LinkerStore:
+    """The linker's transactions over one engine."""
+
+    def __init__(self, engine: Engine, policy: LinkPolicy, *, batch: int = 2000) -> None:
+        self.engine = engine
+        self.policy = policy
+        self.batch = batch
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        register_table_modules()
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _lock(self, s: Session) -> int:
+        """Serialise linkers and return the watermark (creating its row the first time)."""
+        if self.engine.dialect.name == "postgresql":
+            s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+        else:
+            # A write first: SQLite's write lock for the whole step (no read-then-upgrade).
+            s.execute(update(LinkerStateRow).values(indexed_through=LinkerStateRow.indexed_through))
+        found = s.scalar(select(LinkerStateRow.indexed_through).where(LinkerStateRow.id == 1))
+        if found is None:
+            s.add(LinkerStateRow(id=1, indexed_through=0))
+            s.flush()
+            return 0
+        return int(found)
+
+    def watermark(self) -> int:
+        with unit_of_work(self._sessions) as s:
+            found = s.scalar(select(LinkerStateRow.indexed_through).where(LinkerStateRow.id == 1))
+            return int(found or 0)
+
+    def requeue_sent_copies(self, folder_id: int, uids: Sequence[int]) -> int:
+        """Queue the messages at ``uids`` of ``folder_id`` to be indexed again when the folder
+        is a Sent folder: a Sent copy of a message stored first from another folder brings
+        its Bcc recipients (and makes it outbound) after it was indexed. How many queued."""
+        if not uids:
+            return 0
+        loc = cast(Table, MessageLocationRow.__table__)
+        folders = cast(Table, FolderRow.__table__)
+        with unit_of_work(self._sessions) as s:
+            chosen = (
+                select(loc.c.message_id)
+                .join(folders, folders.c.id == loc.c.folder_id)
+                .where(
+                    loc.c.folder_id == folder_id,
+                    folders.c.role == "sent",
+                    loc.c.uid.in_(list(uids)),
+                )
+                .distinct()
+            )
+            ids = list(s.connection().scalars(chosen))
+            if ids:
+                now = utcnow()
+                s.connection().execute(
+                    insert(_QUEUE),
+                    [{"message_id": i, "done_through": 0, "created_at": now} for i in ids],
+                )
+            return len(ids)
+
+    def reset(self) -> None:
+        """Index and link every message again from the first (after a change of the settings
+        the rules take, or of the installation's users): the watermark goes back to 0; each
+        step then rewrites its messages' participants and links as if they were new."""
+        with unit_of_work(self._sessions) as s:
+            self._lock(s)
+            s.execute(update(_STATE).where(_STATE.c.id == 1).values(indexed_through=0))
+
+    def pending(self) -> bool:
+        """Whether a step has work: unindexed messages or queued relinks."""
+        with unit_of_work(self._sessions) as s:
+            mark = s.scalar(select(LinkerStateRow.indexed_through).where(LinkerStateRow.id == 1))
+            newest = s.scalar(select(func.max(MessageRow.id)))
+            queued = s.scalar(select(RelinkQueueRow.id).limit(1))
+            return queued is not None or (newest or 0) > (mark or 0)
+
+    def _ensure_state(self) -> None:
+        try:
+            with unit_of_work(self._sessions) as s:
+                self._lock(s)
+        except IntegrityError:  # pragma: no cover - another linker made the row first
+            pass
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def index_batch(self) -> int:
+        """Index and link the next batch after the watermark; how many messages (0: none)."""
+        with unit_of_work(self._sessions) as s:
+            mark = self._lock(s)
+            conn = s.connection()
+            rows = conn.execute(
+                select(
+                    MessageRow.id,
+                    MessageRow.from_email,
+                    MessageRow.to_addrs,
+                    MessageRow.cc_addrs,
+                    MessageRow.bcc_addrs,
+                    MessageRow.direction,
+                )
+                .where(MessageRow.id > mark)
+                .order_by(MessageRow.id)
+                .limit(self.batch)
+            ).all()
+            if not rows:
+                return 0
+            last = int(rows[-1][0])
+            conn.execute(
+                delete(_PARTICIPANTS).where(
+                    _PARTICIPANTS.c.message_id > mark, _PARTICIPANTS.c.message_id <= last
+                )
+            )
+            self._write_participants(conn, rows)
+            self._relink(
+                conn, select(MessageRow.id).where(MessageRow.id > mark, MessageRow.id <= last)
+            )
+            conn.execute(update(_STATE).where(_STATE.c.id == 1).values(indexed_through=last))
+            return len(rows)
+
+    def relink_batch(self) -> int:
+        """Link again the next batch of messages of the oldest queued address or domain; how
+        many messages (0 and the entry gone when it had none left; -1: the queue is empty)."""
+        with unit_of_work(self._sessions) as s:
+            mark = self._lock(s)
+            entry = s.scalars(select(RelinkQueueRow).order_by(RelinkQueueRow.id).limit(1)).first()
+            if entry is None:
+                return -1
+            conn = s.connection()
+            if entry.message_id is not None:
+                return self._reindex_queued(conn, mark)
+            p = _PARTICIPANTS.c
+            column = p.address if entry.address is not None else p.domain
+            value = entry.address if entry.address is not None else entry.domain
+            mine = (column == value, p.message_id > entry.done_through)
+            # The batch ends at its last message: the batch-th row of the index (a message with
+            # the address in two roles counts twice, so a batch may hold a few less).
+            end = conn.scalar(
+                select(p.message_id)
+                .where(*mine, p.message_id <= mark)
+                .order_by(p.message_id)
+                .offset(self.batch - 1)
+                .limit(1)
+            )
+            high = mark if end is None else int(end)
+            scope = select(p.message_id).where(*mine, p.message_id <= high)
+            count = int(
+                conn.scalar(
+                    select(func.count(func.distinct(p.message_id))).where(
+                        *mine, p.message_id <= high
+                    )
+                )
+                or 0
+            )
+            if count:
+                self._relink(conn, scope)
+            if end is None:
+                s.delete(entry)
+            else:
+                entry.done_through = high
+            return count
+
+    def _reindex_queued(self, conn: Connection, mark: int) -> int:
+        """Index again (participants and links) the queued single messages at the head of the
+        queue, up to a batch, and drop their entries. Messages past the watermark are left to
+        the indexing step."""
+        q = _QUEUE.c
+        head = conn.execute(select(q.id, q.message_id).order_by(q.id).limit(self.batch)).all()
+        entries: list[int] = []
+        ids: set[int] = set()
+        for qid, mid in head:
+            if mid is None:
+                break  # an address or domain: the next step takes it, in queue order
+            entries.append(qid)
+            if mid <= mark:
+                ids.add(int(mid))
+        if ids:
+            chosen = sorted(ids)
+            rows = conn.execute(
+                select(
+                    MessageRow.id,
+                    MessageRow.from_email,
+                    MessageRow.to_addrs,
+                    MessageRow.cc_addrs,
+                    MessageRow.bcc_addrs,
+                    MessageRow.direction,
+                ).where(MessageRow.id.in_(chosen))
+            ).all()
+            conn.execute(delete(_PARTICIPANTS).where(_PARTICIPANTS.c.message_id.in_(chosen)))
+            self._write_participants(conn, rows)
+            self._relink(conn, select(MessageRow.id).where(MessageRow.id.in_(chosen)))
+        conn.execute(delete(_QUEUE).where(q.id.in_(entries)))
+        return len(ids)
+
+    @staticmethod
+    def _write_participants(conn: Connection, rows: Sequence[Any]) -> None:
+        index: list[dict[str, Any]] = []
+        for mid, from_email, to, cc, bcc, direction in rows:
+            pairs = participant_rows(from_email, to, cc, bcc, outbound=direction == "outbound")
+            index.extend(
+                {"message_id": mid, "address": a, "role": r, "domain": domain_of(a)}
+                for a, r in pairs
+            )
+        if index:
+            conn.execute(insert(_PARTICIPANTS), index)
+
+    def step(self) -> bool:
+        """One step (indexing first, then the queue); False when there was nothing to do."""
+        if self.index_batch():
+            return True
+        return self.relink_batch() >= 0
+
+    def run_until_idle(self) -> tuple[int, int]:
+        """Steps until nothing is left: (messages indexed, messages linked again)."""
+        indexed = relinked = 0
+        while True:
+            n = self.index_batch()
+            indexed += n
+            if n:
+                continue
+            m = self.relink_batch()
+            if m < 0:
+                return indexed, relinked
+            relinked += m
+
+    # -- linking ---------------------------------------------------------------------------
+
+    def _context(self, conn: Connection, scope: Select[Any]) -> LinkContext:
+        """What the rules need about the participants of the messages ``scope`` selects,
+        read with subqueries (no list of values sent back and forth)."""
+        p = _PARTICIPANTS.c
+        addresses = select(p.address).where(p.message_id.in_(scope)).distinct()
+        domains = select(p.domain).where(p.message_id.in_(scope)).distinct()
+        contacts: dict[str, int] = {}
+        contact_company: dict[int, int] = {}
+        activities: dict[str, list[int]] = {}
+        open_deals: dict[int, list[int]] = {}
+        for address, cid, company in conn.execute(
+            select(ContactEmailRow.address, ContactRow.id, ContactRow.company_id)
+            .join(ContactRow, ContactRow.id == ContactEmailRow.contact_id)
+            .where(ContactEmailRow.address.in_(addresses))
+        ).all():
+            contacts[address] = cid
+            if company is not None:
+                contact_company[cid] = company
+        for address, aid in conn.execute(
+            select(ActivityParticipantRow.address, ActivityParticipantRow.activity_id).where(
+                ActivityParticipantRow.address.in_(addresses)
+            )
+        ).all():
+            activities.setdefault(address, []).append(aid)
+        domain_companies = {
+            domain: company
+            for domain, company in conn.execute(
+                select(CompanyDomainRow.domain, CompanyDomainRow.company_id).where(
+                    CompanyDomainRow.domain.in_(domains)
+                )
+            ).all()
+        }
+        for cid, did in conn.execute(
+            select(DealContactRow.contact_id, DealContactRow.deal_id)
+            .join(DealRow, DealRow.id == DealContactRow.deal_id)
+            .join(ContactEmailRow, ContactEmailRow.contact_id == DealContactRow.contact_id)
+            .where(ContactEmailRow.address.in_(addresses), DealRow.status == "open")
+            .distinct()
+        ).all():
+            open_deals.setdefault(cid, []).append(did)
+        internal = {
+            a
+            for a in (
+                normalize_address(x)
+                for x in [
+                    *conn.scalars(select(UserRow.email_key)),
+                    *conn.scalars(select(AccountRow.email)),
+                ]
+            )
+            if a
+        }
+        return LinkContext(
+            contacts=contacts,
+            contact_company=contact_company,
+            domain_companies=domain_companies,
+            open_deals=open_deals,
+            activities=activities,
+            internal=frozenset(internal),
+            organisation_domains=self.policy.organisation_domains,
+            blocklist=self.policy.blocklist,
+            link_internal=self.policy.link_internal,
+        )
+
+    def _relink(self, conn: Connection, scope: Select[Any]) -> None:
+        """Make the links of the messages ``scope`` selects (a SELECT of message ids) what
+        the rules and the manual thread links say."""
+        messages: dict[int, int | None] = {
+            mid: tid
+            for mid, tid in conn.execute(
+                select(MessageRow.id, MessageRow.thread_id).where(MessageRow.id.in_(scope))
+            ).all()
+        }
+        if not messages:
+            return
+        people: dict[int, set[str]] = {}
+        p = _PARTICIPANTS.c
+        for mid, address in conn.execute(
+            select(p.message_id, p.address).where(p.message_id.in_(scope))
+        ).all():
+            people.setdefault(mid, set()).add(address)
+        ctx = self._context(conn, scope)
+        manual: dict[int, dict[int, bool]] = {}
+        for tid, did, linked in conn.execute(
+            select(
+                ThreadDealLinkRow.thread_id, ThreadDealLinkRow.deal_id, ThreadDealLinkRow.linked
+            ).where(
+                ThreadDealLinkRow.thread_id.in_(
+                    select(MessageRow.thread_id).where(MessageRow.id.in_(scope))
+                )
+            )
+        ).all():
+            manual.setdefault(tid, {})[did] = bool(linked)
+        links = _LINKS.c
+        existing: dict[tuple[int, str, int], tuple[int, str]] = {
+            (mid, kind, target): (lid, source)
+            for lid, mid, kind, target, source in conn.execute(
+                select(
+                    links.id, links.message_id, links.target_kind, links.target_id, links.source
+                ).where(links.message_id.in_(scope))
+            ).all()
+        }
+        drop: list[int] = []
+        promote: list[int] = []
+        add: dict[tuple[str, int, str], list[int]] = {}
+        keep: dict[int, set[tuple[str, int]]] = {}
+        no_hand: dict[int, bool] = {}
+        # Many messages share their participants (a thread, a correspondent): ask the rules
+        # once per set of addresses.
+        ruled: dict[frozenset[str], set[tuple[str, int]]] = {}
+        for mid, thread_id in messages.items():
+            who = frozenset(people.get(mid, ()))
+            found_rule = ruled.get(who)
+            if found_rule is None:
+                found_rule = ruled[who] = links_for(who, ctx)
+            wanted = set(found_rule)
+            by_hand = manual.get(thread_id, no_hand) if thread_id is not None else no_hand
+            if by_hand:
+                wanted -= {("deal", d) for d, linked in by_hand.items() if not linked}
+                hand = {("deal", d) for d, linked in by_hand.items() if linked}
+                wanted |= hand
+            else:
+                hand = set()
+            keep[mid] = wanted
+            for kind, target in wanted:
+                found = existing.get((mid, kind, target))
+                source = "manual" if (kind, target) in hand else "auto"
+                if found is None:
+                    add.setdefault((kind, target, source), []).append(mid)
+                elif source == "manual" and found[1] != "manual":
+                    promote.append(found[0])
+        for (mid, kind, target), (lid, source) in existing.items():
+            if source == "auto" and (kind, target) not in keep.get(mid, ()):
+                drop.append(lid)
+        for part in _chunks(drop):
+            conn.execute(delete(_LINKS).where(links.id.in_(part)))
+        for part in _chunks(promote):
+            conn.execute(update(_LINKS).where(links.id.in_(part)).values(source="manual"))
+        for (kind, target, source), mids in add.items():
+            _insert_links(conn, kind, target, source, mids)

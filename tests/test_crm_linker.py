@@ -1,0 +1,317 @@
+"""The background linker on SQLite and PostgreSQL: past messages link when a record comes
+later, removing an address unlinks (auto links only), manual thread links hold, the one
+visibility rule filters timelines, and a step killed at any point leaves nothing half done."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from correspond.errors import StoreError
+from correspond.store import Store
+from correspond.store.crm import CrmStore
+from correspond.store.crm_tables import MessageParticipantRow, TimelineLinkRow
+from correspond.store.linker import LinkerStore, LinkPolicy
+from correspond.store.visibility import Viewer
+from correspond.testing.synthetic import fill_messages, make_account_with_folders
+
+ADMIN = Viewer(user_id=1, is_admin=True)
+OWNER = "owner@example.test"  # in To of every synthetic message
+
+
+def _fill(store: Store, count: int) -> int:
+    account_id, folders = make_account_with_folders(store.engine, "acc")
+    fill_messages(store.engine, account_id, folders, count)
+    return account_id
+
+
+def _timeline_ids(crm: CrmStore, kind: str, target: int, viewer: Viewer = ADMIN) -> list[int]:
+    ids: list[int] = []
+    before = None
+    while True:
+        page = crm.timeline(kind, target, viewer, limit=37, before=before)
+        ids += [m.id for m in page.items]
+        if page.next_cursor is None:
+            return ids
+        before = page.next_cursor
+
+
+def _links(store: Store) -> set[tuple[Any, ...]]:
+    with store.engine.connect() as conn:
+        return set(
+            conn.execute(
+                select(
+                    TimelineLinkRow.message_id,
+                    TimelineLinkRow.target_kind,
+                    TimelineLinkRow.target_id,
+                    TimelineLinkRow.source,
+                )
+            ).tuples()
+        )
+
+
+def test_a_contact_added_later_gets_its_past_messages_and_loses_them_with_its_address(
+    store: Store,
+) -> None:
+    _fill(store, 300)
+    crm = CrmStore(store.engine)
+    linker = LinkerStore(store.engine, LinkPolicy(), batch=64)
+    assert linker.run_until_idle() == (300, 0)
+    contact = crm.create_contact(name="Owner", emails=["Owner@Example.TEST"])
+    assert contact.emails == (OWNER,)
+    assert _timeline_ids(crm, "contact", contact.id) == []  # not linked until the linker runs
+    _, relinked = linker.run_until_idle()
+    assert relinked == 300
+    ids = _timeline_ids(crm, "contact", contact.id)
+    assert len(ids) == len(set(ids)) == 300
+    # Newest first, as the message list orders them.
+    with store.engine.connect() as conn:
+        from correspond.store.message_tables import MessageRow
+
+        order = [
+            r[0]
+            for r in conn.execute(
+                select(MessageRow.id).order_by(MessageRow.sort_at.desc(), MessageRow.id.desc())
+            )
+        ]
+    assert ids == order
+    # A message that arrives afterwards is indexed and linked by the next pass.
+    _fill_more(store)
+    linker.run_until_idle()
+    assert len(_timeline_ids(crm, "contact", contact.id)) == 310
+    crm.update_contact(contact.id, emails=["someone@else.test"])
+    linker.run_until_idle()
+    assert _timeline_ids(crm, "contact", contact.id) == []
+
+
+def _fill_more(store: Store) -> int:
+    from correspond.store.tables import AccountRow, FolderRow
+
+    with store.engine.connect() as conn:
+        account_id = conn.scalar(select(AccountRow.id))
+        folders = {
+            role: fid
+            for fid, role in conn.execute(
+                select(FolderRow.id, FolderRow.role).where(FolderRow.account_id == account_id)
+            )
+        }
+    fill_messages(store.engine, int(account_id or 0), folders, 10)
+    return int(account_id or 0)
+
+
+def test_companies_deals_and_activities_follow_their_addresses(store: Store) -> None:
+    _fill(store, 200)
+    crm = CrmStore(store.engine)
+    linker = LinkerStore(store.engine, LinkPolicy(), batch=500)
+    linker.run_until_idle()
+    with store.engine.connect() as conn:
+        domain = conn.scalar(
+            select(MessageParticipantRow.domain)
+            .where(MessageParticipantRow.role == "from")
+            .group_by(MessageParticipantRow.domain)
+            .order_by(func.count().desc(), MessageParticipantRow.domain)
+            .limit(1)
+        )
+        from_domain = int(
+            conn.scalar(
+                select(func.count()).where(
+                    MessageParticipantRow.domain == domain, MessageParticipantRow.role == "from"
+                )
+            )
+            or 0
+        )
+    company = crm.create_company(name="Client", domains=[str(domain)])
+    contact = crm.create_contact(name="Owner", emails=[OWNER], company_id=company.id)
+    deal = crm.create_deal(name="Renewal", contact_ids=[contact.id])
+    activity = crm.create_activity(kind="meeting", title="Kick-off", participants=[OWNER])
+    linker.run_until_idle()
+    # Every message (the contact's company is this company), the deal and the meeting too.
+    assert len(_timeline_ids(crm, "company", company.id)) == 200 > from_domain
+    assert len(_timeline_ids(crm, "deal", deal.id)) == 200
+    assert len(_timeline_ids(crm, "activity", activity.id)) == 200
+    # Without the contact's company only the domain's own messages stay on the company.
+    crm.update_contact(contact.id, company_id=None)
+    linker.run_until_idle()
+    assert len(_timeline_ids(crm, "company", company.id)) == from_domain
+    # Only open deals gain mail: closing one takes its automatic links away.
+    crm.update_deal(deal.id, status="won")
+    linker.run_until_idle()
+    assert _timeline_ids(crm, "deal", deal.id) == []
+
+
+def test_manual_thread_links_are_never_undone_by_the_rules(store: Store) -> None:
+    _fill(store, 50)
+    crm = CrmStore(store.engine)
+    linker = LinkerStore(store.engine, LinkPolicy(), batch=500)
+    contact = crm.create_contact(name="Owner", emails=[OWNER])
+    auto_deal = crm.create_deal(name="Auto", contact_ids=[contact.id])
+    by_hand = crm.create_deal(name="By hand")
+    linker.run_until_idle()
+    on_auto = _timeline_ids(crm, "deal", auto_deal.id)
+    assert len(on_auto) == 50
+    from correspond.store.message_tables import MessageRow
+
+    with store.engine.connect() as conn:
+        thread_id, in_thread = conn.execute(
+            select(MessageRow.thread_id, func.count())
+            .group_by(MessageRow.thread_id)
+            .order_by(MessageRow.thread_id)
+            .limit(1)
+        ).one()
+    # Unlinked by hand from the automatic deal: off, and the rules do not put it back.
+    crm.set_thread_deal(thread_id, auto_deal.id, linked=False)
+    assert len(_timeline_ids(crm, "deal", auto_deal.id)) == 50 - in_thread
+    crm.update_contact(contact.id, name="Owner 2", emails=[OWNER, "x@y.test"])
+    linker.run_until_idle()
+    assert len(_timeline_ids(crm, "deal", auto_deal.id)) == 50 - in_thread
+    # Linked by hand to a deal the rules would never pick: it stays through any relink, and
+    # a later message of the thread follows.
+    assert crm.set_thread_deal(thread_id, by_hand.id, linked=True) == in_thread
+    crm.delete_contact(contact.id)
+    linker.run_until_idle()
+    assert len(_timeline_ids(crm, "deal", by_hand.id)) == in_thread
+    assert _timeline_ids(crm, "deal", auto_deal.id) == []
+    assert {s for m, k, t, s in _links(store) if k == "deal"} == {"manual"}
+
+
+def test_timelines_show_only_what_the_viewer_may_see(store: Store) -> None:
+    from correspond.auth import AuthService
+    from correspond.settings import Settings
+
+    auth = AuthService(store, Settings())
+    admin, _ = auth.create_user("admin@example.test", None, admin=True)
+    member, _ = auth.create_user("member@example.test", None, admin=False)
+    _fill(store, 20)  # owned by the first admin (ownerless accounts go to it)
+    crm = CrmStore(store.engine)
+    contact = crm.create_contact(emails=[OWNER])
+    LinkerStore(store.engine, LinkPolicy()).run_until_idle()
+    assert len(_timeline_ids(crm, "contact", contact.id, Viewer(admin.id, True))) == 20
+    assert _timeline_ids(crm, "contact", contact.id, Viewer(member.id, False)) == []
+    from correspond.store.users import UserStore
+
+    UserStore(store.engine).set_account_owner("acc", member.id)
+    assert len(_timeline_ids(crm, "contact", contact.id, Viewer(member.id, False))) == 20
+
+
+@pytest.mark.parametrize(
+    ("policy", "linked"),
+    [
+        (LinkPolicy.build([], [], False), True),
+        (LinkPolicy.build([], ["OWNER@example.test"], False), False),
+        (LinkPolicy.build([], ["@example.test"], False), False),
+    ],
+)
+def test_blocklist_setting_keeps_mail_off_timelines(
+    store: Store, policy: LinkPolicy, linked: bool
+) -> None:
+    _fill(store, 10)
+    crm = CrmStore(store.engine)
+    contact = crm.create_contact(emails=[OWNER])
+    LinkerStore(store.engine, policy).run_until_idle()
+    assert len(_timeline_ids(crm, "contact", contact.id)) == (10 if linked else 0)
+
+
+def test_a_failed_step_leaves_nothing_and_the_next_one_does_it_all(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fill(store, 120)
+    crm = CrmStore(store.engine)
+    crm.create_contact(emails=[OWNER])
+    linker = LinkerStore(store.engine, LinkPolicy(), batch=50)
+    real = LinkerStore._relink
+
+    def broken(self: LinkerStore, conn: Any, scope: Any) -> None:
+        real(self, conn, scope)  # the rows are written ... and then the step fails
+        raise StoreError("killed")
+
+    monkeypatch.setattr(LinkerStore, "_relink", broken)
+    with pytest.raises(StoreError):
+        linker.index_batch()
+    assert linker.watermark() == 0
+    assert _links(store) == set()
+    with store.engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(MessageParticipantRow)) == 0
+    monkeypatch.setattr(LinkerStore, "_relink", real)
+    linker.run_until_idle()
+    assert len(_links(store)) == 120
+
+
+KILL_SCRIPT = """
+import sys
+from correspond.store.engine import create_store_engine
+from correspond.store.linker import LinkerStore, LinkPolicy
+linker = LinkerStore(create_store_engine(sys.argv[1]), LinkPolicy(), batch=25)
+print("ready", flush=True)
+linker.run_until_idle()
+print("done", flush=True)
+"""
+
+
+def test_sigkill_mid_run_leaves_a_state_the_next_run_completes(store: Store) -> None:
+    """A linker process killed with SIGKILL at some point of its run, then run again, ends
+    with exactly the links of an uninterrupted run."""
+    _fill(store, 3000)
+    crm = CrmStore(store.engine)
+    contact = crm.create_contact(emails=[OWNER])
+    url = store.engine.url.render_as_string(hide_password=False)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, url], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    deadline = time.monotonic() + 30
+    linker = LinkerStore(store.engine, LinkPolicy(), batch=25)
+    while linker.watermark() == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    killed_at = linker.watermark()
+    assert killed_at > 0  # killed somewhere in the middle (or, on a fast run, at the end)
+    linker.run_until_idle()
+    links = _links(store)
+    assert len(_timeline_ids(crm, "contact", contact.id)) == 3000
+    assert {(k, t, s) for _, k, t, s in links} == {("contact", contact.id, "auto")}
+    with store.engine.connect() as conn:
+        participants = conn.scalar(select(func.count()).select_from(MessageParticipantRow))
+    assert participants == 6000  # From and To of each, once
+
+
+def test_a_sent_copy_found_later_brings_its_bcc_recipients_to_the_timelines(
+    store: Store,
+) -> None:
+    """A message stored first from INBOX, indexed, then found in Sent with Bcc (ingest
+    rewrites the row): queued by the Sent folder's UIDs, indexed again, the Bcc recipient's
+    contact gets it. The same UIDs in a folder that is not Sent queue nothing."""
+    from sqlalchemy import update
+
+    from correspond.store.message_tables import MessageLocationRow, MessageRow
+
+    account_id, folders = make_account_with_folders(store.engine, "acc")
+    fill_messages(store.engine, account_id, folders, 10)
+    crm = CrmStore(store.engine)
+    hidden = crm.create_contact(emails=["hidden@client.test"])
+    linker = LinkerStore(store.engine, LinkPolicy())
+    linker.run_until_idle()
+    with store.engine.begin() as conn:
+        mid, uid = conn.execute(
+            select(MessageLocationRow.message_id, MessageLocationRow.uid)
+            .where(MessageLocationRow.folder_id == folders["sent"])
+            .limit(1)
+        ).one()
+        conn.execute(
+            update(MessageRow)
+            .where(MessageRow.id == mid)
+            .values(bcc_addrs=[{"name": None, "email": "Hidden@Client.test"}], direction="outbound")
+        )
+    assert linker.requeue_sent_copies(folders["inbox"], [uid]) == 0
+    assert linker.requeue_sent_copies(folders["sent"], [uid]) == 1
+    assert _timeline_ids(crm, "contact", hidden.id) == []
+    linker.run_until_idle()
+    assert _timeline_ids(crm, "contact", hidden.id) == [mid]
+    assert not linker.pending()
