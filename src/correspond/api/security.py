@@ -9,8 +9,9 @@ checked against the one visibility rule (:mod:`correspond.store.visibility`, ask
 thread by ``thread_id``, a team by ``team_id`` (its members and admins); CRM records
 (``contact_id``, ``company_id``, ``deal_id``, ``activity_id``) are every signed-in user's.
 An account the caller may not see is a 404, as if it did not exist, so names do not leak; one
-they see but may not do this with (metadata only, or not theirs to change) is a 403. A path parameter this module
-does not know is refused (500): a new kind of id must be given its rule here first.
+they see but may not do this with (metadata only, or not theirs to change) is a 403. A path
+parameter this module does not know is refused (500): a new kind of id must be given its rule
+here first.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Tables only: the participant index and the links are filled by the linker in the
 gets its timelines after the upgrade without a long migration.
 
 Revision ID: 0009_crm
-Revises: 0007
+Revises: 0008_teams
 """
 
 from __future__ import annotations
