@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from click.testing import CliRunner, Result
@@ -110,3 +111,13 @@ def folder_spec(
         role=role,  # type: ignore[arg-type]
         selectable=kw.get("selectable", True),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Who:
+    """A viewer for store-level visibility checks (``store.visibility.Viewer``) without a
+    users row: an id and whether it is an admin."""
+
+    id: int
+    is_admin: bool
+    disabled: bool = False

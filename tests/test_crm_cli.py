@@ -48,18 +48,18 @@ def test_relink_applies_changed_settings_to_past_mail(
     store: Store, store_settings: Settings, store_url: str
 ) -> None:
     from correspond.store.linker import LinkerStore, LinkPolicy
-    from correspond.store.visibility import Viewer
     from correspond.testing.synthetic import fill_messages, make_account_with_folders
+    from helpers import Who
 
     account_id, folders = make_account_with_folders(store.engine, "acc")
     fill_messages(store.engine, account_id, folders, 30)
     crm = CrmStore(store.engine)
     contact = crm.create_contact(emails=["owner@example.test"])
     LinkerStore(store.engine, LinkPolicy()).run_until_idle()
-    assert len(crm.timeline("contact", contact.id, Viewer(1, True)).items) == 30
+    assert len(crm.timeline("contact", contact.id, Who(1, is_admin=True)).items) == 30
     cli = StoreCli(store_settings, store_url)
     cli.env["CORRESPOND_LINK_BLOCKLIST"] = '["owner@example.test"]'
     result = cli("relink")
     assert result.exit_code == 0, result.output
     assert "Linked 30 messages" in result.stdout
-    assert crm.timeline("contact", contact.id, Viewer(1, True)).items == []
+    assert crm.timeline("contact", contact.id, Who(1, is_admin=True)).items == []

@@ -20,8 +20,9 @@ from correspond.store.crm_tables import MessageParticipantRow, TimelineLinkRow
 from correspond.store.linker import LinkerStore, LinkPolicy
 from correspond.store.visibility import Viewer
 from correspond.testing.synthetic import fill_messages, make_account_with_folders
+from helpers import Who
 
-ADMIN = Viewer(user_id=1, is_admin=True)
+ADMIN = Who(1, is_admin=True)
 OWNER = "owner@example.test"  # in To of every synthetic message
 
 
@@ -191,12 +192,12 @@ def test_timelines_show_only_what_the_viewer_may_see(store: Store) -> None:
     crm = CrmStore(store.engine)
     contact = crm.create_contact(emails=[OWNER])
     LinkerStore(store.engine, LinkPolicy()).run_until_idle()
-    assert len(_timeline_ids(crm, "contact", contact.id, Viewer(admin.id, True))) == 20
-    assert _timeline_ids(crm, "contact", contact.id, Viewer(member.id, False)) == []
+    assert len(_timeline_ids(crm, "contact", contact.id, Who(admin.id, is_admin=True))) == 20
+    assert _timeline_ids(crm, "contact", contact.id, Who(member.id, is_admin=False)) == []
     from correspond.store.users import UserStore
 
     UserStore(store.engine).set_account_owner("acc", member.id)
-    assert len(_timeline_ids(crm, "contact", contact.id, Viewer(member.id, False))) == 20
+    assert len(_timeline_ids(crm, "contact", contact.id, Who(member.id, is_admin=False))) == 20
 
 
 @pytest.mark.parametrize(
