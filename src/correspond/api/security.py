@@ -32,9 +32,10 @@ __all__ = [
 #: The largest id a path or query accepts (a signed 64-bit column); larger ids are a 422.
 MAX_ID = 2**63 - 1
 
-# Path parameters checked by the routes themselves: a token is looked up among the caller's
-# own, an attachment within its message (whose message_id is checked here).
-_CHECKED_BY_ROUTE = frozenset({"token_id", "attachment_id"})
+# Path parameters checked by the routes themselves: a token, a notification and a webhook are
+# looked up among the caller's own, an attachment within its message (whose message_id is
+# checked here).
+_CHECKED_BY_ROUTE = frozenset({"token_id", "attachment_id", "notification_id", "webhook_id"})
 
 
 def get_auth(request: Request) -> AuthService:

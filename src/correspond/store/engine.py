@@ -118,7 +118,11 @@ def make_sqlite_private(database: Path) -> None:
 
 # Modules that add tables to ``Base`` (later issues); imported when present so that migrations'
 # autogenerate and the store's optional queries (e.g. message counts) see every table.
-TABLE_MODULES = ("correspond.store.tables", "correspond.store.message_tables")
+TABLE_MODULES = (
+    "correspond.store.tables",
+    "correspond.store.message_tables",
+    "correspond.store.notify_tables",
+)
 
 
 # What a database error says to a person, by kind. A driver's message quotes the statement and

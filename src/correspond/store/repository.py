@@ -67,6 +67,11 @@ class Store:
         register_table_modules()
 
     @property
+    def secrets(self) -> SecretBox:
+        """The box that seals secrets (account passwords, webhook secrets) under the key."""
+        return self._secrets
+
+    @property
     def engine(self) -> Engine:
         return self._engine
 
