@@ -136,6 +136,8 @@ class _EventStream(Response):
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
             media_type=self.media_type,
         )
+        # A stream has no length: Response put a "content-length: 0" there for its empty body.
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.hub, self.notes, self.stream = hub, notes, stream
         self.resume, self.heartbeat, self.send_timeout = resume, heartbeat, send_timeout
 
