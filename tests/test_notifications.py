@@ -4,6 +4,7 @@ member's view), with ``authed_client``."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,12 +20,14 @@ import correspond.store.notifications as notifications_module
 from correspond.api import create_app
 from correspond.auth import AuthService
 from correspond.errors import StoreError
+from correspond.notify import NotificationHub, TooManyStreams
 from correspond.settings import Settings
 from correspond.store import Store
 from correspond.store.message_tables import MessageRow
-from correspond.store.notifications import NotificationStore
+from correspond.store.notifications import Notification, NotificationStore
 from correspond.store.notify_tables import FanoutSeenRow, FanoutStateRow, NotificationRow
 from correspond.store.users import User
+from correspond.store.webhooks import WebhookStore
 from correspond.testing.synthetic import make_account_with_folders
 from helpers import authed_client, user_client
 
@@ -253,3 +256,76 @@ def test_another_member_gets_nothing_of_yours(
         assert bob.post("/notifications/read-all").json()["marked"] == 0
         assert admin.get("/notifications").json()["notifications"] == []  # not the admin's mail
         assert ann.get("/notifications/unread-count").json() == {"unread_count": 1}
+
+
+# --- streams: bounds and slow clients --------------------------------------------------------
+
+
+def _note(note_id: int, user_id: int) -> Notification:
+    return Notification(
+        id=note_id,
+        user_id=user_id,
+        message_id=note_id,
+        account="box",
+        thread_id=None,
+        subject="s",
+        from_name=None,
+        from_email=None,
+        snippet="",
+        message_date=None,
+        created_at=NOW,
+        read_at=None,
+        account_owner_id=user_id,
+    )
+
+
+def test_streams_are_bounded_and_a_slow_one_is_dropped(store: Store) -> None:
+    settings = Settings(notify_max_streams_per_user=2, notify_max_streams=3, notify_stream_queue=4)
+    hub = NotificationHub(
+        NotificationStore(store.engine),
+        WebhookStore(store.engine, store.secrets),
+        settings,
+        postgres=False,
+    )
+
+    async def scenario() -> None:
+        first = hub.open(1, False, 0)
+        hub.open(1, False, 0)
+        with pytest.raises(TooManyStreams, match="this user"):
+            hub.open(1, False, 0)
+        other = hub.open(2, False, 0)
+        with pytest.raises(TooManyStreams, match="this server"):
+            hub.open(3, False, 0)
+        hub.close(other)
+        third = hub.open(3, False, 0)  # room again
+        hub.close(third)
+        # A client that reads nothing: four events wait, the fifth drops it.
+        for n in range(1, 5):
+            first.offer(_note(n, 1))
+        assert not first.dropped and first.queue.qsize() == 4
+        first.offer(_note(5, 1))
+        assert first.dropped
+        first.offer(_note(6, 1))
+        assert first.queue.qsize() == 4  # nothing more is kept for it
+        # Another user's notification, or one about an account no longer theirs, is not pushed.
+        fresh = hub.open(2, False, 0)
+        fresh.offer(_note(7, 1))
+        moved = _note(8, 2)
+        fresh.offer(Notification(**{**moved.__dict__, "account_owner_id": 9}))
+        assert fresh.queue.qsize() == 0
+
+    asyncio.run(scenario())
+
+
+def test_too_many_streams_is_a_429(app: FastAPI, admin: TestClient) -> None:
+    hub: NotificationHub = app.state.hub
+    user_id = admin.get("/session").json()["id"]
+
+    async def fill() -> None:
+        for _ in range(app.state.settings.notify_max_streams_per_user):
+            hub.open(user_id, True, 0)
+
+    asyncio.run(fill())
+    answer = admin.get("/notifications/stream")
+    assert answer.status_code == 429 and answer.headers["retry-after"] == "5"
+    assert answer.json()["error"] == "TooManyStreams"

@@ -26,13 +26,17 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from correspond.api import create_app
+from correspond.auth import AuthService
 from correspond.notify import WebhookSender, retry_delay
 from correspond.rules.webhooks import UnsafeWebhookUrl, check_webhook_url, sign
 from correspond.settings import Settings
 from correspond.store import Store
+from correspond.store.message_tables import MessageLocationRow
+from correspond.store.messages import MessageStore
 from correspond.store.notifications import NotificationStore
 from correspond.store.notify_tables import WebhookDeliveryRow
 from correspond.store.webhooks import DueDelivery, WebhookStore
+from correspond.testing.synthetic import make_account_with_folders
 from helpers import authed_client, user_client
 from test_notifications import add_account, add_message, add_user
 
@@ -379,3 +383,42 @@ def test_api_manages_webhooks_and_shows_their_log(
     ]
     assert admin.delete(f"/webhooks/{hook['id']}").status_code == 204
     assert admin.get(f"/webhooks/{hook['id']}").status_code == 404
+
+
+def test_flag_changes_and_expunges_are_queued_with_them(store: Store) -> None:
+    hooks = WebhookStore(store.engine, store.secrets)
+    ann = add_user(store, "ann@example.test")
+    account_id, folders = make_account_with_folders(store.engine, "ann-box")
+    AuthService(store, Settings()).users.set_account_owner("ann-box", ann.id)
+    kept, gone = (add_message(store, account_id, key) for key in ("kept", "gone"))
+    with Session(store.engine) as s, s.begin():
+        for uid, message_id in ((1, kept), (2, gone)):
+            s.add(
+                MessageLocationRow(
+                    message_id=message_id,
+                    folder_id=folders["inbox"],
+                    uid=uid,
+                    flags=[],
+                    sort_at=datetime.now(UTC),
+                )
+            )
+    mirror = MessageStore(store.engine)
+    # Nobody listens: nothing is queued.
+    mirror.apply_remote_changes(folders["inbox"], flag_updates={1: frozenset({"\\Flagged"})})
+    webhook, _ = hooks.create(
+        ann.id, "https://hooks.example.com/x", ["message.updated", "message.deleted"]
+    )
+    with Session(store.engine) as s:
+        assert s.query(WebhookDeliveryRow).count() == 0
+    mirror.apply_remote_changes(
+        folders["inbox"], flag_updates={1: frozenset({"\\Seen"})}, removed_uids=[2]
+    )
+    log, _ = hooks.deliveries(webhook.id)
+    with Session(store.engine) as s:
+        rows = {d.event_type: s.get(WebhookDeliveryRow, d.id) for d in log}
+        payloads = {k: json.loads(r.payload)["data"] for k, r in rows.items() if r is not None}
+    common = {"account": "ann-box", "thread_id": None}
+    assert payloads == {
+        "message.updated": {**common, "id": kept, "flags": ["\\Seen"]},
+        "message.deleted": {**common, "id": gone},
+    }
