@@ -48,6 +48,7 @@ __all__ = [
     "Notification",
     "NotificationPage",
     "NotificationStore",
+    "after_messages_deleted",
     "insert_ignoring_duplicates",
 ]
 
@@ -154,6 +155,21 @@ def _select_notifications() -> Any:
         .join(MessageRow, MessageRow.id == NotificationRow.message_id)
         .join(AccountRow, AccountRow.id == NotificationRow.account_id)
     )
+
+
+def after_messages_deleted(s: Session) -> None:
+    """In the transaction that deleted messages (an account removed): SQLite gives the next
+    message ``max(id) + 1``, so once the newest rows are gone their ids come back, and the
+    fan-out must not take them for ids it has looked at. PostgreSQL's sequence never reuses an
+    id: nothing to do there."""
+    if s.get_bind().dialect.name != "sqlite":
+        return
+    s.flush()
+    newest = s.execute(select(func.coalesce(func.max(MessageRow.id), 0))).scalar_one()
+    s.execute(
+        update(FanoutStateRow).where(FanoutStateRow.watermark > newest).values(watermark=newest)
+    )
+    s.execute(delete(FanoutSeenRow).where(FanoutSeenRow.message_id > newest))
 
 
 class NotificationStore:

@@ -21,6 +21,7 @@ from correspond.rules.folder_refs import resolve_folder_ref
 from correspond.rules.folders import FolderSpec, selected_by_default
 from correspond.rules.presets import AccountChanges, AccountDraft, apply_changes
 from correspond.store.engine import register_table_modules, unit_of_work
+from correspond.store.notifications import after_messages_deleted
 from correspond.store.records import (
     TOGGLES,
     Account,
@@ -282,6 +283,7 @@ class Store:
         """Delete ``name`` and (by cascade) everything that belongs to it."""
         with self.transaction() as s:
             s.delete(self._account_row(s, name))
+            after_messages_deleted(s)
 
     def set_account_state(
         self,
