@@ -203,10 +203,15 @@ class NotificationHub:
         newest = self.notes.newest_message_id()
         now = time.monotonic()
         rescan = now - self._last_rescan >= self.settings.notify_rescan_seconds
-        if newest != self._newest_message or (rescan and self.notes.fanout_pending()):
-            self._last_rescan = now
+        if rescan and not self.notes.fanout_pending():
+            self._last_rescan, rescan = now, False  # nothing waits to settle
+        if newest != self._newest_message or rescan:
+            if rescan:
+                self._last_rescan = now
             while True:
-                result = self.notes.fan_out(grace_seconds=self.settings.notify_fanout_grace_seconds)
+                result = self.notes.fan_out(
+                    grace_seconds=self.settings.notify_fanout_grace_seconds, rescan=rescan
+                )
                 events += result.events
                 if not result.more:
                     break

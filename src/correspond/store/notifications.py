@@ -193,14 +193,19 @@ class NotificationStore:
         grace_seconds: float = 60.0,
         limit: int = 500,
         now: datetime | None = None,
+        rescan: bool = True,
     ) -> FanoutResult:
-        """One pass over the messages not yet looked at (see the module doc)."""
+        """One pass over the messages not yet looked at (see the module doc). Without
+        ``rescan`` only ids above the highest one seen are read (the cheap pass that runs on
+        every wake-up); a rescan also looks below it, for batches that committed late."""
         from correspond.store.webhooks import (
             MessageEvent,
             queue_message_events,
         )
 
         now = now or utcnow()
+        if not self._work_waiting(now - timedelta(seconds=grace_seconds), rescan=rescan):
+            return FanoutResult(examined=0, notified=0, events=0, more=False)
         with unit_of_work(self._sessions) as s:
             # Writing first takes the lock: on SQLite the write lock (and a fresh snapshot), on
             # PostgreSQL this row's lock, so two passes (two processes) run one after the other.
@@ -214,6 +219,10 @@ class NotificationStore:
                 )
                 s.add(FanoutStateRow(id=1, watermark=watermark))
             seen = select(FanoutSeenRow.message_id).where(FanoutSeenRow.message_id == MessageRow.id)
+            start = watermark
+            if not rescan:
+                highest = s.execute(select(func.max(FanoutSeenRow.message_id))).scalar_one()
+                start = max(watermark, highest or 0)
             rows = s.execute(
                 select(
                     MessageRow.id,
@@ -229,7 +238,7 @@ class NotificationStore:
                     AccountRow.name,
                 )
                 .join(AccountRow, AccountRow.id == MessageRow.account_id)
-                .where(MessageRow.id > watermark, ~seen.exists())
+                .where(MessageRow.id > start, ~seen.exists())
                 .order_by(MessageRow.id)
                 .limit(limit)
             ).all()
@@ -287,6 +296,32 @@ class NotificationStore:
             return FanoutResult(
                 examined=len(rows), notified=notified, events=queued, more=len(rows) >= limit
             )
+
+    def _work_waiting(self, settled_before: datetime, *, rescan: bool) -> bool:
+        """Whether a pass would do anything, read without a write transaction (a commit that
+        writes costs a sync on SQLite, and most wake-ups find nothing)."""
+        with unit_of_work(self._sessions) as s:
+            watermark = s.execute(
+                select(FanoutStateRow.watermark).where(FanoutStateRow.id == 1)
+            ).scalar_one_or_none()
+            if watermark is None:
+                return True
+            start = watermark
+            if not rescan:
+                highest = s.execute(select(func.max(FanoutSeenRow.message_id))).scalar_one()
+                start = max(watermark, highest or 0)
+            seen = select(FanoutSeenRow.message_id).where(FanoutSeenRow.message_id == MessageRow.id)
+            new = s.execute(
+                select(MessageRow.id).where(MessageRow.id > start, ~seen.exists()).limit(1)
+            ).first()
+            if new is not None:
+                return True
+            settled = s.execute(
+                select(FanoutSeenRow.message_id)
+                .where(FanoutSeenRow.seen_at <= settled_before)
+                .limit(1)
+            ).first()
+            return settled is not None
 
     def fanout_pending(self) -> bool:
         """Whether seen ids wait above the watermark (a later pass still has to settle them)."""

@@ -70,6 +70,7 @@ class FanoutSeenRow(Base):
     """A message above the watermark that the fan-out has already looked at."""
 
     __tablename__ = "notify_fanout_seen"
+    __table_args__ = (Index("ix_notify_fanout_seen_at", "seen_at"),)
 
     message_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     seen_at: Mapped[datetime] = mapped_column()
