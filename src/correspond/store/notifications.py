@@ -312,13 +312,18 @@ class NotificationStore:
                 start = max(watermark, highest or 0)
             seen = select(FanoutSeenRow.message_id).where(FanoutSeenRow.message_id == MessageRow.id)
             new = s.execute(
-                select(MessageRow.id).where(MessageRow.id > start, ~seen.exists()).limit(1)
+                # ORDER BY id: the primary key's index range, whatever the estimate for start.
+                select(MessageRow.id)
+                .where(MessageRow.id > start, ~seen.exists())
+                .order_by(MessageRow.id)
+                .limit(1)
             ).first()
             if new is not None:
                 return True
             settled = s.execute(
                 select(FanoutSeenRow.message_id)
                 .where(FanoutSeenRow.seen_at <= settled_before)
+                .order_by(FanoutSeenRow.seen_at)
                 .limit(1)
             ).first()
             return settled is not None
