@@ -358,6 +358,9 @@ class WebhookStore:
             )
             if s.get_bind().dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True, of=WebhookDeliveryRow)
+            else:
+                # SQLite: take the write lock before reading, so two senders claim in turn.
+                s.execute(update(FanoutStateRow).where(FanoutStateRow.id == 1).values(id=1))
             due: list[DueDelivery] = []
             for row, url, sealed in s.execute(query).all():
                 row.next_attempt_at = now + timedelta(seconds=lease_seconds)
