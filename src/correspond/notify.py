@@ -31,6 +31,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from sqlalchemy import Engine
+
 from correspond import __version__
 from correspond.rules.webhooks import (
     UnsafeWebhookUrl,
@@ -94,7 +96,7 @@ class NotificationHub:
         settings: Settings,
         *,
         postgres: bool,
-        engine: object | None = None,
+        engine: Engine | None = None,
         on_events: Callable[[], None] | None = None,
     ) -> None:
         self.notes = notes
@@ -159,9 +161,6 @@ class NotificationHub:
         self._cursor = await asyncio.to_thread(self.notes.latest_id)
         listener: asyncio.Task[None] | None = None
         if self._postgres and self._engine is not None:
-            from sqlalchemy import Engine
-
-            assert isinstance(self._engine, Engine)
             listener = asyncio.create_task(listen_for_wakeups(self._engine, self.wake))
         # PostgreSQL wakes us; the interval is only a safety net there.
         interval = 1.0 if listener is not None else self.settings.notify_poll_seconds
