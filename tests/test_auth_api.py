@@ -21,6 +21,7 @@ from argon2 import PasswordHasher
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 from starlette.routing import Mount, Route
 
 from correspond.api import create_app
@@ -30,6 +31,8 @@ from correspond.settings import Settings
 from correspond.store import Store
 from correspond.store.linker import LinkerStore, LinkPolicy
 from correspond.store.message_queries import encode_cursor
+from correspond.store.message_tables import MessageRow
+from correspond.store.notify_tables import NotificationRow
 from correspond.store.repository import SettingsChanged
 from correspond.testing.dovecot import DovecotServer, ImapUser
 from correspond.testing.mirror import SeededMirror, seed_mirror
@@ -56,6 +59,12 @@ OWN_THINGS = {
     ("GET", "/teams"),
     ("GET", "/me/preferences"),
     ("PUT", "/me/preferences"),
+    ("GET", "/notifications"),
+    ("GET", "/notifications/unread-count"),
+    ("POST", "/notifications/read-all"),
+    ("GET", "/notifications/stream"),
+    ("GET", "/webhooks"),
+    ("POST", "/webhooks"),
 }
 # Routes for admins only that name nothing: a member gets 403 (there is nothing to hide).
 ADMIN_ONLY = {("POST", "/teams")}
@@ -64,6 +73,9 @@ BODY_KEYS = {"snippet", "text", "html", "attachments", "has_attachments", "has_r
 # CRM records are the organisation's (every signed-in user's): a member gets them too, but a
 # record's timeline holds only the messages the member may see (none of the admin's here).
 SHARED_PREFIXES = ("/contacts", "/companies", "/deals", "/activities", "/import")
+# Never-ending answers (Server-Sent Events): walked for 401s, opened over HTTP elsewhere
+# (tests/test_notify_live.py).
+STREAMS = {("GET", "/notifications/stream")}
 BIG_ID = 2**63
 
 
@@ -81,8 +93,12 @@ def mirror(
 @pytest.fixture
 def settings(store_settings: Settings) -> Settings:
     """The store's settings with cheap password hashes (argon2id still, at 1 pass over 1 MiB:
-    the tests hash and verify dozens of passwords)."""
-    return store_settings.clone(password_hash_time_cost=1, password_hash_memory_kib=1024)
+    the tests hash and verify dozens of passwords), and a host webhooks may go to."""
+    return store_settings.clone(
+        password_hash_time_cost=1,
+        password_hash_memory_kib=1024,
+        webhook_allowed_hosts=["hooks.example.com"],
+    )
 
 
 @pytest.fixture
@@ -146,6 +162,8 @@ GHOSTS: dict[str, Any] = {
     "team_id": 987654325,
     "user_id": 987654326,
     "deal_id": 987654327,
+    "notification_id": 987654328,
+    "webhook_id": 987654329,
 }
 
 
@@ -158,6 +176,24 @@ def _blank(text: str, ids: dict[str, Any]) -> str:
 
 def _concrete(path: str, ids: dict[str, Any]) -> str:
     return re.sub(r"\{(\w+)\}", lambda m: str(ids[m.group(1)]), path)
+
+
+def _notify(admin: TestClient, message_id: int) -> int:
+    """A notification of the admin about one of their messages (the mirror's mail is a
+    backfill, which announces nothing)."""
+    app = admin.app
+    assert isinstance(app, FastAPI)
+    user_id = admin.get("/session").json()["id"]
+    with Session(app.state.notifications._engine) as s, s.begin():
+        row = NotificationRow(
+            user_id=user_id,
+            message_id=message_id,
+            account_id=s.get(MessageRow, message_id).account_id,  # type: ignore[union-attr]
+            created_at=datetime.now(UTC),
+        )
+        s.add(row)
+        s.flush()
+        return row.id
 
 
 def _secrets_of(admin: TestClient, mirror: SeededMirror) -> tuple[dict[str, Any], list[str]]:
@@ -180,6 +216,9 @@ def _secrets_of(admin: TestClient, mirror: SeededMirror) -> tuple[dict[str, Any]
     ).json()
     LinkerStore(admin.app.state.crm.engine, LinkPolicy()).run_until_idle()  # type: ignore[attr-defined]
     assert admin.get(f"/contacts/{contact['id']}/timeline").json()["messages"]
+    hook = {"url": "https://hooks.example.com/in", "events": ["message.received"]}
+    created = admin.post("/webhooks", json=hook)
+    assert created.status_code == 201, created.text
     ids = {
         "name": mirror.account,
         "message_id": with_attachment["id"],
@@ -193,6 +232,8 @@ def _secrets_of(admin: TestClient, mirror: SeededMirror) -> tuple[dict[str, Any]
         "deal_id": deal["id"],
         "activity_id": activity["id"],
         "kind": "contacts",
+        "notification_id": _notify(admin, with_attachment["id"]),
+        "webhook_id": created.json()["id"],
     }
     subjects = [m["subject"] for m in page["messages"] if m["subject"]]
     return ids, [mirror.account, mirror.address, *subjects[:5]]
@@ -249,7 +290,7 @@ def test_every_route_needs_credentials_and_hides_others_accounts(
     assert member.get("/session").json()["email"] == "member@example.test"
     # The same walk as the owner reaches every GET (the ids were real, not merely unknown).
     for method, path in sorted(routes):
-        if method == "GET" and (method, path) not in PUBLIC:
+        if method == "GET" and (method, path) not in PUBLIC | STREAMS:
             answer = admin.get(_concrete(path, ids))
             assert answer.status_code == 200, (path, answer.status_code)
     # And the account is still there with its mail: nothing the walk sent changed it.

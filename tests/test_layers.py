@@ -26,13 +26,14 @@ LAYERS: dict[str, int] = {
     "correspond.accounts": 2,
     "correspond.auth": 2,
     "correspond.mailbox": 2,
+    "correspond.notify": 2,
     "correspond.api": 3,
     "correspond.cli": 3,
     "correspond.cli_output": 3,
     "correspond.testing": 3,
 }
 # Pure modules must not do IO through these.
-IO_MODULES = {"asyncio", "socket", "ssl", "sqlalchemy", "subprocess", "httpx", "fastapi"}
+IO_MODULES = {"asyncio", "socket", "ssl", "sqlalchemy", "subprocess", "httpx", "httpx2", "fastapi"}
 
 
 def layer_of(module: str) -> int | None:

@@ -171,6 +171,73 @@ class Settings(BaseSettings):
         description="How long live sync keeps an extra connection for new mail after the last "
         "change (opened when the command connection is busy)",
     )
+    # -- notifications and webhooks (docs/ARCHITECTURE.md, "Notifications and webhooks") --
+    notify_poll_seconds: float = Field(
+        default=0.2,
+        gt=0,
+        le=0.25,
+        description="How often the API looks for new mail and notifications on SQLite (and "
+        "how soon a wake-up is acted on anywhere)",
+    )
+    notify_rescan_seconds: float = Field(
+        default=5.0, gt=0, le=3600, description="How often the fan-out looks again for late commits"
+    )
+    notify_fanout_grace_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="How long after a message id is seen the fan-out still expects lower ids "
+        "to commit (longer than any ingest transaction)",
+    )
+    notify_heartbeat_seconds: float = Field(
+        default=15.0, gt=0, le=300, description="Comment line sent on an idle event stream"
+    )
+    notify_max_streams_per_user: int = Field(
+        default=5, ge=1, le=1000, description="Event streams one user may hold open per process"
+    )
+    notify_max_streams: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Event streams one process holds open"
+    )
+    notify_stream_queue: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Events waiting for one slow stream before it is dropped",
+    )
+    notify_send_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="A stream whose client reads nothing this long is dropped",
+    )
+    webhook_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts webhooks may be sent to: names, *.domain for its subdomains, or IP "
+        "literals; none by default (no webhook can be made)",
+    )
+    webhook_allow_internal: bool = Field(
+        default=False,
+        description="Allow webhooks to loopback, private, link-local and other internal "
+        "addresses (only for a receiver on the same network)",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="Connect, write and read timeout per delivery"
+    )
+    webhook_max_response_bytes: int = Field(
+        default=64 * 1024, ge=0, le=16 * 1024 * 1024, description="Response bytes read per delivery"
+    )
+    webhook_retry_base_seconds: float = Field(
+        default=5.0, gt=0, le=3600, description="First retry delay; each retry triples it"
+    )
+    webhook_retry_max_delay_seconds: float = Field(
+        default=4 * 3600.0, gt=0, le=86_400, description="Longest wait between two attempts"
+    )
+    webhook_retry_for_seconds: float = Field(
+        default=24 * 3600.0, gt=0, le=7 * 86_400, description="How long a delivery is retried"
+    )
+    webhook_concurrency: int = Field(
+        default=8, ge=1, le=256, description="Deliveries one process sends at a time"
+    )
 
     # -- CRM timelines (docs/ARCHITECTURE.md, "CRM records and timelines") ------------------
     organisation_domains: list[str] = Field(

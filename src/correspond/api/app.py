@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.util
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +22,18 @@ from fastapi.staticfiles import StaticFiles
 from correspond import __version__
 from correspond.accounts import AccountService
 from correspond.api.guard import RequestGuard
-from correspond.api.routes import accounts, auth, crm, folders, health, messages, sync, teams
+from correspond.api.routes import (
+    accounts,
+    auth,
+    crm,
+    folders,
+    health,
+    messages,
+    notifications,
+    sync,
+    teams,
+    webhooks,
+)
 from correspond.api.schemas import ErrorPublic
 from correspond.api.security import authorize
 from correspond.auth import AuthService
@@ -35,11 +48,14 @@ from correspond.errors import (
     StoreError,
 )
 from correspond.mailbox import MailboxReader
+from correspond.notify import NotificationHub, WebhookSender
 from correspond.settings import Settings
 from correspond.store import Store, open_store
 from correspond.store.crm import CrmStore
 from correspond.store.leases import AccountLeases
+from correspond.store.notifications import NotificationStore
 from correspond.store.progress import ProgressReader
+from correspond.store.webhooks import WebhookStore
 from correspond.sync.runner import SyncRunner
 
 __all__ = ["DOCS_ASSETS_URL", "create_app", "docs_assets_dir", "status_for"]
@@ -158,14 +174,33 @@ def create_app(
     owns_store = store is None
     the_store = store if store is not None else open_store(settings)
 
+    notes = NotificationStore(the_store.engine)
+    webhook_store = WebhookStore(the_store.engine, the_store.secrets)
+    sender = WebhookSender(webhook_store, settings)
+    hub = NotificationHub(
+        notes,
+        webhook_store,
+        settings,
+        postgres=the_store.dialect == "postgresql",
+        engine=the_store.engine,
+        on_events=sender.wake,
+    )
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if runner is not None:
             runner.start()
+        # Notifications and webhooks run in every API process (correspond.notify).
+        background = [asyncio.create_task(hub.run()), asyncio.create_task(sender.run())]
         try:
             yield
         finally:
             try:
+                for task in background:
+                    task.cancel()
+                for task in background:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 if runner is not None:
                     await runner.shutdown()
             finally:
@@ -192,6 +227,10 @@ def create_app(
     app.state.runner = runner
     app.state.auth = AuthService(the_store, settings)
     app.state.crm = CrmStore(the_store.engine)
+    app.state.notifications = notes
+    app.state.webhooks = webhook_store
+    app.state.hub = hub
+    app.state.webhook_sender = sender
     app.add_exception_handler(CorrespondError, _correspond_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(
@@ -218,6 +257,8 @@ def create_app(
         *crm.record_routers,
         crm.import_router,
         crm.thread_deal_router,
+        notifications.router,
+        webhooks.router,
     ):
         app.include_router(router, dependencies=signed_in)
     return app

@@ -36,6 +36,7 @@ from correspond.errors import NotFound
 from correspond.store.blobs import BlobEntry, BlobStore
 from correspond.store.engine import unit_of_work
 from correspond.store.message_tables import AttachmentRow, MessageRow
+from correspond.store.notifications import after_messages_deleted
 from correspond.store.tables import AccountRow
 
 __all__ = [
@@ -127,6 +128,7 @@ def remove_account_with_blobs(engine: Engine, blobs: BlobStore, name: str) -> Re
         )
         candidates = {str(k) for k in s.scalars(union(raw, att))}
         s.delete(row)
+        after_messages_deleted(s)
     shared = referenced_keys(engine, candidates)
     orphans = candidates - shared
     deleted, freed = blobs.delete_unreferenced(

@@ -132,6 +132,7 @@ TABLE_MODULES = (
     "correspond.store.tables",
     "correspond.store.message_tables",
     "correspond.store.crm_tables",
+    "correspond.store.notify_tables",
 )
 
 

@@ -54,6 +54,8 @@ from correspond.store.message_tables import (
     list_sort_at,
 )
 from correspond.store.tables import FolderRow, utcnow
+from correspond.store.wakeups import send_wakeup
+from correspond.store.webhooks import queue_changed_messages
 
 __all__ = [
     "AddressData",
@@ -594,6 +596,7 @@ class MessageStore:
         try:
             with self._session() as s, s.begin():
                 _BatchIngest(s, account_id, folder_id, chooser, result).run(items)
+                send_wakeup(s)  # the API processes' fan-out (store.wakeups)
                 if checkpoint is not None:
                     self._apply_checkpoint(s, folder_id, checkpoint)
         except SQLAlchemyError as exc:
@@ -705,6 +708,7 @@ class MessageStore:
         or deleted is the toggle rules' decision, not the mirror's). Returns (updated, removed).
         """
         updated = 0
+        changed: list[int] = []
         try:
             with self._session() as s, s.begin():
                 # Set-based: "mark all as read" on 10,000 messages is a few statements.
@@ -739,6 +743,7 @@ class MessageStore:
                         [{"id": r.message_id, "flags": sorted(flag_updates[r.uid])} for r in rows],
                     )
                     updated += len(rows)
+                    changed.extend(r.message_id for r in rows)
                 removed = 0
                 losing: list[int] = []
                 for part in _chunks(sorted(set(removed_uids))):
@@ -760,6 +765,8 @@ class MessageStore:
                     )
                 # Their last location gone: why is for the engine to find out (reason NULL).
                 _mark_gone(s, losing, None)
+                # Webhooks hear of it in the same transaction (one query when none listens).
+                queue_changed_messages(s, changed, losing)
                 if checkpoint is not None:
                     self._apply_checkpoint(s, folder_id, checkpoint)
         except SQLAlchemyError as exc:

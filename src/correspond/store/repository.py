@@ -21,6 +21,7 @@ from correspond.rules.folder_refs import resolve_folder_ref
 from correspond.rules.folders import FolderSpec, selected_by_default
 from correspond.rules.presets import AccountChanges, AccountDraft, apply_changes
 from correspond.store.engine import register_table_modules, unit_of_work
+from correspond.store.notifications import after_messages_deleted
 from correspond.store.records import (
     TOGGLES,
     Account,
@@ -73,6 +74,11 @@ class Store:
         self._default_window_days = default_window_days
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         register_table_modules()
+
+    @property
+    def secrets(self) -> SecretBox:
+        """The box that seals secrets (account passwords, webhook secrets) under the key."""
+        return self._secrets
 
     @property
     def engine(self) -> Engine:
@@ -285,6 +291,7 @@ class Store:
         """Delete ``name`` and (by cascade) everything that belongs to it."""
         with self.transaction() as s:
             s.delete(self._account_row(s, name))
+            after_messages_deleted(s)
 
     def set_account_state(
         self,
