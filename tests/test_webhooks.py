@@ -378,9 +378,12 @@ def test_api_manages_webhooks_and_shows_their_log(
     add_message(store, box, "hello")
     NotificationStore(store.engine).fan_out()
     log = admin.get(f"/webhooks/{hook['id']}/deliveries").json()
-    assert [(d["event_type"], d["status"], d["attempts"]) for d in log["deliveries"]] == [
-        ("message.received", "pending", 0)
+    # The app's sender runs meanwhile: it may have tried once already (no such host here), and
+    # then the delivery waits for its retry, still pending.
+    assert [(d["event_type"], d["status"]) for d in log["deliveries"]] == [
+        ("message.received", "pending")
     ]
+    assert log["deliveries"][0]["attempts"] in (0, 1)
     assert admin.delete(f"/webhooks/{hook['id']}").status_code == 204
     assert admin.get(f"/webhooks/{hook['id']}").status_code == 404
 
