@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from correspond import __version__
 from correspond.accounts import AccountService
 from correspond.api.guard import RequestGuard
-from correspond.api.routes import accounts, auth, folders, health, messages, sync
+from correspond.api.routes import accounts, auth, folders, health, messages, search, sync
 from correspond.api.schemas import ErrorPublic
 from correspond.api.security import authorize
 from correspond.auth import AuthService
@@ -34,6 +34,7 @@ from correspond.errors import (
     StoreError,
 )
 from correspond.mailbox import MailboxReader
+from correspond.search import BackgroundIndexer, SearchService
 from correspond.settings import Settings
 from correspond.store import Store, open_store
 from correspond.store.leases import AccountLeases
@@ -154,8 +155,17 @@ def create_app(
     owns_store = store is None
     the_store = store if store is not None else open_store(settings)
 
+    search_service = SearchService(the_store.engine, settings)
+    indexer = BackgroundIndexer(
+        search_service.index, poll_seconds=settings.search_index_poll_seconds
+    )
+    if runner is not None:
+        # Mail this process stores wakes the indexer at once (after the ingest commits).
+        runner.messages.after_ingest.append(indexer.wake)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        indexer.start()
         if runner is not None:
             runner.start()
         try:
@@ -165,6 +175,7 @@ def create_app(
                 if runner is not None:
                     await runner.shutdown()
             finally:
+                indexer.stop()
                 if owns_store:
                     the_store.close()
 
@@ -187,6 +198,8 @@ def create_app(
     app.state.leases = AccountLeases(the_store.engine)
     app.state.runner = runner
     app.state.auth = AuthService(the_store, settings)
+    app.state.search = search_service
+    app.state.indexer = indexer
     app.add_exception_handler(CorrespondError, _correspond_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(
@@ -208,6 +221,7 @@ def create_app(
         messages.account_router,
         messages.router,
         messages.thread_router,
+        search.router,
     ):
         app.include_router(router, dependencies=signed_in)
     return app
