@@ -384,15 +384,9 @@ def test_indexing_again_is_idempotent(store: Store) -> None:
         assert len(_index_ids(store)) == len(MIA_MAIL)
 
 
-def test_an_id_committed_after_a_higher_one_is_indexed_until_it_settles(store: Store) -> None:
-    account_id, inbox = _mia_inbox(store)
-    _ingest(store, inbox, account_id, MIA_MAIL, 1)
-    index = SearchIndex(store.engine, settle_seconds=300)
-    index.index_all()
-    last, settled = _state(store)
-    assert settled < last  # just stored: not settled yet
-    # A message below the watermark without an entry: its transaction committed after a
-    # higher id was indexed (simulated by taking its entry away).
+def _unindex_lowest(store: Store) -> int:
+    """Take the entry of the lowest indexed id away (as if its transaction had committed
+    after a higher id was indexed); that id."""
     late = min(_index_ids(store))
     with store.engine.begin() as conn:
         if store.dialect == "postgresql":
@@ -400,8 +394,36 @@ def test_an_id_committed_after_a_higher_one_is_indexed_until_it_settles(store: S
         else:
             conn.execute(text("DELETE FROM message_fts WHERE rowid = :i"), {"i": late})
     assert late not in _index_ids(store)
+    return late
+
+
+def test_the_recheck_of_unsettled_ids_is_rate_limited(store: Store) -> None:
+    account_id, inbox = _mia_inbox(store)
+    _ingest(store, inbox, account_id, MIA_MAIL, 1)
+    index = SearchIndex(store.engine, settle_seconds=300, gap_check_seconds=3600)
+    index.index_all()
+    assert index.index_batch().indexed == 0  # the first re-check: nothing missing
+    late = _unindex_lowest(store)
+    assert index.index_batch().indexed == 0  # not due yet: a cheap round
+    index.gap_check_seconds = 0
     assert index.index_batch().indexed == 1
     assert late in _index_ids(store)
+
+
+def test_an_id_committed_after_a_higher_one_is_indexed_until_it_settles(store: Store) -> None:
+    account_id, inbox = _mia_inbox(store)
+    _ingest(store, inbox, account_id, MIA_MAIL, 1)
+    index = SearchIndex(store.engine, settle_seconds=300, gap_check_seconds=0)
+    index.index_all()
+    last, settled = _state(store)
+    assert settled < last  # just stored: not settled yet
+    # A message below the watermark without an entry: its transaction committed after a
+    # higher id was indexed (simulated by taking its entry away).
+    late = _unindex_lowest(store)
+    assert index.index_batch().indexed == 1
+    assert late in _index_ids(store)
+    # The re-check runs at most every gap_check_seconds (a tenth of the settle time).
+    assert SearchIndex(store.engine, settle_seconds=300).gap_check_seconds == 30
     # Once the ids are older than the settle time the watermark passes them for good.
     index.index_batch(now=datetime.now(UTC) + timedelta(seconds=301))
     assert _state(store) == (last, last)

@@ -21,6 +21,7 @@ cursor.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -225,12 +226,20 @@ class SearchIndex:
         *,
         batch_size: int = DEFAULT_BATCH,
         settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+        gap_check_seconds: float | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError("the search index batch must be at least 1")
         self.engine = engine
         self.batch_size = batch_size
         self.settle_seconds = settle_seconds
+        #: The re-check of unsettled ids (an anti-join over them: after a bulk load, up to
+        #: every message stored in the last settle time) runs at most this often; a tenth of
+        #: the settle time by default, so each id is still checked many times before it settles.
+        self.gap_check_seconds = (
+            settle_seconds / 10 if gap_check_seconds is None else gap_check_seconds
+        )
+        self._gap_checked_at: float | None = None
         self.postgres = engine.dialect.name == "postgresql"
 
     def index_batch(self, *, now: datetime | None = None) -> IndexRound:
@@ -277,7 +286,10 @@ class SearchIndex:
         caught_up = len(rows) < self.batch_size
         new_last = max([last, *(int(r.id) for r in rows)])
         gap_done = False
-        if caught_up and settled < last:
+        clock = time.monotonic()
+        due = self._gap_checked_at is None or clock - self._gap_checked_at >= self.gap_check_seconds
+        if caught_up and settled < last and due:
+            self._gap_checked_at = clock
             room = self.batch_size - len(rows)
             gap = list(
                 conn.execute(
@@ -289,7 +301,7 @@ class SearchIndex:
             )
             gap_done = len(gap) < room
             rows = gap + rows
-        elif caught_up:
+        elif caught_up and settled >= last:
             gap_done = True
         self._write(conn, rows)
         new_settled = settled
