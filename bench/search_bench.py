@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         last, _ = service.index.state()
         with engine.connect() as conn:
             top = int(conn.scalar(select(func.max(MessageRow.id))) or 0)
+            record["messages"] = int(conn.scalar(select(func.count()).select_from(MessageRow)))
         if last < top or not args.reuse:
             t0 = time.perf_counter()
             indexed = service.index.index_all()

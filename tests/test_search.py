@@ -491,3 +491,33 @@ def test_cli_search_indexes_what_is_new_and_finds_it(
     assert result.exit_code != 0
     table = cli("messages", "search", "quarterly")
     assert table.exit_code == 0 and "Quarterly review" in table.output
+
+
+def test_a_huge_message_is_indexed_within_the_bounds_and_found(store: Store) -> None:
+    account_id, inbox = _mia_inbox(store)
+    crowd = tuple(AddressData(f"Person {i}", f"u{i}@x.com") for i in range(1000))
+    body = "filler " * 30_000 + "needle"  # past the token cap: the end of the body is cut
+    items = [
+        IncomingMessage(
+            uid=1,
+            flags=frozenset(),
+            data=MessageData(
+                dedupe_key="mid:huge@t",
+                message_id="huge@t",
+                subject="Crowd ' \\ \x7f",
+                to=crowd,
+                text=body + " " + "z" * 500,
+            ),
+        )
+    ]
+    MessageStore(store.engine).ingest_batch(
+        account_id, inbox, items, FolderCheckpointUpdate(), chooser=default_thread_chooser
+    )
+    assert SearchIndex(store.engine).index_all() == 1
+    service = SearchService(store.engine, Settings())
+    assert len(service.search("to:u999", OPERATOR).items) == 1
+    # A phrase matches among the first 255 places of each of its words (PostgreSQL keeps no
+    # more per word and message; the SQLite index has no such limit).
+    assert len(service.search("to:u200@x.com", OPERATOR).items) == 1
+    assert len(service.search("filler crowd", OPERATOR).items) == 1
+    assert service.search("needle", OPERATOR).items == []

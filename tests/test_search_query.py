@@ -226,3 +226,23 @@ def test_tsvector_text_puts_header_tokens_under_their_field_too() -> None:
     text = tsvector_text(doc)
     assert text.startswith("'hi':1 's:hi':1 'ann':10,45 'f:ann':10 'x':11 'f:x':11")
     assert "'note':" in text and "'b:" not in text
+
+
+def test_tsvector_text_keeps_each_lexeme_within_postgresqls_position_limit() -> None:
+    many = [{"name": None, "email": f"u{i}@x.com"} for i in range(1000)]
+    doc = search_document(
+        subject=None,
+        from_name=None,
+        from_email=None,
+        to=many,
+        cc=[],
+        bcc=[],
+        text_body="com " * 20_000,
+        html_body=None,
+        filenames=[],
+    )
+    entries = dict(item.rsplit(":", 1) for item in tsvector_text(doc).split(" "))
+    for lexeme in ("'com'", "'t:com'", "'x'", "'t:x'"):
+        positions = [int(p) for p in entries[lexeme].split(",")]
+        assert 0 < len(positions) <= 255, lexeme
+        assert positions == sorted(set(positions)) and max(positions) <= 16383

@@ -122,6 +122,8 @@ _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 def _fold(text: str) -> str:
     """Case folded, compatibility forms unified, accents dropped (``Café`` -> ``cafe``)."""
+    if text.isascii():
+        return text.lower()  # the same, without a Python step per character
     decomposed = unicodedata.normalize("NFKD", text.casefold())
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 

@@ -150,6 +150,8 @@ _DOC_COLUMNS = (
 
 
 def _quote(lexeme: str) -> str:
+    if "'" not in lexeme and "\\" not in lexeme:
+        return f"'{lexeme}'"
     return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
@@ -161,10 +163,12 @@ def tsvector_text(doc: SearchDocument) -> str:
     for fld in FIELDS:
         prefix = _PREFIX.get(fld)
         for token in doc.fields.get(fld, ()):
-            pos = min(at, _MAX_POSITION)
+            pos = at if at < _MAX_POSITION else _MAX_POSITION
             for lexeme in (token, prefix + token) if prefix else (token,):
-                found = positions.setdefault(lexeme, [])
-                if len(found) < _MAX_POSITIONS_PER_LEXEME and (not found or found[-1] != pos):
+                found = positions.get(lexeme)
+                if found is None:
+                    positions[lexeme] = [pos]
+                elif len(found) < _MAX_POSITIONS_PER_LEXEME and found[-1] != pos:
                     found.append(pos)
             at += 1
         at += _FIELD_GAP
