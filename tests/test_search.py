@@ -521,3 +521,46 @@ def test_a_huge_message_is_indexed_within_the_bounds_and_found(store: Store) -> 
     assert len(service.search("to:u200@x.com", OPERATOR).items) == 1
     assert len(service.search("filler crowd", OPERATOR).items) == 1
     assert service.search("needle", OPERATOR).items == []
+
+
+def test_sqlite_walks_the_list_order_for_common_words_with_the_same_results(world: World) -> None:
+    """With the threshold at 1 every text query on SQLite walks each account's list order
+    (the plan for words most messages hold): the answers are those of the match-driven
+    plan, across accounts (the admin) and pages too."""
+    from correspond.search import viewer_of
+
+    walking = SearchQueries(world.store.engine, walk_threshold=1)
+    never = SearchQueries(world.store.engine, walk_threshold=10**9)
+    mia = viewer_of(world.app.state.auth.users.get_user("mia@example.test"))
+    by_id = {v: k for k, v in world.ids.items()}
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(world.store.engine, "before_cursor_execute", record)
+    try:
+        for q, expected in FINDS:
+            found = [by_id[m.id] for m in walking.search(parse_query(q), mia).items]
+            assert found == expected, q
+    finally:
+        event.remove(world.store.engine, "before_cursor_execute", record)
+    walked = [s for s in statements if "EXISTS (SELECT" in s and "message_fts MATCH" in s]
+    assert bool(walked) == (world.store.dialect == "sqlite")
+    for q in ("invoice", "invoice -draft", "from:ann", "review"):
+        query = parse_query(q)
+        pages: list[list[int]] = [[], []]
+        for i, queries in enumerate((walking, never)):
+            cursor = None
+            while True:
+                page = queries.search(query, OPERATOR, limit=1, cursor=cursor)
+                pages[i].extend(m.id for m in page.items)
+                if (cursor := page.next_cursor) is None:
+                    break
+        assert pages[0] == pages[1] and pages[0], q
+    assert [by_id[m.id] for m in walking.search(parse_query("invoice"), OPERATOR).items] == [
+        "o1",
+        "a6",
+        "a2",
+        "a1",
+    ]

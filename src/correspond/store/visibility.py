@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, Select, select, true
+from sqlalchemy.orm import InstrumentedAttribute
 
 from correspond.store.tables import AccountRow
 
@@ -35,7 +36,9 @@ def visible_account_ids(viewer: Viewer) -> Select[tuple[int]]:
     return query
 
 
-def visible_accounts_clause(viewer: Viewer, account_id: ColumnElement[int]) -> ColumnElement[bool]:
+def visible_accounts_clause(
+    viewer: Viewer, account_id: ColumnElement[int] | InstrumentedAttribute[int]
+) -> ColumnElement[bool]:
     """A condition on ``account_id`` (a column of the query) that holds for the accounts
     ``viewer`` may see; no condition at all for an admin (so no subquery to plan)."""
     if viewer.is_admin:
