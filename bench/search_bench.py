@@ -134,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             record["index_s"] = round(took, 1)
             record["index_per_s"] = round(indexed / took) if took else None
             record["load_after_index"] = [round(x, 2) for x in os.getloadavg()]
-            _analyze(engine)
+        # Always: a fill in an interrupted run leaves tables without statistics, and
+        # PostgreSQL then joins every location for an in: filter (23 s instead of 20 ms).
+        _analyze(engine)
         # A round once caught up (what the background indexer does when woken with nothing
         # new): its cost while ids are younger than the settle time, and after.
         t0 = time.perf_counter()
