@@ -564,3 +564,14 @@ def test_sqlite_walks_the_list_order_for_common_words_with_the_same_results(worl
         "a2",
         "a1",
     ]
+
+
+def test_serve_wakes_its_indexer_from_the_runners_ingest(
+    store: Store, store_settings: Settings
+) -> None:
+    from correspond.sync.runner import SyncRunner
+
+    runner = SyncRunner(store, store_settings)
+    app = create_app(store_settings, store=store, runner=runner)
+    assert app.state.indexer.wake in runner.messages.after_ingest
+    assert app.state.search.index.batch_size == store_settings.search_index_batch
