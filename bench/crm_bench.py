@@ -31,7 +31,6 @@ from correspond.store import open_store
 from correspond.store.crm import CrmStore
 from correspond.store.linker import LinkerStore, LinkPolicy
 from correspond.store.users import UserStore
-from correspond.store.visibility import Viewer
 from correspond.testing.synthetic import fill_messages, make_account_with_folders
 
 
@@ -74,9 +73,11 @@ def main() -> None:
         out["relink_domain_s"], counts = _timed(linker.run_until_idle)
         out["relink_domain_counts"] = counts
         assert company
-        member, _ = AuthService(store, settings).create_user("member@example.test", None)
+        auth = AuthService(store, settings)
+        admin, _ = auth.create_user("admin@example.test", None, admin=True)
+        member, _ = auth.create_user("member@example.test", None)
         UserStore(store.engine).set_account_owner("crm-bench", member.id)
-        for who, viewer in (("admin", Viewer(1, True)), ("member", Viewer(member.id, False))):
+        for who, viewer in (("admin", admin), ("member", member)):
             times = []
             for _ in range(200):
                 t, _page = _timed(lambda v=viewer: crm.timeline("contact", contact.id, v, limit=50))

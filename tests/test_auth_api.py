@@ -65,6 +65,8 @@ OWN_THINGS = {
     ("GET", "/notifications/stream"),
     ("GET", "/webhooks"),
     ("POST", "/webhooks"),
+    # Search answers from the caller's own accounts only (checked after the walk).
+    ("GET", "/search"),
 }
 # Routes for admins only that name nothing: a member gets 403 (there is nothing to hide).
 ADMIN_ONLY = {("POST", "/teams")}
@@ -286,6 +288,10 @@ def test_every_route_needs_credentials_and_hides_others_accounts(
     # A member's own view of the lists holds none of the admin's data.
     assert member.get("/accounts").json() == []
     assert member.get("/teams").json() == []
+    app.state.search.index.index_all()
+    assert admin.get("/search").json()["messages"]
+    assert member.get("/search").json() == {"messages": [], "next_cursor": None}
+    assert member.get("/search", params={"account": mirror.account}).status_code == 404
     assert all(t["user"] == "member@example.test" for t in member.get("/tokens").json())
     assert member.get("/session").json()["email"] == "member@example.test"
     # The same walk as the owner reaches every GET (the ids were real, not merely unknown).

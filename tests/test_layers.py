@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "correspond.auth": 2,
     "correspond.mailbox": 2,
     "correspond.notify": 2,
+    "correspond.search": 2,
     "correspond.api": 3,
     "correspond.cli": 3,
     "correspond.cli_output": 3,

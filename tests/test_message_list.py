@@ -378,7 +378,10 @@ def test_migration_0006_fills_the_list_order_of_existing_mail(
                 diff = [
                     d
                     for d in compare_metadata(ctx, Base.metadata)
-                    if "messages" in repr(d) or "message_locations" in repr(d)
+                    if ("messages" in repr(d) or "message_locations" in repr(d))
+                    # Search's side table (PostgreSQL only, outside Base.metadata) points at
+                    # messages but is not one of them.
+                    and "message_search" not in repr(d)
                 ]
             assert diff == []
             assert _body_compression(engine) in ({"l"}, None)

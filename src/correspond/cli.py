@@ -85,6 +85,7 @@ from correspond.rules.presets import (
     preset_help,
     preset_host_mismatch,
 )
+from correspond.search import OPERATOR, SearchService
 from correspond.settings import Settings, ensure_data_dir, key_file_path
 from correspond.store import Account, Store, open_store
 from correspond.store.blob_gc import check_blobs
@@ -93,7 +94,7 @@ from correspond.store.crm import CrmStore
 from correspond.store.leases import RUNNABLE_STATES, AccountLeases
 from correspond.store.linker import LinkerStore
 from correspond.store.location import store_location
-from correspond.store.message_queries import MAX_PAGE, AddressView, MessageView
+from correspond.store.message_queries import MAX_PAGE, AddressView, MessagePage, MessageView
 from correspond.store.progress import AccountProgress, ProgressReader
 from correspond.store.records import draft_of
 from correspond.store.tables import ACCOUNT_SHARING
@@ -1519,7 +1520,12 @@ def messages_list(
             # A search examines a bounded number of messages per page; older ones remain.
             click.echo(f"Search older messages: --before {page.next_cursor}")
         return
-    table = Table(title=Text(f"Messages of {safe(account_name)}"))
+    _print_message_page(page, f"Messages of {safe(account_name)}", "--before")
+
+
+def _print_message_page(page: MessagePage, title: str, cursor_option: str) -> None:
+    """A page of messages as a table, and the option that shows the next page."""
+    table = Table(title=Text(title))
     table.add_column("ID", justify="right")
     for column in ("Date", "From", "Subject"):
         table.add_column(column, overflow="fold")
@@ -1537,7 +1543,47 @@ def messages_list(
         )
     _console().print(table)
     if page.next_cursor:
-        click.echo(f"More: --before {page.next_cursor}")
+        click.echo(f"More: {cursor_option} {page.next_cursor}")
+
+
+@messages.command("search")
+@click.argument("query", metavar="QUERY")
+@click.option("--account", "account_name", metavar="ACCOUNT", help="Only this account's mail.")
+@click.option("--limit", type=click.IntRange(1, MAX_PAGE), default=50, show_default=True)
+@click.option("--cursor", metavar="CURSOR", help="The cursor a previous page printed.")
+@click.option(
+    "--index/--no-index",
+    default=True,
+    show_default=True,
+    help="Index mail not yet indexed before searching.",
+)
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def messages_search(
+    cli: CliContext,
+    query: str,
+    account_name: str | None,
+    limit: int,
+    cursor: str | None,
+    index: bool,
+    as_json_output: bool,
+) -> None:
+    """Search the mail of every account (or ACCOUNT's): words, "phrases", -word, from:,
+    to:, cc:, bcc:, subject:, filename:, has:attachment, is:unread, is:read, is:starred,
+    in:FOLDER, before:YYYY-MM-DD, after:YYYY-MM-DD. Newest first."""
+    service = SearchService(cli.store.engine, cli.settings)
+    if index:
+        indexed = service.index.index_all()
+        if indexed:
+            click.echo(f"Indexed {indexed} message(s) for search.", err=True)
+    page = service.search(query, OPERATOR, account=account_name, limit=limit, cursor=cursor)
+    if as_json_output:
+        _print_json(as_json(message_page_public(page)))
+        return
+    if not page.items:
+        click.echo("No messages.")
+        return
+    _print_message_page(page, f"Messages matching {safe(query)}", "--cursor")
 
 
 @messages.command("show")

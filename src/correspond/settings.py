@@ -113,6 +113,25 @@ class Settings(BaseSettings):
         "holds the matches among them and a cursor to search on",
     )
 
+    search_index_batch: int = Field(
+        default=500,
+        ge=1,
+        le=100_000,
+        description="Messages the background search indexer reads and writes per transaction",
+    )
+    search_index_poll_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the search indexer looks for mail stored by another process "
+        "(mail this process stores wakes it at once)",
+    )
+    search_index_settle_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="How long after its insert a message id is taken as committed (the "
+        "indexer re-checks younger ids it may have passed while their transaction was open)",
+    )
+
     gone_check_max_messages: int = Field(
         default=50,
         ge=0,

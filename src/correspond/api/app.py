@@ -30,6 +30,7 @@ from correspond.api.routes import (
     health,
     messages,
     notifications,
+    search,
     sync,
     teams,
     webhooks,
@@ -49,6 +50,7 @@ from correspond.errors import (
 )
 from correspond.mailbox import MailboxReader
 from correspond.notify import NotificationHub, WebhookSender
+from correspond.search import BackgroundIndexer, SearchService
 from correspond.settings import Settings
 from correspond.store import Store, open_store
 from correspond.store.crm import CrmStore
@@ -185,9 +187,17 @@ def create_app(
         engine=the_store.engine,
         on_events=sender.wake,
     )
+    search_service = SearchService(the_store.engine, settings)
+    indexer = BackgroundIndexer(
+        search_service.index, poll_seconds=settings.search_index_poll_seconds
+    )
+    if runner is not None:
+        # Mail this process stores wakes the indexer at once (after the ingest commits).
+        runner.messages.after_ingest.append(indexer.wake)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        indexer.start()
         if runner is not None:
             runner.start()
         # Notifications and webhooks run in every API process (correspond.notify).
@@ -204,6 +214,7 @@ def create_app(
                 if runner is not None:
                     await runner.shutdown()
             finally:
+                indexer.stop()
                 if owns_store:
                     the_store.close()
 
@@ -231,6 +242,8 @@ def create_app(
     app.state.webhooks = webhook_store
     app.state.hub = hub
     app.state.webhook_sender = sender
+    app.state.search = search_service
+    app.state.indexer = indexer
     app.add_exception_handler(CorrespondError, _correspond_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(
@@ -259,6 +272,7 @@ def create_app(
         crm.thread_deal_router,
         notifications.router,
         webhooks.router,
+        search.router,
     ):
         app.include_router(router, dependencies=signed_in)
     return app

@@ -365,6 +365,9 @@ class MessageStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        #: Called (no arguments) after a batch that created messages has committed: wakes
+        #: background work over new mail (the search indexer). Never inside the transaction.
+        self.after_ingest: list[Callable[[], None]] = []
 
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -578,9 +581,13 @@ class MessageStore:
         # Made storable before the transaction opens (SQLite holds its write lock meanwhile).
         items = [_storable_item(i) for i in items]
         try:
-            return self._ingest(account_id, folder_id, items, checkpoint, chooser)
+            result = self._ingest(account_id, folder_id, items, checkpoint, chooser)
         except _Refused:
-            return self._ingest_in_parts(account_id, folder_id, items, checkpoint, chooser)
+            result = self._ingest_in_parts(account_id, folder_id, items, checkpoint, chooser)
+        if result.created:
+            for wake in self.after_ingest:
+                wake()
+        return result
 
     def _ingest(
         self,

@@ -53,6 +53,7 @@ __all__ = [
     "viewer_kind",
     "viewer_params",
     "visible_accounts",
+    "visible_accounts_clause",
     "visible_message_filter",
 ]
 
@@ -177,3 +178,10 @@ def visible_message_filter(viewer: Viewer, account_id: Any) -> ColumnElement[boo
     terms = terms_for(kind)
     full = select(AccountRow.id).where(terms.visible, terms.level == literal("full"))
     return account_id.in_(full)  # type: ignore[no-any-return]
+
+
+def visible_accounts_clause(viewer: Viewer, account_id: Any) -> ColumnElement[bool]:
+    """:func:`visible_message_filter` with the viewer already bound: a condition for queries
+    over many accounts (search) that run it without :func:`viewer_params`. Only accounts seen
+    in full: a search of a metadata-only account would probe its bodies."""
+    return visible_message_filter(viewer, account_id).params({VIEWER_ID: viewer.id})

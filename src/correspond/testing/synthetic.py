@@ -26,7 +26,7 @@ from correspond.store.message_tables import (
 )
 from correspond.store.tables import AccountRow, FolderRow
 
-__all__ = ["SyntheticFill", "fill_messages", "make_account_with_folders"]
+__all__ = ["SyntheticFill", "customer_name", "fill_messages", "make_account_with_folders"]
 
 _MESSAGES = cast(Table, MessageRow.__table__)
 _LOCATIONS = cast(Table, MessageLocationRow.__table__)
@@ -219,7 +219,10 @@ def _message(
     words = " ".join(rng.choice(_WORDS) for _ in range(8))
     sender = f"sender{rng.randrange(2000)}@client{rng.randrange(300)}.example"
     subject = f"{words.split()[0].title()} {words.split()[1]} #{k}"
-    body = " ".join(_sentences(rng, 6))
+    # Rarer words than the shared vocabulary, for search: a customer name (each in 1 of
+    # 10,000 messages) and an order reference (1 of 50,000); not drawn from ``rng``, so the
+    # rest of the fill is what it was.
+    body = " ".join(_sentences(rng, 6)) + f" Customer {customer_name(k)}, order ref{k % 50_000}."
     return {
         "id": mid,
         "account_id": account_id,
@@ -256,6 +259,15 @@ def _message(
         "updated_at": now,
         "sort_at": list_sort_at(date, internaldate, now),
     }
+
+
+_SYLLABLES = ("ka", "lo", "mi", "ru", "sa", "te", "vo", "zu", "ne", "pi")
+
+
+def customer_name(k: int) -> str:
+    """The customer named in synthetic message ``k``'s body: one of 10,000 made-up words."""
+    n = (k * 7919) % 10_000
+    return "".join(_SYLLABLES[(n // 10**i) % 10] for i in range(4)).capitalize()
 
 
 def _sentences(rng: random.Random, n: int) -> Iterator[str]:
