@@ -184,4 +184,6 @@ def visible_accounts_clause(viewer: Viewer, account_id: Any) -> ColumnElement[bo
     """:func:`visible_message_filter` with the viewer already bound: a condition for queries
     over many accounts (search) that run it without :func:`viewer_params`. Only accounts seen
     in full: a search of a metadata-only account would probe its bodies."""
+    if viewer_kind(viewer) != "member":
+        return visible_message_filter(viewer, account_id)  # true() or false(): nothing to bind
     return visible_message_filter(viewer, account_id).params({VIEWER_ID: viewer.id})
