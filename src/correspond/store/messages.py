@@ -33,6 +33,7 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    union,
     update,
 )
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
@@ -992,6 +993,12 @@ class _BatchIngest:
             {d.message_id for d in new if d.message_id} | {p for d in new for p in d.parent_ids}
         )
         rows: dict[int, Any] = {}
+        if s.get_bind().dialect.name == "postgresql":
+            # One statement for the three lookups (one round trip, not three: on a loaded
+            # machine each is a wait for two processes to be scheduled).
+            for row in self._candidate_rows_pg(ids, new):
+                rows[row.id] = row
+            ids = []
         for part in _chunks(ids):
             for row in s.execute(
                 select(*_CANDIDATE_COLUMNS).where(
@@ -1009,8 +1016,9 @@ class _BatchIngest:
                 )
             ):
                 rows[row.id] = row
-        for row in self._same_subject_rows(new):
-            rows[row.id] = row
+        if s.get_bind().dialect.name != "postgresql":
+            for row in self._same_subject_rows(new):
+                rows[row.id] = row
         for row in rows.values():
             self._index(_candidate_from(row))
         gm = sorted({d.gm_thrid for d in new if d.gm_thrid is not None})
@@ -1021,6 +1029,54 @@ class _BatchIngest:
                 )
             ):
                 self.gm_threads.setdefault(int(gm_thrid), int(tid))
+
+    def _candidate_rows_pg(self, ids: Sequence[str], new: Sequence[MessageData]) -> Iterable[Any]:
+        """PostgreSQL: the stored messages whose Message-ID is one of ``ids``, that refer to
+        one of ``ids``, or that share a subject key with a message of ``new`` within the date
+        window (see :meth:`_same_subject_rows`), in one statement with array parameters."""
+        s, acct = self.s, self.account_id
+        keys, span = self._subject_span(new)
+        parts: list[Select[Any]] = []
+        if ids:
+            parts.append(
+                select(MessageRow.id).where(
+                    MessageRow.account_id == acct, _in(s, MessageRow.message_id_header, ids)
+                )
+            )
+            parts.append(
+                select(MessageRefRow.message_id).where(
+                    MessageRefRow.account_id == acct, _in(s, MessageRefRow.ref, ids)
+                )
+            )
+        if keys and span is not None:
+            parts.append(
+                select(_SUBJECT_KEYS.c.message_id).where(
+                    _SUBJECT_KEYS.c.account_id == acct,
+                    _in(s, _SUBJECT_KEYS.c.key, sorted(keys)),
+                    _SUBJECT_KEYS.c.date.between(*span),
+                )
+            )
+        if not parts:
+            return ()
+        return s.execute(
+            select(*_CANDIDATE_COLUMNS).where(MessageRow.id.in_(union(*parts).scalar_subquery()))
+        )
+
+    @staticmethod
+    def _subject_span(
+        new: Sequence[MessageData],
+    ) -> tuple[set[str], tuple[datetime, datetime] | None]:
+        """The subject keys of the dated messages of ``new`` and the date window around them."""
+        keys: set[str] = set()
+        dates: list[datetime] = []
+        for d in new:
+            found = d.subject_keys
+            if found and d.date is not None:
+                keys.update(found)
+                dates.append(d.date)
+        if not keys:
+            return keys, None
+        return keys, (min(dates) - _SAME_SUBJECT_WINDOW, max(dates) + _SAME_SUBJECT_WINDOW)
 
     def _same_subject_rows(self, new: Sequence[MessageData]) -> Iterable[Any]:
         """Stored messages that may join a message of the batch by subject: those filed under
@@ -1033,16 +1089,10 @@ class _BatchIngest:
         a backfill's commit time. Messages without a Date never join by subject, so they have
         no keys and look none up.
         """
-        keys: set[str] = set()
-        dates: list[datetime] = []
-        for d in new:
-            found = d.subject_keys
-            if found and d.date is not None:
-                keys.update(found)
-                dates.append(d.date)
-        if not keys:
+        keys, span = self._subject_span(new)
+        if span is None:
             return
-        lo, hi = min(dates) - _SAME_SUBJECT_WINDOW, max(dates) + _SAME_SUBJECT_WINDOW
+        lo, hi = span
         for part in _chunks(sorted(keys)):
             yield from self.s.execute(
                 select(*_CANDIDATE_COLUMNS).where(
@@ -1175,12 +1225,13 @@ class _BatchIngest:
             self.gm_threads.setdefault(data.gm_thrid, tid)
         return tid
 
-    def _insert_pending_threads(self) -> dict[int, int]:
-        """Insert the batch's new threads in one executemany; stand-in id -> real id."""
+    def _insert_pending_threads(self, ids: list[int] | None) -> dict[int, int]:
+        """Insert the batch's new threads in one executemany; stand-in id -> real id. ``ids``:
+        their ids if already drawn (:func:`_reserve_ids`)."""
         if not self.pending_threads:
             return {}
         standins = list(self.pending_threads)
-        ids = _insert_rows(self.s, _THREADS, [self.pending_threads[t] for t in standins])
+        ids = _insert_rows(self.s, _THREADS, [self.pending_threads[t] for t in standins], ids)
         return {t: int(i) for t, i in zip(standins, ids, strict=True)}
 
     def run(self, items: Sequence[IncomingMessage]) -> None:
@@ -1239,7 +1290,13 @@ class _BatchIngest:
                 first, last = pending["first_message_at"], pending["last_message_at"]
                 pending["first_message_at"] = when if first is None else min(first, when)
                 pending["last_message_at"] = when if last is None else max(last, when)
-        real_thread = self._insert_pending_threads()
+        # The new threads' and messages' ids in one round trip (None on SQLite: RETURNING).
+        reserved = _reserve_ids(
+            s, {_THREADS.name: len(self.pending_threads), _MESSAGES.name: len(new_items)}
+        )
+        real_thread = self._insert_pending_threads(
+            None if reserved is None else reserved[_THREADS.name]
+        )
 
         def final_thread(tid: int) -> int | None:
             resolved = self._resolve(tid)
@@ -1257,7 +1314,9 @@ class _BatchIngest:
             ]
             # Core inserts on the tables, not ORM bulk inserts: the same executemany without
             # the ORM's per-row bookkeeping (a fifth of the commit stage when measured).
-            inserted = _insert_rows(s, _MESSAGES, rows)
+            inserted = _insert_rows(
+                s, _MESSAGES, rows, None if reserved is None else reserved[_MESSAGES.name]
+            )
             for mid, row in zip(inserted, rows, strict=True):
                 existing[row["dedupe_key"]] = int(mid)
                 sort_of[int(mid)] = row["sort_at"]
@@ -1449,6 +1508,29 @@ class _BatchIngest:
         whatever merges happened)."""
         tids = sorted(touched)
         when = func.coalesce(MessageRow.date, MessageRow.internaldate)
+        if tids and self.s.get_bind().dialect.name == "postgresql":
+            # One UPDATE ... FROM the counts: one round trip, not a read and a write.
+            counted = (
+                select(
+                    MessageRow.thread_id.label("tid"),
+                    func.count().label("n"),
+                    func.min(when).label("first"),
+                    func.max(when).label("last"),
+                )
+                .where(_in(self.s, MessageRow.thread_id, tids))
+                .group_by(MessageRow.thread_id)
+                .subquery()
+            )
+            self.s.execute(
+                update(_THREADS)
+                .where(_THREADS.c.id == counted.c.tid)
+                .values(
+                    message_count=counted.c.n,
+                    first_message_at=counted.c.first,
+                    last_message_at=counted.c.last,
+                )
+            )
+            return
         for part in _chunks(tids):
             stats = self.s.execute(
                 select(MessageRow.thread_id, func.count(), func.min(when), func.max(when))
@@ -1478,8 +1560,35 @@ class _BatchIngest:
                 )
 
 
-def _insert_rows(s: Session, table: Table, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert ``rows`` into ``table``; their new ids, in the order of ``rows``.
+def _reserve_ids(s: Session, counts: Mapping[str, int]) -> dict[str, list[int]] | None:
+    """PostgreSQL: draw ``counts[table]`` ids from each table's sequence, all in one statement
+    (one round trip for the batch's threads and messages together), ascending per table.
+    None on SQLite, which has no sequences (:func:`_insert_rows` uses ``RETURNING`` there)."""
+    if s.get_bind().dialect.name != "postgresql":
+        return None
+    out: dict[str, list[int]] = {name: [] for name in counts}
+    wanted = [(name, n) for name, n in counts.items() if n > 0]
+    if not wanted:
+        return out
+    # Table names are this module's own constants, never input; the counts are parameters.
+    sql = " UNION ALL ".join(
+        f"SELECT {i} AS t, nextval(pg_get_serial_sequence('{name}', 'id')) AS id"
+        f" FROM generate_series(1, :n{i})"
+        for i, (name, _) in enumerate(wanted)
+    )
+    params = {f"n{i}": n for i, (_, n) in enumerate(wanted)}
+    for t, i in s.execute(text(sql), params):
+        out[wanted[int(t)][0]].append(int(i))
+    for ids in out.values():
+        ids.sort()
+    return out
+
+
+def _insert_rows(
+    s: Session, table: Table, rows: list[dict[str, Any]], ids: list[int] | None = None
+) -> list[int]:
+    """Insert ``rows`` into ``table``; their new ids, in the order of ``rows`` (``ids``, when
+    already drawn by :func:`_reserve_ids`).
 
     On PostgreSQL the ids are drawn from the table's sequence first (one statement), and the
     rows are inserted with a plain executemany, which psycopg sends as one pipeline of a
@@ -1494,15 +1603,10 @@ def _insert_rows(s: Session, table: Table, rows: list[dict[str, Any]]) -> list[i
             insert(table).returning(table.c.id, sort_by_parameter_order=True), rows
         ).scalars()
         return [int(i) for i in returned]
-    ids = sorted(
-        int(i)
-        for i in s.execute(
-            text(
-                "SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :n)"
-            ),
-            {"table": table.name, "n": len(rows)},
-        ).scalars()
-    )
+    if ids is None:
+        reserved = _reserve_ids(s, {table.name: len(rows)})
+        assert reserved is not None
+        ids = reserved[table.name]
     s.execute(insert(table), [{**row, "id": i} for row, i in zip(rows, ids, strict=True)])
     return ids
 
