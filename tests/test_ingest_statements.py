@@ -255,3 +255,48 @@ def test_postgresql_batch_reads_candidates_ids_and_thread_counts_in_one_statemen
         assert count_reads == []
     else:
         assert id_draws == [] and len(count_reads) == 1
+
+
+def test_postgresql_batch_writes_go_in_one_pipeline(store: Store) -> None:
+    """On PostgreSQL a batch's writes (threads, messages, references, subject keys, locations,
+    thread counts, the checkpoint) are sent in psycopg's pipeline mode, their replies read
+    together: one round trip for all of them, not one each. Its reads come before, outside
+    the pipeline (a pipelined statement returns its rows only at the end)."""
+    account_id, folders = make_account_with_folders(store.engine, "pipeline")
+    inbox, sent = folders["inbox"], folders["sent"]
+    modes: list[tuple[str, str]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        verb = statement.lstrip().split()[0].upper()
+        if store.engine.dialect.name == "postgresql":
+            status = conn.connection.driver_connection.pgconn.pipeline_status
+            modes.append((verb, "pipeline" if status else "plain"))
+        else:
+            modes.append((verb, "plain"))
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    messages = MessageStore(store.engine)
+    try:
+        first = messages.ingest_batch(
+            account_id,
+            inbox,
+            _items(1, 30),
+            FolderCheckpointUpdate(backfill_low_uid=1, backfill_done_increment=30),
+            chooser=default_thread_chooser,
+        )
+        # The same messages filed in Sent: locations and flag updates, no new rows.
+        linked = messages.ingest_batch(
+            account_id, sent, _items(1, 1), FolderCheckpointUpdate(), chooser=default_thread_chooser
+        )
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    assert len(first.created) == 30 and linked.linked == [1]
+    assert messages.folder_checkpoint(inbox).backfill_low_uid == 1
+    assert MessageStore(store.engine).folder_contents(sent) == {1: "mid:n1@example.test"}
+    writes = {mode for verb, mode in modes if verb in ("INSERT", "UPDATE")}
+    reads = {mode for verb, mode in modes if verb == "SELECT"}
+    assert reads == {"plain"}
+    if store.engine.dialect.name == "postgresql":
+        assert writes == {"pipeline"}, modes
+    else:
+        assert writes == {"plain"}
