@@ -197,3 +197,106 @@ def test_the_checkpoint_is_one_update_in_the_batch(store: Store) -> None:
         assert s.scalar(select(FolderRow.backfill_done_count).where(FolderRow.id == inbox)) == 200
     with pytest.raises(NotFound):
         messages.update_checkpoint(987654, FolderCheckpointUpdate(backfill_done=True))
+
+
+def test_postgresql_batch_reads_candidates_ids_and_thread_counts_in_one_statement_each(
+    store: Store,
+) -> None:
+    """Every statement of the commit stage is a round trip, which on a loaded machine is a wait
+    for two processes to be scheduled. On PostgreSQL the thread candidates (by Message-ID, by
+    reference, by subject key) are one statement, the new threads' and messages' ids are drawn
+    in one, and the touched threads are recounted by one UPDATE (no SELECT of the counts
+    first). SQLite, in-process, keeps its separate statements."""
+    account_id, folders = make_account_with_folders(store.engine, "round-trips")
+    inbox = folders["inbox"]
+    _ingest(store, account_id, inbox, _items(1, 20))
+    replies = [
+        IncomingMessage(
+            uid=i.uid,
+            flags=i.flags,
+            data=MessageData(
+                dedupe_key=f"mid:r{i.uid}@example.test",
+                message_id=f"r{i.uid}@example.test",
+                in_reply_to=f"n{i.uid - 100}@example.test",
+                references=(f"n{i.uid - 100}@example.test",),
+                subject=f"Re: note {i.uid - 100}",
+                normalized_subject=f"note {i.uid - 100}",
+                to=(AddressData(None, "ann@customer.test"),),
+                date=i.data.date,
+                text="reply",
+            ),
+        )
+        for i in _items(101, 10)
+    ] + _items(200, 5)
+    assert all(r.data.subject_keys for r in replies[:10])  # so subject keys are looked up
+    result, sql = _ingest(store, account_id, inbox, replies)
+    assert len(result.created) == 15
+    with Session(store.engine) as s:
+        thread_of = dict(
+            s.execute(select(MessageRow.message_id_header, MessageRow.thread_id)).tuples().all()
+        )
+        counts = dict(s.execute(select(ThreadRow.id, ThreadRow.message_count)).tuples().all())
+    for n in range(1, 11):
+        # Each reply found its parent's thread through the merged lookup, and the count moved.
+        assert thread_of[f"r{100 + n}@example.test"] == thread_of[f"n{n}@example.test"]
+        assert counts[thread_of[f"n{n}@example.test"]] == 2
+    assert counts[thread_of["n200@example.test"]] == 1
+    candidate_reads = [
+        s
+        for s in sql
+        if s.lstrip().upper().startswith("SELECT messages.id, messages.thread_id".upper())
+    ]
+    id_draws = [s for s in sql if "nextval" in s]
+    count_reads = [s for s in sql if s.lstrip().upper().startswith("SELECT") and "count(" in s]
+    if store.engine.dialect.name == "postgresql":
+        assert len(candidate_reads) == 1 and "message_refs" in candidate_reads[0]
+        assert "message_subject_keys" in candidate_reads[0]
+        assert len(id_draws) == 1 and "threads" in id_draws[0] and "messages" in id_draws[0]
+        assert count_reads == []
+    else:
+        assert id_draws == [] and len(count_reads) == 1
+
+
+def test_postgresql_batch_writes_go_in_one_pipeline(store: Store) -> None:
+    """On PostgreSQL a batch's writes (threads, messages, references, subject keys, locations,
+    thread counts, the checkpoint) are sent in psycopg's pipeline mode, their replies read
+    together: one round trip for all of them, not one each. Its reads come before, outside
+    the pipeline (a pipelined statement returns its rows only at the end)."""
+    account_id, folders = make_account_with_folders(store.engine, "pipeline")
+    inbox, sent = folders["inbox"], folders["sent"]
+    modes: list[tuple[str, str]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        verb = statement.lstrip().split()[0].upper()
+        if store.engine.dialect.name == "postgresql":
+            status = conn.connection.driver_connection.pgconn.pipeline_status
+            modes.append((verb, "pipeline" if status else "plain"))
+        else:
+            modes.append((verb, "plain"))
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    messages = MessageStore(store.engine)
+    try:
+        first = messages.ingest_batch(
+            account_id,
+            inbox,
+            _items(1, 30),
+            FolderCheckpointUpdate(backfill_low_uid=1, backfill_done_increment=30),
+            chooser=default_thread_chooser,
+        )
+        # The same messages filed in Sent: locations and flag updates, no new rows.
+        linked = messages.ingest_batch(
+            account_id, sent, _items(1, 1), FolderCheckpointUpdate(), chooser=default_thread_chooser
+        )
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    assert len(first.created) == 30 and linked.linked == [1]
+    assert messages.folder_checkpoint(inbox).backfill_low_uid == 1
+    assert MessageStore(store.engine).folder_contents(sent) == {1: "mid:n1@example.test"}
+    writes = {mode for verb, mode in modes if verb in ("INSERT", "UPDATE")}
+    reads = {mode for verb, mode in modes if verb == "SELECT"}
+    assert reads == {"plain"}
+    if store.engine.dialect.name == "postgresql":
+        assert writes == {"pipeline"}, modes
+    else:
+        assert writes == {"plain"}

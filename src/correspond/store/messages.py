@@ -15,7 +15,8 @@ pure ``chooser`` (the sync layer adapts :func:`correspond.mail.threading.choose_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -33,9 +34,10 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    union,
     update,
 )
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import QueryableAttribute, Session
 
 from correspond.errors import NotFound, StoreError
@@ -484,6 +486,12 @@ class MessageStore:
 
     @staticmethod
     def _apply_checkpoint(s: Session, folder_id: int, upd: FolderCheckpointUpdate) -> None:
+        _require_folder(MessageStore._checkpoint_update(s, folder_id, upd), folder_id)
+
+    @staticmethod
+    def _checkpoint_update(s: Session, folder_id: int, upd: FolderCheckpointUpdate) -> Any:
+        """The checkpoint's UPDATE; its result, for :func:`_require_folder` (which, in a
+        pipeline, can only tell once the pipeline has been sent)."""
         # One UPDATE (it locks the row as SELECT ... FOR UPDATE did), not a read then a write:
         # a round trip less in every batch's transaction.
         values: dict[str, Any] = {"last_seen_at": utcnow()}
@@ -503,14 +511,12 @@ class MessageStore:
             values["backfill_done_count"] = (
                 func.coalesce(FolderRow.backfill_done_count, 0) + upd.backfill_done_increment
             )
-        done = s.execute(
+        return s.execute(
             update(FolderRow)
             .where(FolderRow.id == folder_id)
             .values(**values)
             .execution_options(synchronize_session=False)
         )
-        if _rowcount(done) == 0:
-            raise NotFound(f"folder {folder_id} does not exist")
 
     # -- reads the engine needs ----------------------------------------------------------------
 
@@ -602,10 +608,16 @@ class MessageStore:
         result = IngestResult()
         try:
             with self._session() as s, s.begin():
-                _BatchIngest(s, account_id, folder_id, chooser, result).run(items)
+                written: list[Any] = []
+
+                def move_cursor() -> None:
+                    if checkpoint is not None:
+                        written.append(self._checkpoint_update(s, folder_id, checkpoint))
+
+                _BatchIngest(s, account_id, folder_id, chooser, result).run(items, move_cursor)
+                for done in written:
+                    _require_folder(done, folder_id)
                 send_wakeup(s)  # the API processes' fan-out (store.wakeups)
-                if checkpoint is not None:
-                    self._apply_checkpoint(s, folder_id, checkpoint)
         except SQLAlchemyError as exc:
             error = StoreError(
                 f"could not store a batch for folder {folder_id}: {database_failure(exc)}"
@@ -1006,6 +1018,12 @@ class _BatchIngest:
             {d.message_id for d in new if d.message_id} | {p for d in new for p in d.parent_ids}
         )
         rows: dict[int, Any] = {}
+        if s.get_bind().dialect.name == "postgresql":
+            # One statement for the three lookups (one round trip, not three: on a loaded
+            # machine each is a wait for two processes to be scheduled).
+            for row in self._candidate_rows_pg(ids, new):
+                rows[row.id] = row
+            ids = []
         for part in _chunks(ids):
             for row in s.execute(
                 select(*_CANDIDATE_COLUMNS).where(
@@ -1023,8 +1041,9 @@ class _BatchIngest:
                 )
             ):
                 rows[row.id] = row
-        for row in self._same_subject_rows(new):
-            rows[row.id] = row
+        if s.get_bind().dialect.name != "postgresql":
+            for row in self._same_subject_rows(new):
+                rows[row.id] = row
         for row in rows.values():
             self._index(_candidate_from(row))
         gm = sorted({d.gm_thrid for d in new if d.gm_thrid is not None})
@@ -1035,6 +1054,54 @@ class _BatchIngest:
                 )
             ):
                 self.gm_threads.setdefault(int(gm_thrid), int(tid))
+
+    def _candidate_rows_pg(self, ids: Sequence[str], new: Sequence[MessageData]) -> Iterable[Any]:
+        """PostgreSQL: the stored messages whose Message-ID is one of ``ids``, that refer to
+        one of ``ids``, or that share a subject key with a message of ``new`` within the date
+        window (see :meth:`_same_subject_rows`), in one statement with array parameters."""
+        s, acct = self.s, self.account_id
+        keys, span = self._subject_span(new)
+        parts: list[Select[Any]] = []
+        if ids:
+            parts.append(
+                select(MessageRow.id).where(
+                    MessageRow.account_id == acct, _in(s, MessageRow.message_id_header, ids)
+                )
+            )
+            parts.append(
+                select(MessageRefRow.message_id).where(
+                    MessageRefRow.account_id == acct, _in(s, MessageRefRow.ref, ids)
+                )
+            )
+        if keys and span is not None:
+            parts.append(
+                select(_SUBJECT_KEYS.c.message_id).where(
+                    _SUBJECT_KEYS.c.account_id == acct,
+                    _in(s, _SUBJECT_KEYS.c.key, sorted(keys)),
+                    _SUBJECT_KEYS.c.date.between(*span),
+                )
+            )
+        if not parts:
+            return ()
+        return s.execute(
+            select(*_CANDIDATE_COLUMNS).where(MessageRow.id.in_(union(*parts).scalar_subquery()))
+        )
+
+    @staticmethod
+    def _subject_span(
+        new: Sequence[MessageData],
+    ) -> tuple[set[str], tuple[datetime, datetime] | None]:
+        """The subject keys of the dated messages of ``new`` and the date window around them."""
+        keys: set[str] = set()
+        dates: list[datetime] = []
+        for d in new:
+            found = d.subject_keys
+            if found and d.date is not None:
+                keys.update(found)
+                dates.append(d.date)
+        if not keys:
+            return keys, None
+        return keys, (min(dates) - _SAME_SUBJECT_WINDOW, max(dates) + _SAME_SUBJECT_WINDOW)
 
     def _same_subject_rows(self, new: Sequence[MessageData]) -> Iterable[Any]:
         """Stored messages that may join a message of the batch by subject: those filed under
@@ -1047,16 +1114,10 @@ class _BatchIngest:
         a backfill's commit time. Messages without a Date never join by subject, so they have
         no keys and look none up.
         """
-        keys: set[str] = set()
-        dates: list[datetime] = []
-        for d in new:
-            found = d.subject_keys
-            if found and d.date is not None:
-                keys.update(found)
-                dates.append(d.date)
-        if not keys:
+        keys, span = self._subject_span(new)
+        if span is None:
             return
-        lo, hi = min(dates) - _SAME_SUBJECT_WINDOW, max(dates) + _SAME_SUBJECT_WINDOW
+        lo, hi = span
         for part in _chunks(sorted(keys)):
             yield from self.s.execute(
                 select(*_CANDIDATE_COLUMNS).where(
@@ -1189,15 +1250,18 @@ class _BatchIngest:
             self.gm_threads.setdefault(data.gm_thrid, tid)
         return tid
 
-    def _insert_pending_threads(self) -> dict[int, int]:
-        """Insert the batch's new threads in one executemany; stand-in id -> real id."""
+    def _insert_pending_threads(self, ids: list[int] | None) -> dict[int, int]:
+        """Insert the batch's new threads in one executemany; stand-in id -> real id. ``ids``:
+        their ids if already drawn (:func:`_reserve_ids`)."""
         if not self.pending_threads:
             return {}
         standins = list(self.pending_threads)
-        ids = _insert_rows(self.s, _THREADS, [self.pending_threads[t] for t in standins])
+        ids = _insert_rows(self.s, _THREADS, [self.pending_threads[t] for t in standins], ids)
         return {t: int(i) for t, i in zip(standins, ids, strict=True)}
 
-    def run(self, items: Sequence[IncomingMessage]) -> None:
+    def run(self, items: Sequence[IncomingMessage], finish: Callable[[], None]) -> None:
+        """Store ``items``; ``finish`` (the checkpoint's write) is called last, among the batch's
+        writes: on PostgreSQL those go in one pipeline, one round trip (:func:`_pipelined`)."""
         s = self.s
         present = MessageStore._present_uids(s, self.folder_id, [i.uid for i in items])
         todo: list[IncomingMessage] = []
@@ -1208,6 +1272,7 @@ class _BatchIngest:
                 present.add(item.uid)
                 todo.append(item)
         if not todo:
+            finish()
             return
         existing: dict[str, int] = {}
         facts: dict[str, KeyFacts] = {}
@@ -1253,109 +1318,144 @@ class _BatchIngest:
                 first, last = pending["first_message_at"], pending["last_message_at"]
                 pending["first_message_at"] = when if first is None else min(first, when)
                 pending["last_message_at"] = when if last is None else max(last, when)
-        real_thread = self._insert_pending_threads()
-
-        def final_thread(tid: int) -> int | None:
-            resolved = self._resolve(tid)
-            return None if resolved is None else real_thread.get(resolved, resolved)
-
-        # Merged-away ids are dropped before mapping: SQLite may hand a just-deleted id out again.
-        touched = {
-            t for t in self.touched_threads if t not in self.alias and t < _PENDING_THREAD_BASE
-        }
-        now = utcnow()
-        if new_items:
-            rows = [
-                _message_values(self.account_id, i, final_thread(thread_of[i.data.dedupe_key]), now)
-                for i in new_items
-            ]
-            # Core inserts on the tables, not ORM bulk inserts: the same executemany without
-            # the ORM's per-row bookkeeping (a fifth of the commit stage when measured).
-            inserted = _insert_rows(s, _MESSAGES, rows)
-            for mid, row in zip(inserted, rows, strict=True):
-                existing[row["dedupe_key"]] = int(mid)
-                sort_of[int(mid)] = row["sort_at"]
-                self.result.created.append(int(mid))
-            refs = [
-                {"account_id": self.account_id, "message_id": existing[i.data.dedupe_key], "ref": r}
-                for i in new_items
-                for r in i.data.parent_ids
-            ]
-            if refs:
-                s.execute(insert(_MESSAGE_REFS), refs)
-            subject_rows = [
-                {
-                    "account_id": self.account_id,
-                    "message_id": existing[i.data.dedupe_key],
-                    "key": key,
-                    "date": i.data.date,
-                }
-                for i in new_items
-                for key in i.data.subject_keys
-            ]
-            if subject_rows:
-                s.execute(insert(_SUBJECT_KEYS), subject_rows)
-            atts = [
-                {
-                    "message_id": existing[i.data.dedupe_key],
-                    "filename": a.filename,
-                    "content_type": a.content_type,
-                    "size": a.size,
-                    "content_id": a.content_id,
-                    "inline": a.inline,
-                    "blob_key": a.blob_key,
-                    "section": a.section,
-                }
-                for i in new_items
-                for a in i.data.attachments
-            ]
-            if atts:
-                s.execute(insert(_ATTACHMENTS), atts)
-        created_keys = {i.data.dedupe_key for i in new_items}
-        locations = []
-        flag_updates: dict[int, list[str]] = {}
-        sent_copies: dict[int, MessageData] = {}
-        for item in todo:
-            mid = existing[item.data.dedupe_key]
-            if first_of_key.get(item.data.dedupe_key) is not item:
-                self.result.linked.append(item.uid)
-                if item.data.dedupe_key not in created_keys:
-                    flag_updates[mid] = sorted(item.flags)
-                    if item.data.direction == "outbound":
-                        sent_copies[mid] = item.data
-            locations.append(
-                {
-                    "message_id": mid,
-                    "folder_id": self.folder_id,
-                    "uid": item.uid,
-                    "modseq": item.modseq,
-                    "flags": sorted(item.flags),
-                    "created_at": now,
-                    "sort_at": sort_of[mid],
-                }
-            )
-        s.execute(insert(_LOCATIONS), locations)
-        back = sorted(
-            {existing[i.data.dedupe_key] for i in todo} - {existing[k] for k in created_keys}
+        # The new threads' and messages' ids in one round trip (None on SQLite: RETURNING).
+        reserved = _reserve_ids(
+            s, {_THREADS.name: len(self.pending_threads), _MESSAGES.name: len(new_items)}
         )
-        for part in _chunks(back):
-            # In a mailbox folder again (moved back, or its folder synced again).
-            s.execute(
-                update(MessageRow)
-                .where(MessageRow.id.in_(part), MessageRow.gone_from_mailbox_at.is_not(None))
-                .values(gone_from_mailbox_at=None, gone_reason=None)
+        created_keys = {i.data.dedupe_key for i in new_items}
+        # Read before the writes (they go in a pipeline, which returns no rows until its end):
+        # what Sent copies of stored messages add to them.
+        enriched = self._sent_copy_changes(
+            {
+                existing[i.data.dedupe_key]: i.data
+                for i in todo
+                if i.data.dedupe_key in existing
+                and i.data.dedupe_key not in created_keys
+                and i.data.direction == "outbound"
+            }
+        )
+        # Every write from here on goes in one pipeline on PostgreSQL: one round trip.
+        with _pipelined(s):
+            real_thread = self._insert_pending_threads(
+                None if reserved is None else reserved[_THREADS.name]
             )
-        enriched = self._sent_copy_changes(sent_copies)
-        if self.new_subject_keys:
-            s.execute(insert(_SUBJECT_KEYS), self.new_subject_keys)
-        # Executemany by primary key, grouped by the columns set: no statement per message.
-        params: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for mid, flags in flag_updates.items():
-            row = {"id": mid, "flags": flags, **enriched.get(mid, {})}
-            params.setdefault(tuple(sorted(row)), []).append(row)
-        for group in params.values():
-            s.execute(update(MessageRow), group)
-        self._refresh_threads(touched)
+
+            def final_thread(tid: int) -> int | None:
+                resolved = self._resolve(tid)
+                return None if resolved is None else real_thread.get(resolved, resolved)
+
+            # Merged-away ids are dropped before mapping: SQLite may hand a deleted id out again.
+            touched = {
+                t for t in self.touched_threads if t not in self.alias and t < _PENDING_THREAD_BASE
+            }
+            now = utcnow()
+            if new_items:
+                rows = [
+                    _message_values(
+                        self.account_id, i, final_thread(thread_of[i.data.dedupe_key]), now
+                    )
+                    for i in new_items
+                ]
+                # Core inserts on the tables, not ORM bulk inserts: the same executemany without
+                # the ORM's per-row bookkeeping (a fifth of the commit stage when measured).
+                inserted = _insert_rows(
+                    s, _MESSAGES, rows, None if reserved is None else reserved[_MESSAGES.name]
+                )
+                for mid, row in zip(inserted, rows, strict=True):
+                    existing[row["dedupe_key"]] = int(mid)
+                    sort_of[int(mid)] = row["sort_at"]
+                    self.result.created.append(int(mid))
+                refs = [
+                    {
+                        "account_id": self.account_id,
+                        "message_id": existing[i.data.dedupe_key],
+                        "ref": r,
+                    }
+                    for i in new_items
+                    for r in i.data.parent_ids
+                ]
+                if refs:
+                    s.execute(insert(_MESSAGE_REFS).inline(), refs)
+                subject_rows = [
+                    {
+                        "account_id": self.account_id,
+                        "message_id": existing[i.data.dedupe_key],
+                        "key": key,
+                        "date": i.data.date,
+                    }
+                    for i in new_items
+                    for key in i.data.subject_keys
+                ]
+                if subject_rows:
+                    s.execute(insert(_SUBJECT_KEYS).inline(), subject_rows)
+                atts = [
+                    {
+                        "message_id": existing[i.data.dedupe_key],
+                        "filename": a.filename,
+                        "content_type": a.content_type,
+                        "size": a.size,
+                        "content_id": a.content_id,
+                        "inline": a.inline,
+                        "blob_key": a.blob_key,
+                        "section": a.section,
+                    }
+                    for i in new_items
+                    for a in i.data.attachments
+                ]
+                if atts:
+                    s.execute(insert(_ATTACHMENTS).inline(), atts)
+            locations = []
+            flag_updates: dict[int, list[str]] = {}
+            for item in todo:
+                mid = existing[item.data.dedupe_key]
+                if first_of_key.get(item.data.dedupe_key) is not item:
+                    self.result.linked.append(item.uid)
+                    if item.data.dedupe_key not in created_keys:
+                        flag_updates[mid] = sorted(item.flags)
+                locations.append(
+                    {
+                        "message_id": mid,
+                        "folder_id": self.folder_id,
+                        "uid": item.uid,
+                        "modseq": item.modseq,
+                        "flags": sorted(item.flags),
+                        "created_at": now,
+                        "sort_at": sort_of[mid],
+                    }
+                )
+            # inline(): no RETURNING of the new id even for one row (a pipeline reads nothing).
+            s.execute(insert(_LOCATIONS).inline(), locations)
+            back = sorted(
+                {existing[i.data.dedupe_key] for i in todo} - {existing[k] for k in created_keys}
+            )
+            for part in _chunks(back):
+                # In a mailbox folder again (moved back, or its folder synced again).
+                # Core, not ORM: nothing to synchronise, and no rows to read back in a pipeline.
+                s.execute(
+                    update(_MESSAGES)
+                    .where(
+                        _in(s, _MESSAGES.c.id, part), _MESSAGES.c.gone_from_mailbox_at.is_not(None)
+                    )
+                    .values(gone_from_mailbox_at=None, gone_reason=None)
+                )
+            if self.new_subject_keys:
+                s.execute(insert(_SUBJECT_KEYS).inline(), self.new_subject_keys)
+            # Executemany by primary key, grouped by the columns set: no statement per message.
+            params: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for mid, flags in flag_updates.items():
+                row = {"id": mid, "flags": flags, **enriched.get(mid, {})}
+                params.setdefault(tuple(sorted(row)), []).append(row)
+            for columns, group in params.items():
+                # Core executemany by primary key (the ORM's bulk form checks row counts, which a
+                # pipeline only has at its end).
+                s.execute(
+                    update(_MESSAGES)
+                    .where(_MESSAGES.c.id == bindparam("b_id"))
+                    .values({c: bindparam(f"b_{c}") for c in columns if c != "id"}),
+                    [{f"b_{k}": v for k, v in row.items()} for row in group],
+                )
+            self._refresh_threads(touched)
+            finish()
 
     def _look_up(
         self,
@@ -1463,6 +1563,29 @@ class _BatchIngest:
         whatever merges happened)."""
         tids = sorted(touched)
         when = func.coalesce(MessageRow.date, MessageRow.internaldate)
+        if tids and self.s.get_bind().dialect.name == "postgresql":
+            # One UPDATE ... FROM the counts: one round trip, not a read and a write.
+            counted = (
+                select(
+                    MessageRow.thread_id.label("tid"),
+                    func.count().label("n"),
+                    func.min(when).label("first"),
+                    func.max(when).label("last"),
+                )
+                .where(_in(self.s, MessageRow.thread_id, tids))
+                .group_by(MessageRow.thread_id)
+                .subquery()
+            )
+            self.s.execute(
+                update(_THREADS)
+                .where(_THREADS.c.id == counted.c.tid)
+                .values(
+                    message_count=counted.c.n,
+                    first_message_at=counted.c.first,
+                    last_message_at=counted.c.last,
+                )
+            )
+            return
         for part in _chunks(tids):
             stats = self.s.execute(
                 select(MessageRow.thread_id, func.count(), func.min(when), func.max(when))
@@ -1492,8 +1615,35 @@ class _BatchIngest:
                 )
 
 
-def _insert_rows(s: Session, table: Table, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert ``rows`` into ``table``; their new ids, in the order of ``rows``.
+def _reserve_ids(s: Session, counts: Mapping[str, int]) -> dict[str, list[int]] | None:
+    """PostgreSQL: draw ``counts[table]`` ids from each table's sequence, all in one statement
+    (one round trip for the batch's threads and messages together), ascending per table.
+    None on SQLite, which has no sequences (:func:`_insert_rows` uses ``RETURNING`` there)."""
+    if s.get_bind().dialect.name != "postgresql":
+        return None
+    out: dict[str, list[int]] = {name: [] for name in counts}
+    wanted = [(name, n) for name, n in counts.items() if n > 0]
+    if not wanted:
+        return out
+    # Table names are this module's own constants, never input; the counts are parameters.
+    sql = " UNION ALL ".join(
+        f"SELECT {i} AS t, nextval(pg_get_serial_sequence('{name}', 'id')) AS id"
+        f" FROM generate_series(1, :n{i})"
+        for i, (name, _) in enumerate(wanted)
+    )
+    params = {f"n{i}": n for i, (_, n) in enumerate(wanted)}
+    for t, i in s.execute(text(sql), params):
+        out[wanted[int(t)][0]].append(int(i))
+    for ids in out.values():
+        ids.sort()
+    return out
+
+
+def _insert_rows(
+    s: Session, table: Table, rows: list[dict[str, Any]], ids: list[int] | None = None
+) -> list[int]:
+    """Insert ``rows`` into ``table``; their new ids, in the order of ``rows`` (``ids``, when
+    already drawn by :func:`_reserve_ids`).
 
     On PostgreSQL the ids are drawn from the table's sequence first (one statement), and the
     rows are inserted with a plain executemany, which psycopg sends as one pipeline of a
@@ -1508,16 +1658,11 @@ def _insert_rows(s: Session, table: Table, rows: list[dict[str, Any]]) -> list[i
             insert(table).returning(table.c.id, sort_by_parameter_order=True), rows
         ).scalars()
         return [int(i) for i in returned]
-    ids = sorted(
-        int(i)
-        for i in s.execute(
-            text(
-                "SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :n)"
-            ),
-            {"table": table.name, "n": len(rows)},
-        ).scalars()
-    )
-    s.execute(insert(table), [{**row, "id": i} for row, i in zip(rows, ids, strict=True)])
+    if ids is None:
+        reserved = _reserve_ids(s, {table.name: len(rows)})
+        assert reserved is not None
+        ids = reserved[table.name]
+    s.execute(insert(table).inline(), [{**row, "id": i} for row, i in zip(rows, ids, strict=True)])
     return ids
 
 
@@ -1591,6 +1736,42 @@ def _mark_gone(s: Session, message_ids: Collection[int], reason: str | None) -> 
             )
             .values(gone_from_mailbox_at=now, gone_reason=reason)
         )
+
+
+@contextmanager
+def _pipelined(s: Session) -> Iterator[None]:
+    """On PostgreSQL, psycopg's pipeline mode for what runs inside: statements are sent
+    without waiting for each one's reply, and the replies are read together at the end, so a
+    batch's writes cost one round trip, not one each (on a loaded machine each round trip
+    waits for two processes to be scheduled). Statements inside may not read rows (a result
+    is only there at the end). Nothing on SQLite, in-process.
+
+    An error reaches the caller as the same :class:`~sqlalchemy.exc.DBAPIError` subclass as
+    without the pipeline, whether SQLAlchemy saw it during a statement or psycopg raised it
+    when the pipeline ended."""
+    if s.get_bind().dialect.name != "postgresql":
+        yield
+        return
+    import psycopg
+
+    driver = s.connection().connection.driver_connection
+    assert driver is not None  # a connection just checked out for this transaction
+    try:
+        with driver.pipeline():
+            yield
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+
+
+def _require_folder(result: Any, folder_id: int) -> None:
+    """:class:`NotFound` if the checkpoint's UPDATE (``result``) found no folder. In a
+    pipeline, SQLAlchemy read the row count before the reply came (-1); psycopg sets it on the
+    cursor when the pipeline ends."""
+    count = _rowcount(result)
+    if count < 0:
+        count = int(getattr(result.context.cursor, "rowcount", -1))
+    if count == 0:
+        raise NotFound(f"folder {folder_id} does not exist")
 
 
 def _rowcount(result: Any) -> int:
