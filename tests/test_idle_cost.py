@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,8 +178,8 @@ async def test_an_idle_tls_connection_keeps_small_receive_buffers(
     dovecot: DovecotServer, imap_user: ImapUser, security: str
 ) -> None:
     """Every TLS connection used to hold 512 KiB of zero-filled receive buffers (ours and
-    asyncio's, 256 KiB each) for its whole life: 2.5 MiB per account. Now a connection
-    grows its buffer while a large message streams in and gives it back afterwards."""
+    asyncio's, 256 KiB each) for its whole life, then 80 KiB (16 + 64): three per account.
+    Now both start at 4 KiB, grow while a large message streams in and shrink afterwards."""
     big = b"x" * 1_500_000
     dovecot.deliver(imap_user, _message(big))
     endpoint = ImapEndpoint(
@@ -192,13 +193,56 @@ async def test_an_idle_tls_connection_keeps_small_receive_buffers(
         await client.select(b"INBOX")
         channel = client._channel
         ssl_protocol = channel.transport._ssl_protocol  # type: ignore[union-attr]
-        assert len(ssl_protocol._ssl_buffer) <= 64 * 1024
-        assert len(channel._buf) <= 16 * 1024  # type: ignore[attr-defined]
+        assert len(ssl_protocol._ssl_buffer) <= 4 * 1024
+        assert len(channel._buf) <= 4 * 1024  # type: ignore[attr-defined]
+        grown: list[int] = []
+        updated = ssl_protocol.buffer_updated
+
+        def watch(nbytes: int) -> None:
+            updated(nbytes)
+            grown.append(len(ssl_protocol._ssl_buffer))
+
+        ssl_protocol.buffer_updated = watch
         fetched = await client.uid_fetch_list("1:*", "(UID BODY.PEEK[])")
         assert len(fetched) == 1 and big in (fetched[0].sections[""] or b"")
+        # While the body streamed in, recvs were large (not 4 KiB each)...
+        assert max(grown) >= 64 * 1024
         await client.noop()
-        assert len(channel._buf) <= 16 * 1024  # type: ignore[attr-defined]
-        assert len(ssl_protocol._ssl_buffer) <= 64 * 1024
+        # ...and once it was over both buffers went back to their idle size.
+        assert len(channel._buf) <= 4 * 1024  # type: ignore[attr-defined]
+        assert len(ssl_protocol._ssl_buffer) <= 4 * 1024
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+async def test_a_tls_connection_never_allocates_asyncios_256_kib_buffer(
+    dovecot: DovecotServer, imap_user: ImapUser, security: str
+) -> None:
+    """asyncio's SSLProtocol allocates (and zero-fills) 256 KiB per connection when it is made;
+    trimming it to 64 KiB after the handshake still held 80 KiB of buffers per connection and
+    left the freed blocks in the heap. A connection now holds a few KiB once open, and opening
+    one over implicit TLS never peaks near 256 KiB (STARTTLS's plaintext phase reads with
+    asyncio's own 256 KiB ``recv`` first, a transient bytes object that is not TLS's)."""
+    endpoint = ImapEndpoint(
+        dovecot.host,
+        dovecot.tls_port if security == "tls" else dovecot.port,
+        security,  # type: ignore[arg-type]
+        trusted_cert_pem=dovecot.cert_pem,
+    )
+    async with await ImapClient.connect(endpoint) as warm:  # imports, caches, the lexer...
+        await warm.login(imap_user.username, imap_user.password)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        client = await ImapClient.connect(endpoint)
+        held, peak = (n - before for n in tracemalloc.get_traced_memory())
+    finally:
+        tracemalloc.stop()
+    async with client:
+        await client.login(imap_user.username, imap_user.password)
+    assert held < 40 * 1024
+    if security == "tls":
+        assert peak < 64 * 1024
 
 
 def _message(body: bytes) -> bytes:

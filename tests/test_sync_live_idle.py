@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -151,3 +153,37 @@ async def test_a_poll_finding_nothing_new_syncs_nothing(sqlite_env: Env) -> None
             5,
             "the flag change in a polled folder",
         )
+
+
+async def test_new_mail_is_not_queued_behind_a_busy_default_thread_pool(sqlite_env: Env) -> None:
+    """With 1,000 accounts the loop's default thread pool is shared by every account's
+    backfill, polls and state writes; new mail's queries queued seconds behind a burst of them.
+    The sync a notification wakes runs its queries on threads of its own."""
+    env = sqlite_env
+    syncer = env.syncer()
+    loop = asyncio.get_running_loop()
+    busy = ThreadPoolExecutor(1, thread_name_prefix="test-busy-default")
+    mine = ThreadPoolExecutor(2, thread_name_prefix="test-own")
+    release = threading.Event()
+    try:
+        async with Running(env, syncer, poll_seconds=600) as run:
+            await run.live()
+            inbox = env.folder("inbox")
+            await wait_until(lambda: syncer.stats.idle_commands.get(inbox.id, 0) >= 1, 5)
+            # Every thread of the default pool busy for as long as the test runs.
+            loop.set_default_executor(busy)
+            blocker = loop.run_in_executor(None, release.wait, 30)
+            await loop.run_in_executor(mine, env.server.deliver, env.user, raw_message("busy"))
+            started = loop.time()
+            while not await loop.run_in_executor(
+                mine, lambda: "mid:busy@example.test" in env.stored_keys("INBOX")
+            ):
+                assert loop.time() - started < 10, "new mail waited for the default pool"
+                await asyncio.sleep(0.02)
+            assert not blocker.done()  # the default pool was busy all along
+            release.set()
+            await blocker
+    finally:
+        release.set()
+        busy.shutdown(wait=True)
+        mine.shutdown(wait=True)

@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import re
 import socket
 import ssl
+from asyncio import sslproto
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
 from correspond.errors import (
     CertificateNotTrusted,
@@ -79,11 +81,15 @@ _READ_SPACE = 256 * 1024
 # What a TLS channel holds while little arrives (an IDLE connection hears a line now and then):
 # it starts at this size, grows toward ``_READ_SPACE`` steps while data streams in, and falls
 # back once a read finds little. A 256 KiB buffer per connection from the start was 256 KiB of
-# resident memory for every idle connection (five per account).
-_IDLE_SPACE = 16 * 1024
-# asyncio's TLS protocol allocates a 256 KiB receive buffer per connection; this much per recv
-# keeps full-body fetches at their rate (a TLS record is at most 16 KiB).
-_SSL_RECV_SPACE = 64 * 1024
+# resident memory for every idle connection (three per account).
+_IDLE_SPACE = 4 * 1024
+# asyncio's TLS protocol (``SSLProtocol``) receives the encrypted bytes into a buffer of its own,
+# 256 KiB per connection, allocated and zero-filled when the protocol is made. Ours
+# (:class:`_LeanSSLProtocol`) starts at ``_SSL_IDLE_SPACE`` and grows fourfold, up to
+# ``_SSL_RECV_SPACE``, while each recv fills it (a full-body fetch), back again once a recv finds
+# little; a TLS record is at most 16 KiB.
+_SSL_IDLE_SPACE = 4 * 1024
+_SSL_RECV_SPACE = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -379,23 +385,160 @@ class TlsByteChannel(ByteChannel, asyncio.BufferedProtocol):
         return data
 
 
-def _trim_tls_receive_buffer(transport: asyncio.BaseTransport) -> None:
-    """Give asyncio's TLS protocol of ``transport`` a smaller receive buffer than its 256 KiB.
+def _lean_tls_supported() -> bool:
+    """Does this Python's ``SSLProtocol`` look the way :class:`_LeanSSLProtocol` expects?
 
-    ``SSLProtocol`` allocates (and zero-fills) ``max_size`` bytes per connection and reads at
-    most that much per ``recv``; there is no public knob, so the instance's own attribute is
-    set, and nothing happens on a Python whose protocol looks different.
+    Python 3.11-3.13 share it: ``max_size`` (a class attribute) is the size of the buffer
+    ``__init__`` allocates as ``_ssl_buffer``/``_ssl_buffer_view``, which ``get_buffer`` hands to
+    the socket transport and ``buffer_updated`` feeds to OpenSSL. Any other shape: the stdlib
+    path, with asyncio's own buffer.
     """
-    protocol = getattr(transport, "_ssl_protocol", None)
-    buffer = getattr(protocol, "_ssl_buffer", None)
-    if not isinstance(buffer, bytearray) or len(buffer) <= _SSL_RECV_SPACE:
-        return
-    if not isinstance(getattr(protocol, "max_size", None), int):
-        return
-    smaller = bytearray(_SSL_RECV_SPACE)
-    protocol.max_size = _SSL_RECV_SPACE  # type: ignore[union-attr]
-    protocol._ssl_buffer = smaller  # type: ignore[union-attr]
-    protocol._ssl_buffer_view = memoryview(smaller)  # type: ignore[union-attr]
+    try:
+        params = inspect.signature(sslproto.SSLProtocol.__init__).parameters
+    except (TypeError, ValueError):
+        return False
+    wanted = (
+        "loop",
+        "app_protocol",
+        "sslcontext",
+        "waiter",
+        "server_side",
+        "server_hostname",
+        "call_connection_made",
+        "ssl_handshake_timeout",
+    )
+    return (
+        all(name in params for name in wanted)
+        and isinstance(vars(sslproto.SSLProtocol).get("max_size"), int)
+        and callable(getattr(sslproto.SSLProtocol, "get_buffer", None))
+        and callable(getattr(sslproto.SSLProtocol, "buffer_updated", None))
+    )
+
+
+_LEAN_TLS = _lean_tls_supported()
+
+
+class _LeanSSLProtocol(sslproto.SSLProtocol):
+    """asyncio's TLS protocol with a receive buffer sized to the traffic, not 256 KiB each.
+
+    Everything else (handshake, certificate and host name checks, SNI, timeouts, shutdown) is
+    the stdlib's: only the buffer the socket transport receives the encrypted bytes into
+    changes. It is made the way ``loop.create_connection(ssl=...)`` and ``loop.start_tls`` make
+    theirs (:func:`_open_tls`, :func:`_start_tls`).
+    """
+
+    # Read by SSLProtocol.__init__ as the size of the buffer it allocates.
+    max_size = _SSL_IDLE_SPACE
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lean = isinstance(getattr(self, "_ssl_buffer", None), bytearray) and isinstance(
+            getattr(self, "_ssl_buffer_view", None), memoryview
+        )
+
+    def _resize(self, size: int) -> None:
+        self._ssl_buffer = bytearray(size)
+        self._ssl_buffer_view = memoryview(self._ssl_buffer)
+
+    def get_buffer(self, n: int) -> memoryview:
+        if not self._lean:
+            return cast(memoryview, super().get_buffer(n))
+        return cast(memoryview, self._ssl_buffer_view)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        super().buffer_updated(nbytes)  # hands the bytes to OpenSSL: the buffer is free again
+        if not self._lean:
+            return
+        size = len(self._ssl_buffer)
+        if nbytes >= size and size < _SSL_RECV_SPACE:
+            self._resize(min(size * 4, _SSL_RECV_SPACE))  # a stream: fewer, larger recvs
+        elif nbytes < _SSL_IDLE_SPACE and size > _SSL_IDLE_SPACE:
+            self._resize(_SSL_IDLE_SPACE)  # the burst is over: do not keep its buffer
+
+
+async def _open_tls(
+    loop: asyncio.AbstractEventLoop,
+    channel: TlsByteChannel,
+    host: str,
+    port: int,
+    ctx: ssl.SSLContext,
+    handshake_timeout: float,
+) -> asyncio.Transport:
+    """``loop.create_connection(ssl=ctx)`` with :class:`_LeanSSLProtocol`: TCP, then the
+    handshake, as base_events does it; on any failure the socket is dropped."""
+    waiter: asyncio.Future[None] = loop.create_future()
+    protocol = _LeanSSLProtocol(
+        loop,
+        channel,
+        ctx,
+        waiter,
+        server_side=False,
+        server_hostname=host,
+        call_connection_made=True,
+        ssl_handshake_timeout=handshake_timeout,
+    )
+    # What the stdlib hands back and closes on failure: closing it now (not when the socket's
+    # connection_lost runs) is what keeps it from warning "unclosed transport" when collected.
+    app_transport = getattr(protocol, "_app_transport", None)
+    try:
+        raw, _ = await loop.create_connection(lambda: protocol, host, port)
+    except BaseException:
+        if isinstance(app_transport, asyncio.BaseTransport):
+            app_transport.close()
+        raise
+    try:
+        await waiter
+        if channel.transport is None:
+            raise ConnectionResetError("the connection closed during the TLS handshake")
+    except BaseException:
+        if isinstance(app_transport, asyncio.BaseTransport):
+            app_transport.close()
+        raw.abort()
+        raise
+    return channel.transport
+
+
+async def _start_tls(
+    loop: asyncio.AbstractEventLoop,
+    transport: asyncio.Transport,
+    channel: TlsByteChannel,
+    host: str,
+    ctx: ssl.SSLContext,
+    handshake_timeout: float,
+) -> asyncio.Transport | None:
+    """``loop.start_tls`` with :class:`_LeanSSLProtocol`, step for step as base_events does it
+    (the stdlib's own where the transport cannot take it)."""
+    if not _LEAN_TLS or not getattr(transport, "_start_tls_compatible", False):
+        return await loop.start_tls(
+            transport, channel, ctx, server_hostname=host, ssl_handshake_timeout=handshake_timeout
+        )
+    waiter: asyncio.Future[None] = loop.create_future()
+    protocol = _LeanSSLProtocol(
+        loop,
+        channel,
+        ctx,
+        waiter,
+        server_side=False,
+        server_hostname=host,
+        call_connection_made=True,
+        ssl_handshake_timeout=handshake_timeout,
+    )
+    # Paused first so that no data reaches the protocol before its connection_made.
+    transport.pause_reading()
+    transport.set_protocol(protocol)
+    conmade = loop.call_soon(protocol.connection_made, transport)
+    resume = loop.call_soon(transport.resume_reading)
+    app_transport = getattr(protocol, "_app_transport", None)
+    try:
+        await waiter
+    except BaseException:
+        if isinstance(app_transport, asyncio.BaseTransport):
+            app_transport.close()
+        transport.close()
+        conmade.cancel()
+        resume.cancel()
+        raise
+    return channel.transport
 
 
 async def open_channel(endpoint: ImapEndpoint, *, timeout: float) -> ByteChannel:
@@ -405,15 +548,27 @@ async def open_channel(endpoint: ImapEndpoint, *, timeout: float) -> ByteChannel
     ctx = make_ssl_context(endpoint) if endpoint.security == "tls" else None
     with map_io_errors(endpoint.host, endpoint.port, pinned=bool(endpoint.trusted_cert_pem)):
         async with asyncio.timeout(timeout):
-            transport, channel = await loop.create_connection(
-                lambda: TlsByteChannel(where) if ctx is not None else ByteChannel(where),
-                endpoint.host,
-                endpoint.port,
-                ssl=ctx,
-                server_hostname=endpoint.host if ctx is not None else None,
-                # asyncio's own handshake timeout fires a less precise error; ours comes first.
-                ssl_handshake_timeout=timeout + 5 if ctx is not None else None,
-            )
+            if ctx is not None and _LEAN_TLS:
+                tls_channel = TlsByteChannel(where)
+                channel: ByteChannel = tls_channel
+                transport: asyncio.Transport = await _open_tls(
+                    loop,
+                    tls_channel,
+                    endpoint.host,
+                    endpoint.port,
+                    ctx,
+                    # asyncio's own handshake timeout fires a less precise error; ours first.
+                    timeout + 5,
+                )
+            else:
+                transport, channel = await loop.create_connection(
+                    lambda: TlsByteChannel(where) if ctx is not None else ByteChannel(where),
+                    endpoint.host,
+                    endpoint.port,
+                    ssl=ctx,
+                    server_hostname=endpoint.host if ctx is not None else None,
+                    ssl_handshake_timeout=timeout + 5 if ctx is not None else None,
+                )
     try:
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -422,7 +577,6 @@ async def open_channel(endpoint: ImapEndpoint, *, timeout: float) -> ByteChannel
             enable_keepalive(sock)
         if ctx is not None:
             check_pinned_certificate(endpoint, transport)
-            _trim_tls_receive_buffer(transport)
     except BaseException:
         transport.abort()
         await channel.wait_closed(1.0)
@@ -444,18 +598,13 @@ async def start_tls(channel: ByteChannel, endpoint: ImapEndpoint, *, timeout: fl
     try:
         with map_io_errors(endpoint.host, endpoint.port, pinned=bool(endpoint.trusted_cert_pem)):
             async with asyncio.timeout(timeout):
-                tls_transport = await loop.start_tls(
-                    transport,
-                    tls_channel,
-                    ctx,
-                    server_hostname=endpoint.host,
-                    ssl_handshake_timeout=timeout + 5,
+                tls_transport = await _start_tls(
+                    loop, transport, tls_channel, endpoint.host, ctx, timeout + 5
                 )
         if tls_transport is None:
             raise ConnectionLost(f"{endpoint} closed the connection during STARTTLS")
         tls_channel.set_transport(tls_transport)
         check_pinned_certificate(endpoint, tls_transport)
-        _trim_tls_receive_buffer(tls_transport)
     except BaseException:
         transport.abort()
         await asyncio.sleep(0)  # abort() closes the socket on the next loop iteration

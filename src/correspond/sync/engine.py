@@ -83,6 +83,7 @@ from correspond.sync.folder_sync import (
     MessageBuilder,
 )
 from correspond.sync.prepare import default_dedupe
+from correspond.sync.threads import in_thread
 
 __all__ = [
     "DEFAULT_FOLDER_REFRESH_SECONDS",
@@ -302,9 +303,7 @@ class AccountSyncer:
         # The secret first: an account without one contacts nothing; and only while the
         # stored settings are still the ones this session connects with.
         try:
-            secret = await asyncio.to_thread(
-                self.store.account_secret, account.name, for_account=account
-            )
+            secret = await in_thread(self.store.account_secret, account.name, for_account=account)
         except SettingsChanged as exc:
             raise ConnectionSettingsChanged(str(exc)) from exc
         client = await ImapClient.connect(
@@ -336,7 +335,7 @@ class AccountSyncer:
         """
         listed = await client.list_folders()
         specs = assign_roles(listed)
-        before = await asyncio.to_thread(self.store.list_folders, account.name)
+        before = await in_thread(self.store.list_folders, account.name)
         known = [KnownFolder(f.id, f.name_raw, None, f.uidvalidity) for f in before if f.selectable]
         remote = [RemoteFolder(s.name_raw) for s in specs if s.selectable]
         diff = diff_folder_list(known, remote)
@@ -357,7 +356,7 @@ class AccountSyncer:
         by_id = {f.id: f for f in before}
         # The new name is a new row; it takes the old one's selection in the same transaction.
         renamed_from = {r.new.name_raw: by_id[r.id].name_raw for r in diff.renamed}
-        result = await asyncio.to_thread(
+        result = await in_thread(
             lambda: self.store.sync_folders(account.name, specs, renamed_from=renamed_from)
         )
         folders = result.folders
@@ -367,19 +366,17 @@ class AccountSyncer:
         if result.removed:
             # Deleted on the server: its UIDs mean nothing any more. Renamed ones wait for
             # their new name's sync (see :meth:`_finish_rename`).
-            every = await asyncio.to_thread(
-                self.store.list_folders, account.name, include_removed=True
-            )
+            every = await in_thread(self.store.list_folders, account.name, include_removed=True)
             for folder in every:
                 gone = folder.removed and folder.uidvalidity is not None
                 if gone and folder.id not in renamed_old:
-                    await asyncio.to_thread(self.messages.forget_folder, folder.id)
+                    await in_thread(self.messages.forget_folder, folder.id)
         # A rename to a folder that will not be synced: nothing re-links, let the old one go.
         syncing = {f.name_raw for f in folders if f.selected and f.selectable}
         for new_raw, old_id in list(self._renamed_from.items()):
             if new_raw not in syncing:
                 del self._renamed_from[new_raw]
-                await asyncio.to_thread(self.messages.forget_folder, old_id)
+                await in_thread(self.messages.forget_folder, old_id)
         return folders
 
     async def _uidvalidity(self, client: ImapClient, name_raw: bytes) -> int | None:
@@ -393,7 +390,7 @@ class AccountSyncer:
         old_id = self._renamed_from.get(folder.name_raw)
         if old_id is not None and report.done and report.error is None:
             del self._renamed_from[folder.name_raw]
-            await asyncio.to_thread(self.messages.forget_folder, old_id)
+            await in_thread(self.messages.forget_folder, old_id)
 
     def _capabilities(self, client: ImapClient) -> frozenset[str]:
         caps = set(client.capabilities)
@@ -506,13 +503,13 @@ class AccountSyncer:
         ``settings.gone_check_max_messages`` messages and ``gone_check_max_folders`` folders a
         pass (the rest waits for the next pass that removes something). Returns the reasons.
         """
-        pending = await asyncio.to_thread(
+        pending = await in_thread(
             self.messages.gone_unexplained, account.id, self.settings.gone_check_max_messages
         )
         if not pending:
             return {}
         # The whole list: a live pass is given only the folders that changed.
-        folders = await asyncio.to_thread(self.store.list_folders, account.name)
+        folders = await in_thread(self.store.list_folders, account.name)
         unsynced = [f for f in folders if f.selectable and not f.selected and not f.removed]
         # Synced folders this pass did not cover (a live pass syncs the folder that changed):
         # a message moved there is linked when that folder's turn comes, so it stays open.
@@ -543,7 +540,7 @@ class AccountSyncer:
             except ImapCommandError:
                 continue  # that folder cannot be searched; the others still can
         reasons.update(dict.fromkeys(searchable, "expunged"))
-        await asyncio.to_thread(self.messages.set_gone_reasons, reasons)
+        await in_thread(self.messages.set_gone_reasons, reasons)
         return reasons
 
     # -- IDLE -----------------------------------------------------------------------------------
@@ -731,7 +728,7 @@ class AccountSyncer:
         tls_failed = 0
         first = True
         while not stop.is_set():
-            account = await asyncio.to_thread(self.store.get_account, account_name)
+            account = await in_thread(self.store.get_account, account_name)
             if account.auth_kind == "password" and not account.has_secret:
                 # Dropped by a change of how the account connects (or never given): nothing
                 # to sign in with, and a secret is never sent to another endpoint. The user
@@ -836,7 +833,7 @@ class AccountSyncer:
             if not await self.wait_for_account_change(stop, left):
                 continue
             try:
-                account = await asyncio.to_thread(self.store.get_account, account_name)
+                account = await in_thread(self.store.get_account, account_name)
             except NotFound:
                 return False
             if account.state == "connecting" or imap_settings(account) != settings:
@@ -850,7 +847,7 @@ class AccountSyncer:
             if not await self.wait_for_account_change(stop, self.backoff_cap):
                 continue
             try:
-                account = await asyncio.to_thread(self.store.get_account, account_name)
+                account = await in_thread(self.store.get_account, account_name)
             except NotFound:
                 return False
             if account.state != "auth_failed":
@@ -858,9 +855,7 @@ class AccountSyncer:
         return False
 
     async def _set_state(self, account_name: str, state: str, detail: str, **kw: Any) -> None:
-        await asyncio.to_thread(
-            lambda: self.store.set_account_state(account_name, state, detail, **kw)
-        )
+        await in_thread(lambda: self.store.set_account_state(account_name, state, detail, **kw))
 
 
 def tls_failure_detail(exc: TlsError, account: Account) -> str:

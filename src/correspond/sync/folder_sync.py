@@ -94,6 +94,7 @@ from correspond.sync.prepare import (
     slim_meta,
     unreadable_message,
 )
+from correspond.sync.threads import in_thread
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -289,7 +290,7 @@ class FolderSyncer:
     async def run(self, *, max_batches: int | None = None) -> FolderSyncReport:
         """SELECT the folder and do what the plan says: reset, backfill, or incremental sync."""
         report = FolderSyncReport(folder_id=self.folder.id)
-        checkpoint = await asyncio.to_thread(self.messages.folder_checkpoint, self.folder.id)
+        checkpoint = await in_thread(self.messages.folder_checkpoint, self.folder.id)
         selected = await self.client.select(
             self.folder.name_raw, readonly=True, condstore=self.condstore
         )
@@ -308,7 +309,7 @@ class FolderSyncer:
         report.kind = plan.kind
         if plan.kind == "reset":
             uidnext = state.uidnext or await self._uidnext_fallback()
-            await asyncio.to_thread(
+            await in_thread(
                 self.messages.reset_folder,
                 self.folder.id,
                 uidvalidity=state.uidvalidity,
@@ -316,7 +317,7 @@ class FolderSyncer:
                 highestmodseq=state.highestmodseq,
                 exists_count=state.exists,
             )
-            checkpoint = await asyncio.to_thread(self.messages.folder_checkpoint, self.folder.id)
+            checkpoint = await in_thread(self.messages.folder_checkpoint, self.folder.id)
         if plan.kind in ("reset", "backfill"):
             await self._backfill(checkpoint, report, max_batches=max_batches)
         elif plan.kind in ("condstore", "fallback"):
@@ -337,7 +338,7 @@ class FolderSyncer:
     ) -> None:
         since = imap_date(window_start(self.today, self.settings.window_days))
         candidates = _uids(await self.client.uid_search(f"SINCE {since}"))
-        known = await asyncio.to_thread(self.messages.location_flags, self.folder.id)
+        known = await in_thread(self.messages.location_flags, self.folder.id)
         covered = checkpoint.uidnext
         low = checkpoint.backfill_low_uid
         first = plan_backfill_batch(
@@ -345,7 +346,7 @@ class FolderSyncer:
         )
         total_left = len(first.uids) + first.remaining_after
         if low is None:
-            await asyncio.to_thread(
+            await in_thread(
                 self.messages.update_checkpoint,
                 self.folder.id,
                 FolderCheckpointUpdate(backfill_total=total_left),
@@ -406,7 +407,7 @@ class FolderSyncer:
             while in_flight:
                 await in_flight.pop(0)
             if finished:
-                await asyncio.to_thread(
+                await in_thread(
                     self.messages.update_checkpoint,
                     self.folder.id,
                     FolderCheckpointUpdate(backfill_done=True),
@@ -463,11 +464,11 @@ class FolderSyncer:
         in a thread, so that only the message at fault is stored without its content."""
         try:
             if executor is None:
-                return await asyncio.to_thread(prepare_messages, job, self.blobs)
+                return await in_thread(prepare_messages, job, self.blobs)
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(executor, prepare_messages, job)
         except Exception:
-            return await asyncio.to_thread(prepare_one_by_one, job, self.blobs)
+            return await in_thread(prepare_one_by_one, job, self.blobs)
 
     def _use_pool(self, count: int, bulk: bool) -> bool:
         """The process pool for backfill batches and large catch-ups; a thread for the few
@@ -496,7 +497,7 @@ class FolderSyncer:
         if previous is not None:
             await previous  # in order; a failed predecessor fails this batch too
         started = time.perf_counter()
-        result = await asyncio.to_thread(
+        result = await in_thread(
             self.messages.ingest_batch,
             self.folder.account_id,
             self.folder.id,
@@ -561,7 +562,7 @@ class FolderSyncer:
         present = [u for u in uids if u in meta]  # expunged since the SEARCH: simply gone
         headers = _LazyHeaders({u: meta[u].sections.get("HEADER") or b"" for u in present})
         started = time.perf_counter()
-        keys = await asyncio.to_thread(self._header_keys, present, meta, headers)
+        keys = await in_thread(self._header_keys, present, meta, headers)
         report.seconds_parse += time.perf_counter() - started
         known = await self._linkable(present, keys, headers)
         return _BatchMeta(
@@ -591,7 +592,7 @@ class FolderSyncer:
         ``keys`` is updated in place for the UIDs that reuse another message's Message-ID."""
         account = self.folder.account_id
         wanted = {k for k in keys.values() if not k.startswith("h:")}
-        stored = await asyncio.to_thread(self.messages.stored_key_facts, account, wanted)
+        stored = await in_thread(self.messages.stored_key_facts, account, wanted)
         known: set[str] = set()
         moved: dict[int, KeyFacts] = {}
         for u in uids:
@@ -608,7 +609,7 @@ class FolderSyncer:
             known.add(key)
         if moved:
             alt = {keys[u] for u in moved}
-            found = await asyncio.to_thread(self.messages.stored_key_facts, account, alt)
+            found = await in_thread(self.messages.stored_key_facts, account, alt)
             for u, mine in moved.items():
                 theirs = found.get(keys[u])
                 if theirs is not None and same_message(theirs, mine):
@@ -797,7 +798,7 @@ class FolderSyncer:
         use_vanished: bool,
         report: FolderSyncReport,
     ) -> None:
-        stored = await asyncio.to_thread(self.messages.location_flags, self.folder.id)
+        stored = await in_thread(self.messages.location_flags, self.folder.id)
         covered = checkpoint.uidnext or 1
         modseqs: dict[int, int] = {}
         if kind == "condstore":
@@ -866,7 +867,7 @@ class FolderSyncer:
         for start in range(0, len(new), self.batch_size):
             chunk = new[start : start + self.batch_size]
             items = await self._fetch_items(chunk, report)
-            result = await asyncio.to_thread(
+            result = await in_thread(
                 self.messages.ingest_batch,
                 self.folder.account_id,
                 self.folder.id,
@@ -882,7 +883,7 @@ class FolderSyncer:
         # The covered bound only moves forward: to SELECT's UIDNEXT, or past the newest fetched.
         candidates = [state.uidnext or 0, (new[-1] + 1) if new else 0, changes.uidnext or 0]
         uidnext = max(candidates) or None
-        updated, removed = await asyncio.to_thread(
+        updated, removed = await in_thread(
             lambda: self.messages.apply_remote_changes(
                 self.folder.id,
                 flag_updates=changes.flag_updates,

@@ -40,6 +40,7 @@ from correspond.rules.sync_plan import idle_folders, selection_change
 from correspond.store.records import Account, Folder
 from correspond.store.tables import utcnow
 from correspond.sync.folder_sync import FolderSyncReport
+from correspond.sync.threads import in_thread, new_mail_context
 
 if TYPE_CHECKING:
     from correspond.sync.engine import AccountSyncer, AccountSyncReport
@@ -223,13 +224,13 @@ class LiveSession:
                 next_refresh = now + syncer.folder_refresh_interval
                 check = True  # the list may have changed what is synced
             if check:
-                fresh = await asyncio.to_thread(syncer.store.get_account, account.name)
+                fresh = await in_thread(syncer.store.get_account, account.name)
                 if imap_settings(fresh) != imap_settings(account):
                     raise ConnectionSettingsChanged(
                         f"Connection settings changed; reconnecting to "
                         f"{fresh.imap_host}:{fresh.imap_port}"
                     )
-                folders = await asyncio.to_thread(syncer.store.list_folders, account.name)
+                folders = await in_thread(syncer.store.list_folders, account.name)
                 current = {f.id for f in folders if _syncable(f)}
                 if fresh.window_days != account.window_days:
                     # A wider window reset the folders' backfill cursors: sync them all now.
@@ -245,7 +246,7 @@ class LiveSession:
                     await self._stop_watchers(change.removed)
                     for folder_id in sorted(change.removed):
                         # No longer mirrored: its UIDs would go stale. The messages stay.
-                        await asyncio.to_thread(syncer.messages.forget_folder, folder_id)
+                        await in_thread(syncer.messages.forget_folder, folder_id)
                 due |= change.added
                 synced_ids = current
             await self._reconcile_watchers(folders)
@@ -393,9 +394,12 @@ class LiveSession:
                 return
             (idle_client,) = clients
             tasks = [
+                # Its queries run on the new-mail threads: never queued behind other
+                # accounts' backfills, polls and state writes on the default pool.
                 asyncio.create_task(
                     self._sync_on_change(folder, changed),
                     name=f"sync {folder.name}",
+                    context=new_mail_context(),
                 ),
                 asyncio.create_task(
                     syncer.watch_changes(
