@@ -128,7 +128,7 @@ async def test_edits_arrive_by_the_lease_round_not_by_per_account_polling(
         assert per_account == [], per_account[:3]
         # The CRM linker's poll (one per process, not per account: its watermark and queue)
         # is counted apart.
-        linker = [s for s in idle if "crm_" in s or "message_participants" in s]
+        linker = [s for s in idle if "crm_" in s or "FROM messages" in s or "advisory" in s]
         polls = 3.0 / settings.linker_poll_seconds + 1
         assert len(linker) <= 6 * polls, linker
         # A round: the dead same-host holders, the claim, the renewal, what is held.
