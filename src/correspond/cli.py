@@ -108,6 +108,7 @@ from correspond.sync.runner import (
     make_parse_executor,
     sync_account_once,
 )
+from correspond.waiting import wait_set
 
 __all__ = ["CliContext", "main"]
 
@@ -2006,8 +2007,7 @@ async def _sync_live(cli: CliContext, name: str, processes: int, display: _SyncD
                                 f"{escape(safe(holder[0]))}."
                             )
                             waiting_said = True
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=_PROGRESS_SECONDS)
+                    await wait_set(stop, _PROGRESS_SECONDS)
                 stop.set()
                 await main_task
                 await display.poll()
@@ -2122,8 +2122,7 @@ def worker(
             try:
                 while not stop.is_set() and not main_task.done():
                     await display.poll()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=_WORKER_POLL_SECONDS)
+                    await wait_set(stop, _WORKER_POLL_SECONDS)
             finally:
                 stop.set()
                 await main_task

@@ -45,6 +45,7 @@ from correspond.store.notifications import Notification, NotificationStore
 from correspond.store.tables import utcnow
 from correspond.store.wakeups import listen_for_wakeups
 from correspond.store.webhooks import DueDelivery, WebhookStore
+from correspond.waiting import wait_set
 
 __all__ = [
     "DeliveryOutcome",
@@ -166,8 +167,7 @@ class NotificationHub:
         interval = 1.0 if listener is not None else self.settings.notify_poll_seconds
         try:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), interval)
+                await wait_set(wake, interval)
                 wake.clear()
                 try:
                     await self.run_pass()
@@ -294,8 +294,7 @@ class WebhookSender:
                 due = await asyncio.to_thread(self.webhooks.next_due_at)
                 if due is not None:
                     wait = min(wait, max((due - utcnow()).total_seconds(), 0.05))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), wait)
+            await wait_set(wake, wait)
             wake.clear()
 
     async def send_due(self) -> int:
@@ -337,9 +336,8 @@ class WebhookSender:
     async def deliver(self, delivery: DueDelivery) -> DeliveryOutcome:
         """One attempt, never raising: the outcome says what happened."""
         try:
-            return await asyncio.wait_for(
-                self._post(delivery), self.settings.webhook_timeout_seconds * 3
-            )
+            async with asyncio.timeout(self.settings.webhook_timeout_seconds * 3):
+                return await self._post(delivery)
         except UnsafeWebhookUrl as exc:
             return DeliveryOutcome(False, None, f"refused: {exc}")
         except TimeoutError:

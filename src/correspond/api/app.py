@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -64,6 +64,8 @@ __all__ = ["DOCS_ASSETS_URL", "create_app", "docs_assets_dir", "status_for"]
 
 #: Where the documentation pages' own copies of Swagger UI and ReDoc are served.
 DOCS_ASSETS_URL = "/docs-assets"
+log = logging.getLogger(__name__)
+_SHUTDOWN_SECONDS = 10.0
 _DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
 
 
@@ -208,9 +210,13 @@ def create_app(
             try:
                 for task in background:
                     task.cancel()
-                for task in background:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                # Bounded: a task that ignored its cancel must not hold the shutdown forever.
+                ended, stuck = await asyncio.wait(background, timeout=_SHUTDOWN_SECONDS)
+                for task in ended:
+                    if not task.cancelled() and task.exception() is not None:
+                        log.warning("background task failed: %r", task.exception())
+                if stuck:
+                    log.warning("%d background task(s) did not stop in time", len(stuck))
                 if runner is not None:
                     await runner.shutdown()
             finally:

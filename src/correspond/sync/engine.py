@@ -23,7 +23,6 @@ their plain-data interfaces to the store's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import random
 import re
@@ -84,6 +83,7 @@ from correspond.sync.folder_sync import (
 )
 from correspond.sync.prepare import default_dedupe
 from correspond.sync.threads import in_thread
+from correspond.waiting import wait_set
 
 __all__ = [
     "DEFAULT_FOLDER_REFRESH_SECONDS",
@@ -668,8 +668,7 @@ class AccountSyncer:
         changed = self.account_changed
         if changed is None:
             timeout = min(timeout, self.selection_check_interval)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=max(0.0, timeout))
+            await wait_set(stop, timeout)
             return not stop.is_set() and timeout >= self.selection_check_interval
         if not changed.is_set() and not stop.is_set():
             waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(changed.wait())}

@@ -142,10 +142,8 @@ class _EventStream(Response):
         self.resume, self.heartbeat, self.send_timeout = resume, heartbeat, send_timeout
 
     async def _write(self, send: Send, data: bytes) -> None:
-        await asyncio.wait_for(
-            send({"type": "http.response.body", "body": data, "more_body": True}),
-            self.send_timeout,
-        )
+        async with asyncio.timeout(self.send_timeout):
+            await send({"type": "http.response.body", "body": data, "more_body": True})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream = self.stream
