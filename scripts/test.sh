@@ -10,4 +10,5 @@ if [ -z "${CORRESPOND_TEST_POSTGRES_URL:-}" ] && command -v pg_isready >/dev/nul
    && pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   export CORRESPOND_TEST_POSTGRES_URL="postgresql://postgres@127.0.0.1:5432/postgres"
 fi
-exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
+# The slowest tests are printed so the 20-minute budget is watched on every CI run.
+exec .venv/bin/python -m pytest -p no:cacheprovider --durations=25 "$@"
