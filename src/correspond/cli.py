@@ -85,6 +85,7 @@ from correspond.rules.presets import (
     preset_help,
     preset_host_mismatch,
 )
+from correspond.rules.two_way import TOGGLE_DEFAULTS, TOGGLE_HELP
 from correspond.search import OPERATOR, SearchService
 from correspond.settings import Settings, ensure_data_dir, key_file_path
 from correspond.store import Account, Store, open_store
@@ -96,7 +97,7 @@ from correspond.store.linker import LinkerStore
 from correspond.store.location import store_location
 from correspond.store.message_queries import MAX_PAGE, AddressView, MessagePage, MessageView
 from correspond.store.progress import AccountProgress, ProgressReader
-from correspond.store.records import draft_of
+from correspond.store.records import TOGGLES, draft_of
 from correspond.store.tables import ACCOUNT_SHARING
 from correspond.store.teams import Team
 from correspond.store.users import ApiToken, User
@@ -445,6 +446,36 @@ def _from_default(ctx: click.Context, param: str) -> bool:
     )
 
 
+_TOGGLES_META = "correspond.toggles"
+
+
+def _remember_toggle(ctx: click.Context, param: click.Parameter, value: bool | None) -> None:
+    if value is not None and param.name is not None:
+        ctx.meta.setdefault(_TOGGLES_META, {})[param.name] = value
+
+
+def _toggle_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--NAME/--no-NAME`` for each of the four two-way toggles (left out: unchanged; the
+    defaults are rules.two_way.TOGGLE_DEFAULTS). Read with :func:`_given_toggles`."""
+    for name in reversed(TOGGLES):
+        flag = name.replace("_", "-")
+        default = "on" if TOGGLE_DEFAULTS[name] else "off"
+        command = click.option(
+            f"--{flag}/--no-{flag}",
+            name,
+            default=None,
+            expose_value=False,
+            callback=_remember_toggle,
+            help=f"{TOGGLE_HELP[name]} (default for a new account: {default}).",
+        )(command)
+    return command
+
+
+def _given_toggles() -> dict[str, bool]:
+    """The toggles given on the command line (name -> value)."""
+    return dict(click.get_current_context().meta.get(_TOGGLES_META, {}))
+
+
 @account.command("add")
 @click.argument("name", required=False)
 @click.option(
@@ -501,6 +532,7 @@ def _from_default(ctx: click.Context, param: str) -> bool:
     help="The user who owns the account (default: the first admin; with no users yet, the "
     "first admin created).",
 )
+@_toggle_options
 @click.option("--json", "as_json_output", is_flag=True, help="Print the account as JSON.")
 @click.pass_context
 def account_add(
@@ -605,6 +637,7 @@ def account_add(
         allow_plaintext=allow_plaintext,
         trusted_cert_pem=_read_cert(trust_cert) if trust_cert else None,
         window_days=window_days,
+        toggles=_given_toggles(),
     )
     service = cli.service
     if service.account_exists(draft.name):
@@ -733,6 +766,7 @@ def _endpoints_line(a: Account | AccountDraft) -> str:
 )
 @click.option("--team", "team_ref", metavar="TEAM", help="Make it a team inbox of TEAM.")
 @click.option("--no-team", is_flag=True, help="Make a team inbox a personal account again.")
+@_toggle_options
 @click.option("--json", "as_json_output", is_flag=True, help="Print the account as JSON.")
 @pass_cli
 def account_update(
@@ -759,8 +793,8 @@ def account_update(
     as_json_output: bool,
 ) -> None:
     """Change any setting of NAME: address, user name, servers, ports, security, password,
-    trusted certificate, plaintext permission, sync window, sharing, team inbox. Fields left
-    out stay as they are.
+    trusted certificate, plaintext permission, sync window, sharing, team inbox, the four
+    two-way toggles. Fields left out stay as they are.
 
     A well-known port given alone brings its security (993: tls), and a security given alone
     moves a standard port with it (143 to 993 for tls). The whole account is checked before
@@ -776,6 +810,7 @@ def account_update(
       echo "$PW" | correspond account update work --password-stdin
       correspond account update work --sharing metadata
       correspond account update support --team Support
+      correspond account update work --delete-remote-on-crm-delete
     """
     if team_ref is not None and no_team:
         _fail("--team and --no-team contradict each other", 2)
@@ -800,6 +835,7 @@ def account_update(
         allow_plaintext=allow_plaintext,
         trusted_cert_pem=cert,
         window_days=window_days,
+        toggles=_given_toggles(),
     )
     shares = sharing is not None or team_ref is not None or no_team
     settings_change = not changes.is_empty() or password_stdin or password_prompt
@@ -871,6 +907,8 @@ def account_update(
     click.echo(f"Updated {name}: {_endpoints_line(updated)}; state {updated.state}.")
     if shares:
         _say_sharing(cli, name)
+    for toggle, value in changes.toggles.items():
+        click.echo(f"{TOGGLE_HELP[toggle]}: {'on' if value else 'off'}.")
     if window_days is not None and window_days != before.window_days:
         if window_days > before.window_days:
             click.echo(
