@@ -39,6 +39,7 @@ __all__ = [
     "FlagChange",
     "FlagMerge",
     "MailboxOp",
+    "MessageState",
     "Place",
     "RemoteVerdict",
     "Toggles",
