@@ -14,9 +14,11 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
 from correspond.api.security import MAX_ID, CurrentUser, needs
+from correspond.errors import ConfigError
 from correspond.store.outbox import ActionOutcome, OutboxAction, OutboxStore
 
 __all__ = ["router"]
@@ -100,7 +102,12 @@ def move_message(
     message_id: MessageId, body: MoveRequest, user: CurrentUser, outbox: OutboxDep
 ) -> MessageActionPublic:
     """Move the message to another folder of its account (every copy: one is left there)."""
-    outcome = outbox.record(message_id, "move", user_id=user.id, to_folder_id=body.folder_id)
+    try:
+        outcome = outbox.record(message_id, "move", user_id=user.id, to_folder_id=body.folder_id)
+    except ConfigError as exc:
+        # The message exists: what is wrong is the folder named in the body.
+        error = {"type": "value_error", "loc": ("body", "folder_id"), "msg": str(exc)}
+        raise RequestValidationError([error]) from exc
     return _public(outcome)
 
 
