@@ -7,7 +7,8 @@ The mailbox side is read with the stdlib ``imaplib``, standing in for the user's
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -194,3 +195,55 @@ async def test_failures_are_recorded_on_the_row(env: Env) -> None:
     [failed] = outbox.outcome(mid).actions
     assert failed.state == "failed" and "gone" in (failed.last_error or "")
     assert outbox.counts_by_account()[env.account.id] == {"pending": 0, "failed": 1}
+
+
+async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await asyncio.to_thread(predicate):
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_live_session_applies_actions_and_archives(env: Env) -> None:
+    """While live: a CRM action touches the account, the runner's round reports the change
+    (here the event set by hand) and the session applies the row; archive moves the INBOX
+    copy to Archive, and the message keeps its CRM identity."""
+    outbox, mid = await seeded(env)
+    syncer = env.syncer()
+    stop, changed = asyncio.Event(), asyncio.Event()
+    synced: list[object] = []
+    task = asyncio.create_task(
+        syncer.run_account(
+            env.account.name,
+            stop=stop,
+            poll_seconds=600,
+            changed=changed,
+            on_synced=synced.append,
+        )
+    )
+    try:
+        await _until(lambda: bool(synced) or task.done(), 15, "live")
+        outbox.record(mid, "read", user_id=None)
+        changed.set()
+        uid = uid_of(env, "INBOX", "ma@example.test")
+        await _until(lambda: SEEN in remote_flags(env, "INBOX")[uid], 10, "\\Seen in INBOX")
+        outbox.record(mid, "archive", user_id=None)
+        changed.set()
+
+        def archived() -> bool:
+            return "mid:ma@example.test" in env.remote("Archive").values()
+
+        await _until(archived, 10, "moved to Archive")
+        assert "mid:ma@example.test" not in env.remote("INBOX").values()
+        await _until(lambda: not outbox.outcome(mid).actions, 10, "rows applied")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+    assert task.result() is None
+    assert outbox.outcome(mid).state == "archived"
+    # The sync finds it in Archive as the same CRM message (no new message).
+    await env.sync()
+    assert message_ids(env)["ma@example.test"] == mid
+    assert "mid:ma@example.test" in env.stored("Archive").values()
