@@ -55,6 +55,7 @@ from correspond.api.message_schemas import (
     thread_public,
 )
 from correspond.api.progress_schemas import ProgressPublic, progress_public
+from correspond.api.routes.actions import outcome_public
 from correspond.api.schemas import account_public, as_json, folder_public
 from correspond.auth import AuthService, check_password
 from correspond.cli_output import QuietConsole, cell, dumps_json, safe, safe_lines, stdout_closed
@@ -96,6 +97,7 @@ from correspond.store.leases import RUNNABLE_STATES, AccountLeases
 from correspond.store.linker import LinkerStore
 from correspond.store.location import store_location
 from correspond.store.message_queries import MAX_PAGE, AddressView, MessagePage, MessageView
+from correspond.store.outbox import ActionOutcome, OutboxStore
 from correspond.store.progress import AccountProgress, ProgressReader
 from correspond.store.records import TOGGLES, draft_of
 from correspond.store.tables import ACCOUNT_SHARING
@@ -978,10 +980,17 @@ def account_list(cli: CliContext, all_folders: bool, as_json_output: bool) -> No
     and last successful sync."""
     summaries = cli.service.list_accounts()
     progress = {p.name: p for p in cli.progress.all()}
+    # CRM actions waiting for the mailbox, and those that failed (never dropped silently).
+    outbox = OutboxStore(cli.store.engine).counts_by_account()
     if as_json_output:
         _print_json(
             [
-                as_json(account_public(s, progress=_progress_json(progress.get(s.account.name))))
+                {
+                    **as_json(
+                        account_public(s, progress=_progress_json(progress.get(s.account.name)))
+                    ),
+                    "outbox": outbox.get(s.account.id, {"pending": 0, "failed": 0}),
+                }
                 for s in summaries
             ]
         )
@@ -996,9 +1005,15 @@ def account_list(cli: CliContext, all_folders: bool, as_json_output: bool) -> No
     for column in ("Folders", "Selected", "Messages", "Backfill", "Rate", "ETA"):
         table.add_column(column, justify="right")
     table.add_column("Last sync")
+    table.add_column("Outbox")
     for s in summaries:
         a = s.account
         p = progress.get(a.name)
+        waiting = outbox.get(a.id, {})
+        outbox_cell = (
+            ", ".join(f"{n} {what}" for what, n in sorted(waiting.items(), reverse=True) if n)
+            or "-"
+        )
         table.add_row(
             cell(a.name),
             cell(a.email),
@@ -1011,6 +1026,7 @@ def account_list(cli: CliContext, all_folders: bool, as_json_output: bool) -> No
             _rate(p.rate if p else None),
             _eta(p.eta_seconds if p else None),
             _when(a.last_sync_at),
+            cell(outbox_cell, "red" if waiting.get("failed") else "white"),
         )
         if p is not None and (all_folders or not p.complete):
             for f in p.folders:
@@ -1027,6 +1043,7 @@ def account_list(cli: CliContext, all_folders: bool, as_json_output: bool) -> No
                     f"{f.done}/{total}",
                     _rate(f.rate),
                     _eta(f.eta_seconds),
+                    "",
                     "",
                 )
     console.print(table)
@@ -1641,6 +1658,58 @@ def messages_show(
         _print_json(_message_json(reader, m, remote_images))
         return
     _echo_message(reader, m, html=show_html, remote_images=remote_images)
+
+
+_MESSAGE_ACTIONS: dict[str, str] = {
+    "read": "Mark message(s) read: \\Seen on every copy in the mailbox.",
+    "unread": "Mark message(s) unread everywhere.",
+    "star": "Star message(s): \\Flagged on every copy in the mailbox.",
+    "unstar": "Unstar message(s) everywhere.",
+    "archive": "Archive message(s) (INBOX to Archive when the account's toggle says so).",
+    "unarchive": "Put archived message(s) back in the inbox view.",
+    "delete": "Delete message(s) (to the mailbox's Trash when the account's toggle says so).",
+    "restore": "Undo the delete of message(s).",
+}
+
+
+def _print_outcome(outcome: ActionOutcome) -> None:
+    waiting = [a for a in outcome.actions if a.state == "pending"]
+    failed = [a for a in outcome.actions if a.state == "failed"]
+    line = f"Message {outcome.message_id}: {outcome.state}, flags {' '.join(outcome.flags) or '-'}"
+    if waiting:
+        line += f"; {len(waiting)} action(s) waiting for the mailbox"
+    click.echo(line)
+    for a in failed:
+        click.echo(f"  failed: {a.kind}: {safe(a.last_error or '')}", err=True)
+
+
+def _message_action_command(action: str, help_text: str) -> None:
+    @messages.command(action, help=help_text + " The account's syncer applies it.")
+    @click.argument("message_ids", metavar="ID...", type=int, nargs=-1, required=True)
+    @click.option("--json", "as_json_output", is_flag=True)
+    @pass_cli
+    def act(cli: CliContext, message_ids: tuple[int, ...], as_json_output: bool) -> None:
+        outbox = OutboxStore(cli.store.engine)
+        outcomes = [outbox.record(mid, action, user_id=None) for mid in message_ids]  # type: ignore[arg-type]
+        if as_json_output:
+            _print_json([as_json(outcome_public(o)) for o in outcomes])
+            return
+        for outcome in outcomes:
+            _print_outcome(outcome)
+
+
+for _action, _help in _MESSAGE_ACTIONS.items():
+    _message_action_command(_action, _help)
+
+
+@messages.command("move")
+@click.argument("message_id", metavar="ID", type=int)
+@click.option("--folder-id", type=int, required=True, help="The folder to move it to.")
+@pass_cli
+def messages_move(cli: CliContext, message_id: int, folder_id: int) -> None:
+    """Move message ID to another folder of its account (see `account folders`)."""
+    outbox = OutboxStore(cli.store.engine)
+    _print_outcome(outbox.record(message_id, "move", user_id=None, to_folder_id=folder_id))
 
 
 @messages.command("raw")

@@ -21,7 +21,7 @@ from correspond.api.security import MAX_ID, CurrentUser, needs
 from correspond.errors import ConfigError
 from correspond.store.outbox import ActionOutcome, OutboxAction, OutboxStore
 
-__all__ = ["router"]
+__all__ = ["MessageActionPublic", "outcome_public", "router"]
 
 router = APIRouter(prefix="/messages", tags=["actions"])
 
@@ -80,7 +80,8 @@ def _action_public(a: OutboxAction) -> OutboxActionPublic:
     )
 
 
-def _public(outcome: ActionOutcome) -> MessageActionPublic:
+def outcome_public(outcome: ActionOutcome) -> MessageActionPublic:
+    """The API (and CLI --json) form of a message after an action."""
     return MessageActionPublic(
         id=outcome.message_id,
         state=outcome.state,
@@ -93,7 +94,7 @@ def _public(outcome: ActionOutcome) -> MessageActionPublic:
 @needs("metadata")
 def message_actions(message_id: MessageId, outbox: OutboxDep) -> MessageActionPublic:
     """The message's state, flags and outbox rows not applied (pending or failed)."""
-    return _public(outbox.outcome(message_id))
+    return outcome_public(outbox.outcome(message_id))
 
 
 @router.post("/{message_id}/move", response_model=MessageActionPublic)
@@ -108,7 +109,7 @@ def move_message(
         # The message exists: what is wrong is the folder named in the body.
         error = {"type": "value_error", "loc": ("body", "folder_id"), "msg": str(exc)}
         raise RequestValidationError([error]) from exc
-    return _public(outcome)
+    return outcome_public(outcome)
 
 
 _SIMPLE_ACTIONS: dict[SimpleAction, str] = {
@@ -127,7 +128,7 @@ _SIMPLE_ACTIONS: dict[SimpleAction, str] = {
 
 def _simple_route(action: SimpleAction, summary: str) -> None:
     def act(message_id: MessageId, user: CurrentUser, outbox: OutboxDep) -> MessageActionPublic:
-        return _public(outbox.record(message_id, action, user_id=user.id))
+        return outcome_public(outbox.record(message_id, action, user_id=user.id))
 
     act.__doc__ = summary
     act.__name__ = f"{action}_message"
