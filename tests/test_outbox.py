@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from correspond.store.outbox import OutboxStore
 from correspond.store.outbox_tables import OutboxRow
+from correspond.store.tables import AccountRow
 from correspond.testing.dovecot import DovecotServer, ImapUser
 from mirror_helpers import (
     BACKENDS,
@@ -247,3 +248,38 @@ async def test_live_session_applies_actions_and_archives(env: Env) -> None:
     await env.sync()
     assert message_ids(env)["ma@example.test"] == mid
     assert "mid:ma@example.test" in env.stored("Archive").values()
+
+
+def set_toggle(env: Env, name: str, value: bool) -> None:
+    with Session(env.messages.engine) as s, s.begin():
+        s.execute(update(AccountRow).where(AccountRow.id == env.account.id).values({name: value}))
+
+
+async def test_delete_follows_its_toggle(env: Env) -> None:
+    outbox, mid = await seeded(env)
+    # Off (the default): the CRM deletes, the mailbox keeps its copies.
+    outcome = outbox.record(mid, "delete", user_id=None)
+    assert outcome.state == "deleted" and outcome.actions == ()
+    assert "mid:ma@example.test" in env.remote("INBOX").values()
+    outbox.record(mid, "restore", user_id=None)
+    # On: one copy moves to Trash, the other is expunged (UID EXPUNGE of that UID only); a
+    # message the user flagged \Deleted in the same folder stays.
+    append_many(env, "Projects", [("keep", NOW - timedelta(days=1))])
+    keep = uid_of(env, "Projects", "mkeep@example.test")
+    remote_store(env, "Projects", keep, "+FLAGS", "(\\Deleted)")
+    set_toggle(env, "delete_remote_on_crm_delete", True)
+    outcome = outbox.record(mid, "delete", user_id=None)
+    assert [a.kind for a in outcome.actions] == ["delete"]
+    report = await apply(env)
+    assert report.applied == 1  # type: ignore[attr-defined]
+    assert "mid:ma@example.test" in env.remote("Trash").values()
+    assert "mid:ma@example.test" not in env.remote("INBOX").values()
+    assert "mid:ma@example.test" not in env.remote("Projects").values()
+    assert "mid:mkeep@example.test" in env.remote("Projects").values()
+    # Applied again (a crash before the row was marked): nothing more happens.
+    with Session(env.messages.engine) as s, s.begin():
+        s.execute(update(OutboxRow).where(OutboxRow.message_id == mid).values(state="pending"))
+    await apply(env)
+    assert list(env.remote("Trash").values()).count("mid:ma@example.test") == 1
+    await env.sync()
+    assert message_ids(env)["ma@example.test"] == mid

@@ -47,6 +47,8 @@ __all__ = ["OutboxApplier", "OutboxPassReport", "PermanentActionFailure"]
 
 #: Attempts after which a row that keeps failing transiently is failed for good.
 MAX_ATTEMPTS = 12
+#: The folder an archive creates where the mailbox has none.
+ARCHIVE_NAME = "Archive"
 
 
 class PermanentActionFailure(Exception):
@@ -207,7 +209,11 @@ class OutboxApplier:
                 return frozenset(answer.flags)
         return current | {op.flag} if op.value else current - {op.flag}
 
-    async def _destination(self, account: Account, op: MailboxOp) -> bytes:
+    async def _destination(
+        self, client: ImapClient, account: Account, op: MailboxOp
+    ) -> bytes | None:
+        """The raw name of the folder to move to; None for a delete where the mailbox has no
+        Trash (the copy is then removed where it is)."""
         if op.to_folder_id is not None:
             name = await in_thread(self.store.folder_name, op.to_folder_id)
             if name is None:
@@ -215,14 +221,30 @@ class OutboxApplier:
             return name
         assert op.to_role is not None
         found = await in_thread(self.store.folder_by_role, account.id, op.to_role)
-        if found is None:
-            raise PermanentActionFailure(f"the mailbox has no {op.to_role} folder")
-        return found[1]
+        if found is not None:
+            return found[1]
+        if op.to_role == "trash":
+            return None
+        if op.to_role == "archive":
+            # Created on first use; the next folder list names it (role by its name, or by
+            # the server's \Archive where it marks one).
+            try:
+                await client.create(ARCHIVE_NAME)
+            except ImapCommandError as exc:
+                raise PermanentActionFailure(
+                    f"the mailbox has no Archive folder and could not create one: {exc}"
+                ) from exc
+            return ARCHIVE_NAME.encode("ascii")
+        raise PermanentActionFailure(f"the mailbox has no {op.to_role} folder")
 
     async def _move(
         self, client: ImapClient, account: Account, target: LocationTarget, op: MailboxOp
     ) -> None:
-        destination = await self._destination(account, op)
+        destination = await self._destination(client, account, op)
+        if destination is None:
+            # No Trash: \Deleted and UID EXPUNGE of this UID only.
+            await self._expunge(client, target)
+            return
         await self._select(client, target)
         if await self._current_flags(client, target.uid) is None:
             return  # already moved (an earlier attempt, or the user): not repeated
