@@ -78,3 +78,6 @@ def test_move_checks_the_folder(client: TestClient, mirror: SeededMirror) -> Non
     assert bad.json()["detail"][0]["loc"] == ["body", "folder_id"]
     assert client.post(f"/messages/{mid}/move", json={}).status_code == 422
     assert client.post("/messages/987654321/read").status_code == 404
+    # Ids past the signed 64-bit range are a 422, not a database error.
+    assert client.post(f"/messages/{2**63}/star").status_code == 422
+    assert client.get(f"/messages/{2**63}/actions").status_code == 422
