@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from correspond.api import create_app
+from correspond.rules.two_way import TOGGLE_DEFAULTS
 from correspond.settings import Settings
 from correspond.store import Store
 from helpers import authed_client, folder_spec
@@ -284,6 +285,20 @@ def test_patch_changes_only_what_is_sent(client: TestClient, store: Store) -> No
     forgot = client.patch("/accounts/work", json={"trusted_cert_pem": None})
     assert forgot.json()["has_trusted_cert"] is False
     assert client.patch("/accounts/work", json={}).json() == forgot.json()
+
+
+def test_toggles_default_and_patch_alone(client: TestClient, store: Store) -> None:
+    created = client.post("/accounts", json=new_account()).json()
+    assert created["toggles"] == TOGGLE_DEFAULTS
+    store.set_account_state("work", "live", "Up to date")
+    r = client.patch("/accounts/work", json={"toggles": {"delete_in_crm_on_remote_delete": True}})
+    assert r.status_code == 200, r.text
+    assert r.json()["toggles"] == {**TOGGLE_DEFAULTS, "delete_in_crm_on_remote_delete": True}
+    # A toggle is no connection setting: the password and the state stay.
+    assert store.get_account("work").state == "live"
+    assert store.account_secret("work") == PASSWORD
+    bad = client.patch("/accounts/work", json={"toggles": {"delete_in_crm_on_remote_delete": 3}})
+    assert bad.status_code == 422
 
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n"

@@ -19,6 +19,7 @@ from sqlalchemy import text
 from correspond import cli as cli_module
 from correspond.cli import main
 from correspond.rules.folders import FolderSpec
+from correspond.rules.two_way import TOGGLE_DEFAULTS
 from correspond.settings import Settings
 from correspond.store import open_store
 from correspond.testing.dovecot import DovecotServer
@@ -363,6 +364,43 @@ def test_update_json(runner: CliRunner, data_dir: Path) -> None:
     assert a["window_days"] == 9 and PASSWORD not in result.output
 
 
+def test_toggles_on_add_and_update(runner: CliRunner, data_dir: Path) -> None:
+    add_work(runner, data_dir, "--delete-in-crm-on-remote-delete")
+    assert account_json(runner, data_dir)["toggles"] == {
+        **TOGGLE_DEFAULTS,
+        "delete_in_crm_on_remote_delete": True,
+    }
+    set_state(data_dir, "work", "live")
+    result = run(
+        runner,
+        data_dir,
+        "account",
+        "update",
+        "work",
+        "--delete-remote-on-crm-delete",
+        "--no-archive-remote-on-crm-archive",
+    )
+    assert result.exit_code == 0, result.output
+    assert "Delete in the mailbox (move to Trash) when deleted in the CRM: on." in result.output
+    a = account_json(runner, data_dir)
+    assert a["toggles"] == {
+        "delete_in_crm_on_remote_delete": True,
+        "delete_remote_on_crm_delete": True,
+        "archive_in_crm_on_remote_archive": True,
+        "archive_remote_on_crm_archive": False,
+    }
+    # A toggle is no connection setting: the password and the state stay.
+    store = open_store(Settings(data_dir=data_dir))
+    try:
+        assert store.get_account("work").state == "live"
+    finally:
+        store.close()
+    assert stored_password(data_dir) == PASSWORD
+    helped = run(runner, data_dir, "account", "update", "--help")
+    assert "--no-delete-in-crm-on-remote-delete" in helped.output
+    assert "default for a new account" in " ".join(helped.output.split())
+
+
 def account_json(runner: CliRunner, data_dir: Path, name: str = "work") -> dict[str, Any]:
     listed = json.loads(run(runner, data_dir, "account", "list", "--json").stdout)
     found: dict[str, Any] = next(a for a in listed if a["name"] == name)
@@ -408,7 +446,10 @@ def test_update_changes_every_field_add_takes(
     assert a["allow_plaintext"] is True and a["has_trusted_cert"] is True
     assert "n3w-Pa55word" not in result.output and "password" not in a
     assert stored_password(data_dir) == "n3w-Pa55word"
-    assert account_json(runner, data_dir) == a
+    # `account list` adds the account's outbox (CRM actions waiting for the mailbox).
+    listed = account_json(runner, data_dir)
+    assert listed.pop("outbox") == {"pending": 0, "failed": 0}
+    assert listed == a
 
     forget = run(runner, data_dir, "account", "update", "work", "--no-trust-cert", "--json")
     assert json.loads(forget.stdout)["has_trusted_cert"] is False

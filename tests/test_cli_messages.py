@@ -202,3 +202,24 @@ def test_terminal_controls_are_printed_as_escapes() -> None:
     hostile = "\x1b]0;owned\x07Hi\x9b2J\tthere\u202eevil\x7f\n"
     assert cli_module._plain(hostile) == "\\x1b]0;owned\\x07Hi\\x9b2J\\tthere\\u202eevil\\x7f\\n"
     assert cli_module.safe_lines(hostile) == "\\x1b]0;owned\\x07Hi\\x9b2J\tthere\\u202eevil\\x7f\n"
+
+
+@pytest.mark.dovecot
+def test_message_actions_and_the_outbox_in_account_list(
+    cli: StoreCli, mirror: SeededMirror
+) -> None:
+    mid = ids_by_mid(cli, mirror.account)[mirror.kickoff_mid]
+    done = cli("messages", "read", str(mid))
+    assert done.exit_code == 0, done.output
+    assert f"Message {mid}: active, flags" in done.output and "\\Seen" in done.output
+    assert "1 action(s) waiting for the mailbox" in done.output
+    [starred] = cli.json("messages", "star", str(mid))
+    assert "\\Flagged" in starred["flags"]
+    assert [a["kind"] for a in starred["pending_actions"]] == ["star", "read"]
+    listed = next(a for a in cli.json("account", "list") if a["name"] == mirror.account)
+    assert listed["outbox"] == {"pending": 2, "failed": 0}
+    table = cli("account", "list")
+    assert "Outbox" in table.output and "2 pending" in table.output
+    refused = cli("messages", "move", str(mid), "--folder-id", "987654321")
+    assert refused.exit_code == 2 and "no such folder" in refused.output
+    assert cli("messages", "read", "987654321").exit_code != 0

@@ -153,6 +153,25 @@ def test_sync_once_backfills_and_exits_zero(
     assert f"{COUNT}/{COUNT}" in inbox_row and "done" in inbox_row
 
 
+def test_sync_once_applies_the_outbox_after_the_catch_up(
+    cli: StoreCli, store: Store, dovecot: DovecotServer, mailbox: ImapUser
+) -> None:
+    name = add_account(store, dovecot, mailbox)
+    assert cli("sync", name, "--once", "--parse-processes", "0").exit_code == 0
+    first = cli.json("messages", "list", name)["messages"][0]
+    assert cli("messages", "star", str(first["id"])).exit_code == 0
+    assert cli.json("account", "list")[0]["outbox"] == {"pending": 1, "failed": 0}
+    assert cli("sync", name, "--once", "--parse-processes", "0").exit_code == 0
+    assert cli.json("account", "list")[0]["outbox"] == {"pending": 0, "failed": 0}
+    conn = dovecot.imaplib_client(mailbox)
+    try:
+        conn.select("INBOX", readonly=True)
+        typ, data = conn.uid("SEARCH", "FLAGGED")
+        assert typ == "OK" and len(data[0].split()) == 1
+    finally:
+        conn.logout()
+
+
 def test_sync_once_reports_refused_sign_in(
     cli: StoreCli, store: Store, dovecot: DovecotServer, imap_user: ImapUser
 ) -> None:

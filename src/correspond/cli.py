@@ -55,6 +55,7 @@ from correspond.api.message_schemas import (
     thread_public,
 )
 from correspond.api.progress_schemas import ProgressPublic, progress_public
+from correspond.api.routes.actions import outcome_public
 from correspond.api.schemas import account_public, as_json, folder_public
 from correspond.auth import AuthService, check_password
 from correspond.cli_output import QuietConsole, cell, dumps_json, safe, safe_lines, stdout_closed
@@ -85,6 +86,7 @@ from correspond.rules.presets import (
     preset_help,
     preset_host_mismatch,
 )
+from correspond.rules.two_way import TOGGLE_DEFAULTS, TOGGLE_HELP
 from correspond.search import OPERATOR, SearchService
 from correspond.settings import Settings, ensure_data_dir, key_file_path
 from correspond.store import Account, Store, open_store
@@ -95,8 +97,9 @@ from correspond.store.leases import RUNNABLE_STATES, AccountLeases
 from correspond.store.linker import LinkerStore
 from correspond.store.location import store_location
 from correspond.store.message_queries import MAX_PAGE, AddressView, MessagePage, MessageView
+from correspond.store.outbox import ActionOutcome, OutboxStore
 from correspond.store.progress import AccountProgress, ProgressReader
-from correspond.store.records import draft_of
+from correspond.store.records import TOGGLES, draft_of
 from correspond.store.tables import ACCOUNT_SHARING
 from correspond.store.teams import Team
 from correspond.store.users import ApiToken, User
@@ -445,6 +448,36 @@ def _from_default(ctx: click.Context, param: str) -> bool:
     )
 
 
+_TOGGLES_META = "correspond.toggles"
+
+
+def _remember_toggle(ctx: click.Context, param: click.Parameter, value: bool | None) -> None:
+    if value is not None and param.name is not None:
+        ctx.meta.setdefault(_TOGGLES_META, {})[param.name] = value
+
+
+def _toggle_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--NAME/--no-NAME`` for each of the four two-way toggles (left out: unchanged; the
+    defaults are rules.two_way.TOGGLE_DEFAULTS). Read with :func:`_given_toggles`."""
+    for name in reversed(TOGGLES):
+        flag = name.replace("_", "-")
+        default = "on" if TOGGLE_DEFAULTS[name] else "off"
+        command = click.option(
+            f"--{flag}/--no-{flag}",
+            name,
+            default=None,
+            expose_value=False,
+            callback=_remember_toggle,
+            help=f"{TOGGLE_HELP[name]} (default for a new account: {default}).",
+        )(command)
+    return command
+
+
+def _given_toggles() -> dict[str, bool]:
+    """The toggles given on the command line (name -> value)."""
+    return dict(click.get_current_context().meta.get(_TOGGLES_META, {}))
+
+
 @account.command("add")
 @click.argument("name", required=False)
 @click.option(
@@ -501,6 +534,7 @@ def _from_default(ctx: click.Context, param: str) -> bool:
     help="The user who owns the account (default: the first admin; with no users yet, the "
     "first admin created).",
 )
+@_toggle_options
 @click.option("--json", "as_json_output", is_flag=True, help="Print the account as JSON.")
 @click.pass_context
 def account_add(
@@ -605,6 +639,7 @@ def account_add(
         allow_plaintext=allow_plaintext,
         trusted_cert_pem=_read_cert(trust_cert) if trust_cert else None,
         window_days=window_days,
+        toggles=_given_toggles(),
     )
     service = cli.service
     if service.account_exists(draft.name):
@@ -733,6 +768,7 @@ def _endpoints_line(a: Account | AccountDraft) -> str:
 )
 @click.option("--team", "team_ref", metavar="TEAM", help="Make it a team inbox of TEAM.")
 @click.option("--no-team", is_flag=True, help="Make a team inbox a personal account again.")
+@_toggle_options
 @click.option("--json", "as_json_output", is_flag=True, help="Print the account as JSON.")
 @pass_cli
 def account_update(
@@ -759,8 +795,8 @@ def account_update(
     as_json_output: bool,
 ) -> None:
     """Change any setting of NAME: address, user name, servers, ports, security, password,
-    trusted certificate, plaintext permission, sync window, sharing, team inbox. Fields left
-    out stay as they are.
+    trusted certificate, plaintext permission, sync window, sharing, team inbox, the four
+    two-way toggles. Fields left out stay as they are.
 
     A well-known port given alone brings its security (993: tls), and a security given alone
     moves a standard port with it (143 to 993 for tls). The whole account is checked before
@@ -776,6 +812,7 @@ def account_update(
       echo "$PW" | correspond account update work --password-stdin
       correspond account update work --sharing metadata
       correspond account update support --team Support
+      correspond account update work --delete-remote-on-crm-delete
     """
     if team_ref is not None and no_team:
         _fail("--team and --no-team contradict each other", 2)
@@ -800,6 +837,7 @@ def account_update(
         allow_plaintext=allow_plaintext,
         trusted_cert_pem=cert,
         window_days=window_days,
+        toggles=_given_toggles(),
     )
     shares = sharing is not None or team_ref is not None or no_team
     settings_change = not changes.is_empty() or password_stdin or password_prompt
@@ -871,6 +909,8 @@ def account_update(
     click.echo(f"Updated {name}: {_endpoints_line(updated)}; state {updated.state}.")
     if shares:
         _say_sharing(cli, name)
+    for toggle, value in changes.toggles.items():
+        click.echo(f"{TOGGLE_HELP[toggle]}: {'on' if value else 'off'}.")
     if window_days is not None and window_days != before.window_days:
         if window_days > before.window_days:
             click.echo(
@@ -940,10 +980,17 @@ def account_list(cli: CliContext, all_folders: bool, as_json_output: bool) -> No
     and last successful sync."""
     summaries = cli.service.list_accounts()
     progress = {p.name: p for p in cli.progress.all()}
+    # CRM actions waiting for the mailbox, and those that failed (never dropped silently).
+    outbox = OutboxStore(cli.store.engine).counts_by_account()
     if as_json_output:
         _print_json(
             [
-                as_json(account_public(s, progress=_progress_json(progress.get(s.account.name))))
+                {
+                    **as_json(
+                        account_public(s, progress=_progress_json(progress.get(s.account.name)))
+                    ),
+                    "outbox": outbox.get(s.account.id, {"pending": 0, "failed": 0}),
+                }
                 for s in summaries
             ]
         )
@@ -958,9 +1005,15 @@ def account_list(cli: CliContext, all_folders: bool, as_json_output: bool) -> No
     for column in ("Folders", "Selected", "Messages", "Backfill", "Rate", "ETA"):
         table.add_column(column, justify="right")
     table.add_column("Last sync")
+    table.add_column("Outbox")
     for s in summaries:
         a = s.account
         p = progress.get(a.name)
+        waiting = outbox.get(a.id, {})
+        outbox_cell = (
+            ", ".join(f"{n} {what}" for what, n in sorted(waiting.items(), reverse=True) if n)
+            or "-"
+        )
         table.add_row(
             cell(a.name),
             cell(a.email),
@@ -973,6 +1026,7 @@ def account_list(cli: CliContext, all_folders: bool, as_json_output: bool) -> No
             _rate(p.rate if p else None),
             _eta(p.eta_seconds if p else None),
             _when(a.last_sync_at),
+            cell(outbox_cell, "red" if waiting.get("failed") else "white"),
         )
         if p is not None and (all_folders or not p.complete):
             for f in p.folders:
@@ -989,6 +1043,7 @@ def account_list(cli: CliContext, all_folders: bool, as_json_output: bool) -> No
                     f"{f.done}/{total}",
                     _rate(f.rate),
                     _eta(f.eta_seconds),
+                    "",
                     "",
                 )
     console.print(table)
@@ -1603,6 +1658,58 @@ def messages_show(
         _print_json(_message_json(reader, m, remote_images))
         return
     _echo_message(reader, m, html=show_html, remote_images=remote_images)
+
+
+_MESSAGE_ACTIONS: dict[str, str] = {
+    "read": "Mark message(s) read: \\Seen on every copy in the mailbox.",
+    "unread": "Mark message(s) unread everywhere.",
+    "star": "Star message(s): \\Flagged on every copy in the mailbox.",
+    "unstar": "Unstar message(s) everywhere.",
+    "archive": "Archive message(s) (INBOX to Archive when the account's toggle says so).",
+    "unarchive": "Put archived message(s) back in the inbox view.",
+    "delete": "Delete message(s) (to the mailbox's Trash when the account's toggle says so).",
+    "restore": "Undo the delete of message(s).",
+}
+
+
+def _print_outcome(outcome: ActionOutcome) -> None:
+    waiting = [a for a in outcome.actions if a.state == "pending"]
+    failed = [a for a in outcome.actions if a.state == "failed"]
+    line = f"Message {outcome.message_id}: {outcome.state}, flags {' '.join(outcome.flags) or '-'}"
+    if waiting:
+        line += f"; {len(waiting)} action(s) waiting for the mailbox"
+    click.echo(line)
+    for a in failed:
+        click.echo(f"  failed: {a.kind}: {safe(a.last_error or '')}", err=True)
+
+
+def _message_action_command(action: str, help_text: str) -> None:
+    @messages.command(action, help=help_text + " The account's syncer applies it.")
+    @click.argument("message_ids", metavar="ID...", type=int, nargs=-1, required=True)
+    @click.option("--json", "as_json_output", is_flag=True)
+    @pass_cli
+    def act(cli: CliContext, message_ids: tuple[int, ...], as_json_output: bool) -> None:
+        outbox = OutboxStore(cli.store.engine)
+        outcomes = [outbox.record(mid, action, user_id=None) for mid in message_ids]  # type: ignore[arg-type]
+        if as_json_output:
+            _print_json([as_json(outcome_public(o)) for o in outcomes])
+            return
+        for outcome in outcomes:
+            _print_outcome(outcome)
+
+
+for _action, _help in _MESSAGE_ACTIONS.items():
+    _message_action_command(_action, _help)
+
+
+@messages.command("move")
+@click.argument("message_id", metavar="ID", type=int)
+@click.option("--folder-id", type=int, required=True, help="The folder to move it to.")
+@pass_cli
+def messages_move(cli: CliContext, message_id: int, folder_id: int) -> None:
+    """Move message ID to another folder of its account (see `account folders`)."""
+    outbox = OutboxStore(cli.store.engine)
+    _print_outcome(outbox.record(message_id, "move", user_id=None, to_folder_id=folder_id))
 
 
 @messages.command("raw")

@@ -24,6 +24,7 @@ from correspond.accounts import AccountService
 from correspond.api.guard import RequestGuard
 from correspond.api.routes import (
     accounts,
+    actions,
     auth,
     crm,
     folders,
@@ -56,6 +57,7 @@ from correspond.store import Store, open_store
 from correspond.store.crm import CrmStore
 from correspond.store.leases import AccountLeases
 from correspond.store.notifications import NotificationStore
+from correspond.store.outbox import OutboxStore
 from correspond.store.progress import ProgressReader
 from correspond.store.webhooks import WebhookStore
 from correspond.sync.runner import SyncRunner
@@ -244,6 +246,7 @@ def create_app(
     app.state.runner = runner
     app.state.auth = AuthService(the_store, settings)
     app.state.crm = CrmStore(the_store.engine)
+    app.state.outbox = OutboxStore(the_store.engine)
     app.state.notifications = notes
     app.state.webhooks = webhook_store
     app.state.hub = hub
@@ -270,6 +273,7 @@ def create_app(
         folders.router,
         messages.account_router,
         messages.router,
+        actions.router,
         messages.thread_router,
         teams.router,
         teams.me_router,

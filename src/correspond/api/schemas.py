@@ -23,6 +23,7 @@ from correspond.rules.presets import (
     draft_from_preset,
     preset_help,
 )
+from correspond.rules.two_way import TOGGLE_DEFAULTS, TOGGLE_HELP
 from correspond.store import AccountSummary, Folder, FolderSyncResult
 from correspond.store.leases import observed_state
 from correspond.store.records import TOGGLES
@@ -173,6 +174,12 @@ class TrustCertificate(BaseModel):
         return None if value is None else _no_nul(value)
 
 
+_TOGGLES_HELP = "The two-way toggles to change, any of: " + "; ".join(
+    f"{name} ({TOGGLE_HELP[name]}; default {'on' if TOGGLE_DEFAULTS[name] else 'off'})"
+    for name in TOGGLES
+)
+
+
 class AccountUpdate(BaseModel):
     """A partial change of an account: only the fields sent change. ``password`` is stored
     encrypted and never returned; ``trusted_cert_pem: null`` forgets a trusted certificate.
@@ -199,9 +206,7 @@ class AccountUpdate(BaseModel):
     allow_plaintext: bool | None = None
     trusted_cert_pem: str | None = None
     window_days: int | None = Field(default=None, ge=1, le=36500)
-    toggles: dict[str, bool] | None = Field(
-        default=None, description="Any of: " + ", ".join(TOGGLES)
-    )
+    toggles: dict[str, bool] | None = Field(default=None, description=_TOGGLES_HELP)
     sharing: SharingName | None = Field(default=None, description=_SHARING_HELP)
     team_id: int | None = Field(default=None, ge=1, le=2**63 - 1, description=_TEAM_HELP)
 

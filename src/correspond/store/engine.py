@@ -133,6 +133,7 @@ TABLE_MODULES = (
     "correspond.store.message_tables",
     "correspond.store.crm_tables",
     "correspond.store.notify_tables",
+    "correspond.store.outbox_tables",
 )
 
 

@@ -44,6 +44,7 @@ from correspond.errors import NotFound, StoreError
 from correspond.mail.dedupe import KeyFacts, distinct_key, reusable_key, same_message
 from correspond.mail.threading import subject_keys
 from correspond.rules.sync_plan import FolderCheckpoint
+from correspond.rules.two_way import merge_remote_flags
 from correspond.store.engine import database_failure
 from correspond.store.message_data import AddressData, AttachmentData, MessageData, storable
 from correspond.store.message_tables import (
@@ -55,6 +56,7 @@ from correspond.store.message_tables import (
     ThreadRow,
     list_sort_at,
 )
+from correspond.store.outbox import pending_flag_changes, supersede_flag_rows
 from correspond.store.tables import FolderRow, utcnow
 from correspond.store.wakeups import send_wakeup
 from correspond.store.webhooks import queue_changed_messages
@@ -725,7 +727,12 @@ class MessageStore:
 
         A removed location is deleted; the message itself stays (whether the CRM copy is archived
         or deleted is the toggle rules' decision, not the mirror's). Returns (updated, removed).
+
+        The message's own (CRM) flags follow the location's, except where a CRM change of the
+        same flag waits in the outbox: then the later change wins
+        (``rules.two_way.merge_remote_flags``; the remote change counts as seen now).
         """
+        seen_at = utcnow()
         updated = 0
         changed: list[int] = []
         try:
@@ -737,6 +744,7 @@ class MessageStore:
                             MessageLocationRow.id,
                             MessageLocationRow.uid,
                             MessageLocationRow.message_id,
+                            MessageLocationRow.flags,
                         ).where(
                             MessageLocationRow.folder_id == folder_id,
                             MessageLocationRow.uid.in_(part),
@@ -744,6 +752,7 @@ class MessageStore:
                     ).all()
                     if not rows:
                         continue
+                    crm_flags = _flags_after_conflicts(s, rows, flag_updates, seen_at)
                     with_modseq = [
                         {"id": r.id, "flags": sorted(flag_updates[r.uid]), "modseq": modseqs[r.uid]}
                         for r in rows
@@ -759,7 +768,7 @@ class MessageStore:
                             s.execute(update(MessageLocationRow), params)
                     s.execute(
                         update(MessageRow),
-                        [{"id": r.message_id, "flags": sorted(flag_updates[r.uid])} for r in rows],
+                        [{"id": r.message_id, "flags": crm_flags[r.message_id]} for r in rows],
                     )
                     updated += len(rows)
                     changed.extend(r.message_id for r in rows)
@@ -1777,3 +1786,39 @@ def _require_folder(result: Any, folder_id: int) -> None:
 def _rowcount(result: Any) -> int:
     """Rows a DELETE/UPDATE touched (a CursorResult's rowcount; typing does not know that)."""
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _flags_after_conflicts(
+    s: Session,
+    rows: Sequence[Any],
+    flag_updates: Mapping[int, frozenset[str]],
+    seen_at: datetime,
+) -> dict[int, list[str]]:
+    """The CRM flags of each message whose location's flags changed (``rows``: location id,
+    uid, message id, previous flags): the location's new flags, unless a CRM change of the
+    same flag waits in the outbox (one query, usually empty), then the conflict rule decides
+    and a losing outbox row is superseded."""
+    result = {r.message_id: sorted(flag_updates[r.uid]) for r in rows}
+    pending = pending_flag_changes(s, list(result))
+    if not pending:
+        return result
+    stored: dict[int, list[str]] = {
+        int(mid): list(flags or ())
+        for mid, flags in s.execute(
+            select(MessageRow.id, MessageRow.flags).where(MessageRow.id.in_(sorted(pending)))
+        )
+    }
+    for r in rows:
+        changes = pending.get(r.message_id)
+        if not changes:
+            continue
+        merged = merge_remote_flags(
+            crm_flags=frozenset(stored.get(r.message_id) or ()),
+            previous_remote=frozenset(r.flags or ()),
+            remote=flag_updates[r.uid],
+            pending=changes,
+            remote_seen_at=seen_at,
+        )
+        result[r.message_id] = sorted(merged.flags)
+        supersede_flag_rows(s, r.message_id, merged.superseded)
+    return result

@@ -70,6 +70,7 @@ from correspond.store.messages import (
     ThreadChoice,
     ThreadChooser,
 )
+from correspond.store.outbox import OutboxStore
 from correspond.store.records import Account, Folder
 from correspond.store.repository import PASSWORD_DROPPED, SettingsChanged, Store
 from correspond.sync.connection_test import explain_error
@@ -81,6 +82,7 @@ from correspond.sync.folder_sync import (
     FolderSyncReport,
     MessageBuilder,
 )
+from correspond.sync.outbox import OutboxApplier, OutboxPassReport
 from correspond.sync.prepare import default_dedupe
 from correspond.sync.threads import in_thread
 from correspond.waiting import wait_set
@@ -203,6 +205,7 @@ class SyncerStats:
     folders_created: int = 0
     folders_renamed: int = 0
     folders_deleted: int = 0
+    outbox_applied: int = 0
 
 
 class AccountSyncer:
@@ -292,6 +295,10 @@ class AccountSyncer:
         # (new raw name -> old folder id): the messages never lose every location in between.
         self._renamed_from: dict[bytes, int] = {}
         self.last_folder_diff: FolderListDiff = FolderListDiff()
+        # CRM actions to carry to the mailbox (sync.outbox), applied on the command connection.
+        self.outbox = OutboxApplier(
+            OutboxStore(store.engine), rng=self.rng, backoff_cap=self.backoff_cap
+        )
 
     # -- connection and folder list -------------------------------------------------------------
 
@@ -544,6 +551,14 @@ class AccountSyncer:
         return reasons
 
     # -- IDLE -----------------------------------------------------------------------------------
+
+    async def apply_outbox(self, client: ImapClient, account: Account) -> OutboxPassReport:
+        """Apply the account's due outbox rows on ``client`` (sync.outbox). Called after a
+        sync pass, so the catch-up comes first and the conflict rule has seen the mailbox's
+        changes; a transient error is raised (the session reconnects, the row waits)."""
+        report = await self.outbox.apply_due(client, account)
+        self.stats.outbox_applied += report.applied
+        return report
 
     async def wait_for_change(
         self,

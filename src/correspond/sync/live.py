@@ -124,6 +124,8 @@ class LiveSession:
         # Each polled folder's STATUS at its last poll, and when the state was last written.
         self._poll_status: dict[int, tuple[object, ...]] = {}
         self._state_written_at = 0.0
+        # When (loop time) an outbox row waiting for a retry is due; None: none waits.
+        self._outbox_due: float | None = None
 
     @property
     def stable(self) -> bool:
@@ -164,7 +166,20 @@ class LiveSession:
         self._command = client
         async with self._command_lock:
             await self._first_pass(client)
+            # After the catch-up: the conflict rule has seen what changed in the mailbox.
+            await self._apply_outbox(client, self.account)
         await self._live(client, self._first_folders)
+
+    async def _apply_outbox(self, client: ImapClient, account: Account) -> None:
+        """Apply the due outbox rows (the caller holds the command lock), and note when the
+        next one that waits for a retry is due."""
+        await self.syncer.apply_outbox(client, account)
+        due_at = await in_thread(self.syncer.outbox.store.next_due_at, account.id)
+        loop = asyncio.get_running_loop()
+        if due_at is None:
+            self._outbox_due = None
+        else:
+            self._outbox_due = loop.time() + max(0.0, (due_at - utcnow()).total_seconds())
 
     async def _first_pass(self, client: ImapClient) -> None:
         syncer, account = self.syncer, self.account
@@ -211,12 +226,14 @@ class LiveSession:
         while not self.stop.is_set():
             # The account's row and folder selection are re-read when the runner reports a
             # change (one query per round for all accounts), not on a timer of their own.
-            check = await syncer.wait_for_account_change(
-                self.stop, min(next_poll, next_refresh) - loop.time()
-            )
+            wake = min(next_poll, next_refresh)
+            if self._outbox_due is not None:
+                wake = min(wake, self._outbox_due)
+            check = await syncer.wait_for_account_change(self.stop, wake - loop.time())
             if self.stop.is_set():
                 return
             now = loop.time()
+            outbox_due = self._outbox_due is not None and now >= self._outbox_due
             due: set[int] = set()
             if now >= next_refresh:
                 async with self._command_lock:
@@ -234,8 +251,9 @@ class LiveSession:
                 current = {f.id for f in folders if _syncable(f)}
                 if fresh.window_days != account.window_days:
                     # A wider window reset the folders' backfill cursors: sync them all now.
-                    self.account = account = fresh
                     due |= current
+                # The toggles (and the window) as they are now; the connection is the same.
+                self.account = account = fresh
                 change = selection_change(synced_ids, current)
                 self._names = {f.id: f.name for f in folders}
                 for folder_id in set(self._folder_errors) - current:
@@ -272,6 +290,11 @@ class LiveSession:
                     await self._synced(report)
                 elif loop.time() - self._state_written_at >= STATE_REFRESH_SECONDS:
                     await self._synced(AccountSyncReport(account.id))
+            if check or outbox_due:
+                # A CRM action touches the account's updated_at: the runner's round reports
+                # it as a change (``check``); a row waiting for its retry is due by time.
+                async with self._command_lock:
+                    await self._apply_outbox(client, account)
 
     async def _unchanged(
         self, client: ImapClient, folders: list[Folder], polled: set[int]

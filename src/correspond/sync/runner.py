@@ -607,6 +607,11 @@ async def sync_account_once(
                     connected_at=utcnow(),
                 )
                 report = await syncer.sync_once(client, account)
+                # Then the CRM actions waiting for this mailbox (after the catch-up, under the
+                # conflict rule). A transient failure is recorded on its row, which waits for
+                # the next sync: it does not undo this one.
+                with contextlib.suppress(CorrespondError):
+                    await syncer.apply_outbox(client, account)
                 # Not "live": nothing watches the mailbox once this process exits. The account
                 # waits for a sync process, as after a worker's shutdown.
                 synced_at = utcnow()

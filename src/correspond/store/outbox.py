@@ -1,0 +1,431 @@
+"""The outbox: CRM actions that must reach the mailbox (see ``store.outbox_tables``).
+
+:meth:`OutboxStore.record` changes the CRM's copy (state, flags) and writes the outbox row in
+one transaction, and touches the account's ``updated_at`` so that the account's syncer (the
+lease holder) hears of it within a lease round. The syncer (``sync.outbox``) reads the due rows
+(:meth:`due`), re-reads the message's locations (:meth:`targets`) and reports each row's end:
+applied (with the location changes it made, so the echo of its own STORE is no change at the
+next sync), retried later (transient), failed (permanent) or superseded (the conflict rule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Engine, and_, delete, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from correspond.errors import ConfigError, NotFound
+from correspond.rules.two_way import (
+    CrmAction,
+    FlagChange,
+    MessageState,
+    Place,
+    Toggles,
+    mailbox_ops_for_crm_action,
+)
+from correspond.store.engine import register_table_modules, unit_of_work
+from correspond.store.message_tables import MessageLocationRow, MessageRow
+from correspond.store.outbox_tables import OUTBOX_KINDS, OutboxRow
+from correspond.store.records import TOGGLES
+from correspond.store.tables import AccountRow, FolderRow, utcnow
+
+__all__ = [
+    "ActionOutcome",
+    "LocationTarget",
+    "OutboxAction",
+    "OutboxStore",
+    "pending_flag_changes",
+    "supersede_flag_rows",
+]
+
+#: The flag each flag action changes, and to what.
+FLAG_OF_KIND: Mapping[str, tuple[str, bool]] = {
+    "read": ("\\Seen", True),
+    "unread": ("\\Seen", False),
+    "star": ("\\Flagged", True),
+    "unstar": ("\\Flagged", False),
+}
+#: Rows a message shows (the newest, pending and failed first).
+MESSAGE_ACTIONS_SHOWN = 20
+#: Rows one :meth:`OutboxStore.due` call hands out.
+DUE_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxAction:
+    """An outbox row."""
+
+    id: int
+    account_id: int
+    message_id: int | None
+    user_id: int | None
+    kind: str
+    payload: dict[str, Any]
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    created_at: datetime
+    applied_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ActionOutcome:
+    """A message after a CRM action: its state and flags, and its outbox rows not applied
+    (pending and failed, newest first)."""
+
+    message_id: int
+    state: str
+    flags: tuple[str, ...]
+    actions: tuple[OutboxAction, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LocationTarget:
+    """A location of a message, with what a command needs to reach it."""
+
+    location_id: int
+    folder_id: int
+    folder_name_raw: bytes
+    role: str | None
+    uid: int
+    flags: frozenset[str]
+
+
+def _action(row: OutboxRow) -> OutboxAction:
+    return OutboxAction(
+        id=row.id,
+        account_id=row.account_id,
+        message_id=row.message_id,
+        user_id=row.user_id,
+        kind=row.kind,
+        payload=dict(row.payload or {}),
+        state=row.state,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        last_error=row.last_error,
+        created_at=row.created_at,
+        applied_at=row.applied_at,
+    )
+
+
+def _toggles(account: AccountRow) -> Toggles:
+    return Toggles.of({name: bool(getattr(account, name)) for name in TOGGLES})
+
+
+def _places(s: Session, message_id: int) -> list[Place]:
+    rows = s.execute(
+        select(FolderRow.id, FolderRow.role)
+        .join(MessageLocationRow, MessageLocationRow.folder_id == FolderRow.id)
+        .where(MessageLocationRow.message_id == message_id)
+        .order_by(FolderRow.id)
+    ).all()
+    return [Place(int(r.id), r.role, True) for r in rows]
+
+
+def pending_flag_changes(s: Session, message_ids: Collection[int]) -> dict[int, list[FlagChange]]:
+    """The flag changes still waiting in the outbox, by message (one query; usually none)."""
+    if not message_ids:
+        return {}
+    rows = s.execute(
+        select(OutboxRow.message_id, OutboxRow.kind, OutboxRow.created_at)
+        .where(
+            OutboxRow.message_id.in_(sorted(message_ids)),
+            OutboxRow.state == "pending",
+            OutboxRow.kind.in_(tuple(FLAG_OF_KIND)),
+        )
+        .order_by(OutboxRow.id)
+    ).all()
+    found: dict[int, list[FlagChange]] = {}
+    for message_id, kind, created_at in rows:
+        flag, value = FLAG_OF_KIND[kind]
+        found.setdefault(int(message_id), []).append(FlagChange(flag, value, created_at))
+    return found
+
+
+def supersede_flag_rows(s: Session, message_id: int, flags: Collection[str]) -> None:
+    """Mark the pending rows of ``message_id`` that change ``flags`` superseded (the mailbox's
+    later change stands; rules.two_way.merge_remote_flags)."""
+    kinds = [kind for kind, (flag, _value) in FLAG_OF_KIND.items() if flag in flags]
+    if not kinds:
+        return
+    s.execute(
+        update(OutboxRow)
+        .where(
+            OutboxRow.message_id == message_id,
+            OutboxRow.state == "pending",
+            OutboxRow.kind.in_(kinds),
+        )
+        .values(
+            state="superseded",
+            last_error="the mailbox changed this flag later (conflict rule: later change wins)",
+            applied_at=utcnow(),
+        )
+    )
+
+
+class OutboxStore:
+    """The outbox in the store's database. Thread-safe."""
+
+    def __init__(self, engine: Engine) -> None:
+        register_table_modules()
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    # -- the CRM side ----------------------------------------------------------------------------
+
+    def record(
+        self,
+        message_id: int,
+        kind: CrmAction,
+        *,
+        user_id: int | None,
+        to_folder_id: int | None = None,
+    ) -> ActionOutcome:
+        """Apply a user's action to the CRM copy of the message and queue what it means for
+        the mailbox, in one transaction. An action with nothing to do in the mailbox (a toggle
+        off, no location) writes no row. NotFound for an unknown message; ConfigError for a
+        move to a folder of another account or one that is not synced."""
+        if kind not in OUTBOX_KINDS:
+            raise ConfigError(f"unknown action: {kind}")
+        with unit_of_work(self._sessions) as s:
+            message = s.get(MessageRow, message_id, with_for_update=True)
+            if message is None:
+                raise NotFound(f"no message with id {message_id}")
+            account = s.get(AccountRow, message.account_id)
+            assert account is not None  # a message's account cascades with it
+            if kind == "move":
+                target = s.get(FolderRow, to_folder_id) if to_folder_id is not None else None
+                if target is None or target.account_id != message.account_id or target.removed:
+                    raise ConfigError("move: no such folder in the message's account")
+                if not target.selectable:
+                    raise ConfigError(f"move: the folder {target.name!r} cannot hold messages")
+            plan = mailbox_ops_for_crm_action(
+                kind,
+                state=cast(MessageState, message.state),
+                locations=_places(s, message_id),
+                toggles=_toggles(account),
+                to_folder_id=to_folder_id,
+            )
+            message.state = plan.state
+            if kind in FLAG_OF_KIND:
+                flag, value = FLAG_OF_KIND[kind]
+                flags = set(message.flags or ())
+                flags.add(flag) if value else flags.discard(flag)
+                message.flags = sorted(flags)
+            now = utcnow()
+            if plan.ops:
+                payload: dict[str, Any] = {}
+                if to_folder_id is not None:
+                    payload["to_folder_id"] = to_folder_id
+                s.add(
+                    OutboxRow(
+                        account_id=message.account_id,
+                        message_id=message_id,
+                        user_id=user_id,
+                        kind=kind,
+                        payload=payload,
+                        state="pending",
+                        attempts=0,
+                        next_attempt_at=now,
+                        created_at=now,
+                    )
+                )
+                # Wakes the account's syncer within a lease round (store.leases reads
+                # updated_at of every account it holds).
+                account.updated_at = now
+            s.flush()
+            return self._outcome(s, message)
+
+    def _outcome(self, s: Session, message: MessageRow) -> ActionOutcome:
+        rows = s.scalars(
+            select(OutboxRow)
+            .where(OutboxRow.message_id == message.id, OutboxRow.state.in_(("pending", "failed")))
+            .order_by(OutboxRow.id.desc())
+            .limit(MESSAGE_ACTIONS_SHOWN)
+        ).all()
+        return ActionOutcome(
+            message_id=message.id,
+            state=message.state,
+            flags=tuple(sorted(message.flags or ())),
+            actions=tuple(_action(r) for r in rows),
+        )
+
+    def outcome(self, message_id: int) -> ActionOutcome:
+        """The message's state, flags and outbox rows not applied."""
+        with unit_of_work(self._sessions) as s:
+            message = s.get(MessageRow, message_id)
+            if message is None:
+                raise NotFound(f"no message with id {message_id}")
+            return self._outcome(s, message)
+
+    def counts_by_account(self) -> dict[int, dict[str, int]]:
+        """Pending and failed rows per account id (for ``account list``)."""
+        with unit_of_work(self._sessions) as s:
+            rows = s.execute(
+                select(OutboxRow.account_id, OutboxRow.state, func.count())
+                .where(OutboxRow.state.in_(("pending", "failed")))
+                .group_by(OutboxRow.account_id, OutboxRow.state)
+            ).all()
+        counts: dict[int, dict[str, int]] = {}
+        for account_id, state, count in rows:
+            counts.setdefault(int(account_id), {"pending": 0, "failed": 0})[state] = int(count)
+        return counts
+
+    # -- the syncer's side -----------------------------------------------------------------------
+
+    def due(self, account_id: int, now: datetime | None = None) -> list[OutboxAction]:
+        """The account's rows to apply now, in order. A row waits while an earlier pending row
+        of the same message is not due yet (rows of one message apply in order)."""
+        now = utcnow() if now is None else now
+        with unit_of_work(self._sessions) as s:
+            rows = s.scalars(
+                select(OutboxRow)
+                .where(OutboxRow.account_id == account_id, OutboxRow.state == "pending")
+                .order_by(OutboxRow.id)
+                .limit(DUE_BATCH)
+            ).all()
+        blocked: set[int | None] = set()
+        ready: list[OutboxAction] = []
+        for row in rows:
+            if row.message_id in blocked:
+                continue
+            if row.next_attempt_at > now:
+                blocked.add(row.message_id)
+                continue
+            ready.append(_action(row))
+        return ready
+
+    def next_due_at(self, account_id: int) -> datetime | None:
+        """When the account's next pending row is due (None: none pending)."""
+        with unit_of_work(self._sessions) as s:
+            value = s.scalar(
+                select(func.min(OutboxRow.next_attempt_at)).where(
+                    OutboxRow.account_id == account_id, OutboxRow.state == "pending"
+                )
+            )
+        return cast(datetime | None, value)
+
+    def state_of(self, row_id: int) -> str | None:
+        """A row's state (None: the row is gone with its message)."""
+        with unit_of_work(self._sessions) as s:
+            return cast(str | None, s.scalar(select(OutboxRow.state).where(OutboxRow.id == row_id)))
+
+    def targets(self, message_id: int) -> tuple[MessageState, list[LocationTarget]]:
+        """The message's state and its locations in synced folders, as the store knows them."""
+        with unit_of_work(self._sessions) as s:
+            state = s.scalar(select(MessageRow.state).where(MessageRow.id == message_id))
+            if state is None:
+                raise NotFound(f"no message with id {message_id}")
+            rows = s.execute(
+                select(
+                    MessageLocationRow.id,
+                    MessageLocationRow.folder_id,
+                    MessageLocationRow.uid,
+                    MessageLocationRow.flags,
+                    FolderRow.remote_name_raw,
+                    FolderRow.role,
+                )
+                .join(FolderRow, FolderRow.id == MessageLocationRow.folder_id)
+                .where(MessageLocationRow.message_id == message_id, FolderRow.selected)
+                .order_by(FolderRow.id)
+            ).all()
+        return cast(MessageState, state), [
+            LocationTarget(
+                location_id=int(r.id),
+                folder_id=int(r.folder_id),
+                folder_name_raw=bytes(r.remote_name_raw),
+                role=r.role,
+                uid=int(r.uid),
+                flags=frozenset(r.flags or ()),
+            )
+            for r in rows
+        ]
+
+    def folder_by_role(self, account_id: int, role: str) -> tuple[int, bytes] | None:
+        """The account's folder with ``role`` (id, raw name), or None."""
+        with unit_of_work(self._sessions) as s:
+            row = s.execute(
+                select(FolderRow.id, FolderRow.remote_name_raw)
+                .where(
+                    FolderRow.account_id == account_id,
+                    FolderRow.role == role,
+                    FolderRow.removed.is_(False),
+                    FolderRow.selectable.is_(True),
+                )
+                .order_by(FolderRow.selected.desc(), FolderRow.id)
+                .limit(1)
+            ).first()
+        return None if row is None else (int(row.id), bytes(row.remote_name_raw))
+
+    def folder_name(self, folder_id: int) -> bytes | None:
+        with unit_of_work(self._sessions) as s:
+            raw = s.scalar(
+                select(FolderRow.remote_name_raw).where(
+                    FolderRow.id == folder_id, FolderRow.removed.is_(False)
+                )
+            )
+        return None if raw is None else bytes(raw)
+
+    def mark_applied(
+        self,
+        row_id: int,
+        *,
+        location_flags: Mapping[int, frozenset[str]] = {},
+        removed_locations: Sequence[int] = (),
+    ) -> None:
+        """The row took effect: record it with the location changes it made, atomically, so
+        the next sync sees no change (the echo of our own command is not a remote change)."""
+        with unit_of_work(self._sessions) as s:
+            for location_id, flags in location_flags.items():
+                s.execute(
+                    update(MessageLocationRow)
+                    .where(MessageLocationRow.id == location_id)
+                    .values(flags=sorted(flags))
+                )
+            if removed_locations:
+                s.execute(
+                    delete(MessageLocationRow).where(
+                        MessageLocationRow.id.in_(list(removed_locations))
+                    )
+                )
+            s.execute(
+                update(OutboxRow)
+                .where(and_(OutboxRow.id == row_id, OutboxRow.state == "pending"))
+                .values(
+                    state="applied",
+                    applied_at=utcnow(),
+                    attempts=OutboxRow.attempts + 1,
+                    last_error=None,
+                )
+            )
+
+    def mark_retry(self, row_id: int, error: str, next_attempt_at: datetime) -> None:
+        """A transient failure: try again at ``next_attempt_at``."""
+        with unit_of_work(self._sessions) as s:
+            s.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id == row_id, OutboxRow.state == "pending")
+                .values(
+                    attempts=OutboxRow.attempts + 1,
+                    last_error=error[:1000],
+                    next_attempt_at=next_attempt_at,
+                )
+            )
+
+    def mark_failed(self, row_id: int, error: str) -> None:
+        """A permanent failure, recorded on the row (shown on the message and the account)."""
+        with unit_of_work(self._sessions) as s:
+            s.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id == row_id, OutboxRow.state == "pending")
+                .values(
+                    state="failed",
+                    attempts=OutboxRow.attempts + 1,
+                    last_error=error[:1000],
+                    applied_at=utcnow(),
+                )
+            )
