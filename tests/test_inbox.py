@@ -121,7 +121,9 @@ def test_threads_counts_unread_participants_and_filters(app: FastAPI, admin: Tes
     t1, t2, t3, t4, t5, t6 = (box.thread(f"thread {n}") for n in range(1, 7))
     box.message(t1, 10, "inbox")
     box.message(t1, 20, "sent", sender="mine@example.test")
-    m3 = box.message(t1, 30, "inbox", sender="bob@client.test", flags=("\\Flagged",), attachment=True)
+    m3 = box.message(
+        t1, 30, "inbox", sender="bob@client.test", flags=("\\Flagged",), attachment=True
+    )
     m4 = box.message(t2, 40, "inbox", sender="cat@partner.test")
     box.message(t3, 50, "sent", sender="mine@example.test")  # never in the inbox
     box.message(t4, 60, "inbox", state="deleted")
@@ -319,7 +321,9 @@ def test_team_inbox_membership_sharing_and_metadata_viewers(
     for probe in ({"has_attachment": True}, {"contact_id": 1}, {"deal_id": 1}):
         answer = people["mate"].get("/inbox", params={"account": "own", **probe})
         assert answer.status_code == 403, probe
-    assert people["mate"].get("/inbox", params={"account": "own", "unread": False}).status_code == 200
+    assert (
+        people["mate"].get("/inbox", params={"account": "own", "unread": False}).status_code == 200
+    )
     # Someone of another team: as for an account that does not exist.
     hidden = people["stranger"].get("/inbox", params={"account": "own"})
     ghost = people["stranger"].get("/inbox", params={"account": "ghost"})

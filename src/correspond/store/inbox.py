@@ -37,9 +37,8 @@ bodies (``has_attachment``, ``contact_id``, ``deal_id``) are the caller's to ref
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -70,6 +69,7 @@ from correspond.store.engine import read_retrying, reading_engine
 from correspond.store.message_queries import (
     SEARCH_SCAN_ROWS,
     AddressView,
+    _json_values,
     _when,
     decode_cursor,
     encode_cursor,
@@ -81,7 +81,13 @@ from correspond.store.message_tables import (
     ThreadRow,
 )
 from correspond.store.tables import FOLDER_ROLES, AccountRow, FolderRow, UtcDateTime
-from correspond.store.visibility import Viewer, viewer_params, visible_accounts
+from correspond.store.visibility import (
+    VIEWER_ID,
+    Viewer,
+    viewer_kind,
+    viewer_params,
+    visible_accounts,
+)
 
 __all__ = [
     "DEFAULT_INBOX_PAGE",
@@ -140,6 +146,8 @@ class ScopeAccount:
     id: int
     name: str
     full: bool
+    #: Its folders in the view (none: nothing of it is listed).
+    folders: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +216,15 @@ def _at(name: str) -> Any:
 
 
 def _has_attachment(m: Any) -> ColumnElement[bool]:
-    return exists().where(AttachmentRow.message_id == m.id, AttachmentRow.inline.is_(False))
+    # A LIMIT 1 scalar subquery, not EXISTS: PostgreSQL ran the EXISTS as a hashed subplan
+    # over every attachment row (as in message lists); this is one index lookup per message.
+    return (
+        select(AttachmentRow.id)
+        .where(AttachmentRow.message_id == m.id, AttachmentRow.inline.is_(False))
+        .limit(1)
+        .scalar_subquery()
+        .is_not(None)
+    )
 
 
 def _linked(m: Any, kind: str, param: str) -> ColumnElement[bool]:
@@ -246,9 +262,11 @@ def _in_folders(m: Any) -> ColumnElement[bool]:
     )
 
 
-def _build(kind: str, shape: tuple[Any, ...], after: bool, floor: bool) -> Select[Any]:
-    """The statement that walks one driving index (``shape[0]``): ``scan`` finds the last
-    entry a page may examine (``skip`` entries on), ``page`` the latest-in-view messages."""
+def _build(kind: str, shape: tuple[Any, ...], after: bool) -> Select[Any]:
+    """The statements that walk one driving index (``shape[0]``): ``scan`` finds the last
+    entry a page may examine (``skip`` entries on); ``page`` reads the latest-in-view
+    messages among the next ``scan_rows`` entries (a LIMIT-ed subquery both backends read
+    lazily: a page that fills early reads no further)."""
     drive: _Drive = shape[0]
     if drive == "folder":
         at, mid = _L.sort_at, _L.message_id
@@ -256,13 +274,13 @@ def _build(kind: str, shape: tuple[Any, ...], after: bool, floor: bool) -> Selec
     else:
         at, mid = _T.sort_at, _T.message_id
         driving = and_(_T.target_kind == drive, _T.target_id == _id("drive_id"))
-    key = tuple_(at, mid)
-    newest_first = (at.desc(), mid.desc())
+    walk: Select[Any] = select(at.label("at"), mid.label("mid")).where(driving)
+    if after:
+        walk = walk.where(tuple_(at, mid) < tuple_(_at("pos_at"), _id("pos_id")))
+    walk = walk.order_by(at.desc(), mid.desc())
     if kind == "scan":
-        scan: Select[Any] = select(at, mid).where(driving)
-        if after:
-            scan = scan.where(key < tuple_(_at("pos_at"), _id("pos_id")))
-        return scan.order_by(*newest_first).offset(bindparam("skip")).limit(1)
+        return walk.offset(bindparam("skip")).limit(1)
+    entries = walk.limit(bindparam("scan_rows")).subquery("walk")
     newer = aliased(_M)
     later_in_view = (
         exists()
@@ -276,27 +294,131 @@ def _build(kind: str, shape: tuple[Any, ...], after: bool, floor: bool) -> Selec
     )
     query: Select[Any] = (
         select(
-            type_coerce(at, Text).label("sort_at"),
-            mid,
+            type_coerce(entries.c.at, Text).label("sort_at"),
+            entries.c.mid,
             _M.thread_id,
             _M.account_id,
             _M.subject,
             _M.snippet,
             type_coerce(_M.date, Text).label("date"),
         )
-        .select_from(_L if drive == "folder" else _T)
-        .join(_M, _M.id == mid)
-        .where(driving, _M.thread_id.is_not(None), *_in_view(_M, shape), not_(later_in_view))
+        .select_from(entries)
+        .join(_M, _M.id == entries.c.mid)
+        .where(_M.thread_id.is_not(None), *_in_view(_M, shape), not_(later_in_view))
     )
     if drive != "folder":
         query = query.where(
             _M.account_id.in_(bindparam("accounts", expanding=True)), _in_folders(_M)
         )
-    if floor:
-        query = query.where(key >= tuple_(_at("floor_at"), _id("floor_id")))
-    if after:
-        query = query.where(key < tuple_(_at("pos_at"), _id("pos_id")))
-    return query.order_by(*newest_first).limit(bindparam("lim"))
+    return query.order_by(entries.c.at.desc(), entries.c.mid.desc()).limit(bindparam("lim"))
+
+
+def _scope_statement(viewer: Viewer, team: bool, named: bool, by_id: bool) -> Select[Any]:
+    """The accounts of a view with the viewer's access and their folders of the view (an
+    outer join: an account without one is still in scope, e.g. for ``?account=``)."""
+    visible = visible_accounts(viewer)
+    chosen = FolderRow.id == bindparam("folder", type_=BigInteger()) if by_id else (
+        FolderRow.role == bindparam("folder", type_=Text())
+    )  # fmt: skip
+    query = (
+        select(AccountRow.id, AccountRow.name, visible.c.access, FolderRow.id)
+        .join(visible, visible.c.account_id == AccountRow.id)
+        .outerjoin(FolderRow, and_(FolderRow.account_id == AccountRow.id, chosen))
+    )
+    if team:
+        query = query.where(AccountRow.team_id == bindparam("team_id", type_=BigInteger()))
+    elif not named:
+        query = query.where(
+            AccountRow.owner_id == bindparam(VIEWER_ID), AccountRow.team_id.is_(None)
+        )
+    if named:
+        query = query.where(AccountRow.name == bindparam("account", type_=Text()))
+    return query.order_by(AccountRow.id, FolderRow.id)
+
+
+@dataclass(slots=True)
+class _Details:
+    subject: str
+    messages: int
+    unread: int
+    starred: bool
+    attachments: bool
+    participants: list[AddressView] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
+
+def _per_thread(aggregate: Any) -> Any:
+    return aggregate.over(partition_by=_M.thread_id)
+
+
+def _details_statement() -> Select[Any]:
+    """Per live message of the threads (``threads``, expanding), newest first and at most
+    ``PARTICIPANT_MESSAGES`` a thread: its From and To, and its thread's counts and marks
+    (window aggregates over all the thread's live messages), and on its first row the
+    thread's subject. Deleted and gone messages do not count."""
+    threads: Any = bindparam("threads", expanding=True)
+    one = literal(1)
+    ranked = (
+        select(
+            _M.thread_id,
+            _M.from_name,
+            _M.from_email,
+            cast(_M.to_addrs, Text).label("to_addrs"),
+            func.count().over(partition_by=_M.thread_id).label("n"),
+            func.sum(case((_flag(_M.flags, "Seen"), 0), else_=one))
+            .over(partition_by=_M.thread_id)
+            .label("unread"),
+            func.max(case((_flag(_M.flags, "Flagged"), one), else_=0))
+            .over(partition_by=_M.thread_id)
+            .label("star"),
+            func.max(case((_has_attachment(_M), one), else_=0))
+            .over(partition_by=_M.thread_id)
+            .label("att"),
+            func.row_number()
+            .over(partition_by=_M.thread_id, order_by=(_M.sort_at.desc(), _M.id.desc()))
+            .label("rank"),
+        )
+        .where(_M.thread_id.in_(threads), _M.state != "deleted", _M.gone_from_mailbox_at.is_(None))
+        .subquery("ranked")
+    )
+    c = ranked.c
+    subject = select(ThreadRow.subject).where(ThreadRow.id == c.thread_id).scalar_subquery()
+    return (
+        select(
+            c.thread_id,
+            c.from_name,
+            c.from_email,
+            c.to_addrs,
+            c.n,
+            c.unread,
+            c.star,
+            c.att,
+            case((c.rank == 1, subject), else_=None),
+        )
+        .where(c.rank <= PARTICIPANT_MESSAGES)
+        .order_by(c.thread_id, c.rank)
+    )
+
+
+def _chips_statement() -> Select[Any]:
+    """The contacts and deals the threads' (``threads``) messages are linked to, by name."""
+    threads: Any = bindparam("threads", expanding=True)
+    first_address = (
+        select(func.min(ContactEmailRow.address))
+        .where(ContactEmailRow.contact_id == ContactRow.id)
+        .scalar_subquery()
+    )
+    contact_name = func.coalesce(func.nullif(ContactRow.name, ""), first_address, "")
+    return (
+        select(_M.thread_id, _T.target_kind, _T.target_id, contact_name, DealRow.name)
+        .select_from(_M)
+        .join(_T, _T.message_id == _M.id)
+        .outerjoin(ContactRow, and_(_T.target_kind == "contact", ContactRow.id == _T.target_id))
+        .outerjoin(DealRow, and_(_T.target_kind == "deal", DealRow.id == _T.target_id))
+        .where(_M.thread_id.in_(threads), _T.target_kind.in_(("contact", "deal")))
+        .distinct()
+        .order_by(_M.thread_id, _T.target_kind, _T.target_id)
+    )
 
 
 class InboxQueries:
@@ -310,11 +432,11 @@ class InboxQueries:
         self.scan_rows = scan_rows
         self._statements: dict[tuple[Any, ...], Select[Any]] = {}
 
-    def _statement(self, kind: str, shape: tuple[Any, ...], after: bool, floor: bool) -> Any:
-        key = (kind, shape, after, floor)
+    def _statement(self, kind: str, shape: tuple[Any, ...], after: bool) -> Any:
+        key = (kind, shape, after)
         found = self._statements.get(key)
         if found is None:
-            found = self._statements[key] = _build(kind, shape, after, floor)
+            found = self._statements[key] = _build(kind, shape, after)
         return found
 
     # -- who and where -----------------------------------------------------------------------
@@ -325,25 +447,44 @@ class InboxQueries:
         *,
         team_id: int | None = None,
         account: str | None = None,
+        folder: str | None = None,
     ) -> list[ScopeAccount]:
-        """The accounts of a view, by the visibility rule: the team's inbox accounts
+        """The accounts of a view, by the visibility rule, with their folders of the view
+        (``folder``: a folder id, or a role; default ``inbox``): the team's inbox accounts
         (``team_id``) or the viewer's own personal ones; ``account`` narrows either to one
-        (NotFound when the viewer may not see it, as for no such account)."""
-        visible = visible_accounts(viewer)
-        query = select(AccountRow.id, AccountRow.name, visible.c.access).join(
-            visible, visible.c.account_id == AccountRow.id
-        )
-        if team_id is not None:
-            query = query.where(AccountRow.team_id == team_id)
-        elif account is None:
-            query = query.where(AccountRow.owner_id == viewer.id, AccountRow.team_id.is_(None))
-        if account is not None:
-            query = query.where(AccountRow.name == account)
+        (NotFound when the viewer may not see it, as for no such account). One statement."""
+        text = (folder or "inbox").strip().lower()
+        by_id = text.isascii() and text.isdigit()
+        if not by_id and text not in FOLDER_ROLES:
+            raise ConfigError(
+                f"folder must be a folder id or one of {', '.join(FOLDER_ROLES)}; got {folder!r}"
+            )
+        if by_id and int(text) >= 2**63:
+            raise NotFound(f"no folder {text} in this inbox")
+        kind = (viewer_kind(viewer), team_id is not None, account is not None, by_id)
+        query = self._statements.get(("scope", kind))
+        if query is None:
+            query = self._statements[("scope", kind)] = _scope_statement(viewer, *kind[1:])
+        params: dict[str, Any] = {
+            **viewer_params(viewer),
+            "team_id": team_id,
+            "account": account,
+            "folder": int(text) if by_id else text,
+        }
         with self._read.connect() as conn:
-            rows = conn.execute(query.order_by(AccountRow.id), viewer_params(viewer)).all()
+            rows = conn.execute(query, params).all()
         if account is not None and not rows:
             raise NotFound(f"no account named {account!r}")
-        return [ScopeAccount(int(i), str(n), str(a) == "full") for i, n, a in rows]
+        folders: dict[int, list[int]] = {}
+        found: dict[int, tuple[str, bool]] = {}
+        for account_id, name, access, folder_id in rows:
+            found[int(account_id)] = (str(name), str(access) == "full")
+            folders.setdefault(int(account_id), [])
+            if folder_id is not None:
+                folders[int(account_id)].append(int(folder_id))
+        if by_id and not any(folders.values()):
+            raise NotFound(f"no folder {text} in this inbox")
+        return [ScopeAccount(i, name, full, tuple(folders[i])) for i, (name, full) in found.items()]
 
     # -- the page ------------------------------------------------------------------------------
 
@@ -368,23 +509,6 @@ class InboxQueries:
             self._read, lambda conn: self._page(conn, accounts, filters, limit, position)
         )
 
-    def _folders(
-        self, conn: Connection, accounts: Sequence[ScopeAccount], folder: str | None
-    ) -> list[int]:
-        ids = [a.id for a in accounts]
-        query = select(FolderRow.id).where(FolderRow.account_id.in_(ids))
-        text = (folder or "inbox").strip().lower()
-        if text.isascii() and text.isdigit():
-            found = conn.scalars(query.where(FolderRow.id == int(text))).all()
-            if not found:
-                raise NotFound(f"no folder {text} in this inbox")
-            return [int(f) for f in found]
-        if text not in FOLDER_ROLES:
-            raise ConfigError(
-                f"folder must be a folder id or one of {', '.join(FOLDER_ROLES)}; got {folder!r}"
-            )
-        return [int(f) for f in conn.scalars(query.where(FolderRow.role == text)).all()]
-
     def _page(
         self,
         conn: Connection,
@@ -393,7 +517,7 @@ class InboxQueries:
         limit: int,
         position: tuple[datetime, int] | None,
     ) -> InboxPage:
-        folders = self._folders(conn, accounts, filters.folder)
+        folders = [f for a in accounts for f in a.folders]
         if not folders:
             return InboxPage(threads=[], next_cursor=None)
         drive: _Drive = (
@@ -425,20 +549,23 @@ class InboxQueries:
         want = limit + 1
         for source in sources:
             run = {**params, "drive_id": source}
-            last = conn.execute(
-                self._statement("scan", shape, position is not None, False),
-                {**run, "skip": self.scan_rows - 1},
-            ).first()
-            floor = None if last is None else (_required(last[0]), int(last[1]))
-            if floor is not None:
-                run.update(floor_at=floor[0], floor_id=floor[1])
             rows = conn.execute(
-                self._statement("page", shape, position is not None, floor is not None),
-                {**run, "lim": want},
+                self._statement("page", shape, position is not None),
+                {**run, "lim": want, "scan_rows": self.scan_rows},
             ).all()
             found = [_candidate(r) for r in rows]
             candidates.extend(found)
-            bound = found[-1].key if len(found) == want else floor
+            bound: tuple[datetime, int] | None
+            if len(found) == want:
+                bound = found[-1].key  # more may follow: known complete down to here
+            else:
+                # Short: the walk ended, or it examined as many entries as a page may and
+                # the rest lies after the last of them.
+                last = conn.execute(
+                    self._statement("scan", shape, position is not None),
+                    {**run, "skip": self.scan_rows - 1},
+                ).first()
+                bound = None if last is None else (_required(last[0]), int(last[1]))
             if bound is not None and (complete_to is None or bound > complete_to):
                 complete_to = bound
         candidates.sort(key=lambda c: c.key, reverse=True)
@@ -469,20 +596,12 @@ class InboxQueries:
             return []
         ids = [c.thread_id for c in chosen]
         by_account = {a.id: a for a in accounts}
-        counts = {
-            int(tid): (str(subject or ""), int(n), int(unread or 0), bool(starred), bool(att))
-            for tid, subject, n, unread, starred, att in conn.execute(
-                self._details("counts"), {"threads": ids}
-            )
-        }
-        participants = self._participants(conn, ids)
+        details = self._details(conn, ids)
         full_ids = [c.thread_id for c in chosen if by_account[c.account_id].full]
         chips = self._chips(conn, full_ids) if full_ids else {}
         out = []
         for c in chosen:
-            subject, n, unread, starred, attachment = counts.get(
-                c.thread_id, (c.subject, 0, 0, False, False)
-            )
+            found = details.get(c.thread_id)
             account = by_account[c.account_id]
             contacts, deals = chips.get(c.thread_id, ((), ()))
             out.append(
@@ -490,12 +609,14 @@ class InboxQueries:
                     thread_id=c.thread_id,
                     account_id=account.id,
                     account=account.name,
-                    subject=subject or c.subject,
-                    message_count=n,
-                    unread_count=unread,
-                    starred=starred,
-                    has_attachments=attachment if account.full else None,
-                    participants=participants.get(c.thread_id, ()),
+                    subject=(found.subject if found else "") or c.subject,
+                    message_count=found.messages if found else 0,
+                    unread_count=found.unread if found else 0,
+                    starred=found.starred if found else False,
+                    has_attachments=(found.attachments if found else False)
+                    if account.full
+                    else None,
+                    participants=tuple(found.participants) if found else (),
                     latest_message_id=c.message_id,
                     latest_at=c.sort_at,
                     date=c.date,
@@ -507,86 +628,39 @@ class InboxQueries:
             )
         return out
 
-    def _details(self, what: str) -> Any:
+    def _statement_of(self, what: str) -> Any:
         found = self._statements.get(("details", what))
-        if found is not None:
-            return found
-        threads: Any = bindparam("threads", expanding=True)
-        live = (_M.thread_id.in_(threads), _M.state != "deleted", _M.gone_from_mailbox_at.is_(None))
-        if what == "counts":
-            one = literal(1)
-            found = (
-                select(
-                    ThreadRow.id,
-                    ThreadRow.subject,
-                    func.count(_M.id),
-                    func.sum(case((_flag(_M.flags, "Seen"), 0), else_=one)),
-                    func.max(case((_flag(_M.flags, "Flagged"), one), else_=0)),
-                    func.max(case((_has_attachment(_M), one), else_=0)),
-                )
-                .join(_M, _M.thread_id == ThreadRow.id)
-                .where(*live)
-                .group_by(ThreadRow.id, ThreadRow.subject)
+        if found is None:
+            found = self._statements[("details", what)] = (
+                _details_statement() if what == "details" else _chips_statement()
             )
-        elif what == "participants":
-            ranked = (
-                select(
-                    _M.thread_id,
-                    _M.from_name,
-                    _M.from_email,
-                    cast(_M.to_addrs, Text).label("to_addrs"),
-                    func.row_number()
-                    .over(partition_by=_M.thread_id, order_by=(_M.sort_at.desc(), _M.id.desc()))
-                    .label("rank"),
-                )
-                .where(*live)
-                .subquery()
-            )
-            c = ranked.c
-            found = (
-                select(c.thread_id, c.from_name, c.from_email, c.to_addrs)
-                .where(c.rank <= PARTICIPANT_MESSAGES)
-                .order_by(c.thread_id, c.rank)
-            )
-        else:
-            first_address = (
-                select(func.min(ContactEmailRow.address))
-                .where(ContactEmailRow.contact_id == ContactRow.id)
-                .scalar_subquery()
-            )
-            contact_name = func.coalesce(func.nullif(ContactRow.name, ""), first_address, "")
-            found = (
-                select(_M.thread_id, _T.target_kind, _T.target_id, contact_name, DealRow.name)
-                .select_from(_M)
-                .join(_T, _T.message_id == _M.id)
-                .outerjoin(
-                    ContactRow, and_(_T.target_kind == "contact", ContactRow.id == _T.target_id)
-                )
-                .outerjoin(DealRow, and_(_T.target_kind == "deal", DealRow.id == _T.target_id))
-                .where(_M.thread_id.in_(threads), _T.target_kind.in_(("contact", "deal")))
-                .distinct()
-                .order_by(_M.thread_id, _T.target_kind, _T.target_id)
-            )
-        self._statements[("details", what)] = found
         return found
 
-    def _participants(self, conn: Connection, ids: list[int]) -> dict[int, tuple[AddressView, ...]]:
-        found: dict[int, list[AddressView]] = {}
-        seen: dict[int, set[str]] = {}
-        for tid, from_name, from_email, to_text in conn.execute(
-            self._details("participants"), {"threads": ids}
-        ):
-            people = found.setdefault(int(tid), [])
-            known = seen.setdefault(int(tid), set())
-            addresses = [(from_name, from_email)] + [
-                (a.get("name"), a.get("email")) for a in json.loads(to_text or "[]") or ()
-            ]
-            for name, email in addresses:
-                if not email or email.lower() in known or len(people) >= MAX_PARTICIPANTS:
-                    continue
-                known.add(email.lower())
-                people.append(AddressView(name or None, email))
-        return {tid: tuple(people) for tid, people in found.items()}
+    def _details(self, conn: Connection, ids: list[int]) -> dict[int, _Details]:
+        """Counts, marks, subject and participants of the threads ``ids``: one statement."""
+        out: dict[int, _Details] = {}
+        rows = conn.execute(self._statement_of("details"), {"threads": ids}).all()
+        addresses = _json_values([r[3] for r in rows])
+        for row, to in zip(rows, addresses, strict=True):
+            tid, from_name, from_email, _, n, unread, starred, attachments, subject = row
+            found = out.get(int(tid))
+            if found is None:
+                found = out[int(tid)] = _Details(
+                    subject=str(subject or ""),
+                    messages=int(n),
+                    unread=int(unread or 0),
+                    starred=bool(starred),
+                    attachments=bool(attachments),
+                )
+            pairs = [(from_name, from_email)]
+            pairs += [(a.get("name"), a.get("email")) for a in to or ()]
+            for name, email in pairs:
+                if len(found.participants) >= MAX_PARTICIPANTS:
+                    break
+                if email and email.lower() not in found.seen:
+                    found.seen.add(email.lower())
+                    found.participants.append(AddressView(name or None, email))
+        return out
 
     def _chips(
         self, conn: Connection, ids: list[int]
@@ -594,7 +668,7 @@ class InboxQueries:
         contacts: dict[int, list[LinkChip]] = {}
         deals: dict[int, list[LinkChip]] = {}
         for tid, kind, target, contact_name, deal_name in conn.execute(
-            self._details("chips"), {"threads": ids}
+            self._statement_of("chips"), {"threads": ids}
         ):
             into = contacts if kind == "contact" else deals
             chips = into.setdefault(int(tid), [])

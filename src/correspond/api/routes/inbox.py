@@ -127,7 +127,9 @@ def personal_inbox(request: Request, user: CurrentUser, view: ViewQuery) -> Resp
     number of messages: with a narrow filter it may hold fewer than ``limit`` threads, or
     none, and still carry a ``next_cursor``."""
     queries = _queries(request)
-    return _answer(queries, queries.scope(user, account=view.account), view)
+    return _answer(
+        queries, queries.scope(user, account=view.account, folder=view.filters.folder), view
+    )
 
 
 @router.get(
@@ -137,4 +139,8 @@ def team_inbox(team_id: TeamId, request: Request, user: CurrentUser, view: ViewQ
     """The team's inbox: threads of the team's inbox accounts (a member of the team, or an
     admin), as ``GET /inbox``; ``account`` narrows it to one of them."""
     queries = _queries(request)
-    return _answer(queries, queries.scope(user, team_id=team_id, account=view.account), view)
+    return _answer(
+        queries,
+        queries.scope(user, team_id=team_id, account=view.account, folder=view.filters.folder),
+        view,
+    )
