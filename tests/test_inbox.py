@@ -119,7 +119,7 @@ def test_threads_counts_unread_participants_and_filters(app: FastAPI, admin: Tes
     owner = user_client(app, OWNER)
     box = Mailbox(app, "mine", OWNER)
     t1, t2, t3, t4, t5, t6 = (box.thread(f"thread {n}") for n in range(1, 7))
-    box.message(t1, 10, "inbox")
+    m1 = box.message(t1, 10, "inbox")
     box.message(t1, 20, "sent", sender="mine@example.test")
     m3 = box.message(
         t1, 30, "inbox", sender="bob@client.test", flags=("\\Flagged",), attachment=True
@@ -189,6 +189,12 @@ def test_threads_counts_unread_participants_and_filters(app: FastAPI, admin: Tes
     # A contact without a name shows as its address.
     assert linked[t1]["contacts"] == [{"id": bob["id"], "name": "bob@client.test"}]
     assert _threads(owner, contact_id=cat["id"]) == [t2]
+    # A thread is placed by its newest message linked to the contact, whatever came after.
+    ann = admin.post("/contacts", json={"name": "Ann", "emails": ["ann@client.test"]}).json()
+    LinkerStore(app.state.crm.engine, LinkPolicy()).run_until_idle()
+    anns = owner.get("/inbox", params={"contact_id": ann["id"]}).json()["threads"]
+    assert [(t["thread_id"], t["latest_message_id"]) for t in anns] == [(t6, m10), (t1, m1)]
+    assert _threads(owner, contact_id=ann["id"], folder="archive") == [t4]
     assert _threads(owner, deal_id=deal["id"]) == [t2]
     assert _threads(owner, contact_id=bob["id"], unread=False) == []  # m3 is unread
     assert _threads(owner, contact_id=bob["id"], folder="inbox") == [t1]

@@ -255,6 +255,20 @@ def _in_view(m: Any, shape: tuple[Any, ...]) -> list[ColumnElement[bool]]:
     return terms
 
 
+def _with_drive(shape: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``shape`` with the driving record's link as a filter (the walk implies it for the
+    message it reads, not for the others of its thread)."""
+    drive, unread, starred, attachment, contact, deal = shape
+    return (
+        drive,
+        unread,
+        starred,
+        attachment,
+        contact or drive == "contact",
+        deal or drive == "deal",
+    )
+
+
 def _in_folders(m: Any) -> ColumnElement[bool]:
     loc = aliased(_L)
     return exists().where(
@@ -287,7 +301,9 @@ def _build(kind: str, shape: tuple[Any, ...], after: bool) -> Select[Any]:
         .where(
             newer.thread_id == _M.thread_id,
             tuple_(newer.sort_at, newer.id) > tuple_(_M.sort_at, _M.id),
-            *_in_view(newer, shape),
+            # A newer message shadows this one only when it is in the view too: linked to
+            # the record the walk is driven by as well.
+            *_in_view(newer, _with_drive(shape)),
             _in_folders(newer),
         )
         .correlate(_M)
