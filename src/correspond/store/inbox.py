@@ -50,6 +50,7 @@ from sqlalchemy import (
     Select,
     Text,
     and_,
+    any_,
     bindparam,
     case,
     cast,
@@ -61,6 +62,7 @@ from sqlalchemy import (
     tuple_,
     type_coerce,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import aliased
 
 from correspond.errors import ConfigError, NotFound
@@ -367,12 +369,19 @@ def _per_thread(aggregate: Any) -> Any:
     return aggregate.over(partition_by=_M.thread_id)
 
 
-def _details_statement() -> Select[Any]:
+def _among_threads(postgres: bool) -> ColumnElement[bool]:
+    """``messages.thread_id`` is one of the page's threads (``threads``): on PostgreSQL one
+    array parameter (``= ANY``), not fifty binds rendered, adapted and planned apart."""
+    if postgres:
+        return _M.thread_id == any_(bindparam("threads", type_=postgresql.ARRAY(BigInteger())))
+    return _M.thread_id.in_(bindparam("threads", expanding=True))
+
+
+def _details_statement(postgres: bool) -> Select[Any]:
     """Per live message of the threads (``threads``, expanding), newest first and at most
     ``PARTICIPANT_MESSAGES`` a thread: its From and To, and its thread's counts and marks
     (window aggregates over all the thread's live messages), and on its first row the
     thread's subject. Deleted and gone messages do not count."""
-    threads: Any = bindparam("threads", expanding=True)
     one = literal(1)
     ranked = (
         select(
@@ -394,7 +403,7 @@ def _details_statement() -> Select[Any]:
             .over(partition_by=_M.thread_id, order_by=(_M.sort_at.desc(), _M.id.desc()))
             .label("rank"),
         )
-        .where(_M.thread_id.in_(threads), _M.state != "deleted", _M.gone_from_mailbox_at.is_(None))
+        .where(_among_threads(postgres), _M.state != "deleted", _M.gone_from_mailbox_at.is_(None))
         .subquery("ranked")
     )
     c = ranked.c
@@ -416,9 +425,8 @@ def _details_statement() -> Select[Any]:
     )
 
 
-def _chips_statement() -> Select[Any]:
+def _chips_statement(postgres: bool) -> Select[Any]:
     """The contacts and deals the threads' (``threads``) messages are linked to, by name."""
-    threads: Any = bindparam("threads", expanding=True)
     first_address = (
         select(func.min(ContactEmailRow.address))
         .where(ContactEmailRow.contact_id == ContactRow.id)
@@ -431,7 +439,7 @@ def _chips_statement() -> Select[Any]:
         .join(_T, _T.message_id == _M.id)
         .outerjoin(ContactRow, and_(_T.target_kind == "contact", ContactRow.id == _T.target_id))
         .outerjoin(DealRow, and_(_T.target_kind == "deal", DealRow.id == _T.target_id))
-        .where(_M.thread_id.in_(threads), _T.target_kind.in_(("contact", "deal")))
+        .where(_among_threads(postgres), _T.target_kind.in_(("contact", "deal")))
         .distinct()
         .order_by(_M.thread_id, _T.target_kind, _T.target_id)
     )
@@ -444,6 +452,7 @@ class InboxQueries:
         if scan_rows < 1:
             raise ConfigError("scan_rows must be at least 1")
         self.engine = engine
+        self.postgres = engine.dialect.name == "postgresql"
         self._read = reading_engine(engine)
         self.scan_rows = scan_rows
         self._statements: dict[tuple[Any, ...], Select[Any]] = {}
@@ -648,7 +657,9 @@ class InboxQueries:
         found = self._statements.get(("details", what))
         if found is None:
             found = self._statements[("details", what)] = (
-                _details_statement() if what == "details" else _chips_statement()
+                _details_statement(self.postgres)
+                if what == "details"
+                else _chips_statement(self.postgres)
             )
         return found
 
