@@ -278,11 +278,14 @@ def _in_folders(m: Any) -> ColumnElement[bool]:
     )
 
 
-def _build(kind: str, shape: tuple[Any, ...], after: bool) -> Select[Any]:
+def _build(kind: str, shape: tuple[Any, ...], after: bool, floor: bool | None) -> Select[Any]:
     """The statements that walk one driving index (``shape[0]``): ``scan`` finds the last
     entry a page may examine (``skip`` entries on); ``page`` reads the latest-in-view
-    messages among the next ``scan_rows`` entries (a LIMIT-ed subquery both backends read
-    lazily: a page that fills early reads no further)."""
+    messages among the next ``scan_rows`` entries. On PostgreSQL (``floor`` None) those are
+    a LIMIT-ed subquery, read lazily: a page that fills early reads no further. SQLite
+    materialises such a subquery (all ``scan_rows`` entries, then a sort), so there the page
+    walks the index itself down to ``floor_at``/``floor_id`` (``floor``: the scan step found
+    one) and stops at ``lim``."""
     drive: _Drive = shape[0]
     if drive == "folder":
         at, mid = _L.sort_at, _L.message_id
@@ -296,7 +299,12 @@ def _build(kind: str, shape: tuple[Any, ...], after: bool) -> Select[Any]:
     walk = walk.order_by(at.desc(), mid.desc())
     if kind == "scan":
         return walk.offset(bindparam("skip")).limit(1)
-    entries = walk.limit(bindparam("scan_rows")).subquery("walk")
+    if floor is None:
+        entries = walk.limit(bindparam("scan_rows")).subquery("walk")
+    else:
+        if floor:
+            walk = walk.where(tuple_(at, mid) >= tuple_(_at("floor_at"), _id("floor_id")))
+        entries = walk.subquery("walk")
     newer = aliased(_M)
     later_in_view = (
         exists()
@@ -457,11 +465,13 @@ class InboxQueries:
         self.scan_rows = scan_rows
         self._statements: dict[tuple[Any, ...], Select[Any]] = {}
 
-    def _statement(self, kind: str, shape: tuple[Any, ...], after: bool) -> Any:
-        key = (kind, shape, after)
+    def _statement(
+        self, kind: str, shape: tuple[Any, ...], after: bool, floor: bool | None = None
+    ) -> Any:
+        key = (kind, shape, after, floor)
         found = self._statements.get(key)
         if found is None:
-            found = self._statements[key] = _build(kind, shape, after)
+            found = self._statements[key] = _build(kind, shape, after, floor)
         return found
 
     # -- who and where -----------------------------------------------------------------------
@@ -572,25 +582,35 @@ class InboxQueries:
         # How far down every walk is known complete: nothing above it is missing.
         complete_to: tuple[datetime, int] | None = None
         want = limit + 1
+        after = position is not None
         for source in sources:
-            run = {**params, "drive_id": source}
-            rows = conn.execute(
-                self._statement("page", shape, position is not None),
-                {**run, "lim": want, "scan_rows": self.scan_rows},
-            ).all()
+            run = {**params, "drive_id": source, "lim": want, "scan_rows": self.scan_rows}
+            scan = {**run, "skip": self.scan_rows - 1}
+            last: tuple[datetime, int] | None = None
+            if self.postgres:
+                rows = conn.execute(self._statement("page", shape, after), run).all()
+            else:
+                # SQLite: where the walk must stop first, then the page down to there.
+                found_last = conn.execute(self._statement("scan", shape, after), scan).first()
+                if found_last is not None:
+                    last = _key(found_last)
+                    run.update(floor_at=last[0], floor_id=last[1])
+                page = self._statement("page", shape, after, last is not None)
+                rows = conn.execute(page, run).all()
             found = [_candidate(r) for r in rows]
             candidates.extend(found)
             bound: tuple[datetime, int] | None
             if len(found) == want:
                 bound = found[-1].key  # more may follow: known complete down to here
+            elif not self.postgres:
+                bound = last
             else:
                 # Short: the walk ended, or it examined as many entries as a page may and
                 # the rest lies after the last of them.
-                last = conn.execute(
-                    self._statement("scan", shape, position is not None),
-                    {**run, "skip": self.scan_rows - 1},
-                ).first()
-                bound = None if last is None else (_required(last[0]), int(last[1]))
+                found_last = conn.execute(self._statement("scan", shape, after), scan).first()
+                bound = (
+                    None if found_last is None else (_required(found_last[0]), int(found_last[1]))
+                )
             if bound is not None and (complete_to is None or bound > complete_to):
                 complete_to = bound
         candidates.sort(key=lambda c: c.key, reverse=True)
@@ -710,6 +730,10 @@ class InboxQueries:
 
 def _required(value: datetime | str) -> datetime:
     return _when(value)
+
+
+def _key(row: Any) -> tuple[datetime, int]:
+    return (_required(row[0]), int(row[1]))
 
 
 def _maybe(value: datetime | str | None) -> datetime | None:
