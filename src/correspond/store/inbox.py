@@ -59,6 +59,7 @@ from sqlalchemy import (
     literal,
     not_,
     select,
+    true,
     tuple_,
     type_coerce,
 )
@@ -93,6 +94,7 @@ from correspond.store.visibility import (
 
 __all__ = [
     "DEFAULT_INBOX_PAGE",
+    "LINKS_PER_MESSAGE",
     "MAX_CHIPS",
     "MAX_INBOX_PAGE",
     "MAX_PARTICIPANTS",
@@ -112,6 +114,8 @@ MAX_PARTICIPANTS = 10
 PARTICIPANT_MESSAGES = 20
 #: Contact chips and deal chips shown per thread (each).
 MAX_CHIPS = 10
+#: Links of one message read for its thread's chips (PostgreSQL).
+LINKS_PER_MESSAGE = 50
 
 _M = MessageRow
 _L = MessageLocationRow
@@ -434,23 +438,48 @@ def _details_statement(postgres: bool) -> Select[Any]:
 
 
 def _chips_statement(postgres: bool) -> Select[Any]:
-    """The contacts and deals the threads' (``threads``) messages are linked to, by name."""
+    """The contacts and deals the threads' (``threads``) messages are linked to, by name.
+
+    The page's messages come first and each looks up its own links (the unique index on
+    ``timeline_links (message_id, target_kind, target_id)``): on PostgreSQL through a
+    LATERAL subquery, as its planner would otherwise hash-join a sequential scan of every
+    link (6.7 ms with 10,000 links, growing with them); SQLite does that lookup by itself."""
     first_address = (
         select(func.min(ContactEmailRow.address))
         .where(ContactEmailRow.contact_id == ContactRow.id)
         .scalar_subquery()
     )
     contact_name = func.coalesce(func.nullif(ContactRow.name, ""), first_address, "")
-    return (
-        select(_M.thread_id, _T.target_kind, _T.target_id, contact_name, DealRow.name)
-        .select_from(_M)
-        .join(_T, _T.message_id == _M.id)
-        .outerjoin(ContactRow, and_(_T.target_kind == "contact", ContactRow.id == _T.target_id))
-        .outerjoin(DealRow, and_(_T.target_kind == "deal", DealRow.id == _T.target_id))
-        .where(_among_threads(postgres), _T.target_kind.in_(("contact", "deal")))
-        .distinct()
-        .order_by(_M.thread_id, _T.target_kind, _T.target_id)
+    kinds = ("contact", "deal")
+    links: Any
+    thread_id: Any
+    kind: Any
+    target: Any
+    if postgres:
+        page = select(_M.id, _M.thread_id).where(_among_threads(True)).subquery("page")
+        found = (
+            select(_T.target_kind, _T.target_id)
+            .where(_T.message_id == page.c.id, _T.target_kind.in_(kinds))
+            # The LIMIT (a bound too) keeps PostgreSQL from pulling the subquery up into a
+            # plain join, which it would hash.
+            .limit(LINKS_PER_MESSAGE)
+            .lateral("found")
+        )
+        thread_id = page.c.thread_id
+        links = page.join(found, true())
+        kind, target = found.c.target_kind, found.c.target_id
+    else:
+        links = _M.__table__.join(_T.__table__, _T.message_id == _M.id)
+        thread_id, kind, target = _M.thread_id, _T.target_kind, _T.target_id
+    query = (
+        select(thread_id, kind, target, contact_name, DealRow.name)
+        .select_from(links)
+        .outerjoin(ContactRow, and_(kind == "contact", ContactRow.id == target))
+        .outerjoin(DealRow, and_(kind == "deal", DealRow.id == target))
     )
+    if not postgres:
+        query = query.where(_among_threads(False), _T.target_kind.in_(kinds))
+    return query.distinct().order_by(thread_id, kind, target)
 
 
 class InboxQueries:
