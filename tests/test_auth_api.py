@@ -65,8 +65,10 @@ OWN_THINGS = {
     ("GET", "/notifications/stream"),
     ("GET", "/webhooks"),
     ("POST", "/webhooks"),
-    # Search answers from the caller's own accounts only (checked after the walk).
+    # Search and the personal inbox answer from the caller's own accounts only (checked
+    # after the walk).
     ("GET", "/search"),
+    ("GET", "/inbox"),
 }
 # Routes for admins only that name nothing: a member gets 403 (there is nothing to hide).
 ADMIN_ONLY = {("POST", "/teams")}
@@ -292,6 +294,10 @@ def test_every_route_needs_credentials_and_hides_others_accounts(
     assert admin.get("/search").json()["messages"]
     assert member.get("/search").json() == {"messages": [], "next_cursor": None}
     assert member.get("/search", params={"account": mirror.account}).status_code == 404
+    assert member.get("/inbox").json() == {"threads": [], "next_cursor": None}
+    assert admin.get("/inbox", params={"account": mirror.account}).json()["threads"]
+    hidden = member.get("/inbox", params={"account": mirror.account})
+    assert hidden.status_code == 404 and not any(s in hidden.text for s in private[1:])
     assert all(t["user"] == "member@example.test" for t in member.get("/tokens").json())
     assert member.get("/session").json()["email"] == "member@example.test"
     # The same walk as the owner reaches every GET (the ids were real, not merely unknown).
@@ -436,6 +442,12 @@ def test_another_team_sees_nothing_and_a_metadata_viewer_no_bodies(
     for text in snippets:
         found = teammate.get(f"/accounts/{mirror.account}/messages", params={"q": text})
         assert found.status_code == 200 and found.json()["messages"] == [], text
+    # Its inbox view: threads, counts and participants, no snippet or attachment mark.
+    inbox = teammate.get("/inbox", params={"account": mirror.account})
+    assert inbox.status_code == 200 and inbox.json()["threads"], inbox.text
+    assert not _keys(inbox.json()) & BODY_KEYS
+    assert not any(b in inbox.text for b in bodies)
+    assert outsider.get("/inbox", params={"account": mirror.account}).status_code == 404
     # The lists: the outsider sees nothing of it; the teammate sees it, marked metadata.
     assert outsider.get("/accounts").json() == []
     listed = teammate.get("/accounts").json()

@@ -29,6 +29,7 @@ from correspond.api.routes import (
     crm,
     folders,
     health,
+    inbox,
     messages,
     notifications,
     search,
@@ -55,6 +56,7 @@ from correspond.search import BackgroundIndexer, SearchService
 from correspond.settings import Settings
 from correspond.store import Store, open_store
 from correspond.store.crm import CrmStore
+from correspond.store.inbox import InboxQueries
 from correspond.store.leases import AccountLeases
 from correspond.store.notifications import NotificationStore
 from correspond.store.outbox import OutboxStore
@@ -252,6 +254,7 @@ def create_app(
     app.state.hub = hub
     app.state.webhook_sender = sender
     app.state.search = search_service
+    app.state.inbox = InboxQueries(the_store.engine, scan_rows=settings.message_search_scan_rows)
     app.state.indexer = indexer
     app.add_exception_handler(CorrespondError, _correspond_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -283,6 +286,7 @@ def create_app(
         notifications.router,
         webhooks.router,
         search.router,
+        inbox.router,
     ):
         app.include_router(router, dependencies=signed_in)
     return app

@@ -100,7 +100,8 @@ def fill_messages(
 
     Each message is in INBOX (80%) or Sent (20%); every 50th also has a second location in
     Archive; every 10th has an attachment (metadata only); every 200th has no Date
-    (INTERNALDATE only), every 1000th neither (sorted by when it was stored).
+    (INTERNALDATE only), every 1000th neither (sorted by when it was stored). Two of three
+    are read and one in seven starred (the message's flags and its locations' alike).
     ``THREAD_SIZE`` consecutive messages share a thread.
     """
     if chunk % THREAD_SIZE:
@@ -174,7 +175,7 @@ def fill_messages(
                         "folder_id": fid,
                         "uid": next_uid[fid],
                         "modseq": None,
-                        "flags": ["\\Seen"] if k % 3 else [],
+                        "flags": row["flags"],
                         "created_at": now,
                         "sort_at": row["sort_at"],
                     }
@@ -198,6 +199,11 @@ def fill_messages(
         threads += len(thread_rows)
     _advance_sequences(engine)
     return SyntheticFill(count, locations, threads, first, first + count - 1)
+
+
+def _flags(k: int) -> list[str]:
+    """Two of three messages read, one in seven starred (the same on every location)."""
+    return [*(["\\Flagged"] if k % 7 == 6 else []), *(["\\Seen"] if k % 3 else [])]
 
 
 def _message(
@@ -246,7 +252,7 @@ def _message(
         "snippet": body[:160],
         "text_body": body,
         "html_body": None,
-        "flags": [],
+        "flags": _flags(k),
         "state": "active",
         "direction": "outbound" if k % 5 == 4 else "inbound",
         "size": len(body) + 600,
