@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, event, text, update
 from sqlalchemy.pool import NullPool
 from tests.helpers import authed_client, user_client
 
 from correspond.api import create_app
+from correspond.api.security import ViewAccess
 from correspond.settings import Settings
 from correspond.store import Store
 from correspond.store.tables import ApiTokenRow, utcnow
@@ -195,3 +197,20 @@ def test_the_list_route_is_tried_first_and_the_docs_keep_their_order(app: FastAP
     assert next(iter(spec["paths"])) == "/accounts/{name}/messages"
     tags = [tag["name"] for tag in spec["tags"]]
     assert tags[:7] == ["health", "session", "tokens", "accounts", "sync", "folders", "messages"]
+
+
+def test_view_access_without_authorize_fails_closed() -> None:
+    """view_access reads what authorize left (it no longer depends on it, which made FastAPI
+    solve authorize's tree twice): a route where authorize did not run gets an error, never
+    access."""
+    router = APIRouter()
+
+    @router.get("/accounts/{name}/peek")
+    async def peek(name: str, access: ViewAccess) -> dict[str, str]:
+        return {"level": access.level}
+
+    bare = FastAPI()
+    bare.include_router(router)  # no Depends(authorize)
+    with TestClient(bare, raise_server_exceptions=False) as client:
+        reply = client.get("/accounts/anything/peek")
+    assert reply.status_code == 500 and "level" not in reply.text
