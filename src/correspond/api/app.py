@@ -258,9 +258,10 @@ def create_app(
         allowed_origins=settings.allowed_origins,
         max_body_bytes=settings.max_request_bytes,
     )
-    public = (health.router, auth.session_router)
+    # Public: /health, POST /session (signing in) and the documentation (no data in them).
+    # The token routes check the caller themselves (CurrentUser).
+    own_checks = (health.router, auth.session_router, auth.tokens_router)
     signed_in_routers = (
-        auth.tokens_router,
         accounts.router,
         sync.router,
         folders.router,
@@ -276,14 +277,13 @@ def create_app(
         webhooks.router,
         search.router,
     )
-    # Everything but /health, POST /session (signing in) and the documentation needs a
-    # signed-in user who may see what the path names.
+    # Everything else needs a signed-in user who may see what the path names.
     signed_in = [Depends(authorize)]
     # The message list first: the router tries each route in turn until one matches the
     # path, and the list is the request a client repeats most (~0.15 ms of CPU less than
     # after the ~20 routes before it). No other route's path can match its path.
     app.include_router(messages.account_router, dependencies=signed_in)
-    for router in public:
+    for router in own_checks:
         app.include_router(router)
     for router in signed_in_routers:
         if router is not messages.account_router:
@@ -293,7 +293,7 @@ def create_app(
         {"name": tag}
         for tag in dict.fromkeys(
             str(tag)
-            for router in (*public, *signed_in_routers)
+            for router in (*own_checks, *signed_in_routers)
             for route in router.routes
             for tag in getattr(route, "tags", ())
         )
