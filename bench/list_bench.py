@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             record[name] = {**_time(fn, args.repeat), "items": len(page.items)}
             print(f"{name:20} {record[name]}", flush=True)
         token = _token(settings, store)
+        record["asgi_first_page"] = _asgi(settings, store, token, lim, args.http_repeat)
+        print(f"{'asgi_first_page':20} {record['asgi_first_page']}", flush=True)
         record["http_first_page"] = _http(settings, store, token, lim, args.http_repeat)
         print(f"{'http_first_page':20} {record['http_first_page']}", flush=True)
         record["uvicorn_first_page"] = _uvicorn(args, settings, token, lim, args.http_repeat)
@@ -233,6 +235,62 @@ def _http(settings: Settings, store: Any, token: str, limit: int, repeat: int) -
             ),
             "items": len(first.json()["messages"]),
         }
+
+
+def _asgi(settings: Settings, store: Any, token: str, limit: int, repeat: int) -> dict[str, Any]:
+    """The first page with the app called as an ASGI callable in this process (its thread
+    pool, no server, no HTTP client, no lifespan tasks): the app's own cost, the steadiest
+    figure on a busy machine. CPU is the whole process's, wall and CPU timed per request."""
+    import asyncio
+
+    from correspond.api import create_app
+
+    app = create_app(settings, store=store)
+    path = f"/accounts/{ACCOUNT}/messages"
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": f"limit={limit}".encode(),
+        "root_path": "",
+        "headers": [(b"host", b"localhost"), (b"authorization", f"Bearer {token}".encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8025),
+    }
+
+    async def request() -> bytes:
+        sent: list[Any] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await app({**scope, "state": {}}, receive, send)
+        if sent[0]["status"] != 200:
+            raise RuntimeError(f"status {sent[0]['status']}: {sent[-1].get('body')!r}")
+        return b"".join(m.get("body", b"") for m in sent[1:])
+
+    async def run() -> dict[str, Any]:
+        items = len(json.loads(await request())["messages"])  # warm
+        samples, cpu = [], []
+        for _ in range(repeat):
+            c0, t0 = time.process_time(), time.perf_counter()
+            await request()
+            samples.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        return {
+            **_ms(samples),
+            "cpu_p50_ms": round(statistics.median(cpu) * 1000, 2),
+            "items": items,
+        }
+
+    return asyncio.run(run())
 
 
 def _serve(settings: Settings, port: int) -> int:

@@ -265,12 +265,9 @@ def create_app(
         max_body_bytes=settings.max_request_bytes,
     )
     # Public: /health, POST /session (signing in) and the documentation (no data in them).
-    app.include_router(health.router)
-    app.include_router(auth.session_router)
-    # Everything else needs a signed-in user who may see what the path names.
-    signed_in = [Depends(authorize)]
-    app.include_router(auth.tokens_router)
-    for router in (
+    # The token routes check the caller themselves (CurrentUser).
+    own_checks = (health.router, auth.session_router, auth.tokens_router)
+    signed_in_routers = (
         accounts.router,
         sync.router,
         folders.router,
@@ -287,6 +284,26 @@ def create_app(
         webhooks.router,
         search.router,
         inbox.router,
-    ):
-        app.include_router(router, dependencies=signed_in)
+    )
+    # Everything else needs a signed-in user who may see what the path names.
+    signed_in = [Depends(authorize)]
+    # The message list first: the router tries each route in turn until one matches the
+    # path, and the list is the request a client repeats most (~0.15 ms of CPU less than
+    # after the ~20 routes before it). No other route's path can match its path.
+    app.include_router(messages.account_router, dependencies=signed_in)
+    for router in own_checks:
+        app.include_router(router)
+    for router in signed_in_routers:
+        if router is not messages.account_router:
+            app.include_router(router, dependencies=signed_in)
+    # /docs keeps its sections in the order above, not in the order routes are tried.
+    app.openapi_tags = [
+        {"name": tag}
+        for tag in dict.fromkeys(
+            str(tag)
+            for router in (*own_checks, *signed_in_routers)
+            for route in router.routes
+            for tag in getattr(route, "tags", ())
+        )
+    ]
     return app

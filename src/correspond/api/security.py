@@ -80,7 +80,6 @@ _COOKIE = APIKeyCookie(
 
 def current_user(
     request: Request,
-    auth: AuthDep,
     _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None,
     _cookie: Annotated[str | None, Depends(_COOKIE)] = None,
 ) -> User:
@@ -89,6 +88,9 @@ def current_user(
     The same statement reads the owner of each thing the path names (``request.state.
     path_owners``, by path parameter) for :func:`authorize` to apply the visibility rule to:
     a request's sign-in and visibility checks are one round trip to the database."""
+    # Read here rather than declared (AuthDep): every dependency FastAPI solves costs CPU on
+    # every request, and this one is on all of them.
+    auth: AuthService = request.app.state.auth
     params = _owned_params(request)
     refs = tuple(ref for _, ref in params)
     header = request.headers.get("authorization")
@@ -199,7 +201,7 @@ def _shared_access(auth: AuthService, user: User, ref: PathRef) -> Access:
     return auth.thread_access(user, int(value))
 
 
-async def authorize(request: Request, user: CurrentUser, auth: AuthDep) -> User:
+async def authorize(request: Request, user: CurrentUser) -> User:
     """Check every owned thing the path names against the visibility rule (404 if hidden,
     403 if seen but the route needs more than the caller's access), and what the route needs
     of the caller (``admin``). The caller's access is left in ``request.state.access`` for
@@ -209,6 +211,7 @@ async def authorize(request: Request, user: CurrentUser, auth: AuthDep) -> User:
     the owner, has full access with no further query (the common case: one round trip for
     sign-in and visibility); anyone else is asked of the rule (:mod:`correspond.store.
     visibility`) in one more statement."""
+    auth: AuthService = request.app.state.auth  # not AuthDep: see current_user
     needed = _needed(request)
     owners: dict[str, Owner] = request.state.path_owners
     access = _FULL if user.is_admin else None
@@ -240,12 +243,19 @@ async def authorize(request: Request, user: CurrentUser, auth: AuthDep) -> User:
     return user
 
 
-async def view_access(request: Request, _user: Annotated[User, Depends(authorize)]) -> Access:
-    """The caller's access to what the path names (after :func:`authorize`): a route marked
-    ``metadata`` leaves out bodies, snippets and attachments unless it is ``full``."""
+async def view_access(request: Request) -> Access:
+    """The caller's access to what the path names, as :func:`authorize` (which ``create_app``
+    mounts on every router, and FastAPI solves before the route's own dependencies) left it:
+    a route marked ``metadata`` leaves out bodies, snippets and attachments unless it is
+    ``full``.
+
+    Not ``Depends(authorize)``: FastAPI walks a cached dependency's whole tree again before it
+    looks in its cache (six more dependencies solved per request). Fails closed: where
+    authorize did not run, or the path names no account, this is an error (500), never
+    access."""
     access: Access | None = getattr(request.state, "access", None)
     if access is None:
-        raise RuntimeError("view_access on a route whose path names no account")
+        raise RuntimeError("view_access without authorize, or on a route naming no account")
     return access
 
 

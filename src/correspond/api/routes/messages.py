@@ -24,7 +24,7 @@ from correspond.api.message_schemas import (
     MessagePagePublic,
     MessagePublic,
     ThreadPublic,
-    message_page_public,
+    message_page_json,
     message_public,
     thread_public,
 )
@@ -110,13 +110,12 @@ def list_messages(
         before=before,
         search_bodies=access.full,
     )
-    # Validated once, serialised by pydantic's own JSON writer: returned as a model, FastAPI
-    # would validate it again against the response model and dump it through json.dumps.
-    # exclude_unset: a metadata-only caller's items leave the body fields out, not empty.
-    body = message_page_public(page, full=access.full).model_dump_json(
-        by_alias=True, exclude_unset=True
+    # The response model's JSON written straight from the page (message_page_json): returned
+    # as a model, FastAPI would validate it again and dump it through json.dumps. A
+    # metadata-only caller's items leave the body fields out, not empty.
+    return Response(
+        content=message_page_json(page, full=access.full), media_type="application/json"
     )
-    return Response(content=body, media_type="application/json")
 
 
 @router.get("/{message_id}", response_model=MessagePublic, response_model_exclude_unset=True)
