@@ -122,6 +122,10 @@ DEFAULT_FOLDER_REFRESH_SECONDS = 300.0
 """How often the folder list is re-read while live (created, renamed, deleted folders)."""
 
 
+_CHANGES = (ExistsResponse, ExpungeResponse, FetchResponse, VanishedResponse)
+"""Untagged responses that mean "sync this folder now" (new mail, expunges, flags)."""
+
+
 def default_header_key(raw_header: bytes, gm_msgid: int | None) -> str | None:
     """:func:`default_dedupe`'s key read from a raw header block, when it alone decides it."""
     return header_dedupe_key(raw_header, gm_msgid=gm_msgid)
@@ -649,6 +653,67 @@ class AccountSyncer:
                 for r in late
             ):
                 on_change()
+
+    async def idle_until_change(
+        self,
+        client: ImapClient,
+        folder: Folder,
+        *,
+        wake: Sequence[asyncio.Event],
+        deadline: float | None = None,
+    ) -> bool:
+        """IDLE (RFC 2177) on ``folder`` until the server reports a change (True), one of
+        ``wake`` is set or the loop's clock reaches ``deadline`` (False).
+
+        The one-connection live session (:mod:`correspond.sync.live`) waits here between its
+        commands: a change ends IDLE (DONE) and the caller syncs the folder on the same
+        connection, then comes back. No timer per connection to look at ``wake``: setting one
+        sends DONE at once (:meth:`IdleSession.interrupt`). IDLE is re-issued every
+        ``idle_renew_seconds`` (RFC 2177 §3). The folder must be the selected one (the
+        caller's sync EXAMINEs it); when it is not, this returns True at once.
+        """
+        current = client.selected
+        if current is None or current.name_raw != folder.name_raw:
+            # Selected elsewhere since: what changed meanwhile is unknown, so say "changed"
+            # (the caller's sync selects it). Selecting it here instead would hide a message
+            # that arrived between the caller's last sync and this SELECT.
+            return True
+        loop = asyncio.get_running_loop()
+        while not any(event.is_set() for event in wake):
+            round_end = loop.time() + self.idle_renew_seconds
+            if deadline is not None:
+                if loop.time() >= deadline:
+                    return False
+                round_end = min(round_end, deadline)
+            self.stats.idle_commands[folder.id] = self.stats.idle_commands.get(folder.id, 0) + 1
+            changed = False
+            async with client.idle() as session:
+                waiters = [asyncio.ensure_future(event.wait()) for event in wake]
+
+                def interrupt(_f: object, session: IdleSession = session) -> None:
+                    session.interrupt()
+
+                for waiter in waiters:
+                    waiter.add_done_callback(interrupt)
+                try:
+                    while True:
+                        left = round_end - loop.time()
+                        if left <= 0:
+                            break
+                        response = await session.next(timeout=left)
+                        if response is None:
+                            break  # time to renew or to wake, or the server ended IDLE
+                        if isinstance(response, _CHANGES):
+                            changed = True
+                            break
+                finally:
+                    for waiter in waiters:
+                        waiter.remove_done_callback(interrupt)
+                        waiter.cancel()
+            # Changes reported between DONE and the tagged OK land in the unsolicited queue.
+            if any(isinstance(r, _CHANGES) for r in client.drain_unsolicited()) or changed:
+                return True
+        return False
 
     async def wait_for_inbox_change(
         self, client: ImapClient, inbox: Folder, *, stop: asyncio.Event, timeout: float
