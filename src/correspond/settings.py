@@ -187,8 +187,8 @@ class Settings(BaseSettings):
         default=60.0,
         gt=0,
         le=3600,
-        description="How long live sync keeps an extra connection for new mail after the last "
-        "change (opened when the command connection is busy)",
+        description="Unused since a live account holds one connection (its helper connection "
+        "closes when the work that needed it ends); kept so that existing configs still load",
     )
     # -- notifications and webhooks (docs/ARCHITECTURE.md, "Notifications and webhooks") --
     notify_poll_seconds: float = Field(

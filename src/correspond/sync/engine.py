@@ -210,9 +210,9 @@ class SyncerStats:
 
 
 class AccountSyncer:
-    """Syncs one account: a command connection for backfill and polls, plus an IDLE connection
-    each for INBOX and Sent while live, whose changes are synced on the command connection or,
-    while it is busy, on a spare connection (:mod:`correspond.sync.live`).
+    """Syncs one account: one connection for backfill and polls that IDLEs on INBOX between its
+    commands while live, plus a helper connection watching INBOX while it is busy for long
+    (:mod:`correspond.sync.live`).
 
     Folder syncs are serialised per folder (one :class:`asyncio.Lock` each), so two connections
     never work on the same folder at once.
@@ -221,8 +221,7 @@ class AccountSyncer:
     ``settings.poll_interval_seconds``, else 60), ``folder_refresh_interval`` for LIST (default
     ``settings.folder_refresh_seconds``, else 300), ``selection_check_interval`` for reading the
     user's folder selection from the store when no runner reports changes,
-    ``spare_connection_idle_seconds`` for closing a watcher's extra sync connection (default
-    ``settings.spare_connection_idle_seconds``), ``idle_renew_seconds`` for re-issuing IDLE
+    ``idle_renew_seconds`` for re-issuing IDLE
     (RFC 2177 §3: under 29 minutes), ``backoff_base`` for the first retry ceiling and
     ``backoff_cap`` for the largest (five minutes).
     """
@@ -244,7 +243,6 @@ class AccountSyncer:
         poll_interval: float | None = None,
         folder_refresh_interval: float | None = None,
         selection_check_interval: float = 10.0,
-        spare_connection_idle_seconds: float | None = None,
         idle_renew_seconds: float = IDLE_RENEW_SECONDS,
         backoff_base: float = 1.0,
         backoff_cap: float = BACKOFF_CAP_SECONDS,
@@ -275,11 +273,6 @@ class AccountSyncer:
             else settings.folder_refresh_seconds
         )
         self.selection_check_interval = selection_check_interval
-        self.spare_connection_idle_seconds = float(
-            spare_connection_idle_seconds
-            if spare_connection_idle_seconds is not None
-            else settings.spare_connection_idle_seconds
-        )
         if not 0 < idle_renew_seconds < 29 * 60:
             raise ValueError("IDLE must be re-issued within 29 minutes (RFC 2177 §3)")
         self.idle_renew_seconds = idle_renew_seconds

@@ -1,25 +1,37 @@
 """One connected session of an account: backfill, then live (DESIGN.md "Live").
 
-Connections (DESIGN.md "Scale-out": a few per account, far below provider caps):
+One connection per idle live account (issue 7 §6: at 1,000 accounts a TLS connection is ~57 KB
+and an idle account's cost was mostly its three connections):
 
-- the *command connection* runs the first pass (backfill, INBOX and Sent first), then polls the
-  folders without IDLE every ``poll_seconds``, re-reads the folder list every
-  ``folder_refresh_interval`` (created, renamed, deleted folders) and the account and its
-  folder selection when the runner reports that the account's row changed
+- the *command connection* runs the first pass (backfill, INBOX and Sent first), then, with
+  nothing to do, IDLEs on INBOX (RFC 2177,
+  :meth:`~correspond.sync.engine.AccountSyncer.idle_until_change`).
+  New INBOX mail (EXISTS, EXPUNGE, FETCH, VANISHED) ends IDLE: DONE, sync INBOX on this
+  connection, IDLE again (a change the server reports during the sync means one more sync, so
+  a burst is coalesced). IDLE also ends when a poll (``poll_seconds``), a LIST refresh
+  (``folder_refresh_interval``) or an account check is due: Sent and the other selected
+  folders are polled on this connection (STATUS first: an unchanged folder costs one round
+  trip), the folder list re-read (created, renamed, deleted folders) and the account and its
+  folder selection re-read when the runner reports that the account's row changed
   (:meth:`~correspond.sync.engine.AccountSyncer.wait_for_account_change`; added folders are
-  backfilled, removed ones lose their locations);
-- one *IDLE connection* per watched folder (INBOX and Sent, :func:`idle_folders`), opened as
-  soon as the first pass has finished that folder. It stays in IDLE (RFC 2177), re-issued only
-  every ``idle_renew_seconds``: Dovecot holds notifications back ~0.5 s after IDLE starts, so
-  leaving IDLE for each change would add that to every new message;
-- a folder whose IDLE connection reports a change is synced (a burst during one sync is
-  coalesced into one more sync) on the command connection when the command side is not using
-  it, else on a *spare connection* of the watcher's own, opened then and closed after
-  ``spare_connection_idle_seconds`` without a change: new INBOX mail is never held up behind
-  a long backfill or poll of another folder, and a live account holds three connections
-  (command, two IDLE), not five. A server without IDLE gets neither: every folder is polled.
+  backfilled, removed ones lose their locations); then IDLE again. IDLE is re-issued every
+  ``idle_renew_seconds`` at the latest. A change the server reported while INBOX stayed
+  selected (STATUS polls) is taken from the unsolicited queue; after INBOX was left for another
+  folder it is synced before IDLE (the IDLE would not report what came in meanwhile).
+- work on the command connection that takes longer than :data:`HELPER_AFTER_SECONDS` (the
+  first pass once INBOX is done, an added folder's backfill, a long poll) gets a *helper
+  connection* that watches INBOX the same way (IDLE, DONE, sync, IDLE) until the work ends,
+  then logs out: new INBOX mail is not held up behind a backfill, and a live account that is
+  idle holds one connection (two while it backfills). The per-folder lock keeps the two from
+  syncing INBOX at once.
+- Sent is no longer IDLEd on: a reply sent from another client is logged by the next poll.
+  Leaving IDLE for each change costs Dovecot's ~0.5 s notification hold-back on the next
+  message (a client that stays in IDLE sees changes at a random phase of it): measured in
+  ``bench/README.md``.
+- A server without IDLE (or one refusing IDLE on INBOX, until the next LIST) is polled: every
+  folder, INBOX included.
 
-Any connection failing ends the whole session (the others are closed) and
+Any connection failing ends the whole session (a helper's error too) and
 :meth:`AccountSyncer.run_account` reconnects with backoff: a half-working session would let
 folders fall silently behind. A change to how the account connects (host, port, security, user
 name, trusted certificate, plaintext permission), seen with the folder selection, ends the
