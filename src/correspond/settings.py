@@ -102,6 +102,13 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = Field(
         default=60.0, gt=0, description="How often live sync polls folders that are not IDLEd"
     )
+    malloc_arenas: int = Field(
+        default=2,
+        ge=0,
+        le=64,
+        description="glibc malloc arenas for `worker` and `serve` (M_ARENA_MAX; 0: glibc's "
+        "default of 8 per core): fewer arenas keep less freed C heap per live account",
+    )
     folder_refresh_seconds: float = Field(
         default=300.0, gt=0, description="How often live sync re-reads the server's folder list"
     )
