@@ -117,6 +117,9 @@ def main() -> int:
     ap.add_argument("--password", default="benchpass")
     ap.add_argument("--database-url", help="a fresh database (no accounts); default SQLite")
     ap.add_argument("--parse-processes", type=int, default=0, help="the worker's parse pool")
+    ap.add_argument(
+        "--malloc-arenas", type=int, help="the worker's malloc_arenas setting (0: glibc's)"
+    )
     ap.add_argument("--idle-seconds", type=float, default=60.0)
     ap.add_argument(
         "--warmup",
@@ -142,12 +145,18 @@ def main() -> int:
     env["CORRESPOND_DATA_DIR"] = str(data_dir)
     env["CORRESPOND_DATABASE_URL"] = settings.resolved_database_url
     env["CORRESPOND_SECRET_KEY"] = load_secret_key(settings).decode()
+    if a.malloc_arenas is not None:
+        env["CORRESPOND_MALLOC_ARENAS"] = str(a.malloc_arenas)
     log_path = data_dir / "worker.log"
     cmd = [sys.executable, "-m", "correspond.cli", "worker", "--parse-processes"]
     cmd.append(str(a.parse_processes))
     log = open(log_path, "wb")  # noqa: SIM115 (open for the worker's lifetime)
     worker = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    result: dict[str, Any] = {"accounts": a.accounts, "security": a.security}
+    result: dict[str, Any] = {
+        "accounts": a.accounts,
+        "security": a.security,
+        "malloc_arenas": a.malloc_arenas,
+    }
     poll_engine = create_store_engine(settings.resolved_database_url)
     try:
         time.sleep(5.0)
@@ -211,8 +220,8 @@ def main() -> int:
         result["idle_cpu_pct"] = round(100 * (cpu1 - cpu0) / (w1 - w0), 2)
         result["idle_cpu_pct_children"] = round(100 * (kids1 - kids0) / (w1 - w0), 2)
         rss = proc_rss_kb(worker.pid)
-        # Counted again: spare sync connections opened during the first passes close after
-        # spare_connection_idle_seconds (60) without new mail.
+        # Counted again: helper connections opened during the first passes close when they
+        # end (before: spare sync connections, after 60 s without new mail).
         result["worker_sockets"] = sockets(worker.pid)
         result["sockets_per_account"] = round(result["worker_sockets"] / a.accounts, 2)
         result["worker_rss_base_mb"] = round(base_rss / 1024, 1)

@@ -405,14 +405,15 @@ def test_backoff_rejects_a_floor_outside_zero_one(floor: float) -> None:
 # --- live: IDLE folders and selection changes -------------------------------------------------
 
 
-def test_idle_folders_are_inbox_and_sent_when_synced() -> None:
+def test_idle_folder_is_inbox_when_synced() -> None:
+    # One connection per live account: it IDLEs on INBOX; Sent is polled with the others.
     folders = [(1, "inbox", True), (2, "sent", True), (3, "drafts", True), (4, None, True)]
-    assert idle_folders(folders, server_idles=True) == {1, 2}
+    assert idle_folders(folders, server_idles=True) == {1}
 
 
 def test_idle_folders_skip_unsynced_folders() -> None:
-    # Sent deselected by the user: it is neither watched nor polled.
-    assert idle_folders([(1, "inbox", True), (2, "sent", False)], server_idles=True) == {1}
+    # INBOX deselected by the user: it is neither watched nor polled.
+    assert idle_folders([(1, "inbox", False), (2, "sent", True)], server_idles=True) == set()
 
 
 def test_no_idle_server_polls_everything() -> None:
@@ -420,8 +421,10 @@ def test_no_idle_server_polls_everything() -> None:
 
 
 def test_idle_folders_one_per_role_lowest_id_wins() -> None:
+    folders = [(9, "inbox", True), (5, "INBOX", True), (2, "sent", True)]
+    assert idle_folders(folders, server_idles=True) == {5}
     folders = [(9, "sent", True), (5, "SENT", True), (1, "Inbox", True)]
-    assert idle_folders(folders, server_idles=True) == {1, 5}
+    assert idle_folders(folders, server_idles=True, roles=("inbox", "sent")) == {1, 5}
 
 
 def test_idle_folders_custom_roles() -> None:

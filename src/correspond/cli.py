@@ -67,6 +67,7 @@ from correspond.errors import (
     StoreError,
 )
 from correspond.mailbox import FolderWithCounts, MailboxReader
+from correspond.memory import limit_malloc_arenas
 from correspond.rules.crm_import import IMPORT_KINDS, parse_rows
 from correspond.rules.presets import (
     PRESETS,
@@ -2207,6 +2208,7 @@ def worker(
     """Sync every active account (no API), sharing them with other workers through leases;
     Ctrl-C stops cleanly and releases the leases. Backfill progress is a line per folder that
     moved, every few seconds."""
+    limit_malloc_arenas(cli.settings.malloc_arenas)  # before any thread starts
     display = _SyncDisplay(
         cli.progress, _console(), names=None, bars=False, lines=True, every=progress_every
     )
@@ -2616,6 +2618,7 @@ def serve(
             err=True,
         )
     _check_port_free(settings.host, settings.port)
+    limit_malloc_arenas(settings.malloc_arenas)  # before any thread starts
     store = cli.store  # migrations run here, before the first request
     _configure_logging()
     runner = (

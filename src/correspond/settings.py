@@ -102,6 +102,13 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = Field(
         default=60.0, gt=0, description="How often live sync polls folders that are not IDLEd"
     )
+    malloc_arenas: int = Field(
+        default=2,
+        ge=0,
+        le=64,
+        description="glibc malloc arenas for `worker` and `serve` (M_ARENA_MAX; 0: glibc's "
+        "default of 8 per core): fewer arenas keep less freed C heap per live account",
+    )
     folder_refresh_seconds: float = Field(
         default=300.0, gt=0, description="How often live sync re-reads the server's folder list"
     )
@@ -187,8 +194,8 @@ class Settings(BaseSettings):
         default=60.0,
         gt=0,
         le=3600,
-        description="How long live sync keeps an extra connection for new mail after the last "
-        "change (opened when the command connection is busy)",
+        description="Unused since a live account holds one connection (its helper connection "
+        "closes when the work that needed it ends); kept so that existing configs still load",
     )
     # -- notifications and webhooks (docs/ARCHITECTURE.md, "Notifications and webhooks") --
     notify_poll_seconds: float = Field(

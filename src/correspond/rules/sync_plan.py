@@ -410,7 +410,7 @@ def backoff_delay(
 # --- live: which folders IDLE, what a selection change means ----------------------------------
 
 # Folders that get a connection of their own in IDLE (DESIGN.md "Live": INBOX and Sent).
-_IDLE_ROLES = ("inbox", "sent")
+_IDLE_ROLES = ("inbox",)
 
 
 def idle_folders(
@@ -419,7 +419,10 @@ def idle_folders(
     server_idles: bool,
     roles: Collection[str] = _IDLE_ROLES,
 ) -> frozenset[int]:
-    """The folder ids that get a dedicated IDLE connection (RFC 2177); the rest are polled.
+    """The folder ids watched with IDLE (RFC 2177); the rest are polled.
+
+    By default INBOX only: a live session IDLEs on it on its one connection between commands
+    (:mod:`correspond.sync.live`), and Sent and the others are polled (STATUS first).
 
     Each item is ``(folder_id, role, syncable)`` where syncable means selected, selectable and
     not removed. A server without IDLE gets none: every folder, INBOX and Sent included, is

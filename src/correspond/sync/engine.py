@@ -124,6 +124,10 @@ DEFAULT_FOLDER_REFRESH_SECONDS = 300.0
 """How often the folder list is re-read while live (created, renamed, deleted folders)."""
 
 
+_CHANGES = (ExistsResponse, ExpungeResponse, FetchResponse, VanishedResponse)
+"""Untagged responses that mean "sync this folder now" (new mail, expunges, flags)."""
+
+
 def default_header_key(raw_header: bytes, gm_msgid: int | None) -> str | None:
     """:func:`default_dedupe`'s key read from a raw header block, when it alone decides it."""
     return header_dedupe_key(raw_header, gm_msgid=gm_msgid)
@@ -209,9 +213,9 @@ class SyncerStats:
 
 
 class AccountSyncer:
-    """Syncs one account: a command connection for backfill and polls, plus an IDLE connection
-    each for INBOX and Sent while live, whose changes are synced on the command connection or,
-    while it is busy, on a spare connection (:mod:`correspond.sync.live`).
+    """Syncs one account: one connection for backfill and polls that IDLEs on INBOX between its
+    commands while live, plus a helper connection watching INBOX while it is busy for long
+    (:mod:`correspond.sync.live`).
 
     Folder syncs are serialised per folder (one :class:`asyncio.Lock` each), so two connections
     never work on the same folder at once.
@@ -220,8 +224,7 @@ class AccountSyncer:
     ``settings.poll_interval_seconds``, else 60), ``folder_refresh_interval`` for LIST (default
     ``settings.folder_refresh_seconds``, else 300), ``selection_check_interval`` for reading the
     user's folder selection from the store when no runner reports changes,
-    ``spare_connection_idle_seconds`` for closing a watcher's extra sync connection (default
-    ``settings.spare_connection_idle_seconds``), ``idle_renew_seconds`` for re-issuing IDLE
+    ``idle_renew_seconds`` for re-issuing IDLE
     (RFC 2177 §3: under 29 minutes), ``backoff_base`` for the first retry ceiling and
     ``backoff_cap`` for the largest (five minutes).
     """
@@ -243,7 +246,6 @@ class AccountSyncer:
         poll_interval: float | None = None,
         folder_refresh_interval: float | None = None,
         selection_check_interval: float = 10.0,
-        spare_connection_idle_seconds: float | None = None,
         idle_renew_seconds: float = IDLE_RENEW_SECONDS,
         backoff_base: float = 1.0,
         backoff_cap: float = BACKOFF_CAP_SECONDS,
@@ -274,11 +276,6 @@ class AccountSyncer:
             else settings.folder_refresh_seconds
         )
         self.selection_check_interval = selection_check_interval
-        self.spare_connection_idle_seconds = float(
-            spare_connection_idle_seconds
-            if spare_connection_idle_seconds is not None
-            else settings.spare_connection_idle_seconds
-        )
         if not 0 < idle_renew_seconds < 29 * 60:
             raise ValueError("IDLE must be re-issued within 29 minutes (RFC 2177 §3)")
         self.idle_renew_seconds = idle_renew_seconds
@@ -664,6 +661,67 @@ class AccountSyncer:
                 for r in late
             ):
                 on_change()
+
+    async def idle_until_change(
+        self,
+        client: ImapClient,
+        folder: Folder,
+        *,
+        wake: Sequence[asyncio.Event],
+        deadline: float | None = None,
+    ) -> bool:
+        """IDLE (RFC 2177) on ``folder`` until the server reports a change (True), one of
+        ``wake`` is set or the loop's clock reaches ``deadline`` (False).
+
+        The one-connection live session (:mod:`correspond.sync.live`) waits here between its
+        commands: a change ends IDLE (DONE) and the caller syncs the folder on the same
+        connection, then comes back. No timer per connection to look at ``wake``: setting one
+        sends DONE at once (:meth:`IdleSession.interrupt`). IDLE is re-issued every
+        ``idle_renew_seconds`` (RFC 2177 §3). The folder must be the selected one (the
+        caller's sync EXAMINEs it); when it is not, this returns True at once.
+        """
+        current = client.selected
+        if current is None or current.name_raw != folder.name_raw:
+            # Selected elsewhere since: what changed meanwhile is unknown, so say "changed"
+            # (the caller's sync selects it). Selecting it here instead would hide a message
+            # that arrived between the caller's last sync and this SELECT.
+            return True
+        loop = asyncio.get_running_loop()
+        while not any(event.is_set() for event in wake):
+            round_end = loop.time() + self.idle_renew_seconds
+            if deadline is not None:
+                if loop.time() >= deadline:
+                    return False
+                round_end = min(round_end, deadline)
+            self.stats.idle_commands[folder.id] = self.stats.idle_commands.get(folder.id, 0) + 1
+            changed = False
+            async with client.idle() as session:
+                waiters = [asyncio.ensure_future(event.wait()) for event in wake]
+
+                def interrupt(_f: object, session: IdleSession = session) -> None:
+                    session.interrupt()
+
+                for waiter in waiters:
+                    waiter.add_done_callback(interrupt)
+                try:
+                    while True:
+                        left = round_end - loop.time()
+                        if left <= 0:
+                            break
+                        response = await session.next(timeout=left)
+                        if response is None:
+                            break  # time to renew or to wake, or the server ended IDLE
+                        if isinstance(response, _CHANGES):
+                            changed = True
+                            break
+                finally:
+                    for waiter in waiters:
+                        waiter.remove_done_callback(interrupt)
+                        waiter.cancel()
+            # Changes reported between DONE and the tagged OK land in the unsolicited queue.
+            if any(isinstance(r, _CHANGES) for r in client.drain_unsolicited()) or changed:
+                return True
+        return False
 
     async def wait_for_inbox_change(
         self, client: ImapClient, inbox: Folder, *, stop: asyncio.Event, timeout: float

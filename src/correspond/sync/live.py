@@ -1,25 +1,37 @@
 """One connected session of an account: backfill, then live (DESIGN.md "Live").
 
-Connections (DESIGN.md "Scale-out": a few per account, far below provider caps):
+One connection per idle live account (issue 7 §6: at 1,000 accounts a TLS connection is ~57 KB
+and an idle account's cost was mostly its three connections):
 
-- the *command connection* runs the first pass (backfill, INBOX and Sent first), then polls the
-  folders without IDLE every ``poll_seconds``, re-reads the folder list every
-  ``folder_refresh_interval`` (created, renamed, deleted folders) and the account and its
-  folder selection when the runner reports that the account's row changed
+- the *command connection* runs the first pass (backfill, INBOX and Sent first), then, with
+  nothing to do, IDLEs on INBOX (RFC 2177,
+  :meth:`~correspond.sync.engine.AccountSyncer.idle_until_change`).
+  New INBOX mail (EXISTS, EXPUNGE, FETCH, VANISHED) ends IDLE: DONE, sync INBOX on this
+  connection, IDLE again (a change the server reports during the sync means one more sync, so
+  a burst is coalesced). IDLE also ends when a poll (``poll_seconds``), a LIST refresh
+  (``folder_refresh_interval``) or an account check is due: Sent and the other selected
+  folders are polled on this connection (STATUS first: an unchanged folder costs one round
+  trip), the folder list re-read (created, renamed, deleted folders) and the account and its
+  folder selection re-read when the runner reports that the account's row changed
   (:meth:`~correspond.sync.engine.AccountSyncer.wait_for_account_change`; added folders are
-  backfilled, removed ones lose their locations);
-- one *IDLE connection* per watched folder (INBOX and Sent, :func:`idle_folders`), opened as
-  soon as the first pass has finished that folder. It stays in IDLE (RFC 2177), re-issued only
-  every ``idle_renew_seconds``: Dovecot holds notifications back ~0.5 s after IDLE starts, so
-  leaving IDLE for each change would add that to every new message;
-- a folder whose IDLE connection reports a change is synced (a burst during one sync is
-  coalesced into one more sync) on the command connection when the command side is not using
-  it, else on a *spare connection* of the watcher's own, opened then and closed after
-  ``spare_connection_idle_seconds`` without a change: new INBOX mail is never held up behind
-  a long backfill or poll of another folder, and a live account holds three connections
-  (command, two IDLE), not five. A server without IDLE gets neither: every folder is polled.
+  backfilled, removed ones lose their locations); then IDLE again. IDLE is re-issued every
+  ``idle_renew_seconds`` at the latest. A change the server reported while INBOX stayed
+  selected (STATUS polls) is taken from the unsolicited queue; after INBOX was left for another
+  folder it is synced before IDLE (the IDLE would not report what came in meanwhile).
+- work on the command connection that takes longer than :data:`HELPER_AFTER_SECONDS` (the
+  first pass once INBOX is done, an added folder's backfill, a long poll) gets a *helper
+  connection* that watches INBOX the same way (IDLE, DONE, sync, IDLE) until the work ends,
+  then logs out: new INBOX mail is not held up behind a backfill, and a live account that is
+  idle holds one connection (two while it backfills). The per-folder lock keeps the two from
+  syncing INBOX at once.
+- Sent is no longer IDLEd on: a reply sent from another client is logged by the next poll.
+  Leaving IDLE for each change costs Dovecot's ~0.5 s notification hold-back on the next
+  message (a client that stays in IDLE sees changes at a random phase of it): measured in
+  ``bench/README.md``.
+- A server without IDLE (or one refusing IDLE on INBOX, until the next LIST) is polled: every
+  folder, INBOX included.
 
-Any connection failing ends the whole session (the others are closed) and
+Any connection failing ends the whole session (a helper's error too) and
 :meth:`AccountSyncer.run_account` reconnects with backoff: a half-working session would let
 folders fall silently behind. A change to how the account connects (host, port, security, user
 name, trusted certificate, plaintext permission), seen with the folder selection, ends the
@@ -31,11 +43,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from correspond.errors import CorrespondError, ImapCommandError
+from correspond.errors import ImapCommandError
 from correspond.imap.client import ImapClient, release_clients
+from correspond.imap.types import (
+    ExistsResponse,
+    ExpungeResponse,
+    FetchResponse,
+    VanishedResponse,
+)
 from correspond.rules.sync_plan import idle_folders, selection_change
 from correspond.store.records import Account, Folder
 from correspond.store.tables import utcnow
@@ -45,7 +63,13 @@ from correspond.sync.threads import in_thread, new_mail_context
 if TYPE_CHECKING:
     from correspond.sync.engine import AccountSyncer, AccountSyncReport
 
-__all__ = ["STABLE_SECONDS", "ConnectionSettingsChanged", "LiveSession", "imap_settings"]
+__all__ = [
+    "HELPER_AFTER_SECONDS",
+    "STABLE_SECONDS",
+    "ConnectionSettingsChanged",
+    "LiveSession",
+    "imap_settings",
+]
 
 STABLE_SECONDS = 60.0
 """A session that stayed live this long counts as healthy: a failure after it retries from the
@@ -58,6 +82,9 @@ STATE_REFRESH_SECONDS = 600.0
 shows it is being watched, without a write per account per poll."""
 
 _POLL_STATUS = ("UIDVALIDITY", "UIDNEXT", "MESSAGES", "HIGHESTMODSEQ")
+_CHANGES = (ExistsResponse, ExpungeResponse, FetchResponse, VanishedResponse)
+
+T = TypeVar("T")
 
 
 def _syncable(folder: Folder) -> bool:
@@ -85,6 +112,19 @@ class ConnectionSettingsChanged(Exception):
     """The account's connection settings changed under a running session: reconnect now."""
 
 
+HELPER_AFTER_SECONDS = 1.0
+"""Work on the command connection (the first pass, a poll that syncs, a LIST refresh) that takes
+longer than this gets a *helper connection* watching INBOX until it ends: new mail is not held
+up behind a backfill. Shorter work is not worth a connection (TCP, TLS, LOGIN): new mail that
+arrives during it is synced when it ends."""
+
+
+def _changes_pending(client: ImapClient) -> bool:
+    """Whether the server volunteered a change of the selected folder (EXISTS, EXPUNGE, FETCH,
+    VANISHED) since the queue was last drained; drains it."""
+    return any(isinstance(r, _CHANGES) for r in client.drain_unsolicited())
+
+
 class LiveSession:
     """Runs one session of one account until ``stop`` is set or a connection fails.
 
@@ -93,6 +133,26 @@ class LiveSession:
     the session then stayed up for :data:`STABLE_SECONDS` (only then does the caller's retry
     backoff start again from its base).
     """
+
+    # One per live account, 1,000 to a worker: no per-instance __dict__.
+    __slots__ = (
+        "_folder_errors",
+        "_idle",
+        "_idle_refused",
+        "_inbox",
+        "_inbox_ready",
+        "_live_since",
+        "_names",
+        "_outbox_due",
+        "_poll_status",
+        "_state_written_at",
+        "account",
+        "caught_up",
+        "on_synced",
+        "poll_seconds",
+        "stop",
+        "syncer",
+    )
 
     def __init__(
         self,
@@ -111,16 +171,15 @@ class LiveSession:
         self.caught_up = False
         self._live_since: float | None = None
         self._idle = False
-        self._watchers: dict[int, tuple[bytes, asyncio.Task[None]]] = {}
-        self._broken = asyncio.Event()
-        self._error: BaseException | None = None
+        # The folder the command connection IDLEs on between its commands (INBOX; None: the
+        # server has no IDLE, or refused it, and every folder is polled), and whether the
+        # first pass has synced it (only then may a helper connection watch it).
+        self._inbox: Folder | None = None
+        self._inbox_ready = False
+        # A folder whose SELECT or IDLE the server refused: polled until the next LIST.
+        self._idle_refused: int | None = None
         self._folder_errors: dict[int, str] = {}
         self._names: dict[int, str] = {}
-        # The command connection, and who is using it: the command side (first pass, polls,
-        # LIST) or a watcher syncing its folder on it while the command side has nothing to do.
-        self._command: ImapClient | None = None
-        self._command_lock = asyncio.Lock()
-        self._first_folders: list[Folder] = []
         # Each polled folder's STATUS at its last poll, and when the state was last written.
         self._poll_status: dict[int, tuple[object, ...]] = {}
         self._state_written_at = 0.0
@@ -138,37 +197,16 @@ class LiveSession:
     async def run(self) -> None:
         client = await self.syncer.connect(self.account)
         clean = False
-        main = asyncio.create_task(self._command_side(client), name=f"sync {self.account.name}")
-        broken = asyncio.create_task(self._broken.wait())
         try:
-            done, _ = await asyncio.wait({main, broken}, return_when=asyncio.FIRST_COMPLETED)
-            if main in done:
-                main.result()
-            else:
-                main.cancel()
-                with contextlib.suppress(BaseException):
-                    await main
-                assert self._error is not None
-                raise self._error
+            self._idle = "IDLE" in client.capabilities
+            folders = await self._first_pass(client)
+            # After the catch-up: the conflict rule has seen what changed in the mailbox.
+            await self._busy(self._apply_outbox(client, self.account))
+            await self._live(client, folders)
             clean = True
         finally:
-            for task in (main, broken):
-                task.cancel()
-            with contextlib.suppress(BaseException):
-                await main
-            try:
-                await self._stop_watchers(set(self._watchers))
-            finally:
-                await release_clients([client], logout=clean)
-
-    async def _command_side(self, client: ImapClient) -> None:
-        self._idle = "IDLE" in client.capabilities
-        self._command = client
-        async with self._command_lock:
-            await self._first_pass(client)
-            # After the catch-up: the conflict rule has seen what changed in the mailbox.
-            await self._apply_outbox(client, self.account)
-        await self._live(client, self._first_folders)
+            # After an error the connection may be mid-command: close it, do not LOGOUT.
+            await release_clients([client], logout=clean)
 
     async def _apply_outbox(self, client: ImapClient, account: Account) -> None:
         """Apply the due outbox rows (the caller holds the command lock), and note when the
@@ -181,7 +219,7 @@ class LiveSession:
         else:
             self._outbox_due = loop.time() + max(0.0, (due_at - utcnow()).total_seconds())
 
-    async def _first_pass(self, client: ImapClient) -> None:
+    async def _first_pass(self, client: ImapClient) -> list[Folder]:
         syncer, account = self.syncer, self.account
         folders = await syncer.refresh_folders(client, account)
         pending = [f.name for f in folders if _syncable(f) and not f.backfill_done]
@@ -197,22 +235,23 @@ class LiveSession:
             await syncer._set_state(
                 account.name, "connecting", "Connected; catching up", connected_at=utcnow()
             )
-        watched = self._watched(folders)
         self._names = {f.id: f.name for f in folders}
+        self._inbox = self._idle_folder(folders)
 
-        def start_watcher(folder: Folder, _report: FolderSyncReport) -> None:
-            # As soon as the first pass is done with INBOX (or Sent), it gets its IDLE
-            # connection: new mail there no longer waits for the other folders' backfill.
-            if folder.id in watched:
-                self._start_watcher(folder)
+        def inbox_done(folder: Folder, _report: FolderSyncReport) -> None:
+            # As soon as the first pass is done with INBOX, a helper connection may watch it
+            # while the other folders are backfilled (:meth:`_busy`).
+            if self._inbox is not None and folder.id == self._inbox.id:
+                self._inbox_ready = True
 
-        report = await syncer.sync_once(
-            client, account, folders=folders, after_folder=start_watcher
+        report = await self._busy(
+            syncer.sync_once(client, account, folders=folders, after_folder=inbox_done)
         )
+        self._inbox_ready = True
         self.caught_up = True
         self._live_since = asyncio.get_running_loop().time()
-        self._first_folders = folders
         await self._synced(report)
+        return folders
 
     async def _live(self, client: ImapClient, folders: list[Folder]) -> None:
         from correspond.sync.engine import AccountSyncReport
@@ -222,23 +261,59 @@ class LiveSession:
         now = loop.time()
         next_poll = now + self.poll_seconds
         next_refresh = now + syncer.folder_refresh_interval
+        next_check = now + syncer.selection_check_interval
         synced_ids = {f.id for f in folders if _syncable(f)}
+        # INBOX may have changed since the first pass synced it: sync before the first IDLE.
+        inbox_dirty = True
         while not self.stop.is_set():
-            # The account's row and folder selection are re-read when the runner reports a
-            # change (one query per round for all accounts), not on a timer of their own.
-            wake = min(next_poll, next_refresh)
+            wake_at = min(next_poll, next_refresh)
             if self._outbox_due is not None:
-                wake = min(wake, self._outbox_due)
-            check = await syncer.wait_for_account_change(self.stop, wake - loop.time())
-            if self.stop.is_set():
-                return
-            now = loop.time()
+                wake_at = min(wake_at, self._outbox_due)  # a row waiting for its retry
+            account_changed = syncer.account_changed
+            inbox = self._inbox
+            if inbox is not None:
+                if inbox_dirty:
+                    inbox_dirty = await self._sync_inbox(client, inbox)
+                    continue
+                # IDLE on INBOX until it changes or the next poll, LIST or account check is
+                # due: the one connection an idle account holds.
+                if account_changed is None:
+                    wake_at = min(wake_at, next_check)
+                    wake: tuple[asyncio.Event, ...] = (self.stop,)
+                else:
+                    wake = (self.stop, account_changed)
+                try:
+                    inbox_dirty = await syncer.idle_until_change(
+                        client, inbox, wake=wake, deadline=wake_at
+                    )
+                except ImapCommandError:
+                    # The server refused IDLE there: poll INBOX with the others until the next
+                    # LIST (the session is intact).
+                    self._idle_refused, self._inbox = inbox.id, None
+                    continue
+                if inbox_dirty or self.stop.is_set():
+                    continue
+                now = loop.time()
+                if account_changed is None:
+                    check = now >= next_check
+                else:
+                    check = account_changed.is_set()
+                    account_changed.clear()
+            else:
+                # The account's row and folder selection are re-read when the runner reports a
+                # change (one query per round for all accounts), not on a timer of their own.
+                check = await syncer.wait_for_account_change(self.stop, wake_at - loop.time())
+                if self.stop.is_set():
+                    return
+                now = loop.time()
             outbox_due = self._outbox_due is not None and now >= self._outbox_due
+            if check:
+                next_check = now + syncer.selection_check_interval
             due: set[int] = set()
             if now >= next_refresh:
-                async with self._command_lock:
-                    folders = await syncer.refresh_folders(client, account)
+                folders = await self._busy(syncer.refresh_folders(client, account))
                 next_refresh = now + syncer.folder_refresh_interval
+                self._idle_refused = None  # the list settles it: IDLE may be tried again
                 check = True  # the list may have changed what is synced
             if check:
                 fresh = await in_thread(syncer.store.get_account, account.name)
@@ -260,29 +335,21 @@ class LiveSession:
                     del self._folder_errors[folder_id]  # no longer synced: no longer failing
                 for folder_id in change.removed:
                     self._poll_status.pop(folder_id, None)
-                if change.removed:
-                    await self._stop_watchers(change.removed)
-                    for folder_id in sorted(change.removed):
-                        # No longer mirrored: its UIDs would go stale. The messages stay.
-                        await in_thread(syncer.messages.forget_folder, folder_id)
+                for folder_id in sorted(change.removed):
+                    # No longer mirrored: its UIDs would go stale. The messages stay.
+                    await in_thread(syncer.messages.forget_folder, folder_id)
                 due |= change.added
                 synced_ids = current
-            await self._reconcile_watchers(folders)
+            previous = self._inbox
+            self._inbox = inbox = self._idle_folder(folders)
+            if inbox is not None and (previous is None or previous.id != inbox.id):
+                inbox_dirty = True  # newly watched: polled (or not synced) until now
             polled: set[int] = set()
             if now >= next_poll:
-                polled = synced_ids - self._running_watchers() - due
+                polled = synced_ids - due - ({inbox.id} if inbox is not None else set())
                 next_poll = now + self.poll_seconds
             if due or polled:
-                async with self._command_lock:
-                    # A polled folder whose STATUS has not moved since the last poll is not
-                    # synced: one round trip instead of SELECT, queries and a state write.
-                    polled -= await self._unchanged(client, folders, polled)
-                    due |= polled
-                    report = None
-                    if due:
-                        report = await syncer.sync_once(
-                            client, account, folders=[f for f in folders if f.id in due]
-                        )
+                report = await self._busy(self._poll(client, folders, due, polled))
                 if report is not None:
                     for folder_report in report.folders:
                         if folder_report.error is not None:
@@ -293,8 +360,24 @@ class LiveSession:
             if check or outbox_due:
                 # A CRM action touches the account's updated_at: the runner's round reports
                 # it as a change (``check``); a row waiting for its retry is due by time.
-                async with self._command_lock:
-                    await self._apply_outbox(client, account)
+                await self._busy(self._apply_outbox(client, account))
+            # INBOX stayed selected through STATUS commands: a change the server reported
+            # meanwhile waits in the queue. (Selected elsewhere: the next IDLE says so.)
+            inbox_dirty = inbox_dirty or _changes_pending(client)
+
+    async def _poll(
+        self, client: ImapClient, folders: list[Folder], due: set[int], polled: set[int]
+    ) -> AccountSyncReport | None:
+        """Sync ``due`` and whichever of ``polled`` changed; None when nothing was synced."""
+        # A polled folder whose STATUS has not moved since the last poll is not synced: one
+        # round trip instead of SELECT, queries and a state write.
+        polled -= await self._unchanged(client, folders, polled)
+        due = due | polled
+        if not due:
+            return None
+        return await self.syncer.sync_once(
+            client, self.account, folders=[f for f in folders if f.id in due]
+        )
 
     async def _unchanged(
         self, client: ImapClient, folders: list[Folder], polled: set[int]
@@ -353,164 +436,104 @@ class LiveSession:
         if self.on_synced is not None:
             self.on_synced(report)
 
-    # -- IDLE connections -----------------------------------------------------------------------
+    # -- INBOX: IDLE between commands -----------------------------------------------------------
 
-    def _watched(self, folders: list[Folder]) -> frozenset[int]:
-        return idle_folders(
-            ((f.id, f.role, _syncable(f)) for f in folders), server_idles=self._idle
+    def _idle_folder(self, folders: list[Folder]) -> Folder | None:
+        """The folder to IDLE on (INBOX when synced and the server has IDLE), else None."""
+        watched = idle_folders(
+            ((f.id, f.role, _syncable(f)) for f in folders if f.id != self._idle_refused),
+            server_idles=self._idle,
+        )
+        return next((f for f in folders if f.id in watched), None)
+
+    async def _sync_inbox(self, client: ImapClient, inbox: Folder) -> bool:
+        """Sync INBOX after a change; True when another change came in during the sync.
+
+        Its queries run on the new-mail threads: never queued behind other accounts'
+        backfills, polls and state writes on the default pool.
+        """
+        return await asyncio.create_task(
+            self._sync_inbox_now(client, inbox), context=new_mail_context()
         )
 
-    def _running_watchers(self) -> set[int]:
-        return {fid for fid, (_, task) in self._watchers.items() if not task.done()}
-
-    def _start_watcher(self, folder: Folder) -> None:
-        current = self._watchers.get(folder.id)
-        if current is not None and not current[1].done():
-            return
-        task = asyncio.create_task(self._watch(folder), name=f"idle {folder.name}")
-        self._watchers[folder.id] = (folder.name_raw, task)
-
-    async def _reconcile_watchers(self, folders: list[Folder]) -> None:
-        """Start IDLE for watched folders without it, stop it for the others; a folder whose
-        raw name changed restarts under the new name."""
-        watched = self._watched(folders)
-        names = {f.id: f.name_raw for f in folders}
-        stale = {
-            fid
-            for fid, (name_raw, _) in self._watchers.items()
-            if fid not in watched or names.get(fid) != name_raw
-        }
-        await self._stop_watchers(stale)
-        for folder in folders:
-            if folder.id in watched:
-                self._start_watcher(folder)
-
-    async def _stop_watchers(self, folder_ids: set[int] | frozenset[int]) -> None:
-        tasks = [self._watchers.pop(fid)[1] for fid in list(folder_ids) if fid in self._watchers]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
-
-    async def _watch(self, folder: Folder) -> None:
-        """Keep ``folder`` in IDLE on one connection and sync it on another.
-
-        The IDLE connection never leaves IDLE for a change (only to renew it): Dovecot holds
-        notifications back ~0.5 s after each IDLE starts, so re-entering IDLE after every
-        change would add that delay to every new message. A change sets ``changed`` and the
-        folder is synced on another connection (:meth:`_sync_on_change`); a burst of changes
-        during one sync is coalesced into one more sync after it. Syncs still take the
-        folder's lock.
-        """
-        syncer, account = self.syncer, self.account
-        changed = asyncio.Event()
-        changed.set()  # the first sync catches what happened before IDLE started
-        clients: list[ImapClient] = []
-        tasks: list[asyncio.Task[None]] = []
-        clean = False
-        try:
-            try:
-                clients.append(await syncer.connect(account))
-            except CorrespondError as exc:
-                self._fail(exc)
-                return
-            (idle_client,) = clients
-            tasks = [
-                # Its queries run on the new-mail threads: never queued behind other
-                # accounts' backfills, polls and state writes on the default pool.
-                asyncio.create_task(
-                    self._sync_on_change(folder, changed),
-                    name=f"sync {folder.name}",
-                    context=new_mail_context(),
-                ),
-                asyncio.create_task(
-                    syncer.watch_changes(
-                        idle_client, folder, stop=self.stop, on_change=changed.set
-                    ),
-                    name=f"idle {folder.name}",
-                ),
-            ]
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in tasks:
-                error = task.exception() if task in done else None
-                if error is not None:
-                    raise error
-            # Both ended because ``stop`` is set (the sync side finishes its current sync).
-            await asyncio.gather(*tasks)
-            clean = True
-        except ImapCommandError:
-            # The folder refuses SELECT (deleted since LIST...) or the server refuses IDLE:
-            # stop watching; the command connection polls it and the next LIST settles it.
-            return
-        except Exception as exc:  # a bug must end the session, not hide in a dead task
-            self._fail(exc)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
-            # After an error a connection may be mid-command: close it, do not LOGOUT.
-            await release_clients(clients, logout=clean)
-
-    async def _sync_on_change(self, folder: Folder, changed: asyncio.Event) -> None:
-        """Sync ``folder`` each time ``changed`` is set, until ``stop``.
-
-        On the command connection when the command side is not using it (between its polls:
-        nearly always once live), so an account holds three connections, not five. When it is
-        busy (a backfill, a poll of other folders), new mail does not wait behind it: a
-        connection of the watcher's own is opened, kept while changes keep coming, and closed
-        after ``syncer.spare_connection_idle_seconds`` without one.
-        """
+    async def _sync_inbox_now(self, client: ImapClient, inbox: Folder) -> bool:
         from correspond.sync.engine import AccountSyncReport
 
-        syncer, account = self.syncer, self.account
-        stopping = asyncio.create_task(self.stop.wait())
-        spare: ImapClient | None = None
+        try:
+            report = await self.syncer.sync_folder(client, self.account, inbox)
+        except ImapCommandError as exc:
+            # INBOX refused (the session is intact): say so, and poll it until the next LIST.
+            report = FolderSyncReport(folder_id=inbox.id, kind="error", error=str(exc))
+            self._idle_refused = inbox.id
+            if self._inbox is not None and self._inbox.id == inbox.id:
+                self._inbox = None
+        again = _changes_pending(client)
+        # Before the first pass is over the account is not live yet: say nothing. A sync that
+        # found nothing (a change already synced) writes nothing either.
+        if self.caught_up and (
+            _changed(report) or report.error is not None or inbox.id in self._folder_errors
+        ):
+            await self._synced(AccountSyncReport(self.account.id, folders=[report]))
+        return again and report.error is None
+
+    async def _busy(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` on the command connection; once it has taken
+        :data:`HELPER_AFTER_SECONDS` (and the first pass is done with INBOX), a helper
+        connection watches INBOX until it ends (:meth:`_help`).
+
+        A helper that fails ends the session (its error is raised here): a half-working
+        session would let INBOX fall silently behind.
+        """
+        if self._inbox is None:
+            return await work
+        task = asyncio.ensure_future(work)
+        finished = asyncio.Event()
+        helper: asyncio.Task[None] | None = None
+        try:
+            while helper is None:
+                done, _ = await asyncio.wait({task}, timeout=HELPER_AFTER_SECONDS)
+                if task in done:
+                    return task.result()
+                inbox = self._inbox
+                if inbox is not None and self._inbox_ready:
+                    helper = asyncio.create_task(
+                        self._help(inbox, finished),
+                        name=f"inbox helper {self.account.name}",
+                        context=new_mail_context(),
+                    )
+            both = cast("set[asyncio.Task[Any]]", {task, helper})
+            done, _ = await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+            if task not in done:
+                helper.result()  # its error ends the session; a clean end leaves INBOX be
+            return await task
+        finally:
+            finished.set()
+            if not task.done():
+                task.cancel()
+            for pending in (task, helper):
+                if pending is not None:
+                    with contextlib.suppress(BaseException):
+                        await pending
+
+    async def _help(self, inbox: Folder, finished: asyncio.Event) -> None:
+        """Watch INBOX on a connection of its own until ``finished``: IDLE, and on a change
+        DONE, sync, IDLE again, as the command connection does when it is free. Syncs take the
+        folder's lock, so the two connections never sync INBOX at once."""
+        syncer = self.syncer
+        client = await syncer.connect(self.account)
         clean = False
         try:
-            notified = False
-            while not self.stop.is_set():
-                if not changed.is_set():
-                    waiting = asyncio.create_task(changed.wait())
-                    try:
-                        await asyncio.wait(
-                            {waiting, stopping},
-                            timeout=syncer.spare_connection_idle_seconds if spare else None,
-                            return_when=asyncio.FIRST_COMPLETED,
-                        )
-                    finally:
-                        waiting.cancel()
-                    if self.stop.is_set():
-                        break
-                    if not changed.is_set():  # quiet for a while: let the spare go
-                        unused, spare = spare, None
-                        if unused is not None:
-                            await release_clients([unused], logout=True)
-                        continue
-                # Cleared before the sync: a change reported during it means one more sync.
-                changed.clear()
-                command = self._command
-                if command is not None and not self._command_lock.locked():
-                    async with self._command_lock:
-                        report = await syncer.sync_folder(command, account, folder)
-                else:
-                    if spare is None:
-                        spare = await syncer.connect(account)
-                    report = await syncer.sync_folder(spare, account, folder)
-                # Before the first pass is over the account is not live yet: say nothing.
-                if self.caught_up and (notified or _changed(report)):
-                    await self._synced(AccountSyncReport(account.id, folders=[report]))
-                notified = True
+            dirty = True  # what happened before this connection's IDLE started
+            while not finished.is_set() and not self.stop.is_set():
+                if dirty:
+                    dirty = await self._sync_inbox_now(client, inbox)
+                    if self._idle_refused == inbox.id:
+                        break  # INBOX refused: the command connection reports and polls it
+                    continue
+                dirty = await syncer.idle_until_change(client, inbox, wake=(self.stop, finished))
+            clean = True
+        except ImapCommandError:
+            # INBOX or IDLE refused: stop helping; the command connection comes back to it.
             clean = True
         finally:
-            stopping.cancel()
-            if spare is not None:
-                # After an error the connection may be mid-command: close it, no LOGOUT.
-                await release_clients([spare], logout=clean)
-
-    def _fail(self, exc: BaseException) -> None:
-        if self._error is None:
-            self._error = exc
-        self._broken.set()
+            await release_clients([client], logout=clean)
