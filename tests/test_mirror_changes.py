@@ -83,6 +83,10 @@ def remote_flags(env: Env, mailbox: str) -> dict[int, frozenset[str]]:
             if not isinstance(line, bytes):
                 continue
             match = re.search(rb"UID (\d+) FLAGS \(([^)]*)\)|FLAGS \(([^)]*)\) UID (\d+)", line)
+            if match is None and b"UID" not in line:
+                # An unsolicited "* n FETCH (FLAGS ...)" (the engine changed a flag meanwhile):
+                # the solicited line for that message follows with its UID.
+                continue
             assert match is not None, line
             if match.group(1):
                 uid, flags = int(match.group(1)), match.group(2)
