@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, select, update
+from sqlalchemy import ColumnElement, Engine, and_, delete, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -41,7 +41,12 @@ from correspond.store.engine import register_table_modules, unit_of_work
 from correspond.store.message_tables import MessageRow
 from correspond.store.notify_tables import FanoutSeenRow, FanoutStateRow, NotificationRow
 from correspond.store.tables import AccountRow, UserRow, utcnow
-from correspond.store.visibility import VIEWER_ID, terms_for
+from correspond.store.visibility import (
+    VIEWER_ID,
+    account_audience,
+    terms_for,
+    terms_for_users,
+)
 from correspond.store.wakeups import send_wakeup
 
 __all__ = [
@@ -78,7 +83,9 @@ class Notification:
     message_date: datetime | None
     created_at: datetime
     read_at: datetime | None
-    account_owner_id: int | None = None
+    #: The user's access to the account when read: ``metadata`` (shared as metadata only)
+    #: leaves the snippet out, as every read of a metadata-only account does.
+    access: str = "full"
 
 
 @dataclass(frozen=True)
@@ -128,11 +135,40 @@ _NOTIFICATION_COLUMNS = (
     MessageRow.date,
     NotificationRow.created_at,
     NotificationRow.read_at,
-    AccountRow.owner_id,
 )
 
 
+def _notify_audience(s: Session, received: list[tuple[int, int]], now: datetime) -> int:
+    """Notification rows for ``received`` (message id, account id): one per message and
+    user of its account's audience (:func:`~correspond.store.visibility.account_audience`),
+    in one INSERT ... SELECT for the batch; rows already there are skipped. How many added."""
+    if not received:
+        return 0
+    audience = account_audience({account_id for _, account_id in received}).subquery("audience")
+    chosen = (
+        select(
+            audience.c.user_id,
+            MessageRow.id,
+            MessageRow.account_id,
+            literal(now, type_=NotificationRow.created_at.type),
+        )
+        .join(audience, audience.c.account_id == MessageRow.account_id)
+        .where(MessageRow.id.in_([message_id for message_id, _ in received]))
+        # Ids in message order: a stream pushes them in id order.
+        .order_by(MessageRow.id, audience.c.user_id)
+    )
+    columns = ["user_id", "message_id", "account_id", "created_at"]
+    if s.get_bind().dialect.name == "postgresql":
+        stmt: Any = postgresql.insert(NotificationRow).from_select(columns, chosen)
+    else:
+        # The WHERE above keeps SQLite from reading ON CONFLICT as the join's ON.
+        stmt = sqlite.insert(NotificationRow).from_select(columns, chosen)
+    stmt = stmt.on_conflict_do_nothing().returning(NotificationRow.id)
+    return len(s.execute(stmt).all())
+
+
 def _notification(row: Any) -> Notification:
+    access = str(row[12])
     return Notification(
         id=row[0],
         user_id=row[1],
@@ -142,17 +178,19 @@ def _notification(row: Any) -> Notification:
         subject=row[5] or "",
         from_name=row[6],
         from_email=row[7],
-        snippet=row[8] or "",
+        snippet=(row[8] or "") if access == "full" else "",
         message_date=_aware(row[9]),
         created_at=_aware(row[10]) or utcnow(),
         read_at=_aware(row[11]),
-        account_owner_id=row[12],
+        access=access,
     )
 
 
-def _select_notifications() -> Any:
+def _select_notifications(access: ColumnElement[str]) -> Any:
+    """Notifications with their message and account, and ``access``: the reader's level
+    (the rule's, from the caller's terms)."""
     return (
-        select(*_NOTIFICATION_COLUMNS)
+        select(*_NOTIFICATION_COLUMNS, access)
         .join(MessageRow, MessageRow.id == NotificationRow.message_id)
         .join(AccountRow, AccountRow.id == NotificationRow.account_id)
     )
@@ -243,21 +281,14 @@ class NotificationStore:
                 .order_by(MessageRow.id)
                 .limit(limit)
             ).all()
-            notifications: list[dict[str, Any]] = []
+            received: list[tuple[int, int]] = []  # (message id, account id)
             events: list[MessageEvent] = []
             for r in rows:
                 if not _is_new_mail(r.internaldate, r.date, _aware(r.created_at) or now):
                     continue
                 inbound = r.direction == "inbound"
-                if inbound and r.owner_id is not None:
-                    notifications.append(
-                        {
-                            "user_id": r.owner_id,
-                            "message_id": r.id,
-                            "account_id": r.account_id,
-                            "created_at": now,
-                        }
-                    )
+                if inbound:
+                    received.append((r.id, r.account_id))
                 events.append(
                     MessageEvent(
                         "message.received" if inbound else "message.sent",
@@ -274,7 +305,7 @@ class NotificationStore:
                         },
                     )
                 )
-            notified = insert_ignoring_duplicates(s, NotificationRow.__table__, notifications)
+            notified = _notify_audience(s, received, now)
             queued = queue_message_events(s, events, now=now, dedupe=True)
             insert_ignoring_duplicates(
                 s,
@@ -337,14 +368,16 @@ class NotificationStore:
     # -- reads and marks -------------------------------------------------------------------------
 
     @staticmethod
-    def _visible(user_id: int, is_admin: bool) -> Any:
-        """Notifications of ``user_id`` on accounts they may still see: the one visibility
-        rule (:mod:`correspond.store.visibility`) over the joined ``accounts`` row, with the
-        viewer bound here."""
+    def _rule(user_id: int, is_admin: bool) -> tuple[ColumnElement[bool], ColumnElement[str]]:
+        """The WHERE for notifications of ``user_id`` on accounts they may still see, and
+        their access level: the one visibility rule (:mod:`correspond.store.visibility`)
+        over the joined ``accounts`` row, with the viewer bound here."""
         mine = NotificationRow.user_id == user_id
         if is_admin:
-            return mine
-        return and_(mine, terms_for("member").visible.params({VIEWER_ID: user_id}))
+            return mine, literal("full")
+        terms = terms_for("member")
+        bound = {VIEWER_ID: user_id}
+        return and_(mine, terms.visible.params(bound)), terms.level.params(bound)
 
     def page(
         self,
@@ -357,7 +390,8 @@ class NotificationStore:
     ) -> NotificationPage:
         """Newest first; ``before`` is the cursor of the previous page."""
         with unit_of_work(self._sessions) as s:
-            query = _select_notifications().where(self._visible(user_id, is_admin))
+            visible, access = self._rule(user_id, is_admin)
+            query = _select_notifications(access).where(visible)
             if unread_only:
                 query = query.where(NotificationRow.read_at.is_(None))
             if before is not None:
@@ -374,7 +408,7 @@ class NotificationStore:
                 select(func.count())
                 .select_from(NotificationRow)
                 .join(AccountRow, AccountRow.id == NotificationRow.account_id)
-                .where(self._visible(user_id, is_admin), NotificationRow.read_at.is_(None))
+                .where(self._rule(user_id, is_admin)[0], NotificationRow.read_at.is_(None))
             ).scalar_one()
         )
 
@@ -385,10 +419,9 @@ class NotificationStore:
     def mark_read(self, user_id: int, notification_id: int, *, is_admin: bool) -> Notification:
         """Mark one of the user's notifications read (NotFound for anyone else's)."""
         with unit_of_work(self._sessions) as s:
+            visible, access = self._rule(user_id, is_admin)
             found = s.execute(
-                _select_notifications().where(
-                    self._visible(user_id, is_admin), NotificationRow.id == notification_id
-                )
+                _select_notifications(access).where(visible, NotificationRow.id == notification_id)
             ).one_or_none()
             if found is None:
                 raise NotFound(f"no notification with id {notification_id}")
@@ -399,7 +432,7 @@ class NotificationStore:
                     .values(read_at=utcnow())
                 )
                 found = s.execute(
-                    _select_notifications().where(NotificationRow.id == notification_id)
+                    _select_notifications(access).where(NotificationRow.id == notification_id)
                 ).one()
             return _notification(found)
 
@@ -418,14 +451,21 @@ class NotificationStore:
     def after(
         self, user_ids: Collection[int], after_id: int, limit: int = 500
     ) -> list[Notification]:
-        """Notifications of any of ``user_ids`` with an id above ``after_id``, oldest first:
-        one query for every live stream of a process."""
+        """Notifications of any of ``user_ids`` with an id above ``after_id``, oldest first,
+        on accounts each user may still see (the rule per row: :func:`~correspond.store.
+        visibility.terms_for_users`): one query for every live stream of a process."""
         if not user_ids:
             return []
+        terms = terms_for_users(NotificationRow.user_id, UserRow.role == "admin", UserRow.disabled)
         with unit_of_work(self._sessions) as s:
             rows = s.execute(
-                _select_notifications()
-                .where(NotificationRow.user_id.in_(sorted(user_ids)), NotificationRow.id > after_id)
+                _select_notifications(terms.level)
+                .join(UserRow, UserRow.id == NotificationRow.user_id)
+                .where(
+                    NotificationRow.user_id.in_(sorted(user_ids)),
+                    NotificationRow.id > after_id,
+                    terms.visible,
+                )
                 .order_by(NotificationRow.id)
                 .limit(limit)
             ).all()
@@ -436,9 +476,10 @@ class NotificationStore:
     ) -> list[Notification]:
         """The user's notifications above ``after_id`` (a stream resumed by Last-Event-ID)."""
         with unit_of_work(self._sessions) as s:
+            visible, access = self._rule(user_id, is_admin)
             rows = s.execute(
-                _select_notifications()
-                .where(self._visible(user_id, is_admin), NotificationRow.id > after_id)
+                _select_notifications(access)
+                .where(visible, NotificationRow.id > after_id)
                 .order_by(NotificationRow.id)
                 .limit(limit)
             ).all()

@@ -23,12 +23,14 @@ its sync or move its credentials.
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import (
     ColumnElement,
     Integer,
+    Select,
     Subquery,
     and_,
     bindparam,
@@ -38,9 +40,11 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    union,
 )
+from sqlalchemy.orm import QueryableAttribute, aliased
 
-from correspond.store.tables import AccountRow, TeamMemberRow
+from correspond.store.tables import AccountRow, TeamMemberRow, UserRow
 
 __all__ = [
     "ACCESS_LEVELS",
@@ -48,8 +52,10 @@ __all__ = [
     "RuleTerms",
     "Viewer",
     "access_of",
+    "account_audience",
     "rule_terms",
     "terms_for",
+    "terms_for_users",
     "viewer_kind",
     "viewer_params",
     "visible_accounts",
@@ -129,7 +135,12 @@ def terms_for(kind: str) -> RuleTerms:
         return RuleTerms(false(), literal("metadata"), false())
     if kind == "admin":
         return RuleTerms(true(), literal("full"), true())
-    viewer_id = bindparam(VIEWER_ID, type_=Integer())
+    return _member_terms(bindparam(VIEWER_ID, type_=Integer()))
+
+
+def _member_terms(viewer_id: ColumnElement[int] | QueryableAttribute[int]) -> RuleTerms:
+    """The rule for a member whose id is ``viewer_id``: a bound parameter (one viewer), or a
+    column of the enclosing query (:func:`terms_for_users`: one viewer per row)."""
     my_teams = select(TeamMemberRow.team_id).where(TeamMemberRow.user_id == viewer_id)
     teammates = select(TeamMemberRow.user_id).where(TeamMemberRow.team_id.in_(my_teams))
     own = AccountRow.owner_id == viewer_id
@@ -141,6 +152,67 @@ def terms_for(kind: str) -> RuleTerms:
         visible=or_(full, shared_metadata),
         level=case((full, literal("full")), else_=literal("metadata")),
         manage=case((own, true()), else_=false()),
+    )
+
+
+def terms_for_users(
+    user_id: ColumnElement[int] | QueryableAttribute[int],
+    is_admin: ColumnElement[bool],
+    disabled: ColumnElement[bool] | QueryableAttribute[bool],
+) -> RuleTerms:
+    """The rule with the viewer taken from columns of the enclosing query, one viewer per row
+    (the notifications of every user with a live stream, read in one statement): the same
+    three forms as :func:`terms_for` (disabled, admin, member), chosen per row."""
+    member = _member_terms(user_id)
+    enabled = disabled.is_(False)
+    return RuleTerms(
+        visible=and_(enabled, or_(is_admin, member.visible)),
+        level=case((is_admin, literal("full")), else_=member.level),
+        manage=and_(enabled, or_(is_admin, member.manage)),
+    )
+
+
+def account_audience(account_ids: Collection[int]) -> Select[tuple[int, int, str]]:
+    """Who follows each of ``account_ids`` (who is told of its new mail, whose webhooks hear
+    of it): rows ``(account_id, user_id, access)``, one per enabled user the rule lets see the
+    account through a path of their own: its owner, the members of its team inbox's team, and
+    the owner's teammates when the owner shares it (``access`` ``metadata`` for a
+    metadata-only share). An admin sees every account, but that power is not a subscription:
+    admins are in the audience only through those same paths (with full access).
+
+    The candidates come from the three paths by index (the owner; members of the account's
+    team; members of the owner's teams when it is shared), and each candidate then passes the
+    rule itself (:func:`_member_terms` with the candidate as the viewer), so the rule stays
+    the only authority on who sees what; ``tests/test_notifications.py`` checks the audience
+    against the rule asked viewer by viewer."""
+    ids = sorted(set(account_ids))
+    owner = select(AccountRow.id.label("account_id"), AccountRow.owner_id.label("user_id")).where(
+        AccountRow.id.in_(ids), AccountRow.owner_id.is_not(None)
+    )
+    inbox = (
+        select(AccountRow.id, TeamMemberRow.user_id)
+        .join(TeamMemberRow, TeamMemberRow.team_id == AccountRow.team_id)
+        .where(AccountRow.id.in_(ids))
+    )
+    owners_team, mate = aliased(TeamMemberRow), aliased(TeamMemberRow)
+    shared = (
+        select(AccountRow.id, mate.user_id)
+        .join(owners_team, owners_team.user_id == AccountRow.owner_id)
+        .join(mate, mate.team_id == owners_team.team_id)
+        .where(AccountRow.id.in_(ids), AccountRow.sharing != "private")
+    )
+    candidates = union(owner, inbox, shared).subquery("candidates")
+    member = _member_terms(candidates.c.user_id)
+    is_admin = UserRow.role == "admin"
+    return (
+        select(
+            candidates.c.account_id,
+            candidates.c.user_id,
+            case((is_admin, literal("full")), else_=member.level).label("access"),
+        )
+        .join(AccountRow, AccountRow.id == candidates.c.account_id)
+        .join(UserRow, UserRow.id == candidates.c.user_id)
+        .where(UserRow.disabled.is_(False), member.visible)
     )
 
 
