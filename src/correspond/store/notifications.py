@@ -15,8 +15,10 @@ a late batch is found by the next pass that rescans. (A batch whose transaction 
 longer than the grace period is the one case that could be missed; an ingest transaction is
 one batch of at most 8 MB.)
 
-**Who is told**: the owner of the account the message was stored in (the visibility rule's
-owner; an admin's power to see every account is not a subscription). The message must be
+**Who is told**: the audience of the account the message was stored in
+(:func:`~correspond.store.visibility.account_audience`: its owner, its team inbox's team, the
+owner's teammates when shared, in full or as metadata only; an admin only through those
+paths: an admin's power to see every account is not a subscription). The message must be
 *received* (``direction`` inbound, not sent by the account) and *new*: it arrived at the
 server (INTERNALDATE, else its Date) no earlier than the moment the account was added to
 Correspond. A backfill, a wider window or a re-sync after a UIDVALIDITY change brings old mail

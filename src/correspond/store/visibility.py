@@ -15,6 +15,11 @@ the subquery), so nothing outside it is ever found. The rule:
   flags; never bodies, snippets, attachments or raw) with ``metadata``, not at all when
   ``private`` (the default). The most generous path wins.
 
+The same rule read the other way, "who sees this account", is :func:`account_audience` (who is
+told of an account's new mail, whose webhooks hear of it): candidates by index, each passed
+through the rule's member terms; and :func:`terms_for_users` is the rule with the viewer taken
+per row (one statement for many viewers).
+
 ``manage`` (change, delete, pause, resume, test, refresh or choose folders) is the owner's or an
 admin's alone, team inboxes included: seeing a team's mail does not let every member stop
 its sync or move its credentials.
