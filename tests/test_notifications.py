@@ -29,7 +29,12 @@ from correspond.store.notifications import Notification, NotificationStore
 from correspond.store.notify_tables import FanoutSeenRow, FanoutStateRow, NotificationRow
 from correspond.store.teams import TeamStore
 from correspond.store.users import User
-from correspond.store.visibility import account_audience, viewer_params, visible_accounts
+from correspond.store.visibility import (
+    account_audience,
+    audience_params,
+    viewer_params,
+    visible_accounts,
+)
 from correspond.store.webhooks import WebhookStore
 from correspond.testing.synthetic import make_account_with_folders
 from helpers import authed_client, user_client
@@ -433,7 +438,9 @@ def test_the_audience_is_the_rule_asked_per_viewer(store: Store) -> None:
     world = _teams_world(store)
     users, boxes = world["users"], world["boxes"]
     with Session(store.engine) as s:
-        got = {tuple(r) for r in s.execute(account_audience(boxes.values())).all()}
+        got = {
+            tuple(r) for r in s.execute(account_audience(), audience_params(boxes.values())).all()
+        }
         expected: set[tuple[int, int, str]] = set()
         for name, user in users.items():
             if name == "frank":  # disabled: sees nothing

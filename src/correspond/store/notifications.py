@@ -46,6 +46,7 @@ from correspond.store.tables import AccountRow, UserRow, utcnow
 from correspond.store.visibility import (
     VIEWER_ID,
     account_audience,
+    audience_params,
     terms_for,
     terms_for_users,
 )
@@ -142,31 +143,22 @@ _NOTIFICATION_COLUMNS = (
 
 def _notify_audience(s: Session, received: list[tuple[int, int]], now: datetime) -> int:
     """Notification rows for ``received`` (message id, account id): one per message and
-    user of its account's audience (:func:`~correspond.store.visibility.account_audience`),
-    in one INSERT ... SELECT for the batch; rows already there are skipped. How many added."""
+    user of its account's audience (:func:`~correspond.store.visibility.account_audience`):
+    the audience of the batch's accounts in one statement, the rows in one INSERT (rows
+    already there are skipped). How many added. (An INSERT ... SELECT joining the audience
+    to the messages cost a third more on SQLite: the rule's subqueries ran per message.)"""
     if not received:
         return 0
-    audience = account_audience({account_id for _, account_id in received}).subquery("audience")
-    chosen = (
-        select(
-            audience.c.user_id,
-            MessageRow.id,
-            MessageRow.account_id,
-            literal(now, type_=NotificationRow.created_at.type),
-        )
-        .join(audience, audience.c.account_id == MessageRow.account_id)
-        .where(MessageRow.id.in_([message_id for message_id, _ in received]))
-        # Ids in message order: a stream pushes them in id order.
-        .order_by(MessageRow.id, audience.c.user_id)
-    )
-    columns = ["user_id", "message_id", "account_id", "created_at"]
-    if s.get_bind().dialect.name == "postgresql":
-        stmt: Any = postgresql.insert(NotificationRow).from_select(columns, chosen)
-    else:
-        # The WHERE above keeps SQLite from reading ON CONFLICT as the join's ON.
-        stmt = sqlite.insert(NotificationRow).from_select(columns, chosen)
-    stmt = stmt.on_conflict_do_nothing().returning(NotificationRow.id)
-    return len(s.execute(stmt).all())
+    followers: dict[int, list[int]] = {}
+    accounts = audience_params({account_id for _, account_id in received})
+    for account_id, user_id, _access in s.execute(account_audience(), accounts).all():
+        followers.setdefault(account_id, []).append(user_id)
+    rows = [
+        {"user_id": user_id, "message_id": message_id, "account_id": account_id, "created_at": now}
+        for message_id, account_id in received
+        for user_id in sorted(followers.get(account_id, ()))
+    ]
+    return insert_ignoring_duplicates(s, NotificationRow.__table__, rows)
 
 
 def _notification(row: Any) -> Notification:

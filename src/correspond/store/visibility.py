@@ -58,6 +58,7 @@ __all__ = [
     "Viewer",
     "access_of",
     "account_audience",
+    "audience_params",
     "rule_terms",
     "terms_for",
     "terms_for_users",
@@ -70,6 +71,8 @@ __all__ = [
 
 #: The bound parameter that carries the viewer's user id.
 VIEWER_ID = "viewer_id"
+#: The bound parameter of :func:`account_audience`: the accounts whose audience is asked.
+AUDIENCE_ACCOUNTS = "audience_accounts"
 #: What a viewer may read of an account: everything, or only its metadata.
 ACCESS_LEVELS = ("full", "metadata")
 
@@ -177,20 +180,28 @@ def terms_for_users(
     )
 
 
-def account_audience(account_ids: Collection[int]) -> Select[tuple[int, int, str]]:
-    """Who follows each of ``account_ids`` (who is told of its new mail, whose webhooks hear
-    of it): rows ``(account_id, user_id, access)``, one per enabled user the rule lets see the
-    account through a path of their own: its owner, the members of its team inbox's team, and
-    the owner's teammates when the owner shares it (``access`` ``metadata`` for a
-    metadata-only share). An admin sees every account, but that power is not a subscription:
-    admins are in the audience only through those same paths (with full access).
+def audience_params(account_ids: Collection[int]) -> dict[str, list[int]]:
+    """The bound parameters of :func:`account_audience` for ``account_ids``."""
+    return {AUDIENCE_ACCOUNTS: sorted(set(account_ids))}
+
+
+@functools.cache
+def account_audience() -> Select[tuple[int, int, str]]:
+    """Who follows each of the accounts bound by :func:`audience_params` (who is told of
+    its new mail, whose webhooks hear of it): rows ``(account_id, user_id, access)``, one per
+    enabled user the rule lets see the account through a path of their own: its owner, the
+    members of its team inbox's team, and the owner's teammates when the owner shares it
+    (``access`` ``metadata`` for a metadata-only share). An admin sees every account, but
+    that power is not a subscription: admins are in the audience only through those same
+    paths (with full access).
 
     The candidates come from the three paths by index (the owner; members of the account's
     team; members of the owner's teams when it is shared), and each candidate then passes the
     rule itself (:func:`_member_terms` with the candidate as the viewer), so the rule stays
     the only authority on who sees what; ``tests/test_notifications.py`` checks the audience
-    against the rule asked viewer by viewer."""
-    ids = sorted(set(account_ids))
+    against the rule asked viewer by viewer. Built once (building it cost more than running
+    it); the accounts are an expanding parameter."""
+    ids = bindparam(AUDIENCE_ACCOUNTS, expanding=True, type_=Integer())
     owner = select(AccountRow.id.label("account_id"), AccountRow.owner_id.label("user_id")).where(
         AccountRow.id.in_(ids), AccountRow.owner_id.is_not(None)
     )
