@@ -45,8 +45,7 @@ from correspond.store.notify_tables import FanoutSeenRow, FanoutStateRow, Notifi
 from correspond.store.tables import AccountRow, UserRow, utcnow
 from correspond.store.visibility import (
     VIEWER_ID,
-    account_audience,
-    audience_params,
+    read_audience,
     terms_for,
     terms_for_users,
 )
@@ -150,8 +149,7 @@ def _notify_audience(s: Session, received: list[tuple[int, int]], now: datetime)
     if not received:
         return 0
     followers: dict[int, list[int]] = {}
-    accounts = audience_params({account_id for _, account_id in received})
-    for account_id, user_id, _access in s.execute(account_audience(), accounts).all():
+    for account_id, user_id, _access in read_audience(s, {a for _, a in received}):
         followers.setdefault(account_id, []).append(user_id)
     rows = [
         {"user_id": user_id, "message_id": message_id, "account_id": account_id, "created_at": now}

@@ -37,7 +37,7 @@ from correspond.store.notify_tables import (
 )
 from correspond.store.secrets import SecretBox
 from correspond.store.tables import AccountRow, UserRow, utcnow
-from correspond.store.visibility import account_audience, audience_params
+from correspond.store.visibility import read_audience
 from correspond.store.wakeups import send_wakeup
 
 __all__ = [
@@ -171,8 +171,7 @@ def queue_message_events(
     # account: an admin may see them all, and an integration is what they made it for.
     followers: set[tuple[int, int]] = set()
     if not all(admin for _, _, admin, _ in hooks):
-        accounts = audience_params({e.account_id for e in events})
-        followers = {(r[0], r[1]) for r in s.execute(account_audience(), accounts).all()}
+        followers = {(a, u) for a, u, _ in read_audience(s, {e.account_id for e in events})}
     rows: list[dict[str, Any]] = []
     for event in events:
         payload = _payload(event.event_type, now, event.data)
