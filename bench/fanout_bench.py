@@ -5,8 +5,10 @@ Fills N synthetic messages (``testing.synthetic``: no IMAP, no blobs) into an ac
 owner is a user, half of them "new" (arrived after the account was added, so notified), then
 runs fan-out passes of 500 as the API's hub does and reports messages per second, and the cost
 of an idle pass (nothing new, the seen list full: what every wake-up costs while ids settle).
+With ``--team N`` the account is shared with a team of N more users (the teams rule: each
+new message notifies N + 1 users, in one INSERT ... SELECT per pass).
 
-    .venv/bin/python bench/fanout_bench.py --count 20000 [--url postgresql://...]
+    .venv/bin/python bench/fanout_bench.py --count 20000 [--team 20] [--url postgresql://...]
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from correspond.auth import AuthService
 from correspond.settings import Settings
 from correspond.store import open_store
 from correspond.store.notifications import NotificationStore
+from correspond.store.teams import TeamStore
 from correspond.testing.postgres import postgres_server, temporary_database
 from correspond.testing.synthetic import fill_messages, make_account_with_folders
 
 
-def run(url: str, count: int, data_dir: Path) -> None:
+def run(url: str, count: int, data_dir: Path, team: int = 0) -> None:
     settings = Settings(
         data_dir=data_dir,
         secret_key=Fernet.generate_key().decode(),
@@ -42,6 +45,14 @@ def run(url: str, count: int, data_dir: Path) -> None:
         user, _ = auth.create_user("owner@example.test", None, admin=False)
         account_id, folders = make_account_with_folders(store.engine, "bench")
         auth.users.set_account_owner("bench", user.id)
+        if team:
+            teams = TeamStore(store.engine)
+            sales = teams.create("sales")
+            teams.add_member(sales.id, user.id)
+            for n in range(team):
+                mate, _ = auth.create_user(f"mate{n}@example.test", None, admin=False)
+                teams.add_member(sales.id, mate.id)
+            teams.set_account_sharing("bench", sharing="team")
         # Half before the account was added (a backfill: looked at, not told), half after.
         fill_messages(
             store.engine,
@@ -73,7 +84,8 @@ def run(url: str, count: int, data_dir: Path) -> None:
             idle.clear()
         print(
             f"{store.dialect}: {count} messages in {passes} passes, {took:.2f} s "
-            f"({count / took:,.0f} msgs/s), {told} notified"
+            f"({count / took:,.0f} msgs/s), {told} notified ({team + 1} users per message, "
+            f"{told / took:,.0f} notifications/s)"
         )
     finally:
         store.close()
@@ -82,14 +94,15 @@ def run(url: str, count: int, data_dir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=20_000)
+    parser.add_argument("--team", type=int, default=0, help="teammates the account is shared with")
     parser.add_argument("--url", default=None, help="PostgreSQL server URL (default: SQLite)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.url:
             with postgres_server() as server, temporary_database(server) as db:
-                run(db, args.count, Path(tmp))
+                run(db, args.count, Path(tmp), args.team)
         else:
-            run(f"sqlite:///{tmp}/bench.db", args.count, Path(tmp))
+            run(f"sqlite:///{tmp}/bench.db", args.count, Path(tmp), args.team)
     print(f"load average: {Path('/proc/loadavg').read_text().split()[:3]}")
 
 

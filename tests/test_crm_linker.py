@@ -316,3 +316,149 @@ def test_a_sent_copy_found_later_brings_its_bcc_recipients_to_the_timelines(
     linker.run_until_idle()
     assert _timeline_ids(crm, "contact", hidden.id) == [mid]
     assert not linker.pending()
+
+
+# --- contact auto-creation ----------------------------------------------------------------------
+
+
+def _mail(
+    store: Store,
+    account_id: int,
+    key: str,
+    *,
+    outbound: bool,
+    sender: tuple[str | None, str],
+    to: list[tuple[str | None, str]],
+    cc: list[tuple[str | None, str]] = (),  # type: ignore[assignment]
+    bcc: list[tuple[str | None, str]] = (),  # type: ignore[assignment]
+) -> int:
+    from datetime import UTC, datetime
+
+    from sqlalchemy.orm import Session
+
+    from correspond.store.message_tables import MessageRow
+
+    def people(pairs: list[tuple[str | None, str]]) -> list[dict[str, Any]]:
+        return [{"name": name, "email": email} for name, email in pairs]
+
+    now = datetime.now(UTC)
+    with Session(store.engine) as s, s.begin():
+        row = MessageRow(
+            account_id=account_id,
+            dedupe_key=key,
+            subject=key,
+            from_name=sender[0],
+            from_email=sender[1],
+            to_addrs=people(to),
+            cc_addrs=people(list(cc)),
+            bcc_addrs=people(list(bcc)),
+            date=now,
+            internaldate=now,
+            sort_at=now,
+            direction="outbound" if outbound else "inbound",
+        )
+        s.add(row)
+        s.flush()
+        return row.id
+
+
+def _contacts(crm: CrmStore) -> dict[str, tuple[int, str]]:
+    """address -> (contact id, name)."""
+    found: dict[str, tuple[int, str]] = {}
+    after = None
+    while True:
+        page = crm.list_contacts(after=after, limit=200)
+        for contact in page.items:
+            for address in contact.emails:
+                found[address] = (contact.id, contact.name)
+        if page.next_cursor is None:
+            return found
+        after = page.next_cursor
+
+
+def _policy(mode: str, limit: int = 200) -> LinkPolicy:
+    return LinkPolicy.build(
+        ["home.test"], ["pest@cust.test"], False, auto_create=mode, auto_create_limit=limit
+    )
+
+
+def test_contacts_are_created_for_external_participants_of_sent_mail(store: Store) -> None:
+    account_id, _ = make_account_with_folders(store.engine, "box")  # box@example.test
+    crm = CrmStore(store.engine)
+    known = crm.create_contact(name="Known", emails=["known@cust.test"])
+    me = (None, "box@example.test")
+    received = _mail(
+        store, account_id, "r1", outbound=False, sender=("Bob B", "bob@cust.test"), to=[me]
+    )
+    stranger = _mail(
+        store, account_id, "r2", outbound=False, sender=("Zed", "zed@far.test"), to=[me]
+    )
+    sent = _mail(
+        store,
+        account_id,
+        "s1",
+        outbound=True,
+        sender=me,
+        to=[("Ann A", "ann@cust.test"), ("Known", "KNOWN@cust.test")],
+        cc=[(None, "colleague@home.test"), (None, "no-reply@cust.test"), (None, "pest@cust.test")],
+        bcc=[("Bob B", "bob@cust.test")],
+    )
+    again = _mail(store, account_id, "s2", outbound=True, sender=me, to=[(None, "ann@cust.test")])
+    linker = LinkerStore(store.engine, _policy("sent"), batch=500)
+    linker.run_until_idle()
+    contacts = _contacts(crm)
+    # Ann and Bob (Bcc on sent mail) are new; the known contact, the colleague (an organisation
+    # domain), the mailbox itself, no-reply, the blocklisted address and Zed (he only wrote to
+    # us: "sent" mode) are not.
+    assert {a: n for a, (_, n) in contacts.items()} == {
+        "known@cust.test": "Known",
+        "ann@cust.test": "Ann A",
+        "bob@cust.test": "Bob B",
+    }
+    assert contacts["known@cust.test"][0] == known.id
+    # The new contacts' timelines are filled by the normal linking, mail received before they
+    # were made included.
+    assert sorted(_timeline_ids(crm, "contact", contacts["ann@cust.test"][0])) == [sent, again]
+    assert sorted(_timeline_ids(crm, "contact", contacts["bob@cust.test"][0])) == [
+        received,
+        sent,
+    ]
+    # Idempotent: indexing everything again makes no second contact for an address.
+    linker.reset()
+    linker.run_until_idle()
+    assert _contacts(crm) == contacts
+    # "all": received mail's senders too, once the setting says so.
+    all_linker = LinkerStore(store.engine, _policy("all"), batch=500)
+    all_linker.reset()
+    all_linker.run_until_idle()
+    everyone = _contacts(crm)
+    assert set(everyone) == {*contacts, "zed@far.test"}
+    assert _timeline_ids(crm, "contact", everyone["zed@far.test"][0]) == [stranger]
+
+
+def test_the_bound_per_batch_cuts_batches_and_loses_nobody(store: Store) -> None:
+    account_id, _ = make_account_with_folders(store.engine, "box")
+    me = (None, "box@example.test")
+    ids = [
+        _mail(
+            store,
+            account_id,
+            f"m{n}",
+            outbound=True,
+            sender=me,
+            to=[(f"P{n}", f"p{n}@cust.test"), (f"Q{n}", f"q{n}@cust.test")],
+        )
+        for n in range(6)
+    ]
+    linker = LinkerStore(store.engine, _policy("sent", limit=3), batch=500)
+    # Each step makes at most three: the batch ends after the message that fits.
+    assert linker.index_batch() == 1
+    assert len(_contacts(CrmStore(store.engine))) == 2
+    assert linker.watermark() == ids[0]
+    linker.run_until_idle()
+    contacts = _contacts(CrmStore(store.engine))
+    assert len(contacts) == 12 and contacts["q5@cust.test"][1] == "Q5"
+    assert linker.watermark() == ids[-1]
+    with store.engine.connect() as conn:
+        indexed = set(conn.scalars(select(MessageParticipantRow.message_id).distinct()))
+    assert indexed == set(ids)

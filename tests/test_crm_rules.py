@@ -8,6 +8,8 @@ import pytest
 
 from correspond.rules.crm import (
     LinkContext,
+    contacts_to_create,
+    is_automated_address,
     links_for,
     normalize_address,
     normalize_domain,
@@ -178,3 +180,106 @@ def test_parse_import_rows(kind: str, data: bytes, fmt: str, expected: list[Any]
 def test_unreadable_import_is_refused_whole(data: bytes, fmt: str) -> None:
     with pytest.raises(ValueError):
         parse_rows("contacts", data, fmt)
+
+
+@pytest.mark.parametrize(
+    ("address", "automated"),
+    [
+        ("noreply@x.com", True),
+        ("no-reply@x.com", True),
+        ("no_reply+abc@x.com", True),
+        ("do-not-reply@x.com", True),
+        ("donotreply@x.com", True),
+        ("mailer-daemon@x.com", True),
+        ("postmaster@x.com", True),
+        ("bounces+12345@x.com", True),
+        ("bounce-abc@x.com", True),
+        ("noreply-billing@x.com", True),
+        ("nobody@x.com", True),
+        ("ann@x.com", False),
+        ("reply@x.com", False),
+        ("noreen@x.com", False),
+        ("no@x.com", False),
+    ],
+)
+def test_is_automated_address(address: str, automated: bool) -> None:
+    assert is_automated_address(address) is automated
+
+
+AUTO_CTX = LinkContext(
+    contacts={"known@cust.com": 1},
+    internal=frozenset({"me@home.com"}),
+    organisation_domains=frozenset({"home.com"}),
+    blocklist=frozenset({"spam.com", "pest@cust.com"}),
+)
+SENT_TO_ANN = (True, [("me@home.com", "Me"), ("ann@cust.com", "Ann A")])
+FROM_BOB = (False, [("bob@cust.com", "Bob B"), ("me@home.com", None)])
+SENT_MANY = (
+    True,
+    [
+        ("me@home.com", None),
+        ("known@cust.com", "Known"),  # already a contact
+        ("colleague@home.com", None),  # an organisation domain
+        ("pest@cust.com", None),  # blocklisted address
+        ("x@spam.com", None),  # blocklisted domain
+        ("no-reply@cust.com", None),  # automated
+        ("carl@cust.com", None),  # no name here ...
+        ("dora@other.org", "Dora"),
+    ],
+)
+SENT_CARL_NAMED = (True, [("me@home.com", None), ("carl@cust.com", "Carl C")])
+
+
+@pytest.mark.parametrize(
+    ("messages", "mode", "limit", "contacts", "covered"),
+    [
+        ([SENT_TO_ANN, FROM_BOB], "off", 10, [], 2),
+        ([SENT_TO_ANN, FROM_BOB], "sent", 10, [("ann@cust.com", "Ann A")], 2),
+        (
+            [SENT_TO_ANN, FROM_BOB],
+            "all",
+            10,
+            [("ann@cust.com", "Ann A"), ("bob@cust.com", "Bob B")],
+            2,
+        ),
+        # Only external, unknown, unblocked, human addresses; each once.
+        (
+            [SENT_MANY, SENT_TO_ANN, SENT_TO_ANN],
+            "sent",
+            10,
+            [("carl@cust.com", ""), ("dora@other.org", "Dora"), ("ann@cust.com", "Ann A")],
+            3,
+        ),
+        # The bound cuts the batch before the message that would pass it ...
+        (
+            [SENT_TO_ANN, FROM_BOB, SENT_MANY],
+            "all",
+            2,
+            [("ann@cust.com", "Ann A"), ("bob@cust.com", "Bob B")],
+            2,
+        ),
+        ([SENT_TO_ANN, SENT_MANY], "sent", 2, [("ann@cust.com", "Ann A")], 1),
+        # ... but always covers the first message (a mass mailing gives its first `limit`).
+        ([SENT_MANY, SENT_TO_ANN], "sent", 1, [("carl@cust.com", "")], 1),
+        # Received mail does not count in "sent" mode, nor against the bound.
+        ([FROM_BOB, SENT_TO_ANN], "sent", 1, [("ann@cust.com", "Ann A")], 2),
+        ([], "all", 5, [], 0),
+    ],
+)
+def test_contacts_to_create(
+    messages: list[tuple[bool, list[tuple[str, str | None]]]],
+    mode: str,
+    limit: int,
+    contacts: list[tuple[str, str]],
+    covered: int,
+) -> None:
+    plan = contacts_to_create(messages, AUTO_CTX, mode=mode, limit=limit)
+    assert (plan.contacts, plan.covered) == (contacts, covered)
+
+
+def test_contacts_to_create_takes_a_name_seen_later_in_the_same_message() -> None:
+    message = (True, [("carl@cust.com", None), ("carl@cust.com", "Carl C")])
+    plan = contacts_to_create([message, SENT_CARL_NAMED], AUTO_CTX, mode="sent", limit=5)
+    assert plan.contacts == [("carl@cust.com", "Carl C")]
+    with pytest.raises(ValueError, match="off, sent, all"):
+        contacts_to_create([], AUTO_CTX, mode="always", limit=5)

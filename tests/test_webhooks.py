@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from correspond.api import create_app
@@ -38,9 +38,11 @@ from correspond.store.notify_tables import WebhookDeliveryRow
 from correspond.store.webhooks import DueDelivery, WebhookStore
 from correspond.testing.synthetic import make_account_with_folders
 from helpers import authed_client, user_client
-from test_notifications import add_account, add_message, add_user
+from test_notifications import _teams_world, add_account, add_message, add_user
 
 pytest_plugins = ["tests.conftest_store"]
+
+EVENTS = ["message.received", "message.sent", "message.updated", "message.deleted"]
 
 # --- signatures ---------------------------------------------------------------------------------
 
@@ -425,3 +427,87 @@ def test_flag_changes_and_expunges_are_queued_with_them(store: Store) -> None:
         "message.updated": {**common, "id": kept, "flags": ["\\Seen"]},
         "message.deleted": {**common, "id": gone},
     }
+
+
+# --- who hears what: the teams rule; where deliveries may go ---------------------------------
+
+
+def test_webhooks_hear_of_what_their_owner_may_see(store: Store) -> None:
+    world = _teams_world(store)
+    users, boxes = world["users"], world["boxes"]
+    hooks = WebhookStore(store.engine, store.secrets)
+    made = {
+        name: hooks.create(users[name].id, f"https://hooks.example.com/{name}", EVENTS)[0]
+        for name in ("ann", "bob", "carol", "olga", "eve", "frank")
+    }
+    messages = {add_message(store, account_id, box): box for box, account_id in boxes.items()}
+    NotificationStore(store.engine).fan_out()
+    heard: dict[str, set[str]] = {}
+    payloads: dict[tuple[str, str], dict[str, Any]] = {}
+    for name, hook in made.items():
+        heard[name] = set()
+        with Session(store.engine) as s:
+            for delivery in hooks.deliveries(hook.id)[0]:
+                row = s.get(WebhookDeliveryRow, delivery.id)
+                assert row is not None
+                data = json.loads(row.payload)["data"]
+                heard[name].add(messages[data["id"]])
+                payloads[(name, messages[data["id"]])] = data
+    assert heard == {
+        "ann": {"ann-box", "bob-box"},  # her own; Bob's shared as metadata
+        "bob": {"ann-box", "bob-box"},  # Ann's shared with the team in full
+        "carol": {"support-box"},  # her team's inbox
+        "olga": {"olga-box"},
+        "eve": set(boxes),  # an admin's webhook hears of every account
+        "frank": set(),  # disabled
+    }
+    # A metadata-only viewer's payload is the same metadata everyone gets: never a body.
+    shown = payloads[("ann", "bob-box")]
+    assert shown == payloads[("bob", "bob-box")]
+    assert set(shown) == {"id", "account", "thread_id", "subject", "from", "date"}
+    # Once the account stops being shared, its new mail is no longer announced to Ann.
+    world["teams"].set_account_sharing("bob-box", sharing="private")
+    later = add_message(store, boxes["bob-box"], "later")
+    NotificationStore(store.engine).fan_out()
+    with Session(store.engine) as s:
+        told = {
+            json.loads(p)["data"]["id"]
+            for p in s.scalars(
+                select(WebhookDeliveryRow.payload).where(
+                    WebhookDeliveryRow.webhook_id == made["ann"].id
+                )
+            )
+        }
+    assert later not in told
+
+
+def test_no_webhook_can_be_made_until_the_admin_allows_a_host(
+    store: Store, store_settings: Settings
+) -> None:
+    settings = store_settings.clone(password_hash_time_cost=1, password_hash_memory_kib=1024)
+    assert settings.webhook_allowed_hosts == []  # the default
+    with authed_client(create_app(settings, store=store)) as admin:
+        for url, why in (
+            ("https://hooks.example.com/a", "not in the allowed webhook hosts"),
+            ("http://127.0.0.1:9/a", "internal address"),
+        ):
+            refused = admin.post("/webhooks", json={"url": url, "events": ["message.received"]})
+            assert refused.status_code == 422 and why in refused.text, refused.text
+        assert admin.get("/webhooks").json() == []
+
+
+def test_a_host_taken_off_the_list_is_refused_at_send_time(receiver: Receiver) -> None:
+    """Made while allowed; the admin then narrows the list (or stops allowing internal
+    addresses): the sender checks again and the receiver gets nothing."""
+    for narrowed in (
+        Settings(webhook_allowed_hosts=["hooks.example.com"], webhook_allow_internal=True),
+        Settings(webhook_allowed_hosts=["127.0.0.1"], webhook_allow_internal=False),
+    ):
+        sender = WebhookSender(WebhookStore.__new__(WebhookStore), narrowed)
+        outcome = asyncio.run(sender.deliver(_due(receiver.url)))
+        assert not outcome.delivered and outcome.error.startswith("refused"), outcome
+    assert receiver.requests == []
+    allowed = Settings(webhook_allowed_hosts=["127.0.0.1"], webhook_allow_internal=True)
+    sender = WebhookSender(WebhookStore.__new__(WebhookStore), allowed)
+    asyncio.run(sender.deliver(_due(receiver.url)))
+    assert len(receiver.requests) == 1  # the same delivery goes once allowed

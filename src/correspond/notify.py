@@ -76,10 +76,10 @@ class Stream:
     dropped: bool = False
 
     def offer(self, item: Notification) -> None:
-        if self.dropped or item.id <= self.after:
+        # Whether the user may still see the account was asked of the rule by the query
+        # that read ``item`` (NotificationStore.after).
+        if self.dropped or item.id <= self.after or item.user_id != self.user_id:
             return
-        if not (self.is_admin or item.account_owner_id == self.user_id):
-            return  # the account is no longer the user's to see
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:

@@ -12,7 +12,7 @@ import contextlib
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -276,6 +276,19 @@ class Settings(BaseSettings):
     link_blocklist: list[str] = Field(
         default_factory=list,
         description="Addresses and domains never put on a timeline (nor counted as participants)",
+    )
+    auto_create_contacts: Literal["off", "sent", "all"] = Field(
+        default="off",
+        description="Create contacts for the external participants of sent mail (sent), or "
+        "of sent and received mail (all); never for internal, blocklisted or no-reply "
+        "addresses",
+    )
+    auto_create_contacts_per_batch: int = Field(
+        default=200,
+        ge=1,
+        le=10_000,
+        description="Contacts the linker creates at most per batch of messages it indexes "
+        "(the rest in the next batches)",
     )
     linker_batch_size: int = Field(
         default=2000, ge=1, le=100_000, description="Messages the linker handles per transaction"

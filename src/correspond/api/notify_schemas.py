@@ -49,10 +49,13 @@ class NotificationPublic(BaseModel):
     thread_id: int | None
     subject: str
     sender: SenderPublic
+    #: Empty when the account is shared with the caller as metadata only.
     snippet: str
     date: datetime | None
     created_at: datetime
     read_at: datetime | None
+    #: The caller's access to the account: ``full``, or ``metadata`` (no snippet).
+    access: Literal["full", "metadata"] = "full"
 
 
 def notification_public(n: Notification) -> NotificationPublic:
@@ -67,6 +70,7 @@ def notification_public(n: Notification) -> NotificationPublic:
         date=n.message_date,
         created_at=n.created_at,
         read_at=n.read_at,
+        access="metadata" if n.access == "metadata" else "full",
     )
 
 

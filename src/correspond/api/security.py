@@ -37,6 +37,7 @@ __all__ = [
     "Need",
     "ViewAccess",
     "authorize",
+    "caller_recheck",
     "current_user",
     "get_auth",
     "needs",
@@ -118,6 +119,27 @@ def current_user(
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def caller_recheck(request: Request, auth: AuthService) -> Callable[[], User | None]:
+    """Ask again who holds the request's credential (for a response that outlives the
+    request's own check: an event stream): the user, or None once the token is revoked, the
+    session ended or expired, or the user disabled. The same lookup as :func:`current_user`;
+    blocking (a database read), so call it from a worker thread."""
+    header = request.headers.get("authorization")
+    if header is not None:
+        token = header.partition(" ")[2].strip()
+
+        def by_token() -> User | None:
+            return auth.user_for_token(token)
+
+        return by_token
+    cookie = request.cookies.get(SESSION_COOKIE) or ""
+
+    def by_session() -> User | None:
+        return auth.user_for_session(cookie)
+
+    return by_session
 
 
 def _id(value: str) -> int | None:

@@ -14,22 +14,32 @@ activities) and asks :func:`links_for` per message; the tests are tables.
 - Blocklisted addresses and domains are dropped first: they link nothing and count for
   nothing. Mail whose remaining participants are all internal (a user of the installation, or
   an address at one of the organisation's domains) links nowhere unless ``link_internal``.
+- Contact auto-creation (:func:`contacts_to_create`, off by default): the external
+  participants of sent mail (``sent``), or of sent and received mail (``all``), that have no
+  contact yet become contacts: never an internal, blocklisted or automated address
+  (:func:`is_automated_address`: no-reply, mailer-daemon, postmaster, bounces), at most a
+  bounded number per batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
     "ACTIVITY_KINDS",
+    "AUTO_CREATE_MODES",
     "DEAL_STATUSES",
     "ROLES",
     "TARGET_KINDS",
+    "AutoCreatePlan",
     "LinkContext",
+    "contacts_to_create",
     "domain_of",
+    "is_automated_address",
     "links_for",
+    "named_participants",
     "normalize_address",
     "normalize_domain",
     "participant_rows",
@@ -39,6 +49,8 @@ TARGET_KINDS = ("contact", "company", "deal", "activity")
 DEAL_STATUSES = ("open", "won", "lost")
 ACTIVITY_KINDS = ("meeting", "call", "task")
 ROLES = ("from", "to", "cc", "bcc")
+#: ``Settings.auto_create_contacts``: never, from sent mail, from sent and received mail.
+AUTO_CREATE_MODES = ("off", "sent", "all")
 
 #: Longest address (RFC 5321 §4.5.3.1: 64 + 1 + 255) and domain kept; longer ones are not mail.
 MAX_ADDRESS = 320
@@ -115,6 +127,35 @@ def participant_rows(
     return list(out)
 
 
+def named_participants(
+    from_email: str | None,
+    from_name: str | None,
+    to: Iterable[Mapping[str, Any]] | None,
+    cc: Iterable[Mapping[str, Any]] | None,
+    bcc: Iterable[Mapping[str, Any]] | None,
+    *,
+    outbound: bool,
+) -> list[tuple[str, str | None]]:
+    """:func:`participant_rows`' addresses with the display name each carried (None when
+    none), in header order: what contact auto-creation names a new contact after."""
+    out: list[tuple[str, str | None]] = []
+    groups: list[Iterable[Mapping[str, Any]]] = [
+        [{"email": from_email, "name": from_name}] if from_email else [],
+        to or (),
+        cc or (),
+    ]
+    if outbound:
+        groups.append(bcc or ())
+    for items in groups:
+        for item in items:
+            email = item.get("email") if isinstance(item, Mapping) else None
+            address = normalize_address(email) if isinstance(email, str) else None
+            if address is not None:
+                name = item.get("name")
+                out.append((address, name if isinstance(name, str) and name.strip() else None))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class LinkContext:
     """What :func:`links_for` needs to know about the addresses of the messages at hand.
@@ -174,3 +215,75 @@ def links_for(addresses: Iterable[str], ctx: LinkContext) -> set[tuple[str, int]
             if company is not None:
                 out.add(("company", company))
     return out
+
+
+# Local parts (without a +tag, dots, dashes and underscores) of mailboxes no person reads.
+_AUTOMATED_LOCALS = frozenset(
+    {"noreply", "donotreply", "mailerdaemon", "postmaster", "bounce", "bounces", "nobody"}
+)
+_AUTOMATED_PREFIXES = ("noreply", "donotreply", "bounce", "mailerdaemon")
+
+
+def is_automated_address(address: str) -> bool:
+    """Whether a normalised address is an obvious machine's (``no-reply@``,
+    ``do_not_reply@``, ``mailer-daemon@``, ``postmaster@``, ``bounces+x@``, ``noreply-abc@``):
+    never made a contact automatically."""
+    local = address.rpartition("@")[0].split("+", 1)[0]
+    squashed = local.replace(".", "").replace("-", "").replace("_", "")
+    return squashed in _AUTOMATED_LOCALS or squashed.startswith(_AUTOMATED_PREFIXES)
+
+
+@dataclass(frozen=True, slots=True)
+class AutoCreatePlan:
+    """What :func:`contacts_to_create` decided for a batch: ``contacts`` (address, name) to
+    create in first-seen order, and ``covered``: how many of the batch's messages (from its
+    first) were looked at whole. The caller indexes only those, and the next batch starts
+    after them, so a bound never skips a message's participants (but one message with more
+    new addresses than the bound gives only the first ``limit``: a mass mailing)."""
+
+    contacts: list[tuple[str, str]]
+    covered: int
+
+
+def contacts_to_create(
+    messages: Sequence[tuple[bool, Sequence[tuple[str, str | None]]]],
+    ctx: LinkContext,
+    *,
+    mode: str,
+    limit: int,
+) -> AutoCreatePlan:
+    """The contacts to create for ``messages``: each ``(outbound, participants)``, the
+    participants as ``(normalised address, display name or None)``, in message order.
+
+    ``mode`` ``off`` creates none; ``sent`` takes the participants of outbound messages;
+    ``all`` those of every message. Only external addresses (not internal, not at an
+    organisation domain, not blocklisted), not automated (:func:`is_automated_address`), not
+    a contact already (``ctx.contacts``), each once, with the first name seen (else empty);
+    at most ``limit`` (see :class:`AutoCreatePlan` for how a batch is cut)."""
+    if mode not in AUTO_CREATE_MODES:
+        raise ValueError(f"auto-create mode must be one of {', '.join(AUTO_CREATE_MODES)}")
+    if mode == "off" or limit <= 0:
+        return AutoCreatePlan([], len(messages))
+    chosen: dict[str, str] = {}
+    for index, (outbound, participants) in enumerate(messages):
+        if mode == "sent" and not outbound:
+            continue
+        fresh: dict[str, str] = {}
+        for address, name in participants:
+            if (
+                address in chosen
+                or address in ctx.contacts
+                or ctx.is_internal(address)
+                or ctx.is_blocked(address)
+                or is_automated_address(address)
+            ):
+                continue
+            if not fresh.get(address):  # the first name seen (From may carry none, To one)
+                fresh[address] = (name or "").strip()
+        if len(chosen) + len(fresh) > limit:
+            if index == 0:  # one message alone over the bound: its first ``limit`` only
+                chosen.update(list(fresh.items())[:limit])
+                return AutoCreatePlan(list(chosen.items()), 1)
+            return AutoCreatePlan(list(chosen.items()), index)
+        chosen.update(fresh)
+    return AutoCreatePlan(list(chosen.items()), len(messages))

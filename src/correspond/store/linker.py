@@ -11,6 +11,11 @@ killed at any point leaves nothing half done that the next step does not redo:
   a domain a record change touched): the next ``batch`` indexed messages with that participant
   are linked again, and the entry's ``done_through`` moves (the entry goes when done).
 
+With ``Settings.auto_create_contacts`` on, an indexing step first makes contacts for the
+batch's new external participants (:meth:`_auto_create_contacts`, decided by
+:func:`correspond.rules.crm.contacts_to_create`), in the same transaction, so its links
+include them.
+
 Linking a set of messages (:meth:`_relink`) reads what the rules need for their addresses,
 asks :func:`correspond.rules.crm.links_for` per message, then deletes the automatic links no
 longer wanted and inserts the missing ones; manual links are never deleted by it, and a thread
@@ -49,9 +54,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from correspond.rules.crm import (
+    AUTO_CREATE_MODES,
     LinkContext,
+    contacts_to_create,
     domain_of,
     links_for,
+    named_participants,
     normalize_address,
     normalize_domain,
     participant_rows,
@@ -125,10 +133,19 @@ class LinkPolicy:
     organisation_domains: frozenset[str] = frozenset()
     blocklist: frozenset[str] = frozenset()
     link_internal: bool = False
+    #: ``Settings.auto_create_contacts`` (off | sent | all) and its bound per indexing batch.
+    auto_create: str = "off"
+    auto_create_limit: int = 200
 
     @classmethod
     def build(
-        cls, organisation_domains: Iterable[str], blocklist: Iterable[str], link_internal: bool
+        cls,
+        organisation_domains: Iterable[str],
+        blocklist: Iterable[str],
+        link_internal: bool,
+        *,
+        auto_create: str = "off",
+        auto_create_limit: int = 200,
     ) -> LinkPolicy:
         blocked: set[str] = set()
         for entry in blocklist:
@@ -137,7 +154,11 @@ class LinkPolicy:
             if norm:
                 blocked.add(norm)
         doms = {d for d in (normalize_domain(x.lstrip("@")) for x in organisation_domains) if d}
-        return cls(frozenset(doms), frozenset(blocked), link_internal)
+        if auto_create not in AUTO_CREATE_MODES:
+            raise ValueError(f"auto_create must be one of {', '.join(AUTO_CREATE_MODES)}")
+        return cls(
+            frozenset(doms), frozenset(blocked), link_internal, auto_create, auto_create_limit
+        )
 
 
 class LinkerStore:
@@ -251,6 +272,9 @@ class LinkerStore:
                 )
             )
             self._write_participants(conn, rows)
+            if self.policy.auto_create != "off":
+                last = self._auto_create_contacts(conn, mark, last)
+                rows = [r for r in rows if r[0] <= last]
             self._relink(
                 conn, select(MessageRow.id).where(MessageRow.id > mark, MessageRow.id <= last)
             )
@@ -330,6 +354,71 @@ class LinkerStore:
             self._relink(conn, select(MessageRow.id).where(MessageRow.id.in_(chosen)))
         conn.execute(delete(_QUEUE).where(q.id.in_(entries)))
         return len(ids)
+
+    def _auto_create_contacts(self, conn: Connection, mark: int, last: int) -> int:
+        """Contacts for the new external participants of the messages after ``mark`` up to
+        ``last`` (whose participants are written), as :func:`~correspond.rules.crm.
+        contacts_to_create` decides; the batch ends where its bound cut it (the index rows
+        past that go, the next step takes those messages). Each new contact's address is
+        queued for relinking, so mail indexed before it was made reaches its timeline too
+        (the batch's own messages are linked by the step). The last message id covered."""
+        scope = select(MessageRow.id).where(MessageRow.id > mark, MessageRow.id <= last)
+        messages = conn.execute(
+            select(
+                MessageRow.id,
+                MessageRow.from_email,
+                MessageRow.from_name,
+                MessageRow.to_addrs,
+                MessageRow.cc_addrs,
+                MessageRow.bcc_addrs,
+                MessageRow.direction,
+            )
+            .where(MessageRow.id.in_(scope))
+            .order_by(MessageRow.id)
+        ).all()
+        plan = contacts_to_create(
+            [
+                (
+                    direction == "outbound",
+                    named_participants(
+                        from_email, from_name, to, cc, bcc, outbound=direction == "outbound"
+                    ),
+                )
+                for _, from_email, from_name, to, cc, bcc, direction in messages
+            ],
+            self._context(conn, scope),
+            mode=self.policy.auto_create,
+            limit=self.policy.auto_create_limit,
+        )
+        if plan.covered < len(messages):
+            cut = int(messages[plan.covered - 1][0])
+            conn.execute(
+                delete(_PARTICIPANTS).where(
+                    _PARTICIPANTS.c.message_id > cut, _PARTICIPANTS.c.message_id <= last
+                )
+            )
+            last = cut
+        if plan.contacts:
+            now = utcnow()
+            ids = conn.scalars(
+                insert(ContactRow).returning(ContactRow.id, sort_by_parameter_order=True),
+                [{"name": name, "created_at": now, "updated_at": now} for _, name in plan.contacts],
+            ).all()
+            conn.execute(
+                insert(ContactEmailRow),
+                [
+                    {"contact_id": cid, "address": address}
+                    for cid, (address, _) in zip(ids, plan.contacts, strict=True)
+                ],
+            )
+            conn.execute(
+                insert(_QUEUE),
+                [
+                    {"address": address, "done_through": 0, "created_at": now}
+                    for address, _ in plan.contacts
+                ],
+            )
+        return last
 
     @staticmethod
     def _write_participants(conn: Connection, rows: Sequence[Any]) -> None:

@@ -15,8 +15,10 @@ a late batch is found by the next pass that rescans. (A batch whose transaction 
 longer than the grace period is the one case that could be missed; an ingest transaction is
 one batch of at most 8 MB.)
 
-**Who is told**: the owner of the account the message was stored in (the visibility rule's
-owner; an admin's power to see every account is not a subscription). The message must be
+**Who is told**: the audience of the account the message was stored in
+(:func:`~correspond.store.visibility.account_audience`: its owner, its team inbox's team, the
+owner's teammates when shared, in full or as metadata only; an admin only through those
+paths: an admin's power to see every account is not a subscription). The message must be
 *received* (``direction`` inbound, not sent by the account) and *new*: it arrived at the
 server (INTERNALDATE, else its Date) no earlier than the moment the account was added to
 Correspond. A backfill, a wider window or a re-sync after a UIDVALIDITY change brings old mail
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, select, update
+from sqlalchemy import ColumnElement, Engine, and_, delete, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -41,7 +43,12 @@ from correspond.store.engine import register_table_modules, unit_of_work
 from correspond.store.message_tables import MessageRow
 from correspond.store.notify_tables import FanoutSeenRow, FanoutStateRow, NotificationRow
 from correspond.store.tables import AccountRow, UserRow, utcnow
-from correspond.store.visibility import VIEWER_ID, terms_for
+from correspond.store.visibility import (
+    VIEWER_ID,
+    read_audience,
+    terms_for,
+    terms_for_users,
+)
 from correspond.store.wakeups import send_wakeup
 
 __all__ = [
@@ -78,7 +85,9 @@ class Notification:
     message_date: datetime | None
     created_at: datetime
     read_at: datetime | None
-    account_owner_id: int | None = None
+    #: The user's access to the account when read: ``metadata`` (shared as metadata only)
+    #: leaves the snippet out, as every read of a metadata-only account does.
+    access: str = "full"
 
 
 @dataclass(frozen=True)
@@ -128,11 +137,30 @@ _NOTIFICATION_COLUMNS = (
     MessageRow.date,
     NotificationRow.created_at,
     NotificationRow.read_at,
-    AccountRow.owner_id,
 )
 
 
+def _notify_audience(s: Session, received: list[tuple[int, int]], now: datetime) -> int:
+    """Notification rows for ``received`` (message id, account id): one per message and
+    user of its account's audience (:func:`~correspond.store.visibility.account_audience`):
+    the audience of the batch's accounts in one statement, the rows in one INSERT (rows
+    already there are skipped). How many added. (An INSERT ... SELECT joining the audience
+    to the messages cost a third more on SQLite: the rule's subqueries ran per message.)"""
+    if not received:
+        return 0
+    followers: dict[int, list[int]] = {}
+    for account_id, user_id, _access in read_audience(s, {a for _, a in received}):
+        followers.setdefault(account_id, []).append(user_id)
+    rows = [
+        {"user_id": user_id, "message_id": message_id, "account_id": account_id, "created_at": now}
+        for message_id, account_id in received
+        for user_id in sorted(followers.get(account_id, ()))
+    ]
+    return insert_ignoring_duplicates(s, NotificationRow.__table__, rows)
+
+
 def _notification(row: Any) -> Notification:
+    access = str(row[12])
     return Notification(
         id=row[0],
         user_id=row[1],
@@ -142,17 +170,19 @@ def _notification(row: Any) -> Notification:
         subject=row[5] or "",
         from_name=row[6],
         from_email=row[7],
-        snippet=row[8] or "",
+        snippet=(row[8] or "") if access == "full" else "",
         message_date=_aware(row[9]),
         created_at=_aware(row[10]) or utcnow(),
         read_at=_aware(row[11]),
-        account_owner_id=row[12],
+        access=access,
     )
 
 
-def _select_notifications() -> Any:
+def _select_notifications(access: ColumnElement[str]) -> Any:
+    """Notifications with their message and account, and ``access``: the reader's level
+    (the rule's, from the caller's terms)."""
     return (
-        select(*_NOTIFICATION_COLUMNS)
+        select(*_NOTIFICATION_COLUMNS, access)
         .join(MessageRow, MessageRow.id == NotificationRow.message_id)
         .join(AccountRow, AccountRow.id == NotificationRow.account_id)
     )
@@ -243,21 +273,14 @@ class NotificationStore:
                 .order_by(MessageRow.id)
                 .limit(limit)
             ).all()
-            notifications: list[dict[str, Any]] = []
+            received: list[tuple[int, int]] = []  # (message id, account id)
             events: list[MessageEvent] = []
             for r in rows:
                 if not _is_new_mail(r.internaldate, r.date, _aware(r.created_at) or now):
                     continue
                 inbound = r.direction == "inbound"
-                if inbound and r.owner_id is not None:
-                    notifications.append(
-                        {
-                            "user_id": r.owner_id,
-                            "message_id": r.id,
-                            "account_id": r.account_id,
-                            "created_at": now,
-                        }
-                    )
+                if inbound:
+                    received.append((r.id, r.account_id))
                 events.append(
                     MessageEvent(
                         "message.received" if inbound else "message.sent",
@@ -274,7 +297,7 @@ class NotificationStore:
                         },
                     )
                 )
-            notified = insert_ignoring_duplicates(s, NotificationRow.__table__, notifications)
+            notified = _notify_audience(s, received, now)
             queued = queue_message_events(s, events, now=now, dedupe=True)
             insert_ignoring_duplicates(
                 s,
@@ -337,14 +360,16 @@ class NotificationStore:
     # -- reads and marks -------------------------------------------------------------------------
 
     @staticmethod
-    def _visible(user_id: int, is_admin: bool) -> Any:
-        """Notifications of ``user_id`` on accounts they may still see: the one visibility
-        rule (:mod:`correspond.store.visibility`) over the joined ``accounts`` row, with the
-        viewer bound here."""
+    def _rule(user_id: int, is_admin: bool) -> tuple[ColumnElement[bool], ColumnElement[str]]:
+        """The WHERE for notifications of ``user_id`` on accounts they may still see, and
+        their access level: the one visibility rule (:mod:`correspond.store.visibility`)
+        over the joined ``accounts`` row, with the viewer bound here."""
         mine = NotificationRow.user_id == user_id
         if is_admin:
-            return mine
-        return and_(mine, terms_for("member").visible.params({VIEWER_ID: user_id}))
+            return mine, literal("full")
+        terms = terms_for("member")
+        bound = {VIEWER_ID: user_id}
+        return and_(mine, terms.visible.params(bound)), terms.level.params(bound)
 
     def page(
         self,
@@ -357,7 +382,8 @@ class NotificationStore:
     ) -> NotificationPage:
         """Newest first; ``before`` is the cursor of the previous page."""
         with unit_of_work(self._sessions) as s:
-            query = _select_notifications().where(self._visible(user_id, is_admin))
+            visible, access = self._rule(user_id, is_admin)
+            query = _select_notifications(access).where(visible)
             if unread_only:
                 query = query.where(NotificationRow.read_at.is_(None))
             if before is not None:
@@ -374,7 +400,7 @@ class NotificationStore:
                 select(func.count())
                 .select_from(NotificationRow)
                 .join(AccountRow, AccountRow.id == NotificationRow.account_id)
-                .where(self._visible(user_id, is_admin), NotificationRow.read_at.is_(None))
+                .where(self._rule(user_id, is_admin)[0], NotificationRow.read_at.is_(None))
             ).scalar_one()
         )
 
@@ -385,10 +411,9 @@ class NotificationStore:
     def mark_read(self, user_id: int, notification_id: int, *, is_admin: bool) -> Notification:
         """Mark one of the user's notifications read (NotFound for anyone else's)."""
         with unit_of_work(self._sessions) as s:
+            visible, access = self._rule(user_id, is_admin)
             found = s.execute(
-                _select_notifications().where(
-                    self._visible(user_id, is_admin), NotificationRow.id == notification_id
-                )
+                _select_notifications(access).where(visible, NotificationRow.id == notification_id)
             ).one_or_none()
             if found is None:
                 raise NotFound(f"no notification with id {notification_id}")
@@ -399,7 +424,7 @@ class NotificationStore:
                     .values(read_at=utcnow())
                 )
                 found = s.execute(
-                    _select_notifications().where(NotificationRow.id == notification_id)
+                    _select_notifications(access).where(NotificationRow.id == notification_id)
                 ).one()
             return _notification(found)
 
@@ -418,14 +443,21 @@ class NotificationStore:
     def after(
         self, user_ids: Collection[int], after_id: int, limit: int = 500
     ) -> list[Notification]:
-        """Notifications of any of ``user_ids`` with an id above ``after_id``, oldest first:
-        one query for every live stream of a process."""
+        """Notifications of any of ``user_ids`` with an id above ``after_id``, oldest first,
+        on accounts each user may still see (the rule per row: :func:`~correspond.store.
+        visibility.terms_for_users`): one query for every live stream of a process."""
         if not user_ids:
             return []
+        terms = terms_for_users(NotificationRow.user_id, UserRow.role == "admin", UserRow.disabled)
         with unit_of_work(self._sessions) as s:
             rows = s.execute(
-                _select_notifications()
-                .where(NotificationRow.user_id.in_(sorted(user_ids)), NotificationRow.id > after_id)
+                _select_notifications(terms.level)
+                .join(UserRow, UserRow.id == NotificationRow.user_id)
+                .where(
+                    NotificationRow.user_id.in_(sorted(user_ids)),
+                    NotificationRow.id > after_id,
+                    terms.visible,
+                )
                 .order_by(NotificationRow.id)
                 .limit(limit)
             ).all()
@@ -436,9 +468,10 @@ class NotificationStore:
     ) -> list[Notification]:
         """The user's notifications above ``after_id`` (a stream resumed by Last-Event-ID)."""
         with unit_of_work(self._sessions) as s:
+            visible, access = self._rule(user_id, is_admin)
             rows = s.execute(
-                _select_notifications()
-                .where(self._visible(user_id, is_admin), NotificationRow.id > after_id)
+                _select_notifications(access)
+                .where(visible, NotificationRow.id > after_id)
                 .order_by(NotificationRow.id)
                 .limit(limit)
             ).all()

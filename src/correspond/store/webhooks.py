@@ -6,8 +6,10 @@ so an event is never lost to a crash and never queued twice (``dedupe_key``). Th
 (``correspond.notify.WebhookSender``) claims due rows, posts them and records each attempt.
 
 A webhook belongs to the user who made it and hears only about accounts that user may see
-(the visibility rule: an admin every account, a member their own). Its secret (``whsec_...``)
-is sealed with the store's key like an account password and shown once, when made.
+(the visibility rule: an admin every account; a member their own, their teams' inboxes and
+what teammates share with them, in full or as metadata: payloads never carry bodies). Its
+secret (``whsec_...``) is sealed with the store's key like an account password and shown
+once, when made.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from correspond.store.notify_tables import (
 )
 from correspond.store.secrets import SecretBox
 from correspond.store.tables import AccountRow, UserRow, utcnow
+from correspond.store.visibility import read_audience
 from correspond.store.wakeups import send_wakeup
 
 __all__ = [
@@ -161,19 +164,20 @@ def queue_message_events(
     hooks = [h for h in _subscribers(s) if h[3] & {e.event_type for e in events}]
     if not hooks:
         return 0
-    owners: dict[int, int | None] = dict(
-        s.execute(  # type: ignore[arg-type]
-            select(AccountRow.id, AccountRow.owner_id).where(
-                AccountRow.id.in_(sorted({e.account_id for e in events}))
-            )
-        ).all()
-    )
+    # Who may see each account: the audience of the visibility rule (owner, team inbox
+    # members, teammates it is shared with, in full or as metadata). A payload carries
+    # metadata only (ids, subject, sender, date, flags, state; never a body or snippet), so a
+    # metadata-only viewer's webhook gets the same one. An admin's webhook hears of every
+    # account: an admin may see them all, and an integration is what they made it for.
+    followers: set[tuple[int, int]] = set()
+    if not all(admin for _, _, admin, _ in hooks):
+        followers = {(a, u) for a, u, _ in read_audience(s, {e.account_id for e in events})}
     rows: list[dict[str, Any]] = []
     for event in events:
         payload = _payload(event.event_type, now, event.data)
         key = f"{event.event_type}:{event.message_id}" if dedupe else None
         for hook_id, user_id, admin, types in hooks:
-            if event.event_type in types and (admin or owners.get(event.account_id) == user_id):
+            if event.event_type in types and (admin or (event.account_id, user_id) in followers):
                 rows.append(_delivery_row(hook_id, event.event_type, payload, now, key))
     return _insert_deliveries(s, rows)
 

@@ -24,7 +24,11 @@ log = logging.getLogger(__name__)
 
 def link_policy(settings: Settings) -> LinkPolicy:
     return LinkPolicy.build(
-        settings.organisation_domains, settings.link_blocklist, settings.link_internal_mail
+        settings.organisation_domains,
+        settings.link_blocklist,
+        settings.link_internal_mail,
+        auto_create=settings.auto_create_contacts,
+        auto_create_limit=settings.auto_create_contacts_per_batch,
     )
 
 

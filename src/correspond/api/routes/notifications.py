@@ -5,13 +5,17 @@ The stream sends ``id:`` (the notification id), ``event: notification`` and the 
 as JSON in ``data:``; a comment line every ``notify_heartbeat_seconds`` keeps proxies from
 closing an idle stream. A client that reconnects with ``Last-Event-ID`` first gets every
 notification after that id, then the live ones: nothing is lost across a reconnect. A client
-that does not read is dropped (its queue is bounded); too many streams are a 429.
+that does not read is dropped (its queue is bounded); too many streams are a 429. The
+caller's sign-in is checked again every heartbeat interval: revoking the token, ending the
+session or disabling the user ends the stream within one interval.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
@@ -27,9 +31,10 @@ from correspond.api.notify_schemas import (
     notification_public,
 )
 from correspond.api.schemas import ErrorPublic
-from correspond.api.security import MAX_ID, CurrentUser
+from correspond.api.security import MAX_ID, CurrentUser, caller_recheck
 from correspond.notify import NotificationHub, Stream, TooManyStreams
 from correspond.store.notifications import Notification, NotificationStore
+from correspond.store.users import User
 
 __all__ = ["router"]
 
@@ -130,6 +135,7 @@ class _EventStream(Response):
         resume: bool,
         heartbeat: float,
         send_timeout: float,
+        recheck: Callable[[], User | None],
     ) -> None:
         super().__init__(
             status_code=200,
@@ -140,6 +146,16 @@ class _EventStream(Response):
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.hub, self.notes, self.stream = hub, notes, stream
         self.resume, self.heartbeat, self.send_timeout = resume, heartbeat, send_timeout
+        self.recheck = recheck
+
+    async def _still_signed_in(self) -> bool:
+        """Whether the stream's credential still signs its user in (a revoked token, an ended
+        session or a disabled user end the stream); the user's role is taken afresh."""
+        user = await asyncio.to_thread(self.recheck)
+        if user is None or user.id != self.stream.user_id:
+            return False
+        self.stream.is_admin = user.is_admin
+        return True
 
     async def _write(self, send: Send, data: bytes) -> None:
         async with asyncio.timeout(self.send_timeout):
@@ -160,7 +176,17 @@ class _EventStream(Response):
             await self._write(send, b"retry: 2000\n: connected\n\n")
             if self.resume:
                 await self._backlog(send)
+            checked = time.monotonic()
+            signed_out = False
             while not gone.is_set() and not stream.dropped:
+                # The sign-in is checked again once per heartbeat interval (a read by primary
+                # key per stream): a revoked token, an ended session or a disabled user ends
+                # the stream within one interval, however busy or idle it is.
+                if time.monotonic() - checked >= self.heartbeat:
+                    checked = time.monotonic()
+                    if not await self._still_signed_in():
+                        signed_out = True
+                        break
                 getter = asyncio.create_task(stream.queue.get())
                 done, _ = await asyncio.wait(
                     {getter, watcher}, timeout=self.heartbeat, return_when=asyncio.FIRST_COMPLETED
@@ -174,7 +200,12 @@ class _EventStream(Response):
                 getter.cancel()
                 if not gone.is_set():
                     await self._write(send, b": keep-alive\n\n")
-            if stream.dropped and not gone.is_set():
+            if signed_out and not gone.is_set():
+                with contextlib.suppress(Exception):
+                    # No retry hint: reconnecting with this credential is a 401.
+                    await self._write(send, b": signed out\n\n")
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            elif stream.dropped and not gone.is_set():
                 with contextlib.suppress(Exception):
                     await self._write(send, b": dropped, reconnect with Last-Event-ID\n\n")
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -244,4 +275,5 @@ async def stream_notifications(
         resume=resume_from is not None,
         heartbeat=settings.notify_heartbeat_seconds,
         send_timeout=settings.notify_send_timeout_seconds,
+        recheck=caller_recheck(request, request.app.state.auth),
     )
