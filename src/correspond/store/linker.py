@@ -620,18 +620,21 @@ class LinkerStore:
                         SELECT message_id FROM people GROUP BY message_id
                         HAVING max(external) >= :need_external)
                 ),
+                their_contacts AS (
+                    SELECT e.message_id, ce.contact_id
+                      FROM eligible e JOIN contact_emails ce ON ce.address = e.address
+                ),
                 auto AS (
-                    SELECT e.message_id, 'contact' AS target_kind, ce.contact_id AS target_id
-                      FROM eligible e JOIN contact_emails ce ON ce.address = e.address
+                    SELECT message_id, 'contact' AS target_kind, contact_id AS target_id
+                      FROM their_contacts
                     UNION
-                    SELECT e.message_id, 'company', c.company_id
-                      FROM eligible e JOIN contact_emails ce ON ce.address = e.address
-                      JOIN contacts c ON c.id = ce.contact_id
+                    SELECT tc.message_id, 'company', c.company_id
+                      FROM their_contacts tc JOIN contacts c ON c.id = tc.contact_id
                      WHERE c.company_id IS NOT NULL
                     UNION
-                    SELECT e.message_id, 'deal', dc.deal_id
-                      FROM eligible e JOIN contact_emails ce ON ce.address = e.address
-                      JOIN deal_contacts dc ON dc.contact_id = ce.contact_id
+                    SELECT tc.message_id, 'deal', dc.deal_id
+                      FROM their_contacts tc
+                      JOIN deal_contacts dc ON dc.contact_id = tc.contact_id
                       JOIN deals d ON d.id = dc.deal_id
                      WHERE d.status = 'open'
                     UNION
