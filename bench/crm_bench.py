@@ -326,6 +326,9 @@ def _searches(
     store: Store, settings: Settings, viewers: dict[str, Viewer], args: argparse.Namespace
 ) -> dict[str, Any]:
     service = SearchService(store.engine, settings)
+    if args.walk_threshold is not None:
+        # 0: never read the matches first (the plan before it existed), for comparisons.
+        service.queries.walk_threshold = args.walk_threshold
     rng = random.Random(11)
     with store.engine.connect() as conn:
         top = int(conn.scalar(select(func.max(MessageRow.id))) or 0)
@@ -472,6 +475,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=200, help="timed reads per kind")
     ap.add_argument("--reuse", action="store_true", help="keep a filled database (else: refuse)")
     ap.add_argument("--relink-limit", type=float, default=300.0, help="seconds to wait")
+    ap.add_argument(
+        "--walk-threshold",
+        type=int,
+        help="search: SearchQueries.walk_threshold (0: no match-first plan, as before)",
+    )
     ap.add_argument("--skip", default="", help="comma-separated: timeline,search,relink")
     ap.add_argument("--data-dir", type=Path, default=Path("/tmp/correspond-crm-bench"))
     ap.add_argument("--out", help="append the JSON lines to this file")
