@@ -414,23 +414,28 @@ def _document(row: Any, filenames: Sequence[str | None]) -> SearchDocument:
 class LexemeStats:
     """What PostgreSQL's statistics say about ``message_search.doc`` (``pg_stats``): rows,
     the most common lexemes' frequencies (fractions of rows), and ``floor``, a frequency no
-    lexeme left off that list reaches."""
+    lexeme left off that list reaches.
+
+    A lexeme left off the list counts as rare (frequency 0), not as ``floor``: at a million
+    messages the list holds only the few dozen lexemes above ~5%, so the floor would send
+    every word to the list-order walk (a word in 20 messages: 2-3 s). A wrong guess costs
+    at most reading ``cap`` matches before the walk (:meth:`SearchQueries._by_matches`)."""
 
     rows: float
     freqs: dict[str, float]
     floor: float
 
     def term_frequency(self, term: TextTerm) -> float:
-        """An upper bound of the fraction of rows holding ``term`` (a phrase: its rarest
-        word; a prefix: every listed lexeme it starts, plus the floor)."""
+        """The fraction of rows holding ``term`` as far as the list tells (a phrase: its
+        rarest word; a prefix: every listed lexeme it starts; unlisted: 0)."""
         prefix = _PREFIX.get(term.field, "") if term.field else ""
         found = 1.0
         for i, token in enumerate(term.tokens):
             lexeme = prefix + token
             if term.prefix and i == len(term.tokens) - 1:
-                share = self.floor + sum(f for lx, f in self.freqs.items() if lx.startswith(lexeme))
+                share = sum(f for lx, f in self.freqs.items() if lx.startswith(lexeme))
             else:
-                share = self.freqs.get(lexeme, self.floor)
+                share = self.freqs.get(lexeme, 0.0)
             found = min(found, share)
         return found
 
