@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from correspond.errors import StoreError
+from correspond.settings import Settings
 from correspond.store import Store
 from correspond.store.crm import CrmStore
 from correspond.store.crm_tables import MessageParticipantRow, TimelineLinkRow
@@ -462,3 +463,88 @@ def test_the_bound_per_batch_cuts_batches_and_loses_nobody(store: Store) -> None
     with store.engine.connect() as conn:
         indexed = set(conn.scalars(select(MessageParticipantRow.message_id).distinct()))
     assert indexed == set(ids)
+
+
+def _mixed_people(k: int) -> tuple[str, list[str]]:
+    """Participants that exercise every rule: contacts with and without a company, a
+    domain's company, open and won deals, an activity, a blocklisted domain, an organisation
+    domain and an installation user (internal), in varying combinations."""
+    senders = [
+        "ann@acme.example",  # contact with company Acme
+        "bob@acme.example",  # no contact: Acme by domain
+        "cat@beta.example",  # contact, no company, in an open and a won deal
+        "dan@blocked.example",  # contact, but its domain is blocklisted
+        "eve@org.example",  # contact at an organisation domain (internal)
+        "user@example.test",  # an installation user (internal)
+        "fay@gamma.example",  # activity participant only
+        "zed@zeta.example",  # an installation user (internal) at a company's domain
+    ]
+    cc = [senders[(k * 3 + 1) % 8]] if k % 3 else []
+    if k % 4 == 0:
+        cc.append("eve@org.example")
+    return senders[k % 8], cc
+
+
+@pytest.mark.parametrize("link_internal", [False, True])
+def test_set_based_relink_writes_exactly_the_links_of_the_rules(
+    store: Store, store_settings: Settings, link_internal: bool
+) -> None:
+    """The links a queued address's relink writes (set-based SQL) are those the rules
+    (``rules.crm.links_for``, asked per message by the indexing step) give, manual thread
+    links included, from any starting state of the links."""
+    from sqlalchemy import delete, text
+
+    from correspond.auth import AuthService
+
+    account_id, folders = make_account_with_folders(store.engine, "acc")
+    fill_messages(store.engine, account_id, folders, 140, people=_mixed_people)
+    auth = AuthService(store, store_settings)
+    auth.create_user("user@example.test", None)
+    auth.create_user("zed@zeta.example", None)
+    crm = CrmStore(store.engine)
+    acme = crm.create_company(name="Acme", domains=["acme.example"])
+    crm.create_company(name="Org", domains=["org.example"])
+    crm.create_company(name="Blocked", domains=["blocked.example"])
+    crm.create_company(name="Zeta", domains=["zeta.example"])
+    ann = crm.create_contact(emails=["ann@acme.example"], company_id=acme.id)
+    cat = crm.create_contact(emails=["cat@beta.example"])
+    crm.create_contact(emails=["dan@blocked.example"])
+    eve = crm.create_contact(emails=["eve@org.example", "owner@example.test"])
+    open_deal = crm.create_deal(name="Open", contact_ids=[cat.id, ann.id])
+    crm.create_deal(name="Won", status="won", contact_ids=[cat.id])
+    other = crm.create_deal(name="Other", contact_ids=[eve.id])
+    crm.create_activity(kind="call", title="Call", participants=["fay@gamma.example"])
+    crm.set_thread_deal(1, open_deal.id, linked=False)  # the rules would link it
+    crm.set_thread_deal(2, other.id, linked=True)
+    # example.test (owner@, in To of every message) is the organisation's: mail among
+    # eve, user, zed and the owner is internal-only.
+    policy = LinkPolicy.build(["org.example", "example.test"], ["blocked.example"], link_internal)
+    linker = LinkerStore(store.engine, policy, batch=1000, relink_size=1000)
+    while linker.index_batch():  # the rules, per message
+        pass
+    by_rules = _links(store)
+    assert {k for _, k, _, _ in by_rules} == {"contact", "company", "deal", "activity"}
+    assert any(s == "manual" for *_, s in by_rules)
+    with store.engine.connect() as conn:
+        linked = set(conn.scalars(select(TimelineLinkRow.message_id)))
+    assert (len(linked) == 140) is link_internal  # internal-only mail links only if asked
+    # Any state: some wanted links gone, a stray auto link, a manual link stored as auto.
+    with store.engine.begin() as conn:
+        conn.execute(delete(TimelineLinkRow).where(TimelineLinkRow.message_id % 3 == 0))
+        conn.execute(
+            text("UPDATE timeline_links SET source = 'auto' WHERE source = 'manual' AND id % 2 = 0")
+        )
+        conn.execute(
+            text(
+                "INSERT INTO timeline_links "
+                "(message_id, target_kind, target_id, source, sort_at, created_at) "
+                "SELECT id, 'deal', :d, 'auto', sort_at, created_at FROM messages WHERE id % 5 = 1"
+            ),
+            {"d": other.id + 1000},
+        )
+    mark = linker.watermark()
+    with store.engine.begin() as conn:
+        domains = list(conn.scalars(select(MessageParticipantRow.domain).distinct()))
+        for domain in domains:
+            linker._relink_set(conn, "domain", domain, 0, mark)
+    assert _links(store) == by_rules

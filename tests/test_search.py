@@ -575,3 +575,44 @@ def test_serve_wakes_its_indexer_from_the_runners_ingest(
     app = create_app(store_settings, store=store, runner=runner)
     assert app.state.indexer.wake in runner.messages.after_ingest
     assert app.state.search.index.batch_size == store_settings.search_index_batch
+
+
+def test_postgresql_reads_the_matches_of_rare_text_first_with_the_same_results(
+    world: World,
+) -> None:
+    """On PostgreSQL a query whose text the statistics call rare reads its matches first
+    (a MATERIALIZED set of at most twice the threshold) instead of leaving the planner to
+    walk the list order; with more matches than that it falls back to the walk. Either way
+    the answers are those of the walk, across pages and viewers."""
+    from correspond.search import viewer_of
+
+    reading = SearchQueries(world.store.engine, walk_threshold=10**9)  # always reads matches
+    capped = SearchQueries(world.store.engine, walk_threshold=1)  # cap 2: falls back above
+    mia = viewer_of(world.app.state.auth.users.get_user("mia@example.test"))
+    by_id = {v: k for k, v in world.ids.items()}
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(world.store.engine, "before_cursor_execute", record)
+    try:
+        for queries in (reading, capped):
+            for q, expected in FINDS:
+                found = [by_id[m.id] for m in queries.search(parse_query(q), mia).items]
+                assert found == expected, q
+    finally:
+        event.remove(world.store.engine, "before_cursor_execute", record)
+    materialized = [s for s in statements if "AS MATERIALIZED" in s]
+    assert bool(materialized) == (world.store.dialect == "postgresql")
+    for q in ("invoice", "invoice -draft", "from:ann", "invo*", "carol"):
+        query = parse_query(q)
+        pages: list[list[int]] = [[], []]
+        for i, queries in enumerate((reading, capped)):
+            cursor = None
+            while True:
+                page = queries.search(query, OPERATOR, limit=1, cursor=cursor)
+                pages[i].extend(m.id for m in page.items)
+                if (cursor := page.next_cursor) is None:
+                    break
+        assert pages[0] == pages[1] and pages[0], q

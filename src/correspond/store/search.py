@@ -49,6 +49,7 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    text,
     true,
     tuple_,
     update,
@@ -133,6 +134,8 @@ _PREFIX: dict[Field, str] = {
 #: SQLite: a common word's page walks each visible account's list order up to this many
 #: accounts (an admin of more reads the matches instead).
 _MAX_WALK_ACCOUNTS = 50
+#: PostgreSQL: how often the lexeme frequencies the planner keeps are read again (seconds).
+_STATS_SECONDS = 300.0
 _MAX_POSITION = 16383  # tsvector positions stop there
 _MAX_POSITIONS_PER_LEXEME = 255
 _FIELD_GAP = 8  # positions between fields, so no phrase spans two of them
@@ -407,6 +410,43 @@ def _document(row: Any, filenames: Sequence[str | None]) -> SearchDocument:
 # --- the queries --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class LexemeStats:
+    """What PostgreSQL's statistics say about ``message_search.doc`` (``pg_stats``): rows,
+    the most common lexemes' frequencies (fractions of rows), and ``floor``, a frequency no
+    lexeme left off that list reaches.
+
+    A lexeme left off the list counts as rare (frequency 0), not as ``floor``: at a million
+    messages the list holds only the few dozen lexemes above ~5%, so the floor would send
+    every word to the list-order walk (a word in 20 messages: 2-3 s). A wrong guess costs
+    at most reading ``cap`` matches before the walk (:meth:`SearchQueries._by_matches`)."""
+
+    rows: float
+    freqs: dict[str, float]
+    floor: float
+
+    def term_frequency(self, term: TextTerm) -> float:
+        """The fraction of rows holding ``term`` as far as the list tells (a phrase: its
+        rarest word; a prefix: every listed lexeme it starts; unlisted: 0)."""
+        prefix = _PREFIX.get(term.field, "") if term.field else ""
+        found = 1.0
+        for i, token in enumerate(term.tokens):
+            lexeme = prefix + token
+            if term.prefix and i == len(term.tokens) - 1:
+                share = sum(f for lx, f in self.freqs.items() if lx.startswith(lexeme))
+            else:
+                share = self.freqs.get(lexeme, 0.0)
+            found = min(found, share)
+        return found
+
+    def matches(self, query: SearchQuery) -> float | None:
+        """Estimated rows matching the text terms of ``query`` (None: no positive term)."""
+        positive = query.positive_terms
+        if not positive:
+            return None
+        return self.rows * min(self.term_frequency(t) for t in positive)
+
+
 def _flag(flag: str) -> ColumnElement[bool]:
     # As in folder_counts: the JSON text of the flags holds "\\Seen" exactly when it is set.
     return cast(_M.flags, Text).contains(f'\\\\{flag}"', autoescape=True)
@@ -418,8 +458,12 @@ class SearchQueries:
     def __init__(self, engine: Engine, *, walk_threshold: int | None = None) -> None:
         self.engine = engine
         self.postgres = engine.dialect.name == "postgresql"
-        #: SQLite: matches from which a query walks the list order instead (None: by size).
+        #: Matches from which a query walks the list order instead of reading every match
+        #: (None: by size, ~sqrt(128 x messages)). SQLite counts them; PostgreSQL estimates
+        #: them from its statistics (:class:`LexemeStats`).
         self.walk_threshold = walk_threshold
+        self._stats: LexemeStats | None = None
+        self._stats_at = 0.0
 
     def account_id(self, name: str) -> int | None:
         try:
@@ -452,12 +496,131 @@ class SearchQueries:
             with self.engine.connect() as conn:
                 rows = self._walk(conn, query, viewer, account_id, position is not None, params)
                 if rows is None:
+                    rows = self._by_matches(
+                        conn, query, viewer, account_id, position is not None, params
+                    )
+                if rows is None:
                     rows = conn.execute(statement, params).all()
         except SQLAlchemyError as exc:
             raise StoreError(f"could not search: {database_failure(exc)}") from exc
         items = _list_items(rows[:limit])
         next_cursor = encode_cursor(items[-1].sort_at, items[-1].id) if len(rows) > limit else None
         return MessagePage(items=items, next_cursor=next_cursor)
+
+    def _threshold(self, rows: float) -> int:
+        if self.walk_threshold is not None:
+            return self.walk_threshold
+        # Walking costs a probe per message passed (limit x messages / matches), reading
+        # the matches a row per match: they cross near sqrt(128 x messages).
+        return max(1000, math.isqrt(128 * max(0, int(rows))))
+
+    def lexeme_stats(self, conn: Connection) -> LexemeStats:
+        """PostgreSQL's statistics of the index (read again every ``_STATS_SECONDS``)."""
+        clock = time.monotonic()
+        if self._stats is not None and clock - self._stats_at < _STATS_SECONDS:
+            return self._stats
+        row = conn.execute(
+            text(
+                "SELECT c.reltuples, s.most_common_elems::text::text[], "
+                "s.most_common_elem_freqs FROM pg_class c LEFT JOIN pg_stats s "
+                "ON s.schemaname = current_schema() AND s.tablename = 'message_search' "
+                "AND s.attname = 'doc' WHERE c.oid = to_regclass('message_search')"
+            )
+        ).first()
+        rows = float(row[0]) if row is not None and row[0] is not None else 0.0
+        elems = list(row[1] or []) if row is not None else []
+        freqs = list(row[2] or []) if row is not None else []
+        # The frequencies end with the lowest and highest listed and the null fraction.
+        floor = float(freqs[len(elems)]) if len(freqs) > len(elems) else 0.0
+        self._stats = LexemeStats(
+            rows=max(rows, 0.0),
+            freqs={str(e): float(f) for e, f in zip(elems, freqs, strict=False)},
+            floor=floor,
+        )
+        self._stats_at = clock
+        return self._stats
+
+    def _by_matches(
+        self,
+        conn: Connection,
+        query: SearchQuery,
+        viewer: Viewer,
+        account_id: int | None,
+        after: bool,
+        params: dict[str, Any],
+    ) -> Sequence[Any] | None:
+        """PostgreSQL, for text that few messages hold (by the statistics): every match read
+        first (GIN), at most ``cap`` of them, then filtered, sorted and cut to the page. Left
+        to itself the planner may instead walk the list order testing each message's
+        document, which for a rare word or a prefix reads most of the index (0.1-1.2 s at a
+        million messages). When more than ``cap`` match (the statistics were wrong), None:
+        the caller's statement walks the list order. None too where this does not apply."""
+        if not self.postgres or "tsq" not in params:
+            return None
+        stats = self.lexeme_stats(conn)
+        expected = stats.matches(query)
+        threshold = self._threshold(stats.rows)
+        if expected is None or expected >= threshold:
+            return None
+        cap = 2 * threshold
+        statement = self._match_statement(query, viewer, account_id, after, params)
+        rows = conn.execute(statement, {**params, "cap": cap + 1}).all()
+        if rows:
+            found = int(rows[0][-1])
+        else:  # nothing left after the filters: were the matches all read?
+            counted = select(func.count()).select_from(
+                self._matches(viewer, account_id).limit(bindparam("cap")).subquery()
+            )
+            found = int(conn.scalar(counted, {**params, "cap": cap + 1}) or 0)
+        if found > cap:
+            return None
+        return [tuple(r)[:-1] for r in rows]  # without the count
+
+    @staticmethod
+    def _matches(viewer: Viewer, account_id: int | None) -> Select[Any]:
+        ms = _PG.c
+        found = select(ms.message_id, ms.sort_at).where(
+            ms.doc.op("@@")(cast(bindparam("tsq", type_=Text()), postgresql.TSQUERY())),
+            visible_accounts_clause(viewer, ms.account_id),
+        )
+        if account_id is not None:
+            found = found.where(ms.account_id == bindparam("account_id", type_=BigInteger()))
+        return found
+
+    def _match_statement(
+        self,
+        query: SearchQuery,
+        viewer: Viewer,
+        account_id: int | None,
+        after: bool,
+        params: dict[str, Any],
+    ) -> Select[Any]:
+        # MATERIALIZED: the matches are read once, by the GIN index, before any ordering.
+        hits = (
+            self._matches(viewer, account_id)
+            .limit(bindparam("cap"))
+            .cte("hits")
+            .prefix_with("MATERIALIZED")
+        )
+        total = select(func.count()).select_from(hits).scalar_subquery()
+        stmt = (
+            select(*_LIST_COLUMNS, total)
+            .select_from(hits)
+            .join(_M, _M.id == hits.c.message_id)
+            .where(_M.state != "deleted")
+            .where(*self._filters(query, hits.c.sort_at, params))
+        )
+        if after:
+            stmt = stmt.where(
+                tuple_(hits.c.sort_at, hits.c.message_id)
+                < tuple_(
+                    bindparam("pos_at", type_=UtcDateTime()),
+                    bindparam("pos_id", type_=BigInteger()),
+                )
+            )
+        return stmt.order_by(hits.c.sort_at.desc(), hits.c.message_id.desc()).limit(
+            bindparam("lim")
+        )
 
     def _walk(
         self,
@@ -522,9 +685,9 @@ class SearchQueries:
             order_id: Any = _PG.c.message_id
             owner: Any = _PG.c.account_id
             stmt = stmt.select_from(_PG).join(_M, _M.id == _PG.c.message_id)
-            text = tsquery_text(query)
-            if text is not None:
-                params["tsq"] = text
+            tsq = tsquery_text(query)
+            if tsq is not None:
+                params["tsq"] = tsq
                 stmt = stmt.where(
                     _PG.c.doc.op("@@")(cast(bindparam("tsq", type_=Text()), postgresql.TSQUERY()))
                 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -94,6 +94,7 @@ def fill_messages(
     seed: int = 7,
     chunk: int = 5000,
     newest: datetime | None = None,
+    people: Callable[[int], tuple[str, list[str]]] | None = None,
 ) -> SyntheticFill:
     """Insert ``count`` messages for the account, newest ``newest`` (default now) and one
     every ~minute back from there, committed every ``chunk`` messages.
@@ -102,7 +103,9 @@ def fill_messages(
     Archive; every 10th has an attachment (metadata only); every 200th has no Date
     (INTERNALDATE only), every 1000th neither (sorted by when it was stored). Two of three
     are read and one in seven starred (the message's flags and its locations' alike).
-    ``THREAD_SIZE`` consecutive messages share a thread.
+    ``THREAD_SIZE`` consecutive messages share a thread. ``people(k)``, when given, names
+    message ``k``'s sender and Cc addresses (default: one of ~600,000 made-up senders, no Cc;
+    every message is to ``owner@example.test``).
     """
     if chunk % THREAD_SIZE:
         raise ValueError(f"chunk must be a multiple of {THREAD_SIZE}")
@@ -151,6 +154,11 @@ def fill_messages(
                     }
                 )
             row = _message(rng, account_id, mid, k, newest, now, next_thread + k // THREAD_SIZE)
+            if people is not None:
+                sender, cc = people(k)
+                row["from_email"] = sender
+                row["cc_addrs"] = [{"name": "", "email": a} for a in cc]
+                row["participants"] = [sender, "owner@example.test", *cc]
             messages.append(row)
             if k % 10 == 3:
                 attachments.append(
