@@ -21,6 +21,7 @@ from correspond.rules.folder_refs import resolve_folder_ref
 from correspond.rules.folders import FolderSpec, selected_by_default
 from correspond.rules.presets import AccountChanges, AccountDraft, apply_changes
 from correspond.store.engine import register_table_modules, unit_of_work
+from correspond.store.lifecycle import reconnect_account
 from correspond.store.notifications import after_messages_deleted
 from correspond.store.records import (
     TOGGLES,
@@ -287,6 +288,12 @@ class Store:
             s.flush()
             return account_from_row(row)
 
+    def reconnect_account(self, name: str, secret: str) -> Account:
+        """Reconnect the disconnected ``name`` with ``secret`` (store.lifecycle)."""
+        return reconnect_account(
+            self._engine, name, lambda s, account_id: self._seal(s, secret, account_id=account_id)
+        )
+
     def remove_account(self, name: str) -> None:
         """Delete ``name`` and (by cascade) everything that belongs to it."""
         with self.transaction() as s:
@@ -413,6 +420,9 @@ class Store:
         added = updated = removed = 0
         with self.transaction() as s:
             account = self._account_row(s, account_name)
+            if account.disconnected_at is not None:
+                # A LIST that finished just after a disconnect must not bring folders back.
+                raise ConfigError(f"account {account_name!r} is disconnected")
             rows = {
                 bytes(r.remote_name_raw): r
                 for r in s.scalars(select(FolderRow).where(FolderRow.account_id == account.id))

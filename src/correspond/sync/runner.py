@@ -12,6 +12,13 @@
 3. stop the tasks of accounts it no longer holds (paused, removed, failed for good, or a lease
    lost to another worker), then give those leases up.
 
+A pause, resume, disconnect or removal announces itself (``store.wakeups``: NOTIFY on
+PostgreSQL, a stamp file beside an SQLite database) and the runner does a round at once instead
+of waiting for the next one; the task of an account it no longer holds gets
+``gone_grace_seconds`` (0.3 s) to end its IDLE and log out, then is cancelled (each backfill
+batch commits atomically with its cursor, and an outbox row re-reads the mailbox before acting,
+so a cancel loses nothing): its IMAP connections are closed within a second of the pause.
+
 On shutdown every task is asked to stop (IDLE notices within a second), cancelled after a grace
 period if it is in the middle of a backfill (each batch commits atomically with its cursor, so a
 cancel loses nothing), the accounts are left in ``connecting`` ("waiting for a worker") and the
@@ -62,6 +69,7 @@ from correspond.store.messages import (
 from correspond.store.records import Account
 from correspond.store.repository import Store
 from correspond.store.tables import utcnow
+from correspond.store.wakeups import watch_account_changes
 from correspond.sync.engine import AccountSyncer, AccountSyncReport, tls_failure_detail
 from correspond.sync.folder_sync import DEFAULT_BATCH_SIZE
 from correspond.sync.linker import Linker
@@ -270,6 +278,7 @@ class SyncRunner:
         parse_executor: Executor | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         stop_grace_seconds: float = 3.0,
+        gone_grace_seconds: float = 0.3,
         syncer_factory: SyncerFactory | None = None,
         on_state: StateListener | None = None,
     ) -> None:
@@ -286,6 +295,7 @@ class SyncRunner:
         self.max_accounts = max_accounts
         self.batch_size = batch_size
         self.stop_grace_seconds = stop_grace_seconds
+        self.gone_grace_seconds = gone_grace_seconds
         self.leases = AccountLeases(store.engine)
         self.guarded = LeaseGuardedStore(store, self.leases, self.owner, on_state=on_state)
         #: Links messages to CRM timelines in the background of this process.
@@ -299,6 +309,8 @@ class SyncRunner:
         self._running: dict[str, _Running] = {}
         self._retry: dict[str, _Retry] = {}
         self._stop = asyncio.Event()
+        # Set when another process announced an account change: a lease round at once.
+        self._kick = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
         self.stats = _Stats()
 
@@ -332,15 +344,22 @@ class SyncRunner:
         sweep = asyncio.create_task(asyncio.to_thread(self.blobs.sweep_temporary))
         linker_stop = asyncio.Event()
         linker = asyncio.create_task(self.linker.run(linker_stop), name="crm-linker")
+        watcher = asyncio.create_task(
+            watch_account_changes(self.store.engine, self._kick.set), name="account-changes"
+        )
         try:
             while not self._stop.is_set() and not (stop is not None and stop.is_set()):
+                self._kick.clear()
                 try:
                     await self.poll_once()
                 except CorrespondError as exc:
                     # The database is away: keep the tasks whose lease is still safely ours.
                     log.warning("lease round failed: %s", exc)
                     await self._stop_expiring()
-                waiters = [asyncio.create_task(self._stop.wait())]
+                waiters = [
+                    asyncio.create_task(self._stop.wait()),
+                    asyncio.create_task(self._kick.wait()),
+                ]
                 if stop is not None:
                     waiters.append(asyncio.create_task(stop.wait()))
                 _done, pending = await asyncio.wait(
@@ -352,6 +371,9 @@ class SyncRunner:
                     with contextlib.suppress(asyncio.CancelledError):
                         await w
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher
             linker_stop.set()
             await self._stop_all(reason="shutdown")
             with contextlib.suppress(OSError, CorrespondError):
@@ -484,7 +506,10 @@ class SyncRunner:
         if r is None:
             return
         r.stop.set()
-        done, _pending = await asyncio.wait({r.task}, timeout=self.stop_grace_seconds)
+        # An account that is no longer ours (paused, disconnected, removed) must let go of the
+        # server at once; a shutdown lets a backfill batch finish.
+        grace = self.gone_grace_seconds if reason == "gone" else self.stop_grace_seconds
+        done, _pending = await asyncio.wait({r.task}, timeout=grace)
         if not done:
             # Mid-backfill: each batch commits with its cursor, so cancelling loses nothing.
             r.task.cancel()
