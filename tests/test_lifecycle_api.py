@@ -85,6 +85,17 @@ def test_disconnect_previews_then_removes_credentials_and_folders(
         r = client.post(f"/accounts/work/{verb}")
         assert r.status_code == 409 and "reconnect" in r.json()["detail"], verb
 
+    # A password alone does not bring it back; the connection test contacts nothing.
+    patched = client.patch("/accounts/work", json={"password": PASSWORD})
+    assert patched.status_code == 409 and "reconnect" in patched.json()["detail"]
+    tested = client.post("/accounts/work/test").json()
+    assert tested["ok"] is False and "disconnected" in tested["message"]
+
+    # The same address under a new name would mirror it all again: refused.
+    other = {"name": "work2", "email": "ME@example.test", "imap_host": "imap.example.test"}
+    clash = client.post("/accounts", json={**other, "password": PASSWORD})
+    assert clash.status_code == 409 and "reconnect it" in clash.json()["detail"]
+
     # Reconnect: needs the password; the account waits for a worker to backfill it.
     assert client.post("/accounts/work/reconnect", json={}).status_code == 422
     back = client.post("/accounts/work/reconnect", json={"password": PASSWORD})

@@ -314,6 +314,17 @@ class AccountService:
         such a failure back to ``connecting``. Live or backfilling accounts keep their state.
         """
         account = await asyncio.to_thread(self.store.get_account, name)
+        if account.disconnected_at is not None:
+            return ConnectionReport(
+                ok=False,
+                problem="no_password",
+                message=(
+                    f"Account {name!r} is disconnected (its password and folders were removed "
+                    f"on {account.disconnected_at:%Y-%m-%d %H:%M} UTC): reconnect it with "
+                    f"`correspond account reconnect {name}` or POST /accounts/{name}/reconnect. "
+                    "Nothing was contacted."
+                ),
+            )
         if not account.has_secret:
             # Nothing is contacted: there is no password to sign in with.
             return ConnectionReport(

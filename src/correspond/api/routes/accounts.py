@@ -25,7 +25,7 @@ from correspond.api.schemas import (
 )
 from correspond.api.security import AuthDep, CurrentUser, ViewAccess, needs
 from correspond.auth import AuthService
-from correspond.errors import ConfigError, NotFound
+from correspond.errors import ConfigError, Conflict, NotFound
 from correspond.rules.presets import AccountChanges
 from correspond.store.users import User
 from correspond.store.visibility import Access
@@ -133,6 +133,8 @@ def update_account(
     if body.changes_settings:
         try:
             service.update_account(name, body.to_changes(), password)
+        except Conflict:
+            raise  # a 409: the account's state, not the body (a disconnected account)
         except ConfigError as exc:
             # The account exists: what is wrong is the body, checked with the stored settings.
             error = {"type": "value_error", "loc": ("body",), "msg": str(exc)}
