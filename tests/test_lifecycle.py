@@ -30,7 +30,7 @@ from correspond.store.message_tables import MessageLocationRow, MessageRow
 from correspond.store.outbox import OutboxStore
 from correspond.store.outbox_tables import OutboxRow
 from correspond.store.tables import AccountRow, FolderRow
-from correspond.sync.runner import SyncRunner
+from correspond.sync.runner import SyncRunner, sync_account_once
 from correspond.testing.dovecot import DovecotServer, ImapUser
 from mirror_helpers import (
     BACKENDS,
@@ -151,6 +151,26 @@ async def test_pause_closes_backfill_and_helper_connections_within_a_second(env:
     finally:
         stop.set()
         await asyncio.wait_for(task, 20)
+
+
+async def test_pause_ends_a_one_off_sync_within_a_second(env: Env) -> None:
+    """``correspond sync NAME --once`` hears the pause too: its pass ends, its connection
+    closes, and the account stays paused."""
+    append_many(env, "INBOX", [(f"o{n}", NOW - timedelta(days=2)) for n in range(300)])
+    leases = AccountLeases(env.store.engine)
+    once = asyncio.create_task(
+        sync_account_once(env.store, env.settings, env.account.name, batch_size=1)
+    )
+    try:
+        await until(lambda: state(env) == "backfilling", 30, "backfilling")
+        await until(lambda: env.server.connections(env.user) >= 1, 5, "a connection")
+        assert await pause_and_measure(env, leases) < 1.0
+        result = await asyncio.wait_for(once, 10)
+    finally:
+        if not once.done():
+            once.cancel()
+    assert result.ok is False and result.account.state == "paused"
+    assert len(env.stored("INBOX")) < 300
 
 
 async def test_changes_on_both_sides_while_paused_converge_on_resume(env: Env) -> None:

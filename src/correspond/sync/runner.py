@@ -55,6 +55,7 @@ from correspond.errors import (
     NotFound,
     TlsError,
 )
+from correspond.imap.client import release_clients
 from correspond.settings import Settings
 from correspond.store.blobs import BlobStore
 from correspond.store.engine import database_failure, is_database_error, log_database_failure
@@ -614,6 +615,31 @@ async def sync_account_once(
     report: AccountSyncReport | None = None
     ok = False
     finished = False
+    paused = False
+    this_pass = asyncio.current_task()
+
+    async def watch_for_pause() -> None:
+        # A pause or disconnect while the pass runs ends it within a second, as for a worker.
+        nonlocal paused
+        woken = asyncio.Event()
+        watcher = asyncio.create_task(watch_account_changes(store.engine, woken.set))
+        try:
+            while True:
+                await woken.wait()
+                woken.clear()
+                with contextlib.suppress(CorrespondError):
+                    now = await asyncio.to_thread(store.get_account, name)
+                    if now.state == "paused" or now.disconnected_at is not None:
+                        paused = True
+                        if this_pass is not None:
+                            this_pass.cancel()
+                        return
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher
+
+    pause_watch = asyncio.create_task(watch_for_pause())
     try:
         await asyncio.to_thread(
             guarded.set_account_state,
@@ -649,8 +675,8 @@ async def sync_account_once(
                 )
                 ok = True
             finally:
-                with contextlib.suppress(CorrespondError):
-                    await client.logout()
+                # A pass cut short (a pause) may be mid-command: close, do not LOGOUT.
+                await release_clients([client], logout=ok)
         except AuthenticationFailed as exc:
             words = getattr(exc, "server_text", None) or str(exc)
             await asyncio.to_thread(
@@ -666,10 +692,17 @@ async def sync_account_once(
             with contextlib.suppress(CorrespondError):
                 await asyncio.to_thread(guarded.set_account_state, name, state, detail)
         finished = True
+    except asyncio.CancelledError:
+        if not paused:
+            raise
+        finished = True  # paused by the user: the pass ends here, the state is theirs
     finally:
+        pause_watch.cancel()
         renewer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewer
+        with contextlib.suppress(asyncio.CancelledError):
+            await pause_watch
         with contextlib.suppress(CorrespondError):
             if not finished:
                 # Interrupted (Ctrl-C): no pass is running any more, so say who may continue.
