@@ -357,6 +357,17 @@ async def test_disconnect_keeps_history_and_reconnect_backfills_without_duplicat
         [("r3", NOW - timedelta(hours=2)), ("mid50", NOW - timedelta(days=50))],
     )
 
+    # ... and the user flags r2 in another client.
+    outbox = OutboxStore(env.messages.engine)
+    assert FLAGGED not in outbox.outcome(before["mr2@example.test"]).flags
+    with_mailbox(
+        env,
+        lambda conn: (
+            conn.select("Sent"),
+            conn.uid("STORE", str(uid_of(env, "Sent", "mr2@example.test")), "+FLAGS", FLAGGED),
+        ),
+    )
+
     env.store.reconnect_account(env.account.name, env.user.password)
     account = env.store.get_account(env.account.name)
     assert account.disconnected_at is None and account.state == "connecting"
@@ -387,6 +398,8 @@ async def test_disconnect_keeps_history_and_reconnect_backfills_without_duplicat
     assert reasons["mr1@example.test"] is None and reasons["mr2@example.test"] is None
     assert "mid:mr1@example.test" in env.stored("INBOX").values()
     assert "mid:mr2@example.test" in env.stored("Sent").values()
+    # What the mailbox says now reaches the CRM copy kept from before.
+    assert FLAGGED in outbox.outcome(before["mr2@example.test"]).flags
     # The old timeline link points at the same, present message.
     with Session(env.messages.engine) as s:
         linked = s.scalar(
