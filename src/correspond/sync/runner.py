@@ -695,7 +695,11 @@ async def sync_account_once(
     except asyncio.CancelledError:
         if not paused:
             raise
-        finished = True  # paused by the user: the pass ends here, the state is theirs
+        # Paused by the user: the pass ends here and the state is theirs. The cancel was ours,
+        # not the caller's: take it back so the caller's own timeouts still work.
+        if this_pass is not None:
+            this_pass.uncancel()
+        finished = True
     finally:
         pause_watch.cancel()
         renewer.cancel()
