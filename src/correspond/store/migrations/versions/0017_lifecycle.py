@@ -5,7 +5,7 @@ as history (``messages.gone_reason = 'disconnected'``), and a reconnect of the s
 reuses its id, so the dedupe key (``UNIQUE(account_id, dedupe_key)``) finds them again.
 
 Revision ID: 0017_lifecycle
-Revises: 0021_timeline_links_trigger
+Revises: 0022_contact_origin
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from alembic import op
 from correspond.store.tables import UtcDateTime
 
 revision = "0017_lifecycle"
-down_revision = "0021_timeline_links_trigger"
+down_revision = "0022_contact_origin"
 branch_labels = None
 depends_on = None
 
