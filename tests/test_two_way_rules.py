@@ -67,6 +67,19 @@ REMOTE_CASES = [
     # back to INBOX: active again
     ("archived", [ARCHIVE], [INBOX], "active", "archived"),
     ("deleted", [TRASH], [INBOX], "active", "deleted"),
+    ("deleted", [TRASH], [TRASH, PROJECTS], "active", "deleted"),
+    # back from an unsynced Trash, or from nowhere (it had no location left): active again
+    ("deleted", [UNSYNCED_TRASH], [INBOX], "active", "deleted"),
+    ("deleted", [], [PROJECTS], "active", "deleted"),
+    ("archived", [UNSYNCED], [INBOX], "active", "archived"),
+    ("archived", [], [INBOX], "active", "archived"),
+    # ... but into another folder, an archived message stays archived
+    ("archived", [], [PROJECTS], "archived", "archived"),
+    # a CRM delete left in the mailbox (toggle 2 off): moving it there keeps it deleted
+    ("deleted", [INBOX], [PROJECTS], "deleted", "deleted"),
+    ("deleted", [INBOX], [INBOX, PROJECTS], "deleted", "deleted"),
+    # still in Trash only: stays deleted
+    ("deleted", [], [TRASH], "deleted", "deleted"),
     # a move between non-INBOX folders means nothing
     ("active", [PROJECTS], [ARCHIVE], "active", "active"),
     ("active", [SENT], [ARCHIVE], "active", "active"),

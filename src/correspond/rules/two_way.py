@@ -154,21 +154,33 @@ def crm_state_after_remote_change(
     - Expunged from every folder, or now only in Trash: ``deleted`` (toggle 1).
     - Out of INBOX and now in Archive or another folder but Trash and Junk: ``archived``
       (toggle 3). Moved to Junk: nothing (the user says spam, not done).
-    - Back in INBOX after being archived (toggle 3), or out of Trash after being deleted
-      (toggle 1): ``active`` again.
+    - Back in INBOX after being archived (toggle 3), or out of Trash (or back from nowhere
+      the CRM syncs) into a synced folder after being deleted (toggle 1): ``active`` again.
+      A deleted message that never left its synced folders (a CRM delete with toggle 2 off)
+      stays deleted whatever it does there.
     Everything else, and everything with its toggle off, keeps the state.
     """
     lived = [p for p in before if p.selected]
-    if not lived:
-        return RemoteVerdict(state, "not in a synced folder before: the CRM never saw it there")
+    now_in = [p for p in after if p.selected]
     if state == "deleted":
-        if (
-            toggles.delete_in_crm_on_remote_delete
-            and _in_role(lived, "trash")
-            and any(p.role != "trash" for p in after)
-        ):
+        # Back in a synced folder outside Trash, from Trash or from nowhere the CRM synced
+        # (an unsynced Trash, or gone): the user took it back. In a synced folder outside
+        # Trash all along (a CRM delete with toggle 2 off), it stays deleted: the CRM's call.
+        was_out = not any(p.role != "trash" for p in lived)
+        is_back = any(p.role != "trash" for p in now_in)
+        if toggles.delete_in_crm_on_remote_delete and was_out and is_back:
             return RemoteVerdict("active", "taken out of Trash")
         return RemoteVerdict(state, "deleted stays deleted")
+    if not lived:
+        # Turning up in a synced folder from nowhere the CRM synced: only INBOX means
+        # something (an archived message moved back to INBOX from an unsynced folder).
+        if (
+            state == "archived"
+            and _in_role(now_in, "inbox")
+            and toggles.archive_in_crm_on_remote_archive
+        ):
+            return RemoteVerdict("active", "moved back to INBOX")
+        return RemoteVerdict(state, "not in a synced folder before: the CRM never saw it there")
     if not after:
         if toggles.delete_in_crm_on_remote_delete:
             return RemoteVerdict("deleted", "expunged from every folder")

@@ -31,6 +31,7 @@ from correspond.store.engine import register_table_modules, unit_of_work
 from correspond.store.message_tables import MessageLocationRow, MessageRow
 from correspond.store.outbox_tables import OUTBOX_KINDS, OutboxRow
 from correspond.store.records import TOGGLES
+from correspond.store.remote_state import settle_after_removal, state_values
 from correspond.store.tables import AccountRow, FolderRow, utcnow
 
 __all__ = [
@@ -210,7 +211,9 @@ class OutboxStore:
                 toggles=_toggles(account),
                 to_folder_id=to_folder_id,
             )
-            message.state = plan.state
+            # deleted_at stamped or cleared with the state (the purge counts from it).
+            for column, value in state_values(plan.state, message.state).items():
+                setattr(message, column, value)
             if kind in FLAG_OF_KIND:
                 flag, value = FLAG_OF_KIND[kind]
                 flags = set(message.flags or ())
@@ -387,11 +390,20 @@ class OutboxStore:
                     .values(flags=sorted(flags))
                 )
             if removed_locations:
+                left: dict[int, list[int]] = {}
+                for mid, fid in s.execute(
+                    select(MessageLocationRow.message_id, MessageLocationRow.folder_id).where(
+                        MessageLocationRow.id.in_(list(removed_locations))
+                    )
+                ):
+                    left.setdefault(int(mid), []).append(int(fid))
                 s.execute(
                     delete(MessageLocationRow).where(
                         MessageLocationRow.id.in_(list(removed_locations))
                     )
                 )
+                # Where it was (a restore puts it back there); the state is the CRM's own.
+                settle_after_removal(s, left, decide=False)
             s.execute(
                 update(OutboxRow)
                 .where(and_(OutboxRow.id == row_id, OutboxRow.state == "pending"))

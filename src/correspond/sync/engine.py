@@ -525,6 +525,7 @@ class AccountSyncer:
         unsynced = unsynced[: self.settings.gone_check_max_folders]
         later = later[: max(0, self.settings.gone_check_max_folders - len(unsynced))]
         reasons: dict[int, str] = {}
+        found_in: dict[int, int] = {}
         searchable: dict[int, str] = {}
         for mid, header in pending:
             if header and _SEARCHABLE_ID.fullmatch(header):
@@ -540,11 +541,18 @@ class AccountSyncer:
                     if await client.uid_search([Atom("HEADER"), Atom("Message-ID"), header]):
                         if not folder.selected:
                             reasons[mid] = "moved"
+                            found_in[mid] = folder.id
                         del searchable[mid]
             except ImapCommandError:
                 continue  # that folder cannot be searched; the others still can
         reasons.update(dict.fromkeys(searchable, "expunged"))
-        await in_thread(self.messages.set_gone_reasons, reasons)
+        # With what it means for the CRM copy (moved to Trash, archived, expunged: the
+        # two-way rule, store.remote_state); found in a synced folder, the sync decides.
+        await in_thread(
+            lambda: self.messages.set_gone_reasons(
+                reasons, account_id=account.id, found_in=found_in
+            )
+        )
         return reasons
 
     # -- IDLE -----------------------------------------------------------------------------------
