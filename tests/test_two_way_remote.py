@@ -548,3 +548,27 @@ async def test_purge_after_the_retention_with_shared_blobs(env: Env) -> None:
     assert message_count(env) == 0
     # The mailbox still holds its copies (a CRM purge never touches the mailbox).
     assert in_mailbox(env, "INBOX", "a")
+
+
+async def test_a_folder_read_again_from_scratch_changes_no_state(env: Env) -> None:
+    """A CRM archive with toggle 4 off leaves the copy in INBOX; INBOX re-read from scratch
+    (as after a new UIDVALIDITY) links the copy again: it was there, so it stays archived."""
+    append_many(env, "INBOX", [("a", DAY)])
+    await env.sync()
+    set_toggles(env, archive_remote_on_crm_archive=False)
+    a = crm(env, "a")
+    outcome = OutboxStore(env.messages.engine).record(a.id, "archive", user_id=None)
+    assert outcome.state == "archived" and outcome.actions == ()
+    inbox = env.folder("INBOX")
+    assert inbox.uidvalidity is not None
+    assert env.messages.reset_folder(
+        inbox.id,
+        uidvalidity=inbox.uidvalidity,
+        uidnext=inbox.uidnext,
+        highestmodseq=None,
+        exists_count=None,
+    )
+    await env.sync()
+    after = crm(env, "a")
+    assert (after.id, after.state) == (a.id, "archived")
+    assert "mid:ma@example.test" in env.stored("INBOX").values()

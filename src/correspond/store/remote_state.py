@@ -231,6 +231,7 @@ class LinkBefore:
     folders: tuple[int, ...]
     home: tuple[int, ...]
     explained: bool
+    gone: bool
 
 
 def home_folders_of(s: Session, message_ids: Collection[int]) -> dict[int, LinkBefore]:
@@ -263,6 +264,7 @@ def home_folders_of(s: Session, message_ids: Collection[int]) -> dict[int, LinkB
                 folders=tuple(where.get(int(r.id), ())),
                 home=tuple(int(f) for f in r.home_folder_ids or ()),
                 explained=r.gone_reason is not None,
+                gone=r.gone_from_mailbox_at is not None,
             )
     return found
 
@@ -280,8 +282,14 @@ def settle_after_link(
             before = [ctx.place(f) for f in b.folders]
         elif b.explained:
             before = []  # its disappearance was decided already: it comes from nowhere synced
-        else:
+        elif b.home:
             before = [ctx.place(f, selected=True) for f in b.home]
+        elif not b.gone:
+            # No location, never gone and no home: its folder was re-read from scratch (a new
+            # UIDVALIDITY): it was where it is found again.
+            before = [ctx.place(folder_id)]
+        else:
+            before = []
         after = [*(ctx.place(f) for f in b.folders), ctx.place(folder_id)]
         verdict = crm_state_after_remote_change(
             state=cast(MessageState, b.state),
