@@ -20,6 +20,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, delete, func, select, union, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,7 +32,7 @@ from correspond.store.message_tables import AttachmentRow, MessageRow, ThreadRow
 from correspond.store.notifications import after_messages_deleted
 from correspond.store.tables import utcnow
 
-__all__ = ["PurgeReport", "purge_all", "purge_deleted"]
+__all__ = ["PurgeReport", "purge_all", "purge_deleted", "purgeable"]
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +69,7 @@ def purge_deleted(
     cutoff = now - timedelta(days=retention_days)
     limit = max(1, min(batch, MAX_BATCH))
     sessions = sessionmaker(engine, expire_on_commit=False)
-    due = select(MessageRow.id, MessageRow.thread_id).where(
-        MessageRow.deleted_at.is_not(None),
-        MessageRow.deleted_at < cutoff,
-        MessageRow.state == "deleted",
-    )
-    if account_id is not None:
-        due = due.where(MessageRow.account_id == account_id)
+    due = _due(cutoff, account_id)
     with unit_of_work(sessions) as s:
         rows = s.execute(due.order_by(MessageRow.deleted_at, MessageRow.id).limit(limit)).all()
         if not rows:
@@ -110,6 +105,27 @@ def purge_deleted(
         bytes_freed=freed,
         blobs_kept=len(candidates) - deleted,
     )
+
+
+def _due(cutoff: datetime, account_id: int | None) -> Any:
+    due = select(MessageRow.id, MessageRow.thread_id).where(
+        MessageRow.deleted_at.is_not(None),
+        MessageRow.deleted_at < cutoff,
+        MessageRow.state == "deleted",
+    )
+    if account_id is not None:
+        due = due.where(MessageRow.account_id == account_id)
+    return due
+
+
+def purgeable(engine: Engine, *, retention_days: int = 30, now: datetime | None = None) -> int:
+    """How many messages are deleted for longer than ``retention_days`` (what a purge would
+    remove; ``correspond doctor`` reports it)."""
+    register_table_modules()
+    cutoff = (utcnow() if now is None else now) - timedelta(days=retention_days)
+    with unit_of_work(sessionmaker(engine)) as s:
+        found = s.scalar(select(func.count()).select_from(_due(cutoff, None).subquery()))
+    return int(found or 0)
 
 
 def purge_all(
