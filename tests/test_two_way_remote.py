@@ -572,3 +572,47 @@ async def test_a_folder_read_again_from_scratch_changes_no_state(env: Env) -> No
     after = crm(env, "a")
     assert (after.id, after.state) == (a.id, "archived")
     assert "mid:ma@example.test" in env.stored("INBOX").values()
+
+
+# -- a server without MOVE, CONDSTORE or QRESYNC --------------------------------------------------
+
+
+@pytest.fixture(params=BACKENDS)
+def basic_env(
+    request: pytest.FixtureRequest, dovecot_basic: DovecotServer, tmp_path: Path
+) -> Iterator[Env]:
+    yield from make_env(request, dovecot_basic, dovecot_basic.add_user(), tmp_path)
+
+
+def user_copies_and_expunges(env: Env, source: str, n: str, target: str) -> None:
+    """A move as a client does it without MOVE: COPY, \\Deleted, UID EXPUNGE."""
+    uid = uid_of(env, source, f"m{n}@example.test")
+    with other_client(env, source) as conn:
+        assert conn.uid("COPY", str(uid), imap_quote(target))[0] == "OK"  # type: ignore[attr-defined]
+        assert conn.uid("STORE", str(uid), "+FLAGS", "(\\Deleted)")[0] == "OK"  # type: ignore[attr-defined]
+        assert conn.uid("EXPUNGE", str(uid))[0] == "OK"  # type: ignore[attr-defined]
+
+
+async def test_without_move_or_condstore(basic_env: Env) -> None:
+    env = basic_env
+    append_many(env, "INBOX", [("a", DAY), ("b", DAY), ("c", DAY)])
+    await env.sync()
+    set_toggles(env, delete_in_crm_on_remote_delete=True)
+    a, b, c = crm(env, "a"), crm(env, "b"), crm(env, "c")
+    # The user's moves: to Archive (synced), to Trash (not synced).
+    user_copies_and_expunges(env, "INBOX", "a", "Archive")
+    user_copies_and_expunges(env, "INBOX", "b", "Trash")
+    await env.sync()
+    assert (crm(env, "a").id, crm(env, "a").state) == (a.id, "archived")
+    assert (crm(env, "b").id, crm(env, "b").state) == (b.id, "deleted")
+    # The CRM archives c: the outbox moves it with COPY + \Deleted + UID EXPUNGE; its echo
+    # (no CONDSTORE: the sync compares the whole folder) changes nothing.
+    outbox = OutboxStore(env.messages.engine)
+    outbox.record(c.id, "archive", user_id=None)
+    await apply_outbox(env)
+    assert in_mailbox(env, "Archive", "c") and not in_mailbox(env, "INBOX", "c")
+    await env.sync()
+    await env.sync()
+    assert (crm(env, "c").id, crm(env, "c").state) == (c.id, "archived")
+    assert outbox_rows(env) == [("archive", "applied")]
+    assert message_count(env) == 3
