@@ -548,6 +548,9 @@ async def test_purge_after_the_retention_with_shared_blobs(env: Env) -> None:
     assert message_count(env) == 0
     # The mailbox still holds its copies (a CRM purge never touches the mailbox).
     assert in_mailbox(env, "INBOX", "a")
+    # ... and the next sync does not bring them back (their UIDs are behind the checkpoint).
+    await env.sync()
+    assert message_count(env) == 0
 
 
 async def test_a_folder_read_again_from_scratch_changes_no_state(env: Env) -> None:
@@ -616,3 +619,38 @@ async def test_without_move_or_condstore(basic_env: Env) -> None:
     assert (crm(env, "c").id, crm(env, "c").state) == (c.id, "archived")
     assert outbox_rows(env) == [("archive", "applied")]
     assert message_count(env) == 3
+
+
+async def test_the_worker_purges_on_its_own(env: Env) -> None:
+    """The worker (``SyncRunner``) runs the purge every ``purge_interval_seconds``."""
+    from correspond.sync.runner import SyncRunner
+
+    append_many(env, "INBOX", [("a", DAY), ("b", DAY)])
+    await env.sync()
+    a = crm(env, "a")
+    OutboxStore(env.messages.engine).record(a.id, "delete", user_id=None)
+    with Session(env.messages.engine) as s, s.begin():
+        s.execute(
+            update(MessageRow)
+            .where(MessageRow.id == a.id)
+            .values(deleted_at=utcnow() - timedelta(days=31))
+        )
+    runner = SyncRunner(
+        env.store,
+        env.settings.clone(purge_interval_seconds=1),
+        poll_seconds=0.3,
+        lease_seconds=5.0,
+        stop_grace_seconds=2.0,
+    )
+    runner.start()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while await asyncio.to_thread(message_count, env) != 1:
+            assert loop.time() < deadline, "not purged by the worker"
+            await asyncio.sleep(0.1)
+    finally:
+        await runner.shutdown()
+    assert crm(env, "b").state == "active"
+    with pytest.raises(NotFound):
+        MessageQueries(env.messages.engine).get_message(a.id)
