@@ -654,3 +654,19 @@ async def test_the_worker_purges_on_its_own(env: Env) -> None:
     assert crm(env, "b").state == "active"
     with pytest.raises(NotFound):
         MessageQueries(env.messages.engine).get_message(a.id)
+
+
+async def test_a_mass_expunge_is_decided_in_the_pass_that_saw_it(env: Env) -> None:
+    """More messages gone than one round looks for (``gone_check_max_messages``): the pass
+    runs rounds until all are explained, so the CRM deletes them all at once."""
+    names = [f"x{n}" for n in range(5)]
+    append_many(env, "INBOX", [(n, DAY) for n in names])
+    await env.sync()
+    set_toggles(env, delete_in_crm_on_remote_delete=True)
+    env.settings = env.settings.clone(gone_check_max_messages=2)
+    with other_client(env, "INBOX") as conn:
+        conn.store("1:*", "+FLAGS", "(\\Deleted)")  # type: ignore[attr-defined]
+        conn.expunge()  # type: ignore[attr-defined]
+    await env.sync()
+    assert {crm(env, n).state for n in names} == {"deleted"}
+    assert {crm(env, n).gone_reason for n in names} == {"expunged"}
