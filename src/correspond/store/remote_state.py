@@ -138,12 +138,14 @@ def _decide(
         )
         if verdict.state != state:
             changes.append(StateChange(mid, state, verdict.state, verdict.reason))
+    # One UPDATE per kind of change (a mass expunge is a few statements, not one a message).
+    by_kind: dict[tuple[str, str], list[int]] = {}
     for change in changes:
-        ctx.s.execute(
-            update(MessageRow)
-            .where(MessageRow.id == change.message_id)
-            .values(**state_values(change.new, change.old))
-        )
+        by_kind.setdefault((change.new, change.old), []).append(change.message_id)
+    for (new, old), ids in by_kind.items():
+        values = state_values(new, old)
+        for part in _chunks(sorted(ids)):
+            ctx.s.execute(update(MessageRow).where(MessageRow.id.in_(part)).values(**values))
     return changes
 
 
@@ -158,11 +160,18 @@ def settle_after_removal(
         return []
     ctx = _Context(s)
     left = _locations(s, list(removed))
-    gone = [mid for mid in removed if mid not in left]
-    for mid in gone:
-        home = [fid for fid in sorted(set(removed[mid])) if ctx.place(fid).role != "trash"]
-        if home:
-            s.execute(update(MessageRow).where(MessageRow.id == mid).values(home_folder_ids=home))
+    # Grouped by home: a mass expunge is a few statements, not one a message.
+    homes: dict[tuple[int, ...], list[int]] = {}
+    for mid in removed:
+        if mid not in left:
+            home = tuple(f for f in sorted(set(removed[mid])) if ctx.place(f).role != "trash")
+            if home:
+                homes.setdefault(home, []).append(mid)
+    for home, ids in homes.items():
+        for part in _chunks(sorted(ids)):
+            s.execute(
+                update(MessageRow).where(MessageRow.id.in_(part)).values(home_folder_ids=list(home))
+            )
     staying = sorted(mid for mid in removed if mid in left)
     if not staying or not decide:
         return []

@@ -283,9 +283,9 @@ class OutboxApplier:
         source = await in_thread(self.store.folder_name, op.folder_id)
         if source is None:
             raise PermanentActionFailure("the folder to restore from is gone")
-        uid = await self._uid_by_message_id(client, source, header)
         destination = await self._destination(client, account, op)
         assert destination is not None  # a restore goes to a folder, never to no Trash
+        uid = await self._uid_by_message_id(client, source, header)  # source left selected
         if uid is None:
             if await self._uid_by_message_id(client, destination, header) is not None:
                 return
