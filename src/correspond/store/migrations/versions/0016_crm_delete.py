@@ -3,7 +3,7 @@ later) and the synced folders it last sat in (``home_folder_ids``: where a resto
 back, and what the two-way rule compares with when it turns up again).
 
 Revision ID: 0016_crm_delete
-Revises: 0021_timeline_links_trigger
+Revises: 0022_contact_origin
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from alembic import op
 from correspond.store.tables import UtcDateTime
 
 revision = "0016_crm_delete"
-down_revision = "0021_timeline_links_trigger"
+down_revision = "0022_contact_origin"
 branch_labels = None
 depends_on = None
 
