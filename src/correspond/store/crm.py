@@ -64,7 +64,7 @@ from correspond.store.message_queries import (
     decode_cursor,
     encode_cursor,
 )
-from correspond.store.message_tables import MessageRow, ThreadRow
+from correspond.store.message_tables import MessageRow, ThreadRow, shown
 from correspond.store.tables import UtcDateTime, utcnow
 from correspond.store.visibility import Viewer, viewer_params, visible_message_filter
 
@@ -955,7 +955,7 @@ class CrmStore:
             .where(
                 link.target_kind == kind,
                 link.target_id == target_id,
-                MessageRow.state != "deleted",
+                shown(MessageRow.state),
                 visible_message_filter(viewer, MessageRow.account_id),
             )
         )

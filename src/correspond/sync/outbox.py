@@ -30,6 +30,7 @@ from datetime import timedelta
 
 from correspond.errors import CorrespondError, ImapCommandError, NotFound
 from correspond.imap.client import ImapClient
+from correspond.imap.protocol import Atom
 from correspond.rules.sync_plan import backoff_delay
 from correspond.rules.two_way import (
     CrmAction,
@@ -38,7 +39,7 @@ from correspond.rules.two_way import (
     Toggles,
     mailbox_ops_for_crm_action,
 )
-from correspond.store.outbox import LocationTarget, OutboxAction, OutboxStore
+from correspond.store.outbox import LocationTarget, OutboxAction, OutboxStore, RestorePlaces
 from correspond.store.records import Account
 from correspond.store.tables import utcnow
 from correspond.sync.threads import in_thread
@@ -124,12 +125,17 @@ class OutboxApplier:
             raise PermanentActionFailure("the message is gone") from exc
         kind: CrmAction = row.kind  # type: ignore[assignment]
         to_folder_id = row.payload.get("to_folder_id")
+        places, header = RestorePlaces(None, None), None
+        if kind == "restore":
+            places, header = await in_thread(self.store.restore_places, row.message_id)
         plan = mailbox_ops_for_crm_action(
             kind,
             state=state,
             locations=[Place(t.folder_id, t.role, True) for t in targets],
             toggles=Toggles.of(account.toggles),
             to_folder_id=int(to_folder_id) if to_folder_id is not None else None,
+            home_folder_id=places.home_folder_id,
+            unsynced_trash_id=places.unsynced_trash_id,
         )
         if not targets and kind in ("read", "unread", "star", "unstar", "move"):
             raise PermanentActionFailure(
@@ -140,6 +146,11 @@ class OutboxApplier:
         removed: list[int] = []
         stores = gone = 0
         for op in plan.ops:
+            if op.find:
+                # Restored from a Trash the account does not sync: found by Message-ID.
+                assert header is not None  # the rule asks to find only what has one
+                await self._move_found(client, account, op, header)
+                continue
             target = by_folder[op.folder_id]
             if op.kind == "store":
                 stores += 1
@@ -250,6 +261,39 @@ class OutboxApplier:
             return  # already moved (an earlier attempt, or the user): not repeated
         try:
             await client.uid_move(str(target.uid), destination)
+        except ImapCommandError as exc:
+            raise PermanentActionFailure(f"the server refused the move: {exc}") from exc
+
+    async def _uid_by_message_id(self, client: ImapClient, name: bytes, header: str) -> int | None:
+        try:
+            await client.select(name)
+            uids = await client.uid_search([Atom("HEADER"), Atom("Message-ID"), header])
+        except ImapCommandError as exc:
+            raise PermanentActionFailure(
+                f"the folder {name.decode('utf-8', 'replace')} cannot be searched: {exc}"
+            ) from exc
+        return max(uids) if uids else None
+
+    async def _move_found(
+        self, client: ImapClient, account: Account, op: MailboxOp, header: str
+    ) -> None:
+        """Move the copy found by Message-ID in ``op.folder_id`` (a folder not synced) to the
+        op's destination. Not there but at the destination: done (an earlier attempt moved
+        it); in neither: the user removed it meanwhile."""
+        source = await in_thread(self.store.folder_name, op.folder_id)
+        if source is None:
+            raise PermanentActionFailure("the folder to restore from is gone")
+        destination = await self._destination(client, account, op)
+        assert destination is not None  # a restore goes to a folder, never to no Trash
+        uid = await self._uid_by_message_id(client, source, header)  # source left selected
+        if uid is None:
+            if await self._uid_by_message_id(client, destination, header) is not None:
+                return
+            raise PermanentActionFailure(
+                f"the message is no longer in {source.decode('utf-8', 'replace')}"
+            )
+        try:
+            await client.uid_move(str(uid), destination)
         except ImapCommandError as exc:
             raise PermanentActionFailure(f"the server refused the move: {exc}") from exc
 

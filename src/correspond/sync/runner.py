@@ -67,6 +67,7 @@ from correspond.store.messages import (
     MessageStore,
     ThreadChooser,
 )
+from correspond.store.purge import purge_deleted
 from correspond.store.records import Account
 from correspond.store.repository import Store
 from correspond.store.tables import utcnow
@@ -348,6 +349,7 @@ class SyncRunner:
         watcher = asyncio.create_task(
             watch_account_changes(self.store.engine, self._kick.set), name="account-changes"
         )
+        purger = asyncio.create_task(self._purge_deleted(linker_stop), name="purge-deleted")
         try:
             while not self._stop.is_set() and not (stop is not None and stop.is_set()):
                 self._kick.clear()
@@ -381,9 +383,37 @@ class SyncRunner:
                 await sweep
             with contextlib.suppress(CorrespondError):
                 await linker
+            await purger
             if self._own_executor and self._executor is not None:
                 executor, self._executor = self._executor, None
                 await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+
+    async def _purge_deleted(self, stop: asyncio.Event) -> None:
+        """Every ``purge_interval_seconds``, purge the messages deleted for longer than
+        ``deleted_retention_days`` (store.purge), a bounded batch at a time, off the event
+        loop. Several workers may do it at once: each DELETE re-checks, each blob is
+        re-asked before it goes."""
+        settings = self.settings
+        delay = settings.purge_interval_seconds
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            if stop.is_set():
+                return
+            delay = settings.purge_interval_seconds
+            try:
+                report = await asyncio.to_thread(
+                    purge_deleted,
+                    self.store.engine,
+                    self.blobs,
+                    retention_days=settings.deleted_retention_days,
+                    batch=settings.purge_batch_size,
+                )
+            except (CorrespondError, OSError) as exc:
+                log.warning("purging deleted messages failed: %s", type(exc).__name__)
+                continue
+            if report.messages >= settings.purge_batch_size:
+                delay = 1.0  # more waiting: the next batch soon, not in an hour
 
     # -- one lease round -------------------------------------------------------------------
 
