@@ -43,5 +43,10 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("contact_dismissals")
+    if op.get_bind().dialect.name == "postgresql":
+        op.drop_constraint("ck_contacts_origin", "contacts", type_="check")
+        op.drop_column("contacts", "origin")
+        return
     with op.batch_alter_table("contacts") as batch:
+        batch.drop_constraint(op.f("ck_contacts_origin"), type_="check")
         batch.drop_column("origin")
