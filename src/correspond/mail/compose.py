@@ -151,8 +151,8 @@ class BadRecipient(ComposeError):
     printable) so the person sees which."""
 
     def __init__(self, address: str, reason: str, *, field: str = "to") -> None:
-        shown = ascii(address)[1:-1] if len(address) <= 200 else ascii(address[:200])[1:-1] + "..."
-        super().__init__(f"{field}: {shown!r} is not a valid address: {reason}", field=field)
+        shown = _printable(address[:200]) + ("..." if len(address) > 200 else "")
+        super().__init__(f"{field}: '{shown}' is not a valid address: {reason}", field=field)
         self.address = address
 
 
@@ -168,6 +168,11 @@ class MessageTooLarge(ComposeError):
         )
         self.size = size
         self.limit = limit
+
+
+def _printable(value: str) -> str:
+    """``value`` with every character that is not printable shown as its escape."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in value)
 
 
 def _mb(size: int) -> str:
@@ -447,6 +452,28 @@ def _add_header(msg: EmailMessage, name: str, value: object) -> None:
     msg[name] = value
 
 
+class _IdsHeader(str):
+    """Message-ID, In-Reply-To and References: ids separated by spaces, folded between ids
+    only. The policy's folder treats them as unstructured text and would turn an id longer than
+    a line into an RFC 2047 word, which no reader takes as an id (threading breaks). The
+    ``email`` policies keep a value with a matching ``name`` and call its ``fold``."""
+
+    name: str
+
+    def __new__(cls, name: str, ids: Sequence[str]) -> _IdsHeader:
+        value = super().__new__(cls, " ".join(ids))
+        value.name = name
+        return value
+
+    def fold(self, *, policy: object) -> str:
+        lines = [f"{self.name}:"]
+        for mid in self.split(" "):
+            if len(lines[-1]) + 1 + len(mid) > 78:
+                lines.append("")
+            lines[-1] += " " + mid
+        return "\r\n".join(lines) + "\r\n"
+
+
 def _extra_header(name: str, value: str) -> tuple[str, str]:
     if not _HEADER_NAME.match(name):
         raise ComposeError(f"{name!r} is not a header name", field="extra_headers")
@@ -501,13 +528,13 @@ def build_message(
     mid = _message_id(message_id) if message_id is not None else make_message_id(message_id_domain)
     if mid is None:
         raise ComposeError(f"{message_id!r} is not a Message-ID", field="message_id")
-    _add_header(msg, "Message-ID", mid)
+    _add_header(msg, "Message-ID", _IdsHeader("Message-ID", [mid]))
     parent = _message_id(draft.in_reply_to)
     if parent is not None:
-        _add_header(msg, "In-Reply-To", parent)
+        _add_header(msg, "In-Reply-To", _IdsHeader("In-Reply-To", [parent]))
     references = bounded_references(draft.references)
     if references:
-        _add_header(msg, "References", " ".join(references))
+        _add_header(msg, "References", _IdsHeader("References", references))
     for name, value in draft.extra_headers:
         key, clean = _extra_header(name, value)
         _add_header(msg, key, clean)
@@ -518,6 +545,13 @@ def build_message(
             del part["MIME-Version"]  # the email package repeats it on parts: top level only
     _verify_headers(msg)
     return msg
+
+
+def _last_part(msg: EmailMessage) -> EmailMessage:
+    parts = msg.get_payload()
+    part = parts[-1] if isinstance(parts, list) else msg
+    assert isinstance(part, EmailMessage)
+    return part
 
 
 def _set_body(msg: EmailMessage, draft: Draft, resolve: Callable[[str], bytes] | None) -> None:
@@ -534,8 +568,7 @@ def _set_body(msg: EmailMessage, draft: Draft, resolve: Callable[[str], bytes] |
     msg.set_content(_text_body(text or ""))
     if html_body is not None:
         msg.add_alternative(_text_body(html_body), subtype="html")
-        html_part = msg.get_payload()[-1] if msg.is_multipart() else msg
-        assert isinstance(html_part, EmailMessage)
+        html_part = _last_part(msg)
         for image in draft.inline:
             cid = (image.content_id or "").strip().strip("<>")
             if not _CONTENT_ID.match(cid):
@@ -562,8 +595,7 @@ def _set_body(msg: EmailMessage, draft: Draft, resolve: Callable[[str], bytes] |
         if main == "text":
             # Sent as bytes (base64): a text file's own line ends and charset are kept.
             msg.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
-            part = msg.get_payload()[-1]
-            assert isinstance(part, EmailMessage)
+            part = _last_part(msg)
             part.replace_header("Content-Type", f"{main}/{sub}")
             part.set_param("name", name)
         else:
