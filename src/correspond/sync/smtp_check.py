@@ -89,9 +89,12 @@ def _explain(
                 "than implicit TLS (port 465). Set the security to match the port."
             )
         return "tls_failed", f"The TLS handshake with {where} failed: {exc}."
-    if isinstance(exc, aiosmtplib.SMTPConnectResponseError):
+    if isinstance(exc, aiosmtplib.SMTPConnectResponseError) or (
+        isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code < 0
+    ):
+        said = exc.message if isinstance(exc, aiosmtplib.SMTPResponseException) else str(exc)
         return "not_smtp", (
-            f"{where} answered, but not as an SMTP server would ({_server_words(str(exc))}): "
+            f"{where} answered, but not as an SMTP server would ({_server_words(said)}): "
             "check the port (587 or 465 for sending)."
         )
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
@@ -136,7 +139,7 @@ async def check_smtp(
             try:
                 await client.connect()
             except aiosmtplib.SMTPException as exc:
-                if security == "starttls" and "STARTTLS" in str(exc).upper():
+                if type(exc) is aiosmtplib.SMTPException and "STARTTLS extension not" in str(exc):
                     return SmtpReport(
                         False,
                         "starttls_missing",
@@ -144,6 +147,9 @@ async def check_smtp(
                         "465) instead; sending the password unencrypted is refused.",
                     )
                 raise
+            # The extensions after STARTTLS are another list (AUTH is often offered only
+            # then): EHLO again.
+            await client.ehlo()
             extensions = frozenset(client.esmtp_extensions)
             if "auth" not in client.esmtp_extensions:
                 return SmtpReport(
@@ -167,11 +173,17 @@ async def check_smtp(
                 extensions=extensions,
             )
     except TimeoutError:
+        silent = (
+            " A port for implicit TLS (usually 465) stays silent until TLS starts: set the "
+            "security to tls there."
+            if security == "starttls"
+            else ""
+        )
         return SmtpReport(
             False,
             "timeout",
-            f"The SMTP test with {where} did not finish within {deadline:g} s: the server "
-            "answers too slowly. Try again later, and check the server name and port.",
+            f"The SMTP test with {where} did not finish within {deadline:g} s: check the server "
+            f"name and port, or try again later if the server is slow.{silent}",
         )
     except (aiosmtplib.SMTPException, OSError) as exc:
         problem, message = _explain(exc, where, host, security, username)
