@@ -33,6 +33,7 @@ from correspond.mail.compose import (
     clean_header_text,
     encoded_size,
     envelope_recipients,
+    envelope_sender,
     forward_draft,
     forward_subject,
     html_to_plain_text,
@@ -524,6 +525,12 @@ def test_size_is_measured_after_encoding_and_checked_before_sending() -> None:
     assert size_limit(None) == DEFAULT_SIZE_LIMIT == 25 * 1024 * 1024
     assert size_limit(0) == DEFAULT_SIZE_LIMIT  # SIZE 0: no announced limit
     assert size_limit(10_000_000) == 10_000_000
+
+
+def test_the_envelope_sender_is_checked_too() -> None:
+    assert envelope_sender(Draft(from_=Address("Me@Example.COM "))) == "Me@example.com"
+    with pytest.raises(BadRecipient, match="from: "):
+        envelope_sender(Draft(from_=Address("me@example.com>\r\nRCPT TO:<x@example.org")))
 
 
 def test_recipients_are_bounded_and_deduplicated() -> None:

@@ -452,3 +452,22 @@ def test_identity_for_refuses_anothers_identity(app: FastAPI, store: Store) -> N
         service.identity_for(bob, mine.id)
     with pytest.raises(Exception, match="no identity to send from"):
         service.identity_for(bob, None)
+
+
+MINE = {"identities", "templates"}
+
+
+def _mine(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    table = obj if type_ == "table" else getattr(obj, "table", None)
+    return getattr(table, "name", name) in MINE
+
+
+def test_the_migration_makes_the_tables_the_models_describe(store: Store) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from correspond.store.tables import Base
+
+    with store.engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True, "include_object": _mine})
+        assert compare_metadata(ctx, Base.metadata) == []

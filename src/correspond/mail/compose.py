@@ -69,6 +69,7 @@ __all__ = [
     "clean_header_text",
     "encoded_size",
     "envelope_recipients",
+    "envelope_sender",
     "forward_draft",
     "forward_subject",
     "html_to_plain_text",
@@ -408,6 +409,12 @@ def envelope_recipients(draft: Draft) -> tuple[str, ...]:
             field="to",
         )
     return tuple(seen.values())
+
+
+def envelope_sender(draft: Draft) -> str:
+    """The MAIL FROM address: the From address, checked (a line break in it never reaches
+    the SMTP command)."""
+    return check_address(draft.from_.email, field="from")
 
 
 def needs_smtputf8(draft: Draft) -> bool:
