@@ -324,6 +324,32 @@ def test_extra_headers_are_an_allow_list_with_clean_values() -> None:
             _build(Draft(from_=ME, to=(ME,), text="x", extra_headers=((name, "v"),)))
 
 
+def test_extra_headers_are_bounded_in_number() -> None:
+    many = tuple((f"X-H{i}", "v") for i in range(51))
+    with pytest.raises(ComposeError, match="at most 50"):
+        _build(Draft(from_=ME, to=(ME,), text="x", extra_headers=many))
+
+
+# ---- H5: bodies never carry a bare CR or LF; a line of one dot stays text ------------------
+
+BODIES = [
+    ("a\n.\r\nb", "a\n.\nb\n"),
+    ("a\r\n.\nb", "a\n.\nb\n"),
+    ("a\rb", "a\nb\n"),
+    ("a\nb", "a\nb\n"),
+    (".", ".\n"),
+    ("a\r\n.\r\n", "a\n.\n"),
+    ("line\u2028same\x85line", "line\u2028same\x85line\n"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BODIES)
+def test_bodies_have_crlf_line_ends_only(text: str, expected: str) -> None:
+    raw = _build(Draft(from_=ME, to=(ME,), subject="s", text=text))
+    _only_expected_headers(raw)
+    assert parse_message(raw).text == expected
+
+
 # ---- Structure, round trip ---------------------------------------------------------------------
 
 

@@ -93,6 +93,7 @@ MAX_RECIPIENTS = 500
 #: §3.6.4 lets a writer trim the middle).
 MAX_REFERENCES = 20
 MAX_ATTACHMENTS = 100
+MAX_EXTRA_HEADERS = 50
 MAX_SUBJECT = 1000
 MAX_DISPLAY_NAME = 200
 MAX_HEADER_VALUE = 4000
@@ -478,7 +479,8 @@ class _IdsHeader(str):
             if len(lines[-1]) + 1 + len(mid) > 78:
                 lines.append("")
             lines[-1] += " " + mid
-        return "\r\n".join(lines) + "\r\n"
+        linesep = str(getattr(policy, "linesep", "\r\n"))
+        return linesep.join(lines) + linesep
 
 
 def _extra_header(name: str, value: str) -> tuple[str, str]:
@@ -542,6 +544,10 @@ def build_message(
     references = bounded_references(draft.references)
     if references:
         _add_header(msg, "References", _IdsHeader("References", references))
+    if len(draft.extra_headers) > MAX_EXTRA_HEADERS:
+        raise ComposeError(
+            f"at most {MAX_EXTRA_HEADERS} extra headers per message", field="extra_headers"
+        )
     for name, value in draft.extra_headers:
         key, clean = _extra_header(name, value)
         _add_header(msg, key, clean)
