@@ -471,3 +471,23 @@ def test_the_migration_makes_the_tables_the_models_describe(store: Store) -> Non
     with store.engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True, "include_object": _mine})
         assert compare_metadata(ctx, Base.metadata) == []
+
+
+def test_an_identitys_password_is_write_only(app: FastAPI, store: Store) -> None:
+    ann_client = user_client(app, "ann@example.test")
+    schema = ann_client.get("/openapi.json").json()["components"]["schemas"]
+    assert "password" in schema["IdentityCreate"]["properties"]
+    assert "password" in schema["IdentityUpdate"]["properties"]
+    assert "password" not in schema["IdentityPublic"]["properties"]
+    identities = IdentityStore(store.engine, store.secrets)
+    made = identities.create_smtp(
+        _user(app, "ann@example.test"),
+        address="ann@example.org",
+        display_name="Ann",
+        smtp=check_smtp_settings("smtp.example.org", None, "tls", "ann"),
+        secret="the-secret-itself",
+    )
+    for answer in (ann_client.get("/identities"), ann_client.get(f"/identities/{made.id}")):
+        assert answer.status_code == 200 and "the-secret-itself" not in answer.text
+    nul = ann_client.patch(f"/identities/{made.id}", json={"password": "a\x00b"})
+    assert nul.status_code == 422 and "a\x00b" not in nul.text
