@@ -355,21 +355,21 @@ def test_templates_personal_and_shared(app: FastAPI, admin: TestClient, store: S
     assert ann.get(f"/templates/{personal['id']}").status_code == 404
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        {"name": "t", "text": "{{contact.__class__}}"},
-        {"name": "t", "text": "{{ config.secret_key }}"},
-        {"name": "t", "subject": "{{ 7*7 }}", "text": "x"},
-        {"name": "t", "html": "<p>{{contact.first_name | upper}}</p>"},
-    ],
-)
-def test_a_template_with_an_unknown_field_is_refused(app: FastAPI, body: dict[str, str]) -> None:
+UNKNOWN_FIELDS = [
+    {"name": "t", "text": "{{contact.__class__}}"},
+    {"name": "t", "text": "{{ config.secret_key }}"},
+    {"name": "t", "subject": "{{ 7*7 }}", "text": "x"},
+    {"name": "t", "html": "<p>{{contact.first_name | upper}}</p>"},
+]
+
+
+def test_a_template_with_an_unknown_field_is_refused(app: FastAPI) -> None:
     ann = user_client(app, "ann@example.test")
-    answer = ann.post("/templates", json=body)
-    assert answer.status_code == 422
-    (error,) = answer.json()["detail"]
-    assert error["loc"][0] == "body" and "merge field" in error["msg"]
+    for body in UNKNOWN_FIELDS:
+        answer = ann.post("/templates", json=body)
+        assert answer.status_code == 422, body
+        (error,) = answer.json()["detail"]
+        assert error["loc"][0] == "body" and "merge field" in error["msg"]
     assert ann.get("/templates").json() == []
 
 
