@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -31,6 +32,8 @@ from correspond.sync.smtp_check import SmtpReport, check_smtp
 from correspond.testing.dovecot import DovecotServer
 from correspond.testing.net import free_port
 from helpers import authed_client, user_client
+
+NOW = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -491,3 +494,50 @@ def test_an_identitys_password_is_write_only(app: FastAPI, store: Store) -> None
         assert answer.status_code == 200 and "the-secret-itself" not in answer.text
     nul = ann_client.patch(f"/identities/{made.id}", json={"password": "a\x00b"})
     assert nul.status_code == 422 and "a\x00b" not in nul.text
+
+
+def test_reply_and_forward_of_a_stored_message(
+    store: Store, settings: Settings, dovecot: DovecotServer, imap_user: Any
+) -> None:
+    """The builders read the store's MessageView as it is; a forward carries the stored
+    attachments' bytes (read from the blob store), a reply threads on the stored ids."""
+    from correspond.mail.compose import (
+        Address,
+        build_message,
+        forward_draft,
+        message_bytes,
+        reply_draft,
+        safe_attachment_name,
+    )
+    from correspond.mail.parse import parse_message
+    from correspond.mailbox import MailboxReader
+    from correspond.testing.mirror import seed_mirror
+
+    mirror = seed_mirror(store, settings, dovecot, imap_user)
+    reader = MailboxReader(store, settings)
+    page = reader.list_messages(mirror.account, limit=100)
+    views = [reader.get_message(m.id) for m in page.items]
+    report = next(v for v in views if v.message_id == mirror.html_mid)
+    assert report.attachments
+    me = Address.of(mirror.address, "Me")
+    forward = forward_draft(report, from_=me, to=(Address.of("dan@example.org"),), text="FYI")
+    built = build_message(
+        forward, message_id_domain="example.test", now=report.date or NOW, resolve=reader.blobs.get
+    )
+    sent = parse_message(message_bytes(built))
+    stored = {
+        safe_attachment_name(a.filename): reader.attachment(report.id, a.id)[1]
+        for a in report.attachments
+    }
+    assert {a.filename: a.content for a in sent.attachments} == stored
+    assert sent.subject.startswith("Fwd: ") and sent.in_reply_to is None
+
+    kickoff = next(v for v in views if v.message_id == mirror.kickoff_mid)
+    reply = reply_draft(kickoff, from_=me, own_addresses=[mirror.address], reply_all=True)
+    everyone = [a.email for a in (*reply.to, *reply.cc)]
+    assert everyone and mirror.address.lower() not in [e.lower() for e in everyone]
+    parsed = parse_message(
+        message_bytes(build_message(reply, message_id_domain="example.test", now=NOW))
+    )
+    assert parsed.in_reply_to == mirror.kickoff_mid
+    assert parsed.references[-1] == mirror.kickoff_mid
