@@ -656,6 +656,12 @@ def test_reply_uses_reply_to_and_skips_broken_addresses() -> None:
     assert [a.email for a in draft.to] == ["list@example.org"]
 
 
+def test_a_long_stored_name_does_not_drop_the_recipient() -> None:
+    original = _Original(from_=_Addr("ann@example.org", "A" * 5000))
+    draft = reply_draft(original, from_=ME, own_addresses=OWN)
+    assert [(a.email, len(a.name)) for a in draft.to] == [("ann@example.org", 200)]
+
+
 def test_replying_to_my_own_message_goes_to_its_recipients() -> None:
     mine = _Original(from_=_Addr("Me@Example.com"), to=(_Addr("bob@example.org"),), cc=())
     draft = reply_draft(mine, from_=ME, own_addresses=OWN)

@@ -871,7 +871,8 @@ def _usable(addresses: Iterable[OriginalAddress | None], where: str) -> list[Add
         if a is None:
             continue
         try:
-            found.append(Address.of(a.email, a.name or "", field=where))
+            # A long stored name is shortened, never a reason to drop the recipient.
+            found.append(Address.of(a.email, (a.name or "")[:MAX_DISPLAY_NAME], field=where))
         except ComposeError:
             continue
     return found
