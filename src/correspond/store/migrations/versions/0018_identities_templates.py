@@ -1,7 +1,7 @@
 """Outbound identities and message templates (see store.compose_tables).
 
 Revision ID: 0018_identities_templates
-Revises: 0021_timeline_links_trigger
+Revises: 0022_contact_origin
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 from correspond.store.tables import UtcDateTime
 
 revision = "0018_identities_templates"
-down_revision = "0021_timeline_links_trigger"
+down_revision = "0022_contact_origin"
 branch_labels = None
 depends_on = None
 
