@@ -65,6 +65,12 @@ OWN_THINGS = {
     ("GET", "/notifications/stream"),
     ("GET", "/webhooks"),
     ("POST", "/webhooks"),
+    # The caller's own identities and the templates they see (checked after the walk).
+    ("GET", "/identities"),
+    ("POST", "/identities"),
+    ("GET", "/templates"),
+    ("POST", "/templates"),
+    ("GET", "/compose/defaults"),
     # Search and the personal inbox answer from the caller's own accounts only (checked
     # after the walk).
     ("GET", "/search"),
@@ -175,6 +181,8 @@ GHOSTS: dict[str, Any] = {
     "deal_id": 987654327,
     "notification_id": 987654328,
     "webhook_id": 987654329,
+    "identity_id": 987654330,
+    "template_id": 987654331,
 }
 
 
@@ -230,6 +238,12 @@ def _secrets_of(admin: TestClient, mirror: SeededMirror) -> tuple[dict[str, Any]
     hook = {"url": "https://hooks.example.com/in", "events": ["message.received"]}
     created = admin.post("/webhooks", json=hook)
     assert created.status_code == 201, created.text
+    # An account of the admin's own: every account one may send from is an identity.
+    own = {"name": "walker", "email": "walker@example.com", "imap_host": "mail.example.com"}
+    assert admin.post("/accounts", json={**own, "password": "pw"}).status_code == 201
+    identity = admin.get("/identities").json()[0]
+    template = admin.post("/templates", json={"name": "Walk", "subject": "s", "text": "t"})
+    assert template.status_code == 201, template.text
     ids = {
         "name": mirror.account,
         "message_id": with_attachment["id"],
@@ -246,6 +260,8 @@ def _secrets_of(admin: TestClient, mirror: SeededMirror) -> tuple[dict[str, Any]
         "dismissed_address": "gone@example.test",
         "notification_id": _notify(admin, with_attachment["id"]),
         "webhook_id": created.json()["id"],
+        "identity_id": identity["id"],
+        "template_id": template.json()["id"],
     }
     subjects = [m["subject"] for m in page["messages"] if m["subject"]]
     return ids, [mirror.account, mirror.address, *subjects[:5]]
@@ -298,6 +314,9 @@ def test_every_route_needs_credentials_and_hides_others_accounts(
     # A member's own view of the lists holds none of the admin's data.
     assert member.get("/accounts").json() == []
     assert member.get("/teams").json() == []
+    assert member.get("/identities").json() == []
+    assert member.get("/templates").json() == []
+    assert member.get("/compose/defaults").json()["identity"] is None
     app.state.search.index.index_all()
     assert admin.get("/search").json()["messages"]
     assert member.get("/search").json() == {"messages": [], "next_cursor": None}

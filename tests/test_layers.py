@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "correspond.secretbox": 1,
     "correspond.sync": 2,
     "correspond.accounts": 2,
+    "correspond.composer": 2,
     "correspond.auth": 2,
     "correspond.mailbox": 2,
     "correspond.notify": 2,

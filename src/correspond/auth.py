@@ -28,6 +28,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from correspond.errors import ConfigError, NotFound
 from correspond.settings import Settings
 from correspond.store import Store
+from correspond.store.compose import IdentityStore, TemplateStore
 from correspond.store.tables import utcnow
 from correspond.store.teams import TeamStore
 from correspond.store.users import ApiToken, Caller, PathRef, User, UserStore, email_key
@@ -157,6 +158,8 @@ class AuthService:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.users = UserStore(store.engine)
         self.teams = TeamStore(store.engine)
+        self.identities = IdentityStore(store.engine, store.secrets)
+        self.templates = TemplateStore(store.engine)
         self.settings = settings
         self.hasher = PasswordHasher(
             time_cost=settings.password_hash_time_cost,
@@ -282,6 +285,16 @@ class AuthService:
 
     def thread_access(self, user: User, thread_id: int) -> Access:
         return self.users.access_to_thread(user, thread_id)
+
+    def identity_visible(self, user: User, identity_id: int) -> None:
+        """:class:`NotFound` unless ``identity_id`` is ``user``'s and usable by them (the
+        rule of ``store.visibility.identity_terms``: nobody else's, admins included)."""
+        self.identities.exists_for(user, identity_id)
+
+    def template_access(self, user: User, template_id: int) -> Access:
+        """``user``'s access to a template (``manage``: may change it); :class:`NotFound`
+        unless they may see it (``store.visibility.template_terms``)."""
+        return self.templates.access(user, template_id)
 
     def team_visible(self, user: User, team_id: int) -> None:
         """:class:`NotFound` unless the team exists and ``user`` is an admin or in it."""

@@ -26,6 +26,7 @@ from correspond.api.routes import (
     accounts,
     actions,
     auth,
+    compose,
     crm,
     folders,
     health,
@@ -40,6 +41,7 @@ from correspond.api.routes import (
 from correspond.api.schemas import ErrorPublic
 from correspond.api.security import authorize
 from correspond.auth import AuthService
+from correspond.composer import ComposeService
 from correspond.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -247,6 +249,7 @@ def create_app(
     app.state.leases = AccountLeases(the_store.engine)
     app.state.runner = runner
     app.state.auth = AuthService(the_store, settings)
+    app.state.composer = ComposeService(the_store, settings)
     app.state.crm = CrmStore(the_store.engine)
     app.state.outbox = OutboxStore(the_store.engine)
     app.state.notifications = notes
@@ -285,6 +288,9 @@ def create_app(
         webhooks.router,
         search.router,
         inbox.router,
+        compose.identities_router,
+        compose.templates_router,
+        compose.compose_router,
     )
     # Everything else needs a signed-in user who may see what the path names.
     signed_in = [Depends(authorize)]

@@ -6,7 +6,9 @@ included): the caller must present a bearer token (``Authorization: Bearer ct_..
 session cookie, else 401 and no data. Then each path parameter that names something owned is
 checked against the one visibility rule (:mod:`correspond.store.visibility`, asked through
 :class:`correspond.auth.AuthService`): an account by ``name``, a message by ``message_id``, a
-thread by ``thread_id``, a team by ``team_id`` (its members and admins); CRM records
+thread by ``thread_id``, a team by ``team_id`` (its members and admins), an identity by
+``identity_id`` (its owner alone), a template by ``template_id`` (its owner, its team's
+members and admins see it; its owner and admins change it); CRM records
 (``contact_id``, ``company_id``, ``deal_id``, ``activity_id``) are every signed-in user's.
 An account the caller may not see is a 404, as if it did not exist, so names do not leak; one
 they see but may not do this with (metadata only, or not theirs to change) is a 403. A path
@@ -257,6 +259,15 @@ async def authorize(request: Request, user: CurrentUser) -> User:
         elif param == "team_id":
             if (team_id := _id(str(value))) is not None:
                 await asyncio.to_thread(auth.team_visible, user, team_id)
+        elif param == "identity_id":
+            # An identity is its owner's alone, admins included (store.visibility).
+            if (identity_id := _id(str(value))) is not None:
+                await asyncio.to_thread(auth.identity_visible, user, identity_id)
+        elif param == "template_id":
+            if (template_id := _id(str(value))) is not None:
+                template = await asyncio.to_thread(auth.template_access, user, template_id)
+                if needed == "manage" and not template.manage:
+                    raise _forbidden("only the template's owner or an admin may change it")
         elif param not in _CHECKED_BY_ROUTE and param not in _SHARED:
             raise RuntimeError(f"path parameter {param!r} has no visibility rule")
         if found is not None:

@@ -15,7 +15,18 @@ command module imports another's registration and there is no import cycle.
 
 from __future__ import annotations
 
-from correspond.cli import accounts, crm, maintenance, messages, notify, serve, sync, teams, users
+from correspond.cli import (
+    accounts,
+    compose,
+    crm,
+    maintenance,
+    messages,
+    notify,
+    serve,
+    sync,
+    teams,
+    users,
+)
 from correspond.cli.base import CliContext, main
 
 __all__ = ["CliContext", "main"]
@@ -35,6 +46,8 @@ for _command in (
     teams.teams,
     notify.webhooks,
     notify.notifications,
+    compose.identities,
+    compose.templates,
     serve.serve,
 ):
     main.add_command(_command)

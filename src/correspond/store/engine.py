@@ -134,6 +134,7 @@ TABLE_MODULES = (
     "correspond.store.crm_tables",
     "correspond.store.notify_tables",
     "correspond.store.outbox_tables",
+    "correspond.store.compose_tables",
 )
 
 

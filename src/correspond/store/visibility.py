@@ -50,6 +50,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import QueryableAttribute, Session, aliased
 
+from correspond.store.compose_tables import IdentityRow, TemplateRow
 from correspond.store.tables import AccountRow, TeamMemberRow, UserRow
 
 __all__ = [
@@ -60,8 +61,11 @@ __all__ = [
     "access_of",
     "account_audience",
     "audience_params",
+    "identity_terms",
     "read_audience",
     "rule_terms",
+    "sendable_accounts_terms",
+    "template_terms",
     "terms_for",
     "terms_for_users",
     "viewer_kind",
@@ -291,3 +295,53 @@ def visible_accounts_clause(viewer: Viewer, account_id: Any) -> ColumnElement[bo
     if viewer_kind(viewer) != "member":
         return visible_message_filter(viewer, account_id)  # true() or false(): nothing to bind
     return visible_message_filter(viewer, account_id).params({VIEWER_ID: viewer.id})
+
+
+# -- Identities and templates ------------------------------------------------------------------
+# The same rule, for the two things a user composes with.
+
+
+def sendable_accounts_terms(viewer: Viewer) -> ColumnElement[bool]:
+    """A WHERE over ``accounts``: the accounts ``viewer`` may send from (bind
+    :func:`viewer_params`). Their own accounts and the team inboxes of their teams; not a
+    teammate's personal account, even shared in full (reading someone's mail is not writing
+    as them), and an admin's power to manage every account is not a right to send as it."""
+    if viewer.disabled:
+        return false()
+    viewer_id = bindparam(VIEWER_ID, type_=Integer())
+    my_teams = select(TeamMemberRow.team_id).where(TeamMemberRow.user_id == viewer_id)
+    return or_(AccountRow.owner_id == viewer_id, AccountRow.team_id.in_(my_teams))
+
+
+def identity_terms(viewer: Viewer) -> ColumnElement[bool]:
+    """A WHERE over ``identities``: the identities ``viewer`` may see and send as (bind
+    :func:`viewer_params`): their own, and of kind ``account`` only while they may still send
+    from that account (:func:`sendable_accounts_terms`). Nobody else's, admins included."""
+    if viewer.disabled:
+        return false()
+    viewer_id = bindparam(VIEWER_ID, type_=Integer())
+    sendable = select(AccountRow.id).where(sendable_accounts_terms(viewer))
+    return and_(
+        IdentityRow.owner_id == viewer_id,
+        or_(IdentityRow.account_id.is_(None), IdentityRow.account_id.in_(sendable)),
+    )
+
+
+def template_terms(viewer: Viewer) -> RuleTerms:
+    """The rule over ``templates`` (bind :func:`viewer_params`): a member sees their own
+    templates and those shared with a team they are in, and changes their own; an admin sees
+    and changes every template. ``level`` is always ``full`` (a template has no metadata-only
+    view)."""
+    kind = viewer_kind(viewer)
+    if kind == "disabled":
+        return RuleTerms(false(), literal("full"), false())
+    if kind == "admin":
+        return RuleTerms(true(), literal("full"), true())
+    viewer_id = bindparam(VIEWER_ID, type_=Integer())
+    my_teams = select(TeamMemberRow.team_id).where(TeamMemberRow.user_id == viewer_id)
+    own = TemplateRow.owner_id == viewer_id
+    return RuleTerms(
+        visible=or_(own, TemplateRow.team_id.in_(my_teams)),
+        level=literal("full"),
+        manage=case((own, true()), else_=false()),
+    )
