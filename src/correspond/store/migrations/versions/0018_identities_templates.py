@@ -1,7 +1,7 @@
 """Outbound identities and message templates (see store.compose_tables).
 
 Revision ID: 0018_identities_templates
-Revises: 0017_lifecycle
+Revises: 0016_crm_delete
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 from correspond.store.tables import UtcDateTime
 
 revision = "0018_identities_templates"
-down_revision = "0017_lifecycle"
+down_revision = "0016_crm_delete"
 branch_labels = None
 depends_on = None
 
