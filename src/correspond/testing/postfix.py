@@ -9,8 +9,8 @@ start script's permission checks, which take seconds). It listens on loopback on
 - ``port``: submission (RFC 6409) with STARTTLS (RFC 3207) on the test Dovecot's self-signed
   certificate (one host, one certificate: an account that trusts its IMAP server's certificate
   trusts its SMTP server too; ``cert_pem``), AUTH (RFC 4954) only after STARTTLS, through the
-  test Dovecot's authentication (``smtpd_sasl_type = dovecot`` on Dovecot's ``auth_port``): the Dovecot users
-  sign in with their IMAP password;
+  test Dovecot's authentication (``smtpd_sasl_type = dovecot`` on Dovecot's ``auth_port``):
+  the Dovecot users sign in with their IMAP password;
 - mail for ``example.test`` (the Dovecot users' domain) is delivered by LMTP (RFC 2033) into
   the test Dovecot (``virtual_transport = lmtp:...``); mail for any other domain is bounced
   at once (``default_transport = error``): nothing leaves the machine.
