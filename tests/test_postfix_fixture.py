@@ -86,3 +86,15 @@ def test_starts_fast_and_stops_without_leaving_a_process(dovecot: DovecotServer)
     assert not _group_alive(group)
     assert not root.exists()
     server.stop()  # idempotent
+
+
+def test_the_refused_and_deferred_recipients(
+    postfix: PostfixServer, dovecot: DovecotServer
+) -> None:
+    alice = dovecot.add_user()
+    for address, code in ((postfix.REFUSED, 554), (postfix.DEFERRED, 450)):
+        with _smtp(postfix) as client:
+            client.login(alice.username, alice.password)
+            with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+                client.sendmail(alice.address, [address], b"Subject: x\r\n\r\nx\r\n")
+            assert refused.value.recipients[address][0] == code

@@ -54,9 +54,12 @@ def point_at_postfix(env: Env, postfix: PostfixServer, **settings: object) -> No
             .values(smtp_host=postfix.host, smtp_port=postfix.port, smtp_security="starttls")
         )
     env.account = env.store.get_account(env.account.name)
-    env.settings = env.settings.clone(
-        send_undo_seconds=0, send_probe_seconds=1.0, send_receipt_wait_seconds=5.0, **settings
-    )
+    chosen: dict[str, object] = {
+        "send_undo_seconds": 0,
+        "send_probe_seconds": 1.0,
+        "send_receipt_wait_seconds": 5.0,
+    }
+    env.settings = env.settings.clone(**{**chosen, **settings})
 
 
 def owner(env: Env) -> User:

@@ -13,7 +13,9 @@ start script's permission checks, which take seconds). It listens on loopback on
   the Dovecot users sign in with their IMAP password;
 - mail for ``example.test`` (the Dovecot users' domain) is delivered by LMTP (RFC 2033) into
   the test Dovecot (``virtual_transport = lmtp:...``); mail for any other domain is bounced
-  at once (``default_transport = error``): nothing leaves the machine.
+  at once (``default_transport = error``): nothing leaves the machine;
+- :attr:`PostfixServer.REFUSED` is refused at RCPT with a 5xx, :attr:`PostfixServer.DEFERRED`
+  with a 4xx (the permanent and transient failures of the tests).
 
 ``message_size_limit`` is what the server announces as SIZE (RFC 1870). As root (the tests
 run so) the queue belongs to the ``postfix`` user of the Debian package, and ``master`` drops
@@ -109,6 +111,9 @@ class PostfixServer:
     host = "127.0.0.1"
     #: The domain delivered into the test Dovecot (its users' addresses).
     local_domain = "example.test"
+    #: A recipient refused for good (550 at RCPT) and one refused for now (450 at RCPT).
+    REFUSED = "refused@example.test"
+    DEFERRED = "deferred@example.test"
 
     def __init__(
         self,
@@ -376,7 +381,10 @@ smtpd_client_restrictions =
 smtpd_helo_restrictions =
 smtpd_sender_restrictions =
 smtpd_relay_restrictions = permit_sasl_authenticated, reject
-smtpd_recipient_restrictions = permit_sasl_authenticated, reject
+smtpd_recipient_restrictions =
+  check_recipient_access inline:{{ {{{self.REFUSED}=REJECT no such person here}},
+    {{{self.DEFERRED}=DEFER_IF_PERMIT mailbox busy, try again later}} }},
+  permit_sasl_authenticated, reject
 """
 
     def _master_cf(self) -> str:
