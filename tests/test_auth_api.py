@@ -65,6 +65,8 @@ OWN_THINGS = {
     ("GET", "/notifications/stream"),
     ("GET", "/webhooks"),
     ("POST", "/webhooks"),
+    # The body names the account to send from (refused unless the caller may send as it).
+    ("POST", "/messages"),
     # Search and the personal inbox answer from the caller's own accounts only (checked
     # after the walk).
     ("GET", "/search"),
@@ -168,6 +170,7 @@ GHOSTS: dict[str, Any] = {
     "deal_id": 987654327,
     "notification_id": 987654328,
     "webhook_id": 987654329,
+    "outbox_id": 987654330,
 }
 
 
@@ -198,6 +201,13 @@ def _notify(admin: TestClient, message_id: int) -> int:
         s.add(row)
         s.flush()
         return row.id
+
+
+def _outbox_row(admin: TestClient, message_id: int) -> int:
+    """An outbox row of the admin's account (a CRM action waiting for the syncer)."""
+    answer = admin.post(f"/messages/{message_id}/star")
+    assert answer.status_code == 200, answer.text
+    return int(answer.json()["pending_actions"][0]["id"])
 
 
 def _secrets_of(admin: TestClient, mirror: SeededMirror) -> tuple[dict[str, Any], list[str]]:
@@ -238,6 +248,7 @@ def _secrets_of(admin: TestClient, mirror: SeededMirror) -> tuple[dict[str, Any]
         "kind": "contacts",
         "notification_id": _notify(admin, with_attachment["id"]),
         "webhook_id": created.json()["id"],
+        "outbox_id": _outbox_row(admin, with_attachment["id"]),
     }
     subjects = [m["subject"] for m in page["messages"] if m["subject"]]
     return ids, [mirror.account, mirror.address, *subjects[:5]]
@@ -363,6 +374,8 @@ FULL_ACCESS_WRITES = {
 }
 # Allowed with full access, refused for the walk's empty body (it names no folder).
 FULL_ACCESS_NEEDS_BODY = {("POST", "/messages/{message_id}/move")}
+# Replies and forwards: sent as the message's account (issue 10).
+SENDS = {("POST", f"/messages/{{message_id}}/{mode}") for mode in ("reply", "reply-all", "forward")}
 
 # What a metadata-only viewer may read (without bodies); every other route naming the account
 # is a 403 for them.
@@ -373,6 +386,7 @@ METADATA_READS = {
     ("GET", "/accounts/{name}/messages"),
     ("GET", "/messages/{message_id}"),
     ("GET", "/messages/{message_id}/actions"),
+    ("GET", "/messages/{message_id}/send"),
     ("GET", "/threads/{thread_id}"),
 }
 
@@ -402,7 +416,7 @@ def test_another_team_sees_nothing_and_a_metadata_viewer_no_bodies(
         assert admin.put(f"/teams/{team}/members/{uid[who]}").status_code == 200
     changed = owner.patch(f"/accounts/{mirror.account}", json={"sharing": "metadata"})
     assert changed.status_code == 200 and changed.json()["sharing"] == "metadata"
-    names = re.compile(r"\{(name|message_id|thread_id)\}")
+    names = re.compile(r"\{(name|message_id|thread_id|outbox_id)\}")
     walked = 0
     for method, path in sorted(routes):
         if (method, path) in PUBLIC | OWN_THINGS | ADMIN_ONLY:
@@ -479,6 +493,12 @@ def test_another_team_sees_nothing_and_a_metadata_viewer_no_bodies(
                 expected = 200 if full_ok else 403
                 if (method, path) in FULL_ACCESS_NEEDS_BODY:
                     expected = 422
+                if (method, path) in SENDS:
+                    # Sending as a team inbox is its members' (the outsider is in Support);
+                    # reading a teammate's shared mail does not let one send as them. (A
+                    # forward needs a recipient: the empty body is refused.)
+                    sent = 400 if path.endswith("/forward") else 202
+                    expected = sent if reader is outsider else 403
                 assert answer.status_code == expected, (method, path, answer.status_code)
     assert any(b in outsider.get(f"/messages/{ids['message_id']}").text for b in bodies)
     assert owner.get(f"/accounts/{mirror.account}").json()["access"]["can_manage"] is True

@@ -33,6 +33,7 @@ from correspond.api.routes import (
     messages,
     notifications,
     search,
+    sending,
     sync,
     teams,
     webhooks,
@@ -52,6 +53,7 @@ from correspond.errors import (
 )
 from correspond.mailbox import MailboxReader
 from correspond.notify import NotificationHub, WebhookSender
+from correspond.outgoing import SendService
 from correspond.search import BackgroundIndexer, SearchService
 from correspond.settings import Settings
 from correspond.store import Store, open_store
@@ -249,6 +251,7 @@ def create_app(
     app.state.auth = AuthService(the_store, settings)
     app.state.crm = CrmStore(the_store.engine)
     app.state.outbox = OutboxStore(the_store.engine)
+    app.state.sending = SendService(the_store, settings)
     app.state.notifications = notes
     app.state.webhooks = webhook_store
     app.state.hub = hub
@@ -274,6 +277,8 @@ def create_app(
         messages.account_router,
         messages.router,
         actions.router,
+        sending.router,
+        sending.outbox_router,
         messages.thread_router,
         teams.router,
         teams.me_router,

@@ -338,13 +338,13 @@ class SendStore:
             row = self._send_row(s, outbox_id)
             return _record(row, self._thread_of(s, row), utcnow())
 
-    def message_of(self, outbox_id: int) -> int | None:
-        """The message of an outbox row (any kind); NotFound when there is no such row."""
+    def actor_of(self, outbox_id: int) -> int | None:
+        """Who queued an outbox row (any kind; None: unknown); NotFound when there is none."""
         with unit_of_work(self._sessions) as s:
             row = s.get(OutboxRow, outbox_id)
             if row is None:
                 raise NotFound(f"no outbox row with id {outbox_id}")
-            return row.message_id
+            return row.user_id
 
     def for_message(self, message_id: int) -> SendRecord | None:
         """The newest send of a message (None: it was not sent from the CRM)."""
