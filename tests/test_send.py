@@ -245,3 +245,55 @@ async def test_undo_and_schedule_ride_on_the_outbox(env: Env, dovecot: DovecotSe
     assert subjects == ["later"]
     with pytest.raises(Conflict):
         sends.cancel(later.outbox.id)
+
+
+async def test_a_refused_recipient_fails_with_the_servers_words_and_a_deferred_one_retries(
+    env: Env, dovecot: DovecotServer, postfix: PostfixServer
+) -> None:
+    contact = dovecot.add_user()
+    await env.sync()
+    user = owner(env)
+    refused = service(env).send_new(
+        user,
+        env.account.name,
+        Compose(to=(("", contact.address), ("", postfix.REFUSED)), subject="no", text="x"),
+    )
+    deferred = service(env).send_new(
+        user, env.account.name, Compose(to=(("", postfix.DEFERRED),), subject="later", text="y")
+    )
+    await apply(env)
+    sends = SendStore(env.store.engine)
+    failed = sends.get(refused.outbox.id)
+    assert failed.status == "failed"
+    assert failed.error is not None
+    assert postfix.REFUSED in failed.error and "no such person here" in failed.error
+    # Nobody got it (the whole message is refused when one recipient is).
+    postfix.wait_queue_empty()
+    assert with_id(mailbox(dovecot, contact, "INBOX"), mid_of(refused)) == []
+    waiting = sends.get(deferred.outbox.id)
+    assert waiting.status == "sending" and waiting.stage == "queued"
+    assert waiting.outbox.attempts == 1 and "try again later" in (waiting.outbox.last_error or "")
+    assert waiting.outbox.next_attempt_at > utcnow()
+    # A send waiting for its retry may still be taken back.
+    assert sends.cancel(deferred.outbox.id).status == "cancelled"
+
+
+async def test_a_message_over_the_servers_size_is_refused_before_sending(
+    env: Env, dovecot: DovecotServer
+) -> None:
+    small = PostfixServer(dovecot, message_size_limit=4000).start()
+    try:
+        point_at_postfix(env, small)
+        contact = dovecot.add_user()
+        await env.sync()
+        record = service(env).send_new(
+            owner(env),
+            env.account.name,
+            Compose(to=(("", contact.address),), subject="big", text="x" * 6000),
+        )
+        await apply(env)
+        failed = SendStore(env.store.engine).get(record.outbox.id)
+        assert failed.status == "failed"
+        assert "the server takes at most 4,000 (SIZE)" in (failed.error or "")
+    finally:
+        small.stop()

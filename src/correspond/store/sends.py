@@ -52,15 +52,18 @@ __all__ = ["SEND_STATUSES", "Original", "SendRecord", "SendStore", "send_status"
 SEND_STATUSES = ("scheduled", "sending", "sent", "failed", "cancelled")
 
 
-def send_status(state: str, stage: str, next_attempt_at: datetime, now: datetime) -> str:
-    """The status a send shows on its message (see the module docstring)."""
+def send_status(
+    state: str, stage: str, next_attempt_at: datetime, now: datetime, attempts: int = 0
+) -> str:
+    """The status a send shows on its message (see the module docstring): ``scheduled``
+    until its first attempt is due; a send waiting for a retry is still ``sending``."""
     if state == "applied":
         return "sent"
     if state == "failed":
         return "failed"
     if state == "cancelled":
         return "cancelled"
-    if stage == "queued" and next_attempt_at > now:
+    if stage == "queued" and attempts == 0 and next_attempt_at > now:
         return "scheduled"
     return "sending"
 
@@ -111,7 +114,7 @@ def _record(row: OutboxRow, thread_id: int | None, now: datetime) -> SendRecord:
         message_id=int(row.message_id or 0),
         thread_id=thread_id,
         account_id=row.account_id,
-        status=send_status(row.state, stage, row.next_attempt_at, now),
+        status=send_status(row.state, stage, row.next_attempt_at, now, row.attempts),
         error=row.last_error if row.state == "failed" else None,
         send_at=row.next_attempt_at if stage == "queued" else row.created_at,
         outbox=action,
@@ -365,7 +368,7 @@ class SendStore:
             row = self._send_row(s, outbox_id, lock=True)
             stage = str((row.payload or {}).get("stage", "queued"))
             if row.state != "pending" or stage != "queued":
-                shown = send_status(row.state, stage, row.next_attempt_at, utcnow())
+                shown = send_status(row.state, stage, row.next_attempt_at, utcnow(), row.attempts)
                 raise Conflict(f"the message can no longer be taken back: it is {shown}")
             row.state = "cancelled"
             row.applied_at = utcnow()
