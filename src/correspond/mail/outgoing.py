@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email import policy
+from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -66,7 +67,16 @@ class OutgoingDraft:
 
 
 def _clean(value: str, what: str) -> str:
-    if _BREAKS.search(value):
+    """``value`` if neither it nor its RFC 2047 decoding holds a line break or control
+    character (the stdlib decodes encoded words it is handed, and before Python 3.12.5 wrote
+    what they decode to verbatim: CVE-2024-6923)."""
+    decoded = value
+    if "=?" in value:
+        try:
+            decoded = str(make_header(decode_header(value)))
+        except (ValueError, LookupError, UnicodeError):
+            decoded = value
+    if _BREAKS.search(value) or _BREAKS.search(decoded):
         raise ConfigError(f"{what} contains a line break or control character: {value!r}")
     return value
 
@@ -146,4 +156,26 @@ def build_outgoing(draft: OutgoingDraft, *, message_id_domain: str, now: datetim
         msg.add_attachment(
             att.content, maintype=maintype, subtype=subtype, filename=safe_filename(att.filename)
         )
+    _check_generated(msg)
     return msg
+
+
+_HEADERS = frozenset(
+    {
+        "from", "to", "cc", "bcc", "subject", "date", "message-id", "in-reply-to", "references",
+        "mime-version", "content-type", "content-transfer-encoding",
+    }
+)  # fmt: skip
+
+
+def _check_generated(msg: EmailMessage) -> None:
+    """The last line of defence: the generated header block holds only the fields set here,
+    each once (whatever a value decoded to on the way, it made no header of its own)."""
+    head = msg.as_bytes(policy=policy.SMTP).split(b"\r\n\r\n", 1)[0]
+    names = [
+        line.split(b":", 1)[0].strip().lower().decode("ascii", "replace")
+        for line in head.split(b"\r\n")
+        if line[:1] not in (b" ", b"\t")
+    ]
+    if any(n not in _HEADERS for n in names) or len(names) != len(set(names)):
+        raise ConfigError("the message's headers would not be what was asked: refused")
