@@ -91,16 +91,27 @@ def _service(request: Request) -> SendService:
     return service
 
 
-async def _read(request: Request, model: type[ComposeFields]) -> tuple[Any, list[Any]]:
+async def _read(
+    request: Request, model: type[ComposeFields]
+) -> tuple[Any, list[OutgoingAttachment]]:
     """The JSON fields and the uploaded files (multipart) of a send request."""
     kind = request.headers.get("content-type", "")
-    files: list[Any] = []
+    files: list[OutgoingAttachment] = []
     try:
         if kind.startswith("multipart/form-data"):
-            form = await request.form(max_files=MAX_UPLOADS)
-            raw = form.get("message")
-            fields = json.loads(raw) if isinstance(raw, str) and raw else {}
-            files = [f for f in form.getlist("attachments") if not isinstance(f, str)]
+            async with request.form(max_files=MAX_UPLOADS) as form:
+                raw = form.get("message")
+                fields = json.loads(raw) if isinstance(raw, str) and raw else {}
+                for upload in form.getlist("attachments"):
+                    if isinstance(upload, str):
+                        continue
+                    files.append(
+                        OutgoingAttachment(
+                            upload.filename or "attachment",
+                            upload.content_type or "application/octet-stream",
+                            await upload.read(),
+                        )
+                    )
         else:
             fields = await request.json()
         return model.model_validate(fields), files
@@ -114,17 +125,7 @@ def _plain(error: Any) -> dict[str, Any]:
     return {"type": error.get("type"), "loc": list(error.get("loc", ())), "msg": error.get("msg")}
 
 
-async def _compose(fields: ComposeFields, files: list[Any]) -> Compose:
-    attachments = []
-    for upload in files:
-        content = await upload.read()
-        attachments.append(
-            OutgoingAttachment(
-                upload.filename or "attachment",
-                upload.content_type or "application/octet-stream",
-                content,
-            )
-        )
+def _compose(fields: ComposeFields, attachments: list[OutgoingAttachment]) -> Compose:
     try:
         return Compose(
             to=parse_recipients(fields.to),
@@ -171,7 +172,7 @@ def _forbidden(exc: PermissionError) -> HTTPException:
 async def send_message(request: Request, user: CurrentUser) -> SendPublic:
     """Send a new message from an account (JSON, or multipart with files)."""
     fields, files = await _read(request, SendRequest)
-    compose = await _compose(fields, files)
+    compose = _compose(fields, files)
     service = _service(request)
     try:
         record = await in_thread(service.send_new, user, fields.account, compose)
@@ -185,7 +186,7 @@ def _respond_route(mode: ReplyMode, summary: str) -> None:
         message_id: MessageId, request: Request, user: CurrentUser, _access: ViewAccess
     ) -> SendPublic:
         fields, files = await _read(request, ComposeFields)
-        compose = await _compose(fields, files)
+        compose = _compose(fields, files)
         service = _service(request)
         try:
             record = await in_thread(service.respond, user, message_id, mode, compose)
