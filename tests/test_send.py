@@ -297,3 +297,51 @@ async def test_a_message_over_the_servers_size_is_refused_before_sending(
         assert "the server takes at most 4,000 (SIZE)" in (failed.error or "")
     finally:
         small.stop()
+
+
+async def test_the_live_session_sends_after_the_undo_grace(
+    env: Env, dovecot: DovecotServer, postfix: PostfixServer
+) -> None:
+    """As the runner runs it: the send is queued with an undo grace; the runner's round
+    reports the account changed (the event, set by hand), the session notes when the row is
+    due, wakes then and sends; the Sent copy comes back through the session's own poll."""
+    contact = dovecot.add_user()
+    env.settings = env.settings.clone(send_undo_seconds=1.0)
+    user = owner(env)
+    syncer = env.syncer()
+    stop, changed = asyncio.Event(), asyncio.Event()
+    synced: list[object] = []
+    task = asyncio.create_task(
+        syncer.run_account(
+            env.account.name, stop=stop, poll_seconds=0.5, changed=changed, on_synced=synced.append
+        )
+    )
+    sends = SendStore(env.store.engine)
+    try:
+        await wait_for(lambda: bool(synced) or task.done(), 15)
+        record = service(env).send_new(
+            user, env.account.name, Compose(to=(("", contact.address),), subject="live", text="x")
+        )
+        assert record.status == "scheduled"
+        changed.set()
+        await wait_for(lambda: sends.get(record.outbox.id).status == "sent", 15)
+        assert record.send_at <= sends.get(record.outbox.id).outbox.applied_at  # type: ignore[operator]
+
+        def in_crm_sent() -> bool:
+            with Session(env.store.engine) as s:
+                return bool(
+                    s.scalars(
+                        select(FolderRow.role)
+                        .join(MessageLocationRow, MessageLocationRow.folder_id == FolderRow.id)
+                        .where(MessageLocationRow.message_id == record.message_id)
+                    ).all()
+                    == ["sent"]
+                )
+
+        await wait_for(in_crm_sent, 15)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+    postfix.wait_queue_empty()
+    assert len(with_id(mailbox(dovecot, contact, "INBOX"), mid_of(record))) == 1
+    assert len(with_id(mailbox(dovecot, env.user, "Sent"), mid_of(record))) == 1
