@@ -85,6 +85,19 @@ async def apply(env: Env) -> None:
         await client.logout()
 
 
+async def settle(env: Env, record: SendRecord, timeout: float = 15.0) -> SendRecord:
+    """Outbox passes until the send's row is done (applied, failed or cancelled): the receipt
+    removed too, where it arrived after the Sent copy was filed."""
+    sends = SendStore(env.store.engine)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (found := sends.get(record.outbox.id)).outbox.state == "pending":
+        assert loop.time() < deadline, found
+        await apply(env)
+        await asyncio.sleep(0.1)
+    return found
+
+
 def mailbox(server: DovecotServer, user: ImapUser, name: str) -> list[tuple[bytes, set[str]]]:
     """Every message of ``user``'s folder ``name``: raw bytes and flags (imaplib)."""
     conn = server.imaplib_client(user)
@@ -148,7 +161,8 @@ async def test_the_loop_sends_once_files_once_and_the_reply_joins_the_thread(
         assert [a["email"] for a in row.bcc_addrs] == [hidden.address]
     await apply(env)
     sends = SendStore(env.store.engine)
-    done = sends.get(record.outbox.id)
+    assert sends.get(record.outbox.id).status == "sent"
+    done = await settle(env, record)
     assert done.status == "sent", done
     assert str(done.outbox.payload["smtp_reply"]).startswith("250")
     postfix.wait_queue_empty()
@@ -238,6 +252,7 @@ async def test_undo_and_schedule_ride_on_the_outbox(env: Env, dovecot: DovecotSe
         )
     await apply(env)
     assert sends.get(later.outbox.id).status == "sent"
+    await settle(env, later)
     assert sends.get(undone.outbox.id).status == "cancelled"
     subjects = [
         email.message_from_bytes(raw)["Subject"] for raw, _ in mailbox(dovecot, contact, "INBOX")

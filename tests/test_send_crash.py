@@ -128,7 +128,7 @@ async def test_a_send_killed_at_any_stage_goes_exactly_once(
     # where the server never took it).
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 20
-    while sends.get(record.outbox.id).status != "sent":
+    while sends.get(record.outbox.id).outbox.state != "applied":
         assert loop.time() < deadline, sends.get(record.outbox.id)
         await apply(env)
         await asyncio.sleep(0.2)

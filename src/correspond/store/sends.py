@@ -16,6 +16,8 @@ and, for a receipt, the account's own address: ``rules.send``), ``message_id_hea
 - ``smtp``: a submission has started (``attempt_at``); from here on a retry first asks the
   mailbox whether it went (``sync.sender``);
 - ``accepted``: the server said 250 (``smtp_reply``); the Sent copy is being filed;
+- ``filed``: the Sent copy is in place; the receipt had not arrived yet (the message shows as
+  sent; the row stays pending until the receipt is removed);
 - ``sent``: done (the row is ``applied``).
 
 The message's send status (:attr:`SendRecord.status`) is read from its row: ``scheduled``,
@@ -57,7 +59,7 @@ def send_status(
 ) -> str:
     """The status a send shows on its message (see the module docstring): ``scheduled``
     until its first attempt is due; a send waiting for a retry is still ``sending``."""
-    if state == "applied":
+    if state == "applied" or stage == "filed":
         return "sent"
     if state == "failed":
         return "failed"

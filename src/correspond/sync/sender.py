@@ -9,7 +9,9 @@ rows (``sync.outbox`` hands ``send`` rows here). One row goes through its stages
 3. the Sent copy filed: nothing where the server files its own (``server``), else APPEND with
    ``\\Seen`` to the Sent-role folder (``append``); on an unknown server the first send looks in
    Sent for ``send_probe_seconds`` and records the finding on the account (``probe``); the
-   receipt copy (``rules.send``) is removed from the mailbox; → ``sent`` (the row applied).
+   receipt copy (``rules.send``) is removed from the mailbox; → ``sent`` (the row applied), or
+   ``filed`` (shown as sent) while the receipt has not arrived yet: the row is looked at again
+   until it has been removed, or ``send_receipt_wait_seconds`` have passed.
 
 A row found at ``smtp`` or ``accepted`` was interrupted (the process died, or the connection was
 cut without a reply): before anything is sent again the mailbox is asked
@@ -60,8 +62,10 @@ PAUSE_ENV = "CORRESPOND_TEST_SEND_PAUSE"
 PAUSE_FILE_ENV = "CORRESPOND_TEST_SEND_PAUSE_FILE"
 #: Attempts after which a send that keeps failing transiently is failed for good.
 MAX_SEND_ATTEMPTS = 10
-#: How often an interrupted send looks for its receipt again.
-RECEIPT_RECHECK_SECONDS = 2.0
+#: How often a send looks for its receipt again (interrupted, or filed before it arrived).
+RECEIPT_RECHECK_SECONDS = 1.0
+#: The first look for a receipt that had not arrived when the Sent copy was filed.
+RECEIPT_FIRST_LOOK_SECONDS = 0.2
 
 
 def _pause_requested(stage: str) -> bool:
@@ -133,6 +137,9 @@ class SendApplier:
         mid = str(payload.get("message_id_header") or "")
         if not mid:
             await in_thread(self.outbox.mark_failed, row.id, "the send carries no Message-ID")
+            return
+        if stage == "filed":
+            await self._settle_receipt(client, account, row)
             return
         recorded = await in_thread(self.sends.sent_copy, account.id)
         policy = sent_copy_policy(account.preset, recorded)
@@ -246,9 +253,37 @@ class SendApplier:
                 error = str(exc)[:500]
                 await in_thread(lambda: self.sends.mark_sent(row_id, sent_copy_error=error))
                 return
-        if payload.get("receipt"):
-            await self._remove_receipt(client, folders.get("inbox"), mid)
+        if payload.get("receipt") and not await self._remove_receipt(
+            client, folders.get("inbox"), mid
+        ):
+            # Not delivered yet: the row stays (``filed``, shown as sent) until the receipt is
+            # there to remove, or it has had ``send_receipt_wait_seconds``.
+            await in_thread(
+                lambda: self.sends.update_payload(
+                    row_id, stage="filed", sent_copy=policy, filed_at=utcnow().isoformat()
+                )
+            )
+            when = utcnow() + timedelta(seconds=RECEIPT_FIRST_LOOK_SECONDS)
+            await in_thread(self.sends.set_due, row_id, when, None)
+            return
         await in_thread(lambda: self.sends.mark_sent(row_id, sent_copy=policy))
+
+    async def _settle_receipt(
+        self, client: ImapClient, account: Account, row: OutboxAction
+    ) -> None:
+        """A sent and filed message whose receipt had not arrived: remove it now if it has,
+        else look again later, up to ``send_receipt_wait_seconds`` after filing."""
+        mid = str(row.payload["message_id_header"])
+        folders = await in_thread(self.sends.folders_by_role, account.id, ("inbox",))
+        if await self._remove_receipt(client, folders.get("inbox"), mid):
+            await in_thread(self.sends.mark_sent, row.id)
+            return
+        filed = _when(row.payload.get("filed_at")) or row.created_at
+        if (utcnow() - filed).total_seconds() >= self.settings.send_receipt_wait_seconds:
+            await in_thread(lambda: self.sends.mark_sent(row.id, receipt="not seen"))
+            return
+        when = utcnow() + timedelta(seconds=RECEIPT_RECHECK_SECONDS)
+        await in_thread(self.sends.set_due, row.id, when, None)
 
     async def _look_for_server_copy(self, client: ImapClient, sent: bytes, mid: str) -> bool:
         """Whether the server filed a copy in Sent within ``send_probe_seconds``."""
@@ -276,20 +311,16 @@ class SendApplier:
                 await client.examine(name)
         return await client.uid_search([Atom("HEADER"), Atom("Message-ID"), f"<{mid}>"])
 
-    async def _remove_receipt(self, client: ImapClient, inbox: bytes | None, mid: str) -> None:
-        """Remove the receipt copy from INBOX (UID EXPUNGE of its UIDs only). A receipt not
-        there yet is waited for briefly (the server's own delivery); never a bare EXPUNGE."""
+    async def _remove_receipt(self, client: ImapClient, inbox: bytes | None, mid: str) -> bool:
+        """Remove the receipt copy from INBOX (UID EXPUNGE of its UIDs only, never a bare
+        EXPUNGE); False when it is not there (yet). Without INBOX or UIDPLUS there is nothing
+        safe to do: True."""
         if inbox is None or "UIDPLUS" not in client.capabilities:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.send_probe_seconds
-        while True:
-            uids = await self._search(client, inbox, mid, write=True)
-            if uids or loop.time() >= deadline:
-                break
-            await asyncio.sleep(0.1)
+            return True
+        uids = await self._search(client, inbox, mid, write=True)
         if not uids:
-            return
+            return False
         found = ",".join(str(u) for u in uids)
         await client.uid_store(found, "+FLAGS.SILENT", ["\\Deleted"])
         await client.uid_expunge(found)
+        return True
