@@ -360,3 +360,35 @@ async def test_the_live_session_sends_after_the_undo_grace(
     postfix.wait_queue_empty()
     assert len(with_id(mailbox(dovecot, contact, "INBOX"), mid_of(record))) == 1
     assert len(with_id(mailbox(dovecot, env.user, "Sent"), mid_of(record))) == 1
+
+
+async def test_correspond_send_queues_and_the_syncer_sends(
+    env: Env, dovecot: DovecotServer, postfix: PostfixServer, tmp_path: Path
+) -> None:
+    from helpers import StoreCli
+    from test_sync_dovecot import KEY
+
+    contact = dovecot.add_user()
+    await env.sync()
+    owner(env)
+    cli = StoreCli(
+        Settings(data_dir=env.settings.data_dir, secret_key=KEY.decode()),
+        env.store.engine.url.render_as_string(hide_password=False),
+    )
+    notes = tmp_path / "notes.txt"
+    notes.write_text("the notes")
+    bad = cli("send", "--from", env.account.name, "--to", "a@b@c.test", "--text", "x")
+    assert bad.exit_code == 2 and "a@b@c.test" in bad.output
+    shown = cli.json(
+        "send", "--from", env.account.name, "--to", f"Cy <{contact.address}>",
+        "--subject", "From the shell", "--text", "Hello", "--attach", str(notes),
+        "--at", "2000-01-01T00:00:00",
+    )  # fmt: skip
+    assert shown["status"] == "sending"  # due at once (the time given is past)
+    record = SendStore(env.store.engine).get(shown["outbox_id"])
+    await settle(env, record)
+    postfix.wait_queue_empty()
+    (got,) = with_id(mailbox(dovecot, contact, "INBOX"), mid_of(record))
+    parsed = email.message_from_bytes(got[0], policy=policy.default)
+    assert parsed["Subject"] == "From the shell"
+    assert [a.get_filename() for a in parsed.iter_attachments()] == ["notes.txt"]

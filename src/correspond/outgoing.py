@@ -101,17 +101,26 @@ class SendService:
             return
         raise PermissionError(f"you may not send from the account {account.name!r}")
 
+    def _from_name(self, user: User | None, account: Account) -> str:
+        """The display name on From: the sender's, else the account owner's."""
+        if user is None and account.owner_id is not None:
+            user = self.users.get_user_by_id(account.owner_id)
+        return (user.display_name or "") if user is not None else ""
+
     def _member(self, user: User, team_id: int) -> bool:
         return TeamStore(self.store.engine).is_member(team_id, user.id)
 
     # -- new messages, replies, forwards ---------------------------------------------------------
 
-    def send_new(self, user: User, account_name: str, compose: Compose) -> SendRecord:
+    def send_new(self, user: User | None, account_name: str, compose: Compose) -> SendRecord:
+        """Queue a new message from ``account_name``. ``user`` None: the operator on the
+        command line (every account; the message goes out under the owner's name)."""
         account = self.store.get_account(account_name)
-        self.check_may_send(user, account)
+        if user is not None:
+            self.check_may_send(user, account)
         attachments = compose.attachments + self._stored_attachments(user, compose.attachment_ids)
         draft = OutgoingDraft(
-            from_=(user.display_name or "", account.email),
+            from_=(self._from_name(user, account), account.email),
             to=compose.to,
             cc=compose.cc,
             bcc=compose.bcc,
@@ -161,7 +170,7 @@ class SendService:
             in_reply_to = mid
             references = (*original.references, *((mid,) if mid else ()))
         draft = OutgoingDraft(
-            from_=(user.display_name or "", account.email),
+            from_=(self._from_name(user, account), account.email),
             to=to,
             cc=cc,
             bcc=compose.bcc,
@@ -179,16 +188,18 @@ class SendService:
 
     # -- attachments -----------------------------------------------------------------------------
 
-    def _stored_attachments(self, user: User, ids: Sequence[int]) -> tuple[OutgoingAttachment, ...]:
-        """Attachments named by id: each of a message the user sees in full."""
+    def _stored_attachments(
+        self, user: User | None, ids: Sequence[int]
+    ) -> tuple[OutgoingAttachment, ...]:
+        """Attachments named by id: each of a message the user sees in full (the operator on
+        the command line: any)."""
         out = []
         for attachment_id in ids:
             found = self.sends.attachment(attachment_id)
             if found is None:
                 raise NotFound(f"no attachment with id {attachment_id}")
             message_id, filename, content_type, blob_key = found
-            access = self.users.access_to_message(user, message_id)
-            if not access.full:
+            if user is not None and not self.users.access_to_message(user, message_id).full:
                 raise NotFound(f"no attachment with id {attachment_id}")
             out.append(self._attachment(attachment_id, filename, content_type, blob_key))
         return tuple(out)
@@ -206,7 +217,7 @@ class SendService:
     # -- queueing --------------------------------------------------------------------------------
 
     def _queue(
-        self, user: User, account: Account, draft: OutgoingDraft, send_at: datetime | None
+        self, user: User | None, account: Account, draft: OutgoingDraft, send_at: datetime | None
     ) -> SendRecord:
         now = utcnow()
         domain = account.email.rpartition("@")[2] or "localhost"
@@ -244,7 +255,7 @@ class SendService:
         }
         return self.sends.queue(
             account_id=account.id,
-            user_id=user.id,
+            user_id=user.id if user is not None else None,
             data=data,
             payload=payload,
             send_at=max(send_at, now),

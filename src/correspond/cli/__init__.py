@@ -15,7 +15,18 @@ command module imports another's registration and there is no import cycle.
 
 from __future__ import annotations
 
-from correspond.cli import accounts, crm, maintenance, messages, notify, serve, sync, teams, users
+from correspond.cli import (
+    accounts,
+    crm,
+    maintenance,
+    messages,
+    notify,
+    sending,
+    serve,
+    sync,
+    teams,
+    users,
+)
 from correspond.cli.base import CliContext, main
 
 __all__ = ["CliContext", "main"]
@@ -28,6 +39,7 @@ for _command in (
     maintenance.info,
     messages.messages,
     messages.threads,
+    sending.send,
     sync.sync,
     sync.worker,
     users.users,

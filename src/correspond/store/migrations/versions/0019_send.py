@@ -5,7 +5,7 @@ of sent mail in Sent (``server``) or Correspond must APPEND one (``append``); NU
 yet (the first send finds out).
 
 Revision ID: 0019_send
-Revises: 0015_outbox
+Revises: 0021_timeline_links_trigger (re-chained after merging main, which added it on 0015_outbox)
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0019_send"
-down_revision = "0015_outbox"
+down_revision = "0021_timeline_links_trigger"
 branch_labels = None
 depends_on = None
 
