@@ -392,3 +392,26 @@ async def test_correspond_send_queues_and_the_syncer_sends(
     parsed = email.message_from_bytes(got[0], policy=policy.default)
     assert parsed["Subject"] == "From the shell"
     assert [a.get_filename() for a in parsed.iter_attachments()] == ["notes.txt"]
+
+
+async def test_a_server_that_cannot_be_reached_is_retried_without_a_lookup(
+    env: Env, dovecot: DovecotServer
+) -> None:
+    from correspond.testing.net import free_port
+
+    contact = dovecot.add_user()
+    await env.sync()
+    with Session(env.store.engine) as s, s.begin():
+        s.execute(
+            update(AccountRow).where(AccountRow.id == env.account.id).values(smtp_port=free_port())
+        )
+    env.account = env.store.get_account(env.account.name)
+    record = service(env).send_new(
+        owner(env), env.account.name, Compose(to=(("", contact.address),), text="x")
+    )
+    await apply(env)
+    waiting = SendStore(env.store.engine).get(record.outbox.id)
+    # Nothing reached a server: no receipt to wait for; the next attempt simply sends.
+    assert waiting.status == "sending" and waiting.stage == "queued"
+    assert "connecting to" in (waiting.outbox.last_error or "")
+    assert waiting.outbox.attempts == 1

@@ -214,12 +214,21 @@ class Conflict(ConfigError):
 class SmtpError(CorrespondError):
     """Sending failed. ``code`` is the server's reply code (None: no reply, e.g. the connection
     was lost or timed out), ``server_text`` its words; ``transient`` says whether a retry can
-    help (4xx and connection failures: yes; 5xx, a refused login, bad TLS: no)."""
+    help (4xx and connection failures: yes; 5xx, a refused login, bad TLS: no);
+    ``maybe_taken`` that the message may have been accepted all the same (no reply to the end
+    of DATA: the server may have taken it just before the connection went)."""
 
     def __init__(
-        self, message: str, *, code: int | None = None, server_text: str = "", transient: bool
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        server_text: str = "",
+        transient: bool,
+        maybe_taken: bool = False,
     ) -> None:
         self.code = code
         self.server_text = server_text
         self.transient = transient
+        self.maybe_taken = maybe_taken
         super().__init__(message)

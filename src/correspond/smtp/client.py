@@ -187,7 +187,10 @@ async def submit(
         raise
     except (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError) as exc:
         smtp.close()
-        raise _error(step, exc) from exc
+        error = _error(step, exc)
+        # No reply to DATA's end: whether the server took the message is unknown.
+        error.maybe_taken = step == "DATA" and error.code is None
+        raise error from exc
     try:
         await smtp.quit()
     except (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError):

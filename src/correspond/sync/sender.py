@@ -214,9 +214,10 @@ class SendApplier:
             reason = str(exc) if not exc.transient else f"gave up after {attempts} tries: {exc}"
             await in_thread(self.outbox.mark_failed, row.id, reason)
             return
-        if exc.code is not None:
-            # The server answered (4xx): it did not take the message, so the next attempt
-            # need not look for it first (and the user may still take it back).
+        if not exc.maybe_taken:
+            # The server answered (4xx), or the connection failed before the message was
+            # sent: it did not take it, so the next attempt need not look for it first (and
+            # the user may still take it back). Otherwise the row stays at ``smtp``.
             await in_thread(lambda: self.sends.update_payload(row.id, stage="queued"))
         delay = backoff_delay(attempts, rng=self.rng, base=self.backoff_base, cap=self.backoff_cap)
         await in_thread(
