@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from correspond.testing.dovecot import DovecotServer, ImapUser, dovecot_binary
+from correspond.testing.postfix import PostfixServer, postfix_binary
 
 # Store fixtures (SQLite and PostgreSQL) live in their own plugin module.
 pytest_plugins = ["conftest_store"]
@@ -62,3 +63,23 @@ def dovecot_basic() -> Iterator[DovecotServer]:
 def imap_user(dovecot: DovecotServer) -> ImapUser:
     """A fresh user on ``dovecot``: an empty INBOX plus the special-use folders."""
     return dovecot.add_user()
+
+
+# ---------------------------------------------------------------------------------------------
+# Private Postfix (correspond.testing.postfix): submission on loopback, SASL and LMTP delivery
+# through the session's Dovecot; started once per session
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postfix(dovecot: DovecotServer) -> Iterator[PostfixServer]:
+    """A private Postfix: STARTTLS submission with the Dovecot users' passwords, mail for
+    example.test delivered into ``dovecot`` by LMTP, anything else bounced."""
+    if postfix_binary() is None:
+        pytest.skip("postfix is not installed (bash scripts/ensure-system-packages.sh)")
+    server = PostfixServer(dovecot)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -71,6 +71,8 @@ OWN_THINGS = {
     ("GET", "/templates"),
     ("POST", "/templates"),
     ("GET", "/compose/defaults"),
+    # The body names the account to send from (refused unless the caller may send as it).
+    ("POST", "/messages"),
     # Search and the personal inbox answer from the caller's own accounts only (checked
     # after the walk).
     ("GET", "/search"),
@@ -183,6 +185,7 @@ GHOSTS: dict[str, Any] = {
     "webhook_id": 987654329,
     "identity_id": 987654330,
     "template_id": 987654331,
+    "outbox_id": 987654332,
 }
 
 
@@ -213,6 +216,13 @@ def _notify(admin: TestClient, message_id: int) -> int:
         s.add(row)
         s.flush()
         return row.id
+
+
+def _outbox_row(admin: TestClient, message_id: int) -> int:
+    """An outbox row of the admin's account (a CRM action waiting for the syncer)."""
+    answer = admin.post(f"/messages/{message_id}/star")
+    assert answer.status_code == 200, answer.text
+    return int(answer.json()["pending_actions"][0]["id"])
 
 
 def _secrets_of(admin: TestClient, mirror: SeededMirror) -> tuple[dict[str, Any], list[str]]:
@@ -262,6 +272,7 @@ def _secrets_of(admin: TestClient, mirror: SeededMirror) -> tuple[dict[str, Any]
         "webhook_id": created.json()["id"],
         "identity_id": identity["id"],
         "template_id": template.json()["id"],
+        "outbox_id": _outbox_row(admin, with_attachment["id"]),
     }
     subjects = [m["subject"] for m in page["messages"] if m["subject"]]
     return ids, [mirror.account, mirror.address, *subjects[:5]]
@@ -390,6 +401,8 @@ FULL_ACCESS_WRITES = {
 }
 # Allowed with full access, refused for the walk's empty body (it names no folder).
 FULL_ACCESS_NEEDS_BODY = {("POST", "/messages/{message_id}/move")}
+# Replies and forwards: sent as the message's account (issue 10).
+SENDS = {("POST", f"/messages/{{message_id}}/{mode}") for mode in ("reply", "reply-all", "forward")}
 
 # What a metadata-only viewer may read (without bodies); every other route naming the account
 # is a 403 for them.
@@ -400,6 +413,7 @@ METADATA_READS = {
     ("GET", "/accounts/{name}/messages"),
     ("GET", "/messages/{message_id}"),
     ("GET", "/messages/{message_id}/actions"),
+    ("GET", "/messages/{message_id}/send"),
     ("GET", "/threads/{thread_id}"),
 }
 
@@ -429,7 +443,7 @@ def test_another_team_sees_nothing_and_a_metadata_viewer_no_bodies(
         assert admin.put(f"/teams/{team}/members/{uid[who]}").status_code == 200
     changed = owner.patch(f"/accounts/{mirror.account}", json={"sharing": "metadata"})
     assert changed.status_code == 200 and changed.json()["sharing"] == "metadata"
-    names = re.compile(r"\{(name|message_id|thread_id)\}")
+    names = re.compile(r"\{(name|message_id|thread_id|outbox_id)\}")
     walked = 0
     for method, path in sorted(routes):
         if (method, path) in PUBLIC | OWN_THINGS | ADMIN_ONLY:
@@ -506,6 +520,12 @@ def test_another_team_sees_nothing_and_a_metadata_viewer_no_bodies(
                 expected = 200 if full_ok else 403
                 if (method, path) in FULL_ACCESS_NEEDS_BODY:
                     expected = 422
+                if (method, path) in SENDS:
+                    # Sending as a team inbox is its members' (the outsider is in Support);
+                    # reading a teammate's shared mail does not let one send as them. (A
+                    # forward needs a recipient: the empty body is refused.)
+                    sent = 400 if path.endswith("/forward") else 202
+                    expected = sent if reader is outsider else 403
                 assert answer.status_code == expected, (method, path, answer.status_code)
     assert any(b in outsider.get(f"/messages/{ids['message_id']}").text for b in bodies)
     assert owner.get(f"/accounts/{mirror.account}").json()["access"]["can_manage"] is True

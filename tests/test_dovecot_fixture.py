@@ -57,7 +57,7 @@ def test_everything_lives_in_its_own_folder_on_loopback(dovecot: DovecotServer) 
         found = re.search(rf"^{key} = (.+)$", conf, re.MULTILINE)
         assert found is not None and Path(found.group(1)).is_relative_to(root), key
     # listen plus the imap, imaps and lmtp listeners: loopback only, on high ports.
-    assert re.findall(r"^\s*(?:listen|address) = (.+)$", conf, re.MULTILINE) == ["127.0.0.1"] * 4
+    assert re.findall(r"^\s*(?:listen|address) = (.+)$", conf, re.MULTILINE) == ["127.0.0.1"] * 5
     assert min(dovecot.port, dovecot.tls_port, dovecot.lmtp_port) > 1024
     user = dovecot.add_user()
     dovecot.deliver(user, b"Subject: where\r\n\r\nhere\r\n")

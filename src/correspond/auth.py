@@ -296,6 +296,9 @@ class AuthService:
         unless they may see it (``store.visibility.template_terms``)."""
         return self.templates.access(user, template_id)
 
+    def outbox_access(self, user: User, outbox_id: int) -> Access:
+        return self.users.access_to_outbox(user, outbox_id)
+
     def team_visible(self, user: User, team_id: int) -> None:
         """:class:`NotFound` unless the team exists and ``user`` is an admin or in it."""
         if user.disabled or not (

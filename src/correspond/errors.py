@@ -27,6 +27,8 @@ above the adapters only ever catches these.
             │   └── SecurityMismatch the port speaks implicit TLS where STARTTLS/plain was
             │                        chosen, or plaintext where TLS was (permanent)
             └── ConnectionLost       closed by the peer, or BYE
+    └── SmtpError                    sending failed: the server's reply code and words; transient
+                                     for 4xx, a lost connection or a timeout, else permanent
 
 ``transient`` tells the engine whether retrying can help.
 """
@@ -52,6 +54,7 @@ __all__ = [
     "ImapTimeout",
     "NotFound",
     "SecurityMismatch",
+    "SmtpError",
     "StartTlsInjection",
     "StoreError",
     "TlsError",
@@ -206,3 +209,26 @@ class ConnectionLost(ImapConnectionError):
 class Conflict(ConfigError):
     """What was asked clashes with what is stored (a duplicate external id, an address that
     belongs to another contact): 409 on the API."""
+
+
+class SmtpError(CorrespondError):
+    """Sending failed. ``code`` is the server's reply code (None: no reply, e.g. the connection
+    was lost or timed out), ``server_text`` its words; ``transient`` says whether a retry can
+    help (4xx and connection failures: yes; 5xx, a refused login, bad TLS: no);
+    ``maybe_taken`` that the message may have been accepted all the same (no reply to the end
+    of DATA: the server may have taken it just before the connection went)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        server_text: str = "",
+        transient: bool,
+        maybe_taken: bool = False,
+    ) -> None:
+        self.code = code
+        self.server_text = server_text
+        self.transient = transient
+        self.maybe_taken = maybe_taken
+        super().__init__(message)

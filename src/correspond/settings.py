@@ -102,6 +102,34 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = Field(
         default=60.0, gt=0, description="How often live sync polls folders that are not IDLEd"
     )
+    send_undo_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=600,
+        description="Undo-send: a message waits this long in the outbox before it goes, and "
+        "POST /outbox/{id}/cancel takes it back meanwhile (0: send at once)",
+    )
+    send_max_bytes: int = Field(
+        default=25 * 1024 * 1024,
+        ge=1024,
+        description="Largest message (after encoding) the CRM sends; the server's own SIZE is "
+        "checked too, before sending",
+    )
+    send_receipt_wait_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=86_400,
+        description="After an interrupted send, how long the sender waits for the server's "
+        "receipt copy in the mailbox before it concludes the message was never taken and sends "
+        "it again (see rules.send)",
+    )
+    send_probe_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="On a server not known to file its own Sent copy, how long the first send "
+        "looks for one in Sent before it decides to APPEND copies itself",
+    )
     malloc_arenas: int = Field(
         default=2,
         ge=0,

@@ -34,6 +34,7 @@ from correspond.api.routes import (
     messages,
     notifications,
     search,
+    sending,
     sync,
     teams,
     webhooks,
@@ -54,6 +55,7 @@ from correspond.errors import (
 )
 from correspond.mailbox import MailboxReader
 from correspond.notify import NotificationHub, WebhookSender
+from correspond.outgoing import SendService
 from correspond.search import BackgroundIndexer, SearchService
 from correspond.settings import Settings
 from correspond.store import Store, open_store
@@ -252,6 +254,7 @@ def create_app(
     app.state.composer = ComposeService(the_store, settings)
     app.state.crm = CrmStore(the_store.engine)
     app.state.outbox = OutboxStore(the_store.engine)
+    app.state.sending = SendService(the_store, settings)
     app.state.notifications = notes
     app.state.webhooks = webhook_store
     app.state.hub = hub
@@ -277,6 +280,8 @@ def create_app(
         messages.account_router,
         messages.router,
         actions.router,
+        sending.router,
+        sending.outbox_router,
         messages.thread_router,
         teams.router,
         teams.me_router,

@@ -6,9 +6,10 @@ included): the caller must present a bearer token (``Authorization: Bearer ct_..
 session cookie, else 401 and no data. Then each path parameter that names something owned is
 checked against the one visibility rule (:mod:`correspond.store.visibility`, asked through
 :class:`correspond.auth.AuthService`): an account by ``name``, a message by ``message_id``, a
-thread by ``thread_id``, a team by ``team_id`` (its members and admins), an identity by
-``identity_id`` (its owner alone), a template by ``template_id`` (its owner, its team's
-members and admins see it; its owner and admins change it); CRM records
+thread by ``thread_id``, an outbox row (a send) by ``outbox_id`` (its account), a team by
+``team_id`` (its members and admins), an identity by ``identity_id`` (its owner alone), a
+template by ``template_id`` (its owner, its team's members and admins see it; its owner and
+admins change it); CRM records
 (``contact_id``, ``company_id``, ``deal_id``, ``activity_id``) are every signed-in user's.
 An account the caller may not see is a 404, as if it did not exist, so names do not leak; one
 they see but may not do this with (metadata only, or not theirs to change) is a 403. A path
@@ -194,10 +195,11 @@ def _check(access: Access, needed: Need) -> None:
 
 
 # What each checked path parameter names, and the sentence for one the caller may not see.
-_OWNED: dict[str, tuple[Literal["account", "message", "thread"], str]] = {
+_OWNED: dict[str, tuple[Literal["account", "message", "thread", "outbox"], str]] = {
     "name": ("account", "no account named {!r}"),
     "message_id": ("message", "no message with id {}"),
     "thread_id": ("thread", "no thread with id {}"),
+    "outbox_id": ("outbox", "no outbox row with id {}"),
 }
 _FULL = Access(level="full", manage=True)
 
@@ -225,6 +227,8 @@ def _shared_access(auth: AuthService, user: User, ref: PathRef) -> Access:
         return auth.account_access(user, str(value))
     if what == "message":
         return auth.message_access(user, int(value))
+    if what == "outbox":
+        return auth.outbox_access(user, int(value))
     return auth.thread_access(user, int(value))
 
 

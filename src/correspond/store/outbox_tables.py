@@ -4,7 +4,11 @@ Written in the same transaction as the CRM change it carries (``store.outbox``),
 account's syncer (the lease holder) in order per message. ``state``: ``pending`` (waiting, or
 retrying after a transient error at ``next_attempt_at``), ``applied``, ``failed`` (a permanent
 failure: the message or the folder is gone, the server refused; ``last_error`` says which) or
-``superseded`` (the mailbox changed the same flag later: the conflict rule, rules.two_way).
+``superseded`` (the mailbox changed the same flag later: the conflict rule, rules.two_way) or
+``cancelled`` (a send undone or unscheduled before it went: ``store.sends``).
+
+A ``send`` row (migration ``0019_send``) carries its message's envelope and progress in
+``payload`` (see ``store.sends``); its message is the CRM's outgoing message row.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from correspond.store.tables import Base, utcnow
 
 __all__ = ["OUTBOX_KINDS", "OUTBOX_STATES", "OutboxRow"]
 
-OUTBOX_STATES = ("pending", "applied", "failed", "superseded")
+OUTBOX_STATES = ("pending", "applied", "failed", "superseded", "cancelled")
 OUTBOX_KINDS = (
     "read",
     "unread",
@@ -30,6 +34,7 @@ OUTBOX_KINDS = (
     "delete",
     "restore",
     "move",
+    "send",
 )
 
 _Id = BigInteger().with_variant(Integer(), "sqlite")

@@ -170,6 +170,9 @@ class AccountRow(Base):
     disconnected_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # Who puts sent mail in Sent (migration 0019): "server" (the provider files its own
+    # copy), "append" (Correspond APPENDs one); NULL: unknown until the first send looks.
+    sent_copy: Mapped[str | None] = mapped_column(String(10))
 
     folders: Mapped[list[FolderRow]] = relationship(
         back_populates="account", cascade="all, delete-orphan", passive_deletes=True

@@ -32,6 +32,7 @@ from correspond.store.engine import (
     unit_of_work,
 )
 from correspond.store.message_tables import MessageRow, ThreadRow
+from correspond.store.outbox_tables import OutboxRow
 from correspond.store.tables import (
     THREAD_ORDERS,
     USER_ROLES,
@@ -97,8 +98,8 @@ class ApiToken:
 
 
 #: What a request's path may name that has an owner: ("account", name), ("message", id),
-#: ("thread", id).
-PathRef = tuple[Literal["account", "message", "thread"], str | int]
+#: ("thread", id), ("outbox", id) (an outbox row: a CRM action or a send, of its account).
+PathRef = tuple[Literal["account", "message", "thread", "outbox"], str | int]
 
 #: Found, and its owner's user id (None: no owner yet).
 Owner = tuple[bool, int | None]
@@ -150,6 +151,12 @@ def _access_statement(lookup: str, kind: str) -> Select[Any]:
             select(AccountRow.id)
             .join(MessageRow, MessageRow.account_id == AccountRow.id)
             .where(MessageRow.id == bindparam("key"))
+        )
+    elif lookup == "outbox":
+        query = (
+            select(AccountRow.id)
+            .join(OutboxRow, OutboxRow.account_id == AccountRow.id)
+            .where(OutboxRow.id == bindparam("key"))
         )
     else:
         query = (
@@ -426,6 +433,9 @@ class UserStore:
     def access_to_thread(self, viewer: Viewer, thread_id: int) -> Access:
         return self._access(f"no thread with id {thread_id}", "thread", thread_id, viewer)
 
+    def access_to_outbox(self, viewer: Viewer, outbox_id: int) -> Access:
+        return self._access(f"no outbox row with id {outbox_id}", "outbox", outbox_id, viewer)
+
     def set_thread_order(self, user_id: int, order: str) -> User:
         """Save the user's thread order (``oldest_first`` or ``newest_first``) at once."""
         if order not in THREAD_ORDERS:
@@ -478,6 +488,12 @@ def _caller_statement(kind: str, refs: tuple[str, ...]) -> Select[Any]:
                 select(AccountRow.owner_id)
                 .join(ThreadRow, ThreadRow.account_id == AccountRow.id)
                 .where(ThreadRow.id == value)
+            )
+        elif what == "outbox":
+            query = (
+                select(AccountRow.owner_id)
+                .join(OutboxRow, OutboxRow.account_id == AccountRow.id)
+                .where(OutboxRow.id == value)
             )
         else:
             raise ValueError(f"no owner rule for {what!r}")

@@ -84,6 +84,7 @@ from correspond.sync.folder_sync import (
 )
 from correspond.sync.outbox import OutboxApplier, OutboxPassReport
 from correspond.sync.prepare import default_dedupe
+from correspond.sync.sender import SendApplier
 from correspond.sync.threads import in_thread
 from correspond.waiting import wait_set
 
@@ -296,8 +297,12 @@ class AccountSyncer:
         self._renamed_from: dict[bytes, int] = {}
         self.last_folder_diff: FolderListDiff = FolderListDiff()
         # CRM actions to carry to the mailbox (sync.outbox), applied on the command connection.
+        outbox = OutboxStore(store.engine)
         self.outbox = OutboxApplier(
-            OutboxStore(store.engine), rng=self.rng, backoff_cap=self.backoff_cap
+            outbox,
+            rng=self.rng,
+            backoff_cap=self.backoff_cap,
+            sender=SendApplier(store, outbox, blobs, settings, rng=self.rng),
         )
 
     # -- connection and folder list -------------------------------------------------------------

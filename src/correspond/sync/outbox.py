@@ -27,6 +27,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from correspond.errors import CorrespondError, ImapCommandError, NotFound
 from correspond.imap.client import ImapClient
@@ -43,6 +44,9 @@ from correspond.store.outbox import LocationTarget, OutboxAction, OutboxStore, R
 from correspond.store.records import Account
 from correspond.store.tables import utcnow
 from correspond.sync.threads import in_thread
+
+if TYPE_CHECKING:
+    from correspond.sync.sender import SendApplier
 
 __all__ = ["OutboxApplier", "OutboxPassReport", "PermanentActionFailure"]
 
@@ -77,8 +81,11 @@ class OutboxApplier:
         backoff_base: float = 2.0,
         backoff_cap: float = 300.0,
         max_attempts: int = MAX_ATTEMPTS,
+        sender: SendApplier | None = None,
     ) -> None:
         self.store = store
+        # ``send`` rows go to the sender (sync.sender), which keeps its own retry rules.
+        self.sender = sender
         self.rng = rng or random.Random()
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -117,6 +124,11 @@ class OutboxApplier:
         return report
 
     async def _apply(self, client: ImapClient, account: Account, row: OutboxAction) -> None:
+        if row.kind == "send":
+            if self.sender is None:
+                raise PermanentActionFailure("this process cannot send mail")
+            await self.sender.apply(client, account, row)
+            return
         if row.message_id is None:
             raise PermanentActionFailure("the action names no message")
         try:

@@ -6,7 +6,10 @@ runs ``dovecot -F -c <conf>`` in the foreground, listening on loopback only:
 
 - ``port``: IMAP with STARTTLS (RFC 3501 §6.2.1 / RFC 2595),
 - ``tls_port``: IMAP over implicit TLS (RFC 8314 §3.2),
-- ``lmtp_port``: LMTP (RFC 2033) to deliver mail the way an MTA would.
+- ``lmtp_port``: LMTP (RFC 2033) to deliver mail the way an MTA would (a recipient
+  ``user@domain`` is the user ``user``: the private Postfix delivers here by address),
+- ``auth_port``: Dovecot's authentication for SASL clients (the private Postfix's submission
+  service signs its users in here, ``smtpd_sasl_type = dovecot``).
 
 ``variant="full"`` advertises Dovecot's usual capabilities (CONDSTORE and QRESYNC of RFC 7162,
 MOVE of RFC 6851, IDLE of RFC 2177, SPECIAL-USE of RFC 6154, ...). ``variant="basic"`` sets
@@ -181,6 +184,7 @@ class DovecotServer:
         self.port = 0
         self.tls_port = 0
         self.lmtp_port = 0
+        self.auth_port = 0
         self.cert_pem = ""
         self.cert_path = Path()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -261,7 +265,7 @@ class DovecotServer:
         last_error = ""
         # A free port can be taken by someone else before Dovecot binds it: retry a few times.
         for _attempt in range(3):
-            self.port, self.tls_port, self.lmtp_port = free_ports(3, self.host)
+            self.port, self.tls_port, self.lmtp_port, self.auth_port = free_ports(4, self.host)
             self.config_path.write_text(self._config(key_path))
             with contextlib.suppress(FileNotFoundError):
                 self.log_path.unlink()
@@ -283,7 +287,7 @@ class DovecotServer:
 
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + self.start_timeout
-        for port in (self.port, self.tls_port, self.lmtp_port):
+        for port in (self.port, self.tls_port, self.lmtp_port, self.auth_port):
             while True:
                 if self._proc is None or self._proc.poll() is not None:
                     return False
@@ -416,6 +420,18 @@ service lmtp {{
 }}
 service imap {{
   vsz_limit = 1G
+}}
+# SASL for the private Postfix (correspond.testing.postfix): an auth-client listener on
+# loopback TCP (any name but auth-master/-userdb/-worker is a client socket).
+service auth {{
+  inet_listener sasl {{
+    address = {self.host}
+    port = {self.auth_port}
+  }}
+}}
+# Postfix hands LMTP the full recipient address: the user is its local part.
+protocol lmtp {{
+  auth_username_format = %n
 }}
 # No auth penalty (2-15 s per failed login per client IP, auth-penalty.c): every test connects
 # from 127.0.0.1, so one wrong-password test would slow every later login. Mode 0 on the

@@ -1,0 +1,239 @@
+"""Sending from the CRM: ``POST /messages`` (a new message), ``POST /messages/{id}/reply``,
+``/reply-all`` and ``/forward``, and ``POST /outbox/{id}/cancel`` (undo, or call off a
+scheduled send).
+
+A send answers at once (202) with the CRM's outgoing message and its outbox row: the message is
+in its thread as ``sending`` (``scheduled`` during the undo grace or until ``send_at``), then
+``sent`` or ``failed`` with the server's words (``GET /messages/{id}/send``). The body is JSON,
+or ``multipart/form-data`` with the JSON in a ``message`` field and files in ``attachments``
+fields; stored attachments are named by id (``attachment_ids``). Who may send: the account's
+owner, an admin, or a member of the team whose inbox it is.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Request
+from pydantic import BaseModel, Field, ValidationError
+
+from correspond.api.security import MAX_ID, CurrentUser, ViewAccess, needs
+from correspond.errors import ConfigError
+from correspond.mail.outgoing import OutgoingAttachment
+from correspond.outgoing import Compose, ReplyMode, SendService, parse_recipients
+from correspond.store.sends import SendRecord
+from correspond.sync.threads import in_thread
+
+__all__ = ["outbox_router", "router"]
+
+router = APIRouter(prefix="/messages", tags=["sending"])
+outbox_router = APIRouter(prefix="/outbox", tags=["sending"])
+
+MessageId = Annotated[int, Path(ge=1, le=MAX_ID)]
+OutboxId = Annotated[int, Path(ge=1, le=MAX_ID)]
+#: Files one multipart request may carry.
+MAX_UPLOADS = 50
+
+
+class ComposeFields(BaseModel):
+    """What a reply or forward may set (the original gives the rest)."""
+
+    to: list[str] = Field(default_factory=list, max_length=500, description="Recipients")
+    cc: list[str] = Field(default_factory=list, max_length=500)
+    bcc: list[str] = Field(
+        default_factory=list,
+        max_length=500,
+        description="Kept on the CRM's copy and the Sent copy; never in what is sent",
+    )
+    subject: str | None = Field(default=None, max_length=2000)
+    text: str | None = None
+    html: str | None = Field(default=None, description="A text part is derived when no text")
+    attachment_ids: list[int] = Field(
+        default_factory=list, max_length=100, description="Stored attachments to send on"
+    )
+    send_at: datetime | None = Field(
+        default=None, description="Scheduled send (default: now plus the undo grace)"
+    )
+
+
+class SendRequest(ComposeFields):
+    account: str = Field(min_length=1, max_length=100, description="The account to send from")
+
+
+class SendPublic(BaseModel):
+    """A send: the CRM's message, its thread and the outbox row carrying it."""
+
+    message_id: int
+    thread_id: int | None
+    outbox_id: int
+    status: str = Field(description="scheduled, sending, sent, failed or cancelled")
+    error: str | None = Field(description="The server's words when it failed")
+    send_at: datetime
+    attempts: int
+
+
+def send_public(record: SendRecord) -> SendPublic:
+    return SendPublic(
+        message_id=record.message_id,
+        thread_id=record.thread_id,
+        outbox_id=record.outbox.id,
+        status=record.status,
+        error=record.error,
+        send_at=record.send_at,
+        attempts=record.outbox.attempts,
+    )
+
+
+def _service(request: Request) -> SendService:
+    service: SendService = request.app.state.sending
+    return service
+
+
+async def _read(
+    request: Request, model: type[ComposeFields]
+) -> tuple[Any, list[OutgoingAttachment]]:
+    """The JSON fields and the uploaded files (multipart) of a send request."""
+    kind = request.headers.get("content-type", "")
+    files: list[OutgoingAttachment] = []
+    try:
+        if kind.startswith("multipart/form-data"):
+            async with request.form(max_files=MAX_UPLOADS) as form:
+                raw = form.get("message")
+                fields = json.loads(raw) if isinstance(raw, str) and raw else {}
+                for upload in form.getlist("attachments"):
+                    if isinstance(upload, str):
+                        continue
+                    files.append(
+                        OutgoingAttachment(
+                            upload.filename or "attachment",
+                            upload.content_type or "application/octet-stream",
+                            await upload.read(),
+                        )
+                    )
+        else:
+            fields = await request.json()
+        return model.model_validate(fields), files
+    except ValidationError as exc:
+        raise HTTPException(422, detail=[_plain(e) for e in exc.errors()]) from exc
+    except ValueError as exc:
+        raise HTTPException(422, detail=f"the request body is not valid: {exc}") from exc
+
+
+def _plain(error: Any) -> dict[str, Any]:
+    return {"type": error.get("type"), "loc": list(error.get("loc", ())), "msg": error.get("msg")}
+
+
+def _compose(fields: ComposeFields, attachments: list[OutgoingAttachment]) -> Compose:
+    try:
+        return Compose(
+            to=parse_recipients(fields.to),
+            cc=parse_recipients(fields.cc),
+            bcc=parse_recipients(fields.bcc),
+            subject=fields.subject,
+            text=fields.text,
+            html=fields.html,
+            attachments=tuple(attachments),
+            attachment_ids=tuple(fields.attachment_ids),
+            send_at=fields.send_at,
+        )
+    except ConfigError as exc:
+        raise HTTPException(422, detail=str(exc)) from exc
+
+
+_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "content": {
+            "application/json": {"schema": SendRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "message": {"type": "string", "description": "SendRequest as JSON"},
+                        "attachments": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                        },
+                    },
+                }
+            },
+        },
+        "required": True,
+    }
+}
+
+
+def _forbidden(exc: PermissionError) -> HTTPException:
+    return HTTPException(403, detail=str(exc))
+
+
+@router.post("", response_model=SendPublic, status_code=202, openapi_extra=_BODY_DOC)
+async def send_message(request: Request, user: CurrentUser) -> SendPublic:
+    """Send a new message from an account (JSON, or multipart with files)."""
+    fields, files = await _read(request, SendRequest)
+    compose = _compose(fields, files)
+    service = _service(request)
+    try:
+        record = await in_thread(service.send_new, user, fields.account, compose)
+    except PermissionError as exc:
+        raise _forbidden(exc) from exc
+    return send_public(record)
+
+
+def _respond_route(mode: ReplyMode, summary: str) -> None:
+    async def respond(
+        message_id: MessageId, request: Request, user: CurrentUser, _access: ViewAccess
+    ) -> SendPublic:
+        fields, files = await _read(request, ComposeFields)
+        compose = _compose(fields, files)
+        service = _service(request)
+        try:
+            record = await in_thread(service.respond, user, message_id, mode, compose)
+        except PermissionError as exc:
+            raise _forbidden(exc) from exc
+        return send_public(record)
+
+    respond.__doc__ = summary
+    respond.__name__ = f"{mode.replace('-', '_')}_message"
+    extra = {
+        "requestBody": {
+            "content": {"application/json": {"schema": ComposeFields.model_json_schema()}}
+        }
+    }
+    router.post(
+        f"/{{message_id}}/{mode}",
+        response_model=SendPublic,
+        status_code=202,
+        name=respond.__name__,
+        summary=summary.split(":")[0],
+        description=summary,
+        openapi_extra=extra,
+    )(needs("full")(respond))
+
+
+_respond_route(
+    "reply", "Reply: to the sender (Reply-To), In-Reply-To and References set, Re: once."
+)
+_respond_route("reply-all", "Reply to all: the sender, and To and Cc but your own address in Cc.")
+_respond_route("forward", "Forward: the original's attachments go along, Fwd: once.")
+
+
+@router.get("/{message_id}/send", response_model=SendPublic | None)
+@needs("metadata")
+def message_send(message_id: MessageId, request: Request) -> SendPublic | None:
+    """The send of a message written in the CRM: its status (and the server's words); null
+    for a message that was not sent from the CRM."""
+    record = _service(request).sends.for_message(message_id)
+    return None if record is None else send_public(record)
+
+
+@outbox_router.post("/{outbox_id}/cancel", response_model=SendPublic)
+@needs("full")
+def cancel_send(outbox_id: OutboxId, request: Request, user: CurrentUser) -> SendPublic:
+    """Undo a send, or call off a scheduled one, before it goes (409 once it is going)."""
+    service = _service(request)
+    access = request.state.access
+    if not (access is not None and access.manage) and service.sends.actor_of(outbox_id) != user.id:
+        raise HTTPException(403, detail="only who sent it, the account's owner or an admin")
+    return send_public(service.cancel(outbox_id))

@@ -1,0 +1,1 @@
+"""SMTP submission (RFC 6409) with aiosmtplib: the adapter the sender uses (``smtp.client``)."""
