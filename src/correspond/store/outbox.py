@@ -376,10 +376,17 @@ class OutboxStore:
         *,
         location_flags: Mapping[int, frozenset[str]] = {},
         removed_locations: Sequence[int] = (),
+        note: str | None = None,
     ) -> None:
         """The row took effect: record it with the location changes it made, atomically, so
-        the next sync sees no change (the echo of our own command is not a remote change)."""
+        the next sync sees no change (the echo of our own command is not a remote change).
+        ``note``: how it took effect where that differs from the usual (kept in the payload:
+        a copy left flagged \\Deleted on a server without UIDPLUS, ``rules.outbox_steps``)."""
         with unit_of_work(self._sessions) as s:
+            if note is not None:
+                row = s.get(OutboxRow, row_id)
+                if row is not None:
+                    row.payload = {**(row.payload or {}), "note": note[:1000]}
             for location_id, flags in location_flags.items():
                 s.execute(
                     update(MessageLocationRow)
@@ -402,6 +409,54 @@ class OutboxStore:
                     last_error=None,
                 )
             )
+
+    def note_copy(self, row_id: int, location_id: int, uidnext: int) -> None:
+        """Record, before a COPY is sent, the destination's UIDNEXT for that location: an
+        attempt after a crash or a cut connection looks for the copy there instead of copying
+        again (``rules.outbox_steps``). Committed before the command goes out."""
+        with unit_of_work(self._sessions) as s:
+            row = s.get(OutboxRow, row_id, with_for_update=True)
+            if row is None:
+                return
+            payload = dict(row.payload or {})
+            copies = dict(payload.get("copies") or {})
+            copies[str(location_id)] = uidnext
+            payload["copies"] = copies
+            row.payload = payload
+
+    def record_role(self, account_id: int, name_raw: bytes, role: str) -> None:
+        """Give the folder ``name_raw`` of the account ``role`` when no folder has it (a
+        folder the outbox created, before the next LIST records it); a missing row is added,
+        selected. The next folder refresh assigns roles again from the server's list."""
+        with unit_of_work(self._sessions) as s:
+            taken = s.scalar(
+                select(FolderRow.id).where(
+                    FolderRow.account_id == account_id,
+                    FolderRow.role == role,
+                    FolderRow.removed.is_(False),
+                )
+            )
+            if taken is not None:
+                return
+            row = s.scalar(
+                select(FolderRow).where(
+                    FolderRow.account_id == account_id, FolderRow.remote_name_raw == name_raw
+                )
+            )
+            if row is None:
+                s.add(
+                    FolderRow(
+                        account_id=account_id,
+                        remote_name_raw=name_raw,
+                        name=name_raw.decode("utf-8", "replace"),
+                        role=role,
+                        selectable=True,
+                        selected=True,
+                    )
+                )
+            else:
+                row.role = role
+                row.removed = False
 
     def mark_retry(self, row_id: int, error: str, next_attempt_at: datetime) -> None:
         """A transient failure: try again at ``next_attempt_at``."""

@@ -294,7 +294,11 @@ class AccountSyncer:
         self.last_folder_diff: FolderListDiff = FolderListDiff()
         # CRM actions to carry to the mailbox (sync.outbox), applied on the command connection.
         self.outbox = OutboxApplier(
-            OutboxStore(store.engine), rng=self.rng, backoff_cap=self.backoff_cap
+            OutboxStore(store.engine),
+            rng=self.rng,
+            backoff_cap=self.backoff_cap,
+            # An archive that creates the Archive folder records it (and its role) at once.
+            refresh_folders=self.refresh_folders,
         )
 
     # -- connection and folder list -------------------------------------------------------------

@@ -10,10 +10,17 @@ or the message already gone from the folder it was moved out of, and does nothin
   ``-FLAGS`` where the flag differs; the location's new flags are recorded with the row, so
   the next sync sees no change (our own echo never comes back as a remote change);
 - a move: the UID is looked up in the source folder first; gone means done (the sync finds the
-  message where it went and keeps its identity); else ``UID MOVE`` (the client falls back to
-  COPY + \\Deleted + UID EXPUNGE of that UID only);
+  message where it went and keeps its identity); else ``UID MOVE`` where the server offers
+  MOVE, else COPY + \\Deleted + UID EXPUNGE of that UID only, with the destination's UIDNEXT
+  recorded on the row before the COPY so that a COPY that happened is never repeated; without
+  UIDPLUS the source copy is left flagged \\Deleted (never a bare EXPUNGE), and the row says so
+  (``rules.outbox_steps`` has the steps and why);
 - an expunge of one copy: ``UID STORE +FLAGS.SILENT (\\Deleted)`` and ``UID EXPUNGE`` of that
-  UID only (UIDPLUS), never a bare EXPUNGE.
+  UID only (UIDPLUS), never a bare EXPUNGE;
+- an archive where the mailbox has no Archive-role folder creates ``Archive`` (asking for the
+  ``\\Archive`` special use with CREATE-SPECIAL-USE where the server offers it, RFC 6154 §3)
+  and re-reads the folder list at once, so the store records the folder and its role before
+  the message is moved there.
 
 What to do is asked of ``rules.two_way.mailbox_ops_for_crm_action`` again at apply time, with
 the locations and toggles as they are then. Transient errors (a connection lost, a timeout)
@@ -24,12 +31,20 @@ folder) fail the row with the reason, shown on the message and in ``account list
 
 from __future__ import annotations
 
+import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from correspond.errors import CorrespondError, ImapCommandError, NotFound
 from correspond.imap.client import ImapClient
+from correspond.rules.outbox_steps import (
+    LEFT_DELETED_NOTE,
+    fallback_move_step,
+    move_method,
+    removal_method,
+)
 from correspond.rules.sync_plan import backoff_delay
 from correspond.rules.two_way import (
     CrmAction,
@@ -49,6 +64,13 @@ __all__ = ["OutboxApplier", "OutboxPassReport", "PermanentActionFailure"]
 MAX_ATTEMPTS = 12
 #: The folder an archive creates where the mailbox has none.
 ARCHIVE_NAME = "Archive"
+#: Messages at or above the recorded UIDNEXT looked at when searching for an earlier COPY.
+MAX_COPY_CANDIDATES = 1000
+
+log = logging.getLogger(__name__)
+
+#: Re-reads the account's folder list into the store (the engine's ``refresh_folders``).
+FolderRefresh = Callable[[ImapClient, Account], Awaitable[object]]
 
 
 class PermanentActionFailure(Exception):
@@ -76,8 +98,10 @@ class OutboxApplier:
         backoff_base: float = 2.0,
         backoff_cap: float = 300.0,
         max_attempts: int = MAX_ATTEMPTS,
+        refresh_folders: FolderRefresh | None = None,
     ) -> None:
         self.store = store
+        self.refresh_folders = refresh_folders
         self.rng = rng or random.Random()
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -138,6 +162,7 @@ class OutboxApplier:
         by_folder = {t.folder_id: t for t in targets}
         flags: dict[int, frozenset[str]] = {}
         removed: list[int] = []
+        notes: list[str] = []
         stores = gone = 0
         for op in plan.ops:
             target = by_folder[op.folder_id]
@@ -148,18 +173,31 @@ class OutboxApplier:
                     gone += 1
                 else:
                     flags[target.location_id] = new
-            elif op.kind == "move":
-                await self._move(client, account, target, op)
-                removed.append(target.location_id)
             else:
-                await self._expunge(client, target)
-                removed.append(target.location_id)
+                if op.kind == "move":
+                    left = await self._move(client, account, row, target, op)
+                else:
+                    left = await self._expunge(client, target)
+                if left is None:
+                    removed.append(target.location_id)
+                else:
+                    # Left flagged \Deleted (no UIDPLUS): the location stays, with its flags,
+                    # so the next sync sees no change (and no message "back in INBOX").
+                    flags[target.location_id] = left
+                    notes.append(LEFT_DELETED_NOTE)
         if stores and gone == stores:
             raise PermanentActionFailure(
                 "the message is gone from the mailbox (not found in any folder it was in)"
             )
+        if notes:
+            log.warning("outbox row %s: %s", row.id, notes[0])
         await in_thread(
-            lambda: self.store.mark_applied(row.id, location_flags=flags, removed_locations=removed)
+            lambda: self.store.mark_applied(
+                row.id,
+                location_flags=flags,
+                removed_locations=removed,
+                note=notes[0] if notes else None,
+            )
         )
 
     async def _select(self, client: ImapClient, target: LocationTarget) -> None:
@@ -226,44 +264,127 @@ class OutboxApplier:
         if op.to_role == "trash":
             return None
         if op.to_role == "archive":
-            # Created on first use; the next folder list names it (role by its name, or by
-            # the server's \Archive where it marks one).
-            try:
-                await client.create(ARCHIVE_NAME)
-            except ImapCommandError as exc:
+            return await self._create_archive(client, account)
+        raise PermanentActionFailure(f"the mailbox has no {op.to_role} folder")
+
+    async def _create_archive(self, client: ImapClient, account: Account) -> bytes:
+        """Create the Archive folder (first use, the mailbox has none) and record it with its
+        role: ``\\Archive`` asked of the server where it offers CREATE-SPECIAL-USE (RFC 6154
+        §3), the folder list re-read at once (the role from the server's ``\\Archive``, or
+        from the name where the server marks none)."""
+        try:
+            await client.create(ARCHIVE_NAME, special_use="\\Archive")
+        except ImapCommandError as exc:
+            if exc.code != "ALREADYEXISTS":  # an earlier attempt made it (RFC 5530)
                 raise PermanentActionFailure(
                     f"the mailbox has no Archive folder and could not create one: {exc}"
                 ) from exc
-            return ARCHIVE_NAME.encode("ascii")
-        raise PermanentActionFailure(f"the mailbox has no {op.to_role} folder")
+        if self.refresh_folders is not None:
+            await self.refresh_folders(client, account)
+        found = await in_thread(self.store.folder_by_role, account.id, "archive")
+        if found is not None:
+            return found[1]
+        # The list gave the role to no folder (e.g. no refresh wired): record it ourselves.
+        await in_thread(self.store.record_role, account.id, ARCHIVE_NAME.encode("ascii"), "archive")
+        return ARCHIVE_NAME.encode("ascii")
 
     async def _move(
-        self, client: ImapClient, account: Account, target: LocationTarget, op: MailboxOp
-    ) -> None:
+        self,
+        client: ImapClient,
+        account: Account,
+        row: OutboxAction,
+        target: LocationTarget,
+        op: MailboxOp,
+    ) -> frozenset[str] | None:
+        """Move the copy; None when it left the source, else its flags (left \\Deleted)."""
         destination = await self._destination(client, account, op)
         if destination is None:
             # No Trash: \Deleted and UID EXPUNGE of this UID only.
-            await self._expunge(client, target)
-            return
+            return await self._expunge(client, target)
         await self._select(client, target)
-        if await self._current_flags(client, target.uid) is None:
-            return  # already moved (an earlier attempt, or the user): not repeated
+        current = await self._current_flags(client, target.uid)
+        if current is None:
+            return None  # already moved (an earlier attempt, or the user): not repeated
+        if move_method(client.capabilities) == "move":
+            try:
+                await client.uid_move(str(target.uid), destination)
+            except ImapCommandError as exc:
+                raise PermanentActionFailure(f"the server refused the move: {exc}") from exc
+            return None
+        # COPY, then remove the source copy: a COPY an earlier attempt sent is looked for
+        # in the destination, never repeated (rules.outbox_steps).
+        started = row.payload.get("copies", {}).get(str(target.location_id))
+        found = False
+        if started is not None:
+            found = await self._copy_exists(client, target, destination, int(started))
+            await self._select(client, target)
+        step = fallback_move_step(
+            in_source=True, copy_started=started is not None, copy_found=found
+        )
         try:
-            await client.uid_move(str(target.uid), destination)
+            if step == "copy":
+                status = await client.status(destination, ["UIDNEXT"])
+                uidnext = status.values.get("UIDNEXT")
+                if uidnext is None:
+                    raise PermanentActionFailure("the server did not say the folder's UIDNEXT")
+                await in_thread(self.store.note_copy, row.id, target.location_id, int(uidnext))
+                await client.uid_copy(str(target.uid), destination)
         except ImapCommandError as exc:
-            raise PermanentActionFailure(f"the server refused the move: {exc}") from exc
+            raise PermanentActionFailure(f"the server refused the copy: {exc}") from exc
+        return await self._remove(client, target, current)
 
-    async def _expunge(self, client: ImapClient, target: LocationTarget) -> None:
-        await self._select(client, target)
-        if await self._current_flags(client, target.uid) is None:
-            return
-        if "UIDPLUS" not in client.capabilities:
-            raise PermanentActionFailure(
-                "the server lacks UIDPLUS: removing one copy would need a bare EXPUNGE, which "
-                "could remove other messages flagged \\Deleted"
-            )
+    async def _copy_exists(
+        self, client: ImapClient, target: LocationTarget, destination: bytes, uidnext: int
+    ) -> bool:
+        """Whether ``destination`` holds a copy of the source UID made at or after ``uidnext``
+        (same RFC822.SIZE and INTERNALDATE: COPY keeps both)."""
+        source = await client.uid_fetch_list(str(target.uid), "(UID RFC822.SIZE INTERNALDATE)")
+        facts = next((a for a in source if a.uid == target.uid), None)
+        if facts is None or facts.size is None:
+            return False
         try:
-            await client.uid_store(str(target.uid), "+FLAGS.SILENT", ["\\Deleted"])
+            await client.examine(destination)
+        except ImapCommandError as exc:
+            raise PermanentActionFailure(
+                f"the folder {destination.decode('utf-8', 'replace')} cannot be opened: {exc}"
+            ) from exc
+        size = facts.size
+        found = [
+            uid
+            for uid in await client.uid_search(
+                f"UID {uidnext}:* LARGER {size - 1} SMALLER {size + 1}"
+            )
+            if uid >= uidnext  # "n:*" names the last message even when n is above it
+        ][-MAX_COPY_CANDIDATES:]
+        if not found:
+            return False
+        answers = await client.uid_fetch_list(
+            ",".join(map(str, found)), "(UID RFC822.SIZE INTERNALDATE)"
+        )
+        return any(
+            a.uid in found and a.size == size and a.internaldate == facts.internaldate
+            for a in answers
+        )
+
+    async def _expunge(self, client: ImapClient, target: LocationTarget) -> frozenset[str] | None:
+        """Remove the copy where it is; None when gone, else its flags (left \\Deleted)."""
+        await self._select(client, target)
+        current = await self._current_flags(client, target.uid)
+        if current is None:
+            return None
+        return await self._remove(client, target, current)
+
+    async def _remove(
+        self, client: ImapClient, target: LocationTarget, current: frozenset[str]
+    ) -> frozenset[str] | None:
+        """\\Deleted on the UID, then UID EXPUNGE of it alone (UIDPLUS); without UIDPLUS it is
+        left flagged: never a bare EXPUNGE (rules.outbox_steps). The source folder is selected."""
+        try:
+            if "\\Deleted" not in current:
+                await client.uid_store(str(target.uid), "+FLAGS.SILENT", ["\\Deleted"])
+            if removal_method(client.capabilities) == "leave_deleted":
+                return current | {"\\Deleted"}
             await client.uid_expunge(str(target.uid))
         except ImapCommandError as exc:
             raise PermanentActionFailure(f"the server refused the removal: {exc}") from exc
+        return None
