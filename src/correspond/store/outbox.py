@@ -34,6 +34,7 @@ from correspond.store.records import TOGGLES
 from correspond.store.tables import AccountRow, FolderRow, utcnow
 
 __all__ = [
+    "MAX_BULK",
     "ActionOutcome",
     "LocationTarget",
     "OutboxAction",
@@ -53,6 +54,8 @@ FLAG_OF_KIND: Mapping[str, tuple[str, bool]] = {
 MESSAGE_ACTIONS_SHOWN = 20
 #: Rows one :meth:`OutboxStore.due` call hands out.
 DUE_BATCH = 500
+#: Messages one :meth:`OutboxStore.record_many` call (one bulk request) acts on.
+MAX_BULK = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,53 +195,89 @@ class OutboxStore:
         if kind not in OUTBOX_KINDS:
             raise ConfigError(f"unknown action: {kind}")
         with unit_of_work(self._sessions) as s:
-            message = s.get(MessageRow, message_id, with_for_update=True)
-            if message is None:
-                raise NotFound(f"no message with id {message_id}")
-            account = s.get(AccountRow, message.account_id)
-            assert account is not None  # a message's account cascades with it
-            if kind == "move":
-                target = s.get(FolderRow, to_folder_id) if to_folder_id is not None else None
-                if target is None or target.account_id != message.account_id or target.removed:
-                    raise ConfigError("move: no such folder in the message's account")
-                if not target.selectable:
-                    raise ConfigError(f"move: the folder {target.name!r} cannot hold messages")
-            plan = mailbox_ops_for_crm_action(
-                kind,
-                state=cast(MessageState, message.state),
-                locations=_places(s, message_id),
-                toggles=_toggles(account),
-                to_folder_id=to_folder_id,
-            )
-            message.state = plan.state
-            if kind in FLAG_OF_KIND:
-                flag, value = FLAG_OF_KIND[kind]
-                flags = set(message.flags or ())
-                flags.add(flag) if value else flags.discard(flag)
-                message.flags = sorted(flags)
-            now = utcnow()
-            if plan.ops:
-                payload: dict[str, Any] = {}
-                if to_folder_id is not None:
-                    payload["to_folder_id"] = to_folder_id
-                s.add(
-                    OutboxRow(
-                        account_id=message.account_id,
-                        message_id=message_id,
-                        user_id=user_id,
-                        kind=kind,
-                        payload=payload,
-                        state="pending",
-                        attempts=0,
-                        next_attempt_at=now,
-                        created_at=now,
-                    )
+            return self._record(s, message_id, kind, user_id, to_folder_id)
+
+    def record_many(
+        self,
+        message_ids: Sequence[int],
+        kind: CrmAction,
+        *,
+        user_id: int | None,
+        to_folder_id: int | None = None,
+    ) -> list[ActionOutcome | NotFound | ConfigError]:
+        """:meth:`record` for each of ``message_ids`` (at most :data:`MAX_BULK`), in one
+        transaction: per id, its outcome, or the NotFound / ConfigError that id met (checked
+        before anything of that message changes, so the others still apply)."""
+        if kind not in OUTBOX_KINDS:
+            raise ConfigError(f"unknown action: {kind}")
+        if len(message_ids) > MAX_BULK:
+            raise ConfigError(f"at most {MAX_BULK} messages per request")
+        results: dict[int, ActionOutcome | NotFound | ConfigError] = {}
+        with unit_of_work(self._sessions) as s:
+            # In id order: two bulk requests lock their messages in the same order (no
+            # deadlock on PostgreSQL); an id given twice is acted on once.
+            for message_id in sorted(set(message_ids)):
+                try:
+                    results[message_id] = self._record(s, message_id, kind, user_id, to_folder_id)
+                except (NotFound, ConfigError) as exc:
+                    results[message_id] = exc
+        return [results[message_id] for message_id in message_ids]
+
+    def _record(
+        self,
+        s: Session,
+        message_id: int,
+        kind: CrmAction,
+        user_id: int | None,
+        to_folder_id: int | None,
+    ) -> ActionOutcome:
+        message = s.get(MessageRow, message_id, with_for_update=True)
+        if message is None:
+            raise NotFound(f"no message with id {message_id}")
+        account = s.get(AccountRow, message.account_id)
+        assert account is not None  # a message's account cascades with it
+        if kind == "move":
+            target = s.get(FolderRow, to_folder_id) if to_folder_id is not None else None
+            if target is None or target.account_id != message.account_id or target.removed:
+                raise ConfigError("move: no such folder in the message's account")
+            if not target.selectable:
+                raise ConfigError(f"move: the folder {target.name!r} cannot hold messages")
+        plan = mailbox_ops_for_crm_action(
+            kind,
+            state=cast(MessageState, message.state),
+            locations=_places(s, message_id),
+            toggles=_toggles(account),
+            to_folder_id=to_folder_id,
+        )
+        message.state = plan.state
+        if kind in FLAG_OF_KIND:
+            flag, value = FLAG_OF_KIND[kind]
+            flags = set(message.flags or ())
+            flags.add(flag) if value else flags.discard(flag)
+            message.flags = sorted(flags)
+        now = utcnow()
+        if plan.ops:
+            payload: dict[str, Any] = {}
+            if to_folder_id is not None:
+                payload["to_folder_id"] = to_folder_id
+            s.add(
+                OutboxRow(
+                    account_id=message.account_id,
+                    message_id=message_id,
+                    user_id=user_id,
+                    kind=kind,
+                    payload=payload,
+                    state="pending",
+                    attempts=0,
+                    next_attempt_at=now,
+                    created_at=now,
                 )
-                # Wakes the account's syncer within a lease round (store.leases reads
-                # updated_at of every account it holds).
-                account.updated_at = now
-            s.flush()
-            return self._outcome(s, message)
+            )
+            # Wakes the account's syncer within a lease round (store.leases reads
+            # updated_at of every account it holds).
+            account.updated_at = now
+        s.flush()
+        return self._outcome(s, message)
 
     def _outcome(self, s: Session, message: MessageRow) -> ActionOutcome:
         rows = s.scalars(
