@@ -10,7 +10,7 @@ next sync), retried later (transient), failed (permanent) or superseded (the con
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -174,9 +174,18 @@ def supersede_flag_rows(s: Session, message_id: int, flags: Collection[str]) -> 
 class OutboxStore:
     """The outbox in the store's database. Thread-safe."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, on_recorded: Callable[[str], None] | None = None) -> None:
         register_table_modules()
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        # Told the account's name after a commit that queued rows for it: in ``correspond
+        # serve`` the runner in the same process wakes that session at once (SyncRunner.wake)
+        # instead of at its next lease round.
+        self.on_recorded = on_recorded
+
+    def _recorded(self, names: Collection[str]) -> None:
+        if self.on_recorded is not None:
+            for name in names:
+                self.on_recorded(name)
 
     # -- the CRM side ----------------------------------------------------------------------------
 
@@ -194,8 +203,11 @@ class OutboxStore:
         move to a folder of another account or one that is not synced."""
         if kind not in OUTBOX_KINDS:
             raise ConfigError(f"unknown action: {kind}")
+        queued: set[str] = set()
         with unit_of_work(self._sessions) as s:
-            return self._record(s, message_id, kind, user_id, to_folder_id)
+            outcome = self._record(s, message_id, kind, user_id, to_folder_id, queued)
+        self._recorded(queued)
+        return outcome
 
     def record_many(
         self,
@@ -213,14 +225,18 @@ class OutboxStore:
         if len(message_ids) > MAX_BULK:
             raise ConfigError(f"at most {MAX_BULK} messages per request")
         results: dict[int, ActionOutcome | NotFound | ConfigError] = {}
+        queued: set[str] = set()
         with unit_of_work(self._sessions) as s:
             # In id order: two bulk requests lock their messages in the same order (no
             # deadlock on PostgreSQL); an id given twice is acted on once.
             for message_id in sorted(set(message_ids)):
                 try:
-                    results[message_id] = self._record(s, message_id, kind, user_id, to_folder_id)
+                    results[message_id] = self._record(
+                        s, message_id, kind, user_id, to_folder_id, queued
+                    )
                 except (NotFound, ConfigError) as exc:
                     results[message_id] = exc
+        self._recorded(queued)
         return [results[message_id] for message_id in message_ids]
 
     def _record(
@@ -230,6 +246,7 @@ class OutboxStore:
         kind: CrmAction,
         user_id: int | None,
         to_folder_id: int | None,
+        queued: set[str],
     ) -> ActionOutcome:
         message = s.get(MessageRow, message_id, with_for_update=True)
         if message is None:
@@ -276,6 +293,7 @@ class OutboxStore:
             # Wakes the account's syncer within a lease round (store.leases reads
             # updated_at of every account it holds).
             account.updated_at = now
+            queued.add(account.name)
         s.flush()
         return self._outcome(s, message)
 

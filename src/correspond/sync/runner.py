@@ -297,6 +297,7 @@ class SyncRunner:
         self._parse_processes = parse_processes
         self._executor: Executor | None = parse_executor
         self._running: dict[str, _Running] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by run(), for wake()
         self._retry: dict[str, _Retry] = {}
         self._stop = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
@@ -323,8 +324,26 @@ class SyncRunner:
         if self._main is not None:
             await self._main
 
+    def wake(self, account_name: str) -> None:
+        """Tell the session of ``account_name``, if this runner holds it, that its row changed
+        (a CRM action queued for it: ``OutboxStore(on_recorded=...)`` in ``correspond serve``),
+        without waiting for the next lease round. Safe from any thread; a no-op when not
+        running or not holding the account."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        def wake_now() -> None:
+            running = self._running.get(account_name)
+            if running is not None:
+                running.changed.set()
+
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(wake_now)
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Lease rounds every ``poll_seconds`` until ``stop`` (or :meth:`shutdown`)."""
+        self._loop = asyncio.get_running_loop()
         if self._own_executor and self._executor is None:
             self._executor = make_parse_executor(self._parse_processes)
         # A writer killed between writing a blob and renaming it leaves a temp file; sweep the
