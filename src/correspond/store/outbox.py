@@ -130,6 +130,23 @@ def _places(s: Session, message_id: int) -> list[Place]:
     return [Place(int(r.id), r.role, True) for r in rows]
 
 
+def _places_of(s: Session, message_ids: Sequence[int]) -> dict[int, list[Place]]:
+    """:func:`_places` of many messages in one query."""
+    out: dict[int, list[Place]] = {}
+    if not message_ids:
+        return out
+    rows = s.execute(
+        select(MessageLocationRow.message_id, FolderRow.id, FolderRow.role)
+        .select_from(FolderRow)
+        .join(MessageLocationRow, MessageLocationRow.folder_id == FolderRow.id)
+        .where(MessageLocationRow.message_id.in_(list(message_ids)))
+        .order_by(MessageLocationRow.message_id, FolderRow.id)
+    ).all()
+    for r in rows:
+        out.setdefault(int(r.message_id), []).append(Place(int(r.id), r.role, True))
+    return out
+
+
 def pending_flag_changes(s: Session, message_ids: Collection[int]) -> dict[int, list[FlagChange]]:
     """The flag changes still waiting in the outbox, by message (one query; usually none)."""
     if not message_ids:
@@ -226,16 +243,54 @@ class OutboxStore:
             raise ConfigError(f"at most {MAX_BULK} messages per request")
         results: dict[int, ActionOutcome | NotFound | ConfigError] = {}
         queued: set[str] = set()
+        wanted = sorted(set(message_ids))
         with unit_of_work(self._sessions) as s:
-            # In id order: two bulk requests lock their messages in the same order (no
-            # deadlock on PostgreSQL); an id given twice is acted on once.
-            for message_id in sorted(set(message_ids)):
-                try:
-                    results[message_id] = self._record(
-                        s, message_id, kind, user_id, to_folder_id, queued
+            # Read in a few statements, not a few per message: the messages (locked, in id
+            # order, so two bulk requests never deadlock on PostgreSQL), their accounts and
+            # their locations. An id given twice is acted on once.
+            messages = {
+                m.id: m
+                for m in s.scalars(
+                    select(MessageRow)
+                    .where(MessageRow.id.in_(wanted))
+                    .order_by(MessageRow.id)
+                    .with_for_update()
+                )
+            }
+            accounts = {
+                a.id: a
+                for a in s.scalars(
+                    select(AccountRow).where(
+                        AccountRow.id.in_({m.account_id for m in messages.values()})
                     )
-                except (NotFound, ConfigError) as exc:
+                )
+            }
+            places = _places_of(s, list(messages))
+            target = s.get(FolderRow, to_folder_id) if to_folder_id is not None else None
+            acted: list[MessageRow] = []
+            for message_id in wanted:
+                message = messages.get(message_id)
+                if message is None:
+                    results[message_id] = NotFound(f"no message with id {message_id}")
+                    continue
+                try:
+                    self._apply_action(
+                        s,
+                        message,
+                        accounts[message.account_id],
+                        places.get(message_id, []),
+                        target,
+                        kind,
+                        user_id,
+                        to_folder_id,
+                        queued,
+                    )
+                except ConfigError as exc:
                     results[message_id] = exc
+                    continue
+                acted.append(message)
+            s.flush()
+            results.update(self._outcomes(s, acted))
         self._recorded(queued)
         return [results[message_id] for message_id in message_ids]
 
@@ -253,8 +308,35 @@ class OutboxStore:
             raise NotFound(f"no message with id {message_id}")
         account = s.get(AccountRow, message.account_id)
         assert account is not None  # a message's account cascades with it
+        target = s.get(FolderRow, to_folder_id) if to_folder_id is not None else None
+        self._apply_action(
+            s,
+            message,
+            account,
+            _places(s, message_id),
+            target,
+            kind,
+            user_id,
+            to_folder_id,
+            queued,
+        )
+        s.flush()
+        return self._outcome(s, message)
+
+    @staticmethod
+    def _apply_action(
+        s: Session,
+        message: MessageRow,
+        account: AccountRow,
+        places: list[Place],
+        target: FolderRow | None,
+        kind: CrmAction,
+        user_id: int | None,
+        to_folder_id: int | None,
+        queued: set[str],
+    ) -> None:
+        """Change the CRM copy and add the outbox row (ConfigError before any change)."""
         if kind == "move":
-            target = s.get(FolderRow, to_folder_id) if to_folder_id is not None else None
             if target is None or target.account_id != message.account_id or target.removed:
                 raise ConfigError("move: no such folder in the message's account")
             if not target.selectable:
@@ -262,7 +344,7 @@ class OutboxStore:
         plan = mailbox_ops_for_crm_action(
             kind,
             state=cast(MessageState, message.state),
-            locations=_places(s, message_id),
+            locations=places,
             toggles=_toggles(account),
             to_folder_id=to_folder_id,
         )
@@ -280,7 +362,7 @@ class OutboxStore:
             s.add(
                 OutboxRow(
                     account_id=message.account_id,
-                    message_id=message_id,
+                    message_id=message.id,
                     user_id=user_id,
                     kind=kind,
                     payload=payload,
@@ -294,8 +376,32 @@ class OutboxStore:
             # updated_at of every account it holds).
             account.updated_at = now
             queued.add(account.name)
-        s.flush()
-        return self._outcome(s, message)
+
+    def _outcomes(self, s: Session, messages: Sequence[MessageRow]) -> dict[int, ActionOutcome]:
+        """:meth:`_outcome` of many messages in one query."""
+        if not messages:
+            return {}
+        rows: dict[int, list[OutboxAction]] = {}
+        for row in s.scalars(
+            select(OutboxRow)
+            .where(
+                OutboxRow.message_id.in_([m.id for m in messages]),
+                OutboxRow.state.in_(("pending", "failed")),
+            )
+            .order_by(OutboxRow.id.desc())
+        ):
+            shown = rows.setdefault(int(row.message_id or 0), [])
+            if len(shown) < MESSAGE_ACTIONS_SHOWN:
+                shown.append(_action(row))
+        return {
+            m.id: ActionOutcome(
+                message_id=m.id,
+                state=m.state,
+                flags=tuple(sorted(m.flags or ())),
+                actions=tuple(rows.get(m.id, ())),
+            )
+            for m in messages
+        }
 
     def _outcome(self, s: Session, message: MessageRow) -> ActionOutcome:
         rows = s.scalars(
