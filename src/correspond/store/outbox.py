@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Engine, and_, delete, func, select, update
+from sqlalchemy import Engine, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from correspond.errors import ConfigError, NotFound
@@ -36,6 +36,7 @@ from correspond.store.tables import AccountRow, FolderRow, utcnow
 __all__ = [
     "MAX_BULK",
     "ActionOutcome",
+    "AppliedMark",
     "LocationTarget",
     "OutboxAction",
     "OutboxStore",
@@ -74,6 +75,16 @@ class OutboxAction:
     last_error: str | None
     created_at: datetime
     applied_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedMark:
+    """A row that took effect, with the location changes it made (``mark_applied_many``)."""
+
+    row_id: int
+    location_flags: dict[int, frozenset[str]]
+    removed_locations: tuple[int, ...] = ()
+    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,12 +490,27 @@ class OutboxStore:
 
     def targets(self, message_id: int) -> tuple[MessageState, list[LocationTarget]]:
         """The message's state and its locations in synced folders, as the store knows them."""
+        found = self.targets_many([message_id])
+        if message_id not in found:
+            raise NotFound(f"no message with id {message_id}")
+        return found[message_id]
+
+    def targets_many(
+        self, message_ids: Collection[int]
+    ) -> dict[int, tuple[MessageState, list[LocationTarget]]]:
+        """:meth:`targets` of many messages in two queries; a message that is gone is absent."""
+        ids = sorted(set(message_ids))
+        if not ids:
+            return {}
         with unit_of_work(self._sessions) as s:
-            state = s.scalar(select(MessageRow.state).where(MessageRow.id == message_id))
-            if state is None:
-                raise NotFound(f"no message with id {message_id}")
+            states = dict(
+                s.execute(select(MessageRow.id, MessageRow.state).where(MessageRow.id.in_(ids)))
+                .tuples()
+                .all()
+            )
             rows = s.execute(
                 select(
+                    MessageLocationRow.message_id,
                     MessageLocationRow.id,
                     MessageLocationRow.folder_id,
                     MessageLocationRow.uid,
@@ -493,20 +519,26 @@ class OutboxStore:
                     FolderRow.role,
                 )
                 .join(FolderRow, FolderRow.id == MessageLocationRow.folder_id)
-                .where(MessageLocationRow.message_id == message_id, FolderRow.selected)
-                .order_by(FolderRow.id)
+                .where(MessageLocationRow.message_id.in_(ids), FolderRow.selected)
+                .order_by(MessageLocationRow.message_id, FolderRow.id)
             ).all()
-        return cast(MessageState, state), [
-            LocationTarget(
-                location_id=int(r.id),
-                folder_id=int(r.folder_id),
-                folder_name_raw=bytes(r.remote_name_raw),
-                role=r.role,
-                uid=int(r.uid),
-                flags=frozenset(r.flags or ()),
-            )
-            for r in rows
-        ]
+        out: dict[int, tuple[MessageState, list[LocationTarget]]] = {
+            int(mid): (cast(MessageState, state), []) for mid, state in states.items()
+        }
+        for r in rows:
+            entry = out.get(int(r.message_id))
+            if entry is not None:
+                entry[1].append(
+                    LocationTarget(
+                        location_id=int(r.id),
+                        folder_id=int(r.folder_id),
+                        folder_name_raw=bytes(r.remote_name_raw),
+                        role=r.role,
+                        uid=int(r.uid),
+                        flags=frozenset(r.flags or ()),
+                    )
+                )
+        return out
 
     def folder_by_role(self, account_id: int, role: str) -> tuple[int, bytes] | None:
         """The account's folder with ``role`` (id, raw name), or None."""
@@ -545,29 +577,47 @@ class OutboxStore:
         the next sync sees no change (the echo of our own command is not a remote change).
         ``note``: how it took effect where that differs from the usual (kept in the payload:
         a copy left flagged \\Deleted on a server without UIDPLUS, ``rules.outbox_steps``)."""
+        self.mark_applied_many(
+            [AppliedMark(row_id, dict(location_flags), tuple(removed_locations), note)]
+        )
+
+    def mark_applied_many(self, marks: Sequence[AppliedMark]) -> None:
+        """:meth:`mark_applied` of many rows in one transaction (the applier marks a pass's
+        rows in batches: a crash before a batch is marked re-applies its rows, which re-read
+        the mailbox and find them done)."""
+        if not marks:
+            return
+        now = utcnow()
         with unit_of_work(self._sessions) as s:
-            if note is not None:
-                row = s.get(OutboxRow, row_id)
-                if row is not None:
-                    row.payload = {**(row.payload or {}), "note": note[:1000]}
-            for location_id, flags in location_flags.items():
-                s.execute(
+            for mark in marks:
+                if mark.note is not None:
+                    row = s.get(OutboxRow, mark.row_id)
+                    if row is not None:
+                        row.payload = {**(row.payload or {}), "note": mark.note[:1000]}
+            flags = [
+                {"b_id": location_id, "b_flags": sorted(value)}
+                for mark in marks
+                for location_id, value in mark.location_flags.items()
+            ]
+            if flags:
+                s.connection().execute(
                     update(MessageLocationRow)
-                    .where(MessageLocationRow.id == location_id)
-                    .values(flags=sorted(flags))
+                    .where(MessageLocationRow.id == bindparam("b_id"))
+                    .values(flags=bindparam("b_flags")),
+                    flags,
                 )
-            if removed_locations:
-                s.execute(
-                    delete(MessageLocationRow).where(
-                        MessageLocationRow.id.in_(list(removed_locations))
-                    )
-                )
+            removed = [i for mark in marks for i in mark.removed_locations]
+            if removed:
+                s.execute(delete(MessageLocationRow).where(MessageLocationRow.id.in_(removed)))
             s.execute(
                 update(OutboxRow)
-                .where(and_(OutboxRow.id == row_id, OutboxRow.state == "pending"))
+                .where(
+                    OutboxRow.id.in_([mark.row_id for mark in marks]),
+                    OutboxRow.state == "pending",
+                )
                 .values(
                     state="applied",
-                    applied_at=utcnow(),
+                    applied_at=now,
                     attempts=OutboxRow.attempts + 1,
                     last_error=None,
                 )

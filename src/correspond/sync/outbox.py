@@ -49,11 +49,12 @@ from correspond.rules.sync_plan import backoff_delay
 from correspond.rules.two_way import (
     CrmAction,
     MailboxOp,
+    MessageState,
     Place,
     Toggles,
     mailbox_ops_for_crm_action,
 )
-from correspond.store.outbox import LocationTarget, OutboxAction, OutboxStore
+from correspond.store.outbox import AppliedMark, LocationTarget, OutboxAction, OutboxStore
 from correspond.store.records import Account
 from correspond.store.tables import utcnow
 from correspond.sync.threads import in_thread
@@ -64,6 +65,8 @@ __all__ = ["OutboxApplier", "OutboxPassReport", "PermanentActionFailure"]
 MAX_ATTEMPTS = 12
 #: The folder an archive creates where the mailbox has none.
 ARCHIVE_NAME = "Archive"
+#: Applied rows marked in one transaction.
+MARK_BATCH = 100
 #: Messages at or above the recorded UIDNEXT looked at when searching for an earlier COPY.
 MAX_COPY_CANDIDATES = 1000
 
@@ -112,9 +115,37 @@ class OutboxApplier:
         row and raised again (the connection is unusable): the caller's session reconnects."""
         report = OutboxPassReport()
         rows = await in_thread(self.store.due, account.id)
+        # The messages' locations in one read; a message is read again for a later row of
+        # it in the same pass (the earlier one may have moved it).
+        known = await in_thread(
+            self.store.targets_many, {r.message_id for r in rows if r.message_id is not None}
+        )
+        marks: list[AppliedMark] = []
+        try:
+            await self._apply_rows(client, account, rows, known, marks, report)
+        finally:
+            # Marked in batches (one transaction for many rows); a crash before that
+            # re-applies them, which re-reads the mailbox and finds them done.
+            await in_thread(self.store.mark_applied_many, marks)
+        return report
+
+    async def _apply_rows(
+        self,
+        client: ImapClient,
+        account: Account,
+        rows: list[OutboxAction],
+        known: dict[int, tuple[MessageState, list[LocationTarget]]],
+        marks: list[AppliedMark],
+        report: OutboxPassReport,
+    ) -> None:
         for row in rows:
+            # A later row of a message this pass acted on reads it again: what the earlier
+            # one changed must be in the store first.
+            if len(marks) >= MARK_BATCH or (marks and row.message_id not in known):
+                await in_thread(self.store.mark_applied_many, list(marks))
+                marks.clear()
             try:
-                await self._apply(client, account, row)
+                marks.append(await self._apply(client, account, row, known))
             except PermanentActionFailure as exc:
                 await in_thread(self.store.mark_failed, row.id, str(exc))
                 report.failed += 1
@@ -137,15 +168,23 @@ class OutboxApplier:
                 raise
             else:
                 report.applied += 1
-        return report
 
-    async def _apply(self, client: ImapClient, account: Account, row: OutboxAction) -> None:
+    async def _apply(
+        self,
+        client: ImapClient,
+        account: Account,
+        row: OutboxAction,
+        known: dict[int, tuple[MessageState, list[LocationTarget]]],
+    ) -> AppliedMark:
         if row.message_id is None:
             raise PermanentActionFailure("the action names no message")
-        try:
-            state, targets = await in_thread(self.store.targets, row.message_id)
-        except NotFound as exc:
-            raise PermanentActionFailure("the message is gone") from exc
+        found = known.pop(row.message_id, None)
+        if found is None:
+            try:
+                found = await in_thread(self.store.targets, row.message_id)
+            except NotFound as exc:
+                raise PermanentActionFailure("the message is gone") from exc
+        state, targets = found
         kind: CrmAction = row.kind  # type: ignore[assignment]
         to_folder_id = row.payload.get("to_folder_id")
         plan = mailbox_ops_for_crm_action(
@@ -191,14 +230,7 @@ class OutboxApplier:
             )
         if notes:
             log.warning("outbox row %s: %s", row.id, notes[0])
-        await in_thread(
-            lambda: self.store.mark_applied(
-                row.id,
-                location_flags=flags,
-                removed_locations=removed,
-                note=notes[0] if notes else None,
-            )
-        )
+        return AppliedMark(row.id, flags, tuple(removed), notes[0] if notes else None)
 
     async def _select(self, client: ImapClient, target: LocationTarget) -> None:
         current = client.selected
