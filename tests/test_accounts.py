@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from correspond import cli as cli_module
 from correspond.accounts import AccountService, describe_state
 from correspond.api import create_app
+from correspond.cli import base as cli_base
 from correspond.cli import main
 from correspond.errors import AuthenticationFailed
 from correspond.rules.presets import AccountChanges, draft_from_preset
@@ -161,7 +161,7 @@ def test_cli_test_and_folders_refresh(
 ) -> None:
     for var in ("CORRESPOND_DATA_DIR", "CORRESPOND_DATABASE_URL", "CORRESPOND_SECRET_KEY"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: False)
+    monkeypatch.setattr(cli_base, "_stdin_is_tty", lambda: False)
     cert = tmp_path / "dovecot.pem"
     cert.write_text(dovecot.cert_pem)
     data = str(tmp_path / "data")
@@ -236,7 +236,7 @@ def test_cli_folder_selection_on_a_real_server(
     """What a newcomer does by hand: refresh, pick folders, try a parent-only folder."""
     for var in ("CORRESPOND_DATA_DIR", "CORRESPOND_DATABASE_URL", "CORRESPOND_SECRET_KEY"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: False)
+    monkeypatch.setattr(cli_base, "_stdin_is_tty", lambda: False)
     # "Projects" exists only as the parent of "Projects/Sent": Dovecot lists it \NonExistent.
     # "Gesendet" is a user folder beside the real \Sent one: an ordinary folder of that name.
     for mailbox in ("Projects/Sent", "Gesendet"):
@@ -306,7 +306,7 @@ def test_cli_update_of_security_and_port_fixes_a_failing_account(
         monkeypatch.delenv(var, raising=False)
     # STARTTLS on a TLS port waits for a greeting that never comes: do not wait long.
     monkeypatch.setenv("CORRESPOND_IMAP_CONNECT_TIMEOUT", "3")
-    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: False)
+    monkeypatch.setattr(cli_base, "_stdin_is_tty", lambda: False)
     cert = tmp_path / "dovecot.pem"
     cert.write_text(dovecot.cert_pem)
     base = ["--data-dir", str(tmp_path / "data")]

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from cryptography.fernet import Fernet
 from sqlalchemy import text
 
-from correspond import cli as cli_module
+from correspond.cli import base as cli_base
 from correspond.cli import main
 from correspond.rules.folders import FolderSpec
 from correspond.rules.two_way import TOGGLE_DEFAULTS
@@ -38,7 +38,7 @@ def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     # Each test names its store with --data-dir; make sure nothing leaks in from outside.
     for var in ("CORRESPOND_DATA_DIR", "CORRESPOND_DATABASE_URL", "CORRESPOND_SECRET_KEY"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: False)
+    monkeypatch.setattr(cli_base, "_stdin_is_tty", lambda: False)
     return CliRunner()
 
 
@@ -159,7 +159,7 @@ def test_empty_stdin_password_is_refused(runner: CliRunner, data_dir: Path) -> N
 def test_prompts_when_a_terminal_is_attached(
     runner: CliRunner, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: True)
+    monkeypatch.setattr(cli_base, "_stdin_is_tty", lambda: True)
     result = run(
         runner,
         data_dir,
@@ -187,7 +187,7 @@ def test_prompt_asks_for_a_short_user_name(
 ) -> None:
     """A server whose sign-in names are not the address: the prompt asks, the address is
     only the default; a user name given as a flag is not asked again."""
-    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: True)
+    monkeypatch.setattr(cli_base, "_stdin_is_tty", lambda: True)
     flags = ["--email", "me@home.test", "--imap-host", "imap.home.test"]
     result = run(runner, data_dir, "account", "add", "home", *flags, input=f" \nme\n{PASSWORD}\n")
     assert result.exit_code == 0, result.output
@@ -208,7 +208,7 @@ def test_prompt_asks_for_a_short_user_name(
 def test_guided_add_asks_for_everything_and_again_on_a_bad_answer(
     runner: CliRunner, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: True)
+    monkeypatch.setattr(cli_base, "_stdin_is_tty", lambda: True)
     answers = [
         "my work",  # refused: a space
         "work",
@@ -244,7 +244,7 @@ def test_guided_add_asks_for_everything_and_again_on_a_bad_answer(
 def test_password_stdin_on_a_terminal_asks_nothing(
     runner: CliRunner, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: True)
+    monkeypatch.setattr(cli_base, "_stdin_is_tty", lambda: True)
     result = run(runner, data_dir, "account", "add", "w", "--password-stdin", input="pw\n")
     assert result.exit_code == 2
     assert "standard input carries the password" in result.output

@@ -20,9 +20,10 @@ from cryptography.fernet import Fernet
 from sqlalchemy import update
 
 from correspond import __version__
-from correspond import cli as cli_module
+from correspond.cli import base as cli_base
 from correspond.cli import main
-from correspond.cli_output import safe
+from correspond.cli import sync as cli_sync
+from correspond.cli.output import safe
 from correspond.rules.presets import draft_from_preset
 from correspond.settings import Settings
 from correspond.store import Store, open_store
@@ -47,7 +48,7 @@ RAW_CONTROLS = ("\x1b", "\x07", "\x9b", "\u202e", "\x7f")
 def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     for var in ("CORRESPOND_DATA_DIR", "CORRESPOND_DATABASE_URL", "CORRESPOND_SECRET_KEY"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: False)
+    monkeypatch.setattr(cli_base, "_stdin_is_tty", lambda: False)
     return CliRunner()
 
 
@@ -179,7 +180,7 @@ def test_database_url_is_shown_without_its_password(tmp_path: Path) -> None:
 def test_a_new_store_is_announced_on_each_backend(
     store_settings: Settings, store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: False)
+    monkeypatch.setattr(cli_base, "_stdin_is_tty", lambda: False)
     cli = StoreCli(store_settings, store_url)
     looked = cli("info", "--json")
     assert looked.exit_code == 0, looked.output
@@ -278,7 +279,7 @@ def test_server_text_is_printed_escaped_never_as_terminal_controls(
     imap_user: ImapUser,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: False)
+    monkeypatch.setattr(cli_base, "_stdin_is_tty", lambda: False)
     dovecot.deliver(imap_user, hostile_message())
     name = add_dovecot_account(store, dovecot, imap_user).name
     cli = StoreCli(store_settings, store_url)
@@ -353,7 +354,7 @@ def test_sync_json_reports_folders_and_exits_nonzero_when_one_was_skipped(
     imap_user: ImapUser,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: False)
+    monkeypatch.setattr(cli_base, "_stdin_is_tty", lambda: False)
     for n in range(3):
         dovecot.deliver(
             imap_user, plain_message(f"j{n}@example.test", when=NOW, subject=f"j{n}", body="B\r\n")
@@ -403,7 +404,7 @@ def test_progress_lines_without_a_terminal(
     imap_user: ImapUser,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: False)
+    monkeypatch.setattr(cli_base, "_stdin_is_tty", lambda: False)
     total = 30
     for n in range(total):
         dovecot.deliver(
@@ -412,7 +413,7 @@ def test_progress_lines_without_a_terminal(
     name = add_dovecot_account(store, dovecot, imap_user).name
     cli = StoreCli(store_settings, store_url)
     # Small batches so the backfill takes several steps, a line as often as it moves.
-    monkeypatch.setattr(cli_module, "_PROGRESS_SECONDS", 0.01)
+    monkeypatch.setattr(cli_sync, "_PROGRESS_SECONDS", 0.01)
     result = cli("sync", name, "--once", "--parse-processes", "0", "--progress-every", "0.1")
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stdout.splitlines() if re.search(r" INBOX \d+/\d+", line)]

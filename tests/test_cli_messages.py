@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from correspond import cli as cli_module
 from correspond.api import create_app
+from correspond.cli import base as cli_base
+from correspond.cli.output import safe_lines
 from correspond.settings import Settings
 from correspond.store import Store
 from correspond.testing.dovecot import DovecotServer, ImapUser
@@ -40,7 +41,7 @@ def mirror(
 def cli(
     store_settings: Settings, store_url: str, mirror: SeededMirror, monkeypatch: pytest.MonkeyPatch
 ) -> StoreCli:
-    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: False)
+    monkeypatch.setattr(cli_base, "_stdin_is_tty", lambda: False)
     return StoreCli(store_settings, store_url)
 
 
@@ -200,8 +201,8 @@ def test_threads_show(cli: StoreCli, mirror: SeededMirror) -> None:
 
 def test_terminal_controls_are_printed_as_escapes() -> None:
     hostile = "\x1b]0;owned\x07Hi\x9b2J\tthere\u202eevil\x7f\n"
-    assert cli_module._plain(hostile) == "\\x1b]0;owned\\x07Hi\\x9b2J\\tthere\\u202eevil\\x7f\\n"
-    assert cli_module.safe_lines(hostile) == "\\x1b]0;owned\\x07Hi\\x9b2J\tthere\\u202eevil\\x7f\n"
+    assert cli_base._plain(hostile) == "\\x1b]0;owned\\x07Hi\\x9b2J\\tthere\\u202eevil\\x7f\\n"
+    assert safe_lines(hostile) == "\\x1b]0;owned\\x07Hi\\x9b2J\tthere\\u202eevil\\x7f\n"
 
 
 @pytest.mark.dovecot

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from correspond import cli as cli_module
+from correspond.cli import base as cli_base
 from correspond.settings import Settings
 from correspond.store import Store, open_store
 from correspond.store.leases import AccountLeases
@@ -70,7 +70,7 @@ def mailbox(dovecot: DovecotServer, imap_user: ImapUser) -> ImapUser:
 
 @pytest.fixture
 def cli(store_settings: Settings, store_url: str, monkeypatch: pytest.MonkeyPatch) -> StoreCli:
-    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: False)
+    monkeypatch.setattr(cli_base, "_stdin_is_tty", lambda: False)
     return StoreCli(store_settings, store_url)
 
 

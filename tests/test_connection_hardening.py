@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from correspond import cli as cli_module
 from correspond.api import create_app
+from correspond.cli import base as cli_base
 from correspond.cli import main
 from correspond.errors import ConfigError, SecurityMismatch
 from correspond.imap.client import ImapClient, ImapEndpoint, ImapLimits
@@ -187,7 +187,7 @@ async def test_report_shows_the_presented_certificate(
 def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     for var in ("CORRESPOND_DATA_DIR", "CORRESPOND_DATABASE_URL", "CORRESPOND_SECRET_KEY"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: False)
+    monkeypatch.setattr(cli_base, "_stdin_is_tty", lambda: False)
     return CliRunner()
 
 

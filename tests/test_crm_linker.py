@@ -548,3 +548,28 @@ def test_set_based_relink_writes_exactly_the_links_of_the_rules(
         for domain in domains:
             linker._relink_set(conn, "domain", domain, 0, mark)
     assert _links(store) == by_rules
+
+
+def test_a_deleted_message_takes_its_links_with_it(store: Store) -> None:
+    """timeline_links has no foreign key (its per-row check was most of a large re-link's
+    time); the trigger on ``messages`` removes a message's links with the message, whether
+    the message is deleted alone or with its account."""
+    from sqlalchemy import delete
+
+    from correspond.store.message_tables import MessageRow
+
+    _fill(store, 30)
+    crm = CrmStore(store.engine)
+    crm.create_contact(emails=[OWNER])
+    linker = LinkerStore(store.engine, LinkPolicy.build([], [], True), batch=1000)
+    while linker.index_batch():
+        pass
+    links = _links(store)
+    assert len({m for m, *_ in links}) == 30
+    gone = min(m for m, *_ in links)
+    with store.engine.begin() as conn:
+        conn.execute(delete(MessageRow).where(MessageRow.id == gone))
+    after = _links(store)
+    assert after == {link for link in links if link[0] != gone}
+    store.remove_account("acc")
+    assert _links(store) == set()

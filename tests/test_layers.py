@@ -30,7 +30,6 @@ LAYERS: dict[str, int] = {
     "correspond.search": 2,
     "correspond.api": 3,
     "correspond.cli": 3,
-    "correspond.cli_output": 3,
     "correspond.testing": 3,
 }
 # Pure modules must not do IO through these.

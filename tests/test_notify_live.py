@@ -7,8 +7,10 @@ gets what it missed."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -49,12 +51,14 @@ class EventReader:
         self._client = httpx2.Client(timeout=httpx2.Timeout(5.0, read=60.0))
         self._request = self._client.build_request("GET", url, headers=headers)
         self.status: int | None = None
+        self._socket: socket.socket | None = None
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
         try:
             response = self._client.send(self._request, stream=True)
+            self._socket = response.extensions["network_stream"].get_extra_info("socket")
             self.status = response.status_code
             for line in response.iter_lines():
                 self.lines.put((time.monotonic(), line))
@@ -72,6 +76,15 @@ class EventReader:
                 return at, line
 
     def close(self) -> None:
+        # Hang up as a client going away does. Closing the client from this thread is not
+        # enough: the reader thread is blocked in recv() on the socket, which keeps it open (no
+        # FIN) until the server writes again (its heartbeat, 15 s later), and ``serve`` waits
+        # for the stream to end before it stops. Shutting the socket down sends the FIN and
+        # wakes the reader.
+        if self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=5)
         self._client.close()
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from correspond import cli as cli_module
+from correspond.cli import base as cli_base
 from correspond.cli import main
 
 
@@ -19,7 +19,7 @@ def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("CORRESPOND_PASSWORD_HASH_TIME_COST", "1")
     monkeypatch.setenv("CORRESPOND_PASSWORD_HASH_MEMORY_KIB", "1024")
-    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: False)
+    monkeypatch.setattr(cli_base, "_stdin_is_tty", lambda: False)
     return CliRunner()
 
 

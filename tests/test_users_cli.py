@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
-from correspond import cli as cli_module
+from correspond.cli import base as cli_base
 from correspond.cli import main
 from correspond.settings import Settings
 from correspond.store import open_store
@@ -43,7 +43,7 @@ def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
         monkeypatch.delenv(var, raising=False)
     for var, value in CHEAP_HASHES.items():
         monkeypatch.setenv(var, value)
-    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: False)
+    monkeypatch.setattr(cli_base, "_stdin_is_tty", lambda: False)
     return CliRunner()
 
 
@@ -166,7 +166,7 @@ def test_user_commands(runner: CliRunner, data_dir: Path) -> None:
 def test_users_create_asks_twice_on_a_terminal(
     runner: CliRunner, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: True)
+    monkeypatch.setattr(cli_base, "_stdin_is_tty", lambda: True)
     result = run(
         runner, data_dir, "users", "create", "a@example.test", "--admin",
         input="one\ntwo\nsecret\nsecret\n",
@@ -345,7 +345,7 @@ def test_account_update_on_a_terminal_asks_for_the_password_when_it_moves(
     runner: CliRunner, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert add_account(runner, data_dir, "work").exit_code == 0
-    monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: True)
+    monkeypatch.setattr(cli_base, "_stdin_is_tty", lambda: True)
     moved = run(
         runner, data_dir, "account", "update", "work", "--imap-host", "new.example.test",
         "--json", input="for-the-new-server\n",

@@ -179,7 +179,10 @@ class TimelineLinkRow(Base):
     )
 
     id: Mapped[int] = mapped_column(_Id, primary_key=True)
-    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    # No foreign key: its per-row check was most of a large re-link's time. The linker only
+    # writes links joined to their message, and a trigger on ``messages`` removes a deleted
+    # message's links (migration 0021).
+    message_id: Mapped[int] = mapped_column(_Id)
     target_kind: Mapped[str] = mapped_column(String(10))
     target_id: Mapped[int] = mapped_column(BigInteger)
     source: Mapped[str] = mapped_column(String(6), default="auto")

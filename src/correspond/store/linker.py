@@ -647,24 +647,20 @@ class LinkerStore:
         if column not in ("address", "domain"):
             raise ValueError(column)
         postgres = conn.dialect.name == "postgresql"
-        count = int(
-            conn.scalar(
-                text(
-                    "SELECT count(DISTINCT message_id) FROM message_participants "
-                    f"WHERE {column} = :value AND message_id > :low AND message_id <= :high"
-                ),
-                {"value": value, "low": low, "high": high},
-            )
-            or 0
-        )
-        if not count:
-            return 0
+        # The scope (the messages and their sort keys) is read once into a temporary table:
+        # every statement below joins it instead of reading the participant index again.
         if postgres:
             conn.execute(
                 text(
                     "CREATE TEMP TABLE IF NOT EXISTS crm_relink_wanted (message_id bigint, "
                     "target_kind varchar(10), target_id bigint, source varchar(6), "
                     "PRIMARY KEY (message_id, target_kind, target_id)) ON COMMIT DELETE ROWS"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TEMP TABLE IF NOT EXISTS crm_relink_scope (message_id bigint "
+                    "PRIMARY KEY, sort_at timestamptz) ON COMMIT DELETE ROWS"
                 )
             )
         else:
@@ -675,18 +671,33 @@ class LinkerStore:
                     "PRIMARY KEY (message_id, target_kind, target_id))"
                 )
             )
+            conn.execute(
+                text(
+                    # sort_at without a type: the value is copied as stored, unconverted.
+                    "CREATE TEMP TABLE IF NOT EXISTS crm_relink_scope (message_id INTEGER "
+                    "PRIMARY KEY, sort_at)"
+                )
+            )
         conn.execute(text("DELETE FROM crm_relink_wanted"))
+        conn.execute(text("DELETE FROM crm_relink_scope"))
+        count = conn.execute(
+            text(
+                "INSERT INTO crm_relink_scope (message_id, sort_at) "
+                "SELECT m.id, m.sort_at FROM messages m WHERE m.id IN ("
+                "SELECT message_id FROM message_participants "
+                f"WHERE {column} = :value AND message_id > :low AND message_id <= :high)"
+            ),
+            {"value": value, "low": low, "high": high},
+        ).rowcount
+        if not count:
+            return 0
+        if postgres:
+            conn.execute(text("ANALYZE crm_relink_scope"))
         internal = self._values(conn, "internal")
         org = self._values(conn, "org")
         blocked = self._values(conn, "blocked")
-        scope = (
-            "SELECT DISTINCT message_id FROM message_participants "
-            f"WHERE {column} = :value AND message_id > :low AND message_id <= :high"
-        )
+        scope = "SELECT message_id FROM crm_relink_scope"
         params: dict[str, Any] = {
-            "value": value,
-            "low": low,
-            "high": high,
             "internal": self._list(conn, self._internal(conn)),
             "org": self._list(conn, self.policy.organisation_domains),
             "blocked": self._list(conn, self.policy.blocklist),
@@ -754,33 +765,31 @@ class LinkerStore:
             "AND w.target_kind = timeline_links.target_kind "
             "AND w.target_id = timeline_links.target_id"
         )
-        bounds = {"value": value, "low": low, "high": high}
         conn.execute(
             text(
                 f"DELETE FROM timeline_links WHERE source = 'auto' "
                 f"AND message_id IN ({scope}) "
                 f"AND NOT EXISTS (SELECT 1 FROM crm_relink_wanted w WHERE {same})"
-            ),
-            bounds,
+            )
         )
         conn.execute(
             text(
                 f"UPDATE timeline_links SET source = 'manual' WHERE source = 'auto' "
                 f"AND message_id IN ({scope}) AND EXISTS "
                 f"(SELECT 1 FROM crm_relink_wanted w WHERE {same} AND w.source = 'manual')"
-            ),
-            bounds,
+            )
         )
         conn.execute(
             text(
                 "INSERT INTO timeline_links "
                 "(message_id, target_kind, target_id, source, sort_at, created_at) "
                 "SELECT w.message_id, w.target_kind, w.target_id, w.source, m.sort_at, :now "
-                "FROM crm_relink_wanted w JOIN messages m ON m.id = w.message_id "
+                "FROM crm_relink_wanted w JOIN crm_relink_scope m ON m.message_id = w.message_id "
                 "WHERE NOT EXISTS (SELECT 1 FROM timeline_links l "
                 "WHERE l.message_id = w.message_id AND l.target_kind = w.target_kind "
                 "AND l.target_id = w.target_id)"
             ).bindparams(bindparam("now", utcnow(), type_=UtcDateTime())),
         )
         conn.execute(text("DELETE FROM crm_relink_wanted"))
+        conn.execute(text("DELETE FROM crm_relink_scope"))
         return count
