@@ -237,6 +237,77 @@ async def test_without_uidplus_the_old_copy_is_left_deleted(
         await env.sync()
         assert outbox.outcome(mid).state == "archived"
         assert message_ids(env)["ma@example.test"] == mid
+        # Unarchive: the \Deleted copy in INBOX is not where the message lives, so the
+        # Archive copy goes back to INBOX (never are both copies left \Deleted: nothing lost).
+        outbox.record(mid, "unarchive", user_id=None)
+        report = await apply(env)
+        assert report.applied == 1, report
+        inbox = remote_flags(env, "INBOX")
+        keys = env.remote("INBOX")
+        alive = [
+            u for u, k in keys.items() if k == "mid:ma@example.test" and DELETED not in inbox[u]
+        ]
+        assert len(alive) == 1, (keys, inbox)
+        assert_kept(env)
+
+
+@pytest.fixture(scope="module")
+def dovecot_no_uidplus_no_trash() -> Iterator[DovecotServer]:
+    """Neither MOVE nor UIDPLUS, and no Trash folder."""
+    yield from _server(
+        variant="basic", without={"UIDPLUS"}, special_folders=("Drafts", "Sent", "Archive")
+    )
+
+
+def set_toggle(env: Env, name: str, value: bool) -> None:
+    with Session(env.messages.engine) as s, s.begin():
+        s.execute(update(AccountRow).where(AccountRow.id == env.account.id).values({name: value}))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("server_fixture", "trash", "expunged"),
+    [
+        ("dovecot_basic", True, True),  # COPY to Trash + UID EXPUNGE
+        ("dovecot_no_uidplus", True, False),  # COPY to Trash, old copy left \Deleted
+        ("dovecot_no_uidplus_no_trash", False, False),  # no Trash: \Deleted where it is
+    ],
+)
+async def test_delete_on_weaker_servers_keeps_the_users_deleted_mail(
+    request: pytest.FixtureRequest,
+    backend: str,
+    server_fixture: str,
+    trash: bool,
+    expunged: bool,
+    tmp_path: Path,
+) -> None:
+    server: DovecotServer = request.getfixturevalue(server_fixture)
+    with world(request, backend, server, tmp_path) as env:
+        outbox, mid = await seeded(env)
+        set_toggle(env, "delete_remote_on_crm_delete", True)
+        outbox.record(mid, "delete", user_id=None)
+        for attempt in range(2):  # applied twice (a crash before the mark): the effect of once
+            if attempt:
+                with Session(env.messages.engine) as s, s.begin():
+                    s.execute(
+                        update(OutboxRow).where(OutboxRow.message_id == mid).values(state="pending")
+                    )
+            report = await apply(env)
+            assert report.applied == 1 and report.failed == 0, report
+        assert [r.state for r in rows(env, mid)] == ["applied"]
+        if trash:
+            assert count(env, "Trash", "mid:ma@example.test") == 1
+        left = count(env, "INBOX", "mid:ma@example.test")
+        if expunged:
+            assert left == 0
+        else:
+            assert left == 1
+            old = uid_of(env, "INBOX", "ma@example.test")
+            assert DELETED in remote_flags(env, "INBOX")[old]
+        assert_kept(env)
+        await env.sync()
+        assert outbox.outcome(mid).state == "deleted"
+        assert message_ids(env)["ma@example.test"] == mid
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -51,6 +51,7 @@ FLAG_OF_KIND: Mapping[str, tuple[str, bool]] = {
     "star": ("\\Flagged", True),
     "unstar": ("\\Flagged", False),
 }
+DELETED = "\\Deleted"
 #: Rows a message shows (the newest, pending and failed first).
 MESSAGE_ACTIONS_SHOWN = 20
 #: Rows one :meth:`OutboxStore.due` call hands out.
@@ -132,13 +133,7 @@ def _toggles(account: AccountRow) -> Toggles:
 
 
 def _places(s: Session, message_id: int) -> list[Place]:
-    rows = s.execute(
-        select(FolderRow.id, FolderRow.role)
-        .join(MessageLocationRow, MessageLocationRow.folder_id == FolderRow.id)
-        .where(MessageLocationRow.message_id == message_id)
-        .order_by(FolderRow.id)
-    ).all()
-    return [Place(int(r.id), r.role, True) for r in rows]
+    return _places_of(s, [message_id]).get(message_id, [])
 
 
 def _places_of(s: Session, message_ids: Sequence[int]) -> dict[int, list[Place]]:
@@ -147,13 +142,20 @@ def _places_of(s: Session, message_ids: Sequence[int]) -> dict[int, list[Place]]
     if not message_ids:
         return out
     rows = s.execute(
-        select(MessageLocationRow.message_id, FolderRow.id, FolderRow.role)
+        select(
+            MessageLocationRow.message_id,
+            MessageLocationRow.flags,
+            FolderRow.id,
+            FolderRow.role,
+        )
         .select_from(FolderRow)
         .join(MessageLocationRow, MessageLocationRow.folder_id == FolderRow.id)
         .where(MessageLocationRow.message_id.in_(list(message_ids)))
         .order_by(MessageLocationRow.message_id, FolderRow.id)
     ).all()
     for r in rows:
+        if DELETED in (r.flags or ()):
+            continue  # on its way out (left \Deleted without UIDPLUS): not where it lives
         out.setdefault(int(r.message_id), []).append(Place(int(r.id), r.role, True))
     return out
 

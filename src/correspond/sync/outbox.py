@@ -184,7 +184,10 @@ class OutboxApplier:
                 found = await in_thread(self.store.targets, row.message_id)
             except NotFound as exc:
                 raise PermanentActionFailure("the message is gone") from exc
-        state, targets = found
+        state, every = found
+        # A copy flagged \Deleted is on its way out (left so without UIDPLUS, or by the
+        # user): never where the message lives, nor a copy to move or keep.
+        targets = [t for t in every if "\\Deleted" not in t.flags]
         kind: CrmAction = row.kind  # type: ignore[assignment]
         to_folder_id = row.payload.get("to_folder_id")
         plan = mailbox_ops_for_crm_action(
