@@ -1,7 +1,7 @@
 """Two-way sync latency and outbox drain, against a private Dovecot (issue 9's benchmark).
 
     .venv/bin/python bench/twoway_bench.py [--count 200] [--drain 1000] [--url URL]
-        [--gap-ms 300] [--poll-ms 5] [--wake serve|round] [--poll-seconds 5]
+        [--gap-ms 300] [--poll-ms 5] [--wake serve|worker] [--poll-seconds 5]
 
 One account, live in a real :class:`~correspond.sync.runner.SyncRunner` (the worker's lease
 rounds, the live session's IDLE on INBOX, the outbox applier) on a thread of its own, over a
@@ -12,9 +12,10 @@ loopback). The mailbox holds ``2 * count + drain`` small messages, backfilled fi
 1. **CRM → mailbox** (``count`` times): ``OutboxStore.record(message, "read")``, as the API does;
    latency until another IMAP client (stdlib imaplib, polling ``UID FETCH uid (FLAGS)`` every
    ``--poll-ms``) sees ``\\Seen`` on that message. ``--wake serve`` (default) wakes the session
-   at once as ``correspond serve`` does (the API and the engine in one process:
-   ``OutboxStore(on_recorded=runner.wake)``); ``--wake round`` leaves it to the next lease round
-   (``--poll-seconds``), as a ``correspond worker`` in another process hears of it.
+   as ``correspond serve`` does (the API and the engine in one process:
+   ``OutboxStore(on_recorded=runner.wake)``); ``--wake worker`` as an API in another process
+   than the worker does: PostgreSQL's NOTIFY (``store.wakeups``), and on SQLite the runner's
+   next lease round (``--poll-seconds``).
 2. **mailbox → CRM** (``count`` times): another client sets ``\\Flagged`` (``UID STORE``);
    latency until the CRM row has it (a separate database connection polling every
    ``--poll-ms``).
@@ -266,7 +267,7 @@ def main() -> None:
     ap.add_argument("--url", help="SQLAlchemy URL of an empty database (default: SQLite)")
     ap.add_argument("--gap-ms", type=float, default=300.0)
     ap.add_argument("--poll-ms", type=float, default=5.0)
-    ap.add_argument("--wake", choices=("serve", "round"), default="serve")
+    ap.add_argument("--wake", choices=("serve", "worker"), default="serve")
     ap.add_argument("--poll-seconds", type=float, default=5.0, help="lease round (worker's 5)")
     ap.add_argument("--seed", type=int, default=9)
     a = ap.parse_args()

@@ -1,6 +1,7 @@
-"""A CRM action reaches the mailbox without waiting for the runner's next lease round when the
+"""A CRM action reaches the mailbox without waiting for the runner's next lease round: when the
 API and the engine share a process (``correspond serve``: ``OutboxStore(on_recorded=
-runner.wake)``), on SQLite and PostgreSQL against the private Dovecot."""
+runner.wake)``), on SQLite and PostgreSQL; and on PostgreSQL when they do not (the outbox's
+NOTIFY, which every runner LISTENs for). Against the private Dovecot."""
 
 from __future__ import annotations
 
@@ -47,13 +48,17 @@ def seen_on_server(server: DovecotServer, user: ImapUser) -> bool:
         conn.logout()
 
 
+@pytest.mark.parametrize("wake", ["in_process", "notify"])
 async def test_an_action_wakes_its_session_at_once(
+    wake: str,
     store: Store,
     store_settings: Settings,
     store_url: str,
     dovecot: DovecotServer,
     imap_user: ImapUser,
 ) -> None:
+    if wake == "notify" and not store_url.startswith("postgresql"):
+        pytest.skip("NOTIFY is PostgreSQL's; on SQLite the lease round carries it")
     dovecot.deliver(
         imap_user,
         plain_message(
@@ -79,7 +84,10 @@ async def test_an_action_wakes_its_session_at_once(
         with store.engine.connect() as c:
             mid = c.scalar(select(MessageRow.id).where(MessageRow.account_id == account.id))
         assert mid is not None
-        outbox = OutboxStore(store.engine, on_recorded=runner.wake)
+        # "notify": as an API in another process, which knows no runner.
+        outbox = OutboxStore(
+            store.engine, on_recorded=runner.wake if wake == "in_process" else None
+        )
         outbox.record(mid, "read", user_id=None)
         took = await eventually(lambda: seen_on_server(dovecot, imap_user), 10, "\\Seen")
         assert took < ROUND_SECONDS / 3, took

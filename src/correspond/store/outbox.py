@@ -32,6 +32,7 @@ from correspond.store.message_tables import MessageLocationRow, MessageRow
 from correspond.store.outbox_tables import OUTBOX_KINDS, OutboxRow
 from correspond.store.records import TOGGLES
 from correspond.store.tables import AccountRow, FolderRow, utcnow
+from correspond.store.wakeups import send_outbox_wakeup
 
 __all__ = [
     "MAX_BULK",
@@ -388,6 +389,8 @@ class OutboxStore:
             # Wakes the account's syncer within a lease round (store.leases reads
             # updated_at of every account it holds).
             account.updated_at = now
+            if account.name not in queued:
+                send_outbox_wakeup(s, account.name)  # runners in other processes (PostgreSQL)
             queued.add(account.name)
 
     def _outcomes(self, s: Session, messages: Sequence[MessageRow]) -> dict[int, ActionOutcome]:

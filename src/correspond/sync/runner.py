@@ -62,6 +62,7 @@ from correspond.store.messages import (
 from correspond.store.records import Account
 from correspond.store.repository import Store
 from correspond.store.tables import utcnow
+from correspond.store.wakeups import listen_for_outbox
 from correspond.sync.engine import AccountSyncer, AccountSyncReport, tls_failure_detail
 from correspond.sync.folder_sync import DEFAULT_BATCH_SIZE
 from correspond.sync.linker import Linker
@@ -351,6 +352,12 @@ class SyncRunner:
         sweep = asyncio.create_task(asyncio.to_thread(self.blobs.sweep_temporary))
         linker_stop = asyncio.Event()
         linker = asyncio.create_task(self.linker.run(linker_stop), name="crm-linker")
+        # A CRM action queued by another process (the API) wakes its session at once.
+        outbox_listener = (
+            asyncio.create_task(listen_for_outbox(self.store.engine, self.wake))
+            if self.store.engine.dialect.name == "postgresql"
+            else None
+        )
         try:
             while not self._stop.is_set() and not (stop is not None and stop.is_set()):
                 try:
@@ -371,6 +378,10 @@ class SyncRunner:
                     with contextlib.suppress(asyncio.CancelledError):
                         await w
         finally:
+            if outbox_listener is not None:
+                outbox_listener.cancel()
+                with contextlib.suppress(BaseException):
+                    await outbox_listener
             linker_stop.set()
             await self._stop_all(reason="shutdown")
             with contextlib.suppress(OSError, CorrespondError):
