@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import imaplib
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from correspond.store.outbox import OutboxStore
 from correspond.store.outbox_tables import OutboxRow
 from correspond.store.tables import AccountRow
 from correspond.sync.outbox import OutboxPassReport
+from correspond.sync.runner import SyncRunner
 from correspond.testing.dovecot import DovecotServer, ImapUser, dovecot_binary
 from correspond.testing.imap_proxy import ImapFaultProxy
 from correspond.testing.postgres import PostgresServer, temporary_database
@@ -364,6 +367,54 @@ async def test_archive_folder_created_without_special_use(
         assert count(env, "Archive", "mid:ma@example.test") == 1
         direct(env)
         await env.sync()
+        assert message_ids(env)["ma@example.test"] == mid
+        assert outbox.outcome(mid).state == "archived"
+
+
+async def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(check):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_live_archive_creates_the_folder_and_syncs_it(
+    request: pytest.FixtureRequest,
+    backend: str,
+    dovecot_no_special_use: DovecotServer,
+    tmp_path: Path,
+) -> None:
+    """In a running worker: the archive creates Archive, and the session then syncs the new
+    folder, so the message has its location there again (its CRM identity kept)."""
+    with world(request, backend, dovecot_no_special_use, tmp_path) as env:
+        outbox, mid = await seeded(env, keep=False)
+        runner = SyncRunner(env.store, env.settings, poll_seconds=0.3, lease_seconds=5.0)
+        runner.start()
+        try:
+            await eventually(
+                lambda: env.store.get_account(env.account.name).state == "live", 30, "live"
+            )
+            outbox = OutboxStore(env.messages.engine, on_recorded=runner.wake)
+            outbox.record(mid, "archive", user_id=None)
+
+            def moved() -> bool:
+                try:
+                    return count(env, "Archive", "mid:ma@example.test") == 1
+                except imaplib.IMAP4.error:
+                    return False  # not created yet
+
+            await eventually(moved, 15, "moved")
+            await eventually(
+                lambda: "mid:ma@example.test" in env.stored("Archive").values(),
+                15,
+                "the new Archive folder synced",
+            )
+        finally:
+            await runner.shutdown()
+        assert count(env, "INBOX", "mid:ma@example.test") == 0
+        assert env.folder("archive").name == "Archive"
         assert message_ids(env)["ma@example.test"] == mid
         assert outbox.outcome(mid).state == "archived"
 

@@ -642,6 +642,14 @@ class OutboxStore:
             payload["copies"] = copies
             row.payload = payload
 
+    def touch_account(self, account_id: int) -> None:
+        """Mark the account changed (``updated_at``): its session re-reads its folder
+        selection at the runner's next round (a folder the outbox created gets synced)."""
+        with unit_of_work(self._sessions) as s:
+            s.execute(
+                update(AccountRow).where(AccountRow.id == account_id).values(updated_at=utcnow())
+            )
+
     def record_role(self, account_id: int, name_raw: bytes, role: str) -> None:
         """Give the folder ``name_raw`` of the account ``role`` when no folder has it (a
         folder the outbox created, before the next LIST records it); a missing row is added,

@@ -316,6 +316,8 @@ class OutboxApplier:
                 ) from exc
         if self.refresh_folders is not None:
             await self.refresh_folders(client, account)
+        # The live session picks the new folder up (and syncs it) at its next account check.
+        await in_thread(self.store.touch_account, account.id)
         found = await in_thread(self.store.folder_by_role, account.id, "archive")
         if found is not None:
             return found[1]
@@ -387,7 +389,7 @@ class OutboxApplier:
         found = [
             uid
             for uid in await client.uid_search(
-                f"UID {uidnext}:* LARGER {size - 1} SMALLER {size + 1}"
+                f"UID {uidnext}:* LARGER {max(size - 1, 0)} SMALLER {size + 1}"
             )
             if uid >= uidnext  # "n:*" names the last message even when n is above it
         ][-MAX_COPY_CANDIDATES:]
