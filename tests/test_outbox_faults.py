@@ -190,6 +190,42 @@ def test_fallback_move_step(in_source: bool, started: bool, found: bool, step: s
     assert fallback_move_step(in_source=in_source, copy_started=started, copy_found=found) == step
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_pass_of_flag_rows_reads_flags_once_and_stays_exact(
+    request: pytest.FixtureRequest, backend: str, dovecot: DovecotServer, tmp_path: Path
+) -> None:
+    """Many flag rows in one pass (their flags read with one FETCH per folder): one message
+    the user expunged meanwhile fails alone, one already \\Seen is left as it is, the others
+    get the flag; a read then an unread of one message in the same pass end unread."""
+    with world(request, backend, dovecot, tmp_path) as env:
+        day = NOW - timedelta(days=1)
+        append_many(env, "INBOX", [(n, day) for n in ("a", "b", "c", "d", "e")])
+        await env.sync()
+        ids = message_ids(env)
+        outbox = OutboxStore(env.messages.engine)
+        for name in "abcd":
+            outbox.record(ids[f"m{name}@example.test"], "read", user_id=None)
+        outbox.record(ids["me@example.test"], "read", user_id=None)
+        outbox.record(ids["me@example.test"], "unread", user_id=None)
+        flag_by_user(env, "INBOX", uid_of(env, "INBOX", "mb@example.test"), SEEN)
+        gone = uid_of(env, "INBOX", "mc@example.test")
+        conn = env.server.imaplib_client(env.user)
+        try:
+            conn.select("INBOX")
+            conn.uid("STORE", str(gone), "+FLAGS", "(\\Deleted)")
+            conn.uid("EXPUNGE", str(gone))
+        finally:
+            conn.logout()
+        report = await apply(env)
+        assert (report.applied, report.failed) == (5, 1), report
+        flags = remote_flags(env, "INBOX")
+        for name in "abd":
+            assert SEEN in flags[uid_of(env, "INBOX", f"m{name}@example.test")], name
+        assert SEEN not in flags[uid_of(env, "INBOX", "me@example.test")]
+        [failed] = outbox.outcome(ids["mc@example.test"]).actions
+        assert failed.state == "failed" and "gone" in (failed.last_error or "")
+
+
 # -- weaker servers -----------------------------------------------------------------------------
 
 

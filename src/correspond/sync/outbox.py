@@ -65,6 +65,8 @@ __all__ = ["OutboxApplier", "OutboxPassReport", "PermanentActionFailure"]
 MAX_ATTEMPTS = 12
 #: The folder an archive creates where the mailbox has none.
 ARCHIVE_NAME = "Archive"
+#: The actions that only set or clear a flag.
+FLAG_KINDS = frozenset({"read", "unread", "star", "unstar"})
 #: Applied rows marked in one transaction.
 MARK_BATCH = 100
 #: Messages at or above the recorded UIDNEXT looked at when searching for an earlier COPY.
@@ -109,6 +111,8 @@ class OutboxApplier:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.max_attempts = max_attempts
+        # A pass's prefetched flags, by (folder, UID); None: the UID is gone (_prefetch_flags).
+        self._flags: dict[tuple[bytes, int], frozenset[str] | None] = {}
 
     async def apply_due(self, client: ImapClient, account: Account) -> OutboxPassReport:
         """Apply every due row of ``account``, in order. A transient error is recorded on its
@@ -122,12 +126,40 @@ class OutboxApplier:
         )
         marks: list[AppliedMark] = []
         try:
+            await self._prefetch_flags(client, rows, known)
             await self._apply_rows(client, account, rows, known, marks, report)
         finally:
             # Marked in batches (one transaction for many rows); a crash before that
             # re-applies them, which re-reads the mailbox and finds them done.
             await in_thread(self.store.mark_applied_many, marks)
         return report
+
+    async def _prefetch_flags(
+        self,
+        client: ImapClient,
+        rows: list[OutboxAction],
+        known: dict[int, tuple[MessageState, list[LocationTarget]]],
+    ) -> None:
+        """Read the current flags of every location the pass's flag rows touch, one
+        ``UID FETCH`` per folder instead of one per row (:meth:`_store` uses each once). A flag
+        the user changes in between is at worst set again (idempotent) or left as they set it
+        later (their change is the later one: the conflict rule's answer too)."""
+        self._flags.clear()
+        wanted: dict[bytes, tuple[LocationTarget, set[int]]] = {}
+        for row in rows:
+            if row.kind not in FLAG_KINDS or row.message_id not in known:
+                continue
+            for target in known[row.message_id][1]:
+                entry = wanted.setdefault(target.folder_name_raw, (target, set()))
+                entry[1].add(target.uid)
+        for name, (target, uids) in wanted.items():
+            if len(uids) < 2:
+                continue  # one FETCH either way
+            await self._select(client, target)
+            answers = await client.uid_fetch_list(sorted(uids), "(UID FLAGS)")
+            present = {a.uid: frozenset(a.flags) for a in answers if a.uid and a.flags is not None}
+            for uid in uids:
+                self._flags[(name, uid)] = present.get(uid)
 
     async def _apply_rows(
         self,
@@ -266,7 +298,11 @@ class OutboxApplier:
         this folder, which the next sync notices; the other locations still get the flag)."""
         assert op.flag is not None
         await self._select(client, target)
-        current = await self._current_flags(client, target.uid)
+        key = (target.folder_name_raw, target.uid)
+        if key in self._flags:
+            current = self._flags.pop(key)  # read by this pass's prefetch
+        else:
+            current = await self._current_flags(client, target.uid)
         if current is None:
             return None
         if (op.flag in current) == op.value:
