@@ -79,7 +79,14 @@ ADMIN_ONLY = {("POST", "/teams")}
 BODY_KEYS = {"snippet", "text", "html", "attachments", "has_attachments", "has_raw", "defects"}
 # CRM records are the organisation's (every signed-in user's): a member gets them too, but a
 # record's timeline holds only the messages the member may see (none of the admin's here).
-SHARED_PREFIXES = ("/contacts", "/companies", "/deals", "/activities", "/import")
+SHARED_PREFIXES = (
+    "/contacts",
+    "/contact-dismissals",
+    "/companies",
+    "/deals",
+    "/activities",
+    "/import",
+)
 # Never-ending answers (Server-Sent Events): walked for 401s, opened over HTTP elsewhere
 # (tests/test_notify_live.py).
 STREAMS = {("GET", "/notifications/stream")}
@@ -239,6 +246,7 @@ def _secrets_of(admin: TestClient, mirror: SeededMirror) -> tuple[dict[str, Any]
         "deal_id": deal["id"],
         "activity_id": activity["id"],
         "kind": "contacts",
+        "dismissed_address": "gone@example.test",
         "notification_id": _notify(admin, with_attachment["id"]),
         "webhook_id": created.json()["id"],
     }

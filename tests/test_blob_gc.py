@@ -226,3 +226,64 @@ async def test_doctor_settles_blobs_set_aside_by_a_crash(env: Env, cli: StoreCli
     assert blobs.exists(keys[0]) and not blobs.exists(lone)
     assert not list(env.settings.blob_dir.rglob(".gc-*"))
     assert check_blobs(env.store.engine, blobs).missing == 0
+
+
+async def test_doctor_purges_messages_deleted_past_their_retention(env: Env, cli: StoreCli) -> None:
+    """A message deleted in the CRM 31 days ago (its ``deleted_at`` set back: the CLI runs on
+    the real clock) is reported, and purged by ``--fix`` with the blobs only it used; the
+    shared message's blobs stay for the other account."""
+    from sqlalchemy import select, update
+    from sqlalchemy.orm import Session
+
+    from correspond.store.message_tables import MessageRow
+    from correspond.store.outbox import OutboxStore
+    from correspond.store.tables import utcnow
+
+    a, b, _shared = await two_accounts(env)
+    root = env.settings.blob_dir
+    before = blob_files(root)
+    account_a = env.store.get_account(a)
+    with Session(env.store.engine) as s:
+        ids = dict(
+            s.execute(
+                select(MessageRow.message_id_header, MessageRow.id).where(
+                    MessageRow.account_id == account_a.id
+                )
+            )
+            .tuples()
+            .all()
+        )
+    outbox = OutboxStore(env.store.engine)
+    for header in ("a1@example.test", "shared@example.test"):
+        outbox.record(ids[header], "delete", user_id=None)
+    assert cli.json("doctor")["deleted_past_retention"] == 0  # deleted just now: kept
+    with Session(env.store.engine) as s, s.begin():
+        s.execute(
+            update(MessageRow)
+            .where(MessageRow.id.in_([ids["a1@example.test"], ids["shared@example.test"]]))
+            .values(deleted_at=utcnow() - timedelta(days=31))
+        )
+    checked = cli("doctor", "--json")
+    assert checked.exit_code == 1
+    assert json.loads(checked.stdout)["deleted_past_retention"] == 2
+    assert "past their 30-day retention: 2" in cli("doctor").output
+
+    fixed = cli("doctor", "--fix", "--json")
+    assert fixed.exit_code == 0, fixed.output
+    report = json.loads(fixed.stdout)
+    assert report["purged"]["messages"] == 2
+    # a1's raw message and attachment go; the shared message's two blobs stay (B uses them).
+    assert report["purged"]["blobs_deleted"] == 2
+    after = blob_files(root)
+    assert len(after) == len(before) - 2
+    assert set(after) == referenced_keys(env.store.engine, before)
+    with Session(env.store.engine) as s:
+        left = set(
+            s.scalars(
+                select(MessageRow.message_id_header).where(MessageRow.account_id == account_a.id)
+            )
+        )
+    assert left == {"a2@example.test"}
+    reader = MailboxReader(env.store, env.settings)
+    assert len(reader.list_messages(b, limit=10).items) == 2
+    assert cli.json("doctor")["deleted_past_retention"] == 0

@@ -219,3 +219,19 @@ def test_serve_links_a_new_contacts_mail_at_once_not_at_the_next_poll(
                 break
             time.sleep(0.05)
         assert len(linked) == 40
+
+
+def test_contacts_filter_by_origin_and_dismissals_can_be_lifted(admin: TestClient) -> None:
+    made = admin.post("/contacts", json={"name": "Ann", "emails": ["ann@cust.test"]})
+    assert made.status_code == 201 and made.json()["origin"] == "manual"
+    admin.post("/import/contacts", json=[{"name": "Cy", "emails": ["cy@cust.test"]}])
+    imported = admin.get("/contacts", params={"origin": "import"}).json()["items"]
+    assert [c["emails"] for c in imported] == [["cy@cust.test"]]
+    assert admin.get("/contacts", params={"origin": "nope"}).status_code == 422
+    assert admin.delete(f"/contacts/{made.json()['id']}").status_code == 204
+    page = admin.get("/contact-dismissals").json()
+    assert [d["address"] for d in page["items"]] == ["ann@cust.test"]
+    assert page["next_cursor"] is None
+    assert admin.delete("/contact-dismissals/ann@cust.test").status_code == 204
+    assert admin.delete("/contact-dismissals/ann@cust.test").status_code == 404
+    assert admin.get("/contact-dismissals").json()["items"] == []

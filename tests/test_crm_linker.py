@@ -573,3 +573,44 @@ def test_a_deleted_message_takes_its_links_with_it(store: Store) -> None:
     assert after == {link for link in links if link[0] != gone}
     store.remove_account("acc")
     assert _links(store) == set()
+
+
+def test_auto_created_contacts_say_so_and_a_deleted_one_is_not_made_again(store: Store) -> None:
+    """Auto-created contacts carry ``origin`` ``auto`` until a person changes them; deleting
+    a contact dismisses its addresses, so the next mail does not bring it back, until a
+    person makes a contact with the address (or lifts the dismissal)."""
+    account_id, _ = make_account_with_folders(store.engine, "box")
+    crm = CrmStore(store.engine)
+    me = (None, "box@example.test")
+    _mail(store, account_id, "s1", outbound=True, sender=me, to=[("Ann A", "ann@cust.test")])
+    _mail(store, account_id, "s2", outbound=True, sender=me, to=[("Bob B", "bob@cust.test")])
+    linker = LinkerStore(store.engine, _policy("sent"), batch=500)
+    linker.run_until_idle()
+    made = {c.emails[0]: c for c in crm.list_contacts(origin="auto").items}
+    assert set(made) == {"ann@cust.test", "bob@cust.test"}
+    assert crm.list_contacts(origin="manual").items == []
+    # A person's change adopts the contact.
+    assert crm.update_contact(made["bob@cust.test"].id, name="Bob").origin == "manual"
+    crm.delete_contact(made["ann@cust.test"].id)
+    rows, cursor = crm.list_dismissals()
+    assert [a for a, _ in rows] == ["ann@cust.test"] and cursor is None
+    later = _mail(store, account_id, "s3", outbound=True, sender=me, to=[(None, "ann@cust.test")])
+    linker.run_until_idle()
+    assert "ann@cust.test" not in _contacts(crm)
+    # Made by hand again: no longer dismissed, and her mail is on her timeline.
+    ann = crm.create_contact(name="Ann", emails=["ANN@cust.test"])
+    assert ann.origin == "manual" and crm.list_dismissals()[0] == []
+    linker.run_until_idle()
+    assert later in _timeline_ids(crm, "contact", ann.id)
+    # Imported contacts say so; lifting a dismissal that is not there is NotFound.
+    crm.import_records("contact", [{"name": "Cy", "emails": ["cy@cust.test"]}])
+    assert [c.emails for c in crm.list_contacts(origin="import").items] == [("cy@cust.test",)]
+    from correspond.errors import NotFound
+
+    with pytest.raises(NotFound):
+        crm.undismiss("nobody@cust.test")
+    crm.delete_contact(ann.id)
+    crm.undismiss("ann@cust.test")
+    _mail(store, account_id, "s4", outbound=True, sender=me, to=[(None, "ann@cust.test")])
+    linker.run_until_idle()
+    assert _contacts(crm)["ann@cust.test"][1] == ""

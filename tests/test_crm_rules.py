@@ -283,3 +283,11 @@ def test_contacts_to_create_takes_a_name_seen_later_in_the_same_message() -> Non
     assert plan.contacts == [("carl@cust.com", "Carl C")]
     with pytest.raises(ValueError, match="off, sent, all"):
         contacts_to_create([], AUTO_CTX, mode="always", limit=5)
+
+
+def test_contacts_to_create_never_makes_a_dismissed_address_again() -> None:
+    from dataclasses import replace
+
+    ctx = replace(AUTO_CTX, dismissed=frozenset({"ann@cust.com"}))
+    plan = contacts_to_create([SENT_TO_ANN, FROM_BOB], ctx, mode="all", limit=10)
+    assert plan.contacts == [("bob@cust.com", "Bob B")]

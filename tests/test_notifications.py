@@ -453,3 +453,24 @@ def test_the_audience_is_the_rule_asked_per_viewer(store: Store) -> None:
                 expected.add((account_id, user.id, "full" if user.is_admin else str(access)))
     assert got == expected
     assert (boxes["bob-box"], users["ann"].id, "metadata") in got
+
+
+def test_a_deleted_message_leaves_the_notifications_until_restored(
+    store: Store, notes: NotificationStore
+) -> None:
+    from correspond.store.outbox import OutboxStore
+
+    ann = add_user(store, "ann@example.test")
+    box = add_account(store, "ann-box", ann)
+    kept, gone = add_message(store, box, "kept"), add_message(store, box, "gone")
+    notes.fan_out()
+    page = notes.page(ann.id, is_admin=False)
+    assert {n.message_id for n in page.items} == {kept, gone} and page.unread == 2
+    outbox = OutboxStore(store.engine)
+    outbox.record(gone, "delete", user_id=ann.id)
+    page = notes.page(ann.id, is_admin=False)
+    assert {n.message_id for n in page.items} == {kept} and page.unread == 1
+    assert notes.unread_count(ann.id, is_admin=False) == 1
+    assert [n.message_id for n in notes.after([ann.id], 0)] == [kept]
+    outbox.record(gone, "restore", user_id=ann.id)
+    assert notes.page(ann.id, is_admin=False).unread == 2

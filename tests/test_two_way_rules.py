@@ -9,6 +9,7 @@ import pytest
 
 from correspond.rules.two_way import (
     TOGGLE_DEFAULTS,
+    CrmActionPlan,
     FlagChange,
     MailboxOp,
     Place,
@@ -67,6 +68,19 @@ REMOTE_CASES = [
     # back to INBOX: active again
     ("archived", [ARCHIVE], [INBOX], "active", "archived"),
     ("deleted", [TRASH], [INBOX], "active", "deleted"),
+    ("deleted", [TRASH], [TRASH, PROJECTS], "active", "deleted"),
+    # back from an unsynced Trash, or from nowhere (it had no location left): active again
+    ("deleted", [UNSYNCED_TRASH], [INBOX], "active", "deleted"),
+    ("deleted", [], [PROJECTS], "active", "deleted"),
+    ("archived", [UNSYNCED], [INBOX], "active", "archived"),
+    ("archived", [], [INBOX], "active", "archived"),
+    # ... but into another folder, an archived message stays archived
+    ("archived", [], [PROJECTS], "archived", "archived"),
+    # a CRM delete left in the mailbox (toggle 2 off): moving it there keeps it deleted
+    ("deleted", [INBOX], [PROJECTS], "deleted", "deleted"),
+    ("deleted", [INBOX], [INBOX, PROJECTS], "deleted", "deleted"),
+    # still in Trash only: stays deleted
+    ("deleted", [], [TRASH], "deleted", "deleted"),
     # a move between non-INBOX folders means nothing
     ("active", [PROJECTS], [ARCHIVE], "active", "active"),
     ("active", [SENT], [ARCHIVE], "active", "active"),
@@ -142,6 +156,8 @@ ACTION_CASES = [
     # restore / unarchive bring it back to INBOX under the same toggles
     ("restore", [TRASH], ALL_ON, "active", [("move", 3, "inbox")]),
     ("restore", [TRASH], ALL_OFF, "active", []),
+    # a restore of a copy outside Trash (a CRM delete with toggle 2 off) moves nothing
+    ("restore", [INBOX], ALL_ON, "active", []),
     ("unarchive", [ARCHIVE], ALL_ON, "active", [("move", 2, "inbox")]),
     ("unarchive", [ARCHIVE, INBOX], ALL_ON, "active", []),
 ]
@@ -264,3 +280,36 @@ def test_merge_remote_flags(
     )
     assert merged.flags == expected
     assert merged.superseded == superseded
+
+
+def test_restore_puts_it_back_where_it_was() -> None:
+    # Back to the folder it left (home), from a synced Trash or, looked up by Message-ID,
+    # from a Trash the account does not sync; with no home, to INBOX.
+    plan = mailbox_ops_for_crm_action(
+        "restore", state="deleted", locations=[TRASH], toggles=ALL_ON, home_folder_id=5
+    )
+    assert plan.ops == (MailboxOp("move", 3, to_folder_id=5),)
+    plan = mailbox_ops_for_crm_action(
+        "restore",
+        state="deleted",
+        locations=[],
+        toggles=ALL_ON,
+        home_folder_id=5,
+        unsynced_trash_id=8,
+    )
+    assert plan.state == "active" and plan.ops == (MailboxOp("move", 8, to_folder_id=5, find=True),)
+    plan = mailbox_ops_for_crm_action(
+        "restore", state="deleted", locations=[], toggles=ALL_ON, unsynced_trash_id=8
+    )
+    assert plan.ops == (MailboxOp("move", 8, to_role="inbox", find=True),)
+    # Toggle 2 off, or no Trash known: the CRM copy only.
+    for toggles, trash in ((ALL_OFF, 8), (ALL_ON, None)):
+        plan = mailbox_ops_for_crm_action(
+            "restore",
+            state="deleted",
+            locations=[],
+            toggles=toggles,
+            home_folder_id=5,
+            unsynced_trash_id=trash,
+        )
+        assert plan == CrmActionPlan("active")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from correspond.errors import AuthenticationFailed, ConfigError, NotFound
 from correspond.imap.client import ImapClient, ImapEndpoint, ImapLimits
@@ -26,17 +27,21 @@ from correspond.settings import Settings
 from correspond.store import Account, AccountSummary, Folder, FolderSyncResult, Store
 from correspond.store.blob_gc import RemovedAccount, remove_account_with_blobs
 from correspond.store.blobs import BlobStore
+from correspond.store.lifecycle import AccountFootprint, disconnect_account, footprint
 from correspond.store.records import draft_of
 from correspond.store.repository import PASSWORD_DROPPED
 from correspond.store.tables import utcnow
 from correspond.store.visibility import Viewer
+from correspond.store.wakeups import announce_account_change
 from correspond.sync.connection_test import ConnectionReport, check_connection
 
 __all__ = [
     "PASSWORD_DROPPED",
     "STATE_MESSAGES",
     "AccountService",
+    "LifecyclePlan",
     "describe_state",
+    "lifecycle_plan",
     "report_to_dict",
 ]
 
@@ -78,6 +83,78 @@ def report_to_dict(report: ConnectionReport) -> dict[str, Any]:
         "folders": shown,
         "certificate_sha256": getattr(report, "certificate_sha256", None),
     }
+
+
+_COUNTED = ("folders", "locations", "pending_actions", "messages", "threads")
+
+
+@dataclass(frozen=True, slots=True)
+class LifecyclePlan:
+    """What a disconnect or a removal of an account deletes and what it keeps, counted; with
+    ``dry_run`` nothing has happened yet. ``summary`` says it in one sentence for a person."""
+
+    account: str
+    action: Literal["disconnect", "remove"]
+    dry_run: bool
+    removed: dict[str, int | bool]
+    kept: dict[str, int]
+    summary: str
+
+
+def lifecycle_plan(
+    action: Literal["disconnect", "remove"], fp: AccountFootprint, *, dry_run: bool
+) -> LifecyclePlan:
+    """Split an account's footprint into what ``action`` removes and what it keeps.
+
+    A disconnect removes the credential, the folders, the message locations (where each
+    message is in the mailbox) and the CRM actions still waiting for the mailbox (marked
+    failed); it keeps the messages, threads and timeline entries. A removal deletes all of it,
+    the CRM history included."""
+    counts = {name: int(getattr(fp, name)) for name in _COUNTED}
+    timelines = int(fp.messages_on_timelines)
+    if action == "disconnect":
+        removed: dict[str, int | bool] = {
+            "credentials": fp.has_credentials,
+            "folders": counts["folders"],
+            "locations": counts["locations"],
+            "pending_actions": counts["pending_actions"],
+        }
+        kept = {
+            "messages": counts["messages"],
+            "threads": counts["threads"],
+            "messages_on_timelines": timelines,
+        }
+        password = "the stored password, " if fp.has_credentials else ""
+        what = (
+            f"{password}{counts['folders']} folder(s), {counts['locations']} "
+            f"message location(s) and {counts['pending_actions']} action(s) waiting for the "
+            f"mailbox; the {counts['messages']} message(s) ({timelines} on CRM timelines) stay "
+            "as history"
+        )
+    else:
+        removed = {"credentials": fp.has_credentials, **counts, "messages_on_timelines": timelines}
+        kept = {"messages": 0, "threads": 0, "messages_on_timelines": 0}
+        what = (
+            f"everything: {'the stored password, ' if fp.has_credentials else ''}"
+            f"{counts['folders']} folder(s), "
+            f"{counts['messages']} message(s) ({timelines} on CRM timelines, which lose them), "
+            f"{counts['threads']} thread(s) and the blobs no other account uses"
+        )
+    verb = {"disconnect": "Disconnecting", "remove": "Removing"}[action]
+    done = {"disconnect": "Disconnected", "remove": "Removed"}[action]
+    summary = (
+        f"{verb} {fp.name} would remove {what}."
+        if dry_run
+        else f"{done} {fp.name}: removed {what}."
+    )
+    return LifecyclePlan(
+        account=fp.name,
+        action=action,
+        dry_run=dry_run,
+        removed=removed,
+        kept=kept,
+        summary=summary,
+    )
 
 
 class AccountService:
@@ -124,10 +201,29 @@ class AccountService:
 
     def remove_account(self, name: str) -> RemovedAccount:
         """Delete the account and everything synced for it: its rows, then the blobs (raw
-        messages, attachment bodies) no other account's messages use."""
-        return remove_account_with_blobs(
+        messages, attachment bodies) no other account's messages use. Its CRM history goes
+        too (timeline entries of its messages): :meth:`disconnect_account` keeps it."""
+        removed = remove_account_with_blobs(
             self.store.engine, BlobStore.from_settings(self.settings), name
         )
+        announce_account_change(self.store.engine)  # its worker lets go at once
+        return removed
+
+    def footprint(self, name: str) -> AccountFootprint:
+        """What ``name`` holds (credential, folders, locations, pending actions, messages,
+        threads, messages on CRM timelines): what a disconnect or a removal would affect.
+        Changes nothing."""
+        return footprint(self.store.engine, name)
+
+    def disconnect_account(self, name: str) -> AccountFootprint:
+        """Stop syncing ``name`` and delete its credential, folders and locations; its messages
+        stay in the CRM as history (store.lifecycle). Returns what it held."""
+        return disconnect_account(self.store.engine, name)
+
+    def reconnect_account(self, name: str, password: str) -> Account:
+        """Reconnect a disconnected ``name`` with ``password``: the next sync backfills the
+        account's window before now and finds the messages it already has (same ids)."""
+        return self.store.reconnect_account(name, password)
 
     def list_folders(self, name: str, *, include_removed: bool = False) -> list[Folder]:
         return self.store.list_folders(name, include_removed=include_removed)
@@ -218,6 +314,17 @@ class AccountService:
         such a failure back to ``connecting``. Live or backfilling accounts keep their state.
         """
         account = await asyncio.to_thread(self.store.get_account, name)
+        if account.disconnected_at is not None:
+            return ConnectionReport(
+                ok=False,
+                problem="no_password",
+                message=(
+                    f"Account {name!r} is disconnected (its password and folders were removed "
+                    f"on {account.disconnected_at:%Y-%m-%d %H:%M} UTC): reconnect it with "
+                    f"`correspond account reconnect {name}` or POST /accounts/{name}/reconnect. "
+                    "Nothing was contacted."
+                ),
+            )
         if not account.has_secret:
             # Nothing is contacted: there is no password to sign in with.
             return ConnectionReport(

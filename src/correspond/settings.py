@@ -149,6 +149,26 @@ class Settings(BaseSettings):
     gone_check_max_folders: int = Field(
         default=20, ge=0, le=1000, description="Unsynced folders searched per sync pass"
     )
+    deleted_retention_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description="Days a deleted message stays recoverable (`restore`) before it is "
+        "purged with its blobs",
+    )
+    purge_batch_size: int = Field(
+        default=200,
+        ge=1,
+        le=10_000,
+        description="Deleted messages purged per pass (the worker runs a pass every "
+        "`purge_interval_seconds`)",
+    )
+    purge_interval_seconds: float = Field(
+        default=3600.0,
+        ge=1,
+        description="How often the worker purges messages deleted for longer than "
+        "`deleted_retention_days`",
+    )
     blob_orphan_grace_seconds: float = Field(
         default=600.0,
         ge=0,

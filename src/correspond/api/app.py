@@ -282,6 +282,7 @@ def create_app(
         teams.me_router,
         *crm.record_routers,
         crm.import_router,
+        crm.dismissal_router,
         crm.thread_deal_router,
         notifications.router,
         webhooks.router,

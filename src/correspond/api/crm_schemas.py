@@ -64,6 +64,10 @@ class ContactPublic(BaseModel):
     external_id: str | None
     created_at: datetime
     updated_at: datetime
+    origin: str = Field(
+        description="manual (made or last changed by a person), import (bulk import), or "
+        "auto (made by contact auto-creation, untouched since)."
+    )
 
     @classmethod
     def of(cls, c: Contact) -> ContactPublic:
@@ -75,7 +79,18 @@ class ContactPublic(BaseModel):
             external_id=c.external_id,
             created_at=c.created_at,
             updated_at=c.updated_at,
+            origin=c.origin,
         )
+
+
+class DismissalPublic(BaseModel):
+    address: str
+    dismissed_at: datetime
+
+
+class DismissalPagePublic(BaseModel):
+    items: list[DismissalPublic]
+    next_cursor: str | None
 
 
 class CompanyCreate(_Body):

@@ -156,7 +156,8 @@ class MessagePublic(BaseModel):
     gone_reason: str | None = Field(
         default=None,
         description="Why: 'expunged' (deleted on the server), 'moved to an unsynced folder', "
-        "'folder no longer synced', 'unknown'; null while not yet known",
+        "'folder no longer synced', 'unknown', 'account disconnected (kept as history)'; "
+        "null while not yet known",
     )
 
 
@@ -166,6 +167,7 @@ GONE_WORDS = {
     "moved": "moved to an unsynced folder",
     "unsynced": "folder no longer synced",
     "unknown": "unknown",
+    "disconnected": "account disconnected (kept as history)",
 }
 
 

@@ -357,6 +357,39 @@ class AccountPublic(BaseModel):
     access: AccessPublic | None = Field(
         default=None, description="What the caller may do with it (null where not asked)"
     )
+    disconnected_at: datetime | None = Field(
+        default=None,
+        description="When the user disconnected it (no password, folders or locations; its "
+        "messages kept as history) until a reconnect; null: connected",
+    )
+
+
+class AccountReconnect(BaseModel):
+    """Reconnect a disconnected account: its password (stored encrypted, never returned). The
+    connection settings are the account's; change them first with PATCH if they moved."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    password: SecretStr = Field(min_length=1, max_length=4096)
+
+
+class LifecyclePlanPublic(BaseModel):
+    """What a disconnect or a removal deletes and keeps (counts). With ``dry_run`` nothing
+    happened: this is the preview to show before asking."""
+
+    account: str
+    action: Literal["disconnect", "remove"]
+    dry_run: bool
+    removed: dict[str, int | bool] = Field(
+        description="credentials (whether a stored password goes), folders, locations, "
+        "pending_actions (marked failed), and for a removal messages, threads and "
+        "messages_on_timelines"
+    )
+    kept: dict[str, int] = Field(description="messages, threads, messages_on_timelines")
+    summary: str
+    result: AccountPublic | None = Field(
+        default=None, description="The account after a disconnect (null for a dry run)"
+    )
 
 
 class FolderPublic(BaseModel):
@@ -467,6 +500,7 @@ def account_public(
         access=None
         if access is None
         else AccessPublic(level=access.level, can_manage=access.manage),  # type: ignore[arg-type]
+        disconnected_at=a.disconnected_at,
     )
 
 

@@ -54,8 +54,11 @@ _CHECKED_BY_ROUTE = frozenset(
     {"token_id", "attachment_id", "user_id", "notification_id", "webhook_id"}
 )
 # CRM records are the organisation's: every signed-in user may see them (the route answers 404
-# for one that does not exist). ``kind`` names a kind of record to import, nothing owned.
-_SHARED = frozenset({"contact_id", "company_id", "deal_id", "activity_id", "kind"})
+# for one that does not exist). ``kind`` names a kind of record to import, nothing owned; a
+# ``dismissed_address`` is an address kept off contact auto-creation, the organisation's too.
+_SHARED = frozenset(
+    {"contact_id", "company_id", "deal_id", "activity_id", "kind", "dismissed_address"}
+)
 
 
 async def get_auth(request: Request) -> AuthService:

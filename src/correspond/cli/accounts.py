@@ -14,7 +14,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from correspond.accounts import STATE_MESSAGES, report_to_dict
+from correspond.accounts import STATE_MESSAGES, LifecyclePlan, lifecycle_plan, report_to_dict
 from correspond.api.message_schemas import (
     folder_with_counts_public,
 )
@@ -69,7 +69,7 @@ _FLAG_FOR_FIELD = {"name": "NAME", "email": "--email", "imap_host": "--imap-host
 
 @click.group(cls=_Group)
 def account() -> None:
-    """Add, test, list and remove mail accounts; choose their folders."""
+    """Add, test, list, pause, disconnect and remove mail accounts; choose their folders."""
 
 
 class _PresetType(click.ParamType):
@@ -759,7 +759,8 @@ def _print_account_json(cli: CliContext, name: str) -> None:
 @click.option("--json", "as_json_output", is_flag=True, help="Print the account as JSON.")
 @pass_cli
 def account_pause(cli: CliContext, name: str, as_json_output: bool) -> None:
-    """Stop syncing NAME until it is resumed (the worker running it lets go within seconds)."""
+    """Stop syncing NAME until it is resumed: the worker running it closes its connections
+    within a second. Its mail stays; CRM actions wait and reach the mailbox after the resume."""
     a = cli.leases.pause(name)
     if as_json_output:
         _print_account_json(cli, a.name)
@@ -773,7 +774,7 @@ def account_pause(cli: CliContext, name: str, as_json_output: bool) -> None:
 @pass_cli
 def account_resume(cli: CliContext, name: str, as_json_output: bool) -> None:
     """Sync NAME again after a pause (or after fixing what stopped it): a running worker picks
-    it up within seconds."""
+    it up at once, catches up from where it stopped, then applies the waiting CRM actions."""
     before = cli.store.get_account(name).state
     a = cli.leases.resume(name)
     if as_json_output:
@@ -904,18 +905,117 @@ def account_folders(
     _console().print(_folder_table(folders, title))
 
 
+def _plan_json(plan: LifecyclePlan) -> dict[str, Any]:
+    return {
+        "account": plan.account,
+        "action": plan.action,
+        "dry_run": plan.dry_run,
+        "removed": plan.removed,
+        "kept": plan.kept,
+        "summary": plan.summary,
+    }
+
+
+def _show_plan(plan: LifecyclePlan, as_json_output: bool) -> None:
+    if as_json_output:
+        _print_json(_plan_json(plan))
+    else:
+        click.echo(safe(plan.summary))
+
+
+def _confirm_plan(plan: LifecyclePlan, question: str, yes: bool) -> None:
+    """Say what will go (on stderr: standard output is the result's), then ask unless
+    ``--yes``; without a terminal to ask on, ``--yes`` is required."""
+    click.echo(safe(plan.summary), err=True)
+    if yes:
+        return
+    if not base._stdin_is_tty():
+        _fail(f"pass --yes to {plan.action} an account without a terminal to confirm on", 2)
+    click.confirm(question, abort=True, err=True)
+
+
+@account.command("disconnect")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (scripts).")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed and kept.")
+@click.option("--json", "as_json_output", is_flag=True, help="Print what it removed as JSON.")
+@pass_cli
+def account_disconnect(
+    cli: CliContext, name: str, yes: bool, dry_run: bool, as_json_output: bool
+) -> None:
+    """Stop syncing NAME and delete its stored password, folders and message locations; its
+    messages stay in the CRM (threads, timelines) as history, marked as from a disconnected
+    account. Says what it removes and asks first (--yes in scripts). `account reconnect NAME`
+    brings it back without duplicates; `account remove NAME` deletes everything instead."""
+    service = cli.service
+    preview = lifecycle_plan("disconnect", service.footprint(name), dry_run=True)
+    if dry_run:
+        _show_plan(preview, as_json_output)
+        return
+    _confirm_plan(preview, f"Disconnect account {name}?", yes)
+    done = lifecycle_plan("disconnect", service.disconnect_account(name), dry_run=False)
+    _show_plan(done, as_json_output)
+    if not as_json_output:
+        click.echo(f"Reconnect it with: correspond account reconnect {name}")
+
+
+@account.command("reconnect")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--json", "as_json_output", is_flag=True, help="Print the account as JSON.")
+@pass_cli
+def account_reconnect(
+    cli: CliContext, name: str, password_stdin: bool, as_json_output: bool
+) -> None:
+    """Reconnect the disconnected NAME with its password: a sync backfills the account's window
+    before now, and the messages the CRM kept are found again (same ids, no duplicates, their
+    timeline links intact). The password comes from the prompt or --password-stdin."""
+    account_now = cli.store.get_account(name)  # NotFound before asking
+    if account_now.disconnected_at is None:
+        _fail(
+            f"account {name} is not disconnected; to change its password: "
+            f"correspond account update {name} --password",
+            2,
+        )
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            _fail("missing: a password on standard input (it was empty)", 2)
+    elif base._stdin_is_tty():
+        # On stderr: with --json, standard output carries only the JSON.
+        password = click.prompt("Password", hide_input=True, err=True)
+    else:
+        _fail("no terminal to ask for the password on: give it with --password-stdin", 2)
+    a = cli.service.reconnect_account(name, password)
+    if as_json_output:
+        _print_account_json(cli, a.name)
+        return
+    click.echo(
+        f"Reconnected {a.name}: a running worker backfills the last {a.window_days} days "
+        f"(or: correspond sync {a.name})."
+    )
+
+
 @account.command("remove")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option("--json", "as_json_output", is_flag=True, help="With --dry-run: print it as JSON.")
 @pass_cli
-def account_remove(cli: CliContext, name: str, yes: bool) -> None:
-    """Delete account NAME and everything synced for it (the mailbox itself is untouched)."""
+def account_remove(
+    cli: CliContext, name: str, yes: bool, dry_run: bool, as_json_output: bool
+) -> None:
+    """Delete account NAME and everything synced for it, its CRM history included (the mailbox
+    itself is untouched). Says what it removes and asks first (--yes in scripts). To stop
+    syncing and keep the history: `account disconnect NAME`."""
     service = cli.service
-    service.get_account(name)  # NotFound before asking
-    if not yes:
-        if not base._stdin_is_tty():
-            _fail("pass --yes to remove an account without a terminal to confirm on", 2)
-        click.confirm(f"Remove account {name} and all its synced data?", abort=True)
+    preview = lifecycle_plan("remove", service.footprint(name), dry_run=True)
+    if dry_run:
+        _show_plan(preview, as_json_output)
+        return
+    if as_json_output:
+        _fail("--json goes with --dry-run (a removal prints one line)", 2)
+    _confirm_plan(preview, f"Remove account {name} and all its synced data?", yes)
     removed = service.remove_account(name)
     kept = f"; {removed.blobs_kept} kept (still used)" if removed.blobs_kept else ""
     click.echo(

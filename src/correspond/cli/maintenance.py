@@ -21,6 +21,7 @@ from correspond.settings import key_file_path
 from correspond.store.blob_gc import check_blobs
 from correspond.store.blobs import BlobStore
 from correspond.store.location import store_location
+from correspond.store.purge import PurgeReport, purge_all, purgeable
 
 
 @click.command("doctor", cls=_Command)
@@ -30,22 +31,41 @@ from correspond.store.location import store_location
 def doctor(cli: CliContext, fix: bool, as_json_output: bool) -> None:
     """Check the blob store against the database: orphaned blobs (raw messages and attachments
     no message references, e.g. left by a crash during `account remove`), temporary files
-    left by a killed sync, files others can read, referenced blobs that are missing. Reports
-    counts and bytes; --fix removes and repairs. Exits 1 when something needs fixing (without
-    --fix) or a referenced blob is missing."""
+    left by a killed sync, files others can read, referenced blobs that are missing, and
+    deleted messages past their retention (`deleted_retention_days`). Reports counts and
+    bytes; --fix removes and repairs (and purges those messages with the blobs only they
+    used). Exits 1 when something needs fixing (without --fix) or a referenced blob is
+    missing."""
     settings = cli.settings
+    blobs = BlobStore.from_settings(settings)
+    retention = settings.deleted_retention_days
+    due = purgeable(cli.store.engine, retention_days=retention)
+    purged = PurgeReport()
+    if fix and due:
+        with _status("Purging deleted messages...", not as_json_output):
+            purged = purge_all(
+                cli.store.engine,
+                blobs,
+                retention_days=retention,
+                batch=settings.purge_batch_size,
+                max_batches=1_000_000,
+            )
     with _status("Checking the blob store...", not as_json_output):
         check = check_blobs(
             cli.store.engine,
-            BlobStore.from_settings(settings),
+            blobs,
             fix=fix,
             orphan_grace_seconds=settings.blob_orphan_grace_seconds,
             temp_stale_seconds=settings.blob_temp_stale_seconds,
         )
-    needs_fix = bool(check.orphaned or check.temp_files or check.set_aside or check.not_private)
+    needs_fix = bool(
+        check.orphaned or check.temp_files or check.set_aside or check.not_private or due
+    )
     if as_json_output:
         data = dataclasses.asdict(check)
         data["blob_dir"] = str(settings.blob_dir)
+        data["deleted_past_retention"] = due
+        data["purged"] = dataclasses.asdict(purged)
         _print_json(data)
     else:
         grace = f"{settings.blob_orphan_grace_seconds:g} s"
@@ -69,6 +89,16 @@ def doctor(cli: CliContext, fix: bool, as_json_output: bool) -> None:
             lines.append(
                 f"Referenced blobs missing from disk: {check.missing} (e.g. "
                 f"{', '.join(check.missing_keys[:3])}); those messages' raw source is lost."
+            )
+        if due:
+            lines.append(
+                f"Deleted messages past their {retention}-day retention: {due}."
+                + (
+                    f" Purged {purged.messages}, with {purged.blobs_deleted} blobs "
+                    f"({_size(purged.bytes_freed)}) only they used."
+                    if fix
+                    else ""
+                )
             )
         if fix:
             lines.append(f"Fixed: removed {check.removed} files, {_size(check.removed_bytes)}.")

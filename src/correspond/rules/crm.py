@@ -177,6 +177,8 @@ class LinkContext:
     organisation_domains: Collection[str] = frozenset()
     blocklist: Collection[str] = frozenset()
     link_internal: bool = False
+    #: Addresses whose contact a person deleted: never auto-created again.
+    dismissed: Collection[str] = frozenset()
 
     def is_internal(self, address: str) -> bool:
         return address in self.internal or domain_of(address) in self.organisation_domains
@@ -258,7 +260,8 @@ def contacts_to_create(
     ``mode`` ``off`` creates none; ``sent`` takes the participants of outbound messages;
     ``all`` those of every message. Only external addresses (not internal, not at an
     organisation domain, not blocklisted), not automated (:func:`is_automated_address`), not
-    a contact already (``ctx.contacts``), each once, with the first name seen (else empty);
+    a contact already (``ctx.contacts``), not dismissed (``ctx.dismissed``: a person deleted
+    its contact), each once, with the first name seen (else empty);
     at most ``limit`` (see :class:`AutoCreatePlan` for how a batch is cut)."""
     if mode not in AUTO_CREATE_MODES:
         raise ValueError(f"auto-create mode must be one of {', '.join(AUTO_CREATE_MODES)}")
@@ -275,6 +278,7 @@ def contacts_to_create(
                 or address in ctx.contacts
                 or ctx.is_internal(address)
                 or ctx.is_blocked(address)
+                or address in ctx.dismissed
                 or is_automated_address(address)
             ):
                 continue

@@ -154,21 +154,33 @@ def crm_state_after_remote_change(
     - Expunged from every folder, or now only in Trash: ``deleted`` (toggle 1).
     - Out of INBOX and now in Archive or another folder but Trash and Junk: ``archived``
       (toggle 3). Moved to Junk: nothing (the user says spam, not done).
-    - Back in INBOX after being archived (toggle 3), or out of Trash after being deleted
-      (toggle 1): ``active`` again.
+    - Back in INBOX after being archived (toggle 3), or out of Trash (or back from nowhere
+      the CRM syncs) into a synced folder after being deleted (toggle 1): ``active`` again.
+      A deleted message that never left its synced folders (a CRM delete with toggle 2 off)
+      stays deleted whatever it does there.
     Everything else, and everything with its toggle off, keeps the state.
     """
     lived = [p for p in before if p.selected]
-    if not lived:
-        return RemoteVerdict(state, "not in a synced folder before: the CRM never saw it there")
+    now_in = [p for p in after if p.selected]
     if state == "deleted":
-        if (
-            toggles.delete_in_crm_on_remote_delete
-            and _in_role(lived, "trash")
-            and any(p.role != "trash" for p in after)
-        ):
+        # Back in a synced folder outside Trash, from Trash or from nowhere the CRM synced
+        # (an unsynced Trash, or gone): the user took it back. In a synced folder outside
+        # Trash all along (a CRM delete with toggle 2 off), it stays deleted: the CRM's call.
+        was_out = not any(p.role != "trash" for p in lived)
+        is_back = any(p.role != "trash" for p in now_in)
+        if toggles.delete_in_crm_on_remote_delete and was_out and is_back:
             return RemoteVerdict("active", "taken out of Trash")
         return RemoteVerdict(state, "deleted stays deleted")
+    if not lived:
+        # Turning up in a synced folder from nowhere the CRM synced: only INBOX means
+        # something (an archived message moved back to INBOX from an unsynced folder).
+        if (
+            state == "archived"
+            and _in_role(now_in, "inbox")
+            and toggles.archive_in_crm_on_remote_archive
+        ):
+            return RemoteVerdict("active", "moved back to INBOX")
+        return RemoteVerdict(state, "not in a synced folder before: the CRM never saw it there")
     if not after:
         if toggles.delete_in_crm_on_remote_delete:
             return RemoteVerdict("deleted", "expunged from every folder")
@@ -201,6 +213,9 @@ class MailboxOp:
     - ``move``: move it from ``folder_id`` to the folder with role ``to_role`` (or to
       ``to_folder_id``);
     - ``expunge``: remove the copy in ``folder_id`` (\\Deleted + UID EXPUNGE of that UID only).
+
+    ``find``: the copy in ``folder_id`` is not stored (a folder the account does not sync, such
+    as Trash by default): it is looked up there by Message-ID.
     """
 
     kind: Literal["store", "move", "expunge"]
@@ -209,6 +224,7 @@ class MailboxOp:
     value: bool = True
     to_role: str | None = None
     to_folder_id: int | None = None
+    find: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +250,8 @@ def mailbox_ops_for_crm_action(
     locations: Sequence[Place],
     toggles: Toggles,
     to_folder_id: int | None = None,
+    home_folder_id: int | None = None,
+    unsynced_trash_id: int | None = None,
 ) -> CrmActionPlan:
     """What a CRM action on a message means for the CRM state and for the mailbox.
 
@@ -246,7 +264,9 @@ def mailbox_ops_for_crm_action(
     - delete: ``deleted``; with toggle 2 every copy outside Trash moves to Trash (one copy is
       enough: the others are expunged once one is in Trash).
     - restore / unarchive: ``active``; with the matching toggle the copy comes back to INBOX
-      (from Trash, or from Archive).
+      (from Trash, or from Archive). A restore puts it back where it was (``home_folder_id``:
+      the synced folder it left, when known) and, when Trash is not synced
+      (``unsynced_trash_id``) and the message is in no synced folder, looks for it there.
     - move: the copies outside the target move to ``to_folder_id`` (the first one moves, the
       others are expunged: a move leaves one copy), whatever the toggles (a move is explicit).
     """
@@ -286,6 +306,20 @@ def mailbox_ops_for_crm_action(
             else toggles.archive_remote_on_crm_archive
         )
         sources = [p for p in locations if p.role == source_role]
+        if action == "restore":
+            if not allowed or any(p.role != "trash" for p in locations):
+                return CrmActionPlan("active")  # toggle off, or still (or again) outside Trash
+            if sources:
+                source, find = sources[0].folder_id, False
+            elif unsynced_trash_id is not None:
+                source, find = unsynced_trash_id, True
+            else:
+                return CrmActionPlan("active")
+            if home_folder_id is not None:
+                back = MailboxOp("move", source, to_folder_id=home_folder_id, find=find)
+            else:
+                back = MailboxOp("move", source, to_role="inbox", find=find)
+            return CrmActionPlan("active", (back,))
         if not allowed or not sources or _in_role(locations, "inbox"):
             return CrmActionPlan("active")
         return CrmActionPlan("active", (MailboxOp("move", sources[0].folder_id, to_role="inbox"),))

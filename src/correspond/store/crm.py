@@ -41,10 +41,12 @@ from correspond.rules.crm import (
     normalize_domain,
 )
 from correspond.store.crm_tables import (
+    CONTACT_ORIGINS,
     ActivityParticipantRow,
     ActivityRow,
     CompanyDomainRow,
     CompanyRow,
+    ContactDismissalRow,
     ContactEmailRow,
     ContactRow,
     DealContactRow,
@@ -62,7 +64,7 @@ from correspond.store.message_queries import (
     decode_cursor,
     encode_cursor,
 )
-from correspond.store.message_tables import MessageRow, ThreadRow
+from correspond.store.message_tables import MessageRow, ThreadRow, shown
 from correspond.store.tables import UtcDateTime, utcnow
 from correspond.store.visibility import Viewer, viewer_params, visible_message_filter
 
@@ -90,6 +92,7 @@ class Contact:
     external_id: str | None
     created_at: datetime
     updated_at: datetime
+    origin: str = "manual"
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +277,7 @@ class CrmStore:
                 r.external_id,
                 r.created_at,
                 r.updated_at,
+                r.origin,
             )
             for r in rows
         ]
@@ -300,9 +304,15 @@ class CrmStore:
         )
 
     def _set_contact(
-        self, s: Session, row: ContactRow | None, fields: dict[str, Any]
+        self,
+        s: Session,
+        row: ContactRow | None,
+        fields: dict[str, Any],
+        origin: str = "manual",
     ) -> ContactRow:
-        """Create (``row`` None) or change a contact from already-checked ``fields``."""
+        """Create (``row`` None) or change a contact from already-checked ``fields``; the
+        contact's ``origin`` becomes ``origin`` (a person's change adopts an auto-created
+        contact). Its addresses are no longer dismissed from auto-creation."""
         emails = addresses(fields["emails"]) if "emails" in fields else None
         if "external_id" in fields:
             fields["external_id"] = _external(fields["external_id"])
@@ -319,6 +329,7 @@ class CrmStore:
                 name=fields.get("name") or "",
                 company_id=fields.get("company_id"),
                 external_id=fields.get("external_id"),
+                origin=origin,
             )
             s.add(row)
             s.flush()
@@ -332,6 +343,7 @@ class CrmStore:
                 if key in fields:
                     setattr(row, key, fields[key] if key != "name" else fields[key] or "")
             row.updated_at = utcnow()
+            row.origin = origin
             if "company_id" in fields or emails is not None:
                 touched |= old  # its messages' company links change
             if emails is not None:
@@ -340,6 +352,10 @@ class CrmStore:
         if emails is not None:
             s.add_all(ContactEmailRow(contact_id=row.id, address=a) for a in emails)
             touched |= set(emails)
+            if emails:
+                s.execute(
+                    delete(ContactDismissalRow).where(ContactDismissalRow.address.in_(emails))
+                )
         self._enqueue(s, addrs=touched)
         s.flush()
         return row
@@ -358,9 +374,18 @@ class CrmStore:
             return self._contacts(s, [self._row(s, "contact", contact_id)])[0]
 
     def list_contacts(
-        self, *, q: str | None = None, after: int | None = None, limit: int = 50
+        self,
+        *,
+        q: str | None = None,
+        after: int | None = None,
+        limit: int = 50,
+        origin: str | None = None,
     ) -> RecordPage[Contact]:
         query = select(ContactRow)
+        if origin is not None:
+            if origin not in CONTACT_ORIGINS:
+                raise ConfigError(f"origin must be one of {', '.join(CONTACT_ORIGINS)}")
+            query = query.where(ContactRow.origin == origin)
         if q and q.strip():
             pattern = _pattern(q.strip())
             query = query.where(
@@ -386,6 +411,52 @@ class CrmStore:
             self._drop_links(s, "contact", contact_id)
             s.delete(row)
             self._enqueue(s, addrs=old)
+            self._dismiss(s, old)
+
+    @staticmethod
+    def _dismiss(s: Session, addrs: Sequence[str]) -> None:
+        """A deleted contact's addresses: auto-creation must not make it again."""
+        if not addrs:
+            return
+        known = set(
+            s.scalars(
+                select(ContactDismissalRow.address).where(ContactDismissalRow.address.in_(addrs))
+            )
+        )
+        now = utcnow()
+        s.add_all(ContactDismissalRow(address=a, dismissed_at=now) for a in addrs if a not in known)
+
+    def list_dismissals(
+        self, *, after: str | None = None, limit: int = 50
+    ) -> tuple[list[tuple[str, datetime]], str | None]:
+        """Dismissed addresses in address order, ``limit`` after ``after``; and the cursor
+        of the next page (the last address) when there is one."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ConfigError(f"limit must be between 1 and {MAX_PAGE}")
+        query = select(ContactDismissalRow.address, ContactDismissalRow.dismissed_at)
+        if after is not None:
+            query = query.where(ContactDismissalRow.address > after)
+        with self._tx() as s:
+            rows = [
+                (str(a), d)
+                for a, d in s.execute(
+                    query.order_by(ContactDismissalRow.address).limit(limit + 1)
+                ).all()
+            ]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (rows[-1][0] if more else None)
+
+    def undismiss(self, address: str) -> None:
+        """Let auto-creation make a contact for ``address`` again; NotFound when it is not
+        dismissed."""
+        norm = addresses([address])[0]
+        with self._tx() as s:
+            gone = s.execute(
+                delete(ContactDismissalRow).where(ContactDismissalRow.address == norm)
+            ).rowcount
+            if not gone:
+                raise NotFound(f"{norm} is not dismissed")
 
     # -- companies -------------------------------------------------------------------------
 
@@ -745,7 +816,10 @@ class CrmStore:
                 with self._tx() as s:
                     fields = self._resolve(s, dict(raw))
                     row = self._match(s, kind, fields)
-                    setter[kind](s, row, fields)
+                    if kind == "contact":
+                        self._set_contact(s, row, fields, origin="import")
+                    else:
+                        setter[kind](s, row, fields)
                 if row is None:
                     report.created += 1
                 else:
@@ -881,7 +955,7 @@ class CrmStore:
             .where(
                 link.target_kind == kind,
                 link.target_id == target_id,
-                MessageRow.state != "deleted",
+                shown(MessageRow.state),
                 visible_message_filter(viewer, MessageRow.account_id),
             )
         )

@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 _Id = BigInteger().with_variant(Integer(), "sqlite")
+CONTACT_ORIGINS = ("manual", "import", "auto")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -82,6 +83,7 @@ class CompanyDomainRow(Base):
 
 class ContactRow(Base):
     __tablename__ = "contacts"
+    __table_args__ = (CheckConstraint(_in("origin", CONTACT_ORIGINS), name="origin"),)
 
     id: Mapped[int] = mapped_column(_Id, primary_key=True)
     name: Mapped[str] = mapped_column(Text, default="")
@@ -89,8 +91,21 @@ class ContactRow(Base):
         ForeignKey("companies.id", ondelete="SET NULL"), index=True
     )
     external_id: Mapped[str | None] = mapped_column(String(200), unique=True)
+    #: ``manual`` (made or last changed by a person), ``import`` (by a bulk import), ``auto``
+    #: (made by contact auto-creation and not touched since).
+    origin: Mapped[str] = mapped_column(String(8), default="manual", server_default="manual")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ContactDismissalRow(Base):
+    """An address whose contact was deleted: contact auto-creation never makes it again
+    (until a person makes a contact with it, which removes the row)."""
+
+    __tablename__ = "contact_dismissals"
+
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    dismissed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ContactEmailRow(Base):

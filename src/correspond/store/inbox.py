@@ -82,6 +82,7 @@ from correspond.store.message_tables import (
     MessageLocationRow,
     MessageRow,
     ThreadRow,
+    shown,
 )
 from correspond.store.tables import FOLDER_ROLES, AccountRow, FolderRow, UtcDateTime
 from correspond.store.visibility import (
@@ -245,7 +246,7 @@ def _in_view(m: Any, shape: tuple[Any, ...]) -> list[ColumnElement[bool]]:
     """Whether message ``m`` (an alias of ``messages``) is in the view, but for its folder:
     not deleted, not gone, and every filter of ``shape``."""
     _, unread, starred, attachment, contact, deal = shape
-    terms: list[ColumnElement[bool]] = [m.state != "deleted", m.gone_from_mailbox_at.is_(None)]
+    terms: list[ColumnElement[bool]] = [shown(m.state), m.gone_from_mailbox_at.is_(None)]
     if unread is not None:
         seen = _flag(m.flags, "Seen")
         terms.append(not_(seen) if unread else seen)
@@ -415,7 +416,7 @@ def _details_statement(postgres: bool) -> Select[Any]:
             .over(partition_by=_M.thread_id, order_by=(_M.sort_at.desc(), _M.id.desc()))
             .label("rank"),
         )
-        .where(_among_threads(postgres), _M.state != "deleted", _M.gone_from_mailbox_at.is_(None))
+        .where(_among_threads(postgres), shown(_M.state), _M.gone_from_mailbox_at.is_(None))
         .subquery("ranked")
     )
     c = ranked.c

@@ -36,10 +36,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, Table, and_, case, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from correspond.errors import ConfigError, NotFound
+from correspond.errors import ConfigError, Conflict, NotFound
 from correspond.store.engine import unit_of_work
 from correspond.store.records import Account, account_from_row
 from correspond.store.tables import ACCOUNT_STATES, AccountRow, utcnow
+from correspond.store.wakeups import announce_account_change
 
 __all__ = [
     "RESUMABLE_STATES",
@@ -379,14 +380,19 @@ class AccountLeases:
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def pause(self, name: str, detail: str = "Paused by the user.") -> Account:
-        """Stop syncing ``name``: state ``paused``. The worker holding it stops at its next
-        lease round and gives the lease up."""
+        """Stop syncing ``name``: state ``paused``. The worker holding it hears of it at once
+        (:func:`~correspond.store.wakeups.announce_account_change`), closes the account's IMAP
+        connections and gives the lease up; its data and its waiting outbox rows stay."""
         with self._tx() as s:
             row = self._row(s, name)
+            if row.disconnected_at is not None:
+                raise Conflict(_disconnected_words(name))
             row.state = "paused"
             row.state_detail = detail
             s.flush()
-            return account_from_row(row)
+            account = account_from_row(row)
+        announce_account_change(self._engine)
+        return account
 
     def resume(self, name: str, detail: str = "Resumed; waiting for a sync worker.") -> Account:
         """Sync ``name`` again: a paused (or failed: the user has acted) account goes back to
@@ -394,6 +400,8 @@ class AccountLeases:
         synced. A running account is unchanged."""
         with self._tx() as s:
             row = self._row(s, name)
+            if row.disconnected_at is not None:
+                raise Conflict(_disconnected_words(name))
             if row.state in RESUMABLE_STATES:
                 if row.auth_kind == "password" and row.secret_encrypted is None:
                     raise ConfigError(
@@ -406,7 +414,9 @@ class AccountLeases:
                 when = f"{last:%Y-%m-%d %H:%M:%S} UTC" if last is not None else "never"
                 row.state_detail = f"{detail} Last synced: {when}."
                 s.flush()
-            return account_from_row(row)
+            account = account_from_row(row)
+        announce_account_change(self._engine)
+        return account
 
     @staticmethod
     def _row(s: Session, name: str) -> AccountRow:
@@ -414,3 +424,11 @@ class AccountLeases:
         if row is None:
             raise NotFound(f"no account named {name!r}")
         return row
+
+
+def _disconnected_words(name: str) -> str:
+    return (
+        f"account {name!r} is disconnected (its credentials and folders were removed): "
+        f"reconnect it with a password (`correspond account reconnect {name}` or "
+        f"POST /accounts/{name}/reconnect)"
+    )

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
@@ -74,6 +74,7 @@ from correspond.rules.crm import (
 from correspond.store.crm_tables import (
     ActivityParticipantRow,
     CompanyDomainRow,
+    ContactDismissalRow,
     ContactEmailRow,
     ContactRow,
     DealContactRow,
@@ -395,6 +396,18 @@ class LinkerStore:
             .where(MessageRow.id.in_(scope))
             .order_by(MessageRow.id)
         ).all()
+        ctx = self._context(conn, scope)
+        dismissed = frozenset(
+            conn.scalars(
+                select(ContactDismissalRow.address).where(
+                    ContactDismissalRow.address.in_(
+                        select(_PARTICIPANTS.c.address)
+                        .where(_PARTICIPANTS.c.message_id.in_(scope))
+                        .distinct()
+                    )
+                )
+            )
+        )
         plan = contacts_to_create(
             [
                 (
@@ -405,7 +418,7 @@ class LinkerStore:
                 )
                 for _, from_email, from_name, to, cc, bcc, direction in messages
             ],
-            self._context(conn, scope),
+            replace(ctx, dismissed=dismissed),
             mode=self.policy.auto_create,
             limit=self.policy.auto_create_limit,
         )
@@ -421,7 +434,10 @@ class LinkerStore:
             now = utcnow()
             ids = conn.scalars(
                 insert(ContactRow).returning(ContactRow.id, sort_by_parameter_order=True),
-                [{"name": name, "created_at": now, "updated_at": now} for _, name in plan.contacts],
+                [
+                    {"name": name, "origin": "auto", "created_at": now, "updated_at": now}
+                    for _, name in plan.contacts
+                ],
             ).all()
             conn.execute(
                 insert(ContactEmailRow),

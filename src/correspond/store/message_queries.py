@@ -45,6 +45,7 @@ from correspond.store.message_tables import (
     MessageLocationRow,
     MessageRow,
     ThreadRow,
+    shown,
 )
 from correspond.store.tables import AccountRow, FolderRow, UtcDateTime
 
@@ -608,7 +609,7 @@ class MessageQueries:
                 rows = list(
                     s.scalars(
                         select(MessageRow)
-                        .where(MessageRow.thread_id == thread_id)
+                        .where(MessageRow.thread_id == thread_id, shown(MessageRow.state))
                         .order_by(MessageRow.sort_at.desc(), MessageRow.id.desc())
                         .limit(MAX_THREAD_MESSAGES)
                     )
@@ -677,7 +678,7 @@ def _build_statement(shape: tuple[Any, ...], by_name: bool = False) -> Select[An
     if drive or not by_name:
         query = query.where(MessageRow.account_id == account)
     if not include_deleted:
-        query = query.where(MessageRow.state != "deleted")
+        query = query.where(shown(MessageRow.state))
     if in_folder:
         query = query.where(
             exists().where(loc.message_id == MessageRow.id, loc.folder_id == bindparam("folder_id"))

@@ -17,7 +17,7 @@ Same :class:`~correspond.store.tables.Base` as accounts and folders (migration `
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -32,6 +32,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.sql.elements import ColumnElement
 
 from correspond.store.tables import Base, utcnow
 
@@ -46,6 +47,7 @@ __all__ = [
     "MessageSubjectKeyRow",
     "ThreadRow",
     "list_sort_at",
+    "shown",
 ]
 
 MESSAGE_STATES = ("active", "archived", "deleted")
@@ -71,6 +73,14 @@ def list_sort_at(
     if internaldate is not None:
         return internaldate
     return created_at
+
+
+def shown(state: Any) -> ColumnElement[bool]:
+    """The one filter every list, thread, inbox view, timeline, search and notification query
+    applies to ``messages.state`` (``state``: the column, of the table or of an alias): a
+    ``deleted`` message is hidden everywhere until it is restored or purged, and is still read
+    by id (with its state)."""
+    return cast("ColumnElement[bool]", state != "deleted")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -111,6 +121,8 @@ class MessageRow(Base):
         # a page is one index range scan, however big the mailbox (migration 0006).
         Index("ix_messages_account_sort", "account_id", "sort_at", "id"),
         Index("ix_messages_thread_sort", "thread_id", "sort_at", "id"),
+        # The purge's scan (migration 0016): only deleted messages have a deleted_at.
+        Index("ix_messages_deleted_at", "deleted_at"),
     )
 
     id: Mapped[int] = mapped_column(_Id, primary_key=True)
@@ -152,6 +164,13 @@ class MessageRow(Base):
     # GONE_REASONS, or NULL while the engine has not yet looked for it in the unsynced folders.
     gone_from_mailbox_at: Mapped[datetime | None] = mapped_column()
     gone_reason: Mapped[str | None] = mapped_column(String(40))
+    #: When the message became ``deleted`` (NULL otherwise); purged
+    #: ``Settings.deleted_retention_days`` later (migration 0016).
+    deleted_at: Mapped[datetime | None] = mapped_column()
+    #: The synced folders (ids) it sat in when its last location went (to Trash, another
+    #: folder, or expunged): where a restore puts it back, and the "before" of the two-way
+    #: rule when it turns up again. NULL while it has a location.
+    home_folder_ids: Mapped[list[int] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     #: Where the message sits in lists: Date, else INTERNALDATE, else when it was stored
     #: (:func:`list_sort_at`). Set once at insert; those three never change afterwards.

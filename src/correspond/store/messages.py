@@ -55,8 +55,15 @@ from correspond.store.message_tables import (
     MessageSubjectKeyRow,
     ThreadRow,
     list_sort_at,
+    shown,
 )
 from correspond.store.outbox import pending_flag_changes, supersede_flag_rows
+from correspond.store.remote_state import (
+    home_folders_of,
+    settle_after_link,
+    settle_after_removal,
+    settle_explained,
+)
 from correspond.store.tables import FolderRow, utcnow
 from correspond.store.wakeups import send_wakeup
 from correspond.store.webhooks import queue_changed_messages
@@ -793,6 +800,8 @@ class MessageStore:
                     )
                 # Their last location gone: why is for the engine to find out (reason NULL).
                 _mark_gone(s, losing, None)
+                # What leaving this folder means for the CRM copy (store.remote_state).
+                settle_after_removal(s, dict.fromkeys(losing, (folder_id,)))
                 # Webhooks hear of it in the same transaction (one query when none listens).
                 queue_changed_messages(s, changed, losing)
                 if checkpoint is not None:
@@ -824,10 +833,26 @@ class MessageStore:
             raise StoreError(f"could not look up messages: {database_failure(exc)}") from exc
         return [(int(i), None if h is None else str(h)) for i, h in rows]
 
-    def set_gone_reasons(self, reasons: Mapping[int, str]) -> None:
-        """Record why each message left the mailbox (only while it still has no location)."""
+    def set_gone_reasons(
+        self,
+        reasons: Mapping[int, str],
+        *,
+        account_id: int | None = None,
+        found_in: Mapping[int, int] = {},
+    ) -> None:
+        """Record why each message left the mailbox (only while it still has no location),
+        and, given ``account_id``, what that means for its CRM state: ``moved`` to the
+        unsynced folder ``found_in`` names, or ``expunged`` (``rules.two_way``; ``unknown``
+        decides nothing)."""
         try:
             with self._session() as s, s.begin():
+                if account_id is not None:
+                    explained: dict[int, int | None] = {
+                        mid: found_in.get(mid)
+                        for mid, reason in reasons.items()
+                        if reason == "expunged" or (reason == "moved" and mid in found_in)
+                    }
+                    settle_explained(s, account_id, explained)
                 by_reason: dict[str, list[int]] = {}
                 for mid, reason in reasons.items():
                     by_reason.setdefault(reason, []).append(mid)
@@ -889,7 +914,9 @@ class MessageStore:
         offset: int = 0,
     ) -> list[MessageSummary]:
         """Messages newest first, optionally only those in one folder or one thread."""
-        query = select(MessageRow).where(MessageRow.account_id == account_id)
+        query = select(MessageRow).where(
+            MessageRow.account_id == account_id, shown(MessageRow.state)
+        )
         query = where_in_folder_or_thread(query, folder_id=folder_id, thread_id=thread_id)
         query = (
             query.order_by(MessageRow.date.desc().nulls_last(), MessageRow.id.desc())
@@ -1007,6 +1034,9 @@ class _BatchIngest:
         self.dropped_pending: set[int] = set()
         # Subject keys gained by stored messages (Bcc learnt from a Sent copy).
         self.new_subject_keys: list[dict[str, Any]] = []
+        # Stored messages whose CRM state a new copy may change (not active, or gone from
+        # the synced folders): read with the lookup, so the common case costs no query.
+        self.restate: set[int] = set()
 
     def _resolve(self, thread_id: int | None) -> int | None:
         while thread_id is not None and thread_id in self.alias:
@@ -1343,8 +1373,20 @@ class _BatchIngest:
                 and i.data.direction == "outbound"
             }
         )
+        # What a new copy of a stored message means for its CRM state (moved back to INBOX,
+        # out of Trash, or found in the folder it was moved to): decided before the writes.
+        relinked = self.restate & {
+            existing[i.data.dedupe_key]
+            for i in todo
+            if i.data.dedupe_key in existing and i.data.dedupe_key not in created_keys
+        }
+        state_changes = (
+            settle_after_link(s, home_folders_of(s, relinked), self.folder_id) if relinked else []
+        )
         # Every write from here on goes in one pipeline on PostgreSQL: one round trip.
         with _pipelined(s):
+            for mid, values in state_changes:
+                s.execute(update(_MESSAGES).where(_MESSAGES.c.id == mid).values(values))
             real_thread = self._insert_pending_threads(
                 None if reserved is None else reserved[_THREADS.name]
             )
@@ -1476,18 +1518,22 @@ class _BatchIngest:
         """Add the stored messages among ``keys`` to ``existing`` (key -> id), their sender
         and Date to ``facts`` and their list position to ``sort_of`` (id -> sort_at)."""
         for part in _chunks(sorted(set(keys) - set(existing))):
-            for mid, key, sender, when, sort_at in self.s.execute(
+            for mid, key, sender, when, sort_at, state, gone in self.s.execute(
                 select(
                     MessageRow.id,
                     MessageRow.dedupe_key,
                     MessageRow.from_email,
                     MessageRow.date,
                     MessageRow.sort_at,
+                    MessageRow.state,
+                    MessageRow.gone_from_mailbox_at,
                 ).where(
                     MessageRow.account_id == self.account_id,
                     _in(self.s, MessageRow.dedupe_key, part),
                 )
             ):
+                if state != "active" or gone is not None:
+                    self.restate.add(int(mid))
                 existing[key] = int(mid)
                 facts[key] = KeyFacts(sender, _aware(when))
                 sort_of[int(mid)] = sort_at

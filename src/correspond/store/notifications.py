@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from correspond.errors import NotFound
 from correspond.store.engine import register_table_modules, unit_of_work
-from correspond.store.message_tables import MessageRow
+from correspond.store.message_tables import MessageRow, shown
 from correspond.store.notify_tables import FanoutSeenRow, FanoutStateRow, NotificationRow
 from correspond.store.tables import AccountRow, UserRow, utcnow
 from correspond.store.visibility import (
@@ -185,6 +185,7 @@ def _select_notifications(access: ColumnElement[str]) -> Any:
         select(*_NOTIFICATION_COLUMNS, access)
         .join(MessageRow, MessageRow.id == NotificationRow.message_id)
         .join(AccountRow, AccountRow.id == NotificationRow.account_id)
+        .where(shown(MessageRow.state))
     )
 
 
@@ -400,7 +401,12 @@ class NotificationStore:
                 select(func.count())
                 .select_from(NotificationRow)
                 .join(AccountRow, AccountRow.id == NotificationRow.account_id)
-                .where(self._rule(user_id, is_admin)[0], NotificationRow.read_at.is_(None))
+                .join(MessageRow, MessageRow.id == NotificationRow.message_id)
+                .where(
+                    self._rule(user_id, is_admin)[0],
+                    NotificationRow.read_at.is_(None),
+                    shown(MessageRow.state),
+                )
             ).scalar_one()
         )
 

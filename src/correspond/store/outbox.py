@@ -10,10 +10,11 @@ next sync), retried later (transient), failed (permanent) or superseded (the con
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Engine, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,6 +32,7 @@ from correspond.store.engine import register_table_modules, unit_of_work
 from correspond.store.message_tables import MessageLocationRow, MessageRow
 from correspond.store.outbox_tables import OUTBOX_KINDS, OutboxRow
 from correspond.store.records import TOGGLES
+from correspond.store.remote_state import settle_after_removal, state_values
 from correspond.store.tables import AccountRow, FolderRow, utcnow
 from correspond.store.wakeups import send_outbox_wakeup
 
@@ -41,6 +43,7 @@ __all__ = [
     "LocationTarget",
     "OutboxAction",
     "OutboxStore",
+    "RestorePlaces",
     "pending_flag_changes",
     "supersede_flag_rows",
 ]
@@ -159,6 +162,43 @@ def _places_of(s: Session, message_ids: Sequence[int]) -> dict[int, list[Place]]
             continue  # on its way out (left \Deleted without UIDPLUS): not where it lives
         out.setdefault(int(r.message_id), []).append(Place(int(r.id), r.role, True))
     return out
+
+
+_SEARCHABLE_ID = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{3,250}")
+
+
+class RestorePlaces(NamedTuple):
+    """Where a restore puts a message back (the synced folder it left, when it still exists)
+    and the account's Trash when the account does not sync it (looked in by Message-ID; None
+    when the message has no Message-ID to look for)."""
+
+    home_folder_id: int | None
+    unsynced_trash_id: int | None
+
+
+def _restore_places(s: Session, message: MessageRow) -> RestorePlaces:
+    home: int | None = None
+    for folder_id in message.home_folder_ids or ():
+        row = s.get(FolderRow, int(folder_id))
+        if row is not None and not row.removed and row.selectable:
+            home = row.id
+            break
+    trash: int | None = None
+    header = message.message_id_header
+    if header and _SEARCHABLE_ID.fullmatch(header):
+        trash = s.scalar(
+            select(FolderRow.id)
+            .where(
+                FolderRow.account_id == message.account_id,
+                FolderRow.role == "trash",
+                FolderRow.selected.is_(False),
+                FolderRow.removed.is_(False),
+                FolderRow.selectable.is_(True),
+            )
+            .order_by(FolderRow.id)
+            .limit(1)
+        )
+    return RestorePlaces(home, trash)
 
 
 def pending_flag_changes(s: Session, message_ids: Collection[int]) -> dict[int, list[FlagChange]]:
@@ -355,14 +395,21 @@ class OutboxStore:
                 raise ConfigError("move: no such folder in the message's account")
             if not target.selectable:
                 raise ConfigError(f"move: the folder {target.name!r} cannot hold messages")
+        home, trash = (
+            _restore_places(s, message) if kind == "restore" else RestorePlaces(None, None)
+        )
         plan = mailbox_ops_for_crm_action(
             kind,
             state=cast(MessageState, message.state),
             locations=places,
             toggles=_toggles(account),
             to_folder_id=to_folder_id,
+            home_folder_id=home,
+            unsynced_trash_id=trash,
         )
-        message.state = plan.state
+        # deleted_at stamped or cleared with the state (the purge counts from it).
+        for column, value in state_values(plan.state, message.state).items():
+            setattr(message, column, value)
         if kind in FLAG_OF_KIND:
             flag, value = FLAG_OF_KIND[kind]
             flags = set(message.flags or ())
@@ -545,6 +592,15 @@ class OutboxStore:
                 )
         return out
 
+    def restore_places(self, message_id: int) -> tuple[RestorePlaces, str | None]:
+        """Where a restore of the message puts it back (:class:`RestorePlaces`), and its
+        Message-ID (to find it in a folder the account does not sync)."""
+        with unit_of_work(self._sessions) as s:
+            message = s.get(MessageRow, message_id)
+            if message is None:
+                raise NotFound(f"no message with id {message_id}")
+            return _restore_places(s, message), message.message_id_header
+
     def folder_by_role(self, account_id: int, role: str) -> tuple[int, bytes] | None:
         """The account's folder with ``role`` (id, raw name), or None."""
         with unit_of_work(self._sessions) as s:
@@ -613,7 +669,16 @@ class OutboxStore:
                 )
             removed = [i for mark in marks for i in mark.removed_locations]
             if removed:
+                left: dict[int, list[int]] = {}
+                for mid, fid in s.execute(
+                    select(MessageLocationRow.message_id, MessageLocationRow.folder_id).where(
+                        MessageLocationRow.id.in_(removed)
+                    )
+                ):
+                    left.setdefault(int(mid), []).append(int(fid))
                 s.execute(delete(MessageLocationRow).where(MessageLocationRow.id.in_(removed)))
+                # Where it was (a restore puts it back there); the state is the CRM's own.
+                settle_after_removal(s, left, decide=False)
             s.execute(
                 update(OutboxRow)
                 .where(

@@ -70,6 +70,8 @@ class Account:
     owner_id: int | None = None  # the user who owns it (None: no user existed when added)
     sharing: str = "private"  # private | team | metadata: see store.visibility
     team_id: int | None = None  # a team inbox: the team whose members all see it
+    # When the user disconnected it (credentials, folders, locations removed); None: connected.
+    disconnected_at: datetime | None = None
 
     @property
     def toggles(self) -> dict[str, bool]:
@@ -159,6 +161,7 @@ def account_from_row(row: AccountRow) -> Account:
         owner_id=row.owner_id,
         sharing=row.sharing,
         team_id=row.team_id,
+        disconnected_at=row.disconnected_at,
     )
 
 

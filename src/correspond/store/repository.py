@@ -16,11 +16,12 @@ from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from correspond.errors import ConfigError, NotFound, StoreError
+from correspond.errors import ConfigError, Conflict, NotFound, StoreError
 from correspond.rules.folder_refs import resolve_folder_ref
 from correspond.rules.folders import FolderSpec, selected_by_default
 from correspond.rules.presets import AccountChanges, AccountDraft, apply_changes
 from correspond.store.engine import register_table_modules, unit_of_work
+from correspond.store.lifecycle import reconnect_account
 from correspond.store.notifications import after_messages_deleted
 from correspond.store.records import (
     TOGGLES,
@@ -166,6 +167,21 @@ class Store:
             with self.transaction() as s:
                 if s.scalar(select(AccountRow.id).where(AccountRow.name == draft.name)):
                     raise ConfigError(f"an account named {draft.name!r} already exists")
+                dormant = s.scalar(
+                    select(AccountRow.name).where(
+                        func.lower(AccountRow.email) == draft.email.lower(),
+                        AccountRow.disconnected_at.is_not(None),
+                    )
+                )
+                if dormant is not None:
+                    # A second account would mirror the same mail again under new ids: the
+                    # disconnected one finds its messages again (same ids, same links).
+                    raise Conflict(
+                        f"{draft.email} is the address of the disconnected account "
+                        f"{dormant!r}: reconnect it (`correspond account reconnect {dormant}` "
+                        f"or POST /accounts/{dormant}/reconnect) to keep its history, or "
+                        "remove it first"
+                    )
                 if secret is not None:
                     row.secret_encrypted = self._seal(s, secret, account_id=None)
                 s.add(row)
@@ -232,6 +248,12 @@ class Store:
             raise ConfigError(f"unknown toggles: {', '.join(sorted(unknown))}")
         with self.transaction() as s:
             row = self._account_row(s, name)
+            if secret is not None and row.disconnected_at is not None:
+                # A password alone would not sync it: a reconnect is the one way back.
+                raise Conflict(
+                    f"account {name!r} is disconnected: reconnect it with its password "
+                    f"(`correspond account reconnect {name}` or POST /accounts/{name}/reconnect)"
+                )
             before = draft_of(account_from_row(row))
             after = apply_changes(before, changes)
             row.email = after.email
@@ -286,6 +308,12 @@ class Store:
                 row.state_detail = "Connection settings changed; waiting for a sync worker."
             s.flush()
             return account_from_row(row)
+
+    def reconnect_account(self, name: str, secret: str) -> Account:
+        """Reconnect the disconnected ``name`` with ``secret`` (store.lifecycle)."""
+        return reconnect_account(
+            self._engine, name, lambda s, account_id: self._seal(s, secret, account_id=account_id)
+        )
 
     def remove_account(self, name: str) -> None:
         """Delete ``name`` and (by cascade) everything that belongs to it."""
@@ -413,6 +441,9 @@ class Store:
         added = updated = removed = 0
         with self.transaction() as s:
             account = self._account_row(s, account_name)
+            if account.disconnected_at is not None:
+                # A LIST that finished just after a disconnect must not bring folders back.
+                raise ConfigError(f"account {account_name!r} is disconnected")
             rows = {
                 bytes(r.remote_name_raw): r
                 for r in s.scalars(select(FolderRow).where(FolderRow.account_id == account.id))

@@ -78,7 +78,12 @@ from correspond.store.message_queries import (
     decode_cursor,
     encode_cursor,
 )
-from correspond.store.message_tables import AttachmentRow, MessageLocationRow, MessageRow
+from correspond.store.message_tables import (
+    AttachmentRow,
+    MessageLocationRow,
+    MessageRow,
+    shown,
+)
 from correspond.store.tables import AccountRow, FolderRow, UtcDateTime
 from correspond.store.visibility import Viewer, visible_accounts_clause
 
@@ -607,7 +612,7 @@ class SearchQueries:
             select(*_LIST_COLUMNS, total)
             .select_from(hits)
             .join(_M, _M.id == hits.c.message_id)
-            .where(_M.state != "deleted")
+            .where(shown(_M.state))
             .where(*self._filters(query, hits.c.sort_at, params))
         )
         if after:
@@ -719,7 +724,7 @@ class SearchQueries:
                         select(_FTS.c.rowid).where(fts_match(bindparam("neg", type_=Text())))
                     )
                 )
-        stmt = stmt.where(visible_accounts_clause(viewer, owner), _M.state != "deleted")
+        stmt = stmt.where(visible_accounts_clause(viewer, owner), shown(_M.state))
         if account_id is not None:
             params["account_id"] = account_id
             stmt = stmt.where(owner == bindparam("account_id", type_=BigInteger()))

@@ -165,6 +165,9 @@ class AccountRow(Base):
     last_sync_at: Mapped[datetime | None] = mapped_column()
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column()
+    # Set by a disconnect (migration 0017): no credentials, folders or locations; the state
+    # is ``paused`` (never run) until a reconnect clears it.
+    disconnected_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

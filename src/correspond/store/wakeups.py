@@ -11,28 +11,43 @@ name>'`` (:func:`send_outbox_wakeup`), and every sync runner LISTENs (:func:`lis
 the session holding that account applies it at once, not at the runner's next lease round,
 when the API and the worker are different processes. On SQLite the lease round (or, in one
 ``correspond serve`` process, ``SyncRunner.wake``) carries it.
+
+Account changes that must reach the sync workers at once (pause, resume, disconnect, remove:
+"all IMAP activity stops within a second") use a second signal, so that the workers are not
+woken by every stored message: ``NOTIFY correspond_accounts`` on PostgreSQL, and on SQLite (one
+host by construction: the database is a local file) a stamp file beside the database whose
+modification time the workers look at a few times a second (a ``stat``, not a query).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 __all__ = [
+    "ACCOUNTS_CHANNEL",
     "CHANNEL",
     "OUTBOX_CHANNEL",
+    "announce_account_change",
     "listen_for_outbox",
     "listen_for_wakeups",
     "send_outbox_wakeup",
     "send_wakeup",
+    "watch_account_changes",
 ]
 
 CHANNEL = "correspond_notify"
+ACCOUNTS_CHANNEL = "correspond_accounts"
 OUTBOX_CHANNEL = "correspond_outbox"
+#: How often a worker on SQLite looks at the account stamp file (seconds).
+STAMP_POLL_SECONDS = 0.2
 log = logging.getLogger(__name__)
 
 
@@ -49,7 +64,11 @@ def _libpq_url(engine: Engine) -> str:
 
 
 async def listen_for_wakeups(
-    engine: Engine, on_wake: Callable[[], None], *, retry_seconds: float = 1.0
+    engine: Engine,
+    on_wake: Callable[[], None],
+    *,
+    retry_seconds: float = 1.0,
+    channel: str = CHANNEL,
 ) -> None:
     """Call ``on_wake`` for every wake-up until cancelled (PostgreSQL). Reconnects after a
     lost connection, and calls ``on_wake`` then too: something may have been missed."""
@@ -59,7 +78,7 @@ async def listen_for_wakeups(
         try:
             conn = await psycopg.AsyncConnection.connect(_libpq_url(engine), autocommit=True)
             try:
-                await conn.execute(f"LISTEN {CHANNEL}")
+                await conn.execute(f"LISTEN {channel}")
                 on_wake()
                 async for _ in conn.notifies():
                     on_wake()
@@ -103,3 +122,60 @@ async def listen_for_outbox(
         except Exception as exc:  # a lost or refused connection: the lease round covers it
             log.warning("listening for outbox wake-ups failed: %s", type(exc).__name__)
         await asyncio.sleep(retry_seconds)
+
+
+def account_stamp_path(engine: Engine) -> Path | None:
+    """The SQLite stamp file that announces account changes (None: not a file database)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(f"{database}-accounts")
+
+
+def announce_account_change(engine: Engine) -> None:
+    """After a committed change that the sync workers must act on at once (pause, resume,
+    disconnect, remove): wake them. PostgreSQL: ``NOTIFY correspond_accounts``; SQLite: the
+    stamp file's time moves. Best effort: a worker that misses it still sees the change at
+    its next lease round (``SyncRunner.poll_seconds``)."""
+    try:
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as conn:
+                conn.execute(text(f"SELECT pg_notify('{ACCOUNTS_CHANNEL}', '')"))
+                conn.commit()
+            return
+        stamp = account_stamp_path(engine)
+        if stamp is not None:
+            fd = os.open(stamp, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+            os.utime(stamp)  # now, in nanoseconds where the file system keeps them
+    except Exception as exc:  # never fail the user's action for a missed wake-up
+        log.warning("announcing an account change failed: %s", type(exc).__name__)
+
+
+def _stamp_time(stamp: Path) -> int | None:
+    with contextlib.suppress(OSError):
+        return stamp.stat().st_mtime_ns
+    return None
+
+
+async def watch_account_changes(
+    engine: Engine, on_wake: Callable[[], None], *, interval: float = STAMP_POLL_SECONDS
+) -> None:
+    """Call ``on_wake`` (in the event loop) whenever :func:`announce_account_change` runs in
+    any process, until cancelled. Returns at once where there is nothing to watch (an
+    in-memory SQLite database)."""
+    if engine.dialect.name == "postgresql":
+        await listen_for_wakeups(engine, on_wake, channel=ACCOUNTS_CHANNEL)
+        return
+    stamp = account_stamp_path(engine)
+    if stamp is None:
+        return
+    seen = _stamp_time(stamp)
+    while True:
+        await asyncio.sleep(interval)
+        now = _stamp_time(stamp)
+        if now != seen:
+            seen = now
+            on_wake()

@@ -105,6 +105,9 @@ __all__ = [
 # controls): anything else is reported as "unknown" rather than risk a wrong match.
 _SEARCHABLE_ID = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{3,250}")
 
+#: Rounds of ``gone_check_max_messages`` one :meth:`AccountSyncer.explain_gone` may run.
+GONE_CHECK_ROUNDS = 10
+
 #: Refused sign-ins in a row after which the engine stops trying until the user acts: a few
 #: retries ride out a provider's passing hiccup; more would get the mailbox locked.
 MAX_REFUSED_LOGINS = 5
@@ -509,8 +512,26 @@ class AccountSyncer:
         for by Message-ID in the folders that are not synced (Junk, Trash, unselected ones);
         found is ``moved``, not found ``expunged``, no usable Message-ID ``unknown``. Bounded:
         ``settings.gone_check_max_messages`` messages and ``gone_check_max_folders`` folders a
-        pass (the rest waits for the next pass that removes something). Returns the reasons.
+        round, at most :data:`GONE_CHECK_ROUNDS` rounds a pass while each round explains a full
+        batch (a mass expunge is decided for the CRM within the pass that saw it; the rest waits
+        for the next pass that removes something). Returns the reasons.
         """
+        reasons: dict[int, str] = {}
+        batch = self.settings.gone_check_max_messages
+        for _ in range(GONE_CHECK_ROUNDS):
+            found = await self._explain_gone_round(client, account, synced_now=synced_now)
+            reasons.update(found)
+            if batch == 0 or len(found) < batch:
+                break  # all explained, or some stay open (found in a synced folder)
+        return reasons
+
+    async def _explain_gone_round(
+        self,
+        client: ImapClient,
+        account: Account,
+        *,
+        synced_now: Collection[int] = (),
+    ) -> dict[int, str]:
         pending = await in_thread(
             self.messages.gone_unexplained, account.id, self.settings.gone_check_max_messages
         )
@@ -529,6 +550,7 @@ class AccountSyncer:
         unsynced = unsynced[: self.settings.gone_check_max_folders]
         later = later[: max(0, self.settings.gone_check_max_folders - len(unsynced))]
         reasons: dict[int, str] = {}
+        found_in: dict[int, int] = {}
         searchable: dict[int, str] = {}
         for mid, header in pending:
             if header and _SEARCHABLE_ID.fullmatch(header):
@@ -544,11 +566,18 @@ class AccountSyncer:
                     if await client.uid_search([Atom("HEADER"), Atom("Message-ID"), header]):
                         if not folder.selected:
                             reasons[mid] = "moved"
+                            found_in[mid] = folder.id
                         del searchable[mid]
             except ImapCommandError:
                 continue  # that folder cannot be searched; the others still can
         reasons.update(dict.fromkeys(searchable, "expunged"))
-        await in_thread(self.messages.set_gone_reasons, reasons)
+        # With what it means for the CRM copy (moved to Trash, archived, expunged: the
+        # two-way rule, store.remote_state); found in a synced folder, the sync decides.
+        await in_thread(
+            lambda: self.messages.set_gone_reasons(
+                reasons, account_id=account.id, found_in=found_in
+            )
+        )
         return reasons
 
     # -- IDLE -----------------------------------------------------------------------------------

@@ -467,6 +467,10 @@ class LiveSession:
             self._idle_refused = inbox.id
             if self._inbox is not None and self._inbox.id == inbox.id:
                 self._inbox = None
+        if report.removed and report.error is None:
+            # Gone from INBOX: moved (to Trash, Archive, another folder) or expunged? What it
+            # means for the CRM copy is decided once known (two-way, store.remote_state).
+            await self.syncer.explain_gone(client, self.account, synced_now={inbox.id})
         again = _changes_pending(client)
         # Before the first pass is over the account is not live yet: say nothing. A sync that
         # found nothing (a change already synced) writes nothing either.

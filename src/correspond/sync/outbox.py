@@ -39,6 +39,7 @@ from datetime import timedelta
 
 from correspond.errors import CorrespondError, ImapCommandError, NotFound
 from correspond.imap.client import ImapClient
+from correspond.imap.protocol import Atom
 from correspond.rules.outbox_steps import (
     LEFT_DELETED_NOTE,
     fallback_move_step,
@@ -54,7 +55,13 @@ from correspond.rules.two_way import (
     Toggles,
     mailbox_ops_for_crm_action,
 )
-from correspond.store.outbox import AppliedMark, LocationTarget, OutboxAction, OutboxStore
+from correspond.store.outbox import (
+    AppliedMark,
+    LocationTarget,
+    OutboxAction,
+    OutboxStore,
+    RestorePlaces,
+)
 from correspond.store.records import Account
 from correspond.store.tables import utcnow
 from correspond.sync.threads import in_thread
@@ -222,12 +229,17 @@ class OutboxApplier:
         targets = [t for t in every if "\\Deleted" not in t.flags]
         kind: CrmAction = row.kind  # type: ignore[assignment]
         to_folder_id = row.payload.get("to_folder_id")
+        places, header = RestorePlaces(None, None), None
+        if kind == "restore":
+            places, header = await in_thread(self.store.restore_places, row.message_id)
         plan = mailbox_ops_for_crm_action(
             kind,
             state=state,
             locations=[Place(t.folder_id, t.role, True) for t in targets],
             toggles=Toggles.of(account.toggles),
             to_folder_id=int(to_folder_id) if to_folder_id is not None else None,
+            home_folder_id=places.home_folder_id,
+            unsynced_trash_id=places.unsynced_trash_id,
         )
         if not targets and kind in ("read", "unread", "star", "unstar", "move"):
             raise PermanentActionFailure(
@@ -239,6 +251,11 @@ class OutboxApplier:
         notes: list[str] = []
         stores = gone = 0
         for op in plan.ops:
+            if op.find:
+                # Restored from a Trash the account does not sync: found by Message-ID.
+                assert header is not None  # the rule asks to find only what has one
+                await self._move_found(client, account, op, header)
+                continue
             target = by_folder[op.folder_id]
             if op.kind == "store":
                 stores += 1
@@ -404,7 +421,55 @@ class OutboxApplier:
                 await client.uid_copy(str(target.uid), destination)
         except ImapCommandError as exc:
             raise PermanentActionFailure(f"the server refused the copy: {exc}") from exc
-        return await self._remove(client, target, current)
+        return await self._remove(client, target.uid, current)
+
+    async def _uid_by_message_id(self, client: ImapClient, name: bytes, header: str) -> int | None:
+        try:
+            await client.select(name)
+            uids = await client.uid_search([Atom("HEADER"), Atom("Message-ID"), header])
+        except ImapCommandError as exc:
+            raise PermanentActionFailure(
+                f"the folder {name.decode('utf-8', 'replace')} cannot be searched: {exc}"
+            ) from exc
+        return max(uids) if uids else None
+
+    async def _move_found(
+        self, client: ImapClient, account: Account, op: MailboxOp, header: str
+    ) -> None:
+        """Move the copy found by Message-ID in ``op.folder_id`` (a folder not synced) to the
+        op's destination. Not there but at the destination: done (an earlier attempt moved
+        it); in neither: the user removed it meanwhile."""
+        source = await in_thread(self.store.folder_name, op.folder_id)
+        if source is None:
+            raise PermanentActionFailure("the folder to restore from is gone")
+        destination = await self._destination(client, account, op)
+        assert destination is not None  # a restore goes to a folder, never to no Trash
+        uid = await self._uid_by_message_id(client, source, header)  # source left selected
+        if uid is None:
+            if await self._uid_by_message_id(client, destination, header) is not None:
+                return
+            raise PermanentActionFailure(
+                f"the message is no longer in {source.decode('utf-8', 'replace')}"
+            )
+        if move_method(client.capabilities) == "move":
+            try:
+                await client.uid_move(str(uid), destination)
+            except ImapCommandError as exc:
+                raise PermanentActionFailure(f"the server refused the move: {exc}") from exc
+            return
+        # Without MOVE: a copy at the destination already (an earlier attempt's COPY, cut
+        # before the source copy went) is not made again; then the source copy is removed as
+        # everywhere (UID EXPUNGE, or left \Deleted without UIDPLUS; rules.outbox_steps).
+        copied = await self._uid_by_message_id(client, destination, header) is not None
+        await client.select(source)
+        try:
+            if not copied:
+                await client.uid_copy(str(uid), destination)
+        except ImapCommandError as exc:
+            raise PermanentActionFailure(f"the server refused the copy: {exc}") from exc
+        current = await self._current_flags(client, uid)
+        if current is not None:
+            await self._remove(client, uid, current)
 
     async def _copy_exists(
         self, client: ImapClient, target: LocationTarget, destination: bytes, uidnext: int
@@ -445,19 +510,19 @@ class OutboxApplier:
         current = await self._current_flags(client, target.uid)
         if current is None:
             return None
-        return await self._remove(client, target, current)
+        return await self._remove(client, target.uid, current)
 
     async def _remove(
-        self, client: ImapClient, target: LocationTarget, current: frozenset[str]
+        self, client: ImapClient, uid: int, current: frozenset[str]
     ) -> frozenset[str] | None:
         """\\Deleted on the UID, then UID EXPUNGE of it alone (UIDPLUS); without UIDPLUS it is
         left flagged: never a bare EXPUNGE (rules.outbox_steps). The source folder is selected."""
         try:
             if "\\Deleted" not in current:
-                await client.uid_store(str(target.uid), "+FLAGS.SILENT", ["\\Deleted"])
+                await client.uid_store(str(uid), "+FLAGS.SILENT", ["\\Deleted"])
             if removal_method(client.capabilities) == "leave_deleted":
                 return current | {"\\Deleted"}
-            await client.uid_expunge(str(target.uid))
+            await client.uid_expunge(str(uid))
         except ImapCommandError as exc:
             raise PermanentActionFailure(f"the server refused the removal: {exc}") from exc
         return None

@@ -12,6 +12,13 @@
 3. stop the tasks of accounts it no longer holds (paused, removed, failed for good, or a lease
    lost to another worker), then give those leases up.
 
+A pause, resume, disconnect or removal announces itself (``store.wakeups``: NOTIFY on
+PostgreSQL, a stamp file beside an SQLite database) and the runner does a round at once instead
+of waiting for the next one; the task of an account it no longer holds gets
+``gone_grace_seconds`` (0.3 s) to end its IDLE and log out, then is cancelled (each backfill
+batch commits atomically with its cursor, and an outbox row re-reads the mailbox before acting,
+so a cancel loses nothing): its IMAP connections are closed within a second of the pause.
+
 On shutdown every task is asked to stop (IDLE notices within a second), cancelled after a grace
 period if it is in the middle of a backfill (each batch commits atomically with its cursor, so a
 cancel loses nothing), the accounts are left in ``connecting`` ("waiting for a worker") and the
@@ -48,6 +55,7 @@ from correspond.errors import (
     NotFound,
     TlsError,
 )
+from correspond.imap.client import release_clients
 from correspond.settings import Settings
 from correspond.store.blobs import BlobStore
 from correspond.store.engine import database_failure, is_database_error, log_database_failure
@@ -59,10 +67,11 @@ from correspond.store.messages import (
     MessageStore,
     ThreadChooser,
 )
+from correspond.store.purge import purge_deleted
 from correspond.store.records import Account
 from correspond.store.repository import Store
 from correspond.store.tables import utcnow
-from correspond.store.wakeups import listen_for_outbox
+from correspond.store.wakeups import listen_for_outbox, watch_account_changes
 from correspond.sync.engine import AccountSyncer, AccountSyncReport, tls_failure_detail
 from correspond.sync.folder_sync import DEFAULT_BATCH_SIZE
 from correspond.sync.linker import Linker
@@ -271,6 +280,7 @@ class SyncRunner:
         parse_executor: Executor | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         stop_grace_seconds: float = 3.0,
+        gone_grace_seconds: float = 0.3,
         syncer_factory: SyncerFactory | None = None,
         on_state: StateListener | None = None,
     ) -> None:
@@ -287,6 +297,7 @@ class SyncRunner:
         self.max_accounts = max_accounts
         self.batch_size = batch_size
         self.stop_grace_seconds = stop_grace_seconds
+        self.gone_grace_seconds = gone_grace_seconds
         self.leases = AccountLeases(store.engine)
         self.guarded = LeaseGuardedStore(store, self.leases, self.owner, on_state=on_state)
         #: Links messages to CRM timelines in the background of this process.
@@ -301,6 +312,8 @@ class SyncRunner:
         self._loop: asyncio.AbstractEventLoop | None = None  # set by run(), for wake()
         self._retry: dict[str, _Retry] = {}
         self._stop = asyncio.Event()
+        # Set when another process announced an account change: a lease round at once.
+        self._kick = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
         self.stats = _Stats()
 
@@ -358,15 +371,23 @@ class SyncRunner:
             if self.store.engine.dialect.name == "postgresql"
             else None
         )
+        watcher = asyncio.create_task(
+            watch_account_changes(self.store.engine, self._kick.set), name="account-changes"
+        )
+        purger = asyncio.create_task(self._purge_deleted(linker_stop), name="purge-deleted")
         try:
             while not self._stop.is_set() and not (stop is not None and stop.is_set()):
+                self._kick.clear()
                 try:
                     await self.poll_once()
                 except CorrespondError as exc:
                     # The database is away: keep the tasks whose lease is still safely ours.
                     log.warning("lease round failed: %s", exc)
                     await self._stop_expiring()
-                waiters = [asyncio.create_task(self._stop.wait())]
+                waiters = [
+                    asyncio.create_task(self._stop.wait()),
+                    asyncio.create_task(self._kick.wait()),
+                ]
                 if stop is not None:
                     waiters.append(asyncio.create_task(stop.wait()))
                 _done, pending = await asyncio.wait(
@@ -382,15 +403,46 @@ class SyncRunner:
                 outbox_listener.cancel()
                 with contextlib.suppress(BaseException):
                     await outbox_listener
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher
             linker_stop.set()
             await self._stop_all(reason="shutdown")
             with contextlib.suppress(OSError, CorrespondError):
                 await sweep
             with contextlib.suppress(CorrespondError):
                 await linker
+            await purger
             if self._own_executor and self._executor is not None:
                 executor, self._executor = self._executor, None
                 await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+
+    async def _purge_deleted(self, stop: asyncio.Event) -> None:
+        """Every ``purge_interval_seconds``, purge the messages deleted for longer than
+        ``deleted_retention_days`` (store.purge), a bounded batch at a time, off the event
+        loop. Several workers may do it at once: each DELETE re-checks, each blob is
+        re-asked before it goes."""
+        settings = self.settings
+        delay = settings.purge_interval_seconds
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            if stop.is_set():
+                return
+            delay = settings.purge_interval_seconds
+            try:
+                report = await asyncio.to_thread(
+                    purge_deleted,
+                    self.store.engine,
+                    self.blobs,
+                    retention_days=settings.deleted_retention_days,
+                    batch=settings.purge_batch_size,
+                )
+            except (CorrespondError, OSError) as exc:
+                log.warning("purging deleted messages failed: %s", type(exc).__name__)
+                continue
+            if report.messages >= settings.purge_batch_size:
+                delay = 1.0  # more waiting: the next batch soon, not in an hour
 
     # -- one lease round -------------------------------------------------------------------
 
@@ -514,7 +566,10 @@ class SyncRunner:
         if r is None:
             return
         r.stop.set()
-        done, _pending = await asyncio.wait({r.task}, timeout=self.stop_grace_seconds)
+        # An account that is no longer ours (paused, disconnected, removed) must let go of the
+        # server at once; a shutdown lets a backfill batch finish.
+        grace = self.gone_grace_seconds if reason == "gone" else self.stop_grace_seconds
+        done, _pending = await asyncio.wait({r.task}, timeout=grace)
         if not done:
             # Mid-backfill: each batch commits with its cursor, so cancelling loses nothing.
             r.task.cancel()
@@ -619,6 +674,31 @@ async def sync_account_once(
     report: AccountSyncReport | None = None
     ok = False
     finished = False
+    paused = False
+    this_pass = asyncio.current_task()
+
+    async def watch_for_pause() -> None:
+        # A pause or disconnect while the pass runs ends it within a second, as for a worker.
+        nonlocal paused
+        woken = asyncio.Event()
+        watcher = asyncio.create_task(watch_account_changes(store.engine, woken.set))
+        try:
+            while True:
+                await woken.wait()
+                woken.clear()
+                with contextlib.suppress(CorrespondError):
+                    now = await asyncio.to_thread(store.get_account, name)
+                    if now.state == "paused" or now.disconnected_at is not None:
+                        paused = True
+                        if this_pass is not None:
+                            this_pass.cancel()
+                        return
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher
+
+    pause_watch = asyncio.create_task(watch_for_pause())
     try:
         await asyncio.to_thread(
             guarded.set_account_state,
@@ -654,8 +734,8 @@ async def sync_account_once(
                 )
                 ok = True
             finally:
-                with contextlib.suppress(CorrespondError):
-                    await client.logout()
+                # A pass cut short (a pause) may be mid-command: close, do not LOGOUT.
+                await release_clients([client], logout=ok)
         except AuthenticationFailed as exc:
             words = getattr(exc, "server_text", None) or str(exc)
             await asyncio.to_thread(
@@ -671,10 +751,21 @@ async def sync_account_once(
             with contextlib.suppress(CorrespondError):
                 await asyncio.to_thread(guarded.set_account_state, name, state, detail)
         finished = True
+    except asyncio.CancelledError:
+        if not paused:
+            raise
+        # Paused by the user: the pass ends here and the state is theirs. The cancel was ours,
+        # not the caller's: take it back so the caller's own timeouts still work.
+        if this_pass is not None:
+            this_pass.uncancel()
+        finished = True
     finally:
+        pause_watch.cancel()
         renewer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewer
+        with contextlib.suppress(asyncio.CancelledError):
+            await pause_watch
         with contextlib.suppress(CorrespondError):
             if not finished:
                 # Interrupted (Ctrl-C): no pass is running any more, so say who may continue.

@@ -540,6 +540,22 @@ protocol imap {{
             with contextlib.suppress(Exception):
                 conn.logout()
 
+    def connections(self, user: ImapUser | str) -> int:
+        """How many IMAP connections of ``user`` the server has now, as it sees them
+        (``doveadm who``, from Dovecot's connection tracker: a connection counts until the
+        server has noticed it closed)."""
+        name = user.username if isinstance(user, ImapUser) else user
+        result = subprocess.run(
+            ["doveadm", "-c", str(self.config_path), "who", "-1", name],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        if result.returncode not in (0, 68):  # 68 (EX_NOUSER): nobody connected
+            raise RuntimeError(f"doveadm who failed: {result.stderr.strip()}")
+        return sum(1 for line in result.stdout.splitlines() if line.split()[:1] == [name])
+
     def create_mailbox(self, user: ImapUser, mailbox: str) -> None:
         """CREATE ``mailbox`` for ``user`` (RFC 3501 §6.3.3), sent as modified UTF-7 (§5.1.3)."""
         conn = self.imaplib_client(user)

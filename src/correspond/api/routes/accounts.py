@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from correspond.accounts import report_to_dict
+from correspond.accounts import LifecyclePlan, lifecycle_plan, report_to_dict
 from correspond.api.deps import ProgressDep, ServiceDep
 from correspond.api.progress_schemas import progress_public
 from correspond.api.schemas import (
     AccountCreate,
     AccountPublic,
+    AccountReconnect,
     AccountUpdate,
     ConnectionReportPublic,
     ErrorPublic,
+    LifecyclePlanPublic,
     TrustCertificate,
     account_public,
 )
 from correspond.api.security import AuthDep, CurrentUser, ViewAccess, needs
 from correspond.auth import AuthService
-from correspond.errors import ConfigError, NotFound
+from correspond.errors import ConfigError, Conflict, NotFound
 from correspond.rules.presets import AccountChanges
 from correspond.store.users import User
 from correspond.store.visibility import Access
@@ -130,6 +133,8 @@ def update_account(
     if body.changes_settings:
         try:
             service.update_account(name, body.to_changes(), password)
+        except Conflict:
+            raise  # a 409: the account's state, not the body (a disconnected account)
         except ConfigError as exc:
             # The account exists: what is wrong is the body, checked with the stored settings.
             error = {"type": "value_error", "loc": ("body",), "msg": str(exc)}
@@ -145,10 +150,91 @@ def update_account(
     return account_public(summary, progress=progress_public(progress.account(name)), access=access)
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=_NO_SUCH_ACCOUNT)
-def remove_account(name: str, service: ServiceDep) -> Response:
+@router.delete(
+    "/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={
+        **_NO_SUCH_ACCOUNT,
+        200: {"model": LifecyclePlanPublic, "description": "With dry_run: what would go"},
+    },
+)
+def remove_account(name: str, service: ServiceDep, dry_run: bool = False) -> Response:
+    """Remove the account and everything synced for it, its CRM history included (the
+    timeline entries of its messages), and the blobs no other account uses. To stop syncing
+    and keep the history, disconnect instead (``POST /accounts/{name}/disconnect``).
+
+    ``?dry_run=true`` answers 200 with what would be removed and changes nothing: show it
+    before asking the user. Without it: 204."""
+    if dry_run:
+        plan = lifecycle_plan("remove", service.footprint(name), dry_run=True)
+        return JSONResponse(
+            LifecyclePlanPublic(**_plan_fields(plan)).model_dump(mode="json"),
+            status_code=status.HTTP_200_OK,
+        )
     service.remove_account(name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{name}/disconnect",
+    response_model=LifecyclePlanPublic,
+    responses={
+        **_NO_SUCH_ACCOUNT,
+        409: {"model": ErrorPublic, "description": "Already disconnected"},
+    },
+)
+def disconnect_account(
+    name: str, service: ServiceDep, progress: ProgressDep, dry_run: bool = False
+) -> LifecyclePlanPublic:
+    """Disconnect the mailbox and keep the CRM's history: sync stops at once (its IMAP
+    connections close within a second), and the stored password, the folders, the message
+    locations and the actions still waiting for the mailbox (marked failed) are deleted. The
+    messages stay on their threads and CRM timelines, marked ``gone_reason: disconnected``;
+    the account stays, with ``disconnected_at``, until it is reconnected
+    (``POST /accounts/{name}/reconnect``) or removed (``DELETE``).
+
+    ``?dry_run=true`` answers with what would be removed and kept and changes nothing."""
+    if dry_run:
+        plan = lifecycle_plan("disconnect", service.footprint(name), dry_run=True)
+        return LifecyclePlanPublic(**_plan_fields(plan))
+    fp = service.disconnect_account(name)
+    plan = lifecycle_plan("disconnect", fp, dry_run=False)
+    summary = service.get_account(name)
+    return LifecyclePlanPublic(
+        **_plan_fields(plan),
+        result=account_public(summary, progress=progress_public(progress.account(name))),
+    )
+
+
+@router.post(
+    "/{name}/reconnect",
+    response_model=AccountPublic,
+    responses={
+        **_NO_SUCH_ACCOUNT,
+        409: {"model": ErrorPublic, "description": "Not disconnected"},
+    },
+)
+def reconnect_account(
+    name: str, body: AccountReconnect, service: ServiceDep, progress: ProgressDep
+) -> AccountPublic:
+    """Reconnect a disconnected account with its password: state ``connecting``; a sync
+    worker lists its folders and backfills the account's window (``window_days`` before now).
+    Messages still in the CRM from before are found again by their dedupe key, not
+    duplicated: same ids, so their timeline links stay valid."""
+    service.reconnect_account(name, body.password.get_secret_value())
+    summary = service.get_account(name)
+    return account_public(summary, progress=progress_public(progress.account(name)))
+
+
+def _plan_fields(plan: LifecyclePlan) -> dict[str, Any]:
+    return {
+        "account": plan.account,
+        "action": plan.action,
+        "dry_run": plan.dry_run,
+        "removed": plan.removed,
+        "kept": plan.kept,
+        "summary": plan.summary,
+    }
 
 
 @router.post("/{name}/test", response_model=ConnectionReportPublic, responses=_NO_SUCH_ACCOUNT)

@@ -8,7 +8,7 @@ import annotations``: the routes are made per kind by :func:`_record_routes`, an
 their annotations, which must be the real classes.
 """
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 
@@ -25,6 +25,8 @@ from correspond.api.crm_schemas import (
     DealCreate,
     DealPublic,
     DealUpdate,
+    DismissalPagePublic,
+    DismissalPublic,
     ImportPublic,
     PagePublic,
     ThreadDealPublic,
@@ -37,7 +39,7 @@ from correspond.rules.crm_import import IMPORT_KINDS, parse_rows
 from correspond.store.crm import CrmStore
 from correspond.store.message_queries import MAX_PAGE
 
-__all__ = ["import_router", "record_routers", "thread_deal_router"]
+__all__ = ["dismissal_router", "import_router", "record_routers", "thread_deal_router"]
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorPublic}}
 _CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": ErrorPublic}}
@@ -71,20 +73,45 @@ def _record_routes(
     def store_call(request: Request, verb: str, *args: Any, **kwargs: Any) -> Any:
         return getattr(crm_of(request), f"{verb}_{kind}")(*args, **kwargs)
 
-    @router.get("", response_model=page_model, name=f"list_{plural}")
-    def list_records(
-        request: Request,
-        q: Annotated[
-            str | None, Query(max_length=200, description="Name, address or domain text.")
-        ] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-        after: Annotated[
-            int | None, Query(ge=0, le=MAX_ID, description="next_cursor of the previous page.")
-        ] = None,
-    ) -> Any:
-        listing = {"company": "companies", "activity": "activities"}.get(kind, f"{kind}s")
-        page = getattr(crm_of(request), f"list_{listing}")(q=q, after=after, limit=limit)
+    After = Annotated[
+        int | None, Query(ge=0, le=MAX_ID, description="next_cursor of the previous page.")
+    ]
+    Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+
+    def page_of(page: Any) -> Any:
         return page_model(items=[public.of(r) for r in page.items], next_cursor=page.next_cursor)
+
+    if kind == "contact":
+        # Contacts also filter by origin (``auto``: what auto-creation made, to review).
+        @router.get("", response_model=page_model, name="list_contacts")
+        def list_contacts(
+            request: Request,
+            q: Annotated[str | None, Query(max_length=200, description="Name or address.")] = None,
+            origin: Annotated[
+                Literal["manual", "import", "auto"] | None,
+                Query(description="Only contacts of this origin."),
+            ] = None,
+            limit: Limit = 50,
+            after: After = None,
+        ) -> Any:
+            crm = crm_of(request)
+            return page_of(crm.list_contacts(q=q, after=after, limit=limit, origin=origin))
+
+    else:
+
+        @router.get("", response_model=page_model, name=f"list_{plural}")
+        def list_records(
+            request: Request,
+            q: Annotated[
+                str | None, Query(max_length=200, description="Name, address or domain text.")
+            ] = None,
+            limit: Limit = 50,
+            after: After = None,
+        ) -> Any:
+            listing = {"company": "companies", "activity": "activities"}.get(kind, f"{kind}s")
+            return page_of(
+                getattr(crm_of(request), f"list_{listing}")(q=q, after=after, limit=limit)
+            )
 
     @router.post(
         "",
@@ -224,3 +251,32 @@ def unlink_thread(
     crm_of(request).set_thread_deal(thread_id, deal_id, linked=False)
     records_changed(request)
     return ThreadDealPublic(thread_id=thread_id, deal_id=deal_id, linked=False, messages=0)
+
+
+dismissal_router = APIRouter(prefix="/contact-dismissals", tags=["crm"])
+_Address = Annotated[str, Path(min_length=3, max_length=320)]
+
+
+@dismissal_router.get("", response_model=DismissalPagePublic)
+def list_dismissals(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    after: Annotated[
+        str | None, Query(max_length=320, description="next_cursor of the previous page.")
+    ] = None,
+) -> DismissalPagePublic:
+    """Addresses whose contact was deleted: contact auto-creation does not make them again
+    (making a contact with one by hand, or deleting it here, lifts that)."""
+    rows, cursor = crm_of(request).list_dismissals(after=after, limit=limit)
+    return DismissalPagePublic(
+        items=[DismissalPublic(address=a, dismissed_at=d) for a, d in rows], next_cursor=cursor
+    )
+
+
+@dismissal_router.delete(
+    "/{dismissed_address}", status_code=status.HTTP_204_NO_CONTENT, responses=_NOT_FOUND
+)
+def undismiss(request: Request, dismissed_address: _Address) -> Response:
+    """Let auto-creation make a contact for this address again."""
+    crm_of(request).undismiss(dismissed_address)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -28,7 +28,10 @@ async def get_progress(name: str, progress: ProgressDep) -> ProgressPublic:
 async def pause_account(
     name: str, leases: LeasesDep, service: ServiceDep, progress: ProgressDep
 ) -> AccountPublic:
-    """Stop syncing the account (state ``paused``); its worker lets go within a lease round."""
+    """Stop syncing the account (state ``paused``): its worker hears of it at once and closes
+    the account's IMAP connections within a second. Its data stays; CRM actions meanwhile
+    wait in the outbox and are applied after the resume's catch-up. 409 for a disconnected
+    account (reconnect it instead)."""
     await asyncio.to_thread(leases.pause, name)
     return await _public(name, service, progress)
 
@@ -37,7 +40,9 @@ async def pause_account(
 async def resume_account(
     name: str, leases: LeasesDep, service: ServiceDep, progress: ProgressDep
 ) -> AccountPublic:
-    """Sync a paused (or failed) account again: state ``connecting`` until a worker takes it."""
+    """Sync a paused (or failed) account again: state ``connecting``, and a worker takes it at
+    once, resumes from its checkpoints, catches up what changed meanwhile, then applies the
+    waiting CRM actions. 409 for a disconnected account (reconnect it instead)."""
     await asyncio.to_thread(leases.resume, name)
     return await _public(name, service, progress)
 
