@@ -525,6 +525,42 @@ async def test_cut_after_the_command_takes_effect_once(
         assert message_ids(env)["ma@example.test"] == mid
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_restore_from_unsynced_trash_cut_after_copy_takes_effect_once(
+    request: pytest.FixtureRequest, backend: str, dovecot_basic: DovecotServer, tmp_path: Path
+) -> None:
+    """Without MOVE, a restore from a Trash the account does not sync (found by Message-ID)
+    is COPY + removal: cut after the COPY, the next attempt finds the copy back in INBOX and
+    only removes the Trash copy."""
+    with world(request, backend, dovecot_basic, tmp_path) as env:
+        outbox, mid = await seeded(env)
+        assert not env.folder("trash").selected  # Trash is not synced by default
+        set_toggle(env, "delete_remote_on_crm_delete", True)
+        outbox.record(mid, "delete", user_id=None)
+        assert (await apply(env)).applied == 1
+        assert count(env, "Trash", "mid:ma@example.test") == 1
+        assert count(env, "INBOX", "mid:ma@example.test") == 0
+        await env.sync()
+        outbox.record(mid, "restore", user_id=None)
+        async with ImapFaultProxy(env.server) as proxy:
+            via(env, proxy.port)
+            proxy.arm(b"UID COPY", "cut")
+            with pytest.raises(CorrespondError):
+                await apply(env)
+            assert proxy.fired_reply is not None and b" OK" in proxy.fired_reply
+            make_due(env)
+            report = await apply(env)
+        assert report.applied == 1, report
+        assert count(env, "INBOX", "mid:ma@example.test") == 1
+        assert count(env, "Trash", "mid:ma@example.test") == 0
+        assert_kept(env)
+        assert [r.state for r in rows(env, mid)] == ["applied", "applied"]
+        direct(env)
+        await env.sync()
+        assert message_ids(env)["ma@example.test"] == mid
+        assert outbox.outcome(mid).state == "active"
+
+
 # -- SIGKILL at that point ----------------------------------------------------------------------
 
 
