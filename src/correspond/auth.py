@@ -19,6 +19,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -282,6 +283,10 @@ class AuthService:
 
     def message_access(self, user: User, message_id: int) -> Access:
         return self.users.access_to_message(user, message_id)
+
+    def messages_access(self, user: User, message_ids: Collection[int]) -> dict[int, Access]:
+        """``user``'s access to each message they may see (absent: hidden or no such id)."""
+        return self.users.access_to_messages(user, message_ids)
 
     def thread_access(self, user: User, thread_id: int) -> Access:
         return self.users.access_to_thread(user, thread_id)

@@ -253,7 +253,10 @@ def create_app(
     app.state.auth = AuthService(the_store, settings)
     app.state.composer = ComposeService(the_store, settings)
     app.state.crm = CrmStore(the_store.engine)
-    app.state.outbox = OutboxStore(the_store.engine)
+    # With the engine in this process, a CRM action wakes its account's session at once.
+    app.state.outbox = OutboxStore(
+        the_store.engine, on_recorded=runner.wake if runner is not None else None
+    )
     app.state.sending = SendService(the_store, settings)
     app.state.notifications = notes
     app.state.webhooks = webhook_store

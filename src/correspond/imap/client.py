@@ -1156,10 +1156,22 @@ class ImapClient:
                 )
         return list(merged.values())
 
-    async def create(self, mailbox: str | bytes) -> None:
-        """CREATE (RFC 3501 §6.3.3); a str name is encoded as modified UTF-7 (§5.1.3)."""
+    async def create(self, mailbox: str | bytes, *, special_use: str | None = None) -> bool:
+        """CREATE (RFC 3501 §6.3.3); a str name is encoded as modified UTF-7 (§5.1.3).
+
+        ``special_use`` (e.g. ``"\\Archive"``) is asked for with ``(USE (...))`` of RFC 6154 §3
+        where the server offers CREATE-SPECIAL-USE, and left out elsewhere (a server without it
+        would refuse the whole command). True when it was asked for."""
         self._check_ready()
-        await self._simple("CREATE", self._mailbox(mailbox))
+        args: list[Arg] = [self._mailbox(mailbox)]
+        asked = special_use is not None and "CREATE-SPECIAL-USE" in self.capabilities
+        if asked:
+            assert special_use is not None
+            if not special_use.startswith("\\") or not special_use[1:].isalpha():
+                raise ValueError(f"not a special-use attribute: {special_use!r}")
+            args.append(Raw(f"(USE ({special_use}))".encode("ascii")))
+        await self._simple("CREATE", *args)
+        return asked
 
     async def list_folders(self) -> builtins.list[ListResponse]:
         """Every folder, with special-use roles where the server tells them."""

@@ -11,12 +11,12 @@ next sync), retried later (transient), failed (permanent) or superseded (the con
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Engine, and_, delete, func, select, update
+from sqlalchemy import Engine, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from correspond.errors import ConfigError, NotFound
@@ -34,9 +34,12 @@ from correspond.store.outbox_tables import OUTBOX_KINDS, OutboxRow
 from correspond.store.records import TOGGLES
 from correspond.store.remote_state import settle_after_removal, state_values
 from correspond.store.tables import AccountRow, FolderRow, utcnow
+from correspond.store.wakeups import send_outbox_wakeup
 
 __all__ = [
+    "MAX_BULK",
     "ActionOutcome",
+    "AppliedMark",
     "LocationTarget",
     "OutboxAction",
     "OutboxStore",
@@ -52,10 +55,13 @@ FLAG_OF_KIND: Mapping[str, tuple[str, bool]] = {
     "star": ("\\Flagged", True),
     "unstar": ("\\Flagged", False),
 }
+DELETED = "\\Deleted"
 #: Rows a message shows (the newest, pending and failed first).
 MESSAGE_ACTIONS_SHOWN = 20
 #: Rows one :meth:`OutboxStore.due` call hands out.
 DUE_BATCH = 500
+#: Messages one :meth:`OutboxStore.record_many` call (one bulk request) acts on.
+MAX_BULK = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +80,16 @@ class OutboxAction:
     last_error: str | None
     created_at: datetime
     applied_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedMark:
+    """A row that took effect, with the location changes it made (``mark_applied_many``)."""
+
+    row_id: int
+    location_flags: dict[int, frozenset[str]]
+    removed_locations: tuple[int, ...] = ()
+    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +137,31 @@ def _toggles(account: AccountRow) -> Toggles:
 
 
 def _places(s: Session, message_id: int) -> list[Place]:
+    return _places_of(s, [message_id]).get(message_id, [])
+
+
+def _places_of(s: Session, message_ids: Sequence[int]) -> dict[int, list[Place]]:
+    """:func:`_places` of many messages in one query."""
+    out: dict[int, list[Place]] = {}
+    if not message_ids:
+        return out
     rows = s.execute(
-        select(FolderRow.id, FolderRow.role)
+        select(
+            MessageLocationRow.message_id,
+            MessageLocationRow.flags,
+            FolderRow.id,
+            FolderRow.role,
+        )
+        .select_from(FolderRow)
         .join(MessageLocationRow, MessageLocationRow.folder_id == FolderRow.id)
-        .where(MessageLocationRow.message_id == message_id)
-        .order_by(FolderRow.id)
+        .where(MessageLocationRow.message_id.in_(list(message_ids)))
+        .order_by(MessageLocationRow.message_id, FolderRow.id)
     ).all()
-    return [Place(int(r.id), r.role, True) for r in rows]
+    for r in rows:
+        if DELETED in (r.flags or ()):
+            continue  # on its way out (left \Deleted without UIDPLUS): not where it lives
+        out.setdefault(int(r.message_id), []).append(Place(int(r.id), r.role, True))
+    return out
 
 
 _SEARCHABLE_ID = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{3,250}")
@@ -211,9 +245,18 @@ def supersede_flag_rows(s: Session, message_id: int, flags: Collection[str]) -> 
 class OutboxStore:
     """The outbox in the store's database. Thread-safe."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, on_recorded: Callable[[str], None] | None = None) -> None:
         register_table_modules()
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        # Told the account's name after a commit that queued rows for it: in ``correspond
+        # serve`` the runner in the same process wakes that session at once (SyncRunner.wake)
+        # instead of at its next lease round.
+        self.on_recorded = on_recorded
+
+    def _recorded(self, names: Collection[str]) -> None:
+        if self.on_recorded is not None:
+            for name in names:
+                self.on_recorded(name)
 
     # -- the CRM side ----------------------------------------------------------------------------
 
@@ -231,61 +274,197 @@ class OutboxStore:
         move to a folder of another account or one that is not synced."""
         if kind not in OUTBOX_KINDS:
             raise ConfigError(f"unknown action: {kind}")
+        queued: set[str] = set()
         with unit_of_work(self._sessions) as s:
-            message = s.get(MessageRow, message_id, with_for_update=True)
-            if message is None:
-                raise NotFound(f"no message with id {message_id}")
-            account = s.get(AccountRow, message.account_id)
-            assert account is not None  # a message's account cascades with it
-            if kind == "move":
-                target = s.get(FolderRow, to_folder_id) if to_folder_id is not None else None
-                if target is None or target.account_id != message.account_id or target.removed:
-                    raise ConfigError("move: no such folder in the message's account")
-                if not target.selectable:
-                    raise ConfigError(f"move: the folder {target.name!r} cannot hold messages")
-            home, trash = (
-                _restore_places(s, message) if kind == "restore" else RestorePlaces(None, None)
-            )
-            plan = mailbox_ops_for_crm_action(
-                kind,
-                state=cast(MessageState, message.state),
-                locations=_places(s, message_id),
-                toggles=_toggles(account),
-                to_folder_id=to_folder_id,
-                home_folder_id=home,
-                unsynced_trash_id=trash,
-            )
-            # deleted_at stamped or cleared with the state (the purge counts from it).
-            for column, value in state_values(plan.state, message.state).items():
-                setattr(message, column, value)
-            if kind in FLAG_OF_KIND:
-                flag, value = FLAG_OF_KIND[kind]
-                flags = set(message.flags or ())
-                flags.add(flag) if value else flags.discard(flag)
-                message.flags = sorted(flags)
-            now = utcnow()
-            if plan.ops:
-                payload: dict[str, Any] = {}
-                if to_folder_id is not None:
-                    payload["to_folder_id"] = to_folder_id
-                s.add(
-                    OutboxRow(
-                        account_id=message.account_id,
-                        message_id=message_id,
-                        user_id=user_id,
-                        kind=kind,
-                        payload=payload,
-                        state="pending",
-                        attempts=0,
-                        next_attempt_at=now,
-                        created_at=now,
+            outcome = self._record(s, message_id, kind, user_id, to_folder_id, queued)
+        self._recorded(queued)
+        return outcome
+
+    def record_many(
+        self,
+        message_ids: Sequence[int],
+        kind: CrmAction,
+        *,
+        user_id: int | None,
+        to_folder_id: int | None = None,
+    ) -> list[ActionOutcome | NotFound | ConfigError]:
+        """:meth:`record` for each of ``message_ids`` (at most :data:`MAX_BULK`), in one
+        transaction: per id, its outcome, or the NotFound / ConfigError that id met (checked
+        before anything of that message changes, so the others still apply)."""
+        if kind not in OUTBOX_KINDS:
+            raise ConfigError(f"unknown action: {kind}")
+        if len(message_ids) > MAX_BULK:
+            raise ConfigError(f"at most {MAX_BULK} messages per request")
+        results: dict[int, ActionOutcome | NotFound | ConfigError] = {}
+        queued: set[str] = set()
+        wanted = sorted(set(message_ids))
+        with unit_of_work(self._sessions) as s:
+            # Read in a few statements, not a few per message: the messages (locked, in id
+            # order, so two bulk requests never deadlock on PostgreSQL), their accounts and
+            # their locations. An id given twice is acted on once.
+            messages = {
+                m.id: m
+                for m in s.scalars(
+                    select(MessageRow)
+                    .where(MessageRow.id.in_(wanted))
+                    .order_by(MessageRow.id)
+                    .with_for_update()
+                )
+            }
+            accounts = {
+                a.id: a
+                for a in s.scalars(
+                    select(AccountRow).where(
+                        AccountRow.id.in_({m.account_id for m in messages.values()})
                     )
                 )
-                # Wakes the account's syncer within a lease round (store.leases reads
-                # updated_at of every account it holds).
-                account.updated_at = now
+            }
+            places = _places_of(s, list(messages))
+            target = s.get(FolderRow, to_folder_id) if to_folder_id is not None else None
+            acted: list[MessageRow] = []
+            for message_id in wanted:
+                message = messages.get(message_id)
+                if message is None:
+                    results[message_id] = NotFound(f"no message with id {message_id}")
+                    continue
+                try:
+                    self._apply_action(
+                        s,
+                        message,
+                        accounts[message.account_id],
+                        places.get(message_id, []),
+                        target,
+                        kind,
+                        user_id,
+                        to_folder_id,
+                        queued,
+                    )
+                except ConfigError as exc:
+                    results[message_id] = exc
+                    continue
+                acted.append(message)
             s.flush()
-            return self._outcome(s, message)
+            results.update(self._outcomes(s, acted))
+        self._recorded(queued)
+        return [results[message_id] for message_id in message_ids]
+
+    def _record(
+        self,
+        s: Session,
+        message_id: int,
+        kind: CrmAction,
+        user_id: int | None,
+        to_folder_id: int | None,
+        queued: set[str],
+    ) -> ActionOutcome:
+        message = s.get(MessageRow, message_id, with_for_update=True)
+        if message is None:
+            raise NotFound(f"no message with id {message_id}")
+        account = s.get(AccountRow, message.account_id)
+        assert account is not None  # a message's account cascades with it
+        target = s.get(FolderRow, to_folder_id) if to_folder_id is not None else None
+        self._apply_action(
+            s,
+            message,
+            account,
+            _places(s, message_id),
+            target,
+            kind,
+            user_id,
+            to_folder_id,
+            queued,
+        )
+        s.flush()
+        return self._outcome(s, message)
+
+    @staticmethod
+    def _apply_action(
+        s: Session,
+        message: MessageRow,
+        account: AccountRow,
+        places: list[Place],
+        target: FolderRow | None,
+        kind: CrmAction,
+        user_id: int | None,
+        to_folder_id: int | None,
+        queued: set[str],
+    ) -> None:
+        """Change the CRM copy and add the outbox row (ConfigError before any change)."""
+        if kind == "move":
+            if target is None or target.account_id != message.account_id or target.removed:
+                raise ConfigError("move: no such folder in the message's account")
+            if not target.selectable:
+                raise ConfigError(f"move: the folder {target.name!r} cannot hold messages")
+        home, trash = (
+            _restore_places(s, message) if kind == "restore" else RestorePlaces(None, None)
+        )
+        plan = mailbox_ops_for_crm_action(
+            kind,
+            state=cast(MessageState, message.state),
+            locations=places,
+            toggles=_toggles(account),
+            to_folder_id=to_folder_id,
+            home_folder_id=home,
+            unsynced_trash_id=trash,
+        )
+        # deleted_at stamped or cleared with the state (the purge counts from it).
+        for column, value in state_values(plan.state, message.state).items():
+            setattr(message, column, value)
+        if kind in FLAG_OF_KIND:
+            flag, value = FLAG_OF_KIND[kind]
+            flags = set(message.flags or ())
+            flags.add(flag) if value else flags.discard(flag)
+            message.flags = sorted(flags)
+        now = utcnow()
+        if plan.ops:
+            payload: dict[str, Any] = {}
+            if to_folder_id is not None:
+                payload["to_folder_id"] = to_folder_id
+            s.add(
+                OutboxRow(
+                    account_id=message.account_id,
+                    message_id=message.id,
+                    user_id=user_id,
+                    kind=kind,
+                    payload=payload,
+                    state="pending",
+                    attempts=0,
+                    next_attempt_at=now,
+                    created_at=now,
+                )
+            )
+            # Wakes the account's syncer within a lease round (store.leases reads
+            # updated_at of every account it holds).
+            account.updated_at = now
+            if account.name not in queued:
+                send_outbox_wakeup(s, account.name)  # runners in other processes (PostgreSQL)
+            queued.add(account.name)
+
+    def _outcomes(self, s: Session, messages: Sequence[MessageRow]) -> dict[int, ActionOutcome]:
+        """:meth:`_outcome` of many messages in one query."""
+        if not messages:
+            return {}
+        rows: dict[int, list[OutboxAction]] = {}
+        for row in s.scalars(
+            select(OutboxRow)
+            .where(
+                OutboxRow.message_id.in_([m.id for m in messages]),
+                OutboxRow.state.in_(("pending", "failed")),
+            )
+            .order_by(OutboxRow.id.desc())
+        ):
+            shown = rows.setdefault(int(row.message_id or 0), [])
+            if len(shown) < MESSAGE_ACTIONS_SHOWN:
+                shown.append(_action(row))
+        return {
+            m.id: ActionOutcome(
+                message_id=m.id,
+                state=m.state,
+                flags=tuple(sorted(m.flags or ())),
+                actions=tuple(rows.get(m.id, ())),
+            )
+            for m in messages
+        }
 
     def _outcome(self, s: Session, message: MessageRow) -> ActionOutcome:
         rows = s.scalars(
@@ -363,12 +542,27 @@ class OutboxStore:
 
     def targets(self, message_id: int) -> tuple[MessageState, list[LocationTarget]]:
         """The message's state and its locations in synced folders, as the store knows them."""
+        found = self.targets_many([message_id])
+        if message_id not in found:
+            raise NotFound(f"no message with id {message_id}")
+        return found[message_id]
+
+    def targets_many(
+        self, message_ids: Collection[int]
+    ) -> dict[int, tuple[MessageState, list[LocationTarget]]]:
+        """:meth:`targets` of many messages in two queries; a message that is gone is absent."""
+        ids = sorted(set(message_ids))
+        if not ids:
+            return {}
         with unit_of_work(self._sessions) as s:
-            state = s.scalar(select(MessageRow.state).where(MessageRow.id == message_id))
-            if state is None:
-                raise NotFound(f"no message with id {message_id}")
+            states = dict(
+                s.execute(select(MessageRow.id, MessageRow.state).where(MessageRow.id.in_(ids)))
+                .tuples()
+                .all()
+            )
             rows = s.execute(
                 select(
+                    MessageLocationRow.message_id,
                     MessageLocationRow.id,
                     MessageLocationRow.folder_id,
                     MessageLocationRow.uid,
@@ -377,20 +571,26 @@ class OutboxStore:
                     FolderRow.role,
                 )
                 .join(FolderRow, FolderRow.id == MessageLocationRow.folder_id)
-                .where(MessageLocationRow.message_id == message_id, FolderRow.selected)
-                .order_by(FolderRow.id)
+                .where(MessageLocationRow.message_id.in_(ids), FolderRow.selected)
+                .order_by(MessageLocationRow.message_id, FolderRow.id)
             ).all()
-        return cast(MessageState, state), [
-            LocationTarget(
-                location_id=int(r.id),
-                folder_id=int(r.folder_id),
-                folder_name_raw=bytes(r.remote_name_raw),
-                role=r.role,
-                uid=int(r.uid),
-                flags=frozenset(r.flags or ()),
-            )
-            for r in rows
-        ]
+        out: dict[int, tuple[MessageState, list[LocationTarget]]] = {
+            int(mid): (cast(MessageState, state), []) for mid, state in states.items()
+        }
+        for r in rows:
+            entry = out.get(int(r.message_id))
+            if entry is not None:
+                entry[1].append(
+                    LocationTarget(
+                        location_id=int(r.id),
+                        folder_id=int(r.folder_id),
+                        folder_name_raw=bytes(r.remote_name_raw),
+                        role=r.role,
+                        uid=int(r.uid),
+                        flags=frozenset(r.flags or ()),
+                    )
+                )
+        return out
 
     def restore_places(self, message_id: int) -> tuple[RestorePlaces, str | None]:
         """Where a restore of the message puts it back (:class:`RestorePlaces`), and its
@@ -432,41 +632,122 @@ class OutboxStore:
         *,
         location_flags: Mapping[int, frozenset[str]] = {},
         removed_locations: Sequence[int] = (),
+        note: str | None = None,
     ) -> None:
         """The row took effect: record it with the location changes it made, atomically, so
-        the next sync sees no change (the echo of our own command is not a remote change)."""
+        the next sync sees no change (the echo of our own command is not a remote change).
+        ``note``: how it took effect where that differs from the usual (kept in the payload:
+        a copy left flagged \\Deleted on a server without UIDPLUS, ``rules.outbox_steps``)."""
+        self.mark_applied_many(
+            [AppliedMark(row_id, dict(location_flags), tuple(removed_locations), note)]
+        )
+
+    def mark_applied_many(self, marks: Sequence[AppliedMark]) -> None:
+        """:meth:`mark_applied` of many rows in one transaction (the applier marks a pass's
+        rows in batches: a crash before a batch is marked re-applies its rows, which re-read
+        the mailbox and find them done)."""
+        if not marks:
+            return
+        now = utcnow()
         with unit_of_work(self._sessions) as s:
-            for location_id, flags in location_flags.items():
-                s.execute(
+            for mark in marks:
+                if mark.note is not None:
+                    row = s.get(OutboxRow, mark.row_id)
+                    if row is not None:
+                        row.payload = {**(row.payload or {}), "note": mark.note[:1000]}
+            flags = [
+                {"b_id": location_id, "b_flags": sorted(value)}
+                for mark in marks
+                for location_id, value in mark.location_flags.items()
+            ]
+            if flags:
+                s.connection().execute(
                     update(MessageLocationRow)
-                    .where(MessageLocationRow.id == location_id)
-                    .values(flags=sorted(flags))
+                    .where(MessageLocationRow.id == bindparam("b_id"))
+                    .values(flags=bindparam("b_flags")),
+                    flags,
                 )
-            if removed_locations:
+            removed = [i for mark in marks for i in mark.removed_locations]
+            if removed:
                 left: dict[int, list[int]] = {}
                 for mid, fid in s.execute(
                     select(MessageLocationRow.message_id, MessageLocationRow.folder_id).where(
-                        MessageLocationRow.id.in_(list(removed_locations))
+                        MessageLocationRow.id.in_(removed)
                     )
                 ):
                     left.setdefault(int(mid), []).append(int(fid))
-                s.execute(
-                    delete(MessageLocationRow).where(
-                        MessageLocationRow.id.in_(list(removed_locations))
-                    )
-                )
+                s.execute(delete(MessageLocationRow).where(MessageLocationRow.id.in_(removed)))
                 # Where it was (a restore puts it back there); the state is the CRM's own.
                 settle_after_removal(s, left, decide=False)
             s.execute(
                 update(OutboxRow)
-                .where(and_(OutboxRow.id == row_id, OutboxRow.state == "pending"))
+                .where(
+                    OutboxRow.id.in_([mark.row_id for mark in marks]),
+                    OutboxRow.state == "pending",
+                )
                 .values(
                     state="applied",
-                    applied_at=utcnow(),
+                    applied_at=now,
                     attempts=OutboxRow.attempts + 1,
                     last_error=None,
                 )
             )
+
+    def note_copy(self, row_id: int, location_id: int, uidnext: int) -> None:
+        """Record, before a COPY is sent, the destination's UIDNEXT for that location: an
+        attempt after a crash or a cut connection looks for the copy there instead of copying
+        again (``rules.outbox_steps``). Committed before the command goes out."""
+        with unit_of_work(self._sessions) as s:
+            row = s.get(OutboxRow, row_id, with_for_update=True)
+            if row is None:
+                return
+            payload = dict(row.payload or {})
+            copies = dict(payload.get("copies") or {})
+            copies[str(location_id)] = uidnext
+            payload["copies"] = copies
+            row.payload = payload
+
+    def touch_account(self, account_id: int) -> None:
+        """Mark the account changed (``updated_at``): its session re-reads its folder
+        selection at the runner's next round (a folder the outbox created gets synced)."""
+        with unit_of_work(self._sessions) as s:
+            s.execute(
+                update(AccountRow).where(AccountRow.id == account_id).values(updated_at=utcnow())
+            )
+
+    def record_role(self, account_id: int, name_raw: bytes, role: str) -> None:
+        """Give the folder ``name_raw`` of the account ``role`` when no folder has it (a
+        folder the outbox created, before the next LIST records it); a missing row is added,
+        selected. The next folder refresh assigns roles again from the server's list."""
+        with unit_of_work(self._sessions) as s:
+            taken = s.scalar(
+                select(FolderRow.id).where(
+                    FolderRow.account_id == account_id,
+                    FolderRow.role == role,
+                    FolderRow.removed.is_(False),
+                )
+            )
+            if taken is not None:
+                return
+            row = s.scalar(
+                select(FolderRow).where(
+                    FolderRow.account_id == account_id, FolderRow.remote_name_raw == name_raw
+                )
+            )
+            if row is None:
+                s.add(
+                    FolderRow(
+                        account_id=account_id,
+                        remote_name_raw=name_raw,
+                        name=name_raw.decode("utf-8", "replace"),
+                        role=role,
+                        selectable=True,
+                        selected=True,
+                    )
+                )
+            else:
+                row.role = role
+                row.removed = False
 
     def mark_retry(self, row_id: int, error: str, next_attempt_at: datetime) -> None:
         """A transient failure: try again at ``next_attempt_at``."""

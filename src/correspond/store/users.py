@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -429,6 +430,23 @@ class UserStore:
 
     def access_to_message(self, viewer: Viewer, message_id: int) -> Access:
         return self._access(f"no message with id {message_id}", "message", message_id, viewer)
+
+    def access_to_messages(self, viewer: Viewer, message_ids: Collection[int]) -> dict[int, Access]:
+        """``viewer``'s access to each of ``message_ids`` they may see, in one statement (the
+        visibility rule as :meth:`access_to_message` applies it); an id they may not see, or
+        that does not exist, is simply absent."""
+        ids = sorted(set(message_ids))
+        if not ids:
+            return {}
+        terms = terms_for(viewer_kind(viewer))
+        query = (
+            select(MessageRow.id, terms.level, terms.manage)
+            .join(AccountRow, AccountRow.id == MessageRow.account_id)
+            .where(MessageRow.id.in_(ids), terms.visible)
+        )
+        with unit_of_work(self._sessions) as s:
+            found = s.connection().execute(query, viewer_params(viewer)).all()
+        return {int(mid): access_of(level, manage) for mid, level, manage in found}
 
     def access_to_thread(self, viewer: Viewer, thread_id: int) -> Access:
         return self._access(f"no thread with id {thread_id}", "thread", thread_id, viewer)

@@ -6,6 +6,12 @@ commits, and every API process LISTENs on a connection of its own: a new message
 fan-out and the open streams at once, without polling. SQLite has no such thing: the API polls
 (``Settings.notify_poll_seconds``), one cheap query per interval.
 
+The same way, a CRM action queued in the outbox sends ``NOTIFY correspond_outbox, '<account
+name>'`` (:func:`send_outbox_wakeup`), and every sync runner LISTENs (:func:`listen_for_outbox`):
+the session holding that account applies it at once, not at the runner's next lease round,
+when the API and the worker are different processes. On SQLite the lease round (or, in one
+``correspond serve`` process, ``SyncRunner.wake``) carries it.
+
 Account changes that must reach the sync workers at once (pause, resume, disconnect, remove:
 "all IMAP activity stops within a second") use a second signal, so that the workers are not
 woken by every stored message: ``NOTIFY correspond_accounts`` on PostgreSQL, and on SQLite (one
@@ -28,14 +34,18 @@ from sqlalchemy.orm import Session
 __all__ = [
     "ACCOUNTS_CHANNEL",
     "CHANNEL",
+    "OUTBOX_CHANNEL",
     "announce_account_change",
+    "listen_for_outbox",
     "listen_for_wakeups",
+    "send_outbox_wakeup",
     "send_wakeup",
     "watch_account_changes",
 ]
 
 CHANNEL = "correspond_notify"
 ACCOUNTS_CHANNEL = "correspond_accounts"
+OUTBOX_CHANNEL = "correspond_outbox"
 #: How often a worker on SQLite looks at the account stamp file (seconds).
 STAMP_POLL_SECONDS = 0.2
 log = logging.getLogger(__name__)
@@ -78,6 +88,39 @@ async def listen_for_wakeups(
             raise
         except Exception as exc:  # a lost or refused connection: poll until it is back
             log.warning("listening for wake-ups failed: %s", type(exc).__name__)
+        await asyncio.sleep(retry_seconds)
+
+
+def send_outbox_wakeup(s: Session, account_name: str) -> None:
+    """In the caller's transaction: tell the sync runners, when it commits, that
+    ``account_name`` has outbox rows to apply (PostgreSQL only)."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(
+            text("SELECT pg_notify(:channel, :name)"),
+            {"channel": OUTBOX_CHANNEL, "name": account_name[:4000]},
+        )
+
+
+async def listen_for_outbox(
+    engine: Engine, on_account: Callable[[str], None], *, retry_seconds: float = 1.0
+) -> None:
+    """Call ``on_account(name)`` for every outbox wake-up until cancelled (PostgreSQL).
+    Reconnects after a lost connection (what was missed meanwhile the lease round carries)."""
+    import psycopg
+
+    while True:
+        try:
+            conn = await psycopg.AsyncConnection.connect(_libpq_url(engine), autocommit=True)
+            try:
+                await conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
+                async for note in conn.notifies():
+                    on_account(note.payload)
+            finally:
+                await conn.close()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a lost or refused connection: the lease round covers it
+            log.warning("listening for outbox wake-ups failed: %s", type(exc).__name__)
         await asyncio.sleep(retry_seconds)
 
 

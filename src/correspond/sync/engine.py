@@ -303,6 +303,8 @@ class AccountSyncer:
             rng=self.rng,
             backoff_cap=self.backoff_cap,
             sender=SendApplier(store, outbox, blobs, settings, rng=self.rng),
+            # An archive that creates the Archive folder records it (and its role) at once.
+            refresh_folders=self.refresh_folders,
         )
 
     # -- connection and folder list -------------------------------------------------------------

@@ -10,10 +10,17 @@ or the message already gone from the folder it was moved out of, and does nothin
   ``-FLAGS`` where the flag differs; the location's new flags are recorded with the row, so
   the next sync sees no change (our own echo never comes back as a remote change);
 - a move: the UID is looked up in the source folder first; gone means done (the sync finds the
-  message where it went and keeps its identity); else ``UID MOVE`` (the client falls back to
-  COPY + \\Deleted + UID EXPUNGE of that UID only);
+  message where it went and keeps its identity); else ``UID MOVE`` where the server offers
+  MOVE, else COPY + \\Deleted + UID EXPUNGE of that UID only, with the destination's UIDNEXT
+  recorded on the row before the COPY so that a COPY that happened is never repeated; without
+  UIDPLUS the source copy is left flagged \\Deleted (never a bare EXPUNGE), and the row says so
+  (``rules.outbox_steps`` has the steps and why);
 - an expunge of one copy: ``UID STORE +FLAGS.SILENT (\\Deleted)`` and ``UID EXPUNGE`` of that
-  UID only (UIDPLUS), never a bare EXPUNGE.
+  UID only (UIDPLUS), never a bare EXPUNGE;
+- an archive where the mailbox has no Archive-role folder creates ``Archive`` (asking for the
+  ``\\Archive`` special use with CREATE-SPECIAL-USE where the server offers it, RFC 6154 §3)
+  and re-reads the folder list at once, so the store records the folder and its role before
+  the message is moved there.
 
 What to do is asked of ``rules.two_way.mailbox_ops_for_crm_action`` again at apply time, with
 the locations and toggles as they are then. Transient errors (a connection lost, a timeout)
@@ -24,7 +31,9 @@ folder) fail the row with the reason, shown on the message and in ``account list
 
 from __future__ import annotations
 
+import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -32,15 +41,28 @@ from typing import TYPE_CHECKING
 from correspond.errors import CorrespondError, ImapCommandError, NotFound
 from correspond.imap.client import ImapClient
 from correspond.imap.protocol import Atom
+from correspond.rules.outbox_steps import (
+    LEFT_DELETED_NOTE,
+    fallback_move_step,
+    move_method,
+    removal_method,
+)
 from correspond.rules.sync_plan import backoff_delay
 from correspond.rules.two_way import (
     CrmAction,
     MailboxOp,
+    MessageState,
     Place,
     Toggles,
     mailbox_ops_for_crm_action,
 )
-from correspond.store.outbox import LocationTarget, OutboxAction, OutboxStore, RestorePlaces
+from correspond.store.outbox import (
+    AppliedMark,
+    LocationTarget,
+    OutboxAction,
+    OutboxStore,
+    RestorePlaces,
+)
 from correspond.store.records import Account
 from correspond.store.tables import utcnow
 from correspond.sync.threads import in_thread
@@ -54,6 +76,17 @@ __all__ = ["OutboxApplier", "OutboxPassReport", "PermanentActionFailure"]
 MAX_ATTEMPTS = 12
 #: The folder an archive creates where the mailbox has none.
 ARCHIVE_NAME = "Archive"
+#: The actions that only set or clear a flag.
+FLAG_KINDS = frozenset({"read", "unread", "star", "unstar"})
+#: Applied rows marked in one transaction.
+MARK_BATCH = 100
+#: Messages at or above the recorded UIDNEXT looked at when searching for an earlier COPY.
+MAX_COPY_CANDIDATES = 1000
+
+log = logging.getLogger(__name__)
+
+#: Re-reads the account's folder list into the store (the engine's ``refresh_folders``).
+FolderRefresh = Callable[[ImapClient, Account], Awaitable[object]]
 
 
 class PermanentActionFailure(Exception):
@@ -82,23 +115,91 @@ class OutboxApplier:
         backoff_cap: float = 300.0,
         max_attempts: int = MAX_ATTEMPTS,
         sender: SendApplier | None = None,
+        refresh_folders: FolderRefresh | None = None,
     ) -> None:
         self.store = store
         # ``send`` rows go to the sender (sync.sender), which keeps its own retry rules.
         self.sender = sender
+        self.refresh_folders = refresh_folders
         self.rng = rng or random.Random()
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.max_attempts = max_attempts
+        # A pass's prefetched flags, by (folder, UID); None: the UID is gone (_prefetch_flags).
+        self._flags: dict[tuple[bytes, int], frozenset[str] | None] = {}
 
     async def apply_due(self, client: ImapClient, account: Account) -> OutboxPassReport:
         """Apply every due row of ``account``, in order. A transient error is recorded on its
         row and raised again (the connection is unusable): the caller's session reconnects."""
         report = OutboxPassReport()
         rows = await in_thread(self.store.due, account.id)
+        # The messages' locations in one read; a message is read again for a later row of
+        # it in the same pass (the earlier one may have moved it).
+        known = await in_thread(
+            self.store.targets_many, {r.message_id for r in rows if r.message_id is not None}
+        )
+        marks: list[AppliedMark] = []
+        try:
+            await self._prefetch_flags(client, rows, known)
+            await self._apply_rows(client, account, rows, known, marks, report)
+        finally:
+            # Marked in batches (one transaction for many rows); a crash before that
+            # re-applies them, which re-reads the mailbox and finds them done.
+            await in_thread(self.store.mark_applied_many, marks)
+        return report
+
+    async def _prefetch_flags(
+        self,
+        client: ImapClient,
+        rows: list[OutboxAction],
+        known: dict[int, tuple[MessageState, list[LocationTarget]]],
+    ) -> None:
+        """Read the current flags of every location the pass's flag rows touch, one
+        ``UID FETCH`` per folder instead of one per row (:meth:`_store` uses each once). A flag
+        the user changes in between is at worst set again (idempotent) or left as they set it
+        later (their change is the later one: the conflict rule's answer too)."""
+        self._flags.clear()
+        wanted: dict[bytes, tuple[LocationTarget, set[int]]] = {}
         for row in rows:
+            if row.kind not in FLAG_KINDS or row.message_id not in known:
+                continue
+            for target in known[row.message_id][1]:
+                entry = wanted.setdefault(target.folder_name_raw, (target, set()))
+                entry[1].add(target.uid)
+        for name, (target, uids) in wanted.items():
+            if len(uids) < 2:
+                continue  # one FETCH either way
+            await self._select(client, target)
+            answers = await client.uid_fetch_list(sorted(uids), "(UID FLAGS)")
+            present = {a.uid: frozenset(a.flags) for a in answers if a.uid and a.flags is not None}
+            for uid in uids:
+                self._flags[(name, uid)] = present.get(uid)
+
+    async def _apply_rows(
+        self,
+        client: ImapClient,
+        account: Account,
+        rows: list[OutboxAction],
+        known: dict[int, tuple[MessageState, list[LocationTarget]]],
+        marks: list[AppliedMark],
+        report: OutboxPassReport,
+    ) -> None:
+        for row in rows:
+            # A later row of a message this pass acted on reads it again: what the earlier
+            # one changed must be in the store first.
+            if len(marks) >= MARK_BATCH or (
+                marks and (row.message_id not in known or row.kind == "send")
+            ):
+                await in_thread(self.store.mark_applied_many, list(marks))
+                marks.clear()
             try:
-                await self._apply(client, account, row)
+                if row.kind == "send":
+                    # The sender marks its rows itself (sync.sender: sent, retry, failed).
+                    if self.sender is None:
+                        raise PermanentActionFailure("this process cannot send mail")
+                    await self.sender.apply(client, account, row)
+                else:
+                    marks.append(await self._apply(client, account, row, known))
             except PermanentActionFailure as exc:
                 await in_thread(self.store.mark_failed, row.id, str(exc))
                 report.failed += 1
@@ -121,20 +222,26 @@ class OutboxApplier:
                 raise
             else:
                 report.applied += 1
-        return report
 
-    async def _apply(self, client: ImapClient, account: Account, row: OutboxAction) -> None:
-        if row.kind == "send":
-            if self.sender is None:
-                raise PermanentActionFailure("this process cannot send mail")
-            await self.sender.apply(client, account, row)
-            return
+    async def _apply(
+        self,
+        client: ImapClient,
+        account: Account,
+        row: OutboxAction,
+        known: dict[int, tuple[MessageState, list[LocationTarget]]],
+    ) -> AppliedMark:
         if row.message_id is None:
             raise PermanentActionFailure("the action names no message")
-        try:
-            state, targets = await in_thread(self.store.targets, row.message_id)
-        except NotFound as exc:
-            raise PermanentActionFailure("the message is gone") from exc
+        found = known.pop(row.message_id, None)
+        if found is None:
+            try:
+                found = await in_thread(self.store.targets, row.message_id)
+            except NotFound as exc:
+                raise PermanentActionFailure("the message is gone") from exc
+        state, every = found
+        # A copy flagged \Deleted is on its way out (left so without UIDPLUS, or by the
+        # user): never where the message lives, nor a copy to move or keep.
+        targets = [t for t in every if "\\Deleted" not in t.flags]
         kind: CrmAction = row.kind  # type: ignore[assignment]
         to_folder_id = row.payload.get("to_folder_id")
         places, header = RestorePlaces(None, None), None
@@ -156,6 +263,7 @@ class OutboxApplier:
         by_folder = {t.folder_id: t for t in targets}
         flags: dict[int, frozenset[str]] = {}
         removed: list[int] = []
+        notes: list[str] = []
         stores = gone = 0
         for op in plan.ops:
             if op.find:
@@ -171,19 +279,25 @@ class OutboxApplier:
                     gone += 1
                 else:
                     flags[target.location_id] = new
-            elif op.kind == "move":
-                await self._move(client, account, target, op)
-                removed.append(target.location_id)
             else:
-                await self._expunge(client, target)
-                removed.append(target.location_id)
+                if op.kind == "move":
+                    left = await self._move(client, account, row, target, op)
+                else:
+                    left = await self._expunge(client, target)
+                if left is None:
+                    removed.append(target.location_id)
+                else:
+                    # Left flagged \Deleted (no UIDPLUS): the location stays, with its flags,
+                    # so the next sync sees no change (and no message "back in INBOX").
+                    flags[target.location_id] = left
+                    notes.append(LEFT_DELETED_NOTE)
         if stores and gone == stores:
             raise PermanentActionFailure(
                 "the message is gone from the mailbox (not found in any folder it was in)"
             )
-        await in_thread(
-            lambda: self.store.mark_applied(row.id, location_flags=flags, removed_locations=removed)
-        )
+        if notes:
+            log.warning("outbox row %s: %s", row.id, notes[0])
+        return AppliedMark(row.id, flags, tuple(removed), notes[0] if notes else None)
 
     async def _select(self, client: ImapClient, target: LocationTarget) -> None:
         current = client.selected
@@ -216,7 +330,11 @@ class OutboxApplier:
         this folder, which the next sync notices; the other locations still get the flag)."""
         assert op.flag is not None
         await self._select(client, target)
-        current = await self._current_flags(client, target.uid)
+        key = (target.folder_name_raw, target.uid)
+        if key in self._flags:
+            current = self._flags.pop(key)  # read by this pass's prefetch
+        else:
+            current = await self._current_flags(client, target.uid)
         if current is None:
             return None
         if (op.flag in current) == op.value:
@@ -249,32 +367,76 @@ class OutboxApplier:
         if op.to_role == "trash":
             return None
         if op.to_role == "archive":
-            # Created on first use; the next folder list names it (role by its name, or by
-            # the server's \Archive where it marks one).
-            try:
-                await client.create(ARCHIVE_NAME)
-            except ImapCommandError as exc:
+            return await self._create_archive(client, account)
+        raise PermanentActionFailure(f"the mailbox has no {op.to_role} folder")
+
+    async def _create_archive(self, client: ImapClient, account: Account) -> bytes:
+        """Create the Archive folder (first use, the mailbox has none) and record it with its
+        role: ``\\Archive`` asked of the server where it offers CREATE-SPECIAL-USE (RFC 6154
+        §3), the folder list re-read at once (the role from the server's ``\\Archive``, or
+        from the name where the server marks none)."""
+        try:
+            await client.create(ARCHIVE_NAME, special_use="\\Archive")
+        except ImapCommandError as exc:
+            if exc.code != "ALREADYEXISTS":  # an earlier attempt made it (RFC 5530)
                 raise PermanentActionFailure(
                     f"the mailbox has no Archive folder and could not create one: {exc}"
                 ) from exc
-            return ARCHIVE_NAME.encode("ascii")
-        raise PermanentActionFailure(f"the mailbox has no {op.to_role} folder")
+        if self.refresh_folders is not None:
+            await self.refresh_folders(client, account)
+        # The live session picks the new folder up (and syncs it) at its next account check.
+        await in_thread(self.store.touch_account, account.id)
+        found = await in_thread(self.store.folder_by_role, account.id, "archive")
+        if found is not None:
+            return found[1]
+        # The list gave the role to no folder (e.g. no refresh wired): record it ourselves.
+        await in_thread(self.store.record_role, account.id, ARCHIVE_NAME.encode("ascii"), "archive")
+        return ARCHIVE_NAME.encode("ascii")
 
     async def _move(
-        self, client: ImapClient, account: Account, target: LocationTarget, op: MailboxOp
-    ) -> None:
+        self,
+        client: ImapClient,
+        account: Account,
+        row: OutboxAction,
+        target: LocationTarget,
+        op: MailboxOp,
+    ) -> frozenset[str] | None:
+        """Move the copy; None when it left the source, else its flags (left \\Deleted)."""
         destination = await self._destination(client, account, op)
         if destination is None:
             # No Trash: \Deleted and UID EXPUNGE of this UID only.
-            await self._expunge(client, target)
-            return
+            return await self._expunge(client, target)
         await self._select(client, target)
-        if await self._current_flags(client, target.uid) is None:
-            return  # already moved (an earlier attempt, or the user): not repeated
+        current = await self._current_flags(client, target.uid)
+        if current is None:
+            return None  # already moved (an earlier attempt, or the user): not repeated
+        if move_method(client.capabilities) == "move":
+            try:
+                await client.uid_move(str(target.uid), destination)
+            except ImapCommandError as exc:
+                raise PermanentActionFailure(f"the server refused the move: {exc}") from exc
+            return None
+        # COPY, then remove the source copy: a COPY an earlier attempt sent is looked for
+        # in the destination, never repeated (rules.outbox_steps).
+        started = row.payload.get("copies", {}).get(str(target.location_id))
+        found = False
+        if started is not None:
+            found = await self._copy_exists(client, target, destination, int(started))
+            await self._select(client, target)
+        step = fallback_move_step(
+            in_source=True, copy_started=started is not None, copy_found=found
+        )
         try:
-            await client.uid_move(str(target.uid), destination)
+            if step == "copy":
+                status = await client.status(destination, ["UIDNEXT"])
+                uidnext = status.values.get("UIDNEXT")
+                if uidnext is None:
+                    raise PermanentActionFailure("the server did not say the folder's UIDNEXT")
+                await in_thread(self.store.note_copy, row.id, target.location_id, int(uidnext))
+                await client.uid_copy(str(target.uid), destination)
         except ImapCommandError as exc:
-            raise PermanentActionFailure(f"the server refused the move: {exc}") from exc
+            raise PermanentActionFailure(f"the server refused the copy: {exc}") from exc
+        return await self._remove(client, target.uid, current)
 
     async def _uid_by_message_id(self, client: ImapClient, name: bytes, header: str) -> int | None:
         try:
@@ -304,22 +466,78 @@ class OutboxApplier:
             raise PermanentActionFailure(
                 f"the message is no longer in {source.decode('utf-8', 'replace')}"
             )
-        try:
-            await client.uid_move(str(uid), destination)
-        except ImapCommandError as exc:
-            raise PermanentActionFailure(f"the server refused the move: {exc}") from exc
-
-    async def _expunge(self, client: ImapClient, target: LocationTarget) -> None:
-        await self._select(client, target)
-        if await self._current_flags(client, target.uid) is None:
+        if move_method(client.capabilities) == "move":
+            try:
+                await client.uid_move(str(uid), destination)
+            except ImapCommandError as exc:
+                raise PermanentActionFailure(f"the server refused the move: {exc}") from exc
             return
-        if "UIDPLUS" not in client.capabilities:
-            raise PermanentActionFailure(
-                "the server lacks UIDPLUS: removing one copy would need a bare EXPUNGE, which "
-                "could remove other messages flagged \\Deleted"
-            )
+        # Without MOVE: a copy at the destination already (an earlier attempt's COPY, cut
+        # before the source copy went) is not made again; then the source copy is removed as
+        # everywhere (UID EXPUNGE, or left \Deleted without UIDPLUS; rules.outbox_steps).
+        copied = await self._uid_by_message_id(client, destination, header) is not None
+        await client.select(source)
         try:
-            await client.uid_store(str(target.uid), "+FLAGS.SILENT", ["\\Deleted"])
-            await client.uid_expunge(str(target.uid))
+            if not copied:
+                await client.uid_copy(str(uid), destination)
+        except ImapCommandError as exc:
+            raise PermanentActionFailure(f"the server refused the copy: {exc}") from exc
+        current = await self._current_flags(client, uid)
+        if current is not None:
+            await self._remove(client, uid, current)
+
+    async def _copy_exists(
+        self, client: ImapClient, target: LocationTarget, destination: bytes, uidnext: int
+    ) -> bool:
+        """Whether ``destination`` holds a copy of the source UID made at or after ``uidnext``
+        (same RFC822.SIZE and INTERNALDATE: COPY keeps both)."""
+        source = await client.uid_fetch_list(str(target.uid), "(UID RFC822.SIZE INTERNALDATE)")
+        facts = next((a for a in source if a.uid == target.uid), None)
+        if facts is None or facts.size is None:
+            return False
+        try:
+            await client.examine(destination)
+        except ImapCommandError as exc:
+            raise PermanentActionFailure(
+                f"the folder {destination.decode('utf-8', 'replace')} cannot be opened: {exc}"
+            ) from exc
+        size = facts.size
+        found = [
+            uid
+            for uid in await client.uid_search(
+                f"UID {uidnext}:* LARGER {max(size - 1, 0)} SMALLER {size + 1}"
+            )
+            if uid >= uidnext  # "n:*" names the last message even when n is above it
+        ][-MAX_COPY_CANDIDATES:]
+        if not found:
+            return False
+        answers = await client.uid_fetch_list(
+            ",".join(map(str, found)), "(UID RFC822.SIZE INTERNALDATE)"
+        )
+        return any(
+            a.uid in found and a.size == size and a.internaldate == facts.internaldate
+            for a in answers
+        )
+
+    async def _expunge(self, client: ImapClient, target: LocationTarget) -> frozenset[str] | None:
+        """Remove the copy where it is; None when gone, else its flags (left \\Deleted)."""
+        await self._select(client, target)
+        current = await self._current_flags(client, target.uid)
+        if current is None:
+            return None
+        return await self._remove(client, target.uid, current)
+
+    async def _remove(
+        self, client: ImapClient, uid: int, current: frozenset[str]
+    ) -> frozenset[str] | None:
+        """\\Deleted on the UID, then UID EXPUNGE of it alone (UIDPLUS); without UIDPLUS it is
+        left flagged: never a bare EXPUNGE (rules.outbox_steps). The source folder is selected."""
+        try:
+            if "\\Deleted" not in current:
+                await client.uid_store(str(uid), "+FLAGS.SILENT", ["\\Deleted"])
+            if removal_method(client.capabilities) == "leave_deleted":
+                return current | {"\\Deleted"}
+            await client.uid_expunge(str(uid))
         except ImapCommandError as exc:
             raise PermanentActionFailure(f"the server refused the removal: {exc}") from exc
+        return None

@@ -71,7 +71,7 @@ from correspond.store.purge import purge_deleted
 from correspond.store.records import Account
 from correspond.store.repository import Store
 from correspond.store.tables import utcnow
-from correspond.store.wakeups import watch_account_changes
+from correspond.store.wakeups import listen_for_outbox, watch_account_changes
 from correspond.sync.engine import AccountSyncer, AccountSyncReport, tls_failure_detail
 from correspond.sync.folder_sync import DEFAULT_BATCH_SIZE
 from correspond.sync.linker import Linker
@@ -309,6 +309,7 @@ class SyncRunner:
         self._parse_processes = parse_processes
         self._executor: Executor | None = parse_executor
         self._running: dict[str, _Running] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by run(), for wake()
         self._retry: dict[str, _Retry] = {}
         self._stop = asyncio.Event()
         # Set when another process announced an account change: a lease round at once.
@@ -337,8 +338,26 @@ class SyncRunner:
         if self._main is not None:
             await self._main
 
+    def wake(self, account_name: str) -> None:
+        """Tell the session of ``account_name``, if this runner holds it, that its row changed
+        (a CRM action queued for it: ``OutboxStore(on_recorded=...)`` in ``correspond serve``),
+        without waiting for the next lease round. Safe from any thread; a no-op when not
+        running or not holding the account."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        def wake_now() -> None:
+            running = self._running.get(account_name)
+            if running is not None:
+                running.changed.set()
+
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(wake_now)
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Lease rounds every ``poll_seconds`` until ``stop`` (or :meth:`shutdown`)."""
+        self._loop = asyncio.get_running_loop()
         if self._own_executor and self._executor is None:
             self._executor = make_parse_executor(self._parse_processes)
         # A writer killed between writing a blob and renaming it leaves a temp file; sweep the
@@ -346,6 +365,12 @@ class SyncRunner:
         sweep = asyncio.create_task(asyncio.to_thread(self.blobs.sweep_temporary))
         linker_stop = asyncio.Event()
         linker = asyncio.create_task(self.linker.run(linker_stop), name="crm-linker")
+        # A CRM action queued by another process (the API) wakes its session at once.
+        outbox_listener = (
+            asyncio.create_task(listen_for_outbox(self.store.engine, self.wake))
+            if self.store.engine.dialect.name == "postgresql"
+            else None
+        )
         watcher = asyncio.create_task(
             watch_account_changes(self.store.engine, self._kick.set), name="account-changes"
         )
@@ -374,6 +399,10 @@ class SyncRunner:
                     with contextlib.suppress(asyncio.CancelledError):
                         await w
         finally:
+            if outbox_listener is not None:
+                outbox_listener.cancel()
+                with contextlib.suppress(BaseException):
+                    await outbox_listener
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await watcher
