@@ -61,7 +61,7 @@ def _sqlite(tmp_path: Path) -> contextlib.AbstractContextManager[Engine]:
 def pg_engine(pg_server: PostgresServer) -> Iterator[Engine]:
     """One migrated PostgreSQL database for the module; tests stay apart by account."""
     with (
-        temporary_database(pg_server, prefix="correspond_sync") as url,
+        temporary_database(pg_server, prefix="correspond_sync", migrated=True) as url,
         migrated_engine(url) as eng,
     ):
         yield eng
