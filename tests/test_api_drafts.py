@@ -22,7 +22,7 @@ from correspond.store.outbox_tables import OutboxRow
 from correspond.store.tables import utcnow
 from correspond.testing.dovecot import DovecotServer, ImapUser
 from correspond.testing.postfix import PostfixServer
-from helpers import user_client
+from helpers import StoreCli, user_client
 from test_api_send import World, admin, app, settings, world  # noqa: F401 (fixtures)
 from test_send import mailbox
 
@@ -235,3 +235,32 @@ def test_draft_limits_and_claims(world: World, admin: TestClient) -> None:  # no
     assert small.get(user, first.id).sending
     with pytest.raises(Conflict):
         small.send(user, first.id)
+
+
+def test_cli_drafts_and_outbox_cancel(world: World, admin: TestClient) -> None:  # noqa: F811
+    cli = StoreCli(world.settings, world.store.engine.url.render_as_string(hide_password=False))
+    me = admin.get("/session").json()["email"]
+    made = admin.post(
+        "/drafts",
+        json={"account": world.account.name, "to": ["cy@example.test"], "subject": "From CLI"},
+    ).json()
+    listed = cli.json("drafts", "list", "--user", me)
+    assert [d["id"] for d in listed] == [made["id"]]
+    shown = cli("drafts", "show", str(made["id"]), "--user", me)
+    assert shown.exit_code == 0 and "Subject: From CLI" in shown.output
+    # Another user's draft is not found (exit 3), as for none.
+    user_client(admin.app, "other@example.test")  # type: ignore[arg-type]
+    assert cli.json("drafts", "list", "--user", "other@example.test") == []
+    assert cli("drafts", "show", str(made["id"]), "--user", "other@example.test").exit_code == 3
+    sent = cli.json("drafts", "send", str(made["id"]), "--user", me)
+    assert sent["status"] == "scheduled"  # the undo grace
+    assert cli("drafts", "show", str(made["id"]), "--user", me).exit_code == 3
+    # Undo from the shell; too late a second time (exit 2), no such send (exit 3).
+    cancelled = cli.json("outbox", "cancel", str(sent["outbox_id"]))
+    assert cancelled["status"] == "cancelled"
+    again = cli("outbox", "cancel", str(sent["outbox_id"]))
+    assert again.exit_code == 2 and "cancelled" in again.output
+    assert cli("outbox", "cancel", "987654321").exit_code == 3
+    other = admin.post("/drafts", json={"subject": "Bin it"}).json()
+    assert cli("drafts", "delete", str(other["id"]), "--user", me).exit_code == 0
+    assert admin.get(f"/drafts/{other['id']}").status_code == 404
