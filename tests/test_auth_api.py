@@ -71,6 +71,9 @@ OWN_THINGS = {
     ("GET", "/templates"),
     ("POST", "/templates"),
     ("GET", "/compose/defaults"),
+    # The caller's own drafts (checked after the walk: a member lists none of the admin's).
+    ("GET", "/drafts"),
+    ("POST", "/drafts"),
     # The body names the account to send from (refused unless the caller may send as it).
     ("POST", "/messages"),
     # Search and the personal inbox answer from the caller's own accounts only (checked
@@ -189,6 +192,7 @@ GHOSTS: dict[str, Any] = {
     "identity_id": 987654330,
     "template_id": 987654331,
     "outbox_id": 987654332,
+    "draft_id": 987654333,
 }
 
 
@@ -257,6 +261,9 @@ def _secrets_of(admin: TestClient, mirror: SeededMirror) -> tuple[dict[str, Any]
     identity = admin.get("/identities").json()[0]
     template = admin.post("/templates", json={"name": "Walk", "subject": "s", "text": "t"})
     assert template.status_code == 201, template.text
+    # A draft of the admin's: nobody else's to read, change, send or delete.
+    draft = admin.post("/drafts", json={"to": ["x@example.test"], "subject": "Walk draft"})
+    assert draft.status_code == 201, draft.text
     ids = {
         "name": mirror.account,
         "message_id": with_attachment["id"],
@@ -276,6 +283,7 @@ def _secrets_of(admin: TestClient, mirror: SeededMirror) -> tuple[dict[str, Any]
         "identity_id": identity["id"],
         "template_id": template.json()["id"],
         "outbox_id": _outbox_row(admin, with_attachment["id"]),
+        "draft_id": draft.json()["id"],
     }
     subjects = [m["subject"] for m in page["messages"] if m["subject"]]
     return ids, [mirror.account, mirror.address, *subjects[:5]]
@@ -330,6 +338,7 @@ def test_every_route_needs_credentials_and_hides_others_accounts(
     assert member.get("/teams").json() == []
     assert member.get("/identities").json() == []
     assert member.get("/templates").json() == []
+    assert member.get("/drafts").json() == []
     assert member.get("/compose/defaults").json()["identity"] is None
     app.state.search.index.index_all()
     assert admin.get("/search").json()["messages"]

@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "correspond.mailbox": 2,
     "correspond.notify": 2,
     "correspond.outgoing": 2,
+    "correspond.drafts": 2,
     "correspond.search": 2,
     "correspond.api": 3,
     "correspond.cli": 3,
