@@ -12,6 +12,7 @@ with a TestClient beside them.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email.utils
 import re
@@ -32,9 +33,14 @@ from fastapi.testclient import TestClient
 from correspond.api import create_app
 from correspond.settings import Settings
 from correspond.store import Store
+from correspond.store.blobs import BlobStore
+from correspond.store.messages import MessageStore
+from correspond.sync.engine import AccountSyncer
 from correspond.testing.dovecot import DovecotServer, ImapUser
+from correspond.testing.mail import plain_message
 from correspond.testing.mirror import SeededMirror, seed_mirror
 from correspond.testing.net import free_port
+from correspond.testing.store import sync_once
 from correspond.web.csrf import session_token
 from helpers import API_BASE_URL
 
@@ -240,6 +246,44 @@ def test_first_run_inbox_thread_read_and_thread_order(web: Watched) -> None:
     page.click("button[type=submit]")
     page.wait_for_url(f"{web.base}/")
     assert not web.dialogs and not web.remote
+
+
+@pytest.mark.dovecot
+def test_a_new_message_appears_live_with_an_unread_badge(
+    web: Watched,
+    store: Store,
+    settings: Settings,
+    dovecot: DovecotServer,
+    imap_user: ImapUser,
+    mirror: SeededMirror,
+) -> None:
+    page = web.page
+    _first_run(web)
+    page.locator("li.thread").first.wait_for()
+    page.wait_for_function("() => document.body.dataset.live === 'inbox'")
+    # Delivered to the mailbox, then fetched by an incremental sync of the account: the
+    # app's notification fan-out puts it on /notifications/stream, and the open page shows it.
+    new = plain_message(
+        "live-1@example.test",
+        when=datetime.now(UTC),
+        subject="Live arrival",
+        body="Just now.\r\n",
+        sender="Zed <zed@example.test>",
+        to=imap_user.address,
+    )
+    dovecot.deliver(imap_user, new)
+    syncer = AccountSyncer(
+        store, MessageStore(store.engine), BlobStore.from_settings(settings), settings
+    )
+    account = store.get_account(mirror.account)
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(lambda: asyncio.run(sync_once(syncer, account))).result()
+    arrived = page.locator("li.thread", has_text="Live arrival")
+    arrived.wait_for(timeout=15_000)
+    assert "unread" in (arrived.get_attribute("class") or "")
+    assert arrived.locator(".badge").inner_text() == "1"
+    page.locator(".toast", has_text="Live arrival").wait_for()
+    assert web.navigations[-1] == f"{web.base}/"  # updated in place, not reloaded
 
 
 @pytest.mark.dovecot
