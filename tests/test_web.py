@@ -42,7 +42,7 @@ from correspond.testing.mirror import SeededMirror, seed_mirror
 from correspond.testing.net import free_port
 from correspond.testing.store import sync_once
 from correspond.web.csrf import session_token
-from helpers import API_BASE_URL
+from helpers import API_BASE_URL, user_client
 
 CHROMIUM = Path("/usr/bin/chromium")
 XSS_DIR = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "xss"
@@ -126,9 +126,12 @@ def served(app: FastAPI) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the session: Debian's, never one Playwright downloads."""
+    """One headless Chromium for this module's tests (all the browser tests): Debian's, never
+    one Playwright downloads. Module-scoped, not session: Playwright's sync API keeps an event
+    loop running in the main thread while it is started, and the other modules' tests call
+    asyncio.run there."""
     sync_api = pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.exists():
         pytest.skip("no /usr/bin/chromium (Debian package chromium)")
@@ -402,6 +405,20 @@ def test_first_run_once_throttled_sign_in_and_a_teammate_sees_nothing(
     assert "No conversations here yet." in member.get("/").text
     for frame in frames:
         assert member.get(frame).status_code == 404
+    # A team inbox: the account moved into team Support (through the API) leaves the admin's
+    # personal inbox for the team's page; a member sees it once in the team, not before.
+    support = app.state.auth.teams.create("Support").id
+    api = user_client(app, ADMIN[0])
+    assert api.patch(f"/accounts/{mirror.account}", json={"team_id": support}).status_code == 200
+    team_page = admin.get(f"/team/{support}")
+    assert team_page.status_code == 200 and f'href="/conversation/{thread_id}"' in team_page.text
+    assert f'href="/conversation/{thread_id}"' not in admin.get("/").text
+    assert member.get(f"/team/{support}").status_code == 404
+    app.state.auth.teams.add_member(support, app.state.auth.users.get_user("mo@example.test").id)
+    seen = member.get(f"/team/{support}")
+    assert seen.status_code == 200 and f'href="/conversation/{thread_id}"' in seen.text
+    assert f'href="/team/{support}">Support</a>' in seen.text
+    assert member.get(f"/conversation/{thread_id}").status_code == 200
     # The member's CSRF token is theirs: the admin's does not pass with the member's session.
     admin_token = session_token(admin.cookies["correspond_session"])
     forged = {"csrf": admin_token, "thread_order": "newest_first"}
