@@ -346,7 +346,16 @@ def test_hostile_bodies_run_no_script_and_fetch_nothing_remote(web: Watched, sto
     assert web.navigations == [], web.navigations
     assert not web.dialogs, web.dialogs
     assert not web.remote, web.remote
-    assert "1 remote image blocked" in page.locator("section.message").first.inner_text()
+    first = page.locator("section.message").first
+    assert "1 remote image blocked" in first.inner_text()
+    # "Show images" lets that message (only) load its remote images: the request is tried.
+    first.locator("a", has_text="Show images").click()
+    page.wait_for_load_state("load")
+    assert first.locator("iframe.body").get_attribute("src", timeout=5000) is not None
+    shown = [f.url for f in page.frames if f.url.endswith("?images=true")]
+    assert len(shown) == 1, shown
+    assert any(urlsplit(u).netloc == "attacker.example" for u in web.remote), web.remote
+    assert not web.dialogs and page.evaluate("typeof window.__pwned") == "undefined"
 
 
 # --- over HTTP ------------------------------------------------------------------------------
