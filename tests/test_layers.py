@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "correspond.drafts": 2,
     "correspond.search": 2,
     "correspond.api": 3,
+    "correspond.web": 3,
     "correspond.cli": 3,
     "correspond.testing": 3,
 }

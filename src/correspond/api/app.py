@@ -315,6 +315,11 @@ def create_app(
     for router in signed_in_routers:
         if router is not messages.account_router:
             app.include_router(router, dependencies=signed_in)
+    # The web app's pages last: the API's paths are tried first and keep their meaning. (Imported
+    # here: the pages import the API's security module, whose package imports this one.)
+    from correspond.web import mount_web
+
+    mount_web(app)
     # /docs keeps its sections in the order above, not in the order routes are tried.
     app.openapi_tags = [
         {"name": tag}
