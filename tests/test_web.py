@@ -38,7 +38,7 @@ from correspond.store.messages import MessageStore
 from correspond.sync.engine import AccountSyncer
 from correspond.testing.dovecot import DovecotServer, ImapUser
 from correspond.testing.mail import plain_message
-from correspond.testing.mirror import SeededMirror, seed_mirror
+from correspond.testing.mirror import PNG_BYTES, SeededMirror, seed_mirror
 from correspond.testing.net import free_port
 from correspond.testing.store import sync_once
 from correspond.web.csrf import session_token
@@ -236,6 +236,14 @@ def test_first_run_inbox_thread_read_and_thread_order(web: Watched) -> None:
         "els => els.map(e => e.dataset.message)"
     )
     assert reversed_ids == list(reversed(first_ids))
+    # The report's cid: logo shows inside its sandboxed frame (written in as a data: URL: the
+    # frame's own requests carry no session).
+    page.goto("/")
+    page.locator("li.thread", has_text="Q3").locator("a").click()
+    page.wait_for_url(re.compile(r"/conversation/\d+$"))
+    logo = page.frame_locator("iframe").first.locator("img[alt=logo]")
+    logo.wait_for()
+    assert logo.evaluate("img => img.complete && img.naturalWidth > 0")
     # Sign out, a wrong password, then in again.
     page.click("form.signout button")
     page.wait_for_url(f"{web.base}/login")
@@ -466,6 +474,8 @@ def test_message_frame_is_sanitised_under_its_own_csp(app: FastAPI, mirror: Seed
     download = admin.get(links[0])
     assert download.headers["content-disposition"].startswith("attachment;")
     assert download.headers["x-content-type-options"] == "nosniff"
+    # The inline cid: image is in the frame as a data: URL of its own bytes.
+    assert f'src="data:image/png;base64,{base64.b64encode(PNG_BYTES).decode()}"' in frame.text
     # Show images: only when asked, and then only for that message.
     shown = admin.get(frame_url.group(1), params={"images": "true"})
     assert "https:" in shown.headers["content-security-policy"]

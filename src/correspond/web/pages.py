@@ -18,6 +18,7 @@ with :data:`FRAME_CSP` (nothing but images and inline styles) into a sandboxed i
 from __future__ import annotations
 
 import asyncio
+import base64
 import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path as FilePath
@@ -65,6 +66,10 @@ FRAME_CSP = (
     "form-action 'none'; base-uri 'none'; frame-ancestors 'self'; sandbox allow-popups "
     "allow-popups-to-escape-sandbox"
 )
+#: cid: images a message frame carries as data: URLs (raster types, the sanitiser's list too)
+#: and how many decoded bytes of them per frame.
+INLINE_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+FRAME_INLINE_BYTES = 8 * 1024 * 1024
 #: Pages reachable without a session (the walk in tests/test_auth_api.py).
 PUBLIC_PAGES = {("GET", "/login"), ("POST", "/login"), ("GET", "/welcome"), ("POST", "/welcome")}
 
@@ -433,9 +438,22 @@ def message_frame(
     reader: MailboxReader = request.app.state.reader
     message = reader.get_message(message_id)
     root = request.scope.get("root_path", "").rstrip("/")
+    budget = [FRAME_INLINE_BYTES]
 
     def url(mid: int, aid: int) -> str:
-        return f"{root}/messages/{mid}/attachments/{aid}"
+        # The frame is sandboxed (an opaque origin): its image requests carry no session
+        # cookie, so a cid: part is written into the page as a data: URL (raster images
+        # only, within a budget per frame); anything else stays a link that will not load.
+        link = f"{root}/messages/{mid}/attachments/{aid}"
+        try:
+            part, data = reader.attachment(mid, aid)
+        except NotFound:
+            return link
+        kind = part.content_type.split(";", 1)[0].strip().lower()
+        if kind not in INLINE_IMAGE_TYPES or len(data) > budget[0]:
+            return link
+        budget[0] -= len(data)
+        return f"data:{kind};base64,{base64.b64encode(data).decode('ascii')}"
 
     rendered = reader.render_html(message, remote_images=images, attachment_url=url)
     body = rendered.html if rendered is not None else ""
