@@ -6,7 +6,9 @@ and an idle account's cost was mostly its three connections):
 - the *command connection* runs the first pass (backfill, INBOX and Sent first), then, with
   nothing to do, IDLEs on INBOX (RFC 2177,
   :meth:`~correspond.sync.engine.AccountSyncer.idle_until_change`).
-  New INBOX mail (EXISTS, EXPUNGE, FETCH, VANISHED) ends IDLE: DONE, sync INBOX on this
+  A flag change announced with its UID (``* n FETCH (UID u FLAGS (...) MODSEQ (m))``) is stored
+  at once without leaving IDLE (:meth:`_apply_flags`). New INBOX mail and the other changes
+  (EXISTS, EXPUNGE, VANISHED, a FETCH without UID) end IDLE: DONE, sync INBOX on this
   connection, IDLE again (a change the server reports during the sync means one more sync, so
   a burst is coalesced). IDLE also ends when a poll (``poll_seconds``), a LIST refresh
   (``folder_refresh_interval``) or an account check is due: Sent and the other selected
