@@ -204,6 +204,18 @@ class SendService:
             out.append(self._attachment(attachment_id, filename, content_type, blob_key))
         return tuple(out)
 
+    def load_attachments(
+        self, user: User | None, refs: Sequence[tuple[int, str | None]]
+    ) -> tuple[OutgoingAttachment, ...]:
+        """Stored attachments by ``(id, content id or None)``, checked as
+        :meth:`_stored_attachments`; one with a content id goes as an inline image of the
+        HTML (``cid:``). For the caller to put in :attr:`Compose.attachments`."""
+        loaded = self._stored_attachments(user, [attachment_id for attachment_id, _ in refs])
+        return tuple(
+            replace(att, content_id=cid) if cid else att
+            for att, (_, cid) in zip(loaded, refs, strict=True)
+        )
+
     def _attachment(
         self, attachment_id: int, filename: str | None, content_type: str, blob_key: str | None
     ) -> OutgoingAttachment:

@@ -45,9 +45,13 @@ _FORWARD_PREFIX = re.compile(r"^\s*((fwd?|wg|tr)\s*:\s*)+", re.IGNORECASE)
 
 @dataclass(frozen=True, slots=True)
 class OutgoingAttachment:
+    """A file to send; with ``content_id``, an inline image of the HTML (``cid:`` URL), sent
+    in multipart/related with the HTML part."""
+
     filename: str
     content_type: str
     content: bytes
+    content_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,17 +151,52 @@ def build_outgoing(draft: OutgoingDraft, *, message_id_domain: str, now: datetim
     if text is None and draft.html is not None:
         text = text_from_html(draft.html)
     msg.set_content(text or "", subtype="plain", charset="utf-8")
+    inline = [att for att in draft.attachments if att.content_id is not None]
     if draft.html is not None:
         msg.add_alternative(draft.html, subtype="html", charset="utf-8")
+        parts = msg.get_payload()
+        html_part = parts[-1] if isinstance(parts, list) else msg
+        assert isinstance(html_part, EmailMessage)
+        for att in inline:
+            maintype, subtype = _maintype(att.content_type)
+            html_part.add_related(
+                att.content,
+                maintype=maintype,
+                subtype=subtype,
+                cid=f"<{_content_id(att.content_id or '')}>",
+                disposition="inline",
+                filename=safe_filename(att.filename),
+            )
+    elif inline:
+        raise ConfigError("inline images (with a content id) need an HTML body")
     for att in draft.attachments:
-        maintype, _, subtype = att.content_type.partition("/")
-        if not maintype or not subtype or _BREAKS.search(att.content_type):
-            maintype, subtype = "application", "octet-stream"
+        if att.content_id is not None:
+            continue
+        maintype, subtype = _maintype(att.content_type)
         msg.add_attachment(
             att.content, maintype=maintype, subtype=subtype, filename=safe_filename(att.filename)
         )
     _check_generated(msg)
     return msg
+
+
+_CONTENT_ID = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,200}(?:@[A-Za-z0-9.-]{1,200})?$")
+
+
+def _content_id(value: str) -> str:
+    """A content id as written in ``cid:`` URLs (no angle brackets), checked: dot-atom text
+    only (a line break or a quote never reaches the Content-ID header)."""
+    cid = value.strip().strip("<>")
+    if not _CONTENT_ID.match(cid):
+        raise ConfigError(f"{value!r} is not a content id (letters, digits, . - _ @ and the like)")
+    return cid
+
+
+def _maintype(content_type: str) -> tuple[str, str]:
+    maintype, _, subtype = content_type.partition("/")
+    if not maintype or not subtype or _BREAKS.search(content_type) or maintype == "multipart":
+        return "application", "octet-stream"
+    return maintype, subtype
 
 
 _HEADERS = frozenset(
