@@ -3,6 +3,7 @@ SQLite and PostgreSQL, over mail really synced from the private Dovecot."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from correspond.cli import base as cli_base
 from correspond.cli.output import safe_lines
 from correspond.settings import Settings
 from correspond.store import Store
+from correspond.store.outbox import OutboxStore
 from correspond.testing.dovecot import DovecotServer, ImapUser
 from correspond.testing.mirror import (
     FILLERS,
@@ -224,3 +226,43 @@ def test_message_actions_and_the_outbox_in_account_list(
     refused = cli("messages", "move", str(mid), "--folder-id", "987654321")
     assert refused.exit_code == 2 and "no such folder" in refused.output
     assert cli("messages", "read", "987654321").exit_code != 0
+
+
+@pytest.mark.dovecot
+def test_message_actions_on_many_ids_use_the_bulk_path(
+    cli: StoreCli, mirror: SeededMirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many ids: one ``record_many`` (the bulk request's store function), never one ``record``
+    per id; each id's result printed, an unknown id said on its own line and in the exit
+    code, the others done all the same."""
+
+    def one_at_a_time(*_a: object, **_k: object) -> None:
+        raise AssertionError("the CLI recorded an action one id at a time")
+
+    monkeypatch.setattr(OutboxStore, "record", one_at_a_time)
+    ids = sorted(ids_by_mid(cli, mirror.account).values())[:3]
+    done = cli("messages", "star", *map(str, ids), str(ids[0]))  # an id twice: once
+    assert done.exit_code == 0, done.output
+    lines = [line for line in done.stdout.splitlines() if line.startswith("Message ")]
+    assert [int(line.split()[1].rstrip(":")) for line in lines] == ids
+    assert all("\\Flagged" in line for line in lines)
+
+    mixed = cli("messages", "unstar", str(ids[0]), "987654321", str(ids[1]))
+    assert mixed.exit_code == 3
+    assert "Message 987654321: no message with id 987654321" in mixed.output
+    assert "unstar: 2 of 3 message(s) done, 1 failed" in mixed.output
+    entries = json.loads(cli("messages", "unstar", str(ids[2]), "987654321", "--json").stdout)
+    assert entries[1] == {"id": 987654321, "error": "no message with id 987654321"}
+    assert entries[0]["id"] == ids[2] and "\\Flagged" not in entries[0]["flags"]
+    for mid in ids:
+        assert "\\Flagged" not in cli.json("messages", "show", str(mid))["flags"]
+
+    # move takes many ids too; a folder it cannot go to is refused for each (exit 2).
+    refused = cli("messages", "move", str(ids[0]), str(ids[1]), "--folder-id", "987654321")
+    assert refused.exit_code == 2
+    assert refused.output.count("no such folder") == 2
+    folders = cli.json("account", "folders", mirror.account)
+    archive = next(f["id"] for f in folders if f["role"] == "archive")
+    moved = cli.json("messages", "move", str(ids[0]), str(ids[1]), "--folder-id", str(archive))
+    assert [m["id"] for m in moved] == ids[:2]
+    assert all(m["pending_actions"][0]["kind"] == "move" for m in moved)

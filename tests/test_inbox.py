@@ -203,6 +203,43 @@ def test_threads_counts_unread_participants_and_filters(app: FastAPI, admin: Tes
     assert m4 in [t["latest_message_id"] for t in owner.get("/inbox").json()["threads"]]
 
 
+def test_archived_in_the_crm_leaves_the_inbox_view(app: FastAPI, admin: TestClient) -> None:
+    """Toggle 4 off: a message archived in the CRM keeps its copy in the mailbox's INBOX, but
+    the inbox view leaves it out (and shows it again once unarchived); other folders' views
+    still show archived mail."""
+    owner = user_client(app, OWNER)
+    box = Mailbox(app, "mine", OWNER)
+    answer = admin.patch(
+        "/accounts/mine", json={"toggles": {"archive_remote_on_crm_archive": False}}
+    )
+    assert answer.status_code == 200, answer.text
+    t1, t2, t3 = (box.thread(f"thread {n}") for n in range(1, 4))
+    m1 = box.message(t1, 10, "inbox")
+    m2_old = box.message(t2, 5, "inbox")
+    m2 = box.message(t2, 20, "inbox")
+    box.message(t3, 30, "archive", state="archived")
+    assert _threads(owner) == [t2, t1]
+
+    archived = owner.post(f"/messages/{m1}/archive")
+    assert archived.status_code == 200, archived.text
+    assert (archived.json()["state"], archived.json()["pending_actions"]) == ("archived", [])
+    assert _threads(owner) == [t2]
+    assert _threads(owner, folder=str(box.folders["inbox"])) == [t2]
+    assert _threads(owner, unread=False) == [t2]
+    # A thread is placed by its latest message that is still in the inbox.
+    assert owner.post(f"/messages/{m2}/archive").status_code == 200
+    [latest] = owner.get("/inbox").json()["threads"]
+    assert (latest["thread_id"], latest["latest_message_id"]) == (t2, m2_old)
+    # The Archive folder's view still shows archived mail.
+    assert _threads(owner, folder="archive") == [t3]
+
+    assert owner.post(f"/messages/{m1}/unarchive").status_code == 200
+    assert owner.post(f"/messages/{m2}/unarchive").status_code == 200
+    assert _threads(owner) == [t2, t1]
+    [first, _] = owner.get("/inbox").json()["threads"]
+    assert first["latest_message_id"] == m2
+
+
 def _expected_order(engine: Any, account_id: int, inbox: int) -> list[int]:
     """Threads with a live message in INBOX, by their newest one there (computed apart)."""
     with Session(engine) as s:

@@ -30,10 +30,11 @@ from correspond.cli.base import (
     pass_cli,
 )
 from correspond.cli.output import cell, safe, safe_lines
+from correspond.errors import ConfigError, NotFound
 from correspond.mailbox import MailboxReader
 from correspond.search import OPERATOR, SearchService
 from correspond.store.message_queries import MAX_PAGE, AddressView, MessagePage, MessageView
-from correspond.store.outbox import ActionOutcome, OutboxStore
+from correspond.store.outbox import MAX_BULK, ActionOutcome, OutboxStore
 
 # -- reading synced mail ---------------------------------------------------------------------
 
@@ -289,19 +290,54 @@ def _print_outcome(outcome: ActionOutcome) -> None:
         click.echo(f"  failed: {a.kind}: {safe(a.last_error or '')}", err=True)
 
 
+def _act(
+    cli: CliContext,
+    message_ids: tuple[int, ...],
+    action: str,
+    as_json_output: bool,
+    folder_id: int | None = None,
+) -> None:
+    """Record ``action`` on every id the bulk way (``POST /messages/bulk``'s store function:
+    one transaction per :data:`MAX_BULK` ids, not one per id) and print each id's result; an
+    id that failed (no such message, a folder refused) is said on its own line, and the
+    command then exits with that error's code (3 not found, 2 refused) after the others were
+    done."""
+    outbox = OutboxStore(cli.store.engine)
+    ids = list(dict.fromkeys(message_ids))  # an id given twice is acted on once
+    results: list[tuple[int, ActionOutcome | NotFound | ConfigError]] = []
+    for start in range(0, len(ids), MAX_BULK):
+        chunk = ids[start : start + MAX_BULK]
+        found = outbox.record_many(chunk, action, user_id=None, to_folder_id=folder_id)  # type: ignore[arg-type]
+        results.extend(zip(chunk, found, strict=True))
+    failed = [(mid, r) for mid, r in results if not isinstance(r, ActionOutcome)]
+    if as_json_output:
+        _print_json(
+            [
+                as_json(outcome_public(r))
+                if isinstance(r, ActionOutcome)
+                else {"id": mid, "error": str(r)}
+                for mid, r in results
+            ]
+        )
+    else:
+        for mid, r in results:
+            if isinstance(r, ActionOutcome):
+                _print_outcome(r)
+            else:
+                click.echo(f"Message {mid}: {safe(str(r))}", err=True)
+    if failed:
+        code = 3 if any(isinstance(r, NotFound) for _mid, r in failed) else 2
+        done = len(results) - len(failed)
+        _fail(f"{action}: {done} of {len(results)} message(s) done, {len(failed)} failed", code)
+
+
 def _message_action_command(action: str, help_text: str) -> None:
     @messages.command(action, help=help_text + " The account's syncer applies it.")
     @click.argument("message_ids", metavar="ID...", type=int, nargs=-1, required=True)
     @click.option("--json", "as_json_output", is_flag=True)
     @pass_cli
     def act(cli: CliContext, message_ids: tuple[int, ...], as_json_output: bool) -> None:
-        outbox = OutboxStore(cli.store.engine)
-        outcomes = [outbox.record(mid, action, user_id=None) for mid in message_ids]  # type: ignore[arg-type]
-        if as_json_output:
-            _print_json([as_json(outcome_public(o)) for o in outcomes])
-            return
-        for outcome in outcomes:
-            _print_outcome(outcome)
+        _act(cli, message_ids, action, as_json_output)
 
 
 for _action, _help in _MESSAGE_ACTIONS.items():
@@ -309,13 +345,15 @@ for _action, _help in _MESSAGE_ACTIONS.items():
 
 
 @messages.command("move")
-@click.argument("message_id", metavar="ID", type=int)
-@click.option("--folder-id", type=int, required=True, help="The folder to move it to.")
+@click.argument("message_ids", metavar="ID...", type=int, nargs=-1, required=True)
+@click.option("--folder-id", type=int, required=True, help="The folder to move them to.")
+@click.option("--json", "as_json_output", is_flag=True)
 @pass_cli
-def messages_move(cli: CliContext, message_id: int, folder_id: int) -> None:
-    """Move message ID to another folder of its account (see `account folders`)."""
-    outbox = OutboxStore(cli.store.engine)
-    _print_outcome(outbox.record(message_id, "move", user_id=None, to_folder_id=folder_id))
+def messages_move(
+    cli: CliContext, message_ids: tuple[int, ...], folder_id: int, as_json_output: bool
+) -> None:
+    """Move message(s) ID... to another folder of their account (see `account folders`)."""
+    _act(cli, message_ids, "move", as_json_output, folder_id)
 
 
 @messages.command("raw")

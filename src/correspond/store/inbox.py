@@ -1,12 +1,12 @@
 """The inbox views: a person's own mailboxes, or a team's inboxes, as threads, newest first.
 
 A page is a list of threads, each placed by its *latest message in the view*: the newest
-message of the thread that passes every filter (in the chosen folders, not deleted and not
-gone from the mailbox, unread / starred / with an attachment / linked to the contact or deal
-when asked). The page is found by walking an index newest first and keeping the messages
-that are the latest of their thread in the view (a correlated ``NOT EXISTS`` over
-``ix_messages_thread_sort``): no per-thread columns to keep true on every write path, and
-nothing is read for threads off the page.
+message of the thread that passes every filter (in the chosen folders, not deleted (nor
+archived in the CRM, in a view of Inbox folders) and not gone from the mailbox, unread /
+starred / with an attachment / linked to the contact or deal when asked). The page is found
+by walking an index newest first and keeping the messages that are the latest of their thread
+in the view (a correlated ``NOT EXISTS`` over ``ix_messages_thread_sort``): no per-thread
+columns to keep true on every write path, and nothing is read for threads off the page.
 
 - **Driving index**: each folder of the view is walked on ``ix_message_locations_folder_sort``
   (one statement per folder, merged here: the personal inbox is one Inbox folder per
@@ -155,6 +155,8 @@ class ScopeAccount:
     full: bool
     #: Its folders in the view (none: nothing of it is listed).
     folders: tuple[int, ...] = ()
+    #: Whether they are its Inbox-role folders: then ``archived`` messages are left out.
+    inbox: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,9 +246,12 @@ def _linked(m: Any, kind: str, param: str) -> ColumnElement[bool]:
 
 def _in_view(m: Any, shape: tuple[Any, ...]) -> list[ColumnElement[bool]]:
     """Whether message ``m`` (an alias of ``messages``) is in the view, but for its folder:
-    not deleted, not gone, and every filter of ``shape``."""
-    _, unread, starred, attachment, contact, deal = shape
-    terms: list[ColumnElement[bool]] = [shown(m.state), m.gone_from_mailbox_at.is_(None)]
+    not deleted (nor archived, in an Inbox view), not gone, and every filter of ``shape``."""
+    _, unread, starred, attachment, contact, deal, inbox = shape
+    # Archived in the CRM is out of the inbox even while its copy stays in the mailbox's
+    # INBOX (toggle 4 off); an Archive or other folder's view still shows it.
+    state = m.state == "active" if inbox else shown(m.state)
+    terms: list[ColumnElement[bool]] = [state, m.gone_from_mailbox_at.is_(None)]
     if unread is not None:
         seen = _flag(m.flags, "Seen")
         terms.append(not_(seen) if unread else seen)
@@ -265,7 +270,7 @@ def _in_view(m: Any, shape: tuple[Any, ...]) -> list[ColumnElement[bool]]:
 def _with_drive(shape: tuple[Any, ...]) -> tuple[Any, ...]:
     """``shape`` with the driving record's link as a filter (the walk implies it for the
     message it reads, not for the others of its thread)."""
-    drive, unread, starred, attachment, contact, deal = shape
+    drive, unread, starred, attachment, contact, deal, inbox = shape
     return (
         drive,
         unread,
@@ -273,6 +278,7 @@ def _with_drive(shape: tuple[Any, ...]) -> tuple[Any, ...]:
         attachment,
         contact or drive == "contact",
         deal or drive == "deal",
+        inbox,
     )
 
 
@@ -352,7 +358,7 @@ def _scope_statement(viewer: Viewer, team: bool, named: bool, by_id: bool) -> Se
         FolderRow.role == bindparam("folder", type_=Text())
     )  # fmt: skip
     query = (
-        select(AccountRow.id, AccountRow.name, visible.c.access, FolderRow.id)
+        select(AccountRow.id, AccountRow.name, visible.c.access, FolderRow.id, FolderRow.role)
         .join(visible, visible.c.account_id == AccountRow.id)
         .outerjoin(FolderRow, and_(FolderRow.account_id == AccountRow.id, chosen))
     )
@@ -542,14 +548,20 @@ class InboxQueries:
             raise NotFound(f"no account named {account!r}")
         folders: dict[int, list[int]] = {}
         found: dict[int, tuple[str, bool]] = {}
-        for account_id, name, access, folder_id in rows:
+        inbox: dict[int, bool] = {}
+        for account_id, name, access, folder_id, role in rows:
             found[int(account_id)] = (str(name), str(access) == "full")
             folders.setdefault(int(account_id), [])
+            inbox.setdefault(int(account_id), True)
             if folder_id is not None:
                 folders[int(account_id)].append(int(folder_id))
+                inbox[int(account_id)] = inbox[int(account_id)] and role == "inbox"
         if by_id and not any(folders.values()):
             raise NotFound(f"no folder {text} in this inbox")
-        return [ScopeAccount(i, name, full, tuple(folders[i])) for i, (name, full) in found.items()]
+        return [
+            ScopeAccount(i, name, full, tuple(folders[i]), inbox[i] and bool(folders[i]))
+            for i, (name, full) in found.items()
+        ]
 
     # -- the page ------------------------------------------------------------------------------
 
@@ -596,6 +608,7 @@ class InboxQueries:
             filters.has_attachment,
             filters.contact_id is not None and drive != "contact",
             filters.deal_id is not None and drive != "deal",
+            all(a.inbox for a in accounts if a.folders),
         )
         params: dict[str, Any] = {
             "folders": folders,

@@ -740,7 +740,6 @@ class MessageStore:
         (``rules.two_way.merge_remote_flags``; the remote change counts as seen now).
         """
         seen_at = utcnow()
-        updated = 0
         changed: list[int] = []
         try:
             with self._session() as s, s.begin():
@@ -757,28 +756,8 @@ class MessageStore:
                             MessageLocationRow.uid.in_(part),
                         )
                     ).all()
-                    if not rows:
-                        continue
-                    crm_flags = _flags_after_conflicts(s, rows, flag_updates, seen_at)
-                    with_modseq = [
-                        {"id": r.id, "flags": sorted(flag_updates[r.uid]), "modseq": modseqs[r.uid]}
-                        for r in rows
-                        if r.uid in modseqs
-                    ]
-                    without = [
-                        {"id": r.id, "flags": sorted(flag_updates[r.uid])}
-                        for r in rows
-                        if r.uid not in modseqs
-                    ]
-                    for params in (with_modseq, without):
-                        if params:
-                            s.execute(update(MessageLocationRow), params)
-                    s.execute(
-                        update(MessageRow),
-                        [{"id": r.message_id, "flags": crm_flags[r.message_id]} for r in rows],
-                    )
-                    updated += len(rows)
-                    changed.extend(r.message_id for r in rows)
+                    changed.extend(_update_flags(s, rows, flag_updates, modseqs, seen_at))
+                updated = len(changed)
                 removed = 0
                 losing: list[int] = []
                 for part in _chunks(sorted(set(removed_uids))):
@@ -811,6 +790,50 @@ class MessageStore:
                 f"could not apply changes to folder {folder_id}: {database_failure(exc)}"
             ) from exc
         return updated, removed
+
+    def apply_notified_flags(
+        self, folder_id: int, notified: Mapping[int, tuple[frozenset[str], int | None]]
+    ) -> int:
+        """Apply the flag changes the server announced in IDLE (``* n FETCH (UID u FLAGS (...)
+        MODSEQ (m))``; ``notified``: UID -> (flags, MODSEQ or None)) to stored locations, as
+        :meth:`apply_remote_changes` does (conflict rule, webhooks) but without a checkpoint:
+        the folder's HIGHESTMODSEQ stays where the last sync left it, so that sync's
+        ``CHANGEDSINCE`` re-reads these changes (a no-op then) and nothing it has not seen is
+        ever skipped. A UID not stored (new, not yet synced) is left to the sync; flags equal
+        to the stored ones (the echo of the CRM's own STORE) change nothing; an announcement
+        whose MODSEQ is not above the location's is stale and ignored. Returns how many
+        locations changed.
+        """
+        seen_at = utcnow()
+        changed: list[int] = []
+        try:
+            with self._session() as s, s.begin():
+                for part in _chunks(sorted(notified)):
+                    rows = s.execute(
+                        select(
+                            MessageLocationRow.id,
+                            MessageLocationRow.uid,
+                            MessageLocationRow.message_id,
+                            MessageLocationRow.flags,
+                            MessageLocationRow.modseq,
+                        ).where(
+                            MessageLocationRow.folder_id == folder_id,
+                            MessageLocationRow.uid.in_(part),
+                        )
+                    ).all()
+                    fresh = [r for r in rows if _notified_change(r, *notified[r.uid])]
+                    if not fresh:
+                        continue
+                    flag_updates = {r.uid: notified[r.uid][0] for r in fresh}
+                    modseqs = {r.uid: mod for r in fresh if (mod := notified[r.uid][1]) is not None}
+                    changed.extend(_update_flags(s, fresh, flag_updates, modseqs, seen_at))
+                if changed:
+                    queue_changed_messages(s, changed, [])
+        except SQLAlchemyError as exc:
+            raise StoreError(
+                f"could not apply flag changes to folder {folder_id}: {database_failure(exc)}"
+            ) from exc
+        return len(changed)
 
     # -- messages gone from the mailbox -----------------------------------------------------------
 
@@ -1868,3 +1891,41 @@ def _flags_after_conflicts(
         result[r.message_id] = sorted(merged.flags)
         supersede_flag_rows(s, r.message_id, merged.superseded)
     return result
+
+
+def _update_flags(
+    s: Session,
+    rows: Sequence[Any],
+    flag_updates: Mapping[int, frozenset[str]],
+    modseqs: Mapping[int, int],
+    seen_at: datetime,
+) -> list[int]:
+    """Set the remote flags (and MODSEQ, where known) of the locations ``rows`` (id, uid,
+    message id, previous flags) and their messages' CRM flags under the conflict rule; returns
+    the message ids."""
+    if not rows:
+        return []
+    crm_flags = _flags_after_conflicts(s, rows, flag_updates, seen_at)
+    with_modseq = [
+        {"id": r.id, "flags": sorted(flag_updates[r.uid]), "modseq": modseqs[r.uid]}
+        for r in rows
+        if r.uid in modseqs
+    ]
+    without = [
+        {"id": r.id, "flags": sorted(flag_updates[r.uid])} for r in rows if r.uid not in modseqs
+    ]
+    for params in (with_modseq, without):
+        if params:
+            s.execute(update(MessageLocationRow), params)
+    s.execute(
+        update(MessageRow),
+        [{"id": r.message_id, "flags": crm_flags[r.message_id]} for r in rows],
+    )
+    return [r.message_id for r in rows]
+
+
+def _notified_change(row: Any, flags: frozenset[str], modseq: int | None) -> bool:
+    """Whether an announced flag change is news for the location ``row`` (flags, modseq)."""
+    if frozenset(row.flags or ()) == flags:
+        return False
+    return modseq is None or row.modseq is None or modseq > row.modseq

@@ -60,6 +60,7 @@ from correspond.rules.sync_plan import (
     backfill_order,
     backoff_delay,
     diff_folder_list,
+    normalize_flags,
 )
 from correspond.settings import Settings
 from correspond.store.blobs import BlobStore
@@ -175,6 +176,35 @@ def default_thread_chooser(
     return ThreadChoice(decision.thread_id, tuple(decision.merge_thread_ids))
 
 
+def _flag_announcement(
+    response: object,
+) -> tuple[int, tuple[frozenset[str], int | None]] | None:
+    """(UID, (flags, MODSEQ or None)) of an unsolicited FETCH that announces only a flag
+    change with its UID; None for anything else (new mail, an expunge, a FETCH without UID or
+    with other items, which the folder's sync reads)."""
+    if not isinstance(response, FetchResponse):
+        return None
+    r = response
+    if r.uid is None or r.flags is None:
+        return None
+    if (
+        r.internaldate is not None
+        or r.size is not None
+        or r.envelope is not None
+        or r.bodystructure is not None
+        or r.sections
+        or r.dropped
+        or r.gm_msgid is not None
+        or r.gm_thrid is not None
+        or r.gm_labels is not None
+        or r.extra
+    ):
+        return None
+    # As the sync stores them (\\Recent dropped, system flags case-folded): else each
+    # announcement would differ from what a sync wrote.
+    return r.uid, (normalize_flags(r.flags), r.modseq)
+
+
 def endpoint_for(account: Account) -> ImapEndpoint:
     """The IMAP endpoint an account's settings describe."""
     return ImapEndpoint(
@@ -214,6 +244,8 @@ class SyncerStats:
     folders_renamed: int = 0
     folders_deleted: int = 0
     outbox_applied: int = 0
+    # Flag changes stored straight from IDLE's announcements (no sync, IDLE not left).
+    idle_flag_updates: int = 0
 
 
 class AccountSyncer:
@@ -705,9 +737,21 @@ class AccountSyncer:
         *,
         wake: Sequence[asyncio.Event],
         deadline: float | None = None,
+        on_flags: Callable[[dict[int, tuple[frozenset[str], int | None]]], Awaitable[None]]
+        | None = None,
     ) -> bool:
         """IDLE (RFC 2177) on ``folder`` until the server reports a change (True), one of
         ``wake`` is set or the loop's clock reaches ``deadline`` (False).
+
+        With ``on_flags``, a flag change the server announces with its UID (``* n FETCH (UID u
+        FLAGS (...) MODSEQ (m))``: RFC 7162 §3.2.4 makes the UID mandatory once QRESYNC is
+        enabled) does not end IDLE: the announcements that arrived together are handed to
+        ``on_flags`` (UID -> (flags, MODSEQ or None), the last one per UID winning: they come
+        in the server's order) and IDLE goes on. Leaving IDLE for a flag change cost DONE, a
+        SELECT, a FETCH CHANGEDSINCE and a new IDLE, and put the next change behind Dovecot's
+        notification hold-back again (measured in ``bench/README.md``). Anything else (new
+        mail, an expunge, a FETCH without a UID, as servers without QRESYNC send) still ends
+        IDLE: those need commands.
 
         The one-connection live session (:mod:`correspond.sync.live`) waits here between its
         commands: a change ends IDLE (DONE) and the caller syncs the folder on the same
@@ -747,9 +791,26 @@ class AccountSyncer:
                         response = await session.next(timeout=left)
                         if response is None:
                             break  # time to renew or to wake, or the server ended IDLE
-                        if isinstance(response, _CHANGES):
+                        if not isinstance(response, _CHANGES):
+                            continue
+                        flags = _flag_announcement(response) if on_flags is not None else None
+                        if flags is None:
                             changed = True
                             break
+                        # What arrived with it (already read, or in the buffer) goes along.
+                        batch = dict([flags])
+                        while (more := await session.next(timeout=0)) is not None:
+                            if not isinstance(more, _CHANGES):
+                                continue
+                            flags = _flag_announcement(more)
+                            if flags is None:
+                                changed = True  # the sync reads the flags in the batch too
+                                break
+                            batch[flags[0]] = flags[1]
+                        if changed:
+                            break
+                        assert on_flags is not None
+                        await on_flags(batch)
                 finally:
                     for waiter in waiters:
                         waiter.remove_done_callback(interrupt)

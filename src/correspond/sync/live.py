@@ -6,7 +6,9 @@ and an idle account's cost was mostly its three connections):
 - the *command connection* runs the first pass (backfill, INBOX and Sent first), then, with
   nothing to do, IDLEs on INBOX (RFC 2177,
   :meth:`~correspond.sync.engine.AccountSyncer.idle_until_change`).
-  New INBOX mail (EXISTS, EXPUNGE, FETCH, VANISHED) ends IDLE: DONE, sync INBOX on this
+  A flag change announced with its UID (``* n FETCH (UID u FLAGS (...) MODSEQ (m))``) is stored
+  at once without leaving IDLE (:meth:`_apply_flags`). New INBOX mail and the other changes
+  (EXISTS, EXPUNGE, VANISHED, a FETCH without UID) end IDLE: DONE, sync INBOX on this
   connection, IDLE again (a change the server reports during the sync means one more sync, so
   a burst is coalesced). IDLE also ends when a poll (``poll_seconds``), a LIST refresh
   (``folder_refresh_interval``) or an account check is due: Sent and the other selected
@@ -43,7 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from correspond.errors import ImapCommandError
@@ -284,7 +286,11 @@ class LiveSession:
                     wake = (self.stop, account_changed)
                 try:
                     inbox_dirty = await syncer.idle_until_change(
-                        client, inbox, wake=wake, deadline=wake_at
+                        client,
+                        inbox,
+                        wake=wake,
+                        deadline=wake_at,
+                        on_flags=self._flags_applier(inbox),
                     )
                 except ImapCommandError:
                     # The server refused IDLE there: poll INBOX with the others until the next
@@ -480,6 +486,33 @@ class LiveSession:
             await self._synced(AccountSyncReport(self.account.id, folders=[report]))
         return again and report.error is None
 
+    def _flags_applier(
+        self, inbox: Folder
+    ) -> Callable[[dict[int, tuple[frozenset[str], int | None]]], Awaitable[None]]:
+        """What IDLE on ``inbox`` does with flag changes the server announces with their UIDs
+        (:meth:`AccountSyncer.idle_until_change`): store them at once, staying in IDLE."""
+
+        async def apply(notified: dict[int, tuple[frozenset[str], int | None]]) -> None:
+            await asyncio.create_task(
+                self._apply_flags(inbox, notified), context=new_mail_context()
+            )
+
+        return apply
+
+    async def _apply_flags(
+        self, inbox: Folder, notified: dict[int, tuple[frozenset[str], int | None]]
+    ) -> None:
+        from correspond.sync.engine import AccountSyncReport
+
+        # The folder's lock: never at once with a sync of INBOX on the other connection.
+        async with self.syncer.folder_lock(inbox.id):
+            updated = await in_thread(self.syncer.messages.apply_notified_flags, inbox.id, notified)
+        self.syncer.stats.idle_flag_updates += updated
+        if updated and self.caught_up:
+            report = FolderSyncReport(folder_id=inbox.id, kind="idle", flag_updates=updated)
+            report.done = True
+            await self._synced(AccountSyncReport(self.account.id, folders=[report]))
+
     async def _busy(self, work: Coroutine[Any, Any, T]) -> T:
         """Run ``work`` on the command connection; once it has taken
         :data:`HELPER_AFTER_SECONDS` (and the first pass is done with INBOX), a helper
@@ -534,7 +567,9 @@ class LiveSession:
                     if self._idle_refused == inbox.id:
                         break  # INBOX refused: the command connection reports and polls it
                     continue
-                dirty = await syncer.idle_until_change(client, inbox, wake=(self.stop, finished))
+                dirty = await syncer.idle_until_change(
+                    client, inbox, wake=(self.stop, finished), on_flags=self._flags_applier(inbox)
+                )
             clean = True
         except ImapCommandError:
             # INBOX or IDLE refused: stop helping; the command connection comes back to it.
