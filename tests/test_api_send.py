@@ -184,5 +184,8 @@ def test_who_may_send_and_clear_refusals(app: FastAPI, admin: TestClient, world:
     assert bad.status_code == 422 and "address" in bad.text
     nobody = admin.post("/messages", json={**body, "to": []})
     assert nobody.status_code == 400 and "no recipient" in nobody.json()["detail"]
-    assert admin.post("/messages", json={"to": ["x@example.test"]}).status_code == 422
+    # Neither an account nor an identity: the caller's default identity (here the account's).
+    default = admin.post("/messages", json={"to": ["x@example.test"]})
+    assert default.status_code == 202, default.text
+    assert admin.post("/messages", json={"to": "x@example.test"}).status_code == 422
     assert admin.post("/messages", content=b"not json").status_code == 422
