@@ -21,9 +21,9 @@ What remains is the order of the records: ``smtp`` before connecting, ``data`` (
 ``accepted`` and ``sent``. A row found at ``smtp`` never reached DATA, so the server cannot have
 the message: it is sent again. A row found at ``data``, or a connection lost during DATA with
 no reply, may or may not have gone: it is never sent again by itself; it fails with status
-``unknown`` and the user decides (``POST /outbox/{id}/resolve``: it went, or send it again,
-the same bytes and Message-ID, which a recipient's client shows once if both arrive). A reply
-to the end of DATA (4xx, 5xx) is an answer: retried or failed as below.
+``unknown`` and the user decides (``POST /outbox/{id}/mark-sent``, or ``/resend``: the same
+bytes and Message-ID, which a recipient's client shows once if both arrive). A reply to the
+end of DATA (4xx, 5xx) is an answer: retried or failed as below.
 
 A row found at ``smtp`` or ``accepted`` was interrupted (the process died, or the connection was
 cut without a reply): before anything is sent again the mailbox is asked

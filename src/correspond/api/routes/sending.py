@@ -1,6 +1,7 @@
 """Sending from the CRM: ``POST /messages`` (a new message), ``POST /messages/{id}/reply``,
-``/reply-all`` and ``/forward``, and ``POST /outbox/{id}/cancel`` (undo, or call off a
-scheduled send).
+``/reply-all`` and ``/forward``, ``POST /outbox/{id}/cancel`` (undo, or call off a
+scheduled send), and ``POST /outbox/{id}/mark-sent`` / ``/resend`` (the user's decision on a
+send whose fate is ``unknown``: ``sync.sender``).
 
 A send answers at once (202) with the CRM's outgoing message and its outbox row: the message is
 in its thread as ``sending`` (``scheduled`` during the undo grace or until ``send_at``), then
@@ -295,21 +296,25 @@ def cancel_send(outbox_id: OutboxId, request: Request, user: CurrentUser) -> Sen
     return send_public(service.cancel(outbox_id))
 
 
-class ResolveRequest(BaseModel):
-    sent: bool = Field(
-        description="true: it went (shown as sent); false: it did not (sent again now)"
-    )
-
-
-@outbox_router.post("/{outbox_id}/resolve", response_model=SendPublic)
-@needs("full")
-def resolve_send(
-    outbox_id: OutboxId, body: ResolveRequest, request: Request, user: CurrentUser
-) -> SendPublic:
-    """Decide a send whose fate is ``unknown`` (an outbound-only identity's send cut while the
-    server was receiving it): it went, or send it again (409 for any other status)."""
+def _resolve(request: Request, user: CurrentUser, outbox_id: int, *, went: bool) -> SendPublic:
     service = _service(request)
     access = request.state.access
     if not (access is not None and access.manage) and service.sends.actor_of(outbox_id) != user.id:
         raise HTTPException(403, detail="only who sent it, the account's owner or an admin")
-    return send_public(service.sends.resolve_unknown(outbox_id, went=body.sent))
+    return send_public(service.sends.resolve_unknown(outbox_id, went=went))
+
+
+@outbox_router.post("/{outbox_id}/mark-sent", response_model=SendPublic)
+@needs("full")
+def mark_unknown_sent(outbox_id: OutboxId, request: Request, user: CurrentUser) -> SendPublic:
+    """A send whose fate is ``unknown`` (an outbound-only identity's send cut while the server
+    was receiving it) went: show it as sent (409 for any other status)."""
+    return _resolve(request, user, outbox_id, went=True)
+
+
+@outbox_router.post("/{outbox_id}/resend", response_model=SendPublic)
+@needs("full")
+def resend_unknown(outbox_id: OutboxId, request: Request, user: CurrentUser) -> SendPublic:
+    """A send whose fate is ``unknown`` did not go: send it again now, the same message and
+    Message-ID (409 for any other status)."""
+    return _resolve(request, user, outbox_id, went=False)
