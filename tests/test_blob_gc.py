@@ -71,7 +71,7 @@ def env(
     if request.param == "postgresql":
         # A database of its own: the doctor compares the blob directory with every row.
         server = request.getfixturevalue("pg_server")
-        with temporary_database(server) as url, migrated_engine(url) as engine:
+        with temporary_database(server, migrated=True) as url, migrated_engine(url) as engine:
             yield Env(engine, dovecot, imap_user, tmp_path)
         return
     with _sqlite(tmp_path) as engine:

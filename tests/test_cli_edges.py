@@ -178,8 +178,9 @@ def test_database_url_is_shown_without_its_password(tmp_path: Path) -> None:
 
 
 def test_a_new_store_is_announced_on_each_backend(
-    store_settings: Settings, store_url: str, monkeypatch: pytest.MonkeyPatch
+    store_settings: Settings, empty_store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    store_url = empty_store_url
     monkeypatch.setattr(cli_base, "_stdin_is_tty", lambda: False)
     cli = StoreCli(store_settings, store_url)
     looked = cli("info", "--json")

@@ -109,6 +109,28 @@ async def test_edits_arrive_by_the_lease_round_not_by_per_account_polling(
         syncer_factory=fast_timer_engine,
         on_state=lambda name, state, detail: states.append((name, state, detail)),
     )
+    # Another process will edit one account. It starts now: Python, the CLI's imports and the
+    # store take seconds, and it waits (having only read the account) for the password on its
+    # standard input, which the test writes when the edit is due.
+    target, user = names[7], users[7]
+    editor = subprocess.Popen(
+        [
+            *_cli(),
+            "account",
+            "update",
+            target,
+            "--imap-port",
+            str(dovecot.tls_port),
+            "--imap-security",
+            "tls",
+            "--password-stdin",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_cli_env(settings),
+        text=True,
+    )
     runner.start()
     try:
         await _eventually(
@@ -137,28 +159,11 @@ async def test_edits_arrive_by_the_lease_round_not_by_per_account_polling(
 
         # Another process edits one account: its session (only) hears of it within a round
         # or two and reconnects with the new settings.
-        target, user = names[7], users[7]
         started = time.monotonic()
-        edited = await asyncio.to_thread(
-            subprocess.run,
-            [
-                *_cli(),
-                "account",
-                "update",
-                target,
-                "--imap-port",
-                str(dovecot.tls_port),
-                "--imap-security",
-                "tls",
-                "--password-stdin",
-            ],
-            input=user.password + "\n",
-            env=_cli_env(settings),
-            capture_output=True,
-            text=True,
-            timeout=60,
+        _out, err = await asyncio.to_thread(
+            editor.communicate, input=user.password + "\n", timeout=60
         )
-        assert edited.returncode == 0, edited.stderr
+        assert editor.returncode == 0, err
         edited_at = time.monotonic()
         await _eventually(
             lambda: any(n == target and "Connection settings changed" in d for n, _s, d in states),
@@ -176,6 +181,9 @@ async def test_edits_arrive_by_the_lease_round_not_by_per_account_polling(
         assert others == {target}
         assert time.monotonic() - started < 60
     finally:
+        if editor.poll() is None:  # the test failed before the edit
+            editor.kill()
+            editor.communicate()
         await runner.shutdown()
 
 

@@ -46,7 +46,7 @@ def pg_engine(pg_server: PostgresServer) -> Iterator[Engine]:
     private cluster, failing (never skipping) when neither can be had.
     """
     with (
-        temporary_database(pg_server, prefix="correspond_msgs") as url,
+        temporary_database(pg_server, prefix="correspond_msgs", migrated=True) as url,
         migrated_engine(url) as eng,
     ):
         yield eng

@@ -142,36 +142,56 @@ async def test_killed_again_and_again_then_converges(env: Env, tmp_path: Path) -
     seed = int(os.environ.get("CORRESPOND_KILL_SEED") or random.SystemRandom().randrange(2**32))
     print(f"kill seed: {seed} (CORRESPOND_KILL_SEED={seed} reproduces the delays)")
     rng = random.Random(seed)
-    fill_inbox(env, KILL_MESSAGES, body_bytes=600)
     url = env.messages.engine.url.render_as_string(hide_password=False)
     args = [url, KEY.decode(), env.account.name, str(tmp_path / "data"), TODAY.isoformat(), "5"]
     loop = asyncio.get_running_loop()
     counts: list[int] = []
-    for kill in range(KILLS):
-        before = env.messages.count_messages(env.account.id)
-        child = subprocess.Popen([sys.executable, "-c", SYNC_CHILD, *args])
-        try:
-            deadline = loop.time() + 30
-            # A random point: after a random number of messages of this run are committed
-            # (so every run makes progress), then a random moment later, which lands in a
-            # fetch, a parse, a blob write, a commit, or between them.
-            target = before + rng.randint(1, 50)
-            while env.messages.count_messages(env.account.id) < target:
-                assert child.poll() is None, f"run {kill} ended before its kill (seed {seed})"
-                assert loop.time() < deadline, f"run {kill} stalled (seed {seed})"
-                await asyncio.sleep(0.002)
-            await asyncio.sleep(rng.uniform(0.0, 0.03))
-            assert child.poll() is None, f"run {kill} finished before its kill (seed {seed})"
-            child.kill()
-        finally:
-            if child.poll() is None:
+
+    def spawn() -> subprocess.Popen[bytes]:
+        # Python and the engine's imports take 2-3 s on a loaded machine: the next run's
+        # process imports while the mailbox fills or the run before it syncs, and starts its
+        # sync when told to.
+        return subprocess.Popen(
+            [sys.executable, "-c", SYNC_CHILD, *args, "--wait"], stdin=subprocess.PIPE
+        )
+
+    waiting: subprocess.Popen[bytes] | None = spawn()
+    try:
+        fill_inbox(env, KILL_MESSAGES, body_bytes=600)
+        for kill in range(KILLS):
+            before = env.messages.count_messages(env.account.id)
+            child, waiting = waiting, None
+            assert child is not None and child.stdin is not None
+            child.stdin.write(b"go\n")
+            child.stdin.close()
+            if kill + 1 < KILLS:
+                waiting = spawn()
+            try:
+                deadline = loop.time() + 30
+                # A random point: after a random number of messages of this run are committed
+                # (so every run makes progress), then a random moment later, which lands in a
+                # fetch, a parse, a blob write, a commit, or between them.
+                target = before + rng.randint(1, 50)
+                while env.messages.count_messages(env.account.id) < target:
+                    assert child.poll() is None, f"run {kill} ended before its kill (seed {seed})"
+                    assert loop.time() < deadline, f"run {kill} stalled (seed {seed})"
+                    await asyncio.sleep(0.002)
+                await asyncio.sleep(rng.uniform(0.0, 0.03))
+                assert child.poll() is None, f"run {kill} finished before its kill (seed {seed})"
                 child.kill()
-            assert child.wait(timeout=30) == -9
-        counts.append(env.messages.count_messages(env.account.id))
-        # Whatever was committed is exact and consistent, even right after a kill.
-        stored, remote = env.stored("INBOX"), env.remote("INBOX")
-        assert all(remote[uid] == key for uid, key in stored.items())
-        assert audit_store(env).problems == {}
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                assert child.wait(timeout=30) == -9
+            counts.append(env.messages.count_messages(env.account.id))
+            # Whatever was committed is exact and consistent, even right after a kill.
+            stored, remote = env.stored("INBOX"), env.remote("INBOX")
+            assert all(remote[uid] == key for uid, key in stored.items())
+            assert audit_store(env).problems == {}
+    finally:
+        if waiting is not None:  # the test failed before this run: it never starts
+            waiting.kill()
+            waiting.wait(timeout=30)
     print(f"messages stored after each kill: {counts}")
     assert counts == sorted(counts) and counts[0] > 0
 

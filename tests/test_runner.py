@@ -251,7 +251,7 @@ async def test_sync_once_refuses_an_account_another_worker_holds(
 
 @pytest.fixture
 def pg_url(pg_server: PostgresServer) -> Iterator[str]:
-    with temporary_database(pg_server, prefix="correspond_h8") as url:
+    with temporary_database(pg_server, prefix="correspond_h8", migrated=True) as url:
         yield url
 
 

@@ -61,7 +61,7 @@ def _sqlite(tmp_path: Path) -> contextlib.AbstractContextManager[Engine]:
 def pg_engine(pg_server: PostgresServer) -> Iterator[Engine]:
     """One migrated PostgreSQL database for the module; tests stay apart by account."""
     with (
-        temporary_database(pg_server, prefix="correspond_sync") as url,
+        temporary_database(pg_server, prefix="correspond_sync", migrated=True) as url,
         migrated_engine(url) as eng,
     ):
         yield eng
@@ -293,6 +293,8 @@ from correspond.store.secrets import SecretBox
 from correspond.sync.engine import AccountSyncer
 
 url, key, name, data_dir, today, batch_size = sys.argv[1:7]
+if sys.argv[7:] == ["--wait"] and sys.stdin.readline() != "go\\n":
+    sys.exit(0)  # imported and ready, but the test ended without starting this run
 engine = create_store_engine(url)
 store = Store(engine, SecretBox(key.encode()))
 syncer = AccountSyncer(

@@ -140,7 +140,7 @@ def _sqlite(tmp_path: Path) -> contextlib.AbstractContextManager[Engine]:
 @pytest.fixture(scope="module")
 def pg_engine(pg_server: PostgresServer) -> Iterator[Engine]:
     with (
-        temporary_database(pg_server, prefix="correspond_live") as url,
+        temporary_database(pg_server, prefix="correspond_live", migrated=True) as url,
         migrated_engine(url) as eng,
     ):
         yield eng

@@ -5,11 +5,14 @@ server to use; otherwise :func:`postgres_server` runs ``initdb`` from ``/usr/lib
 into a temporary folder and starts ``postgres`` on a free loopback port with trust
 authentication, as the ``postgres`` system user when running as root (initdb refuses root).
 Each test then gets a fresh database with a unique name (:func:`temporary_database`), dropped
-afterwards. Failures raise: a PostgreSQL test never skips silently.
+afterwards; ``migrated=True`` copies it from a template migrated once per process and server
+(``CREATE DATABASE ... TEMPLATE``: ~0.3 s where creating and migrating one takes ~1.2 s).
+Failures raise: a PostgreSQL test never skips silently.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import glob
 import os
@@ -33,6 +36,7 @@ __all__ = [
     "PostgresServer",
     "PostgresUnavailable",
     "find_pg_bin",
+    "migrated_template",
     "postgres_server",
     "temporary_database",
 ]
@@ -59,11 +63,15 @@ class PostgresServer:
         url = make_url(self.admin_url).set(drivername="postgresql")
         return url.render_as_string(hide_password=False)
 
-    def create_database(self, prefix: str = "correspond_test") -> str:
-        """Create an empty database with a unique name; return its name."""
+    def create_database(self, prefix: str = "correspond_test", template: str | None = None) -> str:
+        """Create a database with a unique name, empty or a copy of ``template``; return its
+        name."""
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template is not None:
+            statement = sql.SQL("{} TEMPLATE {}").format(statement, sql.Identifier(template))
         with psycopg.connect(self._conninfo(), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(statement)
         return name
 
     def drop_database(self, name: str) -> None:
@@ -205,10 +213,48 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
 
 
+# admin URL -> the name of a database migrated to head, made once per process (dropped at exit).
+_MIGRATED_TEMPLATES: dict[str, str] = {}
+
+
+def _drop_templates() -> None:
+    for admin_url, name in list(_MIGRATED_TEMPLATES.items()):
+        with contextlib.suppress(psycopg.Error):  # a private cluster may be gone already
+            PostgresServer(admin_url).drop_database(name)
+    _MIGRATED_TEMPLATES.clear()
+
+
+def migrated_template(server: PostgresServer) -> str:
+    """The name of a database on ``server`` with every migration applied, made on first use in
+    this process (its unique name keeps concurrent test runs on one server apart) and
+    dropped at exit. Nothing may stay connected to it: ``CREATE DATABASE ... TEMPLATE`` needs
+    it idle."""
+    name = _MIGRATED_TEMPLATES.get(server.admin_url)
+    if name is None:
+        from correspond.store.engine import create_store_engine, migrate
+
+        name = server.create_database("correspond_template")
+        engine = create_store_engine(server.url_for(name))
+        try:
+            migrate(engine)
+        except BaseException:
+            engine.dispose()
+            server.drop_database(name)
+            raise
+        engine.dispose()
+        if not _MIGRATED_TEMPLATES:
+            atexit.register(_drop_templates)
+        _MIGRATED_TEMPLATES[server.admin_url] = name
+    return name
+
+
 @contextlib.contextmanager
-def temporary_database(server: PostgresServer, prefix: str = "correspond_test") -> Iterator[str]:
-    """A fresh database on ``server`` for the duration; yields its SQLAlchemy URL."""
-    name = server.create_database(prefix)
+def temporary_database(
+    server: PostgresServer, prefix: str = "correspond_test", *, migrated: bool = False
+) -> Iterator[str]:
+    """A fresh database on ``server`` for the duration; yields its SQLAlchemy URL. Empty, or
+    with ``migrated`` a copy of :func:`migrated_template` (what migrating it would make)."""
+    name = server.create_database(prefix, migrated_template(server) if migrated else None)
     try:
         yield server.url_for(name)
     finally:
