@@ -309,10 +309,8 @@ class SendService:
             if user is None:
                 raise ConfigError("a template is a user's: send as one of their identities")
             subject, text, html, signed = self._render(user, sender, compose)
-            if not (to or compose.cc or compose.bcc) and compose.contact_id is not None:
-                contact = self.composer.crm.get_contact(compose.contact_id)
-                if contact.emails:
-                    to = ((contact.name, contact.emails[0]),)
+            if not (to or compose.cc or compose.bcc):
+                to = self._contact_recipient(compose)
         attachments = compose.attachments + self._stored_attachments(user, compose.attachment_ids)
         draft = Draft(
             from_=sender.from_,
@@ -327,6 +325,18 @@ class SendService:
         if signed:
             draft = with_signature(draft, sender.signature)
         return self._queue(user, sender, draft, compose.send_at)
+
+    def _contact_recipient(self, compose: Compose) -> tuple[Pair, ...]:
+        """The default recipient of a templated send: the contact (else the deal's first
+        contact, as the template's fields take it) at their first address."""
+        contact_id = compose.contact_id
+        if contact_id is None and compose.deal_id is not None:
+            contact_ids = self.composer.crm.get_deal(compose.deal_id).contact_ids
+            contact_id = contact_ids[0] if contact_ids else None
+        if contact_id is None:
+            return ()
+        contact = self.composer.crm.get_contact(contact_id)
+        return ((contact.name, contact.emails[0]),) if contact.emails else ()
 
     def _render(
         self, user: User, sender: Sender, compose: Compose
