@@ -36,7 +36,7 @@ from correspond.store.compose import (
 from correspond.store.crm import CrmStore
 from correspond.store.message_tables import MessageRow
 from correspond.store.outbox_tables import OutboxRow
-from correspond.store.sends import SendRecord
+from correspond.store.sends import SendRecord, SendStore
 from correspond.store.users import User
 from correspond.testing.dovecot import DovecotServer, ImapUser
 from correspond.testing.postfix import PostfixServer
@@ -291,3 +291,37 @@ async def test_reply_all_leaves_out_every_own_address_and_forward_carries_attach
     assert attachment.get_filename() == "contract.pdf"
     assert attachment.get_content() == b"%PDF-1.4 contract"
     assert "Please see the contract." in text_of(sent_on)
+
+
+async def test_correspond_send_with_a_template_as_an_identity(
+    env: Env, dovecot: DovecotServer, postfix: PostfixServer
+) -> None:
+    from correspond.settings import Settings
+    from helpers import StoreCli
+    from test_sync_dovecot import KEY
+
+    contact = dovecot.add_user()
+    await env.sync()
+    user = owner(env)
+    composer = ComposeService(env.store, env.settings)
+    identity = composer.identity_for(user, None)
+    person = CrmStore(env.store.engine).create_contact(name="Di Jones", emails=[contact.address])
+    template = composer.templates.create(
+        user,
+        TemplateFields(name="T", subject="For {{contact.first_name}}", text="{{deal.name}}"),
+    )
+    cli = StoreCli(
+        Settings(data_dir=env.settings.data_dir, secret_key=KEY.decode()),
+        env.store.engine.url.render_as_string(hide_password=False),
+    )
+    args = ["send", "--template", str(template.id), "--contact", str(person.id)]
+    missing = cli(*args, "--identity", str(identity.id))
+    assert missing.exit_code == 2 and "{{deal.name}}" in missing.output, missing.output
+    assert cli(*args).exit_code == 2  # a template needs an identity (its owner sends)
+    deal = CrmStore(env.store.engine).create_deal(name="Big Deal", contact_ids=[person.id])
+    shown = cli.json(*args, "--deal", str(deal.id), "--identity", str(identity.id), "--at", NOW_ISO)
+    record = SendStore(env.store.engine).get(shown["outbox_id"])
+    assert (await settle(env, record)).status == "sent"
+    postfix.wait_queue_empty()
+    got = received(dovecot, contact, record)
+    assert got["Subject"] == "For Di" and text_of(got).startswith("Big Deal")
