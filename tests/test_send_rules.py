@@ -280,3 +280,12 @@ def test_replies_carry_in_reply_to_and_references() -> None:
     assert str(parsed["Message-ID"]).endswith("@example.test>")
     with pytest.raises(ConfigError, match="no recipient"):
         built(draft(to=()))
+
+
+def test_a_recipient_name_that_decodes_to_a_line_break_is_refused() -> None:  # H2
+    sneaky = '"=?UTF-8?B?ZXZlDQpCY2M6IHhAZXhhbXBsZS5jb20=?=" <bob@example.test>'
+    with pytest.raises(ConfigError, match="line break"):
+        parse_recipients([sneaky])
+    assert parse_recipients(['"=?UTF-8?B?aGVsbG8=?=" <bob@example.test>'])[0][1] == (
+        "bob@example.test"
+    )
