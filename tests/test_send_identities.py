@@ -26,7 +26,8 @@ from sqlalchemy.orm import Session
 from correspond.composer import ComposeService
 from correspond.errors import NotFound
 from correspond.mail.merge import MissingMergeFields
-from correspond.outgoing import Compose
+from correspond.mail.outgoing import uploaded
+from correspond.outgoing import Compose, SendService
 from correspond.store.compose import (
     Identity,
     IdentityChanges,
@@ -325,3 +326,22 @@ async def test_correspond_send_with_a_template_as_an_identity(
     postfix.wait_queue_empty()
     got = received(dovecot, contact, record)
     assert got["Subject"] == "For Di" and text_of(got).startswith("Big Deal")
+
+
+async def test_a_message_over_the_limit_is_refused_before_it_is_queued(env: Env) -> None:
+    from correspond.mail.compose import MessageTooLarge
+
+    user = owner(env)
+    small = SendService(env.store, env.settings.clone(send_max_bytes=4000), env.blobs)
+    with pytest.raises(MessageTooLarge, match="once encoded") as refused:
+        small.send_new(
+            user,
+            None,
+            Compose(
+                to=(("", "cy@example.test"),),
+                attachments=(uploaded("big.bin", "application/octet-stream", b"x" * 3500),),
+            ),
+        )
+    assert refused.value.size > 3500 * 4 // 3 and refused.value.limit == 4000
+    with Session(env.store.engine) as s:
+        assert s.scalar(select(func.count()).select_from(OutboxRow)) == 0
