@@ -263,18 +263,29 @@ async def test_reply_all_leaves_out_every_own_address_and_forward_carries_attach
     original.add_attachment(b"%PDF-1.4 contract", maintype="application", subtype="pdf",
                             filename="contract.pdf")  # fmt: skip
     dovecot.deliver(env.user, original.as_bytes(), sender=sender.address)
+    to_alias = (
+        f"From: <{sender.address}>\r\nTo: Desk <{alias_box.address}>\r\nSubject: For the desk\r\n"
+        f"Message-ID: <desk-{sender.username}@example.test>\r\n\r\nHello desk\r\n"
+    ).encode()
+    dovecot.deliver(env.user, to_alias, sender=sender.address)
     await env.sync()
     with Session(env.store.engine) as s:
         stored = s.scalars(select(MessageRow).where(MessageRow.subject == "Re: Contract")).one()
+        desk = s.scalars(select(MessageRow).where(MessageRow.subject == "For the desk")).one()
     sends = service(env)
     reply = sends.respond(user, stored.id, "reply-all", Compose(text="Agreed."))
+    # A reply goes as the identity (alias) the original was written to.
+    desk_reply = sends.respond(user, desk.id, "reply", Compose(text="On it."))
     forward = sends.respond(
         user, stored.id, "forward", Compose(to=(("", partner.address),), text="FYI")
     )
-    for record in (reply, forward):
+    for record in (reply, forward, desk_reply):
         assert (await settle(env, record)).status == "sent"
     postfix.wait_queue_empty()
+    from_desk = received(dovecot, sender, desk_reply)
+    assert from_desk["From"].addresses[0].addr_spec == alias_box.address
     answered = received(dovecot, sender, reply)
+    assert answered["From"].addresses[0].addr_spec == env.user.address
     assert answered["Subject"] == "Re: Contract"  # not "Re: Re: Contract"
     assert answered["In-Reply-To"] == f"<contract-{sender.username}@example.test>"
     assert [a.addr_spec for a in answered["To"].addresses] == [sender.address, colleague.address]

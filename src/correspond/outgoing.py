@@ -211,13 +211,16 @@ class SendService:
     def _member(self, user: User, team_id: int) -> bool:
         return TeamStore(self.store.engine).is_member(team_id, user.id)
 
-    def _account_identity(self, user: User, account: Account) -> Identity | None:
-        """The user's identity for the account's own address (None: they have none)."""
-        for identity in self.composer.identities.list(user):
-            if identity.account_id == account.id and identity.address.lower() == (
-                account.email.lower()
-            ):
-                return identity
+    def _account_identity(
+        self, user: User, account: Account, addressed: Sequence[str] = ()
+    ) -> Identity | None:
+        """The user's identity of ``account`` that a message was ``addressed`` to (an
+        alias), else the one of the account's own address (None: they have none)."""
+        mine = [i for i in self.composer.identities.list(user) if i.account_id == account.id]
+        for wanted in (*(a.lower() for a in addressed), account.email.lower()):
+            for identity in mine:
+                if identity.address.lower() == wanted:
+                    return identity
         return None
 
     def sender(
@@ -227,8 +230,10 @@ class SendService:
         identity_id: int | None = None,
         account_name: str | None = None,
         original_account: Account | None = None,
+        addressed: Sequence[str] = (),
     ) -> Sender:
-        """Who a send goes out as (see the module docstring)."""
+        """Who a send goes out as (see the module docstring); ``addressed``: the addresses
+        the original was sent to (a reply goes as the alias it was written to)."""
         if user is None:
             if account_name is None:
                 raise ConfigError("name the account to send from")
@@ -246,7 +251,7 @@ class SendService:
                 return Sender(account, from_, None)
             return Sender(account, self.composer.sender_of(found), found)
         elif original_account is not None:
-            identity = self._account_identity(user, original_account)
+            identity = self._account_identity(user, original_account, addressed)
             if identity is None:
                 identity = self.composer.identity_for(user, None)
         else:
@@ -377,10 +382,13 @@ class SendService:
         identity_id: int | None = None,
     ) -> SendRecord:
         """Reply, reply-all or forward ``message_id``, as ``identity_id`` (None: the identity
-        of the original's account, else the user's default)."""
+        of the original's account it was addressed to, else the user's default)."""
         original = self.sends.original(message_id)
         original_account = self.store.get_account_by_id(original.account_id)
-        sender = self.sender(user, identity_id=identity_id, original_account=original_account)
+        addressed = [a for _, a in (*original.to, *original.cc)]
+        sender = self.sender(
+            user, identity_id=identity_id, original_account=original_account, addressed=addressed
+        )
         view = _OriginalView.of(original)
         # The signature goes under what the user wrote, above the quoted original.
         mine = with_signature(
