@@ -10,7 +10,9 @@ same dedupe key and adds a location to this row: no duplicate.
 
 The outbox row's ``payload`` carries the send: ``envelope_from``, ``recipients`` (To, Cc, Bcc
 and, for a receipt, the account's own address: ``rules.send``), ``message_id_header``,
-``blob_key`` (the message as built, with Bcc: the Sent copy), ``receipt`` and ``stage``:
+``blob_key`` (the message as built, with Bcc: the Sent copy), ``receipt``, ``identity_id``
+(the identity it goes out as; with ``transport: identity`` an outbound-only one, sent through
+its own server with no Sent copy and no receipt) and ``stage``:
 
 - ``queued``: nothing sent; :meth:`cancel` may still take it back (undo, unschedule);
 - ``smtp``: a submission has started (``attempt_at``); from here on a retry first asks the
