@@ -7,7 +7,7 @@ set -euo pipefail
 if [ $# -gt 0 ]; then
   wanted=("$@")
 else
-  wanted=(dovecot-imapd dovecot-lmtpd postfix postgresql openssl ca-certificates)
+  wanted=(dovecot-imapd dovecot-lmtpd postfix postgresql openssl ca-certificates chromium)
 fi
 missing=()
 for pkg in "${wanted[@]}"; do

@@ -36,6 +36,8 @@ from correspond.store.notify_tables import NotificationRow
 from correspond.store.repository import SettingsChanged
 from correspond.testing.dovecot import DovecotServer, ImapUser
 from correspond.testing.mirror import SeededMirror, seed_mirror
+from correspond.web import router as web_router
+from correspond.web.pages import PUBLIC_PAGES
 from helpers import API_BASE_URL, authed_client, user_client
 
 # Reachable without signing in: the process is up; signing in itself; the documentation
@@ -71,6 +73,9 @@ OWN_THINGS = {
     ("GET", "/templates"),
     ("POST", "/templates"),
     ("GET", "/compose/defaults"),
+    # The caller's own drafts (checked after the walk: a member lists none of the admin's).
+    ("GET", "/drafts"),
+    ("POST", "/drafts"),
     # The body names the account to send from (refused unless the caller may send as it).
     ("POST", "/messages"),
     # Search and the personal inbox answer from the caller's own accounts only (checked
@@ -98,6 +103,14 @@ SHARED_PREFIXES = (
 # Never-ending answers (Server-Sent Events): walked for 401s, opened over HTTP elsewhere
 # (tests/test_notify_live.py).
 STREAMS = {("GET", "/notifications/stream")}
+# The web app's pages (HTML, not in the OpenAPI document): walked on their own. Without a
+# session each answers 303 to /login, but sign-in and first run (tests/test_web.py).
+WEB_PAGES = {
+    (method, route.path)
+    for route in web_router.routes
+    for method in getattr(route, "methods", ()) or ()
+    if method != "HEAD"
+}
 BIG_ID = 2**63
 
 
@@ -152,11 +165,16 @@ def _api_routes(app: FastAPI) -> tuple[set[tuple[str, str]], set[tuple[str, str]
                     documented.add((method, path))
 
     for route in app.routes:
+        if getattr(route, "path", None) is not None and any(
+            (m, route.path) in WEB_PAGES for m in getattr(route, "methods", None) or ()
+        ):
+            continue
         if isinstance(route, APIRoute):
             add(route.methods, route.path, route.include_in_schema)
         elif hasattr(route, "effective_route_contexts"):
             for ctx in route.effective_route_contexts():
-                add(ctx.methods, ctx.path, ctx.include_in_schema)
+                if not any((m, ctx.path) in WEB_PAGES for m in ctx.methods or ()):
+                    add(ctx.methods, ctx.path, ctx.include_in_schema)
         elif isinstance(route, Route):
             add(route.methods, route.path, route.include_in_schema)
         else:
@@ -189,6 +207,7 @@ GHOSTS: dict[str, Any] = {
     "identity_id": 987654330,
     "template_id": 987654331,
     "outbox_id": 987654332,
+    "draft_id": 987654333,
 }
 
 
@@ -257,6 +276,9 @@ def _secrets_of(admin: TestClient, mirror: SeededMirror) -> tuple[dict[str, Any]
     identity = admin.get("/identities").json()[0]
     template = admin.post("/templates", json={"name": "Walk", "subject": "s", "text": "t"})
     assert template.status_code == 201, template.text
+    # A draft of the admin's: nobody else's to read, change, send or delete.
+    draft = admin.post("/drafts", json={"to": ["x@example.test"], "subject": "Walk draft"})
+    assert draft.status_code == 201, draft.text
     ids = {
         "name": mirror.account,
         "message_id": with_attachment["id"],
@@ -276,6 +298,7 @@ def _secrets_of(admin: TestClient, mirror: SeededMirror) -> tuple[dict[str, Any]
         "identity_id": identity["id"],
         "template_id": template.json()["id"],
         "outbox_id": _outbox_row(admin, with_attachment["id"]),
+        "draft_id": draft.json()["id"],
     }
     subjects = [m["subject"] for m in page["messages"] if m["subject"]]
     return ids, [mirror.account, mirror.address, *subjects[:5]]
@@ -325,11 +348,27 @@ def test_every_route_needs_credentials_and_hides_others_accounts(
             assert not any(s in answer.text for s in private[1:]), (method, path)
             checked += 1
     assert checked >= 15
+    # The web app's pages: none answers without a session but sign-in and first run, and none
+    # takes a bearer token (pages are for browsers); each sends the pages' CSP.
+    for method, path in sorted(WEB_PAGES):
+        url = _concrete(path, ids)
+        for client in (anonymous, member):
+            form = {"csrf": "forged"} if method == "POST" else None
+            answer = client.request(method, url, data=form, follow_redirects=False)
+            assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+            assert not any(s in answer.text for s in private), (method, path)
+            if (method, path) in PUBLIC_PAGES:
+                # GET /login 200, GET /welcome 404 (a user exists), the forms 403 (forged token)
+                assert answer.status_code in (200, 403, 404), (method, path)
+            else:
+                assert answer.status_code == 303, (method, path, answer.status_code)
+                assert answer.headers["location"] == "/login", (method, path)
     # A member's own view of the lists holds none of the admin's data.
     assert member.get("/accounts").json() == []
     assert member.get("/teams").json() == []
     assert member.get("/identities").json() == []
     assert member.get("/templates").json() == []
+    assert member.get("/drafts").json() == []
     assert member.get("/compose/defaults").json()["identity"] is None
     app.state.search.index.index_all()
     assert admin.get("/search").json()["messages"]

@@ -30,8 +30,10 @@ LAYERS: dict[str, int] = {
     "correspond.mailbox": 2,
     "correspond.notify": 2,
     "correspond.outgoing": 2,
+    "correspond.drafts": 2,
     "correspond.search": 2,
     "correspond.api": 3,
+    "correspond.web": 3,
     "correspond.cli": 3,
     "correspond.testing": 3,
 }

@@ -219,6 +219,7 @@ def test_flag_winner(crm_at: datetime, seen_at: datetime, winner: str) -> None:
     assert flag_winner(crm_at, seen_at) == winner
 
 
+A = "\\Answered"
 LATER = T0 + timedelta(minutes=1)
 EARLIER = T0 - timedelta(minutes=1)
 
@@ -248,6 +249,11 @@ FLAG_CASES = [
     ({S}, {S}, {S}, [], {S}, set()),
     # flags the CRM does not sync follow the server
     (set(), set(), {"\\Answered", "$Label1"}, [], {"\\Answered", "$Label1"}, set()),
+    # a reply from the CRM went (\Answered waiting in the outbox); the mailbox marked the
+    # message read meanwhile: the CRM keeps \Answered and takes \Seen
+    ({A}, set(), {S}, [FlagChange(A, True, EARLIER)], {A, S}, set()),
+    # \Answered without a pending change follows the server (taken off in a mail client)
+    ({A, S}, {A}, set(), [FlagChange(S, True, EARLIER)], {S}, set()),
     # the last pending change of a flag counts
     (
         set(),
@@ -280,6 +286,21 @@ def test_merge_remote_flags(
     )
     assert merged.flags == expected
     assert merged.superseded == superseded
+
+
+def test_answered_sets_the_flag_on_every_location_whatever_the_toggles() -> None:
+    for toggles in (ALL_ON, Toggles.of({name: False for name in TOGGLE_DEFAULTS})):
+        plan = mailbox_ops_for_crm_action(
+            "answered", state="archived", locations=[INBOX, TRASH], toggles=toggles
+        )
+        assert plan.state == "archived"
+        assert plan.ops == tuple(
+            MailboxOp("store", p.folder_id, flag="\\Answered", value=True) for p in (INBOX, TRASH)
+        )
+    assert (
+        mailbox_ops_for_crm_action("answered", state="active", locations=[], toggles=ALL_ON).ops
+        == ()
+    )
 
 
 def test_restore_puts_it_back_where_it_was() -> None:

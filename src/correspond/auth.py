@@ -30,6 +30,7 @@ from correspond.errors import ConfigError, NotFound
 from correspond.settings import Settings
 from correspond.store import Store
 from correspond.store.compose import IdentityStore, TemplateStore
+from correspond.store.drafts import DraftStore
 from correspond.store.tables import utcnow
 from correspond.store.teams import TeamStore
 from correspond.store.users import ApiToken, Caller, PathRef, User, UserStore, email_key
@@ -161,6 +162,7 @@ class AuthService:
         self.teams = TeamStore(store.engine)
         self.identities = IdentityStore(store.engine, store.secrets)
         self.templates = TemplateStore(store.engine)
+        self.drafts = DraftStore(store.engine, max_bytes=settings.send_max_bytes)
         self.settings = settings
         self.hasher = PasswordHasher(
             time_cost=settings.password_hash_time_cost,
@@ -295,6 +297,11 @@ class AuthService:
         """:class:`NotFound` unless ``identity_id`` is ``user``'s and usable by them (the
         rule of ``store.visibility.identity_terms``: nobody else's, admins included)."""
         self.identities.exists_for(user, identity_id)
+
+    def draft_visible(self, user: User, draft_id: int) -> None:
+        """:class:`NotFound` unless ``draft_id`` is ``user``'s (``store.visibility.
+        draft_terms``: nobody else's, admins included)."""
+        self.drafts.exists_for(user, draft_id)
 
     def template_access(self, user: User, template_id: int) -> Access:
         """``user``'s access to a template (``manage``: may change it); :class:`NotFound`

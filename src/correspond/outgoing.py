@@ -123,6 +123,16 @@ def parse_recipients(values: Sequence[str]) -> tuple[Pair, ...]:
     return tuple(out)
 
 
+def _split(
+    attachments: Sequence[OutgoingAttachment],
+) -> tuple[tuple[OutgoingAttachment, ...], tuple[OutgoingAttachment, ...]]:
+    """Files, and inline images of the HTML (those with a ``content_id``: ``Draft.inline``)."""
+    return (
+        tuple(a for a in attachments if a.content_id is None),
+        tuple(a for a in attachments if a.content_id is not None),
+    )
+
+
 def _addresses(pairs: Sequence[Pair], where: str) -> tuple[Address, ...]:
     return tuple(Address.of(email, name, field=where) for name, email in pairs)
 
@@ -316,7 +326,9 @@ class SendService:
             subject, text, html, signed = self._render(user, sender, compose)
             if not (to or compose.cc or compose.bcc):
                 to = self._contact_recipient(compose)
-        attachments = compose.attachments + self._stored_attachments(user, compose.attachment_ids)
+        files, inline = _split(
+            compose.attachments + self._stored_attachments(user, compose.attachment_ids)
+        )
         draft = Draft(
             from_=sender.from_,
             to=_addresses(to, "to"),
@@ -325,7 +337,8 @@ class SendService:
             subject=subject or "",
             text=text,
             html=html,
-            attachments=attachments,
+            attachments=files,
+            inline=inline,
         )
         if signed:
             draft = with_signature(draft, sender.signature)
@@ -394,7 +407,9 @@ class SendService:
         mine = with_signature(
             Draft(from_=sender.from_, text=compose.text, html=compose.html), sender.signature
         )
-        attachments = compose.attachments + self._stored_attachments(user, compose.attachment_ids)
+        attachments, inline = _split(
+            compose.attachments + self._stored_attachments(user, compose.attachment_ids)
+        )
         if mode == "forward":
             draft = forward_draft(
                 view,
@@ -405,7 +420,7 @@ class SendService:
                 text=mine.text,
                 html=mine.html,
             )
-            draft = replace(draft, attachments=draft.attachments + attachments)
+            draft = replace(draft, attachments=draft.attachments + attachments, inline=inline)
         else:
             own = {a.lower() for a in self.composer.own_addresses(user)}
             if sender.identity is None:
@@ -424,6 +439,7 @@ class SendService:
                 cc=_addresses(compose.cc, "cc") if compose.cc else draft.cc,
                 bcc=_addresses(compose.bcc, "bcc"),
                 attachments=attachments,
+                inline=inline,
             )
         if compose.subject:
             draft = replace(draft, subject=compose.subject)
@@ -449,6 +465,18 @@ class SendService:
                 raise NotFound(f"no attachment with id {attachment_id}")
             out.append(self._attachment(attachment_id, filename, content_type, blob_key))
         return tuple(out)
+
+    def load_attachments(
+        self, user: User | None, refs: Sequence[tuple[int, str | None]]
+    ) -> tuple[OutgoingAttachment, ...]:
+        """Stored attachments by ``(id, content id or None)``, checked as
+        :meth:`_stored_attachments`; one with a content id goes as an inline image of the
+        HTML (``cid:``). For the caller to put in :attr:`Compose.attachments`."""
+        loaded = self._stored_attachments(user, [attachment_id for attachment_id, _ in refs])
+        return tuple(
+            replace(att, content_id=cid) if cid else att
+            for att, (_, cid) in zip(loaded, refs, strict=True)
+        )
 
     def _attachment(
         self, attachment_id: int, filename: str | None, content_type: str, blob_key: str | None

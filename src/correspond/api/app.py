@@ -28,6 +28,7 @@ from correspond.api.routes import (
     auth,
     compose,
     crm,
+    drafts,
     folders,
     health,
     inbox,
@@ -43,6 +44,7 @@ from correspond.api.schemas import ErrorPublic
 from correspond.api.security import authorize
 from correspond.auth import AuthService
 from correspond.composer import ComposeService
+from correspond.drafts import DraftService
 from correspond.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -258,6 +260,7 @@ def create_app(
         the_store.engine, on_recorded=runner.wake if runner is not None else None
     )
     app.state.sending = SendService(the_store, settings)
+    app.state.drafts = DraftService(the_store, app.state.sending)
     app.state.notifications = notes
     app.state.webhooks = webhook_store
     app.state.hub = hub
@@ -285,6 +288,7 @@ def create_app(
         actions.router,
         sending.router,
         sending.outbox_router,
+        drafts.router,
         messages.thread_router,
         teams.router,
         teams.me_router,
@@ -311,6 +315,11 @@ def create_app(
     for router in signed_in_routers:
         if router is not messages.account_router:
             app.include_router(router, dependencies=signed_in)
+    # The web app's pages last: the API's paths are tried first and keep their meaning. (Imported
+    # here: the pages import the API's security module, whose package imports this one.)
+    from correspond.web import mount_web
+
+    mount_web(app)
     # /docs keeps its sections in the order above, not in the order routes are tried.
     app.openapi_tags = [
         {"name": tag}

@@ -9,7 +9,7 @@ checked against the one visibility rule (:mod:`correspond.store.visibility`, ask
 thread by ``thread_id``, an outbox row (a send) by ``outbox_id`` (its account), a team by
 ``team_id`` (its members and admins), an identity by ``identity_id`` (its owner alone), a
 template by ``template_id`` (its owner, its team's members and admins see it; its owner and
-admins change it); CRM records
+admins change it), a draft by ``draft_id`` (its owner alone); CRM records
 (``contact_id``, ``company_id``, ``deal_id``, ``activity_id``) are every signed-in user's.
 An account the caller may not see is a 404, as if it did not exist, so names do not leak; one
 they see but may not do this with (metadata only, or not theirs to change) is a 403. A path
@@ -267,6 +267,10 @@ async def authorize(request: Request, user: CurrentUser) -> User:
             # An identity is its owner's alone, admins included (store.visibility).
             if (identity_id := _id(str(value))) is not None:
                 await asyncio.to_thread(auth.identity_visible, user, identity_id)
+        elif param == "draft_id":
+            # A draft is its owner's alone, admins included (store.visibility).
+            if (draft_id := _id(str(value))) is not None:
+                await asyncio.to_thread(auth.draft_visible, user, draft_id)
         elif param == "template_id":
             if (template_id := _id(str(value))) is not None:
                 template = await asyncio.to_thread(auth.template_access, user, template_id)

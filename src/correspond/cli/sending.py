@@ -3,7 +3,9 @@ account's owner's name on From), or as an identity (``--identity``: its owner se
 signature; ``--template`` with ``--contact`` / ``--deal`` fills a template first, and a merge
 field without a value stops the send before anything is queued). It is queued on the outbox
 like a send from the API; the account's syncer (a running ``worker``, ``serve`` or ``sync``)
-sends it after the undo grace, or at ``--at``."""
+sends it after the undo grace, or at ``--at``.
+``correspond outbox cancel ID``: take a send back before it goes (undo, or a scheduled send
+called off), as ``POST /outbox/{id}/cancel``."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import click
 
 from correspond.api.routes.sending import send_public
 from correspond.api.schemas import as_json
-from correspond.cli.base import CliContext, _Command, _fail, _print_json, pass_cli
+from correspond.cli.base import CliContext, _Command, _fail, _Group, _print_json, pass_cli
 from correspond.cli.output import safe
 from correspond.composer import RecordMissing
 from correspond.errors import NotFound
@@ -23,7 +25,7 @@ from correspond.mail.merge import MissingMergeFields
 from correspond.mail.outgoing import uploaded
 from correspond.outgoing import Compose, SendService, parse_recipients
 
-__all__ = ["send"]
+__all__ = ["outbox", "send"]
 
 #: Files one send may attach from the command line.
 MAX_ATTACHMENTS = 50
@@ -125,4 +127,23 @@ def send(
         f"Message {record.message_id} queued ({record.status}, goes at {when}); "
         f"outbox row {record.outbox.id}"
     )
-    click.echo(safe(f"To take it back before then: POST /outbox/{record.outbox.id}/cancel"))
+    click.echo(safe(f"To take it back before then: correspond outbox cancel {record.outbox.id}"))
+
+
+@click.group(cls=_Group)
+def outbox() -> None:
+    """The outbox: sends waiting to go (cancel)."""
+
+
+@outbox.command("cancel", cls=_Command)
+@click.argument("outbox_id", type=click.IntRange(1, 2**63 - 1))
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def outbox_cancel(cli: CliContext, outbox_id: int, as_json_output: bool) -> None:
+    """Take a send back before it goes (undo, or call off a scheduled send). Exit 2 once it
+    is being sent (too late), 3 for no such send."""
+    record = SendService(cli.store, cli.settings).cancel(outbox_id)
+    if as_json_output:
+        _print_json(as_json(send_public(record)))
+        return
+    click.echo(f"Send {outbox_id} cancelled: message {record.message_id} will not go.")

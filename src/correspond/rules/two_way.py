@@ -32,6 +32,7 @@ from typing import Literal
 __all__ = [
     "CRM_ACTIONS",
     "SYNCED_FLAGS",
+    "SYSTEM_ACTIONS",
     "TOGGLE_DEFAULTS",
     "TOGGLE_HELP",
     "CrmAction",
@@ -76,7 +77,16 @@ TOGGLE_HELP: Mapping[str, str] = {
 }
 
 CrmAction = Literal[
-    "read", "unread", "star", "unstar", "archive", "unarchive", "delete", "restore", "move"
+    "read",
+    "unread",
+    "star",
+    "unstar",
+    "archive",
+    "unarchive",
+    "delete",
+    "restore",
+    "move",
+    "answered",
 ]
 CRM_ACTIONS: tuple[str, ...] = (
     "read",
@@ -89,6 +99,9 @@ CRM_ACTIONS: tuple[str, ...] = (
     "restore",
     "move",
 )
+#: Actions the CRM takes on its own, never asked for by a user: ``answered`` (a reply sent from
+#: the CRM went: the message it answers gets \\Answered, issue 9).
+SYSTEM_ACTIONS: tuple[str, ...] = ("answered",)
 MessageState = Literal["active", "archived", "deleted"]
 
 #: Folder roles a message does not count as "archived" into.
@@ -240,6 +253,7 @@ _FLAG_ACTIONS: Mapping[str, tuple[str, bool]] = {
     "unread": ("\\Seen", False),
     "star": ("\\Flagged", True),
     "unstar": ("\\Flagged", False),
+    "answered": ("\\Answered", True),
 }
 
 
@@ -258,7 +272,7 @@ def mailbox_ops_for_crm_action(
     ``locations`` are the selected folders the message sits in (unselected folders are never
     touched: the CRM does not mirror them).
 
-    - read/unread/star/unstar: the flag on every location, whatever the toggles.
+    - read/unread/star/unstar, answered: the flag on every location, whatever the toggles.
     - archive: ``archived``; with toggle 4 the INBOX copy moves to Archive (or is only
       expunged from INBOX when a copy is already in Archive, so Archive does not get two).
     - delete: ``deleted``; with toggle 2 every copy outside Trash moves to Trash (one copy is
@@ -376,17 +390,20 @@ def merge_remote_flags(
     A flag the server did not change keeps the CRM's value (an echo of our own STORE changes
     nothing: the engine records the location's new flags when it applies a row). A flag the
     server changed takes the server's value unless a pending CRM change of the same flag is
-    later (:func:`flag_winner`); a pending change that loses is superseded. Flags the CRM does
-    not sync (\\Answered, keywords) follow the server.
+    later (:func:`flag_winner`); a pending change that loses is superseded. A flag the CRM
+    only sets now and then (\\Answered, when a reply from the CRM went) counts as synced while
+    its change waits in the outbox; other flags (keywords, \\Answered otherwise) follow the
+    server.
     """
     latest: dict[str, FlagChange] = {}
     for pending_change in pending:
         known = latest.get(pending_change.flag)
         if known is None or pending_change.recorded_at >= known.recorded_at:
             latest[pending_change.flag] = pending_change
-    result = {f for f in remote if f not in SYNCED_FLAGS}
+    synced = (*SYNCED_FLAGS, *sorted(set(latest) - set(SYNCED_FLAGS)))
+    result = {f for f in remote if f not in synced}
     superseded: set[str] = set()
-    for flag in SYNCED_FLAGS:
+    for flag in synced:
         changed_remotely = (flag in remote) != (flag in previous_remote)
         crm_value = flag in crm_flags
         if not changed_remotely:

@@ -135,6 +135,7 @@ TABLE_MODULES = (
     "correspond.store.notify_tables",
     "correspond.store.outbox_tables",
     "correspond.store.compose_tables",
+    "correspond.store.draft_tables",
 )
 
 

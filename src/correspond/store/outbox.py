@@ -44,6 +44,7 @@ __all__ = [
     "OutboxAction",
     "OutboxStore",
     "RestorePlaces",
+    "answer_message",
     "pending_flag_changes",
     "supersede_flag_rows",
 ]
@@ -54,6 +55,7 @@ FLAG_OF_KIND: Mapping[str, tuple[str, bool]] = {
     "unread": ("\\Seen", False),
     "star": ("\\Flagged", True),
     "unstar": ("\\Flagged", False),
+    "answered": ("\\Answered", True),
 }
 DELETED = "\\Deleted"
 #: Rows a message shows (the newest, pending and failed first).
@@ -239,6 +241,22 @@ def supersede_flag_rows(s: Session, message_id: int, flags: Collection[str]) -> 
             last_error="the mailbox changed this flag later (conflict rule: later change wins)",
             applied_at=utcnow(),
         )
+    )
+
+
+def answer_message(s: Session, message_id: int, *, user_id: int | None) -> None:
+    """Give ``message_id`` \\Answered in the CRM and queue an ``answered`` row setting it on
+    every location in the mailbox, in the caller's transaction (``store.sends``: a reply from
+    the CRM went). Applied like read or star: the flag read first, STOREd only where missing,
+    the location's new flags recorded with the row (idempotent, and its echo is no change).
+    Nothing when the message is gone."""
+    message = s.get(MessageRow, message_id, with_for_update=True)
+    if message is None:
+        return
+    account = s.get(AccountRow, message.account_id)
+    assert account is not None  # a message's account cascades with it
+    OutboxStore._apply_action(
+        s, message, account, _places(s, message_id), None, "answered", user_id, None, set()
     )
 
 

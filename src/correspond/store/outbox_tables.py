@@ -8,7 +8,9 @@ failure: the message or the folder is gone, the server refused; ``last_error`` s
 ``cancelled`` (a send undone or unscheduled before it went: ``store.sends``).
 
 A ``send`` row (migration ``0019_send``) carries its message's envelope and progress in
-``payload`` (see ``store.sends``); its message is the CRM's outgoing message row.
+``payload`` (see ``store.sends``); its message is the CRM's outgoing message row. An
+``answered`` row (migration ``0024_drafts``) sets \\Answered on every location of a message a
+reply from the CRM answered, written in the transaction that shows the reply as sent.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ OUTBOX_KINDS = (
     "restore",
     "move",
     "send",
+    "answered",
 )
 
 _Id = BigInteger().with_variant(Integer(), "sqlite")

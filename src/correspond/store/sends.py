@@ -52,7 +52,7 @@ from correspond.store.message_tables import (
     ThreadRow,
     list_sort_at,
 )
-from correspond.store.outbox import OutboxAction, _action
+from correspond.store.outbox import OutboxAction, _action, answer_message
 from correspond.store.outbox_tables import OutboxRow
 from correspond.store.tables import AccountRow, FolderRow, utcnow
 
@@ -255,12 +255,17 @@ class SendStore:
                 thread_row.last_message_at = when
             if thread_row.first_message_at is None or thread_row.first_message_at > when:
                 thread_row.first_message_at = when
+            answers = self._answered_message(s, account_id, data)
             row = OutboxRow(
                 account_id=account_id,
                 message_id=message.id,
                 user_id=user_id,
                 kind="send",
-                payload={**payload, "stage": "queued"},
+                payload={
+                    **payload,
+                    "stage": "queued",
+                    **({"answers": answers} if answers is not None else {}),
+                },
                 state="pending",
                 attempts=0,
                 next_attempt_at=send_at,
@@ -291,6 +296,37 @@ class SendStore:
             if found is not None:
                 return int(found)
         return None
+
+    @staticmethod
+    def _answered_message(s: Session, account_id: int, data: MessageData) -> int | None:
+        """The stored message this one replies to (its In-Reply-To, in the same account; the
+        newest of that Message-ID), which gets \\Answered once the reply is sent; None for a
+        new message or a forward (no In-Reply-To)."""
+        if not data.in_reply_to:
+            return None
+        found = s.scalar(
+            select(MessageRow.id)
+            .where(
+                MessageRow.account_id == account_id,
+                MessageRow.message_id_header == data.in_reply_to,
+                MessageRow.direction != "outbound",
+            )
+            .order_by(MessageRow.id.desc())
+            .limit(1)
+        )
+        return None if found is None else int(found)
+
+    @staticmethod
+    def _answer_original(s: Session, row: OutboxRow) -> None:
+        """The reply ``row`` carries is sent (or shows as sent): the message it answers gets
+        \\Answered in the CRM and, through an ``answered`` outbox row, on every location in
+        the mailbox, in this same transaction; once per send (``answered`` in the payload)."""
+        payload = dict(row.payload or {})
+        original_id = payload.get("answers")
+        if original_id is None or payload.get("answered"):
+            return
+        row.payload = {**payload, "answered": True}
+        answer_message(s, int(original_id), user_id=row.user_id)
 
     def original(self, message_id: int) -> Original:
         """The message a reply or forward answers; NotFound when there is none."""
@@ -435,9 +471,10 @@ class SendStore:
             row = self._send_row(s, outbox_id, lock=True)
             if row.state != "pending":
                 raise Conflict(f"the send {outbox_id} is {row.state}")
-            payload = {**(row.payload or {}), **changes}
-            row.payload = payload
-            return payload
+            row.payload = {**(row.payload or {}), **changes}
+            if changes.get("stage") == "filed":
+                self._answer_original(s, row)  # shown as sent from here on
+            return dict(row.payload)
 
     def mark_sent(self, outbox_id: int, **changes: Any) -> None:
         """The send is done: the server took it and the Sent copy is where it belongs."""
@@ -446,6 +483,7 @@ class SendStore:
             if row.state != "pending":
                 return
             row.payload = {**(row.payload or {}), **changes, "stage": "sent"}
+            self._answer_original(s, row)
             row.state = "applied"
             row.applied_at = utcnow()
             row.attempts = row.attempts + 1

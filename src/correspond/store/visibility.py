@@ -51,6 +51,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import QueryableAttribute, Session, aliased
 
 from correspond.store.compose_tables import IdentityRow, TemplateRow
+from correspond.store.draft_tables import DraftRow
 from correspond.store.tables import AccountRow, TeamMemberRow, UserRow
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "access_of",
     "account_audience",
     "audience_params",
+    "draft_terms",
     "identity_terms",
     "read_audience",
     "rule_terms",
@@ -345,3 +347,12 @@ def template_terms(viewer: Viewer) -> RuleTerms:
         level=literal("full"),
         manage=case((own, true()), else_=false()),
     )
+
+
+def draft_terms(viewer: Viewer) -> ColumnElement[bool]:
+    """A WHERE over ``drafts``: the drafts ``viewer`` may see, change and send (bind
+    :func:`viewer_params`): their own, nobody else's, admins included (a draft is unsent
+    writing, as private as a note to oneself)."""
+    if viewer.disabled:
+        return false()
+    return DraftRow.owner_id == bindparam(VIEWER_ID, type_=Integer())

@@ -77,7 +77,7 @@ MAX_ATTEMPTS = 12
 #: The folder an archive creates where the mailbox has none.
 ARCHIVE_NAME = "Archive"
 #: The actions that only set or clear a flag.
-FLAG_KINDS = frozenset({"read", "unread", "star", "unstar"})
+FLAG_KINDS = frozenset({"read", "unread", "star", "unstar", "answered"})
 #: Applied rows marked in one transaction.
 MARK_BATCH = 100
 #: Messages at or above the recorded UIDNEXT looked at when searching for an earlier COPY.
@@ -256,7 +256,7 @@ class OutboxApplier:
             home_folder_id=places.home_folder_id,
             unsynced_trash_id=places.unsynced_trash_id,
         )
-        if not targets and kind in ("read", "unread", "star", "unstar", "move"):
+        if not targets and kind in (*FLAG_KINDS, "move"):
             raise PermanentActionFailure(
                 "the message is no longer in any synced folder of the mailbox"
             )

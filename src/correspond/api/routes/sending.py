@@ -7,7 +7,10 @@ A send answers at once (202) with the CRM's outgoing message and its outbox row:
 in its thread as ``sending`` (``scheduled`` during the undo grace or until ``send_at``), then
 ``sent`` or ``failed`` with the server's words (``GET /messages/{id}/send``). The body is JSON,
 or ``multipart/form-data`` with the JSON in a ``message`` field and files in ``attachments``
-fields; stored attachments are named by id (``attachment_ids``).
+fields; stored attachments are named by id (``attachment_ids``). Inline images of the HTML
+(referenced as ``cid:<content id>``): stored attachments in ``inline`` (id and content id), or
+files in ``inline`` fields of the multipart body with their content ids, in order, in
+``inline_content_ids``; they go in multipart/related with the HTML part.
 
 As whom: ``identity_id`` (one of the caller's identities; another user's is a 404, as one that
 does not exist); none given, the caller's default identity (``GET /compose/defaults``), or for
@@ -21,8 +24,9 @@ without a value is a 422 naming it, before anything is queued.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import BaseModel, Field, ValidationError
@@ -36,7 +40,7 @@ from correspond.outgoing import Compose, ReplyMode, SendService, parse_recipient
 from correspond.store.sends import SendRecord
 from correspond.sync.threads import in_thread
 
-__all__ = ["outbox_router", "router"]
+__all__ = ["outbox_router", "read_body", "router", "send_public"]
 
 router = APIRouter(prefix="/messages", tags=["sending"])
 outbox_router = APIRouter(prefix="/outbox", tags=["sending"])
@@ -45,6 +49,13 @@ MessageId = Annotated[int, Path(ge=1, le=MAX_ID)]
 OutboxId = Annotated[int, Path(ge=1, le=MAX_ID)]
 #: Files one multipart request may carry.
 MAX_UPLOADS = 50
+
+
+class InlineRef(BaseModel):
+    """A stored attachment sent as an inline image of the HTML (``cid:<content_id>``)."""
+
+    attachment_id: int = Field(ge=1, le=MAX_ID)
+    content_id: str = Field(min_length=1, max_length=200)
 
 
 class ComposeFields(BaseModel):
@@ -65,6 +76,14 @@ class ComposeFields(BaseModel):
     )
     send_at: datetime | None = Field(
         default=None, description="Scheduled send (default: now plus the undo grace)"
+    )
+    inline: list[InlineRef] = Field(
+        default_factory=list, max_length=100, description="Stored attachments as inline images"
+    )
+    inline_content_ids: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_UPLOADS,
+        description="The content ids of the files in the multipart body's inline fields, in order",
     )
     identity_id: int | None = Field(
         default=None,
@@ -118,34 +137,73 @@ def _service(request: Request) -> SendService:
     return service
 
 
-async def _read(
-    request: Request, model: type[ComposeFields]
-) -> tuple[Any, list[OutgoingAttachment]]:
-    """The JSON fields and the uploaded files (multipart) of a send request."""
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_body(
+    request: Request, model: type[M], field: str = "message"
+) -> tuple[M, list[OutgoingAttachment]]:
+    """The JSON fields (the body, or the multipart field ``field``) and the uploaded files
+    of a request: ``attachments`` fields, then ``inline`` fields, each of these with its
+    content id from ``inline_content_ids`` (same order)."""
     kind = request.headers.get("content-type", "")
     files: list[OutgoingAttachment] = []
+    inline: list[tuple[str, str, bytes]] = []
     try:
         if kind.startswith("multipart/form-data"):
             async with request.form(max_files=MAX_UPLOADS) as form:
-                raw = form.get("message")
-                fields = json.loads(raw) if isinstance(raw, str) and raw else {}
-                for upload in form.getlist("attachments"):
-                    if isinstance(upload, str):
-                        continue
-                    files.append(
-                        uploaded(
+                raw = form.get(field)
+                data = json.loads(raw) if isinstance(raw, str) and raw else {}
+                for name in ("attachments", "inline"):
+                    for upload in form.getlist(name):
+                        if isinstance(upload, str):
+                            continue
+                        item = (
                             upload.filename or "attachment",
                             upload.content_type or "application/octet-stream",
                             await upload.read(),
                         )
-                    )
+                        if name == "inline":
+                            inline.append(item)
+                        else:
+                            files.append(uploaded(*item))
         else:
-            fields = await request.json()
-        return model.model_validate(fields), files
+            data = await request.json()
+        fields = model.model_validate(data)
     except ValidationError as exc:
         raise HTTPException(422, detail=[_plain(e) for e in exc.errors()]) from exc
     except ValueError as exc:
         raise HTTPException(422, detail=f"the request body is not valid: {exc}") from exc
+    cids: list[str] = list(getattr(fields, "inline_content_ids", []) or [])
+    if len(cids) != len(inline):
+        raise HTTPException(
+            422,
+            detail=f"{len(inline)} inline files but {len(cids)} inline_content_ids: give one "
+            "content id for each inline file, in order",
+        )
+    files += [
+        replace(uploaded(*item), content_id=cid) for item, cid in zip(inline, cids, strict=True)
+    ]
+    return fields, files
+
+
+async def _read(
+    request: Request, model: type[ComposeFields]
+) -> tuple[Any, list[OutgoingAttachment]]:
+    """The JSON fields and the uploaded files (multipart) of a send request."""
+    return await read_body(request, model)
+
+
+async def _with_inline(
+    service: SendService, user: Any, fields: ComposeFields, compose: Compose
+) -> Compose:
+    """``compose`` with the stored attachments named as inline images loaded (checked as
+    every stored attachment: of a message the user sees in full)."""
+    if not fields.inline:
+        return compose
+    refs = [(r.attachment_id, r.content_id) for r in fields.inline]
+    loaded = await in_thread(service.load_attachments, user, refs)
+    return replace(compose, attachments=compose.attachments + loaded)
 
 
 def _plain(error: Any) -> dict[str, Any]:
@@ -185,6 +243,11 @@ _BODY_DOC: dict[str, Any] = {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
                         },
+                        "inline": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "Inline images; content ids in inline_content_ids",
+                        },
                     },
                 }
             },
@@ -223,6 +286,7 @@ async def send_message(request: Request, user: CurrentUser) -> SendPublic:
     fields, files = await _read(request, SendRequest)
     compose = _compose(fields, files)
     service = _service(request)
+    compose = await _with_inline(service, user, fields, compose)
     try:
         record = await in_thread(
             lambda: service.send_new(user, fields.account, compose, identity_id=fields.identity_id)
@@ -241,6 +305,7 @@ def _respond_route(mode: ReplyMode, summary: str) -> None:
         fields, files = await _read(request, ComposeFields)
         compose = _compose(fields, files)
         service = _service(request)
+        compose = await _with_inline(service, user, fields, compose)
         try:
             record = await in_thread(
                 lambda: service.respond(

@@ -1,0 +1,9 @@
+"""The web app: server-rendered pages (Jinja2) beside the JSON API, on the same app and port.
+
+Pages call the same services the API's routes call (``app.state``), never SQL of their own;
+see :mod:`correspond.web.pages` and docs/ARCHITECTURE.md ("The web app").
+"""
+
+from correspond.web.pages import STATIC_URL, mount_web, router
+
+__all__ = ["STATIC_URL", "mount_web", "router"]

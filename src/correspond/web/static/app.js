@@ -1,0 +1,66 @@
+// Correspond's web app: a few lines of progressive enhancement, no build, no inline script.
+"use strict";
+
+function toast(text) {
+  const box = document.getElementById("toasts");
+  if (!box) return;
+  const item = document.createElement("div");
+  item.className = "toast";
+  item.textContent = text;
+  box.appendChild(item);
+  setTimeout(() => item.remove(), 6000);
+}
+
+// Email Preferences: saved the moment a choice is made, with a visible confirmation.
+function autosave(form) {
+  const status = form.querySelector("[role=status]");
+  form.addEventListener("change", async () => {
+    status.textContent = "Saving…";
+    try {
+      const answer = await fetch(form.action, {
+        method: "POST",
+        headers: { "Accept": "application/json" },
+        body: new URLSearchParams(new FormData(form)),
+        credentials: "same-origin",
+      });
+      if (!answer.ok) throw new Error(String(answer.status));
+      const saved = await answer.json();
+      status.textContent = saved.thread_order === "newest_first"
+        ? "Saved: newest emails on top." : "Saved: newest emails at the bottom.";
+      status.className = "confirm";
+    } catch (err) {
+      status.textContent = "Not saved (" + err.message + "). Reload the page and try again.";
+      status.className = "error";
+    }
+  });
+}
+
+// The inbox: a new message (the notification stream) refreshes the list in place.
+function liveInbox() {
+  if (!window.EventSource) return;
+  const stream = new EventSource("/notifications/stream");
+  let pending = null;
+  stream.addEventListener("notification", (event) => {
+    let note = {};
+    try { note = JSON.parse(event.data); } catch (_) { /* keep the refresh */ }
+    if (note.subject) toast("New message: " + note.subject);
+    clearTimeout(pending);
+    pending = setTimeout(refreshList, 150);
+  });
+}
+
+async function refreshList() {
+  const answer = await fetch(location.href, { credentials: "same-origin" });
+  if (!answer.ok) return;
+  const page = new DOMParser().parseFromString(await answer.text(), "text/html");
+  for (const id of ["threads", "unread-badge"]) {
+    const fresh = page.getElementById(id);
+    const here = document.getElementById(id);
+    if (fresh && here) here.replaceWith(fresh);
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("form[data-autosave]").forEach(autosave);
+  if (document.body.dataset.live === "inbox") liveInbox();
+});

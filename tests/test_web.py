@@ -1,0 +1,471 @@
+"""The web app (correspond.web) in a real Chromium (Debian's /usr/bin/chromium driven by
+Playwright, never a downloaded browser), served by uvicorn on a loopback port over the test
+store with a mailbox mirrored from the real Dovecot fixture, on SQLite and PostgreSQL.
+
+Journeys: first run, the inbox, a thread, mark read, thread order saved at once and kept after
+a reload, sign-out and sign-in; the CSP on every page, a form without its CSRF token refused;
+every hostile HTML body of ../shared/corpus/xss (when present) plus inline samples shown in a
+thread: no script runs, no dialog opens, no request leaves for a remote host, no navigation.
+The HTTP-level guarantees (first run once, throttled sign-in, a teammate's 404) are checked
+with a TestClient beside them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import re
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from correspond.api import create_app
+from correspond.settings import Settings
+from correspond.store import Store
+from correspond.store.blobs import BlobStore
+from correspond.store.messages import MessageStore
+from correspond.sync.engine import AccountSyncer
+from correspond.testing.dovecot import DovecotServer, ImapUser
+from correspond.testing.mail import plain_message
+from correspond.testing.mirror import SeededMirror, seed_mirror
+from correspond.testing.net import free_port
+from correspond.testing.store import sync_once
+from correspond.web.csrf import session_token
+from helpers import API_BASE_URL, user_client
+
+CHROMIUM = Path("/usr/bin/chromium")
+XSS_DIR = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "xss"
+XSS_FILES = sorted(XSS_DIR.glob("*.html")) if XSS_DIR.is_dir() else []
+ADMIN = ("ada@example.test", "correct horse battery")
+# Inline hostile samples (the corpus may be absent): each would set the marker if it ran.
+INLINE_HOSTILE = (
+    "<p>hi</p><script>window.__pwned = 1; top.__pwned = 1</script>"
+    '<img src="x" onerror="top.__pwned = 1">'
+    '<img src="https://attacker.example/pixel.png">'
+    '<a href="javascript:top.__pwned = 1">click</a>'
+    '<meta http-equiv="refresh" content="0;url=https://attacker.example/">'
+    "<style>@import url(https://attacker.example/x.css); body { background: "
+    "url(https://tracker.example/bg.png) }</style>"
+    '<form action="https://attacker.example/"><input name="q"></form>'
+)
+
+
+# --- the app and its mailbox ------------------------------------------------------------------
+
+
+def _html_mail(n: int, html: bytes, to: str) -> bytes:
+    """One hostile sample; all of them are one thread ("hostile samples"), so one page shows
+    every sample in its own sandboxed frame."""
+    when = datetime.now(UTC) - timedelta(days=20) + timedelta(minutes=n)
+    thread = "" if n == 0 else "In-Reply-To: <hostile-0@example.test>\r\n"
+    thread += "" if n == 0 else "References: <hostile-0@example.test>\r\n"
+    subject = "hostile samples" if n == 0 else "Re: hostile samples"
+    return (
+        f"Message-ID: <hostile-{n}@example.test>\r\nDate: {email.utils.format_datetime(when)}\r\n"
+        f"{thread}"
+        f"From: Mallory <mallory@example.test>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: base64\r\n\r\n"
+    ).encode() + base64.encodebytes(html).replace(b"\n", b"\r\n")
+
+
+@pytest.fixture
+def settings(store_settings: Settings) -> Settings:
+    return store_settings.clone(password_hash_time_cost=1, password_hash_memory_kib=1024)
+
+
+@pytest.fixture
+def mirror(
+    store: Store, settings: Settings, dovecot: DovecotServer, imap_user: ImapUser
+) -> SeededMirror:
+    """The seeded mailbox, plus one thread of HTML mails, one per hostile sample."""
+    samples = [("inline", INLINE_HOSTILE.encode())]
+    samples += [(path.stem, path.read_bytes()) for path in XSS_FILES]
+    for n, (_name, html) in enumerate(samples):
+        dovecot.deliver(imap_user, _html_mail(n, html, imap_user.address))
+    # In a thread of its own: Playwright's sync API keeps an event loop running in this one,
+    # and the backfill runs its own (asyncio.run).
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(seed_mirror, store, settings, dovecot, imap_user).result()
+
+
+@pytest.fixture
+def app(store: Store, settings: Settings, mirror: SeededMirror) -> FastAPI:
+    return create_app(settings, store=store)
+
+
+@pytest.fixture
+def served(app: FastAPI) -> Iterator[str]:
+    """The app under uvicorn on a free loopback port (lifespan on: notifications run)."""
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for this module's tests (all the browser tests): Debian's, never
+    one Playwright downloads. Module-scoped, not session: Playwright's sync API keeps an event
+    loop running in the main thread while it is started, and the other modules' tests call
+    asyncio.run there."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium (Debian package chromium)")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+class Watched:
+    """A page with its dialogs, requests to other hosts and main-frame navigations recorded."""
+
+    def __init__(self, page: Any, base: str) -> None:
+        self.page = page
+        self.base = base
+        self.dialogs: list[str] = []
+        self.remote: list[str] = []
+        self.navigations: list[str] = []
+        own = urlsplit(base).netloc
+        page.on("dialog", self._dialog)
+        page.on(
+            "request",
+            lambda r: None if urlsplit(r.url).netloc in (own, "") else self.remote.append(r.url),
+        )
+        page.on(
+            "framenavigated",
+            lambda f: self.navigations.append(f.url) if f == page.main_frame else None,
+        )
+
+    def _dialog(self, dialog: Any) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+
+@pytest.fixture
+def web(browser: Any, served: str) -> Iterator[Watched]:
+    context = browser.new_context(base_url=served, java_script_enabled=True)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    try:
+        yield Watched(page, served)
+    finally:
+        context.close()
+
+
+def _first_run(web: Watched) -> None:
+    page = web.page
+    page.goto("/")
+    assert page.url.endswith("/welcome")
+    page.fill("input[name=name]", "Ada")
+    page.fill("input[name=email]", ADMIN[0])
+    page.fill("input[name=password]", ADMIN[1])
+    page.fill("input[name=confirm]", ADMIN[1])
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{web.base}/")
+
+
+# --- in the browser ---------------------------------------------------------------------------
+
+
+@pytest.mark.dovecot
+def test_first_run_inbox_thread_read_and_thread_order(web: Watched) -> None:
+    page = web.page
+    _first_run(web)
+    # The first admin took the mirrored (ownerless) account: its threads are the inbox.
+    kickoff = page.locator("li.thread", has_text="Project kickoff")
+    kickoff.wait_for()
+    assert "unread" in (kickoff.get_attribute("class") or "")
+    assert int(kickoff.locator(".badge").inner_text()) >= 1
+    assert "Alice Example" in kickoff.inner_text()
+    assert page.locator("#unread-badge").inner_text().strip() != "0"
+    with_attachment = page.locator("li.thread", has=page.locator(".clip"))
+    assert with_attachment.count() >= 1
+    # The thread, oldest first by default (newest at the bottom).
+    kickoff.locator("a").click()
+    page.wait_for_url(re.compile(r"/conversation/\d+$"))
+    thread_url = page.url
+    senders = page.locator("section.message").all_inner_texts()
+    assert len(senders) == 2 and "Alice Example" in senders[0]
+    first_ids = page.locator("section.message").evaluate_all(
+        "els => els.map(e => e.dataset.message)"
+    )
+    # Mark read: the CRM copy changes at once; the inbox no longer shows it unread.
+    page.click("button[value=read]")
+    page.wait_for_url(re.compile(r"\?done=read$"))
+    assert page.locator("button[value=unread]").is_visible()
+    assert page.locator("section.message.unread").count() == 0
+    page.goto("/")
+    kickoff = page.locator("li.thread", has_text="Project kickoff")
+    assert "unread" not in (kickoff.get_attribute("class") or "")
+    # Thread order: saved the moment it is chosen, confirmed, kept after a reload.
+    page.goto("/preferences")
+    page.check("input[value=newest_first]")
+    page.locator("#saved", has_text="Saved: newest emails on top.").wait_for()
+    assert page.locator("form#thread-order button").count() == 0  # no Save button
+    page.reload()
+    assert page.is_checked("input[value=newest_first]")
+    page.goto(thread_url)
+    reversed_ids = page.locator("section.message").evaluate_all(
+        "els => els.map(e => e.dataset.message)"
+    )
+    assert reversed_ids == list(reversed(first_ids))
+    # Sign out, a wrong password, then in again.
+    page.click("form.signout button")
+    page.wait_for_url(f"{web.base}/login")
+    page.goto("/")
+    assert page.url == f"{web.base}/login"
+    page.fill("input[name=email]", ADMIN[0])
+    page.fill("input[name=password]", "wrong password")
+    page.click("button[type=submit]")
+    assert page.locator(".error").inner_text() == "Wrong e-mail address or password."
+    page.fill("input[name=password]", ADMIN[1])
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{web.base}/")
+    assert not web.dialogs and not web.remote
+
+
+@pytest.mark.dovecot
+def test_a_new_message_appears_live_with_an_unread_badge(
+    web: Watched,
+    store: Store,
+    settings: Settings,
+    dovecot: DovecotServer,
+    imap_user: ImapUser,
+    mirror: SeededMirror,
+) -> None:
+    page = web.page
+    _first_run(web)
+    page.locator("li.thread").first.wait_for()
+    page.wait_for_function("() => document.body.dataset.live === 'inbox'")
+    # Delivered to the mailbox, then fetched by an incremental sync of the account: the
+    # app's notification fan-out puts it on /notifications/stream, and the open page shows it.
+    new = plain_message(
+        "live-1@example.test",
+        when=datetime.now(UTC),
+        subject="Live arrival",
+        body="Just now.\r\n",
+        sender="Zed <zed@example.test>",
+        to=imap_user.address,
+    )
+    dovecot.deliver(imap_user, new)
+    syncer = AccountSyncer(
+        store, MessageStore(store.engine), BlobStore.from_settings(settings), settings
+    )
+    account = store.get_account(mirror.account)
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(lambda: asyncio.run(sync_once(syncer, account))).result()
+    arrived = page.locator("li.thread", has_text="Live arrival")
+    arrived.wait_for(timeout=15_000)
+    assert "unread" in (arrived.get_attribute("class") or "")
+    assert arrived.locator(".badge").inner_text() == "1"
+    page.locator(".toast", has_text="Live arrival").wait_for()
+    assert web.navigations[-1] == f"{web.base}/"  # updated in place, not reloaded
+
+
+@pytest.mark.dovecot
+def test_csp_on_every_page_and_forms_refused_without_their_token(web: Watched) -> None:
+    page = web.page
+    _first_run(web)
+    for path in ("/", "/preferences", "/login"):
+        answer = page.goto(path)
+        assert answer is not None
+        csp = answer.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert "unsafe-inline" not in csp.split("style-src")[0]  # never for scripts
+    page.goto("/")
+    thread = page.locator("li.thread a").first.get_attribute("href")
+    # A POST from the page itself (same origin, session cookie sent) without the token.
+    statuses = page.evaluate(
+        """async (thread) => {
+            const post = (url, body) =>
+                fetch(url, {method: "POST", body: new URLSearchParams(body)}).then(r => r.status);
+            return [
+                await post("/preferences", {thread_order: "newest_first"}),
+                await post(thread + "/action", {action: "read", csrf: "0".repeat(64)}),
+                await post("/logout", {}),
+            ];
+        }""",
+        thread,
+    )
+    assert statuses == [403, 403, 403]
+    page.goto("/preferences")
+    assert page.is_checked("input[value=oldest_first]")  # nothing was saved
+    page.goto("/")
+    assert page.url == f"{web.base}/"  # still signed in
+
+
+@pytest.mark.dovecot
+def test_hostile_bodies_run_no_script_and_fetch_nothing_remote(web: Watched, store: Store) -> None:
+    if store.dialect != "sqlite":
+        pytest.skip("what the browser is shown does not depend on the database (SQLite run)")
+    page = web.page
+    _first_run(web)
+    names = ["inline"] + [p.stem for p in XSS_FILES]
+    page.locator("li.thread a", has_text="hostile samples").click()
+    page.wait_for_url(re.compile(r"/conversation/\d+$"))
+    web.navigations.clear()
+    # page.click waited for the load event, which waits for every frame's.
+    assert page.locator("section.message").count() == len(names)
+    frames = [f for f in page.frames if f != page.main_frame]
+    assert len(frames) == len(names) and all("/frame" in f.url for f in frames)
+    for element in page.locator("iframe.body").all():
+        assert element.get_attribute("sandbox") == "allow-popups allow-popups-to-escape-sandbox"
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    for frame in frames:
+        assert frame.evaluate("typeof window.__pwned") == "undefined", frame.url
+    csp = page.request.get(frames[0].url).headers["content-security-policy"]
+    assert csp.startswith("default-src 'none'")
+    page.wait_for_timeout(300)  # a meta refresh at 0 s, or a late timer, would have fired
+    assert web.navigations == [], web.navigations
+    assert not web.dialogs, web.dialogs
+    assert not web.remote, web.remote
+    first = page.locator("section.message").first
+    assert "1 remote image blocked" in first.inner_text()
+    # "Show images" lets that message (only) load its remote images: the request is tried.
+    first.locator("a", has_text="Show images").click()
+    page.wait_for_load_state("load")
+    assert first.locator("iframe.body").get_attribute("src", timeout=5000) is not None
+    shown = [f.url for f in page.frames if f.url.endswith("?images=true")]
+    assert len(shown) == 1, shown
+    assert any(urlsplit(u).netloc == "attacker.example" for u in web.remote), web.remote
+    assert not web.dialogs and page.evaluate("typeof window.__pwned") == "undefined"
+
+
+# --- over HTTP ------------------------------------------------------------------------------
+
+
+def _signed_in(app: FastAPI, email: str, password: str) -> TestClient:
+    client = TestClient(app, base_url=API_BASE_URL, follow_redirects=False)
+    page = client.get("/login")
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert token is not None
+    answer = client.post(
+        "/login", data={"csrf": token.group(1), "email": email, "password": password}
+    )
+    assert answer.status_code == 303 and answer.headers["location"] == "/", answer.text
+    return client
+
+
+@pytest.mark.dovecot
+def test_first_run_once_throttled_sign_in_and_a_teammate_sees_nothing(
+    app: FastAPI, mirror: SeededMirror
+) -> None:
+    anonymous = TestClient(app, base_url=API_BASE_URL, follow_redirects=False)
+    assert anonymous.get("/").headers["location"] == "/login"
+    assert anonymous.get("/login").headers["location"] == "/welcome"
+    form = anonymous.get("/welcome")
+    token = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert token is not None
+    fields = {"csrf": token.group(1), "email": ADMIN[0], "password": ADMIN[1]}
+    # A forged token, then mismatched passwords: no user yet.
+    assert anonymous.post("/welcome", data={**fields, "csrf": "forged"}).status_code == 403
+    assert anonymous.post("/welcome", data={**fields, "confirm": "other"}).status_code == 422
+    assert app.state.auth.users.count_users() == 0
+    made = anonymous.post("/welcome", data={**fields, "confirm": ADMIN[1]})
+    assert made.status_code == 303
+    # Once a user exists the first-run page is gone, for everyone.
+    assert anonymous.get("/welcome").status_code == 404
+    again = anonymous.post("/welcome", data={**fields, "email": "eve@example.test"})
+    assert again.status_code in (403, 404)  # its form token went with the first run
+    assert [u.email for u in app.state.auth.users.list_users()] == [ADMIN[0]]
+    # The session cookie: HttpOnly, SameSite=Lax (not Secure over plain HTTP).
+    cookie = made.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Secure" not in cookie
+    admin = _signed_in(app, *ADMIN)
+    thread_id = int(admin.get("/").text.split('href="/conversation/', 1)[1].split('"', 1)[0])
+    thread = admin.get(f"/conversation/{thread_id}")
+    assert thread.status_code == 200
+    frames = re.findall(r'src="(/message/\d+/frame)"', admin.get("/").text + thread.text)
+    # A member with a session: the admin's thread and bodies are 404, as things that do not
+    # exist; their own inbox is empty.
+    app.state.auth.create_user("mo@example.test", "another good password")
+    member = _signed_in(app, "mo@example.test", "another good password")
+    hidden = member.get(f"/conversation/{thread_id}")
+    ghost = member.get("/conversation/987654321")
+    assert hidden.status_code == ghost.status_code == 404
+    assert mirror.address not in hidden.text
+    assert "No conversations here yet." in member.get("/").text
+    for frame in frames:
+        assert member.get(frame).status_code == 404
+    # A team inbox: the account moved into team Support (through the API) leaves the admin's
+    # personal inbox for the team's page; a member sees it once in the team, not before.
+    support = app.state.auth.teams.create("Support").id
+    api = user_client(app, ADMIN[0])
+    assert api.patch(f"/accounts/{mirror.account}", json={"team_id": support}).status_code == 200
+    team_page = admin.get(f"/team/{support}")
+    assert team_page.status_code == 200 and f'href="/conversation/{thread_id}"' in team_page.text
+    assert f'href="/conversation/{thread_id}"' not in admin.get("/").text
+    assert member.get(f"/team/{support}").status_code == 404
+    app.state.auth.teams.add_member(support, app.state.auth.users.get_user("mo@example.test").id)
+    seen = member.get(f"/team/{support}")
+    assert seen.status_code == 200 and f'href="/conversation/{thread_id}"' in seen.text
+    assert f'href="/team/{support}">Support</a>' in seen.text
+    assert member.get(f"/conversation/{thread_id}").status_code == 200
+    # The member's CSRF token is theirs: the admin's does not pass with the member's session.
+    admin_token = session_token(admin.cookies["correspond_session"])
+    forged = {"csrf": admin_token, "thread_order": "newest_first"}
+    refused = member.post("/preferences", data=forged)
+    assert refused.status_code == 403
+    # Sign-in uses the API's limiter: after the limit, even the right password waits.
+    limit = app.state.settings.login_max_failures_per_user
+    for _ in range(limit):
+        anonymous.get("/login")
+        token = re.search(r'name="csrf" value="([^"]+)"', anonymous.get("/login").text)
+        assert token is not None
+        bad = {"csrf": token.group(1), "email": ADMIN[0], "password": "nope"}
+        assert anonymous.post("/login", data=bad).status_code in (401, 429)
+    throttled = anonymous.post("/login", data={**bad, "password": ADMIN[1]})
+    assert throttled.status_code == 429 and int(throttled.headers["retry-after"]) > 0
+
+
+@pytest.mark.dovecot
+def test_message_frame_is_sanitised_under_its_own_csp(app: FastAPI, mirror: SeededMirror) -> None:
+    app.state.auth.create_user(ADMIN[0], ADMIN[1], admin=True)
+    admin = _signed_in(app, *ADMIN)
+    inbox = admin.get("/").text
+    report = re.search(r'href="/conversation/(\d+)"[^>]*>(?:(?!</a>).)*Q3', inbox, re.S)
+    assert report is not None
+    thread = admin.get(f"/conversation/{report.group(1)}").text
+    frame_url = re.search(r'src="(/message/(\d+)/frame)"', thread)
+    assert frame_url is not None
+    frame = admin.get(frame_url.group(1))
+    csp = frame.headers["content-security-policy"]
+    assert csp.startswith("default-src 'none'") and "frame-ancestors 'self'" in csp
+    assert "sandbox" in csp and "allow-scripts" not in csp and "https:" not in csp
+    assert "<script" not in frame.text.lower() and "onerror" not in frame.text.lower()
+    # The attachments are the API's downloads (attachment, nosniff).
+    links = re.findall(r'href="(/messages/\d+/attachments/\d+)" download', thread)
+    assert links
+    download = admin.get(links[0])
+    assert download.headers["content-disposition"].startswith("attachment;")
+    assert download.headers["x-content-type-options"] == "nosniff"
+    # Show images: only when asked, and then only for that message.
+    shown = admin.get(frame_url.group(1), params={"images": "true"})
+    assert "https:" in shown.headers["content-security-policy"]
