@@ -184,5 +184,69 @@ def test_who_may_send_and_clear_refusals(app: FastAPI, admin: TestClient, world:
     assert bad.status_code == 422 and "address" in bad.text
     nobody = admin.post("/messages", json={**body, "to": []})
     assert nobody.status_code == 400 and "no recipient" in nobody.json()["detail"]
-    assert admin.post("/messages", json={"to": ["x@example.test"]}).status_code == 422
+    # Neither an account nor an identity: the caller's default identity (here the account's).
+    default = admin.post("/messages", json={"to": ["x@example.test"]})
+    assert default.status_code == 202, default.text
+    assert admin.post("/messages", json={"to": "x@example.test"}).status_code == 422
     assert admin.post("/messages", content=b"not json").status_code == 422
+
+
+def test_identities_and_templates_through_the_api(
+    app: FastAPI, admin: TestClient, world: World, dovecot: DovecotServer, postfix: PostfixServer
+) -> None:
+    """``identity_id`` (the caller's: another user's is a 404 in the same words as none),
+    ``template_id`` with ``contact_id`` / ``deal_id`` (a missing field: 422 naming it, nothing
+    queued), and a send whose fate is unknown decided by its sender only."""
+    contact = dovecot.add_user()
+    listed = admin.get("/identities").json()
+    mine = next(i for i in listed if i["account"] == world.account.name)
+    member = user_client(app, "member@example.test")
+    body = {"to": [contact.address], "subject": "s", "text": "t", "identity_id": mine["id"]}
+    theirs = member.post("/messages", json=body)
+    ghost = member.post("/messages", json={**body, "identity_id": 987654})
+    assert theirs.status_code == ghost.status_code == 404
+    assert theirs.json()["detail"].replace(str(mine["id"]), "<id>") == ghost.json()[
+        "detail"
+    ].replace("987654", "<id>")
+    chosen = admin.post("/messages", json=body)
+    assert chosen.status_code == 202, chosen.text
+
+    person = admin.post("/contacts", json={"name": "Cy Contact", "emails": [contact.address]})
+    assert person.status_code == 201, person.text
+    template = admin.post(
+        "/templates",
+        json={"name": "Hello", "subject": "Hi {{contact.first_name}}", "text": "{{deal.name}}"},
+    ).json()
+    before = admin.get(f"/accounts/{world.account.name}/messages").json()["messages"]
+    missing = admin.post(
+        "/messages", json={"template_id": template["id"], "contact_id": person.json()["id"]}
+    )
+    assert missing.status_code == 422, missing.text
+    (problem,) = missing.json()["detail"]
+    assert problem["type"] == "missing_merge_fields" and problem["fields"] == ["deal.name"]
+    assert "{{deal.name}}" in problem["msg"]
+    assert admin.get(f"/accounts/{world.account.name}/messages").json()["messages"] == before
+    nobody = admin.post("/messages", json={"template_id": template["id"], "contact_id": 987654})
+    assert nobody.status_code == 422 and nobody.json()["detail"][0]["loc"] == [
+        "body",
+        "contact_id",
+    ]
+    deal = admin.post(
+        "/deals", json={"name": "Renewal", "contact_ids": [person.json()["id"]]}
+    ).json()
+    filled = admin.post(
+        "/messages",
+        json={
+            "template_id": template["id"],
+            "deal_id": deal["id"],
+            "send_at": "2000-01-01T00:00:00Z",
+        },
+    )
+    assert filled.status_code == 202, filled.text
+    shown = admin.get(f"/messages/{filled.json()['message_id']}").json()
+    assert shown["subject"] == "Hi Cy" and [a["email"] for a in shown["to"]] == [contact.address]
+    # mark-sent / resend: only for a send whose fate is unknown; only its sender.
+    outbox = filled.json()["outbox_id"]
+    assert member.post(f"/outbox/{outbox}/resend").status_code == 404
+    conflict = admin.post(f"/outbox/{outbox}/mark-sent")
+    assert conflict.status_code == 409 and "unknown" in conflict.json()["detail"]

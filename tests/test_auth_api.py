@@ -443,7 +443,8 @@ FULL_ACCESS_WRITES = {
 }
 # Allowed with full access, refused for the walk's empty body (it names no folder).
 FULL_ACCESS_NEEDS_BODY = {("POST", "/messages/{message_id}/move")}
-# Replies and forwards: sent as the message's account (issue 10).
+# Replies and forwards: sent as the caller's identity of the message's account, else their
+# default identity (issue 10).
 SENDS = {("POST", f"/messages/{{message_id}}/{mode}") for mode in ("reply", "reply-all", "forward")}
 
 # What a metadata-only viewer may read (without bodies); every other route naming the account
@@ -563,11 +564,14 @@ def test_another_team_sees_nothing_and_a_metadata_viewer_no_bodies(
                 if (method, path) in FULL_ACCESS_NEEDS_BODY:
                     expected = 422
                 if (method, path) in SENDS:
-                    # Sending as a team inbox is its members' (the outsider is in Support);
-                    # reading a teammate's shared mail does not let one send as them. (A
-                    # forward needs a recipient: the empty body is refused.)
+                    # Sending as a team inbox is its members' (the outsider is in Support).
+                    # Reading a teammate's shared mail does not let one send as them: a reply
+                    # goes as one of the reader's own identities, and this teammate has none
+                    # (400 saying so). (A forward needs a recipient: the empty body is refused.)
                     sent = 400 if path.endswith("/forward") else 202
-                    expected = sent if reader is outsider else 403
+                    expected = sent if reader is outsider else 400
+                    if reader is teammate:
+                        assert "no identity" in answer.text, answer.text
                 assert answer.status_code == expected, (method, path, answer.status_code)
     assert any(b in outsider.get(f"/messages/{ids['message_id']}").text for b in bodies)
     assert owner.get(f"/accounts/{mirror.account}").json()["access"]["can_manage"] is True

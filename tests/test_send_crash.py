@@ -137,3 +137,54 @@ async def test_a_send_killed_at_any_stage_goes_exactly_once(
     assert len(with_id(mailbox(dovecot, contact, "INBOX"), mid)) == 1
     assert len(with_id(mailbox(dovecot, env.user, "Sent"), mid)) == 1
     assert with_id(mailbox(dovecot, env.user, "INBOX"), mid) == []
+
+
+@pytest.mark.parametrize("stage", ["before_smtp", "data", "after_250"])
+async def test_an_outbound_only_identity_killed_never_sends_twice_by_itself(
+    env: Env,
+    dovecot: DovecotServer,
+    postfix: PostfixServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stage: str,
+) -> None:
+    """No mailbox to look in: killed before DATA it is sent again; killed during DATA or after
+    the 250 its fate is ``unknown`` and nothing more goes until the user decides."""
+    from test_send_identities import smtp_identity, trust_test_certificate
+
+    contact, login = dovecot.add_user(), dovecot.add_user()
+    await env.sync()
+    user = owner(env)
+    trust_test_certificate(monkeypatch, postfix, tmp_path)
+    identity = smtp_identity(env, user, postfix, login)
+    record = service(env).send_new(
+        user,
+        None,
+        Compose(to=(("", contact.address),), subject=f"killed at {stage}", text="once"),
+        identity_id=identity.id,
+    )
+    kill_at(env, stage, tmp_path)
+    sends = SendStore(env.store.engine)
+    await apply(env)  # the restart
+    postfix.wait_queue_empty()
+    mid = mid_of(record)
+    after = sends.get(record.outbox.id)
+    if stage == "before_smtp":
+        assert after.status == "sent", after  # DATA never began: sent again, once
+        assert len(with_id(mailbox(dovecot, contact, "INBOX"), mid)) == 1
+        return
+    assert after.status == "unknown" and "whether it went" in (after.error or ""), after
+    copies = len(with_id(mailbox(dovecot, contact, "INBOX"), mid))
+    assert copies == (1 if stage == "after_250" else 0)
+    await apply(env)  # more passes send nothing
+    postfix.wait_queue_empty()
+    assert len(with_id(mailbox(dovecot, contact, "INBOX"), mid)) == copies
+    # The user decides: it went (after the 250), or send it again (cut midway through DATA).
+    resolved = sends.resolve_unknown(record.outbox.id, went=stage == "after_250")
+    if stage == "data":
+        assert resolved.status == "sending"
+        await apply(env)
+        postfix.wait_queue_empty()
+    assert sends.get(record.outbox.id).status == "sent"
+    assert len(with_id(mailbox(dovecot, contact, "INBOX"), mid)) == 1
+    assert with_id(mailbox(dovecot, env.user, "Sent"), mid) == []

@@ -12,13 +12,13 @@ from email import policy
 import pytest
 
 from correspond.errors import ConfigError
+from correspond.mail.compose import Address, Draft, build_message, message_bytes
 from correspond.mail.outgoing import (
-    OutgoingAttachment,
-    OutgoingDraft,
     build_outgoing,
     forward_subject,
     reply_subject,
     safe_filename,
+    uploaded,
 )
 from correspond.outgoing import parse_recipients
 from correspond.rules.send import (
@@ -113,9 +113,10 @@ def test_strip_bcc(raw: bytes, stripped: bytes) -> None:
     [
         ("Hello", "Re: Hello", "Fwd: Hello"),
         ("Re: Hello", "Re: Hello", "Fwd: Re: Hello"),
-        ("RE: re:  AW: Hello", "Re: Hello", "Fwd: RE: re:  AW: Hello"),
-        ("Fwd: FW: Hello", "Re: Fwd: FW: Hello", "Fwd: Hello"),
-        ("Re[2]: Hello", "Re: Hello", "Fwd: Re[2]: Hello"),
+        # A subject that already has a prefix keeps it as it is (mail.compose's rule).
+        ("RE: re:  AW: Hello", "RE: re: AW: Hello", "Fwd: RE: re: AW: Hello"),
+        ("Fwd: FW: Hello", "Re: Fwd: FW: Hello", "Fwd: FW: Hello"),
+        ("Re[2]: Hello", "Re[2]: Hello", "Fwd: Re[2]: Hello"),
     ],
 )
 def test_prefixes_are_not_stacked(subject: str, reply: str, forward: str) -> None:
@@ -123,17 +124,25 @@ def test_prefixes_are_not_stacked(subject: str, reply: str, forward: str) -> Non
     assert forward_subject(subject) == forward
 
 
-def draft(**changes: object) -> OutgoingDraft:
+def draft(**changes: object) -> Draft:
+    """A draft as the sending path builds it; ``(name, address)`` pairs are taken as given
+    (``Address`` itself, not ``Address.of``: nothing cleaned before the builder's checks)."""
     base: dict[str, object] = {
         "from_": ("Ann Example", "ann@example.test"),
         "to": (("Bob", "bob@example.test"),),
         "subject": "Hello",
         "text": "Hi",
     }
-    return OutgoingDraft(**{**base, **changes})  # type: ignore[arg-type]
+    merged = {**base, **changes}
+    for key in ("to", "cc", "bcc"):
+        if key in merged:
+            merged[key] = tuple(Address(email, name) for name, email in merged[key])  # type: ignore[attr-defined]
+    name, email = merged["from_"]  # type: ignore[misc]
+    merged["from_"] = Address(email, name)
+    return Draft(**merged)  # type: ignore[arg-type]
 
 
-def built(d: OutgoingDraft) -> bytes:
+def built(d: Draft) -> bytes:
     return build_outgoing(d, message_id_domain="example.test", now=NOW).as_bytes(policy=policy.SMTP)
 
 
@@ -166,6 +175,8 @@ def test_a_line_break_in_a_subject_or_name_is_refused(evil: str) -> None:  # H1,
 
 def test_an_encoded_word_that_decodes_to_a_line_break_is_refused() -> None:  # H2
     # Python before 3.12.5 writes what such a word decodes to (CVE-2024-6923): a new header.
+    # The sending path refuses it; the composer's builder alone turns it into text (one
+    # Subject, no Bcc), whatever the Python.
     sneaky = "=?UTF-8?B?ZXZlDQpCY2M6IHhAZXhhbXBsZS5jb20=?="
     with pytest.raises(ConfigError, match="line break"):
         built(draft(to=((sneaky, "bob@example.test"),)))
@@ -174,6 +185,13 @@ def test_an_encoded_word_that_decodes_to_a_line_break_is_refused() -> None:  # H
     # A harmless encoded word is kept as text.
     raw = built(draft(subject="=?UTF-8?B?aGVsbG8=?="))
     assert header_names(raw).count("Subject") == 1 and "Bcc" not in header_names(raw)
+    alone = build_message(draft(subject=sneaky), message_id_domain="example.test", now=NOW)
+    names = header_names(message_bytes(alone))
+    assert names.count("Subject") == 1 and "Bcc" not in names
+    # A word inside a word (decoded twice) is refused too.
+    nested = "=?UTF-8?Q?=3D=3FUTF-8=3FB=3FZXZlDQpCY2M6IHhAZXhhbXBsZS5jb20=3D=3F=3D?="
+    with pytest.raises(ConfigError, match="line break"):
+        built(draft(subject=nested))
 
 
 @pytest.mark.parametrize(
@@ -206,11 +224,13 @@ def test_the_address_checked_is_the_one_sent_to() -> None:  # H4
 
 
 def test_bodies_are_crlf_and_lines_folded() -> None:  # H5, H7
-    raw = built(draft(subject="word " * 400, text="a\n.\r\nb\r\n.\nc\rd\n.\n", html=None))
+    raw = built(draft(subject="word " * 190, text="a\n.\r\nb\r\n.\nc\rd\n.\n", html=None))
     assert re.search(rb"(?<!\r)\n", raw) is None
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998
     parsed = email.message_from_bytes(raw, policy=policy.default)
-    assert parsed["Subject"] == "word " * 400
+    assert parsed["Subject"] == ("word " * 190).strip()
+    with pytest.raises(ConfigError, match="longer than 1000"):  # bounded
+        built(draft(subject="word " * 400))
 
 
 def test_html_only_gets_a_text_part_and_attachments_keep_no_path() -> None:  # section 2
@@ -219,9 +239,9 @@ def test_html_only_gets_a_text_part_and_attachments_keep_no_path() -> None:  # s
             text=None,
             html="<p>Hello <b>there</b></p><script>x()</script>",
             attachments=(
-                OutgoingAttachment("../../etc/passwd", "text/plain", b"root"),
-                OutgoingAttachment("..\\..\\Windows\\x.dll", "application/x-evil\r\nX: 1", b"x"),
-                OutgoingAttachment("r\u00e9sum\u00e9 final.pdf", "application/pdf", b"%PDF"),
+                uploaded("../../etc/passwd", "text/plain", b"root"),
+                uploaded("..\\..\\Windows\\x.dll", "application/x-evil\r\nX: 1", b"x"),
+                uploaded("r\u00e9sum\u00e9 final.pdf", "application/pdf", b"%PDF"),
             ),
         )
     )
@@ -260,3 +280,12 @@ def test_replies_carry_in_reply_to_and_references() -> None:
     assert str(parsed["Message-ID"]).endswith("@example.test>")
     with pytest.raises(ConfigError, match="no recipient"):
         built(draft(to=()))
+
+
+def test_a_recipient_name_that_decodes_to_a_line_break_is_refused() -> None:  # H2
+    sneaky = '"=?UTF-8?B?ZXZlDQpCY2M6IHhAZXhhbXBsZS5jb20=?=" <bob@example.test>'
+    with pytest.raises(ConfigError, match="line break"):
+        parse_recipients([sneaky])
+    assert parse_recipients(['"=?UTF-8?B?aGVsbG8=?=" <bob@example.test>'])[0][1] == (
+        "bob@example.test"
+    )

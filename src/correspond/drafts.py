@@ -6,8 +6,9 @@ answers one they see in full, the template one they may use; recipients and bodi
 as typed (a draft may be unfinished: they are checked when it is sent).
 
 :meth:`DraftService.send` queues a draft through the same path as ``POST /messages`` and the
-reply routes (:class:`correspond.outgoing.SendService`): a new message from its account (or
-its identity's account), or a reply, reply-all or forward of the message it answers. The
+reply routes (:class:`correspond.outgoing.SendService`): a new message as its identity (an
+outbound-only one too) or from its account, or a reply, reply-all or forward of the message it
+answers (as its identity when it names one). The
 draft is claimed first (a second send of it is refused meanwhile), deleted once its send is
 queued, and released when the send is refused (a bad address: nothing was queued, the draft
 stays to be fixed).
@@ -106,24 +107,23 @@ class DraftService:
         self.drafts.delete(user, draft_id)
         return record
 
-    def _account_name(self, user: User, fields: DraftFields) -> str:
-        if fields.identity_id is not None:
-            identity = self.identities.get(user, fields.identity_id)
-            if identity.account_name is None:
-                # Until sending goes through identities (their own SMTP server): say so.
-                raise ConfigError(
-                    f"the identity {identity.address} sends through its own server, which "
-                    "sending from a draft does not support yet: choose an account"
-                )
-            return identity.account_name
+    def _account_name(self, user: User, fields: DraftFields) -> str | None:
+        """The account a draft names (None: it names an identity, or nothing)."""
         if fields.account_id is not None:
             return self.store.get_account_by_id(fields.account_id).name
-        raise ConfigError("the draft says nothing to send from: give an identity or an account")
+        if fields.identity_id is None:
+            raise ConfigError("the draft says nothing to send from: give an identity or an account")
+        return None
 
     def _queue(self, user: User, draft: Draft) -> SendRecord:
         fields = draft.fields
         uploads = tuple(
-            OutgoingAttachment(f.filename, f.content_type, f.content or b"", f.content_id)
+            OutgoingAttachment(
+                filename=f.filename,
+                content_type=f.content_type,
+                content=f.content or b"",
+                content_id=f.content_id,
+            )
             for f in draft.files
         )
         stored = self.sending.load_attachments(
@@ -140,5 +140,9 @@ class DraftService:
         )
         if fields.in_reply_to_id is not None:
             mode: ReplyMode = fields.reply_mode or "reply"  # type: ignore[assignment]
-            return self.sending.respond(user, fields.in_reply_to_id, mode, compose)
-        return self.sending.send_new(user, self._account_name(user, fields), compose)
+            return self.sending.respond(
+                user, fields.in_reply_to_id, mode, compose, identity_id=fields.identity_id
+            )
+        # As the identity (an outbound-only one too: SendService.sender), else the account.
+        account = None if fields.identity_id is not None else self._account_name(user, fields)
+        return self.sending.send_new(user, account, compose, identity_id=fields.identity_id)

@@ -1,13 +1,30 @@
-"""Composing and queueing sends from the CRM (the API and CLI call this; ``sync.sender`` sends).
+"""Queueing sends from the CRM (the API and CLI call this; ``sync.sender`` sends).
 
 :class:`SendService` turns a user's request into a message and queues it (``store.sends``):
-who may send from the account, the message built (:func:`correspond.mail.outgoing.
-build_outgoing`: the one call site of the builder), its size, its blob (the Sent copy, with
-Bcc), its row data parsed from those very bytes by the sync's own code (so the copy that comes
-back through Sent is the same message: same dedupe key, same participants), the envelope
-(``rules.send``) and when it goes (now plus the undo grace, or the scheduled time).
-Replies, reply-all and forwards take the original's thread, In-Reply-To and References,
-recipients and (forward) attachments.
+
+- **who it goes out as** (:class:`Sender`): an identity (``identity_id``; none given: the
+  user's default, as ``GET /compose/defaults`` preselects it; a reply or forward: the identity
+  of the account the original is in, else the default). Another user's identity is
+  :class:`NotFound`, as one that does not exist (``ComposeService.identity_for``). An
+  identity of kind ``account`` sends through its account (its SMTP settings, its Sent
+  policy); one of kind ``smtp`` (outbound-only) through its own server, its message kept in
+  a *home account* of the user (the original's for a reply, else ``account`` when given, else
+  the account of the user's first account identity): the account whose thread shows it and
+  whose session sends it. The older ``account`` field alone still sends as that account
+  (its owner, an admin, or a member of its team inbox may);
+- **the message** built by :func:`correspond.mail.outgoing.build_outgoing`, the one call
+  site of the builder (``mail.compose.build_message`` with the stricter injection checks),
+  from a :class:`~correspond.mail.compose.Draft`: replies and forwards by
+  :func:`~correspond.mail.compose.reply_draft` / :func:`~correspond.mail.compose.forward_draft`
+  (reply-all leaves out every address of the user's identities; ``Re:``/``Fwd:`` once; a
+  forward carries the original's attachments), the identity's signature appended
+  (:func:`~correspond.mail.compose.with_signature`), a template rendered first
+  (``template_id`` with ``contact_id``/``deal_id``: a missing merge field is an error before
+  anything is queued). The Message-ID is made first and passed in, and the built bytes are
+  the row's blob: every retry sends those very bytes;
+- its size (``send_max_bytes``), its row data parsed from those bytes by the sync's own code
+  (the copy that comes back through Sent is the same message: same dedupe key), the envelope
+  (``rules.send``) and when it goes (now plus the undo grace, or the scheduled time).
 """
 
 from __future__ import annotations
@@ -15,36 +32,43 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from email import policy as email_policy
 from email.utils import getaddresses
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from correspond.composer import ComposeService
 from correspond.errors import ConfigError, NotFound
 from correspond.imap.types import FetchResponse
-from correspond.mail.dedupe import dedupe_key, header_dedupe_key
-from correspond.mail.outgoing import (
-    OutgoingAttachment,
-    OutgoingDraft,
-    build_outgoing,
-    check_address,
-    forward_subject,
-    reply_subject,
+from correspond.mail.compose import (
+    Address,
+    Draft,
+    check_size,
+    envelope_recipients,
+    forward_draft,
+    make_message_id,
+    message_bytes,
+    parse_recipient,
+    reply_draft,
+    with_signature,
 )
-from correspond.rules.send import envelope_recipients, sent_copy_policy
+from correspond.mail.dedupe import dedupe_key, header_dedupe_key
+from correspond.mail.merge import fields_used
+from correspond.mail.outgoing import OutgoingAttachment, build_outgoing, refuse_line_breaks
+from correspond.rules import send as send_rules
 from correspond.settings import Settings
 from correspond.store.blobs import BlobStore
+from correspond.store.compose import Identity
 from correspond.store.message_data import MessageData
 from correspond.store.records import Account
 from correspond.store.repository import Store
-from correspond.store.sends import SendRecord, SendStore
+from correspond.store.sends import Original, SendRecord, SendStore
 from correspond.store.tables import utcnow
 from correspond.store.teams import TeamStore
 from correspond.store.users import User, UserStore
 from correspond.store.visibility import Access
 from correspond.sync.prepare import FolderRef, MessageBuilder, PrepareJob, prepare_messages
 
-__all__ = ["Compose", "ReplyMode", "SendService"]
+__all__ = ["Compose", "ReplyMode", "SendService", "Sender", "parse_recipients"]
 
 ReplyMode = Literal["reply", "reply-all", "forward"]
 Pair = tuple[str, str]
@@ -53,7 +77,7 @@ Pair = tuple[str, str]
 @dataclass(frozen=True, slots=True)
 class Compose:
     """What the user wrote: recipients as ``(name, address)``, bodies, attachments, and when
-    (None: now plus the undo grace)."""
+    (None: now plus the undo grace); a template to render with a contact and a deal."""
 
     to: tuple[Pair, ...] = ()
     cc: tuple[Pair, ...] = ()
@@ -64,18 +88,104 @@ class Compose:
     attachments: tuple[OutgoingAttachment, ...] = ()
     attachment_ids: tuple[int, ...] = ()
     send_at: datetime | None = None
+    template_id: int | None = None
+    contact_id: int | None = None
+    deal_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """Who a send goes out as: From, the identity (None: the account itself, on the older
+    ``account`` path) and the account that keeps the CRM copy and sends it."""
+
+    account: Account
+    from_: Address
+    identity: Identity | None
+
+    @property
+    def outbound_only(self) -> bool:
+        return self.identity is not None and self.identity.kind == "smtp"
+
+    @property
+    def signature(self) -> str:
+        return self.identity.signature if self.identity is not None else ""
 
 
 def parse_recipients(values: Sequence[str]) -> tuple[Pair, ...]:
-    """``"Ann <ann@x.test>"`` or ``"ann@x.test"`` strings as pairs (addresses checked)."""
+    """``"Ann <ann@x.test>"`` or ``"ann@x.test"`` strings as pairs: each one address
+    (``compose.parse_recipient``), and a name with a line break refused, not repaired."""
     out: list[Pair] = []
     for value in values:
-        found = getaddresses([value])
-        if len(found) != 1 or not found[0][1]:
-            raise ConfigError(f"not one e-mail address: {value!r}")
-        name, address = found[0]
-        out.append((name, check_address(address, "recipient")))
+        found = parse_recipient(value)
+        name = getaddresses([value])[0][0] if "<" in value else ""
+        refuse_line_breaks(name, f"the name of {found.email}")
+        out.append((found.name, found.email))
     return tuple(out)
+
+
+def _split(
+    attachments: Sequence[OutgoingAttachment],
+) -> tuple[tuple[OutgoingAttachment, ...], tuple[OutgoingAttachment, ...]]:
+    """Files, and inline images of the HTML (those with a ``content_id``: ``Draft.inline``)."""
+    return (
+        tuple(a for a in attachments if a.content_id is None),
+        tuple(a for a in attachments if a.content_id is not None),
+    )
+
+
+def _addresses(pairs: Sequence[Pair], where: str) -> tuple[Address, ...]:
+    return tuple(Address.of(email, name, field=where) for name, email in pairs)
+
+
+@dataclass(frozen=True, slots=True)
+class _Person:
+    name: str | None
+    email: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Attached:
+    filename: str | None
+    content_type: str
+    blob_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _OriginalView:
+    """A stored message in the shape ``compose.reply_draft`` / ``forward_draft`` read."""
+
+    message_id: str | None
+    in_reply_to: str | None
+    references: tuple[str, ...]
+    subject: str
+    from_: _Person | None
+    reply_to: tuple[_Person, ...]
+    to: tuple[_Person, ...]
+    cc: tuple[_Person, ...]
+    date: datetime | None
+    text: str | None
+    html: str | None
+    attachments: tuple[_Attached, ...]
+
+    @classmethod
+    def of(cls, o: Original) -> _OriginalView:
+        def people(pairs: Sequence[Pair]) -> tuple[_Person, ...]:
+            return tuple(_Person(n or None, e) for n, e in pairs if e)
+
+        return cls(
+            message_id=o.message_id_header,
+            in_reply_to=o.in_reply_to,
+            references=o.references,
+            subject=o.subject,
+            from_=_Person(o.from_name, o.from_email) if o.from_email else None,
+            reply_to=people(o.reply_to),
+            to=people(o.to),
+            cc=people(o.cc),
+            date=o.date,
+            text=o.text,
+            html=o.html,
+            attachments=tuple(_Attached(a[1], a[2], a[3]) for a in o.attachments),
+        )
 
 
 class SendService:
@@ -87,8 +197,9 @@ class SendService:
         self.blobs = blobs or BlobStore.from_settings(settings)
         self.sends = SendStore(store.engine)
         self.users = UserStore(store.engine)
+        self.composer = ComposeService(store, settings)
 
-    # -- who may send ----------------------------------------------------------------------------
+    # -- who may send, and as whom -------------------------------------------------------------
 
     def check_may_send(self, user: User, account: Account) -> None:
         """Sending as an account is its owner's (or an admin's), or a member's of the team
@@ -110,78 +221,229 @@ class SendService:
     def _member(self, user: User, team_id: int) -> bool:
         return TeamStore(self.store.engine).is_member(team_id, user.id)
 
+    def _account_identity(
+        self, user: User, account: Account, addressed: Sequence[str] = ()
+    ) -> Identity | None:
+        """The user's identity of ``account`` that a message was ``addressed`` to (an
+        alias), else the one of the account's own address (None: they have none)."""
+        mine = [i for i in self.composer.identities.list(user) if i.account_id == account.id]
+        for wanted in (*(a.lower() for a in addressed), account.email.lower()):
+            for identity in mine:
+                if identity.address.lower() == wanted:
+                    return identity
+        return None
+
+    def sender(
+        self,
+        user: User | None,
+        *,
+        identity_id: int | None = None,
+        account_name: str | None = None,
+        original_account: Account | None = None,
+        addressed: Sequence[str] = (),
+    ) -> Sender:
+        """Who a send goes out as (see the module docstring); ``addressed``: the addresses
+        the original was sent to (a reply goes as the alias it was written to)."""
+        if user is None:
+            if account_name is None:
+                raise ConfigError("name the account to send from")
+            account = self.store.get_account(account_name)
+            return Sender(account, Address.of(account.email, self._from_name(None, account)), None)
+        identity: Identity | None = None
+        if identity_id is not None:
+            identity = self.composer.identity_for(user, identity_id)
+        elif account_name is not None:
+            account = self.store.get_account(account_name)
+            self.check_may_send(user, account)
+            found = self._account_identity(user, account)
+            if found is None:  # an admin sending from an account that is not theirs
+                from_ = Address.of(account.email, self._from_name(user, account), field="from")
+                return Sender(account, from_, None)
+            return Sender(account, self.composer.sender_of(found), found)
+        elif original_account is not None:
+            identity = self._account_identity(user, original_account, addressed)
+            if identity is None:
+                identity = self.composer.identity_for(user, None)
+        else:
+            identity = self.composer.identity_for(user, None)
+        return Sender(
+            self._home(user, identity, account_name, original_account),
+            self.composer.sender_of(identity),
+            identity,
+        )
+
+    def _home(
+        self,
+        user: User,
+        identity: Identity,
+        account_name: str | None,
+        original_account: Account | None,
+    ) -> Account:
+        """The account that keeps the CRM copy of a send and whose session sends it."""
+        if identity.kind == "account" and identity.account_id is not None:
+            return self.store.get_account_by_id(identity.account_id)
+        candidates: list[Account] = []
+        if account_name is not None:
+            candidates.append(self.store.get_account(account_name))
+        elif original_account is not None:
+            candidates.append(original_account)
+        for other in self.composer.identities.list(user):
+            if other.kind == "account" and other.account_id is not None:
+                candidates.append(self.store.get_account_by_id(other.account_id))
+        for account in candidates:
+            try:
+                self.check_may_send(user, account)
+            except (PermissionError, NotFound):
+                if account_name is not None:
+                    raise
+                continue
+            return account
+        raise ConfigError(
+            "an outbound-only identity keeps what it sends in one of your synced accounts, "
+            "and you have none: add an account first"
+        )
+
     # -- new messages, replies, forwards ---------------------------------------------------------
 
-    def send_new(self, user: User | None, account_name: str, compose: Compose) -> SendRecord:
-        """Queue a new message from ``account_name``. ``user`` None: the operator on the
-        command line (every account; the message goes out under the owner's name)."""
-        account = self.store.get_account(account_name)
-        if user is not None:
-            self.check_may_send(user, account)
-        attachments = compose.attachments + self._stored_attachments(user, compose.attachment_ids)
-        draft = OutgoingDraft(
-            from_=(self._from_name(user, account), account.email),
-            to=compose.to,
-            cc=compose.cc,
-            bcc=compose.bcc,
-            subject=compose.subject or "",
-            text=compose.text,
-            html=compose.html,
-            attachments=attachments,
+    def send_new(
+        self,
+        user: User | None,
+        account_name: str | None,
+        compose: Compose,
+        *,
+        identity_id: int | None = None,
+    ) -> SendRecord:
+        """Queue a new message as ``identity_id`` (None: the user's default) or, on the older
+        path, as ``account_name``. ``user`` None: the operator on the command line (an
+        account: the message goes out under its owner's name)."""
+        sender = self.sender(user, identity_id=identity_id, account_name=account_name)
+        subject, text, html = compose.subject, compose.text, compose.html
+        to = compose.to
+        signed = True
+        if compose.template_id is not None:
+            if user is None:
+                raise ConfigError("a template is a user's: send as one of their identities")
+            subject, text, html, signed = self._render(user, sender, compose)
+            if not (to or compose.cc or compose.bcc):
+                to = self._contact_recipient(compose)
+        files, inline = _split(
+            compose.attachments + self._stored_attachments(user, compose.attachment_ids)
         )
-        return self._queue(user, account, draft, compose.send_at)
+        draft = Draft(
+            from_=sender.from_,
+            to=_addresses(to, "to"),
+            cc=_addresses(compose.cc, "cc"),
+            bcc=_addresses(compose.bcc, "bcc"),
+            subject=subject or "",
+            text=text,
+            html=html,
+            attachments=files,
+            inline=inline,
+        )
+        if signed:
+            draft = with_signature(draft, sender.signature)
+        return self._queue(user, sender, draft, compose.send_at)
 
-    def respond(self, user: User, message_id: int, mode: ReplyMode, compose: Compose) -> SendRecord:
-        """Reply, reply-all or forward ``message_id`` from its own account."""
-        original = self.sends.original(message_id)
-        account = self.store.get_account_by_id(original.account_id)
-        self.check_may_send(user, account)
-        own = account.email.lower()
-        to, cc = compose.to, compose.cc
-        attachments = compose.attachments + self._stored_attachments(user, compose.attachment_ids)
-        in_reply_to: str | None = None
-        references: tuple[str, ...] = ()
-        if mode == "forward":
-            subject = compose.subject or forward_subject(original.subject)
-            attachments = attachments + tuple(
-                self._attachment(aid, name, ctype, key)
-                for aid, name, ctype, key in original.attachments
-            )
-        else:
-            subject = compose.subject or reply_subject(original.subject)
-            if not to:
-                if original.from_email and original.from_email.lower() == own:
-                    to = original.to  # a reply to one's own message: to its recipients
-                else:
-                    to = original.reply_to or (
-                        ((original.from_name or "", original.from_email),)
-                        if original.from_email
-                        else ()
-                    )
-            if mode == "reply-all" and not compose.cc:
-                taken = {a.lower() for _, a in to} | {own}
-                extra: list[Pair] = []
-                for pair in (*original.to, *original.cc):
-                    if pair[1] and pair[1].lower() not in taken:
-                        taken.add(pair[1].lower())
-                        extra.append(pair)
-                cc = tuple(extra)
-            mid = original.message_id_header
-            in_reply_to = mid
-            references = (*original.references, *((mid,) if mid else ()))
-        draft = OutgoingDraft(
-            from_=(self._from_name(user, account), account.email),
-            to=to,
-            cc=cc,
-            bcc=compose.bcc,
-            subject=subject,
-            text=compose.text,
-            html=compose.html,
-            attachments=attachments,
-            in_reply_to=in_reply_to,
-            references=references[-20:],
+    def _contact_recipient(self, compose: Compose) -> tuple[Pair, ...]:
+        """The default recipient of a templated send: the contact (else the deal's first
+        contact, as the template's fields take it) at their first address."""
+        contact_id = compose.contact_id
+        if contact_id is None and compose.deal_id is not None:
+            contact_ids = self.composer.crm.get_deal(compose.deal_id).contact_ids
+            contact_id = contact_ids[0] if contact_ids else None
+        if contact_id is None:
+            return ()
+        contact = self.composer.crm.get_contact(contact_id)
+        return ((contact.name, contact.emails[0]),) if contact.emails else ()
+
+    def _render(
+        self, user: User, sender: Sender, compose: Compose
+    ) -> tuple[str | None, str | None, str | None, bool]:
+        """The template's subject and bodies for the chosen records (what the user typed
+        wins); whether the signature is still to be appended (not when the template places
+        it with ``{{user.signature}}``). ``MissingMergeFields`` before anything is queued."""
+        assert compose.template_id is not None
+        template = self.composer.templates.get(user, compose.template_id)
+        rendered = self.composer.render(
+            user,
+            compose.template_id,
+            contact_id=compose.contact_id,
+            deal_id=compose.deal_id,
+            identity_id=sender.identity.id if sender.identity is not None else None,
+            user_name=user.display_name or "",
+            user_email=user.email,
         )
-        return self._queue(user, account, draft, compose.send_at)
+        placed = any(
+            "user.signature" in fields_used(part)
+            for part in (template.subject, template.text, template.html)
+            if part
+        )
+        return (
+            compose.subject or rendered.subject,
+            compose.text if compose.text is not None else rendered.text,
+            compose.html if compose.html is not None else rendered.html,
+            not placed,
+        )
+
+    def respond(
+        self,
+        user: User,
+        message_id: int,
+        mode: ReplyMode,
+        compose: Compose,
+        *,
+        identity_id: int | None = None,
+    ) -> SendRecord:
+        """Reply, reply-all or forward ``message_id``, as ``identity_id`` (None: the identity
+        of the original's account it was addressed to, else the user's default)."""
+        original = self.sends.original(message_id)
+        original_account = self.store.get_account_by_id(original.account_id)
+        addressed = [a for _, a in (*original.to, *original.cc)]
+        sender = self.sender(
+            user, identity_id=identity_id, original_account=original_account, addressed=addressed
+        )
+        view = _OriginalView.of(original)
+        # The signature goes under what the user wrote, above the quoted original.
+        mine = with_signature(
+            Draft(from_=sender.from_, text=compose.text, html=compose.html), sender.signature
+        )
+        attachments, inline = _split(
+            compose.attachments + self._stored_attachments(user, compose.attachment_ids)
+        )
+        if mode == "forward":
+            draft = forward_draft(
+                view,
+                from_=sender.from_,
+                to=_addresses(compose.to, "to"),
+                cc=_addresses(compose.cc, "cc"),
+                bcc=_addresses(compose.bcc, "bcc"),
+                text=mine.text,
+                html=mine.html,
+            )
+            draft = replace(draft, attachments=draft.attachments + attachments, inline=inline)
+        else:
+            own = {a.lower() for a in self.composer.own_addresses(user)}
+            if sender.identity is None:
+                own.add(original_account.email.lower())
+            draft = reply_draft(
+                view,
+                from_=sender.from_,
+                own_addresses=own,
+                reply_all=mode == "reply-all",
+                text=mine.text,
+                html=mine.html,
+            )
+            draft = replace(
+                draft,
+                to=_addresses(compose.to, "to") if compose.to else draft.to,
+                cc=_addresses(compose.cc, "cc") if compose.cc else draft.cc,
+                bcc=_addresses(compose.bcc, "bcc"),
+                attachments=attachments,
+                inline=inline,
+            )
+        if compose.subject:
+            draft = replace(draft, subject=compose.subject)
+        return self._queue(user, sender, draft, compose.send_at)
 
     def cancel(self, outbox_id: int) -> SendRecord:
         return self.sends.cancel(outbox_id)
@@ -224,47 +486,62 @@ class SendService:
                 f"attachment {attachment_id} was not downloaded (over the size limit): it "
                 "cannot be sent on"
             )
-        return OutgoingAttachment(filename or "attachment", content_type, self.blobs.get(blob_key))
+        return OutgoingAttachment(
+            filename=filename or "attachment", content_type=content_type, blob_key=blob_key
+        )
 
     # -- queueing --------------------------------------------------------------------------------
 
     def _queue(
-        self, user: User | None, account: Account, draft: OutgoingDraft, send_at: datetime | None
+        self, user: User | None, sender: Sender, draft: Draft, send_at: datetime | None
     ) -> SendRecord:
         now = utcnow()
-        domain = account.email.rpartition("@")[2] or "localhost"
-        message = build_outgoing(draft, message_id_domain=domain, now=now)
-        raw = message.as_bytes(policy=email_policy.SMTP)
-        if len(raw) > self.settings.send_max_bytes:
-            raise ConfigError(
-                f"the message is {len(raw):,} bytes after encoding; the limit is "
-                f"{self.settings.send_max_bytes:,} (send_max_bytes)"
-            )
-        policy = sent_copy_policy(account.preset, self.sends.sent_copy(account.id))
-        own = account.email
-        data = self._row_data(account, raw)
+        account = sender.account
+        domain = sender.from_.email.rpartition("@")[2] or "localhost"
+        # Made first and passed in: the row's Message-ID is the one in the bytes it sends.
+        message_id = make_message_id(domain)
+        message = build_outgoing(
+            draft,
+            message_id_domain=domain,
+            now=now,
+            message_id=message_id,
+            resolve=self.blobs.get,
+        )
+        raw = message_bytes(message)
+        check_size(len(raw), self.settings.send_max_bytes)
+        data = self._row_data(account, raw, sender.from_.email)
         mid = data.message_id
         if not mid:
             raise ConfigError("the built message has no Message-ID")  # pragma: no cover
-        recipients = envelope_recipients(
-            (a for _, a in draft.to),
-            (a for _, a in draft.cc),
-            (a for _, a in draft.bcc),
-            own=own,
-            receipt=policy != "server",
-        )
+        payload: dict[str, Any]
+        if sender.outbound_only:
+            assert sender.identity is not None
+            # No mailbox of the identity's to file in or look in: no Sent copy, no receipt
+            # (sync.sender says what exactly-once means for it).
+            payload = {
+                "transport": "identity",
+                "identity_id": sender.identity.id,
+                "envelope_from": sender.from_.email,
+                "recipients": list(envelope_recipients(draft)),
+                "receipt": False,
+            }
+        else:
+            policy = send_rules.sent_copy_policy(account.preset, self.sends.sent_copy(account.id))
+            receipt = policy != "server"
+            payload = {
+                "envelope_from": sender.from_.email,
+                "recipients": send_rules.envelope_recipients(
+                    envelope_recipients(draft), (), (), own=account.email, receipt=receipt
+                ),
+                "receipt": receipt,
+            }
+            if sender.identity is not None:
+                payload["identity_id"] = sender.identity.id
+        payload.update(message_id_header=mid, blob_key=data.raw_blob_key, size=len(raw))
         if send_at is None:
             send_at = now + timedelta(seconds=self.settings.send_undo_seconds)
         elif send_at.tzinfo is None:
             send_at = send_at.replace(tzinfo=UTC)
-        payload = {
-            "envelope_from": own,
-            "recipients": recipients,
-            "message_id_header": mid,
-            "blob_key": data.raw_blob_key,
-            "receipt": policy != "server",
-            "size": len(raw),
-        }
         return self.sends.queue(
             account_id=account.id,
             user_id=user.id if user is not None else None,
@@ -273,7 +550,7 @@ class SendService:
             send_at=max(send_at, now),
         )
 
-    def _row_data(self, account: Account, raw: bytes) -> MessageData:
+    def _row_data(self, account: Account, raw: bytes, sender: str) -> MessageData:
         """The row the sync would store for this message's Sent copy: parsed and its blobs
         written by the sync's own code (``sync.prepare``)."""
         key = header_dedupe_key(raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n") or ""
@@ -284,7 +561,7 @@ class SendService:
                 account_id=account.id,
                 name_raw=b"",
                 role="sent",
-                account_addresses=frozenset({account.email.lower()}),
+                account_addresses=frozenset({account.email.lower(), sender.lower()}),
             ),
             builder=MessageBuilder(),
             dedupe=lambda parsed, gm: dedupe_key(parsed, gm_msgid=gm),

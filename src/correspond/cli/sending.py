@@ -1,6 +1,9 @@
-"""``correspond send``: send a message from an account, as the operator (the account's owner's
-name on From). It is queued on the outbox like a send from the API; the account's syncer (a
-running ``worker``, ``serve`` or ``sync``) sends it after the undo grace, or at ``--at``.
+"""``correspond send``: send a message from an account (``--from``, as the operator: the
+account's owner's name on From), or as an identity (``--identity``: its owner sends, with its
+signature; ``--template`` with ``--contact`` / ``--deal`` fills a template first, and a merge
+field without a value stops the send before anything is queued). It is queued on the outbox
+like a send from the API; the account's syncer (a running ``worker``, ``serve`` or ``sync``)
+sends it after the undo grace, or at ``--at``.
 ``correspond outbox cancel ID``: take a send back before it goes (undo, or a scheduled send
 called off), as ``POST /outbox/{id}/cancel``."""
 
@@ -16,17 +19,27 @@ from correspond.api.routes.sending import send_public
 from correspond.api.schemas import as_json
 from correspond.cli.base import CliContext, _Command, _fail, _Group, _print_json, pass_cli
 from correspond.cli.output import safe
-from correspond.mail.outgoing import OutgoingAttachment
+from correspond.composer import RecordMissing
+from correspond.errors import NotFound
+from correspond.mail.merge import MissingMergeFields
+from correspond.mail.outgoing import uploaded
 from correspond.outgoing import Compose, SendService, parse_recipients
 
 __all__ = ["outbox", "send"]
 
 #: Files one send may attach from the command line.
 MAX_ATTACHMENTS = 50
+_ID = click.IntRange(1, 2**63 - 1)
 
 
 @click.command("send", cls=_Command)
-@click.option("--from", "account_name", metavar="ACCOUNT", required=True, help="Send as it.")
+@click.option("--from", "account_name", metavar="ACCOUNT", help="Send as this account.")
+@click.option(
+    "--identity", "identity_id", type=_ID, metavar="ID", help="Send as this identity (its owner)."
+)
+@click.option("--template", "template_id", type=_ID, metavar="ID", help="Fill this template.")
+@click.option("--contact", "contact_id", type=_ID, metavar="ID", help="The template's contact.")
+@click.option("--deal", "deal_id", type=_ID, metavar="ID", help="The template's deal.")
 @click.option("--to", multiple=True, metavar="ADDRESS", help="A recipient (repeatable).")
 @click.option("--cc", multiple=True, metavar="ADDRESS")
 @click.option("--bcc", multiple=True, metavar="ADDRESS", help="Kept on the CRM copy only.")
@@ -49,7 +62,11 @@ MAX_ATTACHMENTS = 50
 @pass_cli
 def send(
     cli: CliContext,
-    account_name: str,
+    account_name: str | None,
+    identity_id: int | None,
+    template_id: int | None,
+    contact_id: int | None,
+    deal_id: int | None,
     to: tuple[str, ...],
     cc: tuple[str, ...],
     bcc: tuple[str, ...],
@@ -60,11 +77,16 @@ def send(
     send_at: datetime | None,
     as_json_output: bool,
 ) -> None:
-    """Send a message from an account (queued on its outbox; its syncer sends it)."""
+    """Send a message from an account or as an identity (queued on the outbox; the
+    account's syncer sends it)."""
+    if account_name is None and identity_id is None:
+        _fail("say who sends: --from ACCOUNT or --identity ID", 2)
+    if template_id is not None and identity_id is None:
+        _fail("a template is a user's: give --identity (its owner sends)", 2)
     if len(attach) > MAX_ATTACHMENTS:
         _fail(f"at most {MAX_ATTACHMENTS} attachments", 2)
     files = tuple(
-        OutgoingAttachment(
+        uploaded(
             path.name,
             mimetypes.guess_type(path.name)[0] or "application/octet-stream",
             path.read_bytes(),
@@ -80,8 +102,23 @@ def send(
         html=html,
         attachments=files,
         send_at=send_at,
+        template_id=template_id,
+        contact_id=contact_id,
+        deal_id=deal_id,
     )
-    record = SendService(cli.store, cli.settings).send_new(None, account_name, compose)
+    service = SendService(cli.store, cli.settings)
+    user = None
+    if identity_id is not None:
+        owner_id = service.composer.identities.owner_of(identity_id)
+        user = None if owner_id is None else service.users.get_user_by_id(owner_id)
+        if user is None:
+            raise NotFound(f"no identity with id {identity_id}")
+    try:
+        record = service.send_new(user, account_name, compose, identity_id=identity_id)
+    except MissingMergeFields as exc:
+        _fail(f"not sent: {exc}", 2)
+    except RecordMissing as exc:
+        _fail(f"not sent: {exc}", 2)
     if as_json_output:
         _print_json(as_json(send_public(record)))
         return

@@ -503,6 +503,7 @@ def build_message(
     now: datetime,
     message_id: str | None = None,
     resolve: Callable[[str], bytes] | None = None,
+    keep_bcc: bool = False,
 ) -> EmailMessage:
     """The message for ``draft``: headers From, To, Cc, Reply-To, Subject, Date (``now``,
     timezone-aware), Message-ID (``message_id`` as given, e.g. stored on the outbox row
@@ -514,8 +515,9 @@ def build_message(
     - the HTML part in multipart/related with the inline images (``cid:``);
     - multipart/mixed with the attachments (``resolve`` reads a ``blob_key``).
 
-    No Bcc header. Raises :class:`ComposeError` (or :class:`BadRecipient`) for what cannot be
-    sent."""
+    No Bcc header, unless ``keep_bcc``: the copy kept in Sent and in the CRM records its Bcc
+    (``rules.send.strip_bcc`` takes it out of what is submitted). Raises
+    :class:`ComposeError` (or :class:`BadRecipient`) for what cannot be sent."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     recipients = envelope_recipients(draft)
@@ -530,6 +532,9 @@ def build_message(
         if addresses:
             checked = [Address.of(a.email, a.name, field=name.lower()) for a in addresses]
             _add_header(msg, name, [_header_address(a) for a in checked])
+    if keep_bcc and draft.bcc:
+        hidden = [Address.of(a.email, a.name, field="bcc") for a in draft.bcc]
+        _add_header(msg, "Bcc", [_header_address(a) for a in hidden])
     subject = clean_header_text(draft.subject)
     if subject:
         _add_header(msg, "Subject", subject)

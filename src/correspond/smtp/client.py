@@ -18,7 +18,7 @@ before MAIL.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -115,9 +115,12 @@ async def submit(
     timeout: float = DEFAULT_TIMEOUT,
     local_hostname: str | None = None,
     hold_data: Callable[[], None] | None = None,
+    before_data: Callable[[], Awaitable[object]] | None = None,
 ) -> SubmitResult:
     """Submit ``data`` to ``recipients``; :class:`SmtpError` says why not (and whether to
-    retry). ``hold_data`` is a test hook that stops the transfer midway through DATA."""
+    retry). ``before_data`` is awaited once every recipient is accepted, just before DATA
+    (the sender records there that from now on the server may take the message).
+    ``hold_data`` is a test hook that stops the transfer midway through DATA."""
     if endpoint.security == "plain" and not endpoint.allow_plaintext:
         raise SmtpError(
             f"{endpoint}: refusing to send a password without TLS (allow plaintext first)",
@@ -177,6 +180,8 @@ async def submit(
                 server_text=str(first.message).strip(),
                 transient=transient,
             )
+        if before_data is not None:
+            await before_data()
         step = "DATA"
         if hold_data is not None:
             _hold_midway(smtp, hold_data)

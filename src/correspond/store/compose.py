@@ -385,6 +385,13 @@ class IdentityStore:
                 row.secret_encrypted = self._secrets.encrypt(secret)
         return self.get(viewer, identity_id)
 
+    def owner_of(self, identity_id: int) -> int | None:
+        """Whose identity this is (None: no such identity). For the operator's command line,
+        which then acts as that user through the rule above."""
+        with unit_of_work(self._sessions) as s:
+            owner = s.scalar(select(IdentityRow.owner_id).where(IdentityRow.id == identity_id))
+        return None if owner is None else int(owner)
+
     def smtp_secret(self, viewer: Viewer, identity_id: int) -> str | None:
         """The decrypted secret of ``viewer``'s SMTP identity (only for handing to its
         server); None when it has none (dropped by a change of server, or kind ``account``:

@@ -10,11 +10,18 @@ same dedupe key and adds a location to this row: no duplicate.
 
 The outbox row's ``payload`` carries the send: ``envelope_from``, ``recipients`` (To, Cc, Bcc
 and, for a receipt, the account's own address: ``rules.send``), ``message_id_header``,
-``blob_key`` (the message as built, with Bcc: the Sent copy), ``receipt`` and ``stage``:
+``blob_key`` (the message as built, with Bcc: the Sent copy), ``receipt``, ``identity_id``
+(the identity it goes out as; with ``transport: identity`` an outbound-only one, sent through
+its own server with no Sent copy and no receipt) and ``stage``:
 
 - ``queued``: nothing sent; :meth:`cancel` may still take it back (undo, unschedule);
 - ``smtp``: a submission has started (``attempt_at``); from here on a retry first asks the
   mailbox whether it went (``sync.sender``);
+- ``data`` (an outbound-only identity's send, ``transport: identity``): every recipient was
+  accepted and DATA begins; from here on the server may have the message. Such a send has no
+  mailbox to ask, so a send found here after a crash or a cut during DATA is never sent again
+  by itself: it fails with status ``unknown`` until the user says whether it went
+  (:meth:`SendStore.resolve_unknown`);
 - ``accepted``: the server said 250 (``smtp_reply``); the Sent copy is being filed;
 - ``filed``: the Sent copy is in place; the receipt had not arrived yet (the message shows as
   sent; the row stays pending until the receipt is removed);
@@ -51,18 +58,20 @@ from correspond.store.tables import AccountRow, FolderRow, utcnow
 
 __all__ = ["SEND_STATUSES", "Original", "SendRecord", "SendStore", "send_status"]
 
-SEND_STATUSES = ("scheduled", "sending", "sent", "failed", "cancelled")
+SEND_STATUSES = ("scheduled", "sending", "sent", "failed", "cancelled", "unknown")
 
 
 def send_status(
     state: str, stage: str, next_attempt_at: datetime, now: datetime, attempts: int = 0
 ) -> str:
     """The status a send shows on its message (see the module docstring): ``scheduled``
-    until its first attempt is due; a send waiting for a retry is still ``sending``."""
+    until its first attempt is due; a send waiting for a retry is still ``sending``;
+    ``unknown`` when an outbound-only identity's send was cut during DATA (the user decides:
+    :meth:`SendStore.resolve_unknown`)."""
     if state == "applied" or stage == "filed":
         return "sent"
     if state == "failed":
-        return "failed"
+        return "unknown" if stage == "data" else "failed"
     if state == "cancelled":
         return "cancelled"
     if stage == "queued" and attempts == 0 and next_attempt_at > now:
@@ -103,6 +112,10 @@ class Original:
     cc: tuple[tuple[str, str], ...]
     #: (attachment id, filename, content type, blob key or None), inline parts left out.
     attachments: tuple[tuple[int, str | None, str, str | None], ...]
+    in_reply_to: str | None = None
+    date: datetime | None = None
+    text: str | None = None
+    html: str | None = None
 
 
 def _pairs(items: Sequence[Mapping[str, Any]] | None) -> tuple[tuple[str, str], ...]:
@@ -343,6 +356,10 @@ class SendStore:
                 to=_pairs(row.to_addrs),
                 cc=_pairs(row.cc_addrs),
                 attachments=tuple((int(a[0]), a[1], str(a[2]), a[3]) for a in atts),
+                in_reply_to=row.in_reply_to,
+                date=row.date,
+                text=row.text_body,
+                html=row.html_body,
             )
 
     def attachment(self, attachment_id: int) -> tuple[int, str | None, str, str | None] | None:
@@ -417,6 +434,33 @@ class SendStore:
                     message.state = "deleted"
             s.flush()
             return _record(row, self._thread_of(s, row), utcnow())
+
+    def resolve_unknown(self, outbox_id: int, *, went: bool) -> SendRecord:
+        """The user's answer for a send whose fate is ``unknown``: it went (``sent``), or it
+        did not (queued again, due now: the same bytes, the same Message-ID). Conflict for
+        a send in any other status."""
+        now = utcnow()
+        with unit_of_work(self._sessions) as s:
+            row = self._send_row(s, outbox_id, lock=True)
+            stage = str((row.payload or {}).get("stage", "queued"))
+            if row.state != "failed" or stage != "data":
+                shown = send_status(row.state, stage, row.next_attempt_at, now, row.attempts)
+                raise Conflict(f"only a send whose fate is unknown can be resolved: it is {shown}")
+            if went:
+                row.state = "applied"
+                row.applied_at = now
+                row.payload = {**(row.payload or {}), "stage": "sent", "resolved": "sent"}
+                row.last_error = None
+            else:
+                row.state = "pending"
+                row.payload = {**(row.payload or {}), "stage": "queued", "resolved": "resend"}
+                row.next_attempt_at = now
+                row.last_error = None
+                account = s.get(AccountRow, row.account_id)
+                if account is not None:
+                    account.updated_at = now  # wakes the account's session
+            s.flush()
+            return _record(row, self._thread_of(s, row), now)
 
     # -- the sender's side -----------------------------------------------------------------------
 

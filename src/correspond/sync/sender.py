@@ -13,6 +13,18 @@ rows (``sync.outbox`` hands ``send`` rows here). One row goes through its stages
    ``filed`` (shown as sent) while the receipt has not arrived yet: the row is looked at again
    until it has been removed, or ``send_receipt_wait_seconds`` have passed.
 
+**Outbound-only identities** (payload ``transport: identity``: an SMTP identity with no
+mailbox; the row rides on the user's home account's outbox, whose session sends it): there is
+no Sent folder to file in or look in, and no receipt (the envelope names only the recipients).
+What remains is the order of the records: ``smtp`` before connecting, ``data`` (awaited through
+``submit``'s ``before_data``) once every recipient is accepted and just before DATA, then
+``accepted`` and ``sent``. A row found at ``smtp`` never reached DATA, so the server cannot have
+the message: it is sent again. A row found at ``data``, or a connection lost during DATA with
+no reply, may or may not have gone: it is never sent again by itself; it fails with status
+``unknown`` and the user decides (``POST /outbox/{id}/mark-sent``, or ``/resend``: the same
+bytes and Message-ID, which a recipient's client shows once if both arrive). A reply to the
+end of DATA (4xx, 5xx) is an answer: retried or failed as below.
+
 A row found at ``smtp`` or ``accepted`` was interrupted (the process died, or the connection was
 cut without a reply): before anything is sent again the mailbox is asked
 (:func:`correspond.rules.send.after_interruption`): the copy in Sent or the receipt means the
@@ -49,14 +61,16 @@ from correspond.rules.sync_plan import backoff_delay
 from correspond.settings import Settings
 from correspond.smtp.client import SmtpEndpoint, submit
 from correspond.store.blobs import BlobStore
+from correspond.store.compose import IdentityStore
 from correspond.store.outbox import OutboxAction, OutboxStore
 from correspond.store.records import Account
 from correspond.store.repository import Store
 from correspond.store.sends import SendStore
 from correspond.store.tables import utcnow
+from correspond.store.users import UserStore
 from correspond.sync.threads import in_thread
 
-__all__ = ["PAUSE_ENV", "PAUSE_FILE_ENV", "SendApplier", "smtp_endpoint"]
+__all__ = ["PAUSE_ENV", "PAUSE_FILE_ENV", "UNKNOWN_FATE", "SendApplier", "smtp_endpoint"]
 
 PAUSE_ENV = "CORRESPOND_TEST_SEND_PAUSE"
 PAUSE_FILE_ENV = "CORRESPOND_TEST_SEND_PAUSE_FILE"
@@ -66,6 +80,12 @@ MAX_SEND_ATTEMPTS = 10
 RECEIPT_RECHECK_SECONDS = 1.0
 #: The first look for a receipt that had not arrived when the Sent copy was filed.
 RECEIPT_FIRST_LOOK_SECONDS = 0.2
+#: Shown on an outbound-only identity's send cut during DATA (status ``unknown``).
+UNKNOWN_FATE = (
+    "interrupted while the server was receiving the message: whether it went cannot be known "
+    "(this identity has no mailbox to look in); check with a recipient, then mark it sent or "
+    "send it again"
+)
 
 
 def _pause_requested(stage: str) -> bool:
@@ -138,6 +158,9 @@ class SendApplier:
         if not mid:
             await in_thread(self.outbox.mark_failed, row.id, "the send carries no Message-ID")
             return
+        if payload.get("transport") == "identity":
+            await self._apply_identity(row)
+            return
         if stage == "filed":
             await self._settle_receipt(client, account, row)
             return
@@ -207,6 +230,82 @@ class SendApplier:
             )
         )
         await self._file(client, account, row.id, payload, policy, in_sent=False)
+
+    async def _apply_identity(self, row: OutboxAction) -> None:
+        """An outbound-only identity's send (see the module docstring)."""
+        stage = str(row.payload.get("stage", "queued"))
+        if stage == "accepted":
+            await in_thread(lambda: self.sends.mark_sent(row.id, sent_copy="none"))
+            return
+        if stage == "data":
+            await in_thread(self.outbox.mark_failed, row.id, UNKNOWN_FATE)
+            return
+        try:
+            payload = await in_thread(
+                lambda: self.sends.update_payload(
+                    row.id, stage="smtp", attempt_at=utcnow().isoformat()
+                )
+            )
+        except Conflict:
+            return  # cancelled meanwhile: nothing to send
+        await _pause("before_smtp")
+        identity_id = int(payload.get("identity_id") or 0)
+        try:
+            identity, secret = await in_thread(self._identity, row.user_id, identity_id)
+            raw = await in_thread(self.blobs.get, str(payload["blob_key"]))
+        except NotFound as exc:
+            await in_thread(self.outbox.mark_failed, row.id, f"not sent: {exc}")
+            return
+
+        async def entering_data() -> None:
+            await in_thread(lambda: self.sends.update_payload(row.id, stage="data"))
+
+        hold = _announce_pause if _pause_requested("data") else None
+        try:
+            result = await submit(
+                SmtpEndpoint(
+                    host=str(identity.smtp_host),
+                    port=int(identity.smtp_port or 587),
+                    security=str(identity.smtp_security),
+                ),
+                username=identity.smtp_username or identity.address,
+                secret=secret,
+                envelope_from=str(payload["envelope_from"]),
+                recipients=[str(r) for r in payload["recipients"]],
+                data=strip_bcc(raw),
+                hold_data=hold,
+                before_data=entering_data,
+            )
+        except SmtpError as exc:
+            if exc.maybe_taken:
+                reason = f"{UNKNOWN_FATE} ({exc})"
+                await in_thread(self.outbox.mark_failed, row.id, reason)
+                return
+            # An answer (or no DATA at all): the server does not have it.
+            await in_thread(lambda: self.sends.update_payload(row.id, stage="queued"))
+            await self._smtp_failed(row, exc)
+            return
+        await _pause("after_250")
+        reply = f"{result.code} {result.text}"[:500]
+        await in_thread(
+            lambda: self.sends.update_payload(row.id, stage="accepted", smtp_reply=reply)
+        )
+        await in_thread(lambda: self.sends.mark_sent(row.id, sent_copy="none"))
+
+    def _identity(self, user_id: int | None, identity_id: int) -> tuple[Any, str]:
+        """The identity a send goes out as, and its secret, read as its owner (NotFound when
+        it is gone, is no longer theirs to use, or has no password)."""
+        user = UserStore(self.store.engine).get_user_by_id(user_id) if user_id else None
+        if user is None:
+            raise NotFound("the user who sent it is gone")
+        identities = IdentityStore(self.store.engine, self.store.secrets)
+        identity = identities.get(user, identity_id)
+        secret = identities.smtp_secret(user, identity_id)
+        if secret is None:
+            raise NotFound(
+                f"the identity {identity.address} has no password (its server was changed)"
+            )
+        return identity, secret
 
     async def _smtp_failed(self, row: OutboxAction, exc: SmtpError) -> None:
         attempts = row.attempts + 1

@@ -167,7 +167,7 @@ async def _fields(request: Request, user: Any) -> tuple[DraftRequest, DraftField
         template_id=body.template_id,
     )
     files = [
-        DraftFile(u.filename, u.content_type, len(u.content), u.content_id, u.content)
+        DraftFile(u.filename, u.content_type, len(u.content or b""), u.content_id, u.content)
         for u in uploads
     ]
     return body, fields, files

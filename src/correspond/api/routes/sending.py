@@ -1,6 +1,7 @@
 """Sending from the CRM: ``POST /messages`` (a new message), ``POST /messages/{id}/reply``,
-``/reply-all`` and ``/forward``, and ``POST /outbox/{id}/cancel`` (undo, or call off a
-scheduled send).
+``/reply-all`` and ``/forward``, ``POST /outbox/{id}/cancel`` (undo, or call off a
+scheduled send), and ``POST /outbox/{id}/mark-sent`` / ``/resend`` (the user's decision on a
+send whose fate is ``unknown``: ``sync.sender``).
 
 A send answers at once (202) with the CRM's outgoing message and its outbox row: the message is
 in its thread as ``sending`` (``scheduled`` during the undo grace or until ``send_at``), then
@@ -9,8 +10,15 @@ or ``multipart/form-data`` with the JSON in a ``message`` field and files in ``a
 fields; stored attachments are named by id (``attachment_ids``). Inline images of the HTML
 (referenced as ``cid:<content id>``): stored attachments in ``inline`` (id and content id), or
 files in ``inline`` fields of the multipart body with their content ids, in order, in
-``inline_content_ids``; they go in multipart/related with the HTML part. Who may send: the
-account's owner, an admin, or a member of the team whose inbox it is.
+``inline_content_ids``; they go in multipart/related with the HTML part.
+
+As whom: ``identity_id`` (one of the caller's identities; another user's is a 404, as one that
+does not exist); none given, the caller's default identity (``GET /compose/defaults``), or for
+a reply or forward the identity of the original's account. The older ``account`` field (the
+account's owner, an admin, or a member of its team inbox) still sends as that account; with an
+outbound-only identity it names the account that keeps the CRM copy. ``template_id`` with
+``contact_id`` / ``deal_id`` renders the template (what the request gives wins): a merge field
+without a value is a 422 naming it, before anything is queued.
 """
 
 from __future__ import annotations
@@ -24,8 +32,10 @@ from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import BaseModel, Field, ValidationError
 
 from correspond.api.security import MAX_ID, CurrentUser, ViewAccess, needs
+from correspond.composer import RecordMissing
 from correspond.errors import ConfigError
-from correspond.mail.outgoing import OutgoingAttachment
+from correspond.mail.merge import MissingMergeFields
+from correspond.mail.outgoing import OutgoingAttachment, uploaded
 from correspond.outgoing import Compose, ReplyMode, SendService, parse_recipients
 from correspond.store.sends import SendRecord
 from correspond.sync.threads import in_thread
@@ -75,10 +85,27 @@ class ComposeFields(BaseModel):
         max_length=MAX_UPLOADS,
         description="The content ids of the files in the multipart body's inline fields, in order",
     )
+    identity_id: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_ID,
+        description="The identity to send as (default: yours, or the original's account's)",
+    )
 
 
 class SendRequest(ComposeFields):
-    account: str = Field(min_length=1, max_length=100, description="The account to send from")
+    account: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="Send as this account (without identity_id); with an outbound-only "
+        "identity: the account that keeps the CRM copy",
+    )
+    template_id: int | None = Field(default=None, ge=1, le=MAX_ID)
+    contact_id: int | None = Field(
+        default=None, ge=1, le=MAX_ID, description="Merge fields; the default recipient"
+    )
+    deal_id: int | None = Field(default=None, ge=1, le=MAX_ID)
 
 
 class SendPublic(BaseModel):
@@ -87,7 +114,7 @@ class SendPublic(BaseModel):
     message_id: int
     thread_id: int | None
     outbox_id: int
-    status: str = Field(description="scheduled, sending, sent, failed or cancelled")
+    status: str = Field(description="scheduled, sending, sent, failed, cancelled or unknown")
     error: str | None = Field(description="The server's words when it failed")
     send_at: datetime
     attempts: int
@@ -139,7 +166,7 @@ async def read_body(
                         if name == "inline":
                             inline.append(item)
                         else:
-                            files.append(OutgoingAttachment(*item))
+                            files.append(uploaded(*item))
         else:
             data = await request.json()
         fields = model.model_validate(data)
@@ -155,7 +182,7 @@ async def read_body(
             "content id for each inline file, in order",
         )
     files += [
-        OutgoingAttachment(*item, content_id=cid) for item, cid in zip(inline, cids, strict=True)
+        replace(uploaded(*item), content_id=cid) for item, cid in zip(inline, cids, strict=True)
     ]
     return fields, files
 
@@ -195,6 +222,9 @@ def _compose(fields: ComposeFields, attachments: list[OutgoingAttachment]) -> Co
             attachments=tuple(attachments),
             attachment_ids=tuple(fields.attachment_ids),
             send_at=fields.send_at,
+            template_id=getattr(fields, "template_id", None),
+            contact_id=getattr(fields, "contact_id", None),
+            deal_id=getattr(fields, "deal_id", None),
         )
     except ConfigError as exc:
         raise HTTPException(422, detail=str(exc)) from exc
@@ -231,6 +261,25 @@ def _forbidden(exc: PermissionError) -> HTTPException:
     return HTTPException(403, detail=str(exc))
 
 
+def _unfit(exc: MissingMergeFields | RecordMissing) -> HTTPException:
+    """A template that cannot be filled: 422 naming the fields (or the missing record)."""
+    if isinstance(exc, MissingMergeFields):
+        return HTTPException(
+            422,
+            detail=[
+                {
+                    "type": "missing_merge_fields",
+                    "loc": ["body", "template_id"],
+                    "msg": str(exc),
+                    "fields": exc.fields,
+                }
+            ],
+        )
+    return HTTPException(
+        422, detail=[{"type": "not_found", "loc": ["body", exc.field], "msg": str(exc)}]
+    )
+
+
 @router.post("", response_model=SendPublic, status_code=202, openapi_extra=_BODY_DOC)
 async def send_message(request: Request, user: CurrentUser) -> SendPublic:
     """Send a new message from an account (JSON, or multipart with files)."""
@@ -239,9 +288,13 @@ async def send_message(request: Request, user: CurrentUser) -> SendPublic:
     service = _service(request)
     compose = await _with_inline(service, user, fields, compose)
     try:
-        record = await in_thread(service.send_new, user, fields.account, compose)
+        record = await in_thread(
+            lambda: service.send_new(user, fields.account, compose, identity_id=fields.identity_id)
+        )
     except PermissionError as exc:
         raise _forbidden(exc) from exc
+    except (MissingMergeFields, RecordMissing) as exc:
+        raise _unfit(exc) from exc
     return send_public(record)
 
 
@@ -254,7 +307,11 @@ def _respond_route(mode: ReplyMode, summary: str) -> None:
         service = _service(request)
         compose = await _with_inline(service, user, fields, compose)
         try:
-            record = await in_thread(service.respond, user, message_id, mode, compose)
+            record = await in_thread(
+                lambda: service.respond(
+                    user, message_id, mode, compose, identity_id=fields.identity_id
+                )
+            )
         except PermissionError as exc:
             raise _forbidden(exc) from exc
         return send_public(record)
@@ -302,3 +359,27 @@ def cancel_send(outbox_id: OutboxId, request: Request, user: CurrentUser) -> Sen
     if not (access is not None and access.manage) and service.sends.actor_of(outbox_id) != user.id:
         raise HTTPException(403, detail="only who sent it, the account's owner or an admin")
     return send_public(service.cancel(outbox_id))
+
+
+def _resolve(request: Request, user: CurrentUser, outbox_id: int, *, went: bool) -> SendPublic:
+    service = _service(request)
+    access = request.state.access
+    if not (access is not None and access.manage) and service.sends.actor_of(outbox_id) != user.id:
+        raise HTTPException(403, detail="only who sent it, the account's owner or an admin")
+    return send_public(service.sends.resolve_unknown(outbox_id, went=went))
+
+
+@outbox_router.post("/{outbox_id}/mark-sent", response_model=SendPublic)
+@needs("full")
+def mark_unknown_sent(outbox_id: OutboxId, request: Request, user: CurrentUser) -> SendPublic:
+    """A send whose fate is ``unknown`` (an outbound-only identity's send cut while the server
+    was receiving it) went: show it as sent (409 for any other status)."""
+    return _resolve(request, user, outbox_id, went=True)
+
+
+@outbox_router.post("/{outbox_id}/resend", response_model=SendPublic)
+@needs("full")
+def resend_unknown(outbox_id: OutboxId, request: Request, user: CurrentUser) -> SendPublic:
+    """A send whose fate is ``unknown`` did not go: send it again now, the same message and
+    Message-ID (409 for any other status)."""
+    return _resolve(request, user, outbox_id, went=False)
