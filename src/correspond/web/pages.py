@@ -1,9 +1,9 @@
 """The web app's pages: sign-in, sign-out and first run; the personal and team inboxes; a
-thread; Email Preferences.
+thread; Email Settings (Full Email Sync placeholder, SMTP & BCC, Email Preferences); templates.
 
 Each page is a route of :data:`router` (left out of the OpenAPI document: HTML, not API) and
 reads the same services as the JSON API from ``app.state`` (``InboxQueries``, ``MailboxReader``,
-``OutboxStore``, ``AuthService``), with the same sign-in and visibility checks
+``OutboxStore``, ``AuthService``, ``ComposeService``), with the same sign-in and visibility checks
 (:func:`correspond.api.security.current_user` and :func:`~correspond.api.security.authorize`)
 by the session cookie. Without a session a page answers 303 to ``/login``; a thing the caller
 may not see is a 404 page, as in the API.
@@ -34,8 +34,11 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from correspond.api.security import MAX_ID, authorize, current_user, needs
 from correspond.auth import SESSION_COOKIE, AuthService, LoginThrottled
+from correspond.composer import ComposeService
 from correspond.errors import ConfigError, CorrespondError, NotFound
+from correspond.mail.merge import FIELDS, RenderedTemplate
 from correspond.mailbox import MailboxReader
+from correspond.store.compose import Template, TemplateFields
 from correspond.store.inbox import DEFAULT_INBOX_PAGE, InboxFilters, InboxQueries
 from correspond.store.outbox import OutboxStore
 from correspond.store.users import User
@@ -487,6 +490,253 @@ def save_preferences(request: Request, user: PageUser, form: SignedForm) -> Resp
     if request.headers.get("accept", "").startswith("application/json"):
         return JSONResponse({"thread_order": saved.thread_order})
     return RedirectResponse("/preferences?saved=1", status_code=303)
+
+
+# --- Email Settings: Full Email Sync, SMTP & BCC --------------------------------------------
+
+
+def _composer(request: Request) -> ComposeService:
+    service: ComposeService = request.app.state.composer
+    return service
+
+
+def _identities_page(
+    request: Request,
+    user: User,
+    *,
+    form: dict[str, str] | None = None,
+    error: str | None = None,
+    done: str | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    identities = _composer(request).identities.list(user)
+    context = {
+        "tab": "smtp",
+        "identities": identities,
+        "form": form or {"security": "starttls", "port": "587"},
+        "error": error,
+        "done": done,
+    }
+    return _render(request, "settings_smtp.html", context, status=status, user=user)
+
+
+@router.get("/settings")
+def settings_page(_user: PageUser) -> RedirectResponse:
+    return RedirectResponse("/settings/smtp", status_code=303)
+
+
+@router.get("/settings/sync")
+def settings_sync_page(request: Request, user: PageUser) -> HTMLResponse:
+    """Full Email Sync: not built yet (the page says so)."""
+    return _render(request, "settings_sync.html", {"tab": "sync"}, user=user)
+
+
+@router.get("/settings/smtp")
+def settings_smtp_page(
+    request: Request,
+    user: PageUser,
+    done: Annotated[str | None, Query(max_length=20)] = None,
+) -> HTMLResponse:
+    """The addresses the caller sends as (``GET /identities``), the default marked."""
+    return _identities_page(request, user, done=done if done in ("default", "added") else None)
+
+
+@router.post("/settings/smtp/{identity_id}/default")
+def mark_default_identity(
+    request: Request, user: PageUser, identity_id: PathId, _form: SignedForm
+) -> RedirectResponse:
+    """ "Mark Default" (``POST /identities/{id}/default``'s call)."""
+    _composer(request).identities.set_default(user, identity_id)
+    return RedirectResponse("/settings/smtp?done=default", status_code=303)
+
+
+@router.post("/settings/smtp")
+async def add_smtp_identity(request: Request, user: PageUser, form: SignedForm) -> Response:
+    """Add an outbound-only SMTP identity: tested first (``sync.smtp_check`` through
+    ``ComposeService.create_smtp_identity``, as ``POST /identities``); a failed test saves
+    nothing and the page shows its sentence beside the form."""
+    kept = {k: form.get(k, "").strip() for k in ("address", "name", "host", "port", "username")}
+    kept["security"] = form.get("security", "starttls")
+    error: str | None = None
+    port: int | None = None
+    if kept["port"]:
+        if not kept["port"].isdigit() or not 1 <= int(kept["port"]) <= 65535:
+            error = "The port is a number from 1 to 65535."
+        else:
+            port = int(kept["port"])
+    if error is None and kept["security"] not in ("starttls", "tls"):
+        error = "Security is STARTTLS or TLS."
+    if error is None and not (kept["address"] and kept["host"] and form.get("password")):
+        error = "An SMTP identity needs an address, a server and a password."
+    if error is None:
+        try:
+            await _composer(request).create_smtp_identity(
+                user,
+                address=kept["address"],
+                display_name=kept["name"],
+                host=kept["host"],
+                port=port,
+                security=kept["security"],
+                username=kept["username"] or None,
+                password=form.get("password", ""),
+            )
+        except ConfigError as exc:  # the test's sentence (IdentityRefused), a bad address
+            error = str(exc)
+    if error is not None:
+        return _identities_page(request, user, form=kept, error=error, status=422)
+    return RedirectResponse("/settings/smtp?done=added", status_code=303)
+
+
+# --- Templates --------------------------------------------------------------------------------
+# Under /email-templates: /templates is the JSON API's.
+
+_TEMPLATE_FIELDS = ("name", "subject", "text", "html", "team_id")
+
+
+def _template_page(
+    request: Request,
+    user: User,
+    *,
+    template: Template | None,
+    form: dict[str, str],
+    error: str | None = None,
+    preview: RenderedTemplate | None = None,
+    preview_error: str | None = None,
+    contact_id: int | None = None,
+    saved: bool = False,
+    status: int = 200,
+) -> HTMLResponse:
+    auth = _auth(request)
+    teams = auth.teams.list(member_id=None if user.is_admin else user.id)
+    contacts = _composer(request).crm.list_contacts(limit=200).items
+    context = {
+        "template": template,
+        "form": form,
+        "error": error,
+        "share_teams": teams,
+        "contacts": contacts,
+        "contact_id": contact_id,
+        "preview": preview,
+        "preview_error": preview_error,
+        "fields": FIELDS,
+        "saved": saved,
+    }
+    return _render(request, "template_edit.html", context, status=status, user=user)
+
+
+def _template_form(template: Template) -> dict[str, str]:
+    return {
+        "name": template.name,
+        "subject": template.subject,
+        "text": template.text or "",
+        "html": template.html or "",
+        "team_id": str(template.team_id or ""),
+    }
+
+
+def _template_fields(form: dict[str, str], *, update: bool) -> TemplateFields:
+    team = form.get("team_id", "")
+    if team and not team.isdigit():
+        raise ConfigError("Share with a team from the list, or nobody.")
+    team_id = int(team) if team else (0 if update else None)
+    return TemplateFields(
+        name=form.get("name", ""),
+        subject=form.get("subject", ""),
+        text=form.get("text", ""),
+        html=form.get("html", ""),
+        team_id=team_id,
+    )
+
+
+@router.get("/email-templates")
+def templates_page(request: Request, user: PageUser) -> HTMLResponse:
+    """The caller's templates and those shared with their teams (``GET /templates``)."""
+    templates = _composer(request).templates.list(user)
+    auth = _auth(request)
+    teams = {t.id: t.name for t in auth.teams.list(member_id=None if user.is_admin else user.id)}
+    context = {"templates": templates, "team_names": teams}
+    return _render(request, "templates.html", context, user=user)
+
+
+@router.get("/email-templates/new")
+def new_template_page(request: Request, user: PageUser) -> HTMLResponse:
+    return _template_page(request, user, template=None, form={})
+
+
+@router.post("/email-templates")
+def create_template_page(request: Request, user: PageUser, form: SignedForm) -> Response:
+    """Create (``POST /templates``' store call); an unknown merge field is shown, not saved."""
+    kept = {k: form.get(k, "") for k in _TEMPLATE_FIELDS}
+    try:
+        made = _composer(request).templates.create(user, _template_fields(form, update=False))
+    except ConfigError as exc:
+        return _template_page(request, user, template=None, form=kept, error=str(exc), status=422)
+    return RedirectResponse(f"/email-templates/{made.id}?saved=1", status_code=303)
+
+
+@router.get("/email-templates/{template_id}")
+def template_page(
+    request: Request,
+    user: PageUser,
+    template_id: PathId,
+    saved: Annotated[int | None, Query(ge=1, le=1)] = None,
+) -> HTMLResponse:
+    template = _composer(request).templates.get(user, template_id)
+    return _template_page(
+        request, user, template=template, form=_template_form(template), saved=bool(saved)
+    )
+
+
+@router.post("/email-templates/{template_id}")
+def save_template_page(
+    request: Request, user: PageUser, template_id: PathId, form: SignedForm
+) -> Response:
+    """Save (``PATCH /templates/{id}``' store call: its owner or an admin)."""
+    service = _composer(request)
+    kept = {k: form.get(k, "") for k in _TEMPLATE_FIELDS}
+    try:
+        service.templates.update(user, template_id, _template_fields(form, update=True))
+    except ConfigError as exc:
+        template = service.templates.get(user, template_id)
+        return _template_page(
+            request, user, template=template, form=kept, error=str(exc), status=422
+        )
+    return RedirectResponse(f"/email-templates/{template_id}?saved=1", status_code=303)
+
+
+@router.post("/email-templates/{template_id}/preview")
+@needs("full")
+def preview_template_page(
+    request: Request, user: PageUser, template_id: PathId, form: SignedForm
+) -> HTMLResponse:
+    """The saved template filled for the chosen contact (``POST /templates/{id}/render``'s
+    service): a merge field without a value is its sentence, never a blank."""
+    service = _composer(request)
+    template = service.templates.get(user, template_id)
+    chosen = form.get("contact_id", "")
+    contact_id = int(chosen) if chosen.isdigit() and 0 < int(chosen) <= MAX_ID else None
+    preview: RenderedTemplate | None = None
+    problem: str | None = None
+    try:
+        preview = service.render(
+            user,
+            template_id,
+            contact_id=contact_id,
+            user_name=user.display_name,
+            user_email=user.email,
+        )
+    except ConfigError as exc:  # MissingMergeFields, RecordMissing, TemplateError
+        problem = str(exc)
+    return _template_page(
+        request,
+        user,
+        template=template,
+        form=_template_form(template),
+        preview=preview,
+        preview_error=problem,
+        contact_id=contact_id,
+        status=200 if problem is None else 422,
+    )
 
 
 def mount_web(app: FastAPI) -> None:
