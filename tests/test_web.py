@@ -366,6 +366,104 @@ def test_hostile_bodies_run_no_script_and_fetch_nothing_remote(web: Watched, sto
     assert not web.dialogs and page.evaluate("typeof window.__pwned") == "undefined"
 
 
+@pytest.mark.dovecot
+def test_email_settings_mark_default_and_an_smtp_identity_refused(
+    web: Watched, app: FastAPI, mirror: SeededMirror
+) -> None:
+    page = web.page
+    _first_run(web)
+    # A second address of the mailbox (an alias, through the identities' store): two to
+    # choose from, the mailbox's own the default.
+    ada = app.state.auth.users.get_user(ADMIN[0])
+    assert len(app.state.composer.identities.list(ada)) == 1  # the mailbox's own address
+    alias = app.state.composer.identities.create_for_account(
+        ada, account_name=mirror.account, address="sales@example.test", display_name="Sales"
+    )
+    page.click("nav >> text=Email Settings")
+    page.wait_for_url(f"{web.base}/settings/smtp")
+    tabs = page.locator("nav.tabs a").all_inner_texts()
+    assert tabs == ["Full Email Sync", "SMTP & BCC", "Email Preferences"]
+    default = page.locator("li.identity.default")
+    assert default.count() == 1 and mirror.address in default.inner_text()
+    row = page.locator(f"li.identity[data-identity='{alias.id}']")
+    row.locator("button", has_text="Mark Default").click()
+    page.wait_for_url(f"{web.base}/settings/smtp?done=default")
+    page.reload()
+    default = page.locator("li.identity.default")
+    assert default.count() == 1 and "sales@example.test" in default.inner_text()
+    assert app.state.composer.identities.default(ada).id == alias.id
+    # An SMTP identity whose server does not answer: the test's sentence beside the form,
+    # what was typed kept (not the password), nothing saved.
+    closed = free_port()
+    before = len(app.state.composer.identities.list(ada))
+    page.fill("#add-smtp input[name=address]", "out@example.test")
+    page.fill("#add-smtp input[name=name]", "Outbound")
+    page.fill("#add-smtp input[name=host]", "127.0.0.1")
+    page.fill("#add-smtp input[name=port]", str(closed))
+    page.check("#add-smtp input[value=tls]")
+    page.fill("#add-smtp input[name=password]", "secret")
+    page.click("#add-smtp button[type=submit]")
+    error = page.locator("#smtp-error")
+    error.wait_for()
+    message = error.inner_text()
+    assert message and ("127.0.0.1" in message or "connect" in message.lower()), message
+    assert page.input_value("#add-smtp input[name=port]") == str(closed)
+    assert page.input_value("#add-smtp input[name=password]") == ""
+    assert len(app.state.composer.identities.list(ada)) == before
+    # The other tabs: the placeholder, and the preferences page under the same tabs.
+    page.click("nav.tabs >> text=Full Email Sync")
+    assert "comes later" in page.locator("main").inner_text()
+    page.click("nav.tabs >> text=Email Preferences")
+    page.wait_for_url(f"{web.base}/preferences")
+    assert page.locator("input[value=oldest_first]").is_checked()
+    assert not web.dialogs and not web.remote
+
+
+@pytest.mark.dovecot
+def test_a_template_created_edited_and_previewed_for_a_contact(web: Watched, app: FastAPI) -> None:
+    page = web.page
+    _first_run(web)
+    grace = app.state.composer.crm.create_contact(
+        name="Grace Hopper", emails=["grace@example.test"]
+    )
+    nameless = app.state.composer.crm.create_contact(emails=["someone@example.test"])
+    support = app.state.auth.teams.create("Support")
+    page.click("nav >> text=Templates")
+    page.wait_for_url(f"{web.base}/email-templates")
+    page.click("text=New template")
+    page.fill("input[name=name]", "Welcome")
+    page.fill("input[name=subject]", "Hello {{contact.first_name}}")
+    page.fill("textarea[name=text]", "Dear {{contact.first_name}},\nwelcome.")
+    page.fill("textarea[name=html]", "<p>Dear {{contact.first_name}}</p>")
+    page.click("#template-form button[type=submit]")
+    page.wait_for_url(re.compile(r"/email-templates/\d+\?saved=1$"))
+    # An unknown merge field is shown and not saved; then shared with the team.
+    page.fill("input[name=subject]", "Hello {{contact.nickname}}")
+    page.click("#template-form button[type=submit]")
+    assert "contact.nickname" in page.locator("#template-error").inner_text()
+    page.fill("input[name=subject]", "Hello {{contact.first_name}}")
+    page.select_option("select[name=team_id]", str(support.id))
+    page.click("#template-form button[type=submit]")
+    page.wait_for_url(re.compile(r"\?saved=1$"))
+    # The preview for a chosen contact, through the merge service.
+    page.select_option("select[name=contact_id]", str(grace.id))
+    page.click("#preview-form button[type=submit]")
+    preview = page.locator("#preview")
+    preview.wait_for()
+    assert preview.locator(".subject").inner_text() == "Hello Grace"
+    assert "Dear Grace," in preview.locator("pre.text").inner_text()
+    assert "<p>Dear Grace</p>" in preview.locator("pre.html").inner_text()  # shown as source
+    # A contact without a first name: the field is named, never blanked.
+    page.select_option("select[name=contact_id]", str(nameless.id))
+    page.click("#preview-form button[type=submit]")
+    problem = page.locator("#preview-error").inner_text()
+    assert "{{contact.first_name}}" in problem and page.locator("#preview").count() == 0
+    page.click("text=← Templates")
+    listed = page.locator("li.template", has_text="Welcome")
+    assert "Shared with Support" in listed.inner_text()
+    assert not web.dialogs and not web.remote
+
+
 # --- over HTTP ------------------------------------------------------------------------------
 
 
@@ -479,3 +577,48 @@ def test_message_frame_is_sanitised_under_its_own_csp(app: FastAPI, mirror: Seed
     # Show images: only when asked, and then only for that message.
     shown = admin.get(frame_url.group(1), params={"images": "true"})
     assert "https:" in shown.headers["content-security-policy"]
+
+
+@pytest.mark.dovecot
+def test_settings_and_template_forms_refused_without_their_token(
+    app: FastAPI, mirror: SeededMirror
+) -> None:
+    app.state.auth.create_user(ADMIN[0], ADMIN[1], admin=True)
+    admin = _signed_in(app, *ADMIN)
+    ada = app.state.auth.users.get_user(ADMIN[0])
+    assert len(app.state.composer.identities.list(ada)) == 1  # the mailbox's own address
+    alias = app.state.composer.identities.create_for_account(
+        ada, account_name=mirror.account, address="sales@example.test", display_name="Sales"
+    )
+    page = admin.get("/settings/smtp")
+    assert page.status_code == 200 and "sales@example.test" in page.text
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert token is not None
+    made = admin.post("/email-templates", data={"csrf": token.group(1), "name": "T", "text": "Hi"})
+    assert made.status_code == 303
+    template_id = int(made.headers["location"].split("/")[-1].split("?")[0])
+    forms = {
+        f"/settings/smtp/{alias.id}/default": {"go": "1"},
+        "/settings/smtp": {"address": "x@example.test", "host": "127.0.0.1", "password": "p"},
+        "/email-templates": {"name": "Forged", "text": "x"},
+        f"/email-templates/{template_id}": {"name": "Forged"},
+        f"/email-templates/{template_id}/preview": {"contact_id": ""},
+    }
+    for path, fields in forms.items():
+        for csrf in (None, "0" * 64):
+            data = fields if csrf is None else {**fields, "csrf": csrf}
+            assert admin.post(path, data=data).status_code == 403, (path, csrf)
+    assert not app.state.composer.identities.get(ada, alias.id).is_default
+    assert [t.name for t in app.state.composer.templates.list(ada)] == ["T"]
+    # With the token, Mark Default works over plain HTTP too (no script needed).
+    done = admin.post(f"/settings/smtp/{alias.id}/default", data={"csrf": token.group(1)})
+    assert done.status_code == 303 and done.headers["location"] == "/settings/smtp?done=default"
+    assert app.state.composer.identities.get(ada, alias.id).is_default
+    # Another user's identity and template are 404 pages, as ones that do not exist.
+    app.state.auth.create_user("mo@example.test", "another good password")
+    member = _signed_in(app, "mo@example.test", "another good password")
+    member_token = session_token(member.cookies["correspond_session"])
+    assert member.get(f"/email-templates/{template_id}").status_code == 404
+    hidden = member.post(f"/settings/smtp/{alias.id}/default", data={"csrf": member_token})
+    assert hidden.status_code == 404 and "sales@example.test" not in hidden.text
+    assert "sales@example.test" not in member.get("/settings/smtp").text
