@@ -42,6 +42,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from correspond.errors import Conflict, NotFound
+from correspond.store import drafts as draft_store
 from correspond.store.engine import register_table_modules, unit_of_work
 from correspond.store.message_data import MessageData, storable_message
 from correspond.store.message_tables import (
@@ -157,9 +158,12 @@ class SendStore:
         data: MessageData,
         payload: Mapping[str, Any],
         send_at: datetime,
+        draft: tuple[int, int] | None = None,
     ) -> SendRecord:
         """Store the outgoing message and its ``send`` outbox row in one transaction (see the
-        module docstring). ``data`` is the message as the sync would store its Sent copy."""
+        module docstring). ``data`` is the message as the sync would store its Sent copy.
+        ``draft``: ``(owner id, draft id)`` of the draft being sent, marked sent in this same
+        transaction (``store.drafts.mark_draft_sent``): queued and no longer sendable at once."""
         data = storable_message(data)
         now = utcnow()
         with unit_of_work(self._sessions) as s:
@@ -275,6 +279,8 @@ class SendStore:
             # Wakes the account's syncer within a lease round (store.leases).
             account.updated_at = now
             s.flush()
+            if draft is not None:
+                draft_store.mark_draft_sent(s, draft[0], draft[1], row.id)
             return _record(row, thread_id, now)
 
     @staticmethod
