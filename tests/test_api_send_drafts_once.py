@@ -27,6 +27,7 @@ from correspond.store.outbox_tables import OutboxRow
 from correspond.store.users import User
 from correspond.testing.dovecot import DovecotServer
 from correspond.testing.postfix import PostfixServer
+from helpers import StoreCli, user_client
 from test_api_send import World, admin, app, settings, world  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.dovecot
@@ -186,3 +187,65 @@ async def test_templates_on_reply_reply_all_and_forward(
     assert typed.status_code == 202, typed.text
     assert admin.get(f"/messages/{typed.json()['message_id']}").json()["subject"] == "Our quote"
     assert _sends(world) == sends + 3
+
+
+def _cut_during_data(w: World, outbox_id: int, error: str) -> None:
+    """The row as ``sync.sender`` leaves an outbound-only identity's send cut during DATA
+    (the crash itself is tests/test_send_crash.py's): failed at stage ``data``."""
+    with Session(w.store.engine) as s, s.begin():
+        row = s.get(OutboxRow, outbox_id)
+        assert row is not None
+        row.state, row.last_error = "failed", error
+        row.payload = {**row.payload, "transport": "identity", "stage": "data"}
+
+
+def test_cli_outbox_list_mark_sent_and_resend(
+    world: World,  # noqa: F811
+    admin: TestClient,  # noqa: F811
+) -> None:
+    cli = StoreCli(world.settings, world.store.engine.url.render_as_string(hide_password=False))
+    me = admin.get("/session").json()["email"]
+    body = {"account": world.account.name, "to": ["cy@example.test"], "text": "t"}
+    later = {**body, "subject": "Later", "send_at": "2999-01-01T00:00:00Z"}
+    bounced = admin.post("/messages", json=later).json()["outbox_id"]
+    went = admin.post("/messages", json={**body, "subject": "Went?"}).json()["outbox_id"]
+    lost = admin.post("/messages", json={**body, "subject": "Lost?"}).json()["outbox_id"]
+    for outbox_id in (went, lost):
+        _cut_during_data(world, outbox_id, "connection lost during DATA")
+    with Session(world.store.engine) as s, s.begin():
+        s.execute(
+            update(OutboxRow)
+            .where(OutboxRow.id == bounced)
+            .values(state="failed", last_error="550 5.1.1 no such user")
+        )
+
+    listed = {r["outbox_id"]: r for r in cli.json("outbox", "list", "--user", me)}
+    assert {i: r["status"] for i, r in listed.items()} == {
+        bounced: "failed",
+        went: "unknown",
+        lost: "unknown",
+    }
+    assert listed[bounced]["error"] == "550 5.1.1 no such user"
+    assert listed[went]["subject"] == "Went?" and listed[went]["to"] == ["cy@example.test"]
+    table = cli("outbox", "list")
+    assert table.exit_code == 0 and "unknown" in table.output and "mark-sent" in table.output
+    # Another user has none; an unknown user is not found (exit 3).
+    user_client(admin.app, "nosends@example.test")  # type: ignore[arg-type]
+    assert cli.json("outbox", "list", "--user", "nosends@example.test") == []
+    assert cli("outbox", "list", "--user", "ghost@example.test").exit_code == 3
+
+    # It went: shown as sent, no longer listed; a second decision is refused (exit 2).
+    assert cli.json("outbox", "mark-sent", str(went))["status"] == "sent"
+    assert cli("outbox", "mark-sent", str(went)).exit_code == 2
+    # It did not: queued again now, the same message.
+    again = cli.json("outbox", "resend", str(lost))
+    assert again["status"] == "sending" and again["message_id"] == listed[lost]["message_id"]
+    with Session(world.store.engine) as s:
+        row = s.get(OutboxRow, lost)
+        assert row is not None and row.state == "pending" and row.payload["stage"] == "queued"
+    # Only an unknown send is decided: a plainly failed one is not (exit 2); none: exit 3.
+    refused = cli("outbox", "resend", str(bounced))
+    assert refused.exit_code == 2 and "failed" in refused.output
+    assert cli("outbox", "mark-sent", "987654321").exit_code == 3
+    left = {r["outbox_id"]: r["status"] for r in cli.json("outbox", "list", "--user", me)}
+    assert left == {bounced: "failed", lost: "sending"}

@@ -57,7 +57,14 @@ from correspond.store.outbox import OutboxAction, _action, answer_message
 from correspond.store.outbox_tables import OutboxRow
 from correspond.store.tables import AccountRow, FolderRow, utcnow
 
-__all__ = ["SEND_STATUSES", "Original", "SendRecord", "SendStore", "send_status"]
+__all__ = [
+    "SEND_STATUSES",
+    "Original",
+    "SendListing",
+    "SendRecord",
+    "SendStore",
+    "send_status",
+]
 
 SEND_STATUSES = ("scheduled", "sending", "sent", "failed", "cancelled", "unknown")
 
@@ -95,6 +102,16 @@ class SendRecord:
     @property
     def stage(self) -> str:
         return str(self.outbox.payload.get("stage", "queued"))
+
+
+@dataclass(frozen=True, slots=True)
+class SendListing:
+    """A send in a list: its record, and what the user knows it by."""
+
+    record: SendRecord
+    subject: str | None
+    to: tuple[str, ...]
+    user_id: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,6 +437,30 @@ class SendStore:
                 .limit(1)
             ).first()
             return None if row is None else _record(row, self._thread_of(s, row), utcnow())
+
+    def open_sends(self, *, user_id: int | None = None, limit: int = 100) -> list[SendListing]:
+        """Sends not done: waiting or going (``pending``), ``failed`` and ``unknown`` (the
+        user decides: :meth:`resolve_unknown`), of ``user_id`` (None: everyone's), the
+        newest first, at most ``limit``."""
+        now = utcnow()
+        query = (
+            select(OutboxRow, MessageRow.thread_id, MessageRow.subject, MessageRow.to_addrs)
+            .outerjoin(MessageRow, MessageRow.id == OutboxRow.message_id)
+            .where(OutboxRow.kind == "send", OutboxRow.state.in_(("pending", "failed")))
+        )
+        if user_id is not None:
+            query = query.where(OutboxRow.user_id == user_id)
+        with unit_of_work(self._sessions) as s:
+            rows = s.execute(query.order_by(OutboxRow.id.desc()).limit(limit)).all()
+            return [
+                SendListing(
+                    record=_record(row, thread_id, now),
+                    subject=subject,
+                    to=tuple(str(a.get("email") or "") for a in to or ()),
+                    user_id=row.user_id,
+                )
+                for row, thread_id, subject, to in rows
+            ]
 
     def cancel(self, outbox_id: int) -> SendRecord:
         """Take a send back before it goes (undo, or a scheduled send called off): the row ends
