@@ -113,7 +113,10 @@ async def test_drafts_saved_changed_and_sent_with_inline_images(
     assert sent.status_code == 202, sent.text
     assert sent.json()["status"] in ("scheduled", "sending")
     assert admin.get(f"/drafts/{saved['id']}").status_code == 404
-    assert admin.post(f"/drafts/{saved['id']}/send").status_code == 404
+    # Sent again (a retry): the same send, not a second message; another user's: 404.
+    again = admin.post(f"/drafts/{saved['id']}/send")
+    assert again.status_code == 202 and again.json()["outbox_id"] == sent.json()["outbox_id"]
+    assert member.post(f"/drafts/{saved['id']}/send").status_code == 404
     # Due after the undo grace: made due now.
     with Session(world.store.engine) as s, s.begin():
         s.execute(

@@ -299,8 +299,9 @@ class AuthService:
         self.identities.exists_for(user, identity_id)
 
     def draft_visible(self, user: User, draft_id: int) -> None:
-        """:class:`NotFound` unless ``draft_id`` is ``user``'s (``store.visibility.
-        draft_terms``: nobody else's, admins included)."""
+        """:class:`NotFound` unless ``draft_id`` is ``user``'s: nobody else's, admins
+        included (a sent one too: its send route answers a retry with the send;
+        ``DraftStore.exists_for``)."""
         self.drafts.exists_for(user, draft_id)
 
     def template_access(self, user: User, template_id: int) -> Access:

@@ -9,9 +9,11 @@ as typed (a draft may be unfinished: they are checked when it is sent).
 reply routes (:class:`correspond.outgoing.SendService`): a new message as its identity (an
 outbound-only one too) or from its account, or a reply, reply-all or forward of the message it
 answers (as its identity when it names one). The
-draft is claimed first (a second send of it is refused meanwhile), deleted once its send is
-queued, and released when the send is refused (a bad address: nothing was queued, the draft
-stays to be fixed).
+draft is claimed first (a second send of it is refused meanwhile), marked sent in the very
+transaction that queues its send (``SendStore.queue`` with the draft's id: a crash leaves
+either both or neither), and released when the send is refused (a bad address: nothing was
+queued, the draft stays to be fixed). Sending a draft that was sent already (a retry after a
+lost answer or a crash) answers with its first send: one message, however often it is sent.
 
 Drafts are not mirrored to the mailbox's Drafts folder (see docs/ARCHITECTURE.md).
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from correspond.errors import ConfigError, NotFound
+from correspond.errors import ConfigError, Conflict, NotFound
 from correspond.mail.outgoing import OutgoingAttachment
 from correspond.outgoing import Compose, ReplyMode, SendService, parse_recipients
 from correspond.store.compose import IdentityStore, TemplateStore
@@ -97,15 +99,19 @@ class DraftService:
     # -- sending ---------------------------------------------------------------------------------
 
     def send(self, user: User, draft_id: int) -> SendRecord:
-        """Queue the draft (see the module docstring); the draft is gone once it is queued."""
+        """Queue the draft (see the module docstring); the draft is gone once it is queued, and
+        sending it again answers with that send."""
         draft = self.drafts.claim(user, draft_id)
+        if draft.sent_outbox_id is not None:
+            try:
+                return self.sending.sends.get(draft.sent_outbox_id)
+            except NotFound:  # its outbox row is gone (pruned)
+                raise Conflict("this draft was sent already") from None
         try:
-            record = self._queue(user, draft)
+            return self._queue(user, draft)
         except BaseException:
             self.drafts.release(user, draft_id)
             raise
-        self.drafts.delete(user, draft_id)
-        return record
 
     def _account_name(self, user: User, fields: DraftFields) -> str | None:
         """The account a draft names (None: it names an identity, or nothing)."""
@@ -141,8 +147,15 @@ class DraftService:
         if fields.in_reply_to_id is not None:
             mode: ReplyMode = fields.reply_mode or "reply"  # type: ignore[assignment]
             return self.sending.respond(
-                user, fields.in_reply_to_id, mode, compose, identity_id=fields.identity_id
+                user,
+                fields.in_reply_to_id,
+                mode,
+                compose,
+                identity_id=fields.identity_id,
+                draft_id=draft.id,
             )
         # As the identity (an outbound-only one too: SendService.sender), else the account.
         account = None if fields.identity_id is not None else self._account_name(user, fields)
-        return self.sending.send_new(user, account, compose, identity_id=fields.identity_id)
+        return self.sending.send_new(
+            user, account, compose, identity_id=fields.identity_id, draft_id=draft.id
+        )

@@ -312,10 +312,12 @@ class SendService:
         compose: Compose,
         *,
         identity_id: int | None = None,
+        draft_id: int | None = None,
     ) -> SendRecord:
         """Queue a new message as ``identity_id`` (None: the user's default) or, on the older
         path, as ``account_name``. ``user`` None: the operator on the command line (an
-        account: the message goes out under its owner's name)."""
+        account: the message goes out under its owner's name). ``draft_id``: the user's draft
+        this sends, marked sent in the transaction that queues it (``_queue``)."""
         sender = self.sender(user, identity_id=identity_id, account_name=account_name)
         subject, text, html = compose.subject, compose.text, compose.html
         to = compose.to
@@ -342,7 +344,7 @@ class SendService:
         )
         if signed:
             draft = with_signature(draft, sender.signature)
-        return self._queue(user, sender, draft, compose.send_at)
+        return self._queue(user, sender, draft, compose.send_at, draft_id)
 
     def _contact_recipient(self, compose: Compose) -> tuple[Pair, ...]:
         """The default recipient of a templated send: the contact (else the deal's first
@@ -393,9 +395,13 @@ class SendService:
         compose: Compose,
         *,
         identity_id: int | None = None,
+        draft_id: int | None = None,
     ) -> SendRecord:
         """Reply, reply-all or forward ``message_id``, as ``identity_id`` (None: the identity
-        of the original's account it was addressed to, else the user's default)."""
+        of the original's account it was addressed to, else the user's default); a template
+        (``template_id``) gives the bodies as for :meth:`send_new`, above the quoted original
+        (the subject stays ``Re:``/``Fwd:`` the original's unless one is typed).
+        ``draft_id``: as for :meth:`send_new`."""
         original = self.sends.original(message_id)
         original_account = self.store.get_account_by_id(original.account_id)
         addressed = [a for _, a in (*original.to, *original.cc)]
@@ -403,18 +409,26 @@ class SendService:
             user, identity_id=identity_id, original_account=original_account, addressed=addressed
         )
         view = _OriginalView.of(original)
+        subject, text, html, signed = compose.subject, compose.text, compose.html, True
+        if compose.template_id is not None:
+            # MissingMergeFields here, before anything is queued. The subject stays the
+            # original's with Re:/Fwd: (the thread's) unless the user typed one.
+            _subject, text, html, signed = self._render(user, sender, compose)
         # The signature goes under what the user wrote, above the quoted original.
-        mine = with_signature(
-            Draft(from_=sender.from_, text=compose.text, html=compose.html), sender.signature
-        )
+        mine = Draft(from_=sender.from_, text=text, html=html)
+        if signed:
+            mine = with_signature(mine, sender.signature)
         attachments, inline = _split(
             compose.attachments + self._stored_attachments(user, compose.attachment_ids)
         )
         if mode == "forward":
+            to = compose.to
+            if compose.template_id is not None and not (to or compose.cc or compose.bcc):
+                to = self._contact_recipient(compose)  # as a new templated message
             draft = forward_draft(
                 view,
                 from_=sender.from_,
-                to=_addresses(compose.to, "to"),
+                to=_addresses(to, "to"),
                 cc=_addresses(compose.cc, "cc"),
                 bcc=_addresses(compose.bcc, "bcc"),
                 text=mine.text,
@@ -441,9 +455,9 @@ class SendService:
                 attachments=attachments,
                 inline=inline,
             )
-        if compose.subject:
-            draft = replace(draft, subject=compose.subject)
-        return self._queue(user, sender, draft, compose.send_at)
+        if subject:
+            draft = replace(draft, subject=subject)
+        return self._queue(user, sender, draft, compose.send_at, draft_id)
 
     def cancel(self, outbox_id: int) -> SendRecord:
         return self.sends.cancel(outbox_id)
@@ -493,7 +507,12 @@ class SendService:
     # -- queueing --------------------------------------------------------------------------------
 
     def _queue(
-        self, user: User | None, sender: Sender, draft: Draft, send_at: datetime | None
+        self,
+        user: User | None,
+        sender: Sender,
+        draft: Draft,
+        send_at: datetime | None,
+        draft_id: int | None = None,
     ) -> SendRecord:
         now = utcnow()
         account = sender.account
@@ -548,6 +567,7 @@ class SendService:
             data=data,
             payload=payload,
             send_at=max(send_at, now),
+            draft=None if draft_id is None or user is None else (user.id, draft_id),
         )
 
     def _row_data(self, account: Account, raw: bytes, sender: str) -> MessageData:

@@ -5,7 +5,12 @@ field without a value stops the send before anything is queued). It is queued on
 like a send from the API; the account's syncer (a running ``worker``, ``serve`` or ``sync``)
 sends it after the undo grace, or at ``--at``.
 ``correspond outbox cancel ID``: take a send back before it goes (undo, or a scheduled send
-called off), as ``POST /outbox/{id}/cancel``."""
+called off), as ``POST /outbox/{id}/cancel``. ``correspond outbox list [--user EMAIL]``: the
+sends not done (scheduled, sending, failed with the server's words, unknown).
+``correspond outbox mark-sent ID`` / ``resend ID``: the decision on a send whose fate is
+``unknown`` (an outbound-only identity's send cut during DATA: ``sync.sender``), as
+``POST /outbox/{id}/mark-sent`` / ``resend``: it went, or send it again (the same message and
+Message-ID)."""
 
 from __future__ import annotations
 
@@ -14,11 +19,20 @@ from datetime import datetime
 from pathlib import Path
 
 import click
+from rich.table import Table
 
 from correspond.api.routes.sending import send_public
 from correspond.api.schemas import as_json
-from correspond.cli.base import CliContext, _Command, _fail, _Group, _print_json, pass_cli
-from correspond.cli.output import safe
+from correspond.cli.base import (
+    CliContext,
+    _Command,
+    _console,
+    _fail,
+    _Group,
+    _print_json,
+    pass_cli,
+)
+from correspond.cli.output import cell, safe
 from correspond.composer import RecordMissing
 from correspond.errors import NotFound
 from correspond.mail.merge import MissingMergeFields
@@ -132,7 +146,8 @@ def send(
 
 @click.group(cls=_Group)
 def outbox() -> None:
-    """The outbox: sends waiting to go (cancel)."""
+    """The outbox: sends not done (list), taken back (cancel), or decided when their fate is
+    unknown (mark-sent, resend)."""
 
 
 @outbox.command("cancel", cls=_Command)
@@ -147,3 +162,80 @@ def outbox_cancel(cli: CliContext, outbox_id: int, as_json_output: bool) -> None
         _print_json(as_json(send_public(record)))
         return
     click.echo(f"Send {outbox_id} cancelled: message {record.message_id} will not go.")
+
+
+@outbox.command("list", cls=_Command)
+@click.option("--user", "email", help="Only this user's sends (e-mail address).")
+@click.option("--limit", type=click.IntRange(1, 500), default=100, show_default=True)
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def outbox_list(cli: CliContext, email: str | None, limit: int, as_json_output: bool) -> None:
+    """Sends not done, the newest first: scheduled, sending, failed (with the server's
+    words) and unknown (decide with mark-sent or resend)."""
+    user_id = None if email is None else cli.auth.users.get_user(email).id
+    found = SendService(cli.store, cli.settings).sends.open_sends(user_id=user_id, limit=limit)
+    if as_json_output:
+        _print_json(
+            [
+                {**as_json(send_public(f.record)), "subject": f.subject, "to": list(f.to)}
+                for f in found
+            ]
+        )
+        return
+    if not found:
+        click.echo("No sends waiting, failed or unknown" + (f" for {email}." if email else "."))
+        return
+    table = Table(box=None)
+    for column in ("Outbox", "Message", "Status", "At", "To", "Subject", "Error"):
+        table.add_column(column)
+    for f in found:
+        r = f.record
+        table.add_row(
+            str(r.outbox.id),
+            str(r.message_id),
+            cell(r.status, "red" if r.status in ("failed", "unknown") else "white"),
+            r.send_at.strftime("%Y-%m-%d %H:%M"),
+            cell(", ".join(f.to)),
+            cell(f.subject or ""),
+            cell(r.error or ""),
+        )
+    _console().print(table)
+    if any(f.record.status == "unknown" for f in found):
+        click.echo(
+            "An unknown send may have gone: check with its recipients, then "
+            "`correspond outbox mark-sent ID` (it went) or `correspond outbox resend ID`."
+        )
+
+
+def _resolve(cli: CliContext, outbox_id: int, *, went: bool, as_json_output: bool) -> None:
+    record = SendService(cli.store, cli.settings).sends.resolve_unknown(outbox_id, went=went)
+    if as_json_output:
+        _print_json(as_json(send_public(record)))
+    elif went:
+        click.echo(f"Send {outbox_id} marked sent: message {record.message_id} shows as sent.")
+    else:
+        click.echo(
+            f"Send {outbox_id} queued again: message {record.message_id} goes now (the same "
+            "Message-ID), when the account's syncer runs."
+        )
+
+
+@outbox.command("mark-sent", cls=_Command)
+@click.argument("outbox_id", type=_ID)
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def outbox_mark_sent(cli: CliContext, outbox_id: int, as_json_output: bool) -> None:
+    """A send whose fate is unknown went: show it as sent (as POST /outbox/{id}/mark-sent).
+    Exit 2 for a send in any other status, 3 for no such send."""
+    _resolve(cli, outbox_id, went=True, as_json_output=as_json_output)
+
+
+@outbox.command("resend", cls=_Command)
+@click.argument("outbox_id", type=_ID)
+@click.option("--json", "as_json_output", is_flag=True)
+@pass_cli
+def outbox_resend(cli: CliContext, outbox_id: int, as_json_output: bool) -> None:
+    """A send whose fate is unknown did not go: send it again now, the same message and
+    Message-ID (as POST /outbox/{id}/resend). Exit 2 for a send in any other status, 3 for
+    no such send."""
+    _resolve(cli, outbox_id, went=False, as_json_output=as_json_output)

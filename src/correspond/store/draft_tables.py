@@ -6,9 +6,11 @@ recipients as typed (``"Name <a@b>"`` strings), subject, text and HTML, stored a
 id (each with an optional content id: an inline image of the HTML), the message it answers
 (``in_reply_to_id`` with ``reply_mode``: reply, reply-all or forward), the template it started
 from, and its ``size`` (bodies and files, bounded like a message). ``sending_since``: a send
-of it is under way (a second one is refused meanwhile; the draft goes once its send is
-queued). ``draft_files``: files uploaded to a draft, their bytes in the row (the blob store's
-collector only knows mail's blobs; a draft's files are small in number and bounded in size).
+of it is under way (a second one is refused meanwhile). ``sent_outbox_id``: its send was
+queued (in the same transaction): the draft is hidden, kept a while so that sending it again
+answers with that send. ``draft_files``: files uploaded to a draft, their bytes in the row
+(the blob store's collector only knows mail's blobs; a draft's files are small in number and
+bounded in size).
 """
 
 from __future__ import annotations
@@ -71,6 +73,10 @@ class DraftRow(Base):
     template_id: Mapped[int | None] = mapped_column(ForeignKey("templates.id", ondelete="SET NULL"))
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     sending_since: Mapped[datetime | None] = mapped_column()
+    #: The outbox row of its send (migration ``0027_sendpolish``): set in the transaction that
+    #: queues it; from then on the draft is hidden (``draft_terms``) and kept only so that a
+    #: second send of it answers with that send (``DraftStore.claim``).
+    sent_outbox_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 

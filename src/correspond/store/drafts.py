@@ -5,7 +5,11 @@ is its owner's alone; anyone else's id is :class:`NotFound`, as for one that doe
 Bounded: a user keeps at most ``max_drafts`` drafts, and a draft (its bodies and uploaded
 files) is at most ``max_bytes`` (a message's limit). :meth:`DraftStore.claim` marks a draft as
 being sent, so a second send of it (a double click, another tab) is refused while the first
-is queued; the draft is deleted once its send is queued (:meth:`DraftStore.delete`).
+is queued. The transaction that queues the send also marks the draft sent
+(:func:`mark_draft_sent`, called by ``SendStore.queue``): there is no moment when the send is
+queued and the draft still sendable, so a crash cannot lead to a second send. A sent draft is
+hidden from everything (``draft_terms``) but :meth:`DraftStore.claim`, which answers a second
+send of it with the outbox id of the first; it is pruned after :data:`SENT_DRAFT_KEEP_SECONDS`.
 """
 
 from __future__ import annotations
@@ -27,17 +31,22 @@ from correspond.store.visibility import Viewer, draft_terms, viewer_params
 __all__ = [
     "DEFAULT_MAX_DRAFTS",
     "SENDING_CLAIM_SECONDS",
+    "SENT_DRAFT_KEEP_SECONDS",
     "Draft",
     "DraftFields",
     "DraftFile",
     "DraftStore",
     "StoredRef",
+    "mark_draft_sent",
 ]
 
 #: Drafts one user keeps.
 DEFAULT_MAX_DRAFTS = 1000
 #: After this long a claim to send a draft is stale (the process died before it was queued).
 SENDING_CLAIM_SECONDS = 120
+#: A sent draft is kept (without its files) this long, so that sending it again (a retry after
+#: a lost answer or a crash) answers with its send instead of sending it twice.
+SENT_DRAFT_KEEP_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +99,8 @@ class Draft:
     created_at: datetime
     updated_at: datetime
     sending: bool = field(default=False)
+    #: Its send was queued already (only :meth:`DraftStore.claim` returns such a draft).
+    sent_outbox_id: int | None = None
 
 
 def _text_size(fields: DraftFields) -> int:
@@ -151,6 +162,7 @@ class DraftStore:
             created_at=row.created_at,
             updated_at=row.updated_at,
             sending=row.sending_since is not None and row.sending_since > stale,
+            sent_outbox_id=row.sent_outbox_id,
         )
 
     def _row(self, s: Session, viewer: Viewer, draft_id: int, *, lock: bool = False) -> DraftRow:
@@ -170,11 +182,14 @@ class DraftStore:
         return list(s.scalars(query.order_by(DraftFileRow.id)))
 
     def exists_for(self, viewer: Viewer, draft_id: int) -> None:
-        """:class:`NotFound` unless ``draft_id`` is ``viewer``'s (``api.security.authorize``)."""
+        """:class:`NotFound` unless ``draft_id`` is ``viewer``'s (``api.security.authorize``).
+        A sent one too: ``POST /drafts/{id}/send`` answers a second send of it with its send
+        (every other use of it is NotFound, through ``draft_terms``)."""
+        if viewer.disabled:
+            raise NotFound(f"no draft with id {draft_id}")
         with unit_of_work(self._sessions) as s:
             found = s.scalar(
-                select(DraftRow.id).where(DraftRow.id == draft_id, draft_terms(viewer)),
-                viewer_params(viewer),
+                select(DraftRow.id).where(DraftRow.id == draft_id, DraftRow.owner_id == viewer.id)
             )
         if found is None:
             raise NotFound(f"no draft with id {draft_id}")
@@ -248,8 +263,11 @@ class DraftStore:
         size = self._size(fields, sum(len(f.content or b"") for f in files))
         now = utcnow()
         with unit_of_work(self._sessions) as s:
+            self._prune_sent(s, viewer.id, now)
             count = s.scalar(
-                select(func.count()).select_from(DraftRow).where(DraftRow.owner_id == viewer.id)
+                select(func.count())
+                .select_from(DraftRow)
+                .where(DraftRow.owner_id == viewer.id, DraftRow.sent_outbox_id.is_(None))
             )
             if int(count or 0) >= self.max_drafts:
                 raise ConfigError(
@@ -262,6 +280,19 @@ class DraftStore:
             s.flush()
             self._add_files(s, row.id, files)
             return self._draft(row, self._files(s, row.id, content=False), content=False)
+
+    @staticmethod
+    def _prune_sent(s: Session, owner_id: int, now: datetime) -> None:
+        """Forget the owner's drafts sent more than :data:`SENT_DRAFT_KEEP_SECONDS` ago."""
+        old = select(DraftRow.id).where(
+            DraftRow.owner_id == owner_id,
+            DraftRow.sent_outbox_id.is_not(None),
+            DraftRow.updated_at < now - timedelta(seconds=SENT_DRAFT_KEEP_SECONDS),
+        )
+        ids = list(s.scalars(old.limit(1000)))
+        if ids:
+            s.execute(delete(DraftFileRow).where(DraftFileRow.draft_id.in_(ids)))
+            s.execute(delete(DraftRow).where(DraftRow.id.in_(ids)))
 
     @staticmethod
     def _add_files(s: Session, draft_id: int, files: Sequence[DraftFile]) -> None:
@@ -321,9 +352,20 @@ class DraftStore:
 
     def claim(self, viewer: Viewer, draft_id: int) -> Draft:
         """Mark the draft as being sent and return it with its files' bytes; Conflict while
-        another send of it is under way (within :data:`SENDING_CLAIM_SECONDS`)."""
+        another send of it is under way (within :data:`SENDING_CLAIM_SECONDS`). A draft sent
+        already comes back as it is, with its :attr:`Draft.sent_outbox_id` (not claimed)."""
         now = utcnow()
         with unit_of_work(self._sessions) as s:
+            if not viewer.disabled:
+                sent = s.scalars(
+                    select(DraftRow).where(
+                        DraftRow.id == draft_id,
+                        DraftRow.owner_id == viewer.id,
+                        DraftRow.sent_outbox_id.is_not(None),
+                    )
+                ).first()
+                if sent is not None:
+                    return self._draft(sent, [], content=False)
             row = self._row(s, viewer, draft_id, lock=True)
             stale = now - timedelta(seconds=SENDING_CLAIM_SECONDS)
             if row.sending_since is not None and row.sending_since > stale:
@@ -350,7 +392,7 @@ class DraftStore:
                     s.scalar(
                         select(func.count())
                         .select_from(DraftRow)
-                        .where(DraftRow.owner_id == owner_id)
+                        .where(DraftRow.owner_id == owner_id, DraftRow.sent_outbox_id.is_(None))
                     ),
                 )
                 or 0
@@ -359,3 +401,19 @@ class DraftStore:
 
 def _defer_content() -> Any:
     return defer(DraftFileRow.content)
+
+
+def mark_draft_sent(s: Session, owner_id: int, draft_id: int, outbox_id: int) -> None:
+    """In the transaction ``s`` that queues a draft's send (``SendStore.queue``): the draft is
+    sent (``outbox_id``), hidden from now on, its files dropped. NotFound for a draft that is
+    not ``owner_id``'s; Conflict when it was sent already (a stale claim's second send: the
+    whole transaction, the second message with it, is rolled back)."""
+    row = s.get(DraftRow, draft_id, with_for_update=True)
+    if row is None or row.owner_id != owner_id:
+        raise NotFound(f"no draft with id {draft_id}")
+    if row.sent_outbox_id is not None:
+        raise Conflict(f"this draft was sent already (send {row.sent_outbox_id})")
+    row.sent_outbox_id = outbox_id
+    row.sending_since = None
+    row.updated_at = utcnow()
+    s.execute(delete(DraftFileRow).where(DraftFileRow.draft_id == draft_id))

@@ -42,6 +42,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from correspond.errors import Conflict, NotFound
+from correspond.store import drafts as draft_store
 from correspond.store.engine import register_table_modules, unit_of_work
 from correspond.store.message_data import MessageData, storable_message
 from correspond.store.message_tables import (
@@ -56,7 +57,14 @@ from correspond.store.outbox import OutboxAction, _action, answer_message
 from correspond.store.outbox_tables import OutboxRow
 from correspond.store.tables import AccountRow, FolderRow, utcnow
 
-__all__ = ["SEND_STATUSES", "Original", "SendRecord", "SendStore", "send_status"]
+__all__ = [
+    "SEND_STATUSES",
+    "Original",
+    "SendListing",
+    "SendRecord",
+    "SendStore",
+    "send_status",
+]
 
 SEND_STATUSES = ("scheduled", "sending", "sent", "failed", "cancelled", "unknown")
 
@@ -94,6 +102,16 @@ class SendRecord:
     @property
     def stage(self) -> str:
         return str(self.outbox.payload.get("stage", "queued"))
+
+
+@dataclass(frozen=True, slots=True)
+class SendListing:
+    """A send in a list: its record, and what the user knows it by."""
+
+    record: SendRecord
+    subject: str | None
+    to: tuple[str, ...]
+    user_id: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,9 +175,12 @@ class SendStore:
         data: MessageData,
         payload: Mapping[str, Any],
         send_at: datetime,
+        draft: tuple[int, int] | None = None,
     ) -> SendRecord:
         """Store the outgoing message and its ``send`` outbox row in one transaction (see the
-        module docstring). ``data`` is the message as the sync would store its Sent copy."""
+        module docstring). ``data`` is the message as the sync would store its Sent copy.
+        ``draft``: ``(owner id, draft id)`` of the draft being sent, marked sent in this same
+        transaction (``store.drafts.mark_draft_sent``): queued and no longer sendable at once."""
         data = storable_message(data)
         now = utcnow()
         with unit_of_work(self._sessions) as s:
@@ -275,6 +296,8 @@ class SendStore:
             # Wakes the account's syncer within a lease round (store.leases).
             account.updated_at = now
             s.flush()
+            if draft is not None:
+                draft_store.mark_draft_sent(s, draft[0], draft[1], row.id)
             return _record(row, thread_id, now)
 
     @staticmethod
@@ -414,6 +437,30 @@ class SendStore:
                 .limit(1)
             ).first()
             return None if row is None else _record(row, self._thread_of(s, row), utcnow())
+
+    def open_sends(self, *, user_id: int | None = None, limit: int = 100) -> list[SendListing]:
+        """Sends not done: waiting or going (``pending``), ``failed`` and ``unknown`` (the
+        user decides: :meth:`resolve_unknown`), of ``user_id`` (None: everyone's), the
+        newest first, at most ``limit``."""
+        now = utcnow()
+        query = (
+            select(OutboxRow, MessageRow.thread_id, MessageRow.subject, MessageRow.to_addrs)
+            .outerjoin(MessageRow, MessageRow.id == OutboxRow.message_id)
+            .where(OutboxRow.kind == "send", OutboxRow.state.in_(("pending", "failed")))
+        )
+        if user_id is not None:
+            query = query.where(OutboxRow.user_id == user_id)
+        with unit_of_work(self._sessions) as s:
+            rows = s.execute(query.order_by(OutboxRow.id.desc()).limit(limit)).all()
+            return [
+                SendListing(
+                    record=_record(row, thread_id, now),
+                    subject=subject,
+                    to=tuple(str(a.get("email") or "") for a in to or ()),
+                    user_id=row.user_id,
+                )
+                for row, thread_id, subject, to in rows
+            ]
 
     def cancel(self, outbox_id: int) -> SendRecord:
         """Take a send back before it goes (undo, or a scheduled send called off): the row ends

@@ -352,7 +352,10 @@ def template_terms(viewer: Viewer) -> RuleTerms:
 def draft_terms(viewer: Viewer) -> ColumnElement[bool]:
     """A WHERE over ``drafts``: the drafts ``viewer`` may see, change and send (bind
     :func:`viewer_params`): their own, nobody else's, admins included (a draft is unsent
-    writing, as private as a note to oneself)."""
+    writing, as private as a note to oneself); not one already sent (``sent_outbox_id``)."""
     if viewer.disabled:
         return false()
-    return DraftRow.owner_id == bindparam(VIEWER_ID, type_=Integer())
+    return and_(
+        DraftRow.owner_id == bindparam(VIEWER_ID, type_=Integer()),
+        DraftRow.sent_outbox_id.is_(None),
+    )

@@ -5,8 +5,9 @@ state each time; uploaded files are added, and ``keep_file_ids`` says which earl
 stay: all when absent), ``GET /drafts`` lists the caller's drafts (the last changed first),
 ``GET /drafts/{id}`` reads one, ``DELETE /drafts/{id}`` removes it, ``POST /drafts/{id}/send``
 queues it as ``POST /messages`` (or the reply routes, for a draft that answers a message) does
-and removes it. The body is JSON, or multipart with the JSON in a ``draft`` field and files in
-``attachments`` and ``inline`` fields (the inline ones' content ids in ``inline_content_ids``).
+and removes it in the same transaction (a retry answers with the same send). The body is
+JSON, or multipart with the JSON in a ``draft`` field and files in ``attachments`` and
+``inline`` fields (the inline ones' content ids in ``inline_content_ids``).
 A draft is its owner's alone: anyone else's id is a 404, as for no draft.
 """
 
@@ -245,7 +246,9 @@ def delete_draft(draft_id: DraftId, request: Request, user: CurrentUser) -> Resp
 @router.post("/{draft_id}/send", response_model=SendPublic, status_code=202)
 def send_draft(draft_id: DraftId, request: Request, user: CurrentUser) -> SendPublic:
     """Queue the draft as ``POST /messages`` does (a reply, reply-all or forward of the message
-    it answers, when it answers one) and delete it; 409 while another send of it is under way.
+    it answers, when it answers one) and delete it, in one transaction; sending a draft that
+    was sent already answers with that send (one message, however often); 409 while another
+    send of it is under way.
     The draft stays when the send is refused (a bad address, too big)."""
     try:
         record = _service(request).send(user, draft_id)

@@ -18,7 +18,9 @@ a reply or forward the identity of the original's account. The older ``account``
 account's owner, an admin, or a member of its team inbox) still sends as that account; with an
 outbound-only identity it names the account that keeps the CRM copy. ``template_id`` with
 ``contact_id`` / ``deal_id`` renders the template (what the request gives wins): a merge field
-without a value is a 422 naming it, before anything is queued.
+without a value is a 422 naming it, before anything is queued. The reply routes take a
+template too: it gives the bodies, above the quoted original (the subject stays ``Re:`` /
+``Fwd:`` the original's unless one is given; a forward with no recipient goes to the contact).
 """
 
 from __future__ import annotations
@@ -91,6 +93,11 @@ class ComposeFields(BaseModel):
         le=MAX_ID,
         description="The identity to send as (default: yours, or the original's account's)",
     )
+    template_id: int | None = Field(default=None, ge=1, le=MAX_ID)
+    contact_id: int | None = Field(
+        default=None, ge=1, le=MAX_ID, description="Merge fields; the default recipient"
+    )
+    deal_id: int | None = Field(default=None, ge=1, le=MAX_ID)
 
 
 class SendRequest(ComposeFields):
@@ -101,11 +108,6 @@ class SendRequest(ComposeFields):
         description="Send as this account (without identity_id); with an outbound-only "
         "identity: the account that keeps the CRM copy",
     )
-    template_id: int | None = Field(default=None, ge=1, le=MAX_ID)
-    contact_id: int | None = Field(
-        default=None, ge=1, le=MAX_ID, description="Merge fields; the default recipient"
-    )
-    deal_id: int | None = Field(default=None, ge=1, le=MAX_ID)
 
 
 class SendPublic(BaseModel):
@@ -222,9 +224,9 @@ def _compose(fields: ComposeFields, attachments: list[OutgoingAttachment]) -> Co
             attachments=tuple(attachments),
             attachment_ids=tuple(fields.attachment_ids),
             send_at=fields.send_at,
-            template_id=getattr(fields, "template_id", None),
-            contact_id=getattr(fields, "contact_id", None),
-            deal_id=getattr(fields, "deal_id", None),
+            template_id=fields.template_id,
+            contact_id=fields.contact_id,
+            deal_id=fields.deal_id,
         )
     except ConfigError as exc:
         raise HTTPException(422, detail=str(exc)) from exc
@@ -314,6 +316,8 @@ def _respond_route(mode: ReplyMode, summary: str) -> None:
             )
         except PermissionError as exc:
             raise _forbidden(exc) from exc
+        except (MissingMergeFields, RecordMissing) as exc:
+            raise _unfit(exc) from exc
         return send_public(record)
 
     respond.__doc__ = summary
