@@ -23,6 +23,7 @@ from correspond.api.routes.sending import (
     MAX_UPLOADS,
     InlineRef,
     SendPublic,
+    multipart_body_doc,
     read_body,
     send_public,
 )
@@ -174,30 +175,7 @@ async def _fields(request: Request, user: Any) -> tuple[DraftRequest, DraftField
     return body, fields, files
 
 
-_BODY_DOC: dict[str, Any] = {
-    "requestBody": {
-        "content": {
-            "application/json": {"schema": DraftRequest.model_json_schema()},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "draft": {"type": "string", "description": "DraftRequest as JSON"},
-                        "attachments": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                        },
-                        "inline": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                        },
-                    },
-                }
-            },
-        },
-        "required": True,
-    }
-}
+_BODY_DOC = multipart_body_doc(DraftRequest, "draft")
 
 
 @router.get("", response_model=list[DraftPublic])

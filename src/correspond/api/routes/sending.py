@@ -232,31 +232,35 @@ def _compose(fields: ComposeFields, attachments: list[OutgoingAttachment]) -> Co
         raise HTTPException(422, detail=str(exc)) from exc
 
 
-_BODY_DOC: dict[str, Any] = {
-    "requestBody": {
-        "content": {
-            "application/json": {"schema": SendRequest.model_json_schema()},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "message": {"type": "string", "description": "SendRequest as JSON"},
-                        "attachments": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
+def multipart_body_doc(model: type[BaseModel], part: str) -> dict[str, Any]:
+    """The OpenAPI request body of a route that takes ``model`` as JSON, or as a multipart
+    form whose ``part`` holds it as JSON beside uploaded ``attachments`` and ``inline``
+    images (their content ids in ``inline_content_ids``)."""
+    files = {"type": "array", "items": {"type": "string", "format": "binary"}}
+    return {
+        "requestBody": {
+            "content": {
+                "application/json": {"schema": model.model_json_schema()},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            part: {"type": "string", "description": f"{model.__name__} as JSON"},
+                            "attachments": files,
+                            "inline": {
+                                **files,
+                                "description": "Inline images; content ids in inline_content_ids",
+                            },
                         },
-                        "inline": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "Inline images; content ids in inline_content_ids",
-                        },
-                    },
-                }
+                    }
+                },
             },
-        },
-        "required": True,
+            "required": True,
+        }
     }
-}
+
+
+_BODY_DOC = multipart_body_doc(SendRequest, "message")
 
 
 def _forbidden(exc: PermissionError) -> HTTPException:
