@@ -31,6 +31,7 @@ from correspond.store.users import User
 from correspond.sync.smtp_check import SmtpReport, check_smtp
 from correspond.testing.dovecot import DovecotServer
 from correspond.testing.net import free_port
+from correspond.testing.postfix import PostfixServer
 from helpers import authed_client, user_client
 
 NOW = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
@@ -266,21 +267,12 @@ def test_the_api_drops_the_password_on_a_new_host(app: FastAPI, store: Store) ->
     assert ann_client.get(f"/identities/{made.id}").json()["smtp"]["host"] == "smtp.other.org"
 
 
-@pytest.fixture
-def submission(request: pytest.FixtureRequest) -> Any:
-    """The session's private Postfix (``postfix``) where this checkout has one."""
-    try:
-        return request.getfixturevalue("postfix")
-    except pytest.FixtureLookupError:
-        pytest.skip("no private Postfix fixture in this checkout")
-
-
 def test_an_smtp_identity_against_postfix(
-    app: FastAPI, submission: Any, dovecot: DovecotServer
+    app: FastAPI, postfix: PostfixServer, dovecot: DovecotServer
 ) -> None:
     """Tested on save against a real submission server (its self-signed certificate trusted
     for the test: the check is the real one)."""
-    context = ssl.create_default_context(cadata=submission.cert_pem)
+    context = ssl.create_default_context(cadata=postfix.cert_pem)
 
     async def trusting(smtp: Any, password: str) -> SmtpReport:
         return await check_smtp(
@@ -294,8 +286,8 @@ def test_an_smtp_identity_against_postfix(
         "kind": "smtp",
         "address": mailbox.address,
         "display_name": "Ann",
-        "smtp_host": submission.host,
-        "smtp_port": submission.port,
+        "smtp_host": postfix.host,
+        "smtp_port": postfix.port,
         "smtp_security": "starttls",
         "smtp_username": mailbox.username,
     }

@@ -15,6 +15,7 @@ import pytest
 from correspond.sync.smtp_check import check_smtp
 from correspond.testing.dovecot import DovecotServer
 from correspond.testing.net import free_port
+from correspond.testing.postfix import PostfixServer
 
 FAST = {"timeout": 2.0, "deadline": 3.0}
 
@@ -52,25 +53,15 @@ async def test_plaintext_is_not_a_choice() -> None:
     assert report.problem == "config" and not report.ok
 
 
-@pytest.fixture
-def submission(request: pytest.FixtureRequest) -> object:
-    """The session's private Postfix (``postfix``) where this checkout has one."""
-    try:
-        return request.getfixturevalue("postfix")
-    except pytest.FixtureLookupError:
-        pytest.skip("no private Postfix fixture in this checkout")
-
-
 def _trusting(pem: str) -> ssl.SSLContext:
     return ssl.create_default_context(cadata=pem)
 
 
 async def test_postfix_submission_passes_and_tells_its_size(
-    submission: object, dovecot: DovecotServer
+    postfix: PostfixServer, dovecot: DovecotServer
 ) -> None:
-    postfix = submission
     user = dovecot.add_user()
-    host, port, pem = postfix.host, postfix.port, postfix.cert_pem  # type: ignore[attr-defined]
+    host, port, pem = postfix.host, postfix.port, postfix.cert_pem
     good = await check_smtp(
         host, port, "starttls", user.username, user.password, tls_context=_trusting(pem), **FAST
     )
