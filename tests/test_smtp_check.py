@@ -2,8 +2,7 @@
 
 The wrong-server cases use the test Dovecot's ports (IMAP, IMAP over TLS, LMTP: real servers
 that are not SMTP submission); success, a refused password and the SIZE limit need the
-private Postfix (``postfix`` fixture, from ``correspond.testing.postfix``), and skip where this
-checkout has none.
+private Postfix (``postfix`` fixture, from ``correspond.testing.postfix``).
 """
 
 from __future__ import annotations
