@@ -403,8 +403,11 @@ def thread_page(
         "unread": any("\\Seen" not in m.flags for m in thread.messages),
         "starred": any("\\Flagged" in m.flags for m in thread.messages),
         "order": user.thread_order,
-        "done": done if done in _ACTIONS else None,
+        "done": done if done in (*_ACTIONS, "linked", "unlinked") else None,
     }
+    from correspond.web.crm_pages import thread_deals_context  # it imports this module
+
+    context.update(thread_deals_context(request, thread_id))
     return _render(request, "thread.html", context, user=user)
 
 
