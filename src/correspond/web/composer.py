@@ -22,6 +22,7 @@ from starlette.datastructures import UploadFile
 from correspond.api.security import MAX_ID, needs
 from correspond.composer import ComposeService, RecordMissing
 from correspond.errors import ConfigError, NotFound
+from correspond.mail.compose import ComposeError, MessageTooLarge
 from correspond.mail.merge import MissingMergeFields
 from correspond.mail.outgoing import OutgoingAttachment, uploaded
 from correspond.mailbox import MailboxReader
@@ -155,14 +156,16 @@ def _compose(
 
 
 def _send_errors(exc: Exception) -> dict[str, str]:
+    """A refused send's sentence, keyed by the form field it is about."""
     if isinstance(exc, MissingMergeFields):
         return {"template_id": str(exc)}
     if isinstance(exc, RecordMissing):
         return {"contact_id": str(exc)}
-    text = str(exc)
-    if "too large" in text.lower() or "limit" in text.lower():
-        return {"attachments": text}
-    return {"form": text}
+    if isinstance(exc, MessageTooLarge):
+        return {"attachments": str(exc)}
+    field = exc.field if isinstance(exc, ComposeError) else ""
+    field = {"from": "form", "subject": "form"}.get(field, field)
+    return {field if field in ("to", "cc", "bcc", "attachments") else "form": str(exc)}
 
 
 def _fill(request: Request, user: User, fields: dict[str, str]) -> dict[str, str]:
