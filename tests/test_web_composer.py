@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from correspond.settings import Settings
 from correspond.store import Store
 from correspond.store.blobs import BlobStore
+from correspond.store.crm import CrmStore
 from correspond.store.messages import MessageStore
 from correspond.store.sends import SendStore
 from correspond.store.tables import AccountRow, utcnow
@@ -239,3 +240,32 @@ def test_reply_and_forward_from_a_thread_are_prefilled(
     page.click("button[value=send]")
     assert "no recipient" in page.locator("#error-to").inner_text()
     assert page.input_value("#field-subject") == "Fwd: Project kickoff"
+
+
+def test_a_template_filled_for_a_contact_and_its_missing_field_named(
+    web: Watched, store: Store, mirror: SeededMirror
+) -> None:
+    page = web.page
+    _first_run(web)
+    contact = CrmStore(store.engine).create_contact(name="Cy Contact", emails=["cy@example.test"])
+    page.goto("/email-templates/new")
+    page.fill("input[name=name]", "Greeting")
+    page.fill("input[name=subject]", "Hello {{contact.first_name}}")
+    page.fill("textarea[name=text]", "Dear {{contact.name}}, welcome.")
+    page.click("#template-form button[type=submit]")
+    page.wait_for_url(re.compile(r"/email-templates/\d+\?saved=1$"))
+    page.goto("/compose")
+    page.select_option("#field-template", label="Greeting")
+    # No contact chosen: the missing merge field is named beside the template picker.
+    page.click("button[value=fill]")
+    assert "{{contact.first_name}}" in page.locator("#error-template_id").inner_text()
+    page.click("button[value=send]")
+    assert "{{contact.first_name}}" in page.locator("#error-template_id").inner_text()
+    assert SendStore(store.engine).open_sends() == []
+    # With the contact: filled by the same render as the API; the address offered in To.
+    page.select_option("#field-contact", str(contact.id))
+    page.click("button[value=fill]")
+    assert page.input_value("#field-subject") == "Hello Cy"
+    assert page.input_value("#field-text") == "Dear Cy Contact, welcome."
+    offered = page.locator("#contact-addresses option").evaluate_all("os => os.map(o => o.value)")
+    assert "cy@example.test" in offered
