@@ -202,9 +202,9 @@ def compose_page(
     sent: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> HTMLResponse:
     """A new message, from the default identity (``GET /compose/defaults``' choice)."""
-    notice = "Undone: the message was not sent." if undone else None
-    if sent and notice is None:
-        notice = "Sent." if sent else None
+    notice = (
+        "Undone: the message was not sent." if undone else ("Queued to send." if sent else None)
+    )
     return _page(request, user, form={}, notice=notice)
 
 
@@ -230,12 +230,16 @@ async def _submit(
             errors = _send_errors(exc)
             if "form" in errors:
                 errors = {"template_id": errors["form"]}
-            return _page(request, user, form=fields, errors=errors, reply=reply, status=422)
-        return _page(request, user, form=filled, reply=reply)
+            return await in_thread(
+                lambda: _page(request, user, form=fields, errors=errors, reply=reply, status=422)
+            )
+        return await in_thread(lambda: _page(request, user, form=filled, reply=reply))
     service = _sending(request)
     compose, errors = _compose(fields, files, service.settings.send_max_bytes)
     if compose is None:
-        return _page(request, user, form=fields, errors=errors, reply=reply, status=422)
+        return await in_thread(
+            lambda: _page(request, user, form=fields, errors=errors, reply=reply, status=422)
+        )
     identity_id = _id(fields["identity_id"])
 
     def send() -> SendRecord:
@@ -250,7 +254,9 @@ async def _submit(
         record = await in_thread(send)
     except (ConfigError, PermissionError) as exc:  # merge fields, size, a recipient, As whom
         errors = _send_errors(exc)
-        return _page(request, user, form=fields, errors=errors, reply=reply, status=422)
+        return await in_thread(
+            lambda: _page(request, user, form=fields, errors=errors, reply=reply, status=422)
+        )
     return _done(record)
 
 
