@@ -37,6 +37,7 @@ from correspond.store.repository import SettingsChanged
 from correspond.testing.dovecot import DovecotServer, ImapUser
 from correspond.testing.mirror import SeededMirror, seed_mirror
 from correspond.web import router as web_router
+from correspond.web.composer import router as composer_router
 from correspond.web.pages import PUBLIC_PAGES
 from helpers import API_BASE_URL, authed_client, user_client
 
@@ -107,7 +108,7 @@ STREAMS = {("GET", "/notifications/stream")}
 # session each answers 303 to /login, but sign-in and first run (tests/test_web.py).
 WEB_PAGES = {
     (method, route.path)
-    for route in web_router.routes
+    for route in (*web_router.routes, *composer_router.routes)
     for method in getattr(route, "methods", ()) or ()
     if method != "HEAD"
 }

@@ -459,6 +459,25 @@ class SendService:
             draft = replace(draft, subject=subject)
         return self._queue(user, sender, draft, compose.send_at, draft_id)
 
+    def response_draft(self, user: User, message_id: int, mode: ReplyMode) -> tuple[Draft, Sender]:
+        """What :meth:`respond` would send with nothing typed (the web composer's prefill):
+        recipients, ``Re:``/``Fwd:`` subject and the quoted original or forwarded block (which
+        :meth:`respond` adds again below what is typed), and who it would go out as."""
+        original = self.sends.original(message_id)
+        original_account = self.store.get_account_by_id(original.account_id)
+        addressed = [a for _, a in (*original.to, *original.cc)]
+        sender = self.sender(user, original_account=original_account, addressed=addressed)
+        view = _OriginalView.of(original)
+        if mode == "forward":
+            return forward_draft(view, from_=sender.from_), sender
+        own = {a.lower() for a in self.composer.own_addresses(user)}
+        if sender.identity is None:
+            own.add(original_account.email.lower())
+        draft = reply_draft(
+            view, from_=sender.from_, own_addresses=own, reply_all=mode == "reply-all"
+        )
+        return draft, sender
+
     def cancel(self, outbox_id: int) -> SendRecord:
         return self.sends.cancel(outbox_id)
 

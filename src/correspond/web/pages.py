@@ -385,9 +385,13 @@ def thread_page(
     thread_id: PathId,
     images: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     done: Annotated[str | None, Query(max_length=20)] = None,
+    sent: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> HTMLResponse:
     """The thread's messages in the caller's order (``thread_order``), each HTML body in a
-    sandboxed frame (remote images for message ``images`` only)."""
+    sandboxed frame (remote images for message ``images`` only); ``sent``: the composer's
+    confirmation of that send, with Undo during its grace (:mod:`correspond.web.composer`)."""
+    from correspond.web.composer import sent_notice  # that module imports this one
+
     reader: MailboxReader = request.app.state.reader
     thread = reader.get_thread(thread_id, newest_first=user.thread_order == "newest_first")
     messages = []
@@ -404,6 +408,7 @@ def thread_page(
         "starred": any("\\Flagged" in m.flags for m in thread.messages),
         "order": user.thread_order,
         "done": done if done in (*_ACTIONS, "linked", "unlinked") else None,
+        "sent": sent_notice(request, user, sent) if sent else None,
     }
     from correspond.web.crm_pages import thread_deals_context  # it imports this module
 
@@ -744,5 +749,8 @@ def preview_template_page(
 
 def mount_web(app: FastAPI) -> None:
     """Add the pages and their static files to ``app`` (after the API's routes)."""
+    from correspond.web.composer import router as composer_router
+
     app.include_router(router)
+    app.include_router(composer_router)
     app.mount(STATIC_URL, StaticFiles(directory=_HERE / "static"), name="web-static")
