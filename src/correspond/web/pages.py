@@ -1,5 +1,6 @@
 """The web app's pages: sign-in, sign-out and first run; the personal and team inboxes; a
-thread; Email Settings (Full Email Sync placeholder, SMTP & BCC, Email Preferences); templates.
+thread; Email Settings (SMTP & BCC, Email Preferences; Full Email Sync is
+:mod:`correspond.web.settings_sync`); templates.
 
 Each page is a route of :data:`router` (left out of the OpenAPI document: HTML, not API) and
 reads the same services as the JSON API from ``app.state`` (``InboxQueries``, ``MailboxReader``,
@@ -525,12 +526,6 @@ def settings_page(_user: PageUser) -> RedirectResponse:
     return RedirectResponse("/settings/smtp", status_code=303)
 
 
-@router.get("/settings/sync")
-def settings_sync_page(request: Request, user: PageUser) -> HTMLResponse:
-    """Full Email Sync: not built yet (the page says so)."""
-    return _render(request, "settings_sync.html", {"tab": "sync"}, user=user)
-
-
 @router.get("/settings/smtp")
 def settings_smtp_page(
     request: Request,
@@ -741,5 +736,8 @@ def preview_template_page(
 
 def mount_web(app: FastAPI) -> None:
     """Add the pages and their static files to ``app`` (after the API's routes)."""
+    from correspond.web.settings_sync import router as settings_sync_router  # imports this
+
     app.include_router(router)
+    app.include_router(settings_sync_router)
     app.mount(STATIC_URL, StaticFiles(directory=_HERE / "static"), name="web-static")
