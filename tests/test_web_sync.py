@@ -23,10 +23,12 @@ from correspond.api.schemas import account_public
 from correspond.testing.dovecot import DovecotServer
 from correspond.testing.mirror import SeededMirror
 from correspond.testing.store import dovecot_account_draft
+from correspond.web.csrf import session_token
 from test_web import (  # noqa: F401  (fixtures, used by name)
     ADMIN,
     Watched,
     _first_run,
+    _signed_in,
     app,
     browser,
     mirror,
@@ -147,3 +149,46 @@ def test_connect_a_mailbox_tested_first(web: Watched, app: FastAPI, dovecot: Dov
     assert account.owner_id == ada.id and account.imap_port == dovecot.port
     assert account.has_secret
     assert not web.dialogs and not web.remote
+
+
+@pytest.mark.dovecot
+def test_sync_forms_need_their_token_and_hide_others_accounts(
+    app: FastAPI, mirror: SeededMirror
+) -> None:
+    app.state.auth.create_user(ADMIN[0], ADMIN[1], admin=True)
+    admin = _signed_in(app, *ADMIN)
+    service = app.state.accounts
+    name = mirror.account
+    forms = {
+        f"/settings/sync/{name}/toggles": {"delete_remote_on_crm_delete": "on"},
+        f"/settings/sync/{name}/sharing": {"sharing": "team"},
+        f"/settings/sync/{name}/pause": {"go": "1"},
+        f"/settings/sync/{name}/disconnect": {"go": "1"},
+        "/settings/sync/new": {"email": "x@example.test", "password": "p", "imap_host": "h"},
+    }
+    before = service.get_account(name).account
+    for path, fields in forms.items():
+        for csrf in (None, "0" * 64):
+            data = fields if csrf is None else {**fields, "csrf": csrf}
+            assert admin.post(path, data=data).status_code == 403, (path, csrf)
+    after = service.get_account(name).account
+    assert (after.toggles, after.sharing, after.state) == (
+        before.toggles,
+        before.sharing,
+        before.state,
+    )
+    assert after.disconnected_at is None
+    # The confirmation page changes nothing.
+    confirm = admin.get(f"/settings/sync/{name}/disconnect")
+    assert confirm.status_code == 200 and "would remove" in confirm.text
+    assert service.get_account(name).account.disconnected_at is None
+    # Another user: the admin's account is not listed, and its pages are 404s, as for none.
+    app.state.auth.create_user("mo@example.test", "another good password")
+    member = _signed_in(app, "mo@example.test", "another good password")
+    token = session_token(member.cookies["correspond_session"])
+    assert f'data-account="{name}"' not in member.get("/settings/sync").text
+    assert member.get(f"/settings/sync/{name}/disconnect").status_code == 404
+    for path in (f"/settings/sync/{name}/pause", f"/settings/sync/{name}/disconnect"):
+        assert member.post(path, data={"csrf": token}).status_code == 404, path
+    assert member.get("/settings/sync/nobody/disconnect").status_code == 404
+    assert service.get_account(name).account.state == before.state
