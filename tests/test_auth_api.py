@@ -38,7 +38,6 @@ from correspond.testing.dovecot import DovecotServer, ImapUser
 from correspond.testing.mirror import SeededMirror, seed_mirror
 from correspond.web import router as web_router
 from correspond.web.pages import PUBLIC_PAGES
-from correspond.web.settings_sync import router as settings_sync_router
 from helpers import API_BASE_URL, authed_client, user_client
 
 # Reachable without signing in: the process is up; signing in itself; the documentation
@@ -108,8 +107,7 @@ STREAMS = {("GET", "/notifications/stream")}
 # session each answers 303 to /login, but sign-in and first run (tests/test_web.py).
 WEB_PAGES = {
     (method, route.path)
-    for pages in (web_router, settings_sync_router)
-    for route in pages.routes
+    for route in web_router.routes
     for method in getattr(route, "methods", ()) or ()
     if method != "HEAD"
 }

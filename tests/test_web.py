@@ -464,6 +464,81 @@ def test_a_template_created_edited_and_previewed_for_a_contact(web: Watched, app
     assert not web.dialogs and not web.remote
 
 
+def _crm_records(app: FastAPI, store: Store) -> tuple[Any, Any, Any]:
+    """Alice (whose address is on the mirrored mail), her company and an open deal, with the
+    linker run over the mirror: her messages are on her timeline."""
+    from correspond.store.linker import LinkerStore
+    from correspond.sync.linker import link_policy
+
+    crm = app.state.crm
+    acme = crm.create_company(name="Acme", domains=["acme.test"])
+    alice = crm.create_contact(
+        name="Alice Example", emails=["alice@example.test"], company_id=acme.id
+    )
+    deal = crm.create_deal(name="Acme renewal", company_id=acme.id, contact_ids=[alice.id])
+    LinkerStore(store.engine, link_policy(app.state.settings)).run_until_idle()
+    return acme, alice, deal
+
+
+@pytest.mark.dovecot
+def test_contact_page_shows_its_mail_newest_first_and_a_thread_linked_to_a_deal(
+    web: Watched, app: FastAPI, store: Store
+) -> None:
+    page = web.page
+    _first_run(web)
+    _acme, alice, deal = _crm_records(app, store)
+    page.click("nav >> text=CRM")
+    page.wait_for_url(f"{web.base}/crm/contacts")
+    page.fill("input[name=q]", "alice@")
+    page.click("form.search button")
+    page.wait_for_url(re.compile(r"/crm/contacts\?q=alice%40$"))
+    assert page.locator("li.record").count() == 1
+    page.click("li.record a")
+    page.wait_for_url(f"{web.base}/crm/contacts/{alice.id}")
+    assert page.locator("h1").inner_text() == "Alice Example"
+    assert page.locator("dd.addresses").inner_text() == "alice@example.test"
+    assert page.locator("dd.company").inner_text() == "Acme"
+    assert page.locator("dd.deals").inner_text() == "Acme renewal"
+    # Her mail, newest first: the reply to her (Inbox and Sent copies), her kickoff, the
+    # fillers (6, an hour apart, the oldest last).
+    entries = page.locator("#timeline li.entry")
+    subjects = entries.locator(".subject").all_inner_texts()
+    assert subjects[0] == "Re: Project kickoff" and "Project kickoff" in subjects
+    assert subjects[-6:] == [f"Filler {n}" for n in range(6)]
+    times = entries.locator("time").evaluate_all("els => els.map(e => e.dateTime)")
+    assert times == sorted(times, reverse=True) and len(times) == len(subjects)
+    # Each entry opens its thread.
+    kickoff = entries.filter(has_text="Project kickoff").last
+    message_id = kickoff.get_attribute("data-message")
+    kickoff.locator("a").click()
+    page.wait_for_url(re.compile(rf"/conversation/\d+#m{message_id}$"))
+    assert "Project kickoff" in page.locator("h1").inner_text()
+    assert page.locator(f"section.message[data-message='{message_id}']").count() == 1
+    # The report (from Bob: not on the deal) linked to the deal by hand from its thread page.
+    page.goto("/")
+    page.locator("li.thread", has_text="Q3").locator("a").click()
+    page.wait_for_url(re.compile(r"/conversation/\d+$"))
+    thread_url = page.url
+    assert page.locator("li.linked-deal").count() == 0
+    page.select_option("#link-deal select[name=deal_id]", str(deal.id))
+    page.click("#link-deal button")
+    page.wait_for_url(re.compile(r"\?done=linked$"))
+    linked = page.locator(f"li.linked-deal[data-deal='{deal.id}']")
+    assert linked.inner_text().startswith("Acme renewal")
+    linked.locator("a").click()
+    page.wait_for_url(f"{web.base}/crm/deals/{deal.id}")
+    assert page.locator("dd.status").inner_text() == "open"
+    assert page.locator("dd.contacts").inner_text() == "Alice Example"
+    assert page.locator("#timeline li.entry", has_text="Q3").count() == 1
+    # Unlinked: off the deal's page again.
+    page.goto(thread_url)
+    page.click(f"li.linked-deal[data-deal='{deal.id}'] button")
+    page.wait_for_url(re.compile(r"\?done=unlinked$"))
+    page.goto(f"/crm/deals/{deal.id}")
+    assert page.locator("#timeline li.entry", has_text="Q3").count() == 0
+    assert not web.dialogs and not web.remote
+
+
 # --- over HTTP ------------------------------------------------------------------------------
 
 
@@ -622,3 +697,54 @@ def test_settings_and_template_forms_refused_without_their_token(
     hidden = member.post(f"/settings/smtp/{alias.id}/default", data={"csrf": member_token})
     assert hidden.status_code == 404 and "sales@example.test" not in hidden.text
     assert "sales@example.test" not in member.get("/settings/smtp").text
+
+
+@pytest.mark.dovecot
+def test_crm_pages_hide_mail_a_teammate_may_not_see_and_forms_need_their_token(
+    app: FastAPI, store: Store, mirror: SeededMirror
+) -> None:
+    app.state.auth.create_user(ADMIN[0], ADMIN[1], admin=True)
+    acme, alice, deal = _crm_records(app, store)
+    admin = _signed_in(app, *ADMIN)
+    mine = admin.get(f"/crm/contacts/{alice.id}")
+    assert mine.status_code == 200 and "Project kickoff" in mine.text
+    # A teammate without access to the account: the records, not the mail.
+    app.state.auth.create_user("mo@example.test", "another good password")
+    member = _signed_in(app, "mo@example.test", "another good password")
+    for path, name in (
+        (f"/crm/contacts/{alice.id}", "Alice Example"),
+        (f"/crm/companies/{acme.id}", "Acme"),
+        (f"/crm/deals/{deal.id}", "Acme renewal"),
+    ):
+        seen = member.get(path)
+        assert seen.status_code == 200 and name in seen.text, path
+        assert "No emails you can see." in seen.text and "kickoff" not in seen.text, path
+        assert "/conversation/" not in seen.text, path
+    assert "alice@example.test" in member.get("/crm/contacts?q=alice").text
+    assert member.get("/crm/contacts/987654321").status_code == 404
+    # Their own thread-deal link: the admin's thread is a 404, as one that does not exist.
+    report = re.search(
+        r'href="/conversation/(\d+)"[^>]*>(?:(?!</a>).)*Q3', admin.get("/").text, re.S
+    )
+    assert report is not None  # Bob's report: not Alice's, not on the deal
+    thread_id = int(report.group(1))
+    member_token = session_token(member.cookies["correspond_session"])
+    form = {"csrf": member_token, "deal_id": str(deal.id)}
+    assert member.post(f"/conversation/{thread_id}/deals", data=form).status_code == 404
+    # Without the token (or with another session's), refused; nothing linked.
+    for csrf in (None, "0" * 64, member_token):
+        data = (
+            {"deal_id": str(deal.id)} if csrf is None else {"deal_id": str(deal.id), "csrf": csrf}
+        )
+        assert admin.post(f"/conversation/{thread_id}/deals", data=data).status_code == 403
+    on_deal = f'href="/conversation/{thread_id}#m'
+    assert on_deal not in admin.get(f"/crm/deals/{deal.id}").text
+    # With it: linked, and the deal's page lists the thread.
+    token = session_token(admin.cookies["correspond_session"])
+    done = admin.post(
+        f"/conversation/{thread_id}/deals", data={"csrf": token, "deal_id": str(deal.id)}
+    )
+    assert done.status_code == 303 and done.headers["location"].endswith("?done=linked")
+    assert on_deal in admin.get(f"/crm/deals/{deal.id}").text
+    bad = admin.post(f"/conversation/{thread_id}/deals", data={"csrf": token, "deal_id": "x"})
+    assert bad.status_code == 422

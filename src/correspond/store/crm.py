@@ -869,6 +869,48 @@ class CrmStore:
             )
         return None if found is None else s.get(model, found)
 
+    # -- related records (the web app's record pages) --------------------------------------
+
+    def contacts_of_company(self, company_id: int, *, limit: int = 200) -> list[Contact]:
+        """The company's contacts (by id, at most ``limit``); NotFound for no such company."""
+        with self._tx() as s:
+            self._row(s, "company", company_id)
+            rows = s.scalars(
+                select(ContactRow)
+                .where(ContactRow.company_id == company_id)
+                .order_by(ContactRow.id)
+                .limit(limit)
+            ).all()
+            return self._contacts(s, rows)
+
+    def deals_of_contact(
+        self, contact_id: int, *, status: str | None = None, limit: int = 200
+    ) -> list[Deal]:
+        """The deals the contact is on (of ``status`` when given; by id, at most ``limit``)."""
+        query = (
+            select(DealRow)
+            .join(DealContactRow, DealContactRow.deal_id == DealRow.id)
+            .where(DealContactRow.contact_id == contact_id)
+        )
+        if status is not None:
+            query = query.where(DealRow.status == status)
+        with self._tx() as s:
+            self._row(s, "contact", contact_id)
+            return self._deals(s, s.scalars(query.order_by(DealRow.id).limit(limit)).all())
+
+    def deals_of_thread(self, thread_id: int, *, limit: int = 200) -> list[Deal]:
+        """The deals whose timeline holds a message of the thread (linked by hand or by the
+        rules), by id, at most ``limit``."""
+        in_thread = select(MessageRow.id).where(MessageRow.thread_id == thread_id)
+        deal_ids = select(TimelineLinkRow.target_id).where(
+            TimelineLinkRow.target_kind == "deal", TimelineLinkRow.message_id.in_(in_thread)
+        )
+        with self._tx() as s:
+            rows = s.scalars(
+                select(DealRow).where(DealRow.id.in_(deal_ids)).order_by(DealRow.id).limit(limit)
+            ).all()
+            return self._deals(s, rows)
+
     # -- manual thread <-> deal links ------------------------------------------------------
 
     def set_thread_deal(self, thread_id: int, deal_id: int, *, linked: bool) -> int:

@@ -404,8 +404,11 @@ def thread_page(
         "unread": any("\\Seen" not in m.flags for m in thread.messages),
         "starred": any("\\Flagged" in m.flags for m in thread.messages),
         "order": user.thread_order,
-        "done": done if done in _ACTIONS else None,
+        "done": done if done in (*_ACTIONS, "linked", "unlinked") else None,
     }
+    from correspond.web.crm_pages import thread_deals_context  # it imports this module
+
+    context.update(thread_deals_context(request, thread_id))
     return _render(request, "thread.html", context, user=user)
 
 
@@ -736,8 +739,5 @@ def preview_template_page(
 
 def mount_web(app: FastAPI) -> None:
     """Add the pages and their static files to ``app`` (after the API's routes)."""
-    from correspond.web.settings_sync import router as settings_sync_router  # imports this
-
     app.include_router(router)
-    app.include_router(settings_sync_router)
     app.mount(STATIC_URL, StaticFiles(directory=_HERE / "static"), name="web-static")

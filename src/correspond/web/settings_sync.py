@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from correspond.accounts import AccountService, lifecycle_plan
@@ -38,11 +38,12 @@ from correspond.store.leases import AccountLeases
 from correspond.store.progress import ProgressReader
 from correspond.store.records import TOGGLES
 from correspond.store.users import User
-from correspond.web.pages import PageRoute, PageUser, SignedForm, _render
+from correspond.web.pages import PageUser, SignedForm, _render, router
 
-__all__ = ["router"]
+__all__: list[str] = []
 
-router = APIRouter(route_class=PageRoute, include_in_schema=False)
+# Routes of the pages' router (``web.pages.router``, imported by ``correspond.web``): one
+# mount, and the route walk in tests/test_auth_api.py sees them.
 
 SHARING_CHOICES = {
     "private": "Private: only you (and admins)",
