@@ -410,9 +410,9 @@ def test_email_settings_mark_default_and_an_smtp_identity_refused(
     assert page.input_value("#add-smtp input[name=port]") == str(closed)
     assert page.input_value("#add-smtp input[name=password]") == ""
     assert len(app.state.composer.identities.list(ada)) == before
-    # The other tabs: the placeholder, and the preferences page under the same tabs.
+    # The other tabs: Full Email Sync (tests/test_web_sync.py), and the preferences page.
     page.click("nav.tabs >> text=Full Email Sync")
-    assert "comes later" in page.locator("main").inner_text()
+    page.locator(f"article.sync-account[data-account='{mirror.account}']").wait_for()
     page.click("nav.tabs >> text=Email Preferences")
     page.wait_for_url(f"{web.base}/preferences")
     assert page.locator("input[value=oldest_first]").is_checked()

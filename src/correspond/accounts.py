@@ -367,6 +367,26 @@ class AccountService:
             await asyncio.to_thread(self.store.set_account_state, name, state, report.message)
         return report
 
+    async def test_draft(self, draft: AccountDraft, password: str) -> ConnectionReport:
+        """The connection test for an account not stored yet (the web app's "Connect a
+        mailbox" tests before it creates): the same test as :meth:`test_account`, and nothing
+        is stored or changed whatever it finds."""
+        endpoint = ImapEndpoint(
+            draft.imap_host,
+            draft.imap_port,
+            draft.imap_security,
+            allow_plaintext=draft.allow_plaintext,
+            trusted_cert_pem=draft.trusted_cert_pem,
+        )
+        return await check_connection(
+            endpoint,
+            draft.username,
+            password,
+            timeout=self.settings.imap_connect_timeout,
+            deadline=self.settings.connection_test_timeout,
+            limits=ImapLimits.from_settings(self.settings),
+        )
+
     async def presented_certificate_pem(
         self, host: str, port: int, security: str, fingerprint: str
     ) -> str:

@@ -1,5 +1,6 @@
 """The web app's pages: sign-in, sign-out and first run; the personal and team inboxes; a
-thread; Email Settings (Full Email Sync placeholder, SMTP & BCC, Email Preferences); templates.
+thread; Email Settings (SMTP & BCC, Email Preferences; Full Email Sync is
+:mod:`correspond.web.settings_sync`); templates.
 
 Each page is a route of :data:`router` (left out of the OpenAPI document: HTML, not API) and
 reads the same services as the JSON API from ``app.state`` (``InboxQueries``, ``MailboxReader``,
@@ -531,12 +532,6 @@ def _identities_page(
 @router.get("/settings")
 def settings_page(_user: PageUser) -> RedirectResponse:
     return RedirectResponse("/settings/smtp", status_code=303)
-
-
-@router.get("/settings/sync")
-def settings_sync_page(request: Request, user: PageUser) -> HTMLResponse:
-    """Full Email Sync: not built yet (the page says so)."""
-    return _render(request, "settings_sync.html", {"tab": "sync"}, user=user)
 
 
 @router.get("/settings/smtp")
