@@ -1,7 +1,8 @@
 """A CRM action reaches the mailbox without waiting for the runner's next lease round: when the
 API and the engine share a process (``correspond serve``: ``OutboxStore(on_recorded=
-runner.wake)``), on SQLite and PostgreSQL; and on PostgreSQL when they do not (the outbox's
-NOTIFY, which every runner LISTENs for). Against the private Dovecot."""
+runner.wake)``), on SQLite and PostgreSQL; and when they do not: the outbox's NOTIFY on
+PostgreSQL, which every runner LISTENs for, and on SQLite the account stamp file, which every
+runner watches. Against the private Dovecot."""
 
 from __future__ import annotations
 
@@ -57,8 +58,6 @@ async def test_an_action_wakes_its_session_at_once(
     dovecot: DovecotServer,
     imap_user: ImapUser,
 ) -> None:
-    if wake == "notify" and not store_url.startswith("postgresql"):
-        pytest.skip("NOTIFY is PostgreSQL's; on SQLite the lease round carries it")
     dovecot.deliver(
         imap_user,
         plain_message(
@@ -84,7 +83,8 @@ async def test_an_action_wakes_its_session_at_once(
         with store.engine.connect() as c:
             mid = c.scalar(select(MessageRow.id).where(MessageRow.account_id == account.id))
         assert mid is not None
-        # "notify": as an API in another process, which knows no runner.
+        # "notify": as an API in another process, which knows no runner (NOTIFY on PostgreSQL,
+        # the stamp file on SQLite).
         outbox = OutboxStore(
             store.engine, on_recorded=runner.wake if wake == "in_process" else None
         )

@@ -34,7 +34,7 @@ from correspond.store.outbox_tables import OUTBOX_KINDS, OutboxRow
 from correspond.store.records import TOGGLES
 from correspond.store.remote_state import settle_after_removal, state_values
 from correspond.store.tables import AccountRow, FolderRow, utcnow
-from correspond.store.wakeups import send_outbox_wakeup
+from correspond.store.wakeups import announce_account_change, send_outbox_wakeup
 
 __all__ = [
     "MAX_BULK",
@@ -265,6 +265,7 @@ class OutboxStore:
 
     def __init__(self, engine: Engine, *, on_recorded: Callable[[str], None] | None = None) -> None:
         register_table_modules()
+        self._engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         # Told the account's name after a commit that queued rows for it: in ``correspond
         # serve`` the runner in the same process wakes that session at once (SyncRunner.wake)
@@ -275,6 +276,11 @@ class OutboxStore:
         if self.on_recorded is not None:
             for name in names:
                 self.on_recorded(name)
+        if names and self._engine.dialect.name == "sqlite":
+            # A worker in another process: SQLite has no NOTIFY, so the account stamp file
+            # makes it run a lease round now, which sees the touched account and wakes its
+            # session (PostgreSQL's NOTIFY went with the commit).
+            announce_account_change(self._engine)
 
     # -- the CRM side ----------------------------------------------------------------------------
 

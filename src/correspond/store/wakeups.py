@@ -9,8 +9,9 @@ fan-out and the open streams at once, without polling. SQLite has no such thing:
 The same way, a CRM action queued in the outbox sends ``NOTIFY correspond_outbox, '<account
 name>'`` (:func:`send_outbox_wakeup`), and every sync runner LISTENs (:func:`listen_for_outbox`):
 the session holding that account applies it at once, not at the runner's next lease round,
-when the API and the worker are different processes. On SQLite the lease round (or, in one
-``correspond serve`` process, ``SyncRunner.wake``) carries it.
+when the API and the worker are different processes. On SQLite the account stamp file below
+does (the runner's lease round then sees the touched account and wakes its session), and in
+one ``correspond serve`` process ``SyncRunner.wake`` does at once.
 
 Account changes that must reach the sync workers at once (pause, resume, disconnect, remove:
 "all IMAP activity stops within a second") use a second signal, so that the workers are not
