@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Literal
 
 from correspond.imap.mutf7 import encode_mutf7
-from correspond.testing.net import free_ports, wait_for_port
+from correspond.testing.net import free_ports, server_failure_text, wait_for_port
 
 __all__ = [
     "BASIC_CAPABILITIES",
@@ -325,12 +325,7 @@ class DovecotServer:
         return True
 
     def _failure_text(self) -> str:
-        parts: list[str] = []
-        if self._proc is not None and self._proc.poll() is not None and self._proc.stdout:
-            parts.append(self._proc.stdout.read().decode("utf-8", "replace"))
-        with contextlib.suppress(OSError):
-            parts.append(self.log_path.read_text("utf-8", "replace"))
-        return "\n".join(p for p in parts if p.strip()) or "(no output from dovecot)"
+        return server_failure_text(self._proc, self.log_path, "dovecot")
 
     def _terminate(self) -> None:
         proc, self._proc = self._proc, None

@@ -7,8 +7,10 @@ import contextlib
 import functools
 import select
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 __all__ = [
     "SECOND_LOOPBACK",
@@ -203,3 +205,14 @@ class FakeImapServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+def server_failure_text(proc: subprocess.Popen[bytes] | None, log_path: Path, name: str) -> str:
+    """What a test server that would not start said: its output when it has exited, then its
+    log file."""
+    parts: list[str] = []
+    if proc is not None and proc.poll() is not None and proc.stdout:
+        parts.append(proc.stdout.read().decode("utf-8", "replace"))
+    with contextlib.suppress(OSError):
+        parts.append(log_path.read_text("utf-8", "replace"))
+    return "\n".join(p for p in parts if p.strip()) or f"(no output from {name})"

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from correspond.testing.dovecot import DovecotServer, _die_with_parent_hook
-from correspond.testing.net import free_port, wait_for_port
+from correspond.testing.net import free_port, server_failure_text, wait_for_port
 
 __all__ = ["PostfixServer", "PostfixStartError", "postfix_binary"]
 
@@ -245,12 +245,7 @@ class PostfixServer:
                 return False
 
     def _failure_text(self) -> str:
-        parts: list[str] = []
-        if self._proc is not None and self._proc.poll() is not None and self._proc.stdout:
-            parts.append(self._proc.stdout.read().decode("utf-8", "replace"))
-        with contextlib.suppress(OSError):
-            parts.append(self.log_path.read_text("utf-8", "replace"))
-        return "\n".join(p for p in parts if p.strip()) or "(no output from postfix)"
+        return server_failure_text(self._proc, self.log_path, "postfix")
 
     def _terminate(self) -> None:
         proc, self._proc = self._proc, None
