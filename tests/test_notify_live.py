@@ -182,3 +182,18 @@ def test_a_delivered_message_is_on_the_stream_within_a_second(
         assert got == ids[1:]
     finally:
         resumed.close()
+    # A first connection with ``after`` (a page rendered before the last one arrived) does
+    # the same; Last-Event-ID, a browser's reconnect, wins over it.
+    first = EventReader(f"{base}/notifications/stream?after={ids[1]}", token)
+    try:
+        assert int(first.next_matching("id: ", 5)[1].removeprefix("id: ")) == ids[2]
+    finally:
+        first.close()
+    both = EventReader(
+        f"{base}/notifications/stream?after={ids[2]}", token, last_event_id=str(ids[0])
+    )
+    try:
+        got = [int(both.next_matching("id: ", 5)[1].removeprefix("id: ")) for _ in range(2)]
+        assert got == ids[1:]
+    finally:
+        both.close()

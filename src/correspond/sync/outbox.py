@@ -213,8 +213,13 @@ class OutboxApplier:
                     if exc.transient:
                         raise
                     continue
+                # Half jitter: a retry never comes straight back at a server that just failed.
                 delay = backoff_delay(
-                    row.attempts + 1, rng=self.rng, base=self.backoff_base, cap=self.backoff_cap
+                    row.attempts + 1,
+                    rng=self.rng,
+                    base=self.backoff_base,
+                    cap=self.backoff_cap,
+                    floor=0.5,
                 )
                 when = utcnow() + timedelta(seconds=delay)
                 await in_thread(self.store.mark_retry, row.id, str(exc), when)

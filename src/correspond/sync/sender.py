@@ -318,7 +318,10 @@ class SendApplier:
             # sent: it did not take it, so the next attempt need not look for it first (and
             # the user may still take it back). Otherwise the row stays at ``smtp``.
             await in_thread(lambda: self.sends.update_payload(row.id, stage="queued"))
-        delay = backoff_delay(attempts, rng=self.rng, base=self.backoff_base, cap=self.backoff_cap)
+        # Half jitter: a retry never comes straight back at a server that just failed.
+        delay = backoff_delay(
+            attempts, rng=self.rng, base=self.backoff_base, cap=self.backoff_cap, floor=0.5
+        )
         await in_thread(
             self.outbox.mark_retry, row.id, str(exc), utcnow() + timedelta(seconds=delay)
         )

@@ -336,6 +336,9 @@ def _inbox_page(
 ) -> HTMLResponse:
     queries: InboxQueries = request.app.state.inbox
     auth = _auth(request)
+    # Read before the list: the page's live stream starts after this id, so a message that
+    # arrives while the page loads is announced rather than lost between the two.
+    live_after = request.app.state.notifications.latest_id()
     filters = InboxFilters()
     accounts = queries.scope(user, team_id=team_id, folder=filters.folder)
     page = queries.page(accounts, filters, limit=DEFAULT_INBOX_PAGE, cursor=cursor)
@@ -351,6 +354,7 @@ def _inbox_page(
         "older": older,
         "first_page": cursor is None,
         "unread": sum(1 for t in page.threads if t.unread_count),
+        "live_after": live_after,
     }
     return _render(request, "inbox.html", context, user=user)
 

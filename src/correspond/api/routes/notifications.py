@@ -245,9 +245,12 @@ async def stream_notifications(
     request: Request,
     user: CurrentUser,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
 ) -> Any:
     """The caller's new notifications as they arrive (``text/event-stream``). Send
-    ``Last-Event-ID`` to resume after the last one received."""
+    ``Last-Event-ID`` to resume after the last one received; ``after`` does the same for a
+    first connection (a page passes the newest id it was rendered with), and
+    ``Last-Event-ID`` wins when both are given (a browser's reconnect)."""
     hub: NotificationHub = request.app.state.hub
     notes = _notes(request)
     settings = request.app.state.settings
@@ -257,6 +260,8 @@ async def stream_notifications(
         if not text.isascii() or not text.isdigit() or int(text) > MAX_ID:
             raise _bad_cursor()
         resume_from = int(text)
+    elif after is not None:
+        resume_from = after
     after = resume_from if resume_from is not None else await asyncio.to_thread(notes.latest_id)
     try:
         stream = hub.open(user.id, user.is_admin, after)

@@ -38,7 +38,11 @@ function autosave(form) {
 // The inbox: a new message (the notification stream) refreshes the list in place.
 function liveInbox() {
   if (!window.EventSource) return;
-  const stream = new EventSource("/notifications/stream");
+  // From the newest notification when the page was rendered: nothing is missed in between
+  // (a reconnect then resumes by Last-Event-ID, which the server prefers).
+  const after = document.body.dataset.liveAfter || "";
+  const url = "/notifications/stream" + (/^\d+$/.test(after) ? "?after=" + after : "");
+  const stream = new EventSource(url);
   let pending = null;
   stream.addEventListener("notification", (event) => {
     let note = {};
