@@ -262,9 +262,9 @@ async def stream_notifications(
         resume_from = int(text)
     elif after is not None:
         resume_from = after
-    after = resume_from if resume_from is not None else await asyncio.to_thread(notes.latest_id)
+    start = resume_from if resume_from is not None else await asyncio.to_thread(notes.latest_id)
     try:
-        stream = hub.open(user.id, user.is_admin, after)
+        stream = hub.open(user.id, user.is_admin, start)
     except TooManyStreams as exc:
         return JSONResponse(
             status_code=status.HTTP_429_TOO_MANY_REQUESTS,
