@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from correspond.errors import StoreError
+from correspond.errors import NotFound, StoreError
 from correspond.settings import Settings
 from correspond.store import Store
 from correspond.store.crm import CrmStore
@@ -145,6 +145,42 @@ def test_companies_deals_and_activities_follow_their_addresses(store: Store) -> 
     crm.update_deal(deal.id, status="won")
     linker.run_until_idle()
     assert _timeline_ids(crm, "deal", deal.id) == []
+
+
+def test_record_pages_activities_are_those_of_the_records_addresses(store: Store) -> None:
+    from datetime import UTC, datetime
+
+    crm = CrmStore(store.engine)
+    acme = crm.create_company(name="Acme", domains=["acme.example"])
+    ann = crm.create_contact(name="Ann", emails=["ann@acme.example"], company_id=acme.id)
+    bob = crm.create_contact(name="Bob", emails=["bob@else.example"], company_id=acme.id)
+    eve = crm.create_contact(name="Eve", emails=["eve@else.example"])
+    deal = crm.create_deal(name="Renewal", contact_ids=[bob.id])
+    at = datetime(2026, 5, 1, 9, tzinfo=UTC)
+    call = crm.create_activity(kind="call", title="Call", participants=["ann@acme.example"], at=at)
+    meet = crm.create_activity(
+        kind="meeting",
+        title="Meeting",
+        participants=["bob@else.example", "zed@acme.example"],
+        at=at.replace(day=2),
+    )
+    other = crm.create_activity(kind="task", title="Other", participants=["eve@else.example"])
+    # A domain is matched whole: "%" and "_" in it are not wildcards, a look-alike is not in.
+    crm.create_activity(kind="task", title="Look-alike", participants=["x@xacme.example"])
+
+    def titles(kind: str, record: int) -> list[str]:
+        return [a.title for a in crm.activities_of(kind, record)]
+
+    assert titles("contact", ann.id) == ["Call"]
+    assert titles("contact", bob.id) == ["Meeting"]
+    assert titles("deal", deal.id) == ["Meeting"]
+    # The company's: its contacts' and any address at its domain (zed@), newest first.
+    assert titles("company", acme.id) == ["Meeting", "Call"]
+    assert titles("contact", eve.id) == ["Other"]
+    assert [a.id for a in crm.activities_of("company", acme.id, limit=1)] == [meet.id]
+    assert call.id != other.id
+    with pytest.raises(NotFound):
+        crm.activities_of("contact", 10**9)
 
 
 def test_manual_thread_links_are_never_undone_by_the_rules(store: Store) -> None:

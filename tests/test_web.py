@@ -476,6 +476,8 @@ def _crm_records(app: FastAPI, store: Store) -> tuple[Any, Any, Any]:
         name="Alice Example", emails=["alice@example.test"], company_id=acme.id
     )
     deal = crm.create_deal(name="Acme renewal", company_id=acme.id, contact_ids=[alice.id])
+    crm.create_activity(kind="call", title="Intro call", participants=["alice@example.test"])
+    crm.create_activity(kind="meeting", title="Site visit", participants=["ops@acme.test"])
     LinkerStore(store.engine, link_policy(app.state.settings)).run_until_idle()
     return acme, alice, deal
 
@@ -499,6 +501,9 @@ def test_contact_page_shows_its_mail_newest_first_and_a_thread_linked_to_a_deal(
     assert page.locator("dd.addresses").inner_text() == "alice@example.test"
     assert page.locator("dd.company").inner_text() == "Acme"
     assert page.locator("dd.deals").inner_text() == "Acme renewal"
+    # Her activities beside her mail (a call with her; a meeting at her company's domain is
+    # the company's, not hers).
+    assert page.locator("#activities li.activity .subject").all_inner_texts() == ["Intro call"]
     # Her mail, newest first: the reply to her (Inbox and Sent copies), her kickoff, the
     # fillers (6, an hour apart, the oldest last).
     entries = page.locator("#timeline li.entry")
@@ -529,6 +534,7 @@ def test_contact_page_shows_its_mail_newest_first_and_a_thread_linked_to_a_deal(
     page.wait_for_url(f"{web.base}/crm/deals/{deal.id}")
     assert page.locator("dd.status").inner_text() == "open"
     assert page.locator("dd.contacts").inner_text() == "Alice Example"
+    assert page.locator("#activities li.activity .subject").all_inner_texts() == ["Intro call"]
     assert page.locator("#timeline li.entry", has_text="Q3").count() == 1
     # Unlinked: off the deal's page again.
     page.goto(thread_url)
@@ -624,6 +630,32 @@ def test_first_run_once_throttled_sign_in_and_a_teammate_sees_nothing(
         assert anonymous.post("/login", data=bad).status_code in (401, 429)
     throttled = anonymous.post("/login", data={**bad, "password": ADMIN[1]})
     assert throttled.status_code == 429 and int(throttled.headers["retry-after"]) > 0
+
+
+def test_sign_in_returns_to_the_page_asked_for_and_nowhere_else(app: FastAPI) -> None:
+    app.state.auth.create_user(ADMIN[0], ADMIN[1], admin=True)
+    anonymous = TestClient(app, base_url=API_BASE_URL, follow_redirects=False)
+    asked = anonymous.get("/crm/contacts?q=ann")
+    assert asked.status_code == 303
+    assert asked.headers["location"] == "/login?next=%2Fcrm%2Fcontacts%3Fq%3Dann"
+    form = anonymous.get(asked.headers["location"]).text
+    assert 'name="next" value="/crm/contacts?q=ann"' in form
+
+    def sign_in(back: str) -> str:
+        page = anonymous.get("/login").text
+        token = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert token is not None
+        fields = {"csrf": token.group(1), "email": ADMIN[0], "password": ADMIN[1], "next": back}
+        answer = anonymous.post("/login", data=fields)
+        assert answer.status_code == 303
+        return str(answer.headers["location"])
+
+    assert sign_in("/crm/contacts?q=ann") == "/crm/contacts?q=ann"
+    # An open redirect is what a hostile link would make of it: every other site is refused.
+    for hostile in ("//evil.example/", "https://evil.example/", "/\\evil.example", "/a\r\nb"):
+        assert sign_in(hostile) == "/", hostile
+    hostile_form = anonymous.get("/login", params={"next": "//evil.example/"}).text
+    assert "evil.example" not in hostile_form
 
 
 @pytest.mark.dovecot

@@ -81,6 +81,8 @@ __all__ = [
 
 T = TypeVar("T")
 MAX_EXTERNAL_ID = 200
+#: A company's domains looked at for its activities (a bound on the query's size).
+_MAX_RECORD_DOMAINS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,9 +183,12 @@ def _external(value: str | None) -> str | None:
     return value
 
 
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def _pattern(q: str) -> str:
-    escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+    return f"%{_escape_like(q.lower())}%"
 
 
 _MODELS: dict[str, Any] = {
@@ -897,6 +902,50 @@ class CrmStore:
         with self._tx() as s:
             self._row(s, "contact", contact_id)
             return self._deals(s, s.scalars(query.order_by(DealRow.id).limit(limit)).all())
+
+    def activities_of(self, kind: str, record_id: int, *, limit: int = 20) -> list[Activity]:
+        """The activities (meetings, calls, tasks) a record takes part in, newest first (by
+        ``at``, else when made), at most ``limit``: a contact's are those with one of its
+        addresses among the participants; a deal's, those of its contacts; a company's,
+        those of its contacts and of any address at one of its domains. NotFound for no
+        such record."""
+        if kind not in ("contact", "company", "deal"):
+            raise ValueError(kind)
+        p = ActivityParticipantRow
+        with self._tx() as s:
+            self._row(s, kind, record_id)
+            emails = select(ContactEmailRow.address)
+            if kind == "contact":
+                emails = emails.where(ContactEmailRow.contact_id == record_id)
+            elif kind == "deal":
+                emails = emails.join(
+                    DealContactRow, DealContactRow.contact_id == ContactEmailRow.contact_id
+                ).where(DealContactRow.deal_id == record_id)
+            else:
+                emails = emails.join(ContactRow, ContactRow.id == ContactEmailRow.contact_id).where(
+                    ContactRow.company_id == record_id
+                )
+            taking_part = p.address.in_(emails)
+            if kind == "company":
+                domains = s.scalars(
+                    select(CompanyDomainRow.domain)
+                    .where(CompanyDomainRow.company_id == record_id)
+                    .order_by(CompanyDomainRow.domain)
+                    .limit(_MAX_RECORD_DOMAINS)
+                ).all()
+                at_domain = [p.address.like("%@" + _escape_like(d), escape="\\") for d in domains]
+                taking_part = or_(taking_part, *at_domain)
+            ids = select(p.activity_id).where(taking_part)
+            rows = s.scalars(
+                select(ActivityRow)
+                .where(ActivityRow.id.in_(ids))
+                .order_by(
+                    func.coalesce(ActivityRow.at, ActivityRow.created_at).desc(),
+                    ActivityRow.id.desc(),
+                )
+                .limit(limit)
+            ).all()
+            return self._activities(s, rows)
 
     def deals_of_thread(self, thread_id: int, *, limit: int = 200) -> list[Deal]:
         """The deals whose timeline holds a message of the thread (linked by hand or by the

@@ -32,6 +32,8 @@ __all__ = ["CRM_PAGE", "thread_deals_context"]
 
 #: Records a list page shows; timeline messages a record page shows.
 CRM_PAGE = 50
+#: Activities shown on a record page (the newest).
+ACTIVITIES_SHOWN = 20
 #: At most this many deals in the thread page's select (the first by id).
 DEAL_CHOICES = 200
 
@@ -112,7 +114,9 @@ def _record_page(
     details: dict[str, Any],
 ) -> HTMLResponse:
     """A record's details and its timeline: the messages ``user`` may see, newest first."""
-    page = _crm(request).timeline(kind, record_id, user, limit=CRM_PAGE, before=before)
+    crm = _crm(request)
+    page = crm.timeline(kind, record_id, user, limit=CRM_PAGE, before=before)
+    activities = crm.activities_of(kind, record_id, limit=ACTIVITIES_SHOWN)
     here = f"/crm/{_PLURALS[kind]}/{record_id}"
     older = f"{here}?{urlencode({'before': page.next_cursor})}" if page.next_cursor else None
     context = {
@@ -121,6 +125,7 @@ def _record_page(
         "timeline": page.items,
         "older": older,
         "first_page": before is None,
+        "activities": activities,
         **details,
     }
     return _render(request, f"crm_{kind}.html", context, user=user)

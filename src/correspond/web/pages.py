@@ -86,6 +86,24 @@ _templates = Environment(
 _first_run_lock = threading.Lock()
 
 
+#: The longest page address kept across a sign-in (``next``).
+_MAX_NEXT = 2000
+
+
+def local_path(value: str) -> bool:
+    """Whether ``value`` is a path on this site that a sign-in may send the user back to:
+    one leading slash, no scheme or host (``//host``, ``/\\host`` and control characters
+    are how an open redirect is made), printable ASCII, bounded."""
+    return (
+        0 < len(value) <= _MAX_NEXT
+        and value.startswith("/")
+        and not value.startswith(("//", "/\\"))
+        and value.isascii()
+        and value.isprintable()
+        and "\\" not in value
+    )
+
+
 class _SignInNeeded(Exception):
     """No session (or an ended one): the page answers 303 to /login."""
 
@@ -105,7 +123,12 @@ class PageRoute(APIRoute):
             try:
                 response = await handler(request)
             except _SignInNeeded:
-                response = RedirectResponse("/login", status_code=303)
+                where = "/login"
+                if request.method == "GET":
+                    back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                    if back != "/" and local_path(back):
+                        where += "?" + urlencode({"next": back})
+                response = RedirectResponse(where, status_code=303)
                 response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax")
             except HTTPException as exc:
                 response = _error_page(request, exc.status_code, str(exc.detail))
@@ -247,7 +270,9 @@ async def login_page(request: Request) -> Response:
     auth = _auth(request)
     if await asyncio.to_thread(auth.users.count_users) == 0:
         return RedirectResponse("/welcome", status_code=303)
-    return _public_page(request, "login.html", {"email": "", "error": None})
+    back = request.query_params.get("next", "")
+    context = {"email": "", "error": None, "next": back if local_path(back) else ""}
+    return _public_page(request, "login.html", context)
 
 
 @router.post("/login")
@@ -256,19 +281,23 @@ async def login(request: Request, form: PublicForm) -> Response:
     auth = _auth(request)
     email = form.get("email", "").strip()
     password = form.get("password", "")
+    back = form.get("next", "")
+    back = back if local_path(back) else ""
     try:
         user = await asyncio.to_thread(
             auth.authenticate_password, email, password, _client_address(request)
         )
     except LoginThrottled as exc:
-        page = _public_page(request, "login.html", {"email": email, "error": str(exc)}, 429)
+        context = {"email": email, "error": str(exc), "next": back}
+        page = _public_page(request, "login.html", context, 429)
         page.headers["Retry-After"] = str(exc.retry_after)
         return page
     except (NotFound, ConfigError):
         error = "Wrong e-mail address or password."
-        return _public_page(request, "login.html", {"email": email, "error": error}, 401)
+        context = {"email": email, "error": error, "next": back}
+        return _public_page(request, "login.html", context, 401)
     value = await asyncio.to_thread(auth.start_session, user)
-    response = RedirectResponse("/", status_code=303)
+    response = RedirectResponse(back or "/", status_code=303)
     _start_session(request, response, auth, value)
     return response
 
