@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     Engine,
     delete,
     exists,
@@ -925,7 +926,7 @@ class CrmStore:
                 emails = emails.join(ContactRow, ContactRow.id == ContactEmailRow.contact_id).where(
                     ContactRow.company_id == record_id
                 )
-            taking_part = p.address.in_(emails)
+            taking_part: ColumnElement[bool] = p.address.in_(emails)
             if kind == "company":
                 domains = s.scalars(
                     select(CompanyDomainRow.domain)
