@@ -94,6 +94,8 @@ __all__ = ["DEFAULT_RELINK_BATCH", "LinkPolicy", "LinkerStore"]
 T = TypeVar("T")
 _LOCK_KEY = 0x63726D6C  # "crml": the linker's advisory lock
 _CHUNK = 1000
+#: PostgreSQL's work_mem for a re-link step (its hashes of up to a few hundred thousand rows).
+_RELINK_WORK_MEM = "64MB"
 #: See :attr:`LinkerStore.relink_size`.
 DEFAULT_RELINK_BATCH = 25_000
 _PARTICIPANTS = cast(Table, MessageParticipantRow.__table__)
@@ -709,6 +711,9 @@ class LinkerStore:
             return 0
         if postgres:
             conn.execute(text("ANALYZE crm_relink_scope"))
+            # The joins below hash up to a few hundred thousand rows: in memory, not in
+            # batches spilled to disk (the default 4 MB); for this transaction only.
+            conn.execute(text(f"SET LOCAL work_mem = '{_RELINK_WORK_MEM}'"))
         internal = self._values(conn, "internal")
         org = self._values(conn, "org")
         blocked = self._values(conn, "blocked")
@@ -728,7 +733,8 @@ class LinkerStore:
                     SELECT p.message_id, p.address, p.domain,
                            CASE WHEN p.address IN {internal} OR p.domain IN {org}
                                 THEN 0 ELSE 1 END AS external
-                      FROM message_participants p JOIN scope s ON s.message_id = p.message_id
+                      FROM message_participants p
+                      JOIN crm_relink_scope s ON s.message_id = p.message_id
                      WHERE p.address NOT IN {blocked} AND p.domain NOT IN {blocked}
                 ),
                 eligible AS (
@@ -776,6 +782,10 @@ class LinkerStore:
             ),
             params,
         )
+        if postgres:
+            # Its size varies from a few rows to hundreds of thousands: without statistics the
+            # planner guesses and reads every link of the installation for the joins below.
+            conn.execute(text("ANALYZE crm_relink_wanted"))
         same = (
             "w.message_id = timeline_links.message_id "
             "AND w.target_kind = timeline_links.target_kind "
@@ -795,13 +805,22 @@ class LinkerStore:
                 f"(SELECT 1 FROM crm_relink_wanted w WHERE {same} AND w.source = 'manual')"
             )
         )
+        # The links the scope has, read first: an anti-join straight against timeline_links
+        # hashes every link of the installation (PostgreSQL 15 hashes the inner side).
+        have = (
+            "WITH have AS MATERIALIZED (SELECT l.message_id, l.target_kind, l.target_id "
+            "FROM timeline_links l "
+            "WHERE l.message_id IN (SELECT message_id FROM crm_relink_scope)) "
+            if postgres
+            else ""
+        )
         conn.execute(
             text(
-                "INSERT INTO timeline_links "
+                f"{have}INSERT INTO timeline_links "
                 "(message_id, target_kind, target_id, source, sort_at, created_at) "
                 "SELECT w.message_id, w.target_kind, w.target_id, w.source, m.sort_at, :now "
                 "FROM crm_relink_wanted w JOIN crm_relink_scope m ON m.message_id = w.message_id "
-                "WHERE NOT EXISTS (SELECT 1 FROM timeline_links l "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {'have' if postgres else 'timeline_links'} l "
                 "WHERE l.message_id = w.message_id AND l.target_kind = w.target_kind "
                 "AND l.target_id = w.target_id)"
             ).bindparams(bindparam("now", utcnow(), type_=UtcDateTime())),
