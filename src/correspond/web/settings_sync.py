@@ -5,12 +5,18 @@ Each account shows its state in words (the API's ``state_message``, with the rea
 four Delete & Archive toggles, sharing, Disable/Enable (pause/resume) and Disconnect behind a
 confirmation page showing the dry-run plan. "Connect a mailbox" fills the server settings from
 a provider preset, runs the connection test before anything is stored (a failed test shows its
-sentence and creates nothing), then creates the account, which a sync worker picks up.
+sentence and creates nothing), then creates the account paused, lists its folders with their
+roles and lets the user choose all folders or some (checked as the product selects them by
+default); the choice resumes it, and a sync worker (``serve``'s own) picks it up at once. An
+account's page shows its backfill progress folder by folder, refreshed in place by app.js from
+``GET /accounts/{name}/progress``, and takes a new password (tested first) for a refused
+sign-in: the page the account-trouble banner of every page links to.
 
 Every action calls the services the JSON API's routes call (``AccountService``,
-``AccountLeases``, ``ProgressReader``, ``AuthService.teams``) with the same visibility checks:
-the ``name`` in a path is checked by :func:`correspond.api.security.authorize` (404 hidden,
-403 without ``manage``). Every form carries the session's CSRF token.
+``AccountLeases``, ``ProgressReader``, ``AuthService.teams``; no SQL here) with the same
+visibility checks: the ``name`` in a path is checked by
+:func:`correspond.api.security.authorize` (404 hidden, 403 without ``manage``). Every form
+carries the session's CSRF token.
 """
 
 from __future__ import annotations
@@ -248,7 +254,8 @@ def _port(value: str, field: str) -> int | None:
 async def connect(request: Request, user: PageUser, form: SignedForm) -> Response:
     """Test the settings with the password first (the connection test of
     ``POST /accounts/{name}/test``); only a passing test creates the account
-    (``POST /accounts``'s call), owned by the caller."""
+    (``POST /accounts``'s call), owned by the caller, paused until its folders are chosen on
+    the page this leads to, after listing them."""
     kept = {k: form.get(k, "").strip() for k in _CONNECT_FIELDS}
     if kept["preset"] not in PRESETS:
         kept["preset"] = "other"

@@ -66,8 +66,9 @@ async function refreshList() {
 
 // --- Full Email Sync: live backfill progress (settings_sync) ---------------------------------
 // Each .sync-progress box polls GET /accounts/{name}/progress (the API, by the session
-// cookie) about once a second and redraws itself, folder by folder, until the backfill is
-// complete; then it says so and stops. The wording matches _sync_progress.html.
+// cookie) once a second while the account syncs (every 10 s when it is stopped) and redraws
+// itself, folder by folder, until the backfill is complete; then it says so and stops. The
+// wording matches _sync_progress.html.
 
 function progressSummary(p) {
   const folders = p.folders.length;
@@ -132,7 +133,9 @@ function syncProgress(box) {
     }
     const p = await answer.json();
     showProgress(box, p);
-    if (!p.complete) setTimeout(poll, 1000);
+    // Once a second while a sync works on it; a stopped or waiting account, every 10 s.
+    const working = p.state === "connecting" || p.state === "backfilling";
+    if (!p.complete) setTimeout(poll, working ? 1000 : 10000);
   };
   poll();
 }
