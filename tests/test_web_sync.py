@@ -263,3 +263,41 @@ def test_an_account_in_trouble_shows_a_banner_with_its_reason_and_the_fix(
     assert banner.inner_text().startswith(f"{name} ({mirror.address}): Sync stopped.")
     assert banner.locator(".reason").inner_text() == "The server's certificate changed."
     assert not web.dialogs and not web.remote
+
+
+@pytest.mark.dovecot
+def test_folder_choice_all_or_some_of_a_running_account(app: FastAPI, mirror: SeededMirror) -> None:
+    app.state.auth.create_user(ADMIN[0], ADMIN[1], admin=True)
+    admin = _signed_in(app, *ADMIN)
+    token = session_token(admin.cookies["correspond_session"])
+    service = app.state.accounts
+    name = mirror.account
+    folders = {f.name: f for f in service.list_folders(name)}
+    before = service.get_account(name).account
+    path = f"/settings/sync/{name}/folders"
+    page = admin.get(path)
+    assert page.status_code == 200 and "Save folders" in page.text  # not waiting: no start
+    # None checked: refused with its sentence, nothing changed.
+    refused = admin.post(path, data={"csrf": token, "mode": "selected"})
+    assert refused.status_code == 422 and "Check at least one folder" in refused.text
+    assert {f.name for f in service.list_folders(name) if f.selected} == {
+        n for n, f in folders.items() if f.selected
+    }
+    # Some: exactly those, mode "selected"; the state of a running account is kept.
+    some = [folders["INBOX"].id, folders["Sent"].id]
+    sent = admin.post(
+        path,
+        data={"csrf": token, "mode": "selected", "folder": [str(i) for i in some]},
+        follow_redirects=False,
+    )
+    assert sent.status_code == 303
+    assert sent.headers["location"] == f"/settings/sync/accounts/{name}?done=folders"
+    assert {f.name for f in service.list_folders(name) if f.selected} == {"INBOX", "Sent"}
+    after = service.get_account(name).account
+    assert after.folders_mode == "selected" and after.state == before.state
+    # All: every selectable folder, Junk and Trash too, and new ones.
+    admin.post(path, data={"csrf": token, "mode": "all"}, follow_redirects=False)
+    chosen = {f.name for f in service.list_folders(name) if f.selected}
+    assert chosen == {f.name for f in service.list_folders(name) if f.selectable}
+    assert {"Junk", "Trash"} <= chosen
+    assert service.get_account(name).account.folders_mode == "all"

@@ -104,7 +104,8 @@ function showProgress(box, p) {
   const overall = box.querySelector(".overall progress");
   overall.max = p.total || 1;
   overall.value = p.done;
-  box.querySelector(".overall .count").textContent = p.done + "/" + p.total;
+  box.querySelector(".overall .count").textContent =
+    p.done + "/" + p.total + (p.total_known ? "" : "+");
   box.querySelector("ul.folders").replaceChildren(...p.folders.map(progressRow));
   const state = box.closest("[data-account]")?.querySelector("[data-live-state]");
   if (state) {
