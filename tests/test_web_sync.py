@@ -5,7 +5,9 @@ mailbox mirrored from the real Dovecot), on SQLite and PostgreSQL.
 Journeys: the mirrored account's state in words; a toggle saved and kept after a reload;
 Disable then Enable; Disconnect shows the dry-run plan and only its POST disconnects;
 connecting with a wrong password shows the connection test's sentence and creates nothing;
-connecting a Dovecot user creates the account, owned by the caller.
+connecting a Dovecot user creates the account, owned by the caller, paused until its folders
+are chosen (the rest of that journey: tests/test_web_connect.py); an account in auth_failed or
+error shows a banner on every page, with its reason and a link to fix the password there.
 """
 
 # The fixtures of tests/test_web.py are imported by name, so test arguments "redefine" them.
@@ -20,10 +22,11 @@ import pytest
 from fastapi import FastAPI
 
 from correspond.api.schemas import account_public
-from correspond.testing.dovecot import DovecotServer
+from correspond.testing.dovecot import DovecotServer, ImapUser
 from correspond.testing.mirror import SeededMirror
 from correspond.testing.store import dovecot_account_draft
 from correspond.web.csrf import session_token
+from correspond.web.settings_sync import AWAITING_FOLDERS
 from test_web import (  # noqa: F401  (fixtures, used by name)
     ADMIN,
     Watched,
@@ -140,14 +143,19 @@ def test_connect_a_mailbox_tested_first(web: Watched, app: FastAPI, dovecot: Dov
     assert error.inner_text() == expected.message
     assert page.input_value("#connect input[name=imap_host]") == dovecot.host
     assert not service.account_exists(user.username)
-    # The right one: created, owned by the caller, listed.
+    # The right one: created, owned by the caller, its folders listed for the choice; it
+    # waits paused (nothing synced) until the folders are chosen (tests/test_web_connect.py).
     fill(user.password)
-    page.wait_for_url(f"{web.base}/settings/sync?done=connected")
-    page.locator(f"article.sync-account[data-account='{user.username}']").wait_for()
+    page.wait_for_url(f"{web.base}/settings/sync/{user.username}/folders?new=1")
+    page.locator("#choose-folders tr[data-folder=INBOX]").wait_for()
     account = service.get_account(user.username).account
     ada = app.state.auth.users.get_user(ADMIN[0])
     assert account.owner_id == ada.id and account.imap_port == dovecot.port
     assert account.has_secret
+    assert (account.state, account.state_detail) == ("paused", AWAITING_FOLDERS)
+    page.goto("/settings/sync")
+    row = page.locator(f"article.sync-account[data-account='{user.username}']")
+    assert row.locator("a", has_text="Choose the folders to start syncing").is_visible()
     assert not web.dialogs and not web.remote
 
 
@@ -165,7 +173,11 @@ def test_sync_forms_need_their_token_and_hide_others_accounts(
         f"/settings/sync/{name}/pause": {"go": "1"},
         f"/settings/sync/{name}/disconnect": {"go": "1"},
         "/settings/sync/new": {"email": "x@example.test", "password": "p", "imap_host": "h"},
+        f"/settings/sync/{name}/folders": {"mode": "selected", "folder": "1"},
+        f"/settings/sync/{name}/folders/refresh": {"go": "1"},
+        f"/settings/sync/accounts/{name}/password": {"password": "p"},
     }
+    selected = [f.name for f in service.list_folders(name) if f.selected]
     before = service.get_account(name).account
     for path, fields in forms.items():
         for csrf in (None, "0" * 64):
@@ -178,6 +190,10 @@ def test_sync_forms_need_their_token_and_hide_others_accounts(
         before.state,
     )
     assert after.disconnected_at is None
+    assert [f.name for f in service.list_folders(name) if f.selected] == selected
+    # The account's pages answer its owner.
+    assert admin.get(f"/settings/sync/{name}/folders").status_code == 200
+    assert admin.get(f"/settings/sync/accounts/{name}").status_code == 200
     # The confirmation page changes nothing.
     confirm = admin.get(f"/settings/sync/{name}/disconnect")
     assert confirm.status_code == 200 and "would remove" in confirm.text
@@ -187,8 +203,101 @@ def test_sync_forms_need_their_token_and_hide_others_accounts(
     member = _signed_in(app, "mo@example.test", "another good password")
     token = session_token(member.cookies["correspond_session"])
     assert f'data-account="{name}"' not in member.get("/settings/sync").text
-    assert member.get(f"/settings/sync/{name}/disconnect").status_code == 404
-    for path in (f"/settings/sync/{name}/pause", f"/settings/sync/{name}/disconnect"):
+    for path in (
+        f"/settings/sync/{name}/disconnect",
+        f"/settings/sync/{name}/folders",
+        f"/settings/sync/accounts/{name}",
+    ):
+        assert member.get(path).status_code == 404, path
+    for path in (
+        f"/settings/sync/{name}/pause",
+        f"/settings/sync/{name}/disconnect",
+        f"/settings/sync/{name}/folders",
+        f"/settings/sync/accounts/{name}/password",
+    ):
         assert member.post(path, data={"csrf": token}).status_code == 404, path
     assert member.get("/settings/sync/nobody/disconnect").status_code == 404
     assert service.get_account(name).account.state == before.state
+
+
+@pytest.mark.dovecot
+def test_an_account_in_trouble_shows_a_banner_with_its_reason_and_the_fix(
+    web: Watched, app: FastAPI, mirror: SeededMirror, imap_user: ImapUser
+) -> None:
+    page = web.page
+    service = app.state.accounts
+    name = mirror.account
+    _first_run(web)
+    assert page.locator("#account-trouble").count() == 0
+    # The reason is the server's words: shown as text, never as markup.
+    reason = 'The server said <b class="x">AUTHENTICATIONFAILED</b> & "no"'
+    service.store.set_account_state(name, "auth_failed", reason)
+    banner = page.locator(f"#account-trouble p[data-account='{name}']")
+    for path in ("/", "/compose", "/crm/contacts", "/settings/smtp", "/email-templates"):
+        page.goto(path)
+        assert banner.locator(".reason").inner_text() == reason, path
+        assert banner.locator("b").count() == 0, path
+        assert banner.inner_text().startswith(f"{name} ({mirror.address}): Sign-in failed.")
+    # Another user who does not see the account sees no banner.
+    app.state.auth.create_user("mo@example.test", "another good password")
+    member = _signed_in(app, "mo@example.test", "another good password")
+    assert 'id="account-trouble"' not in member.get("/").text
+    # The link leads to the account's settings, where a new password is tested first.
+    page.goto("/")
+    banner.locator("a.fix").click()
+    page.wait_for_url(f"{web.base}/settings/sync/accounts/{name}")
+    assert page.locator("#account .state").inner_text() == _state_message(app, name)
+    page.fill("#fix-password input[name=password]", "not the password")
+    page.click("#fix-password button[type=submit]")
+    page.locator("#password-error").wait_for()
+    assert service.get_account(name).account.state == "auth_failed"
+    assert banner.is_visible()
+    page.fill("#fix-password input[name=password]", imap_user.password)
+    page.click("#fix-password button[type=submit]")
+    page.wait_for_url(f"{web.base}/settings/sync/accounts/{name}?done=password")
+    assert service.get_account(name).account.state == "connecting"
+    assert page.locator("#account-trouble").count() == 0
+    # An error stops sync too: the banner says so.
+    service.store.set_account_state(name, "error", "The server's certificate changed.")
+    page.goto("/")
+    assert banner.inner_text().startswith(f"{name} ({mirror.address}): Sync stopped.")
+    assert banner.locator(".reason").inner_text() == "The server's certificate changed."
+    assert not web.dialogs and not web.remote
+
+
+@pytest.mark.dovecot
+def test_folder_choice_all_or_some_of_a_running_account(app: FastAPI, mirror: SeededMirror) -> None:
+    app.state.auth.create_user(ADMIN[0], ADMIN[1], admin=True)
+    admin = _signed_in(app, *ADMIN)
+    token = session_token(admin.cookies["correspond_session"])
+    service = app.state.accounts
+    name = mirror.account
+    folders = {f.name: f for f in service.list_folders(name)}
+    before = service.get_account(name).account
+    path = f"/settings/sync/{name}/folders"
+    page = admin.get(path)
+    assert page.status_code == 200 and "Save folders" in page.text  # not waiting: no start
+    # None checked: refused with its sentence, nothing changed.
+    refused = admin.post(path, data={"csrf": token, "mode": "selected"})
+    assert refused.status_code == 422 and "Check at least one folder" in refused.text
+    assert {f.name for f in service.list_folders(name) if f.selected} == {
+        n for n, f in folders.items() if f.selected
+    }
+    # Some: exactly those, mode "selected"; the state of a running account is kept.
+    some = [folders["INBOX"].id, folders["Sent"].id]
+    sent = admin.post(
+        path,
+        data={"csrf": token, "mode": "selected", "folder": [str(i) for i in some]},
+        follow_redirects=False,
+    )
+    assert sent.status_code == 303
+    assert sent.headers["location"] == f"/settings/sync/accounts/{name}?done=folders"
+    assert {f.name for f in service.list_folders(name) if f.selected} == {"INBOX", "Sent"}
+    after = service.get_account(name).account
+    assert after.folders_mode == "selected" and after.state == before.state
+    # All: every selectable folder, Junk and Trash too, and new ones.
+    admin.post(path, data={"csrf": token, "mode": "all"}, follow_redirects=False)
+    chosen = {f.name for f in service.list_folders(name) if f.selected}
+    assert chosen == {f.name for f in service.list_folders(name) if f.selectable}
+    assert {"Junk", "Trash"} <= chosen
+    assert service.get_account(name).account.folders_mode == "all"

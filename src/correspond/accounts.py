@@ -31,6 +31,7 @@ from correspond.store.lifecycle import AccountFootprint, disconnect_account, foo
 from correspond.store.records import draft_of
 from correspond.store.repository import PASSWORD_DROPPED
 from correspond.store.tables import utcnow
+from correspond.store.trouble import AccountTrouble, accounts_in_trouble
 from correspond.store.visibility import Viewer
 from correspond.store.wakeups import announce_account_change
 from correspond.sync.connection_test import ConnectionReport, check_connection
@@ -167,11 +168,22 @@ class AccountService:
     # -- plain store operations -------------------------------------------------------------
 
     def add_account(
-        self, draft: AccountDraft, password: str, *, owner_id: int | None = None
+        self,
+        draft: AccountDraft,
+        password: str,
+        *,
+        owner_id: int | None = None,
+        paused: str | None = None,
     ) -> Account:
         """Store a new account with its (encrypted) password, owned by user ``owner_id``.
-        Nothing is contacted yet."""
-        return self.store.add_account(draft, password, owner_id=owner_id)
+        Nothing is contacted yet. With ``paused`` (the state detail) it waits ``paused`` until
+        resumed (the web app's connect: the folders are chosen first)."""
+        return self.store.add_account(draft, password, owner_id=owner_id, paused=paused)
+
+    def trouble(self, viewer: Viewer) -> list[AccountTrouble]:
+        """The accounts ``viewer`` sees that are stopped on a problem the user must fix
+        (``auth_failed``, ``error``): one short query, for a banner on every page."""
+        return accounts_in_trouble(self.store.engine, viewer)
 
     def check_update(self, name: str, changes: AccountChanges) -> AccountDraft:
         """What ``name`` would become with ``changes``, checked, without storing anything:

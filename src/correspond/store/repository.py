@@ -135,10 +135,19 @@ class Store:
         return self._secrets.encrypt(secret)
 
     def add_account(
-        self, draft: AccountDraft, secret: str | None, *, owner_id: int | None = None
+        self,
+        draft: AccountDraft,
+        secret: str | None,
+        *,
+        owner_id: int | None = None,
+        paused: str | None = None,
     ) -> Account:
         """Create an account from ``draft``, owned by user ``owner_id`` (None: no user exists
-        yet; the first admin created takes it); ``secret`` is encrypted before it is stored."""
+        yet; the first admin created takes it); ``secret`` is encrypted before it is stored.
+
+        With ``paused`` (its state detail), the account is created ``paused``: no worker takes
+        it until it is resumed (the web app's connect lists the folders and lets the user
+        choose them first, so nothing outside the choice is ever synced)."""
         unknown = set(draft.toggles) - set(TOGGLES)
         if unknown:
             raise ConfigError(f"unknown toggles: {', '.join(sorted(unknown))}")
@@ -157,8 +166,10 @@ class Store:
             auth_kind=draft.auth_kind,
             allow_plaintext=draft.allow_plaintext,
             trusted_cert_pem=draft.trusted_cert_pem,
-            state="connecting",
-            state_detail="Added; not connected yet. Run a connection test.",
+            state="connecting" if paused is None else "paused",
+            state_detail="Added; not connected yet. Run a connection test."
+            if paused is None
+            else paused,
             folders_mode="all",
             window_days=draft.window_days or self._default_window_days,
             **draft.toggles,

@@ -221,8 +221,14 @@ def _render(
     status: int = 200,
     user: User | None = None,
 ) -> HTMLResponse:
+    # The banner of base.html: the caller's mailboxes stopped on a problem (one short query).
+    trouble = request.app.state.accounts.trouble(user) if user else []
     html = _templates.get_template(template).render(
-        static=STATIC_URL, user=user, csrf=_csrf(request) if user else "", **context
+        static=STATIC_URL,
+        user=user,
+        csrf=_csrf(request) if user else "",
+        account_trouble=trouble,
+        **context,
     )
     return HTMLResponse(html, status_code=status)
 

@@ -64,7 +64,85 @@ async function refreshList() {
   }
 }
 
+// --- Full Email Sync: live backfill progress (settings_sync) ---------------------------------
+// Each .sync-progress box polls GET /accounts/{name}/progress (the API, by the session
+// cookie) once a second while the account syncs (every 10 s when it is stopped) and redraws
+// itself, folder by folder, until the backfill is complete; then it says so and stops. The
+// wording matches _sync_progress.html.
+
+function progressSummary(p) {
+  const folders = p.folders.length;
+  const finished = p.folders.filter((f) => f.complete).length;
+  if (p.complete) {
+    return "Backfill complete: " + p.done + " messages from " + folders
+      + (folders === 1 ? " folder." : " folders.");
+  }
+  if (!folders) return "Waiting for the sync to list the folders.";
+  return "Backfilling folder by folder: " + finished + "/" + folders + " folders done, "
+    + p.done + "/" + p.total + (p.total_known ? "" : "+") + " messages.";
+}
+
+function progressRow(f) {
+  const item = document.createElement("li");
+  item.dataset.folder = String(f.folder_id);
+  if (f.complete) item.className = "complete";
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = f.name;
+  const bar = document.createElement("progress");
+  bar.value = f.done;
+  bar.max = f.total || 1;
+  const count = document.createElement("span");
+  count.className = "count";
+  count.textContent = f.done + "/" + (f.total === null ? "?" : f.total);
+  item.append(name, " ", bar, " ", count);
+  return item;
+}
+
+function showProgress(box, p) {
+  box.querySelector(".progress-summary").textContent = progressSummary(p);
+  const overall = box.querySelector(".overall progress");
+  overall.max = p.total || 1;
+  overall.value = p.done;
+  box.querySelector(".overall .count").textContent =
+    p.done + "/" + p.total + (p.total_known ? "" : "+");
+  box.querySelector("ul.folders").replaceChildren(...p.folders.map(progressRow));
+  const state = box.closest("[data-account]")?.querySelector("[data-live-state]");
+  if (state) {
+    state.textContent = p.state_message;
+    state.dataset.state = p.state;
+  }
+  if (p.complete) box.dataset.complete = "1";
+}
+
+function syncProgress(box) {
+  if (box.dataset.complete) return;
+  const poll = async () => {
+    let answer;
+    try {
+      answer = await fetch(box.dataset.progress, {
+        headers: { "Accept": "application/json" },
+        credentials: "same-origin",
+      });
+    } catch (_) {
+      setTimeout(poll, 5000);  // the server restarting: try again a little later
+      return;
+    }
+    if (!answer.ok) {
+      if (answer.status >= 500) setTimeout(poll, 5000);
+      return;  // gone, or no longer visible: stop
+    }
+    const p = await answer.json();
+    showProgress(box, p);
+    // Once a second while a sync works on it; a stopped or waiting account, every 10 s.
+    const working = p.state === "connecting" || p.state === "backfilling";
+    if (!p.complete) setTimeout(poll, working ? 1000 : 10000);
+  };
+  poll();
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("form[data-autosave]").forEach(autosave);
   if (document.body.dataset.live === "inbox") liveInbox();
+  document.querySelectorAll(".sync-progress[data-progress]").forEach(syncProgress);
 });
