@@ -249,7 +249,11 @@ def _inbox_page(request: Request, user: User, *, team_id: int | None, view: Inbo
                 context["older"] = _link(here, view, cursor=found.next_cursor)
     else:
         filters = view.filters
-        accounts = queries.scope(user, team_id=team_id, folder=filters.folder)
+        accounts = (
+            everything
+            if filters.folder is None
+            else queries.scope(user, team_id=team_id, folder=filters.folder)
+        )
         # An account shared as metadata only is left out of a filter that looks at bodies
         # (the API answers 403 for it; the page lists what it may and says so).
         context["partial"] = filters.probe_bodies and not all(a.full for a in accounts)
