@@ -554,3 +554,40 @@ def test_archive_and_delete_with_toggles_on_move_the_mail_in_the_mailbox(
     assert _thread_with(page, "Filler 0").count() == 0
     assert _thread_with(page, "Filler 1").count() == 0
     assert not web.dialogs and not web.remote
+
+
+# --- over HTTP ------------------------------------------------------------------------------------
+
+
+def test_filter_parameters_are_checked_and_a_team_page_filters_too(
+    app: FastAPI, store: Store, settings: Settings, dovecot: DovecotServer, mirror: SeededMirror
+) -> None:
+    app.state.auth.create_user(ADMIN[0], ADMIN[1], admin=True)
+    admin = _signed_in(app, *ADMIN)
+    plain = admin.get("/")
+    assert plain.status_code == 200
+    # The filter form's "Any" sends empty values: the same page as none at all.
+    empty = admin.get("/", params={"folder": "", "contact_id": "", "deal_id": ""})
+    ids = re.findall(r'data-thread="(\d+)"', plain.text)
+    assert ids and re.findall(r'data-thread="(\d+)"', empty.text) == ids
+    # What is not a filter is an error page, never a list of something else.
+    assert admin.get("/", params={"contact_id": "abc"}).status_code == 422
+    assert admin.get("/", params={"unread": "maybe"}).status_code == 422
+    assert admin.get("/", params={"limit": "0"}).status_code == 422
+    assert admin.get("/", params={"contact_id": "987654"}).status_code == 404
+    assert admin.get("/", params={"folder": "987654"}).status_code == 404
+    assert admin.get("/", params={"cursor": "not a cursor"}).status_code == 400  # as the API
+    # A team inbox takes the same filters (its own accounts' folders, the API's answer).
+    name, _user = _seed_team_mailbox(store, settings, dovecot)
+    support = app.state.auth.teams.create("Support")
+    assert _api(app).patch(f"/accounts/{name}", json={"team_id": support.id}).status_code == 200
+    team = admin.get(f"/team/{support.id}", params={"unread": "true"})
+    assert team.status_code == 200
+    listed = [int(x) for x in re.findall(r'data-thread="(\d+)"', team.text)]
+    assert listed == _api_threads(app, f"/teams/{support.id}/inbox", unread="true")
+    assert len(listed) == 1
+    folders = {f.id for f in store.list_folders(name) if f.selected}
+    offered = {int(x) for x in re.findall(r'<option value="(\d+)"', team.text)}
+    assert offered == folders  # the team's account's folders only (no contacts, no deals yet)
+    chip = re.search(r'href="([^"]*)" aria-pressed="true"', team.text)
+    assert chip is not None and chip.group(1) == f"/team/{support.id}"  # Unread off again

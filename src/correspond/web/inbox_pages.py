@@ -199,7 +199,6 @@ def _inbox_page(request: Request, user: User, *, team_id: int | None, view: Inbo
         "first": _link(here, view),
         "first_page": view.cursor is None,
         "unread": 0,
-        "partial": False,
         "folder_groups": _folder_choices(request, everything),
         "contacts": crm.list_contacts(limit=RECORD_CHOICES).items,
         "deals": crm.list_deals(limit=RECORD_CHOICES).items,
@@ -254,9 +253,6 @@ def _inbox_page(request: Request, user: User, *, team_id: int | None, view: Inbo
             if filters.folder is None
             else queries.scope(user, team_id=team_id, folder=filters.folder)
         )
-        # An account shared as metadata only is left out of a filter that looks at bodies
-        # (the API answers 403 for it; the page lists what it may and says so).
-        context["partial"] = filters.probe_bodies and not all(a.full for a in accounts)
         page = queries.page(accounts, filters, limit=view.limit, cursor=view.cursor)
         context["threads"] = page.threads
         context["unread"] = sum(1 for t in page.threads if t.unread_count)
