@@ -5,6 +5,7 @@ see :mod:`correspond.web.pages` and docs/ARCHITECTURE.md ("The web app").
 """
 
 from correspond.web import crm_pages as _crm_pages  # noqa: F401  (adds its pages to router)
+from correspond.web import inbox_pages as _inbox_pages  # noqa: F401  (the same)
 from correspond.web import settings_sync as _settings_sync  # noqa: F401  (the same)
 from correspond.web.pages import STATIC_URL, mount_web, router
 

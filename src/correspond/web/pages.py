@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -40,7 +40,6 @@ from correspond.errors import ConfigError, CorrespondError, NotFound
 from correspond.mail.merge import FIELDS, RenderedTemplate
 from correspond.mailbox import MailboxReader
 from correspond.store.compose import Template, TemplateFields
-from correspond.store.inbox import DEFAULT_INBOX_PAGE, InboxFilters, InboxQueries
 from correspond.store.outbox import OutboxStore
 from correspond.store.users import User
 from correspond.web.csrf import FORM_COOKIE, new_form_token, session_token, tokens_match
@@ -362,53 +361,8 @@ Cursor = Annotated[str | None, Query(max_length=200)]
 PathId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
-def _inbox_page(
-    request: Request,
-    user: User,
-    *,
-    team_id: int | None,
-    cursor: str | None,
-) -> HTMLResponse:
-    queries: InboxQueries = request.app.state.inbox
-    auth = _auth(request)
-    # Read before the list: the page's live stream starts after this id, so a message that
-    # arrives while the page loads is announced rather than lost between the two.
-    live_after = request.app.state.notifications.latest_id()
-    filters = InboxFilters()
-    accounts = queries.scope(user, team_id=team_id, folder=filters.folder)
-    page = queries.page(accounts, filters, limit=DEFAULT_INBOX_PAGE, cursor=cursor)
-    teams = auth.teams.list(member_id=None if user.is_admin else user.id)
-    team = next((t for t in teams if t.id == team_id), None)
-    here = "/" if team_id is None else f"/team/{team_id}"
-    older = f"{here}?{urlencode({'cursor': page.next_cursor})}" if page.next_cursor else None
-    context = {
-        "threads": page.threads,
-        "teams": teams,
-        "team": team,
-        "here": here,
-        "older": older,
-        "first_page": cursor is None,
-        "unread": sum(1 for t in page.threads if t.unread_count),
-        "live_after": live_after,
-    }
-    return _render(request, "inbox.html", context, user=user)
-
-
-@router.get("/")
-def personal_inbox(request: Request, user: PageUser, cursor: Cursor = None) -> HTMLResponse:
-    """The caller's inbox (``GET /inbox``'s threads), newest first, paged by cursor."""
-    return _inbox_page(request, user, team_id=None, cursor=cursor)
-
-
-@router.get("/team/{team_id}")
-def team_inbox(
-    request: Request,
-    user: PageUser,
-    team_id: PathId,
-    cursor: Cursor = None,
-) -> HTMLResponse:
-    """A team's inbox (``GET /teams/{team_id}/inbox``'s threads)."""
-    return _inbox_page(request, user, team_id=team_id, cursor=cursor)
+# The inboxes (``/``, ``/team/{team_id}``) with their filters and search box are
+# :mod:`correspond.web.inbox_pages`' routes of this router.
 
 
 # --- a thread ---------------------------------------------------------------------------------
@@ -447,12 +401,15 @@ def thread_page(
         "unread": any("\\Seen" not in m.flags for m in thread.messages),
         "starred": any("\\Flagged" in m.flags for m in thread.messages),
         "order": user.thread_order,
-        "done": done if done in (*_ACTIONS, "linked", "unlinked") else None,
+        "done": done if done in (*_ACTIONS, "linked", "unlinked", "moved") else None,
         "sent": sent_notice(request, user, sent) if sent else None,
     }
     from correspond.web.crm_pages import thread_deals_context  # it imports this module
 
     context.update(thread_deals_context(request, thread_id))
+    from correspond.web.inbox_pages import thread_move_context  # it imports this module
+
+    context.update(thread_move_context(request, thread.account_id))
     return _render(request, "thread.html", context, user=user)
 
 

@@ -48,6 +48,7 @@ function liveInbox() {
     let note = {};
     try { note = JSON.parse(event.data); } catch (_) { /* keep the refresh */ }
     if (note.subject) toast("New message: " + note.subject);
+    desktopNotify(note);
     clearTimeout(pending);
     pending = setTimeout(refreshList, 150);
   });
@@ -141,8 +142,63 @@ function syncProgress(box) {
   poll();
 }
 
+// --- inbox filters and desktop notifications (issue 11) ---------------------------------
+
+// The inbox's filter form: applied the moment a select changes; empty choices ("Any") are
+// left out of the URL.
+function autosubmitFilters(form) {
+  const go = () => {
+    const params = new URLSearchParams();
+    for (const [name, value] of new FormData(form)) {
+      if (value !== "") params.append(name, value);
+    }
+    const query = params.toString();
+    location.assign(form.getAttribute("action") + (query ? "?" + query : ""));
+  };
+  form.addEventListener("change", go);
+  form.addEventListener("submit", (event) => { event.preventDefault(); go(); });
+}
+
+// "Enable desktop notifications": the browser's permission, asked on a click (never unasked).
+function desktopNotifyButton(button) {
+  if (!("Notification" in window)) return;
+  const show = () => {
+    const state = Notification.permission;
+    button.classList.remove("hidden");
+    button.disabled = state !== "default";
+    button.dataset.permission = state;
+    button.textContent = state === "granted" ? "Desktop notifications on"
+      : state === "denied" ? "Desktop notifications blocked by the browser"
+      : "Enable desktop notifications";
+  };
+  show();
+  button.addEventListener("click", async () => {
+    try { await Notification.requestPermission(); } catch (_) { /* old callback form */ }
+    show();
+  });
+}
+
+// A new message as a desktop notification, once permission is granted: text only (the
+// subject, and who sent it), never markup or a remote icon.
+function desktopNotify(note) {
+  if (!("Notification" in window) || Notification.permission !== "granted") return;
+  const sender = note.sender ? (note.sender.name || note.sender.email || "") : "";
+  try {
+    const shown = new Notification(String(note.subject || "(no subject)"), {
+      body: sender ? "From " + sender : "",
+      tag: "correspond-" + String(note.id || ""),
+    });
+    if (note.thread_id) {
+      shown.onclick = () => { window.focus(); location.assign("/conversation/" + Number(note.thread_id)); };
+    }
+  } catch (_) { /* a browser that shows them only from a service worker */ }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("form[data-autosave]").forEach(autosave);
   if (document.body.dataset.live === "inbox") liveInbox();
   document.querySelectorAll(".sync-progress[data-progress]").forEach(syncProgress);
+  document.querySelectorAll("form[data-autosubmit]").forEach(autosubmitFilters);
+  const notifyButton = document.getElementById("desktop-notify");
+  if (notifyButton) desktopNotifyButton(notifyButton);
 });
