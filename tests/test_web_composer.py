@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
@@ -41,7 +42,8 @@ from correspond.testing.mail import plain_message
 from correspond.testing.mirror import SeededMirror
 from correspond.testing.postfix import PostfixServer
 from correspond.testing.store import sync_once
-from test_web import ADMIN, Watched, _first_run
+from helpers import API_BASE_URL
+from test_web import ADMIN, Watched, _first_run, _signed_in
 from test_web import app as app  # fixtures, used by name
 from test_web import browser as browser
 from test_web import mirror as mirror
@@ -517,3 +519,55 @@ def test_reply_with_a_template_and_an_attachment_reaches_the_mailbox_and_sent_on
     page.goto(thread_url)
     assert page.locator("section.message", has_text="the quote is attached").count() == 1
     assert not web.dialogs and not web.remote
+
+
+def test_scheduled_sends_over_http_are_the_senders_own_and_need_the_token(
+    app: FastAPI, store: Store, mirror: SeededMirror
+) -> None:
+    """Without a browser (no script: the time is UTC): a send scheduled by the form; a year
+    and more ahead refused beside the field; a teammate neither sees nor cancels it (404);
+    the cancel form refused without its token; suggestions need a session."""
+    app.state.auth.create_user(ADMIN[0], ADMIN[1], admin=True)
+    admin = _signed_in(app, *ADMIN)
+    token = re.search(r'name="csrf" value="([^"]+)"', admin.get("/compose").text)
+    assert token is not None
+    when = (datetime.now(UTC) + timedelta(days=3)).replace(second=0, microsecond=0)
+    fields = {"csrf": token.group(1), "to": "ann@example.test", "subject": "Later, over HTTP"}
+    far = admin.post(
+        "/compose",
+        data={**fields, "send_at": (when + timedelta(days=400)).strftime("%Y-%m-%dT%H:%M")},
+        files={"attachments": ("", b"", "application/octet-stream")},
+    )
+    assert far.status_code == 422 and 'id="error-send_at">At most a year ahead.' in far.text
+    made = admin.post(
+        "/compose",
+        data={**fields, "send_at": when.strftime("%Y-%m-%dT%H:%M")},
+        files={"attachments": ("", b"", "application/octet-stream")},
+    )
+    assert made.status_code == 303, made.text
+    outbox_id = _outbox_id(made.headers["location"])
+    assert SendStore(store.engine).get(outbox_id).send_at == when
+    listed = admin.get("/compose/scheduled").text
+    assert f'data-outbox="{outbox_id}"' in listed and "Later, over HTTP" in listed
+    assert "Scheduled and unsent (1)" in admin.get("/compose").text
+    # A teammate: not on their list, and cancelling it is a 404 (as a send that is not).
+    app.state.auth.create_user("mo@example.test", "another good password")
+    member = _signed_in(app, "mo@example.test", "another good password")
+    assert f'data-outbox="{outbox_id}"' not in member.get("/compose/scheduled").text
+    member_token = re.search(r'name="csrf" value="([^"]+)"', member.get("/compose").text)
+    assert member_token is not None
+    cancel = f"/compose/scheduled/{outbox_id}/cancel"
+    assert member.post(cancel, data={"csrf": member_token.group(1)}).status_code == 404
+    # The cancel form: refused without its token, with a forged one or another session's.
+    for csrf in (None, "0" * 64, member_token.group(1)):
+        data = {"go": "1"} if csrf is None else {"csrf": csrf}
+        assert admin.post(cancel, data=data).status_code == 403, csrf
+    assert SendStore(store.engine).get(outbox_id).status == "scheduled"
+    done = admin.post(cancel, data={"csrf": token.group(1)})
+    assert done.status_code == 303
+    assert done.headers["location"] == f"/compose/scheduled?cancelled={outbox_id}"
+    assert SendStore(store.engine).get(outbox_id).status == "cancelled"
+    # Suggestions are for a signed-in user only.
+    anonymous = TestClient(app, base_url=API_BASE_URL, follow_redirects=False)
+    assert anonymous.get("/compose/contacts?q=a").headers["location"] == "/login"
+    assert admin.get("/compose/contacts?q=").json() == {"items": []}
