@@ -306,9 +306,10 @@ def test_a_template_filled_for_a_contact_and_its_missing_field_named(
 def test_send_later_in_the_browsers_time_zone_listed_and_cancelled(
     browser: Any, served: str, store: Store, mirror: SeededMirror, tmp_path: Path
 ) -> None:
-    """ "Send later" in a browser five and a half hours ahead of UTC (no daylight saving):
-    the time typed is that zone's; a past one is refused beside the field; the scheduled
-    send is on the thread's confirmation and on /compose/scheduled, and cancelled there."""
+    """The "Send later" field in a browser five and a half hours ahead of UTC (no daylight
+    saving): the time typed is that zone's; a past one is refused beside the field; the
+    scheduled send is on the thread's confirmation and on /compose/scheduled, and cancelled
+    there."""
     zone = ZoneInfo("Asia/Kolkata")
     context = browser.new_context(base_url=served, timezone_id="Asia/Kolkata")
     try:

@@ -99,9 +99,10 @@ def split_addresses(value: str) -> list[str]:
 
 
 def _send_at(fields: dict[str, str], now: datetime) -> datetime | None:
-    """ "Send later": the form's local date and time (``datetime-local``) moved to UTC by the
-    browser's offset (``tz_offset``: minutes, as JavaScript's ``getTimezoneOffset``; none:
-    the time is UTC). None: send now (after the undo grace). Raises ``ConfigError``."""
+    """The "Send later" field: the form's local date and time (``datetime-local``) moved to
+    UTC by the browser's offset (``tz_offset``: minutes, as JavaScript's
+    ``getTimezoneOffset``; none: the time is UTC). None: send now (after the undo grace).
+    Raises ``ConfigError``."""
     value = fields["send_at"].strip()
     if not value:
         return None
