@@ -9,6 +9,13 @@ names the address, a template's missing merge field names it, files over the sen
 (``send_max_bytes``) say the limit. A reply's To/Cc and ``Re:`` subject and the quoted original
 are ``SendService.response_draft``'s (the same ``reply_draft``/``forward_draft`` as a send); the
 quote is shown under the body and added by ``respond`` below what is typed.
+
+"Send later" (``send_at``, the browser's local time with its offset in ``tz_offset``) gives
+``Compose.send_at``; ``/compose/scheduled`` lists the caller's unsent sends
+(``SendStore.open_sends``) with Cancel (``SendService.cancel``). ``/compose/contacts?q=`` is the
+To/Cc/Bcc suggestions' JSON (``CrmStore.list_contacts``, as ``GET /contacts?q=``). What the
+browser adds (file sizes and the limit, the suggestion list, local times) is ``static/app.js``'s
+composer functions.
 """
 
 from __future__ import annotations
@@ -476,7 +483,7 @@ def undo_send(
 
 def _scheduled(service: SendService, user: User) -> list[SendListing]:
     """The caller's sends not yet done (scheduled, going, failed or unknown), newest first:
-    ``SendStore.open_sends``, as ``correspond send list`` shows them."""
+    ``SendStore.open_sends``, as ``correspond outbox list`` shows them."""
     return service.sends.open_sends(user_id=user.id, limit=200)
 
 
