@@ -43,6 +43,7 @@ from correspond.testing.net import free_port
 from correspond.testing.store import sync_once
 from correspond.web.csrf import session_token
 from helpers import API_BASE_URL, user_client
+from web_screenshots import watch_pages
 
 CHROMIUM = Path("/usr/bin/chromium")
 XSS_DIR = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "xss"
@@ -173,6 +174,7 @@ def web(browser: Any, served: str) -> Iterator[Watched]:
     context = browser.new_context(base_url=served, java_script_enabled=True)
     page = context.new_page()
     page.set_default_timeout(10_000)
+    watch_pages(page)  # one screenshot of each main page per run (tests/web_screenshots.py)
     try:
         yield Watched(page, served)
     finally:
@@ -392,6 +394,13 @@ def test_email_settings_mark_default_and_an_smtp_identity_refused(
     default = page.locator("li.identity.default")
     assert default.count() == 1 and "sales@example.test" in default.inner_text()
     assert app.state.composer.identities.default(ada).id == alias.id
+    # The composer preselects the new default.
+    page.click("nav >> text=Compose")
+    page.wait_for_url(f"{web.base}/compose")
+    chosen = page.locator("#identity option:checked")
+    assert chosen.get_attribute("value") == str(alias.id)
+    assert "sales@example.test" in chosen.inner_text() and "(default)" in chosen.inner_text()
+    page.go_back()
     # An SMTP identity whose server does not answer: the test's sentence beside the form,
     # what was typed kept (not the password), nothing saved.
     closed = free_port()

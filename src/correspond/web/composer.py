@@ -9,14 +9,22 @@ names the address, a template's missing merge field names it, files over the sen
 (``send_max_bytes``) say the limit. A reply's To/Cc and ``Re:`` subject and the quoted original
 are ``SendService.response_draft``'s (the same ``reply_draft``/``forward_draft`` as a send); the
 quote is shown under the body and added by ``respond`` below what is typed.
+
+"Send later" (``send_at``, the browser's local time with its offset in ``tz_offset``) gives
+``Compose.send_at``; ``/compose/scheduled`` lists the caller's unsent sends
+(``SendStore.open_sends``) with Cancel (``SendService.cancel``). ``/compose/contacts?q=`` is the
+To/Cc/Bcc suggestions' JSON (``CrmStore.list_contacts``, as ``GET /contacts?q=``). What the
+browser adds (file sizes and the limit, the suggestion list, local times) is ``static/app.js``'s
+composer functions.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile
 
 from correspond.api.security import MAX_ID, needs
@@ -27,13 +35,14 @@ from correspond.mail.merge import MissingMergeFields
 from correspond.mail.outgoing import OutgoingAttachment, uploaded
 from correspond.mailbox import MailboxReader
 from correspond.outgoing import Compose, ReplyMode, SendService, parse_recipients
-from correspond.store.sends import SendRecord
+from correspond.store.sends import SendListing, SendRecord
+from correspond.store.tables import utcnow
 from correspond.store.users import User
 from correspond.sync.threads import in_thread
 from correspond.web.csrf import tokens_match
 from correspond.web.pages import PageRoute, PageUser, PathId, SignedForm, _csrf, _render
 
-__all__ = ["MAX_FILES", "router", "sent_notice"]
+__all__ = ["MAX_FILES", "router", "sent_notice", "split_addresses"]
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
@@ -41,8 +50,22 @@ router = APIRouter(route_class=PageRoute, include_in_schema=False)
 MAX_FILES = 20
 MAX_RECIPIENTS = 100
 _MODES: tuple[ReplyMode, ...] = ("reply", "reply-all", "forward")
-_TEXT_FIELDS = ("identity_id", "to", "cc", "bcc", "subject", "text", "template_id", "contact_id")
+_TEXT_FIELDS = (
+    "identity_id",
+    "to",
+    "cc",
+    "bcc",
+    "subject",
+    "text",
+    "template_id",
+    "contact_id",
+    "send_at",
+    "tz_offset",
+)
 _MAX_FIELD = {"text": 1_000_000, "subject": 2000}
+#: How far ahead a send may be scheduled; how many contacts a suggestion list shows.
+MAX_SCHEDULE_AHEAD = timedelta(days=366)
+SUGGESTIONS = 8
 
 
 def _sending(request: Request) -> SendService:
@@ -60,8 +83,52 @@ def _id(value: str) -> int | None:
     return int(value) if value.isdigit() and 0 < int(value) <= MAX_ID else None
 
 
-def _split_addresses(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
+def split_addresses(value: str) -> list[str]:
+    """A To/Cc/Bcc field's addresses: split at commas (and semicolons) outside a quoted name
+    and outside ``<...>``, so ``"Hopper, Grace" <g@x.test>`` stays one."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = angled = False
+    for char in value:
+        if char == '"' and not angled:
+            quoted = not quoted
+        elif char == "<" and not quoted:
+            angled = True
+        elif char == ">" and not quoted:
+            angled = False
+        elif char in ",;" and not quoted and not angled:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return [part.strip() for part in parts if part.strip()]
+
+
+def _send_at(fields: dict[str, str], now: datetime) -> datetime | None:
+    """The "Send later" field: the form's local date and time (``datetime-local``) moved to
+    UTC by the browser's offset (``tz_offset``: minutes, as JavaScript's
+    ``getTimezoneOffset``; none: the time is UTC). None: send now (after the undo grace).
+    Raises ``ConfigError``."""
+    value = fields["send_at"].strip()
+    if not value:
+        return None
+    try:
+        local = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError("Give a date and a time, e.g. 2030-01-31 09:00.") from None
+    offset = fields["tz_offset"].strip()
+    minutes = int(offset) if offset.lstrip("-").isdigit() and abs(int(offset)) <= 24 * 60 else 0
+    when = local.replace(tzinfo=UTC) + timedelta(minutes=minutes)
+    if local.tzinfo is not None:
+        when = local.astimezone(UTC)
+    if when <= now:
+        raise ConfigError(
+            "That time has passed: choose a later one, or leave it empty to send now."
+        )
+    if when - now > MAX_SCHEDULE_AHEAD:
+        raise ConfigError("At most a year ahead.")
+    return when
 
 
 def _page(
@@ -72,9 +139,11 @@ def _page(
     errors: dict[str, str] | None = None,
     reply: dict[str, Any] | None = None,
     notice: str | None = None,
+    dropped: list[OutgoingAttachment] | None = None,
     status: int = 200,
 ) -> HTMLResponse:
     composer = _composer(request)
+    sending = _sending(request)
     identities = composer.identities.list(user)
     if not form.get("identity_id"):
         default = next((i for i in identities if i.is_default), None)
@@ -87,7 +156,10 @@ def _page(
         "templates": composer.templates.list(user),
         "contacts": contacts,
         "addresses": sorted({e for c in contacts for e in c.emails}),
-        "limit": _sending(request).settings.send_max_bytes,
+        "limit": sending.settings.send_max_bytes,
+        "undo_seconds": int(sending.settings.send_undo_seconds),
+        "scheduled": len(_scheduled(sending, user)),
+        "dropped": [f.filename for f in dropped or ()],
         "reply": reply,
         "notice": notice,
         "action": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
@@ -127,7 +199,7 @@ def _compose(
     errors: dict[str, str] = {}
     parsed: dict[str, tuple[tuple[str, str], ...]] = {}
     for name in ("to", "cc", "bcc"):
-        values = _split_addresses(fields[name])
+        values = split_addresses(fields[name])
         if len(values) > MAX_RECIPIENTS:
             errors[name] = f"At most {MAX_RECIPIENTS} addresses here."
             continue
@@ -137,7 +209,15 @@ def _compose(
             errors[name] = str(exc)
     size = sum(len(f.content or b"") for f in files)
     if size > limit:
-        errors["attachments"] = f"The attachments are {size:,} bytes; the limit is {limit:,} bytes."
+        errors["attachments"] = (
+            f"The attachments are {size:,} bytes ({_mb(size)}); the limit is {limit:,} bytes "
+            f"({_mb(limit)}) in all. Remove some and attach the rest again."
+        )
+    send_at: datetime | None = None
+    try:
+        send_at = _send_at(fields, utcnow())
+    except ConfigError as exc:
+        errors["send_at"] = str(exc)
     if errors:
         return None, errors
     template_id = _id(fields["template_id"])
@@ -152,7 +232,12 @@ def _compose(
         attachments=tuple(files),
         template_id=template_id,
         contact_id=_id(fields["contact_id"]),
+        send_at=send_at,
     ), {}
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1048576:.1f} MB"
 
 
 def _send_errors(exc: Exception) -> dict[str, str]:
@@ -168,9 +253,12 @@ def _send_errors(exc: Exception) -> dict[str, str]:
     return {field if field in ("to", "cc", "bcc", "attachments") else "form": str(exc)}
 
 
-def _fill(request: Request, user: User, fields: dict[str, str]) -> dict[str, str]:
+def _fill(
+    request: Request, user: User, fields: dict[str, str], *, keep_subject: bool = False
+) -> dict[str, str]:
     """The chosen template rendered for the chosen contact into Subject and body (the API's
-    ``POST /templates/{id}/render``); raises as the render does."""
+    ``POST /templates/{id}/render``); raises as the render does. A reply keeps its ``Re:``
+    subject (``keep_subject``), as the API's reply routes do."""
     template_id = _id(fields["template_id"])
     if template_id is None:
         raise ConfigError("Choose a template first.")
@@ -183,7 +271,8 @@ def _fill(request: Request, user: User, fields: dict[str, str]) -> dict[str, str
         user_email=user.email,
     )
     text = rendered.text if rendered.text is not None else ""
-    return {**fields, "subject": rendered.subject or fields["subject"], "text": text}
+    subject = fields["subject"] if keep_subject else rendered.subject or fields["subject"]
+    return {**fields, "subject": subject, "text": text}
 
 
 def _done(record: SendRecord) -> RedirectResponse:
@@ -225,20 +314,34 @@ async def _submit(
 ) -> Response:
     if fields["action"] == "fill":
         try:
-            filled = await in_thread(lambda: _fill(request, user, fields))
+            filled = await in_thread(
+                lambda: _fill(request, user, fields, keep_subject=reply is not None)
+            )
         except ConfigError as exc:
             errors = _send_errors(exc)
             if "form" in errors:
                 errors = {"template_id": errors["form"]}
             return await in_thread(
-                lambda: _page(request, user, form=fields, errors=errors, reply=reply, status=422)
+                lambda: _page(
+                    request,
+                    user,
+                    form=fields,
+                    errors=errors,
+                    reply=reply,
+                    dropped=files,
+                    status=422,
+                )
             )
-        return await in_thread(lambda: _page(request, user, form=filled, reply=reply))
+        return await in_thread(
+            lambda: _page(request, user, form=filled, reply=reply, dropped=files)
+        )
     service = _sending(request)
     compose, errors = _compose(fields, files, service.settings.send_max_bytes)
     if compose is None:
         return await in_thread(
-            lambda: _page(request, user, form=fields, errors=errors, reply=reply, status=422)
+            lambda: _page(
+                request, user, form=fields, errors=errors, reply=reply, dropped=files, status=422
+            )
         )
     identity_id = _id(fields["identity_id"])
 
@@ -255,7 +358,9 @@ async def _submit(
     except (ConfigError, PermissionError) as exc:  # merge fields, size, a recipient, As whom
         errors = _send_errors(exc)
         return await in_thread(
-            lambda: _page(request, user, form=fields, errors=errors, reply=reply, status=422)
+            lambda: _page(
+                request, user, form=fields, errors=errors, reply=reply, dropped=files, status=422
+            )
         )
     return _done(record)
 
@@ -341,11 +446,14 @@ def sent_notice(request: Request, user: User, outbox_id: int) -> dict[str, Any] 
         record = _own_send(request, user, outbox_id)
     except NotFound:
         return None
+    grace = timedelta(seconds=_sending(request).settings.send_undo_seconds + 1)
     return {
         "outbox_id": outbox_id,
         "status": record.status,
         "send_at": record.send_at,
         "undo": record.status == "scheduled",
+        # Scheduled by "Send later" (not only the undo grace): said so, and where to find it.
+        "later": record.send_at - record.outbox.created_at > grace,
     }
 
 
@@ -368,3 +476,60 @@ def undo_send(
         except NotFound:
             pass
     return RedirectResponse(f"/compose?undone={outbox_id}", status_code=303)
+
+
+# --- scheduled sends ------------------------------------------------------------------------
+
+
+def _scheduled(service: SendService, user: User) -> list[SendListing]:
+    """The caller's sends not yet done (scheduled, going, failed or unknown), newest first:
+    ``SendStore.open_sends``, as ``correspond outbox list`` shows them."""
+    return service.sends.open_sends(user_id=user.id, limit=200)
+
+
+@router.get("/compose/scheduled")
+def scheduled_page(
+    request: Request,
+    user: PageUser,
+    cancelled: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+) -> HTMLResponse:
+    """The caller's scheduled and unfinished sends, each scheduled one with Cancel."""
+    sends = _scheduled(_sending(request), user)
+    notice = "Cancelled: the message will not be sent." if cancelled else None
+    return _render(request, "scheduled.html", {"sends": sends, "notice": notice}, user=user)
+
+
+@router.post("/compose/scheduled/{outbox_id}/cancel")
+@needs("full")
+def cancel_scheduled(
+    request: Request, user: PageUser, outbox_id: PathId, _form: SignedForm
+) -> RedirectResponse:
+    """Call off a scheduled send (``POST /outbox/{id}/cancel``'s service); too late is a 409
+    page saying what it is now."""
+    _own_send(request, user, outbox_id)
+    _sending(request).cancel(outbox_id)
+    return RedirectResponse(f"/compose/scheduled?cancelled={outbox_id}", status_code=303)
+
+
+# --- recipient suggestions ------------------------------------------------------------------
+
+
+@router.get("/compose/contacts")
+def contact_suggestions(
+    request: Request,
+    user: PageUser,
+    q: Annotated[str, Query(max_length=200)] = "",
+) -> JSONResponse:
+    """To/Cc/Bcc suggestions: contacts whose name or address has ``q`` (``CrmStore.
+    list_contacts``, as ``GET /contacts?q=``; CRM records are everyone's), one entry per
+    address, at most :data:`SUGGESTIONS`."""
+    q = q.strip()
+    items: list[dict[str, str]] = []
+    if q:
+        found = _composer(request).crm.list_contacts(q=q, limit=SUGGESTIONS).items
+        needle = q.lower()
+        for contact in found:
+            emails = sorted(contact.emails, key=lambda e: needle not in e.lower())
+            for address in emails:
+                items.append({"name": contact.name or "", "email": address})
+    return JSONResponse({"items": items[:SUGGESTIONS]}, headers={"Cache-Control": "no-store"})

@@ -202,3 +202,219 @@ document.addEventListener("DOMContentLoaded", () => {
   const notifyButton = document.getElementById("desktop-notify");
   if (notifyButton) desktopNotifyButton(notifyButton);
 });
+
+// --- The composer (web/composer.py): attachments with their sizes and the send limit, "Send
+// later" in the browser's time zone, To/Cc/Bcc suggestions from contacts. Times shown local.
+
+function formatSize(bytes) {
+  if (bytes < 1024) return bytes + " bytes";
+  if (bytes < 1048576) return (bytes / 1024).toFixed(1) + " KB";
+  return (bytes / 1048576).toFixed(1) + " MB";
+}
+
+// Files add up across choices (each with its size and Remove); over the limit the form will
+// not submit and says why (the server checks again).
+function composerAttachments(input) {
+  const limit = Number(input.dataset.limit) || 0;
+  const list = document.getElementById("attachment-list");
+  const check = document.getElementById("attachments-check");
+  if (!list || !check) return;
+  let kept = new DataTransfer();
+  const key = (f) => [f.name, f.size, f.lastModified].join("\u0000");
+  function keep(files) {
+    kept = new DataTransfer();
+    files.forEach((f) => kept.items.add(f));
+    input.files = kept.files;
+    render();
+  }
+  function render() {
+    list.replaceChildren();
+    const files = Array.from(kept.files);
+    let total = 0;
+    files.forEach((file, index) => {
+      total += file.size;
+      const item = document.createElement("li");
+      item.className = "file";
+      const name = document.createElement("span");
+      name.className = "name";
+      name.textContent = file.name;
+      const size = document.createElement("span");
+      size.className = "size";
+      size.textContent = formatSize(file.size);
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "remove";
+      remove.textContent = "Remove";
+      remove.setAttribute("aria-label", "Remove " + file.name);
+      remove.addEventListener("click", () => {
+        keep(files.filter((_, i) => i !== index));
+        input.focus();
+      });
+      item.append(name, " ", size, " ", remove);
+      list.appendChild(item);
+    });
+    if (files.length > 1) {
+      const sum = document.createElement("li");
+      sum.className = "total";
+      sum.textContent = files.length + " files, " + formatSize(total) + " in all";
+      list.appendChild(sum);
+    }
+    const message = limit && total > limit
+      ? "The attachments are " + formatSize(total) + "; the limit is " + formatSize(limit) +
+        " in all. Remove some to send."
+      : "";
+    input.setCustomValidity(message);
+    check.textContent = message;
+    check.hidden = !message;
+  }
+  input.addEventListener("change", () => {
+    const have = new Set(Array.from(kept.files).map(key));
+    const added = Array.from(input.files).filter((f) => !have.has(key(f)));
+    keep(Array.from(kept.files).concat(added));
+  });
+}
+
+// "Send later": the chosen local time goes with the browser's offset for that date.
+function composerSendLater(form) {
+  const field = document.getElementById("field-send-at");
+  const offset = document.getElementById("field-tz-offset");
+  const button = document.getElementById("send-button");
+  if (!field || !offset || !button) return;
+  const label = () => { button.textContent = field.value ? "Schedule" : "Send"; };
+  field.addEventListener("input", label);
+  field.addEventListener("change", label);
+  label();
+  form.addEventListener("submit", () => {
+    const when = field.value ? new Date(field.value) : null;
+    offset.value = when && !isNaN(when) ? String(when.getTimezoneOffset()) : "";
+  });
+}
+
+// To/Cc/Bcc: contacts matching the address being typed (after the last comma), as a listbox:
+// Up/Down to move, Enter or Tab to take one, Escape to close. The datalist stays for no script.
+function composerSuggest(input) {
+  const url = input.dataset.suggest;
+  input.removeAttribute("list");
+  const box = document.createElement("ul");
+  box.id = input.id + "-suggestions";
+  box.className = "suggestions";
+  box.setAttribute("role", "listbox");
+  box.hidden = true;
+  (input.closest("label") || input).after(box);
+  input.setAttribute("role", "combobox");
+  input.setAttribute("aria-autocomplete", "list");
+  input.setAttribute("aria-controls", box.id);
+  input.setAttribute("aria-expanded", "false");
+  let items = [];
+  let active = -1;
+  let asked = 0;
+  let timer = null;
+  const token = () => {
+    const value = input.value;
+    const cut = Math.max(value.lastIndexOf(","), value.lastIndexOf(";")) + 1;
+    return { head: value.slice(0, cut), tail: value.slice(cut).trim() };
+  };
+  const shown = (item) => {
+    if (!item.name) return item.email;
+    const name = /[",;<>@()[\]:\\]/.test(item.name)
+      ? '"' + item.name.replace(/["\\]/g, "\\$&") + '"' : item.name;
+    return name + " <" + item.email + ">";
+  };
+  function close() {
+    asked += 1;
+    box.hidden = true;
+    box.replaceChildren();
+    items = [];
+    active = -1;
+    input.setAttribute("aria-expanded", "false");
+    input.removeAttribute("aria-activedescendant");
+  }
+  function highlight(index) {
+    active = index;
+    Array.from(box.children).forEach((li, i) => li.setAttribute("aria-selected", String(i === index)));
+    if (index >= 0) input.setAttribute("aria-activedescendant", box.children[index].id);
+  }
+  function choose(index) {
+    const item = items[index];
+    if (!item) return;
+    const head = token().head.trimEnd();
+    input.value = (head ? head + " " : "") + shown(item) + ", ";
+    close();
+    input.focus();
+  }
+  async function lookup() {
+    const tail = token().tail;
+    const mine = ++asked;
+    if (!tail) { close(); return; }
+    let found = [];
+    try {
+      const answer = await fetch(url + "?q=" + encodeURIComponent(tail), {
+        credentials: "same-origin", headers: { "Accept": "application/json" },
+      });
+      if (!answer.ok) return;
+      found = (await answer.json()).items || [];
+    } catch (_) {
+      return;
+    }
+    if (mine !== asked) return; // the field changed meanwhile
+    if (!found.length) { close(); return; }
+    items = found;
+    box.replaceChildren();
+    items.forEach((item, i) => {
+      const li = document.createElement("li");
+      li.id = box.id + "-" + i;
+      li.setAttribute("role", "option");
+      li.textContent = shown(item);
+      li.addEventListener("mousedown", (event) => { event.preventDefault(); choose(i); });
+      box.appendChild(li);
+    });
+    box.hidden = false;
+    input.setAttribute("aria-expanded", "true");
+    highlight(0);
+  }
+  input.addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(lookup, 120);
+  });
+  input.addEventListener("keydown", (event) => {
+    if (box.hidden) {
+      if (event.key === "ArrowDown" && token().tail) { event.preventDefault(); lookup(); }
+      return;
+    }
+    if (event.key === "ArrowDown") highlight((active + 1) % items.length);
+    else if (event.key === "ArrowUp") highlight((active - 1 + items.length) % items.length);
+    else if ((event.key === "Enter" || (event.key === "Tab" && !event.shiftKey)) && active >= 0) choose(active);
+    else if (event.key === "Escape") close();
+    else return;
+    event.preventDefault();
+  });
+  input.addEventListener("blur", close);
+}
+
+// <time data-local="datetime|time">: shown in the browser's time zone (the page says UTC).
+function localTimes() {
+  document.querySelectorAll("time[data-local]").forEach((el) => {
+    const when = new Date(el.dateTime);
+    if (isNaN(when)) return;
+    const two = (n) => String(n).padStart(2, "0");
+    const time = two(when.getHours()) + ":" + two(when.getMinutes());
+    el.title = el.textContent;
+    el.textContent = el.dataset.local === "time"
+      ? time + ":" + two(when.getSeconds())
+      : when.getFullYear() + "-" + two(when.getMonth() + 1) + "-" + two(when.getDate()) + " " + time;
+  });
+}
+
+function composer() {
+  const form = document.getElementById("compose-form");
+  if (!form) return;
+  const files = document.getElementById("field-attachments");
+  if (files && window.DataTransfer) composerAttachments(files);
+  composerSendLater(form);
+  form.querySelectorAll("input[data-suggest]").forEach(composerSuggest);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  composer();
+  localTimes();
+});
