@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
