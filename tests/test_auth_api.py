@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from argon2 import PasswordHasher
@@ -363,7 +364,10 @@ def test_every_route_needs_credentials_and_hides_others_accounts(
                 assert answer.status_code in (200, 403, 404), (method, path)
             else:
                 assert answer.status_code == 303, (method, path, answer.status_code)
-                assert answer.headers["location"] == "/login", (method, path)
+                # A page asked for by GET is returned to after the sign-in (``next``).
+                back = urlencode({"next": url}) if method == "GET" and url != "/" else ""
+                expected = f"/login?{back}" if back else "/login"
+                assert answer.headers["location"] == expected, (method, path)
     # A member's own view of the lists holds none of the admin's data.
     assert member.get("/accounts").json() == []
     assert member.get("/teams").json() == []
