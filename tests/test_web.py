@@ -513,6 +513,8 @@ def test_contact_page_shows_its_mail_newest_first_and_a_thread_linked_to_a_deal(
     # Her activities beside her mail (a call with her; a meeting at her company's domain is
     # the company's, not hers).
     assert page.locator("#activities li.activity .subject").all_inner_texts() == ["Intro call"]
+    in_inbox = page.locator("a.in-inbox").get_attribute("href")
+    assert in_inbox == f"/?contact_id={alice.id}"
     # Her mail, newest first: the reply to her (Inbox and Sent copies), her kickoff, the
     # fillers (6, an hour apart, the oldest last).
     entries = page.locator("#timeline li.entry")

@@ -57,8 +57,6 @@ FOLDER_ROLE_NAMES = {
     "junk": "Junk",
     "all": "All mail",
 }
-#: Contacts and deals offered in the filter form's selects (the first by id).
-RECORD_CHOICES = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +198,6 @@ def _inbox_page(request: Request, user: User, *, team_id: int | None, view: Inbo
         "first_page": view.cursor is None,
         "unread": 0,
         "folder_groups": _folder_choices(request, everything),
-        "contacts": crm.list_contacts(limit=RECORD_CHOICES).items,
-        "deals": crm.list_deals(limit=RECORD_CHOICES).items,
         "contact": _record(crm.get_contact, view.contact_id),
         "deal": _record(crm.get_deal, view.deal_id),
     }
