@@ -347,6 +347,26 @@ def test_ping_and_dialect(store: Store) -> None:
     with_password.close()
 
 
+def test_postgres_connections_run_without_jit_and_keep_the_urls_options(store: Store) -> None:
+    if store.dialect != "postgresql":
+        pytest.skip("PostgreSQL only")
+    from correspond.store.engine import create_store_engine
+
+    # JIT compiled plans for 70-450 ms that ran in 1-8 ms: off for every connection, and
+    # options given in the URL are kept beside it.
+    base = store.engine.url.render_as_string(hide_password=False)
+    with_options = f"{base}?options=-c%20statement_timeout%3D4321"
+    for url, timeout in ((base, None), (with_options, "4321ms")):
+        engine = create_store_engine(url)
+        try:
+            with engine.connect() as conn:
+                assert conn.execute(text("SHOW jit")).scalar_one() == "off"
+                if timeout is not None:
+                    assert conn.execute(text("SHOW statement_timeout")).scalar_one() == timeout
+        finally:
+            engine.dispose()
+
+
 def test_sqlite_runs_in_wal_with_foreign_keys(store_settings: Settings) -> None:
     st = open_store(store_settings)
     try:
