@@ -183,6 +183,21 @@ def test_record_pages_activities_are_those_of_the_records_addresses(store: Store
         crm.activities_of("contact", 10**9)
 
 
+def test_deal_choices_put_open_deals_first_newest_change_first(store: Store) -> None:
+    crm = CrmStore(store.engine)
+    old = crm.create_deal(name="Old open")
+    won = crm.create_deal(name="Won", status="won")
+    new = crm.create_deal(name="New open")
+    crm.update_deal(old.id, name="Old open, renamed")  # changed last: first of the open ones
+    assert [(d.name, d.status) for d in crm.deal_choices()] == [
+        ("Old open, renamed", "open"),
+        ("New open", "open"),
+        ("Won", "won"),
+    ]
+    assert [d.id for d in crm.deal_choices(limit=1)] == [old.id]
+    assert new.id != won.id
+
+
 def test_manual_thread_links_are_never_undone_by_the_rules(store: Store) -> None:
     _fill(store, 50)
     crm = CrmStore(store.engine)

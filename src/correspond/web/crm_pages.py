@@ -173,11 +173,11 @@ def deal_page(
 
 def thread_deals_context(request: Request, thread_id: int) -> dict[str, Any]:
     """What the thread page's "Link to deal" form shows: the deals the thread is on, and the
-    deals to choose from (the first :data:`DEAL_CHOICES`)."""
+    open deals to choose from (the :data:`DEAL_CHOICES` most recently changed)."""
     crm = _crm(request)
     linked = crm.deals_of_thread(thread_id)
     on = {d.id for d in linked}
-    choices = [d for d in crm.list_deals(limit=DEAL_CHOICES).items if d.id not in on]
+    choices = [d for d in crm.deal_choices(limit=DEAL_CHOICES) if d.id not in on]
     return {"linked_deals": linked, "deal_choices": choices}
 
 
