@@ -96,6 +96,8 @@ _LOCK_KEY = 0x63726D6C  # "crml": the linker's advisory lock
 _CHUNK = 1000
 #: PostgreSQL's work_mem for a re-link step (its hashes of up to a few hundred thousand rows).
 _RELINK_WORK_MEM = "64MB"
+#: PostgreSQL's random_page_cost for a re-link step (see _relink_set).
+_RELINK_RANDOM_PAGE_COST = 1.1
 #: See :attr:`LinkerStore.relink_size`.
 DEFAULT_RELINK_BATCH = 25_000
 _PARTICIPANTS = cast(Table, MessageParticipantRow.__table__)
@@ -714,6 +716,11 @@ class LinkerStore:
             # The joins below hash up to a few hundred thousand rows: in memory, not in
             # batches spilled to disk (the default 4 MB); for this transaction only.
             conn.execute(text(f"SET LOCAL work_mem = '{_RELINK_WORK_MEM}'"))
+            # Reading the links of a scope of 25,000 messages by the unique index (message_id
+            # first) beats a scan of every link, but not at the default random_page_cost of
+            # 4 (a disk's); the index pages are in memory. Measured per 25,000-message batch at
+            # a million messages: delete + insert 1.0-1.1 s of backend CPU -> 0.6-0.7 s.
+            conn.execute(text(f"SET LOCAL random_page_cost = {_RELINK_RANDOM_PAGE_COST}"))
         internal = self._values(conn, "internal")
         org = self._values(conn, "org")
         blocked = self._values(conn, "blocked")
