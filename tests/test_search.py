@@ -235,6 +235,35 @@ def test_another_member_sees_nothing_of_yours(world: World) -> None:
     assert _keys(world, world.admin, "invoice", account="mia-mail") == ["a6", "a2", "a1"]
 
 
+def test_search_narrowed_to_a_set_of_accounts(world: World) -> None:
+    # A team's page narrows the search to the team's inboxes: the service's account_ids,
+    # never more than the viewer may see (mia narrowed to otto's account finds nothing).
+    from correspond.search import viewer_of
+
+    search = world.app.state.search
+    users = world.app.state.auth.users
+    admin = viewer_of(users.get_user("admin@example.test"))
+    mia = viewer_of(users.get_user("mia@example.test"))
+    mia_id = search.queries.account_id("mia-mail")
+    otto_id = search.queries.account_id("otto-mail")
+    by_id = {v: k for k, v in world.ids.items()}
+
+    def keys(viewer: Any, q: str, **narrow: Any) -> list[str]:
+        return [by_id[m.id] for m in search.search(q, viewer, **narrow).items]
+
+    everything = keys(admin, "")
+    only_mia = keys(admin, "", account_ids=[mia_id])
+    only_otto = keys(admin, "", account_ids=[otto_id])
+    assert only_mia == keys(mia, "") and only_mia and only_otto
+    assert sorted(only_mia + only_otto) == sorted(everything)
+    assert keys(admin, "invoice", account_ids=[mia_id, otto_id]) == keys(admin, "invoice")
+    assert keys(mia, "", account_ids=[otto_id]) == []
+    assert keys(admin, "", account_ids=[]) == []
+    # Both given: their intersection.
+    assert keys(admin, "", account="mia-mail", account_ids=[mia_id, otto_id]) == only_mia
+    assert keys(admin, "", account="mia-mail", account_ids=[otto_id]) == []
+
+
 def test_search_needs_credentials(world: World) -> None:
     anonymous = TestClient(world.app, base_url="http://localhost")
     answer = anonymous.get("/search", params={"q": "invoice"})

@@ -591,3 +591,18 @@ def test_filter_parameters_are_checked_and_a_team_page_filters_too(
     assert offered == folders  # the team's account's folders only (no contacts, no deals yet)
     chip = re.search(r'href="([^"]*)" aria-pressed="true"', team.text)
     assert chip is not None and chip.group(1) == f"/team/{support.id}"  # Unread off again
+    # The team page's search box searches the team's inboxes only; the personal page's, all
+    # the caller may see (the admin: both mailboxes).
+    app.state.search.index.index_all()
+    team_account = store.get_account(name).id
+
+    def found(path: str) -> dict[int, int]:
+        page = admin.get(path, params={"q": "example"})
+        assert page.status_code == 200
+        ids = [int(x) for x in re.findall(r'#m(\d+)"', page.text)]
+        return {i: app.state.reader.get_message(i).account_id for i in ids}
+
+    in_team = found(f"/team/{support.id}")
+    everywhere = found("/")
+    assert in_team and set(in_team.values()) == {team_account}
+    assert set(everywhere.values()) > {team_account}

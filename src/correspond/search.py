@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -63,18 +64,27 @@ class SearchService:
         viewer: Viewer,
         *,
         account: str | None = None,
+        account_ids: Sequence[int] | None = None,
         limit: int = 50,
         cursor: str | None = None,
     ) -> MessagePage:
-        """A page of matches, newest first. :class:`SearchQueryError` for a query that cannot
-        be searched; NotFound for an unknown account (the caller checks it is visible)."""
+        """A page of matches, newest first; ``account`` or ``account_ids`` (a team's inboxes)
+        narrow it. :class:`SearchQueryError` for a query that cannot be searched; NotFound
+        for an unknown account (the caller checks it is visible)."""
         query = parse_query(q)
         account_id = None
         if account is not None:
             account_id = self.queries.account_id(account)
             if account_id is None:
                 raise NotFound(f"no account named {account!r}")
-        return self.queries.search(query, viewer, account_id=account_id, limit=limit, cursor=cursor)
+        return self.queries.search(
+            query,
+            viewer,
+            account_id=account_id,
+            account_ids=account_ids,
+            limit=limit,
+            cursor=cursor,
+        )
 
 
 class BackgroundIndexer:

@@ -484,25 +484,35 @@ class SearchQueries:
         viewer: Viewer,
         *,
         account_id: int | None = None,
+        account_ids: Sequence[int] | None = None,
         limit: int = 50,
         cursor: str | None = None,
     ) -> MessagePage:
         """A page of the messages matching ``query`` among those ``viewer`` may see (only
-        account ``account_id``'s when given), newest first; ``cursor`` is the previous page's
-        ``next_cursor``."""
+        account ``account_id``'s, or those of ``account_ids`` (a team's inboxes), when given:
+        a narrowing, never a widening of what the viewer may see), newest first; ``cursor``
+        is the previous page's ``next_cursor``."""
         if not 1 <= limit <= MAX_PAGE:
             raise ConfigError(f"limit must be between 1 and {MAX_PAGE}")
+        accounts: tuple[int, ...] | None = None
+        if account_ids is not None or account_id is not None:
+            chosen = set(account_ids) if account_ids is not None else {account_id}
+            if account_id is not None:
+                chosen &= {account_id}
+            accounts = tuple(sorted(a for a in chosen if a is not None))
+            if not accounts:  # nothing to search in: no statement at all
+                return MessagePage(items=[], next_cursor=None)
         position = decode_cursor(cursor) if cursor is not None else None
-        statement, params = self._statement(query, viewer, account_id, position is not None)
+        statement, params = self._statement(query, viewer, accounts, position is not None)
         if position is not None:
             params.update(pos_at=position[0], pos_id=position[1])
         params["lim"] = limit + 1
         try:
             with self.engine.connect() as conn:
-                rows = self._walk(conn, query, viewer, account_id, position is not None, params)
+                rows = self._walk(conn, query, viewer, accounts, position is not None, params)
                 if rows is None:
                     rows = self._by_matches(
-                        conn, query, viewer, account_id, position is not None, params
+                        conn, query, viewer, accounts, position is not None, params
                     )
                 if rows is None:
                     rows = conn.execute(statement, params).all()
@@ -550,7 +560,7 @@ class SearchQueries:
         conn: Connection,
         query: SearchQuery,
         viewer: Viewer,
-        account_id: int | None,
+        accounts: tuple[int, ...] | None,
         after: bool,
         params: dict[str, Any],
     ) -> Sequence[Any] | None:
@@ -568,13 +578,13 @@ class SearchQueries:
         if expected is None or expected >= threshold:
             return None
         cap = 2 * threshold
-        statement = self._match_statement(query, viewer, account_id, after, params)
+        statement = self._match_statement(query, viewer, accounts, after, params)
         rows = conn.execute(statement, {**params, "cap": cap + 1}).all()
         if rows:
             found = int(rows[0][-1])
         else:  # nothing left after the filters: were the matches all read?
             counted = select(func.count()).select_from(
-                self._matches(viewer, account_id).limit(bindparam("cap")).subquery()
+                self._matches(viewer, accounts).limit(bindparam("cap")).subquery()
             )
             found = int(conn.scalar(counted, {**params, "cap": cap + 1}) or 0)
         if found > cap:
@@ -582,27 +592,27 @@ class SearchQueries:
         return [tuple(r)[:-1] for r in rows]  # without the count
 
     @staticmethod
-    def _matches(viewer: Viewer, account_id: int | None) -> Select[Any]:
+    def _matches(viewer: Viewer, accounts: tuple[int, ...] | None) -> Select[Any]:
         ms = _PG.c
         found = select(ms.message_id, ms.sort_at).where(
             ms.doc.op("@@")(cast(bindparam("tsq", type_=Text()), postgresql.TSQUERY())),
             visible_accounts_clause(viewer, ms.account_id),
         )
-        if account_id is not None:
-            found = found.where(ms.account_id == bindparam("account_id", type_=BigInteger()))
+        if accounts is not None:
+            found = found.where(ms.account_id.in_(bindparam("account_ids", expanding=True)))
         return found
 
     def _match_statement(
         self,
         query: SearchQuery,
         viewer: Viewer,
-        account_id: int | None,
+        accounts: tuple[int, ...] | None,
         after: bool,
         params: dict[str, Any],
     ) -> Select[Any]:
         # MATERIALIZED: the matches are read once, by the GIN index, before any ordering.
         hits = (
-            self._matches(viewer, account_id)
+            self._matches(viewer, accounts)
             .limit(bindparam("cap"))
             .cte("hits")
             .prefix_with("MATERIALIZED")
@@ -632,7 +642,7 @@ class SearchQueries:
         conn: Connection,
         query: SearchQuery,
         viewer: Viewer,
-        account_id: int | None,
+        accounts: tuple[int, ...] | None,
         after: bool,
         params: dict[str, Any],
     ) -> Sequence[Any] | None:
@@ -661,14 +671,14 @@ class SearchQueries:
         if int(counted or 0) < threshold:
             return None
         accounts_query = select(AccountRow.id).where(visible_accounts_clause(viewer, AccountRow.id))
-        if account_id is not None:
-            accounts_query = accounts_query.where(AccountRow.id == account_id)
-        accounts = [int(a) for a in conn.scalars(accounts_query)]
-        if len(accounts) > _MAX_WALK_ACCOUNTS:
+        if accounts is not None:
+            accounts_query = accounts_query.where(AccountRow.id.in_(accounts))
+        walked = [int(a) for a in conn.scalars(accounts_query)]
+        if len(walked) > _MAX_WALK_ACCOUNTS:
             return None
-        statement, _ = self._statement(query, viewer, account_id, after, walk=True)
+        statement, _ = self._statement(query, viewer, accounts, after, walk=True)
         rows: list[Any] = []
-        for aid in accounts:
+        for aid in walked:
             rows.extend(conn.execute(statement, {**params, "walk_account": aid}).all())
         # Each account's page is in list order; the page across them is their merge.
         rows.sort(key=lambda r: (_when(r[_SORT_AT]), r[_ID]), reverse=True)
@@ -678,7 +688,7 @@ class SearchQueries:
         self,
         query: SearchQuery,
         viewer: Viewer,
-        account_id: int | None,
+        accounts: tuple[int, ...] | None,
         after: bool,
         *,
         walk: bool = False,
@@ -725,9 +735,9 @@ class SearchQueries:
                     )
                 )
         stmt = stmt.where(visible_accounts_clause(viewer, owner), shown(_M.state))
-        if account_id is not None:
-            params["account_id"] = account_id
-            stmt = stmt.where(owner == bindparam("account_id", type_=BigInteger()))
+        if accounts is not None:
+            params["account_ids"] = list(accounts)
+            stmt = stmt.where(owner.in_(bindparam("account_ids", expanding=True)))
         stmt = stmt.where(*self._filters(query, order_at, params))
         if after:
             stmt = stmt.where(

@@ -233,7 +233,16 @@ def _inbox_page(request: Request, user: User, *, team_id: int | None, view: Inbo
     if view.q is not None:
         search: SearchService = request.app.state.search
         try:
-            found = search.search(view.q, viewer_of(user), limit=view.limit, cursor=view.cursor)
+            # A team's page searches the team's inboxes; the personal page, all the caller
+            # may see (as GET /search does).
+            narrow = [a.id for a in everything] if team_id is not None else None
+            found = search.search(
+                view.q,
+                viewer_of(user),
+                account_ids=narrow,
+                limit=view.limit,
+                cursor=view.cursor,
+            )
         except SearchQueryError as exc:
             context["search_error"] = str(exc)
             context["results"] = []
