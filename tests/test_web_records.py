@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -170,7 +171,11 @@ def test_crm_records_created_edited_and_deleted(web: Watched, app: FastAPI) -> N
     page.wait_for_url(re.compile(r"/crm/activities/(\d+)\?done=created$"))
     activity_url = page.url.split("?")[0]
     assert page.locator("dd.kind").inner_text() == "call"
-    assert page.locator("dd.at").inner_text() == "2030-01-31 09:00 UTC"
+    # Typed in the browser's zone (its offset sent beside it), stored in UTC, shown local.
+    offset = page.evaluate("new Date('2030-01-31T09:00').getTimezoneOffset()")
+    stored = crm.get_activity(int(activity_url.split("/")[-1])).at
+    assert stored == datetime(2030, 1, 31, 9, 0, tzinfo=UTC) + timedelta(minutes=offset)
+    assert page.locator("dd.at").inner_text() == "2030-01-31 09:00"
     page.goto(alice_url)
     assert page.locator("#activities .subject").all_inner_texts() == ["Intro call"]
     page.click("#activities a.subject")
@@ -201,6 +206,45 @@ def test_crm_records_created_edited_and_deleted(web: Watched, app: FastAPI) -> N
     assert crm.list_activities().items == []
     assert crm.get_company(acme_id).name == "Acme"
     assert not web.dialogs and not web.remote
+
+
+@pytest.mark.dovecot
+def test_an_activity_time_is_typed_and_shown_in_the_browsers_zone(
+    browser: Any, served: str, app: FastAPI
+) -> None:
+    """In Asia/Kolkata (UTC+05:30): 09:30 there is stored as 04:00 UTC, shown and edited as
+    09:30, and kept as it was by a save that does not touch it."""
+    app.state.auth.create_user(ADMIN[0], ADMIN[1], admin=True)
+    context = browser.new_context(base_url=served, timezone_id="Asia/Kolkata")
+    try:
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        page.goto("/crm/activities")
+        page.fill("input[name=email]", ADMIN[0])
+        page.fill("input[name=password]", ADMIN[1])
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{served}/crm/activities")
+        _open(page, "#new-record")
+        page.select_option("#new-activity select[name=kind]", "meeting")
+        page.fill("#new-activity input[name=title]", "Kickoff in Pune")
+        page.fill("#new-activity input[name=at]", "2030-01-31T09:30")
+        page.click("#new-activity button[type=submit]")
+        page.wait_for_url(re.compile(r"/crm/activities/(\d+)\?done=created$"))
+        activity_id = int(page.url.split("/")[-1].split("?")[0])
+        when = datetime(2030, 1, 31, 4, 0, tzinfo=UTC)
+        assert app.state.crm.get_activity(activity_id).at == when
+        assert page.locator("dd.at").inner_text() == "2030-01-31 09:30"
+        _open(page, "#edit-record")
+        assert page.input_value("#edit-activity input[name=at]") == "2030-01-31T09:30"
+        page.fill("#edit-activity input[name=title]", "Kickoff in Pune, confirmed")
+        page.click("#edit-activity button[type=submit]")
+        page.wait_for_url(re.compile(r"\?done=saved$"))
+        assert app.state.crm.get_activity(activity_id).at == when
+        page.goto("/crm/activities")
+        listed = page.locator("li.record", has_text="Kickoff in Pune")
+        assert "2030-01-31 09:30" in listed.inner_text()
+    finally:
+        context.close()
 
 
 def _smtp_identity(app: FastAPI, port: int) -> Any:

@@ -19,7 +19,7 @@ annotations, which must be the real classes.
 """
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
@@ -102,7 +102,28 @@ def _kept(kind: str, form: dict[str, list[str]]) -> dict[str, Any]:
         "company": ("name", "domains"),
         "activity": ("kind", "title", "at", "participants"),
     }[kind]
-    return {name: (form.get(name) or [""])[0] for name in names}
+    kept = {name: (form.get(name) or [""])[0] for name in names}
+    if kind == "activity":
+        # Shown again in UTC, as a saved time is (the page's script shows it in local time).
+        when = _time(form)
+        if when is not None:
+            kept["at"] = when.strftime("%Y-%m-%dT%H:%M")
+    return kept
+
+
+def _time(form: dict[str, list[str]]) -> datetime | None:
+    """The activity's time in UTC: the form's ``datetime-local`` in the browser's zone, whose
+    offset the page's script sends as ``tz_offset`` (minutes, as JavaScript's
+    ``getTimezoneOffset``; without script none: the time is UTC). ValueError for a bad one."""
+    at = _one(form, "at")
+    if not at:
+        return None
+    when = datetime.fromisoformat(at)
+    if when.tzinfo is not None:
+        return when.astimezone(UTC)
+    offset = _one(form, "tz_offset")
+    minutes = int(offset) if offset.lstrip("-").isdigit() and abs(int(offset)) <= 24 * 60 else 0
+    return when.replace(tzinfo=UTC) + timedelta(minutes=minutes)
 
 
 def _values(record: Any, kind: str) -> dict[str, Any]:
@@ -192,15 +213,10 @@ def _fields(kind: str, form: dict[str, list[str]]) -> tuple[dict[str, Any], dict
         fields["title"] = _name(
             _one(form, "title"), "title", errors, required="An activity needs a title."
         )
-        at = _one(form, "at")
-        fields["at"] = None
-        if at:
-            try:
-                when = datetime.fromisoformat(at)
-            except ValueError:
-                errors["at"] = "Give a date and a time, e.g. 2030-01-31 09:00."
-            else:
-                fields["at"] = when if when.tzinfo else when.replace(tzinfo=UTC)
+        try:
+            fields["at"] = _time(form)
+        except ValueError:
+            errors["at"] = "Give a date and a time, e.g. 2030-01-31 09:00."
         fields["participants"] = _addresses(_one(form, "participants"), "participants", errors)
     return fields, errors
 
