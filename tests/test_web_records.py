@@ -114,6 +114,8 @@ def test_crm_records_created_edited_and_deleted(web: Watched, app: FastAPI) -> N
     page.click("#new-contact button[type=submit]")
     error = page.locator("#new-contact #error-emails").inner_text()
     assert f"alice@example.test is already on another contact (#{alice_id})" in error, error
+    other = page.locator("#new-contact #error-emails a.other-record")
+    assert other.get_attribute("href") == f"/crm/contacts/{alice_id}"
     page.fill("#new-contact textarea[name=emails]", "bob@")
     page.click("#new-contact button[type=submit]")
     assert "not an e-mail address" in page.locator("#new-contact #error-emails").inner_text()

@@ -233,6 +233,8 @@ def _store_error(kind: str, exc: ConfigError) -> dict[str, str]:
         if owner is not None:
             what, number = owner.group(1), owner.group(2)
             text = f"{text[: owner.start()]} is already on another {what} (#{number})"
+            # The page links the other record beside the sentence.
+            return {field: f"{text}.", f"{field}_link": f"/crm/{_PLURALS[what]}/{number}"}
         return {field: f"{text}."}
     for start, field in (
         ("no company", "company_id"),
