@@ -38,6 +38,9 @@ ACTIVITIES_SHOWN = 20
 DEAL_CHOICES = 200
 
 Search = Annotated[str | None, Query(max_length=200)]
+#: The longest address list "Add activity" prefills (a query parameter of the list page).
+PREFILL_CHARS = 2000
+Prefill = Annotated[str | None, Query(max_length=PREFILL_CHARS)]
 After = Annotated[int | None, Query(ge=0, le=MAX_ID)]
 _KINDS = {
     "contacts": "contact",
@@ -174,8 +177,14 @@ def record_page(
         context["older"] = older
         context["activities"] = crm.activities_of(kind, record_id, limit=ACTIVITIES_SHOWN)
     context.update(details)
+    # "Add activity": the record's people's addresses, within the list page's bound.
     people = [details["record"]] if kind == "contact" else details.get("contacts", [])
-    context["activity_prefill"] = [e for c in people[:10] for e in c.emails[:3]]
+    prefill: list[str] = []
+    for address in (e for c in people[:10] for e in c.emails[:3]):
+        if sum(len(a) + 2 for a in prefill) + len(address) > PREFILL_CHARS:
+            break
+        prefill.append(address)
+    context["activity_prefill"] = prefill
     context.update(form_context(request, kind, details["record"]))
     context.update(extra or {})
     if done := request.query_params.get("done"):
@@ -213,7 +222,7 @@ def activities_page(
     user: PageUser,
     q: Search = None,
     after: After = None,
-    participants: Search = None,
+    participants: Prefill = None,
 ) -> HTMLResponse:
     """Meetings, calls and tasks by id, searched by title or participant address
     (``GET /activities``' call); ``participants`` prefills the new one's (a record page's
