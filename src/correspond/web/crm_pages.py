@@ -38,10 +38,23 @@ ACTIVITIES_SHOWN = 20
 DEAL_CHOICES = 200
 
 Search = Annotated[str | None, Query(max_length=200)]
+#: The longest address list "Add activity" prefills (a query parameter of the list page).
+PREFILL_CHARS = 2000
+Prefill = Annotated[str | None, Query(max_length=PREFILL_CHARS)]
 After = Annotated[int | None, Query(ge=0, le=MAX_ID)]
-_KINDS = {"contacts": "contact", "companies": "company", "deals": "deal"}
+_KINDS = {
+    "contacts": "contact",
+    "companies": "company",
+    "deals": "deal",
+    "activities": "activity",
+}
 _PLURALS = {kind: plural for plural, kind in _KINDS.items()}
-_TITLES = {"contacts": "Contacts", "companies": "Companies", "deals": "Deals"}
+_TITLES = {
+    "contacts": "Contacts",
+    "companies": "Companies",
+    "deals": "Deals",
+    "activities": "Activities",
+}
 
 
 def _crm(request: Request) -> CrmStore:
@@ -50,13 +63,24 @@ def _crm(request: Request) -> CrmStore:
 
 
 def _list_page(
-    request: Request, user: User, plural: str, q: str | None, after: int | None
+    request: Request,
+    user: User,
+    plural: str,
+    q: str | None,
+    after: int | None,
+    *,
+    extra: dict[str, Any] | None = None,
+    status: int = 200,
 ) -> HTMLResponse:
+    """A list page; ``extra``: the "New ..." form's context (:mod:`correspond.web.crm_forms`:
+    what was typed and the errors beside each field after a refused create)."""
+    from correspond.web.crm_forms import form_context  # it imports this module
+
     crm = _crm(request)
     listing = getattr(crm, f"list_{plural}")
     page = listing(q=q, after=after, limit=CRM_PAGE)
     companies: dict[int, str] = {}
-    if plural != "companies":
+    if plural in ("contacts", "deals"):
         for company_id in {r.company_id for r in page.items if r.company_id is not None}:
             companies[company_id] = crm.get_company(company_id).name
     query = {"q": q} if q else {}
@@ -74,8 +98,11 @@ def _list_page(
         "first": here + (f"?{urlencode(query)}" if query else ""),
         "first_page": after is None,
         "more": more,
+        "done": request.query_params.get("done") == "deleted",
+        **form_context(request, _KINDS[plural], None),
+        **(extra or {}),
     }
-    return _render(request, "crm_list.html", context, user=user)
+    return _render(request, "crm_list.html", context, user=user, status=status)
 
 
 @router.get("/crm")
@@ -105,30 +132,64 @@ def deals_page(
     return _list_page(request, user, "deals", q, after)
 
 
-def _record_page(
+def _details(request: Request, kind: str, record_id: int) -> dict[str, Any]:
+    """What a record page shows above its timeline (``CrmStore.get_*`` and the small reads)."""
+    crm = _crm(request)
+    if kind == "contact":
+        contact = crm.get_contact(record_id)
+        company = crm.get_company(contact.company_id) if contact.company_id else None
+        deals = crm.deals_of_contact(record_id, status="open")
+        return {"record": contact, "company": company, "deals": deals}
+    if kind == "company":
+        company = crm.get_company(record_id)
+        return {"record": company, "contacts": crm.contacts_of_company(record_id)}
+    if kind == "deal":
+        deal = crm.get_deal(record_id)
+        company = crm.get_company(deal.company_id) if deal.company_id else None
+        contacts = [crm.get_contact(c) for c in deal.contact_ids[:CRM_PAGE]]
+        return {"record": deal, "company": company, "contacts": contacts}
+    return {"record": crm.get_activity(record_id)}
+
+
+def record_page(
     request: Request,
     user: User,
     kind: str,
     record_id: int,
-    before: str | None,
-    details: dict[str, Any],
+    before: str | None = None,
+    *,
+    extra: dict[str, Any] | None = None,
+    status: int = 200,
 ) -> HTMLResponse:
-    """A record's details and its timeline: the messages ``user`` may see, newest first."""
+    """A record's details, its edit form and its timeline: the messages ``user`` may see,
+    newest first (an activity has no timeline). ``extra``: the edit form's context after a
+    refused save (:mod:`correspond.web.crm_forms`)."""
+    from correspond.web.crm_forms import form_context  # it imports this module
+
     crm = _crm(request)
-    page = crm.timeline(kind, record_id, user, limit=CRM_PAGE, before=before)
-    activities = crm.activities_of(kind, record_id, limit=ACTIVITIES_SHOWN)
+    details = _details(request, kind, record_id)
     here = f"/crm/{_PLURALS[kind]}/{record_id}"
-    older = f"{here}?{urlencode({'before': page.next_cursor})}" if page.next_cursor else None
-    context = {
-        "kind": kind,
-        "here": here,
-        "timeline": page.items,
-        "older": older,
-        "first_page": before is None,
-        "activities": activities,
-        **details,
-    }
-    return _render(request, f"crm_{kind}.html", context, user=user)
+    context: dict[str, Any] = {"kind": kind, "here": here, "first_page": before is None}
+    if kind != "activity":
+        page = crm.timeline(kind, record_id, user, limit=CRM_PAGE, before=before)
+        older = f"{here}?{urlencode({'before': page.next_cursor})}" if page.next_cursor else None
+        context["timeline"] = page.items
+        context["older"] = older
+        context["activities"] = crm.activities_of(kind, record_id, limit=ACTIVITIES_SHOWN)
+    context.update(details)
+    # "Add activity": the record's people's addresses, within the list page's bound.
+    people = [details["record"]] if kind == "contact" else details.get("contacts", [])
+    prefill: list[str] = []
+    for address in (e for c in people[:10] for e in c.emails[:3]):
+        if sum(len(a) + 2 for a in prefill) + len(address) > PREFILL_CHARS:
+            break
+        prefill.append(address)
+    context["activity_prefill"] = prefill
+    context.update(form_context(request, kind, details["record"]))
+    context.update(extra or {})
+    if done := request.query_params.get("done"):
+        context.setdefault("done", done if done in ("created", "saved") else None)
+    return _render(request, f"crm_{kind}.html", context, user=user, status=status)
 
 
 @router.get("/crm/contacts/{contact_id}")
@@ -136,12 +197,7 @@ def contact_page(
     request: Request, user: PageUser, contact_id: PathId, before: Cursor = None
 ) -> HTMLResponse:
     """A contact: name, addresses, company, open deals; its email timeline."""
-    crm = _crm(request)
-    contact = crm.get_contact(contact_id)
-    company = crm.get_company(contact.company_id) if contact.company_id else None
-    deals = crm.deals_of_contact(contact_id, status="open")
-    details = {"record": contact, "company": company, "deals": deals}
-    return _record_page(request, user, "contact", contact_id, before, details)
+    return record_page(request, user, "contact", contact_id, before)
 
 
 @router.get("/crm/companies/{company_id}")
@@ -149,10 +205,7 @@ def company_page(
     request: Request, user: PageUser, company_id: PathId, before: Cursor = None
 ) -> HTMLResponse:
     """A company: domains, contacts; its email timeline."""
-    crm = _crm(request)
-    company = crm.get_company(company_id)
-    details = {"record": company, "contacts": crm.contacts_of_company(company_id)}
-    return _record_page(request, user, "company", company_id, before, details)
+    return record_page(request, user, "company", company_id, before)
 
 
 @router.get("/crm/deals/{deal_id}")
@@ -160,12 +213,28 @@ def deal_page(
     request: Request, user: PageUser, deal_id: PathId, before: Cursor = None
 ) -> HTMLResponse:
     """A deal: status, contacts, company; its email timeline."""
-    crm = _crm(request)
-    deal = crm.get_deal(deal_id)
-    company = crm.get_company(deal.company_id) if deal.company_id else None
-    contacts = [crm.get_contact(c) for c in deal.contact_ids[:CRM_PAGE]]
-    details = {"record": deal, "company": company, "contacts": contacts}
-    return _record_page(request, user, "deal", deal_id, before, details)
+    return record_page(request, user, "deal", deal_id, before)
+
+
+@router.get("/crm/activities")
+def activities_page(
+    request: Request,
+    user: PageUser,
+    q: Search = None,
+    after: After = None,
+    participants: Prefill = None,
+) -> HTMLResponse:
+    """Meetings, calls and tasks by id, searched by title or participant address
+    (``GET /activities``' call); ``participants`` prefills the new one's (a record page's
+    "Add activity")."""
+    extra = {"form": {"participants": participants}} if participants else None
+    return _list_page(request, user, "activities", q, after, extra=extra)
+
+
+@router.get("/crm/activities/{activity_id}")
+def activity_page(request: Request, user: PageUser, activity_id: PathId) -> HTMLResponse:
+    """An activity: kind, title, time, participants."""
+    return record_page(request, user, "activity", activity_id)
 
 
 # --- the thread page's "Link to deal" ---------------------------------------------------------

@@ -537,7 +537,8 @@ def settings_smtp_page(
     done: Annotated[str | None, Query(max_length=20)] = None,
 ) -> HTMLResponse:
     """The addresses the caller sends as (``GET /identities``), the default marked."""
-    return _identities_page(request, user, done=done if done in ("default", "added") else None)
+    shown = done if done in ("default", "added", "deleted") else None
+    return _identities_page(request, user, done=shown)
 
 
 @router.post("/settings/smtp/{identity_id}/default")
@@ -601,20 +602,28 @@ def _template_page(
     error: str | None = None,
     preview: RenderedTemplate | None = None,
     preview_error: str | None = None,
-    contact_id: int | None = None,
+    chosen: dict[str, int] | None = None,
     saved: bool = False,
     status: int = 200,
 ) -> HTMLResponse:
     auth = _auth(request)
     teams = auth.teams.list(member_id=None if user.is_admin else user.id)
-    contacts = _composer(request).crm.list_contacts(limit=200).items
+    service = _composer(request)
+    crm = service.crm
+    chosen = chosen or {}
     context = {
         "template": template,
         "form": form,
         "error": error,
         "share_teams": teams,
-        "contacts": contacts,
-        "contact_id": contact_id,
+        # The preview's choices (the first 200 of each kind) and the ones chosen; the HTML
+        # body is shown in a sandboxed frame (web.settings_edit.template_preview_frame).
+        "contacts": crm.list_contacts(limit=200).items,
+        "companies": crm.list_companies(limit=200).items,
+        "deals": crm.list_deals(limit=200).items,
+        "identities": service.identities.list(user),
+        "chosen": chosen,
+        "preview_query": urlencode(chosen),
         "preview": preview,
         "preview_error": preview_error,
         "fields": FIELDS,
@@ -653,7 +662,8 @@ def templates_page(request: Request, user: PageUser) -> HTMLResponse:
     templates = _composer(request).templates.list(user)
     auth = _auth(request)
     teams = {t.id: t.name for t in auth.teams.list(member_id=None if user.is_admin else user.id)}
-    context = {"templates": templates, "team_names": teams}
+    deleted = request.query_params.get("done") == "deleted"
+    context = {"templates": templates, "team_names": teams, "deleted": deleted}
     return _render(request, "templates.html", context, user=user)
 
 
@@ -708,19 +718,23 @@ def save_template_page(
 def preview_template_page(
     request: Request, user: PageUser, template_id: PathId, form: SignedForm
 ) -> HTMLResponse:
-    """The saved template filled for the chosen contact (``POST /templates/{id}/render``'s
-    service): a merge field without a value is its sentence, never a blank."""
+    """The saved template filled for the chosen contact, company, deal and identity (``POST
+    /templates/{id}/render``'s service): a merge field without a value is its sentence, never
+    a blank."""
     service = _composer(request)
     template = service.templates.get(user, template_id)
-    chosen = form.get("contact_id", "")
-    contact_id = int(chosen) if chosen.isdigit() and 0 < int(chosen) <= MAX_ID else None
+    chosen: dict[str, int] = {}
+    for key in ("contact_id", "company_id", "deal_id", "identity_id"):
+        value = form.get(key, "")
+        if value.isdigit() and 0 < int(value) <= MAX_ID:
+            chosen[key] = int(value)
     preview: RenderedTemplate | None = None
     problem: str | None = None
     try:
         preview = service.render(
             user,
             template_id,
-            contact_id=contact_id,
+            **chosen,
             user_name=user.display_name,
             user_email=user.email,
         )
@@ -733,7 +747,7 @@ def preview_template_page(
         form=_template_form(template),
         preview=preview,
         preview_error=problem,
-        contact_id=contact_id,
+        chosen=chosen,
         status=200 if problem is None else 422,
     )
 

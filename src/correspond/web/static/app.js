@@ -418,3 +418,28 @@ document.addEventListener("DOMContentLoaded", () => {
   composer();
   localTimes();
 });
+
+// --- CRM record forms (web/crm_forms.py) ---------------------------------------------------
+// An activity's time is shown and typed in the browser's zone: the server renders it in UTC,
+// this shows it local, and a submit sends the offset for that date beside it (tz_offset).
+function crmLocalTime(form) {
+  const field = form.querySelector("input[name=at][data-utc]");
+  const offset = form.querySelector("input[name=tz_offset]");
+  if (!field || !offset) return;
+  const two = (n) => String(n).padStart(2, "0");
+  if (field.value) {
+    const when = new Date(field.value + ":00Z");
+    if (!isNaN(when)) {
+      field.value = when.getFullYear() + "-" + two(when.getMonth() + 1) + "-" +
+        two(when.getDate()) + "T" + two(when.getHours()) + ":" + two(when.getMinutes());
+    }
+  }
+  form.addEventListener("submit", () => {
+    const when = field.value ? new Date(field.value) : null;
+    offset.value = when && !isNaN(when) ? String(when.getTimezoneOffset()) : "";
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("form.crm-form").forEach(crmLocalTime);
+});
