@@ -40,6 +40,7 @@ from test_web import web as web
 from test_web_composer import _inbox_subjects, _outbox_id, _send_now
 from test_web_composer import settings as settings
 from test_web_composer import via_postfix as via_postfix
+from web_screenshots import screenshot_dir
 
 pytestmark = pytest.mark.dovecot
 
@@ -92,6 +93,7 @@ def _type_rich_body(web: Watched, image: Path) -> None:
     page.locator("#editor img").wait_for()
     assert page.locator("#editor img").evaluate("i => i.naturalWidth") == 12
     assert "Inline images:" in page.inner_text("#inline-size")
+    assert "not saved" not in page.inner_text("#compose-form").lower()
 
 
 def _arrived(dovecot: DovecotServer, user: object, subject: str) -> list:  # type: ignore[type-arg]
@@ -117,6 +119,9 @@ def test_bold_link_list_and_inline_image_arrive_as_alternative_and_related(
     page.fill("#field-to", contact.address)
     page.fill("#field-subject", "Rich from the browser")
     _type_rich_body(web, image)
+    directory = screenshot_dir()  # the editor with its content, for a reviewer
+    directory.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(directory / "composer-html.png"), full_page=True)
     page.click("#send-button")
     page.wait_for_url(re.compile(r"/conversation/\d+\?sent=\d+$"))
     _send_now(store, settings, mirror, _outbox_id(page.url))

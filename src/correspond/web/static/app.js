@@ -682,8 +682,8 @@ function composerDraftFile(f) {
 }
 
 function composerDrafts(form, editor) {
-  const url = form.dataset.autosave;
-  const seconds = Number(form.dataset.autosaveSeconds) || 10;
+  const url = form.dataset.draftSave;
+  const seconds = Number(form.dataset.draftSaveSeconds) || 10;
   const status = document.getElementById("draft-status");
   const idField = document.getElementById("field-draft-id");
   const list = document.getElementById("draft-files");
