@@ -695,14 +695,26 @@ function composerDrafts(form, editor) {
     if (button) { button.closest("li").remove(); dirty = true; }
   });
   let dirty = false;
-  let saving = false;
+  let saving = null; // the save under way
   let leaving = false;
   form.addEventListener("input", () => { dirty = true; });
   form.addEventListener("change", () => { dirty = true; });
-  form.addEventListener("submit", () => { leaving = true; });
-  async function save() {
+  form.addEventListener("submit", (event) => {
+    if (saving) {
+      // A save under way may be making the draft: the form goes once it has its id (so the
+      // send removes that draft, and Save draft saves over it).
+      event.preventDefault();
+      const by = event.submitter;
+      saving.then(() => form.requestSubmit(by));
+      return;
+    }
+    leaving = true;
+  });
+  function save() {
     if (saving || leaving) return;
-    saving = true;
+    saving = saveNow().finally(() => { saving = null; });
+  }
+  async function saveNow() {
     dirty = false;
     editor.prepare();
     const body = new FormData(form);
@@ -717,7 +729,6 @@ function composerDrafts(form, editor) {
       });
       const saved = await answer.json().catch(() => ({}));
       if (!answer.ok) throw new Error(saved.detail || String(answer.status));
-      if (leaving) return;
       idField.value = String(saved.id);
       editor.savedFiles(saved.files);
       const shown = new Set(Array.from(list.children).map((li) => li.dataset.fileId));
@@ -733,8 +744,6 @@ function composerDrafts(form, editor) {
       dirty = true;
       status.textContent = "Draft not saved: " + err.message;
       status.className = "error";
-    } finally {
-      saving = false;
     }
   }
   setInterval(() => { if (dirty) save(); }, seconds * 1000);
