@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from correspond.settings import Settings
 from correspond.store import Store
 from correspond.store.draft_tables import DraftRow
+from correspond.store.message_tables import MessageRow
 from correspond.store.sends import SendStore
 from correspond.testing.dovecot import DovecotServer
 from correspond.testing.mirror import SeededMirror
@@ -362,3 +363,41 @@ def test_draft_endpoints_need_the_token_and_are_the_owners_own(
     assert done.status_code == 303 and done.headers["location"] == "/compose/drafts?deleted=1"
     assert _draft_html(store, draft_id) is None
     assert admin.get(f"/compose?draft={draft_id}").status_code == 404
+    # A reply saved as a draft ("Save draft" without script): reopened on its thread's reply
+    # page, and sent as that reply.
+    with Session(store.engine) as s:
+        message_id, thread_id = s.execute(
+            select(MessageRow.id, MessageRow.thread_id).where(
+                MessageRow.message_id_header.contains(mirror.kickoff_mid)
+            )
+        ).one()
+    reply_url = f"/conversation/{thread_id}/reply?message={message_id}&mode=reply"
+    saved = admin.post(
+        reply_url,
+        data={"csrf": token.group(1), "action": "draft", "text": "Noted, thanks."},
+        files=empty,
+    )
+    assert saved.status_code == 303, saved.text
+    found = re.search(r"&draft=(\d+)&saved=1$", saved.headers["location"])
+    assert found is not None and saved.headers["location"].startswith(reply_url)
+    reply_draft = int(found.group(1))
+    opened = admin.get(f"/compose/drafts/{reply_draft}/open")
+    assert opened.status_code == 303 and opened.headers["location"] == (
+        f"{reply_url}&draft={reply_draft}"
+    )
+    page = admin.get(opened.headers["location"])
+    assert page.status_code == 200 and "Noted, thanks." in page.text
+    sent = admin.post(
+        reply_url,
+        data={"csrf": token.group(1), "text": "Noted, thanks.", "draft_id": str(reply_draft)},
+        files=empty,
+    )
+    assert sent.status_code == 303, sent.text
+    assert sent.headers["location"].startswith(f"/conversation/{thread_id}?sent=")
+    record = SendStore(store.engine).get(_outbox_id(sent.headers["location"]))
+    assert record.thread_id == thread_id
+    with Session(store.engine) as s:
+        assert s.scalar(select(DraftRow.sent_outbox_id).where(DraftRow.id == reply_draft)) == (
+            record.outbox.id
+        )
+    assert admin.get(f"/compose/drafts/{reply_draft}/open").status_code == 404
