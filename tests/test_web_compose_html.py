@@ -38,7 +38,7 @@ from test_web import browser as browser
 from test_web import mirror as mirror
 from test_web import served as served
 from test_web import web as web
-from test_web_composer import _inbox_subjects, _outbox_id, _send_now
+from test_web_composer import SEND_LIMIT, _inbox_subjects, _outbox_id, _send_now
 from test_web_composer import settings as settings
 from test_web_composer import via_postfix as via_postfix
 from web_screenshots import screenshot_dir
@@ -120,6 +120,20 @@ def test_bold_link_list_and_inline_image_arrive_as_alternative_and_related(
     page.fill("#field-to", contact.address)
     page.fill("#field-subject", "Rich from the browser")
     _type_rich_body(web, image)
+    # A second image pasted (a clipboard holding an image file).
+    pasted = _png(5, 3)
+    page.evaluate(
+        """bytes => {
+            const file = new File([new Uint8Array(bytes)], "pasted.png", {type: "image/png"});
+            const data = new DataTransfer();
+            data.items.add(file);
+            const editor = document.getElementById("editor");
+            editor.dispatchEvent(new ClipboardEvent("paste", {
+                clipboardData: data, bubbles: true, cancelable: true}));
+        }""",
+        list(pasted),
+    )
+    page.locator("#editor img[alt='pasted.png']").wait_for()
     directory = screenshot_dir()  # the editor with its content, for a reviewer
     directory.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(directory / "composer-html.png"), full_page=True)
@@ -136,7 +150,7 @@ def test_bold_link_list_and_inline_image_arrive_as_alternative_and_related(
     text = plain.get_content()
     assert "bold words" in text and "first point" in text and "<b>" not in text
     assert related.get_content_type() == "multipart/related"
-    html_part, picture = related.get_payload()
+    html_part, picture, second = related.get_payload()
     html = html_part.get_content()
     assert re.search(r"<(b|strong)>bold words</(b|strong)>", html), html
     assert 'href="https://example.com/deal"' in html
@@ -146,6 +160,8 @@ def test_bold_link_list_and_inline_image_arrive_as_alternative_and_related(
     assert picture["Content-ID"] == f"<{cid.group(1)}>"
     assert picture.get_content_type() == "image/png"
     assert picture.get_content() == png  # the bytes intact
+    assert second.get_filename() == "pasted.png" and second.get_content() == pasted
+    assert f'src="cid:{second["Content-ID"].strip("<>")}"' in html
     assert "data:" not in html  # the editor's preview did not travel
     assert not web.dialogs and not web.remote
 
@@ -363,6 +379,24 @@ def test_draft_endpoints_need_the_token_and_are_the_owners_own(
     assert done.status_code == 303 and done.headers["location"] == "/compose/drafts?deleted=1"
     assert _draft_html(store, draft_id) is None
     assert admin.get(f"/compose?draft={draft_id}").status_code == 404
+    # Inline images count against the send limit, as attachments do.
+    cid = "img-1@inline.correspond"
+    big = admin.post(
+        "/compose",
+        data={
+            "csrf": token.group(1),
+            "to": "ann@example.test",
+            "html": f'<p>Chart</p><img src="cid:{cid}">',
+            "inline_cid": cid,
+        },
+        files=[
+            ("attachments", ("", b"", "application/octet-stream")),
+            ("inline", ("chart.png", b"\x89PNG" + b"x" * SEND_LIMIT, "image/png")),
+        ],
+    )
+    assert big.status_code == 422
+    assert f"the limit is {SEND_LIMIT:,} bytes" in big.text and 'id="error-attachments"' in big.text
+    assert SendStore(store.engine).open_sends() == []
     # A reply saved as a draft ("Save draft" without script): reopened on its thread's reply
     # page, and sent as that reply.
     with Session(store.engine) as s:

@@ -332,7 +332,8 @@ def _compose(
     size = sum(len(f.content or b"") for f in files)
     if size > limit:
         errors["attachments"] = (
-            f"The attachments are {size:,} bytes ({_mb(size)}); the limit is {limit:,} bytes "
+            f"The attachments and inline images are {size:,} bytes ({_mb(size)}); the limit "
+            f"is {limit:,} bytes "
             f"({_mb(limit)}) in all. Remove some and attach the rest again."
         )
     send_at: datetime | None = None
