@@ -38,6 +38,7 @@ from correspond.store.repository import SettingsChanged
 from correspond.testing.dovecot import DovecotServer, ImapUser
 from correspond.testing.mirror import SeededMirror, seed_mirror
 from correspond.web import router as web_router
+from correspond.web.compose_drafts import router as drafts_router
 from correspond.web.composer import router as composer_router
 from correspond.web.pages import PUBLIC_PAGES
 from helpers import API_BASE_URL, authed_client, user_client
@@ -109,7 +110,7 @@ STREAMS = {("GET", "/notifications/stream")}
 # session each answers 303 to /login, but sign-in and first run (tests/test_web.py).
 WEB_PAGES = {
     (method, route.path)
-    for route in (*web_router.routes, *composer_router.routes)
+    for route in (*web_router.routes, *composer_router.routes, *drafts_router.routes)
     for method in getattr(route, "methods", ()) or ()
     if method != "HEAD"
 }
@@ -301,6 +302,7 @@ def _secrets_of(admin: TestClient, mirror: SeededMirror) -> tuple[dict[str, Any]
         "template_id": template.json()["id"],
         "outbox_id": _outbox_row(admin, with_attachment["id"]),
         "draft_id": draft.json()["id"],
+        "file_id": 1,  # a draft's file (the web's /compose/drafts/{id}/files/{file_id})
     }
     subjects = [m["subject"] for m in page["messages"] if m["subject"]]
     return ids, [mirror.account, mirror.address, *subjects[:5]]

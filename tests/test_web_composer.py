@@ -145,7 +145,7 @@ def test_compose_sends_from_the_default_identity_and_it_arrives(
     assert f"{SEND_LIMIT:,}" in page.locator("#size-limit").inner_text()
     page.fill("#field-to", f"Cy Contact <{contact.address}>")
     page.fill("#field-subject", "Composed in the browser")
-    page.fill("#field-text", "Hello from the composer.")
+    page.fill("#editor", "Hello from the composer.")
     note = tmp_path / "notes.txt"
     note.write_text("attached notes\n")
     page.set_input_files("#field-attachments", str(note))
@@ -255,7 +255,7 @@ def test_reply_and_forward_from_a_thread_are_prefilled(
     assert page.locator("#quoted").inner_text().startswith("On ")
     assert "> " in page.locator("#quoted").inner_text()
     assert "(default)" in page.locator("#identity option:checked").inner_text()
-    page.fill("#field-text", "Sounds good.")
+    page.fill("#editor", "Sounds good.")
     page.click("button[value=send]")
     page.wait_for_url(re.compile(r"/conversation/\d+\?sent=\d+$"))
     assert page.url.split("?")[0] == thread_url  # the reply joined the thread

@@ -30,6 +30,7 @@ PAGES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("composer", r"/compose"),
         ("composer-reply", r"/conversation/\d+/reply"),
         ("scheduled", r"/compose/scheduled"),
+        ("drafts", r"/compose/drafts"),
         ("contacts", r"/crm/contacts"),
         ("contact", r"/crm/contacts/\d+"),
         ("company", r"/crm/companies/\d+"),

@@ -52,9 +52,10 @@ MAX_ID = 2**63 - 1
 
 # Path parameters checked by the routes themselves: a token, a notification and a webhook are
 # looked up among the caller's own, an attachment within its message (whose message_id is
-# checked here), a user of a team's membership on admin-only routes.
+# checked here), a draft's file within its draft (whose draft_id is checked here), a user of a
+# team's membership on admin-only routes.
 _CHECKED_BY_ROUTE = frozenset(
-    {"token_id", "attachment_id", "user_id", "notification_id", "webhook_id"}
+    {"token_id", "attachment_id", "file_id", "user_id", "notification_id", "webhook_id"}
 )
 # CRM records are the organisation's: every signed-in user may see them (the route answers 404
 # for one that does not exist). ``kind`` names a kind of record to import, nothing owned; a

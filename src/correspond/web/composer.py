@@ -10,6 +10,17 @@ names the address, a template's missing merge field names it, files over the sen
 are ``SendService.response_draft``'s (the same ``reply_draft``/``forward_draft`` as a send); the
 quote is shown under the body and added by ``respond`` below what is typed.
 
+The body is HTML when the browser has script (``static/app.js``'s editor: bold, italic, link,
+bulleted list, inline images), posted in ``html`` and sanitised by the thread page's own
+sanitizer (``mail.sanitize.sanitize_html``, nh3) before the message is built; its text part
+is derived from it by the builder. Inline images come as ``inline`` files with their content
+ids in ``inline_cid`` (the JSON API's ``inline``/``inline_content_ids``), referenced as
+``cid:`` in the HTML; they count against the send limit. Drafts (``DraftService``, as
+``/drafts``): ``action=draft`` saves the form and reopens it, ``/compose/draft`` is the
+autosave's JSON (:mod:`correspond.web.compose_drafts`); a form with ``draft_id`` sends with
+that draft's kept files (``keep_file``) and the send removes the draft (``SendService``'s
+``draft_id``: in the queueing transaction).
+
 "Send later" (``send_at``, the browser's local time with its offset in ``tz_offset``) gives
 ``Compose.send_at``; ``/compose/scheduled`` lists the caller's unsent sends
 (``SendStore.open_sends``) with Cancel (``SendService.cancel``). ``/compose/contacts?q=`` is the
@@ -20,6 +31,8 @@ composer functions.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -29,12 +42,15 @@ from starlette.datastructures import UploadFile
 
 from correspond.api.security import MAX_ID, needs
 from correspond.composer import ComposeService, RecordMissing
+from correspond.drafts import DraftService
 from correspond.errors import ConfigError, NotFound
 from correspond.mail.compose import ComposeError, MessageTooLarge
 from correspond.mail.merge import MissingMergeFields
 from correspond.mail.outgoing import OutgoingAttachment, uploaded
+from correspond.mail.sanitize import sanitize_html
 from correspond.mailbox import MailboxReader
 from correspond.outgoing import Compose, ReplyMode, SendService, parse_recipients
+from correspond.store.drafts import Draft, DraftFields, DraftFile
 from correspond.store.sends import SendListing, SendRecord
 from correspond.store.tables import utcnow
 from correspond.store.users import User
@@ -42,7 +58,16 @@ from correspond.sync.threads import in_thread
 from correspond.web.csrf import tokens_match
 from correspond.web.pages import PageRoute, PageUser, PathId, SignedForm, _csrf, _render
 
-__all__ = ["MAX_FILES", "router", "sent_notice", "split_addresses"]
+__all__ = [
+    "MAX_FILES",
+    "ComposerForm",
+    "clean_html",
+    "draft_fields",
+    "read_composer_form",
+    "router",
+    "sent_notice",
+    "split_addresses",
+]
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
@@ -61,8 +86,16 @@ _TEXT_FIELDS = (
     "contact_id",
     "send_at",
     "tz_offset",
+    "html",
+    "draft_id",
+    "in_reply_to",
+    "reply_mode",
 )
-_MAX_FIELD = {"text": 1_000_000, "subject": 2000}
+_MAX_FIELD = {"text": 1_000_000, "html": 4_000_000, "subject": 2000}
+#: The largest text field a composer form may carry (the HTML body).
+MAX_PART = 4_000_000
+#: An inline image's content id as the editor makes it (``mail.compose`` checks it again).
+_CID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,100}@[A-Za-z0-9.-]{1,100}\Z")
 #: How far ahead a send may be scheduled; how many contacts a suggestion list shows.
 MAX_SCHEDULE_AHEAD = timedelta(days=366)
 SUGGESTIONS = 8
@@ -140,9 +173,11 @@ def _page(
     reply: dict[str, Any] | None = None,
     notice: str | None = None,
     dropped: list[OutgoingAttachment] | None = None,
+    draft: Draft | None = None,
     status: int = 200,
 ) -> HTMLResponse:
     composer = _composer(request)
+    editor = _editor_context(form, draft)
     sending = _sending(request)
     identities = composer.identities.list(user)
     if not form.get("identity_id"):
@@ -159,7 +194,8 @@ def _page(
         "limit": sending.settings.send_max_bytes,
         "undo_seconds": int(sending.settings.send_undo_seconds),
         "scheduled": len(_scheduled(sending, user)),
-        "dropped": [f.filename for f in dropped or ()],
+        "dropped": [f.filename for f in dropped or () if f.content_id is None],
+        **editor,
         "reply": reply,
         "notice": notice,
         "action": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
@@ -167,14 +203,52 @@ def _page(
     return _render(request, "compose.html", context, status=status, user=user)
 
 
-async def _read_form(request: Request) -> tuple[dict[str, str], list[OutgoingAttachment]]:
-    """The text fields and uploaded files; 403 without the session's CSRF token."""
+@dataclass
+class ComposerForm:
+    """A composer form as posted: its text fields, the uploaded files (inline images with
+    their content id), and the ids of a draft's earlier files to keep (``keep_file``)."""
+
+    fields: dict[str, str]
+    files: list[OutgoingAttachment] = field(default_factory=list)
+    keep: list[int] = field(default_factory=list)
+
+
+def draft_file_url(draft_id: int, file_id: int | None) -> str:
+    return f"/compose/drafts/{draft_id}/files/{file_id}"
+
+
+def _editor_context(form: dict[str, str], draft: Draft | None) -> dict[str, Any]:
+    """The editor's HTML (sanitised again for this page: a draft's ``cid:`` images shown from
+    the draft's files), and the draft's other files, kept unless removed."""
+    inline = {f.content_id: f for f in draft.files if f.content_id} if draft else {}
+    urls = {cid: draft_file_url(draft.id, f.id) for cid, f in inline.items() if draft}
+    html = form.get("html") or ""
+    editor_html = sanitize_html(html, cid_urls=urls, allow_remote_images=True).html if html else ""
+    keep = {int(k) for k in (form.get("keep_file") or "").split(",") if k.isdigit()}
+    return {
+        "editor_html": editor_html,
+        "draft": draft,
+        "draft_files": [
+            f
+            for f in (draft.files if draft else ())
+            if f.content_id is None and (not form.get("keep_file") or f.id in keep)
+        ],
+        "draft_inline": [{"cid": cid, "id": f.id, "url": urls[cid]} for cid, f in inline.items()],
+    }
+
+
+async def read_composer_form(request: Request, *, token: str | None = None) -> ComposerForm:
+    """The text fields, uploaded files and kept draft files; 403 without the session's CSRF
+    token (in the ``csrf`` field, or ``token``: the autosave's header)."""
     kind = request.headers.get("content-type", "")
     if not kind.startswith("multipart/form-data"):
         raise HTTPException(415, "expected the composer's form (multipart/form-data)")
     files: list[OutgoingAttachment] = []
-    async with request.form(max_files=MAX_FILES, max_fields=50) as form:
-        if not tokens_match(_csrf(request), str(form.get("csrf") or "")):
+    async with request.form(
+        max_files=MAX_FILES * 2, max_fields=50 + MAX_FILES * 2, max_part_size=MAX_PART
+    ) as form:
+        given = token if token is not None else str(form.get("csrf") or "")
+        if not tokens_match(_csrf(request), given):
             raise HTTPException(403, "This form has expired or did not come from this app. "
                                 "Reload the page and try again.")  # fmt: skip
         fields = {
@@ -189,7 +263,55 @@ async def _read_form(request: Request) -> tuple[dict[str, str], list[OutgoingAtt
                         upload.filename, upload.content_type or "application/octet-stream", data
                     )
                 )
-    return fields, files
+        cids = [str(c) for c in form.getlist("inline_cid")]
+        inline = [u for u in form.getlist("inline") if isinstance(u, UploadFile)]
+        for upload, cid in zip(inline, cids, strict=False):
+            if not _CID.match(cid) or not (upload.content_type or "").startswith("image/"):
+                continue  # not the editor's: left out (the HTML's reference shows broken)
+            data = await upload.read()
+            image = uploaded(upload.filename or "image", upload.content_type or "", data)
+            files.append(replace(image, content_id=cid))
+        keep = [int(v) for v in (str(x) for x in form.getlist("keep_file")) if _id(v)]
+    return ComposerForm(fields, files, keep[: MAX_FILES * 2])
+
+
+async def _read_form(request: Request) -> tuple[dict[str, str], list[OutgoingAttachment]]:
+    form = await read_composer_form(request)
+    form.fields["keep_file"] = ",".join(str(k) for k in form.keep)
+    return form.fields, form.files
+
+
+def clean_html(html: str, content_ids: set[str] | frozenset[str]) -> str | None:
+    """The editor's HTML made safe to send by the thread page's sanitizer (nh3): ``cid:``
+    references kept for the given inline images only; None when nothing is left to show."""
+    if not html.strip():
+        return None
+    cleaned = sanitize_html(
+        html, cid_urls={cid: f"cid:{cid}" for cid in content_ids}, allow_remote_images=True
+    ).html
+    has_image = "<img" in cleaned
+    if not has_image and not re.sub(r"<[^>]*>|&nbsp;|\s", "", cleaned):
+        return None
+    return cleaned
+
+
+def draft_fields(fields: dict[str, str], content_ids: set[str]) -> DraftFields:
+    """A composer form as a draft (``DraftService``): recipients as typed, the HTML cleaned."""
+    html = clean_html(fields["html"], content_ids)
+    mode = fields["reply_mode"] if fields["reply_mode"] in _MODES else None
+    in_reply_to = _id(fields["in_reply_to"]) if mode else None
+    return DraftFields(
+        identity_id=_id(fields["identity_id"]),
+        to=tuple(split_addresses(fields["to"])[:MAX_RECIPIENTS]),
+        cc=tuple(split_addresses(fields["cc"])[:MAX_RECIPIENTS]),
+        bcc=tuple(split_addresses(fields["bcc"])[:MAX_RECIPIENTS]),
+        subject=fields["subject"] or None,
+        text=None if html is not None else (fields["text"].replace("\r\n", "\n") or None),
+        html=html,
+        in_reply_to_id=in_reply_to if mode else None,
+        reply_mode=mode if in_reply_to else None,
+        template_id=_id(fields["template_id"]),
+    )
 
 
 def _compose(
@@ -210,7 +332,8 @@ def _compose(
     size = sum(len(f.content or b"") for f in files)
     if size > limit:
         errors["attachments"] = (
-            f"The attachments are {size:,} bytes ({_mb(size)}); the limit is {limit:,} bytes "
+            f"The attachments and inline images are {size:,} bytes ({_mb(size)}); the limit "
+            f"is {limit:,} bytes "
             f"({_mb(limit)}) in all. Remove some and attach the rest again."
         )
     send_at: datetime | None = None
@@ -222,13 +345,22 @@ def _compose(
         return None, errors
     template_id = _id(fields["template_id"])
     text = fields["text"].replace("\r\n", "\n")
+    cids = {f.content_id for f in files if f.content_id}
+    html = clean_html(fields["html"], cids)
+    if html is not None:
+        # Only the images the HTML shows go along; the text part is derived from the HTML.
+        files = [f for f in files if f.content_id is None or f"cid:{f.content_id}" in html]
+        text = ""
+    else:
+        files = [f for f in files if f.content_id is None]
     return Compose(
         to=parsed["to"],
         cc=parsed["cc"],
         bcc=parsed["bcc"],
         subject=fields["subject"] or None,
         # With a template, an empty body is the template's (what is typed wins).
-        text=text if text.strip() or template_id is None else None,
+        text=text if text.strip() or (template_id is None and html is None) else None,
+        html=html,
         attachments=tuple(files),
         template_id=template_id,
         contact_id=_id(fields["contact_id"]),
@@ -272,7 +404,88 @@ def _fill(
     )
     text = rendered.text if rendered.text is not None else ""
     subject = fields["subject"] if keep_subject else rendered.subject or fields["subject"]
-    return {**fields, "subject": subject, "text": text}
+    # The template's HTML (if any) goes in the editor; the typed HTML gives way, as the text.
+    return {**fields, "subject": subject, "text": text, "html": rendered.html or ""}
+
+
+def save_draft(
+    drafts: DraftService,
+    user: User,
+    fields: dict[str, str],
+    files: list[OutgoingAttachment],
+    keep: list[int],
+    draft: Draft | None,
+) -> Draft:
+    """The form saved as a new draft, or over ``draft`` (its files in ``keep`` stay; the
+    uploaded ones are added). Raises as ``DraftService`` does (ConfigError: over a limit)."""
+    cids = {f.content_id for f in files if f.content_id}
+    cids |= {f.content_id for f in (draft.files if draft else ()) if f.content_id and f.id in keep}
+    saved = draft_fields(fields, cids)
+    uploads = [
+        DraftFile(f.filename, f.content_type, len(f.content or b""), f.content_id, f.content)
+        for f in files
+        if f.content_id is None or (saved.html and f"cid:{f.content_id}" in saved.html)
+    ]
+    if draft is None:
+        return drafts.create(user, saved, uploads)
+    return drafts.replace(user, draft.id, saved, uploads, keep_file_ids=keep)
+
+
+async def _save_draft(
+    request: Request,
+    user: User,
+    fields: dict[str, str],
+    files: list[OutgoingAttachment],
+    keep: list[int],
+    draft: Draft | None,
+    *,
+    reply: dict[str, Any] | None,
+) -> Response:
+    """ "Save draft": saved through ``DraftService``, the composer reopened on it."""
+    if reply is not None:
+        fields = {**fields, "in_reply_to": str(reply["message_id"]), "reply_mode": reply["mode"]}
+    drafts: DraftService = request.app.state.drafts
+    try:
+        saved = await in_thread(lambda: save_draft(drafts, user, fields, files, keep, draft))
+    except ConfigError as exc:
+        problem = {"form": f"Not saved: {exc}"}
+        return await in_thread(
+            lambda: _page(
+                request,
+                user,
+                form=fields,
+                errors=problem,
+                reply=reply,
+                dropped=files,
+                draft=draft,
+                status=422,
+            )
+        )
+    if reply is not None:
+        where = f"/conversation/{reply['thread'].id}/reply?message={reply['message_id']}"
+        return RedirectResponse(
+            f"{where}&mode={reply['mode']}&draft={saved.id}&saved=1", status_code=303
+        )
+    return RedirectResponse(f"/compose?draft={saved.id}&saved=1", status_code=303)
+
+
+def draft_form(draft: Draft) -> dict[str, str]:
+    """A saved draft as the composer's form."""
+    f = draft.fields
+    return {
+        "identity_id": str(f.identity_id or ""),
+        "to": ", ".join(f.to),
+        "cc": ", ".join(f.cc),
+        "bcc": ", ".join(f.bcc),
+        "subject": f.subject or "",
+        "text": f.text or "",
+        "html": f.html or "",
+        "template_id": str(f.template_id or ""),
+        "contact_id": "",
+        "send_at": "",
+        "tz_offset": "",
+        "draft_id": str(draft.id),
+    }
 
 
 def _done(record: SendRecord) -> RedirectResponse:
@@ -289,11 +502,19 @@ def compose_page(
     user: PageUser,
     undone: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     sent: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    draft: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    saved: Annotated[int | None, Query(ge=1, le=1)] = None,
 ) -> HTMLResponse:
-    """A new message, from the default identity (``GET /compose/defaults``' choice)."""
+    """A new message, from the default identity (``GET /compose/defaults``' choice), or a
+    saved draft of the caller's (``draft``; another's is a 404)."""
     notice = (
         "Undone: the message was not sent." if undone else ("Queued to send." if sent else None)
     )
+    if draft is not None:
+        found = request.app.state.drafts.get(user, draft)
+        if saved:
+            notice = "Draft saved."
+        return _page(request, user, form=draft_form(found), notice=notice, draft=found)
     return _page(request, user, form={}, notice=notice)
 
 
@@ -335,12 +556,38 @@ async def _submit(
         return await in_thread(
             lambda: _page(request, user, form=filled, reply=reply, dropped=files)
         )
+    drafts: DraftService = request.app.state.drafts
+    draft_id = _id(fields["draft_id"])
+    keep = [int(k) for k in fields.get("keep_file", "").split(",") if k.isdigit()]
+    draft: Draft | None = None
+    if draft_id is not None:
+        # The draft's files the form kept (NotFound: not the caller's draft, a 404).
+        draft = await in_thread(lambda: drafts.drafts.get(user, draft_id, content=True))
+    if fields["action"] == "draft":
+        return await _save_draft(request, user, fields, files, keep, draft, reply=reply)
+    kept = [
+        OutgoingAttachment(
+            filename=f.filename,
+            content_type=f.content_type,
+            content=f.content or b"",
+            content_id=f.content_id,
+        )
+        for f in (draft.files if draft else ())
+        if f.id in keep
+    ]
     service = _sending(request)
-    compose, errors = _compose(fields, files, service.settings.send_max_bytes)
+    compose, errors = _compose(fields, kept + files, service.settings.send_max_bytes)
     if compose is None:
         return await in_thread(
             lambda: _page(
-                request, user, form=fields, errors=errors, reply=reply, dropped=files, status=422
+                request,
+                user,
+                form=fields,
+                errors=errors,
+                reply=reply,
+                dropped=files,
+                draft=draft,
+                status=422,
             )
         )
     identity_id = _id(fields["identity_id"])
@@ -348,9 +595,14 @@ async def _submit(
     def send() -> SendRecord:
         assert compose is not None
         if reply is None:
-            return service.send_new(user, None, compose, identity_id=identity_id)
+            return service.send_new(user, None, compose, identity_id=identity_id, draft_id=draft_id)
         return service.respond(
-            user, reply["message_id"], reply["mode"], compose, identity_id=identity_id
+            user,
+            reply["message_id"],
+            reply["mode"],
+            compose,
+            identity_id=identity_id,
+            draft_id=draft_id,
         )
 
     try:
@@ -359,7 +611,14 @@ async def _submit(
         errors = _send_errors(exc)
         return await in_thread(
             lambda: _page(
-                request, user, form=fields, errors=errors, reply=reply, dropped=files, status=422
+                request,
+                user,
+                form=fields,
+                errors=errors,
+                reply=reply,
+                dropped=files,
+                draft=draft,
+                status=422,
             )
         )
     return _done(record)
@@ -408,10 +667,21 @@ def _reply_context(
 @router.get("/conversation/{thread_id}/reply")
 @needs("full")
 def reply_page(
-    request: Request, user: PageUser, thread_id: PathId, message: MessageQuery, mode: Mode = "reply"
+    request: Request,
+    user: PageUser,
+    thread_id: PathId,
+    message: MessageQuery,
+    mode: Mode = "reply",
+    draft: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    saved: Annotated[int | None, Query(ge=1, le=1)] = None,
 ) -> HTMLResponse:
-    """The composer prefilled to reply, reply to all or forward ``message``."""
+    """The composer prefilled to reply, reply to all or forward ``message`` (or with a saved
+    draft of that reply, ``draft``)."""
     reply, form = _reply_context(request, user, thread_id, message, mode)
+    if draft is not None:
+        found = request.app.state.drafts.get(user, draft)
+        notice = "Draft saved." if saved else None
+        return _page(request, user, form=draft_form(found), reply=reply, draft=found, notice=notice)
     return _page(request, user, form=form, reply=reply)
 
 

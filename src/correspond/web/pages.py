@@ -754,8 +754,10 @@ def preview_template_page(
 
 def mount_web(app: FastAPI) -> None:
     """Add the pages and their static files to ``app`` (after the API's routes)."""
+    from correspond.web.compose_drafts import router as drafts_router
     from correspond.web.composer import router as composer_router
 
     app.include_router(router)
     app.include_router(composer_router)
+    app.include_router(drafts_router)
     app.mount(STATIC_URL, StaticFiles(directory=_HERE / "static"), name="web-static")

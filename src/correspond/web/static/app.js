@@ -267,6 +267,8 @@ function composerAttachments(input) {
     check.textContent = message;
     check.hidden = !message;
   }
+  // Saved into a draft (composerDrafts): the draft keeps them now, listed as its files.
+  input.addEventListener("composer:saved", () => keep([]));
   input.addEventListener("change", () => {
     const have = new Set(Array.from(kept.files).map(key));
     const added = Array.from(input.files).filter((f) => !have.has(key(f)));
@@ -405,6 +407,348 @@ function localTimes() {
   });
 }
 
+// --- The composer's HTML body and drafts (web/composer.py, web/compose_drafts.py): a
+// contenteditable editor (Bold, Italic, Link, Bulleted list; Ctrl+B, Ctrl+I, Ctrl+K) whose
+// HTML goes in the hidden "html" field (sanitised on the server before sending); images
+// pasted, dropped or chosen go as inline parts ("inline" files, content ids in "inline_cid")
+// referenced as cid:. Drafts: saved every few seconds while typing through /compose/draft,
+// the CSRF token in the X-CSRF-Token header.
+
+const COMPOSER_IMAGE_TYPES = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+
+function composerContentId() {
+  const bytes = new Uint8Array(8);
+  crypto.getRandomValues(bytes);
+  return "img-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("") +
+    "@inline.correspond";
+}
+
+function composerLinkTarget(value) {
+  const url = value.trim();
+  if (!url) return "";
+  if (/^(https?:|mailto:)/i.test(url)) return url;
+  if (/^[a-z][a-z0-9+.-]*:/i.test(url)) return ""; // javascript:, data: ...: not a link
+  return (url.includes("@") && !url.includes("/") ? "mailto:" : "https://") + url;
+}
+
+function composerEditor(form) {
+  const rich = document.getElementById("rich");
+  const editor = document.getElementById("editor");
+  const html = document.getElementById("field-html");
+  const textarea = document.getElementById("field-text");
+  const inlineInput = document.getElementById("field-inline");
+  const cidBox = document.getElementById("inline-cids");
+  const picker = document.getElementById("inline-image");
+  const sizeNote = document.getElementById("inline-size");
+  const attachments = document.getElementById("field-attachments");
+  if (!rich || !editor || !html || !textarea || !inlineInput || !cidBox || !window.DataTransfer) {
+    return null;
+  }
+  const limit = attachments ? Number(attachments.dataset.limit) || 0 : 0;
+  const pending = new Map(); // content id -> File not yet saved in a draft
+  const saved = new Map(); // content id -> the draft's file id
+  // A draft's images are shown from its files: their content ids come back from the list.
+  document.querySelectorAll("#draft-inline li").forEach((li) => {
+    saved.set(li.dataset.cid, li.dataset.fileId);
+    editor.querySelectorAll("img").forEach((img) => {
+      if (img.getAttribute("src") === li.dataset.url) img.dataset.cid = li.dataset.cid;
+    });
+  });
+  // The plain text typed without script (or a template's text) starts the editor.
+  if (!editor.textContent.trim() && !editor.querySelector("img") && textarea.value.trim()) {
+    textarea.value.replace(/\r\n/g, "\n").split("\n").forEach((line, i) => {
+      if (i) editor.appendChild(document.createElement("br"));
+      editor.appendChild(document.createTextNode(line));
+    });
+  }
+  rich.hidden = false;
+  document.getElementById("text-label").hidden = true;
+
+  let range = null;
+  function inEditor() {
+    const sel = document.getSelection();
+    return sel && sel.rangeCount && editor.contains(sel.getRangeAt(0).commonAncestorContainer)
+      ? sel : null;
+  }
+  function remember() {
+    const sel = inEditor();
+    if (sel) range = sel.getRangeAt(0).cloneRange();
+  }
+  document.addEventListener("selectionchange", remember);
+  // Back to where the caret was before a control took the focus (the link's address).
+  function restore() {
+    if (inEditor()) return;
+    editor.focus();
+    const sel = document.getSelection();
+    if (range && sel) {
+      sel.removeAllRanges();
+      sel.addRange(range);
+    }
+  }
+  function run(command, value) {
+    restore();
+    document.execCommand(command, false, value);
+    editor.dispatchEvent(new Event("input", { bubbles: true }));
+  }
+  function sizes() {
+    let total = 0;
+    pending.forEach((file) => { total += file.size; });
+    const files = attachments ? Array.from(attachments.files).reduce((n, f) => n + f.size, 0) : 0;
+    const over = limit && total + files > limit;
+    sizeNote.textContent = total
+      ? "Inline images: " + formatSize(total) + (limit ? " (with the attachments, at most " +
+        formatSize(limit) + " in all)" : "") : "";
+    sizeNote.className = over ? "error field-error" : "hint";
+    if (picker) {
+      picker.setCustomValidity(over ? "The images and attachments are over the limit of " +
+        formatSize(limit) + ": remove some to send." : "");
+    }
+  }
+  function insertImage(file) {
+    if (!COMPOSER_IMAGE_TYPES.includes(file.type)) {
+      toast(file.name + " is not an image this editor can send inline.");
+      return;
+    }
+    const cid = composerContentId();
+    pending.set(cid, file);
+    const reader = new FileReader();
+    reader.addEventListener("load", () => {
+      const img = document.createElement("img");
+      img.src = String(reader.result);
+      img.alt = file.name;
+      img.dataset.cid = cid;
+      restore();
+      const sel = document.getSelection();
+      if (range && sel && sel.rangeCount) {
+        const here = sel.getRangeAt(0);
+        here.deleteContents();
+        here.insertNode(img);
+        here.setStartAfter(img);
+        here.collapse(true);
+        sel.removeAllRanges();
+        sel.addRange(here);
+      } else {
+        editor.appendChild(img);
+      }
+      editor.dispatchEvent(new Event("input", { bubbles: true }));
+      sizes();
+    });
+    reader.readAsDataURL(file);
+  }
+
+  // Formatting buttons (mousedown would take the selection away: prevented).
+  rich.querySelectorAll(".toolbar button[data-command]").forEach((button) => {
+    button.addEventListener("mousedown", (event) => event.preventDefault());
+    button.addEventListener("click", () => {
+      if (button.dataset.command === "createLink") openLink();
+      else run(button.dataset.command);
+    });
+  });
+  const entry = document.getElementById("link-entry");
+  const linkUrl = document.getElementById("link-url");
+  function openLink() {
+    remember();
+    entry.hidden = false;
+    linkUrl.value = "";
+    linkUrl.focus();
+  }
+  function addLink() {
+    const url = composerLinkTarget(linkUrl.value);
+    entry.hidden = true;
+    if (!url) { restore(); return; }
+    restore();
+    const sel = document.getSelection();
+    if (sel && sel.rangeCount && sel.getRangeAt(0).collapsed) {
+      const words = document.createTextNode(linkUrl.value.trim());
+      const here = sel.getRangeAt(0);
+      here.insertNode(words);
+      here.selectNode(words);
+      sel.removeAllRanges();
+      sel.addRange(here);
+      range = here.cloneRange();
+    }
+    run("createLink", url);
+  }
+  document.getElementById("link-add").addEventListener("click", addLink);
+  document.getElementById("link-cancel").addEventListener("click", () => { entry.hidden = true; restore(); });
+  linkUrl.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") { event.preventDefault(); addLink(); }
+    if (event.key === "Escape") { event.preventDefault(); entry.hidden = true; restore(); }
+  });
+  editor.addEventListener("keydown", (event) => {
+    if (!(event.ctrlKey || event.metaKey) || event.altKey) return;
+    const key = event.key.toLowerCase();
+    if (key === "b") run("bold");
+    else if (key === "i") run("italic");
+    else if (key === "k") openLink();
+    else return;
+    event.preventDefault();
+  });
+  editor.addEventListener("paste", (event) => {
+    const files = Array.from((event.clipboardData && event.clipboardData.files) || [])
+      .filter((f) => f.type.startsWith("image/"));
+    if (!files.length) return; // text and HTML paste as usual (the server sanitises)
+    event.preventDefault();
+    files.forEach(insertImage);
+  });
+  editor.addEventListener("drop", (event) => {
+    const files = Array.from((event.dataTransfer && event.dataTransfer.files) || [])
+      .filter((f) => f.type.startsWith("image/"));
+    if (!files.length) return;
+    event.preventDefault();
+    files.forEach(insertImage);
+  });
+  if (picker) {
+    picker.addEventListener("change", () => {
+      Array.from(picker.files).forEach(insertImage);
+      picker.value = "";
+    });
+  }
+  if (attachments) attachments.addEventListener("change", sizes);
+  editor.addEventListener("input", sizes);
+
+  // The editor's HTML into the form: the images by cid:, new ones as inline files, the
+  // draft's ones still shown kept (keep_file).
+  function prepare() {
+    const clone = editor.cloneNode(true);
+    const inline = new DataTransfer();
+    cidBox.replaceChildren();
+    const seen = new Set();
+    clone.querySelectorAll("img").forEach((img) => {
+      const cid = img.dataset.cid;
+      if (!cid) return; // an image pasted by URL: the server's sanitizer decides
+      img.setAttribute("src", "cid:" + cid);
+      img.removeAttribute("data-cid");
+      if (seen.has(cid)) return;
+      seen.add(cid);
+      const field = document.createElement("input");
+      field.type = "hidden";
+      if (pending.has(cid)) {
+        inline.items.add(pending.get(cid));
+        field.name = "inline_cid";
+        field.value = cid;
+      } else if (saved.has(cid)) {
+        field.name = "keep_file";
+        field.value = saved.get(cid);
+      } else {
+        return;
+      }
+      cidBox.appendChild(field);
+    });
+    inlineInput.files = inline.files; // in the order of their inline_cid fields
+    // Nothing but lines of text (no formatting, link, list or image): sent as plain text.
+    const plain = Array.from(clone.querySelectorAll("*"))
+      .every((el) => ["BR", "DIV", "P"].includes(el.tagName) && !el.attributes.length);
+    const empty = !clone.textContent.trim() && !clone.querySelector("img");
+    html.value = empty || plain ? "" : clone.innerHTML;
+    textarea.value = plain && !empty ? editor.innerText.replace(/\n+$/, "") : "";
+  }
+  // A draft saved: its inline files are its own now (sent again only as kept files).
+  function savedFiles(files) {
+    files.forEach((f) => {
+      if (f.content_id && pending.has(f.content_id)) {
+        pending.delete(f.content_id);
+        saved.set(f.content_id, String(f.id));
+      }
+    });
+    sizes();
+  }
+  form.addEventListener("submit", prepare);
+  sizes();
+  return { prepare, savedFiles };
+}
+
+function composerDraftFile(f) {
+  const item = document.createElement("li");
+  item.className = "file saved";
+  item.dataset.fileId = String(f.id);
+  const keep = document.createElement("input");
+  keep.type = "hidden";
+  keep.name = "keep_file";
+  keep.value = String(f.id);
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = f.filename;
+  const size = document.createElement("span");
+  size.className = "size";
+  size.textContent = formatSize(f.size);
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.className = "remove";
+  remove.textContent = "Remove";
+  remove.setAttribute("aria-label", "Remove " + f.filename);
+  item.append(keep, name, " ", size, " ", remove);
+  return item;
+}
+
+function composerDrafts(form, editor) {
+  const url = form.dataset.draftSave;
+  const seconds = Number(form.dataset.draftSaveSeconds) || 10;
+  const status = document.getElementById("draft-status");
+  const idField = document.getElementById("field-draft-id");
+  const list = document.getElementById("draft-files");
+  const attachments = document.getElementById("field-attachments");
+  const token = form.querySelector("input[name=csrf]");
+  if (!url || !status || !idField || !list || !token) return;
+  list.addEventListener("click", (event) => {
+    const button = event.target.closest("button.remove");
+    if (button) { button.closest("li").remove(); dirty = true; }
+  });
+  let dirty = false;
+  let saving = null; // the save under way
+  let leaving = false;
+  form.addEventListener("input", () => { dirty = true; });
+  form.addEventListener("change", () => { dirty = true; });
+  form.addEventListener("submit", (event) => {
+    if (saving) {
+      // A save under way may be making the draft: the form goes once it has its id (so the
+      // send removes that draft, and Save draft saves over it).
+      event.preventDefault();
+      const by = event.submitter;
+      saving.then(() => form.requestSubmit(by));
+      return;
+    }
+    leaving = true;
+  });
+  function save() {
+    if (saving || leaving) return;
+    saving = saveNow().finally(() => { saving = null; });
+  }
+  async function saveNow() {
+    dirty = false;
+    editor.prepare();
+    const body = new FormData(form);
+    body.delete("action");
+    status.textContent = "Saving draft…";
+    try {
+      const answer = await fetch(url, {
+        method: "POST",
+        body,
+        credentials: "same-origin",
+        headers: { "Accept": "application/json", "X-CSRF-Token": token.value },
+      });
+      const saved = await answer.json().catch(() => ({}));
+      if (!answer.ok) throw new Error(saved.detail || String(answer.status));
+      idField.value = String(saved.id);
+      editor.savedFiles(saved.files);
+      const shown = new Set(Array.from(list.children).map((li) => li.dataset.fileId));
+      saved.files.filter((f) => !f.content_id && !shown.has(String(f.id)))
+        .forEach((f) => list.appendChild(composerDraftFile(f)));
+      if (attachments) attachments.dispatchEvent(new Event("composer:saved"));
+      const now = new Date();
+      const two = (n) => String(n).padStart(2, "0");
+      status.textContent = "Draft saved " + two(now.getHours()) + ":" + two(now.getMinutes()) +
+        ":" + two(now.getSeconds()) + ".";
+      status.className = "hint saved";
+    } catch (err) {
+      dirty = true;
+      status.textContent = "Draft not saved: " + err.message;
+      status.className = "error";
+    }
+  }
+  setInterval(() => { if (dirty) save(); }, seconds * 1000);
+}
+
 function composer() {
   const form = document.getElementById("compose-form");
   if (!form) return;
@@ -412,6 +756,8 @@ function composer() {
   if (files && window.DataTransfer) composerAttachments(files);
   composerSendLater(form);
   form.querySelectorAll("input[data-suggest]").forEach(composerSuggest);
+  const editor = composerEditor(form);
+  if (editor) composerDrafts(form, editor);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
