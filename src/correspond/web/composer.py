@@ -577,7 +577,9 @@ async def _submit(
     ]
     service = _sending(request)
     compose, errors = _compose(fields, kept + files, service.settings.send_max_bytes)
-    if compose is None:
+
+    async def refused(errors: dict[str, str]) -> Response:
+        """The form again, with each error beside its field (the files must be chosen again)."""
         return await in_thread(
             lambda: _page(
                 request,
@@ -590,6 +592,9 @@ async def _submit(
                 status=422,
             )
         )
+
+    if compose is None:
+        return await refused(errors)
     identity_id = _id(fields["identity_id"])
 
     def send() -> SendRecord:
@@ -608,19 +613,7 @@ async def _submit(
     try:
         record = await in_thread(send)
     except (ConfigError, PermissionError) as exc:  # merge fields, size, a recipient, As whom
-        errors = _send_errors(exc)
-        return await in_thread(
-            lambda: _page(
-                request,
-                user,
-                form=fields,
-                errors=errors,
-                reply=reply,
-                dropped=files,
-                draft=draft,
-                status=422,
-            )
-        )
+        return await refused(_send_errors(exc))
     return _done(record)
 
 

@@ -21,9 +21,8 @@ annotations, which must be the real classes.
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
-from urllib.parse import parse_qs
 
-from fastapi import Depends, HTTPException, Path, Request
+from fastapi import Depends, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from correspond.api.routes.crm import records_changed
@@ -32,8 +31,7 @@ from correspond.errors import ConfigError, Conflict
 from correspond.rules.crm import ACTIVITY_KINDS, DEAL_STATUSES
 from correspond.store.crm import CrmStore, addresses, domains
 from correspond.web.crm_pages import _KINDS, _PLURALS, _crm, _list_page, record_page
-from correspond.web.csrf import tokens_match
-from correspond.web.pages import PageUser, _csrf, _render, router
+from correspond.web.pages import PageUser, _render, router, signed_multi_form
 
 __all__ = ["CHOICES", "form_context"]
 
@@ -49,19 +47,7 @@ _TITLES = {"contact": "Contact", "company": "Company", "deal": "Deal", "activity
 
 async def crm_form(request: Request, _user: PageUser) -> dict[str, list[str]]:
     """The form's fields, every value of each, refused (403) without the session's token."""
-    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if kind != "application/x-www-form-urlencoded":
-        raise HTTPException(415, "expected a form (application/x-www-form-urlencoded)")
-    body = (await request.body()).decode("utf-8", errors="replace")
-    try:
-        fields = parse_qs(body, keep_blank_values=True, max_num_fields=_MAX_FIELDS)
-    except ValueError as exc:
-        raise HTTPException(413, "too many fields in this form") from exc
-    if not tokens_match(_csrf(request), (fields.get("csrf") or [""])[0]):
-        raise HTTPException(
-            403, "This form has expired or did not come from this app. Reload the page and "
-            "try again."
-        )  # fmt: skip
+    fields = await signed_multi_form(request, max_fields=_MAX_FIELDS)
     return {k: [v[:4096] for v in values] for k, values in fields.items()}
 
 

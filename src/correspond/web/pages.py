@@ -198,6 +198,24 @@ async def signed_form(request: Request, _user: PageUser) -> dict[str, str]:
 SignedForm = Annotated[dict[str, str], Depends(signed_form)]
 
 
+async def signed_multi_form(request: Request, *, max_fields: int) -> dict[str, list[str]]:
+    """A signed-in page's form with every value of each field (checkboxes, multiple selects:
+    :func:`signed_form` keeps one), at most ``max_fields`` fields (413 beyond), refused (403)
+    without the session's CSRF token."""
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        raise HTTPException(415, "expected a form (application/x-www-form-urlencoded)")
+    body = (await request.body()).decode("utf-8", errors="replace")
+    try:
+        fields = parse_qs(body, keep_blank_values=True, max_num_fields=max_fields)
+    except ValueError as exc:
+        raise HTTPException(413, "too many fields in this form") from exc
+    if not tokens_match(_csrf(request), (fields.get("csrf") or [""])[0]):
+        raise HTTPException(403, "This form has expired or did not come from this app. Reload "
+                            "the page and try again.")  # fmt: skip
+    return fields
+
+
 async def public_form(request: Request) -> dict[str, str]:
     """A form used before signing in, refused (403) unless it repeats its cookie's token."""
     form = await _form(request)

@@ -24,9 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Annotated, Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
-from fastapi import HTTPException, Query, Request
+from fastapi import Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from correspond.accounts import AccountService, lifecycle_plan
@@ -46,8 +46,7 @@ from correspond.store.leases import AccountLeases
 from correspond.store.progress import ProgressReader
 from correspond.store.records import TOGGLES
 from correspond.store.users import User
-from correspond.web.csrf import tokens_match
-from correspond.web.pages import PageUser, SignedForm, _csrf, _render, router
+from correspond.web.pages import PageUser, SignedForm, _render, router, signed_multi_form
 
 __all__: list[str] = []
 
@@ -358,20 +357,7 @@ def folders_page(
 async def _folder_form(request: Request) -> dict[str, list[str]]:
     """This page's form, every value of each field (one ``folder`` per checked box: more
     than the pages' usual 50 fields), refused (403) without the session's CSRF token."""
-    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if kind != "application/x-www-form-urlencoded":
-        raise HTTPException(415, "expected a form (application/x-www-form-urlencoded)")
-    body = (await request.body()).decode("utf-8", errors="replace")
-    try:
-        fields = parse_qs(body, keep_blank_values=True, max_num_fields=_MAX_FOLDER_FIELDS)
-    except ValueError as exc:
-        raise HTTPException(413, "too many fields in this form") from exc
-    if not tokens_match(_csrf(request), (fields.get("csrf") or [""])[0]):
-        raise HTTPException(
-            403, "This form has expired or did not come from this app. Reload the page and "
-            "try again."
-        )  # fmt: skip
-    return fields
+    return await signed_multi_form(request, max_fields=_MAX_FOLDER_FIELDS)
 
 
 _MAX_FOLDER_FIELDS = 5000
