@@ -41,7 +41,7 @@ from correspond.cli.base import (
     pass_cli,
 )
 from correspond.cli.output import safe
-from correspond.memory import limit_malloc_arenas
+from correspond.memory import tune_heap
 from correspond.store.leases import RUNNABLE_STATES
 from correspond.store.progress import AccountProgress, ProgressReader
 from correspond.sync.runner import (
@@ -472,7 +472,7 @@ def worker(
     """Sync every active account (no API), sharing them with other workers through leases;
     Ctrl-C stops cleanly and releases the leases. Backfill progress is a line per folder that
     moved, every few seconds."""
-    limit_malloc_arenas(cli.settings.malloc_arenas)  # before any thread starts
+    tune_heap(cli.settings.malloc_arenas)  # before any thread starts
     display = _SyncDisplay(
         cli.progress, _console(), names=None, bars=False, lines=True, every=progress_every
     )
