@@ -157,7 +157,10 @@ class _SyncDisplay:
             self._bars(p)
             if lines_due:
                 self._progress_lines(p)
-            self.last[p.name] = p
+            if self.names is not None:
+                # ``sync`` reads its accounts' last progress; a ``worker`` (every account,
+                # names None) never does: 1,000 accounts' records are not kept for nothing.
+                self.last[p.name] = p
         return self.last
 
     def _progress_lines(self, p: AccountProgress) -> None:
