@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from correspond.memory import MAX_ARENAS_LIMIT, limit_malloc_arenas
+from correspond.memory import MAX_ARENAS_LIMIT, limit_malloc_arenas, trim_heap
 
 
 def test_out_of_range_arena_counts_are_refused() -> None:
@@ -61,3 +61,53 @@ def test_the_cap_holds_while_threads_allocate() -> None:
     their own by default; with the cap at 1 they all share the main arena."""
     assert _arenas_after_threads(0) > 1
     assert _arenas_after_threads(1) == 1
+
+
+_THRESHOLD_SCRIPT = """
+import ctypes, re, sys
+from correspond.memory import fix_malloc_thresholds
+if sys.argv[1] == "pinned":
+    assert fix_malloc_thresholds()
+big = bytearray(8 * 1024 * 1024)  # mmapped either way: over glibc's starting 128 KiB
+del big  # glibc's default now raises its mmap threshold to 8 MiB
+block = bytearray(1024 * 1024)
+libc = ctypes.CDLL("libc.so.6")
+libc.fmemopen.restype = ctypes.c_void_p
+libc.fmemopen.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+buf = ctypes.create_string_buffer(1 << 20)
+f = libc.fmemopen(buf, len(buf), b"w")
+libc.malloc_info(0, f)
+libc.fclose(f)
+mmapped = re.findall(r'<total type="mmap" count="(\\d+)" size="(\\d+)"/>', buf.value.decode())
+print(int(mmapped[-1][1]) >= len(block))
+"""
+
+
+def _megabyte_block_is_mmapped(mode: str) -> bool:
+    out = subprocess.run(
+        [sys.executable, "-c", _THRESHOLD_SCRIPT, mode],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return out.stdout.strip() == "True"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc only")
+def test_pinned_thresholds_keep_large_buffers_out_of_the_heap() -> None:
+    """glibc raises its mmap threshold to the size of each large block freed: after the first
+    passes' big buffers, a 1 MiB block came from the heap (and left a hole there when freed).
+    Pinned, it keeps a mapping of its own, which goes back to the system when freed."""
+    assert not _megabyte_block_is_mmapped("default")
+    assert _megabyte_block_is_mmapped("pinned")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc only")
+def test_trim_heap_runs() -> None:
+    blocks = [bytearray(5000) for _ in range(5000)]
+    del blocks[::2]
+    assert trim_heap() in (True, False)
+    del blocks

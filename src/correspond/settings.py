@@ -135,7 +135,8 @@ class Settings(BaseSettings):
         ge=0,
         le=64,
         description="glibc malloc arenas for `worker` and `serve` (M_ARENA_MAX; 0: glibc's "
-        "default of 8 per core): fewer arenas keep less freed C heap per live account",
+        "default of 8 per core, and its own mmap and trim thresholds): fewer arenas keep less "
+        "freed C heap per live account",
     )
     folder_refresh_seconds: float = Field(
         default=300.0, gt=0, description="How often live sync re-reads the server's folder list"

@@ -16,7 +16,7 @@ from correspond.cli.base import (
     pass_cli,
 )
 from correspond.cli.sync import _PARSE_OPTION, _configure_logging
-from correspond.memory import limit_malloc_arenas
+from correspond.memory import tune_heap
 from correspond.sync.runner import (
     SyncRunner,
 )
@@ -90,7 +90,7 @@ def serve(
             err=True,
         )
     _check_port_free(settings.host, settings.port)
-    limit_malloc_arenas(settings.malloc_arenas)  # before any thread starts
+    tune_heap(settings.malloc_arenas)  # before any thread starts
     store = cli.store  # migrations run here, before the first request
     _configure_logging()
     runner = (

@@ -41,7 +41,7 @@ from correspond.cli.base import (
     pass_cli,
 )
 from correspond.cli.output import safe
-from correspond.memory import limit_malloc_arenas
+from correspond.memory import tune_heap
 from correspond.store.leases import RUNNABLE_STATES
 from correspond.store.progress import AccountProgress, ProgressReader
 from correspond.sync.runner import (
@@ -157,7 +157,10 @@ class _SyncDisplay:
             self._bars(p)
             if lines_due:
                 self._progress_lines(p)
-            self.last[p.name] = p
+            if self.names is not None:
+                # ``sync`` reads its accounts' last progress; a ``worker`` (every account,
+                # names None) never does: 1,000 accounts' records are not kept for nothing.
+                self.last[p.name] = p
         return self.last
 
     def _progress_lines(self, p: AccountProgress) -> None:
@@ -472,7 +475,7 @@ def worker(
     """Sync every active account (no API), sharing them with other workers through leases;
     Ctrl-C stops cleanly and releases the leases. Backfill progress is a line per folder that
     moved, every few seconds."""
-    limit_malloc_arenas(cli.settings.malloc_arenas)  # before any thread starts
+    tune_heap(cli.settings.malloc_arenas)  # before any thread starts
     display = _SyncDisplay(
         cli.progress, _console(), names=None, bars=False, lines=True, every=progress_every
     )

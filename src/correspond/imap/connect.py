@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import inspect
 import re
@@ -49,6 +50,7 @@ __all__ = [
     "open_channel",
     "probe_plain_greeting",
     "probe_tls",
+    "shared_ssl_context",
     "start_tls",
 ]
 
@@ -81,14 +83,15 @@ _READ_SPACE = 256 * 1024
 # What a TLS channel holds while little arrives (an IDLE connection hears a line now and then):
 # it starts at this size, grows toward ``_READ_SPACE`` steps while data streams in, and falls
 # back once a read finds little. A 256 KiB buffer per connection from the start was 256 KiB of
-# resident memory for every idle connection (three per account).
-_IDLE_SPACE = 4 * 1024
+# resident memory for every idle connection (three per account then); 4 KiB each (ours and
+# asyncio's) was still 8 KiB of a ~140 KB idle account, for lines of ~100 bytes.
+_IDLE_SPACE = 1024
 # asyncio's TLS protocol (``SSLProtocol``) receives the encrypted bytes into a buffer of its own,
 # 256 KiB per connection, allocated and zero-filled when the protocol is made. Ours
 # (:class:`_LeanSSLProtocol`) starts at ``_SSL_IDLE_SPACE`` and grows fourfold, up to
 # ``_SSL_RECV_SPACE``, while each recv fills it (a full-body fetch), back again once a recv finds
 # little; a TLS record is at most 16 KiB.
-_SSL_IDLE_SPACE = 4 * 1024
+_SSL_IDLE_SPACE = 1024
 _SSL_RECV_SPACE = 256 * 1024
 
 
@@ -137,10 +140,38 @@ def make_ssl_context(endpoint: ImapEndpoint) -> ssl.SSLContext:
     """The client TLS context: system trust store with host name checking, or the pinned cert.
 
     TLS 1.2 is the floor (RFC 8996 deprecates older versions; RFC 8314 §4.1 requires TLS).
+    A new context each call; IMAP connections share theirs (:func:`shared_ssl_context`).
     """
-    if endpoint.trusted_cert_pem:
+    return _new_ssl_context(endpoint.trusted_cert_pem)
+
+
+SHARED_SSL_CONTEXTS = 64
+"""How many distinct trust settings (the system store, each pinned certificate) keep a shared
+TLS context: one per process for the system store, one per pinned certificate in use."""
+
+
+def shared_ssl_context(endpoint: ImapEndpoint) -> ssl.SSLContext:
+    """The TLS context of an IMAP connection, shared by every connection with the same trust
+    (the system store, or the same pinned certificate); not to be changed by the caller.
+
+    A connection keeps its context for its whole life (OpenSSL's SSL object refers to it), and a
+    context loaded with the system trust store holds ~830 KB of parsed certificates (~22 KB with
+    one pinned certificate): made per connection, that was most of an idle live account's
+    memory on a real server (bench/README.md, idle_accounts.py). A changed system store is read
+    by the next process.
+    """
+    return _cached_ssl_context(endpoint.trusted_cert_pem or None)
+
+
+@functools.lru_cache(maxsize=SHARED_SSL_CONTEXTS)
+def _cached_ssl_context(trusted_cert_pem: str | None) -> ssl.SSLContext:
+    return _new_ssl_context(trusted_cert_pem)  # a certificate that fails to load is not cached
+
+
+def _new_ssl_context(trusted_cert_pem: str | None) -> ssl.SSLContext:
+    if trusted_cert_pem:
         try:
-            ctx = ssl.create_default_context(cadata=endpoint.trusted_cert_pem)
+            ctx = ssl.create_default_context(cadata=trusted_cert_pem)
         except ssl.SSLError as exc:
             raise ConfigError(f"the trusted certificate cannot be loaded: {exc}") from exc
         # The exact certificate is compared after the handshake (check_pinned_certificate).
@@ -545,7 +576,7 @@ async def open_channel(endpoint: ImapEndpoint, *, timeout: float) -> ByteChannel
     """Open TCP (and implicit TLS for ``security="tls"``) to the endpoint within ``timeout``."""
     loop = asyncio.get_running_loop()
     where = f"{endpoint.host}:{endpoint.port}"
-    ctx = make_ssl_context(endpoint) if endpoint.security == "tls" else None
+    ctx = shared_ssl_context(endpoint) if endpoint.security == "tls" else None
     with map_io_errors(endpoint.host, endpoint.port, pinned=bool(endpoint.trusted_cert_pem)):
         async with asyncio.timeout(timeout):
             if ctx is not None and _LEAN_TLS:
@@ -591,7 +622,7 @@ async def start_tls(channel: ByteChannel, endpoint: ImapEndpoint, *, timeout: fl
     On failure the connection is closed before the error is raised.
     """
     loop = asyncio.get_running_loop()
-    ctx = make_ssl_context(endpoint)
+    ctx = shared_ssl_context(endpoint)
     transport = channel.transport
     assert transport is not None
     tls_channel = TlsByteChannel(channel._where)

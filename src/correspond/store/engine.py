@@ -12,6 +12,8 @@ import importlib
 import importlib.util
 import logging
 import os
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -182,6 +184,28 @@ def log_database_failure(logger: logging.Logger, what: str, exc: BaseException) 
     orig = getattr(exc, "orig", None)
     detail = f" ({orig.__class__.__name__})" if orig is not None else ""
     logger.warning("%s: %s%s", what, exc.__class__.__name__, detail)
+
+
+_SHARED_SESSIONS: weakref.WeakKeyDictionary[Engine, sessionmaker[Session]] = (
+    weakref.WeakKeyDictionary()
+)
+_SHARED_SESSIONS_LOCK = threading.Lock()
+
+
+def shared_sessions(engine: Engine) -> sessionmaker[Session]:
+    """The ``sessionmaker(engine, expire_on_commit=False)`` every store object made per live
+    account shares (one per engine).
+
+    Each ``sessionmaker`` makes a ``Session`` subclass of its own, with SQLAlchemy's event
+    dispatch for it (~25 listener collections, each with a deque): ~30 KB per instance, which
+    made per account (its outbox and send stores) was a tenth of an idle live account's memory
+    in a worker (bench/README.md, idle_accounts.py).
+    """
+    with _SHARED_SESSIONS_LOCK:
+        sessions = _SHARED_SESSIONS.get(engine)
+        if sessions is None:
+            sessions = _SHARED_SESSIONS[engine] = sessionmaker(engine, expire_on_commit=False)
+        return sessions
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Engine, bindparam, delete, func, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from correspond.errors import ConfigError, NotFound
 from correspond.rules.two_way import (
@@ -28,7 +28,7 @@ from correspond.rules.two_way import (
     Toggles,
     mailbox_ops_for_crm_action,
 )
-from correspond.store.engine import register_table_modules, unit_of_work
+from correspond.store.engine import register_table_modules, shared_sessions, unit_of_work
 from correspond.store.message_tables import MessageLocationRow, MessageRow
 from correspond.store.outbox_tables import OUTBOX_KINDS, OutboxRow
 from correspond.store.records import TOGGLES
@@ -266,7 +266,7 @@ class OutboxStore:
     def __init__(self, engine: Engine, *, on_recorded: Callable[[str], None] | None = None) -> None:
         register_table_modules()
         self._engine = engine
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._sessions = shared_sessions(engine)  # one per account: shared
         # Told the account's name after a commit that queued rows for it: in ``correspond
         # serve`` the runner in the same process wakes that session at once (SyncRunner.wake)
         # instead of at its next lease round.

@@ -39,11 +39,11 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Engine, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from correspond.errors import Conflict, NotFound
 from correspond.store import drafts as draft_store
-from correspond.store.engine import register_table_modules, unit_of_work
+from correspond.store.engine import register_table_modules, shared_sessions, unit_of_work
 from correspond.store.message_data import MessageData, storable_message
 from correspond.store.message_tables import (
     AttachmentRow,
@@ -163,7 +163,7 @@ class SendStore:
 
     def __init__(self, engine: Engine) -> None:
         register_table_modules()
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._sessions = shared_sessions(engine)  # one per account: shared
 
     # -- the CRM side ----------------------------------------------------------------------------
 

@@ -216,6 +216,10 @@ def endpoint_for(account: Account) -> ImapEndpoint:
     )
 
 
+_SHARED_RNG = random.Random()
+"""The jitter of every :class:`AccountSyncer` made without an ``rng`` of its own."""
+
+
 @dataclass(slots=True)
 class AccountSyncReport:
     account_id: int
@@ -298,7 +302,8 @@ class AccountSyncer:
         self.today = today
         self.chooser = chooser or default_thread_chooser
         self.builder = MessageBuilder()
-        self.rng = rng or random.Random()
+        # One generator for every account of the process (backoff jitter): a Random is 2.5 KB.
+        self.rng = rng or _SHARED_RNG
         # Which RFC 7162 extensions to ENABLE where offered (drop QRESYNC for a server whose
         # implementation misbehaves; CONDSTORE alone still avoids re-reading every flag).
         self.extensions = tuple(extensions)

@@ -56,6 +56,7 @@ from correspond.errors import (
     TlsError,
 )
 from correspond.imap.client import release_clients
+from correspond.memory import trim_heap
 from correspond.settings import Settings
 from correspond.store.blobs import BlobStore
 from correspond.store.engine import database_failure, is_database_error, log_database_failure
@@ -100,6 +101,9 @@ SyncerFactory = Callable[
 #: Told of every state this worker records: ``(account name, state, detail)``. Called from a
 #: worker thread (the store's calls run in threads): hand it over to the loop thread-safely.
 StateListener = Callable[[str, str, str], None]
+
+HEAP_TRIM_SECONDS = 60.0
+"""How often a lease round also gives the C heap's free pages back (:func:`trim_heap`)."""
 
 STOPPED_DETAIL = "Sync stopped ({owner} shut down); it resumes when a sync worker runs."
 ONCE_DETAIL = (
@@ -312,6 +316,7 @@ class SyncRunner:
         self._loop: asyncio.AbstractEventLoop | None = None  # set by run(), for wake()
         self._retry: dict[str, _Retry] = {}
         self._stop = asyncio.Event()
+        self._trim_at = 0.0  # loop time of the next malloc_trim (correspond.memory)
         # Set when another process announced an account change: a lease round at once.
         self._kick = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
@@ -384,6 +389,12 @@ class SyncRunner:
                     # The database is away: keep the tasks whose lease is still safely ours.
                     log.warning("lease round failed: %s", exc)
                     await self._stop_expiring()
+                now = self._loop.time()
+                if now >= self._trim_at:
+                    # The first passes' freed buffers leave free pages inside the C heap:
+                    # hand them back (correspond.memory; well under a millisecond).
+                    self._trim_at = now + HEAP_TRIM_SECONDS
+                    await asyncio.to_thread(trim_heap)
                 waiters = [
                     asyncio.create_task(self._stop.wait()),
                     asyncio.create_task(self._kick.wait()),
