@@ -15,6 +15,9 @@ pure ``chooser`` (the sync layer adapts :func:`correspond.mail.threading.choose_
 
 from __future__ import annotations
 
+import logging
+import threading
+import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -86,6 +89,8 @@ __all__ = [
     "storable",
     "where_in_folder_or_thread",
 ]
+
+log = logging.getLogger(__name__)
 
 # How many same-subject messages threading looks at (nearest in time first): enough to find the
 # conversation, bounded so a common subject ("Invoice") cannot make ingest quadratic.
@@ -371,6 +376,66 @@ def _summary(row: MessageRow) -> MessageSummary:
     )
 
 
+class _GrowthStatistics:
+    """Keeps PostgreSQL's statistics of the tables a backfill fills in step with them.
+
+    The ingest's lookups (a batch's Message-IDs, references and subject keys, its UIDs
+    already stored) are planned from the statistics. Autovacuum refreshes them a minute or
+    more after a table has changed by a tenth, so during an account's first backfill they
+    say the account has a few dozen rows when it has thousands, and the planner picks a scan
+    of the account's rows per lookup: every batch slower than the last (measured: a lookup of
+    200 Message-IDs reading all 23,000 of the account's rows, 45 ms a batch). So: ANALYZE
+    those tables when the messages this process created for an account since it started
+    reach 1,000, then each time they grow by a quarter (or 1,000): about forty times for a
+    million messages, each reading a bounded sample (ANALYZE reads at most 30,000 rows of a
+    table at the default statistics target)."""
+
+    TABLES = "messages, message_refs, message_subject_keys, message_locations, threads"
+
+    def __init__(self, engine: Engine, first: int = 1000) -> None:
+        self.engine = engine
+        self.first = first
+        self._lock = threading.Lock()
+        self._created: dict[int, int] = {}
+        self._next: dict[int, int] = {}
+
+    def grew(self, account_id: int, created: int) -> bool:
+        """Count ``created`` new messages of the account; ANALYZE when a mark is reached
+        (True). A failure is logged and costs nothing but the plan."""
+        with self._lock:
+            total = self._created.get(account_id, 0) + created
+            self._created[account_id] = total
+            due = total >= self._next.get(account_id, self.first)
+            if due:
+                self._next[account_id] = total + max(self.first, total // 4)
+        if not due:
+            return False
+        try:
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(text(f"ANALYZE {self.TABLES}"))
+        except SQLAlchemyError as exc:
+            log.warning("could not refresh the statistics: %s", database_failure(exc))
+            return False
+        return True
+
+
+_GROWTH: weakref.WeakKeyDictionary[Engine, _GrowthStatistics] = weakref.WeakKeyDictionary()
+_GROWTH_LOCK = threading.Lock()
+
+
+def growth_statistics(engine: Engine) -> _GrowthStatistics | None:
+    """The engine's :class:`_GrowthStatistics` (one per engine); None on SQLite (its planner
+    does not take row counts from sampled statistics the same way, and ANALYZE there would
+    hold the write lock)."""
+    if engine.dialect.name != "postgresql":
+        return None
+    with _GROWTH_LOCK:
+        found = _GROWTH.get(engine)
+        if found is None:
+            found = _GROWTH[engine] = _GrowthStatistics(engine)
+        return found
+
+
 class MessageStore:
     """Message SQL over one SQLAlchemy engine (SQLite or PostgreSQL)."""
 
@@ -379,6 +444,7 @@ class MessageStore:
         #: Called (no arguments) after a batch that created messages has committed: wakes
         #: background work over new mail (the search indexer). Never inside the transaction.
         self.after_ingest: list[Callable[[], None]] = []
+        self._growth = growth_statistics(engine)
 
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -600,6 +666,8 @@ class MessageStore:
         except _Refused:
             result = self._ingest_in_parts(account_id, folder_id, items, checkpoint, chooser)
         if result.created:
+            if self._growth is not None:
+                self._growth.grew(account_id, len(result.created))
             for wake in self.after_ingest:
                 wake()
         return result
