@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -48,7 +47,7 @@ from correspond.mail.dedupe import KeyFacts, distinct_key, reusable_key, same_me
 from correspond.mail.threading import subject_keys
 from correspond.rules.sync_plan import FolderCheckpoint
 from correspond.rules.two_way import merge_remote_flags
-from correspond.store.engine import database_failure
+from correspond.store.engine import database_failure, per_engine
 from correspond.store.message_data import AddressData, AttachmentData, MessageData, storable
 from correspond.store.message_tables import (
     AttachmentRow,
@@ -419,21 +418,13 @@ class _GrowthStatistics:
         return True
 
 
-_GROWTH: weakref.WeakKeyDictionary[Engine, _GrowthStatistics] = weakref.WeakKeyDictionary()
-_GROWTH_LOCK = threading.Lock()
-
-
 def growth_statistics(engine: Engine) -> _GrowthStatistics | None:
     """The engine's :class:`_GrowthStatistics` (one per engine); None on SQLite (its planner
     does not take row counts from sampled statistics the same way, and ANALYZE there would
     hold the write lock)."""
     if engine.dialect.name != "postgresql":
         return None
-    with _GROWTH_LOCK:
-        found = _GROWTH.get(engine)
-        if found is None:
-            found = _GROWTH[engine] = _GrowthStatistics(engine)
-        return found
+    return per_engine(engine, "growth_statistics", lambda: _GrowthStatistics(engine))
 
 
 class MessageStore:
