@@ -59,6 +59,14 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield from _database_url(request, tmp_path, migrated=True)
 
 
+@pytest.fixture(params=["sqlite"])
+def sqlite_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """As ``store_url``, SQLite only: for the browser journeys (``tests/test_web*.py``), whose
+    pages call the same services the API tests run on both backends; a browser journey on each
+    backend doubled the suite's slowest part and took it past its 20-minute budget."""
+    yield from _database_url(request, tmp_path, migrated=True)
+
+
 @pytest.fixture(params=BACKENDS)
 def empty_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A database URL with nothing in it yet (no store): a SQLite file not yet made, or a new

@@ -65,6 +65,12 @@ INLINE_HOSTILE = (
 # --- the app and its mailbox ------------------------------------------------------------------
 
 
+@pytest.fixture
+def store_url(sqlite_store_url: str) -> str:
+    """SQLite only here (see ``conftest_store.sqlite_store_url``)."""
+    return sqlite_store_url
+
+
 def _html_mail(n: int, html: bytes, to: str) -> bytes:
     """One hostile sample; all of them are one thread ("hostile samples"), so one page shows
     every sample in its own sandboxed frame."""

@@ -48,6 +48,12 @@ pytestmark = pytest.mark.dovecot
 XSS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "xss"
 
 
+@pytest.fixture
+def store_url(sqlite_store_url: str) -> str:
+    """SQLite only here (see ``conftest_store.sqlite_store_url``)."""
+    return sqlite_store_url
+
+
 def _png(width: int = 12, height: int = 9) -> bytes:
     """A real PNG (RGB, every pixel different), so the bytes that arrive can be compared."""
 

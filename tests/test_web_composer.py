@@ -57,6 +57,12 @@ SEND_LIMIT = 64 * 1024
 
 
 @pytest.fixture
+def store_url(sqlite_store_url: str) -> str:
+    """SQLite only here (see ``conftest_store.sqlite_store_url``)."""
+    return sqlite_store_url
+
+
+@pytest.fixture
 def settings(store_settings: Settings) -> Settings:
     return store_settings.clone(
         password_hash_time_cost=1,

@@ -48,6 +48,12 @@ MAILBOX = {"INBOX": 3, "Sent": 2, "Archive": 1, "Projects": 2, "Newsletters": 2,
 CHOSEN = {"INBOX", "Sent", "Archive", "Projects"}  # the defaults, Newsletters unchecked
 
 
+@pytest.fixture
+def store_url(sqlite_store_url: str) -> str:
+    """SQLite only here (see ``conftest_store.sqlite_store_url``)."""
+    return sqlite_store_url
+
+
 class Gates:
     """Two gates in front of the real engine's folder syncs, opened by the test: ``first``
     holds the first folder (INBOX: the engine backfills INBOX and Sent first), ``rest`` every

@@ -56,6 +56,12 @@ pytestmark = pytest.mark.dovecot
 # --- helpers ----------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def store_url(sqlite_store_url: str) -> str:
+    """SQLite only here (see ``conftest_store.sqlite_store_url``)."""
+    return sqlite_store_url
+
+
 def _api(app: FastAPI) -> TestClient:
     return user_client(app, ADMIN[0])
 

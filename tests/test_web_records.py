@@ -38,6 +38,12 @@ from test_web import web as web
 
 
 @pytest.fixture
+def store_url(sqlite_store_url: str) -> str:
+    """SQLite only here (see ``conftest_store.sqlite_store_url``)."""
+    return sqlite_store_url
+
+
+@pytest.fixture
 def app(store: Store, settings: Settings, mirror: SeededMirror) -> Iterator[FastAPI]:
     """The app with ``serve``'s runner (no account of its own to sync: ``names=[]``), whose
     linker only a record change can wake in time (its poll is an hour)."""

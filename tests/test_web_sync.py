@@ -41,6 +41,12 @@ from test_web import (  # noqa: F401  (fixtures, used by name)
 )
 
 
+@pytest.fixture
+def store_url(sqlite_store_url: str) -> str:
+    """SQLite only here (see ``conftest_store.sqlite_store_url``)."""
+    return sqlite_store_url
+
+
 def _state_message(app: FastAPI, name: str) -> str:
     return account_public(app.state.accounts.get_account(name)).state_message
 
