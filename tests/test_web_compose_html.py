@@ -37,6 +37,7 @@ from test_web import app as app  # fixtures, used by name
 from test_web import browser as browser
 from test_web import mirror as mirror
 from test_web import served as served
+from test_web import store_url as store_url  # SQLite only: conftest_store.sqlite_store_url
 from test_web import web as web
 from test_web_composer import SEND_LIMIT, _inbox_subjects, _outbox_id, _send_now
 from test_web_composer import settings as settings
@@ -46,12 +47,6 @@ from web_screenshots import screenshot_dir
 pytestmark = pytest.mark.dovecot
 
 XSS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "xss"
-
-
-@pytest.fixture
-def store_url(sqlite_store_url: str) -> str:
-    """SQLite only here (see ``conftest_store.sqlite_store_url``)."""
-    return sqlite_store_url
 
 
 def _png(width: int = 12, height: int = 9) -> bytes:

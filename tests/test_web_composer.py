@@ -48,18 +48,13 @@ from test_web import app as app  # fixtures, used by name
 from test_web import browser as browser
 from test_web import mirror as mirror
 from test_web import served as served
+from test_web import store_url as store_url  # SQLite only: conftest_store.sqlite_store_url
 from test_web import web as web
 from web_screenshots import watch_pages
 
 pytestmark = pytest.mark.dovecot
 #: A low send limit, so an upload over it is cheap.
 SEND_LIMIT = 64 * 1024
-
-
-@pytest.fixture
-def store_url(sqlite_store_url: str) -> str:
-    """SQLite only here (see ``conftest_store.sqlite_store_url``)."""
-    return sqlite_store_url
 
 
 @pytest.fixture

@@ -42,16 +42,11 @@ from test_web import (  # noqa: F401  (fixtures, used by name)
     settings,
     web,
 )
+from test_web import store_url as store_url  # SQLite only: conftest_store.sqlite_store_url
 
 # What the mailbox holds: folder -> messages (Drafts and Trash stay empty).
 MAILBOX = {"INBOX": 3, "Sent": 2, "Archive": 1, "Projects": 2, "Newsletters": 2, "Junk": 1}
 CHOSEN = {"INBOX", "Sent", "Archive", "Projects"}  # the defaults, Newsletters unchecked
-
-
-@pytest.fixture
-def store_url(sqlite_store_url: str) -> str:
-    """SQLite only here (see ``conftest_store.sqlite_store_url``)."""
-    return sqlite_store_url
 
 
 class Gates:

@@ -49,17 +49,12 @@ from test_web import (  # noqa: F401  (fixtures, used by name)
     settings,
     web,
 )
+from test_web import store_url as store_url  # SQLite only: conftest_store.sqlite_store_url
 
 pytestmark = pytest.mark.dovecot
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def store_url(sqlite_store_url: str) -> str:
-    """SQLite only here (see ``conftest_store.sqlite_store_url``)."""
-    return sqlite_store_url
 
 
 def _api(app: FastAPI) -> TestClient:

@@ -34,13 +34,8 @@ from test_web import browser as browser  # fixtures, used by name
 from test_web import mirror as mirror
 from test_web import served as served
 from test_web import settings as settings
+from test_web import store_url as store_url  # SQLite only: conftest_store.sqlite_store_url
 from test_web import web as web
-
-
-@pytest.fixture
-def store_url(sqlite_store_url: str) -> str:
-    """SQLite only here (see ``conftest_store.sqlite_store_url``)."""
-    return sqlite_store_url
 
 
 @pytest.fixture
