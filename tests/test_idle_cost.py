@@ -159,6 +159,14 @@ async def test_edits_arrive_by_the_lease_round_not_by_per_account_polling(
         # A round: the dead same-host holders, the claim, the renewal, what is held.
         leases = [s for s in idle if s not in linker]
         assert len(leases) <= 4 * (rounds + 1), leases
+        # Idle: one task per account (its session, in IDLE) and the runner's few. The stop and
+        # "changed" flags interrupt IDLE by callback: no task waiting on each of them.
+        tasks = asyncio.all_tasks()
+        waiting = [t for t in tasks if t.get_coro().__qualname__.endswith(".wait")]
+        assert len(waiting) <= 3, waiting[:3]  # the CRM linker's and the purger's
+        sessions = [t for t in tasks if t.get_name().startswith("sync ")]
+        assert len(sessions) == ACCOUNTS
+        assert len(tasks) - len(sessions) <= 10, sorted(t.get_name() for t in tasks)
 
         # Another process edits one account: its session (only) hears of it within a round
         # or two and reconnects with the new settings.

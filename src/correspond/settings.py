@@ -48,6 +48,16 @@ class Settings(BaseSettings):
     port: int = Field(default=8025, ge=1, le=65535)
     window_days: int = Field(default=60, ge=1, le=36500)
     imap_connect_timeout: float = Field(default=20.0, gt=0)
+    imap_connects_per_host: int = Field(
+        default=16,
+        ge=1,
+        le=10_000,
+        description=(
+            "Connection attempts (connect, TLS, login) live sync makes at once to one IMAP "
+            "host; more wait their turn, so a worker starting many accounts does not storm a "
+            "server with logins"
+        ),
+    )
     imap_command_timeout: float = Field(default=120.0, gt=0)
     imap_command_min_rate: float = Field(
         default=4096.0,

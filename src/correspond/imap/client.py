@@ -352,7 +352,8 @@ class ImapClient:
         self.selected: SelectedMailbox | None = None
         self.greeting: StatusResponse | None = None
         # Responses the server volunteered, with their sizes: bounded by count and by bytes.
-        self._unsolicited: deque[tuple[Response, int]] = deque()
+        # Made on the first one (an empty deque is 760 bytes, on every idle connection).
+        self._unsolicited: deque[tuple[Response, int]] | None = None
         self._unsolicited_bytes = 0
         self._last_size = 0  # bytes of the response last returned by _next_response
         self._size_mark = 0
@@ -703,6 +704,8 @@ class ImapClient:
         """Keep a volunteered response for :meth:`drain_unsolicited`: the newest
         ``max_unsolicited``, and no more than ``max_command_bytes`` of them."""
         queue = self._unsolicited
+        if queue is None:
+            queue = self._unsolicited = deque()
         size = self._last_size
         queue.append((response, size))
         self._unsolicited_bytes += size
@@ -876,10 +879,9 @@ class ImapClient:
     def drain_unsolicited(self) -> list[Response]:
         """Everything the server volunteered since the last drain, in arrival order (at most
         ``limits.max_unsolicited``: the oldest are dropped first)."""
-        out = [response for response, _ in self._unsolicited]
-        self._unsolicited.clear()
+        queue, self._unsolicited = self._unsolicited, None
         self._unsolicited_bytes = 0
-        return out
+        return [] if queue is None else [response for response, _ in queue]
 
     # -- any state -------------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from correspond.errors import (
     NotFound,
     TlsError,
 )
-from correspond.imap.client import IdleSession, ImapClient, ImapLimits
+from correspond.imap.client import ImapClient, ImapLimits
 from correspond.imap.connect import ImapEndpoint
 from correspond.imap.protocol import Atom
 from correspond.imap.types import (
@@ -75,6 +75,7 @@ from correspond.store.outbox import OutboxStore
 from correspond.store.records import Account, Folder
 from correspond.store.repository import PASSWORD_DROPPED, SettingsChanged, Store
 from correspond.sync.connection_test import explain_error
+from correspond.sync.flag import Waitable, on_set, wait_any
 from correspond.sync.folder_sync import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_BATCH_BYTES,
@@ -83,6 +84,7 @@ from correspond.sync.folder_sync import (
     FolderSyncReport,
     MessageBuilder,
 )
+from correspond.sync.gate import host_gate
 from correspond.sync.outbox import OutboxApplier, OutboxPassReport
 from correspond.sync.prepare import default_dedupe
 from correspond.sync.sender import SendApplier
@@ -327,7 +329,7 @@ class AccountSyncer:
         self.stats = SyncerStats()
         # Set by the runner when the account's row changed (another process edited it, or
         # its folder selection): see :meth:`run_account`. None: re-read on a timer instead.
-        self.account_changed: asyncio.Event | None = None
+        self.account_changed: Waitable | None = None
         self._locks: dict[int, asyncio.Lock] = {}
         # Renamed folders whose old row keeps its locations until the new name is synced
         # (new raw name -> old folder id): the messages never lose every location in between.
@@ -357,20 +359,23 @@ class AccountSyncer:
             secret = await in_thread(self.store.account_secret, account.name, for_account=account)
         except SettingsChanged as exc:
             raise ConnectionSettingsChanged(str(exc)) from exc
-        client = await ImapClient.connect(
-            endpoint_for(account),
-            connect_timeout=self.settings.imap_connect_timeout,
-            command_timeout=self.settings.imap_command_timeout,
-            limits=ImapLimits.from_settings(self.settings),
-        )
-        try:
-            self.stats.logins += 1
-            await client.login(account.username, secret)
-            if self.extensions:
-                await client.enable(*self.extensions)
-        except BaseException:
-            client._abort()
-            raise
+        endpoint = endpoint_for(account)
+        # Turns per host: a worker starting many accounts does not storm the server (gate).
+        async with host_gate().turn(endpoint.host, self.settings.imap_connects_per_host):
+            client = await ImapClient.connect(
+                endpoint,
+                connect_timeout=self.settings.imap_connect_timeout,
+                command_timeout=self.settings.imap_command_timeout,
+                limits=ImapLimits.from_settings(self.settings),
+            )
+            try:
+                self.stats.logins += 1
+                await client.login(account.username, secret)
+                if self.extensions:
+                    await client.enable(*self.extensions)
+            except BaseException:
+                client._abort()
+                raise
         return client
 
     async def refresh_folders(self, client: ImapClient, account: Account) -> list[Folder]:
@@ -635,7 +640,7 @@ class AccountSyncer:
         client: ImapClient,
         folder: Folder,
         *,
-        stop: asyncio.Event,
+        stop: Waitable,
         timeout: float | None = None,
     ) -> bool:
         """IDLE (RFC 2177) on ``folder`` until the server reports a change, ``stop`` is set, or
@@ -675,7 +680,7 @@ class AccountSyncer:
         client: ImapClient,
         folder: Folder,
         *,
-        stop: asyncio.Event,
+        stop: Waitable,
         on_change: Callable[[], None],
     ) -> None:
         """Stay in IDLE (RFC 2177) on ``folder`` until ``stop`` is set, calling ``on_change``
@@ -705,12 +710,7 @@ class AccountSyncer:
             async with client.idle() as session:
                 # No timer per connection to look at ``stop``: a stop sends DONE at once
                 # (IdleSession.interrupt), and the wait below ends with the server's OK.
-                stopper = asyncio.ensure_future(stop.wait())
-
-                def interrupt(_f: object, session: IdleSession = session) -> None:
-                    session.interrupt()
-
-                stopper.add_done_callback(interrupt)
+                cancel = on_set(stop, session.interrupt)
                 try:
                     while not stop.is_set():
                         left = round_end - loop.time()
@@ -725,8 +725,7 @@ class AccountSyncer:
                         ):
                             on_change()
                 finally:
-                    stopper.remove_done_callback(interrupt)
-                    stopper.cancel()
+                    cancel()
             # Changes reported between DONE and the tagged OK land in the unsolicited queue.
             late = client.drain_unsolicited()
             if any(
@@ -740,7 +739,7 @@ class AccountSyncer:
         client: ImapClient,
         folder: Folder,
         *,
-        wake: Sequence[asyncio.Event],
+        wake: Sequence[Waitable],
         deadline: float | None = None,
         on_flags: Callable[[dict[int, tuple[frozenset[str], int | None]]], Awaitable[None]]
         | None = None,
@@ -781,13 +780,8 @@ class AccountSyncer:
             self.stats.idle_commands[folder.id] = self.stats.idle_commands.get(folder.id, 0) + 1
             changed = False
             async with client.idle() as session:
-                waiters = [asyncio.ensure_future(event.wait()) for event in wake]
-
-                def interrupt(_f: object, session: IdleSession = session) -> None:
-                    session.interrupt()
-
-                for waiter in waiters:
-                    waiter.add_done_callback(interrupt)
+                # A flag's own callback, not a task per flag (correspond.sync.flag).
+                cancels = [on_set(event, session.interrupt) for event in wake]
                 try:
                     while True:
                         left = round_end - loop.time()
@@ -817,23 +811,22 @@ class AccountSyncer:
                         assert on_flags is not None
                         await on_flags(batch)
                 finally:
-                    for waiter in waiters:
-                        waiter.remove_done_callback(interrupt)
-                        waiter.cancel()
+                    for cancel in cancels:
+                        cancel()
             # Changes reported between DONE and the tagged OK land in the unsolicited queue.
             if any(isinstance(r, _CHANGES) for r in client.drain_unsolicited()) or changed:
                 return True
         return False
 
     async def wait_for_inbox_change(
-        self, client: ImapClient, inbox: Folder, *, stop: asyncio.Event, timeout: float
+        self, client: ImapClient, inbox: Folder, *, stop: Waitable, timeout: float
     ) -> bool:
         """:meth:`wait_for_change` on INBOX (kept for callers of the one-connection engine)."""
         return await self.wait_for_change(client, inbox, stop=stop, timeout=timeout)
 
     # -- the account loop -----------------------------------------------------------------------
 
-    async def wait_for_account_change(self, stop: asyncio.Event, timeout: float) -> bool:
+    async def wait_for_account_change(self, stop: Waitable, timeout: float) -> bool:
         """Wait until ``stop`` is set, the account may have changed, or ``timeout`` s pass.
 
         True when the account's row should be read again: with :attr:`account_changed` (the
@@ -845,15 +838,7 @@ class AccountSyncer:
             timeout = min(timeout, self.selection_check_interval)
             await wait_set(stop, timeout)
             return not stop.is_set() and timeout >= self.selection_check_interval
-        if not changed.is_set() and not stop.is_set():
-            waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(changed.wait())}
-            try:
-                await asyncio.wait(
-                    waiters, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                for waiter in waiters:
-                    waiter.cancel()
+        await wait_any((stop, changed), timeout)
         if stop.is_set() or not changed.is_set():
             return False
         changed.clear()
@@ -863,10 +848,10 @@ class AccountSyncer:
         self,
         account_name: str,
         *,
-        stop: asyncio.Event,
+        stop: Waitable,
         poll_seconds: float | None = None,
         on_synced: Callable[[AccountSyncReport], None] | None = None,
-        changed: asyncio.Event | None = None,
+        changed: Waitable | None = None,
     ) -> None:
         """Keep one account in sync until ``stop`` is set (DESIGN.md "Live").
 
@@ -991,7 +976,7 @@ class AccountSyncer:
                 attempt = refused = tls_failed = 0  # the user changed something: a fresh start
 
     async def _backoff_wait(
-        self, account_name: str, stop: asyncio.Event, delay: float, settings: tuple[object, ...]
+        self, account_name: str, stop: Waitable, delay: float, settings: tuple[object, ...]
     ) -> bool:
         """Wait ``delay`` seconds before the next attempt, or less: until ``stop``, or until the
         user acts (the connection settings change, or the account is put back to
@@ -1014,7 +999,7 @@ class AccountSyncer:
                 return True
         return False
 
-    async def _wait_for_user(self, account_name: str, stop: asyncio.Event) -> bool:
+    async def _wait_for_user(self, account_name: str, stop: Waitable) -> bool:
         """Wait until the account leaves ``auth_failed`` (the user updated the password or
         resumed it): True; False when ``stop`` is set or the account is gone."""
         while not stop.is_set():

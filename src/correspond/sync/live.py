@@ -59,6 +59,7 @@ from correspond.imap.types import (
 from correspond.rules.sync_plan import idle_folders, selection_change
 from correspond.store.records import Account, Folder
 from correspond.store.tables import utcnow
+from correspond.sync.flag import Flag, Waitable
 from correspond.sync.folder_sync import FolderSyncReport
 from correspond.sync.threads import in_thread, new_mail_context
 
@@ -161,7 +162,7 @@ class LiveSession:
         syncer: AccountSyncer,
         account: Account,
         *,
-        stop: asyncio.Event,
+        stop: Waitable,
         poll_seconds: float,
         on_synced: Callable[[AccountSyncReport], None] | None = None,
     ) -> None:
@@ -281,7 +282,7 @@ class LiveSession:
                 # due: the one connection an idle account holds.
                 if account_changed is None:
                     wake_at = min(wake_at, next_check)
-                    wake: tuple[asyncio.Event, ...] = (self.stop,)
+                    wake: tuple[Waitable, ...] = (self.stop,)
                 else:
                     wake = (self.stop, account_changed)
                 try:
@@ -524,7 +525,7 @@ class LiveSession:
         if self._inbox is None:
             return await work
         task = asyncio.ensure_future(work)
-        finished = asyncio.Event()
+        finished = Flag()
         helper: asyncio.Task[None] | None = None
         try:
             while helper is None:
@@ -552,7 +553,7 @@ class LiveSession:
                     with contextlib.suppress(BaseException):
                         await pending
 
-    async def _help(self, inbox: Folder, finished: asyncio.Event) -> None:
+    async def _help(self, inbox: Folder, finished: Flag) -> None:
         """Watch INBOX on a connection of its own until ``finished``: IDLE, and on a change
         DONE, sync, IDLE again, as the command connection does when it is free. Syncs take the
         folder's lock, so the two connections never sync INBOX at once."""

@@ -74,6 +74,7 @@ from correspond.store.repository import Store
 from correspond.store.tables import utcnow
 from correspond.store.wakeups import listen_for_outbox, watch_account_changes
 from correspond.sync.engine import AccountSyncer, AccountSyncReport, tls_failure_detail
+from correspond.sync.flag import Flag, Waitable, wait_any
 from correspond.sync.folder_sync import DEFAULT_BATCH_SIZE
 from correspond.sync.linker import Linker
 from correspond.sync.prepare import init_worker
@@ -233,11 +234,11 @@ class LeaseGuardedStore(Store):
 @dataclass(slots=True)
 class _Running:
     name: str
-    stop: asyncio.Event
+    stop: Flag
     task: asyncio.Task[None]
     expires_at: datetime
     #: Set when the account's row changed since the task started (its ``updated_at``).
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: Flag = field(default_factory=Flag)
     updated_at: datetime | None = None
 
 
@@ -315,10 +316,10 @@ class SyncRunner:
         self._running: dict[str, _Running] = {}
         self._loop: asyncio.AbstractEventLoop | None = None  # set by run(), for wake()
         self._retry: dict[str, _Retry] = {}
-        self._stop = asyncio.Event()
+        self._stop = Flag()
         self._trim_at = 0.0  # loop time of the next malloc_trim (correspond.memory)
         # Set when another process announced an account change: a lease round at once.
-        self._kick = asyncio.Event()
+        self._kick = Flag()
         self._main: asyncio.Task[None] | None = None
         self.stats = _Stats()
 
@@ -395,20 +396,10 @@ class SyncRunner:
                     # hand them back (correspond.memory; well under a millisecond).
                     self._trim_at = now + HEAP_TRIM_SECONDS
                     await asyncio.to_thread(trim_heap)
-                waiters = [
-                    asyncio.create_task(self._stop.wait()),
-                    asyncio.create_task(self._kick.wait()),
-                ]
+                wake: list[Waitable] = [self._stop, self._kick]
                 if stop is not None:
-                    waiters.append(asyncio.create_task(stop.wait()))
-                _done, pending = await asyncio.wait(
-                    waiters, timeout=self.poll_seconds, return_when=asyncio.FIRST_COMPLETED
-                )
-                for w in waiters:
-                    w.cancel()
-                for w in pending:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await w
+                    wake.append(stop)
+                await wait_any(wake, self.poll_seconds)
         finally:
             if outbox_listener is not None:
                 outbox_listener.cancel()
@@ -491,8 +482,9 @@ class SyncRunner:
             self._launch(h.name, h.expires_at, h.updated_at)
 
     def _launch(self, name: str, expires_at: datetime, updated_at: datetime | None = None) -> None:
-        stop = asyncio.Event()
-        changed = asyncio.Event()
+        # Flags, not asyncio.Events: two per live account, waited on in every IDLE.
+        stop = Flag()
+        changed = Flag()
         task = asyncio.create_task(self._account_task(name, stop, changed), name=f"sync {name}")
         self._running[name] = _Running(
             name=name,
@@ -513,7 +505,7 @@ class SyncRunner:
         delay = min(300.0, self.poll_seconds * 2 ** min(retry.failures - 1, 8))
         retry.not_before = asyncio.get_running_loop().time() + delay
 
-    async def _account_task(self, name: str, stop: asyncio.Event, changed: asyncio.Event) -> None:
+    async def _account_task(self, name: str, stop: Flag, changed: Flag) -> None:
         executor = self._executor
         try:
             syncer = self._factory(
