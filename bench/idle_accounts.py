@@ -23,6 +23,9 @@ later polls only ask STATUS), then measures:
   p50/p90/p99/max (this process polls the store every 5 ms on its own connection). Dovecot
   alone holds a notification back ~0.5 s: compare with ``idle_latency.py --via lmtp``.
 
+``--connects-per-host`` sets the worker's ``imap_connects_per_host`` (connection attempts at
+once to one server; 10000 takes the turns away, to compare).
+
 The many-account limits: raise ``fs.inotify.max_user_instances`` (Dovecot's IDLE needs one
 inotify instance per session; 128 per UID by default) and the open-file limit (this script
 raises its soft limit to the hard one; the worker inherits it).
@@ -121,6 +124,11 @@ def main() -> int:
     ap.add_argument(
         "--malloc-arenas", type=int, help="the worker's malloc_arenas setting (0: glibc's)"
     )
+    ap.add_argument(
+        "--connects-per-host",
+        type=int,
+        help="the worker's imap_connects_per_host (default: the setting's, 16)",
+    )
     ap.add_argument("--idle-seconds", type=float, default=60.0)
     ap.add_argument(
         "--warmup",
@@ -148,6 +156,8 @@ def main() -> int:
     env["CORRESPOND_SECRET_KEY"] = load_secret_key(settings).decode()
     if a.malloc_arenas is not None:
         env["CORRESPOND_MALLOC_ARENAS"] = str(a.malloc_arenas)
+    if a.connects_per_host is not None:
+        env["CORRESPOND_IMAP_CONNECTS_PER_HOST"] = str(a.connects_per_host)
     log_path = data_dir / "worker.log"
     cmd = [sys.executable, "-m", "correspond.cli", "worker", "--parse-processes"]
     cmd.append(str(a.parse_processes))
@@ -157,6 +167,7 @@ def main() -> int:
         "accounts": a.accounts,
         "security": a.security,
         "malloc_arenas": a.malloc_arenas,
+        "connects_per_host": a.connects_per_host,
     }
     poll_engine = create_store_engine(settings.resolved_database_url)
     try:

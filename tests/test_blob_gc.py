@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from correspond.api import create_app
 from correspond.mailbox import MailboxReader
 from correspond.settings import Settings
 from correspond.store.blob_gc import check_blobs, referenced_keys
@@ -21,7 +22,7 @@ from correspond.store.blobs import BlobStore
 from correspond.testing.dovecot import DovecotServer, ImapUser
 from correspond.testing.postgres import temporary_database
 from correspond.testing.store import add_dovecot_account, migrated_engine, sync_once
-from helpers import StoreCli
+from helpers import StoreCli, authed_client
 from test_sync_dovecot import KEY, NOW, Env, _sqlite
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -130,6 +131,27 @@ async def test_remove_deletes_own_blobs_and_keeps_shared_ones(env: Env, cli: Sto
     for m in page.items:
         for att in reader.get_message(m.id).attachments:
             assert reader.attachment(m.id, att.id)[1]
+
+
+async def test_api_delete_deletes_own_blobs_and_keeps_shared_ones(env: Env) -> None:
+    """``DELETE /accounts/{name}`` frees the same files as ``account remove``."""
+    a, b, shared = await two_accounts(env)
+    root = env.settings.blob_dir
+    before = blob_files(root)
+    assert len(before) == 8
+    with authed_client(create_app(env.settings, store=env.store)) as client:
+        preview = client.delete(f"/accounts/{a}", params={"dry_run": "true"})
+        assert preview.status_code == 200
+        assert blob_files(root) == before  # a preview deletes nothing
+        assert client.delete(f"/accounts/{a}").status_code == 204
+        assert client.get(f"/accounts/{a}").status_code == 404
+        after = blob_files(root)
+        assert len(after) == 4
+        assert set(after) == referenced_keys(env.store.engine, before)
+        listed = client.get(f"/accounts/{b}/messages").json()["items"]
+        assert len(listed) == 2
+        raws = {client.get(f"/messages/{m['id']}/raw").content for m in listed}
+        assert shared in raws
 
 
 async def test_doctor_finds_and_removes_orphans_left_by_a_crash(env: Env, cli: StoreCli) -> None:
