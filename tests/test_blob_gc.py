@@ -148,7 +148,7 @@ async def test_api_delete_deletes_own_blobs_and_keeps_shared_ones(env: Env) -> N
         after = blob_files(root)
         assert len(after) == 4
         assert set(after) == referenced_keys(env.store.engine, before)
-        listed = client.get(f"/accounts/{b}/messages").json()["items"]
+        listed = client.get(f"/accounts/{b}/messages").json()["messages"]
         assert len(listed) == 2
         raws = {client.get(f"/messages/{m['id']}/raw").content for m in listed}
         assert shared in raws

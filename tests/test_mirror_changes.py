@@ -19,8 +19,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from correspond.rules.folders import leaf_name
+from correspond.store.crm import CrmStore
+from correspond.store.linker import LinkerStore, LinkPolicy
 from correspond.store.message_tables import MessageRow
 from correspond.testing.dovecot import DovecotServer, ImapUser
+from helpers import Who
 from mirror_helpers import (
     BACKENDS,
     NOW,
@@ -158,6 +161,24 @@ async def test_only_selected_folders_sync_and_lookalikes_are_their_own(env: Env)
     assert where["mclient-sent@example.test"] == [clients_sent.id]
     assert where["msent-items@example.test"] == [sent_items.id]
     assert audit_store(env).problems == {}
+
+
+async def test_junk_and_trash_mail_stays_off_customer_timelines_by_default(env: Env) -> None:
+    """A new account syncs neither Junk nor Trash (one flag away), so a customer's spam and
+    binned mail never reach their timeline; their INBOX mail does."""
+    day = NOW - timedelta(days=1)
+    append_many(env, "INBOX", [("hello", day)])
+    append_many(env, "Junk", [("spam", day)])
+    append_many(env, "Trash", [("binned", day)])
+    await env.sync()
+    selected = {f.name for f in env.store.list_folders(env.account.name) if f.selected}
+    assert "INBOX" in selected and not {"Junk", "Trash"} & selected
+    crm = CrmStore(env.store.engine)
+    alice = crm.create_contact(name="Alice", emails=["alice@example.test"])  # every sender
+    LinkerStore(env.store.engine, LinkPolicy()).run_until_idle()
+    timeline = crm.timeline("contact", alice.id, Who(1, is_admin=True), limit=50)
+    assert [m.id for m in timeline.items] == [message_ids(env)["mhello@example.test"]]
+    assert set(message_ids(env)) == {"mhello@example.test"}  # the others were never fetched
 
 
 # --- changed elsewhere ---------------------------------------------------------------------------
