@@ -125,3 +125,17 @@ def test_a_flag_is_smaller_than_an_asyncio_event() -> None:
     event_size = sys.getsizeof(event) + sys.getsizeof(event.__dict__)
     event_size += sys.getsizeof(event._waiters)  # type: ignore[attr-defined]
     assert sys.getsizeof(Flag()) * 8 < event_size
+
+
+async def test_on_set_calls_back_for_a_flag_set_already() -> None:
+    """IDLE subscribes after its start: a stop set meanwhile must still interrupt it."""
+    for event in (Flag(), asyncio.Event()):
+        event.set()
+        calls: list[int] = []
+        on_set(event, lambda calls=calls: calls.append(1))
+        await asyncio.sleep(0)
+        assert calls == [1]
+        cancelled: list[int] = []
+        on_set(event, lambda cancelled=cancelled: cancelled.append(1))()  # cancelled at once
+        await asyncio.sleep(0)
+        assert cancelled == []

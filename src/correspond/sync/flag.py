@@ -95,8 +95,12 @@ running one account on its own)."""
 
 
 def on_set(event: Waitable, callback: Callable[[], object]) -> Callable[[], None]:
-    """Call ``callback()`` on the loop once ``event`` is set; returns the function that cancels
-    that. A :class:`Flag` calls it itself; an ``asyncio.Event`` needs a task waiting on it."""
+    """Call ``callback()`` on the loop once ``event`` is set (soon, when it is set already);
+    returns the function that cancels that. A :class:`Flag` calls it itself; an
+    ``asyncio.Event`` needs a task waiting on it."""
+    if event.is_set():
+        # Set while the caller was busy (IDLE being started): never missed.
+        return asyncio.get_running_loop().call_soon(callback).cancel
     if isinstance(event, Flag):
         event.subscribe(callback)
         return lambda: event.unsubscribe(callback)
