@@ -9,19 +9,9 @@ cancellations, so an outside cancel always wins; every timed wait here goes thro
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any, Protocol
 
 
-class Event(Protocol):
-    """An ``asyncio.Event``, or anything waited on the same way (``correspond.sync.flag``)."""
-
-    def is_set(self) -> bool: ...
-
-    def wait(self) -> Coroutine[Any, Any, object]: ...
-
-
-async def wait_set(event: Event, timeout: float) -> bool:
+async def wait_set(event: asyncio.Event, timeout: float) -> bool:
     """Wait until ``event`` is set or ``timeout`` seconds pass: whether it is set."""
     if event.is_set():
         return True

@@ -89,7 +89,6 @@ from correspond.sync.outbox import OutboxApplier, OutboxPassReport
 from correspond.sync.prepare import default_dedupe
 from correspond.sync.sender import SendApplier
 from correspond.sync.threads import in_thread
-from correspond.waiting import wait_set
 
 __all__ = [
     "DEFAULT_FOLDER_REFRESH_SECONDS",
@@ -836,7 +835,7 @@ class AccountSyncer:
         changed = self.account_changed
         if changed is None:
             timeout = min(timeout, self.selection_check_interval)
-            await wait_set(stop, timeout)
+            await wait_any((stop,), timeout)
             return not stop.is_set() and timeout >= self.selection_check_interval
         await wait_any((stop, changed), timeout)
         if stop.is_set() or not changed.is_set():

@@ -4,8 +4,8 @@ A worker that starts (or restarts) with 1,000 accounts would otherwise open 1,00
 connections, TLS handshakes and logins to the same server within a second: a login storm that
 servers meet with their own limits (Dovecot's login processes, a provider's per-address rate),
 and a memory peak of its own: the handshakes' and first commands' buffers, freed a moment later
-between the blocks that stay, kept ~9 KB per account of a worker's heap for good at 1,000
-accounts (bench/README.md, idle_accounts.py). With a gate the attempts take turns, a few at a
+between the blocks that stay, kept 13-16 KB per account of a worker's memory for good at
+1,000 accounts (bench/README.md, idle_accounts.py). With a gate the attempts take turns, a few at a
 time per host; a host that does not answer holds only its own accounts' turns (each attempt
 is bounded by the connect and command timeouts).
 """
